@@ -1,0 +1,1 @@
+//! atoll.toml config (being written).

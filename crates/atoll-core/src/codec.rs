@@ -1,0 +1,136 @@
+//! Versioned encodings. Every persisted record and wire message starts with a little-endian
+//! `u16` format version followed by a postcard body. A reader accepts every version up to
+//! [`FORMAT_VERSION`] (each older version keeps a decode path here) and refuses newer ones with
+//! [`AtollError::FormatTooNew`] instead of misreading them.
+
+use crate::causal::CausalContext;
+use crate::error::{AtollError, Result};
+use base64::Engine as _;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+/// The encoding version this build writes.
+pub const FORMAT_VERSION: u16 = 1;
+
+/// Encodes `value` with the current format version.
+pub fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>> {
+    postcard::to_extend(value, FORMAT_VERSION.to_le_bytes().to_vec())
+        .map_err(|e| AtollError::Corrupt(format!("unencodable record: {e}")))
+}
+
+/// Reads the version prefix of an encoded record.
+pub fn version_of(bytes: &[u8]) -> Result<u16> {
+    match bytes {
+        [a, b, ..] => Ok(u16::from_le_bytes([*a, *b])),
+        _ => Err(AtollError::Corrupt(format!(
+            "record of {} bytes is too short to carry a version",
+            bytes.len()
+        ))),
+    }
+}
+
+/// Decodes a record written by [`encode`] at this or an older format version.
+pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T> {
+    let version = version_of(bytes)?;
+    match version {
+        0 => Err(AtollError::Corrupt("record has format version 0".into())),
+        1 => postcard::from_bytes(&bytes[2..])
+            .map_err(|e| AtollError::Corrupt(format!("undecodable v1 record: {e}"))),
+        found => Err(AtollError::FormatTooNew {
+            found,
+            supported: FORMAT_VERSION,
+        }),
+    }
+}
+
+const TOKEN_VERSION: u8 = 1;
+
+fn fingerprint(keyspace: &str, key: &[u8]) -> u64 {
+    // FNV-1a over keyspace, a separator and key: binds a context token to the key it was read from.
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in keyspace.as_bytes().iter().chain(&[0xff]).chain(key) {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h
+}
+
+/// Encodes the causal context returned with a read of `keyspace/key` as an opaque header token:
+/// base64url of `[version u8][crc32 u32][key fingerprint u64][postcard context]`.
+pub fn encode_context_token(keyspace: &str, key: &[u8], ctx: &CausalContext) -> Result<String> {
+    let body = postcard::to_extend(ctx, fingerprint(keyspace, key).to_le_bytes().to_vec())
+        .map_err(|e| AtollError::Corrupt(format!("unencodable context: {e}")))?;
+    let crc = crc32fast::hash(&body);
+    let mut out = vec![TOKEN_VERSION];
+    out.extend_from_slice(&crc.to_le_bytes());
+    out.extend_from_slice(&body);
+    Ok(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(out))
+}
+
+/// Decodes a token from [`encode_context_token`]; garbled tokens, tokens of another key and
+/// tokens of an unknown version are [`AtollError::BadContext`].
+pub fn decode_context_token(token: &str, keyspace: &str, key: &[u8]) -> Result<CausalContext> {
+    let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(token.trim())
+        .map_err(|_| AtollError::BadContext("not base64url".into()))?;
+    if raw.len() < 13 {
+        return Err(AtollError::BadContext("token too short".into()));
+    }
+    if raw[0] != TOKEN_VERSION {
+        return Err(AtollError::BadContext(format!(
+            "token version {} is not supported (expected {TOKEN_VERSION})",
+            raw[0]
+        )));
+    }
+    let crc = u32::from_le_bytes([raw[1], raw[2], raw[3], raw[4]]);
+    let body = &raw[5..];
+    if crc32fast::hash(body) != crc {
+        return Err(AtollError::BadContext("checksum mismatch (garbled token)".into()));
+    }
+    let mut fp = [0u8; 8];
+    fp.copy_from_slice(&body[..8]);
+    if u64::from_le_bytes(fp) != fingerprint(keyspace, key) {
+        return Err(AtollError::BadContext(
+            "token was issued for a different key".into(),
+        ));
+    }
+    postcard::from_bytes(&body[8..]).map_err(|_| AtollError::BadContext("undecodable token".into()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::causal::Dot;
+    use crate::region::RegionId;
+
+    #[test]
+    fn roundtrip_and_version_checks() {
+        let v: Vec<u32> = vec![1, 2, 3];
+        let enc = encode(&v).unwrap();
+        assert_eq!(version_of(&enc).unwrap(), FORMAT_VERSION);
+        assert_eq!(decode::<Vec<u32>>(&enc).unwrap(), v);
+        let mut newer = enc.clone();
+        newer[0] = 9;
+        assert!(matches!(
+            decode::<Vec<u32>>(&newer),
+            Err(AtollError::FormatTooNew { found: 9, .. })
+        ));
+        assert!(matches!(decode::<Vec<u32>>(&[1]), Err(AtollError::Corrupt(_))));
+    }
+
+    #[test]
+    fn context_token_roundtrip_and_rejections() {
+        let mut ctx = CausalContext::default();
+        ctx.insert(Dot::new(RegionId::new("us-east-1").unwrap(), 3));
+        let t = encode_context_token("carts", b"k", &ctx).unwrap();
+        assert_eq!(decode_context_token(&t, "carts", b"k").unwrap(), ctx);
+        assert!(decode_context_token(&t, "carts", b"other").is_err());
+        assert!(decode_context_token(&t, "sessions", b"k").is_err());
+        assert!(decode_context_token("!!!", "carts", b"k").is_err());
+        let mut garbled = t.into_bytes();
+        let last = garbled.len() - 2;
+        garbled[last] = if garbled[last] == b'A' { b'B' } else { b'A' };
+        let garbled = String::from_utf8(garbled).unwrap();
+        assert!(decode_context_token(&garbled, "carts", b"k").is_err());
+    }
+}

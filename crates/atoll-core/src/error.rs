@@ -1,0 +1,130 @@
+//! Errors that carry decisions: every error has a stable code (`ATOLL-...`), the HTTP status a
+//! server answers it with, whether a client may safely retry, and a hint for the operator.
+
+use thiserror::Error;
+
+/// Result alias used across atoll's libraries.
+pub type Result<T, E = AtollError> = std::result::Result<T, E>;
+
+/// Every error atoll's libraries can return. Codes are stable: tooling and alerts match on them.
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+pub enum AtollError {
+    #[error("unknown keyspace `{0}`")]
+    UnknownKeyspace(String),
+    #[error("keyspace `{keyspace}` has policy `{policy}`, which does not support {operation}")]
+    WrongPolicy { keyspace: String, policy: String, operation: String },
+    #[error("key is empty")]
+    EmptyKey,
+    #[error("key is {len} bytes, over the limit of {max} bytes")]
+    KeyTooLarge { len: usize, max: usize },
+    #[error("value is {len} bytes, over keyspace `{keyspace}`'s limit of {max} bytes")]
+    ValueTooLarge { keyspace: String, len: usize, max: usize },
+    #[error("malformed request body: {0}")]
+    MalformedBody(String),
+    #[error("invalid UTF-8 in {0}")]
+    InvalidUtf8(String),
+    #[error("invalid causal context: {0}")]
+    BadContext(String),
+    #[error("the causal context names versions this region has not seen yet: {0}")]
+    ContextAhead(String),
+    #[error("key has {count} siblings, the keyspace's limit is {max}")]
+    SiblingLimit { count: usize, max: usize },
+    #[error("counter overflow: {0}")]
+    CounterOverflow(String),
+    #[error("not found")]
+    NotFound,
+    #[error("invalid config: {0}")]
+    Config(String),
+    #[error("data was written by format version {found}; this build reads up to version {supported}")]
+    FormatTooNew { found: u16, supported: u16 },
+    #[error("corrupt data: {0}")]
+    Corrupt(String),
+    #[error("storage failure: {0}")]
+    Storage(String),
+    #[error("peer clock is {offset_ms} ms ahead, beyond max_clock_offset of {max_ms} ms")]
+    ClockSkew { offset_ms: u64, max_ms: u64 },
+    #[error("the region is shutting down")]
+    ShuttingDown,
+    #[error("request rejected: {0}")]
+    BadRequest(String),
+}
+
+impl AtollError {
+    /// Stable machine-readable code.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::UnknownKeyspace(_) => "ATOLL-UNKNOWN-KEYSPACE",
+            Self::WrongPolicy { .. } => "ATOLL-WRONG-POLICY",
+            Self::EmptyKey => "ATOLL-EMPTY-KEY",
+            Self::KeyTooLarge { .. } => "ATOLL-KEY-TOO-LARGE",
+            Self::ValueTooLarge { .. } => "ATOLL-VALUE-TOO-LARGE",
+            Self::MalformedBody(_) => "ATOLL-MALFORMED-BODY",
+            Self::InvalidUtf8(_) => "ATOLL-INVALID-UTF8",
+            Self::BadContext(_) => "ATOLL-BAD-CONTEXT",
+            Self::ContextAhead(_) => "ATOLL-CONTEXT-AHEAD",
+            Self::SiblingLimit { .. } => "ATOLL-SIBLING-LIMIT",
+            Self::CounterOverflow(_) => "ATOLL-COUNTER-OVERFLOW",
+            Self::NotFound => "ATOLL-NOT-FOUND",
+            Self::Config(_) => "ATOLL-CONFIG",
+            Self::FormatTooNew { .. } => "ATOLL-FORMAT-TOO-NEW",
+            Self::Corrupt(_) => "ATOLL-CORRUPT",
+            Self::Storage(_) => "ATOLL-STORAGE",
+            Self::ClockSkew { .. } => "ATOLL-CLOCK-SKEW",
+            Self::ShuttingDown => "ATOLL-SHUTTING-DOWN",
+            Self::BadRequest(_) => "ATOLL-BAD-REQUEST",
+        }
+    }
+
+    /// HTTP status a server answers this error with.
+    pub fn http_status(&self) -> u16 {
+        match self {
+            Self::UnknownKeyspace(_) | Self::NotFound => 404,
+            Self::WrongPolicy { .. } => 405,
+            Self::EmptyKey
+            | Self::MalformedBody(_)
+            | Self::InvalidUtf8(_)
+            | Self::BadContext(_)
+            | Self::BadRequest(_)
+            | Self::Config(_) => 400,
+            Self::KeyTooLarge { .. } => 414,
+            Self::ValueTooLarge { .. } => 413,
+            Self::ContextAhead(_) | Self::SiblingLimit { .. } | Self::CounterOverflow(_) => 409,
+            Self::ShuttingDown => 503,
+            Self::ClockSkew { .. } => 503,
+            Self::FormatTooNew { .. } | Self::Corrupt(_) | Self::Storage(_) => 500,
+        }
+    }
+
+    /// Whether the same request may be sent again and could succeed without change.
+    pub fn retryable(&self) -> bool {
+        matches!(
+            self,
+            Self::ContextAhead(_) | Self::ShuttingDown | Self::Storage(_) | Self::ClockSkew { .. }
+        )
+    }
+
+    /// What the operator or client should do about it.
+    pub fn hint(&self) -> &'static str {
+        match self {
+            Self::UnknownKeyspace(_) => "declare the keyspace in atoll.toml ([[keyspaces]]) or check the spelling; GET /v1/status lists the keyspaces",
+            Self::WrongPolicy { .. } => "use the route that matches the keyspace's policy: /v1/kv for lww and mvr, /v1/counter for counter, /v1/set for set",
+            Self::EmptyKey => "send a non-empty key in the path",
+            Self::KeyTooLarge { .. } => "keys are limited to 1 KiB; hash long identifiers into a shorter key",
+            Self::ValueTooLarge { .. } => "store large blobs elsewhere and keep a reference here, or raise the keyspace's max_value_bytes",
+            Self::MalformedBody(_) => "check the request body against GET /v1/openapi.json",
+            Self::InvalidUtf8(_) => "send UTF-8 text where the API expects text",
+            Self::BadContext(_) => "send X-Atoll-Context exactly as a previous read of the same key returned it, or omit it",
+            Self::ContextAhead(_) => "the context came from a region this one has not caught up with yet; retry shortly or read the key here first",
+            Self::SiblingLimit { .. } => "read the key, merge its siblings, and write the result with the X-Atoll-Context the read returned",
+            Self::CounterOverflow(_) => "counters are 64-bit; use smaller deltas or reset by using a new key",
+            Self::NotFound => "the key has no value (never written, or deleted)",
+            Self::Config(_) => "run `atoll config check FILE` for details",
+            Self::FormatTooNew { .. } => "run a newer atoll build on this data directory; never point an older build at newer data",
+            Self::Corrupt(_) => "the data directory is damaged; restore the region from its peers or a backup",
+            Self::Storage(_) => "check disk space and permissions of the data directory; the write was not acknowledged",
+            Self::ClockSkew { .. } => "fix NTP on the skewed host; replication from it resumes by itself once its clock is back in bounds",
+            Self::ShuttingDown => "retry against another region or after the restart",
+            Self::BadRequest(_) => "check the request against GET /v1/openapi.json",
+        }
+    }
+}

@@ -1,0 +1,22 @@
+//! Pure cores of atoll. Nothing here opens a socket, spawns a task or reads the wall clock
+//! (except [`clock::SystemClock`], the one place that does): events in, states and decisions out.
+//!
+//! - [`error`]: errors with stable codes, HTTP status, retryability and a hint.
+//! - [`region`]: region identifiers.
+//! - [`clock`], [`hlc`]: the physical clock source and the hybrid logical clock.
+//! - [`causal`]: dots, version vectors and causal contexts (dotted version vectors).
+//! - [`crdt`]: LWW register, multi-value register, PN-counter, add-wins OR-set.
+//! - [`op`]: keyspace policies, per-key state, client intents and the replicated operation log entry.
+//! - [`codec`]: versioned binary encodings and the `X-Atoll-Context` token.
+
+pub mod causal;
+pub mod clock;
+pub mod codec;
+pub mod crdt;
+pub mod error;
+pub mod hlc;
+pub mod op;
+pub mod region;
+
+pub use error::{AtollError, Result};
+pub use region::RegionId;

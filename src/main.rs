@@ -1,1 +1,204 @@
-fn main() {}
+//! `atoll`: one binary for every role. This file only parses the command line and dispatches.
+
+mod client;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+#[derive(Parser)]
+#[command(
+    name = "atoll",
+    version,
+    about = "Multi-region reliability platform: region-local replicated state, traffic management, failover drills",
+    after_help = "Examples:\n  atoll region --config examples/single-region.toml --region us-east-1\n  atoll kv put sessions user-1 hello\n  atoll config check examples/single-region.toml"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run one region's store and client API.
+    #[command(
+        after_help = "Example:\n  atoll region --config examples/single-region.toml --region us-east-1 --data-dir /var/lib/atoll"
+    )]
+    Region {
+        /// The cluster config (atoll.toml).
+        #[arg(long)]
+        config: PathBuf,
+        /// Which of the config's regions this process is.
+        #[arg(long)]
+        region: String,
+        /// Where the region keeps its data (created if missing).
+        #[arg(long, default_value = "atoll-data")]
+        data_dir: PathBuf,
+        /// Listen here instead of the region's `api` address from the config.
+        #[arg(long)]
+        listen: Option<SocketAddr>,
+    },
+    /// Validate and explain a config file.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+    /// Read and write lww and mvr keys.
+    #[command(
+        after_help = "Examples:\n  atoll kv put sessions user-1 token-abc\n  atoll kv get carts cart-7 --output json\n  atoll kv put carts cart-7 '[\"apple\"]' --context <token from get>"
+    )]
+    Kv {
+        #[command(flatten)]
+        client: client::ClientArgs,
+        #[command(subcommand)]
+        command: client::KvCommand,
+    },
+    /// Increment and read counters.
+    #[command(
+        after_help = "Examples:\n  atoll counter incr ratelimits user-1 --by 5\n  atoll counter get ratelimits user-1"
+    )]
+    Counter {
+        #[command(flatten)]
+        client: client::ClientArgs,
+        #[command(subcommand)]
+        command: client::CounterCommand,
+    },
+    /// Add, remove and list set members.
+    #[command(
+        after_help = "Examples:\n  atoll set add flags beta dark-mode new-checkout\n  atoll set members flags beta"
+    )]
+    Set {
+        #[command(flatten)]
+        client: client::ClientArgs,
+        #[command(subcommand)]
+        command: client::SetCommand,
+    },
+    /// Show a region's status.
+    #[command(after_help = "Example:\n  atoll status --endpoint http://127.0.0.1:7100")]
+    Status {
+        #[command(flatten)]
+        client: client::ClientArgs,
+    },
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Parse, validate and print what was understood (defaults included).
+    #[command(after_help = "Example:\n  atoll config check examples/single-region.toml")]
+    Check { file: PathBuf },
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("ATOLL_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+}
+
+async fn run_region(
+    config: PathBuf,
+    region: String,
+    data_dir: PathBuf,
+    listen: Option<SocketAddr>,
+) -> Result<()> {
+    let cfg = atoll_config::Config::load(&config).map_err(anyhow::Error::msg)?;
+    let server = atoll_server::RegionServer::bind(atoll_server::RegionOptions {
+        config: Arc::new(cfg),
+        region,
+        data_dir: data_dir.clone(),
+        listen,
+    })
+    .await
+    .map_err(|e| anyhow::anyhow!("{} ({}): {}", e, e.code(), e.hint()))?;
+    let addr = server.local_addr().map_err(anyhow::Error::msg)?;
+    tracing::info!(region = %server.region(), %addr, data_dir = %data_dir.display(), "region serving");
+    // Machine-readable line for tools and tests that start regions on port 0.
+    println!(
+        "atoll region {} listening on http://{addr}",
+        server.region()
+    );
+    server
+        .serve(shutdown_signal())
+        .await
+        .map_err(anyhow::Error::msg)?;
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Config {
+            command: ConfigCommand::Check { file },
+        } => config_check(&file),
+        other => {
+            init_tracing();
+            let rt = match tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("error: cannot start the runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            rt.block_on(async move {
+                match other {
+                    Command::Region {
+                        config,
+                        region,
+                        data_dir,
+                        listen,
+                    } => run_region(config, region, data_dir, listen).await,
+                    Command::Kv { client, command } => client::kv(client, command).await,
+                    Command::Counter { client, command } => client::counter(client, command).await,
+                    Command::Set { client, command } => client::set(client, command).await,
+                    Command::Status { client } => client::status(client).await,
+                    Command::Config { .. } => Ok(()),
+                }
+            })
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn config_check(file: &std::path::Path) -> Result<()> {
+    let cfg = atoll_config::Config::load(file)
+        .map_err(anyhow::Error::msg)
+        .with_context(|| format!("{} is not a valid atoll config", file.display()))?;
+    println!("{}: OK\n", file.display());
+    print!("{}", cfg.explain());
+    Ok(())
+}

@@ -1,1 +1,271 @@
-//! atoll.toml config (being written).
+//! `atoll.toml`: the typed, strict cluster config, its validation and its explanation
+//! (`atoll config check`).
+//!
+//! One file describes the whole cluster: the cluster itself (`[cluster]`), its regions
+//! (`[[regions]]`), its keyspaces (`[[keyspaces]]`) and storage settings (`[storage]`). Each
+//! process is told which region it is. [`Config::parse`] / [`Config::load`] read the file into a
+//! [`Config`] whose fields are resolved and typed, with every default applied; anything unknown,
+//! missing, duplicated, out of range or not applicable to a keyspace's policy is a
+//! [`ConfigError`] naming the file, the line and the key. [`Config::explain`] says in plain text
+//! what was understood, defaults included.
+//!
+//! ```
+//! let text = r#"
+//! [cluster]
+//! name = "demo"
+//!
+//! [[regions]]
+//! name = "us-east-1"
+//! api = "127.0.0.1:7100"
+//!
+//! [[keyspaces]]
+//! name = "sessions"
+//! policy = "lww"
+//! "#;
+//! let config = atoll_config::Config::parse(text, "atoll.toml").unwrap();
+//! assert_eq!(config.keyspace("sessions").unwrap().max_value_bytes, 1 << 20);
+//! assert_eq!(config.region("us-east-1").unwrap().peer, "127.0.0.1:7100".parse().unwrap());
+//! ```
+
+mod error;
+mod explain;
+mod raw;
+#[cfg(test)]
+mod tests;
+
+pub use atoll_core::op::Policy;
+pub use error::ConfigError;
+
+use atoll_core::RegionId;
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::Path;
+
+/// The fixed limit on key length, in bytes, for every keyspace.
+pub const KEY_MAX_BYTES: usize = 1024;
+
+/// Default `max_value_bytes` of an `lww` or `mvr` keyspace: 1 MiB.
+pub const DEFAULT_MAX_VALUE_BYTES: usize = 1 << 20;
+
+/// Largest accepted `max_value_bytes`: 16 MiB.
+pub const MAX_VALUE_BYTES_LIMIT: usize = 16 << 20;
+
+/// Default `max_siblings` of an `mvr` keyspace.
+pub const DEFAULT_MAX_SIBLINGS: usize = 16;
+
+/// Default `conflict_retention_secs` of an `lww` keyspace: one day.
+pub const DEFAULT_CONFLICT_RETENTION_SECS: u64 = 86_400;
+
+/// Default `conflict_max_entries` of an `lww` keyspace.
+pub const DEFAULT_CONFLICT_MAX_ENTRIES: usize = 10_000;
+
+/// Default `cluster.max_clock_offset_ms`.
+pub const DEFAULT_MAX_CLOCK_OFFSET_MS: u64 = 500;
+
+/// Default `storage.group_commit_max_batch`.
+pub const DEFAULT_GROUP_COMMIT_MAX_BATCH: usize = 512;
+
+/// A whole, validated `atoll.toml` with every default applied.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Config {
+    pub cluster: ClusterConfig,
+    /// In file order; names, API addresses and peer addresses are unique.
+    pub regions: Vec<RegionConfig>,
+    /// In file order; names are unique.
+    pub keyspaces: Vec<KeyspaceConfig>,
+    pub storage: StorageConfig,
+}
+
+/// `[cluster]`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ClusterConfig {
+    /// 1-63 characters of `[a-z0-9-]`.
+    pub name: String,
+    pub model: Model,
+    /// How far ahead a peer's clock may run before its writes are rejected (1..=60000 ms).
+    pub max_clock_offset_ms: u64,
+}
+
+/// The cluster's topology model.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Model {
+    /// Every region serves reads and writes.
+    #[default]
+    ActiveActive,
+    /// One primary; standbys serve reads and are promoted automatically.
+    ActiveStandby,
+    /// One primary; warm replicas are promoted by an operator.
+    ActivePassive,
+}
+
+impl Model {
+    pub const ALL: [Model; 3] = [
+        Model::ActiveActive,
+        Model::ActiveStandby,
+        Model::ActivePassive,
+    ];
+
+    /// The name used in the config file (`active-active`, ...).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Model::ActiveActive => "active-active",
+            Model::ActiveStandby => "active-standby",
+            Model::ActivePassive => "active-passive",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Model> {
+        Model::ALL.into_iter().find(|m| m.as_str() == s)
+    }
+}
+
+impl fmt::Display for Model {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One `[[regions]]` entry.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RegionConfig {
+    pub name: RegionId,
+    /// Client HTTP API address.
+    pub api: SocketAddr,
+    /// Replication address; `api` unless set.
+    pub peer: SocketAddr,
+    pub location: Option<GeoPoint>,
+}
+
+/// Geographic coordinates in degrees.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct GeoPoint {
+    /// -90..=90.
+    pub lat: f64,
+    /// -180..=180.
+    pub lon: f64,
+}
+
+/// One `[[keyspaces]]` entry. Every option holds its value or default even where it does not
+/// apply to the policy (see [`KeyspaceConfig::options`]).
+#[derive(Clone, Debug, PartialEq)]
+pub struct KeyspaceConfig {
+    /// 1-64 characters of `[a-z0-9_-]`.
+    pub name: String,
+    pub policy: Policy,
+    /// Largest accepted value (lww, mvr), 1..=16 MiB.
+    pub max_value_bytes: usize,
+    /// Most siblings one key keeps (mvr), 1..=1024.
+    pub max_siblings: usize,
+    /// How long the conflict ledger keeps an entry (lww).
+    pub conflict_retention_secs: u64,
+    /// Most entries the conflict ledger keeps (lww).
+    pub conflict_max_entries: usize,
+}
+
+impl KeyspaceConfig {
+    /// A keyspace with every option at its default.
+    pub fn new(name: impl Into<String>, policy: Policy) -> Self {
+        Self {
+            name: name.into(),
+            policy,
+            max_value_bytes: DEFAULT_MAX_VALUE_BYTES,
+            max_siblings: DEFAULT_MAX_SIBLINGS,
+            conflict_retention_secs: DEFAULT_CONFLICT_RETENTION_SECS,
+            conflict_max_entries: DEFAULT_CONFLICT_MAX_ENTRIES,
+        }
+    }
+
+    /// The options that apply to this keyspace's policy, as `(key, value)` pairs in file syntax.
+    pub fn options(&self) -> Vec<(&'static str, u64)> {
+        let mut out = Vec::new();
+        for &key in KeyspaceOption::ALL_KEYS {
+            if KeyspaceOption::applies(key, self.policy) {
+                let value = match key {
+                    "max_value_bytes" => self.max_value_bytes as u64,
+                    "max_siblings" => self.max_siblings as u64,
+                    "conflict_retention_secs" => self.conflict_retention_secs,
+                    _ => self.conflict_max_entries as u64,
+                };
+                out.push((key, value));
+            }
+        }
+        out
+    }
+}
+
+/// Which keyspace options apply to which policies.
+pub(crate) struct KeyspaceOption;
+
+impl KeyspaceOption {
+    pub(crate) const ALL_KEYS: &'static [&'static str] = &[
+        "max_value_bytes",
+        "max_siblings",
+        "conflict_retention_secs",
+        "conflict_max_entries",
+    ];
+
+    pub(crate) fn applies(key: &str, policy: Policy) -> bool {
+        match key {
+            "max_value_bytes" => matches!(policy, Policy::Lww | Policy::Mvr),
+            "max_siblings" => matches!(policy, Policy::Mvr),
+            "conflict_retention_secs" | "conflict_max_entries" => matches!(policy, Policy::Lww),
+            _ => false,
+        }
+    }
+
+    /// The policies that accept option `key`.
+    pub(crate) fn accepted_by(key: &str) -> Vec<Policy> {
+        Policy::ALL
+            .into_iter()
+            .filter(|&p| Self::applies(key, p))
+            .collect()
+    }
+}
+
+/// `[storage]`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StorageConfig {
+    /// Most writes that share one fsync (1..=65536).
+    pub group_commit_max_batch: usize,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        Self {
+            group_commit_max_batch: DEFAULT_GROUP_COMMIT_MAX_BATCH,
+        }
+    }
+}
+
+impl Config {
+    /// Parses and validates the text of an `atoll.toml`. `source` names the file in messages.
+    pub fn parse(text: &str, source: &str) -> Result<Config, ConfigError> {
+        raw::parse(text, source)
+    }
+
+    /// Reads, parses and validates the file at `path`.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::parse(&text, &path.display().to_string())
+    }
+
+    /// The region named `name`.
+    pub fn region(&self, name: &str) -> Option<&RegionConfig> {
+        self.regions.iter().find(|r| r.name.as_str() == name)
+    }
+
+    /// The keyspace named `name`.
+    pub fn keyspace(&self, name: &str) -> Option<&KeyspaceConfig> {
+        self.keyspaces.iter().find(|k| k.name == name)
+    }
+
+    /// A human-readable summary of everything understood, defaults included.
+    pub fn explain(&self) -> String {
+        explain::explain(self)
+    }
+}

@@ -85,7 +85,9 @@ pub fn decode_context_token(token: &str, keyspace: &str, key: &[u8]) -> Result<C
     let crc = u32::from_le_bytes([raw[1], raw[2], raw[3], raw[4]]);
     let body = &raw[5..];
     if crc32fast::hash(body) != crc {
-        return Err(AtollError::BadContext("checksum mismatch (garbled token)".into()));
+        return Err(AtollError::BadContext(
+            "checksum mismatch (garbled token)".into(),
+        ));
     }
     let mut fp = [0u8; 8];
     fp.copy_from_slice(&body[..8]);
@@ -115,7 +117,10 @@ mod tests {
             decode::<Vec<u32>>(&newer),
             Err(AtollError::FormatTooNew { found: 9, .. })
         ));
-        assert!(matches!(decode::<Vec<u32>>(&[1]), Err(AtollError::Corrupt(_))));
+        assert!(matches!(
+            decode::<Vec<u32>>(&[1]),
+            Err(AtollError::Corrupt(_))
+        ));
     }
 
     #[test]

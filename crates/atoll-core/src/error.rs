@@ -12,13 +12,21 @@ pub enum AtollError {
     #[error("unknown keyspace `{0}`")]
     UnknownKeyspace(String),
     #[error("keyspace `{keyspace}` has policy `{policy}`, which does not support {operation}")]
-    WrongPolicy { keyspace: String, policy: String, operation: String },
+    WrongPolicy {
+        keyspace: String,
+        policy: String,
+        operation: String,
+    },
     #[error("key is empty")]
     EmptyKey,
     #[error("key is {len} bytes, over the limit of {max} bytes")]
     KeyTooLarge { len: usize, max: usize },
     #[error("value is {len} bytes, over keyspace `{keyspace}`'s limit of {max} bytes")]
-    ValueTooLarge { keyspace: String, len: usize, max: usize },
+    ValueTooLarge {
+        keyspace: String,
+        len: usize,
+        max: usize,
+    },
     #[error("malformed request body: {0}")]
     MalformedBody(String),
     #[error("invalid UTF-8 in {0}")]
@@ -35,7 +43,9 @@ pub enum AtollError {
     NotFound,
     #[error("invalid config: {0}")]
     Config(String),
-    #[error("data was written by format version {found}; this build reads up to version {supported}")]
+    #[error(
+        "data was written by format version {found}; this build reads up to version {supported}"
+    )]
     FormatTooNew { found: u16, supported: u16 },
     #[error("corrupt data: {0}")]
     Corrupt(String),
@@ -45,6 +55,8 @@ pub enum AtollError {
     ClockSkew { offset_ms: u64, max_ms: u64 },
     #[error("the region is shutting down")]
     ShuttingDown,
+    #[error("the region is overloaded: {0}")]
+    Overloaded(String),
     #[error("request rejected: {0}")]
     BadRequest(String),
 }
@@ -71,6 +83,7 @@ impl AtollError {
             Self::Storage(_) => "ATOLL-STORAGE",
             Self::ClockSkew { .. } => "ATOLL-CLOCK-SKEW",
             Self::ShuttingDown => "ATOLL-SHUTTING-DOWN",
+            Self::Overloaded(_) => "ATOLL-OVERLOADED",
             Self::BadRequest(_) => "ATOLL-BAD-REQUEST",
         }
     }
@@ -89,7 +102,7 @@ impl AtollError {
             Self::KeyTooLarge { .. } => 414,
             Self::ValueTooLarge { .. } => 413,
             Self::ContextAhead(_) | Self::SiblingLimit { .. } | Self::CounterOverflow(_) => 409,
-            Self::ShuttingDown => 503,
+            Self::ShuttingDown | Self::Overloaded(_) => 503,
             Self::ClockSkew { .. } => 503,
             Self::FormatTooNew { .. } | Self::Corrupt(_) | Self::Storage(_) => 500,
         }
@@ -99,31 +112,60 @@ impl AtollError {
     pub fn retryable(&self) -> bool {
         matches!(
             self,
-            Self::ContextAhead(_) | Self::ShuttingDown | Self::Storage(_) | Self::ClockSkew { .. }
+            Self::ContextAhead(_)
+                | Self::ShuttingDown
+                | Self::Overloaded(_)
+                | Self::Storage(_)
+                | Self::ClockSkew { .. }
         )
     }
 
     /// What the operator or client should do about it.
     pub fn hint(&self) -> &'static str {
         match self {
-            Self::UnknownKeyspace(_) => "declare the keyspace in atoll.toml ([[keyspaces]]) or check the spelling; GET /v1/status lists the keyspaces",
-            Self::WrongPolicy { .. } => "use the route that matches the keyspace's policy: /v1/kv for lww and mvr, /v1/counter for counter, /v1/set for set",
+            Self::UnknownKeyspace(_) => {
+                "declare the keyspace in atoll.toml ([[keyspaces]]) or check the spelling; GET /v1/status lists the keyspaces"
+            }
+            Self::WrongPolicy { .. } => {
+                "use the route that matches the keyspace's policy: /v1/kv for lww and mvr, /v1/counter for counter, /v1/set for set"
+            }
             Self::EmptyKey => "send a non-empty key in the path",
-            Self::KeyTooLarge { .. } => "keys are limited to 1 KiB; hash long identifiers into a shorter key",
-            Self::ValueTooLarge { .. } => "store large blobs elsewhere and keep a reference here, or raise the keyspace's max_value_bytes",
+            Self::KeyTooLarge { .. } => {
+                "keys are limited to 1 KiB; hash long identifiers into a shorter key"
+            }
+            Self::ValueTooLarge { .. } => {
+                "store large blobs elsewhere and keep a reference here, or raise the keyspace's max_value_bytes"
+            }
             Self::MalformedBody(_) => "check the request body against GET /v1/openapi.json",
             Self::InvalidUtf8(_) => "send UTF-8 text where the API expects text",
-            Self::BadContext(_) => "send X-Atoll-Context exactly as a previous read of the same key returned it, or omit it",
-            Self::ContextAhead(_) => "the context came from a region this one has not caught up with yet; retry shortly or read the key here first",
-            Self::SiblingLimit { .. } => "read the key, merge its siblings, and write the result with the X-Atoll-Context the read returned",
-            Self::CounterOverflow(_) => "counters are 64-bit; use smaller deltas or reset by using a new key",
+            Self::BadContext(_) => {
+                "send X-Atoll-Context exactly as a previous read of the same key returned it, or omit it"
+            }
+            Self::ContextAhead(_) => {
+                "the context came from a region this one has not caught up with yet; retry shortly or read the key here first"
+            }
+            Self::SiblingLimit { .. } => {
+                "read the key, merge its siblings, and write the result with the X-Atoll-Context the read returned"
+            }
+            Self::CounterOverflow(_) => {
+                "counters are 64-bit; use smaller deltas or reset by using a new key"
+            }
             Self::NotFound => "the key has no value (never written, or deleted)",
             Self::Config(_) => "run `atoll config check FILE` for details",
-            Self::FormatTooNew { .. } => "run a newer atoll build on this data directory; never point an older build at newer data",
-            Self::Corrupt(_) => "the data directory is damaged; restore the region from its peers or a backup",
-            Self::Storage(_) => "check disk space and permissions of the data directory; the write was not acknowledged",
-            Self::ClockSkew { .. } => "fix NTP on the skewed host; replication from it resumes by itself once its clock is back in bounds",
+            Self::FormatTooNew { .. } => {
+                "run a newer atoll build on this data directory; never point an older build at newer data"
+            }
+            Self::Corrupt(_) => {
+                "the data directory is damaged; restore the region from its peers or a backup"
+            }
+            Self::Storage(_) => {
+                "check disk space and permissions of the data directory; the write was not acknowledged"
+            }
+            Self::ClockSkew { .. } => {
+                "fix NTP on the skewed host; replication from it resumes by itself once its clock is back in bounds"
+            }
             Self::ShuttingDown => "retry against another region or after the restart",
+            Self::Overloaded(_) => "back off and retry; the write was not accepted",
             Self::BadRequest(_) => "check the request against GET /v1/openapi.json",
         }
     }

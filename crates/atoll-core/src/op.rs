@@ -103,13 +103,19 @@ impl KeyState {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Intent {
     /// Write a value (lww, mvr). For mvr, `context` is what the client read; `None` adds a sibling.
-    Put { value: Vec<u8>, context: Option<CausalContext> },
+    Put {
+        value: Vec<u8>,
+        context: Option<CausalContext>,
+    },
     /// Delete (lww, mvr): leaves a tombstone.
     Delete { context: Option<CausalContext> },
     /// Add `delta` (may be negative) to a counter.
     CounterAdd { delta: i64 },
     /// Add and remove set members.
-    SetUpdate { add: Vec<String>, remove: Vec<String> },
+    SetUpdate {
+        add: Vec<String>,
+        remove: Vec<String>,
+    },
 }
 
 impl Intent {
@@ -125,8 +131,10 @@ impl Intent {
     fn fits(&self, policy: Policy) -> bool {
         matches!(
             (self, policy),
-            (Intent::Put { .. } | Intent::Delete { .. }, Policy::Lww | Policy::Mvr)
-                | (Intent::CounterAdd { .. }, Policy::Counter)
+            (
+                Intent::Put { .. } | Intent::Delete { .. },
+                Policy::Lww | Policy::Mvr
+            ) | (Intent::CounterAdd { .. }, Policy::Counter)
                 | (Intent::SetUpdate { .. }, Policy::Set)
         )
     }
@@ -213,8 +221,15 @@ fn mvr_write(
         Some(KeyState::Mvr(r)) => Some(r),
         _ => None,
     };
-    let empty = CausalContext::default();
-    KeyState::Mvr(MvRegister::write(cur, context.unwrap_or(&empty), region, ts, value))
+    // Delete markers the region holds are superseded by every new local write: they carry no
+    // value, and keeping them would let markers pile up under writes made without a context.
+    let mut seen = context.cloned().unwrap_or_default();
+    for s in cur.iter().flat_map(|r| &r.siblings) {
+        if s.value.is_none() {
+            seen.insert(s.dot.clone());
+        }
+    }
+    KeyState::Mvr(MvRegister::write(cur, &seen, region, ts, value))
 }
 
 /// One entry of a region's operation log: what replication streams to peers.

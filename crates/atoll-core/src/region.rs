@@ -1,15 +1,30 @@
 //! Region identifiers.
 
 use crate::error::{AtollError, Result};
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use std::fmt;
 use std::sync::Arc;
 
 /// The name of a region (`us-east-1`). Cheap to clone. Ordered by name: the order breaks ties
-/// between equal hybrid-logical-clock timestamps.
-#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(transparent)]
+/// between equal hybrid-logical-clock timestamps. Encoded as its name (a plain string); decoding
+/// validates the name like [`RegionId::new`].
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct RegionId(Arc<str>);
+
+// Hand-written rather than `#[serde(transparent)]`: serde implements `Arc<str>` only with its `rc`
+// feature, and this way decoding also validates the name. Same encoding as a transparent string.
+impl Serialize for RegionId {
+    fn serialize<S: Serializer>(&self, serializer: S) -> std::result::Result<S::Ok, S::Error> {
+        serializer.serialize_str(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for RegionId {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> std::result::Result<Self, D::Error> {
+        let name = String::deserialize(deserializer)?;
+        RegionId::new(&name).map_err(serde::de::Error::custom)
+    }
+}
 
 impl RegionId {
     /// Longest accepted region name.
@@ -19,7 +34,9 @@ impl RegionId {
     pub fn new(name: &str) -> Result<Self> {
         let ok = !name.is_empty()
             && name.len() <= Self::MAX_LEN
-            && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
             && !name.starts_with('-')
             && !name.ends_with('-');
         if ok {
@@ -59,5 +76,15 @@ mod tests {
         for bad in ["", "-a", "a-", "US-EAST", "a b", &"x".repeat(64)] {
             assert!(RegionId::new(bad).is_err(), "{bad:?} accepted");
         }
+    }
+
+    #[test]
+    fn encodes_as_its_name_and_validates_on_decode() {
+        let r = RegionId::new("eu-west-1").unwrap();
+        let bytes = postcard::to_allocvec(&r).unwrap();
+        assert_eq!(bytes, postcard::to_allocvec("eu-west-1").unwrap());
+        assert_eq!(postcard::from_bytes::<RegionId>(&bytes).unwrap(), r);
+        let bad = postcard::to_allocvec("EU WEST").unwrap();
+        assert!(postcard::from_bytes::<RegionId>(&bad).is_err());
     }
 }

@@ -1,0 +1,409 @@
+//! The file as written (serde, strict, with spans) and its resolution into a [`Config`].
+
+use crate::error::{ConfigError, join_key, line_column};
+use crate::{
+    ClusterConfig, Config, DEFAULT_CONFLICT_MAX_ENTRIES, DEFAULT_CONFLICT_RETENTION_SECS,
+    DEFAULT_GROUP_COMMIT_MAX_BATCH, DEFAULT_MAX_CLOCK_OFFSET_MS, DEFAULT_MAX_SIBLINGS,
+    DEFAULT_MAX_VALUE_BYTES, GeoPoint, KeyspaceConfig, KeyspaceOption, MAX_VALUE_BYTES_LIMIT,
+    Model, RegionConfig, StorageConfig,
+};
+use atoll_core::op::Policy;
+use atoll_core::{AtollError, RegionId};
+use serde::Deserialize;
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::ops::{Range, RangeInclusive};
+use toml::Spanned;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default)]
+    cluster: Option<RawCluster>,
+    #[serde(default)]
+    regions: Vec<Spanned<RawRegion>>,
+    #[serde(default)]
+    keyspaces: Vec<Spanned<RawKeyspace>>,
+    #[serde(default)]
+    storage: Option<RawStorage>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCluster {
+    name: Spanned<String>,
+    #[serde(default)]
+    model: Option<Model>,
+    #[serde(default)]
+    max_clock_offset_ms: Option<Spanned<i64>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRegion {
+    name: Spanned<String>,
+    api: Spanned<String>,
+    #[serde(default)]
+    peer: Option<Spanned<String>>,
+    #[serde(default)]
+    location: Option<RawGeo>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawGeo {
+    lat: Spanned<f64>,
+    lon: Spanned<f64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawKeyspace {
+    name: Spanned<String>,
+    policy: Policy,
+    #[serde(default)]
+    max_value_bytes: Option<Spanned<i64>>,
+    #[serde(default)]
+    max_siblings: Option<Spanned<i64>>,
+    #[serde(default)]
+    conflict_retention_secs: Option<Spanned<i64>>,
+    #[serde(default)]
+    conflict_max_entries: Option<Spanned<i64>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawStorage {
+    #[serde(default)]
+    group_commit_max_batch: Option<Spanned<i64>>,
+}
+
+const MAX_CLOCK_OFFSET_MS: RangeInclusive<i64> = 1..=60_000;
+const MAX_VALUE_BYTES: RangeInclusive<i64> = 1..=MAX_VALUE_BYTES_LIMIT as i64;
+const MAX_SIBLINGS: RangeInclusive<i64> = 1..=1024;
+/// Up to one year.
+const CONFLICT_RETENTION_SECS: RangeInclusive<i64> = 1..=31_536_000;
+const CONFLICT_MAX_ENTRIES: RangeInclusive<i64> = 1..=1_000_000;
+const GROUP_COMMIT_MAX_BATCH: RangeInclusive<i64> = 1..=65_536;
+
+/// Where errors point: the text (for line numbers) and the file name.
+struct Ctx<'a> {
+    text: &'a str,
+    file: &'a str,
+}
+
+impl Ctx<'_> {
+    fn err(
+        &self,
+        span: Range<usize>,
+        key: impl Into<String>,
+        message: impl Into<String>,
+    ) -> ConfigError {
+        ConfigError::invalid_at(self.text, self.file, Some(span), key, message)
+    }
+
+    fn err_nowhere(&self, key: impl Into<String>, message: impl Into<String>) -> ConfigError {
+        ConfigError::invalid_at(self.text, self.file, None, key, message)
+    }
+
+    fn line(&self, span: &Range<usize>) -> usize {
+        line_column(self.text, span.start).0
+    }
+
+    /// The value of an optional integer option, range-checked, or its default.
+    fn int(
+        &self,
+        value: &Option<Spanned<i64>>,
+        key: &str,
+        range: RangeInclusive<i64>,
+        default: i64,
+    ) -> Result<i64, ConfigError> {
+        let Some(v) = value else { return Ok(default) };
+        let n = *v.get_ref();
+        if range.contains(&n) {
+            Ok(n)
+        } else {
+            Err(self.err(
+                v.span(),
+                key,
+                format!(
+                    "{n} is out of range: must be {} to {}",
+                    range.start(),
+                    range.end()
+                ),
+            ))
+        }
+    }
+}
+
+pub(crate) fn parse(text: &str, file: &str) -> Result<Config, ConfigError> {
+    let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::from_toml(e, text, file))?;
+    let cx = Ctx { text, file };
+    Ok(Config {
+        cluster: cluster(&cx, raw.cluster.as_ref())?,
+        regions: regions(&cx, &raw.regions)?,
+        keyspaces: keyspaces(&cx, &raw.keyspaces)?,
+        storage: storage(&cx, raw.storage.as_ref())?,
+    })
+}
+
+fn cluster(cx: &Ctx<'_>, raw: Option<&RawCluster>) -> Result<ClusterConfig, ConfigError> {
+    let Some(raw) = raw else {
+        return Err(cx.err_nowhere(
+            "cluster",
+            "the [cluster] table is missing: add one with at least `name = \"...\"`",
+        ));
+    };
+    let name = raw.name.get_ref();
+    if !valid_name(name, 63, false) {
+        return Err(cx.err(
+            raw.name.span(),
+            "cluster.name",
+            format!("invalid cluster name `{name}`: use 1-63 characters of a-z, 0-9 and '-'"),
+        ));
+    }
+    let offset = cx.int(
+        &raw.max_clock_offset_ms,
+        "cluster.max_clock_offset_ms",
+        MAX_CLOCK_OFFSET_MS,
+        DEFAULT_MAX_CLOCK_OFFSET_MS as i64,
+    )?;
+    Ok(ClusterConfig {
+        name: name.clone(),
+        model: raw.model.unwrap_or_default(),
+        max_clock_offset_ms: offset as u64,
+    })
+}
+
+fn regions(cx: &Ctx<'_>, raw: &[Spanned<RawRegion>]) -> Result<Vec<RegionConfig>, ConfigError> {
+    if raw.is_empty() {
+        return Err(cx.err_nowhere(
+            "regions",
+            "no region is declared: add at least one [[regions]] table with a name and an api address",
+        ));
+    }
+    let mut out = Vec::with_capacity(raw.len());
+    // name -> line of first declaration; address -> (region, key, line) of first use.
+    let mut names: HashMap<&str, usize> = HashMap::new();
+    let mut addrs: HashMap<SocketAddr, (String, &'static str, usize)> = HashMap::new();
+    for (i, r) in raw.iter().enumerate() {
+        let r = r.get_ref();
+        let key = |field: &str| format!("regions[{i}].{field}");
+        let name = r.name.get_ref();
+        let id =
+            RegionId::new(name).map_err(|e| cx.err(r.name.span(), key("name"), core_message(e)))?;
+        if let Some(first) = names.insert(name, cx.line(&r.name.span())) {
+            return Err(cx.err(
+                r.name.span(),
+                key("name"),
+                format!("duplicate region name `{name}` (first declared at line {first})"),
+            ));
+        }
+        let api = address(cx, &r.api, &key("api"))?;
+        let peer = match &r.peer {
+            Some(p) => address(cx, p, &key("peer"))?,
+            None => api,
+        };
+        let mut uses = vec![("api", api, r.api.span())];
+        if let Some(p) = &r.peer
+            && peer != api
+        {
+            uses.push(("peer", peer, p.span()));
+        }
+        for (field, addr, span) in uses {
+            if let Some((other, other_field, line)) = addrs.get(&addr) {
+                return Err(cx.err(
+                    span,
+                    key(field),
+                    format!(
+                        "address {addr} of region `{name}` is already the {other_field} address of region `{other}` (line {line}); every region needs its own addresses"
+                    ),
+                ));
+            }
+            addrs.insert(addr, (name.clone(), field, cx.line(&span)));
+        }
+        let location = match &r.location {
+            Some(g) => Some(geo(cx, g, &key("location"))?),
+            None => None,
+        };
+        out.push(RegionConfig {
+            name: id,
+            api,
+            peer,
+            location,
+        });
+    }
+    Ok(out)
+}
+
+fn core_message(e: AtollError) -> String {
+    match e {
+        AtollError::Config(m) => m,
+        other => other.to_string(),
+    }
+}
+
+fn geo(cx: &Ctx<'_>, raw: &RawGeo, key: &str) -> Result<GeoPoint, ConfigError> {
+    let check = |v: &Spanned<f64>, field: &str, limit: f64, what: &str| {
+        let x = *v.get_ref();
+        if (-limit..=limit).contains(&x) {
+            Ok(x)
+        } else {
+            Err(cx.err(
+                v.span(),
+                join_key(key, field),
+                format!("{what} {x} is out of range: must be -{limit} to {limit} degrees"),
+            ))
+        }
+    };
+    Ok(GeoPoint {
+        lat: check(&raw.lat, "lat", 90.0, "latitude")?,
+        lon: check(&raw.lon, "lon", 180.0, "longitude")?,
+    })
+}
+
+fn address(cx: &Ctx<'_>, raw: &Spanned<String>, key: &str) -> Result<SocketAddr, ConfigError> {
+    parse_address(raw.get_ref()).map_err(|m| cx.err(raw.span(), key, m))
+}
+
+/// Parses `ip:port` (`[v6]:port` for IPv6), explaining what is wrong otherwise.
+pub(crate) fn parse_address(s: &str) -> Result<SocketAddr, String> {
+    const EXPECTED: &str = "write ip:port, e.g. \"127.0.0.1:7100\" (\"[::1]:7100\" for IPv6; hostnames are not accepted)";
+    if let Ok(addr) = s.parse::<SocketAddr>() {
+        if addr.port() == 0 {
+            return Err(format!(
+                "address \"{s}\" has port 0: clients and peers need a fixed port (1-65535)"
+            ));
+        }
+        return Ok(addr);
+    }
+    if s.trim().is_empty() {
+        return Err(format!("the address is empty: {EXPECTED}"));
+    }
+    if s.parse::<IpAddr>().is_ok() || !s.contains(':') {
+        return Err(format!("address \"{s}\" has no port: {EXPECTED}"));
+    }
+    let (host, port) = s.rsplit_once(':').unwrap_or((s, ""));
+    if port.parse::<u16>().is_err() {
+        return Err(format!(
+            "address \"{s}\" has an invalid port \"{port}\" (must be a number from 1 to 65535): {EXPECTED}"
+        ));
+    }
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    Err(format!(
+        "address \"{s}\": \"{host}\" is not an IP address: {EXPECTED}"
+    ))
+}
+
+fn keyspaces(
+    cx: &Ctx<'_>,
+    raw: &[Spanned<RawKeyspace>],
+) -> Result<Vec<KeyspaceConfig>, ConfigError> {
+    if raw.is_empty() {
+        return Err(cx.err_nowhere(
+            "keyspaces",
+            "no keyspace is declared: add at least one [[keyspaces]] table with a name and a policy (lww, mvr, counter or set)",
+        ));
+    }
+    let mut out = Vec::with_capacity(raw.len());
+    let mut names: HashMap<&str, usize> = HashMap::new();
+    for (i, k) in raw.iter().enumerate() {
+        let k = k.get_ref();
+        let key = |field: &str| format!("keyspaces[{i}].{field}");
+        let name = k.name.get_ref();
+        if !valid_name(name, 64, true) {
+            return Err(cx.err(
+                k.name.span(),
+                key("name"),
+                format!(
+                    "invalid keyspace name `{name}`: use 1-64 characters of a-z, 0-9, '_' and '-'"
+                ),
+            ));
+        }
+        if let Some(first) = names.insert(name, cx.line(&k.name.span())) {
+            return Err(cx.err(
+                k.name.span(),
+                key("name"),
+                format!("duplicate keyspace name `{name}` (first declared at line {first})"),
+            ));
+        }
+        let policy = k.policy;
+        let options = [
+            ("max_value_bytes", &k.max_value_bytes),
+            ("max_siblings", &k.max_siblings),
+            ("conflict_retention_secs", &k.conflict_retention_secs),
+            ("conflict_max_entries", &k.conflict_max_entries),
+        ];
+        for (option, value) in options {
+            if let Some(v) = value
+                && !KeyspaceOption::applies(option, policy)
+            {
+                let accepted: Vec<String> = KeyspaceOption::accepted_by(option)
+                    .into_iter()
+                    .map(|p| format!("`{p}`"))
+                    .collect();
+                return Err(cx.err(
+                    v.span(),
+                    key(option),
+                    format!(
+                        "{option} does not apply to keyspace `{name}`, whose policy is `{policy}`; only {} keyspaces accept it",
+                        accepted.join(" and ")
+                    ),
+                ));
+            }
+        }
+        out.push(KeyspaceConfig {
+            name: name.clone(),
+            policy,
+            max_value_bytes: cx.int(
+                &k.max_value_bytes,
+                &key("max_value_bytes"),
+                MAX_VALUE_BYTES,
+                DEFAULT_MAX_VALUE_BYTES as i64,
+            )? as usize,
+            max_siblings: cx.int(
+                &k.max_siblings,
+                &key("max_siblings"),
+                MAX_SIBLINGS,
+                DEFAULT_MAX_SIBLINGS as i64,
+            )? as usize,
+            conflict_retention_secs: cx.int(
+                &k.conflict_retention_secs,
+                &key("conflict_retention_secs"),
+                CONFLICT_RETENTION_SECS,
+                DEFAULT_CONFLICT_RETENTION_SECS as i64,
+            )? as u64,
+            conflict_max_entries: cx.int(
+                &k.conflict_max_entries,
+                &key("conflict_max_entries"),
+                CONFLICT_MAX_ENTRIES,
+                DEFAULT_CONFLICT_MAX_ENTRIES as i64,
+            )? as usize,
+        });
+    }
+    Ok(out)
+}
+
+fn storage(cx: &Ctx<'_>, raw: Option<&RawStorage>) -> Result<StorageConfig, ConfigError> {
+    let Some(raw) = raw else {
+        return Ok(StorageConfig::default());
+    };
+    let batch = cx.int(
+        &raw.group_commit_max_batch,
+        "storage.group_commit_max_batch",
+        GROUP_COMMIT_MAX_BATCH,
+        DEFAULT_GROUP_COMMIT_MAX_BATCH as i64,
+    )?;
+    Ok(StorageConfig {
+        group_commit_max_batch: batch as usize,
+    })
+}
+
+/// `[a-z0-9-]{1,max}` (plus `_` if `underscore`).
+fn valid_name(name: &str, max: usize, underscore: bool) -> bool {
+    !name.is_empty()
+        && name.len() <= max
+        && name.bytes().all(|b| {
+            b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || (underscore && b == b'_')
+        })
+}

@@ -1,0 +1,887 @@
+use super::*;
+use atoll_core::AtollError;
+
+const SINGLE: &str = include_str!("../../../examples/single-region.toml");
+const THREE: &str = include_str!("../../../examples/three-regions.toml");
+
+/// A minimal valid config; tests edit it. Line numbers are referenced by the tests.
+const BASE: &str = r#"[cluster]
+name = "t"
+
+[[regions]]
+name = "us-east-1"
+api = "127.0.0.1:7100"
+
+[[regions]]
+name = "eu-west-1"
+api = "127.0.0.1:7101"
+
+[[keyspaces]]
+name = "sessions"
+policy = "lww"
+
+[[keyspaces]]
+name = "carts"
+policy = "mvr"
+"#;
+
+fn ok(text: &str) -> Config {
+    Config::parse(text, "atoll.toml").unwrap_or_else(|e| panic!("rejected: {e}\n{text}"))
+}
+
+fn err(text: &str) -> ConfigError {
+    match Config::parse(text, "atoll.toml") {
+        Ok(c) => panic!("accepted: {c:?}\n{text}"),
+        Err(e) => e,
+    }
+}
+
+/// Replaces exactly one occurrence of `from` in `text`.
+fn edit(text: &str, from: &str, to: &str) -> String {
+    assert_eq!(text.matches(from).count(), 1, "`{from}` must occur once");
+    text.replace(from, to)
+}
+
+/// Asserts the message names the file, the line, the key and contains every `needles`.
+fn assert_err(e: &ConfigError, line: Option<usize>, key: &str, needles: &[&str]) {
+    let msg = e.to_string();
+    assert!(msg.starts_with("atoll.toml"), "no file in: {msg}");
+    assert_eq!(e.line(), line, "line of: {msg}");
+    if let Some(line) = line {
+        assert!(
+            msg.starts_with(&format!("atoll.toml:{line}:")),
+            "no line {line} in: {msg}"
+        );
+    }
+    assert_eq!(e.key(), Some(key), "key of: {msg}");
+    assert!(
+        msg.contains(&format!("`{key}`")),
+        "key `{key}` not named in: {msg}"
+    );
+    for n in needles {
+        assert!(msg.contains(n), "`{n}` not in: {msg}");
+    }
+    assert_eq!(e.code(), "ATOLL-CONFIG");
+    assert!(!e.retryable());
+    assert!(!e.hint().is_empty());
+}
+
+// ---------------------------------------------------------------------------------------------
+// Examples and defaults
+
+#[test]
+fn example_single_region_parses() {
+    let c = Config::parse(SINGLE, "examples/single-region.toml").unwrap();
+    assert_eq!(c.cluster.name, "atoll-single");
+    assert_eq!(c.cluster.model, Model::ActiveActive);
+    assert_eq!(c.regions.len(), 1);
+    let r = c.region("us-east-1").unwrap();
+    assert_eq!(r.api, "127.0.0.1:7100".parse().unwrap());
+    assert_eq!(r.peer, r.api);
+    assert_eq!(r.location, None);
+    let names: Vec<_> = c
+        .keyspaces
+        .iter()
+        .map(|k| (k.name.as_str(), k.policy))
+        .collect();
+    assert_eq!(
+        names,
+        [
+            ("sessions", Policy::Lww),
+            ("carts", Policy::Mvr),
+            ("ratelimits", Policy::Counter),
+            ("flags", Policy::Set)
+        ]
+    );
+}
+
+#[test]
+fn example_three_regions_parses() {
+    let c = Config::parse(THREE, "examples/three-regions.toml").unwrap();
+    let regions: Vec<_> = c
+        .regions
+        .iter()
+        .map(|r| (r.name.as_str(), r.api.to_string(), r.location.unwrap()))
+        .collect();
+    assert_eq!(
+        regions,
+        [
+            (
+                "us-east-1",
+                "127.0.0.1:7100".to_string(),
+                GeoPoint {
+                    lat: 38.9,
+                    lon: -77.4
+                }
+            ),
+            (
+                "eu-west-1",
+                "127.0.0.1:7101".to_string(),
+                GeoPoint {
+                    lat: 53.3,
+                    lon: -6.3
+                }
+            ),
+            (
+                "ap-southeast-1",
+                "127.0.0.1:7102".to_string(),
+                GeoPoint {
+                    lat: 1.35,
+                    lon: 103.8
+                }
+            ),
+        ]
+    );
+    let single = Config::parse(SINGLE, "single").unwrap();
+    assert_eq!(
+        c.keyspaces, single.keyspaces,
+        "both examples declare the same keyspaces"
+    );
+}
+
+#[test]
+fn load_reads_a_file_and_names_it_in_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("atoll.toml");
+    std::fs::write(&path, SINGLE).unwrap();
+    assert_eq!(
+        Config::load(&path).unwrap(),
+        Config::parse(SINGLE, "x").unwrap()
+    );
+
+    std::fs::write(&path, edit(SINGLE, "policy = \"set\"", "policy = \"sets\"")).unwrap();
+    let e = Config::load(&path).unwrap_err();
+    assert!(
+        e.to_string().starts_with(&format!("{}:", path.display())),
+        "{e}"
+    );
+
+    let missing = dir.path().join("nope.toml");
+    let e = Config::load(&missing).unwrap_err();
+    assert!(matches!(e, ConfigError::Read { .. }));
+    assert!(e.to_string().contains("nope.toml"), "{e}");
+    assert_eq!(e.line(), None);
+    assert!(!e.retryable());
+}
+
+#[test]
+fn defaults_are_applied() {
+    let c = ok(BASE);
+    assert_eq!(
+        c.cluster,
+        ClusterConfig {
+            name: "t".into(),
+            model: Model::ActiveActive,
+            max_clock_offset_ms: 500
+        }
+    );
+    assert_eq!(
+        c.storage,
+        StorageConfig {
+            group_commit_max_batch: 512
+        }
+    );
+    for k in &c.keyspaces {
+        assert_eq!(k, &KeyspaceConfig::new(k.name.clone(), k.policy));
+        assert_eq!(k.max_value_bytes, DEFAULT_MAX_VALUE_BYTES);
+        assert_eq!(k.max_siblings, 16);
+        assert_eq!(k.conflict_retention_secs, 86_400);
+        assert_eq!(k.conflict_max_entries, 10_000);
+    }
+    let r = c.region("eu-west-1").unwrap();
+    assert_eq!((r.api, r.peer, r.location), (r.api, r.api, None));
+    assert!(c.region("nowhere").is_none());
+    assert!(c.keyspace("carts").is_some());
+    assert!(c.keyspace("nope").is_none());
+    assert_eq!(KEY_MAX_BYTES, 1024);
+    assert_eq!(DEFAULT_MAX_VALUE_BYTES, 1_048_576);
+}
+
+#[test]
+fn explicit_values_are_kept() {
+    let text = edit(
+        BASE,
+        "name = \"t\"\n",
+        "name = \"t\"\nmodel = \"active-passive\"\nmax_clock_offset_ms = 60000\n",
+    );
+    let text = edit(
+        &text,
+        "api = \"127.0.0.1:7101\"\n",
+        "api = \"127.0.0.1:7101\"\npeer = \"[::1]:7201\"\nlocation = { lat = -90, lon = 180 }\n",
+    );
+    let text = edit(
+        &text,
+        "policy = \"lww\"\n",
+        "policy = \"lww\"\nmax_value_bytes = 16777216\nconflict_retention_secs = 60\nconflict_max_entries = 1\n",
+    );
+    let text = edit(
+        &text,
+        "policy = \"mvr\"\n",
+        "policy = \"mvr\"\nmax_value_bytes = 1\nmax_siblings = 1024\n",
+    );
+    let text = format!("{text}\n[storage]\ngroup_commit_max_batch = 65536\n");
+    let c = ok(&text);
+    assert_eq!(c.cluster.model, Model::ActivePassive);
+    assert_eq!(c.cluster.model.as_str(), "active-passive");
+    assert_eq!(c.cluster.max_clock_offset_ms, 60_000);
+    let r = c.region("eu-west-1").unwrap();
+    assert_eq!(r.peer, "[::1]:7201".parse().unwrap());
+    assert_eq!(
+        r.location,
+        Some(GeoPoint {
+            lat: -90.0,
+            lon: 180.0
+        })
+    );
+    let s = c.keyspace("sessions").unwrap();
+    assert_eq!(
+        (
+            s.max_value_bytes,
+            s.conflict_retention_secs,
+            s.conflict_max_entries
+        ),
+        (16 << 20, 60, 1)
+    );
+    let m = c.keyspace("carts").unwrap();
+    assert_eq!((m.max_value_bytes, m.max_siblings), (1, 1024));
+    assert_eq!(c.storage.group_commit_max_batch, 65_536);
+}
+
+#[test]
+fn model_names() {
+    for m in Model::ALL {
+        assert_eq!(Model::parse(m.as_str()), Some(m));
+        assert_eq!(m.to_string(), m.as_str());
+        let text = edit(
+            BASE,
+            "name = \"t\"\n",
+            &format!("name = \"t\"\nmodel = \"{m}\"\n"),
+        );
+        assert_eq!(ok(&text).cluster.model, m);
+    }
+    assert_eq!(Model::default(), Model::ActiveActive);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Syntax and serde errors
+
+#[test]
+fn toml_syntax_error_names_file_line_and_column() {
+    let e = err(&edit(BASE, "name = \"carts\"", "name = = \"carts\""));
+    assert!(matches!(e, ConfigError::Syntax { line: 17, .. }), "{e:?}");
+    let msg = e.to_string();
+    assert!(msg.starts_with("atoll.toml:17:"), "{msg}");
+    assert!(msg.contains("TOML syntax error"), "{msg}");
+}
+
+#[test]
+fn unknown_keys_are_errors_everywhere() {
+    let cases = [
+        (
+            edit(
+                BASE,
+                "name = \"t\"\n",
+                "name = \"t\"\nmodle = \"active-active\"\n",
+            ),
+            3,
+            "cluster.modle",
+        ),
+        (
+            edit(
+                BASE,
+                "api = \"127.0.0.1:7101\"\n",
+                "api = \"127.0.0.1:7101\"\napi_addr = \"x\"\n",
+            ),
+            11,
+            "regions[1].api_addr",
+        ),
+        (
+            edit(
+                BASE,
+                "policy = \"mvr\"\n",
+                "policy = \"mvr\"\nmax_sibling = 3\n",
+            ),
+            19,
+            "keyspaces[1].max_sibling",
+        ),
+        (
+            format!("{BASE}\n[storage]\nfsync = false\n"),
+            21,
+            "storage.fsync",
+        ),
+        (format!("{BASE}\n[router]\nttl = 5\n"), 20, "router"),
+        (
+            edit(
+                BASE,
+                "api = \"127.0.0.1:7101\"\n",
+                "api = \"127.0.0.1:7101\"\nlocation = { lat = 1, lon = 2, alt = 3 }\n",
+            ),
+            11,
+            "regions[1].location.alt",
+        ),
+    ];
+    for (text, line, key) in cases {
+        let e = err(&text);
+        let field = key.rsplit('.').next().unwrap();
+        assert_err(
+            &e,
+            Some(line),
+            key,
+            &["unknown field", &format!("`{field}`")],
+        );
+    }
+    // The message lists the keys that are accepted there.
+    let e = err(&edit(
+        BASE,
+        "policy = \"mvr\"\n",
+        "policy = \"mvr\"\nmax_sibling = 3\n",
+    ));
+    assert!(e.to_string().contains("`max_siblings`"), "{e}");
+}
+
+#[test]
+fn unknown_policy_lists_the_valid_ones() {
+    let e = err(&edit(BASE, "policy = \"mvr\"", "policy = \"crdt\""));
+    assert_err(
+        &e,
+        Some(18),
+        "keyspaces[1].policy",
+        &["`crdt`", "`lww`", "`mvr`", "`counter`", "`set`"],
+    );
+}
+
+#[test]
+fn unknown_model_lists_the_valid_ones() {
+    let e = err(&edit(
+        BASE,
+        "name = \"t\"\n",
+        "name = \"t\"\nmodel = \"multi-master\"\n",
+    ));
+    assert_err(
+        &e,
+        Some(3),
+        "cluster.model",
+        &[
+            "`multi-master`",
+            "`active-active`",
+            "`active-standby`",
+            "`active-passive`",
+        ],
+    );
+}
+
+#[test]
+fn missing_required_keys_are_named() {
+    let e = err(&edit(BASE, "api = \"127.0.0.1:7101\"\n", ""));
+    assert_err(&e, Some(8), "regions[1].api", &["missing field `api`"]);
+    let e = err(&edit(BASE, "name = \"t\"\n", ""));
+    assert_err(&e, Some(1), "cluster.name", &["missing field `name`"]);
+    let e = err(&edit(BASE, "policy = \"lww\"\n", ""));
+    assert_err(
+        &e,
+        Some(12),
+        "keyspaces[0].policy",
+        &["missing field `policy`"],
+    );
+    let e = err(&edit(BASE, "[cluster]\nname = \"t\"\n", ""));
+    assert_err(&e, None, "cluster", &["[cluster]", "missing"]);
+}
+
+#[test]
+fn wrong_types_are_named() {
+    let e = err(&edit(
+        BASE,
+        "policy = \"mvr\"\n",
+        "policy = \"mvr\"\nmax_siblings = \"many\"\n",
+    ));
+    assert_err(
+        &e,
+        Some(19),
+        "keyspaces[1].max_siblings",
+        &["invalid type", "expected an integer"],
+    );
+    let e = err(&edit(BASE, "api = \"127.0.0.1:7101\"", "api = 7101"));
+    assert_err(
+        &e,
+        Some(10),
+        "regions[1].api",
+        &["invalid type", "expected a string"],
+    );
+    let e = err(&format!(
+        "{BASE}\n[storage]\ngroup_commit_max_batch = 1.5\n"
+    ));
+    assert_err(
+        &e,
+        Some(21),
+        "storage.group_commit_max_batch",
+        &["invalid type"],
+    );
+    let e = err(&edit(
+        BASE,
+        "api = \"127.0.0.1:7101\"\n",
+        "api = \"127.0.0.1:7101\"\nlocation = { lat = 1 }\n",
+    ));
+    assert_err(
+        &e,
+        Some(11),
+        "regions[1].location.lon",
+        &["missing field `lon`"],
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Semantic errors
+
+#[test]
+fn at_least_one_region_and_one_keyspace() {
+    let no_regions = "[cluster]\nname = \"t\"\n\n[[keyspaces]]\nname = \"k\"\npolicy = \"set\"\n";
+    assert_err(
+        &err(no_regions),
+        None,
+        "regions",
+        &["no region", "[[regions]]"],
+    );
+    let no_keyspaces =
+        "[cluster]\nname = \"t\"\n\n[[regions]]\nname = \"r\"\napi = \"127.0.0.1:1\"\n";
+    assert_err(
+        &err(no_keyspaces),
+        None,
+        "keyspaces",
+        &["no keyspace", "[[keyspaces]]"],
+    );
+    assert_err(&err(""), None, "cluster", &["[cluster]"]);
+}
+
+#[test]
+fn duplicate_region_name() {
+    let e = err(&edit(BASE, "name = \"eu-west-1\"", "name = \"us-east-1\""));
+    assert_err(
+        &e,
+        Some(9),
+        "regions[1].name",
+        &["duplicate region name `us-east-1`", "line 5"],
+    );
+}
+
+#[test]
+fn duplicate_keyspace_name() {
+    let e = err(&edit(BASE, "name = \"carts\"", "name = \"sessions\""));
+    assert_err(
+        &e,
+        Some(17),
+        "keyspaces[1].name",
+        &["duplicate keyspace name `sessions`", "line 13"],
+    );
+}
+
+#[test]
+fn duplicate_addresses() {
+    // Same api.
+    let e = err(&edit(
+        BASE,
+        "api = \"127.0.0.1:7101\"",
+        "api = \"127.0.0.1:7100\"",
+    ));
+    assert_err(
+        &e,
+        Some(10),
+        "regions[1].api",
+        &["127.0.0.1:7100", "`us-east-1`", "`eu-west-1`", "line 6"],
+    );
+    // A peer address equal to another region's api.
+    let e = err(&edit(
+        BASE,
+        "api = \"127.0.0.1:7101\"\n",
+        "api = \"127.0.0.1:7101\"\npeer = \"127.0.0.1:7100\"\n",
+    ));
+    assert_err(
+        &e,
+        Some(11),
+        "regions[1].peer",
+        &["127.0.0.1:7100", "api address of region `us-east-1`"],
+    );
+    // Same peer in two regions.
+    let text = edit(
+        BASE,
+        "api = \"127.0.0.1:7100\"\n",
+        "api = \"127.0.0.1:7100\"\npeer = \"127.0.0.1:7200\"\n",
+    );
+    let text = edit(
+        &text,
+        "api = \"127.0.0.1:7101\"\n",
+        "api = \"127.0.0.1:7101\"\npeer = \"127.0.0.1:7200\"\n",
+    );
+    let e = err(&text);
+    assert_err(
+        &e,
+        Some(12),
+        "regions[1].peer",
+        &["127.0.0.1:7200", "peer address of region `us-east-1`"],
+    );
+    // A region's own peer may equal its api.
+    ok(&edit(
+        BASE,
+        "api = \"127.0.0.1:7101\"\n",
+        "api = \"127.0.0.1:7101\"\npeer = \"127.0.0.1:7101\"\n",
+    ));
+}
+
+#[test]
+fn bad_addresses() {
+    let cases = [
+        ("127.0.0.1", "has no port"),
+        ("localhost:abc", "invalid port \"abc\""),
+        ("localhost:7100", "\"localhost\" is not an IP address"),
+        ("127.0.0.1:70000", "invalid port \"70000\""),
+        ("127.0.0.1:0", "port 0"),
+        ("::1", "has no port"),
+        ("", "empty"),
+    ];
+    for (addr, problem) in cases {
+        let e = err(&edit(
+            BASE,
+            "api = \"127.0.0.1:7101\"",
+            &format!("api = \"{addr}\""),
+        ));
+        assert_err(&e, Some(10), "regions[1].api", &[problem]);
+    }
+    let e = err(&edit(
+        BASE,
+        "api = \"127.0.0.1:7101\"\n",
+        "api = \"127.0.0.1:7101\"\npeer = \"10.0.0.1\"\n",
+    ));
+    assert_err(
+        &e,
+        Some(11),
+        "regions[1].peer",
+        &["\"10.0.0.1\" has no port", "ip:port"],
+    );
+}
+
+#[test]
+fn invalid_names() {
+    let e = err(&edit(BASE, "name = \"t\"", "name = \"Atoll_Prod\""));
+    assert_err(
+        &e,
+        Some(2),
+        "cluster.name",
+        &["invalid cluster name `Atoll_Prod`", "a-z"],
+    );
+    let long = "c".repeat(64);
+    let e = err(&edit(BASE, "name = \"t\"", &format!("name = \"{long}\"")));
+    assert_err(&e, Some(2), "cluster.name", &["1-63"]);
+    ok(&edit(
+        BASE,
+        "name = \"t\"",
+        &format!("name = \"{}\"", "c".repeat(63)),
+    ));
+
+    let e = err(&edit(BASE, "name = \"eu-west-1\"", "name = \"EU West\""));
+    assert_err(
+        &e,
+        Some(9),
+        "regions[1].name",
+        &["invalid region name `EU West`"],
+    );
+    let e = err(&edit(BASE, "name = \"eu-west-1\"", "name = \"-eu\""));
+    assert_err(&e, Some(9), "regions[1].name", &["invalid region name"]);
+
+    let e = err(&edit(BASE, "name = \"carts\"", "name = \"my carts\""));
+    assert_err(
+        &e,
+        Some(17),
+        "keyspaces[1].name",
+        &["invalid keyspace name `my carts`", "1-64"],
+    );
+    let e = err(&edit(BASE, "name = \"carts\"", "name = \"\""));
+    assert_err(
+        &e,
+        Some(17),
+        "keyspaces[1].name",
+        &["invalid keyspace name ``"],
+    );
+    let e = err(&edit(
+        BASE,
+        "name = \"carts\"",
+        &format!("name = \"{}\"", "k".repeat(65)),
+    ));
+    assert_err(
+        &e,
+        Some(17),
+        "keyspaces[1].name",
+        &["invalid keyspace name"],
+    );
+    ok(&edit(
+        BASE,
+        "name = \"carts\"",
+        &format!("name = \"user_carts-{}\"", "k".repeat(53)),
+    ));
+}
+
+#[test]
+fn options_must_apply_to_the_policy() {
+    let with = |policy: &str, option: &str| {
+        let text = edit(
+            BASE,
+            "policy = \"mvr\"\n",
+            &format!("policy = \"{policy}\"\n{option} = 5\n"),
+        );
+        err(&text)
+    };
+    let e = with("counter", "max_siblings");
+    assert_err(
+        &e,
+        Some(19),
+        "keyspaces[1].max_siblings",
+        &[
+            "does not apply",
+            "`carts`",
+            "policy is `counter`",
+            "only `mvr` keyspaces accept it",
+        ],
+    );
+    let e = with("set", "max_value_bytes");
+    assert_err(
+        &e,
+        Some(19),
+        "keyspaces[1].max_value_bytes",
+        &["policy is `set`", "only `lww` and `mvr`"],
+    );
+    let e = with("mvr", "conflict_retention_secs");
+    assert_err(
+        &e,
+        Some(19),
+        "keyspaces[1].conflict_retention_secs",
+        &["policy is `mvr`", "only `lww`"],
+    );
+    let e = with("counter", "conflict_max_entries");
+    assert_err(
+        &e,
+        Some(19),
+        "keyspaces[1].conflict_max_entries",
+        &["only `lww`"],
+    );
+    let e = with("lww", "max_siblings");
+    assert_err(
+        &e,
+        Some(19),
+        "keyspaces[1].max_siblings",
+        &["policy is `lww`", "only `mvr`"],
+    );
+}
+
+#[test]
+fn out_of_range_numbers() {
+    let ks = |policy: &str, option: &str, value: &str| {
+        edit(
+            BASE,
+            "policy = \"mvr\"\n",
+            &format!("policy = \"{policy}\"\n{option} = {value}\n"),
+        )
+    };
+    let cases = [
+        (
+            ks("mvr", "max_siblings", "0"),
+            19,
+            "keyspaces[1].max_siblings",
+            "1 to 1024",
+        ),
+        (
+            ks("mvr", "max_siblings", "1025"),
+            19,
+            "keyspaces[1].max_siblings",
+            "1 to 1024",
+        ),
+        (
+            ks("lww", "max_value_bytes", "16777217"),
+            19,
+            "keyspaces[1].max_value_bytes",
+            "1 to 16777216",
+        ),
+        (
+            ks("mvr", "max_value_bytes", "-1"),
+            19,
+            "keyspaces[1].max_value_bytes",
+            "1 to 16777216",
+        ),
+        (
+            ks("lww", "conflict_retention_secs", "0"),
+            19,
+            "keyspaces[1].conflict_retention_secs",
+            "must be 1 to",
+        ),
+        (
+            ks("lww", "conflict_max_entries", "0"),
+            19,
+            "keyspaces[1].conflict_max_entries",
+            "must be 1 to",
+        ),
+        (
+            edit(
+                BASE,
+                "name = \"t\"\n",
+                "name = \"t\"\nmax_clock_offset_ms = 0\n",
+            ),
+            3,
+            "cluster.max_clock_offset_ms",
+            "1 to 60000",
+        ),
+        (
+            edit(
+                BASE,
+                "name = \"t\"\n",
+                "name = \"t\"\nmax_clock_offset_ms = 60001\n",
+            ),
+            3,
+            "cluster.max_clock_offset_ms",
+            "1 to 60000",
+        ),
+        (
+            format!("{BASE}\n[storage]\ngroup_commit_max_batch = 0\n"),
+            21,
+            "storage.group_commit_max_batch",
+            "1 to 65536",
+        ),
+        (
+            format!("{BASE}\n[storage]\ngroup_commit_max_batch = 65537\n"),
+            21,
+            "storage.group_commit_max_batch",
+            "1 to 65536",
+        ),
+        (
+            edit(
+                BASE,
+                "api = \"127.0.0.1:7101\"\n",
+                "api = \"127.0.0.1:7101\"\nlocation = { lat = 90.5, lon = 0 }\n",
+            ),
+            11,
+            "regions[1].location.lat",
+            "-90 to 90",
+        ),
+        (
+            edit(
+                BASE,
+                "api = \"127.0.0.1:7101\"\n",
+                "api = \"127.0.0.1:7101\"\nlocation = { lat = 0, lon = -181 }\n",
+            ),
+            11,
+            "regions[1].location.lon",
+            "-180 to 180",
+        ),
+        (
+            edit(
+                BASE,
+                "api = \"127.0.0.1:7101\"\n",
+                "api = \"127.0.0.1:7101\"\nlocation = { lat = nan, lon = 0 }\n",
+            ),
+            11,
+            "regions[1].location.lat",
+            "out of range",
+        ),
+    ];
+    for (text, line, key, range) in cases {
+        let e = err(&text);
+        assert_err(&e, Some(line), key, &["out of range", range]);
+    }
+}
+
+#[test]
+fn converts_into_atoll_error() {
+    let e = err(&edit(BASE, "policy = \"mvr\"", "policy = \"crdt\""));
+    let msg = e.to_string();
+    let hint = e.hint();
+    assert!(hint.contains("config check"), "{hint}");
+    let a: AtollError = e.into();
+    assert_eq!(a, AtollError::Config(msg.clone()));
+    assert_eq!(a.code(), "ATOLL-CONFIG");
+    assert!(!a.retryable());
+    assert!(a.to_string().contains(&msg));
+}
+
+// ---------------------------------------------------------------------------------------------
+// explain()
+
+#[test]
+fn explain_shows_everything_understood() {
+    let text = edit(
+        BASE,
+        "api = \"127.0.0.1:7101\"\n",
+        "api = \"127.0.0.1:7101\"\npeer = \"127.0.0.1:7201\"\nlocation = { lat = 53.3, lon = -6.3 }\n",
+    );
+    let text = edit(
+        &text,
+        "policy = \"mvr\"\n",
+        "policy = \"mvr\"\nmax_siblings = 4\n",
+    );
+    let text = format!(
+        "{text}\n[[keyspaces]]\nname = \"hits\"\npolicy = \"counter\"\n\n[[keyspaces]]\nname = \"flags\"\npolicy = \"set\"\n"
+    );
+    let out = ok(&text).explain();
+    for needle in [
+        "cluster t",
+        "model                active-active (default)",
+        "max_clock_offset_ms  500 (default)",
+        "regions (2)",
+        "us-east-1  127.0.0.1:7100  127.0.0.1:7100 (= api)  -",
+        "eu-west-1  127.0.0.1:7101  127.0.0.1:7201",
+        "lat 53.3, lon -6.3",
+        "keyspaces (4)",
+        "sessions  lww      max_value_bytes=1048576 (1 MiB, default), conflict_retention_secs=86400 (1d, default), conflict_max_entries=10000 (default)",
+        "carts     mvr      max_value_bytes=1048576 (1 MiB, default), max_siblings=4",
+        "hits      counter  (no options",
+        "flags     set      (no options",
+        "at most 1024 bytes",
+        "group_commit_max_batch  512 (default)",
+    ] {
+        assert!(out.contains(needle), "`{needle}` not in:\n{out}");
+    }
+    // Options that do not apply to a policy are not shown for it.
+    let carts = out
+        .lines()
+        .find(|l| l.trim_start().starts_with("carts"))
+        .unwrap();
+    assert!(!carts.contains("conflict"), "{carts}");
+    let sessions = out
+        .lines()
+        .find(|l| l.trim_start().starts_with("sessions"))
+        .unwrap();
+    assert!(!sessions.contains("max_siblings"), "{sessions}");
+}
+
+#[test]
+fn explain_of_the_examples() {
+    let out = ok(THREE).explain();
+    for needle in [
+        "cluster atoll-three",
+        "regions (3)",
+        "ap-southeast-1",
+        "lat 1.35, lon 103.8",
+        "keyspaces (4)",
+    ] {
+        assert!(out.contains(needle), "`{needle}` not in:\n{out}");
+    }
+    let out = ok(SINGLE).explain();
+    assert!(out.contains("ratelimits") && out.contains("flags"), "{out}");
+}
+
+#[test]
+fn keyspace_options_follow_the_policy() {
+    let keys = |p| {
+        KeyspaceConfig::new("k", p)
+            .options()
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        keys(Policy::Lww),
+        [
+            "max_value_bytes",
+            "conflict_retention_secs",
+            "conflict_max_entries"
+        ]
+    );
+    assert_eq!(keys(Policy::Mvr), ["max_value_bytes", "max_siblings"]);
+    assert!(keys(Policy::Counter).is_empty());
+    assert!(keys(Policy::Set).is_empty());
+}

@@ -1,0 +1,620 @@
+//! The client HTTP API v1. Every handler validates before it touches the store, so bad input
+//! gets a JSON error (`{"error": {"code", "message", "hint", "retryable"}}`) and changes nothing.
+
+use crate::metrics::Metrics;
+use atoll_config::{Config, KEY_MAX_BYTES};
+use atoll_core::causal::CausalContext;
+use atoll_core::codec::{decode_context_token, encode_context_token};
+use atoll_core::crdt::mvr::MvRegister;
+use atoll_core::op::{Intent, KeyState, Policy};
+use atoll_core::{AtollError, Result};
+use atoll_store::{Store, WriteOutcome};
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::{DefaultBodyLimit, MatchedPath, Query, Request, State};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use base64::Engine as _;
+use http_body_util::{BodyExt, Limited};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+/// Header naming the region that served a request.
+pub const REGION_HEADER: &str = "x-atoll-region";
+/// Header carrying an mvr key's causal context (opaque token).
+pub const CONTEXT_HEADER: &str = "x-atoll-context";
+/// Header carrying the HLC timestamp of an lww value.
+pub const TIMESTAMP_HEADER: &str = "x-atoll-timestamp";
+/// Header naming the region where an lww value was written.
+pub const ORIGIN_HEADER: &str = "x-atoll-origin";
+
+/// Most members one set update may name.
+const SET_UPDATE_MAX_MEMBERS: usize = 10_000;
+/// Largest JSON body accepted by the counter and set routes.
+const JSON_BODY_MAX: usize = 4 << 20;
+
+/// Shared state of the HTTP handlers.
+pub struct AppState {
+    pub store: Arc<Store>,
+    pub config: Arc<Config>,
+    pub metrics: Arc<Metrics>,
+    pub started: Instant,
+    /// False once shutdown has begun: `/healthz` answers 503 so routers drain the region.
+    pub serving: AtomicBool,
+}
+
+type Shared = Arc<AppState>;
+
+/// An [`AtollError`] rendered as an HTTP response.
+pub struct ApiError(pub AtollError);
+
+impl From<AtollError> for ApiError {
+    fn from(e: AtollError) -> Self {
+        Self(e)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        error_response(&self.0)
+    }
+}
+
+fn error_response(e: &AtollError) -> Response {
+    let status = StatusCode::from_u16(e.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let body = json!({"error": {
+        "code": e.code(),
+        "message": e.to_string(),
+        "hint": e.hint(),
+        "retryable": e.retryable(),
+    }});
+    (status, axum::Json(body)).into_response()
+}
+
+type ApiResult = std::result::Result<Response, ApiError>;
+
+/// Builds the router of the client API.
+pub fn router(state: Shared) -> Router {
+    Router::new()
+        .route(
+            "/v1/kv/{keyspace}",
+            get(kv_get).put(kv_put).delete(kv_delete),
+        )
+        .route(
+            "/v1/kv/{keyspace}/",
+            get(kv_get).put(kv_put).delete(kv_delete),
+        )
+        .route(
+            "/v1/kv/{keyspace}/{*key}",
+            get(kv_get).put(kv_put).delete(kv_delete),
+        )
+        .route(
+            "/v1/counter/{keyspace}",
+            get(counter_get).post(counter_post),
+        )
+        .route(
+            "/v1/counter/{keyspace}/",
+            get(counter_get).post(counter_post),
+        )
+        .route(
+            "/v1/counter/{keyspace}/{*key}",
+            get(counter_get).post(counter_post),
+        )
+        .route("/v1/set/{keyspace}", get(set_get).post(set_post))
+        .route("/v1/set/{keyspace}/", get(set_get).post(set_post))
+        .route("/v1/set/{keyspace}/{*key}", get(set_get).post(set_post))
+        .route("/v1/conflicts/{keyspace}", get(conflicts))
+        .route("/v1/status", get(status))
+        .route("/v1/openapi.json", get(openapi))
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
+        .fallback(route_not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::disable())
+        .layer(middleware::from_fn_with_state(state.clone(), track))
+        .with_state(state)
+}
+
+/// Records request metrics and stamps every response with the serving region.
+async fn track(State(state): State<Shared>, req: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| "unmatched".to_string());
+    let method = req.method().as_str().to_string();
+    let mut resp = next.run(req).await;
+    if let Ok(v) = HeaderValue::from_str(state.store.region().as_str()) {
+        resp.headers_mut()
+            .insert(HeaderName::from_static(REGION_HEADER), v);
+    }
+    state
+        .metrics
+        .observe_request(&route, &method, resp.status().as_u16(), started.elapsed());
+    resp
+}
+
+async fn route_not_found(uri: Uri) -> Response {
+    error_response(&AtollError::BadRequest(format!(
+        "no such route: {}",
+        uri.path()
+    )))
+    .map_status(StatusCode::NOT_FOUND)
+}
+
+async fn method_not_allowed(method: Method, uri: Uri) -> Response {
+    error_response(&AtollError::BadRequest(format!(
+        "method {method} is not allowed on {}",
+        uri.path()
+    )))
+    .map_status(StatusCode::METHOD_NOT_ALLOWED)
+}
+
+trait MapStatus {
+    fn map_status(self, s: StatusCode) -> Self;
+}
+
+impl MapStatus for Response {
+    fn map_status(mut self, s: StatusCode) -> Self {
+        *self.status_mut() = s;
+        self
+    }
+}
+
+/// Splits `/v1/<kind>/<keyspace>/<key...>` into the keyspace name and the key bytes, both
+/// percent-decoded. The key may contain `/`.
+fn target(uri: &Uri, kind: &str) -> Result<(String, Vec<u8>)> {
+    let path = uri.path();
+    let prefix = format!("/v1/{kind}/");
+    let rest = path
+        .strip_prefix(&prefix)
+        .ok_or_else(|| AtollError::BadRequest(format!("path must start with {prefix}")))?;
+    let (ks_raw, key_raw) = rest.split_once('/').unwrap_or((rest, ""));
+    let ks: Vec<u8> = percent_encoding::percent_decode_str(ks_raw).collect();
+    let ks = String::from_utf8(ks).map_err(|_| AtollError::InvalidUtf8("keyspace name".into()))?;
+    let key: Vec<u8> = percent_encoding::percent_decode_str(key_raw).collect();
+    Ok((ks, key))
+}
+
+/// Resolves the target and checks that the keyspace exists, has one of `policies`, and the key
+/// is valid.
+fn resolve(
+    state: &AppState,
+    uri: &Uri,
+    kind: &str,
+    policies: &[Policy],
+    operation: &str,
+) -> Result<(String, Vec<u8>, Policy)> {
+    let (ks, key) = target(uri, kind)?;
+    let cfg = state.store.keyspace(&ks)?;
+    if !policies.contains(&cfg.policy) {
+        return Err(AtollError::WrongPolicy {
+            keyspace: ks,
+            policy: cfg.policy.to_string(),
+            operation: operation.to_string(),
+        });
+    }
+    if key.is_empty() {
+        return Err(AtollError::EmptyKey);
+    }
+    if key.len() > KEY_MAX_BYTES {
+        return Err(AtollError::KeyTooLarge {
+            len: key.len(),
+            max: KEY_MAX_BYTES,
+        });
+    }
+    let policy = cfg.policy;
+    Ok((ks, key, policy))
+}
+
+async fn read_body(body: Body, limit: usize, keyspace: &str) -> Result<Bytes> {
+    match Limited::new(body, limit).collect().await {
+        Ok(c) => Ok(c.to_bytes()),
+        Err(e) => {
+            if e.downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some()
+            {
+                Err(AtollError::ValueTooLarge {
+                    keyspace: keyspace.to_string(),
+                    len: limit + 1,
+                    max: limit,
+                })
+            } else {
+                Err(AtollError::MalformedBody(format!("cannot read body: {e}")))
+            }
+        }
+    }
+}
+
+async fn read_json<T: for<'de> Deserialize<'de>>(body: Body, keyspace: &str) -> Result<T> {
+    let raw = read_body(body, JSON_BODY_MAX, keyspace).await?;
+    let text =
+        std::str::from_utf8(&raw).map_err(|_| AtollError::InvalidUtf8("request body".into()))?;
+    serde_json::from_str(text).map_err(|e| AtollError::MalformedBody(e.to_string()))
+}
+
+fn context_from(headers: &HeaderMap, ks: &str, key: &[u8]) -> Result<Option<CausalContext>> {
+    match headers.get(CONTEXT_HEADER) {
+        None => Ok(None),
+        Some(v) => {
+            let s = v
+                .to_str()
+                .map_err(|_| AtollError::BadContext("header is not visible ASCII".into()))?;
+            decode_context_token(s, ks, key).map(Some)
+        }
+    }
+}
+
+async fn write(state: &AppState, ks: &str, key: &[u8], intent: Intent) -> Result<WriteOutcome> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    state.store.submit(ks, key, intent, move |r| {
+        let _ = tx.send(r);
+    });
+    rx.await.map_err(|_| AtollError::ShuttingDown)?
+}
+
+fn header(name: &'static str, value: &str) -> Option<(HeaderName, HeaderValue)> {
+    HeaderValue::from_str(value)
+        .ok()
+        .map(|v| (HeaderName::from_static(name), v))
+}
+
+fn with_headers(
+    mut resp: Response,
+    hs: impl IntoIterator<Item = Option<(HeaderName, HeaderValue)>>,
+) -> Response {
+    for (k, v) in hs.into_iter().flatten() {
+        resp.headers_mut().insert(k, v);
+    }
+    resp
+}
+
+fn ack(state: &AppState, ks: &str, key: &[u8], out: &WriteOutcome) -> Result<Response> {
+    let context = match &out.state {
+        KeyState::Mvr(r) => Some(encode_context_token(ks, key, &r.ctx)?),
+        _ => None,
+    };
+    let mut body = json!({
+        "region": state.store.region().as_str(),
+        "seq": out.seq,
+        "timestamp": out.ts.to_string(),
+    });
+    if let Some(c) = &context {
+        body["context"] = json!(c);
+    }
+    let resp = (StatusCode::OK, axum::Json(body)).into_response();
+    Ok(with_headers(
+        resp,
+        [context.as_deref().and_then(|c| header(CONTEXT_HEADER, c))],
+    ))
+}
+
+fn sibling_json(s: &atoll_core::crdt::mvr::Sibling) -> Value {
+    let value = s.value.as_deref().unwrap_or_default();
+    let mut v = json!({
+        "value_base64": base64::engine::general_purpose::STANDARD.encode(value),
+        "region": s.dot.region.as_str(),
+        "timestamp": s.ts.to_string(),
+    });
+    if let Ok(text) = std::str::from_utf8(value) {
+        v["value"] = json!(text);
+    }
+    v
+}
+
+fn mvr_read(ks: &str, key: &[u8], reg: Option<&MvRegister>) -> Result<Response> {
+    let empty = MvRegister::default();
+    let reg = reg.unwrap_or(&empty);
+    let token = encode_context_token(ks, key, &reg.ctx)?;
+    let ctx_header = header(CONTEXT_HEADER, &token);
+    let live = reg.live();
+    let resp = match live.as_slice() {
+        [] => error_response(&AtollError::NotFound),
+        [one] => (
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, "application/octet-stream")],
+            one.value.clone().unwrap_or_default(),
+        )
+            .into_response(),
+        many => {
+            let body = json!({
+                "siblings": many.iter().map(|s| sibling_json(s)).collect::<Vec<_>>(),
+                "context": token,
+            });
+            (StatusCode::MULTIPLE_CHOICES, axum::Json(body)).into_response()
+        }
+    };
+    Ok(with_headers(resp, [ctx_header]))
+}
+
+async fn kv_get(State(state): State<Shared>, uri: Uri) -> ApiResult {
+    let (ks, key, policy) = resolve(&state, &uri, "kv", &[Policy::Lww, Policy::Mvr], "kv reads")?;
+    let st = state.store.get(&ks, &key)?;
+    match (policy, st) {
+        (Policy::Mvr, Some(KeyState::Mvr(r))) => Ok(mvr_read(&ks, &key, Some(&r))?),
+        (Policy::Mvr, None) => Ok(mvr_read(&ks, &key, None)?),
+        (Policy::Lww, Some(KeyState::Lww(r))) => match r.value {
+            Some(v) => Ok(with_headers(
+                (
+                    StatusCode::OK,
+                    [(header::CONTENT_TYPE, "application/octet-stream")],
+                    v,
+                )
+                    .into_response(),
+                [
+                    header(TIMESTAMP_HEADER, &r.ts.to_string()),
+                    header(ORIGIN_HEADER, r.origin.as_str()),
+                ],
+            )),
+            None => Err(AtollError::NotFound.into()),
+        },
+        (_, None) => Err(AtollError::NotFound.into()),
+        (_, Some(other)) => Err(AtollError::Corrupt(format!(
+            "key holds {} state in a {policy} keyspace",
+            other.policy()
+        ))
+        .into()),
+    }
+}
+
+async fn kv_put(
+    State(state): State<Shared>,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult {
+    let (ks, key, policy) = resolve(&state, &uri, "kv", &[Policy::Lww, Policy::Mvr], "kv writes")?;
+    let context = match policy {
+        Policy::Mvr => context_from(&headers, &ks, &key)?,
+        _ => None,
+    };
+    let limit = state.store.keyspace(&ks)?.max_value_bytes;
+    let value = read_body(body, limit, &ks).await?.to_vec();
+    let out = write(&state, &ks, &key, Intent::Put { value, context }).await?;
+    Ok(ack(&state, &ks, &key, &out)?)
+}
+
+async fn kv_delete(State(state): State<Shared>, uri: Uri, headers: HeaderMap) -> ApiResult {
+    let (ks, key, policy) = resolve(
+        &state,
+        &uri,
+        "kv",
+        &[Policy::Lww, Policy::Mvr],
+        "kv deletes",
+    )?;
+    let context = match policy {
+        Policy::Mvr => context_from(&headers, &ks, &key)?,
+        _ => None,
+    };
+    let out = write(&state, &ks, &key, Intent::Delete { context }).await?;
+    Ok(ack(&state, &ks, &key, &out)?)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CounterBody {
+    delta: i64,
+}
+
+fn counter_value(st: Option<&KeyState>) -> i64 {
+    match st {
+        Some(KeyState::Counter(c)) => {
+            i64::try_from(c.value()).unwrap_or(if c.value() < 0 { i64::MIN } else { i64::MAX })
+        }
+        _ => 0,
+    }
+}
+
+async fn counter_get(State(state): State<Shared>, uri: Uri) -> ApiResult {
+    let (ks, key, _) = resolve(&state, &uri, "counter", &[Policy::Counter], "counter reads")?;
+    let st = state.store.get(&ks, &key)?;
+    Ok(axum::Json(json!({"value": counter_value(st.as_ref())})).into_response())
+}
+
+async fn counter_post(State(state): State<Shared>, uri: Uri, body: Body) -> ApiResult {
+    let (ks, key, _) = resolve(
+        &state,
+        &uri,
+        "counter",
+        &[Policy::Counter],
+        "counter increments",
+    )?;
+    let b: CounterBody = read_json(body, &ks).await?;
+    let out = write(&state, &ks, &key, Intent::CounterAdd { delta: b.delta }).await?;
+    Ok(axum::Json(json!({
+        "value": counter_value(Some(&out.state)),
+        "region": state.store.region().as_str(),
+        "seq": out.seq,
+    }))
+    .into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SetBody {
+    #[serde(default)]
+    add: Vec<String>,
+    #[serde(default)]
+    remove: Vec<String>,
+}
+
+fn members(st: Option<&KeyState>) -> Vec<String> {
+    match st {
+        Some(KeyState::Set(s)) => s.members().into_iter().map(str::to_string).collect(),
+        _ => Vec::new(),
+    }
+}
+
+async fn set_get(State(state): State<Shared>, uri: Uri) -> ApiResult {
+    let (ks, key, _) = resolve(&state, &uri, "set", &[Policy::Set], "set reads")?;
+    let st = state.store.get(&ks, &key)?;
+    Ok(axum::Json(json!({"members": members(st.as_ref())})).into_response())
+}
+
+async fn set_post(State(state): State<Shared>, uri: Uri, body: Body) -> ApiResult {
+    let (ks, key, _) = resolve(&state, &uri, "set", &[Policy::Set], "set updates")?;
+    let b: SetBody = read_json(body, &ks).await?;
+    if b.add.is_empty() && b.remove.is_empty() {
+        return Err(AtollError::MalformedBody("nothing to add or remove".into()).into());
+    }
+    if b.add.len() + b.remove.len() > SET_UPDATE_MAX_MEMBERS {
+        return Err(AtollError::MalformedBody(format!(
+            "one update may name at most {SET_UPDATE_MAX_MEMBERS} members"
+        ))
+        .into());
+    }
+    if let Some(bad) = b
+        .add
+        .iter()
+        .chain(&b.remove)
+        .find(|m| m.is_empty() || m.len() > KEY_MAX_BYTES)
+    {
+        return Err(AtollError::MalformedBody(format!(
+            "set members must be 1 to {KEY_MAX_BYTES} bytes; got one of {} bytes",
+            bad.len()
+        ))
+        .into());
+    }
+    let out = write(
+        &state,
+        &ks,
+        &key,
+        Intent::SetUpdate {
+            add: b.add,
+            remove: b.remove,
+        },
+    )
+    .await?;
+    Ok(axum::Json(json!({
+        "members": members(Some(&out.state)),
+        "region": state.store.region().as_str(),
+        "seq": out.seq,
+    }))
+    .into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ConflictQuery {
+    limit: Option<usize>,
+}
+
+fn key_json(key: &[u8]) -> Value {
+    match std::str::from_utf8(key) {
+        Ok(s) => json!(s),
+        Err(_) => json!({"base64": base64::engine::general_purpose::STANDARD.encode(key)}),
+    }
+}
+
+async fn conflicts(
+    State(state): State<Shared>,
+    uri: Uri,
+    q: std::result::Result<Query<ConflictQuery>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult {
+    let Query(q) = q.map_err(|e| AtollError::BadRequest(e.body_text()))?;
+    let (ks, _) = target(&uri, "conflicts")?;
+    let policy = state.store.keyspace(&ks)?.policy;
+    let limit = q.limit.unwrap_or(100).clamp(1, 10_000);
+    let version = |v: &atoll_core::crdt::lww::LwwVersion| {
+        json!({
+            "value_base64": v.value.as_deref().map(|b| base64::engine::general_purpose::STANDARD.encode(b)),
+            "deleted": v.value.is_none(),
+            "timestamp": v.ts.to_string(),
+            "region": v.origin.as_str(),
+        })
+    };
+    let list: Vec<Value> = state
+        .store
+        .conflicts(&ks, limit)?
+        .iter()
+        .map(|c| {
+            json!({
+                "key": key_json(&c.key),
+                "winner": version(&c.winner),
+                "loser": version(&c.loser),
+                "reason": c.reason.as_str(),
+                "recorded_at_ms": c.recorded_at_ms,
+            })
+        })
+        .collect();
+    Ok(axum::Json(json!({
+        "keyspace": ks,
+        "policy": policy.as_str(),
+        "conflicts": list,
+    }))
+    .into_response())
+}
+
+async fn status(State(state): State<Shared>) -> ApiResult {
+    let stats = state.store.stats();
+    let mut keyspaces: Vec<Value> = state
+        .config
+        .keyspaces
+        .iter()
+        .map(|k| json!({"name": k.name, "policy": k.policy.as_str()}))
+        .collect();
+    keyspaces.sort_by(|a, b| a["name"].as_str().cmp(&b["name"].as_str()));
+    Ok(axum::Json(json!({
+        "region": state.store.region().as_str(),
+        "cluster": state.config.cluster.name,
+        "model": state.config.cluster.model.as_str(),
+        "version": env!("CARGO_PKG_VERSION"),
+        "serving": state.serving.load(Ordering::Relaxed),
+        "uptime_seconds": state.started.elapsed().as_secs_f64(),
+        "keyspaces": keyspaces,
+        "store": {
+            "last_seq": stats.last_seq.load(Ordering::Relaxed),
+            "writes_total": stats.writes_total.load(Ordering::Relaxed),
+            "commits_total": stats.commits_total.load(Ordering::Relaxed),
+            "hlc_wall_ms": stats.hlc_wall_ms.load(Ordering::Relaxed),
+        },
+        "peers": [],
+    }))
+    .into_response())
+}
+
+async fn healthz(State(state): State<Shared>) -> Response {
+    let region = state.store.region().as_str();
+    if state.serving.load(Ordering::Relaxed) {
+        (
+            StatusCode::OK,
+            axum::Json(json!({"status": "serving", "region": region})),
+        )
+            .into_response()
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            axum::Json(json!({"status": "draining", "region": region})),
+        )
+            .into_response()
+    }
+}
+
+async fn metrics(State(state): State<Shared>) -> Response {
+    state
+        .metrics
+        .oplog_last_seq
+        .set(state.store.stats().last_seq.load(Ordering::Relaxed));
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        state.metrics.encode(),
+    )
+        .into_response()
+}
+
+async fn openapi() -> Response {
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        crate::openapi::OPENAPI_JSON,
+    )
+        .into_response()
+}

@@ -1,0 +1,158 @@
+//! The region's Prometheus metrics (prefix `atoll_`, base units, histograms, OpenMetrics text).
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+use std::sync::atomic::AtomicU64;
+use std::time::Duration;
+
+/// Labels of an HTTP request.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    pub route: String,
+    pub method: String,
+    pub status: String,
+}
+
+/// Labels naming the local region.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RegionLabels {
+    pub region: String,
+    pub cluster: String,
+    pub version: String,
+}
+
+/// Labels naming a keyspace.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KeyspaceLabels {
+    pub keyspace: String,
+    pub policy: String,
+}
+
+/// Every metric a region exports.
+pub struct Metrics {
+    pub registry: Registry,
+    pub http_requests: Family<RequestLabels, Counter>,
+    pub http_duration: Family<RequestLabels, Histogram>,
+    pub store_writes: Counter,
+    pub store_commits: Counter,
+    pub store_commit_duration: Histogram,
+    pub store_commit_batch: Histogram,
+    pub oplog_last_seq: Gauge<u64, AtomicU64>,
+    pub info: Family<RegionLabels, Gauge>,
+    pub keyspaces: Family<KeyspaceLabels, Gauge>,
+}
+
+fn latency_buckets() -> Histogram {
+    // 50 µs .. ~3.3 s
+    Histogram::new(exponential_buckets(0.000_05, 2.0, 17))
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("atoll");
+        let http_requests = Family::<RequestLabels, Counter>::default();
+        registry.register(
+            "http_requests",
+            "HTTP requests served, by route, method and status",
+            http_requests.clone(),
+        );
+        let http_duration =
+            Family::<RequestLabels, Histogram>::new_with_constructor(latency_buckets as fn() -> _);
+        registry.register(
+            "http_request_duration_seconds",
+            "Time to serve an HTTP request, by route, method and status",
+            http_duration.clone(),
+        );
+        let store_writes = Counter::default();
+        registry.register(
+            "store_writes",
+            "Writes durably committed to the local store",
+            store_writes.clone(),
+        );
+        let store_commits = Counter::default();
+        registry.register(
+            "store_commits",
+            "Durable group commits (each is one fsync shared by its writes)",
+            store_commits.clone(),
+        );
+        let store_commit_duration = latency_buckets();
+        registry.register(
+            "store_commit_duration_seconds",
+            "Time of one durable group commit, fsync included",
+            store_commit_duration.clone(),
+        );
+        let store_commit_batch = Histogram::new(exponential_buckets(1.0, 2.0, 12));
+        registry.register(
+            "store_commit_batch_writes",
+            "Writes sharing one group commit",
+            store_commit_batch.clone(),
+        );
+        let oplog_last_seq = Gauge::<u64, AtomicU64>::default();
+        registry.register(
+            "oplog_last_seq",
+            "Sequence number of the newest local operation-log entry",
+            oplog_last_seq.clone(),
+        );
+        let info = Family::<RegionLabels, Gauge>::default();
+        registry.register(
+            "region_info",
+            "The region this process serves (always 1)",
+            info.clone(),
+        );
+        let keyspaces = Family::<KeyspaceLabels, Gauge>::default();
+        registry.register(
+            "keyspace_info",
+            "Keyspaces this region serves, with their policy (always 1)",
+            keyspaces.clone(),
+        );
+        Self {
+            registry,
+            http_requests,
+            http_duration,
+            store_writes,
+            store_commits,
+            store_commit_duration,
+            store_commit_batch,
+            oplog_last_seq,
+            info,
+            keyspaces,
+        }
+    }
+
+    pub fn observe_request(&self, route: &str, method: &str, status: u16, elapsed: Duration) {
+        let labels = RequestLabels {
+            route: route.to_string(),
+            method: method.to_string(),
+            status: status.to_string(),
+        };
+        self.http_requests.get_or_create(&labels).inc();
+        self.http_duration
+            .get_or_create(&labels)
+            .observe(elapsed.as_secs_f64());
+    }
+
+    pub fn observe_commit(&self, writes: usize, elapsed: Duration) {
+        self.store_writes.inc_by(writes as u64);
+        self.store_commits.inc();
+        self.store_commit_duration.observe(elapsed.as_secs_f64());
+        self.store_commit_batch.observe(writes as f64);
+    }
+
+    /// The OpenMetrics text exposition.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}

@@ -1,0 +1,125 @@
+//! The region process: opens the store, serves the API, shuts down gracefully.
+
+use crate::api::{AppState, router};
+use crate::metrics::{KeyspaceLabels, Metrics, RegionLabels};
+use atoll_config::Config;
+use atoll_core::clock::{Clock, SystemClock};
+use atoll_core::{AtollError, RegionId, Result};
+use atoll_store::backend::FjallBackend;
+use atoll_store::{Store, StoreOptions};
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+use tokio::net::TcpListener;
+
+/// What `atoll region` is told.
+#[derive(Clone, Debug)]
+pub struct RegionOptions {
+    pub config: Arc<Config>,
+    pub region: String,
+    pub data_dir: PathBuf,
+    /// Overrides the region's `api` address from the config.
+    pub listen: Option<SocketAddr>,
+}
+
+/// A bound, ready region: call [`RegionServer::serve`] to run it.
+pub struct RegionServer {
+    state: Arc<AppState>,
+    listener: TcpListener,
+}
+
+impl RegionServer {
+    /// Opens the data directory and binds the API listener.
+    pub async fn bind(opts: RegionOptions) -> Result<RegionServer> {
+        let rc = opts.config.region(&opts.region).ok_or_else(|| {
+            AtollError::Config(format!(
+                "region `{}` is not declared in the config (declared: {})",
+                opts.region,
+                opts.config
+                    .regions
+                    .iter()
+                    .map(|r| r.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ))
+        })?;
+        let region: RegionId = rc.name.clone();
+        let listen = opts.listen.unwrap_or(rc.api);
+        std::fs::create_dir_all(&opts.data_dir).map_err(|e| {
+            AtollError::Storage(format!(
+                "cannot create data directory {}: {e}",
+                opts.data_dir.display()
+            ))
+        })?;
+        let metrics = Arc::new(Metrics::new());
+        metrics
+            .info
+            .get_or_create(&RegionLabels {
+                region: region.to_string(),
+                cluster: opts.config.cluster.name.clone(),
+                version: env!("CARGO_PKG_VERSION").to_string(),
+            })
+            .set(1);
+        for k in &opts.config.keyspaces {
+            metrics
+                .keyspaces
+                .get_or_create(&KeyspaceLabels {
+                    keyspace: k.name.clone(),
+                    policy: k.policy.as_str().to_string(),
+                })
+                .set(1);
+        }
+        let backend = Arc::new(FjallBackend::open(&opts.data_dir)?);
+        let mut sopts = StoreOptions::new(region.clone(), opts.config.keyspaces.clone());
+        sopts.max_clock_offset_ms = opts.config.cluster.max_clock_offset_ms;
+        sopts.group_commit_max_batch = opts.config.storage.group_commit_max_batch;
+        let m = metrics.clone();
+        sopts.on_commit = Some(Arc::new(move |n, d| m.observe_commit(n, d)));
+        let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+        let store = Arc::new(Store::open(backend, sopts, clock)?);
+        let listener = TcpListener::bind(listen)
+            .await
+            .map_err(|e| AtollError::Config(format!("cannot listen on {listen}: {e}")))?;
+        let state = Arc::new(AppState {
+            store,
+            config: opts.config.clone(),
+            metrics,
+            started: Instant::now(),
+            serving: AtomicBool::new(true),
+        });
+        Ok(RegionServer { state, listener })
+    }
+
+    pub fn local_addr(&self) -> Result<SocketAddr> {
+        self.listener
+            .local_addr()
+            .map_err(|e| AtollError::Storage(format!("listener has no address: {e}")))
+    }
+
+    pub fn region(&self) -> &RegionId {
+        self.state.store.region()
+    }
+
+    /// Serves until `shutdown` resolves, then stops accepting connections, lets in-flight
+    /// requests finish, drains the write queue and closes the store.
+    pub async fn serve(self, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<()> {
+        let state = self.state.clone();
+        let app = router(self.state.clone());
+        let flag = state.clone();
+        let result = axum::serve(self.listener, app)
+            .with_graceful_shutdown(async move {
+                shutdown.await;
+                flag.serving.store(false, Ordering::Relaxed);
+                tracing::info!("shutting down: finishing in-flight requests");
+            })
+            .await;
+        let store = state.store.clone();
+        // Closing joins the writer thread: keep it off the async runtime.
+        let _ = tokio::task::spawn_blocking(move || store.close()).await;
+        tracing::info!(region = %state.store.region(), "store closed");
+        result.map_err(|e| AtollError::Storage(format!("server error: {e}")))
+    }
+}

@@ -1,0 +1,380 @@
+//! The client side of the CLI: `atoll kv|counter|set|status` against a region's HTTP API.
+
+use anyhow::{Result, anyhow, bail};
+use clap::{Args, Subcommand, ValueEnum};
+use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
+use serde_json::{Value, json};
+use std::time::Duration;
+
+/// Characters left as they are in a path segment; everything else is percent-encoded.
+const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'_')
+    .remove(b'.')
+    .remove(b'~');
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum Output {
+    Human,
+    Json,
+}
+
+#[derive(Args, Clone, Debug)]
+pub struct ClientArgs {
+    /// The region to talk to.
+    #[arg(
+        long,
+        global = true,
+        env = "ATOLL_ENDPOINT",
+        default_value = "http://127.0.0.1:7100"
+    )]
+    pub endpoint: String,
+    /// Output format.
+    #[arg(long, global = true, value_enum, default_value = "human")]
+    pub output: Output,
+    /// Request timeout in seconds.
+    #[arg(long, global = true, default_value_t = 10.0)]
+    pub timeout: f64,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum KvCommand {
+    /// Write a value (for mvr keyspaces, pass the context of your last read to supersede it).
+    Put {
+        keyspace: String,
+        key: String,
+        value: String,
+        #[arg(long)]
+        context: Option<String>,
+    },
+    /// Read a value (an mvr key with concurrent writes shows every sibling and a context).
+    Get { keyspace: String, key: String },
+    /// Delete a key (leaves a tombstone that replicates).
+    Del {
+        keyspace: String,
+        key: String,
+        #[arg(long)]
+        context: Option<String>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum CounterCommand {
+    /// Add to a counter (negative values subtract).
+    Incr {
+        keyspace: String,
+        key: String,
+        #[arg(long, default_value_t = 1, allow_negative_numbers = true)]
+        by: i64,
+    },
+    /// Read a counter.
+    Get { keyspace: String, key: String },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum SetCommand {
+    /// Add members.
+    Add {
+        keyspace: String,
+        key: String,
+        #[arg(required = true)]
+        members: Vec<String>,
+    },
+    /// Remove members.
+    Remove {
+        keyspace: String,
+        key: String,
+        #[arg(required = true)]
+        members: Vec<String>,
+    },
+    /// List members.
+    Members { keyspace: String, key: String },
+}
+
+struct Client {
+    http: reqwest::Client,
+    base: String,
+    output: Output,
+}
+
+struct Reply {
+    status: u16,
+    headers: reqwest::header::HeaderMap,
+    body: Vec<u8>,
+}
+
+impl Reply {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+    fn json(&self) -> Result<Value> {
+        serde_json::from_slice(&self.body).map_err(|e| anyhow!("server sent invalid JSON: {e}"))
+    }
+    /// Turns an error reply into an error naming its code, message and hint.
+    fn check(self) -> Result<Reply> {
+        if (200..300).contains(&self.status) || self.status == 300 {
+            return Ok(self);
+        }
+        match self.json() {
+            Ok(v) if v.get("error").is_some() => {
+                let e = &v["error"];
+                bail!(
+                    "{} (HTTP {}): {}\nhint: {}",
+                    e["code"].as_str().unwrap_or("?"),
+                    self.status,
+                    e["message"].as_str().unwrap_or("?"),
+                    e["hint"].as_str().unwrap_or("")
+                )
+            }
+            _ => bail!(
+                "HTTP {}: {}",
+                self.status,
+                String::from_utf8_lossy(&self.body)
+            ),
+        }
+    }
+}
+
+impl Client {
+    fn new(args: &ClientArgs) -> Result<Client> {
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs_f64(args.timeout.max(0.001)))
+            .build()?;
+        Ok(Client {
+            http,
+            base: args.endpoint.trim_end_matches('/').to_string(),
+            output: args.output,
+        })
+    }
+
+    fn url(&self, kind: &str, keyspace: &str, key: &str) -> String {
+        format!(
+            "{}/v1/{kind}/{}/{}",
+            self.base,
+            utf8_percent_encode(keyspace, SEGMENT),
+            utf8_percent_encode(key, SEGMENT)
+        )
+    }
+
+    async fn send(&self, req: reqwest::RequestBuilder) -> Result<Reply> {
+        let resp = req
+            .send()
+            .await
+            .map_err(|e| anyhow!("cannot reach {}: {e}", self.base))?;
+        let status = resp.status().as_u16();
+        let headers = resp.headers().clone();
+        let body = resp.bytes().await?.to_vec();
+        Ok(Reply {
+            status,
+            headers,
+            body,
+        })
+    }
+
+    fn print_json(&self, v: &Value) {
+        println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+    }
+}
+
+pub async fn kv(args: ClientArgs, cmd: KvCommand) -> Result<()> {
+    let c = Client::new(&args)?;
+    match cmd {
+        KvCommand::Put {
+            keyspace,
+            key,
+            value,
+            context,
+        } => {
+            let mut req = c.http.put(c.url("kv", &keyspace, &key)).body(value);
+            if let Some(ctx) = context {
+                req = req.header("x-atoll-context", ctx);
+            }
+            let r = c.send(req).await?.check()?;
+            let v = r.json()?;
+            match c.output {
+                Output::Json => c.print_json(&v),
+                Output::Human => {
+                    println!(
+                        "ok: written in {} (seq {}, timestamp {})",
+                        v["region"].as_str().unwrap_or("?"),
+                        v["seq"],
+                        v["timestamp"].as_str().unwrap_or("?")
+                    );
+                    if let Some(ctx) = v["context"].as_str() {
+                        println!("context: {ctx}");
+                    }
+                }
+            }
+        }
+        KvCommand::Get { keyspace, key } => {
+            let r = c.send(c.http.get(c.url("kv", &keyspace, &key))).await?;
+            let context = r.header("x-atoll-context").map(str::to_string);
+            let region = r.header("x-atoll-region").unwrap_or("?").to_string();
+            let r = r.check()?;
+            if r.status == 300 {
+                let v = r.json()?;
+                match c.output {
+                    Output::Json => c.print_json(&json!({"status": 300, "region": region, "siblings": v["siblings"], "context": v["context"]})),
+                    Output::Human => {
+                        let sibs = v["siblings"].as_array().cloned().unwrap_or_default();
+                        println!("{} concurrent values (siblings), served by {region}:", sibs.len());
+                        for s in sibs {
+                            let shown = s["value"]
+                                .as_str()
+                                .map(str::to_string)
+                                .unwrap_or_else(|| format!("base64:{}", s["value_base64"].as_str().unwrap_or("")));
+                            println!(
+                                "  - {shown}   (written in {} at {})",
+                                s["region"].as_str().unwrap_or("?"),
+                                s["timestamp"].as_str().unwrap_or("?")
+                            );
+                        }
+                        println!("context: {}", v["context"].as_str().unwrap_or(""));
+                        println!("resolve with: atoll kv put {keyspace} {key} <merged value> --context <context>");
+                    }
+                }
+            } else {
+                match c.output {
+                    Output::Json => {
+                        let text = String::from_utf8(r.body.clone()).ok();
+                        c.print_json(&json!({
+                            "status": r.status,
+                            "region": region,
+                            "value": text,
+                            "context": context,
+                            "timestamp": r.header("x-atoll-timestamp"),
+                        }))
+                    }
+                    Output::Human => {
+                        println!("{}", String::from_utf8_lossy(&r.body));
+                        if let Some(ctx) = context {
+                            eprintln!("context: {ctx}");
+                        }
+                    }
+                }
+            }
+        }
+        KvCommand::Del {
+            keyspace,
+            key,
+            context,
+        } => {
+            let mut req = c.http.delete(c.url("kv", &keyspace, &key));
+            if let Some(ctx) = context {
+                req = req.header("x-atoll-context", ctx);
+            }
+            let v = c.send(req).await?.check()?.json()?;
+            match c.output {
+                Output::Json => c.print_json(&v),
+                Output::Human => println!(
+                    "ok: deleted in {} (seq {})",
+                    v["region"].as_str().unwrap_or("?"),
+                    v["seq"]
+                ),
+            }
+        }
+    }
+    Ok(())
+}
+
+pub async fn counter(args: ClientArgs, cmd: CounterCommand) -> Result<()> {
+    let c = Client::new(&args)?;
+    let v = match cmd {
+        CounterCommand::Incr { keyspace, key, by } => {
+            let req = c
+                .http
+                .post(c.url("counter", &keyspace, &key))
+                .json(&json!({"delta": by}));
+            c.send(req).await?.check()?.json()?
+        }
+        CounterCommand::Get { keyspace, key } => c
+            .send(c.http.get(c.url("counter", &keyspace, &key)))
+            .await?
+            .check()?
+            .json()?,
+    };
+    match c.output {
+        Output::Json => c.print_json(&v),
+        Output::Human => println!("{}", v["value"]),
+    }
+    Ok(())
+}
+
+pub async fn set(args: ClientArgs, cmd: SetCommand) -> Result<()> {
+    let c = Client::new(&args)?;
+    let v = match cmd {
+        SetCommand::Add {
+            keyspace,
+            key,
+            members,
+        } => {
+            let req = c
+                .http
+                .post(c.url("set", &keyspace, &key))
+                .json(&json!({"add": members}));
+            c.send(req).await?.check()?.json()?
+        }
+        SetCommand::Remove {
+            keyspace,
+            key,
+            members,
+        } => {
+            let req = c
+                .http
+                .post(c.url("set", &keyspace, &key))
+                .json(&json!({"remove": members}));
+            c.send(req).await?.check()?.json()?
+        }
+        SetCommand::Members { keyspace, key } => c
+            .send(c.http.get(c.url("set", &keyspace, &key)))
+            .await?
+            .check()?
+            .json()?,
+    };
+    match c.output {
+        Output::Json => c.print_json(&v),
+        Output::Human => {
+            for m in v["members"].as_array().cloned().unwrap_or_default() {
+                println!("{}", m.as_str().unwrap_or_default());
+            }
+        }
+    }
+    Ok(())
+}
+
+pub async fn status(args: ClientArgs) -> Result<()> {
+    let c = Client::new(&args)?;
+    let v = c
+        .send(c.http.get(format!("{}/v1/status", c.base)))
+        .await?
+        .check()?
+        .json()?;
+    match c.output {
+        Output::Json => c.print_json(&v),
+        Output::Human => {
+            println!(
+                "region {} of cluster {} ({}), {}",
+                v["region"].as_str().unwrap_or("?"),
+                v["cluster"].as_str().unwrap_or("?"),
+                v["model"].as_str().unwrap_or("?"),
+                if v["serving"].as_bool() == Some(true) {
+                    "serving"
+                } else {
+                    "NOT serving"
+                }
+            );
+            println!(
+                "store: {} writes, last seq {}",
+                v["store"]["writes_total"], v["store"]["last_seq"]
+            );
+            for k in v["keyspaces"].as_array().cloned().unwrap_or_default() {
+                println!(
+                    "  keyspace {:<16} {}",
+                    k["name"].as_str().unwrap_or("?"),
+                    k["policy"].as_str().unwrap_or("?")
+                );
+            }
+        }
+    }
+    Ok(())
+}

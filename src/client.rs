@@ -342,13 +342,35 @@ pub async fn set(args: ClientArgs, cmd: SetCommand) -> Result<()> {
     Ok(())
 }
 
-pub async fn status(args: ClientArgs) -> Result<()> {
+/// Shows a region's status. Fails (non-zero exit) when a peer is unreachable or lags more than
+/// `max_lag` seconds (default: the cluster's `replication.max_lag_secs`).
+pub async fn status(args: ClientArgs, max_lag: Option<f64>) -> Result<()> {
     let c = Client::new(&args)?;
     let v = c
         .send(c.http.get(format!("{}/v1/status", c.base)))
         .await?
         .check()?
         .json()?;
+    let max_lag = max_lag
+        .or_else(|| v["replication"]["max_lag_secs"].as_f64())
+        .unwrap_or(10.0);
+    let peers = v["peers"].as_array().cloned().unwrap_or_default();
+    let mut problems = Vec::new();
+    for p in &peers {
+        let name = p["region"].as_str().unwrap_or("?");
+        if p["reachable"].as_bool() != Some(true) {
+            problems.push(format!("{name} is unreachable"));
+        } else if p["state"].as_str() == Some("clock-skew") {
+            problems.push(format!("{name}'s clock runs ahead beyond max_clock_offset"));
+        }
+        match p["lag_seconds"].as_f64() {
+            Some(l) if l > max_lag => {
+                problems.push(format!("{name} lags {l:.1} s (limit {max_lag} s)"))
+            }
+            None => problems.push(format!("{name}: never caught up")),
+            _ => {}
+        }
+    }
     match c.output {
         Output::Json => c.print_json(&v),
         Output::Human => {
@@ -367,6 +389,27 @@ pub async fn status(args: ClientArgs) -> Result<()> {
                 "store: {} writes, last seq {}",
                 v["store"]["writes_total"], v["store"]["last_seq"]
             );
+            if !peers.is_empty() {
+                println!(
+                    "\n  {:<16} {:<12} {:>9} {:>10} {:>9} {:>10}",
+                    "peer", "link", "rtt ms", "lag s", "lag ops", "offset ms"
+                );
+                let num = |x: &Value, digits: usize| {
+                    x.as_f64()
+                        .map_or("-".to_string(), |f| format!("{f:.digits$}"))
+                };
+                for p in &peers {
+                    println!(
+                        "  {:<16} {:<12} {:>9} {:>10} {:>9} {:>10}",
+                        p["region"].as_str().unwrap_or("?"),
+                        p["state"].as_str().unwrap_or("?"),
+                        num(&p["rtt_ms"], 1),
+                        num(&p["lag_seconds"], 2),
+                        p["lag_ops"],
+                        num(&p["clock_offset_ms"], 1),
+                    );
+                }
+            }
             for k in v["keyspaces"].as_array().cloned().unwrap_or_default() {
                 println!(
                     "  keyspace {:<16} {}",
@@ -374,7 +417,13 @@ pub async fn status(args: ClientArgs) -> Result<()> {
                     k["policy"].as_str().unwrap_or("?")
                 );
             }
+            if let Some(h) = v["replication"]["tombstone_horizon_ms"].as_u64() {
+                println!("tombstone horizon: {h} ms since the epoch");
+            }
         }
+    }
+    if !problems.is_empty() {
+        bail!("unhealthy: {}", problems.join("; "));
     }
     Ok(())
 }

@@ -1,6 +1,7 @@
 //! `atoll`: one binary for every role. This file only parses the command line and dispatches.
 
 mod client;
+mod demo;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
@@ -40,6 +41,22 @@ enum Command {
         /// Listen here instead of the region's `api` address from the config.
         #[arg(long)]
         listen: Option<SocketAddr>,
+        /// Reach a peer at another address than its configured one (e.g. through `atoll link`):
+        /// NAME=ADDR, repeatable.
+        #[arg(long, value_parser = parse_peer_via)]
+        peer_via: Vec<(String, SocketAddr)>,
+    },
+    /// Start three regions (us-east-1, eu-west-1, ap-southeast-1) on this machine.
+    #[command(
+        after_help = "Example:\n  atoll demo\n  atoll demo --port-base 8100 --data-dir /tmp/atoll-demo"
+    )]
+    Demo {
+        /// Where the regions keep their data (default: a fresh temporary directory, removed on exit).
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// Region i listens on 127.0.0.1:<port-base + i>.
+        #[arg(long, default_value_t = 7100)]
+        port_base: u16,
     },
     /// Validate and explain a config file.
     Config {
@@ -81,6 +98,10 @@ enum Command {
     Status {
         #[command(flatten)]
         client: client::ClientArgs,
+        /// Exit non-zero when a peer lags more than this many seconds (default: the cluster's
+        /// replication.max_lag_secs).
+        #[arg(long)]
+        max_lag: Option<f64>,
     },
 }
 
@@ -100,7 +121,17 @@ fn init_tracing() {
         .init();
 }
 
-async fn shutdown_signal() {
+fn parse_peer_via(s: &str) -> Result<(String, SocketAddr), String> {
+    let (name, addr) = s
+        .split_once('=')
+        .ok_or_else(|| format!("expected NAME=ADDR, got `{s}`"))?;
+    let addr = addr
+        .parse()
+        .map_err(|e| format!("bad address `{addr}` for peer `{name}`: {e}"))?;
+    Ok((name.to_string(), addr))
+}
+
+pub(crate) async fn shutdown_signal() {
     let ctrl_c = async {
         let _ = tokio::signal::ctrl_c().await;
     };
@@ -126,6 +157,7 @@ async fn run_region(
     region: String,
     data_dir: PathBuf,
     listen: Option<SocketAddr>,
+    peer_via: Vec<(String, SocketAddr)>,
 ) -> Result<()> {
     let cfg = atoll_config::Config::load(&config).map_err(anyhow::Error::msg)?;
     let server = atoll_server::RegionServer::bind(atoll_server::RegionOptions {
@@ -133,6 +165,7 @@ async fn run_region(
         region,
         data_dir: data_dir.clone(),
         listen,
+        peer_via: peer_via.into_iter().collect(),
     })
     .await
     .map_err(|e| anyhow::anyhow!("{} ({}): {}", e, e.code(), e.hint()))?;
@@ -175,11 +208,16 @@ fn main() -> ExitCode {
                         region,
                         data_dir,
                         listen,
-                    } => run_region(config, region, data_dir, listen).await,
+                        peer_via,
+                    } => run_region(config, region, data_dir, listen, peer_via).await,
+                    Command::Demo {
+                        data_dir,
+                        port_base,
+                    } => demo::run(data_dir, port_base).await,
                     Command::Kv { client, command } => client::kv(client, command).await,
                     Command::Counter { client, command } => client::counter(client, command).await,
                     Command::Set { client, command } => client::set(client, command).await,
-                    Command::Status { client } => client::status(client).await,
+                    Command::Status { client, max_lag } => client::status(client, max_lag).await,
                     Command::Config { .. } => Ok(()),
                 }
             })

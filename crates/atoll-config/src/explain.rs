@@ -2,8 +2,9 @@
 
 use crate::{
     Config, DEFAULT_CONFLICT_MAX_ENTRIES, DEFAULT_CONFLICT_RETENTION_SECS,
-    DEFAULT_GROUP_COMMIT_MAX_BATCH, DEFAULT_MAX_CLOCK_OFFSET_MS, DEFAULT_MAX_SIBLINGS,
-    DEFAULT_MAX_VALUE_BYTES, KEY_MAX_BYTES, KeyspaceConfig, Model,
+    DEFAULT_GROUP_COMMIT_MAX_BATCH, DEFAULT_HEARTBEAT_INTERVAL_MS, DEFAULT_MAX_CLOCK_OFFSET_MS,
+    DEFAULT_MAX_LAG_SECS, DEFAULT_MAX_SIBLINGS, DEFAULT_MAX_VALUE_BYTES, KEY_MAX_BYTES,
+    KeyspaceConfig, Model,
 };
 use atoll_core::op::Policy;
 use std::fmt::Write as _;
@@ -64,6 +65,22 @@ pub(crate) fn explain(config: &Config) -> String {
         "  group_commit_max_batch  {}{}  (most writes sharing one fsync)",
         s.group_commit_max_batch,
         default_mark(s.group_commit_max_batch == DEFAULT_GROUP_COMMIT_MAX_BATCH)
+    );
+
+    let r = &config.replication;
+    let _ = writeln!(out, "\nreplication");
+    let _ = writeln!(
+        out,
+        "  heartbeat_interval_ms  {}{}  (a peer silent for 3 intervals = {} ms is unreachable)",
+        r.heartbeat_interval_ms,
+        default_mark(r.heartbeat_interval_ms == DEFAULT_HEARTBEAT_INTERVAL_MS),
+        r.heartbeat_interval_ms * 3
+    );
+    let _ = writeln!(
+        out,
+        "  max_lag_secs           {}{}  (`atoll status` fails when a peer lags more)",
+        r.max_lag_secs,
+        default_mark(r.max_lag_secs == DEFAULT_MAX_LAG_SECS)
     );
     out
 }

@@ -66,6 +66,12 @@ pub const DEFAULT_MAX_CLOCK_OFFSET_MS: u64 = 500;
 /// Default `storage.group_commit_max_batch`.
 pub const DEFAULT_GROUP_COMMIT_MAX_BATCH: usize = 512;
 
+/// Default `replication.heartbeat_interval_ms`.
+pub const DEFAULT_HEARTBEAT_INTERVAL_MS: u64 = 1000;
+
+/// Default `replication.max_lag_secs`.
+pub const DEFAULT_MAX_LAG_SECS: u64 = 10;
+
 /// A whole, validated `atoll.toml` with every default applied.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Config {
@@ -75,6 +81,7 @@ pub struct Config {
     /// In file order; names are unique.
     pub keyspaces: Vec<KeyspaceConfig>,
     pub storage: StorageConfig,
+    pub replication: ReplicationConfig,
 }
 
 /// `[cluster]`.
@@ -235,6 +242,25 @@ impl Default for StorageConfig {
     fn default() -> Self {
         Self {
             group_commit_max_batch: DEFAULT_GROUP_COMMIT_MAX_BATCH,
+        }
+    }
+}
+
+/// `[replication]`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ReplicationConfig {
+    /// How often every region sends a heartbeat to every peer (10..=60000 ms). A peer not heard
+    /// from for three intervals is unreachable.
+    pub heartbeat_interval_ms: u64,
+    /// Replication lag above which `atoll status` reports a peer as lagging and exits non-zero.
+    pub max_lag_secs: u64,
+}
+
+impl Default for ReplicationConfig {
+    fn default() -> Self {
+        Self {
+            heartbeat_interval_ms: DEFAULT_HEARTBEAT_INTERVAL_MS,
+            max_lag_secs: DEFAULT_MAX_LAG_SECS,
         }
     }
 }

@@ -3,9 +3,9 @@
 use crate::error::{ConfigError, join_key, line_column};
 use crate::{
     ClusterConfig, Config, DEFAULT_CONFLICT_MAX_ENTRIES, DEFAULT_CONFLICT_RETENTION_SECS,
-    DEFAULT_GROUP_COMMIT_MAX_BATCH, DEFAULT_MAX_CLOCK_OFFSET_MS, DEFAULT_MAX_SIBLINGS,
-    DEFAULT_MAX_VALUE_BYTES, GeoPoint, KeyspaceConfig, KeyspaceOption, MAX_VALUE_BYTES_LIMIT,
-    Model, RegionConfig, StorageConfig,
+    DEFAULT_GROUP_COMMIT_MAX_BATCH, DEFAULT_HEARTBEAT_INTERVAL_MS, DEFAULT_MAX_CLOCK_OFFSET_MS,
+    DEFAULT_MAX_LAG_SECS, DEFAULT_MAX_SIBLINGS, DEFAULT_MAX_VALUE_BYTES, GeoPoint, KeyspaceConfig,
+    KeyspaceOption, MAX_VALUE_BYTES_LIMIT, Model, RegionConfig, ReplicationConfig, StorageConfig,
 };
 use atoll_core::op::Policy;
 use atoll_core::{AtollError, RegionId};
@@ -26,6 +26,8 @@ struct RawConfig {
     keyspaces: Vec<Spanned<RawKeyspace>>,
     #[serde(default)]
     storage: Option<RawStorage>,
+    #[serde(default)]
+    replication: Option<RawReplication>,
 }
 
 #[derive(Deserialize)]
@@ -73,6 +75,15 @@ struct RawKeyspace {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
+struct RawReplication {
+    #[serde(default)]
+    heartbeat_interval_ms: Option<Spanned<i64>>,
+    #[serde(default)]
+    max_lag_secs: Option<Spanned<i64>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct RawStorage {
     #[serde(default)]
     group_commit_max_batch: Option<Spanned<i64>>,
@@ -85,6 +96,8 @@ const MAX_SIBLINGS: RangeInclusive<i64> = 1..=1024;
 const CONFLICT_RETENTION_SECS: RangeInclusive<i64> = 1..=31_536_000;
 const CONFLICT_MAX_ENTRIES: RangeInclusive<i64> = 1..=1_000_000;
 const GROUP_COMMIT_MAX_BATCH: RangeInclusive<i64> = 1..=65_536;
+const HEARTBEAT_INTERVAL_MS: RangeInclusive<i64> = 10..=60_000;
+const MAX_LAG_SECS: RangeInclusive<i64> = 1..=86_400;
 
 /// Where errors point: the text (for line numbers) and the file name.
 struct Ctx<'a> {
@@ -144,6 +157,7 @@ pub(crate) fn parse(text: &str, file: &str) -> Result<Config, ConfigError> {
         regions: regions(&cx, &raw.regions)?,
         keyspaces: keyspaces(&cx, &raw.keyspaces)?,
         storage: storage(&cx, raw.storage.as_ref())?,
+        replication: replication(&cx, raw.replication.as_ref())?,
     })
 }
 
@@ -396,6 +410,31 @@ fn storage(cx: &Ctx<'_>, raw: Option<&RawStorage>) -> Result<StorageConfig, Conf
     )?;
     Ok(StorageConfig {
         group_commit_max_batch: batch as usize,
+    })
+}
+
+fn replication(
+    cx: &Ctx<'_>,
+    raw: Option<&RawReplication>,
+) -> Result<ReplicationConfig, ConfigError> {
+    let Some(raw) = raw else {
+        return Ok(ReplicationConfig::default());
+    };
+    let hb = cx.int(
+        &raw.heartbeat_interval_ms,
+        "replication.heartbeat_interval_ms",
+        HEARTBEAT_INTERVAL_MS,
+        DEFAULT_HEARTBEAT_INTERVAL_MS as i64,
+    )?;
+    let lag = cx.int(
+        &raw.max_lag_secs,
+        "replication.max_lag_secs",
+        MAX_LAG_SECS,
+        DEFAULT_MAX_LAG_SECS as i64,
+    )?;
+    Ok(ReplicationConfig {
+        heartbeat_interval_ms: hb as u64,
+        max_lag_secs: lag as u64,
     })
 }
 

@@ -17,6 +17,7 @@ pub mod error;
 pub mod hlc;
 pub mod op;
 pub mod region;
+pub mod repl;
 
 pub use error::{AtollError, Result};
 pub use region::RegionId;

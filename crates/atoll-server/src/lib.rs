@@ -5,5 +5,6 @@ pub mod api;
 pub mod metrics;
 pub mod openapi;
 pub mod region;
+pub mod replication;
 
 pub use region::{RegionOptions, RegionServer};

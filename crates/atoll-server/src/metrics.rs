@@ -32,6 +32,28 @@ pub struct KeyspaceLabels {
     pub policy: String,
 }
 
+/// Labels of a metric about a pair of regions.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PairLabels {
+    pub region: String,
+    pub peer_region: String,
+}
+
+/// Labels of a resolved conflict.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ConflictLabels {
+    pub keyspace: String,
+    pub resolution: String,
+}
+
+/// Labels naming only a keyspace.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KeyspaceOnly {
+    pub keyspace: String,
+}
+
+type FloatGauge = Gauge<f64, AtomicU64>;
+
 /// Every metric a region exports.
 pub struct Metrics {
     pub registry: Registry,
@@ -44,11 +66,28 @@ pub struct Metrics {
     pub oplog_last_seq: Gauge<u64, AtomicU64>,
     pub info: Family<RegionLabels, Gauge>,
     pub keyspaces: Family<KeyspaceLabels, Gauge>,
+    pub peer_reachable: Family<PairLabels, Gauge>,
+    pub peer_rtt: Family<PairLabels, Histogram>,
+    pub replication_lag_seconds: Family<PairLabels, FloatGauge>,
+    pub replication_lag_ops: Family<PairLabels, Gauge>,
+    pub clock_offset_seconds: Family<PairLabels, FloatGauge>,
+    pub peer_clock_skewed: Family<PairLabels, Gauge>,
+    pub replication_applied: Family<PairLabels, Counter>,
+    pub replication_apply_delay: Family<PairLabels, Histogram>,
+    pub conflicts: Family<ConflictLabels, Counter>,
+    pub sibling_limit_hits: Family<KeyspaceOnly, Counter>,
+    pub tombstone_horizon_age: FloatGauge,
+    pub tombstones_collected: Counter,
 }
 
 fn latency_buckets() -> Histogram {
     // 50 µs .. ~3.3 s
     Histogram::new(exponential_buckets(0.000_05, 2.0, 17))
+}
+
+fn rtt_buckets() -> Histogram {
+    // 0.5 ms .. ~16 s
+    Histogram::new(exponential_buckets(0.000_5, 2.0, 16))
 }
 
 impl Metrics {
@@ -109,7 +148,93 @@ impl Metrics {
             "Keyspaces this region serves, with their policy (always 1)",
             keyspaces.clone(),
         );
+        let peer_reachable = Family::<PairLabels, Gauge>::default();
+        registry.register(
+            "peer_reachable",
+            "Whether this region hears from the peer region (1) or not (0): the inter-region heartbeat",
+            peer_reachable.clone(),
+        );
+        let peer_rtt =
+            Family::<PairLabels, Histogram>::new_with_constructor(rtt_buckets as fn() -> _);
+        registry.register(
+            "peer_rtt_seconds",
+            "Round trip to the peer region, measured by heartbeats",
+            peer_rtt.clone(),
+        );
+        let replication_lag_seconds = Family::<PairLabels, FloatGauge>::default();
+        registry.register(
+            "replication_lag_seconds",
+            "Age of the newest time as of which this region holds all of the peer region's writes (rises while a link is cut)",
+            replication_lag_seconds.clone(),
+        );
+        let replication_lag_ops = Family::<PairLabels, Gauge>::default();
+        registry.register(
+            "replication_lag_ops",
+            "Writes of the peer region known to exist that this region has not applied",
+            replication_lag_ops.clone(),
+        );
+        let clock_offset_seconds = Family::<PairLabels, FloatGauge>::default();
+        registry.register(
+            "clock_offset_seconds",
+            "Estimated clock offset of the peer region (its clock minus ours)",
+            clock_offset_seconds.clone(),
+        );
+        let peer_clock_skewed = Family::<PairLabels, Gauge>::default();
+        registry.register(
+            "peer_clock_skewed",
+            "1 while the peer region's clock runs ahead beyond max_clock_offset and its writes are held back",
+            peer_clock_skewed.clone(),
+        );
+        let replication_applied = Family::<PairLabels, Counter>::default();
+        registry.register(
+            "replication_applied_ops",
+            "Replicated writes applied here, by origin region (peer_region)",
+            replication_applied.clone(),
+        );
+        let replication_apply_delay =
+            Family::<PairLabels, Histogram>::new_with_constructor(rtt_buckets as fn() -> _);
+        registry.register(
+            "replication_apply_delay_seconds",
+            "Time from a write at its origin region (peer_region) to its application here",
+            replication_apply_delay.clone(),
+        );
+        let conflicts = Family::<ConflictLabels, Counter>::default();
+        registry.register(
+            "conflicts",
+            "Concurrent lww writes resolved, by keyspace and why the winner won; the losers are in the conflict ledger",
+            conflicts.clone(),
+        );
+        let sibling_limit_hits = Family::<KeyspaceOnly, Counter>::default();
+        registry.register(
+            "mvr_sibling_limit_hits",
+            "Times an mvr key reached its keyspace's sibling limit",
+            sibling_limit_hits.clone(),
+        );
+        let tombstone_horizon_age = FloatGauge::default();
+        registry.register(
+            "tombstone_horizon_age_seconds",
+            "Age of the tombstone collection horizon (tombstones older than it are collected); -1 until every region has reported",
+            tombstone_horizon_age.clone(),
+        );
+        let tombstones_collected = Counter::default();
+        registry.register(
+            "tombstones_collected",
+            "Tombstones collected after every region had seen them",
+            tombstones_collected.clone(),
+        );
         Self {
+            peer_reachable,
+            peer_rtt,
+            replication_lag_seconds,
+            replication_lag_ops,
+            clock_offset_seconds,
+            peer_clock_skewed,
+            replication_applied,
+            replication_apply_delay,
+            conflicts,
+            sibling_limit_hits,
+            tombstone_horizon_age,
+            tombstones_collected,
             registry,
             http_requests,
             http_duration,

@@ -2,11 +2,14 @@
 
 use crate::api::{AppState, router};
 use crate::metrics::{KeyspaceLabels, Metrics, RegionLabels};
+use crate::replication::{self, Replicator};
 use atoll_config::Config;
 use atoll_core::clock::{Clock, SystemClock};
+use atoll_core::repl::ReplConfig;
 use atoll_core::{AtollError, RegionId, Result};
 use atoll_store::backend::FjallBackend;
 use atoll_store::{Store, StoreOptions};
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -23,12 +26,16 @@ pub struct RegionOptions {
     pub data_dir: PathBuf,
     /// Overrides the region's `api` address from the config.
     pub listen: Option<SocketAddr>,
+    /// Reach these peers at these addresses instead of their configured `peer` address (for
+    /// example through an `atoll link` proxy).
+    pub peer_via: BTreeMap<String, SocketAddr>,
 }
 
 /// A bound, ready region: call [`RegionServer::serve`] to run it.
 pub struct RegionServer {
     state: Arc<AppState>,
     listener: TcpListener,
+    replicator: Arc<Replicator>,
 }
 
 impl RegionServer {
@@ -78,8 +85,47 @@ impl RegionServer {
         sopts.group_commit_max_batch = opts.config.storage.group_commit_max_batch;
         let m = metrics.clone();
         sopts.on_commit = Some(Arc::new(move |n, d| m.observe_commit(n, d)));
+        let changed = Arc::new(tokio::sync::Notify::new());
+        let c = changed.clone();
+        sopts.on_change = Some(Arc::new(move || c.notify_waiters()));
         let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-        let store = Arc::new(Store::open(backend, sopts, clock)?);
+        let store = Arc::new(Store::open(backend, sopts, clock.clone())?);
+        for name in opts.peer_via.keys() {
+            if opts.config.region(name).is_none() || name == region.as_str() {
+                return Err(AtollError::Config(format!(
+                    "--peer-via names `{name}`, which is not a peer region in the config"
+                )));
+            }
+        }
+        let peer_addrs: BTreeMap<RegionId, SocketAddr> = opts
+            .config
+            .regions
+            .iter()
+            .filter(|r| r.name != region)
+            .map(|r| {
+                let addr = opts
+                    .peer_via
+                    .get(r.name.as_str())
+                    .copied()
+                    .unwrap_or(r.peer);
+                (r.name.clone(), addr)
+            })
+            .collect();
+        let replicator = Replicator::new(
+            store.clone(),
+            clock,
+            metrics.clone(),
+            replication::Settings {
+                cluster: opts.config.cluster.name.clone(),
+                peer_addrs,
+                core: ReplConfig::new(
+                    opts.config.replication.heartbeat_interval_ms,
+                    opts.config.cluster.max_clock_offset_ms,
+                ),
+                max_lag_secs: opts.config.replication.max_lag_secs,
+            },
+            changed,
+        )?;
         let listener = TcpListener::bind(listen)
             .await
             .map_err(|e| AtollError::Config(format!("cannot listen on {listen}: {e}")))?;
@@ -89,8 +135,14 @@ impl RegionServer {
             metrics,
             started: Instant::now(),
             serving: AtomicBool::new(true),
+            replicator: std::sync::OnceLock::new(),
         });
-        Ok(RegionServer { state, listener })
+        let _ = state.replicator.set(replicator.clone());
+        Ok(RegionServer {
+            state,
+            listener,
+            replicator,
+        })
     }
 
     pub fn local_addr(&self) -> Result<SocketAddr> {
@@ -107,15 +159,22 @@ impl RegionServer {
     /// requests finish, drains the write queue and closes the store.
     pub async fn serve(self, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<()> {
         let state = self.state.clone();
-        let app = router(self.state.clone());
+        let app = router(self.state.clone()).merge(replication::router(self.replicator.clone()));
         let flag = state.clone();
+        let stop = Arc::new(tokio::sync::Notify::new());
+        let tasks = self.replicator.start(stop.clone());
+        let stop2 = stop.clone();
         let result = axum::serve(self.listener, app)
             .with_graceful_shutdown(async move {
                 shutdown.await;
                 flag.serving.store(false, Ordering::Relaxed);
+                stop2.notify_waiters();
                 tracing::info!("shutting down: finishing in-flight requests");
             })
             .await;
+        for t in tasks {
+            t.abort();
+        }
         let store = state.store.clone();
         // Closing joins the writer thread: keep it off the async runtime.
         let _ = tokio::task::spawn_blocking(move || store.close()).await;

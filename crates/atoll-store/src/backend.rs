@@ -18,10 +18,18 @@ pub enum Table {
     Oplog,
     /// `keyspace/time/counter` → encoded conflict record.
     Conflicts,
+    /// `timestamp/data key` → empty: the lww tombstones, in timestamp order, for collection.
+    Tombstones,
 }
 
 impl Table {
-    pub const ALL: [Table; 4] = [Table::Meta, Table::Data, Table::Oplog, Table::Conflicts];
+    pub const ALL: [Table; 5] = [
+        Table::Meta,
+        Table::Data,
+        Table::Oplog,
+        Table::Conflicts,
+        Table::Tombstones,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -29,6 +37,7 @@ impl Table {
             Table::Data => "data",
             Table::Oplog => "oplog",
             Table::Conflicts => "conflicts",
+            Table::Tombstones => "tombstones",
         }
     }
 }
@@ -197,7 +206,7 @@ mod fjall_impl {
 
     pub struct Inner {
         db: Database,
-        tables: [Keyspace; 4],
+        tables: [Keyspace; 5],
     }
 
     impl Inner {
@@ -220,6 +229,7 @@ mod fjall_impl {
                 open(Table::Data)?,
                 open(Table::Oplog)?,
                 open(Table::Conflicts)?,
+                open(Table::Tombstones)?,
             ];
             Ok(Self { db, tables })
         }

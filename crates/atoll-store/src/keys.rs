@@ -3,6 +3,7 @@
 //! order.
 
 use atoll_core::RegionId;
+use atoll_core::hlc::Timestamp;
 
 /// `keyspace 0x00 key`: a key's state in the data table.
 pub fn data_key(keyspace: &str, key: &[u8]) -> Vec<u8> {
@@ -42,6 +43,43 @@ pub fn conflict_key(keyspace: &str, recorded_at_ms: u64, counter: u64) -> Vec<u8
     k.extend_from_slice(&counter.to_be_bytes());
     k
 }
+
+/// `wall_ms(be) logical(be) data_key`: one entry of the tombstone index.
+pub fn tombstone_key(ts: Timestamp, data_key: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(12 + data_key.len());
+    k.extend_from_slice(&ts.wall_ms.to_be_bytes());
+    k.extend_from_slice(&ts.logical.to_be_bytes());
+    k.extend_from_slice(data_key);
+    k
+}
+
+/// Splits a tombstone-index key into the tombstone's timestamp and its data key.
+pub fn parse_tombstone_key(k: &[u8]) -> Option<(Timestamp, &[u8])> {
+    if k.len() < 12 {
+        return None;
+    }
+    let mut w = [0u8; 8];
+    w.copy_from_slice(&k[..8]);
+    let mut l = [0u8; 4];
+    l.copy_from_slice(&k[8..12]);
+    Some((
+        Timestamp {
+            wall_ms: u64::from_be_bytes(w),
+            logical: u32::from_be_bytes(l),
+        },
+        &k[12..],
+    ))
+}
+
+/// `applied/<origin>`: the replication cursor of one origin (meta table).
+pub fn applied_key(origin: &RegionId) -> Vec<u8> {
+    let mut k = META_APPLIED_PREFIX.to_vec();
+    k.extend_from_slice(origin.as_str().as_bytes());
+    k
+}
+
+/// Prefix of the per-origin replication cursors in the meta table.
+pub const META_APPLIED_PREFIX: &[u8] = b"applied/";
 
 /// The prefix of every key of `name` in a table keyed by `name 0x00 ...`.
 pub fn prefix(name: &str) -> Vec<u8> {

@@ -12,4 +12,7 @@ pub mod backend;
 pub mod keys;
 pub mod store;
 
-pub use store::{ConflictRecord, Store, StoreOptions, StoreStats, WriteOutcome};
+pub use store::{
+    ConflictRecord, MaintenanceOutcome, RemoteOutcome, Store, StoreOptions, StoreStats,
+    WriteOutcome,
+};

@@ -3,9 +3,10 @@
 use crate::backend::{Backend, Mutation, Table, prefix_end};
 use crate::keys;
 use atoll_config::{KEY_MAX_BYTES, KeyspaceConfig};
+use atoll_core::causal::VersionVector;
 use atoll_core::clock::Clock;
 use atoll_core::codec;
-use atoll_core::crdt::lww::{ConflictReason, LwwVersion};
+use atoll_core::crdt::lww::{ConflictReason, LwwConflict, LwwVersion};
 use atoll_core::hlc::{Hlc, Timestamp};
 use atoll_core::op::{Intent, KeyState, OpEntry, Policy, prepare};
 use atoll_core::{AtollError, RegionId, Result};
@@ -37,6 +38,9 @@ pub struct StoreOptions {
     /// fsync every commit (always on in production; off only in benchmarks of the CPU path).
     pub durable: bool,
     pub on_commit: Option<CommitObserver>,
+    /// Called after every commit that added operation-log entries (local or replicated), so
+    /// replication streams can wake up.
+    pub on_change: Option<Arc<dyn Fn() + Send + Sync>>,
 }
 
 impl StoreOptions {
@@ -49,6 +53,7 @@ impl StoreOptions {
             queue_capacity: 16_384,
             durable: true,
             on_commit: None,
+            on_change: None,
         }
     }
 }
@@ -88,13 +93,52 @@ pub struct StoreStats {
     pub conflicts_total: AtomicU64,
 }
 
-type Reply = Box<dyn FnOnce(Result<WriteOutcome>) + Send>;
+/// What applying a batch of replicated entries did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RemoteOutcome {
+    /// Entries applied (each the next sequence number of its origin).
+    pub applied: usize,
+    /// Entries skipped because they were already applied or beyond a gap.
+    pub skipped: usize,
+    /// Conflicts resolved while merging (lww), by keyspace and reason.
+    pub conflicts: Vec<(String, ConflictReason)>,
+    /// Keyspaces in which a merge left a key over its sibling limit (mvr).
+    pub sibling_limit_hits: Vec<String>,
+    /// Origins whose entries were refused because their timestamps run ahead of our clock
+    /// beyond `max_clock_offset` (the rest of their entries in the batch were not applied).
+    pub skewed: Vec<(RegionId, AtollError)>,
+    /// Physical time minus the origin timestamp of each applied entry, in milliseconds, by origin.
+    pub delays_ms: Vec<(RegionId, u64)>,
+}
 
-struct Request {
+/// What a maintenance pass did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct MaintenanceOutcome {
+    pub tombstones_collected: usize,
+    pub conflicts_pruned: usize,
+}
+
+type Reply = Box<dyn FnOnce(Result<WriteOutcome>) + Send>;
+type RemoteReply = Box<dyn FnOnce(Result<RemoteOutcome>) + Send>;
+type MaintenanceReply = Box<dyn FnOnce(Result<MaintenanceOutcome>) + Send>;
+
+struct LocalWrite {
     keyspace: String,
     key: Vec<u8>,
     intent: Intent,
     reply: Reply,
+}
+
+enum Request {
+    Local(LocalWrite),
+    Remote {
+        entries: Vec<OpEntry>,
+        reply: RemoteReply,
+    },
+    Maintenance {
+        horizon_ms: Option<u64>,
+        reply: MaintenanceReply,
+    },
 }
 
 struct Shared {
@@ -102,6 +146,8 @@ struct Shared {
     region: RegionId,
     keyspaces: HashMap<String, KeyspaceConfig>,
     stats: StoreStats,
+    /// The committed applied vector (own head included), for readers.
+    applied: Mutex<VersionVector>,
 }
 
 /// A region's durable store. Cheap to share behind an `Arc`; all writes go through one writer
@@ -169,7 +215,32 @@ impl Store {
             None => 0,
         };
 
+        let mut applied: VersionVector = backend
+            .range(
+                Table::Meta,
+                keys::META_APPLIED_PREFIX,
+                &prefix_end(keys::META_APPLIED_PREFIX),
+                usize::MAX,
+            )?
+            .iter()
+            .map(|(k, v)| {
+                let name =
+                    std::str::from_utf8(&k[keys::META_APPLIED_PREFIX.len()..]).map_err(|_| {
+                        AtollError::Corrupt("replication cursor key is not UTF-8".into())
+                    })?;
+                Ok((RegionId::new(name)?, codec::decode::<u64>(v)?))
+            })
+            .collect::<Result<Vec<_>>>()?
+            .into_iter()
+            .collect();
+        applied = applied
+            .iter()
+            .map(|(r, n)| (r.clone(), n))
+            .chain(std::iter::once((opts.region.clone(), seq)))
+            .collect();
+
         let shared = Arc::new(Shared {
+            applied: Mutex::new(applied.clone()),
             backend,
             region: opts.region.clone(),
             keyspaces: opts
@@ -191,9 +262,11 @@ impl Store {
             clock,
             hlc,
             seq,
+            applied,
             max_batch: opts.group_commit_max_batch.max(1),
             durable: opts.durable,
             on_commit: opts.on_commit.clone(),
+            on_change: opts.on_change.clone(),
         };
         let handle = std::thread::Builder::new()
             .name(format!("atoll-writer-{}", opts.region))
@@ -270,26 +343,88 @@ impl Store {
             reply(Err(e));
             return;
         }
-        let req = Request {
+        self.enqueue(Request::Local(LocalWrite {
             keyspace: keyspace.to_string(),
             key: key.to_vec(),
             intent,
             reply: Box::new(reply),
+        }));
+    }
+
+    /// Queues replicated entries for merging; `reply` is called once they are committed.
+    pub fn submit_remote(
+        &self,
+        entries: Vec<OpEntry>,
+        reply: impl FnOnce(Result<RemoteOutcome>) + Send + 'static,
+    ) {
+        self.enqueue(Request::Remote {
+            entries,
+            reply: Box::new(reply),
+        });
+    }
+
+    /// Applies replicated entries and waits (for tools and tests).
+    pub fn apply_remote(&self, entries: Vec<OpEntry>) -> Result<RemoteOutcome> {
+        let (tx, rx) = mpsc::sync_channel(1);
+        self.submit_remote(entries, move |r| {
+            let _ = tx.send(r);
+        });
+        rx.recv().map_err(|_| AtollError::ShuttingDown)?
+    }
+
+    /// Collects lww tombstones older than `horizon_ms` (physical ms; `None`: collect nothing)
+    /// and prunes the conflict ledger to its retention.
+    pub fn submit_maintenance(
+        &self,
+        horizon_ms: Option<u64>,
+        reply: impl FnOnce(Result<MaintenanceOutcome>) + Send + 'static,
+    ) {
+        self.enqueue(Request::Maintenance {
+            horizon_ms,
+            reply: Box::new(reply),
+        });
+    }
+
+    /// Runs maintenance and waits (for tools and tests).
+    pub fn maintain(&self, horizon_ms: Option<u64>) -> Result<MaintenanceOutcome> {
+        let (tx, rx) = mpsc::sync_channel(1);
+        self.submit_maintenance(horizon_ms, move |r| {
+            let _ = tx.send(r);
+        });
+        rx.recv().map_err(|_| AtollError::ShuttingDown)?
+    }
+
+    fn enqueue(&self, req: Request) {
+        let refuse = |req: Request, e: AtollError| match req {
+            Request::Local(w) => (w.reply)(Err(e)),
+            Request::Remote { reply, .. } => reply(Err(e)),
+            Request::Maintenance { reply, .. } => reply(Err(e)),
         };
         let guard = match self.tx.read() {
             Ok(g) => g,
-            Err(_) => return (req.reply)(Err(AtollError::ShuttingDown)),
+            Err(_) => return refuse(req, AtollError::ShuttingDown),
         };
         let Some(tx) = guard.as_ref() else {
-            return (req.reply)(Err(AtollError::ShuttingDown));
+            return refuse(req, AtollError::ShuttingDown);
         };
         match tx.try_send(req) {
             Ok(()) => {}
-            Err(TrySendError::Full(req)) => (req.reply)(Err(AtollError::Overloaded(
-                "the write queue is full".into(),
-            ))),
-            Err(TrySendError::Disconnected(req)) => (req.reply)(Err(AtollError::ShuttingDown)),
+            Err(TrySendError::Full(req)) => refuse(
+                req,
+                AtollError::Overloaded("the write queue is full".into()),
+            ),
+            Err(TrySendError::Disconnected(req)) => refuse(req, AtollError::ShuttingDown),
         }
+    }
+
+    /// The committed applied vector: per origin, the highest sequence number merged here
+    /// (this region's own head included).
+    pub fn applied(&self) -> VersionVector {
+        self.shared
+            .applied
+            .lock()
+            .map(|v| v.clone())
+            .unwrap_or_default()
     }
 
     /// Writes and waits for the durable acknowledgement (for tools and tests; servers use
@@ -377,15 +512,18 @@ fn read_state(backend: &dyn Backend, data_key: &[u8]) -> Result<Option<KeyState>
     }
 }
 
-/// The single writer: owns the HLC and the sequence counter, so both advance in commit order.
+/// The single writer: owns the HLC, the sequence counter and the applied vector, so all three
+/// advance in commit order.
 struct Writer {
     shared: Arc<Shared>,
     clock: Arc<dyn Clock>,
     hlc: Hlc,
     seq: u64,
+    applied: VersionVector,
     max_batch: usize,
     durable: bool,
     on_commit: Option<CommitObserver>,
+    on_change: Option<Arc<dyn Fn() + Send + Sync>>,
 }
 
 /// The uncommitted part of a batch: key states written so far (later writes to the same key in
@@ -395,7 +533,15 @@ struct Batch {
     states: HashMap<Vec<u8>, KeyState>,
     dirty: HashSet<Vec<u8>>,
     mutations: Vec<Mutation>,
+    applied_dirty: HashSet<RegionId>,
+    /// Local writes in the batch (acknowledged to clients after commit: then it is fsynced).
+    local_writes: usize,
 }
+
+type Pending = (
+    Vec<(Reply, WriteOutcome)>,
+    Vec<(RemoteReply, RemoteOutcome)>,
+);
 
 impl Writer {
     fn run(mut self, rx: Receiver<Request>) {
@@ -414,84 +560,152 @@ impl Writer {
 
     fn process(&mut self, reqs: Vec<Request>) {
         let seq_before = self.seq;
+        let applied_before = self.applied.clone();
         let mut batch = Batch::default();
-        let mut done = Vec::with_capacity(reqs.len());
+        let mut pending: Pending = (Vec::new(), Vec::new());
         for req in reqs {
-            match self.apply_local(&req, &mut batch) {
-                Ok(outcome) => done.push((req.reply, outcome)),
-                Err(e) => {
-                    self.shared
-                        .stats
-                        .write_errors_total
-                        .fetch_add(1, Ordering::Relaxed);
-                    (req.reply)(Err(e));
+            match req {
+                Request::Local(w) => match self.apply_local(&w, &mut batch) {
+                    Ok(outcome) => {
+                        batch.local_writes += 1;
+                        pending.0.push((w.reply, outcome));
+                    }
+                    Err(e) => {
+                        self.shared
+                            .stats
+                            .write_errors_total
+                            .fetch_add(1, Ordering::Relaxed);
+                        (w.reply)(Err(e));
+                    }
+                },
+                Request::Remote { entries, reply } => {
+                    match self.apply_remote(entries, &mut batch) {
+                        Ok(outcome) => pending.1.push((reply, outcome)),
+                        Err(e) => reply(Err(e)),
+                    }
+                }
+                Request::Maintenance { horizon_ms, reply } => {
+                    // Maintenance commits on its own so a failure there never fails writes.
+                    reply(self.maintain(horizon_ms));
                 }
             }
         }
-        if done.is_empty() {
+        if pending.0.is_empty() && pending.1.is_empty() {
             return;
         }
-        let mut mutations = std::mem::take(&mut batch.mutations);
-        for k in batch.dirty {
-            if let Some(state) = batch.states.get(&k) {
-                match codec::encode(state) {
-                    Ok(v) => mutations.push(Mutation::Put(Table::Data, k, v)),
-                    Err(e) => return self.fail(done, seq_before, e),
-                }
-            }
-        }
-        match codec::encode(&self.hlc.last()) {
-            Ok(v) => mutations.push(Mutation::Put(Table::Meta, keys::META_HLC.to_vec(), v)),
-            Err(e) => return self.fail(done, seq_before, e),
-        }
-        let n = done.len();
-        let started = Instant::now();
-        match self.shared.backend.commit(mutations, self.durable) {
+        match self.commit(batch) {
             Ok(()) => {
+                let n = pending.0.len();
                 let stats = &self.shared.stats;
-                stats.commits_total.fetch_add(1, Ordering::Relaxed);
                 stats.writes_total.fetch_add(n as u64, Ordering::Relaxed);
                 stats.last_seq.store(self.seq, Ordering::Relaxed);
-                stats
-                    .hlc_wall_ms
-                    .store(self.hlc.last().wall_ms, Ordering::Relaxed);
-                if let Some(obs) = &self.on_commit {
-                    obs(n, started.elapsed());
-                }
-                for (reply, outcome) in done {
+                for (reply, outcome) in pending.0 {
                     reply(Ok(outcome));
+                }
+                for (reply, outcome) in pending.1 {
+                    reply(Ok(outcome));
+                }
+                if let Some(f) = &self.on_change {
+                    f();
                 }
             }
             Err(e) => {
-                tracing::error!(error = %e, writes = n, "commit failed; writes not acknowledged");
-                self.fail(done, seq_before, e);
+                tracing::error!(error = %e, "commit failed; nothing in the batch was acknowledged");
+                self.seq = seq_before;
+                self.applied = applied_before;
+                let stats = &self.shared.stats;
+                stats.commit_failures_total.fetch_add(1, Ordering::Relaxed);
+                stats
+                    .write_errors_total
+                    .fetch_add(pending.0.len() as u64, Ordering::Relaxed);
+                for (reply, _) in pending.0 {
+                    reply(Err(e.clone()));
+                }
+                for (reply, _) in pending.1 {
+                    reply(Err(e.clone()));
+                }
             }
         }
     }
 
-    fn fail(&mut self, done: Vec<(Reply, WriteOutcome)>, seq_before: u64, e: AtollError) {
-        self.seq = seq_before;
+    /// Encodes the batch's key states, cursor and clock, and commits it. Local writes are
+    /// fsynced; a batch of replicated entries only is not (it can be fetched again from its
+    /// origin, and its cursor commits atomically with it).
+    fn commit(&mut self, mut batch: Batch) -> Result<()> {
+        let mut mutations = std::mem::take(&mut batch.mutations);
+        for k in &batch.dirty {
+            if let Some(state) = batch.states.get(k) {
+                mutations.push(Mutation::Put(Table::Data, k.clone(), codec::encode(state)?));
+            }
+        }
+        for origin in &batch.applied_dirty {
+            mutations.push(Mutation::Put(
+                Table::Meta,
+                keys::applied_key(origin),
+                codec::encode(&self.applied.get(origin))?,
+            ));
+        }
+        mutations.push(Mutation::Put(
+            Table::Meta,
+            keys::META_HLC.to_vec(),
+            codec::encode(&self.hlc.last())?,
+        ));
+        let durable = self.durable && batch.local_writes > 0;
+        let writes = batch.local_writes;
+        let started = Instant::now();
+        self.shared.backend.commit(mutations, durable)?;
         let stats = &self.shared.stats;
-        stats.commit_failures_total.fetch_add(1, Ordering::Relaxed);
+        stats.commits_total.fetch_add(1, Ordering::Relaxed);
         stats
-            .write_errors_total
-            .fetch_add(done.len() as u64, Ordering::Relaxed);
-        for (reply, _) in done {
-            reply(Err(e.clone()));
+            .hlc_wall_ms
+            .store(self.hlc.last().wall_ms, Ordering::Relaxed);
+        self.applied = self
+            .applied
+            .iter()
+            .map(|(r, n)| (r.clone(), n))
+            .chain(std::iter::once((self.shared.region.clone(), self.seq)))
+            .collect();
+        if let Ok(mut a) = self.shared.applied.lock() {
+            *a = self.applied.clone();
+        }
+        if writes > 0
+            && let Some(obs) = &self.on_commit
+        {
+            obs(writes, started.elapsed());
+        }
+        Ok(())
+    }
+
+    fn current(&self, batch: &Batch, dk: &[u8]) -> Result<Option<KeyState>> {
+        match batch.states.get(dk) {
+            Some(s) => Ok(Some(s.clone())),
+            None => read_state(&*self.shared.backend, dk),
         }
     }
 
-    fn apply_local(&mut self, req: &Request, batch: &mut Batch) -> Result<WriteOutcome> {
+    /// Stages a key's new state, indexing lww tombstones for collection.
+    fn stage(&self, batch: &mut Batch, dk: Vec<u8>, state: KeyState) {
+        if let KeyState::Lww(r) = &state
+            && r.value.is_none()
+        {
+            batch.mutations.push(Mutation::Put(
+                Table::Tombstones,
+                keys::tombstone_key(r.ts, &dk),
+                Vec::new(),
+            ));
+        }
+        batch.states.insert(dk.clone(), state);
+        batch.dirty.insert(dk);
+    }
+
+    fn apply_local(&mut self, req: &LocalWrite, batch: &mut Batch) -> Result<WriteOutcome> {
         let ks = self
             .shared
             .keyspaces
             .get(&req.keyspace)
             .ok_or_else(|| AtollError::UnknownKeyspace(req.keyspace.clone()))?;
         let dk = keys::data_key(&req.keyspace, &req.key);
-        let current = match batch.states.get(&dk) {
-            Some(s) => Some(s.clone()),
-            None => read_state(&*self.shared.backend, &dk)?,
-        };
+        let current = self.current(batch, &dk)?;
         if ks.policy == Policy::Mvr
             && let Intent::Put {
                 context: Some(seen),
@@ -552,9 +766,157 @@ impl Writer {
             codec::encode(&entry)?,
         ));
         self.seq = seq;
-        batch.states.insert(dk.clone(), state.clone());
-        batch.dirty.insert(dk);
+        self.stage(batch, dk, state.clone());
         Ok(WriteOutcome { state, seq, ts })
+    }
+
+    /// Merges replicated entries: each is applied only if it is the next sequence number of its
+    /// origin, and is appended to this region's operation log too, so it can be relayed.
+    fn apply_remote(&mut self, entries: Vec<OpEntry>, batch: &mut Batch) -> Result<RemoteOutcome> {
+        let mut out = RemoteOutcome::default();
+        let mut stopped: HashSet<RegionId> = HashSet::new();
+        for e in entries {
+            if e.origin == self.shared.region
+                || stopped.contains(&e.origin)
+                || e.seq != self.applied.get(&e.origin) + 1
+            {
+                out.skipped += 1;
+                continue;
+            }
+            let physical = self.clock.physical_ms();
+            if let Err(err) = self.hlc.observe(e.ts, physical) {
+                stopped.insert(e.origin.clone());
+                out.skewed.push((e.origin.clone(), err));
+                out.skipped += 1;
+                continue;
+            }
+            let dk = keys::data_key(&e.keyspace, &e.key);
+            match self.current(batch, &dk)? {
+                None => self.stage(batch, dk, e.delta.clone()),
+                Some(mut state) => match state.merge(&e.delta) {
+                    Ok(conflict) => {
+                        if let Some(c) = conflict {
+                            self.record_conflict(batch, &e, c, &mut out)?;
+                        }
+                        if let Some(ks) = self.shared.keyspaces.get(&e.keyspace)
+                            && live_siblings(&state) > ks.max_siblings
+                        {
+                            out.sibling_limit_hits.push(e.keyspace.clone());
+                        }
+                        self.stage(batch, dk, state);
+                    }
+                    Err(err) => {
+                        // Keyspace declared with different policies in different regions: the
+                        // entry cannot merge here. Keep the cursor moving (and the entry in the
+                        // log for relay) rather than stalling replication; say so loudly.
+                        tracing::error!(
+                            origin = %e.origin, seq = e.seq, keyspace = %e.keyspace, error = %err,
+                            "replicated entry does not fit the local keyspace; not merged"
+                        );
+                    }
+                },
+            }
+            out.delays_ms
+                .push((e.origin.clone(), physical.saturating_sub(e.ts.wall_ms)));
+            batch.mutations.push(Mutation::Put(
+                Table::Oplog,
+                keys::oplog_key(&e.origin, e.seq),
+                codec::encode(&e)?,
+            ));
+            self.applied = self
+                .applied
+                .iter()
+                .map(|(r, n)| (r.clone(), n))
+                .chain(std::iter::once((e.origin.clone(), e.seq)))
+                .collect();
+            batch.applied_dirty.insert(e.origin.clone());
+            out.applied += 1;
+        }
+        Ok(out)
+    }
+
+    fn record_conflict(
+        &mut self,
+        batch: &mut Batch,
+        e: &OpEntry,
+        c: LwwConflict,
+        out: &mut RemoteOutcome,
+    ) -> Result<()> {
+        let now = self.clock.physical_ms();
+        let stamp = self.hlc.now(now);
+        let rec = ConflictRecord {
+            keyspace: e.keyspace.clone(),
+            key: e.key.clone(),
+            winner: c.winner,
+            loser: c.loser,
+            reason: c.reason,
+            recorded_at_ms: now,
+        };
+        batch.mutations.push(Mutation::Put(
+            Table::Conflicts,
+            keys::conflict_key(&e.keyspace, stamp.wall_ms, u64::from(stamp.logical)),
+            codec::encode(&rec)?,
+        ));
+        self.shared
+            .stats
+            .conflicts_total
+            .fetch_add(1, Ordering::Relaxed);
+        out.conflicts.push((e.keyspace.clone(), c.reason));
+        Ok(())
+    }
+
+    fn maintain(&mut self, horizon_ms: Option<u64>) -> Result<MaintenanceOutcome> {
+        let backend = &self.shared.backend;
+        let mut out = MaintenanceOutcome::default();
+        let mut mutations = Vec::new();
+        if let Some(h) = horizon_ms {
+            let end = keys::tombstone_key(
+                Timestamp {
+                    wall_ms: h,
+                    logical: 0,
+                },
+                &[],
+            );
+            for (ik, _) in backend.range(Table::Tombstones, &[], &end, 10_000)? {
+                let Some((ts, dk)) = keys::parse_tombstone_key(&ik) else {
+                    continue;
+                };
+                if let Some(KeyState::Lww(r)) = read_state(&**backend, dk)?
+                    && r.value.is_none()
+                    && r.ts == ts
+                {
+                    mutations.push(Mutation::Delete(Table::Data, dk.to_vec()));
+                    out.tombstones_collected += 1;
+                }
+                mutations.push(Mutation::Delete(Table::Tombstones, ik.clone()));
+            }
+        }
+        let now = self.clock.physical_ms();
+        for ks in self.shared.keyspaces.values() {
+            if ks.policy != Policy::Lww {
+                continue;
+            }
+            let prefix = keys::prefix(&ks.name);
+            let rows =
+                backend.range(Table::Conflicts, &prefix, &prefix_end(&prefix), usize::MAX)?;
+            let cutoff = now.saturating_sub(ks.conflict_retention_secs.saturating_mul(1000));
+            let excess = rows.len().saturating_sub(ks.conflict_max_entries);
+            for (i, (k, _)) in rows.iter().enumerate() {
+                let at = k
+                    .get(prefix.len()..prefix.len() + 8)
+                    .and_then(|b| <[u8; 8]>::try_from(b).ok())
+                    .map(u64::from_be_bytes)
+                    .unwrap_or(0);
+                if i < excess || at < cutoff {
+                    mutations.push(Mutation::Delete(Table::Conflicts, k.clone()));
+                    out.conflicts_pruned += 1;
+                }
+            }
+        }
+        if !mutations.is_empty() {
+            backend.commit(mutations, false)?;
+        }
+        Ok(out)
     }
 }
 

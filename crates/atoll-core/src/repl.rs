@@ -1,0 +1,753 @@
+//! The replication core: what a region knows about its peers and what it should do next.
+//! Pure: every method takes the current physical time in milliseconds; nothing here does I/O.
+//!
+//! The protocol, in the words of the adapter that runs it:
+//!
+//! - **Heartbeats** are one-way messages every region sends to every peer at a fixed interval.
+//!   A peer is *reachable* when a heartbeat from it arrived within `dead_after_ms`, so a one-way
+//!   partition shows honestly on both sides: the side that still hears the other says so. Each
+//!   heartbeat echoes the last heartbeat received from the destination, which gives the round trip
+//!   (NTP style: `(t4 - t1) - (t3 - t2)`) and the peer's clock offset.
+//! - **Subscriptions** carry the data: a region asks a peer for the operation-log entries of a set
+//!   of origins beyond its own applied vector, and the peer streams them in per-origin order. A
+//!   region always subscribes to each reachable peer's own ops, and to the ops of every origin it
+//!   cannot hear directly, through every peer it can (relay). Applying is idempotent: an entry is
+//!   applied only if it is the next sequence number of its origin.
+//! - **Lag**: heartbeats carry the sender's applied vector and, per origin, how long ago the sender
+//!   was last known to be caught up with it. A region is caught up with origin `O` as of time `t`
+//!   when it has applied everything some heartbeat said existed at `t`. `lag_seconds` is the age of
+//!   that time: it rises while a link is cut even when nobody writes.
+//! - **Clock skew**: a peer whose clock runs ahead of ours by more than `max_clock_offset_ms` has
+//!   its ops held back (not applied) until its offset is back in bounds.
+//! - **Tombstone horizon**: each region publishes the time up to which it is caught up with every
+//!   origin; the minimum over all regions is the time before which every region has seen every
+//!   write, and tombstones older than it may be collected.
+
+use crate::causal::VersionVector;
+use crate::hlc::Timestamp;
+use crate::op::OpEntry;
+use crate::region::RegionId;
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+/// Version of the replication wire messages.
+pub const WIRE_VERSION: u16 = 1;
+
+/// Tunables of the replication core.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ReplConfig {
+    /// How often heartbeats are sent.
+    pub heartbeat_interval_ms: u64,
+    /// A peer not heard from for this long is unreachable.
+    pub dead_after_ms: u64,
+    /// A peer whose clock runs ahead by more than this has its ops held back.
+    pub max_clock_offset_ms: u64,
+}
+
+impl ReplConfig {
+    pub fn new(heartbeat_interval_ms: u64, max_clock_offset_ms: u64) -> Self {
+        Self {
+            heartbeat_interval_ms,
+            dead_after_ms: heartbeat_interval_ms.saturating_mul(3),
+            max_clock_offset_ms,
+        }
+    }
+}
+
+/// The echo of the last heartbeat received from the destination.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Echo {
+    /// The destination's `sent_ms` of that heartbeat (its clock).
+    pub sent_ms: u64,
+    /// How long the sender held it before sending this one (sender's clock).
+    pub held_ms: u64,
+}
+
+/// What a region knows about one origin, as published in its heartbeats.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OriginFrontier {
+    /// Highest sequence number of the origin the sender has applied (its own head for itself).
+    pub applied: u64,
+    /// How long ago (sender's clock) the sender was last known to be caught up with the origin;
+    /// `None` if never.
+    pub caught_up_age_ms: Option<u64>,
+}
+
+/// A heartbeat: liveness, clock and progress of the sender.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Heartbeat {
+    pub from: RegionId,
+    /// Sender's physical clock when sending.
+    pub sent_ms: u64,
+    /// Sender's hybrid logical clock when sending.
+    pub hlc: Timestamp,
+    pub echo: Option<Echo>,
+    /// Per origin (the sender included), what the sender has applied and how fresh that is.
+    pub frontier: BTreeMap<RegionId, OriginFrontier>,
+    /// How long ago (sender's clock) the sender was caught up with every origin; `None` if it
+    /// never was. The basis of the tombstone horizon.
+    pub stable_age_ms: Option<u64>,
+}
+
+/// A subscription request: "send me the ops of these origins beyond this vector".
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Subscribe {
+    pub from: RegionId,
+    pub cluster: String,
+    pub origins: Vec<RegionId>,
+    pub applied: VersionVector,
+}
+
+/// One frame on a subscription stream.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Frame {
+    Ops(Vec<OpEntry>),
+    Heartbeat(Heartbeat),
+}
+
+/// The state of the link to a peer, as status shows it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum LinkState {
+    /// Heard from recently, clock in bounds.
+    Up,
+    /// Not heard from within `dead_after_ms` (or never).
+    Unreachable,
+    /// Heard from, but its clock runs ahead beyond `max_clock_offset_ms`: its ops are held back.
+    ClockSkew,
+}
+
+impl LinkState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LinkState::Up => "up",
+            LinkState::Unreachable => "unreachable",
+            LinkState::ClockSkew => "clock-skew",
+        }
+    }
+}
+
+/// What status reports for one peer.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct PeerStatus {
+    pub region: RegionId,
+    pub state: LinkState,
+    pub reachable: bool,
+    /// Time since the last heartbeat from the peer arrived.
+    pub last_heard_ms_ago: Option<u64>,
+    pub rtt_ms: Option<f64>,
+    /// The peer's clock minus ours (positive: the peer runs ahead).
+    pub clock_offset_ms: Option<f64>,
+    /// Age of the newest time at which this region was known to hold all of the peer's writes.
+    pub lag_seconds: Option<f64>,
+    /// Writes of the peer known to exist that this region has not applied.
+    pub lag_ops: u64,
+    pub applied_seq: u64,
+    pub known_head_seq: u64,
+}
+
+/// Decision about a batch of received entries.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Admitted {
+    /// Entries to apply now, in order (each the next seq of its origin).
+    pub apply: Vec<OpEntry>,
+    /// Entries already applied (duplicates from relays): dropped.
+    pub duplicates: usize,
+    /// Entries beyond a gap: dropped, they will be sent again.
+    pub gaps: usize,
+    /// Entries of origins whose clock is skewed: held back (dropped, sent again later).
+    pub held_back: usize,
+}
+
+#[derive(Clone, Debug, Default)]
+struct PeerInfo {
+    last_heard_ms: Option<u64>,
+    /// Their last heartbeat's `sent_ms` and when we received it, for the echo.
+    last_hb: Option<(u64, u64)>,
+    rtt_ms: Option<f64>,
+    offset_ms: Option<f64>,
+    /// Their applied vector, as of their last heartbeat.
+    applied: VersionVector,
+    /// Our local time at which they were caught up with every origin.
+    stable_at_ms: Option<u64>,
+}
+
+/// Per origin: the progress this region has made and what it knows exists.
+#[derive(Clone, Debug, Default)]
+struct OriginProgress {
+    known_head: u64,
+    /// Local time as of which this region holds every write of the origin.
+    caught_up_at_ms: Option<u64>,
+    /// (head, time): at `time` the origin had written up to `head`; pending until applied.
+    pending: VecDeque<(u64, u64)>,
+}
+
+const PENDING_MAX: usize = 1024;
+
+/// The replication core of one region.
+#[derive(Clone, Debug)]
+pub struct ReplCore {
+    me: RegionId,
+    cfg: ReplConfig,
+    peers: BTreeMap<RegionId, PeerInfo>,
+    applied: VersionVector,
+    progress: BTreeMap<RegionId, OriginProgress>,
+}
+
+impl ReplCore {
+    /// A core for `me` with these peers, resuming from `applied` (its durable cursor, its own
+    /// head included).
+    pub fn new(
+        me: RegionId,
+        peers: Vec<RegionId>,
+        cfg: ReplConfig,
+        applied: VersionVector,
+    ) -> Self {
+        let peers: BTreeMap<_, _> = peers
+            .into_iter()
+            .filter(|p| *p != me)
+            .map(|p| (p, PeerInfo::default()))
+            .collect();
+        let mut progress: BTreeMap<RegionId, OriginProgress> = peers
+            .keys()
+            .map(|p| (p.clone(), OriginProgress::default()))
+            .collect();
+        progress.insert(me.clone(), OriginProgress::default());
+        for (o, p) in progress.iter_mut() {
+            p.known_head = applied.get(o);
+        }
+        Self {
+            me,
+            cfg,
+            peers,
+            applied,
+            progress,
+        }
+    }
+
+    pub fn me(&self) -> &RegionId {
+        &self.me
+    }
+
+    pub fn config(&self) -> &ReplConfig {
+        &self.cfg
+    }
+
+    pub fn peers(&self) -> impl Iterator<Item = &RegionId> {
+        self.peers.keys()
+    }
+
+    /// The applied vector (this region's durable cursor, its own head included).
+    pub fn applied(&self) -> &VersionVector {
+        &self.applied
+    }
+
+    /// Records that local writes up to `seq` are committed.
+    pub fn on_local_commit(&mut self, seq: u64) {
+        self.advance(&self.me.clone(), seq);
+    }
+
+    fn reachable_at(&self, p: &PeerInfo, now_ms: u64) -> bool {
+        p.last_heard_ms
+            .is_some_and(|t| now_ms.saturating_sub(t) <= self.cfg.dead_after_ms)
+    }
+
+    /// Whether `peer` was heard from recently.
+    pub fn is_reachable(&self, peer: &RegionId, now_ms: u64) -> bool {
+        self.peers
+            .get(peer)
+            .is_some_and(|p| self.reachable_at(p, now_ms))
+    }
+
+    /// Whether `origin`'s clock is known to run ahead beyond the bound.
+    pub fn is_skewed(&self, origin: &RegionId) -> bool {
+        self.peers.get(origin).is_some_and(|p| {
+            p.offset_ms
+                .is_some_and(|o| o > self.cfg.max_clock_offset_ms as f64)
+        })
+    }
+
+    fn caught_up_at(&self, origin: &RegionId, now_ms: u64) -> Option<u64> {
+        if *origin == self.me {
+            return Some(now_ms);
+        }
+        self.progress.get(origin).and_then(|p| p.caught_up_at_ms)
+    }
+
+    /// Local time as of which this region holds every write of every origin.
+    fn stable_at(&self, now_ms: u64) -> Option<u64> {
+        let mut min = now_ms;
+        for o in self.progress.keys() {
+            min = min.min(self.caught_up_at(o, now_ms)?);
+        }
+        Some(min)
+    }
+
+    /// The heartbeat to send to `to` now.
+    pub fn heartbeat(&self, to: &RegionId, now_ms: u64, hlc: Timestamp) -> Heartbeat {
+        let echo = self
+            .peers
+            .get(to)
+            .and_then(|p| p.last_hb)
+            .map(|(sent_ms, recv_ms)| Echo {
+                sent_ms,
+                held_ms: now_ms.saturating_sub(recv_ms),
+            });
+        let frontier = self
+            .progress
+            .keys()
+            .map(|o| {
+                (
+                    o.clone(),
+                    OriginFrontier {
+                        applied: self.applied.get(o),
+                        caught_up_age_ms: self
+                            .caught_up_at(o, now_ms)
+                            .map(|t| now_ms.saturating_sub(t)),
+                    },
+                )
+            })
+            .collect();
+        Heartbeat {
+            from: self.me.clone(),
+            sent_ms: now_ms,
+            hlc,
+            echo,
+            frontier,
+            stable_age_ms: self.stable_at(now_ms).map(|t| now_ms.saturating_sub(t)),
+        }
+    }
+
+    /// Takes in a heartbeat. Returns `false` (and changes nothing) if it is not from a peer.
+    pub fn on_heartbeat(&mut self, hb: &Heartbeat, now_ms: u64) -> bool {
+        let Some(p) = self.peers.get_mut(&hb.from) else {
+            return false;
+        };
+        p.last_heard_ms = Some(now_ms);
+        p.last_hb = Some((hb.sent_ms, now_ms));
+        if let Some(echo) = hb.echo {
+            let rtt = now_ms
+                .saturating_sub(echo.sent_ms)
+                .saturating_sub(echo.held_ms) as f64;
+            p.rtt_ms = Some(rtt);
+            p.offset_ms = Some(hb.sent_ms as f64 + rtt / 2.0 - now_ms as f64);
+        } else if p.rtt_ms.is_none() {
+            // No round trip yet: the one-way estimate (sent - received) understates a peer that
+            // runs ahead by the one-way delay, so it never invents skew.
+            p.offset_ms = Some(hb.sent_ms as f64 - now_ms as f64);
+        }
+        p.applied = hb
+            .frontier
+            .iter()
+            .map(|(o, f)| (o.clone(), f.applied))
+            .collect();
+        p.stable_at_ms = hb.stable_age_ms.map(|age| now_ms.saturating_sub(age));
+        for (origin, f) in &hb.frontier {
+            if *origin == self.me {
+                continue;
+            }
+            let Some(prog) = self.progress.get_mut(origin) else {
+                continue;
+            };
+            prog.known_head = prog.known_head.max(f.applied);
+            let Some(age) = f.caught_up_age_ms else {
+                continue;
+            };
+            let at = now_ms.saturating_sub(age);
+            if self.applied.get(origin) >= f.applied {
+                prog.caught_up_at_ms = Some(prog.caught_up_at_ms.map_or(at, |c| c.max(at)));
+            } else {
+                match prog.pending.back_mut() {
+                    Some((h, t)) if *h >= f.applied => *t = (*t).max(at),
+                    _ => {
+                        if prog.pending.len() >= PENDING_MAX {
+                            prog.pending.pop_front();
+                        }
+                        prog.pending.push_back((f.applied, at));
+                    }
+                }
+            }
+        }
+        true
+    }
+
+    /// What this region should subscribe to now: per reachable peer, the origins to ask it for.
+    /// Each reachable peer's own ops come from it; the ops of an origin this region cannot hear
+    /// are asked from every reachable peer (relay).
+    pub fn wanted_subscriptions(&self, now_ms: u64) -> BTreeMap<RegionId, BTreeSet<RegionId>> {
+        let unreachable: BTreeSet<RegionId> = self
+            .peers
+            .iter()
+            .filter(|(_, p)| !self.reachable_at(p, now_ms))
+            .map(|(r, _)| r.clone())
+            .collect();
+        self.peers
+            .iter()
+            .filter(|(_, p)| self.reachable_at(p, now_ms))
+            .map(|(r, _)| {
+                let mut origins = unreachable.clone();
+                origins.insert(r.clone());
+                (r.clone(), origins)
+            })
+            .collect()
+    }
+
+    /// Filters received entries down to those to apply now, in order.
+    pub fn admit(&self, entries: Vec<OpEntry>) -> Admitted {
+        let mut out = Admitted::default();
+        let mut next: BTreeMap<RegionId, u64> = BTreeMap::new();
+        for e in entries {
+            if e.origin == self.me || !self.progress.contains_key(&e.origin) {
+                out.duplicates += 1;
+                continue;
+            }
+            if self.is_skewed(&e.origin) {
+                out.held_back += 1;
+                continue;
+            }
+            let expect = next
+                .entry(e.origin.clone())
+                .or_insert_with(|| self.applied.get(&e.origin) + 1);
+            if e.seq < *expect {
+                out.duplicates += 1;
+            } else if e.seq > *expect {
+                out.gaps += 1;
+            } else {
+                *expect += 1;
+                out.apply.push(e);
+            }
+        }
+        out
+    }
+
+    /// Records that `origin`'s entries up to `seq` are applied (and durable locally).
+    pub fn on_applied(&mut self, origin: &RegionId, seq: u64) {
+        self.advance(origin, seq);
+    }
+
+    fn advance(&mut self, origin: &RegionId, seq: u64) {
+        if seq <= self.applied.get(origin) {
+            return;
+        }
+        self.applied = self
+            .applied
+            .iter()
+            .map(|(r, n)| (r.clone(), n))
+            .chain(std::iter::once((origin.clone(), seq)))
+            .collect();
+        if let Some(prog) = self.progress.get_mut(origin) {
+            prog.known_head = prog.known_head.max(seq);
+            while let Some(&(h, t)) = prog.pending.front() {
+                if h > seq {
+                    break;
+                }
+                prog.caught_up_at_ms = Some(prog.caught_up_at_ms.map_or(t, |c| c.max(t)));
+                prog.pending.pop_front();
+            }
+        }
+    }
+
+    /// Status of every peer.
+    pub fn status(&self, now_ms: u64) -> Vec<PeerStatus> {
+        self.peers
+            .iter()
+            .map(|(r, p)| {
+                let reachable = self.reachable_at(p, now_ms);
+                let prog = self.progress.get(r);
+                let applied = self.applied.get(r);
+                let known_head = prog.map_or(applied, |g| g.known_head.max(applied));
+                let state = if !reachable {
+                    LinkState::Unreachable
+                } else if self.is_skewed(r) {
+                    LinkState::ClockSkew
+                } else {
+                    LinkState::Up
+                };
+                PeerStatus {
+                    region: r.clone(),
+                    state,
+                    reachable,
+                    last_heard_ms_ago: p.last_heard_ms.map(|t| now_ms.saturating_sub(t)),
+                    rtt_ms: p.rtt_ms,
+                    clock_offset_ms: p.offset_ms,
+                    lag_seconds: self
+                        .caught_up_at(r, now_ms)
+                        .map(|t| now_ms.saturating_sub(t) as f64 / 1000.0),
+                    lag_ops: known_head.saturating_sub(applied),
+                    applied_seq: applied,
+                    known_head_seq: known_head,
+                }
+            })
+            .collect()
+    }
+
+    /// The tombstone horizon, in local physical milliseconds: every region is known to hold every
+    /// write made before it (minus `max_clock_offset_ms`, since timestamps come from several
+    /// clocks). `None` until every peer has reported.
+    pub fn tombstone_horizon_ms(&self, now_ms: u64) -> Option<u64> {
+        let mut h = self.stable_at(now_ms)?;
+        for p in self.peers.values() {
+            h = h.min(p.stable_at_ms?);
+        }
+        Some(h.saturating_sub(self.cfg.max_clock_offset_ms))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crdt::pncounter::PnCounter;
+    use crate::op::KeyState;
+
+    fn r(n: &str) -> RegionId {
+        RegionId::new(n).unwrap()
+    }
+
+    fn core(me: &str) -> ReplCore {
+        ReplCore::new(
+            r(me),
+            vec![r("a"), r("b"), r("c")],
+            ReplConfig::new(1000, 500),
+            VersionVector::new(),
+        )
+    }
+
+    fn entry(origin: &str, seq: u64) -> OpEntry {
+        OpEntry {
+            origin: r(origin),
+            seq,
+            ts: Timestamp {
+                wall_ms: seq,
+                logical: 0,
+            },
+            keyspace: "k".into(),
+            key: b"x".to_vec(),
+            delta: KeyState::Counter(PnCounter::add(None, &r(origin), 1).unwrap()),
+        }
+    }
+
+    #[test]
+    fn reachability_follows_heartbeats() {
+        let mut a = core("a");
+        let b = core("b");
+        assert!(!a.is_reachable(&r("b"), 0));
+        assert!(a.on_heartbeat(&b.heartbeat(&r("a"), 1000, Timestamp::default()), 1000));
+        assert!(a.is_reachable(&r("b"), 3000));
+        assert!(!a.is_reachable(&r("b"), 4001));
+        let unknown = core("z").heartbeat(&r("a"), 0, Timestamp::default());
+        assert!(!a.on_heartbeat(&unknown, 1000));
+    }
+
+    #[test]
+    fn rtt_and_offset_from_echo() {
+        let mut a = core("a");
+        let mut b = core("b");
+        // a sends at 1000 (a's clock); arrives at b at b-clock 1300 (b runs 250 ahead, 50 ms one way).
+        let hb = a.heartbeat(&r("b"), 1000, Timestamp::default());
+        b.on_heartbeat(&hb, 1300);
+        // b holds it 20 ms then replies at b-clock 1320; arrives at a at 1120.
+        let reply = b.heartbeat(&r("a"), 1320, Timestamp::default());
+        a.on_heartbeat(&reply, 1120);
+        let st = &a.status(1120)[0];
+        assert_eq!(st.rtt_ms, Some(100.0));
+        assert_eq!(st.clock_offset_ms, Some(250.0));
+        assert_eq!(st.state, LinkState::Up);
+    }
+
+    #[test]
+    fn skewed_origin_is_held_back_and_resumes() {
+        let mut a = core("a");
+        let mut b = core("b");
+        let hb = a.heartbeat(&r("b"), 1000, Timestamp::default());
+        b.on_heartbeat(&hb, 1800);
+        a.on_heartbeat(&b.heartbeat(&r("a"), 1800, Timestamp::default()), 1000);
+        assert!(a.is_skewed(&r("b")));
+        assert_eq!(a.status(1000)[0].state, LinkState::ClockSkew);
+        let adm = a.admit(vec![entry("b", 1), entry("c", 1)]);
+        assert_eq!(adm.held_back, 1);
+        assert_eq!(adm.apply.len(), 1);
+        // b's clock is fixed.
+        let hb = a.heartbeat(&r("b"), 2000, Timestamp::default());
+        b.on_heartbeat(&hb, 2000);
+        a.on_heartbeat(&b.heartbeat(&r("a"), 2000, Timestamp::default()), 2000);
+        assert!(!a.is_skewed(&r("b")));
+        assert_eq!(a.admit(vec![entry("b", 1)]).apply.len(), 1);
+    }
+
+    #[test]
+    fn admit_applies_contiguous_entries_only() {
+        let mut a = core("a");
+        a.on_applied(&r("b"), 2);
+        let adm = a.admit(vec![
+            entry("b", 1),
+            entry("b", 3),
+            entry("b", 4),
+            entry("b", 6),
+            entry("a", 9),
+        ]);
+        assert_eq!(
+            adm.apply.iter().map(|e| e.seq).collect::<Vec<_>>(),
+            vec![3, 4]
+        );
+        assert_eq!(adm.duplicates, 2);
+        assert_eq!(adm.gaps, 1);
+    }
+
+    #[test]
+    fn relay_subscriptions_cover_unreachable_origins() {
+        let mut a = core("a");
+        let b = core("b");
+        a.on_heartbeat(&b.heartbeat(&r("a"), 0, Timestamp::default()), 0);
+        let w = a.wanted_subscriptions(100);
+        assert_eq!(w.len(), 1);
+        assert_eq!(
+            w[&r("b")].iter().cloned().collect::<Vec<_>>(),
+            vec![r("b"), r("c")]
+        );
+    }
+
+    #[test]
+    fn lag_rises_while_cut_and_falls_when_caught_up() {
+        let mut a = core("a");
+        let mut b = core("b");
+        b.on_local_commit(5);
+        a.on_heartbeat(&b.heartbeat(&r("a"), 1000, Timestamp::default()), 1000);
+        let st = &a.status(1000)[0];
+        assert_eq!(st.lag_ops, 5);
+        assert_eq!(st.lag_seconds, None);
+        a.on_applied(&r("b"), 5);
+        assert_eq!(a.status(1000)[0].lag_seconds, Some(0.0));
+        assert_eq!(a.status(1000)[0].lag_ops, 0);
+        // Nothing heard for 10 s: lag keeps rising though nobody wrote.
+        assert_eq!(a.status(11_000)[0].lag_seconds, Some(10.0));
+    }
+
+    #[test]
+    fn horizon_needs_every_region() {
+        let mut a = core("a");
+        let mut b = core("b");
+        let mut c = core("c");
+        assert_eq!(a.tombstone_horizon_ms(1000), None);
+        for _ in 0..2 {
+            let hb = b.heartbeat(&r("a"), 10_000, Timestamp::default());
+            a.on_heartbeat(&hb, 10_000);
+            let hb = c.heartbeat(&r("a"), 10_000, Timestamp::default());
+            a.on_heartbeat(&hb, 10_000);
+            let hb = a.heartbeat(&r("b"), 10_000, Timestamp::default());
+            b.on_heartbeat(&hb, 10_000);
+            let hb = c.heartbeat(&r("b"), 10_000, Timestamp::default());
+            b.on_heartbeat(&hb, 10_000);
+            let hb = a.heartbeat(&r("c"), 10_000, Timestamp::default());
+            c.on_heartbeat(&hb, 10_000);
+            let hb = b.heartbeat(&r("c"), 10_000, Timestamp::default());
+            c.on_heartbeat(&hb, 10_000);
+        }
+        let hb = b.heartbeat(&r("a"), 10_000, Timestamp::default());
+        a.on_heartbeat(&hb, 10_000);
+        let hb = c.heartbeat(&r("a"), 10_000, Timestamp::default());
+        a.on_heartbeat(&hb, 10_000);
+        assert_eq!(a.tombstone_horizon_ms(10_000), Some(9_500));
+    }
+}
+
+/// Largest frame accepted on a subscription stream.
+pub const MAX_FRAME_BYTES: usize = 64 << 20;
+
+/// Encodes a frame for a subscription stream: a big-endian `u32` length, then the versioned
+/// encoding of the frame.
+pub fn encode_frame(frame: &Frame) -> crate::Result<Vec<u8>> {
+    let body = crate::codec::encode(frame)?;
+    let len = u32::try_from(body.len())
+        .ok()
+        .filter(|l| (*l as usize) <= MAX_FRAME_BYTES)
+        .ok_or_else(|| {
+            crate::AtollError::Corrupt(format!("frame of {} bytes is too large", body.len()))
+        })?;
+    let mut out = Vec::with_capacity(4 + body.len());
+    out.extend_from_slice(&len.to_be_bytes());
+    out.extend_from_slice(&body);
+    Ok(out)
+}
+
+/// Reassembles frames from the chunks of a stream, whatever their boundaries.
+#[derive(Default, Debug)]
+pub struct FrameReader {
+    buf: Vec<u8>,
+}
+
+impl FrameReader {
+    pub fn push(&mut self, bytes: &[u8]) {
+        self.buf.extend_from_slice(bytes);
+    }
+
+    /// The next complete frame, `None` if more bytes are needed, or an error for a corrupt or
+    /// oversized frame (the stream must then be dropped).
+    pub fn next_frame(&mut self) -> crate::Result<Option<Frame>> {
+        if self.buf.len() < 4 {
+            return Ok(None);
+        }
+        let len = u32::from_be_bytes([self.buf[0], self.buf[1], self.buf[2], self.buf[3]]) as usize;
+        if len > MAX_FRAME_BYTES {
+            return Err(crate::AtollError::Corrupt(format!(
+                "frame announces {len} bytes, over the limit of {MAX_FRAME_BYTES}"
+            )));
+        }
+        if self.buf.len() < 4 + len {
+            return Ok(None);
+        }
+        let frame = crate::codec::decode(&self.buf[4..4 + len]);
+        self.buf.drain(..4 + len);
+        frame.map(Some)
+    }
+}
+
+#[cfg(test)]
+mod frame_tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn hb() -> Frame {
+        Frame::Heartbeat(Heartbeat {
+            from: RegionId::new("a").unwrap(),
+            sent_ms: 7,
+            hlc: Timestamp::default(),
+            echo: None,
+            frontier: BTreeMap::new(),
+            stable_age_ms: Some(3),
+        })
+    }
+
+    proptest! {
+        #[test]
+        fn frames_survive_any_chunking(cuts in proptest::collection::vec(0usize..200, 0..10)) {
+            let mut wire = Vec::new();
+            for _ in 0..3 {
+                wire.extend(encode_frame(&hb()).unwrap());
+            }
+            let mut r = FrameReader::default();
+            let mut got = Vec::new();
+            let mut pos = 0;
+            let mut cuts = cuts;
+            cuts.push(wire.len());
+            for c in cuts {
+                let end = c.min(wire.len()).max(pos);
+                r.push(&wire[pos..end]);
+                pos = end;
+                while let Some(f) = r.next_frame().unwrap() {
+                    got.push(f);
+                }
+            }
+            prop_assert_eq!(got.len(), 3);
+        }
+    }
+
+    #[test]
+    fn corrupt_frames_are_errors() {
+        let mut r = FrameReader::default();
+        r.push(&[0xff, 0xff, 0xff, 0xff]);
+        assert!(r.next_frame().is_err());
+        let mut r = FrameReader::default();
+        r.push(&[0, 0, 0, 3, 1, 0, 0xee]);
+        assert!(r.next_frame().is_err());
+    }
+}

@@ -33,6 +33,22 @@ pub const TIMESTAMP_HEADER: &str = "x-atoll-timestamp";
 /// Header naming the region where an lww value was written.
 pub const ORIGIN_HEADER: &str = "x-atoll-origin";
 
+/// Every route of the client API as an OpenAPI path template, with its methods (`GET` routes
+/// also answer `HEAD`). `openapi.json` documents exactly these, and the router serves exactly
+/// these (checked by `tests/api.rs`). The `{key}` of the kv, counter and set routes is the rest
+/// of the path (it may contain `/`); the router also routes an empty or missing key to their
+/// handlers, which answer `400 ATOLL-EMPTY-KEY`.
+pub const ROUTES: &[(&str, &[&str])] = &[
+    ("/v1/kv/{keyspace}/{key}", &["GET", "PUT", "DELETE"]),
+    ("/v1/counter/{keyspace}/{key}", &["GET", "POST"]),
+    ("/v1/set/{keyspace}/{key}", &["GET", "POST"]),
+    ("/v1/conflicts/{keyspace}", &["GET"]),
+    ("/v1/status", &["GET"]),
+    ("/v1/openapi.json", &["GET"]),
+    ("/healthz", &["GET"]),
+    ("/metrics", &["GET"]),
+];
+
 /// Most members one set update may name.
 const SET_UPDATE_MAX_MEMBERS: usize = 10_000;
 /// Largest JSON body accepted by the counter and set routes.
@@ -46,6 +62,8 @@ pub struct AppState {
     pub started: Instant,
     /// False once shutdown has begun: `/healthz` answers 503 so routers drain the region.
     pub serving: AtomicBool,
+    /// The replication adapter, once started (absent in single-process tests).
+    pub replicator: std::sync::OnceLock<Arc<crate::replication::Replicator>>,
 }
 
 type Shared = Arc<AppState>;
@@ -560,6 +578,26 @@ async fn status(State(state): State<Shared>) -> ApiResult {
         .map(|k| json!({"name": k.name, "policy": k.policy.as_str()}))
         .collect();
     keyspaces.sort_by(|a, b| a["name"].as_str().cmp(&b["name"].as_str()));
+    let applied: serde_json::Map<String, Value> = state
+        .store
+        .applied()
+        .iter()
+        .map(|(r, n)| (r.to_string(), json!(n)))
+        .collect();
+    let (peers, replication) = match state.replicator.get() {
+        Some(rep) => {
+            let (peers, horizon) = rep.status()?;
+            (
+                json!(peers),
+                json!({
+                    "applied": applied,
+                    "tombstone_horizon_ms": horizon,
+                    "max_lag_secs": rep.max_lag_secs(),
+                }),
+            )
+        }
+        None => (json!([]), json!({"applied": applied})),
+    };
     Ok(axum::Json(json!({
         "region": state.store.region().as_str(),
         "cluster": state.config.cluster.name,
@@ -574,7 +612,8 @@ async fn status(State(state): State<Shared>) -> ApiResult {
             "commits_total": stats.commits_total.load(Ordering::Relaxed),
             "hlc_wall_ms": stats.hlc_wall_ms.load(Ordering::Relaxed),
         },
-        "peers": [],
+        "peers": peers,
+        "replication": replication,
     }))
     .into_response())
 }
@@ -601,6 +640,9 @@ async fn metrics(State(state): State<Shared>) -> Response {
         .metrics
         .oplog_last_seq
         .set(state.store.stats().last_seq.load(Ordering::Relaxed));
+    if let Some(rep) = state.replicator.get() {
+        rep.refresh_metrics();
+    }
     (
         [(
             header::CONTENT_TYPE,

@@ -7,6 +7,7 @@ cd "$(dirname "$0")/.."
 echo "== toolchain: $(cargo --version)"
 # Debian packages some tests use (only installed when missing; needs root, as in CI).
 need_pkgs=()
+command -v promtool >/dev/null 2>&1 || need_pkgs+=(prometheus)
 if [ ${#need_pkgs[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_pkgs[@]}"
@@ -15,6 +16,10 @@ if [ ${#need_pkgs[@]} -gt 0 ]; then
     exit 1
   fi
 fi
+
+echo "== promtool: alert rules"
+promtool check rules deploy/prometheus/atoll-rules.yml
+(cd deploy/prometheus && promtool test rules atoll-rules.test.yml)
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check

@@ -57,6 +57,8 @@ type FloatGauge = Gauge<f64, AtomicU64>;
 /// Every metric a region exports.
 pub struct Metrics {
     pub registry: Registry,
+    /// Every series name this registry can export (`_total`, `_bucket`... included).
+    names: Vec<String>,
     pub http_requests: Family<RequestLabels, Counter>,
     pub http_duration: Family<RequestLabels, Histogram>,
     pub store_writes: Counter,
@@ -85,6 +87,35 @@ fn latency_buckets() -> Histogram {
     Histogram::new(exponential_buckets(0.000_05, 2.0, 17))
 }
 
+/// The kind of a registered metric, which decides the names of its series.
+#[derive(Clone, Copy)]
+enum Kind {
+    Counter,
+    Gauge,
+    Histogram,
+}
+
+fn reg(
+    registry: &mut Registry,
+    names: &mut Vec<String>,
+    kind: Kind,
+    name: &str,
+    help: &str,
+    metric: impl prometheus_client::registry::Metric,
+) {
+    let full = format!("atoll_{name}");
+    match kind {
+        Kind::Counter => names.push(format!("{full}_total")),
+        Kind::Gauge => names.push(full),
+        Kind::Histogram => {
+            for suffix in ["_bucket", "_sum", "_count"] {
+                names.push(format!("{full}{suffix}"));
+            }
+        }
+    }
+    registry.register(name, help, metric);
+}
+
 fn rtt_buckets() -> Histogram {
     // 0.5 ms .. ~16 s
     Histogram::new(exponential_buckets(0.000_5, 2.0, 16))
@@ -93,136 +124,201 @@ fn rtt_buckets() -> Histogram {
 impl Metrics {
     pub fn new() -> Self {
         let mut registry = Registry::with_prefix("atoll");
+        let mut names = Vec::new();
         let http_requests = Family::<RequestLabels, Counter>::default();
-        registry.register(
+        reg(
+            &mut registry,
+            &mut names,
+            Kind::Counter,
             "http_requests",
             "HTTP requests served, by route, method and status",
             http_requests.clone(),
         );
         let http_duration =
             Family::<RequestLabels, Histogram>::new_with_constructor(latency_buckets as fn() -> _);
-        registry.register(
+        reg(
+            &mut registry,
+            &mut names,
+            Kind::Histogram,
             "http_request_duration_seconds",
             "Time to serve an HTTP request, by route, method and status",
             http_duration.clone(),
         );
         let store_writes = Counter::default();
-        registry.register(
+        reg(
+            &mut registry,
+            &mut names,
+            Kind::Counter,
             "store_writes",
             "Writes durably committed to the local store",
             store_writes.clone(),
         );
         let store_commits = Counter::default();
-        registry.register(
+        reg(
+            &mut registry,
+            &mut names,
+            Kind::Counter,
             "store_commits",
             "Durable group commits (each is one fsync shared by its writes)",
             store_commits.clone(),
         );
         let store_commit_duration = latency_buckets();
-        registry.register(
+        reg(
+            &mut registry,
+            &mut names,
+            Kind::Histogram,
             "store_commit_duration_seconds",
             "Time of one durable group commit, fsync included",
             store_commit_duration.clone(),
         );
         let store_commit_batch = Histogram::new(exponential_buckets(1.0, 2.0, 12));
-        registry.register(
+        reg(
+            &mut registry,
+            &mut names,
+            Kind::Histogram,
             "store_commit_batch_writes",
             "Writes sharing one group commit",
             store_commit_batch.clone(),
         );
         let oplog_last_seq = Gauge::<u64, AtomicU64>::default();
-        registry.register(
+        reg(
+            &mut registry,
+            &mut names,
+            Kind::Gauge,
             "oplog_last_seq",
             "Sequence number of the newest local operation-log entry",
             oplog_last_seq.clone(),
         );
         let info = Family::<RegionLabels, Gauge>::default();
-        registry.register(
+        reg(
+            &mut registry,
+            &mut names,
+            Kind::Gauge,
             "region_info",
             "The region this process serves (always 1)",
             info.clone(),
         );
         let keyspaces = Family::<KeyspaceLabels, Gauge>::default();
-        registry.register(
+        reg(
+            &mut registry,
+            &mut names,
+            Kind::Gauge,
             "keyspace_info",
             "Keyspaces this region serves, with their policy (always 1)",
             keyspaces.clone(),
         );
         let peer_reachable = Family::<PairLabels, Gauge>::default();
-        registry.register(
+        reg(
+            &mut registry,
+            &mut names,
+            Kind::Gauge,
             "peer_reachable",
             "Whether this region hears from the peer region (1) or not (0): the inter-region heartbeat",
             peer_reachable.clone(),
         );
         let peer_rtt =
             Family::<PairLabels, Histogram>::new_with_constructor(rtt_buckets as fn() -> _);
-        registry.register(
+        reg(
+            &mut registry,
+            &mut names,
+            Kind::Histogram,
             "peer_rtt_seconds",
             "Round trip to the peer region, measured by heartbeats",
             peer_rtt.clone(),
         );
         let replication_lag_seconds = Family::<PairLabels, FloatGauge>::default();
-        registry.register(
+        reg(
+            &mut registry,
+            &mut names,
+            Kind::Gauge,
             "replication_lag_seconds",
             "Age of the newest time as of which this region holds all of the peer region's writes (rises while a link is cut)",
             replication_lag_seconds.clone(),
         );
         let replication_lag_ops = Family::<PairLabels, Gauge>::default();
-        registry.register(
+        reg(
+            &mut registry,
+            &mut names,
+            Kind::Gauge,
             "replication_lag_ops",
             "Writes of the peer region known to exist that this region has not applied",
             replication_lag_ops.clone(),
         );
         let clock_offset_seconds = Family::<PairLabels, FloatGauge>::default();
-        registry.register(
+        reg(
+            &mut registry,
+            &mut names,
+            Kind::Gauge,
             "clock_offset_seconds",
             "Estimated clock offset of the peer region (its clock minus ours)",
             clock_offset_seconds.clone(),
         );
         let peer_clock_skewed = Family::<PairLabels, Gauge>::default();
-        registry.register(
+        reg(
+            &mut registry,
+            &mut names,
+            Kind::Gauge,
             "peer_clock_skewed",
             "1 while the peer region's clock runs ahead beyond max_clock_offset and its writes are held back",
             peer_clock_skewed.clone(),
         );
         let replication_applied = Family::<PairLabels, Counter>::default();
-        registry.register(
+        reg(
+            &mut registry,
+            &mut names,
+            Kind::Counter,
             "replication_applied_ops",
             "Replicated writes applied here, by origin region (peer_region)",
             replication_applied.clone(),
         );
         let replication_apply_delay =
             Family::<PairLabels, Histogram>::new_with_constructor(rtt_buckets as fn() -> _);
-        registry.register(
+        reg(
+            &mut registry,
+            &mut names,
+            Kind::Histogram,
             "replication_apply_delay_seconds",
             "Time from a write at its origin region (peer_region) to its application here",
             replication_apply_delay.clone(),
         );
         let conflicts = Family::<ConflictLabels, Counter>::default();
-        registry.register(
+        reg(
+            &mut registry,
+            &mut names,
+            Kind::Counter,
             "conflicts",
             "Concurrent lww writes resolved, by keyspace and why the winner won; the losers are in the conflict ledger",
             conflicts.clone(),
         );
         let sibling_limit_hits = Family::<KeyspaceOnly, Counter>::default();
-        registry.register(
+        reg(
+            &mut registry,
+            &mut names,
+            Kind::Counter,
             "mvr_sibling_limit_hits",
             "Times an mvr key reached its keyspace's sibling limit",
             sibling_limit_hits.clone(),
         );
         let tombstone_horizon_age = FloatGauge::default();
-        registry.register(
+        reg(
+            &mut registry,
+            &mut names,
+            Kind::Gauge,
             "tombstone_horizon_age_seconds",
             "Age of the tombstone collection horizon (tombstones older than it are collected); -1 until every region has reported",
             tombstone_horizon_age.clone(),
         );
         let tombstones_collected = Counter::default();
-        registry.register(
+        reg(
+            &mut registry,
+            &mut names,
+            Kind::Counter,
             "tombstones_collected",
             "Tombstones collected after every region had seen them",
             tombstones_collected.clone(),
         );
         Self {
+            names,
             peer_reachable,
             peer_rtt,
             replication_lag_seconds,
@@ -265,6 +361,12 @@ impl Metrics {
         self.store_commits.inc();
         self.store_commit_duration.observe(elapsed.as_secs_f64());
         self.store_commit_batch.observe(writes as f64);
+    }
+
+    /// Every series name this registry can export, whether or not it has samples yet (alert rules
+    /// and dashboards are checked against this list).
+    pub fn series_names(&self) -> &[String] {
+        &self.names
     }
 
     /// The OpenMetrics text exposition.

@@ -4,7 +4,15 @@
 use std::path::Path;
 
 const FORBIDDEN_DEPS: &[&str] = &[
-    "tokio", "axum", "hyper", "reqwest", "fjall", "redb", "mio", "async-std", "socket2",
+    "tokio",
+    "axum",
+    "hyper",
+    "reqwest",
+    "fjall",
+    "redb",
+    "mio",
+    "async-std",
+    "socket2",
 ];
 
 const FORBIDDEN_CALLS: &[&str] = &[
@@ -18,8 +26,9 @@ const FORBIDDEN_CALLS: &[&str] = &[
 
 #[test]
 fn core_has_no_io_dependencies() {
-    let manifest = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml"))
-        .expect("read Cargo.toml");
+    let manifest =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml"))
+            .expect("read Cargo.toml");
     let deps = manifest
         .split("[dependencies]")
         .nth(1)

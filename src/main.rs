@@ -238,5 +238,12 @@ fn config_check(file: &std::path::Path) -> Result<()> {
         .with_context(|| format!("{} is not a valid atoll config", file.display()))?;
     println!("{}: OK\n", file.display());
     print!("{}", cfg.explain());
+    let warnings = cfg.warnings();
+    if !warnings.is_empty() {
+        println!();
+        for w in warnings {
+            println!("warning: {w}");
+        }
+    }
     Ok(())
 }

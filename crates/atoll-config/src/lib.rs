@@ -30,6 +30,7 @@
 mod error;
 mod explain;
 mod raw;
+pub mod router;
 #[cfg(test)]
 mod tests;
 
@@ -82,6 +83,8 @@ pub struct Config {
     pub keyspaces: Vec<KeyspaceConfig>,
     pub storage: StorageConfig,
     pub replication: ReplicationConfig,
+    /// `[router]`, if the cluster has a traffic manager.
+    pub router: Option<router::RouterConfig>,
 }
 
 /// `[cluster]`.
@@ -143,6 +146,8 @@ pub struct RegionConfig {
     /// Replication address; `api` unless set.
     pub peer: SocketAddr,
     pub location: Option<GeoPoint>,
+    /// The address the router's DNS answers with for this region; the api address's IP unless set.
+    pub dns_address: std::net::IpAddr,
 }
 
 /// Geographic coordinates in degrees.
@@ -266,6 +271,15 @@ impl Default for ReplicationConfig {
 }
 
 impl Config {
+    /// Things that are valid but likely mistakes (the article's anti-patterns), for
+    /// `atoll config check`.
+    pub fn warnings(&self) -> Vec<String> {
+        self.router
+            .as_ref()
+            .map(router::warnings)
+            .unwrap_or_default()
+    }
+
     /// Parses and validates the text of an `atoll.toml`. `source` names the file in messages.
     pub fn parse(text: &str, source: &str) -> Result<Config, ConfigError> {
         raw::parse(text, source)

@@ -28,6 +28,8 @@ struct RawConfig {
     storage: Option<RawStorage>,
     #[serde(default)]
     replication: Option<RawReplication>,
+    #[serde(default)]
+    router: Option<crate::router::RawRouter>,
 }
 
 #[derive(Deserialize)]
@@ -49,6 +51,8 @@ struct RawRegion {
     peer: Option<Spanned<String>>,
     #[serde(default)]
     location: Option<RawGeo>,
+    #[serde(default)]
+    dns_address: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -100,13 +104,13 @@ const HEARTBEAT_INTERVAL_MS: RangeInclusive<i64> = 10..=60_000;
 const MAX_LAG_SECS: RangeInclusive<i64> = 1..=86_400;
 
 /// Where errors point: the text (for line numbers) and the file name.
-struct Ctx<'a> {
+pub(crate) struct Ctx<'a> {
     text: &'a str,
     file: &'a str,
 }
 
 impl Ctx<'_> {
-    fn err(
+    pub(crate) fn err(
         &self,
         span: Range<usize>,
         key: impl Into<String>,
@@ -124,7 +128,7 @@ impl Ctx<'_> {
     }
 
     /// The value of an optional integer option, range-checked, or its default.
-    fn int(
+    pub(crate) fn int(
         &self,
         value: &Option<Spanned<i64>>,
         key: &str,
@@ -152,9 +156,12 @@ impl Ctx<'_> {
 pub(crate) fn parse(text: &str, file: &str) -> Result<Config, ConfigError> {
     let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::from_toml(e, text, file))?;
     let cx = Ctx { text, file };
+    let cluster = cluster(&cx, raw.cluster.as_ref())?;
+    let regions = regions(&cx, &raw.regions)?;
     Ok(Config {
-        cluster: cluster(&cx, raw.cluster.as_ref())?,
-        regions: regions(&cx, &raw.regions)?,
+        cluster,
+        router: crate::router::router(&cx, raw.router.as_ref(), &regions)?,
+        regions,
         keyspaces: keyspaces(&cx, &raw.keyspaces)?,
         storage: storage(&cx, raw.storage.as_ref())?,
         replication: replication(&cx, raw.replication.as_ref())?,
@@ -240,11 +247,22 @@ fn regions(cx: &Ctx<'_>, raw: &[Spanned<RawRegion>]) -> Result<Vec<RegionConfig>
             Some(g) => Some(geo(cx, g, &key("location"))?),
             None => None,
         };
+        let dns_address = match &r.dns_address {
+            Some(a) => a.get_ref().parse::<std::net::IpAddr>().map_err(|_| {
+                cx.err(
+                    a.span(),
+                    key("dns_address"),
+                    format!("`{}` is not an IP address", a.get_ref()),
+                )
+            })?,
+            None => api.ip(),
+        };
         out.push(RegionConfig {
             name: id,
             api,
             peer,
             location,
+            dns_address,
         });
     }
     Ok(out)

@@ -309,7 +309,7 @@ fn unknown_keys_are_errors_everywhere() {
             21,
             "storage.fsync",
         ),
-        (format!("{BASE}\n[router]\nttl = 5\n"), 20, "router"),
+        (format!("{BASE}\n[routing]\nttl = 5\n"), 20, "routing"),
         (
             edit(
                 BASE,
@@ -884,4 +884,60 @@ fn keyspace_options_follow_the_policy() {
     assert_eq!(keys(Policy::Mvr), ["max_value_bytes", "max_siblings"]);
     assert!(keys(Policy::Counter).is_empty());
     assert!(keys(Policy::Set).is_empty());
+}
+
+mod router_section {
+    use super::*;
+
+    const ROUTER: &str = "\n[router]\nzone = \"atoll.test\"\n\n[router.health]\ninterval_ms = 1000\nfailure_threshold = 3\n\n[[router.names]]\nname = \"api\"\npolicy = \"failover\"\nregions = [\"us-east-1\"]\n";
+
+    #[test]
+    fn parses_with_defaults() {
+        let c = Config::parse(&format!("{BASE}{ROUTER}"), "atoll.toml").unwrap();
+        let r = c.router.as_ref().unwrap();
+        assert_eq!(r.zone, "atoll.test.");
+        assert_eq!(r.ttl_secs, 30);
+        let n = r.name("API.atoll.test").unwrap();
+        assert_eq!(n.fqdn, "api.atoll.test.");
+        assert_eq!(n.regions, vec!["us-east-1".to_string()]);
+        assert!(c.warnings().is_empty());
+    }
+
+    #[test]
+    fn bad_router_configs_are_named() {
+        for (bad, key, needle) in [
+            (
+                "failure_threshold = 3",
+                "router.health.failure_threshold",
+                "failure_threshold = 0",
+            ),
+            (
+                "zone = \"atoll.test\"",
+                "router.ttl_secs",
+                "zone = \"atoll.test\"\nttl_secs = 0",
+            ),
+            (
+                "regions = [\"us-east-1\"]",
+                "router.names[0].regions",
+                "regions = [\"mars-1\"]",
+            ),
+        ] {
+            let text = edit(&format!("{BASE}{ROUTER}"), bad, needle);
+            let e = err(&text);
+            assert_eq!(e.key(), Some(key), "{e}");
+        }
+    }
+
+    #[test]
+    fn long_ttl_is_a_warning() {
+        let text = edit(
+            &format!("{BASE}{ROUTER}"),
+            "policy = \"failover\"",
+            "policy = \"failover\"\nttl_secs = 300",
+        );
+        let c = Config::parse(&text, "atoll.toml").unwrap();
+        let w = c.warnings();
+        assert_eq!(w.len(), 1);
+        assert!(w[0].contains("300"), "{w:?}");
+    }
 }

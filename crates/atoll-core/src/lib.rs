@@ -14,6 +14,7 @@ pub mod clock;
 pub mod codec;
 pub mod crdt;
 pub mod error;
+pub mod geo;
 pub mod hlc;
 pub mod op;
 pub mod region;

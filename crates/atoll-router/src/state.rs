@@ -1,0 +1,556 @@
+//! The router's shared view: per-region health, drains, weight overrides, measured RTTs and the
+//! last known good set, and the decisions made from them. Plain Rust behind a mutex; the
+//! adapters (prober, proxy, DNS, admin API) share one [`RouterState`].
+
+use crate::health::{HealthConfig, HealthState, Probe, RegionHealth, Transition};
+use crate::policy::{Candidate, Choice, Mode, NoHealthy, PolicyKind, choose};
+use atoll_config::Config;
+use atoll_config::router::{InitialHealth, NoHealthyPolicy, RoutePolicy, RoutedName, RouterConfig};
+use atoll_core::{AtollError, RegionId, Result};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Mutex, MutexGuard};
+
+/// Version of the persisted drain file.
+pub const DRAINS_VERSION: u32 = 1;
+
+/// A region as the router knows it from the config.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RegionEntry {
+    pub name: RegionId,
+    /// Where the proxy sends requests and the prober checks health.
+    pub api: SocketAddr,
+    /// What DNS answers for it.
+    pub dns_address: IpAddr,
+    pub location: Option<(f64, f64)>,
+    /// Position in the config.
+    pub order: usize,
+}
+
+/// An operator's drain of a region.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Drain {
+    pub reason: String,
+    pub since_ms: u64,
+    /// When the drain lifts by itself (`None`: until undrained).
+    pub until_ms: Option<u64>,
+}
+
+/// What survives a router restart.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Persisted {
+    pub version: u32,
+    pub drains: BTreeMap<String, Drain>,
+    /// name -> region -> weight.
+    pub weights: BTreeMap<String, BTreeMap<String, u32>>,
+}
+
+/// One region in the router's status.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct RegionStatus {
+    pub region: String,
+    pub health: HealthState,
+    pub reason: String,
+    pub routable: bool,
+    pub drained: Option<Drain>,
+    /// Staged-failback share.
+    pub ramp: f64,
+    pub rtt_ms: Option<f64>,
+    pub checks: u64,
+}
+
+/// One routed name in the router's status.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct NameStatus {
+    pub name: String,
+    pub policy: String,
+    pub no_healthy: String,
+    /// `normal`, or which no-healthy behaviour is in force right now.
+    pub mode: Mode,
+    pub weights: BTreeMap<String, u32>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct RouterStatus {
+    pub regions: Vec<RegionStatus>,
+    pub names: Vec<NameStatus>,
+}
+
+struct Inner {
+    health: BTreeMap<RegionId, RegionHealth>,
+    rtt_ms: BTreeMap<RegionId, f64>,
+    persisted: Persisted,
+    last_known_good: Vec<RegionId>,
+}
+
+/// The router's shared state.
+pub struct RouterState {
+    regions: Vec<RegionEntry>,
+    config: RouterConfig,
+    health_cfg: HealthConfig,
+    inner: Mutex<Inner>,
+}
+
+fn policy_kind(p: RoutePolicy) -> PolicyKind {
+    match p {
+        RoutePolicy::Latency => PolicyKind::Latency,
+        RoutePolicy::Failover => PolicyKind::Failover,
+        RoutePolicy::Weighted => PolicyKind::Weighted,
+    }
+}
+
+fn no_healthy(p: NoHealthyPolicy) -> NoHealthy {
+    match p {
+        NoHealthyPolicy::FailOpen => NoHealthy::FailOpen,
+        NoHealthyPolicy::FailClosed => NoHealthy::FailClosed,
+        NoHealthyPolicy::LastKnownGood => NoHealthy::LastKnownGood,
+    }
+}
+
+impl RouterState {
+    /// Builds the state from a cluster config with a `[router]` section.
+    pub fn new(config: &Config) -> Result<RouterState> {
+        let rc = config
+            .router
+            .clone()
+            .ok_or_else(|| AtollError::Config("the config has no [router] section".into()))?;
+        let h = &rc.health;
+        let health_cfg = HealthConfig {
+            interval_ms: h.interval_ms,
+            timeout_ms: h.timeout_ms,
+            failure_threshold: h.failure_threshold,
+            recovery_threshold: h.recovery_threshold,
+            initially_healthy: h.initial == InitialHealth::Healthy,
+            hold_down_ms: h.hold_down_ms,
+            outlier_failures: h.outlier_failures,
+            ramp_ms: h.ramp_secs.saturating_mul(1000),
+            ..HealthConfig::default()
+        };
+        let regions: Vec<RegionEntry> = config
+            .regions
+            .iter()
+            .enumerate()
+            .map(|(order, r)| RegionEntry {
+                name: r.name.clone(),
+                api: r.api,
+                dns_address: r.dns_address,
+                location: r.location.map(|g| (g.lat, g.lon)),
+                order,
+            })
+            .collect();
+        let health = regions
+            .iter()
+            .map(|r| (r.name.clone(), RegionHealth::new(health_cfg.clone())))
+            .collect();
+        Ok(RouterState {
+            regions,
+            config: rc,
+            health_cfg,
+            inner: Mutex::new(Inner {
+                health,
+                rtt_ms: BTreeMap::new(),
+                persisted: Persisted {
+                    version: DRAINS_VERSION,
+                    ..Persisted::default()
+                },
+                last_known_good: Vec::new(),
+            }),
+        })
+    }
+
+    fn lock(&self) -> Result<MutexGuard<'_, Inner>> {
+        self.inner
+            .lock()
+            .map_err(|_| AtollError::Storage("router state lock poisoned".into()))
+    }
+
+    pub fn regions(&self) -> &[RegionEntry] {
+        &self.regions
+    }
+
+    pub fn region(&self, name: &str) -> Option<&RegionEntry> {
+        self.regions.iter().find(|r| r.name.as_str() == name)
+    }
+
+    pub fn config(&self) -> &RouterConfig {
+        &self.config
+    }
+
+    pub fn health_config(&self) -> &HealthConfig {
+        &self.health_cfg
+    }
+
+    fn known(&self, region: &str) -> Result<RegionId> {
+        self.region(region).map(|r| r.name.clone()).ok_or_else(|| {
+            AtollError::BadRequest(format!(
+                "unknown region `{region}` (known: {})",
+                self.regions
+                    .iter()
+                    .map(|r| r.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ))
+        })
+    }
+
+    /// Takes in an active check result (and the check's round trip when it succeeded).
+    pub fn observe_probe(
+        &self,
+        region: &RegionId,
+        probe: Probe,
+        rtt_ms: Option<f64>,
+        now_ms: u64,
+    ) -> Result<Option<Transition>> {
+        let mut inner = self.lock()?;
+        if let Some(rtt) = rtt_ms {
+            // Smoothed like TCP's SRTT so one slow check does not reorder regions.
+            let e = inner.rtt_ms.entry(region.clone()).or_insert(rtt);
+            *e = 0.8 * *e + 0.2 * rtt;
+        }
+        let t = inner
+            .health
+            .get_mut(region)
+            .and_then(|h| h.observe(probe, now_ms));
+        Self::remember_good(&mut inner);
+        Ok(t)
+    }
+
+    /// Takes in the outcome of a proxied request (passive outlier detection).
+    pub fn observe_request(
+        &self,
+        region: &RegionId,
+        ok: bool,
+        now_ms: u64,
+    ) -> Result<Option<Transition>> {
+        let mut inner = self.lock()?;
+        let t = inner
+            .health
+            .get_mut(region)
+            .and_then(|h| h.observe_request(ok, now_ms));
+        Self::remember_good(&mut inner);
+        Ok(t)
+    }
+
+    fn remember_good(inner: &mut Inner) {
+        let good: Vec<RegionId> = inner
+            .health
+            .iter()
+            .filter(|(r, h)| h.is_routable() && !inner.persisted.drains.contains_key(r.as_str()))
+            .map(|(r, _)| r.clone())
+            .collect();
+        if !good.is_empty() {
+            inner.last_known_good = good;
+        }
+    }
+
+    /// Lifts drains whose expiry has passed; returns the regions undrained.
+    pub fn expire_drains(&self, now_ms: u64) -> Result<Vec<String>> {
+        let mut inner = self.lock()?;
+        let expired: Vec<String> = inner
+            .persisted
+            .drains
+            .iter()
+            .filter(|(_, d)| d.until_ms.is_some_and(|u| u <= now_ms))
+            .map(|(r, _)| r.clone())
+            .collect();
+        for r in &expired {
+            inner.persisted.drains.remove(r);
+        }
+        Ok(expired)
+    }
+
+    /// Drains a region: it gets no new traffic until undrained (or `until_ms`).
+    pub fn drain(
+        &self,
+        region: &str,
+        reason: &str,
+        until_ms: Option<u64>,
+        now_ms: u64,
+    ) -> Result<()> {
+        let id = self.known(region)?;
+        if reason.trim().is_empty() {
+            return Err(AtollError::BadRequest("a drain needs a reason".into()));
+        }
+        if until_ms.is_some_and(|u| u <= now_ms) {
+            return Err(AtollError::BadRequest(
+                "the drain's expiry is in the past".into(),
+            ));
+        }
+        let mut inner = self.lock()?;
+        inner.persisted.drains.insert(
+            id.to_string(),
+            Drain {
+                reason: reason.to_string(),
+                since_ms: now_ms,
+                until_ms,
+            },
+        );
+        Ok(())
+    }
+
+    /// Lifts a drain. Undraining a region that is not drained is an error (nothing changes).
+    pub fn undrain(&self, region: &str) -> Result<()> {
+        let id = self.known(region)?;
+        let mut inner = self.lock()?;
+        if inner.persisted.drains.remove(id.as_str()).is_none() {
+            return Err(AtollError::BadRequest(format!(
+                "region `{region}` is not drained"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Sets a region's weight for a routed name (weighted names only).
+    pub fn set_weight(&self, name: &str, region: &str, weight: u32) -> Result<()> {
+        let rn = self
+            .config
+            .name(name)
+            .or_else(|| self.config.names.iter().find(|n| n.name == name))
+            .ok_or_else(|| AtollError::BadRequest(format!("unknown routed name `{name}`")))?;
+        if rn.policy != RoutePolicy::Weighted {
+            return Err(AtollError::BadRequest(format!(
+                "`{}` uses the {} policy; weights apply to weighted names",
+                rn.name,
+                rn.policy.as_str()
+            )));
+        }
+        let id = self.known(region)?;
+        if !rn.regions.iter().any(|r| r == id.as_str()) {
+            return Err(AtollError::BadRequest(format!(
+                "region `{region}` does not serve `{}`",
+                rn.name
+            )));
+        }
+        if weight > 1_000_000 {
+            return Err(AtollError::BadRequest(format!(
+                "weight {weight} is over 1000000"
+            )));
+        }
+        let mut inner = self.lock()?;
+        inner
+            .persisted
+            .weights
+            .entry(rn.fqdn.clone())
+            .or_default()
+            .insert(id.to_string(), weight);
+        Ok(())
+    }
+
+    /// What to write to disk so drains and weights survive a restart.
+    pub fn persisted(&self) -> Result<Persisted> {
+        Ok(self.lock()?.persisted.clone())
+    }
+
+    /// Restores drains and weights read from disk (unknown regions/names are dropped, with the
+    /// list returned for a log line). A newer file version is refused.
+    pub fn restore(&self, p: Persisted) -> Result<Vec<String>> {
+        if p.version > DRAINS_VERSION {
+            return Err(AtollError::FormatTooNew {
+                found: u16::try_from(p.version).unwrap_or(u16::MAX),
+                supported: DRAINS_VERSION as u16,
+            });
+        }
+        let mut dropped = Vec::new();
+        let mut inner = self.lock()?;
+        inner.persisted.drains = p
+            .drains
+            .into_iter()
+            .filter(|(r, _)| {
+                let ok = self.region(r).is_some();
+                if !ok {
+                    dropped.push(format!("drain of unknown region `{r}`"));
+                }
+                ok
+            })
+            .collect();
+        inner.persisted.weights = p
+            .weights
+            .into_iter()
+            .filter(|(n, _)| {
+                let ok = self.config.name(n).is_some();
+                if !ok {
+                    dropped.push(format!("weights of unknown name `{n}`"));
+                }
+                ok
+            })
+            .collect();
+        Ok(dropped)
+    }
+
+    /// Chooses regions for a query of `fqdn` (DNS) or a request routed by `fqdn`'s policy
+    /// (proxy). `None` if the name is not routed. `rand` is uniform in [0, 1).
+    pub fn decide(
+        &self,
+        name: &RoutedName,
+        client: Option<(f64, f64)>,
+        rand: f64,
+        now_ms: u64,
+    ) -> Result<Choice> {
+        let inner = self.lock()?;
+        let weights = inner.persisted.weights.get(&name.fqdn);
+        let cands: Vec<Candidate> = name
+            .regions
+            .iter()
+            .enumerate()
+            .filter_map(|(order, r)| {
+                let entry = self.region(r)?;
+                let h = inner.health.get(&entry.name)?;
+                Some(Candidate {
+                    region: entry.name.clone(),
+                    healthy: h.is_routable(),
+                    drained: inner.persisted.drains.contains_key(r.as_str()),
+                    ramp: h.ramp(now_ms),
+                    weight: weights
+                        .and_then(|w| w.get(r).copied())
+                        .or_else(|| name.weights.get(r).copied())
+                        .unwrap_or(1),
+                    order,
+                    rtt_ms: inner.rtt_ms.get(&entry.name).copied(),
+                    location: entry.location,
+                })
+            })
+            .collect();
+        Ok(choose(
+            policy_kind(name.policy),
+            no_healthy(name.no_healthy),
+            &cands,
+            client,
+            &inner.last_known_good,
+            rand,
+        ))
+    }
+
+    /// The router's status: every region's health as this router sees it, and every name's mode.
+    pub fn status(&self, now_ms: u64) -> Result<RouterStatus> {
+        let regions = {
+            let inner = self.lock()?;
+            self.regions
+                .iter()
+                .filter_map(|r| {
+                    let h = inner.health.get(&r.name)?;
+                    let drained = inner.persisted.drains.get(r.name.as_str()).cloned();
+                    Some(RegionStatus {
+                        region: r.name.to_string(),
+                        health: h.state(),
+                        reason: h.reason().to_string(),
+                        routable: h.is_routable() && drained.is_none(),
+                        drained,
+                        ramp: h.ramp(now_ms),
+                        rtt_ms: inner.rtt_ms.get(&r.name).copied(),
+                        checks: h.checks(),
+                    })
+                })
+                .collect()
+        };
+        let mut names = Vec::new();
+        for n in &self.config.names {
+            let choice = self.decide(n, None, 0.0, now_ms)?;
+            let weights = {
+                let inner = self.lock()?;
+                let mut w = n.weights.clone();
+                if let Some(o) = inner.persisted.weights.get(&n.fqdn) {
+                    w.extend(o.iter().map(|(k, v)| (k.clone(), *v)));
+                }
+                w
+            };
+            names.push(NameStatus {
+                name: n.fqdn.clone(),
+                policy: n.policy.as_str().to_string(),
+                no_healthy: n.no_healthy.as_str().to_string(),
+                mode: choice.mode,
+                weights,
+            });
+        }
+        Ok(RouterStatus { regions, names })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CONFIG: &str = r#"
+[cluster]
+name = "t"
+[[regions]]
+name = "us-east-1"
+api = "127.0.0.1:7100"
+[[regions]]
+name = "eu-west-1"
+api = "127.0.0.1:7101"
+[[keyspaces]]
+name = "sessions"
+policy = "lww"
+[router]
+[router.health]
+failure_threshold = 1
+recovery_threshold = 1
+hold_down_ms = 0
+ramp_secs = 0
+[[router.names]]
+name = "api"
+policy = "failover"
+no_healthy = "fail-closed"
+[[router.names]]
+name = "w"
+policy = "weighted"
+"#;
+
+    fn state() -> RouterState {
+        let c = Config::parse(CONFIG, "t.toml").unwrap();
+        RouterState::new(&c).unwrap()
+    }
+
+    fn r(n: &str) -> RegionId {
+        RegionId::new(n).unwrap()
+    }
+
+    #[test]
+    fn routes_follow_health_and_drains() {
+        let s = state();
+        let api = s.config().name("api.atoll.test.").unwrap().clone();
+        let ch = s.decide(&api, None, 0.0, 0).unwrap();
+        assert_eq!(
+            ch.mode,
+            Mode::FailClosed,
+            "nothing checked yet: nothing routed"
+        );
+        s.observe_probe(&r("us-east-1"), Probe::Ok, Some(1.0), 0)
+            .unwrap();
+        s.observe_probe(&r("eu-west-1"), Probe::Ok, Some(1.0), 0)
+            .unwrap();
+        let ch = s.decide(&api, None, 0.0, 0).unwrap();
+        assert_eq!(ch.ranked[0].as_str(), "us-east-1");
+        s.drain("us-east-1", "maintenance", None, 0).unwrap();
+        assert_eq!(
+            s.decide(&api, None, 0.0, 0).unwrap().ranked[0].as_str(),
+            "eu-west-1"
+        );
+        assert!(s.undrain("us-east-1").is_ok());
+        assert!(s.undrain("us-east-1").is_err(), "not drained any more");
+        assert!(s.drain("mars-1", "x", None, 0).is_err());
+        assert!(s.drain("us-east-1", " ", None, 0).is_err());
+        s.drain("eu-west-1", "test", Some(100), 0).unwrap();
+        assert_eq!(s.expire_drains(100).unwrap(), vec!["eu-west-1".to_string()]);
+    }
+
+    #[test]
+    fn persisted_state_roundtrips_and_refuses_newer_versions() {
+        let s = state();
+        s.drain("us-east-1", "maintenance", None, 5).unwrap();
+        s.set_weight("w", "eu-west-1", 7).unwrap();
+        assert!(s.set_weight("api", "eu-west-1", 7).is_err(), "not weighted");
+        let p = s.persisted().unwrap();
+        let json = serde_json::to_string(&p).unwrap();
+        let back: Persisted = serde_json::from_str(&json).unwrap();
+        let s2 = state();
+        assert!(s2.restore(back.clone()).unwrap().is_empty());
+        assert_eq!(s2.persisted().unwrap(), p);
+        let newer = Persisted {
+            version: 99,
+            ..back
+        };
+        assert!(s2.restore(newer).is_err());
+    }
+}

@@ -106,6 +106,7 @@ fn terminate(child: &Child) {
 
 /// Runs the demo until Ctrl-C (or SIGTERM).
 pub async fn run(data_dir: Option<PathBuf>, port_base: u16) -> Result<()> {
+    let shutdown = crate::shutdown_signal();
     if u32::from(port_base) + DEMO_REGIONS.len() as u32 > u32::from(u16::MAX) {
         bail!(
             "--port-base {port_base} leaves no room for {} regions",
@@ -158,7 +159,7 @@ pub async fn run(data_dir: Option<PathBuf>, port_base: u16) -> Result<()> {
         let waits = regions.iter_mut().map(|r| Box::pin(r.child.wait()));
         let any_exit = futures_util_select_all(waits);
         tokio::select! {
-            _ = crate::shutdown_signal() => {}
+            _ = shutdown => {}
             r = any_exit => { exited = Some(r); }
         }
     }

@@ -45,6 +45,10 @@ enum Command {
         /// NAME=ADDR, repeatable.
         #[arg(long, value_parser = parse_peer_via)]
         peer_via: Vec<(String, SocketAddr)>,
+        /// On SIGTERM, answer /healthz with 503 for this many seconds before closing the
+        /// listener, so routers move traffic away first.
+        #[arg(long, default_value_t = 0.0)]
+        drain_grace: f64,
     },
     /// Start three regions (us-east-1, eu-west-1, ap-southeast-1) on this machine.
     #[command(
@@ -115,8 +119,10 @@ enum ConfigCommand {
 fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("ATOLL_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    use std::io::IsTerminal as _;
     tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)
         .init();
 }
@@ -131,24 +137,42 @@ fn parse_peer_via(s: &str) -> Result<(String, SocketAddr), String> {
     Ok((name.to_string(), addr))
 }
 
-pub(crate) async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
+/// Installs the SIGINT/SIGTERM handlers now (so a signal that arrives before the returned future
+/// is first polled is not lost, and never kills the process), and resolves on the first signal.
+pub(crate) fn shutdown_signal() -> impl std::future::Future<Output = ()> + Send + 'static {
     #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let term = signal(SignalKind::terminate()).ok();
+        let int = signal(SignalKind::interrupt()).ok();
+        async move {
+            let term = async {
+                match term {
+                    Some(mut s) => {
+                        s.recv().await;
+                    }
+                    None => std::future::pending::<()>().await,
+                }
+            };
+            let int = async {
+                match int {
+                    Some(mut s) => {
+                        s.recv().await;
+                    }
+                    None => std::future::pending::<()>().await,
+                }
+            };
+            tokio::select! {
+                _ = term => {},
+                _ = int => {},
             }
-            Err(_) => std::future::pending::<()>().await,
         }
-    };
+    }
     #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => {},
-        _ = term => {},
+    {
+        async {
+            let _ = tokio::signal::ctrl_c().await;
+        }
     }
 }
 
@@ -158,14 +182,17 @@ async fn run_region(
     data_dir: PathBuf,
     listen: Option<SocketAddr>,
     peer_via: Vec<(String, SocketAddr)>,
+    drain_grace: f64,
 ) -> Result<()> {
     let cfg = atoll_config::Config::load(&config).map_err(anyhow::Error::msg)?;
+    let shutdown = shutdown_signal();
     let server = atoll_server::RegionServer::bind(atoll_server::RegionOptions {
         config: Arc::new(cfg),
         region,
         data_dir: data_dir.clone(),
         listen,
         peer_via: peer_via.into_iter().collect(),
+        drain_grace: std::time::Duration::from_secs_f64(drain_grace.clamp(0.0, 3600.0)),
     })
     .await
     .map_err(|e| anyhow::anyhow!("{} ({}): {}", e, e.code(), e.hint()))?;
@@ -176,10 +203,7 @@ async fn run_region(
         "atoll region {} listening on http://{addr}",
         server.region()
     );
-    server
-        .serve(shutdown_signal())
-        .await
-        .map_err(anyhow::Error::msg)?;
+    server.serve(shutdown).await.map_err(anyhow::Error::msg)?;
     Ok(())
 }
 
@@ -209,7 +233,8 @@ fn main() -> ExitCode {
                         data_dir,
                         listen,
                         peer_via,
-                    } => run_region(config, region, data_dir, listen, peer_via).await,
+                        drain_grace,
+                    } => run_region(config, region, data_dir, listen, peer_via, drain_grace).await,
                     Command::Demo {
                         data_dir,
                         port_base,

@@ -232,6 +232,17 @@ fn resolve(
 }
 
 async fn read_body(body: Body, limit: usize, keyspace: &str) -> Result<Bytes> {
+    // A body of known length (Content-Length) over the limit is refused before it is read, with
+    // its real size; `Limited` alone stops at the limit and only knows the size is over it.
+    if let Some(len) = axum::body::HttpBody::size_hint(&body).exact()
+        && len > limit as u64
+    {
+        return Err(AtollError::ValueTooLarge {
+            keyspace: keyspace.to_string(),
+            len: usize::try_from(len).unwrap_or(usize::MAX),
+            max: limit,
+        });
+    }
     match Limited::new(body, limit).collect().await {
         Ok(c) => Ok(c.to_bytes()),
         Err(e) => {

@@ -29,10 +29,14 @@ pub struct RegionOptions {
     /// Reach these peers at these addresses instead of their configured `peer` address (for
     /// example through an `atoll link` proxy).
     pub peer_via: BTreeMap<String, SocketAddr>,
+    /// On shutdown, answer `/healthz` with 503 for this long before closing the listener, so
+    /// routers drain the region before its port goes away.
+    pub drain_grace: std::time::Duration,
 }
 
 /// A bound, ready region: call [`RegionServer::serve`] to run it.
 pub struct RegionServer {
+    drain_grace: std::time::Duration,
     state: Arc<AppState>,
     listener: TcpListener,
     replicator: Arc<Replicator>,
@@ -139,6 +143,7 @@ impl RegionServer {
         });
         let _ = state.replicator.set(replicator.clone());
         Ok(RegionServer {
+            drain_grace: opts.drain_grace,
             state,
             listener,
             replicator,
@@ -164,10 +169,18 @@ impl RegionServer {
         let stop = Arc::new(tokio::sync::Notify::new());
         let tasks = self.replicator.start(stop.clone());
         let stop2 = stop.clone();
+        let grace = self.drain_grace;
         let result = axum::serve(self.listener, app)
             .with_graceful_shutdown(async move {
                 shutdown.await;
                 flag.serving.store(false, Ordering::Relaxed);
+                if !grace.is_zero() {
+                    tracing::info!(
+                        grace_ms = grace.as_millis() as u64,
+                        "draining: /healthz answers 503 before the listener closes"
+                    );
+                    tokio::time::sleep(grace).await;
+                }
                 stop2.notify_waiters();
                 tracing::info!("shutting down: finishing in-flight requests");
             })

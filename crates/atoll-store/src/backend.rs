@@ -84,14 +84,16 @@ pub fn prefix_end(prefix: &[u8]) -> Vec<u8> {
     vec![0xff; prefix.len() + 64]
 }
 
+type MemTables = BTreeMap<(Table, Vec<u8>), Vec<u8>>;
+
 /// An in-memory backend for tests and simulation. `durable` is ignored.
 #[derive(Default)]
 pub struct MemBackend {
-    tables: Mutex<BTreeMap<(Table, Vec<u8>), Vec<u8>>>,
+    tables: Mutex<MemTables>,
 }
 
 impl MemBackend {
-    fn lock(&self) -> Result<std::sync::MutexGuard<'_, BTreeMap<(Table, Vec<u8>), Vec<u8>>>> {
+    fn lock(&self) -> Result<std::sync::MutexGuard<'_, MemTables>> {
         self.tables
             .lock()
             .map_err(|_| AtollError::Storage("memory backend lock poisoned".into()))

@@ -1,0 +1,60 @@
+//! Test support for atoll's end-to-end tests (testing tier 3 of the design): real `atoll`
+//! processes on loopback, driven and observed from the outside.
+//!
+//! - [`process`]: [`RegionProcess`] starts `atoll region` on `127.0.0.1:0`, learns its address
+//!   from the `listening on http://ADDR` line, and can SIGKILL it, SIGTERM it and restart it on
+//!   the same data directory. A region still running when its handle is dropped is killed, so a
+//!   failing test never leaks processes; a test that panics also prints the region's log.
+//! - [`wait`]: [`wait_until`] / [`wait_until_async`] poll a condition with a short interval until
+//!   it holds or a deadline passes (never sleep-and-hope).
+//! - [`client`]: a small HTTP client for the kv, counter and set routes that keeps status codes
+//!   and bodies visible to the test.
+//!
+//! Everything binds to and talks to `127.0.0.1` only.
+
+pub mod client;
+pub mod process;
+pub mod wait;
+
+pub use client::{Client, KvRead, Reply, Sibling, Ts, WriteAck};
+pub use process::{RegionProcess, RegionSpec, atoll_bin, run_with_timeout};
+pub use wait::{wait_until, wait_until_async};
+
+/// A fresh temporary directory for one test (removed when dropped, kept if the test panics so
+/// its data directory and logs can be inspected).
+pub fn test_dir(name: &str) -> std::io::Result<TestDir> {
+    let dir = tempfile::Builder::new()
+        .prefix(&format!("atoll-e2e-{name}-"))
+        .tempdir()?;
+    Ok(TestDir { dir: Some(dir) })
+}
+
+/// A temporary directory that survives a panicking test. See [`test_dir`].
+pub struct TestDir {
+    dir: Option<tempfile::TempDir>,
+}
+
+impl TestDir {
+    pub fn path(&self) -> &std::path::Path {
+        self.dir
+            .as_ref()
+            .map(|d| d.path())
+            .expect("TestDir is present until dropped")
+    }
+
+    /// `path()/name`.
+    pub fn join(&self, name: &str) -> std::path::PathBuf {
+        self.path().join(name)
+    }
+}
+
+impl Drop for TestDir {
+    fn drop(&mut self) {
+        if std::thread::panicking()
+            && let Some(d) = self.dir.take()
+        {
+            let kept = d.keep();
+            eprintln!("test failed: kept its directory {}", kept.display());
+        }
+    }
+}

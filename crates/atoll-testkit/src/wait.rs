@@ -1,0 +1,92 @@
+//! Polling with deadlines. A test waits for a condition, never for a fixed time.
+
+use anyhow::{Result, bail};
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+/// How often conditions are polled.
+pub const POLL_INTERVAL: Duration = Duration::from_millis(10);
+
+/// Polls `condition` every [`POLL_INTERVAL`] until it returns true (`Ok`) or `timeout` has
+/// passed (`Err` naming `what` and how long was waited). The condition is checked at least once,
+/// and once more after the deadline, so a slow poll cannot turn a success into a failure.
+pub fn wait_until(
+    timeout: Duration,
+    what: &str,
+    mut condition: impl FnMut() -> bool,
+) -> Result<()> {
+    let started = Instant::now();
+    let deadline = started + timeout;
+    loop {
+        if condition() {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            if condition() {
+                return Ok(());
+            }
+            bail!("timed out after {:?} waiting for {what}", started.elapsed());
+        }
+        std::thread::sleep(POLL_INTERVAL);
+    }
+}
+
+/// The async form of [`wait_until`]: `condition` returns a future.
+pub async fn wait_until_async<F, Fut>(timeout: Duration, what: &str, mut condition: F) -> Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let started = Instant::now();
+    let deadline = started + timeout;
+    loop {
+        if condition().await {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            if condition().await {
+                return Ok(());
+            }
+            bail!("timed out after {:?} waiting for {what}", started.elapsed());
+        }
+        tokio::time::sleep(POLL_INTERVAL).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    #[test]
+    fn returns_as_soon_as_the_condition_holds() {
+        let n = AtomicU32::new(0);
+        wait_until(Duration::from_secs(5), "third poll", || {
+            n.fetch_add(1, Ordering::Relaxed) >= 2
+        })
+        .unwrap();
+        assert_eq!(n.load(Ordering::Relaxed), 3);
+    }
+
+    #[test]
+    fn fails_after_the_deadline_naming_the_condition() {
+        let started = Instant::now();
+        let err = wait_until(Duration::from_millis(50), "never", || false).unwrap_err();
+        assert!(started.elapsed() >= Duration::from_millis(50));
+        assert!(err.to_string().contains("waiting for never"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn async_form_polls_futures() {
+        let n = AtomicU32::new(0);
+        wait_until_async(Duration::from_secs(5), "second poll", || async {
+            n.fetch_add(1, Ordering::Relaxed) >= 1
+        })
+        .await
+        .unwrap();
+        let err = wait_until_async(Duration::from_millis(20), "never", || async { false })
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("never"));
+    }
+}

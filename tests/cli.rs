@@ -1,0 +1,599 @@
+//! End-to-end tests of the command line: `atoll config check`, the client commands
+//! (`atoll kv|counter|set`, human and `--output json`) against a running region, and the ways
+//! `atoll region` refuses to start (unknown region, bad config, a data directory of a newer
+//! format or of another region).
+
+mod common;
+
+use anyhow::{Context, Result, anyhow, ensure};
+use atoll_testkit::process::START_TIMEOUT;
+use atoll_testkit::{RegionProcess, TestDir, run_with_timeout, test_dir};
+use common::{BIN, CONFIG, REGION, ok};
+use serde_json::Value;
+use std::path::Path;
+use std::process::{Command, Output};
+use std::time::Duration;
+
+/// Longest any one CLI invocation may take.
+const CLI_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// `atoll ARGS...` with a clean environment for the client (no inherited endpoint, no colours).
+fn atoll(args: &[&str]) -> Output {
+    let mut cmd = Command::new(BIN);
+    cmd.args(args)
+        .env_remove("ATOLL_ENDPOINT")
+        .env("NO_COLOR", "1");
+    ok(run_with_timeout(cmd, CLI_TIMEOUT))
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Fails unless the command exited 0; shows both streams.
+#[track_caller]
+fn succeeded(o: &Output) -> String {
+    assert!(
+        o.status.success(),
+        "expected success, got {}\nstdout:\n{}\nstderr:\n{}",
+        o.status,
+        stdout(o),
+        stderr(o)
+    );
+    stdout(o)
+}
+
+/// Fails unless the command exited non-zero with an error (not a crash); returns its stderr.
+#[track_caller]
+fn failed(o: &Output) -> String {
+    assert_eq!(
+        o.status.code(),
+        Some(1),
+        "expected exit code 1, got {}\nstdout:\n{}\nstderr:\n{}",
+        o.status,
+        stdout(o),
+        stderr(o)
+    );
+    stderr(o)
+}
+
+#[track_caller]
+fn json_of(o: &Output) -> Value {
+    let text = succeeded(o);
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("not JSON ({e}):\n{text}"))
+}
+
+// ---------------------------------------------------------------------------------------------
+// atoll config check
+
+#[test]
+fn config_check_accepts_the_example_and_lists_its_keyspaces() {
+    let out = succeeded(&atoll(&["config", "check", CONFIG]));
+    assert!(out.contains(": OK"), "{out}");
+    assert!(out.contains("keyspaces (4)"), "{out}");
+    for (name, policy) in [
+        ("sessions", "lww"),
+        ("carts", "mvr"),
+        ("ratelimits", "counter"),
+        ("flags", "set"),
+    ] {
+        assert!(
+            out.lines().any(|l| {
+                let mut words = l.split_whitespace();
+                words.next() == Some(name) && words.next() == Some(policy)
+            }),
+            "no line `{name} {policy}` in:\n{out}"
+        );
+    }
+    assert!(out.contains("us-east-1"), "{out}");
+}
+
+const BASE: &str = r#"[cluster]
+name = "cli-test"
+
+[[regions]]
+name = "us-east-1"
+api = "127.0.0.1:7100"
+
+[[keyspaces]]
+name = "sessions"
+policy = "lww"
+"#;
+
+/// 1-based line of the `nth` (0-based) line of `text` that contains `needle`.
+fn line_of(text: &str, needle: &str, nth: usize) -> usize {
+    text.lines()
+        .enumerate()
+        .filter(|(_, l)| l.contains(needle))
+        .nth(nth)
+        .map(|(i, _)| i + 1)
+        .unwrap_or_else(|| panic!("`{needle}` #{nth} not in the config"))
+}
+
+struct BadConfig {
+    file: &'static str,
+    text: String,
+    /// (needle, nth occurrence): the line the error must point at.
+    line: (&'static str, usize),
+    /// What stderr must say, besides `file:line`.
+    says: &'static [&'static str],
+}
+
+fn bad_configs() -> Vec<BadConfig> {
+    vec![
+        BadConfig {
+            file: "duplicate-region.toml",
+            text: format!("{BASE}\n[[regions]]\nname = \"us-east-1\"\napi = \"127.0.0.1:7101\"\n"),
+            line: ("name = \"us-east-1\"", 1),
+            says: &["`regions[1].name`", "duplicate region name `us-east-1`"],
+        },
+        BadConfig {
+            file: "duplicate-keyspace.toml",
+            text: format!("{BASE}\n[[keyspaces]]\nname = \"sessions\"\npolicy = \"set\"\n"),
+            line: ("name = \"sessions\"", 1),
+            says: &["`keyspaces[1].name`", "duplicate keyspace name `sessions`"],
+        },
+        BadConfig {
+            file: "unknown-policy.toml",
+            text: BASE.replace("policy = \"lww\"", "policy = \"last-writer\""),
+            line: ("policy = ", 0),
+            says: &["`keyspaces[0].policy`", "last-writer", "lww"],
+        },
+        BadConfig {
+            file: "bad-address.toml",
+            text: BASE.replace("127.0.0.1:7100", "localhost:7100"),
+            line: ("api = ", 0),
+            says: &["`regions[0].api`", "localhost"],
+        },
+        BadConfig {
+            file: "unknown-key.toml",
+            text: BASE.replace(
+                "name = \"cli-test\"",
+                "name = \"cli-test\"\nflavour = \"x\"",
+            ),
+            line: ("flavour", 0),
+            says: &["`cluster.flavour`", "unknown field"],
+        },
+        BadConfig {
+            file: "syntax.toml",
+            text: BASE.replace("[[keyspaces]]", "[[keyspaces]"),
+            line: ("[[keyspaces]", 0),
+            says: &["syntax"],
+        },
+    ]
+}
+
+#[test]
+fn config_check_rejects_bad_configs_naming_file_line_and_key() {
+    let dir = ok(test_dir("cli-config").map_err(Into::into));
+    for bad in bad_configs() {
+        let path = dir.join(bad.file);
+        std::fs::write(&path, &bad.text).unwrap();
+        let path_s = path.to_str().unwrap();
+        let err = failed(&atoll(&["config", "check", path_s]));
+        let line = line_of(&bad.text, bad.line.0, bad.line.1);
+        let place = format!("{path_s}:{line}:");
+        assert!(
+            err.contains(&place),
+            "{}: stderr does not point at {place}\n{err}",
+            bad.file
+        );
+        for s in bad.says {
+            assert!(
+                err.contains(s),
+                "{}: stderr does not mention {s}\n{err}",
+                bad.file
+            );
+        }
+        assert!(
+            !err.contains("panicked"),
+            "{}: the CLI panicked:\n{err}",
+            bad.file
+        );
+
+        // `atoll region` refuses the same file with the same message, before touching any data.
+        let data = dir.join(&format!("{}-data", bad.file));
+        let err = failed(&atoll(&[
+            "region",
+            "--config",
+            path_s,
+            "--region",
+            REGION,
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+        ]));
+        assert!(err.contains(&place), "{}: region: {err}", bad.file);
+        assert!(
+            !data.exists(),
+            "{}: a rejected config created the data directory",
+            bad.file
+        );
+    }
+    let missing = dir.join("missing.toml");
+    let err = failed(&atoll(&["config", "check", missing.to_str().unwrap()]));
+    assert!(
+        err.contains("missing.toml") && err.contains("cannot read"),
+        "{err}"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// atoll region refusing to start
+
+#[test]
+fn region_with_an_unknown_name_is_refused_naming_it() {
+    let dir = ok(test_dir("cli-unknown-region").map_err(Into::into));
+    let data = dir.join("data");
+    let err = match RegionProcess::start(BIN, CONFIG, "eu-west-9", &data) {
+        Ok(_) => panic!("a region not in the config started"),
+        Err(e) => format!("{e:#}"),
+    };
+    assert!(err.contains("exited before listening"), "{err}");
+    assert!(err.contains("region `eu-west-9` is not declared"), "{err}");
+    assert!(
+        err.contains("us-east-1"),
+        "the error should list the declared regions: {err}"
+    );
+    assert!(
+        !data.exists(),
+        "an unknown region created its data directory"
+    );
+}
+
+/// Starts a region on `dir/data`, writes one key, stops it cleanly.
+fn seed_data_dir(dir: &TestDir, config: &str, region: &str) -> Result<()> {
+    let mut r = RegionProcess::start(BIN, config, region, dir.join("data"))?;
+    let out = atoll(&[
+        "kv",
+        "put",
+        "sessions",
+        "k",
+        "v",
+        "--endpoint",
+        &r.endpoint(),
+    ]);
+    succeeded(&out);
+    let exit = r.terminate()?;
+    ensure!(exit.code() == Some(0), "{exit}");
+    Ok(())
+}
+
+/// Writes `format_version = 99` into the data directory's metadata, as a newer build would.
+fn forge_newer_format(data: &Path) -> Result<()> {
+    use atoll_store::backend::{Backend, FjallBackend, Mutation, Table};
+    let backend = FjallBackend::open(data).map_err(|e| anyhow!("{e}"))?;
+    let current = backend
+        .get(Table::Meta, atoll_store::keys::META_FORMAT)
+        .map_err(|e| anyhow!("{e}"))?
+        .context("a started region wrote its format version")?;
+    let version: u16 = atoll_core::codec::decode(&current).map_err(|e| anyhow!("{e}"))?;
+    ensure!(
+        version == atoll_store::store::STORE_FORMAT_VERSION,
+        "unexpected format version {version}"
+    );
+    let newer = atoll_core::codec::encode(&99u16).map_err(|e| anyhow!("{e}"))?;
+    backend
+        .commit(
+            vec![Mutation::Put(
+                Table::Meta,
+                atoll_store::keys::META_FORMAT.to_vec(),
+                newer,
+            )],
+            true,
+        )
+        .map_err(|e| anyhow!("{e}"))?;
+    Ok(())
+}
+
+#[test]
+fn data_dir_of_a_newer_format_is_refused() {
+    let dir = ok(test_dir("cli-format").map_err(Into::into));
+    ok(seed_data_dir(&dir, CONFIG, REGION));
+    ok(forge_newer_format(&dir.join("data")));
+    let err = match RegionProcess::start(BIN, CONFIG, REGION, dir.join("data")) {
+        Ok(_) => panic!("a region started on a data directory of format version 99"),
+        Err(e) => format!("{e:#}"),
+    };
+    assert!(err.contains("ATOLL-FORMAT-TOO-NEW"), "{err}");
+    assert!(err.contains("version 99"), "{err}");
+    assert!(err.contains("exited before listening"), "{err}");
+}
+
+#[test]
+fn data_dir_of_another_region_is_refused() {
+    let dir = ok(test_dir("cli-owner").map_err(Into::into));
+    let config = dir.join("two-regions.toml");
+    let text = format!(
+        "{}\n[[regions]]\nname = \"eu-west-1\"\napi = \"127.0.0.1:7101\"\n",
+        std::fs::read_to_string(CONFIG).unwrap()
+    );
+    std::fs::write(&config, text).unwrap();
+    let config = config.to_str().unwrap();
+    ok(seed_data_dir(&dir, config, "us-east-1"));
+    let err = match RegionProcess::start(BIN, config, "eu-west-1", dir.join("data")) {
+        Ok(_) => panic!("eu-west-1 started on us-east-1's data directory"),
+        Err(e) => format!("{e:#}"),
+    };
+    assert!(
+        err.contains("belongs to region `us-east-1`, not `eu-west-1`"),
+        "{err}"
+    );
+    // The rightful owner still opens it, with its data.
+    let mut r = ok(RegionProcess::start(
+        BIN,
+        config,
+        "us-east-1",
+        dir.join("data"),
+    ));
+    let out = succeeded(&atoll(&[
+        "kv",
+        "get",
+        "sessions",
+        "k",
+        "--endpoint",
+        &r.endpoint(),
+    ]));
+    assert_eq!(out, "v\n");
+    assert_eq!(ok(r.terminate()).code(), Some(0));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Client commands against a running region
+
+/// Runs `atoll <args> --endpoint E` (human output).
+fn cli(r: &RegionProcess, args: &[&str]) -> Output {
+    let e = r.endpoint();
+    let mut all: Vec<&str> = args.to_vec();
+    all.extend(["--endpoint", &e]);
+    atoll(&all)
+}
+
+/// Runs `atoll <args> --endpoint E --output json`.
+fn cli_json(r: &RegionProcess, args: &[&str]) -> Output {
+    let mut all: Vec<&str> = args.to_vec();
+    all.extend(["--output", "json"]);
+    cli(r, &all)
+}
+
+fn region_for_cli(name: &str) -> (TestDir, RegionProcess) {
+    let dir = ok(test_dir(name).map_err(Into::into));
+    let r = ok(RegionProcess::start(BIN, CONFIG, REGION, dir.join("data")));
+    (dir, r)
+}
+
+#[test]
+fn kv_commands_in_human_and_json_output() {
+    let (_dir, r) = region_for_cli("cli-kv");
+
+    // put / get (human)
+    let out = succeeded(&cli(
+        &r,
+        &["kv", "put", "sessions", "user-1", "hello world"],
+    ));
+    assert!(
+        out.starts_with("ok: written in us-east-1 (seq 1, timestamp "),
+        "{out}"
+    );
+    let got = cli(&r, &["kv", "get", "sessions", "user-1"]);
+    assert_eq!(succeeded(&got), "hello world\n");
+
+    // put / get (json)
+    let v = json_of(&cli_json(
+        &r,
+        &["kv", "put", "sessions", "user-2", "second"],
+    ));
+    assert_eq!(v["region"], "us-east-1");
+    assert_eq!(v["seq"], 2);
+    assert!(
+        v["timestamp"].as_str().is_some_and(|t| t.contains('.')),
+        "{v}"
+    );
+    let v = json_of(&cli_json(&r, &["kv", "get", "sessions", "user-2"]));
+    assert_eq!(v["status"], 200);
+    assert_eq!(v["value"], "second");
+    assert_eq!(v["region"], "us-east-1");
+    assert!(v["timestamp"].as_str().is_some(), "{v}");
+
+    // A key with '/' and spaces goes through the path encoding both ways.
+    succeeded(&cli(&r, &["kv", "put", "sessions", "a/b c", "odd key"]));
+    assert_eq!(
+        succeeded(&cli(&r, &["kv", "get", "sessions", "a/b c"])),
+        "odd key\n"
+    );
+
+    // del
+    let out = succeeded(&cli(&r, &["kv", "del", "sessions", "user-1"]));
+    assert!(out.starts_with("ok: deleted in us-east-1 (seq 4)"), "{out}");
+    let v = json_of(&cli_json(&r, &["kv", "del", "sessions", "user-2"]));
+    assert_eq!(v["seq"], 5);
+    for key in ["user-1", "user-2", "never-written"] {
+        let err = failed(&cli(&r, &["kv", "get", "sessions", key]));
+        assert!(
+            err.contains("ATOLL-NOT-FOUND") && err.contains("404"),
+            "{key}: {err}"
+        );
+    }
+
+    // mvr: siblings, then a write with the context resolves them.
+    succeeded(&cli(&r, &["kv", "put", "carts", "cart-7", "apple"]));
+    succeeded(&cli(&r, &["kv", "put", "carts", "cart-7", "pear"]));
+    let out = succeeded(&cli(&r, &["kv", "get", "carts", "cart-7"]));
+    assert!(out.starts_with("2 concurrent values (siblings)"), "{out}");
+    assert!(out.contains("- apple") && out.contains("- pear"), "{out}");
+    let v = json_of(&cli_json(&r, &["kv", "get", "carts", "cart-7"]));
+    assert_eq!(v["status"], 300);
+    let mut values: Vec<&str> = v["siblings"]
+        .as_array()
+        .expect("siblings")
+        .iter()
+        .map(|s| s["value"].as_str().unwrap())
+        .collect();
+    values.sort();
+    assert_eq!(values, ["apple", "pear"]);
+    let context = v["context"].as_str().expect("context").to_string();
+    // The human output shows the same context.
+    assert!(out.contains(&format!("context: {context}")), "{out}");
+    let v = json_of(&cli_json(
+        &r,
+        &[
+            "kv",
+            "put",
+            "carts",
+            "cart-7",
+            "apple+pear",
+            "--context",
+            &context,
+        ],
+    ));
+    assert!(
+        v["context"].as_str().is_some(),
+        "mvr acks carry a context: {v}"
+    );
+    let v = json_of(&cli_json(&r, &["kv", "get", "carts", "cart-7"]));
+    assert_eq!(
+        (v["status"].as_u64(), v["value"].as_str()),
+        (Some(200), Some("apple+pear"))
+    );
+    // A context from another key is refused.
+    let other = json_of(&cli_json(&r, &["kv", "get", "carts", "cart-7"]))["context"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let err = failed(&cli(
+        &r,
+        &["kv", "put", "carts", "cart-8", "x", "--context", &other],
+    ));
+    assert!(err.contains("ATOLL-BAD-CONTEXT"), "{err}");
+
+    // Errors name their code: wrong policy, unknown keyspace, unreachable endpoint.
+    let err = failed(&cli(&r, &["kv", "put", "ratelimits", "k", "v"]));
+    assert!(
+        err.contains("ATOLL-WRONG-POLICY") && err.contains("405"),
+        "{err}"
+    );
+    let err = failed(&cli(&r, &["kv", "get", "nope", "k"]));
+    assert!(
+        err.contains("ATOLL-UNKNOWN-KEYSPACE") && err.contains("nope"),
+        "{err}"
+    );
+    let err = failed(&atoll(&[
+        "kv",
+        "get",
+        "sessions",
+        "k",
+        "--endpoint",
+        "http://127.0.0.1:1",
+        "--timeout",
+        "5",
+    ]));
+    assert!(err.contains("cannot reach http://127.0.0.1:1"), "{err}");
+}
+
+#[test]
+fn counter_commands_in_human_and_json_output() {
+    let (_dir, r) = region_for_cli("cli-counter");
+    assert_eq!(
+        succeeded(&cli(&r, &["counter", "get", "ratelimits", "u1"])),
+        "0\n"
+    );
+    assert_eq!(
+        succeeded(&cli(&r, &["counter", "incr", "ratelimits", "u1"])),
+        "1\n"
+    );
+    assert_eq!(
+        succeeded(&cli(
+            &r,
+            &["counter", "incr", "ratelimits", "u1", "--by", "5"]
+        )),
+        "6\n"
+    );
+    let v = json_of(&cli_json(
+        &r,
+        &["counter", "incr", "ratelimits", "u1", "--by", "-10"],
+    ));
+    assert_eq!(v["value"], -4);
+    assert_eq!(v["region"], "us-east-1");
+    assert_eq!(v["seq"], 3);
+    assert_eq!(
+        succeeded(&cli(&r, &["counter", "get", "ratelimits", "u1"])),
+        "-4\n"
+    );
+    let v = json_of(&cli_json(&r, &["counter", "get", "ratelimits", "u1"]));
+    assert_eq!(v["value"], -4);
+    let err = failed(&cli(&r, &["counter", "incr", "sessions", "u1"]));
+    assert!(err.contains("ATOLL-WRONG-POLICY"), "{err}");
+}
+
+#[test]
+fn set_commands_in_human_and_json_output() {
+    let (_dir, r) = region_for_cli("cli-set");
+    succeeded(&cli(
+        &r,
+        &[
+            "set",
+            "add",
+            "flags",
+            "beta",
+            "dark-mode",
+            "new-checkout",
+            "x",
+        ],
+    ));
+    let v = json_of(&cli_json(&r, &["set", "remove", "flags", "beta", "x"]));
+    let mut m: Vec<&str> = v["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m.as_str().unwrap())
+        .collect();
+    m.sort();
+    assert_eq!(m, ["dark-mode", "new-checkout"]);
+    assert_eq!(v["seq"], 2);
+    let out = succeeded(&cli(&r, &["set", "members", "flags", "beta"]));
+    let mut lines: Vec<&str> = out.lines().collect();
+    lines.sort();
+    assert_eq!(lines, ["dark-mode", "new-checkout"]);
+    let v = json_of(&cli_json(&r, &["set", "members", "flags", "nobody"]));
+    assert_eq!(v["members"], serde_json::json!([]));
+    assert_eq!(
+        succeeded(&cli(&r, &["set", "members", "flags", "nobody"])),
+        ""
+    );
+    // `add` without members is a usage error (clap exits 2) and sends nothing.
+    let out = cli(&r, &["set", "add", "flags", "beta"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    let err = failed(&cli(&r, &["set", "add", "sessions", "beta", "m"]));
+    assert!(err.contains("ATOLL-WRONG-POLICY"), "{err}");
+}
+
+#[test]
+fn status_command_in_human_and_json_output() {
+    let (_dir, r) = region_for_cli("cli-status");
+    let out = succeeded(&cli(&r, &["status"]));
+    assert!(
+        out.starts_with("region us-east-1 of cluster atoll-single (active-active), serving"),
+        "{out}"
+    );
+    let v = json_of(&cli_json(&r, &["status"]));
+    assert_eq!(v["region"], "us-east-1");
+    assert_eq!(v["serving"], true);
+    assert_eq!(v["keyspaces"].as_array().map(Vec::len), Some(4));
+}
+
+/// The readiness deadline is what the harness waits for; make sure a region meets it
+/// comfortably (a slow start would make every other test flaky).
+#[test]
+fn region_starts_well_within_the_readiness_deadline() {
+    let dir = ok(test_dir("cli-start").map_err(Into::into));
+    let started = std::time::Instant::now();
+    let mut r = ok(RegionProcess::start(BIN, CONFIG, REGION, dir.join("data")));
+    let took = started.elapsed();
+    assert!(took < START_TIMEOUT / 2, "start took {took:?}");
+    assert_eq!(ok(r.terminate()).code(), Some(0));
+}

@@ -362,6 +362,10 @@ pub async fn status(args: ClientArgs, max_lag: Option<f64>) -> Result<()> {
             problems.push(format!("{name} is unreachable"));
         } else if p["state"].as_str() == Some("clock-skew") {
             problems.push(format!("{name}'s clock runs ahead beyond max_clock_offset"));
+        } else if p["state"].as_str() == Some("one-way") {
+            problems.push(format!(
+                "{name} does not hear this region (one-way partition)"
+            ));
         }
         match p["lag_seconds"].as_f64() {
             Some(l) if l > max_lag => {

@@ -97,6 +97,10 @@ enum Command {
         #[command(subcommand)]
         command: client::SetCommand,
     },
+    /// Emulate WAN links between regions and inject faults (latency, partitions, resets).
+    Link(atoll_link::cli::LinkArgs),
+    /// Run a traffic router (health-checked proxy, authoritative DNS, admin API) or manage one.
+    Router(atoll_router::cli::RouterArgs),
     /// Show a region's status.
     #[command(after_help = "Example:\n  atoll status --endpoint http://127.0.0.1:7100")]
     Status {
@@ -118,7 +122,7 @@ enum ConfigCommand {
 
 fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("ATOLL_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,hickory_server=warn"));
     use std::io::IsTerminal as _;
     tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -243,6 +247,8 @@ fn main() -> ExitCode {
                     Command::Counter { client, command } => client::counter(client, command).await,
                     Command::Set { client, command } => client::set(client, command).await,
                     Command::Status { client, max_lag } => client::status(client, max_lag).await,
+                    Command::Router(args) => atoll_router::cli::run(args).await,
+                    Command::Link(args) => atoll_link::cli::run(args).await,
                     Command::Config { .. } => Ok(()),
                 }
             })

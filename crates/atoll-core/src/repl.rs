@@ -28,6 +28,7 @@ use crate::hlc::Timestamp;
 use crate::op::OpEntry;
 use crate::region::RegionId;
 use serde::{Deserialize, Serialize};
+use std::cell::Cell;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 /// Version of the replication wire messages.
@@ -109,8 +110,10 @@ pub enum Frame {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum LinkState {
-    /// Heard from recently, clock in bounds.
+    /// Heard from recently, and it hears us; clock in bounds.
     Up,
+    /// We hear the peer, but its heartbeats show it does not hear us (a one-way partition).
+    OneWay,
     /// Not heard from within `dead_after_ms` (or never).
     Unreachable,
     /// Heard from, but its clock runs ahead beyond `max_clock_offset_ms`: its ops are held back.
@@ -121,6 +124,7 @@ impl LinkState {
     pub fn as_str(self) -> &'static str {
         match self {
             LinkState::Up => "up",
+            LinkState::OneWay => "one-way",
             LinkState::Unreachable => "unreachable",
             LinkState::ClockSkew => "clock-skew",
         }
@@ -133,6 +137,8 @@ pub struct PeerStatus {
     pub region: RegionId,
     pub state: LinkState,
     pub reachable: bool,
+    /// Whether the peer's heartbeats show it hears ours (the other direction of the link).
+    pub hears_us: bool,
     /// Time since the last heartbeat from the peer arrived.
     pub last_heard_ms_ago: Option<u64>,
     pub rtt_ms: Option<f64>,
@@ -164,6 +170,8 @@ struct PeerInfo {
     last_heard_ms: Option<u64>,
     /// Their last heartbeat's `sent_ms` and when we received it, for the echo.
     last_hb: Option<(u64, u64)>,
+    /// Our send time of the latest of our heartbeats they echoed: proof they hear us.
+    heard_us_at_ms: Option<u64>,
     rtt_ms: Option<f64>,
     offset_ms: Option<f64>,
     /// Their applied vector, as of their last heartbeat.
@@ -192,6 +200,13 @@ pub struct ReplCore {
     peers: BTreeMap<RegionId, PeerInfo>,
     applied: VersionVector,
     progress: BTreeMap<RegionId, OriginProgress>,
+    /// The latest local time any call was given.
+    clock_ms: Cell<u64>,
+    /// How far the local clock stepped back since the stored local times (when peers were heard,
+    /// caught-up times, ...) were taken: they are read minus this, and rebased by the next
+    /// `on_heartbeat`. Without it, a clock that ran ahead and is set back (NTP) would keep times
+    /// from its ahead reading and claim to be caught up later than it is.
+    stepped_back_ms: Cell<u64>,
 }
 
 impl ReplCore {
@@ -222,6 +237,45 @@ impl ReplCore {
             peers,
             applied,
             progress,
+            clock_ms: Cell::new(0),
+            stepped_back_ms: Cell::new(0),
+        }
+    }
+
+    /// Notes the local time of a call; a time earlier than the latest seen means the clock
+    /// stepped back.
+    fn observe_clock(&self, now_ms: u64) {
+        let last = self.clock_ms.get();
+        if now_ms < last {
+            self.stepped_back_ms
+                .set(self.stepped_back_ms.get().saturating_add(last - now_ms));
+        }
+        self.clock_ms.set(now_ms);
+    }
+
+    /// A stored local time, in the clock's current reading.
+    fn local(&self, stored_ms: u64) -> u64 {
+        stored_ms.saturating_sub(self.stepped_back_ms.get())
+    }
+
+    /// Moves every stored local time back by the steps the clock took back since they were taken.
+    fn rebase(&mut self) {
+        let back = self.stepped_back_ms.replace(0);
+        if back == 0 {
+            return;
+        }
+        let shift = |t: u64| t.saturating_sub(back);
+        for p in self.peers.values_mut() {
+            p.last_heard_ms = p.last_heard_ms.map(shift);
+            p.last_hb = p.last_hb.map(|(sent, recv)| (sent, shift(recv)));
+            p.heard_us_at_ms = p.heard_us_at_ms.map(shift);
+            p.stable_at_ms = p.stable_at_ms.map(shift);
+        }
+        for prog in self.progress.values_mut() {
+            prog.caught_up_at_ms = prog.caught_up_at_ms.map(shift);
+            for (_, t) in prog.pending.iter_mut() {
+                *t = shift(*t);
+            }
         }
     }
 
@@ -249,11 +303,19 @@ impl ReplCore {
 
     fn reachable_at(&self, p: &PeerInfo, now_ms: u64) -> bool {
         p.last_heard_ms
-            .is_some_and(|t| now_ms.saturating_sub(t) <= self.cfg.dead_after_ms)
+            .is_some_and(|t| now_ms.saturating_sub(self.local(t)) <= self.cfg.dead_after_ms)
+    }
+
+    /// Whether both directions of the link to `p` work: we hear it, and it echoes our heartbeats.
+    fn bidirectional_at(&self, p: &PeerInfo, now_ms: u64) -> bool {
+        self.reachable_at(p, now_ms)
+            && p.heard_us_at_ms
+                .is_some_and(|t| now_ms.saturating_sub(self.local(t)) <= self.cfg.dead_after_ms)
     }
 
     /// Whether `peer` was heard from recently.
     pub fn is_reachable(&self, peer: &RegionId, now_ms: u64) -> bool {
+        self.observe_clock(now_ms);
         self.peers
             .get(peer)
             .is_some_and(|p| self.reachable_at(p, now_ms))
@@ -271,7 +333,10 @@ impl ReplCore {
         if *origin == self.me {
             return Some(now_ms);
         }
-        self.progress.get(origin).and_then(|p| p.caught_up_at_ms)
+        self.progress
+            .get(origin)
+            .and_then(|p| p.caught_up_at_ms)
+            .map(|t| self.local(t))
     }
 
     /// Local time as of which this region holds every write of every origin.
@@ -285,13 +350,14 @@ impl ReplCore {
 
     /// The heartbeat to send to `to` now.
     pub fn heartbeat(&self, to: &RegionId, now_ms: u64, hlc: Timestamp) -> Heartbeat {
+        self.observe_clock(now_ms);
         let echo = self
             .peers
             .get(to)
             .and_then(|p| p.last_hb)
             .map(|(sent_ms, recv_ms)| Echo {
                 sent_ms,
-                held_ms: now_ms.saturating_sub(recv_ms),
+                held_ms: now_ms.saturating_sub(self.local(recv_ms)),
             });
         let frontier = self
             .progress
@@ -320,12 +386,21 @@ impl ReplCore {
 
     /// Takes in a heartbeat. Returns `false` (and changes nothing) if it is not from a peer.
     pub fn on_heartbeat(&mut self, hb: &Heartbeat, now_ms: u64) -> bool {
+        if !self.peers.contains_key(&hb.from) {
+            return false;
+        }
+        self.observe_clock(now_ms);
+        self.rebase();
         let Some(p) = self.peers.get_mut(&hb.from) else {
             return false;
         };
         p.last_heard_ms = Some(now_ms);
         p.last_hb = Some((hb.sent_ms, now_ms));
         if let Some(echo) = hb.echo {
+            p.heard_us_at_ms = Some(
+                p.heard_us_at_ms
+                    .map_or(echo.sent_ms, |t| t.max(echo.sent_ms)),
+            );
             let rtt = now_ms
                 .saturating_sub(echo.sent_ms)
                 .saturating_sub(echo.held_ms) as f64;
@@ -371,23 +446,28 @@ impl ReplCore {
         true
     }
 
-    /// What this region should subscribe to now: per reachable peer, the origins to ask it for.
-    /// Each reachable peer's own ops come from it; the ops of an origin this region cannot hear
-    /// are asked from every reachable peer (relay).
+    /// What this region should subscribe to now: per peer, the origins to ask it for. A
+    /// subscription needs both directions (the request goes out, the data comes back), so only
+    /// peers that hear us and that we hear are asked. Each such peer is asked for its own ops, and
+    /// for the ops of every origin this region cannot exchange with directly (relay). Origins whose
+    /// clock is skewed are left out; when the skew ends the set changes and a fresh subscription
+    /// starts from the applied vector.
     pub fn wanted_subscriptions(&self, now_ms: u64) -> BTreeMap<RegionId, BTreeSet<RegionId>> {
-        let unreachable: BTreeSet<RegionId> = self
+        self.observe_clock(now_ms);
+        let relayed: BTreeSet<RegionId> = self
             .peers
             .iter()
-            .filter(|(_, p)| !self.reachable_at(p, now_ms))
+            .filter(|(_, p)| !self.bidirectional_at(p, now_ms))
             .map(|(r, _)| r.clone())
             .collect();
         self.peers
             .iter()
-            .filter(|(_, p)| self.reachable_at(p, now_ms))
-            .map(|(r, _)| {
-                let mut origins = unreachable.clone();
+            .filter(|(_, p)| self.bidirectional_at(p, now_ms))
+            .filter_map(|(r, _)| {
+                let mut origins = relayed.clone();
                 origins.insert(r.clone());
-                (r.clone(), origins)
+                origins.retain(|o| !self.is_skewed(o));
+                (!origins.is_empty()).then(|| (r.clone(), origins))
             })
             .collect()
     }
@@ -449,6 +529,7 @@ impl ReplCore {
 
     /// Status of every peer.
     pub fn status(&self, now_ms: u64) -> Vec<PeerStatus> {
+        self.observe_clock(now_ms);
         self.peers
             .iter()
             .map(|(r, p)| {
@@ -456,10 +537,13 @@ impl ReplCore {
                 let prog = self.progress.get(r);
                 let applied = self.applied.get(r);
                 let known_head = prog.map_or(applied, |g| g.known_head.max(applied));
+                let hears_us = self.bidirectional_at(p, now_ms);
                 let state = if !reachable {
                     LinkState::Unreachable
                 } else if self.is_skewed(r) {
                     LinkState::ClockSkew
+                } else if !hears_us {
+                    LinkState::OneWay
                 } else {
                     LinkState::Up
                 };
@@ -467,7 +551,10 @@ impl ReplCore {
                     region: r.clone(),
                     state,
                     reachable,
-                    last_heard_ms_ago: p.last_heard_ms.map(|t| now_ms.saturating_sub(t)),
+                    hears_us,
+                    last_heard_ms_ago: p
+                        .last_heard_ms
+                        .map(|t| now_ms.saturating_sub(self.local(t))),
                     rtt_ms: p.rtt_ms,
                     clock_offset_ms: p.offset_ms,
                     lag_seconds: self
@@ -483,13 +570,24 @@ impl ReplCore {
 
     /// The tombstone horizon, in local physical milliseconds: every region is known to hold every
     /// write made before it (minus `max_clock_offset_ms`, since timestamps come from several
-    /// clocks). `None` until every peer has reported.
+    /// clocks, or minus how far a peer's clock runs behind ours if that is more). `None` until
+    /// every peer has reported.
     pub fn tombstone_horizon_ms(&self, now_ms: u64) -> Option<u64> {
+        self.observe_clock(now_ms);
         let mut h = self.stable_at(now_ms)?;
+        // A tombstone's timestamp comes from its origin's clock. If that clock runs behind ours
+        // (ours runs ahead beyond the bound, or theirs behind), its tombstones look older here than
+        // they are, so the margin must cover the gap: received minus sent of the peer's last
+        // heartbeat overstates it by the one-way delay, the safe side, and is up to date as soon as
+        // one heartbeat crossed a clock step (the echo-based offset needs a round trip more).
+        let mut margin = self.cfg.max_clock_offset_ms;
         for p in self.peers.values() {
-            h = h.min(p.stable_at_ms?);
+            h = h.min(self.local(p.stable_at_ms?));
+            if let Some((sent_ms, recv_ms)) = p.last_hb {
+                margin = margin.max(self.local(recv_ms).saturating_sub(sent_ms));
+            }
         }
-        Some(h.saturating_sub(self.cfg.max_clock_offset_ms))
+        Some(h.saturating_sub(margin))
     }
 }
 
@@ -596,14 +694,33 @@ mod tests {
     #[test]
     fn relay_subscriptions_cover_unreachable_origins() {
         let mut a = core("a");
-        let b = core("b");
+        let mut b = core("b");
         a.on_heartbeat(&b.heartbeat(&r("a"), 0, Timestamp::default()), 0);
+        assert!(
+            a.wanted_subscriptions(0).is_empty(),
+            "b has not shown it hears a"
+        );
+        assert_eq!(a.status(0)[0].state, LinkState::OneWay);
+        b.on_heartbeat(&a.heartbeat(&r("b"), 10, Timestamp::default()), 10);
+        a.on_heartbeat(&b.heartbeat(&r("a"), 20, Timestamp::default()), 20);
+        assert_eq!(a.status(20)[0].state, LinkState::Up);
         let w = a.wanted_subscriptions(100);
         assert_eq!(w.len(), 1);
         assert_eq!(
             w[&r("b")].iter().cloned().collect::<Vec<_>>(),
             vec![r("b"), r("c")]
         );
+    }
+
+    #[test]
+    fn skewed_origins_are_not_subscribed() {
+        let mut a = core("a");
+        let mut b = core("b");
+        b.on_heartbeat(&a.heartbeat(&r("b"), 1000, Timestamp::default()), 1800);
+        a.on_heartbeat(&b.heartbeat(&r("a"), 1800, Timestamp::default()), 1000);
+        assert!(a.is_skewed(&r("b")));
+        let w = a.wanted_subscriptions(1000);
+        assert_eq!(w[&r("b")].iter().cloned().collect::<Vec<_>>(), vec![r("c")]);
     }
 
     #[test]

@@ -3,7 +3,19 @@
 //! Pure cores: [`health`] (the health-check state machine: thresholds, initial state, hold-down
 //! against flapping, passive outlier ejection, staged failback) and [`policy`] (latency, failover
 //! and weighted choices, and the explicit behaviour when nothing is healthy).
+//!
+//! Adapters, sharing one [`state::RouterState`] and one [`metrics::RouterMetrics`]: [`prober`]
+//! (active health checks, drain expiry), [`proxy`] (HTTP reverse proxy with per-request
+//! failover), [`dns`] (authoritative DNS), [`admin`] (admin API, persisted drains and weights),
+//! [`runtime`] (starts and stops them all) and [`cli`] (`atoll router ...`).
 
+pub mod admin;
+pub mod cli;
+pub mod dns;
 pub mod health;
+pub mod metrics;
 pub mod policy;
+pub mod prober;
+pub mod proxy;
+pub mod runtime;
 pub mod state;

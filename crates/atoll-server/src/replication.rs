@@ -370,8 +370,17 @@ impl Replicator {
 
     async fn apply(&self, peer: &RegionId, entries: Vec<atoll_core::op::OpEntry>) -> Result<()> {
         let admitted = self.with_core(|c| c.admit(entries))?;
+        // The peer's stream cursor has moved past entries dropped here (beyond a gap, or held
+        // back for skew): end the subscription so the next one restarts from the applied vector.
+        let resync = admitted.gaps > 0 || admitted.held_back > 0;
         if admitted.apply.is_empty() {
-            return Ok(());
+            return if resync {
+                Err(AtollError::Storage(format!(
+                    "resubscribing to {peer}: entries dropped"
+                )))
+            } else {
+                Ok(())
+            };
         }
         let (tx, rx) = tokio::sync::oneshot::channel();
         self.store.submit_remote(admitted.apply, move |r| {
@@ -406,7 +415,13 @@ impl Replicator {
         for (origin, err) in &out.skewed {
             tracing::error!(origin = %origin, via = %peer, error = %err, "replicated writes refused: their timestamps run ahead of this region's clock");
         }
-        self.sync_applied()
+        self.sync_applied()?;
+        if resync || !out.skewed.is_empty() {
+            return Err(AtollError::Storage(format!(
+                "resubscribing to {peer}: entries not applied"
+            )));
+        }
+        Ok(())
     }
 
     /// Serves one subscription: streams the requested origins' ops beyond `sub.applied`.

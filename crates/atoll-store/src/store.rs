@@ -728,7 +728,8 @@ impl Writer {
             }
         }
         let ts = self.hlc.now(self.clock.physical_ms());
-        let delta = prepare(
+        let seq = self.seq + 1;
+        let mut delta = prepare(
             &req.keyspace,
             ks.policy,
             &req.intent,
@@ -736,6 +737,18 @@ impl Writer {
             &self.shared.region,
             ts,
         )?;
+        if let KeyState::Lww(r) = &mut delta {
+            // The lww version vector counts this region's writes to the key. Once a tombstone is
+            // collected that count would restart from zero, and a concurrent write from a region
+            // still holding the tombstone (and its larger count) would look causally newer: one of
+            // the two writes would be lost without a conflict record. The write's sequence number
+            // is above every count this region ever issued for the key, collected or not.
+            r.vv =
+                r.vv.iter()
+                    .map(|(o, n)| (o.clone(), n))
+                    .chain(std::iter::once((self.shared.region.clone(), seq)))
+                    .collect();
+        }
         let state = match current {
             Some(mut s) => {
                 let before = live_siblings(&s);
@@ -751,7 +764,6 @@ impl Writer {
             }
             None => delta.clone(),
         };
-        let seq = self.seq + 1;
         let entry = OpEntry {
             origin: self.shared.region.clone(),
             seq,

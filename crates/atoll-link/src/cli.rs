@@ -1,0 +1,733 @@
+//! The `atoll link ...` subcommands: clap structs for the binary to embed and [`run`].
+//!
+//! The binary adds `Link(atoll_link::cli::LinkArgs)` to its subcommands and calls
+//! `atoll_link::cli::run(args).await`.
+
+use crate::config::{links_from_cluster, load_links};
+use crate::error::LinkError;
+use crate::proxy::LinkServer;
+use anyhow::{Context, Result, anyhow, bail};
+use clap::{Args, Subcommand, ValueEnum};
+use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
+use serde_json::{Value, json};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Default control API address of `atoll link serve`.
+pub const DEFAULT_CONTROL: &str = "127.0.0.1:7400";
+/// Default first listen port of the links `--cluster` derives.
+pub const DEFAULT_LISTEN_BASE: u16 = 7300;
+
+/// `atoll link`: emulate WAN links between regions and inject faults.
+#[derive(Args, Debug)]
+#[command(
+    after_help = "Examples:\n  atoll link serve --cluster examples/three-regions.toml --listen-base 7300 --control 127.0.0.1:7400\n  atoll link serve --config links.toml\n  atoll link ls\n  atoll link fault add us-east-1->eu-west-1 --kind partition --for 10m\n  atoll link fault add us-east-1->eu-west-1 --kind oneway --direction forward --for 30s\n  atoll link fault ls\n  atoll link fault rm us-east-1->eu-west-1 f-1"
+)]
+pub struct LinkArgs {
+    #[command(subcommand)]
+    pub command: LinkCommand,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum LinkCommand {
+    /// Serve links (a TCP proxy per link) and the control API until SIGINT/SIGTERM.
+    #[command(
+        after_help = "Examples:\n  atoll link serve --config links.toml --control 127.0.0.1:7400\n  atoll link serve --cluster atoll.toml --listen-base 7300\n\nWith --cluster, link A->B (one per ordered pair of regions, in file order) listens on\n127.0.0.1:<listen-base + k> and forwards to B's peer address, with the geo model's delay when\nboth regions have a location. One line per link is printed:\n  link NAME listening on ADDR -> UPSTREAM (one-way X ms)\nthen `atoll link control on http://ADDR`."
+    )]
+    Serve(ServeArgs),
+    /// List the links: addresses, shaping, active faults and counters.
+    #[command(
+        after_help = "Examples:\n  atoll link ls\n  atoll link ls --json --control http://127.0.0.1:7400"
+    )]
+    Ls(ControlArgs),
+    /// Change a link's base shaping (unprefixed flags set both directions unless the reverse
+    /// flag is given too).
+    #[command(
+        after_help = "Examples:\n  atoll link set us-east-1->eu-west-1 --latency-ms 80 --jitter-ms 2\n  atoll link set us-east-1->eu-west-1 --bandwidth 10MB/s --reverse-bandwidth unlimited"
+    )]
+    Set(SetArgs),
+    /// Add, renew, remove and list faults.
+    #[command(
+        after_help = "Examples:\n  atoll link fault add us-east-1->eu-west-1 --kind partition --mode stall --for 10m\n  atoll link fault renew us-east-1->eu-west-1 f-1 --for 5m\n  atoll link fault rm us-east-1->eu-west-1 f-1\n  atoll link fault ls"
+    )]
+    Fault(FaultArgs),
+}
+
+/// `atoll link serve`.
+#[derive(Args, Debug)]
+pub struct ServeArgs {
+    /// A links file (`[[links]]` tables: name, listen, upstream, latency_ms, jitter_ms,
+    /// bandwidth, reverse_*).
+    #[arg(
+        long,
+        value_name = "LINKS_TOML",
+        required_unless_present = "cluster",
+        conflicts_with = "cluster"
+    )]
+    pub config: Option<PathBuf>,
+    /// A cluster config (atoll.toml): one link per ordered pair of its regions.
+    #[arg(long, value_name = "ATOLL_TOML")]
+    pub cluster: Option<PathBuf>,
+    /// With --cluster: the first listen port (links take consecutive ports). Default 7300.
+    #[arg(long, value_name = "PORT", conflicts_with = "config")]
+    pub listen_base: Option<u16>,
+    /// Where the control API listens.
+    #[arg(long, value_name = "ADDR", default_value = DEFAULT_CONTROL)]
+    pub control: SocketAddr,
+}
+
+/// Where the control API of a running `atoll link serve` is.
+#[derive(Args, Debug, Clone)]
+pub struct ControlArgs {
+    /// The control API's URL (or ADDR).
+    #[arg(
+        long,
+        value_name = "URL",
+        env = "ATOLL_LINK_CONTROL",
+        default_value = "http://127.0.0.1:7400"
+    )]
+    pub control: String,
+    /// Print the API's JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `atoll link set`.
+#[derive(Args, Debug)]
+pub struct SetArgs {
+    /// The link, e.g. us-east-1->eu-west-1.
+    pub link: String,
+    /// One-way latency, ms (both directions unless --reverse-latency-ms).
+    #[arg(long)]
+    pub latency_ms: Option<f64>,
+    /// Jitter, ms (both directions unless --reverse-jitter-ms).
+    #[arg(long)]
+    pub jitter_ms: Option<f64>,
+    /// Bandwidth (10MB/s, 512KiB/s, 100Mbit/s, bytes per second, or `unlimited`).
+    #[arg(long)]
+    pub bandwidth: Option<String>,
+    /// Latency of the reverse direction (upstream to client), ms.
+    #[arg(long)]
+    pub reverse_latency_ms: Option<f64>,
+    /// Jitter of the reverse direction, ms.
+    #[arg(long)]
+    pub reverse_jitter_ms: Option<f64>,
+    /// Bandwidth of the reverse direction.
+    #[arg(long)]
+    pub reverse_bandwidth: Option<String>,
+    #[command(flatten)]
+    pub control: ControlArgs,
+}
+
+/// `atoll link fault`.
+#[derive(Args, Debug)]
+pub struct FaultArgs {
+    #[command(subcommand)]
+    pub command: FaultCommand,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum KindArg {
+    /// Cut the link both ways.
+    Partition,
+    /// Hold one direction's bytes.
+    Oneway,
+    /// Reset existing connections once.
+    Reset,
+    /// Add latency.
+    Latency,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum ModeArg {
+    /// Bytes and new connections wait until the fault ends.
+    Stall,
+    /// New connections are reset at once; existing ones are held.
+    Refuse,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum DirectionArg {
+    Forward,
+    Reverse,
+    Both,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum FaultCommand {
+    /// Add a fault for a lease; prints its id.
+    #[command(
+        after_help = "Examples:\n  atoll link fault add us-east-1->eu-west-1 --kind partition --for 10m\n  atoll link fault add us-east-1->eu-west-1 --kind partition --mode refuse --for 30s\n  atoll link fault add eu-west-1->us-east-1 --kind oneway --direction forward --for 1m\n  atoll link fault add us-east-1->eu-west-1 --kind latency --extra-ms 200 --for 5m\n  atoll link fault add us-east-1->eu-west-1 --kind reset --for 1m"
+    )]
+    Add {
+        /// The link, e.g. us-east-1->eu-west-1.
+        link: String,
+        #[arg(long, value_enum)]
+        kind: KindArg,
+        /// Partition mode (default stall).
+        #[arg(long, value_enum)]
+        mode: Option<ModeArg>,
+        /// Which direction (oneway: forward or reverse; latency: both, forward or reverse).
+        #[arg(long, value_enum)]
+        direction: Option<DirectionArg>,
+        /// Latency added by a latency fault, ms.
+        #[arg(long)]
+        extra_ms: Option<f64>,
+        /// The lease: the fault ends by itself after this long (500ms, 30s, 10m, 1h).
+        #[arg(long = "for", value_name = "DURATION")]
+        lease: String,
+        #[command(flatten)]
+        control: ControlArgs,
+    },
+    /// Remove a fault: the link heals from it at once.
+    #[command(after_help = "Example:\n  atoll link fault rm us-east-1->eu-west-1 f-1")]
+    Rm {
+        link: String,
+        /// The fault id (f-N) printed by `fault add`.
+        id: String,
+        #[command(flatten)]
+        control: ControlArgs,
+    },
+    /// Set a fault's lease to DURATION from now.
+    #[command(after_help = "Example:\n  atoll link fault renew us-east-1->eu-west-1 f-1 --for 5m")]
+    Renew {
+        link: String,
+        id: String,
+        #[arg(long = "for", value_name = "DURATION")]
+        lease: String,
+        #[command(flatten)]
+        control: ControlArgs,
+    },
+    /// List the active faults of every link (or of one).
+    #[command(
+        after_help = "Examples:\n  atoll link fault ls\n  atoll link fault ls us-east-1->eu-west-1 --json"
+    )]
+    Ls {
+        link: Option<String>,
+        #[command(flatten)]
+        control: ControlArgs,
+    },
+}
+
+/// Runs an `atoll link` subcommand. `serve` runs until SIGINT or SIGTERM.
+pub async fn run(args: LinkArgs) -> Result<()> {
+    match args.command {
+        LinkCommand::Serve(a) => serve(a).await,
+        LinkCommand::Ls(c) => {
+            let v = Client::new(&c)?.get("/v1/links").await?;
+            if c.json {
+                print_json(&v);
+            } else {
+                print!("{}", render_links(&v));
+            }
+            Ok(())
+        }
+        LinkCommand::Set(a) => {
+            let mut body = serde_json::Map::new();
+            let mut put = |k: &str, v: Value| {
+                body.insert(k.to_string(), v);
+            };
+            if let Some(v) = a.latency_ms {
+                put("latency_ms", json!(v));
+            }
+            if let Some(v) = a.jitter_ms {
+                put("jitter_ms", json!(v));
+            }
+            if let Some(v) = &a.bandwidth {
+                put("bandwidth", json!(v));
+            }
+            if let Some(v) = a.reverse_latency_ms {
+                put("reverse_latency_ms", json!(v));
+            }
+            if let Some(v) = a.reverse_jitter_ms {
+                put("reverse_jitter_ms", json!(v));
+            }
+            if let Some(v) = &a.reverse_bandwidth {
+                put("reverse_bandwidth", json!(v));
+            }
+            if body.is_empty() {
+                bail!(
+                    "nothing to change: give --latency-ms, --jitter-ms, --bandwidth or a --reverse-* flag"
+                );
+            }
+            let c = Client::new(&a.control)?;
+            let v = c
+                .send(
+                    reqwest::Method::PATCH,
+                    &link_path(&a.link, ""),
+                    Some(Value::Object(body)),
+                )
+                .await?;
+            if a.control.json {
+                print_json(&v);
+            } else {
+                print!("{}", render_link(&v));
+            }
+            Ok(())
+        }
+        LinkCommand::Fault(f) => fault(f.command).await,
+    }
+}
+
+async fn serve(a: ServeArgs) -> Result<()> {
+    serve_with(a, shutdown_signal(), |line| println!("{line}")).await
+}
+
+/// `atoll link serve` with the stop signal and the output made explicit (for `atoll demo` and
+/// tests): starts the links, reports one line per link ([`describe_link`]) and then
+/// `atoll link control on http://ADDR` through `out`, serves until `stop` resolves, then shuts
+/// down (every fault ends with it).
+pub async fn serve_with(
+    a: ServeArgs,
+    stop: impl std::future::Future<Output = ()>,
+    mut out: impl FnMut(String),
+) -> Result<()> {
+    let specs = match (&a.config, &a.cluster) {
+        (Some(path), _) => load_links(path).map_err(explain)?,
+        (None, Some(path)) => {
+            let cfg = atoll_config::Config::load(path).map_err(anyhow::Error::msg)?;
+            links_from_cluster(&cfg, a.listen_base.unwrap_or(DEFAULT_LISTEN_BASE))
+                .map_err(explain)?
+        }
+        (None, None) => bail!("give --config LINKS_TOML or --cluster ATOLL_TOML"),
+    };
+    let server = LinkServer::start(specs, Some(a.control))
+        .await
+        .map_err(explain)?;
+    for s in server.specs() {
+        out(describe_link(&s));
+    }
+    if let Some(addr) = server.control_addr() {
+        out(format!("atoll link control on http://{addr}"));
+    }
+    stop.await;
+    tracing::info!("stopping: every fault ends with this process");
+    server.shutdown().await;
+    Ok(())
+}
+
+/// `link NAME listening on ADDR -> UPSTREAM (one-way X ms)` (the line `serve` prints per link).
+pub fn describe_link(s: &crate::model::LinkSpec) -> String {
+    let mut line = format!(
+        "link {} listening on {} -> {} (one-way {} ms",
+        s.name, s.listen, s.upstream, s.forward.latency_ms
+    );
+    if s.reverse.latency_ms != s.forward.latency_ms {
+        line.push_str(&format!(", reverse {} ms", s.reverse.latency_ms));
+    }
+    line.push(')');
+    line
+}
+
+fn explain(e: LinkError) -> anyhow::Error {
+    anyhow!("{e} [{}]\nhint: {}", e.code(), e.hint())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+}
+
+async fn fault(cmd: FaultCommand) -> Result<()> {
+    match cmd {
+        FaultCommand::Add {
+            link,
+            kind,
+            mode,
+            direction,
+            extra_ms,
+            lease,
+            control,
+        } => {
+            let mut body = serde_json::Map::new();
+            let kind_name = match kind {
+                KindArg::Partition => "partition",
+                KindArg::Oneway => "oneway",
+                KindArg::Reset => "reset",
+                KindArg::Latency => "latency",
+            };
+            body.insert("kind".into(), json!(kind_name));
+            if let Some(m) = mode {
+                let m = match m {
+                    ModeArg::Stall => "stall",
+                    ModeArg::Refuse => "refuse",
+                };
+                body.insert("mode".into(), json!(m));
+            }
+            if let Some(d) = direction {
+                let d = match d {
+                    DirectionArg::Forward => "forward",
+                    DirectionArg::Reverse => "reverse",
+                    DirectionArg::Both => "both",
+                };
+                body.insert("direction".into(), json!(d));
+            }
+            if let Some(x) = extra_ms {
+                body.insert("extra_ms".into(), json!(x));
+            }
+            body.insert("for".into(), json!(lease));
+            let c = Client::new(&control)?;
+            let v = c
+                .send(
+                    reqwest::Method::POST,
+                    &link_path(&link, "/faults"),
+                    Some(Value::Object(body)),
+                )
+                .await?;
+            if control.json {
+                print_json(&v);
+            } else {
+                println!(
+                    "{}",
+                    v["id"]
+                        .as_str()
+                        .context("the server answered without an id")?
+                );
+            }
+            Ok(())
+        }
+        FaultCommand::Rm { link, id, control } => {
+            let c = Client::new(&control)?;
+            let v = c
+                .send(
+                    reqwest::Method::DELETE,
+                    &link_path(&link, &format!("/faults/{}", encode(&id))),
+                    None,
+                )
+                .await?;
+            if control.json {
+                print_json(&v);
+            } else {
+                println!("removed {id} from {link}");
+            }
+            Ok(())
+        }
+        FaultCommand::Renew {
+            link,
+            id,
+            lease,
+            control,
+        } => {
+            let c = Client::new(&control)?;
+            let v = c
+                .send(
+                    reqwest::Method::PUT,
+                    &link_path(&link, &format!("/faults/{}", encode(&id))),
+                    Some(json!({"for": lease})),
+                )
+                .await?;
+            if control.json {
+                print_json(&v);
+            } else {
+                println!(
+                    "renewed {id} on {link}: {} left",
+                    v["remaining"].as_str().unwrap_or("?")
+                );
+            }
+            Ok(())
+        }
+        FaultCommand::Ls { link, control } => {
+            let c = Client::new(&control)?;
+            let v = match &link {
+                Some(l) => {
+                    let one = c.get(&link_path(l, "")).await?;
+                    json!({"links": [one]})
+                }
+                None => c.get("/v1/links").await?,
+            };
+            if control.json {
+                print_json(&v);
+            } else {
+                print!("{}", render_faults(&v));
+            }
+            Ok(())
+        }
+    }
+}
+
+fn print_json(v: &Value) {
+    println!(
+        "{}",
+        serde_json::to_string_pretty(v).unwrap_or_else(|_| v.to_string())
+    );
+}
+
+/// Characters left as they are in a path segment: unreserved ones.
+const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
+
+/// Percent-encodes one path segment (`us-east-1->eu-west-1` → `us-east-1-%3Eeu-west-1`).
+pub fn encode(segment: &str) -> String {
+    utf8_percent_encode(segment, SEGMENT).to_string()
+}
+
+fn link_path(link: &str, rest: &str) -> String {
+    format!("/v1/links/{}{rest}", encode(link))
+}
+
+/// A small client of the control API.
+struct Client {
+    base: String,
+    http: reqwest::Client,
+}
+
+impl Client {
+    fn new(c: &ControlArgs) -> Result<Self> {
+        let base = c.control.trim_end_matches('/');
+        let base = if base.starts_with("http://") || base.starts_with("https://") {
+            base.to_string()
+        } else {
+            format!("http://{base}")
+        };
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .build()
+            .context("cannot build the HTTP client")?;
+        Ok(Self { base, http })
+    }
+
+    async fn get(&self, path: &str) -> Result<Value> {
+        self.send(reqwest::Method::GET, path, None).await
+    }
+
+    async fn send(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> Result<Value> {
+        let url = format!("{}{path}", self.base);
+        let mut req = self.http.request(method.clone(), &url);
+        if let Some(b) = &body {
+            req = req.json(b);
+        }
+        let resp = req.send().await.with_context(|| {
+            format!(
+                "cannot reach the link control API at {} (is `atoll link serve` running? set --control)",
+                self.base
+            )
+        })?;
+        let status = resp.status();
+        let text = resp.text().await.context("reading the response")?;
+        let v: Value = serde_json::from_str(&text).unwrap_or(Value::String(text));
+        if status.is_success() {
+            return Ok(v);
+        }
+        let e = &v["error"];
+        match (e["code"].as_str(), e["message"].as_str()) {
+            (Some(code), Some(message)) => Err(anyhow!(
+                "{message} [{code}]{}",
+                e["hint"]
+                    .as_str()
+                    .map(|h| format!("\nhint: {h}"))
+                    .unwrap_or_default()
+            )),
+            _ => Err(anyhow!("{method} {url}: HTTP {status}: {v}")),
+        }
+    }
+}
+
+fn num(v: &Value) -> String {
+    match v.as_f64() {
+        Some(x) => format!("{x}"),
+        None => "?".into(),
+    }
+}
+
+fn shaping(v: &Value) -> String {
+    let mut s = format!("{} ms", num(&v["latency_ms"]));
+    if v["jitter_ms"].as_f64().unwrap_or(0.0) > 0.0 {
+        s = format!("{}±{} ms", num(&v["latency_ms"]), num(&v["jitter_ms"]));
+    }
+    if let Some(b) = v["bandwidth_bytes_per_sec"].as_u64() {
+        s.push_str(&format!(" {}", crate::units::format_bandwidth(b)));
+    }
+    s
+}
+
+fn render_link(l: &Value) -> String {
+    let c = &l["counters"];
+    let mut out = format!(
+        "{}  {} -> {}  forward {}  reverse {}  connections {} open / {} total  bytes {} forward / {} reverse\n",
+        l["name"].as_str().unwrap_or("?"),
+        l["listen"].as_str().unwrap_or("?"),
+        l["upstream"].as_str().unwrap_or("?"),
+        shaping(&l["forward"]),
+        shaping(&l["reverse"]),
+        c["connections_open"],
+        c["connections_total"],
+        c["forward_bytes"],
+        c["reverse_bytes"],
+    );
+    for f in l["faults"].as_array().into_iter().flatten() {
+        out.push_str(&format!(
+            "  {}  {}  {} left\n",
+            f["id"].as_str().unwrap_or("?"),
+            f["description"].as_str().unwrap_or("?"),
+            f["remaining"].as_str().unwrap_or("?"),
+        ));
+    }
+    out
+}
+
+fn render_links(v: &Value) -> String {
+    let links = v["links"].as_array().cloned().unwrap_or_default();
+    if links.is_empty() {
+        return "no links\n".into();
+    }
+    links.iter().map(render_link).collect()
+}
+
+fn render_faults(v: &Value) -> String {
+    let mut rows = vec![];
+    for l in v["links"].as_array().into_iter().flatten() {
+        for f in l["faults"].as_array().into_iter().flatten() {
+            rows.push(format!(
+                "{}  {}  {}  {} left",
+                l["name"].as_str().unwrap_or("?"),
+                f["id"].as_str().unwrap_or("?"),
+                f["description"].as_str().unwrap_or("?"),
+                f["remaining"].as_str().unwrap_or("?"),
+            ));
+        }
+    }
+    if rows.is_empty() {
+        return "no active faults\n".into();
+    }
+    rows.join("\n") + "\n"
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::{CommandFactory, FromArgMatches, Parser};
+
+    #[derive(Parser, Debug)]
+    struct Top {
+        #[command(subcommand)]
+        cmd: Top2,
+    }
+
+    #[derive(Subcommand, Debug)]
+    enum Top2 {
+        Link(LinkArgs),
+    }
+
+    fn parse(args: &[&str]) -> Result<LinkArgs, clap::Error> {
+        let mut full = vec!["atoll"];
+        full.extend_from_slice(args);
+        let m = Top::command().try_get_matches_from(full)?;
+        let Top2::Link(a) = Top::from_arg_matches(&m)?.cmd;
+        Ok(a)
+    }
+
+    #[test]
+    fn parses_commands() {
+        Top::command().debug_assert();
+        let a = parse(&[
+            "link",
+            "serve",
+            "--cluster",
+            "atoll.toml",
+            "--listen-base",
+            "7300",
+        ])
+        .unwrap();
+        match a.command {
+            LinkCommand::Serve(s) => {
+                assert_eq!(s.listen_base, Some(7300));
+                assert_eq!(s.control, DEFAULT_CONTROL.parse().unwrap());
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(
+            parse(&["link", "serve"]).is_err(),
+            "needs --config or --cluster"
+        );
+        assert!(parse(&["link", "serve", "--config", "a", "--cluster", "b"]).is_err());
+        assert!(parse(&["link", "serve", "--config", "a", "--listen-base", "1"]).is_err());
+        let a = parse(&[
+            "link",
+            "fault",
+            "add",
+            "us-east-1->eu-west-1",
+            "--kind",
+            "partition",
+            "--mode",
+            "stall",
+            "--for",
+            "10m",
+            "--control",
+            "http://127.0.0.1:9",
+        ])
+        .unwrap();
+        match a.command {
+            LinkCommand::Fault(FaultArgs {
+                command:
+                    FaultCommand::Add {
+                        link,
+                        kind,
+                        mode,
+                        lease,
+                        control,
+                        ..
+                    },
+            }) => {
+                assert_eq!(link, "us-east-1->eu-west-1");
+                assert_eq!(kind, KindArg::Partition);
+                assert_eq!(mode, Some(ModeArg::Stall));
+                assert_eq!(lease, "10m");
+                assert_eq!(control.control, "http://127.0.0.1:9");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(
+            parse(&["link", "fault", "add", "x", "--kind", "partition"]).is_err(),
+            "--for required"
+        );
+        assert!(parse(&["link", "fault", "renew", "x", "f-1", "--for", "5m"]).is_ok());
+        assert!(parse(&["link", "fault", "rm", "x", "f-1"]).is_ok());
+        assert!(parse(&["link", "fault", "ls"]).is_ok());
+        assert!(parse(&["link", "set", "x", "--latency-ms", "5"]).is_ok());
+    }
+
+    #[test]
+    fn encodes_link_names() {
+        assert_eq!(encode("us-east-1->eu-west-1"), "us-east-1-%3Eeu-west-1");
+        assert_eq!(link_path("a->b", "/faults"), "/v1/links/a-%3Eb/faults");
+    }
+
+    #[test]
+    fn describes_links() {
+        let s = crate::model::LinkSpec::new(
+            "a->b",
+            "127.0.0.1:7300".parse().unwrap(),
+            "127.0.0.1:7101".parse().unwrap(),
+        )
+        .with_delay(39.8);
+        assert_eq!(
+            describe_link(&s),
+            "link a->b listening on 127.0.0.1:7300 -> 127.0.0.1:7101 (one-way 39.8 ms)"
+        );
+    }
+}

@@ -1,0 +1,628 @@
+//! The control HTTP API of a link server (axum). Every request is validated completely before
+//! anything changes; bad input gets `4xx` with `{"error": {"code", "message", "hint",
+//! "retryable"}}` and changes nothing.
+//!
+//! | route | does |
+//! | --- | --- |
+//! | `GET /v1/links` | every link: name, regions, listen, upstream, shaping, effect, faults (id, remaining lease), counters |
+//! | `GET /v1/links/{name}` | one link |
+//! | `PATCH /v1/links/{name}` | change base shaping: `{"latency_ms", "jitter_ms", "bandwidth", "reverse_latency_ms", "reverse_jitter_ms", "reverse_bandwidth"}` (any subset) |
+//! | `GET /v1/links/{name}/faults` | the link's active faults |
+//! | `POST /v1/links/{name}/faults` | add a fault: `{"kind": "partition", "mode": "stall", "for": "10m"}` → `201` with its `id` |
+//! | `DELETE /v1/links/{name}/faults` | remove every fault of the link |
+//! | `PUT /v1/links/{name}/faults/{id}` | renew: `{"for": "5m"}` |
+//! | `DELETE /v1/links/{name}/faults/{id}` | remove one fault |
+//! | `GET /healthz` | `200 {"status": "ok"}` |
+//! | `GET /metrics` | OpenMetrics text |
+//!
+//! Link names go in the path percent-encoded (`us-east-1-%3Eeu-west-1`); a literal `>` works too.
+//!
+//! Fault bodies: `kind` is `partition` (`mode`: `stall` (default) or `refuse`), `oneway`
+//! (`direction`: `forward` or `reverse`, required), `reset`, or `latency` (`extra_ms` required,
+//! `direction`: `both` (default), `forward` or `reverse`); `for` (the lease, e.g. `30s`, `10m`,
+//! `1h`) is required. A field that does not apply to the kind is an error, as is any unknown field.
+
+use crate::error::LinkError;
+use crate::metrics::OPENMETRICS_CONTENT_TYPE;
+use crate::model::{Direction, FaultId, FaultKind, PartitionMode, Shaping, SpikeDirection};
+use crate::proxy::Shared;
+use crate::units::{parse_bandwidth, parse_duration_ms};
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::rejection::PathRejection;
+use axum::extract::{Path, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use serde_json::{Value, json};
+use std::sync::Arc;
+
+/// Every route of the control API with its methods.
+pub const ROUTES: &[(&str, &[&str])] = &[
+    ("/v1/links", &["GET"]),
+    ("/v1/links/{name}", &["GET", "PATCH"]),
+    ("/v1/links/{name}/faults", &["GET", "POST", "DELETE"]),
+    ("/v1/links/{name}/faults/{id}", &["PUT", "DELETE"]),
+    ("/healthz", &["GET"]),
+    ("/metrics", &["GET"]),
+];
+
+type Shared_ = Arc<Shared>;
+
+struct ApiError(LinkError);
+
+impl From<LinkError> for ApiError {
+    fn from(e: LinkError) -> Self {
+        Self(e)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        error_response(&self.0)
+    }
+}
+
+fn error_response(e: &LinkError) -> Response {
+    let status = StatusCode::from_u16(e.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    (status, axum::Json(e.to_json())).into_response()
+}
+
+/// A JSON error that is not a [`LinkError`] (unknown route, wrong method).
+fn plain_error(status: StatusCode, code: &str, message: String, hint: &str) -> Response {
+    let body = json!({"error": {
+        "code": code,
+        "message": message,
+        "hint": hint,
+        "retryable": false,
+    }});
+    (status, axum::Json(body)).into_response()
+}
+
+type ApiResult = Result<Response, ApiError>;
+
+/// Builds the control API's router over the server's shared state.
+pub(crate) fn router(shared: Shared_) -> Router {
+    Router::new()
+        .route("/v1/links", get(list_links))
+        .route("/v1/links/{name}", get(get_link).patch(patch_link))
+        .route(
+            "/v1/links/{name}/faults",
+            get(list_faults).post(add_fault).delete(clear_faults),
+        )
+        .route(
+            "/v1/links/{name}/faults/{id}",
+            axum::routing::put(renew_fault).delete(remove_fault),
+        )
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
+        .fallback(route_not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .with_state(shared)
+}
+
+async fn route_not_found(uri: axum::http::Uri) -> Response {
+    plain_error(
+        StatusCode::NOT_FOUND,
+        "ATOLL-NOT-FOUND",
+        format!("no route {}", uri.path()),
+        "the control API serves /v1/links, /v1/links/{name}, /v1/links/{name}/faults[/{id}], /healthz and /metrics",
+    )
+}
+
+async fn method_not_allowed(method: axum::http::Method, uri: axum::http::Uri) -> Response {
+    plain_error(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "ATOLL-METHOD-NOT-ALLOWED",
+        format!("{method} is not allowed on {}", uri.path()),
+        "see the route table in `atoll link --help`",
+    )
+}
+
+fn path<T>(p: Result<Path<T>, PathRejection>) -> Result<T, ApiError> {
+    match p {
+        Ok(Path(v)) => Ok(v),
+        Err(e) => Err(LinkError::invalid("path", e.body_text()).into()),
+    }
+}
+
+fn body<T: DeserializeOwned>(bytes: &Bytes) -> Result<T, ApiError> {
+    serde_json::from_slice(bytes).map_err(|e| LinkError::MalformedBody(e.to_string()).into())
+}
+
+fn json_response(status: StatusCode, v: Value) -> Response {
+    (status, axum::Json(v)).into_response()
+}
+
+fn to_value<T: serde::Serialize>(v: &T) -> Value {
+    serde_json::to_value(v).unwrap_or(Value::Null)
+}
+
+async fn healthz() -> Response {
+    json_response(StatusCode::OK, json!({"status": "ok"}))
+}
+
+async fn metrics(State(s): State<Shared_>) -> Response {
+    (
+        [(header::CONTENT_TYPE, OPENMETRICS_CONTENT_TYPE)],
+        s.metrics.encode(),
+    )
+        .into_response()
+}
+
+async fn list_links(State(s): State<Shared_>) -> Response {
+    json_response(StatusCode::OK, json!({"links": to_value(&s.status())}))
+}
+
+async fn get_link(State(s): State<Shared_>, p: Result<Path<String>, PathRejection>) -> ApiResult {
+    let name = path(p)?;
+    Ok(json_response(
+        StatusCode::OK,
+        to_value(&s.link_status(&name)?),
+    ))
+}
+
+async fn list_faults(
+    State(s): State<Shared_>,
+    p: Result<Path<String>, PathRejection>,
+) -> ApiResult {
+    let name = path(p)?;
+    let status = s.link_status(&name)?;
+    Ok(json_response(
+        StatusCode::OK,
+        json!({"link": name, "faults": to_value(&status.faults)}),
+    ))
+}
+
+/// `POST /v1/links/{name}/faults` body.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FaultRequest {
+    kind: String,
+    mode: Option<String>,
+    direction: Option<String>,
+    extra_ms: Option<f64>,
+    #[serde(rename = "for")]
+    lease: Option<String>,
+}
+
+/// A fault request's kind and lease, validated.
+pub fn parse_fault_request(body: &Value) -> Result<(FaultKind, u64), LinkError> {
+    let req: FaultRequest = serde_json::from_value(body.clone())
+        .map_err(|e| LinkError::MalformedBody(e.to_string()))?;
+    fault_from_request(&req)
+}
+
+fn not_for(field: &str, kind: &str) -> LinkError {
+    let applies = match field {
+        "mode" => "partition",
+        "direction" => "oneway and latency",
+        _ => "latency",
+    };
+    LinkError::invalid(
+        field,
+        format!("does not apply to kind `{kind}` (only to {applies})"),
+    )
+}
+
+fn fault_from_request(req: &FaultRequest) -> Result<(FaultKind, u64), LinkError> {
+    let kind = match req.kind.as_str() {
+        "partition" => {
+            if req.direction.is_some() {
+                return Err(not_for("direction", "partition"));
+            }
+            if req.extra_ms.is_some() {
+                return Err(not_for("extra_ms", "partition"));
+            }
+            let mode = match req.mode.as_deref() {
+                None | Some("stall") => PartitionMode::Stall,
+                Some("refuse") => PartitionMode::Refuse,
+                Some(other) => {
+                    return Err(LinkError::invalid(
+                        "mode",
+                        format!("`{other}`: use stall or refuse"),
+                    ));
+                }
+            };
+            FaultKind::Partition { mode }
+        }
+        "oneway" => {
+            if req.mode.is_some() {
+                return Err(not_for("mode", "oneway"));
+            }
+            if req.extra_ms.is_some() {
+                return Err(not_for("extra_ms", "oneway"));
+            }
+            let direction = match req.direction.as_deref() {
+                Some("forward") => Direction::Forward,
+                Some("reverse") => Direction::Reverse,
+                Some(other) => {
+                    return Err(LinkError::invalid(
+                        "direction",
+                        format!("`{other}`: a oneway fault holds forward or reverse"),
+                    ));
+                }
+                None => {
+                    return Err(LinkError::invalid(
+                        "direction",
+                        "required for kind oneway: forward (client to upstream) or reverse",
+                    ));
+                }
+            };
+            FaultKind::OneWay { direction }
+        }
+        "reset" => {
+            for (field, present) in [
+                ("mode", req.mode.is_some()),
+                ("direction", req.direction.is_some()),
+                ("extra_ms", req.extra_ms.is_some()),
+            ] {
+                if present {
+                    return Err(not_for(field, "reset"));
+                }
+            }
+            FaultKind::Reset
+        }
+        "latency" => {
+            if req.mode.is_some() {
+                return Err(not_for("mode", "latency"));
+            }
+            let direction = match req.direction.as_deref() {
+                None | Some("both") => SpikeDirection::Both,
+                Some("forward") => SpikeDirection::Forward,
+                Some("reverse") => SpikeDirection::Reverse,
+                Some(other) => {
+                    return Err(LinkError::invalid(
+                        "direction",
+                        format!("`{other}`: use both, forward or reverse"),
+                    ));
+                }
+            };
+            let extra_ms = req.extra_ms.ok_or_else(|| {
+                LinkError::invalid("extra_ms", "required for kind latency (ms added one way)")
+            })?;
+            FaultKind::LatencySpike {
+                extra_ms,
+                direction,
+            }
+        }
+        other => {
+            return Err(LinkError::invalid(
+                "kind",
+                format!("`{other}`: use partition, oneway, reset or latency"),
+            ));
+        }
+    };
+    kind.validate()?;
+    let lease_text = req.lease.as_deref().ok_or_else(|| {
+        LinkError::invalid(
+            "for",
+            "required: how long the fault lasts (e.g. 30s, 10m); faults always expire",
+        )
+    })?;
+    let lease_ms = parse_duration_ms(lease_text, "for")?;
+    crate::model::validate_lease("for", lease_ms)?;
+    Ok((kind, lease_ms))
+}
+
+async fn add_fault(
+    State(s): State<Shared_>,
+    p: Result<Path<String>, PathRejection>,
+    bytes: Bytes,
+) -> ApiResult {
+    let name = path(p)?;
+    let req: FaultRequest = body(&bytes)?;
+    // Unknown link before bad body fields? Both are errors; the link is checked by add_fault,
+    // after the body is fully validated, so nothing is half-applied either way.
+    let (kind, lease_ms) = fault_from_request(&req)?;
+    let info = s.add_fault(&name, kind, lease_ms)?;
+    let mut v = to_value(&info);
+    if let Value::Object(m) = &mut v {
+        m.insert("link".into(), Value::String(name));
+    }
+    Ok(json_response(StatusCode::CREATED, v))
+}
+
+/// `PUT /v1/links/{name}/faults/{id}` body.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RenewRequest {
+    #[serde(rename = "for")]
+    lease: String,
+}
+
+async fn renew_fault(
+    State(s): State<Shared_>,
+    p: Result<Path<(String, String)>, PathRejection>,
+    bytes: Bytes,
+) -> ApiResult {
+    let (name, id) = path(p)?;
+    let id: FaultId = id.parse()?;
+    let req: RenewRequest = body(&bytes)?;
+    let lease_ms = parse_duration_ms(&req.lease, "for")?;
+    crate::model::validate_lease("for", lease_ms)?;
+    let info = s.renew_fault(&name, id, lease_ms)?;
+    let mut v = to_value(&info);
+    if let Value::Object(m) = &mut v {
+        m.insert("link".into(), Value::String(name));
+    }
+    Ok(json_response(StatusCode::OK, v))
+}
+
+async fn remove_fault(
+    State(s): State<Shared_>,
+    p: Result<Path<(String, String)>, PathRejection>,
+) -> ApiResult {
+    let (name, id) = path(p)?;
+    let id: FaultId = id.parse()?;
+    let info = s.remove_fault(&name, id)?;
+    Ok(json_response(
+        StatusCode::OK,
+        json!({"link": name, "removed": to_value(&info)}),
+    ))
+}
+
+async fn clear_faults(
+    State(s): State<Shared_>,
+    p: Result<Path<String>, PathRejection>,
+) -> ApiResult {
+    let name = path(p)?;
+    let n = s.clear_faults(Some(&name))?;
+    Ok(json_response(
+        StatusCode::OK,
+        json!({"link": name, "removed": n}),
+    ))
+}
+
+/// `bandwidth` in a patch: bytes per second, a string like `"10MB/s"`, or `"unlimited"`.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum BandwidthValue {
+    Bytes(i64),
+    Text(String),
+}
+
+impl BandwidthValue {
+    fn resolve(&self, field: &str) -> Result<Option<u64>, LinkError> {
+        match self {
+            BandwidthValue::Text(t) if t == "unlimited" => Ok(None),
+            BandwidthValue::Text(t) => parse_bandwidth(t, field).map(Some),
+            BandwidthValue::Bytes(n) if *n > 0 => Ok(Some(*n as u64)),
+            BandwidthValue::Bytes(n) => Err(LinkError::invalid(
+                field,
+                format!("{n} bytes per second: must be above 0 (or \"unlimited\")"),
+            )),
+        }
+    }
+}
+
+/// `PATCH /v1/links/{name}` body: an unprefixed field sets the forward direction and, unless its
+/// `reverse_` twin is given too, the reverse direction; a `reverse_` field sets only the reverse.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ShapingPatch {
+    latency_ms: Option<f64>,
+    jitter_ms: Option<f64>,
+    bandwidth: Option<BandwidthValue>,
+    reverse_latency_ms: Option<f64>,
+    reverse_jitter_ms: Option<f64>,
+    reverse_bandwidth: Option<BandwidthValue>,
+}
+
+/// Applies a shaping patch to `(forward, reverse)`; the result is validated by the caller.
+fn apply_patch(
+    patch: &ShapingPatch,
+    (mut f, mut r): (Shaping, Shaping),
+) -> Result<(Shaping, Shaping), LinkError> {
+    if let Some(v) = patch.latency_ms {
+        f.latency_ms = v;
+        r.latency_ms = v;
+    }
+    if let Some(v) = patch.jitter_ms {
+        f.jitter_ms = v;
+        r.jitter_ms = v;
+    }
+    if let Some(b) = &patch.bandwidth {
+        let b = b.resolve("bandwidth")?;
+        f.bandwidth_bytes_per_sec = b;
+        r.bandwidth_bytes_per_sec = b;
+    }
+    if let Some(v) = patch.reverse_latency_ms {
+        r.latency_ms = v;
+    }
+    if let Some(v) = patch.reverse_jitter_ms {
+        r.jitter_ms = v;
+    }
+    if let Some(b) = &patch.reverse_bandwidth {
+        r.bandwidth_bytes_per_sec = b.resolve("reverse_bandwidth")?;
+    }
+    Ok((f, r))
+}
+
+async fn patch_link(
+    State(s): State<Shared_>,
+    p: Result<Path<String>, PathRejection>,
+    bytes: Bytes,
+) -> ApiResult {
+    let name = path(p)?;
+    let patch: ShapingPatch = body(&bytes)?;
+    let current = s.shaping(&name)?;
+    let (f, r) = apply_patch(&patch, current)?;
+    s.set_shaping(&name, f, r)?;
+    Ok(json_response(
+        StatusCode::OK,
+        to_value(&s.link_status(&name)?),
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(v: Value) -> Result<(FaultKind, u64), LinkError> {
+        parse_fault_request(&v)
+    }
+
+    #[test]
+    fn fault_requests() {
+        assert_eq!(
+            parse(json!({"kind": "partition", "for": "10m"})).unwrap(),
+            (
+                FaultKind::Partition {
+                    mode: PartitionMode::Stall
+                },
+                600_000
+            )
+        );
+        assert_eq!(
+            parse(json!({"kind": "partition", "mode": "refuse", "for": "30s"}))
+                .unwrap()
+                .0,
+            FaultKind::Partition {
+                mode: PartitionMode::Refuse
+            }
+        );
+        assert_eq!(
+            parse(json!({"kind": "oneway", "direction": "reverse", "for": "1h"})).unwrap(),
+            (
+                FaultKind::OneWay {
+                    direction: Direction::Reverse
+                },
+                3_600_000
+            )
+        );
+        assert_eq!(
+            parse(json!({"kind": "reset", "for": "500ms"})).unwrap(),
+            (FaultKind::Reset, 500)
+        );
+        assert_eq!(
+            parse(json!({"kind": "latency", "extra_ms": 200, "for": "1m"}))
+                .unwrap()
+                .0,
+            FaultKind::LatencySpike {
+                extra_ms: 200.0,
+                direction: SpikeDirection::Both
+            }
+        );
+    }
+
+    #[test]
+    fn bad_fault_requests_name_the_field() {
+        let cases = [
+            (json!({"kind": "partition"}), "for", "ATOLL-LINK-INVALID"),
+            (
+                json!({"kind": "partition", "for": "0s"}),
+                "for",
+                "ATOLL-LINK-INVALID",
+            ),
+            (
+                json!({"kind": "partition", "for": "25h"}),
+                "for",
+                "ATOLL-LINK-INVALID",
+            ),
+            (
+                json!({"kind": "partition", "for": "10"}),
+                "for",
+                "ATOLL-LINK-INVALID",
+            ),
+            (
+                json!({"kind": "partition", "for": 10}),
+                "string",
+                "ATOLL-MALFORMED-BODY",
+            ),
+            (
+                json!({"kind": "flood", "for": "1m"}),
+                "kind",
+                "ATOLL-LINK-INVALID",
+            ),
+            (json!({"for": "1m"}), "kind", "ATOLL-MALFORMED-BODY"),
+            (
+                json!({"kind": "partition", "mode": "drop", "for": "1m"}),
+                "mode",
+                "ATOLL-LINK-INVALID",
+            ),
+            (
+                json!({"kind": "partition", "direction": "forward", "for": "1m"}),
+                "direction",
+                "ATOLL-LINK-INVALID",
+            ),
+            (
+                json!({"kind": "oneway", "for": "1m"}),
+                "direction",
+                "ATOLL-LINK-INVALID",
+            ),
+            (
+                json!({"kind": "oneway", "direction": "both", "for": "1m"}),
+                "direction",
+                "ATOLL-LINK-INVALID",
+            ),
+            (
+                json!({"kind": "oneway", "direction": "forward", "mode": "stall", "for": "1m"}),
+                "mode",
+                "ATOLL-LINK-INVALID",
+            ),
+            (
+                json!({"kind": "reset", "extra_ms": 5, "for": "1m"}),
+                "extra_ms",
+                "ATOLL-LINK-INVALID",
+            ),
+            (
+                json!({"kind": "latency", "for": "1m"}),
+                "extra_ms",
+                "ATOLL-LINK-INVALID",
+            ),
+            (
+                json!({"kind": "latency", "extra_ms": -5, "for": "1m"}),
+                "extra_ms",
+                "ATOLL-LINK-INVALID",
+            ),
+            (
+                json!({"kind": "latency", "extra_ms": 90000, "for": "1m"}),
+                "extra_ms",
+                "ATOLL-LINK-INVALID",
+            ),
+            (
+                json!({"kind": "latency", "extra_ms": 5, "for": "1m", "colour": 1}),
+                "colour",
+                "ATOLL-MALFORMED-BODY",
+            ),
+        ];
+        for (v, needle, code) in cases {
+            let e = parse(v.clone()).unwrap_err();
+            assert_eq!(e.code(), code, "{v}: {e}");
+            assert!(e.to_string().contains(needle), "{v}: {e}");
+            assert_eq!(e.http_status(), 400);
+        }
+    }
+
+    #[test]
+    fn shaping_patches() {
+        let base = (Shaping::delay(10.0), Shaping::delay(20.0));
+        let p: ShapingPatch = serde_json::from_value(json!({"latency_ms": 40})).unwrap();
+        let (f, r) = apply_patch(&p, base).unwrap();
+        assert_eq!((f.latency_ms, r.latency_ms), (40.0, 40.0));
+        let p: ShapingPatch = serde_json::from_value(
+            json!({"latency_ms": 40, "reverse_latency_ms": 5, "bandwidth": "1MB/s"}),
+        )
+        .unwrap();
+        let (f, r) = apply_patch(&p, base).unwrap();
+        assert_eq!((f.latency_ms, r.latency_ms), (40.0, 5.0));
+        assert_eq!(f.bandwidth_bytes_per_sec, Some(1_000_000));
+        assert_eq!(r.bandwidth_bytes_per_sec, Some(1_000_000));
+        let p: ShapingPatch =
+            serde_json::from_value(json!({"reverse_bandwidth": "unlimited"})).unwrap();
+        let (f, r) = apply_patch(&p, (f, r)).unwrap();
+        assert_eq!(f.bandwidth_bytes_per_sec, Some(1_000_000));
+        assert_eq!(r.bandwidth_bytes_per_sec, None);
+        let p: ShapingPatch = serde_json::from_value(json!({"bandwidth": 0})).unwrap();
+        assert!(
+            apply_patch(&p, base)
+                .unwrap_err()
+                .to_string()
+                .contains("bandwidth")
+        );
+        assert!(serde_json::from_value::<ShapingPatch>(json!({"latency": 4})).is_err());
+    }
+}

@@ -1,0 +1,152 @@
+//! Errors of `atoll link`. Like every atoll error, each has a stable code (`ATOLL-...`), the HTTP
+//! status the control API answers it with, whether retrying may succeed, and a hint. The control
+//! API renders them as `{"error": {"code", "message", "hint", "retryable"}}`.
+
+use serde_json::{Value, json};
+use thiserror::Error;
+
+/// Result alias of this crate.
+pub type Result<T, E = LinkError> = std::result::Result<T, E>;
+
+/// Everything `atoll link` can refuse or fail at.
+#[derive(Debug, Error)]
+pub enum LinkError {
+    /// A value is out of range or malformed. `field` names it (`latency_ms`, `for`,
+    /// `reverse_bandwidth`, `links[2].listen`, ...).
+    #[error("invalid {field}: {reason}")]
+    Invalid { field: String, reason: String },
+    /// No link has this name.
+    #[error("unknown link `{0}`")]
+    UnknownLink(String),
+    /// The fault id is not active on the link: it never existed, was removed, or its lease ended.
+    #[error("fault {id} is not active on link `{link}`: {}", if *.expired { "its lease ended (the link healed by itself)" } else { "no such fault (never added, or removed)" })]
+    UnknownFault {
+        link: String,
+        id: String,
+        /// Whether the id was active recently and expired by its lease.
+        expired: bool,
+    },
+    /// A link already has the most active faults allowed.
+    #[error("link `{link}` already has {max} active faults")]
+    TooManyFaults { link: String, max: usize },
+    /// A request body is not valid JSON or does not have the expected shape.
+    #[error("malformed request body: {0}")]
+    MalformedBody(String),
+    /// A link config (links.toml, or the links derived from atoll.toml) is invalid.
+    #[error("invalid link config: {0}")]
+    Config(String),
+    /// A socket could not be bound or another I/O step failed.
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The link server is shutting down.
+    #[error("the link server is shutting down")]
+    ShuttingDown,
+}
+
+impl LinkError {
+    /// A [`LinkError::Invalid`] naming `field`.
+    pub fn invalid(field: impl Into<String>, reason: impl Into<String>) -> Self {
+        Self::Invalid {
+            field: field.into(),
+            reason: reason.into(),
+        }
+    }
+
+    /// Stable machine-readable code.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::Invalid { .. } => "ATOLL-LINK-INVALID",
+            Self::UnknownLink(_) => "ATOLL-LINK-UNKNOWN-LINK",
+            Self::UnknownFault { expired: false, .. } => "ATOLL-LINK-UNKNOWN-FAULT",
+            Self::UnknownFault { expired: true, .. } => "ATOLL-LINK-FAULT-EXPIRED",
+            Self::TooManyFaults { .. } => "ATOLL-LINK-TOO-MANY-FAULTS",
+            Self::MalformedBody(_) => "ATOLL-MALFORMED-BODY",
+            Self::Config(_) => "ATOLL-CONFIG",
+            Self::Io { .. } => "ATOLL-LINK-IO",
+            Self::ShuttingDown => "ATOLL-SHUTTING-DOWN",
+        }
+    }
+
+    /// HTTP status the control API answers this error with.
+    pub fn http_status(&self) -> u16 {
+        match self {
+            Self::Invalid { .. } | Self::MalformedBody(_) | Self::Config(_) => 400,
+            Self::UnknownLink(_) | Self::UnknownFault { .. } => 404,
+            Self::TooManyFaults { .. } => 409,
+            Self::Io { .. } => 500,
+            Self::ShuttingDown => 503,
+        }
+    }
+
+    /// Whether the same request may succeed if simply sent again.
+    pub fn retryable(&self) -> bool {
+        matches!(self, Self::Io { .. })
+    }
+
+    /// What the operator should do about it.
+    pub fn hint(&self) -> &'static str {
+        match self {
+            Self::Invalid { .. } => {
+                "delays are 0..=60000 ms, jitter at most 10x the latency, bandwidth above 0 (e.g. \"10MB/s\"), leases 1ms..=24h (e.g. \"30s\", \"10m\")"
+            }
+            Self::UnknownLink(_) => {
+                "list the links with `atoll link ls` or GET /v1/links; percent-encode the name in the path (us-east-1-%3Eeu-west-1)"
+            }
+            Self::UnknownFault { expired: false, .. } => {
+                "list the active faults with `atoll link fault ls`"
+            }
+            Self::UnknownFault { expired: true, .. } => {
+                "add a new fault, and renew it before its lease ends to keep it"
+            }
+            Self::TooManyFaults { .. } => {
+                "remove faults you no longer need, or wait for leases to end"
+            }
+            Self::MalformedBody(_) => {
+                "send JSON such as {\"kind\": \"partition\", \"mode\": \"stall\", \"for\": \"30s\"}; unknown fields are rejected"
+            }
+            Self::Config(_) => {
+                "fix the link config; every link needs a unique name and listen address"
+            }
+            Self::Io { .. } => "check that the address is free and reachable, then retry",
+            Self::ShuttingDown => "start the link server again",
+        }
+    }
+
+    /// The JSON error body: `{"error": {"code", "message", "hint", "retryable"}}`.
+    pub fn to_json(&self) -> Value {
+        json!({"error": {
+            "code": self.code(),
+            "message": self.to_string(),
+            "hint": self.hint(),
+            "retryable": self.retryable(),
+        }})
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_statuses_and_body() {
+        let e = LinkError::UnknownFault {
+            link: "a->b".into(),
+            id: "f-7".into(),
+            expired: true,
+        };
+        assert_eq!(e.code(), "ATOLL-LINK-FAULT-EXPIRED");
+        assert_eq!(e.http_status(), 404);
+        assert!(e.to_string().contains("f-7"));
+        let body = e.to_json();
+        assert_eq!(body["error"]["code"], "ATOLL-LINK-FAULT-EXPIRED");
+        assert_eq!(body["error"]["retryable"], false);
+        assert!(body["error"]["hint"].as_str().unwrap().len() > 10);
+        let e = LinkError::invalid("latency_ms", "must not be negative");
+        assert_eq!(e.to_string(), "invalid latency_ms: must not be negative");
+        assert_eq!(e.http_status(), 400);
+    }
+}

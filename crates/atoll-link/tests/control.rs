@@ -1,0 +1,744 @@
+//! The control HTTP API and the CLI client against a real link server on 127.0.0.1: the happy
+//! path, and bad input that must get a 4xx JSON error and change nothing.
+
+mod common;
+
+use atoll_link::cli::{self, ControlArgs, FaultArgs, FaultCommand, KindArg, LinkArgs, LinkCommand};
+use atoll_link::{LinkServer, LinkStatus, Shaping};
+use common::*;
+use reqwest::{Client, Method, StatusCode};
+use serde_json::Value;
+use std::time::Duration;
+
+const LINK: &str = "us-east-1->eu-west-1";
+const ENCODED: &str = "us-east-1-%3Eeu-west-1";
+
+async fn server() -> LinkServer {
+    let echo = echo_server().await;
+    let specs = vec![
+        spec(LINK, echo, Shaping::delay(5.0)),
+        spec("eu-west-1->us-east-1", echo, Shaping::delay(5.0)),
+    ];
+    LinkServer::start(specs, Some(LOCAL.parse().unwrap()))
+        .await
+        .unwrap()
+}
+
+struct Api {
+    base: String,
+    http: Client,
+}
+
+impl Api {
+    fn new(s: &LinkServer) -> Self {
+        Self {
+            base: s.control_url().unwrap(),
+            http: Client::builder()
+                .timeout(Duration::from_secs(10))
+                .build()
+                .unwrap(),
+        }
+    }
+
+    async fn call(&self, method: Method, path: &str, body: Option<&str>) -> (StatusCode, Value) {
+        let mut req = self.http.request(method, format!("{}{path}", self.base));
+        if let Some(b) = body {
+            req = req
+                .header("content-type", "application/json")
+                .body(b.to_string());
+        }
+        let resp = req.send().await.unwrap();
+        let status = resp.status();
+        let text = resp.text().await.unwrap();
+        let v = serde_json::from_str(&text).unwrap_or(Value::String(text));
+        (status, v)
+    }
+}
+
+/// What must not change when a request is refused: shaping and faults (ids and kinds).
+fn snapshot(s: &LinkServer) -> Vec<(String, Shaping, Shaping, Vec<String>)> {
+    s.status()
+        .into_iter()
+        .map(|l: LinkStatus| {
+            (
+                l.name,
+                l.forward,
+                l.reverse,
+                l.faults
+                    .iter()
+                    .map(|f| format!("{} {}", f.id, f.description))
+                    .collect(),
+            )
+        })
+        .collect()
+}
+
+fn assert_error(status: StatusCode, body: &Value, want_status: u16, code: &str, what: &str) {
+    assert_eq!(status.as_u16(), want_status, "{what}: {body}");
+    let e = &body["error"];
+    assert_eq!(e["code"], code, "{what}: {body}");
+    assert!(
+        e["message"].as_str().is_some_and(|m| !m.is_empty()),
+        "{what}: {body}"
+    );
+    assert!(
+        e["hint"].as_str().is_some_and(|m| !m.is_empty()),
+        "{what}: {body}"
+    );
+    assert_eq!(e["retryable"], false, "{what}: {body}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fault_lifecycle_over_http() {
+    let server = server().await;
+    let api = Api::new(&server);
+
+    let (st, v) = api.call(Method::GET, "/healthz", None).await;
+    assert_eq!(st, 200);
+    assert_eq!(v["status"], "ok");
+
+    let (st, v) = api.call(Method::GET, "/v1/links", None).await;
+    assert_eq!(st, 200);
+    let links = v["links"].as_array().unwrap();
+    assert_eq!(links.len(), 2);
+    assert_eq!(links[0]["name"], LINK);
+    assert_eq!(links[0]["from_region"], "us-east-1");
+    assert_eq!(links[0]["to_region"], "eu-west-1");
+    assert_eq!(links[0]["forward"]["latency_ms"], 5.0);
+    assert_eq!(
+        links[0]["listen"],
+        server.listen_addr(LINK).unwrap().to_string()
+    );
+    assert!(links[0]["counters"]["forward_bytes"].is_u64());
+
+    let path = format!("/v1/links/{ENCODED}/faults");
+    let (st, v) = api
+        .call(
+            Method::POST,
+            &path,
+            Some(r#"{"kind": "partition", "mode": "stall", "for": "10m"}"#),
+        )
+        .await;
+    assert_eq!(st, 201, "{v}");
+    let id = v["id"].as_str().unwrap().to_string();
+    assert_eq!(id, "f-1");
+    assert_eq!(v["kind"], "partition");
+    assert_eq!(v["mode"], "stall");
+    assert_eq!(v["link"], LINK);
+    assert!(v["remaining_ms"].as_u64().unwrap() > 590_000);
+
+    // A literal `>` in the path works too.
+    let (st, v) = api
+        .call(
+            Method::POST,
+            "/v1/links/us-east-1->eu-west-1/faults",
+            Some(r#"{"kind": "latency", "extra_ms": 100, "direction": "reverse", "for": "1m"}"#),
+        )
+        .await;
+    assert_eq!(st, 201, "{v}");
+    assert_eq!(v["id"], "f-2");
+
+    let (st, v) = api.call(Method::GET, &path, None).await;
+    assert_eq!(st, 200);
+    let faults = v["faults"].as_array().unwrap();
+    assert_eq!(faults.len(), 2);
+    assert_eq!(faults[1]["extra_ms"], 100.0);
+    let (_, v) = api
+        .call(Method::GET, &format!("/v1/links/{ENCODED}"), None)
+        .await;
+    assert_eq!(v["effective"]["forward"]["blocked"], true);
+    assert_eq!(v["effective"]["reverse"]["latency_ms"], 105.0);
+    assert_eq!(v["effective"]["stall_new"], true);
+
+    let (st, v) = api
+        .call(
+            Method::PUT,
+            &format!("{path}/{id}"),
+            Some(r#"{"for": "30s"}"#),
+        )
+        .await;
+    assert_eq!(st, 200, "{v}");
+    assert!(v["remaining_ms"].as_u64().unwrap() <= 30_000);
+
+    let (st, v) = api
+        .call(Method::DELETE, &format!("{path}/{id}"), None)
+        .await;
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(v["removed"]["id"], id);
+    let (st, v) = api
+        .call(Method::DELETE, &format!("{path}/{id}"), None)
+        .await;
+    assert_error(st, &v, 404, "ATOLL-LINK-UNKNOWN-FAULT", "removed twice");
+    assert!(v["error"]["message"].as_str().unwrap().contains("f-1"));
+
+    let (st, v) = api.call(Method::DELETE, &path, None).await;
+    assert_eq!(st, 200);
+    assert_eq!(v["removed"], 1);
+    assert!(server.link_status(LINK).unwrap().faults.is_empty());
+
+    let (st, v) = api
+        .call(
+            Method::PATCH,
+            &format!("/v1/links/{ENCODED}"),
+            Some(r#"{"latency_ms": 40, "jitter_ms": 2, "reverse_bandwidth": "10MB/s"}"#),
+        )
+        .await;
+    assert_eq!(st, 200, "{v}");
+    let (f, r) = server.shaping(LINK).unwrap();
+    assert_eq!(
+        (f.latency_ms, f.jitter_ms, f.bandwidth_bytes_per_sec),
+        (40.0, 2.0, None)
+    );
+    assert_eq!(
+        (r.latency_ms, r.jitter_ms, r.bandwidth_bytes_per_sec),
+        (40.0, 2.0, Some(10_000_000))
+    );
+    server.shutdown().await;
+}
+
+/// (method, path, body, expected status, expected code, what it checks)
+type BadCase = (
+    Method,
+    String,
+    Option<&'static str>,
+    u16,
+    &'static str,
+    &'static str,
+);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_is_refused_and_changes_nothing() {
+    let server = server().await;
+    let api = Api::new(&server);
+    let faults = format!("/v1/links/{ENCODED}/faults");
+    let link = format!("/v1/links/{ENCODED}");
+    // One fault to renew and remove, so "nothing changed" also covers faults.
+    let (st, v) = api
+        .call(
+            Method::POST,
+            &faults,
+            Some(r#"{"kind": "reset", "for": "10m"}"#),
+        )
+        .await;
+    assert_eq!(st, 201, "{v}");
+    let before = snapshot(&server);
+
+    let cases: Vec<BadCase> = vec![
+        (
+            Method::POST,
+            faults.clone(),
+            Some(r#"{"kind": "partition", "for": "#),
+            400,
+            "ATOLL-MALFORMED-BODY",
+            "malformed JSON",
+        ),
+        (
+            Method::POST,
+            faults.clone(),
+            Some("not json"),
+            400,
+            "ATOLL-MALFORMED-BODY",
+            "not JSON",
+        ),
+        (
+            Method::POST,
+            faults.clone(),
+            Some(""),
+            400,
+            "ATOLL-MALFORMED-BODY",
+            "empty body",
+        ),
+        (
+            Method::POST,
+            faults.clone(),
+            Some(r#"{"kind": "partition", "for": "1m", "severity": 9}"#),
+            400,
+            "ATOLL-MALFORMED-BODY",
+            "unknown field",
+        ),
+        (
+            Method::POST,
+            faults.clone(),
+            Some(r#"{"kind": "partition", "for": "0s"}"#),
+            400,
+            "ATOLL-LINK-INVALID",
+            "lease 0",
+        ),
+        (
+            Method::POST,
+            faults.clone(),
+            Some(r#"{"kind": "partition", "for": "48h"}"#),
+            400,
+            "ATOLL-LINK-INVALID",
+            "lease over 24h",
+        ),
+        (
+            Method::POST,
+            faults.clone(),
+            Some(r#"{"kind": "partition"}"#),
+            400,
+            "ATOLL-LINK-INVALID",
+            "no lease",
+        ),
+        (
+            Method::POST,
+            faults.clone(),
+            Some(r#"{"kind": "latency", "extra_ms": -20, "for": "1m"}"#),
+            400,
+            "ATOLL-LINK-INVALID",
+            "negative spike",
+        ),
+        (
+            Method::POST,
+            faults.clone(),
+            Some(r#"{"kind": "oneway", "for": "1m"}"#),
+            400,
+            "ATOLL-LINK-INVALID",
+            "oneway without direction",
+        ),
+        (
+            Method::POST,
+            faults.clone(),
+            Some(r#"{"kind": "meteor", "for": "1m"}"#),
+            400,
+            "ATOLL-LINK-INVALID",
+            "unknown kind",
+        ),
+        (
+            Method::POST,
+            "/v1/links/nowhere/faults".into(),
+            Some(r#"{"kind": "partition", "for": "1m"}"#),
+            404,
+            "ATOLL-LINK-UNKNOWN-LINK",
+            "unknown link",
+        ),
+        (
+            Method::PUT,
+            format!("{faults}/f-99"),
+            Some(r#"{"for": "1m"}"#),
+            404,
+            "ATOLL-LINK-UNKNOWN-FAULT",
+            "renew unknown id",
+        ),
+        (
+            Method::PUT,
+            format!("{faults}/f-1"),
+            Some(r#"{"for": "0ms"}"#),
+            400,
+            "ATOLL-LINK-INVALID",
+            "renew with lease 0",
+        ),
+        (
+            Method::PUT,
+            format!("{faults}/f-1"),
+            Some(r#"{"for": "1m", "extra": 1}"#),
+            400,
+            "ATOLL-MALFORMED-BODY",
+            "renew unknown field",
+        ),
+        (
+            Method::PUT,
+            format!("{faults}/banana"),
+            Some(r#"{"for": "1m"}"#),
+            400,
+            "ATOLL-LINK-INVALID",
+            "malformed id",
+        ),
+        (
+            Method::DELETE,
+            format!("{faults}/f-99"),
+            None,
+            404,
+            "ATOLL-LINK-UNKNOWN-FAULT",
+            "remove unknown id",
+        ),
+        (
+            Method::DELETE,
+            "/v1/links/nowhere/faults/f-1".into(),
+            None,
+            404,
+            "ATOLL-LINK-UNKNOWN-LINK",
+            "remove on unknown link",
+        ),
+        (
+            Method::PATCH,
+            link.clone(),
+            Some(r#"{"latency_ms": -5}"#),
+            400,
+            "ATOLL-LINK-INVALID",
+            "negative delay",
+        ),
+        (
+            Method::PATCH,
+            link.clone(),
+            Some(r#"{"latency_ms": 61000}"#),
+            400,
+            "ATOLL-LINK-INVALID",
+            "absurd delay",
+        ),
+        (
+            Method::PATCH,
+            link.clone(),
+            Some(r#"{"latency_ms": 1, "jitter_ms": 50}"#),
+            400,
+            "ATOLL-LINK-INVALID",
+            "jitter over 10x latency",
+        ),
+        (
+            Method::PATCH,
+            link.clone(),
+            Some(r#"{"bandwidth": 0}"#),
+            400,
+            "ATOLL-LINK-INVALID",
+            "zero bandwidth",
+        ),
+        (
+            Method::PATCH,
+            link.clone(),
+            Some(r#"{"latency_ms": 50, "reverse_bandwidth": "0MB/s"}"#),
+            400,
+            "ATOLL-LINK-INVALID",
+            "half-valid patch",
+        ),
+        (
+            Method::PATCH,
+            link.clone(),
+            Some(r#"{"latency": 5}"#),
+            400,
+            "ATOLL-MALFORMED-BODY",
+            "patch unknown field",
+        ),
+        (
+            Method::PATCH,
+            "/v1/links/nowhere".into(),
+            Some(r#"{"latency_ms": 5}"#),
+            404,
+            "ATOLL-LINK-UNKNOWN-LINK",
+            "patch unknown link",
+        ),
+        (
+            Method::GET,
+            "/v1/links/nowhere".into(),
+            None,
+            404,
+            "ATOLL-LINK-UNKNOWN-LINK",
+            "get unknown link",
+        ),
+        (
+            Method::GET,
+            "/v2/links".into(),
+            None,
+            404,
+            "ATOLL-NOT-FOUND",
+            "unknown route",
+        ),
+        (
+            Method::POST,
+            "/v1/links".into(),
+            Some("{}"),
+            405,
+            "ATOLL-METHOD-NOT-ALLOWED",
+            "wrong method",
+        ),
+    ];
+    for (method, path, body, want, code, what) in cases {
+        let (st, v) = api.call(method, &path, body).await;
+        assert_error(st, &v, want, code, what);
+        assert_eq!(snapshot(&server), before, "{what} changed something");
+    }
+    // The field is named in the message.
+    let (_, v) = api
+        .call(Method::PATCH, &link, Some(r#"{"reverse_latency_ms": -1}"#))
+        .await;
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("reverse_latency_ms"),
+        "{v}"
+    );
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expired_fault_ids_say_so() {
+    let server = server().await;
+    let api = Api::new(&server);
+    let faults = format!("/v1/links/{ENCODED}/faults");
+    let (st, v) = api
+        .call(
+            Method::POST,
+            &faults,
+            Some(r#"{"kind": "oneway", "direction": "reverse", "for": "100ms"}"#),
+        )
+        .await;
+    assert_eq!(st, 201, "{v}");
+    let id = v["id"].as_str().unwrap().to_string();
+    wait_until(Duration::from_secs(3), "the lease to end", || async {
+        server.link_status(LINK).unwrap().faults.is_empty()
+    })
+    .await;
+    for (method, body) in [
+        (Method::PUT, Some(r#"{"for": "1m"}"#)),
+        (Method::DELETE, None),
+    ] {
+        let (st, v) = api.call(method, &format!("{faults}/{id}"), body).await;
+        assert_error(st, &v, 404, "ATOLL-LINK-FAULT-EXPIRED", "expired id");
+        assert!(v["error"]["message"].as_str().unwrap().contains(&id));
+    }
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_are_exported() {
+    let server = server().await;
+    let api = Api::new(&server);
+    let mut s = connect(&server, LINK).await;
+    round_trips(&mut s, 2, 10).await;
+    // Bytes are counted once written; the echo may reach the client a moment before that.
+    wait_until(Duration::from_secs(2), "the byte counters", || async {
+        let c = server.link_status(LINK).unwrap().counters;
+        c.forward_bytes == 20 && c.reverse_bytes == 20
+    })
+    .await;
+    server
+        .add_fault(LINK, atoll_link::FaultKind::Reset, Duration::from_secs(60))
+        .unwrap();
+    let resp = api
+        .http
+        .get(format!("{}/metrics", api.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let ct = resp.headers()["content-type"].to_str().unwrap().to_string();
+    assert!(ct.starts_with("application/openmetrics-text"), "{ct}");
+    let text = resp.text().await.unwrap();
+    for needle in [
+        "atoll_link_bytes_total{link=\"us-east-1->eu-west-1\",direction=\"forward\"} 20",
+        "atoll_link_bytes_total{link=\"us-east-1->eu-west-1\",direction=\"reverse\"} 20",
+        "atoll_link_connections{link=\"eu-west-1->us-east-1\"} 0",
+        "atoll_link_connections_opened_total{link=\"us-east-1->eu-west-1\"} 1",
+        "atoll_link_faults_active{link=\"us-east-1->eu-west-1\"} 1",
+        "atoll_link_faults_active{link=\"eu-west-1->us-east-1\"} 0",
+        "atoll_link_delay_seconds{link=\"us-east-1->eu-west-1\",direction=\"forward\"} 0.005",
+        "# EOF",
+    ] {
+        assert!(text.contains(needle), "missing `{needle}` in:\n{text}");
+    }
+    server.shutdown().await;
+}
+
+fn control(s: &LinkServer) -> ControlArgs {
+    ControlArgs {
+        control: s.control_url().unwrap(),
+        json: false,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_client_commands() {
+    let server = server().await;
+    let add = LinkArgs {
+        command: LinkCommand::Fault(FaultArgs {
+            command: FaultCommand::Add {
+                link: LINK.into(),
+                kind: KindArg::Partition,
+                mode: None,
+                direction: None,
+                extra_ms: None,
+                lease: "10m".into(),
+                control: control(&server),
+            },
+        }),
+    };
+    cli::run(add).await.unwrap();
+    assert_eq!(server.link_status(LINK).unwrap().faults.len(), 1);
+    let ls = LinkArgs {
+        command: LinkCommand::Fault(FaultArgs {
+            command: FaultCommand::Ls {
+                link: None,
+                control: control(&server),
+            },
+        }),
+    };
+    cli::run(ls).await.unwrap();
+    let renew = LinkArgs {
+        command: LinkCommand::Fault(FaultArgs {
+            command: FaultCommand::Renew {
+                link: LINK.into(),
+                id: "f-1".into(),
+                lease: "1h".into(),
+                control: control(&server),
+            },
+        }),
+    };
+    cli::run(renew).await.unwrap();
+    assert!(server.link_status(LINK).unwrap().faults[0].remaining_ms > 3_500_000);
+    let rm = |id: &str| LinkArgs {
+        command: LinkCommand::Fault(FaultArgs {
+            command: FaultCommand::Rm {
+                link: LINK.into(),
+                id: id.into(),
+                control: control(&server),
+            },
+        }),
+    };
+    cli::run(rm("f-1")).await.unwrap();
+    assert!(server.link_status(LINK).unwrap().faults.is_empty());
+    let e = cli::run(rm("f-1")).await.unwrap_err().to_string();
+    assert!(
+        e.contains("ATOLL-LINK-UNKNOWN-FAULT") && e.contains("f-1"),
+        "{e}"
+    );
+    let bad = LinkArgs {
+        command: LinkCommand::Fault(FaultArgs {
+            command: FaultCommand::Add {
+                link: LINK.into(),
+                kind: KindArg::Oneway,
+                mode: None,
+                direction: None,
+                extra_ms: None,
+                lease: "10m".into(),
+                control: control(&server),
+            },
+        }),
+    };
+    let e = cli::run(bad).await.unwrap_err().to_string();
+    assert!(e.contains("direction"), "{e}");
+    let ls = LinkArgs {
+        command: LinkCommand::Ls(control(&server)),
+    };
+    cli::run(ls).await.unwrap();
+    server.shutdown().await;
+    // Nothing listening any more: a clear error, not a hang.
+    let gone = LinkArgs {
+        command: LinkCommand::Ls(ControlArgs {
+            control: "127.0.0.1:1".into(),
+            json: false,
+        }),
+    };
+    let e = cli::run(gone).await.unwrap_err().to_string();
+    assert!(e.contains("cannot reach"), "{e}");
+}
+
+/// Reads the lines `serve` reports: (name, listen, upstream) per link, and the control URL.
+async fn serve_lines(
+    rx: &mut tokio::sync::mpsc::UnboundedReceiver<String>,
+    links: usize,
+) -> (Vec<(String, String, String)>, String) {
+    let mut out = Vec::new();
+    for _ in 0..links {
+        let line = tokio::time::timeout(Duration::from_secs(5), rx.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        let rest = line.strip_prefix("link ").unwrap();
+        let (name, rest) = rest.split_once(" listening on ").unwrap();
+        let (listen, rest) = rest.split_once(" -> ").unwrap();
+        let (upstream, delay) = rest.split_once(" (one-way ").unwrap();
+        assert!(delay.ends_with(" ms)"), "{line}");
+        out.push((name.to_string(), listen.to_string(), upstream.to_string()));
+    }
+    let line = tokio::time::timeout(Duration::from_secs(5), rx.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    let url = line
+        .strip_prefix("atoll link control on ")
+        .unwrap()
+        .to_string();
+    (out, url)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_from_a_links_file_reports_and_stops() {
+    let echo = echo_server().await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("links.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[[links]]\nname = \"{LINK}\"\nlisten = \"127.0.0.1:0\"\nupstream = \"{echo}\"\nlatency_ms = 2\n"
+        ),
+    )
+    .unwrap();
+    let args = cli::ServeArgs {
+        config: Some(path),
+        cluster: None,
+        listen_base: None,
+        control: LOCAL.parse().unwrap(),
+    };
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(cli::serve_with(
+        args,
+        async move {
+            let _ = stop_rx.await;
+        },
+        move |line| {
+            let _ = tx.send(line);
+        },
+    ));
+    let (links, url) = serve_lines(&mut rx, 1).await;
+    assert_eq!(links[0].0, LINK);
+    assert_eq!(links[0].2, echo.to_string());
+    let mut s = tokio::net::TcpStream::connect(&links[0].1).await.unwrap();
+    let rtt = round_trips(&mut s, 3, 8).await;
+    assert!(rtt.iter().all(|&ms| ms >= 4.0), "{rtt:?}");
+    let v: Value = Client::new()
+        .get(format!("{url}/v1/links"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(v["links"][0]["name"], LINK);
+    stop_tx.send(()).unwrap();
+    tokio::time::timeout(Duration::from_secs(5), task)
+        .await
+        .expect("serve did not stop")
+        .unwrap()
+        .unwrap();
+    assert!(tokio::net::TcpStream::connect(&links[0].1).await.is_err());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_from_a_cluster_config() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("atoll.toml");
+    std::fs::write(
+        &path,
+        "[cluster]\nname = \"demo\"\n\n[[regions]]\nname = \"us-east-1\"\napi = \"127.0.0.1:7100\"\nlocation = { lat = 38.9, lon = -77.4 }\n\n[[regions]]\nname = \"eu-west-1\"\napi = \"127.0.0.1:7101\"\nlocation = { lat = 53.3, lon = -6.3 }\n\n[[keyspaces]]\nname = \"s\"\npolicy = \"lww\"\n",
+    )
+    .unwrap();
+    let args = cli::ServeArgs {
+        config: None,
+        cluster: Some(path),
+        listen_base: Some(0),
+        control: LOCAL.parse().unwrap(),
+    };
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(cli::serve_with(
+        args,
+        async move {
+            let _ = stop_rx.await;
+        },
+        move |line| {
+            let _ = tx.send(line);
+        },
+    ));
+    let (links, _url) = serve_lines(&mut rx, 2).await;
+    assert_eq!(links[0].0, "us-east-1->eu-west-1");
+    assert_eq!(links[0].2, "127.0.0.1:7101");
+    assert_eq!(links[1].0, "eu-west-1->us-east-1");
+    assert_eq!(links[1].2, "127.0.0.1:7100");
+    stop_tx.send(()).unwrap();
+    tokio::time::timeout(Duration::from_secs(5), task)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+}

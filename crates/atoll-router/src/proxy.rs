@@ -1,0 +1,542 @@
+//! The HTTP reverse proxy: the anycast-style fast path that fails over per request.
+//!
+//! Every request is routed by one routed name's policy ([`RouterState::decide`], client location
+//! unknown, so the latency policy uses the measured round trips). The request goes to the first
+//! region of the decision; if that fails it may go to the next one:
+//!
+//! - **Connection failures** (the connection could not be made: refused, unreachable, connect
+//!   timeout): the request never reached the region, so it is retried on the next region, whatever
+//!   its method.
+//! - **The request may have reached the region** (the connection broke after the request was
+//!   written, or no response came within the upstream timeout): retried only when idempotent,
+//!   i.e. `GET`, `HEAD` and `OPTIONS` on any path and `PUT`/`DELETE` on `/v1/kv/...`. Anything
+//!   else (a `POST` counter increment or set update) is **never** replayed: the client gets
+//!   `502 ATOLL-UPSTREAM-OUTCOME-UNKNOWN`, because doing it twice would count twice.
+//! - A `502`/`503`/`504` answer to an idempotent request is retried on the next region too; other
+//!   answers go back to the client as they are.
+//!
+//! Every attempt's outcome feeds passive outlier detection
+//! ([`RouterState::observe_request`]): consecutive failures (connection errors, timeouts, 5xx)
+//! eject a region before the active checks notice. Responses carry `X-Atoll-Routed-To`. When
+//! nothing is routable under `no_healthy = "fail-closed"`, the proxy answers
+//! `503 ATOLL-NO-HEALTHY-REGION`. Request bodies are buffered (up to
+//! [`ProxySettings::max_body_bytes`], else `413`) so that they can be replayed.
+//!
+//! [`RouterState::decide`]: crate::state::RouterState::decide
+//! [`RouterState::observe_request`]: crate::state::RouterState::observe_request
+
+use crate::health::HealthState;
+use crate::metrics::mode_str;
+use crate::policy::Mode;
+use crate::prober::describe_client_error;
+use crate::runtime::RouterCtx;
+use crate::state::RegionEntry;
+use atoll_config::router::RoutedName;
+use atoll_core::RegionId;
+use axum::body::Body;
+use axum::extract::{ConnectInfo, Request, State};
+use axum::http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use axum::http::{Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::{Bytes, Frame, Incoming, SizeHint};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use prometheus_client::metrics::gauge::Gauge;
+use serde_json::json;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+/// Response header naming the region that answered.
+pub const ROUTED_TO_HEADER: &str = "x-atoll-routed-to";
+
+/// Proxy limits and timeouts.
+#[derive(Clone, Debug)]
+pub struct ProxySettings {
+    /// Largest request body buffered for replay; larger requests get `413`.
+    pub max_body_bytes: usize,
+    /// Longest wait for a connection to a region (a failure here is always retried).
+    pub connect_timeout: Duration,
+    /// Longest wait for a region's response head once the request is sent.
+    pub upstream_timeout: Duration,
+    /// How long an idle pooled connection to a region is kept.
+    pub pool_idle_timeout: Duration,
+    /// Most idle pooled connections per region.
+    pub pool_max_idle_per_region: usize,
+}
+
+impl Default for ProxySettings {
+    fn default() -> Self {
+        Self {
+            max_body_bytes: 16 << 20,
+            connect_timeout: Duration::from_secs(1),
+            upstream_timeout: Duration::from_secs(30),
+            pool_idle_timeout: Duration::from_secs(30),
+            pool_max_idle_per_region: 64,
+        }
+    }
+}
+
+/// Whether a request may be sent again after it may already have reached a region.
+pub fn is_idempotent(method: &Method, path: &str) -> bool {
+    match *method {
+        Method::GET | Method::HEAD | Method::OPTIONS => true,
+        Method::PUT | Method::DELETE => path.starts_with("/v1/kv/"),
+        _ => false,
+    }
+}
+
+/// Hop-by-hop headers, which a proxy must not forward.
+const HOP_BY_HOP: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
+fn strip_hop_by_hop(h: &mut HeaderMap) {
+    // Headers named by `Connection` are hop-by-hop too.
+    let named: Vec<HeaderName> = h
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .collect();
+    for n in named {
+        h.remove(n);
+    }
+    for n in HOP_BY_HOP {
+        h.remove(*n);
+    }
+}
+
+/// An error answered by the router itself, in atoll's JSON error shape.
+pub(crate) fn error_response(
+    status: StatusCode,
+    code: &str,
+    message: impl Into<String>,
+    hint: &str,
+    retryable: bool,
+) -> Response {
+    let body = json!({"error": {
+        "code": code,
+        "message": message.into(),
+        "hint": hint,
+        "retryable": retryable,
+    }});
+    (status, axum::Json(body)).into_response()
+}
+
+/// Decrements a region's in-flight gauge when dropped.
+struct InFlight(Gauge);
+
+impl InFlight {
+    fn new(g: Gauge) -> Self {
+        g.inc();
+        Self(g)
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+/// A region's response body, counted as in flight until it ends.
+struct Guarded {
+    inner: Incoming,
+    _guard: InFlight,
+}
+
+impl hyper::body::Body for Guarded {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// Why an attempt failed.
+enum Failure {
+    /// The connection could not be made: the request did not reach the region.
+    Connect(String),
+    /// The request may have reached the region.
+    Broken(String),
+    /// No response head within the upstream timeout.
+    Timeout,
+    /// The region answered 502/503/504.
+    Status(Response),
+}
+
+/// The proxy of one routed name.
+pub struct Proxy {
+    ctx: RouterCtx,
+    name: RoutedName,
+    client: Client<HttpConnector, Full<Bytes>>,
+    settings: ProxySettings,
+}
+
+impl Proxy {
+    pub fn new(ctx: RouterCtx, name: RoutedName, settings: ProxySettings) -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(settings.connect_timeout));
+        connector.set_nodelay(true);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_timer(TokioTimer::new())
+            .pool_idle_timeout(settings.pool_idle_timeout)
+            .pool_max_idle_per_host(settings.pool_max_idle_per_region)
+            .build(connector);
+        Self {
+            ctx,
+            name,
+            client,
+            settings,
+        }
+    }
+
+    /// The routed name whose policy this proxy follows.
+    pub fn name(&self) -> &RoutedName {
+        &self.name
+    }
+
+    fn report(&self, region: &RegionId, ok: bool) {
+        let now = self.ctx.now_ms();
+        match self.ctx.state.observe_request(region, ok, now) {
+            Ok(Some(t)) if t.to == HealthState::Unhealthy => {
+                tracing::warn!(
+                    region = region.as_str(),
+                    reason = %t.reason,
+                    "region ejected by passive outlier detection: no new traffic until its health checks recover"
+                );
+                self.ctx.metrics.ejected(region.as_str());
+                self.ctx.metrics.refresh(&self.ctx.state, now);
+            }
+            Ok(_) => {}
+            Err(e) => tracing::error!("cannot record a request outcome: {e}"),
+        }
+    }
+
+    fn finish(&self, region: &str, mut resp: Response) -> Response {
+        self.ctx
+            .metrics
+            .observe_request(region, resp.status().as_u16());
+        if region != "none"
+            && let Ok(v) = HeaderValue::from_str(region)
+        {
+            resp.headers_mut().insert(ROUTED_TO_HEADER, v);
+        }
+        resp
+    }
+
+    async fn attempt(
+        &self,
+        region: &RegionEntry,
+        parts: &axum::http::request::Parts,
+        body: &Bytes,
+        client: Option<SocketAddr>,
+    ) -> Result<Response, Failure> {
+        let pq = parts
+            .uri
+            .path_and_query()
+            .map(|p| p.as_str())
+            .unwrap_or("/");
+        let uri: Uri = format!("http://{}{pq}", region.api)
+            .parse()
+            .map_err(|e| Failure::Connect(format!("bad upstream URL: {e}")))?;
+        let mut headers = parts.headers.clone();
+        strip_hop_by_hop(&mut headers);
+        if let Some(host) = headers.remove(header::HOST) {
+            headers.insert("x-forwarded-host", host);
+        }
+        if let Some(c) = client {
+            let xff = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+                Some(prev) => format!("{prev}, {}", c.ip()),
+                None => c.ip().to_string(),
+            };
+            if let Ok(v) = HeaderValue::from_str(&xff) {
+                headers.insert("x-forwarded-for", v);
+            }
+        }
+        let mut req = hyper::Request::new(Full::new(body.clone()));
+        *req.method_mut() = parts.method.clone();
+        *req.uri_mut() = uri;
+        *req.headers_mut() = headers;
+
+        let name = region.name.as_str();
+        let guard = InFlight::new(self.ctx.metrics.connections(name));
+        let start = Instant::now();
+        let res =
+            tokio::time::timeout(self.settings.upstream_timeout, self.client.request(req)).await;
+        let resp = match res {
+            Err(_) => return Err(Failure::Timeout),
+            Ok(Err(e)) if e.is_connect() => {
+                return Err(Failure::Connect(describe_client_error(&e)));
+            }
+            Ok(Err(e)) => return Err(Failure::Broken(describe_client_error(&e))),
+            Ok(Ok(r)) => r,
+        };
+        self.ctx.metrics.observe_upstream(name, start.elapsed());
+        let (mut rparts, rbody) = resp.into_parts();
+        strip_hop_by_hop(&mut rparts.headers);
+        let out = Response::from_parts(
+            rparts,
+            Body::new(Guarded {
+                inner: rbody,
+                _guard: guard,
+            }),
+        );
+        if matches!(out.status().as_u16(), 502..=504) {
+            return Err(Failure::Status(out));
+        }
+        Ok(out)
+    }
+
+    /// Proxies one request.
+    pub async fn handle(&self, req: Request, client: Option<SocketAddr>) -> Response {
+        let (parts, body) = req.into_parts();
+        let body = match Limited::new(body, self.settings.max_body_bytes)
+            .collect()
+            .await
+        {
+            Ok(b) => b.to_bytes(),
+            Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+                return self.finish(
+                    "none",
+                    error_response(
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        "ATOLL-REQUEST-TOO-LARGE",
+                        format!(
+                            "the request body is over the router's limit of {} bytes",
+                            self.settings.max_body_bytes
+                        ),
+                        "the router buffers request bodies so that it can replay them on another region; send smaller requests or talk to a region directly",
+                        false,
+                    ),
+                );
+            }
+            Err(e) => {
+                return self.finish(
+                    "none",
+                    error_response(
+                        StatusCode::BAD_REQUEST,
+                        "ATOLL-MALFORMED-BODY",
+                        format!("cannot read the request body: {e}"),
+                        "send the whole body",
+                        true,
+                    ),
+                );
+            }
+        };
+
+        let now = self.ctx.now_ms();
+        let choice = match self
+            .ctx
+            .state
+            .decide(&self.name, None, fastrand::f64(), now)
+        {
+            Ok(c) => c,
+            Err(e) => {
+                return self.finish(
+                    "none",
+                    error_response(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        e.code(),
+                        e.to_string(),
+                        e.hint(),
+                        e.retryable(),
+                    ),
+                );
+            }
+        };
+        self.ctx
+            .metrics
+            .record_mode(&self.name.fqdn, choice.mode, now);
+        if choice.ranked.is_empty() {
+            let why = match choice.mode {
+                Mode::FailClosed => format!(
+                    "no region serving `{}` is healthy, and its no_healthy policy is fail-closed",
+                    self.name.fqdn
+                ),
+                Mode::LastKnownGood => format!(
+                    "no region serving `{}` is healthy, and none has been healthy since the router started (no_healthy = last-known-good)",
+                    self.name.fqdn
+                ),
+                m => format!(
+                    "no region serving `{}` can be routed to (mode {})",
+                    self.name.fqdn,
+                    mode_str(m)
+                ),
+            };
+            return self.finish(
+                "none",
+                error_response(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "ATOLL-NO-HEALTHY-REGION",
+                    why,
+                    "see `atoll router status`: bring a region back, undrain one, or change router.names.no_healthy",
+                    true,
+                ),
+            );
+        }
+
+        let idempotent = is_idempotent(&parts.method, parts.uri.path());
+        let mut tried: Vec<String> = Vec::new();
+        let mut last_status: Option<(String, Response)> = None;
+        let n = choice.ranked.len();
+        for (i, rid) in choice.ranked.iter().enumerate() {
+            let Some(region) = self.ctx.state.region(rid.as_str()).cloned() else {
+                continue;
+            };
+            let rname = region.name.to_string();
+            let has_next = i + 1 < n;
+            match self.attempt(&region, &parts, &body, client).await {
+                Ok(resp) => {
+                    let ok = resp.status().as_u16() < 500;
+                    self.report(&region.name, ok);
+                    return self.finish(&rname, resp);
+                }
+                Err(Failure::Status(resp)) => {
+                    self.report(&region.name, false);
+                    let code = resp.status().as_u16();
+                    if idempotent && has_next {
+                        tracing::debug!(region = %rname, status = code, "retrying on the next region");
+                        self.ctx.metrics.retry(&rname, "status");
+                        tried.push(format!("{rname}: answered {code}"));
+                        last_status = Some((rname, resp));
+                        continue;
+                    }
+                    return self.finish(&rname, resp);
+                }
+                Err(Failure::Connect(why)) => {
+                    self.report(&region.name, false);
+                    tried.push(format!("{rname}: {why}"));
+                    if has_next {
+                        tracing::debug!(region = %rname, "connection failed, retrying on the next region: {why}");
+                        self.ctx.metrics.retry(&rname, "connect");
+                    }
+                }
+                Err(f @ (Failure::Broken(_) | Failure::Timeout)) => {
+                    self.report(&region.name, false);
+                    let (reason, why) = match f {
+                        Failure::Broken(w) => ("reset", w),
+                        _ => (
+                            "timeout",
+                            format!(
+                                "no response within {} ms",
+                                self.settings.upstream_timeout.as_millis()
+                            ),
+                        ),
+                    };
+                    if !idempotent {
+                        tracing::warn!(
+                            region = %rname,
+                            method = %parts.method,
+                            path = parts.uri.path(),
+                            "request may have reached the region, which did not answer ({why}); not retried: it is not idempotent"
+                        );
+                        return self.finish(
+                            &rname,
+                            error_response(
+                                StatusCode::BAD_GATEWAY,
+                                "ATOLL-UPSTREAM-OUTCOME-UNKNOWN",
+                                format!(
+                                    "the {} request was sent to region {rname}, which did not answer ({why}); it may or may not have been applied, and it was not retried elsewhere because it is not idempotent",
+                                    parts.method
+                                ),
+                                "read the affected key to see whether the change took effect before sending it again: a counter increment or set update sent twice is applied twice",
+                                false,
+                            ),
+                        );
+                    }
+                    tried.push(format!("{rname}: {why}"));
+                    if has_next {
+                        tracing::debug!(region = %rname, "{reason}, retrying idempotent request on the next region: {why}");
+                        self.ctx.metrics.retry(&rname, reason);
+                    }
+                }
+            }
+        }
+        if let Some((rname, resp)) = last_status {
+            // Every region failed; the last region's own answer says the most.
+            return self.finish(&rname, resp);
+        }
+        self.finish(
+            "none",
+            error_response(
+                StatusCode::BAD_GATEWAY,
+                "ATOLL-UPSTREAM-UNAVAILABLE",
+                format!("no region could take the request ({})", tried.join("; ")),
+                "the regions are unreachable from the router; see `atoll router status`",
+                idempotent,
+            ),
+        )
+    }
+}
+
+async fn handler(
+    State(p): State<Arc<Proxy>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    req: Request,
+) -> Response {
+    p.handle(req, Some(peer)).await
+}
+
+/// The proxy as an axum app (serve it with `into_make_service_with_connect_info::<SocketAddr>()`).
+pub fn router(proxy: Arc<Proxy>) -> axum::Router {
+    axum::Router::new().fallback(handler).with_state(proxy)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn idempotency_rules() {
+        assert!(is_idempotent(&Method::GET, "/v1/counter/x/y"));
+        assert!(is_idempotent(&Method::PUT, "/v1/kv/s/k"));
+        assert!(is_idempotent(&Method::DELETE, "/v1/kv/s/k"));
+        assert!(is_idempotent(&Method::HEAD, "/anything"));
+        assert!(!is_idempotent(&Method::POST, "/v1/counter/x/y"));
+        assert!(!is_idempotent(&Method::POST, "/v1/set/x/y"));
+        assert!(!is_idempotent(&Method::POST, "/v1/kv/s/k"));
+        assert!(!is_idempotent(&Method::PUT, "/v1/other"));
+    }
+
+    #[test]
+    fn hop_by_hop_headers_are_dropped() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            "connection",
+            HeaderValue::from_static("keep-alive, x-secret"),
+        );
+        h.insert("x-secret", HeaderValue::from_static("1"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert("x-atoll-context", HeaderValue::from_static("abc"));
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1);
+        assert!(h.contains_key("x-atoll-context"));
+    }
+}

@@ -1,0 +1,309 @@
+//! Test support: fake regions (tiny HTTP/1.1 servers on loopback that can be told to answer,
+//! fail, hang, drop connections or report draining), config builders, and polling with deadlines.
+#![allow(dead_code)]
+
+use atoll_config::Config;
+use atoll_core::clock::SystemClock;
+use atoll_router::metrics::RouterMetrics;
+use atoll_router::proxy::{self, Proxy, ProxySettings};
+use atoll_router::runtime::{RouterCtx, RouterHandle, RouterOptions};
+use atoll_router::state::RouterState;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+
+pub const TOKEN: &str = "test-admin-token-0123456789";
+
+/// How a fake region behaves.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Mode {
+    /// 200 (`/healthz`: `{"status":"serving"}`).
+    Ok,
+    /// Answers with this status.
+    Status(u16),
+    /// 503 `{"status":"draining"}`.
+    Draining,
+    /// 200 `{"status":"fenced"}`.
+    Fenced,
+    /// Reads the request and never answers.
+    Hang,
+    /// Reads the request, then closes the connection without a byte of response.
+    Close,
+}
+
+struct Inner {
+    name: String,
+    health: Mutex<Mode>,
+    data: Mutex<Mode>,
+    /// "METHOD path" of every non-health request read in full.
+    requests: Mutex<Vec<String>>,
+    checks: AtomicU64,
+}
+
+/// A fake region's API on loopback.
+#[derive(Clone)]
+pub struct FakeRegion {
+    pub addr: SocketAddr,
+    inner: Arc<Inner>,
+    stop: watch::Sender<bool>,
+}
+
+impl FakeRegion {
+    pub async fn start(name: &str) -> FakeRegion {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let inner = Arc::new(Inner {
+            name: name.to_string(),
+            health: Mutex::new(Mode::Ok),
+            data: Mutex::new(Mode::Ok),
+            requests: Mutex::new(Vec::new()),
+            checks: AtomicU64::new(0),
+        });
+        let (stop, mut stopped) = watch::channel(false);
+        let i = inner.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    r = listener.accept() => {
+                        let Ok((sock, _)) = r else { continue };
+                        let i = i.clone();
+                        let stopped = stopped.clone();
+                        tokio::spawn(connection(sock, i, stopped));
+                    }
+                    _ = stopped.changed() => break,
+                }
+            }
+        });
+        FakeRegion { addr, inner, stop }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.inner.name
+    }
+
+    pub fn set_health(&self, m: Mode) {
+        *self.inner.health.lock().unwrap() = m;
+    }
+
+    pub fn set_data(&self, m: Mode) {
+        *self.inner.data.lock().unwrap() = m;
+    }
+
+    /// Every non-health request read in full, as "METHOD path".
+    pub fn requests(&self) -> Vec<String> {
+        self.inner.requests.lock().unwrap().clone()
+    }
+
+    pub fn health_checks(&self) -> u64 {
+        self.inner.checks.load(Ordering::SeqCst)
+    }
+
+    pub fn stop(&self) {
+        let _ = self.stop.send(true);
+    }
+}
+
+/// Reads one request head and body; `None` at EOF or on a malformed request.
+async fn read_request(sock: &mut TcpStream, buf: &mut Vec<u8>) -> Option<(String, String)> {
+    loop {
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..end]).to_string();
+            let mut lines = head.split("\r\n");
+            let first = lines.next()?.to_string();
+            let len: usize = lines
+                .filter_map(|l| l.split_once(':'))
+                .find(|(k, _)| k.trim().eq_ignore_ascii_case("content-length"))
+                .and_then(|(_, v)| v.trim().parse().ok())
+                .unwrap_or(0);
+            let total = end + 4 + len;
+            while buf.len() < total {
+                let mut chunk = [0u8; 8192];
+                let n = sock.read(&mut chunk).await.ok()?;
+                if n == 0 {
+                    return None;
+                }
+                buf.extend_from_slice(&chunk[..n]);
+            }
+            buf.drain(..total);
+            let mut parts = first.split(' ');
+            let method = parts.next()?.to_string();
+            let path = parts.next()?.to_string();
+            return Some((method, path));
+        }
+        let mut chunk = [0u8; 8192];
+        let n = sock.read(&mut chunk).await.ok()?;
+        if n == 0 {
+            return None;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+async fn connection(mut sock: TcpStream, i: Arc<Inner>, mut stopped: watch::Receiver<bool>) {
+    let mut buf = Vec::new();
+    loop {
+        let req = tokio::select! {
+            r = read_request(&mut sock, &mut buf) => r,
+            _ = stopped.changed() => return,
+        };
+        let Some((method, path)) = req else { return };
+        let health = path == "/healthz";
+        let mode = if health {
+            i.checks.fetch_add(1, Ordering::SeqCst);
+            i.health.lock().unwrap().clone()
+        } else {
+            i.requests.lock().unwrap().push(format!("{method} {path}"));
+            i.data.lock().unwrap().clone()
+        };
+        let (status, body) = match mode {
+            Mode::Hang => {
+                let _ = stopped.changed().await;
+                return;
+            }
+            Mode::Close => return,
+            Mode::Ok if health => (200, r#"{"status":"serving"}"#.to_string()),
+            Mode::Ok => (200, format!(r#"{{"region":"{}","path":"{path}"}}"#, i.name)),
+            Mode::Status(s) => (s, format!(r#"{{"region":"{}","status":{s}}}"#, i.name)),
+            Mode::Draining => (503, r#"{"status":"draining"}"#.to_string()),
+            Mode::Fenced => (200, r#"{"status":"fenced"}"#.to_string()),
+        };
+        let resp = format!(
+            "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\nx-atoll-region: {}\r\ncontent-length: {}\r\n\r\n{body}",
+            i.name,
+            body.len()
+        );
+        let resp = if method == "HEAD" {
+            resp[..resp.len() - body.len()].to_string()
+        } else {
+            resp
+        };
+        if sock.write_all(resp.as_bytes()).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// An address nothing listens on (connections are refused).
+pub async fn refused_addr() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let a = l.local_addr().unwrap();
+    drop(l);
+    a
+}
+
+/// A cluster config with these regions (in order) and this `[router]` text (which must start
+/// with `[router]`).
+pub fn config(regions: &[(&str, SocketAddr)], router: &str) -> Arc<Config> {
+    let mut t = String::from("[cluster]\nname = \"t\"\n");
+    for (n, a) in regions {
+        t.push_str(&format!("[[regions]]\nname = \"{n}\"\napi = \"{a}\"\n"));
+    }
+    t.push_str("[[keyspaces]]\nname = \"s\"\npolicy = \"lww\"\n");
+    t.push_str(router);
+    Arc::new(Config::parse(&t, "test.toml").unwrap_or_else(|e| panic!("{e}\n{t}")))
+}
+
+/// A shared state for proxy tests (no prober: tests set health themselves).
+pub fn ctx(cfg: &Config) -> RouterCtx {
+    RouterCtx {
+        state: Arc::new(RouterState::new(cfg).unwrap()),
+        metrics: Arc::new(RouterMetrics::new()),
+        clock: Arc::new(SystemClock),
+    }
+}
+
+/// A proxy served on loopback; dropped when the sender is.
+pub struct ProxyServer {
+    pub addr: SocketAddr,
+    _stop: watch::Sender<bool>,
+}
+
+pub async fn serve_proxy(ctx: &RouterCtx, name: &str, settings: ProxySettings) -> ProxyServer {
+    let cfg_name = ctx
+        .state
+        .config()
+        .names
+        .iter()
+        .find(|n| n.name == name)
+        .unwrap()
+        .clone();
+    let p = Arc::new(Proxy::new(ctx.clone(), cfg_name, settings));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (tx, mut rx) = watch::channel(false);
+    tokio::spawn(async move {
+        let _ = axum::serve(
+            listener,
+            proxy::router(p).into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(async move {
+            let _ = rx.changed().await;
+        })
+        .await;
+    });
+    ProxyServer { addr, _stop: tx }
+}
+
+/// Starts a router with a proxy and the admin API on loopback.
+pub async fn start_router(
+    cfg: Arc<Config>,
+    state_dir: &Path,
+    proxy_name: Option<&str>,
+) -> RouterHandle {
+    let mut opts = RouterOptions::new(
+        cfg,
+        "127.0.0.1:0".parse().unwrap(),
+        state_dir.to_path_buf(),
+        TOKEN.to_string(),
+    );
+    opts.proxy_listen = Some("127.0.0.1:0".parse().unwrap());
+    opts.proxy_name = proxy_name.map(str::to_string);
+    atoll_router::runtime::Router::start(opts).await.unwrap()
+}
+
+pub fn http() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap()
+}
+
+/// Polls `f` until it returns `Some`, failing after `limit`.
+pub async fn eventually<T, F, Fut>(limit: Duration, what: &str, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "not within {limit:?}: {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// The health of `region` as the state sees it.
+pub fn health_of(ctx: &RouterCtx, region: &str) -> atoll_router::state::RegionStatus {
+    ctx.state
+        .status(ctx.now_ms())
+        .unwrap()
+        .regions
+        .into_iter()
+        .find(|r| r.region == region)
+        .unwrap()
+}
+
+/// The value of one sample line of the metrics text, e.g.
+/// `atoll_router_region_healthy{region="a"}`.
+pub fn metric(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series).and_then(|r| r.trim().parse().ok()))
+}

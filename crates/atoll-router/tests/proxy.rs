@@ -1,0 +1,472 @@
+//! The HTTP proxy against fake regions on loopback: routing by policy, per-request failover,
+//! no replay of non-idempotent requests, passive ejection, and the no-healthy modes.
+
+mod common;
+
+use atoll_core::RegionId;
+use atoll_router::health::{HealthState, Probe};
+use atoll_router::policy::Mode as RouteMode;
+use atoll_router::proxy::ProxySettings;
+use atoll_router::runtime::RouterCtx;
+use common::*;
+use serde_json::Value;
+use std::time::Duration;
+
+fn router_toml(outlier_failures: u32) -> String {
+    format!(
+        r#"
+[router]
+[router.health]
+failure_threshold = 1
+recovery_threshold = 1
+hold_down_ms = 0
+ramp_secs = 0
+outlier_failures = {outlier_failures}
+[[router.names]]
+name = "api"
+policy = "failover"
+no_healthy = "fail-closed"
+[[router.names]]
+name = "near"
+policy = "latency"
+[[router.names]]
+name = "open"
+policy = "failover"
+no_healthy = "fail-open"
+[[router.names]]
+name = "lkg"
+policy = "failover"
+no_healthy = "last-known-good"
+"#
+    )
+}
+
+fn up(ctx: &RouterCtx, region: &str, rtt_ms: f64) {
+    ctx.state
+        .observe_probe(
+            &RegionId::new(region).unwrap(),
+            Probe::Ok,
+            Some(rtt_ms),
+            ctx.now_ms(),
+        )
+        .unwrap();
+}
+
+fn down(ctx: &RouterCtx, region: &str) {
+    ctx.state
+        .observe_probe(
+            &RegionId::new(region).unwrap(),
+            Probe::Failed("test".into()),
+            None,
+            ctx.now_ms(),
+        )
+        .unwrap();
+}
+
+fn routed_to(r: &reqwest::Response) -> Option<String> {
+    r.headers()
+        .get("x-atoll-routed-to")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
+}
+
+fn name_mode(ctx: &RouterCtx, fqdn: &str) -> RouteMode {
+    ctx.state
+        .status(ctx.now_ms())
+        .unwrap()
+        .names
+        .into_iter()
+        .find(|n| n.name == fqdn)
+        .unwrap()
+        .mode
+}
+
+#[tokio::test]
+async fn routes_to_the_policys_first_choice_and_says_where() {
+    let a = FakeRegion::start("a").await;
+    let b = FakeRegion::start("b").await;
+    let cfg = config(&[("a", a.addr), ("b", b.addr)], &router_toml(5));
+    let ctx = ctx(&cfg);
+    up(&ctx, "a", 50.0);
+    up(&ctx, "b", 1.0);
+    let failover = serve_proxy(&ctx, "api", ProxySettings::default()).await;
+    let latency = serve_proxy(&ctx, "near", ProxySettings::default()).await;
+    let c = http();
+
+    let r = c
+        .get(format!("http://{}/v1/kv/s/k?x=1", failover.addr))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(routed_to(&r).as_deref(), Some("a"));
+    assert_eq!(
+        r.headers()["x-atoll-region"],
+        "a",
+        "region headers pass through"
+    );
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["region"], "a");
+    assert_eq!(a.requests(), vec!["GET /v1/kv/s/k?x=1"]);
+    assert!(b.requests().is_empty());
+
+    // Latency with an unknown client location: the lowest measured round trip (b).
+    let r = c
+        .get(format!("http://{}/v1/status", latency.addr))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(routed_to(&r).as_deref(), Some("b"));
+
+    // A drained region gets nothing new.
+    ctx.state.drain("a", "test", None, ctx.now_ms()).unwrap();
+    let r = c
+        .get(format!("http://{}/v1/kv/s/k", failover.addr))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(routed_to(&r).as_deref(), Some("b"));
+
+    let text = ctx.metrics.encode();
+    assert_eq!(
+        metric(
+            &text,
+            r#"atoll_router_requests_total{region="a",code="200"}"#
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        metric(
+            &text,
+            r#"atoll_router_requests_total{region="b",code="200"}"#
+        ),
+        Some(2.0)
+    );
+    assert_eq!(
+        metric(&text, r#"atoll_router_active_connections{region="a"}"#),
+        Some(0.0),
+        "in-flight gauge back to zero once bodies are read"
+    );
+}
+
+#[tokio::test]
+async fn connection_refused_is_retried_elsewhere_for_every_method() {
+    let refused = refused_addr().await;
+    let b = FakeRegion::start("b").await;
+    let cfg = config(&[("a", refused), ("b", b.addr)], &router_toml(0));
+    let ctx = ctx(&cfg);
+    up(&ctx, "a", 1.0);
+    up(&ctx, "b", 1.0);
+    let p = serve_proxy(&ctx, "api", ProxySettings::default()).await;
+    let c = http();
+    let base = format!("http://{}", p.addr);
+    let reqs = [
+        c.get(format!("{base}/v1/kv/s/k")),
+        c.put(format!("{base}/v1/kv/s/k")).body("v"),
+        c.delete(format!("{base}/v1/kv/s/k")),
+        // Never reached region a, so even a POST is safe to send to b.
+        c.post(format!("{base}/v1/counter/c/k"))
+            .body(r#"{"delta":1}"#),
+    ];
+    for req in reqs {
+        let r = req.send().await.unwrap();
+        assert_eq!(r.status(), 200, "no client-visible error");
+        assert_eq!(routed_to(&r).as_deref(), Some("b"));
+    }
+    assert_eq!(
+        b.requests(),
+        vec![
+            "GET /v1/kv/s/k",
+            "PUT /v1/kv/s/k",
+            "DELETE /v1/kv/s/k",
+            "POST /v1/counter/c/k"
+        ]
+    );
+    let text = ctx.metrics.encode();
+    assert_eq!(
+        metric(
+            &text,
+            r#"atoll_router_retries_total{from_region="a",reason="connect"}"#
+        ),
+        Some(4.0)
+    );
+}
+
+#[tokio::test]
+async fn a_post_whose_connection_dropped_is_not_replayed() {
+    let a = FakeRegion::start("a").await;
+    let b = FakeRegion::start("b").await;
+    a.set_data(Mode::Close);
+    let cfg = config(&[("a", a.addr), ("b", b.addr)], &router_toml(0));
+    let ctx = ctx(&cfg);
+    up(&ctx, "a", 1.0);
+    up(&ctx, "b", 1.0);
+    let p = serve_proxy(&ctx, "api", ProxySettings::default()).await;
+    let c = http();
+    let base = format!("http://{}", p.addr);
+
+    let r = c
+        .post(format!("{base}/v1/counter/c/k"))
+        .body(r#"{"delta":1}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 502);
+    assert_eq!(routed_to(&r).as_deref(), Some("a"));
+    let e: Value = r.json().await.unwrap();
+    assert_eq!(e["error"]["code"], "ATOLL-UPSTREAM-OUTCOME-UNKNOWN");
+    assert_eq!(e["error"]["retryable"], false);
+    assert!(
+        e["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("may or may not")
+    );
+    assert!(e["error"]["hint"].as_str().is_some());
+    assert_eq!(
+        a.requests(),
+        vec!["POST /v1/counter/c/k"],
+        "received exactly once"
+    );
+    assert!(b.requests().is_empty(), "never replayed on b");
+
+    // Idempotent requests that may have reached a are retried on b.
+    let r = c.get(format!("{base}/v1/kv/s/k")).send().await.unwrap();
+    assert_eq!(
+        (r.status().as_u16(), routed_to(&r)),
+        (200, Some("b".into()))
+    );
+    let r = c
+        .put(format!("{base}/v1/kv/s/k"))
+        .body("v")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        (r.status().as_u16(), routed_to(&r)),
+        (200, Some("b".into()))
+    );
+    assert_eq!(b.requests(), vec!["GET /v1/kv/s/k", "PUT /v1/kv/s/k"]);
+    let text = ctx.metrics.encode();
+    assert_eq!(
+        metric(
+            &text,
+            r#"atoll_router_retries_total{from_region="a",reason="reset"}"#
+        ),
+        Some(2.0)
+    );
+    assert_eq!(
+        metric(
+            &text,
+            r#"atoll_router_requests_total{region="a",code="502"}"#
+        ),
+        Some(1.0)
+    );
+}
+
+#[tokio::test]
+async fn a_hanging_region_times_out_and_only_idempotent_requests_move_on() {
+    let a = FakeRegion::start("a").await;
+    let b = FakeRegion::start("b").await;
+    a.set_data(Mode::Hang);
+    let cfg = config(&[("a", a.addr), ("b", b.addr)], &router_toml(0));
+    let ctx = ctx(&cfg);
+    up(&ctx, "a", 1.0);
+    up(&ctx, "b", 1.0);
+    let settings = ProxySettings {
+        upstream_timeout: Duration::from_millis(300),
+        ..ProxySettings::default()
+    };
+    let p = serve_proxy(&ctx, "api", settings).await;
+    let c = http();
+    let base = format!("http://{}", p.addr);
+    let r = c
+        .post(format!("{base}/v1/set/f/k"))
+        .body(r#"{"add":["x"]}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 502);
+    let e: Value = r.json().await.unwrap();
+    assert_eq!(e["error"]["code"], "ATOLL-UPSTREAM-OUTCOME-UNKNOWN");
+    assert!(e["error"]["message"].as_str().unwrap().contains("300 ms"));
+    let r = c.get(format!("{base}/v1/kv/s/k")).send().await.unwrap();
+    assert_eq!(
+        (r.status().as_u16(), routed_to(&r)),
+        (200, Some("b".into()))
+    );
+    assert_eq!(b.requests(), vec!["GET /v1/kv/s/k"]);
+    assert_eq!(a.requests().len(), 2);
+}
+
+#[tokio::test]
+async fn consecutive_failures_eject_a_region_before_the_checks_notice() {
+    let a = FakeRegion::start("a").await;
+    let b = FakeRegion::start("b").await;
+    a.set_data(Mode::Status(503));
+    let cfg = config(&[("a", a.addr), ("b", b.addr)], &router_toml(3));
+    let ctx = ctx(&cfg);
+    up(&ctx, "a", 1.0);
+    up(&ctx, "b", 1.0);
+    let p = serve_proxy(&ctx, "api", ProxySettings::default()).await;
+    let c = http();
+    let url = format!("http://{}/v1/kv/s/k", p.addr);
+    for i in 0..3 {
+        let r = c.get(&url).send().await.unwrap();
+        assert_eq!(r.status(), 200, "request {i}: retried on b");
+        assert_eq!(routed_to(&r).as_deref(), Some("b"));
+        let expect = if i < 2 {
+            HealthState::Healthy
+        } else {
+            HealthState::Unhealthy
+        };
+        assert_eq!(health_of(&ctx, "a").health, expect, "after request {i}");
+    }
+    let st = health_of(&ctx, "a");
+    assert!(st.reason.contains("ejected"), "{}", st.reason);
+    assert_eq!(a.requests().len(), 3);
+    // Ejected: the next request goes straight to b.
+    let r = c.get(&url).send().await.unwrap();
+    assert_eq!(routed_to(&r).as_deref(), Some("b"));
+    assert_eq!(a.requests().len(), 3);
+    let text = ctx.metrics.encode();
+    assert_eq!(
+        metric(&text, r#"atoll_router_ejections_total{region="a"}"#),
+        Some(1.0)
+    );
+    assert_eq!(
+        metric(&text, r#"atoll_router_region_healthy{region="a"}"#),
+        Some(0.0)
+    );
+    assert_eq!(
+        metric(
+            &text,
+            r#"atoll_router_retries_total{from_region="a",reason="status"}"#
+        ),
+        Some(3.0)
+    );
+}
+
+#[tokio::test]
+async fn fail_closed_refuses_with_503_and_says_so() {
+    let a = FakeRegion::start("a").await;
+    let b = FakeRegion::start("b").await;
+    let cfg = config(&[("a", a.addr), ("b", b.addr)], &router_toml(5));
+    let ctx = ctx(&cfg);
+    // Nothing checked yet: nothing healthy.
+    let p = serve_proxy(&ctx, "api", ProxySettings::default()).await;
+    let c = http();
+    let url = format!("http://{}/v1/kv/s/k", p.addr);
+    let r = c.get(&url).send().await.unwrap();
+    assert_eq!(r.status(), 503);
+    assert!(routed_to(&r).is_none());
+    let e: Value = r.json().await.unwrap();
+    assert_eq!(e["error"]["code"], "ATOLL-NO-HEALTHY-REGION");
+    assert!(
+        e["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("fail-closed")
+    );
+    assert!(a.requests().is_empty() && b.requests().is_empty());
+    assert_eq!(name_mode(&ctx, "api.atoll.test."), RouteMode::FailClosed);
+    let gauge = r#"atoll_router_fail_open_active{name="api.atoll.test.",mode="fail-closed"}"#;
+    assert_eq!(metric(&ctx.metrics.encode(), gauge), Some(1.0));
+    assert_eq!(
+        metric(
+            &ctx.metrics.encode(),
+            r#"atoll_router_requests_total{region="none",code="503"}"#
+        ),
+        Some(1.0)
+    );
+
+    up(&ctx, "b", 1.0);
+    let r = c.get(&url).send().await.unwrap();
+    assert_eq!(
+        (r.status().as_u16(), routed_to(&r)),
+        (200, Some("b".into()))
+    );
+    assert_eq!(metric(&ctx.metrics.encode(), gauge), Some(0.0));
+}
+
+#[tokio::test]
+async fn fail_open_routes_to_every_region_and_still_fails_over() {
+    let refused = refused_addr().await;
+    let b = FakeRegion::start("b").await;
+    let cfg = config(&[("a", refused), ("b", b.addr)], &router_toml(0));
+    let ctx = ctx(&cfg);
+    down(&ctx, "a");
+    down(&ctx, "b");
+    let p = serve_proxy(&ctx, "open", ProxySettings::default()).await;
+    let r = http()
+        .get(format!("http://{}/v1/kv/s/k", p.addr))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        (r.status().as_u16(), routed_to(&r)),
+        (200, Some("b".into()))
+    );
+    assert_eq!(name_mode(&ctx, "open.atoll.test."), RouteMode::FailOpen);
+    assert_eq!(
+        metric(
+            &ctx.metrics.encode(),
+            r#"atoll_router_fail_open_active{name="open.atoll.test.",mode="fail-open"}"#
+        ),
+        Some(1.0)
+    );
+}
+
+#[tokio::test]
+async fn last_known_good_serves_the_regions_that_were_healthy_last() {
+    let a = FakeRegion::start("a").await;
+    let b = FakeRegion::start("b").await;
+    let cfg = config(&[("a", a.addr), ("b", b.addr)], &router_toml(0));
+    let ctx = ctx(&cfg);
+    let p = serve_proxy(&ctx, "lkg", ProxySettings::default()).await;
+    let c = http();
+    let url = format!("http://{}/v1/kv/s/k", p.addr);
+    // Never anything healthy: nothing known good either.
+    let r = c.get(&url).send().await.unwrap();
+    assert_eq!(r.status(), 503);
+    up(&ctx, "b", 1.0);
+    down(&ctx, "a");
+    down(&ctx, "b");
+    let r = c.get(&url).send().await.unwrap();
+    assert_eq!(
+        (r.status().as_u16(), routed_to(&r)),
+        (200, Some("b".into()))
+    );
+    assert!(a.requests().is_empty(), "a was never good");
+    assert_eq!(name_mode(&ctx, "lkg.atoll.test."), RouteMode::LastKnownGood);
+    assert_eq!(
+        metric(
+            &ctx.metrics.encode(),
+            r#"atoll_router_fail_open_active{name="lkg.atoll.test.",mode="last-known-good"}"#
+        ),
+        Some(1.0)
+    );
+}
+
+#[tokio::test]
+async fn oversized_bodies_are_refused_before_routing() {
+    let a = FakeRegion::start("a").await;
+    let cfg = config(&[("a", a.addr)], &router_toml(5));
+    let ctx = ctx(&cfg);
+    up(&ctx, "a", 1.0);
+    let settings = ProxySettings {
+        max_body_bytes: 1024,
+        ..ProxySettings::default()
+    };
+    let p = serve_proxy(&ctx, "api", settings).await;
+    let r = http()
+        .put(format!("http://{}/v1/kv/s/k", p.addr))
+        .body(vec![b'x'; 2048])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 413);
+    let e: Value = r.json().await.unwrap();
+    assert_eq!(e["error"]["code"], "ATOLL-REQUEST-TOO-LARGE");
+    assert!(a.requests().is_empty());
+}

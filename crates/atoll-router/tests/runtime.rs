@@ -1,0 +1,240 @@
+//! Starting a router: refusals (token, config, state file, proxy name), the DNS listener sharing
+//! the router's state, and the `atoll router` client commands against a running router.
+
+mod common;
+
+use atoll_router::cli::{self, AdminClientArgs, RouterArgs, RouterCommand, ServeArgs};
+use atoll_router::health::HealthState;
+use atoll_router::runtime::{Router, RouterError, RouterOptions};
+use common::*;
+use std::time::Duration;
+
+const ROUTER: &str = r#"
+[router]
+[router.health]
+interval_ms = 100
+timeout_ms = 80
+failure_threshold = 1
+recovery_threshold = 1
+hold_down_ms = 0
+ramp_secs = 0
+[[router.names]]
+name = "api"
+policy = "failover"
+[[router.names]]
+name = "w"
+policy = "weighted"
+"#;
+
+fn opts(cfg: std::sync::Arc<atoll_config::Config>, dir: &std::path::Path) -> RouterOptions {
+    let mut o = RouterOptions::new(
+        cfg,
+        "127.0.0.1:0".parse().unwrap(),
+        dir.to_path_buf(),
+        TOKEN.into(),
+    );
+    o.proxy_listen = Some("127.0.0.1:0".parse().unwrap());
+    o
+}
+
+async fn start_err(o: RouterOptions) -> RouterError {
+    match Router::start(o).await {
+        Ok(h) => {
+            h.shutdown().await;
+            panic!("started")
+        }
+        Err(e) => e,
+    }
+}
+
+#[tokio::test]
+async fn refuses_to_start_when_something_is_wrong() {
+    let a = FakeRegion::start("a").await;
+    let cfg = config(&[("a", a.addr)], ROUTER);
+    let dir = tempfile::tempdir().unwrap();
+
+    let mut o = opts(cfg.clone(), dir.path());
+    o.admin_token = "  ".into();
+    assert!(start_err(o).await.to_string().contains("token"));
+
+    let mut o = opts(cfg.clone(), dir.path());
+    o.proxy_name = Some("nope".into());
+    let e = start_err(o).await.to_string();
+    assert!(e.contains("nope") && e.contains("api"), "{e}");
+
+    let no_router = config(&[("a", a.addr)], "");
+    let e = start_err(opts(no_router, dir.path())).await.to_string();
+    assert!(e.contains("[router]"), "{e}");
+
+    std::fs::write(dir.path().join("router-state.json"), b"{garbage").unwrap();
+    let e = start_err(opts(cfg.clone(), dir.path())).await.to_string();
+    assert!(e.contains("router-state.json"), "{e}");
+
+    std::fs::write(
+        dir.path().join("router-state.json"),
+        br#"{"version": 9, "drains": {}, "weights": {}}"#,
+    )
+    .unwrap();
+    let e = start_err(opts(cfg.clone(), dir.path())).await.to_string();
+    assert!(e.contains("newer"), "{e}");
+
+    // A drain of a region no longer in the config is dropped (and logged), not fatal.
+    std::fs::write(
+        dir.path().join("router-state.json"),
+        br#"{"version": 1, "drains": {"gone-1": {"reason": "x", "since_ms": 1, "until_ms": null}}, "weights": {}}"#,
+    )
+    .unwrap();
+    let h = Router::start(opts(cfg.clone(), dir.path())).await.unwrap();
+    assert!(h.state().persisted().unwrap().drains.is_empty());
+    h.shutdown().await;
+
+    // The proxy name can be given by label or FQDN.
+    let mut o = opts(cfg, dir.path());
+    o.proxy_name = Some("w.atoll.test.".into());
+    let h = Router::start(o).await.unwrap();
+    h.shutdown().await;
+}
+
+/// A raw DNS query for `name` type A; returns (rcode, answer count).
+async fn dns_query(addr: std::net::SocketAddr, name: &str) -> (u8, u16) {
+    let mut q = vec![0x12, 0x34, 0x00, 0x00, 0, 1, 0, 0, 0, 0, 0, 0];
+    for label in name.trim_end_matches('.').split('.') {
+        q.push(label.len() as u8);
+        q.extend_from_slice(label.as_bytes());
+    }
+    q.extend_from_slice(&[0, 0, 1, 0, 1]);
+    let sock = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    sock.send_to(&q, addr).await.unwrap();
+    let mut buf = [0u8; 1500];
+    let (n, _) = tokio::time::timeout(Duration::from_secs(5), sock.recv_from(&mut buf))
+        .await
+        .expect("a DNS answer")
+        .unwrap();
+    assert!(n >= 12);
+    assert_eq!(&buf[..2], &[0x12, 0x34]);
+    (buf[3] & 0x0f, u16::from_be_bytes([buf[6], buf[7]]))
+}
+
+#[tokio::test]
+async fn dns_shares_the_routers_state_and_metrics() {
+    let a = FakeRegion::start("a").await;
+    let cfg = config(&[("a", a.addr)], ROUTER);
+    let dir = tempfile::tempdir().unwrap();
+    let mut o = opts(cfg, dir.path());
+    o.dns_listen = Some("127.0.0.1:0".parse().unwrap());
+    let h = Router::start(o).await.unwrap();
+    let dns = h.dns_addr().expect("DNS bound");
+    eventually(Duration::from_secs(5), "a healthy", || async {
+        (health_of(h.ctx(), "a").health == HealthState::Healthy).then_some(())
+    })
+    .await;
+    assert_eq!(dns_query(dns, "api.atoll.test.").await, (0, 1));
+    let text = h.metrics().encode();
+    assert!(
+        text.contains("atoll_router_dns_queries_total{"),
+        "DNS counts in the router's registry:\n{text}"
+    );
+    h.shutdown().await;
+}
+
+fn client_args(
+    h: &atoll_router::runtime::RouterHandle,
+    token_file: &std::path::Path,
+) -> AdminClientArgs {
+    AdminClientArgs {
+        admin: format!("http://{}", h.admin_addr()),
+        admin_token_file: Some(token_file.to_path_buf()),
+    }
+}
+
+fn args(command: RouterCommand) -> RouterArgs {
+    RouterArgs {
+        command: Some(command),
+        serve: ServeArgs {
+            config: None,
+            proxy: None,
+            dns: None,
+            admin: None,
+            state_dir: None,
+            proxy_name: None,
+            admin_token_file: None,
+        },
+    }
+}
+
+#[tokio::test]
+async fn client_commands_drive_a_running_router() {
+    let a = FakeRegion::start("a").await;
+    let b = FakeRegion::start("b").await;
+    let cfg = config(&[("a", a.addr), ("b", b.addr)], ROUTER);
+    let dir = tempfile::tempdir().unwrap();
+    let h = start_router(cfg, dir.path(), None).await;
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, format!("{TOKEN}\n")).unwrap();
+    let c = client_args(&h, &token_file);
+
+    cli::run(args(RouterCommand::Drain {
+        region: "a".into(),
+        reason: "maintenance".into(),
+        for_: Some("30m".into()),
+        client: c.clone(),
+    }))
+    .await
+    .unwrap();
+    let p = h.state().persisted().unwrap();
+    assert_eq!(p.drains["a"].reason, "maintenance");
+    assert!(p.drains["a"].until_ms.is_some());
+
+    cli::run(args(RouterCommand::Weight {
+        name: "w".into(),
+        region: "b".into(),
+        weight: 4,
+        client: c.clone(),
+    }))
+    .await
+    .unwrap();
+    assert_eq!(
+        h.state().persisted().unwrap().weights["w.atoll.test."]["b"],
+        4
+    );
+
+    cli::run(args(RouterCommand::Status {
+        json: false,
+        client: c.clone(),
+    }))
+    .await
+    .unwrap();
+
+    cli::run(args(RouterCommand::Undrain {
+        region: "a".into(),
+        client: c.clone(),
+    }))
+    .await
+    .unwrap();
+    assert!(h.state().persisted().unwrap().drains.is_empty());
+
+    // Errors carry the router's message.
+    let e = cli::run(args(RouterCommand::Undrain {
+        region: "mars-1".into(),
+        client: c.clone(),
+    }))
+    .await
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("unknown region") && e.contains("ATOLL-UNKNOWN-REGION"),
+        "{e}"
+    );
+
+    // A wrong token is refused.
+    std::fs::write(&token_file, "wrong").unwrap();
+    let e = cli::run(args(RouterCommand::Status {
+        json: true,
+        client: c,
+    }))
+    .await
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("401"), "{e}");
+    h.shutdown().await;
+}

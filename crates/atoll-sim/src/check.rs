@@ -1,0 +1,542 @@
+//! The invariants, one checker each. Each returns a [`Violation`] that says what was expected,
+//! what was found, and where.
+//!
+//! 1. [`convergence`]: after healing and quiescence every region holds the same observable state
+//!    for every key ever written, and the same applied vector.
+//! 2. [`no_lost_writes`]: every acknowledged lww write is the final value, or was causally
+//!    overwritten, or is a loser in some region's conflict ledger; every acknowledged mvr write is
+//!    a current sibling or was superseded by a write whose context held its dot.
+//! 3. [`counters`]: every counter equals the sum of its acknowledged adds.
+//! 4. [`add_wins_sets`]: an element is present iff one of its adds was observed by no remove.
+//! 5. [`tombstone_collection`]: a tombstone is collected only once every region applied its delete.
+//! 6. [`apply_within_clock_bound`] and [`skewed_writes_converged`]: no region applies an op whose
+//!    timestamp runs ahead of its clock beyond the bound, and the writes of a region whose clock ran
+//!    ahead still reach everyone once it is back.
+
+use crate::model::{CARTS, FLAGS, History, LwwWrite, RATELIMITS, SESSIONS};
+use atoll_core::RegionId;
+use atoll_core::causal::{Dot, VersionVector};
+use atoll_core::crdt::mvr::MvRegister;
+use atoll_core::hlc::Timestamp;
+use atoll_core::op::{KeyState, OpEntry};
+use atoll_store::ConflictRecord;
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+
+/// The invariants.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Invariant {
+    /// 1: identical state and applied vectors after healing.
+    Convergence,
+    /// 2: no acknowledged write silently lost.
+    NoLostWrites,
+    /// 3: counters equal the sum of acknowledged adds.
+    Counters,
+    /// 4: add-wins set semantics.
+    AddWinsSets,
+    /// 5: tombstones collected only after every region saw them.
+    Tombstones,
+    /// 6: clock-skew bound on applies; skewed writes converge after the skew.
+    ClockSkew,
+    /// The harness itself failed (a store call errored where it must not).
+    Harness,
+}
+
+impl Invariant {
+    /// Number and name, e.g. `1-convergence`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Invariant::Convergence => "1-convergence",
+            Invariant::NoLostWrites => "2-no-lost-writes",
+            Invariant::Counters => "3-counters",
+            Invariant::AddWinsSets => "4-add-wins-sets",
+            Invariant::Tombstones => "5-tombstones",
+            Invariant::ClockSkew => "6-clock-skew",
+            Invariant::Harness => "harness",
+        }
+    }
+}
+
+impl fmt::Display for Invariant {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// A broken invariant.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Violation {
+    pub invariant: Invariant,
+    pub detail: String,
+}
+
+impl Violation {
+    pub fn new(invariant: Invariant, detail: impl Into<String>) -> Self {
+        Self {
+            invariant,
+            detail: detail.into(),
+        }
+    }
+}
+
+impl fmt::Display for Violation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "invariant {} violated: {}", self.invariant, self.detail)
+    }
+}
+
+impl std::error::Error for Violation {}
+
+/// What one region holds, read through its store.
+#[derive(Clone, Debug)]
+pub struct RegionView {
+    pub region: RegionId,
+    pub applied: VersionVector,
+    /// State of every key ever written that the region holds (absent keys are left out).
+    pub states: BTreeMap<(String, Vec<u8>), KeyState>,
+    /// The lww conflict ledger (`sessions`), newest first.
+    pub conflicts: Vec<ConflictRecord>,
+}
+
+impl RegionView {
+    fn state(&self, keyspace: &str, key: &[u8]) -> Option<&KeyState> {
+        self.states.get(&(keyspace.to_string(), key.to_vec()))
+    }
+}
+
+/// Shows a key as `keyspace/key`.
+fn k(keyspace: &str, key: &[u8]) -> String {
+    format!("{keyspace}/{}", String::from_utf8_lossy(key))
+}
+
+fn show(v: &Option<Vec<u8>>) -> String {
+    match v {
+        Some(b) => format!("{:?}", String::from_utf8_lossy(b)),
+        None => "<deleted>".into(),
+    }
+}
+
+/// What a client can observe of a key's state: an lww tombstone and an absent key look the same
+/// (a tombstone is collected at different times in different regions), everything else is the
+/// whole CRDT state (for mvr that includes the context a read returns).
+#[derive(Debug, PartialEq)]
+enum Observed<'a> {
+    Absent,
+    Lww {
+        value: &'a [u8],
+        ts: Timestamp,
+        origin: &'a RegionId,
+    },
+    Other(&'a KeyState),
+}
+
+fn observe(s: Option<&KeyState>) -> Observed<'_> {
+    match s {
+        None => Observed::Absent,
+        Some(KeyState::Lww(r)) => match &r.value {
+            None => Observed::Absent,
+            Some(v) => Observed::Lww {
+                value: v,
+                ts: r.ts,
+                origin: &r.origin,
+            },
+        },
+        Some(other) => Observed::Other(other),
+    }
+}
+
+/// Invariant 1: identical applied vectors and identical observable state of every key.
+pub fn convergence(views: &[RegionView]) -> Result<(), Violation> {
+    let Some(first) = views.first() else {
+        return Ok(());
+    };
+    for v in &views[1..] {
+        if v.applied != first.applied {
+            return Err(Violation::new(
+                Invariant::Convergence,
+                format!(
+                    "applied vectors differ: {} has {}, {} has {}",
+                    first.region, first.applied, v.region, v.applied
+                ),
+            ));
+        }
+    }
+    let keys: BTreeSet<&(String, Vec<u8>)> = views.iter().flat_map(|v| v.states.keys()).collect();
+    for key in keys {
+        let a = observe(first.states.get(key));
+        for v in &views[1..] {
+            let b = observe(v.states.get(key));
+            if a != b {
+                return Err(Violation::new(
+                    Invariant::Convergence,
+                    format!(
+                        "{} differs: {} holds {:?}, {} holds {:?}",
+                        k(&key.0, &key.1),
+                        first.region,
+                        first.states.get(key),
+                        v.region,
+                        v.states.get(key)
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn same_write(a: &LwwWrite, b: &LwwWrite) -> bool {
+    a.origin == b.origin && a.seq == b.seq
+}
+
+/// Invariant 2: no acknowledged lww or mvr write silently lost (judged on the first region's
+/// state; run [`convergence`] first).
+pub fn no_lost_writes(views: &[RegionView], history: &History) -> Result<(), Violation> {
+    let Some(view) = views.first() else {
+        return Ok(());
+    };
+    let lost = |d: String| Err(Violation::new(Invariant::NoLostWrites, d));
+
+    for (key, writes) in history.lww_by_key() {
+        let Some(max) = writes
+            .iter()
+            .max_by(|a, b| (a.ts, &a.origin, &a.value).cmp(&(b.ts, &b.origin, &b.value)))
+        else {
+            continue;
+        };
+        let state = match view.state(SESSIONS, key) {
+            Some(KeyState::Lww(r)) => Some(r),
+            None => None,
+            Some(other) => {
+                return lost(format!(
+                    "{} holds a {} state",
+                    k(SESSIONS, key),
+                    other.policy()
+                ));
+            }
+        };
+        // The final state is the greatest acknowledged write (a collected tombstone: absent).
+        let ok = match (state, &max.value) {
+            (None, None) => true,
+            (None, Some(_)) => false,
+            (Some(r), _) => r.ts == max.ts && r.origin == max.origin && r.value == max.value,
+        };
+        if !ok {
+            return lost(format!(
+                "{} at {} is {} but the greatest acknowledged write is {} (origin {}, seq {}, ts {})",
+                k(SESSIONS, key),
+                view.region,
+                state.map_or("<absent>".to_string(), |r| format!(
+                    "{} (origin {}, ts {})",
+                    show(&r.value),
+                    r.origin,
+                    r.ts
+                )),
+                show(&max.value),
+                max.origin,
+                max.seq,
+                max.ts
+            ));
+        }
+        for w in &writes {
+            if same_write(w, max) {
+                continue;
+            }
+            if writes.iter().any(|w2| !same_write(w2, w) && w2.had_seen(w)) {
+                continue;
+            }
+            let in_ledger = views.iter().any(|v| {
+                v.conflicts.iter().any(|c| {
+                    c.keyspace == SESSIONS
+                        && c.key == w.key
+                        && c.loser.ts == w.ts
+                        && c.loser.origin == w.origin
+                })
+            });
+            if in_ledger {
+                continue;
+            }
+            return lost(format!(
+                "lww write {} = {} (origin {}, seq {}, ts {}, at {} ms) was lost: it is not the final \
+                 value, no later write had seen it, and no region's conflict ledger records it as a loser",
+                k(SESSIONS, key),
+                show(&w.value),
+                w.origin,
+                w.seq,
+                w.ts,
+                w.at_ms
+            ));
+        }
+    }
+
+    for (key, writes) in history.mvr_by_key() {
+        let empty = MvRegister::default();
+        let state = match view.state(CARTS, key) {
+            Some(KeyState::Mvr(r)) => r,
+            None => &empty,
+            Some(other) => {
+                return lost(format!(
+                    "{} holds a {} state",
+                    k(CARTS, key),
+                    other.policy()
+                ));
+            }
+        };
+        let superseded = |d: &Dot| writes.iter().any(|w| w.seen.contains(d));
+        let expected: BTreeMap<&Dot, &Option<Vec<u8>>> = writes
+            .iter()
+            .filter(|w| !superseded(&w.dot))
+            .map(|w| (&w.dot, &w.value))
+            .collect();
+        let actual: BTreeMap<&Dot, &Option<Vec<u8>>> =
+            state.siblings.iter().map(|s| (&s.dot, &s.value)).collect();
+        for (dot, value) in &expected {
+            match actual.get(dot) {
+                None => {
+                    let w = writes.iter().find(|w| &&w.dot == dot);
+                    return lost(format!(
+                        "mvr write {} = {} (dot {dot}, seq {}) was lost: it is not a sibling at {} and \
+                         no acknowledged write's context held its dot; siblings: {:?}",
+                        k(CARTS, key),
+                        show(value),
+                        w.map_or(0, |w| w.seq),
+                        view.region,
+                        state.siblings
+                    ));
+                }
+                Some(v) if v != value => {
+                    return lost(format!(
+                        "mvr sibling {} dot {dot} holds {} but its write wrote {}",
+                        k(CARTS, key),
+                        show(v),
+                        show(value)
+                    ));
+                }
+                Some(_) => {}
+            }
+        }
+        for (dot, value) in &actual {
+            if !expected.contains_key(dot) {
+                return lost(format!(
+                    "mvr {} at {} has sibling {dot} = {} that {}",
+                    k(CARTS, key),
+                    view.region,
+                    show(value),
+                    if writes.iter().any(|w| &&w.dot == dot) {
+                        "an acknowledged write superseded (resurrected)"
+                    } else {
+                        "no acknowledged write produced"
+                    }
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Invariant 3: every counter equals the sum of its acknowledged adds.
+pub fn counters(views: &[RegionView], history: &History) -> Result<(), Violation> {
+    let mut sums: BTreeMap<&[u8], i128> = BTreeMap::new();
+    for w in &history.counters {
+        *sums.entry(&w.key[..]).or_default() += i128::from(w.delta);
+    }
+    for view in views {
+        for (key, sum) in &sums {
+            let value = match view.state(RATELIMITS, key) {
+                Some(KeyState::Counter(c)) => c.value(),
+                None => 0,
+                Some(other) => {
+                    return Err(Violation::new(
+                        Invariant::Counters,
+                        format!("{} holds a {} state", k(RATELIMITS, key), other.policy()),
+                    ));
+                }
+            };
+            if value != *sum {
+                return Err(Violation::new(
+                    Invariant::Counters,
+                    format!(
+                        "{} at {} is {value}, but the acknowledged adds sum to {sum}",
+                        k(RATELIMITS, key),
+                        view.region
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Invariant 4: per set key and element, the dots present are exactly the adds no update observed
+/// (an element is present iff some add of it was observed by no remove).
+pub fn add_wins_sets(views: &[RegionView], history: &History) -> Result<(), Violation> {
+    type PerElement<'a> = BTreeMap<&'a str, BTreeSet<&'a Dot>>;
+    let mut added: BTreeMap<&[u8], PerElement> = BTreeMap::new();
+    let mut observed: BTreeMap<&[u8], PerElement> = BTreeMap::new();
+    for w in &history.sets {
+        for (e, d) in &w.added {
+            added
+                .entry(&w.key[..])
+                .or_default()
+                .entry(e)
+                .or_default()
+                .insert(d);
+        }
+        for (e, ds) in &w.observed {
+            observed
+                .entry(&w.key[..])
+                .or_default()
+                .entry(e)
+                .or_default()
+                .extend(ds.iter());
+        }
+    }
+    let none = BTreeSet::new();
+    for view in views {
+        for (key, adds) in &added {
+            let set = match view.state(FLAGS, key) {
+                Some(KeyState::Set(s)) => Some(s),
+                None => None,
+                Some(other) => {
+                    return Err(Violation::new(
+                        Invariant::AddWinsSets,
+                        format!("{} holds a {} state", k(FLAGS, key), other.policy()),
+                    ));
+                }
+            };
+            let members: BTreeSet<&str> = set
+                .map(|s| s.members())
+                .unwrap_or_default()
+                .into_iter()
+                .collect();
+            let elements: BTreeSet<&str> = adds
+                .keys()
+                .copied()
+                .chain(members.iter().copied())
+                .collect();
+            for e in elements {
+                let obs = observed.get(key).and_then(|o| o.get(e)).unwrap_or(&none);
+                let expected: BTreeSet<&Dot> = adds
+                    .get(e)
+                    .unwrap_or(&none)
+                    .iter()
+                    .copied()
+                    .filter(|d| !obs.contains(d))
+                    .collect();
+                let actual: BTreeSet<&Dot> = set.map(|s| s.dots(e).collect()).unwrap_or_default();
+                if expected != actual {
+                    return Err(Violation::new(
+                        Invariant::AddWinsSets,
+                        format!(
+                            "{} element {e:?} at {}: present {} with dots {:?}, but the adds no remove \
+                             observed are {:?} (so it should be {})",
+                            k(FLAGS, key),
+                            view.region,
+                            !actual.is_empty(),
+                            actual,
+                            expected,
+                            if expected.is_empty() {
+                                "absent"
+                            } else {
+                                "present"
+                            }
+                        ),
+                    ));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Where a region's replication cursor stands when a tombstone is collected (a crashed region's
+/// backend keeps the cursor it had).
+#[derive(Clone, Debug)]
+pub struct CursorAt {
+    pub region: RegionId,
+    pub applied: VersionVector,
+    pub up: bool,
+}
+
+/// Invariant 5: `at` just collected the tombstone of `key` written by `origin` at `ts`: every
+/// region must have applied that delete.
+pub fn tombstone_collection(
+    at: &RegionId,
+    key: &[u8],
+    origin: &RegionId,
+    ts: Timestamp,
+    horizon_ms: Option<u64>,
+    history: &History,
+    cursors: &[CursorAt],
+) -> Result<(), Violation> {
+    let Some(del) = history.lww_delete(key, origin, ts) else {
+        return Err(Violation::new(
+            Invariant::Tombstones,
+            format!(
+                "{at} collected a tombstone of {} (origin {origin}, ts {ts}) that no acknowledged \
+                 delete wrote",
+                k(SESSIONS, key)
+            ),
+        ));
+    };
+    for c in cursors {
+        if c.applied.get(origin) < del.seq {
+            return Err(Violation::new(
+                Invariant::Tombstones,
+                format!(
+                    "{at} collected the tombstone of {} (delete {origin}:{} ts {ts}, horizon {horizon_ms:?}) \
+                     but {} ({}) had applied {origin} only up to {}",
+                    k(SESSIONS, key),
+                    del.seq,
+                    c.region,
+                    if c.up { "up" } else { "crashed" },
+                    c.applied.get(origin)
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Invariant 6, first half: `region`, whose clock read `local_ms`, applied `entry`.
+pub fn apply_within_clock_bound(
+    region: &RegionId,
+    entry: &OpEntry,
+    local_ms: u64,
+    max_clock_offset_ms: u64,
+) -> Result<(), Violation> {
+    if entry.ts.wall_ms > local_ms.saturating_add(max_clock_offset_ms) {
+        return Err(Violation::new(
+            Invariant::ClockSkew,
+            format!(
+                "{region} applied {}:{} with timestamp {}, {} ms ahead of its clock ({local_ms}), \
+                 beyond max_clock_offset {max_clock_offset_ms} ms",
+                entry.origin,
+                entry.seq,
+                entry.ts,
+                entry.ts.wall_ms - local_ms
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Invariant 6, second half: every write accepted while its region's clock ran ahead reached
+/// every region once the clock was back.
+pub fn skewed_writes_converged(views: &[RegionView], history: &History) -> Result<(), Violation> {
+    for (origin, seq) in &history.skewed_writes {
+        for v in views {
+            if v.applied.get(origin) < *seq {
+                return Err(Violation::new(
+                    Invariant::ClockSkew,
+                    format!(
+                        "write {origin}:{seq}, accepted while {origin}'s clock ran ahead, never reached \
+                         {} (applied {origin} up to {})",
+                        v.region,
+                        v.applied.get(origin)
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,188 @@
+//! What the simulation asked for and what was acknowledged: the history the checkers judge the
+//! final state against. Only acknowledged writes are recorded (a refused write changed nothing).
+
+use atoll_config::KeyspaceConfig;
+use atoll_core::RegionId;
+use atoll_core::causal::{CausalContext, Dot, VersionVector};
+use atoll_core::hlc::Timestamp;
+use atoll_core::op::Policy;
+use std::collections::{BTreeMap, BTreeSet};
+
+/// The lww keyspace.
+pub const SESSIONS: &str = "sessions";
+/// The mvr keyspace (max 64 siblings).
+pub const CARTS: &str = "carts";
+/// The counter keyspace.
+pub const RATELIMITS: &str = "ratelimits";
+/// The add-wins set keyspace.
+pub const FLAGS: &str = "flags";
+
+/// The keyspaces every simulated region serves.
+pub fn keyspaces() -> Vec<KeyspaceConfig> {
+    let mut carts = KeyspaceConfig::new(CARTS, Policy::Mvr);
+    carts.max_siblings = 64;
+    vec![
+        KeyspaceConfig::new(SESSIONS, Policy::Lww),
+        carts,
+        KeyspaceConfig::new(RATELIMITS, Policy::Counter),
+        KeyspaceConfig::new(FLAGS, Policy::Set),
+    ]
+}
+
+/// A client write, as the simulation issues it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum WriteOp {
+    /// lww put.
+    LwwPut { key: String, value: String },
+    /// lww delete (tombstone).
+    LwwDelete { key: String },
+    /// mvr put; with the context of a read at the same region just before, or without (adds a
+    /// sibling).
+    MvrPut {
+        key: String,
+        value: String,
+        with_context: bool,
+    },
+    /// mvr delete with the context of a read at the same region.
+    MvrDelete { key: String },
+    /// Counter add (may be negative).
+    CounterAdd { key: String, delta: i64 },
+    /// Set update.
+    SetUpdate {
+        key: String,
+        add: Vec<String>,
+        remove: Vec<String>,
+    },
+}
+
+impl WriteOp {
+    /// The keyspace and key written.
+    pub fn target(&self) -> (&'static str, &str) {
+        match self {
+            WriteOp::LwwPut { key, .. } | WriteOp::LwwDelete { key } => (SESSIONS, key),
+            WriteOp::MvrPut { key, .. } | WriteOp::MvrDelete { key } => (CARTS, key),
+            WriteOp::CounterAdd { key, .. } => (RATELIMITS, key),
+            WriteOp::SetUpdate { key, .. } => (FLAGS, key),
+        }
+    }
+
+    /// A small code for the event log.
+    pub fn code(&self) -> u64 {
+        match self {
+            WriteOp::LwwPut { .. } => 1,
+            WriteOp::LwwDelete { .. } => 2,
+            WriteOp::MvrPut {
+                with_context: true, ..
+            } => 3,
+            WriteOp::MvrPut { .. } => 4,
+            WriteOp::MvrDelete { .. } => 5,
+            WriteOp::CounterAdd { .. } => 6,
+            WriteOp::SetUpdate { .. } => 7,
+        }
+    }
+}
+
+/// An acknowledged lww write.
+#[derive(Clone, Debug)]
+pub struct LwwWrite {
+    pub key: Vec<u8>,
+    pub origin: RegionId,
+    pub seq: u64,
+    pub ts: Timestamp,
+    /// `None`: a delete.
+    pub value: Option<Vec<u8>>,
+    /// The writer's applied vector just before the write: every op it had seen.
+    pub seen: VersionVector,
+    /// Virtual time of the write.
+    pub at_ms: u64,
+}
+
+impl LwwWrite {
+    /// Whether the writer of `self` had seen `other` (applied its op) before writing.
+    pub fn had_seen(&self, other: &LwwWrite) -> bool {
+        self.seen.get(&other.origin) >= other.seq
+    }
+}
+
+/// An acknowledged mvr write.
+#[derive(Clone, Debug)]
+pub struct MvrWrite {
+    pub key: Vec<u8>,
+    pub origin: RegionId,
+    pub seq: u64,
+    /// The dot of the sibling it created.
+    pub dot: Dot,
+    /// `None`: a delete marker.
+    pub value: Option<Vec<u8>>,
+    /// The dots it supersedes: the client's context plus the delete markers the region held.
+    pub seen: CausalContext,
+}
+
+/// An acknowledged counter add.
+#[derive(Clone, Debug)]
+pub struct CounterWrite {
+    pub key: Vec<u8>,
+    pub origin: RegionId,
+    pub seq: u64,
+    pub delta: i64,
+}
+
+/// An acknowledged set update.
+#[derive(Clone, Debug)]
+pub struct SetWrite {
+    pub key: Vec<u8>,
+    pub origin: RegionId,
+    pub seq: u64,
+    /// Each added element and the dot it got.
+    pub added: Vec<(String, Dot)>,
+    /// For each element removed or re-added, the dots the writing region held for it (the
+    /// update removes exactly those).
+    pub observed: Vec<(String, Vec<Dot>)>,
+}
+
+/// Everything acknowledged during a run.
+#[derive(Clone, Debug, Default)]
+pub struct History {
+    pub lww: Vec<LwwWrite>,
+    pub mvr: Vec<MvrWrite>,
+    pub counters: Vec<CounterWrite>,
+    pub sets: Vec<SetWrite>,
+    /// Every (keyspace, key) ever written (acknowledged or not).
+    pub keys: BTreeSet<(String, Vec<u8>)>,
+    /// Writes refused by the store (sibling limit, ...): not acknowledged, nothing changed.
+    pub rejected: u64,
+    /// Writes accepted by a region while its clock ran ahead beyond the bound: (origin, seq).
+    pub skewed_writes: Vec<(RegionId, u64)>,
+}
+
+impl History {
+    /// Number of acknowledged writes.
+    pub fn acked(&self) -> usize {
+        self.lww.len() + self.mvr.len() + self.counters.len() + self.sets.len()
+    }
+
+    /// The acknowledged lww writes, by key.
+    pub fn lww_by_key(&self) -> BTreeMap<&[u8], Vec<&LwwWrite>> {
+        let mut out: BTreeMap<&[u8], Vec<&LwwWrite>> = BTreeMap::new();
+        for w in &self.lww {
+            out.entry(&w.key[..]).or_default().push(w);
+        }
+        out
+    }
+
+    /// The acknowledged mvr writes, by key.
+    pub fn mvr_by_key(&self) -> BTreeMap<&[u8], Vec<&MvrWrite>> {
+        let mut out: BTreeMap<&[u8], Vec<&MvrWrite>> = BTreeMap::new();
+        for w in &self.mvr {
+            out.entry(&w.key[..]).or_default().push(w);
+        }
+        out
+    }
+
+    /// The lww delete written by `origin` with timestamp `ts`, if acknowledged.
+    pub fn lww_delete(&self, key: &[u8], origin: &RegionId, ts: Timestamp) -> Option<&LwwWrite> {
+        self.lww
+            .iter()
+            .find(|w| w.key == key && &w.origin == origin && w.ts == ts && w.value.is_none())
+    }
+}

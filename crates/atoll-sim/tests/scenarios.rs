@@ -1,0 +1,430 @@
+//! Targeted scenarios, scripted on the simulated cluster, and negative controls showing that the
+//! checkers do fail when the state or the history is wrong.
+
+use atoll_core::causal::Dot;
+use atoll_core::op::KeyState;
+use atoll_core::repl::LinkState;
+use atoll_sim::check::{self, Invariant};
+use atoll_sim::model::{CounterWrite, LwwWrite, SetWrite};
+use atoll_sim::{Sim, SimOptions, WriteOp};
+
+const A: usize = 0;
+const B: usize = 1;
+const C: usize = 2;
+
+fn sim(n: usize) -> Sim {
+    Sim::new(1, n, SimOptions::scripted()).unwrap_or_else(|v| panic!("{v}"))
+}
+
+/// No periodic maintenance: the scenario runs it by hand.
+fn sim_manual_maintenance(n: usize) -> Sim {
+    let opts = SimOptions {
+        maintenance_interval_ms: 1 << 40,
+        ..SimOptions::scripted()
+    };
+    Sim::new(1, n, opts).unwrap_or_else(|v| panic!("{v}"))
+}
+
+fn w(sim: &mut Sim, r: usize, op: WriteOp) -> u64 {
+    sim.write(r, &op)
+        .unwrap_or_else(|e| panic!("write {op:?} at {} refused: {e}", sim.id(r)))
+        .seq
+}
+
+fn put(key: &str, value: &str) -> WriteOp {
+    WriteOp::LwwPut {
+        key: key.into(),
+        value: value.into(),
+    }
+}
+
+fn add(key: &str, delta: i64) -> WriteOp {
+    WriteOp::CounterAdd {
+        key: key.into(),
+        delta,
+    }
+}
+
+fn one_of_each(sim: &mut Sim, r: usize, tag: &str) {
+    w(sim, r, put("s", &format!("{tag}-s")));
+    w(
+        sim,
+        r,
+        WriteOp::MvrPut {
+            key: "c".into(),
+            value: format!("{tag}-c"),
+            with_context: true,
+        },
+    );
+    w(sim, r, add("r", 3));
+    w(
+        sim,
+        r,
+        WriteOp::SetUpdate {
+            key: "f".into(),
+            add: vec![tag.into()],
+            remove: vec![],
+        },
+    );
+}
+
+fn converge(sim: &mut Sim, max_ms: u64) {
+    if let Err(v) = sim.run_until_converged(max_ms) {
+        panic!("{v}");
+    }
+    if let Err(v) = sim.check_all() {
+        panic!("{v}");
+    }
+}
+
+fn state_of(sim: &Sim, r: usize, peer: usize) -> LinkState {
+    let id = sim.id(peer).clone();
+    sim.peer_status(r)
+        .expect("up")
+        .into_iter()
+        .find(|p| p.region == id)
+        .expect("peer")
+        .state
+}
+
+#[test]
+fn partial_partition_converges_through_relay() {
+    let mut sim = sim(3);
+    sim.run_for(3_000).unwrap();
+    sim.partition(A, C);
+    // A and C stop hearing each other after dead_after (3 heartbeat intervals).
+    sim.run_for(4_000).unwrap();
+    assert_eq!(state_of(&sim, A, C), LinkState::Unreachable);
+    assert_eq!(state_of(&sim, C, A), LinkState::Unreachable);
+    assert_eq!(state_of(&sim, A, B), LinkState::Up);
+    for (r, tag) in [(A, "a"), (B, "b"), (C, "c")] {
+        one_of_each(&mut sim, r, tag);
+    }
+    // Converges with the A-C cut still in place: A gets C's ops through B and the other way.
+    converge(&mut sim, 10_000);
+    assert!(sim.violations().is_empty());
+    assert_eq!(sim.applied(A), sim.applied(C));
+    let expected = sim.applied(B);
+    assert_eq!(expected.get(sim.id(C)), 4);
+    assert_eq!(expected.get(sim.id(A)), 4);
+}
+
+#[test]
+fn one_way_partition() {
+    let mut sim = sim(3);
+    sim.run_for(3_000).unwrap();
+    // A's messages no longer reach B; B's still reach A.
+    sim.cut(A, B);
+    sim.run_for(4_000).unwrap();
+    // Each side says honestly what it sees: B does not hear A; A hears B but B's heartbeats no
+    // longer echo A's, so A reports the link as one-way.
+    assert_eq!(state_of(&sim, B, A), LinkState::Unreachable);
+    assert_eq!(state_of(&sim, A, B), LinkState::OneWay);
+    one_of_each(&mut sim, A, "a");
+    one_of_each(&mut sim, B, "b");
+    sim.run_for(5_000).unwrap();
+    // B cannot hear A, so it gets A's ops relayed through C.
+    assert_eq!(sim.applied(B).get(sim.id(A)), 4, "{}", sim.describe());
+    assert_eq!(sim.applied(C).get(sim.id(A)), 4);
+    assert_eq!(sim.applied(C).get(sim.id(B)), 4);
+    // A cannot subscribe to B (its requests do not arrive), so it relays B's ops through C too.
+    assert_eq!(sim.applied(A).get(sim.id(B)), 4, "{}", sim.describe());
+    sim.heal(A, B);
+    converge(&mut sim, 10_000);
+}
+
+#[test]
+fn crash_restart_catches_up_from_cursor() {
+    let mut sim = sim(3);
+    sim.run_for(2_000).unwrap();
+    for (r, tag) in [(A, "a"), (B, "b"), (C, "c")] {
+        one_of_each(&mut sim, r, tag);
+    }
+    converge(&mut sim, 10_000);
+    let cursor = sim.applied(C);
+    sim.crash(C);
+    let mut missed = 0;
+    for i in 0..5 {
+        w(&mut sim, A, put("s", &format!("a{i}")));
+        w(&mut sim, B, add("r", i));
+        missed += 2;
+        sim.run_for(400).unwrap();
+    }
+    // The others stop hearing C and keep replicating among themselves.
+    sim.run_for(4_000).unwrap();
+    assert_eq!(state_of(&sim, A, C), LinkState::Unreachable);
+    assert_eq!(sim.applied(A), sim.applied(B));
+    sim.restart(C).unwrap();
+    // The durable cursor survived the crash.
+    assert_eq!(sim.applied(C), cursor);
+    converge(&mut sim, 10_000);
+    // C resumed from its cursor: it applied exactly the entries it missed.
+    assert_eq!(sim.applied_since_start(C), missed);
+    let own = sim.applied(C).get(sim.id(C));
+    assert_eq!(own, 4);
+}
+
+#[test]
+fn clock_skew_holds_back_then_resumes() {
+    let mut sim = sim(3);
+    sim.run_for(3_000).unwrap();
+    w(&mut sim, A, put("s", "before"));
+    converge(&mut sim, 5_000);
+    let head_before = sim.applied(B).get(sim.id(A));
+    sim.set_skew(A, 2_000);
+    // Two heartbeat rounds: B and C measure A's offset through the echo.
+    sim.run_for(2_500).unwrap();
+    assert_eq!(state_of(&sim, B, A), LinkState::ClockSkew);
+    assert_eq!(state_of(&sim, C, A), LinkState::ClockSkew);
+    assert_eq!(state_of(&sim, A, B), LinkState::Up);
+    w(&mut sim, A, put("s", "skewed"));
+    w(&mut sim, A, add("r", 7));
+    w(&mut sim, B, add("r", 1));
+    sim.run_for(4_000).unwrap();
+    // Held back: B and C have not applied A's skewed writes, but A applied B's.
+    assert_eq!(sim.applied(B).get(sim.id(A)), head_before);
+    assert_eq!(sim.applied(C).get(sim.id(A)), head_before);
+    assert_eq!(sim.applied(A).get(sim.id(B)), 1);
+    assert_eq!(sim.history().skewed_writes.len(), 2);
+    sim.set_skew(A, 0);
+    // Resumes once A's offset is back in bounds and the clocks pass A's timestamps.
+    converge(&mut sim, 15_000);
+    assert_eq!(sim.applied(B).get(sim.id(A)), head_before + 2);
+    match sim.get(B, "sessions", "s") {
+        Some(KeyState::Lww(r)) => assert_eq!(r.value.as_deref(), Some(&b"skewed"[..])),
+        other => panic!("{other:?}"),
+    }
+    match sim.get(C, "ratelimits", "r") {
+        Some(KeyState::Counter(c)) => assert_eq!(c.value(), 8),
+        other => panic!("{other:?}"),
+    }
+}
+
+/// Regression: a region whose clock runs ahead beyond the bound measured the horizon in its own
+/// (ahead) time and collected other regions' tombstones before every region had them.
+#[test]
+fn skewed_region_does_not_collect_tombstones_early() {
+    let mut sim = sim_manual_maintenance(3);
+    sim.run_for(2_000).unwrap();
+    w(&mut sim, B, put("s", "x"));
+    converge(&mut sim, 5_000);
+    sim.set_skew(A, 2_500);
+    sim.run_for(2_500).unwrap();
+    // C goes dark; right after, B deletes the key and A gets the delete.
+    for q in [A, B] {
+        sim.partition(C, q);
+    }
+    sim.run_for(200).unwrap();
+    let del = w(&mut sim, B, WriteOp::LwwDelete { key: "s".into() });
+    sim.run_for(600).unwrap();
+    assert_eq!(sim.applied(A).get(sim.id(B)), del);
+    assert!(sim.applied(C).get(sim.id(B)) < del);
+    // A's horizon, in its own time, is past the delete; C has not got it.
+    let collected = sim.maintain_now(A).unwrap();
+    assert_eq!(collected, 0, "{:?}", sim.violations());
+    assert!(sim.violations().is_empty(), "{:?}", sim.violations());
+    sim.heal_everything().unwrap();
+    converge(&mut sim, 15_000);
+}
+
+/// Regression: after a tombstone was collected, the next local lww write started its version
+/// vector from zero; a concurrent write from a region still holding the tombstone's larger vector
+/// looked causally newer, and one of the two writes was lost without a conflict record.
+#[test]
+fn write_after_tombstone_collection_is_still_a_conflict() {
+    let mut sim = sim_manual_maintenance(3);
+    sim.run_for(2_000).unwrap();
+    for i in 0..3 {
+        w(&mut sim, A, put("s", &format!("a{i}")));
+        w(&mut sim, B, put("s", &format!("b{i}")));
+        sim.run_for(300).unwrap();
+    }
+    w(&mut sim, A, WriteOp::LwwDelete { key: "s".into() });
+    converge(&mut sim, 5_000);
+    // Let the horizon pass the delete, then collect at A only.
+    sim.run_for(3_000).unwrap();
+    assert_eq!(sim.maintain_now(A).unwrap(), 1);
+    assert!(sim.get(A, "sessions", "s").is_none());
+    assert!(sim.get(B, "sessions", "s").is_some());
+    // A and B write concurrently; B's write (later, so greater timestamp) wins.
+    sim.partition(A, B);
+    sim.partition(A, C);
+    w(&mut sim, A, put("s", "after-gc-a"));
+    sim.run_for(300).unwrap();
+    w(&mut sim, B, put("s", "after-gc-b"));
+    sim.heal_everything().unwrap();
+    converge(&mut sim, 10_000);
+    let views = sim.views().unwrap();
+    assert!(
+        views.iter().any(|v| v
+            .conflicts
+            .iter()
+            .any(|c| c.loser.value.as_deref() == Some(&b"after-gc-a"[..]))),
+        "A's lost write is not in any conflict ledger"
+    );
+}
+
+#[test]
+fn same_script_same_trace() {
+    let run = || {
+        let mut sim = sim(4);
+        sim.run_for(2_000).unwrap();
+        sim.partition(A, C);
+        one_of_each(&mut sim, A, "a");
+        one_of_each(&mut sim, C, "c");
+        sim.crash(B);
+        sim.run_for(3_000).unwrap();
+        sim.restart(B).unwrap();
+        converge(&mut sim, 10_000);
+        sim.trace_hash()
+    };
+    assert_eq!(run(), run());
+}
+
+// ----- negative controls: the checkers do fail -----
+
+fn converged_cluster() -> Sim {
+    let mut sim = sim(3);
+    sim.run_for(2_000).unwrap();
+    for (r, tag) in [(A, "a"), (B, "b"), (C, "c")] {
+        one_of_each(&mut sim, r, tag);
+    }
+    converge(&mut sim, 10_000);
+    sim
+}
+
+#[test]
+fn convergence_checker_catches_a_write_applied_at_one_region_only() {
+    let mut sim = converged_cluster();
+    for q in [B, C] {
+        sim.partition(A, q);
+    }
+    w(&mut sim, A, put("s", "only-here"));
+    let err = check::convergence(&sim.views().unwrap()).unwrap_err();
+    assert_eq!(err.invariant, Invariant::Convergence);
+    assert!(err.detail.contains("applied vectors differ"), "{err}");
+    // Even with the vectors made equal, the state difference is reported: compare A with a
+    // region whose view pretends to have applied everything A has.
+    let mut views = sim.views().unwrap();
+    let applied = views[0].applied.clone();
+    for v in &mut views[1..] {
+        v.applied = applied.clone();
+    }
+    let err = check::convergence(&views).unwrap_err();
+    assert!(err.detail.contains("sessions/s differs"), "{err}");
+    assert_eq!(
+        sim.check_all().unwrap_err().invariant,
+        Invariant::Convergence
+    );
+}
+
+#[test]
+fn lost_write_checker_catches_an_unrecorded_loss() {
+    let mut sim = converged_cluster();
+    let mut fake = sim.history().lww[0].clone();
+    fake.seq = 999;
+    fake.value = Some(b"never-written".to_vec());
+    fake.ts.wall_ms -= 1;
+    let id = sim.id(B).clone();
+    sim.history_mut().lww.push(LwwWrite { origin: id, ..fake });
+    let err = check::no_lost_writes(&sim.views().unwrap(), sim.history()).unwrap_err();
+    assert_eq!(err.invariant, Invariant::NoLostWrites);
+    assert!(err.detail.contains("never-written"), "{err}");
+}
+
+#[test]
+fn counter_checker_catches_a_missing_increment() {
+    let mut sim = converged_cluster();
+    let id = sim.id(A).clone();
+    sim.history_mut().counters.push(CounterWrite {
+        key: b"r".to_vec(),
+        origin: id,
+        seq: 999,
+        delta: 5,
+    });
+    let err = check::counters(&sim.views().unwrap(), sim.history()).unwrap_err();
+    assert_eq!(err.invariant, Invariant::Counters);
+    assert!(err.detail.contains("sum to 14"), "{err}");
+}
+
+#[test]
+fn set_checker_catches_a_lost_add_and_a_resurrection() {
+    let mut sim = converged_cluster();
+    let id = sim.id(A).clone();
+    sim.history_mut().sets.push(SetWrite {
+        key: b"f".to_vec(),
+        origin: id.clone(),
+        seq: 999,
+        added: vec![("ghost".into(), Dot::new(id.clone(), 999))],
+        observed: vec![],
+    });
+    let err = check::add_wins_sets(&sim.views().unwrap(), sim.history()).unwrap_err();
+    assert_eq!(err.invariant, Invariant::AddWinsSets);
+    assert!(err.detail.contains("ghost"), "{err}");
+    // A remove that observed the live "a" dot: the element should be gone but is present.
+    sim.history_mut().sets.pop();
+    let a_dot = sim.history().sets[0].added[0].1.clone();
+    sim.history_mut().sets.push(SetWrite {
+        key: b"f".to_vec(),
+        origin: id,
+        seq: 1000,
+        added: vec![],
+        observed: vec![("a".into(), vec![a_dot])],
+    });
+    let err = check::add_wins_sets(&sim.views().unwrap(), sim.history()).unwrap_err();
+    assert!(err.detail.contains("should be absent"), "{err}");
+}
+
+#[test]
+fn tombstone_checker_catches_an_early_collection() {
+    let mut sim = converged_cluster();
+    let del = w(&mut sim, A, WriteOp::LwwDelete { key: "s".into() });
+    let ts = sim.history().lww.last().unwrap().ts;
+    let cursors: Vec<check::CursorAt> = (0..3)
+        .map(|q| check::CursorAt {
+            region: sim.id(q).clone(),
+            applied: sim.applied(q),
+            up: true,
+        })
+        .collect();
+    // A has its own delete; B and C have not applied it yet.
+    let err = check::tombstone_collection(
+        sim.id(A),
+        b"s",
+        sim.id(A),
+        ts,
+        Some(ts.wall_ms + 1),
+        sim.history(),
+        &cursors,
+    )
+    .unwrap_err();
+    assert_eq!(err.invariant, Invariant::Tombstones);
+    assert!(
+        err.detail.contains(&format!("only up to {}", del - 1)),
+        "{err}"
+    );
+}
+
+/// Regression: when a region's clock stepped back (here: its skew ends), the caught-up times its
+/// core recorded with the clock ahead stayed as they were, so for a while it claimed to hold
+/// everything up to "now" although it could not hear B; C trusted that claim and collected B's
+/// tombstone before A had the delete.
+#[test]
+fn clock_step_back_does_not_overclaim() {
+    let mut sim = sim_manual_maintenance(3);
+    sim.run_for(2_000).unwrap();
+    w(&mut sim, B, put("s", "x"));
+    converge(&mut sim, 5_000);
+    sim.set_skew(A, 3_000);
+    sim.run_for(3_000).unwrap();
+    // A's clock steps back; at the same moment B's messages stop reaching A.
+    sim.set_skew(A, 0);
+    sim.cut(B, A);
+    sim.run_for(200).unwrap();
+    let del = w(&mut sim, B, WriteOp::LwwDelete { key: "s".into() });
+    sim.run_for(1_500).unwrap();
+    assert!(sim.applied(A).get(sim.id(B)) < del);
+    assert_eq!(sim.applied(C).get(sim.id(B)), del);
+    sim.maintain_now(C).unwrap();
+    assert!(sim.violations().is_empty(), "{:?}", sim.violations());
+}

@@ -21,15 +21,22 @@ pub fn demo_config(port_base: u16) -> String {
     );
     for (i, (name, lat, lon)) in DEMO_REGIONS.iter().enumerate() {
         out.push_str(&format!(
-            "[[regions]]\nname = \"{name}\"\napi = \"127.0.0.1:{}\"\nlocation = {{ lat = {lat}, lon = {lon} }}\n\n",
-            u32::from(port_base) + i as u32
+            "[[regions]]\nname = \"{name}\"\napi = \"127.0.0.1:{}\"\ndns_address = \"127.0.0.{}\"\nlocation = {{ lat = {lat}, lon = {lon} }}\n\n",
+            u32::from(port_base) + i as u32,
+            11 + i
         ));
     }
     out.push_str(
         "[[keyspaces]]\nname = \"sessions\"\npolicy = \"lww\"\n\n\
          [[keyspaces]]\nname = \"carts\"\npolicy = \"mvr\"\n\n\
          [[keyspaces]]\nname = \"ratelimits\"\npolicy = \"counter\"\n\n\
-         [[keyspaces]]\nname = \"flags\"\npolicy = \"set\"\n",
+         [[keyspaces]]\nname = \"flags\"\npolicy = \"set\"\n\n\
+         [router]\nzone = \"atoll.test\"\nttl_secs = 30\n\n\
+         [router.health]\ninterval_ms = 1000\nfailure_threshold = 3\nrecovery_threshold = 2\nramp_secs = 30\n\n\
+         [[router.names]]\nname = \"api\"\npolicy = \"latency\"\n\n\
+         [[router.names]]\nname = \"primary\"\npolicy = \"failover\"\nregions = [\"us-east-1\", \"eu-west-1\", \"ap-southeast-1\"]\n\n\
+         [[router.client_locations]]\nprefix = \"198.51.100.0/24\"\nlat = 48.9\nlon = 2.35\n\n\
+         [[router.client_locations]]\nprefix = \"203.0.113.0/24\"\nlat = 1.35\nlon = 103.8\n",
     );
     out
 }
@@ -45,6 +52,7 @@ async fn start_region(
     config: &Path,
     name: &str,
     data_dir: &Path,
+    peer_via: &[(String, std::net::SocketAddr)],
 ) -> Result<RegionChild> {
     let log_path = data_dir.join(format!("{name}.log"));
     let log = std::fs::File::create(&log_path)
@@ -57,6 +65,11 @@ async fn start_region(
         .arg(name)
         .arg("--data-dir")
         .arg(data_dir.join(name))
+        .args(
+            peer_via
+                .iter()
+                .flat_map(|(peer, addr)| ["--peer-via".to_string(), format!("{peer}={addr}")]),
+        )
         .stdout(Stdio::piped())
         .stderr(Stdio::from(log))
         .kill_on_drop(true)
@@ -126,15 +139,51 @@ pub async fn run(data_dir: Option<PathBuf>, port_base: u16) -> Result<()> {
         }
     };
     let config_text = demo_config(port_base);
-    atoll_config::Config::parse(&config_text, "demo config").map_err(anyhow::Error::msg)?;
+    let config =
+        atoll_config::Config::parse(&config_text, "demo config").map_err(anyhow::Error::msg)?;
     let config_path = dir.join("atoll.toml");
     std::fs::write(&config_path, &config_text)?;
     let exe = std::env::current_exe().context("cannot find the atoll binary")?;
 
+    // Every inter-region connection goes through an `atoll link` proxy with the latency of the
+    // great-circle distance between the regions.
+    let specs = atoll_link::links_from_cluster(&config, 0).map_err(|e| anyhow!("{e}"))?;
+    let control: std::net::SocketAddr =
+        format!("127.0.0.1:{}", u32::from(port_base) + 90).parse()?;
+    let links = atoll_link::LinkServer::start(specs, Some(control))
+        .await
+        .map_err(|e| anyhow!("cannot start the link proxies: {e}"))?;
+
     let mut regions = Vec::new();
     for (name, _, _) in DEMO_REGIONS {
-        regions.push(start_region(&exe, &config_path, name, &dir).await?);
+        let via: Vec<(String, std::net::SocketAddr)> = DEMO_REGIONS
+            .iter()
+            .filter(|(peer, _, _)| *peer != name)
+            .filter_map(|(peer, _, _)| {
+                links
+                    .listen_addr(&format!("{name}->{peer}"))
+                    .map(|a| (peer.to_string(), a))
+            })
+            .collect();
+        regions.push(start_region(&exe, &config_path, name, &dir, &via).await?);
     }
+
+    // A router in front: health-checked failover proxy, authoritative DNS and an admin API.
+    let token = format!("demo-{:016x}", rand_token());
+    let port = |off: u32| -> Result<std::net::SocketAddr> {
+        Ok(format!("127.0.0.1:{}", u32::from(port_base) + off).parse()?)
+    };
+    let mut ropts = atoll_router::runtime::RouterOptions::new(
+        std::sync::Arc::new(config.clone()),
+        port(81)?,
+        dir.join("router"),
+        token.clone(),
+    );
+    ropts.proxy_listen = Some(port(80)?);
+    ropts.dns_listen = Some(port(53)?);
+    let router = atoll_router::runtime::Router::start(ropts)
+        .await
+        .map_err(|e| anyhow!("cannot start the router: {e}"))?;
 
     println!(
         "atoll demo: 3 regions replicating active-active (data in {})\n",
@@ -143,13 +192,51 @@ pub async fn run(data_dir: Option<PathBuf>, port_base: u16) -> Result<()> {
     for r in &regions {
         println!("  {:<16} {}", r.name, r.endpoint);
     }
+    println!("\ninter-region round trips (through atoll link, from great-circle distance):");
+    print!("  {:<16}", "");
+    for (b, _, _) in DEMO_REGIONS {
+        print!(" {b:>15}");
+    }
+    println!();
+    for (a, la, loa) in DEMO_REGIONS {
+        print!("  {a:<16}");
+        for (b, lb, lob) in DEMO_REGIONS {
+            if a == b {
+                print!(" {:>15}", "-");
+            } else {
+                let rtt = atoll_link::geo::rtt_ms(
+                    atoll_config::GeoPoint { lat: la, lon: loa },
+                    atoll_config::GeoPoint { lat: lb, lon: lob },
+                );
+                print!(" {:>12.0} ms", rtt);
+            }
+        }
+        println!();
+    }
+    println!(
+        "\nrouter:\n  proxy  http://{}   (name api, latency policy; adds X-Atoll-Routed-To)\n  dns    {} udp+tcp  (zone atoll.test: api = latency, primary = failover)\n  admin  http://{}   (token {token})\nlinks control: {}",
+        router
+            .proxy_addr()
+            .map(|a| a.to_string())
+            .unwrap_or_default(),
+        router.dns_addr().map(|a| a.to_string()).unwrap_or_default(),
+        router.admin_addr(),
+        links.control_url().unwrap_or_default()
+    );
     let (e0, e1, e2) = (
         &regions[0].endpoint,
         &regions[1].endpoint,
         &regions[2].endpoint,
     );
     println!(
-        "\nTry:\n  atoll kv put sessions alice token-1 --endpoint {e0}\n  atoll kv get sessions alice --endpoint {e1}\n  atoll counter incr ratelimits api --endpoint {e2}\n  atoll set add flags beta dark-mode --endpoint {e1}\n  atoll kv put carts c1 apple --endpoint {e0}; atoll kv put carts c1 pear --endpoint {e2}; atoll kv get carts c1 --endpoint {e1}\n  atoll status --endpoint {e0}\n\nconfig: {}\nlogs:   {}/<region>.log\nPress Ctrl-C to stop.",
+        "\nTry:\n  atoll kv put sessions alice token-1 --endpoint {e0}\n  atoll kv get sessions alice --endpoint {e1}\n  atoll counter incr ratelimits api --endpoint {e2}\n  atoll set add flags beta dark-mode --endpoint {e1}\n  atoll kv put carts c1 apple --endpoint {e0}; atoll kv put carts c1 pear --endpoint {e2}; atoll kv get carts c1 --endpoint {e1}\n  atoll status --endpoint {e0}\n  curl -si http://{}/v1/kv/sessions/alice\n  dig @127.0.0.1 -p {} api.atoll.test +subnet=198.51.100.7/24\n  ATOLL_ADMIN_TOKEN={token} atoll router status --admin http://{}\n  atoll link fault add us-east-1-\\>eu-west-1 --kind partition --for 30s --control {}\n\nconfig: {}\nlogs:   {}/<region>.log\nPress Ctrl-C to stop.",
+        router
+            .proxy_addr()
+            .map(|a| a.to_string())
+            .unwrap_or_default(),
+        router.dns_addr().map(|a| a.port()).unwrap_or_default(),
+        router.admin_addr(),
+        links.control_url().unwrap_or_default(),
         config_path.display(),
         dir.display()
     );
@@ -170,6 +257,7 @@ pub async fn run(data_dir: Option<PathBuf>, port_base: u16) -> Result<()> {
         );
     }
     println!("\nstopping regions...");
+    router.shutdown().await;
     for r in &regions {
         terminate(&r.child);
     }
@@ -188,6 +276,7 @@ pub async fn run(data_dir: Option<PathBuf>, port_base: u16) -> Result<()> {
             }
         }
     }
+    links.shutdown().await;
     if exited.is_some() || !clean {
         bail!("the demo did not stop cleanly");
     }
@@ -209,4 +298,12 @@ async fn futures_util_select_all<F: std::future::Future + Unpin>(
         std::task::Poll::Pending
     })
     .await
+}
+
+/// A token for the demo's admin API, different on every run.
+fn rand_token() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(u64::from(std::process::id()));
+    h.finish()
 }

@@ -81,7 +81,7 @@ fn fill_alnum(rng: &mut Rng, out: &mut [u8]) {
 
 fn make_keys() -> Vec<Vec<u8>> {
     (0..KEYSPACE as u64)
-        .map(|i| format!("user:{}", mix(i ^ 0xA70_11)).into_bytes())
+        .map(|i| format!("user:{}", mix(i ^ 0x000A_7011)).into_bytes())
         .collect()
 }
 

@@ -384,8 +384,20 @@ impl ReplCore {
         }
     }
 
-    /// Takes in a heartbeat. Returns `false` (and changes nothing) if it is not from a peer.
+    /// Takes in a heartbeat sent on its own (the one-way heartbeat messages). Returns `false`
+    /// (and changes nothing) if it is not from a peer.
     pub fn on_heartbeat(&mut self, hb: &Heartbeat, now_ms: u64) -> bool {
+        self.take_heartbeat(hb, now_ms, true)
+    }
+
+    /// Takes in a heartbeat that arrived on a subscription stream. It may have queued behind
+    /// batches of ops, so it says nothing reliable about round trips or clock offsets (using it
+    /// would read queueing delay as clock skew); it still proves liveness and carries progress.
+    pub fn on_stream_heartbeat(&mut self, hb: &Heartbeat, now_ms: u64) -> bool {
+        self.take_heartbeat(hb, now_ms, false)
+    }
+
+    fn take_heartbeat(&mut self, hb: &Heartbeat, now_ms: u64, timing: bool) -> bool {
         if !self.peers.contains_key(&hb.from) {
             return false;
         }
@@ -395,21 +407,25 @@ impl ReplCore {
             return false;
         };
         p.last_heard_ms = Some(now_ms);
-        p.last_hb = Some((hb.sent_ms, now_ms));
         if let Some(echo) = hb.echo {
             p.heard_us_at_ms = Some(
                 p.heard_us_at_ms
                     .map_or(echo.sent_ms, |t| t.max(echo.sent_ms)),
             );
-            let rtt = now_ms
-                .saturating_sub(echo.sent_ms)
-                .saturating_sub(echo.held_ms) as f64;
-            p.rtt_ms = Some(rtt);
-            p.offset_ms = Some(hb.sent_ms as f64 + rtt / 2.0 - now_ms as f64);
-        } else if p.rtt_ms.is_none() {
-            // No round trip yet: the one-way estimate (sent - received) understates a peer that
-            // runs ahead by the one-way delay, so it never invents skew.
-            p.offset_ms = Some(hb.sent_ms as f64 - now_ms as f64);
+        }
+        if timing {
+            p.last_hb = Some((hb.sent_ms, now_ms));
+            if let Some(echo) = hb.echo {
+                let rtt = now_ms
+                    .saturating_sub(echo.sent_ms)
+                    .saturating_sub(echo.held_ms) as f64;
+                p.rtt_ms = Some(rtt);
+                p.offset_ms = Some(hb.sent_ms as f64 + rtt / 2.0 - now_ms as f64);
+            } else if p.rtt_ms.is_none() {
+                // No round trip yet: the one-way estimate (sent - received) understates a peer
+                // that runs ahead by the one-way delay, so it never invents skew.
+                p.offset_ms = Some(hb.sent_ms as f64 - now_ms as f64);
+            }
         }
         p.applied = hb
             .frontier

@@ -170,6 +170,7 @@ impl RegionServer {
         let tasks = self.replicator.start(stop.clone());
         let stop2 = stop.clone();
         let grace = self.drain_grace;
+        let rep = self.replicator.clone();
         let result = axum::serve(self.listener, app)
             .with_graceful_shutdown(async move {
                 shutdown.await;
@@ -182,6 +183,7 @@ impl RegionServer {
                     tokio::time::sleep(grace).await;
                 }
                 stop2.notify_waiters();
+                rep.stop_streams();
                 tracing::info!("shutting down: finishing in-flight requests");
             })
             .await;

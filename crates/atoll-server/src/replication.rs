@@ -49,6 +49,9 @@ pub struct Replicator {
     http: reqwest::Client,
     stream_http: reqwest::Client,
     max_lag_secs: u64,
+    /// Set on shutdown: every subscription stream this region serves ends, so graceful shutdown
+    /// does not wait for peers to give up on them.
+    stopping: tokio::sync::watch::Sender<bool>,
 }
 
 /// What a [`Replicator`] is configured with.
@@ -102,6 +105,7 @@ impl Replicator {
             http,
             stream_http,
             max_lag_secs,
+            stopping: tokio::sync::watch::Sender::new(false),
         }))
     }
 
@@ -183,6 +187,11 @@ impl Replicator {
         self.sync_applied()?;
         let now = self.now();
         self.with_core(|c| (c.status(now), c.tombstone_horizon_ms(now)))
+    }
+
+    /// Ends every subscription stream this region serves (on shutdown).
+    pub fn stop_streams(&self) {
+        self.stopping.send_replace(true);
     }
 
     pub fn max_lag_secs(&self) -> u64 {
@@ -360,7 +369,8 @@ impl Replicator {
                                 hb.from
                             )));
                         }
-                        self.on_heartbeat(&hb)?;
+                        let now = self.now();
+                        self.with_core(|c| c.on_stream_heartbeat(&hb, now))?;
                     }
                     Frame::Ops(entries) => self.apply(&peer, entries).await?,
                 }
@@ -382,36 +392,18 @@ impl Replicator {
                 Ok(())
             };
         }
+        // Metrics are recorded in the commit callback, so a subscription aborted while it waits
+        // (the manager restarts it) still counts what was applied.
         let (tx, rx) = tokio::sync::oneshot::channel();
+        let metrics = self.metrics.clone();
+        let me = self.store.region().to_string();
         self.store.submit_remote(admitted.apply, move |r| {
+            if let Ok(out) = &r {
+                record_applied(&metrics, &me, out);
+            }
             let _ = tx.send(r);
         });
         let out = rx.await.map_err(|_| AtollError::ShuttingDown)??;
-        for (origin, delay_ms) in &out.delays_ms {
-            let l = self.pair(origin);
-            self.metrics.replication_applied.get_or_create(&l).inc();
-            self.metrics
-                .replication_apply_delay
-                .get_or_create(&l)
-                .observe(*delay_ms as f64 / 1000.0);
-        }
-        for (keyspace, reason) in &out.conflicts {
-            self.metrics
-                .conflicts
-                .get_or_create(&ConflictLabels {
-                    keyspace: keyspace.clone(),
-                    resolution: reason.as_str().to_string(),
-                })
-                .inc();
-        }
-        for keyspace in &out.sibling_limit_hits {
-            self.metrics
-                .sibling_limit_hits
-                .get_or_create(&KeyspaceOnly {
-                    keyspace: keyspace.clone(),
-                })
-                .inc();
-        }
         for (origin, err) in &out.skewed {
             tracing::error!(origin = %origin, via = %peer, error = %err, "replicated writes refused: their timestamps run ahead of this region's clock");
         }
@@ -460,7 +452,11 @@ impl Replicator {
             .collect();
         let closed = || AtollError::ShuttingDown;
         let mut last_hb = tokio::time::Instant::now() - STREAM_TICK;
+        let mut stop = self.stopping.subscribe();
         loop {
+            if *stop.borrow_and_update() {
+                return Ok(());
+            }
             let changed = self.changed.clone();
             let notified = changed.notified();
             tokio::pin!(notified);
@@ -495,6 +491,7 @@ impl Replicator {
                     _ = &mut notified => {}
                     _ = tokio::time::sleep(STREAM_TICK) => {}
                     _ = tx.closed() => return Ok(()),
+                    _ = stop.changed() => return Ok(()),
                 }
             }
         }
@@ -555,6 +552,37 @@ impl Replicator {
                 }
             }
         }
+    }
+}
+
+fn record_applied(metrics: &Metrics, me: &str, out: &atoll_store::RemoteOutcome) {
+    for (origin, delay_ms) in &out.delays_ms {
+        let l = PairLabels {
+            region: me.to_string(),
+            peer_region: origin.to_string(),
+        };
+        metrics.replication_applied.get_or_create(&l).inc();
+        metrics
+            .replication_apply_delay
+            .get_or_create(&l)
+            .observe(*delay_ms as f64 / 1000.0);
+    }
+    for (keyspace, reason) in &out.conflicts {
+        metrics
+            .conflicts
+            .get_or_create(&ConflictLabels {
+                keyspace: keyspace.clone(),
+                resolution: reason.as_str().to_string(),
+            })
+            .inc();
+    }
+    for keyspace in &out.sibling_limit_hits {
+        metrics
+            .sibling_limit_hits
+            .get_or_create(&KeyspaceOnly {
+                keyspace: keyspace.clone(),
+            })
+            .inc();
     }
 }
 

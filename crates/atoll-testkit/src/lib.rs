@@ -5,6 +5,8 @@
 //!   from the `listening on http://ADDR` line, and can SIGKILL it, SIGTERM it and restart it on
 //!   the same data directory. A region still running when its handle is dropped is killed, so a
 //!   failing test never leaks processes; a test that panics also prints the region's log.
+//! - [`cluster`]: [`Cluster`] starts three to five regions that replicate to each other, with
+//!   per-pair routes (direct, through another address, or cut), and waits for convergence.
 //! - [`wait`]: [`wait_until`] / [`wait_until_async`] poll a condition with a short interval until
 //!   it holds or a deadline passes (never sleep-and-hope).
 //! - [`client`]: a small HTTP client for the kv, counter and set routes that keeps status codes
@@ -13,10 +15,12 @@
 //! Everything binds to and talks to `127.0.0.1` only.
 
 pub mod client;
+pub mod cluster;
 pub mod process;
 pub mod wait;
 
 pub use client::{Client, KvRead, Reply, Sibling, Ts, WriteAck};
+pub use cluster::{Cluster, ClusterOptions, Route};
 pub use process::{RegionProcess, RegionSpec, atoll_bin, run_with_timeout};
 pub use wait::{wait_until, wait_until_async};
 

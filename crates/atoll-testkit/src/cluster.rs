@@ -1,0 +1,848 @@
+//! [`Cluster`]: several real `atoll region` processes forming one cluster on loopback.
+//!
+//! [`Cluster::start`] writes one cluster config (regions `us-east-1`, `eu-west-1`,
+//! `ap-southeast-1`, then `sa-east-1` and `ap-northeast-1`, each on a free `127.0.0.1` port; the
+//! keyspaces `sessions` (lww), `carts` (mvr), `ratelimits` (counter) and `flags` (set); a fast
+//! `[replication] heartbeat_interval_ms`) into a fresh test directory and starts every region as
+//! a [`RegionProcess`] listening on its configured address (peers reach each other there).
+//!
+//! How a region reaches each peer is a [`Route`] per ordered pair ([`ClusterOptions::route`],
+//! [`ClusterOptions::cut`]): directly, through another address (`--peer-via PEER=ADDR`), or not
+//! at all (`--peer-via` to a [`ClosedPort`], which refuses every connection). The config is
+//! written by [`render_config`] and every region's extra command-line arguments are computed by
+//! `region_args`, both called from `Launcher` only: a mesh of `atoll link` proxies between the
+//! regions would be started there (it needs the layout's addresses) and show up as `Via` routes.
+//! [`RegionProcess`] has a fixed command line, so a region with extra arguments is started
+//! through a small generated `sh` wrapper that appends them (the process is still `atoll`: the
+//! wrapper `exec`s it).
+//!
+//! Lifecycle calls ([`Cluster::start`], [`Cluster::kill9`], [`Cluster::restart`], ...) block;
+//! observation calls ([`Cluster::status`], [`Cluster::wait_status`],
+//! [`Cluster::wait_converged`]) are async. Everything is cleaned up on drop: every region
+//! process is killed (each prints its log tail if the test is panicking) and the directory is
+//! kept for inspection when the test panicked.
+
+use crate::client::Client;
+use crate::process::{RegionProcess, RegionSpec};
+use crate::{TestDir, test_dir};
+use anyhow::{Context, Result, anyhow, bail, ensure};
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::net::{Ipv4Addr, SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::ExitStatus;
+use std::time::{Duration, Instant};
+
+/// The regions of a cluster, in order, with the approximate coordinates of their cloud regions.
+/// A cluster of `n` regions uses the first `n`.
+pub const REGIONS: [(&str, f64, f64); 5] = [
+    ("us-east-1", 38.9, -77.4),
+    ("eu-west-1", 53.3, -6.3),
+    ("ap-southeast-1", 1.35, 103.8),
+    ("sa-east-1", -23.5, -46.6),
+    ("ap-northeast-1", 35.7, 139.7),
+];
+
+/// The keyspaces of every cluster: name and policy.
+pub const KEYSPACES: [(&str, &str); 4] = [
+    ("sessions", "lww"),
+    ("carts", "mvr"),
+    ("ratelimits", "counter"),
+    ("flags", "set"),
+];
+
+/// Heartbeat interval of test clusters (the product default is 1000 ms): a peer is unreachable
+/// after three intervals, so failures show within a second.
+pub const DEFAULT_HEARTBEAT_INTERVAL_MS: u64 = 200;
+
+/// Attempts at starting the whole cluster (a free port picked for the config can be taken by
+/// someone else before its region binds it; every attempt picks new ports).
+const START_ATTEMPTS: u32 = 5;
+/// How long [`Cluster::restart`] keeps retrying when the region's port is briefly taken.
+const RESTART_PORT_RETRY: Duration = Duration::from_secs(10);
+/// How often cluster-wide conditions are polled.
+const POLL: Duration = Duration::from_millis(25);
+/// Per-request timeout of the status polls (a hung region must not stall a wait).
+const STATUS_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// How region `from` reaches peer `to`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Route {
+    /// At the peer's configured address (the default).
+    Direct,
+    /// At another address (`--peer-via TO=ADDR`), e.g. a proxy the test runs.
+    Via(SocketAddr),
+    /// Not at all: `--peer-via TO=<a port that refuses every connection>`. The peer still
+    /// reaches `from` unless the route back is cut too (see [`ClusterOptions::cut`]).
+    Cut,
+}
+
+/// How to build a [`Cluster`].
+#[derive(Clone, Debug)]
+pub struct ClusterOptions {
+    /// Names the test directory (`atoll-e2e-<name>-...`).
+    pub name: String,
+    /// `[replication] heartbeat_interval_ms`.
+    pub heartbeat_interval_ms: u64,
+    /// `[replication] max_lag_secs` (the product default when `None`).
+    pub max_lag_secs: Option<u64>,
+    /// `[cluster] max_clock_offset_ms` (the product default when `None`).
+    pub max_clock_offset_ms: Option<u64>,
+    /// `(from, to)`: how region `from` reaches peer `to`; pairs not listed are [`Route::Direct`].
+    pub routes: BTreeMap<(String, String), Route>,
+    /// More arguments for one region's `atoll region` command line.
+    pub extra_args: BTreeMap<String, Vec<String>>,
+    /// Environment variables for every region (e.g. `ATOLL_LOG`).
+    pub env: Vec<(String, String)>,
+}
+
+impl ClusterOptions {
+    pub fn new(name: &str) -> Self {
+        Self {
+            name: name.to_string(),
+            heartbeat_interval_ms: DEFAULT_HEARTBEAT_INTERVAL_MS,
+            max_lag_secs: None,
+            max_clock_offset_ms: None,
+            routes: BTreeMap::new(),
+            extra_args: BTreeMap::new(),
+            env: Vec::new(),
+        }
+    }
+
+    pub fn heartbeat_interval_ms(mut self, ms: u64) -> Self {
+        self.heartbeat_interval_ms = ms;
+        self
+    }
+
+    pub fn max_lag_secs(mut self, secs: u64) -> Self {
+        self.max_lag_secs = Some(secs);
+        self
+    }
+
+    pub fn max_clock_offset_ms(mut self, ms: u64) -> Self {
+        self.max_clock_offset_ms = Some(ms);
+        self
+    }
+
+    /// Sets how `from` reaches `to` (one direction only).
+    pub fn route(mut self, from: &str, to: &str, route: Route) -> Self {
+        self.routes
+            .insert((from.to_string(), to.to_string()), route);
+        self
+    }
+
+    /// `a` and `b` cannot reach each other directly (both directions cut); they still reach
+    /// every other region, which can relay between them.
+    pub fn cut(self, a: &str, b: &str) -> Self {
+        self.route(a, b, Route::Cut).route(b, a, Route::Cut)
+    }
+
+    /// Appends `arg` to `region`'s command line.
+    pub fn extra_arg(mut self, region: &str, arg: &str) -> Self {
+        self.extra_args
+            .entry(region.to_string())
+            .or_default()
+            .push(arg.to_string());
+        self
+    }
+
+    pub fn env(mut self, key: &str, value: &str) -> Self {
+        self.env.push((key.to_string(), value.to_string()));
+        self
+    }
+
+    fn route_of(&self, from: &str, to: &str) -> &Route {
+        self.routes
+            .get(&(from.to_string(), to.to_string()))
+            .unwrap_or(&Route::Direct)
+    }
+}
+
+/// One region of the cluster and where the config says its API is.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RegionLayout {
+    pub name: String,
+    pub api: SocketAddr,
+    pub lat: f64,
+    pub lon: f64,
+}
+
+/// The cluster config for these regions (every region reads the same file).
+pub fn render_config(cluster: &str, regions: &[RegionLayout], opts: &ClusterOptions) -> String {
+    let mut out = format!(
+        "# Written by atoll-testkit's Cluster.\n[cluster]\nname = \"{cluster}\"\nmodel = \"active-active\"\n"
+    );
+    if let Some(ms) = opts.max_clock_offset_ms {
+        out.push_str(&format!("max_clock_offset_ms = {ms}\n"));
+    }
+    out.push('\n');
+    for r in regions {
+        out.push_str(&format!(
+            "[[regions]]\nname = \"{}\"\napi = \"{}\"\nlocation = {{ lat = {}, lon = {} }}\n\n",
+            r.name, r.api, r.lat, r.lon
+        ));
+    }
+    for (name, policy) in KEYSPACES {
+        out.push_str(&format!(
+            "[[keyspaces]]\nname = \"{name}\"\npolicy = \"{policy}\"\n\n"
+        ));
+    }
+    out.push_str(&format!(
+        "[replication]\nheartbeat_interval_ms = {}\n",
+        opts.heartbeat_interval_ms
+    ));
+    if let Some(lag) = opts.max_lag_secs {
+        out.push_str(&format!("max_lag_secs = {lag}\n"));
+    }
+    out
+}
+
+/// `n` distinct free ports on 127.0.0.1, found by binding port 0 and letting go (another process
+/// can take one before it is used: callers retry).
+pub fn free_ports(n: usize) -> Result<Vec<u16>> {
+    let listeners = (0..n)
+        .map(|_| TcpListener::bind((Ipv4Addr::LOCALHOST, 0)))
+        .collect::<std::io::Result<Vec<_>>>()
+        .context("cannot bind 127.0.0.1:0")?;
+    listeners
+        .iter()
+        .map(|l| Ok(l.local_addr()?.port()))
+        .collect()
+}
+
+/// A 127.0.0.1 port that is bound but not listening, for as long as this value lives: every
+/// connection to it is refused at once, and no one else can bind it meanwhile. A peer reached
+/// "via" it is unreachable.
+#[derive(Debug)]
+pub struct ClosedPort {
+    fd: i32,
+    addr: SocketAddr,
+}
+
+impl ClosedPort {
+    pub fn new() -> Result<ClosedPort> {
+        // SAFETY: plain socket(2)/bind(2)/getsockname(2) calls on a descriptor this function
+        // owns, with a zeroed sockaddr_in of the right size; the descriptor is closed on every
+        // error path and otherwise owned by the returned value.
+        unsafe {
+            let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0);
+            if fd < 0 {
+                bail!("socket(): {}", std::io::Error::last_os_error());
+            }
+            libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC);
+            let mut sa: libc::sockaddr_in = std::mem::zeroed();
+            sa.sin_family = libc::AF_INET as libc::sa_family_t;
+            sa.sin_port = 0;
+            sa.sin_addr.s_addr = u32::from(Ipv4Addr::LOCALHOST).to_be();
+            let mut len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+            let sp = (&raw mut sa).cast::<libc::sockaddr>();
+            if libc::bind(fd, sp, len) != 0 || libc::getsockname(fd, sp, &mut len) != 0 {
+                let e = std::io::Error::last_os_error();
+                libc::close(fd);
+                bail!("cannot reserve a closed port on 127.0.0.1: {e}");
+            }
+            let port = u16::from_be(sa.sin_port);
+            Ok(ClosedPort {
+                fd,
+                addr: SocketAddr::from((Ipv4Addr::LOCALHOST, port)),
+            })
+        }
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+}
+
+impl Drop for ClosedPort {
+    fn drop(&mut self) {
+        // SAFETY: `fd` is owned by this value and closed exactly once.
+        unsafe {
+            libc::close(self.fd);
+        }
+    }
+}
+
+struct Member {
+    layout: RegionLayout,
+    process: RegionProcess,
+}
+
+/// Everything needed to write the config and start the regions. Config generation and every
+/// region's command line are decided here and nowhere else.
+struct Launcher<'a> {
+    bin: &'a Path,
+    config_path: &'a Path,
+    dir: &'a Path,
+    opts: &'a ClusterOptions,
+    closed: &'a ClosedPort,
+}
+
+impl Launcher<'_> {
+    /// Writes the config and starts every region; on failure the regions started so far are
+    /// killed (dropped) before this returns.
+    fn launch_all(&self, layout: &[RegionLayout]) -> Result<Vec<Member>> {
+        let text = render_config(
+            &format!("atoll-e2e-{}", sanitize(&self.opts.name)),
+            layout,
+            self.opts,
+        );
+        std::fs::write(self.config_path, text)
+            .with_context(|| format!("cannot write {}", self.config_path.display()))?;
+        let mut members = Vec::new();
+        for r in layout {
+            let process = RegionProcess::start_spec(self.spec_for(r, layout)?)?;
+            members.push(Member {
+                layout: r.clone(),
+                process,
+            });
+        }
+        Ok(members)
+    }
+
+    fn spec_for(&self, r: &RegionLayout, layout: &[RegionLayout]) -> Result<RegionSpec> {
+        let args = region_args(self.opts, self.closed, &r.name, layout);
+        // RegionProcess runs `<bin> region --config .. --region .. --data-dir .. --listen ..`;
+        // extra arguments go through a wrapper script that appends them.
+        let bin = if args.is_empty() {
+            self.bin.to_path_buf()
+        } else {
+            let script = self.dir.join(format!("{}.sh", r.name));
+            write_wrapper(&script, self.bin, &args)?;
+            script
+        };
+        let mut spec =
+            RegionSpec::new(bin, self.config_path, &r.name, self.dir.join(&r.name)).listen(r.api);
+        for (k, v) in &self.opts.env {
+            spec = spec.env(k, v);
+        }
+        Ok(spec)
+    }
+}
+
+/// Everything beyond the standard command line that `region` is started with: `--peer-via` for
+/// every route that is not direct, then [`ClusterOptions::extra_args`].
+fn region_args(
+    opts: &ClusterOptions,
+    closed: &ClosedPort,
+    region: &str,
+    layout: &[RegionLayout],
+) -> Vec<String> {
+    let mut args = Vec::new();
+    for peer in layout.iter().filter(|p| p.name != region) {
+        let via = match opts.route_of(region, &peer.name) {
+            Route::Direct => continue,
+            Route::Via(addr) => *addr,
+            Route::Cut => closed.addr(),
+        };
+        args.push("--peer-via".to_string());
+        args.push(format!("{}={via}", peer.name));
+    }
+    args.extend(opts.extra_args.get(region).into_iter().flatten().cloned());
+    args
+}
+
+/// A running cluster of real region processes. Dropping it kills every region.
+pub struct Cluster {
+    // The processes go before the directory (which is kept if the test panicked): see Drop.
+    members: Vec<Member>,
+    closed: ClosedPort,
+    bin: PathBuf,
+    config_path: PathBuf,
+    opts: ClusterOptions,
+    dir: TestDir,
+}
+
+impl Cluster {
+    /// Writes the config for `n_regions` (3 to 5) regions on free loopback ports and starts every
+    /// region (each waits until `/healthz` answers). Retries with new ports when one was taken.
+    pub fn start(
+        bin: impl Into<PathBuf>,
+        n_regions: usize,
+        opts: ClusterOptions,
+    ) -> Result<Cluster> {
+        ensure!(
+            (3..=REGIONS.len()).contains(&n_regions),
+            "a cluster has 3 to {} regions, not {n_regions}",
+            REGIONS.len()
+        );
+        let bin = bin.into();
+        let dir = test_dir(&opts.name)?;
+        let closed = ClosedPort::new()?;
+        let names: Vec<&str> = REGIONS[..n_regions].iter().map(|r| r.0).collect();
+        for ((from, to), _) in opts.routes.iter() {
+            ensure!(
+                names.contains(&from.as_str()) && names.contains(&to.as_str()) && from != to,
+                "route {from} -> {to} names a region that is not in this {n_regions}-region cluster"
+            );
+        }
+        let config_path = dir.join("atoll.toml");
+        let mut last_err = None;
+        for attempt in 1..=START_ATTEMPTS {
+            let ports = free_ports(n_regions)?;
+            let layout: Vec<RegionLayout> = REGIONS[..n_regions]
+                .iter()
+                .zip(ports)
+                .map(|(&(name, lat, lon), port)| RegionLayout {
+                    name: name.to_string(),
+                    api: SocketAddr::from((Ipv4Addr::LOCALHOST, port)),
+                    lat,
+                    lon,
+                })
+                .collect();
+            let launcher = Launcher {
+                bin: &bin,
+                config_path: &config_path,
+                dir: dir.path(),
+                opts: &opts,
+                closed: &closed,
+            };
+            match launcher.launch_all(&layout) {
+                Ok(members) => {
+                    return Ok(Cluster {
+                        members,
+                        closed,
+                        bin,
+                        config_path,
+                        opts,
+                        dir,
+                    });
+                }
+                Err(e) if is_transient_start_error(&e) => {
+                    eprintln!(
+                        "atoll-testkit: cluster start attempt {attempt} failed (retrying with new ports): {e:#}"
+                    );
+                    last_err = Some(e);
+                }
+                Err(e) => return Err(e.context("the cluster did not start")),
+            }
+        }
+        Err(last_err
+            .unwrap_or_else(|| anyhow!("no attempt made"))
+            .context(format!(
+                "the cluster did not start in {START_ATTEMPTS} attempts"
+            )))
+    }
+
+    /// Region names, in config order.
+    pub fn names(&self) -> Vec<String> {
+        self.members.iter().map(|m| m.layout.name.clone()).collect()
+    }
+
+    #[track_caller]
+    fn member(&self, name: &str) -> &Member {
+        self.members
+            .iter()
+            .find(|m| m.layout.name == name)
+            .unwrap_or_else(|| panic!("no region {name} in this cluster ({:?})", self.names()))
+    }
+
+    #[track_caller]
+    fn member_mut(&mut self, name: &str) -> &mut Member {
+        let names = self.names();
+        self.members
+            .iter_mut()
+            .find(|m| m.layout.name == name)
+            .unwrap_or_else(|| panic!("no region {name} in this cluster ({names:?})"))
+    }
+
+    #[track_caller]
+    pub fn region(&self, name: &str) -> &RegionProcess {
+        &self.member(name).process
+    }
+
+    #[track_caller]
+    pub fn region_mut(&mut self, name: &str) -> &mut RegionProcess {
+        &mut self.member_mut(name).process
+    }
+
+    /// `http://ADDR` of the region (its configured address, which it always listens on).
+    #[track_caller]
+    pub fn endpoint(&self, name: &str) -> String {
+        format!("http://{}", self.member(name).layout.api)
+    }
+
+    /// A fresh HTTP client of the region.
+    #[track_caller]
+    pub fn client(&self, name: &str) -> Client {
+        Client::new(&self.endpoint(name))
+    }
+
+    /// The region's configured API address.
+    #[track_caller]
+    pub fn api_addr(&self, name: &str) -> SocketAddr {
+        self.member(name).layout.api
+    }
+
+    /// Whether the region has a process attached (not stopped by this harness). A region that
+    /// crashed on its own still counts; talking to it then fails, which is what a test wants.
+    #[track_caller]
+    pub fn is_up(&self, name: &str) -> bool {
+        self.member(name).process.pid().is_some()
+    }
+
+    /// Names of the regions that are up.
+    pub fn live(&self) -> Vec<String> {
+        self.members
+            .iter()
+            .filter(|m| m.process.pid().is_some())
+            .map(|m| m.layout.name.clone())
+            .collect()
+    }
+
+    /// SIGKILL: the region dies at once. Returns its exit status.
+    pub fn kill9(&mut self, name: &str) -> Result<ExitStatus> {
+        self.member_mut(name).process.kill9()
+    }
+
+    /// SIGTERM and wait for a graceful exit. Returns its exit status.
+    pub fn terminate(&mut self, name: &str) -> Result<ExitStatus> {
+        self.member_mut(name).process.terminate()
+    }
+
+    /// Starts a stopped region again, on its data directory, config and address. Retries for a
+    /// while if its port is briefly held by someone else.
+    pub fn restart(&mut self, name: &str) -> Result<()> {
+        let started = Instant::now();
+        let p = &mut self.member_mut(name).process;
+        loop {
+            match p.restart() {
+                Ok(()) => return Ok(()),
+                Err(e)
+                    if is_transient_start_error(&e) && started.elapsed() < RESTART_PORT_RETRY =>
+                {
+                    eprintln!("atoll-testkit: restart of {name} failed, retrying: {e:#}");
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// The cluster config every region reads.
+    pub fn config_path(&self) -> &Path {
+        &self.config_path
+    }
+
+    /// The test directory (config, data directories, logs).
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// The `atoll` binary the regions run.
+    pub fn bin(&self) -> &Path {
+        &self.bin
+    }
+
+    /// The address that refuses every connection (what [`Route::Cut`] points peers at).
+    pub fn closed_addr(&self) -> SocketAddr {
+        self.closed.addr()
+    }
+
+    pub fn options(&self) -> &ClusterOptions {
+        &self.opts
+    }
+
+    /// `GET /v1/status` of the region.
+    pub async fn status(&self, name: &str) -> Result<Value> {
+        Client::with_timeout(&self.endpoint(name), STATUS_TIMEOUT)
+            .status()
+            .await
+            .with_context(|| format!("GET /v1/status of {name}"))
+    }
+
+    /// Polls the region's status until `predicate` holds (returns that status) or `timeout`
+    /// passes (the error shows the last status seen, or why none was).
+    pub async fn wait_status(
+        &self,
+        name: &str,
+        timeout: Duration,
+        mut predicate: impl FnMut(&Value) -> bool,
+    ) -> Result<Value> {
+        let started = Instant::now();
+        let client = Client::with_timeout(&self.endpoint(name), STATUS_TIMEOUT);
+        loop {
+            let last = match client.status().await {
+                Ok(v) if predicate(&v) => return Ok(v),
+                Ok(v) => serde_json::to_string_pretty(&v).unwrap_or_default(),
+                Err(e) => format!("no status: {e:#}"),
+            };
+            if started.elapsed() >= timeout {
+                bail!(
+                    "timed out after {:?} waiting for the status of {name} to match; last:\n{last}",
+                    started.elapsed()
+                );
+            }
+            tokio::time::sleep(POLL).await;
+        }
+    }
+
+    /// Waits until every live region has applied the same vector and none lags any peer
+    /// (`lag_ops` 0 everywhere, stopped peers included: a stopped region whose writes never left
+    /// it keeps the cluster from converging until it is back). Returns the common applied vector.
+    pub async fn wait_converged(&self, timeout: Duration) -> Result<BTreeMap<String, u64>> {
+        let started = Instant::now();
+        let live = self.live();
+        ensure!(!live.is_empty(), "no region is up");
+        let clients: Vec<(String, Client)> = live
+            .iter()
+            .map(|n| {
+                (
+                    n.clone(),
+                    Client::with_timeout(&self.endpoint(n), STATUS_TIMEOUT),
+                )
+            })
+            .collect();
+        loop {
+            let why = match converged(&clients).await {
+                Ok(applied) => return Ok(applied),
+                Err(e) => e,
+            };
+            if started.elapsed() >= timeout {
+                bail!(
+                    "regions {live:?} did not converge within {:?}: {why:#}",
+                    started.elapsed()
+                );
+            }
+            tokio::time::sleep(POLL).await;
+        }
+    }
+
+    /// Prints the last `lines` lines of every region's log to stderr.
+    pub fn print_logs(&self, lines: usize) {
+        for m in &self.members {
+            eprintln!(
+                "---- region {} log ({}), last {lines} lines ----\n{}\n---- end of region {} log ----",
+                m.layout.name,
+                m.process.log_path().display(),
+                m.process.log_tail(lines),
+                m.layout.name
+            );
+        }
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!(
+                "cluster {:?} failed: config {} (regions: {})",
+                self.opts.name,
+                self.config_path.display(),
+                self.members
+                    .iter()
+                    .map(|m| format!("{} on {}", m.layout.name, m.layout.api))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+        }
+        // Kill every region before the directory goes; each prints its log tail when panicking.
+        self.members.clear();
+    }
+}
+
+/// The applied vector of a status, without zero entries.
+pub fn applied_vector(status: &Value) -> BTreeMap<String, u64> {
+    status["replication"]["applied"]
+        .as_object()
+        .map(|m| {
+            m.iter()
+                .filter_map(|(k, v)| Some((k.clone(), v.as_u64()?)))
+                .filter(|(_, n)| *n > 0)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The `peers[]` entry of `peer` in a status.
+pub fn peer_status<'a>(status: &'a Value, peer: &str) -> Option<&'a Value> {
+    status["peers"]
+        .as_array()?
+        .iter()
+        .find(|p| p["region"].as_str() == Some(peer))
+}
+
+/// `Ok(applied)` if every client's region has the same applied vector and no lag.
+async fn converged(clients: &[(String, Client)]) -> Result<BTreeMap<String, u64>> {
+    let mut first: Option<(&str, BTreeMap<String, u64>)> = None;
+    for (name, c) in clients {
+        let st = c
+            .status()
+            .await
+            .with_context(|| format!("status of {name}"))?;
+        let applied = applied_vector(&st);
+        for p in st["peers"].as_array().into_iter().flatten() {
+            let lag = p["lag_ops"].as_u64().unwrap_or(u64::MAX);
+            ensure!(
+                lag == 0,
+                "{name} lags {} by {lag} ops (applied {}, known head {}; link {}, clock offset {} ms)",
+                p["region"],
+                p["applied_seq"],
+                p["known_head_seq"],
+                p["state"],
+                p["clock_offset_ms"]
+            );
+        }
+        match &first {
+            None => first = Some((name, applied)),
+            Some((n0, a0)) => ensure!(
+                *a0 == applied,
+                "{n0} applied {a0:?} but {name} applied {applied:?}"
+            ),
+        }
+    }
+    Ok(first.map(|(_, a)| a).unwrap_or_default())
+}
+
+/// A start failure worth retrying: the port was taken, or the wrapper script was momentarily
+/// "busy" (written while another thread forked).
+fn is_transient_start_error(e: &anyhow::Error) -> bool {
+    let text = format!("{e:#}");
+    text.contains("cannot listen on")
+        || text.contains("Address already in use")
+        || text.contains("Text file busy")
+}
+
+fn sanitize(name: &str) -> String {
+    let s: String = name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    let s = s.trim_matches('-');
+    let s = if s.is_empty() { "cluster" } else { s };
+    s.chars()
+        .take(40)
+        .collect::<String>()
+        .trim_matches('-')
+        .to_string()
+}
+
+/// Single-quotes `s` for sh.
+fn sh_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "'\\''"))
+}
+
+/// Writes an executable sh script that runs `bin` with its own arguments followed by `args`.
+fn write_wrapper(path: &Path, bin: &Path, args: &[String]) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let bin = bin
+        .to_str()
+        .ok_or_else(|| anyhow!("binary path {} is not UTF-8", bin.display()))?;
+    let mut text = format!("#!/bin/sh\nexec {} \"$@\"", sh_quote(bin));
+    for a in args {
+        text.push(' ');
+        text.push_str(&sh_quote(a));
+    }
+    text.push('\n');
+    // Write a new file and rename it into place, so an old script that is being executed (or a
+    // descriptor inherited by a concurrent fork) never sees a partly written one.
+    let tmp = path.with_extension("sh.tmp");
+    std::fs::write(&tmp, text).with_context(|| format!("cannot write {}", tmp.display()))?;
+    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn layout() -> Vec<RegionLayout> {
+        REGIONS[..3]
+            .iter()
+            .enumerate()
+            .map(|(i, &(name, lat, lon))| RegionLayout {
+                name: name.to_string(),
+                api: SocketAddr::from((Ipv4Addr::LOCALHOST, 7100 + i as u16)),
+                lat,
+                lon,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn config_lists_regions_keyspaces_and_replication() {
+        let opts = ClusterOptions::new("x")
+            .max_lag_secs(3)
+            .max_clock_offset_ms(60_000);
+        let text = render_config("atoll-e2e-x", &layout(), &opts);
+        for needle in [
+            "[cluster]\nname = \"atoll-e2e-x\"\nmodel = \"active-active\"\nmax_clock_offset_ms = 60000\n",
+            "name = \"us-east-1\"\napi = \"127.0.0.1:7100\"",
+            "name = \"ap-southeast-1\"\napi = \"127.0.0.1:7102\"",
+            "name = \"carts\"\npolicy = \"mvr\"",
+            "[replication]\nheartbeat_interval_ms = 200\nmax_lag_secs = 3\n",
+        ] {
+            assert!(text.contains(needle), "{needle:?} missing from:\n{text}");
+        }
+        let text = render_config("c", &layout(), &ClusterOptions::new("c"));
+        assert!(!text.contains("max_lag_secs") && !text.contains("max_clock_offset_ms"));
+    }
+
+    #[test]
+    fn closed_port_refuses_connections() {
+        let p = ClosedPort::new().unwrap();
+        let err =
+            std::net::TcpStream::connect_timeout(&p.addr(), Duration::from_secs(2)).unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::ConnectionRefused, "{err}");
+        // Nobody else can listen there while it is held.
+        assert!(TcpListener::bind(p.addr()).is_err());
+    }
+
+    #[test]
+    fn routes_become_peer_via_arguments() {
+        let opts = ClusterOptions::new("routes")
+            .cut("us-east-1", "ap-southeast-1")
+            .route(
+                "eu-west-1",
+                "us-east-1",
+                Route::Via("127.0.0.1:9".parse().unwrap()),
+            )
+            .extra_arg("eu-west-1", "--drain-grace=0");
+        assert_eq!(opts.route_of("us-east-1", "eu-west-1"), &Route::Direct);
+        assert_eq!(opts.route_of("ap-southeast-1", "us-east-1"), &Route::Cut);
+        let closed = ClosedPort::new().unwrap();
+        let args = region_args(&opts, &closed, "us-east-1", &layout());
+        assert_eq!(
+            args,
+            vec![
+                "--peer-via".to_string(),
+                format!("ap-southeast-1={}", closed.addr())
+            ]
+        );
+        let args = region_args(&opts, &closed, "eu-west-1", &layout());
+        assert_eq!(
+            args,
+            vec!["--peer-via", "us-east-1=127.0.0.1:9", "--drain-grace=0"]
+        );
+    }
+
+    #[test]
+    fn wrapper_appends_arguments() {
+        let dir = test_dir("wrapper").unwrap();
+        let script = dir.join("w.sh");
+        write_wrapper(
+            &script,
+            Path::new("/bin/echo"),
+            &["a b".into(), "it's".into()],
+        )
+        .unwrap();
+        let out = std::process::Command::new(&script)
+            .arg("first")
+            .output()
+            .unwrap();
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "first a b it's\n");
+    }
+
+    #[test]
+    fn names_are_sanitized() {
+        assert_eq!(sanitize("Repl_Test 1"), "repl-test-1");
+        assert_eq!(sanitize("__"), "cluster");
+    }
+}

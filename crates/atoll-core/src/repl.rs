@@ -69,9 +69,10 @@ pub struct Echo {
 pub struct OriginFrontier {
     /// Highest sequence number of the origin the sender has applied (its own head for itself).
     pub applied: u64,
-    /// How long ago (sender's clock) the sender was last known to be caught up with the origin;
-    /// `None` if never.
-    pub caught_up_age_ms: Option<u64>,
+    /// The time, on the ORIGIN's clock, as of which the sender holds every write of the origin;
+    /// `None` if never. Anchoring it to the origin's clock (rather than an age at the sender)
+    /// keeps relayed claims from creeping forward by a transit time at every hop.
+    pub caught_up_at_origin_ms: Option<u64>,
 }
 
 /// A heartbeat: liveness, clock and progress of the sender.
@@ -339,6 +340,19 @@ impl ReplCore {
             .map(|t| self.local(t))
     }
 
+    /// A local time expressed on `origin`'s clock (our time plus its estimated offset).
+    fn to_origin_clock(&self, origin: &RegionId, local_ms: u64) -> u64 {
+        if *origin == self.me {
+            return local_ms;
+        }
+        let offset = self
+            .peers
+            .get(origin)
+            .and_then(|p| p.offset_ms)
+            .unwrap_or(0.0);
+        (local_ms as f64 + offset).max(0.0) as u64
+    }
+
     /// Local time as of which this region holds every write of every origin.
     fn stable_at(&self, now_ms: u64) -> Option<u64> {
         let mut min = now_ms;
@@ -367,9 +381,9 @@ impl ReplCore {
                     o.clone(),
                     OriginFrontier {
                         applied: self.applied.get(o),
-                        caught_up_age_ms: self
+                        caught_up_at_origin_ms: self
                             .caught_up_at(o, now_ms)
-                            .map(|t| now_ms.saturating_sub(t)),
+                            .map(|t| self.to_origin_clock(o, t)),
                     },
                 )
             })
@@ -433,6 +447,11 @@ impl ReplCore {
             .map(|(o, f)| (o.clone(), f.applied))
             .collect();
         p.stable_at_ms = hb.stable_age_ms.map(|age| now_ms.saturating_sub(age));
+        let offsets: BTreeMap<RegionId, f64> = self
+            .peers
+            .iter()
+            .map(|(r, p)| (r.clone(), p.offset_ms.unwrap_or(0.0)))
+            .collect();
         for (origin, f) in &hb.frontier {
             if *origin == self.me {
                 continue;
@@ -441,10 +460,12 @@ impl ReplCore {
                 continue;
             };
             prog.known_head = prog.known_head.max(f.applied);
-            let Some(age) = f.caught_up_age_ms else {
+            let Some(origin_ms) = f.caught_up_at_origin_ms else {
                 continue;
             };
-            let at = now_ms.saturating_sub(age);
+            // Into our clock with the origin's estimated offset; never in the future.
+            let offset = offsets.get(origin).copied().unwrap_or(0.0);
+            let at = ((origin_ms as f64 - offset).max(0.0) as u64).min(now_ms);
             if self.applied.get(origin) >= f.applied {
                 prog.caught_up_at_ms = Some(prog.caught_up_at_ms.map_or(at, |c| c.max(at)));
             } else {

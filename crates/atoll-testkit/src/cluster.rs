@@ -10,22 +10,38 @@
 //! [`ClusterOptions::cut`]): directly, through another address (`--peer-via PEER=ADDR`), or not
 //! at all (`--peer-via` to a [`ClosedPort`], which refuses every connection). The config is
 //! written by [`render_config`] and every region's extra command-line arguments are computed by
-//! `region_args`, both called from `Launcher` only: a mesh of `atoll link` proxies between the
-//! regions would be started there (it needs the layout's addresses) and show up as `Via` routes.
+//! `region_args`, both called from `Launcher` only.
+//!
+//! **Link mesh.** With [`ClusterOptions::with_links`] the cluster also runs an in-process
+//! [`LinkServer`] (`atoll link`) with one link per ordered pair, named `a->b` (listening on a
+//! free `127.0.0.1` port, forwarding to `b`'s address, with the given one-way delay in each
+//! direction), and every pair routed [`Route::Direct`] becomes a `Via` route through its link:
+//! every byte `a` sends to `b` crosses link `a->b`. A TCP connection carries both ways, so link
+//! `a->b` carries `a`'s requests to `b` *forward* and `b`'s answers to them *reverse*, while
+//! `b`'s own requests to `a` (its heartbeats, its subscriptions) cross link `b->a`. Faults follow
+//! from that ([`Cluster::partition`], [`Cluster::partition_oneway`], [`Cluster::heal`],
+//! [`Cluster::heal_all`]); each has a lease of [`FAULT_LEASE`] and every fault ends when the
+//! cluster is dropped. A restarted region listens on its old address again, so its links (and
+//! their faults) carry on across [`Cluster::kill9`] and [`Cluster::restart`]. The mesh runs on a
+//! small tokio runtime of its own, so it keeps moving bytes while a test blocks its own runtime
+//! in a lifecycle call.
+//!
 //! [`RegionProcess`] has a fixed command line, so a region with extra arguments is started
 //! through a small generated `sh` wrapper that appends them (the process is still `atoll`: the
 //! wrapper `exec`s it).
 //!
-//! Lifecycle calls ([`Cluster::start`], [`Cluster::kill9`], [`Cluster::restart`], ...) block;
-//! observation calls ([`Cluster::status`], [`Cluster::wait_status`],
+//! Lifecycle calls ([`Cluster::start`], [`Cluster::kill9`], [`Cluster::restart`], ...) and fault
+//! calls block (briefly); observation calls ([`Cluster::status`], [`Cluster::wait_status`],
 //! [`Cluster::wait_converged`]) are async. Everything is cleaned up on drop: every region
-//! process is killed (each prints its log tail if the test is panicking) and the directory is
-//! kept for inspection when the test panicked.
+//! process is killed (each prints its log tail if the test is panicking), the link mesh stops
+//! (printing its links, faults and counters if the test is panicking) and the directory is kept
+//! for inspection when the test panicked.
 
 use crate::client::Client;
 use crate::process::{RegionProcess, RegionSpec};
 use crate::{TestDir, test_dir};
 use anyhow::{Context, Result, anyhow, bail, ensure};
+use atoll_link::{Direction, FaultKind, LinkServer, LinkSpec, PartitionMode};
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr, TcpListener};
@@ -64,6 +80,11 @@ const RESTART_PORT_RETRY: Duration = Duration::from_secs(10);
 const POLL: Duration = Duration::from_millis(25);
 /// Per-request timeout of the status polls (a hung region must not stall a wait).
 const STATUS_TIMEOUT: Duration = Duration::from_secs(2);
+/// Lease of every fault the cluster adds to its link mesh: longer than any test, and the faults
+/// are cleared when the cluster is dropped anyway.
+pub const FAULT_LEASE: Duration = Duration::from_secs(600);
+/// Worker threads of the link mesh's own runtime.
+const MESH_THREADS: usize = 2;
 
 /// How region `from` reaches peer `to`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -94,6 +115,8 @@ pub struct ClusterOptions {
     pub extra_args: BTreeMap<String, Vec<String>>,
     /// Environment variables for every region (e.g. `ATOLL_LOG`).
     pub env: Vec<(String, String)>,
+    /// Run a link mesh with this one-way delay (ms) on every link; `None`: no mesh.
+    pub link_delay_ms: Option<f64>,
 }
 
 impl ClusterOptions {
@@ -106,7 +129,17 @@ impl ClusterOptions {
             routes: BTreeMap::new(),
             extra_args: BTreeMap::new(),
             env: Vec::new(),
+            link_delay_ms: None,
         }
+    }
+
+    /// Runs every region-to-region connection through a link mesh: one in-process `atoll link`
+    /// link per ordered pair `a->b`, each delaying both of its directions by `delay_ms` (0 to
+    /// 60000; a few ms suits tests), which the fault calls ([`Cluster::partition`], ...) act on.
+    /// Pairs given a route other than [`Route::Direct`] keep it (and have no link in use).
+    pub fn with_links(mut self, delay_ms: f64) -> Self {
+        self.link_delay_ms = Some(delay_ms);
+        self
     }
 
     pub fn heartbeat_interval_ms(mut self, ms: u64) -> Self {
@@ -276,6 +309,8 @@ struct Launcher<'a> {
     dir: &'a Path,
     opts: &'a ClusterOptions,
     closed: &'a ClosedPort,
+    /// The link mesh's listen address per ordered pair (empty without a mesh).
+    links: &'a LinkAddrs,
 }
 
 impl Launcher<'_> {
@@ -301,7 +336,7 @@ impl Launcher<'_> {
     }
 
     fn spec_for(&self, r: &RegionLayout, layout: &[RegionLayout]) -> Result<RegionSpec> {
-        let args = region_args(self.opts, self.closed, &r.name, layout);
+        let args = region_args(self.opts, self.closed, self.links, &r.name, layout);
         // RegionProcess runs `<bin> region --config .. --region .. --data-dir .. --listen ..`;
         // extra arguments go through a wrapper script that appends them.
         let bin = if args.is_empty() {
@@ -320,19 +355,35 @@ impl Launcher<'_> {
     }
 }
 
+/// Where the link mesh listens for each ordered pair `(from, to)`.
+type LinkAddrs = BTreeMap<(String, String), SocketAddr>;
+
+/// How `from` reaches `to` in the end: its route, where a direct route goes through the pair's
+/// link when there is a mesh.
+fn effective_route(opts: &ClusterOptions, links: &LinkAddrs, from: &str, to: &str) -> Route {
+    match opts.route_of(from, to) {
+        Route::Direct => links
+            .get(&(from.to_string(), to.to_string()))
+            .map_or(Route::Direct, |addr| Route::Via(*addr)),
+        other => other.clone(),
+    }
+}
+
 /// Everything beyond the standard command line that `region` is started with: `--peer-via` for
-/// every route that is not direct, then [`ClusterOptions::extra_args`].
+/// every route that is not direct (a link of the mesh, or a route given in the options), then
+/// [`ClusterOptions::extra_args`].
 fn region_args(
     opts: &ClusterOptions,
     closed: &ClosedPort,
+    links: &LinkAddrs,
     region: &str,
     layout: &[RegionLayout],
 ) -> Vec<String> {
     let mut args = Vec::new();
     for peer in layout.iter().filter(|p| p.name != region) {
-        let via = match opts.route_of(region, &peer.name) {
+        let via = match effective_route(opts, links, region, &peer.name) {
             Route::Direct => continue,
-            Route::Via(addr) => *addr,
+            Route::Via(addr) => addr,
             Route::Cut => closed.addr(),
         };
         args.push("--peer-via".to_string());
@@ -342,10 +393,177 @@ fn region_args(
     args
 }
 
+/// The name of the link that carries `from`'s connections to `to` (`from->to`).
+pub fn link_name(from: &str, to: &str) -> String {
+    format!("{from}->{to}")
+}
+
+/// The in-process link mesh of a cluster: a [`LinkServer`] with a link per ordered pair of
+/// regions, on a runtime of its own. Dropping it clears every fault and stops the server.
+struct LinkMesh {
+    server: Option<LinkServer>,
+    runtime: Option<tokio::runtime::Runtime>,
+}
+
+impl LinkMesh {
+    /// Starts one link `a->b` per ordered pair of `layout`, listening on a free `127.0.0.1`
+    /// port and forwarding to `b`'s address, `delay_ms` each way.
+    fn start(layout: &[RegionLayout], delay_ms: f64) -> Result<LinkMesh> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(MESH_THREADS)
+            .thread_name("atoll-testkit-links")
+            .enable_all()
+            .build()
+            .context("cannot build the link mesh's runtime")?;
+        let specs: Vec<LinkSpec> = layout
+            .iter()
+            .flat_map(|a| {
+                layout.iter().filter(|b| b.name != a.name).map(|b| {
+                    LinkSpec::new(
+                        link_name(&a.name, &b.name),
+                        SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
+                        b.api,
+                    )
+                    .with_delay(delay_ms)
+                })
+            })
+            .collect();
+        // `block_on` panics on a thread that is already inside a runtime (tests call this from
+        // async code), so the server is started from a thread of its own.
+        let server = std::thread::scope(|s| {
+            s.spawn(|| runtime.block_on(LinkServer::start(specs, None)))
+                .join()
+        })
+        .map_err(|_| anyhow!("starting the link mesh panicked"))?
+        .context("the link mesh did not start")?;
+        Ok(LinkMesh {
+            server: Some(server),
+            runtime: Some(runtime),
+        })
+    }
+
+    fn server(&self) -> &LinkServer {
+        self.server
+            .as_ref()
+            .expect("the link server lives as long as the mesh")
+    }
+
+    /// Every link's listen address, by ordered pair.
+    fn addrs(&self) -> LinkAddrs {
+        self.server()
+            .specs()
+            .into_iter()
+            .filter_map(|s| {
+                let (from, to) = s.name.split_once("->")?;
+                Some(((from.to_string(), to.to_string()), s.listen))
+            })
+            .collect()
+    }
+
+    /// Adds `kind` to link `from->to` for [`FAULT_LEASE`].
+    fn add(&self, from: &str, to: &str, kind: FaultKind) -> Result<atoll_link::FaultId> {
+        let link = link_name(from, to);
+        self.server()
+            .add_fault(&link, kind, FAULT_LEASE)
+            .with_context(|| format!("cannot add a {} fault to link {link}", kind.describe()))
+    }
+
+    /// Adds the faults `(from, to, kind)` all or nothing: if one fails, those added are removed.
+    fn add_all(&self, faults: &[(&str, &str, FaultKind)]) -> Result<()> {
+        let mut added = Vec::new();
+        for &(from, to, kind) in faults {
+            match self.add(from, to, kind) {
+                Ok(id) => added.push((link_name(from, to), id)),
+                Err(e) => {
+                    for (link, id) in added {
+                        let _ = self.server().remove_fault(&link, id);
+                    }
+                    return Err(e);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// See [`Cluster::partition`].
+    fn partition(&self, a: &str, b: &str) -> Result<()> {
+        let stall = FaultKind::Partition {
+            mode: PartitionMode::Stall,
+        };
+        self.add_all(&[(a, b, stall), (b, a, stall)])
+    }
+
+    /// See [`Cluster::partition_oneway`].
+    fn partition_oneway(&self, from: &str, to: &str) -> Result<()> {
+        let hold = |direction| FaultKind::OneWay { direction };
+        self.add_all(&[
+            (from, to, hold(Direction::Forward)),
+            (to, from, hold(Direction::Reverse)),
+        ])
+    }
+
+    /// See [`Cluster::heal`].
+    fn heal(&self, a: &str, b: &str) -> Result<()> {
+        for link in [link_name(a, b), link_name(b, a)] {
+            self.server()
+                .clear_faults(Some(&link))
+                .with_context(|| format!("cannot clear the faults of link {link}"))?;
+        }
+        Ok(())
+    }
+
+    /// See [`Cluster::heal_all`].
+    fn heal_all(&self) -> Result<()> {
+        self.server()
+            .clear_faults(None)
+            .context("cannot clear the faults of the link mesh")?;
+        Ok(())
+    }
+
+    /// Prints every link with its faults and counters to stderr.
+    fn print(&self) {
+        for l in self.server().status() {
+            let faults: Vec<String> = l.faults.iter().map(|f| f.description.clone()).collect();
+            let c = &l.counters;
+            eprintln!(
+                "link {} ({} -> {}): faults {faults:?}; bytes forward {} reverse {}, queued forward {} reverse {}; connections open {} total {} refused {} reset {}",
+                l.name,
+                l.listen,
+                l.upstream,
+                c.forward_bytes,
+                c.reverse_bytes,
+                c.forward_queued_bytes,
+                c.reverse_queued_bytes,
+                c.connections_open,
+                c.connections_total,
+                c.connections_refused,
+                c.connections_reset
+            );
+        }
+    }
+}
+
+impl Drop for LinkMesh {
+    fn drop(&mut self) {
+        if let Some(server) = self.server.take() {
+            let _ = server.clear_faults(None);
+            // Signals every task of the server to stop.
+            drop(server);
+        }
+        if let Some(rt) = self.runtime.take() {
+            // Does not block, so it is allowed inside an async test (dropping a runtime there
+            // panics); the tasks are dropped as the runtime's threads wind down.
+            rt.shutdown_background();
+        }
+    }
+}
+
 /// A running cluster of real region processes. Dropping it kills every region.
 pub struct Cluster {
     // The processes go before the directory (which is kept if the test panicked): see Drop.
     members: Vec<Member>,
+    /// The link mesh, with [`ClusterOptions::with_links`].
+    mesh: Option<LinkMesh>,
     closed: ClosedPort,
     bin: PathBuf,
     config_path: PathBuf,
@@ -390,17 +608,25 @@ impl Cluster {
                     lon,
                 })
                 .collect();
+            // The links forward to the layout's addresses, so a new mesh goes with every attempt.
+            let mesh = match opts.link_delay_ms {
+                Some(ms) => Some(LinkMesh::start(&layout, ms)?),
+                None => None,
+            };
+            let links = mesh.as_ref().map(LinkMesh::addrs).unwrap_or_default();
             let launcher = Launcher {
                 bin: &bin,
                 config_path: &config_path,
                 dir: dir.path(),
                 opts: &opts,
                 closed: &closed,
+                links: &links,
             };
             match launcher.launch_all(&layout) {
                 Ok(members) => {
                     return Ok(Cluster {
                         members,
+                        mesh,
                         closed,
                         bin,
                         config_path,
@@ -495,6 +721,11 @@ impl Cluster {
         self.member_mut(name).process.kill9()
     }
 
+    /// The same as [`Cluster::kill9`].
+    pub fn kill(&mut self, name: &str) -> Result<ExitStatus> {
+        self.kill9(name)
+    }
+
     /// SIGTERM and wait for a graceful exit. Returns its exit status.
     pub fn terminate(&mut self, name: &str) -> Result<ExitStatus> {
         self.member_mut(name).process.terminate()
@@ -541,6 +772,60 @@ impl Cluster {
 
     pub fn options(&self) -> &ClusterOptions {
         &self.opts
+    }
+
+    /// The link mesh's server (to inspect links and counters, or to add other faults), if the
+    /// cluster was started [`ClusterOptions::with_links`].
+    pub fn links(&self) -> Option<&LinkServer> {
+        self.mesh.as_ref().map(LinkMesh::server)
+    }
+
+    #[track_caller]
+    fn mesh_for(&self, a: &str, b: &str) -> Result<&LinkMesh> {
+        self.member(a);
+        self.member(b);
+        ensure!(a != b, "{a} has no link to itself");
+        self.mesh.as_ref().ok_or_else(|| {
+            anyhow!("this cluster has no link mesh: start it with ClusterOptions::with_links")
+        })
+    }
+
+    /// Cuts `a` and `b` apart both ways: nothing crosses links `a->b` and `b->a` in either
+    /// direction until [`Cluster::heal`]. Bytes in flight are held, and new connections are
+    /// accepted but stall unanswered (a `stall` partition: packets vanish); at the heal all of
+    /// them flow on, so requests sent during the cut may still arrive late, as retransmissions
+    /// would deliver them. Both still reach every other region.
+    #[track_caller]
+    pub fn partition(&self, a: &str, b: &str) -> Result<()> {
+        self.mesh_for(a, b)?.partition(a, b)
+    }
+
+    /// A one-way partition: bytes sent by `from` no longer reach `to`, while `to`'s bytes still
+    /// reach `from`. That holds back link `from->to` forward (`from`'s requests to `to`) and link
+    /// `to->from` reverse (`from`'s answers to `to`'s requests); `to`'s requests (`to->from`
+    /// forward) and its answers to `from` (`from->to` reverse) still flow. So `to` stops hearing
+    /// `from`, and `from` still hears `to`, until [`Cluster::heal`].
+    #[track_caller]
+    pub fn partition_oneway(&self, from: &str, to: &str) -> Result<()> {
+        self.mesh_for(from, to)?.partition_oneway(from, to)
+    }
+
+    /// Removes every fault of links `a->b` and `b->a`: bytes held flow again at once.
+    #[track_caller]
+    pub fn heal(&self, a: &str, b: &str) -> Result<()> {
+        self.mesh_for(a, b)?.heal(a, b)
+    }
+
+    /// Removes every fault of every link.
+    pub fn heal_all(&self) -> Result<()> {
+        self.mesh.as_ref().map_or_else(
+            || {
+                Err(anyhow!(
+                    "this cluster has no link mesh: start it with ClusterOptions::with_links"
+                ))
+            },
+            LinkMesh::heal_all,
+        )
     }
 
     /// `GET /v1/status` of the region.
@@ -638,6 +923,12 @@ impl Drop for Cluster {
         }
         // Kill every region before the directory goes; each prints its log tail when panicking.
         self.members.clear();
+        if let Some(mesh) = self.mesh.take() {
+            if std::thread::panicking() {
+                mesh.print();
+            }
+            drop(mesh);
+        }
     }
 }
 
@@ -808,7 +1099,8 @@ mod tests {
         assert_eq!(opts.route_of("us-east-1", "eu-west-1"), &Route::Direct);
         assert_eq!(opts.route_of("ap-southeast-1", "us-east-1"), &Route::Cut);
         let closed = ClosedPort::new().unwrap();
-        let args = region_args(&opts, &closed, "us-east-1", &layout());
+        let none = LinkAddrs::new();
+        let args = region_args(&opts, &closed, &none, "us-east-1", &layout());
         assert_eq!(
             args,
             vec![
@@ -816,11 +1108,157 @@ mod tests {
                 format!("ap-southeast-1={}", closed.addr())
             ]
         );
-        let args = region_args(&opts, &closed, "eu-west-1", &layout());
+        let args = region_args(&opts, &closed, &none, "eu-west-1", &layout());
         assert_eq!(
             args,
             vec!["--peer-via", "us-east-1=127.0.0.1:9", "--drain-grace=0"]
         );
+    }
+
+    #[test]
+    fn links_replace_direct_routes_only() {
+        let opts = ClusterOptions::new("links")
+            .with_links(5.0)
+            .cut("us-east-1", "ap-southeast-1");
+        let closed = ClosedPort::new().unwrap();
+        let mut links = LinkAddrs::new();
+        for (i, (from, to)) in [
+            ("us-east-1", "eu-west-1"),
+            ("us-east-1", "ap-southeast-1"),
+            ("eu-west-1", "us-east-1"),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, 9000 + i as u16));
+            links.insert((from.to_string(), to.to_string()), addr);
+        }
+        assert_eq!(
+            region_args(&opts, &closed, &links, "us-east-1", &layout()),
+            vec![
+                "--peer-via".to_string(),
+                "eu-west-1=127.0.0.1:9000".to_string(),
+                "--peer-via".to_string(),
+                format!("ap-southeast-1={}", closed.addr()),
+            ]
+        );
+        assert_eq!(
+            effective_route(&opts, &links, "eu-west-1", "ap-southeast-1"),
+            Route::Direct
+        );
+    }
+
+    /// A connection through the mesh: what `from` writes and what `to` accepted.
+    fn connect(
+        mesh: &LinkMesh,
+        from: &str,
+        to: &str,
+        to_listener: &TcpListener,
+    ) -> (std::net::TcpStream, std::net::TcpStream) {
+        let addr = mesh.addrs()[&(from.to_string(), to.to_string())];
+        let client = std::net::TcpStream::connect(addr).unwrap();
+        let (server, _) = to_listener.accept().unwrap();
+        (client, server)
+    }
+
+    /// Whether `byte` arrives on `s` within `within` (false: nothing arrived).
+    fn receives(s: &mut std::net::TcpStream, byte: u8, within: Duration) -> bool {
+        use std::io::Read;
+        s.set_read_timeout(Some(within)).unwrap();
+        let mut buf = [0u8; 1];
+        match s.read(&mut buf) {
+            Ok(1) => {
+                assert_eq!(buf[0], byte, "bytes arrived out of order");
+                true
+            }
+            Ok(_) => panic!("connection closed"),
+            Err(e) => {
+                assert!(
+                    matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ),
+                    "{e}"
+                );
+                false
+            }
+        }
+    }
+
+    #[test]
+    fn mesh_faults_hold_the_right_directions() {
+        use std::io::Write;
+        let (a, b) = ("us-east-1", "eu-west-1");
+        let (la, lb) = (
+            TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap(),
+            TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap(),
+        );
+        let region = |name: &str, l: &TcpListener| RegionLayout {
+            name: name.to_string(),
+            api: l.local_addr().unwrap(),
+            lat: 0.0,
+            lon: 0.0,
+        };
+        let mesh = LinkMesh::start(&[region(a, &la), region(b, &lb)], 0.0).unwrap();
+        assert_eq!(mesh.addrs().len(), 2);
+        let held = Duration::from_millis(300);
+        let arrives = Duration::from_secs(5);
+        // a's connection to b (link a->b) and b's connection to a (link b->a).
+        let (mut a_out, mut b_in) = connect(&mesh, a, b, &lb);
+        let (mut b_out, mut a_in) = connect(&mesh, b, a, &la);
+
+        // a's bytes no longer reach b; b's still reach a.
+        mesh.partition_oneway(a, b).unwrap();
+        a_out.write_all(b"1").unwrap(); // a's request to b
+        a_in.write_all(b"2").unwrap(); // a's answer to b
+        b_in.write_all(b"3").unwrap(); // b's answer to a
+        b_out.write_all(b"4").unwrap(); // b's request to a
+        assert!(receives(&mut a_out, b'3', arrives));
+        assert!(receives(&mut a_in, b'4', arrives));
+        assert!(!receives(&mut b_in, b'1', held));
+        assert!(!receives(&mut b_out, b'2', held));
+        mesh.heal(b, a).unwrap();
+        assert!(receives(&mut b_in, b'1', arrives));
+        assert!(receives(&mut b_out, b'2', arrives));
+
+        // Both ways: nothing crosses.
+        mesh.partition(a, b).unwrap();
+        a_out.write_all(b"5").unwrap();
+        b_in.write_all(b"6").unwrap();
+        b_out.write_all(b"7").unwrap();
+        a_in.write_all(b"8").unwrap();
+        assert!(!receives(&mut b_in, b'5', held));
+        assert!(!receives(&mut a_out, b'6', held));
+        assert!(!receives(&mut a_in, b'7', held));
+        assert!(!receives(&mut b_out, b'8', held));
+        mesh.heal_all().unwrap();
+        assert!(receives(&mut b_in, b'5', arrives));
+        assert!(receives(&mut a_out, b'6', arrives));
+        assert!(receives(&mut a_in, b'7', arrives));
+        assert!(receives(&mut b_out, b'8', arrives));
+        assert!(mesh.server().status().iter().all(|l| l.faults.is_empty()));
+    }
+
+    #[tokio::test]
+    async fn mesh_starts_and_stops_inside_an_async_test() {
+        let l = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+        let layout: Vec<RegionLayout> = REGIONS[..3]
+            .iter()
+            .map(|&(name, lat, lon)| RegionLayout {
+                name: name.to_string(),
+                api: l.local_addr().unwrap(),
+                lat,
+                lon,
+            })
+            .collect();
+        let mesh = LinkMesh::start(&layout, 1.0).unwrap();
+        assert_eq!(mesh.addrs().len(), 6);
+        mesh.partition("us-east-1", "eu-west-1").unwrap();
+        assert!(mesh.partition("us-east-1", "nowhere").is_err());
+        let faults: usize = mesh.server().status().iter().map(|l| l.faults.len()).sum();
+        assert_eq!(faults, 2, "a failed partition adds nothing");
+        // Dropping it here must not panic (a runtime dropped in async code does).
+        drop(mesh);
     }
 
     #[test]

@@ -6,7 +6,11 @@
 //!   the same data directory. A region still running when its handle is dropped is killed, so a
 //!   failing test never leaks processes; a test that panics also prints the region's log.
 //! - [`cluster`]: [`Cluster`] starts three to five regions that replicate to each other, with
-//!   per-pair routes (direct, through another address, or cut), and waits for convergence.
+//!   per-pair routes (direct, through another address, or cut), and waits for convergence. With
+//!   [`ClusterOptions::with_links`] every region-to-region byte crosses an in-process `atoll link`
+//!   mesh (one link per ordered pair), so a test can partition two regions, cut one direction
+//!   only, and heal them while the processes run ([`Cluster::partition`],
+//!   [`Cluster::partition_oneway`], [`Cluster::heal`], [`Cluster::heal_all`]).
 //! - [`wait`]: [`wait_until`] / [`wait_until_async`] poll a condition with a short interval until
 //!   it holds or a deadline passes (never sleep-and-hope).
 //! - [`client`]: a small HTTP client for the kv, counter and set routes that keeps status codes
@@ -20,7 +24,7 @@ pub mod process;
 pub mod wait;
 
 pub use client::{Client, KvRead, Reply, Sibling, Ts, WriteAck};
-pub use cluster::{Cluster, ClusterOptions, Route};
+pub use cluster::{Cluster, ClusterOptions, FAULT_LEASE, Route, link_name};
 pub use process::{RegionProcess, RegionSpec, atoll_bin, run_with_timeout};
 pub use wait::{wait_until, wait_until_async};
 

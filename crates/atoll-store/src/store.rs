@@ -835,12 +835,9 @@ impl Writer {
                 keys::oplog_key(&e.origin, e.seq),
                 codec::encode(&e)?,
             ));
-            self.applied = self
-                .applied
-                .iter()
-                .map(|(r, n)| (r.clone(), n))
-                .chain(std::iter::once((e.origin.clone(), e.seq)))
-                .collect();
+            // `e.seq` is the origin's next sequence number (checked above): advance in place
+            // rather than rebuilding the vector for every entry.
+            self.applied.increment(&e.origin);
             batch.applied_dirty.insert(e.origin.clone());
             out.applied += 1;
         }

@@ -73,6 +73,8 @@ pub struct Load {
     pub acks: Arc<AtomicU64>,
     /// Set to stop every writer before its next request.
     pub stop: Arc<AtomicBool>,
+    /// At most one iteration (an lww put and an increment) per this interval, if set.
+    pub pace: Option<Duration>,
 }
 
 impl Load {
@@ -83,6 +85,7 @@ impl Load {
             time_limit,
             acks: Arc::new(AtomicU64::new(0)),
             stop: Arc::new(AtomicBool::new(false)),
+            pace: None,
         }
     }
 
@@ -106,7 +109,15 @@ async fn writer(c: Client, load: Load, task: usize) -> TaskLog {
         ..TaskLog::default()
     };
     let counter = counter_key(round, task);
+    let mut tick = load.pace.map(|p| {
+        let mut t = tokio::time::interval(p);
+        t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        t
+    });
     for i in 0..load.max_iterations {
+        if let Some(t) = tick.as_mut() {
+            t.tick().await;
+        }
         if load.stop.load(Ordering::Relaxed) || started.elapsed() > load.time_limit {
             return log;
         }

@@ -655,10 +655,17 @@ async fn metrics_count_queries_by_name_type_and_answer() {
 async fn serve_runs_until_shutdown() {
     let (state, clock) = new_state();
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    // Find a free port first (serve does not report what it bound).
-    let probe = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-    let addr = probe.local_addr().unwrap();
-    drop(probe);
+    // Find a port free for both UDP and TCP first (serve binds both and does not report what it
+    // bound; a port free for UDP only made serve fail to bind now and then).
+    let addr = (0..100)
+        .find_map(|_| {
+            let tcp = std::net::TcpListener::bind("127.0.0.1:0").ok()?;
+            let addr = tcp.local_addr().ok()?;
+            let udp = std::net::UdpSocket::bind(addr).ok()?;
+            drop((tcp, udp));
+            Some(addr)
+        })
+        .expect("a loopback port free for UDP and TCP");
     let task = tokio::spawn(atoll_router::dns::serve(
         state.clone(),
         addr,

@@ -91,8 +91,10 @@ async fn load_and_kill(region: &mut RegionProcess, round: usize) -> Result<Vec<A
     .await;
     let load_running = handles.iter().all(|h| !h.is_finished());
     let acked_at_kill = load.acks();
+    // No stop signal: every writer must see the region die on its next request (a stop flag set
+    // here could end a writer between two requests, before it saw the death). The writers stay
+    // bounded by their iteration and time limits.
     let killed = region.kill9();
-    load.stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let logs = join(handles).await?;
 
     enough?;

@@ -71,6 +71,13 @@ impl VersionVector {
         *n
     }
 
+    /// Raises `region`'s count to `n` if it is lower (a count of 0 is never stored).
+    pub fn raise(&mut self, region: &RegionId, n: u64) {
+        if n > self.get(region) {
+            self.0.insert(region.clone(), n);
+        }
+    }
+
     /// Pointwise maximum.
     pub fn merge(&mut self, other: &Self) {
         for (region, &n) in &other.0 {

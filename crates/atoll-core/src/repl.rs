@@ -546,12 +546,7 @@ impl ReplCore {
         if seq <= self.applied.get(origin) {
             return;
         }
-        self.applied = self
-            .applied
-            .iter()
-            .map(|(r, n)| (r.clone(), n))
-            .chain(std::iter::once((origin.clone(), seq)))
-            .collect();
+        self.applied.raise(origin, seq);
         if let Some(prog) = self.progress.get_mut(origin) {
             prog.known_head = prog.known_head.max(seq);
             while let Some(&(h, t)) = prog.pending.front() {

@@ -233,11 +233,7 @@ impl Store {
             .collect::<Result<Vec<_>>>()?
             .into_iter()
             .collect();
-        applied = applied
-            .iter()
-            .map(|(r, n)| (r.clone(), n))
-            .chain(std::iter::once((opts.region.clone(), seq)))
-            .collect();
+        applied.raise(&opts.region, seq);
 
         let shared = Arc::new(Shared {
             applied: Mutex::new(applied.clone()),
@@ -659,12 +655,7 @@ impl Writer {
         stats
             .hlc_wall_ms
             .store(self.hlc.last().wall_ms, Ordering::Relaxed);
-        self.applied = self
-            .applied
-            .iter()
-            .map(|(r, n)| (r.clone(), n))
-            .chain(std::iter::once((self.shared.region.clone(), self.seq)))
-            .collect();
+        self.applied.raise(&self.shared.region, self.seq);
         if let Ok(mut a) = self.shared.applied.lock() {
             *a = self.applied.clone();
         }
@@ -743,11 +734,7 @@ impl Writer {
             // still holding the tombstone (and its larger count) would look causally newer: one of
             // the two writes would be lost without a conflict record. The write's sequence number
             // is above every count this region ever issued for the key, collected or not.
-            r.vv =
-                r.vv.iter()
-                    .map(|(o, n)| (o.clone(), n))
-                    .chain(std::iter::once((self.shared.region.clone(), seq)))
-                    .collect();
+            r.vv.raise(&self.shared.region, seq);
         }
         let state = match current {
             Some(mut s) => {

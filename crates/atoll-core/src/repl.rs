@@ -19,9 +19,13 @@
 //!   that time: it rises while a link is cut even when nobody writes.
 //! - **Clock skew**: a peer whose clock runs ahead of ours by more than `max_clock_offset_ms` has
 //!   its ops held back (not applied) until its offset is back in bounds.
-//! - **Tombstone horizon**: each region publishes the time up to which it is caught up with every
-//!   origin; the minimum over all regions is the time before which every region has seen every
-//!   write, and tombstones older than it may be collected.
+//! - **Tombstone horizon**: stability claims start at each origin as its write watermark ("every
+//!   write I stamped before `t` has a sequence number of at most `h`", on the origin's own clock)
+//!   and travel in heartbeats unchanged: a region that has applied `h` is caught up with the
+//!   origin as of `t`, and says so to others. Per origin, the least claim of every region is the
+//!   time before which every region holds every write of that origin; a tombstone stamped below
+//!   it may be collected. Claims are never converted between clocks, so no clock step or offset
+//!   estimate can move one.
 
 use crate::causal::VersionVector;
 use crate::hlc::Timestamp;
@@ -69,9 +73,9 @@ pub struct Echo {
 pub struct OriginFrontier {
     /// Highest sequence number of the origin the sender has applied (its own head for itself).
     pub applied: u64,
-    /// The time, on the ORIGIN's clock, as of which the sender holds every write of the origin;
-    /// `None` if never. Anchoring it to the origin's clock (rather than an age at the sender)
-    /// keeps relayed claims from creeping forward by a transit time at every hop.
+    /// The sender's stability claim: it holds every write the origin stamped (HLC wall time)
+    /// before this time, ON THE ORIGIN'S CLOCK; `None` if it has no claim yet. Claims start as the
+    /// origin's write watermark and are relayed unchanged, never converted between clocks.
     pub caught_up_at_origin_ms: Option<u64>,
 }
 
@@ -86,8 +90,9 @@ pub struct Heartbeat {
     pub echo: Option<Echo>,
     /// Per origin (the sender included), what the sender has applied and how fresh that is.
     pub frontier: BTreeMap<RegionId, OriginFrontier>,
-    /// How long ago (sender's clock) the sender was caught up with every origin; `None` if it
-    /// never was. The basis of the tombstone horizon.
+    /// How long ago (sender's clock) the sender was caught up with every origin, as estimated
+    /// with its clock-offset estimates; `None` if it never was. Informational: the tombstone
+    /// horizon uses the per-origin claims in `frontier`, which need no estimate.
     pub stable_age_ms: Option<u64>,
 }
 
@@ -177,17 +182,20 @@ struct PeerInfo {
     offset_ms: Option<f64>,
     /// Their applied vector, as of their last heartbeat.
     applied: VersionVector,
-    /// Our local time at which they were caught up with every origin.
-    stable_at_ms: Option<u64>,
+    /// Their stability claims, as of their last heartbeat: per origin, the time ON THE ORIGIN'S
+    /// CLOCK before which they hold every write of that origin. Origins they claim nothing for
+    /// are absent. The basis of the tombstone horizon.
+    claims: BTreeMap<RegionId, u64>,
 }
 
 /// Per origin: the progress this region has made and what it knows exists.
 #[derive(Clone, Debug, Default)]
 struct OriginProgress {
     known_head: u64,
-    /// Local time as of which this region holds every write of the origin.
-    caught_up_at_ms: Option<u64>,
-    /// (head, time): at `time` the origin had written up to `head`; pending until applied.
+    /// Time ON THE ORIGIN'S CLOCK before which this region holds every write of the origin.
+    caught_up_origin_ms: Option<u64>,
+    /// (head, origin time): every write of the origin stamped before `origin time` has a sequence
+    /// number of at most `head`; pending until this region has applied `head`.
     pending: VecDeque<(u64, u64)>,
 }
 
@@ -270,13 +278,6 @@ impl ReplCore {
             p.last_heard_ms = p.last_heard_ms.map(shift);
             p.last_hb = p.last_hb.map(|(sent, recv)| (sent, shift(recv)));
             p.heard_us_at_ms = p.heard_us_at_ms.map(shift);
-            p.stable_at_ms = p.stable_at_ms.map(shift);
-        }
-        for prog in self.progress.values_mut() {
-            prog.caught_up_at_ms = prog.caught_up_at_ms.map(shift);
-            for (_, t) in prog.pending.iter_mut() {
-                *t = shift(*t);
-            }
         }
     }
 
@@ -300,6 +301,43 @@ impl ReplCore {
     /// Records that local writes up to `seq` are committed.
     pub fn on_local_commit(&mut self, seq: u64) {
         self.advance(&self.me.clone(), seq);
+    }
+
+    /// Records this region's write watermark (see `atoll_store::Store::watermark`): every local
+    /// write stamped (HLC wall time) before `before_ms` has a sequence number of at most `head`,
+    /// and no later write will be stamped before it. This is the only source of claims about
+    /// this region's own writes; peers relay them, so every stability claim in the cluster is a
+    /// time on the clock of the origin it is about.
+    pub fn on_watermark(&mut self, head: u64, before_ms: u64) {
+        let me = self.me.clone();
+        self.claim(&me, head, before_ms);
+    }
+
+    /// Takes in the claim "every write of `origin` stamped before `origin_ms` (origin's clock)
+    /// has a sequence number of at most `head`": caught up as of `origin_ms` once `head` is
+    /// applied here.
+    fn claim(&mut self, origin: &RegionId, head: u64, origin_ms: u64) {
+        let applied = self.applied.get(origin);
+        let Some(prog) = self.progress.get_mut(origin) else {
+            return;
+        };
+        prog.known_head = prog.known_head.max(head);
+        if applied >= head {
+            prog.caught_up_origin_ms = Some(
+                prog.caught_up_origin_ms
+                    .map_or(origin_ms, |c| c.max(origin_ms)),
+            );
+            return;
+        }
+        match prog.pending.back_mut() {
+            Some((h, t)) if *h >= head => *t = (*t).max(origin_ms),
+            _ => {
+                if prog.pending.len() >= PENDING_MAX {
+                    prog.pending.pop_front();
+                }
+                prog.pending.push_back((head, origin_ms));
+            }
+        }
     }
 
     fn reachable_at(&self, p: &PeerInfo, now_ms: u64) -> bool {
@@ -330,34 +368,35 @@ impl ReplCore {
         })
     }
 
-    fn caught_up_at(&self, origin: &RegionId, now_ms: u64) -> Option<u64> {
-        if *origin == self.me {
-            return Some(now_ms);
-        }
+    /// Time on `origin`'s clock before which this region holds every write of `origin`.
+    fn caught_up(&self, origin: &RegionId) -> Option<u64> {
         self.progress
             .get(origin)
-            .and_then(|p| p.caught_up_at_ms)
-            .map(|t| self.local(t))
+            .and_then(|p| p.caught_up_origin_ms)
     }
 
-    /// A local time expressed on `origin`'s clock (our time plus its estimated offset).
-    fn to_origin_clock(&self, origin: &RegionId, local_ms: u64) -> u64 {
+    /// [`Self::caught_up`] read on our clock (with the origin's current estimated offset, never
+    /// in the future): for lag, which is an estimate. The horizon never converts: a time taken
+    /// on one clock and read back with an offset measured later moves when either clock steps.
+    fn caught_up_local(&self, origin: &RegionId, now_ms: u64) -> Option<u64> {
+        let t = self.caught_up(origin)?;
         if *origin == self.me {
-            return local_ms;
+            return Some(t.min(now_ms));
         }
         let offset = self
             .peers
             .get(origin)
             .and_then(|p| p.offset_ms)
             .unwrap_or(0.0);
-        (local_ms as f64 + offset).max(0.0) as u64
+        Some(((t as f64 - offset).max(0.0) as u64).min(now_ms))
     }
 
-    /// Local time as of which this region holds every write of every origin.
+    /// Local time as of which this region holds every write of every origin (an estimate, for
+    /// the heartbeat's informational `stable_age_ms`).
     fn stable_at(&self, now_ms: u64) -> Option<u64> {
         let mut min = now_ms;
         for o in self.progress.keys() {
-            min = min.min(self.caught_up_at(o, now_ms)?);
+            min = min.min(self.caught_up_local(o, now_ms)?);
         }
         Some(min)
     }
@@ -381,9 +420,7 @@ impl ReplCore {
                     o.clone(),
                     OriginFrontier {
                         applied: self.applied.get(o),
-                        caught_up_at_origin_ms: self
-                            .caught_up_at(o, now_ms)
-                            .map(|t| self.to_origin_clock(o, t)),
+                        caught_up_at_origin_ms: self.caught_up(o),
                     },
                 )
             })
@@ -446,36 +483,25 @@ impl ReplCore {
             .iter()
             .map(|(o, f)| (o.clone(), f.applied))
             .collect();
-        p.stable_at_ms = hb.stable_age_ms.map(|age| now_ms.saturating_sub(age));
-        let offsets: BTreeMap<RegionId, f64> = self
-            .peers
+        // The latest claims replace the earlier ones, even when lower: a peer that restarted
+        // knows less than it did, and only what it says now is true of it.
+        p.claims = hb
+            .frontier
             .iter()
-            .map(|(r, p)| (r.clone(), p.offset_ms.unwrap_or(0.0)))
+            .filter_map(|(o, f)| f.caught_up_at_origin_ms.map(|t| (o.clone(), t)))
             .collect();
         for (origin, f) in &hb.frontier {
             if *origin == self.me {
                 continue;
             }
-            let Some(prog) = self.progress.get_mut(origin) else {
-                continue;
-            };
-            prog.known_head = prog.known_head.max(f.applied);
-            let Some(origin_ms) = f.caught_up_at_origin_ms else {
-                continue;
-            };
-            // Into our clock with the origin's estimated offset; never in the future.
-            let offset = offsets.get(origin).copied().unwrap_or(0.0);
-            let at = ((origin_ms as f64 - offset).max(0.0) as u64).min(now_ms);
-            if self.applied.get(origin) >= f.applied {
-                prog.caught_up_at_ms = Some(prog.caught_up_at_ms.map_or(at, |c| c.max(at)));
-            } else {
-                match prog.pending.back_mut() {
-                    Some((h, t)) if *h >= f.applied => *t = (*t).max(at),
-                    _ => {
-                        if prog.pending.len() >= PENDING_MAX {
-                            prog.pending.pop_front();
-                        }
-                        prog.pending.push_back((f.applied, at));
+            match f.caught_up_at_origin_ms {
+                // The sender holds every write of `origin` stamped before `t` and has applied up
+                // to `f.applied`: so every such write has a sequence number of at most that.
+                // The time stays on the origin's clock, as received.
+                Some(t) => self.claim(origin, f.applied, t),
+                None => {
+                    if let Some(prog) = self.progress.get_mut(origin) {
+                        prog.known_head = prog.known_head.max(f.applied);
                     }
                 }
             }
@@ -553,7 +579,7 @@ impl ReplCore {
                 if h > seq {
                     break;
                 }
-                prog.caught_up_at_ms = Some(prog.caught_up_at_ms.map_or(t, |c| c.max(t)));
+                prog.caught_up_origin_ms = Some(prog.caught_up_origin_ms.map_or(t, |c| c.max(t)));
                 prog.pending.pop_front();
             }
         }
@@ -590,7 +616,7 @@ impl ReplCore {
                     rtt_ms: p.rtt_ms,
                     clock_offset_ms: p.offset_ms,
                     lag_seconds: self
-                        .caught_up_at(r, now_ms)
+                        .caught_up_local(r, now_ms)
                         .map(|t| now_ms.saturating_sub(t) as f64 / 1000.0),
                     lag_ops: known_head.saturating_sub(applied),
                     applied_seq: applied,
@@ -600,26 +626,26 @@ impl ReplCore {
             .collect()
     }
 
-    /// The tombstone horizon, in local physical milliseconds: every region is known to hold every
-    /// write made before it (minus `max_clock_offset_ms`, since timestamps come from several
-    /// clocks, or minus how far a peer's clock runs behind ours if that is more). `None` until
-    /// every peer has reported.
+    /// The tombstone horizon: an lww tombstone whose timestamp's wall time is below it has been
+    /// applied by every region, and may be collected. `None` until every region (this one
+    /// included) has claimed stability for every origin.
+    ///
+    /// Per origin `O`, the horizon is the least of every region's claim about `O`; each claim is
+    /// a time on `O`'s own clock (see [`Self::on_watermark`]), so it compares directly with the
+    /// timestamps `O` gave its writes, with no clock-offset estimate or margin in between. The
+    /// result is the least of those per-origin horizons: at most the horizon of whichever
+    /// origin wrote a given tombstone.
     pub fn tombstone_horizon_ms(&self, now_ms: u64) -> Option<u64> {
         self.observe_clock(now_ms);
-        let mut h = self.stable_at(now_ms)?;
-        // A tombstone's timestamp comes from its origin's clock. If that clock runs behind ours
-        // (ours runs ahead beyond the bound, or theirs behind), its tombstones look older here than
-        // they are, so the margin must cover the gap: received minus sent of the peer's last
-        // heartbeat overstates it by the one-way delay, the safe side, and is up to date as soon as
-        // one heartbeat crossed a clock step (the echo-based offset needs a round trip more).
-        let mut margin = self.cfg.max_clock_offset_ms;
-        for p in self.peers.values() {
-            h = h.min(self.local(p.stable_at_ms?));
-            if let Some((sent_ms, recv_ms)) = p.last_hb {
-                margin = margin.max(self.local(recv_ms).saturating_sub(sent_ms));
+        let mut horizon: Option<u64> = None;
+        for origin in self.progress.keys() {
+            let mut h = self.caught_up(origin)?;
+            for p in self.peers.values() {
+                h = h.min(*p.claims.get(origin)?);
             }
+            horizon = Some(horizon.map_or(h, |x| x.min(h)));
         }
-        Some(h.saturating_sub(margin))
+        horizon
     }
 }
 
@@ -760,6 +786,7 @@ mod tests {
         let mut a = core("a");
         let mut b = core("b");
         b.on_local_commit(5);
+        b.on_watermark(5, 1000);
         a.on_heartbeat(&b.heartbeat(&r("a"), 1000, Timestamp::default()), 1000);
         let st = &a.status(1000)[0];
         assert_eq!(st.lag_ops, 5);
@@ -771,31 +798,90 @@ mod tests {
         assert_eq!(a.status(11_000)[0].lag_seconds, Some(10.0));
     }
 
+    /// Every region exchanges heartbeats with every other at `now`, each after taking its
+    /// watermark (its head, stamped before `now`).
+    fn gossip(cores: &mut [&mut ReplCore], now: u64) {
+        for c in cores.iter_mut() {
+            let head = c.applied().get(&c.me().clone());
+            c.on_watermark(head, now);
+        }
+        for i in 0..cores.len() {
+            for j in 0..cores.len() {
+                if i != j {
+                    let to = cores[j].me().clone();
+                    let hb = cores[i].heartbeat(&to, now, Timestamp::default());
+                    cores[j].on_heartbeat(&hb, now);
+                }
+            }
+        }
+    }
+
     #[test]
     fn horizon_needs_every_region() {
         let mut a = core("a");
         let mut b = core("b");
         let mut c = core("c");
         assert_eq!(a.tombstone_horizon_ms(1000), None);
-        for _ in 0..2 {
-            let hb = b.heartbeat(&r("a"), 10_000, Timestamp::default());
-            a.on_heartbeat(&hb, 10_000);
-            let hb = c.heartbeat(&r("a"), 10_000, Timestamp::default());
-            a.on_heartbeat(&hb, 10_000);
-            let hb = a.heartbeat(&r("b"), 10_000, Timestamp::default());
-            b.on_heartbeat(&hb, 10_000);
-            let hb = c.heartbeat(&r("b"), 10_000, Timestamp::default());
-            b.on_heartbeat(&hb, 10_000);
-            let hb = a.heartbeat(&r("c"), 10_000, Timestamp::default());
-            c.on_heartbeat(&hb, 10_000);
-            let hb = b.heartbeat(&r("c"), 10_000, Timestamp::default());
-            c.on_heartbeat(&hb, 10_000);
+        // One round: every region learns the others' own claims, but not yet what the others
+        // claim about third regions.
+        gossip(&mut [&mut a, &mut b, &mut c], 10_000);
+        assert_eq!(a.tombstone_horizon_ms(10_000), None);
+        gossip(&mut [&mut a, &mut b, &mut c], 11_000);
+        // The horizon is what every region claims for every origin, with no margin: the claims
+        // are times on each origin's own clock.
+        assert_eq!(a.tombstone_horizon_ms(11_000), Some(10_000));
+        gossip(&mut [&mut a, &mut b, &mut c], 12_000);
+        assert_eq!(a.tombstone_horizon_ms(12_000), Some(11_000));
+    }
+
+    #[test]
+    fn horizon_waits_for_a_region_that_has_not_applied() {
+        let mut a = core("a");
+        let mut b = core("b");
+        let mut c = core("c");
+        gossip(&mut [&mut a, &mut b, &mut c], 1_000);
+        gossip(&mut [&mut a, &mut b, &mut c], 2_000);
+        assert_eq!(a.tombstone_horizon_ms(2_000), Some(1_000));
+        // a writes (a delete, say) stamped 2_500; b applies it, c does not.
+        a.on_local_commit(1);
+        b.on_applied(&r("a"), 1);
+        for now in [3_000, 4_000, 5_000] {
+            gossip(&mut [&mut a, &mut b, &mut c], now);
+            let h = a.tombstone_horizon_ms(now).expect("every region reported");
+            assert!(h <= 2_500, "horizon {h} passed a write c has not applied");
         }
-        let hb = b.heartbeat(&r("a"), 10_000, Timestamp::default());
-        a.on_heartbeat(&hb, 10_000);
-        let hb = c.heartbeat(&r("a"), 10_000, Timestamp::default());
-        a.on_heartbeat(&hb, 10_000);
-        assert_eq!(a.tombstone_horizon_ms(10_000), Some(9_500));
+        c.on_applied(&r("a"), 1);
+        gossip(&mut [&mut a, &mut b, &mut c], 6_000);
+        gossip(&mut [&mut a, &mut b, &mut c], 7_000);
+        assert_eq!(a.tombstone_horizon_ms(7_000), Some(6_000));
+    }
+
+    /// Regression (simulation seed 139842 and 16 others): a caught-up time was kept on the
+    /// local clock and converted to the origin's clock with the offset estimated at sending
+    /// time. When the origin's clock stepped forward after the region had caught up, the old
+    /// local time was read with the new offset: the region claimed to hold writes the origin
+    /// stamped after it had caught up, and a third region's horizon passed an unapplied delete.
+    #[test]
+    fn a_clock_step_at_the_origin_does_not_move_old_claims() {
+        let mut a = core("a");
+        let mut b = core("b");
+        // b applies a's writes up to 5, which a claims as of 1_000 on its clock.
+        a.on_local_commit(5);
+        a.on_watermark(5, 1_000);
+        b.on_applied(&r("a"), 5);
+        b.on_heartbeat(&a.heartbeat(&r("b"), 1_000, Timestamp::default()), 1_000);
+        // a writes seq 6 at 1_100, then its clock steps 1 s ahead: b now estimates its offset
+        // at +1_000 ms.
+        a.on_local_commit(6);
+        a.on_watermark(6, 2_200);
+        b.on_heartbeat(&a.heartbeat(&r("b"), 2_200, Timestamp::default()), 1_200);
+        assert_eq!(b.status(1_200)[0].clock_offset_ms, Some(1_000.0));
+        // What b tells c about a must still be "caught up as of 1_000 on a's clock", below
+        // seq 6's stamp: b has not applied it.
+        let hb = b.heartbeat(&r("c"), 1_300, Timestamp::default());
+        let claim = hb.frontier[&r("a")];
+        assert_eq!(claim.applied, 5);
+        assert_eq!(claim.caught_up_at_origin_ms, Some(1_000));
     }
 }
 

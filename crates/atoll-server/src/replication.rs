@@ -145,9 +145,13 @@ impl Replicator {
 
     fn heartbeat_for(&self, to: &RegionId) -> Result<Heartbeat> {
         self.sync_applied()?;
+        let wm = self.store.watermark();
         let now = self.now();
         let hlc = self.hlc_now();
-        self.with_core(|c| c.heartbeat(to, now, hlc))
+        self.with_core(|c| {
+            c.on_watermark(wm.head, wm.before_ms);
+            c.heartbeat(to, now, hlc)
+        })
     }
 
     /// Takes in a heartbeat from a peer.

@@ -3,7 +3,8 @@
 //! What each event does mirrors `atoll-server`'s replication adapter:
 //!
 //! - **heartbeat tick** (every `heartbeat_interval_ms` per region): bring the core's applied vector
-//!   up to the store's, then send `core.heartbeat(peer, now, hlc)` to every peer, one way.
+//!   up to the store's, give it the store's write watermark (`core.on_watermark`), then send
+//!   `core.heartbeat(peer, now, hlc)` to every peer, one way.
 //! - **sync tick** (every `sync_interval_ms` per region): for each `(peer, origins)` of
 //!   `core.wanted_subscriptions(now)`, if both directions between us and the peer are up and the
 //!   peer is running, the peer reads `store.oplog(origin, applied + 1, batch_max)` for every origin
@@ -922,6 +923,20 @@ impl Sim {
     fn record(&mut self, mut v: Violation) {
         v.detail = format!("at virtual {} ms: {}", self.now, v.detail);
         self.trace.line(self.now, || format!("VIOLATION {v}"));
+        // With tracing on, the state of every replication core at the violation: what each
+        // region believed about its peers (claims, offsets, applied vectors).
+        if self.trace.printing() {
+            for (i, r) in self.regions.iter().enumerate() {
+                if let Some(n) = &r.node {
+                    eprintln!(
+                        "core of {} at local {}: {:#?}",
+                        self.ids[i],
+                        self.local_ms(i),
+                        n.core
+                    );
+                }
+            }
+        }
         self.violations.push(v);
     }
 
@@ -1036,7 +1051,10 @@ impl Sim {
         self.sync_core(r);
         let local = self.local_ms(r);
         let mut out = Vec::new();
-        if let Some(node) = &self.regions[r].node {
+        let n = self.regions.len();
+        if let Some(node) = self.regions[r].node.as_mut() {
+            let wm = node.store.watermark();
+            node.core.on_watermark(wm.head, wm.before_ms);
             let hlc = Timestamp {
                 wall_ms: node
                     .store
@@ -1046,7 +1064,7 @@ impl Sim {
                     .max(local),
                 logical: 0,
             };
-            for p in 0..self.regions.len() {
+            for p in 0..n {
                 if p != r {
                     out.push((p, node.core.heartbeat(&self.ids[p], local, hlc)));
                 }

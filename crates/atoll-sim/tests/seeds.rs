@@ -95,6 +95,42 @@ fn seeds() {
     }
 }
 
+/// Seeds that once broke an invariant, each kept as a regression test: the bug it found, then the
+/// seeds. They run on every test run, on top of the sweep.
+const REGRESSIONS: &[(&str, &[u64])] = &[(
+    // Invariant 5 (a tombstone collected before every region applied its delete): caught-up
+    // times were kept on the local clock and converted to the origin's clock with the offset
+    // estimated when a heartbeat was sent; after the origin's clock stepped forward, an old
+    // local time read with the new offset claimed writes the region had not applied. Claims now
+    // stay on the origin's clock from the origin's watermark onwards (issue 17).
+    "caught-up claims converted between clocks with a later offset",
+    &[
+        126262, 128140, 139842, 1001535, 1005095, 1016469, 1017631, 1040811, 1043199, 1048003,
+        1062378, 1066319, 1068811, 1077539, 1088589, 1090863, 1101131,
+    ],
+)];
+
+#[test]
+fn regression_seeds() {
+    let seeds: Vec<u64> = REGRESSIONS
+        .iter()
+        .flat_map(|(_, s)| s.iter().copied())
+        .collect();
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let failed: Vec<String> = run_all(&seeds, cores.min(2))
+        .into_iter()
+        .filter_map(|(seed, r)| r.err().map(|f| (seed, f)))
+        .map(|(seed, f)| {
+            let bug = REGRESSIONS
+                .iter()
+                .find(|(_, s)| s.contains(&seed))
+                .map_or("", |(b, _)| b);
+            format!("seed {seed} (once: {bug}): {f}")
+        })
+        .collect();
+    assert!(failed.is_empty(), "{}", failed.join("\n"));
+}
+
 #[test]
 fn same_seed_same_trace() {
     for seed in [7u64, 11] {

@@ -111,6 +111,27 @@ pub struct RemoteOutcome {
     pub delays_ms: Vec<(RegionId, u64)>,
 }
 
+/// This region's write watermark: every local write whose timestamp's wall time is below
+/// `before_ms` is committed and has a sequence number of at most `head`, and no later write will be
+/// stamped below `before_ms`. It is what lets a region claim, on its own clock, how far its peers
+/// have caught up with it (the basis of the tombstone horizon).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Watermark {
+    pub head: u64,
+    pub before_ms: u64,
+}
+
+/// The hybrid logical clock and what [`Store::watermark`] needs to know about stamped writes,
+/// shared by the writer thread (which stamps and commits) and readers of the watermark.
+struct Stamps {
+    hlc: Hlc,
+    /// Wall time of the first local write stamped since the last commit settled: the writes of
+    /// the batch being built or committed are all stamped at or after it.
+    uncommitted_from_ms: Option<u64>,
+    /// Highest committed local sequence number.
+    head: u64,
+}
+
 /// What a maintenance pass did.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct MaintenanceOutcome {
@@ -148,6 +169,15 @@ struct Shared {
     stats: StoreStats,
     /// The committed applied vector (own head included), for readers.
     applied: Mutex<VersionVector>,
+    stamps: Mutex<Stamps>,
+    clock: Arc<dyn Clock>,
+}
+
+impl Shared {
+    fn stamps(&self) -> std::sync::MutexGuard<'_, Stamps> {
+        // Nothing holding this lock can leave it inconsistent: recover from a poisoned lock.
+        self.stamps.lock().unwrap_or_else(|e| e.into_inner())
+    }
 }
 
 /// A region's durable store. Cheap to share behind an `Arc`; all writes go through one writer
@@ -235,8 +265,15 @@ impl Store {
             .collect();
         applied.raise(&opts.region, seq);
 
+        let hlc_wall_ms = hlc.last().wall_ms;
         let shared = Arc::new(Shared {
             applied: Mutex::new(applied.clone()),
+            stamps: Mutex::new(Stamps {
+                hlc,
+                uncommitted_from_ms: None,
+                head: seq,
+            }),
+            clock: clock.clone(),
             backend,
             region: opts.region.clone(),
             keyspaces: opts
@@ -250,13 +287,12 @@ impl Store {
         shared
             .stats
             .hlc_wall_ms
-            .store(hlc.last().wall_ms, Ordering::Relaxed);
+            .store(hlc_wall_ms, Ordering::Relaxed);
 
         let (tx, rx) = mpsc::sync_channel(opts.queue_capacity.max(1));
         let writer = Writer {
             shared: shared.clone(),
             clock,
-            hlc,
             seq,
             applied,
             max_batch: opts.group_commit_max_batch.max(1),
@@ -413,6 +449,22 @@ impl Store {
         }
     }
 
+    /// This region's write watermark (see [`Watermark`]). Cheap: it never waits for the writer
+    /// thread beyond a short lock.
+    pub fn watermark(&self) -> Watermark {
+        let mut st = self.shared.stamps();
+        let before_ms = match st.uncommitted_from_ms {
+            Some(t) => t,
+            // Nothing is being committed: tick the clock, so every later write is stamped after
+            // what this watermark claims.
+            None => st.hlc.now(self.shared.clock.physical_ms()).wall_ms,
+        };
+        Watermark {
+            head: st.head,
+            before_ms,
+        }
+    }
+
     /// The committed applied vector: per origin, the highest sequence number merged here
     /// (this region's own head included).
     pub fn applied(&self) -> VersionVector {
@@ -513,7 +565,6 @@ fn read_state(backend: &dyn Backend, data_key: &[u8]) -> Result<Option<KeyState>
 struct Writer {
     shared: Arc<Shared>,
     clock: Arc<dyn Clock>,
-    hlc: Hlc,
     seq: u64,
     applied: VersionVector,
     max_batch: usize,
@@ -587,9 +638,17 @@ impl Writer {
             }
         }
         if pending.0.is_empty() && pending.1.is_empty() {
+            self.settle();
             return;
         }
-        match self.commit(batch) {
+        let committed = self.commit(batch);
+        if committed.is_err() {
+            self.seq = seq_before;
+            self.applied = applied_before;
+        }
+        // The watermark covers the batch before anyone hears it was acknowledged.
+        self.settle();
+        match committed {
             Ok(()) => {
                 let n = pending.0.len();
                 let stats = &self.shared.stats;
@@ -607,8 +666,6 @@ impl Writer {
             }
             Err(e) => {
                 tracing::error!(error = %e, "commit failed; nothing in the batch was acknowledged");
-                self.seq = seq_before;
-                self.applied = applied_before;
                 let stats = &self.shared.stats;
                 stats.commit_failures_total.fetch_add(1, Ordering::Relaxed);
                 stats
@@ -622,6 +679,13 @@ impl Writer {
                 }
             }
         }
+    }
+
+    /// After a batch is committed (or refused): the watermark moves on to the committed head.
+    fn settle(&self) {
+        let mut st = self.shared.stamps();
+        st.uncommitted_from_ms = None;
+        st.head = self.seq;
     }
 
     /// Encodes the batch's key states, cursor and clock, and commits it. Local writes are
@@ -641,10 +705,11 @@ impl Writer {
                 codec::encode(&self.applied.get(origin))?,
             ));
         }
+        let hlc_last = self.shared.stamps().hlc.last();
         mutations.push(Mutation::Put(
             Table::Meta,
             keys::META_HLC.to_vec(),
-            codec::encode(&self.hlc.last())?,
+            codec::encode(&hlc_last)?,
         ));
         let durable = self.durable && batch.local_writes > 0;
         let writes = batch.local_writes;
@@ -652,9 +717,7 @@ impl Writer {
         self.shared.backend.commit(mutations, durable)?;
         let stats = &self.shared.stats;
         stats.commits_total.fetch_add(1, Ordering::Relaxed);
-        stats
-            .hlc_wall_ms
-            .store(self.hlc.last().wall_ms, Ordering::Relaxed);
+        stats.hlc_wall_ms.store(hlc_last.wall_ms, Ordering::Relaxed);
         self.applied.raise(&self.shared.region, self.seq);
         if let Ok(mut a) = self.shared.applied.lock() {
             *a = self.applied.clone();
@@ -718,7 +781,12 @@ impl Writer {
                 )));
             }
         }
-        let ts = self.hlc.now(self.clock.physical_ms());
+        let ts = {
+            let mut st = self.shared.stamps();
+            let ts = st.hlc.now(self.clock.physical_ms());
+            st.uncommitted_from_ms.get_or_insert(ts.wall_ms);
+            ts
+        };
         let seq = self.seq + 1;
         let mut delta = prepare(
             &req.keyspace,
@@ -783,7 +851,8 @@ impl Writer {
                 continue;
             }
             let physical = self.clock.physical_ms();
-            if let Err(err) = self.hlc.observe(e.ts, physical) {
+            let observed = self.shared.stamps().hlc.observe(e.ts, physical);
+            if let Err(err) = observed {
                 stopped.insert(e.origin.clone());
                 out.skewed.push((e.origin.clone(), err));
                 out.skipped += 1;
@@ -839,7 +908,7 @@ impl Writer {
         out: &mut RemoteOutcome,
     ) -> Result<()> {
         let now = self.clock.physical_ms();
-        let stamp = self.hlc.now(now);
+        let stamp = self.shared.stamps().hlc.now(now);
         let rec = ConflictRecord {
             keyspace: e.keyspace.clone(),
             key: e.key.clone(),

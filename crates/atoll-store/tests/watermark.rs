@@ -1,0 +1,166 @@
+//! The write watermark (`Store::watermark`): every local write stamped before it is committed,
+//! and no later write is stamped before it, whatever the physical clock does. The tombstone
+//! horizon is built from it, so a watermark that claims too much lets a region collect a
+//! tombstone that a peer has not applied.
+
+use atoll_config::KeyspaceConfig;
+use atoll_core::RegionId;
+use atoll_core::clock::{Clock, ManualClock};
+use atoll_core::op::{Intent, Policy};
+use atoll_store::backend::{Backend, MemBackend, Mutation, Table};
+use atoll_store::{Store, StoreOptions};
+use std::sync::mpsc::{self, Receiver, SyncSender};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+const T0: u64 = 1_700_000_000_000;
+
+fn open(backend: Arc<dyn Backend>, clock: Arc<ManualClock>) -> Store {
+    let region = RegionId::new("us-east-1").expect("region");
+    let opts = StoreOptions::new(region, vec![KeyspaceConfig::new("sessions", Policy::Lww)]);
+    let clock: Arc<dyn Clock> = clock;
+    Store::open(backend, opts, clock).expect("open")
+}
+
+fn put(store: &Store, key: &str) -> atoll_store::WriteOutcome {
+    store
+        .write(
+            "sessions",
+            key.as_bytes(),
+            Intent::Put {
+                value: b"v".to_vec(),
+                context: None,
+            },
+        )
+        .expect("write")
+}
+
+#[test]
+fn idle_watermark_covers_every_committed_write_and_bounds_later_ones() {
+    let clock = Arc::new(ManualClock::new(T0));
+    let store = open(Arc::new(MemBackend::default()), clock.clone());
+    let w0 = store.watermark();
+    assert_eq!(w0.head, 0);
+    let a = put(&store, "a");
+    let b = put(&store, "b");
+    let wm = store.watermark();
+    assert_eq!(wm.head, b.seq);
+    assert!(
+        wm.before_ms >= b.ts.wall_ms && b.ts > a.ts,
+        "{wm:?} {a:?} {b:?}"
+    );
+    // Later writes are stamped at or after the watermark, even if the physical clock steps
+    // back by far more than any clock-offset margin.
+    clock.set(T0 - 10_000);
+    let c = put(&store, "c");
+    assert!(
+        c.ts.wall_ms >= wm.before_ms,
+        "write {} stamped before the watermark {} it came after",
+        c.ts,
+        wm.before_ms
+    );
+    assert_eq!(store.watermark().head, c.seq);
+}
+
+#[test]
+fn watermark_moves_with_the_clock_while_idle() {
+    let clock = Arc::new(ManualClock::new(T0));
+    let store = open(Arc::new(MemBackend::default()), clock.clone());
+    put(&store, "a");
+    let w1 = store.watermark();
+    clock.advance(5_000);
+    let w2 = store.watermark();
+    assert_eq!(w1.head, w2.head);
+    assert!(w2.before_ms >= T0 + 5_000, "{w2:?}");
+}
+
+/// A backend whose commits wait for the test to let them through, so the test can look at the
+/// watermark while a batch is being committed.
+struct GatedBackend {
+    inner: MemBackend,
+    entered: SyncSender<()>,
+    release: Mutex<Receiver<()>>,
+}
+
+impl Backend for GatedBackend {
+    fn get(&self, table: Table, key: &[u8]) -> atoll_core::Result<Option<Vec<u8>>> {
+        self.inner.get(table, key)
+    }
+    fn commit(&self, batch: Vec<Mutation>, durable: bool) -> atoll_core::Result<()> {
+        let is_write = batch
+            .iter()
+            .any(|m| matches!(m, Mutation::Put(Table::Oplog, _, _)));
+        if is_write {
+            let _ = self.entered.send(());
+            if let Ok(rx) = self.release.lock() {
+                let _ = rx.recv_timeout(Duration::from_secs(30));
+            }
+        }
+        self.inner.commit(batch, durable)
+    }
+    fn range(
+        &self,
+        table: Table,
+        start: &[u8],
+        end: &[u8],
+        limit: usize,
+    ) -> atoll_core::Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        self.inner.range(table, start, end, limit)
+    }
+    fn last_in(
+        &self,
+        table: Table,
+        start: &[u8],
+        end: &[u8],
+    ) -> atoll_core::Result<Option<(Vec<u8>, Vec<u8>)>> {
+        self.inner.last_in(table, start, end)
+    }
+}
+
+#[test]
+fn a_write_being_committed_is_not_covered() {
+    let (entered_tx, entered_rx) = mpsc::sync_channel(8);
+    let (release_tx, release_rx) = mpsc::sync_channel(8);
+    let backend = Arc::new(GatedBackend {
+        inner: MemBackend::default(),
+        entered: entered_tx,
+        release: Mutex::new(release_rx),
+    });
+    let clock = Arc::new(ManualClock::new(T0));
+    let store = Arc::new(open(backend, clock.clone()));
+    // First write goes through.
+    release_tx.send(()).expect("release");
+    let first = put(&store, "a");
+    entered_rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("first commit");
+    // Second write: stamped, then held in the commit.
+    clock.advance(100);
+    let writer = {
+        let store = store.clone();
+        std::thread::spawn(move || put(&store, "b"))
+    };
+    entered_rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("second commit started");
+    // Time goes on while the commit (an fsync, say) takes its time.
+    clock.advance(1_000);
+    let during = store.watermark();
+    assert_eq!(
+        during.head, first.seq,
+        "the uncommitted write is not in the head"
+    );
+    release_tx.send(()).expect("release");
+    let second = writer.join().expect("writer");
+    assert!(
+        second.ts.wall_ms >= during.before_ms,
+        "write {} (seq {}) was being committed, yet the watermark {during:?} claims every write \
+         stamped before {} is committed",
+        second.ts,
+        second.seq,
+        during.before_ms
+    );
+    let after = store.watermark();
+    assert_eq!(after.head, second.seq);
+    assert!(after.before_ms > second.ts.wall_ms);
+}

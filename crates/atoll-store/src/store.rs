@@ -585,6 +585,17 @@ struct Batch {
     local_writes: usize,
 }
 
+impl Batch {
+    /// Takes in what `other` staged after this batch (its writes win).
+    fn absorb(&mut self, other: Batch) {
+        self.states.extend(other.states);
+        self.dirty.extend(other.dirty);
+        self.mutations.extend(other.mutations);
+        self.applied_dirty.extend(other.applied_dirty);
+        self.local_writes += other.local_writes;
+    }
+}
+
 type Pending = (
     Vec<(Reply, WriteOutcome)>,
     Vec<(RemoteReply, RemoteOutcome)>,
@@ -626,9 +637,20 @@ impl Writer {
                     }
                 },
                 Request::Remote { entries, reply } => {
-                    match self.apply_remote(entries, &mut batch) {
-                        Ok(outcome) => pending.1.push((reply, outcome)),
-                        Err(e) => reply(Err(e)),
+                    // Staged on its own and kept only if all of it applies: an entry that fails
+                    // part-way must leave neither its predecessors' changes nor an advanced
+                    // cursor behind (the cursor would skip the re-sent entries for good).
+                    let applied_before = self.applied.clone();
+                    let mut staged = Batch::default();
+                    match self.apply_remote(entries, &batch, &mut staged) {
+                        Ok(outcome) => {
+                            batch.absorb(staged);
+                            pending.1.push((reply, outcome));
+                        }
+                        Err(e) => {
+                            self.applied = applied_before;
+                            reply(Err(e));
+                        }
                     }
                 }
                 Request::Maintenance { horizon_ms, reply } => {
@@ -737,6 +759,14 @@ impl Writer {
         }
     }
 
+    /// A key's state as of `staged` on top of `batch` on top of the backend.
+    fn current_over(&self, batch: &Batch, staged: &Batch, dk: &[u8]) -> Result<Option<KeyState>> {
+        match staged.states.get(dk) {
+            Some(s) => Ok(Some(s.clone())),
+            None => self.current(batch, dk),
+        }
+    }
+
     /// Stages a key's new state, indexing lww tombstones for collection.
     fn stage(&self, batch: &mut Batch, dk: Vec<u8>, state: KeyState) {
         if let KeyState::Lww(r) = &state
@@ -839,7 +869,13 @@ impl Writer {
 
     /// Merges replicated entries: each is applied only if it is the next sequence number of its
     /// origin, and is appended to this region's operation log too, so it can be relayed.
-    fn apply_remote(&mut self, entries: Vec<OpEntry>, batch: &mut Batch) -> Result<RemoteOutcome> {
+    /// Stages into `batch`, on top of `base` (the rest of the group commit, only read).
+    fn apply_remote(
+        &mut self,
+        entries: Vec<OpEntry>,
+        base: &Batch,
+        batch: &mut Batch,
+    ) -> Result<RemoteOutcome> {
         let mut out = RemoteOutcome::default();
         let mut stopped: HashSet<RegionId> = HashSet::new();
         for e in entries {
@@ -859,7 +895,7 @@ impl Writer {
                 continue;
             }
             let dk = keys::data_key(&e.keyspace, &e.key);
-            match self.current(batch, &dk)? {
+            match self.current_over(base, batch, &dk)? {
                 None => self.stage(batch, dk, e.delta.clone()),
                 Some(mut state) => match state.merge(&e.delta) {
                     Ok(conflict) => {

@@ -1,0 +1,172 @@
+//! Applying replicated entries when the storage fails part-way: the applied cursor must never
+//! move past entries whose changes were not committed, or the re-sent entries are skipped as
+//! duplicates and the region (and everything it relays) keeps a hole for good.
+
+use atoll_config::KeyspaceConfig;
+use atoll_core::RegionId;
+use atoll_core::clock::{Clock, ManualClock};
+use atoll_core::op::{Intent, KeyState, OpEntry, Policy};
+use atoll_core::{AtollError, Result};
+use atoll_store::backend::{Backend, MemBackend, Mutation, Table};
+use atoll_store::{Store, StoreOptions};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+const T0: u64 = 1_700_000_000_000;
+
+/// Fails every read of one data key while `failing` is set.
+struct FailingReads {
+    inner: Arc<MemBackend>,
+    poisoned: Vec<u8>,
+    failing: AtomicBool,
+}
+
+impl Backend for FailingReads {
+    fn get(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        if table == Table::Data
+            && self.failing.load(Ordering::SeqCst)
+            && key.ends_with(&self.poisoned)
+        {
+            return Err(AtollError::Storage("injected read failure".into()));
+        }
+        self.inner.get(table, key)
+    }
+    fn commit(&self, batch: Vec<Mutation>, durable: bool) -> Result<()> {
+        self.inner.commit(batch, durable)
+    }
+    fn range(
+        &self,
+        table: Table,
+        start: &[u8],
+        end: &[u8],
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        self.inner.range(table, start, end, limit)
+    }
+    fn last_in(
+        &self,
+        table: Table,
+        start: &[u8],
+        end: &[u8],
+    ) -> Result<Option<(Vec<u8>, Vec<u8>)>> {
+        self.inner.last_in(table, start, end)
+    }
+}
+
+fn region(name: &str) -> RegionId {
+    RegionId::new(name).expect("region")
+}
+
+fn opts(me: &str) -> StoreOptions {
+    StoreOptions::new(
+        region(me),
+        vec![KeyspaceConfig::new("sessions", Policy::Lww)],
+    )
+}
+
+/// Writes `keys` in a scratch store of region `origin` and returns its operation log.
+fn entries_from(origin: &str, keys: &[&str]) -> Vec<OpEntry> {
+    let clock: Arc<dyn Clock> = Arc::new(ManualClock::new(T0));
+    let store = Store::open(Arc::new(MemBackend::default()), opts(origin), clock).expect("open");
+    for k in keys {
+        store
+            .write(
+                "sessions",
+                k.as_bytes(),
+                Intent::Put {
+                    value: format!("{k}-value").into_bytes(),
+                    context: None,
+                },
+            )
+            .expect("write");
+    }
+    store.oplog(&region(origin), 1, 100).expect("oplog")
+}
+
+fn value(store: &Store, key: &str) -> Option<Vec<u8>> {
+    match store.get("sessions", key.as_bytes()).expect("get") {
+        Some(KeyState::Lww(r)) => r.value,
+        _ => None,
+    }
+}
+
+#[test]
+fn a_batch_that_fails_part_way_leaves_no_hole() {
+    let entries = entries_from("eu-west-1", &["a", "poison", "c"]);
+    let mem = Arc::new(MemBackend::default());
+    let backend = Arc::new(FailingReads {
+        inner: mem.clone(),
+        poisoned: b"poison".to_vec(),
+        failing: AtomicBool::new(true),
+    });
+    let clock: Arc<dyn Clock> = Arc::new(ManualClock::new(T0 + 10));
+    let store = Store::open(backend.clone(), opts("us-east-1"), clock.clone()).expect("open");
+    let origin = region("eu-west-1");
+
+    // The second entry's read fails: the request fails as a whole, nothing is applied.
+    let err = store.apply_remote(entries.clone());
+    assert!(err.is_err(), "{err:?}");
+    assert_eq!(
+        store.applied().get(&origin),
+        0,
+        "cursor moved past a failed batch"
+    );
+    assert_eq!(value(&store, "a"), None);
+
+    // The storage recovers and the peer sends the same entries again: all of them apply.
+    backend.failing.store(false, Ordering::SeqCst);
+    let out = store.apply_remote(entries).expect("apply");
+    assert_eq!(out.applied, 3, "{out:?}");
+    assert_eq!(store.applied().get(&origin), 3);
+    for k in ["a", "poison", "c"] {
+        assert_eq!(
+            value(&store, k),
+            Some(format!("{k}-value").into_bytes()),
+            "key {k}"
+        );
+    }
+
+    // And the durable cursor agrees after a restart.
+    store.close();
+    drop(store);
+    let store = Store::open(mem, opts("us-east-1"), clock).expect("reopen");
+    assert_eq!(store.applied().get(&origin), 3);
+    assert_eq!(value(&store, "a"), Some(b"a-value".to_vec()));
+}
+
+#[test]
+fn a_failed_request_does_not_spoil_others_in_the_same_commit() {
+    // Two requests share a group commit: one applies, the other fails part-way. The first is
+    // committed in full; none of the second's entries are.
+    let good = entries_from("ap-south-1", &["x", "y"]);
+    let bad = entries_from("eu-west-1", &["a", "poison"]);
+    let mem = Arc::new(MemBackend::default());
+    let backend = Arc::new(FailingReads {
+        inner: mem,
+        poisoned: b"poison".to_vec(),
+        failing: AtomicBool::new(true),
+    });
+    let clock: Arc<dyn Clock> = Arc::new(ManualClock::new(T0 + 10));
+    let store = Arc::new(Store::open(backend, opts("us-east-1"), clock).expect("open"));
+    let (tx, rx) = std::sync::mpsc::channel();
+    for batch in [good, bad] {
+        let tx = tx.clone();
+        store.submit_remote(batch, move |r| {
+            let _ = tx.send(r.map(|o| o.applied));
+        });
+    }
+    let mut results: Vec<_> = (0..2)
+        .map(|_| rx.recv().expect("reply").map_err(|e| e.to_string()))
+        .collect();
+    results.sort_by_key(|r| r.is_err());
+    assert_eq!(results[0], Ok(2));
+    assert!(results[1].is_err());
+    assert_eq!(store.applied().get(&region("ap-south-1")), 2);
+    assert_eq!(store.applied().get(&region("eu-west-1")), 0);
+    assert_eq!(value(&store, "x"), Some(b"x-value".to_vec()));
+    assert_eq!(
+        value(&store, "a"),
+        None,
+        "a failed request's first entry was committed"
+    );
+}

@@ -17,7 +17,8 @@
 //! - **client write**: a random region, keyspace and key from a small key space (so that writes
 //!   conflict), through `store.write` (blocking: acknowledged when it returns).
 //! - **faults**: partition a pair both ways, cut one direction, isolate a region, crash a region
-//!   (its store is dropped; the in-memory backend survives) and restart it later, run a region's
+//!   (its store is dropped and its backend takes a power cut: what was committed since the last
+//!   durable commit survives only as a random prefix) and restart it later, run a region's
 //!   clock ahead beyond `max_clock_offset_ms` and bring it back.
 //!
 //! Every region reads its own [`ManualClock`]: the virtual time plus a small fixed offset
@@ -105,6 +106,7 @@ impl Stats {
             tombstones_collected,
             maintenance_with_horizon,
             crashes,
+            batches_lost_at_crash,
             partitions,
             one_way_cuts,
             isolations,
@@ -125,6 +127,7 @@ impl Stats {
         self.tombstones_collected += tombstones_collected;
         self.maintenance_with_horizon += maintenance_with_horizon;
         self.crashes += crashes;
+        self.batches_lost_at_crash += batches_lost_at_crash;
         self.partitions += partitions;
         self.one_way_cuts += one_way_cuts;
         self.isolations += isolations;
@@ -188,6 +191,10 @@ pub struct Stats {
     pub tombstones_collected: u64,
     pub maintenance_with_horizon: u64,
     pub crashes: u64,
+    /// Committed batches that were not yet on stable storage when a crash (a power cut) came,
+    /// and were lost (non-durable maintenance passes; a store that skipped an fsync it needs
+    /// would lose writes here).
+    pub batches_lost_at_crash: u64,
     pub partitions: u64,
     pub one_way_cuts: u64,
     pub isolations: u64,
@@ -326,7 +333,8 @@ struct Region {
     skew_ms: i64,
     /// `None` while crashed.
     node: Option<Node>,
-    /// The store's applied vector when it crashed (its backend does not change while down).
+    /// The applied vector its backend holds after the crash's power cut (it does not change
+    /// while down).
     cursor_at_crash: VersionVector,
     /// Replicated entries applied since the last (re)start.
     applied_since_start: u64,
@@ -371,7 +379,7 @@ impl Sim {
             .iter()
             .map(|id| Region {
                 id: id.clone(),
-                backend: Arc::new(MemBackend::default()),
+                backend: Arc::new(MemBackend::with_power_cuts()),
                 clock: Arc::new(ManualClock::new(EPOCH_MS)),
                 base_offset_ms: rng.random_range(-b..=b),
                 skew_ms: 0,
@@ -546,9 +554,28 @@ impl Sim {
     /// Crashes region `r`: its store and core are dropped, messages to it are lost, its events do
     /// nothing until it restarts on the same backend.
     pub fn crash(&mut self, r: usize) {
+        self.crash_keeping(r, None);
+    }
+
+    /// Crashes region `r` with a power cut that loses everything not on stable storage.
+    pub fn crash_losing_unsynced(&mut self, r: usize) {
+        self.crash_keeping(r, Some(0));
+    }
+
+    /// A crash whose power cut keeps `keep` of the batches committed since the last durable
+    /// commit (`None`: a random number of them).
+    fn crash_keeping(&mut self, r: usize, keep: Option<usize>) {
         if let Some(node) = self.regions[r].node.take() {
-            self.regions[r].cursor_at_crash = node.store.applied();
             drop(node);
+            // A power cut: the stable state survives, with a prefix of what was committed since
+            // the last sync.
+            let backend = self.regions[r].backend.clone();
+            let keep =
+                keep.unwrap_or_else(|| self.rng.random_range(0..=backend.unsynced_batches()));
+            let lost = backend.power_cut(keep).unwrap_or(0);
+            self.stats.batches_lost_at_crash += lost as u64;
+            self.regions[r].cursor_at_crash =
+                atoll_store::read_applied(&*backend, &self.regions[r].id).unwrap_or_default();
             self.stats.crashes += 1;
             self.trace.ev(&[72, self.now, r as u64]);
             self.trace.line(self.now, || {
@@ -964,7 +991,8 @@ impl Sim {
         let reg = &mut self.regions[r];
         let mut opts = StoreOptions::new(reg.id.clone(), model::keyspaces());
         opts.max_clock_offset_ms = self.opts.max_clock_offset_ms;
-        opts.durable = false;
+        // Durable, as in production: the backend's power-cut model loses what was not synced.
+        opts.durable = true;
         let backend: Arc<dyn Backend> = reg.backend.clone();
         let clock: Arc<dyn Clock> = reg.clock.clone();
         let store = Store::open(backend, opts, clock).map_err(|e| {

@@ -227,6 +227,33 @@ fn skewed_region_does_not_collect_tombstones_early() {
     converge(&mut sim, 15_000);
 }
 
+/// A region that told its peers it holds a delete must still hold it after a power cut: with
+/// replicated batches left unsynced, C would lose the delete at the crash while A, trusting C's
+/// earlier claim, collects the tombstone (this test fails if replicated commits skip the fsync).
+#[test]
+fn a_power_cut_does_not_take_back_what_a_region_claimed() {
+    let mut sim = sim_manual_maintenance(3);
+    sim.run_for(2_000).unwrap();
+    w(&mut sim, A, put("s", "x"));
+    converge(&mut sim, 5_000);
+    let del = w(&mut sim, A, WriteOp::LwwDelete { key: "s".into() });
+    // B and C apply the delete; a few heartbeat rounds carry their claims about it to A.
+    sim.run_for(3_000).unwrap();
+    assert_eq!(sim.applied(C).get(sim.id(A)), del);
+    // C loses power, losing whatever was not on stable storage.
+    sim.crash_losing_unsynced(C);
+    // A collects the tombstone on the strength of C's claim: C must really hold the delete.
+    assert_eq!(sim.maintain_now(A).unwrap(), 1, "{}", sim.describe());
+    assert!(sim.violations().is_empty(), "{:?}", sim.violations());
+    assert_eq!(
+        sim.applied(C).get(sim.id(A)),
+        del,
+        "C lost an applied entry it had told its peers about"
+    );
+    sim.restart(C).unwrap();
+    converge(&mut sim, 10_000);
+}
+
 /// Regression: after a tombstone was collected, the next local lww write started its version
 /// vector from zero; a concurrent write from a region still holding the tombstone's larger vector
 /// looked causally newer, and one of the two writes was lost without a conflict record.

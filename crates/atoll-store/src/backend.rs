@@ -86,36 +86,98 @@ pub fn prefix_end(prefix: &[u8]) -> Vec<u8> {
 
 type MemTables = BTreeMap<(Table, Vec<u8>), Vec<u8>>;
 
-/// An in-memory backend for tests and simulation. `durable` is ignored.
+/// What a batch overwrote: each touched key with its value before the batch (`None`: absent).
+type Undo = Vec<((Table, Vec<u8>), Option<Vec<u8>>)>;
+
+#[derive(Default)]
+struct MemState {
+    tables: MemTables,
+    /// With the power-cut model: per batch committed since the last durable one, what it
+    /// overwrote, oldest first.
+    unsynced: Vec<Undo>,
+}
+
+/// An in-memory backend for tests and simulation.
+///
+/// By default `durable` is ignored and everything committed survives. With
+/// [`MemBackend::with_power_cuts`] it models a disk with a volatile cache, as a journaling
+/// engine sees it: a durable commit puts it and every earlier batch on stable storage; a power
+/// cut ([`MemBackend::power_cut`]) keeps the stable state and a prefix of the batches committed
+/// since (the journal's order is kept; a torn last batch fails its checksum and is dropped whole)
+/// and loses the rest. A store that skips an fsync it needs loses data here.
 #[derive(Default)]
 pub struct MemBackend {
-    tables: Mutex<MemTables>,
+    state: Mutex<MemState>,
+    power_cuts: bool,
 }
 
 impl MemBackend {
-    fn lock(&self) -> Result<std::sync::MutexGuard<'_, MemTables>> {
-        self.tables
+    /// A backend with the power-cut model (see the type's documentation).
+    pub fn with_power_cuts() -> Self {
+        Self {
+            state: Mutex::default(),
+            power_cuts: true,
+        }
+    }
+
+    fn lock(&self) -> Result<std::sync::MutexGuard<'_, MemState>> {
+        self.state
             .lock()
             .map_err(|_| AtollError::Storage("memory backend lock poisoned".into()))
+    }
+
+    /// Batches committed since the last durable commit (what a power cut may lose).
+    pub fn unsynced_batches(&self) -> usize {
+        self.lock().map_or(0, |s| s.unsynced.len())
+    }
+
+    /// A power cut: keeps the durable state and the first `keep` batches committed since, and
+    /// loses the others. Returns how many batches were lost. Without the power-cut model nothing
+    /// is lost.
+    pub fn power_cut(&self, keep: usize) -> Result<usize> {
+        let mut st = self.lock()?;
+        let lost = st.unsynced.len().saturating_sub(keep);
+        for _ in 0..lost {
+            let Some(undo) = st.unsynced.pop() else { break };
+            for (k, before) in undo.into_iter().rev() {
+                match before {
+                    Some(v) => st.tables.insert(k, v),
+                    None => st.tables.remove(&k),
+                };
+            }
+        }
+        st.unsynced.clear();
+        Ok(lost)
     }
 }
 
 impl Backend for MemBackend {
     fn get(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>> {
-        Ok(self.lock()?.get(&(table, key.to_vec())).cloned())
+        Ok(self.lock()?.tables.get(&(table, key.to_vec())).cloned())
     }
 
-    fn commit(&self, batch: Vec<Mutation>, _durable: bool) -> Result<()> {
-        let mut t = self.lock()?;
+    fn commit(&self, batch: Vec<Mutation>, durable: bool) -> Result<()> {
+        let mut st = self.lock()?;
+        let record = self.power_cuts && !durable;
+        let mut undo = Vec::new();
         for m in batch {
-            match m {
-                Mutation::Put(table, k, v) => {
-                    t.insert((table, k), v);
-                }
-                Mutation::Delete(table, k) => {
-                    t.remove(&(table, k));
-                }
+            let (k, v) = match m {
+                Mutation::Put(table, k, v) => ((table, k), Some(v)),
+                Mutation::Delete(table, k) => ((table, k), None),
+            };
+            let before = match v {
+                Some(v) => st.tables.insert(k.clone(), v),
+                None => st.tables.remove(&k),
+            };
+            if record {
+                undo.push((k, before));
             }
+        }
+        if record {
+            st.unsynced.push(undo);
+        } else {
+            // Durable: this batch and every earlier one are on stable storage.
+            st.unsynced.clear();
         }
         Ok(())
     }
@@ -127,12 +189,14 @@ impl Backend for MemBackend {
         end: &[u8],
         limit: usize,
     ) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
-        let t = self.lock()?;
+        let st = self.lock()?;
         let r = (
             Bound::Included((table, start.to_vec())),
             Bound::Excluded((table, end.to_vec())),
         );
-        Ok(t.range(r)
+        Ok(st
+            .tables
+            .range(r)
             .take(limit)
             .map(|((_, k), v)| (k.clone(), v.clone()))
             .collect())
@@ -144,12 +208,14 @@ impl Backend for MemBackend {
         start: &[u8],
         end: &[u8],
     ) -> Result<Option<(Vec<u8>, Vec<u8>)>> {
-        let t = self.lock()?;
+        let st = self.lock()?;
         let r = (
             Bound::Included((table, start.to_vec())),
             Bound::Excluded((table, end.to_vec())),
         );
-        Ok(t.range(r)
+        Ok(st
+            .tables
+            .range(r)
             .next_back()
             .map(|((_, k), v)| (k.clone(), v.clone())))
     }

@@ -237,33 +237,8 @@ impl Store {
         if let Some(raw) = backend.get(Table::Meta, keys::META_HLC)? {
             hlc.restore(codec::decode::<Timestamp>(&raw)?);
         }
-        let prefix = keys::prefix(opts.region.as_str());
-        let seq = match backend.last_in(Table::Oplog, &prefix, &prefix_end(&prefix))? {
-            Some((k, _)) => keys::oplog_seq(&opts.region, &k).ok_or_else(|| {
-                AtollError::Corrupt("operation-log key of unexpected shape".into())
-            })?,
-            None => 0,
-        };
-
-        let mut applied: VersionVector = backend
-            .range(
-                Table::Meta,
-                keys::META_APPLIED_PREFIX,
-                &prefix_end(keys::META_APPLIED_PREFIX),
-                usize::MAX,
-            )?
-            .iter()
-            .map(|(k, v)| {
-                let name =
-                    std::str::from_utf8(&k[keys::META_APPLIED_PREFIX.len()..]).map_err(|_| {
-                        AtollError::Corrupt("replication cursor key is not UTF-8".into())
-                    })?;
-                Ok((RegionId::new(name)?, codec::decode::<u64>(v)?))
-            })
-            .collect::<Result<Vec<_>>>()?
-            .into_iter()
-            .collect();
-        applied.raise(&opts.region, seq);
+        let applied = read_applied(&*backend, &opts.region)?;
+        let seq = applied.get(&opts.region);
 
         let hlc_wall_ms = hlc.last().wall_ms;
         let shared = Arc::new(Shared {
@@ -540,6 +515,36 @@ impl Drop for Store {
     }
 }
 
+/// The applied vector a store on `backend` opens with: the replication cursors and this region's
+/// own operation-log head (for tools and the simulation, which look at a region that is down).
+pub fn read_applied(backend: &dyn Backend, region: &RegionId) -> Result<VersionVector> {
+    let prefix = keys::prefix(region.as_str());
+    let seq = match backend.last_in(Table::Oplog, &prefix, &prefix_end(&prefix))? {
+        Some((k, _)) => keys::oplog_seq(region, &k)
+            .ok_or_else(|| AtollError::Corrupt("operation-log key of unexpected shape".into()))?,
+        None => 0,
+    };
+
+    let mut applied: VersionVector = backend
+        .range(
+            Table::Meta,
+            keys::META_APPLIED_PREFIX,
+            &prefix_end(keys::META_APPLIED_PREFIX),
+            usize::MAX,
+        )?
+        .iter()
+        .map(|(k, v)| {
+            let name = std::str::from_utf8(&k[keys::META_APPLIED_PREFIX.len()..])
+                .map_err(|_| AtollError::Corrupt("replication cursor key is not UTF-8".into()))?;
+            Ok((RegionId::new(name)?, codec::decode::<u64>(v)?))
+        })
+        .collect::<Result<Vec<_>>>()?
+        .into_iter()
+        .collect();
+    applied.raise(region, seq);
+    Ok(applied)
+}
+
 fn validate_key(key: &[u8]) -> Result<()> {
     if key.is_empty() {
         return Err(AtollError::EmptyKey);
@@ -710,9 +715,10 @@ impl Writer {
         st.head = self.seq;
     }
 
-    /// Encodes the batch's key states, cursor and clock, and commits it. Local writes are
-    /// fsynced; a batch of replicated entries only is not (it can be fetched again from its
-    /// origin, and its cursor commits atomically with it).
+    /// Encodes the batch's key states, cursor and clock, and commits it, fsynced. Replicated
+    /// entries are fsynced too, although they could be fetched again: this region tells its
+    /// peers what it has applied (the stability claims behind the tombstone horizon), and after a
+    /// power cut it must still hold what it claimed.
     fn commit(&mut self, mut batch: Batch) -> Result<()> {
         let mut mutations = std::mem::take(&mut batch.mutations);
         for k in &batch.dirty {
@@ -733,7 +739,7 @@ impl Writer {
             keys::META_HLC.to_vec(),
             codec::encode(&hlc_last)?,
         ));
-        let durable = self.durable && batch.local_writes > 0;
+        let durable = self.durable;
         let writes = batch.local_writes;
         let started = Instant::now();
         self.shared.backend.commit(mutations, durable)?;

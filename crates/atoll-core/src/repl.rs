@@ -171,6 +171,66 @@ pub struct Admitted {
     pub held_back: usize,
 }
 
+/// Why a heartbeat was refused (and nothing in it taken in).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    /// The sender is not a peer of this region.
+    NotAPeer(RegionId),
+    /// The frontier names a region that is not in the cluster.
+    UnknownOrigin(RegionId),
+    /// The echo carries a send time of ours further ahead than any clock plausibly is (an echo
+    /// merely later than our latest time is ignored, not refused: our clock may have gone back).
+    EchoFromTheFuture,
+    /// The sender's clock reading is further from ours than any peer's plausibly is.
+    ImplausibleClock,
+    /// The sender claims to have applied writes of ours that we never committed.
+    AppliedBeyondOurHead,
+}
+
+impl Refusal {
+    /// A stable label (metrics).
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Refusal::NotAPeer(_) => "not-a-peer",
+            Refusal::UnknownOrigin(_) => "unknown-origin",
+            Refusal::EchoFromTheFuture => "echo-from-the-future",
+            Refusal::ImplausibleClock => "implausible-clock",
+            Refusal::AppliedBeyondOurHead => "applied-beyond-our-head",
+        }
+    }
+}
+
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Refusal::NotAPeer(r) => write!(
+                f,
+                "heartbeat from `{r}`, which is not a peer of this region"
+            ),
+            Refusal::UnknownOrigin(r) => write!(
+                f,
+                "heartbeat names `{r}`, which is not a region of this cluster"
+            ),
+            Refusal::EchoFromTheFuture => write!(
+                f,
+                "heartbeat echoes a send time this region has not reached"
+            ),
+            Refusal::ImplausibleClock => write!(
+                f,
+                "heartbeat clock reading is more than a day away from this region's"
+            ),
+            Refusal::AppliedBeyondOurHead => write!(
+                f,
+                "heartbeat claims writes of this region beyond what it committed"
+            ),
+        }
+    }
+}
+
+/// A peer's clock may be off by this much before its heartbeats are refused as garbage (a skew
+/// below it is reported as `clock-skew`, which is how an operator learns of it).
+const PLAUSIBLE_CLOCK_MS: u64 = 24 * 3600 * 1000;
+
 #[derive(Clone, Debug, Default)]
 struct PeerInfo {
     last_heard_ms: Option<u64>,
@@ -211,6 +271,8 @@ pub struct ReplCore {
     progress: BTreeMap<RegionId, OriginProgress>,
     /// The latest local time any call was given.
     clock_ms: Cell<u64>,
+    /// The latest local time any call was ever given (an echo of ours cannot be later).
+    max_clock_ms: Cell<u64>,
     /// How far the local clock stepped back since the stored local times (when peers were heard,
     /// caught-up times, ...) were taken: they are read minus this, and rebased by the next
     /// `on_heartbeat`. Without it, a clock that ran ahead and is set back (NTP) would keep times
@@ -247,6 +309,7 @@ impl ReplCore {
             applied,
             progress,
             clock_ms: Cell::new(0),
+            max_clock_ms: Cell::new(0),
             stepped_back_ms: Cell::new(0),
         }
     }
@@ -260,6 +323,7 @@ impl ReplCore {
                 .set(self.stepped_back_ms.get().saturating_add(last - now_ms));
         }
         self.clock_ms.set(now_ms);
+        self.max_clock_ms.set(self.max_clock_ms.get().max(now_ms));
     }
 
     /// A stored local time, in the clock's current reading.
@@ -435,30 +499,66 @@ impl ReplCore {
         }
     }
 
-    /// Takes in a heartbeat sent on its own (the one-way heartbeat messages). Returns `false`
-    /// (and changes nothing) if it is not from a peer.
-    pub fn on_heartbeat(&mut self, hb: &Heartbeat, now_ms: u64) -> bool {
+    /// Takes in a heartbeat sent on its own (the one-way heartbeat messages). A heartbeat that
+    /// fails [`Self::check_heartbeat`] is refused and changes nothing.
+    pub fn on_heartbeat(&mut self, hb: &Heartbeat, now_ms: u64) -> Result<(), Refusal> {
         self.take_heartbeat(hb, now_ms, true)
     }
 
     /// Takes in a heartbeat that arrived on a subscription stream. It may have queued behind
     /// batches of ops, so it says nothing reliable about round trips or clock offsets (using it
     /// would read queueing delay as clock skew); it still proves liveness and carries progress.
-    pub fn on_stream_heartbeat(&mut self, hb: &Heartbeat, now_ms: u64) -> bool {
+    pub fn on_stream_heartbeat(&mut self, hb: &Heartbeat, now_ms: u64) -> Result<(), Refusal> {
         self.take_heartbeat(hb, now_ms, false)
     }
 
-    fn take_heartbeat(&mut self, hb: &Heartbeat, now_ms: u64, timing: bool) -> bool {
+    /// What a heartbeat must satisfy before anything in it is believed. It bounds what can be
+    /// checked here: the sender is a peer, names only regions of the cluster, echoes a time of
+    /// ours we have reached, reads a clock within a day
+    /// of ours, and has applied no more of our writes than we committed. (That a heartbeat
+    /// comes from the region it names is for the transport to prove.)
+    pub fn check_heartbeat(&self, hb: &Heartbeat, now_ms: u64) -> Result<(), Refusal> {
         if !self.peers.contains_key(&hb.from) {
-            return false;
+            return Err(Refusal::NotAPeer(hb.from.clone()));
         }
+        if let Some(o) = hb.frontier.keys().find(|o| !self.progress.contains_key(*o)) {
+            return Err(Refusal::UnknownOrigin(o.clone()));
+        }
+        if hb
+            .echo
+            .is_some_and(|e| e.sent_ms > now_ms.saturating_add(PLAUSIBLE_CLOCK_MS))
+        {
+            return Err(Refusal::EchoFromTheFuture);
+        }
+        if hb.sent_ms.abs_diff(now_ms) > PLAUSIBLE_CLOCK_MS
+            || hb.hlc.wall_ms.abs_diff(now_ms) > PLAUSIBLE_CLOCK_MS
+        {
+            return Err(Refusal::ImplausibleClock);
+        }
+        if hb
+            .frontier
+            .get(&self.me)
+            .is_some_and(|f| f.applied > self.applied.get(&self.me))
+        {
+            return Err(Refusal::AppliedBeyondOurHead);
+        }
+        Ok(())
+    }
+
+    fn take_heartbeat(&mut self, hb: &Heartbeat, now_ms: u64, timing: bool) -> Result<(), Refusal> {
+        self.check_heartbeat(hb, now_ms)?;
         self.observe_clock(now_ms);
         self.rebase();
         let Some(p) = self.peers.get_mut(&hb.from) else {
-            return false;
+            return Err(Refusal::NotAPeer(hb.from.clone()));
         };
         p.last_heard_ms = Some(now_ms);
-        if let Some(echo) = hb.echo {
+        // An echo of a send time we have not reached is no proof they hear us (our clock went
+        // back since, across a restart say, or it is forged: taken as is, it would say "they
+        // hear us" until that time comes); it is ignored, the rest of the heartbeat is not.
+        let latest = self.max_clock_ms.get().max(now_ms);
+        let echo = hb.echo.filter(|e| e.sent_ms <= latest);
+        if let Some(echo) = echo {
             p.heard_us_at_ms = Some(
                 p.heard_us_at_ms
                     .map_or(echo.sent_ms, |t| t.max(echo.sent_ms)),
@@ -466,7 +566,10 @@ impl ReplCore {
         }
         if timing {
             p.last_hb = Some((hb.sent_ms, now_ms));
-            if let Some(echo) = hb.echo {
+            // An echo that says it was held longer than the whole round trip (our clock stepped
+            // back since we sent it, or theirs jumped while holding it) times nothing.
+            let usable = |e: &Echo| e.sent_ms <= now_ms && e.held_ms <= now_ms - e.sent_ms;
+            if let Some(echo) = echo.filter(usable) {
                 let rtt = now_ms
                     .saturating_sub(echo.sent_ms)
                     .saturating_sub(echo.held_ms) as f64;
@@ -506,7 +609,7 @@ impl ReplCore {
                 }
             }
         }
-        true
+        Ok(())
     }
 
     /// What this region should subscribe to now: per peer, the origins to ask it for. A
@@ -687,11 +790,15 @@ mod tests {
         let mut a = core("a");
         let b = core("b");
         assert!(!a.is_reachable(&r("b"), 0));
-        assert!(a.on_heartbeat(&b.heartbeat(&r("a"), 1000, Timestamp::default()), 1000));
+        a.on_heartbeat(&b.heartbeat(&r("a"), 1000, Timestamp::default()), 1000)
+            .expect("from a peer");
         assert!(a.is_reachable(&r("b"), 3000));
         assert!(!a.is_reachable(&r("b"), 4001));
         let unknown = core("z").heartbeat(&r("a"), 0, Timestamp::default());
-        assert!(!a.on_heartbeat(&unknown, 1000));
+        assert_eq!(
+            a.on_heartbeat(&unknown, 1000),
+            Err(Refusal::NotAPeer(r("z")))
+        );
     }
 
     #[test]
@@ -700,10 +807,10 @@ mod tests {
         let mut b = core("b");
         // a sends at 1000 (a's clock); arrives at b at b-clock 1300 (b runs 250 ahead, 50 ms one way).
         let hb = a.heartbeat(&r("b"), 1000, Timestamp::default());
-        b.on_heartbeat(&hb, 1300);
+        b.on_heartbeat(&hb, 1300).unwrap();
         // b holds it 20 ms then replies at b-clock 1320; arrives at a at 1120.
         let reply = b.heartbeat(&r("a"), 1320, Timestamp::default());
-        a.on_heartbeat(&reply, 1120);
+        a.on_heartbeat(&reply, 1120).unwrap();
         let st = &a.status(1120)[0];
         assert_eq!(st.rtt_ms, Some(100.0));
         assert_eq!(st.clock_offset_ms, Some(250.0));
@@ -715,8 +822,9 @@ mod tests {
         let mut a = core("a");
         let mut b = core("b");
         let hb = a.heartbeat(&r("b"), 1000, Timestamp::default());
-        b.on_heartbeat(&hb, 1800);
-        a.on_heartbeat(&b.heartbeat(&r("a"), 1800, Timestamp::default()), 1000);
+        b.on_heartbeat(&hb, 1800).unwrap();
+        a.on_heartbeat(&b.heartbeat(&r("a"), 1800, Timestamp::default()), 1000)
+            .unwrap();
         assert!(a.is_skewed(&r("b")));
         assert_eq!(a.status(1000)[0].state, LinkState::ClockSkew);
         let adm = a.admit(vec![entry("b", 1), entry("c", 1)]);
@@ -724,8 +832,9 @@ mod tests {
         assert_eq!(adm.apply.len(), 1);
         // b's clock is fixed.
         let hb = a.heartbeat(&r("b"), 2000, Timestamp::default());
-        b.on_heartbeat(&hb, 2000);
-        a.on_heartbeat(&b.heartbeat(&r("a"), 2000, Timestamp::default()), 2000);
+        b.on_heartbeat(&hb, 2000).unwrap();
+        a.on_heartbeat(&b.heartbeat(&r("a"), 2000, Timestamp::default()), 2000)
+            .unwrap();
         assert!(!a.is_skewed(&r("b")));
         assert_eq!(a.admit(vec![entry("b", 1)]).apply.len(), 1);
     }
@@ -753,14 +862,17 @@ mod tests {
     fn relay_subscriptions_cover_unreachable_origins() {
         let mut a = core("a");
         let mut b = core("b");
-        a.on_heartbeat(&b.heartbeat(&r("a"), 0, Timestamp::default()), 0);
+        a.on_heartbeat(&b.heartbeat(&r("a"), 0, Timestamp::default()), 0)
+            .unwrap();
         assert!(
             a.wanted_subscriptions(0).is_empty(),
             "b has not shown it hears a"
         );
         assert_eq!(a.status(0)[0].state, LinkState::OneWay);
-        b.on_heartbeat(&a.heartbeat(&r("b"), 10, Timestamp::default()), 10);
-        a.on_heartbeat(&b.heartbeat(&r("a"), 20, Timestamp::default()), 20);
+        b.on_heartbeat(&a.heartbeat(&r("b"), 10, Timestamp::default()), 10)
+            .unwrap();
+        a.on_heartbeat(&b.heartbeat(&r("a"), 20, Timestamp::default()), 20)
+            .unwrap();
         assert_eq!(a.status(20)[0].state, LinkState::Up);
         let w = a.wanted_subscriptions(100);
         assert_eq!(w.len(), 1);
@@ -774,8 +886,10 @@ mod tests {
     fn skewed_origins_are_not_subscribed() {
         let mut a = core("a");
         let mut b = core("b");
-        b.on_heartbeat(&a.heartbeat(&r("b"), 1000, Timestamp::default()), 1800);
-        a.on_heartbeat(&b.heartbeat(&r("a"), 1800, Timestamp::default()), 1000);
+        b.on_heartbeat(&a.heartbeat(&r("b"), 1000, Timestamp::default()), 1800)
+            .unwrap();
+        a.on_heartbeat(&b.heartbeat(&r("a"), 1800, Timestamp::default()), 1000)
+            .unwrap();
         assert!(a.is_skewed(&r("b")));
         let w = a.wanted_subscriptions(1000);
         assert_eq!(w[&r("b")].iter().cloned().collect::<Vec<_>>(), vec![r("c")]);
@@ -787,7 +901,8 @@ mod tests {
         let mut b = core("b");
         b.on_local_commit(5);
         b.on_watermark(5, 1000);
-        a.on_heartbeat(&b.heartbeat(&r("a"), 1000, Timestamp::default()), 1000);
+        a.on_heartbeat(&b.heartbeat(&r("a"), 1000, Timestamp::default()), 1000)
+            .unwrap();
         let st = &a.status(1000)[0];
         assert_eq!(st.lag_ops, 5);
         assert_eq!(st.lag_seconds, None);
@@ -810,7 +925,7 @@ mod tests {
                 if i != j {
                     let to = cores[j].me().clone();
                     let hb = cores[i].heartbeat(&to, now, Timestamp::default());
-                    cores[j].on_heartbeat(&hb, now);
+                    cores[j].on_heartbeat(&hb, now).unwrap();
                 }
             }
         }
@@ -856,6 +971,78 @@ mod tests {
         assert_eq!(a.tombstone_horizon_ms(7_000), Some(6_000));
     }
 
+    #[test]
+    fn forged_or_garbled_heartbeats_are_refused_and_change_nothing() {
+        let mut a = core("a");
+        let mut b = core("b");
+        b.on_heartbeat(&a.heartbeat(&r("b"), 1_000, Timestamp::default()), 1_000)
+            .unwrap();
+        let good = b.heartbeat(&r("a"), 1_010, Timestamp::default());
+        a.on_heartbeat(&good, 1_020).unwrap();
+        assert_eq!(a.status(1_020)[0].state, LinkState::Up);
+        let before = format!("{a:?}");
+        // An echo of a send time we never reached: it used to push "heard us at" to the end of
+        // time, so the link never showed one-way again.
+        let mut forged = good.clone();
+        forged.echo = Some(Echo {
+            sent_ms: u64::MAX,
+            held_ms: 0,
+        });
+        assert_eq!(
+            a.on_heartbeat(&forged, 1_030),
+            Err(Refusal::EchoFromTheFuture)
+        );
+        // A region that is not in the cluster.
+        let mut forged = good.clone();
+        forged.frontier.insert(
+            r("zz"),
+            OriginFrontier {
+                applied: 9,
+                caught_up_at_origin_ms: Some(u64::MAX),
+            },
+        );
+        assert_eq!(
+            a.on_heartbeat(&forged, 1_030),
+            Err(Refusal::UnknownOrigin(r("zz")))
+        );
+        // Writes of ours we never committed.
+        let mut forged = good.clone();
+        forged.frontier.insert(
+            r("a"),
+            OriginFrontier {
+                applied: 1_000_000,
+                caught_up_at_origin_ms: None,
+            },
+        );
+        assert_eq!(
+            a.on_heartbeat(&forged, 1_030),
+            Err(Refusal::AppliedBeyondOurHead)
+        );
+        // A clock years away.
+        let mut forged = good.clone();
+        forged.sent_ms = u64::MAX / 2;
+        assert_eq!(
+            a.on_heartbeat(&forged, 1_030),
+            Err(Refusal::ImplausibleClock)
+        );
+        assert_eq!(
+            format!("{a:?}"),
+            before,
+            "a refused heartbeat changed the core"
+        );
+        // An echo merely ahead of our clock (ours may have gone back) is ignored, not believed.
+        let mut ahead = good.clone();
+        ahead.echo = Some(Echo {
+            sent_ms: 61_000,
+            held_ms: 0,
+        });
+        a.on_heartbeat(&ahead, 1_040).unwrap();
+        // One-way detection still works: b stops hearing a, and a says so after dead_after.
+        let hb = b.heartbeat(&r("a"), 4_500, Timestamp::default());
+        a.on_heartbeat(&hb, 4_510).unwrap();
+        assert_eq!(a.status(4_510)[0].state, LinkState::OneWay);
+    }
+
     /// Regression (simulation seed 139842 and 16 others): a caught-up time was kept on the
     /// local clock and converted to the origin's clock with the offset estimated at sending
     /// time. When the origin's clock stepped forward after the region had caught up, the old
@@ -869,12 +1056,14 @@ mod tests {
         a.on_local_commit(5);
         a.on_watermark(5, 1_000);
         b.on_applied(&r("a"), 5);
-        b.on_heartbeat(&a.heartbeat(&r("b"), 1_000, Timestamp::default()), 1_000);
+        b.on_heartbeat(&a.heartbeat(&r("b"), 1_000, Timestamp::default()), 1_000)
+            .unwrap();
         // a writes seq 6 at 1_100, then its clock steps 1 s ahead: b now estimates its offset
         // at +1_000 ms.
         a.on_local_commit(6);
         a.on_watermark(6, 2_200);
-        b.on_heartbeat(&a.heartbeat(&r("b"), 2_200, Timestamp::default()), 1_200);
+        b.on_heartbeat(&a.heartbeat(&r("b"), 2_200, Timestamp::default()), 1_200)
+            .unwrap();
         assert_eq!(b.status(1_200)[0].clock_offset_ms, Some(1_000.0));
         // What b tells c about a must still be "caught up as of 1_000 on a's clock", below
         // seq 6's stamp: b has not applied it.

@@ -46,6 +46,13 @@ pub struct ConflictLabels {
     pub resolution: String,
 }
 
+/// Labels of a refused heartbeat: who it named, and why it was refused.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RefusedLabels {
+    pub peer_region: String,
+    pub reason: String,
+}
+
 /// Labels naming only a keyspace.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct KeyspaceOnly {
@@ -80,6 +87,7 @@ pub struct Metrics {
     pub sibling_limit_hits: Family<KeyspaceOnly, Counter>,
     pub tombstone_horizon_age: FloatGauge,
     pub tombstones_collected: Counter,
+    pub heartbeats_refused: Family<RefusedLabels, Counter>,
 }
 
 fn latency_buckets() -> Histogram {
@@ -317,8 +325,18 @@ impl Metrics {
             "Tombstones collected after every region had seen them",
             tombstones_collected.clone(),
         );
+        let heartbeats_refused = Family::<RefusedLabels, Counter>::default();
+        reg(
+            &mut registry,
+            &mut names,
+            Kind::Counter,
+            "replication_heartbeats_refused",
+            "Heartbeats refused before anything in them was believed, by the peer they named and why (garbled or forged)",
+            heartbeats_refused.clone(),
+        );
         Self {
             names,
+            heartbeats_refused,
             peer_reachable,
             peer_rtt,
             replication_lag_seconds,

@@ -11,12 +11,12 @@
 //! collection below the horizon, conflict-ledger pruning), and a watcher that logs clock-skew
 //! transitions.
 
-use crate::metrics::{ConflictLabels, KeyspaceOnly, Metrics, PairLabels};
+use crate::metrics::{ConflictLabels, KeyspaceOnly, Metrics, PairLabels, RefusedLabels};
 use atoll_core::clock::Clock;
 use atoll_core::codec;
 use atoll_core::hlc::Timestamp;
 use atoll_core::repl::{
-    Frame, FrameReader, Heartbeat, LinkState, PeerStatus, ReplConfig, ReplCore, Subscribe,
+    Frame, FrameReader, Heartbeat, LinkState, PeerStatus, Refusal, ReplConfig, ReplCore, Subscribe,
     encode_frame,
 };
 use atoll_core::{AtollError, RegionId, Result};
@@ -154,18 +154,18 @@ impl Replicator {
         })
     }
 
-    /// Takes in a heartbeat from a peer.
+    /// Takes in a heartbeat from a peer. A refused heartbeat changes nothing and is counted.
     pub fn on_heartbeat(&self, hb: &Heartbeat) -> Result<()> {
+        // Our own head first: a peer may already hold writes we committed a moment ago.
+        self.sync_applied()?;
         let now = self.now();
-        let (known, status) = self.with_core(|c| {
-            let known = c.on_heartbeat(hb, now);
-            (known, c.status(now))
+        let (taken, status) = self.with_core(|c| {
+            let taken = c.on_heartbeat(hb, now);
+            (taken, c.status(now))
         })?;
-        if !known {
-            return Err(AtollError::BadRequest(format!(
-                "heartbeat from `{}`, which is not a peer of this region",
-                hb.from
-            )));
+        if let Err(refusal) = taken {
+            self.refused(&hb.from, &refusal);
+            return Err(AtollError::BadRequest(refusal.to_string()));
         }
         if hb.echo.is_some()
             && let Some(st) = status.iter().find(|s| s.region == hb.from)
@@ -177,6 +177,22 @@ impl Replicator {
                 .observe(rtt / 1000.0);
         }
         Ok(())
+    }
+
+    fn refused(&self, from: &RegionId, refusal: &Refusal) {
+        tracing::warn!(peer = %from, reason = refusal.as_str(), "heartbeat refused: {refusal}");
+        self.metrics
+            .heartbeats_refused
+            .get_or_create(&RefusedLabels {
+                // A name that is not a peer is anyone's to choose: one label for all of them, so
+                // forged names cannot grow the metric without bound.
+                peer_region: match refusal {
+                    Refusal::NotAPeer(_) => "unknown".to_string(),
+                    _ => from.to_string(),
+                },
+                reason: refusal.as_str().to_string(),
+            })
+            .inc();
     }
 
     fn pair(&self, peer: &RegionId) -> PairLabels {
@@ -373,8 +389,14 @@ impl Replicator {
                                 hb.from
                             )));
                         }
+                        self.sync_applied()?;
                         let now = self.now();
-                        self.with_core(|c| c.on_stream_heartbeat(&hb, now))?;
+                        if let Err(refusal) = self.with_core(|c| c.on_stream_heartbeat(&hb, now))? {
+                            self.refused(&hb.from, &refusal);
+                            return Err(AtollError::Corrupt(format!(
+                                "stream from {peer}: {refusal}"
+                            )));
+                        }
                     }
                     Frame::Ops(entries) => self.apply(&peer, entries).await?,
                 }

@@ -1190,9 +1190,26 @@ impl Sim {
         match msg {
             Msg::Heartbeat(hb) => {
                 let node = self.regions[to].node.as_mut().expect("up");
-                let known = node.core.on_heartbeat(&hb, local);
-                self.trace
-                    .ev(&[30, self.now, from as u64, to as u64, 1, u64::from(known)]);
+                let taken = node.core.on_heartbeat(&hb, local);
+                // Every simulated region is honest: a refused heartbeat is a false alarm.
+                if let Err(refusal) = &taken {
+                    let v = Violation::new(
+                        Invariant::Harness,
+                        format!(
+                            "{} refused an honest heartbeat of {}: {refusal}",
+                            self.ids[to], hb.from
+                        ),
+                    );
+                    self.record(v);
+                }
+                self.trace.ev(&[
+                    30,
+                    self.now,
+                    from as u64,
+                    to as u64,
+                    1,
+                    u64::from(taken.is_ok()),
+                ]);
             }
             Msg::Ops(entries) => self.apply_batch(from, to, entries)?,
         }

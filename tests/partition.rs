@@ -37,10 +37,6 @@ const REGIONS: [&str; 3] = [US, EU, AP];
 
 /// One-way delay of every link of the mesh.
 const LINK_DELAY_MS: f64 = 5.0;
-/// `[cluster] max_clock_offset_ms`: the largest bound, as in tests/replication.rs (under load the
-/// offset estimates of regions sharing this host's clock reach hundreds of ms, and a clock-skew
-/// episode is not what these tests are about).
-const MAX_CLOCK_OFFSET_MS: u64 = 60_000;
 /// Upper bound for the cluster to converge.
 const CONVERGE: Duration = Duration::from_secs(30);
 /// Upper bound for a status condition (reachability changes within 3 heartbeats, 600 ms).
@@ -50,9 +46,8 @@ fn start(name: &str) -> Cluster {
     ok(Cluster::start(
         BIN,
         3,
-        ClusterOptions::new(name)
-            .max_clock_offset_ms(MAX_CLOCK_OFFSET_MS)
-            .with_links(LINK_DELAY_MS),
+        // At the shipped clock-offset bound (500 ms).
+        ClusterOptions::new(name).with_links(LINK_DELAY_MS),
     ))
 }
 

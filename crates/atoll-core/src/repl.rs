@@ -240,6 +240,8 @@ struct PeerInfo {
     heard_us_at_ms: Option<u64>,
     rtt_ms: Option<f64>,
     offset_ms: Option<f64>,
+    /// The latest round-trip samples, `(rtt, offset)`, oldest first (see `take_sample`).
+    samples: VecDeque<(f64, f64)>,
     /// Their applied vector, as of their last heartbeat.
     applied: VersionVector,
     /// Their stability claims, as of their last heartbeat: per origin, the time ON THE ORIGIN'S
@@ -260,6 +262,29 @@ struct OriginProgress {
 }
 
 const PENDING_MAX: usize = 1024;
+
+/// Round-trip samples the clock-offset estimate chooses from.
+const OFFSET_SAMPLES: usize = 8;
+
+/// Takes in one round-trip sample and returns the offset estimate: that of the sample with the
+/// smallest round trip among the latest [`OFFSET_SAMPLES`] (NTP's clock filter). A sample's
+/// offset is off by at most half its round trip, however the delay splits between the two ways,
+/// so a heartbeat queued behind load (a long round trip) cannot move the estimate much. Two
+/// samples whose error intervals do not overlap cannot both be right: one clock stepped, and
+/// the window restarts from the newer sample, so a real skew shows at once.
+fn take_sample(samples: &mut VecDeque<(f64, f64)>, rtt: f64, offset: f64) -> f64 {
+    let best = |s: &VecDeque<(f64, f64)>| s.iter().copied().min_by(|a, b| a.0.total_cmp(&b.0));
+    if let Some((best_rtt, best_offset)) = best(samples)
+        && (offset - best_offset).abs() > (rtt + best_rtt) / 2.0
+    {
+        samples.clear();
+    }
+    samples.push_back((rtt, offset));
+    while samples.len() > OFFSET_SAMPLES {
+        samples.pop_front();
+    }
+    best(samples).map_or(offset, |(_, o)| o)
+}
 
 /// The replication core of one region.
 #[derive(Clone, Debug)]
@@ -574,7 +599,8 @@ impl ReplCore {
                     .saturating_sub(echo.sent_ms)
                     .saturating_sub(echo.held_ms) as f64;
                 p.rtt_ms = Some(rtt);
-                p.offset_ms = Some(hb.sent_ms as f64 + rtt / 2.0 - now_ms as f64);
+                let offset = hb.sent_ms as f64 + rtt / 2.0 - now_ms as f64;
+                p.offset_ms = Some(take_sample(&mut p.samples, rtt, offset));
             } else if p.rtt_ms.is_none() {
                 // No round trip yet: the one-way estimate (sent - received) understates a peer
                 // that runs ahead by the one-way delay, so it never invents skew.
@@ -1041,6 +1067,30 @@ mod tests {
         let hb = b.heartbeat(&r("a"), 4_500, Timestamp::default());
         a.on_heartbeat(&hb, 4_510).unwrap();
         assert_eq!(a.status(4_510)[0].state, LinkState::OneWay);
+    }
+
+    #[test]
+    fn a_queued_heartbeat_does_not_move_the_offset_but_a_clock_step_does() {
+        let mut samples = VecDeque::new();
+        // Two clocks 40 ms apart, 10 ms round trips.
+        assert_eq!(take_sample(&mut samples, 10.0, 40.0), 40.0);
+        assert_eq!(take_sample(&mut samples, 12.0, 41.0), 40.0);
+        // A heartbeat that queued 700 ms one way: its offset reads 390 ms, its round trip 710.
+        assert_eq!(
+            take_sample(&mut samples, 710.0, 390.0),
+            40.0,
+            "queueing read as skew"
+        );
+        // The peer's clock steps 1 s ahead: samples with small round trips say 1_040, which no
+        // earlier sample allows: the estimate follows at once.
+        assert_eq!(take_sample(&mut samples, 11.0, 1_040.0), 1_040.0);
+        assert_eq!(take_sample(&mut samples, 10.0, 1_041.0), 1_041.0);
+        // The window keeps the latest samples only.
+        for _ in 0..OFFSET_SAMPLES {
+            take_sample(&mut samples, 30.0, 1_045.0);
+        }
+        assert_eq!(samples.len(), OFFSET_SAMPLES);
+        assert_eq!(take_sample(&mut samples, 30.0, 1_045.0), 1_045.0);
     }
 
     /// Regression (simulation seed 139842 and 16 others): a caught-up time was kept on the

@@ -51,8 +51,6 @@ pub const ROUTES: &[(&str, &[&str])] = &[
 
 /// Most members one set update may name.
 const SET_UPDATE_MAX_MEMBERS: usize = 10_000;
-/// Largest JSON body accepted by the counter and set routes.
-const JSON_BODY_MAX: usize = 4 << 20;
 
 /// Shared state of the HTTP handlers.
 pub struct AppState {
@@ -231,17 +229,21 @@ fn resolve(
     Ok((ks, key, policy))
 }
 
-async fn read_body(body: Body, limit: usize, keyspace: &str) -> Result<Bytes> {
+/// Reads a request body of at most `limit` bytes; a larger one is refused with
+/// `too_large(its length, when known)`.
+async fn read_body(
+    body: Body,
+    limit: usize,
+    too_large: impl Fn(Option<usize>) -> AtollError,
+) -> Result<Bytes> {
     // A body of known length (Content-Length) over the limit is refused before it is read, with
     // its real size; `Limited` alone stops at the limit and only knows the size is over it.
     if let Some(len) = axum::body::HttpBody::size_hint(&body).exact()
         && len > limit as u64
     {
-        return Err(AtollError::ValueTooLarge {
-            keyspace: keyspace.to_string(),
-            len: usize::try_from(len).unwrap_or(usize::MAX),
-            max: limit,
-        });
+        return Err(too_large(Some(
+            usize::try_from(len).unwrap_or(usize::MAX),
+        )));
     }
     match Limited::new(body, limit).collect().await {
         Ok(c) => Ok(c.to_bytes()),
@@ -249,11 +251,7 @@ async fn read_body(body: Body, limit: usize, keyspace: &str) -> Result<Bytes> {
             if e.downcast_ref::<http_body_util::LengthLimitError>()
                 .is_some()
             {
-                Err(AtollError::ValueTooLarge {
-                    keyspace: keyspace.to_string(),
-                    len: limit + 1,
-                    max: limit,
-                })
+                Err(too_large(None))
             } else {
                 Err(AtollError::MalformedBody(format!("cannot read body: {e}")))
             }
@@ -261,8 +259,20 @@ async fn read_body(body: Body, limit: usize, keyspace: &str) -> Result<Bytes> {
     }
 }
 
-async fn read_json<T: for<'de> Deserialize<'de>>(body: Body, keyspace: &str) -> Result<T> {
-    let raw = read_body(body, JSON_BODY_MAX, keyspace).await?;
+/// Reads a kv value: its limit is the keyspace's `max_value_bytes`.
+async fn read_value(body: Body, limit: usize, keyspace: &str) -> Result<Bytes> {
+    read_body(body, limit, |len| AtollError::ValueTooLarge {
+        keyspace: keyspace.to_string(),
+        len: len.unwrap_or(limit + 1),
+        max: limit,
+    })
+    .await
+}
+
+/// Reads a JSON body (counter and set updates): its limit is `[api] max_json_body_bytes`.
+async fn read_json<T: for<'de> Deserialize<'de>>(state: &AppState, body: Body) -> Result<T> {
+    let max = state.config.api.max_json_body_bytes;
+    let raw = read_body(body, max, |len| AtollError::RequestTooLarge { len, max }).await?;
     let text =
         std::str::from_utf8(&raw).map_err(|_| AtollError::InvalidUtf8("request body".into()))?;
     serde_json::from_str(text).map_err(|e| AtollError::MalformedBody(e.to_string()))
@@ -404,7 +414,7 @@ async fn kv_put(
         _ => None,
     };
     let limit = state.store.keyspace(&ks)?.max_value_bytes;
-    let value = read_body(body, limit, &ks).await?.to_vec();
+    let value = read_value(body, limit, &ks).await?.to_vec();
     let out = write(&state, &ks, &key, Intent::Put { value, context }).await?;
     Ok(ack(&state, &ks, &key, &out)?)
 }
@@ -454,7 +464,7 @@ async fn counter_post(State(state): State<Shared>, uri: Uri, body: Body) -> ApiR
         &[Policy::Counter],
         "counter increments",
     )?;
-    let b: CounterBody = read_json(body, &ks).await?;
+    let b: CounterBody = read_json(&state, body).await?;
     let out = write(&state, &ks, &key, Intent::CounterAdd { delta: b.delta }).await?;
     Ok(axum::Json(json!({
         "value": counter_value(Some(&out.state)),
@@ -488,7 +498,7 @@ async fn set_get(State(state): State<Shared>, uri: Uri) -> ApiResult {
 
 async fn set_post(State(state): State<Shared>, uri: Uri, body: Body) -> ApiResult {
     let (ks, key, _) = resolve(&state, &uri, "set", &[Policy::Set], "set updates")?;
-    let b: SetBody = read_json(body, &ks).await?;
+    let b: SetBody = read_json(&state, body).await?;
     if b.add.is_empty() && b.remove.is_empty() {
         return Err(AtollError::MalformedBody("nothing to add or remove".into()).into());
     }

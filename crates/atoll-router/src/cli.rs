@@ -331,6 +331,7 @@ async fn client(cmd: RouterCommand) -> Result<()> {
             client,
         } => {
             let mut body = json!({"reason": reason});
+            let for_given = for_.clone();
             if let Some(f) = for_ {
                 body["for"] = Value::String(f);
             }
@@ -341,10 +342,12 @@ async fn client(cmd: RouterCommand) -> Result<()> {
                 Some(body),
             )
             .await?;
-            let until = v["drained"]["until_ms"]
-                .as_u64()
-                .map(|u| format!(" until {u} ms since the epoch"))
-                .unwrap_or_default();
+            let until = match (&for_given, v["drained"]["until_ms"].as_u64()) {
+                (Some(f), Some(u)) => {
+                    format!(" for {f} (until {u} ms since the epoch), then routed to again")
+                }
+                _ => ": no new traffic until `atoll router undrain`".to_string(),
+            };
             println!("drained {region}{until}");
         }
         RouterCommand::Undrain { region, client } => {

@@ -283,11 +283,12 @@ impl RouterMetrics {
     /// Records the mode a routed name is served in (every decision may call this; it is cheap).
     /// Sets `atoll_router_fail_open_active{name,mode}`, and logs on every change:
     ///
-    /// - `starting` (some region of the name has not had its first health check yet): a
-    ///   no-healthy mode is expected, not a failure, and is logged once at info level;
-    /// - a no-healthy mode once every region has been checked: at error level (again every
-    ///   minute while it lasts), since the router is failing open, closed or to the last known
-    ///   good regions for real;
+    /// - `starting` (some region of the name has no verdict from the health checks yet, see
+    ///   [`RouterState::starting`]): a no-healthy mode is expected, not a failure, and is logged
+    ///   once at info level;
+    /// - a no-healthy mode once every region has a verdict: at error level (again every minute
+    ///   while it lasts), since the router is failing open, closed or to the last known good
+    ///   regions for real;
     /// - back to normal: at info level.
     pub fn record_mode(&self, name: &str, mode: Mode, starting: bool, now_ms: u64) {
         let Ok(mut modes) = self.modes.lock() else {
@@ -324,7 +325,7 @@ impl RouterMetrics {
             m if starting => tracing::info!(
                 name,
                 mode = mode_str(m),
-                "router starting: no region has passed its first health check yet; routing by the no_healthy policy ({}) until one does",
+                "router starting: no region has passed a health check yet; routing by the no_healthy policy ({}) until one does, or every region has failed failure_threshold checks",
                 mode_str(m)
             ),
             Mode::FailOpen => tracing::error!(

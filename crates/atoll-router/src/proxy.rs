@@ -391,7 +391,7 @@ impl Proxy {
         if choice.ranked.is_empty() {
             let why = match choice.mode {
                 m if starting => format!(
-                    "the router is starting: no region serving `{}` has passed its first health check yet, and its no_healthy policy is {}",
+                    "the router is starting: no region serving `{}` has passed a health check yet, and its no_healthy policy is {}",
                     self.name.fqdn,
                     mode_str(m)
                 ),

@@ -68,8 +68,9 @@ pub struct NameStatus {
     pub no_healthy: String,
     /// `normal`, or which no-healthy behaviour is in force right now.
     pub mode: Mode,
-    /// The router is starting for this name: some region of it has not had its first health
-    /// check yet. A no-healthy mode then means "not checked yet", not "every check failed".
+    /// The router is starting for this name: some region of it has no verdict from the health
+    /// checks yet (state `unknown`: neither its first good check nor `failure_threshold` failed
+    /// ones). A no-healthy mode then means "not decided yet", not "every region failed".
     pub starting: bool,
     pub weights: BTreeMap<String, u32>,
 }
@@ -381,10 +382,12 @@ impl RouterState {
         Ok(dropped)
     }
 
-    /// Whether the router is still starting for `name`: some region serving it has not had its
-    /// first health check (and, with `initial = "unhealthy"`, is not routed to yet). Once every
-    /// region has been checked at least once, a name with no healthy region is failing open (or
-    /// closed) for real.
+    /// Whether the router is still starting for `name`: some region serving it has no verdict
+    /// from the health checks yet (with `initial = "unhealthy"`, a region is `unknown`, and not
+    /// routed to, until its first good check or `failure_threshold` failed ones). Once every
+    /// region has a verdict, a name with no healthy region is failing open (or closed) for real.
+    /// Regions started together with the router are thus given `interval_ms x
+    /// failure_threshold` to come up before that is called a failure.
     pub fn starting(&self, name: &RoutedName) -> Result<bool> {
         let inner = self.lock()?;
         Ok(self.starting_in(&inner, name))
@@ -394,7 +397,7 @@ impl RouterState {
         name.regions.iter().any(|r| {
             self.region(r)
                 .and_then(|e| inner.health.get(&e.name))
-                .is_some_and(|h| h.state() == HealthState::Unknown && h.checks() == 0)
+                .is_some_and(|h| h.state() == HealthState::Unknown)
         })
     }
 
@@ -557,7 +560,7 @@ policy = "weighted"
     }
 
     #[test]
-    fn starting_until_every_region_of_a_name_was_checked() {
+    fn starting_until_every_region_of_a_name_has_a_verdict() {
         let s = state();
         let api = s.config().name("api.atoll.test.").unwrap().clone();
         let status = |s: &RouterState| s.status(0).unwrap().names[0].clone();
@@ -574,6 +577,32 @@ policy = "weighted"
         assert!(!s.starting(&api).unwrap());
         let st = status(&s);
         assert_eq!((st.mode, st.starting), (Mode::FailClosed, false));
+    }
+
+    #[test]
+    fn a_region_without_a_verdict_keeps_its_names_starting() {
+        // failure_threshold 3: one failed check is no verdict yet.
+        let c = Config::parse(
+            &CONFIG.replace("failure_threshold = 1", "failure_threshold = 3"),
+            "t.toml",
+        )
+        .unwrap();
+        let s = RouterState::new(&c).unwrap();
+        let api = s.config().name("api.atoll.test.").unwrap().clone();
+        for region in ["us-east-1", "eu-west-1"] {
+            s.observe_probe(&r(region), Probe::Failed("refused".into()), None, 0)
+                .unwrap();
+        }
+        assert!(s.starting(&api).unwrap(), "1 of 3 failures is no verdict");
+        for _ in 0..2 {
+            s.observe_probe(&r("us-east-1"), Probe::Failed("refused".into()), None, 0)
+                .unwrap();
+        }
+        assert!(s.starting(&api).unwrap(), "eu-west-1 is still undecided");
+        s.observe_probe(&r("eu-west-1"), Probe::Ok, Some(1.0), 0)
+            .unwrap();
+        assert!(!s.starting(&api).unwrap());
+        assert_eq!(s.decide(&api, None, 0.0, 0).unwrap().mode, Mode::Normal);
     }
 
     #[test]

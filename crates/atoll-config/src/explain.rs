@@ -293,13 +293,17 @@ fn router(out: &mut String, config: &Config, rc: &RouterConfig) {
     }
 
     let _ = writeln!(out, "  client_locations ({})", rc.client_locations.len());
-    for l in &rc.client_locations {
-        let _ = writeln!(
-            out,
-            "    {}/{}  lat {}, lon {}",
-            l.network, l.prefix_len, l.lat, l.lon
-        );
-    }
+    let rows: Vec<Vec<String>> = rc
+        .client_locations
+        .iter()
+        .map(|l| {
+            vec![
+                format!("{}/{}", l.network, l.prefix_len),
+                format!("lat {}, lon {}", l.lat, l.lon),
+            ]
+        })
+        .collect();
+    table_indented(out, &rows, 4);
     if rc.client_locations.is_empty() {
         let _ = writeln!(
             out,
@@ -308,19 +312,19 @@ fn router(out: &mut String, config: &Config, rc: &RouterConfig) {
     }
 
     let _ = writeln!(out, "  DNS answers (regions' dns_address)");
-    for r in &config.regions {
-        let _ = writeln!(
-            out,
-            "    {}  {}{}",
-            r.name,
-            r.dns_address,
-            if r.dns_address == r.api.ip() {
+    let rows: Vec<Vec<String>> = config
+        .regions
+        .iter()
+        .map(|r| {
+            let default = if r.dns_address == r.api.ip() {
                 " (the api address's IP, default)"
             } else {
                 ""
-            }
-        );
-    }
+            };
+            vec![r.name.to_string(), format!("{}{default}", r.dns_address)]
+        })
+        .collect();
+    table_indented(out, &rows, 4);
 }
 
 fn row<const N: usize>(cells: [&str; N]) -> Vec<String> {

@@ -969,7 +969,8 @@ fn explain_shows_the_router() {
         "us-east-1=3, eu-west-1=1, ap-southeast-1=0",
         "client_locations (2)",
         "198.51.100.0/24  lat 48.9, lon 2.35",
-        "us-east-1  127.0.0.11",
+        "203.0.113.0/24   lat 1.35, lon 103.8",
+        "us-east-1       127.0.0.11",
         "max_json_body_bytes  4194304 (4 MiB) (default)",
     ] {
         assert!(out.contains(needle), "`{needle}` not in:\n{out}");

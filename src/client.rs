@@ -394,6 +394,26 @@ pub async fn status(args: ClientArgs, max_lag: Option<f64>) -> Result<()> {
                 v["store"]["writes_total"], v["store"]["last_seq"]
             );
             if !peers.is_empty() {
+                let streaming: Vec<&str> = v["replication"]["streaming_to"]
+                    .as_array()
+                    .map(|a| a.iter().filter_map(Value::as_str).collect())
+                    .unwrap_or_default();
+                match v["replication"]["established"].as_bool() {
+                    Some(true) => println!(
+                        "replication: established (every peer hears this region and streams its writes)"
+                    ),
+                    Some(false) => println!(
+                        "replication: not established with every peer yet (streaming to: {})",
+                        if streaming.is_empty() {
+                            "none".to_string()
+                        } else {
+                            streaming.join(", ")
+                        }
+                    ),
+                    None => {}
+                }
+            }
+            if !peers.is_empty() {
                 println!(
                     "\n  {:<16} {:<12} {:>9} {:>10} {:>9} {:>10}",
                     "peer", "link", "rtt ms", "lag s", "lag ops", "offset ms"

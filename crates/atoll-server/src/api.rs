@@ -62,6 +62,37 @@ pub struct AppState {
     pub serving: AtomicBool,
     /// The replication adapter, once started (absent in single-process tests).
     pub replicator: std::sync::OnceLock<Arc<crate::replication::Replicator>>,
+    /// The peers holding a live stream of this region's writes (see [`crate::streams`]).
+    pub subscribers: Arc<crate::streams::Subscribers>,
+}
+
+/// Whether replication with every peer is established, for `/healthz` and `/v1/status`: every
+/// peer is heard both ways (`up`) and holds a live stream of this region's writes
+/// (`streaming_to`), so a write here reaches every peer at link speed. `None` without a
+/// replication adapter.
+fn replication_readiness(state: &AppState) -> Result<Option<Value>> {
+    let Some(rep) = state.replicator.get() else {
+        return Ok(None);
+    };
+    let (peers, _) = rep.status()?;
+    let up: Vec<&str> = peers
+        .iter()
+        .filter(|p| p.state == atoll_core::repl::LinkState::Up)
+        .map(|p| p.region.as_str())
+        .collect();
+    let streaming = state.subscribers.streaming_to();
+    let streaming_to: Vec<&str> = peers
+        .iter()
+        .filter(|p| streaming.contains(&p.region))
+        .map(|p| p.region.as_str())
+        .collect();
+    let established = up.len() == peers.len() && streaming_to.len() == peers.len();
+    Ok(Some(json!({
+        "established": established,
+        "peers": peers.len(),
+        "up": up,
+        "streaming_to": streaming_to,
+    })))
 }
 
 type Shared = Arc<AppState>;
@@ -608,14 +639,16 @@ async fn status(State(state): State<Shared>) -> ApiResult {
     let (peers, replication) = match state.replicator.get() {
         Some(rep) => {
             let (peers, horizon) = rep.status()?;
-            (
-                json!(peers),
-                json!({
-                    "applied": applied,
-                    "tombstone_horizon_ms": horizon,
-                    "max_lag_secs": rep.max_lag_secs(),
-                }),
-            )
+            let mut replication = json!({
+                "applied": applied,
+                "tombstone_horizon_ms": horizon,
+                "max_lag_secs": rep.max_lag_secs(),
+            });
+            if let Some(r) = replication_readiness(&state)? {
+                replication["established"] = r["established"].clone();
+                replication["streaming_to"] = r["streaming_to"].clone();
+            }
+            (json!(peers), replication)
         }
         None => (json!([]), json!({"applied": applied})),
     };
@@ -641,19 +674,22 @@ async fn status(State(state): State<Shared>) -> ApiResult {
 
 async fn healthz(State(state): State<Shared>) -> Response {
     let region = state.store.region().as_str();
-    if state.serving.load(Ordering::Relaxed) {
-        (
-            StatusCode::OK,
-            axum::Json(json!({"status": "serving", "region": region})),
-        )
-            .into_response()
-    } else {
-        (
-            StatusCode::SERVICE_UNAVAILABLE,
-            axum::Json(json!({"status": "draining", "region": region})),
-        )
-            .into_response()
+    let serving = state.serving.load(Ordering::Relaxed);
+    let mut body = json!({
+        "status": if serving { "serving" } else { "draining" },
+        "region": region,
+    });
+    // Replication readiness is information, not health: a region serves its own reads and
+    // writes whether or not its peers are reachable.
+    if let Ok(Some(r)) = replication_readiness(&state) {
+        body["replication"] = r;
     }
+    let status = if serving {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, axum::Json(body)).into_response()
 }
 
 async fn metrics(State(state): State<Shared>) -> Response {

@@ -74,6 +74,7 @@ impl Harness {
             started: Instant::now(),
             serving: AtomicBool::new(true),
             replicator: OnceLock::new(),
+            subscribers: atoll_server::streams::Subscribers::new(),
         });
         Self {
             app: router(state.clone()),

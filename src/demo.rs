@@ -66,7 +66,12 @@ async fn wait_replication(regions: &[RegionChild], deadline: Duration) -> Result
             if rep.and_then(|r| r["established"].as_bool()) != Some(true) {
                 let streaming = rep
                     .and_then(|r| r["streaming_to"].as_array())
-                    .map(|a| a.iter().filter_map(|v| v.as_str()).collect::<Vec<_>>().join(", "))
+                    .map(|a| {
+                        a.iter()
+                            .filter_map(|v| v.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    })
                     .unwrap_or_default();
                 waiting.push(format!("{} (streams to: {streaming})", r.name));
             }

@@ -103,7 +103,7 @@ enum Command {
     /// Emulate WAN links between regions and inject faults (latency, partitions, resets).
     Link(atoll_link::cli::LinkArgs),
     /// Run a traffic router (health-checked proxy, authoritative DNS, admin API) or manage one.
-    Router(atoll_router::cli::RouterArgs),
+    Router(Box<atoll_router::cli::RouterArgs>),
     /// Show a region's status.
     #[command(after_help = "Example:\n  atoll status --endpoint http://127.0.0.1:7100")]
     Status {
@@ -257,7 +257,7 @@ fn main() -> ExitCode {
                     Command::Counter { client, command } => client::counter(client, command).await,
                     Command::Set { client, command } => client::set(client, command).await,
                     Command::Status { client, max_lag } => client::status(client, max_lag).await,
-                    Command::Router(args) => atoll_router::cli::run(args).await,
+                    Command::Router(args) => atoll_router::cli::run(*args).await,
                     Command::Link(args) => atoll_link::cli::run(args).await,
                     Command::Config { .. } => Ok(()),
                 }

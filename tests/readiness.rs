@@ -46,7 +46,10 @@ async fn scenario(c: &mut Cluster) -> Result<()> {
         let rep = &h["replication"];
         ensure!(rep["peers"] == 2, "{h}");
         ensure!(rep["up"].as_array().map(Vec::len) == Some(2), "{h}");
-        ensure!(rep["streaming_to"].as_array().map(Vec::len) == Some(2), "{h}");
+        ensure!(
+            rep["streaming_to"].as_array().map(Vec::len) == Some(2),
+            "{h}"
+        );
         let st = c.status(r).await?;
         ensure!(st["replication"]["established"] == true, "{st}");
     }

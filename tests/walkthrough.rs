@@ -164,11 +164,7 @@ fn commands(block: &str) -> Result<Vec<Cmd>> {
             .split_whitespace()
             .collect::<Vec<_>>()
             .join(" ");
-        out.push(Cmd {
-            text,
-            env,
-            args: w,
-        });
+        out.push(Cmd { text, env, args: w });
     }
     ensure!(pending.is_empty(), "the block ends in a continuation line");
     Ok(out)
@@ -296,9 +292,15 @@ struct Walk {
     dir: PathBuf,
 }
 
+/// Whether a line a long-running command printed says it is ready.
+type Ready = fn(&str) -> bool;
+
 /// The long-running commands, and the line each prints once it is ready.
-fn readiness(args: &[String]) -> Option<(&'static str, fn(&str) -> bool)> {
-    match (args.get(1).map(String::as_str), args.get(2).map(String::as_str)) {
+fn readiness(args: &[String]) -> Option<(&'static str, Ready)> {
+    match (
+        args.get(1).map(String::as_str),
+        args.get(2).map(String::as_str),
+    ) {
         (Some("link"), Some("serve")) => Some(("link serve", |l: &str| {
             l.starts_with("atoll link control on http://")
         })),
@@ -411,7 +413,10 @@ impl Walk {
             if let Some(s) = a.strip_prefix('@') {
                 server = Some(s.to_string());
             } else if a == "-p" {
-                port = self.remap.arg(args.next().context("-p without a port")?).parse()?;
+                port = self
+                    .remap
+                    .arg(args.next().context("-p without a port")?)
+                    .parse()?;
             } else if let Some(s) = a.strip_prefix("+subnet=") {
                 subnet = Some(s.to_string());
             } else if a == "+short" {
@@ -452,7 +457,20 @@ impl Walk {
 /// A DNS query for `name` type A, recursion desired, with an EDNS Client Subnet option when
 /// `subnet` (an IPv4 prefix) is given.
 fn dns_query(name: &str, subnet: Option<&str>) -> Result<Vec<u8>> {
-    let mut q = vec![0x4a, 0x11, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, u8::from(subnet.is_some())];
+    let mut q = vec![
+        0x4a,
+        0x11,
+        0x01,
+        0x00,
+        0,
+        1,
+        0,
+        0,
+        0,
+        0,
+        0,
+        u8::from(subnet.is_some()),
+    ];
     for label in name.trim_end_matches('.').split('.') {
         q.push(u8::try_from(label.len())?);
         q.extend_from_slice(label.as_bytes());
@@ -521,12 +539,7 @@ fn dns_a_records(m: &[u8]) -> Result<Vec<String>> {
 
 /// Polls `cmd` until `check` accepts its output (or [`DEADLINE`] passes, then fails with the last
 /// output and what was expected).
-async fn until(
-    walk: &Walk,
-    cmd: &Cmd,
-    what: &str,
-    check: impl Fn(&Out) -> bool,
-) -> Result<Out> {
+async fn until(walk: &Walk, cmd: &Cmd, what: &str, check: impl Fn(&Out) -> bool) -> Result<Out> {
     let last = std::sync::Mutex::new(None::<Out>);
     let last_error = std::sync::Mutex::new(String::new());
     let waited = wait_until_async(DEADLINE, &format!("`{}`: {what}", cmd.text), || {
@@ -574,10 +587,7 @@ async fn check(walk: &Walk, cmd: &Cmd) -> Result<Option<&'static str>> {
         "healthz"
     } else if t.starts_with("atoll kv put sessions alice token-1") {
         let o = walk.run(cmd).await?;
-        ensure!(
-            o.ok() && o.stdout.contains("written in us-east-1"),
-            "{o:?}"
-        );
+        ensure!(o.ok() && o.stdout.contains("written in us-east-1"), "{o:?}");
         "put"
     } else if t.starts_with("atoll kv get sessions alice --endpoint http://127.0.0.1:7102") {
         until(walk, cmd, "the value replicated", |o| {
@@ -647,8 +657,7 @@ async fn check(walk: &Walk, cmd: &Cmd) -> Result<Option<&'static str>> {
     } else if t.starts_with("atoll status --endpoint http://127.0.0.1:7100") {
         until(walk, cmd, "eu-west-1 one-way, exit 1", |o| {
             o.code == Some(1)
-                && o
-                    .stdout
+                && o.stdout
                     .lines()
                     .any(|l| l.split_whitespace().take(2).eq(["eu-west-1", "one-way"]))
                 && o.stderr.contains("one-way")
@@ -689,7 +698,10 @@ const EXPECTED: [&str; 13] = [
 #[test]
 fn the_walkthrough_parses_into_commands() {
     let cmds = ok(walkthrough_block(README).and_then(commands));
-    let long: Vec<&Cmd> = cmds.iter().filter(|c| readiness(&c.args).is_some()).collect();
+    let long: Vec<&Cmd> = cmds
+        .iter()
+        .filter(|c| readiness(&c.args).is_some())
+        .collect();
     assert_eq!(long.len(), 5, "links, three regions, router: {long:#?}");
     let router = long[4];
     assert_eq!(router.env, [("ATOLL_ADMIN_TOKEN".into(), "secret".into())]);
@@ -700,7 +712,8 @@ fn the_walkthrough_parses_into_commands() {
         .unwrap();
     assert_eq!(fault.args[4], "us-east-1->eu-west-1", "quotes are removed");
     assert!(
-        cmds.iter().all(|c| !c.args.iter().any(|a| a.starts_with('#'))),
+        cmds.iter()
+            .all(|c| !c.args.iter().any(|a| a.starts_with('#'))),
         "comments are dropped"
     );
     assert_eq!(
@@ -718,7 +731,8 @@ async fn readme_three_regions_by_hand() {
 async fn scenario(dir: &TestDir) -> Result<()> {
     let cmds = commands(walkthrough_block(README)?)?;
     ensure!(
-        cmds.iter().all(|c| ["atoll", "curl", "dig"].contains(&c.args[0].as_str())),
+        cmds.iter()
+            .all(|c| ["atoll", "curl", "dig"].contains(&c.args[0].as_str())),
         "the walkthrough runs a program other than atoll, curl and dig: {cmds:#?}"
     );
     let (long, short): (Vec<Cmd>, Vec<Cmd>) =
@@ -767,7 +781,10 @@ async fn scenario(dir: &TestDir) -> Result<()> {
 
     // `atoll link serve` printed exactly the --peer-via flags the README starts regions with.
     let mut used: Vec<&'static str> = Vec::new();
-    for c in long.iter().filter(|c| c.args.get(1).map(String::as_str) == Some("region")) {
+    for c in long
+        .iter()
+        .filter(|c| c.args.get(1).map(String::as_str) == Some("region"))
+    {
         let region = c
             .args
             .iter()
@@ -816,7 +833,11 @@ async fn scenario(dir: &TestDir) -> Result<()> {
             used.push(key);
         }
     }
-    let mut missing: Vec<&str> = EXPECTED.iter().copied().filter(|k| !used.contains(k)).collect();
+    let mut missing: Vec<&str> = EXPECTED
+        .iter()
+        .copied()
+        .filter(|k| !used.contains(k))
+        .collect();
     missing.sort_unstable();
     ensure!(
         missing.is_empty(),
@@ -826,7 +847,10 @@ async fn scenario(dir: &TestDir) -> Result<()> {
     // Healed: us-east-1 hears from eu-west-1 both ways again (status exits 0).
     let status_us = short
         .iter()
-        .find(|c| c.text.starts_with("atoll status --endpoint http://127.0.0.1:7100"))
+        .find(|c| {
+            c.text
+                .starts_with("atoll status --endpoint http://127.0.0.1:7100")
+        })
         .context("no status of us-east-1")?;
     until(&walk, status_us, "healed after fault rm", Out::ok).await?;
 
@@ -836,8 +860,15 @@ async fn scenario(dir: &TestDir) -> Result<()> {
         router_log.contains(" INFO ") && router_log.contains("router starting"),
         "{router_log}"
     );
-    let errors: Vec<&str> = router_log.lines().filter(|l| l.contains(" ERROR ")).collect();
-    ensure!(errors.is_empty(), "the router logged errors:\n{}", errors.join("\n"));
+    let errors: Vec<&str> = router_log
+        .lines()
+        .filter(|l| l.contains(" ERROR "))
+        .collect();
+    ensure!(
+        errors.is_empty(),
+        "the router logged errors:\n{}",
+        errors.join("\n")
+    );
     drop(walk);
     Ok(())
 }

@@ -221,7 +221,10 @@ fn router(out: &mut String, config: &Config, rc: &RouterConfig) {
 
     let p = &rc.proxy;
     let d = RouterProxyConfig::default();
-    let _ = writeln!(out, "  proxy (atoll router --proxy; the command line can override each)");
+    let _ = writeln!(
+        out,
+        "  proxy (atoll router --proxy; the command line can override each)"
+    );
     let body = bytes(p.max_body_bytes)
         .map(|b| format!("{} ({b})", p.max_body_bytes))
         .unwrap_or_else(|| p.max_body_bytes.to_string());

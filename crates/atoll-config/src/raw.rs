@@ -2,11 +2,12 @@
 
 use crate::error::{ConfigError, join_key, line_column};
 use crate::{
-    ApiConfig, ClusterConfig, Config, DEFAULT_MAX_JSON_BODY_BYTES, MAX_JSON_BODY_BYTES_LIMIT,
-    MAX_JSON_BODY_BYTES_MIN, DEFAULT_CONFLICT_MAX_ENTRIES, DEFAULT_CONFLICT_RETENTION_SECS,
-    DEFAULT_GROUP_COMMIT_MAX_BATCH, DEFAULT_HEARTBEAT_INTERVAL_MS, DEFAULT_MAX_CLOCK_OFFSET_MS,
-    DEFAULT_MAX_LAG_SECS, DEFAULT_MAX_SIBLINGS, DEFAULT_MAX_VALUE_BYTES, GeoPoint, KeyspaceConfig,
-    KeyspaceOption, MAX_VALUE_BYTES_LIMIT, Model, RegionConfig, ReplicationConfig, StorageConfig,
+    ApiConfig, ClusterConfig, Config, DEFAULT_CONFLICT_MAX_ENTRIES,
+    DEFAULT_CONFLICT_RETENTION_SECS, DEFAULT_GROUP_COMMIT_MAX_BATCH, DEFAULT_HEARTBEAT_INTERVAL_MS,
+    DEFAULT_MAX_CLOCK_OFFSET_MS, DEFAULT_MAX_JSON_BODY_BYTES, DEFAULT_MAX_LAG_SECS,
+    DEFAULT_MAX_SIBLINGS, DEFAULT_MAX_VALUE_BYTES, GeoPoint, KeyspaceConfig, KeyspaceOption,
+    MAX_JSON_BODY_BYTES_LIMIT, MAX_JSON_BODY_BYTES_MIN, MAX_VALUE_BYTES_LIMIT, Model, RegionConfig,
+    ReplicationConfig, StorageConfig,
 };
 use atoll_core::op::Policy;
 use atoll_core::{AtollError, RegionId};
@@ -131,7 +132,11 @@ impl Ctx<'_> {
         ConfigError::invalid_at(self.text, self.file, Some(span), key, message)
     }
 
-    pub(crate) fn err_nowhere(&self, key: impl Into<String>, message: impl Into<String>) -> ConfigError {
+    pub(crate) fn err_nowhere(
+        &self,
+        key: impl Into<String>,
+        message: impl Into<String>,
+    ) -> ConfigError {
         ConfigError::invalid_at(self.text, self.file, None, key, message)
     }
 

@@ -229,7 +229,11 @@ impl RouterProxyConfig {
                 self.request_timeout_ms,
                 &PROXY_REQUEST_TIMEOUT_MS,
             ),
-            ("idle_timeout_ms", self.idle_timeout_ms, &PROXY_IDLE_TIMEOUT_MS),
+            (
+                "idle_timeout_ms",
+                self.idle_timeout_ms,
+                &PROXY_IDLE_TIMEOUT_MS,
+            ),
             ("max_body_bytes", self.max_body_bytes, &PROXY_MAX_BODY_BYTES),
         ];
         for (key, value, range) in ranges {

@@ -152,7 +152,11 @@ fn example_three_regions_has_a_router() {
     assert_eq!(r.ttl_secs, 30);
     assert_eq!(r.health, RouterHealthConfig::default());
     assert_eq!(r.proxy, RouterProxyConfig::default());
-    let policies: Vec<_> = r.names.iter().map(|n| (n.fqdn.as_str(), n.policy)).collect();
+    let policies: Vec<_> = r
+        .names
+        .iter()
+        .map(|n| (n.fqdn.as_str(), n.policy))
+        .collect();
     assert_eq!(
         policies,
         [
@@ -171,7 +175,11 @@ fn example_three_regions_has_a_router() {
     assert_eq!(r.client_locations.len(), 2);
     let paris = r.locate("198.51.100.7".parse().unwrap()).unwrap();
     assert_eq!(paris, (48.9, 2.35));
-    let dns: Vec<String> = c.regions.iter().map(|r| r.dns_address.to_string()).collect();
+    let dns: Vec<String> = c
+        .regions
+        .iter()
+        .map(|r| r.dns_address.to_string())
+        .collect();
     assert_eq!(dns, ["127.0.0.11", "127.0.0.12", "127.0.0.13"]);
     assert!(c.warnings().is_empty(), "{:?}", c.warnings());
 }
@@ -213,7 +221,10 @@ fn example_three_regions_documents_every_router_key() {
         "lon =",
         "dns_address =",
     ] {
-        assert!(THREE.contains(key), "examples/three-regions.toml lacks `{key}`");
+        assert!(
+            THREE.contains(key),
+            "examples/three-regions.toml lacks `{key}`"
+        );
     }
 }
 
@@ -988,9 +999,18 @@ fn explain_shows_the_router() {
             .collect::<Vec<_>>()
             .join(" ")
     };
-    assert_eq!(line("connect_timeout_ms"), "connect_timeout_ms 250 (--proxy-connect-timeout;");
-    assert_eq!(line("idle_timeout_ms"), "idle_timeout_ms 0 (--proxy-idle-timeout;");
-    assert_eq!(line("request_timeout_ms"), "request_timeout_ms 30000 (default)");
+    assert_eq!(
+        line("connect_timeout_ms"),
+        "connect_timeout_ms 250 (--proxy-connect-timeout;"
+    );
+    assert_eq!(
+        line("idle_timeout_ms"),
+        "idle_timeout_ms 0 (--proxy-idle-timeout;"
+    );
+    assert_eq!(
+        line("request_timeout_ms"),
+        "request_timeout_ms 30000 (default)"
+    );
     assert_eq!(line("max_json_body_bytes"), "max_json_body_bytes 1024 (1");
     for needle in [
         "client_locations (0)",

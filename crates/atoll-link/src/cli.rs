@@ -334,7 +334,10 @@ pub fn peer_via_lines(specs: &[crate::model::LinkSpec]) -> Vec<String> {
         "regions replicate through these links only when started with --peer-via:".to_string(),
     ];
     for (region, flags) in by_region {
-        out.push(format!("  atoll region --region {region} ... {}", flags.join(" ")));
+        out.push(format!(
+            "  atoll region --region {region} ... {}",
+            flags.join(" ")
+        ));
     }
     out
 }

@@ -550,7 +550,10 @@ mod tests {
         // Out of range, or a connect timeout that is not shorter than the request's: named.
         let a = serve(&["--proxy-request-timeout", "20ms"]).unwrap();
         let e = proxy_settings(&from_config, &a).unwrap_err().to_string();
-        assert!(e.contains("--proxy-request-timeout") && e.contains("100"), "{e}");
+        assert!(
+            e.contains("--proxy-request-timeout") && e.contains("100"),
+            "{e}"
+        );
         let a = serve(&["--proxy-connect-timeout", "40s"]).unwrap();
         let e = proxy_settings(&from_config, &a).unwrap_err().to_string();
         assert!(
@@ -597,7 +600,10 @@ mod tests {
         let mut v = v;
         v["names"][0]["starting"] = json!(true);
         let s = render_status(&v);
-        assert!(s.contains("starting: first health checks not finished"), "{s}");
+        assert!(
+            s.contains("starting: first health checks not finished"),
+            "{s}"
+        );
         assert!(!s.contains("no healthy region"), "{s}");
     }
 }

@@ -383,8 +383,8 @@ impl Proxy {
         };
         // Only a decision without a healthy region needs to know whether the router is still
         // waiting for its first checks.
-        let starting = choice.mode != Mode::Normal
-            && self.ctx.state.starting(&self.name).unwrap_or(false);
+        let starting =
+            choice.mode != Mode::Normal && self.ctx.state.starting(&self.name).unwrap_or(false);
         self.ctx
             .metrics
             .record_mode(&self.name.fqdn, choice.mode, starting, now);

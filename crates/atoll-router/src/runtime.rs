@@ -127,7 +127,7 @@ pub fn proxy_name(config: &Config, wanted: Option<&str>) -> Result<RoutedName, R
     let rc = config
         .router
         .as_ref()
-        .ok_or_else(|| RouterError::Config("the config has no [router] section".into()))?;
+        .ok_or_else(|| RouterError::Config("the config has no [router] section: add one (examples/three-regions.toml has one, every key explained)".into()))?;
     let all = || {
         rc.names
             .iter()

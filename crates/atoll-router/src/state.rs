@@ -118,7 +118,7 @@ impl RouterState {
         let rc = config
             .router
             .clone()
-            .ok_or_else(|| AtollError::Config("the config has no [router] section".into()))?;
+            .ok_or_else(|| AtollError::Config("the config has no [router] section: add one (examples/three-regions.toml has one, every key explained)".into()))?;
         let h = &rc.health;
         let health_cfg = HealthConfig {
             interval_ms: h.interval_ms,

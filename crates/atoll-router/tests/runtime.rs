@@ -106,10 +106,19 @@ async fn start_logs_starting_at_info_and_a_real_fail_open_at_error() {
     let h = Router::start(opts(config(&[("a", a.addr)], ROUTER), dir.path()))
         .await
         .unwrap();
-    eventually(Duration::from_secs(5), "both names routing normally", || async {
-        (logs.at("INFO").iter().filter(|l| l.contains("first health checks passed")).count() == 2)
-            .then_some(())
-    })
+    eventually(
+        Duration::from_secs(5),
+        "both names routing normally",
+        || async {
+            (logs
+                .at("INFO")
+                .iter()
+                .filter(|l| l.contains("first health checks passed"))
+                .count()
+                == 2)
+                .then_some(())
+        },
+    )
     .await;
     h.shutdown().await;
     assert!(logs.at("ERROR").is_empty(), "{}", logs.text());
@@ -130,12 +139,16 @@ async fn start_logs_starting_at_info_and_a_real_fail_open_at_error() {
     let h = Router::start(opts(config(&[("a", dead)], ROUTER), dir.path()))
         .await
         .unwrap();
-    eventually(Duration::from_secs(5), "an error line for failing open", || async {
-        logs.at("ERROR")
-            .iter()
-            .any(|l| l.contains("failing open") && l.contains("api.atoll.test."))
-            .then_some(())
-    })
+    eventually(
+        Duration::from_secs(5),
+        "an error line for failing open",
+        || async {
+            logs.at("ERROR")
+                .iter()
+                .any(|l| l.contains("failing open") && l.contains("api.atoll.test."))
+                .then_some(())
+        },
+    )
     .await;
     let st = h.state().status(h.ctx().now_ms()).unwrap();
     assert!(st.names.iter().all(|n| !n.starting), "{st:?}");
@@ -193,11 +206,17 @@ async fn proxy_limits_and_timeouts_come_from_the_config() {
     assert_eq!(r.status(), 413);
     let e: serde_json::Value = r.json().await.unwrap();
     assert!(
-        e["error"]["message"].as_str().unwrap().contains("1024 bytes"),
+        e["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("1024 bytes"),
         "{e}"
     );
     assert!(
-        e["error"]["hint"].as_str().unwrap().contains("max_body_bytes"),
+        e["error"]["hint"]
+            .as_str()
+            .unwrap()
+            .contains("max_body_bytes"),
         "{e}"
     );
     h.shutdown().await;

@@ -272,9 +272,7 @@ async fn read_body(
     if let Some(len) = axum::body::HttpBody::size_hint(&body).exact()
         && len > limit as u64
     {
-        return Err(too_large(Some(
-            usize::try_from(len).unwrap_or(usize::MAX),
-        )));
+        return Err(too_large(Some(usize::try_from(len).unwrap_or(usize::MAX))));
     }
     match Limited::new(body, limit).collect().await {
         Ok(c) => Ok(c.to_bytes()),

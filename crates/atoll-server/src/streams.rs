@@ -92,7 +92,11 @@ pub fn track(routes: axum::Router, subscribers: Arc<Subscribers>) -> axum::Route
     routes.layer(middleware::from_fn_with_state(subscribers, observe))
 }
 
-async fn observe(State(subscribers): State<Arc<Subscribers>>, req: Request, next: Next) -> Response {
+async fn observe(
+    State(subscribers): State<Arc<Subscribers>>,
+    req: Request,
+    next: Next,
+) -> Response {
     if req.method() != Method::POST || req.uri().path() != SUBSCRIBE_PATH {
         return next.run(req).await;
     }
@@ -109,7 +113,9 @@ async fn observe(State(subscribers): State<Arc<Subscribers>>, req: Request, next
     };
     // The handler decodes (and judges) the request itself; this only learns who asks.
     let from = codec::decode::<Subscribe>(&bytes).ok().map(|s| s.from);
-    let resp = next.run(Request::from_parts(parts, Body::from(bytes))).await;
+    let resp = next
+        .run(Request::from_parts(parts, Body::from(bytes)))
+        .await;
     match from {
         Some(peer) if resp.status().is_success() => {
             let guard = subscribers.open(peer);

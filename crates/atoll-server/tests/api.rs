@@ -1650,7 +1650,8 @@ async fn json_bodies_over_the_api_limit_are_413_request_too_large() {
         let r = h.post(uri, chunked(&chunks)).await;
         r.expect_error(413, "ATOLL-REQUEST-TOO-LARGE");
         assert!(
-            r.message().starts_with("request body is more than 4194304 bytes"),
+            r.message()
+                .starts_with("request body is more than 4194304 bytes"),
             "{}",
             r.message()
         );
@@ -1676,7 +1677,11 @@ async fn the_json_body_limit_is_configurable() {
     big.resize((64 << 10) + 1, b' ');
     let r = h.post("/v1/counter/ratelimits/k", big).await;
     r.expect_error(413, "ATOLL-REQUEST-TOO-LARGE");
-    assert!(r.message().contains("limit of 65536 bytes"), "{}", r.message());
+    assert!(
+        r.message().contains("limit of 65536 bytes"),
+        "{}",
+        r.message()
+    );
     let h = Harness::with(|c| c.api.max_json_body_bytes = 8 << 20);
     let mut five = br#"{"delta": 2}"#.to_vec();
     five.resize(5 << 20, b' ');

@@ -249,7 +249,8 @@ pub fn free_ports(n: usize) -> Result<Vec<u16>> {
 pub fn free_port_range(n: u16) -> Result<u16> {
     ensure!(n > 0, "an empty port range");
     for _ in 0..100 {
-        let first = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).context("cannot bind 127.0.0.1:0")?;
+        let first =
+            TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).context("cannot bind 127.0.0.1:0")?;
         let base = first.local_addr()?.port();
         if base.checked_add(n - 1).is_none() {
             continue;

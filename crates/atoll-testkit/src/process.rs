@@ -505,7 +505,11 @@ impl Service {
 
     /// Waits up to `timeout` for a stdout line that `matches`; returns it. Lines before it are
     /// consumed (they stay in the log). Fails, with the log's tail, if the process exits first.
-    pub fn wait_line(&mut self, timeout: Duration, matches: impl Fn(&str) -> bool) -> Result<String> {
+    pub fn wait_line(
+        &mut self,
+        timeout: Duration,
+        matches: impl Fn(&str) -> bool,
+    ) -> Result<String> {
         let deadline = Instant::now() + timeout;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());

@@ -93,6 +93,13 @@ fn example_single_region_parses() {
             ("flags", Policy::Set)
         ]
     );
+    // Every optional section is shown, at its defaults.
+    assert_eq!(c.storage, StorageConfig::default());
+    assert_eq!(c.replication, ReplicationConfig::default());
+    assert_eq!(c.api, ApiConfig::default());
+    for section in ["[storage]", "[replication]", "[api]"] {
+        assert!(SINGLE.contains(section), "{section}");
+    }
 }
 
 #[test]

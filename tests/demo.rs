@@ -263,8 +263,11 @@ async fn demo_scenario(dir: &TestDir) -> Result<()> {
             None => {
                 let exit = demo.wait_exit(STOP_DEADLINE)?;
                 let logs = demo.region_logs();
-                // A port taken between our check and the demo's bind: try other ports.
-                if attempt < START_ATTEMPTS && logs.contains("cannot listen on") {
+                // A port taken between our check and the demo's bind (a region's, or one of the
+                // router's or links' ports above the base): try other ports.
+                let lost_race = logs.contains("cannot listen on")
+                    || demo.output().contains("Address already in use");
+                if attempt < START_ATTEMPTS && lost_race {
                     eprintln!("demo on port base {base} could not listen; retrying");
                     continue;
                 }

@@ -40,6 +40,9 @@ pub struct ClientArgs {
 #[derive(Subcommand, Debug)]
 pub enum KvCommand {
     /// Write a value (for mvr keyspaces, pass the context of your last read to supersede it).
+    #[command(
+        after_help = "Examples:\n  atoll kv put sessions user-1 token-abc\n  atoll kv put carts c1 apple,pear --context <context printed by kv get> --endpoint http://127.0.0.1:7101"
+    )]
     Put {
         keyspace: String,
         key: String,
@@ -48,8 +51,14 @@ pub enum KvCommand {
         context: Option<String>,
     },
     /// Read a value (an mvr key with concurrent writes shows every sibling and a context).
+    #[command(
+        after_help = "Examples:\n  atoll kv get sessions user-1\n  atoll kv get carts c1 --output json"
+    )]
     Get { keyspace: String, key: String },
     /// Delete a key (leaves a tombstone that replicates).
+    #[command(
+        after_help = "Examples:\n  atoll kv del sessions user-1\n  atoll kv del carts c1 --context <context printed by kv get>"
+    )]
     Del {
         keyspace: String,
         key: String,
@@ -60,7 +69,10 @@ pub enum KvCommand {
 
 #[derive(Subcommand, Debug)]
 pub enum CounterCommand {
-    /// Add to a counter (negative values subtract).
+    /// Add to a counter (negative values subtract); prints the new value.
+    #[command(
+        after_help = "Examples:\n  atoll counter incr ratelimits user-1\n  atoll counter incr ratelimits user-1 --by -5"
+    )]
     Incr {
         keyspace: String,
         key: String,
@@ -68,19 +80,22 @@ pub enum CounterCommand {
         by: i64,
     },
     /// Read a counter.
+    #[command(after_help = "Example:\n  atoll counter get ratelimits user-1")]
     Get { keyspace: String, key: String },
 }
 
 #[derive(Subcommand, Debug)]
 pub enum SetCommand {
-    /// Add members.
+    /// Add members; prints the set's members after the update.
+    #[command(after_help = "Example:\n  atoll set add flags beta dark-mode new-checkout")]
     Add {
         keyspace: String,
         key: String,
         #[arg(required = true)]
         members: Vec<String>,
     },
-    /// Remove members.
+    /// Remove members; prints the set's members after the update.
+    #[command(after_help = "Example:\n  atoll set remove flags beta dark-mode")]
     Remove {
         keyspace: String,
         key: String,
@@ -88,6 +103,7 @@ pub enum SetCommand {
         members: Vec<String>,
     },
     /// List members.
+    #[command(after_help = "Example:\n  atoll set members flags beta --output json")]
     Members { keyspace: String, key: String },
 }
 
@@ -393,6 +409,26 @@ pub async fn status(args: ClientArgs, max_lag: Option<f64>) -> Result<()> {
                 "store: {} writes, last seq {}",
                 v["store"]["writes_total"], v["store"]["last_seq"]
             );
+            if !peers.is_empty() {
+                let streaming: Vec<&str> = v["replication"]["streaming_to"]
+                    .as_array()
+                    .map(|a| a.iter().filter_map(Value::as_str).collect())
+                    .unwrap_or_default();
+                match v["replication"]["established"].as_bool() {
+                    Some(true) => println!(
+                        "replication: established (every peer hears this region and streams its writes)"
+                    ),
+                    Some(false) => println!(
+                        "replication: not established with every peer (its writes stream to: {}; link states below)",
+                        if streaming.is_empty() {
+                            "none".to_string()
+                        } else {
+                            streaming.join(", ")
+                        }
+                    ),
+                    None => {}
+                }
+            }
             if !peers.is_empty() {
                 println!(
                     "\n  {:<16} {:<12} {:>9} {:>10} {:>9} {:>10}",

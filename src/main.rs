@@ -50,15 +50,18 @@ enum Command {
         #[arg(long, default_value_t = 0.0)]
         drain_grace: f64,
     },
-    /// Start three regions (us-east-1, eu-west-1, ap-southeast-1) on this machine.
+    /// Start three regions (us-east-1, eu-west-1, ap-southeast-1) on this machine, linked at
+    /// the latency of their distance, with a router in front.
     #[command(
-        after_help = "Example:\n  atoll demo\n  atoll demo --port-base 8100 --data-dir /tmp/atoll-demo"
+        after_help = "Examples:\n  atoll demo\n  atoll demo --port-base 8100 --data-dir /tmp/atoll-demo\n\nThe demo prints its endpoints once replication is established between every pair of\nregions, and logs only warnings and errors (ATOLL_LOG=info for more)."
     )]
     Demo {
         /// Where the regions keep their data (default: a fresh temporary directory, removed on exit).
         #[arg(long)]
         data_dir: Option<PathBuf>,
-        /// Region i listens on 127.0.0.1:<port-base + i>.
+        /// Region i listens on 127.0.0.1:<port-base + i>; the router's proxy on <port-base + 80>,
+        /// its admin API on <port-base + 81>, its DNS on <port-base + 53>, and the links'
+        /// control API on <port-base + 90>.
         #[arg(long, default_value_t = 7100)]
         port_base: u16,
     },
@@ -100,7 +103,7 @@ enum Command {
     /// Emulate WAN links between regions and inject faults (latency, partitions, resets).
     Link(atoll_link::cli::LinkArgs),
     /// Run a traffic router (health-checked proxy, authoritative DNS, admin API) or manage one.
-    Router(atoll_router::cli::RouterArgs),
+    Router(Box<atoll_router::cli::RouterArgs>),
     /// Show a region's status.
     #[command(after_help = "Example:\n  atoll status --endpoint http://127.0.0.1:7100")]
     Status {
@@ -120,9 +123,11 @@ enum ConfigCommand {
     Check { file: PathBuf },
 }
 
-fn init_tracing() {
+/// Logs to stderr, filtered by `ATOLL_LOG` (e.g. `debug`, `atoll_router=debug`), else by
+/// `default`.
+fn init_tracing(default: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("ATOLL_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,hickory_server=warn"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     use std::io::IsTerminal as _;
     tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -218,7 +223,12 @@ fn main() -> ExitCode {
             command: ConfigCommand::Check { file },
         } => config_check(&file),
         other => {
-            init_tracing();
+            // The demo prints a table and commands to try: only warnings and errors of its
+            // in-process router and links go to the terminal (the regions log to files).
+            init_tracing(match other {
+                Command::Demo { .. } => "warn,hickory_server=error",
+                _ => "info,hickory_server=warn",
+            });
             let rt = match tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()
@@ -247,7 +257,7 @@ fn main() -> ExitCode {
                     Command::Counter { client, command } => client::counter(client, command).await,
                     Command::Set { client, command } => client::set(client, command).await,
                     Command::Status { client, max_lag } => client::status(client, max_lag).await,
-                    Command::Router(args) => atoll_router::cli::run(args).await,
+                    Command::Router(args) => atoll_router::cli::run(*args).await,
                     Command::Link(args) => atoll_link::cli::run(args).await,
                     Command::Config { .. } => Ok(()),
                 }

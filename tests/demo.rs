@@ -1,14 +1,15 @@
 //! End-to-end: `atoll demo` starts three replicating regions on consecutive ports, prints their
-//! endpoints, replicates a write from one region to the other two, and on SIGINT stops every
-//! region and exits 0, leaving no process and no listening port behind.
+//! endpoints once replication is established between every pair (every region's `/healthz` says
+//! so at that moment), replicates a write from one region to the other two, and on SIGINT stops
+//! every region and exits 0, leaving no process and no listening port behind.
 
 mod common;
 
 use anyhow::{Context, Result, anyhow, bail, ensure};
-use atoll_testkit::{Client, TestDir, test_dir, wait_until_async};
+use atoll_testkit::{Client, TestDir, free_port_range, test_dir, wait_until_async};
 use common::{BIN, DEADLINE, ok};
 use std::io::{BufRead, BufReader, Read};
-use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
@@ -20,25 +21,6 @@ const START_DEADLINE: Duration = Duration::from_secs(30);
 /// How long the demo may take to stop after SIGINT (each region gets up to 20 s).
 const STOP_DEADLINE: Duration = Duration::from_secs(30);
 const START_ATTEMPTS: usize = 3;
-
-/// A base port with the two after it also free (bound and let go: the demo binds them next; a
-/// port taken meanwhile makes the start fail, and the caller retries with another base).
-fn free_port_base() -> Result<u16> {
-    for _ in 0..100 {
-        let first = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?;
-        let base = first.local_addr()?.port();
-        if base > u16::MAX - 2 {
-            continue;
-        }
-        let rest: std::io::Result<Vec<TcpListener>> = (1..3)
-            .map(|i| TcpListener::bind((Ipv4Addr::LOCALHOST, base + i)))
-            .collect();
-        if rest.is_ok() {
-            return Ok(base);
-        }
-    }
-    bail!("found no three consecutive free ports")
-}
 
 /// The running `atoll demo`. Dropping it stops the demo and, failing that, kills it and the
 /// regions it started, so a failing test leaks no process.
@@ -164,6 +146,22 @@ impl Demo {
         Ok(Some(found))
     }
 
+    /// Reads stdout until a line starting with `prefix` (at most [`START_DEADLINE`]).
+    fn line_starting(&mut self, prefix: &str) -> Result<String> {
+        let deadline = Instant::now() + START_DEADLINE;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) if line.starts_with(prefix) => return Ok(line),
+                Ok(_) => {}
+                Err(_) => bail!(
+                    "no line starting with {prefix:?} within {START_DEADLINE:?}\n{}",
+                    self.output()
+                ),
+            }
+        }
+    }
+
     fn output(&self) -> String {
         format!(
             "stdout:\n{}\nstderr:\n{}",
@@ -257,7 +255,7 @@ async fn demo_scenario(dir: &TestDir) -> Result<()> {
     let mut attempt = 0;
     let (mut demo, base, endpoints) = loop {
         attempt += 1;
-        let base = free_port_base()?;
+        let base = free_port_range(3)?;
         let data_dir = dir.join(&format!("demo-{attempt}"));
         let mut demo = Demo::spawn(base, &data_dir)?;
         match demo.endpoints()? {
@@ -265,8 +263,11 @@ async fn demo_scenario(dir: &TestDir) -> Result<()> {
             None => {
                 let exit = demo.wait_exit(STOP_DEADLINE)?;
                 let logs = demo.region_logs();
-                // A port taken between our check and the demo's bind: try other ports.
-                if attempt < START_ATTEMPTS && logs.contains("cannot listen on") {
+                // A port taken between our check and the demo's bind (a region's, or one of the
+                // router's or links' ports above the base): try other ports.
+                let lost_race = logs.contains("cannot listen on")
+                    || demo.output().contains("Address already in use");
+                if attempt < START_ATTEMPTS && lost_race {
                     eprintln!("demo on port base {base} could not listen; retrying");
                     continue;
                 }
@@ -293,6 +294,23 @@ async fn demo_scenario(dir: &TestDir) -> Result<()> {
         REGIONS.len(),
         demo.regions
     );
+
+    // The demo prints its table once replication is established everywhere, and says so: a
+    // first write then replicates at link speed instead of waiting for the first heartbeats.
+    let replication = demo.line_starting("replication:")?;
+    ensure!(
+        replication.contains("established between every pair"),
+        "{replication}\n{}",
+        demo.output()
+    );
+    for (name, url) in &endpoints {
+        let health = Client::new(url).get_raw("/healthz").await?.json()?;
+        let rep = &health["replication"];
+        ensure!(
+            rep["established"] == true && rep["streaming_to"].as_array().map(Vec::len) == Some(2),
+            "{name} right after the demo's table: {health}"
+        );
+    }
 
     // A write in one region shows up in the other two.
     let (value, key) = ("written in us-east-1", "demo-key");

@@ -20,12 +20,14 @@
 mod common;
 
 use anyhow::{Context, Result, anyhow, bail, ensure};
-use atoll_testkit::{Client, RegionProcess, RegionSpec, TestDir, test_dir, wait_until_async};
+use atoll_testkit::{
+    Client, RegionProcess, RegionSpec, TestDir, free_ports, test_dir, wait_until_async,
+};
 use common::{BIN, ok};
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};
-use std::net::{Ipv4Addr, SocketAddr, TcpListener};
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -62,14 +64,6 @@ const CONVERGE: Duration = Duration::from_secs(30);
 
 // ---------------------------------------------------------------------------------------------
 // Processes
-
-/// `n` free ports on 127.0.0.1 (bound and let go; a start that loses the race is retried).
-fn free_ports(n: usize) -> Result<Vec<u16>> {
-    let ls = (0..n)
-        .map(|_| TcpListener::bind((Ipv4Addr::LOCALHOST, 0)))
-        .collect::<std::io::Result<Vec<_>>>()?;
-    ls.iter().map(|l| Ok(l.local_addr()?.port())).collect()
-}
 
 fn config_text(ports: &[u16]) -> String {
     let mut s = String::from(

@@ -1,10 +1,14 @@
 //! [`Config::explain`]: what was understood, in plain text, defaults included.
 
+use crate::router::{
+    DEFAULT_TTL_SECS, InitialHealth, NoHealthyPolicy, RoutePolicy, RouterConfig,
+    RouterHealthConfig, RouterProxyConfig,
+};
 use crate::{
     Config, DEFAULT_CONFLICT_MAX_ENTRIES, DEFAULT_CONFLICT_RETENTION_SECS,
     DEFAULT_GROUP_COMMIT_MAX_BATCH, DEFAULT_HEARTBEAT_INTERVAL_MS, DEFAULT_MAX_CLOCK_OFFSET_MS,
-    DEFAULT_MAX_LAG_SECS, DEFAULT_MAX_SIBLINGS, DEFAULT_MAX_VALUE_BYTES, KEY_MAX_BYTES,
-    KeyspaceConfig, Model,
+    DEFAULT_MAX_JSON_BODY_BYTES, DEFAULT_MAX_LAG_SECS, DEFAULT_MAX_SIBLINGS,
+    DEFAULT_MAX_VALUE_BYTES, KEY_MAX_BYTES, KeyspaceConfig, Model,
 };
 use atoll_core::op::Policy;
 use std::fmt::Write as _;
@@ -82,7 +86,248 @@ pub(crate) fn explain(config: &Config) -> String {
         r.max_lag_secs,
         default_mark(r.max_lag_secs == DEFAULT_MAX_LAG_SECS)
     );
+
+    let a = &config.api;
+    let _ = writeln!(out, "\napi");
+    let size = bytes(a.max_json_body_bytes as u64)
+        .map(|b| format!(" ({b})"))
+        .unwrap_or_default();
+    let _ = writeln!(
+        out,
+        "  max_json_body_bytes  {}{size}{}  (largest counter or set update body; larger ones get 413 ATOLL-REQUEST-TOO-LARGE)",
+        a.max_json_body_bytes,
+        default_mark(a.max_json_body_bytes == DEFAULT_MAX_JSON_BODY_BYTES)
+    );
+
+    match &config.router {
+        Some(rc) => router(&mut out, config, rc),
+        None => {
+            let _ = writeln!(
+                out,
+                "\nrouter\n  (no [router] section: `atoll router` needs one; see examples/three-regions.toml)"
+            );
+        }
+    }
     out
+}
+
+/// `key  value (default)  (meaning)` lines, aligned.
+fn settings(out: &mut String, rows: &[(&str, String, bool, String)]) {
+    let key_w = rows.iter().map(|r| r.0.len()).max().unwrap_or(0);
+    let cells: Vec<String> = rows
+        .iter()
+        .map(|(_, v, d, _)| format!("{v}{}", default_mark(*d)))
+        .collect();
+    let val_w = cells.iter().map(|c| c.chars().count()).max().unwrap_or(0);
+    for ((key, _, _, meaning), cell) in rows.iter().zip(&cells) {
+        let line = format!("    {key:<key_w$}  {cell:<val_w$}  ({meaning})");
+        let _ = writeln!(out, "{}", line.trim_end());
+    }
+}
+
+fn router(out: &mut String, config: &Config, rc: &RouterConfig) {
+    let _ = writeln!(out, "\nrouter");
+    let _ = writeln!(out, "  zone      {}  (the authoritative DNS zone)", rc.zone);
+    let _ = writeln!(
+        out,
+        "  ttl_secs  {}{}  (answer TTL of names that set none)",
+        rc.ttl_secs,
+        default_mark(rc.ttl_secs == DEFAULT_TTL_SECS)
+    );
+
+    let h = &rc.health;
+    let d = RouterHealthConfig::default();
+    let _ = writeln!(out, "  health");
+    let initial = match h.initial {
+        InitialHealth::Unhealthy => "unhealthy",
+        InitialHealth::Healthy => "healthy",
+    };
+    settings(
+        out,
+        &[
+            (
+                "interval_ms",
+                h.interval_ms.to_string(),
+                h.interval_ms == d.interval_ms,
+                "time between two checks of a region".into(),
+            ),
+            (
+                "timeout_ms",
+                h.timeout_ms.to_string(),
+                h.timeout_ms == d.timeout_ms,
+                "a check not answered within this fails".into(),
+            ),
+            (
+                "failure_threshold",
+                h.failure_threshold.to_string(),
+                h.failure_threshold == d.failure_threshold,
+                format!(
+                    "consecutive failed checks that take a region out: a dead region is noticed within {} ms",
+                    h.interval_ms * u64::from(h.failure_threshold)
+                ),
+            ),
+            (
+                "recovery_threshold",
+                h.recovery_threshold.to_string(),
+                h.recovery_threshold == d.recovery_threshold,
+                "consecutive good checks that bring it back".into(),
+            ),
+            (
+                "initial",
+                initial.into(),
+                h.initial == d.initial,
+                "a region's state before its first check".into(),
+            ),
+            (
+                "path",
+                h.path.clone(),
+                h.path == d.path,
+                "what is checked, on each region's api address".into(),
+            ),
+            (
+                "expect_status",
+                h.expect_status.to_string(),
+                h.expect_status == d.expect_status,
+                "the status a good check answers".into(),
+            ),
+            (
+                "expect_body",
+                h.expect_body
+                    .as_ref()
+                    .map_or("-".to_string(), |b| format!("{b:?}")),
+                h.expect_body.is_none(),
+                "text a good check's body must contain".into(),
+            ),
+            (
+                "hold_down_ms",
+                h.hold_down_ms.to_string(),
+                h.hold_down_ms == d.hold_down_ms,
+                "least time a region stays out after failing; doubles while it flaps".into(),
+            ),
+            (
+                "outlier_failures",
+                h.outlier_failures.to_string(),
+                h.outlier_failures == d.outlier_failures,
+                "consecutive failed proxied requests that eject a region; 0: off".into(),
+            ),
+            (
+                "ramp_secs",
+                h.ramp_secs.to_string(),
+                h.ramp_secs == d.ramp_secs,
+                "a recovered region's share grows from 0 to full over this long".into(),
+            ),
+        ],
+    );
+
+    let p = &rc.proxy;
+    let d = RouterProxyConfig::default();
+    let _ = writeln!(
+        out,
+        "  proxy (atoll router --proxy; the command line can override each)"
+    );
+    let body = bytes(p.max_body_bytes)
+        .map(|b| format!("{} ({b})", p.max_body_bytes))
+        .unwrap_or_else(|| p.max_body_bytes.to_string());
+    settings(
+        out,
+        &[
+            (
+                "connect_timeout_ms",
+                p.connect_timeout_ms.to_string(),
+                p.connect_timeout_ms == d.connect_timeout_ms,
+                "--proxy-connect-timeout; a request that cannot connect in time is retried on the next region".into(),
+            ),
+            (
+                "request_timeout_ms",
+                p.request_timeout_ms.to_string(),
+                p.request_timeout_ms == d.request_timeout_ms,
+                "--proxy-request-timeout; longest wait for a region's response head, connecting included".into(),
+            ),
+            (
+                "idle_timeout_ms",
+                p.idle_timeout_ms.to_string(),
+                p.idle_timeout_ms == d.idle_timeout_ms,
+                "--proxy-idle-timeout; how long an idle connection to a region is kept; 0: not kept".into(),
+            ),
+            (
+                "max_body_bytes",
+                body,
+                p.max_body_bytes == d.max_body_bytes,
+                "--proxy-max-body-bytes; largest request body, buffered for replay; larger ones get 413".into(),
+            ),
+        ],
+    );
+
+    let _ = writeln!(out, "  names ({})", rc.names.len());
+    let mut rows = vec![row(["name", "policy", "regions", "ttl_secs", "no_healthy"])];
+    for n in &rc.names {
+        let regions = match n.policy {
+            RoutePolicy::Weighted => n
+                .regions
+                .iter()
+                .map(|r| format!("{r}={}", n.weights.get(r).copied().unwrap_or(1)))
+                .collect::<Vec<_>>()
+                .join(", "),
+            _ => n.regions.join(", "),
+        };
+        rows.push(vec![
+            n.fqdn.clone(),
+            n.policy.as_str().to_string(),
+            regions,
+            format!("{}", n.ttl_secs),
+            format!(
+                "{}{}",
+                n.no_healthy.as_str(),
+                default_mark(n.no_healthy == NoHealthyPolicy::default())
+            ),
+        ]);
+    }
+    if rc.names.is_empty() {
+        let _ = writeln!(
+            out,
+            "    (none: DNS answers nothing but SOA/NS, and the proxy cannot start)"
+        );
+    } else {
+        table_indented(out, &rows, 4);
+        let _ = writeln!(
+            out,
+            "    policies: latency = nearest healthy region (client location, else measured RTT); failover = first healthy in the order listed;\n              weighted = random by weight among healthy regions"
+        );
+    }
+
+    let _ = writeln!(out, "  client_locations ({})", rc.client_locations.len());
+    let rows: Vec<Vec<String>> = rc
+        .client_locations
+        .iter()
+        .map(|l| {
+            vec![
+                format!("{}/{}", l.network, l.prefix_len),
+                format!("lat {}, lon {}", l.lat, l.lon),
+            ]
+        })
+        .collect();
+    table_indented(out, &rows, 4);
+    if rc.client_locations.is_empty() {
+        let _ = writeln!(
+            out,
+            "    (none: latency names route DNS queries by the router's measured RTT)"
+        );
+    }
+
+    let _ = writeln!(out, "  DNS answers (regions' dns_address)");
+    let rows: Vec<Vec<String>> = config
+        .regions
+        .iter()
+        .map(|r| {
+            let default = if r.dns_address == r.api.ip() {
+                " (the api address's IP, default)"
+            } else {
+                ""
+            };
+            vec![r.name.to_string(), format!("{}{default}", r.dns_address)]
+        })
+        .collect();
+    table_indented(out, &rows, 4);
 }
 
 fn row<const N: usize>(cells: [&str; N]) -> Vec<String> {
@@ -91,6 +336,11 @@ fn row<const N: usize>(cells: [&str; N]) -> Vec<String> {
 
 /// Writes `rows` as a left-aligned table, indented and separated by two spaces.
 fn table(out: &mut String, rows: &[Vec<String>]) {
+    table_indented(out, rows, 2);
+}
+
+/// [`table`] with `indent` spaces before the first column.
+fn table_indented(out: &mut String, rows: &[Vec<String>], indent: usize) {
     let columns = rows.iter().map(Vec::len).max().unwrap_or(0);
     let widths: Vec<usize> = (0..columns)
         .map(|i| {
@@ -102,7 +352,7 @@ fn table(out: &mut String, rows: &[Vec<String>]) {
         })
         .collect();
     for r in rows {
-        let mut line = String::new();
+        let mut line = " ".repeat(indent.saturating_sub(2));
         for (i, cell) in r.iter().enumerate() {
             let _ = write!(line, "  {cell:<width$}", width = widths[i]);
         }

@@ -2,7 +2,9 @@
 //! (`atoll config check`).
 //!
 //! One file describes the whole cluster: the cluster itself (`[cluster]`), its regions
-//! (`[[regions]]`), its keyspaces (`[[keyspaces]]`) and storage settings (`[storage]`). Each
+//! (`[[regions]]`), its keyspaces (`[[keyspaces]]`), storage and replication settings
+//! (`[storage]`, `[replication]`), limits of the client API (`[api]`) and the traffic router
+//! (`[router]`). Each
 //! process is told which region it is. [`Config::parse`] / [`Config::load`] read the file into a
 //! [`Config`] whose fields are resolved and typed, with every default applied; anything unknown,
 //! missing, duplicated, out of range or not applicable to a keyspace's policy is a
@@ -73,6 +75,15 @@ pub const DEFAULT_HEARTBEAT_INTERVAL_MS: u64 = 1000;
 /// Default `replication.max_lag_secs`.
 pub const DEFAULT_MAX_LAG_SECS: u64 = 10;
 
+/// Default `api.max_json_body_bytes`: 4 MiB.
+pub const DEFAULT_MAX_JSON_BODY_BYTES: usize = 4 << 20;
+
+/// Smallest accepted `api.max_json_body_bytes`: 1 KiB.
+pub const MAX_JSON_BODY_BYTES_MIN: usize = 1 << 10;
+
+/// Largest accepted `api.max_json_body_bytes`: 64 MiB.
+pub const MAX_JSON_BODY_BYTES_LIMIT: usize = 64 << 20;
+
 /// A whole, validated `atoll.toml` with every default applied.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Config {
@@ -83,6 +94,7 @@ pub struct Config {
     pub keyspaces: Vec<KeyspaceConfig>,
     pub storage: StorageConfig,
     pub replication: ReplicationConfig,
+    pub api: ApiConfig,
     /// `[router]`, if the cluster has a traffic manager.
     pub router: Option<router::RouterConfig>,
 }
@@ -266,6 +278,22 @@ impl Default for ReplicationConfig {
         Self {
             heartbeat_interval_ms: DEFAULT_HEARTBEAT_INTERVAL_MS,
             max_lag_secs: DEFAULT_MAX_LAG_SECS,
+        }
+    }
+}
+
+/// `[api]`: limits of every region's client HTTP API.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ApiConfig {
+    /// Largest JSON request body (counter and set updates), 1 KiB..=64 MiB. A kv value's limit
+    /// is its keyspace's `max_value_bytes` instead.
+    pub max_json_body_bytes: usize,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        Self {
+            max_json_body_bytes: DEFAULT_MAX_JSON_BODY_BYTES,
         }
     }
 }

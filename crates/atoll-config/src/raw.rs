@@ -2,10 +2,12 @@
 
 use crate::error::{ConfigError, join_key, line_column};
 use crate::{
-    ClusterConfig, Config, DEFAULT_CONFLICT_MAX_ENTRIES, DEFAULT_CONFLICT_RETENTION_SECS,
-    DEFAULT_GROUP_COMMIT_MAX_BATCH, DEFAULT_HEARTBEAT_INTERVAL_MS, DEFAULT_MAX_CLOCK_OFFSET_MS,
-    DEFAULT_MAX_LAG_SECS, DEFAULT_MAX_SIBLINGS, DEFAULT_MAX_VALUE_BYTES, GeoPoint, KeyspaceConfig,
-    KeyspaceOption, MAX_VALUE_BYTES_LIMIT, Model, RegionConfig, ReplicationConfig, StorageConfig,
+    ApiConfig, ClusterConfig, Config, DEFAULT_CONFLICT_MAX_ENTRIES,
+    DEFAULT_CONFLICT_RETENTION_SECS, DEFAULT_GROUP_COMMIT_MAX_BATCH, DEFAULT_HEARTBEAT_INTERVAL_MS,
+    DEFAULT_MAX_CLOCK_OFFSET_MS, DEFAULT_MAX_JSON_BODY_BYTES, DEFAULT_MAX_LAG_SECS,
+    DEFAULT_MAX_SIBLINGS, DEFAULT_MAX_VALUE_BYTES, GeoPoint, KeyspaceConfig, KeyspaceOption,
+    MAX_JSON_BODY_BYTES_LIMIT, MAX_JSON_BODY_BYTES_MIN, MAX_VALUE_BYTES_LIMIT, Model, RegionConfig,
+    ReplicationConfig, StorageConfig,
 };
 use atoll_core::op::Policy;
 use atoll_core::{AtollError, RegionId};
@@ -29,7 +31,16 @@ struct RawConfig {
     #[serde(default)]
     replication: Option<RawReplication>,
     #[serde(default)]
+    api: Option<RawApi>,
+    #[serde(default)]
     router: Option<crate::router::RawRouter>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawApi {
+    #[serde(default)]
+    max_json_body_bytes: Option<Spanned<i64>>,
 }
 
 #[derive(Deserialize)]
@@ -102,6 +113,8 @@ const CONFLICT_MAX_ENTRIES: RangeInclusive<i64> = 1..=1_000_000;
 const GROUP_COMMIT_MAX_BATCH: RangeInclusive<i64> = 1..=65_536;
 const HEARTBEAT_INTERVAL_MS: RangeInclusive<i64> = 10..=60_000;
 const MAX_LAG_SECS: RangeInclusive<i64> = 1..=86_400;
+const MAX_JSON_BODY_BYTES: RangeInclusive<i64> =
+    MAX_JSON_BODY_BYTES_MIN as i64..=MAX_JSON_BODY_BYTES_LIMIT as i64;
 
 /// Where errors point: the text (for line numbers) and the file name.
 pub(crate) struct Ctx<'a> {
@@ -119,7 +132,11 @@ impl Ctx<'_> {
         ConfigError::invalid_at(self.text, self.file, Some(span), key, message)
     }
 
-    fn err_nowhere(&self, key: impl Into<String>, message: impl Into<String>) -> ConfigError {
+    pub(crate) fn err_nowhere(
+        &self,
+        key: impl Into<String>,
+        message: impl Into<String>,
+    ) -> ConfigError {
         ConfigError::invalid_at(self.text, self.file, None, key, message)
     }
 
@@ -165,6 +182,22 @@ pub(crate) fn parse(text: &str, file: &str) -> Result<Config, ConfigError> {
         keyspaces: keyspaces(&cx, &raw.keyspaces)?,
         storage: storage(&cx, raw.storage.as_ref())?,
         replication: replication(&cx, raw.replication.as_ref())?,
+        api: api(&cx, raw.api.as_ref())?,
+    })
+}
+
+fn api(cx: &Ctx<'_>, raw: Option<&RawApi>) -> Result<ApiConfig, ConfigError> {
+    let Some(raw) = raw else {
+        return Ok(ApiConfig::default());
+    };
+    let max = cx.int(
+        &raw.max_json_body_bytes,
+        "api.max_json_body_bytes",
+        MAX_JSON_BODY_BYTES,
+        DEFAULT_MAX_JSON_BODY_BYTES as i64,
+    )?;
+    Ok(ApiConfig {
+        max_json_body_bytes: max as usize,
     })
 }
 

@@ -1,4 +1,5 @@
-//! `[router]`: the global traffic manager (health checks, routed names, DNS zone).
+//! `[router]`: the global traffic manager (health checks, the HTTP proxy's limits and timeouts,
+//! routed names, DNS zone).
 
 use crate::raw::Ctx;
 use crate::{ConfigError, RegionConfig};
@@ -22,6 +23,8 @@ pub(crate) struct RawRouter {
     no_healthy: Option<NoHealthyPolicy>,
     #[serde(default)]
     health: Option<RawHealth>,
+    #[serde(default)]
+    proxy: Option<RawProxy>,
     #[serde(default)]
     names: Vec<Spanned<RawName>>,
     #[serde(default)]
@@ -53,6 +56,19 @@ struct RawHealth {
     outlier_failures: Option<Spanned<i64>>,
     #[serde(default)]
     ramp_secs: Option<Spanned<i64>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawProxy {
+    #[serde(default)]
+    connect_timeout_ms: Option<Spanned<i64>>,
+    #[serde(default)]
+    request_timeout_ms: Option<Spanned<i64>>,
+    #[serde(default)]
+    idle_timeout_ms: Option<Spanned<i64>>,
+    #[serde(default)]
+    max_body_bytes: Option<Spanned<i64>>,
 }
 
 #[derive(Deserialize)]
@@ -161,6 +177,90 @@ impl Default for RouterHealthConfig {
     }
 }
 
+/// Accepted `router.proxy.connect_timeout_ms`.
+pub const PROXY_CONNECT_TIMEOUT_MS: RangeInclusive<u64> = 10..=60_000;
+/// Accepted `router.proxy.request_timeout_ms`.
+pub const PROXY_REQUEST_TIMEOUT_MS: RangeInclusive<u64> = 100..=600_000;
+/// Accepted `router.proxy.idle_timeout_ms` (0: idle connections are not kept).
+pub const PROXY_IDLE_TIMEOUT_MS: RangeInclusive<u64> = 0..=3_600_000;
+/// Accepted `router.proxy.max_body_bytes`: 1 KiB to 1 GiB.
+pub const PROXY_MAX_BODY_BYTES: RangeInclusive<u64> = 1024..=(1 << 30);
+
+/// `[router.proxy]`: limits and timeouts of the router's HTTP proxy (`atoll router --proxy`).
+/// The command line can override each (`--proxy-connect-timeout`, ...).
+#[derive(Clone, Debug, PartialEq)]
+pub struct RouterProxyConfig {
+    /// Longest wait for a TCP connection to a region. A request that could not connect never
+    /// reached the region, so it is retried on the next one, whatever its method.
+    pub connect_timeout_ms: u64,
+    /// Longest wait for a region's response head once the request is sent, connecting included.
+    /// A request that times out may have reached the region: only idempotent ones are retried.
+    pub request_timeout_ms: u64,
+    /// How long an idle connection to a region is kept for the next request (0: not kept).
+    pub idle_timeout_ms: u64,
+    /// Largest request body the proxy buffers (to be able to replay it on another region);
+    /// larger requests get `413 ATOLL-REQUEST-TOO-LARGE`.
+    pub max_body_bytes: u64,
+}
+
+impl Default for RouterProxyConfig {
+    fn default() -> Self {
+        Self {
+            connect_timeout_ms: 1_000,
+            request_timeout_ms: 30_000,
+            idle_timeout_ms: 30_000,
+            max_body_bytes: 16 << 20,
+        }
+    }
+}
+
+impl RouterProxyConfig {
+    /// Checks every value's range and that connecting can time out before the whole request
+    /// does. On failure: the key (`connect_timeout_ms`, ...) and what is wrong.
+    pub fn check(&self) -> Result<(), (&'static str, String)> {
+        let ranges = [
+            (
+                "connect_timeout_ms",
+                self.connect_timeout_ms,
+                &PROXY_CONNECT_TIMEOUT_MS,
+            ),
+            (
+                "request_timeout_ms",
+                self.request_timeout_ms,
+                &PROXY_REQUEST_TIMEOUT_MS,
+            ),
+            (
+                "idle_timeout_ms",
+                self.idle_timeout_ms,
+                &PROXY_IDLE_TIMEOUT_MS,
+            ),
+            ("max_body_bytes", self.max_body_bytes, &PROXY_MAX_BODY_BYTES),
+        ];
+        for (key, value, range) in ranges {
+            if !range.contains(&value) {
+                return Err((
+                    key,
+                    format!(
+                        "{value} is out of range: must be {} to {}",
+                        range.start(),
+                        range.end()
+                    ),
+                ));
+            }
+        }
+        if self.connect_timeout_ms >= self.request_timeout_ms {
+            return Err((
+                "connect_timeout_ms",
+                format!(
+                    "the connect timeout ({} ms) must be shorter than the request timeout ({} ms), which includes connecting",
+                    self.connect_timeout_ms, self.request_timeout_ms
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// One routed name (`[[router.names]]`).
 #[derive(Clone, Debug, PartialEq)]
 pub struct RoutedName {
@@ -220,6 +320,7 @@ pub struct RouterConfig {
     pub zone: String,
     pub ttl_secs: u32,
     pub health: RouterHealthConfig,
+    pub proxy: RouterProxyConfig,
     pub names: Vec<RoutedName>,
     pub client_locations: Vec<ClientLocation>,
 }
@@ -369,6 +470,7 @@ pub(crate) fn router(
             }
         }
     };
+    let proxy = proxy(cx, raw.proxy.as_ref())?;
     let region_names: Vec<String> = regions.iter().map(|r| r.name.to_string()).collect();
     let mut names = Vec::new();
     for (i, n) in raw.names.iter().enumerate() {
@@ -518,9 +620,60 @@ pub(crate) fn router(
         zone,
         ttl_secs: ttl,
         health,
+        proxy,
         names,
         client_locations,
     }))
+}
+
+fn proxy(cx: &Ctx<'_>, raw: Option<&RawProxy>) -> Result<RouterProxyConfig, ConfigError> {
+    let d = RouterProxyConfig::default();
+    let Some(raw) = raw else { return Ok(d) };
+    let int = |v: &Option<Spanned<i64>>, key: &str, range: &RangeInclusive<u64>, default: u64| {
+        let range = *range.start() as i64..=*range.end() as i64;
+        cx.int(v, &format!("router.proxy.{key}"), range, default as i64)
+            .map(|n| n as u64)
+    };
+    let p = RouterProxyConfig {
+        connect_timeout_ms: int(
+            &raw.connect_timeout_ms,
+            "connect_timeout_ms",
+            &PROXY_CONNECT_TIMEOUT_MS,
+            d.connect_timeout_ms,
+        )?,
+        request_timeout_ms: int(
+            &raw.request_timeout_ms,
+            "request_timeout_ms",
+            &PROXY_REQUEST_TIMEOUT_MS,
+            d.request_timeout_ms,
+        )?,
+        idle_timeout_ms: int(
+            &raw.idle_timeout_ms,
+            "idle_timeout_ms",
+            &PROXY_IDLE_TIMEOUT_MS,
+            d.idle_timeout_ms,
+        )?,
+        max_body_bytes: int(
+            &raw.max_body_bytes,
+            "max_body_bytes",
+            &PROXY_MAX_BODY_BYTES,
+            d.max_body_bytes,
+        )?,
+    };
+    if let Err((key, message)) = p.check() {
+        // Point at the key that was written (the other one is at its default).
+        let (key, span) = match (&raw.connect_timeout_ms, &raw.request_timeout_ms) {
+            (Some(c), _) if key == "connect_timeout_ms" => (key, Some(c.span())),
+            (_, Some(r)) => ("request_timeout_ms", Some(r.span())),
+            _ => (key, None),
+        };
+        let key = format!("router.proxy.{key}");
+        return Err(match span {
+            Some(span) => cx.err(span, key, message),
+            None => cx.err_nowhere(key, message),
+        });
+    }
+    Ok(p)
 }
 
 /// Warnings about a router config (anti-patterns from the article), for `atoll config check`.

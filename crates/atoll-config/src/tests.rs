@@ -93,6 +93,13 @@ fn example_single_region_parses() {
             ("flags", Policy::Set)
         ]
     );
+    // Every optional section is shown, at its defaults.
+    assert_eq!(c.storage, StorageConfig::default());
+    assert_eq!(c.replication, ReplicationConfig::default());
+    assert_eq!(c.api, ApiConfig::default());
+    for section in ["[storage]", "[replication]", "[api]"] {
+        assert!(SINGLE.contains(section), "{section}");
+    }
 }
 
 #[test]
@@ -137,6 +144,95 @@ fn example_three_regions_parses() {
         c.keyspaces, single.keyspaces,
         "both examples declare the same keyspaces"
     );
+    assert!(single.router.is_none());
+}
+
+/// The three-region example carries the router the README's router commands run with: a name
+/// of each policy, client locations, and every health and proxy key (at its default, as its
+/// comments say).
+#[test]
+fn example_three_regions_has_a_router() {
+    use crate::router::{NoHealthyPolicy, RoutePolicy, RouterHealthConfig, RouterProxyConfig};
+    let c = Config::parse(THREE, "examples/three-regions.toml").unwrap();
+    let r = c.router.as_ref().expect("[router]");
+    assert_eq!(r.zone, "atoll.test.");
+    assert_eq!(r.ttl_secs, 30);
+    assert_eq!(r.health, RouterHealthConfig::default());
+    assert_eq!(r.proxy, RouterProxyConfig::default());
+    let policies: Vec<_> = r
+        .names
+        .iter()
+        .map(|n| (n.fqdn.as_str(), n.policy))
+        .collect();
+    assert_eq!(
+        policies,
+        [
+            ("api.atoll.test.", RoutePolicy::Latency),
+            ("primary.atoll.test.", RoutePolicy::Failover),
+            ("canary.atoll.test.", RoutePolicy::Weighted),
+        ]
+    );
+    let primary = r.name("primary.atoll.test").unwrap();
+    assert_eq!(primary.no_healthy, NoHealthyPolicy::FailClosed);
+    assert_eq!(primary.ttl_secs, 10);
+    let canary = r.name("canary.atoll.test").unwrap();
+    assert_eq!(canary.weights.get("us-east-1"), Some(&3));
+    assert_eq!(canary.weights.get("ap-southeast-1"), Some(&0));
+    assert_eq!(r.names[0].regions.len(), 3, "api is served by every region");
+    assert_eq!(r.client_locations.len(), 2);
+    let paris = r.locate("198.51.100.7".parse().unwrap()).unwrap();
+    assert_eq!(paris, (48.9, 2.35));
+    let dns: Vec<String> = c
+        .regions
+        .iter()
+        .map(|r| r.dns_address.to_string())
+        .collect();
+    assert_eq!(dns, ["127.0.0.11", "127.0.0.12", "127.0.0.13"]);
+    assert!(c.warnings().is_empty(), "{:?}", c.warnings());
+}
+
+/// Every key of `[router]` the parser accepts appears in the three-region example (set or
+/// commented out), so the example documents them all.
+#[test]
+fn example_three_regions_documents_every_router_key() {
+    for key in [
+        "zone =",
+        "ttl_secs =",
+        "no_healthy =",
+        "[router.health]",
+        "interval_ms =",
+        "timeout_ms =",
+        "failure_threshold =",
+        "recovery_threshold =",
+        "initial =",
+        "path =",
+        "expect_status =",
+        "expect_body =",
+        "hold_down_ms =",
+        "outlier_failures =",
+        "ramp_secs =",
+        "[router.proxy]",
+        "connect_timeout_ms =",
+        "request_timeout_ms =",
+        "idle_timeout_ms =",
+        "max_body_bytes =",
+        "[[router.names]]",
+        "policy = \"latency\"",
+        "policy = \"failover\"",
+        "policy = \"weighted\"",
+        "regions =",
+        "weights =",
+        "[[router.client_locations]]",
+        "prefix =",
+        "lat =",
+        "lon =",
+        "dns_address =",
+    ] {
+        assert!(
+            THREE.contains(key),
+            "examples/three-regions.toml lacks `{key}`"
+        );
+    }
 }
 
 #[test]
@@ -862,6 +958,73 @@ fn explain_of_the_examples() {
     }
     let out = ok(SINGLE).explain();
     assert!(out.contains("ratelimits") && out.contains("flags"), "{out}");
+    assert!(out.contains("no [router] section"), "{out}");
+}
+
+/// `atoll config check` shows the router: zone, every health and proxy setting (defaults
+/// marked), every name with its policy and regions, the client locations and DNS answers.
+#[test]
+fn explain_shows_the_router() {
+    let out = ok(THREE).explain();
+    for needle in [
+        "\nrouter\n",
+        "zone      atoll.test.",
+        "ttl_secs  30 (default)",
+        "interval_ms         1000 (default)",
+        "failure_threshold   3 (default)",
+        "a dead region is noticed within 3000 ms",
+        "initial             unhealthy (default)",
+        "expect_body         - (default)",
+        "connect_timeout_ms  1000 (default)",
+        "request_timeout_ms  30000 (default)",
+        "idle_timeout_ms     30000 (default)",
+        "max_body_bytes      16777216 (16 MiB) (default)",
+        "--proxy-request-timeout",
+        "names (3)",
+        "api.atoll.test.",
+        "primary.atoll.test.  failover  us-east-1, eu-west-1, ap-southeast-1",
+        "fail-closed",
+        "us-east-1=3, eu-west-1=1, ap-southeast-1=0",
+        "client_locations (2)",
+        "198.51.100.0/24  lat 48.9, lon 2.35",
+        "203.0.113.0/24   lat 1.35, lon 103.8",
+        "us-east-1       127.0.0.11",
+        "max_json_body_bytes  4194304 (4 MiB) (default)",
+    ] {
+        assert!(out.contains(needle), "`{needle}` not in:\n{out}");
+    }
+    let text = format!(
+        "{BASE}\n[api]\nmax_json_body_bytes = 1024\n\n[router]\n[router.proxy]\nconnect_timeout_ms = 250\nidle_timeout_ms = 0\n\n[[router.names]]\nname = \"api\"\npolicy = \"failover\"\n"
+    );
+    let out = ok(&text).explain();
+    let line = |key: &str| {
+        out.lines()
+            .find(|l| l.trim_start().starts_with(key))
+            .unwrap_or_else(|| panic!("no {key} in:\n{out}"))
+            .split_whitespace()
+            .take(3)
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    assert_eq!(
+        line("connect_timeout_ms"),
+        "connect_timeout_ms 250 (--proxy-connect-timeout;"
+    );
+    assert_eq!(
+        line("idle_timeout_ms"),
+        "idle_timeout_ms 0 (--proxy-idle-timeout;"
+    );
+    assert_eq!(
+        line("request_timeout_ms"),
+        "request_timeout_ms 30000 (default)"
+    );
+    assert_eq!(line("max_json_body_bytes"), "max_json_body_bytes 1024 (1");
+    for needle in [
+        "client_locations (0)",
+        "us-east-1  127.0.0.1 (the api address's IP, default)",
+    ] {
+        assert!(out.contains(needle), "`{needle}` not in:\n{out}");
+    }
 }
 
 #[test]
@@ -929,6 +1092,80 @@ mod router_section {
     }
 
     #[test]
+    fn proxy_timeouts_parse_with_defaults() {
+        let c = Config::parse(&format!("{BASE}{ROUTER}"), "atoll.toml").unwrap();
+        let p = &c.router.as_ref().unwrap().proxy;
+        assert_eq!(
+            (
+                p.connect_timeout_ms,
+                p.request_timeout_ms,
+                p.idle_timeout_ms,
+                p.max_body_bytes
+            ),
+            (1000, 30_000, 30_000, 16 << 20)
+        );
+        let text = format!(
+            "{BASE}{ROUTER}\n[router.proxy]\nconnect_timeout_ms = 200\nrequest_timeout_ms = 5000\nidle_timeout_ms = 0\nmax_body_bytes = 1024\n"
+        );
+        let p = ok(&text).router.unwrap().proxy;
+        assert_eq!(
+            (
+                p.connect_timeout_ms,
+                p.request_timeout_ms,
+                p.idle_timeout_ms,
+                p.max_body_bytes
+            ),
+            (200, 5000, 0, 1024)
+        );
+    }
+
+    #[test]
+    fn bad_proxy_timeouts_are_named() {
+        let with = |body: &str| format!("{BASE}{ROUTER}\n[router.proxy]\n{body}\n");
+        // The line of `body` in `with(body)`.
+        let line = format!("{BASE}{ROUTER}").lines().count() + 3;
+        for (body, key, needles) in [
+            (
+                "connect_timeout_ms = 5",
+                "router.proxy.connect_timeout_ms",
+                &["5 is out of range", "10 to 60000"][..],
+            ),
+            (
+                "request_timeout_ms = 700000",
+                "router.proxy.request_timeout_ms",
+                &["600000"][..],
+            ),
+            (
+                "idle_timeout_ms = -1",
+                "router.proxy.idle_timeout_ms",
+                &["out of range"][..],
+            ),
+            (
+                "max_body_bytes = 10",
+                "router.proxy.max_body_bytes",
+                &["1024"][..],
+            ),
+            // Connecting is part of the request: its timeout must be the shorter one.
+            (
+                "connect_timeout_ms = 40000",
+                "router.proxy.connect_timeout_ms",
+                &["must be shorter than the request timeout (30000 ms)"][..],
+            ),
+            (
+                "request_timeout_ms = 500",
+                "router.proxy.request_timeout_ms",
+                &["connect timeout (1000 ms)"][..],
+            ),
+        ] {
+            let e = err(&with(body));
+            assert_err(&e, Some(line), key, needles);
+        }
+        let e = err(&with("connect_timeout = 5"));
+        assert_eq!(e.key(), Some("router.proxy.connect_timeout"), "{e}");
+        assert!(e.to_string().contains("unknown field"), "{e}");
+    }
+
+    #[test]
     fn long_ttl_is_a_warning() {
         let text = edit(
             &format!("{BASE}{ROUTER}"),
@@ -939,5 +1176,29 @@ mod router_section {
         let w = c.warnings();
         assert_eq!(w.len(), 1);
         assert!(w[0].contains("300"), "{w:?}");
+    }
+}
+
+mod api_section {
+    use super::*;
+
+    #[test]
+    fn max_json_body_bytes_defaults_to_4_mib() {
+        assert_eq!(ok(BASE).api.max_json_body_bytes, 4 << 20);
+        let c = ok(&format!("{BASE}\n[api]\nmax_json_body_bytes = 16777216\n"));
+        assert_eq!(c.api.max_json_body_bytes, 16 << 20);
+        let c = ok(&format!("{BASE}\n[api]\n"));
+        assert_eq!(c.api, ApiConfig::default());
+    }
+
+    #[test]
+    fn bad_max_json_body_bytes_is_named() {
+        let line = BASE.lines().count() + 3;
+        for (value, needle) in [("100", "1024 to 67108864"), ("67108865", "out of range")] {
+            let e = err(&format!("{BASE}\n[api]\nmax_json_body_bytes = {value}\n"));
+            assert_err(&e, Some(line), "api.max_json_body_bytes", &[needle]);
+        }
+        let e = err(&format!("{BASE}\n[api]\nmax_body = 1\n"));
+        assert_eq!(e.key(), Some("api.max_body"), "{e}");
     }
 }

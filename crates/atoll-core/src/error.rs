@@ -27,6 +27,10 @@ pub enum AtollError {
         len: usize,
         max: usize,
     },
+    /// A JSON request body (counter or set update) over the API's limit, which is
+    /// `[api] max_json_body_bytes` (not a keyspace's value limit). `len` when it is known.
+    #[error("{}", request_too_large(*len, *max))]
+    RequestTooLarge { len: Option<usize>, max: usize },
     #[error("malformed request body: {0}")]
     MalformedBody(String),
     #[error("invalid UTF-8 in {0}")]
@@ -61,6 +65,16 @@ pub enum AtollError {
     BadRequest(String),
 }
 
+fn request_too_large(len: Option<usize>, max: usize) -> String {
+    let size = match len {
+        Some(n) => format!("{n} bytes"),
+        None => format!("more than {max} bytes"),
+    };
+    format!(
+        "request body is {size}, over the API's limit of {max} bytes for JSON bodies ([api] max_json_body_bytes)"
+    )
+}
+
 impl AtollError {
     /// Stable machine-readable code.
     pub fn code(&self) -> &'static str {
@@ -70,6 +84,7 @@ impl AtollError {
             Self::EmptyKey => "ATOLL-EMPTY-KEY",
             Self::KeyTooLarge { .. } => "ATOLL-KEY-TOO-LARGE",
             Self::ValueTooLarge { .. } => "ATOLL-VALUE-TOO-LARGE",
+            Self::RequestTooLarge { .. } => "ATOLL-REQUEST-TOO-LARGE",
             Self::MalformedBody(_) => "ATOLL-MALFORMED-BODY",
             Self::InvalidUtf8(_) => "ATOLL-INVALID-UTF8",
             Self::BadContext(_) => "ATOLL-BAD-CONTEXT",
@@ -100,7 +115,7 @@ impl AtollError {
             | Self::BadRequest(_)
             | Self::Config(_) => 400,
             Self::KeyTooLarge { .. } => 414,
-            Self::ValueTooLarge { .. } => 413,
+            Self::ValueTooLarge { .. } | Self::RequestTooLarge { .. } => 413,
             Self::ContextAhead(_) | Self::SiblingLimit { .. } | Self::CounterOverflow(_) => 409,
             Self::ShuttingDown | Self::Overloaded(_) => 503,
             Self::ClockSkew { .. } => 503,
@@ -135,6 +150,9 @@ impl AtollError {
             }
             Self::ValueTooLarge { .. } => {
                 "store large blobs elsewhere and keep a reference here, or raise the keyspace's max_value_bytes"
+            }
+            Self::RequestTooLarge { .. } => {
+                "send the update in several smaller requests, or raise max_json_body_bytes in the [api] section of atoll.toml (default 4 MiB, at most 64 MiB) and restart the regions"
             }
             Self::MalformedBody(_) => "check the request body against GET /v1/openapi.json",
             Self::InvalidUtf8(_) => "send UTF-8 text where the API expects text",

@@ -33,7 +33,7 @@ pub struct LinkArgs {
 pub enum LinkCommand {
     /// Serve links (a TCP proxy per link) and the control API until SIGINT/SIGTERM.
     #[command(
-        after_help = "Examples:\n  atoll link serve --config links.toml --control 127.0.0.1:7400\n  atoll link serve --cluster atoll.toml --listen-base 7300\n\nWith --cluster, link A->B (one per ordered pair of regions, in file order) listens on\n127.0.0.1:<listen-base + k> and forwards to B's peer address, with the geo model's delay when\nboth regions have a location. One line per link is printed:\n  link NAME listening on ADDR -> UPSTREAM (one-way X ms)\nthen `atoll link control on http://ADDR`."
+        after_help = "Examples:\n  atoll link serve --config links.toml --control 127.0.0.1:7400\n  atoll link serve --cluster atoll.toml --listen-base 7300\n\nWith --cluster, link A->B (one per ordered pair of regions, in file order) listens on\n127.0.0.1:<listen-base + k> and forwards to B's peer address, with the geo model's delay when\nboth regions have a location. One line per link is printed:\n  link NAME listening on ADDR -> UPSTREAM (one-way X ms)\nthen `atoll link control on http://ADDR`, then the `--peer-via` flags each region must be started\nwith for its replication to go through the links (a region reaches its peers at their\nconfigured addresses otherwise, and the links carry nothing)."
     )]
     Serve(ServeArgs),
     /// List the links: addresses, shaping, active faults and counters.
@@ -301,10 +301,45 @@ pub async fn serve_with(
     if let Some(addr) = server.control_addr() {
         out(format!("atoll link control on http://{addr}"));
     }
+    for line in peer_via_lines(&server.specs()) {
+        out(line);
+    }
     stop.await;
     tracing::info!("stopping: every fault ends with this process");
     server.shutdown().await;
     Ok(())
+}
+
+/// What each region must be started with for its replication to go through the links: the
+/// links only carry what is sent to them, and a region sends to its peers' configured
+/// addresses unless told otherwise with `atoll region --peer-via PEER=ADDR`. One line per region
+/// that has links from it (regions from the link names or `from`/`to`), after a heading; none
+/// when no link names its regions.
+pub fn peer_via_lines(specs: &[crate::model::LinkSpec]) -> Vec<String> {
+    let mut by_region: Vec<(String, Vec<String>)> = Vec::new();
+    for s in specs {
+        let (Some(from), Some(to)) = (&s.from_region, &s.to_region) else {
+            continue;
+        };
+        let flag = format!("--peer-via {to}={}", s.listen);
+        match by_region.iter_mut().find(|(r, _)| r == from.as_str()) {
+            Some((_, flags)) => flags.push(flag),
+            None => by_region.push((from.to_string(), vec![flag])),
+        }
+    }
+    if by_region.is_empty() {
+        return Vec::new();
+    }
+    let mut out = vec![
+        "regions replicate through these links only when started with --peer-via:".to_string(),
+    ];
+    for (region, flags) in by_region {
+        out.push(format!(
+            "  atoll region --region {region} ... {}",
+            flags.join(" ")
+        ));
+    }
+    out
 }
 
 /// `link NAME listening on ADDR -> UPSTREAM (one-way X ms)` (the line `serve` prints per link).

@@ -735,6 +735,30 @@ async fn serve_from_a_cluster_config() {
     assert_eq!(links[0].2, "127.0.0.1:7101");
     assert_eq!(links[1].0, "eu-west-1->us-east-1");
     assert_eq!(links[1].2, "127.0.0.1:7100");
+    // Then how each region reaches its peers through the links.
+    let mut next = Vec::new();
+    for _ in 0..3 {
+        let line = tokio::time::timeout(Duration::from_secs(5), rx.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        next.push(line);
+    }
+    assert!(next[0].contains("--peer-via"), "{next:?}");
+    assert_eq!(
+        next[1],
+        format!(
+            "  atoll region --region us-east-1 ... --peer-via eu-west-1={}",
+            links[0].1
+        )
+    );
+    assert_eq!(
+        next[2],
+        format!(
+            "  atoll region --region eu-west-1 ... --peer-via us-east-1={}",
+            links[1].1
+        )
+    );
     stop_tx.send(()).unwrap();
     tokio::time::timeout(Duration::from_secs(5), task)
         .await

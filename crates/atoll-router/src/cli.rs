@@ -15,10 +15,14 @@ pub const TOKEN_ENV: &str = "ATOLL_ADMIN_TOKEN";
 
 const SERVE_EXAMPLES: &str = "\
 Examples:
-  ATOLL_ADMIN_TOKEN=s3cret atoll router --config atoll.toml --proxy 127.0.0.1:8080 --admin 127.0.0.1:7300 --state-dir /var/lib/atoll-router
-  atoll router --config atoll.toml --dns 127.0.0.1:5353 --admin 127.0.0.1:7300 --state-dir router-state --admin-token-file /etc/atoll/admin-token
-  atoll router drain us-east-1 --reason 'kernel upgrade' --for 30m --admin http://127.0.0.1:7300
-  atoll router status --admin http://127.0.0.1:7300
+  ATOLL_ADMIN_TOKEN=s3cret atoll router --config examples/three-regions.toml --proxy 127.0.0.1:7180 --admin 127.0.0.1:7181 --state-dir /tmp/atoll-router
+  atoll router --config atoll.toml --dns 127.0.0.1:7153 --admin 127.0.0.1:7181 --state-dir router-state --admin-token-file /etc/atoll/admin-token
+  atoll router --config atoll.toml --proxy 127.0.0.1:7180 --proxy-request-timeout 5s --proxy-connect-timeout 300ms --admin 127.0.0.1:7181 --state-dir router-state
+  atoll router drain us-east-1 --reason 'kernel upgrade' --for 30m --admin http://127.0.0.1:7181
+  atoll router status --admin http://127.0.0.1:7181
+
+The config needs a [router] section (examples/three-regions.toml has one, every key explained).
+Proxy timeouts and the body limit come from [router.proxy]; the --proxy-* flags override them.
 
 The admin API needs `Authorization: Bearer <token>` on every route except GET /healthz and
 GET /metrics (Prometheus scrapes metrics without a token).";
@@ -61,6 +65,62 @@ pub struct ServeArgs {
     /// Read the admin token from this file instead of ATOLL_ADMIN_TOKEN.
     #[arg(long, value_name = "FILE")]
     pub admin_token_file: Option<PathBuf>,
+    /// Proxy: longest wait for a connection to a region, e.g. 500ms or 2s; a request that could
+    /// not connect is retried on the next region [default: [router.proxy] connect_timeout_ms,
+    /// else 1s].
+    #[arg(long, value_name = "DURATION", value_parser = duration_arg)]
+    pub proxy_connect_timeout: Option<u64>,
+    /// Proxy: longest wait for a region's response head, connecting included, e.g. 10s; only
+    /// idempotent requests are retried after it [default: [router.proxy] request_timeout_ms,
+    /// else 30s].
+    #[arg(long, value_name = "DURATION", value_parser = duration_arg)]
+    pub proxy_request_timeout: Option<u64>,
+    /// Proxy: how long an idle connection to a region is kept for reuse, e.g. 90s (0: none is
+    /// kept) [default: [router.proxy] idle_timeout_ms, else 30s].
+    #[arg(long, value_name = "DURATION", value_parser = duration_arg)]
+    pub proxy_idle_timeout: Option<u64>,
+    /// Proxy: largest request body, in bytes (bodies are buffered to be replayable on another
+    /// region) [default: [router.proxy] max_body_bytes, else 16777216].
+    #[arg(long, value_name = "BYTES")]
+    pub proxy_max_body_bytes: Option<u64>,
+}
+
+/// A duration flag in milliseconds: `0`, or `500ms`, `2s`, `1m`, `1m30s`.
+fn duration_arg(s: &str) -> Result<u64, String> {
+    if s.trim() == "0" {
+        return Ok(0);
+    }
+    crate::admin::parse_duration_ms(s)
+}
+
+/// The config's `[router.proxy]` with the command line's overrides applied, checked.
+pub fn proxy_settings(
+    config: &atoll_config::router::RouterProxyConfig,
+    a: &ServeArgs,
+) -> Result<atoll_config::router::RouterProxyConfig> {
+    let mut p = config.clone();
+    if let Some(v) = a.proxy_connect_timeout {
+        p.connect_timeout_ms = v;
+    }
+    if let Some(v) = a.proxy_request_timeout {
+        p.request_timeout_ms = v;
+    }
+    if let Some(v) = a.proxy_idle_timeout {
+        p.idle_timeout_ms = v;
+    }
+    if let Some(v) = a.proxy_max_body_bytes {
+        p.max_body_bytes = v;
+    }
+    p.check().map_err(|(key, message)| {
+        let flag = match key {
+            "connect_timeout_ms" => "--proxy-connect-timeout",
+            "request_timeout_ms" => "--proxy-request-timeout",
+            "idle_timeout_ms" => "--proxy-idle-timeout",
+            _ => "--proxy-max-body-bytes",
+        };
+        anyhow!("{flag} (router.proxy.{key}): {message}")
+    })?;
+    Ok(p)
 }
 
 /// Where a running router's admin API is, and its token.
@@ -79,7 +139,7 @@ pub struct AdminClientArgs {
 pub enum RouterCommand {
     /// Take a region out of rotation: no new traffic until undrained (or `--for` has passed).
     #[command(
-        after_help = "Examples:\n  atoll router drain us-east-1 --reason 'kernel upgrade' --admin http://127.0.0.1:7300\n  atoll router drain eu-west-1 --reason 'drill' --for 30m --admin http://127.0.0.1:7300"
+        after_help = "Examples:\n  atoll router drain us-east-1 --reason 'kernel upgrade' --admin http://127.0.0.1:7181\n  atoll router drain eu-west-1 --reason 'drill' --for 30m --admin http://127.0.0.1:7181"
     )]
     Drain {
         region: String,
@@ -94,7 +154,7 @@ pub enum RouterCommand {
     },
     /// Put a drained region back into rotation.
     #[command(
-        after_help = "Example:\n  atoll router undrain us-east-1 --admin http://127.0.0.1:7300"
+        after_help = "Example:\n  atoll router undrain us-east-1 --admin http://127.0.0.1:7181"
     )]
     Undrain {
         region: String,
@@ -103,7 +163,7 @@ pub enum RouterCommand {
     },
     /// Set a region's weight for a weighted routed name (0: only when nothing else is healthy).
     #[command(
-        after_help = "Examples:\n  atoll router weight api us-east-1 3 --admin http://127.0.0.1:7300\n  atoll router weight api eu-west-1 0 --admin http://127.0.0.1:7300"
+        after_help = "Examples:\n  atoll router weight canary us-east-1 3 --admin http://127.0.0.1:7181\n  atoll router weight canary eu-west-1 0 --admin http://127.0.0.1:7181"
     )]
     Weight {
         name: String,
@@ -114,7 +174,7 @@ pub enum RouterCommand {
     },
     /// Show every region's health as the router sees it, drains, ramps and each name's mode.
     #[command(
-        after_help = "Examples:\n  atoll router status --admin http://127.0.0.1:7300\n  atoll router status --admin http://127.0.0.1:7300 --json"
+        after_help = "Examples:\n  atoll router status --admin http://127.0.0.1:7181\n  atoll router status --admin http://127.0.0.1:7181 --json"
     )]
     Status {
         /// Print the raw JSON.
@@ -171,14 +231,17 @@ async fn shutdown_signal() {
 }
 
 async fn serve(a: ServeArgs) -> Result<()> {
-    let config = a.config.context("--config is required")?;
+    let config = a.config.clone().context("--config is required")?;
     let admin = a.admin.context("--admin ADDR is required")?;
-    let state_dir = a.state_dir.context("--state-dir is required")?;
+    let state_dir = a.state_dir.clone().context("--state-dir is required")?;
     if a.proxy.is_none() && a.dns.is_none() {
         bail!("nothing to serve: pass --proxy ADDR and/or --dns ADDR");
     }
     let token = admin_token(a.admin_token_file.as_deref())?;
-    let cfg = atoll_config::Config::load(&config).map_err(anyhow::Error::msg)?;
+    let mut cfg = atoll_config::Config::load(&config).map_err(anyhow::Error::msg)?;
+    if let Some(rc) = cfg.router.as_mut() {
+        rc.proxy = proxy_settings(&rc.proxy, &a)?;
+    }
     let mut opts = RouterOptions::new(Arc::new(cfg), admin, state_dir, token);
     opts.proxy_listen = a.proxy;
     opts.dns_listen = a.dns;
@@ -268,6 +331,7 @@ async fn client(cmd: RouterCommand) -> Result<()> {
             client,
         } => {
             let mut body = json!({"reason": reason});
+            let for_given = for_.clone();
             if let Some(f) = for_ {
                 body["for"] = Value::String(f);
             }
@@ -278,10 +342,12 @@ async fn client(cmd: RouterCommand) -> Result<()> {
                 Some(body),
             )
             .await?;
-            let until = v["drained"]["until_ms"]
-                .as_u64()
-                .map(|u| format!(" until {u} ms since the epoch"))
-                .unwrap_or_default();
+            let until = match (&for_given, v["drained"]["until_ms"].as_u64()) {
+                (Some(f), Some(u)) => {
+                    format!(" for {f} (until {u} ms since the epoch), then routed to again")
+                }
+                _ => ": no new traffic until `atoll router undrain`".to_string(),
+            };
             println!("drained {region}{until}");
         }
         RouterCommand::Undrain { region, client } => {
@@ -352,6 +418,8 @@ pub fn render_status(v: &Value) -> String {
         let mode = n["mode"].as_str().unwrap_or("?");
         let flag = if mode == "normal" {
             ""
+        } else if n["starting"].as_bool().unwrap_or(false) {
+            "  (starting: first health checks not finished)"
         } else {
             "  << no healthy region"
         };
@@ -435,6 +503,66 @@ mod tests {
     }
 
     #[test]
+    fn proxy_flags_override_the_config() {
+        use atoll_config::router::RouterProxyConfig;
+        let serve = |extra: &[&str]| {
+            let mut v = vec![
+                "--config",
+                "a.toml",
+                "--proxy",
+                "127.0.0.1:0",
+                "--admin",
+                "127.0.0.1:0",
+                "--state-dir",
+                "d",
+            ];
+            v.extend_from_slice(extra);
+            parse(&v).map(|a| a.serve)
+        };
+        let from_config = RouterProxyConfig {
+            connect_timeout_ms: 200,
+            ..RouterProxyConfig::default()
+        };
+        // No flag: the config's values.
+        let a = serve(&[]).unwrap();
+        assert_eq!(proxy_settings(&from_config, &a).unwrap(), from_config);
+        let a = serve(&[
+            "--proxy-connect-timeout",
+            "300ms",
+            "--proxy-request-timeout",
+            "1m30s",
+            "--proxy-idle-timeout",
+            "0",
+            "--proxy-max-body-bytes",
+            "4096",
+        ])
+        .unwrap();
+        assert_eq!(
+            proxy_settings(&from_config, &a).unwrap(),
+            RouterProxyConfig {
+                connect_timeout_ms: 300,
+                request_timeout_ms: 90_000,
+                idle_timeout_ms: 0,
+                max_body_bytes: 4096,
+            }
+        );
+        assert!(serve(&["--proxy-request-timeout", "soon"]).is_err());
+        // Out of range, or a connect timeout that is not shorter than the request's: named.
+        let a = serve(&["--proxy-request-timeout", "20ms"]).unwrap();
+        let e = proxy_settings(&from_config, &a).unwrap_err().to_string();
+        assert!(
+            e.contains("--proxy-request-timeout") && e.contains("100"),
+            "{e}"
+        );
+        let a = serve(&["--proxy-connect-timeout", "40s"]).unwrap();
+        let e = proxy_settings(&from_config, &a).unwrap_err().to_string();
+        assert!(
+            e.contains("--proxy-connect-timeout") && e.contains("shorter"),
+            "{e}"
+        );
+    }
+
+    #[test]
     fn help_has_examples() {
         Top::command().debug_assert();
         let mut cmd = Top::command();
@@ -469,5 +597,13 @@ mod tests {
         assert!(s.contains("DRAINED (upgrade)"));
         assert!(s.contains("ramping 50%"));
         assert!(s.contains("no healthy region"));
+        let mut v = v;
+        v["names"][0]["starting"] = json!(true);
+        let s = render_status(&v);
+        assert!(
+            s.contains("starting: first health checks not finished"),
+            "{s}"
+        );
+        assert!(!s.contains("no healthy region"), "{s}");
     }
 }

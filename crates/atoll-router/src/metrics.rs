@@ -86,8 +86,8 @@ pub struct RouterMetrics {
     pub ejections: Family<RegionLabel, Counter>,
     /// The DNS server's metrics (registered in the same registry).
     pub dns: DnsMetrics,
-    /// name -> (mode, when its error line was last logged).
-    modes: Mutex<BTreeMap<String, (Mode, u64)>>,
+    /// name -> (mode, starting, when its log line was last written).
+    modes: Mutex<BTreeMap<String, (Mode, bool, u64)>>,
 }
 
 fn request_buckets() -> Histogram {
@@ -281,19 +281,28 @@ impl RouterMetrics {
     }
 
     /// Records the mode a routed name is served in (every decision may call this; it is cheap).
-    /// Sets `atoll_router_fail_open_active{name,mode}`, and logs at error level on entering a
-    /// no-healthy mode (again every minute while it lasts) and at info level on leaving it.
-    pub fn record_mode(&self, name: &str, mode: Mode, now_ms: u64) {
+    /// Sets `atoll_router_fail_open_active{name,mode}`, and logs on every change:
+    ///
+    /// - `starting` (some region of the name has no verdict from the health checks yet, see
+    ///   [`RouterState::starting`]): a no-healthy mode is expected, not a failure, and is logged
+    ///   once at info level;
+    /// - a no-healthy mode once every region has a verdict: at error level (again every minute
+    ///   while it lasts), since the router is failing open, closed or to the last known good
+    ///   regions for real;
+    /// - back to normal: at info level.
+    pub fn record_mode(&self, name: &str, mode: Mode, starting: bool, now_ms: u64) {
         let Ok(mut modes) = self.modes.lock() else {
             return;
         };
+        // Starting only matters while no region is routable.
+        let starting = starting && mode != Mode::Normal;
         let prev = modes.get(name).copied();
-        let changed = prev.is_none_or(|(m, _)| m != mode);
-        let due = prev.is_some_and(|(_, at)| now_ms.saturating_sub(at) >= MODE_LOG_REPEAT_MS);
-        if !changed && (mode == Mode::Normal || !due) {
+        let changed = prev.is_none_or(|(m, s, _)| m != mode || s != starting);
+        let due = prev.is_some_and(|(_, _, at)| now_ms.saturating_sub(at) >= MODE_LOG_REPEAT_MS);
+        if !changed && (mode == Mode::Normal || starting || !due) {
             return;
         }
-        if changed {
+        if prev.is_none_or(|(m, _, _)| m != mode) {
             for m in NO_HEALTHY_MODES {
                 self.fail_open_active
                     .get_or_create(&ModeLabels {
@@ -304,11 +313,21 @@ impl RouterMetrics {
             }
         }
         match mode {
-            Mode::Normal => {
-                if prev.is_some_and(|(m, _)| m != Mode::Normal) {
+            Mode::Normal => match prev {
+                Some((m, true, _)) if m != Mode::Normal => {
+                    tracing::info!(name, "first health checks passed: routing normally");
+                }
+                Some((m, false, _)) if m != Mode::Normal => {
                     tracing::info!(name, "healthy regions are back: routing normally again");
                 }
-            }
+                _ => {}
+            },
+            m if starting => tracing::info!(
+                name,
+                mode = mode_str(m),
+                "router starting: no region has passed a health check yet; routing by the no_healthy policy ({}) until one does, or every region has failed failure_threshold checks",
+                mode_str(m)
+            ),
             Mode::FailOpen => tracing::error!(
                 name,
                 mode = mode_str(mode),
@@ -325,7 +344,7 @@ impl RouterMetrics {
                 "no healthy region: routing to the last known good regions"
             ),
         }
-        modes.insert(name.to_string(), (mode, now_ms));
+        modes.insert(name.to_string(), (mode, starting, now_ms));
     }
 
     /// Brings the health, drain and mode gauges in line with `state`.
@@ -343,7 +362,7 @@ impl RouterMetrics {
                 .set(i64::from(r.drained.is_some()));
         }
         for n in &status.names {
-            self.record_mode(&n.name, n.mode, now_ms);
+            self.record_mode(&n.name, n.mode, n.starting, now_ms);
         }
     }
 }
@@ -373,7 +392,7 @@ mod tests {
         m.region_drained
             .get_or_create(&RouterMetrics::region("a"))
             .set(0);
-        m.record_mode("api.atoll.test.", Mode::FailOpen, 0);
+        m.record_mode("api.atoll.test.", Mode::FailOpen, false, 0);
         m.dns
             .queries
             .get_or_create(&crate::dns::QueryLabels {
@@ -413,12 +432,12 @@ mod tests {
     #[test]
     fn modes_set_the_gauge_and_clear_it() {
         let m = RouterMetrics::new();
-        m.record_mode("a.", Mode::FailClosed, 0);
+        m.record_mode("a.", Mode::FailClosed, false, 0);
         assert!(
             m.encode()
                 .contains("atoll_router_fail_open_active{name=\"a.\",mode=\"fail-closed\"} 1")
         );
-        m.record_mode("a.", Mode::Normal, 10);
+        m.record_mode("a.", Mode::Normal, false, 10);
         let text = m.encode();
         assert!(text.contains("atoll_router_fail_open_active{name=\"a.\",mode=\"fail-closed\"} 0"));
         assert!(

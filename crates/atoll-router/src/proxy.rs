@@ -31,7 +31,7 @@ use crate::policy::Mode;
 use crate::prober::describe_client_error;
 use crate::runtime::RouterCtx;
 use crate::state::RegionEntry;
-use atoll_config::router::RoutedName;
+use atoll_config::router::{RoutedName, RouterProxyConfig};
 use atoll_core::RegionId;
 use axum::body::Body;
 use axum::extract::{ConnectInfo, Request, State};
@@ -61,22 +61,32 @@ pub struct ProxySettings {
     pub max_body_bytes: usize,
     /// Longest wait for a connection to a region (a failure here is always retried).
     pub connect_timeout: Duration,
-    /// Longest wait for a region's response head once the request is sent.
+    /// Longest wait for a region's response head once the request is sent (connecting
+    /// included).
     pub upstream_timeout: Duration,
     /// How long an idle pooled connection to a region is kept.
     pub pool_idle_timeout: Duration,
-    /// Most idle pooled connections per region.
+    /// Most idle pooled connections per region (0: none is kept).
     pub pool_max_idle_per_region: usize,
 }
 
 impl Default for ProxySettings {
+    /// The defaults of `[router.proxy]`.
     fn default() -> Self {
+        Self::from_config(&RouterProxyConfig::default())
+    }
+}
+
+impl ProxySettings {
+    /// The settings of a config's `[router.proxy]` (an idle timeout of 0 keeps no idle
+    /// connection).
+    pub fn from_config(c: &RouterProxyConfig) -> Self {
         Self {
-            max_body_bytes: 16 << 20,
-            connect_timeout: Duration::from_secs(1),
-            upstream_timeout: Duration::from_secs(30),
-            pool_idle_timeout: Duration::from_secs(30),
-            pool_max_idle_per_region: 64,
+            max_body_bytes: usize::try_from(c.max_body_bytes).unwrap_or(usize::MAX),
+            connect_timeout: Duration::from_millis(c.connect_timeout_ms),
+            upstream_timeout: Duration::from_millis(c.request_timeout_ms),
+            pool_idle_timeout: Duration::from_millis(c.idle_timeout_ms),
+            pool_max_idle_per_region: if c.idle_timeout_ms == 0 { 0 } else { 64 },
         }
     }
 }
@@ -332,7 +342,7 @@ impl Proxy {
                             "the request body is over the router's limit of {} bytes",
                             self.settings.max_body_bytes
                         ),
-                        "the router buffers request bodies so that it can replay them on another region; send smaller requests or talk to a region directly",
+                        "the router buffers request bodies so that it can replay them on another region; raise [router.proxy] max_body_bytes in the config (or --proxy-max-body-bytes), send smaller requests, or talk to a region directly",
                         false,
                     ),
                 );
@@ -371,11 +381,20 @@ impl Proxy {
                 );
             }
         };
+        // Only a decision without a healthy region needs to know whether the router is still
+        // waiting for its first checks.
+        let starting =
+            choice.mode != Mode::Normal && self.ctx.state.starting(&self.name).unwrap_or(false);
         self.ctx
             .metrics
-            .record_mode(&self.name.fqdn, choice.mode, now);
+            .record_mode(&self.name.fqdn, choice.mode, starting, now);
         if choice.ranked.is_empty() {
             let why = match choice.mode {
+                m if starting => format!(
+                    "the router is starting: no region serving `{}` has passed a health check yet, and its no_healthy policy is {}",
+                    self.name.fqdn,
+                    mode_str(m)
+                ),
                 Mode::FailClosed => format!(
                     "no region serving `{}` is healthy, and its no_healthy policy is fail-closed",
                     self.name.fqdn

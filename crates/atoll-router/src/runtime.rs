@@ -78,13 +78,19 @@ pub struct RouterOptions {
 
 impl RouterOptions {
     /// Options with the admin API only (set `proxy_listen` / `dns_listen` to serve traffic),
-    /// the system clock and default proxy settings.
+    /// the system clock and the proxy settings of the config's `[router.proxy]` (defaults if
+    /// the config has no `[router]`).
     pub fn new(
         config: Arc<Config>,
         admin_listen: SocketAddr,
         state_dir: PathBuf,
         admin_token: String,
     ) -> Self {
+        let proxy = config
+            .router
+            .as_ref()
+            .map(|r| ProxySettings::from_config(&r.proxy))
+            .unwrap_or_default();
         Self {
             config,
             proxy_listen: None,
@@ -94,7 +100,7 @@ impl RouterOptions {
             admin_token,
             proxy_name: None,
             clock: Arc::new(SystemClock),
-            proxy: ProxySettings::default(),
+            proxy,
         }
     }
 }
@@ -121,7 +127,7 @@ pub fn proxy_name(config: &Config, wanted: Option<&str>) -> Result<RoutedName, R
     let rc = config
         .router
         .as_ref()
-        .ok_or_else(|| RouterError::Config("the config has no [router] section".into()))?;
+        .ok_or_else(|| RouterError::Config("the config has no [router] section: add one (examples/three-regions.toml has one, every key explained)".into()))?;
     let all = || {
         rc.names
             .iter()
@@ -278,7 +284,15 @@ impl Router {
 
         let mut proxy_addr = None;
         if let (Some((listener, bound)), Some(name)) = (proxy_listener, proxy_routed) {
-            tracing::info!(name = %name.fqdn, policy = name.policy.as_str(), "proxy routes by this name's policy");
+            tracing::info!(
+                name = %name.fqdn,
+                policy = name.policy.as_str(),
+                connect_timeout_ms = opts.proxy.connect_timeout.as_millis() as u64,
+                request_timeout_ms = opts.proxy.upstream_timeout.as_millis() as u64,
+                idle_timeout_ms = opts.proxy.pool_idle_timeout.as_millis() as u64,
+                max_body_bytes = opts.proxy.max_body_bytes,
+                "proxy routes by this name's policy"
+            );
             let p = Arc::new(Proxy::new(ctx.clone(), name, opts.proxy.clone()));
             servers.push(tokio::spawn(serve_app(
                 "proxy",

@@ -68,6 +68,10 @@ pub struct NameStatus {
     pub no_healthy: String,
     /// `normal`, or which no-healthy behaviour is in force right now.
     pub mode: Mode,
+    /// The router is starting for this name: some region of it has no verdict from the health
+    /// checks yet (state `unknown`: neither its first good check nor `failure_threshold` failed
+    /// ones). A no-healthy mode then means "not decided yet", not "every region failed".
+    pub starting: bool,
     pub weights: BTreeMap<String, u32>,
 }
 
@@ -114,7 +118,7 @@ impl RouterState {
         let rc = config
             .router
             .clone()
-            .ok_or_else(|| AtollError::Config("the config has no [router] section".into()))?;
+            .ok_or_else(|| AtollError::Config("the config has no [router] section: add one (examples/three-regions.toml has one, every key explained)".into()))?;
         let h = &rc.health;
         let health_cfg = HealthConfig {
             interval_ms: h.interval_ms,
@@ -378,6 +382,25 @@ impl RouterState {
         Ok(dropped)
     }
 
+    /// Whether the router is still starting for `name`: some region serving it has no verdict
+    /// from the health checks yet (with `initial = "unhealthy"`, a region is `unknown`, and not
+    /// routed to, until its first good check or `failure_threshold` failed ones). Once every
+    /// region has a verdict, a name with no healthy region is failing open (or closed) for real.
+    /// Regions started together with the router are thus given `interval_ms x
+    /// failure_threshold` to come up before that is called a failure.
+    pub fn starting(&self, name: &RoutedName) -> Result<bool> {
+        let inner = self.lock()?;
+        Ok(self.starting_in(&inner, name))
+    }
+
+    fn starting_in(&self, inner: &Inner, name: &RoutedName) -> bool {
+        name.regions.iter().any(|r| {
+            self.region(r)
+                .and_then(|e| inner.health.get(&e.name))
+                .is_some_and(|h| h.state() == HealthState::Unknown)
+        })
+    }
+
     /// Chooses regions for a query of `fqdn` (DNS) or a request routed by `fqdn`'s policy
     /// (proxy). `None` if the name is not routed. `rand` is uniform in [0, 1).
     pub fn decide(
@@ -446,19 +469,20 @@ impl RouterState {
         let mut names = Vec::new();
         for n in &self.config.names {
             let choice = self.decide(n, None, 0.0, now_ms)?;
-            let weights = {
+            let (weights, starting) = {
                 let inner = self.lock()?;
                 let mut w = n.weights.clone();
                 if let Some(o) = inner.persisted.weights.get(&n.fqdn) {
                     w.extend(o.iter().map(|(k, v)| (k.clone(), *v)));
                 }
-                w
+                (w, self.starting_in(&inner, n))
             };
             names.push(NameStatus {
                 name: n.fqdn.clone(),
                 policy: n.policy.as_str().to_string(),
                 no_healthy: n.no_healthy.as_str().to_string(),
                 mode: choice.mode,
+                starting,
                 weights,
             });
         }
@@ -533,6 +557,52 @@ policy = "weighted"
         assert!(s.drain("us-east-1", " ", None, 0).is_err());
         s.drain("eu-west-1", "test", Some(100), 0).unwrap();
         assert_eq!(s.expire_drains(100).unwrap(), vec!["eu-west-1".to_string()]);
+    }
+
+    #[test]
+    fn starting_until_every_region_of_a_name_has_a_verdict() {
+        let s = state();
+        let api = s.config().name("api.atoll.test.").unwrap().clone();
+        let status = |s: &RouterState| s.status(0).unwrap().names[0].clone();
+        assert!(s.starting(&api).unwrap());
+        assert!(status(&s).starting);
+        // One region failed its first check, the other is not checked yet: still starting.
+        s.observe_probe(&r("us-east-1"), Probe::Failed("refused".into()), None, 0)
+            .unwrap();
+        assert!(s.starting(&api).unwrap());
+        assert_eq!(status(&s).mode, Mode::FailClosed);
+        // Every region checked, none healthy: no longer starting, a real no-healthy mode.
+        s.observe_probe(&r("eu-west-1"), Probe::Failed("refused".into()), None, 0)
+            .unwrap();
+        assert!(!s.starting(&api).unwrap());
+        let st = status(&s);
+        assert_eq!((st.mode, st.starting), (Mode::FailClosed, false));
+    }
+
+    #[test]
+    fn a_region_without_a_verdict_keeps_its_names_starting() {
+        // failure_threshold 3: one failed check is no verdict yet.
+        let c = Config::parse(
+            &CONFIG.replace("failure_threshold = 1", "failure_threshold = 3"),
+            "t.toml",
+        )
+        .unwrap();
+        let s = RouterState::new(&c).unwrap();
+        let api = s.config().name("api.atoll.test.").unwrap().clone();
+        for region in ["us-east-1", "eu-west-1"] {
+            s.observe_probe(&r(region), Probe::Failed("refused".into()), None, 0)
+                .unwrap();
+        }
+        assert!(s.starting(&api).unwrap(), "1 of 3 failures is no verdict");
+        for _ in 0..2 {
+            s.observe_probe(&r("us-east-1"), Probe::Failed("refused".into()), None, 0)
+                .unwrap();
+        }
+        assert!(s.starting(&api).unwrap(), "eu-west-1 is still undecided");
+        s.observe_probe(&r("eu-west-1"), Probe::Ok, Some(1.0), 0)
+            .unwrap();
+        assert!(!s.starting(&api).unwrap());
+        assert_eq!(s.decide(&api, None, 0.0, 0).unwrap().mode, Mode::Normal);
     }
 
     #[test]

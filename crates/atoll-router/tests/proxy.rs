@@ -362,11 +362,21 @@ async fn fail_closed_refuses_with_503_and_says_so() {
     assert!(routed_to(&r).is_none());
     let e: Value = r.json().await.unwrap();
     assert_eq!(e["error"]["code"], "ATOLL-NO-HEALTHY-REGION");
+    let message = e["error"]["message"].as_str().unwrap();
     assert!(
-        e["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("fail-closed")
+        message.contains("fail-closed") && message.contains("starting"),
+        "{message}"
+    );
+    // Once every region has been checked (and failed), it is no longer "starting".
+    down(&ctx, "a");
+    down(&ctx, "b");
+    let r = c.get(&url).send().await.unwrap();
+    assert_eq!(r.status(), 503);
+    let e: Value = r.json().await.unwrap();
+    let message = e["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("fail-closed") && !message.contains("starting"),
+        "{message}"
     );
     assert!(a.requests().is_empty() && b.requests().is_empty());
     assert_eq!(name_mode(&ctx, "api.atoll.test."), RouteMode::FailClosed);
@@ -377,7 +387,7 @@ async fn fail_closed_refuses_with_503_and_says_so() {
             &ctx.metrics.encode(),
             r#"atoll_router_requests_total{region="none",code="503"}"#
         ),
-        Some(1.0)
+        Some(2.0)
     );
 
     up(&ctx, "b", 1.0);

@@ -95,6 +95,133 @@ async fn refuses_to_start_when_something_is_wrong() {
     h.shutdown().await;
 }
 
+/// Until every region has had its first health check, a name without a healthy region is
+/// starting, not failing open: that is logged at info level. Once every region has been checked
+/// and none is healthy, failing open is real and logged at error level.
+#[tokio::test]
+async fn start_logs_starting_at_info_and_a_real_fail_open_at_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = FakeRegion::start("a").await;
+    let logs = Logs::capture();
+    let h = Router::start(opts(config(&[("a", a.addr)], ROUTER), dir.path()))
+        .await
+        .unwrap();
+    eventually(
+        Duration::from_secs(5),
+        "both names routing normally",
+        || async {
+            (logs
+                .at("INFO")
+                .iter()
+                .filter(|l| l.contains("first health checks passed"))
+                .count()
+                == 2)
+                .then_some(())
+        },
+    )
+    .await;
+    h.shutdown().await;
+    assert!(logs.at("ERROR").is_empty(), "{}", logs.text());
+    for name in ["api.atoll.test.", "w.atoll.test."] {
+        assert!(
+            logs.at("INFO")
+                .iter()
+                .any(|l| l.contains("router starting") && l.contains(name)),
+            "no starting line for {name}:\n{}",
+            logs.text()
+        );
+    }
+    drop(logs);
+
+    // Nothing answers: after the first round of checks the router fails open for real.
+    let dead = refused_addr().await;
+    let logs = Logs::capture();
+    let h = Router::start(opts(config(&[("a", dead)], ROUTER), dir.path()))
+        .await
+        .unwrap();
+    eventually(
+        Duration::from_secs(5),
+        "an error line for failing open",
+        || async {
+            logs.at("ERROR")
+                .iter()
+                .any(|l| l.contains("failing open") && l.contains("api.atoll.test."))
+                .then_some(())
+        },
+    )
+    .await;
+    let st = h.state().status(h.ctx().now_ms()).unwrap();
+    assert!(st.names.iter().all(|n| !n.starting), "{st:?}");
+    h.shutdown().await;
+    let text = logs.text();
+    let starting = text.find("router starting").expect("a starting line first");
+    let failing = text.find("failing open").unwrap();
+    assert!(starting < failing, "{text}");
+}
+
+/// The proxy's timeouts and body limit come from `[router.proxy]` (what `atoll router` and
+/// `atoll demo` start routers with).
+#[tokio::test]
+async fn proxy_limits_and_timeouts_come_from_the_config() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = FakeRegion::start("a").await;
+    a.set_data(Mode::Hang);
+    let router = format!(
+        "{ROUTER}\n[router.proxy]\nconnect_timeout_ms = 100\nrequest_timeout_ms = 300\nidle_timeout_ms = 0\nmax_body_bytes = 1024\n"
+    );
+    let o = opts(config(&[("a", a.addr)], &router), dir.path());
+    assert_eq!(o.proxy.upstream_timeout, Duration::from_millis(300));
+    assert_eq!(o.proxy.connect_timeout, Duration::from_millis(100));
+    assert_eq!(o.proxy.pool_max_idle_per_region, 0);
+    let h = Router::start(o).await.unwrap();
+    eventually(Duration::from_secs(5), "a healthy", || async {
+        (health_of(h.ctx(), "a").health == HealthState::Healthy).then_some(())
+    })
+    .await;
+    let base = format!("http://{}", h.proxy_addr().unwrap());
+    let started = std::time::Instant::now();
+    let r = http()
+        .post(format!("{base}/v1/counter/c/k"))
+        .body(r#"{"delta":1}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 502);
+    let e: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(e["error"]["code"], "ATOLL-UPSTREAM-OUTCOME-UNKNOWN");
+    assert!(
+        e["error"]["message"].as_str().unwrap().contains("300 ms"),
+        "{e}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "the default 30 s timeout applied"
+    );
+    let r = http()
+        .put(format!("{base}/v1/kv/s/k"))
+        .body(vec![b'x'; 2048])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 413);
+    let e: serde_json::Value = r.json().await.unwrap();
+    assert!(
+        e["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("1024 bytes"),
+        "{e}"
+    );
+    assert!(
+        e["error"]["hint"]
+            .as_str()
+            .unwrap()
+            .contains("max_body_bytes"),
+        "{e}"
+    );
+    h.shutdown().await;
+}
+
 /// A raw DNS query for `name` type A; returns (rcode, answer count).
 async fn dns_query(addr: std::net::SocketAddr, name: &str) -> (u8, u16) {
     let mut q = vec![0x12, 0x34, 0x00, 0x00, 0, 1, 0, 0, 0, 0, 0, 0];
@@ -158,6 +285,10 @@ fn args(command: RouterCommand) -> RouterArgs {
             state_dir: None,
             proxy_name: None,
             admin_token_file: None,
+            proxy_connect_timeout: None,
+            proxy_request_timeout: None,
+            proxy_idle_timeout: None,
+            proxy_max_body_bytes: None,
         },
     }
 }

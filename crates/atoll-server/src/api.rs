@@ -51,8 +51,6 @@ pub const ROUTES: &[(&str, &[&str])] = &[
 
 /// Most members one set update may name.
 const SET_UPDATE_MAX_MEMBERS: usize = 10_000;
-/// Largest JSON body accepted by the counter and set routes.
-const JSON_BODY_MAX: usize = 4 << 20;
 
 /// Shared state of the HTTP handlers.
 pub struct AppState {
@@ -64,6 +62,37 @@ pub struct AppState {
     pub serving: AtomicBool,
     /// The replication adapter, once started (absent in single-process tests).
     pub replicator: std::sync::OnceLock<Arc<crate::replication::Replicator>>,
+    /// The peers holding a live stream of this region's writes (see [`crate::streams`]).
+    pub subscribers: Arc<crate::streams::Subscribers>,
+}
+
+/// Whether replication with every peer is established, for `/healthz` and `/v1/status`: every
+/// peer is heard both ways (`up`) and holds a live stream of this region's writes
+/// (`streaming_to`), so a write here reaches every peer at link speed. `None` without a
+/// replication adapter.
+fn replication_readiness(state: &AppState) -> Result<Option<Value>> {
+    let Some(rep) = state.replicator.get() else {
+        return Ok(None);
+    };
+    let (peers, _) = rep.status()?;
+    let up: Vec<&str> = peers
+        .iter()
+        .filter(|p| p.state == atoll_core::repl::LinkState::Up)
+        .map(|p| p.region.as_str())
+        .collect();
+    let streaming = state.subscribers.streaming_to();
+    let streaming_to: Vec<&str> = peers
+        .iter()
+        .filter(|p| streaming.contains(&p.region))
+        .map(|p| p.region.as_str())
+        .collect();
+    let established = up.len() == peers.len() && streaming_to.len() == peers.len();
+    Ok(Some(json!({
+        "established": established,
+        "peers": peers.len(),
+        "up": up,
+        "streaming_to": streaming_to,
+    })))
 }
 
 type Shared = Arc<AppState>;
@@ -231,17 +260,19 @@ fn resolve(
     Ok((ks, key, policy))
 }
 
-async fn read_body(body: Body, limit: usize, keyspace: &str) -> Result<Bytes> {
+/// Reads a request body of at most `limit` bytes; a larger one is refused with
+/// `too_large(its length, when known)`.
+async fn read_body(
+    body: Body,
+    limit: usize,
+    too_large: impl Fn(Option<usize>) -> AtollError,
+) -> Result<Bytes> {
     // A body of known length (Content-Length) over the limit is refused before it is read, with
     // its real size; `Limited` alone stops at the limit and only knows the size is over it.
     if let Some(len) = axum::body::HttpBody::size_hint(&body).exact()
         && len > limit as u64
     {
-        return Err(AtollError::ValueTooLarge {
-            keyspace: keyspace.to_string(),
-            len: usize::try_from(len).unwrap_or(usize::MAX),
-            max: limit,
-        });
+        return Err(too_large(Some(usize::try_from(len).unwrap_or(usize::MAX))));
     }
     match Limited::new(body, limit).collect().await {
         Ok(c) => Ok(c.to_bytes()),
@@ -249,11 +280,7 @@ async fn read_body(body: Body, limit: usize, keyspace: &str) -> Result<Bytes> {
             if e.downcast_ref::<http_body_util::LengthLimitError>()
                 .is_some()
             {
-                Err(AtollError::ValueTooLarge {
-                    keyspace: keyspace.to_string(),
-                    len: limit + 1,
-                    max: limit,
-                })
+                Err(too_large(None))
             } else {
                 Err(AtollError::MalformedBody(format!("cannot read body: {e}")))
             }
@@ -261,8 +288,20 @@ async fn read_body(body: Body, limit: usize, keyspace: &str) -> Result<Bytes> {
     }
 }
 
-async fn read_json<T: for<'de> Deserialize<'de>>(body: Body, keyspace: &str) -> Result<T> {
-    let raw = read_body(body, JSON_BODY_MAX, keyspace).await?;
+/// Reads a kv value: its limit is the keyspace's `max_value_bytes`.
+async fn read_value(body: Body, limit: usize, keyspace: &str) -> Result<Bytes> {
+    read_body(body, limit, |len| AtollError::ValueTooLarge {
+        keyspace: keyspace.to_string(),
+        len: len.unwrap_or(limit + 1),
+        max: limit,
+    })
+    .await
+}
+
+/// Reads a JSON body (counter and set updates): its limit is `[api] max_json_body_bytes`.
+async fn read_json<T: for<'de> Deserialize<'de>>(state: &AppState, body: Body) -> Result<T> {
+    let max = state.config.api.max_json_body_bytes;
+    let raw = read_body(body, max, |len| AtollError::RequestTooLarge { len, max }).await?;
     let text =
         std::str::from_utf8(&raw).map_err(|_| AtollError::InvalidUtf8("request body".into()))?;
     serde_json::from_str(text).map_err(|e| AtollError::MalformedBody(e.to_string()))
@@ -404,7 +443,7 @@ async fn kv_put(
         _ => None,
     };
     let limit = state.store.keyspace(&ks)?.max_value_bytes;
-    let value = read_body(body, limit, &ks).await?.to_vec();
+    let value = read_value(body, limit, &ks).await?.to_vec();
     let out = write(&state, &ks, &key, Intent::Put { value, context }).await?;
     Ok(ack(&state, &ks, &key, &out)?)
 }
@@ -454,7 +493,7 @@ async fn counter_post(State(state): State<Shared>, uri: Uri, body: Body) -> ApiR
         &[Policy::Counter],
         "counter increments",
     )?;
-    let b: CounterBody = read_json(body, &ks).await?;
+    let b: CounterBody = read_json(&state, body).await?;
     let out = write(&state, &ks, &key, Intent::CounterAdd { delta: b.delta }).await?;
     Ok(axum::Json(json!({
         "value": counter_value(Some(&out.state)),
@@ -488,7 +527,7 @@ async fn set_get(State(state): State<Shared>, uri: Uri) -> ApiResult {
 
 async fn set_post(State(state): State<Shared>, uri: Uri, body: Body) -> ApiResult {
     let (ks, key, _) = resolve(&state, &uri, "set", &[Policy::Set], "set updates")?;
-    let b: SetBody = read_json(body, &ks).await?;
+    let b: SetBody = read_json(&state, body).await?;
     if b.add.is_empty() && b.remove.is_empty() {
         return Err(AtollError::MalformedBody("nothing to add or remove".into()).into());
     }
@@ -598,14 +637,16 @@ async fn status(State(state): State<Shared>) -> ApiResult {
     let (peers, replication) = match state.replicator.get() {
         Some(rep) => {
             let (peers, horizon) = rep.status()?;
-            (
-                json!(peers),
-                json!({
-                    "applied": applied,
-                    "tombstone_horizon_ms": horizon,
-                    "max_lag_secs": rep.max_lag_secs(),
-                }),
-            )
+            let mut replication = json!({
+                "applied": applied,
+                "tombstone_horizon_ms": horizon,
+                "max_lag_secs": rep.max_lag_secs(),
+            });
+            if let Some(r) = replication_readiness(&state)? {
+                replication["established"] = r["established"].clone();
+                replication["streaming_to"] = r["streaming_to"].clone();
+            }
+            (json!(peers), replication)
         }
         None => (json!([]), json!({"applied": applied})),
     };
@@ -631,19 +672,22 @@ async fn status(State(state): State<Shared>) -> ApiResult {
 
 async fn healthz(State(state): State<Shared>) -> Response {
     let region = state.store.region().as_str();
-    if state.serving.load(Ordering::Relaxed) {
-        (
-            StatusCode::OK,
-            axum::Json(json!({"status": "serving", "region": region})),
-        )
-            .into_response()
-    } else {
-        (
-            StatusCode::SERVICE_UNAVAILABLE,
-            axum::Json(json!({"status": "draining", "region": region})),
-        )
-            .into_response()
+    let serving = state.serving.load(Ordering::Relaxed);
+    let mut body = json!({
+        "status": if serving { "serving" } else { "draining" },
+        "region": region,
+    });
+    // Replication readiness is information, not health: a region serves its own reads and
+    // writes whether or not its peers are reachable.
+    if let Ok(Some(r)) = replication_readiness(&state) {
+        body["replication"] = r;
     }
+    let status = if serving {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, axum::Json(body)).into_response()
 }
 
 async fn metrics(State(state): State<Shared>) -> Response {

@@ -1,10 +1,12 @@
 //! Adapters around the store: the region's client HTTP API v1 (axum), its Prometheus metrics,
-//! its OpenAPI document, and the region process runtime (listen, serve, shut down gracefully).
+//! its OpenAPI document, replication (and which peers stream this region's writes), and the
+//! region process runtime (listen, serve, shut down gracefully).
 
 pub mod api;
 pub mod metrics;
 pub mod openapi;
 pub mod region;
 pub mod replication;
+pub mod streams;
 
 pub use region::{RegionOptions, RegionServer};

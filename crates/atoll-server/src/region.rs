@@ -140,6 +140,7 @@ impl RegionServer {
             started: Instant::now(),
             serving: AtomicBool::new(true),
             replicator: std::sync::OnceLock::new(),
+            subscribers: crate::streams::Subscribers::new(),
         });
         let _ = state.replicator.set(replicator.clone());
         Ok(RegionServer {
@@ -164,7 +165,10 @@ impl RegionServer {
     /// requests finish, drains the write queue and closes the store.
     pub async fn serve(self, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<()> {
         let state = self.state.clone();
-        let app = router(self.state.clone()).merge(replication::router(self.replicator.clone()));
+        let app = router(self.state.clone()).merge(crate::streams::track(
+            replication::router(self.replicator.clone()),
+            self.state.subscribers.clone(),
+        ));
         let flag = state.clone();
         let stop = Arc::new(tokio::sync::Notify::new());
         let tasks = self.replicator.start(stop.clone());

@@ -74,6 +74,7 @@ impl Harness {
             started: Instant::now(),
             serving: AtomicBool::new(true),
             replicator: OnceLock::new(),
+            subscribers: atoll_server::streams::Subscribers::new(),
         });
         Self {
             app: router(state.clone()),
@@ -284,6 +285,10 @@ fn every_error() -> Vec<AtollError> {
             len: 2,
             max: 1,
         },
+        AtollError::RequestTooLarge {
+            len: Some(2),
+            max: 1,
+        },
         AtollError::MalformedBody("x".into()),
         AtollError::InvalidUtf8("x".into()),
         AtollError::BadContext("x".into()),
@@ -314,6 +319,7 @@ fn every_error() -> Vec<AtollError> {
             | AtollError::EmptyKey
             | AtollError::KeyTooLarge { .. }
             | AtollError::ValueTooLarge { .. }
+            | AtollError::RequestTooLarge { .. }
             | AtollError::MalformedBody(_)
             | AtollError::InvalidUtf8(_)
             | AtollError::BadContext(_)
@@ -1619,21 +1625,67 @@ fn chunked(chunks: &[&[u8]]) -> Body {
     body
 }
 
+/// A JSON body over the API's limit is refused as a request body over `[api]
+/// max_json_body_bytes` (not as a keyspace's value limit), and the hint says how to raise it.
 #[tokio::test]
-async fn json_bodies_over_4_mib_are_413() {
+async fn json_bodies_over_the_api_limit_are_413_request_too_large() {
     let h = Harness::new();
     let mut body = br#"{"delta": 1}"#.to_vec();
     body.resize((4 << 20) + 1, b' ');
-    h.post("/v1/counter/ratelimits/k", body.clone())
-        .await
-        .expect_error(413, "ATOLL-VALUE-TOO-LARGE");
-    // The set's members together may not exceed the keyspace's max_value_bytes (1 MiB).
+    for uri in ["/v1/counter/ratelimits/k", "/v1/set/flags/k"] {
+        let r = h.post(uri, body.clone()).await;
+        r.expect_error(413, "ATOLL-REQUEST-TOO-LARGE");
+        assert_eq!(
+            r.message(),
+            "request body is 4194305 bytes, over the API's limit of 4194304 bytes for JSON bodies ([api] max_json_body_bytes)"
+        );
+        let hint = r.json()["error"]["hint"].as_str().unwrap().to_string();
+        assert!(
+            hint.contains("max_json_body_bytes") && hint.contains("[api]"),
+            "{hint}"
+        );
+        assert!(!r.message().contains("keyspace"), "{}", r.message());
+        // Of unknown length (chunked): cut off at the limit.
+        let chunks: Vec<&[u8]> = body.chunks(1 << 20).collect();
+        let r = h.post(uri, chunked(&chunks)).await;
+        r.expect_error(413, "ATOLL-REQUEST-TOO-LARGE");
+        assert!(
+            r.message()
+                .starts_with("request body is more than 4194304 bytes"),
+            "{}",
+            r.message()
+        );
+    }
+    // The set's members together may not exceed the keyspace's max_value_bytes (1 MiB): that
+    // one is the value limit.
     let members: Vec<String> = (0..1100).map(|i| format!("{i:01000}")).collect();
     h.post("/v1/set/flags/k", json!({ "add": members }).to_string())
         .await
         .expect_error(413, "ATOLL-VALUE-TOO-LARGE");
     assert_eq!(h.last_seq().await, 0);
     assert!(h.members("k").await.is_empty());
+}
+
+/// `[api] max_json_body_bytes` sets the limit.
+#[tokio::test]
+async fn the_json_body_limit_is_configurable() {
+    let h = Harness::with(|c| c.api.max_json_body_bytes = 64 << 10);
+    let mut small = br#"{"delta": 1}"#.to_vec();
+    small.resize(64 << 10, b' ');
+    h.post("/v1/counter/ratelimits/k", small).await.expect_ok();
+    let mut big = br#"{"delta": 1}"#.to_vec();
+    big.resize((64 << 10) + 1, b' ');
+    let r = h.post("/v1/counter/ratelimits/k", big).await;
+    r.expect_error(413, "ATOLL-REQUEST-TOO-LARGE");
+    assert!(
+        r.message().contains("limit of 65536 bytes"),
+        "{}",
+        r.message()
+    );
+    let h = Harness::with(|c| c.api.max_json_body_bytes = 8 << 20);
+    let mut five = br#"{"delta": 2}"#.to_vec();
+    five.resize(5 << 20, b' ');
+    h.post("/v1/counter/ratelimits/k", five).await.expect_ok();
 }
 
 #[tokio::test]

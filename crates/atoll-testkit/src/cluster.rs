@@ -243,6 +243,41 @@ pub fn free_ports(n: usize) -> Result<Vec<u16>> {
         .collect()
 }
 
+/// The first of `n` consecutive ports on 127.0.0.1 that are all free (each bound, then let go;
+/// another process can take one before it is used: callers retry). For what takes a base port
+/// and counts up from it (`atoll demo --port-base`, `atoll link serve --listen-base`).
+pub fn free_port_range(n: u16) -> Result<u16> {
+    ensure!(n > 0, "an empty port range");
+    for _ in 0..100 {
+        let first =
+            TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).context("cannot bind 127.0.0.1:0")?;
+        let base = first.local_addr()?.port();
+        if base.checked_add(n - 1).is_none() {
+            continue;
+        }
+        let rest: std::io::Result<Vec<TcpListener>> = (1..n)
+            .map(|i| TcpListener::bind((Ipv4Addr::LOCALHOST, base + i)))
+            .collect();
+        if rest.is_ok() {
+            return Ok(base);
+        }
+    }
+    bail!("found no {n} consecutive free ports on 127.0.0.1")
+}
+
+/// A port on 127.0.0.1 free for both TCP and UDP (bound both ways, then let go), as a DNS
+/// server needs.
+pub fn free_udp_tcp_port() -> Result<u16> {
+    for _ in 0..100 {
+        let tcp = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).context("cannot bind 127.0.0.1:0")?;
+        let port = tcp.local_addr()?.port();
+        if std::net::UdpSocket::bind((Ipv4Addr::LOCALHOST, port)).is_ok() {
+            return Ok(port);
+        }
+    }
+    bail!("found no port on 127.0.0.1 free for both TCP and UDP")
+}
+
 /// A 127.0.0.1 port that is bound but not listening, for as long as this value lives: every
 /// connection to it is refused at once, and no one else can bind it meanwhile. A peer reached
 /// "via" it is unreachable.

@@ -11,6 +11,9 @@
 //!   mesh (one link per ordered pair), so a test can partition two regions, cut one direction
 //!   only, and heal them while the processes run ([`Cluster::partition`],
 //!   [`Cluster::partition_oneway`], [`Cluster::heal`], [`Cluster::heal_all`]).
+//! - [`Service`]: any other long-running `atoll` process (`atoll link serve`, `atoll router`,
+//!   `atoll demo`) started from a command line, waited for by a line it prints, killed on drop.
+//! - [`free_ports`], [`free_port_range`], [`free_udp_tcp_port`]: loopback ports to start on.
 //! - [`wait`]: [`wait_until`] / [`wait_until_async`] poll a condition with a short interval until
 //!   it holds or a deadline passes (never sleep-and-hope).
 //! - [`client`]: a small HTTP client for the kv, counter and set routes that keeps status codes
@@ -24,8 +27,11 @@ pub mod process;
 pub mod wait;
 
 pub use client::{Client, KvRead, Reply, Sibling, Ts, WriteAck};
-pub use cluster::{Cluster, ClusterOptions, FAULT_LEASE, Route, link_name};
-pub use process::{RegionProcess, RegionSpec, atoll_bin, run_with_timeout};
+pub use cluster::{
+    Cluster, ClusterOptions, FAULT_LEASE, Route, free_port_range, free_ports, free_udp_tcp_port,
+    link_name,
+};
+pub use process::{RegionProcess, RegionSpec, Service, atoll_bin, run_with_timeout};
 pub use wait::{wait_until, wait_until_async};
 
 /// A fresh temporary directory for one test (removed when dropped, kept if the test panics so

@@ -459,6 +459,123 @@ fn launch(spec: &RegionSpec, log_path: &Path, start_no: u32) -> Result<(Child, S
     Ok((child, addr))
 }
 
+/// Any long-running `atoll` process other than a region (`atoll link serve`, `atoll router`,
+/// ...): started from a full command line, its stdout lines copied into its log (with its
+/// stderr) and handed to [`Service::wait_line`]. Dropping it kills the process; a test that
+/// panics also prints the log's tail.
+pub struct Service {
+    name: String,
+    child: Option<Child>,
+    lines: mpsc::Receiver<String>,
+    log_path: PathBuf,
+}
+
+impl Service {
+    /// Starts `cmd` (stdin closed, stdout piped, stderr into `log_path`). `name` labels it in
+    /// messages.
+    pub fn start(name: &str, mut cmd: Command, log_path: &Path) -> Result<Service> {
+        let mut log = open_log(log_path)?;
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(log.try_clone()?))
+            .env("NO_COLOR", "1");
+        writeln!(log, "==== atoll-testkit: {name}: {cmd:?} ====")?;
+        let mut child = cmd
+            .spawn()
+            .with_context(|| format!("cannot start {name}: {cmd:?}"))?;
+        let stdout = child.stdout.take().expect("stdout is piped");
+        let (tx, lines) = mpsc::channel::<String>();
+        let mut copy = open_log(log_path)?;
+        std::thread::Builder::new()
+            .name(format!("atoll-stdout-{name}"))
+            .spawn(move || {
+                for line in BufReader::new(stdout).lines() {
+                    let Ok(line) = line else { break };
+                    let _ = writeln!(copy, "[stdout] {line}");
+                    let _ = tx.send(line);
+                }
+            })?;
+        Ok(Service {
+            name: name.to_string(),
+            child: Some(child),
+            lines,
+            log_path: log_path.to_path_buf(),
+        })
+    }
+
+    /// Waits up to `timeout` for a stdout line that `matches`; returns it. Lines before it are
+    /// consumed (they stay in the log). Fails, with the log's tail, if the process exits first.
+    pub fn wait_line(
+        &mut self,
+        timeout: Duration,
+        matches: impl Fn(&str) -> bool,
+    ) -> Result<String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) if matches(&line) => return Ok(line),
+                Ok(_) => {}
+                Err(mpsc::RecvTimeoutError::Timeout) => bail!(
+                    "{} printed no expected line within {timeout:?}; log {}:\n{}",
+                    self.name,
+                    self.log_path.display(),
+                    self.log_tail(LOG_TAIL_LINES)
+                ),
+                Err(mpsc::RecvTimeoutError::Disconnected) => bail!(
+                    "{} exited (or closed stdout) before printing the expected line; log {}:\n{}",
+                    self.name,
+                    self.log_path.display(),
+                    self.log_tail(LOG_TAIL_LINES)
+                ),
+            }
+        }
+    }
+
+    /// The stdout lines printed so far and not yet consumed by [`Service::wait_line`].
+    pub fn pending_lines(&mut self) -> Vec<String> {
+        self.lines.try_iter().collect()
+    }
+
+    /// Whether the process is still running.
+    pub fn is_running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+
+    pub fn log_path(&self) -> &Path {
+        &self.log_path
+    }
+
+    /// The whole log so far (stderr, and stdout lines prefixed `[stdout] `).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    pub fn log_tail(&self, lines: usize) -> String {
+        tail(&self.log_path, lines)
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        if std::thread::panicking() {
+            eprintln!(
+                "---- {} log ({}), last {LOG_TAIL_LINES} lines ----\n{}\n---- end of {} log ----",
+                self.name,
+                self.log_path.display(),
+                self.log_tail(LOG_TAIL_LINES),
+                self.name
+            );
+        }
+    }
+}
+
 /// The status code of `GET /healthz` at `addr`, over a plain blocking HTTP/1.1 request (the
 /// harness is synchronous; the async [`Client`] needs a runtime).
 pub fn healthz(addr: SocketAddr) -> std::io::Result<u16> {

@@ -49,6 +49,15 @@ enum Command {
         /// listener, so routers move traffic away first.
         #[arg(long, default_value_t = 0.0)]
         drain_grace: f64,
+        /// Run this region's clock N ms ahead of the host's (negative: behind), to see the
+        /// clock-skew protections at work in a drill or test. Never in production.
+        #[arg(
+            long,
+            env = "ATOLL_CLOCK_OFFSET_MS",
+            default_value_t = 0,
+            allow_negative_numbers = true
+        )]
+        clock_offset_ms: i64,
     },
     /// Start three regions (us-east-1, eu-west-1, ap-southeast-1) on this machine, linked at
     /// the latency of their distance, with a router in front.
@@ -192,6 +201,7 @@ async fn run_region(
     listen: Option<SocketAddr>,
     peer_via: Vec<(String, SocketAddr)>,
     drain_grace: f64,
+    clock_offset_ms: i64,
 ) -> Result<()> {
     let cfg = atoll_config::Config::load(&config).map_err(anyhow::Error::msg)?;
     let shutdown = shutdown_signal();
@@ -202,6 +212,7 @@ async fn run_region(
         listen,
         peer_via: peer_via.into_iter().collect(),
         drain_grace: std::time::Duration::from_secs_f64(drain_grace.clamp(0.0, 3600.0)),
+        clock_offset_ms,
     })
     .await
     .map_err(|e| anyhow::anyhow!("{} ({}): {}", e, e.code(), e.hint()))?;
@@ -248,7 +259,19 @@ fn main() -> ExitCode {
                         listen,
                         peer_via,
                         drain_grace,
-                    } => run_region(config, region, data_dir, listen, peer_via, drain_grace).await,
+                        clock_offset_ms,
+                    } => {
+                        run_region(
+                            config,
+                            region,
+                            data_dir,
+                            listen,
+                            peer_via,
+                            drain_grace,
+                            clock_offset_ms,
+                        )
+                        .await
+                    }
                     Command::Demo {
                         data_dir,
                         port_base,

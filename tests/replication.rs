@@ -999,55 +999,85 @@ async fn sigterm_scenario(c: &mut Cluster) -> Result<()> {
 // ---------------------------------------------------------------------------------------------
 // 8. Writes held back while a peer's clock looked skewed are applied once it is back in bounds.
 
-/// The clock bound of this scenario: small enough that the load's delays make peers look
-/// skewed now and then, large enough that idle loopback links are back in bounds.
-const SKEW_TEST_MAX_CLOCK_OFFSET_MS: u64 = 20;
+/// How far ahead eu-west-1's clock is set: well beyond the shipped 500 ms bound.
+const SKEW_MS: &str = "3000";
 
+/// A region whose clock runs ahead beyond the bound has its writes held back by its peers (they
+/// know its head but do not apply it, and their clocks never take its timestamps); once its clock
+/// is back in bounds, every held-back write is applied everywhere.
+///
 /// Regression: writes dropped while their origin looked skewed were never sent again on the same
 /// subscription (the serving side's cursor had moved past them), so every later write of that
 /// origin was dropped as a gap and replication from it stalled for good with the link `up`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn writes_held_back_for_clock_skew_are_applied_once_back_in_bounds() {
-    let c = ok(Cluster::start(
-        BIN,
-        3,
-        ClusterOptions::new("repl-skew")
-            .max_clock_offset_ms(SKEW_TEST_MAX_CLOCK_OFFSET_MS)
-            // Subscriptions ended to resubscribe after dropped writes are logged at debug.
-            .env("ATOLL_LOG", "info,atoll_server::replication=debug"),
-    ));
-    ok(skew_scenario(&c).await);
+    let mut c = start("repl-skew", |o| {
+        // Subscriptions ended to resubscribe after dropped writes are logged at debug.
+        o.env("ATOLL_LOG", "info,atoll_server::replication=debug")
+    });
+    ok(skew_scenario(&mut c).await);
 }
 
-/// Load rounds at most (another round runs only if the previous one caused no drop).
-const SKEW_ROUNDS: usize = 3;
-
-async fn skew_scenario(c: &Cluster) -> Result<()> {
-    let count = |what: &str| -> usize {
-        REGIONS
-            .iter()
-            .map(|r| c.region(r).log().matches(what).count())
-            .sum()
-    };
-    let mut rounds: Vec<(usize, Vec<Arc<TaskLog>>)> = Vec::new();
-    for attempt in 0..SKEW_ROUNDS {
-        // Load in every region (bounded: 300 iterations or 5 s per writer).
-        let loads: Vec<Load> = (0..REGIONS.len())
-            .map(|r| Load::new(attempt * REGIONS.len() + r, 300, Duration::from_secs(5)))
-            .collect();
-        let handles: Vec<_> = REGIONS
-            .iter()
-            .zip(&loads)
-            .map(|(region, load)| load.spawn(&c.client(region), 3))
-            .collect();
-        for (load, h) in loads.iter().zip(handles) {
-            rounds.push((load.round, join(h).await?));
-        }
-        if count("resubscribing to") > 0 {
-            break;
-        }
+async fn skew_scenario(c: &mut Cluster) -> Result<()> {
+    for region in REGIONS {
+        c.wait_status(region, STATUS_DEADLINE, all_peers_healthy)
+            .await?;
     }
-    // Every clock is back in bounds (they are all this host's clock)...
+    // eu-west-1's clock jumps 3 s ahead (a restart with `--clock-offset-ms`).
+    c.set_env(EU, "ATOLL_CLOCK_OFFSET_MS", SKEW_MS);
+    c.terminate(EU)?;
+    c.restart(EU)?;
+    for region in [US, AP] {
+        c.wait_status(region, STATUS_DEADLINE, |st| {
+            peer_status(st, EU).is_some_and(|p| p["state"] == "clock-skew")
+        })
+        .await
+        .context(format!("{region} never reported {EU}'s clock as skewed"))?;
+    }
+    // Load in every region while it lasts (bounded: 200 iterations or 4 s per writer).
+    let loads: Vec<Load> = (0..REGIONS.len())
+        .map(|r| Load::new(r, 200, Duration::from_secs(4)))
+        .collect();
+    let handles: Vec<_> = REGIONS
+        .iter()
+        .zip(&loads)
+        .map(|(region, load)| load.spawn(&c.client(region), 3))
+        .collect();
+    let mut rounds: Vec<(usize, Vec<Arc<TaskLog>>)> = Vec::new();
+    for (load, h) in loads.iter().zip(handles) {
+        rounds.push((load.round, join(h).await?));
+    }
+    // The peers learn eu-west-1's head from its heartbeats but apply none of what it wrote with
+    // its clock ahead, and their own clocks never take its timestamps.
+    let eu = c.status(EU).await?;
+    let eu_head = eu["store"]["last_seq"].as_u64().context("eu last_seq")?;
+    let eu_hlc = eu["store"]["hlc_wall_ms"].as_u64().context("eu hlc")?;
+    for region in [US, AP] {
+        let st = c
+            .wait_status(region, STATUS_DEADLINE, |st| {
+                peer_status(st, EU)
+                    .and_then(|p| p["known_head_seq"].as_u64())
+                    .is_some_and(|h| h >= eu_head)
+            })
+            .await
+            .context(format!("{region} never learnt {EU}'s head"))?;
+        let applied = peer_status(&st, EU)
+            .and_then(|p| p["applied_seq"].as_u64())
+            .context("applied_seq")?;
+        ensure!(
+            applied < eu_head,
+            "{region} applied {EU}'s writes up to {applied} (head {eu_head}) while its clock ran ahead"
+        );
+        let hlc = st["store"]["hlc_wall_ms"].as_u64().context("hlc")?;
+        ensure!(
+            hlc + 1_000 < eu_hlc,
+            "{region}'s clock ({hlc}) took a timestamp of {EU}'s skewed clock ({eu_hlc})"
+        );
+    }
+    // eu-west-1's clock is back in bounds...
+    c.set_env(EU, "ATOLL_CLOCK_OFFSET_MS", "0");
+    c.terminate(EU)?;
+    c.restart(EU)?;
     for region in REGIONS {
         c.wait_status(region, CONVERGE, |st| {
             st["peers"]
@@ -1056,9 +1086,14 @@ async fn skew_scenario(c: &Cluster) -> Result<()> {
         })
         .await?;
     }
+    let count = |what: &str| -> usize {
+        REGIONS
+            .iter()
+            .map(|r| c.region(r).log().matches(what).count())
+            .sum()
+    };
     println!(
-        "{} load rounds; {} skew episodes logged, {} resubscriptions after dropped writes",
-        rounds.len() / REGIONS.len(),
+        "{} skew episodes logged, {} resubscriptions after dropped writes",
         count("peer clock runs ahead"),
         count("resubscribing to")
     );

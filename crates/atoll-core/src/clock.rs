@@ -39,6 +39,24 @@ impl Clock for SystemClock {
     }
 }
 
+/// The host's wall clock shifted by a fixed offset: a region told to run its clock ahead (or
+/// behind), for drills and tests of the clock-skew protections. Reads [`SystemClock`].
+#[derive(Clone, Copy, Debug, Default)]
+pub struct OffsetClock {
+    pub offset_ms: i64,
+}
+
+impl Clock for OffsetClock {
+    fn physical_ms(&self) -> u64 {
+        let now = SystemClock.physical_ms();
+        if self.offset_ms >= 0 {
+            now.saturating_add(self.offset_ms.unsigned_abs())
+        } else {
+            now.saturating_sub(self.offset_ms.unsigned_abs())
+        }
+    }
+}
+
 /// A clock that only moves when told to. For tests and deterministic simulation; cheap to share
 /// behind an [`Arc`].
 #[derive(Debug, Default)]

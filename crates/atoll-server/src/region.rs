@@ -4,7 +4,7 @@ use crate::api::{AppState, router};
 use crate::metrics::{KeyspaceLabels, Metrics, RegionLabels};
 use crate::replication::{self, Replicator};
 use atoll_config::Config;
-use atoll_core::clock::{Clock, SystemClock};
+use atoll_core::clock::{Clock, OffsetClock, SystemClock};
 use atoll_core::repl::ReplConfig;
 use atoll_core::{AtollError, RegionId, Result};
 use atoll_store::backend::FjallBackend;
@@ -32,6 +32,9 @@ pub struct RegionOptions {
     /// On shutdown, answer `/healthz` with 503 for this long before closing the listener, so
     /// routers drain the region before its port goes away.
     pub drain_grace: std::time::Duration,
+    /// Run this region's clock this many milliseconds ahead of the host's (negative: behind).
+    /// For drills and tests of the clock-skew protections; 0 in production.
+    pub clock_offset_ms: i64,
 }
 
 /// A bound, ready region: call [`RegionServer::serve`] to run it.
@@ -92,7 +95,18 @@ impl RegionServer {
         let changed = Arc::new(tokio::sync::Notify::new());
         let c = changed.clone();
         sopts.on_change = Some(Arc::new(move || c.notify_waiters()));
-        let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+        let clock: Arc<dyn Clock> = if opts.clock_offset_ms == 0 {
+            Arc::new(SystemClock)
+        } else {
+            tracing::warn!(
+                offset_ms = opts.clock_offset_ms,
+                "this region's clock runs off the host's on purpose (--clock-offset-ms): peers \
+                 will hold its writes back while the offset exceeds max_clock_offset_ms"
+            );
+            Arc::new(OffsetClock {
+                offset_ms: opts.clock_offset_ms,
+            })
+        };
         let store = Arc::new(Store::open(backend, sopts, clock.clone())?);
         for name in opts.peer_via.keys() {
             if opts.config.region(name).is_none() || name == region.as_str() {

@@ -785,6 +785,11 @@ impl Cluster {
         }
     }
 
+    /// Sets an environment variable for `name`'s next restart (e.g. `ATOLL_CLOCK_OFFSET_MS`).
+    pub fn set_env(&mut self, name: &str, key: &str, value: &str) {
+        self.member_mut(name).process.set_env(key, value);
+    }
+
     /// The cluster config every region reads.
     pub fn config_path(&self) -> &Path {
         &self.config_path

@@ -176,6 +176,12 @@ impl RegionProcess {
         &self.spec
     }
 
+    /// Sets an environment variable for the process's next (re)start.
+    pub fn set_env(&mut self, key: &str, value: &str) {
+        self.spec.env.retain(|(k, _)| k != key);
+        self.spec.env.push((key.to_string(), value.to_string()));
+    }
+
     pub fn data_dir(&self) -> &Path {
         &self.spec.data_dir
     }

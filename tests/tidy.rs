@@ -3,6 +3,10 @@
 //! - Every path that `ARCHITECTURE.md` or `README.md` cites in backticks exists.
 //! - Every "Architecture Invariant:" paragraph names at least one test file or crate that exists
 //!   (an invariant without a test is a wish).
+//! - Every crate depends only on the atoll crates its layer allows (read from the manifests), so
+//!   heavy adapters never leak into a core and every library can be embedded.
+//! - The wall clock is read only in `crates/atoll-core/src/clock.rs`, and no `todo!` or
+//!   `unimplemented!` is left in non-test code.
 
 use std::path::Path;
 
@@ -87,4 +91,109 @@ fn the_checker_finds_a_missing_citation() {
     assert_eq!(cited.len(), 2);
     assert!(!root().join(&cited[0]).exists());
     assert!(root().join(&cited[1]).exists());
+}
+
+/// The atoll crates each crate may depend on (normal dependencies; test-only code may use more).
+const LAYERS: &[(&str, &[&str])] = &[
+    ("atoll-core", &[]),
+    ("atoll-config", &["atoll-core"]),
+    ("atoll-store", &["atoll-core", "atoll-config"]),
+    ("atoll-server", &["atoll-core", "atoll-config", "atoll-store"]),
+    ("atoll-link", &["atoll-core", "atoll-config"]),
+    ("atoll-router", &["atoll-core", "atoll-config"]),
+    ("atoll-sim", &["atoll-core", "atoll-config", "atoll-store"]),
+    (
+        "atoll-testkit",
+        &["atoll-core", "atoll-config", "atoll-store", "atoll-link"],
+    ),
+];
+
+fn atoll_deps(manifest: &str, section: &str) -> Vec<String> {
+    let doc: toml::Table = manifest.parse().expect("manifest parses");
+    doc.get(section)
+        .and_then(|d| d.as_table())
+        .map(|t| {
+            t.keys()
+                .filter(|k| k.starts_with("atoll-"))
+                .cloned()
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn every_crate_depends_only_on_what_its_layer_allows() {
+    let mut problems = Vec::new();
+    let mut seen = Vec::new();
+    for entry in std::fs::read_dir(root().join("crates")).expect("crates/") {
+        let dir = entry.expect("entry").path();
+        let name = dir
+            .file_name()
+            .and_then(|n| n.to_str())
+            .expect("crate dir name")
+            .to_string();
+        let manifest = std::fs::read_to_string(dir.join("Cargo.toml")).expect("manifest");
+        let Some((_, allowed)) = LAYERS.iter().find(|(c, _)| *c == name) else {
+            problems.push(format!("crate {name} has no layer in tests/tidy.rs LAYERS"));
+            continue;
+        };
+        seen.push(name.clone());
+        for dep in atoll_deps(&manifest, "dependencies") {
+            if !allowed.contains(&dep.as_str()) {
+                problems.push(format!("{name} depends on {dep}, which its layer does not allow"));
+            }
+        }
+    }
+    assert!(seen.len() >= 8, "only {seen:?} found");
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+}
+
+#[test]
+fn the_layer_check_reads_dependencies() {
+    let manifest = "[package]\nname = \"x\"\n[dependencies]\natoll-store.workspace = true\nserde = \"1\"\n[dev-dependencies]\natoll-sim = { path = \"../atoll-sim\" }\n";
+    assert_eq!(atoll_deps(manifest, "dependencies"), vec!["atoll-store".to_string()]);
+    assert_eq!(atoll_deps(manifest, "dev-dependencies"), vec!["atoll-sim".to_string()]);
+}
+
+/// Rust sources under `dir`, recursively.
+fn rust_files(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            rust_files(&p, out);
+        } else if p.extension().is_some_and(|x| x == "rs") {
+            out.push(p);
+        }
+    }
+}
+
+#[test]
+fn the_wall_clock_is_read_in_one_place_and_no_todo_is_left() {
+    let mut files = Vec::new();
+    rust_files(&root().join("src"), &mut files);
+    for entry in std::fs::read_dir(root().join("crates")).expect("crates/") {
+        rust_files(&entry.expect("entry").path().join("src"), &mut files);
+    }
+    assert!(files.len() > 30, "only {} sources found", files.len());
+    let clock = root().join("crates/atoll-core/src/clock.rs");
+    let mut problems = Vec::new();
+    for f in files {
+        let text = std::fs::read_to_string(&f).expect("source");
+        // Code before any `#[cfg(test)]` module: tests may do as they like.
+        let code = text.split("#[cfg(test)]").next().unwrap_or("");
+        let rel = f.strip_prefix(root()).unwrap_or(&f).display().to_string();
+        let wall = ["SystemTime", "::now()"].concat();
+        if f != clock && code.contains(&wall) {
+            problems.push(format!("{rel} reads the wall clock: take a Clock instead"));
+        }
+        for mac in ["todo!(", "unimplemented!("] {
+            if code.contains(mac) {
+                problems.push(format!("{rel} has {mac}...)"));
+            }
+        }
+    }
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
 }

@@ -98,7 +98,10 @@ const LAYERS: &[(&str, &[&str])] = &[
     ("atoll-core", &[]),
     ("atoll-config", &["atoll-core"]),
     ("atoll-store", &["atoll-core", "atoll-config"]),
-    ("atoll-server", &["atoll-core", "atoll-config", "atoll-store"]),
+    (
+        "atoll-server",
+        &["atoll-core", "atoll-config", "atoll-store"],
+    ),
     ("atoll-link", &["atoll-core", "atoll-config"]),
     ("atoll-router", &["atoll-core", "atoll-config"]),
     ("atoll-sim", &["atoll-core", "atoll-config", "atoll-store"]),
@@ -140,7 +143,9 @@ fn every_crate_depends_only_on_what_its_layer_allows() {
         seen.push(name.clone());
         for dep in atoll_deps(&manifest, "dependencies") {
             if !allowed.contains(&dep.as_str()) {
-                problems.push(format!("{name} depends on {dep}, which its layer does not allow"));
+                problems.push(format!(
+                    "{name} depends on {dep}, which its layer does not allow"
+                ));
             }
         }
     }
@@ -151,8 +156,14 @@ fn every_crate_depends_only_on_what_its_layer_allows() {
 #[test]
 fn the_layer_check_reads_dependencies() {
     let manifest = "[package]\nname = \"x\"\n[dependencies]\natoll-store.workspace = true\nserde = \"1\"\n[dev-dependencies]\natoll-sim = { path = \"../atoll-sim\" }\n";
-    assert_eq!(atoll_deps(manifest, "dependencies"), vec!["atoll-store".to_string()]);
-    assert_eq!(atoll_deps(manifest, "dev-dependencies"), vec!["atoll-sim".to_string()]);
+    assert_eq!(
+        atoll_deps(manifest, "dependencies"),
+        vec!["atoll-store".to_string()]
+    );
+    assert_eq!(
+        atoll_deps(manifest, "dev-dependencies"),
+        vec!["atoll-sim".to_string()]
+    );
 }
 
 /// Rust sources under `dir`, recursively.

@@ -3,6 +3,7 @@
 //! field values) without panicking: no overflow, no division by zero, no index out of range.
 //! Runs a fixed number of cases so the test suite stays bounded in time.
 
+use atoll_core::RegionId;
 use atoll_core::causal::VersionVector;
 use atoll_core::codec;
 use atoll_core::hlc::Timestamp;
@@ -11,7 +12,6 @@ use atoll_core::repl::{
     Echo, Frame, FrameReader, Heartbeat, OriginFrontier, ReplConfig, ReplCore, Subscribe,
     encode_frame,
 };
-use atoll_core::RegionId;
 use proptest::prelude::*;
 use std::collections::BTreeMap;
 
@@ -56,30 +56,36 @@ fn heartbeat() -> impl Strategy<Value = Heartbeat> {
         any::<u64>(),
         proptest::option::of((any::<u64>(), any::<u64>())),
         proptest::collection::vec(
-            (region_name(), any::<u64>(), proptest::option::of(any::<u64>())),
+            (
+                region_name(),
+                any::<u64>(),
+                proptest::option::of(any::<u64>()),
+            ),
             0..4,
         ),
         proptest::option::of(any::<u64>()),
     )
-        .prop_map(|(from, sent_ms, hlc, echo, frontier, stable_age_ms)| Heartbeat {
-            from,
-            sent_ms,
-            hlc: Timestamp::new(hlc, 0),
-            echo: echo.map(|(sent_ms, held_ms)| Echo { sent_ms, held_ms }),
-            frontier: frontier
-                .into_iter()
-                .map(|(o, applied, c)| {
-                    (
-                        o,
-                        OriginFrontier {
-                            applied,
-                            caught_up_at_origin_ms: c,
-                        },
-                    )
-                })
-                .collect(),
-            stable_age_ms,
-        })
+        .prop_map(
+            |(from, sent_ms, hlc, echo, frontier, stable_age_ms)| Heartbeat {
+                from,
+                sent_ms,
+                hlc: Timestamp::new(hlc, 0),
+                echo: echo.map(|(sent_ms, held_ms)| Echo { sent_ms, held_ms }),
+                frontier: frontier
+                    .into_iter()
+                    .map(|(o, applied, c)| {
+                        (
+                            o,
+                            OriginFrontier {
+                                applied,
+                                caught_up_at_origin_ms: c,
+                            },
+                        )
+                    })
+                    .collect(),
+                stable_age_ms,
+            },
+        )
 }
 
 proptest! {

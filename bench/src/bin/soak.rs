@@ -211,7 +211,7 @@ async fn main() -> Result<()> {
         if t >= next_fault && t + Duration::from_secs(args.fault_secs + 30) < total {
             next_fault += Duration::from_secs(args.fault_every_secs);
             let victim = REGIONS[faults % REGIONS.len()];
-            let kind = if faults % 2 == 0 {
+            let kind = if faults.is_multiple_of(2) {
                 "partition"
             } else {
                 "kill -9"

@@ -8,6 +8,9 @@
 //! - [`crdt`]: LWW register, multi-value register, PN-counter, add-wins OR-set.
 //! - [`op`]: keyspace policies, per-key state, client intents and the replicated operation log entry.
 //! - [`codec`]: versioned binary encodings and the `X-Atoll-Context` token.
+//! - [`repl`]: the replication core (heartbeats, reachability, relay subscriptions, admission,
+//!   lag, clock-skew hold-back, stability claims and the tombstone horizon) and the stream framing.
+//! - [`geo`]: great-circle distance, for the latency model.
 
 pub mod causal;
 pub mod clock;

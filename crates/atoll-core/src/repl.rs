@@ -35,8 +35,8 @@ use serde::{Deserialize, Serialize};
 use std::cell::Cell;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
-/// Version of the replication wire messages.
-pub const WIRE_VERSION: u16 = 1;
+// The replication messages are versioned by their encoding: `codec::encode` starts every message
+// with `codec::FORMAT_VERSION`, and a reader refuses a newer one.
 
 /// Tunables of the replication core.
 #[derive(Clone, Debug, PartialEq)]

@@ -449,6 +449,15 @@ impl ReplCore {
             .is_some_and(|p| self.reachable_at(p, now_ms))
     }
 
+    /// Whether both directions of the link to `peer` are known to work: we hear it, and its
+    /// heartbeats echo ours.
+    pub fn is_bidirectional(&self, peer: &RegionId, now_ms: u64) -> bool {
+        self.observe_clock(now_ms);
+        self.peers
+            .get(peer)
+            .is_some_and(|p| self.bidirectional_at(p, now_ms))
+    }
+
     /// Whether `origin`'s clock is known to run ahead beyond the bound.
     pub fn is_skewed(&self, origin: &RegionId) -> bool {
         self.peers.get(origin).is_some_and(|p| {

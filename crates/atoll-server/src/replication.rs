@@ -52,7 +52,14 @@ pub struct Replicator {
     /// Set on shutdown: every subscription stream this region serves ends, so graceful shutdown
     /// does not wait for peers to give up on them.
     stopping: tokio::sync::watch::Sender<bool>,
+    /// Woken when a link to a peer starts working both ways (subscriptions can start).
+    link_up: Notify,
+    /// When each peer was last sent a prompt heartbeat.
+    prompted: Mutex<BTreeMap<RegionId, tokio::time::Instant>>,
 }
+
+/// Least time between two prompt heartbeats to one peer.
+const PROMPT_HEARTBEAT_GAP: Duration = Duration::from_millis(100);
 
 /// What a [`Replicator`] is configured with.
 pub struct Settings {
@@ -106,6 +113,8 @@ impl Replicator {
             stream_http,
             max_lag_secs,
             stopping: tokio::sync::watch::Sender::new(false),
+            link_up: Notify::new(),
+            prompted: Mutex::new(BTreeMap::new()),
         }))
     }
 
@@ -159,14 +168,20 @@ impl Replicator {
         // Our own head first: a peer may already hold writes we committed a moment ago.
         self.sync_applied()?;
         let now = self.now();
-        let (taken, status) = self.with_core(|c| {
+        let (taken, status, was_bidirectional, is_bidirectional) = self.with_core(|c| {
+            let before = c.is_bidirectional(&hb.from, now);
             let taken = c.on_heartbeat(hb, now);
-            (taken, c.status(now))
+            let after = c.is_bidirectional(&hb.from, now);
+            (taken, c.status(now), before, after)
         })?;
         if let Err(refusal) = taken {
             self.refused(&hb.from, &refusal);
             return Err(AtollError::BadRequest(refusal.to_string()));
         }
+        // The peer does not hear us yet (no echo), or we did not know both directions worked:
+        // tell it at once that we hear it.
+        let prompt = hb.echo.is_none() || !was_bidirectional;
+        self.after_heartbeat(&hb.from, prompt, is_bidirectional && !was_bidirectional);
         if hb.echo.is_some()
             && let Some(st) = status.iter().find(|s| s.region == hb.from)
             && let Some(rtt) = st.rtt_ms
@@ -275,23 +290,60 @@ impl Replicator {
                 _ = stop.notified() => return,
                 _ = tick.tick() => {}
             }
-            for (peer, addr) in &self.peer_addrs {
-                let Ok(hb) = self.heartbeat_for(peer) else {
-                    continue;
-                };
-                let Ok(body) = codec::encode(&hb) else {
-                    continue;
-                };
-                let req = self
-                    .http
-                    .post(format!("http://{addr}/v1/replication/heartbeat"))
-                    .header("content-type", "application/octet-stream")
-                    .body(body);
-                // One-way: the answer does not matter (a cut return path must not stop it).
-                tokio::spawn(async move {
-                    let _ = req.send().await;
-                });
+            for peer in self.peer_addrs.keys() {
+                self.send_heartbeat(peer);
             }
+        }
+    }
+
+    /// Sends one heartbeat to `peer`, one way: the answer does not matter (a cut return path must
+    /// not stop it).
+    fn send_heartbeat(&self, peer: &RegionId) {
+        let Some(addr) = self.peer_addrs.get(peer) else {
+            return;
+        };
+        let Ok(hb) = self.heartbeat_for(peer) else {
+            return;
+        };
+        let Ok(body) = codec::encode(&hb) else {
+            return;
+        };
+        let req = self
+            .http
+            .post(format!("http://{addr}/v1/replication/heartbeat"))
+            .header("content-type", "application/octet-stream")
+            .body(body);
+        tokio::spawn(async move {
+            let _ = req.send().await;
+        });
+    }
+
+    /// While a link is coming up, a heartbeat that shows one side does not yet know the other
+    /// hears it is answered at once instead of at the next tick, so both directions are proven in
+    /// a few round trips rather than a heartbeat interval or two; at most one prompt answer per
+    /// peer per `PROMPT_HEARTBEAT_GAP`. Subscriptions start as soon as the link works both ways.
+    fn after_heartbeat(&self, from: &RegionId, prompt: bool, now_bidirectional: bool) {
+        if now_bidirectional {
+            self.link_up.notify_one();
+        }
+        if !prompt {
+            return;
+        }
+        let due = match self.prompted.lock() {
+            Ok(mut last) => {
+                let now = tokio::time::Instant::now();
+                let due = last
+                    .get(from)
+                    .is_none_or(|t| now.duration_since(*t) >= PROMPT_HEARTBEAT_GAP);
+                if due {
+                    last.insert(from.clone(), now);
+                }
+                due
+            }
+            Err(_) => false,
+        };
+        if due {
+            self.send_heartbeat(from);
         }
     }
 
@@ -302,6 +354,7 @@ impl Replicator {
             tokio::select! {
                 _ = stop.notified() => break,
                 _ = tick.tick() => {}
+                _ = self.link_up.notified() => {}
             }
             let now = self.now();
             let Ok(wanted) = self.with_core(|c| c.wanted_subscriptions(now)) else {

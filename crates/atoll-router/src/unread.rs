@@ -11,8 +11,8 @@
 //! `Connection: close`. A request that sent `Expect: 100-continue` is not drained: its client
 //! has not sent the body and, given the final answer, will not; the connection is just closed.
 //!
-//! A twin of this module serves the other HTTP server of the workspace (`atoll-server`'s
-//! `unread` for the regions, `atoll-router`'s for the proxy).
+//! `atoll-server` has a twin of this module for the regions' API (the two crates share no HTTP
+//! code).
 
 use axum::body::Body;
 use axum::extract::Request;

@@ -163,6 +163,7 @@ pub fn router(state: Shared) -> Router {
         .fallback(route_not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::disable())
+        .layer(middleware::from_fn(crate::unread::layer))
         .layer(middleware::from_fn_with_state(state.clone(), track))
         .with_state(state)
 }

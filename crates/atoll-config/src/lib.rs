@@ -75,6 +75,16 @@ pub const DEFAULT_HEARTBEAT_INTERVAL_MS: u64 = 1000;
 /// Default `replication.max_lag_secs`.
 pub const DEFAULT_MAX_LAG_SECS: u64 = 10;
 
+/// Subscription streams a region serves at once per peer unless
+/// `replication.max_subscription_streams` says otherwise: a peer holds one, and a broken one can
+/// linger until the region notices; the rest is headroom.
+pub const DEFAULT_SUBSCRIPTION_STREAMS_PER_PEER: usize = 4;
+
+/// Most regions one cluster may declare. It bounds the size of every replication message (a
+/// heartbeat and a subscription request carry one entry per region), and so the body limits of
+/// the replication endpoints.
+pub const MAX_REGIONS: usize = 256;
+
 /// Default `api.max_json_body_bytes`: 4 MiB.
 pub const DEFAULT_MAX_JSON_BODY_BYTES: usize = 4 << 20;
 
@@ -271,6 +281,21 @@ pub struct ReplicationConfig {
     pub heartbeat_interval_ms: u64,
     /// Replication lag above which `atoll status` reports a peer as lagging and exits non-zero.
     pub max_lag_secs: u64,
+    /// Most subscription streams a region serves at once (1..=65536); more are refused with
+    /// `503 ATOLL-OVERLOADED` until one ends. `None`: [`DEFAULT_SUBSCRIPTION_STREAMS_PER_PEER`]
+    /// per peer (see [`ReplicationConfig::subscription_stream_limit`]).
+    pub max_subscription_streams: Option<usize>,
+}
+
+impl ReplicationConfig {
+    /// The most subscription streams a region of a cluster of `regions` regions serves at once:
+    /// `max_subscription_streams`, else 4 per peer (at least 4).
+    pub fn subscription_stream_limit(&self, regions: usize) -> usize {
+        self.max_subscription_streams.unwrap_or_else(|| {
+            (DEFAULT_SUBSCRIPTION_STREAMS_PER_PEER * regions.saturating_sub(1))
+                .max(DEFAULT_SUBSCRIPTION_STREAMS_PER_PEER)
+        })
+    }
 }
 
 impl Default for ReplicationConfig {
@@ -278,6 +303,7 @@ impl Default for ReplicationConfig {
         Self {
             heartbeat_interval_ms: DEFAULT_HEARTBEAT_INTERVAL_MS,
             max_lag_secs: DEFAULT_MAX_LAG_SECS,
+            max_subscription_streams: None,
         }
     }
 }

@@ -6,8 +6,8 @@ use crate::{
     DEFAULT_CONFLICT_RETENTION_SECS, DEFAULT_GROUP_COMMIT_MAX_BATCH, DEFAULT_HEARTBEAT_INTERVAL_MS,
     DEFAULT_MAX_CLOCK_OFFSET_MS, DEFAULT_MAX_JSON_BODY_BYTES, DEFAULT_MAX_LAG_SECS,
     DEFAULT_MAX_SIBLINGS, DEFAULT_MAX_VALUE_BYTES, GeoPoint, KeyspaceConfig, KeyspaceOption,
-    MAX_JSON_BODY_BYTES_LIMIT, MAX_JSON_BODY_BYTES_MIN, MAX_VALUE_BYTES_LIMIT, Model, RegionConfig,
-    ReplicationConfig, StorageConfig,
+    MAX_JSON_BODY_BYTES_LIMIT, MAX_JSON_BODY_BYTES_MIN, MAX_REGIONS, MAX_VALUE_BYTES_LIMIT, Model,
+    RegionConfig, ReplicationConfig, StorageConfig,
 };
 use atoll_core::op::Policy;
 use atoll_core::{AtollError, RegionId};
@@ -95,6 +95,8 @@ struct RawReplication {
     heartbeat_interval_ms: Option<Spanned<i64>>,
     #[serde(default)]
     max_lag_secs: Option<Spanned<i64>>,
+    #[serde(default)]
+    max_subscription_streams: Option<Spanned<i64>>,
 }
 
 #[derive(Deserialize)]
@@ -113,6 +115,7 @@ const CONFLICT_MAX_ENTRIES: RangeInclusive<i64> = 1..=1_000_000;
 const GROUP_COMMIT_MAX_BATCH: RangeInclusive<i64> = 1..=65_536;
 const HEARTBEAT_INTERVAL_MS: RangeInclusive<i64> = 10..=60_000;
 const MAX_LAG_SECS: RangeInclusive<i64> = 1..=86_400;
+const MAX_SUBSCRIPTION_STREAMS: RangeInclusive<i64> = 1..=65_536;
 const MAX_JSON_BODY_BYTES: RangeInclusive<i64> =
     MAX_JSON_BODY_BYTES_MIN as i64..=MAX_JSON_BODY_BYTES_LIMIT as i64;
 
@@ -234,6 +237,17 @@ fn regions(cx: &Ctx<'_>, raw: &[Spanned<RawRegion>]) -> Result<Vec<RegionConfig>
         return Err(cx.err_nowhere(
             "regions",
             "no region is declared: add at least one [[regions]] table with a name and an api address",
+        ));
+    }
+    if raw.len() > MAX_REGIONS {
+        let span = raw[MAX_REGIONS].span();
+        return Err(cx.err(
+            span,
+            format!("regions[{MAX_REGIONS}]"),
+            format!(
+                "{} regions are declared; a cluster has at most {MAX_REGIONS} (replication messages carry one entry per region, and their size is bounded)",
+                raw.len()
+            ),
         ));
     }
     let mut out = Vec::with_capacity(raw.len());
@@ -483,9 +497,19 @@ fn replication(
         MAX_LAG_SECS,
         DEFAULT_MAX_LAG_SECS as i64,
     )?;
+    let streams = match &raw.max_subscription_streams {
+        Some(_) => Some(cx.int(
+            &raw.max_subscription_streams,
+            "replication.max_subscription_streams",
+            MAX_SUBSCRIPTION_STREAMS,
+            0,
+        )? as usize),
+        None => None,
+    };
     Ok(ReplicationConfig {
         heartbeat_interval_ms: hb as u64,
         max_lag_secs: lag as u64,
+        max_subscription_streams: streams,
     })
 }
 

@@ -1202,3 +1202,76 @@ mod api_section {
         assert_eq!(e.key(), Some("api.max_body"), "{e}");
     }
 }
+
+mod replication_limits {
+    use super::*;
+
+    #[test]
+    fn max_subscription_streams_defaults_to_4_per_peer() {
+        let c = ok(BASE);
+        assert_eq!(c.replication.max_subscription_streams, None);
+        assert_eq!(c.replication.subscription_stream_limit(c.regions.len()), 4);
+        assert_eq!(c.replication.subscription_stream_limit(1), 4, "at least 4");
+        assert_eq!(c.replication.subscription_stream_limit(6), 20);
+        let c = ok(&format!(
+            "{BASE}\n[replication]\nmax_subscription_streams = 2\n"
+        ));
+        assert_eq!(c.replication.max_subscription_streams, Some(2));
+        assert_eq!(c.replication.subscription_stream_limit(6), 2);
+        let line = |c: &Config| {
+            c.explain()
+                .lines()
+                .find(|l| l.trim_start().starts_with("max_subscription_streams"))
+                .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        };
+        assert_eq!(
+            line(&c).as_deref(),
+            Some("max_subscription_streams 2 (most")
+        );
+        assert_eq!(
+            line(&ok(BASE)).as_deref(),
+            Some("max_subscription_streams 4 (default:")
+        );
+    }
+
+    #[test]
+    fn bad_max_subscription_streams_is_named() {
+        let line = BASE.lines().count() + 3;
+        for value in ["0", "65537", "-1"] {
+            let e = err(&format!(
+                "{BASE}\n[replication]\nmax_subscription_streams = {value}\n"
+            ));
+            assert_err(
+                &e,
+                Some(line),
+                "replication.max_subscription_streams",
+                &["1 to 65536"],
+            );
+        }
+    }
+
+    #[test]
+    fn a_cluster_has_at_most_256_regions() {
+        let mut text = String::from("[cluster]\nname = \"t\"\n");
+        for i in 0..=MAX_REGIONS {
+            text.push_str(&format!(
+                "[[regions]]\nname = \"r{i}\"\napi = \"127.0.0.1:{}\"\n",
+                10_000 + i
+            ));
+        }
+        text.push_str("[[keyspaces]]\nname = \"s\"\npolicy = \"lww\"\n");
+        let e = err(&text);
+        assert_err(
+            &e,
+            Some(3 + 3 * MAX_REGIONS),
+            "regions[256]",
+            &["257 regions", "at most 256"],
+        );
+        let cut = text
+            .find(&format!("[[regions]]\nname = \"r{MAX_REGIONS}\""))
+            .unwrap();
+        let end = text.find("[[keyspaces]]").unwrap();
+        let c = ok(&format!("{}{}", &text[..cut], &text[end..]));
+        assert_eq!(c.regions.len(), MAX_REGIONS);
+    }
+}

@@ -31,6 +31,14 @@ pub enum AtollError {
     /// `[api] max_json_body_bytes` (not a keyspace's value limit). `len` when it is known.
     #[error("{}", request_too_large(*len, *max))]
     RequestTooLarge { len: Option<usize>, max: usize },
+    /// A replication request (heartbeat or subscription) over its fixed limit, which any valid one
+    /// of the largest cluster stays far below. `len` when it is known.
+    #[error("{route} body is {}, over the limit of {max} bytes for it", len.map_or_else(|| format!("more than {max} bytes"), |n| format!("{n} bytes")))]
+    PeerRequestTooLarge {
+        route: String,
+        len: Option<usize>,
+        max: usize,
+    },
     #[error("malformed request body: {0}")]
     MalformedBody(String),
     #[error("invalid UTF-8 in {0}")]
@@ -85,6 +93,7 @@ impl AtollError {
             Self::KeyTooLarge { .. } => "ATOLL-KEY-TOO-LARGE",
             Self::ValueTooLarge { .. } => "ATOLL-VALUE-TOO-LARGE",
             Self::RequestTooLarge { .. } => "ATOLL-REQUEST-TOO-LARGE",
+            Self::PeerRequestTooLarge { .. } => "ATOLL-PEER-REQUEST-TOO-LARGE",
             Self::MalformedBody(_) => "ATOLL-MALFORMED-BODY",
             Self::InvalidUtf8(_) => "ATOLL-INVALID-UTF8",
             Self::BadContext(_) => "ATOLL-BAD-CONTEXT",
@@ -115,7 +124,9 @@ impl AtollError {
             | Self::BadRequest(_)
             | Self::Config(_) => 400,
             Self::KeyTooLarge { .. } => 414,
-            Self::ValueTooLarge { .. } | Self::RequestTooLarge { .. } => 413,
+            Self::ValueTooLarge { .. }
+            | Self::RequestTooLarge { .. }
+            | Self::PeerRequestTooLarge { .. } => 413,
             Self::ContextAhead(_) | Self::SiblingLimit { .. } | Self::CounterOverflow(_) => 409,
             Self::ShuttingDown | Self::Overloaded(_) => 503,
             Self::ClockSkew { .. } => 503,
@@ -154,6 +165,9 @@ impl AtollError {
             Self::RequestTooLarge { .. } => {
                 "send the update in several smaller requests, or raise max_json_body_bytes in the [api] section of atoll.toml (default 4 MiB, at most 64 MiB) and restart the regions"
             }
+            Self::PeerRequestTooLarge { .. } => {
+                "replication requests come from peer regions and are small: check that every region runs a compatible atoll version and that nothing else posts to /v1/replication/"
+            }
             Self::MalformedBody(_) => "check the request body against GET /v1/openapi.json",
             Self::InvalidUtf8(_) => "send UTF-8 text where the API expects text",
             Self::BadContext(_) => {
@@ -183,7 +197,7 @@ impl AtollError {
                 "fix NTP on the skewed host; replication from it resumes by itself once its clock is back in bounds"
             }
             Self::ShuttingDown => "retry against another region or after the restart",
-            Self::Overloaded(_) => "back off and retry; the write was not accepted",
+            Self::Overloaded(_) => "back off and retry; the request was not carried out",
             Self::BadRequest(_) => "check the request against GET /v1/openapi.json",
         }
     }

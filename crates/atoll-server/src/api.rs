@@ -696,6 +696,10 @@ async fn metrics(State(state): State<Shared>) -> Response {
         .metrics
         .oplog_last_seq
         .set(state.store.stats().last_seq.load(Ordering::Relaxed));
+    state
+        .metrics
+        .subscription_streams
+        .set(i64::try_from(state.subscribers.total()).unwrap_or(i64::MAX));
     if let Some(rep) = state.replicator.get() {
         rep.refresh_metrics();
     }

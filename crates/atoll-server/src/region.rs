@@ -167,7 +167,14 @@ impl RegionServer {
         let state = self.state.clone();
         let app = router(self.state.clone()).merge(crate::streams::track(
             replication::router(self.replicator.clone()),
-            self.state.subscribers.clone(),
+            crate::streams::Edge {
+                subscribers: self.state.subscribers.clone(),
+                max_streams: state
+                    .config
+                    .replication
+                    .subscription_stream_limit(state.config.regions.len()),
+                metrics: state.metrics.clone(),
+            },
         ));
         let flag = state.clone();
         let stop = Arc::new(tokio::sync::Notify::new());

@@ -289,6 +289,11 @@ fn every_error() -> Vec<AtollError> {
             len: Some(2),
             max: 1,
         },
+        AtollError::PeerRequestTooLarge {
+            route: "x".into(),
+            len: None,
+            max: 1,
+        },
         AtollError::MalformedBody("x".into()),
         AtollError::InvalidUtf8("x".into()),
         AtollError::BadContext("x".into()),
@@ -320,6 +325,7 @@ fn every_error() -> Vec<AtollError> {
             | AtollError::KeyTooLarge { .. }
             | AtollError::ValueTooLarge { .. }
             | AtollError::RequestTooLarge { .. }
+            | AtollError::PeerRequestTooLarge { .. }
             | AtollError::MalformedBody(_)
             | AtollError::InvalidUtf8(_)
             | AtollError::BadContext(_)

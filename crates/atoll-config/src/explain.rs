@@ -109,6 +109,23 @@ pub(crate) fn explain(config: &Config) -> String {
         default_mark(a.max_json_body_bytes == DEFAULT_MAX_JSON_BODY_BYTES)
     );
 
+    let _ = writeln!(out, "\nauth");
+    match &config.auth.tokens_file {
+        Some(path) => {
+            let _ = writeln!(
+                out,
+                "  tokens_file  {}  (bearer tokens and the keyspaces each may read and write; /healthz, /metrics and /v1/openapi.json stay open)",
+                path.display()
+            );
+        }
+        None => {
+            let _ = writeln!(
+                out,
+                "  (no [auth] section: the client API is open to anyone who reaches it; see examples/tokens.toml)"
+            );
+        }
+    }
+
     match &config.router {
         Some(rc) => router(&mut out, config, rc),
         None => {

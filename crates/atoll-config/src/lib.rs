@@ -3,8 +3,8 @@
 //!
 //! One file describes the whole cluster: the cluster itself (`[cluster]`), its regions
 //! (`[[regions]]`), its keyspaces (`[[keyspaces]]`), storage and replication settings
-//! (`[storage]`, `[replication]`), limits of the client API (`[api]`) and the traffic router
-//! (`[router]`). Each
+//! (`[storage]`, `[replication]`), limits of the client API (`[api]`), client authentication
+//! (`[auth]`, whose tokens file [`auth::Tokens`] reads) and the traffic router (`[router]`). Each
 //! process is told which region it is. [`Config::parse`] / [`Config::load`] read the file into a
 //! [`Config`] whose fields are resolved and typed, with every default applied; anything unknown,
 //! missing, duplicated, out of range or not applicable to a keyspace's policy is a
@@ -29,6 +29,7 @@
 //! assert_eq!(config.region("us-east-1").unwrap().peer, "127.0.0.1:7100".parse().unwrap());
 //! ```
 
+pub mod auth;
 mod error;
 mod explain;
 mod raw;
@@ -107,6 +108,8 @@ pub struct Config {
     pub api: ApiConfig,
     /// `[router]`, if the cluster has a traffic manager.
     pub router: Option<router::RouterConfig>,
+    /// `[auth]`: client authentication (off unless it names a tokens file).
+    pub auth: auth::AuthConfig,
 }
 
 /// `[cluster]`.
@@ -328,10 +331,19 @@ impl Config {
     /// Things that are valid but likely mistakes (the article's anti-patterns), for
     /// `atoll config check`.
     pub fn warnings(&self) -> Vec<String> {
-        self.router
-            .as_ref()
-            .map(router::warnings)
-            .unwrap_or_default()
+        let mut out = Vec::new();
+        if self.auth.tokens_file.is_none() {
+            out.push(
+                "no [auth] section: the client API of every region is open (anyone who reaches a region's address can read and write every keyspace); name a tokens file with [auth] tokens_file (see examples/tokens.toml)".to_string(),
+            );
+        }
+        out.extend(
+            self.router
+                .as_ref()
+                .map(router::warnings)
+                .unwrap_or_default(),
+        );
+        out
     }
 
     /// Parses and validates the text of an `atoll.toml`. `source` names the file in messages.

@@ -34,6 +34,14 @@ struct RawConfig {
     api: Option<RawApi>,
     #[serde(default)]
     router: Option<crate::router::RawRouter>,
+    #[serde(default)]
+    auth: Option<RawAuth>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAuth {
+    tokens_file: Spanned<String>,
 }
 
 #[derive(Deserialize)]
@@ -125,6 +133,12 @@ pub(crate) struct Ctx<'a> {
     file: &'a str,
 }
 
+impl<'a> Ctx<'a> {
+    pub(crate) fn new(text: &'a str, file: &'a str) -> Self {
+        Self { text, file }
+    }
+}
+
 impl Ctx<'_> {
     pub(crate) fn err(
         &self,
@@ -186,6 +200,34 @@ pub(crate) fn parse(text: &str, file: &str) -> Result<Config, ConfigError> {
         storage: storage(&cx, raw.storage.as_ref())?,
         replication: replication(&cx, raw.replication.as_ref())?,
         api: api(&cx, raw.api.as_ref())?,
+        auth: auth(&cx, raw.auth.as_ref(), file)?,
+    })
+}
+
+/// `[auth]`: the tokens file, relative to the config file's directory unless absolute.
+fn auth(
+    cx: &Ctx<'_>,
+    raw: Option<&RawAuth>,
+    file: &str,
+) -> Result<crate::auth::AuthConfig, ConfigError> {
+    let Some(raw) = raw else {
+        return Ok(crate::auth::AuthConfig::default());
+    };
+    let given = raw.tokens_file.get_ref();
+    if given.trim().is_empty() {
+        return Err(cx.err(
+            raw.tokens_file.span(),
+            "auth.tokens_file",
+            "the path is empty: name the tokens file (e.g. \"tokens.toml\", next to this config), or remove [auth] to leave the client API open",
+        ));
+    }
+    let path = std::path::Path::new(given);
+    let resolved = match std::path::Path::new(file).parent() {
+        Some(dir) if path.is_relative() => dir.join(path),
+        _ => path.to_path_buf(),
+    };
+    Ok(crate::auth::AuthConfig {
+        tokens_file: Some(resolved),
     })
 }
 

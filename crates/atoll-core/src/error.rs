@@ -71,6 +71,12 @@ pub enum AtollError {
     Overloaded(String),
     #[error("request rejected: {0}")]
     BadRequest(String),
+    /// Client authentication is on and the request has no valid bearer token.
+    #[error("unauthorized: {0}")]
+    Unauthorized(String),
+    /// The request's token is valid but does not grant what the request needs.
+    #[error("forbidden: {0}")]
+    Forbidden(String),
 }
 
 fn request_too_large(len: Option<usize>, max: usize) -> String {
@@ -109,6 +115,8 @@ impl AtollError {
             Self::ShuttingDown => "ATOLL-SHUTTING-DOWN",
             Self::Overloaded(_) => "ATOLL-OVERLOADED",
             Self::BadRequest(_) => "ATOLL-BAD-REQUEST",
+            Self::Unauthorized(_) => "ATOLL-UNAUTHORIZED",
+            Self::Forbidden(_) => "ATOLL-FORBIDDEN",
         }
     }
 
@@ -116,6 +124,8 @@ impl AtollError {
     pub fn http_status(&self) -> u16 {
         match self {
             Self::UnknownKeyspace(_) | Self::NotFound => 404,
+            Self::Unauthorized(_) => 401,
+            Self::Forbidden(_) => 403,
             Self::WrongPolicy { .. } => 405,
             Self::EmptyKey
             | Self::MalformedBody(_)
@@ -199,6 +209,12 @@ impl AtollError {
             Self::ShuttingDown => "retry against another region or after the restart",
             Self::Overloaded(_) => "back off and retry; the request was not carried out",
             Self::BadRequest(_) => "check the request against GET /v1/openapi.json",
+            Self::Unauthorized(_) => {
+                "send `Authorization: Bearer <token>` with a token from the cluster's tokens file ([auth] tokens_file); the CLI sends ATOLL_TOKEN or --token"
+            }
+            Self::Forbidden(_) => {
+                "use a token whose read or write list in the tokens file names this keyspace, or have the operator grant it"
+            }
         }
     }
 }

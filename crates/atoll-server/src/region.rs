@@ -130,6 +130,17 @@ impl RegionServer {
             },
             changed,
         )?;
+        let auth = atoll_config::auth::Tokens::load_for(&opts.config)
+            .map_err(|e| AtollError::Config(e.to_string()))?;
+        match &auth {
+            Some(t) => tracing::info!(
+                tokens = t.grants().len(),
+                "client API authentication on: every route but /healthz, /metrics and /v1/openapi.json needs a bearer token"
+            ),
+            None => tracing::warn!(
+                "client API authentication off (no [auth] in the config): anyone who reaches this region can read and write every keyspace"
+            ),
+        }
         let listener = TcpListener::bind(listen)
             .await
             .map_err(|e| AtollError::Config(format!("cannot listen on {listen}: {e}")))?;
@@ -141,6 +152,7 @@ impl RegionServer {
             serving: AtomicBool::new(true),
             replicator: std::sync::OnceLock::new(),
             subscribers: crate::streams::Subscribers::new(),
+            auth: auth.map(Arc::new),
         });
         let _ = state.replicator.set(replicator.clone());
         Ok(RegionServer {

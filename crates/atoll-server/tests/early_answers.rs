@@ -49,6 +49,7 @@ async fn serve() -> (SocketAddr, Arc<AppState>) {
         serving: AtomicBool::new(true),
         replicator: OnceLock::new(),
         subscribers: atoll_server::streams::Subscribers::new(),
+        auth: None,
     });
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();

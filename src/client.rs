@@ -35,6 +35,15 @@ pub struct ClientArgs {
     /// Request timeout in seconds.
     #[arg(long, global = true, default_value_t = 10.0)]
     pub timeout: f64,
+    /// Bearer token for a cluster with client authentication ([auth] in its config).
+    #[arg(
+        long,
+        global = true,
+        env = "ATOLL_TOKEN",
+        hide_env_values = true,
+        value_name = "TOKEN"
+    )]
+    pub token: Option<String>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -111,6 +120,7 @@ struct Client {
     http: reqwest::Client,
     base: String,
     output: Output,
+    token: Option<String>,
 }
 
 struct Reply {
@@ -160,6 +170,12 @@ impl Client {
             http,
             base: args.endpoint.trim_end_matches('/').to_string(),
             output: args.output,
+            token: args
+                .token
+                .as_deref()
+                .map(str::trim)
+                .filter(|t| !t.is_empty())
+                .map(str::to_string),
         })
     }
 
@@ -173,6 +189,10 @@ impl Client {
     }
 
     async fn send(&self, req: reqwest::RequestBuilder) -> Result<Reply> {
+        let req = match &self.token {
+            Some(t) => req.bearer_auth(t),
+            None => req,
+        };
         let resp = req
             .send()
             .await

@@ -300,8 +300,29 @@ fn config_check(file: &std::path::Path) -> Result<()> {
     let cfg = atoll_config::Config::load(file)
         .map_err(anyhow::Error::msg)
         .with_context(|| format!("{} is not a valid atoll config", file.display()))?;
+    let tokens = atoll_config::auth::Tokens::load_for(&cfg)
+        .map_err(anyhow::Error::msg)
+        .with_context(|| format!("{} names an invalid tokens file", file.display()))?;
     println!("{}: OK\n", file.display());
     print!("{}", cfg.explain());
+    if let (Some(tokens), Some(path)) = (tokens, &cfg.auth.tokens_file) {
+        println!(
+            "\nauth tokens ({}, from {})",
+            tokens.grants().len(),
+            path.display()
+        );
+        let rows: Vec<[String; 3]> = tokens
+            .grants()
+            .iter()
+            .map(|g| [g.name.clone(), g.read.describe(), g.write.describe()])
+            .collect();
+        let w0 = rows.iter().map(|r| r[0].len()).max().unwrap_or(0).max(4);
+        let w1 = rows.iter().map(|r| r[1].len()).max().unwrap_or(0).max(4);
+        println!("  {:<w0$}  {:<w1$}  write", "name", "read");
+        for [name, read, write] in rows {
+            println!("  {name:<w0$}  {read:<w1$}  {write}");
+        }
+    }
     let warnings = cfg.warnings();
     if !warnings.is_empty() {
         println!();

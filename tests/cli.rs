@@ -1,7 +1,7 @@
 //! End-to-end tests of the command line: `atoll config check`, the client commands
 //! (`atoll kv|counter|set`, human and `--output json`) against a running region, and the ways
 //! `atoll region` refuses to start (unknown region, bad config, a data directory of a newer
-//! format or of another region).
+//! format or of another region), and client authentication (`[auth]`, `--token`, `ATOLL_TOKEN`).
 
 mod common;
 
@@ -22,6 +22,17 @@ fn atoll(args: &[&str]) -> Output {
     let mut cmd = Command::new(BIN);
     cmd.args(args)
         .env_remove("ATOLL_ENDPOINT")
+        .env_remove("ATOLL_TOKEN")
+        .env("NO_COLOR", "1");
+    ok(run_with_timeout(cmd, CLI_TIMEOUT))
+}
+
+/// `atoll ARGS...` with `ATOLL_TOKEN` set.
+fn atoll_with_token(args: &[&str], token: &str) -> Output {
+    let mut cmd = Command::new(BIN);
+    cmd.args(args)
+        .env_remove("ATOLL_ENDPOINT")
+        .env("ATOLL_TOKEN", token)
         .env("NO_COLOR", "1");
     ok(run_with_timeout(cmd, CLI_TIMEOUT))
 }
@@ -595,5 +606,122 @@ fn region_starts_well_within_the_readiness_deadline() {
     let mut r = ok(RegionProcess::start(BIN, CONFIG, REGION, dir.join("data")));
     let took = started.elapsed();
     assert!(took < START_TIMEOUT / 2, "start took {took:?}");
+    assert_eq!(ok(r.terminate()).code(), Some(0));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Client authentication
+
+/// The example config with `[auth]` naming a copy of `examples/tokens.toml` next to it.
+fn config_with_auth(dir: &TestDir) -> String {
+    let example = ok(std::fs::read_to_string(CONFIG).map_err(Into::into));
+    let tokens = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/tokens.toml");
+    ok(std::fs::copy(tokens, dir.join("tokens.toml")).map_err(Into::into));
+    let path = dir.join("atoll.toml");
+    ok(std::fs::write(
+        &path,
+        format!("{example}\n[auth]\ntokens_file = \"tokens.toml\"\n"),
+    )
+    .map_err(Into::into));
+    path.display().to_string()
+}
+
+#[test]
+fn config_check_warns_about_an_open_api_and_lists_tokens() {
+    let out = succeeded(&atoll(&["config", "check", CONFIG]));
+    assert!(
+        out.contains("warning: no [auth] section: the client API of every region is open"),
+        "{out}"
+    );
+    let dir = ok(test_dir("cli-auth-check").map_err(Into::into));
+    let cfg = config_with_auth(&dir);
+    let out = succeeded(&atoll(&["config", "check", &cfg]));
+    assert!(!out.contains("[auth] section"), "{out}");
+    assert!(out.contains("auth tokens (3, from "), "{out}");
+    assert!(
+        out.lines()
+            .any(|l| l.split_whitespace().collect::<Vec<_>>() == ["reporting", "*", "-"]),
+        "{out}"
+    );
+    // A broken tokens file fails the check, naming the file, the line and the key.
+    ok(std::fs::write(
+        dir.join("tokens.toml"),
+        "[[tokens]]\nname = \"a\"\nsha256 = \"plain-token\"\n",
+    )
+    .map_err(Into::into));
+    let err = failed(&atoll(&["config", "check", &cfg]));
+    assert!(
+        err.contains("tokens.toml:3") && err.contains("tokens[0].sha256"),
+        "{err}"
+    );
+}
+
+#[test]
+fn client_commands_send_the_token_and_show_refusals() {
+    let dir = ok(test_dir("cli-auth").map_err(Into::into));
+    let cfg = config_with_auth(&dir);
+    let mut r = ok(RegionProcess::start(BIN, &cfg, REGION, dir.join("data")));
+    let e = r.endpoint();
+    // No token: 401, said plainly.
+    let err = failed(&atoll(&[
+        "kv",
+        "put",
+        "sessions",
+        "k",
+        "v",
+        "--endpoint",
+        &e,
+    ]));
+    assert!(err.contains("ATOLL-UNAUTHORIZED (HTTP 401)"), "{err}");
+    assert!(
+        err.contains("ATOLL_TOKEN"),
+        "the hint names the variable: {err}"
+    );
+    let err = failed(&atoll(&["status", "--endpoint", &e]));
+    assert!(err.contains("ATOLL-UNAUTHORIZED"), "{err}");
+    let err = failed(&atoll(&[
+        "kv",
+        "get",
+        "sessions",
+        "k",
+        "--endpoint",
+        &e,
+        "--token",
+        "nope",
+    ]));
+    assert!(err.contains("ATOLL-UNAUTHORIZED"), "{err}");
+    // --token: the operator writes.
+    let out = succeeded(&atoll(&[
+        "kv",
+        "put",
+        "sessions",
+        "k",
+        "v",
+        "--endpoint",
+        &e,
+        "--token",
+        "example-admin-token",
+    ]));
+    assert!(out.starts_with("ok: written in us-east-1"), "{out}");
+    // ATOLL_TOKEN: the reporting token reads everything and writes nothing.
+    let out = succeeded(&atoll_with_token(
+        &["kv", "get", "sessions", "k", "--endpoint", &e],
+        "example-reporting-token",
+    ));
+    assert_eq!(out, "v\n");
+    let err = failed(&atoll_with_token(
+        &["counter", "incr", "ratelimits", "k", "--endpoint", &e],
+        "example-reporting-token",
+    ));
+    assert!(
+        err.contains("ATOLL-FORBIDDEN (HTTP 403)")
+            && err.contains("token `reporting` may not write"),
+        "{err}"
+    );
+    // Status needs any valid token, even one without the right on every keyspace.
+    succeeded(&atoll_with_token(
+        &["status", "--endpoint", &e],
+        "example-checkout-token",
+    ));
     assert_eq!(ok(r.terminate()).code(), Some(0));
 }

@@ -75,16 +75,26 @@ pub(crate) fn explain(config: &Config) -> String {
     let _ = writeln!(out, "\nreplication");
     let _ = writeln!(
         out,
-        "  heartbeat_interval_ms  {}{}  (a peer silent for 3 intervals = {} ms is unreachable)",
+        "  heartbeat_interval_ms     {}{}  (a peer silent for 3 intervals = {} ms is unreachable)",
         r.heartbeat_interval_ms,
         default_mark(r.heartbeat_interval_ms == DEFAULT_HEARTBEAT_INTERVAL_MS),
         r.heartbeat_interval_ms * 3
     );
     let _ = writeln!(
         out,
-        "  max_lag_secs           {}{}  (`atoll status` fails when a peer lags more)",
+        "  max_lag_secs              {}{}  (`atoll status` fails when a peer lags more)",
         r.max_lag_secs,
         default_mark(r.max_lag_secs == DEFAULT_MAX_LAG_SECS)
+    );
+    let _ = writeln!(
+        out,
+        "  max_subscription_streams  {}{}  (most replication streams a region serves at once; more get 503 ATOLL-OVERLOADED)",
+        r.subscription_stream_limit(config.regions.len()),
+        if r.max_subscription_streams.is_none() {
+            " (default: 4 per peer, at least 4)"
+        } else {
+            ""
+        }
     );
 
     let a = &config.api;
@@ -98,6 +108,23 @@ pub(crate) fn explain(config: &Config) -> String {
         a.max_json_body_bytes,
         default_mark(a.max_json_body_bytes == DEFAULT_MAX_JSON_BODY_BYTES)
     );
+
+    let _ = writeln!(out, "\nauth");
+    match &config.auth.tokens_file {
+        Some(path) => {
+            let _ = writeln!(
+                out,
+                "  tokens_file  {}  (bearer tokens and the keyspaces each may read and write; /healthz, /metrics and /v1/openapi.json stay open)",
+                path.display()
+            );
+        }
+        None => {
+            let _ = writeln!(
+                out,
+                "  (no [auth] section: the client API is open to anyone who reaches it; see examples/tokens.toml)"
+            );
+        }
+    }
 
     match &config.router {
         Some(rc) => router(&mut out, config, rc),

@@ -3,8 +3,8 @@
 //!
 //! One file describes the whole cluster: the cluster itself (`[cluster]`), its regions
 //! (`[[regions]]`), its keyspaces (`[[keyspaces]]`), storage and replication settings
-//! (`[storage]`, `[replication]`), limits of the client API (`[api]`) and the traffic router
-//! (`[router]`). Each
+//! (`[storage]`, `[replication]`), limits of the client API (`[api]`), client authentication
+//! (`[auth]`, whose tokens file [`auth::Tokens`] reads) and the traffic router (`[router]`). Each
 //! process is told which region it is. [`Config::parse`] / [`Config::load`] read the file into a
 //! [`Config`] whose fields are resolved and typed, with every default applied; anything unknown,
 //! missing, duplicated, out of range or not applicable to a keyspace's policy is a
@@ -29,6 +29,7 @@
 //! assert_eq!(config.region("us-east-1").unwrap().peer, "127.0.0.1:7100".parse().unwrap());
 //! ```
 
+pub mod auth;
 mod error;
 mod explain;
 mod raw;
@@ -75,6 +76,16 @@ pub const DEFAULT_HEARTBEAT_INTERVAL_MS: u64 = 1000;
 /// Default `replication.max_lag_secs`.
 pub const DEFAULT_MAX_LAG_SECS: u64 = 10;
 
+/// Subscription streams a region serves at once per peer unless
+/// `replication.max_subscription_streams` says otherwise: a peer holds one, and a broken one can
+/// linger until the region notices; the rest is headroom.
+pub const DEFAULT_SUBSCRIPTION_STREAMS_PER_PEER: usize = 4;
+
+/// Most regions one cluster may declare. It bounds the size of every replication message (a
+/// heartbeat and a subscription request carry one entry per region), and so the body limits of
+/// the replication endpoints.
+pub const MAX_REGIONS: usize = 256;
+
 /// Default `api.max_json_body_bytes`: 4 MiB.
 pub const DEFAULT_MAX_JSON_BODY_BYTES: usize = 4 << 20;
 
@@ -97,6 +108,8 @@ pub struct Config {
     pub api: ApiConfig,
     /// `[router]`, if the cluster has a traffic manager.
     pub router: Option<router::RouterConfig>,
+    /// `[auth]`: client authentication (off unless it names a tokens file).
+    pub auth: auth::AuthConfig,
 }
 
 /// `[cluster]`.
@@ -271,6 +284,21 @@ pub struct ReplicationConfig {
     pub heartbeat_interval_ms: u64,
     /// Replication lag above which `atoll status` reports a peer as lagging and exits non-zero.
     pub max_lag_secs: u64,
+    /// Most subscription streams a region serves at once (1..=65536); more are refused with
+    /// `503 ATOLL-OVERLOADED` until one ends. `None`: [`DEFAULT_SUBSCRIPTION_STREAMS_PER_PEER`]
+    /// per peer (see [`ReplicationConfig::subscription_stream_limit`]).
+    pub max_subscription_streams: Option<usize>,
+}
+
+impl ReplicationConfig {
+    /// The most subscription streams a region of a cluster of `regions` regions serves at once:
+    /// `max_subscription_streams`, else 4 per peer (at least 4).
+    pub fn subscription_stream_limit(&self, regions: usize) -> usize {
+        self.max_subscription_streams.unwrap_or_else(|| {
+            (DEFAULT_SUBSCRIPTION_STREAMS_PER_PEER * regions.saturating_sub(1))
+                .max(DEFAULT_SUBSCRIPTION_STREAMS_PER_PEER)
+        })
+    }
 }
 
 impl Default for ReplicationConfig {
@@ -278,6 +306,7 @@ impl Default for ReplicationConfig {
         Self {
             heartbeat_interval_ms: DEFAULT_HEARTBEAT_INTERVAL_MS,
             max_lag_secs: DEFAULT_MAX_LAG_SECS,
+            max_subscription_streams: None,
         }
     }
 }
@@ -302,10 +331,19 @@ impl Config {
     /// Things that are valid but likely mistakes (the article's anti-patterns), for
     /// `atoll config check`.
     pub fn warnings(&self) -> Vec<String> {
-        self.router
-            .as_ref()
-            .map(router::warnings)
-            .unwrap_or_default()
+        let mut out = Vec::new();
+        if self.auth.tokens_file.is_none() {
+            out.push(
+                "no [auth] section: the client API of every region is open (anyone who reaches a region's address can read and write every keyspace); name a tokens file with [auth] tokens_file (see examples/tokens.toml)".to_string(),
+            );
+        }
+        out.extend(
+            self.router
+                .as_ref()
+                .map(router::warnings)
+                .unwrap_or_default(),
+        );
+        out
     }
 
     /// Parses and validates the text of an `atoll.toml`. `source` names the file in messages.

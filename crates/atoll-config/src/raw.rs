@@ -6,8 +6,8 @@ use crate::{
     DEFAULT_CONFLICT_RETENTION_SECS, DEFAULT_GROUP_COMMIT_MAX_BATCH, DEFAULT_HEARTBEAT_INTERVAL_MS,
     DEFAULT_MAX_CLOCK_OFFSET_MS, DEFAULT_MAX_JSON_BODY_BYTES, DEFAULT_MAX_LAG_SECS,
     DEFAULT_MAX_SIBLINGS, DEFAULT_MAX_VALUE_BYTES, GeoPoint, KeyspaceConfig, KeyspaceOption,
-    MAX_JSON_BODY_BYTES_LIMIT, MAX_JSON_BODY_BYTES_MIN, MAX_VALUE_BYTES_LIMIT, Model, RegionConfig,
-    ReplicationConfig, StorageConfig,
+    MAX_JSON_BODY_BYTES_LIMIT, MAX_JSON_BODY_BYTES_MIN, MAX_REGIONS, MAX_VALUE_BYTES_LIMIT, Model,
+    RegionConfig, ReplicationConfig, StorageConfig,
 };
 use atoll_core::op::Policy;
 use atoll_core::{AtollError, RegionId};
@@ -34,6 +34,14 @@ struct RawConfig {
     api: Option<RawApi>,
     #[serde(default)]
     router: Option<crate::router::RawRouter>,
+    #[serde(default)]
+    auth: Option<RawAuth>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAuth {
+    tokens_file: Spanned<String>,
 }
 
 #[derive(Deserialize)]
@@ -95,6 +103,8 @@ struct RawReplication {
     heartbeat_interval_ms: Option<Spanned<i64>>,
     #[serde(default)]
     max_lag_secs: Option<Spanned<i64>>,
+    #[serde(default)]
+    max_subscription_streams: Option<Spanned<i64>>,
 }
 
 #[derive(Deserialize)]
@@ -113,6 +123,7 @@ const CONFLICT_MAX_ENTRIES: RangeInclusive<i64> = 1..=1_000_000;
 const GROUP_COMMIT_MAX_BATCH: RangeInclusive<i64> = 1..=65_536;
 const HEARTBEAT_INTERVAL_MS: RangeInclusive<i64> = 10..=60_000;
 const MAX_LAG_SECS: RangeInclusive<i64> = 1..=86_400;
+const MAX_SUBSCRIPTION_STREAMS: RangeInclusive<i64> = 1..=65_536;
 const MAX_JSON_BODY_BYTES: RangeInclusive<i64> =
     MAX_JSON_BODY_BYTES_MIN as i64..=MAX_JSON_BODY_BYTES_LIMIT as i64;
 
@@ -120,6 +131,12 @@ const MAX_JSON_BODY_BYTES: RangeInclusive<i64> =
 pub(crate) struct Ctx<'a> {
     text: &'a str,
     file: &'a str,
+}
+
+impl<'a> Ctx<'a> {
+    pub(crate) fn new(text: &'a str, file: &'a str) -> Self {
+        Self { text, file }
+    }
 }
 
 impl Ctx<'_> {
@@ -183,6 +200,34 @@ pub(crate) fn parse(text: &str, file: &str) -> Result<Config, ConfigError> {
         storage: storage(&cx, raw.storage.as_ref())?,
         replication: replication(&cx, raw.replication.as_ref())?,
         api: api(&cx, raw.api.as_ref())?,
+        auth: auth(&cx, raw.auth.as_ref(), file)?,
+    })
+}
+
+/// `[auth]`: the tokens file, relative to the config file's directory unless absolute.
+fn auth(
+    cx: &Ctx<'_>,
+    raw: Option<&RawAuth>,
+    file: &str,
+) -> Result<crate::auth::AuthConfig, ConfigError> {
+    let Some(raw) = raw else {
+        return Ok(crate::auth::AuthConfig::default());
+    };
+    let given = raw.tokens_file.get_ref();
+    if given.trim().is_empty() {
+        return Err(cx.err(
+            raw.tokens_file.span(),
+            "auth.tokens_file",
+            "the path is empty: name the tokens file (e.g. \"tokens.toml\", next to this config), or remove [auth] to leave the client API open",
+        ));
+    }
+    let path = std::path::Path::new(given);
+    let resolved = match std::path::Path::new(file).parent() {
+        Some(dir) if path.is_relative() => dir.join(path),
+        _ => path.to_path_buf(),
+    };
+    Ok(crate::auth::AuthConfig {
+        tokens_file: Some(resolved),
     })
 }
 
@@ -234,6 +279,17 @@ fn regions(cx: &Ctx<'_>, raw: &[Spanned<RawRegion>]) -> Result<Vec<RegionConfig>
         return Err(cx.err_nowhere(
             "regions",
             "no region is declared: add at least one [[regions]] table with a name and an api address",
+        ));
+    }
+    if raw.len() > MAX_REGIONS {
+        let span = raw[MAX_REGIONS].span();
+        return Err(cx.err(
+            span,
+            format!("regions[{MAX_REGIONS}]"),
+            format!(
+                "{} regions are declared; a cluster has at most {MAX_REGIONS} (replication messages carry one entry per region, and their size is bounded)",
+                raw.len()
+            ),
         ));
     }
     let mut out = Vec::with_capacity(raw.len());
@@ -483,9 +539,19 @@ fn replication(
         MAX_LAG_SECS,
         DEFAULT_MAX_LAG_SECS as i64,
     )?;
+    let streams = match &raw.max_subscription_streams {
+        Some(_) => Some(cx.int(
+            &raw.max_subscription_streams,
+            "replication.max_subscription_streams",
+            MAX_SUBSCRIPTION_STREAMS,
+            0,
+        )? as usize),
+        None => None,
+    };
     Ok(ReplicationConfig {
         heartbeat_interval_ms: hb as u64,
         max_lag_secs: lag as u64,
+        max_subscription_streams: streams,
     })
 }
 

@@ -66,6 +66,14 @@ fn assert_err(e: &ConfigError, line: Option<usize>, key: &str, needles: &[&str])
     assert!(!e.hint().is_empty());
 }
 
+/// The warnings other than the one about the open client API (no `[auth]`).
+fn router_warnings(c: &Config) -> Vec<String> {
+    c.warnings()
+        .into_iter()
+        .filter(|w| !w.starts_with("no [auth] section"))
+        .collect()
+}
+
 // ---------------------------------------------------------------------------------------------
 // Examples and defaults
 
@@ -188,7 +196,7 @@ fn example_three_regions_has_a_router() {
         .map(|r| r.dns_address.to_string())
         .collect();
     assert_eq!(dns, ["127.0.0.11", "127.0.0.12", "127.0.0.13"]);
-    assert!(c.warnings().is_empty(), "{:?}", c.warnings());
+    assert!(router_warnings(&c).is_empty(), "{:?}", c.warnings());
 }
 
 /// Every key of `[router]` the parser accepts appears in the three-region example (set or
@@ -1063,7 +1071,7 @@ mod router_section {
         let n = r.name("API.atoll.test").unwrap();
         assert_eq!(n.fqdn, "api.atoll.test.");
         assert_eq!(n.regions, vec!["us-east-1".to_string()]);
-        assert!(c.warnings().is_empty());
+        assert!(router_warnings(&c).is_empty());
     }
 
     #[test]
@@ -1173,7 +1181,7 @@ mod router_section {
             "policy = \"failover\"\nttl_secs = 300",
         );
         let c = Config::parse(&text, "atoll.toml").unwrap();
-        let w = c.warnings();
+        let w = router_warnings(&c);
         assert_eq!(w.len(), 1);
         assert!(w[0].contains("300"), "{w:?}");
     }
@@ -1200,5 +1208,252 @@ mod api_section {
         }
         let e = err(&format!("{BASE}\n[api]\nmax_body = 1\n"));
         assert_eq!(e.key(), Some("api.max_body"), "{e}");
+    }
+}
+
+mod replication_limits {
+    use super::*;
+
+    #[test]
+    fn max_subscription_streams_defaults_to_4_per_peer() {
+        let c = ok(BASE);
+        assert_eq!(c.replication.max_subscription_streams, None);
+        assert_eq!(c.replication.subscription_stream_limit(c.regions.len()), 4);
+        assert_eq!(c.replication.subscription_stream_limit(1), 4, "at least 4");
+        assert_eq!(c.replication.subscription_stream_limit(6), 20);
+        let c = ok(&format!(
+            "{BASE}\n[replication]\nmax_subscription_streams = 2\n"
+        ));
+        assert_eq!(c.replication.max_subscription_streams, Some(2));
+        assert_eq!(c.replication.subscription_stream_limit(6), 2);
+        let line = |c: &Config| {
+            c.explain()
+                .lines()
+                .find(|l| l.trim_start().starts_with("max_subscription_streams"))
+                .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        };
+        assert_eq!(
+            line(&c).as_deref(),
+            Some("max_subscription_streams 2 (most")
+        );
+        assert_eq!(
+            line(&ok(BASE)).as_deref(),
+            Some("max_subscription_streams 4 (default:")
+        );
+    }
+
+    #[test]
+    fn bad_max_subscription_streams_is_named() {
+        let line = BASE.lines().count() + 3;
+        for value in ["0", "65537", "-1"] {
+            let e = err(&format!(
+                "{BASE}\n[replication]\nmax_subscription_streams = {value}\n"
+            ));
+            assert_err(
+                &e,
+                Some(line),
+                "replication.max_subscription_streams",
+                &["1 to 65536"],
+            );
+        }
+    }
+
+    #[test]
+    fn a_cluster_has_at_most_256_regions() {
+        let mut text = String::from("[cluster]\nname = \"t\"\n");
+        for i in 0..=MAX_REGIONS {
+            text.push_str(&format!(
+                "[[regions]]\nname = \"r{i}\"\napi = \"127.0.0.1:{}\"\n",
+                10_000 + i
+            ));
+        }
+        text.push_str("[[keyspaces]]\nname = \"s\"\npolicy = \"lww\"\n");
+        let e = err(&text);
+        assert_err(
+            &e,
+            Some(3 + 3 * MAX_REGIONS),
+            "regions[256]",
+            &["257 regions", "at most 256"],
+        );
+        let cut = text
+            .find(&format!("[[regions]]\nname = \"r{MAX_REGIONS}\""))
+            .unwrap();
+        let end = text.find("[[keyspaces]]").unwrap();
+        let c = ok(&format!("{}{}", &text[..cut], &text[end..]));
+        assert_eq!(c.regions.len(), MAX_REGIONS);
+    }
+}
+
+mod auth_section {
+    use super::*;
+    use crate::auth::{Keyspaces, Right, Tokens, sha256_hex};
+
+    const TOKENS: &str = include_str!("../../../examples/tokens.toml");
+
+    fn tokens(text: &str) -> Result<Tokens, ConfigError> {
+        Tokens::parse(text, "tokens.toml", &ok(SINGLE))
+    }
+
+    fn token(name: &str, secret: &str, rest: &str) -> String {
+        format!(
+            "[[tokens]]\nname = \"{name}\"\nsha256 = \"{}\"\n{rest}\n",
+            sha256_hex(secret)
+        )
+    }
+
+    #[test]
+    fn without_auth_the_api_is_open_and_config_check_warns() {
+        let c = ok(BASE);
+        assert_eq!(c.auth.tokens_file, None);
+        let w = c.warnings();
+        assert!(
+            w.iter().any(|w| w.starts_with("no [auth] section")
+                && w.contains("open")
+                && w.contains("tokens_file")),
+            "{w:?}"
+        );
+        assert!(
+            c.explain()
+                .contains("no [auth] section: the client API is open")
+        );
+        assert_eq!(Tokens::load_for(&c).unwrap(), None);
+    }
+
+    #[test]
+    fn the_tokens_file_is_relative_to_the_config() {
+        let text = format!("{BASE}\n[auth]\ntokens_file = \"tokens.toml\"\n");
+        let c = Config::parse(&text, "/etc/atoll/atoll.toml").unwrap();
+        assert_eq!(
+            c.auth.tokens_file.as_deref(),
+            Some(std::path::Path::new("/etc/atoll/tokens.toml"))
+        );
+        assert!(
+            !c.warnings().iter().any(|w| w.contains("[auth]")),
+            "{:?}",
+            c.warnings()
+        );
+        assert!(c.explain().contains("tokens_file  /etc/atoll/tokens.toml"));
+        let text = format!("{BASE}\n[auth]\ntokens_file = \"/srv/t.toml\"\n");
+        let c = Config::parse(&text, "/etc/atoll/atoll.toml").unwrap();
+        assert_eq!(
+            c.auth.tokens_file.as_deref(),
+            Some(std::path::Path::new("/srv/t.toml"))
+        );
+        let line = BASE.lines().count() + 3;
+        let e = err(&format!("{BASE}\n[auth]\ntokens_file = \" \"\n"));
+        assert_err(&e, Some(line), "auth.tokens_file", &["empty"]);
+        let e = err(&format!("{BASE}\n[auth]\n"));
+        assert!(e.to_string().contains("tokens_file"), "{e}");
+        let e = err(&format!(
+            "{BASE}\n[auth]\ntokens_file = \"t\"\ntokens = 1\n"
+        ));
+        assert!(e.to_string().contains("tokens"), "{e}");
+    }
+
+    #[test]
+    fn the_example_tokens_file_parses_and_grants_what_it_says() {
+        let t = tokens(TOKENS).unwrap();
+        let names: Vec<&str> = t.grants().iter().map(|g| g.name.as_str()).collect();
+        assert_eq!(names, ["checkout", "reporting", "operator"]);
+        let checkout = t.authenticate("example-checkout-token").unwrap();
+        assert_eq!(checkout.name, "checkout");
+        assert!(checkout.allows(Right::Read, "sessions"));
+        assert!(checkout.allows(Right::Write, "carts"));
+        assert!(!checkout.allows(Right::Write, "sessions"));
+        assert!(!checkout.allows(Right::Read, "flags"));
+        let reporting = t.authenticate("example-reporting-token").unwrap();
+        assert_eq!(reporting.read, Keyspaces::All);
+        assert!(reporting.allows(Right::Read, "flags"));
+        assert!(!reporting.allows(Right::Write, "flags"));
+        assert!(t.authenticate("example-admin-token").is_some());
+        for wrong in [
+            "",
+            "example-checkout-token ",
+            "EXAMPLE-CHECKOUT-TOKEN",
+            &sha256_hex("example-checkout-token"),
+        ] {
+            assert!(t.authenticate(wrong).is_none(), "{wrong:?}");
+        }
+    }
+
+    #[test]
+    fn bad_tokens_files_are_named() {
+        let good = token("a", "secret-a", "read = [\"sessions\"]");
+        assert!(tokens(&good).is_ok());
+        // Upper-case hex is the same hash.
+        let upper = format!(
+            "[[tokens]]\nname = \"a\"\nsha256 = \"{}\"\n",
+            sha256_hex("secret-a").to_uppercase()
+        );
+        assert!(tokens(&upper).unwrap().authenticate("secret-a").is_some());
+        for (text, key, needle) in [
+            (String::new(), "tokens", "no token"),
+            (
+                token("a", "s", "read = [\"nosuch\"]"),
+                "tokens[0].read",
+                "unknown keyspace `nosuch`",
+            ),
+            (
+                token("a", "s", "write = [\"sessions\", \"x\"]"),
+                "tokens[0].write",
+                "unknown keyspace `x`",
+            ),
+            (
+                format!("{}{}", token("a", "s1", ""), token("a", "s2", "")),
+                "tokens[1].name",
+                "duplicate token name",
+            ),
+            (
+                format!("{}{}", token("a", "same", ""), token("b", "same", "")),
+                "tokens[1].sha256",
+                "tokens[0]",
+            ),
+            (
+                "[[tokens]]\nname = \"a\"\nsha256 = \"s3cret\"\n".to_string(),
+                "tokens[0].sha256",
+                "never the token",
+            ),
+            (
+                format!(
+                    "[[tokens]]\nname = \"a\"\nsha256 = \"{}\"\n",
+                    "g".repeat(64)
+                ),
+                "tokens[0].sha256",
+                "hex",
+            ),
+            (
+                token("a b", "s", ""),
+                "tokens[0].name",
+                "invalid token name",
+            ),
+        ] {
+            let e = tokens(&text)
+                .err()
+                .unwrap_or_else(|| panic!("accepted:\n{text}"));
+            assert_eq!(e.key(), Some(key), "{e}");
+            assert!(e.to_string().contains(needle), "{e}");
+            assert!(e.to_string().starts_with("tokens.toml"), "{e}");
+        }
+        // Unknown keys are errors too, with their line.
+        let e = tokens(&token("a", "s", "reads = [\"sessions\"]")).unwrap_err();
+        assert!(e.to_string().contains("reads"), "{e}");
+        assert_eq!(e.line(), Some(4), "{e}");
+    }
+
+    #[test]
+    fn load_reads_the_file_the_config_names() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg_path = dir.path().join("atoll.toml");
+        std::fs::write(
+            &cfg_path,
+            format!("{SINGLE}\n[auth]\ntokens_file = \"tokens.toml\"\n"),
+        )
+        .unwrap();
+        let c = Config::load(&cfg_path).unwrap();
+        let e = Tokens::load_for(&c).unwrap_err();
+        assert!(e.to_string().contains("tokens.toml"), "{e}");
+        std::fs::write(dir.path().join("tokens.toml"), TOKENS).unwrap();
+        let t = Tokens::load_for(&c).unwrap().unwrap();
+        assert_eq!(t.grants().len(), 3);
     }
 }

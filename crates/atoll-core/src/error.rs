@@ -31,6 +31,14 @@ pub enum AtollError {
     /// `[api] max_json_body_bytes` (not a keyspace's value limit). `len` when it is known.
     #[error("{}", request_too_large(*len, *max))]
     RequestTooLarge { len: Option<usize>, max: usize },
+    /// A replication request (heartbeat or subscription) over its fixed limit, which any valid one
+    /// of the largest cluster stays far below. `len` when it is known.
+    #[error("{route} body is {}, over the limit of {max} bytes for it", len.map_or_else(|| format!("more than {max} bytes"), |n| format!("{n} bytes")))]
+    PeerRequestTooLarge {
+        route: String,
+        len: Option<usize>,
+        max: usize,
+    },
     #[error("malformed request body: {0}")]
     MalformedBody(String),
     #[error("invalid UTF-8 in {0}")]
@@ -63,6 +71,12 @@ pub enum AtollError {
     Overloaded(String),
     #[error("request rejected: {0}")]
     BadRequest(String),
+    /// Client authentication is on and the request has no valid bearer token.
+    #[error("unauthorized: {0}")]
+    Unauthorized(String),
+    /// The request's token is valid but does not grant what the request needs.
+    #[error("forbidden: {0}")]
+    Forbidden(String),
 }
 
 fn request_too_large(len: Option<usize>, max: usize) -> String {
@@ -85,6 +99,7 @@ impl AtollError {
             Self::KeyTooLarge { .. } => "ATOLL-KEY-TOO-LARGE",
             Self::ValueTooLarge { .. } => "ATOLL-VALUE-TOO-LARGE",
             Self::RequestTooLarge { .. } => "ATOLL-REQUEST-TOO-LARGE",
+            Self::PeerRequestTooLarge { .. } => "ATOLL-PEER-REQUEST-TOO-LARGE",
             Self::MalformedBody(_) => "ATOLL-MALFORMED-BODY",
             Self::InvalidUtf8(_) => "ATOLL-INVALID-UTF8",
             Self::BadContext(_) => "ATOLL-BAD-CONTEXT",
@@ -100,6 +115,8 @@ impl AtollError {
             Self::ShuttingDown => "ATOLL-SHUTTING-DOWN",
             Self::Overloaded(_) => "ATOLL-OVERLOADED",
             Self::BadRequest(_) => "ATOLL-BAD-REQUEST",
+            Self::Unauthorized(_) => "ATOLL-UNAUTHORIZED",
+            Self::Forbidden(_) => "ATOLL-FORBIDDEN",
         }
     }
 
@@ -107,6 +124,8 @@ impl AtollError {
     pub fn http_status(&self) -> u16 {
         match self {
             Self::UnknownKeyspace(_) | Self::NotFound => 404,
+            Self::Unauthorized(_) => 401,
+            Self::Forbidden(_) => 403,
             Self::WrongPolicy { .. } => 405,
             Self::EmptyKey
             | Self::MalformedBody(_)
@@ -115,7 +134,9 @@ impl AtollError {
             | Self::BadRequest(_)
             | Self::Config(_) => 400,
             Self::KeyTooLarge { .. } => 414,
-            Self::ValueTooLarge { .. } | Self::RequestTooLarge { .. } => 413,
+            Self::ValueTooLarge { .. }
+            | Self::RequestTooLarge { .. }
+            | Self::PeerRequestTooLarge { .. } => 413,
             Self::ContextAhead(_) | Self::SiblingLimit { .. } | Self::CounterOverflow(_) => 409,
             Self::ShuttingDown | Self::Overloaded(_) => 503,
             Self::ClockSkew { .. } => 503,
@@ -154,6 +175,9 @@ impl AtollError {
             Self::RequestTooLarge { .. } => {
                 "send the update in several smaller requests, or raise max_json_body_bytes in the [api] section of atoll.toml (default 4 MiB, at most 64 MiB) and restart the regions"
             }
+            Self::PeerRequestTooLarge { .. } => {
+                "replication requests come from peer regions and are small: check that every region runs a compatible atoll version and that nothing else posts to /v1/replication/"
+            }
             Self::MalformedBody(_) => "check the request body against GET /v1/openapi.json",
             Self::InvalidUtf8(_) => "send UTF-8 text where the API expects text",
             Self::BadContext(_) => {
@@ -183,8 +207,14 @@ impl AtollError {
                 "fix NTP on the skewed host; replication from it resumes by itself once its clock is back in bounds"
             }
             Self::ShuttingDown => "retry against another region or after the restart",
-            Self::Overloaded(_) => "back off and retry; the write was not accepted",
+            Self::Overloaded(_) => "back off and retry; the request was not carried out",
             Self::BadRequest(_) => "check the request against GET /v1/openapi.json",
+            Self::Unauthorized(_) => {
+                "send `Authorization: Bearer <token>` with a token from the cluster's tokens file ([auth] tokens_file); the CLI sends ATOLL_TOKEN or --token"
+            }
+            Self::Forbidden(_) => {
+                "use a token whose read or write list in the tokens file names this keyspace, or have the operator grant it"
+            }
         }
     }
 }

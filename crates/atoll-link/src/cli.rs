@@ -16,6 +16,8 @@ use std::time::Duration;
 
 /// Default control API address of `atoll link serve`.
 pub const DEFAULT_CONTROL: &str = "127.0.0.1:7400";
+/// Environment variable holding the control API's token (`serve` and the client commands).
+pub const TOKEN_ENV: &str = "ATOLL_LINK_TOKEN";
 /// Default first listen port of the links `--cluster` derives.
 pub const DEFAULT_LISTEN_BASE: u16 = 7300;
 
@@ -33,7 +35,7 @@ pub struct LinkArgs {
 pub enum LinkCommand {
     /// Serve links (a TCP proxy per link) and the control API until SIGINT/SIGTERM.
     #[command(
-        after_help = "Examples:\n  atoll link serve --config links.toml --control 127.0.0.1:7400\n  atoll link serve --cluster atoll.toml --listen-base 7300\n\nWith --cluster, link A->B (one per ordered pair of regions, in file order) listens on\n127.0.0.1:<listen-base + k> and forwards to B's peer address, with the geo model's delay when\nboth regions have a location. One line per link is printed:\n  link NAME listening on ADDR -> UPSTREAM (one-way X ms)\nthen `atoll link control on http://ADDR`, then the `--peer-via` flags each region must be started\nwith for its replication to go through the links (a region reaches its peers at their\nconfigured addresses otherwise, and the links carry nothing)."
+        after_help = "Examples:\n  atoll link serve --config links.toml --control 127.0.0.1:7400\n  atoll link serve --cluster atoll.toml --listen-base 7300\n  ATOLL_LINK_TOKEN=s3cret atoll link serve --cluster atoll.toml --control 0.0.0.0:7400\n\nThe control API needs a token (ATOLL_LINK_TOKEN or --token) when it listens beyond loopback,\nand refuses to start without one; clients (`atoll link ls`, `fault`, `set`) send it from the\nsame variable or --token.\n\nWith --cluster, link A->B (one per ordered pair of regions, in file order) listens on\n127.0.0.1:<listen-base + k> and forwards to B's peer address, with the geo model's delay when\nboth regions have a location. One line per link is printed:\n  link NAME listening on ADDR -> UPSTREAM (one-way X ms)\nthen `atoll link control on http://ADDR`, then the `--peer-via` flags each region must be started\nwith for its replication to go through the links (a region reaches its peers at their\nconfigured addresses otherwise, and the links carry nothing)."
     )]
     Serve(ServeArgs),
     /// List the links: addresses, shaping, active faults and counters.
@@ -72,9 +74,13 @@ pub struct ServeArgs {
     /// With --cluster: the first listen port (links take consecutive ports). Default 7300.
     #[arg(long, value_name = "PORT", conflicts_with = "config")]
     pub listen_base: Option<u16>,
-    /// Where the control API listens.
+    /// Where the control API listens. Beyond loopback it needs a token (--token).
     #[arg(long, value_name = "ADDR", default_value = DEFAULT_CONTROL)]
     pub control: SocketAddr,
+    /// The bearer token the control API requires (every route but /healthz and /metrics).
+    /// Required when --control is not a loopback address; optional on loopback.
+    #[arg(long, value_name = "TOKEN", env = TOKEN_ENV, hide_env_values = true)]
+    pub token: Option<String>,
 }
 
 /// Where the control API of a running `atoll link serve` is.
@@ -91,6 +97,9 @@ pub struct ControlArgs {
     /// Print the API's JSON instead of a table.
     #[arg(long)]
     pub json: bool,
+    /// The control API's token, when `atoll link serve` was given one.
+    #[arg(long, value_name = "TOKEN", env = TOKEN_ENV, hide_env_values = true)]
+    pub token: Option<String>,
 }
 
 /// `atoll link set`.
@@ -292,7 +301,11 @@ pub async fn serve_with(
         }
         (None, None) => bail!("give --config LINKS_TOML or --cluster ATOLL_TOML"),
     };
-    let server = LinkServer::start(specs, Some(a.control))
+    let opts = crate::proxy::ProxyOptions {
+        control_token: a.token.clone(),
+        ..crate::proxy::ProxyOptions::default()
+    };
+    let server = LinkServer::start_with(specs, Some(a.control), opts)
         .await
         .map_err(explain)?;
     for s in server.specs() {
@@ -524,6 +537,7 @@ fn link_path(link: &str, rest: &str) -> String {
 struct Client {
     base: String,
     http: reqwest::Client,
+    token: Option<String>,
 }
 
 impl Client {
@@ -538,7 +552,13 @@ impl Client {
             .timeout(Duration::from_secs(10))
             .build()
             .context("cannot build the HTTP client")?;
-        Ok(Self { base, http })
+        let token = c
+            .token
+            .as_deref()
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .map(str::to_string);
+        Ok(Self { base, http, token })
     }
 
     async fn get(&self, path: &str) -> Result<Value> {
@@ -553,6 +573,9 @@ impl Client {
     ) -> Result<Value> {
         let url = format!("{}{path}", self.base);
         let mut req = self.http.request(method.clone(), &url);
+        if let Some(t) = &self.token {
+            req = req.bearer_auth(t);
+        }
         if let Some(b) = &body {
             req = req.json(b);
         }
@@ -693,6 +716,25 @@ mod tests {
                 assert_eq!(s.listen_base, Some(7300));
                 assert_eq!(s.control, DEFAULT_CONTROL.parse().unwrap());
             }
+            other => panic!("{other:?}"),
+        }
+        let a = parse(&[
+            "link",
+            "serve",
+            "--cluster",
+            "atoll.toml",
+            "--control",
+            "0.0.0.0:7400",
+            "--token",
+            "s3cret",
+        ])
+        .unwrap();
+        match a.command {
+            LinkCommand::Serve(s) => assert_eq!(s.token.as_deref(), Some("s3cret")),
+            other => panic!("{other:?}"),
+        }
+        match parse(&["link", "ls", "--token", "s3cret"]).unwrap().command {
+            LinkCommand::Ls(c) => assert_eq!(c.token.as_deref(), Some("s3cret")),
             other => panic!("{other:?}"),
         }
         assert!(

@@ -15,6 +15,11 @@
 //! | `GET /healthz` | `200 {"status": "ok"}` |
 //! | `GET /metrics` | OpenMetrics text |
 //!
+//! When the server has a token ([`crate::proxy::ProxyOptions::control_token`]; required when the
+//! API listens beyond loopback), every route but `GET /healthz` and `GET /metrics` needs
+//! `Authorization: Bearer <token>`, compared in constant time; without it the answer is
+//! `401 ATOLL-UNAUTHORIZED` and nothing changes.
+//!
 //! Link names go in the path percent-encoded (`us-east-1-%3Eeu-west-1`); a literal `>` works too.
 //!
 //! Fault bodies: `kind` is `partition` (`mode`: `stall` (default) or `refuse`), `oneway`
@@ -30,8 +35,9 @@ use crate::units::{parse_bandwidth, parse_duration_ms};
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::rejection::PathRejection;
-use axum::extract::{Path, State};
-use axum::http::{StatusCode, header};
+use axum::extract::{Path, Request, State};
+use axum::http::{Method, StatusCode, header};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use serde::Deserialize;
@@ -100,7 +106,52 @@ pub(crate) fn router(shared: Shared_) -> Router {
         .route("/metrics", get(metrics))
         .fallback(route_not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(middleware::from_fn_with_state(
+            shared.clone(),
+            require_token,
+        ))
         .with_state(shared)
+}
+
+/// Whether `given` equals `expected`, in time that depends only on `expected`'s length.
+fn constant_time_eq(given: &[u8], expected: &[u8]) -> bool {
+    let mut diff = u8::from(given.len() != expected.len());
+    for (i, e) in expected.iter().enumerate() {
+        diff |= given.get(i).copied().unwrap_or(0) ^ e;
+    }
+    diff == 0
+}
+
+/// Refuses every request but `GET /healthz` and `GET /metrics` without the server's token.
+async fn require_token(State(s): State<Shared_>, req: Request, next: Next) -> Response {
+    let Some(token) = s.control_token() else {
+        return next.run(req).await;
+    };
+    let open = matches!(*req.method(), Method::GET | Method::HEAD)
+        && matches!(req.uri().path(), "/healthz" | "/metrics");
+    if open {
+        return next.run(req).await;
+    }
+    let given = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    if given.is_some_and(|g| constant_time_eq(g.as_bytes(), token.as_bytes())) {
+        return next.run(req).await;
+    }
+    let why = if given.is_none() {
+        "the link control API needs `Authorization: Bearer <token>`"
+    } else {
+        "wrong link control token"
+    };
+    let mut resp = error_response(&LinkError::Unauthorized(why.into()));
+    resp.headers_mut().insert(
+        header::WWW_AUTHENTICATE,
+        axum::http::HeaderValue::from_static("Bearer realm=\"atoll link\""),
+    );
+    resp
 }
 
 async fn route_not_found(uri: axum::http::Uri) -> Response {

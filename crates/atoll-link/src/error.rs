@@ -45,6 +45,14 @@ pub enum LinkError {
     /// The link server is shutting down.
     #[error("the link server is shutting down")]
     ShuttingDown,
+    /// A control API request without the right bearer token.
+    #[error("{0}")]
+    Unauthorized(String),
+    /// The control API would listen beyond loopback without a token.
+    #[error(
+        "the control API would listen on {0}, beyond loopback, without a token: anyone who reaches it could cut or slow every link"
+    )]
+    TokenRequired(std::net::SocketAddr),
 }
 
 impl LinkError {
@@ -68,13 +76,19 @@ impl LinkError {
             Self::Config(_) => "ATOLL-CONFIG",
             Self::Io { .. } => "ATOLL-LINK-IO",
             Self::ShuttingDown => "ATOLL-SHUTTING-DOWN",
+            Self::Unauthorized(_) => "ATOLL-UNAUTHORIZED",
+            Self::TokenRequired(_) => "ATOLL-LINK-TOKEN-REQUIRED",
         }
     }
 
     /// HTTP status the control API answers this error with.
     pub fn http_status(&self) -> u16 {
         match self {
-            Self::Invalid { .. } | Self::MalformedBody(_) | Self::Config(_) => 400,
+            Self::Invalid { .. }
+            | Self::MalformedBody(_)
+            | Self::Config(_)
+            | Self::TokenRequired(_) => 400,
+            Self::Unauthorized(_) => 401,
             Self::UnknownLink(_) | Self::UnknownFault { .. } => 404,
             Self::TooManyFaults { .. } => 409,
             Self::Io { .. } => 500,
@@ -113,6 +127,12 @@ impl LinkError {
             }
             Self::Io { .. } => "check that the address is free and reachable, then retry",
             Self::ShuttingDown => "start the link server again",
+            Self::Unauthorized(_) => {
+                "send `Authorization: Bearer <token>` with the token `atoll link serve` was given (`atoll link` commands read it from ATOLL_LINK_TOKEN or --token)"
+            }
+            Self::TokenRequired(_) => {
+                "set ATOLL_LINK_TOKEN (or pass --token) to a secret that clients will send, or listen on a loopback address such as 127.0.0.1:7400"
+            }
         }
     }
 

@@ -49,6 +49,20 @@ pub struct ProxyOptions {
     pub max_connections_per_link: usize,
     /// Seed of the jitter generator; `None` draws one from the OS.
     pub seed: Option<u64>,
+    /// The bearer token every control API route but `GET /healthz` and `GET /metrics` requires
+    /// (blank counts as none). Required when the control API listens beyond loopback: without
+    /// one, [`LinkServer::start_with`] refuses to start.
+    pub control_token: Option<String>,
+}
+
+impl ProxyOptions {
+    /// The control API's token, if one is set (not blank).
+    pub(crate) fn control_token(&self) -> Option<&str> {
+        self.control_token
+            .as_deref()
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+    }
 }
 
 impl Default for ProxyOptions {
@@ -60,6 +74,7 @@ impl Default for ProxyOptions {
             expiry_interval: Duration::from_millis(100),
             max_connections_per_link: 10_000,
             seed: None,
+            control_token: None,
         }
     }
 }
@@ -360,6 +375,11 @@ impl Shared {
         Ok(self.link(link)?.status(self.now_ms()))
     }
 
+    /// The token the control API requires, if any.
+    pub(crate) fn control_token(&self) -> Option<&str> {
+        self.opts.control_token()
+    }
+
     fn conn_seed(&self) -> u64 {
         let n = self.next_conn.fetch_add(1, Ordering::Relaxed);
         self.seed ^ n.wrapping_mul(0x9E37_79B9_7F4A_7C15)
@@ -389,6 +409,12 @@ impl LinkServer {
         opts: ProxyOptions,
     ) -> Result<Self> {
         validate_links(&specs)?;
+        if let Some(addr) = control
+            && !addr.ip().is_loopback()
+            && opts.control_token().is_none()
+        {
+            return Err(LinkError::TokenRequired(addr));
+        }
         let metrics = Metrics::new();
         let mut listeners = Vec::with_capacity(specs.len());
         let mut links = BTreeMap::new();

@@ -533,6 +533,7 @@ fn control(s: &LinkServer) -> ControlArgs {
     ControlArgs {
         control: s.control_url().unwrap(),
         json: false,
+        token: None,
     }
 }
 
@@ -616,6 +617,7 @@ async fn cli_client_commands() {
         command: LinkCommand::Ls(ControlArgs {
             control: "127.0.0.1:1".into(),
             json: false,
+            token: None,
         }),
     };
     let e = cli::run(gone).await.unwrap_err().to_string();
@@ -668,6 +670,7 @@ async fn serve_from_a_links_file_reports_and_stops() {
         cluster: None,
         listen_base: None,
         control: LOCAL.parse().unwrap(),
+        token: None,
     };
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
@@ -718,6 +721,7 @@ async fn serve_from_a_cluster_config() {
         cluster: Some(path),
         listen_base: Some(0),
         control: LOCAL.parse().unwrap(),
+        token: None,
     };
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
@@ -765,4 +769,138 @@ async fn serve_from_a_cluster_config() {
         .unwrap()
         .unwrap()
         .unwrap();
+}
+
+const TOKEN: &str = "link-token-0123456789";
+
+async fn server_with_token(token: &str) -> LinkServer {
+    let echo = echo_server().await;
+    let opts = atoll_link::proxy::ProxyOptions {
+        control_token: Some(token.to_string()),
+        ..Default::default()
+    };
+    LinkServer::start_with(
+        vec![spec(LINK, echo, Shaping::delay(5.0))],
+        Some(LOCAL.parse().unwrap()),
+        opts,
+    )
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn beyond_loopback_the_control_api_refuses_to_start_without_a_token() {
+    let echo = echo_server().await;
+    for blank in [None, Some(String::new()), Some("  ".to_string())] {
+        for addr in ["0.0.0.0:0", "[::]:0", "192.0.2.1:7400"] {
+            let opts = atoll_link::proxy::ProxyOptions {
+                control_token: blank.clone(),
+                ..Default::default()
+            };
+            // Refused before anything is bound (192.0.2.1 is not even an address of this host).
+            let e = LinkServer::start_with(
+                vec![spec(LINK, echo, Shaping::delay(5.0))],
+                Some(addr.parse().unwrap()),
+                opts,
+            )
+            .await
+            .err()
+            .unwrap_or_else(|| panic!("{addr} with token {blank:?} started"));
+            assert_eq!(e.code(), "ATOLL-LINK-TOKEN-REQUIRED", "{addr}: {e}");
+            assert!(e.to_string().contains("beyond loopback"), "{e}");
+            assert!(e.hint().contains("ATOLL_LINK_TOKEN"), "{}", e.hint());
+        }
+    }
+    // The CLI says so too, naming the variable and the flag.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("links.toml");
+    std::fs::write(
+        &path,
+        format!("[[links]]\nname = \"{LINK}\"\nlisten = \"127.0.0.1:0\"\nupstream = \"{echo}\"\n"),
+    )
+    .unwrap();
+    let args = cli::ServeArgs {
+        config: Some(path),
+        cluster: None,
+        listen_base: None,
+        control: "0.0.0.0:0".parse().unwrap(),
+        token: None,
+    };
+    let e = cli::serve_with(args, async {}, |_| {})
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("ATOLL-LINK-TOKEN-REQUIRED") && e.contains("--token"),
+        "{e}"
+    );
+}
+
+#[tokio::test]
+async fn with_a_token_every_route_but_health_and_metrics_needs_it() {
+    let server = server_with_token(TOKEN).await;
+    let api = Api::new(&server);
+    let before = snapshot(&server);
+    let fault = r#"{"kind": "partition", "for": "10m"}"#;
+    let path = format!("/v1/links/{ENCODED}/faults");
+    for auth in [
+        None,
+        Some("Bearer nope"),
+        Some("Basic bGluazp0b2tlbg=="),
+        Some("Bearer "),
+    ] {
+        for (method, p, body) in [
+            (Method::GET, "/v1/links", None),
+            (Method::POST, path.as_str(), Some(fault)),
+            (Method::DELETE, path.as_str(), None),
+            (Method::GET, "/v1/nosuch", None),
+        ] {
+            let mut req = api.http.request(method.clone(), format!("{}{p}", api.base));
+            if let Some(a) = auth {
+                req = req.header("authorization", a);
+            }
+            if let Some(b) = body {
+                req = req.header("content-type", "application/json").body(b);
+            }
+            let resp = req.send().await.unwrap();
+            assert_eq!(resp.status(), 401, "{method} {p} with {auth:?}");
+            assert!(resp.headers().contains_key("www-authenticate"));
+            let v: Value = resp.json().await.unwrap();
+            assert_error(
+                StatusCode::UNAUTHORIZED,
+                &v,
+                401,
+                "ATOLL-UNAUTHORIZED",
+                &format!("{method} {p}"),
+            );
+        }
+    }
+    assert_eq!(snapshot(&server), before, "nothing changed");
+    // Health and metrics stay open (probes and Prometheus carry no token).
+    assert_eq!(api.call(Method::GET, "/healthz", None).await.0, 200);
+    assert_eq!(api.call(Method::GET, "/metrics", None).await.0, 200);
+    // With the token, everything works.
+    let (status, v) = api
+        .http
+        .post(format!("{}{path}", api.base))
+        .bearer_auth(TOKEN)
+        .header("content-type", "application/json")
+        .body(fault)
+        .send()
+        .await
+        .map(|r| (r.status(), r))
+        .unwrap();
+    assert_eq!(status, 201, "{:?}", v.text().await);
+    assert_eq!(server.link_status(LINK).unwrap().faults.len(), 1);
+
+    // The CLI client sends it from --token / ATOLL_LINK_TOKEN.
+    let mut args = control(&server);
+    let ls = |c: ControlArgs| LinkArgs {
+        command: LinkCommand::Ls(c),
+    };
+    let e = cli::run(ls(args.clone())).await.unwrap_err().to_string();
+    assert!(e.contains("ATOLL-UNAUTHORIZED"), "{e}");
+    args.token = Some(TOKEN.to_string());
+    cli::run(ls(args)).await.unwrap();
+    server.shutdown().await;
 }

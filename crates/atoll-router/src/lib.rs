@@ -7,7 +7,8 @@
 //! Adapters, sharing one [`state::RouterState`] and one [`metrics::RouterMetrics`]: [`prober`]
 //! (active health checks, drain expiry), [`proxy`] (HTTP reverse proxy with per-request
 //! failover), [`dns`] (authoritative DNS), [`admin`] (admin API, persisted drains and weights),
-//! [`runtime`] (starts and stops them all) and [`cli`] (`atoll router ...`).
+//! [`runtime`] (starts and stops them all) and [`cli`] (`atoll router ...`); [`unread`] reads
+//! the rest of request bodies answered before they were read, so clients can read the answer.
 
 pub mod admin;
 pub mod cli;
@@ -19,3 +20,4 @@ pub mod prober;
 pub mod proxy;
 pub mod runtime;
 pub mod state;
+pub mod unread;

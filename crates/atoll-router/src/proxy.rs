@@ -1,17 +1,31 @@
 //! The HTTP reverse proxy: the anycast-style fast path that fails over per request.
 //!
-//! Every request is routed by one routed name's policy ([`RouterState::decide`], client location
-//! unknown, so the latency policy uses the measured round trips). The request goes to the first
-//! region of the decision; if that fails it may go to the next one:
+//! **Only the client API v1 is forwarded** ([`classify`]): `/v1/kv/{keyspace}/...`,
+//! `/v1/counter/{keyspace}/...`, `/v1/set/{keyspace}/...`, `/v1/conflicts/{keyspace}`,
+//! `/v1/status`, `/v1/openapi.json` and `/healthz`. Anything else (the replication protocol
+//! under `/v1/replication/`, `/metrics`, unknown paths) is answered by the router itself with
+//! `404 ATOLL-NOT-PROXIED` and never reaches a region. The path is matched as sent, byte for
+//! byte and case-sensitively: a keyspace segment must be a plain keyspace name
+//! (`[a-z0-9_-]`, no percent-encoding), a path must not start with an empty segment
+//! (`//v1/...`), and a `.` or `..` segment (percent-encoded too) is refused anywhere, so no
+//! later normalisation can turn an allowed path into another one.
+//!
+//! Every forwarded request is routed by one routed name's policy ([`RouterState::decide`],
+//! client location unknown, so the latency policy uses the measured round trips). The request
+//! goes to the first region of the decision; if that fails it may go to the next one:
 //!
 //! - **Connection failures** (the connection could not be made: refused, unreachable, connect
 //!   timeout): the request never reached the region, so it is retried on the next region, whatever
 //!   its method.
 //! - **The request may have reached the region** (the connection broke after the request was
-//!   written, or no response came within the upstream timeout): retried only when idempotent,
-//!   i.e. `GET`, `HEAD` and `OPTIONS` on any path and `PUT`/`DELETE` on `/v1/kv/...`. Anything
-//!   else (a `POST` counter increment or set update) is **never** replayed: the client gets
-//!   `502 ATOLL-UPSTREAM-OUTCOME-UNKNOWN`, because doing it twice would count twice.
+//!   written, or no response came within the upstream timeout): retried only when idempotent
+//!   ([`is_idempotent`]), which follows the keyspace's policy in the cluster config: `GET`,
+//!   `HEAD` and `OPTIONS` always; `PUT`/`DELETE` on `/v1/kv/...` of an `lww` keyspace; on an
+//!   `mvr` keyspace only with `X-Atoll-Context` (without one a write adds a sibling, so a second
+//!   attempt would add a second one). Anything else (a write without a context to an mvr
+//!   keyspace, a `POST` counter increment or set update, a keyspace the config does not
+//!   declare) is **never** replayed: the client gets `502 ATOLL-UPSTREAM-OUTCOME-UNKNOWN`,
+//!   because doing it twice would apply it twice.
 //! - A `502`/`503`/`504` answer to an idempotent request is retried on the next region too; other
 //!   answers go back to the client as they are.
 //!
@@ -20,7 +34,9 @@
 //! eject a region before the active checks notice. Responses carry `X-Atoll-Routed-To`. When
 //! nothing is routable under `no_healthy = "fail-closed"`, the proxy answers
 //! `503 ATOLL-NO-HEALTHY-REGION`. Request bodies are buffered (up to
-//! [`ProxySettings::max_body_bytes`], else `413`) so that they can be replayed.
+//! [`ProxySettings::max_body_bytes`], else `413`) so that they can be replayed. A request
+//! answered before its body was read (refused, or over the limit) has the rest of its body read
+//! and discarded after the answer ([`crate::unread`]), so the client can read that answer.
 //!
 //! [`RouterState::decide`]: crate::state::RouterState::decide
 //! [`RouterState::observe_request`]: crate::state::RouterState::observe_request
@@ -33,6 +49,7 @@ use crate::runtime::RouterCtx;
 use crate::state::RegionEntry;
 use atoll_config::router::{RoutedName, RouterProxyConfig};
 use atoll_core::RegionId;
+use atoll_core::op::Policy;
 use axum::body::Body;
 use axum::extract::{ConnectInfo, Request, State};
 use axum::http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -91,11 +108,94 @@ impl ProxySettings {
     }
 }
 
-/// Whether a request may be sent again after it may already have reached a region.
-pub fn is_idempotent(method: &Method, path: &str) -> bool {
+/// Header carrying an mvr key's causal context: an mvr write with it supersedes what its
+/// client read; one without it adds a sibling.
+pub const CONTEXT_HEADER: &str = "x-atoll-context";
+
+/// The paths the proxy forwards, for messages.
+pub const PROXIED_PATHS: &str = "/v1/kv/{keyspace}/{key}, /v1/counter/{keyspace}/{key}, /v1/set/{keyspace}/{key}, /v1/conflicts/{keyspace}, /v1/status, /v1/openapi.json and /healthz";
+
+/// A path the proxy forwards.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Target<'a> {
+    /// `/v1/{kind}/{keyspace}...` with `kind` one of `kv`, `counter`, `set`, `conflicts`.
+    Data { kind: &'a str, keyspace: &'a str },
+    /// `/v1/status`, `/v1/openapi.json` or `/healthz`.
+    Fixed,
+}
+
+/// Why the proxy refuses a path.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    /// Not a route of the client API v1 (replication, metrics, anything unknown).
+    NotClientApi,
+    /// A `.` or `..` segment, plain or percent-encoded.
+    DotSegment,
+}
+
+fn is_keyspace_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 64
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+}
+
+/// Whether a path segment is `.` or `..`, also percent-encoded (`%2e`, `.%2E`, ...), as URL
+/// parsers treat them.
+fn is_dot_segment(seg: &str) -> bool {
+    let lower = seg.to_ascii_lowercase();
+    let plain = lower.replace("%2e", ".");
+    plain == "." || plain == ".."
+}
+
+/// Which client API route a raw request path (as sent, not decoded) is, or why the proxy refuses
+/// it. See the module documentation for the rules.
+pub fn classify(path: &str) -> Result<Target<'_>, Refusal> {
+    if path.split('/').any(is_dot_segment) {
+        return Err(Refusal::DotSegment);
+    }
+    if matches!(path, "/v1/status" | "/v1/openapi.json" | "/healthz") {
+        return Ok(Target::Fixed);
+    }
+    let rest = path.strip_prefix("/v1/").ok_or(Refusal::NotClientApi)?;
+    let (kind, rest) = rest.split_once('/').ok_or(Refusal::NotClientApi)?;
+    if !matches!(kind, "kv" | "counter" | "set" | "conflicts") {
+        return Err(Refusal::NotClientApi);
+    }
+    let (keyspace, key) = match rest.split_once('/') {
+        Some((ks, key)) => (ks, Some(key)),
+        None => (rest, None),
+    };
+    if !is_keyspace_name(keyspace) || (kind == "conflicts" && key.is_some()) {
+        return Err(Refusal::NotClientApi);
+    }
+    Ok(Target::Data { kind, keyspace })
+}
+
+/// Whether a request may be sent again after it may already have reached a region: reads
+/// always; `PUT`/`DELETE` on `/v1/kv/...` when the keyspace (`policy_of` looks it up in the
+/// cluster config) is `lww`, or `mvr` and the request carries a causal context; nothing else
+/// (counter and set `POST`s, mvr writes without a context, keyspaces the config does not
+/// declare, paths the proxy does not forward).
+pub fn is_idempotent(
+    method: &Method,
+    path: &str,
+    has_context: bool,
+    policy_of: impl Fn(&str) -> Option<Policy>,
+) -> bool {
     match *method {
         Method::GET | Method::HEAD | Method::OPTIONS => true,
-        Method::PUT | Method::DELETE => path.starts_with("/v1/kv/"),
+        Method::PUT | Method::DELETE => match classify(path) {
+            Ok(Target::Data {
+                kind: "kv",
+                keyspace,
+            }) => match policy_of(keyspace) {
+                Some(Policy::Lww) => true,
+                Some(Policy::Mvr) => has_context,
+                _ => false,
+            },
+            _ => false,
+        },
         _ => false,
     }
 }
@@ -327,6 +427,26 @@ impl Proxy {
     /// Proxies one request.
     pub async fn handle(&self, req: Request, client: Option<SocketAddr>) -> Response {
         let (parts, body) = req.into_parts();
+        if let Err(refusal) = classify(parts.uri.path()) {
+            tracing::debug!(method = %parts.method, path = parts.uri.path(), ?refusal, "not proxied");
+            let why = match refusal {
+                Refusal::NotClientApi => "it is not part of the client API v1",
+                Refusal::DotSegment => "it has a `.` or `..` segment (plain or percent-encoded)",
+            };
+            return self.finish(
+                "none",
+                error_response(
+                    StatusCode::NOT_FOUND,
+                    "ATOLL-NOT-PROXIED",
+                    format!(
+                        "the router does not forward `{}`: {why}; it forwards only {PROXIED_PATHS}",
+                        parts.uri.path()
+                    ),
+                    "replication, metrics and admin endpoints are never reachable through the router's proxy: talk to a region (or the router's admin API) directly; a key whose path has a `.` or `..` segment cannot go through the router",
+                    false,
+                ),
+            );
+        }
         let body = match Limited::new(body, self.settings.max_body_bytes)
             .collect()
             .await
@@ -421,7 +541,12 @@ impl Proxy {
             );
         }
 
-        let idempotent = is_idempotent(&parts.method, parts.uri.path());
+        let idempotent = is_idempotent(
+            &parts.method,
+            parts.uri.path(),
+            parts.headers.contains_key(CONTEXT_HEADER),
+            |ks| self.ctx.state.keyspace_policy(ks),
+        );
         let mut tried: Vec<String> = Vec::new();
         let mut last_status: Option<(String, Response)> = None;
         let n = choice.ranked.len();
@@ -485,7 +610,7 @@ impl Proxy {
                                     "the {} request was sent to region {rname}, which did not answer ({why}); it may or may not have been applied, and it was not retried elsewhere because it is not idempotent",
                                     parts.method
                                 ),
-                                "read the affected key to see whether the change took effect before sending it again: a counter increment or set update sent twice is applied twice",
+                                "read the affected key to see whether the change took effect before sending it again: a counter increment or set update sent twice is applied twice, and an mvr write without X-Atoll-Context sent twice adds two siblings",
                                 false,
                             ),
                         );
@@ -525,23 +650,100 @@ async fn handler(
 
 /// The proxy as an axum app (serve it with `into_make_service_with_connect_info::<SocketAddr>()`).
 pub fn router(proxy: Arc<Proxy>) -> axum::Router {
-    axum::Router::new().fallback(handler).with_state(proxy)
+    axum::Router::new()
+        .fallback(handler)
+        .layer(axum::middleware::from_fn(crate::unread::layer))
+        .with_state(proxy)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn policy(ks: &str) -> Option<Policy> {
+        match ks {
+            "sessions" => Some(Policy::Lww),
+            "carts" => Some(Policy::Mvr),
+            "ratelimits" => Some(Policy::Counter),
+            "flags" => Some(Policy::Set),
+            _ => None,
+        }
+    }
+
     #[test]
-    fn idempotency_rules() {
-        assert!(is_idempotent(&Method::GET, "/v1/counter/x/y"));
-        assert!(is_idempotent(&Method::PUT, "/v1/kv/s/k"));
-        assert!(is_idempotent(&Method::DELETE, "/v1/kv/s/k"));
-        assert!(is_idempotent(&Method::HEAD, "/anything"));
-        assert!(!is_idempotent(&Method::POST, "/v1/counter/x/y"));
-        assert!(!is_idempotent(&Method::POST, "/v1/set/x/y"));
-        assert!(!is_idempotent(&Method::POST, "/v1/kv/s/k"));
-        assert!(!is_idempotent(&Method::PUT, "/v1/other"));
+    fn idempotency_follows_the_keyspace_policy() {
+        let idem = |m: Method, path: &str, ctx: bool| is_idempotent(&m, path, ctx, policy);
+        assert!(idem(Method::GET, "/v1/counter/ratelimits/y", false));
+        assert!(idem(Method::HEAD, "/v1/status", false));
+        // lww: last writer wins, a second identical write changes nothing.
+        assert!(idem(Method::PUT, "/v1/kv/sessions/k", false));
+        assert!(idem(Method::DELETE, "/v1/kv/sessions/k", false));
+        // mvr: without a context a write adds a sibling; with one it supersedes what it saw.
+        assert!(!idem(Method::PUT, "/v1/kv/carts/k", false));
+        assert!(!idem(Method::DELETE, "/v1/kv/carts/k", false));
+        assert!(idem(Method::PUT, "/v1/kv/carts/k", true));
+        assert!(idem(Method::DELETE, "/v1/kv/carts/k", true));
+        // Counter and set updates never, with or without a context.
+        assert!(!idem(Method::POST, "/v1/counter/ratelimits/y", true));
+        assert!(!idem(Method::POST, "/v1/set/flags/y", false));
+        assert!(!idem(Method::POST, "/v1/kv/sessions/k", false));
+        // A keyspace the config does not declare, or a path that is not the client API.
+        assert!(!idem(Method::PUT, "/v1/kv/nosuch/k", true));
+        assert!(!idem(Method::PUT, "/v1/other", false));
+        assert!(!idem(Method::PUT, "/v1/kv/sess%69ons/k", false));
+    }
+
+    #[test]
+    fn only_the_client_api_is_proxied() {
+        for ok in [
+            "/v1/kv/sessions/k",
+            "/v1/kv/sessions/a/b%2Fc",
+            "/v1/kv/sessions",
+            "/v1/kv/sessions/",
+            "/v1/kv/sessions/a//b",
+            "/v1/counter/rate_limits-2/k",
+            "/v1/set/flags/beta",
+            "/v1/conflicts/sessions",
+            "/v1/status",
+            "/v1/openapi.json",
+            "/healthz",
+        ] {
+            assert!(classify(ok).is_ok(), "{ok}");
+        }
+        for (bad, why) in [
+            ("/v1/replication/heartbeat", Refusal::NotClientApi),
+            ("/v1/replication/subscribe", Refusal::NotClientApi),
+            ("//v1/replication/subscribe", Refusal::NotClientApi),
+            ("//v1/kv/sessions/k", Refusal::NotClientApi),
+            ("/v1//kv/sessions/k", Refusal::NotClientApi),
+            ("/v1/kv/../replication/heartbeat", Refusal::DotSegment),
+            (
+                "/v1/kv/sessions/../../replication/heartbeat",
+                Refusal::DotSegment,
+            ),
+            ("/v1/kv/sessions/%2e%2E/x", Refusal::DotSegment),
+            ("/v1/kv/sessions/.%2e", Refusal::DotSegment),
+            ("/v1/kv/sessions/./k", Refusal::DotSegment),
+            ("/v1/kv/%2e%2e/replication/heartbeat", Refusal::DotSegment),
+            ("/v1/%72eplication/heartbeat", Refusal::NotClientApi),
+            ("/v1/kv%2F..%2Freplication", Refusal::NotClientApi),
+            ("/v1/kv/sess%69ons/k", Refusal::NotClientApi),
+            ("/v1/kv/Sessions/k", Refusal::NotClientApi),
+            ("/V1/kv/sessions/k", Refusal::NotClientApi),
+            ("/v1/KV/sessions/k", Refusal::NotClientApi),
+            ("/v1/kv/", Refusal::NotClientApi),
+            ("/v1/kv", Refusal::NotClientApi),
+            ("/v1/conflicts/sessions/x", Refusal::NotClientApi),
+            ("/v1/status/", Refusal::NotClientApi),
+            ("/metrics", Refusal::NotClientApi),
+            ("/admin/v1/drain", Refusal::NotClientApi),
+            ("/", Refusal::NotClientApi),
+            ("", Refusal::NotClientApi),
+            ("*", Refusal::NotClientApi),
+            ("/v1/kv\\..\\replication", Refusal::NotClientApi),
+        ] {
+            assert_eq!(classify(bad), Err(why), "{bad}");
+        }
     }
 
     #[test]

@@ -6,6 +6,7 @@ use crate::health::{HealthConfig, HealthState, Probe, RegionHealth, Transition};
 use crate::policy::{Candidate, Choice, Mode, NoHealthy, PolicyKind, choose};
 use atoll_config::Config;
 use atoll_config::router::{InitialHealth, NoHealthyPolicy, RoutePolicy, RoutedName, RouterConfig};
+use atoll_core::op::Policy;
 use atoll_core::{AtollError, RegionId, Result};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -91,6 +92,8 @@ struct Inner {
 /// The router's shared state.
 pub struct RouterState {
     regions: Vec<RegionEntry>,
+    /// Every keyspace of the cluster config and its policy (the proxy's retry rule needs them).
+    keyspaces: BTreeMap<String, Policy>,
     config: RouterConfig,
     health_cfg: HealthConfig,
     inner: Mutex<Inner>,
@@ -149,6 +152,11 @@ impl RouterState {
             .collect();
         Ok(RouterState {
             regions,
+            keyspaces: config
+                .keyspaces
+                .iter()
+                .map(|k| (k.name.clone(), k.policy))
+                .collect(),
             config: rc,
             health_cfg,
             inner: Mutex::new(Inner {
@@ -179,6 +187,11 @@ impl RouterState {
 
     pub fn config(&self) -> &RouterConfig {
         &self.config
+    }
+
+    /// The policy of keyspace `name` in the cluster config, if it declares one.
+    pub fn keyspace_policy(&self, name: &str) -> Option<Policy> {
+        self.keyspaces.get(name).copied()
     }
 
     pub fn health_config(&self) -> &HealthConfig {

@@ -1,5 +1,6 @@
-//! The HTTP proxy against fake regions on loopback: routing by policy, per-request failover,
-//! no replay of non-idempotent requests, passive ejection, and the no-healthy modes.
+//! The HTTP proxy against fake regions on loopback: only the client API is forwarded, routing
+//! by policy, per-request failover, no replay of non-idempotent requests (by the keyspace's
+//! policy), passive ejection, the no-healthy modes, and early answers a slow client can read.
 
 mod common;
 
@@ -230,7 +231,8 @@ async fn a_post_whose_connection_dropped_is_not_replayed() {
     );
     assert!(b.requests().is_empty(), "never replayed on b");
 
-    // Idempotent requests that may have reached a are retried on b.
+    // Idempotent requests that may have reached a are retried on b: a read, and a write to an
+    // lww keyspace (`s`), where a second identical write changes nothing.
     let r = c.get(format!("{base}/v1/kv/s/k")).send().await.unwrap();
     assert_eq!(
         (r.status().as_u16(), routed_to(&r)),
@@ -478,5 +480,189 @@ async fn oversized_bodies_are_refused_before_routing() {
     assert_eq!(r.status(), 413);
     let e: Value = r.json().await.unwrap();
     assert_eq!(e["error"]["code"], "ATOLL-REQUEST-TOO-LARGE");
+    assert!(a.requests().is_empty());
+}
+
+#[tokio::test]
+async fn mvr_writes_are_replayed_only_with_a_context() {
+    let a = FakeRegion::start("a").await;
+    let b = FakeRegion::start("b").await;
+    a.set_data(Mode::Close);
+    let cfg = config(&[("a", a.addr), ("b", b.addr)], &router_toml(0));
+    let ctx = ctx(&cfg);
+    up(&ctx, "a", 1.0);
+    up(&ctx, "b", 1.0);
+    let p = serve_proxy(&ctx, "api", ProxySettings::default()).await;
+    let c = http();
+    let url = format!("http://{}/v1/kv/carts/k", p.addr);
+
+    // Without a context an mvr write adds a sibling: a second attempt would add a second one.
+    let refused = [
+        c.put(&url).body("apple"),
+        c.delete(&url),
+        // A keyspace the config does not declare: its policy is unknown.
+        c.put(format!("http://{}/v1/kv/nosuch/k", p.addr)).body("v"),
+    ];
+    for req in refused {
+        let r = req.send().await.unwrap();
+        assert_eq!(r.status(), 502);
+        assert_eq!(routed_to(&r).as_deref(), Some("a"));
+        let e: Value = r.json().await.unwrap();
+        assert_eq!(e["error"]["code"], "ATOLL-UPSTREAM-OUTCOME-UNKNOWN");
+        assert_eq!(e["error"]["retryable"], false);
+        assert!(
+            e["error"]["hint"].as_str().unwrap().contains("siblings"),
+            "{e}"
+        );
+    }
+    assert!(b.requests().is_empty(), "never replayed on b");
+
+    // With a context it supersedes what its client read, wherever it lands.
+    for req in [
+        c.put(&url).header("x-atoll-context", "ctx").body("apple"),
+        c.delete(&url).header("x-atoll-context", "ctx"),
+    ] {
+        let r = req.send().await.unwrap();
+        assert_eq!(
+            (r.status().as_u16(), routed_to(&r)),
+            (200, Some("b".into()))
+        );
+    }
+    assert_eq!(
+        b.requests(),
+        vec!["PUT /v1/kv/carts/k", "DELETE /v1/kv/carts/k"]
+    );
+    assert_eq!(
+        a.requests(),
+        vec![
+            "PUT /v1/kv/carts/k",
+            "DELETE /v1/kv/carts/k",
+            "PUT /v1/kv/nosuch/k",
+            "PUT /v1/kv/carts/k",
+            "DELETE /v1/kv/carts/k",
+        ],
+        "each received exactly once"
+    );
+}
+
+#[tokio::test]
+async fn only_the_client_api_is_forwarded() {
+    let a = FakeRegion::start("a").await;
+    let cfg = config(&[("a", a.addr)], &router_toml(5));
+    let ctx = ctx(&cfg);
+    up(&ctx, "a", 1.0);
+    let p = serve_proxy(&ctx, "api", ProxySettings::default()).await;
+    let refused = [
+        "POST /v1/replication/heartbeat",
+        "POST /v1/replication/subscribe",
+        "POST //v1/replication/subscribe",
+        "POST /v1//replication/subscribe",
+        "POST /v1/kv/../replication/heartbeat",
+        "POST /v1/kv/s/../../replication/heartbeat",
+        "POST /v1/kv/s/%2e%2E/%2E%2e/replication/heartbeat",
+        "POST /v1/kv/%2e%2e/replication/subscribe",
+        "POST /v1/%72eplication/subscribe",
+        "POST /v1/replication%2Fsubscribe",
+        "POST /V1/replication/subscribe",
+        "POST /v1/REPLICATION/subscribe",
+        "GET /V1/kv/s/k",
+        "GET /v1/kv/S/k",
+        "GET /metrics",
+        "GET /v1/status/../replication/subscribe",
+        "GET /admin",
+        "GET /",
+        "POST http://127.0.0.1/v1/replication/heartbeat",
+        "OPTIONS *",
+    ];
+    for line in refused {
+        let r = raw_request(
+            p.addr,
+            &format!("{line} HTTP/1.1\r\nhost: test\r\ncontent-length: 2\r\n\r\n{{}}"),
+        )
+        .await;
+        assert_eq!(r.status, 404, "{line}: {r:?}");
+        let e = r.json();
+        assert_eq!(e["error"]["code"], "ATOLL-NOT-PROXIED", "{line}");
+        assert_eq!(e["error"]["retryable"], false);
+        let message = e["error"]["message"].as_str().unwrap();
+        assert!(message.contains("/v1/kv/{keyspace}/{key}"), "{message}");
+        assert!(r.header("x-atoll-routed-to").is_none(), "{line}");
+    }
+    assert!(
+        a.requests().is_empty(),
+        "nothing reached the region: {:?}",
+        a.requests()
+    );
+    assert_eq!(
+        metric(
+            &ctx.metrics.encode(),
+            r#"atoll_router_requests_total{region="none",code="404"}"#
+        ),
+        Some(refused.len() as f64)
+    );
+
+    for line in [
+        "GET /v1/kv/s/k?x=1",
+        "GET /v1/kv/s/a//b",
+        "GET /v1/kv/s/a%2F..%2Fb",
+        "GET /v1/counter/c/k",
+        "GET /v1/set/f/k",
+        "GET /v1/conflicts/s?limit=5",
+        "GET /v1/status",
+        "GET /v1/openapi.json",
+        "GET /healthz",
+    ] {
+        let r = raw_request(p.addr, &format!("{line} HTTP/1.1\r\nhost: test\r\n\r\n")).await;
+        assert_eq!(r.status, 200, "{line}: {r:?}");
+        assert_eq!(r.header("x-atoll-routed-to"), Some("a"), "{line}");
+    }
+    assert_eq!(
+        a.requests().len(),
+        8,
+        "/healthz is not counted: {:?}",
+        a.requests()
+    );
+}
+
+#[tokio::test]
+async fn a_slow_client_reads_the_early_answers_whole() {
+    let a = FakeRegion::start("a").await;
+    let cfg = config(&[("a", a.addr)], &router_toml(5));
+    let ctx = ctx(&cfg);
+    up(&ctx, "a", 1.0);
+    let settings = ProxySettings {
+        max_body_bytes: 1024,
+        ..ProxySettings::default()
+    };
+    let p = serve_proxy(&ctx, "api", settings).await;
+    for chunked in [false, true] {
+        for read_early in [false, true] {
+            let what = format!("chunked {chunked}, read early {read_early}");
+            // Over the body limit: 413, before or after the whole body was sent.
+            let r = slow_upload(p.addr, "PUT", "/v1/kv/s/k", 512 << 10, chunked, read_early)
+                .await
+                .unwrap_or_else(|e| panic!("{what}: {e}"));
+            assert_eq!(r.status, 413, "{what}");
+            assert_eq!(
+                r.json()["error"]["code"],
+                "ATOLL-REQUEST-TOO-LARGE",
+                "{what}"
+            );
+            assert_eq!(r.header("connection"), Some("close"), "{what}");
+            // Not proxied: 404 without reading the body.
+            let r = slow_upload(
+                p.addr,
+                "POST",
+                "/v1/replication/subscribe",
+                512 << 10,
+                chunked,
+                read_early,
+            )
+            .await
+            .unwrap_or_else(|e| panic!("{what}: {e}"));
+            assert_eq!(r.status, 404, "{what}");
+            assert_eq!(r.json()["error"]["code"], "ATOLL-NOT-PROXIED", "{what}");
+        }
+    }
     assert!(a.requests().is_empty());
 }

@@ -64,6 +64,8 @@ pub struct AppState {
     pub replicator: std::sync::OnceLock<Arc<crate::replication::Replicator>>,
     /// The peers holding a live stream of this region's writes (see [`crate::streams`]).
     pub subscribers: Arc<crate::streams::Subscribers>,
+    /// The tokens the client API accepts (`[auth] tokens_file`); `None`: the API is open.
+    pub auth: Option<Arc<atoll_config::auth::Tokens>>,
 }
 
 /// Whether replication with every peer is established, for `/healthz` and `/v1/status`: every
@@ -163,6 +165,11 @@ pub fn router(state: Shared) -> Router {
         .fallback(route_not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::disable())
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            crate::auth::authorize,
+        ))
+        .layer(middleware::from_fn(crate::unread::layer))
         .layer(middleware::from_fn_with_state(state.clone(), track))
         .with_state(state)
 }
@@ -695,6 +702,10 @@ async fn metrics(State(state): State<Shared>) -> Response {
         .metrics
         .oplog_last_seq
         .set(state.store.stats().last_seq.load(Ordering::Relaxed));
+    state
+        .metrics
+        .subscription_streams
+        .set(i64::try_from(state.subscribers.total()).unwrap_or(i64::MAX));
     if let Some(rep) = state.replicator.get() {
         rep.refresh_metrics();
     }

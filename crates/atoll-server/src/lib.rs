@@ -1,12 +1,16 @@
-//! Adapters around the store: the region's client HTTP API v1 (axum), its Prometheus metrics,
-//! its OpenAPI document, replication (and which peers stream this region's writes), and the
-//! region process runtime (listen, serve, shut down gracefully).
+//! Adapters around the store: the region's client HTTP API v1 (axum) and its optional client
+//! authentication (`auth`), its Prometheus metrics,
+//! its OpenAPI document, replication (and which peers stream this region's writes), the
+//! draining of request bodies answered before they were read (`unread`), and the region process
+//! runtime (listen, serve, shut down gracefully).
 
 pub mod api;
+pub mod auth;
 pub mod metrics;
 pub mod openapi;
 pub mod region;
 pub mod replication;
 pub mod streams;
+pub mod unread;
 
 pub use region::{RegionOptions, RegionServer};

@@ -88,6 +88,18 @@ pub struct Metrics {
     pub tombstone_horizon_age: FloatGauge,
     pub tombstones_collected: Counter,
     pub heartbeats_refused: Family<RefusedLabels, Counter>,
+    /// Replication requests refused at the edge, before their handler (see [`crate::streams`]).
+    pub replication_requests_refused: Family<EdgeRefusalLabels, Counter>,
+    /// Subscription streams of this region's writes being served (refreshed at scrape time).
+    pub subscription_streams: Gauge,
+}
+
+/// Labels of `atoll_replication_requests_refused_total`: `route` is `heartbeat` or `subscribe`,
+/// `reason` is `too-large` (body over its limit) or `overloaded` (the stream cap is reached).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EdgeRefusalLabels {
+    pub route: String,
+    pub reason: String,
 }
 
 fn latency_buckets() -> Histogram {
@@ -334,9 +346,29 @@ impl Metrics {
             "Heartbeats refused before anything in them was believed, by the peer they named and why (garbled or forged)",
             heartbeats_refused.clone(),
         );
+        let replication_requests_refused = Family::<EdgeRefusalLabels, Counter>::default();
+        reg(
+            &mut registry,
+            &mut names,
+            Kind::Counter,
+            "replication_requests_refused",
+            "Replication requests refused before their handler, by route (heartbeat, subscribe) and reason (too-large: body over its limit; overloaded: the region already serves max_subscription_streams streams)",
+            replication_requests_refused.clone(),
+        );
+        let subscription_streams = Gauge::default();
+        reg(
+            &mut registry,
+            &mut names,
+            Kind::Gauge,
+            "replication_subscription_streams",
+            "Subscription streams of this region's writes it serves to its peers right now",
+            subscription_streams.clone(),
+        );
         Self {
             names,
             heartbeats_refused,
+            replication_requests_refused,
+            subscription_streams,
             peer_reachable,
             peer_rtt,
             replication_lag_seconds,

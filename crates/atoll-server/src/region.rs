@@ -144,6 +144,17 @@ impl RegionServer {
             },
             changed,
         )?;
+        let auth = atoll_config::auth::Tokens::load_for(&opts.config)
+            .map_err(|e| AtollError::Config(e.to_string()))?;
+        match &auth {
+            Some(t) => tracing::info!(
+                tokens = t.grants().len(),
+                "client API authentication on: every route but /healthz, /metrics and /v1/openapi.json needs a bearer token"
+            ),
+            None => tracing::warn!(
+                "client API authentication off (no [auth] in the config): anyone who reaches this region can read and write every keyspace"
+            ),
+        }
         let listener = TcpListener::bind(listen)
             .await
             .map_err(|e| AtollError::Config(format!("cannot listen on {listen}: {e}")))?;
@@ -155,6 +166,7 @@ impl RegionServer {
             serving: AtomicBool::new(true),
             replicator: std::sync::OnceLock::new(),
             subscribers: crate::streams::Subscribers::new(),
+            auth: auth.map(Arc::new),
         });
         let _ = state.replicator.set(replicator.clone());
         Ok(RegionServer {
@@ -181,7 +193,14 @@ impl RegionServer {
         let state = self.state.clone();
         let app = router(self.state.clone()).merge(crate::streams::track(
             replication::router(self.replicator.clone()),
-            self.state.subscribers.clone(),
+            crate::streams::Edge {
+                subscribers: self.state.subscribers.clone(),
+                max_streams: state
+                    .config
+                    .replication
+                    .subscription_stream_limit(state.config.regions.len()),
+                metrics: state.metrics.clone(),
+            },
         ));
         let flag = state.clone();
         let stop = Arc::new(tokio::sync::Notify::new());

@@ -671,6 +671,7 @@ pub fn router(rep: Arc<Replicator>) -> axum::Router {
     axum::Router::new()
         .route("/v1/replication/heartbeat", post(heartbeat_handler))
         .route("/v1/replication/subscribe", post(subscribe_handler))
+        .layer(axum::middleware::from_fn(crate::streams::limit_bodies))
         .with_state(rep)
 }
 

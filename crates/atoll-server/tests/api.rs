@@ -54,10 +54,22 @@ impl Harness {
         Self::with(|_| {})
     }
 
+    /// Same, with client authentication on: `tokens` is the text of a tokens file.
+    fn with_tokens(tokens: &str) -> Self {
+        let config = Config::parse(EXAMPLE, "single-region.toml").expect("example parses");
+        let tokens = atoll_config::auth::Tokens::parse(tokens, "tokens.toml", &config)
+            .expect("tokens parse");
+        Self::build(config, Some(Arc::new(tokens)))
+    }
+
     /// Same, with the parsed config adjusted by `tweak` first.
     fn with(tweak: impl FnOnce(&mut Config)) -> Self {
         let mut config = Config::parse(EXAMPLE, "single-region.toml").expect("example parses");
         tweak(&mut config);
+        Self::build(config, None)
+    }
+
+    fn build(config: Config, auth: Option<Arc<atoll_config::auth::Tokens>>) -> Self {
         let region = RegionId::new(REGION).unwrap();
         assert!(config.region(REGION).is_some());
         let clock = Arc::new(ManualClock::new(T0));
@@ -75,6 +87,7 @@ impl Harness {
             serving: AtomicBool::new(true),
             replicator: OnceLock::new(),
             subscribers: atoll_server::streams::Subscribers::new(),
+            auth,
         });
         Self {
             app: router(state.clone()),
@@ -289,6 +302,11 @@ fn every_error() -> Vec<AtollError> {
             len: Some(2),
             max: 1,
         },
+        AtollError::PeerRequestTooLarge {
+            route: "x".into(),
+            len: None,
+            max: 1,
+        },
         AtollError::MalformedBody("x".into()),
         AtollError::InvalidUtf8("x".into()),
         AtollError::BadContext("x".into()),
@@ -310,6 +328,8 @@ fn every_error() -> Vec<AtollError> {
         AtollError::ShuttingDown,
         AtollError::Overloaded("x".into()),
         AtollError::BadRequest("x".into()),
+        AtollError::Unauthorized("x".into()),
+        AtollError::Forbidden("x".into()),
     ];
     // No wildcard: a new variant fails to compile here until it is added to the list above.
     for e in &all {
@@ -320,6 +340,7 @@ fn every_error() -> Vec<AtollError> {
             | AtollError::KeyTooLarge { .. }
             | AtollError::ValueTooLarge { .. }
             | AtollError::RequestTooLarge { .. }
+            | AtollError::PeerRequestTooLarge { .. }
             | AtollError::MalformedBody(_)
             | AtollError::InvalidUtf8(_)
             | AtollError::BadContext(_)
@@ -334,7 +355,9 @@ fn every_error() -> Vec<AtollError> {
             | AtollError::ClockSkew { .. }
             | AtollError::ShuttingDown
             | AtollError::Overloaded(_)
-            | AtollError::BadRequest(_) => {}
+            | AtollError::BadRequest(_)
+            | AtollError::Unauthorized(_)
+            | AtollError::Forbidden(_) => {}
         }
     }
     all
@@ -393,6 +416,32 @@ fn essence(content_type: &str) -> &str {
 /// Checks one response against the document (see the module docs).
 fn conforms(method: &Method, path: &str, resp: &Resp) {
     let what = format!("{method} {path} -> {}", resp.status);
+    // Authentication decides before routing: a refusal of a path or method that is not served
+    // is the documented shared response.
+    let served = route_of(path).is_some_and(|t| {
+        let routed = if method == Method::HEAD {
+            "GET"
+        } else {
+            method.as_str()
+        };
+        ROUTES
+            .iter()
+            .any(|(r, methods)| *r == t && methods.contains(&routed))
+    });
+    let shared = match resp.status.as_u16() {
+        401 => Some("Unauthorized"),
+        403 => Some("Forbidden"),
+        _ => None,
+    };
+    if let (false, Some(name)) = (served, shared) {
+        check_response(
+            &doc()["components"]["responses"][name],
+            resp,
+            &what,
+            method == Method::HEAD,
+        );
+        return;
+    }
     let Some(template) = route_of(path) else {
         assert_eq!(
             resp.status,
@@ -1998,4 +2047,226 @@ async fn manual_clock_timestamps_appear_in_responses() {
     let r = h.delete("/v1/kv/sessions/k").await;
     assert_eq!(ts(&r), "1700000000251.1");
     assert_eq!(h.status().await["store"]["hlc_wall_ms"], T0 + 251);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Client authentication ([auth] tokens_file)
+// ---------------------------------------------------------------------------------------------
+
+/// Tokens: `reader` reads sessions and carts; `writer` writes carts only; `ops` has no right at
+/// all; `all` reads and writes everything.
+fn tokens_file() -> String {
+    let t = |name: &str, rest: &str| {
+        format!(
+            "[[tokens]]\nname = \"{name}\"\nsha256 = \"{}\"\n{rest}\n",
+            atoll_config::auth::sha256_hex(&format!("{name}-secret"))
+        )
+    };
+    [
+        t("reader", "read = [\"sessions\", \"carts\"]"),
+        t("writer", "write = [\"carts\"]"),
+        t("ops", ""),
+        t("all", "read = [\"*\"]\nwrite = [\"*\"]"),
+    ]
+    .concat()
+}
+
+fn bearer(name: &str) -> String {
+    format!("Bearer {name}-secret")
+}
+
+#[tokio::test]
+async fn without_a_valid_token_everything_but_health_metrics_and_openapi_is_401() {
+    let h = Harness::with_tokens(&tokens_file());
+    for (method, uri, body) in [
+        (Method::GET, "/v1/kv/sessions/k", ""),
+        (Method::PUT, "/v1/kv/sessions/k", "v"),
+        (Method::DELETE, "/v1/kv/carts/k", ""),
+        (Method::GET, "/v1/counter/ratelimits/k", ""),
+        (Method::POST, "/v1/counter/ratelimits/k", r#"{"delta": 1}"#),
+        (Method::POST, "/v1/set/flags/k", r#"{"add": ["x"]}"#),
+        (Method::GET, "/v1/conflicts/sessions", ""),
+        (Method::GET, "/v1/status", ""),
+        (Method::GET, "/v1/nosuch", ""),
+        (Method::PATCH, "/v1/kv/sessions/k", ""),
+        (Method::GET, "/v1/kv/nosuch/k", ""),
+    ] {
+        for auth in [
+            None,
+            Some("Bearer wrong".to_string()),
+            Some("Bearer ".to_string()),
+            Some("Basic cmVhZGVyOnJlYWRlci1zZWNyZXQ=".to_string()),
+            Some("reader-secret".to_string()),
+            Some(format!(
+                "Bearer {}",
+                atoll_config::auth::sha256_hex("reader-secret")
+            )),
+        ] {
+            let headers: Vec<(&str, &str)> = auth
+                .as_deref()
+                .map(|a| vec![("authorization", a)])
+                .unwrap_or_default();
+            let r = h.request(method.clone(), uri, &headers, body).await;
+            let what = format!("{method} {uri} with {auth:?}");
+            r.expect_error(401, "ATOLL-UNAUTHORIZED");
+            assert!(
+                r.header("www-authenticate")
+                    .is_some_and(|v| v.starts_with("Bearer")),
+                "{what}"
+            );
+        }
+    }
+    // Nothing was written.
+    assert!(h.state.store.get("sessions", b"k").unwrap().is_none());
+    assert_eq!(
+        h.state.store.stats().writes_total.load(Ordering::Relaxed),
+        0
+    );
+    // Open: health checks, Prometheus, documentation.
+    for uri in ["/healthz", "/metrics", "/v1/openapi.json"] {
+        assert_eq!(h.get(uri).await.status, StatusCode::OK, "{uri}");
+        let r = h.request(Method::HEAD, uri, &[], Body::empty()).await;
+        assert_eq!(r.status, StatusCode::OK, "HEAD {uri}");
+    }
+    // The refusals are counted like any answer.
+    let text = h.get("/metrics").await.text();
+    assert!(text.contains(r#"status="401""#), "{text}");
+}
+
+#[tokio::test]
+async fn a_token_reads_and_writes_only_the_keyspaces_it_is_granted() {
+    let h = Harness::with_tokens(&tokens_file());
+    let as_ = |name: &str| bearer(name);
+    let all = as_("all");
+    h.request(
+        Method::PUT,
+        "/v1/kv/sessions/k",
+        &[("authorization", &all)],
+        "v1",
+    )
+    .await
+    .expect_ok();
+    // reader: reads sessions and carts, writes nothing.
+    let reader = as_("reader");
+    let r = h
+        .request(
+            Method::GET,
+            "/v1/kv/sessions/k",
+            &[("authorization", &reader)],
+            "",
+        )
+        .await;
+    r.expect_ok();
+    assert_eq!(&r.body[..], b"v1");
+    h.request(
+        Method::GET,
+        "/v1/conflicts/sessions",
+        &[("authorization", &reader)],
+        "",
+    )
+    .await
+    .expect_ok();
+    for (method, uri, body) in [
+        (Method::PUT, "/v1/kv/sessions/k", "v2"),
+        (Method::DELETE, "/v1/kv/sessions/k", ""),
+        (Method::GET, "/v1/counter/ratelimits/k", ""),
+        (Method::GET, "/v1/set/flags/k", ""),
+        (Method::GET, "/v1/conflicts/flags", ""),
+        // A keyspace name percent-encoded is the keyspace it decodes to.
+        (Method::PUT, "/v1/kv/s%65ssions/k", "v2"),
+        (Method::GET, "/v1/kv/r%61telimits/k", ""),
+        // A keyspace that does not exist is granted to nobody but "*": 403, not 404.
+        (Method::GET, "/v1/kv/nosuch/k", ""),
+        // Methods that are not reads need write (and would be 405 after that).
+        (Method::PATCH, "/v1/kv/sessions/k", ""),
+    ] {
+        let r = h
+            .request(method.clone(), uri, &[("authorization", &reader)], body)
+            .await;
+        r.expect_error(403, "ATOLL-FORBIDDEN");
+        let message = r.message();
+        assert!(message.contains("token `reader` may not"), "{message}");
+    }
+    // writer: writes carts, reads nothing.
+    let writer = as_("writer");
+    let r = h
+        .request(
+            Method::PUT,
+            "/v1/kv/carts/c",
+            &[("authorization", &writer)],
+            "apple",
+        )
+        .await;
+    r.expect_ok();
+    let context = r.header("x-atoll-context").unwrap().to_string();
+    h.request(
+        Method::PUT,
+        "/v1/kv/carts/c",
+        &[("authorization", &writer), ("x-atoll-context", &context)],
+        "pear",
+    )
+    .await
+    .expect_ok();
+    h.request(
+        Method::GET,
+        "/v1/kv/carts/c",
+        &[("authorization", &writer)],
+        "",
+    )
+    .await
+    .expect_error(403, "ATOLL-FORBIDDEN");
+    h.request(
+        Method::POST,
+        "/v1/counter/ratelimits/k",
+        &[("authorization", &writer)],
+        r#"{"delta": 1}"#,
+    )
+    .await
+    .expect_error(403, "ATOLL-FORBIDDEN");
+    // Nothing a refused request sent was applied.
+    let r = h
+        .request(
+            Method::GET,
+            "/v1/kv/sessions/k",
+            &[("authorization", &all)],
+            "",
+        )
+        .await;
+    r.expect_ok();
+    assert_eq!(&r.body[..], b"v1");
+    let r = h
+        .request(
+            Method::GET,
+            "/v1/kv/carts/c",
+            &[("authorization", &all)],
+            "",
+        )
+        .await;
+    r.expect_ok();
+    assert_eq!(&r.body[..], b"pear");
+    h.request(
+        Method::GET,
+        "/v1/counter/ratelimits/k",
+        &[("authorization", &all)],
+        "",
+    )
+    .await
+    .expect_ok();
+    // /v1/status needs any valid token, even one without rights; the scheme is case-insensitive.
+    for token in ["ops", "reader", "writer"] {
+        let auth = format!("bearer {token}-secret");
+        h.request(Method::GET, "/v1/status", &[("authorization", &auth)], "")
+            .await
+            .expect_ok();
+    }
+    // A valid token on an unknown route gets the route's 404.
+    let r = h
+        .request(
+            Method::GET,
+            "/v1/nosuch",
+            &[("authorization", &as_("ops"))],
+            "",
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
 }

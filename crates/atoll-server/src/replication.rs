@@ -680,7 +680,8 @@ async fn heartbeat_handler(
     body: Bytes,
 ) -> axum::response::Response {
     use axum::response::IntoResponse;
-    let result = codec::decode::<Heartbeat>(&body).and_then(|hb| rep.on_heartbeat(&hb));
+    let result =
+        decode_peer_message::<Heartbeat>(&body, "heartbeat").and_then(|hb| rep.on_heartbeat(&hb));
     match result {
         Ok(()) => axum::http::StatusCode::NO_CONTENT.into_response(),
         Err(e) => crate::api::ApiError(e).into_response(),
@@ -692,7 +693,9 @@ async fn subscribe_handler(
     body: Bytes,
 ) -> axum::response::Response {
     use axum::response::IntoResponse;
-    match codec::decode::<Subscribe>(&body).and_then(|s| rep.serve_subscription(s)) {
+    match decode_peer_message::<Subscribe>(&body, "subscription request")
+        .and_then(|s| rep.serve_subscription(s))
+    {
         Ok(stream) => (
             [(
                 axum::http::header::CONTENT_TYPE,
@@ -703,6 +706,15 @@ async fn subscribe_handler(
             .into_response(),
         Err(e) => crate::api::ApiError(e).into_response(),
     }
+}
+
+/// Decodes a message from a peer. Bytes that do not decode are the sender's fault (400), not a
+/// damaged data directory, which is what the codec's own error would say.
+fn decode_peer_message<T: serde::de::DeserializeOwned>(body: &[u8], what: &str) -> Result<T> {
+    codec::decode::<T>(body).map_err(|e| match e {
+        AtollError::FormatTooNew { .. } => e,
+        other => AtollError::BadRequest(format!("malformed {what}: {other}")),
+    })
 }
 
 /// Adapts an mpsc receiver into a `Stream` for `Body::from_stream`.

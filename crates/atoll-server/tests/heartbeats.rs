@@ -111,6 +111,14 @@ async fn a_good_heartbeat_is_taken_and_bad_ones_are_refused_and_counted() {
     let (status, body) = post(&rep, &forged).await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
 
+    // Garbage is the sender's fault (400), not a damaged data directory (500).
+    let req = Request::post("/v1/replication/heartbeat")
+        .header("content-type", "application/octet-stream")
+        .body(Body::from(vec![1u8, 0, 0xff, 0xff, 0xff]))
+        .expect("request");
+    let resp = router(rep.clone()).oneshot(req).await.expect("infallible");
+    assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+
     let mut stranger = heartbeat();
     stranger.from = region("mallory-1");
     let (status, _) = post(&rep, &stranger).await;

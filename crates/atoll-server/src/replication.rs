@@ -419,7 +419,13 @@ impl Replicator {
         if !resp.status().is_success() {
             let status = resp.status();
             let text = resp.text().await.unwrap_or_default();
-            tracing::warn!(peer = %peer, %status, body = %text, "peer refused the subscription");
+            if status == reqwest::StatusCode::SERVICE_UNAVAILABLE {
+                // Over its stream cap: retried every 200 ms, so not worth a warning each time
+                // (the peer counts these in atoll_replication_requests_refused_total).
+                tracing::debug!(peer = %peer, body = %text, "peer has no subscription slot free");
+            } else {
+                tracing::warn!(peer = %peer, %status, body = %text, "peer refused the subscription");
+            }
             return Err(AtollError::Storage(format!("peer refused: {status}")));
         }
         let mut resp = resp;

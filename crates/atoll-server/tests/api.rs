@@ -310,6 +310,12 @@ fn every_error() -> Vec<AtollError> {
         AtollError::ShuttingDown,
         AtollError::Overloaded("x".into()),
         AtollError::BadRequest("x".into()),
+        AtollError::PeerUnauthenticated("x".into()),
+        AtollError::PeerIdentityMismatch {
+            claimed: "x".into(),
+            certified: "y".into(),
+        },
+        AtollError::Tls("x".into()),
     ];
     // No wildcard: a new variant fails to compile here until it is added to the list above.
     for e in &all {
@@ -334,7 +340,10 @@ fn every_error() -> Vec<AtollError> {
             | AtollError::ClockSkew { .. }
             | AtollError::ShuttingDown
             | AtollError::Overloaded(_)
-            | AtollError::BadRequest(_) => {}
+            | AtollError::BadRequest(_)
+            | AtollError::PeerUnauthenticated(_)
+            | AtollError::PeerIdentityMismatch { .. }
+            | AtollError::Tls(_) => {}
         }
     }
     all

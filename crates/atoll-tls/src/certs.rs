@@ -202,17 +202,13 @@ pub fn write_cluster(
             false,
             "cluster CA certificate".into(),
         ),
-        (
-            dir.join(CA_KEY_FILE),
-            true,
-            "cluster CA key (keep it off the regions' machines)".into(),
-        ),
+        (dir.join(CA_KEY_FILE), true, "cluster CA key".into()),
     ];
     for r in &plan.regions {
         files.push((
             dir.join(region_cert_file(r)),
             false,
-            format!("{r} certificate ({r}{NAME_SUFFIX})"),
+            format!("{r} certificate, for {r}{NAME_SUFFIX}"),
         ));
         files.push((dir.join(region_key_file(r)), true, format!("{r} key")));
     }
@@ -284,4 +280,9 @@ fn write_file(path: &Path, bytes: &[u8], secret: bool) -> Result<()> {
         let _ = std::fs::remove_file(&tmp);
     }
     result.map_err(fail)
+}
+
+/// The UTC date of `t` (`2026-05-01`), for messages about validity.
+pub fn date(t: SystemTime) -> String {
+    time::OffsetDateTime::from(t).date().to_string()
 }

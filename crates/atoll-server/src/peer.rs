@@ -290,7 +290,9 @@ async fn serve_connection<I>(
         req.extensions_mut().insert(auth.clone());
         req
     });
-    let conn = hyper::server::conn::http1::Builder::new().serve_connection(
+    // HTTP/1 (subscription streams) and HTTP/2 (heartbeats), told apart by the first bytes.
+    let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    let conn = builder.serve_connection(
         TokioIo::new(io),
         hyper_util::service::TowerToHyperService::new(svc),
     );
@@ -418,6 +420,15 @@ impl ConnectorInner {
 
     fn failed(&self, peer: &str, addr: SocketAddr, e: &std::io::Error) {
         let text = e.to_string();
+        let is_tls = e
+            .get_ref()
+            .is_some_and(|inner| inner.is::<tokio_rustls::rustls::Error>());
+        if !is_tls {
+            // The connection broke (the peer or a link in between is down): reachability shows
+            // that; it says nothing about certificates.
+            tracing::debug!(peer, %addr, error = %text, "connection to peer failed during the TLS handshake");
+            return;
+        }
         let Ok(mut failing) = self.failing.lock() else {
             return;
         };
@@ -452,7 +463,13 @@ impl tower::Service<hyper::Uri> for PeerConnector {
     }
 }
 
-/// How a region reaches its peers: HTTP/1 over plain TCP or mutual TLS, pooled.
+/// How a region reaches its peers: HTTP over plain TCP or mutual TLS, pooled.
+///
+/// Heartbeats use HTTP/2 ([`PeerClient::new`] with `http2`): a heartbeat goes out on the open
+/// connection without waiting for the answer to the previous one. That is what lets a one-way
+/// heartbeat cross a link whose return path is cut: a new connection would need a TLS handshake,
+/// which needs both directions, and HTTP/1 sends a request on a pooled connection only once the
+/// previous answer has arrived.
 #[derive(Clone)]
 pub struct PeerClient {
     http: hyper_util::client::legacy::Client<PeerConnector, Full<Bytes>>,
@@ -462,12 +479,14 @@ pub struct PeerClient {
 }
 
 impl PeerClient {
-    /// A client reaching each peer at `addrs[peer]`; with `tls`, over mutual TLS as that region.
+    /// A client reaching each peer at `addrs[peer]`; with `tls`, over mutual TLS as that region;
+    /// with `http2`, HTTP/2 (with prior knowledge: the peer listener speaks both), else HTTP/1.
     pub fn new(
         addrs: &BTreeMap<RegionId, SocketAddr>,
         tls: Option<&RegionTls>,
         connect_timeout: Duration,
         timeout: Option<Duration>,
+        http2: bool,
     ) -> PeerClient {
         let connector = PeerConnector {
             inner: Arc::new(ConnectorInner {
@@ -479,6 +498,7 @@ impl PeerClient {
         };
         let http = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(30))
+            .http2_only(http2)
             .build(connector);
         PeerClient {
             http,

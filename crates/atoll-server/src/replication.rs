@@ -93,8 +93,8 @@ impl Replicator {
         );
         let interval = Duration::from_millis(cfg.heartbeat_interval_ms);
         let bound = interval.max(Duration::from_millis(200));
-        let http = PeerClient::new(&peer_addrs, tls.as_ref(), bound, Some(bound));
-        let stream_http = PeerClient::new(&peer_addrs, tls.as_ref(), bound, None);
+        let http = PeerClient::new(&peer_addrs, tls.as_ref(), bound, Some(bound), true);
+        let stream_http = PeerClient::new(&peer_addrs, tls.as_ref(), bound, None, false);
         Ok(Arc::new(Replicator {
             core: Mutex::new(core),
             store,

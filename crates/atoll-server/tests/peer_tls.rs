@@ -207,6 +207,7 @@ fn client(addr: SocketAddr, tls: Option<&RegionTls>) -> PeerClient {
         tls,
         Duration::from_secs(5),
         Some(Duration::from_secs(5)),
+        false,
     )
 }
 
@@ -239,6 +240,21 @@ async fn the_right_peer_is_taken_over_mutual_tls() {
         .expect("heartbeat");
     assert_eq!(resp.status(), StatusCode::NO_CONTENT);
     assert!(server.heard("eu-west-1"));
+    // Over HTTP/2 too, as a region's heartbeat client sends them.
+    let h2 = PeerClient::new(
+        &BTreeMap::from([(region("us-east-1"), server.addr)]),
+        Some(&load(dir.path(), "eu-west-1")),
+        Duration::from_secs(5),
+        Some(Duration::from_secs(5)),
+        true,
+    );
+    for _ in 0..3 {
+        let resp = h2
+            .post(&region("us-east-1"), HEARTBEAT_PATH, heartbeat("eu-west-1"))
+            .await
+            .expect("heartbeat over HTTP/2");
+        assert_eq!(resp.status(), StatusCode::NO_CONTENT);
+    }
 
     // A subscription streams frames (a heartbeat first, on an idle log).
     let mut stream = eu

@@ -60,9 +60,10 @@ enum Command {
         /// Where the regions keep their data (default: a fresh temporary directory, removed on exit).
         #[arg(long)]
         data_dir: Option<PathBuf>,
-        /// Region i listens on 127.0.0.1:<port-base + i>; the router's proxy on <port-base + 80>,
-        /// its admin API on <port-base + 81>, its DNS on <port-base + 53>, and the links'
-        /// control API on <port-base + 90>.
+        /// Region i listens on 127.0.0.1:<port-base + i> (client API) and <port-base + 100 + i>
+        /// (peer listener, mutual TLS); the router's proxy on <port-base + 80>, its admin API on
+        /// <port-base + 81>, its DNS on <port-base + 53>, and the links' control API on
+        /// <port-base + 90>.
         #[arg(long, default_value_t = 7100)]
         port_base: u16,
     },

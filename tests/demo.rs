@@ -335,7 +335,10 @@ async fn demo_scenario(dir: &TestDir) -> Result<()> {
             base + 100 + i as u16
         );
         let r = http.post(&peer).body(vec![1u8, 2, 3]).send().await;
-        ensure!(r.is_err(), "{name}'s peer listener answered plain HTTP: {r:?}");
+        ensure!(
+            r.is_err(),
+            "{name}'s peer listener answered plain HTTP: {r:?}"
+        );
         let r = http
             .post(format!("{url}/v1/replication/heartbeat"))
             .body(vec![1u8, 2, 3])

@@ -469,7 +469,9 @@ impl tower::Service<hyper::Uri> for PeerConnector {
 /// connection without waiting for the answer to the previous one. That is what lets a one-way
 /// heartbeat cross a link whose return path is cut: a new connection would need a TLS handshake,
 /// which needs both directions, and HTTP/1 sends a request on a pooled connection only once the
-/// previous answer has arrived.
+/// previous answer has arrived. A connection on which nothing has arrived for a while is pinged
+/// and given up when the ping goes unanswered ([`PeerClient::keep_alive`]), so a connection to a
+/// peer that vanished is not kept for ever; one-way hearing lasts that long.
 #[derive(Clone)]
 pub struct PeerClient {
     http: hyper_util::client::legacy::Client<PeerConnector, Full<Bytes>>,
@@ -479,8 +481,19 @@ pub struct PeerClient {
 }
 
 impl PeerClient {
+    /// HTTP/2 keep-alive of a client whose requests go out every `interval`: after how long
+    /// without a frame received a ping is sent (10 intervals, at least 2 s), and how long an
+    /// unanswered ping keeps the connection (20 intervals, at least 20 s).
+    pub fn keep_alive(interval: Duration) -> (Duration, Duration) {
+        (
+            (interval * 10).max(Duration::from_secs(2)),
+            (interval * 20).max(Duration::from_secs(20)),
+        )
+    }
+
     /// A client reaching each peer at `addrs[peer]`; with `tls`, over mutual TLS as that region;
-    /// with `http2`, HTTP/2 (with prior knowledge: the peer listener speaks both), else HTTP/1.
+    /// with `http2`, HTTP/2 (with prior knowledge: the peer listener speaks both; keep-alive
+    /// pings per [`PeerClient::keep_alive`] of `connect_timeout`), else HTTP/1.
     pub fn new(
         addrs: &BTreeMap<RegionId, SocketAddr>,
         tls: Option<&RegionTls>,
@@ -496,10 +509,20 @@ impl PeerClient {
                 failing: Mutex::new(BTreeMap::new()),
             }),
         };
-        let http = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
+        let (ping_after, ping_timeout) = Self::keep_alive(connect_timeout);
+        let mut builder = hyper_util::client::legacy::Client::builder(TokioExecutor::new());
+        builder
             .pool_idle_timeout(Duration::from_secs(30))
-            .http2_only(http2)
-            .build(connector);
+            .pool_timer(hyper_util::rt::TokioTimer::new())
+            .timer(hyper_util::rt::TokioTimer::new())
+            .http2_only(http2);
+        if http2 {
+            builder
+                .http2_keep_alive_interval(ping_after)
+                .http2_keep_alive_timeout(ping_timeout)
+                .http2_keep_alive_while_idle(true);
+        }
+        let http = builder.build(connector);
         PeerClient {
             http,
             scheme: if tls.is_some() { "https" } else { "http" },

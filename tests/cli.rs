@@ -300,7 +300,7 @@ fn certs_init_writes_what_the_config_needs_and_refuses_to_overwrite() {
         "certs", "init", "--config", config_s, "--out", out_s,
     ]));
     assert!(out.contains("already points at these files"), "{out}");
-    assert!(out.contains("valid for 365 days"), "{out}");
+    assert!(out.contains("region certificates for 365 days"), "{out}");
     let now = std::time::SystemTime::now();
     for r in ["us-east-1", "eu-west-1", "ap-southeast-1"] {
         let id = atoll_core::RegionId::new(r).unwrap();

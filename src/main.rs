@@ -25,7 +25,10 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run one region's store and client API.
+    /// Run one region: its store, client API and peer listener.
+    ///
+    /// The client API listens on the region's `api` address, the peer listener (replication
+    /// with the other regions, mutual TLS as [cluster.tls] says) on its `peer` address.
     #[command(
         after_help = "Example:\n  atoll region --config examples/single-region.toml --region us-east-1 --data-dir /var/lib/atoll"
     )]

@@ -10,7 +10,8 @@
 //! **Mutual TLS.** Regions talk to each other over mutual TLS, as in production: the cluster's
 //! certificates are made the way an operator makes them, by running `atoll certs init --config
 //! atoll.toml --out certs` in the test directory, and `[cluster.tls]` points at them. A test of
-//! the plain-HTTP path opts out with [`ClusterOptions::insecure`].
+//! the plain-HTTP path opts out with [`ClusterOptions::insecure`]; its regions then serve the
+//! replication routes on their client listener (no `peer` address), as a one-port setup does.
 //!
 //! How a region reaches each peer is a [`Route`] per ordered pair ([`ClusterOptions::route`],
 //! [`ClusterOptions::cut`]): directly, through another address (`--peer-via PEER=ADDR`), or not
@@ -238,9 +239,16 @@ pub fn render_config(cluster: &str, regions: &[RegionLayout], opts: &ClusterOpti
     }
     out.push('\n');
     for r in regions {
+        // A peer address equal to the api address is left out: the replication routes then
+        // share the client listener (insecure clusters).
+        let peer = if r.peer == r.api {
+            String::new()
+        } else {
+            format!("peer = \"{}\"\n", r.peer)
+        };
         out.push_str(&format!(
-            "[[regions]]\nname = \"{}\"\napi = \"{}\"\npeer = \"{}\"\nlocation = {{ lat = {}, lon = {} }}\n\n",
-            r.name, r.api, r.peer, r.lat, r.lon
+            "[[regions]]\nname = \"{}\"\napi = \"{}\"\n{peer}location = {{ lat = {}, lon = {} }}\n\n",
+            r.name, r.api, r.lat, r.lon
         ));
     }
     for (name, policy) in KEYSPACES {
@@ -697,7 +705,12 @@ impl Cluster {
                 .map(|(&(name, lat, lon), pair)| RegionLayout {
                     name: name.to_string(),
                     api: SocketAddr::from((Ipv4Addr::LOCALHOST, pair[0])),
-                    peer: SocketAddr::from((Ipv4Addr::LOCALHOST, pair[1])),
+                    // Mutual TLS needs a peer listener of its own; an insecure cluster serves
+                    // the replication routes on the client listener, as a one-port setup does.
+                    peer: SocketAddr::from((
+                        Ipv4Addr::LOCALHOST,
+                        if opts.insecure { pair[0] } else { pair[1] },
+                    )),
                     lat,
                     lon,
                 })
@@ -1186,9 +1199,16 @@ mod tests {
         }
         let text = render_config("c", &layout(), &ClusterOptions::new("c"));
         assert!(!text.contains("max_lag_secs") && !text.contains("max_clock_offset_ms"));
-        let text = render_config("c", &layout(), &ClusterOptions::new("c").insecure());
+        let shared: Vec<RegionLayout> = layout()
+            .into_iter()
+            .map(|r| RegionLayout { peer: r.api, ..r })
+            .collect();
+        let text = render_config("c", &shared, &ClusterOptions::new("c").insecure());
         assert!(text.contains("[cluster.tls]\ninsecure = true\n"), "{text}");
-        assert!(!text.contains("ca.pem"), "{text}");
+        assert!(
+            !text.contains("ca.pem") && !text.contains("peer ="),
+            "{text}"
+        );
     }
 
     #[test]

@@ -411,6 +411,10 @@ pub async fn status(args: ClientArgs, max_lag: Option<f64>) -> Result<()> {
             _ => {}
         }
     }
+    // Loud in every output mode: stderr, so that JSON on stdout stays JSON.
+    if let Some(w) = v["peer_tls"]["warning"].as_str() {
+        eprintln!("warning: {w}");
+    }
     match c.output {
         Output::Json => c.print_json(&v),
         Output::Human => {
@@ -429,6 +433,15 @@ pub async fn status(args: ClientArgs, max_lag: Option<f64>) -> Result<()> {
                 "store: {} writes, last seq {}",
                 v["store"]["writes_total"], v["store"]["last_seq"]
             );
+            match v["peer_tls"]["mode"].as_str() {
+                Some("mutual-tls") => {
+                    println!("between regions: mutual TLS (peers authenticated by the cluster CA)")
+                }
+                Some("insecure") => println!(
+                    "between regions: INSECURE, plain HTTP, peers not authenticated ([cluster.tls] insecure = true)"
+                ),
+                _ => {}
+            }
             if !peers.is_empty() {
                 let streaming: Vec<&str> = v["replication"]["streaming_to"]
                     .as_array()

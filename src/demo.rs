@@ -14,15 +14,27 @@ pub const DEMO_REGIONS: [(&str, f64, f64); 3] = [
     ("ap-southeast-1", 1.35, 103.8),
 ];
 
-/// The cluster config the demo runs, with region i's API on `127.0.0.1:<port_base + i>`.
+/// Where the peer listeners are: region i's on `127.0.0.1:<port_base + PEER_OFFSET + i>`.
+pub const PEER_OFFSET: u32 = 100;
+/// The highest port offset the demo uses (the last peer listener).
+const MAX_OFFSET: u32 = PEER_OFFSET + DEMO_REGIONS.len() as u32 - 1;
+/// Where the demo's certificates go, in its data directory (the config names them relative to
+/// itself).
+const CERTS_DIR: &str = "certs";
+
+/// The cluster config the demo runs, with region i's API on `127.0.0.1:<port_base + i>` and its
+/// peer listener (mutual TLS, certificates in `certs/` next to the config) on
+/// `127.0.0.1:<port_base + 100 + i>`.
 pub fn demo_config(port_base: u16) -> String {
-    let mut out = String::from(
-        "# Written by `atoll demo`.\n[cluster]\nname = \"atoll-demo\"\nmodel = \"active-active\"\n\n",
+    let mut out = format!(
+        "# Written by `atoll demo`.\n[cluster]\nname = \"atoll-demo\"\nmodel = \"active-active\"\n\n\
+         [cluster.tls]\nca = \"{CERTS_DIR}/ca.pem\"\ncert = \"{CERTS_DIR}/{{region}}.pem\"\nkey = \"{CERTS_DIR}/{{region}}.key\"\n\n"
     );
     for (i, (name, lat, lon)) in DEMO_REGIONS.iter().enumerate() {
         out.push_str(&format!(
-            "[[regions]]\nname = \"{name}\"\napi = \"127.0.0.1:{}\"\ndns_address = \"127.0.0.{}\"\nlocation = {{ lat = {lat}, lon = {lon} }}\n\n",
+            "[[regions]]\nname = \"{name}\"\napi = \"127.0.0.1:{}\"\npeer = \"127.0.0.1:{}\"\ndns_address = \"127.0.0.{}\"\nlocation = {{ lat = {lat}, lon = {lon} }}\n\n",
             u32::from(port_base) + i as u32,
+            u32::from(port_base) + PEER_OFFSET + i as u32,
             11 + i
         ));
     }
@@ -166,10 +178,9 @@ fn terminate(child: &Child) {
 pub async fn run(data_dir: Option<PathBuf>, port_base: u16) -> Result<()> {
     let started = Instant::now();
     let shutdown = crate::shutdown_signal();
-    if u32::from(port_base) + DEMO_REGIONS.len() as u32 > u32::from(u16::MAX) {
+    if u32::from(port_base) + MAX_OFFSET > u32::from(u16::MAX) {
         bail!(
-            "--port-base {port_base} leaves no room for {} regions",
-            DEMO_REGIONS.len()
+            "--port-base {port_base} leaves no room for the demo's ports (up to <port-base + {MAX_OFFSET}>)"
         );
     }
     let (_tmp, dir) = match data_dir {
@@ -185,10 +196,24 @@ pub async fn run(data_dir: Option<PathBuf>, port_base: u16) -> Result<()> {
         }
     };
     let config_text = demo_config(port_base);
-    let config =
-        atoll_config::Config::parse(&config_text, "demo config").map_err(anyhow::Error::msg)?;
     let config_path = dir.join("atoll.toml");
     std::fs::write(&config_path, &config_text)?;
+    let config = atoll_config::Config::load(&config_path).map_err(anyhow::Error::msg)?;
+    // Regions talk mutual TLS, through the links (which forward bytes): a fresh cluster CA and a
+    // certificate per region, as `atoll certs init` makes them.
+    let certs = dir.join(CERTS_DIR);
+    atoll_tls::certs::write_cluster(
+        &certs,
+        &atoll_tls::certs::ClusterCerts {
+            cluster: config.cluster.name.clone(),
+            regions: config.regions.iter().map(|r| r.name.clone()).collect(),
+            days: 7,
+            ca_days: 7,
+        },
+        atoll_core::clock::system_time(&atoll_core::clock::SystemClock),
+        true,
+    )
+    .map_err(|e| anyhow!("cannot create the demo's certificates: {e}"))?;
     let exe = std::env::current_exe().context("cannot find the atoll binary")?;
 
     // Every inter-region connection goes through an `atoll link` proxy with the latency of the
@@ -253,6 +278,12 @@ pub async fn run(data_dir: Option<PathBuf>, port_base: u16) -> Result<()> {
             REPLICATION_DEADLINE.as_secs()
         ),
     }
+    println!(
+        "between regions: mutual TLS on peer ports {}..{} (each region's certificate from a fresh\ncluster CA in {}; a peer may only speak for the region its certificate names)",
+        u32::from(port_base) + PEER_OFFSET,
+        u32::from(port_base) + MAX_OFFSET,
+        certs.display()
+    );
     println!("\ninter-region round trips (through atoll link, from great-circle distance):");
     print!("  {:<16}", "");
     for (b, _, _) in DEMO_REGIONS {

@@ -1,5 +1,6 @@
 //! `atoll`: one binary for every role. This file only parses the command line and dispatches.
 
+mod certs;
 mod client;
 mod demo;
 
@@ -24,7 +25,10 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run one region's store and client API.
+    /// Run one region: its store, client API and peer listener.
+    ///
+    /// The client API listens on the region's `api` address, the peer listener (replication
+    /// with the other regions, mutual TLS as [cluster.tls] says) on its `peer` address.
     #[command(
         after_help = "Example:\n  atoll region --config examples/single-region.toml --region us-east-1 --data-dir /var/lib/atoll"
     )]
@@ -68,9 +72,10 @@ enum Command {
         /// Where the regions keep their data (default: a fresh temporary directory, removed on exit).
         #[arg(long)]
         data_dir: Option<PathBuf>,
-        /// Region i listens on 127.0.0.1:<port-base + i>; the router's proxy on <port-base + 80>,
-        /// its admin API on <port-base + 81>, its DNS on <port-base + 53>, and the links'
-        /// control API on <port-base + 90>.
+        /// Region i listens on 127.0.0.1:<port-base + i> (client API) and <port-base + 100 + i>
+        /// (peer listener, mutual TLS); the router's proxy on <port-base + 80>, its admin API on
+        /// <port-base + 81>, its DNS on <port-base + 53>, and the links' control API on
+        /// <port-base + 90>.
         #[arg(long, default_value_t = 7100)]
         port_base: u16,
     },
@@ -78,6 +83,11 @@ enum Command {
     Config {
         #[command(subcommand)]
         command: ConfigCommand,
+    },
+    /// Certificates for mutual TLS between regions.
+    Certs {
+        #[command(subcommand)]
+        command: CertsCommand,
     },
     /// Read and write lww and mvr keys.
     #[command(
@@ -130,6 +140,31 @@ enum ConfigCommand {
     /// Parse, validate and print what was understood (defaults included).
     #[command(after_help = "Example:\n  atoll config check examples/single-region.toml")]
     Check { file: PathBuf },
+}
+
+#[derive(Subcommand)]
+enum CertsCommand {
+    /// Create a cluster CA and one certificate per region of the config, for [cluster.tls].
+    #[command(
+        after_help = "Example:\n  atoll certs init --config examples/three-regions.toml --out examples/certs\n\nWrites into DIR: ca.pem and ca.key (the cluster CA), and <region>.pem and <region>.key for\nevery region of the config (ECDSA P-256; a region's certificate is valid for the name\n<region>.atoll, which identifies it to its peers). Keys are written with mode 0600. Existing\nfiles are never replaced without --force (a new CA means every region needs its new\ncertificate). Then prints the [cluster.tls] lines that point at the files, unless the config\nalready does. Keep ca.key off the regions' machines: it is needed only to issue certificates."
+    )]
+    Init {
+        /// The cluster config (atoll.toml): its cluster name and regions.
+        #[arg(long)]
+        config: PathBuf,
+        /// The directory to write the files into (created if missing).
+        #[arg(long)]
+        out: PathBuf,
+        /// How long the region certificates are valid, in days.
+        #[arg(long, default_value_t = atoll_tls::certs::DEFAULT_REGION_DAYS)]
+        days: u32,
+        /// How long the CA certificate is valid, in days.
+        #[arg(long, default_value_t = atoll_tls::certs::DEFAULT_CA_DAYS)]
+        ca_days: u32,
+        /// Replace existing files.
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 /// Logs to stderr, filtered by `ATOLL_LOG` (e.g. `debug`, `atoll_router=debug`), else by
@@ -233,6 +268,16 @@ fn main() -> ExitCode {
         Command::Config {
             command: ConfigCommand::Check { file },
         } => config_check(&file),
+        Command::Certs {
+            command:
+                CertsCommand::Init {
+                    config,
+                    out,
+                    days,
+                    ca_days,
+                    force,
+                },
+        } => certs::init(&config, &out, days, ca_days, force),
         other => {
             // The demo prints a table and commands to try: only warnings and errors of its
             // in-process router and links go to the terminal (the regions log to files).
@@ -282,7 +327,7 @@ fn main() -> ExitCode {
                     Command::Status { client, max_lag } => client::status(client, max_lag).await,
                     Command::Router(args) => atoll_router::cli::run(*args).await,
                     Command::Link(args) => atoll_link::cli::run(args).await,
-                    Command::Config { .. } => Ok(()),
+                    Command::Config { .. } | Command::Certs { .. } => Ok(()),
                 }
             })
         }
@@ -298,6 +343,7 @@ fn main() -> ExitCode {
 
 fn config_check(file: &std::path::Path) -> Result<()> {
     let cfg = atoll_config::Config::load(file)
+        .and_then(|c| c.check_peer_tls().map(|()| c))
         .map_err(anyhow::Error::msg)
         .with_context(|| format!("{} is not a valid atoll config", file.display()))?;
     let tokens = atoll_config::auth::Tokens::load_for(&cfg)
@@ -323,7 +369,8 @@ fn config_check(file: &std::path::Path) -> Result<()> {
             println!("  {name:<w0$}  {read:<w1$}  {write}");
         }
     }
-    let warnings = cfg.warnings();
+    let mut warnings = cfg.warnings();
+    warnings.extend(certs::check_files(&cfg));
     if !warnings.is_empty() {
         println!();
         for w in warnings {

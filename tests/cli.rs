@@ -235,6 +235,151 @@ fn config_check_rejects_bad_configs_naming_file_line_and_key() {
 }
 
 // ---------------------------------------------------------------------------------------------
+// [cluster.tls] and atoll certs init
+
+const THREE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/three-regions.toml");
+
+#[test]
+fn several_regions_without_cluster_tls_are_refused_and_insecure_is_warned_about() {
+    let dir = ok(test_dir("cli-tls-config").map_err(Into::into));
+    let two = format!("{BASE}\n[[regions]]\nname = \"eu-west-1\"\napi = \"127.0.0.1:7101\"\n");
+    let path = dir.join("two.toml");
+    std::fs::write(&path, &two).unwrap();
+    let path_s = path.to_str().unwrap();
+    let err = failed(&atoll(&["config", "check", path_s]));
+    for needle in [
+        "`cluster.tls`",
+        "atoll certs init --config",
+        "insecure = true",
+    ] {
+        assert!(err.contains(needle), "`{needle}` not in:\n{err}");
+    }
+    // The region refuses to start with the same message, before touching its data.
+    let data = dir.join("data");
+    let err = failed(&atoll(&[
+        "region",
+        "--config",
+        path_s,
+        "--region",
+        REGION,
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--listen",
+        "127.0.0.1:0",
+    ]));
+    assert!(err.contains("atoll certs init --config"), "{err}");
+    assert!(
+        !data.exists(),
+        "a refused region created its data directory"
+    );
+
+    std::fs::write(&path, format!("{two}\n[cluster.tls]\ninsecure = true\n")).unwrap();
+    let out = succeeded(&atoll(&["config", "check", path_s]));
+    assert!(out.contains("INSECURE"), "{out}");
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("warning: [cluster.tls] insecure = true")),
+        "{out}"
+    );
+}
+
+#[test]
+fn certs_init_writes_what_the_config_needs_and_refuses_to_overwrite() {
+    let dir = ok(test_dir("cli-certs").map_err(Into::into));
+    let config = dir.join("three-regions.toml");
+    std::fs::copy(THREE, &config).unwrap();
+    let config_s = config.to_str().unwrap();
+    let out_dir = dir.join("certs");
+    let out_s = out_dir.to_str().unwrap();
+
+    let help = succeeded(&atoll(&["certs", "init", "--help"]));
+    assert!(
+        help.contains(
+            "Example:\n  atoll certs init --config examples/three-regions.toml --out examples/certs"
+        ),
+        "{help}"
+    );
+
+    // Before: `config check` says the files are missing (a warning: this machine may hold none).
+    let out = succeeded(&atoll(&["config", "check", config_s]));
+    assert!(
+        out.contains("warning: region us-east-1 cannot start with these TLS files"),
+        "{out}"
+    );
+
+    let out = succeeded(&atoll(&[
+        "certs", "init", "--config", config_s, "--out", out_s,
+    ]));
+    assert!(out.contains("already points at these files"), "{out}");
+    assert!(out.contains("region certificates for 365 days"), "{out}");
+    let now = std::time::SystemTime::now();
+    for r in ["us-east-1", "eu-west-1", "ap-southeast-1"] {
+        let id = atoll_core::RegionId::new(r).unwrap();
+        let tls = atoll_tls::RegionTls::load(
+            &id,
+            &out_dir.join("ca.pem"),
+            &out_dir.join(format!("{r}.pem")),
+            &out_dir.join(format!("{r}.key")),
+            now,
+        );
+        assert!(tls.is_ok(), "{r}: {tls:?}");
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(out_dir.join(format!("{r}.key")))
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o777, 0o600, "{r}.key");
+        }
+    }
+    // `config check` now loads every region's files without a warning.
+    let out = succeeded(&atoll(&["config", "check", config_s]));
+    assert!(!out.contains("cannot start"), "{out}");
+
+    // A second run refuses and changes nothing; --force replaces everything.
+    let ca = std::fs::read(out_dir.join("ca.pem")).unwrap();
+    let err = failed(&atoll(&[
+        "certs", "init", "--config", config_s, "--out", out_s,
+    ]));
+    assert!(
+        err.contains("refusing to overwrite") && err.contains("--force"),
+        "{err}"
+    );
+    assert_eq!(std::fs::read(out_dir.join("ca.pem")).unwrap(), ca);
+    succeeded(&atoll(&[
+        "certs", "init", "--config", config_s, "--out", out_s, "--force", "--days", "30",
+    ]));
+    assert_ne!(std::fs::read(out_dir.join("ca.pem")).unwrap(), ca);
+
+    // Somewhere the config does not point at: it prints the lines to add.
+    let elsewhere = dir.join("conf");
+    std::fs::create_dir_all(&elsewhere).unwrap();
+    let plain = elsewhere.join("atoll.toml");
+    std::fs::write(
+        &plain,
+        format!("{BASE}\n[[regions]]\nname = \"eu-west-1\"\napi = \"127.0.0.1:7101\"\n"),
+    )
+    .unwrap();
+    let out = succeeded(&atoll(&[
+        "certs",
+        "init",
+        "--config",
+        plain.to_str().unwrap(),
+        "--out",
+        elsewhere.join("tls").to_str().unwrap(),
+    ]));
+    assert!(
+        out.contains("[cluster.tls]\nca = \"tls/ca.pem\"\ncert = \"tls/{region}.pem\"\nkey = \"tls/{region}.key\""),
+        "{out}"
+    );
+    assert!(
+        out.contains("give us-east-1, eu-west-1 a `peer` address"),
+        "{out}"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
 // atoll region refusing to start
 
 #[test]
@@ -321,7 +466,7 @@ fn data_dir_of_another_region_is_refused() {
     let dir = ok(test_dir("cli-owner").map_err(Into::into));
     let config = dir.join("two-regions.toml");
     let text = format!(
-        "{}\n[[regions]]\nname = \"eu-west-1\"\napi = \"127.0.0.1:7101\"\n",
+        "{}\n[[regions]]\nname = \"eu-west-1\"\napi = \"127.0.0.1:7101\"\n\n[cluster.tls]\ninsecure = true\n",
         std::fs::read_to_string(CONFIG).unwrap()
     );
     std::fs::write(&config, text).unwrap();

@@ -1,7 +1,8 @@
 //! End-to-end: `atoll demo` starts three replicating regions on consecutive ports, prints their
 //! endpoints once replication is established between every pair (every region's `/healthz` says
-//! so at that moment), replicates a write from one region to the other two, and on SIGINT stops
-//! every region and exits 0, leaving no process and no listening port behind.
+//! so at that moment), replicates a write from one region to the other two over mutual TLS (a
+//! peer listener refuses plain HTTP, and the client API serves no peer route), and on SIGINT
+//! stops every region and exits 0, leaving no process and no listening port behind.
 
 mod common;
 
@@ -309,6 +310,44 @@ async fn demo_scenario(dir: &TestDir) -> Result<()> {
         ensure!(
             rep["established"] == true && rep["streaming_to"].as_array().map(Vec::len) == Some(2),
             "{name} right after the demo's table: {health}"
+        );
+    }
+
+    // Regions talk mutual TLS, and nothing else gets in.
+    let tls_line = demo.line_starting("between regions:")?;
+    ensure!(
+        tls_line.starts_with("between regions: mutual TLS on peer ports"),
+        "{tls_line}"
+    );
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()?;
+    for (i, (name, url)) in endpoints.iter().enumerate() {
+        let status = Client::new(url).get_raw("/v1/status").await?.json()?;
+        ensure!(
+            status["peer_tls"]["mode"] == "mutual-tls",
+            "{name}: {}",
+            status["peer_tls"]
+        );
+        // A forged heartbeat in plain HTTP, to the peer listener and to the client API.
+        let peer = format!(
+            "http://127.0.0.1:{}/v1/replication/heartbeat",
+            base + 100 + i as u16
+        );
+        let r = http.post(&peer).body(vec![1u8, 2, 3]).send().await;
+        ensure!(
+            r.is_err(),
+            "{name}'s peer listener answered plain HTTP: {r:?}"
+        );
+        let r = http
+            .post(format!("{url}/v1/replication/heartbeat"))
+            .body(vec![1u8, 2, 3])
+            .send()
+            .await?;
+        ensure!(
+            r.status() == reqwest::StatusCode::NOT_FOUND,
+            "{name}'s client API serves the peer routes: {}",
+            r.status()
         );
     }
 

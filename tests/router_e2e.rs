@@ -65,13 +65,16 @@ const CONVERGE: Duration = Duration::from_secs(30);
 // ---------------------------------------------------------------------------------------------
 // Processes
 
+/// `ports`: each region's client API port, then its peer listener's.
 fn config_text(ports: &[u16]) -> String {
     let mut s = String::from(
-        "[cluster]\nname = \"router-e2e\"\nmodel = \"active-active\"\nmax_clock_offset_ms = 60000\n\n",
+        "[cluster]\nname = \"router-e2e\"\nmodel = \"active-active\"\nmax_clock_offset_ms = 60000\n\n\
+         [cluster.tls]\nca = \"certs/ca.pem\"\ncert = \"certs/{region}.pem\"\nkey = \"certs/{region}.key\"\n\n",
     );
-    for (name, port) in REGIONS.iter().zip(ports) {
+    for (name, port) in REGIONS.iter().zip(ports.chunks(2)) {
         s.push_str(&format!(
-            "[[regions]]\nname = \"{name}\"\napi = \"127.0.0.1:{port}\"\n\n"
+            "[[regions]]\nname = \"{name}\"\napi = \"127.0.0.1:{}\"\npeer = \"127.0.0.1:{}\"\n\n",
+            port[0], port[1]
         ));
     }
     s.push_str(
@@ -93,17 +96,27 @@ fn config_text(ports: &[u16]) -> String {
     s
 }
 
-/// Writes the config and starts the three regions on their configured ports (retried with new
-/// ports if one was taken meanwhile).
+/// Writes the config, makes the cluster's certificates (`atoll certs init`: the regions talk
+/// mutual TLS) and starts the three regions on their configured ports (retried with new ports if
+/// one was taken meanwhile).
 fn start_regions(dir: &TestDir) -> Result<(PathBuf, Vec<RegionProcess>)> {
     let config = dir.join("atoll.toml");
     let mut last = None;
     for _attempt in 0..5 {
-        let ports = free_ports(REGIONS.len())?;
+        let ports = free_ports(2 * REGIONS.len())?;
         std::fs::write(&config, config_text(&ports))?;
+        if !dir.join("certs").exists() {
+            let mut cmd = Command::new(BIN);
+            cmd.args(["certs", "init", "--config"])
+                .arg(&config)
+                .arg("--out")
+                .arg(dir.join("certs"));
+            let out = atoll_testkit::run_with_timeout(cmd, DEADLINE)?;
+            ensure!(out.status.success(), "atoll certs init: {out:?}");
+        }
         let mut regions = Vec::new();
         let mut failed = None;
-        for (name, port) in REGIONS.iter().zip(&ports) {
+        for (name, port) in REGIONS.iter().zip(ports.iter().step_by(2)) {
             let spec = RegionSpec::new(BIN, &config, name, dir.join(name))
                 .listen(SocketAddr::from((Ipv4Addr::LOCALHOST, *port)));
             match RegionProcess::start_spec(spec) {

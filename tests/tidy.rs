@@ -98,9 +98,10 @@ const LAYERS: &[(&str, &[&str])] = &[
     ("atoll-core", &[]),
     ("atoll-config", &["atoll-core"]),
     ("atoll-store", &["atoll-core", "atoll-config"]),
+    ("atoll-tls", &["atoll-core"]),
     (
         "atoll-server",
-        &["atoll-core", "atoll-config", "atoll-store"],
+        &["atoll-core", "atoll-config", "atoll-store", "atoll-tls"],
     ),
     ("atoll-link", &["atoll-core", "atoll-config"]),
     ("atoll-router", &["atoll-core", "atoll-config"]),

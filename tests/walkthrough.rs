@@ -1,15 +1,18 @@
 //! End-to-end: README.md's "Three regions by hand" walkthrough, run as printed.
 //!
 //! The test reads the walkthrough's shell block from README.md itself and runs every command in
-//! order, with real processes on loopback: `atoll link serve`, three `atoll region`s that reach
-//! their peers through the links (`--peer-via`), `atoll router`, then the commands that try it
+//! order, with real processes on loopback: `atoll certs init` (the cluster's certificates, for
+//! mutual TLS between the regions), `atoll link serve`, three `atoll region`s that reach their
+//! peers through the links (`--peer-via`), `atoll router`, then the commands that try it
 //! (`atoll`, `curl` and `dig` lines; `curl` and `dig` are performed by the test itself, so the
 //! machine needs neither). Only what must change to run beside other tests changes: every port
 //! the README and `examples/three-regions.toml` use is mapped to a free one (the links keep
-//! consecutive ports), the example config is copied with those ports, and `/tmp/atoll-3` becomes
-//! the test's directory.
+//! consecutive ports), the example config is copied with those ports, `/tmp/atoll-3` becomes
+//! the test's directory, and `examples/certs` the `certs` directory next to the copied config
+//! (where its `[cluster.tls]` points).
 //!
-//! What it checks: the flags `atoll link serve` prints are the README's `--peer-via` flags; each
+//! What it checks: `atoll certs init` finds the config already pointing at what it wrote; the
+//! flags `atoll link serve` prints are the README's `--peer-via` flags; each
 //! command does what its README comment says (replication established, the write replicated,
 //! every link carried bytes, every region healthy at the router, the proxy and DNS answers, the
 //! drain, the one-way partition and its healing); every command the test knows is still in the
@@ -36,9 +39,11 @@ const SECTION: &str = "## Three regions by hand";
 /// Where the walkthrough keeps its data.
 const DATA: &str = "/tmp/atoll-3";
 const CONFIG: &str = "examples/three-regions.toml";
-/// Ports of the walkthrough: regions, links (consecutive from the first), links' control API,
-/// router proxy, admin API and DNS.
-const REGION_PORTS: [u16; 3] = [7100, 7101, 7102];
+/// Where the walkthrough writes the certificates (next to the example config).
+const CERTS: &str = "examples/certs";
+/// Ports of the walkthrough: regions (client API, then peer listeners), links (consecutive from
+/// the first), links' control API, router proxy, admin API and DNS.
+const REGION_PORTS: [u16; 6] = [7100, 7101, 7102, 7200, 7201, 7202];
 const LINK_BASE: u16 = 7300;
 const LINKS: u16 = 6;
 const CONTROL: u16 = 7400;
@@ -184,7 +189,7 @@ struct Remap {
 impl Remap {
     fn new(dir: &Path) -> Result<Remap> {
         for _ in 0..10 {
-            let regions = free_ports(3)?;
+            let regions = free_ports(REGION_PORTS.len())?;
             let links = free_port_range(LINKS)?;
             let others = free_ports(3)?;
             let dns = free_udp_tcp_port()?;
@@ -239,8 +244,14 @@ impl Remap {
     }
 
     fn arg(&self, a: &str) -> String {
+        let certs = self
+            .config
+            .parent()
+            .map(|d| d.join("certs"))
+            .unwrap_or_else(|| "certs".into());
         let a = a
             .replace(CONFIG, &self.config.display().to_string())
+            .replace(CERTS, &certs.display().to_string())
             .replace(DATA, &self.data.display().to_string());
         self.ports_in(&a)
     }
@@ -294,6 +305,11 @@ struct Walk {
 
 /// Whether a line a long-running command printed says it is ready.
 type Ready = fn(&str) -> bool;
+
+/// Whether a command prepares what the long-running ones need (it runs before them, in order).
+fn is_setup(args: &[String]) -> bool {
+    args.get(1).map(String::as_str) == Some("certs")
+}
 
 /// The long-running commands, and the line each prints once it is ready.
 fn readiness(args: &[String]) -> Option<(&'static str, Ready)> {
@@ -604,6 +620,7 @@ async fn check(walk: &Walk, cmd: &Cmd) -> Result<Option<&'static str>> {
                         .any(|l| l.split_whitespace().take(2).eq([*peer, "up"]))
                 })
                 && o.stdout.contains("replication: established")
+                && o.stdout.contains("between regions: mutual TLS")
         })
         .await?;
         "status"
@@ -634,7 +651,13 @@ async fn check(walk: &Walk, cmd: &Cmd) -> Result<Option<&'static str>> {
         .await?;
         "router-status"
     } else if t.starts_with("curl -si http://127.0.0.1:7180/") {
-        let o = walk.run(cmd).await?;
+        // The proxy picks the nearest healthy region, which may not hold the write yet (it
+        // replicates a link delay later, longer while a subscription restarts and does its TLS
+        // handshake through the link): wait for it, as for the `get` above.
+        let o = until(walk, cmd, "the proxied read finds the write", |o| {
+            o.stdout.starts_with("HTTP/1.1 200")
+        })
+        .await?;
         ensure!(o.stdout.starts_with("HTTP/1.1 200"), "{}", o.stdout);
         ensure!(o.stdout.contains("x-atoll-routed-to: "), "{}", o.stdout);
         ensure!(o.stdout.ends_with("\n\ntoken-1"), "{}", o.stdout);
@@ -677,7 +700,8 @@ async fn check(walk: &Walk, cmd: &Cmd) -> Result<Option<&'static str>> {
 }
 
 /// Every expectation [`check`] has: each must have been used once.
-const EXPECTED: [&str; 13] = [
+const EXPECTED: [&str; 14] = [
+    "certs",
     "healthz",
     "put",
     "get",
@@ -703,6 +727,13 @@ fn the_walkthrough_parses_into_commands() {
         .filter(|c| readiness(&c.args).is_some())
         .collect();
     assert_eq!(long.len(), 5, "links, three regions, router: {long:#?}");
+    let setup: Vec<&Cmd> = cmds.iter().filter(|c| is_setup(&c.args)).collect();
+    assert_eq!(setup.len(), 1, "certs init: {setup:#?}");
+    assert!(
+        cmds.iter().position(|c| is_setup(&c.args))
+            < cmds.iter().position(|c| readiness(&c.args).is_some()),
+        "the certificates are made before anything starts"
+    );
     let router = long[4];
     assert_eq!(router.env, [("ATOLL_ADMIN_TOKEN".into(), "secret".into())]);
     assert!(router.args.contains(&"--state-dir".to_string()));
@@ -735,6 +766,7 @@ async fn scenario(dir: &TestDir) -> Result<()> {
             .all(|c| ["atoll", "curl", "dig"].contains(&c.args[0].as_str())),
         "the walkthrough runs a program other than atoll, curl and dig: {cmds:#?}"
     );
+    let (setup, cmds): (Vec<Cmd>, Vec<Cmd>) = cmds.into_iter().partition(|c| is_setup(&c.args));
     let (long, short): (Vec<Cmd>, Vec<Cmd>) =
         cmds.into_iter().partition(|c| readiness(&c.args).is_some());
 
@@ -757,6 +789,15 @@ async fn scenario(dir: &TestDir) -> Result<()> {
             dir: attempt_dir,
         };
         let mut failed = None;
+        // The certificates, before anything starts: the config already points at them.
+        for c in &setup {
+            let o = walk.run(c).await?;
+            ensure!(
+                o.ok() && o.stdout.contains("already points at these files"),
+                "`{}`: {o:?}",
+                c.text
+            );
+        }
         for c in &long {
             let mapped: Vec<String> = c.args.iter().map(|a| walk.remap.arg(a)).collect();
             let unmapped = unmapped_ports(&mapped);
@@ -780,7 +821,7 @@ async fn scenario(dir: &TestDir) -> Result<()> {
     };
 
     // `atoll link serve` printed exactly the --peer-via flags the README starts regions with.
-    let mut used: Vec<&'static str> = Vec::new();
+    let mut used: Vec<&'static str> = vec!["certs"];
     for c in long
         .iter()
         .filter(|c| c.args.get(1).map(String::as_str) == Some("region"))

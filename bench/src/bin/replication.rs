@@ -292,14 +292,18 @@ fn free_port() -> Result<u16> {
     Ok(l.local_addr()?.port())
 }
 
+/// `ports`: the regions' client API ports, then their peer listeners' (replication over mutual
+/// TLS, as shipped; certificates from `atoll certs init` in `certs/` next to the config).
 fn config_text(ports: &[u16]) -> String {
     let mut s = String::from(
-        "# Written by bench/src/bin/replication.rs.\n[cluster]\nname = \"atoll-bench\"\nmodel = \"active-active\"\n\n",
+        "# Written by bench/src/bin/replication.rs.\n[cluster]\nname = \"atoll-bench\"\nmodel = \"active-active\"\n\n\
+         [cluster.tls]\nca = \"certs/ca.pem\"\ncert = \"certs/{region}.pem\"\nkey = \"certs/{region}.key\"\n\n",
     );
     for (i, (name, lat, lon)) in REGIONS.iter().enumerate() {
         s.push_str(&format!(
-            "[[regions]]\nname = \"{name}\"\napi = \"127.0.0.1:{}\"\nlocation = {{ lat = {lat}, lon = {lon} }}\n\n",
-            ports[i]
+            "[[regions]]\nname = \"{name}\"\napi = \"127.0.0.1:{}\"\npeer = \"127.0.0.1:{}\"\nlocation = {{ lat = {lat}, lon = {lon} }}\n\n",
+            ports[i],
+            ports[REGIONS.len() + i]
         ));
     }
     s.push_str("[[keyspaces]]\nname = \"sessions\"\npolicy = \"lww\"\n\n[[keyspaces]]\nname = \"ratelimits\"\npolicy = \"counter\"\n");
@@ -308,11 +312,26 @@ fn config_text(ports: &[u16]) -> String {
 
 impl Cluster {
     fn create(bin: &Path, base: &Path) -> Result<Cluster> {
-        let ports: Vec<u16> = (0..3).map(|_| free_port()).collect::<Result<_>>()?;
+        let ports: Vec<u16> = (0..2 * REGIONS.len())
+            .map(|_| free_port())
+            .collect::<Result<_>>()?;
         let text = config_text(&ports);
         std::fs::create_dir_all(base)?;
         let config = base.join("atoll.toml");
         std::fs::write(&config, &text)?;
+        let certs = Command::new(bin)
+            .args(["certs", "init", "--force", "--config"])
+            .arg(&config)
+            .arg("--out")
+            .arg(base.join("certs"))
+            .output()
+            .context("cannot run atoll certs init")?;
+        if !certs.status.success() {
+            bail!(
+                "atoll certs init failed: {}",
+                String::from_utf8_lossy(&certs.stderr)
+            );
+        }
         let regions = REGIONS
             .iter()
             .enumerate()

@@ -8,7 +8,7 @@ use crate::{
     Config, DEFAULT_CONFLICT_MAX_ENTRIES, DEFAULT_CONFLICT_RETENTION_SECS,
     DEFAULT_GROUP_COMMIT_MAX_BATCH, DEFAULT_HEARTBEAT_INTERVAL_MS, DEFAULT_MAX_CLOCK_OFFSET_MS,
     DEFAULT_MAX_JSON_BODY_BYTES, DEFAULT_MAX_LAG_SECS, DEFAULT_MAX_SIBLINGS,
-    DEFAULT_MAX_VALUE_BYTES, KEY_MAX_BYTES, KeyspaceConfig, Model,
+    DEFAULT_MAX_VALUE_BYTES, INSECURE_WARNING, KEY_MAX_BYTES, KeyspaceConfig, Model, PeerTls,
 };
 use atoll_core::op::Policy;
 use std::fmt::Write as _;
@@ -46,6 +46,8 @@ pub(crate) fn explain(config: &Config) -> String {
         rows.push(vec![r.name.to_string(), r.api.to_string(), peer, location]);
     }
     table(&mut out, &rows);
+
+    peer_tls(&mut out, config);
 
     let _ = writeln!(out, "\nkeyspaces ({})", config.keyspaces.len());
     let mut rows = vec![row(["name", "policy", "options"])];
@@ -453,4 +455,47 @@ fn duration(secs: u64) -> Option<String> {
         }
     }
     None
+}
+
+/// `[cluster.tls]`: how the regions talk to each other.
+fn peer_tls(out: &mut String, config: &Config) {
+    let _ = writeln!(out, "\nbetween regions ([cluster.tls])");
+    match &config.cluster.tls {
+        PeerTls::Mutual(files) => {
+            let _ = writeln!(
+                out,
+                "  mode  mutual TLS: each region's peer listener (its `peer` address) requires a certificate\n        signed by the cluster CA, and a peer may only speak for the region its certificate names"
+            );
+            let _ = writeln!(out, "  ca    {}", files.ca.display());
+            let _ = writeln!(out, "  cert  {}", files.cert.display());
+            let _ = writeln!(out, "  key   {}", files.key.display());
+            for r in &config.regions {
+                let _ = writeln!(
+                    out,
+                    "    {}: {} and {}",
+                    r.name,
+                    files.cert_for(r.name.as_str()).display(),
+                    files.key_for(r.name.as_str()).display()
+                );
+            }
+        }
+        PeerTls::Insecure => {
+            let _ = writeln!(
+                out,
+                "  mode  INSECURE: plain HTTP between regions, peers not authenticated\n  warning: {INSECURE_WARNING}"
+            );
+        }
+        PeerTls::Undeclared if config.regions.len() < 2 => {
+            let _ = writeln!(
+                out,
+                "  mode  none (one region: nothing crosses regions; a second region needs [cluster.tls])"
+            );
+        }
+        PeerTls::Undeclared => {
+            let _ = writeln!(
+                out,
+                "  mode  NOT DECLARED: `atoll region` refuses to start until [cluster.tls] is set"
+            );
+        }
+    }
 }

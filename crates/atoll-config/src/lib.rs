@@ -1,7 +1,8 @@
 //! `atoll.toml`: the typed, strict cluster config, its validation and its explanation
 //! (`atoll config check`).
 //!
-//! One file describes the whole cluster: the cluster itself (`[cluster]`), its regions
+//! One file describes the whole cluster: the cluster itself (`[cluster]`, with `[cluster.tls]`:
+//! mutual TLS between regions, or `insecure = true`), its regions
 //! (`[[regions]]`), its keyspaces (`[[keyspaces]]`), storage and replication settings
 //! (`[storage]`, `[replication]`), limits of the client API (`[api]`), client authentication
 //! (`[auth]`, whose tokens file [`auth::Tokens`] reads) and the traffic router (`[router]`). Each
@@ -44,7 +45,7 @@ use atoll_core::RegionId;
 use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// The fixed limit on key length, in bytes, for every keyspace.
 pub const KEY_MAX_BYTES: usize = 1024;
@@ -110,6 +111,8 @@ pub struct Config {
     pub router: Option<router::RouterConfig>,
     /// `[auth]`: client authentication (off unless it names a tokens file).
     pub auth: auth::AuthConfig,
+    /// The file (or source name) the config was read from, for messages.
+    pub source: String,
 }
 
 /// `[cluster]`.
@@ -120,6 +123,73 @@ pub struct ClusterConfig {
     pub model: Model,
     /// How far ahead a peer's clock may run before its writes are rejected (1..=60000 ms).
     pub max_clock_offset_ms: u64,
+    /// `[cluster.tls]`: how regions talk to each other.
+    pub tls: PeerTls,
+}
+
+/// `[cluster.tls]`: how regions talk to each other (see `docs/design/mtls.md`).
+#[derive(Clone, Debug, PartialEq)]
+pub enum PeerTls {
+    /// No `[cluster.tls]` section. Fine for a single region (nothing crosses regions) and for
+    /// the processes that never speak between regions (`atoll router`, `atoll link`); a cluster
+    /// of several regions must declare one of the others ([`Config::check_peer_tls`], which
+    /// `atoll region` and `atoll config check` apply).
+    Undeclared,
+    /// Mutual TLS: every region's peer listener requires a client certificate signed by the
+    /// cluster CA, and every region presents its own certificate.
+    Mutual(TlsFiles),
+    /// `insecure = true`: plain HTTP between regions, nobody authenticated. Loudly reported.
+    Insecure,
+}
+
+impl PeerTls {
+    /// `mutual-tls`, `insecure` or `undeclared`, as `/v1/status` reports it.
+    pub fn mode(&self) -> &'static str {
+        match self {
+            PeerTls::Undeclared => "undeclared",
+            PeerTls::Mutual(_) => "mutual-tls",
+            PeerTls::Insecure => "insecure",
+        }
+    }
+}
+
+/// The placeholder in `cert` and `key` that stands for a region's name.
+pub const REGION_PLACEHOLDER: &str = "{region}";
+
+/// What every process logs, shows and prints when a cluster runs with `insecure = true`.
+pub const INSECURE_WARNING: &str = "[cluster.tls] insecure = true: regions replicate over plain HTTP and peers are not authenticated; anyone who can reach a region's peer address can speak for any region. Create certificates with `atoll certs init` and configure mutual TLS";
+
+/// The files of mutual TLS between regions. Relative paths in the file are resolved against the
+/// config file's directory ([`Config::load`]; [`Config::parse`] leaves them relative to the
+/// working directory).
+#[derive(Clone, Debug, PartialEq)]
+pub struct TlsFiles {
+    /// The cluster CA's certificate (PEM).
+    pub ca: PathBuf,
+    /// Each region's certificate chain (PEM), `{region}` standing for the region's name.
+    pub cert: PathBuf,
+    /// Each region's private key (PEM, PKCS#8, SEC1 or PKCS#1), `{region}` standing for the
+    /// region's name.
+    pub key: PathBuf,
+}
+
+impl TlsFiles {
+    /// The certificate file of `region`.
+    pub fn cert_for(&self, region: &str) -> PathBuf {
+        for_region(&self.cert, region)
+    }
+
+    /// The private key file of `region`.
+    pub fn key_for(&self, region: &str) -> PathBuf {
+        for_region(&self.key, region)
+    }
+}
+
+fn for_region(pattern: &Path, region: &str) -> PathBuf {
+    match pattern.to_str() {
+        Some(s) => PathBuf::from(s.replace(REGION_PLACEHOLDER, region)),
+        None => pattern.to_path_buf(),
+    }
 }
 
 /// The cluster's topology model.
@@ -337,6 +407,9 @@ impl Config {
                 "no [auth] section: the client API of every region is open (anyone who reaches a region's address can read and write every keyspace); name a tokens file with [auth] tokens_file (see examples/tokens.toml)".to_string(),
             );
         }
+        if self.cluster.tls == PeerTls::Insecure {
+            out.push(INSECURE_WARNING.to_string());
+        }
         out.extend(
             self.router
                 .as_ref()
@@ -346,18 +419,41 @@ impl Config {
         out
     }
 
-    /// Parses and validates the text of an `atoll.toml`. `source` names the file in messages.
-    pub fn parse(text: &str, source: &str) -> Result<Config, ConfigError> {
-        raw::parse(text, source)
+    /// Whether this config says how its regions talk to each other, as a process that speaks
+    /// between regions (`atoll region`, `atoll config check`) requires: a cluster of several
+    /// regions needs `[cluster.tls]` with mutual TLS files or `insecure = true`.
+    pub fn check_peer_tls(&self) -> Result<(), ConfigError> {
+        if self.cluster.tls != PeerTls::Undeclared || self.regions.len() < 2 {
+            return Ok(());
+        }
+        Err(ConfigError::Invalid {
+            file: self.source.clone(),
+            line: None,
+            column: None,
+            key: "cluster.tls".into(),
+            message: format!(
+                "the cluster has {} regions but no [cluster.tls] section saying how they talk to each other. For mutual TLS, run `atoll certs init --config {} --out certs` (it creates a cluster CA and a certificate per region, and prints the [cluster.tls] lines to add) and give every region a `peer` address of its own; or add `[cluster.tls]` with `insecure = true` to replicate over plain HTTP without authentication (not for production)",
+                self.regions.len(),
+                self.source
+            ),
+        })
     }
 
-    /// Reads, parses and validates the file at `path`.
+    /// Parses and validates the text of an `atoll.toml`. `source` names the file in messages.
+    /// Relative `[cluster.tls]` paths stay relative to the working directory.
+    pub fn parse(text: &str, source: &str) -> Result<Config, ConfigError> {
+        raw::parse(text, source, Path::new(""))
+    }
+
+    /// Reads, parses and validates the file at `path`. Relative `[cluster.tls]` paths are
+    /// resolved against the file's directory.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.to_path_buf(),
             source,
         })?;
-        Self::parse(&text, &path.display().to_string())
+        let base = path.parent().unwrap_or(Path::new(""));
+        raw::parse(&text, &path.display().to_string(), base)
     }
 
     /// The region named `name`.

@@ -7,7 +7,7 @@ use crate::{
     DEFAULT_MAX_CLOCK_OFFSET_MS, DEFAULT_MAX_JSON_BODY_BYTES, DEFAULT_MAX_LAG_SECS,
     DEFAULT_MAX_SIBLINGS, DEFAULT_MAX_VALUE_BYTES, GeoPoint, KeyspaceConfig, KeyspaceOption,
     MAX_JSON_BODY_BYTES_LIMIT, MAX_JSON_BODY_BYTES_MIN, MAX_REGIONS, MAX_VALUE_BYTES_LIMIT, Model,
-    RegionConfig, ReplicationConfig, StorageConfig,
+    PeerTls, REGION_PLACEHOLDER, RegionConfig, ReplicationConfig, StorageConfig, TlsFiles,
 };
 use atoll_core::op::Policy;
 use atoll_core::{AtollError, RegionId};
@@ -15,6 +15,7 @@ use serde::Deserialize;
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::ops::{Range, RangeInclusive};
+use std::path::Path;
 use toml::Spanned;
 
 #[derive(Deserialize)]
@@ -59,6 +60,21 @@ struct RawCluster {
     model: Option<Model>,
     #[serde(default)]
     max_clock_offset_ms: Option<Spanned<i64>>,
+    #[serde(default)]
+    tls: Option<Spanned<RawTls>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTls {
+    #[serde(default)]
+    ca: Option<Spanned<String>>,
+    #[serde(default)]
+    cert: Option<Spanned<String>>,
+    #[serde(default)]
+    key: Option<Spanned<String>>,
+    #[serde(default)]
+    insecure: Option<Spanned<bool>>,
 }
 
 #[derive(Deserialize)]
@@ -187,12 +203,13 @@ impl Ctx<'_> {
     }
 }
 
-pub(crate) fn parse(text: &str, file: &str) -> Result<Config, ConfigError> {
+pub(crate) fn parse(text: &str, file: &str, base: &Path) -> Result<Config, ConfigError> {
     let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::from_toml(e, text, file))?;
     let cx = Ctx { text, file };
-    let cluster = cluster(&cx, raw.cluster.as_ref())?;
-    let regions = regions(&cx, &raw.regions)?;
+    let cluster = cluster(&cx, raw.cluster.as_ref(), base)?;
+    let regions = regions(&cx, &raw.regions, matches!(cluster.tls, PeerTls::Mutual(_)))?;
     Ok(Config {
+        source: file.to_string(),
         cluster,
         router: crate::router::router(&cx, raw.router.as_ref(), &regions)?,
         regions,
@@ -246,7 +263,11 @@ fn api(cx: &Ctx<'_>, raw: Option<&RawApi>) -> Result<ApiConfig, ConfigError> {
     })
 }
 
-fn cluster(cx: &Ctx<'_>, raw: Option<&RawCluster>) -> Result<ClusterConfig, ConfigError> {
+fn cluster(
+    cx: &Ctx<'_>,
+    raw: Option<&RawCluster>,
+    base: &Path,
+) -> Result<ClusterConfig, ConfigError> {
     let Some(raw) = raw else {
         return Err(cx.err_nowhere(
             "cluster",
@@ -271,10 +292,76 @@ fn cluster(cx: &Ctx<'_>, raw: Option<&RawCluster>) -> Result<ClusterConfig, Conf
         name: name.clone(),
         model: raw.model.unwrap_or_default(),
         max_clock_offset_ms: offset as u64,
+        tls: match &raw.tls {
+            Some(t) => tls(cx, t, base)?,
+            None => PeerTls::Undeclared,
+        },
     })
 }
 
-fn regions(cx: &Ctx<'_>, raw: &[Spanned<RawRegion>]) -> Result<Vec<RegionConfig>, ConfigError> {
+/// `[cluster.tls]`: either `insecure = true` alone, or `ca`, `cert` and `key`.
+fn tls(cx: &Ctx<'_>, raw: &Spanned<RawTls>, base: &Path) -> Result<PeerTls, ConfigError> {
+    let t = raw.get_ref();
+    let paths = [("ca", &t.ca), ("cert", &t.cert), ("key", &t.key)];
+    if let Some(insecure) = &t.insecure
+        && *insecure.get_ref()
+    {
+        if let Some((field, Some(v))) = paths.iter().find(|(_, v)| v.is_some()) {
+            return Err(cx.err(
+                v.span(),
+                format!("cluster.tls.{field}"),
+                "`insecure = true` turns TLS between regions off, so it takes no files: remove `insecure` to use mutual TLS, or remove ca, cert and key",
+            ));
+        }
+        return Ok(PeerTls::Insecure);
+    }
+    let mut resolved = Vec::with_capacity(3);
+    for (field, value) in paths {
+        let key = format!("cluster.tls.{field}");
+        let Some(v) = value else {
+            return Err(cx.err(
+                raw.span(),
+                key,
+                format!(
+                    "mutual TLS between regions needs `ca`, `cert` and `key` (`{field}` is missing): `atoll certs init --config FILE --out DIR` creates the files and prints the lines to add; or set `insecure = true` for plain HTTP between regions (not for production)"
+                ),
+            ));
+        };
+        let path = v.get_ref();
+        if path.trim().is_empty() {
+            return Err(cx.err(v.span(), key, "the path is empty"));
+        }
+        let rest = path.replace(REGION_PLACEHOLDER, "");
+        if rest.contains('{') || rest.contains('}') {
+            return Err(cx.err(
+                v.span(),
+                key,
+                format!("`{path}`: the only placeholder is {REGION_PLACEHOLDER} (a region's name)"),
+            ));
+        }
+        if field == "ca" && path.contains(REGION_PLACEHOLDER) {
+            return Err(cx.err(
+                v.span(),
+                key,
+                format!(
+                    "the cluster has one CA for every region: its path cannot contain {REGION_PLACEHOLDER}"
+                ),
+            ));
+        }
+        resolved.push(base.join(path));
+    }
+    let mut it = resolved.into_iter();
+    match (it.next(), it.next(), it.next()) {
+        (Some(ca), Some(cert), Some(key)) => Ok(PeerTls::Mutual(TlsFiles { ca, cert, key })),
+        _ => Err(cx.err_nowhere("cluster.tls", "ca, cert and key are required")),
+    }
+}
+
+fn regions(
+    cx: &Ctx<'_>,
+    raw: &[Spanned<RawRegion>],
+    mutual_tls: bool,
+) -> Result<Vec<RegionConfig>, ConfigError> {
     if raw.is_empty() {
         return Err(cx.err_nowhere(
             "regions",
@@ -314,6 +401,21 @@ fn regions(cx: &Ctx<'_>, raw: &[Spanned<RawRegion>]) -> Result<Vec<RegionConfig>
             Some(p) => address(cx, p, &key("peer"))?,
             None => api,
         };
+        if mutual_tls && peer == api {
+            let (span, field) = match &r.peer {
+                Some(p) => (p.span(), "peer"),
+                None => (r.name.span(), "peer"),
+            };
+            return Err(cx.err(
+                span,
+                key(field),
+                format!(
+                    "with mutual TLS between regions ([cluster.tls]), region `{name}` needs a `peer` address of its own for its peer listener, different from its api address {api} (e.g. peer = \"{}:{}\")",
+                    api.ip(),
+                    api.port().saturating_add(100)
+                ),
+            ));
+        }
         let mut uses = vec![("api", api, r.api.span())];
         if let Some(p) = &r.peer
             && peer != api

@@ -250,7 +250,7 @@ fn load_reads_a_file_and_names_it_in_errors() {
     std::fs::write(&path, SINGLE).unwrap();
     assert_eq!(
         Config::load(&path).unwrap(),
-        Config::parse(SINGLE, "x").unwrap()
+        Config::parse(SINGLE, &path.display().to_string()).unwrap()
     );
 
     std::fs::write(&path, edit(SINGLE, "policy = \"set\"", "policy = \"sets\"")).unwrap();
@@ -276,7 +276,8 @@ fn defaults_are_applied() {
         ClusterConfig {
             name: "t".into(),
             model: Model::ActiveActive,
-            max_clock_offset_ms: 500
+            max_clock_offset_ms: 500,
+            tls: PeerTls::Undeclared,
         }
     );
     assert_eq!(
@@ -1455,5 +1456,234 @@ mod auth_section {
         std::fs::write(dir.path().join("tokens.toml"), TOKENS).unwrap();
         let t = Tokens::load_for(&c).unwrap().unwrap();
         assert_eq!(t.grants().len(), 3);
+    }
+}
+
+mod cluster_tls {
+    use super::*;
+
+    /// BASE with peer addresses of their own and `[cluster.tls]` set to `tls`.
+    fn with_tls(tls: &str) -> String {
+        let text = edit(
+            BASE,
+            "api = \"127.0.0.1:7100\"\n",
+            "api = \"127.0.0.1:7100\"\npeer = \"127.0.0.1:7200\"\n",
+        );
+        let text = edit(
+            &text,
+            "api = \"127.0.0.1:7101\"\n",
+            "api = \"127.0.0.1:7101\"\npeer = \"127.0.0.1:7201\"\n",
+        );
+        edit(
+            &text,
+            "name = \"t\"\n",
+            &format!("name = \"t\"\n\n[cluster.tls]\n{tls}\n"),
+        )
+    }
+
+    const FILES: &str =
+        "ca = \"certs/ca.pem\"\ncert = \"certs/{region}.pem\"\nkey = \"certs/{region}.key\"";
+
+    #[test]
+    fn mutual_tls_files_with_a_region_placeholder() {
+        let c = ok(&with_tls(FILES));
+        let PeerTls::Mutual(files) = &c.cluster.tls else {
+            panic!("{:?}", c.cluster.tls)
+        };
+        assert_eq!(files.ca, PathBuf::from("certs/ca.pem"));
+        assert_eq!(
+            files.cert_for("eu-west-1"),
+            PathBuf::from("certs/eu-west-1.pem")
+        );
+        assert_eq!(
+            files.key_for("us-east-1"),
+            PathBuf::from("certs/us-east-1.key")
+        );
+        assert_eq!(c.cluster.tls.mode(), "mutual-tls");
+        assert!(c.check_peer_tls().is_ok());
+        assert!(c.warnings().is_empty(), "{:?}", c.warnings());
+        // A path without the placeholder is the same file for every region (one per machine).
+        let c = ok(&with_tls(
+            "ca = \"/etc/atoll/ca.pem\"\ncert = \"/etc/atoll/region.pem\"\nkey = \"/etc/atoll/region.key\"",
+        ));
+        let PeerTls::Mutual(files) = &c.cluster.tls else {
+            panic!()
+        };
+        assert_eq!(files.cert_for("us-east-1"), files.cert_for("eu-west-1"));
+    }
+
+    #[test]
+    fn relative_paths_resolve_against_the_config_files_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let sub = dir.path().join("conf");
+        std::fs::create_dir_all(&sub).unwrap();
+        let path = sub.join("atoll.toml");
+        let text = with_tls(
+            "ca = \"certs/ca.pem\"\ncert = \"/abs/{region}.pem\"\nkey = \"../keys/{region}.key\"",
+        );
+        std::fs::write(&path, text).unwrap();
+        let c = Config::load(&path).unwrap();
+        let PeerTls::Mutual(files) = &c.cluster.tls else {
+            panic!()
+        };
+        assert_eq!(files.ca, sub.join("certs/ca.pem"));
+        assert_eq!(
+            files.cert_for("us-east-1"),
+            PathBuf::from("/abs/us-east-1.pem")
+        );
+        assert_eq!(
+            files.key_for("us-east-1"),
+            sub.join("../keys/us-east-1.key")
+        );
+        assert_eq!(c.source, path.display().to_string());
+    }
+
+    #[test]
+    fn insecure_is_accepted_and_warned_about() {
+        let c = ok(&format!("{BASE}\n[cluster.tls]\ninsecure = true\n"));
+        assert_eq!(c.cluster.tls, PeerTls::Insecure);
+        assert_eq!(c.cluster.tls.mode(), "insecure");
+        assert!(c.check_peer_tls().is_ok());
+        let w = c.warnings();
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert!(w[0].contains("insecure = true") && w[0].contains("atoll certs init"));
+        let out = c.explain();
+        assert!(out.contains("INSECURE"), "{out}");
+        // With insecure, peer may stay at the api address (one listener, as before).
+        assert_eq!(c.regions[0].peer, c.regions[0].api);
+    }
+
+    #[test]
+    fn several_regions_must_say_how_they_talk() {
+        let c = ok(BASE);
+        assert_eq!(c.cluster.tls, PeerTls::Undeclared);
+        let e = c.check_peer_tls().unwrap_err();
+        let msg = e.to_string();
+        assert!(msg.starts_with("atoll.toml: `cluster.tls`"), "{msg}");
+        for n in [
+            "2 regions",
+            "atoll certs init --config atoll.toml",
+            "insecure = true",
+        ] {
+            assert!(msg.contains(n), "`{n}` not in {msg}");
+        }
+        assert_eq!(e.key(), Some("cluster.tls"));
+        assert!(c.explain().contains("NOT DECLARED"));
+        // One region has no peers: nothing to declare.
+        let single = ok(SINGLE);
+        assert!(single.check_peer_tls().is_ok());
+        assert!(
+            single.explain().contains("one region"),
+            "{}",
+            single.explain()
+        );
+    }
+
+    #[test]
+    fn mutual_tls_needs_a_peer_address_of_its_own() {
+        let text = edit(&with_tls(FILES), "peer = \"127.0.0.1:7201\"\n", "");
+        let e = err(&text);
+        // Pointed at the region's name (the table without `peer`).
+        let line = text
+            .lines()
+            .position(|l| l == "name = \"eu-west-1\"")
+            .unwrap()
+            + 1;
+        assert_err(
+            &e,
+            Some(line),
+            "regions[1].peer",
+            &["needs a `peer` address of its own", "127.0.0.1:7201"],
+        );
+        let text = edit(
+            &with_tls(FILES),
+            "peer = \"127.0.0.1:7200\"",
+            "peer = \"127.0.0.1:7100\"",
+        );
+        let e = err(&text);
+        assert_eq!(e.key(), Some("regions[0].peer"), "{e}");
+    }
+
+    #[test]
+    fn bad_tls_sections_are_named() {
+        let line_of = |text: &str, needle: &str| {
+            text.lines().position(|l| l.starts_with(needle)).unwrap() + 1
+        };
+        // insecure = true with files.
+        let text = with_tls(&format!("insecure = true\n{FILES}"));
+        assert_err(
+            &err(&text),
+            Some(line_of(&text, "ca =")),
+            "cluster.tls.ca",
+            &["insecure = true", "takes no files"],
+        );
+        // A file missing.
+        let text = with_tls("ca = \"ca.pem\"\nkey = \"{region}.key\"");
+        let e = err(&text);
+        assert_eq!(e.key(), Some("cluster.tls.cert"), "{e}");
+        assert!(e.to_string().contains("atoll certs init"), "{e}");
+        // insecure = false is not a mode of its own.
+        let e = err(&with_tls("insecure = false"));
+        assert_eq!(e.key(), Some("cluster.tls.ca"), "{e}");
+        // An empty section.
+        let e = err(&with_tls(""));
+        assert_eq!(e.key(), Some("cluster.tls.ca"), "{e}");
+        // Unknown keys, placeholders and a per-region CA.
+        let text = with_tls(&format!("{FILES}\ncerts_dir = \"x\""));
+        assert_err(
+            &err(&text),
+            Some(line_of(&text, "certs_dir")),
+            "cluster.tls.certs_dir",
+            &["unknown field"],
+        );
+        let text = edit(&with_tls(FILES), "{region}.pem", "{name}.pem");
+        assert_err(
+            &err(&text),
+            Some(line_of(&text, "cert =")),
+            "cluster.tls.cert",
+            &["only placeholder is {region}"],
+        );
+        let text = edit(&with_tls(FILES), "certs/ca.pem", "certs/{region}-ca.pem");
+        assert_err(
+            &err(&text),
+            Some(line_of(&text, "ca =")),
+            "cluster.tls.ca",
+            &["one CA"],
+        );
+        let text = edit(&with_tls(FILES), "\"certs/{region}.key\"", "\" \"");
+        assert_err(
+            &err(&text),
+            Some(line_of(&text, "key =")),
+            "cluster.tls.key",
+            &["empty"],
+        );
+        let text = with_tls("insecure = \"yes\"");
+        assert_eq!(err(&text).key(), Some("cluster.tls.insecure"));
+    }
+
+    #[test]
+    fn explain_shows_the_files_of_every_region() {
+        let out = ok(&with_tls(FILES)).explain();
+        for n in [
+            "between regions ([cluster.tls])",
+            "mutual TLS",
+            "ca    certs/ca.pem",
+            "us-east-1: certs/us-east-1.pem and certs/us-east-1.key",
+            "eu-west-1: certs/eu-west-1.pem and certs/eu-west-1.key",
+        ] {
+            assert!(out.contains(n), "`{n}` not in:\n{out}");
+        }
+    }
+
+    #[test]
+    fn the_three_regions_example_uses_mutual_tls() {
+        let c = ok(THREE);
+        let PeerTls::Mutual(files) = &c.cluster.tls else {
+            panic!("{:?}", c.cluster.tls)
+        };
+        assert_eq!(files.ca, PathBuf::from("certs/ca.pem"));
+        for r in &c.regions {
+            assert_ne!(r.peer, r.api, "{}", r.name);
+        }
     }
 }

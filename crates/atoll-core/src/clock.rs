@@ -57,6 +57,12 @@ impl Clock for OffsetClock {
     }
 }
 
+/// Milliseconds from a [`Clock`] as a [`SystemTime`] (for APIs that take one, such as certificate
+/// validity checks), so that such code reads time through a `Clock` too.
+pub fn system_time(clock: &dyn Clock) -> SystemTime {
+    UNIX_EPOCH + std::time::Duration::from_millis(clock.physical_ms())
+}
+
 /// A clock that only moves when told to. For tests and deterministic simulation; cheap to share
 /// behind an [`Arc`].
 #[derive(Debug, Default)]

@@ -77,6 +77,17 @@ pub enum AtollError {
     /// The request's token is valid but does not grant what the request needs.
     #[error("forbidden: {0}")]
     Forbidden(String),
+    /// A peer route was reached over a connection that authenticated no region of this cluster
+    /// (no client certificate, or one that names no region).
+    #[error("peer not authenticated: {0}")]
+    PeerUnauthenticated(String),
+    /// A peer speaking for another region: the `from` of its message is not the region its
+    /// certificate names.
+    #[error("peer `{certified}` (by its certificate) sent a message from `{claimed}`")]
+    PeerIdentityMismatch { claimed: String, certified: String },
+    /// The TLS files of `[cluster.tls]` are missing, unreadable or do not fit together.
+    #[error("TLS: {0}")]
+    Tls(String),
 }
 
 fn request_too_large(len: Option<usize>, max: usize) -> String {
@@ -117,6 +128,9 @@ impl AtollError {
             Self::BadRequest(_) => "ATOLL-BAD-REQUEST",
             Self::Unauthorized(_) => "ATOLL-UNAUTHORIZED",
             Self::Forbidden(_) => "ATOLL-FORBIDDEN",
+            Self::PeerUnauthenticated(_) => "ATOLL-PEER-UNAUTHENTICATED",
+            Self::PeerIdentityMismatch { .. } => "ATOLL-PEER-IDENTITY-MISMATCH",
+            Self::Tls(_) => "ATOLL-TLS",
         }
     }
 
@@ -140,7 +154,8 @@ impl AtollError {
             Self::ContextAhead(_) | Self::SiblingLimit { .. } | Self::CounterOverflow(_) => 409,
             Self::ShuttingDown | Self::Overloaded(_) => 503,
             Self::ClockSkew { .. } => 503,
-            Self::FormatTooNew { .. } | Self::Corrupt(_) | Self::Storage(_) => 500,
+            Self::PeerUnauthenticated(_) | Self::PeerIdentityMismatch { .. } => 403,
+            Self::FormatTooNew { .. } | Self::Corrupt(_) | Self::Storage(_) | Self::Tls(_) => 500,
         }
     }
 
@@ -214,6 +229,15 @@ impl AtollError {
             }
             Self::Forbidden(_) => {
                 "use a token whose read or write list in the tokens file names this keyspace, or have the operator grant it"
+            }
+            Self::PeerUnauthenticated(_) => {
+                "peer routes need mutual TLS: the calling region needs the certificate `atoll certs init` issued for it, signed by this cluster's CA ([cluster.tls])"
+            }
+            Self::PeerIdentityMismatch { .. } => {
+                "a region may only speak for itself: check that each region runs with its own certificate ([cluster.tls] cert and key with {region}) and its own --region"
+            }
+            Self::Tls(_) => {
+                "check the files [cluster.tls] names (`atoll config check FILE`); `atoll certs init --config FILE --out DIR` creates a CA and a certificate per region"
             }
         }
     }

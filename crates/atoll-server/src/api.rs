@@ -194,7 +194,7 @@ async fn track(State(state): State<Shared>, req: Request, next: Next) -> Respons
     resp
 }
 
-async fn route_not_found(uri: Uri) -> Response {
+pub(crate) async fn route_not_found(uri: Uri) -> Response {
     error_response(&AtollError::BadRequest(format!(
         "no such route: {}",
         uri.path()
@@ -673,8 +673,19 @@ async fn status(State(state): State<Shared>) -> ApiResult {
         },
         "peers": peers,
         "replication": replication,
+        "peer_tls": peer_tls(&state.config),
     }))
     .into_response())
+}
+
+/// How this region talks to its peers, for `/v1/status`: loud when it is insecure.
+fn peer_tls(config: &Config) -> Value {
+    let tls = &config.cluster.tls;
+    let mut v = json!({ "mode": tls.mode() });
+    if *tls == atoll_config::PeerTls::Insecure {
+        v["warning"] = json!(atoll_config::INSECURE_WARNING);
+    }
+    v
 }
 
 async fn healthz(State(state): State<Shared>) -> Response {

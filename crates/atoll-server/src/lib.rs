@@ -1,13 +1,14 @@
 //! Adapters around the store: the region's client HTTP API v1 (axum) and its optional client
-//! authentication (`auth`), its Prometheus metrics,
-//! its OpenAPI document, replication (and which peers stream this region's writes), the
-//! draining of request bodies answered before they were read (`unread`), and the region process
-//! runtime (listen, serve, shut down gracefully).
+//! authentication (`auth`), its Prometheus metrics, its OpenAPI document, replication (and which
+//! peers stream this region's writes), the peer listener and client (mutual TLS between regions,
+//! `peer`), the draining of request bodies answered before they were read (`unread`), and the
+//! region process runtime (listen, serve, shut down gracefully).
 
 pub mod api;
 pub mod auth;
 pub mod metrics;
 pub mod openapi;
+pub mod peer;
 pub mod region;
 pub mod replication;
 pub mod streams;

@@ -53,6 +53,13 @@ pub struct RefusedLabels {
     pub reason: String,
 }
 
+/// Labels of a refused peer connection or message: why, from a fixed set (see
+/// [`crate::peer::AuthFailure`]), never a name the peer chose.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    pub reason: String,
+}
+
 /// Labels naming only a keyspace.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct KeyspaceOnly {
@@ -88,6 +95,8 @@ pub struct Metrics {
     pub tombstone_horizon_age: FloatGauge,
     pub tombstones_collected: Counter,
     pub heartbeats_refused: Family<RefusedLabels, Counter>,
+    pub peer_auth_failures: Family<ReasonLabels, Counter>,
+    pub peer_tls_insecure: Gauge,
     /// Replication requests refused at the edge, before their handler (see [`crate::streams`]).
     pub replication_requests_refused: Family<EdgeRefusalLabels, Counter>,
     /// Subscription streams of this region's writes being served (refreshed at scrape time).
@@ -364,11 +373,31 @@ impl Metrics {
             "Subscription streams of this region's writes it serves to its peers right now",
             subscription_streams.clone(),
         );
+        let peer_auth_failures = Family::<ReasonLabels, Counter>::default();
+        reg(
+            &mut registry,
+            &mut names,
+            Kind::Counter,
+            "peer_auth_failures",
+            "Connections and messages refused on the peer routes, by reason: no_certificate, bad_certificate, handshake (TLS handshake failed), unknown_identity (certificate names no region), identity_mismatch (a peer speaking for another region), unauthenticated",
+            peer_auth_failures.clone(),
+        );
+        let peer_tls_insecure = Gauge::default();
+        reg(
+            &mut registry,
+            &mut names,
+            Kind::Gauge,
+            "peer_tls_insecure",
+            "1 when the cluster runs with [cluster.tls] insecure = true: plain HTTP between regions, peers not authenticated",
+            peer_tls_insecure.clone(),
+        );
         Self {
             names,
             heartbeats_refused,
             replication_requests_refused,
             subscription_streams,
+            peer_auth_failures,
+            peer_tls_insecure,
             peer_reachable,
             peer_rtt,
             replication_lag_seconds,

@@ -1,9 +1,17 @@
-//! The region process: opens the store, serves the API, shuts down gracefully.
+//! The region process: opens the store, serves the client API and the peer listener, shuts down
+//! gracefully.
+//!
+//! Listeners: the client API on the region's `api` address (plain HTTP) and, with mutual TLS
+//! between regions or a `peer` address of its own, the peer listener ([`crate::peer`]) serving
+//! the replication routes. With `insecure = true` and `peer` equal to `api` (or with no
+//! `[cluster.tls]` and a single region) the replication routes share the client listener, as
+//! plain HTTP, every request marked [`PeerAuth::Insecure`].
 
 use crate::api::{AppState, router};
 use crate::metrics::{KeyspaceLabels, Metrics, RegionLabels};
+use crate::peer::{PeerAuth, PeerListener};
 use crate::replication::{self, Replicator};
-use atoll_config::Config;
+use atoll_config::{Config, INSECURE_WARNING, PeerTls};
 use atoll_core::clock::{Clock, OffsetClock, SystemClock};
 use atoll_core::repl::ReplConfig;
 use atoll_core::{AtollError, RegionId, Result};
@@ -42,6 +50,8 @@ pub struct RegionServer {
     drain_grace: std::time::Duration,
     state: Arc<AppState>,
     listener: TcpListener,
+    /// The peer listener, unless the replication routes share the client listener.
+    peer: Option<PeerListener>,
     replicator: Arc<Replicator>,
 }
 
@@ -62,6 +72,20 @@ impl RegionServer {
         })?;
         let region: RegionId = rc.name.clone();
         let listen = opts.listen.unwrap_or(rc.api);
+        // A cluster must say how its regions talk to each other before anything is touched.
+        opts.config
+            .check_peer_tls()
+            .map_err(|e| AtollError::Config(e.to_string()))?;
+        let tls = match &opts.config.cluster.tls {
+            PeerTls::Mutual(files) => Some(atoll_tls::RegionTls::load(
+                &region,
+                &files.ca,
+                &files.cert_for(region.as_str()),
+                &files.key_for(region.as_str()),
+                atoll_core::clock::system_time(&atoll_core::clock::SystemClock),
+            )?),
+            PeerTls::Insecure | PeerTls::Undeclared => None,
+        };
         std::fs::create_dir_all(&opts.data_dir).map_err(|e| {
             AtollError::Storage(format!(
                 "cannot create data directory {}: {e}",
@@ -69,6 +93,10 @@ impl RegionServer {
             ))
         })?;
         let metrics = Arc::new(Metrics::new());
+        if opts.config.cluster.tls == PeerTls::Insecure {
+            metrics.peer_tls_insecure.set(1);
+            tracing::error!(region = %region, "INSECURE: {INSECURE_WARNING}");
+        }
         metrics
             .info
             .get_or_create(&RegionLabels {
@@ -141,6 +169,7 @@ impl RegionServer {
                     opts.config.cluster.max_clock_offset_ms,
                 ),
                 max_lag_secs: opts.config.replication.max_lag_secs,
+                tls: tls.clone(),
             },
             changed,
         )?;
@@ -158,6 +187,19 @@ impl RegionServer {
         let listener = TcpListener::bind(listen)
             .await
             .map_err(|e| AtollError::Config(format!("cannot listen on {listen}: {e}")))?;
+        let peer = if tls.is_some() || rc.peer != rc.api {
+            let regions = opts.config.regions.iter().map(|r| r.name.clone()).collect();
+            let peer = PeerListener::bind(rc.peer, tls.as_ref(), regions).await?;
+            tracing::info!(
+                region = %region,
+                addr = %peer.local_addr()?,
+                tls = if peer.is_tls() { "mutual TLS" } else { "none (insecure)" },
+                "peer listener bound"
+            );
+            Some(peer)
+        } else {
+            None
+        };
         let state = Arc::new(AppState {
             store,
             config: opts.config.clone(),
@@ -173,6 +215,7 @@ impl RegionServer {
             drain_grace: opts.drain_grace,
             state,
             listener,
+            peer,
             replicator,
         })
     }
@@ -183,6 +226,11 @@ impl RegionServer {
             .map_err(|e| AtollError::Storage(format!("listener has no address: {e}")))
     }
 
+    /// The peer listener's address, if the replication routes have a listener of their own.
+    pub fn peer_addr(&self) -> Option<SocketAddr> {
+        self.peer.as_ref().and_then(|p| p.local_addr().ok())
+    }
+
     pub fn region(&self) -> &RegionId {
         self.state.store.region()
     }
@@ -191,7 +239,7 @@ impl RegionServer {
     /// requests finish, drains the write queue and closes the store.
     pub async fn serve(self, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<()> {
         let state = self.state.clone();
-        let app = router(self.state.clone()).merge(crate::streams::track(
+        let peer_routes = crate::streams::track(
             replication::router(self.replicator.clone()),
             crate::streams::Edge {
                 subscribers: self.state.subscribers.clone(),
@@ -201,7 +249,23 @@ impl RegionServer {
                     .subscription_stream_limit(state.config.regions.len()),
                 metrics: state.metrics.clone(),
             },
-        ));
+        );
+        let (peer_stop, peer_stopped) = tokio::sync::watch::channel(false);
+        let (app, peer_task) = match self.peer {
+            Some(listener) => (
+                router(self.state.clone()),
+                Some(tokio::spawn(listener.serve(
+                    peer_routes.fallback(crate::api::route_not_found),
+                    state.metrics.clone(),
+                    peer_stopped,
+                ))),
+            ),
+            None => (
+                router(self.state.clone())
+                    .merge(peer_routes.layer(axum::Extension(PeerAuth::Insecure))),
+                None,
+            ),
+        };
         let flag = state.clone();
         let stop = Arc::new(tokio::sync::Notify::new());
         let tasks = self.replicator.start(stop.clone());
@@ -221,9 +285,13 @@ impl RegionServer {
                 }
                 stop2.notify_waiters();
                 rep.stop_streams();
+                peer_stop.send_replace(true);
                 tracing::info!("shutting down: finishing in-flight requests");
             })
             .await;
+        if let Some(t) = peer_task {
+            let _ = t.await;
+        }
         for t in tasks {
             t.abort();
         }

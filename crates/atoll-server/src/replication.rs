@@ -1,5 +1,8 @@
 //! The replication adapter: runs [`atoll_core::repl::ReplCore`] over HTTP.
 //!
+//! Both routes are served on the peer listener ([`crate::peer`]), and take a message only from
+//! the region the connection authenticated (mutual TLS), or from anyone with `insecure = true`.
+//!
 //! - `POST /v1/replication/heartbeat`: a peer's one-way heartbeat (versioned binary body).
 //! - `POST /v1/replication/subscribe`: a peer asks for the ops of some origins beyond its applied
 //!   vector; the answer is an endless stream of length-prefixed frames (ops batches read from the
@@ -12,6 +15,7 @@
 //! transitions.
 
 use crate::metrics::{ConflictLabels, KeyspaceOnly, Metrics, PairLabels, RefusedLabels};
+use crate::peer::{self, PeerAuth, PeerClient};
 use atoll_core::clock::Clock;
 use atoll_core::codec;
 use atoll_core::hlc::Timestamp;
@@ -46,8 +50,8 @@ pub struct Replicator {
     peer_addrs: BTreeMap<RegionId, SocketAddr>,
     /// Woken after every commit that added to the operation log.
     pub changed: Arc<Notify>,
-    http: reqwest::Client,
-    stream_http: reqwest::Client,
+    http: PeerClient,
+    stream_http: PeerClient,
     max_lag_secs: u64,
     /// Set on shutdown: every subscription stream this region serves ends, so graceful shutdown
     /// does not wait for peers to give up on them.
@@ -68,6 +72,8 @@ pub struct Settings {
     pub peer_addrs: BTreeMap<RegionId, SocketAddr>,
     pub core: ReplConfig,
     pub max_lag_secs: u64,
+    /// Mutual TLS between regions (`None`: plain HTTP, `insecure = true`).
+    pub tls: Option<atoll_tls::RegionTls>,
 }
 
 impl Replicator {
@@ -83,6 +89,7 @@ impl Replicator {
             peer_addrs,
             core: cfg,
             max_lag_secs,
+            tls,
         } = settings;
         let me = store.region().clone();
         let core = ReplCore::new(
@@ -92,15 +99,9 @@ impl Replicator {
             store.applied(),
         );
         let interval = Duration::from_millis(cfg.heartbeat_interval_ms);
-        let http = reqwest::Client::builder()
-            .timeout(interval.max(Duration::from_millis(200)))
-            .connect_timeout(interval.max(Duration::from_millis(200)))
-            .build()
-            .map_err(|e| AtollError::Config(format!("cannot build the peer HTTP client: {e}")))?;
-        let stream_http = reqwest::Client::builder()
-            .connect_timeout(interval.max(Duration::from_millis(200)))
-            .build()
-            .map_err(|e| AtollError::Config(format!("cannot build the peer HTTP client: {e}")))?;
+        let bound = interval.max(Duration::from_millis(200));
+        let http = PeerClient::new(&peer_addrs, tls.as_ref(), bound, Some(bound), true);
+        let stream_http = PeerClient::new(&peer_addrs, tls.as_ref(), bound, None, false);
         Ok(Arc::new(Replicator {
             core: Mutex::new(core),
             store,
@@ -299,22 +300,15 @@ impl Replicator {
     /// Sends one heartbeat to `peer`, one way: the answer does not matter (a cut return path must
     /// not stop it).
     fn send_heartbeat(&self, peer: &RegionId) {
-        let Some(addr) = self.peer_addrs.get(peer) else {
-            return;
-        };
         let Ok(hb) = self.heartbeat_for(peer) else {
             return;
         };
         let Ok(body) = codec::encode(&hb) else {
             return;
         };
-        let req = self
-            .http
-            .post(format!("http://{addr}/v1/replication/heartbeat"))
-            .header("content-type", "application/octet-stream")
-            .body(body);
+        let (http, peer) = (self.http.clone(), peer.clone());
         tokio::spawn(async move {
-            let _ = req.send().await;
+            let _ = http.post(&peer, HEARTBEAT_PATH, body).await;
         });
     }
 
@@ -371,14 +365,14 @@ impl Replicator {
                 if running.contains_key(&peer) {
                     continue;
                 }
-                let Some(addr) = self.peer_addrs.get(&peer).copied() else {
+                if !self.peer_addrs.contains_key(&peer) {
                     continue;
-                };
+                }
                 let me = self.clone();
                 let o = origins.clone();
                 let p = peer.clone();
                 let handle = tokio::spawn(async move {
-                    if let Err(e) = me.subscribe(p.clone(), addr, o).await {
+                    if let Err(e) = me.subscribe(p.clone(), o).await {
                         tracing::debug!(peer = %p, error = %e, "subscription ended");
                     }
                 });
@@ -391,12 +385,7 @@ impl Replicator {
     }
 
     /// Runs one subscription until the stream breaks or goes silent.
-    async fn subscribe(
-        self: Arc<Self>,
-        peer: RegionId,
-        addr: SocketAddr,
-        origins: BTreeSet<RegionId>,
-    ) -> Result<()> {
+    async fn subscribe(self: Arc<Self>, peer: RegionId, origins: BTreeSet<RegionId>) -> Result<()> {
         self.sync_applied()?;
         let sub = Subscribe {
             from: self.store.region().clone(),
@@ -408,10 +397,7 @@ impl Replicator {
         let resp = tokio::time::timeout(
             silence,
             self.stream_http
-                .post(format!("http://{addr}/v1/replication/subscribe"))
-                .header("content-type", "application/octet-stream")
-                .body(codec::encode(&sub)?)
-                .send(),
+                .post(&peer, crate::streams::SUBSCRIBE_PATH, codec::encode(&sub)?),
         )
         .await
         .map_err(|_| AtollError::Storage(format!("subscription to {peer} timed out")))?
@@ -419,7 +405,7 @@ impl Replicator {
         if !resp.status().is_success() {
             let status = resp.status();
             let text = resp.text().await.unwrap_or_default();
-            if status == reqwest::StatusCode::SERVICE_UNAVAILABLE {
+            if status == axum::http::StatusCode::SERVICE_UNAVAILABLE {
                 // Over its stream cap: retried every 200 ms, so not worth a warning each time
                 // (the peer counts these in atoll_replication_requests_refused_total).
                 tracing::debug!(peer = %peer, body = %text, "peer has no subscription slot free");
@@ -671,23 +657,33 @@ fn record_applied(metrics: &Metrics, me: &str, out: &atoll_store::RemoteOutcome)
     }
 }
 
-/// The peer-facing routes.
+/// The route of one-way heartbeats.
+pub const HEARTBEAT_PATH: &str = "/v1/replication/heartbeat";
+
+/// The peer-facing routes. Every request must carry a [`PeerAuth`] (set by the peer listener,
+/// see [`crate::peer`]); a heartbeat or subscription is taken only from the region it names.
 pub fn router(rep: Arc<Replicator>) -> axum::Router {
     use axum::routing::post;
     axum::Router::new()
-        .route("/v1/replication/heartbeat", post(heartbeat_handler))
-        .route("/v1/replication/subscribe", post(subscribe_handler))
+        .route(HEARTBEAT_PATH, post(heartbeat_handler))
+        .route(crate::streams::SUBSCRIBE_PATH, post(subscribe_handler))
         .layer(axum::middleware::from_fn(crate::streams::limit_bodies))
         .with_state(rep)
 }
 
 async fn heartbeat_handler(
     axum::extract::State(rep): axum::extract::State<Arc<Replicator>>,
+    auth: Option<axum::Extension<PeerAuth>>,
     body: Bytes,
 ) -> axum::response::Response {
     use axum::response::IntoResponse;
-    let result =
-        decode_peer_message::<Heartbeat>(&body, "heartbeat").and_then(|hb| rep.on_heartbeat(&hb));
+    let auth = auth.as_deref();
+    let result = peer::authenticated(&rep.metrics, auth)
+        .and_then(|()| decode_peer_message::<Heartbeat>(&body, "heartbeat"))
+        .and_then(|hb| {
+            peer::authorize(&rep.metrics, auth, &hb.from)?;
+            rep.on_heartbeat(&hb)
+        });
     match result {
         Ok(()) => axum::http::StatusCode::NO_CONTENT.into_response(),
         Err(e) => crate::api::ApiError(e).into_response(),
@@ -696,12 +692,18 @@ async fn heartbeat_handler(
 
 async fn subscribe_handler(
     axum::extract::State(rep): axum::extract::State<Arc<Replicator>>,
+    auth: Option<axum::Extension<PeerAuth>>,
     body: Bytes,
 ) -> axum::response::Response {
     use axum::response::IntoResponse;
-    match decode_peer_message::<Subscribe>(&body, "subscription request")
-        .and_then(|s| rep.serve_subscription(s))
-    {
+    let auth = auth.as_deref();
+    let result = peer::authenticated(&rep.metrics, auth)
+        .and_then(|()| decode_peer_message::<Subscribe>(&body, "subscription request"))
+        .and_then(|s| {
+            peer::authorize(&rep.metrics, auth, &s.from)?;
+            rep.serve_subscription(s)
+        });
+    match result {
         Ok(stream) => (
             [(
                 axum::http::header::CONTENT_TYPE,

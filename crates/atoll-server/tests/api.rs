@@ -330,6 +330,12 @@ fn every_error() -> Vec<AtollError> {
         AtollError::BadRequest("x".into()),
         AtollError::Unauthorized("x".into()),
         AtollError::Forbidden("x".into()),
+        AtollError::PeerUnauthenticated("x".into()),
+        AtollError::PeerIdentityMismatch {
+            claimed: "x".into(),
+            certified: "y".into(),
+        },
+        AtollError::Tls("x".into()),
     ];
     // No wildcard: a new variant fails to compile here until it is added to the list above.
     for e in &all {
@@ -357,7 +363,10 @@ fn every_error() -> Vec<AtollError> {
             | AtollError::Overloaded(_)
             | AtollError::BadRequest(_)
             | AtollError::Unauthorized(_)
-            | AtollError::Forbidden(_) => {}
+            | AtollError::Forbidden(_)
+            | AtollError::PeerUnauthenticated(_)
+            | AtollError::PeerIdentityMismatch { .. }
+            | AtollError::Tls(_) => {}
         }
     }
     all

@@ -9,6 +9,7 @@ use atoll_core::hlc::Timestamp;
 use atoll_core::op::Policy;
 use atoll_core::repl::{Echo, Heartbeat, OriginFrontier, ReplConfig};
 use atoll_server::metrics::Metrics;
+use atoll_server::peer::PeerAuth;
 use atoll_server::replication::{Replicator, Settings, router};
 use atoll_store::backend::MemBackend;
 use atoll_store::{Store, StoreOptions};
@@ -55,6 +56,7 @@ fn replicator() -> (Arc<Replicator>, Arc<Metrics>) {
             peer_addrs,
             core: ReplConfig::new(1000, 500),
             max_lag_secs: 30,
+            tls: None,
         },
         Arc::new(Notify::new()),
     )
@@ -74,7 +76,10 @@ fn heartbeat() -> Heartbeat {
 }
 
 async fn post(rep: &Arc<Replicator>, hb: &Heartbeat) -> (StatusCode, String) {
+    // As on a cluster with `insecure = true`: these tests are about what a heartbeat says, not
+    // who sent it (see tests/peer_tls.rs).
     let req = Request::post("/v1/replication/heartbeat")
+        .extension(PeerAuth::Insecure)
         .header("content-type", "application/octet-stream")
         .body(Body::from(codec::encode(hb).expect("encode")))
         .expect("request");

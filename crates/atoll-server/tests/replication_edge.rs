@@ -57,6 +57,7 @@ fn replicator() -> (Arc<Replicator>, Arc<Metrics>) {
             peer_addrs,
             core: ReplConfig::new(1000, 500),
             max_lag_secs: 30,
+            tls: None,
         },
         Arc::new(Notify::new()),
     )

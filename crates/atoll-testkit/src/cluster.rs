@@ -1,10 +1,17 @@
 //! [`Cluster`]: several real `atoll region` processes forming one cluster on loopback.
 //!
 //! [`Cluster::start`] writes one cluster config (regions `us-east-1`, `eu-west-1`,
-//! `ap-southeast-1`, then `sa-east-1` and `ap-northeast-1`, each on a free `127.0.0.1` port; the
-//! keyspaces `sessions` (lww), `carts` (mvr), `ratelimits` (counter) and `flags` (set); a fast
-//! `[replication] heartbeat_interval_ms`) into a fresh test directory and starts every region as
-//! a [`RegionProcess`] listening on its configured address (peers reach each other there).
+//! `ap-southeast-1`, then `sa-east-1` and `ap-northeast-1`, each with a client API address and a
+//! peer address on free `127.0.0.1` ports; the keyspaces `sessions` (lww), `carts` (mvr),
+//! `ratelimits` (counter) and `flags` (set); a fast `[replication] heartbeat_interval_ms`) into a
+//! fresh test directory and starts every region as a [`RegionProcess`] listening on its
+//! configured addresses (peers reach each other at their peer addresses).
+//!
+//! **Mutual TLS.** Regions talk to each other over mutual TLS, as in production: the cluster's
+//! certificates are made the way an operator makes them, by running `atoll certs init --config
+//! atoll.toml --out certs` in the test directory, and `[cluster.tls]` points at them. A test of
+//! the plain-HTTP path opts out with [`ClusterOptions::insecure`]; its regions then serve the
+//! replication routes on their client listener (no `peer` address), as a one-port setup does.
 //!
 //! How a region reaches each peer is a [`Route`] per ordered pair ([`ClusterOptions::route`],
 //! [`ClusterOptions::cut`]): directly, through another address (`--peer-via PEER=ADDR`), or not
@@ -14,7 +21,7 @@
 //!
 //! **Link mesh.** With [`ClusterOptions::with_links`] the cluster also runs an in-process
 //! [`LinkServer`] (`atoll link`) with one link per ordered pair, named `a->b` (listening on a
-//! free `127.0.0.1` port, forwarding to `b`'s address, with the given one-way delay in each
+//! free `127.0.0.1` port, forwarding to `b`'s peer address, with the given one-way delay in each
 //! direction), and every pair routed [`Route::Direct`] becomes a `Via` route through its link:
 //! every byte `a` sends to `b` crosses link `a->b`. A TCP connection carries both ways, so link
 //! `a->b` carries `a`'s requests to `b` *forward* and `b`'s answers to them *reverse*, while
@@ -117,6 +124,8 @@ pub struct ClusterOptions {
     pub env: Vec<(String, String)>,
     /// Run a link mesh with this one-way delay (ms) on every link; `None`: no mesh.
     pub link_delay_ms: Option<f64>,
+    /// `[cluster.tls] insecure = true` instead of mutual TLS between regions.
+    pub insecure: bool,
 }
 
 impl ClusterOptions {
@@ -130,7 +139,14 @@ impl ClusterOptions {
             extra_args: BTreeMap::new(),
             env: Vec::new(),
             link_delay_ms: None,
+            insecure: false,
         }
+    }
+
+    /// Regions talk plain HTTP (`[cluster.tls] insecure = true`) instead of mutual TLS.
+    pub fn insecure(mut self) -> Self {
+        self.insecure = true;
+        self
     }
 
     /// Runs every region-to-region connection through a link mesh: one in-process `atoll link`
@@ -191,14 +207,20 @@ impl ClusterOptions {
     }
 }
 
-/// One region of the cluster and where the config says its API is.
+/// One region of the cluster and where the config says its listeners are.
 #[derive(Clone, Debug, PartialEq)]
 pub struct RegionLayout {
     pub name: String,
+    /// The client API.
     pub api: SocketAddr,
+    /// The peer listener (replication; mutual TLS unless the cluster is insecure).
+    pub peer: SocketAddr,
     pub lat: f64,
     pub lon: f64,
 }
+
+/// Where [`Cluster`] has `atoll certs init` write the certificates, in the test directory.
+pub const CERTS_DIR: &str = "certs";
 
 /// The cluster config for these regions (every region reads the same file).
 pub fn render_config(cluster: &str, regions: &[RegionLayout], opts: &ClusterOptions) -> String {
@@ -208,10 +230,24 @@ pub fn render_config(cluster: &str, regions: &[RegionLayout], opts: &ClusterOpti
     if let Some(ms) = opts.max_clock_offset_ms {
         out.push_str(&format!("max_clock_offset_ms = {ms}\n"));
     }
+    if opts.insecure {
+        out.push_str("\n[cluster.tls]\ninsecure = true\n");
+    } else {
+        out.push_str(&format!(
+            "\n[cluster.tls]\nca = \"{CERTS_DIR}/ca.pem\"\ncert = \"{CERTS_DIR}/{{region}}.pem\"\nkey = \"{CERTS_DIR}/{{region}}.key\"\n"
+        ));
+    }
     out.push('\n');
     for r in regions {
+        // A peer address equal to the api address is left out: the replication routes then
+        // share the client listener (insecure clusters).
+        let peer = if r.peer == r.api {
+            String::new()
+        } else {
+            format!("peer = \"{}\"\n", r.peer)
+        };
         out.push_str(&format!(
-            "[[regions]]\nname = \"{}\"\napi = \"{}\"\nlocation = {{ lat = {}, lon = {} }}\n\n",
+            "[[regions]]\nname = \"{}\"\napi = \"{}\"\n{peer}location = {{ lat = {}, lon = {} }}\n\n",
             r.name, r.api, r.lat, r.lon
         ));
     }
@@ -359,6 +395,9 @@ impl Launcher<'_> {
         );
         std::fs::write(self.config_path, text)
             .with_context(|| format!("cannot write {}", self.config_path.display()))?;
+        if !self.opts.insecure {
+            self.certs_init()?;
+        }
         let mut members = Vec::new();
         for r in layout {
             let process = RegionProcess::start_spec(self.spec_for(r, layout)?)?;
@@ -368,6 +407,33 @@ impl Launcher<'_> {
             });
         }
         Ok(members)
+    }
+
+    /// Makes the cluster's certificates with `atoll certs init`, as an operator would, once
+    /// (they name the regions, not their ports, so a retry on new ports keeps them).
+    fn certs_init(&self) -> Result<()> {
+        let out = self.dir.join(CERTS_DIR);
+        if out.join("ca.pem").exists() {
+            return Ok(());
+        }
+        let mut cmd = std::process::Command::new(self.bin);
+        cmd.arg("certs")
+            .arg("init")
+            .arg("--config")
+            .arg(self.config_path)
+            .arg("--out")
+            .arg(&out)
+            .arg("--days")
+            .arg("2");
+        let o = crate::process::run_with_timeout(cmd, Duration::from_secs(30))?;
+        ensure!(
+            o.status.success(),
+            "`atoll certs init` failed ({}):\n{}{}",
+            o.status,
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+        Ok(())
     }
 
     fn spec_for(&self, r: &RegionLayout, layout: &[RegionLayout]) -> Result<RegionSpec> {
@@ -442,7 +508,7 @@ struct LinkMesh {
 
 impl LinkMesh {
     /// Starts one link `a->b` per ordered pair of `layout`, listening on a free `127.0.0.1`
-    /// port and forwarding to `b`'s address, `delay_ms` each way.
+    /// port and forwarding to `b`'s peer address, `delay_ms` each way.
     fn start(layout: &[RegionLayout], delay_ms: f64) -> Result<LinkMesh> {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(MESH_THREADS)
@@ -457,7 +523,7 @@ impl LinkMesh {
                     LinkSpec::new(
                         link_name(&a.name, &b.name),
                         SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
-                        b.api,
+                        b.peer,
                     )
                     .with_delay(delay_ms)
                 })
@@ -632,13 +698,19 @@ impl Cluster {
         let config_path = dir.join("atoll.toml");
         let mut last_err = None;
         for attempt in 1..=START_ATTEMPTS {
-            let ports = free_ports(n_regions)?;
+            let ports = free_ports(2 * n_regions)?;
             let layout: Vec<RegionLayout> = REGIONS[..n_regions]
                 .iter()
-                .zip(ports)
-                .map(|(&(name, lat, lon), port)| RegionLayout {
+                .zip(ports.chunks(2))
+                .map(|(&(name, lat, lon), pair)| RegionLayout {
                     name: name.to_string(),
-                    api: SocketAddr::from((Ipv4Addr::LOCALHOST, port)),
+                    api: SocketAddr::from((Ipv4Addr::LOCALHOST, pair[0])),
+                    // Mutual TLS needs a peer listener of its own; an insecure cluster serves
+                    // the replication routes on the client listener, as a one-port setup does.
+                    peer: SocketAddr::from((
+                        Ipv4Addr::LOCALHOST,
+                        if opts.insecure { pair[0] } else { pair[1] },
+                    )),
                     lat,
                     lon,
                 })
@@ -733,6 +805,19 @@ impl Cluster {
     #[track_caller]
     pub fn api_addr(&self, name: &str) -> SocketAddr {
         self.member(name).layout.api
+    }
+
+    /// The region's configured peer address (its peer listener: replication, mutual TLS unless
+    /// the cluster is [`ClusterOptions::insecure`]).
+    #[track_caller]
+    pub fn peer_addr(&self, name: &str) -> SocketAddr {
+        self.member(name).layout.peer
+    }
+
+    /// Where `atoll certs init` wrote the cluster's certificates (absent for an insecure
+    /// cluster).
+    pub fn certs_dir(&self) -> PathBuf {
+        self.dir.join(CERTS_DIR)
     }
 
     /// Whether the region has a process attached (not stopped by this harness). A region that
@@ -956,7 +1041,10 @@ impl Drop for Cluster {
                 self.config_path.display(),
                 self.members
                     .iter()
-                    .map(|m| format!("{} on {}", m.layout.name, m.layout.api))
+                    .map(|m| format!(
+                        "{} on {} (peer {})",
+                        m.layout.name, m.layout.api, m.layout.peer
+                    ))
                     .collect::<Vec<_>>()
                     .join(", ")
             );
@@ -1091,6 +1179,7 @@ mod tests {
             .map(|(i, &(name, lat, lon))| RegionLayout {
                 name: name.to_string(),
                 api: SocketAddr::from((Ipv4Addr::LOCALHOST, 7100 + i as u16)),
+                peer: SocketAddr::from((Ipv4Addr::LOCALHOST, 7200 + i as u16)),
                 lat,
                 lon,
             })
@@ -1105,8 +1194,9 @@ mod tests {
         let text = render_config("atoll-e2e-x", &layout(), &opts);
         for needle in [
             "[cluster]\nname = \"atoll-e2e-x\"\nmodel = \"active-active\"\nmax_clock_offset_ms = 60000\n",
-            "name = \"us-east-1\"\napi = \"127.0.0.1:7100\"",
-            "name = \"ap-southeast-1\"\napi = \"127.0.0.1:7102\"",
+            "[cluster.tls]\nca = \"certs/ca.pem\"\ncert = \"certs/{region}.pem\"\nkey = \"certs/{region}.key\"\n",
+            "name = \"us-east-1\"\napi = \"127.0.0.1:7100\"\npeer = \"127.0.0.1:7200\"",
+            "name = \"ap-southeast-1\"\napi = \"127.0.0.1:7102\"\npeer = \"127.0.0.1:7202\"",
             "name = \"carts\"\npolicy = \"mvr\"",
             "[replication]\nheartbeat_interval_ms = 200\nmax_lag_secs = 3\n",
         ] {
@@ -1114,6 +1204,16 @@ mod tests {
         }
         let text = render_config("c", &layout(), &ClusterOptions::new("c"));
         assert!(!text.contains("max_lag_secs") && !text.contains("max_clock_offset_ms"));
+        let shared: Vec<RegionLayout> = layout()
+            .into_iter()
+            .map(|r| RegionLayout { peer: r.api, ..r })
+            .collect();
+        let text = render_config("c", &shared, &ClusterOptions::new("c").insecure());
+        assert!(text.contains("[cluster.tls]\ninsecure = true\n"), "{text}");
+        assert!(
+            !text.contains("ca.pem") && !text.contains("peer ="),
+            "{text}"
+        );
     }
 
     #[test]
@@ -1235,7 +1335,8 @@ mod tests {
         );
         let region = |name: &str, l: &TcpListener| RegionLayout {
             name: name.to_string(),
-            api: l.local_addr().unwrap(),
+            api: SocketAddr::from((Ipv4Addr::LOCALHOST, 9)),
+            peer: l.local_addr().unwrap(),
             lat: 0.0,
             lon: 0.0,
         };
@@ -1287,6 +1388,7 @@ mod tests {
             .map(|&(name, lat, lon)| RegionLayout {
                 name: name.to_string(),
                 api: l.local_addr().unwrap(),
+                peer: l.local_addr().unwrap(),
                 lat,
                 lon,
             })

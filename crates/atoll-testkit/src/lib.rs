@@ -5,7 +5,8 @@
 //!   from the `listening on http://ADDR` line, and can SIGKILL it, SIGTERM it and restart it on
 //!   the same data directory. A region still running when its handle is dropped is killed, so a
 //!   failing test never leaks processes; a test that panics also prints the region's log.
-//! - [`cluster`]: [`Cluster`] starts three to five regions that replicate to each other, with
+//! - [`cluster`]: [`Cluster`] starts three to five regions that replicate to each other (over
+//!   mutual TLS, with certificates made by `atoll certs init`, unless [`ClusterOptions::insecure`]), with
 //!   per-pair routes (direct, through another address, or cut), and waits for convergence. With
 //!   [`ClusterOptions::with_links`] every region-to-region byte crosses an in-process `atoll link`
 //!   mesh (one link per ordered pair), so a test can partition two regions, cut one direction

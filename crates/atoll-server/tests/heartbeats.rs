@@ -119,6 +119,7 @@ async fn a_good_heartbeat_is_taken_and_bad_ones_are_refused_and_counted() {
     // Garbage is the sender's fault (400), not a damaged data directory (500).
     let req = Request::post("/v1/replication/heartbeat")
         .header("content-type", "application/octet-stream")
+        .extension(PeerAuth::Insecure)
         .body(Body::from(vec![1u8, 0, 0xff, 0xff, 0xff]))
         .expect("request");
     let resp = router(rep.clone()).oneshot(req).await.expect("infallible");

@@ -69,6 +69,8 @@ fn replicator() -> (Arc<Replicator>, Arc<Metrics>) {
 fn app(max_streams: usize) -> (axum::Router, Arc<Subscribers>, Arc<Metrics>) {
     let (rep, metrics) = replicator();
     let subscribers = Subscribers::new();
+    // As an insecure cluster serves them (a TLS cluster's peer listener stamps the certified
+    // peer instead): the edge limits come before the peer check either way.
     let app = streams::track(
         router(rep),
         Edge {
@@ -76,7 +78,8 @@ fn app(max_streams: usize) -> (axum::Router, Arc<Subscribers>, Arc<Metrics>) {
             max_streams,
             metrics: metrics.clone(),
         },
-    );
+    )
+    .layer(axum::Extension(atoll_server::peer::PeerAuth::Insecure));
     (app, subscribers, metrics)
 }
 

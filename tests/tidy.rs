@@ -99,12 +99,22 @@ const LAYERS: &[(&str, &[&str])] = &[
     ("atoll-config", &["atoll-core"]),
     ("atoll-store", &["atoll-core", "atoll-config"]),
     ("atoll-tls", &["atoll-core"]),
+    ("atoll-http", &[]),
     (
         "atoll-server",
-        &["atoll-core", "atoll-config", "atoll-store", "atoll-tls"],
+        &[
+            "atoll-core",
+            "atoll-config",
+            "atoll-store",
+            "atoll-tls",
+            "atoll-http",
+        ],
     ),
     ("atoll-link", &["atoll-core", "atoll-config"]),
-    ("atoll-router", &["atoll-core", "atoll-config"]),
+    (
+        "atoll-router",
+        &["atoll-core", "atoll-config", "atoll-http"],
+    ),
     ("atoll-sim", &["atoll-core", "atoll-config", "atoll-store"]),
     (
         "atoll-testkit",

@@ -20,4 +20,4 @@ pub mod prober;
 pub mod proxy;
 pub mod runtime;
 pub mod state;
-pub mod unread;
+pub use atoll_http::unread;

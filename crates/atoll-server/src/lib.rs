@@ -12,6 +12,6 @@ pub mod peer;
 pub mod region;
 pub mod replication;
 pub mod streams;
-pub mod unread;
+pub use atoll_http::unread;
 
 pub use region::{RegionOptions, RegionServer};

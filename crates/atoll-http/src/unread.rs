@@ -11,8 +11,7 @@
 //! `Connection: close`. A request that sent `Expect: 100-continue` is not drained: its client
 //! has not sent the body and, given the final answer, will not; the connection is just closed.
 //!
-//! `atoll-server` has a twin of this module for the regions' API (the two crates share no HTTP
-//! code).
+//! Used by the regions' API (`atoll-server`) and the router's proxy (`atoll-router`).
 
 use axum::body::Body;
 use axum::extract::Request;

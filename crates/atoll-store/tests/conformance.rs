@@ -5,13 +5,16 @@
 use atoll_config::KeyspaceConfig;
 use atoll_core::clock::{Clock, ManualClock};
 use atoll_core::op::{Intent, KeyState, OpEntry, Policy};
-use atoll_core::{AtollError, RegionId, Result};
+use atoll_core::{AtollError, RegionId};
 use atoll_store::backend::{Backend, FjallBackend, MemBackend, Mutation, Table};
 use atoll_store::{Store, StoreOptions};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
+
+mod common;
+use common::Hooked;
 
 const T0: u64 = 1_700_000_000_000;
 
@@ -174,63 +177,34 @@ fn concurrent_writes_share_commits_and_get_contiguous_sequence_numbers() {
     }
 }
 
-/// Fails the next `fail_next` commits that carry an operation-log entry.
-struct FailingCommits {
-    inner: Arc<dyn Backend>,
-    fail_next: AtomicUsize,
-}
-
-impl Backend for FailingCommits {
-    fn get(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>> {
-        self.inner.get(table, key)
-    }
-    fn commit(&self, batch: Vec<Mutation>, durable: bool) -> Result<()> {
-        let carries_op = batch
-            .iter()
-            .any(|m| matches!(m, Mutation::Put(Table::Oplog, _, _)));
-        if carries_op
-            && self
-                .fail_next
-                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+/// A backend over `inner` failing as many commits carrying an operation-log entry as the
+/// counter says.
+fn failing_commits(inner: Arc<dyn Backend>) -> (Arc<Hooked>, Arc<AtomicUsize>) {
+    let fail_next = Arc::new(AtomicUsize::new(0));
+    let n = fail_next.clone();
+    let backend = Hooked::new(inner).before_commit(move |batch, _| {
+        if common::carries_op(batch)
+            && n.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
                 .is_ok()
         {
             return Err(AtollError::Storage("injected commit failure".into()));
         }
-        self.inner.commit(batch, durable)
-    }
-    fn range(
-        &self,
-        table: Table,
-        start: &[u8],
-        end: &[u8],
-        limit: usize,
-    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
-        self.inner.range(table, start, end, limit)
-    }
-    fn last_in(
-        &self,
-        table: Table,
-        start: &[u8],
-        end: &[u8],
-    ) -> Result<Option<(Vec<u8>, Vec<u8>)>> {
-        self.inner.last_in(table, start, end)
-    }
+        Ok(())
+    });
+    (Arc::new(backend), fail_next)
 }
 
 #[test]
 fn a_failed_commit_acknowledges_nothing_and_changes_nothing() {
     for kind in kinds() {
         let name = kind.name();
-        let backend = Arc::new(FailingCommits {
-            inner: kind.open(),
-            fail_next: AtomicUsize::new(0),
-        });
+        let (backend, fail_next) = failing_commits(kind.open());
         let clock = Arc::new(ManualClock::new(T0));
         let store = store_on(backend.clone(), "us-east-1", clock.clone());
         store
             .write("sessions", b"a", put_intent("1"))
             .expect("write");
-        backend.fail_next.store(1, Ordering::SeqCst);
+        fail_next.store(1, Ordering::SeqCst);
         let err = store.write("sessions", b"b", put_intent("2"));
         assert!(err.is_err(), "{name}: {err:?}");
         assert_eq!(value(&store, "b"), None, "{name}");

@@ -3,54 +3,31 @@
 //! duplicates and the region (and everything it relays) keeps a hole for good.
 
 use atoll_config::KeyspaceConfig;
+use atoll_core::AtollError;
 use atoll_core::RegionId;
 use atoll_core::clock::{Clock, ManualClock};
 use atoll_core::op::{Intent, KeyState, OpEntry, Policy};
-use atoll_core::{AtollError, Result};
-use atoll_store::backend::{Backend, MemBackend, Mutation, Table};
+use atoll_store::backend::{MemBackend, Table};
 use atoll_store::{Store, StoreOptions};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+mod common;
+use common::Hooked;
+
 const T0: u64 = 1_700_000_000_000;
 
-/// Fails every read of one data key while `failing` is set.
-struct FailingReads {
-    inner: Arc<MemBackend>,
-    poisoned: Vec<u8>,
-    failing: AtomicBool,
-}
-
-impl Backend for FailingReads {
-    fn get(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>> {
-        if table == Table::Data
-            && self.failing.load(Ordering::SeqCst)
-            && key.ends_with(&self.poisoned)
-        {
+/// A backend over `mem` failing every read of the data key `poison` while the flag is set.
+fn failing_reads(mem: Arc<MemBackend>) -> (Arc<Hooked>, Arc<AtomicBool>) {
+    let failing = Arc::new(AtomicBool::new(true));
+    let f = failing.clone();
+    let backend = Hooked::new(mem).before_read(move |table, key| {
+        if table == Table::Data && f.load(Ordering::SeqCst) && key.ends_with(b"poison") {
             return Err(AtollError::Storage("injected read failure".into()));
         }
-        self.inner.get(table, key)
-    }
-    fn commit(&self, batch: Vec<Mutation>, durable: bool) -> Result<()> {
-        self.inner.commit(batch, durable)
-    }
-    fn range(
-        &self,
-        table: Table,
-        start: &[u8],
-        end: &[u8],
-        limit: usize,
-    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
-        self.inner.range(table, start, end, limit)
-    }
-    fn last_in(
-        &self,
-        table: Table,
-        start: &[u8],
-        end: &[u8],
-    ) -> Result<Option<(Vec<u8>, Vec<u8>)>> {
-        self.inner.last_in(table, start, end)
-    }
+        Ok(())
+    });
+    (Arc::new(backend), failing)
 }
 
 fn region(name: &str) -> RegionId {
@@ -94,11 +71,7 @@ fn value(store: &Store, key: &str) -> Option<Vec<u8>> {
 fn a_batch_that_fails_part_way_leaves_no_hole() {
     let entries = entries_from("eu-west-1", &["a", "poison", "c"]);
     let mem = Arc::new(MemBackend::default());
-    let backend = Arc::new(FailingReads {
-        inner: mem.clone(),
-        poisoned: b"poison".to_vec(),
-        failing: AtomicBool::new(true),
-    });
+    let (backend, failing) = failing_reads(mem.clone());
     let clock: Arc<dyn Clock> = Arc::new(ManualClock::new(T0 + 10));
     let store = Store::open(backend.clone(), opts("us-east-1"), clock.clone()).expect("open");
     let origin = region("eu-west-1");
@@ -114,7 +87,7 @@ fn a_batch_that_fails_part_way_leaves_no_hole() {
     assert_eq!(value(&store, "a"), None);
 
     // The storage recovers and the peer sends the same entries again: all of them apply.
-    backend.failing.store(false, Ordering::SeqCst);
+    failing.store(false, Ordering::SeqCst);
     let out = store.apply_remote(entries).expect("apply");
     assert_eq!(out.applied, 3, "{out:?}");
     assert_eq!(store.applied().get(&origin), 3);
@@ -141,11 +114,7 @@ fn a_failed_request_does_not_spoil_others_in_the_same_commit() {
     let good = entries_from("ap-south-1", &["x", "y"]);
     let bad = entries_from("eu-west-1", &["a", "poison"]);
     let mem = Arc::new(MemBackend::default());
-    let backend = Arc::new(FailingReads {
-        inner: mem,
-        poisoned: b"poison".to_vec(),
-        failing: AtomicBool::new(true),
-    });
+    let (backend, _failing) = failing_reads(mem);
     let clock: Arc<dyn Clock> = Arc::new(ManualClock::new(T0 + 10));
     let store = Arc::new(Store::open(backend, opts("us-east-1"), clock).expect("open"));
     let (tx, rx) = std::sync::mpsc::channel();

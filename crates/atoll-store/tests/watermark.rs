@@ -7,11 +7,14 @@ use atoll_config::KeyspaceConfig;
 use atoll_core::RegionId;
 use atoll_core::clock::{Clock, ManualClock};
 use atoll_core::op::{Intent, Policy};
-use atoll_store::backend::{Backend, MemBackend, Mutation, Table};
+use atoll_store::backend::{Backend, MemBackend};
 use atoll_store::{Store, StoreOptions};
-use std::sync::mpsc::{self, Receiver, SyncSender};
+use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+mod common;
+use common::Hooked;
 
 const T0: u64 = 1_700_000_000_000;
 
@@ -74,58 +77,24 @@ fn watermark_moves_with_the_clock_while_idle() {
     assert!(w2.before_ms >= T0 + 5_000, "{w2:?}");
 }
 
-/// A backend whose commits wait for the test to let them through, so the test can look at the
-/// watermark while a batch is being committed.
-struct GatedBackend {
-    inner: MemBackend,
-    entered: SyncSender<()>,
-    release: Mutex<Receiver<()>>,
-}
-
-impl Backend for GatedBackend {
-    fn get(&self, table: Table, key: &[u8]) -> atoll_core::Result<Option<Vec<u8>>> {
-        self.inner.get(table, key)
-    }
-    fn commit(&self, batch: Vec<Mutation>, durable: bool) -> atoll_core::Result<()> {
-        let is_write = batch
-            .iter()
-            .any(|m| matches!(m, Mutation::Put(Table::Oplog, _, _)));
-        if is_write {
-            let _ = self.entered.send(());
-            if let Ok(rx) = self.release.lock() {
-                let _ = rx.recv_timeout(Duration::from_secs(30));
-            }
-        }
-        self.inner.commit(batch, durable)
-    }
-    fn range(
-        &self,
-        table: Table,
-        start: &[u8],
-        end: &[u8],
-        limit: usize,
-    ) -> atoll_core::Result<Vec<(Vec<u8>, Vec<u8>)>> {
-        self.inner.range(table, start, end, limit)
-    }
-    fn last_in(
-        &self,
-        table: Table,
-        start: &[u8],
-        end: &[u8],
-    ) -> atoll_core::Result<Option<(Vec<u8>, Vec<u8>)>> {
-        self.inner.last_in(table, start, end)
-    }
-}
-
 #[test]
 fn a_write_being_committed_is_not_covered() {
     let (entered_tx, entered_rx) = mpsc::sync_channel(8);
     let (release_tx, release_rx) = mpsc::sync_channel(8);
-    let backend = Arc::new(GatedBackend {
-        inner: MemBackend::default(),
-        entered: entered_tx,
-        release: Mutex::new(release_rx),
-    });
+    // Commits of writes wait for the test to let them through, so the test can look at the
+    // watermark while a batch is being committed.
+    let release = Mutex::new(release_rx);
+    let backend = Arc::new(Hooked::new(Arc::new(MemBackend::default())).before_commit(
+        move |batch, _| {
+            if common::carries_op(batch) {
+                let _ = entered_tx.send(());
+                if let Ok(rx) = release.lock() {
+                    let _ = rx.recv_timeout(Duration::from_secs(30));
+                }
+            }
+            Ok(())
+        },
+    ));
     let clock = Arc::new(ManualClock::new(T0));
     let store = Arc::new(open(backend, clock.clone()));
     // First write goes through.

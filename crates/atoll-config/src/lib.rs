@@ -111,6 +111,8 @@ pub struct Config {
     pub router: Option<router::RouterConfig>,
     /// `[auth]`: client authentication (off unless it names a tokens file).
     pub auth: auth::AuthConfig,
+    /// `[fencing]`: the write lease and quorum fencing.
+    pub fencing: FencingConfig,
     /// The file (or source name) the config was read from, for messages.
     pub source: String,
 }
@@ -125,6 +127,83 @@ pub struct ClusterConfig {
     pub max_clock_offset_ms: u64,
     /// `[cluster.tls]`: how regions talk to each other.
     pub tls: PeerTls,
+    /// `[cluster.arbiter]`: the witness that votes in the control group (fencing), if any.
+    pub arbiter: Option<ArbiterConfig>,
+}
+
+/// `[cluster.arbiter]`: a lightweight process (`atoll arbiter`) that votes in the control group
+/// and stores no keyspace data (`docs/design/fencing.md`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct ArbiterConfig {
+    /// Its name, which its TLS certificate carries (`<name>.atoll`); distinct from every region.
+    pub name: RegionId,
+    /// Where regions reach it (mutual TLS, like a region's peer listener).
+    pub peer: SocketAddr,
+}
+
+/// `[fencing]`: the write lease and quorum fencing (`docs/design/fencing.md`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct FencingConfig {
+    /// Takes the never-held lease at once (active-standby, active-passive).
+    pub initial_primary: RegionId,
+    pub lease_ms: u64,
+    pub renew_every_ms: u64,
+    pub margin_ms: u64,
+    pub max_drift_ppm: u64,
+    /// Automated promotion only within this lag behind the old primary (the RPO guard).
+    pub max_promotion_lag_ms: u64,
+    /// A write to a standby is forwarded to the primary instead of refused.
+    pub forward_writes: bool,
+    /// Active-active: a region that cannot reach a majority (the arbiter counts) refuses writes
+    /// to keyspaces with `on_minority = "read-only"`.
+    pub quorum: bool,
+}
+
+impl FencingConfig {
+    /// Defaults, with `initial_primary` the first region.
+    pub fn defaults(initial_primary: RegionId) -> Self {
+        Self {
+            initial_primary,
+            lease_ms: DEFAULT_LEASE_MS,
+            renew_every_ms: DEFAULT_RENEW_EVERY_MS,
+            margin_ms: DEFAULT_MARGIN_MS,
+            max_drift_ppm: DEFAULT_MAX_DRIFT_PPM,
+            max_promotion_lag_ms: DEFAULT_MAX_PROMOTION_LAG_MS,
+            forward_writes: false,
+            quorum: false,
+        }
+    }
+}
+
+/// `[fencing] lease_ms` default.
+pub const DEFAULT_LEASE_MS: u64 = 5_000;
+/// `[fencing] renew_every_ms` default.
+pub const DEFAULT_RENEW_EVERY_MS: u64 = 1_000;
+/// `[fencing] margin_ms` default.
+pub const DEFAULT_MARGIN_MS: u64 = 250;
+/// `[fencing] max_drift_ppm` default.
+pub const DEFAULT_MAX_DRIFT_PPM: u64 = 1_000;
+/// `[fencing] max_promotion_lag_ms` default.
+pub const DEFAULT_MAX_PROMOTION_LAG_MS: u64 = 5_000;
+
+/// What a keyspace does on a region cut off from the majority (active-active quorum fencing).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum OnMinority {
+    /// Keep accepting writes (sessions, rate limits, carts: the article's stateless rules).
+    #[default]
+    Available,
+    /// Refuse writes until a majority answers again (inventory, ledgers).
+    ReadOnly,
+}
+
+impl OnMinority {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OnMinority::Available => "available",
+            OnMinority::ReadOnly => "read-only",
+        }
+    }
 }
 
 /// `[cluster.tls]`: how regions talk to each other (see `docs/design/mtls.md`).
@@ -269,6 +348,8 @@ pub struct KeyspaceConfig {
     pub conflict_retention_secs: u64,
     /// Most entries the conflict ledger keeps (lww).
     pub conflict_max_entries: usize,
+    /// Writes on a region cut off from the majority (active-active with `[fencing] quorum`).
+    pub on_minority: OnMinority,
 }
 
 impl KeyspaceConfig {
@@ -281,6 +362,7 @@ impl KeyspaceConfig {
             max_siblings: DEFAULT_MAX_SIBLINGS,
             conflict_retention_secs: DEFAULT_CONFLICT_RETENTION_SECS,
             conflict_max_entries: DEFAULT_CONFLICT_MAX_ENTRIES,
+            on_minority: OnMinority::Available,
         }
     }
 
@@ -410,6 +492,15 @@ impl Config {
         if self.cluster.tls == PeerTls::Insecure {
             out.push(INSECURE_WARNING.to_string());
         }
+        let fenced = self.cluster.model != Model::ActiveActive || self.fencing.quorum;
+        if fenced && self.voters() % 2 == 0 {
+            out.push(format!(
+                "the control group has {} voters ({} regions{}): an even number, so a split into two halves leaves neither a majority and stops writes everywhere; add [cluster.arbiter] (a witness in a third location) or another region",
+                self.voters(),
+                self.regions.len(),
+                if self.cluster.arbiter.is_some() { " and the arbiter" } else { ", no arbiter" }
+            ));
+        }
         out.extend(
             self.router
                 .as_ref()
@@ -454,6 +545,11 @@ impl Config {
         })?;
         let base = path.parent().unwrap_or(Path::new(""));
         raw::parse(&text, &path.display().to_string(), base)
+    }
+
+    /// Voters of the control group: every region, and the arbiter if configured.
+    pub fn voters(&self) -> usize {
+        self.regions.len() + usize::from(self.cluster.arbiter.is_some())
     }
 
     /// The region named `name`.

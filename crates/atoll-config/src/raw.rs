@@ -37,6 +37,37 @@ struct RawConfig {
     router: Option<crate::router::RawRouter>,
     #[serde(default)]
     auth: Option<RawAuth>,
+    #[serde(default)]
+    fencing: Option<RawFencing>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFencing {
+    #[serde(default)]
+    initial_primary: Option<Spanned<String>>,
+    #[serde(default)]
+    lease_ms: Option<Spanned<i64>>,
+    #[serde(default)]
+    renew_every_ms: Option<Spanned<i64>>,
+    #[serde(default)]
+    margin_ms: Option<Spanned<i64>>,
+    #[serde(default)]
+    max_drift_ppm: Option<Spanned<i64>>,
+    #[serde(default)]
+    max_promotion_lag_ms: Option<Spanned<i64>>,
+    #[serde(default)]
+    forward_writes: Option<bool>,
+    #[serde(default)]
+    quorum: Option<bool>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawArbiter {
+    #[serde(default)]
+    name: Option<Spanned<String>>,
+    peer: Spanned<String>,
 }
 
 #[derive(Deserialize)]
@@ -62,6 +93,8 @@ struct RawCluster {
     max_clock_offset_ms: Option<Spanned<i64>>,
     #[serde(default)]
     tls: Option<Spanned<RawTls>>,
+    #[serde(default)]
+    arbiter: Option<Spanned<RawArbiter>>,
 }
 
 #[derive(Deserialize)]
@@ -110,6 +143,8 @@ struct RawKeyspace {
     conflict_retention_secs: Option<Spanned<i64>>,
     #[serde(default)]
     conflict_max_entries: Option<Spanned<i64>>,
+    #[serde(default)]
+    on_minority: Option<crate::OnMinority>,
 }
 
 #[derive(Deserialize)]
@@ -207,8 +242,15 @@ pub(crate) fn parse(text: &str, file: &str, base: &Path) -> Result<Config, Confi
     let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::from_toml(e, text, file))?;
     let cx = Ctx { text, file };
     let cluster = cluster(&cx, raw.cluster.as_ref(), base)?;
+    let mut cluster = cluster;
     let regions = regions(&cx, &raw.regions, matches!(cluster.tls, PeerTls::Mutual(_)))?;
+    cluster.arbiter = match raw.cluster.as_ref().and_then(|c| c.arbiter.as_ref()) {
+        Some(a) => Some(arbiter(&cx, a, &regions)?),
+        None => None,
+    };
+    let fencing = fencing(&cx, raw.fencing.as_ref(), &regions, cluster.model)?;
     Ok(Config {
+        fencing,
         source: file.to_string(),
         cluster,
         router: crate::router::router(&cx, raw.router.as_ref(), &regions)?,
@@ -296,7 +338,134 @@ fn cluster(
             Some(t) => tls(cx, t, base)?,
             None => PeerTls::Undeclared,
         },
+        arbiter: None,
     })
+}
+
+/// `[cluster.arbiter]`: a name distinct from every region, an address no region uses.
+fn arbiter(
+    cx: &Ctx<'_>,
+    raw: &Spanned<RawArbiter>,
+    regions: &[RegionConfig],
+) -> Result<crate::ArbiterConfig, ConfigError> {
+    let a = raw.get_ref();
+    let (name, span) = match &a.name {
+        Some(n) => (n.get_ref().clone(), n.span()),
+        None => ("arbiter".to_string(), raw.span()),
+    };
+    let id = RegionId::new(&name)
+        .map_err(|e| cx.err(span.clone(), "cluster.arbiter.name", core_message(e)))?;
+    if regions.iter().any(|r| r.name == id) {
+        return Err(cx.err(
+            span,
+            "cluster.arbiter.name",
+            format!("`{name}` is also a region's name: the arbiter needs a name of its own (its certificate is `{name}.atoll`)"),
+        ));
+    }
+    let peer = address(cx, &a.peer, "cluster.arbiter.peer")?;
+    if let Some(r) = regions.iter().find(|r| r.api == peer || r.peer == peer) {
+        return Err(cx.err(
+            a.peer.span(),
+            "cluster.arbiter.peer",
+            format!(
+                "address {peer} is already an address of region `{}`; the arbiter needs its own",
+                r.name
+            ),
+        ));
+    }
+    Ok(crate::ArbiterConfig { name: id, peer })
+}
+
+const LEASE_MS: RangeInclusive<i64> = 500..=600_000;
+const RENEW_EVERY_MS: RangeInclusive<i64> = 50..=300_000;
+const MARGIN_MS: RangeInclusive<i64> = 10..=60_000;
+const MAX_DRIFT_PPM: RangeInclusive<i64> = 0..=10_000;
+const MAX_PROMOTION_LAG_MS: RangeInclusive<i64> = 0..=86_400_000;
+
+/// `[fencing]`, checked against the drift bound (`atoll_core::fence::FenceConfig::validate`).
+fn fencing(
+    cx: &Ctx<'_>,
+    raw: Option<&RawFencing>,
+    regions: &[RegionConfig],
+    model: Model,
+) -> Result<crate::FencingConfig, ConfigError> {
+    let first = match regions.first() {
+        Some(r) => r.name.clone(),
+        None => return Err(cx.err_nowhere("regions", "no region is declared")),
+    };
+    let mut f = crate::FencingConfig::defaults(first);
+    let Some(raw) = raw else { return Ok(f) };
+    if let Some(p) = &raw.initial_primary {
+        let Some(r) = regions.iter().find(|r| r.name.as_str() == p.get_ref()) else {
+            return Err(cx.err(
+                p.span(),
+                "fencing.initial_primary",
+                format!(
+                    "`{}` is not a region of the cluster (declared: {})",
+                    p.get_ref(),
+                    regions
+                        .iter()
+                        .map(|r| r.name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            ));
+        };
+        f.initial_primary = r.name.clone();
+    }
+    f.lease_ms = cx.int(
+        &raw.lease_ms,
+        "fencing.lease_ms",
+        LEASE_MS,
+        f.lease_ms as i64,
+    )? as u64;
+    f.renew_every_ms = cx.int(
+        &raw.renew_every_ms,
+        "fencing.renew_every_ms",
+        RENEW_EVERY_MS,
+        f.renew_every_ms as i64,
+    )? as u64;
+    f.margin_ms = cx.int(
+        &raw.margin_ms,
+        "fencing.margin_ms",
+        MARGIN_MS,
+        f.margin_ms as i64,
+    )? as u64;
+    f.max_drift_ppm = cx.int(
+        &raw.max_drift_ppm,
+        "fencing.max_drift_ppm",
+        MAX_DRIFT_PPM,
+        f.max_drift_ppm as i64,
+    )? as u64;
+    f.max_promotion_lag_ms = cx.int(
+        &raw.max_promotion_lag_ms,
+        "fencing.max_promotion_lag_ms",
+        MAX_PROMOTION_LAG_MS,
+        f.max_promotion_lag_ms as i64,
+    )? as u64;
+    f.forward_writes = raw.forward_writes.unwrap_or(false);
+    f.quorum = raw.quorum.unwrap_or(false);
+    if f.quorum && model != Model::ActiveActive {
+        return Err(cx.err_nowhere(
+            "fencing.quorum",
+            format!("quorum fencing is for active-active clusters; a {model} cluster is fenced by its write lease already: remove `quorum`"),
+        ));
+    }
+    let core = atoll_core::fence::FenceConfig {
+        lease_ms: f.lease_ms,
+        renew_every_ms: f.renew_every_ms,
+        margin_ms: f.margin_ms,
+        max_drift_ppm: f.max_drift_ppm,
+        max_promotion_lag_ms: f.max_promotion_lag_ms,
+        ..atoll_core::fence::FenceConfig::new(
+            f.initial_primary.clone(),
+            atoll_core::fence::Topology::ActiveStandby,
+            regions.iter().map(|r| r.name.clone()).collect(),
+            f.initial_primary.clone(),
+        )
+    };
+    core.validate().map_err(|m| cx.err_nowhere("fencing", m))?;
+    Ok(f)
 }
 
 /// `[cluster.tls]`: either `insecure = true` alone, or `ca`, `cert` and `key`.
@@ -602,6 +771,7 @@ fn keyspaces(
                 CONFLICT_MAX_ENTRIES,
                 DEFAULT_CONFLICT_MAX_ENTRIES as i64,
             )? as usize,
+            on_minority: k.on_minority.unwrap_or_default(),
         });
     }
     Ok(out)

@@ -278,6 +278,7 @@ fn defaults_are_applied() {
             model: Model::ActiveActive,
             max_clock_offset_ms: 500,
             tls: PeerTls::Undeclared,
+            arbiter: None,
         }
     );
     assert_eq!(

@@ -9,8 +9,10 @@ use base64::Engine as _;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-/// The encoding version this build writes.
-pub const FORMAT_VERSION: u16 = 1;
+/// The encoding version this build writes. Version 2 added the lease epoch to operation-log
+/// entries ([`crate::op::OpEntry::epoch`]); every other record reads the same in both, and
+/// records that hold entries are read with [`decode_entry`] and [`decode_frame`].
+pub const FORMAT_VERSION: u16 = 2;
 
 /// Encodes `value` with the current format version.
 pub fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>> {
@@ -34,12 +36,43 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T> {
     let version = version_of(bytes)?;
     match version {
         0 => Err(AtollError::Corrupt("record has format version 0".into())),
-        1 => postcard::from_bytes(&bytes[2..])
-            .map_err(|e| AtollError::Corrupt(format!("undecodable v1 record: {e}"))),
+        1 | 2 => postcard::from_bytes(&bytes[2..])
+            .map_err(|e| AtollError::Corrupt(format!("undecodable v{version} record: {e}"))),
         found => Err(AtollError::FormatTooNew {
             found,
             supported: FORMAT_VERSION,
         }),
+    }
+}
+
+/// Decodes an operation-log entry of any supported version (version 1 had no epoch: 0).
+pub fn decode_entry(bytes: &[u8]) -> Result<crate::op::OpEntry> {
+    match version_of(bytes)? {
+        1 => postcard::from_bytes::<crate::op::OpEntryV1>(&bytes[2..])
+            .map(Into::into)
+            .map_err(|e| AtollError::Corrupt(format!("undecodable v1 log entry: {e}"))),
+        _ => decode(bytes),
+    }
+}
+
+/// A replication stream frame as version 1 wrote it.
+#[derive(serde::Deserialize)]
+enum FrameV1 {
+    Ops(Vec<crate::op::OpEntryV1>),
+    Heartbeat(crate::repl::Heartbeat),
+}
+
+/// Decodes a replication stream frame of any supported version.
+pub fn decode_frame(bytes: &[u8]) -> Result<crate::repl::Frame> {
+    match version_of(bytes)? {
+        1 => match postcard::from_bytes::<FrameV1>(&bytes[2..]) {
+            Ok(FrameV1::Ops(v)) => Ok(crate::repl::Frame::Ops(
+                v.into_iter().map(Into::into).collect(),
+            )),
+            Ok(FrameV1::Heartbeat(h)) => Ok(crate::repl::Frame::Heartbeat(h)),
+            Err(e) => Err(AtollError::Corrupt(format!("undecodable v1 frame: {e}"))),
+        },
+        _ => decode(bytes),
     }
 }
 

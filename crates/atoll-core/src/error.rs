@@ -88,6 +88,43 @@ pub enum AtollError {
     /// The TLS files of `[cluster.tls]` are missing, unreadable or do not fit together.
     #[error("TLS: {0}")]
     Tls(String),
+    /// A write reached a region that does not hold the write lease (active-standby,
+    /// active-passive), or holds it without a valid window right now. Nothing was written.
+    #[error("{}", not_primary(primary.as_deref(), primary_api.as_deref(), reason))]
+    NotPrimary {
+        primary: Option<String>,
+        primary_api: Option<String>,
+        reason: String,
+    },
+    /// Active-active quorum fencing: this region cannot reach a majority and the keyspace is
+    /// `on_minority = "read-only"`. Nothing was written.
+    #[error(
+        "keyspace `{keyspace}` is read-only in this region: it cannot reach a majority of the control group ({detail})"
+    )]
+    Fenced { keyspace: String, detail: String },
+    /// Active-passive: a passive region serves no client traffic.
+    #[error("this region is passive (active-passive): it serves no client traffic until promoted; the primary is {}", primary.as_deref().unwrap_or("unknown"))]
+    Passive { primary: Option<String> },
+    /// `atoll promote` while the current lease is healthy.
+    #[error(
+        "region `{holder}` holds a healthy write lease (it could still be valid for {remaining_ms} ms); promoting now would make two primaries"
+    )]
+    LeaseHeld { holder: String, remaining_ms: u64 },
+    /// `atoll promote` would lose acknowledged writes.
+    #[error("promoting would lose {ops} acknowledged writes ({}) of the old primary that this region has not applied", ms.map_or_else(|| "age unknown".to_string(), |m| format!("about {m} ms of writes")))]
+    DataLoss { ops: u64, ms: Option<u64> },
+    /// The control group (fencing) could not decide in time: no majority reachable, or no leader.
+    #[error("the control group did not answer: {0}")]
+    ControlUnavailable(String),
+}
+
+fn not_primary(primary: Option<&str>, api: Option<&str>, reason: &str) -> String {
+    let who = match (primary, api) {
+        (Some(p), Some(a)) => format!("the primary is `{p}` at http://{a}"),
+        (Some(p), None) => format!("the primary is `{p}`"),
+        _ => "no primary is known right now".to_string(),
+    };
+    format!("this region does not accept writes ({reason}); {who}")
 }
 
 fn request_too_large(len: Option<usize>, max: usize) -> String {
@@ -131,6 +168,12 @@ impl AtollError {
             Self::PeerUnauthenticated(_) => "ATOLL-PEER-UNAUTHENTICATED",
             Self::PeerIdentityMismatch { .. } => "ATOLL-PEER-IDENTITY-MISMATCH",
             Self::Tls(_) => "ATOLL-TLS",
+            Self::NotPrimary { .. } => "ATOLL-NOT-PRIMARY",
+            Self::Fenced { .. } => "ATOLL-FENCED",
+            Self::Passive { .. } => "ATOLL-PASSIVE",
+            Self::LeaseHeld { .. } => "ATOLL-LEASE-HELD",
+            Self::DataLoss { .. } => "ATOLL-DATA-LOSS",
+            Self::ControlUnavailable(_) => "ATOLL-CONTROL-UNAVAILABLE",
         }
     }
 
@@ -156,6 +199,11 @@ impl AtollError {
             Self::ClockSkew { .. } => 503,
             Self::PeerUnauthenticated(_) | Self::PeerIdentityMismatch { .. } => 403,
             Self::FormatTooNew { .. } | Self::Corrupt(_) | Self::Storage(_) | Self::Tls(_) => 500,
+            Self::NotPrimary { .. }
+            | Self::Fenced { .. }
+            | Self::Passive { .. }
+            | Self::ControlUnavailable(_) => 503,
+            Self::LeaseHeld { .. } | Self::DataLoss { .. } => 409,
         }
     }
 
@@ -168,6 +216,10 @@ impl AtollError {
                 | Self::Overloaded(_)
                 | Self::Storage(_)
                 | Self::ClockSkew { .. }
+                | Self::NotPrimary { .. }
+                | Self::Fenced { .. }
+                | Self::Passive { .. }
+                | Self::ControlUnavailable(_)
         )
     }
 
@@ -238,6 +290,24 @@ impl AtollError {
             }
             Self::Tls(_) => {
                 "check the files [cluster.tls] names (`atoll config check FILE`); `atoll certs init --config FILE --out DIR` creates a CA and a certificate per region"
+            }
+            Self::NotPrimary { .. } => {
+                "send writes to the primary (the router does this for you); the write was not applied, so retrying it is safe"
+            }
+            Self::Fenced { .. } => {
+                "write through a region on the majority side (the router does this for you), or wait for the partition to heal; the write was not applied"
+            }
+            Self::Passive { .. } => {
+                "send traffic to the primary; `atoll promote REGION` makes a passive region primary"
+            }
+            Self::LeaseHeld { .. } => {
+                "use `atoll switchover REGION` for a planned move while the primary is healthy; `atoll promote` is for a primary that is gone"
+            }
+            Self::DataLoss { .. } => {
+                "wait for the region to catch up, or bring the old primary back; to promote anyway, accepting the loss, add --accept-data-loss"
+            }
+            Self::ControlUnavailable(_) => {
+                "check that a majority of regions (and the arbiter, if any) are up and reachable from this region; retry"
             }
         }
     }

@@ -245,4 +245,33 @@ pub struct OpEntry {
     pub key: Vec<u8>,
     /// The delta to merge into the key's state.
     pub delta: KeyState,
+    /// The write lease's epoch the write was stamped under (`docs/design/fencing.md`); 0 when
+    /// the cluster has no lease (active-active). Added in encoding version 2; version-1 entries
+    /// read as epoch 0.
+    pub epoch: u64,
+}
+
+/// [`OpEntry`] as encoding version 1 wrote it (no epoch).
+#[derive(Deserialize)]
+pub(crate) struct OpEntryV1 {
+    origin: RegionId,
+    seq: u64,
+    ts: Timestamp,
+    keyspace: String,
+    key: Vec<u8>,
+    delta: KeyState,
+}
+
+impl From<OpEntryV1> for OpEntry {
+    fn from(e: OpEntryV1) -> Self {
+        OpEntry {
+            origin: e.origin,
+            seq: e.seq,
+            ts: e.ts,
+            keyspace: e.keyspace,
+            key: e.key,
+            delta: e.delta,
+            epoch: 0,
+        }
+    }
 }

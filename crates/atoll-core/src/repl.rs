@@ -458,6 +458,42 @@ impl ReplCore {
             .is_some_and(|p| self.bidirectional_at(p, now_ms))
     }
 
+    /// What this region knows of how far behind the lease `holder` it and its peers are, for
+    /// automated promotion and `atoll promote` (`docs/design/fencing.md`): the holder's head as
+    /// last heard (directly, or relayed in any heartbeat), its write watermark, what this region
+    /// applied and claims of it, and what each peer heard from recently has applied of it.
+    pub fn promotion_view(&self, holder: &RegionId, now_ms: u64) -> crate::fence::PromotionView {
+        self.observe_clock(now_ms);
+        let progress = self.progress.get(holder);
+        let heard = self.peers.get(holder).filter(|p| p.last_heard_ms.is_some());
+        let relayed = self
+            .peers
+            .iter()
+            .filter(|(r, p)| *r != holder && p.last_heard_ms.is_some())
+            .map(|(_, p)| p.applied.get(holder))
+            .max()
+            .unwrap_or(0);
+        let head = heard
+            .map(|p| p.applied.get(holder))
+            .into_iter()
+            .chain(progress.map(|p| p.known_head))
+            .chain(std::iter::once(relayed))
+            .max()
+            .filter(|_| heard.is_some() || relayed > 0);
+        crate::fence::PromotionView {
+            holder_head: head,
+            holder_watermark_ms: heard.and_then(|p| p.claims.get(holder).copied()),
+            my_applied: self.applied.get(holder),
+            my_claim_ms: self.caught_up(holder),
+            others: self
+                .peers
+                .iter()
+                .filter(|(r, p)| *r != holder && self.reachable_at(p, now_ms))
+                .map(|(r, p)| (r.clone(), p.applied.get(holder)))
+                .collect(),
+        }
+    }
+
     /// Whether `origin`'s clock is known to run ahead beyond the bound.
     pub fn is_skewed(&self, origin: &RegionId) -> bool {
         self.peers.get(origin).is_some_and(|p| {
@@ -817,6 +853,7 @@ mod tests {
             keyspace: "k".into(),
             key: b"x".to_vec(),
             delta: KeyState::Counter(PnCounter::add(None, &r(origin), 1).unwrap()),
+            epoch: 0,
         }
     }
 
@@ -1178,7 +1215,7 @@ impl FrameReader {
         if self.buf.len() < 4 + len {
             return Ok(None);
         }
-        let frame = crate::codec::decode(&self.buf[4..4 + len]);
+        let frame = crate::codec::decode_frame(&self.buf[4..4 + len]);
         self.buf.drain(..4 + len);
         frame.map(Some)
     }

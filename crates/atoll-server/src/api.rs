@@ -44,6 +44,8 @@ pub const ROUTES: &[(&str, &[&str])] = &[
     ("/v1/set/{keyspace}/{key}", &["GET", "POST"]),
     ("/v1/conflicts/{keyspace}", &["GET"]),
     ("/v1/status", &["GET"]),
+    ("/v1/admin/promote", &["POST"]),
+    ("/v1/admin/switchover", &["POST"]),
     ("/v1/openapi.json", &["GET"]),
     ("/healthz", &["GET"]),
     ("/metrics", &["GET"]),
@@ -66,7 +68,14 @@ pub struct AppState {
     pub subscribers: Arc<crate::streams::Subscribers>,
     /// The tokens the client API accepts (`[auth] tokens_file`); `None`: the API is open.
     pub auth: Option<Arc<atoll_config::auth::Tokens>>,
+    /// Split-brain fencing, when the cluster has a lease or quorum fencing (set at start).
+    pub fencing: std::sync::OnceLock<Arc<crate::fencing::Fencing>>,
 }
+
+/// Header naming the region's fencing role on every answer of a fenced cluster.
+pub const ROLE_HEADER: &str = "x-atoll-role";
+/// Header on reads served by a standby: how far behind the primary it may be, in ms.
+pub const STALENESS_HEADER: &str = "x-atoll-staleness-ms";
 
 /// Whether replication with every peer is established, for `/healthz` and `/v1/status`: every
 /// peer is heard both ways (`up`) and holds a live stream of this region's writes
@@ -159,6 +168,11 @@ pub fn router(state: Shared) -> Router {
         .route("/v1/set/{keyspace}/{*key}", get(set_get).post(set_post))
         .route("/v1/conflicts/{keyspace}", get(conflicts))
         .route("/v1/status", get(status))
+        .route("/v1/admin/promote", axum::routing::post(admin_promote))
+        .route(
+            "/v1/admin/switchover",
+            axum::routing::post(admin_switchover),
+        )
         .route("/v1/openapi.json", get(openapi))
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
@@ -187,6 +201,29 @@ async fn track(State(state): State<Shared>, req: Request, next: Next) -> Respons
     if let Ok(v) = HeaderValue::from_str(state.store.region().as_str()) {
         resp.headers_mut()
             .insert(HeaderName::from_static(REGION_HEADER), v);
+    }
+    if let Some(f) = state.fencing.get() {
+        let role = f.role();
+        resp.headers_mut().insert(
+            HeaderName::from_static(ROLE_HEADER),
+            HeaderValue::from_static(role.as_str()),
+        );
+        let keyspace_read = method == "GET"
+            && ["/v1/kv/", "/v1/counter/", "/v1/set/"]
+                .iter()
+                .any(|p| route.starts_with(p));
+        if role == atoll_core::fence::Role::Standby && keyspace_read {
+            // How stale this read may be: the lag behind the primary's writes.
+            let lag = match (f.primary(), state.replicator.get()) {
+                (Some((holder, _)), Some(rep)) => rep.promotion_view(&holder).lag().ms,
+                _ => None,
+            };
+            let text = lag.map_or_else(|| "unknown".to_string(), |ms| ms.to_string());
+            if let Ok(v) = HeaderValue::from_str(&text) {
+                resp.headers_mut()
+                    .insert(HeaderName::from_static(STALENESS_HEADER), v);
+            }
+        }
     }
     state
         .metrics
@@ -247,6 +284,11 @@ fn resolve(
 ) -> Result<(String, Vec<u8>, Policy)> {
     let (ks, key) = target(uri, kind)?;
     let cfg = state.store.keyspace(&ks)?;
+    if let Some(f) = state.fencing.get()
+        && f.refuses_clients()
+    {
+        return Err(f.passive_error());
+    }
     if !policies.contains(&cfg.policy) {
         return Err(AtollError::WrongPolicy {
             keyspace: ks,
@@ -674,8 +716,99 @@ async fn status(State(state): State<Shared>) -> ApiResult {
         "peers": peers,
         "replication": replication,
         "peer_tls": peer_tls(&state.config),
+        "fencing": fencing_json(&state),
     }))
     .into_response())
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct PromoteBody {
+    #[serde(default)]
+    accept_data_loss: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SwitchoverBody {
+    target: String,
+    /// How long to wait for the target to catch up (default 30 s, at most 10 min).
+    #[serde(default)]
+    timeout_ms: Option<u64>,
+}
+
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            let (scheme, token) = v.trim().split_once(' ')?;
+            scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+        })
+}
+
+fn admin_fencing(state: &AppState, headers: &HeaderMap) -> Result<Arc<crate::fencing::Fencing>> {
+    let Some(f) = state.fencing.get() else {
+        return Err(AtollError::BadRequest(format!(
+            "the cluster is {} without quorum fencing: there is no write lease to promote or switch over",
+            state.config.cluster.model
+        )));
+    };
+    f.check_admin(bearer(headers))?;
+    Ok(f.clone())
+}
+
+/// `POST /v1/admin/promote`: this region takes the write lease (`atoll promote`).
+async fn admin_promote(State(state): State<Shared>, headers: HeaderMap, body: Body) -> ApiResult {
+    let f = admin_fencing(&state, &headers)?;
+    let bytes = read_body(body, 4096, |len| AtollError::RequestTooLarge {
+        len,
+        max: 4096,
+    })
+    .await?;
+    let req: PromoteBody = if bytes.iter().all(u8::is_ascii_whitespace) {
+        PromoteBody::default()
+    } else {
+        serde_json::from_slice(&bytes).map_err(|e| AtollError::MalformedBody(e.to_string()))?
+    };
+    let report = f.promote(req.accept_data_loss).await?;
+    tracing::warn!(region = %state.store.region(), ?report, "promoted by an operator");
+    Ok(axum::Json(report).into_response())
+}
+
+/// `POST /v1/admin/switchover`: the primary hands the lease to `target` without loss.
+async fn admin_switchover(
+    State(state): State<Shared>,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult {
+    let f = admin_fencing(&state, &headers)?;
+    let bytes = read_body(body, 4096, |len| AtollError::RequestTooLarge {
+        len,
+        max: 4096,
+    })
+    .await?;
+    let req: SwitchoverBody =
+        serde_json::from_slice(&bytes).map_err(|e| AtollError::MalformedBody(e.to_string()))?;
+    let target = atoll_core::RegionId::new(&req.target)?;
+    let timeout = std::time::Duration::from_millis(req.timeout_ms.unwrap_or(30_000).min(600_000));
+    let report = f.switchover(&target, timeout).await?;
+    tracing::warn!(region = %state.store.region(), ?report, "switchover done");
+    Ok(axum::Json(report).into_response())
+}
+
+/// Role, epoch, lease holder and lease times (`docs/design/fencing.md`); an unfenced
+/// active-active cluster says so.
+fn fencing_json(state: &AppState) -> Value {
+    match state.fencing.get() {
+        Some(f) => f.status_json(),
+        None => json!({
+            "model": state.config.cluster.model.as_str(),
+            "role": "active",
+            "epoch": 0,
+            "quorum": false,
+        }),
+    }
 }
 
 /// How this region talks to its peers, for `/v1/status`: loud when it is insecure.
@@ -691,9 +824,15 @@ fn peer_tls(config: &Config) -> Value {
 async fn healthz(State(state): State<Shared>) -> Response {
     let region = state.store.region().as_str();
     let serving = state.serving.load(Ordering::Relaxed);
+    let fencing = fencing_json(&state);
+    // A passive region serves no client traffic: it says so, and routers take it out at once.
+    let passive = fencing["role"] == "passive";
     let mut body = json!({
-        "status": if serving { "serving" } else { "draining" },
+        "status": if !serving { "draining" } else if passive { "passive" } else { "serving" },
         "region": region,
+        "role": fencing["role"].clone(),
+        "epoch": fencing["epoch"].clone(),
+        "primary": fencing.get("holder").cloned().unwrap_or(Value::Null),
     });
     // Replication readiness is information, not health: a region serves its own reads and
     // writes whether or not its peers are reachable.

@@ -6,6 +6,7 @@
 
 pub mod api;
 pub mod auth;
+pub mod fencing;
 pub mod metrics;
 pub mod openapi;
 pub mod peer;

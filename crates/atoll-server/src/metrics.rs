@@ -101,7 +101,41 @@ pub struct Metrics {
     pub replication_requests_refused: Family<EdgeRefusalLabels, Counter>,
     /// Subscription streams of this region's writes being served (refreshed at scrape time).
     pub subscription_streams: Gauge,
+    /// Fencing (`docs/design/fencing.md`): 1 for the region's current role.
+    pub fencing_role: Family<RoleLabels, Gauge>,
+    pub fencing_epoch: Gauge<u64, AtomicU64>,
+    pub fencing_lease_remaining: FloatGauge,
+    pub fencing_window_remaining: FloatGauge,
+    pub fencing_lease_held: Gauge,
+    pub fencing_writes_refused: Family<ReasonLabels, Counter>,
+    pub fencing_promotions: Counter,
+    pub fencing_proposals: Family<ProposalLabels, Counter>,
+    pub fencing_promotion_lag: FloatGauge,
+    pub fencing_promotion_blocked: Gauge,
 }
+
+/// Labels of the role gauge.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RoleLabels {
+    pub role: String,
+}
+
+/// Labels of a proposal to the control group.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ProposalLabels {
+    pub command: String,
+    pub outcome: String,
+}
+
+/// Every role a region can report.
+const ROLES: [&str; 6] = [
+    "active",
+    "read-only",
+    "primary",
+    "fenced",
+    "standby",
+    "passive",
+];
 
 /// Labels of `atoll_replication_requests_refused_total`: `route` is `heartbeat` or `subscribe`,
 /// `reason` is `too-large` (body over its limit) or `overloaded` (the stream cap is reached).
@@ -391,7 +425,107 @@ impl Metrics {
             "1 when the cluster runs with [cluster.tls] insecure = true: plain HTTP between regions, peers not authenticated",
             peer_tls_insecure.clone(),
         );
+        let fencing_role = Family::<RoleLabels, Gauge>::default();
+        reg(
+            &mut registry,
+            &mut names,
+            Kind::Gauge,
+            "fencing_role",
+            "1 for the region's current fencing role (active, read-only, primary, fenced, standby, passive), 0 for the others",
+            fencing_role.clone(),
+        );
+        let fencing_epoch = Gauge::<u64, AtomicU64>::default();
+        reg(
+            &mut registry,
+            &mut names,
+            Kind::Gauge,
+            "fencing_epoch",
+            "Epoch of the write lease as this region last applied it (0 before any holder)",
+            fencing_epoch.clone(),
+        );
+        let fencing_lease_remaining = FloatGauge::default();
+        reg(
+            &mut registry,
+            &mut names,
+            Kind::Gauge,
+            "fencing_lease_remaining_seconds",
+            "Until the write lease could end, from this region's view (0 once expired: another region may be promoted)",
+            fencing_lease_remaining.clone(),
+        );
+        let fencing_window_remaining = FloatGauge::default();
+        reg(
+            &mut registry,
+            &mut names,
+            Kind::Gauge,
+            "fencing_window_remaining_seconds",
+            "This region's own write window left (0 unless it holds the lease and its renewals are answered)",
+            fencing_window_remaining.clone(),
+        );
+        let fencing_lease_held = Gauge::default();
+        reg(
+            &mut registry,
+            &mut names,
+            Kind::Gauge,
+            "fencing_lease_held",
+            "1 while this region holds the write lease with a valid window (sum over regions must never exceed 1)",
+            fencing_lease_held.clone(),
+        );
+        let fencing_writes_refused = Family::<ReasonLabels, Counter>::default();
+        reg(
+            &mut registry,
+            &mut names,
+            Kind::Counter,
+            "fencing_writes_refused",
+            "Writes refused by fencing, by reason: not-primary, no-window, switchover, minority, superseded-epoch (replicated writes of an old lease epoch stamped after the supersession)",
+            fencing_writes_refused.clone(),
+        );
+        let fencing_promotions = Counter::default();
+        reg(
+            &mut registry,
+            &mut names,
+            Kind::Counter,
+            "fencing_promotions",
+            "Times this region took the write lease (grant or switchover)",
+            fencing_promotions.clone(),
+        );
+        let fencing_proposals = Family::<ProposalLabels, Counter>::default();
+        reg(
+            &mut registry,
+            &mut names,
+            Kind::Counter,
+            "fencing_proposals",
+            "Proposals to the control group, by command (acquire, renew, transfer, presence) and outcome (answered, failed)",
+            fencing_proposals.clone(),
+        );
+        let fencing_promotion_lag = FloatGauge::default();
+        reg(
+            &mut registry,
+            &mut names,
+            Kind::Gauge,
+            "fencing_promotion_lag_seconds",
+            "How far behind the lease holder this region is (what automated promotion compares with max_promotion_lag_ms); -1 when unknown",
+            fencing_promotion_lag.clone(),
+        );
+        let fencing_promotion_blocked = Gauge::default();
+        reg(
+            &mut registry,
+            &mut names,
+            Kind::Gauge,
+            "fencing_promotion_blocked",
+            "1 while the lease has expired but this standby is too far behind (max_promotion_lag_ms) to be promoted automatically",
+            fencing_promotion_blocked.clone(),
+        );
         Self {
+            fencing_role,
+            fencing_epoch,
+            fencing_lease_remaining,
+            fencing_window_remaining,
+            fencing_lease_held,
+            fencing_writes_refused,
+            fencing_promotions,
+            fencing_proposals,
+            fencing_promotion_lag,
+            fencing_promotion_blocked,
             names,
             heartbeats_refused,
             replication_requests_refused,
@@ -440,6 +574,56 @@ impl Metrics {
         self.store_commits.inc();
         self.store_commit_duration.observe(elapsed.as_secs_f64());
         self.store_commit_batch.observe(writes as f64);
+    }
+
+    /// Fencing state, refreshed by the fencing loop.
+    pub fn set_fencing(
+        &self,
+        role: &str,
+        epoch: u64,
+        lease_left_ms: u64,
+        window_left_ms: u64,
+        held: u64,
+    ) {
+        for r in ROLES {
+            self.fencing_role
+                .get_or_create(&RoleLabels {
+                    role: r.to_string(),
+                })
+                .set(i64::from(r == role));
+        }
+        self.fencing_epoch.set(epoch);
+        self.fencing_lease_remaining
+            .set(lease_left_ms as f64 / 1000.0);
+        self.fencing_window_remaining
+            .set(window_left_ms as f64 / 1000.0);
+        self.fencing_lease_held
+            .set(i64::try_from(held).unwrap_or(1));
+    }
+
+    /// How far behind the holder this region is (`None`: unknown).
+    pub fn set_promotion_lag(&self, ms: Option<u64>) {
+        self.fencing_promotion_lag
+            .set(ms.map_or(-1.0, |m| m as f64 / 1000.0));
+    }
+
+    /// A write refused by fencing.
+    pub fn fencing_refused(&self, reason: &str) {
+        self.fencing_writes_refused
+            .get_or_create(&ReasonLabels {
+                reason: reason.to_string(),
+            })
+            .inc();
+    }
+
+    /// A proposal to the control group and its outcome.
+    pub fn fencing_proposals(&self, command: &str, outcome: &str) {
+        self.fencing_proposals
+            .get_or_create(&ProposalLabels {
+                command: command.to_string(),
+                outcome: outcome.to_string(),
+            })
+            .inc();
     }
 
     /// Every series name this registry can export, whether or not it has samples yet (alert rules

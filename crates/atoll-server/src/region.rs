@@ -209,6 +209,7 @@ impl RegionServer {
             replicator: std::sync::OnceLock::new(),
             subscribers: crate::streams::Subscribers::new(),
             auth: auth.map(Arc::new),
+            fencing: Default::default(),
         });
         let _ = state.replicator.set(replicator.clone());
         Ok(RegionServer {

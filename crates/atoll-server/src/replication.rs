@@ -218,6 +218,28 @@ impl Replicator {
         }
     }
 
+    /// How far behind the lease `holder` this region and its peers are (fencing).
+    pub fn promotion_view(&self, holder: &RegionId) -> atoll_core::fence::PromotionView {
+        let _ = self.sync_applied();
+        let now = self.now();
+        self.with_core(|c| c.promotion_view(holder, now))
+            .unwrap_or_default()
+    }
+
+    /// What `peer` has applied of this region's writes, as its last heartbeat said.
+    pub fn peer_applied_of_mine(&self, peer: &RegionId) -> Option<u64> {
+        let me = self.store.region().clone();
+        let now = self.now();
+        self.with_core(|c| c.promotion_view(&me, now))
+            .ok()
+            .and_then(|v| {
+                v.others
+                    .into_iter()
+                    .find(|(r, _)| r == peer)
+                    .map(|(_, a)| a)
+            })
+    }
+
     /// Peer status for `/v1/status`, and the tombstone horizon.
     pub fn status(&self) -> Result<(Vec<PeerStatus>, Option<u64>)> {
         self.sync_applied()?;

@@ -88,6 +88,7 @@ impl Harness {
             replicator: OnceLock::new(),
             subscribers: atoll_server::streams::Subscribers::new(),
             auth,
+            fencing: Default::default(),
         });
         Self {
             app: router(state.clone()),
@@ -336,6 +337,22 @@ fn every_error() -> Vec<AtollError> {
             certified: "y".into(),
         },
         AtollError::Tls("x".into()),
+        AtollError::NotPrimary {
+            primary: Some("x".into()),
+            primary_api: None,
+            reason: "y".into(),
+        },
+        AtollError::Fenced {
+            keyspace: "x".into(),
+            detail: "y".into(),
+        },
+        AtollError::Passive { primary: None },
+        AtollError::LeaseHeld {
+            holder: "x".into(),
+            remaining_ms: 1,
+        },
+        AtollError::DataLoss { ops: 1, ms: None },
+        AtollError::ControlUnavailable("x".into()),
     ];
     // No wildcard: a new variant fails to compile here until it is added to the list above.
     for e in &all {
@@ -366,7 +383,13 @@ fn every_error() -> Vec<AtollError> {
             | AtollError::Forbidden(_)
             | AtollError::PeerUnauthenticated(_)
             | AtollError::PeerIdentityMismatch { .. }
-            | AtollError::Tls(_) => {}
+            | AtollError::Tls(_)
+            | AtollError::NotPrimary { .. }
+            | AtollError::Fenced { .. }
+            | AtollError::Passive { .. }
+            | AtollError::LeaseHeld { .. }
+            | AtollError::DataLoss { .. }
+            | AtollError::ControlUnavailable(_) => {}
         }
     }
     all
@@ -1862,6 +1885,7 @@ async fn conflicts_list_replicated_lww_conflicts() {
             keyspace: "sessions".into(),
             key: key.to_vec(),
             delta: KeyState::Lww(LwwRegister::write(None, &eu, ts, Some(b"remote".to_vec()))),
+            epoch: 0,
         }
     };
     let out = h

@@ -41,6 +41,7 @@ fn state() -> Arc<AppState> {
         replicator: std::sync::OnceLock::new(),
         subscribers: Subscribers::new(),
         auth: None,
+        fencing: Default::default(),
     })
 }
 

@@ -50,6 +50,7 @@ async fn serve() -> (SocketAddr, Arc<AppState>) {
         replicator: OnceLock::new(),
         subscribers: atoll_server::streams::Subscribers::new(),
         auth: None,
+        fencing: Default::default(),
     });
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();

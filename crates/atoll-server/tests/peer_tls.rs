@@ -622,6 +622,7 @@ async fn status_of(config: Config) -> serde_json::Value {
         replicator: std::sync::OnceLock::new(),
         subscribers: Subscribers::new(),
         auth: None,
+        fencing: Default::default(),
     });
     let resp = atoll_server::api::router(state)
         .oneshot(Request::get("/v1/status").body(Body::empty()).unwrap())

@@ -14,5 +14,5 @@ pub mod store;
 
 pub use store::{
     ConflictRecord, MaintenanceOutcome, RemoteOutcome, Store, StoreOptions, StoreStats, Watermark,
-    WriteOutcome, read_applied,
+    WriteGate, WriteOutcome, read_applied,
 };

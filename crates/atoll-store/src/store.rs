@@ -25,6 +25,17 @@ pub const STORE_FORMAT_VERSION: u16 = 1;
 /// Called after every group commit with the batch size and how long the durable commit took.
 pub type CommitObserver = Arc<dyn Fn(usize, Duration) + Send + Sync>;
 
+/// Decides, when a write is stamped, whether this region may write now (split-brain fencing,
+/// `docs/design/fencing.md`), and recognises late writes of a superseded lease epoch.
+pub trait WriteGate: Send + Sync {
+    /// Called by the writer thread under the stamping lock, at the instant the write gets its
+    /// timestamp and sequence number. `Ok(epoch)`: stamp the write with this lease epoch.
+    fn permit(&self, keyspace: &KeyspaceConfig) -> Result<u64>;
+    /// A replicated write of `epoch` stamped at `ts_ms` (HLC wall time) that cannot have been
+    /// accepted inside a valid lease: it is refused (not merged), and counted.
+    fn is_late(&self, epoch: u64, ts_ms: u64) -> bool;
+}
+
 /// How to open a [`Store`].
 #[derive(Clone)]
 pub struct StoreOptions {
@@ -41,6 +52,8 @@ pub struct StoreOptions {
     /// Called after every commit that added operation-log entries (local or replicated), so
     /// replication streams can wake up.
     pub on_change: Option<Arc<dyn Fn() + Send + Sync>>,
+    /// Fencing: `None` lets every write through (a cluster without leases or quorum fencing).
+    pub gate: Option<Arc<dyn WriteGate>>,
 }
 
 impl StoreOptions {
@@ -54,6 +67,7 @@ impl StoreOptions {
             durable: true,
             on_commit: None,
             on_change: None,
+            gate: None,
         }
     }
 }
@@ -109,6 +123,9 @@ pub struct RemoteOutcome {
     pub skewed: Vec<(RegionId, AtollError)>,
     /// Physical time minus the origin timestamp of each applied entry, in milliseconds, by origin.
     pub delays_ms: Vec<(RegionId, u64)>,
+    /// Entries of a superseded lease epoch stamped after the supersession: (origin, seq,
+    /// epoch). Logged and moved past, never merged.
+    pub late: Vec<(RegionId, u64, u64)>,
 }
 
 /// This region's write watermark: every local write whose timestamp's wall time is below
@@ -274,6 +291,7 @@ impl Store {
             durable: opts.durable,
             on_commit: opts.on_commit.clone(),
             on_change: opts.on_change.clone(),
+            gate: opts.gate.clone(),
         };
         let handle = std::thread::Builder::new()
             .name(format!("atoll-writer-{}", opts.region))
@@ -492,7 +510,7 @@ impl Store {
             .backend
             .range(Table::Oplog, &start, &prefix_end(&prefix), limit)?
             .iter()
-            .map(|(_, v)| codec::decode(v))
+            .map(|(_, v)| codec::decode_entry(v))
             .collect()
     }
 
@@ -576,6 +594,7 @@ struct Writer {
     durable: bool,
     on_commit: Option<CommitObserver>,
     on_change: Option<Arc<dyn Fn() + Send + Sync>>,
+    gate: Option<Arc<dyn WriteGate>>,
 }
 
 /// The uncommitted part of a batch: key states written so far (later writes to the same key in
@@ -817,11 +836,17 @@ impl Writer {
                 )));
             }
         }
-        let ts = {
+        let (ts, epoch) = {
             let mut st = self.shared.stamps();
+            // The fencing check happens at the stamping instant, under the stamping lock: a
+            // write is accepted (gets its timestamp and sequence number) only inside a window.
+            let epoch = match &self.gate {
+                Some(g) => g.permit(ks)?,
+                None => 0,
+            };
             let ts = st.hlc.now(self.clock.physical_ms());
             st.uncommitted_from_ms.get_or_insert(ts.wall_ms);
-            ts
+            (ts, epoch)
         };
         let seq = self.seq + 1;
         let mut delta = prepare(
@@ -862,6 +887,7 @@ impl Writer {
             keyspace: req.keyspace.clone(),
             key: req.key.clone(),
             delta,
+            epoch,
         };
         batch.mutations.push(Mutation::Put(
             Table::Oplog,
@@ -901,30 +927,44 @@ impl Writer {
                 continue;
             }
             let dk = keys::data_key(&e.keyspace, &e.key);
-            match self.current_over(base, batch, &dk)? {
-                None => self.stage(batch, dk, e.delta.clone()),
-                Some(mut state) => match state.merge(&e.delta) {
-                    Ok(conflict) => {
-                        if let Some(c) = conflict {
-                            self.record_conflict(batch, &e, c, &mut out)?;
+            let late = self
+                .gate
+                .as_ref()
+                .is_some_and(|g| g.is_late(e.epoch, e.ts.wall_ms));
+            if late {
+                // Stamped under a superseded lease after the supersession: never merged. The
+                // entry stays in the log (relays and cursors keep moving) and is reported.
+                tracing::error!(
+                    origin = %e.origin, seq = e.seq, epoch = e.epoch, keyspace = %e.keyspace,
+                    "replicated write of a superseded lease epoch, stamped after the supersession: refused, not merged"
+                );
+                out.late.push((e.origin.clone(), e.seq, e.epoch));
+            } else {
+                match self.current_over(base, batch, &dk)? {
+                    None => self.stage(batch, dk, e.delta.clone()),
+                    Some(mut state) => match state.merge(&e.delta) {
+                        Ok(conflict) => {
+                            if let Some(c) = conflict {
+                                self.record_conflict(batch, &e, c, &mut out)?;
+                            }
+                            if let Some(ks) = self.shared.keyspaces.get(&e.keyspace)
+                                && live_siblings(&state) > ks.max_siblings
+                            {
+                                out.sibling_limit_hits.push(e.keyspace.clone());
+                            }
+                            self.stage(batch, dk, state);
                         }
-                        if let Some(ks) = self.shared.keyspaces.get(&e.keyspace)
-                            && live_siblings(&state) > ks.max_siblings
-                        {
-                            out.sibling_limit_hits.push(e.keyspace.clone());
+                        Err(err) => {
+                            // Keyspace declared with different policies in different regions: the
+                            // entry cannot merge here. Keep the cursor moving (and the entry in the
+                            // log for relay) rather than stalling replication; say so loudly.
+                            tracing::error!(
+                                origin = %e.origin, seq = e.seq, keyspace = %e.keyspace, error = %err,
+                                "replicated entry does not fit the local keyspace; not merged"
+                            );
                         }
-                        self.stage(batch, dk, state);
-                    }
-                    Err(err) => {
-                        // Keyspace declared with different policies in different regions: the
-                        // entry cannot merge here. Keep the cursor moving (and the entry in the
-                        // log for relay) rather than stalling replication; say so loudly.
-                        tracing::error!(
-                            origin = %e.origin, seq = e.seq, keyspace = %e.keyspace, error = %err,
-                            "replicated entry does not fit the local keyspace; not merged"
-                        );
-                    }
-                },
+                    },
+                }
             }
             out.delays_ms
                 .push((e.origin.clone(), physical.saturating_sub(e.ts.wall_ms)));

@@ -1,0 +1,552 @@
+//! The fencing adapter (`docs/design/fencing.md`): runs [`atoll_core::fence::Fence`] against
+//! the control group, gates the store's writes ([`atoll_store::WriteGate`]), and carries out
+//! `promote` and `switchover`.
+//!
+//! Time here is the process's monotonic clock (`Instant`), never the wall clock: lease windows
+//! are measured on it. The HLC appears only in an `Acquire`'s `fence_ts`.
+
+use crate::metrics::Metrics;
+use atoll_config::{Config, KeyspaceConfig, Model, OnMinority};
+use atoll_core::fence::{
+    Answer, Command, Denial, Fence, FenceConfig, LeaseState, PromoteRefusal, PromotionView, Role,
+    Topology,
+};
+use atoll_core::{AtollError, RegionId, Result};
+use serde_json::{Value, json};
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+use tokio::sync::{Notify, watch};
+
+/// Proposes commands to the control group and waits for the state machine's answer.
+pub trait Proposer: Send + Sync + 'static {
+    fn propose(&self, cmd: Command) -> Pin<Box<dyn Future<Output = Result<Answer>> + Send + '_>>;
+}
+
+/// What fencing needs to know about replication: how far behind the holder this region and its
+/// peers are, and whether a peer has applied this region's writes up to a sequence.
+pub trait ReplicationView: Send + Sync + 'static {
+    fn promotion_view(&self, holder: &RegionId) -> PromotionView;
+    /// This region's own committed head sequence.
+    fn head(&self) -> u64;
+    /// What `peer` has applied of this region's writes, as its last heartbeat said.
+    fn peer_applied_of_mine(&self, peer: &RegionId) -> Option<u64>;
+    /// This region's HLC wall time now (for `fence_ts`).
+    fn hlc_ms(&self) -> u64;
+}
+
+/// The fencing state of a region.
+pub struct Fencing {
+    me: RegionId,
+    model: Model,
+    forward_writes: bool,
+    started: Instant,
+    fence: Mutex<Fence>,
+    apis: BTreeMap<RegionId, SocketAddr>,
+    max_clock_offset_ms: u64,
+    metrics: Arc<Metrics>,
+    /// Set once the first applied state arrived (nothing is proposed before: a restarted
+    /// member must not act on the empty state).
+    ready: std::sync::atomic::AtomicBool,
+    /// Woken when a state is applied or an answer arrives, so the loop reacts at once.
+    wake: Notify,
+    /// The control group and the replication view, once started.
+    driver: std::sync::OnceLock<(Arc<dyn Proposer>, Arc<dyn ReplicationView>)>,
+    /// SHA-256 of the admin token (`ATOLL_ADMIN_TOKEN` of the region process): `promote` and
+    /// `switchover` need it; `None`: the admin API is off.
+    admin_token_sha256: Option<[u8; 32]>,
+}
+
+impl Fencing {
+    /// The fencing of region `me`, or `None` when the cluster has nothing to fence
+    /// (active-active without quorum fencing).
+    pub fn new(config: &Config, me: &RegionId, metrics: Arc<Metrics>) -> Result<Option<Arc<Self>>> {
+        let topology = match config.cluster.model {
+            Model::ActiveActive if !config.fencing.quorum => return Ok(None),
+            Model::ActiveActive => Topology::ActiveActive { quorum: true },
+            Model::ActiveStandby => Topology::ActiveStandby,
+            Model::ActivePassive => Topology::ActivePassive,
+        };
+        let f = &config.fencing;
+        let cfg = FenceConfig {
+            lease_ms: f.lease_ms,
+            renew_every_ms: f.renew_every_ms,
+            margin_ms: f.margin_ms,
+            max_drift_ppm: f.max_drift_ppm,
+            max_promotion_lag_ms: f.max_promotion_lag_ms,
+            propose_timeout_ms: f.lease_ms.saturating_sub(f.margin_ms).max(500),
+            ..FenceConfig::new(
+                me.clone(),
+                topology,
+                config.regions.iter().map(|r| r.name.clone()).collect(),
+                f.initial_primary.clone(),
+            )
+        };
+        cfg.validate().map_err(AtollError::Config)?;
+        Ok(Some(Arc::new(Self {
+            me: me.clone(),
+            model: config.cluster.model,
+            forward_writes: f.forward_writes,
+            started: Instant::now(),
+            fence: Mutex::new(Fence::new(cfg, 0)),
+            apis: config
+                .regions
+                .iter()
+                .map(|r| (r.name.clone(), r.api))
+                .collect(),
+            max_clock_offset_ms: config.cluster.max_clock_offset_ms,
+            metrics,
+            ready: std::sync::atomic::AtomicBool::new(false),
+            wake: Notify::new(),
+            driver: std::sync::OnceLock::new(),
+            admin_token_sha256: None,
+        })))
+    }
+
+    /// Sets the admin token (before the region serves).
+    pub fn with_admin_token(mut self: Arc<Self>, token: Option<&str>) -> Arc<Self> {
+        if let Some(me) = Arc::get_mut(&mut self) {
+            me.admin_token_sha256 = token.filter(|t| !t.is_empty()).map(|t| {
+                use sha2::Digest;
+                sha2::Sha256::digest(t.as_bytes()).into()
+            });
+        }
+        self
+    }
+
+    /// Checks a presented admin token (constant time).
+    pub fn check_admin(&self, presented: Option<&str>) -> Result<()> {
+        let Some(want) = &self.admin_token_sha256 else {
+            return Err(AtollError::Forbidden(
+                "the region's admin API is off: start the region with ATOLL_ADMIN_TOKEN set".into(),
+            ));
+        };
+        let Some(p) = presented else {
+            return Err(AtollError::Unauthorized(
+                "the admin API needs `Authorization: Bearer <admin token>` (ATOLL_ADMIN_TOKEN)"
+                    .into(),
+            ));
+        };
+        use sha2::Digest;
+        let got: [u8; 32] = sha2::Sha256::digest(p.as_bytes()).into();
+        let diff = got
+            .iter()
+            .zip(want.iter())
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b));
+        if diff == 0 {
+            Ok(())
+        } else {
+            Err(AtollError::Unauthorized(
+                "the admin token is not this region's".into(),
+            ))
+        }
+    }
+
+    /// Attaches the control group and the replication view; the loop and the admin actions use
+    /// them.
+    pub fn attach(&self, proposer: Arc<dyn Proposer>, view: Arc<dyn ReplicationView>) {
+        let _ = self.driver.set((proposer, view));
+    }
+
+    fn driver(&self) -> Result<(Arc<dyn Proposer>, Arc<dyn ReplicationView>)> {
+        self.driver.get().cloned().ok_or_else(|| {
+            AtollError::ControlUnavailable("the control group is not started yet".into())
+        })
+    }
+
+    /// Milliseconds on this process's monotonic clock.
+    pub fn now_ms(&self) -> u64 {
+        u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    fn fence(&self) -> MutexGuard<'_, Fence> {
+        // A panic while holding the lock cannot leave the fence half-updated in a way that
+        // matters for safety (windows only shrink on errors); keep serving.
+        self.fence.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn model(&self) -> Model {
+        self.model
+    }
+
+    pub fn forward_writes(&self) -> bool {
+        self.forward_writes
+    }
+
+    pub fn role(&self) -> Role {
+        self.fence().role(self.now_ms())
+    }
+
+    /// The lease holder and its client API address, if known.
+    pub fn primary(&self) -> Option<(RegionId, Option<SocketAddr>)> {
+        let holder = self.fence().holder().cloned()?;
+        let api = self.apis.get(&holder).copied();
+        Some((holder, api))
+    }
+
+    /// Whether a passive region should refuse client traffic (reads included).
+    pub fn refuses_clients(&self) -> bool {
+        self.role() == Role::Passive
+    }
+
+    /// The error a passive region answers client requests with.
+    pub fn passive_error(&self) -> AtollError {
+        AtollError::Passive {
+            primary: self.primary().map(|(p, _)| p.to_string()),
+        }
+    }
+
+    fn denial_error(&self, d: Denial, keyspace: &str) -> AtollError {
+        let (primary, primary_api) = match self.primary() {
+            Some((p, a)) => (Some(p.to_string()), a.map(|a| a.to_string())),
+            None => (None, None),
+        };
+        let reason = match &d {
+            Denial::NotPrimary { .. } => match self.model {
+                Model::ActivePassive => "this region is passive".to_string(),
+                _ => "this region is a standby".to_string(),
+            },
+            Denial::NoWindow { handing_over: true } => {
+                "a switchover is in progress: writes are stopped until the new primary takes over"
+                    .to_string()
+            }
+            Denial::NoWindow { .. } => {
+                "this region holds the lease but has no valid lease window (renewal pending or failing)"
+                    .to_string()
+            }
+            Denial::Minority => {
+                return AtollError::Fenced {
+                    keyspace: keyspace.to_string(),
+                    detail: "no renewal of its quorum window answered within the lease".into(),
+                };
+            }
+        };
+        let label = match &d {
+            Denial::NotPrimary { .. } => "not-primary",
+            Denial::NoWindow { handing_over: true } => "switchover",
+            Denial::NoWindow { .. } => "no-window",
+            Denial::Minority => "minority",
+        };
+        self.metrics.fencing_refused(label);
+        AtollError::NotPrimary {
+            primary,
+            primary_api,
+            reason,
+        }
+    }
+
+    /// `/healthz` and `/v1/status`: role, epoch, holder, lease times.
+    pub fn status_json(&self) -> Value {
+        let now = self.now_ms();
+        let f = self.fence();
+        let st = f.state();
+        let holder = st.holder.as_ref().map(|h| h.to_string());
+        let holder_api = st
+            .holder
+            .as_ref()
+            .and_then(|h| self.apis.get(h))
+            .map(|a| a.to_string());
+        let history: Vec<Value> = st
+            .history
+            .iter()
+            .map(|p| {
+                json!({
+                    "epoch": p.epoch,
+                    "region": p.region.as_str(),
+                    "previous": p.previous.as_ref().map(|r| r.as_str()),
+                    "reason": p.reason,
+                })
+            })
+            .collect();
+        let mut v = json!({
+            "model": self.model.as_str(),
+            "role": f.role(now).as_str(),
+            "epoch": st.epoch,
+            "holder": holder,
+            "holder_api": holder_api,
+            "lease_remaining_ms": if st.holder.is_some() { Some(f.remaining_ms(now)) } else { None },
+            "window_left_ms": f.window_left_ms(now),
+            "lease_ms": f.config().lease_ms,
+            "handing_over_to": f.handing_over().map(|r| r.as_str()),
+            "promotions": history,
+        });
+        if let Topology::ActiveActive { .. } = f.config().topology {
+            v["quorum_window_left_ms"] = json!(f.quorum_left_ms(now));
+        }
+        v
+    }
+
+    /// Runs the fencing loop until `stop`: applies states from the control group, proposes
+    /// renewals and acquisitions, reports answers.
+    pub async fn run(
+        self: Arc<Self>,
+        mut applied: watch::Receiver<Option<LeaseState>>,
+        stop: Arc<Notify>,
+    ) {
+        let Ok((proposer, view)) = self.driver() else {
+            tracing::error!("fencing loop started without a control group; writes stay refused");
+            return;
+        };
+        let tick_every = {
+            let f = self.fence();
+            Duration::from_millis((f.config().renew_every_ms / 4).clamp(10, 250))
+        };
+        loop {
+            // Apply the newest state first: the moment this member observed it is now.
+            if applied.has_changed().unwrap_or(false)
+                || !self.ready.load(std::sync::atomic::Ordering::Relaxed)
+            {
+                let st = applied.borrow_and_update().clone();
+                if let Some(st) = st {
+                    let now = self.now_ms();
+                    self.fence().on_applied(now, &st);
+                    self.ready.store(true, std::sync::atomic::Ordering::Relaxed);
+                }
+            }
+            if self.ready.load(std::sync::atomic::Ordering::Relaxed) {
+                self.tick(&proposer, &view);
+            }
+            self.refresh_metrics(&view);
+            tokio::select! {
+                _ = stop.notified() => return,
+                _ = applied.changed() => {}
+                _ = self.wake.notified() => {}
+                _ = tokio::time::sleep(tick_every) => {}
+            }
+        }
+    }
+
+    fn fence_ts(&self, view: &Arc<dyn ReplicationView>) -> u64 {
+        view.hlc_ms().saturating_add(self.max_clock_offset_ms)
+    }
+
+    fn tick(self: &Arc<Self>, proposer: &Arc<dyn Proposer>, view: &Arc<dyn ReplicationView>) {
+        let now = self.now_ms();
+        let holder = self.fence().holder().cloned();
+        let pview = match &holder {
+            Some(h) if h != &self.me => Some(view.promotion_view(h)),
+            _ => Some(PromotionView::default()),
+        };
+        let fence_ts = self.fence_ts(view);
+        let cmd = self.fence().tick(now, fence_ts, pview.as_ref());
+        if let Some(cmd) = cmd {
+            self.send(proposer.clone(), cmd, now);
+        }
+    }
+
+    /// Sends `cmd` (sent at `sent_at`) and reports its answer to the fence when it comes.
+    fn send(self: &Arc<Self>, proposer: Arc<dyn Proposer>, cmd: Command, sent_at: u64) {
+        let me = self.clone();
+        tokio::spawn(async move {
+            let answer = proposer.propose(cmd.clone()).await;
+            me.answered(sent_at, &cmd, answer);
+        });
+    }
+
+    fn answered(&self, sent_at: u64, cmd: &Command, answer: Result<Answer>) {
+        let now = self.now_ms();
+        let a = match &answer {
+            Ok(a) => Some(a),
+            Err(e) => {
+                tracing::debug!(command = cmd.kind(), error = %e, "fencing proposal failed");
+                None
+            }
+        };
+        if let Some(Answer::Refused(r)) = a {
+            tracing::debug!(command = cmd.kind(), refused = ?r, "fencing proposal refused");
+        }
+        if matches!(
+            a,
+            Some(Answer::Granted { .. }) | Some(Answer::Transferred { .. })
+        ) {
+            self.metrics.fencing_promotions.inc();
+            tracing::warn!(command = cmd.kind(), answer = ?a, "write lease changed hands");
+        }
+        self.fence().on_answer(now, sent_at, cmd, a);
+        self.metrics
+            .fencing_proposals(cmd.kind(), if a.is_some() { "answered" } else { "failed" });
+        self.wake.notify_one();
+    }
+
+    fn refresh_metrics(&self, view: &Arc<dyn ReplicationView>) {
+        let now = self.now_ms();
+        let f = self.fence();
+        let role = f.role(now);
+        let st = f.state();
+        self.metrics.set_fencing(
+            role.as_str(),
+            st.epoch,
+            f.remaining_ms(now),
+            f.window_left_ms(now),
+            u64::from(role == Role::Primary),
+        );
+        let blocked = match st.holder.as_ref() {
+            Some(h) if h != &self.me => {
+                let v = view.promotion_view(h);
+                self.metrics.set_promotion_lag(v.lag().ms);
+                f.promotion_blocked(now, &v)
+            }
+            _ => {
+                self.metrics.set_promotion_lag(Some(0));
+                false
+            }
+        };
+        self.metrics
+            .fencing_promotion_blocked
+            .set(i64::from(blocked));
+    }
+
+    /// `atoll promote`: takes the lease if it is not healthy elsewhere and nothing acknowledged
+    /// would be lost (or the operator accepts the loss). Returns the report.
+    pub async fn promote(self: &Arc<Self>, accept_data_loss: bool) -> Result<Value> {
+        let (proposer, view) = self.driver()?;
+        let (proposer, view) = (&proposer, &view);
+        let now = self.now_ms();
+        let holder = self.fence().holder().cloned();
+        let pview = match &holder {
+            Some(h) => view.promotion_view(h),
+            None => PromotionView::default(),
+        };
+        let fence_ts = self.fence_ts(view);
+        let cmd = self
+            .fence()
+            .promote(now, fence_ts, &pview, accept_data_loss)
+            .map_err(|r| refusal_error(r, &self.me))?;
+        let lag = pview.lag();
+        let answer = proposer.propose(cmd.clone()).await;
+        self.answered(now, &cmd, answer.clone());
+        match answer? {
+            Answer::Granted { epoch, .. } => Ok(json!({
+                "promoted": self.me.as_str(),
+                "epoch": epoch,
+                "previous": holder.as_ref().map(|h| h.as_str()),
+                "exposure": {"ops": lag.ops, "ms": lag.ms},
+            })),
+            Answer::Refused(r) => Err(AtollError::ControlUnavailable(format!(
+                "the control group refused the promotion: {r:?} (the lease changed meanwhile); check `atoll status` and retry"
+            ))),
+            other => Err(AtollError::ControlUnavailable(format!(
+                "unexpected answer {other:?}"
+            ))),
+        }
+    }
+
+    /// `atoll switchover TARGET`, on the primary: stop writes, wait until every stamped write is
+    /// committed and the target has applied them, transfer the lease. Returns the report (the
+    /// write-unavailability window included).
+    pub async fn switchover(
+        self: &Arc<Self>,
+        target: &RegionId,
+        timeout: Duration,
+    ) -> Result<Value> {
+        let (proposer, view) = self.driver()?;
+        let (proposer, view) = (&proposer, &view);
+        if !self.apis.contains_key(target) {
+            return Err(AtollError::BadRequest(format!(
+                "`{target}` is not a region of the cluster (regions: {})",
+                self.apis
+                    .keys()
+                    .map(|r| r.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )));
+        }
+        let stopped = Instant::now();
+        self.fence()
+            .begin_handover(target)
+            .map_err(|r| refusal_error(r, &self.me))?;
+        // Writes stamped before the stop are committed once the head stops moving; the store's
+        // head is read after the gate refuses new ones.
+        let deadline = stopped + timeout;
+        let head = view.head();
+        loop {
+            if view.peer_applied_of_mine(target).is_some_and(|a| a >= head) {
+                break;
+            }
+            if Instant::now() >= deadline {
+                self.fence().abort_handover();
+                return Err(AtollError::ControlUnavailable(format!(
+                    "`{target}` did not catch up with this region's writes (head {head}, it has applied {}) within {timeout:?}; the switchover was abandoned and writes resumed here",
+                    view.peer_applied_of_mine(target)
+                        .map_or("nothing known".to_string(), |a| a.to_string())
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let now = self.now_ms();
+        let fence_ts = self.fence_ts(view);
+        let cmd = self
+            .fence()
+            .transfer(now, fence_ts)
+            .map_err(|r| refusal_error(r, &self.me))?;
+        let answer = proposer.propose(cmd.clone()).await;
+        self.answered(now, &cmd, answer.clone());
+        match answer? {
+            Answer::Transferred { epoch, .. } => Ok(json!({
+                "from": self.me.as_str(),
+                "to": target.as_str(),
+                "epoch": epoch,
+                "head": head,
+                "lost_ops": 0,
+                "writes_stopped_ms": stopped.elapsed().as_millis() as u64,
+            })),
+            Answer::Refused(r) => Err(AtollError::ControlUnavailable(format!(
+                "the control group refused the transfer: {r:?}; writes resume here"
+            ))),
+            other => Err(AtollError::ControlUnavailable(format!(
+                "unexpected answer {other:?}"
+            ))),
+        }
+    }
+}
+
+fn refusal_error(r: PromoteRefusal, me: &RegionId) -> AtollError {
+    match r {
+        PromoteRefusal::AlreadyPrimary => {
+            AtollError::BadRequest(format!("`{me}` already holds the write lease"))
+        }
+        PromoteRefusal::LeaseHeld {
+            holder,
+            remaining_ms,
+        } => AtollError::LeaseHeld {
+            holder: holder.to_string(),
+            remaining_ms,
+        },
+        PromoteRefusal::DataLoss { lag } => AtollError::DataLoss {
+            ops: lag.ops,
+            ms: lag.ms,
+        },
+        PromoteRefusal::Busy => AtollError::Overloaded(
+            "a lease proposal of this region is still in flight; retry in a moment".into(),
+        ),
+        PromoteRefusal::NotLeased => AtollError::BadRequest(
+            "the cluster is active-active: there is no write lease to promote or switch over"
+                .into(),
+        ),
+        PromoteRefusal::NotHolder { holder } => AtollError::BadRequest(format!(
+            "`{me}` does not hold the write lease (the holder is {}); run the switchover against the primary",
+            holder.map_or("unknown".to_string(), |h| format!("`{h}`"))
+        )),
+    }
+}
+
+impl atoll_store::WriteGate for Fencing {
+    fn permit(&self, keyspace: &KeyspaceConfig) -> Result<u64> {
+        let now = self.now_ms();
+        let r = self
+            .fence()
+            .permit(now, keyspace.on_minority == OnMinority::ReadOnly);
+        r.map_err(|d| self.denial_error(d, &keyspace.name))
+    }
+
+    fn is_late(&self, epoch: u64, ts_ms: u64) -> bool {
+        let late = self.fence().state().is_late(epoch, ts_ms);
+        if late {
+            self.metrics.fencing_refused("superseded-epoch");
+        }
+        late
+    }
+}

@@ -543,7 +543,7 @@ async fn cli_client_commands() {
     let add = LinkArgs {
         command: LinkCommand::Fault(FaultArgs {
             command: FaultCommand::Add {
-                link: LINK.into(),
+                target: LINK.into(),
                 kind: KindArg::Partition,
                 mode: None,
                 direction: None,
@@ -558,7 +558,7 @@ async fn cli_client_commands() {
     let ls = LinkArgs {
         command: LinkCommand::Fault(FaultArgs {
             command: FaultCommand::Ls {
-                link: None,
+                target: None,
                 control: control(&server),
             },
         }),
@@ -567,7 +567,7 @@ async fn cli_client_commands() {
     let renew = LinkArgs {
         command: LinkCommand::Fault(FaultArgs {
             command: FaultCommand::Renew {
-                link: LINK.into(),
+                target: LINK.into(),
                 id: "f-1".into(),
                 lease: "1h".into(),
                 control: control(&server),
@@ -579,7 +579,7 @@ async fn cli_client_commands() {
     let rm = |id: &str| LinkArgs {
         command: LinkCommand::Fault(FaultArgs {
             command: FaultCommand::Rm {
-                link: LINK.into(),
+                target: LINK.into(),
                 id: id.into(),
                 control: control(&server),
             },
@@ -595,7 +595,7 @@ async fn cli_client_commands() {
     let bad = LinkArgs {
         command: LinkCommand::Fault(FaultArgs {
             command: FaultCommand::Add {
-                link: LINK.into(),
+                target: LINK.into(),
                 kind: KindArg::Oneway,
                 mode: None,
                 direction: None,

@@ -815,6 +815,130 @@ mod tests {
     }
 
     #[test]
+    fn targeted_fault_requests() {
+        let t = |v: Value| parse_targeted_fault_request(&v);
+        let stall = PartitionMode::Stall;
+        let (target, kind, lease) =
+            t(json!({"pair": "us-east-1<->eu-west-1", "kind": "partition", "for": "30s"})).unwrap();
+        assert_eq!(target, FaultTarget::pair("us-east-1<->eu-west-1").unwrap());
+        assert_eq!(
+            (kind, lease),
+            (FaultKind::Partition { mode: stall }, 30_000)
+        );
+        let (target, kind, _) =
+            t(json!({"region": "us-east-1", "kind": "isolate", "mode": "refuse", "for": "5m"}))
+                .unwrap();
+        assert_eq!(target, FaultTarget::region("us-east-1").unwrap());
+        assert_eq!(
+            kind,
+            FaultKind::Isolate {
+                mode: PartitionMode::Refuse
+            }
+        );
+        let (target, kind, _) =
+            t(json!({"region": "us-east-1", "kind": "isolate", "for": "5m"})).unwrap();
+        assert_eq!(target.scope(), "region");
+        assert_eq!(kind, FaultKind::Isolate { mode: stall });
+        let (target, _, _) =
+            t(json!({"link": "us-east-1->eu-west-1", "kind": "oneway", "direction": "forward", "for": "1m"}))
+                .unwrap();
+        assert_eq!(target, FaultTarget::Link("us-east-1->eu-west-1".into()));
+        assert!(
+            t(json!({"pair": "a<->b", "kind": "latency", "extra_ms": 50, "for": "1m"})).is_ok()
+        );
+
+        let cases = [
+            (
+                json!({"kind": "partition", "for": "1m"}),
+                "target",
+                "ATOLL-LINK-INVALID",
+            ),
+            (
+                json!({"pair": "a<->b", "region": "a", "kind": "partition", "for": "1m"}),
+                "only one",
+                "ATOLL-LINK-INVALID",
+            ),
+            (
+                json!({"pair": "a<->a", "kind": "partition", "for": "1m"}),
+                "a<->a",
+                "ATOLL-LINK-PAIR-SAME-REGION",
+            ),
+            (
+                json!({"pair": "a->b", "kind": "partition", "for": "1m"}),
+                "pair",
+                "ATOLL-LINK-INVALID",
+            ),
+            (
+                json!({"pair": "a<->B", "kind": "partition", "for": "1m"}),
+                "region name",
+                "ATOLL-LINK-INVALID",
+            ),
+            (
+                json!({"region": "Us East", "kind": "isolate", "for": "1m"}),
+                "region name",
+                "ATOLL-LINK-INVALID",
+            ),
+            (
+                json!({"region": "a", "kind": "partition", "for": "1m"}),
+                "kind isolate",
+                "ATOLL-LINK-INVALID",
+            ),
+            (
+                json!({"pair": "a<->b", "kind": "isolate", "for": "1m"}),
+                "kind",
+                "ATOLL-LINK-INVALID",
+            ),
+            (
+                json!({"pair": "a<->b", "kind": "oneway", "direction": "forward", "for": "1m"}),
+                "oneway",
+                "ATOLL-LINK-INVALID",
+            ),
+            (
+                json!({"pair": "a<->b", "kind": "latency", "extra_ms": 5, "direction": "forward", "for": "1m"}),
+                "direction",
+                "ATOLL-LINK-INVALID",
+            ),
+            (
+                json!({"link": "a->b", "kind": "isolate", "for": "1m"}),
+                "isolate",
+                "ATOLL-LINK-INVALID",
+            ),
+            (
+                json!({"region": "a", "kind": "isolate", "direction": "forward", "for": "1m"}),
+                "direction",
+                "ATOLL-LINK-INVALID",
+            ),
+            (
+                json!({"region": "a", "kind": "isolate", "mode": "drop", "for": "1m"}),
+                "mode",
+                "ATOLL-LINK-INVALID",
+            ),
+            (
+                json!({"region": "a", "kind": "isolate"}),
+                "for",
+                "ATOLL-LINK-INVALID",
+            ),
+            (
+                json!({"region": ["a"], "kind": "isolate", "for": "1m"}),
+                "string",
+                "ATOLL-MALFORMED-BODY",
+            ),
+        ];
+        for (v, needle, code) in cases {
+            let e = t(v.clone()).unwrap_err();
+            assert_eq!(e.code(), code, "{v}: {e}");
+            assert!(e.to_string().contains(needle), "{v}: {e}");
+            assert_eq!(e.http_status(), 400);
+        }
+        // A link route takes the link from its path: a target field there is an error.
+        for field in ["link", "pair", "region"] {
+            let e = parse(json!({field: "a", "kind": "reset", "for": "1m"})).unwrap_err();
+            assert_eq!(e.code(), "ATOLL-LINK-INVALID");
+            assert!(e.to_string().contains("/v1/faults"), "{e}");
+        }
+    }
+
+    #[test]
     fn shaping_patches() {
         let base = (Shaping::delay(10.0), Shaping::delay(20.0));
         let p: ShapingPatch = serde_json::from_value(json!({"latency_ms": 40})).unwrap();

@@ -1,6 +1,6 @@
 //! The proxy on loopback: delay accuracy, bandwidth, every fault kind, pair and region faults,
-//! leases, backpressure, and
-//! byte order under jitter. Every wait is bounded; only 127.0.0.1 is used.
+//! leases, backpressure, and byte order under jitter. Every wait is bounded; only 127.0.0.1 is
+//! used.
 
 mod common;
 

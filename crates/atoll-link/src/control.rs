@@ -1,6 +1,6 @@
 //! The control HTTP API of a link server (axum). Every request is validated completely before
 //! anything changes; bad input gets `4xx` with `{"error": {"code", "message", "hint",
-//! "retryable"}}` and changes nothing.
+//! "retryable"}}` and changes nothing. The same, for operators: `docs/link-api.md`.
 //!
 //! | route | does |
 //! | --- | --- |

@@ -53,6 +53,16 @@ pub fn demo_config(port_base: u16) -> String {
     out
 }
 
+/// The link fault the demo suggests: a real partition between us-east-1 and eu-west-1, both
+/// directions (each region's own connections to the other go through a link of its own, so
+/// cutting one link would leave the other region calling it up). The pair is quoted: a shell
+/// reads an unquoted `<` or `>` as a redirection.
+fn link_fault_example(control_url: &str) -> String {
+    format!(
+        "atoll link fault add 'us-east-1<->eu-west-1' --kind partition --for 30s --control {control_url}"
+    )
+}
+
 /// How long the demo waits for replication to be established between every pair of regions
 /// before it prints its table anyway (saying so).
 const REPLICATION_DEADLINE: Duration = Duration::from_secs(20);
@@ -321,13 +331,14 @@ pub async fn run(data_dir: Option<PathBuf>, port_base: u16) -> Result<()> {
         &regions[2].endpoint,
     );
     println!(
-        "\nTry:\n  atoll kv put sessions alice token-1 --endpoint {e0}\n  atoll kv get sessions alice --endpoint {e1}\n  atoll counter incr ratelimits api --endpoint {e2}\n  atoll set add flags beta dark-mode --endpoint {e1}\n  atoll kv put carts c1 apple --endpoint {e0}; atoll kv put carts c1 pear --endpoint {e2}; atoll kv get carts c1 --endpoint {e1}\n  atoll status --endpoint {e0}\n  curl -si http://{}/v1/kv/sessions/alice\n  dig @127.0.0.1 -p {} api.atoll.test +subnet=198.51.100.7/24\n  ATOLL_ADMIN_TOKEN={token} atoll router status --admin http://{}\n  atoll link fault add us-east-1-\\>eu-west-1 --kind partition --for 30s --control {}\n\nconfig: {}\nlogs:   {}/<region>.log\nPress Ctrl-C to stop.",
+        "\nTry:\n  atoll kv put sessions alice token-1 --endpoint {e0}\n  atoll kv get sessions alice --endpoint {e1}\n  atoll counter incr ratelimits api --endpoint {e2}\n  atoll set add flags beta dark-mode --endpoint {e1}\n  atoll kv put carts c1 apple --endpoint {e0}; atoll kv put carts c1 pear --endpoint {e2}; atoll kv get carts c1 --endpoint {e1}\n  atoll status --endpoint {e0}\n  curl -si http://{}/v1/kv/sessions/alice\n  dig @127.0.0.1 -p {} api.atoll.test +subnet=198.51.100.7/24\n  ATOLL_ADMIN_TOKEN={token} atoll router status --admin http://{}\n  {}\n  atoll link fault ls --control {}\n\nconfig: {}\nlogs:   {}/<region>.log\nPress Ctrl-C to stop.",
         router
             .proxy_addr()
             .map(|a| a.to_string())
             .unwrap_or_default(),
         router.dns_addr().map(|a| a.port()).unwrap_or_default(),
         router.admin_addr(),
+        link_fault_example(&links.control_url().unwrap_or_default()),
         links.control_url().unwrap_or_default(),
         config_path.display(),
         dir.display()
@@ -398,4 +409,86 @@ fn rand_token() -> u64 {
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
     h.write_u64(u64::from(std::process::id()));
     h.finish()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    /// The words a POSIX shell makes of `line` (run by `sh`, in an empty directory: a
+    /// redirection would show as a file there and as missing words).
+    fn shell_words(line: &str, dir: &std::path::Path) -> Vec<String> {
+        let out = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(format!("printf '%s\\n' {line}"))
+            .current_dir(dir)
+            .output()
+            .expect("run sh");
+        assert!(out.status.success(), "{out:?}");
+        let files: Vec<_> = std::fs::read_dir(dir).unwrap().collect();
+        assert!(
+            files.is_empty(),
+            "the shell redirected to a file: {files:?}"
+        );
+        String::from_utf8(out.stdout)
+            .unwrap()
+            .lines()
+            .map(str::to_string)
+            .collect()
+    }
+
+    /// The link fault the demo prints, pasted into a shell, is one `atoll link fault add` of the
+    /// pair, and run against the demo's links it cuts both directions between us-east-1 and
+    /// eu-west-1 (and nothing else).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_printed_link_fault_is_a_real_partition_when_pasted() {
+        let config = atoll_config::Config::parse(&demo_config(7100), "demo").unwrap();
+        let specs = atoll_link::links_from_cluster(&config, 0).unwrap();
+        let links = atoll_link::LinkServer::start(specs, Some("127.0.0.1:0".parse().unwrap()))
+            .await
+            .unwrap();
+        let url = links.control_url().unwrap();
+        let example = link_fault_example(&url);
+
+        let dir = tempfile::tempdir().unwrap();
+        let words = shell_words(&example, dir.path());
+        assert_eq!(
+            words,
+            [
+                "atoll",
+                "link",
+                "fault",
+                "add",
+                "us-east-1<->eu-west-1",
+                "--kind",
+                "partition",
+                "--for",
+                "30s",
+                "--control",
+                url.as_str(),
+            ]
+        );
+        let crate::Command::Link(args) = crate::Cli::try_parse_from(&words).unwrap().command else {
+            panic!("not an `atoll link` command: {words:?}");
+        };
+        atoll_link::cli::run(args).await.unwrap();
+
+        let faults = links.faults();
+        assert_eq!(faults.len(), 1, "{faults:?}");
+        assert_eq!(faults[0].target, "us-east-1<->eu-west-1");
+        assert_eq!(faults[0].remaining_ms.div_ceil(1000), 30);
+        for l in links.status() {
+            let both_ways =
+                ["us-east-1->eu-west-1", "eu-west-1->us-east-1"].contains(&l.name.as_str());
+            let e = &l.effective;
+            assert_eq!(
+                (e.forward.blocked, e.reverse.blocked, e.stall_new),
+                (both_ways, both_ways, both_ways),
+                "{}",
+                l.name
+            );
+        }
+        links.shutdown().await;
+    }
 }

@@ -673,21 +673,29 @@ async fn check(walk: &Walk, cmd: &Cmd) -> Result<Option<&'static str>> {
             "{o:?}"
         );
         "drain"
-    } else if t.starts_with("atoll link fault add 'us-east-1->eu-west-1'") {
+    } else if t.starts_with("atoll link fault add 'us-east-1<->eu-west-1'") {
         let o = walk.run(cmd).await?;
         ensure!(o.ok() && o.stdout == "f-1", "{o:?}");
+        // One fault on both links between the two regions (the links are named on stderr).
+        ensure!(
+            o.stderr.contains("us-east-1->eu-west-1") && o.stderr.contains("eu-west-1->us-east-1"),
+            "{o:?}"
+        );
         "fault"
     } else if t.starts_with("atoll status --endpoint http://127.0.0.1:7100") {
-        until(walk, cmd, "eu-west-1 one-way, exit 1", |o| {
+        // Both directions are cut: us-east-1 no longer hears eu-west-1 at all.
+        until(walk, cmd, "eu-west-1 unreachable, exit 1", |o| {
             o.code == Some(1)
-                && o.stdout
-                    .lines()
-                    .any(|l| l.split_whitespace().take(2).eq(["eu-west-1", "one-way"]))
-                && o.stderr.contains("one-way")
+                && o.stdout.lines().any(|l| {
+                    l.split_whitespace()
+                        .take(2)
+                        .eq(["eu-west-1", "unreachable"])
+                })
+                && o.stderr.contains("eu-west-1 is unreachable")
         })
         .await?;
         "partitioned"
-    } else if t.starts_with("atoll link fault rm 'us-east-1->eu-west-1' f-1") {
+    } else if t.starts_with("atoll link fault rm 'us-east-1<->eu-west-1' f-1") {
         let o = walk.run(cmd).await?;
         ensure!(o.ok() && o.stdout.contains("removed f-1"), "{o:?}");
         "heal"
@@ -741,7 +749,7 @@ fn the_walkthrough_parses_into_commands() {
         .iter()
         .find(|c| c.text.starts_with("atoll link fault add"))
         .unwrap();
-    assert_eq!(fault.args[4], "us-east-1->eu-west-1", "quotes are removed");
+    assert_eq!(fault.args[4], "us-east-1<->eu-west-1", "quotes are removed");
     assert!(
         cmds.iter()
             .all(|c| !c.args.iter().any(|a| a.starts_with('#'))),

@@ -24,7 +24,7 @@ pub const DEFAULT_LISTEN_BASE: u16 = 7300;
 /// `atoll link`: emulate WAN links between regions and inject faults.
 #[derive(Args, Debug)]
 #[command(
-    after_help = "Examples:\n  atoll link serve --cluster examples/three-regions.toml --listen-base 7300 --control 127.0.0.1:7400\n  atoll link serve --config links.toml\n  atoll link ls\n  atoll link fault add us-east-1->eu-west-1 --kind partition --for 10m\n  atoll link fault add us-east-1->eu-west-1 --kind oneway --direction forward --for 30s\n  atoll link fault ls\n  atoll link fault rm us-east-1->eu-west-1 f-1"
+    after_help = "Examples:\n  atoll link serve --cluster examples/three-regions.toml --listen-base 7300 --control 127.0.0.1:7400\n  atoll link serve --config links.toml\n  atoll link ls\n  atoll link fault add 'us-east-1<->eu-west-1' --kind partition --for 10m\n  atoll link fault add us-east-1 --kind isolate --for 5m\n  atoll link fault add 'us-east-1->eu-west-1' --kind oneway --direction forward --for 30s\n  atoll link fault ls\n  atoll link fault rm 'us-east-1<->eu-west-1' f-1\n\nQuote link names and pairs: unquoted, a shell reads their `>` and `<` as redirections."
 )]
 pub struct LinkArgs {
     #[command(subcommand)]
@@ -46,12 +46,12 @@ pub enum LinkCommand {
     /// Change a link's base shaping (unprefixed flags set both directions unless the reverse
     /// flag is given too).
     #[command(
-        after_help = "Examples:\n  atoll link set us-east-1->eu-west-1 --latency-ms 80 --jitter-ms 2\n  atoll link set us-east-1->eu-west-1 --bandwidth 10MB/s --reverse-bandwidth unlimited"
+        after_help = "Examples:\n  atoll link set 'us-east-1->eu-west-1' --latency-ms 80 --jitter-ms 2\n  atoll link set 'us-east-1->eu-west-1' --bandwidth 10MB/s --reverse-bandwidth unlimited"
     )]
     Set(SetArgs),
-    /// Add, renew, remove and list faults.
+    /// Add, renew, remove and list faults on a link, a pair of regions or a region.
     #[command(
-        after_help = "Examples:\n  atoll link fault add us-east-1->eu-west-1 --kind partition --mode stall --for 10m\n  atoll link fault renew us-east-1->eu-west-1 f-1 --for 5m\n  atoll link fault rm us-east-1->eu-west-1 f-1\n  atoll link fault ls"
+        after_help = "A fault's TARGET is one of:\n  'us-east-1->eu-west-1'   a link: the connections us-east-1 opens to eu-west-1 (one direction)\n  'us-east-1<->eu-west-1'  a pair: every link between the two regions, both directions\n  us-east-1                a region, with --kind isolate: every link to and from it\nWhatever it covers, a fault has one id and one lease: renew and rm act on all its links.\n\nExamples:\n  atoll link fault add 'us-east-1<->eu-west-1' --kind partition --for 10m\n  atoll link fault add us-east-1 --kind isolate --mode refuse --for 5m\n  atoll link fault add 'us-east-1->eu-west-1' --kind partition --mode stall --for 10m\n  atoll link fault renew 'us-east-1<->eu-west-1' f-1 --for 5m\n  atoll link fault rm 'us-east-1<->eu-west-1' f-1\n  atoll link fault ls"
     )]
     Fault(FaultArgs),
 }
@@ -138,8 +138,10 @@ pub struct FaultArgs {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum KindArg {
-    /// Cut the link both ways.
+    /// Cut the link, or every link of a pair, both ways.
     Partition,
+    /// Cut every link to and from a region (the target is a region).
+    Isolate,
     /// Hold one direction's bytes.
     Oneway,
     /// Reset existing connections once.
@@ -165,13 +167,16 @@ pub enum DirectionArg {
 
 #[derive(Subcommand, Debug)]
 pub enum FaultCommand {
-    /// Add a fault for a lease; prints its id.
+    /// Add a fault for a lease to a link, a pair of regions or (isolate) a region; prints its id.
     #[command(
-        after_help = "Examples:\n  atoll link fault add us-east-1->eu-west-1 --kind partition --for 10m\n  atoll link fault add us-east-1->eu-west-1 --kind partition --mode refuse --for 30s\n  atoll link fault add eu-west-1->us-east-1 --kind oneway --direction forward --for 1m\n  atoll link fault add us-east-1->eu-west-1 --kind latency --extra-ms 200 --for 5m\n  atoll link fault add us-east-1->eu-west-1 --kind reset --for 1m"
+        after_help = "Examples:\n  atoll link fault add 'us-east-1<->eu-west-1' --kind partition --for 10m\n  atoll link fault add us-east-1 --kind isolate --for 30s\n  atoll link fault add 'us-east-1<->eu-west-1' --kind latency --extra-ms 200 --for 5m\n  atoll link fault add 'us-east-1->eu-west-1' --kind partition --mode refuse --for 30s\n  atoll link fault add 'eu-west-1->us-east-1' --kind oneway --direction forward --for 1m\n  atoll link fault add 'us-east-1->eu-west-1' --kind reset --for 1m\n\nA pair takes partition, reset and latency (both directions); a region takes isolate; a link\ntakes every kind but isolate. The id is printed on stdout; for a pair or a region, the links it\ncovers on stderr."
     )]
     Add {
-        /// The link, e.g. us-east-1->eu-west-1.
-        link: String,
+        /// What to fault: a link ('us-east-1->eu-west-1'), a pair of regions
+        /// ('us-east-1<->eu-west-1': both directions) or, with --kind isolate, a region
+        /// (us-east-1: every link to and from it).
+        #[arg(value_name = "TARGET")]
+        target: String,
         #[arg(long, value_enum)]
         kind: KindArg,
         /// Partition mode (default stall).
@@ -189,31 +194,42 @@ pub enum FaultCommand {
         #[command(flatten)]
         control: ControlArgs,
     },
-    /// Remove a fault: the link heals from it at once.
-    #[command(after_help = "Example:\n  atoll link fault rm us-east-1->eu-west-1 f-1")]
+    /// Remove a fault: every link it covers heals from it at once.
+    #[command(
+        after_help = "Examples:\n  atoll link fault rm 'us-east-1<->eu-west-1' f-1\n  atoll link fault rm us-east-1 f-2\n  atoll link fault rm 'us-east-1->eu-west-1' f-3"
+    )]
     Rm {
-        link: String,
+        /// The fault's target, as `fault add` was given it (`fault ls` shows it).
+        #[arg(value_name = "TARGET")]
+        target: String,
         /// The fault id (f-N) printed by `fault add`.
         id: String,
         #[command(flatten)]
         control: ControlArgs,
     },
-    /// Set a fault's lease to DURATION from now.
-    #[command(after_help = "Example:\n  atoll link fault renew us-east-1->eu-west-1 f-1 --for 5m")]
+    /// Set a fault's lease to DURATION from now, on every link it covers.
+    #[command(
+        after_help = "Examples:\n  atoll link fault renew 'us-east-1<->eu-west-1' f-1 --for 5m\n  atoll link fault renew us-east-1 f-2 --for 1m"
+    )]
     Renew {
-        link: String,
+        /// The fault's target, as `fault add` was given it (`fault ls` shows it).
+        #[arg(value_name = "TARGET")]
+        target: String,
         id: String,
         #[arg(long = "for", value_name = "DURATION")]
         lease: String,
         #[command(flatten)]
         control: ControlArgs,
     },
-    /// List the active faults of every link (or of one).
+    /// List the active faults, each once with its target and the links it covers (or those on
+    /// one target: a link's include the pair and region faults that cover it).
     #[command(
-        after_help = "Examples:\n  atoll link fault ls\n  atoll link fault ls us-east-1->eu-west-1 --json"
+        after_help = "Examples:\n  atoll link fault ls\n  atoll link fault ls 'us-east-1->eu-west-1' --json\n  atoll link fault ls us-east-1"
     )]
     Ls {
-        link: Option<String>,
+        /// Only the faults on this link, pair or region.
+        #[arg(value_name = "TARGET")]
+        target: Option<String>,
         #[command(flatten)]
         control: ControlArgs,
     },
@@ -393,10 +409,50 @@ async fn shutdown_signal() {
     }
 }
 
+/// The request field a TARGET goes in: `pair` for `A<->B`, `region` for an isolate, `link`
+/// otherwise.
+pub fn target_field(target: &str, kind: KindArg) -> &'static str {
+    if target.contains(crate::model::PAIR_SEPARATOR) {
+        "pair"
+    } else if kind == KindArg::Isolate {
+        "region"
+    } else {
+        "link"
+    }
+}
+
+/// Whether a fault's `target` (as the API reports it) is the TARGET the user typed: the same
+/// text, or the same pair in the other order.
+fn same_target(reported: &str, typed: &str) -> bool {
+    let pair = |t: &str| crate::model::FaultTarget::pair(t).ok();
+    match (pair(reported), pair(typed)) {
+        (Some(a), Some(b)) => a.same_as(&b),
+        _ => reported == typed,
+    }
+}
+
+/// Where to renew or remove fault `id` given as on `target`: the link's own route for a link
+/// fault (the server checks that it is that link's), `/v1/faults/{id}` for a pair or region
+/// fault once its target is checked to be `target`.
+async fn fault_path(c: &Client, target: &str, id: &str) -> Result<String> {
+    let f = c.get(&format!("/v1/faults/{}", encode(id))).await?;
+    let scope = f["scope"].as_str().unwrap_or("link");
+    let reported = f["target"].as_str().unwrap_or("?");
+    if scope == "link" {
+        return Ok(link_path(target, &format!("/faults/{}", encode(id))));
+    }
+    if !same_target(reported, target) {
+        bail!(
+            "fault {id} is on {scope} `{reported}`, not on `{target}`: give its target, as in `atoll link fault rm '{reported}' {id}` (`atoll link fault ls` lists every fault with its target)"
+        );
+    }
+    Ok(format!("/v1/faults/{}", encode(id)))
+}
+
 async fn fault(cmd: FaultCommand) -> Result<()> {
     match cmd {
         FaultCommand::Add {
-            link,
+            target,
             kind,
             mode,
             direction,
@@ -405,8 +461,10 @@ async fn fault(cmd: FaultCommand) -> Result<()> {
             control,
         } => {
             let mut body = serde_json::Map::new();
+            body.insert(target_field(&target, kind).into(), json!(target));
             let kind_name = match kind {
                 KindArg::Partition => "partition",
+                KindArg::Isolate => "isolate",
                 KindArg::Oneway => "oneway",
                 KindArg::Reset => "reset",
                 KindArg::Latency => "latency",
@@ -435,79 +493,140 @@ async fn fault(cmd: FaultCommand) -> Result<()> {
             let v = c
                 .send(
                     reqwest::Method::POST,
-                    &link_path(&link, "/faults"),
+                    "/v1/faults",
                     Some(Value::Object(body)),
                 )
                 .await?;
             if control.json {
                 print_json(&v);
             } else {
-                println!(
-                    "{}",
-                    v["id"]
-                        .as_str()
-                        .context("the server answered without an id")?
-                );
+                let id = v["id"]
+                    .as_str()
+                    .context("the server answered without an id")?;
+                if v["scope"].as_str().is_some_and(|s| s != "link") {
+                    eprintln!("{}", describe_fault(&v));
+                }
+                println!("{id}");
             }
             Ok(())
         }
-        FaultCommand::Rm { link, id, control } => {
+        FaultCommand::Rm {
+            target,
+            id,
+            control,
+        } => {
             let c = Client::new(&control)?;
-            let v = c
-                .send(
-                    reqwest::Method::DELETE,
-                    &link_path(&link, &format!("/faults/{}", encode(&id))),
-                    None,
-                )
-                .await?;
+            let path = fault_path(&c, &target, &id).await?;
+            let v = c.send(reqwest::Method::DELETE, &path, None).await?;
             if control.json {
                 print_json(&v);
             } else {
-                println!("removed {id} from {link}");
+                println!("removed {id} from {target}");
             }
             Ok(())
         }
         FaultCommand::Renew {
-            link,
+            target,
             id,
             lease,
             control,
         } => {
             let c = Client::new(&control)?;
+            let path = fault_path(&c, &target, &id).await?;
             let v = c
-                .send(
-                    reqwest::Method::PUT,
-                    &link_path(&link, &format!("/faults/{}", encode(&id))),
-                    Some(json!({"for": lease})),
-                )
+                .send(reqwest::Method::PUT, &path, Some(json!({"for": lease})))
                 .await?;
             if control.json {
                 print_json(&v);
             } else {
                 println!(
-                    "renewed {id} on {link}: {} left",
+                    "renewed {id} on {target}: {} left",
                     v["remaining"].as_str().unwrap_or("?")
                 );
             }
             Ok(())
         }
-        FaultCommand::Ls { link, control } => {
+        FaultCommand::Ls { target, control } => {
             let c = Client::new(&control)?;
-            let v = match &link {
-                Some(l) => {
-                    let one = c.get(&link_path(l, "")).await?;
-                    json!({"links": [one]})
+            let all = c.get("/v1/faults").await?;
+            let faults = match &target {
+                None => all["faults"].as_array().cloned().unwrap_or_default(),
+                Some(t) => {
+                    // Check the target exists, so a typo is an error rather than "no faults".
+                    let links = c.get("/v1/links").await?;
+                    known_target(&links, t)?;
+                    faults_on(&all, t)
                 }
-                None => c.get("/v1/links").await?,
             };
             if control.json {
-                print_json(&v);
+                print_json(&json!({"faults": faults}));
             } else {
-                print!("{}", render_faults(&v));
+                print!("{}", render_faults(&faults));
             }
             Ok(())
         }
     }
+}
+
+/// Errors unless `target` names a link, a region or a pair of regions of the `GET /v1/links`
+/// answer `links`.
+fn known_target(links: &Value, target: &str) -> Result<()> {
+    let all = links["links"].as_array().cloned().unwrap_or_default();
+    let names: Vec<&str> = all.iter().filter_map(|l| l["name"].as_str()).collect();
+    let regions: Vec<&str> = all
+        .iter()
+        .flat_map(|l| [l["from_region"].as_str(), l["to_region"].as_str()])
+        .flatten()
+        .collect();
+    let known = names.contains(&target)
+        || regions.contains(&target)
+        || target
+            .split_once(crate::model::PAIR_SEPARATOR)
+            .is_some_and(|(a, b)| regions.contains(&a) && regions.contains(&b));
+    if known {
+        Ok(())
+    } else {
+        bail!(
+            "`{target}` is no link, region or pair of regions of this link server (see `atoll link ls`)"
+        )
+    }
+}
+
+/// The faults of a `GET /v1/faults` answer whose target is `target`, or that cover link
+/// `target`.
+fn faults_on(all: &Value, target: &str) -> Vec<Value> {
+    all["faults"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|f| {
+            same_target(f["target"].as_str().unwrap_or(""), target)
+                || f["links"]
+                    .as_array()
+                    .is_some_and(|l| l.iter().any(|n| n.as_str() == Some(target)))
+        })
+        .cloned()
+        .collect()
+}
+
+/// `f-3: isolate (stall) on region us-east-1, 4 links: a->b, ...` for a fault object.
+fn describe_fault(f: &Value) -> String {
+    let links: Vec<&str> = f["links"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .collect();
+    format!(
+        "{}: {} on {} {}, {} link{}: {}",
+        f["id"].as_str().unwrap_or("?"),
+        f["description"].as_str().unwrap_or("?"),
+        f["scope"].as_str().unwrap_or("?"),
+        f["target"].as_str().unwrap_or("?"),
+        links.len(),
+        if links.len() == 1 { "" } else { "s" },
+        links.join(", ")
+    )
 }
 
 fn print_json(v: &Value) {
@@ -639,11 +758,19 @@ fn render_link(l: &Value) -> String {
     );
     for f in l["faults"].as_array().into_iter().flatten() {
         out.push_str(&format!(
-            "  {}  {}  {} left\n",
+            "  {}  {}  {} left",
             f["id"].as_str().unwrap_or("?"),
             f["description"].as_str().unwrap_or("?"),
             f["remaining"].as_str().unwrap_or("?"),
         ));
+        // A pair or region fault: say what it was added to (it is renewed and removed there).
+        if let Some(scope) = f["scope"].as_str().filter(|s| *s != "link") {
+            out.push_str(&format!(
+                "  ({scope} {})",
+                f["target"].as_str().unwrap_or("?")
+            ));
+        }
+        out.push('\n');
     }
     out
 }
@@ -656,23 +783,33 @@ fn render_links(v: &Value) -> String {
     links.iter().map(render_link).collect()
 }
 
-fn render_faults(v: &Value) -> String {
-    let mut rows = vec![];
-    for l in v["links"].as_array().into_iter().flatten() {
-        for f in l["faults"].as_array().into_iter().flatten() {
-            rows.push(format!(
-                "{}  {}  {}  {} left",
-                l["name"].as_str().unwrap_or("?"),
-                f["id"].as_str().unwrap_or("?"),
-                f["description"].as_str().unwrap_or("?"),
-                f["remaining"].as_str().unwrap_or("?"),
-            ));
-        }
-    }
-    if rows.is_empty() {
+/// One line per fault: `TARGET  ID  DESCRIPTION  REMAINING left`, and for a pair or region
+/// fault the links it covers.
+fn render_faults(faults: &[Value]) -> String {
+    if faults.is_empty() {
         return "no active faults\n".into();
     }
-    rows.join("\n") + "\n"
+    let mut out = String::new();
+    for f in faults {
+        out.push_str(&format!(
+            "{}  {}  {}  {} left",
+            f["target"].as_str().unwrap_or("?"),
+            f["id"].as_str().unwrap_or("?"),
+            f["description"].as_str().unwrap_or("?"),
+            f["remaining"].as_str().unwrap_or("?"),
+        ));
+        if f["scope"].as_str().is_some_and(|s| s != "link") {
+            let links: Vec<&str> = f["links"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(Value::as_str)
+                .collect();
+            out.push_str(&format!("  links: {}", links.join(", ")));
+        }
+        out.push('\n');
+    }
+    out
 }
 
 #[cfg(test)]
@@ -762,7 +899,7 @@ mod tests {
             LinkCommand::Fault(FaultArgs {
                 command:
                     FaultCommand::Add {
-                        link,
+                        target,
                         kind,
                         mode,
                         lease,
@@ -770,7 +907,7 @@ mod tests {
                         ..
                     },
             }) => {
-                assert_eq!(link, "us-east-1->eu-west-1");
+                assert_eq!(target, "us-east-1->eu-west-1");
                 assert_eq!(kind, KindArg::Partition);
                 assert_eq!(mode, Some(ModeArg::Stall));
                 assert_eq!(lease, "10m");
@@ -786,6 +923,102 @@ mod tests {
         assert!(parse(&["link", "fault", "rm", "x", "f-1"]).is_ok());
         assert!(parse(&["link", "fault", "ls"]).is_ok());
         assert!(parse(&["link", "set", "x", "--latency-ms", "5"]).is_ok());
+    }
+
+    #[test]
+    fn targets_go_in_their_own_field() {
+        for (words, field) in [
+            (
+                &["us-east-1<->eu-west-1", "--kind", "partition"][..],
+                "pair",
+            ),
+            (&["us-east-1<->eu-west-1", "--kind", "reset"][..], "pair"),
+            (
+                &["us-east-1", "--kind", "isolate", "--mode", "refuse"][..],
+                "region",
+            ),
+            (&["us-east-1->eu-west-1", "--kind", "partition"][..], "link"),
+            // Wrong on purpose: the server refuses it, naming the kind.
+            (&["us-east-1<->eu-west-1", "--kind", "isolate"][..], "pair"),
+        ] {
+            let mut args = vec!["link", "fault", "add"];
+            args.extend_from_slice(words);
+            args.extend_from_slice(&["--for", "30s"]);
+            let a = parse(&args).unwrap();
+            let LinkCommand::Fault(FaultArgs {
+                command: FaultCommand::Add { target, kind, .. },
+            }) = a.command
+            else {
+                panic!("{args:?}");
+            };
+            assert_eq!(target, words[0]);
+            assert_eq!(target_field(&target, kind), field, "{args:?}");
+        }
+        assert!(same_target(
+            "us-east-1<->eu-west-1",
+            "eu-west-1<->us-east-1"
+        ));
+        assert!(same_target("us-east-1", "us-east-1"));
+        assert!(!same_target("us-east-1<->eu-west-1", "us-east-1"));
+        assert!(!same_target("a->b", "b->a"));
+    }
+
+    /// Every example in the help pastes into a shell as it reads: a `<` or `>` outside single
+    /// quotes would be a redirection (`us-east-1->eu-west-1` unquoted writes to a file
+    /// `eu-west-1`).
+    #[test]
+    fn help_examples_are_shell_safe() {
+        fn check(cmd: &clap::Command, seen: &mut usize) {
+            let help = cmd
+                .get_after_help()
+                .map(|h| h.to_string())
+                .unwrap_or_default();
+            for line in help
+                .lines()
+                .map(str::trim)
+                .filter(|l| l.starts_with("atoll "))
+            {
+                *seen += 1;
+                let mut quoted = false;
+                for ch in line.chars() {
+                    match ch {
+                        '\'' => quoted = !quoted,
+                        '<' | '>' => assert!(quoted, "unquoted `{ch}` in help example: {line}"),
+                        _ => {}
+                    }
+                }
+                assert!(!quoted, "unbalanced quote in help example: {line}");
+            }
+            for sub in cmd.get_subcommands() {
+                check(sub, seen);
+            }
+        }
+        let mut seen = 0;
+        check(&Top::command(), &mut seen);
+        assert!(seen > 20, "only {seen} examples found");
+    }
+
+    #[test]
+    fn renders_group_faults_with_their_links() {
+        let f = json!({
+            "id": "f-3", "scope": "region", "target": "us-east-1",
+            "links": ["eu-west-1->us-east-1", "us-east-1->eu-west-1"],
+            "kind": "isolate", "mode": "stall", "description": "isolate (stall)",
+            "remaining": "29s", "remaining_ms": 29000,
+        });
+        assert_eq!(
+            render_faults(std::slice::from_ref(&f)),
+            "us-east-1  f-3  isolate (stall)  29s left  links: eu-west-1->us-east-1, us-east-1->eu-west-1\n"
+        );
+        assert_eq!(
+            describe_fault(&f),
+            "f-3: isolate (stall) on region us-east-1, 2 links: eu-west-1->us-east-1, us-east-1->eu-west-1"
+        );
+        assert_eq!(render_faults(&[]), "no active faults\n");
+        let all = json!({"faults": [f]});
+        assert_eq!(faults_on(&all, "us-east-1").len(), 1);
+        assert_eq!(faults_on(&all, "us-east-1->eu-west-1").len(), 1);
+        assert_eq!(faults_on(&all, "eu-west-1<->us-east-1").len(), 0);
     }
 
     #[test]

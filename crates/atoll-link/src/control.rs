@@ -1,17 +1,23 @@
 //! The control HTTP API of a link server (axum). Every request is validated completely before
 //! anything changes; bad input gets `4xx` with `{"error": {"code", "message", "hint",
-//! "retryable"}}` and changes nothing.
+//! "retryable"}}` and changes nothing. The same, for operators: `docs/link-api.md`.
 //!
 //! | route | does |
 //! | --- | --- |
 //! | `GET /v1/links` | every link: name, regions, listen, upstream, shaping, effect, faults (id, remaining lease), counters |
 //! | `GET /v1/links/{name}` | one link |
 //! | `PATCH /v1/links/{name}` | change base shaping: `{"latency_ms", "jitter_ms", "bandwidth", "reverse_latency_ms", "reverse_jitter_ms", "reverse_bandwidth"}` (any subset) |
-//! | `GET /v1/links/{name}/faults` | the link's active faults |
-//! | `POST /v1/links/{name}/faults` | add a fault: `{"kind": "partition", "mode": "stall", "for": "10m"}` → `201` with its `id` |
-//! | `DELETE /v1/links/{name}/faults` | remove every fault of the link |
-//! | `PUT /v1/links/{name}/faults/{id}` | renew: `{"for": "5m"}` |
-//! | `DELETE /v1/links/{name}/faults/{id}` | remove one fault |
+//! | `GET /v1/links/{name}/faults` | the faults in effect on the link: its own, and the pair and region faults that cover it |
+//! | `POST /v1/links/{name}/faults` | add a fault to the link: `{"kind": "partition", "mode": "stall", "for": "10m"}` → `201` with its `id` |
+//! | `DELETE /v1/links/{name}/faults` | remove the link's own faults (pair and region faults that cover it stay; listed as `still_covered_by`) |
+//! | `PUT /v1/links/{name}/faults/{id}` | renew one of the link's own faults: `{"for": "5m"}` |
+//! | `DELETE /v1/links/{name}/faults/{id}` | remove one of the link's own faults |
+//! | `GET /v1/faults` | every active fault of the server, each once, with its `scope`, `target` and `links` |
+//! | `POST /v1/faults` | add a fault to a link, a pair or a region (below) → `201` with its `id` and the `links` it covers |
+//! | `DELETE /v1/faults` | remove every fault of the server |
+//! | `GET /v1/faults/{id}` | one fault, whatever its target |
+//! | `PUT /v1/faults/{id}` | renew a fault on every link it covers: `{"for": "5m"}` |
+//! | `DELETE /v1/faults/{id}` | remove a fault: every link it covers heals at once |
 //! | `GET /healthz` | `200 {"status": "ok"}` |
 //! | `GET /metrics` | OpenMetrics text |
 //!
@@ -22,14 +28,38 @@
 //!
 //! Link names go in the path percent-encoded (`us-east-1-%3Eeu-west-1`); a literal `>` works too.
 //!
-//! Fault bodies: `kind` is `partition` (`mode`: `stall` (default) or `refuse`), `oneway`
-//! (`direction`: `forward` or `reverse`, required), `reset`, or `latency` (`extra_ms` required,
-//! `direction`: `both` (default), `forward` or `reverse`); `for` (the lease, e.g. `30s`, `10m`,
-//! `1h`) is required. A field that does not apply to the kind is an error, as is any unknown field.
+//! Fault bodies: `kind` is `partition` (`mode`: `stall` (default) or `refuse`), `isolate` (a
+//! region's partition: `mode` as for partition), `oneway` (`direction`: `forward` or `reverse`,
+//! required), `reset`, or `latency` (`extra_ms` required, `direction`: `both` (default), `forward`
+//! or `reverse`); `for` (the lease, e.g. `30s`, `10m`, `1h`) is required. A field that does not
+//! apply to the kind is an error, as is any unknown field.
+//!
+//! `POST /v1/faults` takes exactly one target field besides:
+//!
+//! | target | covers | kinds |
+//! | --- | --- | --- |
+//! | `"link": "us-east-1->eu-west-1"` | that link: one direction of connections | all but isolate |
+//! | `"pair": "us-east-1<->eu-west-1"` | every link from either region to the other: both directions | partition, reset, latency (direction both) |
+//! | `"region": "us-east-1"` | every link to or from the region | isolate |
+//!
+//! e.g. `{"pair": "us-east-1<->eu-west-1", "kind": "partition", "for": "30s"}` or
+//! `{"region": "us-east-1", "kind": "isolate", "mode": "refuse", "for": "5m"}`. The answer is the
+//! fault (`{"id": "f-3", "scope": "pair", "target": "us-east-1<->eu-west-1", "links":
+//! ["eu-west-1->us-east-1", "us-east-1->eu-west-1"], "kind": "partition", "mode": "stall",
+//! "remaining_ms", "remaining", "description"}`), and so is every fault in a listing. It is one
+//! fault: one id (unique on the server), one lease; it is renewed and removed as a whole through
+//! `/v1/faults/{id}`, and a link's `/faults/{id}` routes refuse it with `409
+//! ATOLL-LINK-FAULT-SCOPE`. Refused targets change nothing: a malformed name (`400
+//! ATOLL-LINK-INVALID`), a pair naming one region twice (`400 ATOLL-LINK-PAIR-SAME-REGION`), a
+//! region no link goes to or from (`404 ATOLL-LINK-UNKNOWN-REGION`: a link server knows regions
+//! only through its links), a pair without a link each way (`404 ATOLL-LINK-NO-LINKS`), a kind the
+//! target does not take (`400 ATOLL-LINK-INVALID`, field `kind` or `direction`).
 
 use crate::error::LinkError;
 use crate::metrics::OPENMETRICS_CONTENT_TYPE;
-use crate::model::{Direction, FaultId, FaultKind, PartitionMode, Shaping, SpikeDirection};
+use crate::model::{
+    Direction, FaultId, FaultKind, FaultTarget, PartitionMode, Shaping, SpikeDirection,
+};
 use crate::proxy::Shared;
 use crate::units::{parse_bandwidth, parse_duration_ms};
 use axum::Router;
@@ -51,6 +81,8 @@ pub const ROUTES: &[(&str, &[&str])] = &[
     ("/v1/links/{name}", &["GET", "PATCH"]),
     ("/v1/links/{name}/faults", &["GET", "POST", "DELETE"]),
     ("/v1/links/{name}/faults/{id}", &["PUT", "DELETE"]),
+    ("/v1/faults", &["GET", "POST", "DELETE"]),
+    ("/v1/faults/{id}", &["GET", "PUT", "DELETE"]),
     ("/healthz", &["GET"]),
     ("/metrics", &["GET"]),
 ];
@@ -101,6 +133,16 @@ pub(crate) fn router(shared: Shared_) -> Router {
         .route(
             "/v1/links/{name}/faults/{id}",
             axum::routing::put(renew_fault).delete(remove_fault),
+        )
+        .route(
+            "/v1/faults",
+            get(list_all_faults)
+                .post(add_targeted_fault)
+                .delete(clear_all_faults),
+        )
+        .route(
+            "/v1/faults/{id}",
+            get(get_fault).put(renew_by_id).delete(remove_by_id),
         )
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
@@ -159,7 +201,7 @@ async fn route_not_found(uri: axum::http::Uri) -> Response {
         StatusCode::NOT_FOUND,
         "ATOLL-NOT-FOUND",
         format!("no route {}", uri.path()),
-        "the control API serves /v1/links, /v1/links/{name}, /v1/links/{name}/faults[/{id}], /healthz and /metrics",
+        "the control API serves /v1/links, /v1/links/{name}, /v1/links/{name}/faults[/{id}], /v1/faults[/{id}], /healthz and /metrics",
     )
 }
 
@@ -227,10 +269,14 @@ async fn list_faults(
     ))
 }
 
-/// `POST /v1/links/{name}/faults` body.
+/// `POST /v1/links/{name}/faults` and `POST /v1/faults` body (the target fields only in the
+/// latter).
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct FaultRequest {
+    link: Option<String>,
+    pair: Option<String>,
+    region: Option<String>,
     kind: String,
     mode: Option<String>,
     direction: Option<String>,
@@ -239,16 +285,67 @@ struct FaultRequest {
     lease: Option<String>,
 }
 
-/// A fault request's kind and lease, validated.
+/// A link fault request's kind and lease (`POST /v1/links/{name}/faults`), validated.
 pub fn parse_fault_request(body: &Value) -> Result<(FaultKind, u64), LinkError> {
     let req: FaultRequest = serde_json::from_value(body.clone())
         .map_err(|e| LinkError::MalformedBody(e.to_string()))?;
+    no_target_fields(&req)?;
     fault_from_request(&req)
+}
+
+/// A `POST /v1/faults` request's target, kind and lease, validated (syntax only: whether the
+/// target has links is the mesh's to say).
+pub fn parse_targeted_fault_request(
+    body: &Value,
+) -> Result<(FaultTarget, FaultKind, u64), LinkError> {
+    let req: FaultRequest = serde_json::from_value(body.clone())
+        .map_err(|e| LinkError::MalformedBody(e.to_string()))?;
+    targeted_from_request(&req)
+}
+
+fn targeted_from_request(req: &FaultRequest) -> Result<(FaultTarget, FaultKind, u64), LinkError> {
+    let target = match (&req.link, &req.pair, &req.region) {
+        (Some(l), None, None) => FaultTarget::link(l)?,
+        (None, Some(p), None) => FaultTarget::pair(p)?,
+        (None, None, Some(r)) => FaultTarget::region(r)?,
+        (None, None, None) => {
+            return Err(LinkError::invalid(
+                "target",
+                "give one of link (us-east-1->eu-west-1), pair (us-east-1<->eu-west-1) or region (us-east-1, with kind isolate)",
+            ));
+        }
+        _ => {
+            return Err(LinkError::invalid(
+                "target",
+                "give only one of link, pair and region",
+            ));
+        }
+    };
+    let (kind, lease_ms) = fault_from_request(req)?;
+    target.check_kind(&kind)?;
+    Ok((target, kind, lease_ms))
+}
+
+/// The link routes take the link from the path: a target field in the body is an error.
+fn no_target_fields(req: &FaultRequest) -> Result<(), LinkError> {
+    for (field, present) in [
+        ("link", req.link.is_some()),
+        ("pair", req.pair.is_some()),
+        ("region", req.region.is_some()),
+    ] {
+        if present {
+            return Err(LinkError::invalid(
+                field,
+                "the link is in the path here; to fault a pair or a region, POST it to /v1/faults",
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn not_for(field: &str, kind: &str) -> LinkError {
     let applies = match field {
-        "mode" => "partition",
+        "mode" => "partition and isolate",
         "direction" => "oneway and latency",
         _ => "latency",
     };
@@ -256,6 +353,17 @@ fn not_for(field: &str, kind: &str) -> LinkError {
         field,
         format!("does not apply to kind `{kind}` (only to {applies})"),
     )
+}
+
+fn partition_mode(mode: Option<&str>) -> Result<PartitionMode, LinkError> {
+    match mode {
+        None | Some("stall") => Ok(PartitionMode::Stall),
+        Some("refuse") => Ok(PartitionMode::Refuse),
+        Some(other) => Err(LinkError::invalid(
+            "mode",
+            format!("`{other}`: use stall or refuse"),
+        )),
+    }
 }
 
 fn fault_from_request(req: &FaultRequest) -> Result<(FaultKind, u64), LinkError> {
@@ -267,17 +375,20 @@ fn fault_from_request(req: &FaultRequest) -> Result<(FaultKind, u64), LinkError>
             if req.extra_ms.is_some() {
                 return Err(not_for("extra_ms", "partition"));
             }
-            let mode = match req.mode.as_deref() {
-                None | Some("stall") => PartitionMode::Stall,
-                Some("refuse") => PartitionMode::Refuse,
-                Some(other) => {
-                    return Err(LinkError::invalid(
-                        "mode",
-                        format!("`{other}`: use stall or refuse"),
-                    ));
-                }
-            };
-            FaultKind::Partition { mode }
+            FaultKind::Partition {
+                mode: partition_mode(req.mode.as_deref())?,
+            }
+        }
+        "isolate" => {
+            if req.direction.is_some() {
+                return Err(not_for("direction", "isolate"));
+            }
+            if req.extra_ms.is_some() {
+                return Err(not_for("extra_ms", "isolate"));
+            }
+            FaultKind::Isolate {
+                mode: partition_mode(req.mode.as_deref())?,
+            }
         }
         "oneway" => {
             if req.mode.is_some() {
@@ -342,7 +453,7 @@ fn fault_from_request(req: &FaultRequest) -> Result<(FaultKind, u64), LinkError>
         other => {
             return Err(LinkError::invalid(
                 "kind",
-                format!("`{other}`: use partition, oneway, reset or latency"),
+                format!("`{other}`: use partition, isolate, oneway, reset or latency"),
             ));
         }
     };
@@ -367,6 +478,7 @@ async fn add_fault(
     let req: FaultRequest = body(&bytes)?;
     // Unknown link before bad body fields? Both are errors; the link is checked by add_fault,
     // after the body is fully validated, so nothing is half-applied either way.
+    no_target_fields(&req)?;
     let (kind, lease_ms) = fault_from_request(&req)?;
     let info = s.add_fault(&name, kind, lease_ms)?;
     let mut v = to_value(&info);
@@ -394,7 +506,7 @@ async fn renew_fault(
     let req: RenewRequest = body(&bytes)?;
     let lease_ms = parse_duration_ms(&req.lease, "for")?;
     crate::model::validate_lease("for", lease_ms)?;
-    let info = s.renew_fault(&name, id, lease_ms)?;
+    let info = s.renew(Some(&name), id, lease_ms)?;
     let mut v = to_value(&info);
     if let Value::Object(m) = &mut v {
         m.insert("link".into(), Value::String(name));
@@ -408,7 +520,7 @@ async fn remove_fault(
 ) -> ApiResult {
     let (name, id) = path(p)?;
     let id: FaultId = id.parse()?;
-    let info = s.remove_fault(&name, id)?;
+    let info = s.remove(Some(&name), id)?;
     Ok(json_response(
         StatusCode::OK,
         json!({"link": name, "removed": to_value(&info)}),
@@ -421,9 +533,63 @@ async fn clear_faults(
 ) -> ApiResult {
     let name = path(p)?;
     let n = s.clear_faults(Some(&name))?;
+    let still: Vec<String> = s
+        .link_status(&name)?
+        .faults
+        .iter()
+        .map(|f| f.id.to_string())
+        .collect();
     Ok(json_response(
         StatusCode::OK,
-        json!({"link": name, "removed": n}),
+        json!({"link": name, "removed": n, "still_covered_by": still}),
+    ))
+}
+
+async fn list_all_faults(State(s): State<Shared_>) -> Response {
+    json_response(StatusCode::OK, json!({"faults": to_value(&s.faults())}))
+}
+
+async fn add_targeted_fault(State(s): State<Shared_>, bytes: Bytes) -> ApiResult {
+    let req: FaultRequest = body(&bytes)?;
+    // The body is validated completely first; the mesh then checks the target's links under its
+    // lock, so a refused fault changes nothing.
+    let (target, kind, lease_ms) = targeted_from_request(&req)?;
+    let info = s.add(target, kind, lease_ms)?;
+    Ok(json_response(StatusCode::CREATED, to_value(&info)))
+}
+
+async fn clear_all_faults(State(s): State<Shared_>) -> ApiResult {
+    let n = s.clear_faults(None)?;
+    Ok(json_response(StatusCode::OK, json!({"removed": n})))
+}
+
+async fn get_fault(State(s): State<Shared_>, p: Result<Path<String>, PathRejection>) -> ApiResult {
+    let id: FaultId = path(p)?.parse()?;
+    Ok(json_response(StatusCode::OK, to_value(&s.fault(id)?)))
+}
+
+async fn renew_by_id(
+    State(s): State<Shared_>,
+    p: Result<Path<String>, PathRejection>,
+    bytes: Bytes,
+) -> ApiResult {
+    let id: FaultId = path(p)?.parse()?;
+    let req: RenewRequest = body(&bytes)?;
+    let lease_ms = parse_duration_ms(&req.lease, "for")?;
+    crate::model::validate_lease("for", lease_ms)?;
+    let info = s.renew(None, id, lease_ms)?;
+    Ok(json_response(StatusCode::OK, to_value(&info)))
+}
+
+async fn remove_by_id(
+    State(s): State<Shared_>,
+    p: Result<Path<String>, PathRejection>,
+) -> ApiResult {
+    let id: FaultId = path(p)?.parse()?;
+    let info = s.remove(None, id)?;
+    Ok(json_response(
+        StatusCode::OK,
+        json!({"removed": to_value(&info)}),
     ))
 }
 
@@ -645,6 +811,130 @@ mod tests {
             assert_eq!(e.code(), code, "{v}: {e}");
             assert!(e.to_string().contains(needle), "{v}: {e}");
             assert_eq!(e.http_status(), 400);
+        }
+    }
+
+    #[test]
+    fn targeted_fault_requests() {
+        let t = |v: Value| parse_targeted_fault_request(&v);
+        let stall = PartitionMode::Stall;
+        let (target, kind, lease) =
+            t(json!({"pair": "us-east-1<->eu-west-1", "kind": "partition", "for": "30s"})).unwrap();
+        assert_eq!(target, FaultTarget::pair("us-east-1<->eu-west-1").unwrap());
+        assert_eq!(
+            (kind, lease),
+            (FaultKind::Partition { mode: stall }, 30_000)
+        );
+        let (target, kind, _) =
+            t(json!({"region": "us-east-1", "kind": "isolate", "mode": "refuse", "for": "5m"}))
+                .unwrap();
+        assert_eq!(target, FaultTarget::region("us-east-1").unwrap());
+        assert_eq!(
+            kind,
+            FaultKind::Isolate {
+                mode: PartitionMode::Refuse
+            }
+        );
+        let (target, kind, _) =
+            t(json!({"region": "us-east-1", "kind": "isolate", "for": "5m"})).unwrap();
+        assert_eq!(target.scope(), "region");
+        assert_eq!(kind, FaultKind::Isolate { mode: stall });
+        let (target, _, _) =
+            t(json!({"link": "us-east-1->eu-west-1", "kind": "oneway", "direction": "forward", "for": "1m"}))
+                .unwrap();
+        assert_eq!(target, FaultTarget::Link("us-east-1->eu-west-1".into()));
+        assert!(
+            t(json!({"pair": "a<->b", "kind": "latency", "extra_ms": 50, "for": "1m"})).is_ok()
+        );
+
+        let cases = [
+            (
+                json!({"kind": "partition", "for": "1m"}),
+                "target",
+                "ATOLL-LINK-INVALID",
+            ),
+            (
+                json!({"pair": "a<->b", "region": "a", "kind": "partition", "for": "1m"}),
+                "only one",
+                "ATOLL-LINK-INVALID",
+            ),
+            (
+                json!({"pair": "a<->a", "kind": "partition", "for": "1m"}),
+                "a<->a",
+                "ATOLL-LINK-PAIR-SAME-REGION",
+            ),
+            (
+                json!({"pair": "a->b", "kind": "partition", "for": "1m"}),
+                "pair",
+                "ATOLL-LINK-INVALID",
+            ),
+            (
+                json!({"pair": "a<->B", "kind": "partition", "for": "1m"}),
+                "region name",
+                "ATOLL-LINK-INVALID",
+            ),
+            (
+                json!({"region": "Us East", "kind": "isolate", "for": "1m"}),
+                "region name",
+                "ATOLL-LINK-INVALID",
+            ),
+            (
+                json!({"region": "a", "kind": "partition", "for": "1m"}),
+                "kind isolate",
+                "ATOLL-LINK-INVALID",
+            ),
+            (
+                json!({"pair": "a<->b", "kind": "isolate", "for": "1m"}),
+                "kind",
+                "ATOLL-LINK-INVALID",
+            ),
+            (
+                json!({"pair": "a<->b", "kind": "oneway", "direction": "forward", "for": "1m"}),
+                "oneway",
+                "ATOLL-LINK-INVALID",
+            ),
+            (
+                json!({"pair": "a<->b", "kind": "latency", "extra_ms": 5, "direction": "forward", "for": "1m"}),
+                "direction",
+                "ATOLL-LINK-INVALID",
+            ),
+            (
+                json!({"link": "a->b", "kind": "isolate", "for": "1m"}),
+                "isolate",
+                "ATOLL-LINK-INVALID",
+            ),
+            (
+                json!({"region": "a", "kind": "isolate", "direction": "forward", "for": "1m"}),
+                "direction",
+                "ATOLL-LINK-INVALID",
+            ),
+            (
+                json!({"region": "a", "kind": "isolate", "mode": "drop", "for": "1m"}),
+                "mode",
+                "ATOLL-LINK-INVALID",
+            ),
+            (
+                json!({"region": "a", "kind": "isolate"}),
+                "for",
+                "ATOLL-LINK-INVALID",
+            ),
+            (
+                json!({"region": ["a"], "kind": "isolate", "for": "1m"}),
+                "string",
+                "ATOLL-MALFORMED-BODY",
+            ),
+        ];
+        for (v, needle, code) in cases {
+            let e = t(v.clone()).unwrap_err();
+            assert_eq!(e.code(), code, "{v}: {e}");
+            assert!(e.to_string().contains(needle), "{v}: {e}");
+            assert_eq!(e.http_status(), 400);
+        }
+        // A link route takes the link from its path: a target field there is an error.
+        for field in ["link", "pair", "region"] {
+            let e = parse(json!({field: "a", "kind": "reset", "for": "1m"})).unwrap_err();
+            assert_eq!(e.code(), "ATOLL-LINK-INVALID");
+            assert!(e.to_string().contains("/v1/faults"), "{e}");
         }
     }
 

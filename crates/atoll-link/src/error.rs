@@ -18,13 +18,37 @@ pub enum LinkError {
     /// No link has this name.
     #[error("unknown link `{0}`")]
     UnknownLink(String),
-    /// The fault id is not active on the link: it never existed, was removed, or its lease ended.
-    #[error("fault {id} is not active on link `{link}`: {}", if *.expired { "its lease ended (the link healed by itself)" } else { "no such fault (never added, or removed)" })]
+    /// The fault id is not active where it was asked for (`on`: "link `a->b`" or "this link
+    /// server"): it never existed there, was removed, or its lease ended.
+    #[error("fault {id} is not active on {on}: {}", if *.expired { "its lease ended (every link it covered healed by itself)" } else { "no such fault (never added, or removed)" })]
     UnknownFault {
-        link: String,
+        on: String,
         id: String,
         /// Whether the id was active recently and expired by its lease.
         expired: bool,
+    },
+    /// No link of the server goes to or from this region (a link server knows regions only
+    /// through its links, so an unknown region and a region with no links are one error).
+    #[error(
+        "no link of this server goes to or from region `{region}` (regions with links here: {known})"
+    )]
+    UnknownRegion { region: String, known: String },
+    /// A pair target names the same region twice.
+    #[error("pair `{0}<->{0}` names the same region twice")]
+    SameRegion(String),
+    /// A pair target with no link to fault (or none in one of its directions).
+    #[error("no links to fault for pair `{target}`: {reason}")]
+    NoLinks { target: String, reason: String },
+    /// A pair or region fault asked for through one of the links it covers: it is renewed or
+    /// removed as a whole, by its id.
+    #[error(
+        "fault {id} covers {scope} `{target}`, not only link `{link}`: renew or remove it as a whole"
+    )]
+    FaultScope {
+        id: String,
+        scope: &'static str,
+        target: String,
+        link: String,
     },
     /// A link already has the most active faults allowed.
     #[error("link `{link}` already has {max} active faults")]
@@ -71,6 +95,10 @@ impl LinkError {
             Self::UnknownLink(_) => "ATOLL-LINK-UNKNOWN-LINK",
             Self::UnknownFault { expired: false, .. } => "ATOLL-LINK-UNKNOWN-FAULT",
             Self::UnknownFault { expired: true, .. } => "ATOLL-LINK-FAULT-EXPIRED",
+            Self::UnknownRegion { .. } => "ATOLL-LINK-UNKNOWN-REGION",
+            Self::SameRegion(_) => "ATOLL-LINK-PAIR-SAME-REGION",
+            Self::NoLinks { .. } => "ATOLL-LINK-NO-LINKS",
+            Self::FaultScope { .. } => "ATOLL-LINK-FAULT-SCOPE",
             Self::TooManyFaults { .. } => "ATOLL-LINK-TOO-MANY-FAULTS",
             Self::MalformedBody(_) => "ATOLL-MALFORMED-BODY",
             Self::Config(_) => "ATOLL-CONFIG",
@@ -87,10 +115,14 @@ impl LinkError {
             Self::Invalid { .. }
             | Self::MalformedBody(_)
             | Self::Config(_)
+            | Self::SameRegion(_)
             | Self::TokenRequired(_) => 400,
             Self::Unauthorized(_) => 401,
-            Self::UnknownLink(_) | Self::UnknownFault { .. } => 404,
-            Self::TooManyFaults { .. } => 409,
+            Self::UnknownLink(_)
+            | Self::UnknownFault { .. }
+            | Self::UnknownRegion { .. }
+            | Self::NoLinks { .. } => 404,
+            Self::TooManyFaults { .. } | Self::FaultScope { .. } => 409,
             Self::Io { .. } => 500,
             Self::ShuttingDown => 503,
         }
@@ -115,6 +147,18 @@ impl LinkError {
             }
             Self::UnknownFault { expired: true, .. } => {
                 "add a new fault, and renew it before its lease ends to keep it"
+            }
+            Self::UnknownRegion { .. } => {
+                "list the links and their regions with `atoll link ls`; isolate a region that a link goes to or from"
+            }
+            Self::SameRegion(_) => {
+                "a pair is two different regions, e.g. us-east-1<->eu-west-1; to cut every link of one region use kind isolate"
+            }
+            Self::NoLinks { .. } => {
+                "list the links with `atoll link ls`; a pair needs a link each way between its regions, or fault the one link"
+            }
+            Self::FaultScope { .. } => {
+                "use PUT or DELETE /v1/faults/{id}, or `atoll link fault renew|rm TARGET ID` with the target `atoll link fault ls` shows"
             }
             Self::TooManyFaults { .. } => {
                 "remove faults you no longer need, or wait for leases to end"
@@ -154,7 +198,7 @@ mod tests {
     #[test]
     fn codes_statuses_and_body() {
         let e = LinkError::UnknownFault {
-            link: "a->b".into(),
+            on: "link `a->b`".into(),
             id: "f-7".into(),
             expired: true,
         };

@@ -4,11 +4,13 @@
 //! no `netem`. Each named link (`us-east-1->eu-west-1`) listens on one address and forwards every
 //! connection to an upstream, giving each direction a latency, a jitter and a bandwidth limit, and
 //! applying faults: partitions (stall or refuse), one-way partitions, connection resets and
-//! latency spikes. Every fault has a lease and ends by itself; faults live only in the process
-//! that added them, so they cannot outlive their controller.
+//! latency spikes. A fault goes on one link, on a pair of regions (`us-east-1<->eu-west-1`: both
+//! directions) or on a region (isolate: every link to and from it), with one id and one lease
+//! however many links it covers. Every fault has a lease and ends by itself; faults live only in
+//! the process that added them, so they cannot outlive their controller.
 //!
 //! Layout (pure cores, adapters at the edges):
-//! - [`model`] (pure): links, shaping, faults with leases, [`model::LinkState::effective`].
+//! - [`model`] (pure): links, shaping, fault targets, faults with leases, [`model::Mesh::effective`].
 //! - [`sched`] (pure): jitter samples, order-preserving release times, token bucket.
 //! - [`timer`]: sub-millisecond sleeps for the pumps (tokio's timer has 1 ms ticks).
 //! - [`geo`] (pure): the geographic latency model (haversine, fiber speed, route factor).
@@ -58,8 +60,8 @@ pub mod units;
 pub use config::{geo_shaping, links_from_cluster, load_links, parse_links, validate_links};
 pub use error::{LinkError, Result};
 pub use model::{
-    DirEffect, Direction, Effective, Fault, FaultId, FaultKind, LinkSpec, LinkState, PartitionMode,
-    Shaping, SpikeDirection,
+    DirEffect, Direction, Effective, Fault, FaultId, FaultKind, FaultTarget, LinkSpec, Mesh,
+    PartitionMode, Shaping, SpikeDirection,
 };
 pub use proxy::{Counters, FaultInfo, LinkServer, LinkStatus, ProxyOptions};
 pub use units::{format_duration_ms, parse_bandwidth, parse_duration_ms};

@@ -1,5 +1,5 @@
-//! The proxy adapter: one process serving many named links over TCP, each shaped and faulted by
-//! its [`LinkState`] (the pure core), plus the expiry task and the in-process API
+//! The proxy adapter: one process serving many named links over TCP, each shaped and faulted as
+//! the [`Mesh`] (the pure core) says, plus the expiry task and the in-process API
 //! ([`LinkServer`]).
 //!
 //! Per connection there are two pumps, forward (client → upstream) and reverse. A pump's reader
@@ -10,14 +10,18 @@
 //! reader stops reading and TCP backpressure reaches the sender, so a held link never grows memory
 //! without bound.
 //!
-//! Faults reach the pumps through a `watch` channel of [`Effective`], republished after every
-//! change and by the expiry task, which wakes at the next lease end and at least every 100 ms.
+//! Faults reach the pumps through a `watch` channel of [`Effective`] per link, republished for
+//! every link after every change (under the one lock of the mesh, so a pair or region fault
+//! reaches all its links together) and by the expiry task, which wakes at the next lease end and
+//! at least every 100 ms.
 //! Connection setup is not delayed (the handshake completes locally); every byte, and the FIN, is.
 
 use crate::config::validate_links;
 use crate::error::{LinkError, Result};
 use crate::metrics::{LinkMetrics, Metrics, dir_index};
-use crate::model::{Direction, Effective, Fault, FaultId, FaultKind, LinkSpec, LinkState, Shaping};
+use crate::model::{
+    Direction, Effective, Fault, FaultId, FaultKind, FaultTarget, LinkSpec, Mesh, Shaping,
+};
 use crate::sched::{ReleaseClock, Rng, TokenBucket, delay_us};
 use crate::units::format_duration_ms;
 use serde::Serialize;
@@ -83,6 +87,12 @@ impl Default for ProxyOptions {
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct FaultInfo {
     pub id: FaultId,
+    /// `link`, `pair` or `region`.
+    pub scope: &'static str,
+    /// What it was added to: the link's name, `A<->B`, or the region.
+    pub target: String,
+    /// The links it covers, by name.
+    pub links: Vec<String>,
     #[serde(flatten)]
     pub kind: FaultKind,
     /// Lease left, ms.
@@ -98,6 +108,9 @@ impl FaultInfo {
         let remaining_ms = f.remaining_ms(now_ms);
         Self {
             id: f.id,
+            scope: f.target.scope(),
+            target: f.target.to_string(),
+            links: f.links.clone(),
             kind: f.kind,
             remaining_ms,
             remaining: format_duration_ms(remaining_ms),
@@ -177,7 +190,6 @@ pub struct LinkStatus {
 pub(crate) struct LinkRuntime {
     /// With `listen` resolved to the bound address.
     pub(crate) spec: LinkSpec,
-    state: Mutex<LinkState>,
     effect: watch::Sender<Effective>,
     metrics: LinkMetrics,
     /// One token bucket per direction, shared by all of the link's connections: the bandwidth
@@ -199,16 +211,13 @@ impl LinkRuntime {
         bucket.take(len, now_us)
     }
 
-    fn lock(&self) -> MutexGuard<'_, LinkState> {
-        // A panic while holding the lock cannot leave LinkState half-updated (every mutation is
-        // validated first), so a poisoned lock is still consistent.
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
     /// Republishes what is in effect at `now_ms` (a no-op for the pumps when nothing changed).
-    fn publish(&self, state: &LinkState, now_ms: u64) {
-        let eff = state.effective(now_ms);
-        self.metrics.observe(&eff, state.faults(now_ms).count());
+    fn publish(&self, mesh: &Mesh, now_ms: u64) {
+        let Ok(eff) = mesh.effective(&self.spec.name, now_ms) else {
+            return;
+        };
+        self.metrics
+            .observe(&eff, mesh.faults_on(&self.spec.name, now_ms).count());
         self.effect.send_if_modified(|cur| {
             if *cur == eff {
                 false
@@ -235,9 +244,14 @@ impl LinkRuntime {
         }
     }
 
-    fn status(&self, now_ms: u64) -> LinkStatus {
-        let state = self.lock();
-        let (forward, reverse) = state.shaping();
+    fn status(&self, mesh: &Mesh, now_ms: u64) -> LinkStatus {
+        let name = &self.spec.name;
+        let (forward, reverse) = mesh
+            .shaping(name)
+            .unwrap_or((self.spec.forward, self.spec.reverse));
+        let effective = mesh
+            .effective(name, now_ms)
+            .unwrap_or_else(|_| Effective::unshaped());
         LinkStatus {
             name: self.spec.name.clone(),
             from_region: self.spec.from_region.as_ref().map(|r| r.to_string()),
@@ -246,9 +260,9 @@ impl LinkRuntime {
             upstream: self.spec.upstream,
             forward,
             reverse,
-            effective: EffectiveInfo::from(&state.effective(now_ms)),
-            faults: state
-                .faults(now_ms)
+            effective: EffectiveInfo::from(&effective),
+            faults: mesh
+                .faults_on(name, now_ms)
                 .map(|f| FaultInfo::new(f, now_ms))
                 .collect(),
             counters: self.counters(),
@@ -262,6 +276,9 @@ pub(crate) struct Shared {
     links: BTreeMap<String, Arc<LinkRuntime>>,
     /// Link names in the order they were given.
     order: Vec<String>,
+    /// Every link's shaping and every fault: one lock, so a fault over several links is added,
+    /// renewed, removed and expired for all of them at once.
+    mesh: Mutex<Mesh>,
     pub(crate) metrics: Metrics,
     wake_expiry: Notify,
     opts: ProxyOptions,
@@ -276,10 +293,51 @@ impl Shared {
         u64::try_from(self.origin.elapsed().as_millis()).unwrap_or(u64::MAX)
     }
 
+    fn lock(&self) -> MutexGuard<'_, Mesh> {
+        // A panic while holding the lock cannot leave the mesh half-updated (every mutation is
+        // validated first), so a poisoned lock is still consistent.
+        self.mesh.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Republishes what is in effect on every link (a no-op for the pumps of a link whose
+    /// effect did not change).
+    fn publish(&self, mesh: &Mesh, now_ms: u64) {
+        for l in self.links.values() {
+            l.publish(mesh, now_ms);
+        }
+    }
+
     fn link(&self, name: &str) -> Result<&Arc<LinkRuntime>> {
         self.links
             .get(name)
             .ok_or_else(|| LinkError::UnknownLink(name.to_string()))
+    }
+
+    /// Adds a fault on `target` (a link, a pair or a region): one id and one lease for every link
+    /// it covers.
+    pub(crate) fn add(
+        &self,
+        target: FaultTarget,
+        kind: FaultKind,
+        lease_ms: u64,
+    ) -> Result<FaultInfo> {
+        let now = self.now_ms();
+        let mut mesh = self.lock();
+        let id = mesh.add(target, kind, lease_ms, now)?;
+        self.publish(&mesh, now);
+        let info = FaultInfo::new(mesh.fault(id, now)?, now);
+        drop(mesh);
+        self.wake_expiry.notify_one();
+        tracing::info!(
+            fault = %id,
+            scope = info.scope,
+            target = %info.target,
+            links = ?info.links,
+            kind = %kind.describe(),
+            lease_ms,
+            "fault added"
+        );
+        Ok(info)
     }
 
     pub(crate) fn add_fault(
@@ -288,91 +346,101 @@ impl Shared {
         kind: FaultKind,
         lease_ms: u64,
     ) -> Result<FaultInfo> {
-        let l = self.link(link)?;
-        let now = self.now_ms();
-        let mut state = l.lock();
-        let id = state.add_fault(kind, lease_ms, now)?;
-        l.publish(&state, now);
-        let info = state
-            .fault(id, now)
-            .map(|f| FaultInfo::new(f, now))
-            .ok_or_else(|| LinkError::UnknownFault {
-                link: link.to_string(),
-                id: id.to_string(),
-                expired: true,
-            })?;
-        drop(state);
-        self.wake_expiry.notify_one();
-        tracing::info!(link, fault = %id, kind = %kind.describe(), lease_ms, "fault added");
-        Ok(info)
+        self.add(FaultTarget::Link(link.to_string()), kind, lease_ms)
     }
 
-    pub(crate) fn renew_fault(&self, link: &str, id: FaultId, lease_ms: u64) -> Result<FaultInfo> {
-        let l = self.link(link)?;
+    /// The fault `id`, whatever its target.
+    pub(crate) fn fault(&self, id: FaultId) -> Result<FaultInfo> {
         let now = self.now_ms();
-        let mut state = l.lock();
-        let result = state.renew(id, lease_ms, now);
-        l.publish(&state, now);
-        drop(state);
+        let mesh = self.lock();
+        Ok(FaultInfo::new(mesh.fault(id, now)?, now))
+    }
+
+    /// Every active fault, each once, by id.
+    pub(crate) fn faults(&self) -> Vec<FaultInfo> {
+        let now = self.now_ms();
+        let mesh = self.lock();
+        mesh.faults(now).map(|f| FaultInfo::new(f, now)).collect()
+    }
+
+    /// Renews fault `id` (whatever its target) through `link` when given, which must be its
+    /// link.
+    pub(crate) fn renew(
+        &self,
+        link: Option<&str>,
+        id: FaultId,
+        lease_ms: u64,
+    ) -> Result<FaultInfo> {
+        let now = self.now_ms();
+        let mut mesh = self.lock();
+        let result = match link {
+            Some(l) => mesh.renew_on_link(l, id, lease_ms, now),
+            None => mesh.renew(id, lease_ms, now),
+        };
+        self.publish(&mesh, now);
+        drop(mesh);
         self.wake_expiry.notify_one();
         let fault = result?;
-        tracing::info!(link, fault = %id, lease_ms, "fault renewed");
+        tracing::info!(fault = %id, target = %fault.target, lease_ms, "fault renewed");
         Ok(FaultInfo::new(&fault, now))
     }
 
-    pub(crate) fn remove_fault(&self, link: &str, id: FaultId) -> Result<FaultInfo> {
-        let l = self.link(link)?;
+    /// Removes fault `id` (whatever its target) through `link` when given, which must be its
+    /// link.
+    pub(crate) fn remove(&self, link: Option<&str>, id: FaultId) -> Result<FaultInfo> {
         let now = self.now_ms();
-        let mut state = l.lock();
-        let fault = state.remove(id)?;
-        l.publish(&state, now);
-        drop(state);
-        tracing::info!(link, fault = %id, "fault removed");
-        Ok(FaultInfo::new(&fault, now))
-    }
-
-    /// Removes every fault of every link (or of `link`); returns how many.
-    pub(crate) fn clear_faults(&self, link: Option<&str>) -> Result<usize> {
-        let targets: Vec<&Arc<LinkRuntime>> = match link {
-            Some(name) => vec![self.link(name)?],
-            None => self.links.values().collect(),
+        let mut mesh = self.lock();
+        let fault = match link {
+            Some(l) => mesh.remove_on_link(l, id)?,
+            None => mesh.remove(id)?,
         };
+        self.publish(&mesh, now);
+        drop(mesh);
+        tracing::info!(fault = %id, target = %fault.target, links = ?fault.links, "fault removed");
+        Ok(FaultInfo::new(&fault, now))
+    }
+
+    /// Removes the faults added to `link` (pair and region faults that cover it stay), or every
+    /// fault of the server when `None`; returns how many.
+    pub(crate) fn clear_faults(&self, link: Option<&str>) -> Result<usize> {
         let now = self.now_ms();
-        let mut n = 0;
-        for l in targets {
-            let mut state = l.lock();
-            state.expire(now);
-            n += state.clear().len();
-            l.publish(&state, now);
-        }
+        let mut mesh = self.lock();
+        mesh.expire(now);
+        let n = match link {
+            Some(name) => mesh.clear_link(name)?.len(),
+            None => mesh.clear().len(),
+        };
+        self.publish(&mesh, now);
         Ok(n)
     }
 
     pub(crate) fn shaping(&self, link: &str) -> Result<(Shaping, Shaping)> {
-        Ok(self.link(link)?.lock().shaping())
+        self.lock().shaping(link)
     }
 
     pub(crate) fn set_shaping(&self, link: &str, forward: Shaping, reverse: Shaping) -> Result<()> {
-        let l = self.link(link)?;
         let now = self.now_ms();
-        let mut state = l.lock();
-        state.set_shaping(forward, reverse)?;
-        l.publish(&state, now);
+        let mut mesh = self.lock();
+        mesh.set_shaping(link, forward, reverse)?;
+        self.publish(&mesh, now);
         tracing::info!(link, ?forward, ?reverse, "shaping changed");
         Ok(())
     }
 
     pub(crate) fn status(&self) -> Vec<LinkStatus> {
         let now = self.now_ms();
+        let mesh = self.lock();
         self.order
             .iter()
             .filter_map(|n| self.links.get(n))
-            .map(|l| l.status(now))
+            .map(|l| l.status(&mesh, now))
             .collect()
     }
 
     pub(crate) fn link_status(&self, link: &str) -> Result<LinkStatus> {
-        Ok(self.link(link)?.status(self.now_ms()))
+        let l = self.link(link)?;
+        let now = self.now_ms();
+        Ok(l.status(&self.lock(), now))
     }
 
     /// The token the control API requires, if any.
@@ -415,6 +483,7 @@ impl LinkServer {
         {
             return Err(LinkError::TokenRequired(addr));
         }
+        let mesh = Mesh::new(&specs)?;
         let metrics = Metrics::new();
         let mut listeners = Vec::with_capacity(specs.len());
         let mut links = BTreeMap::new();
@@ -431,15 +500,13 @@ impl LinkServer {
                 what: format!("link `{}`: local address", spec.name),
                 source,
             })?;
-            let state = LinkState::new(spec.name.clone(), spec.forward, spec.reverse)?;
-            let eff = state.effective(0);
+            let eff = mesh.effective(&spec.name, 0)?;
             let link_metrics = metrics.link(&spec);
             link_metrics.observe(&eff, 0);
             let (effect, _) = watch::channel(eff);
             order.push(spec.name.clone());
             let rt = Arc::new(LinkRuntime {
                 spec,
-                state: Mutex::new(state),
                 effect,
                 metrics: link_metrics,
                 buckets: [Mutex::new(None), Mutex::new(None)],
@@ -475,6 +542,7 @@ impl LinkServer {
             origin: Instant::now(),
             links,
             order,
+            mesh: Mutex::new(mesh),
             metrics,
             wake_expiry: Notify::new(),
             opts,
@@ -536,19 +604,50 @@ impl LinkServer {
         Ok(self.shared.add_fault(link, kind, duration_ms(lease))?.id)
     }
 
-    /// Sets an active fault's lease to `lease` from now.
+    /// Adds a fault to `target` for `lease`: a link, a pair of regions (every link between them,
+    /// both ways) or a region (kind isolate: every link to and from it). One id and one lease for
+    /// every link it covers.
+    pub fn add_fault_on(
+        &self,
+        target: FaultTarget,
+        kind: FaultKind,
+        lease: Duration,
+    ) -> Result<FaultId> {
+        Ok(self.shared.add(target, kind, duration_ms(lease))?.id)
+    }
+
+    /// Sets an active fault's lease to `lease` from now. The fault must be `link`'s own (a pair
+    /// or region fault is renewed with [`renew`](Self::renew)).
     pub fn renew_fault(&self, link: &str, id: FaultId, lease: Duration) -> Result<()> {
         self.shared
-            .renew_fault(link, id, duration_ms(lease))
+            .renew(Some(link), id, duration_ms(lease))
             .map(|_| ())
     }
 
-    /// Removes a fault: the link heals from it at once.
+    /// Removes a fault of `link`: the link heals from it at once. The fault must be `link`'s own
+    /// (a pair or region fault is removed with [`remove`](Self::remove)).
     pub fn remove_fault(&self, link: &str, id: FaultId) -> Result<()> {
-        self.shared.remove_fault(link, id).map(|_| ())
+        self.shared.remove(Some(link), id).map(|_| ())
     }
 
-    /// Removes every fault of `link`, or of every link when `None`; returns how many.
+    /// Sets the lease of fault `id`, whatever its target, to `lease` from now, on every link it
+    /// covers.
+    pub fn renew(&self, id: FaultId, lease: Duration) -> Result<()> {
+        self.shared.renew(None, id, duration_ms(lease)).map(|_| ())
+    }
+
+    /// Removes fault `id`, whatever its target: every link it covers heals from it at once.
+    pub fn remove(&self, id: FaultId) -> Result<()> {
+        self.shared.remove(None, id).map(|_| ())
+    }
+
+    /// Every active fault of the server, each once (with the links it covers), by id.
+    pub fn faults(&self) -> Vec<FaultInfo> {
+        self.shared.faults()
+    }
+
+    /// Removes the faults added to `link` (pair and region faults that cover it stay: remove them
+    /// by id), or every fault of the server when `None`; returns how many.
     pub fn clear_faults(&self, link: Option<&str>) -> Result<usize> {
         self.shared.clear_faults(link)
     }
@@ -634,17 +733,19 @@ async fn expiry_loop(shared: Arc<Shared>) {
     let mut stop = shared.shutdown.subscribe();
     loop {
         let now = shared.now_ms();
-        let mut next: Option<u64> = None;
-        for link in shared.links.values() {
-            let mut state = link.lock();
-            for id in state.expire(now) {
-                tracing::info!(link = %link.spec.name, fault = %id, "fault lease ended; removed");
+        let next = {
+            let mut mesh = shared.lock();
+            for f in mesh.expire(now) {
+                tracing::info!(
+                    fault = %f.id,
+                    target = %f.target,
+                    links = ?f.links,
+                    "fault lease ended; removed (every link it covered healed)"
+                );
             }
-            link.publish(&state, now);
-            if let Some(t) = state.next_expiry_ms() {
-                next = Some(next.map_or(t, |n| n.min(t)));
-            }
-        }
+            shared.publish(&mesh, now);
+            mesh.next_expiry_ms()
+        };
         let mut wait = shared.opts.expiry_interval;
         if let Some(t) = next {
             wait = wait.min(Duration::from_millis(t.saturating_sub(now)));

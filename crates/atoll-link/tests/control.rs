@@ -543,7 +543,7 @@ async fn cli_client_commands() {
     let add = LinkArgs {
         command: LinkCommand::Fault(FaultArgs {
             command: FaultCommand::Add {
-                link: LINK.into(),
+                target: LINK.into(),
                 kind: KindArg::Partition,
                 mode: None,
                 direction: None,
@@ -558,7 +558,7 @@ async fn cli_client_commands() {
     let ls = LinkArgs {
         command: LinkCommand::Fault(FaultArgs {
             command: FaultCommand::Ls {
-                link: None,
+                target: None,
                 control: control(&server),
             },
         }),
@@ -567,7 +567,7 @@ async fn cli_client_commands() {
     let renew = LinkArgs {
         command: LinkCommand::Fault(FaultArgs {
             command: FaultCommand::Renew {
-                link: LINK.into(),
+                target: LINK.into(),
                 id: "f-1".into(),
                 lease: "1h".into(),
                 control: control(&server),
@@ -579,7 +579,7 @@ async fn cli_client_commands() {
     let rm = |id: &str| LinkArgs {
         command: LinkCommand::Fault(FaultArgs {
             command: FaultCommand::Rm {
-                link: LINK.into(),
+                target: LINK.into(),
                 id: id.into(),
                 control: control(&server),
             },
@@ -595,7 +595,7 @@ async fn cli_client_commands() {
     let bad = LinkArgs {
         command: LinkCommand::Fault(FaultArgs {
             command: FaultCommand::Add {
-                link: LINK.into(),
+                target: LINK.into(),
                 kind: KindArg::Oneway,
                 mode: None,
                 direction: None,
@@ -842,6 +842,7 @@ async fn with_a_token_every_route_but_health_and_metrics_needs_it() {
     let api = Api::new(&server);
     let before = snapshot(&server);
     let fault = r#"{"kind": "partition", "for": "10m"}"#;
+    let isolate = r#"{"region": "us-east-1", "kind": "isolate", "for": "10m"}"#;
     let path = format!("/v1/links/{ENCODED}/faults");
     for auth in [
         None,
@@ -853,6 +854,12 @@ async fn with_a_token_every_route_but_health_and_metrics_needs_it() {
             (Method::GET, "/v1/links", None),
             (Method::POST, path.as_str(), Some(fault)),
             (Method::DELETE, path.as_str(), None),
+            (Method::GET, "/v1/faults", None),
+            (Method::POST, "/v1/faults", Some(isolate)),
+            (Method::DELETE, "/v1/faults", None),
+            (Method::GET, "/v1/faults/f-1", None),
+            (Method::PUT, "/v1/faults/f-1", Some(r#"{"for": "1h"}"#)),
+            (Method::DELETE, "/v1/faults/f-1", None),
             (Method::GET, "/v1/nosuch", None),
         ] {
             let mut req = api.http.request(method.clone(), format!("{}{p}", api.base));
@@ -892,6 +899,17 @@ async fn with_a_token_every_route_but_health_and_metrics_needs_it() {
         .unwrap();
     assert_eq!(status, 201, "{:?}", v.text().await);
     assert_eq!(server.link_status(LINK).unwrap().faults.len(), 1);
+    let resp = api
+        .http
+        .post(format!("{}/v1/faults", api.base))
+        .bearer_auth(TOKEN)
+        .header("content-type", "application/json")
+        .body(isolate)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 201, "{:?}", resp.text().await);
+    assert_eq!(server.faults().len(), 2);
 
     // The CLI client sends it from --token / ATOLL_LINK_TOKEN.
     let mut args = control(&server);
@@ -902,5 +920,554 @@ async fn with_a_token_every_route_but_health_and_metrics_needs_it() {
     assert!(e.contains("ATOLL-UNAUTHORIZED"), "{e}");
     args.token = Some(TOKEN.to_string());
     cli::run(ls(args)).await.unwrap();
+    server.shutdown().await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Pair and region faults.
+
+const US: &str = "us-east-1";
+const EU: &str = "eu-west-1";
+const AP: &str = "ap-southeast-1";
+
+/// A link each way between every two of `regions`, plus `extra` one-way links, all to an echo
+/// server.
+async fn mesh_server(regions: &[&str], extra: &[(&str, &str)]) -> LinkServer {
+    let echo = echo_server().await;
+    let mut specs = Vec::new();
+    for a in regions {
+        for b in regions.iter().filter(|b| *b != a) {
+            specs.push(spec(&format!("{a}->{b}"), echo, Shaping::delay(1.0)));
+        }
+    }
+    for (a, b) in extra {
+        specs.push(spec(&format!("{a}->{b}"), echo, Shaping::delay(1.0)));
+    }
+    LinkServer::start(specs, Some(LOCAL.parse().unwrap()))
+        .await
+        .unwrap()
+}
+
+/// The links whose effect is blocked both ways, sorted.
+fn cut_links(s: &LinkServer) -> Vec<String> {
+    let mut v: Vec<String> = s
+        .status()
+        .into_iter()
+        .filter(|l| l.effective.forward.blocked && l.effective.reverse.blocked)
+        .map(|l| l.name)
+        .collect();
+    v.sort();
+    v
+}
+
+fn sorted(v: &[String]) -> Vec<String> {
+    let mut v = v.to_vec();
+    v.sort();
+    v
+}
+
+fn links_of(v: &Value) -> Vec<String> {
+    v["links"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l.as_str().unwrap().to_string())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pair_and_region_faults_over_http() {
+    let server = mesh_server(&[US, EU, AP], &[]).await;
+    let api = Api::new(&server);
+    let us_eu = format!("{US}->{EU}");
+    let eu_us = format!("{EU}->{US}");
+
+    // A pair: both directed links, one fault.
+    let (st, v) = api
+        .call(
+            Method::POST,
+            "/v1/faults",
+            Some(r#"{"pair": "us-east-1<->eu-west-1", "kind": "partition", "for": "10m"}"#),
+        )
+        .await;
+    assert_eq!(st, 201, "{v}");
+    let pair_id = v["id"].as_str().unwrap().to_string();
+    assert_eq!(v["scope"], "pair");
+    assert_eq!(v["target"], "us-east-1<->eu-west-1");
+    assert_eq!(v["kind"], "partition");
+    assert_eq!(v["mode"], "stall");
+    assert_eq!(links_of(&v), sorted(&[us_eu.clone(), eu_us.clone()]));
+    assert!(v["remaining_ms"].as_u64().unwrap() > 590_000);
+    assert_eq!(cut_links(&server), sorted(&[us_eu.clone(), eu_us.clone()]));
+    // Each link lists it, with its target.
+    for name in [&us_eu, &eu_us] {
+        let (st, l) = api
+            .call(
+                Method::GET,
+                &format!("/v1/links/{}/faults", cli::encode(name)),
+                None,
+            )
+            .await;
+        assert_eq!(st, 200, "{l}");
+        assert_eq!(l["faults"][0]["id"], pair_id.as_str());
+        assert_eq!(l["faults"][0]["scope"], "pair");
+    }
+
+    // A region: every link to and from it.
+    let (st, v) = api
+        .call(
+            Method::POST,
+            "/v1/faults",
+            Some(r#"{"region": "ap-southeast-1", "kind": "isolate", "mode": "refuse", "for": "10m"}"#),
+        )
+        .await;
+    assert_eq!(st, 201, "{v}");
+    let iso_id = v["id"].as_str().unwrap().to_string();
+    assert_eq!(
+        (v["scope"].as_str(), v["kind"].as_str()),
+        (Some("region"), Some("isolate"))
+    );
+    assert_eq!(v["description"], "isolate (refuse)");
+    let ap_links: Vec<String> = [
+        format!("{US}->{AP}"),
+        format!("{EU}->{AP}"),
+        format!("{AP}->{US}"),
+        format!("{AP}->{EU}"),
+    ]
+    .into();
+    assert_eq!(links_of(&v), sorted(&ap_links));
+    assert_eq!(cut_links(&server).len(), 6);
+    assert!(
+        server
+            .link_status(&format!("{AP}->{EU}"))
+            .unwrap()
+            .effective
+            .refuse_new
+    );
+
+    // Listed once each, however many links they cover.
+    let (st, v) = api.call(Method::GET, "/v1/faults", None).await;
+    assert_eq!(st, 200);
+    let ids: Vec<&str> = v["faults"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, [pair_id.as_str(), iso_id.as_str()]);
+    let (st, v) = api
+        .call(Method::GET, &format!("/v1/faults/{iso_id}"), None)
+        .await;
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(v["target"], AP);
+
+    // Renewed as a whole: every link it covers has the new lease.
+    let (st, v) = api
+        .call(
+            Method::PUT,
+            &format!("/v1/faults/{pair_id}"),
+            Some(r#"{"for": "30s"}"#),
+        )
+        .await;
+    assert_eq!(st, 200, "{v}");
+    for name in [&us_eu, &eu_us] {
+        let f = &server.link_status(name).unwrap().faults[0];
+        assert!(f.remaining_ms <= 30_000, "{name}: {f:?}");
+    }
+
+    // Not through one of its links: 409, naming its target, and nothing changes.
+    let before = snapshot(&server);
+    let one = format!("/v1/links/{}/faults/{pair_id}", cli::encode(&us_eu));
+    for (method, body) in [
+        (Method::PUT, Some(r#"{"for": "1h"}"#)),
+        (Method::DELETE, None),
+    ] {
+        let (st, v) = api.call(method, &one, body).await;
+        assert_error(
+            st,
+            &v,
+            409,
+            "ATOLL-LINK-FAULT-SCOPE",
+            "a pair fault through a link",
+        );
+        assert!(
+            v["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("pair `us-east-1<->eu-west-1`"),
+            "{v}"
+        );
+    }
+    assert_eq!(snapshot(&server), before);
+    // Clearing a link removes its own faults only, and says what still covers it.
+    let (st, v) = api
+        .call(
+            Method::DELETE,
+            &format!("/v1/links/{}/faults", cli::encode(&format!("{US}->{AP}"))),
+            None,
+        )
+        .await;
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(v["removed"], 0);
+    assert_eq!(v["still_covered_by"], serde_json::json!([iso_id]));
+
+    // Removed as a whole: both links heal at once, the region's stay cut.
+    let (st, v) = api
+        .call(Method::DELETE, &format!("/v1/faults/{pair_id}"), None)
+        .await;
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(v["removed"]["id"], pair_id.as_str());
+    assert_eq!(cut_links(&server), sorted(&ap_links));
+    let (st, v) = api
+        .call(Method::GET, &format!("/v1/faults/{pair_id}"), None)
+        .await;
+    assert_error(
+        st,
+        &v,
+        404,
+        "ATOLL-LINK-UNKNOWN-FAULT",
+        "removed pair fault",
+    );
+
+    // DELETE /v1/faults heals everything.
+    let (st, v) = api.call(Method::DELETE, "/v1/faults", None).await;
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(v["removed"], 1);
+    assert!(cut_links(&server).is_empty());
+    assert!(server.faults().is_empty());
+
+    // A short lease ends for both links of the pair together, by itself.
+    let (st, v) = api
+        .call(
+            Method::POST,
+            "/v1/faults",
+            Some(r#"{"pair": "eu-west-1<->ap-southeast-1", "kind": "partition", "for": "200ms"}"#),
+        )
+        .await;
+    assert_eq!(st, 201, "{v}");
+    let id = v["id"].as_str().unwrap().to_string();
+    assert_eq!(cut_links(&server).len(), 2);
+    wait_until(
+        Duration::from_secs(3),
+        "the pair's lease to end",
+        || async { cut_links(&server).is_empty() && server.faults().is_empty() },
+    )
+    .await;
+    let (st, v) = api
+        .call(
+            Method::PUT,
+            &format!("/v1/faults/{id}"),
+            Some(r#"{"for": "1m"}"#),
+        )
+        .await;
+    assert_error(
+        st,
+        &v,
+        404,
+        "ATOLL-LINK-FAULT-EXPIRED",
+        "expired pair fault",
+    );
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_pair_and_region_faults_are_refused_and_change_nothing() {
+    // us-east-1 and eu-west-1 have a link each way; us-east-1->ap-southeast-1 goes one way only;
+    // eu-west-1 and ap-southeast-1 have no link between them.
+    let server = mesh_server(&[US, EU], &[(US, AP)]).await;
+    let api = Api::new(&server);
+    // One fault of each target, so "nothing changed" also covers them.
+    for body in [
+        r#"{"pair": "us-east-1<->eu-west-1", "kind": "reset", "for": "10m"}"#,
+        r#"{"region": "eu-west-1", "kind": "isolate", "for": "10m"}"#,
+    ] {
+        let (st, v) = api.call(Method::POST, "/v1/faults", Some(body)).await;
+        assert_eq!(st, 201, "{v}");
+    }
+    let faults = |s: &LinkServer| -> Vec<(String, String, Vec<String>, String)> {
+        s.faults()
+            .into_iter()
+            .map(|f| (f.id.to_string(), f.target, f.links, f.description))
+            .collect()
+    };
+    let before = (snapshot(&server), faults(&server));
+    let post = |body: &'static str, want: u16, code: &'static str, what: &'static str| {
+        (
+            Method::POST,
+            "/v1/faults".to_string(),
+            Some(body),
+            want,
+            code,
+            what,
+        )
+    };
+    let cases: Vec<BadCase> = vec![
+        post(
+            r#"{"region": "sa-east-1", "kind": "isolate", "for": "1m"}"#,
+            404,
+            "ATOLL-LINK-UNKNOWN-REGION",
+            "isolate a region no link goes to or from (unknown, or without links)",
+        ),
+        post(
+            r#"{"pair": "us-east-1<->sa-east-1", "kind": "partition", "for": "1m"}"#,
+            404,
+            "ATOLL-LINK-UNKNOWN-REGION",
+            "pair with an unknown region",
+        ),
+        post(
+            r#"{"pair": "eu-west-1<->eu-west-1", "kind": "partition", "for": "1m"}"#,
+            400,
+            "ATOLL-LINK-PAIR-SAME-REGION",
+            "pair naming one region twice",
+        ),
+        post(
+            r#"{"pair": "eu-west-1<->ap-southeast-1", "kind": "partition", "for": "1m"}"#,
+            404,
+            "ATOLL-LINK-NO-LINKS",
+            "pair with no links",
+        ),
+        post(
+            r#"{"pair": "us-east-1<->ap-southeast-1", "kind": "partition", "for": "1m"}"#,
+            404,
+            "ATOLL-LINK-NO-LINKS",
+            "pair with a link one way only",
+        ),
+        post(
+            r#"{"pair": "us-east-1->eu-west-1", "kind": "partition", "for": "1m"}"#,
+            400,
+            "ATOLL-LINK-INVALID",
+            "a link name as a pair",
+        ),
+        post(
+            r#"{"region": "US-EAST", "kind": "isolate", "for": "1m"}"#,
+            400,
+            "ATOLL-LINK-INVALID",
+            "malformed region",
+        ),
+        post(
+            r#"{"link": "us-east-1", "kind": "partition", "for": "1m"}"#,
+            400,
+            "ATOLL-LINK-INVALID",
+            "a region as a link",
+        ),
+        post(
+            r#"{"link": "nowhere", "kind": "partition", "for": "1m"}"#,
+            404,
+            "ATOLL-LINK-UNKNOWN-LINK",
+            "unknown link",
+        ),
+        post(
+            r#"{"region": "us-east-1", "kind": "partition", "for": "1m"}"#,
+            400,
+            "ATOLL-LINK-INVALID",
+            "a region takes isolate",
+        ),
+        post(
+            r#"{"pair": "us-east-1<->eu-west-1", "kind": "isolate", "for": "1m"}"#,
+            400,
+            "ATOLL-LINK-INVALID",
+            "isolate on a pair",
+        ),
+        post(
+            r#"{"pair": "us-east-1<->eu-west-1", "kind": "oneway", "direction": "forward", "for": "1m"}"#,
+            400,
+            "ATOLL-LINK-INVALID",
+            "oneway on a pair",
+        ),
+        post(
+            r#"{"kind": "partition", "for": "1m"}"#,
+            400,
+            "ATOLL-LINK-INVALID",
+            "no target",
+        ),
+        post(
+            r#"{"pair": "us-east-1<->eu-west-1", "region": "us-east-1", "kind": "partition", "for": "1m"}"#,
+            400,
+            "ATOLL-LINK-INVALID",
+            "two targets",
+        ),
+        post(
+            r#"{"region": "us-east-1", "kind": "isolate"}"#,
+            400,
+            "ATOLL-LINK-INVALID",
+            "no lease",
+        ),
+        post(
+            r#"{"region": "us-east-1", "kind": "isolate", "for": "1m", "scope": "region"}"#,
+            400,
+            "ATOLL-MALFORMED-BODY",
+            "unknown field",
+        ),
+        (
+            Method::POST,
+            format!("/v1/links/{ENCODED}/faults"),
+            Some(r#"{"pair": "us-east-1<->eu-west-1", "kind": "partition", "for": "1m"}"#),
+            400,
+            "ATOLL-LINK-INVALID",
+            "a pair on a link route",
+        ),
+        (
+            Method::PUT,
+            "/v1/faults/f-99".into(),
+            Some(r#"{"for": "1m"}"#),
+            404,
+            "ATOLL-LINK-UNKNOWN-FAULT",
+            "renew unknown id",
+        ),
+        (
+            Method::DELETE,
+            "/v1/faults/f-99".into(),
+            None,
+            404,
+            "ATOLL-LINK-UNKNOWN-FAULT",
+            "remove unknown id",
+        ),
+        (
+            Method::PUT,
+            "/v1/faults/f-1".into(),
+            Some(r#"{"for": "0s"}"#),
+            400,
+            "ATOLL-LINK-INVALID",
+            "renew for 0",
+        ),
+        (
+            Method::DELETE,
+            "/v1/faults/banana".into(),
+            None,
+            400,
+            "ATOLL-LINK-INVALID",
+            "malformed id",
+        ),
+    ];
+    for (method, path, body, want, code, what) in cases {
+        let (st, v) = api.call(method, &path, body).await;
+        assert_error(st, &v, want, code, what);
+        assert_eq!(
+            (snapshot(&server), faults(&server)),
+            before,
+            "{what} changed something"
+        );
+    }
+    // The messages name the problem.
+    for (body, needle) in [
+        (
+            r#"{"region": "sa-east-1", "kind": "isolate", "for": "1m"}"#,
+            "regions with links here: ap-southeast-1, eu-west-1, us-east-1",
+        ),
+        (
+            r#"{"pair": "us-east-1<->ap-southeast-1", "kind": "partition", "for": "1m"}"#,
+            "no link goes from ap-southeast-1 to us-east-1",
+        ),
+        (
+            r#"{"pair": "eu-west-1<->eu-west-1", "kind": "partition", "for": "1m"}"#,
+            "same region twice",
+        ),
+    ] {
+        let (_, v) = api.call(Method::POST, "/v1/faults", Some(body)).await;
+        let m = v["error"]["message"].as_str().unwrap();
+        assert!(m.contains(needle), "{body}: {m}");
+    }
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_pair_and_region_faults() {
+    let server = mesh_server(&[US, EU, AP], &[]).await;
+    let add = |target: &str, kind: KindArg| LinkArgs {
+        command: LinkCommand::Fault(FaultArgs {
+            command: FaultCommand::Add {
+                target: target.into(),
+                kind,
+                mode: None,
+                direction: None,
+                extra_ms: None,
+                lease: "10m".into(),
+                control: control(&server),
+            },
+        }),
+    };
+    let rm = |target: &str, id: &str| LinkArgs {
+        command: LinkCommand::Fault(FaultArgs {
+            command: FaultCommand::Rm {
+                target: target.into(),
+                id: id.into(),
+                control: control(&server),
+            },
+        }),
+    };
+    let renew = |target: &str, id: &str| LinkArgs {
+        command: LinkCommand::Fault(FaultArgs {
+            command: FaultCommand::Renew {
+                target: target.into(),
+                id: id.into(),
+                lease: "1h".into(),
+                control: control(&server),
+            },
+        }),
+    };
+    let ls = |target: Option<&str>| LinkArgs {
+        command: LinkCommand::Fault(FaultArgs {
+            command: FaultCommand::Ls {
+                target: target.map(str::to_string),
+                control: control(&server),
+            },
+        }),
+    };
+
+    cli::run(add("us-east-1<->eu-west-1", KindArg::Partition))
+        .await
+        .unwrap();
+    assert_eq!(
+        cut_links(&server),
+        sorted(&[format!("{US}->{EU}"), format!("{EU}->{US}")])
+    );
+    cli::run(add(US, KindArg::Isolate)).await.unwrap();
+    assert_eq!(cut_links(&server).len(), 4, "{:?}", cut_links(&server));
+    cli::run(ls(None)).await.unwrap();
+    cli::run(ls(Some(US))).await.unwrap();
+    cli::run(ls(Some("eu-west-1<->us-east-1"))).await.unwrap();
+    let e = cli::run(ls(Some("sa-east-1")))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("sa-east-1"), "{e}");
+
+    // The pair, given in the other order, is the same pair.
+    cli::run(renew("eu-west-1<->us-east-1", "f-1"))
+        .await
+        .unwrap();
+    assert!(server.faults()[0].remaining_ms > 3_500_000);
+    // The wrong target is refused, naming the right one, and changes nothing.
+    for wrong in [US, "us-east-1->eu-west-1", "us-east-1<->ap-southeast-1"] {
+        let e = cli::run(rm(wrong, "f-1")).await.unwrap_err().to_string();
+        assert!(e.contains("pair `us-east-1<->eu-west-1`"), "{wrong}: {e}");
+    }
+    let e = cli::run(rm("us-east-1->eu-west-1", "f-2"))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("region `us-east-1`"), "{e}");
+    assert_eq!(server.faults().len(), 2);
+    // Isolate takes a region; the server says so for a pair.
+    let e = cli::run(add("us-east-1<->eu-west-1", KindArg::Isolate))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("ATOLL-LINK-INVALID") && e.contains("isolate"),
+        "{e}"
+    );
+    let e = cli::run(add("us-east-1<->us-east-1", KindArg::Partition))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("ATOLL-LINK-PAIR-SAME-REGION"), "{e}");
+
+    cli::run(rm("us-east-1<->eu-west-1", "f-1")).await.unwrap();
+    cli::run(rm(US, "f-2")).await.unwrap();
+    assert!(cut_links(&server).is_empty());
+    assert!(server.faults().is_empty());
+    let e = cli::run(rm(US, "f-2")).await.unwrap_err().to_string();
+    assert!(e.contains("ATOLL-LINK-UNKNOWN-FAULT"), "{e}");
     server.shutdown().await;
 }

@@ -1,9 +1,10 @@
-//! The proxy on loopback: delay accuracy, bandwidth, every fault kind, leases, backpressure, and
-//! byte order under jitter. Every wait is bounded; only 127.0.0.1 is used.
+//! The proxy on loopback: delay accuracy, bandwidth, every fault kind, pair and region faults,
+//! leases, backpressure, and byte order under jitter. Every wait is bounded; only 127.0.0.1 is
+//! used.
 
 mod common;
 
-use atoll_link::{Direction, FaultKind, PartitionMode, ProxyOptions, Shaping};
+use atoll_link::{Direction, FaultKind, FaultTarget, PartitionMode, ProxyOptions, Shaping};
 use common::*;
 use proptest::prelude::*;
 use std::io;
@@ -388,6 +389,211 @@ async fn shutdown_stops_listening() {
         .await
         .expect("shutdown hung");
     assert!(tokio::net::TcpStream::connect(addr).await.is_err());
+}
+
+// ---------------------------------------------------------------------------------------------
+// Pair and region faults, end to end: three regions, a link each way between every two, each link
+// to an upstream of its own whose connections the test holds.
+
+const US: &str = "us-east-1";
+const EU: &str = "eu-west-1";
+const AP: &str = "ap-southeast-1";
+
+/// One connection through a link, both ends held by the test.
+struct Through {
+    name: String,
+    client: tokio::net::TcpStream,
+    upstream: tokio::net::TcpStream,
+}
+
+impl Through {
+    /// Bytes flow both ways: `ping` reaches the upstream and `pong` the client within 2 s.
+    async fn flows(&mut self) {
+        let limit = Duration::from_secs(2);
+        self.client.write_all(b"ping").await.unwrap();
+        let got = read_n(&mut self.upstream, 4, limit).await;
+        assert_eq!(
+            got.ok().as_deref(),
+            Some(&b"ping"[..]),
+            "{} forward",
+            self.name
+        );
+        self.upstream.write_all(b"pong").await.unwrap();
+        let got = read_n(&mut self.client, 4, limit).await;
+        assert_eq!(
+            got.ok().as_deref(),
+            Some(&b"pong"[..]),
+            "{} reverse",
+            self.name
+        );
+    }
+
+    /// Bytes flow neither way: what each end sends does not arrive.
+    async fn cut(&mut self) {
+        self.client.write_all(b"held-fwd").await.unwrap();
+        self.upstream.write_all(b"held-rev").await.unwrap();
+        let quiet = Duration::from_millis(150);
+        let what = format!("{} forward under the fault", self.name);
+        assert_quiet(&mut self.upstream, quiet, &what).await;
+        let what = format!("{} reverse under the fault", self.name);
+        assert_quiet(&mut self.client, quiet, &what).await;
+    }
+
+    /// What [`cut`](Self::cut) held arrives both ways, within `limit`.
+    async fn released(&mut self, limit: Duration) {
+        let got = read_n(&mut self.upstream, 8, limit).await;
+        assert_eq!(
+            got.ok().as_deref(),
+            Some(&b"held-fwd"[..]),
+            "{} forward",
+            self.name
+        );
+        let got = read_n(&mut self.client, 8, limit).await;
+        assert_eq!(
+            got.ok().as_deref(),
+            Some(&b"held-rev"[..]),
+            "{} reverse",
+            self.name
+        );
+    }
+}
+
+/// A server with a link each way between every two of US, EU and AP (each to its own upstream),
+/// one open connection through every link, and the upstreams' accept queues.
+async fn three_regions() -> (
+    atoll_link::LinkServer,
+    Vec<Through>,
+    std::collections::BTreeMap<String, tokio::sync::mpsc::Receiver<tokio::net::TcpStream>>,
+) {
+    let mut specs = Vec::new();
+    let mut queues = std::collections::BTreeMap::new();
+    for a in [US, EU, AP] {
+        for b in [US, EU, AP].into_iter().filter(|b| *b != a) {
+            let name = format!("{a}->{b}");
+            let (up, rx) = pair_upstream().await;
+            specs.push(spec(&name, up, Shaping::NONE));
+            queues.insert(name, rx);
+        }
+    }
+    let server = atoll_link::LinkServer::start(specs, None).await.unwrap();
+    let mut conns = Vec::new();
+    for (name, rx) in queues.iter_mut() {
+        let client = connect(&server, name).await;
+        let upstream = accept(rx).await;
+        conns.push(Through {
+            name: name.clone(),
+            client,
+            upstream,
+        });
+    }
+    for c in &mut conns {
+        c.flows().await;
+    }
+    (server, conns, queues)
+}
+
+fn touches(name: &str, region: &str) -> bool {
+    let (from, to) = name.split_once("->").unwrap();
+    from == region || to == region
+}
+
+/// A pair partition cuts both directed links between the two regions (bytes flow neither way on
+/// either, new connections wait) and no other link; removing it by its one id heals both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pair_partition_cuts_both_directions_and_nothing_else() {
+    let (server, mut conns, mut queues) = three_regions().await;
+    let id = server
+        .add_fault_on(
+            FaultTarget::pair("us-east-1<->eu-west-1").unwrap(),
+            FaultKind::Partition {
+                mode: PartitionMode::Stall,
+            },
+            LONG,
+        )
+        .unwrap();
+    let in_pair = |n: &str| touches(n, US) && touches(n, EU);
+    assert_eq!(conns.iter().filter(|c| in_pair(&c.name)).count(), 2);
+    for c in &mut conns {
+        if in_pair(&c.name) {
+            c.cut().await;
+        } else {
+            c.flows().await;
+        }
+    }
+    // Neither region can open a new connection to the other: they wait, unforwarded.
+    let mut late = Vec::new();
+    for name in [format!("{US}->{EU}"), format!("{EU}->{US}")] {
+        let mut s = connect(&server, &name).await;
+        s.write_all(b"late").await.unwrap();
+        let rx = queues.get_mut(&name).unwrap();
+        assert!(
+            tokio::time::timeout(Duration::from_millis(150), rx.recv())
+                .await
+                .is_err(),
+            "{name}: a new connection went through the partition"
+        );
+        late.push((name, s));
+    }
+    assert_eq!(server.faults().len(), 1, "one fault");
+
+    server.remove(id).unwrap();
+    for c in conns.iter_mut().filter(|c| in_pair(&c.name)) {
+        c.released(Duration::from_secs(5)).await;
+        c.flows().await;
+    }
+    for (name, _s) in &late {
+        let mut up = accept(queues.get_mut(name).unwrap()).await;
+        assert_eq!(read_n(&mut up, 4, LONG).await.unwrap(), b"late", "{name}");
+    }
+    server.shutdown().await;
+}
+
+/// Isolating a region cuts every link to and from it, both ways, and no other link; when its one
+/// lease ends, every one of its links heals by itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn isolate_cuts_every_link_of_the_region_and_nothing_else() {
+    let (server, mut conns, _queues) = three_regions().await;
+    let lease = Duration::from_secs(4);
+    let start = Instant::now();
+    server
+        .add_fault_on(
+            FaultTarget::region(AP).unwrap(),
+            FaultKind::Isolate {
+                mode: PartitionMode::Refuse,
+            },
+            lease,
+        )
+        .unwrap();
+    assert_eq!(conns.iter().filter(|c| touches(&c.name, AP)).count(), 4);
+    for c in &mut conns {
+        if touches(&c.name, AP) {
+            c.cut().await;
+            // Refusing: a new connection through any of its links is reset at once.
+            assert_rejected(&server, &c.name).await;
+        } else {
+            c.flows().await;
+        }
+    }
+    assert!(
+        start.elapsed() < lease,
+        "the checks outlasted the lease ({:?}); lengthen it",
+        start.elapsed()
+    );
+    // The lease ends for all four links: the held bytes arrive on each, none before the lease.
+    for c in conns.iter_mut().filter(|c| touches(&c.name, AP)) {
+        c.released(Duration::from_secs(10)).await;
+        assert!(
+            start.elapsed() >= lease - Duration::from_millis(5),
+            "{} released early: {:?}",
+            c.name,
+            start.elapsed()
+        );
+    }
+    assert!(server.faults().is_empty());
+    for c in &mut conns {
+        c.flows().await;
+    }
+    server.shutdown().await;
 }
 
 proptest! {

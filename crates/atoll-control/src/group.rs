@@ -4,7 +4,7 @@
 use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Weak};
+use std::sync::Arc;
 use std::time::Duration;
 
 use openraft::error::{ClientWriteError, Fatal, InitializeError, RaftError};
@@ -212,8 +212,8 @@ struct Inner {
     timing: ControlTiming,
     limits: ControlLimits,
     applied: watch::Receiver<Applied>,
-    /// Dead once every user of the store (openraft's tasks) is gone, i.e. the file is closed.
-    store_alive: Weak<redb::Database>,
+    /// `true` once every user of the store (openraft's tasks) is gone and the file is closed.
+    store_closed: watch::Receiver<bool>,
     stopping: AtomicBool,
 }
 
@@ -261,13 +261,12 @@ impl ControlGroup {
         let config = Arc::new(opts.validate()?);
         let id = opts.node_id;
         let dir = opts.data_dir.clone();
-        let (store, snapshot) = blocking(move || {
-            let store = Store::open(&dir, id)?;
+        let (store, store_closed, snapshot) = blocking(move || {
+            let (store, closed) = Store::open(&dir, id)?;
             let snapshot = store.load_snapshot()?;
-            Ok((store, snapshot))
+            Ok((store, closed, snapshot))
         })
         .await?;
-        let store_alive = store.watch_closed();
         let (machine, applied) = Machine::restore(sm, store.clone(), snapshot)?;
         let network = NetworkFactory {
             me: id,
@@ -287,7 +286,7 @@ impl ControlGroup {
                 timing: opts.timing,
                 limits: opts.limits,
                 applied,
-                store_alive,
+                store_closed,
                 stopping: AtomicBool::new(false),
             }),
         };
@@ -631,17 +630,15 @@ impl ControlGroup {
         if let Err(e) = self.inner.raft.shutdown().await {
             tracing::warn!(member = self.inner.id, error = %e, "control group raft task ended badly");
         }
-        // openraft's state machine worker and snapshot tasks end shortly after its core.
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while self.inner.store_alive.strong_count() > 0 {
-            if Instant::now() >= deadline {
-                tracing::warn!(
-                    member = self.inner.id,
-                    "control store still open 5 s after shutdown"
-                );
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(5)).await;
+        // openraft's state machine worker and snapshot tasks end shortly after its core; the
+        // store closes with the last of them.
+        let mut closed = self.inner.store_closed.clone();
+        let wait = closed.wait_for(|c| *c);
+        if tokio::time::timeout(Duration::from_secs(5), wait).await.is_err() {
+            tracing::warn!(
+                member = self.inner.id,
+                "control store still open 5 s after shutdown"
+            );
         }
         tracing::info!(member = self.inner.id, "control group stopped");
     }

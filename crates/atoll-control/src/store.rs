@@ -21,7 +21,7 @@
 
 use std::ops::{Bound, RangeBounds};
 use std::path::Path;
-use std::sync::{Arc, Weak};
+use std::sync::Arc;
 
 use openraft::storage::{LogFlushed, RaftLogStorage};
 use openraft::{
@@ -31,6 +31,7 @@ use openraft::{
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 use serde::{Deserialize, Serialize};
 use serde::de::DeserializeOwned;
+use tokio::sync::watch;
 
 use crate::NodeId;
 use crate::error::ControlError;
@@ -82,12 +83,39 @@ fn from_bytes<T: DeserializeOwned>(what: &str, b: &[u8]) -> Result<T, ControlErr
 /// The open store. Cheap to clone; every clone shares the one redb database.
 #[derive(Clone)]
 pub(crate) struct Store {
-    db: Arc<Database>,
+    db: Arc<Db>,
+}
+
+/// The database, and a signal sent once it is closed. Fields drop in order: the database (which
+/// closes the file and releases its lock) before the signal.
+struct Db {
+    db: Database,
+    _closed: ClosedSignal,
+}
+
+impl std::ops::Deref for Db {
+    type Target = Database;
+    fn deref(&self) -> &Database {
+        &self.db
+    }
+}
+
+struct ClosedSignal(watch::Sender<bool>);
+
+impl Drop for ClosedSignal {
+    fn drop(&mut self) {
+        self.0.send_replace(true);
+    }
 }
 
 impl Store {
     /// Opens (or creates) the store in `dir` for member `node_id`, checking format and owner.
-    pub fn open(dir: &Path, node_id: NodeId) -> Result<Self, ControlError> {
+    /// The receiver turns `true` once every clone of the store is gone and the file is closed
+    /// (its lock released).
+    pub fn open(
+        dir: &Path,
+        node_id: NodeId,
+    ) -> Result<(Self, watch::Receiver<bool>), ControlError> {
         std::fs::create_dir_all(dir)
             .map_err(|e| storage(&format!("create {}", dir.display()), e))?;
         let path = dir.join(FILE_NAME);
@@ -161,12 +189,14 @@ impl Store {
             }
         }
         txn.commit().map_err(|e| storage("commit", e))?;
-        Ok(Self { db: Arc::new(db) })
-    }
-
-    /// A handle that tells when every clone of this store is gone (the file is closed).
-    pub fn watch_closed(&self) -> Weak<Database> {
-        Arc::downgrade(&self.db)
+        let (tx, rx) = watch::channel(false);
+        let store = Self {
+            db: Arc::new(Db {
+                db,
+                _closed: ClosedSignal(tx),
+            }),
+        };
+        Ok((store, rx))
     }
 
     fn get_meta<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>, ControlError> {
@@ -457,7 +487,7 @@ mod tests {
     fn log_vote_and_snapshot_survive_reopen() {
         let dir = tempfile::tempdir().unwrap();
         {
-            let s = Store::open(dir.path(), 7).unwrap();
+            let (s, _) = Store::open(dir.path(), 7).unwrap();
             s.append(&[entry(1, 1, b"a"), entry(1, 2, b"b"), entry(2, 3, b"c")])
                 .unwrap();
             s.save_vote(&Vote::new(2, 7)).unwrap();
@@ -479,7 +509,7 @@ mod tests {
             older.meta.last_log_id = None;
             assert!(!s.save_snapshot(&older).unwrap());
         }
-        let s = Store::open(dir.path(), 7).unwrap();
+        let (s, _) = Store::open(dir.path(), 7).unwrap();
         let (purged, last) = s.log_state().unwrap();
         assert_eq!(purged.map(|l| l.index), Some(1));
         assert_eq!(last.map(|l| l.index), Some(2));
@@ -497,10 +527,10 @@ mod tests {
     #[test]
     fn refuses_another_member_a_newer_format_and_a_second_open() {
         let dir = tempfile::tempdir().unwrap();
-        let s = Store::open(dir.path(), 1).unwrap();
+        let (s, _) = Store::open(dir.path(), 1).unwrap();
         assert!(matches!(
-            Store::open(dir.path(), 1),
-            Err(ControlError::DataDirInUse(_))
+            Store::open(dir.path(), 1).err(),
+            Some(ControlError::DataDirInUse(_))
         ));
         drop(s);
         assert_eq!(

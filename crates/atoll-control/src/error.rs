@@ -134,9 +134,7 @@ impl ControlError {
             Self::Corrupt(_) => {
                 "the control data directory is damaged; move it away and restart the member: it catches up from the others"
             }
-            Self::Storage(_) => {
-                "check disk space and permissions of the control data directory"
-            }
+            Self::Storage(_) => "check disk space and permissions of the control data directory",
             Self::NotApplied(_) => {
                 "no majority of the control group is reachable from here; the command was not applied and may be proposed again"
             }
@@ -216,7 +214,10 @@ mod tests {
             ControlError::BadMessage(String::new()),
             ControlError::UnknownRpc(String::new()),
             ControlError::UnknownMember(9),
-            ControlError::MemberMismatch { from: 1, claimed: 2 },
+            ControlError::MemberMismatch {
+                from: 1,
+                claimed: 2,
+            },
             ControlError::ShuttingDown,
             ControlError::Fatal(String::new()),
         ];

@@ -3,8 +3,8 @@
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use openraft::error::{ClientWriteError, Fatal, InitializeError, RaftError};
@@ -18,9 +18,7 @@ use crate::error::{ControlError, TransportError};
 use crate::machine::{Applied, Machine};
 use crate::network::NetworkFactory;
 use crate::store::{LogStore, Store, blocking};
-use crate::wire::{
-    ProposeReply, ProposeRequest, SnapshotRequest, TypeConfig, decode, encode, rpc,
-};
+use crate::wire::{ProposeReply, ProposeRequest, SnapshotRequest, TypeConfig, decode, encode, rpc};
 use crate::{Members, NodeId, StateMachine, Transport};
 
 /// Timing of the group. The defaults suit members a WAN apart (round trips up to ~200 ms).
@@ -293,7 +291,10 @@ impl ControlGroup {
         let raft = &group.inner.raft;
         let initialized = raft.is_initialized().await.map_err(|e| fatal(&e))?;
         if initialized {
-            tracing::info!(member = id, "control group restarted from its data directory");
+            tracing::info!(
+                member = id,
+                "control group restarted from its data directory"
+            );
         } else {
             let voters: BTreeSet<NodeId> = opts.members.keys().copied().collect();
             match raft.initialize(voters).await {
@@ -408,7 +409,11 @@ impl ControlGroup {
 
     /// Appends `command` on this member, which believes it is the leader, and waits for the
     /// outcome until `deadline`.
-    async fn write_local(&self, command: Vec<u8>, deadline: Instant) -> Result<Vec<u8>, ControlError> {
+    async fn write_local(
+        &self,
+        command: Vec<u8>,
+        deadline: Instant,
+    ) -> Result<Vec<u8>, ControlError> {
         let rx = self
             .inner
             .raft
@@ -476,8 +481,11 @@ impl ControlGroup {
                 format!("{via} refused: {code}: {message}"),
             )),
             Ok(Ok(bytes)) => {
-                match decode::<ProposeReply>(rpc::PROPOSE, &bytes, self.inner.limits.max_message_bytes)
-                {
+                match decode::<ProposeReply>(
+                    rpc::PROPOSE,
+                    &bytes,
+                    self.inner.limits.max_message_bytes,
+                ) {
                     Ok(reply) => reply.into_result(&via),
                     Err(e) => Err(ControlError::Ambiguous(format!(
                         "{via} answered the proposal with a body that does not decode: {e}"
@@ -634,7 +642,10 @@ impl ControlGroup {
         // store closes with the last of them.
         let mut closed = self.inner.store_closed.clone();
         let wait = closed.wait_for(|c| *c);
-        if tokio::time::timeout(Duration::from_secs(5), wait).await.is_err() {
+        if tokio::time::timeout(Duration::from_secs(5), wait)
+            .await
+            .is_err()
+        {
             tracing::warn!(
                 member = self.inner.id,
                 "control store still open 5 s after shutdown"

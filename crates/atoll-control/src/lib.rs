@@ -41,8 +41,7 @@ use std::collections::BTreeMap;
 
 pub use error::{ControlError, TransportError};
 pub use group::{
-    ControlGroup, ControlLimits, ControlOptions, ControlStatus, ControlTiming, Role,
-    SnapshotPolicy,
+    ControlGroup, ControlLimits, ControlOptions, ControlStatus, ControlTiming, Role, SnapshotPolicy,
 };
 pub use machine::Applied;
 pub use store::{FILE_NAME, FORMAT_VERSION};

@@ -189,10 +189,7 @@ impl RaftStateMachine<TypeConfig> for Machine {
         blocking(move || store.save_snapshot(&snap))
             .await
             .map_err(|e| {
-                StorageIOError::write_snapshot(
-                    Some(meta.signature()),
-                    openraft::AnyError::new(&e),
-                )
+                StorageIOError::write_snapshot(Some(meta.signature()), openraft::AnyError::new(&e))
             })?;
         self.last_applied = meta.last_log_id;
         self.membership = meta.last_membership.clone();

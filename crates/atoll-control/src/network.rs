@@ -97,7 +97,9 @@ impl PeerClient {
                 // Nothing was sent, or the member is going away: pause replication to it a while.
                 let away = match &t {
                     TransportError::Unreachable(_) => true,
-                    TransportError::Remote { code, .. } => code == ControlError::ShuttingDown.code(),
+                    TransportError::Remote { code, .. } => {
+                        code == ControlError::ShuttingDown.code()
+                    }
                     TransportError::Failed(_) => false,
                 };
                 if away {
@@ -137,9 +139,9 @@ impl RaftNetwork<TypeConfig> for PeerClient {
     > {
         // Snapshots travel whole (`full_snapshot`); openraft never sends chunks with
         // `generic-snapshot-data`.
-        Err(RPCError::Network(NetworkError::new(&ControlError::UnknownRpc(
-            "chunked snapshot".into(),
-        ))))
+        Err(RPCError::Network(NetworkError::new(
+            &ControlError::UnknownRpc("chunked snapshot".into()),
+        )))
     }
 
     async fn vote(

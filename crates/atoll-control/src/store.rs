@@ -29,8 +29,8 @@ use openraft::{
     StorageError, StorageIOError, Vote,
 };
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
-use serde::{Deserialize, Serialize};
 use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use crate::NodeId;
@@ -213,7 +213,8 @@ impl Store {
             match v {
                 Some(v) => {
                     let b = to_bytes(key, v)?;
-                    meta.insert(key, b.as_slice()).map_err(|e| storage(key, e))?;
+                    meta.insert(key, b.as_slice())
+                        .map_err(|e| storage(key, e))?;
                 }
                 None => {
                     meta.remove(key).map_err(|e| storage(key, e))?;
@@ -239,8 +240,8 @@ impl Store {
         self.put_meta(K_COMMITTED, c)
     }
 
-    /// (last purged log id, last log id; the purged one when the log is empty).
-    pub fn log_state(&self) -> Result<(Option<LogId<NodeId>>, Option<LogId<NodeId>>), ControlError> {
+    /// The last purged log id and the last log id (the purged one when the log is empty).
+    pub fn log_state(&self) -> Result<LogState<TypeConfig>, ControlError> {
         let purged: Option<LogId<NodeId>> = self.get_meta(K_PURGED)?;
         let txn = self.db.begin_read().map_err(|e| storage("begin read", e))?;
         let log = txn.open_table(LOG).map_err(|e| storage("log table", e))?;
@@ -249,21 +250,34 @@ impl Store {
             Some((_, v)) => Some(from_bytes::<Entry<TypeConfig>>("log entry", v.value())?.log_id),
             None => purged,
         };
-        Ok((purged, last))
+        Ok(LogState {
+            last_purged_log_id: purged,
+            last_log_id: last,
+        })
     }
 
     /// Entries in `range`, in order.
-    pub fn entries(&self, range: (Bound<u64>, Bound<u64>)) -> Result<Vec<Entry<TypeConfig>>, ControlError> {
+    pub fn entries(
+        &self,
+        range: (Bound<u64>, Bound<u64>),
+    ) -> Result<Vec<Entry<TypeConfig>>, ControlError> {
         let txn = self.db.begin_read().map_err(|e| storage("begin read", e))?;
         let log = txn.open_table(LOG).map_err(|e| storage("log table", e))?;
         let mut out = Vec::new();
-        for item in log.range::<u64>(range).map_err(|e| storage("read log", e))? {
+        for item in log
+            .range::<u64>(range)
+            .map_err(|e| storage("read log", e))?
+        {
             let (k, v) = item.map_err(|e| storage("read log", e))?;
             let entry: Entry<TypeConfig> = from_bytes("log entry", v.value())?;
             if entry.log_id.index != k.value() {
                 return Err(corrupt(
                     "log",
-                    format!("entry stored at {} has index {}", k.value(), entry.log_id.index),
+                    format!(
+                        "entry stored at {} has index {}",
+                        k.value(),
+                        entry.log_id.index
+                    ),
                 ));
             }
             out.push(entry);
@@ -320,7 +334,9 @@ impl Store {
 
     pub fn load_snapshot(&self) -> Result<Option<StoredSnapshot>, ControlError> {
         let txn = self.db.begin_read().map_err(|e| storage("begin read", e))?;
-        let t = txn.open_table(SNAPSHOT).map_err(|e| storage("snapshot table", e))?;
+        let t = txn
+            .open_table(SNAPSHOT)
+            .map_err(|e| storage("snapshot table", e))?;
         let v = t.get(K_SNAPSHOT).map_err(|e| storage("snapshot", e))?;
         v.map(|g| from_bytes("snapshot", g.value())).transpose()
     }
@@ -386,13 +402,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError<NodeId>> {
         let store = self.store.clone();
-        let (last_purged_log_id, last_log_id) = blocking(move || store.log_state())
+        blocking(move || store.log_state())
             .await
-            .map_err(|e| StorageIOError::read_logs(io_err(e)))?;
-        Ok(LogState {
-            last_purged_log_id,
-            last_log_id,
-        })
+            .map_err(|e| StorageIOError::read_logs(io_err(e)).into())
     }
 
     async fn get_log_reader(&mut self) -> Self::LogReader {
@@ -494,7 +506,8 @@ mod tests {
             s.save_committed(Some(&LogId::new(CommittedLeaderId::new(1, 1), 2)))
                 .unwrap();
             s.truncate(3).unwrap();
-            s.purge(&LogId::new(CommittedLeaderId::new(1, 1), 1)).unwrap();
+            s.purge(&LogId::new(CommittedLeaderId::new(1, 1), 1))
+                .unwrap();
             let snap = StoredSnapshot {
                 meta: SnapshotMeta {
                     last_log_id: Some(LogId::new(CommittedLeaderId::new(1, 1), 1)),
@@ -510,9 +523,9 @@ mod tests {
             assert!(!s.save_snapshot(&older).unwrap());
         }
         let (s, _) = Store::open(dir.path(), 7).unwrap();
-        let (purged, last) = s.log_state().unwrap();
-        assert_eq!(purged.map(|l| l.index), Some(1));
-        assert_eq!(last.map(|l| l.index), Some(2));
+        let st = s.log_state().unwrap();
+        assert_eq!(st.last_purged_log_id.map(|l| l.index), Some(1));
+        assert_eq!(st.last_log_id.map(|l| l.index), Some(2));
         assert_eq!(s.log_len().unwrap(), 1);
         let got = s.entries((Bound::Unbounded, Bound::Unbounded)).unwrap();
         assert_eq!(got.len(), 1);
@@ -546,7 +559,8 @@ mod tests {
             let txn = db.begin_write().unwrap();
             {
                 let mut meta = txn.open_table(META).unwrap();
-                meta.insert(K_FORMAT, 9u16.to_le_bytes().as_slice()).unwrap();
+                meta.insert(K_FORMAT, 9u16.to_le_bytes().as_slice())
+                    .unwrap();
             }
             txn.commit().unwrap();
         }

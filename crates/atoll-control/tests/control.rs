@@ -19,23 +19,37 @@ async fn three_members_elect_a_leader_and_a_follower_proposal_is_forwarded() {
     let leader = c.leader(ELECT).await;
     let follower = *c.groups.keys().find(|&&id| id != leader).unwrap();
 
-    let r = c.group(follower).propose(cmd(5)).await.expect("forwarded proposal");
+    let r = c
+        .group(follower)
+        .propose(cmd(5))
+        .await
+        .expect("forwarded proposal");
     assert_eq!(count_of(&r), 1);
     c.converged(&[1, 2, 3], 1, CONVERGE).await;
     assert_eq!(c.state(follower).sum, 5);
 
     // Exactly one leader, in one term, and every member says so.
     let statuses: Vec<_> = c.groups.values().map(|g| g.status()).collect();
-    assert_eq!(statuses.iter().filter(|s| s.role == Role::Leader).count(), 1);
+    assert_eq!(
+        statuses.iter().filter(|s| s.role == Role::Leader).count(),
+        1
+    );
     assert!(statuses.iter().all(|s| s.leader == Some(leader)));
     assert!(statuses.iter().all(|s| s.term == statuses[0].term));
-    assert_eq!(statuses[0].members.get(&1).map(String::as_str), Some("us-east"));
+    assert_eq!(
+        statuses[0].members.get(&1).map(String::as_str),
+        Some("us-east")
+    );
     // The applied index moved past the initial membership entry and the leader's blank entry.
     let applied = c.group(follower).applied().borrow().clone();
     assert!(applied.index >= 2, "{applied:?}");
 
     // The leader's own proposals work too, and every answer is the state machine's.
-    let r = c.group(leader).propose(cmd(7)).await.expect("leader proposal");
+    let r = c
+        .group(leader)
+        .propose(cmd(7))
+        .await
+        .expect("leader proposal");
     assert_eq!(count_of(&r), 2);
     c.converged(&[1, 2, 3], 2, CONVERGE).await;
     c.shutdown().await;
@@ -47,7 +61,11 @@ async fn a_member_cut_from_the_majority_cannot_commit_and_the_majority_can() {
     let mut c = Cluster::start(&["us-east", "eu-west", "ap-south"], |_| {}).await;
     let leader = c.leader(ELECT).await;
     let cut = *c.groups.keys().find(|&&id| id != leader).unwrap();
-    let other = *c.groups.keys().find(|&&id| id != leader && id != cut).unwrap();
+    let other = *c
+        .groups
+        .keys()
+        .find(|&&id| id != leader && id != cut)
+        .unwrap();
     c.net.isolate(cut, [1, 2, 3]);
 
     // The cut follower reaches no leader: surely not applied, within its propose timeout.
@@ -60,8 +78,14 @@ async fn a_member_cut_from_the_majority_cannot_commit_and_the_majority_can() {
     assert!(took < timeout + Duration::from_secs(1), "took {took:?}");
 
     // Meanwhile the majority commits.
-    c.group(leader).propose(cmd(1)).await.expect("majority commits");
-    c.group(other).propose(cmd(2)).await.expect("majority commits (forwarded)");
+    c.group(leader)
+        .propose(cmd(1))
+        .await
+        .expect("majority commits");
+    c.group(other)
+        .propose(cmd(2))
+        .await
+        .expect("majority commits (forwarded)");
     c.converged(&[leader, other], 2, CONVERGE).await;
     assert_eq!(c.state(cut).count, 0);
 
@@ -79,7 +103,10 @@ async fn a_member_cut_from_the_majority_cannot_commit_and_the_majority_can() {
     let rest: Vec<_> = c.groups.keys().copied().filter(|&id| id != old).collect();
     let new = c.leader_among(&rest, ELECT).await;
     assert_ne!(new, old);
-    c.group(rest[0]).propose(cmd(3)).await.expect("new majority commits");
+    c.group(rest[0])
+        .propose(cmd(3))
+        .await
+        .expect("new majority commits");
     c.converged(&rest, 3, CONVERGE).await;
 
     // Healed, the old leader drops its uncommitted entry and converges: the ambiguous command
@@ -129,7 +156,11 @@ async fn a_proposal_reaches_the_leader_through_the_arbiter() {
         c.group(proposer).status().leader != Some(leader)
     })
     .await;
-    let r = c.group(proposer).propose(cmd(8)).await.expect("relayed again");
+    let r = c
+        .group(proposer)
+        .propose(cmd(8))
+        .await
+        .expect("relayed again");
     assert_eq!(count_of(&r), 2);
 
     c.net.heal();
@@ -154,7 +185,10 @@ async fn a_restarted_member_has_its_state_and_log_back_and_catches_up() {
 
     // The others go on without it.
     for v in 6..=8 {
-        c.group(leader).propose(cmd(v)).await.expect("commit without the stopped member");
+        c.group(leader)
+            .propose(cmd(v))
+            .await
+            .expect("commit without the stopped member");
     }
 
     // Restarted from its directory with a fresh state machine, and not yet reachable: its log
@@ -162,7 +196,10 @@ async fn a_restarted_member_has_its_state_and_log_back_and_catches_up() {
     c.net.isolate(f, [1, 2, 3]);
     let g = c.start_member(f).await.expect("restart");
     let back = g.status();
-    assert!(back.last_log_index >= before.last_log_index, "{back:?} vs {before:?}");
+    assert!(
+        back.last_log_index >= before.last_log_index,
+        "{back:?} vs {before:?}"
+    );
     assert_eq!(c.state(f), state_before);
     assert_eq!(g.applied().borrow().index, before.last_applied.unwrap());
 
@@ -179,7 +216,11 @@ async fn a_restarted_member_has_its_state_and_log_back_and_catches_up() {
         assert_eq!(c.state(id).count, 8, "member {id} after the restart");
     }
     let leader = c.leader(ELECT).await;
-    let r = c.group(leader).propose(cmd(9)).await.expect("commit after restart");
+    let r = c
+        .group(leader)
+        .propose(cmd(9))
+        .await
+        .expect("commit after restart");
     assert_eq!(count_of(&r), 9);
     c.converged(&[1, 2, 3], 9, CONVERGE).await;
     c.shutdown().await;
@@ -195,7 +236,12 @@ async fn the_log_is_purged_behind_snapshots_and_a_lagging_member_gets_the_snapsh
     .await;
     let leader = c.leader(ELECT).await;
     let lagging = *c.groups.keys().find(|&&id| id != leader).unwrap();
-    let rest: Vec<_> = c.groups.keys().copied().filter(|&id| id != lagging).collect();
+    let rest: Vec<_> = c
+        .groups
+        .keys()
+        .copied()
+        .filter(|&id| id != lagging)
+        .collect();
     c.net.isolate(lagging, [1, 2, 3]);
 
     let n = 150u64;

@@ -208,7 +208,10 @@ impl Cluster {
     }
 
     /// Starts member `id` from its data directory (new or not) with a fresh state machine.
-    pub async fn start_member(&mut self, id: NodeId) -> Result<ControlGroup, atoll_control::ControlError> {
+    pub async fn start_member(
+        &mut self,
+        id: NodeId,
+    ) -> Result<ControlGroup, atoll_control::ControlError> {
         let g = ControlGroup::start(
             self.options(id),
             Box::new(Counter::default()),
@@ -248,9 +251,7 @@ impl Cluster {
             let first = seen[0].leader;
             let agreed = first.is_some()
                 && seen.iter().all(|s| s.leader == first)
-                && first.is_some_and(|l| {
-                    among.contains(&l) && self.group(l).status().is_leader
-                });
+                && first.is_some_and(|l| among.contains(&l) && self.group(l).status().is_leader);
             if agreed {
                 found = first;
             }
@@ -267,10 +268,14 @@ impl Cluster {
 
     /// Waits until every member in `ids` published a state of `count` commands, and they agree.
     pub async fn converged(&self, ids: &[NodeId], count: u64, within: Duration) {
-        wait_for(&format!("{ids:?} to apply {count} commands"), within, || {
-            let states: Vec<_> = ids.iter().map(|id| self.state(*id)).collect();
-            states.iter().all(|s| s.count == count && *s == states[0])
-        })
+        wait_for(
+            &format!("{ids:?} to apply {count} commands"),
+            within,
+            || {
+                let states: Vec<_> = ids.iter().map(|id| self.state(*id)).collect();
+                states.iter().all(|s| s.count == count && *s == states[0])
+            },
+        )
         .await;
     }
 

@@ -288,35 +288,43 @@ impl ControlGroup {
                 stopping: AtomicBool::new(false),
             }),
         };
-        let raft = &group.inner.raft;
-        let initialized = raft.is_initialized().await.map_err(|e| fatal(&e))?;
-        if initialized {
+        match group.initialize(&opts.members).await {
+            Ok(()) => Ok(group),
+            Err(e) => {
+                group.shutdown().await;
+                Err(e)
+            }
+        }
+    }
+
+    /// On the first start of this data directory, initializes the group with every member (each
+    /// member does, with the same set, which openraft allows); a restart skips it.
+    async fn initialize(&self, members: &Members) -> Result<(), ControlError> {
+        let id = self.inner.id;
+        let raft = &self.inner.raft;
+        if raft.is_initialized().await.map_err(|e| fatal(&e))? {
             tracing::info!(
                 member = id,
                 "control group restarted from its data directory"
             );
-        } else {
-            let voters: BTreeSet<NodeId> = opts.members.keys().copied().collect();
-            match raft.initialize(voters).await {
-                Ok(()) => tracing::info!(
-                    member = id,
-                    members = ?opts.members,
-                    "control group initialized"
-                ),
-                Err(RaftError::APIError(InitializeError::NotAllowed(e))) => {
-                    tracing::info!(member = id, reason = %e, "control group already initialized");
-                }
-                Err(RaftError::APIError(InitializeError::NotInMembers(e))) => {
-                    group.shutdown().await;
-                    return Err(ControlError::Config(e.to_string()));
-                }
-                Err(RaftError::Fatal(f)) => {
-                    group.shutdown().await;
-                    return Err(fatal(&f));
-                }
-            }
+            return Ok(());
         }
-        Ok(group)
+        let voters: BTreeSet<NodeId> = members.keys().copied().collect();
+        match raft.initialize(voters).await {
+            Ok(()) => {
+                tracing::info!(member = id, members = ?members, "control group initialized");
+                Ok(())
+            }
+            // Another start got there first (or the log already holds a membership).
+            Err(RaftError::APIError(InitializeError::NotAllowed(e))) => {
+                tracing::info!(member = id, reason = %e, "control group already initialized");
+                Ok(())
+            }
+            Err(RaftError::APIError(InitializeError::NotInMembers(e))) => {
+                Err(ControlError::Config(e.to_string()))
+            }
+            Err(RaftError::Fatal(f)) => Err(fatal(&f)),
+        }
     }
 
     /// This member's id.
@@ -456,6 +464,12 @@ impl ControlGroup {
         // The receiver answers a little before our own deadline, so that its answer (which says
         // whether the command may have been applied) arrives in time.
         let left = remaining_ms(deadline);
+        if left == 0 {
+            return Err(ControlError::NotApplied(format!(
+                "no time left to send the proposal to {}",
+                self.name(to)
+            )));
+        }
         let req = ProposeRequest {
             command: command.to_vec(),
             relay,
@@ -505,6 +519,12 @@ impl ControlGroup {
             });
         }
         let budget = Duration::from_millis(req.timeout_ms).min(self.inner.timing.propose_timeout);
+        if budget.is_zero() {
+            return Err(ControlError::NotApplied(format!(
+                "the proposal reached {} with no time left",
+                self.name(self.inner.id)
+            )));
+        }
         let deadline = Instant::now() + budget;
         match self.leader() {
             Some(l) if l == self.inner.id => self.write_local(req.command, deadline).await,

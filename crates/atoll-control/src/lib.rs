@@ -73,7 +73,9 @@ pub trait StateMachine: Send + Sync + 'static {
 /// Error contract: [`TransportError::Unreachable`] only when the request surely did not reach the
 /// member (no connection could be made); [`TransportError::Failed`] when it may have (no answer);
 /// [`TransportError::Remote`] when `handle` answered with an error (its code and message).
-/// Implementations should bound each call (the control group bounds them too).
+/// Implementations should bound each call (the control group bounds them too), and should give
+/// up connecting well within the propose timeout and report that as `Unreachable`: a proposal
+/// whose forwarding hangs until the deadline can only fail as ambiguous.
 #[async_trait::async_trait]
 pub trait Transport: Send + Sync + 'static {
     async fn call(&self, to: NodeId, rpc: &str, body: Vec<u8>) -> Result<Vec<u8>, TransportError>;

@@ -68,6 +68,16 @@ impl PeerClient {
     ) -> Result<Resp, CallError> {
         let body = encode(req).map_err(CallError::Local)?;
         if body.len() > self.max_message_bytes {
+            // An append is split in smaller ones; a snapshot cannot be, and the member it is for
+            // stays behind until the limit is raised.
+            if name == rpc::SNAPSHOT {
+                tracing::error!(
+                    target_member = self.target,
+                    len = body.len(),
+                    max = self.max_message_bytes,
+                    "control snapshot over the message size limit: raise limits.max_message_bytes on every member"
+                );
+            }
             return Err(CallError::Local(ControlError::MessageTooLarge {
                 rpc: name.to_string(),
                 len: body.len(),

@@ -100,6 +100,9 @@ const LAYERS: &[(&str, &[&str])] = &[
     ("atoll-store", &["atoll-core", "atoll-config"]),
     ("atoll-tls", &["atoll-core"]),
     ("atoll-http", &[]),
+    // Consensus adapter only: the lease logic it replicates lives in atoll-core and reaches it as
+    // bytes, the network is the server's; so it needs no atoll crate.
+    ("atoll-control", &[]),
     (
         "atoll-server",
         &[
@@ -108,6 +111,7 @@ const LAYERS: &[(&str, &[&str])] = &[
             "atoll-store",
             "atoll-tls",
             "atoll-http",
+            "atoll-control",
         ],
     ),
     ("atoll-link", &["atoll-core", "atoll-config"]),

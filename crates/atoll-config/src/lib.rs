@@ -493,7 +493,7 @@ impl Config {
             out.push(INSECURE_WARNING.to_string());
         }
         let fenced = self.cluster.model != Model::ActiveActive || self.fencing.quorum;
-        if fenced && self.voters() % 2 == 0 {
+        if fenced && self.voters().is_multiple_of(2) {
             out.push(format!(
                 "the control group has {} voters ({} regions{}): an even number, so a split into two halves leaves neither a majority and stops writes everywhere; add [cluster.arbiter] (a witness in a third location) or another region",
                 self.voters(),

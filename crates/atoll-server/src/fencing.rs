@@ -295,16 +295,13 @@ impl Fencing {
             Duration::from_millis((f.config().renew_every_ms / 4).clamp(10, 250))
         };
         loop {
-            // Apply the newest state first: the moment this member observed it is now.
-            if applied.has_changed().unwrap_or(false)
-                || !self.ready.load(std::sync::atomic::Ordering::Relaxed)
-            {
-                let st = applied.borrow_and_update().clone();
-                if let Some(st) = st {
-                    let now = self.now_ms();
-                    self.fence().on_applied(now, &st);
-                    self.ready.store(true, std::sync::atomic::Ordering::Relaxed);
-                }
+            // Apply the newest state first: the moment this member observed it is now (a state
+            // seen before changes nothing: the fence notes times only of new versions).
+            let st = applied.borrow_and_update().clone();
+            if let Some(st) = st {
+                let now = self.now_ms();
+                self.fence().on_applied(now, &st);
+                self.ready.store(true, std::sync::atomic::Ordering::Relaxed);
             }
             if self.ready.load(std::sync::atomic::Ordering::Relaxed) {
                 self.tick(&proposer, &view);

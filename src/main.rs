@@ -78,6 +78,10 @@ enum Command {
         /// <port-base + 90>.
         #[arg(long, default_value_t = 7100)]
         port_base: u16,
+        /// Topology: active-active (with quorum fencing), active-standby (automatic promotion)
+        /// or active-passive (manual promotion).
+        #[arg(long, default_value = "active-active", value_parser = parse_model)]
+        model: atoll_config::Model,
     },
     /// Validate and explain a config file.
     Config {
@@ -224,6 +228,12 @@ fn init_tracing(default: &str) {
         .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)
         .init();
+}
+
+fn parse_model(s: &str) -> Result<atoll_config::Model, String> {
+    atoll_config::Model::parse(s).ok_or_else(|| {
+        format!("unknown model `{s}`: use active-active, active-standby or active-passive")
+    })
 }
 
 fn parse_peer_via(s: &str) -> Result<(String, SocketAddr), String> {
@@ -386,7 +396,8 @@ fn main() -> ExitCode {
                     Command::Demo {
                         data_dir,
                         port_base,
-                    } => demo::run(data_dir, port_base).await,
+                        model,
+                    } => demo::run(data_dir, port_base, model).await,
                     Command::Kv { client, command } => client::kv(client, command).await,
                     Command::Counter { client, command } => client::counter(client, command).await,
                     Command::Set { client, command } => client::set(client, command).await,

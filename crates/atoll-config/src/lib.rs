@@ -152,8 +152,6 @@ pub struct FencingConfig {
     pub max_drift_ppm: u64,
     /// Automated promotion only within this lag behind the old primary (the RPO guard).
     pub max_promotion_lag_ms: u64,
-    /// A write to a standby is forwarded to the primary instead of refused.
-    pub forward_writes: bool,
     /// Active-active: a region that cannot reach a majority (the arbiter counts) refuses writes
     /// to keyspaces with `on_minority = "read-only"`.
     pub quorum: bool,
@@ -169,7 +167,6 @@ impl FencingConfig {
             margin_ms: DEFAULT_MARGIN_MS,
             max_drift_ppm: DEFAULT_MAX_DRIFT_PPM,
             max_promotion_lag_ms: DEFAULT_MAX_PROMOTION_LAG_MS,
-            forward_writes: false,
             quorum: false,
         }
     }

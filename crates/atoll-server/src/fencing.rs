@@ -42,7 +42,6 @@ pub trait ReplicationView: Send + Sync + 'static {
 pub struct Fencing {
     me: RegionId,
     model: Model,
-    forward_writes: bool,
     started: Instant,
     fence: Mutex<Fence>,
     apis: BTreeMap<RegionId, SocketAddr>,
@@ -89,7 +88,6 @@ impl Fencing {
         Ok(Some(Arc::new(Self {
             me: me.clone(),
             model: config.cluster.model,
-            forward_writes: f.forward_writes,
             started: Instant::now(),
             fence: Mutex::new(Fence::new(cfg, 0)),
             apis: config
@@ -170,10 +168,6 @@ impl Fencing {
 
     pub fn model(&self) -> Model {
         self.model
-    }
-
-    pub fn forward_writes(&self) -> bool {
-        self.forward_writes
     }
 
     pub fn role(&self) -> Role {
@@ -373,7 +367,11 @@ impl Fencing {
         let f = self.fence();
         let role = f.role(now);
         let st = f.state();
+        self.metrics
+            .fencing_max_promotion_lag
+            .set(f.config().max_promotion_lag_ms as f64 / 1000.0);
         self.metrics.set_fencing(
+            self.me.as_str(),
             role.as_str(),
             st.epoch,
             f.remaining_ms(now),
@@ -401,17 +399,25 @@ impl Fencing {
     pub async fn promote(self: &Arc<Self>, accept_data_loss: bool) -> Result<Value> {
         let (proposer, view) = self.driver()?;
         let (proposer, view) = (&proposer, &view);
-        let now = self.now_ms();
         let holder = self.fence().holder().cloned();
         let pview = match &holder {
             Some(h) => view.promotion_view(h),
             None => PromotionView::default(),
         };
-        let fence_ts = self.fence_ts(view);
-        let cmd = self
-            .fence()
-            .promote(now, fence_ts, &pview, accept_data_loss)
-            .map_err(|r| refusal_error(r, &self.me))?;
+        // A proposal of this region (a failing acquisition, say) may be in flight: wait for it.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let (now, cmd) = loop {
+            let now = self.now_ms();
+            let fence_ts = self.fence_ts(view);
+            let r = self.fence().promote(now, fence_ts, &pview, accept_data_loss);
+            match r {
+                Ok(cmd) => break (now, cmd),
+                Err(PromoteRefusal::Busy) if Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                Err(r) => return Err(refusal_error(r, &self.me)),
+            }
+        };
         let lag = pview.lag();
         let answer = proposer.propose(cmd.clone()).await;
         self.answered(now, &cmd, answer.clone());
@@ -473,12 +479,22 @@ impl Fencing {
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        let now = self.now_ms();
-        let fence_ts = self.fence_ts(view);
-        let cmd = self
-            .fence()
-            .transfer(now, fence_ts)
-            .map_err(|r| refusal_error(r, &self.me))?;
+        // A renewal may still be in flight (one proposal at a time): wait for its answer.
+        let (now, cmd) = loop {
+            let now = self.now_ms();
+            let fence_ts = self.fence_ts(view);
+            let r = self.fence().transfer(now, fence_ts);
+            match r {
+                Ok(cmd) => break (now, cmd),
+                Err(PromoteRefusal::Busy) if Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                Err(r) => {
+                    self.fence().abort_handover();
+                    return Err(refusal_error(r, &self.me));
+                }
+            }
+        };
         let answer = proposer.propose(cmd.clone()).await;
         self.answered(now, &cmd, answer.clone());
         match answer? {

@@ -409,7 +409,9 @@ impl Fencing {
         let (now, cmd) = loop {
             let now = self.now_ms();
             let fence_ts = self.fence_ts(view);
-            let r = self.fence().promote(now, fence_ts, &pview, accept_data_loss);
+            let r = self
+                .fence()
+                .promote(now, fence_ts, &pview, accept_data_loss);
             match r {
                 Ok(cmd) => break (now, cmd),
                 Err(PromoteRefusal::Busy) if Instant::now() < deadline => {

@@ -181,7 +181,7 @@ pub const DEFAULT_MARGIN_MS: u64 = 250;
 /// `[fencing] max_drift_ppm` default.
 pub const DEFAULT_MAX_DRIFT_PPM: u64 = 1_000;
 /// `[fencing] max_promotion_lag_ms` default.
-pub const DEFAULT_MAX_PROMOTION_LAG_MS: u64 = 5_000;
+pub const DEFAULT_MAX_PROMOTION_LAG_MS: u64 = 10_000;
 
 /// What a keyspace does on a region cut off from the majority (active-active quorum fencing).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

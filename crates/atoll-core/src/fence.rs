@@ -383,7 +383,7 @@ impl FenceConfig {
             renew_every_ms: 1_000,
             margin_ms: 250,
             max_drift_ppm: 1_000,
-            max_promotion_lag_ms: 5_000,
+            max_promotion_lag_ms: 10_000,
             propose_timeout_ms: 2_000,
         }
     }
@@ -495,6 +495,9 @@ pub struct PromotionView {
     pub my_claim_ms: Option<u64>,
     /// Other regions heard from recently, with what they applied of the holder's writes.
     pub others: Vec<(RegionId, u64)>,
+    /// How long ago this member last heard the holder's replication heartbeats; `None`: never.
+    /// Writes the holder may have made since are unknown here, whatever its last head said.
+    pub since_holder_heard_ms: Option<u64>,
 }
 
 /// How much of the holder's writes a member lacks.
@@ -789,10 +792,11 @@ impl Fence {
                     return None;
                 }
                 let view = view?;
-                if !self.eligible(view) {
+                if !self.eligible(now_ms, view) {
                     return None;
                 }
                 let lag = view.lag();
+                let bound = self.lag_bound_ms(now_ms, view);
                 let cmd = Command::Acquire {
                     region: me,
                     epoch: self.state.epoch + 1,
@@ -800,7 +804,7 @@ impl Fence {
                     fence_ts_ms,
                     reason: PromotionReason::Automatic {
                         lag_ops: lag.ops,
-                        lag_ms: lag.ms.unwrap_or(0),
+                        lag_ms: bound.unwrap_or(0),
                     },
                 };
                 Some(self.send(now_ms, cmd))
@@ -818,8 +822,8 @@ impl Fence {
 
     /// Automated promotion: within the lag bound and no reachable member further ahead (ties
     /// to the earlier region in the config).
-    fn eligible(&self, view: &PromotionView) -> bool {
-        if self.lag_blocked(view) {
+    fn eligible(&self, now_ms: u64, view: &PromotionView) -> bool {
+        if self.lag_blocked(now_ms, view) {
             return false;
         }
         let holder = self.state.holder.as_ref();
@@ -834,15 +838,31 @@ impl Fence {
 
     /// The RPO guard: this member is too far behind (or cannot tell) to be promoted
     /// automatically.
-    pub fn lag_blocked(&self, view: &PromotionView) -> bool {
+    pub fn lag_blocked(&self, now_ms: u64, view: &PromotionView) -> bool {
         if self.state.holder.is_none() {
             // Never held: nothing to lose.
             return false;
         }
-        match view.lag().ms {
+        match self.lag_bound_ms(now_ms, view) {
             Some(ms) => ms > self.cfg.max_promotion_lag_ms,
             None => true,
         }
+    }
+
+    /// How much of the holder's writes this member may lack, in ms of the holder's writing:
+    /// the larger of what its last head said ([`PromotionView::lag`]) and the time the holder
+    /// could have written unheard. The holder may write until its window ends, at most
+    /// `lease - margin` after the last renewal this member applied; writes after the last
+    /// heartbeat this member heard from it are unknown here, even if it said it was caught up
+    /// (a partition between the two regions while the holder still reaches the control group).
+    /// `None`: unknown (never heard from the holder).
+    pub fn lag_bound_ms(&self, now_ms: u64, view: &PromotionView) -> Option<u64> {
+        let known = view.lag().ms?;
+        let since_applied = now_ms.saturating_sub(self.observed_at);
+        let unheard = view
+            .since_holder_heard_ms
+            .map(|h| (h + self.cfg.window_ms()).saturating_sub(since_applied))?;
+        Some(known.max(unheard))
     }
 
     /// Active-standby: the lease is expired and this standby would be promoted but for the lag
@@ -851,7 +871,7 @@ impl Fence {
         self.cfg.topology == Topology::ActiveStandby
             && self.state.holder.as_ref() != Some(&self.cfg.me)
             && self.expired(now_ms)
-            && self.lag_blocked(view)
+            && self.lag_blocked(now_ms, view)
     }
 
     /// The answer to the proposal sent at `sent_at` arrived (`None`: it failed or timed out,
@@ -1187,6 +1207,7 @@ mod tests {
             my_applied: 10,
             my_claim_ms: Some(5_000),
             others: vec![(r("c"), 10)],
+            since_holder_heard_ms: Some(0),
         };
         let wait = f.config().expiry_wait_ms();
         assert_eq!(f.tick(100 + wait - 1, 0, Some(&view)), None);
@@ -1207,6 +1228,7 @@ mod tests {
         g.on_applied(100, &st);
         let ahead = PromotionView {
             others: vec![(r("c"), 11)],
+            since_holder_heard_ms: Some(0),
             ..view.clone()
         };
         assert_eq!(g.tick(100 + wait, 0, Some(&ahead)), None);
@@ -1217,9 +1239,56 @@ mod tests {
             my_applied: 10,
             my_claim_ms: Some(5_000),
             others: vec![],
+            since_holder_heard_ms: Some(0),
         };
         assert!(g.promotion_blocked(100 + wait, &behind));
         assert_eq!(g.tick(100 + wait, 0, Some(&behind)), None);
+    }
+
+    #[test]
+    fn writes_the_standby_never_heard_of_count_as_lag() {
+        let mut f = Fence::new(cfg("b", Topology::ActiveStandby), 0);
+        let mut st = LeaseState::default();
+        st.apply(&Command::Acquire {
+            region: r("a"),
+            epoch: 1,
+            expect_version: 0,
+            fence_ts_ms: 0,
+            reason: PromotionReason::Initial,
+        });
+        f.on_applied(100, &st);
+        let wait = f.config().expiry_wait_ms();
+        let now = 100 + wait;
+        // Its last heartbeat said b had everything, but b has not heard it for 8 s while its
+        // renewals kept coming: up to 8 s of writes unknown here.
+        let silent = PromotionView {
+            holder_head: Some(10),
+            holder_watermark_ms: Some(5_000),
+            my_applied: 10,
+            my_claim_ms: Some(5_000),
+            others: vec![],
+            since_holder_heard_ms: Some(8_000 + wait),
+        };
+        assert_eq!(silent.lag().ms, Some(0));
+        assert_eq!(
+            f.lag_bound_ms(now, &silent),
+            Some(8_000 + f.config().window_ms())
+        );
+        assert!(f.promotion_blocked(now, &silent));
+        assert_eq!(f.tick(now, 0, Some(&silent)), None);
+        // A primary that died just after its last renewal: within the default bound.
+        let died = PromotionView {
+            since_holder_heard_ms: Some(wait + 900),
+            ..silent.clone()
+        };
+        assert!(!f.promotion_blocked(now, &died));
+        assert!(f.tick(now, 0, Some(&died)).is_some());
+        // Never heard from it: unknown, blocked.
+        let never = PromotionView {
+            since_holder_heard_ms: None,
+            ..silent
+        };
+        assert!(f.promotion_blocked(now + 1, &never));
     }
 
     #[test]
@@ -1240,6 +1309,7 @@ mod tests {
             my_applied: 1,
             my_claim_ms: Some(1),
             others: vec![],
+            since_holder_heard_ms: Some(0),
         };
         assert_eq!(f.tick(1_000_000, 0, Some(&view)), None);
         assert_eq!(f.role(1_000_000), Role::Passive);

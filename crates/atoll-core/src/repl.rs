@@ -480,7 +480,11 @@ impl ReplCore {
             .chain(std::iter::once(relayed))
             .max()
             .filter(|_| heard.is_some() || relayed > 0);
+        let since_heard = heard
+            .and_then(|p| p.last_heard_ms)
+            .map(|t| now_ms.saturating_sub(self.local(t)));
         crate::fence::PromotionView {
+            since_holder_heard_ms: since_heard,
             holder_head: head,
             holder_watermark_ms: heard.and_then(|p| p.claims.get(holder).copied()),
             my_applied: self.applied.get(holder),

@@ -223,6 +223,7 @@ fn run(seed: u64, drift_ppm: u64, topology: Topology) -> Result<u64, String> {
                     my_applied: 0,
                     my_claim_ms: Some(0),
                     others: vec![],
+                    since_holder_heard_ms: Some(0),
                 };
                 // Occasionally a holder hands over, or an operator promotes.
                 if topology.leased() && rng.chance(2) {

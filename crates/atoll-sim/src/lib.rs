@@ -16,11 +16,13 @@
 //! - [`trace`]: the event log hash (determinism) and the optional printed trace.
 
 pub mod check;
+pub mod fencing;
 pub mod model;
 pub mod net;
 pub mod sim;
 pub mod trace;
 
 pub use check::{Invariant, Violation};
+pub use fencing::FencingOptions;
 pub use model::WriteOp;
-pub use sim::{Failure, Outcome, Sim, SimOptions, run_seed};
+pub use sim::{Failure, Outcome, Sim, SimOptions, plan_for_seed, run_seed};

@@ -7,7 +7,7 @@
 //! nothing in any seed's run (each seed's trace hash is the same whatever the worker count).
 
 use atoll_sim::sim::{Stats, regions_for_seed};
-use atoll_sim::{Failure, Outcome, SimOptions, run_seed};
+use atoll_sim::{Failure, Outcome, SimOptions, plan_for_seed, run_seed};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
@@ -20,7 +20,17 @@ fn env_u64(name: &str) -> Option<u64> {
     }
 }
 
-fn run_all(seeds: &[u64], jobs: usize) -> Vec<(u64, Result<Outcome, Failure>)> {
+/// What a seed runs: its plan ([`plan_for_seed`]: regions and topology), or, for `plain`, the
+/// active-active run without fencing that every seed ran before fencing existed.
+fn plan(seed: u64, plain: bool) -> (usize, SimOptions) {
+    if plain {
+        (regions_for_seed(seed), SimOptions::default())
+    } else {
+        plan_for_seed(seed)
+    }
+}
+
+fn run_all(seeds: &[u64], jobs: usize, plain: bool) -> Vec<(u64, Result<Outcome, Failure>)> {
     let next = AtomicUsize::new(0);
     let results = Mutex::new(Vec::new());
     std::thread::scope(|s| {
@@ -29,7 +39,8 @@ fn run_all(seeds: &[u64], jobs: usize) -> Vec<(u64, Result<Outcome, Failure>)> {
                 loop {
                     let i = next.fetch_add(1, Ordering::Relaxed);
                     let Some(&seed) = seeds.get(i) else { break };
-                    let out = run_seed(seed, regions_for_seed(seed), SimOptions::default());
+                    let (n, opts) = plan(seed, plain);
+                    let out = run_seed(seed, n, opts);
                     if let Err(f) = &out {
                         eprintln!("\nSIMULATION FAILURE\n{f}\n");
                     }
@@ -55,14 +66,26 @@ fn seeds() {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let jobs = env_u64("ATOLL_SIM_JOBS").map_or(cores.min(2), |j| j as usize);
     let started = Instant::now();
-    let results = run_all(&seeds, jobs);
+    let results = run_all(&seeds, jobs, false);
     let mut totals = Stats::default();
     let mut slowest_converge = (0, 0);
+    let mut topologies: std::collections::BTreeMap<String, usize> = Default::default();
+    let mut min_gap: Option<(u64, u64)> = None;
     let mut failures = Vec::new();
     for (seed, r) in results {
         match r {
             Ok(out) => {
                 totals.add(&out.stats);
+                let topology = out
+                    .fencing
+                    .as_ref()
+                    .map_or("active-active".to_string(), |f| f.topology.clone());
+                *topologies.entry(topology).or_default() += 1;
+                if let Some(g) = out.fencing.as_ref().and_then(|f| f.min_handoff_gap_ms)
+                    && min_gap.is_none_or(|(_, m)| g < m)
+                {
+                    min_gap = Some((seed, g));
+                }
                 if out.converge_ms > slowest_converge.1 {
                     slowest_converge = (seed, out.converge_ms);
                 }
@@ -74,12 +97,13 @@ fn seeds() {
         }
     }
     println!(
-        "{} seeds on {jobs} workers in {:.1?}: {} failed\n{totals:#?}\nslowest convergence after the writes stopped: seed {} in {} ms",
+        "{} seeds on {jobs} workers in {:.1?}: {} failed\n{totals:#?}\nslowest convergence after the writes stopped: seed {} in {} ms\ntopologies: {topologies:?}\nsmallest gap between two epochs' acknowledged writes at different regions: {}",
         seeds.len(),
         started.elapsed(),
         failures.len(),
         slowest_converge.0,
-        slowest_converge.1
+        slowest_converge.1,
+        min_gap.map_or("none".to_string(), |(s, g)| format!("{g} ms (seed {s})"))
     );
     if let Some(f) = failures.first() {
         let list: Vec<String> = failures
@@ -117,7 +141,8 @@ fn regression_seeds() {
         .flat_map(|(_, s)| s.iter().copied())
         .collect();
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let failed: Vec<String> = run_all(&seeds, cores.min(2))
+    // They found bugs of active-active replication: they replay as they were found.
+    let failed: Vec<String> = run_all(&seeds, cores.min(2), true)
         .into_iter()
         .filter_map(|(seed, r)| r.err().map(|f| (seed, f)))
         .map(|(seed, f)| {

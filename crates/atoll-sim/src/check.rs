@@ -26,7 +26,7 @@
 //!    more exposure than the writes its region really lacked, and a switchover's target held
 //!    every write of the old holder when the lease moved.
 
-use crate::fencing::ManualPromotion;
+use crate::fencing::Promotion;
 use crate::model::{CARTS, FLAGS, History, LwwWrite, RATELIMITS, SESSIONS, Stamp};
 use atoll_core::RegionId;
 use atoll_core::causal::{Dot, VersionVector};
@@ -703,9 +703,10 @@ pub fn late_write(
     ))
 }
 
-/// Invariant 9: a committed manual promotion reported no more exposure than the writes it
-/// really lacked when it was proposed (the view may lag behind, never run ahead).
-pub fn promotion_exposure(p: &ManualPromotion) -> Result<(), Violation> {
+/// Invariant 9: a committed promotion reported no more exposure than the writes its region
+/// really lacked when it proposed (the view may lag behind the old holder, never run ahead of
+/// it), and `atoll promote` without `--accept-data-loss` reported none.
+pub fn promotion_exposure(p: &Promotion) -> Result<(), Violation> {
     if p.reported_ops > p.missing_ops_at_send {
         return Err(Violation::new(
             Invariant::PromotionExposure,
@@ -716,13 +717,13 @@ pub fn promotion_exposure(p: &ManualPromotion) -> Result<(), Violation> {
             ),
         ));
     }
-    if !p.accept_data_loss && p.reported_ops > 0 {
+    if p.manual && !p.accept_data_loss && (p.reported_ops > 0 || p.reported_ms > 0) {
         return Err(Violation::new(
             Invariant::PromotionExposure,
             format!(
                 "{} was promoted (epoch {}) without --accept-data-loss although it reported {} ops \
-                 of exposure",
-                p.region, p.epoch, p.reported_ops
+                 ({} ms) of exposure",
+                p.region, p.epoch, p.reported_ops, p.reported_ms
             ),
         ));
     }

@@ -75,6 +75,11 @@ pub struct FencingOptions {
     /// Percentage of proposals that could not commit and stay in a leader's log, tried again
     /// later (for at most two lease durations).
     pub linger_pct: u32,
+    /// How long the control group's `propose` waits for the outcome (its own timeout,
+    /// `ControlTiming::propose_timeout`, 5 s by default) before the proposer hears "unknown".
+    /// Independent of the fence's own propose timeout (`lease - margin`): an answer may reach the
+    /// fence after it stopped waiting and sent the next proposal.
+    pub control_timeout_ms: u64,
 }
 
 impl FencingOptions {
@@ -98,6 +103,7 @@ impl FencingOptions {
             slow_pct: 5,
             slow_ms: 3_000,
             linger_pct: 30,
+            control_timeout_ms: 5_000,
         }
     }
 
@@ -247,20 +253,28 @@ pub struct Window {
     pub close_ms: Option<u64>,
 }
 
-/// A forced (or any manual) promotion, as proposed and as committed.
+/// A promotion (automatic or `atoll promote`) that committed: what it reported and what the
+/// promoted region really lacked of the old holder's acknowledged writes.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ManualPromotion {
+pub struct Promotion {
     pub region: RegionId,
     pub previous: Option<RegionId>,
     pub epoch: u64,
-    /// What `Fence::promote` reported (from the region's `PromotionView`).
+    /// `atoll promote` (else automatic).
+    pub manual: bool,
+    pub accept_data_loss: bool,
+    /// The exposure (lag) in the command, from the region's `PromotionView`.
     pub reported_ops: u64,
     pub reported_ms: u64,
     /// True: the old holder's acknowledged writes the region had not applied when it proposed.
     pub missing_ops_at_send: u64,
     /// The same when the promotion committed.
     pub missing_ops_at_commit: u64,
-    pub accept_data_loss: bool,
+    /// When it committed: the span, in true time, from the stamping of the first acknowledged
+    /// write of the old holder the region lacked to the old holder's last acknowledged write
+    /// (the true counterpart of the reported lag in ms: what would be lost, in time, if the old
+    /// holder never came back). `None`: it lacked nothing.
+    pub missing_span_ms: Option<u64>,
 }
 
 /// The per-run fencing report (also in [`crate::Outcome`]).
@@ -273,6 +287,6 @@ pub struct FencingReport {
     /// Smallest gap, in true time, between the last acknowledged write of an epoch and the first
     /// of a later epoch at another region.
     pub min_handoff_gap_ms: Option<u64>,
-    /// Manual promotions that committed.
-    pub manual_promotions: Vec<ManualPromotion>,
+    /// Promotions that committed (the initial grant and switchovers are not promotions).
+    pub promotions: Vec<Promotion>,
 }

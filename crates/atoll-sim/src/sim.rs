@@ -130,6 +130,7 @@ impl Stats {
             write_windows,
             writes_refused_fencing,
             late_refused,
+            old_epoch_merged,
         } = other;
         self.events += events;
         self.writes_acked += writes_acked;
@@ -165,6 +166,7 @@ impl Stats {
         self.write_windows += write_windows;
         self.writes_refused_fencing += writes_refused_fencing;
         self.late_refused += late_refused;
+        self.old_epoch_merged += old_epoch_merged;
     }
 }
 
@@ -239,14 +241,14 @@ pub struct Stats {
     pub fence_commits: u64,
     pub fence_dropped: u64,
     pub fence_answers_lost: u64,
-    /// Lease grants after the initial one (automatic and manual).
+    /// Promotions that committed (automatic and manual; not the initial grant, not
+    /// switchovers); of them, `atoll promote`, and `atoll promote --accept-data-loss` with a
+    /// non-zero exposure.
     pub promotions: u64,
-    /// `atoll promote` that committed; of them, run with `--accept-data-loss` and a non-zero
-    /// exposure.
     pub manual_promotions: u64,
     pub forced_promotions: u64,
-    /// Over manual promotions: the exposure reported (ops), and the old holder's acknowledged
-    /// writes the promoted region really lacked when it proposed.
+    /// Over promotions: the exposure reported (ops), and the old holder's acknowledged writes
+    /// the promoted region really lacked when it proposed.
     pub exposure_reported_ops: u64,
     pub exposure_missing_ops: u64,
     /// Switchovers whose transfer committed; switchovers given up (target not caught up).
@@ -258,6 +260,9 @@ pub struct Stats {
     pub writes_refused_fencing: u64,
     /// Replicated writes refused as late writes of a superseded epoch.
     pub late_refused: u64,
+    /// Replicated writes of an epoch the applying region already knew superseded, merged
+    /// (stamped before the supersession: an old primary's writes arriving late).
+    pub old_epoch_merged: u64,
 }
 
 /// A successful run.
@@ -315,17 +320,21 @@ pub fn regions_for_seed(seed: u64) -> usize {
 }
 
 /// What a seed of the sweep runs: `seed % 3` picks 3, 4 or 5 regions ([`regions_for_seed`]),
-/// `(seed / 3) % 3` the topology: a third active-active (half of those with quorum fencing and
-/// two keyspaces `read-only` on a minority), a third active-standby, a third active-passive.
-/// The plain active-active seeds run exactly as before fencing existed. Among fenced seeds,
-/// some of the 4-region ones add a witness (5 voters) and some of the 3-region ones run as two
-/// regions and a witness (the arbiter setup); the drift bound is 1000 ppm or 1 % with the
-/// smallest margin it allows, and each clock drifts at the bound or within it.
+/// `(seed / 3) % 3` the topology: a third active-active, a third active-standby, a third
+/// active-passive. The other choices come from bits of a hash of the seed: half of the
+/// active-active seeds run with quorum fencing (two keyspaces `read-only` on a minority), the
+/// other half exactly as before fencing existed (no control group, the same events); among
+/// fenced seeds, half of the 4-region ones add a witness (5 voters) and a quarter of the
+/// 3-region ones run as two regions and a witness (the arbiter setup); the drift bound is
+/// 1000 ppm or 1 %, the margin the default or the smallest the bound allows, each clock drifts
+/// at the bound or within it, and the control group's propose timeout is its default or twice
+/// the lease.
 pub fn plan_for_seed(seed: u64) -> (usize, SimOptions) {
     let mut n = regions_for_seed(seed);
-    let bits = seed / 9;
+    let bits = splitmix64(seed);
+    let bit = |i: u32| (bits >> i) & 1 == 1;
     let topology = match (seed / 3) % 3 {
-        0 if bits.is_multiple_of(2) => return (n, SimOptions::default()),
+        0 if !bit(0) => return (n, SimOptions::default()),
         0 => Topology::ActiveActive { quorum: true },
         1 => Topology::ActiveStandby,
         _ => Topology::ActivePassive,
@@ -335,20 +344,24 @@ pub fn plan_for_seed(seed: u64) -> (usize, SimOptions) {
         f.read_only_keyspaces = vec![model::SESSIONS.to_string(), model::RATELIMITS.to_string()];
     }
     match n {
-        4 if (bits / 2).is_multiple_of(2) => f.witness = true,
-        3 if (bits / 2) % 4 == 1 => {
+        4 if bit(1) => f.witness = true,
+        3 if bit(1) && bit(2) => {
             f.witness = true;
             n = 2;
         }
         _ => {}
     }
-    if (bits / 8) % 2 == 1 {
+    if bit(3) {
         f.max_drift_ppm = 10_000;
     }
-    if (bits / 16).is_multiple_of(2) {
+    if bit(4) {
         f.margin_ms = f
             .fence_config(region_id(0), vec![region_id(0)])
             .min_margin_ms();
+    }
+    if bit(5) {
+        // Answers may come long after the fence stopped waiting for them.
+        f.control_timeout_ms = 2 * f.lease_ms;
     }
     f.operator_gap_ms = match topology {
         Topology::ActivePassive => Some((2_000, 8_000)),
@@ -362,6 +375,14 @@ pub fn plan_for_seed(seed: u64) -> (usize, SimOptions) {
             ..SimOptions::default()
         },
     )
+}
+
+/// SplitMix64: spreads a seed's bits, so the options it picks are independent of each other.
+fn splitmix64(seed: u64) -> u64 {
+    let mut z = seed.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
 }
 
 fn region_id(i: usize) -> RegionId {
@@ -426,7 +447,7 @@ enum Event {
         answer: atoll_core::fence::Answer,
         via: usize,
     },
-    /// Proposal `id`'s proposer gives up waiting (its propose timeout on its clock).
+    /// Proposal `id`'s proposer gives up waiting (the control group's propose timeout).
     ProposalTimeout(usize),
     /// Committed entries become visible to region `r`.
     ControlApply(usize),
@@ -1469,8 +1490,18 @@ impl Sim {
                 self.record(v);
             }
         }
-        if !out.late.is_empty() {
-            self.fencing_on_late(to, &out.late, &adm.apply);
+        if self.fen.is_some() {
+            let merged: Vec<&OpEntry> = adm
+                .apply
+                .iter()
+                .filter(|e| e.seq > before.get(&e.origin) && e.seq <= after.get(&e.origin))
+                .filter(|e| {
+                    !out.late
+                        .iter()
+                        .any(|(o, s, _)| *o == e.origin && *s == e.seq)
+                })
+                .collect();
+            self.fencing_on_applied(to, &out.late, &adm.apply, &merged);
         }
         self.regions[to].applied_since_start += out.applied as u64;
         self.stats.entries_applied += out.applied as u64;

@@ -71,6 +71,8 @@ fn seeds() {
     let mut slowest_converge = (0, 0);
     let mut topologies: std::collections::BTreeMap<String, usize> = Default::default();
     let mut min_gap: Option<(u64, u64)> = None;
+    let mut widest_missing: Option<(u64, u64)> = None;
+    let mut underreported = 0;
     let mut failures = Vec::new();
     for (seed, r) in results {
         match r {
@@ -86,6 +88,17 @@ fn seeds() {
                 {
                     min_gap = Some((seed, g));
                 }
+                for p in out.fencing.iter().flat_map(|f| &f.promotions) {
+                    if p.missing_ops_at_send > p.reported_ops {
+                        underreported += 1;
+                    }
+                    if !p.manual
+                        && let Some(span) = p.missing_span_ms
+                        && widest_missing.is_none_or(|(_, a)| span > a)
+                    {
+                        widest_missing = Some((seed, span));
+                    }
+                }
                 if out.converge_ms > slowest_converge.1 {
                     slowest_converge = (seed, out.converge_ms);
                 }
@@ -97,13 +110,14 @@ fn seeds() {
         }
     }
     println!(
-        "{} seeds on {jobs} workers in {:.1?}: {} failed\n{totals:#?}\nslowest convergence after the writes stopped: seed {} in {} ms\ntopologies: {topologies:?}\nsmallest gap between two epochs' acknowledged writes at different regions: {}",
+        "{} seeds on {jobs} workers in {:.1?}: {} failed\n{totals:#?}\nslowest convergence after the writes stopped: seed {} in {} ms\ntopologies: {topologies:?}\nsmallest gap between two epochs' acknowledged writes at different regions: {}\npromotions whose region lacked more of the old holder's writes than its view reported: {underreported}; widest span of the old holder's writes an automatic promotion lacked: {}",
         seeds.len(),
         started.elapsed(),
         failures.len(),
         slowest_converge.0,
         slowest_converge.1,
-        min_gap.map_or("none".to_string(), |(s, g)| format!("{g} ms (seed {s})"))
+        min_gap.map_or("none".to_string(), |(s, g)| format!("{g} ms (seed {s})")),
+        widest_missing.map_or("none".to_string(), |(s, a)| format!("{a} ms (seed {s})"))
     );
     if let Some(f) = failures.first() {
         let list: Vec<String> = failures

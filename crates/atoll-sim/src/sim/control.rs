@@ -19,9 +19,7 @@
 
 use super::{Event, Sim};
 use crate::check::{self, Permit, Violation};
-use crate::fencing::{
-    self, Drift, FencingReport, Gate, ManualPromotion, MonoClock, SharedFence, Window,
-};
+use crate::fencing::{self, Drift, FencingReport, Gate, MonoClock, Promotion, SharedFence, Window};
 use crate::model::Stamp;
 use atoll_core::RegionId;
 use atoll_core::fence::{
@@ -60,7 +58,8 @@ struct Handover {
 #[derive(Clone, Copy, Debug)]
 enum Extra {
     None,
-    Manual {
+    /// An acquisition (automatic or manual) of a lease another region held.
+    Promotion {
         missing_ops_at_send: u64,
         accept: bool,
     },
@@ -102,7 +101,7 @@ pub(super) struct Control {
     /// Active-active quorum fencing: per region, the send time (true) of its newest presence
     /// that committed (that reached a majority).
     presence_sent: Vec<Option<u64>>,
-    manual: Vec<ManualPromotion>,
+    promotions: Vec<Promotion>,
     /// Epochs taken by `atoll promote --accept-data-loss`.
     forced_epochs: Vec<u64>,
     /// A sampled violation was recorded (one is enough; the run fails on it).
@@ -165,7 +164,7 @@ impl Sim {
             windows: Vec::new(),
             open: vec![None; n],
             presence_sent: vec![None; n],
-            manual: Vec::new(),
+            promotions: Vec::new(),
             forced_epochs: Vec::new(),
             sampled_violation: false,
         }));
@@ -298,21 +297,23 @@ impl Sim {
                 return Err(e);
             }
         };
-        let missing = holder.as_ref().map_or(0, |h| {
-            let hi = self.ids.iter().position(|i| i == h).unwrap_or(r);
-            self.applied(hi)
-                .get(h)
-                .saturating_sub(self.applied(r).get(h))
-        });
+        let missing = self.missing_of(r, holder.as_ref());
         self.propose(
             r,
             cmd,
-            Extra::Manual {
+            Extra::Promotion {
                 missing_ops_at_send: missing,
                 accept: accept_data_loss,
             },
         );
         Ok(())
+    }
+
+    /// The witness's node index (for partitions), if the run has one.
+    pub fn witness(&self) -> Option<usize> {
+        self.ctl()
+            .filter(|c| c.opts.witness)
+            .map(|_| self.regions.len())
     }
 
     pub(super) fn witness_up(&self) -> bool {
@@ -452,6 +453,16 @@ impl Sim {
         base + self.jitter() + self.slow()
     }
 
+    /// How many of `holder`'s acknowledged writes region `r` has not applied (true).
+    fn missing_of(&self, r: usize, holder: Option<&RegionId>) -> u64 {
+        holder.map_or(0, |h| {
+            let hi = self.ids.iter().position(|i| i == h).unwrap_or(r);
+            self.applied(hi)
+                .get(h)
+                .saturating_sub(self.applied(r).get(h))
+        })
+    }
+
     /// `fence_ts` of region `r`: its HLC wall time plus the maximum clock offset.
     fn fence_ts(&self, r: usize) -> u64 {
         let local = self.local_ms(r);
@@ -472,10 +483,9 @@ impl Sim {
         };
         let m = &c.members[r];
         let sent_mono = m.clock.at(now);
-        let timeout_at = m.clock.true_when(
-            sent_mono + c.opts.lease_ms.saturating_sub(c.opts.margin_ms).max(500),
-            now,
-        );
+        let timeout_at = m
+            .clock
+            .true_when(sent_mono + c.opts.control_timeout_ms, now);
         let id = c.proposals.len();
         let code = kind_code(&cmd);
         c.proposals.push(Proposal {
@@ -584,55 +594,59 @@ impl Sim {
                 }
             }
             (Command::Acquire { reason, .. }, Answer::Granted { epoch, .. }) => {
-                if !matches!(reason, PromotionReason::Initial) {
-                    self.stats.promotions += 1;
-                }
-                let (
-                    PromotionReason::Manual {
-                        exposure_ops,
-                        exposure_ms,
-                    },
-                    Extra::Manual {
-                        missing_ops_at_send,
-                        accept,
-                        ..
-                    },
-                ) = (reason, extra)
+                let Extra::Promotion {
+                    missing_ops_at_send,
+                    accept,
+                } = extra
                 else {
                     return;
                 };
-                let missing_at_commit = previous.as_ref().map_or(0, |h| {
-                    let hi = self.ids.iter().position(|i| i == h).unwrap_or(from);
-                    self.applied(hi)
-                        .get(h)
-                        .saturating_sub(self.applied(from).get(h))
+                let (manual, reported_ops, reported_ms) = match reason {
+                    PromotionReason::Manual {
+                        exposure_ops,
+                        exposure_ms,
+                    } => (true, *exposure_ops, *exposure_ms),
+                    PromotionReason::Automatic { lag_ops, lag_ms } => (false, *lag_ops, *lag_ms),
+                    _ => return,
+                };
+                let missing_ops_at_commit = self.missing_of(from, previous.as_ref());
+                let missing_span_ms = previous.as_ref().and_then(|h| {
+                    let applied = self.applied(from).get(h);
+                    let mut theirs = self.history.stamps.iter().filter(|s| &s.region == h);
+                    let first = theirs.find(|s| s.seq == applied + 1)?.at_ms;
+                    let last = theirs.next_back().map_or(first, |s| s.at_ms);
+                    Some(last - first)
                 });
-                let mp = ManualPromotion {
+                let p = Promotion {
                     region: self.ids[from].clone(),
                     previous,
                     epoch: *epoch,
-                    reported_ops: *exposure_ops,
-                    reported_ms: *exposure_ms,
-                    missing_ops_at_send,
-                    missing_ops_at_commit: missing_at_commit,
+                    manual,
                     accept_data_loss: accept,
+                    reported_ops,
+                    reported_ms,
+                    missing_ops_at_send,
+                    missing_ops_at_commit,
+                    missing_span_ms,
                 };
-                self.stats.manual_promotions += 1;
-                if accept && (mp.reported_ops > 0 || mp.reported_ms > 0) {
+                self.stats.promotions += 1;
+                if manual {
+                    self.stats.manual_promotions += 1;
+                }
+                if accept && (reported_ops > 0 || reported_ms > 0) {
                     self.stats.forced_promotions += 1;
                 }
-                self.stats.exposure_reported_ops += mp.reported_ops;
-                self.stats.exposure_missing_ops += mp.missing_ops_at_send;
-                if let Err(v) = check::promotion_exposure(&mp) {
+                self.stats.exposure_reported_ops += reported_ops;
+                self.stats.exposure_missing_ops += missing_ops_at_send;
+                if let Err(v) = check::promotion_exposure(&p) {
                     self.record(v);
                 }
-                self.trace
-                    .line(self.now, || format!("manual promotion {mp:?}"));
+                self.trace.line(self.now, || format!("promotion {p:?}"));
                 if let Some(c) = self.fen.as_deref_mut() {
                     if accept {
-                        c.forced_epochs.push(mp.epoch);
+                        c.forced_epochs.push(p.epoch);
                     }
-                    c.manual.push(mp);
+                    c.promotions.push(p);
                 }
             }
             (Command::Transfer { .. }, Answer::Transferred { .. }) => {
@@ -779,7 +793,17 @@ impl Sim {
         };
         let cmd = fencing::lock(&fence).tick(mono, fence_ts, Some(&view));
         if let Some(cmd) = cmd {
-            self.propose(r, cmd, Extra::None);
+            let extra = match &cmd {
+                Command::Acquire {
+                    reason: PromotionReason::Automatic { .. },
+                    ..
+                } => Extra::Promotion {
+                    missing_ops_at_send: self.missing_of(r, holder.as_ref()),
+                    accept: false,
+                },
+                _ => Extra::None,
+            };
+            self.propose(r, cmd, extra);
         }
     }
 
@@ -1064,13 +1088,22 @@ impl Sim {
         }
     }
 
-    /// Region `to` refused replicated writes as late writes of a superseded epoch.
-    pub(super) fn fencing_on_late(
+    /// Region `to` applied a replicated batch: `merged` went in, `late` were refused as late
+    /// writes of a superseded epoch (invariant 8).
+    pub(super) fn fencing_on_applied(
         &mut self,
         to: usize,
         late: &[(RegionId, u64, u64)],
         entries: &[OpEntry],
+        merged: &[&OpEntry],
     ) {
+        if let Some(c) = self.ctl() {
+            let current = fencing::lock(&c.members[to].fence).state().epoch;
+            self.stats.old_epoch_merged += merged
+                .iter()
+                .filter(|e| e.epoch > 0 && e.epoch < current)
+                .count() as u64;
+        }
         for (origin, seq, epoch) in late {
             self.stats.late_refused += 1;
             let ts = entries
@@ -1099,7 +1132,7 @@ impl Sim {
             topology: c.opts.name(),
             windows: c.windows.clone(),
             min_handoff_gap_ms: check::epochs_in_order(&self.history.stamps).ok().flatten(),
-            manual_promotions: c.manual.clone(),
+            promotions: c.promotions.clone(),
         })
     }
 

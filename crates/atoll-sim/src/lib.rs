@@ -9,7 +9,10 @@
 //! so a seed replays exactly (the store's writer thread is the only other thread, and every call
 //! into it blocks until done).
 //!
-//! - [`sim`]: the harness ([`Sim`]): regions, network, events, faults, phases.
+//! - [`sim`]: the harness ([`Sim`]): regions, network, events, faults, phases; fenced runs drive
+//!   the production fencing (`atoll_core::fence`) over a modelled control group.
+//! - [`fencing`]: the options of a fenced run, drifting monotonic clocks, the store's write gate,
+//!   the model of the control group and its limits, and what the fencing checkers record.
 //! - [`model`]: the history of acknowledged writes the checkers judge the final state against.
 //! - [`check`]: one checker per invariant.
 //! - [`net`]: links with latency, jitter and per-direction up/down flags.

@@ -23,6 +23,14 @@
 //!
 //! Every region reads its own [`ManualClock`]: the virtual time plus a small fixed offset
 //! (within the bound) plus the skew of a clock-skew fault.
+//!
+//! **Fenced runs** ([`SimOptions::fencing`], [`plan_for_seed`]) add, in `control.rs`: each
+//! region's fencing loop (its real `Fence`, on a monotonic clock of its own that drifts within
+//! the bound), the modelled control group ([`crate::fencing`] describes the model), the store's
+//! write gate, random switchovers and promotions, a witness node when configured (faults can hit
+//! it too), client writes sent mostly to the believed primary, and after every event a sample of
+//! every region's permit for the fencing checkers. Runs without fencing draw the same random
+//! numbers and process the same events as before fencing existed.
 
 use crate::check::{self, CursorAt, Invariant, RegionView, Violation};
 use crate::fencing::{self, FencingOptions, FencingReport};

@@ -820,3 +820,40 @@ fn skew_beyond_the_bound_makes_a_lost_primarys_writes_late() {
     assert_eq!(v.invariant, Invariant::LateWrites, "{v}");
     assert!(sim.stats().late_refused > 0);
 }
+
+/// A limit of the RPO guard, kept visible: a standby compares what it applied with the old
+/// primary's head *as last heard*. Two regions and a witness; the link between the regions
+/// breaks, the primary keeps its lease through the witness and writes for 8 s that the standby
+/// never hears of, then crashes. The standby promotes itself reporting no lag, although it lacks
+/// all of those writes, a span well above `max_promotion_lag_ms` (they are not lost here: the old
+/// primary's disk survives and they merge when it is back).
+#[test]
+fn rpo_guard_cannot_count_writes_it_never_heard_of() {
+    let mut sim = fenced(2, Topology::ActiveStandby, |f| f.witness = true);
+    sim.run_for(2_000).unwrap();
+    w(&mut sim, A, add("r", 1));
+    sim.run_for(1_000).unwrap();
+    sim.partition(A, B);
+    for _ in 0..80 {
+        w(&mut sim, A, add("r", 1));
+        sim.run_for(100).unwrap();
+    }
+    sim.crash(A);
+    sim.run_for(8_000).unwrap();
+    assert_eq!(sim.primary(), Some(B), "{}", sim.describe());
+    let report = sim.fencing_report().unwrap();
+    let p = report.promotions.last().expect("B was promoted");
+    assert!(
+        !p.manual && p.reported_ops == 0 && p.reported_ms == 0,
+        "{p:?}"
+    );
+    assert!(p.missing_ops_at_send >= 80, "{p:?}");
+    assert!(p.missing_span_ms.is_some_and(|s| s > 5_000), "{p:?}");
+    no_violation(&sim);
+    sim.heal_everything().unwrap();
+    converge(&mut sim, 20_000);
+    match sim.get(B, "ratelimits", "r") {
+        Some(KeyState::Counter(c)) => assert_eq!(c.value(), 81),
+        other => panic!("{other:?}"),
+    }
+}

@@ -22,9 +22,12 @@
 //!    `D - M` (at the slowest clock rate the bound allows) of a presence that reached a majority.
 //! 8. [`late_write`]: no replicated write of a superseded epoch is refused as late (stamped after
 //!    the supersession) unless an operator forced a promotion over it.
-//! 9. [`promotion_exposure`] and [`switchover_lost_nothing`]: a manual promotion never reports
-//!    more exposure than the writes its region really lacked, and a switchover's target held
-//!    every write of the old holder when the lease moved.
+//! 9. [`promotion_exposure`] and [`switchover_lost_nothing`]: a promotion (automatic or
+//!    `atoll promote`) never reports more exposure than the writes its region really lacked, and
+//!    one without `--accept-data-loss` reports none; a switchover's target held every write of
+//!    the old holder when the lease moved. (Nothing acknowledged may be lost at all: invariant 2
+//!    holds for fenced runs too, forced promotions included, since an old primary's disk always
+//!    survives here.)
 
 use crate::fencing::Promotion;
 use crate::model::{CARTS, FLAGS, History, LwwWrite, RATELIMITS, SESSIONS, Stamp};

@@ -13,7 +13,13 @@ use std::time::Duration;
 /// the config (or that it already points there).
 pub fn init(config: &Path, out: &Path, days: u32, ca_days: u32, force: bool) -> Result<()> {
     let cfg = Config::load(config).map_err(anyhow::Error::msg)?;
-    let regions: Vec<RegionId> = cfg.regions.iter().map(|r| r.name.clone()).collect();
+    // The arbiter, if any, gets a certificate like a region's (`<name>.atoll`).
+    let regions: Vec<RegionId> = cfg
+        .regions
+        .iter()
+        .map(|r| r.name.clone())
+        .chain(cfg.cluster.arbiter.as_ref().map(|a| a.name.clone()))
+        .collect();
     let plan = ClusterCerts {
         cluster: cfg.cluster.name.clone(),
         regions: regions.clone(),

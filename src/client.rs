@@ -1,9 +1,11 @@
-//! The client side of the CLI: `atoll kv|counter|set|status` against a region's HTTP API.
+//! The client side of the CLI: `atoll kv|counter|set|status` against a region's HTTP API, and
+//! the admin calls `atoll promote|switchover` (fencing, `docs/design/fencing.md`).
 
-use anyhow::{Result, anyhow, bail};
+use anyhow::{Context, Result, anyhow, bail};
 use clap::{Args, Subcommand, ValueEnum};
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use serde_json::{Value, json};
+use std::path::PathBuf;
 use std::time::Duration;
 
 /// Characters left as they are in a path segment; everything else is percent-encoded.
@@ -380,6 +382,190 @@ pub async fn set(args: ClientArgs, cmd: SetCommand) -> Result<()> {
 
 /// Shows a region's status. Fails (non-zero exit) when a peer is unreachable or lags more than
 /// `max_lag` seconds (default: the cluster's `replication.max_lag_secs`).
+/// One line on fencing for `atoll status`: role, epoch, holder, lease remaining.
+pub fn fencing_line(f: &Value) -> String {
+    let role = f["role"].as_str().unwrap_or("active");
+    let model = f["model"].as_str().unwrap_or("active-active");
+    if model == "active-active" {
+        return match f.get("quorum_window_left_ms").and_then(Value::as_u64) {
+            Some(ms) => format!(
+                "fencing: {role} (active-active, quorum fencing; quorum window {:.1} s left)",
+                ms as f64 / 1000.0
+            ),
+            None => "fencing: off (active-active, every region writes)".to_string(),
+        };
+    }
+    let holder = f["holder"].as_str().unwrap_or("none");
+    let lease = f["lease_remaining_ms"].as_u64().map_or_else(
+        || "-".to_string(),
+        |ms| format!("{:.1} s", ms as f64 / 1000.0),
+    );
+    let window = f["window_left_ms"].as_u64().unwrap_or(0);
+    let mut line = format!(
+        "fencing: role {role}, epoch {}, lease holder {holder} ({model}), lease could end in {lease}",
+        f["epoch"]
+    );
+    if role == "primary" {
+        line.push_str(&format!(
+            ", own write window {:.1} s",
+            window as f64 / 1000.0
+        ));
+    }
+    if let Some(t) = f["handing_over_to"].as_str() {
+        line.push_str(&format!(", SWITCHOVER to {t} in progress"));
+    }
+    line
+}
+
+/// Admin calls (`atoll promote`, `atoll switchover`): the region's admin token.
+#[derive(clap::Args, Clone, Debug)]
+pub struct AdminArgs {
+    /// The cluster config: where each region's client API is.
+    #[arg(long, env = "ATOLL_CONFIG", default_value = "atoll.toml")]
+    pub config: PathBuf,
+    /// The regions' admin token (ATOLL_ADMIN_TOKEN of the region processes).
+    #[arg(
+        long,
+        env = "ATOLL_ADMIN_TOKEN",
+        hide_env_values = true,
+        value_name = "TOKEN"
+    )]
+    pub admin_token: Option<String>,
+    /// Output format.
+    #[arg(long, value_enum, default_value = "human")]
+    pub output: Output,
+}
+
+fn admin_endpoint(cfg: &atoll_config::Config, region: &str) -> Result<String> {
+    match cfg.region(region) {
+        Some(r) => Ok(format!("http://{}", r.api)),
+        None => bail!(
+            "`{region}` is not a region of {} (regions: {})",
+            cfg.source,
+            cfg.regions
+                .iter()
+                .map(|r| r.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    }
+}
+
+async fn admin_post(args: &AdminArgs, url: String, body: Value) -> Result<Value> {
+    let token = args
+        .admin_token
+        .clone()
+        .filter(|t| !t.is_empty())
+        .ok_or_else(|| {
+            anyhow!("set ATOLL_ADMIN_TOKEN (or --admin-token) to the regions' admin token")
+        })?;
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(120))
+        .build()?;
+    let resp = http
+        .post(&url)
+        .bearer_auth(token)
+        .json(&body)
+        .send()
+        .await
+        .with_context(|| format!("cannot reach {url}"))?;
+    let status = resp.status();
+    let v: Value = resp.json().await.unwrap_or(Value::Null);
+    if !status.is_success() {
+        let e = &v["error"];
+        bail!(
+            "{} ({}): {}{}",
+            e["message"].as_str().unwrap_or("request failed"),
+            e["code"].as_str().unwrap_or(status.as_str()),
+            e["hint"].as_str().unwrap_or(""),
+            if status.as_u16() == 409 && e["code"] == "ATOLL-DATA-LOSS" {
+                "\n(to promote anyway and lose these writes: add --accept-data-loss)"
+            } else {
+                ""
+            }
+        );
+    }
+    Ok(v)
+}
+
+/// `atoll promote REGION`.
+pub async fn promote(args: AdminArgs, region: String, accept_data_loss: bool) -> Result<()> {
+    let cfg = atoll_config::Config::load(&args.config).map_err(anyhow::Error::msg)?;
+    let url = format!("{}/v1/admin/promote", admin_endpoint(&cfg, &region)?);
+    let v = admin_post(&args, url, json!({"accept_data_loss": accept_data_loss})).await?;
+    match args.output {
+        Output::Json => println!("{}", serde_json::to_string_pretty(&v)?),
+        Output::Human => {
+            println!(
+                "{region} is primary (epoch {}), took over from {}",
+                v["epoch"],
+                v["previous"].as_str().unwrap_or("nobody")
+            );
+            let ops = v["exposure"]["ops"].as_u64().unwrap_or(0);
+            if ops > 0 {
+                println!(
+                    "exposure: {ops} acknowledged writes of the old primary were not replicated here ({}); they return if the old primary comes back",
+                    v["exposure"]["ms"]
+                        .as_u64()
+                        .map_or("age unknown".to_string(), |ms| format!(
+                            "about {ms} ms of writes"
+                        ))
+                );
+            } else {
+                println!("exposure: none (every write the old primary was known to hold is here)");
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `atoll switchover REGION`: asks the current primary (found through any region's status) to
+/// hand the lease to REGION.
+pub async fn switchover(args: AdminArgs, target: String, timeout_secs: f64) -> Result<()> {
+    let cfg = atoll_config::Config::load(&args.config).map_err(anyhow::Error::msg)?;
+    admin_endpoint(&cfg, &target)?;
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()?;
+    let mut primary = None;
+    for r in &cfg.regions {
+        let Ok(resp) = http.get(format!("http://{}/v1/status", r.api)).send().await else {
+            continue;
+        };
+        let Ok(v) = resp.json::<Value>().await else {
+            continue;
+        };
+        if let Some(h) = v["fencing"]["holder"].as_str() {
+            primary = Some(h.to_string());
+            break;
+        }
+    }
+    let Some(primary) = primary else {
+        bail!(
+            "no region reports a lease holder: nothing to switch over (is the cluster active-standby or active-passive, and reachable?)"
+        );
+    };
+    if primary == target {
+        bail!("`{target}` already holds the write lease");
+    }
+    let url = format!("{}/v1/admin/switchover", admin_endpoint(&cfg, &primary)?);
+    let timeout_ms = (timeout_secs.clamp(0.1, 600.0) * 1000.0) as u64;
+    let v = admin_post(
+        &args,
+        url,
+        json!({"target": target, "timeout_ms": timeout_ms}),
+    )
+    .await?;
+    match args.output {
+        Output::Json => println!("{}", serde_json::to_string_pretty(&v)?),
+        Output::Human => println!(
+            "switched over from {primary} to {target} (epoch {}): nothing lost (head {} applied by {target}), writes stopped for {} ms",
+            v["epoch"], v["head"], v["writes_stopped_ms"]
+        ),
+    }
+    Ok(())
+}
+
 pub async fn status(args: ClientArgs, max_lag: Option<f64>) -> Result<()> {
     let c = Client::new(&args)?;
     let v = c
@@ -433,6 +619,7 @@ pub async fn status(args: ClientArgs, max_lag: Option<f64>) -> Result<()> {
                 "store: {} writes, last seq {}",
                 v["store"]["writes_total"], v["store"]["last_seq"]
             );
+            println!("{}", fencing_line(&v["fencing"]));
             match v["peer_tls"]["mode"].as_str() {
                 Some("mutual-tls") => {
                     println!("between regions: mutual TLS (peers authenticated by the cluster CA)")

@@ -25,9 +25,9 @@ const CERTS_DIR: &str = "certs";
 /// The cluster config the demo runs, with region i's API on `127.0.0.1:<port_base + i>` and its
 /// peer listener (mutual TLS, certificates in `certs/` next to the config) on
 /// `127.0.0.1:<port_base + 100 + i>`.
-pub fn demo_config(port_base: u16) -> String {
+pub fn demo_config(port_base: u16, model: atoll_config::Model) -> String {
     let mut out = format!(
-        "# Written by `atoll demo`.\n[cluster]\nname = \"atoll-demo\"\nmodel = \"active-active\"\n\n\
+        "# Written by `atoll demo`.\n[cluster]\nname = \"atoll-demo\"\nmodel = \"{model}\"\n\n\
          [cluster.tls]\nca = \"{CERTS_DIR}/ca.pem\"\ncert = \"{CERTS_DIR}/{{region}}.pem\"\nkey = \"{CERTS_DIR}/{{region}}.key\"\n\n"
     );
     for (i, (name, lat, lon)) in DEMO_REGIONS.iter().enumerate() {
@@ -43,6 +43,7 @@ pub fn demo_config(port_base: u16) -> String {
          [[keyspaces]]\nname = \"carts\"\npolicy = \"mvr\"\n\n\
          [[keyspaces]]\nname = \"ratelimits\"\npolicy = \"counter\"\n\n\
          [[keyspaces]]\nname = \"flags\"\npolicy = \"set\"\n\n\
+         [[keyspaces]]\nname = \"inventory\"\npolicy = \"lww\"\non_minority = \"read-only\"\n\n\
          [router]\nzone = \"atoll.test\"\nttl_secs = 30\n\n\
          [router.health]\ninterval_ms = 1000\nfailure_threshold = 3\nrecovery_threshold = 2\nramp_secs = 30\n\n\
          [[router.names]]\nname = \"api\"\npolicy = \"latency\"\n\n\
@@ -50,6 +51,11 @@ pub fn demo_config(port_base: u16) -> String {
          [[router.client_locations]]\nprefix = \"198.51.100.0/24\"\nlat = 48.9\nlon = 2.35\n\n\
          [[router.client_locations]]\nprefix = \"203.0.113.0/24\"\nlat = 1.35\nlon = 103.8\n",
     );
+    // Fencing: active-active runs quorum fencing (a region cut off from the other two refuses
+    // writes to `inventory`, keeps taking the rest); the other models fence by the write lease.
+    if model == atoll_config::Model::ActiveActive {
+        out.push_str("\n[fencing]\nquorum = true\n");
+    }
     out
 }
 
@@ -120,6 +126,7 @@ async fn start_region(
     name: &str,
     data_dir: &Path,
     peer_via: &[(String, std::net::SocketAddr)],
+    admin_token: &str,
 ) -> Result<RegionChild> {
     let log_path = data_dir.join(format!("{name}.log"));
     let log = std::fs::File::create(&log_path)
@@ -137,6 +144,7 @@ async fn start_region(
                 .iter()
                 .flat_map(|(peer, addr)| ["--peer-via".to_string(), format!("{peer}={addr}")]),
         )
+        .env("ATOLL_ADMIN_TOKEN", admin_token)
         .stdout(Stdio::piped())
         .stderr(Stdio::from(log))
         .kill_on_drop(true)
@@ -185,7 +193,11 @@ fn terminate(child: &Child) {
 }
 
 /// Runs the demo until Ctrl-C (or SIGTERM).
-pub async fn run(data_dir: Option<PathBuf>, port_base: u16) -> Result<()> {
+pub async fn run(
+    data_dir: Option<PathBuf>,
+    port_base: u16,
+    model: atoll_config::Model,
+) -> Result<()> {
     let started = Instant::now();
     let shutdown = crate::shutdown_signal();
     if u32::from(port_base) + MAX_OFFSET > u32::from(u16::MAX) {
@@ -205,7 +217,7 @@ pub async fn run(data_dir: Option<PathBuf>, port_base: u16) -> Result<()> {
             (Some(t), p)
         }
     };
-    let config_text = demo_config(port_base);
+    let config_text = demo_config(port_base, model);
     let config_path = dir.join("atoll.toml");
     std::fs::write(&config_path, &config_text)?;
     let config = atoll_config::Config::load(&config_path).map_err(anyhow::Error::msg)?;
@@ -235,6 +247,8 @@ pub async fn run(data_dir: Option<PathBuf>, port_base: u16) -> Result<()> {
         .await
         .map_err(|e| anyhow!("cannot start the link proxies: {e}"))?;
 
+    // One admin token for the router and the regions' admin API (promote, switchover).
+    let token = format!("demo-{:016x}", rand_token());
     let mut regions = Vec::new();
     for (name, _, _) in DEMO_REGIONS {
         let via: Vec<(String, std::net::SocketAddr)> = DEMO_REGIONS
@@ -246,11 +260,10 @@ pub async fn run(data_dir: Option<PathBuf>, port_base: u16) -> Result<()> {
                     .map(|a| (peer.to_string(), a))
             })
             .collect();
-        regions.push(start_region(&exe, &config_path, name, &dir, &via).await?);
+        regions.push(start_region(&exe, &config_path, name, &dir, &via, &token).await?);
     }
 
     // A router in front: health-checked failover proxy, authoritative DNS and an admin API.
-    let token = format!("demo-{:016x}", rand_token());
     let port = |off: u32| -> Result<std::net::SocketAddr> {
         Ok(format!("127.0.0.1:{}", u32::from(port_base) + off).parse()?)
     };
@@ -330,8 +343,17 @@ pub async fn run(data_dir: Option<PathBuf>, port_base: u16) -> Result<()> {
         &regions[1].endpoint,
         &regions[2].endpoint,
     );
+    // With a write lease only the primary (us-east-1) takes writes, and passive regions serve
+    // no client traffic at all: the printed commands go where they work.
+    let leased = model != atoll_config::Model::ActiveActive;
+    let (w1, w2) = if leased { (e0, e0) } else { (e1, e2) };
+    let r1 = if model == atoll_config::Model::ActivePassive {
+        e0
+    } else {
+        e1
+    };
     println!(
-        "\nTry:\n  atoll kv put sessions alice token-1 --endpoint {e0}\n  atoll kv get sessions alice --endpoint {e1}\n  atoll counter incr ratelimits api --endpoint {e2}\n  atoll set add flags beta dark-mode --endpoint {e1}\n  atoll kv put carts c1 apple --endpoint {e0}; atoll kv put carts c1 pear --endpoint {e2}; atoll kv get carts c1 --endpoint {e1}\n  atoll status --endpoint {e0}\n  curl -si http://{}/v1/kv/sessions/alice\n  dig @127.0.0.1 -p {} api.atoll.test +subnet=198.51.100.7/24\n  ATOLL_ADMIN_TOKEN={token} atoll router status --admin http://{}\n  {}\n  atoll link fault ls --control {}\n\nconfig: {}\nlogs:   {}/<region>.log\nPress Ctrl-C to stop.",
+        "\nTry:\n  atoll kv put sessions alice token-1 --endpoint {e0}\n  atoll kv get sessions alice --endpoint {r1}\n  atoll counter incr ratelimits api --endpoint {w2}\n  atoll set add flags beta dark-mode --endpoint {w1}\n  atoll kv put carts c1 apple --endpoint {e0}; atoll kv put carts c1 pear --endpoint {w2}; atoll kv get carts c1 --endpoint {r1}\n  atoll status --endpoint {e0}\n  curl -si http://{}/v1/kv/sessions/alice\n  dig @127.0.0.1 -p {} api.atoll.test +subnet=198.51.100.7/24\n  ATOLL_ADMIN_TOKEN={token} atoll router status --admin http://{}\n  {}\n  atoll link fault ls --control {}\n\nconfig: {}\nlogs:   {}/<region>.log\nPress Ctrl-C to stop.",
         router
             .proxy_addr()
             .map(|a| a.to_string())
@@ -342,6 +364,17 @@ pub async fn run(data_dir: Option<PathBuf>, port_base: u16) -> Result<()> {
         links.control_url().unwrap_or_default(),
         config_path.display(),
         dir.display()
+    );
+
+    println!(
+        "{}",
+        fencing_examples(
+            model,
+            &token,
+            &config_path,
+            e0,
+            &links.control_url().unwrap_or_default()
+        )
     );
 
     let mut exited = None;
@@ -385,6 +418,28 @@ pub async fn run(data_dir: Option<PathBuf>, port_base: u16) -> Result<()> {
     }
     println!("stopped.");
     Ok(())
+}
+
+/// What to try for the demo's topology model: the write lease or quorum fencing at work.
+fn fencing_examples(
+    model: atoll_config::Model,
+    token: &str,
+    config: &Path,
+    e0: &str,
+    control: &str,
+) -> String {
+    let config = config.display();
+    match model {
+        atoll_config::Model::ActiveActive => format!(
+            "\nFencing (active-active, quorum): cut us-east-1 off from both others, then writes to\n`inventory` (on_minority = read-only) are refused there while `sessions` keep working:\n  atoll link fault add us-east-1 --kind isolate --for 30s --control {control}\n  atoll kv put inventory seat-1 taken --endpoint {e0}\n  atoll kv put sessions bob token-2 --endpoint {e0}"
+        ),
+        atoll_config::Model::ActiveStandby => format!(
+            "\nFencing (active-standby): us-east-1 holds the write lease; the others refuse writes and\nare promoted automatically if it goes away. Move the lease without losing anything:\n  atoll status --endpoint {e0}\n  ATOLL_ADMIN_TOKEN={token} atoll switchover eu-west-1 --config {config}\n  atoll link fault add us-east-1 --kind isolate --for 30s --control {control}"
+        ),
+        atoll_config::Model::ActivePassive => format!(
+            "\nFencing (active-passive): us-east-1 is primary, the others are passive (no client traffic).\nPlanned move, or promotion once the primary's lease has ended:\n  ATOLL_ADMIN_TOKEN={token} atoll switchover eu-west-1 --config {config}\n  ATOLL_ADMIN_TOKEN={token} atoll promote ap-southeast-1 --config {config}"
+        ),
+    }
 }
 
 /// Resolves with the index of the first future to finish.
@@ -443,7 +498,11 @@ mod tests {
     /// eu-west-1 (and nothing else).
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn the_printed_link_fault_is_a_real_partition_when_pasted() {
-        let config = atoll_config::Config::parse(&demo_config(7100), "demo").unwrap();
+        let config = atoll_config::Config::parse(
+            &demo_config(7100, atoll_config::Model::ActiveActive),
+            "demo",
+        )
+        .unwrap();
         let specs = atoll_link::links_from_cluster(&config, 0).unwrap();
         let links = atoll_link::LinkServer::start(specs, Some("127.0.0.1:0".parse().unwrap()))
             .await

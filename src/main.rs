@@ -78,6 +78,10 @@ enum Command {
         /// <port-base + 90>.
         #[arg(long, default_value_t = 7100)]
         port_base: u16,
+        /// Topology: active-active (with quorum fencing), active-standby (automatic promotion)
+        /// or active-passive (manual promotion).
+        #[arg(long, default_value = "active-active", value_parser = parse_model)]
+        model: atoll_config::Model,
     },
     /// Validate and explain a config file.
     Config {
@@ -123,6 +127,52 @@ enum Command {
     Link(atoll_link::cli::LinkArgs),
     /// Run a traffic router (health-checked proxy, authoritative DNS, admin API) or manage one.
     Router(Box<atoll_router::cli::RouterArgs>),
+    /// Run the arbiter: a witness that votes in the control group (fencing) and stores no
+    /// keyspace data. For two-region clusters: put it in a third location.
+    #[command(
+        after_help = "Example:\n  atoll arbiter --config atoll.toml --data-dir /var/lib/atoll-arbiter\n\nThe config needs [cluster.arbiter] (its peer address; name, default \"arbiter\"), and with\nmutual TLS a certificate for <name>.atoll (`atoll certs init` issues one)."
+    )]
+    Arbiter {
+        /// The cluster config (atoll.toml).
+        #[arg(long)]
+        config: PathBuf,
+        /// Listen here instead of [cluster.arbiter] peer.
+        #[arg(long)]
+        listen: Option<SocketAddr>,
+        /// Where the arbiter keeps the control log (created if missing).
+        #[arg(long, default_value = "atoll-arbiter-data")]
+        data_dir: PathBuf,
+        /// Reach a region at another address than its configured `peer` one: NAME=ADDR.
+        #[arg(long, value_parser = parse_peer_via)]
+        peer_via: Vec<(String, SocketAddr)>,
+    },
+    /// Make REGION the primary (active-standby, active-passive): for a primary that is gone.
+    ///
+    /// Refused while another region's lease may still be valid (use `atoll switchover` for a
+    /// planned move), and while REGION has not applied every write the old primary was known
+    /// to hold, unless --accept-data-loss; then the exposure is printed.
+    #[command(after_help = "Example:
+  ATOLL_ADMIN_TOKEN=... atoll promote eu-west-1 --config atoll.toml")]
+    Promote {
+        region: String,
+        /// Promote even though writes acknowledged by the old primary are missing here.
+        #[arg(long)]
+        accept_data_loss: bool,
+        #[command(flatten)]
+        admin: client::AdminArgs,
+    },
+    /// Planned, zero-loss move of the write lease to REGION: the primary stops writes, waits
+    /// until REGION has caught up, then hands the lease over.
+    #[command(after_help = "Example:
+  ATOLL_ADMIN_TOKEN=... atoll switchover eu-west-1 --config atoll.toml")]
+    Switchover {
+        region: String,
+        /// Give up (and resume writes on the primary) if REGION has not caught up by then.
+        #[arg(long, default_value_t = 30.0)]
+        timeout: f64,
+        #[command(flatten)]
+        admin: client::AdminArgs,
+    },
     /// Show a region's status.
     #[command(after_help = "Example:\n  atoll status --endpoint http://127.0.0.1:7100")]
     Status {
@@ -178,6 +228,12 @@ fn init_tracing(default: &str) {
         .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)
         .init();
+}
+
+fn parse_model(s: &str) -> Result<atoll_config::Model, String> {
+    atoll_config::Model::parse(s).ok_or_else(|| {
+        format!("unknown model `{s}`: use active-active, active-standby or active-passive")
+    })
 }
 
 fn parse_peer_via(s: &str) -> Result<(String, SocketAddr), String> {
@@ -262,6 +318,26 @@ async fn run_region(
     Ok(())
 }
 
+async fn run_arbiter(
+    config: PathBuf,
+    listen: Option<SocketAddr>,
+    data_dir: PathBuf,
+    peer_via: Vec<(String, SocketAddr)>,
+) -> Result<()> {
+    let cfg = atoll_config::Config::load(&config).map_err(anyhow::Error::msg)?;
+    atoll_server::arbiter::run(
+        atoll_server::arbiter::ArbiterOptions {
+            config: Arc::new(cfg),
+            listen,
+            data_dir,
+            peer_via: peer_via.into_iter().collect(),
+        },
+        shutdown_signal(),
+    )
+    .await
+    .map_err(|e| anyhow::anyhow!("{} ({}): {}", e, e.code(), e.hint()))
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
@@ -282,8 +358,8 @@ fn main() -> ExitCode {
             // The demo prints a table and commands to try: only warnings and errors of its
             // in-process router and links go to the terminal (the regions log to files).
             init_tracing(match other {
-                Command::Demo { .. } => "warn,hickory_server=error",
-                _ => "info,hickory_server=warn",
+                Command::Demo { .. } => "warn,hickory_server=error,openraft=error",
+                _ => "info,hickory_server=warn,openraft=warn",
             });
             let rt = match tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
@@ -320,11 +396,28 @@ fn main() -> ExitCode {
                     Command::Demo {
                         data_dir,
                         port_base,
-                    } => demo::run(data_dir, port_base).await,
+                        model,
+                    } => demo::run(data_dir, port_base, model).await,
                     Command::Kv { client, command } => client::kv(client, command).await,
                     Command::Counter { client, command } => client::counter(client, command).await,
                     Command::Set { client, command } => client::set(client, command).await,
                     Command::Status { client, max_lag } => client::status(client, max_lag).await,
+                    Command::Promote {
+                        region,
+                        accept_data_loss,
+                        admin,
+                    } => client::promote(admin, region, accept_data_loss).await,
+                    Command::Switchover {
+                        region,
+                        timeout,
+                        admin,
+                    } => client::switchover(admin, region, timeout).await,
+                    Command::Arbiter {
+                        config,
+                        listen,
+                        data_dir,
+                        peer_via,
+                    } => run_arbiter(config, listen, data_dir, peer_via).await,
                     Command::Router(args) => atoll_router::cli::run(*args).await,
                     Command::Link(args) => atoll_link::cli::run(args).await,
                     Command::Config { .. } | Command::Certs { .. } => Ok(()),

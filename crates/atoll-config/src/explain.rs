@@ -64,6 +64,8 @@ pub(crate) fn explain(config: &Config) -> String {
         "  keys: at most {KEY_MAX_BYTES} bytes in every keyspace (fixed)\n  policies: lww = last writer wins, losers kept in the conflict ledger; mvr = concurrent writes kept as siblings;\n            counter = PN-counter, increments from every region add up; set = add-wins observed-remove set"
     );
 
+    fencing(&mut out, config);
+
     let s = &config.storage;
     let _ = writeln!(out, "\nstorage");
     let _ = writeln!(
@@ -393,6 +395,107 @@ fn default_mark(is_default: bool) -> &'static str {
     if is_default { " (default)" } else { "" }
 }
 
+/// `[fencing]` and `[cluster.arbiter]`: what protects the cluster from split brain, and the
+/// promotion time the lease implies.
+fn fencing(out: &mut String, config: &Config) {
+    let f = &config.fencing;
+    let _ = writeln!(out, "\nfencing (docs/design/fencing.md)");
+    let leased = config.cluster.model != Model::ActiveActive;
+    if !leased && !f.quorum {
+        let _ = writeln!(
+            out,
+            "  off: active-active without quorum fencing (every region writes, even cut off from the others)"
+        );
+        return;
+    }
+    let voters = config.voters();
+    let _ = writeln!(
+        out,
+        "  control group  {voters} voters ({} regions{}), majority {}",
+        config.regions.len(),
+        config
+            .cluster
+            .arbiter
+            .as_ref()
+            .map(|a| format!(" + arbiter {} at {}", a.name, a.peer))
+            .unwrap_or_default(),
+        voters / 2 + 1
+    );
+    if leased {
+        let _ = writeln!(
+            out,
+            "  initial_primary       {}{}",
+            f.initial_primary,
+            default_mark(config.regions.first().map(|r| &r.name) == Some(&f.initial_primary))
+        );
+    } else {
+        let ro: Vec<&str> = config
+            .keyspaces
+            .iter()
+            .filter(|k| k.on_minority == crate::OnMinority::ReadOnly)
+            .map(|k| k.name.as_str())
+            .collect();
+        let _ = writeln!(
+            out,
+            "  quorum                true  (a region that cannot reach a majority refuses writes to: {})",
+            if ro.is_empty() {
+                "no keyspace (none is on_minority = \"read-only\")".to_string()
+            } else {
+                ro.join(", ")
+            }
+        );
+    }
+    let rows = [
+        (
+            "lease_ms",
+            f.lease_ms,
+            crate::DEFAULT_LEASE_MS,
+            "how long an answered renewal lets the holder write, minus the margin",
+        ),
+        (
+            "renew_every_ms",
+            f.renew_every_ms,
+            crate::DEFAULT_RENEW_EVERY_MS,
+            "renewal period",
+        ),
+        (
+            "margin_ms",
+            f.margin_ms,
+            crate::DEFAULT_MARGIN_MS,
+            "safety margin on both ends of the lease",
+        ),
+        (
+            "max_drift_ppm",
+            f.max_drift_ppm,
+            crate::DEFAULT_MAX_DRIFT_PPM,
+            "assumed bound on clock rate differences",
+        ),
+    ];
+    for (key, v, d, what) in rows {
+        let _ = writeln!(out, "  {key:<21} {v}{}  ({what})", default_mark(v == d));
+    }
+    if config.cluster.model == Model::ActiveStandby {
+        let _ = writeln!(
+            out,
+            "  max_promotion_lag_ms  {}{}  (a standby further behind is not promoted automatically: the RPO guard)",
+            f.max_promotion_lag_ms,
+            default_mark(f.max_promotion_lag_ms == crate::DEFAULT_MAX_PROMOTION_LAG_MS)
+        );
+        let wait = f.lease_ms + (f.lease_ms * f.max_drift_ppm).div_ceil(1_000_000) + f.margin_ms;
+        let _ = writeln!(
+            out,
+            "  automated promotion   about {:.1} s after the primary's last answered renewal (lease x (1 + drift) + margin), plus a control-group election if the primary led it",
+            wait as f64 / 1000.0
+        );
+    }
+    if config.cluster.model == Model::ActivePassive {
+        let _ = writeln!(
+            out,
+            "  promotion             manual: `atoll promote REGION` once the lease has ended; `atoll switchover REGION` for a planned move"
+        );
+    }
+}
+
 fn model_meaning(model: Model) -> &'static str {
     match model {
         Model::ActiveActive => "every region serves reads and writes",
@@ -407,6 +510,14 @@ fn model_meaning(model: Model) -> &'static str {
 
 fn keyspace_options(k: &KeyspaceConfig) -> String {
     let opts = k.options();
+    let minority = if k.on_minority == crate::OnMinority::ReadOnly {
+        "on_minority=read-only"
+    } else {
+        ""
+    };
+    if opts.is_empty() && !minority.is_empty() {
+        return minority.to_string();
+    }
     if opts.is_empty() {
         return match k.policy {
             Policy::Counter => "(no options: 64-bit counters)".to_string(),
@@ -432,6 +543,7 @@ fn keyspace_options(k: &KeyspaceConfig) -> String {
             }
             s
         })
+        .chain((!minority.is_empty()).then(|| minority.to_string()))
         .collect();
     parts.join(", ")
 }

@@ -152,8 +152,6 @@ pub struct FencingConfig {
     pub max_drift_ppm: u64,
     /// Automated promotion only within this lag behind the old primary (the RPO guard).
     pub max_promotion_lag_ms: u64,
-    /// A write to a standby is forwarded to the primary instead of refused.
-    pub forward_writes: bool,
     /// Active-active: a region that cannot reach a majority (the arbiter counts) refuses writes
     /// to keyspaces with `on_minority = "read-only"`.
     pub quorum: bool,
@@ -169,7 +167,6 @@ impl FencingConfig {
             margin_ms: DEFAULT_MARGIN_MS,
             max_drift_ppm: DEFAULT_MAX_DRIFT_PPM,
             max_promotion_lag_ms: DEFAULT_MAX_PROMOTION_LAG_MS,
-            forward_writes: false,
             quorum: false,
         }
     }
@@ -493,7 +490,7 @@ impl Config {
             out.push(INSECURE_WARNING.to_string());
         }
         let fenced = self.cluster.model != Model::ActiveActive || self.fencing.quorum;
-        if fenced && self.voters() % 2 == 0 {
+        if fenced && self.voters().is_multiple_of(2) {
             out.push(format!(
                 "the control group has {} voters ({} regions{}): an even number, so a split into two halves leaves neither a majority and stops writes everywhere; add [cluster.arbiter] (a witness in a third location) or another region",
                 self.voters(),

@@ -57,8 +57,6 @@ struct RawFencing {
     #[serde(default)]
     max_promotion_lag_ms: Option<Spanned<i64>>,
     #[serde(default)]
-    forward_writes: Option<bool>,
-    #[serde(default)]
     quorum: Option<bool>,
 }
 
@@ -443,7 +441,6 @@ fn fencing(
         MAX_PROMOTION_LAG_MS,
         f.max_promotion_lag_ms as i64,
     )? as u64;
-    f.forward_writes = raw.forward_writes.unwrap_or(false);
     f.quorum = raw.quorum.unwrap_or(false);
     if f.quorum && model != Model::ActiveActive {
         return Err(cx.err_nowhere(

@@ -1699,3 +1699,125 @@ mod cluster_tls {
         }
     }
 }
+
+mod fencing {
+    use super::*;
+
+    fn standby(extra: &str) -> String {
+        format!(
+            "{}\n{extra}",
+            edit(
+                BASE,
+                "name = \"t\"\n",
+                "name = \"t\"\nmodel = \"active-standby\"\n"
+            )
+        )
+    }
+
+    #[test]
+    fn defaults_and_explicit_values() {
+        let c = ok(&standby(""));
+        assert_eq!(
+            c.fencing,
+            FencingConfig::defaults(RegionId::new("us-east-1").unwrap())
+        );
+        let c = ok(&standby(
+            "[fencing]\ninitial_primary = \"eu-west-1\"\nlease_ms = 2000\nrenew_every_ms = 400\nmargin_ms = 100\nmax_promotion_lag_ms = 0\n",
+        ));
+        assert_eq!(c.fencing.initial_primary.as_str(), "eu-west-1");
+        assert_eq!(
+            (
+                c.fencing.lease_ms,
+                c.fencing.renew_every_ms,
+                c.fencing.margin_ms
+            ),
+            (2000, 400, 100)
+        );
+        assert_eq!(c.fencing.max_promotion_lag_ms, 0);
+        let text = c.explain();
+        assert!(text.contains("fencing"), "{text}");
+        assert!(text.contains("automated promotion"), "{text}");
+    }
+
+    #[test]
+    fn bad_fencing_is_refused_with_the_key() {
+        let e = err(&standby("[fencing]\ninitial_primary = \"mars-1\"\n"));
+        assert_eq!(e.key(), Some("fencing.initial_primary"));
+        assert!(e.to_string().contains("mars-1") && e.to_string().contains("us-east-1"));
+        let e = err(&standby(
+            "[fencing]\nmargin_ms = 10\nmax_drift_ppm = 10000\n",
+        ));
+        assert_eq!(e.key(), Some("fencing"));
+        assert!(e.to_string().contains("margin_ms"), "{e}");
+        let e = err(&standby("[fencing]\nrenew_every_ms = 3000\n"));
+        assert!(e.to_string().contains("renew_every_ms"), "{e}");
+        let e = err(&standby("[fencing]\nlease_ms = 10\n"));
+        assert_eq!(e.key(), Some("fencing.lease_ms"));
+        let e = err(&standby("[fencing]\nquorum = true\n"));
+        assert_eq!(e.key(), Some("fencing.quorum"));
+        let e = err(&standby("[fencing]\nbogus = 1\n"));
+        assert!(e.to_string().contains("bogus"), "{e}");
+    }
+
+    #[test]
+    fn even_voters_without_an_arbiter_is_a_warning() {
+        let c = ok(&standby(""));
+        let w = c.warnings();
+        assert!(
+            w.iter()
+                .any(|w| w.contains("2 voters") && w.contains("[cluster.arbiter]")),
+            "{w:?}"
+        );
+        let with_arbiter = edit(
+            &standby(""),
+            "model = \"active-standby\"\n",
+            "model = \"active-standby\"\n\n[cluster.arbiter]\npeer = \"127.0.0.1:7190\"\n",
+        );
+        let c = ok(&with_arbiter);
+        assert_eq!(c.voters(), 3);
+        let a = c.cluster.arbiter.as_ref().unwrap();
+        assert_eq!((a.name.as_str(), a.peer.port()), ("arbiter", 7190));
+        assert!(!c.warnings().iter().any(|w| w.contains("voters")));
+        // Active-active without quorum fencing has no control group: no warning.
+        assert!(!ok(BASE).warnings().iter().any(|w| w.contains("voters")));
+    }
+
+    #[test]
+    fn arbiter_needs_its_own_name_and_address() {
+        let clash = edit(
+            BASE,
+            "name = \"t\"\n",
+            "name = \"t\"\n\n[cluster.arbiter]\nname = \"us-east-1\"\npeer = \"127.0.0.1:7190\"\n",
+        );
+        assert_eq!(err(&clash).key(), Some("cluster.arbiter.name"));
+        let addr = edit(
+            BASE,
+            "name = \"t\"\n",
+            "name = \"t\"\n\n[cluster.arbiter]\npeer = \"127.0.0.1:7100\"\n",
+        );
+        assert_eq!(err(&addr).key(), Some("cluster.arbiter.peer"));
+    }
+
+    #[test]
+    fn on_minority_per_keyspace() {
+        let c = ok(&edit(
+            BASE,
+            "policy = \"mvr\"\n",
+            "policy = \"mvr\"\non_minority = \"read-only\"\n",
+        ));
+        assert_eq!(
+            c.keyspace("carts").unwrap().on_minority,
+            OnMinority::ReadOnly
+        );
+        assert_eq!(
+            c.keyspace("sessions").unwrap().on_minority,
+            OnMinority::Available
+        );
+        let e = err(&edit(
+            BASE,
+            "policy = \"mvr\"\n",
+            "policy = \"mvr\"\non_minority = \"maybe\"\n",
+        ));
+        assert!(e.to_string().contains("maybe"), "{e}");
+    }
+}

@@ -192,6 +192,7 @@ fn run(seed: u64, drift_ppm: u64, topology: Topology) -> Result<u64, String> {
                 }
             }
         }
+        #[allow(clippy::needless_range_loop)] // `i` names the member in events too
         for i in 0..3 {
             let m = &mut members[i];
             if m.down_until > t {
@@ -244,31 +245,32 @@ fn run(seed: u64, drift_ppm: u64, topology: Topology) -> Result<u64, String> {
                         }
                     }
                 }
-                if topology.leased() && rng.chance(1) {
-                    if let Ok(cmd) = m.fence.promote(now, 0, &view, true) {
-                        if m.cut_until <= t || proposals_pass {
-                            events.push((
-                                t + rng.delay(2_000),
-                                Ev::Commit {
-                                    from: i,
-                                    cmd,
-                                    sent_at: now,
-                                },
-                            ));
-                        }
-                    }
+                if topology.leased()
+                    && rng.chance(1)
+                    && let Ok(cmd) = m.fence.promote(now, 0, &view, true)
+                    && (m.cut_until <= t || proposals_pass)
+                {
+                    events.push((
+                        t + rng.delay(2_000),
+                        Ev::Commit {
+                            from: i,
+                            cmd,
+                            sent_at: now,
+                        },
+                    ));
                 }
-                if let Some(cmd) = m.fence.tick(now, 0, Some(&view)) {
-                    if (m.cut_until <= t || proposals_pass) && !rng.chance(50) {
-                        events.push((
-                            t + rng.delay(2_000),
-                            Ev::Commit {
-                                from: i,
-                                cmd,
-                                sent_at: now,
-                            },
-                        ));
-                    }
+                if let Some(cmd) = m.fence.tick(now, 0, Some(&view))
+                    && (m.cut_until <= t || proposals_pass)
+                    && !rng.chance(50)
+                {
+                    events.push((
+                        t + rng.delay(2_000),
+                        Ev::Commit {
+                            from: i,
+                            cmd,
+                            sent_at: now,
+                        },
+                    ));
                 }
             }
         }

@@ -42,7 +42,6 @@ pub trait ReplicationView: Send + Sync + 'static {
 pub struct Fencing {
     me: RegionId,
     model: Model,
-    forward_writes: bool,
     started: Instant,
     fence: Mutex<Fence>,
     apis: BTreeMap<RegionId, SocketAddr>,
@@ -89,7 +88,6 @@ impl Fencing {
         Ok(Some(Arc::new(Self {
             me: me.clone(),
             model: config.cluster.model,
-            forward_writes: f.forward_writes,
             started: Instant::now(),
             fence: Mutex::new(Fence::new(cfg, 0)),
             apis: config
@@ -170,10 +168,6 @@ impl Fencing {
 
     pub fn model(&self) -> Model {
         self.model
-    }
-
-    pub fn forward_writes(&self) -> bool {
-        self.forward_writes
     }
 
     pub fn role(&self) -> Role {
@@ -295,16 +289,13 @@ impl Fencing {
             Duration::from_millis((f.config().renew_every_ms / 4).clamp(10, 250))
         };
         loop {
-            // Apply the newest state first: the moment this member observed it is now.
-            if applied.has_changed().unwrap_or(false)
-                || !self.ready.load(std::sync::atomic::Ordering::Relaxed)
-            {
-                let st = applied.borrow_and_update().clone();
-                if let Some(st) = st {
-                    let now = self.now_ms();
-                    self.fence().on_applied(now, &st);
-                    self.ready.store(true, std::sync::atomic::Ordering::Relaxed);
-                }
+            // Apply the newest state first: the moment this member observed it is now (a state
+            // seen before changes nothing: the fence notes times only of new versions).
+            let st = applied.borrow_and_update().clone();
+            if let Some(st) = st {
+                let now = self.now_ms();
+                self.fence().on_applied(now, &st);
+                self.ready.store(true, std::sync::atomic::Ordering::Relaxed);
             }
             if self.ready.load(std::sync::atomic::Ordering::Relaxed) {
                 self.tick(&proposer, &view);
@@ -376,7 +367,11 @@ impl Fencing {
         let f = self.fence();
         let role = f.role(now);
         let st = f.state();
+        self.metrics
+            .fencing_max_promotion_lag
+            .set(f.config().max_promotion_lag_ms as f64 / 1000.0);
         self.metrics.set_fencing(
+            self.me.as_str(),
             role.as_str(),
             st.epoch,
             f.remaining_ms(now),
@@ -404,17 +399,27 @@ impl Fencing {
     pub async fn promote(self: &Arc<Self>, accept_data_loss: bool) -> Result<Value> {
         let (proposer, view) = self.driver()?;
         let (proposer, view) = (&proposer, &view);
-        let now = self.now_ms();
         let holder = self.fence().holder().cloned();
         let pview = match &holder {
             Some(h) => view.promotion_view(h),
             None => PromotionView::default(),
         };
-        let fence_ts = self.fence_ts(view);
-        let cmd = self
-            .fence()
-            .promote(now, fence_ts, &pview, accept_data_loss)
-            .map_err(|r| refusal_error(r, &self.me))?;
+        // A proposal of this region (a failing acquisition, say) may be in flight: wait for it.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let (now, cmd) = loop {
+            let now = self.now_ms();
+            let fence_ts = self.fence_ts(view);
+            let r = self
+                .fence()
+                .promote(now, fence_ts, &pview, accept_data_loss);
+            match r {
+                Ok(cmd) => break (now, cmd),
+                Err(PromoteRefusal::Busy) if Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                Err(r) => return Err(refusal_error(r, &self.me)),
+            }
+        };
         let lag = pview.lag();
         let answer = proposer.propose(cmd.clone()).await;
         self.answered(now, &cmd, answer.clone());
@@ -476,12 +481,22 @@ impl Fencing {
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        let now = self.now_ms();
-        let fence_ts = self.fence_ts(view);
-        let cmd = self
-            .fence()
-            .transfer(now, fence_ts)
-            .map_err(|r| refusal_error(r, &self.me))?;
+        // A renewal may still be in flight (one proposal at a time): wait for its answer.
+        let (now, cmd) = loop {
+            let now = self.now_ms();
+            let fence_ts = self.fence_ts(view);
+            let r = self.fence().transfer(now, fence_ts);
+            match r {
+                Ok(cmd) => break (now, cmd),
+                Err(PromoteRefusal::Busy) if Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                Err(r) => {
+                    self.fence().abort_handover();
+                    return Err(refusal_error(r, &self.me));
+                }
+            }
+        };
         let answer = proposer.propose(cmd.clone()).await;
         self.answered(now, &cmd, answer.clone());
         match answer? {

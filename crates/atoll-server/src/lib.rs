@@ -5,7 +5,9 @@
 //! region process runtime (listen, serve, shut down gracefully).
 
 pub mod api;
+pub mod arbiter;
 pub mod auth;
+pub mod control;
 pub mod fencing;
 pub mod metrics;
 pub mod openapi;

@@ -112,11 +112,13 @@ pub struct Metrics {
     pub fencing_proposals: Family<ProposalLabels, Counter>,
     pub fencing_promotion_lag: FloatGauge,
     pub fencing_promotion_blocked: Gauge,
+    pub fencing_max_promotion_lag: FloatGauge,
 }
 
 /// Labels of the role gauge.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RoleLabels {
+    pub region: String,
     pub role: String,
 }
 
@@ -515,7 +517,17 @@ impl Metrics {
             "1 while the lease has expired but this standby is too far behind (max_promotion_lag_ms) to be promoted automatically",
             fencing_promotion_blocked.clone(),
         );
+        let fencing_max_promotion_lag = FloatGauge::default();
+        reg(
+            &mut registry,
+            &mut names,
+            Kind::Gauge,
+            "fencing_max_promotion_lag_seconds",
+            "[fencing] max_promotion_lag_ms of this region's config, in seconds (for the lag alert)",
+            fencing_max_promotion_lag.clone(),
+        );
         Self {
+            fencing_max_promotion_lag,
             fencing_role,
             fencing_epoch,
             fencing_lease_remaining,
@@ -579,6 +591,7 @@ impl Metrics {
     /// Fencing state, refreshed by the fencing loop.
     pub fn set_fencing(
         &self,
+        region: &str,
         role: &str,
         epoch: u64,
         lease_left_ms: u64,
@@ -588,6 +601,7 @@ impl Metrics {
         for r in ROLES {
             self.fencing_role
                 .get_or_create(&RoleLabels {
+                    region: region.to_string(),
                     role: r.to_string(),
                 })
                 .set(i64::from(r == role));

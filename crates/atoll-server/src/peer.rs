@@ -530,6 +530,35 @@ impl PeerClient {
         }
     }
 
+    /// `POST path` to `peer`; on failure also says whether the request surely never left (no
+    /// connection could be made), which a caller that must tell "not delivered" from "no answer"
+    /// needs (the control group's proposals).
+    pub async fn post_classified(
+        &self,
+        peer: &RegionId,
+        path: &str,
+        body: Vec<u8>,
+    ) -> std::result::Result<PeerResponse, (PeerError, bool)> {
+        let req = hyper::Request::post(format!("{}://{peer}{path}", self.scheme))
+            .header(hyper::header::CONTENT_TYPE, "application/octet-stream")
+            .body(Full::new(Bytes::from(body)))
+            .map_err(|e| (PeerError(format!("bad request to {peer}: {e}")), true))?;
+        let send = self.http.request(req);
+        let resp = match self.timeout {
+            Some(t) => tokio::time::timeout(t, send).await.map_err(|_| {
+                (
+                    PeerError(format!("{peer} did not answer within {t:?}")),
+                    false,
+                )
+            })?,
+            None => send.await,
+        };
+        match resp {
+            Ok(resp) => Ok(PeerResponse { resp }),
+            Err(e) => Err((PeerError(describe(&e)), e.is_connect())),
+        }
+    }
+
     /// `POST path` to `peer` with a binary body.
     pub async fn post(
         &self,
@@ -588,6 +617,16 @@ impl PeerResponse {
                 }
             }
         }
+    }
+
+    /// The whole body, at most `limit` bytes (an error beyond).
+    pub async fn bytes(self, limit: usize) -> std::result::Result<Bytes, PeerError> {
+        let limited = http_body_util::Limited::new(self.resp.into_body(), limit);
+        limited
+            .collect()
+            .await
+            .map(|c| c.to_bytes())
+            .map_err(|e| PeerError(format!("reading the answer: {e}")))
     }
 
     /// The whole body as text (lossy).

@@ -53,6 +53,57 @@ pub struct RegionServer {
     /// The peer listener, unless the replication routes share the client listener.
     peer: Option<PeerListener>,
     replicator: Arc<Replicator>,
+    /// The control group (fencing) and its applied lease states, when the cluster is fenced.
+    control: Option<(
+        atoll_control::ControlGroup,
+        tokio::sync::watch::Receiver<Option<atoll_core::fence::LeaseState>>,
+    )>,
+}
+
+/// Every region but `me`, at its peer address or `--peer-via` override.
+fn peer_addrs_for_control(opts: &RegionOptions, me: &RegionId) -> BTreeMap<RegionId, SocketAddr> {
+    opts.config
+        .regions
+        .iter()
+        .filter(|r| &r.name != me)
+        .map(|r| {
+            let addr = opts
+                .peer_via
+                .get(r.name.as_str())
+                .copied()
+                .unwrap_or(r.peer);
+            (r.name.clone(), addr)
+        })
+        .collect()
+}
+
+/// What fencing reads of replication and the store.
+struct RegionView {
+    rep: Arc<Replicator>,
+    store: Arc<Store>,
+    clock: Arc<dyn Clock>,
+}
+
+impl crate::fencing::ReplicationView for RegionView {
+    fn promotion_view(&self, holder: &RegionId) -> atoll_core::fence::PromotionView {
+        self.rep.promotion_view(holder)
+    }
+
+    fn head(&self) -> u64 {
+        self.store.stats().last_seq.load(Ordering::Relaxed)
+    }
+
+    fn peer_applied_of_mine(&self, peer: &RegionId) -> Option<u64> {
+        self.rep.peer_applied_of_mine(peer)
+    }
+
+    fn hlc_ms(&self) -> u64 {
+        self.store
+            .stats()
+            .hlc_wall_ms
+            .load(Ordering::Relaxed)
+            .max(self.clock.physical_ms())
+    }
 }
 
 impl RegionServer {
@@ -114,6 +165,9 @@ impl RegionServer {
                 })
                 .set(1);
         }
+        // Fencing first: the store's writer consults it at every write's stamping instant.
+        let fencing = crate::fencing::Fencing::new(&opts.config, &region, metrics.clone())?
+            .map(|f| f.with_admin_token(std::env::var("ATOLL_ADMIN_TOKEN").ok().as_deref()));
         let backend = Arc::new(FjallBackend::open(&opts.data_dir)?);
         let mut sopts = StoreOptions::new(region.clone(), opts.config.keyspaces.clone());
         sopts.max_clock_offset_ms = opts.config.cluster.max_clock_offset_ms;
@@ -123,6 +177,9 @@ impl RegionServer {
         let changed = Arc::new(tokio::sync::Notify::new());
         let c = changed.clone();
         sopts.on_change = Some(Arc::new(move || c.notify_waiters()));
+        sopts.gate = fencing
+            .clone()
+            .map(|f| f as Arc<dyn atoll_store::WriteGate>);
         let clock: Arc<dyn Clock> = if opts.clock_offset_ms == 0 {
             Arc::new(SystemClock)
         } else {
@@ -136,8 +193,10 @@ impl RegionServer {
             })
         };
         let store = Arc::new(Store::open(backend, sopts, clock.clone())?);
+        let arbiter = opts.config.cluster.arbiter.clone();
         for name in opts.peer_via.keys() {
-            if opts.config.region(name).is_none() || name == region.as_str() {
+            let is_arbiter = arbiter.as_ref().is_some_and(|a| a.name.as_str() == name);
+            if (opts.config.region(name).is_none() && !is_arbiter) || name == region.as_str() {
                 return Err(AtollError::Config(format!(
                     "--peer-via names `{name}`, which is not a peer region in the config"
                 )));
@@ -159,7 +218,7 @@ impl RegionServer {
             .collect();
         let replicator = Replicator::new(
             store.clone(),
-            clock,
+            clock.clone(),
             metrics.clone(),
             replication::Settings {
                 cluster: opts.config.cluster.name.clone(),
@@ -173,6 +232,47 @@ impl RegionServer {
             },
             changed,
         )?;
+        let control = match &fencing {
+            None => None,
+            Some(f) => {
+                let mut addrs = peer_addrs_for_control(&opts, &region);
+                if let Some(a) = &arbiter {
+                    addrs.insert(
+                        a.name.clone(),
+                        opts.peer_via
+                            .get(a.name.as_str())
+                            .copied()
+                            .unwrap_or(a.peer),
+                    );
+                }
+                let transport = Arc::new(crate::control::PeerTransport::new(
+                    &opts.config,
+                    region.as_str(),
+                    &addrs,
+                    tls.as_ref(),
+                )?);
+                let (group, applied) =
+                    crate::control::start(&opts.config, region.as_str(), &opts.data_dir, transport)
+                        .await?;
+                f.attach(
+                    Arc::new(crate::control::GroupProposer {
+                        group: group.clone(),
+                    }),
+                    Arc::new(RegionView {
+                        rep: replicator.clone(),
+                        store: store.clone(),
+                        clock: clock.clone(),
+                    }),
+                );
+                tracing::info!(
+                    region = %region,
+                    model = %opts.config.cluster.model,
+                    members = crate::control::members(&opts.config).len(),
+                    "fencing on: control group started"
+                );
+                Some((group, applied))
+            }
+        };
         let auth = atoll_config::auth::Tokens::load_for(&opts.config)
             .map_err(|e| AtollError::Config(e.to_string()))?;
         match &auth {
@@ -188,7 +288,14 @@ impl RegionServer {
             .await
             .map_err(|e| AtollError::Config(format!("cannot listen on {listen}: {e}")))?;
         let peer = if tls.is_some() || rc.peer != rc.api {
-            let regions = opts.config.regions.iter().map(|r| r.name.clone()).collect();
+            // Who a certificate may name: the regions, and the arbiter (control routes only).
+            let regions = opts
+                .config
+                .regions
+                .iter()
+                .map(|r| r.name.clone())
+                .chain(arbiter.as_ref().map(|a| a.name.clone()))
+                .collect();
             let peer = PeerListener::bind(rc.peer, tls.as_ref(), regions).await?;
             tracing::info!(
                 region = %region,
@@ -212,12 +319,16 @@ impl RegionServer {
             fencing: Default::default(),
         });
         let _ = state.replicator.set(replicator.clone());
+        if let Some(f) = &fencing {
+            let _ = state.fencing.set(f.clone());
+        }
         Ok(RegionServer {
             drain_grace: opts.drain_grace,
             state,
             listener,
             peer,
             replicator,
+            control,
         })
     }
 
@@ -251,6 +362,16 @@ impl RegionServer {
                 metrics: state.metrics.clone(),
             },
         );
+        let peer_routes = match &self.control {
+            Some((group, _)) => {
+                peer_routes.merge(crate::control::router(crate::control::ControlRoute {
+                    group: group.clone(),
+                    members: Arc::new(crate::control::members(&state.config)),
+                    metrics: state.metrics.clone(),
+                }))
+            }
+            None => peer_routes,
+        };
         let (peer_stop, peer_stopped) = tokio::sync::watch::channel(false);
         let (app, peer_task) = match self.peer {
             Some(listener) => (
@@ -269,7 +390,14 @@ impl RegionServer {
         };
         let flag = state.clone();
         let stop = Arc::new(tokio::sync::Notify::new());
-        let tasks = self.replicator.start(stop.clone());
+        let mut tasks = self.replicator.start(stop.clone());
+        let group = match (self.control, state.fencing.get()) {
+            (Some((group, applied)), Some(f)) => {
+                tasks.push(tokio::spawn(f.clone().run(applied, stop.clone())));
+                Some(group)
+            }
+            _ => None,
+        };
         let stop2 = stop.clone();
         let grace = self.drain_grace;
         let rep = self.replicator.clone();
@@ -295,6 +423,9 @@ impl RegionServer {
         }
         for t in tasks {
             t.abort();
+        }
+        if let Some(g) = group {
+            g.shutdown().await;
         }
         let store = state.store.clone();
         // Closing joins the writer thread: keep it off the async runtime.

@@ -126,6 +126,12 @@ pub struct ClusterOptions {
     pub link_delay_ms: Option<f64>,
     /// `[cluster.tls] insecure = true` instead of mutual TLS between regions.
     pub insecure: bool,
+    /// `[cluster] model` (`active-active` when `None`).
+    pub model: Option<String>,
+    /// More lines for a keyspace's `[[keyspaces]]` table (e.g. `on_minority = "read-only"`).
+    pub keyspace_lines: BTreeMap<String, Vec<String>>,
+    /// Appended to the config as written (e.g. a `[fencing]` section).
+    pub extra_config: String,
 }
 
 impl ClusterOptions {
@@ -140,7 +146,32 @@ impl ClusterOptions {
             env: Vec::new(),
             link_delay_ms: None,
             insecure: false,
+            model: None,
+            keyspace_lines: BTreeMap::new(),
+            extra_config: String::new(),
         }
+    }
+
+    /// `[cluster] model = "..."` (active-active, active-standby, active-passive).
+    pub fn model(mut self, model: &str) -> Self {
+        self.model = Some(model.to_string());
+        self
+    }
+
+    /// Adds `line` to keyspace `keyspace`'s table.
+    pub fn keyspace_line(mut self, keyspace: &str, line: &str) -> Self {
+        self.keyspace_lines
+            .entry(keyspace.to_string())
+            .or_default()
+            .push(line.to_string());
+        self
+    }
+
+    /// Appends `text` to the config (a section of its own, e.g. `[fencing]`).
+    pub fn extra_config(mut self, text: &str) -> Self {
+        self.extra_config.push_str(text);
+        self.extra_config.push('\n');
+        self
     }
 
     /// Regions talk plain HTTP (`[cluster.tls] insecure = true`) instead of mutual TLS.
@@ -225,7 +256,8 @@ pub const CERTS_DIR: &str = "certs";
 /// The cluster config for these regions (every region reads the same file).
 pub fn render_config(cluster: &str, regions: &[RegionLayout], opts: &ClusterOptions) -> String {
     let mut out = format!(
-        "# Written by atoll-testkit's Cluster.\n[cluster]\nname = \"{cluster}\"\nmodel = \"active-active\"\n"
+        "# Written by atoll-testkit's Cluster.\n[cluster]\nname = \"{cluster}\"\nmodel = \"{}\"\n",
+        opts.model.as_deref().unwrap_or("active-active")
     );
     if let Some(ms) = opts.max_clock_offset_ms {
         out.push_str(&format!("max_clock_offset_ms = {ms}\n"));
@@ -253,8 +285,13 @@ pub fn render_config(cluster: &str, regions: &[RegionLayout], opts: &ClusterOpti
     }
     for (name, policy) in KEYSPACES {
         out.push_str(&format!(
-            "[[keyspaces]]\nname = \"{name}\"\npolicy = \"{policy}\"\n\n"
+            "[[keyspaces]]\nname = \"{name}\"\npolicy = \"{policy}\"\n"
         ));
+        for line in opts.keyspace_lines.get(name).into_iter().flatten() {
+            out.push_str(line);
+            out.push('\n');
+        }
+        out.push('\n');
     }
     out.push_str(&format!(
         "[replication]\nheartbeat_interval_ms = {}\n",
@@ -262,6 +299,10 @@ pub fn render_config(cluster: &str, regions: &[RegionLayout], opts: &ClusterOpti
     ));
     if let Some(lag) = opts.max_lag_secs {
         out.push_str(&format!("max_lag_secs = {lag}\n"));
+    }
+    if !opts.extra_config.is_empty() {
+        out.push('\n');
+        out.push_str(&opts.extra_config);
     }
     out
 }

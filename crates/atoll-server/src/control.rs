@@ -1,0 +1,358 @@
+//! The control group in a region or arbiter process (`docs/design/fencing.md`): the lease state
+//! machine ([`LeaseMachine`], `atoll_core::fence::LeaseState` behind `atoll-control`'s byte
+//! interface), the transport over the mutual-TLS peer listener ([`PeerTransport`]:
+//! `POST /v1/control/{rpc}`), the route that serves it ([`router`]) and the [`Proposer`] the
+//! fencing loop uses.
+//!
+//! Members and their node ids: the regions in config order are 1..=n, the arbiter (if any) is
+//! n + 1. The ids are stored in each member's control log, so the order of `[[regions]]` must not
+//! change once a cluster runs (adding and removing regions is not supported yet).
+
+use crate::fencing::Proposer;
+use crate::peer::{PeerAuth, PeerClient};
+use atoll_config::Config;
+use atoll_control::{
+    ControlError, ControlGroup, ControlOptions, ControlTiming, Members, NodeId, StateMachine,
+    Transport, TransportError,
+};
+use atoll_core::fence::{self, Answer, Command, LeaseState};
+use atoll_core::{AtollError, RegionId, Result};
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::Path as FsPath;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+
+/// The route prefix of control-group RPCs on the peer listener.
+pub const CONTROL_PATH: &str = "/v1/control";
+/// Header naming the calling member when the cluster runs without TLS (`insecure = true`).
+pub const MEMBER_HEADER: &str = "x-atoll-member";
+/// Largest control RPC body accepted (a snapshot of the lease state is tiny).
+pub const MAX_CONTROL_BODY: usize = 1 << 20;
+
+/// The members of the control group: every region (1..=n, config order), then the arbiter.
+pub fn members(config: &Config) -> Members {
+    let mut m: Members = config
+        .regions
+        .iter()
+        .enumerate()
+        .map(|(i, r)| (i as NodeId + 1, r.name.to_string()))
+        .collect();
+    if let Some(a) = &config.cluster.arbiter {
+        m.insert(config.regions.len() as NodeId + 1, a.name.to_string());
+    }
+    m
+}
+
+/// The node id of member `name`.
+pub fn node_id(config: &Config, name: &str) -> Option<NodeId> {
+    members(config)
+        .into_iter()
+        .find(|(_, n)| n == name)
+        .map(|(id, _)| id)
+}
+
+/// Timing of the control group for members a WAN apart: an append RPC may take a long
+/// inter-region round trip over TLS; a renewal must get through within the lease window.
+pub fn timing(config: &Config) -> ControlTiming {
+    let lease = config.fencing.lease_ms;
+    ControlTiming {
+        heartbeat: Duration::from_millis(400),
+        election_min: Duration::from_millis(1_500),
+        election_max: Duration::from_millis(3_000),
+        propose_timeout: Duration::from_millis(
+            lease
+                .saturating_sub(config.fencing.margin_ms)
+                .clamp(1_000, 10_000),
+        ),
+        snapshot_timeout: Duration::from_secs(10),
+    }
+}
+
+/// `LeaseState` behind the byte interface of `atoll-control`.
+#[derive(Default)]
+pub struct LeaseMachine {
+    state: LeaseState,
+}
+
+impl StateMachine for LeaseMachine {
+    fn apply(&mut self, command: &[u8]) -> Vec<u8> {
+        // Deterministic on every member: an undecodable command is answered the same everywhere
+        // and changes nothing.
+        let answer = match fence::decode_command(command) {
+            Ok(cmd) => self.state.apply(&cmd),
+            Err(_) => Answer::Refused(fence::Refused::WrongEpoch {
+                current: self.state.epoch,
+            }),
+        };
+        fence::encode_answer(&answer).unwrap_or_default()
+    }
+
+    fn snapshot(&self) -> Vec<u8> {
+        fence::encode_state(&self.state).unwrap_or_default()
+    }
+
+    fn restore(&mut self, snapshot: &[u8]) -> std::result::Result<(), String> {
+        let st = fence::decode_state(snapshot).map_err(|e| e.to_string())?;
+        self.state = st;
+        Ok(())
+    }
+}
+
+/// Control RPCs over the peer client (mutual TLS, or plain HTTP with `insecure = true`).
+pub struct PeerTransport {
+    client: PeerClient,
+    names: BTreeMap<NodeId, RegionId>,
+    me: String,
+}
+
+impl PeerTransport {
+    /// Reaches every member at `addrs` (its name → peer address, `--peer-via` applied).
+    pub fn new(
+        config: &Config,
+        me: &str,
+        addrs: &BTreeMap<RegionId, SocketAddr>,
+        tls: Option<&atoll_tls::RegionTls>,
+    ) -> Result<Self> {
+        let mut names = BTreeMap::new();
+        for (id, name) in members(config) {
+            names.insert(id, RegionId::new(&name)?);
+        }
+        Ok(Self {
+            client: PeerClient::new(
+                addrs,
+                tls,
+                Duration::from_secs(1),
+                Some(Duration::from_secs(10)),
+                true,
+            ),
+            names,
+            me: me.to_string(),
+        })
+    }
+}
+
+#[async_trait::async_trait]
+impl Transport for PeerTransport {
+    async fn call(
+        &self,
+        to: NodeId,
+        rpc: &str,
+        body: Vec<u8>,
+    ) -> std::result::Result<Vec<u8>, TransportError> {
+        let Some(name) = self.names.get(&to) else {
+            return Err(TransportError::Unreachable(format!("no member {to}")));
+        };
+        let path = format!("{CONTROL_PATH}/{rpc}?from={}", self.me);
+        let resp = self
+            .client
+            .post_classified(name, &path, body)
+            .await
+            .map_err(|(e, unsent)| {
+                if unsent {
+                    TransportError::Unreachable(e.to_string())
+                } else {
+                    TransportError::Failed(e.to_string())
+                }
+            })?;
+        let status = resp.status();
+        let bytes = resp
+            .bytes(MAX_CONTROL_BODY)
+            .await
+            .map_err(|e| TransportError::Failed(e.to_string()))?;
+        if status.is_success() {
+            return Ok(bytes.to_vec());
+        }
+        // An error answer: `{"code", "message"}` from `handle`, or an edge refusal.
+        let v: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
+        let code = v["error"]["code"]
+            .as_str()
+            .or_else(|| v["code"].as_str())
+            .unwrap_or("ATOLL-CONTROL-REMOTE")
+            .to_string();
+        let message = v["error"]["message"]
+            .as_str()
+            .or_else(|| v["message"].as_str())
+            .map_or_else(|| format!("HTTP {status}"), str::to_string);
+        Err(TransportError::Remote { code, message })
+    }
+}
+
+/// What the control route needs.
+#[derive(Clone)]
+pub struct ControlRoute {
+    pub group: ControlGroup,
+    pub members: Arc<Members>,
+    pub metrics: Arc<crate::metrics::Metrics>,
+}
+
+/// `POST /v1/control/{rpc}` on the peer listener. The caller is the member its certificate
+/// names (with `insecure = true`: the `from` it states, unauthenticated, as for replication).
+pub fn router(route: ControlRoute) -> axum::Router {
+    axum::Router::new()
+        .route(
+            &format!("{CONTROL_PATH}/{{rpc}}"),
+            axum::routing::post(serve_rpc),
+        )
+        .with_state(route)
+}
+
+async fn serve_rpc(
+    State(route): State<ControlRoute>,
+    Path(rpc): Path<String>,
+    auth: Option<axum::Extension<PeerAuth>>,
+    uri: axum::http::Uri,
+    _headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let claimed = uri.query().and_then(|q| {
+        q.split('&')
+            .find_map(|kv| kv.strip_prefix("from="))
+            .map(str::to_string)
+    });
+    let from_name = match auth.map(|a| a.0) {
+        Some(PeerAuth::Certified(r)) => {
+            if claimed.as_deref().is_some_and(|c| c != r.as_str()) {
+                crate::peer::count(&route.metrics, crate::peer::AuthFailure::IdentityMismatch);
+                return refuse(
+                    StatusCode::FORBIDDEN,
+                    "ATOLL-PEER-IDENTITY-MISMATCH",
+                    "a member may only speak for itself",
+                );
+            }
+            r.to_string()
+        }
+        Some(PeerAuth::Insecure) => match claimed {
+            Some(c) => c,
+            None => {
+                return refuse(
+                    StatusCode::BAD_REQUEST,
+                    "ATOLL-BAD-REQUEST",
+                    "control RPCs name their sender (?from=MEMBER)",
+                );
+            }
+        },
+        Some(PeerAuth::Uncertified) | None => {
+            crate::peer::count(&route.metrics, crate::peer::AuthFailure::Unauthenticated);
+            return refuse(
+                StatusCode::FORBIDDEN,
+                "ATOLL-PEER-UNAUTHENTICATED",
+                "control RPCs need a client certificate of a member of this cluster",
+            );
+        }
+    };
+    let Some(from) = route
+        .members
+        .iter()
+        .find(|(_, n)| **n == from_name)
+        .map(|(id, _)| *id)
+    else {
+        return refuse(
+            StatusCode::FORBIDDEN,
+            "ATOLL-CONTROL-UNKNOWN-MEMBER",
+            "the caller is not a member of the control group",
+        );
+    };
+    let bytes: Bytes = match http_body_util::BodyExt::collect(http_body_util::Limited::new(
+        body,
+        MAX_CONTROL_BODY,
+    ))
+    .await
+    {
+        Ok(c) => c.to_bytes(),
+        Err(_) => {
+            return refuse(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "ATOLL-PEER-REQUEST-TOO-LARGE",
+                "control RPC body over its limit",
+            );
+        }
+    };
+    match route.group.handle(from, &rpc, bytes.to_vec()).await {
+        Ok(out) => (
+            StatusCode::OK,
+            [(axum::http::header::CONTENT_TYPE, "application/octet-stream")],
+            out,
+        )
+            .into_response(),
+        Err(e) => refuse(
+            StatusCode::from_u16(e.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+            e.code(),
+            &e.to_string(),
+        ),
+    }
+}
+
+fn refuse(status: StatusCode, code: &str, message: &str) -> Response {
+    (
+        status,
+        axum::Json(serde_json::json!({"error": {"code": code, "message": message}})),
+    )
+        .into_response()
+}
+
+/// Proposes fencing commands through the control group.
+pub struct GroupProposer {
+    pub group: ControlGroup,
+}
+
+impl Proposer for GroupProposer {
+    fn propose(&self, cmd: Command) -> Pin<Box<dyn Future<Output = Result<Answer>> + Send + '_>> {
+        Box::pin(async move {
+            let bytes = fence::encode_command(&cmd)?;
+            let out = self
+                .group
+                .propose(bytes)
+                .await
+                .map_err(|e: ControlError| AtollError::ControlUnavailable(e.to_string()))?;
+            fence::decode_answer(&out)
+        })
+    }
+}
+
+/// Starts the control group of member `me` with its log under `data_dir/control`, and a watch
+/// of the applied lease state (`None` until the first state is applied or restored).
+pub async fn start(
+    config: &Config,
+    me: &str,
+    data_dir: &FsPath,
+    transport: Arc<dyn Transport>,
+) -> Result<(ControlGroup, watch::Receiver<Option<LeaseState>>)> {
+    let id = node_id(config, me).ok_or_else(|| {
+        AtollError::Config(format!("`{me}` is not a member of the control group"))
+    })?;
+    let dir = data_dir.join("control");
+    std::fs::create_dir_all(&dir)
+        .map_err(|e| AtollError::Storage(format!("cannot create {}: {e}", dir.display())))?;
+    let mut opts = ControlOptions::new(id, members(config), dir);
+    opts.timing = timing(config);
+    let group = ControlGroup::start(opts, Box::new(LeaseMachine::default()), transport)
+        .await
+        .map_err(|e| AtollError::Storage(format!("control group: {e} ({})", e.hint())))?;
+    let (tx, rx) = watch::channel(None);
+    let mut applied = group.applied();
+    tokio::spawn(async move {
+        loop {
+            let bytes = applied.borrow_and_update().state.clone();
+            if !bytes.is_empty() {
+                match fence::decode_state(&bytes) {
+                    Ok(st) => {
+                        tx.send_replace(Some(st));
+                    }
+                    Err(e) => tracing::error!(error = %e, "undecodable lease state"),
+                }
+            }
+            if applied.changed().await.is_err() || tx.is_closed() {
+                return;
+            }
+        }
+    });
+    Ok((group, rx))
+}

@@ -1,0 +1,437 @@
+//! End-to-end: split-brain fencing (`docs/design/fencing.md`) between real region processes,
+//! every inter-region byte through an in-process `atoll link` mesh, at the shipped fencing
+//! defaults (lease 5 s, renewals every 1 s, margin 250 ms).
+//!
+//! - active-standby, primary isolated under write load: the old primary's last acknowledged
+//!   write precedes the new primary's first (one clock: the test's), the new primary takes writes
+//!   within the bound, and after the heal the old primary is a standby and nothing acknowledged
+//!   is lost;
+//! - switchover: every write the old primary acknowledged is on the new primary the moment the
+//!   switchover returns;
+//! - active-active with quorum fencing: a region cut off from the majority refuses writes to a
+//!   `read-only` keyspace and keeps taking writes to an `available` one;
+//! - bad input: promote during a healthy lease, promote without or with a wrong admin token,
+//!   promote of an unknown region.
+//!
+//! Every load is bounded in requests and time, and every wait has a deadline.
+
+mod common;
+
+use anyhow::{Result, anyhow, bail, ensure};
+use atoll_testkit::{Client, Cluster, ClusterOptions};
+use common::{BIN, ok};
+use serde_json::{Value, json};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+const US: &str = "us-east-1";
+const EU: &str = "eu-west-1";
+const AP: &str = "ap-southeast-1";
+const TOKEN: &str = "fencing-test-admin-token";
+/// One-way delay of every link.
+const LINK_DELAY_MS: f64 = 5.0;
+/// Lease 5 s x (1 + drift) + margin, plus a control-group election (up to 3 s) and slack.
+const PROMOTION_BOUND: Duration = Duration::from_secs(15);
+const DEADLINE: Duration = Duration::from_secs(40);
+
+fn start(opts: ClusterOptions) -> Cluster {
+    ok(Cluster::start(
+        BIN,
+        3,
+        opts.with_links(LINK_DELAY_MS)
+            .env("ATOLL_ADMIN_TOKEN", TOKEN),
+    ))
+}
+
+async fn fencing(c: &Cluster, region: &str) -> Result<Value> {
+    Ok(c.status(region).await?["fencing"].clone())
+}
+
+/// Waits until `region` reports `role`; returns its fencing status.
+async fn wait_role(c: &Cluster, region: &str, role: &str, within: Duration) -> Result<Value> {
+    let end = Instant::now() + within;
+    let mut last = Value::Null;
+    while Instant::now() < end {
+        if let Ok(f) = fencing(c, region).await {
+            if f["role"] == role {
+                return Ok(f);
+            }
+            last = f;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    bail!("{region} did not become {role} within {within:?}; last fencing status: {last}")
+}
+
+/// Waits until any of `regions` reports `primary`; returns it.
+async fn wait_any_primary(c: &Cluster, regions: &[&str], within: Duration) -> Result<String> {
+    let end = Instant::now() + within;
+    while Instant::now() < end {
+        for r in regions {
+            if let Ok(f) = fencing(c, r).await
+                && f["role"] == "primary"
+            {
+                return Ok(r.to_string());
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    bail!("none of {regions:?} became primary within {within:?}")
+}
+
+/// One acknowledged or refused write, on the test's clock.
+#[derive(Clone, Debug)]
+struct Attempt {
+    region: String,
+    key: String,
+    value: String,
+    at: Instant,
+    status: Option<u16>,
+    code: Option<String>,
+}
+
+/// Writes unique lww keys to every region in turn until `stop` (bounded by `max`), recording
+/// every answer with its arrival time.
+async fn write_load(
+    c: &Cluster,
+    regions: &[&str],
+    stop: Arc<AtomicBool>,
+    max: usize,
+) -> Vec<Attempt> {
+    let clients: Vec<(String, Client)> = regions
+        .iter()
+        .map(|r| {
+            (
+                r.to_string(),
+                Client::with_timeout(&c.endpoint(r), Duration::from_secs(2)),
+            )
+        })
+        .collect();
+    let mut out = Vec::new();
+    let started = Instant::now();
+    for i in 0..max {
+        if stop.load(Ordering::Relaxed) || started.elapsed() > DEADLINE {
+            break;
+        }
+        let (region, client) = &clients[i % clients.len()];
+        let key = format!("fence-{i}");
+        let value = format!("written to {region} as write {i}");
+        let r = client
+            .kv_put_raw("sessions", &key, value.as_bytes(), None)
+            .await;
+        out.push(Attempt {
+            region: region.clone(),
+            key,
+            value,
+            at: Instant::now(),
+            status: r.as_ref().ok().map(|r| r.status),
+            code: r.as_ref().ok().and_then(|r| r.error_code()),
+        });
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    out
+}
+
+/// Every acknowledged write is readable, with its value, in every region (waits for
+/// replication).
+async fn all_acked_everywhere(c: &Cluster, acked: &[&Attempt]) -> Result<()> {
+    for region in [US, EU, AP] {
+        let client = c.client(region);
+        let end = Instant::now() + DEADLINE;
+        for a in acked {
+            loop {
+                let r = client.kv_get("sessions", &a.key).await;
+                let got = r.ok().and_then(|r| r.value().map(|v| v.to_vec()));
+                if got.as_deref() == Some(a.value.as_bytes()) {
+                    break;
+                }
+                if Instant::now() > end {
+                    bail!(
+                        "acknowledged write {} (by {} : {:?}) is not in {region}: read {:?}",
+                        a.key,
+                        a.region,
+                        a.value,
+                        got.map(|g| String::from_utf8_lossy(&g).into_owned())
+                    );
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn standby_takes_over_when_the_primary_is_isolated() {
+    let c = start(ClusterOptions::new("fence-isolate").model("active-standby"));
+    ok(isolate_primary(&c).await);
+}
+
+async fn isolate_primary(c: &Cluster) -> Result<()> {
+    let f = wait_role(c, US, "primary", DEADLINE).await?;
+    ensure!(f["epoch"] == 1, "first epoch is 1: {f}");
+    wait_role(c, EU, "standby", DEADLINE).await?;
+    // A standby refuses writes, naming the primary; it serves reads with their staleness.
+    let r = c
+        .client(EU)
+        .kv_put_raw("sessions", "probe", b"x", None)
+        .await?;
+    ensure!(
+        r.status == 503 && r.error_code().as_deref() == Some("ATOLL-NOT-PRIMARY"),
+        "a standby must refuse writes with ATOLL-NOT-PRIMARY: {} {}",
+        r.status,
+        r.text()
+    );
+    ensure!(
+        r.text().contains(US),
+        "the refusal names the primary: {}",
+        r.text()
+    );
+    let read = c.client(EU).kv_get_raw("sessions", "probe").await?;
+    ensure!(
+        read.header("x-atoll-role") == Some("standby")
+            && read.header("x-atoll-staleness-ms").is_some(),
+        "a standby's read says its role and staleness: {:?}",
+        read.header("x-atoll-staleness-ms")
+    );
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let control = async {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let cut_at = Instant::now();
+        c.partition(US, EU)?;
+        c.partition(US, AP)?;
+        let new = wait_any_primary(c, &[EU, AP], PROMOTION_BOUND + Duration::from_secs(5)).await;
+        // Keep writing a little under the new primary.
+        tokio::time::sleep(Duration::from_millis(1_500)).await;
+        stop.store(true, Ordering::Relaxed);
+        Ok::<_, anyhow::Error>((cut_at, new?))
+    };
+    let (attempts, control) =
+        tokio::join!(write_load(c, &[US, EU, AP], stop.clone(), 20_000), control);
+    let (cut_at, new) = control?;
+    let acked: Vec<&Attempt> = attempts.iter().filter(|a| a.status == Some(200)).collect();
+    let last_old = acked
+        .iter()
+        .filter(|a| a.region == US)
+        .map(|a| a.at)
+        .max()
+        .ok_or_else(|| anyhow!("the old primary acknowledged nothing"))?;
+    let first_new = acked
+        .iter()
+        .filter(|a| a.region == new && a.at > cut_at)
+        .map(|a| a.at)
+        .min()
+        .ok_or_else(|| anyhow!("the new primary {new} acknowledged nothing"))?;
+    ensure!(
+        last_old < first_new,
+        "split brain: {US}'s last acknowledged write came {:?} after {new}'s first",
+        last_old - first_new
+    );
+    ensure!(
+        first_new - cut_at < PROMOTION_BOUND,
+        "{new} took writes {:?} after the cut (bound {PROMOTION_BOUND:?})",
+        first_new - cut_at
+    );
+    // Refusals changed nothing and said why.
+    for a in attempts
+        .iter()
+        .filter(|a| a.status.is_some_and(|s| s != 200))
+    {
+        ensure!(
+            a.status == Some(503) && matches!(a.code.as_deref(), Some("ATOLL-NOT-PRIMARY")),
+            "unexpected refusal {a:?}"
+        );
+    }
+    eprintln!(
+        "cut at 0; {US}'s last ack at {:?}; {new} primary, first ack at {:?}; {} acked, {} refused",
+        last_old.saturating_duration_since(cut_at),
+        first_new - cut_at,
+        acked.len(),
+        attempts.len() - acked.len()
+    );
+    // Heal: the old primary rejoins as a standby and everything acknowledged converges.
+    c.heal_all()?;
+    wait_role(c, US, "standby", DEADLINE).await?;
+    let f = fencing(c, US).await?;
+    ensure!(
+        f["holder"] == new.as_str() && f["epoch"] == 2,
+        "after heal: {f}"
+    );
+    all_acked_everywhere(c, &acked).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn switchover_loses_nothing() {
+    let c = start(ClusterOptions::new("fence-switchover").model("active-standby"));
+    ok(switchover(&c).await);
+}
+
+async fn switchover(c: &Cluster) -> Result<()> {
+    wait_role(c, US, "primary", DEADLINE).await?;
+    let client = c.client(US);
+    let mut acked = Vec::new();
+    for i in 0..100 {
+        let key = format!("before-{i}");
+        let value = format!("v{i}");
+        let r = client
+            .kv_put_raw("sessions", &key, value.as_bytes(), None)
+            .await?;
+        ensure!(r.status == 200, "write to the primary: {}", r.text());
+        acked.push((key, value));
+    }
+    let http = reqwest::Client::new();
+    let started = Instant::now();
+    let resp = http
+        .post(format!("{}/v1/admin/switchover", c.endpoint(US)))
+        .bearer_auth(TOKEN)
+        .json(&json!({"target": EU}))
+        .send()
+        .await?;
+    let status = resp.status().as_u16();
+    let report: Value = resp.json().await?;
+    ensure!(status == 200, "switchover: {status} {report}");
+    ensure!(report["to"] == EU && report["epoch"] == 2, "{report}");
+    // The moment the switchover returns, the target has every acknowledged write.
+    let eu = c.client(EU);
+    for (key, value) in &acked {
+        let got = eu.kv_get("sessions", key).await?;
+        ensure!(
+            got.value() == Some(value.as_bytes()),
+            "{key} acknowledged by {US} is missing on {EU} right after the switchover"
+        );
+    }
+    wait_role(c, EU, "primary", DEADLINE).await?;
+    wait_role(c, US, "standby", DEADLINE).await?;
+    let r = eu.kv_put_raw("sessions", "after", b"x", None).await?;
+    ensure!(
+        r.status == 200,
+        "the new primary takes writes: {}",
+        r.text()
+    );
+    let r = client.kv_put_raw("sessions", "after", b"y", None).await?;
+    ensure!(
+        r.error_code().as_deref() == Some("ATOLL-NOT-PRIMARY"),
+        "the old primary refuses: {}",
+        r.text()
+    );
+    eprintln!(
+        "switchover took {:?}, writes stopped for {} ms",
+        started.elapsed(),
+        report["writes_stopped_ms"]
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn minority_region_refuses_read_only_keyspaces_only() {
+    let c = start(
+        ClusterOptions::new("fence-quorum")
+            .keyspace_line("carts", "on_minority = \"read-only\"")
+            .extra_config("[fencing]\nquorum = true"),
+    );
+    ok(minority(&c).await);
+}
+
+async fn minority(c: &Cluster) -> Result<()> {
+    for r in [US, EU, AP] {
+        wait_role(c, r, "active", DEADLINE).await?;
+    }
+    let us = c.client(US);
+    ensure!(
+        us.kv_put_raw("carts", "c1", b"apple", None).await?.status == 200,
+        "with a majority, read-only keyspaces take writes"
+    );
+    c.partition(US, EU)?;
+    c.partition(US, AP)?;
+    wait_role(c, US, "read-only", PROMOTION_BOUND).await?;
+    let r = us.kv_put_raw("carts", "c2", b"pear", None).await?;
+    ensure!(
+        r.status == 503 && r.error_code().as_deref() == Some("ATOLL-FENCED"),
+        "a minority region refuses a read-only keyspace: {} {}",
+        r.status,
+        r.text()
+    );
+    let r = us.kv_put_raw("sessions", "s1", b"token", None).await?;
+    ensure!(
+        r.status == 200,
+        "an available keyspace keeps writing: {}",
+        r.text()
+    );
+    let r = c
+        .client(EU)
+        .kv_put_raw("carts", "c3", b"plum", None)
+        .await?;
+    ensure!(
+        r.status == 200,
+        "the majority side keeps writing: {}",
+        r.text()
+    );
+    c.heal_all()?;
+    wait_role(c, US, "active", DEADLINE).await?;
+    let r = us.kv_put_raw("carts", "c4", b"fig", None).await?;
+    ensure!(r.status == 200, "healed: {}", r.text());
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn promote_refuses_bad_requests() {
+    let c = start(ClusterOptions::new("fence-bad").model("active-passive"));
+    ok(bad_promotes(&c).await);
+}
+
+async fn bad_promotes(c: &Cluster) -> Result<()> {
+    wait_role(c, US, "primary", DEADLINE).await?;
+    wait_role(c, EU, "passive", DEADLINE).await?;
+    // A passive region serves no client traffic, and its health says so.
+    let r = c.client(EU).kv_get_raw("sessions", "k").await?;
+    ensure!(
+        r.error_code().as_deref() == Some("ATOLL-PASSIVE"),
+        "a passive region refuses reads: {}",
+        r.text()
+    );
+    let http = reqwest::Client::new();
+    let url = format!("{}/v1/admin/promote", c.endpoint(EU));
+    let mut answers = BTreeMap::new();
+    for (name, token) in [
+        ("none", None),
+        ("wrong", Some("not-the-token")),
+        ("right", Some(TOKEN)),
+    ] {
+        let mut req = http.post(&url).json(&json!({}));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        let resp = req.send().await?;
+        let status = resp.status().as_u16();
+        let body: Value = resp.json().await.unwrap_or(Value::Null);
+        answers.insert(name, (status, body["error"]["code"].clone()));
+    }
+    ensure!(answers["none"].0 == 401, "no token: {:?}", answers["none"]);
+    ensure!(
+        answers["wrong"].0 == 401,
+        "wrong token: {:?}",
+        answers["wrong"]
+    );
+    ensure!(
+        answers["right"] == (409, json!("ATOLL-LEASE-HELD")),
+        "promote during a healthy lease: {:?}",
+        answers["right"]
+    );
+    let out = std::process::Command::new(BIN)
+        .args(["promote", "nowhere-1", "--config"])
+        .arg(c.config_path())
+        .env("ATOLL_ADMIN_TOKEN", TOKEN)
+        .output()?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    ensure!(
+        !out.status.success() && err.contains("not a region") && err.contains(US),
+        "promote of an unknown region: {err}"
+    );
+    // Nothing changed.
+    let f = fencing(c, US).await?;
+    ensure!(f["role"] == "primary" && f["epoch"] == 1, "{f}");
+    Ok(())
+}

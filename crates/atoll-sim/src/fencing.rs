@@ -75,11 +75,11 @@ pub struct FencingOptions {
     /// Percentage of proposals that could not commit and stay in a leader's log, tried again
     /// later (for at most two lease durations).
     pub linger_pct: u32,
-    /// How long the control group's `propose` waits for the outcome (its own timeout,
-    /// `ControlTiming::propose_timeout`, 5 s by default) before the proposer hears "unknown".
-    /// Independent of the fence's own propose timeout (`lease - margin`): an answer may reach the
-    /// fence after it stopped waiting and sent the next proposal.
-    pub control_timeout_ms: u64,
+    /// How long the control group's `propose` waits for the outcome before the proposer hears
+    /// "unknown". `None`: what the region server configures (`lease_ms - margin_ms`, within
+    /// 1..=10 s, the fence's own propose timeout too); a longer one lets answers reach the fence
+    /// after it stopped waiting and sent its next proposal.
+    pub control_timeout_ms: Option<u64>,
 }
 
 impl FencingOptions {
@@ -103,7 +103,7 @@ impl FencingOptions {
             slow_pct: 5,
             slow_ms: 3_000,
             linger_pct: 30,
-            control_timeout_ms: 5_000,
+            control_timeout_ms: None,
         }
     }
 
@@ -135,6 +135,15 @@ impl FencingOptions {
             propose_timeout_ms: self.lease_ms.saturating_sub(self.margin_ms).max(500),
             ..FenceConfig::new(me, self.topology, regions, initial)
         }
+    }
+
+    /// The control group's propose timeout ([`Self::control_timeout_ms`]).
+    pub fn control_timeout(&self) -> u64 {
+        self.control_timeout_ms.unwrap_or_else(|| {
+            self.lease_ms
+                .saturating_sub(self.margin_ms)
+                .clamp(1_000, 10_000)
+        })
     }
 
     /// How often each region runs its fencing loop (as the server's: a quarter of the renewal

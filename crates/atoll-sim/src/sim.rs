@@ -335,8 +335,8 @@ pub fn regions_for_seed(seed: u64) -> usize {
 /// fenced seeds, half of the 4-region ones add a witness (5 voters) and a quarter of the
 /// 3-region ones run as two regions and a witness (the arbiter setup); the drift bound is
 /// 1000 ppm or 1 %, the margin the default or the smallest the bound allows, each clock drifts
-/// at the bound or within it, and the control group's propose timeout is its default or twice
-/// the lease.
+/// at the bound or within it, and the control group's propose timeout is the region server's
+/// (`lease - margin`) or twice the lease.
 pub fn plan_for_seed(seed: u64) -> (usize, SimOptions) {
     let mut n = regions_for_seed(seed);
     let bits = splitmix64(seed);
@@ -369,7 +369,7 @@ pub fn plan_for_seed(seed: u64) -> (usize, SimOptions) {
     }
     if bit(5) {
         // Answers may come long after the fence stopped waiting for them.
-        f.control_timeout_ms = 2 * f.lease_ms;
+        f.control_timeout_ms = Some(2 * f.lease_ms);
     }
     f.operator_gap_ms = match topology {
         Topology::ActivePassive => Some((2_000, 8_000)),

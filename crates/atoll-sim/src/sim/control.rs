@@ -483,9 +483,7 @@ impl Sim {
         };
         let m = &c.members[r];
         let sent_mono = m.clock.at(now);
-        let timeout_at = m
-            .clock
-            .true_when(sent_mono + c.opts.control_timeout_ms, now);
+        let timeout_at = m.clock.true_when(sent_mono + c.opts.control_timeout(), now);
         let id = c.proposals.len();
         let code = kind_code(&cmd);
         c.proposals.push(Proposal {

@@ -12,8 +12,25 @@
 //! 6. [`apply_within_clock_bound`] and [`skewed_writes_converged`]: no region applies an op whose
 //!    timestamp runs ahead of its clock beyond the bound, and the writes of a region whose clock ran
 //!    ahead still reach everyone once it is back.
+//!
+//! Fenced runs (`docs/design/fencing.md`) add:
+//!
+//! 7. [`one_writer_at_a_time`], [`epochs_in_order`] and [`read_only_within_quorum_window`]: no
+//!    two regions hold a write permit at the same instant of true time (sampled at every event,
+//!    and recorded as windows); acknowledged writes of different epochs never interleave in true
+//!    time; in active-active with quorum fencing, a `read-only` keyspace is written only within
+//!    `D - M` (at the slowest clock rate the bound allows) of a presence that reached a majority.
+//! 8. [`late_write`]: no replicated write of a superseded epoch is refused as late (stamped after
+//!    the supersession) unless an operator forced a promotion over it.
+//! 9. [`promotion_exposure`] and [`switchover_lost_nothing`]: a promotion (automatic or
+//!    `atoll promote`) never reports more exposure than the writes its region really lacked, and
+//!    one without `--accept-data-loss` reports none; a switchover's target held every write of
+//!    the old holder when the lease moved. (Nothing acknowledged may be lost at all: invariant 2
+//!    holds for fenced runs too, forced promotions included, since an old primary's disk always
+//!    survives here.)
 
-use crate::model::{CARTS, FLAGS, History, LwwWrite, RATELIMITS, SESSIONS};
+use crate::fencing::Promotion;
+use crate::model::{CARTS, FLAGS, History, LwwWrite, RATELIMITS, SESSIONS, Stamp};
 use atoll_core::RegionId;
 use atoll_core::causal::{Dot, VersionVector};
 use atoll_core::crdt::mvr::MvRegister;
@@ -38,6 +55,13 @@ pub enum Invariant {
     Tombstones,
     /// 6: clock-skew bound on applies; skewed writes converge after the skew.
     ClockSkew,
+    /// 7: at most one region may stamp writes at any instant (per lease; per quorum window for
+    /// `read-only` keyspaces in active-active).
+    WriteWindows,
+    /// 8: no acknowledged write refused as a late write of a superseded epoch.
+    LateWrites,
+    /// 9: manual promotions report their exposure truthfully; switchovers lose nothing.
+    PromotionExposure,
     /// The harness itself failed (a store call errored where it must not).
     Harness,
 }
@@ -52,6 +76,9 @@ impl Invariant {
             Invariant::AddWinsSets => "4-add-wins-sets",
             Invariant::Tombstones => "5-tombstones",
             Invariant::ClockSkew => "6-clock-skew",
+            Invariant::WriteWindows => "7-write-windows",
+            Invariant::LateWrites => "8-late-writes",
+            Invariant::PromotionExposure => "9-promotion-exposure",
             Invariant::Harness => "harness",
         }
     }
@@ -537,6 +564,192 @@ pub fn skewed_writes_converged(views: &[RegionView], history: &History) -> Resul
                 ));
             }
         }
+    }
+    Ok(())
+}
+
+/// What one region's fence said at one instant (fenced runs, leased topologies).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Permit {
+    pub region: RegionId,
+    pub epoch: u64,
+    /// The region's monotonic clock and the end of its window on it.
+    pub mono_ms: u64,
+    pub window_until_ms: u64,
+}
+
+/// Invariant 7, sampled: at true time `at_ms`, these regions' fences would let a write through.
+pub fn one_writer_at_a_time(at_ms: u64, permits: &[Permit]) -> Result<(), Violation> {
+    if permits.len() <= 1 {
+        return Ok(());
+    }
+    let who: Vec<String> = permits
+        .iter()
+        .map(|p| {
+            format!(
+                "{} (epoch {}, its clock {} ms, window until {} ms)",
+                p.region, p.epoch, p.mono_ms, p.window_until_ms
+            )
+        })
+        .collect();
+    Err(Violation::new(
+        Invariant::WriteWindows,
+        format!(
+            "at true time {at_ms} ms {} regions hold a write window at once: {}",
+            permits.len(),
+            who.join(", ")
+        ),
+    ))
+}
+
+/// Invariant 7 on the acknowledged writes: ordered by stamping instant, the epochs never go
+/// back, an epoch is written by one region only, and a later epoch's first write comes strictly
+/// after the previous epoch's last write at another region. Returns the smallest such gap.
+pub fn epochs_in_order(stamps: &[Stamp]) -> Result<Option<u64>, Violation> {
+    let mut cur: Option<&Stamp> = None;
+    let mut last_of_cur: Option<&Stamp> = None;
+    let mut min_gap: Option<u64> = None;
+    let fail = |d: String| Err(Violation::new(Invariant::WriteWindows, d));
+    for s in stamps {
+        if s.epoch == 0 {
+            return fail(format!(
+                "write {}:{} ({}) at {} ms was stamped with epoch 0 under a lease",
+                s.region, s.seq, s.keyspace, s.at_ms
+            ));
+        }
+        let (Some(c), Some(last)) = (cur, last_of_cur) else {
+            cur = Some(s);
+            last_of_cur = Some(s);
+            continue;
+        };
+        if s.epoch < c.epoch {
+            return fail(format!(
+                "write {}:{} of epoch {} at {} ms comes after {}:{} of epoch {} at {} ms: two \
+                 epochs' acknowledged writes interleave",
+                s.region, s.seq, s.epoch, s.at_ms, last.region, last.seq, last.epoch, last.at_ms
+            ));
+        }
+        if s.epoch == c.epoch {
+            if s.region != c.region {
+                return fail(format!(
+                    "epoch {} was written by {} ({}:{} at {} ms) and by {} ({}:{} at {} ms)",
+                    s.epoch, c.region, c.region, c.seq, c.at_ms, s.region, s.region, s.seq, s.at_ms
+                ));
+            }
+            last_of_cur = Some(s);
+            continue;
+        }
+        if s.region != last.region {
+            if s.at_ms <= last.at_ms {
+                return fail(format!(
+                    "{}:{} of epoch {} and {}:{} of epoch {} were both stamped at {} ms",
+                    last.region, last.seq, last.epoch, s.region, s.seq, s.epoch, s.at_ms
+                ));
+            }
+            let gap = s.at_ms - last.at_ms;
+            min_gap = Some(min_gap.map_or(gap, |g| g.min(gap)));
+        }
+        cur = Some(s);
+        last_of_cur = Some(s);
+    }
+    Ok(min_gap)
+}
+
+/// Invariant 7, active-active with quorum fencing: `region` wrote (or could write) the
+/// `read-only` keyspace `keyspace` at `at_ms`; its newest presence that reached a majority was
+/// sent at `presence_sent_ms` (true time). A quorum window lasts at most `max_window_ms` of true
+/// time after its presence was sent.
+pub fn read_only_within_quorum_window(
+    region: &RegionId,
+    keyspace: &str,
+    at_ms: u64,
+    presence_sent_ms: Option<u64>,
+    max_window_ms: u64,
+) -> Result<(), Violation> {
+    match presence_sent_ms {
+        Some(s) if at_ms < s + max_window_ms => Ok(()),
+        _ => Err(Violation::new(
+            Invariant::WriteWindows,
+            format!(
+                "{region} accepted a write to read-only keyspace `{keyspace}` at {at_ms} ms, but its \
+                 newest presence that reached a majority was {}: it was in a minority and its \
+                 quorum window (at most {max_window_ms} ms) had ended",
+                presence_sent_ms.map_or("never".to_string(), |s| format!("sent at {s} ms"))
+            ),
+        )),
+    }
+}
+
+/// Invariant 8: `at` refused the replicated write `origin:seq` of epoch `epoch` (stamped at
+/// `ts_ms`) as late. Only a forced promotion over that epoch may explain it.
+pub fn late_write(
+    at: &RegionId,
+    origin: &RegionId,
+    seq: u64,
+    epoch: u64,
+    ts_ms: u64,
+    fence_ts_ms: Option<u64>,
+    forced_over: bool,
+) -> Result<(), Violation> {
+    if forced_over {
+        return Ok(());
+    }
+    Err(Violation::new(
+        Invariant::LateWrites,
+        format!(
+            "{at} refused the acknowledged write {origin}:{seq} of epoch {epoch} (HLC {ts_ms}) as \
+             stamped after the supersession (fence of epoch {}: {}), and no forced promotion \
+             explains it: the write was acknowledged outside a valid lease, or is_late is wrong",
+            epoch + 1,
+            fence_ts_ms.map_or("unknown".to_string(), |f| f.to_string())
+        ),
+    ))
+}
+
+/// Invariant 9: a committed promotion reported no more exposure than the writes its region
+/// really lacked when it proposed (the view may lag behind the old holder, never run ahead of
+/// it), and `atoll promote` without `--accept-data-loss` reported none.
+pub fn promotion_exposure(p: &Promotion) -> Result<(), Violation> {
+    if p.reported_ops > p.missing_ops_at_send {
+        return Err(Violation::new(
+            Invariant::PromotionExposure,
+            format!(
+                "{} was promoted (epoch {}) reporting an exposure of {} ops of {:?}, but it lacked \
+                 only {} of them when it proposed",
+                p.region, p.epoch, p.reported_ops, p.previous, p.missing_ops_at_send
+            ),
+        ));
+    }
+    if p.manual && !p.accept_data_loss && (p.reported_ops > 0 || p.reported_ms > 0) {
+        return Err(Violation::new(
+            Invariant::PromotionExposure,
+            format!(
+                "{} was promoted (epoch {}) without --accept-data-loss although it reported {} ops \
+                 ({} ms) of exposure",
+                p.region, p.epoch, p.reported_ops, p.reported_ms
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Invariant 9: the lease moved from `from` to `to` by a switchover that stopped `from` at its
+/// head `head`; when the transfer committed, `to` had applied `to_applied` of `from`'s writes.
+pub fn switchover_lost_nothing(
+    from: &RegionId,
+    to: &RegionId,
+    head: u64,
+    from_head_now: u64,
+    to_applied: u64,
+) -> Result<(), Violation> {
+    if to_applied < head || from_head_now > head {
+        return Err(Violation::new(
+            Invariant::PromotionExposure,
+            format!(
+                "switchover {from} -> {to}: {from} stopped at head {head} (now {from_head_now}) \
+                 but {to} had applied only {to_applied} of its writes when the lease moved"
+            ),
+        ));
     }
     Ok(())
 }

@@ -9,18 +9,23 @@
 //! so a seed replays exactly (the store's writer thread is the only other thread, and every call
 //! into it blocks until done).
 //!
-//! - [`sim`]: the harness ([`Sim`]): regions, network, events, faults, phases.
+//! - [`sim`]: the harness ([`Sim`]): regions, network, events, faults, phases; fenced runs drive
+//!   the production fencing (`atoll_core::fence`) over a modelled control group.
+//! - [`fencing`]: the options of a fenced run, drifting monotonic clocks, the store's write gate,
+//!   the model of the control group and its limits, and what the fencing checkers record.
 //! - [`model`]: the history of acknowledged writes the checkers judge the final state against.
 //! - [`check`]: one checker per invariant.
 //! - [`net`]: links with latency, jitter and per-direction up/down flags.
 //! - [`trace`]: the event log hash (determinism) and the optional printed trace.
 
 pub mod check;
+pub mod fencing;
 pub mod model;
 pub mod net;
 pub mod sim;
 pub mod trace;
 
 pub use check::{Invariant, Violation};
+pub use fencing::FencingOptions;
 pub use model::WriteOp;
-pub use sim::{Failure, Outcome, Sim, SimOptions, run_seed};
+pub use sim::{Failure, Outcome, Sim, SimOptions, plan_for_seed, run_seed};

@@ -29,6 +29,18 @@ pub fn keyspaces() -> Vec<KeyspaceConfig> {
     ]
 }
 
+/// The keyspaces, with those named in `read_only` declared `on_minority = "read-only"`
+/// (active-active quorum fencing).
+pub fn keyspaces_with_read_only(read_only: &[String]) -> Vec<KeyspaceConfig> {
+    let mut ks = keyspaces();
+    for k in &mut ks {
+        if read_only.contains(&k.name) {
+            k.on_minority = atoll_config::OnMinority::ReadOnly;
+        }
+    }
+    ks
+}
+
 /// A client write, as the simulation issues it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum WriteOp {
@@ -140,6 +152,18 @@ pub struct SetWrite {
     pub observed: Vec<(String, Vec<Dot>)>,
 }
 
+/// When and under which lease epoch a region stamped an acknowledged write (fenced runs).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Stamp {
+    pub region: RegionId,
+    pub seq: u64,
+    /// The epoch the store stamped on the operation-log entry (0 in active-active).
+    pub epoch: u64,
+    /// Virtual (true) time of the stamping instant.
+    pub at_ms: u64,
+    pub keyspace: &'static str,
+}
+
 /// Everything acknowledged during a run.
 #[derive(Clone, Debug, Default)]
 pub struct History {
@@ -153,6 +177,11 @@ pub struct History {
     pub rejected: u64,
     /// Writes accepted by a region while its clock ran ahead beyond the bound: (origin, seq).
     pub skewed_writes: Vec<(RegionId, u64)>,
+    /// Writes refused by the fencing gate (`ATOLL-NOT-PRIMARY`, `ATOLL-FENCED`): not
+    /// acknowledged, nothing written.
+    pub refused_fencing: u64,
+    /// Fenced runs: every acknowledged write's stamping instant, region and epoch, in time order.
+    pub stamps: Vec<Stamp>,
 }
 
 impl History {

@@ -52,6 +52,11 @@ impl Network {
         }
     }
 
+    /// Number of nodes (regions, and the witness when there is one).
+    pub fn nodes(&self) -> usize {
+        self.n
+    }
+
     /// The link `from → to`.
     pub fn link(&self, from: usize, to: usize) -> &Link {
         &self.links[from * self.n + to]

@@ -23,13 +23,23 @@
 //!
 //! Every region reads its own [`ManualClock`]: the virtual time plus a small fixed offset
 //! (within the bound) plus the skew of a clock-skew fault.
+//!
+//! **Fenced runs** ([`SimOptions::fencing`], [`plan_for_seed`]) add, in `control.rs`: each
+//! region's fencing loop (its real `Fence`, on a monotonic clock of its own that drifts within
+//! the bound), the modelled control group ([`crate::fencing`] describes the model), the store's
+//! write gate, random switchovers and promotions, a witness node when configured (faults can hit
+//! it too), client writes sent mostly to the believed primary, and after every event a sample of
+//! every region's permit for the fencing checkers. Runs without fencing draw the same random
+//! numbers and process the same events as before fencing existed.
 
 use crate::check::{self, CursorAt, Invariant, RegionView, Violation};
+use crate::fencing::{self, FencingOptions, FencingReport};
 use crate::model::{self, CounterWrite, History, LwwWrite, MvrWrite, SESSIONS, SetWrite, WriteOp};
 use crate::net::{Network, SimRng};
 use crate::trace::{Trace, hash_bytes};
 use atoll_core::causal::{CausalContext, Dot, VersionVector};
 use atoll_core::clock::{Clock, ManualClock};
+use atoll_core::fence::Topology;
 use atoll_core::hlc::Timestamp;
 use atoll_core::op::{Intent, KeyState, OpEntry};
 use atoll_core::repl::{Heartbeat, PeerStatus, ReplConfig, ReplCore};
@@ -85,6 +95,9 @@ pub struct SimOptions {
     pub base_offset_ms: u64,
     /// Print every event (also on with `ATOLL_SIM_TRACE=1`).
     pub trace: bool,
+    /// Split-brain fencing: the topology and its control group. `None`: active-active without
+    /// quorum fencing, no control group (the behaviour from before fencing, event for event).
+    pub fencing: Option<FencingOptions>,
 }
 
 impl Stats {
@@ -111,6 +124,21 @@ impl Stats {
             one_way_cuts,
             isolations,
             skews,
+            fence_proposals,
+            fence_commits,
+            fence_dropped,
+            fence_answers_lost,
+            promotions,
+            manual_promotions,
+            forced_promotions,
+            exposure_reported_ops,
+            exposure_missing_ops,
+            switchovers,
+            switchovers_abandoned,
+            write_windows,
+            writes_refused_fencing,
+            late_refused,
+            old_epoch_merged,
         } = other;
         self.events += events;
         self.writes_acked += writes_acked;
@@ -132,6 +160,21 @@ impl Stats {
         self.one_way_cuts += one_way_cuts;
         self.isolations += isolations;
         self.skews += skews;
+        self.fence_proposals += fence_proposals;
+        self.fence_commits += fence_commits;
+        self.fence_dropped += fence_dropped;
+        self.fence_answers_lost += fence_answers_lost;
+        self.promotions += promotions;
+        self.manual_promotions += manual_promotions;
+        self.forced_promotions += forced_promotions;
+        self.exposure_reported_ops += exposure_reported_ops;
+        self.exposure_missing_ops += exposure_missing_ops;
+        self.switchovers += switchovers;
+        self.switchovers_abandoned += switchovers_abandoned;
+        self.write_windows += write_windows;
+        self.writes_refused_fencing += writes_refused_fencing;
+        self.late_refused += late_refused;
+        self.old_epoch_merged += old_epoch_merged;
     }
 }
 
@@ -156,6 +199,7 @@ impl Default for SimOptions {
             jitter_ms: 20,
             base_offset_ms: 100,
             trace: std::env::var("ATOLL_SIM_TRACE").is_ok_and(|v| !v.is_empty() && v != "0"),
+            fencing: None,
         }
     }
 }
@@ -199,6 +243,34 @@ pub struct Stats {
     pub one_way_cuts: u64,
     pub isolations: u64,
     pub skews: u64,
+    /// Fenced runs: commands proposed to the modelled control group, committed, dropped (the
+    /// proposer or every relay was cut off from a majority), answers lost on the way back.
+    pub fence_proposals: u64,
+    pub fence_commits: u64,
+    pub fence_dropped: u64,
+    pub fence_answers_lost: u64,
+    /// Promotions that committed (automatic and manual; not the initial grant, not
+    /// switchovers); of them, `atoll promote`, and `atoll promote --accept-data-loss` with a
+    /// non-zero exposure.
+    pub promotions: u64,
+    pub manual_promotions: u64,
+    pub forced_promotions: u64,
+    /// Over promotions: the exposure reported (ops), and the old holder's acknowledged writes
+    /// the promoted region really lacked when it proposed.
+    pub exposure_reported_ops: u64,
+    pub exposure_missing_ops: u64,
+    /// Switchovers whose transfer committed; switchovers given up (target not caught up).
+    pub switchovers: u64,
+    pub switchovers_abandoned: u64,
+    /// Write windows opened (leased topologies).
+    pub write_windows: u64,
+    /// Client writes refused by the fencing gate (`ATOLL-NOT-PRIMARY`, `ATOLL-FENCED`).
+    pub writes_refused_fencing: u64,
+    /// Replicated writes refused as late writes of a superseded epoch.
+    pub late_refused: u64,
+    /// Replicated writes of an epoch the applying region already knew superseded, merged
+    /// (stamped before the supersession: an old primary's writes arriving late).
+    pub old_epoch_merged: u64,
 }
 
 /// A successful run.
@@ -212,6 +284,8 @@ pub struct Outcome {
     pub end_ms: u64,
     /// Virtual time from healing to convergence.
     pub converge_ms: u64,
+    /// Fenced runs: the topology, the write windows, promotions.
+    pub fencing: Option<FencingReport>,
 }
 
 /// A failed run: which seed, which invariant, and how to replay it.
@@ -253,6 +327,76 @@ pub fn regions_for_seed(seed: u64) -> usize {
     3 + (seed % 3) as usize
 }
 
+/// What a seed of the sweep runs: `seed % 3` picks 3, 4 or 5 regions ([`regions_for_seed`]),
+/// `(seed / 3) % 3` the topology: a third active-active, a third active-standby, a third
+/// active-passive. The other choices come from bits of a hash of the seed: half of the
+/// active-active seeds run with quorum fencing (two keyspaces `read-only` on a minority), the
+/// other half exactly as before fencing existed (no control group, the same events); among
+/// fenced seeds, half of the 4-region ones add a witness (5 voters) and a quarter of the
+/// 3-region ones run as two regions and a witness (the arbiter setup); the drift bound is
+/// 1000 ppm or 1 %, the margin the default or the smallest the bound allows, each clock drifts
+/// at the bound or within it, and the control group's propose timeout is the region server's
+/// (`lease - margin`) or twice the lease.
+pub fn plan_for_seed(seed: u64) -> (usize, SimOptions) {
+    let mut n = regions_for_seed(seed);
+    let bits = splitmix64(seed);
+    let bit = |i: u32| (bits >> i) & 1 == 1;
+    let topology = match (seed / 3) % 3 {
+        0 if !bit(0) => return (n, SimOptions::default()),
+        0 => Topology::ActiveActive { quorum: true },
+        1 => Topology::ActiveStandby,
+        _ => Topology::ActivePassive,
+    };
+    let mut f = FencingOptions::new(topology);
+    if !topology.leased() {
+        f.read_only_keyspaces = vec![model::SESSIONS.to_string(), model::RATELIMITS.to_string()];
+    }
+    match n {
+        4 if bit(1) => f.witness = true,
+        3 if bit(1) && bit(2) => {
+            f.witness = true;
+            n = 2;
+        }
+        _ => {}
+    }
+    if bit(3) {
+        f.max_drift_ppm = 10_000;
+    }
+    if bit(4) {
+        f.margin_ms = f
+            .fence_config(region_id(0), vec![region_id(0)])
+            .min_margin_ms();
+    }
+    if bit(5) {
+        // Answers may come long after the fence stopped waiting for them.
+        f.control_timeout_ms = Some(2 * f.lease_ms);
+    }
+    f.operator_gap_ms = match topology {
+        Topology::ActivePassive => Some((2_000, 8_000)),
+        Topology::ActiveStandby => Some((5_000, 15_000)),
+        Topology::ActiveActive { .. } => None,
+    };
+    (
+        n,
+        SimOptions {
+            fencing: Some(f),
+            ..SimOptions::default()
+        },
+    )
+}
+
+/// SplitMix64: spreads a seed's bits, so the options it picks are independent of each other.
+fn splitmix64(seed: u64) -> u64 {
+    let mut z = seed.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+fn region_id(i: usize) -> RegionId {
+    RegionId::new(REGION_NAMES[i]).expect("valid region name")
+}
+
 /// Runs one seed end to end: chaos, heal, converge, check every invariant.
 pub fn run_seed(seed: u64, n: usize, opts: SimOptions) -> Result<Outcome, Failure> {
     let mut sim = Sim::new(seed, n, opts).map_err(|v| Failure {
@@ -271,6 +415,7 @@ pub fn run_seed(seed: u64, n: usize, opts: SimOptions) -> Result<Outcome, Failur
             trace_hash: sim.trace.hash(),
             end_ms: sim.now,
             converge_ms,
+            fencing: sim.fencing_report(),
         }),
         Err(v) => Err(sim.failure(v)),
     }
@@ -289,10 +434,33 @@ enum Event {
     Heartbeat(usize),
     Sync(usize),
     Maintain(usize),
-    Deliver { from: usize, to: usize, msg: Msg },
-    Heal { from: usize, to: usize },
+    Deliver {
+        from: usize,
+        to: usize,
+        msg: Msg,
+    },
+    Heal {
+        from: usize,
+        to: usize,
+    },
     Restart(usize),
     Unskew(usize),
+    /// Fenced runs: region `r`'s fencing loop (apply, tick, switchover progress).
+    FenceTick(usize),
+    /// A proposal reaches the control group.
+    Propose(usize),
+    /// The answer to proposal `id` reaches its proposer (sent by member `via`).
+    Answer {
+        id: usize,
+        answer: atoll_core::fence::Answer,
+        via: usize,
+    },
+    /// Proposal `id`'s proposer gives up waiting (the control group's propose timeout).
+    ProposalTimeout(usize),
+    /// Committed entries become visible to region `r`.
+    ControlApply(usize),
+    /// A random operator action (switchover, promotion).
+    Operator,
 }
 
 struct Scheduled {
@@ -362,14 +530,23 @@ pub struct Sim {
     /// Random writes are being issued.
     writing: bool,
     write_counter: u64,
+    /// Fenced runs: the modelled control group and each region's fencing.
+    fen: Option<Box<control::Control>>,
 }
 
 impl Sim {
     /// A cluster of `n` regions (3..=5), all up, links up, periodic ticks scheduled.
     pub fn new(seed: u64, n: usize, opts: SimOptions) -> Result<Sim, Violation> {
-        assert!((3..=REGION_NAMES.len()).contains(&n), "3..=5 regions");
+        let witness = opts.fencing.as_ref().is_some_and(|f| f.witness);
+        let least = if witness { 2 } else { 3 };
+        assert!(
+            (least..=REGION_NAMES.len()).contains(&n),
+            "3..=5 regions (2 with a witness)"
+        );
         let mut rng = SimRng::seed_from_u64(seed);
-        let net = Network::new(n, opts.latency_ms, opts.jitter_ms, &mut rng);
+        // The witness, if any, is one more node of the network (index n), with no store.
+        let nodes = n + usize::from(witness);
+        let net = Network::new(nodes, opts.latency_ms, opts.jitter_ms, &mut rng);
         let ids: Vec<RegionId> = REGION_NAMES[..n]
             .iter()
             .map(|s| RegionId::new(s).expect("valid region name"))
@@ -406,8 +583,10 @@ impl Sim {
             chaos: false,
             writing: false,
             write_counter: 0,
+            fen: None,
             opts,
         };
+        sim.fencing_init();
         sim.set_clocks();
         for r in 0..n {
             sim.start_region(r)?;
@@ -420,6 +599,7 @@ impl Sim {
             sim.schedule(sy, Event::Sync(r));
             sim.schedule(mt, Event::Maintain(r));
         }
+        sim.fencing_schedule();
         Ok(sim)
     }
 
@@ -532,7 +712,7 @@ impl Sim {
         self.net.set_up(from, to, false);
         self.trace.ev(&[70, self.now, from as u64, to as u64]);
         self.trace.line(self.now, || {
-            format!("cut {} -> {}", self.ids[from], self.ids[to])
+            format!("cut {} -> {}", self.node_name(from), self.node_name(to))
         });
     }
 
@@ -547,7 +727,7 @@ impl Sim {
         self.net.set_up(from, to, true);
         self.trace.ev(&[71, self.now, from as u64, to as u64]);
         self.trace.line(self.now, || {
-            format!("heal {} -> {}", self.ids[from], self.ids[to])
+            format!("heal {} -> {}", self.node_name(from), self.node_name(to))
         });
     }
 
@@ -577,6 +757,7 @@ impl Sim {
             self.regions[r].cursor_at_crash =
                 atoll_store::read_applied(&*backend, &self.regions[r].id).unwrap_or_default();
             self.stats.crashes += 1;
+            self.fencing_on_crash(r);
             self.trace.ev(&[72, self.now, r as u64]);
             self.trace.line(self.now, || {
                 format!(
@@ -589,6 +770,10 @@ impl Sim {
 
     /// Restarts a crashed region on its backend (a no-op if it is up).
     pub fn restart(&mut self, r: usize) -> Result<(), Violation> {
+        if r >= self.regions.len() {
+            self.set_witness_up(true);
+            return Ok(());
+        }
         if self.regions[r].node.is_some() {
             return Ok(());
         }
@@ -615,6 +800,9 @@ impl Sim {
         self.net.heal_all();
         self.trace.ev(&[75, self.now]);
         self.trace.line(self.now, || "heal everything".into());
+        if self.fen.is_some() {
+            self.set_witness_up(true);
+        }
         for r in 0..self.regions.len() {
             if self.regions[r].skew_ms != 0 {
                 self.set_skew(r, 0);
@@ -634,6 +822,9 @@ impl Sim {
             self.set_clocks();
             self.stats.events += 1;
             self.handle(s.ev)?;
+            if self.fen.is_some() {
+                self.sample_fencing();
+            }
         }
         self.now = self.now.max(t);
         self.set_clocks();
@@ -752,6 +943,7 @@ impl Sim {
         check::counters(&views, &self.history)?;
         check::add_wins_sets(&views, &self.history)?;
         check::skewed_writes_converged(&views, &self.history)?;
+        check::epochs_in_order(&self.history.stamps)?;
         Ok(())
     }
 
@@ -819,6 +1011,17 @@ impl Sim {
         let res = node.store.write(ks, key.as_bytes(), intent);
         let out = match res {
             Ok(out) => out,
+            Err(e) if fencing::is_fencing_refusal(&e) => {
+                // Refused by the fencing gate at the stamping instant: not acknowledged.
+                self.history.refused_fencing += 1;
+                self.stats.writes_refused_fencing += 1;
+                self.trace
+                    .ev(&[10, now, r as u64, op.code(), hash_bytes(key.as_bytes()), 1]);
+                self.trace.line(now, || {
+                    format!("write at {me}: {op:?} refused by fencing: {e}")
+                });
+                return Err(e);
+            }
             Err(e) => {
                 self.history.rejected += 1;
                 self.stats.writes_rejected += 1;
@@ -830,7 +1033,29 @@ impl Sim {
             }
         };
         node.core.on_local_commit(out.seq);
+        // Fenced runs: the epoch the store stamped on the operation-log entry.
+        let stamped = if self.fen.is_some() {
+            Some(
+                node.store
+                    .oplog(&me, out.seq, 1)
+                    .ok()
+                    .and_then(|v| v.first().map(|e| e.epoch)),
+            )
+        } else {
+            None
+        };
         self.stats.writes_acked += 1;
+        match stamped {
+            Some(Some(epoch)) => self.fencing_on_ack(r, ks, out.seq, epoch),
+            Some(None) => self.record(Violation::new(
+                Invariant::Harness,
+                format!(
+                    "the acknowledged write {me}:{} is not in its oplog",
+                    out.seq
+                ),
+            )),
+            None => {}
+        }
         if skewed {
             self.history.skewed_writes.push((me.clone(), out.seq));
         }
@@ -980,6 +1205,7 @@ impl Sim {
         for r in 0..self.regions.len() {
             self.regions[r].clock.set(self.local_ms(r));
         }
+        self.set_mono_clocks();
     }
 
     fn write_gap(&mut self) -> u64 {
@@ -988,8 +1214,14 @@ impl Sim {
     }
 
     fn start_region(&mut self, r: usize) -> Result<(), Violation> {
+        let gate = self.fencing_on_start(r);
+        let keyspaces = match &self.opts.fencing {
+            Some(f) => model::keyspaces_with_read_only(&f.read_only_keyspaces),
+            None => model::keyspaces(),
+        };
         let reg = &mut self.regions[r];
-        let mut opts = StoreOptions::new(reg.id.clone(), model::keyspaces());
+        let mut opts = StoreOptions::new(reg.id.clone(), keyspaces);
+        opts.gate = gate;
         opts.max_clock_offset_ms = self.opts.max_clock_offset_ms;
         // Durable, as in production: the backend's power-cut model loses what was not synced.
         opts.durable = true;
@@ -1067,6 +1299,12 @@ impl Sim {
             Event::Heal { from, to } => self.heal(from, to),
             Event::Restart(r) => self.restart(r)?,
             Event::Unskew(r) => self.set_skew(r, 0),
+            Event::FenceTick(r) => self.on_fence_tick(r),
+            Event::Propose(id) => self.on_propose(id),
+            Event::Answer { id, answer, via } => self.on_control_answer(id, answer, via),
+            Event::ProposalTimeout(id) => self.on_proposal_timeout(id),
+            Event::ControlApply(r) => self.catch_up(r),
+            Event::Operator => self.on_operator(),
         }
         Ok(())
     }
@@ -1260,6 +1498,19 @@ impl Sim {
                 self.record(v);
             }
         }
+        if self.fen.is_some() {
+            let merged: Vec<&OpEntry> = adm
+                .apply
+                .iter()
+                .filter(|e| e.seq > before.get(&e.origin) && e.seq <= after.get(&e.origin))
+                .filter(|e| {
+                    !out.late
+                        .iter()
+                        .any(|(o, s, _)| *o == e.origin && *s == e.seq)
+                })
+                .collect();
+            self.fencing_on_applied(to, &out.late, &adm.apply, &merged);
+        }
         self.regions[to].applied_since_start += out.applied as u64;
         self.stats.entries_applied += out.applied as u64;
         self.stats.conflicts_recorded += out.conflicts.len() as u64;
@@ -1389,7 +1640,10 @@ impl Sim {
         if up.is_empty() {
             return;
         }
-        let r = up[self.rng.random_range(0..up.len())];
+        let r = match self.believed_primary() {
+            Some(p) => p,
+            None => up[self.rng.random_range(0..up.len())],
+        };
         let op = self.random_op();
         // Refusals (sibling limit) are expected and recorded; nothing else to do.
         let _ = self.write(r, &op);
@@ -1457,11 +1711,14 @@ impl Sim {
             .random_range(self.opts.fault_gap_ms.0..=self.opts.fault_gap_ms.1);
         self.schedule(gap, Event::Fault);
         let n = self.regions.len();
+        // With a witness, it is one more node faults may hit (partitions, cuts, isolation, a
+        // crash); without one, `nodes == n` and the draws are those from before fencing.
+        let nodes = self.net.nodes();
         let dur = self
             .rng
             .random_range(self.opts.fault_duration_ms.0..=self.opts.fault_duration_ms.1);
-        let a = self.rng.random_range(0..n);
-        let b = (a + self.rng.random_range(1..n)) % n;
+        let a = self.rng.random_range(0..nodes);
+        let b = (a + self.rng.random_range(1..nodes)) % nodes;
         let kind = self.rng.random_range(0..100u32);
         self.trace
             .ev(&[50, self.now, u64::from(kind), a as u64, b as u64, dur]);
@@ -1476,7 +1733,7 @@ impl Sim {
             self.schedule(dur, Event::Heal { from: a, to: b });
         } else if kind < 60 {
             self.stats.isolations += 1;
-            for q in 0..n {
+            for q in 0..nodes {
                 if q != a {
                     self.partition(a, q);
                     self.schedule(dur, Event::Heal { from: a, to: q });
@@ -1484,20 +1741,49 @@ impl Sim {
                 }
             }
         } else if kind < 80 {
+            if a >= n {
+                if self.witness_up() {
+                    self.set_witness_up(false);
+                    self.schedule(dur, Event::Restart(a));
+                }
+                return Ok(());
+            }
+            // At least two regions stay up (one, in a two-region cluster with a witness).
+            let keep = if n < 3 { 1 } else { 2 };
             let up = (0..n).filter(|&q| self.is_up(q)).count();
-            if self.is_up(a) && up > 2 {
+            if self.is_up(a) && up > keep {
                 self.crash(a);
                 self.schedule(dur, Event::Restart(a));
             }
-        } else {
+        } else if a < n {
             self.stats.skews += 1;
-            let skew = self
-                .rng
-                .random_range(self.opts.skew_ms.0..=self.opts.skew_ms.1);
+            let (lo, hi) = self.skew_range();
+            let skew = self.rng.random_range(lo..=hi);
             self.set_skew(a, skew as i64);
             self.schedule(dur, Event::Unskew(a));
         }
         Ok(())
+    }
+
+    /// How far a clock-skew fault sets a clock ahead. Leased runs keep every pair of clocks within
+    /// `max_clock_offset_ms` (fixed offsets included): `LeaseState::is_late` relies on that bound
+    /// (`docs/design/fencing.md`, "Epochs on writes"), and a holder whose clock runs further ahead
+    /// has the writes it acknowledged just before losing its lease refused everywhere as late
+    /// (shown by `tests/scenarios.rs::skew_beyond_the_bound_makes_a_lost_primarys_writes_late`).
+    /// The other runs skew beyond the bound, which replication holds back.
+    fn skew_range(&self) -> (u64, u64) {
+        if self
+            .opts
+            .fencing
+            .as_ref()
+            .is_some_and(|f| f.topology.leased())
+        {
+            let max = self.opts.max_clock_offset_ms;
+            let hi = max.saturating_sub(2 * self.opts.base_offset_ms);
+            (hi.min(max / 4), hi)
+        } else {
+            self.opts.skew_ms
+        }
     }
 
     /// A multi-line description of every region (for failures).
@@ -1527,15 +1813,27 @@ impl Sim {
                 }
             }
         }
-        let down: Vec<String> = (0..self.regions.len())
-            .flat_map(|a| (0..self.regions.len()).map(move |b| (a, b)))
+        let nodes = self.net.nodes();
+        let down: Vec<String> = (0..nodes)
+            .flat_map(|a| (0..nodes).map(move |b| (a, b)))
             .filter(|&(a, b)| a != b && !self.net.is_up(a, b))
-            .map(|(a, b)| format!("{}->{}", self.ids[a], self.ids[b]))
+            .map(|(a, b)| format!("{}->{}", self.node_name(a), self.node_name(b)))
             .collect();
         s.push_str(&format!("  links down: {down:?}\n"));
+        s.push_str(&self.describe_fencing());
         s
     }
+
+    /// Region `i`'s name, or `witness` for the witness node.
+    pub fn node_name(&self, i: usize) -> String {
+        match self.ids.get(i) {
+            Some(id) => id.to_string(),
+            None => "witness".to_string(),
+        }
+    }
 }
+
+mod control;
 
 #[cfg(test)]
 mod tests {

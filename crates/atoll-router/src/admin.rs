@@ -9,7 +9,7 @@
 //! | --- | --- | --- |
 //! | `GET /healthz` | | `{"status":"serving"}` |
 //! | `GET /metrics` | | OpenMetrics text |
-//! | `GET /v1/router/status` | | every region's health as this router sees it, drains, ramps, every name's mode |
+//! | `GET /v1/router/status` | | every region's health as this router sees it (`passive` included), its fencing role, epoch and the primary it names, drains, ramps, every name's mode, and where writes go first (`primary`, `primary_claims`) |
 //! | `POST /v1/router/regions/{region}/drain` | `{"reason": "...", "for": "30m"}` (`for` optional) | no new traffic to the region until undrained (or `for` has passed) |
 //! | `POST /v1/router/regions/{region}/undrain` | none, or `{"reason": "..."}` | lifts the drain |
 //! | `PUT /v1/router/names/{name}/weights/{region}` | `{"weight": n}` | sets a weighted name's weight |

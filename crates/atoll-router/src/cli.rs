@@ -405,12 +405,49 @@ pub fn render_status(v: &Value) -> String {
             .as_f64()
             .map(|x| format!(" rtt {x:.1} ms"))
             .unwrap_or_default();
+        // The fencing role, when the region reports one other than plain active-active.
+        let role = match (r["role"].as_str(), r["epoch"].as_u64()) {
+            (Some("active") | None, Some(0) | None) => String::new(),
+            (role, epoch) => format!(
+                " role={} epoch={}",
+                role.unwrap_or("?"),
+                epoch.map_or_else(|| "?".to_string(), |e| e.to_string())
+            ),
+        };
         out.push_str(&format!(
-            "  {:<20} {:<10} routable={}{drained}{ramp}{rtt}  [{}]\n",
+            "  {:<20} {:<10} routable={}{role}{drained}{ramp}{rtt}  [{}]\n",
             r["region"].as_str().unwrap_or("?"),
             r["health"].as_str().unwrap_or("?"),
             r["routable"].as_bool().unwrap_or(false),
             r["reason"].as_str().unwrap_or(""),
+        ));
+    }
+    let claims = v["primary_claims"].as_array().map_or(0, Vec::len);
+    if let Some(p) = v["primary"].as_object() {
+        let conflict = if claims > 1 {
+            let all: Vec<String> = v["primary_claims"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|c| {
+                    format!(
+                        "{} (epoch {})",
+                        c["region"].as_str().unwrap_or("?"),
+                        c["epoch"]
+                    )
+                })
+                .collect();
+            format!(
+                "  << {claims} regions claim the lease: {}; writes go to the higher epoch",
+                all.join(", ")
+            )
+        } else {
+            String::new()
+        };
+        out.push_str(&format!(
+            "writes go first to: {} (primary, epoch {}){conflict}\n",
+            p.get("region").and_then(Value::as_str).unwrap_or("?"),
+            p.get("epoch").and_then(Value::as_u64).unwrap_or(0),
         ));
     }
     out.push_str("names:\n");
@@ -605,5 +642,37 @@ mod tests {
             "{s}"
         );
         assert!(!s.contains("no healthy region"), "{s}");
+        assert!(!s.contains("role="), "no fencing role reported: {s}");
+        assert!(!s.contains("writes go first"), "{s}");
+    }
+
+    #[test]
+    fn status_shows_roles_and_the_primary() {
+        let region = |name: &str, health: &str, role: &str, epoch: u64| {
+            json!({"region": name, "health": health, "reason": "ok", "routable": health == "healthy",
+                "drained": null, "ramp": 1.0, "rtt_ms": 1.0, "checks": 3, "role": role, "epoch": epoch,
+                "primary": "eu-west-1"})
+        };
+        let mut v = json!({
+            "regions": [region("us-east-1", "healthy", "standby", 4), region("eu-west-1", "healthy", "primary", 4),
+                region("ap-southeast-1", "passive", "passive", 4)],
+            "names": [],
+            "primary": {"region": "eu-west-1", "epoch": 4},
+            "primary_claims": [{"region": "eu-west-1", "epoch": 4}]
+        });
+        let s = render_status(&v);
+        assert!(s.contains("role=standby epoch=4"), "{s}");
+        assert!(s.contains("passive    routable=false role=passive"), "{s}");
+        assert!(
+            s.contains("writes go first to: eu-west-1 (primary, epoch 4)\n"),
+            "{s}"
+        );
+        v["primary_claims"] =
+            json!([{"region": "eu-west-1", "epoch": 4}, {"region": "us-east-1", "epoch": 3}]);
+        let s = render_status(&v);
+        assert!(
+            s.contains("2 regions claim the lease: eu-west-1 (epoch 4), us-east-1 (epoch 3)"),
+            "{s}"
+        );
     }
 }

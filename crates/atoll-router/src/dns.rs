@@ -18,6 +18,13 @@
 //! | names outside the zone, classes other than IN/ANY, zone transfers | REFUSED |
 //! | not a query (NOTIFY, UPDATE) | NOTIMP; a message with other than one question: FORMERR; EDNS version above 0: BADVERS |
 //!
+//! **Fencing** (`docs/design/fencing.md`): a `failover` name answers the healthy region whose
+//! `/healthz` role is `primary` (the write-lease holder; the higher epoch should two claim it),
+//! and only when none is healthy the first healthy region in the configured order, so the name
+//! follows the lease within one health-check interval. No name ever answers a `passive` region,
+//! not even under fail-open. Latency and weighted names are otherwise unchanged (standbys serve
+//! reads). See [`crate::policy`].
+//!
 //! The negative-caching TTL (the SOA's TTL and MINIMUM, RFC 2308) is the zone's `router.ttl_secs`,
 //! so a name that starts to exist is not hidden for long.
 //!

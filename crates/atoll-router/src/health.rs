@@ -7,6 +7,16 @@
 //! - A healthy region becomes unhealthy after `failure_threshold` consecutive failed checks (the
 //!   article's Route 53 `failure_threshold = 3`), or **immediately** when its `/healthz` says it is
 //!   draining or fenced (it told us; no reason to wait).
+//! - A region whose `/healthz` says `passive` (active-passive: it serves no client traffic until
+//!   an operator promotes it) is **`Passive`** at once: not routed to, but not failed either. Its
+//!   answers are good checks (it is up), so it is neither a flap nor held down; the first
+//!   `serving` answer after it makes it healthy again at once (a promoted region takes traffic
+//!   within one check interval). Only a region that went passive while it was unhealthy still has
+//!   to pass its recovery (`recovery_threshold` good checks, passive ones included, and the
+//!   hold-down).
+//! - What a region says about the **write lease** ([`Lease`]: its role, epoch and the primary it
+//!   knows) is kept next to its health by [`crate::state::RouterState`]; it never changes the
+//!   health state except for `passive`.
 //! - An unhealthy region recovers after `recovery_threshold` consecutive good checks, but not before
 //!   its **hold-down** has passed: `hold_down_ms` after it went down, doubled for each flap within
 //!   the flap window (capped), so a flapping region stays out instead of bouncing traffic.
@@ -15,7 +25,12 @@
 //! - After recovering, a region's share **ramps** linearly from 0 to full over `ramp_ms` (staged
 //!   failback) instead of jumping back.
 
+pub use atoll_core::fence::Role;
 use serde::{Deserialize, Serialize};
+
+/// The reason shown for a passive region.
+const PASSIVE_REASON: &str =
+    "region reports passive (active-passive): it serves no client traffic until promoted";
 
 /// Health-check settings.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -63,6 +78,9 @@ pub enum HealthState {
     Unknown,
     Healthy,
     Unhealthy,
+    /// The region says it is passive (active-passive, not holding the lease): it answers, but
+    /// serves no client traffic until promoted. Not routed to; not a failure.
+    Passive,
 }
 
 impl HealthState {
@@ -71,6 +89,29 @@ impl HealthState {
             HealthState::Unknown => "unknown",
             HealthState::Healthy => "healthy",
             HealthState::Unhealthy => "unhealthy",
+            HealthState::Passive => "passive",
+        }
+    }
+}
+
+/// What a region's `/healthz` says about the write lease of split-brain fencing
+/// (`docs/design/fencing.md`): its role, the lease epoch it knows, and the lease holder it knows.
+/// A region that says nothing (an older region, an unfenced active-active cluster) is
+/// [`Lease::default`]: `active`, epoch 0, no primary, which changes nothing in routing.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Lease {
+    pub role: Role,
+    pub epoch: u64,
+    /// The lease holder this region knows (`None`: none, or not said).
+    pub primary: Option<String>,
+}
+
+impl Default for Lease {
+    fn default() -> Self {
+        Self {
+            role: Role::Active,
+            epoch: 0,
+            primary: None,
         }
     }
 }
@@ -86,6 +127,8 @@ pub enum Probe {
     Draining,
     /// `/healthz` says the region is fenced (it must not take writes).
     Fenced,
+    /// `/healthz` says the region is passive (active-passive: no client traffic until promoted).
+    Passive,
 }
 
 /// A change of state, for logs and metrics.
@@ -113,6 +156,8 @@ pub struct RegionHealth {
     flaps: u32,
     reason: String,
     checks: u64,
+    /// In `Passive`: it went passive while unhealthy, so it must still recover before serving.
+    passive_while_down: bool,
 }
 
 impl RegionHealth {
@@ -135,6 +180,7 @@ impl RegionHealth {
             flaps: 0,
             reason: "not checked yet".to_string(),
             checks: 0,
+            passive_while_down: false,
         }
     }
 
@@ -213,6 +259,27 @@ impl RegionHealth {
                 self.fail_streak = self.fail_streak.saturating_add(1);
                 self.go_down("region reports fenced".into(), now_ms)
             }
+            Probe::Passive => {
+                // It answered: a good check, only not one that lets it serve clients.
+                self.fail_streak = 0;
+                self.passive_fail_streak = 0;
+                self.ok_streak = self.ok_streak.saturating_add(1);
+                self.reason = PASSIVE_REASON.into();
+                let from = self.state;
+                match from {
+                    HealthState::Passive => None,
+                    _ => {
+                        self.passive_while_down = from == HealthState::Unhealthy;
+                        self.state = HealthState::Passive;
+                        self.recovered_at_ms = None;
+                        Some(Transition {
+                            from,
+                            to: HealthState::Passive,
+                            reason: PASSIVE_REASON.into(),
+                        })
+                    }
+                }
+            }
             Probe::Failed(why) => {
                 self.ok_streak = 0;
                 self.fail_streak = self.fail_streak.saturating_add(1);
@@ -251,7 +318,17 @@ impl RegionHealth {
                             reason: "first good check".into(),
                         })
                     }
-                    HealthState::Unhealthy => {
+                    HealthState::Passive if !self.passive_while_down => {
+                        // Promoted (or no longer passive): it has answered all along.
+                        self.state = HealthState::Healthy;
+                        self.reason = "ok".into();
+                        Some(Transition {
+                            from: HealthState::Passive,
+                            to: HealthState::Healthy,
+                            reason: "no longer passive".into(),
+                        })
+                    }
+                    HealthState::Unhealthy | HealthState::Passive => {
                         let held = self
                             .down_since_ms
                             .is_some_and(|t| now_ms.saturating_sub(t) < self.hold_down_ms);
@@ -264,13 +341,26 @@ impl RegionHealth {
                                     self.ok_streak, self.cfg.recovery_threshold
                                 )
                             };
+                            if self.state == HealthState::Passive {
+                                // Serving again, but still recovering from the failure it had
+                                // before it went passive.
+                                self.state = HealthState::Unhealthy;
+                                self.passive_while_down = false;
+                                return Some(Transition {
+                                    from: HealthState::Passive,
+                                    to: HealthState::Unhealthy,
+                                    reason: format!("no longer passive, {}", self.reason),
+                                });
+                            }
                             return None;
                         }
+                        let from = self.state;
                         self.state = HealthState::Healthy;
+                        self.passive_while_down = false;
                         self.recovered_at_ms = Some(now_ms);
                         self.reason = "ok".into();
                         Some(Transition {
-                            from: HealthState::Unhealthy,
+                            from,
                             to: HealthState::Healthy,
                             reason: format!("{} consecutive good checks", self.ok_streak),
                         })
@@ -425,5 +515,73 @@ mod tests {
         let t = h.observe_request(false, 5).unwrap();
         assert_eq!(t.to, HealthState::Unhealthy);
         assert!(t.reason.contains("ejected"));
+    }
+
+    #[test]
+    fn passive_is_out_at_once_but_not_a_failure() {
+        let mut h = RegionHealth::new(HealthConfig {
+            hold_down_ms: 60_000,
+            ..cfg()
+        });
+        // A passive region is a verdict (not `unknown`) and never routed to.
+        let t = h.observe(Probe::Passive, 0).unwrap();
+        assert_eq!((t.from, t.to), (HealthState::Unknown, HealthState::Passive));
+        assert!(!h.is_routable());
+        assert!(h.reason().contains("passive"), "{}", h.reason());
+        assert!(h.observe(Probe::Passive, 1000).is_none(), "no news");
+        // Promoted: serving again within one check, no hold-down, no ramp.
+        let t = h.observe(Probe::Ok, 2000).unwrap();
+        assert_eq!((t.from, t.to), (HealthState::Passive, HealthState::Healthy));
+        assert_eq!(h.ramp(2000), 1.0);
+        // Demoted (a switchover away): out at once, and back at once, not held down as a flap.
+        assert_eq!(
+            h.observe(Probe::Passive, 3000).unwrap().to,
+            HealthState::Passive
+        );
+        assert_eq!(h.ramp(3000), 0.0);
+        assert_eq!(h.observe(Probe::Ok, 4000).unwrap().to, HealthState::Healthy);
+        assert_eq!(h.hold_down_ms(), 60_000, "no flap counted");
+        // One failed check of three while passive keeps it passive.
+        h.observe(Probe::Passive, 5000);
+        assert!(h.observe(fail(), 6000).is_none());
+        assert_eq!(h.state(), HealthState::Passive);
+        assert!(h.observe(Probe::Draining, 7000).is_some());
+        assert_eq!(h.state(), HealthState::Unhealthy);
+    }
+
+    #[test]
+    fn a_region_that_went_passive_while_down_still_recovers_first() {
+        let mut h = RegionHealth::new(HealthConfig {
+            hold_down_ms: 10_000,
+            recovery_threshold: 2,
+            failure_threshold: 1,
+            ..cfg()
+        });
+        h.observe(Probe::Ok, 0);
+        h.observe(fail(), 1000);
+        assert_eq!(
+            h.observe(Probe::Passive, 2000).unwrap().to,
+            HealthState::Passive
+        );
+        // Serving again inside the hold-down: back to unhealthy (recovering), not routed.
+        let t = h.observe(Probe::Ok, 3000).unwrap();
+        assert_eq!(
+            (t.from, t.to),
+            (HealthState::Passive, HealthState::Unhealthy)
+        );
+        assert!(t.reason.contains("hold-down"), "{}", t.reason);
+        assert!(!h.is_routable());
+        // After the hold-down, with enough good checks, it recovers (and ramps).
+        assert_eq!(
+            h.observe(Probe::Ok, 12_000).unwrap().to,
+            HealthState::Healthy
+        );
+        assert_eq!(h.ramp(12_000), 0.0);
+    }
+
+    #[test]
+    fn a_lease_that_says_nothing_is_active() {
+        let l = Lease::default();
+        assert_eq!((l.role, l.epoch, l.primary), (Role::Active, 0, None));
     }
 }

@@ -1,12 +1,21 @@
 //! The router's Prometheus metrics (prefix `atoll_`, base units, counters end in `_total`,
 //! histograms, OpenMetrics text), shared by the prober, the proxy, the admin API and DNS.
 //!
+//! Split-brain fencing as the router sees it: `atoll_router_region_role{region,role}` (1 for the
+//! role each region last reported, 0 for the others; no series before its first answer),
+//! `atoll_router_region_epoch{region}` (the lease epoch it reported), `atoll_router_primary_claims`
+//! (healthy regions claiming the write lease: more than 1 must never happen) and
+//! `atoll_router_primary_conflicts_total` (times that began; each is also an error log line).
+//! Proxied requests a region refused because of fencing and that were sent on to the next region
+//! count in `atoll_router_retries_total` with reason `not-primary`, `fenced` or `passive`.
+//!
 //! DNS's metrics ([`DnsMetrics`]: `atoll_router_dns_queries_total{name,qtype,answer}` and
 //! `atoll_router_dns_query_duration_seconds`) are registered here too, so that one registry and
 //! one [`RouterMetrics::series_names`] list cover the whole router whichever listeners run. Other
 //! adapters can register more with [`RouterMetrics::register`] before the metrics are shared.
 
 use crate::dns::DnsMetrics;
+use crate::health::Role;
 use crate::policy::Mode;
 use crate::state::RouterState;
 use prometheus_client::encoding::EncodeLabelSet;
@@ -40,6 +49,23 @@ pub struct RetryLabels {
     pub from_region: String,
     pub reason: String,
 }
+
+/// Labels of a region's fencing role.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RoleLabels {
+    pub region: String,
+    pub role: String,
+}
+
+/// Every fencing role, for the role gauge.
+const ROLES: [Role; 6] = [
+    Role::Active,
+    Role::ReadOnly,
+    Role::Primary,
+    Role::Fenced,
+    Role::Standby,
+    Role::Passive,
+];
 
 /// Labels of a routed name's no-healthy mode.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -84,6 +110,13 @@ pub struct RouterMetrics {
     pub active_connections: Family<RegionLabel, Gauge>,
     pub retries: Family<RetryLabels, Counter>,
     pub ejections: Family<RegionLabel, Counter>,
+    pub region_role: Family<RoleLabels, Gauge>,
+    pub region_epoch: Family<RegionLabel, Gauge>,
+    pub primary_claims: Gauge,
+    pub primary_conflicts: Counter,
+    /// Whether two regions claimed the lease at the last refresh (to log and count each episode
+    /// once).
+    conflict: Mutex<bool>,
     /// The DNS server's metrics (registered in the same registry).
     pub dns: DnsMetrics,
     /// name -> (mode, starting, when its log line was last written).
@@ -120,6 +153,11 @@ impl RouterMetrics {
             active_connections: Family::default(),
             retries: Family::default(),
             ejections: Family::default(),
+            region_role: Family::default(),
+            region_epoch: Family::default(),
+            primary_claims: Gauge::default(),
+            primary_conflicts: Counter::default(),
+            conflict: Mutex::new(false),
             dns: DnsMetrics::unregistered(),
             modes: Mutex::new(BTreeMap::new()),
         };
@@ -176,7 +214,7 @@ impl RouterMetrics {
         m.register(
             MetricKind::Counter,
             "router_retries",
-            "Proxied requests retried on another region, by the region given up on and why (connect, timeout, reset, status)",
+            "Proxied requests retried on another region, by the region given up on and why (connect, timeout, reset, status; not-primary, fenced, passive: the region refused a write because of fencing, so it was not applied)",
             f,
         );
         let f = m.ejections.clone();
@@ -184,6 +222,34 @@ impl RouterMetrics {
             MetricKind::Counter,
             "router_ejections",
             "Times passive outlier detection ejected the region after consecutive failed requests",
+            f,
+        );
+        let f = m.region_role.clone();
+        m.register(
+            MetricKind::Gauge,
+            "router_region_role",
+            "1 for the fencing role the region last reported in /healthz (active, read-only, primary, fenced, standby, passive), 0 for the others",
+            f,
+        );
+        let f = m.region_epoch.clone();
+        m.register(
+            MetricKind::Gauge,
+            "router_region_epoch",
+            "The write-lease epoch the region last reported in /healthz (0: none, as in active-active)",
+            f,
+        );
+        let f = m.primary_claims.clone();
+        m.register(
+            MetricKind::Gauge,
+            "router_primary_claims",
+            "Healthy regions claiming the write lease (role primary); more than 1 must never happen, and writes then go to the higher epoch",
+            f,
+        );
+        let f = m.primary_conflicts.clone();
+        m.register(
+            MetricKind::Counter,
+            "router_primary_conflicts",
+            "Times two healthy regions began to claim the write lease at once (each also logged at error level)",
             f,
         );
         m.dns = DnsMetrics::register(&mut m.registry);
@@ -347,7 +413,8 @@ impl RouterMetrics {
         modes.insert(name.to_string(), (mode, starting, now_ms));
     }
 
-    /// Brings the health, drain and mode gauges in line with `state`.
+    /// Brings the health, drain, role, epoch and mode gauges in line with `state`, and notices
+    /// two regions claiming the write lease.
     pub fn refresh(&self, state: &RouterState, now_ms: u64) {
         let Ok(status) = state.status(now_ms) else {
             return;
@@ -360,9 +427,58 @@ impl RouterMetrics {
             self.region_drained
                 .get_or_create(&l)
                 .set(i64::from(r.drained.is_some()));
+            if let Some(role) = r.role {
+                for each in ROLES {
+                    self.region_role
+                        .get_or_create(&RoleLabels {
+                            region: r.region.clone(),
+                            role: each.as_str().to_string(),
+                        })
+                        .set(i64::from(each == role));
+                }
+            }
+            if let Some(epoch) = r.epoch {
+                self.region_epoch
+                    .get_or_create(&l)
+                    .set(i64::try_from(epoch).unwrap_or(i64::MAX));
+            }
         }
+        self.record_claims(&status.primary_claims);
         for n in &status.names {
             self.record_mode(&n.name, n.mode, n.starting, now_ms);
+        }
+    }
+
+    /// Records the healthy regions claiming the write lease; logs and counts the start of a
+    /// conflict (two or more) once, and its end.
+    pub fn record_claims(&self, claims: &[crate::state::PrimaryClaim]) {
+        self.primary_claims
+            .set(i64::try_from(claims.len()).unwrap_or(i64::MAX));
+        let Ok(mut conflict) = self.conflict.lock() else {
+            return;
+        };
+        let now = claims.len() > 1;
+        if now == *conflict {
+            return;
+        }
+        *conflict = now;
+        let list = claims
+            .iter()
+            .map(|c| format!("{} (epoch {})", c.region, c.epoch))
+            .collect::<Vec<_>>()
+            .join(", ");
+        if now {
+            self.primary_conflicts.inc();
+            tracing::error!(
+                claims = %list,
+                "two healthy regions claim the write lease (role primary): fencing must prevent this; writes go to the higher epoch, {}",
+                claims.first().map_or("none", |c| c.region.as_str())
+            );
+        } else {
+            tracing::info!(
+                primary = claims.first().map_or("none", |c| c.region.as_str()),
+                "only one region claims the write lease again"
+            );
         }
     }
 }
@@ -402,6 +518,17 @@ mod tests {
             })
             .inc();
         m.dns.duration.observe(0.001);
+        m.region_role
+            .get_or_create(&RoleLabels {
+                region: "a".into(),
+                role: "primary".into(),
+            })
+            .set(1);
+        m.region_epoch
+            .get_or_create(&RouterMetrics::region("a"))
+            .set(3);
+        m.primary_claims.set(1);
+        m.primary_conflicts.inc();
         let text = m.encode();
         for n in m.series_names() {
             assert!(
@@ -420,6 +547,10 @@ mod tests {
             "atoll_router_retries_total",
             "atoll_router_ejections_total",
             "atoll_router_dns_queries_total",
+            "atoll_router_region_role",
+            "atoll_router_region_epoch",
+            "atoll_router_primary_claims",
+            "atoll_router_primary_conflicts_total",
         ] {
             assert!(m.series_names().iter().any(|n| n == expected), "{expected}");
         }
@@ -475,5 +606,32 @@ mod tests {
         );
         assert!(m.encode().contains("atoll_router_other_queries_total{"));
         let _ = m.registry_mut();
+    }
+
+    #[test]
+    fn a_conflict_of_primaries_is_counted_once_per_episode() {
+        use crate::state::PrimaryClaim;
+        let m = RouterMetrics::new();
+        let claim = |r: &str, epoch| PrimaryClaim {
+            region: r.into(),
+            epoch,
+        };
+        let two = [claim("b", 4), claim("a", 3)];
+        m.record_claims(&[claim("a", 3)]);
+        m.record_claims(&two);
+        m.record_claims(&two);
+        let text = m.encode();
+        assert!(text.contains("atoll_router_primary_claims 2\n"), "{text}");
+        assert!(
+            text.contains("atoll_router_primary_conflicts_total 1\n"),
+            "{text}"
+        );
+        m.record_claims(&[claim("b", 4)]);
+        m.record_claims(&two);
+        let text = m.encode();
+        assert!(
+            text.contains("atoll_router_primary_conflicts_total 2\n"),
+            "{text}"
+        );
     }
 }

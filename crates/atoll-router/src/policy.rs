@@ -1,7 +1,18 @@
 //! Routing decisions: which regions a request (proxy) or a query (DNS) goes to, in order of
 //! preference. Pure: the caller passes the regions' current view and a random number.
+//!
+//! **Following the write lease** (split-brain fencing, `docs/design/fencing.md`): each candidate
+//! carries the role and epoch its `/healthz` reported. A **write** ([`Access::Write`]) goes first
+//! to the healthy region whose role is `primary`, then to the policy's usual order (where a
+//! standby refuses it with `ATOLL-NOT-PRIMARY` and the proxy moves on). A **failover** name puts
+//! that primary first for reads and DNS answers too, so it follows the lease holder; latency and
+//! weighted names route reads as usual, standbys included. Should two healthy regions claim the
+//! lease (which fencing must prevent), the higher epoch wins ([`primary_of`] reports the claims so
+//! that the adapters can log and count them). A **passive** region is never chosen, not even when
+//! nothing is healthy. Candidates that report no role (`active`, epoch 0) change nothing.
 
 use atoll_core::RegionId;
+use atoll_core::fence::Role;
 use atoll_core::geo::great_circle_km;
 use serde::{Deserialize, Serialize};
 
@@ -45,6 +56,15 @@ pub enum Mode {
     LastKnownGood,
 }
 
+/// What a request does: the proxy sends writes (any method but GET, HEAD and OPTIONS) to the
+/// lease holder first. DNS queries are reads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Access {
+    Read,
+    Write,
+}
+
 /// One region as the policy sees it.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Candidate {
@@ -62,6 +82,41 @@ pub struct Candidate {
     pub rtt_ms: Option<f64>,
     /// (lat, lon) of the region.
     pub location: Option<(f64, f64)>,
+    /// The fencing role its `/healthz` reported (`active` when it says none); `passive` also
+    /// when its health state is passive.
+    pub role: Role,
+    /// The lease epoch it reported (0 when none).
+    pub epoch: u64,
+}
+
+/// The lease holder writes go to, as the candidates report it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Primary {
+    /// The routable region claiming `primary` with the highest epoch (ties: config order).
+    pub region: Option<RegionId>,
+    pub epoch: u64,
+    /// Every routable region claiming `primary`, with its epoch, highest epoch first. More than
+    /// one means two regions believe they hold the lease: fencing must prevent it, so it is
+    /// logged and counted.
+    pub claims: Vec<(RegionId, u64)>,
+}
+
+fn routable(c: &Candidate) -> bool {
+    c.healthy && !c.drained && c.role != Role::Passive
+}
+
+/// The primary among the routable candidates (healthy, undrained, not passive).
+pub fn primary_of(cands: &[Candidate]) -> Primary {
+    let mut claims: Vec<&Candidate> = cands
+        .iter()
+        .filter(|c| routable(c) && c.role == Role::Primary)
+        .collect();
+    claims.sort_by(|a, b| b.epoch.cmp(&a.epoch).then(a.order.cmp(&b.order)));
+    Primary {
+        region: claims.first().map(|c| c.region.clone()),
+        epoch: claims.first().map_or(0, |c| c.epoch),
+        claims: claims.iter().map(|c| (c.region.clone(), c.epoch)).collect(),
+    }
 }
 
 /// A routing decision: regions in order of preference (the first is the answer; the rest are
@@ -92,25 +147,27 @@ fn rank_by_policy(policy: PolicyKind, cands: &mut [&Candidate], client: Option<(
 pub fn choose(
     policy: PolicyKind,
     no_healthy: NoHealthy,
+    access: Access,
     cands: &[Candidate],
     client: Option<(f64, f64)>,
     last_known_good: &[RegionId],
     rand: f64,
 ) -> Choice {
-    let mut routable: Vec<&Candidate> = cands.iter().filter(|c| c.healthy && !c.drained).collect();
+    let mut routable: Vec<&Candidate> = cands.iter().filter(|c| routable(c)).collect();
     if routable.is_empty() {
+        // A passive region serves no client traffic: never in any pool.
+        let serving = cands.iter().filter(|c| c.role != Role::Passive);
         let mut pool: Vec<&Candidate> = match no_healthy {
             NoHealthy::FailClosed => Vec::new(),
             NoHealthy::FailOpen => {
-                let undrained: Vec<&Candidate> = cands.iter().filter(|c| !c.drained).collect();
+                let undrained: Vec<&Candidate> = serving.clone().filter(|c| !c.drained).collect();
                 if undrained.is_empty() {
-                    cands.iter().collect()
+                    serving.collect()
                 } else {
                     undrained
                 }
             }
-            NoHealthy::LastKnownGood => cands
-                .iter()
+            NoHealthy::LastKnownGood => serving
                 .filter(|c| !c.drained && last_known_good.contains(&c.region))
                 .collect(),
         };
@@ -159,6 +216,15 @@ pub fn choose(
             routable.swap(0, 1);
         }
     }
+    // Writes (and everything a failover name answers) go to the lease holder first, whatever
+    // its weight or ramp: no other region can take a write.
+    if (access == Access::Write || policy == PolicyKind::Failover)
+        && let Some(p) = primary_of(cands).region
+        && let Some(holder) = cands.iter().find(|c| c.region == p)
+    {
+        routable.retain(|c| c.region != p);
+        routable.insert(0, holder);
+    }
     Choice {
         ranked: routable.into_iter().map(|c| c.region.clone()).collect(),
         mode: Mode::Normal,
@@ -179,6 +245,16 @@ mod tests {
             order,
             rtt_ms: None,
             location: None,
+            role: Role::Active,
+            epoch: 0,
+        }
+    }
+
+    fn with_role(name: &str, order: usize, role: Role, epoch: u64) -> Candidate {
+        Candidate {
+            role,
+            epoch,
+            ..c(name, order)
         }
     }
 
@@ -192,6 +268,7 @@ mod tests {
         let ch = choose(
             PolicyKind::Failover,
             NoHealthy::FailOpen,
+            Access::Read,
             &v,
             None,
             &[],
@@ -202,6 +279,7 @@ mod tests {
         let ch = choose(
             PolicyKind::Failover,
             NoHealthy::FailOpen,
+            Access::Read,
             &v,
             None,
             &[],
@@ -212,6 +290,7 @@ mod tests {
         let ch = choose(
             PolicyKind::Failover,
             NoHealthy::FailOpen,
+            Access::Read,
             &v,
             None,
             &[],
@@ -234,6 +313,7 @@ mod tests {
         let ch = choose(
             PolicyKind::Latency,
             NoHealthy::FailOpen,
+            Access::Read,
             &v,
             Some((48.9, 2.35)),
             &[],
@@ -241,7 +321,15 @@ mod tests {
         );
         assert_eq!(names(&ch)[0], "eu-west-1");
         // Unknown client: lowest RTT.
-        let ch = choose(PolicyKind::Latency, NoHealthy::FailOpen, &v, None, &[], 0.0);
+        let ch = choose(
+            PolicyKind::Latency,
+            NoHealthy::FailOpen,
+            Access::Read,
+            &v,
+            None,
+            &[],
+            0.0,
+        );
         assert_eq!(names(&ch)[0], "us-east-1");
     }
 
@@ -259,6 +347,7 @@ mod tests {
             let ch = choose(
                 PolicyKind::Weighted,
                 NoHealthy::FailOpen,
+                Access::Read,
                 &v,
                 None,
                 &[],
@@ -274,6 +363,7 @@ mod tests {
         let ch = choose(
             PolicyKind::Weighted,
             NoHealthy::FailClosed,
+            Access::Read,
             &v2,
             None,
             &[],
@@ -292,6 +382,7 @@ mod tests {
         let open = choose(
             PolicyKind::Failover,
             NoHealthy::FailOpen,
+            Access::Read,
             &v,
             None,
             &[],
@@ -301,6 +392,7 @@ mod tests {
         let closed = choose(
             PolicyKind::Failover,
             NoHealthy::FailClosed,
+            Access::Read,
             &v,
             None,
             &[],
@@ -310,6 +402,7 @@ mod tests {
         let lkg = choose(
             PolicyKind::Failover,
             NoHealthy::LastKnownGood,
+            Access::Read,
             &v,
             None,
             &[RegionId::new("b").unwrap()],
@@ -327,6 +420,7 @@ mod tests {
             let ch = choose(
                 PolicyKind::Failover,
                 NoHealthy::FailOpen,
+                Access::Read,
                 &v,
                 None,
                 &[],
@@ -338,5 +432,137 @@ mod tests {
             assert_eq!(ch.ranked.len(), 2, "the other region stays as a fallback");
         }
         assert_eq!(to_a, 25);
+    }
+
+    fn pick(policy: PolicyKind, access: Access, v: &[Candidate], rand: f64) -> Choice {
+        choose(policy, NoHealthy::FailOpen, access, v, None, &[], rand)
+    }
+
+    /// us-east-1 is nearest, eu-west-1 holds the lease, ap-southeast-1 is passive.
+    fn fenced_cluster() -> Vec<Candidate> {
+        let mut us = with_role("us-east-1", 0, Role::Standby, 4);
+        us.rtt_ms = Some(1.0);
+        let mut eu = with_role("eu-west-1", 1, Role::Primary, 4);
+        eu.rtt_ms = Some(80.0);
+        let mut ap = with_role("ap-southeast-1", 2, Role::Passive, 4);
+        ap.rtt_ms = Some(0.5);
+        vec![us, eu, ap]
+    }
+
+    #[test]
+    fn writes_go_to_the_primary_first_and_reads_to_the_nearest() {
+        let v = fenced_cluster();
+        for policy in [
+            PolicyKind::Latency,
+            PolicyKind::Failover,
+            PolicyKind::Weighted,
+        ] {
+            for i in 0..10 {
+                let ch = pick(policy, Access::Write, &v, f64::from(i) / 10.0);
+                assert_eq!(names(&ch), ["eu-west-1", "us-east-1"], "{policy:?}");
+            }
+        }
+        // Reads: the usual policy, the standby included, the passive region never.
+        let ch = pick(PolicyKind::Latency, Access::Read, &v, 0.0);
+        assert_eq!(names(&ch), ["us-east-1", "eu-west-1"]);
+        // A weight-0 primary still takes the writes (no other region can).
+        let mut w = v.clone();
+        w[1].weight = 0;
+        assert_eq!(
+            names(&pick(PolicyKind::Weighted, Access::Write, &w, 0.9)),
+            ["eu-west-1", "us-east-1"]
+        );
+        assert_eq!(
+            names(&pick(PolicyKind::Weighted, Access::Read, &w, 0.9)),
+            ["us-east-1"]
+        );
+    }
+
+    #[test]
+    fn a_failover_name_follows_the_lease_holder() {
+        let mut v = fenced_cluster();
+        // DNS and reads of a failover name: the primary, wherever it is in the order.
+        let ch = pick(PolicyKind::Failover, Access::Read, &v, 0.0);
+        assert_eq!(names(&ch), ["eu-west-1", "us-east-1"]);
+        // The lease moves to us-east-1 (epoch 5); eu-west-1 is a standby now.
+        v[0].role = Role::Primary;
+        v[0].epoch = 5;
+        v[1].role = Role::Standby;
+        v[1].epoch = 5;
+        assert_eq!(
+            names(&pick(PolicyKind::Failover, Access::Read, &v, 0.0)),
+            ["us-east-1", "eu-west-1"]
+        );
+        // The primary unhealthy: the configured order, as before fencing.
+        v[0].healthy = false;
+        assert_eq!(
+            names(&pick(PolicyKind::Failover, Access::Read, &v, 0.0)),
+            ["eu-west-1"]
+        );
+        // Nobody claims the lease (active-active): unchanged behaviour.
+        let plain = vec![c("a", 0), c("b", 1)];
+        assert_eq!(
+            names(&pick(PolicyKind::Failover, Access::Write, &plain, 0.0)),
+            ["a", "b"]
+        );
+    }
+
+    #[test]
+    fn two_primaries_the_higher_epoch_wins_and_both_are_reported() {
+        let v = vec![
+            with_role("a", 0, Role::Primary, 3),
+            with_role("b", 1, Role::Primary, 4),
+            with_role("c", 2, Role::Standby, 4),
+        ];
+        let p = primary_of(&v);
+        assert_eq!(p.region.as_ref().map(|r| r.as_str()), Some("b"));
+        assert_eq!(p.epoch, 4);
+        let claims: Vec<(&str, u64)> = p.claims.iter().map(|(r, e)| (r.as_str(), *e)).collect();
+        assert_eq!(claims, [("b", 4), ("a", 3)]);
+        assert_eq!(
+            names(&pick(PolicyKind::Failover, Access::Write, &v, 0.0)),
+            ["b", "a", "c"]
+        );
+        // An unhealthy or drained claimant is no claim.
+        let mut v2 = v.clone();
+        v2[1].drained = true;
+        assert_eq!(primary_of(&v2).claims.len(), 1);
+        assert_eq!(
+            names(&pick(PolicyKind::Latency, Access::Write, &v2, 0.0))[0],
+            "a"
+        );
+    }
+
+    #[test]
+    fn passive_regions_are_never_chosen() {
+        let mut v = vec![
+            with_role("a", 0, Role::Passive, 1),
+            with_role("b", 1, Role::Primary, 1),
+        ];
+        assert_eq!(
+            names(&pick(PolicyKind::Failover, Access::Read, &v, 0.0)),
+            ["b"]
+        );
+        // Nothing healthy: fail-open and last-known-good still leave the passive region out.
+        for x in &mut v {
+            x.healthy = false;
+        }
+        assert_eq!(
+            names(&pick(PolicyKind::Failover, Access::Write, &v, 0.0)),
+            ["b"]
+        );
+        let lkg = choose(
+            PolicyKind::Failover,
+            NoHealthy::LastKnownGood,
+            Access::Read,
+            &v,
+            None,
+            &[RegionId::new("a").unwrap(), RegionId::new("b").unwrap()],
+            0.0,
+        );
+        assert_eq!(names(&lkg), ["b"]);
+        v[1].role = Role::Passive;
+        let open = pick(PolicyKind::Failover, Access::Read, &v, 0.0);
+        assert_eq!((open.ranked.len(), open.mode), (0, Mode::FailOpen));
     }
 }

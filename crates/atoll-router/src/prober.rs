@@ -7,13 +7,21 @@
 //! A check passes when the response has `health.expect_status` (and contains
 //! `health.expect_body`, if set). A JSON body whose `status` is `draining` or `fenced` means the
 //! region says so itself, whatever the HTTP status: it is taken out at once
-//! ([`Probe::Draining`] / [`Probe::Fenced`]) instead of after `failure_threshold` checks.
+//! ([`Probe::Draining`] / [`Probe::Fenced`]) instead of after `failure_threshold` checks. A body
+//! whose `status` (or `role`) is `passive` takes it out at once too, as [`Probe::Passive`]: it
+//! is up, but serves no client traffic until promoted, and is shown as passive, not failed.
+//!
+//! Every answer is also read for what the region says about the write lease ([`lease_report`]:
+//! `role`, `epoch`, `primary`; missing fields mean `active`, epoch 0, no primary), which the state
+//! keeps per region: the proxy sends writes to the healthy `primary` first and a failover name
+//! answers it. A change of role is logged at info level; two healthy regions claiming the lease
+//! at once is logged at error level and counted (see [`crate::metrics`]).
 //!
 //! Nothing here assumes short intervals: a check runs at most once per interval (late ticks are
 //! delayed, never bunched up), and a check never takes longer than its timeout.
 
 use crate::admin::StateStore;
-use crate::health::{HealthState, Probe};
+use crate::health::{HealthState, Lease, Probe, Role};
 use crate::runtime::RouterCtx;
 use crate::state::RegionEntry;
 use atoll_config::router::RouterHealthConfig;
@@ -33,11 +41,25 @@ use tokio::time::MissedTickBehavior;
 /// Largest health-check body read.
 const MAX_HEALTH_BODY: usize = 64 << 10;
 
-/// The outcome of one check, with the round trip when the region answered at all.
+/// The outcome of one check, with the round trip and what the answer said about the write lease
+/// when the region answered at all.
 #[derive(Clone, Debug, PartialEq)]
 pub struct CheckResult {
     pub probe: Probe,
     pub rtt_ms: Option<f64>,
+    /// `None` when the region did not answer (the last report stands).
+    pub lease: Option<Lease>,
+}
+
+impl CheckResult {
+    /// A check the region did not answer.
+    pub fn failed(why: String) -> Self {
+        Self {
+            probe: Probe::Failed(why),
+            rtt_ms: None,
+            lease: None,
+        }
+    }
 }
 
 /// A boxed check future.
@@ -54,7 +76,11 @@ pub fn evaluate(status: u16, body: &[u8], expect_status: u16, expect_body: Optio
         match v.get("status").and_then(|s| s.as_str()) {
             Some("draining") => return Probe::Draining,
             Some("fenced") => return Probe::Fenced,
+            Some("passive") => return Probe::Passive,
             _ => {}
+        }
+        if v.get("role").and_then(|s| s.as_str()) == Some("passive") {
+            return Probe::Passive;
         }
     }
     if status != expect_status {
@@ -67,6 +93,29 @@ pub fn evaluate(status: u16, body: &[u8], expect_status: u16, expect_body: Optio
         }
     }
     Probe::Ok
+}
+
+/// What a health-check answer says about the write lease: `role`, `epoch` and `primary` of a
+/// JSON body. A missing or unknown `role` is `active`, a missing `epoch` 0, a missing, `null` or
+/// malformed `primary` none; a body that is not JSON says nothing ([`Lease::default`]).
+pub fn lease_report(body: &[u8]) -> Lease {
+    let Ok(v) = serde_json::from_slice::<serde_json::Value>(body) else {
+        return Lease::default();
+    };
+    let role = v
+        .get("role")
+        .filter(|r| r.is_string())
+        .and_then(|r| serde_json::from_value::<Role>(r.clone()).ok())
+        .unwrap_or(Role::Active);
+    Lease {
+        role,
+        epoch: v.get("epoch").and_then(|e| e.as_u64()).unwrap_or(0),
+        primary: v
+            .get("primary")
+            .and_then(|p| p.as_str())
+            .and_then(|p| atoll_core::RegionId::new(p).ok())
+            .map(|p| p.to_string()),
+    }
 }
 
 /// Checks regions over HTTP with pooled keep-alive connections.
@@ -104,12 +153,7 @@ impl HttpChecker {
     async fn run(&self, region: &RegionEntry) -> CheckResult {
         let uri = match format!("http://{}{}", region.api, self.path).parse::<hyper::Uri>() {
             Ok(u) => u,
-            Err(e) => {
-                return CheckResult {
-                    probe: Probe::Failed(format!("bad health-check URL: {e}")),
-                    rtt_ms: None,
-                };
-            }
+            Err(e) => return CheckResult::failed(format!("bad health-check URL: {e}")),
         };
         let start = Instant::now();
         let fut = async {
@@ -128,14 +172,10 @@ impl HttpChecker {
             Ok::<_, String>((status, body, rtt_ms))
         };
         match tokio::time::timeout(self.timeout, fut).await {
-            Err(_) => CheckResult {
-                probe: Probe::Failed(format!("timed out after {} ms", self.timeout.as_millis())),
-                rtt_ms: None,
-            },
-            Ok(Err(why)) => CheckResult {
-                probe: Probe::Failed(why),
-                rtt_ms: None,
-            },
+            Err(_) => {
+                CheckResult::failed(format!("timed out after {} ms", self.timeout.as_millis()))
+            }
+            Ok(Err(why)) => CheckResult::failed(why),
             Ok(Ok((status, body, rtt))) => CheckResult {
                 probe: evaluate(
                     status,
@@ -144,6 +184,7 @@ impl HttpChecker {
                     self.expect_body.as_deref(),
                 ),
                 rtt_ms: Some(rtt),
+                lease: Some(lease_report(&body)),
             },
         }
     }
@@ -207,21 +248,39 @@ impl Prober {
         let limit = self.timeout + Duration::from_millis(100);
         let res = match tokio::time::timeout(limit, self.checker.check(region)).await {
             Ok(r) => r,
-            Err(_) => CheckResult {
-                probe: Probe::Failed(format!("timed out after {} ms", self.timeout.as_millis())),
-                rtt_ms: None,
-            },
+            Err(_) => {
+                CheckResult::failed(format!("timed out after {} ms", self.timeout.as_millis()))
+            }
         };
         let name = region.name.as_str();
         self.ctx.metrics.observe_check(name, start.elapsed());
         let now = self.ctx.now_ms();
         let probe_text = format!("{:?}", res.probe);
+        let before = self.ctx.state.lease(&region.name).ok().flatten();
+        if let Some(after) = &res.lease
+            && before.as_ref().is_none_or(|b| b.role != after.role)
+        {
+            tracing::info!(
+                region = name,
+                from = before.as_ref().map_or("unknown", |b| b.role.as_str()),
+                to = after.role.as_str(),
+                epoch = after.epoch,
+                primary = after.primary.as_deref().unwrap_or("none"),
+                "region reports a new fencing role"
+            );
+        }
         match self
             .ctx
             .state
-            .observe_probe(&region.name, res.probe, res.rtt_ms, now)
+            .observe_check(&region.name, res.probe, res.lease, res.rtt_ms, now)
         {
             Ok(Some(t)) => match t.to {
+                HealthState::Passive => tracing::info!(
+                    region = name,
+                    from = t.from.as_str(),
+                    reason = %t.reason,
+                    "region is passive: no client traffic until it is promoted"
+                ),
                 HealthState::Unhealthy => tracing::warn!(
                     region = name,
                     from = t.from.as_str(),
@@ -367,6 +426,69 @@ mod tests {
         );
     }
 
+    #[test]
+    fn evaluate_reads_passive_and_the_lease() {
+        // What a region of issue 8 answers (crates/atoll-server/src/api.rs `healthz`).
+        let standby = br#"{"status":"serving","region":"eu-west-1","role":"standby","epoch":7,"primary":"us-east-1","replication":{"established":true}}"#;
+        assert_eq!(evaluate(200, standby, 200, None), Probe::Ok);
+        assert_eq!(
+            lease_report(standby),
+            Lease {
+                role: Role::Standby,
+                epoch: 7,
+                primary: Some("us-east-1".into())
+            }
+        );
+        let primary = br#"{"status":"serving","region":"us-east-1","role":"primary","epoch":7,"primary":"us-east-1"}"#;
+        assert_eq!(evaluate(200, primary, 200, None), Probe::Ok);
+        assert_eq!(lease_report(primary).role, Role::Primary);
+        // Holds the lease without a window: serving (reads), not primary for writes.
+        let fenced = br#"{"status":"serving","region":"us-east-1","role":"fenced","epoch":8,"primary":"us-east-1"}"#;
+        assert_eq!(evaluate(200, fenced, 200, None), Probe::Ok);
+        assert_eq!(lease_report(fenced).role, Role::Fenced);
+        let ro =
+            br#"{"status":"serving","region":"a","role":"read-only","epoch":0,"primary":null}"#;
+        assert_eq!(
+            lease_report(ro),
+            Lease {
+                role: Role::ReadOnly,
+                epoch: 0,
+                primary: None
+            }
+        );
+        // Passive: out at once, reported as passive (by its status, or its role alone).
+        let passive = br#"{"status":"passive","region":"ap-southeast-1","role":"passive","epoch":7,"primary":"us-east-1"}"#;
+        assert_eq!(evaluate(200, passive, 200, None), Probe::Passive);
+        assert_eq!(lease_report(passive).role, Role::Passive);
+        assert_eq!(
+            evaluate(200, br#"{"status":"serving","role":"passive"}"#, 200, None),
+            Probe::Passive
+        );
+        // Draining wins over passive (it is going away either way).
+        assert_eq!(
+            evaluate(503, br#"{"status":"draining","role":"passive"}"#, 200, None),
+            Probe::Draining
+        );
+        // An older region, or active-active without fencing: active, epoch 0, nothing changes.
+        for says_nothing in [
+            &br#"{"status":"serving"}"#[..],
+            br#"{"status":"serving","role":"warden","epoch":"x","primary":7}"#,
+            br#"{"status":"serving","role":5,"primary":"Not A Region!"}"#,
+            b"OK",
+            b"",
+        ] {
+            assert_eq!(
+                lease_report(says_nothing),
+                Lease::default(),
+                "{says_nothing:?}"
+            );
+        }
+        assert_eq!(
+            evaluate(200, br#"{"status":"serving"}"#, 200, None),
+            Probe::Ok
+        );
+    }
+
     /// A clock that follows tokio's (paused) time.
     struct TokioClock(tokio::time::Instant);
     impl Clock for TokioClock {
@@ -395,6 +517,7 @@ mod tests {
                 CheckResult {
                     probe,
                     rtt_ms: Some(1.0),
+                    lease: None,
                 }
             })
         }

@@ -28,6 +28,19 @@
 //!   because doing it twice would apply it twice.
 //! - A `502`/`503`/`504` answer to an idempotent request is retried on the next region too; other
 //!   answers go back to the client as they are.
+//! - **A fencing refusal** (`503` whose JSON error code is `ATOLL-NOT-PRIMARY`, `ATOLL-FENCED` or
+//!   `ATOLL-PASSIVE`, see [`fencing_refusal`]) says the region did not apply the request: it is
+//!   retried on the next region **whatever its method**, counted in
+//!   `atoll_router_retries_total{reason="not-primary"|"fenced"|"passive"}`, and not counted as a
+//!   failure by outlier detection (the region is up; it only does not hold the write lease). The
+//!   body of a `503` is read (at most [`REFUSAL_PEEK_BYTES`], within [`REFUSAL_PEEK_TIMEOUT`]) to
+//!   tell; the client gets it unchanged when it is not retried.
+//!
+//! **Writes follow the write lease** (`docs/design/fencing.md`): a request with any method but
+//! `GET`, `HEAD` and `OPTIONS` goes first to the healthy region whose `/healthz` role is
+//! `primary` ([`RouterState::decide_for`] with [`Access::Write`]), then in the policy's usual
+//! order; reads go by the policy (a failover name puts the primary first for them too). Passive
+//! regions get nothing.
 //!
 //! Every attempt's outcome feeds passive outlier detection
 //! ([`RouterState::observe_request`]): consecutive failures (connection errors, timeouts, 5xx)
@@ -39,11 +52,12 @@
 //! and discarded after the answer ([`crate::unread`]), so the client can read that answer.
 //!
 //! [`RouterState::decide`]: crate::state::RouterState::decide
+//! [`RouterState::decide_for`]: crate::state::RouterState::decide_for
 //! [`RouterState::observe_request`]: crate::state::RouterState::observe_request
 
 use crate::health::HealthState;
 use crate::metrics::mode_str;
-use crate::policy::Mode;
+use crate::policy::{Access, Mode};
 use crate::prober::describe_client_error;
 use crate::runtime::RouterCtx;
 use crate::state::RegionEntry;
@@ -62,6 +76,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use prometheus_client::metrics::gauge::Gauge;
 use serde_json::json;
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -289,6 +304,111 @@ impl hyper::body::Body for Guarded {
     }
 }
 
+/// Most bytes of a `503` answer's body read to tell a fencing refusal from another `503`.
+pub const REFUSAL_PEEK_BYTES: usize = 16 << 10;
+
+/// Longest wait for the body of a `503` answer (capped at the upstream timeout); one that takes
+/// longer is passed on as a plain `503`.
+pub const REFUSAL_PEEK_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Whether an answer is a region's fencing refusal (`docs/design/fencing.md`): a `503` whose
+/// JSON error code is `ATOLL-NOT-PRIMARY` (not the lease holder, or no write window right now),
+/// `ATOLL-FENCED` (a read-only keyspace cut off from the majority) or `ATOLL-PASSIVE`. Each means
+/// the request was **not applied**, so it may go to another region whatever its method. Returns
+/// the retry reason (`not-primary`, `fenced`, `passive`); `None` for anything else.
+pub fn fencing_refusal(status: u16, body: &[u8]) -> Option<&'static str> {
+    if status != 503 {
+        return None;
+    }
+    let v: serde_json::Value = serde_json::from_slice(body).ok()?;
+    match v.get("error")?.get("code")?.as_str()? {
+        "ATOLL-NOT-PRIMARY" => Some("not-primary"),
+        "ATOLL-FENCED" => Some("fenced"),
+        "ATOLL-PASSIVE" => Some("passive"),
+        _ => None,
+    }
+}
+
+/// A region's response body of which the first frames were already read: they are sent first,
+/// then the rest (or the error that ended the read).
+struct Replayed {
+    read: VecDeque<Frame<Bytes>>,
+    error: Option<hyper::Error>,
+    ended: bool,
+    rest: Guarded,
+}
+
+impl hyper::body::Body for Replayed {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        if let Some(f) = self.read.pop_front() {
+            return Poll::Ready(Some(Ok(f)));
+        }
+        if let Some(e) = self.error.take() {
+            self.ended = true;
+            return Poll::Ready(Some(Err(e)));
+        }
+        if self.ended {
+            return Poll::Ready(None);
+        }
+        Pin::new(&mut self.rest).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.read.is_empty() && self.error.is_none() && (self.ended || self.rest.is_end_stream())
+    }
+}
+
+/// Reads the start of a `503` body (up to [`REFUSAL_PEEK_BYTES`] or `limit`): the answer with its
+/// body intact, and whether the whole body is a fencing refusal (with its retry reason).
+async fn peek_refusal(
+    parts: hyper::http::response::Parts,
+    mut body: Guarded,
+    limit: Duration,
+) -> (Response, Option<&'static str>) {
+    let deadline = tokio::time::Instant::now() + limit;
+    let mut read = VecDeque::new();
+    let mut data = Vec::new();
+    let mut error = None;
+    let mut ended = false;
+    while data.len() <= REFUSAL_PEEK_BYTES {
+        match tokio::time::timeout_at(deadline, body.frame()).await {
+            Err(_) => break,
+            Ok(None) => {
+                ended = true;
+                break;
+            }
+            Ok(Some(Err(e))) => {
+                error = Some(e);
+                break;
+            }
+            Ok(Some(Ok(f))) => {
+                if let Some(d) = f.data_ref() {
+                    data.extend_from_slice(d);
+                }
+                read.push_back(f);
+            }
+        }
+    }
+    let reason = if ended {
+        fencing_refusal(parts.status.as_u16(), &data)
+    } else {
+        None
+    };
+    let replay = Replayed {
+        read,
+        error,
+        ended,
+        rest: body,
+    };
+    (Response::from_parts(parts, Body::new(replay)), reason)
+}
+
 /// Why an attempt failed.
 enum Failure {
     /// The connection could not be made: the request did not reach the region.
@@ -299,6 +419,8 @@ enum Failure {
     Timeout,
     /// The region answered 502/503/504.
     Status(Response),
+    /// The region refused the request because of fencing ([`fencing_refusal`]): not applied.
+    Refused(Response, &'static str),
 }
 
 /// The proxy of one routed name.
@@ -411,13 +533,19 @@ impl Proxy {
         self.ctx.metrics.observe_upstream(name, start.elapsed());
         let (mut rparts, rbody) = resp.into_parts();
         strip_hop_by_hop(&mut rparts.headers);
-        let out = Response::from_parts(
-            rparts,
-            Body::new(Guarded {
-                inner: rbody,
-                _guard: guard,
-            }),
-        );
+        let rbody = Guarded {
+            inner: rbody,
+            _guard: guard,
+        };
+        if rparts.status == StatusCode::SERVICE_UNAVAILABLE {
+            let limit = REFUSAL_PEEK_TIMEOUT.min(self.settings.upstream_timeout);
+            let (out, refusal) = peek_refusal(rparts, rbody, limit).await;
+            return Err(match refusal {
+                Some(reason) => Failure::Refused(out, reason),
+                None => Failure::Status(out),
+            });
+        }
+        let out = Response::from_parts(rparts, Body::new(rbody));
         if matches!(out.status().as_u16(), 502..=504) {
             return Err(Failure::Status(out));
         }
@@ -482,10 +610,14 @@ impl Proxy {
         };
 
         let now = self.ctx.now_ms();
+        let access = match parts.method {
+            Method::GET | Method::HEAD | Method::OPTIONS => Access::Read,
+            _ => Access::Write,
+        };
         let choice = match self
             .ctx
             .state
-            .decide(&self.name, None, fastrand::f64(), now)
+            .decide_for(&self.name, access, None, fastrand::f64(), now)
         {
             Ok(c) => c,
             Err(e) => {
@@ -569,6 +701,18 @@ impl Proxy {
                         tracing::debug!(region = %rname, status = code, "retrying on the next region");
                         self.ctx.metrics.retry(&rname, "status");
                         tried.push(format!("{rname}: answered {code}"));
+                        last_status = Some((rname, resp));
+                        continue;
+                    }
+                    return self.finish(&rname, resp);
+                }
+                Err(Failure::Refused(resp, reason)) => {
+                    // Not applied, and the region is up (it does not hold the lease, or is cut
+                    // off): no outlier report, and any method may go on to the next region.
+                    if has_next {
+                        tracing::debug!(region = %rname, method = %parts.method, reason, "region refused the request because of fencing (not applied): retrying on the next region");
+                        self.ctx.metrics.retry(&rname, reason);
+                        tried.push(format!("{rname}: refused ({reason})"));
                         last_status = Some((rname, resp));
                         continue;
                     }
@@ -743,6 +887,38 @@ mod tests {
             ("/v1/kv\\..\\replication", Refusal::NotClientApi),
         ] {
             assert_eq!(classify(bad), Err(why), "{bad}");
+        }
+    }
+
+    #[test]
+    fn fencing_refusals_are_told_from_other_answers() {
+        let body = |code: &str| {
+            format!(r#"{{"error":{{"code":"{code}","message":"m","hint":"h","retryable":true}}}}"#)
+        };
+        for (code, reason) in [
+            ("ATOLL-NOT-PRIMARY", "not-primary"),
+            ("ATOLL-FENCED", "fenced"),
+            ("ATOLL-PASSIVE", "passive"),
+        ] {
+            assert_eq!(
+                fencing_refusal(503, body(code).as_bytes()),
+                Some(reason),
+                "{code}"
+            );
+            // Only as a 503, the status regions answer them with.
+            assert_eq!(fencing_refusal(500, body(code).as_bytes()), None);
+        }
+        for other in [
+            body("ATOLL-OVERLOADED"),
+            body("ATOLL-SHUTTING-DOWN"),
+            body("ATOLL-CONTROL-UNAVAILABLE"),
+            r#"{"code":"ATOLL-NOT-PRIMARY"}"#.to_string(),
+            r#"{"error":{"code":7}}"#.to_string(),
+            r#"{"error":{"code":"ATOLL-NOT-PRIMARY""#.to_string(),
+            "Service Unavailable".to_string(),
+            String::new(),
+        ] {
+            assert_eq!(fencing_refusal(503, other.as_bytes()), None, "{other}");
         }
     }
 

@@ -1,9 +1,12 @@
-//! The router's shared view: per-region health, drains, weight overrides, measured RTTs and the
-//! last known good set, and the decisions made from them. Plain Rust behind a mutex; the
-//! adapters (prober, proxy, DNS, admin API) share one [`RouterState`].
+//! The router's shared view: per-region health, what each region last said about the write lease
+//! (role, epoch, primary), drains, weight overrides, measured RTTs and the last known good set,
+//! and the decisions made from them. Plain Rust behind a mutex; the adapters (prober, proxy,
+//! DNS, admin API) share one [`RouterState`].
 
-use crate::health::{HealthConfig, HealthState, Probe, RegionHealth, Transition};
-use crate::policy::{Candidate, Choice, Mode, NoHealthy, PolicyKind, choose};
+use crate::health::{HealthConfig, HealthState, Lease, Probe, RegionHealth, Role, Transition};
+use crate::policy::{
+    Access, Candidate, Choice, Mode, NoHealthy, PolicyKind, Primary, choose, primary_of,
+};
 use atoll_config::Config;
 use atoll_config::router::{InitialHealth, NoHealthyPolicy, RoutePolicy, RoutedName, RouterConfig};
 use atoll_core::op::Policy;
@@ -59,6 +62,20 @@ pub struct RegionStatus {
     pub ramp: f64,
     pub rtt_ms: Option<f64>,
     pub checks: u64,
+    /// The fencing role the region last reported (`active` when its `/healthz` says none;
+    /// `passive` also while its health is passive); `None` until it first answered a check.
+    pub role: Option<Role>,
+    /// The lease epoch it last reported.
+    pub epoch: Option<u64>,
+    /// The lease holder it last named.
+    pub primary: Option<String>,
+}
+
+/// A region claiming the write lease, with the epoch it claims.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct PrimaryClaim {
+    pub region: String,
+    pub epoch: u64,
 }
 
 /// One routed name in the router's status.
@@ -80,10 +97,18 @@ pub struct NameStatus {
 pub struct RouterStatus {
     pub regions: Vec<RegionStatus>,
     pub names: Vec<NameStatus>,
+    /// Where writes go first: the routable region whose role is `primary` (the higher epoch if
+    /// two claim it); `None` when none does (active-active, or no healthy primary).
+    pub primary: Option<PrimaryClaim>,
+    /// Every routable region claiming `primary`. More than one must never happen (fencing
+    /// prevents it); the router logs it and counts it.
+    pub primary_claims: Vec<PrimaryClaim>,
 }
 
 struct Inner {
     health: BTreeMap<RegionId, RegionHealth>,
+    /// What each region last said about the write lease (absent until it first answered).
+    leases: BTreeMap<RegionId, Lease>,
     rtt_ms: BTreeMap<RegionId, f64>,
     persisted: Persisted,
     last_known_good: Vec<RegionId>,
@@ -161,6 +186,7 @@ impl RouterState {
             health_cfg,
             inner: Mutex::new(Inner {
                 health,
+                leases: BTreeMap::new(),
                 rtt_ms: BTreeMap::new(),
                 persisted: Persisted {
                     version: DRAINS_VERSION,
@@ -211,7 +237,8 @@ impl RouterState {
         })
     }
 
-    /// Takes in an active check result (and the check's round trip when it succeeded).
+    /// Takes in an active check result (and the check's round trip when it succeeded), leaving
+    /// what the region said about the lease as it was.
     pub fn observe_probe(
         &self,
         region: &RegionId,
@@ -219,7 +246,25 @@ impl RouterState {
         rtt_ms: Option<f64>,
         now_ms: u64,
     ) -> Result<Option<Transition>> {
+        self.observe_check(region, probe, None, rtt_ms, now_ms)
+    }
+
+    /// Takes in an active check result, what the region's answer said about the write lease
+    /// (`None` when it did not answer: the last report stands), and the check's round trip.
+    pub fn observe_check(
+        &self,
+        region: &RegionId,
+        probe: Probe,
+        lease: Option<Lease>,
+        rtt_ms: Option<f64>,
+        now_ms: u64,
+    ) -> Result<Option<Transition>> {
         let mut inner = self.lock()?;
+        if let Some(l) = lease
+            && inner.health.contains_key(region)
+        {
+            inner.leases.insert(region.clone(), l);
+        }
         if let Some(rtt) = rtt_ms {
             // Smoothed like TCP's SRTT so one slow check does not reorder regions.
             let e = inner.rtt_ms.entry(region.clone()).or_insert(rtt);
@@ -231,6 +276,11 @@ impl RouterState {
             .and_then(|h| h.observe(probe, now_ms));
         Self::remember_good(&mut inner);
         Ok(t)
+    }
+
+    /// What `region` last said about the write lease (`None` before it first answered).
+    pub fn lease(&self, region: &RegionId) -> Result<Option<Lease>> {
+        Ok(self.lock()?.leases.get(region).cloned())
     }
 
     /// Takes in the outcome of a proxied request (passive outlier detection).
@@ -414,8 +464,20 @@ impl RouterState {
         })
     }
 
-    /// Chooses regions for a query of `fqdn` (DNS) or a request routed by `fqdn`'s policy
-    /// (proxy). `None` if the name is not routed. `rand` is uniform in [0, 1).
+    /// The role a region is routed by: passive while its health is passive, else what it last
+    /// reported (`None` before it first answered).
+    fn role_in(inner: &Inner, region: &RegionId) -> Option<Role> {
+        if inner
+            .health
+            .get(region)
+            .is_some_and(|h| h.state() == HealthState::Passive)
+        {
+            return Some(Role::Passive);
+        }
+        inner.leases.get(region).map(|l| l.role)
+    }
+
+    /// Chooses regions for a query of `fqdn` (DNS): a read.
     pub fn decide(
         &self,
         name: &RoutedName,
@@ -423,38 +485,82 @@ impl RouterState {
         rand: f64,
         now_ms: u64,
     ) -> Result<Choice> {
+        self.decide_for(name, Access::Read, client, rand, now_ms)
+    }
+
+    /// Chooses regions for a request routed by `name`'s policy (proxy) or a query (DNS, a read):
+    /// writes go to the healthy lease holder first. `rand` is uniform in [0, 1).
+    pub fn decide_for(
+        &self,
+        name: &RoutedName,
+        access: Access,
+        client: Option<(f64, f64)>,
+        rand: f64,
+        now_ms: u64,
+    ) -> Result<Choice> {
         let inner = self.lock()?;
-        let weights = inner.persisted.weights.get(&name.fqdn);
-        let cands: Vec<Candidate> = name
-            .regions
-            .iter()
-            .enumerate()
-            .filter_map(|(order, r)| {
-                let entry = self.region(r)?;
-                let h = inner.health.get(&entry.name)?;
-                Some(Candidate {
-                    region: entry.name.clone(),
-                    healthy: h.is_routable(),
-                    drained: inner.persisted.drains.contains_key(r.as_str()),
-                    ramp: h.ramp(now_ms),
-                    weight: weights
-                        .and_then(|w| w.get(r).copied())
-                        .or_else(|| name.weights.get(r).copied())
-                        .unwrap_or(1),
-                    order,
-                    rtt_ms: inner.rtt_ms.get(&entry.name).copied(),
-                    location: entry.location,
-                })
-            })
-            .collect();
+        let cands = self.candidates(&inner, name, now_ms);
         Ok(choose(
             policy_kind(name.policy),
             no_healthy(name.no_healthy),
+            access,
             &cands,
             client,
             &inner.last_known_good,
             rand,
         ))
+    }
+
+    /// The lease holder among every region (writes go there first), and every routable region
+    /// claiming the lease.
+    pub fn primary(&self, now_ms: u64) -> Result<Primary> {
+        let inner = self.lock()?;
+        let cands: Vec<Candidate> = self
+            .regions
+            .iter()
+            .filter_map(|e| self.candidate(&inner, e, e.order, 1, now_ms))
+            .collect();
+        Ok(primary_of(&cands))
+    }
+
+    fn candidate(
+        &self,
+        inner: &Inner,
+        entry: &RegionEntry,
+        order: usize,
+        weight: u32,
+        now_ms: u64,
+    ) -> Option<Candidate> {
+        let h = inner.health.get(&entry.name)?;
+        let lease = inner.leases.get(&entry.name);
+        Some(Candidate {
+            region: entry.name.clone(),
+            healthy: h.is_routable(),
+            drained: inner.persisted.drains.contains_key(entry.name.as_str()),
+            ramp: h.ramp(now_ms),
+            weight,
+            order,
+            rtt_ms: inner.rtt_ms.get(&entry.name).copied(),
+            location: entry.location,
+            role: Self::role_in(inner, &entry.name).unwrap_or(Role::Active),
+            epoch: lease.map_or(0, |l| l.epoch),
+        })
+    }
+
+    fn candidates(&self, inner: &Inner, name: &RoutedName, now_ms: u64) -> Vec<Candidate> {
+        let weights = inner.persisted.weights.get(&name.fqdn);
+        name.regions
+            .iter()
+            .enumerate()
+            .filter_map(|(order, r)| {
+                let entry = self.region(r)?;
+                let weight = weights
+                    .and_then(|w| w.get(r).copied())
+                    .or_else(|| name.weights.get(r).copied())
+                    .unwrap_or(1);
+                self.candidate(inner, entry, order, weight, now_ms)
+            })
+            .collect()
     }
 
     /// The router's status: every region's health as this router sees it, and every name's mode.
@@ -475,6 +581,9 @@ impl RouterState {
                         ramp: h.ramp(now_ms),
                         rtt_ms: inner.rtt_ms.get(&r.name).copied(),
                         checks: h.checks(),
+                        role: Self::role_in(&inner, &r.name),
+                        epoch: inner.leases.get(&r.name).map(|l| l.epoch),
+                        primary: inner.leases.get(&r.name).and_then(|l| l.primary.clone()),
                     })
                 })
                 .collect()
@@ -499,7 +608,17 @@ impl RouterState {
                 weights,
             });
         }
-        Ok(RouterStatus { regions, names })
+        let p = self.primary(now_ms)?;
+        let claim = |(r, epoch): &(RegionId, u64)| PrimaryClaim {
+            region: r.to_string(),
+            epoch: *epoch,
+        };
+        Ok(RouterStatus {
+            regions,
+            names,
+            primary: p.claims.first().map(claim),
+            primary_claims: p.claims.iter().map(claim).collect(),
+        })
     }
 }
 
@@ -635,5 +754,98 @@ policy = "weighted"
             ..back
         };
         assert!(s2.restore(newer).is_err());
+    }
+
+    fn lease(role: Role, epoch: u64, primary: Option<&str>) -> Option<Lease> {
+        Some(Lease {
+            role,
+            epoch,
+            primary: primary.map(str::to_string),
+        })
+    }
+
+    #[test]
+    fn roles_are_kept_shown_and_followed() {
+        let s = state();
+        let api = s.config().name("api.atoll.test.").unwrap().clone();
+        let (us, eu) = (r("us-east-1"), r("eu-west-1"));
+        s.observe_check(
+            &us,
+            Probe::Ok,
+            lease(Role::Standby, 2, Some("eu-west-1")),
+            Some(1.0),
+            0,
+        )
+        .unwrap();
+        s.observe_check(
+            &eu,
+            Probe::Ok,
+            lease(Role::Primary, 2, Some("eu-west-1")),
+            Some(9.0),
+            0,
+        )
+        .unwrap();
+        let st = s.status(0).unwrap();
+        assert_eq!(st.regions[0].role, Some(Role::Standby));
+        assert_eq!(st.regions[0].epoch, Some(2));
+        assert_eq!(st.regions[0].primary.as_deref(), Some("eu-west-1"));
+        assert_eq!(
+            st.primary,
+            Some(PrimaryClaim {
+                region: "eu-west-1".into(),
+                epoch: 2
+            })
+        );
+        assert_eq!(st.primary_claims.len(), 1);
+        // The failover name answers the lease holder, reads and writes alike.
+        for access in [Access::Read, Access::Write] {
+            let ch = s.decide_for(&api, access, None, 0.0, 0).unwrap();
+            assert_eq!(ch.ranked[0].as_str(), "eu-west-1", "{access:?}");
+        }
+        // A check without an answer leaves the last report; a later answer replaces it.
+        s.observe_check(&eu, Probe::Failed("timeout".into()), None, None, 10)
+            .unwrap();
+        assert_eq!(s.status(10).unwrap().regions[1].role, Some(Role::Primary));
+        assert!(
+            s.status(10).unwrap().primary.is_none(),
+            "unhealthy: no claim"
+        );
+        s.observe_check(&eu, Probe::Ok, Some(Lease::default()), Some(9.0), 20)
+            .unwrap();
+        let st = s.status(20).unwrap();
+        assert_eq!(st.regions[1].role, Some(Role::Active));
+        assert!(st.primary.is_none() && st.primary_claims.is_empty());
+        assert_eq!(
+            s.decide(&api, None, 0.0, 20).unwrap().ranked[0].as_str(),
+            "us-east-1",
+            "no primary: the configured order"
+        );
+    }
+
+    #[test]
+    fn a_passive_region_is_reported_as_passive_and_never_routed() {
+        let s = state();
+        let api = s.config().name("api.atoll.test.").unwrap().clone();
+        s.observe_check(
+            &r("us-east-1"),
+            Probe::Passive,
+            lease(Role::Passive, 1, Some("eu-west-1")),
+            Some(1.0),
+            0,
+        )
+        .unwrap();
+        assert!(s.starting(&api).unwrap(), "eu-west-1 not checked yet");
+        s.observe_probe(&r("eu-west-1"), Probe::Failed("refused".into()), None, 0)
+            .unwrap();
+        assert!(!s.starting(&api).unwrap(), "passive is a verdict");
+        let st = s.status(0).unwrap();
+        let us = &st.regions[0];
+        assert_eq!(
+            (us.health, us.routable, us.role),
+            (HealthState::Passive, false, Some(Role::Passive))
+        );
+        assert!(us.reason.contains("passive"), "{}", us.reason);
+        let ch = s.decide_for(&api, Access::Write, None, 0.0, 0).unwrap();
+        assert_eq!((ch.ranked.len(), ch.mode), (0, Mode::FailClosed));
     }
 }

@@ -5,7 +5,7 @@ use atoll_config::Config;
 use atoll_core::RegionId;
 use atoll_core::clock::{Clock, ManualClock};
 use atoll_router::dns::{DnsHandler, DnsMetrics, DnsOptions, DnsServer, locate_subnet};
-use atoll_router::health::Probe;
+use atoll_router::health::{Lease, Probe, Role};
 use atoll_router::state::RouterState;
 use hickory_net::runtime::TokioRuntimeProvider;
 use hickory_net::tcp::TcpClientStream;
@@ -172,6 +172,30 @@ impl Fixture {
         self.clock.advance(1000);
         self.state
             .observe_probe(&rid(region), p, rtt, self.clock.physical_ms())
+            .unwrap();
+    }
+
+    /// A good check whose `/healthz` reports this fencing role.
+    fn role(&self, region: &str, role: Role, epoch: u64, primary: &str) {
+        self.clock.advance(1000);
+        let probe = if role == Role::Passive {
+            Probe::Passive
+        } else {
+            Probe::Ok
+        };
+        let lease = Lease {
+            role,
+            epoch,
+            primary: Some(primary.to_string()),
+        };
+        self.state
+            .observe_check(
+                &rid(region),
+                probe,
+                Some(lease),
+                None,
+                self.clock.physical_ms(),
+            )
             .unwrap();
     }
 
@@ -933,4 +957,44 @@ proptest::proptest! {
             proptest::prop_assert!(Message::from_vec(&out).is_ok());
         }
     }
+}
+
+#[tokio::test]
+async fn a_failover_name_follows_the_lease_and_passive_regions_are_never_answered() {
+    let f = Fixture::start().await;
+    let answer = |name: &'static str| {
+        let f = &f;
+        async move { answered_region(&f.ask(name, RecordType::A).await) }
+    };
+    // No roles reported (active-active): the configured order, eu-west-1 first.
+    assert_eq!(answer("primary.atoll.test.").await, EU);
+    // us-east-1 holds the lease: the failover name answers it; the latency name is unchanged.
+    f.role(US, Role::Primary, 2, US);
+    f.role(EU, Role::Standby, 2, US);
+    assert_eq!(answer("primary.atoll.test.").await, US);
+    assert_eq!(answer("closed.atoll.test.").await, US);
+    assert_eq!(answer("api.atoll.test.").await, US, "nearest by RTT");
+    // The lease moves to eu-west-1 (epoch 3) before us-east-1's next check: two claims, the
+    // higher epoch wins at once.
+    f.role(EU, Role::Primary, 3, EU);
+    assert_eq!(answer("primary.atoll.test.").await, EU);
+    let st = f.state.status(f.clock.physical_ms()).unwrap();
+    assert_eq!(st.primary_claims.len(), 2);
+    assert_eq!(st.primary.as_ref().map(|p| p.region.as_str()), Some(EU));
+    f.role(US, Role::Standby, 3, EU);
+    assert_eq!(answer("primary.atoll.test.").await, EU);
+    // The primary unhealthy: the configured order among the others.
+    f.fail(EU, 3);
+    assert_eq!(answer("primary.atoll.test.").await, US);
+    // A passive region is never answered: not for a client next to it, not under fail-open.
+    f.role(AP, Role::Passive, 3, EU);
+    let near_ap = f.ecs("api.atoll.test.", "203.0.113.0/24").await;
+    assert_ne!(answered_region(&near_ap), AP);
+    f.fail(US, 3);
+    assert_eq!(
+        answer("deep.sub.atoll.test.").await,
+        US,
+        "fail-open: every region but the passive one"
+    );
+    f.server.shutdown().await.unwrap();
 }

@@ -1,5 +1,5 @@
 //! Active health checks against fake regions toggled up and down: thresholds, recovery, regions
-//! that say they are draining or fenced, timeouts, and long intervals.
+//! that say they are draining, fenced or passive, fencing roles, timeouts, and long intervals.
 
 mod common;
 
@@ -125,6 +125,98 @@ async fn a_region_that_says_it_is_draining_or_fenced_is_out_at_once() {
         assert!(st.reason.contains(word), "{}", st.reason);
         h.shutdown().await;
     }
+}
+
+#[tokio::test]
+async fn a_passive_region_is_out_at_once_and_back_within_a_check_when_promoted() {
+    let a = FakeRegion::start("a").await;
+    let b = FakeRegion::start("b").await;
+    a.set_health(Mode::role("primary", 1, Some("a")));
+    b.set_health(Mode::Role {
+        status: "passive",
+        role: "passive",
+        epoch: 1,
+        primary: Some("a"),
+    });
+    // failure_threshold 5, recovery_threshold 3: neither applies to passive.
+    let cfg = config(&[("a", a.addr), ("b", b.addr)], &router_toml(5, 3));
+    let dir = tempfile::tempdir().unwrap();
+    let h = start_router(cfg, dir.path(), None).await;
+    wait_health(&h, "a", HealthState::Healthy, within(1)).await;
+    let st = wait_health(&h, "b", HealthState::Passive, within(1)).await;
+    assert!(!st.routable);
+    assert!(st.reason.contains("passive"), "{}", st.reason);
+    assert_eq!(st.role, Some(atoll_router::health::Role::Passive));
+    assert_eq!(st.primary.as_deref(), Some("a"));
+    let status = h.ctx().state.status(h.ctx().now_ms()).unwrap();
+    assert_eq!(status.primary.map(|p| p.region), Some("a".to_string()));
+    assert!(!status.names[0].starting, "passive is a verdict");
+
+    // An operator promotes b (epoch 2); a is passive now. One check each moves them.
+    let before = health_of(h.ctx(), "b").checks;
+    b.set_health(Mode::role("primary", 2, Some("b")));
+    a.set_health(Mode::Role {
+        status: "passive",
+        role: "passive",
+        epoch: 2,
+        primary: Some("b"),
+    });
+    let st = wait_health(&h, "b", HealthState::Healthy, within(1)).await;
+    assert!(
+        st.checks - before <= 2,
+        "took {} checks",
+        st.checks - before
+    );
+    wait_health(&h, "a", HealthState::Passive, within(1)).await;
+    let status = eventually(within(1), "b holds the lease alone", || async {
+        let s = h.ctx().state.status(h.ctx().now_ms()).unwrap();
+        (s.primary_claims.len() == 1).then_some(s)
+    })
+    .await;
+    assert_eq!(
+        status.primary.map(|p| (p.region, p.epoch)),
+        Some(("b".to_string(), 2))
+    );
+    let text = h.metrics().encode();
+    for (series, want) in [
+        (
+            r#"atoll_router_region_role{region="b",role="primary"}"#,
+            1.0,
+        ),
+        (
+            r#"atoll_router_region_role{region="a",role="passive"}"#,
+            1.0,
+        ),
+        (
+            r#"atoll_router_region_role{region="a",role="primary"}"#,
+            0.0,
+        ),
+        (r#"atoll_router_region_epoch{region="b"}"#, 2.0),
+    ] {
+        assert_eq!(metric(&text, series), Some(want), "{series} in\n{text}");
+    }
+    h.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_region_that_says_nothing_about_fencing_is_active() {
+    let a = FakeRegion::start("a").await;
+    let cfg = config(&[("a", a.addr)], &router_toml(5, 1));
+    let dir = tempfile::tempdir().unwrap();
+    let h = start_router(cfg, dir.path(), None).await;
+    let st = wait_health(&h, "a", HealthState::Healthy, within(1)).await;
+    assert_eq!(st.role, Some(atoll_router::health::Role::Active));
+    assert_eq!((st.epoch, st.primary), (Some(0), None));
+    let status = h.ctx().state.status(h.ctx().now_ms()).unwrap();
+    assert!(status.primary.is_none() && status.primary_claims.is_empty());
+    assert_eq!(
+        metric(
+            &h.metrics().encode(),
+            r#"atoll_router_region_role{region="a",role="active"}"#
+        ),
+        Some(1.0)
+    );
+    h.shutdown().await;
 }
 
 #[tokio::test]

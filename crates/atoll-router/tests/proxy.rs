@@ -1,16 +1,20 @@
 //! The HTTP proxy against fake regions on loopback: only the client API is forwarded, routing
 //! by policy, per-request failover, no replay of non-idempotent requests (by the keyspace's
-//! policy), passive ejection, the no-healthy modes, and early answers a slow client can read.
+//! policy), passive ejection, the no-healthy modes, early answers a slow client can read, and
+//! the write lease: writes to the primary, fencing refusals retried elsewhere, other answers
+//! never.
 
 mod common;
 
 use atoll_core::RegionId;
-use atoll_router::health::{HealthState, Probe};
+use atoll_router::health::{HealthState, Probe, Role};
 use atoll_router::policy::Mode as RouteMode;
+use atoll_router::prober::{HttpChecker, Prober};
 use atoll_router::proxy::ProxySettings;
 use atoll_router::runtime::RouterCtx;
 use common::*;
 use serde_json::Value;
+use std::sync::Arc;
 use std::time::Duration;
 
 fn router_toml(outlier_failures: u32) -> String {
@@ -62,6 +66,13 @@ fn down(ctx: &RouterCtx, region: &str) {
             ctx.now_ms(),
         )
         .unwrap();
+}
+
+/// One round of real health checks of every region (their `/healthz` over HTTP), as the prober
+/// runs them: health, round trips and fencing roles.
+async fn check_all(ctx: &RouterCtx) {
+    let checker = Arc::new(HttpChecker::new(&ctx.state.config().health));
+    Prober::new(ctx.clone(), checker).check_all().await;
 }
 
 fn routed_to(r: &reqwest::Response) -> Option<String> {
@@ -665,4 +676,278 @@ async fn a_slow_client_reads_the_early_answers_whole() {
         }
     }
     assert!(a.requests().is_empty());
+}
+
+#[tokio::test]
+async fn writes_go_to_the_primary_and_reads_to_the_nearest() {
+    let a = FakeRegion::start("a").await;
+    let b = FakeRegion::start("b").await;
+    let c = FakeRegion::start("c").await;
+    a.set_health(Mode::role("standby", 3, Some("b")));
+    b.set_health(Mode::role("primary", 3, Some("b")));
+    c.set_health(Mode::Role {
+        status: "passive",
+        role: "passive",
+        epoch: 3,
+        primary: Some("b"),
+    });
+    let cfg = config(
+        &[("a", a.addr), ("b", b.addr), ("c", c.addr)],
+        &router_toml(5),
+    );
+    let ctx = ctx(&cfg);
+    check_all(&ctx).await;
+    // a is nearest by measured round trip.
+    up(&ctx, "a", 1.0);
+    up(&ctx, "b", 200.0);
+    let st = ctx.state.status(ctx.now_ms()).unwrap();
+    let roles: Vec<_> = st
+        .regions
+        .iter()
+        .map(|r| (r.region.as_str(), r.health, r.role, r.epoch))
+        .collect();
+    assert_eq!(
+        roles,
+        [
+            ("a", HealthState::Healthy, Some(Role::Standby), Some(3)),
+            ("b", HealthState::Healthy, Some(Role::Primary), Some(3)),
+            ("c", HealthState::Passive, Some(Role::Passive), Some(3)),
+        ]
+    );
+    assert_eq!(st.primary.as_ref().map(|p| p.region.as_str()), Some("b"));
+
+    let near = serve_proxy(&ctx, "near", ProxySettings::default()).await;
+    let cl = http();
+    let base = format!("http://{}", near.addr);
+    let r = cl.get(format!("{base}/v1/kv/s/k")).send().await.unwrap();
+    assert_eq!(
+        (r.status().as_u16(), routed_to(&r)),
+        (200, Some("a".into())),
+        "a read goes to the nearest region, a standby"
+    );
+    for req in [
+        cl.put(format!("{base}/v1/kv/s/k")).body("v"),
+        cl.post(format!("{base}/v1/counter/c/k"))
+            .body(r#"{"delta":1}"#),
+        cl.delete(format!("{base}/v1/kv/carts/k")),
+    ] {
+        let r = req.send().await.unwrap();
+        assert_eq!(
+            (r.status().as_u16(), routed_to(&r)),
+            (200, Some("b".into())),
+            "a write goes to the primary"
+        );
+    }
+    assert_eq!(a.requests(), vec!["GET /v1/kv/s/k"]);
+    assert_eq!(
+        b.requests(),
+        vec![
+            "PUT /v1/kv/s/k",
+            "POST /v1/counter/c/k",
+            "DELETE /v1/kv/carts/k"
+        ]
+    );
+    assert!(c.requests().is_empty(), "a passive region gets nothing");
+
+    // The failover name follows the lease holder for reads too.
+    let api = serve_proxy(&ctx, "api", ProxySettings::default()).await;
+    let r = cl
+        .get(format!("http://{}/v1/kv/s/k", api.addr))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(routed_to(&r).as_deref(), Some("b"));
+
+    let text = ctx.metrics.encode();
+    for (series, want) in [
+        (
+            r#"atoll_router_region_role{region="b",role="primary"}"#,
+            1.0,
+        ),
+        (
+            r#"atoll_router_region_role{region="b",role="standby"}"#,
+            0.0,
+        ),
+        (
+            r#"atoll_router_region_role{region="a",role="standby"}"#,
+            1.0,
+        ),
+        (
+            r#"atoll_router_region_role{region="c",role="passive"}"#,
+            1.0,
+        ),
+        (r#"atoll_router_region_epoch{region="b"}"#, 3.0),
+        (r#"atoll_router_region_healthy{region="c"}"#, 0.0),
+        ("atoll_router_primary_claims", 1.0),
+    ] {
+        assert_eq!(metric(&text, series), Some(want), "{series} in\n{text}");
+    }
+}
+
+#[tokio::test]
+async fn a_write_refused_by_a_standby_is_sent_on_and_applied_once() {
+    let a = FakeRegion::start("a").await;
+    let b = FakeRegion::start("b").await;
+    // The router's view is one check behind: a still says primary (epoch 3), but the lease has
+    // moved to b (epoch 4) and a refuses writes.
+    a.set_health(Mode::role("primary", 3, Some("a")));
+    b.set_health(Mode::role("standby", 3, Some("a")));
+    a.set_data(Mode::Refuse("ATOLL-NOT-PRIMARY"));
+    // Outlier detection at 1: a refusal must not count as a failed request.
+    let cfg = config(&[("a", a.addr), ("b", b.addr)], &router_toml(1));
+    let ctx = ctx(&cfg);
+    check_all(&ctx).await;
+    let p = serve_proxy(&ctx, "near", ProxySettings::default()).await;
+    let cl = http();
+    let base = format!("http://{}", p.addr);
+
+    // Never idempotent: a counter increment and an mvr write without a context.
+    let r = cl
+        .post(format!("{base}/v1/counter/c/k"))
+        .body(r#"{"delta":1}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        (r.status().as_u16(), routed_to(&r)),
+        (200, Some("b".into()))
+    );
+    let r = cl
+        .put(format!("{base}/v1/kv/carts/k"))
+        .body("apple")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        (r.status().as_u16(), routed_to(&r)),
+        (200, Some("b".into()))
+    );
+    assert_eq!(
+        a.requests(),
+        vec!["POST /v1/counter/c/k", "PUT /v1/kv/carts/k"]
+    );
+    assert_eq!(
+        b.requests(),
+        vec!["POST /v1/counter/c/k", "PUT /v1/kv/carts/k"],
+        "applied exactly once, where the lease is"
+    );
+    assert_eq!(
+        b.bodies(),
+        vec![r#"{"delta":1}"#, "apple"],
+        "the body replayed whole"
+    );
+    assert_eq!(
+        health_of(&ctx, "a").health,
+        HealthState::Healthy,
+        "refusals are no failures: a still serves reads"
+    );
+    let text = ctx.metrics.encode();
+    assert_eq!(
+        metric(
+            &text,
+            r#"atoll_router_retries_total{from_region="a",reason="not-primary"}"#
+        ),
+        Some(2.0)
+    );
+    assert_eq!(
+        metric(&text, r#"atoll_router_ejections_total{region="a"}"#),
+        None
+    );
+
+    // The other fencing refusals too.
+    for (code, reason) in [("ATOLL-FENCED", "fenced"), ("ATOLL-PASSIVE", "passive")] {
+        a.set_data(Mode::Refuse(code));
+        let r = cl
+            .post(format!("{base}/v1/set/f/k"))
+            .body(r#"{"add":["x"]}"#)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            (r.status().as_u16(), routed_to(&r)),
+            (200, Some("b".into())),
+            "{code}"
+        );
+        let series = format!(r#"atoll_router_retries_total{{from_region="a",reason="{reason}"}}"#);
+        assert_eq!(metric(&ctx.metrics.encode(), &series), Some(1.0));
+    }
+
+    // Every region refuses: the client gets the last refusal as it was, each region asked once.
+    a.set_data(Mode::Refuse("ATOLL-NOT-PRIMARY"));
+    b.set_data(Mode::Refuse("ATOLL-NOT-PRIMARY"));
+    let (na, nb) = (a.requests().len(), b.requests().len());
+    let r = cl
+        .post(format!("{base}/v1/counter/c/k"))
+        .body(r#"{"delta":1}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        (r.status().as_u16(), routed_to(&r)),
+        (503, Some("b".into()))
+    );
+    let e: Value = r.json().await.unwrap();
+    assert_eq!(e["error"]["code"], "ATOLL-NOT-PRIMARY");
+    assert_eq!(e["error"]["retryable"], true);
+    assert_eq!((a.requests().len(), b.requests().len()), (na + 1, nb + 1));
+}
+
+#[tokio::test]
+async fn a_post_answered_with_another_5xx_is_not_retried() {
+    let a = FakeRegion::start("a").await;
+    let b = FakeRegion::start("b").await;
+    a.set_health(Mode::role("primary", 3, Some("a")));
+    b.set_health(Mode::role("standby", 3, Some("a")));
+    let cfg = config(&[("a", a.addr), ("b", b.addr)], &router_toml(0));
+    let ctx = ctx(&cfg);
+    check_all(&ctx).await;
+    let p = serve_proxy(&ctx, "near", ProxySettings::default()).await;
+    let cl = http();
+    let base = format!("http://{}", p.addr);
+    // A 503 that is not a fencing refusal (the write may have been applied), a plain 503, a 500.
+    for (mode, status) in [
+        (Mode::Refuse("ATOLL-OVERLOADED"), 503),
+        (Mode::Status(503), 503),
+        (Mode::Status(500), 500),
+    ] {
+        a.set_data(mode.clone());
+        let r = cl
+            .post(format!("{base}/v1/counter/c/k"))
+            .body(r#"{"delta":1}"#)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            (r.status().as_u16(), routed_to(&r)),
+            (status, Some("a".into())),
+            "{mode:?}"
+        );
+        // The region's own answer, unchanged.
+        let e: Value = r.json().await.unwrap();
+        match &mode {
+            Mode::Refuse(code) => assert_eq!(e["error"]["code"], *code),
+            _ => assert_eq!(e["region"], "a"),
+        }
+    }
+    assert_eq!(a.requests().len(), 3);
+    assert!(b.requests().is_empty(), "never sent on");
+    // An idempotent write answered 503 moves on, as before.
+    a.set_data(Mode::Refuse("ATOLL-OVERLOADED"));
+    let r = cl
+        .put(format!("{base}/v1/kv/s/k"))
+        .body("v")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        (r.status().as_u16(), routed_to(&r)),
+        (200, Some("b".into()))
+    );
+    assert_eq!(
+        metric(
+            &ctx.metrics.encode(),
+            r#"atoll_router_retries_total{from_region="a",reason="status"}"#
+        ),
+        Some(1.0)
+    );
 }

@@ -1,5 +1,6 @@
 //! Test support: fake regions (tiny HTTP/1.1 servers on loopback that can be told to answer,
-//! fail, hang, drop connections or report draining), config builders, and polling with deadlines.
+//! fail, hang, drop connections, report draining or a fencing role, or refuse writes as a
+//! standby does), config builders, and polling with deadlines.
 #![allow(dead_code)]
 
 use atoll_config::Config;
@@ -35,6 +36,29 @@ pub enum Mode {
     Hang,
     /// Reads the request, then closes the connection without a byte of response.
     Close,
+    /// `/healthz` of a fenced cluster (issue 8): 200 `{"status": status, "region", "role",
+    /// "epoch", "primary"}` (`status` is `serving` or `passive`).
+    Role {
+        status: &'static str,
+        role: &'static str,
+        epoch: u64,
+        primary: Option<&'static str>,
+    },
+    /// A refusal in atoll's error shape: 503 `{"error": {"code": <code>, ...}}`, e.g.
+    /// `ATOLL-NOT-PRIMARY` as a standby answers a write.
+    Refuse(&'static str),
+}
+
+impl Mode {
+    /// `/healthz` of a region serving with this role.
+    pub fn role(role: &'static str, epoch: u64, primary: Option<&'static str>) -> Mode {
+        Mode::Role {
+            status: "serving",
+            role,
+            epoch,
+            primary,
+        }
+    }
 }
 
 struct Inner {
@@ -43,6 +67,8 @@ struct Inner {
     data: Mutex<Mode>,
     /// "METHOD path" of every non-health request read in full.
     requests: Mutex<Vec<String>>,
+    /// The body of each of them.
+    bodies: Mutex<Vec<Vec<u8>>>,
     checks: AtomicU64,
 }
 
@@ -63,6 +89,7 @@ impl FakeRegion {
             health: Mutex::new(Mode::Ok),
             data: Mutex::new(Mode::Ok),
             requests: Mutex::new(Vec::new()),
+            bodies: Mutex::new(Vec::new()),
             checks: AtomicU64::new(0),
         });
         let (stop, mut stopped) = watch::channel(false);
@@ -100,6 +127,17 @@ impl FakeRegion {
         self.inner.requests.lock().unwrap().clone()
     }
 
+    /// The body of every non-health request read in full, in order.
+    pub fn bodies(&self) -> Vec<String> {
+        self.inner
+            .bodies
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|b| String::from_utf8_lossy(b).into_owned())
+            .collect()
+    }
+
     pub fn health_checks(&self) -> u64 {
         self.inner.checks.load(Ordering::SeqCst)
     }
@@ -110,7 +148,10 @@ impl FakeRegion {
 }
 
 /// Reads one request head and body; `None` at EOF or on a malformed request.
-async fn read_request(sock: &mut TcpStream, buf: &mut Vec<u8>) -> Option<(String, String)> {
+async fn read_request(
+    sock: &mut TcpStream,
+    buf: &mut Vec<u8>,
+) -> Option<(String, String, Vec<u8>)> {
     loop {
         if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
             let head = String::from_utf8_lossy(&buf[..end]).to_string();
@@ -130,11 +171,12 @@ async fn read_request(sock: &mut TcpStream, buf: &mut Vec<u8>) -> Option<(String
                 }
                 buf.extend_from_slice(&chunk[..n]);
             }
+            let body = buf[end + 4..total].to_vec();
             buf.drain(..total);
             let mut parts = first.split(' ');
             let method = parts.next()?.to_string();
             let path = parts.next()?.to_string();
-            return Some((method, path));
+            return Some((method, path, body));
         }
         let mut chunk = [0u8; 8192];
         let n = sock.read(&mut chunk).await.ok()?;
@@ -152,13 +194,16 @@ async fn connection(mut sock: TcpStream, i: Arc<Inner>, mut stopped: watch::Rece
             r = read_request(&mut sock, &mut buf) => r,
             _ = stopped.changed() => return,
         };
-        let Some((method, path)) = req else { return };
+        let Some((method, path, body)) = req else {
+            return;
+        };
         let health = path == "/healthz";
         let mode = if health {
             i.checks.fetch_add(1, Ordering::SeqCst);
             i.health.lock().unwrap().clone()
         } else {
             i.requests.lock().unwrap().push(format!("{method} {path}"));
+            i.bodies.lock().unwrap().push(body);
             i.data.lock().unwrap().clone()
         };
         let (status, body) = match mode {
@@ -172,6 +217,33 @@ async fn connection(mut sock: TcpStream, i: Arc<Inner>, mut stopped: watch::Rece
             Mode::Status(s) => (s, format!(r#"{{"region":"{}","status":{s}}}"#, i.name)),
             Mode::Draining => (503, r#"{"status":"draining"}"#.to_string()),
             Mode::Fenced => (200, r#"{"status":"fenced"}"#.to_string()),
+            Mode::Role {
+                status,
+                role,
+                epoch,
+                primary,
+            } => (
+                200,
+                serde_json::json!({
+                    "status": status,
+                    "region": i.name,
+                    "role": role,
+                    "epoch": epoch,
+                    "primary": primary,
+                    "replication": {"established": true},
+                })
+                .to_string(),
+            ),
+            Mode::Refuse(code) => (
+                503,
+                serde_json::json!({"error": {
+                    "code": code,
+                    "message": format!("refused by {}", i.name),
+                    "hint": "try another region",
+                    "retryable": true,
+                }})
+                .to_string(),
+            ),
         };
         let resp = format!(
             "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\nx-atoll-region: {}\r\ncontent-length: {}\r\n\r\n{body}",

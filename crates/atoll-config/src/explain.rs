@@ -322,7 +322,7 @@ fn router(out: &mut String, config: &Config, rc: &RouterConfig) {
         table_indented(out, &rows, 4);
         let _ = writeln!(
             out,
-            "    policies: latency = nearest healthy region (client location, else measured RTT); failover = first healthy in the order listed;\n              weighted = random by weight among healthy regions"
+            "    policies: latency = nearest healthy region (client location, else measured RTT); failover = the healthy primary\n              (write-lease holder) if a region reports one, else first healthy in the order listed;\n              weighted = random by weight among healthy regions; the proxy sends writes to the healthy primary first\n              under every policy, and no policy ever answers a passive region"
         );
     }
 

@@ -125,7 +125,8 @@ pub enum Probe {
     Failed(String),
     /// `/healthz` says the region is draining (shutting down or drained by its operator).
     Draining,
-    /// `/healthz` says the region is fenced (it must not take writes).
+    /// `/healthz` says `status: "fenced"` (it must not take writes). Regions of issue 8 report
+    /// fencing in `role` instead (a `fenced` role keeps serving reads, see [`Lease`]).
     Fenced,
     /// `/healthz` says the region is passive (active-passive: no client traffic until promoted).
     Passive,

@@ -1,8 +1,10 @@
 //! atoll's global traffic manager.
 //!
 //! Pure cores: [`health`] (the health-check state machine: thresholds, initial state, hold-down
-//! against flapping, passive outlier ejection, staged failback) and [`policy`] (latency, failover
-//! and weighted choices, and the explicit behaviour when nothing is healthy).
+//! against flapping, passive outlier ejection, staged failback, regions that say they are
+//! passive) and [`policy`] (latency, failover and weighted choices, the explicit behaviour when
+//! nothing is healthy, and following the write lease of split-brain fencing: writes to the
+//! healthy `primary` first, failover names answer it, passive regions never chosen).
 //!
 //! Adapters, sharing one [`state::RouterState`] and one [`metrics::RouterMetrics`]: [`prober`]
 //! (active health checks, drain expiry), [`proxy`] (HTTP reverse proxy with per-request

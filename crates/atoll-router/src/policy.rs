@@ -23,7 +23,8 @@ pub enum PolicyKind {
     /// Nearest healthy region: by the client's location (DNS: EDNS Client Subnet or resolver
     /// address through the prefix table) when known, else by the router's measured RTT.
     Latency,
-    /// The first healthy region in the configured order.
+    /// The healthy region whose role is `primary` (the write-lease holder) when one reports it,
+    /// else the first healthy region in the configured order.
     Failover,
     /// Weighted random among healthy regions; weight 0 is used only when nothing else is healthy.
     Weighted,

@@ -5,7 +5,8 @@
 //! role each region last reported, 0 for the others; no series before its first answer),
 //! `atoll_router_region_epoch{region}` (the lease epoch it reported), `atoll_router_primary_claims`
 //! (healthy regions claiming the write lease: more than 1 must never happen) and
-//! `atoll_router_primary_conflicts_total` (times that began; each is also an error log line).
+//! `atoll_router_primary_conflicts_total{kind}` (times that began, see
+//! [`RouterMetrics::record_claims`]; each is also a log line).
 //! Proxied requests a region refused because of fencing and that were sent on to the next region
 //! count in `atoll_router_retries_total` with reason `not-primary`, `fenced` or `passive`.
 //!
@@ -67,6 +68,13 @@ const ROLES: [Role; 6] = [
     Role::Passive,
 ];
 
+/// Labels of a conflict of primaries.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ConflictLabels {
+    /// `older-epoch` or `same-epoch`.
+    pub kind: String,
+}
+
 /// Labels of a routed name's no-healthy mode.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ModeLabels {
@@ -113,10 +121,10 @@ pub struct RouterMetrics {
     pub region_role: Family<RoleLabels, Gauge>,
     pub region_epoch: Family<RegionLabel, Gauge>,
     pub primary_claims: Gauge,
-    pub primary_conflicts: Counter,
-    /// Whether two regions claimed the lease at the last refresh (to log and count each episode
-    /// once).
-    conflict: Mutex<bool>,
+    pub primary_conflicts: Family<ConflictLabels, Counter>,
+    /// The kind of conflict of primaries at the last refresh (`None`: at most one claim), to log
+    /// and count each episode once.
+    conflict: Mutex<Option<&'static str>>,
     /// The DNS server's metrics (registered in the same registry).
     pub dns: DnsMetrics,
     /// name -> (mode, starting, when its log line was last written).
@@ -156,8 +164,8 @@ impl RouterMetrics {
             region_role: Family::default(),
             region_epoch: Family::default(),
             primary_claims: Gauge::default(),
-            primary_conflicts: Counter::default(),
-            conflict: Mutex::new(false),
+            primary_conflicts: Family::default(),
+            conflict: Mutex::new(None),
             dns: DnsMetrics::unregistered(),
             modes: Mutex::new(BTreeMap::new()),
         };
@@ -249,7 +257,7 @@ impl RouterMetrics {
         m.register(
             MetricKind::Counter,
             "router_primary_conflicts",
-            "Times two healthy regions began to claim the write lease at once (each also logged at error level)",
+            "Times two healthy regions began to claim the write lease at once, by kind: older-epoch (a check from before the lease moved; logged as a warning) or same-epoch (impossible unless fencing is broken; logged as an error)",
             f,
         );
         m.dns = DnsMetrics::register(&mut m.registry);
@@ -450,35 +458,55 @@ impl RouterMetrics {
     }
 
     /// Records the healthy regions claiming the write lease; logs and counts the start of a
-    /// conflict (two or more) once, and its end.
+    /// conflict (two or more claims) once, and its end. A conflict is `older-epoch` when the
+    /// claims are of different epochs (most likely the router's last check of the old holder
+    /// predates a lease change, which the next check corrects; writes go to the higher epoch,
+    /// and the old holder refuses them anyway once its window has run out): a warning. Two claims
+    /// of the same epoch (`same-epoch`) are impossible unless fencing is broken: an error.
     pub fn record_claims(&self, claims: &[crate::state::PrimaryClaim]) {
         self.primary_claims
             .set(i64::try_from(claims.len()).unwrap_or(i64::MAX));
         let Ok(mut conflict) = self.conflict.lock() else {
             return;
         };
-        let now = claims.len() > 1;
-        if now == *conflict {
+        let kind = match claims {
+            [first, second, ..] if first.epoch == second.epoch => Some("same-epoch"),
+            [_, _, ..] => Some("older-epoch"),
+            _ => None,
+        };
+        if kind == *conflict {
             return;
         }
-        *conflict = now;
+        *conflict = kind;
         let list = claims
             .iter()
             .map(|c| format!("{} (epoch {})", c.region, c.epoch))
             .collect::<Vec<_>>()
             .join(", ");
-        if now {
-            self.primary_conflicts.inc();
-            tracing::error!(
-                claims = %list,
-                "two healthy regions claim the write lease (role primary): fencing must prevent this; writes go to the higher epoch, {}",
-                claims.first().map_or("none", |c| c.region.as_str())
-            );
-        } else {
-            tracing::info!(
-                primary = claims.first().map_or("none", |c| c.region.as_str()),
-                "only one region claims the write lease again"
-            );
+        let first = claims.first().map_or("none", |c| c.region.as_str());
+        match kind {
+            Some(kind) => {
+                self.primary_conflicts
+                    .get_or_create(&ConflictLabels {
+                        kind: kind.to_string(),
+                    })
+                    .inc();
+                if kind == "same-epoch" {
+                    tracing::error!(
+                        claims = %list,
+                        "two healthy regions claim the write lease at the same epoch: fencing must prevent this; writes go to {first} (first in the config order)"
+                    );
+                } else {
+                    tracing::warn!(
+                        claims = %list,
+                        "two healthy regions claim the write lease (role primary): writes go to the higher epoch, {first}; the other claim is from before the lease moved, or from an old holder that has not noticed (it refuses writes once its window has run out)"
+                    );
+                }
+            }
+            None => tracing::info!(
+                primary = first,
+                "at most one region claims the write lease again"
+            ),
         }
     }
 }
@@ -528,7 +556,11 @@ mod tests {
             .get_or_create(&RouterMetrics::region("a"))
             .set(3);
         m.primary_claims.set(1);
-        m.primary_conflicts.inc();
+        m.primary_conflicts
+            .get_or_create(&ConflictLabels {
+                kind: "same-epoch".into(),
+            })
+            .inc();
         let text = m.encode();
         for n in m.series_names() {
             assert!(
@@ -616,22 +648,29 @@ mod tests {
             region: r.into(),
             epoch,
         };
-        let two = [claim("b", 4), claim("a", 3)];
+        let older = [claim("b", 4), claim("a", 3)];
+        let same = [claim("a", 4), claim("b", 4)];
+        let count = |m: &RouterMetrics, kind: &str| {
+            let series = format!("atoll_router_primary_conflicts_total{{kind=\"{kind}\"}}");
+            m.encode().lines().find_map(|l| {
+                l.strip_prefix(series.as_str())
+                    .map(|v| v.trim().to_string())
+            })
+        };
         m.record_claims(&[claim("a", 3)]);
-        m.record_claims(&two);
-        m.record_claims(&two);
-        let text = m.encode();
-        assert!(text.contains("atoll_router_primary_claims 2\n"), "{text}");
-        assert!(
-            text.contains("atoll_router_primary_conflicts_total 1\n"),
-            "{text}"
-        );
+        assert_eq!(count(&m, "older-epoch"), None);
+        m.record_claims(&older);
+        m.record_claims(&older);
+        assert!(m.encode().contains("atoll_router_primary_claims 2\n"));
+        assert_eq!(count(&m, "older-epoch").as_deref(), Some("1"));
         m.record_claims(&[claim("b", 4)]);
-        m.record_claims(&two);
-        let text = m.encode();
-        assert!(
-            text.contains("atoll_router_primary_conflicts_total 2\n"),
-            "{text}"
-        );
+        assert!(m.encode().contains("atoll_router_primary_claims 1\n"));
+        m.record_claims(&older);
+        assert_eq!(count(&m, "older-epoch").as_deref(), Some("2"));
+        // Turning into a same-epoch conflict is a new (worse) episode.
+        m.record_claims(&same);
+        m.record_claims(&same);
+        assert_eq!(count(&m, "same-epoch").as_deref(), Some("1"));
+        assert_eq!(count(&m, "older-epoch").as_deref(), Some("2"));
     }
 }

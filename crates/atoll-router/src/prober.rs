@@ -15,7 +15,7 @@
 //! `role`, `epoch`, `primary`; missing fields mean `active`, epoch 0, no primary), which the state
 //! keeps per region: the proxy sends writes to the healthy `primary` first and a failover name
 //! answers it. A change of role is logged at info level; two healthy regions claiming the lease
-//! at once is logged at error level and counted (see [`crate::metrics`]).
+//! at once is logged and counted (see [`crate::metrics::RouterMetrics::record_claims`]).
 //!
 //! Nothing here assumes short intervals: a check runs at most once per interval (late ticks are
 //! delayed, never bunched up), and a check never takes longer than its timeout.
@@ -257,8 +257,12 @@ impl Prober {
         let now = self.ctx.now_ms();
         let probe_text = format!("{:?}", res.probe);
         let before = self.ctx.state.lease(&region.name).ok().flatten();
+        // A change of role (a region's first answer only when it reports fencing at all).
         if let Some(after) = &res.lease
-            && before.as_ref().is_none_or(|b| b.role != after.role)
+            && match &before {
+                Some(b) => b.role != after.role,
+                None => after.role != Role::Active,
+            }
         {
             tracing::info!(
                 region = name,

@@ -315,6 +315,17 @@ impl Proposer for GroupProposer {
             fence::decode_answer(&out)
         })
     }
+
+    fn control_status(&self) -> Option<serde_json::Value> {
+        let s = self.group.status();
+        let name = |id: NodeId| s.members.get(&id).cloned();
+        Some(serde_json::json!({
+            "role": s.role,
+            "leader": s.leader.and_then(name),
+            "term": s.term,
+            "last_applied": s.last_applied,
+        }))
+    }
 }
 
 /// Starts the control group of member `me` with its log under `data_dir/control`, and a watch

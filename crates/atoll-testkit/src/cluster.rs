@@ -874,8 +874,9 @@ impl Drop for LinkMesh {
 pub struct Cluster {
     // The processes go before the directory (which is kept if the test panicked): see Drop.
     members: Vec<Member>,
-    /// The arbiter, with [`ClusterOptions::arbiter`].
-    arbiter: Option<ArbiterProcess>,
+    /// The arbiter, with [`ClusterOptions::arbiter`]. Behind a lock so that a test can kill and
+    /// restart it while it observes and loads the regions through a shared borrow.
+    arbiter: Option<std::sync::Mutex<ArbiterProcess>>,
     /// The link mesh, with [`ClusterOptions::with_links`].
     mesh: Option<LinkMesh>,
     closed: ClosedPort,
@@ -976,7 +977,7 @@ impl Cluster {
                 Ok((members, arbiter)) => {
                     return Ok(Cluster {
                         members,
-                        arbiter,
+                        arbiter: arbiter.map(std::sync::Mutex::new),
                         mesh,
                         closed,
                         bin,
@@ -1152,7 +1153,7 @@ impl Cluster {
     /// Panics unless `name` is a region or the arbiter of this cluster.
     #[track_caller]
     fn node(&self, name: &str) {
-        if self.arbiter.as_ref().is_some_and(|a| a.layout.name == name) {
+        if self.has_arbiter() && name == ARBITER {
             return;
         }
         self.member(name);
@@ -1276,24 +1277,20 @@ impl Cluster {
         self.arbiter.is_some()
     }
 
+    /// The arbiter's process, locked (a panic elsewhere while it was held leaves it usable).
     #[track_caller]
-    fn arbiter_process(&self) -> &ArbiterProcess {
+    fn arbiter_process(&self) -> std::sync::MutexGuard<'_, ArbiterProcess> {
         self.arbiter
             .as_ref()
             .expect("this cluster has no arbiter: start it with ClusterOptions::arbiter")
-    }
-
-    #[track_caller]
-    fn arbiter_process_mut(&mut self) -> &mut ArbiterProcess {
-        self.arbiter
-            .as_mut()
-            .expect("this cluster has no arbiter: start it with ClusterOptions::arbiter")
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
     }
 
     /// The arbiter's configured address (`[cluster.arbiter] peer`, which it listens on).
     ///
     /// # Panics
-    /// If the cluster has no arbiter.
+    /// If the cluster has no arbiter (as every arbiter call does).
     #[track_caller]
     pub fn arbiter_addr(&self) -> SocketAddr {
         self.arbiter_process().layout.peer
@@ -1302,38 +1299,38 @@ impl Cluster {
     /// The arbiter's data directory (its control log).
     #[track_caller]
     pub fn arbiter_data_dir(&self) -> PathBuf {
-        self.dir.join(&self.arbiter_process().layout.name)
+        let name = self.arbiter_process().layout.name.clone();
+        self.dir.join(&name)
     }
 
     /// The arbiter's log so far (stderr, and stdout lines prefixed `[stdout] `).
     #[track_caller]
     pub fn arbiter_log(&self) -> String {
-        std::fs::read_to_string(&self.arbiter_process().log_path).unwrap_or_default()
+        let path = self.arbiter_process().log_path.clone();
+        std::fs::read_to_string(path).unwrap_or_default()
     }
 
     /// Whether the arbiter process is running (reaps it if it exited).
     #[track_caller]
-    pub fn arbiter_is_up(&mut self) -> bool {
-        self.arbiter_process_mut().is_running()
+    pub fn arbiter_is_up(&self) -> bool {
+        self.arbiter_process().is_running()
     }
 
-    /// SIGKILL the arbiter: it dies at once. Returns its exit status.
+    /// SIGKILL the arbiter: it dies at once. Returns its exit status. Takes `&self` (unlike the
+    /// regions' lifecycle calls) so that a test can do it while a load runs; it blocks briefly.
     #[track_caller]
-    pub fn kill_arbiter(&mut self) -> Result<ExitStatus> {
-        let a = self.arbiter_process_mut();
-        let mut service = a
-            .service
-            .take()
-            .ok_or_else(|| anyhow!("the arbiter is not running"))?;
+    pub fn kill_arbiter(&self) -> Result<ExitStatus> {
+        let service = self.arbiter_process().service.take();
+        let mut service = service.ok_or_else(|| anyhow!("the arbiter is not running"))?;
         service.kill9()
     }
 
-    /// Starts a stopped arbiter again, on its data directory, config and address. Retries for a
-    /// while if its port is briefly held by someone else.
+    /// Starts a stopped arbiter again, on its data directory, config and address (waits for its
+    /// `listening on` line). Retries for a while if its port is briefly held by someone else.
     #[track_caller]
-    pub fn restart_arbiter(&mut self) -> Result<()> {
+    pub fn restart_arbiter(&self) -> Result<()> {
         let started = Instant::now();
-        let a = self.arbiter_process_mut();
+        let mut a = self.arbiter_process();
         loop {
             match a.start() {
                 Ok(()) => return Ok(()),
@@ -1350,7 +1347,8 @@ impl Cluster {
 
     /// Prints the last `lines` lines of every region's log (and the arbiter's) to stderr.
     pub fn print_logs(&self, lines: usize) {
-        if let Some(a) = &self.arbiter {
+        if self.has_arbiter() {
+            let a = self.arbiter_process();
             eprintln!(
                 "---- {} log ({}), last {lines} lines ----\n{}\n---- end of {} log ----",
                 a.layout.name,
@@ -1386,10 +1384,11 @@ impl Drop for Cluster {
                     ))
                     .collect::<Vec<_>>()
                     .join(", "),
-                self.arbiter
-                    .as_ref()
-                    .map(|a| format!("; arbiter on {}", a.layout.peer))
-                    .unwrap_or_default()
+                if self.has_arbiter() {
+                    format!("; arbiter on {}", self.arbiter_addr())
+                } else {
+                    String::new()
+                }
             );
         }
         // Kill every region and the arbiter before the directory goes; each prints its log tail

@@ -219,6 +219,8 @@ async fn isolate_primary(c: &Cluster, standbys: &[&str], cut_from: &[&str]) -> R
         read.header("x-atoll-staleness-ms")
     );
 
+    let (leader, term) = control_view(c, US).await?;
+    eprintln!("control group leader before the cut: {leader:?} (term {term})");
     let stop = Arc::new(AtomicBool::new(false));
     let control = async {
         tokio::time::sleep(Duration::from_millis(500)).await;

@@ -491,15 +491,26 @@ impl ControlGroup {
         relay: bool,
         deadline: Instant,
     ) -> Result<Vec<u8>, ControlError> {
-        // The receiver answers a little before our own deadline, so that its answer (which says
-        // whether the command may have been applied) arrives in time.
-        let left = remaining_ms(deadline);
-        if left == 0 {
+        if remaining_ms(deadline) == 0 {
             return Err(ControlError::NotApplied(format!(
                 "no time left to send the proposal to {}",
                 self.name(to)
             )));
         }
+        // A relay answers within a few round trips (it passes the command to its leader, which
+        // commits it; it gives up on a leader that went silent after an election timeout). One
+        // that keeps silent longer is behind a link that swallows packets: give up on it
+        // (outcome unknown) rather than wait out the deadline, so the caller's next proposal can
+        // take another path (this one is tried last then).
+        let deadline = if relay {
+            deadline
+                .min(Instant::now() + self.inner.timing.election_max + self.inner.timing.heartbeat)
+        } else {
+            deadline
+        };
+        // The receiver answers a little before our own deadline, so that its answer (which says
+        // whether the command may have been applied) arrives in time.
+        let left = remaining_ms(deadline);
         let req = ProposeRequest {
             command: command.to_vec(),
             relay,
@@ -546,7 +557,12 @@ impl ControlGroup {
         }
         match answer {
             Err(_) => Err(ControlError::Ambiguous(format!(
-                "no answer from {via} before the deadline"
+                "no answer from {via} before the deadline{}",
+                if relay {
+                    " (a relay's, an election timeout)"
+                } else {
+                    ""
+                }
             ))),
             Ok(Err(TransportError::Unreachable(e))) => {
                 Err(ControlError::NotApplied(format!("{via} unreachable: {e}")))

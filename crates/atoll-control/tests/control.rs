@@ -224,6 +224,38 @@ async fn proposals_go_around_a_leader_whose_link_swallows_packets() {
     c.shutdown().await;
 }
 
+/// A member whose every link swallows packets cannot commit; each of its proposals gives up
+/// (outcome unknown) after the leader or a relay stayed silent for about an election timeout,
+/// not after the whole deadline, so a caller that retries (the fencing loop) is free to try
+/// again at once when a path opens.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proposals_through_dark_links_give_up_early() {
+    init_logs();
+    let mut c = Cluster::start(&["us-east", "eu-west", "ap-south"], |_| {}).await;
+    let leader = c.leader(ELECT).await;
+    let cut = *c.groups.keys().find(|&&id| id != leader).unwrap();
+    let timing = c.options(cut).timing;
+    c.group(cut).propose(cmd(1)).await.expect("placed");
+    for other in [1, 2, 3] {
+        if other != cut {
+            c.net.stall(cut, other);
+        }
+    }
+    // The first goes to the leader (heard from just now), the next ones through the relays
+    // first: each is given up on.
+    for v in 2..=4 {
+        let (r, took) = timed(c.group(cut).propose(cmd(v))).await;
+        let e = r.expect_err("no path is open");
+        assert!(
+            took < timing.propose_timeout / 2,
+            "proposal {v} gave up after {took:?} (deadline {:?}): {e}",
+            timing.propose_timeout
+        );
+    }
+    c.net.heal();
+    c.shutdown().await;
+}
+
 /// The group's failover is the followers' leader lease (`election_max`), then an election
 /// timeout (below `election_max`), then a vote round and the commit: about two `election_max`
 /// and some round trips. atoll sizes the

@@ -325,17 +325,20 @@ async fn run_arbiter(
     peer_via: Vec<(String, SocketAddr)>,
 ) -> Result<()> {
     let cfg = atoll_config::Config::load(&config).map_err(anyhow::Error::msg)?;
-    atoll_server::arbiter::run(
-        atoll_server::arbiter::ArbiterOptions {
-            config: Arc::new(cfg),
-            listen,
-            data_dir,
-            peer_via: peer_via.into_iter().collect(),
-        },
-        shutdown_signal(),
-    )
+    let describe =
+        |e: atoll_core::AtollError| anyhow::anyhow!("{} ({}): {}", e, e.code(), e.hint());
+    let arbiter = atoll_server::arbiter::Arbiter::bind(atoll_server::arbiter::ArbiterOptions {
+        config: Arc::new(cfg),
+        listen,
+        data_dir,
+        peer_via: peer_via.into_iter().collect(),
+    })
     .await
-    .map_err(|e| anyhow::anyhow!("{} ({}): {}", e, e.code(), e.hint()))
+    .map_err(describe)?;
+    let addr = arbiter.local_addr().map_err(describe)?;
+    // Machine-readable line for tools and tests that start an arbiter on port 0.
+    println!("atoll arbiter {} listening on {addr}", arbiter.name());
+    arbiter.serve(shutdown_signal()).await.map_err(describe)
 }
 
 fn main() -> ExitCode {

@@ -11,14 +11,20 @@
 //! - active-active with quorum fencing: a region cut off from the majority refuses writes to a
 //!   `read-only` keyspace and keeps taking writes to an `available` one;
 //! - bad input: promote during a healthy lease, promote without or with a wrong admin token,
-//!   promote of an unknown region.
+//!   promote of an unknown region;
+//! - two regions and an arbiter (`atoll arbiter`, every region-to-arbiter byte through the mesh
+//!   too), active-standby: with only the link between the regions cut, the primary keeps
+//!   acknowledging writes and nothing is promoted for two leases and more; with the primary cut
+//!   from both the other region and the arbiter, the standby takes over within the bound with no
+//!   overlap and nothing acknowledged lost; with the arbiter killed, the two regions are still a
+//!   majority and the primary keeps writing.
 //!
 //! Every load is bounded in requests and time, and every wait has a deadline.
 
 mod common;
 
 use anyhow::{Result, anyhow, bail, ensure};
-use atoll_testkit::{Client, Cluster, ClusterOptions};
+use atoll_testkit::{ARBITER, Client, Cluster, ClusterOptions};
 use common::{BIN, ok};
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
@@ -36,11 +42,25 @@ const LINK_DELAY_MS: f64 = 5.0;
 const PROMOTION_BOUND: Duration = Duration::from_secs(15);
 const DEADLINE: Duration = Duration::from_secs(40);
 
+/// How long the two-region tests hold a fault that must change nothing: two leases and more.
+const HOLD: Duration = Duration::from_secs(12);
+
 fn start(opts: ClusterOptions) -> Cluster {
     ok(Cluster::start(
         BIN,
         3,
         opts.with_links(LINK_DELAY_MS)
+            .env("ATOLL_ADMIN_TOKEN", TOKEN),
+    ))
+}
+
+/// Two regions (us-east-1, eu-west-1) and an arbiter, every connection through the mesh.
+fn start_with_arbiter(opts: ClusterOptions) -> Cluster {
+    ok(Cluster::start(
+        BIN,
+        2,
+        opts.arbiter()
+            .with_links(LINK_DELAY_MS)
             .env("ATOLL_ADMIN_TOKEN", TOKEN),
     ))
 }
@@ -136,8 +156,8 @@ async fn write_load(
 
 /// Every acknowledged write is readable, with its value, in every region (waits for
 /// replication).
-async fn all_acked_everywhere(c: &Cluster, acked: &[&Attempt]) -> Result<()> {
-    for region in [US, EU, AP] {
+async fn all_acked_everywhere(c: &Cluster, regions: &[&str], acked: &[&Attempt]) -> Result<()> {
+    for &region in regions {
         let client = c.client(region);
         let end = Instant::now() + DEADLINE;
         for a in acked {
@@ -166,10 +186,12 @@ async fn all_acked_everywhere(c: &Cluster, acked: &[&Attempt]) -> Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn standby_takes_over_when_the_primary_is_isolated() {
     let c = start(ClusterOptions::new("fence-isolate").model("active-standby"));
-    ok(isolate_primary(&c).await);
+    ok(isolate_primary(&c, &[EU, AP], &[EU, AP]).await);
 }
 
-async fn isolate_primary(c: &Cluster) -> Result<()> {
+/// The primary (us-east-1) is cut from every node of `cut_from` under a write load to it and to
+/// the `standbys`; one of them must take over with no overlap and nothing acknowledged lost.
+async fn isolate_primary(c: &Cluster, standbys: &[&str], cut_from: &[&str]) -> Result<()> {
     let f = wait_role(c, US, "primary", DEADLINE).await?;
     ensure!(f["epoch"] == 1, "first epoch is 1: {f}");
     wait_role(c, EU, "standby", DEADLINE).await?;
@@ -197,20 +219,25 @@ async fn isolate_primary(c: &Cluster) -> Result<()> {
         read.header("x-atoll-staleness-ms")
     );
 
+    let (leader, term) = control_view(c, US).await?;
+    eprintln!("control group leader before the cut: {leader:?} (term {term})");
     let stop = Arc::new(AtomicBool::new(false));
     let control = async {
         tokio::time::sleep(Duration::from_millis(500)).await;
         let cut_at = Instant::now();
-        c.partition(US, EU)?;
-        c.partition(US, AP)?;
-        let new = wait_any_primary(c, &[EU, AP], PROMOTION_BOUND + Duration::from_secs(5)).await;
+        for &node in cut_from {
+            c.partition(US, node)?;
+        }
+        let new = wait_any_primary(c, standbys, PROMOTION_BOUND + Duration::from_secs(5)).await;
         // Keep writing a little under the new primary.
         tokio::time::sleep(Duration::from_millis(1_500)).await;
         stop.store(true, Ordering::Relaxed);
         Ok::<_, anyhow::Error>((cut_at, new?))
     };
-    let (attempts, control) =
-        tokio::join!(write_load(c, &[US, EU, AP], stop.clone(), 20_000), control);
+    let regions: Vec<&str> = std::iter::once(US)
+        .chain(standbys.iter().copied())
+        .collect();
+    let (attempts, control) = tokio::join!(write_load(c, &regions, stop.clone(), 20_000), control);
     let (cut_at, new) = control?;
     let acked: Vec<&Attempt> = attempts.iter().filter(|a| a.status == Some(200)).collect();
     let last_old = acked
@@ -260,7 +287,7 @@ async fn isolate_primary(c: &Cluster) -> Result<()> {
         f["holder"] == new.as_str() && f["epoch"] == 2,
         "after heal: {f}"
     );
-    all_acked_everywhere(c, &acked).await
+    all_acked_everywhere(c, &regions, &acked).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -433,5 +460,226 @@ async fn bad_promotes(c: &Cluster) -> Result<()> {
     // Nothing changed.
     let f = fencing(c, US).await?;
     ensure!(f["role"] == "primary" && f["epoch"] == 1, "{f}");
+    Ok(())
+}
+
+/// The control group as `region` sees it: (leader, term).
+async fn control_view(c: &Cluster, region: &str) -> Result<(Option<String>, u64)> {
+    let f = fencing(c, region).await?;
+    Ok((
+        f["control"]["leader"].as_str().map(str::to_string),
+        f["control"]["term"].as_u64().unwrap_or(0),
+    ))
+}
+
+/// The fencing status of both regions, sampled until `stop`: (when, region, role, epoch,
+/// holder), or the error of a status that could not be read.
+async fn watch_roles(
+    c: &Cluster,
+    stop: Arc<AtomicBool>,
+) -> Vec<(Instant, String, Result<(String, u64, String)>)> {
+    let mut out = Vec::new();
+    let started = Instant::now();
+    while !stop.load(Ordering::Relaxed) && started.elapsed() < DEADLINE {
+        for r in [US, EU] {
+            let s = fencing(c, r).await.map(|f| {
+                (
+                    f["role"].as_str().unwrap_or("?").to_string(),
+                    f["epoch"].as_u64().unwrap_or(0),
+                    f["holder"].as_str().unwrap_or("-").to_string(),
+                )
+            });
+            out.push((Instant::now(), r.to_string(), s));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    out
+}
+
+/// Waits until us-east-1 is the primary under epoch 1 in steady state (it has renewed its lease
+/// lately: a first grant that took long to commit leaves a short first window) and eu-west-1 is
+/// a standby.
+async fn wait_steady(c: &Cluster) -> Result<()> {
+    let end = Instant::now() + DEADLINE;
+    let mut last = Value::Null;
+    while Instant::now() < end {
+        if let Ok(f) = fencing(c, US).await {
+            if f["role"] == "primary"
+                && f["epoch"] == 1
+                && f["window_left_ms"].as_u64().is_some_and(|w| w >= 3_500)
+            {
+                wait_role(c, EU, "standby", DEADLINE).await?;
+                return Ok(());
+            }
+            last = f;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    bail!("{US} did not become a renewing primary within {DEADLINE:?}: {last}")
+}
+
+/// While `fault` holds (from `start` for [`HOLD`]), the primary (us-east-1) acknowledges every
+/// write sent to it and eu-west-1 stays a standby under epoch 1; the roles are sampled all along.
+/// Returns the attempts.
+async fn primary_unaffected(
+    c: &Cluster,
+    what: &str,
+    fault: impl std::future::Future<Output = Result<()>>,
+) -> Result<Vec<Attempt>> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let scenario = async {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let r = async {
+            let at = Instant::now();
+            fault.await?;
+            tokio::time::sleep(HOLD).await;
+            Ok::<_, anyhow::Error>(at)
+        }
+        .await;
+        stop.store(true, Ordering::Relaxed);
+        r
+    };
+    let (attempts, roles, at) = tokio::join!(
+        write_load(c, &[US], stop.clone(), 5_000),
+        watch_roles(c, stop.clone()),
+        scenario
+    );
+    let at = at?;
+    let end = at + HOLD;
+    let during: Vec<&Attempt> = attempts.iter().filter(|a| a.at >= at).collect();
+    ensure!(
+        during.len() > 100,
+        "too few writes during the {what} ({}): the load did not run",
+        during.len()
+    );
+    if let Some(bad) = attempts.iter().find(|a| a.status != Some(200)) {
+        bail!(
+            "{US} refused or failed a write {:?} into the {what}: {bad:?} ({} of {} attempts not acknowledged)",
+            bad.at.saturating_duration_since(at),
+            attempts.iter().filter(|a| a.status != Some(200)).count(),
+            attempts.len()
+        );
+    }
+    // Acknowledged without a stall (a write waits for no renewal; only the disk and a loaded
+    // machine slow it down).
+    let gap = during
+        .windows(2)
+        .map(|w| w[1].at - w[0].at)
+        .max()
+        .unwrap_or_default();
+    ensure!(
+        gap < Duration::from_secs(2),
+        "{US} stalled for {gap:?} during the {what}"
+    );
+    let last = during.last().map(|a| a.at).unwrap_or(at);
+    ensure!(
+        last + Duration::from_secs(1) >= end,
+        "the load stopped {:?} before the end of the {what}",
+        end.saturating_duration_since(last)
+    );
+    let mut samples = 0;
+    for (when, region, s) in &roles {
+        let (role, epoch, holder) = match s {
+            Ok(s) => s,
+            Err(e) => bail!(
+                "no fencing status of {region} {:?} into the {what}: {e:#}",
+                when.saturating_duration_since(at)
+            ),
+        };
+        let want = if region == US { "primary" } else { "standby" };
+        ensure!(
+            role == want && *epoch == 1 && holder == US,
+            "{region} was {role} (epoch {epoch}, holder {holder}) {:?} into the {what}; expected {want} under epoch 1 held by {US}",
+            when.saturating_duration_since(at)
+        );
+        if *when >= at {
+            samples += 1;
+        }
+    }
+    ensure!(
+        samples > 20,
+        "too few role samples during the {what}: {samples}"
+    );
+    eprintln!(
+        "{what}: {} writes acknowledged by {US} in {HOLD:?} (largest gap {gap:?}), {samples} role samples, all {US} primary / {EU} standby under epoch 1",
+        during.len()
+    );
+    Ok(attempts)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn arbiter_keeps_the_primary_when_only_the_regions_are_cut_apart() {
+    let c = start_with_arbiter(ClusterOptions::new("fence-arb-split").model("active-standby"));
+    ok(regions_cut_apart(&c).await);
+}
+
+async fn regions_cut_apart(c: &Cluster) -> Result<()> {
+    wait_steady(c).await?;
+    let (leader, term) = control_view(c, US).await?;
+    eprintln!("control group leader before the cut: {leader:?} (term {term})");
+    let attempts = primary_unaffected(c, "inter-region cut", async {
+        c.partition(US, EU)?;
+        Ok(())
+    })
+    .await?;
+    let views = (control_view(c, US).await?, control_view(c, EU).await?);
+    eprintln!(
+        "control group at the end of the cut: {US} sees {:?}, {EU} sees {:?}",
+        views.0, views.1
+    );
+    // Heal: everything acknowledged reaches the standby; the lease never moved.
+    c.heal_all()?;
+    let acked: Vec<&Attempt> = attempts.iter().filter(|a| a.status == Some(200)).collect();
+    all_acked_everywhere(c, &[US, EU], &acked).await?;
+    let f = fencing(c, EU).await?;
+    ensure!(
+        f["role"] == "standby" && f["epoch"] == 1 && f["holder"] == US,
+        "after the heal: {f}"
+    );
+    ensure!(
+        f["promotions"].as_array().map(Vec::len) == Some(1),
+        "only the initial grant is in the history: {f}"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn arbiter_lets_the_standby_take_over_an_isolated_primary() {
+    let c = start_with_arbiter(ClusterOptions::new("fence-arb-isolate").model("active-standby"));
+    ok(isolate_primary(&c, &[EU], &[EU, ARBITER]).await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_regions_keep_writing_without_the_arbiter() {
+    let c = start_with_arbiter(ClusterOptions::new("fence-arb-killed").model("active-standby"));
+    ok(arbiter_killed(&c).await);
+}
+
+async fn arbiter_killed(c: &Cluster) -> Result<()> {
+    wait_steady(c).await?;
+    let (leader, term) = control_view(c, US).await?;
+    eprintln!("control group leader before the kill: {leader:?} (term {term})");
+    primary_unaffected(c, "arbiter outage", async {
+        let status = c.kill_arbiter()?;
+        eprintln!("arbiter killed ({status})");
+        Ok(())
+    })
+    .await?;
+    let (leader, term) = control_view(c, US).await?;
+    ensure!(
+        leader.as_deref().is_some_and(|l| l == US || l == EU),
+        "a region leads the control group without the arbiter: {leader:?} (term {term})"
+    );
+    // The arbiter comes back on its data directory and the cluster carries on.
+    c.restart_arbiter()?;
+    let r = c
+        .client(US)
+        .kv_put_raw("sessions", "after-arbiter", b"x", None)
+        .await?;
+    ensure!(
+        r.status == 200,
+        "the primary writes after the arbiter's return: {}",
+        r.text()
+    );
     Ok(())
 }

@@ -15,6 +15,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::error::{ControlError, TransportError};
+use crate::liveness::Liveness;
 use crate::machine::{Applied, Machine};
 use crate::network::NetworkFactory;
 use crate::store::{LogStore, Store, blocking};
@@ -210,6 +211,8 @@ struct Inner {
     timing: ControlTiming,
     limits: ControlLimits,
     applied: watch::Receiver<Applied>,
+    /// Who answers: proposals go to a silent leader or a failing relay last.
+    liveness: Arc<Liveness>,
     /// `true` once every user of the store (openraft's tasks) is gone and the file is closed.
     store_closed: watch::Receiver<bool>,
     stopping: AtomicBool,
@@ -266,11 +269,13 @@ impl ControlGroup {
         })
         .await?;
         let (machine, applied) = Machine::restore(sm, store.clone(), snapshot)?;
+        let liveness = Arc::new(Liveness::default());
         let network = NetworkFactory {
             me: id,
             transport: transport.clone(),
             max_message_bytes: opts.limits.max_message_bytes,
             backoff: opts.timing.heartbeat,
+            liveness: liveness.clone(),
         };
         let raft = Raft::new(id, config, network, LogStore { store }, machine)
             .await
@@ -284,6 +289,7 @@ impl ControlGroup {
                 timing: opts.timing,
                 limits: opts.limits,
                 applied,
+                liveness,
                 store_closed,
                 stopping: AtomicBool::new(false),
             }),
@@ -353,10 +359,13 @@ impl ControlGroup {
     /// Proposes a command and waits until it is committed and applied; returns the state
     /// machine's response. Forwards to the leader when this member is not it; when the leader is
     /// not reachable from here, forwards through any other member that reaches it (one relay hop
-    /// at most). Bounded by [`ControlTiming::propose_timeout`]. On failure,
-    /// [`ControlError::may_have_applied`] tells whether the command may have been applied
-    /// ([`ControlError::Ambiguous`]) or surely was not ([`ControlError::NotApplied`] and the
-    /// others).
+    /// at most). A leader this member has not heard from for an election timeout (a follower
+    /// hears its leader every heartbeat) is tried only after the relays, and the relays whose
+    /// last call failed after the others: a link that swallows packets makes a request wait for
+    /// ever rather than fail, so a silent path is the last one to try. Bounded by
+    /// [`ControlTiming::propose_timeout`]. On failure, [`ControlError::may_have_applied`] tells
+    /// whether the command may have been applied ([`ControlError::Ambiguous`]) or surely was not
+    /// ([`ControlError::NotApplied`] and the others).
     pub async fn propose(&self, command: Vec<u8>) -> Result<Vec<u8>, ControlError> {
         self.check_running()?;
         let max = self.inner.limits.max_command_bytes;
@@ -368,6 +377,7 @@ impl ControlGroup {
         }
         let budget = self.inner.timing.propose_timeout;
         let deadline = Instant::now() + budget;
+        let me = self.inner.id;
         let mut last = String::from("no leader known");
         loop {
             self.check_running()?;
@@ -377,35 +387,45 @@ impl ControlGroup {
                 )));
             }
             let leader = self.leader();
-            let result = match leader {
-                Some(l) if l == self.inner.id => self.write_local(command.clone(), deadline).await,
-                Some(l) => self.forward(l, &command, false, deadline).await,
-                None => Err(ControlError::NotApplied("no leader known".into())),
-            };
-            match result {
-                Ok(r) => return Ok(r),
-                Err(e) if e.may_have_applied() => return Err(e),
-                Err(e) => last = e.to_string(),
+            // The leader first, unless it has gone silent; then the relays, each of which passes
+            // the command on to the leader it knows; a silent leader last.
+            let mut paths: Vec<(NodeId, bool)> = Vec::new();
+            let silent_leader = leader.filter(|&l| l != me && !self.hears(l));
+            if let Some(l) = leader
+                && silent_leader.is_none()
+            {
+                paths.push((l, false));
             }
-            // The leader is unknown or did not take it: try through every other member, each of
-            // which passes it on to the leader it knows.
-            let relays = self
-                .inner
-                .members
-                .keys()
-                .copied()
-                .filter(|&m| m != self.inner.id && Some(m) != leader);
-            for m in relays {
+            let relays = self.inner.liveness.relay_order(
+                self.inner
+                    .members
+                    .keys()
+                    .copied()
+                    .filter(|&m| m != me && Some(m) != leader),
+            );
+            paths.extend(relays.into_iter().map(|m| (m, true)));
+            if let Some(l) = silent_leader {
+                paths.push((l, false));
+            }
+            for (to, relay) in paths {
                 if Instant::now() >= deadline {
                     break;
                 }
-                match self.forward(m, &command, true, deadline).await {
+                let result = if to == me {
+                    self.write_local(command.clone(), deadline).await
+                } else {
+                    self.forward(to, &command, relay, deadline).await
+                };
+                match result {
                     Ok(r) => return Ok(r),
                     Err(e) if e.may_have_applied() => return Err(e),
                     Err(e) => last = e.to_string(),
                 }
             }
-            tracing::debug!(member = self.inner.id, reason = %last, "proposal not placed yet; retrying");
+            if leader.is_none() {
+                last = format!("no leader known ({last})");
+            }
+            tracing::debug!(member = me, reason = %last, "proposal not placed yet; retrying");
             let pause = self
                 .inner
                 .timing
@@ -413,6 +433,16 @@ impl ControlGroup {
                 .min(deadline.saturating_duration_since(Instant::now()));
             tokio::time::sleep(pause).await;
         }
+    }
+
+    /// Whether this member has heard from `member` within an election timeout (a follower hears
+    /// its leader at every heartbeat).
+    fn hears(&self, member: NodeId) -> bool {
+        self.inner
+            .liveness
+            .get(member)
+            .heard
+            .is_some_and(|h| h.elapsed() < self.inner.timing.election_min)
     }
 
     /// Appends `command` on this member, which believes it is the leader, and waits for the
@@ -461,15 +491,26 @@ impl ControlGroup {
         relay: bool,
         deadline: Instant,
     ) -> Result<Vec<u8>, ControlError> {
-        // The receiver answers a little before our own deadline, so that its answer (which says
-        // whether the command may have been applied) arrives in time.
-        let left = remaining_ms(deadline);
-        if left == 0 {
+        if remaining_ms(deadline) == 0 {
             return Err(ControlError::NotApplied(format!(
                 "no time left to send the proposal to {}",
                 self.name(to)
             )));
         }
+        // A relay answers within a few round trips (it passes the command to its leader, which
+        // commits it; it gives up on a leader that went silent after an election timeout). One
+        // that keeps silent longer is behind a link that swallows packets: give up on it
+        // (outcome unknown) rather than wait out the deadline, so the caller's next proposal can
+        // take another path (this one is tried last then).
+        let deadline = if relay {
+            deadline
+                .min(Instant::now() + self.inner.timing.election_max + self.inner.timing.heartbeat)
+        } else {
+            deadline
+        };
+        // The receiver answers a little before our own deadline, so that its answer (which says
+        // whether the command may have been applied) arrives in time.
+        let left = remaining_ms(deadline);
         let req = ProposeRequest {
             command: command.to_vec(),
             relay,
@@ -477,12 +518,51 @@ impl ControlGroup {
         };
         let body = encode(&req)?;
         let via = self.name(to);
-        let answer =
-            tokio::time::timeout_at(deadline, self.inner.transport.call(to, rpc::PROPOSE, body))
-                .await;
+        let liveness = &self.inner.liveness;
+        let call =
+            tokio::time::timeout_at(deadline, self.inner.transport.call(to, rpc::PROPOSE, body));
+        let answer = if relay {
+            call.await
+        } else {
+            // The leader sends this member a heartbeat every `heartbeat`: if nothing at all
+            // arrives from it for an election timeout while the proposal waits, the link to it
+            // has gone dark (a cut that swallows packets), and waiting out the deadline would
+            // only keep the caller from trying another path. The outcome is unknown.
+            let sent = Instant::now();
+            let quiet = self.inner.timing.election_min;
+            let silent = async {
+                loop {
+                    tokio::time::sleep(self.inner.timing.heartbeat / 4).await;
+                    let last = liveness.get(to).heard.map_or(sent, |h| h.max(sent));
+                    if last.elapsed() >= quiet {
+                        return last.elapsed();
+                    }
+                }
+            };
+            tokio::select! {
+                a = call => a,
+                after = silent => {
+                    liveness.failed(to);
+                    return Err(ControlError::Ambiguous(format!(
+                        "{via} (the leader) went silent: nothing heard from it for {after:?} while the proposal waited for its answer"
+                    )));
+                }
+            }
+        };
+        match &answer {
+            Err(_) | Ok(Err(TransportError::Unreachable(_) | TransportError::Failed(_))) => {
+                liveness.failed(to)
+            }
+            Ok(_) => liveness.heard(to),
+        }
         match answer {
             Err(_) => Err(ControlError::Ambiguous(format!(
-                "no answer from {via} before the deadline"
+                "no answer from {via} before the deadline{}",
+                if relay {
+                    " (a relay's, an election timeout)"
+                } else {
+                    ""
+                }
             ))),
             Ok(Err(TransportError::Unreachable(e))) => {
                 Err(ControlError::NotApplied(format!("{via} unreachable: {e}")))
@@ -566,6 +646,8 @@ impl ControlGroup {
             });
         }
         self.check_running()?;
+        // An authenticated member's request: it is alive and its link to here works.
+        self.inner.liveness.heard(from);
         let speaks_for = |claimed: Option<NodeId>| match claimed {
             Some(c) if c == from => Ok(()),
             Some(c) => Err(ControlError::MemberMismatch { from, claimed: c }),

@@ -32,6 +32,7 @@
 
 mod error;
 mod group;
+mod liveness;
 mod machine;
 mod network;
 mod store;

@@ -18,6 +18,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::error::{ControlError, TransportError};
+use crate::liveness::Liveness;
 use crate::wire::{SnapshotRequest, TypeConfig, decode, encode, rpc};
 use crate::{NodeId, Transport};
 
@@ -28,6 +29,8 @@ pub(crate) struct NetworkFactory {
     pub max_message_bytes: usize,
     /// How long replication to a member that is unreachable pauses before trying again.
     pub backoff: Duration,
+    /// Noted: which members answer (shared with the group, which routes proposals by it).
+    pub liveness: Arc<Liveness>,
 }
 
 impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
@@ -40,6 +43,7 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
             transport: self.transport.clone(),
             max_message_bytes: self.max_message_bytes,
             backoff: self.backoff,
+            liveness: self.liveness.clone(),
         }
     }
 }
@@ -50,6 +54,7 @@ pub(crate) struct PeerClient {
     transport: Arc<dyn Transport>,
     max_message_bytes: usize,
     backoff: Duration,
+    liveness: Arc<Liveness>,
 }
 
 /// How a call failed, before it is turned into openraft's error types.
@@ -84,10 +89,25 @@ impl PeerClient {
                 max: self.max_message_bytes,
             }));
         }
-        let answer = tokio::time::timeout(ttl, self.transport.call(self.target, name, body))
-            .await
-            .map_err(|_| CallError::Timeout(ttl))?
-            .map_err(CallError::Transport)?;
+        let answer = tokio::time::timeout(ttl, self.transport.call(self.target, name, body)).await;
+        let answer = match answer {
+            Err(_) => {
+                self.liveness.failed(self.target);
+                return Err(CallError::Timeout(ttl));
+            }
+            Ok(Err(e @ (TransportError::Unreachable(_) | TransportError::Failed(_)))) => {
+                self.liveness.failed(self.target);
+                return Err(CallError::Transport(e));
+            }
+            Ok(Err(e @ TransportError::Remote { .. })) => {
+                self.liveness.heard(self.target);
+                return Err(CallError::Transport(e));
+            }
+            Ok(Ok(answer)) => {
+                self.liveness.heard(self.target);
+                answer
+            }
+        };
         decode(name, &answer, self.max_message_bytes).map_err(CallError::Local)
     }
 

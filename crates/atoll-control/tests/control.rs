@@ -169,6 +169,140 @@ async fn a_proposal_reaches_the_leader_through_the_arbiter() {
     c.shutdown().await;
 }
 
+/// A link that swallows packets (a WAN partition) neither refuses a request nor answers it. A
+/// region whose link to the leader (the other region) stalls must still get its proposals through
+/// the arbiter, and must not spend its whole proposal deadline on the dark link first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proposals_go_around_a_leader_whose_link_swallows_packets() {
+    init_logs();
+    let mut c = Cluster::start(&["us-east", "eu-west", "arbiter"], |_| {}).await;
+    let arbiter = 3;
+    let mut leader = c.leader(ELECT).await;
+    for _ in 0..5 {
+        if leader != arbiter {
+            break;
+        }
+        c.net.isolate(arbiter, [1, 2]);
+        c.leader_among(&[1, 2], ELECT).await;
+        c.net.heal();
+        leader = c.leader(ELECT).await;
+    }
+    assert_ne!(leader, arbiter, "a region should lead");
+    let proposer = if leader == 1 { 2 } else { 1 };
+    let timing = c.options(proposer).timing;
+    // Placed, then the link between the regions goes dark.
+    c.group(proposer).propose(cmd(1)).await.expect("placed");
+    c.net.stall(1, 2);
+
+    // The first proposal goes to the leader it has just heard from; once the leader has been
+    // silent for an election timeout the proposer gives up on it (outcome unknown), well before
+    // its deadline.
+    let (r, took) = timed(c.group(proposer).propose(cmd(2))).await;
+    if let Err(e) = &r {
+        assert!(e.may_have_applied(), "{e}");
+    }
+    assert!(
+        took < timing.propose_timeout / 2,
+        "gave up on the silent leader after {took:?} (deadline {:?})",
+        timing.propose_timeout
+    );
+    // Every later one goes through the arbiter, promptly, and the leader stays the leader.
+    let mut count = 0;
+    for v in 3..=6 {
+        let (r, took) = timed(c.group(proposer).propose(cmd(v))).await;
+        count = count_of(&r.expect("relayed through the arbiter"));
+        assert!(
+            took < timing.propose_timeout / 2,
+            "proposal {v} took {took:?} through the arbiter"
+        );
+    }
+    assert!(count >= 5, "count {count}");
+    assert!(c.group(leader).status().is_leader);
+
+    c.net.heal();
+    c.converged(&[1, 2, 3], count, CONVERGE).await;
+    c.shutdown().await;
+}
+
+/// A member whose every link swallows packets cannot commit; each of its proposals gives up
+/// (outcome unknown) after the leader or a relay stayed silent for about an election timeout,
+/// not after the whole deadline, so a caller that retries (the fencing loop) is free to try
+/// again at once when a path opens.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proposals_through_dark_links_give_up_early() {
+    init_logs();
+    let mut c = Cluster::start(&["us-east", "eu-west", "ap-south"], |_| {}).await;
+    let leader = c.leader(ELECT).await;
+    let cut = *c.groups.keys().find(|&&id| id != leader).unwrap();
+    let timing = c.options(cut).timing;
+    c.group(cut).propose(cmd(1)).await.expect("placed");
+    for other in [1, 2, 3] {
+        if other != cut {
+            c.net.stall(cut, other);
+        }
+    }
+    // The first goes to the leader (heard from just now), the next ones through the relays
+    // first: each is given up on.
+    for v in 2..=4 {
+        let (r, took) = timed(c.group(cut).propose(cmd(v))).await;
+        let e = r.expect_err("no path is open");
+        assert!(
+            took < timing.propose_timeout / 2,
+            "proposal {v} gave up after {took:?} (deadline {:?}): {e}",
+            timing.propose_timeout
+        );
+    }
+    c.net.heal();
+    c.shutdown().await;
+}
+
+/// The group's failover is the followers' leader lease (`election_max`), then an election
+/// timeout (below `election_max`), then a vote round and the commit: about two `election_max`
+/// and some round trips. atoll sizes the
+/// timing from the lease so that this fits in the renewal slack (`lease - margin - renew_every`,
+/// 3750 ms with the shipped lease; `atoll_server::control::timing`): losing the group's leader
+/// (an arbiter, a standby region) must not cost the primary its write window.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_leader_is_replaced_within_the_lease_slack() {
+    init_logs();
+    let mut c = Cluster::start(&["us-east", "eu-west", "arbiter"], |o| {
+        // What atoll derives for the shipped lease (5000 ms, renewals every 1000, margin 250).
+        o.timing.heartbeat = Duration::from_millis(375);
+        o.timing.election_min = Duration::from_millis(750);
+        o.timing.election_max = Duration::from_millis(1_125);
+        o.timing.propose_timeout = Duration::from_millis(4_750);
+    })
+    .await;
+    let slack = Duration::from_millis(3_750);
+    let leader = c.leader(ELECT).await;
+    let proposer = *c.groups.keys().find(|&&id| id != leader).unwrap();
+    c.group(proposer).propose(cmd(1)).await.expect("placed");
+    let killed = std::time::Instant::now();
+    c.stop_member(leader).await;
+    // Proposals are retried until one commits, as the fencing loop renews.
+    let mut last = None;
+    while killed.elapsed() < ELECT {
+        match c.group(proposer).propose(cmd(2)).await {
+            Ok(_) => {
+                last = None;
+                break;
+            }
+            Err(e) => last = Some(e.to_string()),
+        }
+    }
+    let took = killed.elapsed();
+    eprintln!("leader {leader} stopped; a proposal of {proposer} committed after {took:?}");
+    assert!(
+        last.is_none(),
+        "nothing committed after the leader died: {last:?}"
+    );
+    assert!(
+        took < slack,
+        "a proposal committed {took:?} after the leader died: over the renewal slack {slack:?}"
+    );
+    c.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_member_has_its_state_and_log_back_and_catches_up() {
     init_logs();

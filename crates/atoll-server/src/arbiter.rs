@@ -27,91 +27,135 @@ pub struct ArbiterOptions {
     pub peer_via: BTreeMap<String, SocketAddr>,
 }
 
+/// A started arbiter: its control group runs and its peer listener is bound; [`Arbiter::serve`]
+/// serves the control routes.
+pub struct Arbiter {
+    name: RegionId,
+    group: atoll_control::ControlGroup,
+    listener: PeerListener,
+    members: usize,
+}
+
 /// Runs the arbiter until `shutdown` resolves.
 pub async fn run(
     opts: ArbiterOptions,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
-    let config = &opts.config;
-    let Some(arb) = config.cluster.arbiter.clone() else {
-        return Err(AtollError::Config(
-            "the config has no [cluster.arbiter] section: add one with the arbiter's `peer` address (and `name`, default \"arbiter\")".into(),
-        ));
-    };
-    config
-        .check_peer_tls()
-        .map_err(|e| AtollError::Config(e.to_string()))?;
-    let tls = match &config.cluster.tls {
-        PeerTls::Mutual(files) => Some(atoll_tls::RegionTls::load(
-            &arb.name,
-            &files.ca,
-            &files.cert_for(arb.name.as_str()),
-            &files.key_for(arb.name.as_str()),
-            atoll_core::clock::system_time(&atoll_core::clock::SystemClock),
-        )?),
-        PeerTls::Insecure | PeerTls::Undeclared => None,
-    };
-    for name in opts.peer_via.keys() {
-        if config.region(name).is_none() {
-            return Err(AtollError::Config(format!(
-                "--peer-via names `{name}`, which is not a region in the config"
-            )));
+    Arbiter::bind(opts).await?.serve(shutdown).await
+}
+
+impl Arbiter {
+    /// Loads its certificate, starts its control-group member and binds its peer listener (at
+    /// `--listen`, else `[cluster.arbiter] peer`).
+    pub async fn bind(opts: ArbiterOptions) -> Result<Arbiter> {
+        let config = &opts.config;
+        let Some(arb) = config.cluster.arbiter.clone() else {
+            return Err(AtollError::Config(
+                "the config has no [cluster.arbiter] section: add one with the arbiter's `peer` address (and `name`, default \"arbiter\")".into(),
+            ));
+        };
+        config
+            .check_peer_tls()
+            .map_err(|e| AtollError::Config(e.to_string()))?;
+        let tls = match &config.cluster.tls {
+            PeerTls::Mutual(files) => Some(atoll_tls::RegionTls::load(
+                &arb.name,
+                &files.ca,
+                &files.cert_for(arb.name.as_str()),
+                &files.key_for(arb.name.as_str()),
+                atoll_core::clock::system_time(&atoll_core::clock::SystemClock),
+            )?),
+            PeerTls::Insecure | PeerTls::Undeclared => None,
+        };
+        for name in opts.peer_via.keys() {
+            if config.region(name).is_none() {
+                return Err(AtollError::Config(format!(
+                    "--peer-via names `{name}`, which is not a region in the config"
+                )));
+            }
         }
-    }
-    std::fs::create_dir_all(&opts.data_dir).map_err(|e| {
-        AtollError::Storage(format!(
-            "cannot create data directory {}: {e}",
-            opts.data_dir.display()
-        ))
-    })?;
-    let addrs: BTreeMap<RegionId, SocketAddr> = config
-        .regions
-        .iter()
-        .map(|r| {
-            let a = opts
-                .peer_via
-                .get(r.name.as_str())
-                .copied()
-                .unwrap_or(r.peer);
-            (r.name.clone(), a)
+        std::fs::create_dir_all(&opts.data_dir).map_err(|e| {
+            AtollError::Storage(format!(
+                "cannot create data directory {}: {e}",
+                opts.data_dir.display()
+            ))
+        })?;
+        let addrs: BTreeMap<RegionId, SocketAddr> = config
+            .regions
+            .iter()
+            .map(|r| {
+                let a = opts
+                    .peer_via
+                    .get(r.name.as_str())
+                    .copied()
+                    .unwrap_or(r.peer);
+                (r.name.clone(), a)
+            })
+            .collect();
+        // Bind first: a taken port fails the start before the control group opens its log.
+        let names = config
+            .regions
+            .iter()
+            .map(|r| r.name.clone())
+            .chain(std::iter::once(arb.name.clone()))
+            .collect();
+        let listen = opts.listen.unwrap_or(arb.peer);
+        let listener = PeerListener::bind(listen, tls.as_ref(), names).await?;
+        let transport = Arc::new(crate::control::PeerTransport::new(
+            config,
+            arb.name.as_str(),
+            &addrs,
+            tls.as_ref(),
+        )?);
+        let (group, _applied) =
+            crate::control::start(config, arb.name.as_str(), &opts.data_dir, transport).await?;
+        Ok(Arbiter {
+            name: arb.name,
+            group,
+            listener,
+            members: crate::control::members(config).len(),
         })
-        .collect();
-    let transport = Arc::new(crate::control::PeerTransport::new(
-        config,
-        arb.name.as_str(),
-        &addrs,
-        tls.as_ref(),
-    )?);
-    let (group, _applied) =
-        crate::control::start(config, arb.name.as_str(), &opts.data_dir, transport).await?;
-    let names = config
-        .regions
-        .iter()
-        .map(|r| r.name.clone())
-        .chain(std::iter::once(arb.name.clone()))
-        .collect();
-    let listen = opts.listen.unwrap_or(arb.peer);
-    let listener = PeerListener::bind(listen, tls.as_ref(), names).await?;
-    let metrics = Arc::new(Metrics::new());
-    tracing::info!(
-        arbiter = %arb.name,
-        addr = %listener.local_addr()?,
-        members = crate::control::members(config).len(),
-        tls = if listener.is_tls() { "mutual TLS" } else { "none (insecure)" },
-        "arbiter listening (control group only, no keyspace data)"
-    );
-    let app = crate::control::router(crate::control::ControlRoute {
-        group: group.clone(),
-        members: Arc::new(crate::control::members(config)),
-        metrics: metrics.clone(),
-    })
-    .fallback(crate::api::route_not_found);
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let serve = tokio::spawn(listener.serve(app, metrics, stop_rx));
-    shutdown.await;
-    stop_tx.send_replace(true);
-    let _ = serve.await;
-    group.shutdown().await;
-    tracing::info!("arbiter stopped");
-    Ok(())
+    }
+
+    /// The arbiter's name (`[cluster.arbiter] name`).
+    pub fn name(&self) -> &RegionId {
+        &self.name
+    }
+
+    /// Where its peer listener is bound.
+    pub fn local_addr(&self) -> Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// Serves the control routes until `shutdown` resolves, then stops the control group.
+    pub async fn serve(self, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<()> {
+        let Arbiter {
+            name,
+            group,
+            listener,
+            members,
+        } = self;
+        let metrics = Arc::new(Metrics::new());
+        tracing::info!(
+            arbiter = %name,
+            addr = %listener.local_addr()?,
+            members,
+            tls = if listener.is_tls() { "mutual TLS" } else { "none (insecure)" },
+            "arbiter listening (control group only, no keyspace data)"
+        );
+        let app = crate::control::router(crate::control::ControlRoute {
+            group: group.clone(),
+            members: Arc::new(group.status().members),
+            metrics: metrics.clone(),
+        })
+        .fallback(crate::api::route_not_found);
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let serve = tokio::spawn(listener.serve(app, metrics, stop_rx));
+        shutdown.await;
+        stop_tx.send_replace(true);
+        let _ = serve.await;
+        group.shutdown().await;
+        tracing::info!("arbiter stopped");
+        Ok(())
+    }
 }

@@ -59,18 +59,36 @@ pub fn node_id(config: &Config, name: &str) -> Option<NodeId> {
         .map(|(id, _)| id)
 }
 
-/// Timing of the control group for members a WAN apart: an append RPC may take a long
-/// inter-region round trip over TLS; a renewal must get through within the lease window.
+/// Timing of the control group, derived from the lease (`docs/design/fencing.md`, "Control group
+/// timing").
+///
+/// The holder's window outlasts its last answered renewal by `lease - margin`, and the next
+/// renewal goes out `renew_every` after it: when the control group loses its leader (the arbiter,
+/// or a standby region, dies), the group must elect a new one and commit a renewal within the
+/// slack `lease - margin - renew_every`, or the primary stops writing although nothing is wrong
+/// with it (and a standby may even take over). openraft's failover is the followers' leader lease
+/// (`election_max`), then an election timeout (`election_min..election_max`), then a vote round
+/// and the commit: about `2 x election_max` and some round trips. `election_max` is 30 % of the
+/// slack, `election_min` two thirds of it (a narrow random range: a split vote needs only a few
+/// round trips to resolve), so the failover takes about 60 % of the slack and leaves the rest for
+/// the round trips (defaults: slack 3750 ms, elections 750..1125 ms, failover about 2.3 s). The
+/// heartbeat is half of `election_min` and at most 400 ms; it is also the timeout of one append
+/// RPC, which a long inter-region round trip over TLS needs.
 pub fn timing(config: &Config) -> ControlTiming {
-    let lease = config.fencing.lease_ms;
+    let f = &config.fencing;
+    let slack = f
+        .lease_ms
+        .saturating_sub(f.margin_ms)
+        .saturating_sub(f.renew_every_ms);
+    let election_max = (slack * 3 / 10).clamp(300, 3_000);
+    let election_min = election_max * 2 / 3;
+    let heartbeat = (election_min / 2).min(400);
     ControlTiming {
-        heartbeat: Duration::from_millis(400),
-        election_min: Duration::from_millis(1_500),
-        election_max: Duration::from_millis(3_000),
+        heartbeat: Duration::from_millis(heartbeat),
+        election_min: Duration::from_millis(election_min),
+        election_max: Duration::from_millis(election_max),
         propose_timeout: Duration::from_millis(
-            lease
-                .saturating_sub(config.fencing.margin_ms)
-                .clamp(1_000, 10_000),
+            f.lease_ms.saturating_sub(f.margin_ms).clamp(1_000, 10_000),
         ),
         snapshot_timeout: Duration::from_secs(10),
     }
@@ -315,6 +333,17 @@ impl Proposer for GroupProposer {
             fence::decode_answer(&out)
         })
     }
+
+    fn control_status(&self) -> Option<serde_json::Value> {
+        let s = self.group.status();
+        let name = |id: NodeId| s.members.get(&id).cloned();
+        Some(serde_json::json!({
+            "role": s.role,
+            "leader": s.leader.and_then(name),
+            "term": s.term,
+            "last_applied": s.last_applied,
+        }))
+    }
 }
 
 /// Starts the control group of member `me` with its log under `data_dir/control`, and a watch
@@ -355,4 +384,51 @@ pub async fn start(
         }
     });
     Ok((group, rx))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(lease: u64, renew: u64, margin: u64) -> Config {
+        let text = include_str!("../../../examples/three-regions.toml");
+        let mut c = Config::parse(text, "three-regions.toml").expect("the example parses");
+        c.fencing.lease_ms = lease;
+        c.fencing.renew_every_ms = renew;
+        c.fencing.margin_ms = margin;
+        c
+    }
+
+    /// A control-group failover (leader lease, then an election timeout: about two
+    /// `election_max`) fits in the renewal slack with room, so losing the group's leader does not
+    /// cost the primary its window.
+    #[test]
+    fn control_failover_fits_in_the_lease_slack() {
+        for (lease, renew, margin) in [(5_000, 1_000, 250), (2_000, 400, 100), (30_000, 1_000, 250)]
+        {
+            let t = timing(&config(lease, renew, margin));
+            let slack = Duration::from_millis(lease - margin - renew);
+            assert!(
+                t.election_max * 2 <= slack * 3 / 5,
+                "{lease}/{renew}/{margin}: {t:?}"
+            );
+            assert!(t.heartbeat < t.election_min && t.election_min < t.election_max);
+            assert!(t.heartbeat <= Duration::from_millis(400));
+        }
+        let t = timing(&config(5_000, 1_000, 250));
+        assert_eq!(
+            (
+                t.heartbeat,
+                t.election_min,
+                t.election_max,
+                t.propose_timeout
+            ),
+            (
+                Duration::from_millis(375),
+                Duration::from_millis(750),
+                Duration::from_millis(1_125),
+                Duration::from_millis(4_750)
+            )
+        );
+    }
 }

@@ -24,6 +24,11 @@ use tokio::sync::{Notify, watch};
 /// Proposes commands to the control group and waits for the state machine's answer.
 pub trait Proposer: Send + Sync + 'static {
     fn propose(&self, cmd: Command) -> Pin<Box<dyn Future<Output = Result<Answer>> + Send + '_>>;
+
+    /// This member's view of the control group (role, leader, term), for `/v1/status`.
+    fn control_status(&self) -> Option<Value> {
+        None
+    }
 }
 
 /// What fencing needs to know about replication: how far behind the holder this region and its
@@ -234,6 +239,11 @@ impl Fencing {
 
     /// `/healthz` and `/v1/status`: role, epoch, holder, lease times.
     pub fn status_json(&self) -> Value {
+        let control = self
+            .driver
+            .get()
+            .and_then(|(p, _)| p.control_status())
+            .unwrap_or(Value::Null);
         let now = self.now_ms();
         let f = self.fence();
         let st = f.state();
@@ -266,6 +276,7 @@ impl Fencing {
             "lease_ms": f.config().lease_ms,
             "handing_over_to": f.handing_over().map(|r| r.as_str()),
             "promotions": history,
+            "control": control,
         });
         if let Topology::ActiveActive { .. } = f.config().topology {
             v["quorum_window_left_ms"] = json!(f.quorum_left_ms(now));

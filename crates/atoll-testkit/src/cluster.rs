@@ -33,6 +33,16 @@
 //! small tokio runtime of its own, so it keeps moving bytes while a test blocks its own runtime
 //! in a lifecycle call.
 //!
+//! **Arbiter.** With [`ClusterOptions::arbiter`] the config also has `[cluster.arbiter]` (name
+//! [`ARBITER`], a peer address on a free `127.0.0.1` port), `atoll certs init` issues its
+//! certificate with the regions', and the cluster runs `atoll arbiter` as a managed process (a
+//! [`Service`], killed on drop, its log printed when the test panics), which lets a cluster have
+//! two regions. The arbiter is a node of the link mesh like a region: links `us-east-1->arbiter`,
+//! `arbiter->us-east-1`, ... carry every region-to-arbiter connection (the regions and the
+//! arbiter reach each other through them with `--peer-via`), so [`Cluster::partition`] and its
+//! kin accept [`ARBITER`] as either end. [`Cluster::kill_arbiter`] and
+//! [`Cluster::restart_arbiter`] stop and start it on its data directory and address.
+//!
 //! [`RegionProcess`] has a fixed command line, so a region with extra arguments is started
 //! through a small generated `sh` wrapper that appends them (the process is still `atoll`: the
 //! wrapper `exec`s it).
@@ -45,7 +55,7 @@
 //! for inspection when the test panicked.
 
 use crate::client::Client;
-use crate::process::{RegionProcess, RegionSpec};
+use crate::process::{RegionProcess, RegionSpec, Service};
 use crate::{TestDir, test_dir};
 use anyhow::{Context, Result, anyhow, bail, ensure};
 use atoll_link::{Direction, FaultKind, LinkServer, LinkSpec, PartitionMode};
@@ -73,6 +83,10 @@ pub const KEYSPACES: [(&str, &str); 4] = [
     ("ratelimits", "counter"),
     ("flags", "set"),
 ];
+
+/// The arbiter's name (`[cluster.arbiter] name`) in a cluster with [`ClusterOptions::arbiter`]; a
+/// node of the link mesh like a region.
+pub const ARBITER: &str = "arbiter";
 
 /// Heartbeat interval of test clusters (the product default is 1000 ms): a peer is unreachable
 /// after three intervals, so failures show within a second.
@@ -132,6 +146,8 @@ pub struct ClusterOptions {
     pub keyspace_lines: BTreeMap<String, Vec<String>>,
     /// Appended to the config as written (e.g. a `[fencing]` section).
     pub extra_config: String,
+    /// Run an arbiter ([`ClusterOptions::arbiter`]).
+    pub arbiter: bool,
 }
 
 impl ClusterOptions {
@@ -149,7 +165,17 @@ impl ClusterOptions {
             model: None,
             keyspace_lines: BTreeMap::new(),
             extra_config: String::new(),
+            arbiter: false,
         }
+    }
+
+    /// Adds an arbiter: `[cluster.arbiter]` (name [`ARBITER`]) in the config, its certificate
+    /// from `atoll certs init`, and an `atoll arbiter` process the cluster starts after the
+    /// regions and stops on drop. With [`ClusterOptions::with_links`] every region-to-arbiter
+    /// connection crosses the link mesh too. A cluster with an arbiter may have two regions.
+    pub fn arbiter(mut self) -> Self {
+        self.arbiter = true;
+        self
     }
 
     /// `[cluster] model = "..."` (active-active, active-standby, active-passive).
@@ -231,6 +257,11 @@ impl ClusterOptions {
         self
     }
 
+    /// The nodes of the cluster other than regions: the arbiter, if any.
+    fn extra_nodes(&self) -> Option<&'static str> {
+        self.arbiter.then_some(ARBITER)
+    }
+
     fn route_of(&self, from: &str, to: &str) -> &Route {
         self.routes
             .get(&(from.to_string(), to.to_string()))
@@ -250,11 +281,31 @@ pub struct RegionLayout {
     pub lon: f64,
 }
 
+/// Where the config says the arbiter listens.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ArbiterLayout {
+    /// `[cluster.arbiter] name` ([`ARBITER`]).
+    pub name: String,
+    /// `[cluster.arbiter] peer`: its (only) listener, the control routes (mutual TLS unless the
+    /// cluster is insecure).
+    pub peer: SocketAddr,
+}
+
 /// Where [`Cluster`] has `atoll certs init` write the certificates, in the test directory.
 pub const CERTS_DIR: &str = "certs";
 
 /// The cluster config for these regions (every region reads the same file).
 pub fn render_config(cluster: &str, regions: &[RegionLayout], opts: &ClusterOptions) -> String {
+    render_cluster_config(cluster, regions, None, opts)
+}
+
+/// The cluster config for these regions and, if given, `[cluster.arbiter]`.
+pub fn render_cluster_config(
+    cluster: &str,
+    regions: &[RegionLayout],
+    arbiter: Option<&ArbiterLayout>,
+    opts: &ClusterOptions,
+) -> String {
     let mut out = format!(
         "# Written by atoll-testkit's Cluster.\n[cluster]\nname = \"{cluster}\"\nmodel = \"{}\"\n",
         opts.model.as_deref().unwrap_or("active-active")
@@ -267,6 +318,12 @@ pub fn render_config(cluster: &str, regions: &[RegionLayout], opts: &ClusterOpti
     } else {
         out.push_str(&format!(
             "\n[cluster.tls]\nca = \"{CERTS_DIR}/ca.pem\"\ncert = \"{CERTS_DIR}/{{region}}.pem\"\nkey = \"{CERTS_DIR}/{{region}}.key\"\n"
+        ));
+    }
+    if let Some(a) = arbiter {
+        out.push_str(&format!(
+            "\n[cluster.arbiter]\nname = \"{}\"\npeer = \"{}\"\n",
+            a.name, a.peer
         ));
     }
     out.push('\n');
@@ -413,6 +470,48 @@ struct Member {
     process: RegionProcess,
 }
 
+/// The cluster's `atoll arbiter` process: its command line is fixed at start, so it restarts on
+/// the same data directory and address.
+struct ArbiterProcess {
+    layout: ArbiterLayout,
+    bin: PathBuf,
+    /// Everything after the binary: `arbiter --config .. --data-dir .. --listen .. [--peer-via ..]`.
+    args: Vec<String>,
+    env: Vec<(String, String)>,
+    log_path: PathBuf,
+    /// The running process (`None` while stopped).
+    service: Option<Service>,
+    starts: u32,
+}
+
+impl ArbiterProcess {
+    /// Starts the process and waits for its `listening on` line; on failure it is gone.
+    fn start(&mut self) -> Result<()> {
+        ensure!(
+            !self.is_running(),
+            "the arbiter is still running; stop it before starting it again"
+        );
+        let mut cmd = std::process::Command::new(&self.bin);
+        cmd.args(&self.args);
+        for (k, v) in &self.env {
+            cmd.env(k, v);
+        }
+        let mut service = Service::start(ARBITER, cmd, &self.log_path)?;
+        service
+            .wait_line(crate::process::START_TIMEOUT, |l| {
+                l.contains(" listening on ")
+            })
+            .with_context(|| format!("arbiter (start #{})", self.starts + 1))?;
+        self.starts += 1;
+        self.service = Some(service);
+        Ok(())
+    }
+
+    fn is_running(&mut self) -> bool {
+        self.service.as_mut().is_some_and(Service::is_running)
+    }
+}
+
 /// Everything needed to write the config and start the regions. Config generation and every
 /// region's command line are decided here and nowhere else.
 struct Launcher<'a> {
@@ -423,15 +522,18 @@ struct Launcher<'a> {
     closed: &'a ClosedPort,
     /// The link mesh's listen address per ordered pair (empty without a mesh).
     links: &'a LinkAddrs,
+    /// Where the arbiter listens, with [`ClusterOptions::arbiter`].
+    arbiter: Option<&'a ArbiterLayout>,
 }
 
 impl Launcher<'_> {
-    /// Writes the config and starts every region; on failure the regions started so far are
-    /// killed (dropped) before this returns.
-    fn launch_all(&self, layout: &[RegionLayout]) -> Result<Vec<Member>> {
-        let text = render_config(
+    /// Writes the config and starts every region, then the arbiter (if any); on failure the
+    /// processes started so far are killed (dropped) before this returns.
+    fn launch_all(&self, layout: &[RegionLayout]) -> Result<(Vec<Member>, Option<ArbiterProcess>)> {
+        let text = render_cluster_config(
             &format!("atoll-e2e-{}", sanitize(&self.opts.name)),
             layout,
+            self.arbiter,
             self.opts,
         );
         std::fs::write(self.config_path, text)
@@ -447,7 +549,49 @@ impl Launcher<'_> {
                 process,
             });
         }
-        Ok(members)
+        let arbiter = match self.arbiter {
+            Some(a) => {
+                let mut p = self.arbiter_process(a, layout)?;
+                p.start()?;
+                Some(p)
+            }
+            None => None,
+        };
+        Ok((members, arbiter))
+    }
+
+    /// The arbiter's process, not started: `atoll arbiter` on its own data directory, listening
+    /// on its configured address, reaching each region as its route says.
+    fn arbiter_process(
+        &self,
+        a: &ArbiterLayout,
+        layout: &[RegionLayout],
+    ) -> Result<ArbiterProcess> {
+        let data_dir = self.dir.join(&a.name);
+        let path = |p: &Path| {
+            p.to_str()
+                .map(str::to_string)
+                .ok_or_else(|| anyhow!("path {} is not UTF-8", p.display()))
+        };
+        let mut args = vec![
+            "arbiter".to_string(),
+            "--config".to_string(),
+            path(self.config_path)?,
+            "--data-dir".to_string(),
+            path(&data_dir)?,
+            "--listen".to_string(),
+            a.peer.to_string(),
+        ];
+        args.extend(arbiter_args(self.opts, self.closed, self.links, layout));
+        Ok(ArbiterProcess {
+            layout: a.clone(),
+            bin: self.bin.to_path_buf(),
+            args,
+            env: self.opts.env.clone(),
+            log_path: self.dir.join(format!("{}.log", a.name)),
+            service: None,
+            starts: 0,
+        })
     }
 
     /// Makes the cluster's certificates with `atoll certs init`, as an operator would, once
@@ -522,16 +666,42 @@ fn region_args(
     layout: &[RegionLayout],
 ) -> Vec<String> {
     let mut args = Vec::new();
-    for peer in layout.iter().filter(|p| p.name != region) {
-        let via = match effective_route(opts, links, region, &peer.name) {
+    let peers = layout
+        .iter()
+        .map(|p| p.name.as_str())
+        .chain(opts.extra_nodes())
+        .filter(|p| *p != region);
+    for peer in peers {
+        let via = match effective_route(opts, links, region, peer) {
             Route::Direct => continue,
             Route::Via(addr) => addr,
             Route::Cut => closed.addr(),
         };
         args.push("--peer-via".to_string());
-        args.push(format!("{}={via}", peer.name));
+        args.push(format!("{peer}={via}"));
     }
     args.extend(opts.extra_args.get(region).into_iter().flatten().cloned());
+    args
+}
+
+/// The arbiter's `--peer-via` arguments: one for every region it does not reach directly (a
+/// link of the mesh, or a route given in the options).
+fn arbiter_args(
+    opts: &ClusterOptions,
+    closed: &ClosedPort,
+    links: &LinkAddrs,
+    layout: &[RegionLayout],
+) -> Vec<String> {
+    let mut args = Vec::new();
+    for r in layout {
+        let via = match effective_route(opts, links, ARBITER, &r.name) {
+            Route::Direct => continue,
+            Route::Via(addr) => addr,
+            Route::Cut => closed.addr(),
+        };
+        args.push("--peer-via".to_string());
+        args.push(format!("{}={via}", r.name));
+    }
     args
 }
 
@@ -704,6 +874,9 @@ impl Drop for LinkMesh {
 pub struct Cluster {
     // The processes go before the directory (which is kept if the test panicked): see Drop.
     members: Vec<Member>,
+    /// The arbiter, with [`ClusterOptions::arbiter`]. Behind a lock so that a test can kill and
+    /// restart it while it observes and loads the regions through a shared borrow.
+    arbiter: Option<std::sync::Mutex<ArbiterProcess>>,
     /// The link mesh, with [`ClusterOptions::with_links`].
     mesh: Option<LinkMesh>,
     closed: ClosedPort,
@@ -714,32 +887,44 @@ pub struct Cluster {
 }
 
 impl Cluster {
-    /// Writes the config for `n_regions` (3 to 5) regions on free loopback ports and starts every
-    /// region (each waits until `/healthz` answers). Retries with new ports when one was taken.
+    /// Writes the config for `n_regions` (3 to 5; 2 to 5 with [`ClusterOptions::arbiter`])
+    /// regions on free loopback ports and starts every region (each waits until `/healthz`
+    /// answers), then the arbiter if there is one (it waits for its `listening on` line).
+    /// Retries with new ports when one was taken.
     pub fn start(
         bin: impl Into<PathBuf>,
         n_regions: usize,
         opts: ClusterOptions,
     ) -> Result<Cluster> {
+        let min = if opts.arbiter { 2 } else { 3 };
         ensure!(
-            (3..=REGIONS.len()).contains(&n_regions),
-            "a cluster has 3 to {} regions, not {n_regions}",
+            (min..=REGIONS.len()).contains(&n_regions),
+            "a cluster {} has {min} to {} regions, not {n_regions}",
+            if opts.arbiter {
+                "with an arbiter"
+            } else {
+                "without an arbiter"
+            },
             REGIONS.len()
         );
         let bin = bin.into();
         let dir = test_dir(&opts.name)?;
         let closed = ClosedPort::new()?;
-        let names: Vec<&str> = REGIONS[..n_regions].iter().map(|r| r.0).collect();
+        let names: Vec<&str> = REGIONS[..n_regions]
+            .iter()
+            .map(|r| r.0)
+            .chain(opts.extra_nodes())
+            .collect();
         for ((from, to), _) in opts.routes.iter() {
             ensure!(
                 names.contains(&from.as_str()) && names.contains(&to.as_str()) && from != to,
-                "route {from} -> {to} names a region that is not in this {n_regions}-region cluster"
+                "route {from} -> {to} names a node that is not in this cluster ({names:?})"
             );
         }
         let config_path = dir.join("atoll.toml");
         let mut last_err = None;
         for attempt in 1..=START_ATTEMPTS {
-            let ports = free_ports(2 * n_regions)?;
+            let ports = free_ports(2 * n_regions + usize::from(opts.arbiter))?;
             let layout: Vec<RegionLayout> = REGIONS[..n_regions]
                 .iter()
                 .zip(ports.chunks(2))
@@ -756,9 +941,26 @@ impl Cluster {
                     lon,
                 })
                 .collect();
+            let arbiter = opts.arbiter.then(|| ArbiterLayout {
+                name: ARBITER.to_string(),
+                peer: SocketAddr::from((Ipv4Addr::LOCALHOST, ports[2 * n_regions])),
+            });
             // The links forward to the layout's addresses, so a new mesh goes with every attempt.
+            // The arbiter is a node of the mesh like a region (the mesh needs only its name and
+            // peer address).
+            let nodes: Vec<RegionLayout> = layout
+                .iter()
+                .cloned()
+                .chain(arbiter.iter().map(|a| RegionLayout {
+                    name: a.name.clone(),
+                    api: a.peer,
+                    peer: a.peer,
+                    lat: 0.0,
+                    lon: 0.0,
+                }))
+                .collect();
             let mesh = match opts.link_delay_ms {
-                Some(ms) => Some(LinkMesh::start(&layout, ms)?),
+                Some(ms) => Some(LinkMesh::start(&nodes, ms)?),
                 None => None,
             };
             let links = mesh.as_ref().map(LinkMesh::addrs).unwrap_or_default();
@@ -769,11 +971,13 @@ impl Cluster {
                 opts: &opts,
                 closed: &closed,
                 links: &links,
+                arbiter: arbiter.as_ref(),
             };
             match launcher.launch_all(&layout) {
-                Ok(members) => {
+                Ok((members, arbiter)) => {
                     return Ok(Cluster {
                         members,
+                        arbiter: arbiter.map(std::sync::Mutex::new),
                         mesh,
                         closed,
                         bin,
@@ -946,10 +1150,19 @@ impl Cluster {
         self.mesh.as_ref().map(LinkMesh::server)
     }
 
+    /// Panics unless `name` is a region or the arbiter of this cluster.
+    #[track_caller]
+    fn node(&self, name: &str) {
+        if self.has_arbiter() && name == ARBITER {
+            return;
+        }
+        self.member(name);
+    }
+
     #[track_caller]
     fn mesh_for(&self, a: &str, b: &str) -> Result<&LinkMesh> {
-        self.member(a);
-        self.member(b);
+        self.node(a);
+        self.node(b);
         ensure!(a != b, "{a} has no link to itself");
         self.mesh.as_ref().ok_or_else(|| {
             anyhow!("this cluster has no link mesh: start it with ClusterOptions::with_links")
@@ -1059,8 +1272,91 @@ impl Cluster {
         }
     }
 
-    /// Prints the last `lines` lines of every region's log to stderr.
+    /// Whether the cluster has an arbiter ([`ClusterOptions::arbiter`]).
+    pub fn has_arbiter(&self) -> bool {
+        self.arbiter.is_some()
+    }
+
+    /// The arbiter's process, locked (a panic elsewhere while it was held leaves it usable).
+    #[track_caller]
+    fn arbiter_process(&self) -> std::sync::MutexGuard<'_, ArbiterProcess> {
+        self.arbiter
+            .as_ref()
+            .expect("this cluster has no arbiter: start it with ClusterOptions::arbiter")
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The arbiter's configured address (`[cluster.arbiter] peer`, which it listens on).
+    ///
+    /// # Panics
+    /// If the cluster has no arbiter (as every arbiter call does).
+    #[track_caller]
+    pub fn arbiter_addr(&self) -> SocketAddr {
+        self.arbiter_process().layout.peer
+    }
+
+    /// The arbiter's data directory (its control log).
+    #[track_caller]
+    pub fn arbiter_data_dir(&self) -> PathBuf {
+        let name = self.arbiter_process().layout.name.clone();
+        self.dir.join(&name)
+    }
+
+    /// The arbiter's log so far (stderr, and stdout lines prefixed `[stdout] `).
+    #[track_caller]
+    pub fn arbiter_log(&self) -> String {
+        let path = self.arbiter_process().log_path.clone();
+        std::fs::read_to_string(path).unwrap_or_default()
+    }
+
+    /// Whether the arbiter process is running (reaps it if it exited).
+    #[track_caller]
+    pub fn arbiter_is_up(&self) -> bool {
+        self.arbiter_process().is_running()
+    }
+
+    /// SIGKILL the arbiter: it dies at once. Returns its exit status. Takes `&self` (unlike the
+    /// regions' lifecycle calls) so that a test can do it while a load runs; it blocks briefly.
+    #[track_caller]
+    pub fn kill_arbiter(&self) -> Result<ExitStatus> {
+        let service = self.arbiter_process().service.take();
+        let mut service = service.ok_or_else(|| anyhow!("the arbiter is not running"))?;
+        service.kill9()
+    }
+
+    /// Starts a stopped arbiter again, on its data directory, config and address (waits for its
+    /// `listening on` line). Retries for a while if its port is briefly held by someone else.
+    #[track_caller]
+    pub fn restart_arbiter(&self) -> Result<()> {
+        let started = Instant::now();
+        let mut a = self.arbiter_process();
+        loop {
+            match a.start() {
+                Ok(()) => return Ok(()),
+                Err(e)
+                    if is_transient_start_error(&e) && started.elapsed() < RESTART_PORT_RETRY =>
+                {
+                    eprintln!("atoll-testkit: restart of the arbiter failed, retrying: {e:#}");
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Prints the last `lines` lines of every region's log (and the arbiter's) to stderr.
     pub fn print_logs(&self, lines: usize) {
+        if self.has_arbiter() {
+            let a = self.arbiter_process();
+            eprintln!(
+                "---- {} log ({}), last {lines} lines ----\n{}\n---- end of {} log ----",
+                a.layout.name,
+                a.log_path.display(),
+                crate::process::tail_of(&a.log_path, lines),
+                a.layout.name
+            );
+        }
         for m in &self.members {
             eprintln!(
                 "---- region {} log ({}), last {lines} lines ----\n{}\n---- end of region {} log ----",
@@ -1077,7 +1373,7 @@ impl Drop for Cluster {
     fn drop(&mut self) {
         if std::thread::panicking() {
             eprintln!(
-                "cluster {:?} failed: config {} (regions: {})",
+                "cluster {:?} failed: config {} (regions: {}{})",
                 self.opts.name,
                 self.config_path.display(),
                 self.members
@@ -1087,11 +1383,18 @@ impl Drop for Cluster {
                         m.layout.name, m.layout.api, m.layout.peer
                     ))
                     .collect::<Vec<_>>()
-                    .join(", ")
+                    .join(", "),
+                if self.has_arbiter() {
+                    format!("; arbiter on {}", self.arbiter_addr())
+                } else {
+                    String::new()
+                }
             );
         }
-        // Kill every region before the directory goes; each prints its log tail when panicking.
+        // Kill every region and the arbiter before the directory goes; each prints its log tail
+        // when panicking.
         self.members.clear();
+        self.arbiter = None;
         if let Some(mesh) = self.mesh.take() {
             if std::thread::panicking() {
                 mesh.print();
@@ -1254,6 +1557,80 @@ mod tests {
         assert!(
             !text.contains("ca.pem") && !text.contains("peer ="),
             "{text}"
+        );
+    }
+
+    #[test]
+    fn config_has_the_arbiter_when_given() {
+        let arbiter = ArbiterLayout {
+            name: ARBITER.to_string(),
+            peer: SocketAddr::from((Ipv4Addr::LOCALHOST, 7300)),
+        };
+        let opts = ClusterOptions::new("a").arbiter();
+        let text = render_cluster_config("c", &layout()[..2], Some(&arbiter), &opts);
+        assert!(
+            text.contains("[cluster.arbiter]\nname = \"arbiter\"\npeer = \"127.0.0.1:7300\"\n"),
+            "{text}"
+        );
+        // The product's own parser takes it: two regions and the arbiter are three voters.
+        let cfg = atoll_config::Config::parse(&text, "atoll.toml").unwrap();
+        let a = cfg.cluster.arbiter.as_ref().unwrap();
+        assert_eq!((a.name.as_str(), a.peer), (ARBITER, arbiter.peer));
+        assert_eq!(cfg.voters(), 3);
+        assert!(!render_config("c", &layout(), &opts).contains("arbiter"));
+    }
+
+    #[test]
+    fn the_arbiter_is_reached_through_its_links() {
+        let opts = ClusterOptions::new("arb").arbiter().with_links(5.0).route(
+            "eu-west-1",
+            ARBITER,
+            Route::Cut,
+        );
+        let closed = ClosedPort::new().unwrap();
+        let regions = &layout()[..2];
+        let mut links = LinkAddrs::new();
+        let mut port = 9000;
+        for a in ["us-east-1", "eu-west-1", ARBITER] {
+            for b in ["us-east-1", "eu-west-1", ARBITER] {
+                if a != b {
+                    links.insert(
+                        (a.to_string(), b.to_string()),
+                        SocketAddr::from((Ipv4Addr::LOCALHOST, port)),
+                    );
+                    port += 1;
+                }
+            }
+        }
+        let addr = |a: &str, b: &str| links[&(a.to_string(), b.to_string())];
+        assert_eq!(
+            region_args(&opts, &closed, &links, "us-east-1", regions),
+            vec![
+                "--peer-via".to_string(),
+                format!("eu-west-1={}", addr("us-east-1", "eu-west-1")),
+                "--peer-via".to_string(),
+                format!("arbiter={}", addr("us-east-1", ARBITER)),
+            ]
+        );
+        assert_eq!(
+            region_args(&opts, &closed, &links, "eu-west-1", regions)[3],
+            format!("arbiter={}", closed.addr())
+        );
+        assert_eq!(
+            arbiter_args(&opts, &closed, &links, regions),
+            vec![
+                "--peer-via".to_string(),
+                format!("us-east-1={}", addr(ARBITER, "us-east-1")),
+                "--peer-via".to_string(),
+                format!("eu-west-1={}", addr(ARBITER, "eu-west-1")),
+            ]
+        );
+        // Without an arbiter nothing names one.
+        let plain = ClusterOptions::new("plain").with_links(5.0);
+        assert!(
+            !region_args(&plain, &closed, &links, "us-east-1", regions)
+                .iter()
+                .any(|a| a.contains(ARBITER))
         );
     }
 

@@ -11,7 +11,9 @@
 //!   [`ClusterOptions::with_links`] every region-to-region byte crosses an in-process `atoll link`
 //!   mesh (one link per ordered pair), so a test can partition two regions, cut one direction
 //!   only, and heal them while the processes run ([`Cluster::partition`],
-//!   [`Cluster::partition_oneway`], [`Cluster::heal`], [`Cluster::heal_all`]).
+//!   [`Cluster::partition_oneway`], [`Cluster::heal`], [`Cluster::heal_all`]). With
+//!   [`ClusterOptions::arbiter`] it also runs `atoll arbiter` (the control group's witness; then
+//!   two regions suffice), a node of the link mesh like a region.
 //! - [`Service`]: any other long-running `atoll` process (`atoll link serve`, `atoll router`,
 //!   `atoll demo`) started from a command line, waited for by a line it prints, killed on drop.
 //! - [`free_ports`], [`free_port_range`], [`free_udp_tcp_port`]: loopback ports to start on.
@@ -29,8 +31,8 @@ pub mod wait;
 
 pub use client::{Client, KvRead, Reply, Sibling, Ts, WriteAck};
 pub use cluster::{
-    Cluster, ClusterOptions, FAULT_LEASE, Route, free_port_range, free_ports, free_udp_tcp_port,
-    link_name,
+    ARBITER, ArbiterLayout, Cluster, ClusterOptions, FAULT_LEASE, Route, free_port_range,
+    free_ports, free_udp_tcp_port, link_name,
 };
 pub use process::{RegionProcess, RegionSpec, Service, atoll_bin, run_with_timeout};
 pub use wait::{wait_until, wait_until_async};

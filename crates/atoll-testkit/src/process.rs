@@ -340,6 +340,11 @@ impl Drop for RegionProcess {
     }
 }
 
+/// The last `lines` lines of the file at `path` (empty if it cannot be read).
+pub fn tail_of(path: &Path, lines: usize) -> String {
+    tail(path, lines)
+}
+
 fn tail(path: &Path, lines: usize) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     let all: Vec<&str> = text.lines().collect();
@@ -548,6 +553,18 @@ impl Service {
         self.child
             .as_mut()
             .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+
+    /// SIGKILL: the process dies at once. Waits for it and returns its exit status.
+    pub fn kill9(&mut self) -> Result<ExitStatus> {
+        let mut child = self
+            .child
+            .take()
+            .ok_or_else(|| anyhow!("{} is not running", self.name))?;
+        child.kill().context("SIGKILL")?;
+        child
+            .wait()
+            .with_context(|| format!("waiting for the killed {}", self.name))
     }
 
     pub fn log_path(&self) -> &Path {

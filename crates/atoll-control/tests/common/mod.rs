@@ -1,5 +1,5 @@
 //! Test support: a toy state machine, an in-memory transport whose links can be cut one direction
-//! at a time, and a cluster of members started in this process, each with its own data
+//! at a time (refusing, or swallowing messages), and a cluster of members started in this process, each with its own data
 //! directory.
 
 #![allow(dead_code)]
@@ -76,6 +76,7 @@ pub fn count_of(response: &[u8]) -> u64 {
 pub struct Net {
     nodes: Mutex<HashMap<NodeId, ControlGroup>>,
     cut: Mutex<BTreeSet<(NodeId, NodeId)>>,
+    stalled: Mutex<BTreeSet<(NodeId, NodeId)>>,
 }
 
 impl Net {
@@ -107,12 +108,32 @@ impl Net {
         }
     }
 
+    /// Stalls both directions between `a` and `b`, as a WAN partition does: a call is neither
+    /// refused nor answered; it is held (and so is an answer) until the link heals.
+    pub fn stall(&self, a: NodeId, b: NodeId) {
+        let mut s = self.stalled.lock().unwrap();
+        s.insert((a, b));
+        s.insert((b, a));
+    }
+
     pub fn heal(&self) {
         self.cut.lock().unwrap().clear();
+        self.stalled.lock().unwrap().clear();
     }
 
     fn is_cut(&self, from: NodeId, to: NodeId) -> bool {
         self.cut.lock().unwrap().contains(&(from, to))
+    }
+
+    fn is_stalled(&self, from: NodeId, to: NodeId) -> bool {
+        self.stalled.lock().unwrap().contains(&(from, to))
+    }
+
+    /// Holds a message on `from -> to` while that direction is stalled.
+    async fn held(&self, from: NodeId, to: NodeId) {
+        while self.is_stalled(from, to) {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
 
     pub fn transport(self: &Arc<Self>, me: NodeId) -> Arc<dyn Transport> {
@@ -137,11 +158,13 @@ impl Transport for MemTransport {
                 self.me
             )));
         }
+        self.net.held(self.me, to).await;
         let target = self.net.nodes.lock().unwrap().get(&to).cloned();
         let Some(target) = target else {
             return Err(TransportError::Unreachable(format!("{to} is not running")));
         };
         let answer = target.handle(self.me, rpc, body).await;
+        self.net.held(to, self.me).await;
         if self.net.is_cut(to, self.me) {
             return Err(TransportError::Failed(format!(
                 "the answer was lost: link {to} -> {} is cut",

@@ -223,3 +223,47 @@ fn the_wall_clock_is_read_in_one_place_and_no_todo_is_left() {
     }
     assert!(problems.is_empty(), "{}", problems.join("\n"));
 }
+
+/// The replication decisions live in `atoll_core::driver` only: the server's adapter and the
+/// simulation execute its commands and never call the core's deciding functions themselves
+/// (`docs/design/replication-driver.md`).
+#[test]
+fn the_server_and_the_simulation_share_one_replication_driver() {
+    let mut files = vec![root().join("crates/atoll-server/src/replication.rs")];
+    rust_files(&root().join("crates/atoll-sim/src"), &mut files);
+    let deciding = [
+        "ReplCore::new(",
+        ".admit(",
+        ".wanted_subscriptions(",
+        ".on_stream_heartbeat(",
+        ".heartbeat(&",
+        ".on_heartbeat(&hb, now.wall_ms",
+    ];
+    let mut problems = Vec::new();
+    for f in &files {
+        let text = std::fs::read_to_string(f).expect("source");
+        let rel = f.strip_prefix(root()).unwrap_or(f).display().to_string();
+        for d in deciding {
+            if text.contains(d) {
+                problems.push(format!("{rel} calls `{d}`: let atoll_core::driver decide"));
+            }
+        }
+    }
+    assert!(files.len() > 3, "only {} sources found", files.len());
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+    // Both really use the driver.
+    for f in [
+        "crates/atoll-server/src/replication.rs",
+        "crates/atoll-sim/src/sim.rs",
+    ] {
+        let text = read(f);
+        assert!(
+            text.contains("ReplDriver::new("),
+            "{f} does not run the driver"
+        );
+        assert!(
+            text.contains("ServedStream::new("),
+            "{f} does not serve streams with it"
+        );
+    }
+}

@@ -10,6 +10,8 @@
 //! - [`codec`]: versioned binary encodings and the `X-Atoll-Context` token.
 //! - [`repl`]: the replication core (heartbeats, reachability, relay subscriptions, admission,
 //!   lag, clock-skew hold-back, stability claims and the tombstone horizon) and the stream framing.
+//! - [`driver`]: the replication driver around the core (timers, subscriptions, served
+//!   streams): commands out, executed by the region server and by the simulation.
 //! - [`fence`]: split-brain fencing: the write lease's replicated state machine and each
 //!   member's lease timers and role.
 //! - [`geo`]: great-circle distance, for the latency model.
@@ -18,6 +20,7 @@ pub mod causal;
 pub mod clock;
 pub mod codec;
 pub mod crdt;
+pub mod driver;
 pub mod error;
 pub mod fence;
 pub mod geo;

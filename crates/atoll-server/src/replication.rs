@@ -9,43 +9,46 @@
 //!   operation log, heartbeats when idle). The stream is bounded: a slow subscriber stalls its
 //!   sender through a small channel and TCP, never grows memory.
 //!
-//! Tasks: one heartbeat sender, one subscription manager (starts, restarts and stops one
-//! subscription per peer as `wanted_subscriptions` changes), one maintenance loop (tombstone
-//! collection below the horizon, conflict-ledger pruning), and a watcher that logs clock-skew
-//! transitions.
+//! Every decision (when heartbeats go out, which subscriptions run, what a frame means, when a
+//! served stream sends what, when maintenance runs) is made by the pure
+//! [`atoll_core::driver::ReplDriver`] and [`atoll_core::driver::ServedStream`], which the
+//! simulation runs too (`docs/design/replication-driver.md`). This module carries their commands
+//! out: one driver loop (timers), one task per open subscription (frames in, batches applied in
+//! order), one task per served stream, and the two routes below.
 
 use crate::metrics::{ConflictLabels, KeyspaceOnly, Metrics, PairLabels, RefusedLabels};
 use crate::peer::{self, PeerAuth, PeerClient};
 use atoll_core::clock::Clock;
 use atoll_core::codec;
-use atoll_core::hlc::Timestamp;
+use atoll_core::driver::{
+    ApplyReport, Command, DriverConfig, LocalView, Notice, Now, ReplDriver, ServedStream,
+    StreamStep, SubId,
+};
 use atoll_core::repl::{
-    Frame, FrameReader, Heartbeat, LinkState, PeerStatus, Refusal, ReplConfig, ReplCore, Subscribe,
+    Frame, FrameReader, Heartbeat, LinkState, PeerStatus, Refusal, ReplConfig, Subscribe,
     encode_frame,
 };
 use atoll_core::{AtollError, RegionId, Result};
 use atoll_store::Store;
 use axum::body::{Body, Bytes};
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
-/// Largest ops batch per frame.
-const BATCH_MAX: usize = 2048;
-/// Heartbeat frames on an idle subscription stream, so lag stays fresh between heartbeats.
-const STREAM_TICK: Duration = Duration::from_millis(100);
+/// Longest sleep of the driver loop (it also wakes when the driver's next timer is due).
+const DRIVER_NAP: Duration = Duration::from_millis(100);
 
-/// Everything the replication tasks and handlers share.
+/// Everything the replication tasks and handlers share: the pure [`ReplDriver`] (which decides)
+/// and what carries its commands out (HTTP clients, the store, metrics).
 pub struct Replicator {
-    core: Mutex<ReplCore>,
+    driver: Mutex<ReplDriver>,
     store: Arc<Store>,
     clock: Arc<dyn Clock>,
     metrics: Arc<Metrics>,
-    cluster: String,
     /// Where to reach each peer (the config's peer address, or a `--peer-via` override).
     peer_addrs: BTreeMap<RegionId, SocketAddr>,
     /// Woken after every commit that added to the operation log.
@@ -56,14 +59,13 @@ pub struct Replicator {
     /// Set on shutdown: every subscription stream this region serves ends, so graceful shutdown
     /// does not wait for peers to give up on them.
     stopping: tokio::sync::watch::Sender<bool>,
-    /// Woken when a link to a peer starts working both ways (subscriptions can start).
-    link_up: Notify,
-    /// When each peer was last sent a prompt heartbeat.
-    prompted: Mutex<BTreeMap<RegionId, tokio::time::Instant>>,
+    /// The open subscriptions' tasks (aborted when the driver closes them).
+    subs: Mutex<BTreeMap<SubId, JoinHandle<()>>>,
+    /// A maintenance pass is running (a slow one is not stacked up).
+    maintaining: Arc<AtomicBool>,
+    /// The driver's monotonic clock starts here.
+    mono_base: std::time::Instant,
 }
-
-/// Least time between two prompt heartbeats to one peer.
-const PROMPT_HEARTBEAT_GAP: Duration = Duration::from_millis(100);
 
 /// What a [`Replicator`] is configured with.
 pub struct Settings {
@@ -74,6 +76,13 @@ pub struct Settings {
     pub max_lag_secs: u64,
     /// Mutual TLS between regions (`None`: plain HTTP, `insecure = true`).
     pub tls: Option<atoll_tls::RegionTls>,
+}
+
+/// What a subscription task must do itself after handing its commands over.
+enum Own {
+    Continue,
+    Apply(Vec<atoll_core::op::OpEntry>),
+    Ended(String),
 }
 
 impl Replicator {
@@ -92,107 +101,137 @@ impl Replicator {
             tls,
         } = settings;
         let me = store.region().clone();
-        let core = ReplCore::new(
-            me,
-            peer_addrs.keys().cloned().collect(),
-            cfg.clone(),
-            store.applied(),
-        );
         let interval = Duration::from_millis(cfg.heartbeat_interval_ms);
         let bound = interval.max(Duration::from_millis(200));
         let http = PeerClient::new(&peer_addrs, tls.as_ref(), bound, Some(bound), true);
         let stream_http = PeerClient::new(&peer_addrs, tls.as_ref(), bound, None, false);
+        let mono_base = std::time::Instant::now();
+        let local = local_view(&store);
+        let now = Now {
+            wall_ms: clock.physical_ms(),
+            mono_ms: 0,
+        };
+        let driver = ReplDriver::new(
+            me,
+            peer_addrs.keys().cloned().collect(),
+            DriverConfig::new(cluster, cfg),
+            &local,
+            now,
+        );
         Ok(Arc::new(Replicator {
-            core: Mutex::new(core),
+            driver: Mutex::new(driver),
             store,
             clock,
             metrics,
-            cluster,
             peer_addrs,
             changed,
             http,
             stream_http,
             max_lag_secs,
             stopping: tokio::sync::watch::Sender::new(false),
-            link_up: Notify::new(),
-            prompted: Mutex::new(BTreeMap::new()),
+            subs: Mutex::new(BTreeMap::new()),
+            maintaining: Arc::new(AtomicBool::new(false)),
+            mono_base,
         }))
     }
 
-    fn now(&self) -> u64 {
-        self.clock.physical_ms()
-    }
-
-    fn with_core<T>(&self, f: impl FnOnce(&mut ReplCore) -> T) -> Result<T> {
-        let mut core = self
-            .core
-            .lock()
-            .map_err(|_| AtollError::Storage("replication state lock poisoned".into()))?;
-        Ok(f(&mut core))
-    }
-
-    /// Brings the core's applied vector up to the store's committed one.
-    fn sync_applied(&self) -> Result<()> {
-        let applied = self.store.applied();
-        self.with_core(|c| {
-            for (o, n) in applied.iter() {
-                c.on_applied(o, n);
-            }
-        })
-    }
-
-    fn hlc_now(&self) -> Timestamp {
-        Timestamp {
-            wall_ms: self
-                .store
-                .stats()
-                .hlc_wall_ms
-                .load(Ordering::Relaxed)
-                .max(self.now()),
-            logical: 0,
+    fn now(&self) -> Now {
+        Now {
+            wall_ms: self.clock.physical_ms(),
+            mono_ms: u64::try_from(self.mono_base.elapsed().as_millis()).unwrap_or(u64::MAX),
         }
     }
 
-    fn heartbeat_for(&self, to: &RegionId) -> Result<Heartbeat> {
-        self.sync_applied()?;
-        let wm = self.store.watermark();
+    /// Runs `f` on the driver with the time and the store's state now.
+    fn with_driver<T>(&self, f: impl FnOnce(&mut ReplDriver, Now, &LocalView) -> T) -> Result<T> {
+        let local = local_view(&self.store);
+        let mut d = self
+            .driver
+            .lock()
+            .map_err(|_| AtollError::Storage("replication state lock poisoned".into()))?;
         let now = self.now();
-        let hlc = self.hlc_now();
-        self.with_core(|c| {
-            c.on_watermark(wm.head, wm.before_ms);
-            c.heartbeat(to, now, hlc)
-        })
+        Ok(f(&mut d, now, &local))
+    }
+
+    /// Carries out the driver's commands. Those addressed to subscription `own` (the caller's)
+    /// are handed back: its next batch to apply, or its end.
+    fn execute(self: &Arc<Self>, own: Option<SubId>, cmds: Vec<Command>) -> Own {
+        let mut mine = Own::Continue;
+        for cmd in cmds {
+            match cmd {
+                Command::SendHeartbeat { to, hb } => self.send_heartbeat(&to, &hb),
+                Command::Subscribe { id, peer, request } => {
+                    if !self.peer_addrs.contains_key(&peer) {
+                        continue;
+                    }
+                    let me = self.clone();
+                    let handle = tokio::spawn(async move {
+                        if let Err(e) = me.clone().subscription(id, peer.clone(), request).await {
+                            tracing::debug!(peer = %peer, error = %e, "subscription ended");
+                        }
+                        let _ = me.with_driver(|d, _, _| d.on_subscription_ended(id));
+                    });
+                    if let Ok(mut subs) = self.subs.lock() {
+                        subs.retain(|_, h| !h.is_finished());
+                        subs.insert(id, handle);
+                    }
+                }
+                Command::Unsubscribe { id, peer, reason } => {
+                    if own == Some(id) {
+                        mine = Own::Ended(reason);
+                        continue;
+                    }
+                    tracing::debug!(peer = %peer, %reason, "closing a subscription");
+                    if let Some(h) = self.subs.lock().ok().and_then(|mut s| s.remove(&id)) {
+                        h.abort();
+                    }
+                }
+                Command::Apply { id, entries, .. } => {
+                    if own == Some(id) {
+                        mine = Own::Apply(entries);
+                    }
+                }
+                Command::Maintain { horizon } => self.maintain(horizon),
+                Command::Notice(n) => self.notice(n),
+            }
+        }
+        mine
+    }
+
+    fn notice(&self, n: Notice) {
+        match n {
+            Notice::HeartbeatRefused { from, refusal } => self.refused(&from, &refusal),
+            Notice::Rtt { peer, rtt_ms } => self
+                .metrics
+                .peer_rtt
+                .get_or_create(&self.pair(&peer))
+                .observe(rtt_ms / 1000.0),
+            Notice::SkewBegan { peer, offset_ms } => tracing::error!(
+                peer = %peer,
+                offset_ms,
+                "peer clock runs ahead beyond max_clock_offset: its writes are held back until it is back in bounds"
+            ),
+            Notice::SkewEnded { peer, offset_ms } => tracing::info!(
+                peer = %peer,
+                offset_ms,
+                "peer clock back in bounds: applying its writes again"
+            ),
+            Notice::Admitted { .. } => {}
+        }
     }
 
     /// Takes in a heartbeat from a peer. A refused heartbeat changes nothing and is counted.
-    pub fn on_heartbeat(&self, hb: &Heartbeat) -> Result<()> {
-        // Our own head first: a peer may already hold writes we committed a moment ago.
-        self.sync_applied()?;
-        let now = self.now();
-        let (taken, status, was_bidirectional, is_bidirectional) = self.with_core(|c| {
-            let before = c.is_bidirectional(&hb.from, now);
-            let taken = c.on_heartbeat(hb, now);
-            let after = c.is_bidirectional(&hb.from, now);
-            (taken, c.status(now), before, after)
-        })?;
-        if let Err(refusal) = taken {
-            self.refused(&hb.from, &refusal);
-            return Err(AtollError::BadRequest(refusal.to_string()));
+    pub fn on_heartbeat(self: &Arc<Self>, hb: &Heartbeat) -> Result<()> {
+        match self.with_driver(|d, now, local| d.on_heartbeat(hb, now, local))? {
+            Ok(cmds) => {
+                self.execute(None, cmds);
+                Ok(())
+            }
+            Err(refusal) => {
+                self.refused(&hb.from, &refusal);
+                Err(AtollError::BadRequest(refusal.to_string()))
+            }
         }
-        // The peer does not hear us yet (no echo), or we did not know both directions worked:
-        // tell it at once that we hear it.
-        let prompt = hb.echo.is_none() || !was_bidirectional;
-        self.after_heartbeat(&hb.from, prompt, is_bidirectional && !was_bidirectional);
-        if hb.echo.is_some()
-            && let Some(st) = status.iter().find(|s| s.region == hb.from)
-            && let Some(rtt) = st.rtt_ms
-        {
-            self.metrics
-                .peer_rtt
-                .get_or_create(&self.pair(&hb.from))
-                .observe(rtt / 1000.0);
-        }
-        Ok(())
     }
 
     fn refused(&self, from: &RegionId, refusal: &Refusal) {
@@ -220,17 +259,17 @@ impl Replicator {
 
     /// How far behind the lease `holder` this region and its peers are (fencing).
     pub fn promotion_view(&self, holder: &RegionId) -> atoll_core::fence::PromotionView {
-        let _ = self.sync_applied();
-        let now = self.now();
-        self.with_core(|c| c.promotion_view(holder, now))
-            .unwrap_or_default()
+        self.with_driver(|d, now, local| {
+            d.sync(local);
+            d.core().promotion_view(holder, now.wall_ms)
+        })
+        .unwrap_or_default()
     }
 
     /// What `peer` has applied of this region's writes, as its last heartbeat said.
     pub fn peer_applied_of_mine(&self, peer: &RegionId) -> Option<u64> {
         let me = self.store.region().clone();
-        let now = self.now();
-        self.with_core(|c| c.promotion_view(&me, now))
+        self.with_driver(|d, now, _| d.core().promotion_view(&me, now.wall_ms))
             .ok()
             .and_then(|v| {
                 v.others
@@ -242,9 +281,13 @@ impl Replicator {
 
     /// Peer status for `/v1/status`, and the tombstone horizon.
     pub fn status(&self) -> Result<(Vec<PeerStatus>, Option<u64>)> {
-        self.sync_applied()?;
-        let now = self.now();
-        self.with_core(|c| (c.status(now), c.tombstone_horizon_ms(now)))
+        self.with_driver(|d, now, local| {
+            d.sync(local);
+            (
+                d.core().status(now.wall_ms),
+                d.core().tombstone_horizon_ms(now.wall_ms),
+            )
+        })
     }
 
     /// Ends every subscription stream this region serves (on shutdown).
@@ -284,48 +327,43 @@ impl Replicator {
                 .get_or_create(&l)
                 .set(i64::from(p.state == LinkState::ClockSkew));
         }
-        let age = horizon.map_or(-1.0, |h| self.now().saturating_sub(h) as f64 / 1000.0);
+        let age = horizon.map_or(-1.0, |h| {
+            self.clock.physical_ms().saturating_sub(h) as f64 / 1000.0
+        });
         self.metrics.tombstone_horizon_age.set(age);
     }
 
-    /// Starts the background tasks; they stop when `stop` is notified.
+    /// Starts the driver loop (timers: heartbeats, subscriptions, maintenance, skew watch); it
+    /// stops, and closes every subscription, when `stop` is notified.
     pub fn start(self: &Arc<Self>, stop: Arc<Notify>) -> Vec<JoinHandle<()>> {
-        vec![
-            tokio::spawn(self.clone().heartbeat_loop(stop.clone())),
-            tokio::spawn(self.clone().subscription_manager(stop.clone())),
-            tokio::spawn(self.clone().maintenance_loop(stop.clone())),
-            tokio::spawn(self.clone().skew_watch(stop)),
-        ]
+        vec![tokio::spawn(self.clone().driver_loop(stop))]
     }
 
-    fn interval(&self) -> Duration {
-        let ms = self
-            .with_core(|c| c.config().heartbeat_interval_ms)
-            .unwrap_or(1000);
-        Duration::from_millis(ms)
-    }
-
-    async fn heartbeat_loop(self: Arc<Self>, stop: Arc<Notify>) {
-        let mut tick = tokio::time::interval(self.interval());
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    async fn driver_loop(self: Arc<Self>, stop: Arc<Notify>) {
         loop {
+            let cmds = self.with_driver(|d, now, local| d.tick(now, local));
+            let Ok(cmds) = cmds else { break };
+            self.execute(None, cmds);
+            let nap = self
+                .with_driver(|d, now, _| d.next_wake().saturating_sub(now.mono_ms))
+                .map_or(DRIVER_NAP, Duration::from_millis)
+                .clamp(Duration::from_millis(1), DRIVER_NAP);
             tokio::select! {
-                _ = stop.notified() => return,
-                _ = tick.tick() => {}
+                _ = stop.notified() => break,
+                _ = tokio::time::sleep(nap) => {}
             }
-            for peer in self.peer_addrs.keys() {
-                self.send_heartbeat(peer);
+        }
+        if let Ok(mut subs) = self.subs.lock() {
+            for (_, h) in std::mem::take(&mut *subs) {
+                h.abort();
             }
         }
     }
 
     /// Sends one heartbeat to `peer`, one way: the answer does not matter (a cut return path must
     /// not stop it).
-    fn send_heartbeat(&self, peer: &RegionId) {
-        let Ok(hb) = self.heartbeat_for(peer) else {
-            return;
-        };
-        let Ok(body) = codec::encode(&hb) else {
+    fn send_heartbeat(&self, peer: &RegionId, hb: &Heartbeat) {
+        let Ok(body) = codec::encode(hb) else {
             return;
         };
         let (http, peer) = (self.http.clone(), peer.clone());
@@ -334,92 +372,23 @@ impl Replicator {
         });
     }
 
-    /// While a link is coming up, a heartbeat that shows one side does not yet know the other
-    /// hears it is answered at once instead of at the next tick, so both directions are proven in
-    /// a few round trips rather than a heartbeat interval or two; at most one prompt answer per
-    /// peer per `PROMPT_HEARTBEAT_GAP`. Subscriptions start as soon as the link works both ways.
-    fn after_heartbeat(&self, from: &RegionId, prompt: bool, now_bidirectional: bool) {
-        if now_bidirectional {
-            self.link_up.notify_one();
-        }
-        if !prompt {
-            return;
-        }
-        let due = match self.prompted.lock() {
-            Ok(mut last) => {
-                let now = tokio::time::Instant::now();
-                let due = last
-                    .get(from)
-                    .is_none_or(|t| now.duration_since(*t) >= PROMPT_HEARTBEAT_GAP);
-                if due {
-                    last.insert(from.clone(), now);
-                }
-                due
-            }
-            Err(_) => false,
-        };
-        if due {
-            self.send_heartbeat(from);
-        }
-    }
-
-    async fn subscription_manager(self: Arc<Self>, stop: Arc<Notify>) {
-        let mut running: BTreeMap<RegionId, (BTreeSet<RegionId>, JoinHandle<()>)> = BTreeMap::new();
-        let mut tick = tokio::time::interval(Duration::from_millis(200));
-        loop {
-            tokio::select! {
-                _ = stop.notified() => break,
-                _ = tick.tick() => {}
-                _ = self.link_up.notified() => {}
-            }
-            let now = self.now();
-            let Ok(wanted) = self.with_core(|c| c.wanted_subscriptions(now)) else {
-                continue;
-            };
-            running.retain(|peer, (origins, handle)| {
-                let keep = !handle.is_finished() && wanted.get(peer) == Some(origins);
-                if !keep {
-                    handle.abort();
-                }
-                keep
-            });
-            for (peer, origins) in wanted {
-                if running.contains_key(&peer) {
-                    continue;
-                }
-                if !self.peer_addrs.contains_key(&peer) {
-                    continue;
-                }
-                let me = self.clone();
-                let o = origins.clone();
-                let p = peer.clone();
-                let handle = tokio::spawn(async move {
-                    if let Err(e) = me.subscribe(p.clone(), o).await {
-                        tracing::debug!(peer = %p, error = %e, "subscription ended");
-                    }
-                });
-                running.insert(peer, (origins, handle));
-            }
-        }
-        for (_, (_, h)) in running {
-            h.abort();
-        }
-    }
-
-    /// Runs one subscription until the stream breaks or goes silent.
-    async fn subscribe(self: Arc<Self>, peer: RegionId, origins: BTreeSet<RegionId>) -> Result<()> {
-        self.sync_applied()?;
-        let sub = Subscribe {
-            from: self.store.region().clone(),
-            cluster: self.cluster.clone(),
-            origins: origins.into_iter().collect(),
-            applied: self.store.applied(),
-        };
-        let silence = self.interval() * 3;
+    /// Runs subscription `id` until the stream breaks, or the driver closes it. Every frame goes
+    /// to the driver; the batches it admits are applied here, in order, before the next frame.
+    async fn subscription(
+        self: Arc<Self>,
+        id: SubId,
+        peer: RegionId,
+        request: Subscribe,
+    ) -> Result<()> {
+        // The driver gives up on a silent stream too; this bounds each wait on the transport.
+        let silence = self.with_driver(|d, _, _| Duration::from_millis(d.config().silence_ms()))?;
         let resp = tokio::time::timeout(
             silence,
-            self.stream_http
-                .post(&peer, crate::streams::SUBSCRIBE_PATH, codec::encode(&sub)?),
+            self.stream_http.post(
+                &peer,
+                crate::streams::SUBSCRIBE_PATH,
+                codec::encode(&request)?,
+            ),
         )
         .await
         .map_err(|_| AtollError::Storage(format!("subscription to {peer} timed out")))?
@@ -448,85 +417,66 @@ impl Replicator {
             };
             reader.push(&chunk);
             while let Some(frame) = reader.next_frame()? {
-                match frame {
-                    Frame::Heartbeat(hb) => {
-                        if hb.from != peer {
-                            return Err(AtollError::Corrupt(format!(
-                                "stream from {peer} carried a heartbeat of {}",
-                                hb.from
-                            )));
-                        }
-                        self.sync_applied()?;
-                        let now = self.now();
-                        if let Err(refusal) = self.with_core(|c| c.on_stream_heartbeat(&hb, now))? {
-                            self.refused(&hb.from, &refusal);
-                            return Err(AtollError::Corrupt(format!(
-                                "stream from {peer}: {refusal}"
-                            )));
-                        }
-                    }
-                    Frame::Ops(entries) => self.apply(&peer, entries).await?,
+                let cmds = self.with_driver(|d, now, local| d.on_frame(id, frame, now, local))?;
+                let mut next = self.execute(Some(id), cmds);
+                while let Own::Apply(entries) = next {
+                    let report = self.apply(&peer, entries).await;
+                    let cmds =
+                        self.with_driver(|d, now, local| d.on_applied(id, &report, now, local))?;
+                    next = self.execute(Some(id), cmds);
+                }
+                if let Own::Ended(reason) = next {
+                    return Err(AtollError::Storage(reason));
                 }
             }
         }
     }
 
-    async fn apply(&self, peer: &RegionId, entries: Vec<atoll_core::op::OpEntry>) -> Result<()> {
-        let admitted = self.with_core(|c| c.admit(entries))?;
-        // The peer's stream cursor has moved past entries dropped here (beyond a gap, or held
-        // back for skew): end the subscription so the next one restarts from the applied vector.
-        let resync = admitted.gaps > 0 || admitted.held_back > 0;
-        if admitted.apply.is_empty() {
-            return if resync {
-                Err(AtollError::Storage(format!(
-                    "resubscribing to {peer}: entries dropped"
-                )))
-            } else {
-                Ok(())
-            };
-        }
+    async fn apply(&self, peer: &RegionId, entries: Vec<atoll_core::op::OpEntry>) -> ApplyReport {
         // Metrics are recorded in the commit callback, so a subscription aborted while it waits
-        // (the manager restarts it) still counts what was applied.
+        // still counts what was applied.
         let (tx, rx) = tokio::sync::oneshot::channel();
         let metrics = self.metrics.clone();
         let me = self.store.region().to_string();
-        self.store.submit_remote(admitted.apply, move |r| {
+        self.store.submit_remote(entries, move |r| {
             if let Ok(out) = &r {
                 record_applied(&metrics, &me, out);
             }
             let _ = tx.send(r);
         });
-        let out = rx.await.map_err(|_| AtollError::ShuttingDown)??;
-        for (origin, err) in &out.skewed {
-            tracing::error!(origin = %origin, via = %peer, error = %err, "replicated writes refused: their timestamps run ahead of this region's clock");
+        match rx.await {
+            Err(_) => ApplyReport {
+                failed: Some(AtollError::ShuttingDown.to_string()),
+                skewed: Vec::new(),
+            },
+            Ok(Err(e)) => ApplyReport {
+                failed: Some(e.to_string()),
+                skewed: Vec::new(),
+            },
+            Ok(Ok(out)) => {
+                for (origin, err) in &out.skewed {
+                    tracing::error!(origin = %origin, via = %peer, error = %err, "replicated writes refused: their timestamps run ahead of this region's clock");
+                }
+                ApplyReport {
+                    failed: None,
+                    skewed: out.skewed.iter().map(|(o, _)| o.clone()).collect(),
+                }
+            }
         }
-        self.sync_applied()?;
-        if resync || !out.skewed.is_empty() {
-            return Err(AtollError::Storage(format!(
-                "resubscribing to {peer}: entries not applied"
-            )));
-        }
-        Ok(())
     }
 
     /// Serves one subscription: streams the requested origins' ops beyond `sub.applied`.
     pub fn serve_subscription(self: &Arc<Self>, sub: Subscribe) -> Result<Body> {
-        if sub.cluster != self.cluster {
-            return Err(AtollError::BadRequest(format!(
-                "subscription for cluster `{}`, this is `{}`",
-                sub.cluster, self.cluster
-            )));
-        }
-        if !self.peer_addrs.contains_key(&sub.from) {
-            return Err(AtollError::BadRequest(format!(
-                "`{}` is not a peer of this region",
-                sub.from
-            )));
-        }
+        let stream = self
+            .with_driver(|d, _, _| {
+                d.check_subscription(&sub)
+                    .map(|()| ServedStream::new(&sub, d.config()))
+            })?
+            .map_err(AtollError::BadRequest)?;
         let (tx, rx) = tokio::sync::mpsc::channel::<std::result::Result<Bytes, std::io::Error>>(4);
         let me = self.clone();
         tokio::spawn(async move {
-            if let Err(e) = me.stream(sub, tx).await {
+            if let Err(e) = me.stream(stream, tx).await {
                 tracing::debug!(error = %e, "subscription stream ended");
             }
         });
@@ -535,76 +485,71 @@ impl Replicator {
 
     async fn stream(
         self: Arc<Self>,
-        sub: Subscribe,
+        mut st: ServedStream,
         tx: tokio::sync::mpsc::Sender<std::result::Result<Bytes, std::io::Error>>,
     ) -> Result<()> {
-        let mut cursor: BTreeMap<RegionId, u64> = sub
-            .origins
-            .iter()
-            .map(|o| (o.clone(), sub.applied.get(o)))
-            .collect();
         let closed = || AtollError::ShuttingDown;
-        let mut last_hb = tokio::time::Instant::now() - STREAM_TICK;
         let mut stop = self.stopping.subscribe();
+        let changed = self.changed.clone();
+        // Armed before the reads of a round, so a commit during the round wakes the wait after it.
+        let mut grew = Box::pin(changed.notified());
+        grew.as_mut().enable();
         loop {
             if *stop.borrow_and_update() {
                 return Ok(());
             }
-            let changed = self.changed.clone();
-            let notified = changed.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            let mut sent = false;
-            for (origin, next) in cursor.iter_mut() {
-                let store = self.store.clone();
-                let o = origin.clone();
-                let from = *next + 1;
-                let entries = tokio::task::spawn_blocking(move || store.oplog(&o, from, BATCH_MAX))
-                    .await
-                    .map_err(|_| AtollError::ShuttingDown)??;
-                if let Some(last) = entries.last() {
-                    *next = last.seq;
-                    let frame = encode_frame(&Frame::Ops(entries))?;
+            let now = self.now();
+            match st.next(now.mono_ms) {
+                StreamStep::Read { origin, from, max } => {
+                    let store = self.store.clone();
+                    let entries =
+                        tokio::task::spawn_blocking(move || store.oplog(&origin, from, max))
+                            .await
+                            .map_err(|_| AtollError::ShuttingDown)??;
+                    if let Some(frame) = st.on_read(entries).map_err(AtollError::Corrupt)? {
+                        let frame = encode_frame(&frame)?;
+                        tx.send(Ok(Bytes::from(frame)))
+                            .await
+                            .map_err(|_| closed())?;
+                    }
+                }
+                StreamStep::Heartbeat => {
+                    let to = st.to().clone();
+                    let hb = self.with_driver(|d, now, local| d.heartbeat_for(&to, now, local))?;
+                    let frame = encode_frame(&Frame::Heartbeat(hb))?;
                     tx.send(Ok(Bytes::from(frame)))
                         .await
                         .map_err(|_| closed())?;
-                    sent = true;
+                    st.on_heartbeat_sent(now.mono_ms);
                 }
-            }
-            if !sent || last_hb.elapsed() >= STREAM_TICK {
-                let hb = self.heartbeat_for(&sub.from)?;
-                let frame = encode_frame(&Frame::Heartbeat(hb))?;
-                tx.send(Ok(Bytes::from(frame)))
-                    .await
-                    .map_err(|_| closed())?;
-                last_hb = tokio::time::Instant::now();
-            }
-            if !sent {
-                tokio::select! {
-                    _ = &mut notified => {}
-                    _ = tokio::time::sleep(STREAM_TICK) => {}
-                    _ = tx.closed() => return Ok(()),
-                    _ = stop.changed() => return Ok(()),
+                StreamStep::Wait { until_mono_ms } => {
+                    let nap = Duration::from_millis(until_mono_ms.saturating_sub(now.mono_ms));
+                    tokio::select! {
+                        _ = &mut grew => {}
+                        _ = tokio::time::sleep(nap) => {}
+                        _ = tx.closed() => return Ok(()),
+                        _ = stop.changed() => return Ok(()),
+                    }
+                    grew = Box::pin(changed.notified());
+                    grew.as_mut().enable();
                 }
             }
         }
     }
 
-    async fn maintenance_loop(self: Arc<Self>, stop: Arc<Notify>) {
-        let mut tick = tokio::time::interval(Duration::from_secs(5));
-        loop {
-            tokio::select! {
-                _ = stop.notified() => return,
-                _ = tick.tick() => {}
-            }
-            let horizon = self.status().ok().and_then(|(_, h)| h);
-            let (tx, rx) = tokio::sync::oneshot::channel();
-            self.store.submit_maintenance(horizon, move |r| {
-                let _ = tx.send(r);
-            });
-            match rx.await {
-                Ok(Ok(out)) => {
-                    self.metrics
+    /// Runs one maintenance pass (tombstone collection below `horizon`, ledger pruning) unless
+    /// one is still running.
+    fn maintain(&self, horizon: Option<u64>) {
+        if self.maintaining.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let metrics = self.metrics.clone();
+        let running = self.maintaining.clone();
+        self.store.submit_maintenance(horizon, move |r| {
+            running.store(false, Ordering::Release);
+            match r {
+                Ok(out) => {
+                    metrics
                         .tombstones_collected
                         .inc_by(out.tombstones_collected as u64);
                     if out.tombstones_collected > 0 || out.conflicts_pruned > 0 {
@@ -615,36 +560,20 @@ impl Replicator {
                         );
                     }
                 }
-                Ok(Err(e)) => tracing::warn!(error = %e, "maintenance failed"),
-                Err(_) => return,
+                Err(e) => tracing::warn!(error = %e, "maintenance failed"),
             }
-        }
+        });
     }
+}
 
-    async fn skew_watch(self: Arc<Self>, stop: Arc<Notify>) {
-        let mut skewed: BTreeSet<RegionId> = BTreeSet::new();
-        let mut tick = tokio::time::interval(Duration::from_millis(500));
-        loop {
-            tokio::select! {
-                _ = stop.notified() => return,
-                _ = tick.tick() => {}
-            }
-            let Ok((peers, _)) = self.status() else {
-                continue;
-            };
-            for p in peers {
-                let now_skewed = p.state == LinkState::ClockSkew;
-                if now_skewed && skewed.insert(p.region.clone()) {
-                    tracing::error!(
-                        peer = %p.region,
-                        offset_ms = p.clock_offset_ms.unwrap_or(0.0),
-                        "peer clock runs ahead beyond max_clock_offset: its writes are held back until it is back in bounds"
-                    );
-                } else if !now_skewed && p.reachable && skewed.remove(&p.region) {
-                    tracing::info!(peer = %p.region, offset_ms = p.clock_offset_ms.unwrap_or(0.0), "peer clock back in bounds: applying its writes again");
-                }
-            }
-        }
+/// What the driver needs to know of the store now.
+fn local_view(store: &Store) -> LocalView {
+    let wm = store.watermark();
+    LocalView {
+        applied: store.applied(),
+        watermark_head: wm.head,
+        watermark_before_ms: wm.before_ms,
+        hlc_wall_ms: store.stats().hlc_wall_ms.load(Ordering::Relaxed),
     }
 }
 

@@ -1,19 +1,20 @@
 //! The harness: regions, the simulated network, the event queue, faults and phases.
 //!
-//! What each event does mirrors `atoll-server`'s replication adapter:
+//! Replication runs the production driver (`atoll_core::driver`, the code the region server
+//! runs; `docs/design/replication-driver.md`); this harness only carries its commands out:
 //!
-//! - **heartbeat tick** (every `heartbeat_interval_ms` per region): bring the core's applied vector
-//!   up to the store's, give it the store's write watermark (`core.on_watermark`), then send
-//!   `core.heartbeat(peer, now, hlc)` to every peer, one way.
-//! - **sync tick** (every `sync_interval_ms` per region): for each `(peer, origins)` of
-//!   `core.wanted_subscriptions(now)`, if both directions between us and the peer are up and the
-//!   peer is running, the peer reads `store.oplog(origin, applied + 1, batch_max)` for every origin
-//!   it is ahead of us on, and the batch travels back to us. On delivery: `core.admit`, then
-//!   `store.apply_remote`, then the core catches up from `store.applied()`. Origins the subscriber
-//!   holds back for clock skew are not read (`admit` would drop them). At most one batch per
-//!   (subscriber, peer) is in flight (a stream delivers in order; a lost or refused batch is simply
-//!   asked for again from the applied vector, like a restarted subscription).
-//! - **maintenance tick** (every `maintenance_interval_ms`): `store.maintain(core.tombstone_horizon_ms(now))`.
+//! - **driver tick** (whenever a region's driver has a timer due: heartbeats every
+//!   `heartbeat_interval_ms`, subscription reconciliation, silence timeouts, maintenance, skew
+//!   watch): its `SendHeartbeat` commands become one-way messages; `Subscribe` sends the request
+//!   to the peer, which serves it with a production `ServedStream` (operation-log reads, heartbeat
+//!   frames), its frames travelling back FIFO with latency and jitter, at most
+//!   [`STREAM_WINDOW`] in flight (the server's channel bound; a slot frees when the frame is
+//!   delivered and the return path is up, so a one-way cut stalls the stream as it stalls TCP).
+//!   A frame lost to a cut link breaks the stream (a reset connection); the subscriber's driver notices the silence and
+//!   resubscribes. Every frame goes to the subscriber's driver; the batches it admits are applied
+//!   with `store.apply_remote` and the outcome reported back, as the server does.
+//! - **maintenance** (the driver's `Maintain` command): `store.maintain(horizon)`, each collected
+//!   tombstone checked against invariant 5.
 //! - **client write**: a random region, keyspace and key from a small key space (so that writes
 //!   conflict), through `store.write` (blocking: acknowledged when it returns).
 //! - **faults**: partition a pair both ways, cut one direction, isolate a region, crash a region
@@ -39,22 +40,28 @@ use crate::net::{Network, SimRng};
 use crate::trace::{Trace, hash_bytes};
 use atoll_core::causal::{CausalContext, Dot, VersionVector};
 use atoll_core::clock::{Clock, ManualClock};
+use atoll_core::driver::{
+    ApplyReport, Command as Cmd, DriverConfig, LocalView, Notice, Now, ReplDriver, ServedStream,
+    StreamStep, SubId,
+};
 use atoll_core::fence::Topology;
-use atoll_core::hlc::Timestamp;
 use atoll_core::op::{Intent, KeyState, OpEntry};
-use atoll_core::repl::{Heartbeat, PeerStatus, ReplConfig, ReplCore};
+use atoll_core::repl::{Frame, Heartbeat, PeerStatus, ReplConfig, Subscribe};
 use atoll_core::{AtollError, RegionId};
 use atoll_store::backend::{Backend, MemBackend};
 use atoll_store::{Store, StoreOptions, WriteOutcome};
 use rand::{RngExt, SeedableRng};
 use std::cmp::Ordering;
-use std::collections::BinaryHeap;
+use std::collections::{BTreeMap, BinaryHeap};
 use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::Ordering as AtomicOrdering;
 
 /// Names of the simulated regions (the first `n` are used).
 pub const REGION_NAMES: [&str; 5] = ["us-east", "eu-west", "ap-south", "sa-east", "af-south"];
+
+/// Most frames of one served stream in flight at once (the server's per-stream channel bound).
+pub const STREAM_WINDOW: usize = 4;
 
 /// Physical time (ms since the Unix epoch) at virtual time 0.
 pub const EPOCH_MS: u64 = 1_700_000_000_000;
@@ -82,10 +89,9 @@ pub struct SimOptions {
     /// How far ahead a clock-skew fault sets a region's clock.
     pub skew_ms: (u64, u64),
     pub heartbeat_interval_ms: u64,
-    pub sync_interval_ms: u64,
     pub maintenance_interval_ms: u64,
     pub max_clock_offset_ms: u64,
-    /// Most entries per origin in one subscription batch.
+    /// Most entries per origin in one frame of a served stream.
     pub batch_max: usize,
     /// One-way latency of a pair (uniform in the range, fixed per pair).
     pub latency_ms: (u64, u64),
@@ -191,7 +197,6 @@ impl Default for SimOptions {
             fault_duration_ms: (1_000, 8_000),
             skew_ms: (700, 3_000),
             heartbeat_interval_ms: 1_000,
-            sync_interval_ms: 50,
             maintenance_interval_ms: 5_000,
             max_clock_offset_ms: 500,
             batch_max: 64,
@@ -422,8 +427,12 @@ pub fn run_seed(seed: u64, n: usize, opts: SimOptions) -> Result<Outcome, Failur
 }
 
 enum Msg {
+    /// A one-way heartbeat.
     Heartbeat(Heartbeat),
-    Ops(Vec<OpEntry>),
+    /// The request of the sender's subscription `id`.
+    Subscribe { id: SubId, request: Subscribe },
+    /// A frame of the stream the sender serves for the receiver's subscription `id`.
+    Frame { id: SubId, frame: Frame },
 }
 
 enum Event {
@@ -431,9 +440,18 @@ enum Event {
     Fault,
     EndChaos,
     EndWrites,
-    Heartbeat(usize),
-    Sync(usize),
-    Maintain(usize),
+    /// Region `r`'s driver has a timer due at this time (stale if it rescheduled since).
+    Tick {
+        r: usize,
+        at: u64,
+    },
+    /// The stream publisher `p` serves for `(r, id)` waited until this time.
+    StreamWake {
+        p: usize,
+        r: usize,
+        id: SubId,
+        at: u64,
+    },
     Deliver {
         from: usize,
         to: usize,
@@ -490,7 +508,19 @@ impl Ord for Scheduled {
 
 struct Node {
     store: Store,
-    core: ReplCore,
+    driver: ReplDriver,
+    /// When the next `Tick` event for the driver is scheduled.
+    tick_at: Option<u64>,
+}
+
+/// A stream a region serves: for subscriber `r`'s subscription `id` (the key of
+/// [`Sim::streams`] is `(publisher, r, id)`).
+struct Served {
+    st: ServedStream,
+    /// Frames sent and not yet delivered.
+    in_flight: usize,
+    /// The time of the `StreamWake` it waits for, if it waits.
+    wake_at: Option<u64>,
 }
 
 struct Region {
@@ -519,8 +549,8 @@ pub struct Sim {
     regions: Vec<Region>,
     ids: Vec<RegionId>,
     net: Network,
-    /// Per (subscriber, peer): a batch is in flight.
-    inflight: Vec<bool>,
+    /// Streams served, by (publisher, subscriber, subscription id).
+    streams: BTreeMap<(usize, usize, SubId), Served>,
     history: History,
     violations: Vec<Violation>,
     trace: Trace,
@@ -575,7 +605,7 @@ impl Sim {
             regions,
             ids,
             net,
-            inflight: vec![false; n * n],
+            streams: BTreeMap::new(),
             history: History::default(),
             violations: Vec::new(),
             trace,
@@ -589,15 +619,10 @@ impl Sim {
         sim.fencing_init();
         sim.set_clocks();
         for r in 0..n {
-            sim.start_region(r)?;
-        }
-        for r in 0..n {
+            // Spread the regions' heartbeat and maintenance phases.
             let hb = sim.rng.random_range(0..sim.opts.heartbeat_interval_ms);
-            let sy = sim.rng.random_range(0..sim.opts.sync_interval_ms);
             let mt = sim.rng.random_range(0..sim.opts.maintenance_interval_ms);
-            sim.schedule(hb, Event::Heartbeat(r));
-            sim.schedule(sy, Event::Sync(r));
-            sim.schedule(mt, Event::Maintain(r));
+            sim.start_region_with_phases(r, hb, mt)?;
         }
         sim.fencing_schedule();
         Ok(sim)
@@ -658,7 +683,10 @@ impl Sim {
     /// Region `r`'s view of its peers (`None` while crashed).
     pub fn peer_status(&self, r: usize) -> Option<Vec<PeerStatus>> {
         let local = self.local_ms(r);
-        self.regions[r].node.as_ref().map(|n| n.core.status(local))
+        self.regions[r]
+            .node
+            .as_ref()
+            .map(|n| n.driver.core().status(local))
     }
 
     /// Region `r`'s state of a key (`None` if absent or the region is down).
@@ -747,6 +775,8 @@ impl Sim {
     fn crash_keeping(&mut self, r: usize, keep: Option<usize>) {
         if let Some(node) = self.regions[r].node.take() {
             drop(node);
+            // Its served streams die with it (their subscribers see silence).
+            self.streams.retain(|&(p, _, _), _| p != r);
             // A power cut: the stable state survives, with a prefix of what was committed since
             // the last sync.
             let backend = self.regions[r].backend.clone();
@@ -1032,7 +1062,6 @@ impl Sim {
                 return Err(e);
             }
         };
-        node.core.on_local_commit(out.seq);
         // Fenced runs: the epoch the store stamped on the operation-log entry.
         let stamped = if self.fen.is_some() {
             Some(
@@ -1166,6 +1195,7 @@ impl Sim {
         self.trace.line(now, || {
             format!("write at {me}: {op:?} -> seq {} ts {}", out.seq, out.ts)
         });
+        self.log_grew(r);
         Ok(out)
     }
 
@@ -1184,7 +1214,7 @@ impl Sim {
                         "core of {} at local {}: {:#?}",
                         self.ids[i],
                         self.local_ms(i),
-                        n.core
+                        n.driver.core()
                     );
                 }
             }
@@ -1214,11 +1244,39 @@ impl Sim {
     }
 
     fn start_region(&mut self, r: usize) -> Result<(), Violation> {
+        self.start_region_with_phases(r, 0, 0)
+    }
+
+    /// Region `r`'s driver settings: the server's, with this run's intervals, batch size and
+    /// the given first-heartbeat and first-maintenance delays.
+    fn driver_config(&self, hb_phase: u64, maint_phase: u64) -> DriverConfig {
+        let mut cfg = DriverConfig::new(
+            "sim",
+            ReplConfig::new(
+                self.opts.heartbeat_interval_ms,
+                self.opts.max_clock_offset_ms,
+            ),
+        );
+        cfg.batch_max = self.opts.batch_max;
+        cfg.maintenance_interval_ms = self.opts.maintenance_interval_ms;
+        cfg.first_heartbeat_after_ms = hb_phase;
+        cfg.first_maintenance_after_ms = maint_phase;
+        cfg
+    }
+
+    fn start_region_with_phases(
+        &mut self,
+        r: usize,
+        hb_phase: u64,
+        maint_phase: u64,
+    ) -> Result<(), Violation> {
         let gate = self.fencing_on_start(r);
         let keyspaces = match &self.opts.fencing {
             Some(f) => model::keyspaces_with_read_only(&f.read_only_keyspaces),
             None => model::keyspaces(),
         };
+        let cfg = self.driver_config(hb_phase, maint_phase);
+        let now = self.now_of(r);
         let reg = &mut self.regions[r];
         let mut opts = StoreOptions::new(reg.id.clone(), keyspaces);
         opts.gate = gate;
@@ -1233,27 +1291,272 @@ impl Sim {
                 format!("cannot open the store of {}: {e}", reg.id),
             )
         })?;
-        let core = ReplCore::new(
-            reg.id.clone(),
-            self.ids.clone(),
-            ReplConfig::new(
-                self.opts.heartbeat_interval_ms,
-                self.opts.max_clock_offset_ms,
-            ),
-            store.applied(),
-        );
-        reg.node = Some(Node { store, core });
+        let local = local_view(&store);
+        let driver = ReplDriver::new(reg.id.clone(), self.ids.clone(), cfg, &local, now);
+        reg.node = Some(Node {
+            store,
+            driver,
+            tick_at: None,
+        });
         reg.applied_since_start = 0;
+        self.reschedule_tick(r);
         Ok(())
     }
 
-    /// Brings the core's applied vector up to the store's committed one (the adapter's
-    /// `sync_applied`).
+    /// Region `r`'s time as its driver reads it: its physical clock, and the virtual time as
+    /// the monotonic clock of its timers.
+    fn now_of(&self, r: usize) -> Now {
+        Now {
+            wall_ms: self.local_ms(r),
+            mono_ms: self.now,
+        }
+    }
+
+    /// Brings region `r`'s replication core up to its store's committed state (the adapter's
+    /// sync before every decision).
     fn sync_core(&mut self, r: usize) {
         if let Some(node) = self.regions[r].node.as_mut() {
-            let applied = node.store.applied();
-            for (o, n) in applied.iter() {
-                node.core.on_applied(o, n);
+            let local = local_view(&node.store);
+            node.driver.sync(&local);
+        }
+    }
+
+    /// Runs `f` on region `r`'s driver (if it is up) with its time and store state now, then
+    /// carries out the commands it returns.
+    fn drive(
+        &mut self,
+        r: usize,
+        f: impl FnOnce(&mut ReplDriver, Now, &LocalView) -> Vec<Cmd>,
+    ) -> Result<(), Violation> {
+        let now = self.now_of(r);
+        let Some(node) = self.regions[r].node.as_mut() else {
+            return Ok(());
+        };
+        let local = local_view(&node.store);
+        let cmds = f(&mut node.driver, now, &local);
+        self.execute(r, cmds)?;
+        self.reschedule_tick(r);
+        Ok(())
+    }
+
+    /// Schedules region `r`'s next driver tick when its driver's next timer is earlier than the
+    /// tick already scheduled.
+    fn reschedule_tick(&mut self, r: usize) {
+        let now = self.now;
+        let Some(node) = self.regions[r].node.as_mut() else {
+            return;
+        };
+        let wake = node.driver.next_wake().max(now);
+        if node.tick_at.is_some_and(|t| t >= now && t <= wake) {
+            return;
+        }
+        node.tick_at = Some(wake);
+        self.schedule(wake - now, Event::Tick { r, at: wake });
+    }
+
+    fn on_tick(&mut self, r: usize, at: u64) -> Result<(), Violation> {
+        let due = self.regions[r]
+            .node
+            .as_ref()
+            .is_some_and(|n| n.tick_at == Some(at));
+        if !due {
+            return Ok(());
+        }
+        if let Some(n) = self.regions[r].node.as_mut() {
+            n.tick_at = None;
+        }
+        self.drive(r, |d, now, local| d.tick(now, local))
+    }
+
+    /// Carries out region `r`'s driver commands, the way the server's adapter does.
+    fn execute(&mut self, r: usize, cmds: Vec<Cmd>) -> Result<(), Violation> {
+        for cmd in cmds {
+            match cmd {
+                Cmd::SendHeartbeat { to, hb } => {
+                    if let Some(p) = self.index_of(&to) {
+                        self.send(r, p, Msg::Heartbeat(hb));
+                    }
+                }
+                Cmd::Subscribe { id, peer, request } => {
+                    if let Some(p) = self.index_of(&peer) {
+                        self.trace.line(self.now, || {
+                            format!(
+                                "{} subscribes ({id}) to {peer} for {:?} from {}",
+                                self.ids[r], request.origins, request.applied
+                            )
+                        });
+                        self.send(r, p, Msg::Subscribe { id, request });
+                    }
+                }
+                Cmd::Unsubscribe { id, peer, reason } => {
+                    self.trace.line(self.now, || {
+                        format!(
+                            "{} closes subscription {id} to {peer}: {reason}",
+                            self.ids[r]
+                        )
+                    });
+                    // The connection closes: the peer stops serving it.
+                    if let Some(p) = self.index_of(&peer) {
+                        self.streams.remove(&(p, r, id));
+                    }
+                }
+                Cmd::Apply { id, peer, entries } => {
+                    let from = self.index_of(&peer).unwrap_or(r);
+                    let report = self.apply_batch(from, r, entries)?;
+                    let now = self.now_of(r);
+                    if let Some(node) = self.regions[r].node.as_mut() {
+                        let local = local_view(&node.store);
+                        let more = node.driver.on_applied(id, &report, now, &local);
+                        self.execute(r, more)?;
+                    }
+                    self.log_grew(r);
+                }
+                Cmd::Maintain { horizon } => {
+                    self.maintain_with(r, horizon)?;
+                }
+                Cmd::Notice(n) => self.notice(r, n),
+            }
+        }
+        Ok(())
+    }
+
+    fn notice(&mut self, r: usize, n: Notice) {
+        match n {
+            Notice::HeartbeatRefused { from, refusal } => {
+                // Every simulated region is honest: a refused heartbeat is a false alarm.
+                let v = Violation::new(
+                    Invariant::Harness,
+                    format!(
+                        "{} refused an honest heartbeat of {from}: {refusal}",
+                        self.ids[r]
+                    ),
+                );
+                self.record(v);
+            }
+            Notice::Admitted {
+                duplicates,
+                gaps,
+                held_back,
+                ..
+            } => {
+                self.stats.duplicates += duplicates as u64;
+                self.stats.gaps += gaps as u64;
+                self.stats.held_back += held_back as u64;
+            }
+            Notice::SkewBegan { peer, offset_ms } => self.trace.line(self.now, || {
+                format!(
+                    "{} sees {peer}'s clock ahead by {offset_ms} ms",
+                    self.ids[r]
+                )
+            }),
+            Notice::SkewEnded { peer, offset_ms } => self.trace.line(self.now, || {
+                format!(
+                    "{} sees {peer}'s clock back in bounds ({offset_ms} ms)",
+                    self.ids[r]
+                )
+            }),
+            Notice::Rtt { .. } => {}
+        }
+    }
+
+    fn index_of(&self, id: &RegionId) -> Option<usize> {
+        self.ids.iter().position(|i| i == id)
+    }
+
+    /// Region `r`'s operation log or applied vector grew: its served streams read on.
+    fn log_grew(&mut self, r: usize) {
+        let keys: Vec<(usize, usize, SubId)> = self
+            .streams
+            .range((r, 0, 0)..=(r, usize::MAX, SubId::MAX))
+            .map(|(k, _)| *k)
+            .collect();
+        for k in keys {
+            if let Some(s) = self.streams.get_mut(&k) {
+                s.wake_at = None;
+            }
+            self.pump(k);
+        }
+    }
+
+    /// Runs the stream `key` (publisher, subscriber, id) until it waits, its window is full, or
+    /// it breaks.
+    fn pump(&mut self, key: (usize, usize, SubId)) {
+        let (p, r, id) = key;
+        // Bounded: each step either sends (at most the window) or reads one origin of a round.
+        for _ in 0..1_000 {
+            if !self.is_up(p) {
+                self.streams.remove(&key);
+                return;
+            }
+            let Some(s) = self.streams.get_mut(&key) else {
+                return;
+            };
+            if s.in_flight >= STREAM_WINDOW || s.wake_at.is_some() {
+                return;
+            }
+            let step = s.st.next(self.now);
+            let frame = match step {
+                StreamStep::Wait { until_mono_ms } => {
+                    s.wake_at = Some(until_mono_ms);
+                    let at = until_mono_ms.max(self.now);
+                    self.schedule(at - self.now, Event::StreamWake { p, r, id, at });
+                    return;
+                }
+                StreamStep::Heartbeat => {
+                    s.st.on_heartbeat_sent(self.now);
+                    let to = self.ids[r].clone();
+                    let now = self.now_of(p);
+                    let Some(node) = self.regions[p].node.as_mut() else {
+                        return;
+                    };
+                    let local = local_view(&node.store);
+                    Frame::Heartbeat(node.driver.heartbeat_for(&to, now, &local))
+                }
+                StreamStep::Read { origin, from, max } => {
+                    let Some(node) = self.regions[p].node.as_ref() else {
+                        return;
+                    };
+                    let entries = match node.store.oplog(&origin, from, max) {
+                        Ok(e) => e,
+                        Err(e) => {
+                            let v = Violation::new(
+                                Invariant::Harness,
+                                format!("oplog read at {} failed: {e}", self.ids[p]),
+                            );
+                            self.record(v);
+                            self.streams.remove(&key);
+                            return;
+                        }
+                    };
+                    let Some(s) = self.streams.get_mut(&key) else {
+                        return;
+                    };
+                    match s.st.on_read(entries) {
+                        Ok(Some(f)) => {
+                            self.stats.batches_sent += 1;
+                            f
+                        }
+                        Ok(None) => continue,
+                        Err(e) => {
+                            let v = Violation::new(
+                                Invariant::Harness,
+                                format!("stream of {} to {}: {e}", self.ids[p], self.ids[r]),
+                            );
+                            self.record(v);
+                            self.streams.remove(&key);
+                            return;
+                        }
+                    }
+                }
+            };
+            if self.send(p, r, Msg::Frame { id, frame }) {
+                if let Some(s) = self.streams.get_mut(&key) {
+                    s.in_flight += 1;
+                }
+            } else {
+                // Lost on a cut link: the connection breaks.
+                self.streams.remove(&key);
+                return;
             }
         }
     }
@@ -1261,7 +1564,15 @@ impl Sim {
     fn send(&mut self, from: usize, to: usize, msg: Msg) -> bool {
         let kind = match &msg {
             Msg::Heartbeat(_) => 1,
-            Msg::Ops(e) => 100 + e.len() as u64,
+            Msg::Subscribe { .. } => 2,
+            Msg::Frame {
+                frame: Frame::Heartbeat(_),
+                ..
+            } => 3,
+            Msg::Frame {
+                frame: Frame::Ops(e),
+                ..
+            } => 100 + e.len() as u64,
         };
         if !self.net.is_up(from, to) {
             self.stats.messages_dropped += 1;
@@ -1292,9 +1603,16 @@ impl Sim {
                 self.trace.ev(&[2, self.now]);
                 self.trace.line(self.now, || "end of writes".into());
             }
-            Event::Heartbeat(r) => self.on_heartbeat_tick(r),
-            Event::Sync(r) => self.on_sync_tick(r)?,
-            Event::Maintain(r) => self.on_maintenance_tick(r)?,
+            Event::Tick { r, at } => self.on_tick(r, at)?,
+            Event::StreamWake { p, r, id, at } => {
+                let key = (p, r, id);
+                if let Some(s) = self.streams.get_mut(&key)
+                    && s.wake_at == Some(at)
+                {
+                    s.wake_at = None;
+                    self.pump(key);
+                }
+            }
             Event::Deliver { from, to, msg } => self.on_deliver(from, to, msg)?,
             Event::Heal { from, to } => self.heal(from, to),
             Event::Restart(r) => self.restart(r)?,
@@ -1309,137 +1627,38 @@ impl Sim {
         Ok(())
     }
 
-    fn on_heartbeat_tick(&mut self, r: usize) {
-        self.schedule(self.opts.heartbeat_interval_ms, Event::Heartbeat(r));
-        if !self.is_up(r) {
-            return;
-        }
-        self.sync_core(r);
-        let local = self.local_ms(r);
-        let mut out = Vec::new();
-        let n = self.regions.len();
-        if let Some(node) = self.regions[r].node.as_mut() {
-            let wm = node.store.watermark();
-            node.core.on_watermark(wm.head, wm.before_ms);
-            let hlc = Timestamp {
-                wall_ms: node
-                    .store
-                    .stats()
-                    .hlc_wall_ms
-                    .load(AtomicOrdering::Relaxed)
-                    .max(local),
-                logical: 0,
-            };
-            for p in 0..n {
-                if p != r {
-                    out.push((p, node.core.heartbeat(&self.ids[p], local, hlc)));
-                }
-            }
-        }
-        for (p, hb) in out {
-            self.send(r, p, Msg::Heartbeat(hb));
-        }
-    }
-
-    fn on_sync_tick(&mut self, r: usize) -> Result<(), Violation> {
-        self.schedule(self.opts.sync_interval_ms, Event::Sync(r));
-        if !self.is_up(r) {
-            return Ok(());
-        }
-        self.sync_core(r);
-        let local = self.local_ms(r);
-        let n = self.regions.len();
-        let (wanted, mine, skewed) = {
-            let node = self.regions[r].node.as_ref().expect("up");
-            let skewed: Vec<RegionId> = self
-                .ids
-                .iter()
-                .filter(|o| node.core.is_skewed(o))
-                .cloned()
-                .collect();
-            (
-                node.core.wanted_subscriptions(local),
-                node.store.applied(),
-                skewed,
-            )
-        };
-        for (peer, origins) in wanted {
-            let Some(p) = self.ids.iter().position(|i| *i == peer) else {
-                continue;
-            };
-            if self.inflight[r * n + p] || !self.net.is_up(r, p) || !self.net.is_up(p, r) {
-                continue;
-            }
-            let Some(pnode) = self.regions[p].node.as_ref() else {
-                continue;
-            };
-            let theirs = pnode.store.applied();
-            let mut entries = Vec::new();
-            for o in &origins {
-                // The core would hold every entry of a skewed origin back: reading them only to
-                // drop them costs time and changes nothing.
-                if skewed.contains(o) {
-                    continue;
-                }
-                let from = mine.get(o);
-                if theirs.get(o) > from {
-                    let batch = pnode
-                        .store
-                        .oplog(o, from + 1, self.opts.batch_max)
-                        .map_err(|e| {
-                            Violation::new(
-                                Invariant::Harness,
-                                format!("oplog read at {peer} failed: {e}"),
-                            )
-                        })?;
-                    entries.extend(batch);
-                }
-            }
-            if entries.is_empty() {
-                continue;
-            }
-            self.stats.batches_sent += 1;
-            self.trace.line(self.now, || {
-                format!(
-                    "{peer} streams {} entries of {:?} to {}",
-                    entries.len(),
-                    origins,
-                    self.ids[r]
-                )
-            });
-            if self.send(p, r, Msg::Ops(entries)) {
-                self.inflight[r * n + p] = true;
-            }
-        }
-        Ok(())
-    }
-
     fn on_deliver(&mut self, from: usize, to: usize, msg: Msg) -> Result<(), Violation> {
-        let n = self.regions.len();
-        if matches!(msg, Msg::Ops(_)) {
-            self.inflight[to * n + from] = false;
+        let stream_key = match &msg {
+            Msg::Frame { id, .. } => Some((from, to, *id)),
+            _ => None,
+        };
+        // A delivered frame frees its slot of the window only if the acknowledgement can go
+        // back: with the return path cut, a stream stalls after a window's worth of frames, as a
+        // TCP connection does.
+        if let Some(k) = stream_key
+            && self.net.is_up(from, to)
+            && self.net.is_up(to, from)
+            && let Some(s) = self.streams.get_mut(&k)
+        {
+            s.in_flight = s.in_flight.saturating_sub(1);
         }
         if !self.net.is_up(from, to) || !self.is_up(to) {
             self.stats.messages_dropped += 1;
             self.trace.ev(&[30, self.now, from as u64, to as u64, 0]);
+            // A stream whose frame is lost breaks.
+            if let Some(k) = stream_key {
+                self.streams.remove(&k);
+            }
             return Ok(());
         }
-        let local = self.local_ms(to);
         match msg {
             Msg::Heartbeat(hb) => {
-                let node = self.regions[to].node.as_mut().expect("up");
-                let taken = node.core.on_heartbeat(&hb, local);
-                // Every simulated region is honest: a refused heartbeat is a false alarm.
-                if let Err(refusal) = &taken {
-                    let v = Violation::new(
-                        Invariant::Harness,
-                        format!(
-                            "{} refused an honest heartbeat of {}: {refusal}",
-                            self.ids[to], hb.from
-                        ),
-                    );
-                    self.record(v);
-                }
+                let now = self.now_of(to);
+                let Some(node) = self.regions[to].node.as_mut() else {
+                    return Ok(());
+                };
+                let local = local_view(&node.store);
+                let taken = node.driver.on_heartbeat(&hb, now, &local);
                 self.trace.ev(&[
                     30,
                     self.now,
@@ -1448,49 +1667,101 @@ impl Sim {
                     1,
                     u64::from(taken.is_ok()),
                 ]);
+                match taken {
+                    Ok(cmds) => {
+                        self.execute(to, cmds)?;
+                        self.reschedule_tick(to);
+                    }
+                    Err(refusal) => self.notice(
+                        to,
+                        Notice::HeartbeatRefused {
+                            from: hb.from,
+                            refusal,
+                        },
+                    ),
+                }
             }
-            Msg::Ops(entries) => self.apply_batch(from, to, entries)?,
+            Msg::Subscribe { id, request } => {
+                let Some(node) = self.regions[to].node.as_ref() else {
+                    return Ok(());
+                };
+                match node.driver.check_subscription(&request) {
+                    Ok(()) => {
+                        let st = ServedStream::new(&request, node.driver.config());
+                        let key = (to, from, id);
+                        self.streams.insert(
+                            key,
+                            Served {
+                                st,
+                                in_flight: 0,
+                                wake_at: None,
+                            },
+                        );
+                        self.pump(key);
+                    }
+                    Err(e) => {
+                        let v = Violation::new(
+                            Invariant::Harness,
+                            format!("{} refused an honest subscription: {e}", self.ids[to]),
+                        );
+                        self.record(v);
+                    }
+                }
+            }
+            Msg::Frame { id, frame } => {
+                let known = self.regions[to]
+                    .node
+                    .as_ref()
+                    .is_some_and(|n| n.driver.subscriptions().any(|(s, _, _)| s == id));
+                if !known {
+                    // The subscriber closed it: the connection is gone.
+                    self.streams.remove(&(from, to, id));
+                    return Ok(());
+                }
+                self.trace.ev(&[
+                    30,
+                    self.now,
+                    from as u64,
+                    to as u64,
+                    match &frame {
+                        Frame::Heartbeat(_) => 3,
+                        Frame::Ops(e) => 100 + e.len() as u64,
+                    },
+                ]);
+                self.drive(to, |d, now, local| d.on_frame(id, frame, now, local))?;
+                // The window opened a slot.
+                self.pump((from, to, id));
+            }
         }
         Ok(())
     }
 
+    /// Applies an admitted batch at `to` (received from `from`), checking the clock bound and,
+    /// in fenced runs, the epochs; returns what the driver is told.
     fn apply_batch(
         &mut self,
         from: usize,
         to: usize,
         entries: Vec<OpEntry>,
-    ) -> Result<(), Violation> {
-        self.sync_core(to);
+    ) -> Result<ApplyReport, Violation> {
         let local = self.local_ms(to);
         let max_off = self.opts.max_clock_offset_ms;
         let me = self.ids[to].clone();
-        let node = self.regions[to].node.as_mut().expect("up");
-        let adm = node.core.admit(entries);
-        self.stats.duplicates += adm.duplicates as u64;
-        self.stats.gaps += adm.gaps as u64;
-        self.stats.held_back += adm.held_back as u64;
-        if adm.apply.is_empty() {
-            self.trace.ev(&[
-                31,
-                self.now,
-                from as u64,
-                to as u64,
-                0,
-                adm.duplicates as u64,
-                adm.gaps as u64,
-                adm.held_back as u64,
-            ]);
-            return Ok(());
-        }
+        let Some(node) = self.regions[to].node.as_mut() else {
+            return Ok(ApplyReport {
+                failed: Some("down".into()),
+                skewed: Vec::new(),
+            });
+        };
         let before = node.store.applied();
-        let out = node.store.apply_remote(adm.apply.clone()).map_err(|e| {
+        let out = node.store.apply_remote(entries.clone()).map_err(|e| {
             Violation::new(
                 Invariant::Harness,
                 format!("apply_remote at {me} failed: {e}"),
             )
         })?;
         let after = node.store.applied();
-        for e in &adm.apply {
+        for e in &entries {
             if e.seq > before.get(&e.origin)
                 && e.seq <= after.get(&e.origin)
                 && let Err(v) = check::apply_within_clock_bound(&me, e, local, max_off)
@@ -1499,8 +1770,7 @@ impl Sim {
             }
         }
         if self.fen.is_some() {
-            let merged: Vec<&OpEntry> = adm
-                .apply
+            let merged: Vec<&OpEntry> = entries
                 .iter()
                 .filter(|e| e.seq > before.get(&e.origin) && e.seq <= after.get(&e.origin))
                 .filter(|e| {
@@ -1509,7 +1779,7 @@ impl Sim {
                         .any(|(o, s, _)| *o == e.origin && *s == e.seq)
                 })
                 .collect();
-            self.fencing_on_applied(to, &out.late, &adm.apply, &merged);
+            self.fencing_on_applied(to, &out.late, &entries, &merged);
         }
         self.regions[to].applied_since_start += out.applied as u64;
         self.stats.entries_applied += out.applied as u64;
@@ -1524,38 +1794,29 @@ impl Sim {
             from as u64,
             to as u64,
             out.applied as u64,
-            adm.duplicates as u64,
-            adm.gaps as u64,
-            adm.held_back as u64,
             out.skewed.len() as u64,
             out.conflicts.len() as u64,
         ]);
         self.trace.line(self.now, || {
             format!(
-                "{me} applied {} from {} (dup {}, gaps {}, held back {}, refused skewed {:?}, conflicts {}), applied now {after}",
+                "{me} applied {} from {} (refused skewed {:?}, conflicts {}), applied now {after}",
                 out.applied,
                 self.ids[from],
-                adm.duplicates,
-                adm.gaps,
-                adm.held_back,
-                out.skewed.iter().map(|(o, _)| o.as_str()).collect::<Vec<_>>(),
+                out.skewed
+                    .iter()
+                    .map(|(o, _)| o.as_str())
+                    .collect::<Vec<_>>(),
                 out.conflicts.len()
             )
         });
-        Ok(())
+        Ok(ApplyReport {
+            failed: None,
+            skewed: out.skewed.iter().map(|(o, _)| o.clone()).collect(),
+        })
     }
 
-    fn on_maintenance_tick(&mut self, r: usize) -> Result<(), Violation> {
-        self.schedule(self.opts.maintenance_interval_ms, Event::Maintain(r));
-        if self.is_up(r) {
-            self.maintain_now(r)?;
-        }
-        Ok(())
-    }
-
-    /// One maintenance pass at region `r` now (as its periodic tick does): collects the lww
-    /// tombstones below the core's horizon, checking invariant 5 for each. Returns how many were
-    /// collected.
+    /// One maintenance pass at region `r` now, with the horizon its core computes now (as the
+    /// driver's `Maintain` command does). Returns how many tombstones were collected.
     pub fn maintain_now(&mut self, r: usize) -> Result<usize, Violation> {
         if !self.is_up(r) {
             return Ok(0);
@@ -1563,10 +1824,21 @@ impl Sim {
         self.set_clocks();
         self.sync_core(r);
         let local = self.local_ms(r);
+        let horizon = self.regions[r]
+            .node
+            .as_ref()
+            .and_then(|n| n.driver.core().tombstone_horizon_ms(local));
+        self.maintain_with(r, horizon)
+    }
+
+    /// A maintenance pass at region `r` below `horizon`: collects the lww tombstones below it,
+    /// checking invariant 5 for each. Returns how many were collected.
+    fn maintain_with(&mut self, r: usize, horizon: Option<u64>) -> Result<usize, Violation> {
         let me = self.ids[r].clone();
         let harness = |e: AtollError| Violation::new(Invariant::Harness, e.to_string());
-        let node = self.regions[r].node.as_ref().expect("up");
-        let horizon = node.core.tombstone_horizon_ms(local);
+        let Some(node) = self.regions[r].node.as_ref() else {
+            return Ok(0);
+        };
         // The lww tombstones held before, to see which ones the pass collects.
         let mut tombstones = Vec::new();
         if horizon.is_some() {
@@ -1830,6 +2102,17 @@ impl Sim {
             Some(id) => id.to_string(),
             None => "witness".to_string(),
         }
+    }
+}
+
+/// What a region's driver needs to know of its store now (as the server's adapter reads it).
+fn local_view(store: &Store) -> LocalView {
+    let wm = store.watermark();
+    LocalView {
+        applied: store.applied(),
+        watermark_head: wm.head,
+        watermark_before_ms: wm.before_ms,
+        hlc_wall_ms: store.stats().hlc_wall_ms.load(AtomicOrdering::Relaxed),
     }
 }
 

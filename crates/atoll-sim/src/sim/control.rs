@@ -283,7 +283,7 @@ impl Sim {
         let fence = c.members[r].fence.clone();
         let holder = fencing::lock(&fence).holder().cloned();
         let view = match (&holder, self.regions[r].node.as_ref()) {
-            (Some(h), Some(node)) => node.core.promotion_view(h, local),
+            (Some(h), Some(node)) => node.driver.core().promotion_view(h, local),
             _ => PromotionView::default(),
         };
         let cmd = fencing::lock(&fence).promote(mono, fence_ts, &view, accept_data_loss);
@@ -786,7 +786,9 @@ impl Sim {
         let fence = m.fence.clone();
         let holder = fencing::lock(&fence).holder().cloned();
         let view = match (&holder, self.regions[r].node.as_ref()) {
-            (Some(h), Some(node)) if h != &self.ids[r] => node.core.promotion_view(h, local),
+            (Some(h), Some(node)) if h != &self.ids[r] => {
+                node.driver.core().promotion_view(h, local)
+            }
             _ => PromotionView::default(),
         };
         let cmd = fencing::lock(&fence).tick(mono, fence_ts, Some(&view));
@@ -826,7 +828,8 @@ impl Sim {
         let me = self.ids[r].clone();
         let local = self.local_ms(r);
         let caught_up = self.regions[r].node.as_ref().is_some_and(|node| {
-            node.core
+            node.driver
+                .core()
                 .promotion_view(&me, local)
                 .others
                 .iter()
@@ -911,7 +914,7 @@ impl Sim {
                 let mono = self.mono_ms(r).unwrap_or(0);
                 match (f.holder(), self.regions[r].node.as_ref()) {
                     (Some(h), Some(node)) => {
-                        f.promotion_blocked(mono, &node.core.promotion_view(h, local))
+                        f.promotion_blocked(mono, &node.driver.core().promotion_view(h, local))
                     }
                     _ => false,
                 }

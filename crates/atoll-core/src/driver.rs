@@ -1,0 +1,1118 @@
+//! The replication driver: every decision of the replication adapter, as a pure state machine
+//! shared by the region server and the simulation (`docs/design/replication-driver.md`).
+//!
+//! [`ReplDriver`] owns the [`ReplCore`] and the subscriber side: when heartbeats go out, when one
+//! is answered at once, which subscriptions are open, when one went silent or must restart, what
+//! a received frame means and when maintenance runs. [`ServedStream`] is the publisher side of one
+//! subscription. Inputs carry the time ([`Now`]) and what the store holds ([`LocalView`]); outputs
+//! are [`Command`]s the executor carries out (HTTP and tokio in the server, messages and virtual
+//! time in the simulation).
+
+use crate::causal::VersionVector;
+use crate::hlc::Timestamp;
+use crate::op::OpEntry;
+use crate::region::RegionId;
+use crate::repl::{Frame, Heartbeat, LinkState, Refusal, ReplConfig, ReplCore, Subscribe};
+use std::collections::{BTreeMap, BTreeSet};
+
+/// The time of an input: the physical clock the protocol reads (heartbeats, lag, skew), and a
+/// monotonic clock for the driver's own timers (a wall clock stepped back must not stall them).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Now {
+    pub wall_ms: u64,
+    pub mono_ms: u64,
+}
+
+/// What the region's store holds at the moment of an input.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct LocalView {
+    /// The committed applied vector (this region's own head included).
+    pub applied: VersionVector,
+    /// The write watermark: every local write stamped before `watermark_before_ms` has a
+    /// sequence number of at most `watermark_head`.
+    pub watermark_head: u64,
+    pub watermark_before_ms: u64,
+    /// The HLC's wall time (a heartbeat carries `max(this, now)`).
+    pub hlc_wall_ms: u64,
+}
+
+/// Tunables of the driver.
+#[derive(Clone, Debug, PartialEq)]
+pub struct DriverConfig {
+    /// The cluster's name (a subscription for another cluster is refused).
+    pub cluster: String,
+    /// The replication core's settings (heartbeat interval, clock bound).
+    pub repl: ReplConfig,
+    /// How often the wanted subscriptions are reconciled with the open ones.
+    pub manage_interval_ms: u64,
+    /// Least time between two prompt heartbeats to one peer.
+    pub prompt_gap_ms: u64,
+    /// A served stream sends a heartbeat frame at least this often.
+    pub stream_tick_ms: u64,
+    /// Most entries per origin in one frame of a served stream.
+    pub batch_max: usize,
+    /// How often maintenance (tombstone collection below the horizon) runs.
+    pub maintenance_interval_ms: u64,
+    /// How often clock-skew transitions are looked for.
+    pub skew_watch_interval_ms: u64,
+    /// Delay of the first heartbeat and the first maintenance after start (the simulation
+    /// spreads regions' phases; the server starts at once).
+    pub first_heartbeat_after_ms: u64,
+    pub first_maintenance_after_ms: u64,
+}
+
+impl DriverConfig {
+    /// The server's settings for `repl`.
+    pub fn new(cluster: impl Into<String>, repl: ReplConfig) -> Self {
+        Self {
+            cluster: cluster.into(),
+            repl,
+            manage_interval_ms: 200,
+            prompt_gap_ms: 100,
+            stream_tick_ms: 100,
+            batch_max: 2048,
+            maintenance_interval_ms: 5_000,
+            skew_watch_interval_ms: 500,
+            first_heartbeat_after_ms: 0,
+            first_maintenance_after_ms: 0,
+        }
+    }
+
+    /// A subscription silent (no frame at all) for this long is given up and restarted.
+    pub fn silence_ms(&self) -> u64 {
+        self.repl.heartbeat_interval_ms.saturating_mul(3)
+    }
+}
+
+/// Identifies one subscription this region opened (unique for the driver's lifetime).
+pub type SubId = u64;
+
+/// What the executor must do.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Command {
+    /// Send `hb` to `to`, one way: the answer does not matter.
+    SendHeartbeat { to: RegionId, hb: Heartbeat },
+    /// Open subscription `id` to `peer` with `request`. Feed every frame it delivers to
+    /// [`ReplDriver::on_frame`], one at a time; report its end (error, end of stream, refusal)
+    /// with [`ReplDriver::on_subscription_ended`].
+    Subscribe {
+        id: SubId,
+        peer: RegionId,
+        request: Subscribe,
+    },
+    /// Close subscription `id` (the driver already forgot it; later input for it is ignored).
+    Unsubscribe {
+        id: SubId,
+        peer: RegionId,
+        reason: String,
+    },
+    /// Apply these admitted entries of subscription `id` to the store, in order, then report with
+    /// [`ReplDriver::on_applied`] before feeding the subscription's next frame.
+    Apply {
+        id: SubId,
+        peer: RegionId,
+        entries: Vec<OpEntry>,
+    },
+    /// Run maintenance: collect tombstones below `horizon` (none without one), prune the ledger.
+    Maintain { horizon: Option<u64> },
+    /// Something worth a log line or a metric; nothing to carry out.
+    Notice(Notice),
+}
+
+/// Transitions and samples for logs, metrics and the simulation's counters.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Notice {
+    /// A heartbeat (one-way or on a stream) failed the core's checks and changed nothing.
+    HeartbeatRefused {
+        from: RegionId,
+        refusal: Refusal,
+    },
+    /// A round trip measured from an echoed one-way heartbeat.
+    Rtt {
+        peer: RegionId,
+        rtt_ms: f64,
+    },
+    /// A peer's clock started / stopped running ahead beyond the bound.
+    SkewBegan {
+        peer: RegionId,
+        offset_ms: f64,
+    },
+    SkewEnded {
+        peer: RegionId,
+        offset_ms: f64,
+    },
+    /// What admission made of a received batch.
+    Admitted {
+        peer: RegionId,
+        apply: usize,
+        duplicates: usize,
+        gaps: usize,
+        held_back: usize,
+    },
+}
+
+/// How applying a batch went, as the executor reports it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ApplyReport {
+    /// The store failed (nothing is known to be applied beyond what `LocalView` shows).
+    pub failed: Option<String>,
+    /// Origins whose entries the store refused for clock skew.
+    pub skewed: Vec<RegionId>,
+}
+
+#[derive(Clone, Debug)]
+struct Sub {
+    peer: RegionId,
+    origins: BTreeSet<RegionId>,
+    /// Last frame (or the opening), monotonic.
+    last_activity_ms: u64,
+    /// An `Apply` is out; `resync`: the batch dropped entries, so the subscription restarts once
+    /// it is applied.
+    applying: Option<bool>,
+}
+
+/// The subscriber side of replication and the owner of the core.
+#[derive(Clone, Debug)]
+pub struct ReplDriver {
+    core: ReplCore,
+    cfg: DriverConfig,
+    next_sub: SubId,
+    subs: BTreeMap<SubId, Sub>,
+    next_heartbeat_ms: u64,
+    next_manage_ms: u64,
+    next_maintenance_ms: u64,
+    next_skew_watch_ms: u64,
+    /// Reconcile subscriptions at the next input (a link started working both ways).
+    manage_now: bool,
+    prompted: BTreeMap<RegionId, u64>,
+    skewed: BTreeSet<RegionId>,
+}
+
+impl ReplDriver {
+    /// A driver for `me` with these peers, resuming from the store's state, started at `now`.
+    pub fn new(
+        me: RegionId,
+        peers: Vec<RegionId>,
+        cfg: DriverConfig,
+        local: &LocalView,
+        now: Now,
+    ) -> Self {
+        let core = ReplCore::new(me, peers, cfg.repl.clone(), local.applied.clone());
+        let m = now.mono_ms;
+        Self {
+            core,
+            next_sub: 1,
+            subs: BTreeMap::new(),
+            next_heartbeat_ms: m + cfg.first_heartbeat_after_ms,
+            next_manage_ms: m,
+            next_maintenance_ms: m + cfg.first_maintenance_after_ms,
+            next_skew_watch_ms: m,
+            manage_now: false,
+            prompted: BTreeMap::new(),
+            skewed: BTreeSet::new(),
+            cfg,
+        }
+    }
+
+    pub fn core(&self) -> &ReplCore {
+        &self.core
+    }
+
+    pub fn config(&self) -> &DriverConfig {
+        &self.cfg
+    }
+
+    /// The open subscriptions: id, peer, origins.
+    pub fn subscriptions(&self) -> impl Iterator<Item = (SubId, &RegionId, &BTreeSet<RegionId>)> {
+        self.subs.iter().map(|(id, s)| (*id, &s.peer, &s.origins))
+    }
+
+    /// Brings the core up to the store: its applied vector and this region's write watermark.
+    pub fn sync(&mut self, local: &LocalView) {
+        for (o, n) in local.applied.iter() {
+            self.core.on_applied(o, n);
+        }
+        self.core
+            .on_watermark(local.watermark_head, local.watermark_before_ms);
+    }
+
+    /// The monotonic time at which [`Self::tick`] next has something to do.
+    pub fn next_wake(&self) -> u64 {
+        let mut t = self
+            .next_heartbeat_ms
+            .min(self.next_manage_ms)
+            .min(self.next_maintenance_ms)
+            .min(self.next_skew_watch_ms);
+        let silence = self.cfg.silence_ms();
+        for s in self.subs.values() {
+            if s.applying.is_none() {
+                t = t.min(s.last_activity_ms + silence);
+            }
+        }
+        t
+    }
+
+    /// The heartbeat to send to `to` now (also what a served stream sends).
+    pub fn heartbeat_for(&mut self, to: &RegionId, now: Now, local: &LocalView) -> Heartbeat {
+        self.sync(local);
+        let hlc = Timestamp {
+            wall_ms: local.hlc_wall_ms.max(now.wall_ms),
+            logical: 0,
+        };
+        self.core.heartbeat(to, now.wall_ms, hlc)
+    }
+
+    /// Runs every timer that is due.
+    pub fn tick(&mut self, now: Now, local: &LocalView) -> Vec<Command> {
+        self.sync(local);
+        let mut out = Vec::new();
+        let m = now.mono_ms;
+        if m >= self.next_heartbeat_ms {
+            self.next_heartbeat_ms = m + self.cfg.repl.heartbeat_interval_ms.max(1);
+            let peers: Vec<RegionId> = self.core.peers().cloned().collect();
+            for p in peers {
+                let hb = self.heartbeat_for(&p, now, local);
+                out.push(Command::SendHeartbeat { to: p, hb });
+            }
+        }
+        // Silent subscriptions (an `Apply` out is the executor's to finish, not silence).
+        let silence = self.cfg.silence_ms();
+        let silent: Vec<SubId> = self
+            .subs
+            .iter()
+            .filter(|(_, s)| s.applying.is_none() && m >= s.last_activity_ms + silence)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in silent {
+            if let Some(s) = self.subs.remove(&id) {
+                out.push(Command::Unsubscribe {
+                    id,
+                    peer: s.peer.clone(),
+                    reason: format!("the stream from {} went silent", s.peer),
+                });
+            }
+        }
+        if self.manage_now || m >= self.next_manage_ms {
+            self.manage(now, local, &mut out);
+        }
+        if m >= self.next_maintenance_ms {
+            self.next_maintenance_ms = m + self.cfg.maintenance_interval_ms.max(1);
+            out.push(Command::Maintain {
+                horizon: self.core.tombstone_horizon_ms(now.wall_ms),
+            });
+        }
+        if m >= self.next_skew_watch_ms {
+            self.next_skew_watch_ms = m + self.cfg.skew_watch_interval_ms.max(1);
+            self.skew_watch(now, &mut out);
+        }
+        out
+    }
+
+    /// Reconciles the open subscriptions with the core's wanted ones.
+    fn manage(&mut self, now: Now, local: &LocalView, out: &mut Vec<Command>) {
+        self.manage_now = false;
+        self.next_manage_ms = now.mono_ms + self.cfg.manage_interval_ms.max(1);
+        let wanted = self.core.wanted_subscriptions(now.wall_ms);
+        let stale: Vec<SubId> = self
+            .subs
+            .iter()
+            .filter(|(_, s)| wanted.get(&s.peer) != Some(&s.origins))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in stale {
+            if let Some(s) = self.subs.remove(&id) {
+                out.push(Command::Unsubscribe {
+                    id,
+                    peer: s.peer,
+                    reason: "the origins wanted from this peer changed".into(),
+                });
+            }
+        }
+        for (peer, origins) in wanted {
+            if self.subs.values().any(|s| s.peer == peer) {
+                continue;
+            }
+            let id = self.next_sub;
+            self.next_sub += 1;
+            let request = Subscribe {
+                from: self.core.me().clone(),
+                cluster: self.cfg.cluster.clone(),
+                origins: origins.iter().cloned().collect(),
+                applied: local.applied.clone(),
+            };
+            self.subs.insert(
+                id,
+                Sub {
+                    peer: peer.clone(),
+                    origins,
+                    last_activity_ms: now.mono_ms,
+                    applying: None,
+                },
+            );
+            out.push(Command::Subscribe { id, peer, request });
+        }
+    }
+
+    fn skew_watch(&mut self, now: Now, out: &mut Vec<Command>) {
+        for p in self.core.status(now.wall_ms) {
+            let offset_ms = p.clock_offset_ms.unwrap_or(0.0);
+            if p.state == LinkState::ClockSkew {
+                if self.skewed.insert(p.region.clone()) {
+                    out.push(Command::Notice(Notice::SkewBegan {
+                        peer: p.region,
+                        offset_ms,
+                    }));
+                }
+            } else if p.reachable && self.skewed.remove(&p.region) {
+                out.push(Command::Notice(Notice::SkewEnded {
+                    peer: p.region,
+                    offset_ms,
+                }));
+            }
+        }
+    }
+
+    /// A one-way heartbeat from a peer (its sender already authenticated by the transport). A
+    /// refused one changes nothing: `Err` carries the refusal (also as a notice).
+    pub fn on_heartbeat(
+        &mut self,
+        hb: &Heartbeat,
+        now: Now,
+        local: &LocalView,
+    ) -> Result<Vec<Command>, Refusal> {
+        // Our own head first: a peer may already hold writes we committed a moment ago.
+        self.sync(local);
+        let before = self.core.is_bidirectional(&hb.from, now.wall_ms);
+        self.core.on_heartbeat(hb, now.wall_ms)?;
+        let after = self.core.is_bidirectional(&hb.from, now.wall_ms);
+        let mut out = Vec::new();
+        if hb.echo.is_some()
+            && let Some(st) = self
+                .core
+                .status(now.wall_ms)
+                .into_iter()
+                .find(|s| s.region == hb.from)
+            && let Some(rtt_ms) = st.rtt_ms
+        {
+            out.push(Command::Notice(Notice::Rtt {
+                peer: hb.from.clone(),
+                rtt_ms,
+            }));
+        }
+        // The peer does not hear us yet (no echo), or we did not know both directions worked:
+        // tell it at once that we hear it, so a link comes up in a few round trips rather than
+        // a heartbeat interval or two (at most once per `prompt_gap_ms` per peer).
+        let prompt = hb.echo.is_none() || !before;
+        if prompt {
+            let due = self
+                .prompted
+                .get(&hb.from)
+                .is_none_or(|t| now.mono_ms >= t + self.cfg.prompt_gap_ms);
+            if due {
+                self.prompted.insert(hb.from.clone(), now.mono_ms);
+                let h = self.heartbeat_for(&hb.from, now, local);
+                out.push(Command::SendHeartbeat {
+                    to: hb.from.clone(),
+                    hb: h,
+                });
+            }
+        }
+        // Subscriptions start as soon as the link works both ways.
+        if after && !before {
+            self.manage(now, local, &mut out);
+        }
+        Ok(out)
+    }
+
+    /// The notice for a refused heartbeat (for executors that count refusals they saw).
+    pub fn refused_notice(from: &RegionId, refusal: Refusal) -> Command {
+        Command::Notice(Notice::HeartbeatRefused {
+            from: from.clone(),
+            refusal,
+        })
+    }
+
+    /// A frame that arrived on subscription `id`. Input for a subscription the driver no longer
+    /// has is ignored.
+    pub fn on_frame(
+        &mut self,
+        id: SubId,
+        frame: Frame,
+        now: Now,
+        local: &LocalView,
+    ) -> Vec<Command> {
+        let mut out = Vec::new();
+        let Some(sub) = self.subs.get_mut(&id) else {
+            return out;
+        };
+        sub.last_activity_ms = now.mono_ms;
+        let peer = sub.peer.clone();
+        match frame {
+            Frame::Heartbeat(hb) => {
+                if hb.from != peer {
+                    let reason =
+                        format!("the stream from {peer} carried a heartbeat of {}", hb.from);
+                    self.end(id, reason, &mut out);
+                    return out;
+                }
+                self.sync(local);
+                if let Err(refusal) = self.core.on_stream_heartbeat(&hb, now.wall_ms) {
+                    let reason = format!("the stream from {peer}: {refusal}");
+                    out.push(Self::refused_notice(&hb.from, refusal));
+                    self.end(id, reason, &mut out);
+                }
+            }
+            Frame::Ops(entries) => {
+                self.sync(local);
+                let adm = self.core.admit(entries);
+                out.push(Command::Notice(Notice::Admitted {
+                    peer: peer.clone(),
+                    apply: adm.apply.len(),
+                    duplicates: adm.duplicates,
+                    gaps: adm.gaps,
+                    held_back: adm.held_back,
+                }));
+                // The peer's cursor has moved past entries dropped here (beyond a gap, or held
+                // back for skew): the subscription restarts from the applied vector.
+                let resync = adm.gaps > 0 || adm.held_back > 0;
+                if adm.apply.is_empty() {
+                    if resync {
+                        self.end(
+                            id,
+                            format!("resubscribing to {peer}: entries dropped"),
+                            &mut out,
+                        );
+                    }
+                    return out;
+                }
+                if let Some(s) = self.subs.get_mut(&id) {
+                    s.applying = Some(resync);
+                }
+                out.push(Command::Apply {
+                    id,
+                    peer,
+                    entries: adm.apply,
+                });
+            }
+        }
+        out
+    }
+
+    /// The outcome of subscription `id`'s `Apply`.
+    pub fn on_applied(
+        &mut self,
+        id: SubId,
+        report: &ApplyReport,
+        now: Now,
+        local: &LocalView,
+    ) -> Vec<Command> {
+        self.sync(local);
+        let mut out = Vec::new();
+        let Some(sub) = self.subs.get_mut(&id) else {
+            return out;
+        };
+        let resync = sub.applying.take().unwrap_or(false);
+        sub.last_activity_ms = now.mono_ms;
+        let peer = sub.peer.clone();
+        if let Some(e) = &report.failed {
+            self.end(
+                id,
+                format!("applying entries from {peer} failed: {e}"),
+                &mut out,
+            );
+        } else if resync || !report.skewed.is_empty() {
+            self.end(
+                id,
+                format!("resubscribing to {peer}: entries not applied"),
+                &mut out,
+            );
+        }
+        out
+    }
+
+    /// Subscription `id` ended on its own (stream closed, transport error, refused).
+    pub fn on_subscription_ended(&mut self, id: SubId) {
+        self.subs.remove(&id);
+    }
+
+    fn end(&mut self, id: SubId, reason: String, out: &mut Vec<Command>) {
+        if let Some(s) = self.subs.remove(&id) {
+            out.push(Command::Unsubscribe {
+                id,
+                peer: s.peer,
+                reason,
+            });
+        }
+    }
+
+    /// Whether a subscription request may be served: same cluster, from a peer. `Err` names
+    /// the problem.
+    pub fn check_subscription(&self, sub: &Subscribe) -> Result<(), String> {
+        if sub.cluster != self.cfg.cluster {
+            return Err(format!(
+                "subscription for cluster `{}`, this is `{}`",
+                sub.cluster, self.cfg.cluster
+            ));
+        }
+        if !self.core.peers().any(|p| *p == sub.from) {
+            return Err(format!("`{}` is not a peer of this region", sub.from));
+        }
+        Ok(())
+    }
+}
+
+/// What a served stream does next.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StreamStep {
+    /// Read up to `max` operation-log entries of `origin` from `from` on and pass them to
+    /// [`ServedStream::on_read`].
+    Read {
+        origin: RegionId,
+        from: u64,
+        max: usize,
+    },
+    /// Send a heartbeat frame ([`ReplDriver::heartbeat_for`]) now.
+    Heartbeat,
+    /// Nothing to send: call [`ServedStream::next`] again when the log grows or at
+    /// `until_mono_ms`, whichever comes first.
+    Wait { until_mono_ms: u64 },
+}
+
+/// The publisher side of one subscription: a cursor per origin; ops first, and a heartbeat frame
+/// after every round that sent nothing and at least every `stream_tick_ms` while sending.
+#[derive(Clone, Debug)]
+pub struct ServedStream {
+    to: RegionId,
+    cursor: Vec<(RegionId, u64)>,
+    batch_max: usize,
+    tick_ms: u64,
+    /// Position in the current round over the origins.
+    idx: usize,
+    sent_this_round: bool,
+    last_hb_mono_ms: Option<u64>,
+    /// A heartbeat was just sent after an idle round: wait next.
+    idle: bool,
+}
+
+impl ServedStream {
+    /// The stream for `sub` (checked with [`ReplDriver::check_subscription`]).
+    pub fn new(sub: &Subscribe, cfg: &DriverConfig) -> Self {
+        let origins: BTreeSet<&RegionId> = sub.origins.iter().collect();
+        Self {
+            to: sub.from.clone(),
+            cursor: origins
+                .into_iter()
+                .map(|o| (o.clone(), sub.applied.get(o)))
+                .collect(),
+            batch_max: cfg.batch_max.max(1),
+            tick_ms: cfg.stream_tick_ms.max(1),
+            idx: 0,
+            sent_this_round: false,
+            last_hb_mono_ms: None,
+            idle: false,
+        }
+    }
+
+    /// The subscriber.
+    pub fn to(&self) -> &RegionId {
+        &self.to
+    }
+
+    /// The next step at monotonic time `mono_ms`.
+    pub fn next(&mut self, mono_ms: u64) -> StreamStep {
+        if self.idle {
+            self.idle = false;
+            return StreamStep::Wait {
+                until_mono_ms: mono_ms + self.tick_ms,
+            };
+        }
+        if let Some((origin, at)) = self.cursor.get(self.idx) {
+            return StreamStep::Read {
+                origin: origin.clone(),
+                from: at + 1,
+                max: self.batch_max,
+            };
+        }
+        // End of a round.
+        let sent = std::mem::replace(&mut self.sent_this_round, false);
+        self.idx = 0;
+        let hb_due = self
+            .last_hb_mono_ms
+            .is_none_or(|t| mono_ms >= t + self.tick_ms);
+        if !sent || hb_due {
+            self.idle = !sent;
+            return StreamStep::Heartbeat;
+        }
+        self.next(mono_ms)
+    }
+
+    /// The entries a `Read` returned: the frame to send, if any. A batch that does not continue
+    /// the cursor (the log moved under it) is an error: the stream must end.
+    pub fn on_read(&mut self, entries: Vec<OpEntry>) -> Result<Option<Frame>, String> {
+        let Some((origin, at)) = self.cursor.get_mut(self.idx) else {
+            return Err("a read the stream did not ask for".into());
+        };
+        self.idx += 1;
+        let Some(last) = entries.last() else {
+            return Ok(None);
+        };
+        if entries
+            .first()
+            .is_some_and(|e| e.seq != *at + 1 || e.origin != *origin)
+        {
+            return Err(format!(
+                "the operation log of {origin} did not continue at {}",
+                *at + 1
+            ));
+        }
+        *at = last.seq;
+        self.sent_this_round = true;
+        Ok(Some(Frame::Ops(entries)))
+    }
+
+    /// A heartbeat frame went out at `mono_ms`.
+    pub fn on_heartbeat_sent(&mut self, mono_ms: u64) {
+        self.last_hb_mono_ms = Some(mono_ms);
+    }
+
+    /// Where the stream stands per origin (the last sequence sent).
+    pub fn cursor(&self) -> impl Iterator<Item = (&RegionId, u64)> {
+        self.cursor.iter().map(|(o, s)| (o, *s))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crdt::pncounter::PnCounter;
+    use crate::op::KeyState;
+
+    fn r(s: &str) -> RegionId {
+        RegionId::new(s).expect("valid")
+    }
+
+    fn entry(origin: &str, seq: u64) -> OpEntry {
+        OpEntry {
+            origin: r(origin),
+            seq,
+            ts: Timestamp {
+                wall_ms: 1_000_000 + seq,
+                logical: 0,
+            },
+            keyspace: "k".into(),
+            key: b"x".to_vec(),
+            delta: KeyState::Counter(PnCounter::add(None, &r(origin), 1).expect("counter")),
+            epoch: 0,
+        }
+    }
+
+    fn at(ms: u64) -> Now {
+        Now {
+            wall_ms: 1_000_000 + ms,
+            mono_ms: ms,
+        }
+    }
+
+    fn view(pairs: &[(&str, u64)]) -> LocalView {
+        let mut applied = VersionVector::new();
+        for (o, n) in pairs {
+            applied.raise(&r(o), *n);
+        }
+        LocalView {
+            applied,
+            ..LocalView::default()
+        }
+    }
+
+    fn driver(me: &str) -> ReplDriver {
+        ReplDriver::new(
+            r(me),
+            vec![r("a"), r("b")],
+            DriverConfig::new("test", ReplConfig::new(1000, 500)),
+            &LocalView::default(),
+            at(0),
+        )
+    }
+
+    fn heartbeats(cmds: &[Command]) -> Vec<(RegionId, Heartbeat)> {
+        cmds.iter()
+            .filter_map(|c| match c {
+                Command::SendHeartbeat { to, hb } => Some((to.clone(), hb.clone())),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn subscribes(cmds: &[Command]) -> Vec<(SubId, RegionId, Subscribe)> {
+        cmds.iter()
+            .filter_map(|c| match c {
+                Command::Subscribe { id, peer, request } => {
+                    Some((*id, peer.clone(), request.clone()))
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn unsubscribed(cmds: &[Command]) -> Vec<SubId> {
+        cmds.iter()
+            .filter_map(|c| match c {
+                Command::Unsubscribe { id, .. } => Some(*id),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Two drivers exchange heartbeats until `a` has a subscription to `b`; returns its id.
+    fn linked() -> (ReplDriver, ReplDriver, SubId) {
+        let (mut a, mut b) = (driver("a"), driver("b"));
+        let l = LocalView::default();
+        let mut to_b = heartbeats(&a.tick(at(0), &l));
+        let mut sub = None;
+        for step in 1..10 {
+            let mut to_a = Vec::new();
+            for (_, hb) in to_b.drain(..) {
+                to_a.extend(heartbeats(
+                    &b.on_heartbeat(&hb, at(step), &l).expect("taken"),
+                ));
+            }
+            for (_, hb) in to_a {
+                let cmds = a.on_heartbeat(&hb, at(step), &l).expect("taken");
+                if let Some((id, peer, _)) = subscribes(&cmds).first() {
+                    assert_eq!(*peer, r("b"));
+                    sub = Some(*id);
+                }
+                to_b.extend(heartbeats(&cmds));
+            }
+            if let Some(id) = sub {
+                return (a, b, id);
+            }
+            if to_b.is_empty() {
+                to_b = heartbeats(&a.tick(at(step * 1000), &l));
+            }
+        }
+        panic!("no subscription after the link came up both ways");
+    }
+
+    #[test]
+    fn heartbeats_go_to_every_peer_every_interval() {
+        let mut d = driver("a");
+        let l = LocalView::default();
+        let first = heartbeats(&d.tick(at(0), &l));
+        assert_eq!(first.len(), 1, "one peer: b");
+        assert_eq!(first[0].0, r("b"));
+        assert!(heartbeats(&d.tick(at(500), &l)).is_empty(), "not due yet");
+        assert!(d.next_wake() <= 1000);
+        assert_eq!(heartbeats(&d.tick(at(1000), &l)).len(), 1);
+    }
+
+    #[test]
+    fn a_link_that_works_both_ways_opens_a_subscription_at_once() {
+        let (a, _, id) = linked();
+        let subs: Vec<_> = a.subscriptions().map(|(i, p, _)| (i, p.clone())).collect();
+        assert_eq!(subs, vec![(id, r("b"))]);
+    }
+
+    #[test]
+    fn prompt_answers_are_rate_limited_per_peer() {
+        let (mut a, b) = (driver("a"), driver("b"));
+        let l = LocalView::default();
+        let hb = b
+            .core()
+            .heartbeat(&r("a"), at(0).wall_ms, Timestamp::default());
+        // No echo: the peer does not hear us, so we answer at once...
+        let first = a.on_heartbeat(&hb, at(0), &l).expect("taken");
+        assert_eq!(heartbeats(&first).len(), 1);
+        // ...but not again within the prompt gap.
+        let second = a.on_heartbeat(&hb, at(50), &l).expect("taken");
+        assert!(heartbeats(&second).is_empty());
+        let third = a.on_heartbeat(&hb, at(150), &l).expect("taken");
+        assert_eq!(heartbeats(&third).len(), 1);
+    }
+
+    #[test]
+    fn a_silent_subscription_is_closed_and_reopened() {
+        let (mut a, mut b, id) = linked();
+        let l = LocalView::default();
+        // Three heartbeat intervals, as documented.
+        let silence = 3_000;
+        // Heartbeats keep flowing both ways (the peer stays reachable, the wanted subscriptions
+        // do not change), but the stream delivers nothing: only silence can end it.
+        let mut closed_at = None;
+        let mut reopened = false;
+        for t in (500..=silence + 1_000).step_by(100) {
+            let mut cmds = a.tick(at(t), &l);
+            for (_, hb) in heartbeats(&cmds) {
+                let _ = b.on_heartbeat(&hb, at(t), &l);
+            }
+            for (_, hb) in heartbeats(&b.tick(at(t), &l)) {
+                cmds.extend(a.on_heartbeat(&hb, at(t), &l).expect("taken"));
+            }
+            if unsubscribed(&cmds).contains(&id) {
+                closed_at = Some(t);
+            }
+            if closed_at.is_some() && subscribes(&cmds).iter().any(|(_, p, _)| *p == r("b")) {
+                reopened = true;
+                break;
+            }
+        }
+        let closed_at = closed_at.expect("a silent subscription is closed");
+        assert!(
+            closed_at >= silence,
+            "closed at {closed_at}, before the silence bound"
+        );
+        assert!(reopened, "and opened again while the peer is reachable");
+    }
+
+    #[test]
+    fn a_subscription_waiting_for_its_apply_is_not_silent() {
+        let (mut a, mut b, id) = linked();
+        let l = LocalView::default();
+        let cmds = a.on_frame(id, Frame::Ops(vec![entry("b", 1)]), at(10), &l);
+        assert!(
+            cmds.iter()
+                .any(|c| matches!(c, Command::Apply { id: i, .. } if *i == id))
+        );
+        let silence = a.config().silence_ms();
+        // The peer stays reachable both ways (heartbeats each way), so only silence could end it.
+        for t in (1_000..=10 + silence + 10).step_by(500) {
+            for (_, hb) in heartbeats(&a.tick(at(t), &l)) {
+                let _ = b.on_heartbeat(&hb, at(t), &l);
+            }
+            for (_, hb) in heartbeats(&b.tick(at(t), &l)) {
+                let _ = a.on_heartbeat(&hb, at(t), &l);
+            }
+        }
+        let cmds = a.tick(at(10 + silence + 10), &l);
+        assert!(!unsubscribed(&cmds).contains(&id), "{cmds:?}");
+        let cmds = a.on_applied(
+            id,
+            &ApplyReport::default(),
+            at(10 + silence + 20),
+            &view(&[("b", 1)]),
+        );
+        assert!(unsubscribed(&cmds).is_empty());
+    }
+
+    #[test]
+    fn a_gap_ends_the_subscription_after_what_can_be_applied() {
+        let (mut a, _, id) = linked();
+        let l = LocalView::default();
+        // 1 applies, 3 comes after a gap: apply 1, then resubscribe.
+        let cmds = a.on_frame(
+            id,
+            Frame::Ops(vec![entry("b", 1), entry("b", 3)]),
+            at(10),
+            &l,
+        );
+        let applied: Vec<u64> = cmds
+            .iter()
+            .flat_map(|c| match c {
+                Command::Apply { entries, .. } => entries.iter().map(|e| e.seq).collect(),
+                _ => Vec::new(),
+            })
+            .collect();
+        assert_eq!(applied, vec![1]);
+        assert!(unsubscribed(&cmds).is_empty(), "not before the apply");
+        let cmds = a.on_applied(id, &ApplyReport::default(), at(20), &view(&[("b", 1)]));
+        assert_eq!(unsubscribed(&cmds), vec![id]);
+    }
+
+    #[test]
+    fn a_batch_entirely_beyond_a_gap_ends_the_subscription_at_once() {
+        let (mut a, _, id) = linked();
+        let cmds = a.on_frame(
+            id,
+            Frame::Ops(vec![entry("b", 5)]),
+            at(10),
+            &LocalView::default(),
+        );
+        assert_eq!(unsubscribed(&cmds), vec![id]);
+        assert!(!cmds.iter().any(|c| matches!(c, Command::Apply { .. })));
+    }
+
+    #[test]
+    fn a_failed_or_skew_refused_apply_ends_the_subscription() {
+        for report in [
+            ApplyReport {
+                failed: Some("disk".into()),
+                skewed: Vec::new(),
+            },
+            ApplyReport {
+                failed: None,
+                skewed: vec![r("b")],
+            },
+        ] {
+            let (mut a, _, id) = linked();
+            let l = LocalView::default();
+            a.on_frame(id, Frame::Ops(vec![entry("b", 1)]), at(10), &l);
+            let cmds = a.on_applied(id, &report, at(20), &l);
+            assert_eq!(unsubscribed(&cmds), vec![id], "{report:?}");
+        }
+    }
+
+    #[test]
+    fn a_stream_carrying_another_regions_heartbeat_is_dropped() {
+        let (mut a, _, id) = linked();
+        let l = LocalView::default();
+        let c = ReplDriver::new(
+            r("c"),
+            vec![r("a"), r("b"), r("c")],
+            DriverConfig::new("test", ReplConfig::new(1000, 500)),
+            &l,
+            at(0),
+        );
+        let hb = c
+            .core()
+            .heartbeat(&r("a"), at(5).wall_ms, Timestamp::default());
+        let cmds = a.on_frame(id, Frame::Heartbeat(hb), at(10), &l);
+        assert_eq!(unsubscribed(&cmds), vec![id]);
+    }
+
+    #[test]
+    fn input_for_a_closed_subscription_is_ignored() {
+        let (mut a, _, id) = linked();
+        let l = LocalView::default();
+        a.on_subscription_ended(id);
+        assert!(
+            a.on_frame(id, Frame::Ops(vec![entry("b", 1)]), at(10), &l)
+                .is_empty()
+        );
+        assert!(
+            a.on_applied(id, &ApplyReport::default(), at(10), &l)
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn maintenance_runs_on_its_interval() {
+        let mut d = driver("a");
+        let l = LocalView::default();
+        let count = |cmds: &[Command]| {
+            cmds.iter()
+                .filter(|c| matches!(c, Command::Maintain { .. }))
+                .count()
+        };
+        assert_eq!(count(&d.tick(at(0), &l)), 1);
+        assert_eq!(count(&d.tick(at(4_999), &l)), 0);
+        assert_eq!(count(&d.tick(at(5_000), &l)), 1);
+    }
+
+    #[test]
+    fn subscriptions_are_checked() {
+        let d = driver("a");
+        let ok = Subscribe {
+            from: r("b"),
+            cluster: "test".into(),
+            origins: vec![r("b")],
+            applied: VersionVector::new(),
+        };
+        assert!(d.check_subscription(&ok).is_ok());
+        let other = Subscribe {
+            cluster: "other".into(),
+            ..ok.clone()
+        };
+        assert!(d.check_subscription(&other).unwrap_err().contains("other"));
+        let stranger = Subscribe { from: r("z"), ..ok };
+        assert!(
+            d.check_subscription(&stranger)
+                .unwrap_err()
+                .contains("not a peer")
+        );
+    }
+
+    fn stream(origins: &[&str], applied: &[(&str, u64)]) -> ServedStream {
+        let mut cfg = DriverConfig::new("test", ReplConfig::new(1000, 500));
+        cfg.batch_max = 2;
+        ServedStream::new(
+            &Subscribe {
+                from: r("a"),
+                cluster: "test".into(),
+                origins: origins.iter().map(|o| r(o)).collect(),
+                applied: view(applied).applied,
+            },
+            &cfg,
+        )
+    }
+
+    #[test]
+    fn a_served_stream_sends_ops_from_the_cursor_then_heartbeats_and_waits() {
+        let mut st = stream(&["b", "c"], &[("b", 3)]);
+        assert_eq!(
+            st.next(0),
+            StreamStep::Read {
+                origin: r("b"),
+                from: 4,
+                max: 2
+            }
+        );
+        let f = st
+            .on_read(vec![entry("b", 4), entry("b", 5)])
+            .expect("continues");
+        assert!(matches!(f, Some(Frame::Ops(ref e)) if e.len() == 2));
+        assert_eq!(
+            st.next(0),
+            StreamStep::Read {
+                origin: r("c"),
+                from: 1,
+                max: 2
+            }
+        );
+        assert_eq!(st.on_read(Vec::new()), Ok(None));
+        // The round sent something and no heartbeat went out yet: one now.
+        assert_eq!(st.next(0), StreamStep::Heartbeat);
+        st.on_heartbeat_sent(0);
+        // Next round: b from 6; nothing anywhere: a heartbeat, then wait a tick.
+        assert_eq!(
+            st.next(10),
+            StreamStep::Read {
+                origin: r("b"),
+                from: 6,
+                max: 2
+            }
+        );
+        assert_eq!(st.on_read(Vec::new()), Ok(None));
+        assert!(matches!(st.next(10), StreamStep::Read { .. }));
+        assert_eq!(st.on_read(Vec::new()), Ok(None));
+        assert_eq!(st.next(10), StreamStep::Heartbeat);
+        st.on_heartbeat_sent(10);
+        assert_eq!(st.next(10), StreamStep::Wait { until_mono_ms: 110 });
+    }
+
+    #[test]
+    fn a_busy_stream_still_heartbeats_every_tick() {
+        let mut st = stream(&["b"], &[]);
+        let mut seq = 0;
+        let mut heartbeats_at = Vec::new();
+        for t in (0..1_000).step_by(10) {
+            match st.next(t) {
+                StreamStep::Read { from, .. } => {
+                    assert_eq!(from, seq + 1);
+                    seq += 1;
+                    assert!(
+                        st.on_read(vec![entry("b", seq)])
+                            .expect("continues")
+                            .is_some()
+                    );
+                }
+                StreamStep::Heartbeat => {
+                    st.on_heartbeat_sent(t);
+                    heartbeats_at.push(t);
+                }
+                StreamStep::Wait { .. } => panic!("a busy stream never waits"),
+            }
+        }
+        assert!(heartbeats_at.len() >= 4, "{heartbeats_at:?}");
+        assert!(
+            heartbeats_at.windows(2).all(|w| w[1] - w[0] <= 110),
+            "{heartbeats_at:?}"
+        );
+    }
+
+    #[test]
+    fn a_read_that_does_not_continue_the_cursor_breaks_the_stream() {
+        let mut st = stream(&["b"], &[("b", 3)]);
+        assert!(matches!(st.next(0), StreamStep::Read { .. }));
+        assert!(st.on_read(vec![entry("b", 6)]).is_err());
+    }
+}

@@ -660,10 +660,26 @@ async fn conflicts(
             })
         })
         .collect();
+    let late: Vec<Value> = state
+        .store
+        .late_writes(&ks, limit)?
+        .iter()
+        .map(|l| {
+            json!({
+                "key": key_json(&l.key),
+                "region": l.origin.as_str(),
+                "seq": l.seq,
+                "epoch": l.epoch,
+                "timestamp": l.ts.to_string(),
+                "recorded_at_ms": l.recorded_at_ms,
+            })
+        })
+        .collect();
     Ok(axum::Json(json!({
         "keyspace": ks,
         "policy": policy.as_str(),
         "conflicts": list,
+        "late_writes": late,
     }))
     .into_response())
 }

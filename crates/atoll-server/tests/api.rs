@@ -1860,7 +1860,7 @@ async fn conflicts_of_a_fresh_store_and_bad_queries() {
         r.expect_ok();
         assert_eq!(
             r.json(),
-            json!({"keyspace": ks, "policy": policy, "conflicts": []}),
+            json!({"keyspace": ks, "policy": policy, "conflicts": [], "late_writes": []}),
             "{uri}"
         );
     }

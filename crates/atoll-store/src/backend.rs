@@ -20,15 +20,19 @@ pub enum Table {
     Conflicts,
     /// `timestamp/data key` → empty: the lww tombstones, in timestamp order, for collection.
     Tombstones,
+    /// `keyspace/time/counter` → encoded late-write record: replicated writes of a superseded
+    /// lease epoch stamped after the supersession, refused (the fencing ledger).
+    LateWrites,
 }
 
 impl Table {
-    pub const ALL: [Table; 5] = [
+    pub const ALL: [Table; 6] = [
         Table::Meta,
         Table::Data,
         Table::Oplog,
         Table::Conflicts,
         Table::Tombstones,
+        Table::LateWrites,
     ];
 
     pub fn name(self) -> &'static str {
@@ -38,6 +42,7 @@ impl Table {
             Table::Oplog => "oplog",
             Table::Conflicts => "conflicts",
             Table::Tombstones => "tombstones",
+            Table::LateWrites => "late_writes",
         }
     }
 }
@@ -274,7 +279,7 @@ mod fjall_impl {
 
     pub struct Inner {
         db: Database,
-        tables: [Keyspace; 5],
+        tables: [Keyspace; 6],
     }
 
     impl Inner {
@@ -298,6 +303,7 @@ mod fjall_impl {
                 open(Table::Oplog)?,
                 open(Table::Conflicts)?,
                 open(Table::Tombstones)?,
+                open(Table::LateWrites)?,
             ];
             Ok(Self { db, tables })
         }

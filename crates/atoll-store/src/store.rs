@@ -95,6 +95,23 @@ pub struct ConflictRecord {
     pub recorded_at_ms: u64,
 }
 
+/// One entry of the fencing ledger: a replicated write stamped under a superseded lease epoch
+/// after the supersession (`docs/design/fencing.md`, "Epochs on writes"), refused here: it
+/// moved this region's cursor but changed no state.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LateWriteRecord {
+    pub keyspace: String,
+    pub key: Vec<u8>,
+    /// The region that accepted the write, its sequence number there, and its epoch.
+    pub origin: RegionId,
+    pub seq: u64,
+    pub epoch: u64,
+    /// The write's HLC timestamp at its origin.
+    pub ts: Timestamp,
+    /// Physical time (ms since the epoch) at which this region refused it.
+    pub recorded_at_ms: u64,
+}
+
 /// Counters the server exports as metrics.
 #[derive(Default, Debug)]
 pub struct StoreStats {
@@ -124,7 +141,8 @@ pub struct RemoteOutcome {
     /// Physical time minus the origin timestamp of each applied entry, in milliseconds, by origin.
     pub delays_ms: Vec<(RegionId, u64)>,
     /// Entries of a superseded lease epoch stamped after the supersession: (origin, seq,
-    /// epoch). Logged and moved past, never merged.
+    /// epoch). Recorded in the fencing ledger ([`Store::late_writes`]) and moved past, never
+    /// merged.
     pub late: Vec<(RegionId, u64, u64)>,
 }
 
@@ -491,6 +509,24 @@ impl Store {
         let prefix = keys::prefix(keyspace);
         let rows = self.shared.backend.range(
             Table::Conflicts,
+            &prefix,
+            &prefix_end(&prefix),
+            usize::MAX,
+        )?;
+        rows.iter()
+            .rev()
+            .take(limit)
+            .map(|(_, v)| codec::decode(v))
+            .collect()
+    }
+
+    /// The most recent fencing-ledger entries of `keyspace` (late writes of a superseded epoch
+    /// this region refused), newest first, at most `limit`.
+    pub fn late_writes(&self, keyspace: &str, limit: usize) -> Result<Vec<LateWriteRecord>> {
+        self.keyspace(keyspace)?;
+        let prefix = keys::prefix(keyspace);
+        let rows = self.shared.backend.range(
+            Table::LateWrites,
             &prefix,
             &prefix_end(&prefix),
             usize::MAX,
@@ -939,6 +975,7 @@ impl Writer {
                     "replicated write of a superseded lease epoch, stamped after the supersession: refused, not merged"
                 );
                 out.late.push((e.origin.clone(), e.seq, e.epoch));
+                self.record_late(batch, &e)?;
             } else {
                 match self.current_over(base, batch, &dk)? {
                     None => self.stage(batch, dk, e.delta.clone()),
@@ -1012,6 +1049,27 @@ impl Writer {
         Ok(())
     }
 
+    /// Records a refused late write in the fencing ledger (same commit as the cursor move).
+    fn record_late(&mut self, batch: &mut Batch, e: &OpEntry) -> Result<()> {
+        let now = self.clock.physical_ms();
+        let stamp = self.shared.stamps().hlc.now(now);
+        let rec = LateWriteRecord {
+            keyspace: e.keyspace.clone(),
+            key: e.key.clone(),
+            origin: e.origin.clone(),
+            seq: e.seq,
+            epoch: e.epoch,
+            ts: e.ts,
+            recorded_at_ms: now,
+        };
+        batch.mutations.push(Mutation::Put(
+            Table::LateWrites,
+            keys::conflict_key(&e.keyspace, stamp.wall_ms, u64::from(stamp.logical)),
+            codec::encode(&rec)?,
+        ));
+        Ok(())
+    }
+
     fn maintain(&mut self, horizon_ms: Option<u64>) -> Result<MaintenanceOutcome> {
         let backend = &self.shared.backend;
         let mut out = MaintenanceOutcome::default();
@@ -1039,6 +1097,24 @@ impl Writer {
             }
         }
         let now = self.clock.physical_ms();
+        for ks in self.shared.keyspaces.values() {
+            // The fencing ledger of every policy, with the conflict ledger's bounds.
+            let prefix = keys::prefix(&ks.name);
+            let rows =
+                backend.range(Table::LateWrites, &prefix, &prefix_end(&prefix), usize::MAX)?;
+            let cutoff = now.saturating_sub(ks.conflict_retention_secs.saturating_mul(1000));
+            let excess = rows.len().saturating_sub(ks.conflict_max_entries);
+            for (i, (k, _)) in rows.iter().enumerate() {
+                let at = k
+                    .get(prefix.len()..prefix.len() + 8)
+                    .and_then(|b| <[u8; 8]>::try_from(b).ok())
+                    .map(u64::from_be_bytes)
+                    .unwrap_or(0);
+                if i < excess || at < cutoff {
+                    mutations.push(Mutation::Delete(Table::LateWrites, k.clone()));
+                }
+            }
+        }
         for ks in self.shared.keyspaces.values() {
             if ks.policy != Policy::Lww {
                 continue;

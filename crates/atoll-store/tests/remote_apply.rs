@@ -139,3 +139,52 @@ fn a_failed_request_does_not_spoil_others_in_the_same_commit() {
         "a failed request's first entry was committed"
     );
 }
+
+/// A gate that calls every replicated write of an epoch below `current` late.
+struct EpochGate {
+    current: u64,
+}
+
+impl atoll_store::WriteGate for EpochGate {
+    fn permit(&self, _: &KeyspaceConfig) -> atoll_core::Result<u64> {
+        Ok(self.current)
+    }
+    fn is_late(&self, epoch: u64, _ts_ms: u64) -> bool {
+        epoch < self.current
+    }
+}
+
+#[test]
+fn a_late_write_of_a_superseded_epoch_is_refused_and_recorded_in_the_fencing_ledger() {
+    let mut entries = entries_from("eu-west-1", &["a", "b"]);
+    // `a` was stamped under epoch 1 (superseded), `b` under the current epoch 2.
+    entries[0].epoch = 1;
+    entries[1].epoch = 2;
+    let mut o = opts("us-east-1");
+    o.gate = Some(Arc::new(EpochGate { current: 2 }));
+    let clock: Arc<dyn Clock> = Arc::new(ManualClock::new(T0 + 1_000));
+    let store = Store::open(Arc::new(MemBackend::default()), o, clock).expect("open");
+    let out = store.apply_remote(entries.clone()).expect("applies");
+    assert_eq!(out.applied, 2, "the cursor moves past both");
+    assert_eq!(out.late, vec![(region("eu-west-1"), entries[0].seq, 1)]);
+    assert_eq!(value(&store, "a"), None, "the late write changed nothing");
+    assert_eq!(value(&store, "b"), Some(b"b-value".to_vec()));
+    let ledger = store.late_writes("sessions", 10).expect("ledger");
+    assert_eq!(ledger.len(), 1, "{ledger:?}");
+    let rec = &ledger[0];
+    assert_eq!(
+        (rec.key.as_slice(), &rec.origin, rec.seq, rec.epoch, rec.ts),
+        (
+            b"a".as_slice(),
+            &region("eu-west-1"),
+            entries[0].seq,
+            1,
+            entries[0].ts
+        )
+    );
+    assert_eq!(rec.recorded_at_ms, T0 + 1_000);
+    // Applying the same entries again records nothing more (they are duplicates now).
+    store.apply_remote(entries).expect("applies");
+    assert_eq!(store.late_writes("sessions", 10).expect("ledger").len(), 1);
+    assert!(store.late_writes("nope", 10).is_err(), "unknown keyspace");
+}

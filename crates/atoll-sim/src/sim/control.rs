@@ -18,7 +18,7 @@
 //! After every event the fencing checkers sample every region's `permit`.
 
 use super::{Event, Sim};
-use crate::check::{self, Permit, Violation};
+use crate::check::{self, Invariant, Permit, Violation};
 use crate::fencing::{self, Drift, FencingReport, Gate, MonoClock, Promotion, SharedFence, Window};
 use crate::model::Stamp;
 use atoll_core::RegionId;
@@ -1107,10 +1107,28 @@ impl Sim {
         }
         for (origin, seq, epoch) in late {
             self.stats.late_refused += 1;
-            let ts = entries
+            let entry = entries
                 .iter()
-                .find(|e| &e.origin == origin && e.seq == *seq)
-                .map_or(0, |e| e.ts.wall_ms);
+                .find(|e| &e.origin == origin && e.seq == *seq);
+            let ts = entry.map_or(0, |e| e.ts.wall_ms);
+            // Refused, and recorded in the region's fencing ledger in the same commit.
+            let recorded = entry.is_some_and(|e| {
+                self.regions[to].node.as_ref().is_some_and(|n| {
+                    n.store.late_writes(&e.keyspace, usize::MAX).is_ok_and(|l| {
+                        l.iter()
+                            .any(|r| &r.origin == origin && r.seq == *seq && r.epoch == *epoch)
+                    })
+                })
+            });
+            if !recorded {
+                self.record(Violation::new(
+                    Invariant::Harness,
+                    format!(
+                        "{} refused the late write {origin}:{seq} (epoch {epoch}) without recording it in its fencing ledger",
+                        self.ids[to]
+                    ),
+                ));
+            }
             let Some(c) = self.ctl() else {
                 return;
             };

@@ -254,7 +254,7 @@ fn the_server_and_the_simulation_share_one_replication_driver() {
     // Both really use the driver.
     for f in [
         "crates/atoll-server/src/replication.rs",
-        "crates/atoll-sim/src/sim.rs",
+        "crates/atoll-sim/src/sim/repl.rs",
     ] {
         let text = read(f);
         assert!(

@@ -1,6 +1,41 @@
 //! The event log: every processed event (and what it did) is folded into a 64-bit FNV-1a hash,
 //! so two runs of one seed can be compared; with `ATOLL_SIM_TRACE=1` it is also printed.
 
+/// The kind of a logged event: the first word of every [`Trace::ev`].
+pub mod kind {
+    pub const END_CHAOS: u64 = 1;
+    pub const END_WRITES: u64 = 2;
+    /// A client write (acknowledged or refused).
+    pub const WRITE: u64 = 10;
+    /// A message sent (or dropped on a cut link).
+    pub const SEND: u64 = 20;
+    /// A message delivered (or lost on arrival).
+    pub const DELIVER: u64 = 30;
+    /// A replicated batch applied.
+    pub const APPLY: u64 = 31;
+    pub const MAINTAIN: u64 = 40;
+    /// A random fault drawn.
+    pub const FAULT: u64 = 50;
+    pub const CUT: u64 = 70;
+    pub const HEAL: u64 = 71;
+    pub const CRASH: u64 = 72;
+    pub const RESTART: u64 = 73;
+    pub const SKEW: u64 = 74;
+    pub const HEAL_ALL: u64 = 75;
+    /// Fenced runs: a proposal sent to the control group, committed, arrived, answered, timed
+    /// out; committed entries applied by a region; a switchover begun; a promotion; the witness
+    /// going down or up.
+    pub const PROPOSE: u64 = 80;
+    pub const COMMIT: u64 = 81;
+    pub const PROPOSAL_ARRIVES: u64 = 82;
+    pub const ANSWER: u64 = 83;
+    pub const PROPOSAL_TIMEOUT: u64 = 84;
+    pub const CONTROL_APPLY: u64 = 85;
+    pub const SWITCHOVER: u64 = 86;
+    pub const PROMOTE: u64 = 87;
+    pub const WITNESS: u64 = 88;
+}
+
 /// FNV-1a over the words of every logged event.
 #[derive(Clone, Debug)]
 pub struct Trace {

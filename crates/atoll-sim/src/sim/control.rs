@@ -21,6 +21,7 @@ use super::{Event, Sim};
 use crate::check::{self, Invariant, Permit, Violation};
 use crate::fencing::{self, Drift, FencingReport, Gate, MonoClock, Promotion, SharedFence, Window};
 use crate::model::Stamp;
+use crate::trace::kind;
 use atoll_core::RegionId;
 use atoll_core::fence::{
     Answer, Command, Fence, LeaseState, PromoteRefusal, PromotionReason, PromotionView, Topology,
@@ -255,7 +256,8 @@ impl Sim {
             head,
             deadline_ms: now + c.opts.handover_timeout_ms,
         });
-        self.trace.ev(&[86, now, r as u64, target as u64, head]);
+        self.trace
+            .ev(&[kind::SWITCHOVER, now, r as u64, target as u64, head]);
         self.trace.line(now, || {
             format!(
                 "{} begins a switchover to {} at head {head}",
@@ -290,7 +292,7 @@ impl Sim {
         let cmd = match cmd {
             Ok(cmd) => cmd,
             Err(e) => {
-                self.trace.ev(&[87, self.now, r as u64]);
+                self.trace.ev(&[kind::PROMOTE, self.now, r as u64]);
                 self.trace.line(self.now, || {
                     format!("promote {} refused: {e:?}", self.ids[r])
                 });
@@ -328,7 +330,7 @@ impl Sim {
             && c.witness_up != up
         {
             c.witness_up = up;
-            self.trace.ev(&[88, now, u64::from(up)]);
+            self.trace.ev(&[kind::WITNESS, now, u64::from(up)]);
             self.trace.line(now, || {
                 format!("witness {}", if up { "restarts" } else { "crashes" })
             });
@@ -499,7 +501,8 @@ impl Sim {
         let delay = self.commit_delay(r);
         self.schedule(delay, Event::Propose(id));
         self.schedule(timeout_at - now, Event::ProposalTimeout(id));
-        self.trace.ev(&[80, now, r as u64, code, id as u64, delay]);
+        self.trace
+            .ev(&[kind::PROPOSE, now, r as u64, code, id as u64, delay]);
         self.trace.line(now, || {
             let cmd = self.ctl().map(|c| &c.proposals[id].cmd);
             format!(
@@ -523,10 +526,11 @@ impl Sim {
             if now - sent_true < 2 * lease && self.rng.random_range(0..100u32) < linger {
                 let again = self.rng.random_range(100..=1_500u64);
                 self.schedule(again, Event::Propose(id));
-                self.trace.ev(&[82, now, id as u64, again]);
+                self.trace
+                    .ev(&[kind::PROPOSAL_ARRIVES, now, id as u64, again]);
             } else {
                 self.stats.fence_dropped += 1;
-                self.trace.ev(&[82, now, id as u64, 0]);
+                self.trace.ev(&[kind::PROPOSAL_ARRIVES, now, id as u64, 0]);
                 self.trace
                     .line(now, || format!("proposal #{id} dropped: no majority"));
             }
@@ -560,7 +564,7 @@ impl Sim {
         }
         let index = self.ctl().map_or(0, |c| c.log.len());
         self.trace
-            .ev(&[81, now, id as u64, via as u64, index as u64]);
+            .ev(&[kind::COMMIT, now, id as u64, via as u64, index as u64]);
         self.trace.line(now, || {
             format!(
                 "#{id} committed as entry {index} via {}: {answer:?}",
@@ -679,11 +683,11 @@ impl Sim {
         }
         if via != from && !self.net.is_up(via, from) {
             self.stats.fence_answers_lost += 1;
-            self.trace.ev(&[83, now, id as u64, 0]);
+            self.trace.ev(&[kind::ANSWER, now, id as u64, 0]);
             return;
         }
         if !self.is_up(from) || c.members[from].incarnation != p.incarnation {
-            self.trace.ev(&[83, now, id as u64, 1]);
+            self.trace.ev(&[kind::ANSWER, now, id as u64, 1]);
             return;
         }
         let (cmd, sent_mono) = (p.cmd.clone(), p.sent_mono);
@@ -693,7 +697,7 @@ impl Sim {
         if let Some(c) = self.fen.as_deref_mut() {
             c.proposals[id].settled = true;
         }
-        self.trace.ev(&[83, now, id as u64, 2]);
+        self.trace.ev(&[kind::ANSWER, now, id as u64, 2]);
         self.trace.line(now, || {
             format!(
                 "{} hears #{id}: {answer:?} (its clock {mono})",
@@ -725,7 +729,7 @@ impl Sim {
             return;
         }
         fencing::lock(&m.fence).on_answer(m.clock.at(now), sent_mono, &cmd, None);
-        self.trace.ev(&[84, now, id as u64]);
+        self.trace.ev(&[kind::PROPOSAL_TIMEOUT, now, id as u64]);
         self.trace
             .line(now, || format!("{} gives up on #{id}", self.ids[from]));
     }
@@ -753,7 +757,8 @@ impl Sim {
         let st = &c.log[k - 1].state;
         fencing::lock(&m.fence).on_applied(m.clock.at(now), st);
         let (epoch, version) = (st.epoch, st.version);
-        self.trace.ev(&[85, now, r as u64, k as u64]);
+        self.trace
+            .ev(&[kind::CONTROL_APPLY, now, r as u64, k as u64]);
         self.trace.line(now, || {
             format!(
                 "{} applies up to entry {k} (epoch {epoch}, version {version})",

@@ -1,0 +1,644 @@
+//! The replication executor: carries out each region's `atoll_core::driver` commands over the
+//! simulated network (heartbeats, subscription requests, served streams with a window of
+//! [`STREAM_WINDOW`] frames), applies admitted batches and runs maintenance with the tombstone
+//! checks (`docs/design/replication-driver.md`).
+
+use super::*;
+
+impl Sim {
+    pub(super) fn start_region(&mut self, r: usize) -> Result<(), Violation> {
+        self.start_region_with_phases(r, 0, 0)
+    }
+
+    /// Region `r`'s driver settings: the server's, with this run's intervals, batch size and
+    /// the given first-heartbeat and first-maintenance delays.
+    pub(super) fn driver_config(&self, hb_phase: u64, maint_phase: u64) -> DriverConfig {
+        let mut cfg = DriverConfig::new(
+            "sim",
+            ReplConfig::new(
+                self.opts.heartbeat_interval_ms,
+                self.opts.max_clock_offset_ms,
+            ),
+        );
+        cfg.batch_max = self.opts.batch_max;
+        cfg.maintenance_interval_ms = self.opts.maintenance_interval_ms;
+        cfg.first_heartbeat_after_ms = hb_phase;
+        cfg.first_maintenance_after_ms = maint_phase;
+        cfg
+    }
+
+    pub(super) fn start_region_with_phases(
+        &mut self,
+        r: usize,
+        hb_phase: u64,
+        maint_phase: u64,
+    ) -> Result<(), Violation> {
+        let gate = self.fencing_on_start(r);
+        let keyspaces = match &self.opts.fencing {
+            Some(f) => model::keyspaces_with_read_only(&f.read_only_keyspaces),
+            None => model::keyspaces(),
+        };
+        let cfg = self.driver_config(hb_phase, maint_phase);
+        let now = self.now_of(r);
+        let reg = &mut self.regions[r];
+        let mut opts = StoreOptions::new(reg.id.clone(), keyspaces);
+        opts.gate = gate;
+        opts.max_clock_offset_ms = self.opts.max_clock_offset_ms;
+        // Durable, as in production: the backend's power-cut model loses what was not synced.
+        opts.durable = true;
+        let backend: Arc<dyn Backend> = reg.backend.clone();
+        let clock: Arc<dyn Clock> = reg.clock.clone();
+        let store = Store::open(backend, opts, clock).map_err(|e| {
+            Violation::new(
+                Invariant::Harness,
+                format!("cannot open the store of {}: {e}", reg.id),
+            )
+        })?;
+        let local = local_view(&store);
+        let driver = ReplDriver::new(reg.id.clone(), self.ids.clone(), cfg, &local, now);
+        reg.node = Some(Node {
+            store,
+            driver,
+            tick_at: None,
+        });
+        reg.applied_since_start = 0;
+        self.reschedule_tick(r);
+        Ok(())
+    }
+
+    /// Region `r`'s time as its driver reads it: its physical clock, and the virtual time as
+    /// the monotonic clock of its timers.
+    pub(super) fn now_of(&self, r: usize) -> Now {
+        Now {
+            wall_ms: self.local_ms(r),
+            mono_ms: self.now,
+        }
+    }
+
+    /// Brings region `r`'s replication core up to its store's committed state (the adapter's
+    /// sync before every decision).
+    pub(super) fn sync_core(&mut self, r: usize) {
+        if let Some(node) = self.regions[r].node.as_mut() {
+            let local = local_view(&node.store);
+            node.driver.sync(&local);
+        }
+    }
+
+    /// Runs `f` on region `r`'s driver (if it is up) with its time and store state now, then
+    /// carries out the commands it returns.
+    pub(super) fn drive(
+        &mut self,
+        r: usize,
+        f: impl FnOnce(&mut ReplDriver, Now, &LocalView) -> Vec<Cmd>,
+    ) -> Result<(), Violation> {
+        let now = self.now_of(r);
+        let Some(node) = self.regions[r].node.as_mut() else {
+            return Ok(());
+        };
+        let local = local_view(&node.store);
+        let cmds = f(&mut node.driver, now, &local);
+        self.execute(r, cmds)?;
+        self.reschedule_tick(r);
+        Ok(())
+    }
+
+    /// Schedules region `r`'s next driver tick when its driver's next timer is earlier than the
+    /// tick already scheduled.
+    pub(super) fn reschedule_tick(&mut self, r: usize) {
+        let now = self.now;
+        let Some(node) = self.regions[r].node.as_mut() else {
+            return;
+        };
+        let wake = node.driver.next_wake().max(now);
+        if node.tick_at.is_some_and(|t| t >= now && t <= wake) {
+            return;
+        }
+        node.tick_at = Some(wake);
+        self.schedule(wake - now, Event::Tick { r, at: wake });
+    }
+
+    pub(super) fn on_tick(&mut self, r: usize, at: u64) -> Result<(), Violation> {
+        let due = self.regions[r]
+            .node
+            .as_ref()
+            .is_some_and(|n| n.tick_at == Some(at));
+        if !due {
+            return Ok(());
+        }
+        if let Some(n) = self.regions[r].node.as_mut() {
+            n.tick_at = None;
+        }
+        self.drive(r, |d, now, local| d.tick(now, local))
+    }
+
+    /// Carries out region `r`'s driver commands, the way the server's adapter does.
+    pub(super) fn execute(&mut self, r: usize, cmds: Vec<Cmd>) -> Result<(), Violation> {
+        for cmd in cmds {
+            match cmd {
+                Cmd::SendHeartbeat { to, hb } => {
+                    if let Some(p) = self.index_of(&to) {
+                        self.send(r, p, Msg::Heartbeat(hb));
+                    }
+                }
+                Cmd::Subscribe { id, peer, request } => {
+                    if let Some(p) = self.index_of(&peer) {
+                        self.trace.line(self.now, || {
+                            format!(
+                                "{} subscribes ({id}) to {peer} for {:?} from {}",
+                                self.ids[r], request.origins, request.applied
+                            )
+                        });
+                        self.send(r, p, Msg::Subscribe { id, request });
+                    }
+                }
+                Cmd::Unsubscribe { id, peer, reason } => {
+                    self.trace.line(self.now, || {
+                        format!(
+                            "{} closes subscription {id} to {peer}: {reason}",
+                            self.ids[r]
+                        )
+                    });
+                    // The connection closes: the peer stops serving it.
+                    if let Some(p) = self.index_of(&peer) {
+                        self.streams.remove(&(p, r, id));
+                    }
+                }
+                Cmd::Apply { id, peer, entries } => {
+                    let from = self.index_of(&peer).unwrap_or(r);
+                    let report = self.apply_batch(from, r, entries)?;
+                    let now = self.now_of(r);
+                    if let Some(node) = self.regions[r].node.as_mut() {
+                        let local = local_view(&node.store);
+                        let more = node.driver.on_applied(id, &report, now, &local);
+                        self.execute(r, more)?;
+                    }
+                    self.log_grew(r);
+                }
+                Cmd::Maintain { horizon } => {
+                    self.maintain_with(r, horizon)?;
+                }
+                Cmd::Notice(n) => self.notice(r, n),
+            }
+        }
+        Ok(())
+    }
+
+    pub(super) fn notice(&mut self, r: usize, n: Notice) {
+        match n {
+            Notice::HeartbeatRefused { from, refusal } => {
+                // Every simulated region is honest: a refused heartbeat is a false alarm.
+                let v = Violation::new(
+                    Invariant::Harness,
+                    format!(
+                        "{} refused an honest heartbeat of {from}: {refusal}",
+                        self.ids[r]
+                    ),
+                );
+                self.record(v);
+            }
+            Notice::Admitted {
+                duplicates,
+                gaps,
+                held_back,
+                ..
+            } => {
+                self.stats.duplicates += duplicates as u64;
+                self.stats.gaps += gaps as u64;
+                self.stats.held_back += held_back as u64;
+            }
+            Notice::SkewBegan { peer, offset_ms } => self.trace.line(self.now, || {
+                format!(
+                    "{} sees {peer}'s clock ahead by {offset_ms} ms",
+                    self.ids[r]
+                )
+            }),
+            Notice::SkewEnded { peer, offset_ms } => self.trace.line(self.now, || {
+                format!(
+                    "{} sees {peer}'s clock back in bounds ({offset_ms} ms)",
+                    self.ids[r]
+                )
+            }),
+            Notice::Rtt { .. } => {}
+        }
+    }
+
+    pub(super) fn index_of(&self, id: &RegionId) -> Option<usize> {
+        self.ids.iter().position(|i| i == id)
+    }
+
+    /// Region `r`'s operation log or applied vector grew: its served streams read on.
+    pub(super) fn log_grew(&mut self, r: usize) {
+        let keys: Vec<(usize, usize, SubId)> = self
+            .streams
+            .range((r, 0, 0)..=(r, usize::MAX, SubId::MAX))
+            .map(|(k, _)| *k)
+            .collect();
+        for k in keys {
+            if let Some(s) = self.streams.get_mut(&k) {
+                s.wake_at = None;
+            }
+            self.pump(k);
+        }
+    }
+
+    /// Runs the stream `key` (publisher, subscriber, id) until it waits, its window is full, or
+    /// it breaks.
+    pub(super) fn pump(&mut self, key: (usize, usize, SubId)) {
+        let (p, r, id) = key;
+        // Bounded: each step either sends (at most the window) or reads one origin of a round.
+        for _ in 0..1_000 {
+            if !self.is_up(p) {
+                self.streams.remove(&key);
+                return;
+            }
+            let Some(s) = self.streams.get_mut(&key) else {
+                return;
+            };
+            if s.in_flight >= STREAM_WINDOW || s.wake_at.is_some() {
+                return;
+            }
+            let step = s.st.next(self.now);
+            let frame = match step {
+                StreamStep::Wait { until_mono_ms } => {
+                    s.wake_at = Some(until_mono_ms);
+                    let at = until_mono_ms.max(self.now);
+                    self.schedule(at - self.now, Event::StreamWake { p, r, id, at });
+                    return;
+                }
+                StreamStep::Heartbeat => {
+                    s.st.on_heartbeat_sent(self.now);
+                    let to = self.ids[r].clone();
+                    let now = self.now_of(p);
+                    let Some(node) = self.regions[p].node.as_mut() else {
+                        return;
+                    };
+                    let local = local_view(&node.store);
+                    Frame::Heartbeat(node.driver.heartbeat_for(&to, now, &local))
+                }
+                StreamStep::Read { origin, from, max } => {
+                    let Some(node) = self.regions[p].node.as_ref() else {
+                        return;
+                    };
+                    let entries = match node.store.oplog(&origin, from, max) {
+                        Ok(e) => e,
+                        Err(e) => {
+                            let v = Violation::new(
+                                Invariant::Harness,
+                                format!("oplog read at {} failed: {e}", self.ids[p]),
+                            );
+                            self.record(v);
+                            self.streams.remove(&key);
+                            return;
+                        }
+                    };
+                    let Some(s) = self.streams.get_mut(&key) else {
+                        return;
+                    };
+                    match s.st.on_read(entries) {
+                        Ok(Some(f)) => {
+                            self.stats.batches_sent += 1;
+                            f
+                        }
+                        Ok(None) => continue,
+                        Err(e) => {
+                            let v = Violation::new(
+                                Invariant::Harness,
+                                format!("stream of {} to {}: {e}", self.ids[p], self.ids[r]),
+                            );
+                            self.record(v);
+                            self.streams.remove(&key);
+                            return;
+                        }
+                    }
+                }
+            };
+            if self.send(p, r, Msg::Frame { id, frame }) {
+                if let Some(s) = self.streams.get_mut(&key) {
+                    s.in_flight += 1;
+                }
+            } else {
+                // Lost on a cut link: the connection breaks.
+                self.streams.remove(&key);
+                return;
+            }
+        }
+    }
+
+    pub(super) fn send(&mut self, from: usize, to: usize, msg: Msg) -> bool {
+        let kind = match &msg {
+            Msg::Heartbeat(_) => 1,
+            Msg::Subscribe { .. } => 2,
+            Msg::Frame {
+                frame: Frame::Heartbeat(_),
+                ..
+            } => 3,
+            Msg::Frame {
+                frame: Frame::Ops(e),
+                ..
+            } => 100 + e.len() as u64,
+        };
+        if !self.net.is_up(from, to) {
+            self.stats.messages_dropped += 1;
+            self.trace
+                .ev(&[kind::SEND, self.now, from as u64, to as u64, kind, 0]);
+            return false;
+        }
+        let at = self.net.arrival(from, to, self.now, &mut self.rng);
+        self.stats.messages_sent += 1;
+        self.trace
+            .ev(&[kind::SEND, self.now, from as u64, to as u64, kind, at]);
+        self.schedule(at - self.now, Event::Deliver { from, to, msg });
+        true
+    }
+
+    pub(super) fn on_deliver(&mut self, from: usize, to: usize, msg: Msg) -> Result<(), Violation> {
+        let stream_key = match &msg {
+            Msg::Frame { id, .. } => Some((from, to, *id)),
+            _ => None,
+        };
+        // A delivered frame frees its slot of the window only if the acknowledgement can go
+        // back: with the return path cut, a stream stalls after a window's worth of frames, as a
+        // TCP connection does.
+        if let Some(k) = stream_key
+            && self.net.is_up(from, to)
+            && self.net.is_up(to, from)
+            && let Some(s) = self.streams.get_mut(&k)
+        {
+            s.in_flight = s.in_flight.saturating_sub(1);
+        }
+        if !self.net.is_up(from, to) || !self.is_up(to) {
+            self.stats.messages_dropped += 1;
+            self.trace
+                .ev(&[kind::DELIVER, self.now, from as u64, to as u64, 0]);
+            // A stream whose frame is lost breaks.
+            if let Some(k) = stream_key {
+                self.streams.remove(&k);
+            }
+            return Ok(());
+        }
+        match msg {
+            Msg::Heartbeat(hb) => {
+                let now = self.now_of(to);
+                let Some(node) = self.regions[to].node.as_mut() else {
+                    return Ok(());
+                };
+                let local = local_view(&node.store);
+                let taken = node.driver.on_heartbeat(&hb, now, &local);
+                self.trace.ev(&[
+                    kind::DELIVER,
+                    self.now,
+                    from as u64,
+                    to as u64,
+                    1,
+                    u64::from(taken.is_ok()),
+                ]);
+                match taken {
+                    Ok(cmds) => {
+                        self.execute(to, cmds)?;
+                        self.reschedule_tick(to);
+                    }
+                    Err(refusal) => self.notice(
+                        to,
+                        Notice::HeartbeatRefused {
+                            from: hb.from,
+                            refusal,
+                        },
+                    ),
+                }
+            }
+            Msg::Subscribe { id, request } => {
+                let Some(node) = self.regions[to].node.as_ref() else {
+                    return Ok(());
+                };
+                match node.driver.check_subscription(&request) {
+                    Ok(()) => {
+                        let st = ServedStream::new(&request, node.driver.config());
+                        let key = (to, from, id);
+                        self.streams.insert(
+                            key,
+                            Served {
+                                st,
+                                in_flight: 0,
+                                wake_at: None,
+                            },
+                        );
+                        self.pump(key);
+                    }
+                    Err(e) => {
+                        let v = Violation::new(
+                            Invariant::Harness,
+                            format!("{} refused an honest subscription: {e}", self.ids[to]),
+                        );
+                        self.record(v);
+                    }
+                }
+            }
+            Msg::Frame { id, frame } => {
+                let known = self.regions[to]
+                    .node
+                    .as_ref()
+                    .is_some_and(|n| n.driver.subscriptions().any(|(s, _, _)| s == id));
+                if !known {
+                    // The subscriber closed it: the connection is gone.
+                    self.streams.remove(&(from, to, id));
+                    return Ok(());
+                }
+                self.trace.ev(&[
+                    kind::DELIVER,
+                    self.now,
+                    from as u64,
+                    to as u64,
+                    match &frame {
+                        Frame::Heartbeat(_) => 3,
+                        Frame::Ops(e) => 100 + e.len() as u64,
+                    },
+                ]);
+                self.drive(to, |d, now, local| d.on_frame(id, frame, now, local))?;
+                // The window opened a slot.
+                self.pump((from, to, id));
+            }
+        }
+        Ok(())
+    }
+
+    /// Applies an admitted batch at `to` (received from `from`), checking the clock bound and,
+    /// in fenced runs, the epochs; returns what the driver is told.
+    pub(super) fn apply_batch(
+        &mut self,
+        from: usize,
+        to: usize,
+        entries: Vec<OpEntry>,
+    ) -> Result<ApplyReport, Violation> {
+        let local = self.local_ms(to);
+        let max_off = self.opts.max_clock_offset_ms;
+        let me = self.ids[to].clone();
+        let Some(node) = self.regions[to].node.as_mut() else {
+            return Ok(ApplyReport {
+                failed: Some("down".into()),
+                skewed: Vec::new(),
+            });
+        };
+        let before = node.store.applied();
+        let out = node.store.apply_remote(entries.clone()).map_err(|e| {
+            Violation::new(
+                Invariant::Harness,
+                format!("apply_remote at {me} failed: {e}"),
+            )
+        })?;
+        let after = node.store.applied();
+        for e in &entries {
+            if e.seq > before.get(&e.origin)
+                && e.seq <= after.get(&e.origin)
+                && let Err(v) = check::apply_within_clock_bound(&me, e, local, max_off)
+            {
+                self.record(v);
+            }
+        }
+        if self.fen.is_some() {
+            let merged: Vec<&OpEntry> = entries
+                .iter()
+                .filter(|e| e.seq > before.get(&e.origin) && e.seq <= after.get(&e.origin))
+                .filter(|e| {
+                    !out.late
+                        .iter()
+                        .any(|(o, s, _)| *o == e.origin && *s == e.seq)
+                })
+                .collect();
+            self.fencing_on_applied(to, &out.late, &entries, &merged);
+        }
+        self.regions[to].applied_since_start += out.applied as u64;
+        self.stats.entries_applied += out.applied as u64;
+        self.stats.conflicts_recorded += out.conflicts.len() as u64;
+        if !out.skewed.is_empty() {
+            self.stats.store_refused_skewed += 1;
+        }
+        self.sync_core(to);
+        self.trace.ev(&[
+            kind::APPLY,
+            self.now,
+            from as u64,
+            to as u64,
+            out.applied as u64,
+            out.skewed.len() as u64,
+            out.conflicts.len() as u64,
+        ]);
+        self.trace.line(self.now, || {
+            format!(
+                "{me} applied {} from {} (refused skewed {:?}, conflicts {}), applied now {after}",
+                out.applied,
+                self.ids[from],
+                out.skewed
+                    .iter()
+                    .map(|(o, _)| o.as_str())
+                    .collect::<Vec<_>>(),
+                out.conflicts.len()
+            )
+        });
+        Ok(ApplyReport {
+            failed: None,
+            skewed: out.skewed.iter().map(|(o, _)| o.clone()).collect(),
+        })
+    }
+
+    /// One maintenance pass at region `r` now, with the horizon its core computes now (as the
+    /// driver's `Maintain` command does). Returns how many tombstones were collected.
+    pub fn maintain_now(&mut self, r: usize) -> Result<usize, Violation> {
+        if !self.is_up(r) {
+            return Ok(0);
+        }
+        self.set_clocks();
+        self.sync_core(r);
+        let local = self.local_ms(r);
+        let horizon = self.regions[r]
+            .node
+            .as_ref()
+            .and_then(|n| n.driver.core().tombstone_horizon_ms(local));
+        self.maintain_with(r, horizon)
+    }
+
+    /// A maintenance pass at region `r` below `horizon`: collects the lww tombstones below it,
+    /// checking invariant 5 for each. Returns how many were collected.
+    pub(super) fn maintain_with(
+        &mut self,
+        r: usize,
+        horizon: Option<u64>,
+    ) -> Result<usize, Violation> {
+        let me = self.ids[r].clone();
+        let harness = |e: AtollError| Violation::new(Invariant::Harness, e.to_string());
+        let Some(node) = self.regions[r].node.as_ref() else {
+            return Ok(0);
+        };
+        // The lww tombstones held before, to see which ones the pass collects.
+        let mut tombstones = Vec::new();
+        if horizon.is_some() {
+            for (ks, key) in &self.history.keys {
+                if ks == SESSIONS
+                    && let Some(KeyState::Lww(reg)) = node.store.get(ks, key).map_err(harness)?
+                    && reg.value.is_none()
+                {
+                    tombstones.push((key.clone(), reg.origin.clone(), reg.ts));
+                }
+            }
+        }
+        let out = node.store.maintain(horizon).map_err(harness)?;
+        let mut collected = Vec::new();
+        for (key, origin, ts) in tombstones {
+            if node.store.get(SESSIONS, &key).map_err(harness)?.is_none() {
+                collected.push((key, origin, ts));
+            }
+        }
+        if horizon.is_some() {
+            self.stats.maintenance_with_horizon += 1;
+        }
+        self.stats.tombstones_collected += out.tombstones_collected as u64;
+        if !collected.is_empty() {
+            let cursors: Vec<CursorAt> = (0..self.regions.len())
+                .map(|q| CursorAt {
+                    region: self.ids[q].clone(),
+                    applied: self.applied(q),
+                    up: self.is_up(q),
+                })
+                .collect();
+            for (key, origin, ts) in &collected {
+                if let Err(v) = check::tombstone_collection(
+                    &me,
+                    key,
+                    origin,
+                    *ts,
+                    horizon,
+                    &self.history,
+                    &cursors,
+                ) {
+                    self.record(v);
+                }
+            }
+        }
+        self.trace.ev(&[
+            kind::MAINTAIN,
+            self.now,
+            r as u64,
+            horizon.unwrap_or(0),
+            out.tombstones_collected as u64,
+        ]);
+        if out.tombstones_collected > 0 {
+            self.trace.line(self.now, || {
+                format!(
+                    "{me} collected {} tombstones below horizon {horizon:?}",
+                    out.tombstones_collected
+                )
+            });
+        }
+        Ok(out.tombstones_collected)
+    }
+}
+
+/// What a region's driver needs to know of its store now (as the server's adapter reads it).
+pub(super) fn local_view(store: &Store) -> LocalView {
+    let wm = store.watermark();
+    LocalView {
+        applied: store.applied(),
+        watermark_head: wm.head,
+        watermark_before_ms: wm.before_ms,
+        hlc_wall_ms: store.stats().hlc_wall_ms.load(AtomicOrdering::Relaxed),
+    }
+}

@@ -187,7 +187,8 @@ pub const DEFAULT_MAX_PROMOTION_LAG_MS: u64 = 10_000;
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum OnMinority {
-    /// Keep accepting writes (sessions, rate limits, carts: the article's stateless rules).
+    /// Keep accepting writes (sessions, rate limits, carts: region-local data that must keep
+    /// working in every region, and converges after the partition).
     #[default]
     Available,
     /// Refuse writes until a majority answers again (inventory, ledgers).
@@ -477,7 +478,7 @@ impl Default for ApiConfig {
 }
 
 impl Config {
-    /// Things that are valid but likely mistakes (the article's anti-patterns), for
+    /// Things that are valid but likely mistakes (known multi-region anti-patterns), for
     /// `atoll config check`.
     pub fn warnings(&self) -> Vec<String> {
         let mut out = Vec::new();

@@ -9,7 +9,8 @@ use std::net::IpAddr;
 use std::ops::RangeInclusive;
 use toml::Spanned;
 
-/// Default answer TTL (the article: 30-60 s; above 60 s `config check` warns).
+/// Default answer TTL: 30-60 s lets clients move within a minute of a failover without flooding
+/// the servers; above 60 s `config check` warns.
 pub const DEFAULT_TTL_SECS: u32 = 30;
 
 #[derive(Deserialize)]
@@ -676,7 +677,8 @@ fn proxy(cx: &Ctx<'_>, raw: Option<&RawProxy>) -> Result<RouterProxyConfig, Conf
     Ok(p)
 }
 
-/// Warnings about a router config (anti-patterns from the article), for `atoll config check`.
+/// Warnings about a router config (known anti-patterns: long TTLs, health checks too slow or
+/// too eager to fail over), for `atoll config check`.
 pub fn warnings(r: &RouterConfig) -> Vec<String> {
     let mut out = Vec::new();
     for n in &r.names {

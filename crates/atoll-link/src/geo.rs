@@ -14,7 +14,7 @@
 //! | [`OVERHEAD_MS`] | 1.0 ms | per direction: last-mile/intra-region hops, serialization, the proxies themselves |
 //!
 //! Checked against typical published inter-region round-trip medians between the AWS regions the
-//! demo uses (the brief's reference ranges; real medians drift by a few ms over time):
+//! demo uses (published ranges; real medians drift by a few ms over time):
 //!
 //! | pair | great circle | model RTT | published RTT |
 //! | --- | --- | --- | --- |
@@ -30,8 +30,7 @@
 
 pub use atoll_config::GeoPoint;
 
-/// Mean Earth radius, km.
-pub const EARTH_RADIUS_KM: f64 = 6371.0;
+pub use atoll_core::geo::EARTH_RADIUS_KM;
 /// Speed of light in optical fiber, km per millisecond (about 2/3 of c).
 pub const C_FIBER_KM_PER_MS: f64 = 200.0;
 /// How much longer than the great circle a real route is, including switching.
@@ -39,13 +38,9 @@ pub const ROUTE_FACTOR: f64 = 1.42;
 /// Fixed per-direction overhead, ms.
 pub const OVERHEAD_MS: f64 = 1.0;
 
-/// Great-circle distance between two points (haversine formula), km.
+/// Great-circle distance between two points, km (`atoll_core::geo`, the one haversine).
 pub fn distance_km(a: GeoPoint, b: GeoPoint) -> f64 {
-    let (la1, lo1) = (a.lat.to_radians(), a.lon.to_radians());
-    let (la2, lo2) = (b.lat.to_radians(), b.lon.to_radians());
-    let h = ((la2 - la1) / 2.0).sin().powi(2)
-        + la1.cos() * la2.cos() * ((lo2 - lo1) / 2.0).sin().powi(2);
-    2.0 * EARTH_RADIUS_KM * h.sqrt().min(1.0).asin()
+    atoll_core::geo::great_circle_km(a.lat, a.lon, b.lat, b.lon)
 }
 
 /// The model's one-way delay for a distance, ms. Zero distance is zero delay (the same place: no

@@ -1,4 +1,5 @@
-//! The router's authoritative DNS server (the article's Route 53 role): answers for the routed
+//! The router's authoritative DNS server (the role a managed DNS failover service such as
+//! Route 53 plays): answers for the routed
 //! names of `[router]` with the region that [`RouterState::decide`] puts first, over UDP and TCP,
 //! with the name's short TTL (default 30 s), so clients move when a region goes unhealthy.
 //!

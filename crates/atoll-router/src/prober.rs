@@ -547,7 +547,7 @@ name = "api"
 policy = "failover"
 "#;
 
-    /// The article's Route 53 settings (10 s interval, threshold 3) work as configured: checks
+    /// Route 53's usual settings (10 s interval, threshold 3) work as configured: checks
     /// are 10 s apart (not bunched up, not faster), and a dead region is out after 3 of them.
     #[tokio::test(start_paused = true)]
     async fn ten_second_interval_is_honoured() {

@@ -1,4 +1,4 @@
-//! Test support for atoll's end-to-end tests (testing tier 3 of the design): real `atoll`
+//! Test support for atoll's end-to-end tests: real `atoll`
 //! processes on loopback, driven and observed from the outside.
 //!
 //! - [`process`]: [`RegionProcess`] starts `atoll region` on `127.0.0.1:0`, learns its address

@@ -3,6 +3,9 @@
 //! for the region that certificate names; everything else is refused, counted by reason, and
 //! changes nothing. Without TLS (`insecure = true`) anyone is taken, and the status says so.
 
+// Certificates are valid from the real time of day: these tests read the wall clock.
+#![allow(clippy::disallowed_methods)]
+
 use atoll_config::{Config, KeyspaceConfig};
 use atoll_core::RegionId;
 use atoll_core::causal::VersionVector;

@@ -1,6 +1,9 @@
 //! What `atoll certs init` writes loads back, names its regions, and is what a handshake between
 //! two regions needs; anything else is refused.
 
+// Certificates are valid from the real time of day: these tests read the wall clock.
+#![allow(clippy::disallowed_methods)]
+
 use atoll_core::RegionId;
 use atoll_tls::certs::{
     ClusterCa, ClusterCerts, DEFAULT_CA_DAYS, DEFAULT_REGION_DAYS, write_cluster,

@@ -166,8 +166,10 @@ impl Replicator {
                     }
                     let me = self.clone();
                     let handle = tokio::spawn(async move {
-                        if let Err(e) = me.clone().subscription(id, peer.clone(), request).await {
-                            tracing::debug!(peer = %peer, error = %e, "subscription ended");
+                        if let Err(reason) =
+                            me.clone().subscription(id, peer.clone(), request).await
+                        {
+                            tracing::debug!(peer = %peer, %reason, "subscription ended");
                         }
                         let _ = me.with_driver(|d, _, _| d.on_subscription_ended(id));
                     });
@@ -374,25 +376,28 @@ impl Replicator {
 
     /// Runs subscription `id` until the stream breaks, or the driver closes it. Every frame goes
     /// to the driver; the batches it admits are applied here, in order, before the next frame.
+    /// Returns why it ended: a subscription ending is how replication recovers (the driver opens
+    /// a fresh one from the applied vector), not an error anyone must act on.
     async fn subscription(
         self: Arc<Self>,
         id: SubId,
         peer: RegionId,
         request: Subscribe,
-    ) -> Result<()> {
+    ) -> std::result::Result<(), String> {
+        let stopped = |e: AtollError| format!("replication state: {e}");
         // The driver gives up on a silent stream too; this bounds each wait on the transport.
-        let silence = self.with_driver(|d, _, _| Duration::from_millis(d.config().silence_ms()))?;
+        let silence = self
+            .with_driver(|d, _, _| Duration::from_millis(d.config().silence_ms()))
+            .map_err(stopped)?;
+        let body = codec::encode(&request).map_err(|e| format!("cannot encode it: {e}"))?;
         let resp = tokio::time::timeout(
             silence,
-            self.stream_http.post(
-                &peer,
-                crate::streams::SUBSCRIBE_PATH,
-                codec::encode(&request)?,
-            ),
+            self.stream_http
+                .post(&peer, crate::streams::SUBSCRIBE_PATH, body),
         )
         .await
-        .map_err(|_| AtollError::Storage(format!("subscription to {peer} timed out")))?
-        .map_err(|e| AtollError::Storage(format!("subscription to {peer}: {e}")))?;
+        .map_err(|_| format!("subscription to {peer} timed out"))?
+        .map_err(|e| format!("subscription to {peer}: {e}"))?;
         if !resp.status().is_success() {
             let status = resp.status();
             let text = resp.text().await.unwrap_or_default();
@@ -403,30 +408,36 @@ impl Replicator {
             } else {
                 tracing::warn!(peer = %peer, %status, body = %text, "peer refused the subscription");
             }
-            return Err(AtollError::Storage(format!("peer refused: {status}")));
+            return Err(format!("{peer} refused the subscription: {status}"));
         }
         let mut resp = resp;
         let mut reader = FrameReader::default();
         loop {
             let chunk = tokio::time::timeout(silence, resp.chunk())
                 .await
-                .map_err(|_| AtollError::Storage(format!("stream from {peer} went silent")))?
-                .map_err(|e| AtollError::Storage(format!("stream from {peer}: {e}")))?;
+                .map_err(|_| format!("the stream from {peer} went silent"))?
+                .map_err(|e| format!("the stream from {peer}: {e}"))?;
             let Some(chunk) = chunk else {
                 return Ok(());
             };
             reader.push(&chunk);
-            while let Some(frame) = reader.next_frame()? {
-                let cmds = self.with_driver(|d, now, local| d.on_frame(id, frame, now, local))?;
+            while let Some(frame) = reader
+                .next_frame()
+                .map_err(|e| format!("the stream from {peer} carried a bad frame: {e}"))?
+            {
+                let cmds = self
+                    .with_driver(|d, now, local| d.on_frame(id, frame, now, local))
+                    .map_err(stopped)?;
                 let mut next = self.execute(Some(id), cmds);
                 while let Own::Apply(entries) = next {
                     let report = self.apply(&peer, entries).await;
-                    let cmds =
-                        self.with_driver(|d, now, local| d.on_applied(id, &report, now, local))?;
+                    let cmds = self
+                        .with_driver(|d, now, local| d.on_applied(id, &report, now, local))
+                        .map_err(stopped)?;
                     next = self.execute(Some(id), cmds);
                 }
                 if let Own::Ended(reason) = next {
-                    return Err(AtollError::Storage(reason));
+                    return Err(reason);
                 }
             }
         }

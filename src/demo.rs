@@ -526,6 +526,65 @@ mod tests {
             .collect()
     }
 
+    /// `atoll demo` keeps its flags, and the `atoll demo ctl` commands the demo prints parse to
+    /// the action they show, on the demo's port base, whatever the order of the flag.
+    #[test]
+    fn the_printed_ctl_commands_parse_and_plain_demo_keeps_its_flags() {
+        use crate::demo_control::CtlAction;
+        let parse = |words: &[&str]| match crate::Cli::try_parse_from(words).unwrap().command {
+            crate::Command::Demo {
+                command,
+                data_dir,
+                port_base,
+                model,
+            } => (command, data_dir, port_base, model),
+            _ => panic!("not `atoll demo`: {words:?}"),
+        };
+        let (command, data_dir, port_base, model) = parse(&[
+            "atoll",
+            "demo",
+            "--port-base",
+            "8100",
+            "--data-dir",
+            "/tmp/x",
+            "--model",
+            "active-standby",
+        ]);
+        assert!(command.is_none());
+        assert_eq!(data_dir, Some(PathBuf::from("/tmp/x")));
+        assert_eq!(port_base, 8100);
+        assert_eq!(model, atoll_config::Model::ActiveStandby);
+        assert_eq!(parse(&["atoll", "demo"]).2, 7100);
+        for base in [7100, 8100] {
+            let line = ctl_kill_example(base);
+            let words: Vec<&str> = line.split_whitespace().collect();
+            let Some(crate::DemoCommand::Ctl(args)) = parse(&words).0 else {
+                panic!("not `atoll demo ctl`: {line}");
+            };
+            assert_eq!(
+                (args.action, args.port_base),
+                (
+                    CtlAction::Kill {
+                        region: "us-east-1".into()
+                    },
+                    base
+                ),
+                "{line}"
+            );
+        }
+        let Some(crate::DemoCommand::Ctl(args)) =
+            parse(&["atoll", "demo", "ctl", "--port-base", "8100", "ls"]).0
+        else {
+            panic!("not `atoll demo ctl`");
+        };
+        assert_eq!((args.action, args.port_base), (CtlAction::Ls, 8100));
+        // Demo flags and `ctl` do not mix: `ctl` finds the demo by its own --port-base.
+        assert!(
+            crate::Cli::try_parse_from(["atoll", "demo", "--data-dir", "/tmp/x", "ctl", "ls"])
+                .is_err()
+        );
+    }
+
     /// The link fault the demo prints, pasted into a shell, is one `atoll link fault add` of the
     /// pair, and run against the demo's links it cuts both directions between us-east-1 and
     /// eu-west-1 (and nothing else).

@@ -469,7 +469,7 @@ impl Regions {
             let (Some(tx), Some(reaped)) = (l.signals.clone(), l.reaped.clone()) else {
                 return None;
             };
-            // A kill after a stop that timed out stays a kill.
+            // A kill is never recorded as a stop (a stop that times out escalates to one).
             if l.requested != Some(Requested::Kill) {
                 l.requested = Some(why);
             }
@@ -571,17 +571,13 @@ impl Regions {
                 reports.push(StopReport {
                     name: slot.name.clone(),
                     clean: before != RegionState::Exited,
-                    detail: format!(
-                        "was down ({}{})",
-                        serde_json::to_value(before)
-                            .ok()
-                            .and_then(|v| v.as_str().map(str::to_string))
-                            .unwrap_or_default(),
-                        l.exit
-                            .as_deref()
-                            .map(|e| format!(", {e}"))
-                            .unwrap_or_default()
-                    ),
+                    detail: match before {
+                        RegionState::Exited => format!(
+                            "had exited unexpectedly ({}) and was not restarted",
+                            l.exit.as_deref().unwrap_or("?")
+                        ),
+                        _ => "was down (killed or stopped on request)".to_string(),
+                    },
                 });
                 continue;
             }

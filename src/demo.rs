@@ -279,7 +279,12 @@ pub async fn run(
             .collect();
         let (child, endpoint) = start_region(&exe, &config_path, name, &dir, &via, &token).await?;
         endpoints.push((name.to_string(), endpoint.clone()));
-        started_regions.push((name.to_string(), endpoint, via, child));
+        started_regions.push(crate::demo_control::Started {
+            name: name.to_string(),
+            api: endpoint,
+            via,
+            child,
+        });
     }
     // From here on a region that exits is reported and the rest keeps running; the control
     // API kills, stops and restarts regions.

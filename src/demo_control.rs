@@ -313,6 +313,15 @@ fn describe(status: &std::io::Result<std::process::ExitStatus>) -> String {
     }
 }
 
+/// A region process the demo started, handed to [`Regions::new`].
+pub struct Started {
+    pub name: String,
+    pub api: String,
+    /// Its `--peer-via` links, which a restart passes again.
+    pub via: Vec<(String, SocketAddr)>,
+    pub child: Child,
+}
+
 /// The outcome of the demo's shutdown for one region.
 pub struct StopReport {
     pub name: String,
@@ -323,33 +332,36 @@ pub struct StopReport {
 }
 
 impl Regions {
-    /// The supervisor of regions `(name, api, via, child)`, already started.
-    pub fn new(
-        port_base: u16,
-        spawner: Box<dyn Spawner>,
-        started: Vec<(String, String, Vec<(String, SocketAddr)>, Child)>,
-    ) -> Arc<Regions> {
+    /// The supervisor of regions already started.
+    pub fn new(port_base: u16, spawner: Box<dyn Spawner>, started: Vec<Started>) -> Arc<Regions> {
         let mut children = Vec::new();
         let slots = started
             .into_iter()
-            .map(|(name, api, via, child)| {
-                children.push(child);
-                Slot {
-                    name,
-                    api,
-                    via,
-                    op: tokio::sync::Mutex::new(()),
-                    live: Mutex::new(Live {
-                        state: RegionState::Stopped,
-                        pid: None,
-                        exit: None,
-                        restarts: 0,
-                        requested: None,
-                        signals: None,
-                        reaped: None,
-                    }),
-                }
-            })
+            .map(
+                |Started {
+                     name,
+                     api,
+                     via,
+                     child,
+                 }| {
+                    children.push(child);
+                    Slot {
+                        name,
+                        api,
+                        via,
+                        op: tokio::sync::Mutex::new(()),
+                        live: Mutex::new(Live {
+                            state: RegionState::Stopped,
+                            pid: None,
+                            exit: None,
+                            restarts: 0,
+                            requested: None,
+                            signals: None,
+                            reaped: None,
+                        }),
+                    }
+                },
+            )
             .collect();
         let regions = Arc::new(Regions {
             slots,

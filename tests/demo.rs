@@ -258,9 +258,12 @@ async fn demo_replicates_and_stops_cleanly_on_sigint() {
     ok(demo_scenario(&dir).await);
 }
 
+/// `(region, client API URL)` in the demo's order.
+type Endpoints = Vec<(String, String)>;
+
 /// Starts a demo on a free port base (other ports, up to [`START_ATTEMPTS`] times, if one was
 /// taken meanwhile) and reads its endpoints.
-fn start_demo(dir: &TestDir) -> Result<(Demo, u16, Vec<(String, String)>)> {
+fn start_demo(dir: &TestDir) -> Result<(Demo, u16, Endpoints)> {
     let mut attempt = 0;
     loop {
         attempt += 1;

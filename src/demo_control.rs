@@ -106,7 +106,10 @@ impl DiscoveryFile {
     /// Refuses if a live demo owns the file of `port_base`; a stale one (its pid is gone, or it
     /// names none) is replaced when this demo writes its own.
     pub fn claim(port_base: u16) -> Result<DiscoveryFile> {
-        let path = discovery_path(port_base);
+        Self::claim_at(discovery_path(port_base), port_base)
+    }
+
+    fn claim_at(path: PathBuf, port_base: u16) -> Result<DiscoveryFile> {
         if let Some(pid) = file_pid(&path)
             && pid != u64::from(std::process::id())
             && pid_alive(pid)
@@ -184,6 +187,22 @@ pub fn read_discovery(port_base: u16) -> Result<Discovery> {
         ),
         Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
     };
+    // Only a file of this user is trusted: in a shared /tmp anyone can create one.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt as _;
+        let meta =
+            std::fs::metadata(&path).with_context(|| format!("cannot read {}", path.display()))?;
+        // SAFETY: geteuid(2) cannot fail and has no side effects.
+        let me = unsafe { libc::geteuid() };
+        if meta.uid() != me {
+            bail!(
+                "{} belongs to another user (uid {}): not this user's demo",
+                path.display(),
+                meta.uid()
+            );
+        }
+    }
     let v: Value = serde_json::from_str(&text)
         .with_context(|| format!("{} is not a demo discovery file", path.display()))?;
     match v["version"].as_u64() {
@@ -956,6 +975,57 @@ mod tests {
         assert!(pid_alive(u64::from(std::process::id())));
         assert!(!pid_alive(0));
         assert!(!pid_alive(u64::from(u32::MAX)));
+    }
+
+    fn discovery(pid: u32) -> Discovery {
+        Discovery {
+            version: DISCOVERY_VERSION,
+            port_base: 9100,
+            pid,
+            data_dir: "/d".into(),
+            config: "/d/atoll.toml".into(),
+            token: "demo-1".into(),
+            model: "active-active".into(),
+            control: "http://127.0.0.1:9191".into(),
+            router_admin: "http://127.0.0.1:9181".into(),
+            proxy: "http://127.0.0.1:9180".into(),
+            link_control: "http://127.0.0.1:9190".into(),
+            regions: vec![DiscoveryRegion {
+                name: "us-east-1".into(),
+                api: "http://127.0.0.1:9100".into(),
+            }],
+        }
+    }
+
+    #[test]
+    fn the_discovery_file_is_private_refuses_a_live_owner_and_goes_away() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("atoll-demo-9100.json");
+        // A stale file (its demo is gone) is replaced.
+        std::fs::write(&path, r#"{"version":1,"pid":4294967295}"#).unwrap();
+        let mut f = DiscoveryFile::claim_at(path.clone(), 9100).unwrap();
+        let d = discovery(std::process::id());
+        f.write(&d).unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        let back: Discovery =
+            serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        assert_eq!(back, d);
+        let v: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        assert_eq!(v["version"], 1);
+        // No temporary file is left next to it.
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+        // A file naming a live process (pid 1, always there) is refused.
+        let other = dir.path().join("atoll-demo-9200.json");
+        std::fs::write(&other, r#"{"version":1,"pid":1}"#).unwrap();
+        let e = DiscoveryFile::claim_at(other, 9200).err().unwrap();
+        assert!(
+            e.to_string().contains("already runs on port base 9200"),
+            "{e}"
+        );
+        drop(f);
+        assert!(!path.exists(), "the file outlived its demo");
     }
 
     #[test]

@@ -76,7 +76,7 @@ const REPLICATION_DEADLINE: Duration = Duration::from_secs(20);
 /// Polls every region's `/healthz` until each says replication is established (every peer heard
 /// both ways and streaming its writes), or `deadline` passes. `Err` lists what each region still
 /// waits for.
-async fn wait_replication(regions: &[RegionChild], deadline: Duration) -> Result<(), String> {
+async fn wait_replication(regions: &[(String, String)], deadline: Duration) -> Result<(), String> {
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(2))
         .build()
@@ -84,9 +84,9 @@ async fn wait_replication(regions: &[RegionChild], deadline: Duration) -> Result
     let until = Instant::now() + deadline;
     loop {
         let mut waiting = Vec::new();
-        for r in regions {
+        for (name, endpoint) in regions {
             let health: Option<serde_json::Value> =
-                match http.get(format!("{}/healthz", r.endpoint)).send().await {
+                match http.get(format!("{endpoint}/healthz")).send().await {
                     Ok(resp) => resp.json().await.ok(),
                     Err(_) => None,
                 };
@@ -101,7 +101,7 @@ async fn wait_replication(regions: &[RegionChild], deadline: Duration) -> Result
                             .join(", ")
                     })
                     .unwrap_or_default();
-                waiting.push(format!("{} (streams to: {streaming})", r.name));
+                waiting.push(format!("{name} (streams to: {streaming})"));
             }
         }
         if waiting.is_empty() {
@@ -114,12 +114,10 @@ async fn wait_replication(regions: &[RegionChild], deadline: Duration) -> Result
     }
 }
 
-struct RegionChild {
-    name: String,
-    child: Child,
-    endpoint: String,
-}
-
+/// Starts region `name` and waits until it listens: its process and its client API URL. The
+/// region runs in a process group of its own, so a Ctrl-C in the demo's terminal reaches only
+/// the demo, which then stops the regions itself (and can tell that apart from a crash). Its log
+/// (stderr) is appended to `<data_dir>/<name>.log`, across restarts.
 async fn start_region(
     exe: &Path,
     config: &Path,
@@ -127,12 +125,15 @@ async fn start_region(
     data_dir: &Path,
     peer_via: &[(String, std::net::SocketAddr)],
     admin_token: &str,
-) -> Result<RegionChild> {
+) -> Result<(Child, String)> {
     let log_path = data_dir.join(format!("{name}.log"));
-    let log = std::fs::File::create(&log_path)
-        .with_context(|| format!("cannot create {}", log_path.display()))?;
-    let mut child = Command::new(exe)
-        .arg("region")
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log_path)
+        .with_context(|| format!("cannot open {}", log_path.display()))?;
+    let mut cmd = Command::new(exe);
+    cmd.arg("region")
         .arg("--config")
         .arg(config)
         .arg("--region")
@@ -147,7 +148,10 @@ async fn start_region(
         .env("ATOLL_ADMIN_TOKEN", admin_token)
         .stdout(Stdio::piped())
         .stderr(Stdio::from(log))
-        .kill_on_drop(true)
+        .kill_on_drop(true);
+    #[cfg(unix)]
+    cmd.process_group(0);
+    let mut child = cmd
         .spawn()
         .with_context(|| format!("cannot start region {name}"))?;
     let stdout = child
@@ -175,20 +179,30 @@ async fn start_region(
     })??;
     // Keep draining stdout so the child never blocks on a full pipe.
     tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    Ok(RegionChild {
-        name: name.to_string(),
-        child,
-        endpoint,
-    })
+    Ok((child, endpoint))
 }
 
-fn terminate(child: &Child) {
-    if let Some(pid) = child.id() {
-        // SIGTERM: the region finishes in-flight writes and exits 0.
-        // SAFETY: plain kill(2) on our own child's pid.
-        unsafe {
-            libc::kill(pid as libc::pid_t, libc::SIGTERM);
-        }
+/// Starts a demo region again (`atoll demo ctl restart`): the same binary, config, data
+/// directory, links and admin token as at the start.
+struct DemoSpawner {
+    exe: PathBuf,
+    config: PathBuf,
+    dir: PathBuf,
+    token: String,
+}
+
+impl crate::demo_control::Spawner for DemoSpawner {
+    fn spawn(
+        &self,
+        name: &str,
+        via: &[(String, std::net::SocketAddr)],
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<Child>> + Send + '_>> {
+        let (name, via) = (name.to_string(), via.to_vec());
+        Box::pin(async move {
+            let (child, _) =
+                start_region(&self.exe, &self.config, &name, &self.dir, &via, &self.token).await?;
+            Ok(child)
+        })
     }
 }
 
@@ -205,6 +219,8 @@ pub async fn run(
             "--port-base {port_base} leaves no room for the demo's ports (up to <port-base + {MAX_OFFSET}>)"
         );
     }
+    // Refuse at once if a live demo owns this port base's discovery file.
+    let mut discovery = crate::demo_control::DiscoveryFile::claim(port_base)?;
     let (_tmp, dir) = match data_dir {
         Some(d) => {
             std::fs::create_dir_all(&d)
@@ -249,7 +265,8 @@ pub async fn run(
 
     // One admin token for the router and the regions' admin API (promote, switchover).
     let token = format!("demo-{:016x}", rand_token());
-    let mut regions = Vec::new();
+    let mut started_regions = Vec::new();
+    let mut endpoints: Vec<(String, String)> = Vec::new();
     for (name, _, _) in DEMO_REGIONS {
         let via: Vec<(String, std::net::SocketAddr)> = DEMO_REGIONS
             .iter()
@@ -260,8 +277,27 @@ pub async fn run(
                     .map(|a| (peer.to_string(), a))
             })
             .collect();
-        regions.push(start_region(&exe, &config_path, name, &dir, &via, &token).await?);
+        let (child, endpoint) = start_region(&exe, &config_path, name, &dir, &via, &token).await?;
+        endpoints.push((name.to_string(), endpoint.clone()));
+        started_regions.push(crate::demo_control::Started {
+            name: name.to_string(),
+            api: endpoint,
+            via,
+            child,
+        });
     }
+    // From here on a region that exits is reported and the rest keeps running; the control
+    // API kills, stops and restarts regions.
+    let regions = crate::demo_control::Regions::new(
+        port_base,
+        Box::new(DemoSpawner {
+            exe: exe.clone(),
+            config: config_path.clone(),
+            dir: dir.clone(),
+            token: token.clone(),
+        }),
+        started_regions,
+    );
 
     // A router in front: health-checked failover proxy, authoritative DNS and an admin API.
     let port = |off: u32| -> Result<std::net::SocketAddr> {
@@ -278,18 +314,48 @@ pub async fn run(
     let router = atoll_router::runtime::Router::start(ropts)
         .await
         .map_err(|e| anyhow!("cannot start the router: {e}"))?;
+    let control = crate::demo_control::ControlServer::start(
+        port(crate::demo_control::CONTROL_OFFSET)?,
+        regions.clone(),
+        token.clone(),
+    )
+    .await?;
+    let links_url = links.control_url().unwrap_or_default();
+    discovery.write(&crate::demo_control::Discovery {
+        version: crate::demo_control::DISCOVERY_VERSION,
+        port_base,
+        pid: std::process::id(),
+        data_dir: dir.display().to_string(),
+        config: config_path.display().to_string(),
+        token: token.clone(),
+        model: model.as_str().to_string(),
+        control: control.url(),
+        router_admin: format!("http://{}", router.admin_addr()),
+        proxy: router
+            .proxy_addr()
+            .map(|a| format!("http://{a}"))
+            .unwrap_or_default(),
+        link_control: links_url.clone(),
+        regions: endpoints
+            .iter()
+            .map(|(name, api)| crate::demo_control::DiscoveryRegion {
+                name: name.clone(),
+                api: api.clone(),
+            })
+            .collect(),
+    })?;
 
     // A region subscribes to a peer's writes once heartbeats have gone both ways (up to one
     // heartbeat interval after the start): wait for that, so that the first write a user tries
     // replicates at link speed instead of waiting for it.
-    let replication = wait_replication(&regions, REPLICATION_DEADLINE).await;
+    let replication = wait_replication(&endpoints, REPLICATION_DEADLINE).await;
 
     println!(
-        "atoll demo: 3 regions replicating active-active (data in {})\n",
+        "atoll demo: 3 regions replicating {model} (data in {})\n",
         dir.display()
     );
-    for r in &regions {
-        println!("  {:<16} {}", r.name, r.endpoint);
+    for (name, endpoint) in &endpoints {
+        println!("  {name:<16} {endpoint}");
     }
     match &replication {
         Ok(()) => println!(
@@ -329,20 +395,18 @@ pub async fn run(
         println!();
     }
     println!(
-        "\nrouter:\n  proxy  http://{}   (name api, latency policy; adds X-Atoll-Routed-To)\n  dns    {} udp+tcp  (zone atoll.test: api = latency, primary = failover)\n  admin  http://{}   (token {token})\nlinks control: {}",
+        "\nrouter:\n  proxy  http://{}   (name api, latency policy; adds X-Atoll-Routed-To)\n  dns    {} udp+tcp  (zone atoll.test: api = latency, primary = failover)\n  admin  http://{}   (token {token})\nlinks control: {}\ndemo control:  {}   (token {token}; kill, stop, restart regions; endpoints in {})",
         router
             .proxy_addr()
             .map(|a| a.to_string())
             .unwrap_or_default(),
         router.dns_addr().map(|a| a.to_string()).unwrap_or_default(),
         router.admin_addr(),
-        links.control_url().unwrap_or_default()
+        links.control_url().unwrap_or_default(),
+        control.url(),
+        discovery.path().display()
     );
-    let (e0, e1, e2) = (
-        &regions[0].endpoint,
-        &regions[1].endpoint,
-        &regions[2].endpoint,
-    );
+    let (e0, e1, e2) = (&endpoints[0].1, &endpoints[1].1, &endpoints[2].1);
     // With a write lease only the primary (us-east-1) takes writes, and passive regions serve
     // no client traffic at all: the printed commands go where they work.
     let leased = model != atoll_config::Model::ActiveActive;
@@ -353,7 +417,7 @@ pub async fn run(
         e1
     };
     println!(
-        "\nTry:\n  atoll kv put sessions alice token-1 --endpoint {e0}\n  atoll kv get sessions alice --endpoint {r1}\n  atoll counter incr ratelimits api --endpoint {w2}\n  atoll set add flags beta dark-mode --endpoint {w1}\n  atoll kv put carts c1 apple --endpoint {e0}; atoll kv put carts c1 pear --endpoint {w2}; atoll kv get carts c1 --endpoint {r1}\n  atoll status --endpoint {e0}\n  curl -si http://{}/v1/kv/sessions/alice\n  dig @127.0.0.1 -p {} api.atoll.test +subnet=198.51.100.7/24\n  ATOLL_ADMIN_TOKEN={token} atoll router status --admin http://{}\n  {}\n  atoll link fault ls --control {}\n\nconfig: {}\nlogs:   {}/<region>.log\nPress Ctrl-C to stop.",
+        "\nTry:\n  atoll kv put sessions alice token-1 --endpoint {e0}\n  atoll kv get sessions alice --endpoint {r1}\n  atoll counter incr ratelimits api --endpoint {w2}\n  atoll set add flags beta dark-mode --endpoint {w1}\n  atoll kv put carts c1 apple --endpoint {e0}; atoll kv put carts c1 pear --endpoint {w2}; atoll kv get carts c1 --endpoint {r1}\n  atoll status --endpoint {e0}\n  curl -si http://{}/v1/kv/sessions/alice\n  dig @127.0.0.1 -p {} api.atoll.test +subnet=198.51.100.7/24\n  ATOLL_ADMIN_TOKEN={token} atoll router status --admin http://{}\n  {}\n  atoll link fault ls --control {}\n  {}\n  atoll demo ctl ls{pb}\n  atoll demo ctl restart us-east-1{pb}\n\nconfig: {}\nlogs:   {}/<region>.log\nPress Ctrl-C to stop.",
         router
             .proxy_addr()
             .map(|a| a.to_string())
@@ -362,8 +426,10 @@ pub async fn run(
         router.admin_addr(),
         link_fault_example(&links.control_url().unwrap_or_default()),
         links.control_url().unwrap_or_default(),
+        ctl_kill_example(port_base),
         config_path.display(),
-        dir.display()
+        dir.display(),
+        pb = crate::demo_control::port_base_flag(port_base),
     );
 
     println!(
@@ -377,47 +443,35 @@ pub async fn run(
         )
     );
 
-    let mut exited = None;
-    {
-        let waits = regions.iter_mut().map(|r| Box::pin(r.child.wait()));
-        let any_exit = futures_util_select_all(waits);
-        tokio::select! {
-            _ = shutdown => {}
-            r = any_exit => { exited = Some(r); }
-        }
-    }
-    if let Some(i) = exited {
-        eprintln!(
-            "region {} exited unexpectedly; stopping the demo",
-            regions[i].name
-        );
-    }
+    // Runs until Ctrl-C (or SIGTERM): a region that exits meanwhile is reported by the
+    // supervisor and the rest keeps running.
+    shutdown.await;
     println!("\nstopping regions...");
+    control.shutdown().await;
     router.shutdown().await;
-    for r in &regions {
-        terminate(&r.child);
-    }
+    let reports = regions.shutdown().await;
+    links.shutdown().await;
     let mut clean = true;
-    for r in &mut regions {
-        match tokio::time::timeout(Duration::from_secs(20), r.child.wait()).await {
-            Ok(Ok(st)) if st.success() => {}
-            Ok(Ok(st)) => {
-                clean = false;
-                eprintln!("region {} exited with {st}", r.name);
-            }
-            _ => {
-                clean = false;
-                let _ = r.child.kill().await;
-                eprintln!("region {} did not stop in time; killed", r.name);
-            }
+    for r in &reports {
+        if !r.clean {
+            clean = false;
+            eprintln!("region {}: {}", r.name, r.detail);
         }
     }
-    links.shutdown().await;
-    if exited.is_some() || !clean {
+    drop(discovery);
+    if !clean {
         bail!("the demo did not stop cleanly");
     }
     println!("stopped.");
     Ok(())
+}
+
+/// The demo's printed example of the control API: kill us-east-1 as a crash would.
+fn ctl_kill_example(port_base: u16) -> String {
+    format!(
+        "atoll demo ctl kill us-east-1{}",
+        crate::demo_control::port_base_flag(port_base)
+    )
 }
 
 /// What to try for the demo's topology model: the write lease or quorum fencing at work.
@@ -440,22 +494,6 @@ fn fencing_examples(
             "\nFencing (active-passive): us-east-1 is primary, the others are passive (no client traffic).\nPlanned move, or promotion once the primary's lease has ended:\n  ATOLL_ADMIN_TOKEN={token} atoll switchover eu-west-1 --config {config}\n  ATOLL_ADMIN_TOKEN={token} atoll promote ap-southeast-1 --config {config}"
         ),
     }
-}
-
-/// Resolves with the index of the first future to finish.
-async fn futures_util_select_all<F: std::future::Future + Unpin>(
-    futs: impl Iterator<Item = F>,
-) -> usize {
-    let mut futs: Vec<F> = futs.collect();
-    std::future::poll_fn(move |cx| {
-        for (i, f) in futs.iter_mut().enumerate() {
-            if std::pin::Pin::new(f).poll(cx).is_ready() {
-                return std::task::Poll::Ready(i);
-            }
-        }
-        std::task::Poll::Pending
-    })
-    .await
 }
 
 /// A token for the demo's admin API, different on every run.
@@ -491,6 +529,65 @@ mod tests {
             .lines()
             .map(str::to_string)
             .collect()
+    }
+
+    /// `atoll demo` keeps its flags, and the `atoll demo ctl` commands the demo prints parse to
+    /// the action they show, on the demo's port base, whatever the order of the flag.
+    #[test]
+    fn the_printed_ctl_commands_parse_and_plain_demo_keeps_its_flags() {
+        use crate::demo_control::CtlAction;
+        let parse = |words: &[&str]| match crate::Cli::try_parse_from(words).unwrap().command {
+            crate::Command::Demo {
+                command,
+                data_dir,
+                port_base,
+                model,
+            } => (command, data_dir, port_base, model),
+            _ => panic!("not `atoll demo`: {words:?}"),
+        };
+        let (command, data_dir, port_base, model) = parse(&[
+            "atoll",
+            "demo",
+            "--port-base",
+            "8100",
+            "--data-dir",
+            "/tmp/x",
+            "--model",
+            "active-standby",
+        ]);
+        assert!(command.is_none());
+        assert_eq!(data_dir, Some(PathBuf::from("/tmp/x")));
+        assert_eq!(port_base, 8100);
+        assert_eq!(model, atoll_config::Model::ActiveStandby);
+        assert_eq!(parse(&["atoll", "demo"]).2, 7100);
+        for base in [7100, 8100] {
+            let line = ctl_kill_example(base);
+            let words: Vec<&str> = line.split_whitespace().collect();
+            let Some(crate::DemoCommand::Ctl(args)) = parse(&words).0 else {
+                panic!("not `atoll demo ctl`: {line}");
+            };
+            assert_eq!(
+                (args.action, args.port_base),
+                (
+                    CtlAction::Kill {
+                        region: "us-east-1".into()
+                    },
+                    base
+                ),
+                "{line}"
+            );
+        }
+        let Some(crate::DemoCommand::Ctl(args)) =
+            parse(&["atoll", "demo", "ctl", "--port-base", "8100", "ls"]).0
+        else {
+            panic!("not `atoll demo ctl`");
+        };
+        assert_eq!((args.action, args.port_base), (CtlAction::Ls, 8100));
+        // Demo flags and `ctl` do not mix: `ctl` finds the demo by its own --port-base.
+        assert!(
+            crate::Cli::try_parse_from(["atoll", "demo", "--data-dir", "/tmp/x", "ctl", "ls"])
+                .is_err()
+        );
     }
 
     /// The link fault the demo prints, pasted into a shell, is one `atoll link fault add` of the

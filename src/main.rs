@@ -3,6 +3,7 @@
 mod certs;
 mod client;
 mod demo;
+mod demo_control;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
@@ -66,17 +67,20 @@ enum Command {
     /// Start three regions (us-east-1, eu-west-1, ap-southeast-1) on this machine, linked at
     /// the latency of their distance, with a router in front.
     #[command(
-        after_help = "Examples:\n  atoll demo\n  atoll demo --port-base 8100 --data-dir /tmp/atoll-demo\n\nThe demo prints its endpoints once replication is established between every pair of\nregions, and logs only warnings and errors (ATOLL_LOG=info for more)."
+        args_conflicts_with_subcommands = true,
+        after_help = "Examples:\n  atoll demo\n  atoll demo --port-base 8100 --data-dir /tmp/atoll-demo\n  atoll demo ctl kill us-east-1\n\nThe demo prints its endpoints once replication is established between every pair of\nregions, and logs only warnings and errors (ATOLL_LOG=info for more). A region that exits is\nreported and the others keep running; `atoll demo ctl` kills, stops and restarts regions\nthrough the demo's control API on <port-base + 91>. While it runs, the demo describes itself\nin ${TMPDIR:-/tmp}/atoll-demo-<port-base>.json (mode 0600: it holds the admin token)."
     )]
     Demo {
+        #[command(subcommand)]
+        command: Option<DemoCommand>,
         /// Where the regions keep their data (default: a fresh temporary directory, removed on exit).
         #[arg(long)]
         data_dir: Option<PathBuf>,
         /// Region i listens on 127.0.0.1:<port-base + i> (client API) and <port-base + 100 + i>
         /// (peer listener, mutual TLS); the router's proxy on <port-base + 80>, its admin API on
-        /// <port-base + 81>, its DNS on <port-base + 53>, and the links' control API on
-        /// <port-base + 90>.
-        #[arg(long, default_value_t = 7100)]
+        /// <port-base + 81>, its DNS on <port-base + 53>, the links' control API on
+        /// <port-base + 90>, and the demo's control API on <port-base + 91>.
+        #[arg(long, default_value_t = demo_control::DEFAULT_PORT_BASE)]
         port_base: u16,
         /// Topology: active-active (with quorum fencing), active-standby (automatic promotion)
         /// or active-passive (manual promotion).
@@ -183,6 +187,12 @@ enum Command {
         #[arg(long)]
         max_lag: Option<f64>,
     },
+}
+
+#[derive(Subcommand)]
+enum DemoCommand {
+    /// Control a running demo: list its regions, kill, stop or restart one.
+    Ctl(demo_control::CtlArgs),
 }
 
 #[derive(Subcommand)]
@@ -361,7 +371,7 @@ fn main() -> ExitCode {
             // The demo prints a table and commands to try: only warnings and errors of its
             // in-process router and links go to the terminal (the regions log to files).
             init_tracing(match other {
-                Command::Demo { .. } => "warn,hickory_server=error,openraft=error",
+                Command::Demo { command: None, .. } => "warn,hickory_server=error,openraft=error",
                 _ => "info,hickory_server=warn,openraft=warn",
             });
             let rt = match tokio::runtime::Builder::new_multi_thread()
@@ -397,6 +407,11 @@ fn main() -> ExitCode {
                         .await
                     }
                     Command::Demo {
+                        command: Some(DemoCommand::Ctl(args)),
+                        ..
+                    } => demo_control::ctl(args).await,
+                    Command::Demo {
+                        command: None,
                         data_dir,
                         port_base,
                         model,

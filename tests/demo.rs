@@ -7,7 +7,7 @@
 mod common;
 
 use anyhow::{Context, Result, anyhow, bail, ensure};
-use atoll_testkit::{Client, TestDir, free_port_range, test_dir, wait_until_async};
+use atoll_testkit::{Client, TestDir, free_port_range, test_dir, wait_until, wait_until_async};
 use common::{BIN, DEADLINE, ok};
 use std::io::{BufRead, BufReader, Read};
 use std::net::{SocketAddr, TcpStream};
@@ -33,14 +33,19 @@ struct Demo {
     /// The region processes it started (children of the demo).
     regions: Vec<u32>,
     data_dir: std::path::PathBuf,
+    /// The demo's TMPDIR: where it writes its discovery file.
+    tmp_dir: std::path::PathBuf,
 }
 
 impl Demo {
     fn spawn(base: u16, data_dir: &std::path::Path) -> Result<Demo> {
+        let tmp_dir = data_dir.with_extension("tmp");
+        std::fs::create_dir_all(&tmp_dir)?;
         let mut child = Command::new(BIN)
             .args(["demo", "--port-base", &base.to_string(), "--data-dir"])
             .arg(data_dir)
             .env("NO_COLOR", "1")
+            .env("TMPDIR", &tmp_dir)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -80,6 +85,7 @@ impl Demo {
             stderr,
             regions: Vec::new(),
             data_dir: data_dir.to_path_buf(),
+            tmp_dir,
         })
     }
 
@@ -252,15 +258,20 @@ async fn demo_replicates_and_stops_cleanly_on_sigint() {
     ok(demo_scenario(&dir).await);
 }
 
-async fn demo_scenario(dir: &TestDir) -> Result<()> {
+/// `(region, client API URL)` in the demo's order.
+type Endpoints = Vec<(String, String)>;
+
+/// Starts a demo on a free port base (other ports, up to [`START_ATTEMPTS`] times, if one was
+/// taken meanwhile) and reads its endpoints.
+fn start_demo(dir: &TestDir) -> Result<(Demo, u16, Endpoints)> {
     let mut attempt = 0;
-    let (mut demo, base, endpoints) = loop {
+    loop {
         attempt += 1;
         let base = free_port_range(3)?;
         let data_dir = dir.join(&format!("demo-{attempt}"));
         let mut demo = Demo::spawn(base, &data_dir)?;
         match demo.endpoints()? {
-            Some(e) => break (demo, base, e),
+            Some(e) => return Ok((demo, base, e)),
             None => {
                 let exit = demo.wait_exit(STOP_DEADLINE)?;
                 let logs = demo.region_logs();
@@ -278,7 +289,11 @@ async fn demo_scenario(dir: &TestDir) -> Result<()> {
                 );
             }
         }
-    };
+    }
+}
+
+async fn demo_scenario(dir: &TestDir) -> Result<()> {
+    let (mut demo, base, endpoints) = start_demo(dir)?;
     for (i, (name, url)) in endpoints.iter().enumerate() {
         ensure!(
             *name == REGIONS[i] && *url == format!("http://127.0.0.1:{}", base + i as u16),
@@ -403,5 +418,321 @@ async fn demo_scenario(dir: &TestDir) -> Result<()> {
         "no `stopped.` line after SIGINT:\n{}",
         demo.output()
     );
+    Ok(())
+}
+
+/// The demo's stderr so far.
+fn stderr_of(demo: &Demo) -> String {
+    demo.stderr.lock().map(|s| s.clone()).unwrap_or_default()
+}
+
+/// A call to the demo's control API: `(status, body)`.
+async fn control(
+    http: &reqwest::Client,
+    method: reqwest::Method,
+    url: &str,
+    token: Option<&str>,
+) -> Result<(u16, serde_json::Value)> {
+    let mut req = http.request(method, url);
+    if let Some(t) = token {
+        req = req.bearer_auth(t);
+    }
+    let resp = req.send().await?;
+    let status = resp.status().as_u16();
+    let body = resp.json().await.unwrap_or(serde_json::Value::Null);
+    Ok((status, body))
+}
+
+/// The region `name` in a `GET /v1/demo/regions` answer.
+fn region_in<'a>(list: &'a serde_json::Value, name: &str) -> Result<&'a serde_json::Value> {
+    list["regions"]
+        .as_array()
+        .and_then(|a| a.iter().find(|r| r["name"] == name))
+        .ok_or_else(|| anyhow!("no region {name} in {list}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_demo_survives_a_dead_region_and_restarts_it_on_request() {
+    let dir = ok(test_dir("demo-survive").map_err(Into::into));
+    ok(survive_scenario(&dir).await);
+}
+
+async fn survive_scenario(dir: &TestDir) -> Result<()> {
+    let (mut demo, base, endpoints) = start_demo(dir)?;
+    let pid = demo.pid().expect("running");
+    demo.regions = children_of(pid);
+    // Everything is printed once the table is: the discovery file was written before it.
+    demo.line_starting("Press Ctrl-C to stop.")?;
+
+    // The discovery file: where everything is, readable by its owner only.
+    let path = demo.tmp_dir.join(format!("atoll-demo-{base}.json"));
+    let meta = std::fs::metadata(&path).with_context(|| format!("{}", path.display()))?;
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        ensure!(
+            meta.permissions().mode() & 0o777 == 0o600,
+            "{} has mode {:o}",
+            path.display(),
+            meta.permissions().mode()
+        );
+    }
+    let d: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path)?)?;
+    let at = |off: u16| format!("http://127.0.0.1:{}", base + off);
+    ensure!(
+        d["version"] == 1 && d["port_base"] == base && d["pid"] == pid,
+        "{d}"
+    );
+    ensure!(d["model"] == "active-active", "{d}");
+    ensure!(
+        d["control"] == at(91)
+            && d["router_admin"] == at(81)
+            && d["proxy"] == at(80)
+            && d["link_control"] == at(90),
+        "{d}"
+    );
+    let listed: Vec<(String, String)> = d["regions"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|r| {
+                    (
+                        r["name"].as_str().unwrap_or_default().to_string(),
+                        r["api"].as_str().unwrap_or_default().to_string(),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    ensure!(listed == endpoints, "{listed:?} vs {endpoints:?}");
+    ensure!(
+        std::path::Path::new(d["config"].as_str().unwrap_or_default()).is_file(),
+        "{d}"
+    );
+    let token = d["token"].as_str().unwrap_or_default().to_string();
+    ensure!(!token.is_empty(), "{d}");
+    // A second demo on the same port base refuses to start while this one lives.
+    let second = Command::new(BIN)
+        .args(["demo", "--port-base", &base.to_string()])
+        .env("TMPDIR", &demo.tmp_dir)
+        .stdin(Stdio::null())
+        .output()?;
+    ensure!(
+        !second.status.success()
+            && String::from_utf8_lossy(&second.stderr).contains("already runs on port base"),
+        "{second:?}"
+    );
+
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(40))
+        .build()?;
+    let regions_url = format!("{}/v1/demo/regions", at(91));
+    let action = |name: &str, what: &str| format!("{}/v1/demo/regions/{name}/{what}", at(91));
+
+    // Without the token, or with another one, nothing is served, and nothing is killed.
+    for t in [None, Some("demo-0000000000000000"), Some("")] {
+        let (status, body) = control(&http, reqwest::Method::GET, &regions_url, t).await?;
+        ensure!(
+            status == 401 && body["error"]["code"] == "ATOLL-UNAUTHORIZED",
+            "{t:?}: {status} {body}"
+        );
+        let (status, _) = control(
+            &http,
+            reqwest::Method::POST,
+            &action("us-east-1", "kill"),
+            t,
+        )
+        .await?;
+        ensure!(status == 401, "{t:?}: kill answered {status}");
+    }
+    let (status, list) = control(&http, reqwest::Method::GET, &regions_url, Some(&token)).await?;
+    ensure!(status == 200, "{status} {list}");
+    for name in REGIONS {
+        let r = region_in(&list, name)?;
+        ensure!(
+            r["state"] == "running" && r["pid"].is_u64() && r["restarts"] == 0,
+            "{r}"
+        );
+    }
+    // An unknown region: 404 with atoll's error body.
+    let (status, body) = control(
+        &http,
+        reqwest::Method::POST,
+        &action("mars-north-1", "kill"),
+        Some(&token),
+    )
+    .await?;
+    ensure!(
+        status == 404
+            && body["error"]["code"] == "ATOLL-UNKNOWN-REGION"
+            && body["error"]["message"].is_string()
+            && body["error"]["hint"].is_string()
+            && body["error"]["retryable"] == false,
+        "{status} {body}"
+    );
+
+    // Kill us-east-1 as a crash would.
+    let old_pid = region_in(&list, "us-east-1")?["pid"]
+        .as_u64()
+        .and_then(|p| u32::try_from(p).ok())
+        .ok_or_else(|| anyhow!("no pid in {list}"))?;
+    let (status, killed) = control(
+        &http,
+        reqwest::Method::POST,
+        &action("us-east-1", "kill"),
+        Some(&token),
+    )
+    .await?;
+    ensure!(
+        status == 200
+            && killed["state"] == "killed"
+            && killed["pid"].is_null()
+            && killed["exit"] == "signal 9",
+        "{status} {killed}"
+    );
+    ensure!(!alive(old_pid), "us-east-1 ({old_pid}) is still alive");
+    // The demo goes on: the other two take writes, the router serves through its proxy.
+    let (key, value) = ("written-while-us-east-1-was-down", "v1");
+    for (name, url) in &endpoints[1..] {
+        let ack = Client::new(url)
+            .kv_put("sessions", &format!("{key}-{name}"), value, None)
+            .await?;
+        ensure!(ack.region == *name, "{ack:?}");
+    }
+    Client::new(&endpoints[1].1)
+        .kv_put("sessions", key, value, None)
+        .await?;
+    let proxy = Client::new(&at(80));
+    wait_until_async(DEADLINE, "the router's proxy to serve the key", || {
+        let proxy = proxy.clone();
+        async move {
+            matches!(proxy.kv_get("sessions", key).await, Ok(r) if r.value() == Some(value.as_bytes()))
+        }
+    })
+    .await?;
+    let routed = proxy
+        .kv_put("sessions", "through-the-proxy", "v", None)
+        .await?;
+    ensure!(routed.region != "us-east-1", "{routed:?}");
+    ensure!(
+        demo.child
+            .as_mut()
+            .map(|c| c.try_wait().ok().flatten().is_none())
+            == Some(true),
+        "the demo exited after a region was killed\n{}",
+        demo.output()
+    );
+    let (_, list) = control(&http, reqwest::Method::GET, &regions_url, Some(&token)).await?;
+    ensure!(
+        region_in(&list, "us-east-1")?["state"] == "killed",
+        "{list}"
+    );
+    wait_until(DEADLINE, "the demo to report the kill", || {
+        stderr_of(&demo).contains("region us-east-1 killed on request (signal 9)")
+    })?;
+
+    // Restart it with the command the demo printed (the discovery file tells it where to go).
+    let printed = demo
+        .stdout
+        .lock()
+        .map(|s| s.clone())
+        .unwrap_or_default()
+        .into_iter()
+        .map(|l| l.trim().to_string())
+        .find(|l| l.starts_with("atoll demo ctl restart us-east-1"))
+        .ok_or_else(|| anyhow!("no `atoll demo ctl restart` printed\n{}", demo.output()))?;
+    let words: Vec<&str> = printed.split_whitespace().skip(1).collect();
+    let out = Command::new(BIN)
+        .args(&words)
+        .env("TMPDIR", &demo.tmp_dir)
+        .stdin(Stdio::null())
+        .output()?;
+    ensure!(out.status.success(), "`{printed}`: {out:?}");
+    let (_, list) = control(&http, reqwest::Method::GET, &regions_url, Some(&token)).await?;
+    let r = region_in(&list, "us-east-1")?;
+    let new_pid = r["pid"]
+        .as_u64()
+        .and_then(|p| u32::try_from(p).ok())
+        .ok_or_else(|| anyhow!("no pid after the restart: {r}"))?;
+    demo.regions.push(new_pid);
+    ensure!(
+        r["state"] == "running" && r["restarts"] == 1 && new_pid != old_pid,
+        "{r}"
+    );
+    // It comes back on the same data and links, and catches up with what it missed.
+    let east = Client::new(&endpoints[0].1);
+    wait_until_async(DEADLINE, "us-east-1 to catch up after its restart", || {
+        let east = east.clone();
+        async move {
+            matches!(east.kv_get("sessions", key).await, Ok(r) if r.value() == Some(value.as_bytes()))
+        }
+    })
+    .await?;
+    east.kv_put("sessions", "after-restart", "v2", None).await?;
+    let west = Client::new(&endpoints[1].1);
+    wait_until_async(DEADLINE, "a write in the restarted region to replicate", || {
+        let west = west.clone();
+        async move {
+            matches!(west.kv_get("sessions", "after-restart").await, Ok(r) if r.value() == Some(b"v2".as_slice()))
+        }
+    })
+    .await?;
+
+    // A region that dies without being asked is reported with the command that restarts it.
+    let ap_pid = region_in(&list, "ap-southeast-1")?["pid"]
+        .as_u64()
+        .and_then(|p| libc::pid_t::try_from(p).ok())
+        .ok_or_else(|| anyhow!("no pid: {list}"))?;
+    // SAFETY: kill(2) on a region process of this demo, alive a moment ago (the demo holds it
+    // unreaped until it sees the exit).
+    unsafe {
+        libc::kill(ap_pid, libc::SIGKILL);
+    }
+    let expected = format!(
+        "region ap-southeast-1 exited (signal 9); the others keep running — restart it with: atoll demo ctl restart ap-southeast-1 --port-base {base}"
+    );
+    wait_until(DEADLINE, "the demo to report the dead region", || {
+        stderr_of(&demo).contains(&expected)
+    })?;
+    let (_, list) = control(&http, reqwest::Method::GET, &regions_url, Some(&token)).await?;
+    ensure!(
+        region_in(&list, "ap-southeast-1")?["state"] == "exited",
+        "{list}"
+    );
+    let (status, r) = control(
+        &http,
+        reqwest::Method::POST,
+        &action("ap-southeast-1", "restart"),
+        Some(&token),
+    )
+    .await?;
+    ensure!(status == 200 && r["state"] == "running", "{status} {r}");
+    if let Some(p) = r["pid"].as_u64().and_then(|p| u32::try_from(p).ok()) {
+        demo.regions.push(p);
+    }
+
+    // A graceful stop on request, then Ctrl-C: a region stopped on request does not make the
+    // demo's own stop unclean.
+    let (status, r) = control(
+        &http,
+        reqwest::Method::POST,
+        &action("eu-west-1", "stop"),
+        Some(&token),
+    )
+    .await?;
+    ensure!(
+        status == 200 && r["state"] == "stopped" && r["exit"] == "exit code 0",
+        "{status} {r}"
+    );
+    demo.signal(libc::SIGINT)?;
+    let exit = demo.wait_exit(STOP_DEADLINE)?;
+    ensure!(
+        exit.code() == Some(0),
+        "the demo should exit 0 on SIGINT: {exit}\n{}",
+        demo.output()
+    );
+    for &pid in &demo.regions {
+        ensure!(!alive(pid), "region process {pid} outlived the demo");
+    }
+    ensure!(!path.exists(), "{} outlived the demo", path.display());
     Ok(())
 }

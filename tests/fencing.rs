@@ -10,6 +10,9 @@
 //!   switchover returns;
 //! - active-active with quorum fencing: a region cut off from the majority refuses writes to a
 //!   `read-only` keyspace and keeps taking writes to an `available` one;
+//! - active-standby with `[fencing] forward_writes`: a write to a standby is applied once by the
+//!   primary and says so (`X-Atoll-Forwarded-To`), a request marked as forwarded is not
+//!   forwarded again; without it the standby refuses with `ATOLL-NOT-PRIMARY`;
 //! - bad input: promote during a healthy lease, promote without or with a wrong admin token,
 //!   promote of an unknown region;
 //! - two regions and an arbiter (`atoll arbiter`, every region-to-arbiter byte through the mesh
@@ -679,6 +682,102 @@ async fn arbiter_killed(c: &Cluster) -> Result<()> {
     ensure!(
         r.status == 200,
         "the primary writes after the arbiter's return: {}",
+        r.text()
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_standby_forwards_writes_to_the_primary_only_when_configured() {
+    let on = start(
+        ClusterOptions::new("fence-forward")
+            .model("active-standby")
+            .extra_config("[fencing]\nforward_writes = true\n"),
+    );
+    ok(forwarded(&on).await);
+    drop(on);
+    let off = start(ClusterOptions::new("fence-no-forward").model("active-standby"));
+    ok(not_forwarded(&off).await);
+}
+
+/// With `forward_writes`, a write to a standby is applied by the primary, once, and says so; a
+/// request that claims to be forwarded already is refused, never forwarded again.
+async fn forwarded(c: &Cluster) -> Result<()> {
+    wait_role(c, US, "primary", DEADLINE).await?;
+    wait_role(c, EU, "standby", DEADLINE).await?;
+    let eu = c.client(EU);
+    let r = eu.kv_put_raw("sessions", "fwd-1", "v1", None).await?;
+    ensure!(
+        r.status == 200 && r.header("x-atoll-forwarded-to") == Some(US),
+        "a write to the standby: {} {:?} {}",
+        r.status,
+        r.header("x-atoll-forwarded-to"),
+        r.text()
+    );
+    ensure!(
+        r.json()?["region"] == US,
+        "applied by the primary: {}",
+        r.text()
+    );
+    // The primary holds it at once; the standby gets it by replication.
+    let read = c.client(US).kv_get("sessions", "fwd-1").await?;
+    ensure!(read.value() == Some(b"v1".as_slice()), "{read:?}");
+    let (value, applied_by) = {
+        let r = eu.counter_add_raw("ratelimits", "fwd-c", 5).await?;
+        ensure!(r.status == 200, "{} {}", r.status, r.text());
+        let j = r.json()?;
+        (j["value"].clone(), j["region"].clone())
+    };
+    ensure!(value == 5 && applied_by == US, "{value} {applied_by}");
+    ensure!(c.client(US).counter_get("ratelimits", "fwd-c").await? == 5);
+    atoll_testkit::wait_until_async(DEADLINE, "the forwarded write to replicate to eu", || {
+        let eu = eu.clone();
+        async move {
+            matches!(eu.kv_get("sessions", "fwd-1").await, Ok(r) if r.value() == Some(b"v1".as_slice()))
+        }
+    })
+    .await?;
+    // A request that says it was forwarded already is not forwarded again (no loops), whoever
+    // sent the header: the standby refuses it and the primary never sees it.
+    let resp = reqwest::Client::new()
+        .put(format!("{}/v1/kv/sessions/fwd-2", c.endpoint(EU)))
+        .header("x-atoll-forwarded-by", AP)
+        .body("v2")
+        .send()
+        .await?;
+    let status = resp.status().as_u16();
+    let forwarded_to = resp.headers().get("x-atoll-forwarded-to").cloned();
+    let body: Value = resp.json().await.unwrap_or(Value::Null);
+    ensure!(
+        status == 503 && body["error"]["code"] == "ATOLL-NOT-PRIMARY" && forwarded_to.is_none(),
+        "{status} {body}"
+    );
+    let r = c.client(US).kv_get_raw("sessions", "fwd-2").await?;
+    ensure!(r.status == 404, "fwd-2 reached the primary: {}", r.text());
+    Ok(())
+}
+
+/// Without `forward_writes`, a write to a standby is refused, naming the primary.
+async fn not_forwarded(c: &Cluster) -> Result<()> {
+    wait_role(c, US, "primary", DEADLINE).await?;
+    wait_role(c, EU, "standby", DEADLINE).await?;
+    let r = c
+        .client(EU)
+        .kv_put_raw("sessions", "fwd-1", "v1", None)
+        .await?;
+    ensure!(
+        r.status == 503
+            && r.error_code().as_deref() == Some("ATOLL-NOT-PRIMARY")
+            && r.header("x-atoll-forwarded-to").is_none()
+            && r.text().contains(US),
+        "{} {}",
+        r.status,
+        r.text()
+    );
+    let r = c.client(US).kv_get_raw("sessions", "fwd-1").await?;
+    ensure!(
+        r.status == 404,
+        "the refused write reached the primary: {}",
         r.text()
     );
     Ok(())

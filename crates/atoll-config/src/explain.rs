@@ -487,6 +487,17 @@ fn fencing(out: &mut String, config: &Config) {
             "  automated promotion   about {:.1} s after the primary's last answered renewal (lease x (1 + drift) + margin), plus a control-group election if the primary led it",
             wait as f64 / 1000.0
         );
+        let _ = writeln!(
+            out,
+            "  forward_writes        {}{}  ({})",
+            f.forward_writes,
+            default_mark(!f.forward_writes),
+            if f.forward_writes {
+                "a standby forwards client writes to the primary and relays the answer, with X-Atoll-Forwarded-To"
+            } else {
+                "a standby refuses writes with ATOLL-NOT-PRIMARY, naming the primary"
+            }
+        );
     }
     if config.cluster.model == Model::ActivePassive {
         let _ = writeln!(

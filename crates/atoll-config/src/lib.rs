@@ -155,6 +155,9 @@ pub struct FencingConfig {
     /// Active-active: a region that cannot reach a majority (the arbiter counts) refuses writes
     /// to keyspaces with `on_minority = "read-only"`.
     pub quorum: bool,
+    /// Active-standby: a standby forwards a client write to the lease holder's client API and
+    /// relays its answer, instead of refusing it with `ATOLL-NOT-PRIMARY`.
+    pub forward_writes: bool,
 }
 
 impl FencingConfig {
@@ -168,6 +171,7 @@ impl FencingConfig {
             max_drift_ppm: DEFAULT_MAX_DRIFT_PPM,
             max_promotion_lag_ms: DEFAULT_MAX_PROMOTION_LAG_MS,
             quorum: false,
+            forward_writes: false,
         }
     }
 }

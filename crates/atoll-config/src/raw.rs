@@ -58,6 +58,8 @@ struct RawFencing {
     max_promotion_lag_ms: Option<Spanned<i64>>,
     #[serde(default)]
     quorum: Option<bool>,
+    #[serde(default)]
+    forward_writes: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -446,6 +448,19 @@ fn fencing(
         return Err(cx.err_nowhere(
             "fencing.quorum",
             format!("quorum fencing is for active-active clusters; a {model} cluster is fenced by its write lease already: remove `quorum`"),
+        ));
+    }
+    f.forward_writes = raw.forward_writes.unwrap_or(false);
+    if f.forward_writes && model != Model::ActiveStandby {
+        let why = match model {
+            Model::ActiveActive => "every region of an active-active cluster takes writes itself",
+            _ => {
+                "the regions without the lease in an active-passive cluster are passive and serve no client traffic, so there is nothing to forward"
+            }
+        };
+        return Err(cx.err_nowhere(
+            "fencing.forward_writes",
+            format!("forwarding writes to the primary is for active-standby clusters: {why}; remove `forward_writes`"),
         ));
     }
     let core = atoll_core::fence::FenceConfig {

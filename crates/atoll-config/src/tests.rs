@@ -1760,6 +1760,35 @@ mod fencing {
     }
 
     #[test]
+    fn forward_writes_is_off_by_default_and_only_for_active_standby() {
+        assert!(!ok(&standby("")).fencing.forward_writes);
+        let c = ok(&standby("[fencing]\nforward_writes = true\n"));
+        assert!(c.fencing.forward_writes);
+        assert!(
+            c.explain().contains("forward_writes        true"),
+            "{}",
+            c.explain()
+        );
+        assert!(
+            ok(&standby(""))
+                .explain()
+                .contains("forward_writes        false (default)")
+        );
+        let passive = edit(
+            &standby("[fencing]\nforward_writes = true\n"),
+            "model = \"active-standby\"",
+            "model = \"active-passive\"",
+        );
+        let e = err(&passive);
+        assert_eq!(e.key(), Some("fencing.forward_writes"));
+        assert!(e.to_string().contains("passive"), "{e}");
+        let e = err(&format!("{BASE}\n[fencing]\nforward_writes = true\n"));
+        assert_eq!(e.key(), Some("fencing.forward_writes"));
+        // Off is accepted everywhere.
+        ok(&format!("{BASE}\n[fencing]\nforward_writes = false\n"));
+    }
+
+    #[test]
     fn even_voters_without_an_arbiter_is_a_warning() {
         let c = ok(&standby(""));
         let w = c.warnings();

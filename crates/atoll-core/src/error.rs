@@ -116,6 +116,13 @@ pub enum AtollError {
     /// The control group (fencing) could not decide in time: no majority reachable, or no leader.
     #[error("the control group did not answer: {0}")]
     ControlUnavailable(String),
+    /// A standby forwarded a write to the primary (`[fencing] forward_writes`) and got no answer
+    /// it could read (timeout, connection lost after the request went out): the write may or may
+    /// not have been applied there.
+    #[error(
+        "the write was forwarded to the primary `{target}` and its outcome is unknown: {detail}"
+    )]
+    ForwardOutcomeUnknown { target: String, detail: String },
 }
 
 fn not_primary(primary: Option<&str>, api: Option<&str>, reason: &str) -> String {
@@ -174,6 +181,7 @@ impl AtollError {
             Self::LeaseHeld { .. } => "ATOLL-LEASE-HELD",
             Self::DataLoss { .. } => "ATOLL-DATA-LOSS",
             Self::ControlUnavailable(_) => "ATOLL-CONTROL-UNAVAILABLE",
+            Self::ForwardOutcomeUnknown { .. } => "ATOLL-FORWARD-OUTCOME-UNKNOWN",
         }
     }
 
@@ -204,6 +212,7 @@ impl AtollError {
             | Self::Passive { .. }
             | Self::ControlUnavailable(_) => 503,
             Self::LeaseHeld { .. } | Self::DataLoss { .. } => 409,
+            Self::ForwardOutcomeUnknown { .. } => 504,
         }
     }
 
@@ -308,6 +317,9 @@ impl AtollError {
             }
             Self::ControlUnavailable(_) => {
                 "check that a majority of regions (and the arbiter, if any) are up and reachable from this region; retry"
+            }
+            Self::ForwardOutcomeUnknown { .. } => {
+                "read the key on the primary to learn whether the write was applied before sending it again; an idempotent write (lww, mvr with a context) may simply be repeated"
             }
         }
     }

@@ -347,13 +347,51 @@ async fn read_value(body: Body, limit: usize, keyspace: &str) -> Result<Bytes> {
     .await
 }
 
-/// Reads a JSON body (counter and set updates): its limit is `[api] max_json_body_bytes`.
-async fn read_json<T: for<'de> Deserialize<'de>>(state: &AppState, body: Body) -> Result<T> {
+/// Reads a JSON body (counter and set updates): its limit is `[api] max_json_body_bytes`. Also
+/// returns the body as read (a standby may forward it).
+async fn read_json<T: for<'de> Deserialize<'de>>(
+    state: &AppState,
+    body: Body,
+) -> Result<(T, Bytes)> {
     let max = state.config.api.max_json_body_bytes;
     let raw = read_body(body, max, |len| AtollError::RequestTooLarge { len, max }).await?;
     let text =
         std::str::from_utf8(&raw).map_err(|_| AtollError::InvalidUtf8("request body".into()))?;
-    serde_json::from_str(text).map_err(|e| AtollError::MalformedBody(e.to_string()))
+    let parsed =
+        serde_json::from_str(text).map_err(|e| AtollError::MalformedBody(e.to_string()))?;
+    Ok((parsed, raw))
+}
+
+/// What to answer when this region's store refused a write: with `[fencing] forward_writes`, a
+/// standby's `NOT-PRIMARY` (nothing applied here) is forwarded to the primary, once, unless the
+/// request was itself forwarded; anything else is answered as it is.
+async fn refused(
+    state: &AppState,
+    e: AtollError,
+    method: Method,
+    uri: &Uri,
+    headers: &HeaderMap,
+    body: Bytes,
+) -> ApiResult {
+    if !matches!(e, AtollError::NotPrimary { .. }) || crate::forward::is_forwarded(headers) {
+        return Err(e.into());
+    }
+    let Some(f) = state.fencing.get() else {
+        return Err(e.into());
+    };
+    let Some((forwarder, target, api)) = f.forward_target() else {
+        return Err(e.into());
+    };
+    let path_and_query = uri
+        .path_and_query()
+        .map_or_else(|| uri.path(), |p| p.as_str());
+    let w = crate::forward::Write {
+        method,
+        path_and_query,
+        headers,
+        body,
+    };
+    Ok(forwarder.forward(&target, api, w, e).await?)
 }
 
 fn context_from(headers: &HeaderMap, ks: &str, key: &[u8]) -> Result<Option<CausalContext>> {
@@ -492,9 +530,12 @@ async fn kv_put(
         _ => None,
     };
     let limit = state.store.keyspace(&ks)?.max_value_bytes;
-    let value = read_value(body, limit, &ks).await?.to_vec();
-    let out = write(&state, &ks, &key, Intent::Put { value, context }).await?;
-    Ok(ack(&state, &ks, &key, &out)?)
+    let raw = read_value(body, limit, &ks).await?;
+    let value = raw.to_vec();
+    match write(&state, &ks, &key, Intent::Put { value, context }).await {
+        Ok(out) => Ok(ack(&state, &ks, &key, &out)?),
+        Err(e) => refused(&state, e, Method::PUT, &uri, &headers, raw).await,
+    }
 }
 
 async fn kv_delete(State(state): State<Shared>, uri: Uri, headers: HeaderMap) -> ApiResult {
@@ -509,8 +550,10 @@ async fn kv_delete(State(state): State<Shared>, uri: Uri, headers: HeaderMap) ->
         Policy::Mvr => context_from(&headers, &ks, &key)?,
         _ => None,
     };
-    let out = write(&state, &ks, &key, Intent::Delete { context }).await?;
-    Ok(ack(&state, &ks, &key, &out)?)
+    match write(&state, &ks, &key, Intent::Delete { context }).await {
+        Ok(out) => Ok(ack(&state, &ks, &key, &out)?),
+        Err(e) => refused(&state, e, Method::DELETE, &uri, &headers, Bytes::new()).await,
+    }
 }
 
 #[derive(Deserialize)]
@@ -534,7 +577,12 @@ async fn counter_get(State(state): State<Shared>, uri: Uri) -> ApiResult {
     Ok(axum::Json(json!({"value": counter_value(st.as_ref())})).into_response())
 }
 
-async fn counter_post(State(state): State<Shared>, uri: Uri, body: Body) -> ApiResult {
+async fn counter_post(
+    State(state): State<Shared>,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult {
     let (ks, key, _) = resolve(
         &state,
         &uri,
@@ -542,8 +590,11 @@ async fn counter_post(State(state): State<Shared>, uri: Uri, body: Body) -> ApiR
         &[Policy::Counter],
         "counter increments",
     )?;
-    let b: CounterBody = read_json(&state, body).await?;
-    let out = write(&state, &ks, &key, Intent::CounterAdd { delta: b.delta }).await?;
+    let (b, raw): (CounterBody, _) = read_json(&state, body).await?;
+    let out = match write(&state, &ks, &key, Intent::CounterAdd { delta: b.delta }).await {
+        Ok(out) => out,
+        Err(e) => return refused(&state, e, Method::POST, &uri, &headers, raw).await,
+    };
     Ok(axum::Json(json!({
         "value": counter_value(Some(&out.state)),
         "region": state.store.region().as_str(),
@@ -574,9 +625,14 @@ async fn set_get(State(state): State<Shared>, uri: Uri) -> ApiResult {
     Ok(axum::Json(json!({"members": members(st.as_ref())})).into_response())
 }
 
-async fn set_post(State(state): State<Shared>, uri: Uri, body: Body) -> ApiResult {
+async fn set_post(
+    State(state): State<Shared>,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult {
     let (ks, key, _) = resolve(&state, &uri, "set", &[Policy::Set], "set updates")?;
-    let b: SetBody = read_json(&state, body).await?;
+    let (b, raw): (SetBody, _) = read_json(&state, body).await?;
     if b.add.is_empty() && b.remove.is_empty() {
         return Err(AtollError::MalformedBody("nothing to add or remove".into()).into());
     }
@@ -598,7 +654,7 @@ async fn set_post(State(state): State<Shared>, uri: Uri, body: Body) -> ApiResul
         ))
         .into());
     }
-    let out = write(
+    let out = match write(
         &state,
         &ks,
         &key,
@@ -607,7 +663,11 @@ async fn set_post(State(state): State<Shared>, uri: Uri, body: Body) -> ApiResul
             remove: b.remove,
         },
     )
-    .await?;
+    .await
+    {
+        Ok(out) => out,
+        Err(e) => return refused(&state, e, Method::POST, &uri, &headers, raw).await,
+    };
     Ok(axum::Json(json!({
         "members": members(Some(&out.state)),
         "region": state.store.region().as_str(),

@@ -62,6 +62,8 @@ pub struct Fencing {
     /// SHA-256 of the admin token (`ATOLL_ADMIN_TOKEN` of the region process): `promote` and
     /// `switchover` need it; `None`: the admin API is off.
     admin_token_sha256: Option<[u8; 32]>,
+    /// `[fencing] forward_writes`: sends the writes a standby refuses on to the primary.
+    forwarder: Option<crate::forward::Forwarder>,
 }
 
 impl Fencing {
@@ -106,6 +108,9 @@ impl Fencing {
             wake: Notify::new(),
             driver: std::sync::OnceLock::new(),
             admin_token_sha256: None,
+            forwarder: config.fencing.forward_writes.then(|| {
+                crate::forward::Forwarder::new(me.clone(), crate::forward::FORWARD_TIMEOUT)
+            }),
         })))
     }
 
@@ -184,6 +189,20 @@ impl Fencing {
         let holder = self.fence().holder().cloned()?;
         let api = self.apis.get(&holder).copied();
         Some((holder, api))
+    }
+
+    /// Where a write this region refused goes (`[fencing] forward_writes`): the forwarder, the
+    /// lease holder and its client API, while this region is a standby and the holder is
+    /// another region whose address is known. `None`: answer the refusal.
+    pub fn forward_target(&self) -> Option<(&crate::forward::Forwarder, RegionId, SocketAddr)> {
+        let forwarder = self.forwarder.as_ref()?;
+        if self.role() != Role::Standby {
+            return None;
+        }
+        match self.primary()? {
+            (holder, Some(api)) if holder != self.me => Some((forwarder, holder, api)),
+            _ => None,
+        }
     }
 
     /// Whether a passive region should refuse client traffic (reads included).

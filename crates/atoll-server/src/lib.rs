@@ -1,7 +1,7 @@
 //! Adapters around the store: the region's client HTTP API v1 (axum) and its optional client
 //! authentication (`auth`), its Prometheus metrics, its OpenAPI document, replication (and which
 //! peers stream this region's writes), the peer listener and client (mutual TLS between regions,
-//! `peer`), the draining of request bodies answered before they were read (`unread`), and the
+//! `peer`), a standby's forwarding of writes to the primary (`forward`), the draining of request bodies answered before they were read (`unread`), and the
 //! region process runtime (listen, serve, shut down gracefully).
 
 pub mod api;
@@ -9,6 +9,7 @@ pub mod arbiter;
 pub mod auth;
 pub mod control;
 pub mod fencing;
+pub mod forward;
 pub mod metrics;
 pub mod openapi;
 pub mod peer;

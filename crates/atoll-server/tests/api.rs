@@ -353,6 +353,10 @@ fn every_error() -> Vec<AtollError> {
         },
         AtollError::DataLoss { ops: 1, ms: None },
         AtollError::ControlUnavailable("x".into()),
+        AtollError::ForwardOutcomeUnknown {
+            target: "x".into(),
+            detail: "y".into(),
+        },
     ];
     // No wildcard: a new variant fails to compile here until it is added to the list above.
     for e in &all {
@@ -389,7 +393,8 @@ fn every_error() -> Vec<AtollError> {
             | AtollError::Passive { .. }
             | AtollError::LeaseHeld { .. }
             | AtollError::DataLoss { .. }
-            | AtollError::ControlUnavailable(_) => {}
+            | AtollError::ControlUnavailable(_)
+            | AtollError::ForwardOutcomeUnknown { .. } => {}
         }
     }
     all

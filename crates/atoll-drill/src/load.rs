@@ -76,7 +76,6 @@ pub fn start(
                     Policy::Mvr => Kind::Mvr,
                     Policy::Counter => Kind::Counter,
                     Policy::Set => Kind::Set,
-                    _ => return None,
                 };
                 Some(Mix {
                     keyspace: m.keyspace.clone(),
@@ -197,7 +196,7 @@ impl Client {
             s.next_id
         };
         let c = self.id;
-        let run = &self.run;
+        let run = self.run.clone();
         let ks = enc(&m.keyspace);
         match m.op {
             OpKind::Get => {

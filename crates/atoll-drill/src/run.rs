@@ -575,6 +575,7 @@ pub async fn run(sc: &Scenario, target: Target, opts: RunOptions) -> Result<Repo
         && problems.is_empty()
         && rpo.unchecked.is_empty()
         && expects.iter().all(|e| e.passed);
+    let survivors_error_rate = metric(Metric::ErrorRate);
     let events = runner.events.lock().unwrap_or_else(|p| p.into_inner()).clone();
     let _ = end_of_faults_ms;
     Ok(Report {
@@ -601,7 +602,7 @@ pub async fn run(sc: &Scenario, target: Target, opts: RunOptions) -> Result<Repo
         zombies,
         duplicates,
         expects,
-        survivors_error_rate: metric(Metric::ErrorRate),
+        survivors_error_rate,
         survivors_p99_ms: sp99,
         control: target.control.describe(),
     })

@@ -170,7 +170,7 @@ fn a_write_of_an_old_epoch_after_a_newer_one_was_acknowledged_is_a_zombie() {
 #[test]
 fn a_read_only_write_acknowledged_by_an_isolated_region_after_the_lease_bound_is_a_zombie() {
     let rules = FencingRules { leased: false, quorum: true, lease_ms: 5000 };
-    let mut fenced = |id, at| {
+    let fenced = |id, at| {
         let mut r = w(id, Kind::Lww, "inv", "x", "us", at);
         r.fenced = true;
         r.value = format!("v{id}");

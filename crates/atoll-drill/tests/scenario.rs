@@ -121,7 +121,8 @@ fn an_unknown_region_or_keyspace_is_named_against_the_cluster() {
     match sc.validate(&cfg) {
         Err(DrillError::Mismatch { file, line, message, .. }) => {
             assert_eq!(file, "drills/x.toml");
-            assert_eq!(line, 17);
+            // The line of the step's `[[steps]]` header.
+            assert_eq!(line, 16);
             assert!(message.contains("unknown region `mars-1`"), "{message}");
             assert!(message.contains("us-east-1"), "{message}");
         }

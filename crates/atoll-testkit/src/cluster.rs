@@ -752,8 +752,8 @@ impl LinkMesh {
             .collect();
         // `block_on` panics on a thread that is already inside a runtime (tests call this from
         // async code), so the server is started from a thread of its own.
+        let control = control.then(|| SocketAddr::from((Ipv4Addr::LOCALHOST, 0)));
         let server = std::thread::scope(|s| {
-            let control = control.then(|| SocketAddr::from((Ipv4Addr::LOCALHOST, 0)));
             s.spawn(|| runtime.block_on(LinkServer::start(specs, control)))
                 .join()
         })

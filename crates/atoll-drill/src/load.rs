@@ -103,12 +103,9 @@ pub fn start(
                 (n.clone(), u.clone())
             }
         };
-        let client = Client {
-            id: c,
+        let conn = Arc::new(Conn {
             via,
             base,
-            run: run_id.to_string(),
-            lww_keys: load.lww_keys,
             token: target.client_token.clone(),
             http: match reqwest::Client::builder()
                 .timeout(REQUEST_TIMEOUT)
@@ -121,9 +118,15 @@ pub fn start(
                     continue;
                 }
             },
-            mix: mix.clone(),
             shared: shared.clone(),
             t0,
+        });
+        let client = Client {
+            id: c,
+            run: run_id.to_string(),
+            lww_keys: load.lww_keys,
+            mix: mix.clone(),
+            shared: shared.clone(),
             rng: 0x9E37_79B9_7F4A_7C15 ^ (u64::from(c) + 1).wrapping_mul(0xBF58_476D_1CE4_E5B9),
             n: 0,
         };
@@ -131,6 +134,10 @@ pub fn start(
         let mut stop = stop.clone();
         handles.push(tokio::spawn(async move {
             let mut client = client;
+            // Open loop: an operation starts on every tick whether or not the earlier ones have
+            // answered (a slow region is measured as slow, not as a region that gets less load:
+            // no coordinated omission), at most MAX_IN_FLIGHT at once per client.
+            let mut in_flight = tokio::task::JoinSet::new();
             let mut tick = tokio::time::interval(interval);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             for _ in 0..per_client_ops {
@@ -141,26 +148,58 @@ pub fn start(
                 if *stop.borrow() {
                     break;
                 }
-                client.one().await;
+                while in_flight.try_join_next().is_some() {}
+                if in_flight.len() >= MAX_IN_FLIGHT {
+                    // Shed: counted as a failed request of this target, nothing sent.
+                    let now = u64::try_from(conn.t0.elapsed().as_millis()).unwrap_or(u64::MAX);
+                    lock(&conn.shared).timeline.record(&conn.via, now, REQUEST_TIMEOUT.as_millis() as u64, false, false);
+                    continue;
+                }
+                let op = client.plan();
+                in_flight.spawn(execute(conn.clone(), op));
             }
+            // Every request has a timeout: this ends within it.
+            while in_flight.join_next().await.is_some() {}
         }));
     }
     handles
 }
 
-struct Client {
-    id: u32,
+/// Most operations one client has in flight.
+pub const MAX_IN_FLIGHT: usize = 128;
+
+/// One client's connection: where it sends and where it records.
+struct Conn {
     via: String,
     base: String,
-    run: String,
-    lww_keys: u32,
     token: Option<String>,
     http: reqwest::Client,
-    mix: Arc<Vec<Mix>>,
     shared: Shared,
     t0: Instant,
+}
+
+/// Chooses the operations of one client.
+struct Client {
+    id: u32,
+    run: String,
+    lww_keys: u32,
+    mix: Arc<Vec<Mix>>,
+    shared: Shared,
     rng: u64,
     n: u64,
+}
+
+/// One planned operation.
+struct Op {
+    id: u64,
+    client: u32,
+    keyspace: String,
+    kind: Kind,
+    fenced: bool,
+    read: bool,
+    key: String,
+    value: String,
+    delta: i64,
 }
 
 impl Client {
@@ -172,11 +211,7 @@ impl Client {
         self.rng.wrapping_mul(0x2545_F491_4F6C_DD1D)
     }
 
-    fn now_ms(&self) -> u64 {
-        u64::try_from(self.t0.elapsed().as_millis()).unwrap_or(u64::MAX)
-    }
-
-    async fn one(&mut self) {
+    fn plan(&mut self) -> Op {
         let total: u64 = self.mix.iter().map(|m| u64::from(m.weight)).sum();
         let mut pick = self.rand() % total.max(1);
         let mut idx = 0;
@@ -197,94 +232,105 @@ impl Client {
         };
         let c = self.id;
         let run = self.run.clone();
-        let ks = enc(&m.keyspace);
-        match m.op {
-            OpKind::Get => {
-                let key = match m.kind {
-                    Kind::Lww => format!("{run}-c{c}-k{}", self.rand() % u64::from(self.lww_keys)),
-                    Kind::Mvr => format!("{run}-c{c}-w{}", id.saturating_sub(1)),
-                    Kind::Counter | Kind::Set => format!("{run}-c{c}"),
-                };
-                let path = match m.kind {
-                    Kind::Lww | Kind::Mvr => "kv",
-                    Kind::Counter => "counter",
-                    Kind::Set => "set",
-                };
-                let url = format!("{}/v1/{path}/{ks}/{}", self.base, enc(&key));
-                let sent = self.now_ms();
-                let mut req = self.http.get(&url);
-                if let Some(t) = &self.token {
-                    req = req.bearer_auth(t);
-                }
-                let ok = match req.send().await {
-                    Ok(r) => {
-                        let s = r.status().as_u16();
-                        let _ = r.bytes().await;
-                        (200..=300).contains(&s) || s == 404
-                    }
-                    Err(_) => false,
-                };
-                let done = self.now_ms();
-                let mut s = lock(&self.shared);
-                s.reads += 1;
-                s.timeline.record(&self.via, done, done - sent, ok, false);
+        let read = m.op == OpKind::Get;
+        let (key, value, delta) = if read {
+            let key = match m.kind {
+                Kind::Lww => format!("{run}-c{c}-k{}", self.rand() % u64::from(self.lww_keys)),
+                Kind::Mvr => format!("{run}-c{c}-w{}", id.saturating_sub(1)),
+                Kind::Counter | Kind::Set => format!("{run}-c{c}"),
+            };
+            (key, String::new(), 0)
+        } else {
+            match m.kind {
+                Kind::Lww => (
+                    format!("{run}-c{c}-k{}", self.n % u64::from(self.lww_keys)),
+                    format!("{run}-c{c}-w{id}"),
+                    0,
+                ),
+                Kind::Mvr => (format!("{run}-c{c}-w{id}"), format!("{run}-c{c}-w{id}"), 0),
+                Kind::Counter => (format!("{run}-c{c}"), "1".to_string(), 1),
+                Kind::Set => (format!("{run}-c{c}"), format!("m{id}"), 0),
             }
-            OpKind::Put | OpKind::Incr | OpKind::Add => {
-                let (key, value, delta) = match m.kind {
-                    Kind::Lww => (
-                        format!("{run}-c{c}-k{}", self.n % u64::from(self.lww_keys)),
-                        format!("{run}-c{c}-w{id}"),
-                        0,
-                    ),
-                    Kind::Mvr => (format!("{run}-c{c}-w{id}"), format!("{run}-c{c}-w{id}"), 0),
-                    Kind::Counter => (format!("{run}-c{c}"), "1".to_string(), 1),
-                    Kind::Set => (format!("{run}-c{c}"), format!("m{id}"), 0),
-                };
-                let req = match m.kind {
-                    Kind::Lww | Kind::Mvr => self
-                        .http
-                        .put(format!("{}/v1/kv/{ks}/{}", self.base, enc(&key)))
-                        .body(value.clone()),
-                    Kind::Counter => self
-                        .http
-                        .post(format!("{}/v1/counter/{ks}/{}", self.base, enc(&key)))
-                        .json(&json!({"delta": delta})),
-                    Kind::Set => self
-                        .http
-                        .post(format!("{}/v1/set/{ks}/{}", self.base, enc(&key)))
-                        .json(&json!({"add": [value]})),
-                };
-                let req = match &self.token {
-                    Some(t) => req.bearer_auth(t),
-                    None => req,
-                };
-                let sent = self.now_ms();
-                let outcome = classify(req.send().await).await;
-                let done = self.now_ms();
-                let ok = matches!(outcome, Outcome::Acked { .. });
-                let mut s = lock(&self.shared);
-                s.timeline.record(&self.via, done, done - sent, ok, true);
-                if let Outcome::Acked { region, .. } = &outcome {
-                    *s.acked_by.entry(region.clone()).or_default() += 1;
-                }
-                if s.history.len() < MAX_HISTORY {
-                    s.history.push(WriteRecord {
-                        id,
-                        client: c,
-                        via: self.via.clone(),
-                        keyspace: m.keyspace.clone(),
-                        kind: m.kind,
-                        key,
-                        value,
-                        delta,
-                        fenced: m.fenced,
-                        sent_ms: sent,
-                        done_ms: done,
-                        outcome,
-                    });
-                }
-            }
+        };
+        Op {
+            id,
+            client: c,
+            keyspace: m.keyspace.clone(),
+            kind: m.kind,
+            fenced: m.fenced,
+            read,
+            key,
+            value,
+            delta,
         }
+    }
+}
+
+fn now_ms(t0: Instant) -> u64 {
+    u64::try_from(t0.elapsed().as_millis()).unwrap_or(u64::MAX)
+}
+
+async fn execute(conn: Arc<Conn>, op: Op) {
+    let ks = enc(&op.keyspace);
+    let path = match op.kind {
+        Kind::Lww | Kind::Mvr => "kv",
+        Kind::Counter => "counter",
+        Kind::Set => "set",
+    };
+    let url = format!("{}/v1/{path}/{ks}/{}", conn.base, enc(&op.key));
+    if op.read {
+        let sent = now_ms(conn.t0);
+        let mut req = conn.http.get(&url);
+        if let Some(t) = &conn.token {
+            req = req.bearer_auth(t);
+        }
+        let ok = match req.send().await {
+            Ok(r) => {
+                let s = r.status().as_u16();
+                let _ = r.bytes().await;
+                (200..=300).contains(&s) || s == 404
+            }
+            Err(_) => false,
+        };
+        let done = now_ms(conn.t0);
+        let mut s = lock(&conn.shared);
+        s.reads += 1;
+        s.timeline.record(&conn.via, done, done - sent, ok, false);
+        return;
+    }
+    let req = match op.kind {
+        Kind::Lww | Kind::Mvr => conn.http.put(&url).body(op.value.clone()),
+        Kind::Counter => conn.http.post(&url).json(&json!({"delta": op.delta})),
+        Kind::Set => conn.http.post(&url).json(&json!({"add": [op.value]})),
+    };
+    let req = match &conn.token {
+        Some(t) => req.bearer_auth(t),
+        None => req,
+    };
+    let sent = now_ms(conn.t0);
+    let outcome = classify(req.send().await).await;
+    let done = now_ms(conn.t0);
+    let ok = matches!(outcome, Outcome::Acked { .. });
+    let mut s = lock(&conn.shared);
+    s.timeline.record(&conn.via, done, done - sent, ok, true);
+    if let Outcome::Acked { region, .. } = &outcome {
+        *s.acked_by.entry(region.clone()).or_default() += 1;
+    }
+    if s.history.len() < MAX_HISTORY {
+        s.history.push(WriteRecord {
+            id: op.id,
+            client: op.client,
+            via: conn.via.clone(),
+            keyspace: op.keyspace,
+            kind: op.kind,
+            key: op.key,
+            value: op.value,
+            delta: op.delta,
+            fenced: op.fenced,
+            sent_ms: sent,
+            done_ms: done,
+            outcome,
+        });
     }
 }
 

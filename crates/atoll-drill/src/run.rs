@@ -37,7 +37,8 @@ struct HeldFault {
 
 #[derive(Default)]
 struct Changes {
-    faults: Vec<HeldFault>,
+    /// Slot per fault added; `None` once it ended and its task was awaited.
+    faults: Vec<Option<HeldFault>>,
     drained: BTreeSet<String>,
     down: BTreeSet<String>,
 }
@@ -54,6 +55,9 @@ struct Runner<'a> {
     changes: Changes,
     /// Faults and their times, for RTO.
     faults_at: Vec<(String, u64)>,
+    /// `busiest`, fixed the first time a step names it (so `kill busiest` and `restart busiest`
+    /// act on the same region).
+    busiest: Option<String>,
 }
 
 fn ms(t0: Instant) -> u64 {
@@ -91,18 +95,24 @@ impl Runner<'_> {
             .insert(region.to_string(), until);
     }
 
-    async fn resolve(&self, r: &RegionRef) -> Result<String> {
+    async fn resolve(&mut self, r: &RegionRef) -> Result<String> {
         match r {
             RegionRef::Named(n) => Ok(n.clone()),
             RegionRef::Primary => self.ops.primary().await,
             RegionRef::Busiest => {
+                if let Some(b) = &self.busiest {
+                    return Ok(b.clone());
+                }
                 let s = load::lock(&self.shared);
                 let names = self.ops.t.region_names();
-                names
+                let b = names
                     .iter()
                     .max_by_key(|n| s.acked_by.get(*n).copied().unwrap_or(0))
                     .cloned()
-                    .ok_or_else(|| DrillError::control("busiest", "no regions", false))
+                    .ok_or_else(|| DrillError::control("busiest", "no regions", false))?;
+                drop(s);
+                self.busiest = Some(b.clone());
+                Ok(b)
             }
         }
     }
@@ -148,19 +158,19 @@ impl Runner<'_> {
                 let _ = ops.remove_fault(id).await;
             }
         });
-        self.changes.faults.push(HeldFault { ids, stop: tx, task });
+        self.changes.faults.push(Some(HeldFault { ids, stop: tx, task }));
         Ok(self.changes.faults.len() - 1)
     }
 
     /// Waits for held fault `i` to end on its own.
     async fn wait_fault(&mut self, i: usize) {
-        if let Some(f) = self.changes.faults.get_mut(i) {
-            let _ = (&mut f.task).await;
+        if let Some(f) = self.changes.faults.get_mut(i).and_then(Option::take) {
+            let _ = f.task.await;
         }
     }
 
     async fn heal_all(&mut self) {
-        for f in self.changes.faults.drain(..) {
+        for f in self.changes.faults.drain(..).flatten() {
             let _ = f.stop.send(true);
             let _ = tokio::time::timeout(Duration::from_secs(10), f.task).await;
             // If the task could not remove them, the leases end them.
@@ -331,7 +341,7 @@ impl Runner<'_> {
     /// Undoes whatever the drill changed that is still in effect.
     async fn restore(&mut self) -> Vec<String> {
         let mut problems = Vec::new();
-        if !self.changes.faults.is_empty() {
+        if self.changes.faults.iter().any(Option::is_some) {
             self.heal_all().await;
             let now = self.now();
             for iso in &mut self.isolations {
@@ -379,6 +389,7 @@ pub async fn run(sc: &Scenario, target: Target, opts: RunOptions) -> Result<Repo
         affected: Arc::new(Mutex::new(BTreeMap::new())),
         changes: Changes::default(),
         faults_at: Vec::new(),
+        busiest: None,
     };
     runner.event("start", format!("drill {} started (run {run_id})", sc.name), 0);
 

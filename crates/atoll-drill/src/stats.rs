@@ -210,20 +210,30 @@ pub fn rto_write(history: &[WriteRecord], target: &str, fault_ms: u64, until_ms:
         .map(|t| t.saturating_sub(fault_ms))
 }
 
-/// [`Rto::slo_ms`] from the timeline.
+/// Seconds in a row the thresholds must hold for the SLO to count as met again.
+pub const SLO_STABLE_SECS: u64 = 3;
+
+/// [`Rto::slo_ms`] from the timeline: second by second after the fault, the target's error rate
+/// and p99 against the guards' thresholds; met again at the start of the first run of
+/// [`SLO_STABLE_SECS`] good seconds after a bad one.
 pub fn rto_slo(t: &Timeline, g: &Guards, target: &str, fault_ms: u64, until_ms: u64) -> Option<u64> {
+    let first = fault_ms / BUCKET_MS;
+    let last = until_ms / BUCKET_MS;
     let mut broke = false;
-    let mut now = fault_ms;
-    while now <= until_ms {
-        // Only the part of the window after the fault counts.
-        let w = t.window(target, now, g.window_ms.min(now - fault_ms + BUCKET_MS));
-        let bad = breach(g, &w).is_some() || (w.requests > 0 && w.errors == w.requests);
+    let mut good_since: Option<u64> = None;
+    for sec in first..=last {
+        let w = t.window(target, sec * BUCKET_MS, BUCKET_MS);
+        let bad = w.requests > 0
+            && (w.error_rate >= g.error_rate || w.p99_ms >= g.p99_ms);
         if bad {
             broke = true;
-        } else if broke && w.requests >= g.min_requests.min(5) {
-            return Some(now - fault_ms);
+            good_since = None;
+        } else if w.requests > 0 && broke {
+            let start = *good_since.get_or_insert(sec);
+            if sec + 1 - start >= SLO_STABLE_SECS {
+                return Some((start * BUCKET_MS).saturating_sub(fault_ms));
+            }
         }
-        now += BUCKET_MS;
     }
     if broke { None } else { Some(0) }
 }

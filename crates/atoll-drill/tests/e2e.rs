@@ -127,7 +127,10 @@ async fn a_latency_fault_above_the_p99_guard_trips_it_and_is_removed() {
         Cluster::start(atoll_bin(), 3, ClusterOptions::new("drill-guard")).expect("cluster starts"),
     ));
     let mut target = target_of(&cluster);
-    // The clients of us-east-1 reach it through a link of their own, which the drill slows.
+    // The clients of us-east-1 reach it through a link of their own, which the drill slows by
+    // 1200 ms each way: a request and its answer cross it, so about 2.4 s a round trip, above the
+    // default p99 guard (2000 ms) and below the load's 5 s request timeout (so it is measured as
+    // latency, not as errors). The guard window is 5 s instead of 10 s to keep the test short.
     let us = target.region_url("us-east-1").expect("us-east-1").trim_start_matches("http://").parse().expect("addr");
     let spec = atoll_link::LinkSpec::new("client->us-east-1", "127.0.0.1:0".parse().expect("addr"), us);
     let links = atoll_link::LinkServer::start(vec![spec], Some("127.0.0.1:0".parse().expect("addr")))
@@ -162,7 +165,7 @@ for = "2s"
 [[steps]]
 action = "latency"
 link = "client->us-east-1"
-extra_ms = 2500
+extra_ms = 1200
 for = "60s"
 "#;
     let sc = scenario::parse(text, "guard.toml").expect("parses");
@@ -179,4 +182,75 @@ for = "60s"
     assert!(report.events.iter().any(|e| e.kind == "abort"));
     assert!(report.rpo.lost.is_empty(), "{:?}", report.rpo.lost);
     links.shutdown().await;
+}
+
+const ROUTER_CONFIG: &str = "[router]\nzone = \"atoll.test\"\nttl_secs = 30\n\n\
+[router.health]\ninterval_ms = 1000\nfailure_threshold = 3\nrecovery_threshold = 2\n\n\
+[[router.names]]\nname = \"api\"\npolicy = \"latency\"\n";
+
+const ADMIN_TOKEN: &str = "drill-e2e-admin-token";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_drain_scenario_passes_through_a_real_router() {
+    let cluster = Cluster::start(
+        atoll_bin(),
+        3,
+        ClusterOptions::new("drill-drain").extra_config(ROUTER_CONFIG),
+    )
+    .expect("cluster starts");
+    let config = cluster.config_path().to_path_buf();
+    let dir = cluster.dir().to_path_buf();
+    let cluster = Arc::new(Mutex::new(cluster));
+    let mut cmd = std::process::Command::new(atoll_bin());
+    cmd.arg("router")
+        .arg("--config")
+        .arg(&config)
+        .args(["--proxy", "127.0.0.1:0", "--admin", "127.0.0.1:0"])
+        .arg("--state-dir")
+        .arg(dir.join("router-state"))
+        .env("ATOLL_ADMIN_TOKEN", ADMIN_TOKEN);
+    let mut router = atoll_testkit::Service::start("router", cmd, &dir.join("router.log")).expect("router starts");
+    let addr_of = |line: &str, prefix: &str| line.strip_prefix(prefix).map(|a| format!("http://{}", a.trim()));
+    let mut proxy = None;
+    let mut admin = None;
+    while proxy.is_none() || admin.is_none() {
+        let line = router
+            .wait_line(std::time::Duration::from_secs(30), |l| l.starts_with("atoll router "))
+            .expect("the router prints its addresses");
+        proxy = proxy.or(addr_of(&line, "atoll router proxy on http://"));
+        admin = admin.or(addr_of(&line, "atoll router admin on http://"));
+    }
+    let (proxy, admin) = (proxy.expect("proxy"), admin.expect("admin"));
+    // The router sends nothing before its first good checks: wait until it serves.
+    let probe = atoll_testkit::Client::new(&proxy);
+    atoll_testkit::wait_until_async(std::time::Duration::from_secs(30), "the router serves", || {
+        let probe = probe.clone();
+        async move { probe.kv_get_raw("sessions", "probe").await.is_ok_and(|r| r.status == 404) }
+    })
+    .await
+    .expect("router ready");
+    let mut target = target_of(&cluster);
+    target.router = Some(proxy);
+    target.router_admin = Some(admin.clone());
+    target.admin_token = Some(ADMIN_TOKEN.into());
+    // The shipped scenario at its defaults.
+    let sc = shipped("drain-observe-restore.toml");
+    let report = atoll_drill::run(&sc, target, RunOptions::default()).await.expect("drill runs");
+    println!("{}", report.summary());
+    assert!(report.passed, "{}", report.summary());
+    assert!(report.rpo.lost.is_empty());
+    assert!(report.events.iter().any(|e| e.text == "drain us-east-1"));
+    assert!(report.events.iter().any(|e| e.text == "undrain us-east-1"));
+    // The drain is lifted: the router's status shows no drain left.
+    let status: serde_json::Value = reqwest::Client::new()
+        .get(format!("{admin}/v1/router/status"))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .expect("router status")
+        .json()
+        .await
+        .expect("json");
+    let text = status.to_string();
+    assert!(!text.contains("drill: drain-observe-restore"), "a drain was left: {text}");
 }

@@ -55,6 +55,8 @@ pub struct Report {
     pub targets: Vec<TargetSummary>,
     pub rto: Vec<Rto>,
     pub acked_writes: u64,
+    /// Acknowledged writes per region that acknowledged them (through the router too).
+    pub acked_by: std::collections::BTreeMap<String, u64>,
     pub unknown_writes: u64,
     pub refused_writes: u64,
     pub reads: u64,
@@ -101,6 +103,10 @@ impl Report {
             self.unknown_writes,
             self.reads
         );
+        if !self.acked_by.is_empty() {
+            let by: Vec<String> = self.acked_by.iter().map(|(r, n)| format!("{r} {n}")).collect();
+            let _ = writeln!(s, "  acknowledged by: {}", by.join(", "));
+        }
         let _ = writeln!(s, "  timeline:");
         for e in &self.events {
             let _ = writeln!(s, "    {:>8.1} s  {:<8} {}", e.at_ms as f64 / 1000.0, e.kind, e.text);
@@ -348,7 +354,7 @@ svg{{background:#fafafa;border:1px solid #ddd;margin:0.5em 0}}</style></head><bo
             };
             let _ = writeln!(
                 s,
-                "<line class=\"marker {}\" x1=\"{xx:.1}\" y1=\"10\" x2=\"{xx:.1}\" y2=\"{}\" stroke=\"{color}\" stroke-dasharray=\"4 3\"><title>{}</title></line>",
+                "<line class=\"marker {}\" x1=\"{xx:.1}\" y1=\"10\" x2=\"{xx:.1}\" y2=\"{}\" stroke=\"{color}\" stroke-width=\"2\" stroke-dasharray=\"6 3\"><title>{}</title></line>",
                 esc(&e.kind),
                 H - B,
                 esc(&e.text)

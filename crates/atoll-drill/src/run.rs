@@ -606,6 +606,7 @@ pub async fn run(sc: &Scenario, target: Target, opts: RunOptions) -> Result<Repo
         targets: summaries,
         rto,
         acked_writes: acked,
+        acked_by: rec.acked_by.clone(),
         unknown_writes: history.iter().filter(|w| w.is_unknown()).count() as u64,
         refused_writes: history.iter().filter(|w| !w.is_acked() && !w.is_unknown()).count() as u64,
         reads: rec.reads,

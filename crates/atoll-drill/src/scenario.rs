@@ -34,6 +34,8 @@ pub struct Scenario {
     pub description: String,
     /// Topologies it applies to (empty: any).
     pub models: Vec<Model>,
+    /// Line of `models` (for errors).
+    pub models_line: usize,
     pub load: Load,
     pub guards: Guards,
     /// Lease of every link fault the drill adds (renewed while the fault should last).
@@ -99,6 +101,8 @@ impl OpKind {
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct MixEntry {
+    /// Line of the `[[load.mix]]` entry.
+    pub line: usize,
     pub keyspace: String,
     pub op: OpKind,
     pub weight: u32,
@@ -615,6 +619,7 @@ pub fn parse(text: &str, file: &str) -> Result<Scenario> {
         name,
         description: raw.description,
         models,
+        models_line: raw.models.as_ref().map_or(1, |m| line_of(text, m.span().start)),
         load,
         guards,
         fault_lease_ms,
@@ -668,6 +673,7 @@ fn parse_load(cx: &Ctx, l: &Spanned<RawLoad>) -> Result<Load> {
             return Err(cx.err(m.span(), "weight must be in 1..=1000"));
         }
         mix.push(MixEntry {
+            line: line_of(cx.text, m.span().start),
             keyspace: raw.keyspace.get_ref().clone(),
             op,
             weight: raw.weight,
@@ -963,7 +969,7 @@ impl Scenario {
         if !self.models.is_empty() && !self.models.contains(&cfg.cluster.model) {
             return Err(self.mismatch(
                 cfg,
-                1,
+                self.models_line,
                 format!(
                     "scenario `{}` is for {}, the cluster is {}",
                     self.name,
@@ -976,7 +982,7 @@ impl Scenario {
             let Some(ks) = cfg.keyspace(&m.keyspace) else {
                 return Err(self.mismatch(
                     cfg,
-                    1,
+                    m.line,
                     format!(
                         "load.mix: unknown keyspace `{}` (keyspaces: {})",
                         m.keyspace,
@@ -993,7 +999,7 @@ impl Scenario {
             if !ok {
                 return Err(self.mismatch(
                     cfg,
-                    1,
+                    m.line,
                     format!(
                         "load.mix: op `{}` does not suit keyspace `{}` (policy {})",
                         m.op.as_str(),

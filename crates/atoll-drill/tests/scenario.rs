@@ -131,6 +131,7 @@ fn an_unknown_region_or_keyspace_is_named_against_the_cluster() {
     let sc = scenario::parse(&base("[[steps]]\naction = \"heal\"\n").replace("\"sessions\"", "\"nope\""), "x.toml").expect("parses");
     let e = sc.validate(&cfg).expect_err("unknown keyspace");
     assert!(e.to_string().contains("unknown keyspace `nope`"), "{e}");
+    assert!(e.to_string().starts_with("x.toml:8: "), "names the [[load.mix]] line: {e}");
     // Promotion needs a leased model; drain needs a router.
     let sc = scenario::parse(&base("[[steps]]\naction = \"promote\"\nregion = \"eu-west-1\"\n"), "x.toml").expect("parses");
     assert!(sc.validate(&cfg).expect_err("active-active").to_string().contains("leased model"));

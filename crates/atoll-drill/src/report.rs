@@ -58,6 +58,8 @@ pub struct Report {
     /// Acknowledged writes per region that acknowledged them (through the router too).
     pub acked_by: std::collections::BTreeMap<String, u64>,
     pub unknown_writes: u64,
+    /// Refused and unknown writes by error code (`CONNECT`: connection refused, nothing sent).
+    pub failed_by_code: std::collections::BTreeMap<String, u64>,
     pub refused_writes: u64,
     pub reads: u64,
     pub rpo: RpoFindings,
@@ -103,6 +105,10 @@ impl Report {
             self.unknown_writes,
             self.reads
         );
+        if !self.failed_by_code.is_empty() {
+            let by: Vec<String> = self.failed_by_code.iter().map(|(c, n)| format!("{c} {n}")).collect();
+            let _ = writeln!(s, "  failed writes by code: {}", by.join(", "));
+        }
         if !self.acked_by.is_empty() {
             let by: Vec<String> = self.acked_by.iter().map(|(r, n)| format!("{r} {n}")).collect();
             let _ = writeln!(s, "  acknowledged by: {}", by.join(", "));

@@ -21,6 +21,8 @@ use tokio::sync::watch;
 
 /// How often the guards are evaluated.
 const GUARD_EVERY: Duration = Duration::from_millis(500);
+/// How long a drill waits for a steady cluster before it starts.
+const STEADY_TIMEOUT: Duration = Duration::from_secs(60);
 
 #[derive(Clone, Default)]
 pub struct RunOptions {
@@ -373,12 +375,28 @@ pub async fn run(sc: &Scenario, target: Target, opts: RunOptions) -> Result<Repo
     sc.validate(&target.config)?;
     let started_unix_ms = SystemClock.physical_ms();
     let run_id = format!("d{}", started_unix_ms % 100_000_000);
+    let ops = Arc::new(Ops::new(target.clone())?);
+    // Precondition: a steady cluster (a drill that starts on a cluster still electing or
+    // catching up measures that, not the fault).
+    let steady_deadline = Instant::now() + STEADY_TIMEOUT;
+    loop {
+        match ops.unsteady().await {
+            None => break,
+            Some(why) if Instant::now() >= steady_deadline => {
+                return Err(DrillError::control(
+                    "precondition",
+                    format!("the cluster is not steady after {STEADY_TIMEOUT:?}: {why}"),
+                    true,
+                ));
+            }
+            Some(_) => tokio::time::sleep(Duration::from_millis(250)).await,
+        }
+    }
     let t0 = Instant::now();
     let shared: Shared = Arc::new(Mutex::new(load::Recorder::default()));
     let (stop_tx, stop_rx) = watch::channel(false);
     let max_ops = u64::from(sc.load.rate) * (sc.max_duration_ms() / 1000 + 60);
     let clients = load::start(&sc.load, &target, &run_id, t0, shared.clone(), stop_rx, max_ops);
-    let ops = Arc::new(Ops::new(target.clone())?);
     let mut runner = Runner {
         sc,
         ops: ops.clone(),
@@ -607,6 +625,20 @@ pub async fn run(sc: &Scenario, target: Target, opts: RunOptions) -> Result<Repo
         rto,
         acked_writes: acked,
         acked_by: rec.acked_by.clone(),
+        failed_by_code: {
+            let mut m = BTreeMap::new();
+            for w in &history {
+                let code = match &w.outcome {
+                    crate::history::Outcome::Refused { status, code } => {
+                        if code.is_empty() { format!("HTTP {status}") } else { code.clone() }
+                    }
+                    crate::history::Outcome::Unknown { reason } => format!("unknown: {reason}"),
+                    crate::history::Outcome::Acked { .. } => continue,
+                };
+                *m.entry(format!("{} {code}", w.keyspace)).or_insert(0u64) += 1;
+            }
+            m
+        },
         unknown_writes: history.iter().filter(|w| w.is_unknown()).count() as u64,
         refused_writes: history.iter().filter(|w| !w.is_acked() && !w.is_unknown()).count() as u64,
         reads: rec.reads,

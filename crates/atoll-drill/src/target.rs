@@ -478,6 +478,40 @@ impl Ops {
         .await
     }
 
+    /// Why the cluster is not steady yet (`None`: steady): every region serving, replication
+    /// established with every peer, and fencing ready (a quorum window in active-active with
+    /// quorum fencing; a primary with a write window in leased models).
+    pub async fn unsteady(&self) -> Option<String> {
+        let mut primary_ok = false;
+        let leased = !matches!(self.t.config.cluster.model, atoll_config::Model::ActiveActive);
+        for name in self.t.region_names() {
+            let h = match self.healthz(&name).await {
+                Ok(h) => h,
+                Err(e) => return Some(format!("{name}: {e}")),
+            };
+            if h["replication"]["established"] == Value::Bool(false) {
+                return Some(format!("{name}: replication not established"));
+            }
+            let st = match self.status(&name).await {
+                Ok(v) => v,
+                Err(e) => return Some(format!("{name}: {e}")),
+            };
+            let f = &st["fencing"];
+            if let Some(q) = f["quorum_window_left_ms"].as_u64()
+                && q == 0
+            {
+                return Some(format!("{name}: no quorum window yet"));
+            }
+            if leased && f["role"] == "primary" && f["window_left_ms"].as_u64().unwrap_or(0) > 0 {
+                primary_ok = true;
+            }
+        }
+        if leased && !primary_ok {
+            return Some("no primary with a write window".into());
+        }
+        None
+    }
+
     /// `/v1/status` of a region (for convergence).
     pub async fn status(&self, region: &str) -> Result<Value> {
         let base = self

@@ -59,6 +59,7 @@ fn report() -> Report {
         acked_writes: 3000,
         acked_by: [("us-east-1".to_string(), 1000u64), ("eu-west-1".to_string(), 2000)].into_iter().collect(),
         unknown_writes: 2,
+        failed_by_code: Default::default(),
         refused_writes: 300,
         reads: 900,
         rpo: RpoFindings { lost: vec![], unchecked: vec![], checked_writes: 3000 },

@@ -54,7 +54,9 @@ pub enum DrillCommand {
         state_dir: Option<PathBuf>,
     },
     /// Parse and validate a scenario (against a cluster config, if given).
-    #[command(after_help = "Example:\n  atoll drill check drills/region-outage.toml --config examples/three-regions.toml")]
+    #[command(
+        after_help = "Example:\n  atoll drill check drills/region-outage.toml --config examples/three-regions.toml"
+    )]
     Check {
         file: PathBuf,
         #[arg(long)]
@@ -95,7 +97,9 @@ pub async fn run(cmd: DrillCommand) -> Result<()> {
             }
             Ok(())
         }
-        DrillCommand::Ls { dir, state_dir } => ls(&dir, &state_dir.unwrap_or_else(outcome::default_state_dir)),
+        DrillCommand::Ls { dir, state_dir } => {
+            ls(&dir, &state_dir.unwrap_or_else(outcome::default_state_dir))
+        }
         DrillCommand::Run {
             file,
             demo,
@@ -141,15 +145,22 @@ pub async fn run(cmd: DrillCommand) -> Result<()> {
                 eprintln!("interrupted: restoring what the drill changed, then reporting");
                 let _ = tx.send(true);
             });
-            let r = atoll_drill::run(&sc, target, RunOptions { interrupt: Some(rx) })
-                .await
-                .map_err(describe)?;
+            let r = atoll_drill::run(
+                &sc,
+                target,
+                RunOptions {
+                    interrupt: Some(rx),
+                },
+            )
+            .await
+            .map_err(describe)?;
             match output.as_str() {
                 "json" => println!("{}", r.to_json()),
                 _ => print!("{}", r.summary()),
             }
             if let Some(p) = report {
-                std::fs::write(&p, r.to_html()).with_context(|| format!("cannot write {}", p.display()))?;
+                std::fs::write(&p, r.to_html())
+                    .with_context(|| format!("cannot write {}", p.display()))?;
                 eprintln!("report: {}", p.display());
             }
             let dir = state_dir.unwrap_or_else(outcome::default_state_dir);
@@ -174,7 +185,10 @@ fn ls(dir: &Path, state_dir: &Path) -> Result<()> {
         .filter(|p| p.extension().is_some_and(|e| e == "toml"))
         .collect();
     files.sort();
-    println!("{:<28} {:<10} {:<22} description", "scenario", "last run", "last passed");
+    println!(
+        "{:<28} {:<10} {:<22} description",
+        "scenario", "last run", "last passed"
+    );
     for f in files {
         match atoll_drill::scenario::load(&f) {
             Ok(sc) => {

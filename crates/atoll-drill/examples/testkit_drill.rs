@@ -25,7 +25,12 @@ const EXTRA: &str = "[router]\nzone = \"atoll.test\"\nttl_secs = 30\n\n\
 struct Kit(Arc<Mutex<Cluster>>);
 
 impl Kit {
-    async fn with(&self, what: &'static str, region: &str, f: fn(&mut Cluster, &str) -> Result<()>) -> atoll_drill::Result<()> {
+    async fn with(
+        &self,
+        what: &'static str,
+        region: &str,
+        f: fn(&mut Cluster, &str) -> Result<()>,
+    ) -> atoll_drill::Result<()> {
         let c = self.0.clone();
         let r = region.to_string();
         tokio::task::spawn_blocking(move || {
@@ -33,18 +38,28 @@ impl Kit {
             f(&mut g, &r)
         })
         .await
-        .map_err(|e| DrillError::Control { what: what.into(), message: e.to_string(), retryable: false })?
-        .map_err(|e| DrillError::Control { what: what.into(), message: format!("{e:#}"), retryable: false })
+        .map_err(|e| DrillError::Control {
+            what: what.into(),
+            message: e.to_string(),
+            retryable: false,
+        })?
+        .map_err(|e| DrillError::Control {
+            what: what.into(),
+            message: format!("{e:#}"),
+            retryable: false,
+        })
     }
 }
 
 #[async_trait::async_trait]
 impl RegionControl for Kit {
     async fn kill(&self, region: &str) -> atoll_drill::Result<()> {
-        self.with("kill", region, |c, r| c.kill9(r).map(|_| ())).await
+        self.with("kill", region, |c, r| c.kill9(r).map(|_| ()))
+            .await
     }
     async fn stop(&self, region: &str) -> atoll_drill::Result<()> {
-        self.with("stop", region, |c, r| c.terminate(r).map(|_| ())).await
+        self.with("stop", region, |c, r| c.terminate(r).map(|_| ()))
+            .await
     }
     async fn restart(&self, region: &str) -> atoll_drill::Result<()> {
         self.with("restart", region, |c, r| c.restart(r)).await
@@ -57,7 +72,9 @@ impl RegionControl for Kit {
 #[tokio::main]
 async fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let file = args.first().ok_or_else(|| anyhow!("usage: testkit_drill SCENARIO [MODEL] [REPORT.html]"))?;
+    let file = args
+        .first()
+        .ok_or_else(|| anyhow!("usage: testkit_drill SCENARIO [MODEL] [REPORT.html]"))?;
     let model = args.get(1).map_or("active-active", String::as_str);
     let sc = atoll_drill::scenario::load(std::path::Path::new(file)).map_err(|e| anyhow!("{e}"))?;
     let mut extra = EXTRA.to_string();
@@ -98,7 +115,12 @@ async fn main() -> Result<()> {
     let probe = atoll_testkit::Client::new(&proxy);
     atoll_testkit::wait_until_async(Duration::from_secs(30), "the router serves", || {
         let probe = probe.clone();
-        async move { probe.kv_get_raw("sessions", "probe").await.is_ok_and(|r| r.status == 404) }
+        async move {
+            probe
+                .kv_get_raw("sessions", "probe")
+                .await
+                .is_ok_and(|r| r.status == 404)
+        }
     })
     .await?;
     let cfg = atoll_config::Config::load(&config).map_err(|e| anyhow!("{e}"))?;
@@ -108,7 +130,9 @@ async fn main() -> Result<()> {
     t.link_control = link_control;
     t.admin_token = Some(TOKEN.into());
     t.control = Arc::new(Kit(cluster.clone()));
-    let r = atoll_drill::run(&sc, t, RunOptions::default()).await.map_err(|e| anyhow!("{e}"))?;
+    let r = atoll_drill::run(&sc, t, RunOptions::default())
+        .await
+        .map_err(|e| anyhow!("{e}"))?;
     print!("{}", r.summary());
     if let Some(out) = args.get(2) {
         std::fs::write(out, r.to_html())?;

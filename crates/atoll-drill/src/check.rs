@@ -164,10 +164,14 @@ pub fn rpo(history: &[WriteRecord], fin: &FinalState) -> RpoFindings {
                         // with the shortfall, named by its last acknowledged increment.
                         let last = acked.iter().max_by_key(|w| w.done_ms).copied();
                         if let Some(w) = last {
-                            let mut l = lost(region, w, format!(
-                                "counter {have}, acknowledged increments sum to {want}: {} missing",
-                                want - have
-                            ));
+                            let mut l = lost(
+                                region,
+                                w,
+                                format!(
+                                    "counter {have}, acknowledged increments sum to {want}: {} missing",
+                                    want - have
+                                ),
+                            );
                             l.value = format!("{} of {want}", want - have);
                             out.lost.push(l);
                         }
@@ -187,7 +191,8 @@ pub fn rpo(history: &[WriteRecord], fin: &FinalState) -> RpoFindings {
             }
         }
     }
-    out.lost.sort_by(|a, b| (a.acked_at_ms, &a.region, a.id).cmp(&(b.acked_at_ms, &b.region, b.id)));
+    out.lost
+        .sort_by(|a, b| (a.acked_at_ms, &a.region, a.id).cmp(&(b.acked_at_ms, &b.region, b.id)));
     out
 }
 
@@ -233,7 +238,11 @@ pub struct Zombie {
 ///    a write acknowledged by a region that an `isolate` step had cut off, sent at least
 ///    `lease_ms` after the cut began and answered before it ended: by then its window (lease
 ///    minus margin after its last answered renewal, which was sent before the cut) is over.
-pub fn zombies(history: &[WriteRecord], isolations: &[Isolation], rules: &FencingRules) -> Vec<Zombie> {
+pub fn zombies(
+    history: &[WriteRecord],
+    isolations: &[Isolation],
+    rules: &FencingRules,
+) -> Vec<Zombie> {
     let mut out = Vec::new();
     let acked: Vec<(&WriteRecord, &str, Option<u64>)> = history
         .iter()
@@ -294,7 +303,8 @@ pub fn zombies(history: &[WriteRecord], isolations: &[Isolation], rules: &Fencin
                 continue;
             }
             for iso in isolations.iter().filter(|i| i.region == *r) {
-                if w.sent_ms >= iso.from_ms.saturating_add(rules.lease_ms) && w.done_ms < iso.to_ms {
+                if w.sent_ms >= iso.from_ms.saturating_add(rules.lease_ms) && w.done_ms < iso.to_ms
+                {
                     out.push(Zombie {
                         id: w.id,
                         region: r.to_string(),

@@ -100,7 +100,11 @@ impl DrillError {
         }
     }
 
-    pub(crate) fn control(what: impl Into<String>, message: impl Into<String>, retryable: bool) -> Self {
+    pub(crate) fn control(
+        what: impl Into<String>,
+        message: impl Into<String>,
+        retryable: bool,
+    ) -> Self {
         DrillError::Control {
             what: what.into(),
             message: message.into(),

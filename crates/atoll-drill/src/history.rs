@@ -106,12 +106,22 @@ impl WriteRecord {
 pub enum Observed {
     /// The key does not exist (404).
     Missing,
-    Lww { value: String },
-    Mvr { values: Vec<String> },
-    Counter { value: i64 },
-    Set { members: Vec<String> },
+    Lww {
+        value: String,
+    },
+    Mvr {
+        values: Vec<String>,
+    },
+    Counter {
+        value: i64,
+    },
+    Set {
+        members: Vec<String>,
+    },
     /// The region did not answer (the check of this key in this region is incomplete).
-    Unreadable { reason: String },
+    Unreadable {
+        reason: String,
+    },
 }
 
 /// `(keyspace, key)`.

@@ -65,7 +65,8 @@ pub fn start(
     max_ops: u64,
 ) -> Vec<tokio::task::JoinHandle<()>> {
     let cfg = &target.config;
-    let fencing_on = cfg.fencing.quorum || !matches!(cfg.cluster.model, atoll_config::Model::ActiveActive);
+    let fencing_on =
+        cfg.fencing.quorum || !matches!(cfg.cluster.model, atoll_config::Model::ActiveActive);
     let mix: Arc<Vec<Mix>> = Arc::new(
         load.mix
             .iter()
@@ -152,7 +153,13 @@ pub fn start(
                 if in_flight.len() >= MAX_IN_FLIGHT {
                     // Shed: counted as a failed request of this target, nothing sent.
                     let now = u64::try_from(conn.t0.elapsed().as_millis()).unwrap_or(u64::MAX);
-                    lock(&conn.shared).timeline.record(&conn.via, now, REQUEST_TIMEOUT.as_millis() as u64, false, false);
+                    lock(&conn.shared).timeline.record(
+                        &conn.via,
+                        now,
+                        REQUEST_TIMEOUT.as_millis() as u64,
+                        false,
+                        false,
+                    );
                     continue;
                 }
                 let op = client.plan();
@@ -354,7 +361,12 @@ async fn classify(r: reqwest::Result<reqwest::Response>) -> Outcome {
         }
     };
     let status = resp.status().as_u16();
-    let header = |n: &str| resp.headers().get(n).and_then(|v| v.to_str().ok()).map(str::to_string);
+    let header = |n: &str| {
+        resp.headers()
+            .get(n)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+    };
     let region_h = header("x-atoll-region");
     let epoch = header("x-atoll-epoch").and_then(|e| e.parse().ok());
     let body = match resp.bytes().await {

@@ -70,7 +70,10 @@ impl Outcomes {
         if o.version != OUTCOMES_VERSION {
             return Err(store_err(
                 &path,
-                format!("format version {} (this build reads {OUTCOMES_VERSION})", o.version),
+                format!(
+                    "format version {} (this build reads {OUTCOMES_VERSION})",
+                    o.version
+                ),
             ));
         }
         Ok(o)
@@ -79,14 +82,21 @@ impl Outcomes {
     /// Records a report and writes the store atomically (temporary file, fsync, rename).
     pub fn record(dir: &Path, r: &Report) -> Result<Outcomes> {
         let mut o = Outcomes::load(dir)?;
-        let prev_pass = o.scenarios.get(&r.scenario).and_then(|s| s.last_pass_unix_ms);
+        let prev_pass = o
+            .scenarios
+            .get(&r.scenario)
+            .and_then(|s| s.last_pass_unix_ms);
         o.scenarios.insert(
             r.scenario.clone(),
             ScenarioOutcome {
                 file: r.file.clone(),
                 last_run_unix_ms: r.started_unix_ms,
                 last_passed: r.passed,
-                last_pass_unix_ms: if r.passed { Some(r.started_unix_ms) } else { prev_pass },
+                last_pass_unix_ms: if r.passed {
+                    Some(r.started_unix_ms)
+                } else {
+                    prev_pass
+                },
                 lost_writes: r.rpo.lost.len() as u64,
                 zombie_writes: r.zombies.len() as u64,
                 guard_tripped: r.guard_tripped.clone(),

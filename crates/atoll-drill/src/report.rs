@@ -106,19 +106,37 @@ impl Report {
             self.reads
         );
         if !self.failed_by_code.is_empty() {
-            let by: Vec<String> = self.failed_by_code.iter().map(|(c, n)| format!("{c} {n}")).collect();
+            let by: Vec<String> = self
+                .failed_by_code
+                .iter()
+                .map(|(c, n)| format!("{c} {n}"))
+                .collect();
             let _ = writeln!(s, "  failed writes by code: {}", by.join(", "));
         }
         if !self.acked_by.is_empty() {
-            let by: Vec<String> = self.acked_by.iter().map(|(r, n)| format!("{r} {n}")).collect();
+            let by: Vec<String> = self
+                .acked_by
+                .iter()
+                .map(|(r, n)| format!("{r} {n}"))
+                .collect();
             let _ = writeln!(s, "  acknowledged by: {}", by.join(", "));
         }
         let _ = writeln!(s, "  timeline:");
         for e in &self.events {
-            let _ = writeln!(s, "    {:>8.1} s  {:<8} {}", e.at_ms as f64 / 1000.0, e.kind, e.text);
+            let _ = writeln!(
+                s,
+                "    {:>8.1} s  {:<8} {}",
+                e.at_ms as f64 / 1000.0,
+                e.kind,
+                e.text
+            );
         }
         let _ = writeln!(s, "  per target (whole run):");
-        let _ = writeln!(s, "    {:<16} {:>9} {:>8} {:>8} {:>8}", "target", "requests", "errors", "p50 ms", "p99 ms");
+        let _ = writeln!(
+            s,
+            "    {:<16} {:>9} {:>8} {:>8} {:>8}",
+            "target", "requests", "errors", "p50 ms", "p99 ms"
+        );
         for t in &self.targets {
             let _ = writeln!(
                 s,
@@ -131,7 +149,10 @@ impl Report {
             );
         }
         if !self.rto.is_empty() {
-            let _ = writeln!(s, "  RTO (fault -> first successful write after a failure / -> SLO met again):");
+            let _ = writeln!(
+                s,
+                "  RTO (fault -> first successful write after a failure / -> SLO met again):"
+            );
             for r in &self.rto {
                 let _ = writeln!(
                     s,
@@ -151,22 +172,41 @@ impl Report {
             if self.rpo.unchecked.is_empty() {
                 String::new()
             } else {
-                format!(", {} keys unreadable (check incomplete)", self.rpo.unchecked.len())
+                format!(
+                    ", {} keys unreadable (check incomplete)",
+                    self.rpo.unchecked.len()
+                )
             }
         );
         for l in self.rpo.lost.iter().take(50) {
             let _ = writeln!(
                 s,
                 "    LOST in {}: {} {}/{} = {:?} (write {}, acknowledged by {} at {} ms); found {}",
-                l.region, l.kind.as_str(), l.keyspace, l.key, l.value, l.id, l.acked_by, l.acked_at_ms, l.found
+                l.region,
+                l.kind.as_str(),
+                l.keyspace,
+                l.key,
+                l.value,
+                l.id,
+                l.acked_by,
+                l.acked_at_ms,
+                l.found
             );
         }
         if self.rpo.lost.len() > 50 {
-            let _ = writeln!(s, "    ... and {} more (see --output json)", self.rpo.lost.len() - 50);
+            let _ = writeln!(
+                s,
+                "    ... and {} more (see --output json)",
+                self.rpo.lost.len() - 50
+            );
         }
         let _ = writeln!(s, "  zombie writes: {}", self.zombies.len());
         for z in self.zombies.iter().take(20) {
-            let _ = writeln!(s, "    ZOMBIE write {} {}/{}: {}", z.id, z.keyspace, z.key, z.why);
+            let _ = writeln!(
+                s,
+                "    ZOMBIE write {} {}/{}: {}",
+                z.id, z.keyspace, z.key, z.why
+            );
         }
         let _ = writeln!(
             s,
@@ -174,7 +214,11 @@ impl Report {
             self.duplicates.iter().map(|d| d.extra).sum::<i64>()
         );
         for d in self.duplicates.iter().take(20) {
-            let _ = writeln!(s, "    DUPLICATE in {}: {}/{}: {}", d.region, d.keyspace, d.key, d.detail);
+            let _ = writeln!(
+                s,
+                "    DUPLICATE in {}: {}/{}: {}",
+                d.region, d.keyspace, d.key, d.detail
+            );
         }
         let _ = writeln!(s, "  expectations:");
         for e in &self.expects {
@@ -184,7 +228,11 @@ impl Report {
                 if e.passed { "ok" } else { "FAIL" },
                 e.text,
                 e.actual,
-                if e.line > 0 { format!(" line {}", e.line) } else { String::new() }
+                if e.line > 0 {
+                    format!(" line {}", e.line)
+                } else {
+                    String::new()
+                }
             );
         }
         s
@@ -220,13 +268,19 @@ svg{{background:#fafafa;border:1px solid #ddd;margin:0.5em 0}}</style></head><bo
             reads = self.reads,
         );
         if let Some(g) = &self.guard_tripped {
-            let _ = writeln!(h, "<p class=\"fail\">Guard tripped: {} (aborted and restored)</p>", esc(g));
+            let _ = writeln!(
+                h,
+                "<p class=\"fail\">Guard tripped: {} (aborted and restored)</p>",
+                esc(g)
+            );
         }
         for p in &self.problems {
             let _ = writeln!(h, "<p class=\"fail\">Problem: {}</p>", esc(p));
         }
         let charts: [(&str, &str, fn(&Point) -> u64); 3] = [
-            ("throughput", "successful requests per second", |p| p.ok_per_s),
+            ("throughput", "successful requests per second", |p| {
+                p.ok_per_s
+            }),
             ("errors", "failed requests per second", |p| p.errors_per_s),
             ("latency", "p99 latency (ms) per second", |p| p.p99_ms),
         ];
@@ -294,7 +348,14 @@ svg{{background:#fafafa;border:1px solid #ddd;margin:0.5em 0}}</style></head><bo
         }
         let _ = writeln!(h, "<h2>Zombie writes: {}</h2><ul>", self.zombies.len());
         for z in self.zombies.iter().take(200) {
-            let _ = writeln!(h, "<li>write {} {}/{}: {}</li>", z.id, esc(&z.keyspace), esc(&z.key), esc(&z.why));
+            let _ = writeln!(
+                h,
+                "<li>write {} {}/{}: {}</li>",
+                z.id,
+                esc(&z.keyspace),
+                esc(&z.key),
+                esc(&z.why)
+            );
         }
         let _ = writeln!(
             h,
@@ -302,7 +363,14 @@ svg{{background:#fafafa;border:1px solid #ddd;margin:0.5em 0}}</style></head><bo
             self.duplicates.iter().map(|d| d.extra).sum::<i64>()
         );
         for d in self.duplicates.iter().take(200) {
-            let _ = writeln!(h, "<li>{}: {}/{}: {}</li>", esc(&d.region), esc(&d.keyspace), esc(&d.key), esc(&d.detail));
+            let _ = writeln!(
+                h,
+                "<li>{}: {}/{}: {}</li>",
+                esc(&d.region),
+                esc(&d.keyspace),
+                esc(&d.key),
+                esc(&d.detail)
+            );
         }
         h.push_str("</ul><h2>Timeline</h2><table><tr><th>s</th><th>kind</th><th>what</th></tr>\n");
         for e in &self.events {
@@ -323,7 +391,9 @@ svg{{background:#fafafa;border:1px solid #ddd;margin:0.5em 0}}</style></head><bo
         const H: f64 = 240.0;
         const L: f64 = 50.0;
         const B: f64 = 24.0;
-        const COLORS: [&str; 8] = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf"];
+        const COLORS: [&str; 8] = [
+            "#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf",
+        ];
         let t_max = (self.duration_ms as f64 / 1000.0).max(1.0);
         let y_max = self
             .targets
@@ -349,9 +419,23 @@ svg{{background:#fafafa;border:1px solid #ddd;margin:0.5em 0}}</style></head><bo
             H - B,
             H - B
         );
-        let _ = writeln!(s, "<text x=\"4\" y=\"16\" font-size=\"11\">{}</text><text x=\"4\" y=\"{}\" font-size=\"11\">0</text>", y_max, H - B);
-        let _ = writeln!(s, "<text x=\"{}\" y=\"{}\" font-size=\"11\">{t_max:.0} s</text>", W - 50.0, H - 6.0);
-        for e in self.events.iter().filter(|e| e.kind == "fault" || e.kind == "restore" || e.kind == "abort") {
+        let _ = writeln!(
+            s,
+            "<text x=\"4\" y=\"16\" font-size=\"11\">{}</text><text x=\"4\" y=\"{}\" font-size=\"11\">0</text>",
+            y_max,
+            H - B
+        );
+        let _ = writeln!(
+            s,
+            "<text x=\"{}\" y=\"{}\" font-size=\"11\">{t_max:.0} s</text>",
+            W - 50.0,
+            H - 6.0
+        );
+        for e in self
+            .events
+            .iter()
+            .filter(|e| e.kind == "fault" || e.kind == "restore" || e.kind == "abort")
+        {
             let xx = x(e.at_ms as f64 / 1000.0);
             let color = match e.kind.as_str() {
                 "fault" => "#d00",

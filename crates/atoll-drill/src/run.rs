@@ -7,7 +7,7 @@ use crate::check::{self, FencingRules, Isolation};
 use crate::error::{DrillError, Result};
 use crate::history::{FinalState, Kind, Observed};
 use crate::load::{self, Shared};
-use crate::report::{Event, ExpectResult, Report, TargetSummary, REPORT_VERSION};
+use crate::report::{Event, ExpectResult, REPORT_VERSION, Report, TargetSummary};
 use crate::scenario::{Action, LatencyTarget, Metric, RegionRef, Scenario};
 use crate::stats::{self, Rto};
 use crate::target::{Ops, Target, enc};
@@ -149,7 +149,8 @@ impl Runner<'_> {
                 if Instant::now() >= end {
                     break;
                 }
-                let left = u64::try_from(end.saturating_duration_since(Instant::now()).as_millis()).unwrap_or(0);
+                let left = u64::try_from(end.saturating_duration_since(Instant::now()).as_millis())
+                    .unwrap_or(0);
                 for id in &task_ids {
                     if let Err(e) = ops.renew_fault(id, lease.min(left.max(1))).await {
                         tracing::warn!(fault = %id, error = %e, "cannot renew a fault (its lease ends it)");
@@ -160,7 +161,11 @@ impl Runner<'_> {
                 let _ = ops.remove_fault(id).await;
             }
         });
-        self.changes.faults.push(Some(HeldFault { ids, stop: tx, task }));
+        self.changes.faults.push(Some(HeldFault {
+            ids,
+            stop: tx,
+            task,
+        }));
         Ok(self.changes.faults.len() - 1)
     }
 
@@ -210,7 +215,11 @@ impl Runner<'_> {
                 self.event("observe", format!("observe {for_ms} ms"), line);
                 tokio::time::sleep(Duration::from_millis(*for_ms)).await;
             }
-            Action::Drain { region, for_ms, reason } => {
+            Action::Drain {
+                region,
+                for_ms,
+                reason,
+            } => {
                 let r = self.resolve(region).await?;
                 self.ops.drain(&r, *for_ms, reason).await?;
                 self.changes.drained.insert(r.clone());
@@ -225,7 +234,11 @@ impl Runner<'_> {
                 self.unaffect_later(&r);
                 self.event("restore", format!("undrain {r}"), line);
             }
-            Action::Isolate { region, mode, fault } => {
+            Action::Isolate {
+                region,
+                mode,
+                fault,
+            } => {
                 let r = self.resolve(region).await?;
                 let body = json!({"region": r, "kind": "isolate", "mode": mode.as_str()});
                 let i = self.hold(vec![body], fault.for_ms).await?;
@@ -236,7 +249,11 @@ impl Runner<'_> {
                     to_ms: t + fault.for_ms,
                 });
                 self.faults_at.push((format!("isolate {r}"), t));
-                self.event("fault", format!("isolate {r} ({}) for {} ms", mode.as_str(), fault.for_ms), line);
+                self.event(
+                    "fault",
+                    format!("isolate {r} ({}) for {} ms", mode.as_str(), fault.for_ms),
+                    line,
+                );
                 if fault.wait {
                     self.wait_fault(i).await;
                     self.unaffect_later(&r);
@@ -247,7 +264,11 @@ impl Runner<'_> {
                 let body = json!({"pair": format!("{a}<->{b}"), "kind": "partition", "mode": mode.as_str()});
                 let i = self.hold(vec![body], fault.for_ms).await?;
                 self.faults_at.push((format!("partition {a}<->{b}"), t));
-                self.event("fault", format!("partition {a}<->{b} for {} ms", fault.for_ms), line);
+                self.event(
+                    "fault",
+                    format!("partition {a}<->{b} for {} ms", fault.for_ms),
+                    line,
+                );
                 if fault.wait {
                     self.wait_fault(i).await;
                     self.event("restore", format!("{a}<->{b} healed"), line);
@@ -262,13 +283,21 @@ impl Runner<'_> {
                 ];
                 let i = self.hold(bodies, fault.for_ms).await?;
                 self.faults_at.push((format!("oneway {from}->{to}"), t));
-                self.event("fault", format!("one-way partition {from} -/-> {to} for {} ms", fault.for_ms), line);
+                self.event(
+                    "fault",
+                    format!("one-way partition {from} -/-> {to} for {} ms", fault.for_ms),
+                    line,
+                );
                 if fault.wait {
                     self.wait_fault(i).await;
                     self.event("restore", format!("{from}->{to} healed"), line);
                 }
             }
-            Action::Latency { target, extra_ms, fault } => {
+            Action::Latency {
+                target,
+                extra_ms,
+                fault,
+            } => {
                 let (body, what) = match target {
                     LatencyTarget::Pair(a, b) => (
                         json!({"pair": format!("{a}<->{b}"), "kind": "latency", "extra_ms": extra_ms}),
@@ -281,7 +310,11 @@ impl Runner<'_> {
                 };
                 let i = self.hold(vec![body], fault.for_ms).await?;
                 self.faults_at.push((format!("latency {what}"), t));
-                self.event("fault", format!("latency +{extra_ms} ms on {what} for {} ms", fault.for_ms), line);
+                self.event(
+                    "fault",
+                    format!("latency +{extra_ms} ms on {what} for {} ms", fault.for_ms),
+                    line,
+                );
                 if fault.wait {
                     self.wait_fault(i).await;
                     self.event("restore", format!("latency on {what} ended"), line);
@@ -304,22 +337,38 @@ impl Runner<'_> {
                     self.ops.t.control.stop(&r).await?;
                 }
                 self.changes.down.insert(r.clone());
-                self.faults_at.push((format!("{} {r}", if kill { "kill" } else { "stop" }), t));
-                self.event("fault", format!("{} {r}", if kill { "kill -9" } else { "stop" }), line);
+                self.faults_at
+                    .push((format!("{} {r}", if kill { "kill" } else { "stop" }), t));
+                self.event(
+                    "fault",
+                    format!("{} {r}", if kill { "kill -9" } else { "stop" }),
+                    line,
+                );
             }
             Action::Restart { region, timeout_ms } => {
                 let r = self.resolve(region).await?;
                 self.ops.t.control.restart(&r).await?;
                 self.changes.down.remove(&r);
-                self.wait_healthy(std::slice::from_ref(&r), *timeout_ms).await?;
+                self.wait_healthy(std::slice::from_ref(&r), *timeout_ms)
+                    .await?;
                 self.unaffect_later(&r);
                 self.event("restore", format!("{r} restarted and healthy"), line);
             }
-            Action::Promote { region, accept_data_loss } => {
+            Action::Promote {
+                region,
+                accept_data_loss,
+            } => {
                 let r = self.resolve(region).await?;
                 let v = self.ops.promote(&r, *accept_data_loss).await?;
                 self.faults_at.push((format!("promote {r}"), t));
-                self.event("fault", format!("promote {r}: epoch {} exposure {}", v["epoch"], v["exposure"]), line);
+                self.event(
+                    "fault",
+                    format!(
+                        "promote {r}: epoch {} exposure {}",
+                        v["epoch"], v["exposure"]
+                    ),
+                    line,
+                );
             }
             Action::Switchover { region, timeout_ms } => {
                 let r = self.resolve(region).await?;
@@ -327,7 +376,10 @@ impl Runner<'_> {
                 self.faults_at.push((format!("switchover to {r}"), t));
                 self.event(
                     "fault",
-                    format!("switchover to {r}: epoch {}, writes stopped {} ms", v["epoch"], v["writes_stopped_ms"]),
+                    format!(
+                        "switchover to {r}: epoch {}, writes stopped {} ms",
+                        v["epoch"], v["writes_stopped_ms"]
+                    ),
                     line,
                 );
             }
@@ -396,7 +448,15 @@ pub async fn run(sc: &Scenario, target: Target, opts: RunOptions) -> Result<Repo
     let shared: Shared = Arc::new(Mutex::new(load::Recorder::default()));
     let (stop_tx, stop_rx) = watch::channel(false);
     let max_ops = u64::from(sc.load.rate) * (sc.max_duration_ms() / 1000 + 60);
-    let clients = load::start(&sc.load, &target, &run_id, t0, shared.clone(), stop_rx, max_ops);
+    let clients = load::start(
+        &sc.load,
+        &target,
+        &run_id,
+        t0,
+        shared.clone(),
+        stop_rx,
+        max_ops,
+    );
     let mut runner = Runner {
         sc,
         ops: ops.clone(),
@@ -409,7 +469,11 @@ pub async fn run(sc: &Scenario, target: Target, opts: RunOptions) -> Result<Repo
         faults_at: Vec::new(),
         busiest: None,
     };
-    runner.event("start", format!("drill {} started (run {run_id})", sc.name), 0);
+    runner.event(
+        "start",
+        format!("drill {} started (run {run_id})", sc.name),
+        0,
+    );
 
     // The guard watcher.
     let (trip_tx, mut trip_rx) = watch::channel::<Option<String>>(None);
@@ -463,7 +527,11 @@ pub async fn run(sc: &Scenario, target: Target, opts: RunOptions) -> Result<Repo
         match res {
             Some(Ok(())) => {}
             Some(Err(e)) => {
-                step_error = Some(format!("line {}: step `{}` failed: {e}", step.line, step.action.name()));
+                step_error = Some(format!(
+                    "line {}: step `{}` failed: {e}",
+                    step.line,
+                    step.action.name()
+                ));
                 runner.event("error", step_error.clone().unwrap_or_default(), step.line);
                 break;
             }
@@ -472,7 +540,11 @@ pub async fn run(sc: &Scenario, target: Target, opts: RunOptions) -> Result<Repo
                     runner.event("abort", "interrupted: restoring".into(), step.line);
                 } else {
                     let why = trip_rx.borrow().clone().unwrap_or_default();
-                    runner.event("abort", format!("guard tripped: {why}; restoring"), step.line);
+                    runner.event(
+                        "abort",
+                        format!("guard tripped: {why}; restoring"),
+                        step.line,
+                    );
                     aborted = Some(why);
                 }
                 break;
@@ -497,7 +569,11 @@ pub async fn run(sc: &Scenario, target: Target, opts: RunOptions) -> Result<Repo
         let _ = tokio::time::timeout(load::REQUEST_TIMEOUT + Duration::from_secs(2), c).await;
     }
     let load_end_ms = runner.now();
-    runner.event("observe", "load stopped; reading every written key back from every region".into(), 0);
+    runner.event(
+        "observe",
+        "load stopped; reading every written key back from every region".into(),
+        0,
+    );
 
     let history = load::lock(&shared).history.clone();
     let regions = target.region_names();
@@ -506,14 +582,20 @@ pub async fn run(sc: &Scenario, target: Target, opts: RunOptions) -> Result<Repo
     let (fin, rpo) = loop {
         let fin = read_back(&ops, &history, &regions, sc.load.read_back_timeout_ms).await;
         let rpo = check::rpo(&history, &fin);
-        if (rpo.lost.is_empty() && rpo.unchecked.is_empty()) || Instant::now() >= deadline || interrupted {
+        if (rpo.lost.is_empty() && rpo.unchecked.is_empty())
+            || Instant::now() >= deadline
+            || interrupted
+        {
             break (fin, rpo);
         }
         tokio::time::sleep(Duration::from_millis(1000)).await;
     };
     let cfg = &target.config;
     let rules = FencingRules {
-        leased: matches!(cfg.cluster.model, Model::ActiveStandby | Model::ActivePassive),
+        leased: matches!(
+            cfg.cluster.model,
+            Model::ActiveStandby | Model::ActivePassive
+        ),
         quorum: cfg.fencing.quorum,
         lease_ms: cfg.fencing.lease_ms,
     };
@@ -566,9 +648,23 @@ pub async fn run(sc: &Scenario, target: Target, opts: RunOptions) -> Result<Repo
             Metric::ZombieWrites => zombies.len() as f64,
             Metric::DuplicateWrites => duplicates.iter().map(|d| d.extra).sum::<i64>() as f64,
             Metric::AckedWrites => acked as f64,
-            Metric::RtoWriteMs => rto.iter().map(|r| r.write_ms.unwrap_or(u64::MAX)).max().unwrap_or(0) as f64,
-            Metric::RtoSloMs => rto.iter().map(|r| r.slo_ms.unwrap_or(u64::MAX)).max().unwrap_or(0) as f64,
-            Metric::ErrorRate => if sreq == 0 { 0.0 } else { serr as f64 / sreq as f64 },
+            Metric::RtoWriteMs => rto
+                .iter()
+                .map(|r| r.write_ms.unwrap_or(u64::MAX))
+                .max()
+                .unwrap_or(0) as f64,
+            Metric::RtoSloMs => rto
+                .iter()
+                .map(|r| r.slo_ms.unwrap_or(u64::MAX))
+                .max()
+                .unwrap_or(0) as f64,
+            Metric::ErrorRate => {
+                if sreq == 0 {
+                    0.0
+                } else {
+                    serr as f64 / sreq as f64
+                }
+            }
             Metric::P99Ms => sp99 as f64,
             Metric::GuardTripped => f64::from(u8::from(aborted.is_some())),
         }
@@ -605,7 +701,11 @@ pub async fn run(sc: &Scenario, target: Target, opts: RunOptions) -> Result<Repo
         && rpo.unchecked.is_empty()
         && expects.iter().all(|e| e.passed);
     let survivors_error_rate = metric(Metric::ErrorRate);
-    let events = runner.events.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let events = runner
+        .events
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
     let _ = end_of_faults_ms;
     Ok(Report {
         version: REPORT_VERSION,
@@ -630,7 +730,11 @@ pub async fn run(sc: &Scenario, target: Target, opts: RunOptions) -> Result<Repo
             for w in &history {
                 let code = match &w.outcome {
                     crate::history::Outcome::Refused { status, code } => {
-                        if code.is_empty() { format!("HTTP {status}") } else { code.clone() }
+                        if code.is_empty() {
+                            format!("HTTP {status}")
+                        } else {
+                            code.clone()
+                        }
                     }
                     crate::history::Outcome::Unknown { reason } => format!("unknown: {reason}"),
                     crate::history::Outcome::Acked { .. } => continue,
@@ -640,7 +744,10 @@ pub async fn run(sc: &Scenario, target: Target, opts: RunOptions) -> Result<Repo
             m
         },
         unknown_writes: history.iter().filter(|w| w.is_unknown()).count() as u64,
-        refused_writes: history.iter().filter(|w| !w.is_acked() && !w.is_unknown()).count() as u64,
+        refused_writes: history
+            .iter()
+            .filter(|w| !w.is_acked() && !w.is_unknown())
+            .count() as u64,
         reads: rec.reads,
         rpo,
         zombies,
@@ -653,7 +760,12 @@ pub async fn run(sc: &Scenario, target: Target, opts: RunOptions) -> Result<Repo
 }
 
 /// Reads every key the history wrote (acknowledged or not) from every region.
-pub async fn read_back(ops: &Ops, history: &[crate::history::WriteRecord], regions: &[String], timeout_ms: u64) -> FinalState {
+pub async fn read_back(
+    ops: &Ops,
+    history: &[crate::history::WriteRecord],
+    regions: &[String],
+    timeout_ms: u64,
+) -> FinalState {
     let mut keys: BTreeMap<(String, String), Kind> = BTreeMap::new();
     for w in history {
         keys.insert((w.keyspace.clone(), w.key.clone()), w.kind);
@@ -666,7 +778,9 @@ pub async fn read_back(ops: &Ops, history: &[crate::history::WriteRecord], regio
     let deadline = Instant::now() + Duration::from_millis(timeout_ms);
     let mut fin = FinalState::new();
     for r in regions {
-        let Some(base) = ops.t.region_url(r) else { continue };
+        let Some(base) = ops.t.region_url(r) else {
+            continue;
+        };
         let mut set = tokio::task::JoinSet::new();
         let workers = 16usize;
         for wkr in 0..workers {
@@ -681,7 +795,9 @@ pub async fn read_back(ops: &Ops, history: &[crate::history::WriteRecord], regio
                         continue;
                     }
                     let obs = if Instant::now() >= deadline {
-                        Observed::Unreadable { reason: "read-back deadline passed".into() }
+                        Observed::Unreadable {
+                            reason: "read-back deadline passed".into(),
+                        }
                     } else {
                         read_one(&http, &base, token.as_deref(), &id.0, &id.1, *kind).await
                     };
@@ -701,7 +817,14 @@ pub async fn read_back(ops: &Ops, history: &[crate::history::WriteRecord], regio
     fin
 }
 
-async fn read_one(http: &reqwest::Client, base: &str, token: Option<&str>, ks: &str, key: &str, kind: Kind) -> Observed {
+async fn read_one(
+    http: &reqwest::Client,
+    base: &str,
+    token: Option<&str>,
+    ks: &str,
+    key: &str,
+    kind: Kind,
+) -> Observed {
     let path = match kind {
         Kind::Lww | Kind::Mvr => "kv",
         Kind::Counter => "counter",
@@ -739,22 +862,34 @@ async fn read_one(http: &reqwest::Client, base: &str, token: Option<&str>, ks: &
             (Kind::Mvr, 300) => Observed::Mvr {
                 values: v["siblings"]
                     .as_array()
-                    .map(|a| a.iter().filter_map(|s| s["value"].as_str().map(str::to_string)).collect())
+                    .map(|a| {
+                        a.iter()
+                            .filter_map(|s| s["value"].as_str().map(str::to_string))
+                            .collect()
+                    })
                     .unwrap_or_default(),
             },
-            (Kind::Counter, 200) => Observed::Counter { value: v["value"].as_i64().unwrap_or(0) },
+            (Kind::Counter, 200) => Observed::Counter {
+                value: v["value"].as_i64().unwrap_or(0),
+            },
             (Kind::Set, 200) => Observed::Set {
                 members: v["members"]
                     .as_array()
-                    .map(|a| a.iter().filter_map(|s| s.as_str().map(str::to_string)).collect())
+                    .map(|a| {
+                        a.iter()
+                            .filter_map(|s| s.as_str().map(str::to_string))
+                            .collect()
+                    })
                     .unwrap_or_default(),
             },
             _ => {
-                last = format!("HTTP {status}: {}", text.chars().take(200).collect::<String>());
+                last = format!(
+                    "HTTP {status}: {}",
+                    text.chars().take(200).collect::<String>()
+                );
                 continue;
             }
         };
     }
     Observed::Unreadable { reason: last }
 }
-

@@ -190,20 +190,60 @@ pub struct FaultSpec {
 #[derive(Clone, Debug, PartialEq, Serialize)]
 #[serde(tag = "action", rename_all = "kebab-case")]
 pub enum Action {
-    Observe { for_ms: u64 },
-    Drain { region: RegionRef, for_ms: Option<u64>, reason: String },
-    Undrain { region: RegionRef },
-    Isolate { region: RegionRef, mode: CutMode, fault: FaultSpec },
-    Partition { a: String, b: String, mode: CutMode, fault: FaultSpec },
-    Oneway { from: String, to: String, fault: FaultSpec },
-    Latency { target: LatencyTarget, extra_ms: u64, fault: FaultSpec },
+    Observe {
+        for_ms: u64,
+    },
+    Drain {
+        region: RegionRef,
+        for_ms: Option<u64>,
+        reason: String,
+    },
+    Undrain {
+        region: RegionRef,
+    },
+    Isolate {
+        region: RegionRef,
+        mode: CutMode,
+        fault: FaultSpec,
+    },
+    Partition {
+        a: String,
+        b: String,
+        mode: CutMode,
+        fault: FaultSpec,
+    },
+    Oneway {
+        from: String,
+        to: String,
+        fault: FaultSpec,
+    },
+    Latency {
+        target: LatencyTarget,
+        extra_ms: u64,
+        fault: FaultSpec,
+    },
     Heal,
-    Kill { region: RegionRef },
-    Stop { region: RegionRef },
-    Restart { region: RegionRef, timeout_ms: u64 },
-    Promote { region: RegionRef, accept_data_loss: bool },
-    Switchover { region: RegionRef, timeout_ms: u64 },
-    WaitHealthy { timeout_ms: u64 },
+    Kill {
+        region: RegionRef,
+    },
+    Stop {
+        region: RegionRef,
+    },
+    Restart {
+        region: RegionRef,
+        timeout_ms: u64,
+    },
+    Promote {
+        region: RegionRef,
+        accept_data_loss: bool,
+    },
+    Switchover {
+        region: RegionRef,
+        timeout_ms: u64,
+    },
+    WaitHealthy {
+        timeout_ms: u64,
+    },
 }
 
 impl Action {
@@ -483,9 +523,7 @@ pub fn parse_duration_ms(s: &str) -> std::result::Result<u64, String> {
         "m" => 60_000.0,
         "h" => 3_600_000.0,
         _ => {
-            return Err(format!(
-                "`{s}`: unknown unit `{unit}` (use ms, s, m or h)"
-            ));
+            return Err(format!("`{s}`: unknown unit `{unit}` (use ms, s, m or h)"));
         }
     };
     let ms = n * factor;
@@ -550,7 +588,9 @@ pub fn parse(text: &str, file: &str) -> Result<Scenario> {
             models.push(Model::parse(m).ok_or_else(|| {
                 cx.err(
                     ms.span(),
-                    format!("unknown model `{m}` (active-active, active-standby or active-passive)"),
+                    format!(
+                        "unknown model `{m}` (active-active, active-standby or active-passive)"
+                    ),
                 )
             })?);
         }
@@ -588,10 +628,16 @@ pub fn parse(text: &str, file: &str) -> Result<Scenario> {
     };
     if fault_lease_ms < 1000 {
         let span = raw.faults.as_ref().map(|f| f.span()).unwrap_or(0..0);
-        return Err(cx.err(span, "faults.lease must be at least 1s (it is renewed every third of it)"));
+        return Err(cx.err(
+            span,
+            "faults.lease must be at least 1s (it is renewed every third of it)",
+        ));
     }
     if raw.steps.len() > MAX_STEPS {
-        return Err(cx.err(raw.steps[MAX_STEPS].span(), format!("more than {MAX_STEPS} steps")));
+        return Err(cx.err(
+            raw.steps[MAX_STEPS].span(),
+            format!("more than {MAX_STEPS} steps"),
+        ));
     }
     let steps = raw
         .steps
@@ -619,7 +665,10 @@ pub fn parse(text: &str, file: &str) -> Result<Scenario> {
         name,
         description: raw.description,
         models,
-        models_line: raw.models.as_ref().map_or(1, |m| line_of(text, m.span().start)),
+        models_line: raw
+            .models
+            .as_ref()
+            .map_or(1, |m| line_of(text, m.span().start)),
         load,
         guards,
         fault_lease_ms,
@@ -632,10 +681,16 @@ pub fn parse(text: &str, file: &str) -> Result<Scenario> {
 fn parse_load(cx: &Ctx, l: &Spanned<RawLoad>) -> Result<Load> {
     let r = l.get_ref();
     if r.rate == 0 || r.rate > MAX_RATE {
-        return Err(cx.err(l.span(), format!("load.rate must be in 1..={MAX_RATE} operations per second")));
+        return Err(cx.err(
+            l.span(),
+            format!("load.rate must be in 1..={MAX_RATE} operations per second"),
+        ));
     }
     if r.clients == 0 || r.clients > MAX_CLIENTS {
-        return Err(cx.err(l.span(), format!("load.clients must be in 1..={MAX_CLIENTS}")));
+        return Err(cx.err(
+            l.span(),
+            format!("load.clients must be in 1..={MAX_CLIENTS}"),
+        ));
     }
     let via = match &r.via {
         None => Via::Both,
@@ -761,7 +816,11 @@ fn parse_step(cx: &Ctx, s: &Spanned<RawStep>) -> Result<Step> {
                 sp.clone(),
                 format!(
                     "step `{action}` takes no `{field}` (it takes: {})",
-                    if allowed.is_empty() { "nothing".to_string() } else { allowed.join(", ") }
+                    if allowed.is_empty() {
+                        "nothing".to_string()
+                    } else {
+                        allowed.join(", ")
+                    }
                 ),
             ));
         }
@@ -801,7 +860,10 @@ fn parse_step(cx: &Ctx, s: &Spanned<RawStep>) -> Result<Step> {
         "drain" => Action::Drain {
             region: region_ref(&need(&r.region, "region")?),
             for_ms: for_ms(false)?,
-            reason: r.reason.clone().unwrap_or_else(|| "atoll drill".to_string()),
+            reason: r
+                .reason
+                .clone()
+                .unwrap_or_else(|| "atoll drill".to_string()),
         },
         "undrain" => Action::Undrain {
             region: region_ref(&need(&r.region, "region")?),
@@ -846,7 +908,9 @@ fn parse_step(cx: &Ctx, s: &Spanned<RawStep>) -> Result<Step> {
                 }
                 (None, None, Some(l)) => {
                     if !l.get_ref().contains("->") {
-                        return Err(cx.err(l.span(), format!("link `{}` is not `A->B`", l.get_ref())));
+                        return Err(
+                            cx.err(l.span(), format!("link `{}` is not `A->B`", l.get_ref()))
+                        );
                     }
                     LatencyTarget::Link(l.get_ref().clone())
                 }
@@ -913,7 +977,11 @@ fn parse_expect(cx: &Ctx, e: &Spanned<String>) -> Result<Expect> {
         .ok_or_else(|| {
             bad(format!(
                 "expect `{text}`: unknown metric `{metric}` (metrics: {})",
-                METRICS.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(", ")
+                METRICS
+                    .iter()
+                    .map(|(n, _)| *n)
+                    .collect::<Vec<_>>()
+                    .join(", ")
             ))
         })?;
     let op = match *op {
@@ -923,7 +991,11 @@ fn parse_expect(cx: &Ctx, e: &Spanned<String>) -> Result<Expect> {
         "<=" => CmpOp::Le,
         ">" => CmpOp::Gt,
         ">=" => CmpOp::Ge,
-        other => return Err(bad(format!("expect `{text}`: unknown comparison `{other}`"))),
+        other => {
+            return Err(bad(format!(
+                "expect `{text}`: unknown comparison `{other}`"
+            )));
+        }
     };
     let value: f64 = value
         .parse()
@@ -973,7 +1045,11 @@ impl Scenario {
                 format!(
                     "scenario `{}` is for {}, the cluster is {}",
                     self.name,
-                    self.models.iter().map(|m| m.as_str()).collect::<Vec<_>>().join(", "),
+                    self.models
+                        .iter()
+                        .map(|m| m.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", "),
                     cfg.cluster.model.as_str()
                 ),
             ));
@@ -986,7 +1062,11 @@ impl Scenario {
                     format!(
                         "load.mix: unknown keyspace `{}` (keyspaces: {})",
                         m.keyspace,
-                        cfg.keyspaces.iter().map(|k| k.name.as_str()).collect::<Vec<_>>().join(", ")
+                        cfg.keyspaces
+                            .iter()
+                            .map(|k| k.name.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
                     ),
                 ));
             };
@@ -1009,7 +1089,10 @@ impl Scenario {
                 ));
             }
         }
-        let leased = matches!(cfg.cluster.model, Model::ActiveStandby | Model::ActivePassive);
+        let leased = matches!(
+            cfg.cluster.model,
+            Model::ActiveStandby | Model::ActivePassive
+        );
         for step in &self.steps {
             let check_region = |r: &RegionRef| -> Result<()> {
                 match r {

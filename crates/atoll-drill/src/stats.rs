@@ -36,7 +36,8 @@ impl Bucket {
 fn unreachable_hist() -> Histogram<u64> {
     // Histogram::new(2) cannot fail (2 significant digits is in range); this keeps the code free
     // of unwrap on a path the compiler cannot see through.
-    Histogram::new_with_max(MAX_LATENCY_MS, 2).unwrap_or_else(|_| panic!("histogram bounds are constant and valid"))
+    Histogram::new_with_max(MAX_LATENCY_MS, 2)
+        .unwrap_or_else(|_| panic!("histogram bounds are constant and valid"))
 }
 
 /// Every target's buckets.
@@ -132,8 +133,16 @@ impl Timeline {
                         t_s: i as u64,
                         ok_per_s: b.requests - b.errors,
                         errors_per_s: b.errors,
-                        p50_ms: if b.requests > 0 { b.hist.value_at_quantile(0.5) } else { 0 },
-                        p99_ms: if b.requests > 0 { b.hist.value_at_quantile(0.99) } else { 0 },
+                        p50_ms: if b.requests > 0 {
+                            b.hist.value_at_quantile(0.5)
+                        } else {
+                            0
+                        },
+                        p99_ms: if b.requests > 0 {
+                            b.hist.value_at_quantile(0.99)
+                        } else {
+                            0
+                        },
                     })
                     .collect()
             })
@@ -153,9 +162,21 @@ fn stats(requests: u64, errors: u64, h: &Histogram<u64>) -> WindowStats {
     WindowStats {
         requests,
         errors,
-        error_rate: if requests == 0 { 0.0 } else { errors as f64 / requests as f64 },
-        p50_ms: if requests == 0 { 0 } else { h.value_at_quantile(0.5) },
-        p99_ms: if requests == 0 { 0 } else { h.value_at_quantile(0.99) },
+        error_rate: if requests == 0 {
+            0.0
+        } else {
+            errors as f64 / requests as f64
+        },
+        p50_ms: if requests == 0 {
+            0
+        } else {
+            h.value_at_quantile(0.5)
+        },
+        p99_ms: if requests == 0 {
+            0
+        } else {
+            h.value_at_quantile(0.99)
+        },
     }
 }
 
@@ -195,12 +216,22 @@ pub struct Rto {
 }
 
 /// [`Rto::write_ms`] from the history of writes sent to `target` (before `until_ms`).
-pub fn rto_write(history: &[WriteRecord], target: &str, fault_ms: u64, until_ms: u64) -> Option<u64> {
+pub fn rto_write(
+    history: &[WriteRecord],
+    target: &str,
+    fault_ms: u64,
+    until_ms: u64,
+) -> Option<u64> {
     let mine: Vec<&WriteRecord> = history
         .iter()
         .filter(|w| w.via == target && w.sent_ms >= fault_ms && w.sent_ms < until_ms)
         .collect();
-    let Some(first_fail) = mine.iter().filter(|w| !w.is_acked()).map(|w| w.sent_ms).min() else {
+    let Some(first_fail) = mine
+        .iter()
+        .filter(|w| !w.is_acked())
+        .map(|w| w.sent_ms)
+        .min()
+    else {
         return Some(0);
     };
     mine.iter()
@@ -216,15 +247,20 @@ pub const SLO_STABLE_SECS: u64 = 3;
 /// [`Rto::slo_ms`] from the timeline: second by second after the fault, the target's error rate
 /// and p99 against the guards' thresholds; met again at the start of the first run of
 /// [`SLO_STABLE_SECS`] good seconds after a bad one.
-pub fn rto_slo(t: &Timeline, g: &Guards, target: &str, fault_ms: u64, until_ms: u64) -> Option<u64> {
+pub fn rto_slo(
+    t: &Timeline,
+    g: &Guards,
+    target: &str,
+    fault_ms: u64,
+    until_ms: u64,
+) -> Option<u64> {
     let first = fault_ms / BUCKET_MS;
     let last = until_ms / BUCKET_MS;
     let mut broke = false;
     let mut good_since: Option<u64> = None;
     for sec in first..=last {
         let w = t.window(target, sec * BUCKET_MS, BUCKET_MS);
-        let bad = w.requests > 0
-            && (w.error_rate >= g.error_rate || w.p99_ms >= g.p99_ms);
+        let bad = w.requests > 0 && (w.error_rate >= g.error_rate || w.p99_ms >= g.p99_ms);
         if bad {
             broke = true;
             good_since = None;

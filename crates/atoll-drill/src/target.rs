@@ -15,7 +15,11 @@ use std::time::Duration;
 /// The version of the demo discovery file this build reads.
 pub const DISCOVERY_VERSION: u64 = 1;
 
-const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'_').remove(b'.').remove(b'~');
+const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'_')
+    .remove(b'.')
+    .remove(b'~');
 
 pub(crate) fn enc(s: &str) -> String {
     utf8_percent_encode(s, SEGMENT).to_string()
@@ -80,7 +84,14 @@ impl DemoControl {
 
     async fn act(&self, region: &str, what: &str) -> Result<()> {
         let url = format!("{}/v1/demo/regions/{}/{what}", self.url, enc(region));
-        post(&self.http, &url, Some(&self.token), &json!({}), &format!("demo {what} {region}")).await?;
+        post(
+            &self.http,
+            &url,
+            Some(&self.token),
+            &json!({}),
+            &format!("demo {what} {region}"),
+        )
+        .await?;
         Ok(())
     }
 }
@@ -155,7 +166,8 @@ impl RegionControl for CommandControl {
         self.run(self.commands.stop.as_ref(), "stop", region).await
     }
     async fn restart(&self, region: &str) -> Result<()> {
-        self.run(self.commands.restart.as_ref(), "restart", region).await
+        self.run(self.commands.restart.as_ref(), "restart", region)
+            .await
     }
     fn describe(&self) -> String {
         "configured shell commands".into()
@@ -219,9 +231,14 @@ impl Target {
     pub fn from_demo(port_base: u16) -> Result<Target> {
         let path = discovery_path(port_base);
         let d = Discovery::load(&path)?;
-        let config = Config::load(Path::new(&d.config)).map_err(|e| DrillError::Config(e.to_string()))?;
+        let config =
+            Config::load(Path::new(&d.config)).map_err(|e| DrillError::Config(e.to_string()))?;
         let mut t = Target::from_config(config);
-        t.regions = d.regions.iter().map(|r| (r.name.clone(), r.api.clone())).collect();
+        t.regions = d
+            .regions
+            .iter()
+            .map(|r| (r.name.clone(), r.api.clone()))
+            .collect();
         t.router = Some(d.proxy.clone());
         t.router_admin = Some(d.router_admin.clone());
         t.link_control = Some(d.link_control.clone());
@@ -265,7 +282,10 @@ pub struct DiscoveredRegion {
 impl Discovery {
     pub fn load(path: &Path) -> Result<Discovery> {
         let text = std::fs::read_to_string(path).map_err(|e| {
-            DrillError::Discovery(format!("cannot read {}: {e} (is `atoll demo` running?)", path.display()))
+            DrillError::Discovery(format!(
+                "cannot read {}: {e} (is `atoll demo` running?)",
+                path.display()
+            ))
         })?;
         Discovery::parse(&text, &path.display().to_string())
     }
@@ -300,11 +320,20 @@ fn error_text(status: u16, body: &str) -> (String, bool) {
             format!(
                 "HTTP {status} {code}: {}{}",
                 e["message"].as_str().unwrap_or(""),
-                e["hint"].as_str().map(|h| format!(" (hint: {h})")).unwrap_or_default()
+                e["hint"]
+                    .as_str()
+                    .map(|h| format!(" (hint: {h})"))
+                    .unwrap_or_default()
             ),
             e["retryable"].as_bool().unwrap_or(status >= 500),
         ),
-        None => (format!("HTTP {status}: {}", body.chars().take(300).collect::<String>()), status >= 500),
+        None => (
+            format!(
+                "HTTP {status}: {}",
+                body.chars().take(300).collect::<String>()
+            ),
+            status >= 500,
+        ),
     }
 }
 
@@ -325,7 +354,13 @@ async fn send(req: reqwest::RequestBuilder, what: &str) -> Result<Value> {
     Ok(serde_json::from_str(&body).unwrap_or(Value::Null))
 }
 
-pub(crate) async fn post(http: &reqwest::Client, url: &str, token: Option<&str>, body: &Value, what: &str) -> Result<Value> {
+pub(crate) async fn post(
+    http: &reqwest::Client,
+    url: &str,
+    token: Option<&str>,
+    body: &Value,
+    what: &str,
+) -> Result<Value> {
     let mut req = http.post(url).json(body);
     if let Some(t) = token {
         req = req.bearer_auth(t);
@@ -349,29 +384,59 @@ impl Ops {
 
     fn router_admin(&self) -> Result<&str> {
         self.t.router_admin.as_deref().ok_or_else(|| {
-            DrillError::control("router admin", "no router admin API known: run with --demo or --router-admin", false)
+            DrillError::control(
+                "router admin",
+                "no router admin API known: run with --demo or --router-admin",
+                false,
+            )
         })
     }
 
     fn link(&self) -> Result<&str> {
         self.t.link_control.as_deref().ok_or_else(|| {
-            DrillError::control("link control", "no link control API known: run with --demo or --link-control", false)
+            DrillError::control(
+                "link control",
+                "no link control API known: run with --demo or --link-control",
+                false,
+            )
         })
     }
 
     pub async fn drain(&self, region: &str, for_ms: Option<u64>, reason: &str) -> Result<()> {
-        let url = format!("{}/v1/router/regions/{}/drain", self.router_admin()?, enc(region));
+        let url = format!(
+            "{}/v1/router/regions/{}/drain",
+            self.router_admin()?,
+            enc(region)
+        );
         let mut body = json!({"reason": reason});
         if let Some(ms) = for_ms {
             body["for"] = json!(format!("{ms}ms"));
         }
-        post(&self.http, &url, self.t.admin_token.as_deref(), &body, &format!("drain {region}")).await?;
+        post(
+            &self.http,
+            &url,
+            self.t.admin_token.as_deref(),
+            &body,
+            &format!("drain {region}"),
+        )
+        .await?;
         Ok(())
     }
 
     pub async fn undrain(&self, region: &str) -> Result<()> {
-        let url = format!("{}/v1/router/regions/{}/undrain", self.router_admin()?, enc(region));
-        post(&self.http, &url, self.t.admin_token.as_deref(), &json!({"reason": "atoll drill"}), &format!("undrain {region}")).await?;
+        let url = format!(
+            "{}/v1/router/regions/{}/undrain",
+            self.router_admin()?,
+            enc(region)
+        );
+        post(
+            &self.http,
+            &url,
+            self.t.admin_token.as_deref(),
+            &json!({"reason": "atoll drill"}),
+            &format!("undrain {region}"),
+        )
+        .await?;
         Ok(())
     }
 
@@ -379,16 +444,29 @@ impl Ops {
     pub async fn add_fault(&self, mut body: Value, lease_ms: u64) -> Result<String> {
         body["for"] = json!(format!("{lease_ms}ms"));
         let url = format!("{}/v1/faults", self.link()?);
-        let v = post(&self.http, &url, self.t.link_token.as_deref(), &body, "add link fault").await?;
-        v["id"]
-            .as_str()
-            .map(str::to_string)
-            .ok_or_else(|| DrillError::control("add link fault", format!("answer without an id: {v}"), false))
+        let v = post(
+            &self.http,
+            &url,
+            self.t.link_token.as_deref(),
+            &body,
+            "add link fault",
+        )
+        .await?;
+        v["id"].as_str().map(str::to_string).ok_or_else(|| {
+            DrillError::control(
+                "add link fault",
+                format!("answer without an id: {v}"),
+                false,
+            )
+        })
     }
 
     pub async fn renew_fault(&self, id: &str, lease_ms: u64) -> Result<()> {
         let url = format!("{}/v1/faults/{}", self.link()?, enc(id));
-        let mut req = self.http.put(&url).json(&json!({"for": format!("{lease_ms}ms")}));
+        let mut req = self
+            .http
+            .put(&url)
+            .json(&json!({"for": format!("{lease_ms}ms")}));
         if let Some(t) = &self.t.link_token {
             req = req.bearer_auth(t);
         }
@@ -406,7 +484,8 @@ impl Ops {
         match send(req, &format!("remove fault {id}")).await {
             Ok(_) => Ok(()),
             Err(DrillError::Control { message, .. })
-                if message.contains("ATOLL-LINK-UNKNOWN-FAULT") || message.contains("ATOLL-LINK-FAULT-EXPIRED") =>
+                if message.contains("ATOLL-LINK-UNKNOWN-FAULT")
+                    || message.contains("ATOLL-LINK-FAULT-EXPIRED") =>
             {
                 Ok(())
             }
@@ -415,10 +494,9 @@ impl Ops {
     }
 
     pub async fn healthz(&self, region: &str) -> Result<Value> {
-        let base = self
-            .t
-            .region_url(region)
-            .ok_or_else(|| DrillError::control("healthz", format!("unknown region {region}"), false))?;
+        let base = self.t.region_url(region).ok_or_else(|| {
+            DrillError::control("healthz", format!("unknown region {region}"), false)
+        })?;
         let resp = self
             .http
             .get(format!("{base}/healthz"))
@@ -429,7 +507,11 @@ impl Ops {
         let status = resp.status().as_u16();
         let v: Value = resp.json().await.unwrap_or(Value::Null);
         if status != 200 {
-            return Err(DrillError::control(format!("healthz {region}"), format!("HTTP {status}: {v}"), true));
+            return Err(DrillError::control(
+                format!("healthz {region}"),
+                format!("HTTP {status}: {v}"),
+                true,
+            ));
         }
         Ok(v)
     }
@@ -443,14 +525,17 @@ impl Ops {
                 return Ok(p.to_string());
             }
         }
-        Err(DrillError::control("find the primary", "no region names a lease holder", true))
+        Err(DrillError::control(
+            "find the primary",
+            "no region names a lease holder",
+            true,
+        ))
     }
 
     pub async fn promote(&self, region: &str, accept_data_loss: bool) -> Result<Value> {
-        let base = self
-            .t
-            .region_url(region)
-            .ok_or_else(|| DrillError::control("promote", format!("unknown region {region}"), false))?;
+        let base = self.t.region_url(region).ok_or_else(|| {
+            DrillError::control("promote", format!("unknown region {region}"), false)
+        })?;
         post(
             &self.http,
             &format!("{base}/v1/admin/promote"),
@@ -463,10 +548,9 @@ impl Ops {
 
     pub async fn switchover(&self, target: &str, timeout_ms: u64) -> Result<Value> {
         let primary = self.primary().await?;
-        let base = self
-            .t
-            .region_url(&primary)
-            .ok_or_else(|| DrillError::control("switchover", format!("unknown region {primary}"), false))?;
+        let base = self.t.region_url(&primary).ok_or_else(|| {
+            DrillError::control("switchover", format!("unknown region {primary}"), false)
+        })?;
         let http = http_client(Duration::from_millis(timeout_ms + 10_000))?;
         post(
             &http,
@@ -483,7 +567,10 @@ impl Ops {
     /// quorum fencing; a primary with a write window in leased models).
     pub async fn unsteady(&self) -> Option<String> {
         let mut primary_ok = false;
-        let leased = !matches!(self.t.config.cluster.model, atoll_config::Model::ActiveActive);
+        let leased = !matches!(
+            self.t.config.cluster.model,
+            atoll_config::Model::ActiveActive
+        );
         for name in self.t.region_names() {
             let h = match self.healthz(&name).await {
                 Ok(h) => h,
@@ -514,11 +601,13 @@ impl Ops {
 
     /// `/v1/status` of a region (for convergence).
     pub async fn status(&self, region: &str) -> Result<Value> {
-        let base = self
-            .t
-            .region_url(region)
-            .ok_or_else(|| DrillError::control("status", format!("unknown region {region}"), false))?;
-        let mut req = self.http.get(format!("{base}/v1/status")).timeout(Duration::from_secs(3));
+        let base = self.t.region_url(region).ok_or_else(|| {
+            DrillError::control("status", format!("unknown region {region}"), false)
+        })?;
+        let mut req = self
+            .http
+            .get(format!("{base}/v1/status"))
+            .timeout(Duration::from_secs(3));
         if let Some(t) = &self.t.client_token {
             req = req.bearer_auth(t);
         }

@@ -22,13 +22,18 @@ fn w(id: u64, kind: Kind, key: &str, value: &str, region: &str, at: u64) -> Writ
         outcome: Outcome::Acked {
             region: region.into(),
             epoch: None,
-            ts: Some(Hlc { wall_ms: 1_000_000 + at, logical: 0 }),
+            ts: Some(Hlc {
+                wall_ms: 1_000_000 + at,
+                logical: 0,
+            }),
         },
     }
 }
 
 fn unknown(mut r: WriteRecord) -> WriteRecord {
-    r.outcome = Outcome::Unknown { reason: "timeout".into() };
+    r.outcome = Outcome::Unknown {
+        reason: "timeout".into(),
+    };
     r
 }
 
@@ -60,10 +65,22 @@ fn nothing_lost_no_alarm_for_every_policy() {
         &["r1", "r2", "r3"],
         &[
             (Kind::Lww, "a", Observed::Lww { value: "v2".into() }),
-            (Kind::Mvr, "m1", Observed::Mvr { values: vec!["x1".into()] }),
+            (
+                Kind::Mvr,
+                "m1",
+                Observed::Mvr {
+                    values: vec!["x1".into()],
+                },
+            ),
             // The unknown increment was applied: 3 is allowed, neither lost nor a duplicate.
             (Kind::Counter, "c", Observed::Counter { value: 3 }),
-            (Kind::Set, "s", Observed::Set { members: vec!["m7".into(), "m8".into()] }),
+            (
+                Kind::Set,
+                "s",
+                Observed::Set {
+                    members: vec!["m7".into(), "m8".into()],
+                },
+            ),
         ],
     );
     let r = check::rpo(&h, &fin);
@@ -78,7 +95,10 @@ fn lww_superseded_by_a_later_or_unknown_write_is_not_lost() {
         w(1, Kind::Lww, "a", "v1", "r1", 10),
         unknown(w(2, Kind::Lww, "a", "v2", "r2", 20)),
     ];
-    let fin = state(&["r1"], &[(Kind::Lww, "a", Observed::Lww { value: "v2".into() })]);
+    let fin = state(
+        &["r1"],
+        &[(Kind::Lww, "a", Observed::Lww { value: "v2".into() })],
+    );
     assert!(check::rpo(&h, &fin).lost.is_empty());
 }
 
@@ -101,7 +121,13 @@ fn every_known_loss_is_found_and_listed() {
             (Kind::Lww, "a", Observed::Lww { value: "v1".into() }),
             (Kind::Mvr, "m1", Observed::Mvr { values: vec![] }),
             (Kind::Counter, "c", Observed::Counter { value: 1 }),
-            (Kind::Set, "s", Observed::Set { members: vec!["m6".into()] }),
+            (
+                Kind::Set,
+                "s",
+                Observed::Set {
+                    members: vec!["m6".into()],
+                },
+            ),
             (Kind::Lww, "b", Observed::Missing),
         ],
     );
@@ -109,14 +135,27 @@ fn every_known_loss_is_found_and_listed() {
     let ids: Vec<u64> = r.lost.iter().map(|l| l.id).collect();
     assert_eq!(ids, vec![2, 3, 5, 7, 8], "{:#?}", r.lost);
     assert!(r.lost.iter().all(|l| l.region == "r3"));
-    let counter = r.lost.iter().find(|l| l.kind == Kind::Counter).expect("counter loss");
+    let counter = r
+        .lost
+        .iter()
+        .find(|l| l.kind == Kind::Counter)
+        .expect("counter loss");
     assert!(counter.found.contains("1 missing"), "{}", counter.found);
 }
 
 #[test]
 fn an_unreadable_region_makes_the_check_incomplete_not_clean() {
     let h = vec![w(1, Kind::Lww, "a", "v1", "r1", 10)];
-    let fin = state(&["r1"], &[(Kind::Lww, "a", Observed::Unreadable { reason: "refused".into() })]);
+    let fin = state(
+        &["r1"],
+        &[(
+            Kind::Lww,
+            "a",
+            Observed::Unreadable {
+                reason: "refused".into(),
+            },
+        )],
+    );
     let r = check::rpo(&h, &fin);
     assert!(r.lost.is_empty());
     assert_eq!(r.unchecked.len(), 1);
@@ -133,7 +172,13 @@ fn duplicates_of_non_idempotent_writes_are_found() {
         &["r1"],
         &[
             (Kind::Counter, "c", Observed::Counter { value: 4 }),
-            (Kind::Mvr, "m", Observed::Mvr { values: vec!["x".into(), "x".into()] }),
+            (
+                Kind::Mvr,
+                "m",
+                Observed::Mvr {
+                    values: vec!["x".into(), "x".into()],
+                },
+            ),
         ],
     );
     let d = check::duplicates(&h, &fin);
@@ -150,7 +195,11 @@ fn leased(mut r: WriteRecord, epoch: u64) -> WriteRecord {
 
 #[test]
 fn a_write_of_an_old_epoch_after_a_newer_one_was_acknowledged_is_a_zombie() {
-    let rules = FencingRules { leased: true, quorum: false, lease_ms: 5000 };
+    let rules = FencingRules {
+        leased: true,
+        quorum: false,
+        lease_ms: 5000,
+    };
     let h = vec![
         leased(w(1, Kind::Lww, "a", "1", "us", 100), 1),
         // eu took over under epoch 2 and acknowledged at 2005.
@@ -169,7 +218,11 @@ fn a_write_of_an_old_epoch_after_a_newer_one_was_acknowledged_is_a_zombie() {
 
 #[test]
 fn a_read_only_write_acknowledged_by_an_isolated_region_after_the_lease_bound_is_a_zombie() {
-    let rules = FencingRules { leased: false, quorum: true, lease_ms: 5000 };
+    let rules = FencingRules {
+        leased: false,
+        quorum: true,
+        lease_ms: 5000,
+    };
     let fenced = |id, at| {
         let mut r = w(id, Kind::Lww, "inv", "x", "us", at);
         r.fenced = true;
@@ -177,16 +230,23 @@ fn a_read_only_write_acknowledged_by_an_isolated_region_after_the_lease_bound_is
         r
     };
     let h = vec![
-        fenced(1, 12_000),           // within the bound: allowed
-        fenced(2, 16_000),           // 6 s after the cut: zombie
+        fenced(1, 12_000),                       // within the bound: allowed
+        fenced(2, 16_000),                       // 6 s after the cut: zombie
         w(3, Kind::Lww, "s", "y", "us", 16_000), // an available keyspace: allowed
-        fenced(4, 40_000),           // after the heal: allowed
+        fenced(4, 40_000),                       // after the heal: allowed
     ];
-    let iso = [Isolation { region: "us".into(), from_ms: 10_000, to_ms: 30_000 }];
+    let iso = [Isolation {
+        region: "us".into(),
+        from_ms: 10_000,
+        to_ms: 30_000,
+    }];
     let z = check::zombies(&h, &iso, &rules);
     assert_eq!(z.iter().map(|z| z.id).collect::<Vec<_>>(), vec![2], "{z:?}");
     // Without quorum fencing nothing must be refused: no zombies.
-    let rules = FencingRules { quorum: false, ..rules };
+    let rules = FencingRules {
+        quorum: false,
+        ..rules
+    };
     assert!(check::zombies(&h, &iso, &rules).is_empty());
 }
 

@@ -30,7 +30,13 @@ fn series(base: u64, dip_from: u64, dip_to: u64) -> Vec<Point> {
 fn report() -> Report {
     let target = |name: &str, s: Vec<Point>| TargetSummary {
         target: name.into(),
-        total: WindowStats { requests: 800, errors: 10, error_rate: 0.0125, p50_ms: 5, p99_ms: 80 },
+        total: WindowStats {
+            requests: 800,
+            errors: 10,
+            error_rate: 0.0125,
+            p50_ms: 5,
+            p99_ms: 80,
+        },
         series: s,
     };
     Report {
@@ -47,25 +53,55 @@ fn report() -> Report {
         interrupted: false,
         problems: vec![],
         events: vec![
-            Event { at_ms: 10_000, kind: "fault".into(), text: "kill -9 us-east-1".into(), line: 40 },
-            Event { at_ms: 25_000, kind: "restore".into(), text: "us-east-1 restarted".into(), line: 48 },
+            Event {
+                at_ms: 10_000,
+                kind: "fault".into(),
+                text: "kill -9 us-east-1".into(),
+                line: 40,
+            },
+            Event {
+                at_ms: 25_000,
+                kind: "restore".into(),
+                text: "us-east-1 restarted".into(),
+                line: 48,
+            },
         ],
         targets: vec![
             target("us-east-1", series(20, 10, 25)),
             target("eu-west-1", series(40, 99, 99)),
             target("router", series(60, 99, 99)),
         ],
-        rto: vec![Rto { target: "us-east-1".into(), fault: "kill us-east-1".into(), fault_ms: 10_000, write_ms: Some(15_200), slo_ms: Some(16_000) }],
+        rto: vec![Rto {
+            target: "us-east-1".into(),
+            fault: "kill us-east-1".into(),
+            fault_ms: 10_000,
+            write_ms: Some(15_200),
+            slo_ms: Some(16_000),
+        }],
         acked_writes: 3000,
-        acked_by: [("us-east-1".to_string(), 1000u64), ("eu-west-1".to_string(), 2000)].into_iter().collect(),
+        acked_by: [
+            ("us-east-1".to_string(), 1000u64),
+            ("eu-west-1".to_string(), 2000),
+        ]
+        .into_iter()
+        .collect(),
         unknown_writes: 2,
         failed_by_code: Default::default(),
         refused_writes: 300,
         reads: 900,
-        rpo: RpoFindings { lost: vec![], unchecked: vec![], checked_writes: 3000 },
+        rpo: RpoFindings {
+            lost: vec![],
+            unchecked: vec![],
+            checked_writes: 3000,
+        },
         zombies: vec![],
         duplicates: vec![],
-        expects: vec![ExpectResult { text: "lost_writes == 0".into(), line: 0, actual: 0.0, passed: true }],
+        expects: vec![ExpectResult {
+            text: "lost_writes == 0".into(),
+            line: 0,
+            actual: 0.0,
+            passed: true,
+        }],
         survivors_error_rate: 0.0,
         survivors_p99_ms: 80,
         control: "test".into(),
@@ -78,11 +114,18 @@ fn the_html_is_self_contained_and_escaped() {
     for id in ["chart-throughput", "chart-errors", "chart-latency"] {
         assert!(html.contains(&format!("id=\"{id}\"")), "{id} missing");
     }
-    assert_eq!(html.matches("class=\"series\"").count(), 9, "three series in each of three charts");
+    assert_eq!(
+        html.matches("class=\"series\"").count(),
+        9,
+        "three series in each of three charts"
+    );
     assert!(html.contains("class=\"marker fault\""));
     assert!(html.contains("kill &lt;b&gt;busiest&lt;/b&gt; &amp; restart"));
     for external in ["<script", "src=\"http", "href=\"http", "@import", "url("] {
-        assert!(!html.contains(external), "the page refers to something outside it: {external}");
+        assert!(
+            !html.contains(external),
+            "the page refers to something outside it: {external}"
+        );
     }
     // The JSON round-trips and carries its version.
     let r = report();
@@ -105,7 +148,11 @@ fn the_outcome_store_keeps_when_each_scenario_last_passed() {
     assert_eq!(Outcomes::load(dir.path()).expect("load"), o);
     // A newer format is refused, not misread.
     let text = std::fs::read_to_string(dir.path().join("drill-outcomes.json")).expect("file");
-    std::fs::write(dir.path().join("drill-outcomes.json"), text.replace("\"version\": 1", "\"version\": 2")).expect("write");
+    std::fs::write(
+        dir.path().join("drill-outcomes.json"),
+        text.replace("\"version\": 1", "\"version\": 2"),
+    )
+    .expect("write");
     assert!(Outcomes::load(dir.path()).is_err());
 }
 
@@ -121,7 +168,9 @@ fn chromium() -> PathBuf {
             }
         }
     }
-    panic!("no headless Chromium: install Debian's `chromium` (scripts/test-all.sh does) or set ATOLL_CHROMIUM");
+    panic!(
+        "no headless Chromium: install Debian's `chromium` (scripts/test-all.sh does) or set ATOLL_CHROMIUM"
+    );
 }
 
 /// A decoded 8-bit RGB or RGBA PNG: (width, height, channels, pixels).
@@ -151,16 +200,30 @@ fn decode_png(bytes: &[u8]) -> (usize, usize, usize, Vec<u8>) {
         pos += 12 + len;
     }
     let mut raw = Vec::new();
-    flate2::read::ZlibDecoder::new(&idat[..]).read_to_end(&mut raw).expect("zlib");
+    flate2::read::ZlibDecoder::new(&idat[..])
+        .read_to_end(&mut raw)
+        .expect("zlib");
     let stride = w * ch;
     let mut out = vec![0u8; h * stride];
     for y in 0..h {
         let f = raw[y * (stride + 1)];
         let line = &raw[y * (stride + 1) + 1..(y + 1) * (stride + 1)];
         for x in 0..stride {
-            let a = if x >= ch { out[y * stride + x - ch] as i32 } else { 0 };
-            let b = if y > 0 { out[(y - 1) * stride + x] as i32 } else { 0 };
-            let c = if x >= ch && y > 0 { out[(y - 1) * stride + x - ch] as i32 } else { 0 };
+            let a = if x >= ch {
+                out[y * stride + x - ch] as i32
+            } else {
+                0
+            };
+            let b = if y > 0 {
+                out[(y - 1) * stride + x] as i32
+            } else {
+                0
+            };
+            let c = if x >= ch && y > 0 {
+                out[(y - 1) * stride + x - ch] as i32
+            } else {
+                0
+            };
             let pred = match f {
                 0 => 0,
                 1 => a,
@@ -169,7 +232,13 @@ fn decode_png(bytes: &[u8]) -> (usize, usize, usize, Vec<u8>) {
                 4 => {
                     let p = a + b - c;
                     let (pa, pb, pc) = ((p - a).abs(), (p - b).abs(), (p - c).abs());
-                    if pa <= pb && pa <= pc { a } else if pb <= pc { b } else { c }
+                    if pa <= pb && pa <= pc {
+                        a
+                    } else if pb <= pc {
+                        b
+                    } else {
+                        c
+                    }
                 }
                 f => panic!("filter {f}"),
             };
@@ -194,10 +263,16 @@ fn the_html_report_opens_in_headless_chromium_and_shows_its_charts() {
     let shot = dir.path().join("shot.png");
     let profile = dir.path().join("profile");
     let mut cmd = Command::new(chromium());
-    cmd.args(["--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", "--window-size=1000,1100"])
-        .arg(format!("--user-data-dir={}", profile.display()))
-        .arg(format!("--screenshot={}", shot.display()))
-        .arg(format!("file://{}", html.display()));
+    cmd.args([
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--hide-scrollbars",
+        "--window-size=1000,1100",
+    ])
+    .arg(format!("--user-data-dir={}", profile.display()))
+    .arg(format!("--screenshot={}", shot.display()))
+    .arg(format!("file://{}", html.display()));
     let out = run_bounded(cmd, Duration::from_secs(90));
     assert!(shot.is_file(), "no screenshot; chromium said:\n{out}");
     let png = decode_png(&std::fs::read(&shot).expect("read"));
@@ -210,7 +285,10 @@ fn the_html_report_opens_in_headless_chromium_and_shows_its_charts() {
         ("fault marker", [0xdd, 0x00, 0x00], 20),
     ] {
         let n = count_near(&png, rgb);
-        assert!(n >= min, "{name}: only {n} pixels of {rgb:?} in the screenshot");
+        assert!(
+            n >= min,
+            "{name}: only {n} pixels of {rgb:?} in the screenshot"
+        );
     }
 }
 
@@ -233,4 +311,3 @@ fn run_bounded(mut cmd: Command, limit: Duration) -> String {
     }
     std::fs::read_to_string(log.path()).unwrap_or_default()
 }
-

@@ -1,7 +1,7 @@
 //! Scenario parsing and validation: clear errors naming file and line.
 
-use atoll_drill::scenario::{self, Action, RegionRef};
 use atoll_drill::DrillError;
+use atoll_drill::scenario::{self, Action, RegionRef};
 
 const CLUSTER: &str = r#"
 [cluster]
@@ -34,7 +34,11 @@ fn base(steps: &str) -> String {
 
 fn err_line(text: &str) -> (usize, String) {
     match scenario::parse(text, "drills/x.toml") {
-        Err(DrillError::Scenario { file, line, message }) => {
+        Err(DrillError::Scenario {
+            file,
+            line,
+            message,
+        }) => {
             assert_eq!(file, "drills/x.toml");
             (line, message)
         }
@@ -58,11 +62,18 @@ fn every_shipped_scenario_parses() {
 
 #[test]
 fn a_valid_scenario_parses_with_lines() {
-    let text = base("[[steps]]\naction = \"observe\"\nfor = \"2s\"\n\n[[steps]]\naction = \"kill\"\nregion = \"busiest\"\n");
+    let text = base(
+        "[[steps]]\naction = \"observe\"\nfor = \"2s\"\n\n[[steps]]\naction = \"kill\"\nregion = \"busiest\"\n",
+    );
     let sc = scenario::parse(&text, "x.toml").expect("parses");
     assert_eq!(sc.steps.len(), 2);
     assert_eq!(sc.steps[0].action, Action::Observe { for_ms: 2000 });
-    assert_eq!(sc.steps[1].action, Action::Kill { region: RegionRef::Busiest });
+    assert_eq!(
+        sc.steps[1].action,
+        Action::Kill {
+            region: RegionRef::Busiest
+        }
+    );
     assert_eq!(sc.steps[1].line, 16, "{text}");
     // The article's thresholds by default.
     assert_eq!(sc.guards.error_rate, 0.05);
@@ -71,7 +82,8 @@ fn a_valid_scenario_parses_with_lines() {
 
 #[test]
 fn an_unknown_step_is_named_with_its_line() {
-    let text = base("[[steps]]\naction = \"observe\"\nfor = \"2s\"\n\n[[steps]]\naction = \"explode\"\n");
+    let text =
+        base("[[steps]]\naction = \"observe\"\nfor = \"2s\"\n\n[[steps]]\naction = \"explode\"\n");
     let (line, msg) = err_line(&text);
     assert_eq!(line, 17);
     assert!(msg.contains("unknown step `explode`"), "{msg}");
@@ -79,7 +91,13 @@ fn an_unknown_step_is_named_with_its_line() {
 
 #[test]
 fn bad_durations_are_named_with_their_line() {
-    for (d, want) in [("10", "no unit"), ("10 parsecs", "unknown unit"), ("2d", "unknown unit"), ("0s", "out of range"), ("2h", "out of range")] {
+    for (d, want) in [
+        ("10", "no unit"),
+        ("10 parsecs", "unknown unit"),
+        ("2d", "unknown unit"),
+        ("0s", "out of range"),
+        ("2h", "out of range"),
+    ] {
         let text = base(&format!("[[steps]]\naction = \"observe\"\nfor = \"{d}\"\n"));
         let (line, msg) = err_line(&text);
         assert_eq!(line, 14, "{d}: {msg}");
@@ -101,7 +119,9 @@ fn a_field_the_step_does_not_take_is_an_error() {
 
 #[test]
 fn missing_fields_and_bad_expectations_are_errors() {
-    let (_, msg) = err_line(&base("[[steps]]\naction = \"isolate\"\nregion = \"us-east-1\"\n"));
+    let (_, msg) = err_line(&base(
+        "[[steps]]\naction = \"isolate\"\nregion = \"us-east-1\"\n",
+    ));
     assert!(msg.contains("needs `for`"), "{msg}");
     let text = format!(
         "version = 1\nname = \"t\"\nexpect = [\"lost_writes =< 0\"]\n[load]\nrate = 10\nclients = 1\n[[load.mix]]\nkeyspace = \"s\"\nop = \"put\"\n[[steps]]\naction = \"heal\"\n"
@@ -109,17 +129,25 @@ fn missing_fields_and_bad_expectations_are_errors() {
     let (line, msg) = err_line(&text);
     assert_eq!(line, 3);
     assert!(msg.contains("unknown comparison"), "{msg}");
-    let (_, msg) = err_line(&base("[[steps]]\naction = \"heal\"\n").replace("version = 1", "version = 2"));
+    let (_, msg) =
+        err_line(&base("[[steps]]\naction = \"heal\"\n").replace("version = 1", "version = 2"));
     assert!(msg.contains("version 2"), "{msg}");
 }
 
 #[test]
 fn an_unknown_region_or_keyspace_is_named_against_the_cluster() {
     let cfg = atoll_config::Config::parse(CLUSTER, "atoll.toml").expect("cluster config");
-    let text = base("[[steps]]\naction = \"observe\"\nfor = \"1s\"\n\n[[steps]]\naction = \"isolate\"\nregion = \"mars-1\"\nfor = \"5s\"\n");
+    let text = base(
+        "[[steps]]\naction = \"observe\"\nfor = \"1s\"\n\n[[steps]]\naction = \"isolate\"\nregion = \"mars-1\"\nfor = \"5s\"\n",
+    );
     let sc = scenario::parse(&text, "drills/x.toml").expect("parses on its own");
     match sc.validate(&cfg) {
-        Err(DrillError::Mismatch { file, line, message, .. }) => {
+        Err(DrillError::Mismatch {
+            file,
+            line,
+            message,
+            ..
+        }) => {
             assert_eq!(file, "drills/x.toml");
             // The line of the step's `[[steps]]` header.
             assert_eq!(line, 16);
@@ -128,13 +156,38 @@ fn an_unknown_region_or_keyspace_is_named_against_the_cluster() {
         }
         other => panic!("expected a mismatch, got {other:?}"),
     }
-    let sc = scenario::parse(&base("[[steps]]\naction = \"heal\"\n").replace("\"sessions\"", "\"nope\""), "x.toml").expect("parses");
+    let sc = scenario::parse(
+        &base("[[steps]]\naction = \"heal\"\n").replace("\"sessions\"", "\"nope\""),
+        "x.toml",
+    )
+    .expect("parses");
     let e = sc.validate(&cfg).expect_err("unknown keyspace");
     assert!(e.to_string().contains("unknown keyspace `nope`"), "{e}");
-    assert!(e.to_string().starts_with("x.toml:8: "), "names the [[load.mix]] line: {e}");
+    assert!(
+        e.to_string().starts_with("x.toml:8: "),
+        "names the [[load.mix]] line: {e}"
+    );
     // Promotion needs a leased model; drain needs a router.
-    let sc = scenario::parse(&base("[[steps]]\naction = \"promote\"\nregion = \"eu-west-1\"\n"), "x.toml").expect("parses");
-    assert!(sc.validate(&cfg).expect_err("active-active").to_string().contains("leased model"));
-    let sc = scenario::parse(&base("[[steps]]\naction = \"drain\"\nregion = \"eu-west-1\"\n"), "x.toml").expect("parses");
-    assert!(sc.validate(&cfg).expect_err("no router").to_string().contains("router"));
+    let sc = scenario::parse(
+        &base("[[steps]]\naction = \"promote\"\nregion = \"eu-west-1\"\n"),
+        "x.toml",
+    )
+    .expect("parses");
+    assert!(
+        sc.validate(&cfg)
+            .expect_err("active-active")
+            .to_string()
+            .contains("leased model")
+    );
+    let sc = scenario::parse(
+        &base("[[steps]]\naction = \"drain\"\nregion = \"eu-west-1\"\n"),
+        "x.toml",
+    )
+    .expect("parses");
+    assert!(
+        sc.validate(&cfg)
+            .expect_err("no router")
+            .to_string()
+            .contains("router")
+    );
 }

@@ -516,7 +516,12 @@ pub async fn run(sc: &Scenario, target: Target, opts: RunOptions) -> Result<Repo
         let fut = runner.step(&step.action, step.line);
         let res = tokio::select! {
             r = fut => Some(r),
-            _ = trip_rx.changed() => None,
+            // A closed channel (guards disabled) never trips.
+            _ = async {
+                if trip_rx.wait_for(Option::is_some).await.is_err() {
+                    std::future::pending::<()>().await;
+                }
+            } => None,
             _ = async {
                 match interrupt.as_mut() {
                     Some(rx) => { let _ = rx.wait_for(|v| *v).await; }

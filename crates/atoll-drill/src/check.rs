@@ -148,7 +148,7 @@ pub fn rpo(history: &[WriteRecord], fin: &FinalState) -> RpoFindings {
                         _ => &[],
                     };
                     for w in &acked {
-                        if !values.iter().any(|v| *v == w.value) {
+                        if !values.contains(&w.value) {
                             out.lost.push(lost(region, w, describe(&obs)));
                         }
                     }
@@ -183,7 +183,7 @@ pub fn rpo(history: &[WriteRecord], fin: &FinalState) -> RpoFindings {
                         _ => &[],
                     };
                     for w in &acked {
-                        if !members.iter().any(|m| *m == w.value) {
+                        if !members.contains(&w.value) {
                             out.lost.push(lost(region, w, describe(&obs)));
                         }
                     }

@@ -6,6 +6,9 @@ use crate::stats::{Point, Rto, WindowStats};
 use serde::{Deserialize, Serialize};
 use std::fmt::Write as _;
 
+/// A chart: its id, its title and the value it plots.
+type Chart = (&'static str, &'static str, fn(&Point) -> u64);
+
 /// The report format version (the JSON carries it; readers refuse newer ones).
 pub const REPORT_VERSION: u32 = 1;
 
@@ -277,7 +280,7 @@ svg{{background:#fafafa;border:1px solid #ddd;margin:0.5em 0}}</style></head><bo
         for p in &self.problems {
             let _ = writeln!(h, "<p class=\"fail\">Problem: {}</p>", esc(p));
         }
-        let charts: [(&str, &str, fn(&Point) -> u64); 3] = [
+        let charts: [Chart; 3] = [
             ("throughput", "successful requests per second", |p| {
                 p.ok_per_s
             }),

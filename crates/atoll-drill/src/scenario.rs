@@ -527,7 +527,7 @@ pub fn parse_duration_ms(s: &str) -> std::result::Result<u64, String> {
         }
     };
     let ms = n * factor;
-    if !ms.is_finite() || ms < 0.0 || ms > 1e15 {
+    if !ms.is_finite() || !(0.0..=1e15).contains(&ms) {
         return Err(format!("`{s}` is out of range"));
     }
     Ok(ms.round() as u64)

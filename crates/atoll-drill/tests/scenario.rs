@@ -123,10 +123,8 @@ fn missing_fields_and_bad_expectations_are_errors() {
         "[[steps]]\naction = \"isolate\"\nregion = \"us-east-1\"\n",
     ));
     assert!(msg.contains("needs `for`"), "{msg}");
-    let text = format!(
-        "version = 1\nname = \"t\"\nexpect = [\"lost_writes =< 0\"]\n[load]\nrate = 10\nclients = 1\n[[load.mix]]\nkeyspace = \"s\"\nop = \"put\"\n[[steps]]\naction = \"heal\"\n"
-    );
-    let (line, msg) = err_line(&text);
+    let text = "version = 1\nname = \"t\"\nexpect = [\"lost_writes =< 0\"]\n[load]\nrate = 10\nclients = 1\n[[load.mix]]\nkeyspace = \"s\"\nop = \"put\"\n[[steps]]\naction = \"heal\"\n";
+    let (line, msg) = err_line(text);
     assert_eq!(line, 3);
     assert!(msg.contains("unknown comparison"), "{msg}");
     let (_, msg) =

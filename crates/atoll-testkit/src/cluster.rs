@@ -1775,7 +1775,7 @@ mod tests {
             lat: 0.0,
             lon: 0.0,
         };
-        let mesh = LinkMesh::start(&[region(a, &la), region(b, &lb)], 0.0).unwrap();
+        let mesh = LinkMesh::start(&[region(a, &la), region(b, &lb)], 0.0, false).unwrap();
         assert_eq!(mesh.addrs().len(), 2);
         let held = Duration::from_millis(300);
         let arrives = Duration::from_secs(5);
@@ -1828,7 +1828,7 @@ mod tests {
                 lon,
             })
             .collect();
-        let mesh = LinkMesh::start(&layout, 1.0).unwrap();
+        let mesh = LinkMesh::start(&layout, 1.0, false).unwrap();
         assert_eq!(mesh.addrs().len(), 6);
         mesh.partition("us-east-1", "eu-west-1").unwrap();
         assert!(mesh.partition("us-east-1", "nowhere").is_err());

@@ -14,45 +14,7 @@ pub enum DrillCommand {
     #[command(
         after_help = "Examples:\n  atoll drill run drills/region-outage.toml --demo\n  atoll drill run drills/region-isolation.toml --demo --port-base 8100 --output json --report out.html\n\nExit status: 0 when the drill passed, 1 when a guard tripped, an expectation failed,\nwrites were lost, a fenced region accepted writes, or the drill was interrupted."
     )]
-    Run {
-        file: PathBuf,
-        /// Run against a running `atoll demo` (its discovery file gives every address and the token).
-        #[arg(long)]
-        demo: bool,
-        /// The demo's --port-base.
-        #[arg(long, default_value_t = 7100)]
-        port_base: u16,
-        /// The cluster config (regions' addresses, keyspaces, fencing), without --demo.
-        #[arg(long)]
-        config: Option<PathBuf>,
-        /// The router's HTTP proxy (load through the router), without --demo.
-        #[arg(long)]
-        router: Option<String>,
-        /// The router's admin API (drain/undrain), without --demo.
-        #[arg(long)]
-        router_admin: Option<String>,
-        /// The link control API (faults), without --demo.
-        #[arg(long)]
-        link_control: Option<String>,
-        /// The admin token of the router and the regions.
-        #[arg(long, env = "ATOLL_ADMIN_TOKEN", hide_env_values = true)]
-        admin_token: Option<String>,
-        /// The link control API's token.
-        #[arg(long, env = "ATOLL_LINK_TOKEN", hide_env_values = true)]
-        link_token: Option<String>,
-        /// A client token for the regions' API (with [auth]).
-        #[arg(long, env = "ATOLL_TOKEN", hide_env_values = true)]
-        token: Option<String>,
-        /// `human` (default) or `json` (the whole report on stdout).
-        #[arg(long, default_value = "human")]
-        output: String,
-        /// Write the HTML report here.
-        #[arg(long)]
-        report: Option<PathBuf>,
-        /// Where outcomes are kept (default: $ATOLL_DRILL_STATE_DIR, $XDG_STATE_HOME/atoll or ~/.local/state/atoll).
-        #[arg(long)]
-        state_dir: Option<PathBuf>,
-    },
+    Run(Box<RunArgs>),
     /// Parse and validate a scenario (against a cluster config, if given).
     #[command(
         after_help = "Example:\n  atoll drill check drills/region-outage.toml --config examples/three-regions.toml"
@@ -70,6 +32,47 @@ pub enum DrillCommand {
         #[arg(long)]
         state_dir: Option<PathBuf>,
     },
+}
+
+#[derive(clap::Args)]
+pub struct RunArgs {
+    file: PathBuf,
+    /// Run against a running `atoll demo` (its discovery file gives every address and the token).
+    #[arg(long)]
+    demo: bool,
+    /// The demo's --port-base.
+    #[arg(long, default_value_t = 7100)]
+    port_base: u16,
+    /// The cluster config (regions' addresses, keyspaces, fencing), without --demo.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// The router's HTTP proxy (load through the router), without --demo.
+    #[arg(long)]
+    router: Option<String>,
+    /// The router's admin API (drain/undrain), without --demo.
+    #[arg(long)]
+    router_admin: Option<String>,
+    /// The link control API (faults), without --demo.
+    #[arg(long)]
+    link_control: Option<String>,
+    /// The admin token of the router and the regions.
+    #[arg(long, env = "ATOLL_ADMIN_TOKEN", hide_env_values = true)]
+    admin_token: Option<String>,
+    /// The link control API's token.
+    #[arg(long, env = "ATOLL_LINK_TOKEN", hide_env_values = true)]
+    link_token: Option<String>,
+    /// A client token for the regions' API (with [auth]).
+    #[arg(long, env = "ATOLL_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// `human` (default) or `json` (the whole report on stdout).
+    #[arg(long, default_value = "human")]
+    output: String,
+    /// Write the HTML report here.
+    #[arg(long)]
+    report: Option<PathBuf>,
+    /// Where outcomes are kept (default: $ATOLL_DRILL_STATE_DIR, $XDG_STATE_HOME/atoll or ~/.local/state/atoll).
+    #[arg(long)]
+    state_dir: Option<PathBuf>,
 }
 
 fn describe(e: DrillError) -> anyhow::Error {
@@ -100,21 +103,22 @@ pub async fn run(cmd: DrillCommand) -> Result<()> {
         DrillCommand::Ls { dir, state_dir } => {
             ls(&dir, &state_dir.unwrap_or_else(outcome::default_state_dir))
         }
-        DrillCommand::Run {
-            file,
-            demo,
-            port_base,
-            config,
-            router,
-            router_admin,
-            link_control,
-            admin_token,
-            link_token,
-            token,
-            output,
-            report,
-            state_dir,
-        } => {
+        DrillCommand::Run(args) => {
+            let RunArgs {
+                file,
+                demo,
+                port_base,
+                config,
+                router,
+                router_admin,
+                link_control,
+                admin_token,
+                link_token,
+                token,
+                output,
+                report,
+                state_dir,
+            } = *args;
             let sc: Scenario = atoll_drill::scenario::load(&file).map_err(describe)?;
             let mut target = if demo {
                 Target::from_demo(port_base).map_err(describe)?

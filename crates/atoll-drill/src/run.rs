@@ -171,8 +171,11 @@ impl Runner<'_> {
 
     /// Waits for held fault `i` to end on its own.
     async fn wait_fault(&mut self, i: usize) {
-        if let Some(f) = self.changes.faults.get_mut(i).and_then(Option::take) {
-            let _ = f.task.await;
+        // The slot is emptied only once the task is done: if this step is abandoned (a guard
+        // tripped, Ctrl-C), the fault is still listed and `restore` ends it.
+        if let Some(Some(f)) = self.changes.faults.get_mut(i) {
+            let _ = (&mut f.task).await;
+            self.changes.faults[i] = None;
         }
     }
 

@@ -70,6 +70,10 @@ pub struct RunArgs {
     /// Write the HTML report here.
     #[arg(long)]
     report: Option<PathBuf>,
+    /// Start without waiting for a steady cluster (every region serving, replication
+    /// established, fencing ready).
+    #[arg(long)]
+    allow_unsteady: bool,
     /// Where outcomes are kept (default: $ATOLL_DRILL_STATE_DIR, $XDG_STATE_HOME/atoll or ~/.local/state/atoll).
     #[arg(long)]
     state_dir: Option<PathBuf>,
@@ -117,6 +121,7 @@ pub async fn run(cmd: DrillCommand) -> Result<()> {
                 token,
                 output,
                 report,
+                allow_unsteady,
                 state_dir,
             } = *args;
             let sc: Scenario = atoll_drill::scenario::load(&file).map_err(describe)?;
@@ -154,6 +159,7 @@ pub async fn run(cmd: DrillCommand) -> Result<()> {
                 target,
                 RunOptions {
                     interrupt: Some(rx),
+                    allow_unsteady,
                 },
             )
             .await

@@ -28,6 +28,8 @@ const STEADY_TIMEOUT: Duration = Duration::from_secs(60);
 pub struct RunOptions {
     /// Turns true on Ctrl-C: restore, report, exit non-zero.
     pub interrupt: Option<watch::Receiver<bool>>,
+    /// Start without waiting for a steady cluster (a cluster broken on purpose never is).
+    pub allow_unsteady: bool,
 }
 
 /// A fault the drill holds on the link server: renewed every third of its lease until `until`.
@@ -434,7 +436,7 @@ pub async fn run(sc: &Scenario, target: Target, opts: RunOptions) -> Result<Repo
     // Precondition: a steady cluster (a drill that starts on a cluster still electing or
     // catching up measures that, not the fault).
     let steady_deadline = Instant::now() + STEADY_TIMEOUT;
-    loop {
+    while !opts.allow_unsteady {
         match ops.unsteady().await {
             None => break,
             Some(why) if Instant::now() >= steady_deadline => {

@@ -436,17 +436,19 @@ pub async fn run(sc: &Scenario, target: Target, opts: RunOptions) -> Result<Repo
     // Precondition: a steady cluster (a drill that starts on a cluster still electing or
     // catching up measures that, not the fault).
     let steady_deadline = Instant::now() + STEADY_TIMEOUT;
-    while !opts.allow_unsteady {
-        match ops.unsteady().await {
-            None => break,
-            Some(why) if Instant::now() >= steady_deadline => {
-                return Err(DrillError::control(
-                    "precondition",
-                    format!("the cluster is not steady after {STEADY_TIMEOUT:?}: {why}"),
-                    true,
-                ));
+    if !opts.allow_unsteady {
+        loop {
+            match ops.unsteady().await {
+                None => break,
+                Some(why) if Instant::now() >= steady_deadline => {
+                    return Err(DrillError::control(
+                        "precondition",
+                        format!("the cluster is not steady after {STEADY_TIMEOUT:?}: {why}"),
+                        true,
+                    ));
+                }
+                Some(_) => tokio::time::sleep(Duration::from_millis(250)).await,
             }
-            Some(_) => tokio::time::sleep(Duration::from_millis(250)).await,
         }
     }
     let t0 = Instant::now();

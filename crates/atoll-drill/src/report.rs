@@ -455,9 +455,11 @@ svg{{background:#fafafa;border:1px solid #ddd;margin:0.5em 0}}</style></head><bo
         }
         for (i, t) in self.targets.iter().enumerate() {
             let color = COLORS[i % COLORS.len()];
+            // The last second is cut short by the end of the load: left out, it is not a dip.
             let pts: Vec<String> = t
                 .series
                 .iter()
+                .filter(|p| (p.t_s + 1) * 1000 <= self.duration_ms)
                 .map(|p| format!("{:.1},{:.1}", x(p.t_s as f64 + 0.5), y(f(p) as f64)))
                 .collect();
             let _ = writeln!(

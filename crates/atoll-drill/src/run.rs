@@ -226,7 +226,10 @@ impl Runner<'_> {
                 reason,
             } => {
                 let r = self.resolve(region).await?;
-                self.ops.drain(&r, *for_ms, reason).await?;
+                // Always leased: without a `for`, the drain ends by itself 5 min after the
+                // longest the drill can take, so a drill that dies leaves no drain for ever.
+                let lease = for_ms.unwrap_or(self.sc.max_duration_ms() + 300_000);
+                self.ops.drain(&r, Some(lease), reason).await?;
                 self.changes.drained.insert(r.clone());
                 self.affect(&r);
                 self.faults_at.push((format!("drain {r}"), t));

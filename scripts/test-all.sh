@@ -8,6 +8,8 @@ echo "== toolchain: $(cargo --version)"
 # Debian packages some tests use (only installed when missing; needs root, as in CI).
 need_pkgs=()
 command -v promtool >/dev/null 2>&1 || need_pkgs+=(prometheus)
+# Headless Chromium for the drill report's screenshot test (crates/atoll-drill/tests/report.rs).
+command -v chromium >/dev/null 2>&1 || [ -n "${ATOLL_CHROMIUM:-}" ] || need_pkgs+=(chromium)
 if [ ${#need_pkgs[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_pkgs[@]}"

@@ -680,10 +680,35 @@ pub async fn status(args: ClientArgs, max_lag: Option<f64>) -> Result<()> {
             if let Some(h) = v["replication"]["tombstone_horizon_ms"].as_u64() {
                 println!("tombstone horizon: {h} ms since the epoch");
             }
+            drill_lines();
         }
     }
     if !problems.is_empty() {
         bail!("unhealthy: {}", problems.join("; "));
     }
     Ok(())
+}
+
+/// `atoll status`: when each drill scenario last passed, from this machine's outcome store.
+fn drill_lines() {
+    use atoll_core::clock::{Clock, SystemClock};
+    let dir = atoll_drill::outcome::default_state_dir();
+    let Ok(o) = atoll_drill::outcome::Outcomes::load(&dir) else {
+        return;
+    };
+    if o.scenarios.is_empty() {
+        return;
+    }
+    let now = SystemClock.physical_ms();
+    println!("drills (from {}):", dir.display());
+    for (name, s) in &o.scenarios {
+        println!(
+            "  {:<28} last run {} ({}), last passed {}",
+            name,
+            atoll_drill::outcome::ago(now, s.last_run_unix_ms),
+            if s.last_passed { "passed" } else { "FAILED" },
+            s.last_pass_unix_ms
+                .map_or("never".to_string(), |t| atoll_drill::outcome::ago(now, t))
+        );
+    }
 }

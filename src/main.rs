@@ -4,6 +4,7 @@ mod certs;
 mod client;
 mod demo;
 mod demo_control;
+mod drill;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
@@ -176,6 +177,14 @@ enum Command {
         timeout: f64,
         #[command(flatten)]
         admin: client::AdminArgs,
+    },
+    /// Failover drills: run a scenario against a cluster, check a scenario, list scenarios.
+    #[command(
+        after_help = "Examples:\n  atoll drill check drills/region-outage.toml\n  atoll drill run drills/region-outage.toml --demo --report outage.html\n  atoll drill run drills/drain-observe-restore.toml --config atoll.toml --router-admin http://127.0.0.1:7181\n  atoll drill ls"
+    )]
+    Drill {
+        #[command(subcommand)]
+        command: drill::DrillCommand,
     },
     /// Show a region's status.
     #[command(after_help = "Example:\n  atoll status --endpoint http://127.0.0.1:7100")]
@@ -420,6 +429,7 @@ fn main() -> ExitCode {
                     Command::Counter { client, command } => client::counter(client, command).await,
                     Command::Set { client, command } => client::set(client, command).await,
                     Command::Status { client, max_lag } => client::status(client, max_lag).await,
+                    Command::Drill { command } => drill::run(command).await,
                     Command::Promote {
                         region,
                         accept_data_loss,

@@ -120,6 +120,7 @@ const LAYERS: &[(&str, &[&str])] = &[
         &["atoll-core", "atoll-config", "atoll-http"],
     ),
     ("atoll-sim", &["atoll-core", "atoll-config", "atoll-store"]),
+    ("atoll-drill", &["atoll-core", "atoll-config"]),
     (
         "atoll-testkit",
         &["atoll-core", "atoll-config", "atoll-store", "atoll-link"],

@@ -76,6 +76,9 @@ pub struct AppState {
 pub const ROLE_HEADER: &str = "x-atoll-role";
 /// Header on reads served by a standby: how far behind the primary it may be, in ms.
 pub const STALENESS_HEADER: &str = "x-atoll-staleness-ms";
+/// Header naming the lease epoch the region knew when it answered, on every answer of a fenced
+/// cluster (drills compare the epochs of acknowledged writes to find zombie writes).
+pub const EPOCH_HEADER: &str = "x-atoll-epoch";
 
 /// Whether replication with every peer is established, for `/healthz` and `/v1/status`: every
 /// peer is heard both ways (`up`) and holds a live stream of this region's writes
@@ -207,6 +210,10 @@ async fn track(State(state): State<Shared>, req: Request, next: Next) -> Respons
         resp.headers_mut().insert(
             HeaderName::from_static(ROLE_HEADER),
             HeaderValue::from_static(role.as_str()),
+        );
+        resp.headers_mut().insert(
+            HeaderName::from_static(EPOCH_HEADER),
+            HeaderValue::from(f.epoch()),
         );
         let keyspace_read = method == "GET"
             && ["/v1/kv/", "/v1/counter/", "/v1/set/"]

@@ -184,6 +184,11 @@ impl Fencing {
         self.fence().role(self.now_ms())
     }
 
+    /// The lease epoch as this region knows it.
+    pub fn epoch(&self) -> u64 {
+        self.fence().state().epoch
+    }
+
     /// The lease holder and its client API address, if known.
     pub fn primary(&self) -> Option<(RegionId, Option<SocketAddr>)> {
         let holder = self.fence().holder().cloned()?;

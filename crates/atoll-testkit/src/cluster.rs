@@ -148,6 +148,10 @@ pub struct ClusterOptions {
     pub extra_config: String,
     /// Run an arbiter ([`ClusterOptions::arbiter`]).
     pub arbiter: bool,
+    /// With [`ClusterOptions::with_links`]: also serve the link mesh's control HTTP API on a
+    /// loopback port ([`Cluster::link_control_url`]), for tools that drive faults over HTTP
+    /// (`atoll drill`).
+    pub link_control: bool,
 }
 
 impl ClusterOptions {
@@ -166,6 +170,7 @@ impl ClusterOptions {
             keyspace_lines: BTreeMap::new(),
             extra_config: String::new(),
             arbiter: false,
+            link_control: false,
         }
     }
 
@@ -173,6 +178,11 @@ impl ClusterOptions {
     /// from `atoll certs init`, and an `atoll arbiter` process the cluster starts after the
     /// regions and stops on drop. With [`ClusterOptions::with_links`] every region-to-arbiter
     /// connection crosses the link mesh too. A cluster with an arbiter may have two regions.
+    pub fn link_control(mut self) -> Self {
+        self.link_control = true;
+        self
+    }
+
     pub fn arbiter(mut self) -> Self {
         self.arbiter = true;
         self
@@ -720,7 +730,7 @@ struct LinkMesh {
 impl LinkMesh {
     /// Starts one link `a->b` per ordered pair of `layout`, listening on a free `127.0.0.1`
     /// port and forwarding to `b`'s peer address, `delay_ms` each way.
-    fn start(layout: &[RegionLayout], delay_ms: f64) -> Result<LinkMesh> {
+    fn start(layout: &[RegionLayout], delay_ms: f64, control: bool) -> Result<LinkMesh> {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(MESH_THREADS)
             .thread_name("atoll-testkit-links")
@@ -742,8 +752,9 @@ impl LinkMesh {
             .collect();
         // `block_on` panics on a thread that is already inside a runtime (tests call this from
         // async code), so the server is started from a thread of its own.
+        let control = control.then(|| SocketAddr::from((Ipv4Addr::LOCALHOST, 0)));
         let server = std::thread::scope(|s| {
-            s.spawn(|| runtime.block_on(LinkServer::start(specs, None)))
+            s.spawn(|| runtime.block_on(LinkServer::start(specs, control)))
                 .join()
         })
         .map_err(|_| anyhow!("starting the link mesh panicked"))?
@@ -960,7 +971,7 @@ impl Cluster {
                 }))
                 .collect();
             let mesh = match opts.link_delay_ms {
-                Some(ms) => Some(LinkMesh::start(&nodes, ms)?),
+                Some(ms) => Some(LinkMesh::start(&nodes, ms, opts.link_control)?),
                 None => None,
             };
             let links = mesh.as_ref().map(LinkMesh::addrs).unwrap_or_default();
@@ -1148,6 +1159,12 @@ impl Cluster {
     /// cluster was started [`ClusterOptions::with_links`].
     pub fn links(&self) -> Option<&LinkServer> {
         self.mesh.as_ref().map(LinkMesh::server)
+    }
+
+    /// The link mesh's control API (`http://127.0.0.1:PORT`), with
+    /// [`ClusterOptions::link_control`].
+    pub fn link_control_url(&self) -> Option<String> {
+        self.links().and_then(|l| l.control_url())
     }
 
     /// Panics unless `name` is a region or the arbiter of this cluster.
@@ -1758,7 +1775,7 @@ mod tests {
             lat: 0.0,
             lon: 0.0,
         };
-        let mesh = LinkMesh::start(&[region(a, &la), region(b, &lb)], 0.0).unwrap();
+        let mesh = LinkMesh::start(&[region(a, &la), region(b, &lb)], 0.0, false).unwrap();
         assert_eq!(mesh.addrs().len(), 2);
         let held = Duration::from_millis(300);
         let arrives = Duration::from_secs(5);
@@ -1811,7 +1828,7 @@ mod tests {
                 lon,
             })
             .collect();
-        let mesh = LinkMesh::start(&layout, 1.0).unwrap();
+        let mesh = LinkMesh::start(&layout, 1.0, false).unwrap();
         assert_eq!(mesh.addrs().len(), 6);
         mesh.partition("us-east-1", "eu-west-1").unwrap();
         assert!(mesh.partition("us-east-1", "nowhere").is_err());

@@ -119,7 +119,10 @@ const LAYERS: &[(&str, &[&str])] = &[
         "atoll-router",
         &["atoll-core", "atoll-config", "atoll-http"],
     ),
-    ("atoll-sim", &["atoll-core", "atoll-config", "atoll-store"]),
+    (
+        "atoll-sim",
+        &["atoll-core", "atoll-config", "atoll-store", "atoll-drill"],
+    ),
     ("atoll-drill", &["atoll-core", "atoll-config"]),
     (
         "atoll-testkit",

@@ -19,8 +19,11 @@
 //! - [`check`]: one checker per invariant.
 //! - [`net`]: links with latency, jitter and per-direction up/down flags.
 //! - [`trace`]: the event log hash (determinism) and the optional printed trace.
+//! - [`drill`]: a drill scenario (`drills/*.toml`) run in the simulation over many seeds, judged
+//!   by the drill's own checkers (the `atoll-sim` binary: `--scenario FILE --seeds N`).
 
 pub mod check;
+pub mod drill;
 pub mod fencing;
 pub mod model;
 pub mod net;

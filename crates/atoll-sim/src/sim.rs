@@ -356,6 +356,13 @@ impl Sim {
             .map(|n| n.driver.core().status(local))
     }
 
+    /// The lease epoch region `r` stamped on its own write `seq` (`None` if down or unknown).
+    pub fn epoch_of(&self, r: usize, seq: u64) -> Option<u64> {
+        let node = self.regions[r].node.as_ref()?;
+        let entries = node.store.oplog(&self.ids[r], seq, 1).ok()?;
+        entries.first().filter(|e| e.seq == seq).map(|e| e.epoch)
+    }
+
     /// Region `r`'s state of a key (`None` if absent or the region is down).
     pub fn get(&self, r: usize, keyspace: &str, key: &str) -> Option<KeyState> {
         self.regions[r]

@@ -81,7 +81,8 @@ fn ts_of(w: &WriteRecord) -> Option<Hlc> {
 /// Checks every acknowledged write against every region's read-back.
 ///
 /// - lww: the region holds the write's value, or a value that superseded it: one of an
-///   acknowledged write with a later HLC timestamp, or of a write whose outcome is unknown (it
+///   acknowledged write with a later HLC timestamp (or the same timestamp and a greater region
+///   name, the register's tiebreak), or of a write whose outcome is unknown (it
 ///   may have been applied with a later timestamp; counted as superseding, never as a loss).
 /// - mvr: the drill writes each mvr key once, without a context: the value is one of the
 ///   key's siblings.
@@ -128,8 +129,12 @@ pub fn rpo(history: &[WriteRecord], fin: &FinalState) -> RpoFindings {
                             Some(v) if v == w.value => true,
                             Some(v) => match by_value.get(v) {
                                 Some(r) if r.is_unknown() => true,
+                                // Later wins; equal timestamps go to the greater region
+                                // name, as the lww register breaks ties.
                                 Some(r) => match (ts_of(r), ts_of(w)) {
-                                    (Some(a), Some(b)) => a > b,
+                                    (Some(a), Some(b)) => {
+                                        (a, r.acked_region()) > (b, w.acked_region())
+                                    }
                                     // Without timestamps, order by the client's clock.
                                     _ => r.sent_ms > w.done_ms,
                                 },

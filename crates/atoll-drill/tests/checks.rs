@@ -102,6 +102,37 @@ fn lww_superseded_by_a_later_or_unknown_write_is_not_lost() {
     assert!(check::rpo(&h, &fin).lost.is_empty());
 }
 
+/// Two lww writes with the same HLC timestamp from different regions: the register keeps the
+/// greater region's (found in simulation, where two regions can stamp the same millisecond). The
+/// loser is superseded, not lost; a region holding the loser's value instead of the winner's has
+/// lost the winner.
+#[test]
+fn lww_ties_go_to_the_greater_region_as_in_the_register() {
+    let mut a = w(1, Kind::Lww, "k", "from-a", "region-a", 10);
+    let mut b = w(2, Kind::Lww, "k", "from-b", "region-b", 10);
+    for r in [&mut a, &mut b] {
+        if let Outcome::Acked { ts, .. } = &mut r.outcome {
+            *ts = Some(Hlc {
+                wall_ms: 5,
+                logical: 0,
+            });
+        }
+    }
+    let h = vec![a, b];
+    let winner = state(
+        &["region-a", "region-b"],
+        &[(Kind::Lww, "k", Observed::Lww { value: "from-b".into() })],
+    );
+    assert!(check::rpo(&h, &winner).lost.is_empty());
+    let loser = state(
+        &["region-a"],
+        &[(Kind::Lww, "k", Observed::Lww { value: "from-a".into() })],
+    );
+    let lost = check::rpo(&h, &loser).lost;
+    assert_eq!(lost.len(), 1, "{lost:?}");
+    assert_eq!(lost[0].value, "from-b");
+}
+
 #[test]
 fn every_known_loss_is_found_and_listed() {
     let h = vec![

@@ -121,12 +121,24 @@ fn lww_ties_go_to_the_greater_region_as_in_the_register() {
     let h = vec![a, b];
     let winner = state(
         &["region-a", "region-b"],
-        &[(Kind::Lww, "k", Observed::Lww { value: "from-b".into() })],
+        &[(
+            Kind::Lww,
+            "k",
+            Observed::Lww {
+                value: "from-b".into(),
+            },
+        )],
     );
     assert!(check::rpo(&h, &winner).lost.is_empty());
     let loser = state(
         &["region-a"],
-        &[(Kind::Lww, "k", Observed::Lww { value: "from-a".into() })],
+        &[(
+            Kind::Lww,
+            "k",
+            Observed::Lww {
+                value: "from-a".into(),
+            },
+        )],
     );
     let lost = check::rpo(&h, &loser).lost;
     assert_eq!(lost.len(), 1, "{lost:?}");

@@ -146,6 +146,18 @@ fn the_outcome_store_keeps_when_each_scenario_last_passed() {
     assert!(!s.last_passed);
     assert_eq!(s.last_pass_unix_ms, Some(1_700_000_000_000));
     assert_eq!(Outcomes::load(dir.path()).expect("load"), o);
+    // The same outcomes for a Prometheus textfile collector: the pass is still the last one.
+    let prom = std::fs::read_to_string(dir.path().join("drill-outcomes.prom")).expect("metrics");
+    assert!(
+        prom.contains(
+            "atoll_drill_last_success_timestamp_seconds{scenario=\"region-outage\"} 1700000000.000\n"
+        ),
+        "{prom}"
+    );
+    assert!(
+        prom.contains("atoll_drill_last_run_passed{scenario=\"region-outage\"} 0\n"),
+        "{prom}"
+    );
     // A newer format is refused, not misread.
     let text = std::fs::read_to_string(dir.path().join("drill-outcomes.json")).expect("file");
     std::fs::write(

@@ -106,7 +106,7 @@ impl Replicator {
         let http = PeerClient::new(&peer_addrs, tls.as_ref(), bound, Some(bound), true);
         let stream_http = PeerClient::new(&peer_addrs, tls.as_ref(), bound, None, false);
         let mono_base = std::time::Instant::now();
-        let local = local_view(&store);
+        let local = store.replication_view();
         let now = Now {
             wall_ms: clock.physical_ms(),
             mono_ms: 0,
@@ -144,7 +144,7 @@ impl Replicator {
 
     /// Runs `f` on the driver with the time and the store's state now.
     fn with_driver<T>(&self, f: impl FnOnce(&mut ReplDriver, Now, &LocalView) -> T) -> Result<T> {
-        let local = local_view(&self.store);
+        let local = self.store.replication_view();
         let mut d = self
             .driver
             .lock()
@@ -574,17 +574,6 @@ impl Replicator {
                 Err(e) => tracing::warn!(error = %e, "maintenance failed"),
             }
         });
-    }
-}
-
-/// What the driver needs to know of the store now.
-fn local_view(store: &Store) -> LocalView {
-    let wm = store.watermark();
-    LocalView {
-        applied: store.applied(),
-        watermark_head: wm.head,
-        watermark_before_ms: wm.before_ms,
-        hlc_wall_ms: store.stats().hlc_wall_ms.load(Ordering::Relaxed),
     }
 }
 

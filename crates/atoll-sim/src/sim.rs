@@ -58,7 +58,6 @@ use std::cmp::Ordering;
 use std::collections::{BTreeMap, BinaryHeap};
 use std::fmt;
 use std::sync::Arc;
-use std::sync::atomic::Ordering as AtomicOrdering;
 
 /// Names of the simulated regions (the first `n` are used).
 pub const REGION_NAMES: [&str; 5] = ["us-east", "eu-west", "ap-south", "sa-east", "af-south"];

@@ -505,14 +505,22 @@ impl Store {
 
     /// The most recent conflict-ledger entries of `keyspace`, newest first, at most `limit`.
     pub fn conflicts(&self, keyspace: &str, limit: usize) -> Result<Vec<ConflictRecord>> {
+        self.ledger(Table::Conflicts, keyspace, limit)
+    }
+
+    /// The newest `limit` records of a per-keyspace ledger table (keys `keyspace/time/counter`).
+    fn ledger<T: serde::de::DeserializeOwned>(
+        &self,
+        table: Table,
+        keyspace: &str,
+        limit: usize,
+    ) -> Result<Vec<T>> {
         self.keyspace(keyspace)?;
         let prefix = keys::prefix(keyspace);
-        let rows = self.shared.backend.range(
-            Table::Conflicts,
-            &prefix,
-            &prefix_end(&prefix),
-            usize::MAX,
-        )?;
+        let rows = self
+            .shared
+            .backend
+            .range(table, &prefix, &prefix_end(&prefix), usize::MAX)?;
         rows.iter()
             .rev()
             .take(limit)
@@ -520,22 +528,22 @@ impl Store {
             .collect()
     }
 
+    /// What the replication driver needs to know of this store now
+    /// (`atoll_core::driver::LocalView`): the applied vector, the write watermark and the HLC.
+    pub fn replication_view(&self) -> atoll_core::driver::LocalView {
+        let wm = self.watermark();
+        atoll_core::driver::LocalView {
+            applied: self.applied(),
+            watermark_head: wm.head,
+            watermark_before_ms: wm.before_ms,
+            hlc_wall_ms: self.shared.stats.hlc_wall_ms.load(Ordering::Relaxed),
+        }
+    }
+
     /// The most recent fencing-ledger entries of `keyspace` (late writes of a superseded epoch
     /// this region refused), newest first, at most `limit`.
     pub fn late_writes(&self, keyspace: &str, limit: usize) -> Result<Vec<LateWriteRecord>> {
-        self.keyspace(keyspace)?;
-        let prefix = keys::prefix(keyspace);
-        let rows = self.shared.backend.range(
-            Table::LateWrites,
-            &prefix,
-            &prefix_end(&prefix),
-            usize::MAX,
-        )?;
-        rows.iter()
-            .rev()
-            .take(limit)
-            .map(|(_, v)| codec::decode(v))
-            .collect()
+        self.ledger(Table::LateWrites, keyspace, limit)
     }
 
     /// Operation-log entries of `origin` with `seq >= from`, in order, at most `limit`.

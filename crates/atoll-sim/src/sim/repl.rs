@@ -54,7 +54,7 @@ impl Sim {
                 format!("cannot open the store of {}: {e}", reg.id),
             )
         })?;
-        let local = local_view(&store);
+        let local = store.replication_view();
         let driver = ReplDriver::new(reg.id.clone(), self.ids.clone(), cfg, &local, now);
         reg.node = Some(Node {
             store,
@@ -79,7 +79,7 @@ impl Sim {
     /// sync before every decision).
     pub(super) fn sync_core(&mut self, r: usize) {
         if let Some(node) = self.regions[r].node.as_mut() {
-            let local = local_view(&node.store);
+            let local = node.store.replication_view();
             node.driver.sync(&local);
         }
     }
@@ -95,7 +95,7 @@ impl Sim {
         let Some(node) = self.regions[r].node.as_mut() else {
             return Ok(());
         };
-        let local = local_view(&node.store);
+        let local = node.store.replication_view();
         let cmds = f(&mut node.driver, now, &local);
         self.execute(r, cmds)?;
         self.reschedule_tick(r);
@@ -168,7 +168,7 @@ impl Sim {
                     let report = self.apply_batch(from, r, entries)?;
                     let now = self.now_of(r);
                     if let Some(node) = self.regions[r].node.as_mut() {
-                        let local = local_view(&node.store);
+                        let local = node.store.replication_view();
                         let more = node.driver.on_applied(id, &report, now, &local);
                         self.execute(r, more)?;
                     }
@@ -272,7 +272,7 @@ impl Sim {
                     let Some(node) = self.regions[p].node.as_mut() else {
                         return;
                     };
-                    let local = local_view(&node.store);
+                    let local = node.store.replication_view();
                     Frame::Heartbeat(node.driver.heartbeat_for(&to, now, &local))
                 }
                 StreamStep::Read { origin, from, max } => {
@@ -382,7 +382,7 @@ impl Sim {
                 let Some(node) = self.regions[to].node.as_mut() else {
                     return Ok(());
                 };
-                let local = local_view(&node.store);
+                let local = node.store.replication_view();
                 let taken = node.driver.on_heartbeat(&hb, now, &local);
                 self.trace.ev(&[
                     kind::DELIVER,
@@ -629,16 +629,5 @@ impl Sim {
             });
         }
         Ok(out.tombstones_collected)
-    }
-}
-
-/// What a region's driver needs to know of its store now (as the server's adapter reads it).
-pub(super) fn local_view(store: &Store) -> LocalView {
-    let wm = store.watermark();
-    LocalView {
-        applied: store.applied(),
-        watermark_head: wm.head,
-        watermark_before_ms: wm.before_ms,
-        hlc_wall_ms: store.stats().hlc_wall_ms.load(AtomicOrdering::Relaxed),
     }
 }

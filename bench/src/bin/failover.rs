@@ -51,7 +51,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::net::{Ipv4Addr, SocketAddr, TcpListener};
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -151,13 +151,6 @@ fn log(msg: impl AsRef<str>) {
 
 // ---------------------------------------------------------------------------------------------
 // Processes
-
-fn free_ports(n: usize) -> Result<Vec<u16>> {
-    let ls = (0..n)
-        .map(|_| TcpListener::bind((Ipv4Addr::LOCALHOST, 0)))
-        .collect::<std::io::Result<Vec<_>>>()?;
-    ls.iter().map(|l| Ok(l.local_addr()?.port())).collect()
-}
 
 /// One child process; killed (SIGKILL) and reaped when dropped.
 struct Proc {
@@ -308,7 +301,7 @@ struct Regions {
 
 impl Regions {
     fn start(atoll: &Path, dir: &Path) -> Result<Regions> {
-        let ports = free_ports(3)?;
+        let ports = atoll_testkit::free_ports(3)?;
         let config = dir.join("regions.toml");
         std::fs::write(&config, region_config(&ports))?;
         let mut r = Regions {
@@ -460,7 +453,7 @@ struct Haproxy {
 }
 
 fn start_haproxy(bin: &Path, dir: &Path, regions: &Regions) -> Result<Haproxy> {
-    let ports = free_ports(3)?;
+    let ports = atoll_testkit::free_ports(3)?;
     let cfg = dir.join("haproxy.cfg");
     std::fs::write(
         &cfg,

@@ -287,11 +287,6 @@ struct Cluster {
     regions: Vec<Region>,
 }
 
-fn free_port() -> Result<u16> {
-    let l = std::net::TcpListener::bind("127.0.0.1:0")?;
-    Ok(l.local_addr()?.port())
-}
-
 /// `ports`: the regions' client API ports, then their peer listeners' (replication over mutual
 /// TLS, as shipped; certificates from `atoll certs init` in `certs/` next to the config).
 fn config_text(ports: &[u16]) -> String {
@@ -312,9 +307,7 @@ fn config_text(ports: &[u16]) -> String {
 
 impl Cluster {
     fn create(bin: &Path, base: &Path) -> Result<Cluster> {
-        let ports: Vec<u16> = (0..2 * REGIONS.len())
-            .map(|_| free_port())
-            .collect::<Result<_>>()?;
+        let ports = atoll_testkit::free_ports(2 * REGIONS.len())?;
         let text = config_text(&ports);
         std::fs::create_dir_all(base)?;
         let config = base.join("atoll.toml");

@@ -710,12 +710,12 @@ impl DemoError {
 
 impl IntoResponse for DemoError {
     fn into_response(self) -> Response {
-        let body = json!({"error": {
-            "code": self.code(),
-            "message": self.to_string(),
-            "hint": self.hint(),
-            "retryable": matches!(self, Self::Stuck(_)),
-        }});
+        let body = atoll_core::ErrorBody::new(
+            self.code(),
+            self.to_string(),
+            self.hint(),
+            matches!(self, Self::Stuck(_)),
+        );
         (self.status(), axum::Json(body)).into_response()
     }
 }

@@ -1,7 +1,52 @@
 //! Errors that carry decisions: every error has a stable code (`ATOLL-...`), the HTTP status a
 //! server answers it with, whether a client may safely retry, and a hint for the operator.
 
+use serde::{Deserialize, Serialize};
 use thiserror::Error;
+
+/// The JSON error body every atoll HTTP API answers with (the region's client and admin APIs, the
+/// router's proxy and admin API, the link control API, the demo control API), and what atoll's
+/// clients read back: `{"error": {"code", "message", "hint", "retryable"}}`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+/// The inside of an [`ErrorBody`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorDetail {
+    /// Stable (`ATOLL-...`): tooling and alerts match on it.
+    pub code: String,
+    pub message: String,
+    /// What the operator or client should do.
+    pub hint: String,
+    /// Whether retrying the same request may succeed (nothing was applied).
+    pub retryable: bool,
+}
+
+impl ErrorBody {
+    pub fn new(
+        code: impl Into<String>,
+        message: impl Into<String>,
+        hint: impl Into<String>,
+        retryable: bool,
+    ) -> Self {
+        ErrorBody {
+            error: ErrorDetail {
+                code: code.into(),
+                message: message.into(),
+                hint: hint.into(),
+                retryable,
+            },
+        }
+    }
+}
+
+impl From<&AtollError> for ErrorBody {
+    fn from(e: &AtollError) -> Self {
+        ErrorBody::new(e.code(), e.to_string(), e.hint(), e.retryable())
+    }
+}
 
 /// Result alias used across atoll's libraries.
 pub type Result<T, E = AtollError> = std::result::Result<T, E>;

@@ -29,5 +29,5 @@ pub mod op;
 pub mod region;
 pub mod repl;
 
-pub use error::{AtollError, Result};
+pub use error::{AtollError, ErrorBody, Result};
 pub use region::RegionId;

@@ -110,12 +110,7 @@ fn error_response(e: &LinkError) -> Response {
 
 /// A JSON error that is not a [`LinkError`] (unknown route, wrong method).
 fn plain_error(status: StatusCode, code: &str, message: String, hint: &str) -> Response {
-    let body = json!({"error": {
-        "code": code,
-        "message": message,
-        "hint": hint,
-        "retryable": false,
-    }});
+    let body = atoll_core::ErrorBody::new(code, message, hint, false);
     (status, axum::Json(body)).into_response()
 }
 

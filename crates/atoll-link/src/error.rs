@@ -2,7 +2,7 @@
 //! status the control API answers it with, whether retrying may succeed, and a hint. The control
 //! API renders them as `{"error": {"code", "message", "hint", "retryable"}}`.
 
-use serde_json::{Value, json};
+use serde_json::Value;
 use thiserror::Error;
 
 /// Result alias of this crate.
@@ -182,12 +182,12 @@ impl LinkError {
 
     /// The JSON error body: `{"error": {"code", "message", "hint", "retryable"}}`.
     pub fn to_json(&self) -> Value {
-        json!({"error": {
-            "code": self.code(),
-            "message": self.to_string(),
-            "hint": self.hint(),
-            "retryable": self.retryable(),
-        }})
+        serde_json::to_value(self.body()).unwrap_or(Value::Null)
+    }
+
+    /// The error as atoll's one error body type.
+    pub fn body(&self) -> atoll_core::ErrorBody {
+        atoll_core::ErrorBody::new(self.code(), self.to_string(), self.hint(), self.retryable())
     }
 }
 

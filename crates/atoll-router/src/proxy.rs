@@ -75,7 +75,6 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use prometheus_client::metrics::gauge::Gauge;
-use serde_json::json;
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -253,12 +252,7 @@ pub(crate) fn error_response(
     hint: &str,
     retryable: bool,
 ) -> Response {
-    let body = json!({"error": {
-        "code": code,
-        "message": message.into(),
-        "hint": hint,
-        "retryable": retryable,
-    }});
+    let body = atoll_core::ErrorBody::new(code, message, hint, retryable);
     (status, axum::Json(body)).into_response()
 }
 

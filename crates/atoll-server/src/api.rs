@@ -128,13 +128,7 @@ impl IntoResponse for ApiError {
 
 fn error_response(e: &AtollError) -> Response {
     let status = StatusCode::from_u16(e.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    let body = json!({"error": {
-        "code": e.code(),
-        "message": e.to_string(),
-        "hint": e.hint(),
-        "retryable": e.retryable(),
-    }});
-    (status, axum::Json(body)).into_response()
+    (status, axum::Json(atoll_core::ErrorBody::from(e))).into_response()
 }
 
 type ApiResult = std::result::Result<Response, ApiError>;

@@ -8,6 +8,7 @@ use thiserror::Error;
 /// Why a config file was rejected. The `Display` text is the whole message: it names the file,
 /// the line and column (when the problem has a place in the file), the key, and the problem.
 #[derive(Debug, Error)]
+#[non_exhaustive]
 pub enum ConfigError {
     /// The file could not be read.
     #[error("cannot read config file {}: {source}", path.display())]

@@ -9,6 +9,7 @@ use crate::NodeId;
 
 /// Every error the control group returns. Codes are stable: tooling and alerts match on them.
 #[derive(Debug, Error, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum ControlError {
     /// The options given to [`crate::ControlGroup::start`] do not fit together.
     #[error("invalid control group options: {0}")]
@@ -159,6 +160,7 @@ impl ControlError {
 /// Why a [`crate::Transport`] call failed. The distinction matters for proposals: only
 /// [`TransportError::Unreachable`] lets the caller conclude that nothing was delivered.
 #[derive(Debug, Error, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum TransportError {
     /// The request surely did not reach the member: no connection could be made, nothing was
     /// sent. Return this only when that is certain.

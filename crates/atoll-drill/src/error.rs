@@ -6,6 +6,7 @@ use thiserror::Error;
 pub type Result<T, E = DrillError> = std::result::Result<T, E>;
 
 #[derive(Debug, Error, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum DrillError {
     /// A scenario file that does not parse or does not validate. `file:line: message`.
     #[error("{file}:{line}: {message}")]

@@ -10,6 +10,7 @@ pub type Result<T, E = LinkError> = std::result::Result<T, E>;
 
 /// Everything `atoll link` can refuse or fail at.
 #[derive(Debug, Error)]
+#[non_exhaustive]
 pub enum LinkError {
     /// A value is out of range or malformed. `field` names it (`latency_ms`, `for`,
     /// `reverse_bandwidth`, `links[2].listen`, ...).

@@ -107,6 +107,7 @@ impl RouterOptions {
 
 /// Why a router could not start.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum RouterError {
     #[error("{0}")]
     Config(String),

@@ -20,6 +20,7 @@
 //! fsync, rename, fsync of the directory) before it is acknowledged; if that write fails, the
 //! change is undone and the answer is `500 ATOLL-STORAGE`.
 
+use crate::codes;
 use crate::proxy::error_response;
 use crate::runtime::RouterCtx;
 use crate::state::{DRAINS_VERSION, Persisted};
@@ -172,7 +173,7 @@ impl AdminError {
     fn bad(message: impl Into<String>) -> Self {
         Self {
             status: StatusCode::BAD_REQUEST,
-            code: "ATOLL-BAD-REQUEST",
+            code: codes::BAD_REQUEST,
             message: message.into(),
             hint: "see the admin API in `atoll router --help` and docs",
         }
@@ -181,7 +182,7 @@ impl AdminError {
     fn malformed(message: impl Into<String>) -> Self {
         Self {
             status: StatusCode::BAD_REQUEST,
-            code: "ATOLL-MALFORMED-BODY",
+            code: codes::MALFORMED_BODY,
             message: message.into(),
             hint: "send a JSON object with exactly the documented fields",
         }
@@ -196,7 +197,7 @@ impl AdminError {
             .collect();
         Self {
             status: StatusCode::NOT_FOUND,
-            code: "ATOLL-UNKNOWN-REGION",
+            code: codes::UNKNOWN_REGION,
             message: format!("unknown region `{region}` (known: {})", known.join(", ")),
             hint: "use a region name from atoll.toml ([[regions]])",
         }
@@ -205,7 +206,7 @@ impl AdminError {
     fn storage(e: std::io::Error, path: &Path) -> Self {
         Self {
             status: StatusCode::INTERNAL_SERVER_ERROR,
-            code: "ATOLL-STORAGE",
+            code: codes::STORAGE,
             message: format!(
                 "cannot persist the change to {}: {e}; nothing was changed",
                 path.display()
@@ -331,7 +332,7 @@ async fn require_token(State(s): State<AdminState>, req: Request, next: Next) ->
     if !ok {
         let mut resp = error_response(
             StatusCode::UNAUTHORIZED,
-            "ATOLL-UNAUTHORIZED",
+            codes::UNAUTHORIZED,
             if given.is_none() {
                 "the admin API needs `Authorization: Bearer <token>`"
             } else {
@@ -460,7 +461,7 @@ async fn set_weight(
         let known: Vec<&str> = rc.names.iter().map(|n| n.name.as_str()).collect();
         return Err(AdminError {
             status: StatusCode::NOT_FOUND,
-            code: "ATOLL-UNKNOWN-ROUTED-NAME",
+            code: codes::UNKNOWN_ROUTED_NAME,
             message: format!("unknown routed name `{name}` (known: {})", known.join(", ")),
             hint: "use a name from atoll.toml ([[router.names]])",
         });
@@ -483,7 +484,7 @@ async fn set_weight(
 async fn not_found() -> Response {
     AdminError {
         status: StatusCode::NOT_FOUND,
-        code: "ATOLL-NOT-FOUND",
+        code: codes::NOT_FOUND,
         message: "no such admin route".into(),
         hint: "routes: GET /v1/router/status, POST /v1/router/regions/{region}/drain|undrain, PUT /v1/router/names/{name}/weights/{region}, GET /metrics, GET /healthz",
     }
@@ -493,7 +494,7 @@ async fn not_found() -> Response {
 async fn method_not_allowed() -> Response {
     AdminError {
         status: StatusCode::METHOD_NOT_ALLOWED,
-        code: "ATOLL-METHOD-NOT-ALLOWED",
+        code: codes::METHOD_NOT_ALLOWED,
         message: "method not allowed on this admin route".into(),
         hint: "drain and undrain are POST, weights are PUT, status is GET",
     }

@@ -9,11 +9,13 @@
 //! Adapters, sharing one [`state::RouterState`] and one [`metrics::RouterMetrics`]: [`prober`]
 //! (active health checks, drain expiry), [`proxy`] (HTTP reverse proxy with per-request
 //! failover), [`dns`] (authoritative DNS), [`admin`] (admin API, persisted drains and weights),
+//! [`codes`] (the stable error codes of the proxy and admin API, one constant each),
 //! [`runtime`] (starts and stops them all) and [`cli`] (`atoll router ...`); [`unread`] reads
 //! the rest of request bodies answered before they were read, so clients can read the answer.
 
 pub mod admin;
 pub mod cli;
+pub mod codes;
 pub mod dns;
 pub mod health;
 pub mod metrics;

@@ -55,6 +55,7 @@
 //! [`RouterState::decide_for`]: crate::state::RouterState::decide_for
 //! [`RouterState::observe_request`]: crate::state::RouterState::observe_request
 
+use crate::codes;
 use crate::health::HealthState;
 use crate::metrics::mode_str;
 use crate::policy::{Access, Mode};
@@ -316,9 +317,9 @@ pub fn fencing_refusal(status: u16, body: &[u8]) -> Option<&'static str> {
     }
     let v: serde_json::Value = serde_json::from_slice(body).ok()?;
     match v.get("error")?.get("code")?.as_str()? {
-        "ATOLL-NOT-PRIMARY" => Some("not-primary"),
-        "ATOLL-FENCED" => Some("fenced"),
-        "ATOLL-PASSIVE" => Some("passive"),
+        codes::NOT_PRIMARY => Some("not-primary"),
+        codes::FENCED => Some("fenced"),
+        codes::PASSIVE => Some("passive"),
         _ => None,
     }
 }
@@ -559,7 +560,7 @@ impl Proxy {
                 "none",
                 error_response(
                     StatusCode::NOT_FOUND,
-                    "ATOLL-NOT-PROXIED",
+                    codes::NOT_PROXIED,
                     format!(
                         "the router does not forward `{}`: {why}; it forwards only {PROXIED_PATHS}",
                         parts.uri.path()
@@ -579,7 +580,7 @@ impl Proxy {
                     "none",
                     error_response(
                         StatusCode::PAYLOAD_TOO_LARGE,
-                        "ATOLL-REQUEST-TOO-LARGE",
+                        codes::REQUEST_TOO_LARGE,
                         format!(
                             "the request body is over the router's limit of {} bytes",
                             self.settings.max_body_bytes
@@ -594,7 +595,7 @@ impl Proxy {
                     "none",
                     error_response(
                         StatusCode::BAD_REQUEST,
-                        "ATOLL-MALFORMED-BODY",
+                        codes::MALFORMED_BODY,
                         format!("cannot read the request body: {e}"),
                         "send the whole body",
                         true,
@@ -659,7 +660,7 @@ impl Proxy {
                 "none",
                 error_response(
                     StatusCode::SERVICE_UNAVAILABLE,
-                    "ATOLL-NO-HEALTHY-REGION",
+                    codes::NO_HEALTHY_REGION,
                     why,
                     "see `atoll router status`: bring a region back, undrain one, or change router.names.no_healthy",
                     true,
@@ -743,7 +744,7 @@ impl Proxy {
                             &rname,
                             error_response(
                                 StatusCode::BAD_GATEWAY,
-                                "ATOLL-UPSTREAM-OUTCOME-UNKNOWN",
+                                codes::UPSTREAM_OUTCOME_UNKNOWN,
                                 format!(
                                     "the {} request was sent to region {rname}, which did not answer ({why}); it may or may not have been applied, and it was not retried elsewhere because it is not idempotent",
                                     parts.method
@@ -769,7 +770,7 @@ impl Proxy {
             "none",
             error_response(
                 StatusCode::BAD_GATEWAY,
-                "ATOLL-UPSTREAM-UNAVAILABLE",
+                codes::UPSTREAM_UNAVAILABLE,
                 format!("no region could take the request ({})", tried.join("; ")),
                 "the regions are unreachable from the router; see `atoll router status`",
                 idempotent,

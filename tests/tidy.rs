@@ -30,6 +30,7 @@ fn cited_paths(text: &str) -> Vec<String> {
         "deploy/",
         "examples/",
         "scripts/",
+        "drills/",
         ".ci/",
     ];
     text.split('`')

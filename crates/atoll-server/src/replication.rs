@@ -343,13 +343,17 @@ impl Replicator {
 
     async fn driver_loop(self: Arc<Self>, stop: Arc<Notify>) {
         loop {
-            let cmds = self.with_driver(|d, now, local| d.tick(now, local));
-            let Ok(cmds) = cmds else { break };
+            // One look at the store and the driver per round: the due timers, then when the
+            // next one is due.
+            let ticked = self.with_driver(|d, now, local| {
+                let cmds = d.tick(now, local);
+                (cmds, d.next_wake().saturating_sub(now.mono_ms))
+            });
+            let Ok((cmds, wake_in_ms)) = ticked else {
+                break;
+            };
             self.execute(None, cmds);
-            let nap = self
-                .with_driver(|d, now, _| d.next_wake().saturating_sub(now.mono_ms))
-                .map_or(DRIVER_NAP, Duration::from_millis)
-                .clamp(Duration::from_millis(1), DRIVER_NAP);
+            let nap = Duration::from_millis(wake_in_ms).clamp(Duration::from_millis(1), DRIVER_NAP);
             tokio::select! {
                 _ = stop.notified() => break,
                 _ = tokio::time::sleep(nap) => {}

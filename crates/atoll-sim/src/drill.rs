@@ -79,14 +79,17 @@ struct Runner<'a> {
     first_fault_ms: Option<u64>,
     skipped: Vec<String>,
     leased: bool,
+    /// The lease the fenced run uses (zombie rule 2's bound).
+    lease_ms: u64,
 }
 
 /// Runs `sc` on seed `seed`.
 pub fn run(sc: &Scenario, seed: u64) -> DrillRun {
     let topology = topology_of(sc);
     let mut opts = SimOptions::scripted();
+    let mut f = FencingOptions::new(topology);
+    let lease_ms = f.lease_ms;
     if topology.leased() {
-        let mut f = FencingOptions::new(topology);
         // No operator of its own: the scenario is the operator.
         f.operator_gap_ms = None;
         opts.fencing = Some(f);
@@ -134,6 +137,7 @@ pub fn run(sc: &Scenario, seed: u64) -> DrillRun {
         first_fault_ms: None,
         skipped: Vec::new(),
         leased: topology.leased(),
+        lease_ms,
     };
     let violation = r.go().err();
     r.finish(seed, violation)
@@ -502,7 +506,7 @@ impl Runner<'_> {
         FencingRules {
             leased: self.leased,
             quorum: false,
-            lease_ms: FencingOptions::new(Topology::ActiveStandby).lease_ms,
+            lease_ms: self.lease_ms,
         }
     }
 

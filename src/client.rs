@@ -519,6 +519,82 @@ pub async fn promote(args: AdminArgs, region: String, accept_data_loss: bool) ->
     Ok(())
 }
 
+/// `atoll keyspace rehome`: asks a region (the new home first, then the others in config order,
+/// while they cannot be reached) to move the home of a key or prefix.
+pub async fn rehome(
+    args: AdminArgs,
+    keyspace: String,
+    key: Option<String>,
+    prefix: Option<String>,
+    to: String,
+    force: bool,
+    timeout_secs: f64,
+) -> Result<()> {
+    let cfg = atoll_config::Config::load(&args.config).map_err(anyhow::Error::msg)?;
+    admin_endpoint(&cfg, &to)?;
+    let timeout_ms = (timeout_secs.clamp(0.1, 600.0) * 1000.0) as u64;
+    let body = json!({
+        "keyspace": keyspace, "key": key, "prefix": prefix, "to": to, "force": force,
+        "timeout_ms": timeout_ms,
+    });
+    let mut order: Vec<&str> = vec![to.as_str()];
+    order.extend(
+        cfg.regions
+            .iter()
+            .map(|r| r.name.as_str())
+            .filter(|r| *r != to),
+    );
+    let mut last = None;
+    let mut v = None;
+    for region in order {
+        let url = format!("{}/v1/admin/rehome", admin_endpoint(&cfg, region)?);
+        match admin_post(&args, url, body.clone()).await {
+            Ok(answer) => {
+                v = Some(answer);
+                break;
+            }
+            // Only an unreachable region is skipped: an answer (even a refusal) is final.
+            Err(e) if e.to_string().starts_with("cannot reach") => last = Some(e),
+            Err(e) => return Err(e),
+        }
+    }
+    let Some(v) = v else {
+        return Err(last.unwrap_or_else(|| anyhow!("no region to ask")));
+    };
+    match args.output {
+        Output::Json => println!("{}", serde_json::to_string_pretty(&v)?),
+        Output::Human => {
+            let what = v["selectors"]
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .filter_map(Value::as_str)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                })
+                .unwrap_or_default();
+            println!(
+                "{keyspace}: {what} moved from {} to {} (move {}, {}; keys not writable for {} ms)",
+                v["from"].as_str().unwrap_or("?"),
+                v["to"].as_str().unwrap_or("?"),
+                v["id"],
+                v["outcome"].as_str().unwrap_or("?"),
+                v["writes_stopped_ms"]
+            );
+            match v["lost_ops"].as_u64() {
+                Some(0) | None => {
+                    println!("lost: nothing (the new home had applied every write of the old one)")
+                }
+                Some(n) => println!(
+                    "lost: up to {n} writes the old home acknowledged had not reached the new home (RPO {} ms); they come back if the old home does",
+                    v["rpo_ms"]
+                ),
+            }
+        }
+    }
+    Ok(())
+}
+
 /// `atoll switchover REGION`: asks the current primary (found through any region's status) to
 /// hand the lease to REGION.
 pub async fn switchover(args: AdminArgs, target: String, timeout_secs: f64) -> Result<()> {

@@ -55,6 +55,13 @@ pub fn demo_config(port_base: u16, model: atoll_config::Model) -> String {
     // writes to `inventory`, keeps taking the rest); the other models fence by the write lease.
     if model == atoll_config::Model::ActiveActive {
         out.push_str("\n[fencing]\nquorum = true\n");
+        // Region ownership (active-active only): each user's profile lives in its region; a
+        // home that stays silent for a lease is taken over by the next region of the order.
+        out.push_str(
+            "\n[[keyspaces]]\nname = \"profiles\"\npolicy = \"owned\"\ndefault_home = \"us-east-1\"\n\
+             homes = [\n  { prefix = \"us:\", region = \"us-east-1\" },\n  { prefix = \"eu:\", region = \"eu-west-1\" },\n  { prefix = \"ap:\", region = \"ap-southeast-1\" },\n]\n\
+             takeover = [\"us-east-1\", \"eu-west-1\", \"ap-southeast-1\"]\n",
+        );
     }
     out
 }
@@ -485,7 +492,7 @@ fn fencing_examples(
     let config = config.display();
     match model {
         atoll_config::Model::ActiveActive => format!(
-            "\nFencing (active-active, quorum): cut us-east-1 off from both others, then writes to\n`inventory` (on_minority = read-only) are refused there while `sessions` keep working:\n  atoll link fault add us-east-1 --kind isolate --for 30s --control {control}\n  atoll kv put inventory seat-1 taken --endpoint {e0}\n  atoll kv put sessions bob token-2 --endpoint {e0}"
+            "\nFencing (active-active, quorum): cut us-east-1 off from both others, then writes to\n`inventory` (on_minority = read-only) are refused there while `sessions` keep working:\n  atoll link fault add us-east-1 --kind isolate --for 30s --control {control}\n  atoll kv put inventory seat-1 taken --endpoint {e0}\n  atoll kv put sessions bob token-2 --endpoint {e0}\n\nOwnership (`profiles`, owned: us:* lives in us-east-1, eu:* in eu-west-1): a write\nanywhere is forwarded to the key's home; move a home without losing anything:\n  atoll kv put profiles eu:ana lisbon --endpoint {e0}\n  ATOLL_ADMIN_TOKEN={token} atoll keyspace rehome profiles eu:ana --to us-east-1 --config {config}"
         ),
         atoll_config::Model::ActiveStandby => format!(
             "\nFencing (active-standby): us-east-1 holds the write lease; the others refuse writes and\nare promoted automatically if it goes away. Move the lease without losing anything:\n  atoll status --endpoint {e0}\n  ATOLL_ADMIN_TOKEN={token} atoll switchover eu-west-1 --config {config}\n  atoll link fault add us-east-1 --kind isolate --for 30s --control {control}"

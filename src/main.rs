@@ -178,6 +178,11 @@ enum Command {
         #[command(flatten)]
         admin: client::AdminArgs,
     },
+    /// Keyspace operations: move the home of owned keys (`atoll keyspace rehome`).
+    Keyspace {
+        #[command(subcommand)]
+        command: KeyspaceCommand,
+    },
     /// Failover drills: run a scenario against a cluster, check a scenario, list scenarios.
     #[command(
         after_help = "Examples:\n  atoll drill check drills/region-outage.toml\n  atoll drill run drills/region-outage.toml --demo --report outage.html\n  atoll drill run drills/drain-observe-restore.toml --config atoll.toml --router-admin http://127.0.0.1:7181\n  atoll drill ls"
@@ -430,6 +435,18 @@ fn main() -> ExitCode {
                     Command::Set { client, command } => client::set(client, command).await,
                     Command::Status { client, max_lag } => client::status(client, max_lag).await,
                     Command::Drill { command } => drill::run(command).await,
+                    Command::Keyspace {
+                        command:
+                            KeyspaceCommand::Rehome {
+                                keyspace,
+                                key,
+                                prefix,
+                                to,
+                                force,
+                                timeout,
+                                admin,
+                            },
+                    } => client::rehome(admin, keyspace, key, prefix, to, force, timeout).await,
                     Command::Promote {
                         region,
                         accept_data_loss,
@@ -499,4 +516,37 @@ fn config_check(file: &std::path::Path) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// `atoll keyspace ...`.
+#[derive(clap::Subcommand, Debug)]
+enum KeyspaceCommand {
+    /// Move the home of a key, or of a key prefix, of an owned keyspace to REGION
+    /// (`docs/design/owned-keyspaces.md`): the old home stops writing them, the new home starts
+    /// once it has applied the old home's writes; nothing acknowledged is lost. With --force the
+    /// old home may be down: the new home takes over once the old home's write window has surely
+    /// ended, and what it had not replicated is reported as lost.
+    #[command(after_help = "Examples:
+  ATOLL_ADMIN_TOKEN=... atoll keyspace rehome profiles us:42 --to eu-west-1 --config atoll.toml
+  ATOLL_ADMIN_TOKEN=... atoll keyspace rehome profiles --prefix us: --to eu-west-1 --config atoll.toml")]
+    Rehome {
+        keyspace: String,
+        /// One key (or use --prefix).
+        #[arg(required_unless_present = "prefix", conflicts_with = "prefix")]
+        key: Option<String>,
+        /// Every key with this prefix whose longest home rule is this prefix ("" = the default).
+        #[arg(long)]
+        prefix: Option<String>,
+        /// The new home.
+        #[arg(long)]
+        to: String,
+        /// The old home may be down: take its keys over once its write window has ended.
+        #[arg(long)]
+        force: bool,
+        /// Give up (abort the move; the old home writes again) if it has not finished by then.
+        #[arg(long, default_value_t = 30.0)]
+        timeout: f64,
+        #[command(flatten)]
+        admin: client::AdminArgs,
+    },
 }

@@ -352,6 +352,21 @@ pub struct KeyspaceConfig {
     pub conflict_max_entries: usize,
     /// Writes on a region cut off from the majority (active-active with `[fencing] quorum`).
     pub on_minority: OnMinority,
+    /// Homes of an `owned` keyspace (`None` for every other policy).
+    pub owned: Option<OwnedConfig>,
+}
+
+/// The ownership options of an `owned` keyspace (`docs/design/owned-keyspaces.md`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OwnedConfig {
+    /// `homes` (prefix to region, disjoint) and `default_home`.
+    pub rules: atoll_core::home::HomeRules,
+    /// A write that reaches another region is forwarded to its home (`forward = true`, the
+    /// default) or refused with `ATOLL-NOT-HOME`.
+    pub forward: bool,
+    /// Regions that take a down home's keys over, in order (empty: no takeover; writes to a
+    /// down home's keys fail until an operator re-homes them).
+    pub takeover: Vec<RegionId>,
 }
 
 impl KeyspaceConfig {
@@ -365,6 +380,7 @@ impl KeyspaceConfig {
             conflict_retention_secs: DEFAULT_CONFLICT_RETENTION_SECS,
             conflict_max_entries: DEFAULT_CONFLICT_MAX_ENTRIES,
             on_minority: OnMinority::Available,
+            owned: None,
         }
     }
 
@@ -399,7 +415,7 @@ impl KeyspaceOption {
 
     pub(crate) fn applies(key: &str, policy: Policy) -> bool {
         match key {
-            "max_value_bytes" => matches!(policy, Policy::Lww | Policy::Mvr),
+            "max_value_bytes" => matches!(policy.storage(), Policy::Lww | Policy::Mvr),
             "max_siblings" => matches!(policy, Policy::Mvr),
             "conflict_retention_secs" | "conflict_max_entries" => matches!(policy, Policy::Lww),
             _ => false,

@@ -145,6 +145,21 @@ struct RawKeyspace {
     conflict_max_entries: Option<Spanned<i64>>,
     #[serde(default)]
     on_minority: Option<crate::OnMinority>,
+    #[serde(default)]
+    default_home: Option<Spanned<String>>,
+    #[serde(default)]
+    homes: Option<Spanned<Vec<Spanned<RawHome>>>>,
+    #[serde(default)]
+    forward: Option<Spanned<bool>>,
+    #[serde(default)]
+    takeover: Option<Spanned<Vec<Spanned<String>>>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHome {
+    prefix: Spanned<String>,
+    region: Spanned<String>,
 }
 
 #[derive(Deserialize)]
@@ -249,13 +264,14 @@ pub(crate) fn parse(text: &str, file: &str, base: &Path) -> Result<Config, Confi
         None => None,
     };
     let fencing = fencing(&cx, raw.fencing.as_ref(), &regions, cluster.model)?;
+    let keyspaces = keyspaces(&cx, &raw.keyspaces, &regions, cluster.model, fencing.quorum)?;
     Ok(Config {
         fencing,
         source: file.to_string(),
         cluster,
         router: crate::router::router(&cx, raw.router.as_ref(), &regions)?,
         regions,
-        keyspaces: keyspaces(&cx, &raw.keyspaces)?,
+        keyspaces,
         storage: storage(&cx, raw.storage.as_ref())?,
         replication: replication(&cx, raw.replication.as_ref())?,
         api: api(&cx, raw.api.as_ref())?,
@@ -702,6 +718,9 @@ pub(crate) fn parse_address(s: &str) -> Result<SocketAddr, String> {
 fn keyspaces(
     cx: &Ctx<'_>,
     raw: &[Spanned<RawKeyspace>],
+    regions: &[RegionConfig],
+    model: crate::Model,
+    quorum: bool,
 ) -> Result<Vec<KeyspaceConfig>, ConfigError> {
     if raw.is_empty() {
         return Err(cx.err_nowhere(
@@ -784,9 +803,137 @@ fn keyspaces(
                 DEFAULT_CONFLICT_MAX_ENTRIES as i64,
             )? as usize,
             on_minority: k.on_minority.unwrap_or_default(),
+            owned: owned(cx, k, &key, regions, model, quorum)?,
         });
     }
     Ok(out)
+}
+
+/// The ownership options of keyspace `k` (`policy = "owned"`), refused on any other policy.
+fn owned(
+    cx: &Ctx<'_>,
+    k: &RawKeyspace,
+    key: &dyn Fn(&str) -> String,
+    regions: &[RegionConfig],
+    model: crate::Model,
+    quorum: bool,
+) -> Result<Option<crate::OwnedConfig>, ConfigError> {
+    let name = k.name.get_ref();
+    let spans = [
+        ("default_home", k.default_home.as_ref().map(|v| v.span())),
+        ("homes", k.homes.as_ref().map(|v| v.span())),
+        ("forward", k.forward.as_ref().map(|v| v.span())),
+        ("takeover", k.takeover.as_ref().map(|v| v.span())),
+    ];
+    if k.policy != Policy::Owned {
+        if let Some((option, Some(span))) = spans.iter().find(|(_, s)| s.is_some()) {
+            return Err(cx.err(
+                span.clone(),
+                key(option),
+                format!(
+                    "{option} does not apply to keyspace `{name}`, whose policy is `{}`; only `owned` keyspaces have homes",
+                    k.policy
+                ),
+            ));
+        }
+        return Ok(None);
+    }
+    if model != crate::Model::ActiveActive {
+        return Err(cx.err(
+            k.name.span(),
+            key("policy"),
+            format!(
+                "keyspace `{name}` is `owned`, which needs cluster.model = \"active-active\": with one primary every key's home is the primary"
+            ),
+        ));
+    }
+    let region = |s: &Spanned<String>, field: String| -> Result<RegionId, ConfigError> {
+        regions
+            .iter()
+            .find(|r| r.name.as_str() == s.get_ref())
+            .map(|r| r.name.clone())
+            .ok_or_else(|| {
+                cx.err(
+                    s.span(),
+                    field,
+                    format!(
+                        "`{}` is not a region of this cluster (regions: {})",
+                        s.get_ref(),
+                        regions
+                            .iter()
+                            .map(|r| r.name.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                )
+            })
+    };
+    let Some(default) = &k.default_home else {
+        return Err(cx.err(
+            k.name.span(),
+            key("default_home"),
+            format!(
+                "owned keyspace `{name}` needs default_home = \"REGION\": the home of keys no `homes` prefix matches"
+            ),
+        ));
+    };
+    let default = region(default, key("default_home"))?;
+    let mut prefixes: Vec<(Vec<u8>, RegionId)> = Vec::new();
+    for (i, h) in k.homes.iter().flat_map(|v| v.get_ref()).enumerate() {
+        let h = h.get_ref();
+        let field = format!("{}[{i}]", key("homes"));
+        let p = h.prefix.get_ref();
+        if p.is_empty() || p.len() > 1024 {
+            return Err(cx.err(
+                h.prefix.span(),
+                format!("{field}.prefix"),
+                "a home prefix is 1 to 1024 bytes (the default home is `default_home`)",
+            ));
+        }
+        let r = region(&h.region, format!("{field}.region"))?;
+        if let Some((other, _)) = prefixes
+            .iter()
+            .find(|(o, _)| o.starts_with(p.as_bytes()) || p.as_bytes().starts_with(o))
+        {
+            return Err(cx.err(
+                h.prefix.span(),
+                format!("{field}.prefix"),
+                format!(
+                    "prefix \"{p}\" overlaps prefix \"{}\" of the same keyspace: a key would have two home rules; make the prefixes disjoint",
+                    String::from_utf8_lossy(other)
+                ),
+            ));
+        }
+        prefixes.push((p.as_bytes().to_vec(), r));
+    }
+    let mut takeover = Vec::new();
+    if let Some(t) = &k.takeover {
+        if !quorum {
+            return Err(cx.err(
+                t.span(),
+                key("takeover"),
+                format!(
+                    "takeover of keyspace `{name}` needs [fencing] quorum = true: a region takes a home over only once the control group says the home's write window has ended"
+                ),
+            ));
+        }
+        for (i, r) in t.get_ref().iter().enumerate() {
+            let id = region(r, format!("{}[{i}]", key("takeover")))?;
+            if takeover.contains(&id) {
+                return Err(cx.err(
+                    r.span(),
+                    format!("{}[{i}]", key("takeover")),
+                    format!("region `{id}` appears twice in the takeover order"),
+                ));
+            }
+            takeover.push(id);
+        }
+    }
+    Ok(Some(crate::OwnedConfig {
+        rules: atoll_core::home::HomeRules { prefixes, default },
+        forward: k.forward.as_ref().is_none_or(|f| *f.get_ref()),
+        takeover,
+    }))
 }
 
 fn storage(cx: &Ctx<'_>, raw: Option<&RawStorage>) -> Result<StorageConfig, ConfigError> {

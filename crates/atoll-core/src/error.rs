@@ -172,6 +172,34 @@ pub enum AtollError {
         "the write was forwarded to the primary `{target}` and its outcome is unknown: {detail}"
     )]
     ForwardOutcomeUnknown { target: String, detail: String },
+    /// An owned keyspace's write reached a region that is not the key's home, and the keyspace
+    /// does not forward (`forward = false`), or the write was forwarded already. Nothing was
+    /// written.
+    #[error("{}", not_home(keyspace, home, home_api.as_deref(), reason))]
+    NotHome {
+        keyspace: String,
+        home: String,
+        home_api: Option<String>,
+        reason: String,
+    },
+    /// An owned key's home cannot take its writes now: the home is down or unreachable, or the
+    /// key is being moved to another home. Nothing was written.
+    #[error(
+        "the home of this key in owned keyspace `{keyspace}` is `{home}`, and it cannot take the write: {detail}"
+    )]
+    HomeUnavailable {
+        keyspace: String,
+        home: String,
+        detail: String,
+    },
+    /// `atoll keyspace rehome` was refused (nothing moved).
+    #[error("re-homing refused: {0}")]
+    RehomeRefused(String),
+}
+
+fn not_home(keyspace: &str, home: &str, api: Option<&str>, reason: &str) -> String {
+    let at = api.map_or_else(String::new, |a| format!(" at http://{a}"));
+    format!("this key of owned keyspace `{keyspace}` has its home in `{home}`{at}; {reason}")
 }
 
 fn not_primary(primary: Option<&str>, api: Option<&str>, reason: &str) -> String {
@@ -231,6 +259,9 @@ impl AtollError {
             Self::DataLoss { .. } => "ATOLL-DATA-LOSS",
             Self::ControlUnavailable(_) => "ATOLL-CONTROL-UNAVAILABLE",
             Self::ForwardOutcomeUnknown { .. } => "ATOLL-FORWARD-OUTCOME-UNKNOWN",
+            Self::NotHome { .. } => "ATOLL-NOT-HOME",
+            Self::HomeUnavailable { .. } => "ATOLL-HOME-UNAVAILABLE",
+            Self::RehomeRefused(_) => "ATOLL-REHOME-REFUSED",
         }
     }
 
@@ -262,6 +293,9 @@ impl AtollError {
             | Self::ControlUnavailable(_) => 503,
             Self::LeaseHeld { .. } | Self::DataLoss { .. } => 409,
             Self::ForwardOutcomeUnknown { .. } => 504,
+            Self::NotHome { .. } => 421,
+            Self::HomeUnavailable { .. } => 503,
+            Self::RehomeRefused(_) => 409,
         }
     }
 
@@ -278,6 +312,7 @@ impl AtollError {
                 | Self::Fenced { .. }
                 | Self::Passive { .. }
                 | Self::ControlUnavailable(_)
+                | Self::HomeUnavailable { .. }
         )
     }
 
@@ -369,6 +404,15 @@ impl AtollError {
             }
             Self::ForwardOutcomeUnknown { .. } => {
                 "read the key on the primary to learn whether the write was applied before sending it again; an idempotent write (lww, mvr with a context) may simply be repeated"
+            }
+            Self::NotHome { .. } => {
+                "send the write to the key's home region (named in the error); the write was not applied, so sending it there is safe"
+            }
+            Self::HomeUnavailable { .. } => {
+                "retry once the home is back or the move has finished; if the home is gone for good, move its keys: `atoll keyspace rehome KEYSPACE --prefix P --to REGION` (or declare a `takeover` order for the keyspace); the write was not applied"
+            }
+            Self::RehomeRefused(_) => {
+                "read the reason; `atoll status` shows the homes and any move in flight; retry once the move in flight has finished"
             }
         }
     }

@@ -25,6 +25,7 @@ pub mod error;
 pub mod fence;
 pub mod geo;
 pub mod hlc;
+pub mod home;
 pub mod op;
 pub mod region;
 pub mod repl;

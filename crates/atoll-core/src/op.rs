@@ -28,10 +28,33 @@ pub enum Policy {
     Counter,
     /// Add-wins observed-remove set.
     Set,
+    /// Region ownership (`docs/design/owned-keyspaces.md`): every key has one home region that
+    /// alone writes it, so writes never conflict. Stored as an lww register ([`Policy::storage`]).
+    Owned,
 }
 
 impl Policy {
-    pub const ALL: [Policy; 4] = [Policy::Lww, Policy::Mvr, Policy::Counter, Policy::Set];
+    pub const ALL: [Policy; 5] = [
+        Policy::Lww,
+        Policy::Mvr,
+        Policy::Counter,
+        Policy::Set,
+        Policy::Owned,
+    ];
+
+    /// The CRDT a key of this policy is stored and replicated as: an owned key is an lww register
+    /// (its single writer makes every write newer than the last).
+    pub fn storage(self) -> Policy {
+        match self {
+            Policy::Owned => Policy::Lww,
+            p => p,
+        }
+    }
+
+    /// Whether the key/value API (`/v1/kv`) serves this policy.
+    pub fn is_register(self) -> bool {
+        matches!(self.storage(), Policy::Lww | Policy::Mvr)
+    }
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -39,6 +62,7 @@ impl Policy {
             Policy::Mvr => "mvr",
             Policy::Counter => "counter",
             Policy::Set => "set",
+            Policy::Owned => "owned",
         }
     }
 
@@ -130,7 +154,7 @@ impl Intent {
 
     fn fits(&self, policy: Policy) -> bool {
         matches!(
-            (self, policy),
+            (self, policy.storage()),
             (
                 Intent::Put { .. } | Intent::Delete { .. },
                 Policy::Lww | Policy::Mvr
@@ -157,15 +181,16 @@ pub fn prepare(
             operation: intent.name().to_string(),
         });
     }
+    let storage = policy.storage();
     if let Some(cur) = current
-        && cur.policy() != policy
+        && cur.policy() != storage
     {
         return Err(AtollError::Corrupt(format!(
             "key in keyspace `{keyspace}` holds {} state but the keyspace is {policy}",
             cur.policy()
         )));
     }
-    Ok(match (policy, intent, current) {
+    Ok(match (storage, intent, current) {
         (Policy::Lww, Intent::Put { value, .. }, cur) => {
             let cur = match cur {
                 Some(KeyState::Lww(r)) => Some(r),

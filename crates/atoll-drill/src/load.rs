@@ -73,7 +73,7 @@ pub fn start(
             .filter_map(|m| {
                 let ks = cfg.keyspace(&m.keyspace)?;
                 let kind = match ks.policy {
-                    Policy::Lww => Kind::Lww,
+                    Policy::Lww | Policy::Owned => Kind::Lww,
                     Policy::Mvr => Kind::Mvr,
                     Policy::Counter => Kind::Counter,
                     Policy::Set => Kind::Set,

@@ -205,7 +205,7 @@ pub fn is_idempotent(
                 kind: "kv",
                 keyspace,
             }) => match policy_of(keyspace) {
-                Some(Policy::Lww) => true,
+                Some(Policy::Lww | Policy::Owned) => true,
                 Some(Policy::Mvr) => has_context,
                 _ => false,
             },

@@ -70,6 +70,8 @@ pub struct AppState {
     pub auth: Option<Arc<atoll_config::auth::Tokens>>,
     /// Split-brain fencing, when the cluster has a lease or quorum fencing (set at start).
     pub fencing: std::sync::OnceLock<Arc<crate::fencing::Fencing>>,
+    /// The homes of owned keyspaces, when the config declares one (set at start).
+    pub homes: std::sync::OnceLock<Arc<crate::homes::Homes>>,
 }
 
 /// Header naming the region's fencing role on every answer of a fenced cluster.
@@ -166,6 +168,7 @@ pub fn router(state: Shared) -> Router {
         .route("/v1/conflicts/{keyspace}", get(conflicts))
         .route("/v1/status", get(status))
         .route("/v1/admin/promote", axum::routing::post(admin_promote))
+        .route("/v1/admin/rehome", axum::routing::post(admin_rehome))
         .route(
             "/v1/admin/switchover",
             axum::routing::post(admin_switchover),
@@ -374,6 +377,37 @@ async fn refused(
     headers: &HeaderMap,
     body: Bytes,
 ) -> ApiResult {
+    if let AtollError::NotHome { keyspace, home, .. } = &e
+        && let Some(h) = state.homes.get()
+    {
+        let forwarded = crate::forward::is_forwarded(headers);
+        let target = atoll_core::RegionId::new(home)?;
+        if forwarded || !h.forwards(keyspace) {
+            h.metrics().owned_not_home(keyspace, home);
+            return Err(e.into());
+        }
+        let Some(api) = h.api_of(&target) else {
+            return Err(e.into());
+        };
+        h.metrics().owned_forwarded(keyspace, home);
+        let path_and_query = uri
+            .path_and_query()
+            .map_or_else(|| uri.path(), |p| p.as_str());
+        let w = crate::forward::Write {
+            method,
+            path_and_query,
+            headers,
+            body,
+        };
+        let ks = keyspace.clone();
+        let unavailable = AtollError::HomeUnavailable {
+            keyspace: ks,
+            home: home.clone(),
+            detail: "the write was forwarded to the home, which refused it without applying it"
+                .into(),
+        };
+        return Ok(h.forwarder().forward(&target, api, w, unavailable).await?);
+    }
     if !matches!(e, AtollError::NotPrimary { .. }) || crate::forward::is_forwarded(headers) {
         return Err(e.into());
     }
@@ -489,12 +523,94 @@ fn mvr_read(ks: &str, key: &[u8], reg: Option<&MvRegister>) -> Result<Response> 
     Ok(with_headers(resp, [ctx_header]))
 }
 
-async fn kv_get(State(state): State<Shared>, uri: Uri) -> ApiResult {
-    let (ks, key, policy) = resolve(&state, &uri, "kv", &[Policy::Lww, Policy::Mvr], "kv reads")?;
-    let st = state.store.get(&ks, &key)?;
-    match (policy, st) {
-        (Policy::Mvr, Some(KeyState::Mvr(r))) => Ok(mvr_read(&ks, &key, Some(&r))?),
-        (Policy::Mvr, None) => Ok(mvr_read(&ks, &key, None)?),
+/// The policies the key/value routes serve.
+const KV_POLICIES: [Policy; 3] = [Policy::Lww, Policy::Mvr, Policy::Owned];
+
+/// Header on reads of an owned key: the key's home region.
+pub const HOME_HEADER: &str = "x-atoll-home";
+
+/// `?consistency=local` (the default) or `?consistency=home` (owned keyspaces: read at the key's
+/// home, which holds every acknowledged write of it).
+fn consistency(uri: &Uri) -> Result<bool> {
+    let mut home = false;
+    for kv in uri
+        .query()
+        .unwrap_or("")
+        .split('&')
+        .filter(|s| !s.is_empty())
+    {
+        match kv.split_once('=') {
+            Some(("consistency", "home")) => home = true,
+            Some(("consistency", "local")) => home = false,
+            _ => {
+                return Err(AtollError::BadRequest(format!(
+                    "unknown query parameter `{kv}`: reads take consistency=local (the default) or consistency=home (owned keyspaces)"
+                )));
+            }
+        }
+    }
+    Ok(home)
+}
+
+async fn kv_get(State(state): State<Shared>, uri: Uri, headers: HeaderMap) -> ApiResult {
+    let (ks, key, policy) = resolve(&state, &uri, "kv", &KV_POLICIES, "kv reads")?;
+    let at_home = consistency(&uri)?;
+    let mut extra = Vec::new();
+    if policy == Policy::Owned
+        && let Some(h) = state.homes.get()
+        && let Some(res) = h.resolve(&ks, &key)
+    {
+        if res.home != *h.me() {
+            if at_home && !crate::forward::is_forwarded(&headers) {
+                let api = h.api_of(&res.home).ok_or_else(|| {
+                    AtollError::Config(format!("no API address for `{}`", res.home))
+                })?;
+                let w = crate::forward::Write {
+                    method: Method::GET,
+                    path_and_query: uri
+                        .path_and_query()
+                        .map_or_else(|| uri.path(), |p| p.as_str()),
+                    headers: &headers,
+                    body: Bytes::new(),
+                };
+                let unavailable = AtollError::HomeUnavailable {
+                    keyspace: ks.clone(),
+                    home: res.home.to_string(),
+                    detail: "the home did not serve the read".into(),
+                };
+                return Ok(h
+                    .forwarder()
+                    .forward(&res.home, api, w, unavailable)
+                    .await?);
+            }
+            // How stale a local read may be: this region's lag behind the home's writes.
+            let lag = state
+                .replicator
+                .get()
+                .and_then(|rep| rep.promotion_view(&res.home).lag().ms);
+            extra.push(header(
+                STALENESS_HEADER,
+                &lag.map_or_else(|| "unknown".to_string(), |ms| ms.to_string()),
+            ));
+        } else {
+            extra.push(header(STALENESS_HEADER, "0"));
+        }
+        extra.push(header(HOME_HEADER, res.home.as_str()));
+    } else if at_home {
+        return Err(AtollError::BadRequest(format!(
+            "consistency=home applies to owned keyspaces; `{ks}` is {policy}"
+        ))
+        .into());
+    }
+    let resp = kv_read(&state, &ks, &key, policy)?;
+    Ok(with_headers(resp, extra))
+}
+
+fn kv_read(state: &AppState, ks: &str, key: &[u8], policy: Policy) -> Result<Response> {
+    let st = state.store.get(ks, key)?;
+    match (policy.storage(), st) {
+        (Policy::Mvr, Some(KeyState::Mvr(r))) => mvr_read(ks, key, Some(&r)),
+        (Policy::Mvr, None) => mvr_read(ks, key, None),
         (Policy::Lww, Some(KeyState::Lww(r))) => match r.value {
             Some(v) => Ok(with_headers(
                 (
@@ -508,14 +624,13 @@ async fn kv_get(State(state): State<Shared>, uri: Uri) -> ApiResult {
                     header(ORIGIN_HEADER, r.origin.as_str()),
                 ],
             )),
-            None => Err(AtollError::NotFound.into()),
+            None => Err(AtollError::NotFound),
         },
-        (_, None) => Err(AtollError::NotFound.into()),
+        (_, None) => Err(AtollError::NotFound),
         (_, Some(other)) => Err(AtollError::Corrupt(format!(
             "key holds {} state in a {policy} keyspace",
             other.policy()
-        ))
-        .into()),
+        ))),
     }
 }
 
@@ -525,7 +640,7 @@ async fn kv_put(
     headers: HeaderMap,
     body: Body,
 ) -> ApiResult {
-    let (ks, key, policy) = resolve(&state, &uri, "kv", &[Policy::Lww, Policy::Mvr], "kv writes")?;
+    let (ks, key, policy) = resolve(&state, &uri, "kv", &KV_POLICIES, "kv writes")?;
     let context = match policy {
         Policy::Mvr => context_from(&headers, &ks, &key)?,
         _ => None,
@@ -540,13 +655,7 @@ async fn kv_put(
 }
 
 async fn kv_delete(State(state): State<Shared>, uri: Uri, headers: HeaderMap) -> ApiResult {
-    let (ks, key, policy) = resolve(
-        &state,
-        &uri,
-        "kv",
-        &[Policy::Lww, Policy::Mvr],
-        "kv deletes",
-    )?;
+    let (ks, key, policy) = resolve(&state, &uri, "kv", &KV_POLICIES, "kv deletes")?;
     let context = match policy {
         Policy::Mvr => context_from(&headers, &ks, &key)?,
         _ => None,
@@ -794,6 +903,7 @@ async fn status(State(state): State<Shared>) -> ApiResult {
         "replication": replication,
         "peer_tls": peer_tls(&state.config),
         "fencing": fencing_json(&state),
+        "homes": state.homes.get().map(|h| h.status_json()),
     }))
     .into_response())
 }
@@ -850,6 +960,63 @@ async fn admin_promote(State(state): State<Shared>, headers: HeaderMap, body: Bo
     };
     let report = f.promote(req.accept_data_loss).await?;
     tracing::warn!(region = %state.store.region(), ?report, "promoted by an operator");
+    Ok(axum::Json(report).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RehomeBody {
+    keyspace: String,
+    /// Exactly one of `key` and `prefix`.
+    #[serde(default)]
+    key: Option<String>,
+    #[serde(default)]
+    prefix: Option<String>,
+    to: String,
+    #[serde(default)]
+    force: bool,
+    #[serde(default)]
+    timeout_ms: Option<u64>,
+}
+
+/// `POST /v1/admin/rehome`: moves the home of a key or a prefix of an owned keyspace
+/// (`docs/design/owned-keyspaces.md`); answers once the move has finished, with its report.
+async fn admin_rehome(State(state): State<Shared>, headers: HeaderMap, body: Body) -> ApiResult {
+    // Moves are control-group entries: the admin token of the region's fencing guards them.
+    admin_fencing(&state, &headers)?;
+    let Some(h) = state.homes.get() else {
+        return Err(AtollError::RehomeRefused(
+            "no keyspace of this cluster is owned: only owned keyspaces have homes".into(),
+        )
+        .into());
+    };
+    let bytes = read_body(body, 8192, |len| AtollError::RequestTooLarge {
+        len,
+        max: 8192,
+    })
+    .await?;
+    let req: RehomeBody =
+        serde_json::from_slice(&bytes).map_err(|e| AtollError::MalformedBody(e.to_string()))?;
+    let selector = match (req.key, req.prefix) {
+        (Some(k), None) if !k.is_empty() && k.len() <= KEY_MAX_BYTES => {
+            atoll_core::home::Selector::Key(k.into_bytes())
+        }
+        (None, Some(p)) if p.len() <= KEY_MAX_BYTES => {
+            atoll_core::home::Selector::Prefix(p.into_bytes())
+        }
+        _ => {
+            return Err(AtollError::BadRequest(format!(
+                "name exactly one of `key` (1 to {KEY_MAX_BYTES} bytes) and `prefix` (at most {KEY_MAX_BYTES} bytes; \"\" moves the default rule)"
+            ))
+            .into());
+        }
+    };
+    let to = atoll_core::RegionId::new(&req.to)?;
+    let timeout = std::time::Duration::from_millis(req.timeout_ms.unwrap_or(30_000).min(600_000));
+    let report = h
+        .rehome(&req.keyspace, selector, to, req.force, timeout)
+        .await?;
+    tracing::warn!(region = %state.store.region(), ?report, "re-homing done");
     Ok(axum::Json(report).into_response())
 }
 

@@ -108,7 +108,8 @@ impl Arbiter {
             tls.as_ref(),
         )?);
         let (group, _applied) =
-            crate::control::start(config, arb.name.as_str(), &opts.data_dir, transport).await?;
+            crate::control::start(config, arb.name.as_str(), &opts.data_dir, transport, None)
+                .await?;
         Ok(Arbiter {
             name: arb.name,
             group,

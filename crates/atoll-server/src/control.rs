@@ -1,6 +1,6 @@
 //! The control group in a region or arbiter process (`docs/design/fencing.md`): the lease state
-//! machine ([`LeaseMachine`], `atoll_core::fence::LeaseState` behind `atoll-control`'s byte
-//! interface), the transport over the mutual-TLS peer listener ([`PeerTransport`]:
+//! machine ([`ControlMachine`], `atoll_core::home::ControlState`: the lease state and the homes
+//! of owned keyspaces, behind `atoll-control`'s byte interface), the transport over the mutual-TLS peer listener ([`PeerTransport`]:
 //! `POST /v1/control/{rpc}`), the route that serves it ([`router`]) and the [`Proposer`] the
 //! fencing loop uses.
 //!
@@ -16,6 +16,7 @@ use atoll_control::{
     Transport, TransportError,
 };
 use atoll_core::fence::{self, Answer, Command, LeaseState};
+use atoll_core::home::{self, ControlAnswer, ControlState};
 use atoll_core::{AtollError, RegionId, Result};
 use axum::body::{Body, Bytes};
 use axum::extract::{Path, State};
@@ -94,31 +95,27 @@ pub fn timing(config: &Config) -> ControlTiming {
     }
 }
 
-/// `LeaseState` behind the byte interface of `atoll-control`.
+/// `ControlState` (the write lease and the homes of owned keyspaces) behind the byte interface of
+/// `atoll-control`.
 #[derive(Default)]
-pub struct LeaseMachine {
-    state: LeaseState,
+pub struct ControlMachine {
+    state: ControlState,
 }
 
-impl StateMachine for LeaseMachine {
+impl StateMachine for ControlMachine {
     fn apply(&mut self, command: &[u8]) -> Vec<u8> {
         // Deterministic on every member: an undecodable command is answered the same everywhere
         // and changes nothing.
-        let answer = match fence::decode_command(command) {
-            Ok(cmd) => self.state.apply(&cmd),
-            Err(_) => Answer::Refused(fence::Refused::WrongEpoch {
-                current: self.state.epoch,
-            }),
-        };
-        fence::encode_answer(&answer).unwrap_or_default()
+        let answer = self.state.apply(command);
+        home::encode_answer(&answer).unwrap_or_default()
     }
 
     fn snapshot(&self) -> Vec<u8> {
-        fence::encode_state(&self.state).unwrap_or_default()
+        home::encode_state(&self.state).unwrap_or_default()
     }
 
     fn restore(&mut self, snapshot: &[u8]) -> std::result::Result<(), String> {
-        let st = fence::decode_state(snapshot).map_err(|e| e.to_string())?;
+        let st = home::decode_state(snapshot).map_err(|e| e.to_string())?;
         self.state = st;
         Ok(())
     }
@@ -319,6 +316,8 @@ fn refuse(status: StatusCode, code: &str, message: &str) -> Response {
 /// Proposes fencing commands through the control group.
 pub struct GroupProposer {
     pub group: ControlGroup,
+    /// Told the home table version of every answered quorum renewal (owned keyspaces).
+    pub homes: Option<Arc<crate::homes::Homes>>,
 }
 
 impl Proposer for GroupProposer {
@@ -330,7 +329,24 @@ impl Proposer for GroupProposer {
                 .propose(bytes)
                 .await
                 .map_err(|e: ControlError| AtollError::ControlUnavailable(e.to_string()))?;
-            fence::decode_answer(&out)
+            match home::decode_answer(&out)? {
+                ControlAnswer::Lease {
+                    answer,
+                    homes_version,
+                } => {
+                    if let (Some(h), Command::Presence { .. }, Answer::Present) =
+                        (&self.homes, &cmd, &answer)
+                    {
+                        // Before the fence extends the window: the window covers owned
+                        // writes only once this region applied the homes it was answered with.
+                        h.note_presence(homes_version);
+                    }
+                    Ok(answer)
+                }
+                other => Err(AtollError::Corrupt(format!(
+                    "the control group answered a lease command with {other:?}"
+                ))),
+            }
         })
     }
 
@@ -353,6 +369,7 @@ pub async fn start(
     me: &str,
     data_dir: &FsPath,
     transport: Arc<dyn Transport>,
+    homes: Option<Arc<crate::homes::Homes>>,
 ) -> Result<(ControlGroup, watch::Receiver<Option<LeaseState>>)> {
     let id = node_id(config, me).ok_or_else(|| {
         AtollError::Config(format!("`{me}` is not a member of the control group"))
@@ -362,7 +379,7 @@ pub async fn start(
         .map_err(|e| AtollError::Storage(format!("cannot create {}: {e}", dir.display())))?;
     let mut opts = ControlOptions::new(id, members(config), dir);
     opts.timing = timing(config);
-    let group = ControlGroup::start(opts, Box::new(LeaseMachine::default()), transport)
+    let group = ControlGroup::start(opts, Box::new(ControlMachine::default()), transport)
         .await
         .map_err(|e| AtollError::Storage(format!("control group: {e} ({})", e.hint())))?;
     let (tx, rx) = watch::channel(None);
@@ -371,11 +388,14 @@ pub async fn start(
         loop {
             let bytes = applied.borrow_and_update().state.clone();
             if !bytes.is_empty() {
-                match fence::decode_state(&bytes) {
+                match home::decode_state(&bytes) {
                     Ok(st) => {
-                        tx.send_replace(Some(st));
+                        if let Some(h) = &homes {
+                            h.on_table(st.homes);
+                        }
+                        tx.send_replace(Some(st.lease));
                     }
-                    Err(e) => tracing::error!(error = %e, "undecodable lease state"),
+                    Err(e) => tracing::error!(error = %e, "undecodable control state"),
                 }
             }
             if applied.changed().await.is_err() || tx.is_closed() {

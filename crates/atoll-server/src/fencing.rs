@@ -584,11 +584,14 @@ fn refusal_error(r: PromoteRefusal, me: &RegionId) -> AtollError {
 }
 
 impl atoll_store::WriteGate for Fencing {
-    fn permit(&self, keyspace: &KeyspaceConfig) -> Result<u64> {
+    fn permit(&self, keyspace: &KeyspaceConfig, _key: &[u8]) -> Result<u64> {
         let now = self.now_ms();
-        let r = self
-            .fence()
-            .permit(now, keyspace.on_minority == OnMinority::ReadOnly);
+        // An owned key is written only inside a quorum window: its home may be taken over by a
+        // region on the majority side once that window has ended.
+        let r = self.fence().permit(
+            now,
+            keyspace.on_minority == OnMinority::ReadOnly || keyspace.owned.is_some(),
+        );
         r.map_err(|d| self.denial_error(d, &keyspace.name))
     }
 

@@ -10,6 +10,7 @@ pub mod auth;
 pub mod control;
 pub mod fencing;
 pub mod forward;
+pub mod homes;
 pub mod metrics;
 pub mod openapi;
 pub mod peer;

@@ -68,6 +68,14 @@ pub struct KeyspaceOnly {
 
 type FloatGauge = Gauge<f64, AtomicU64>;
 
+/// Labels of an owned keyspace's event: the keyspace and a value from a fixed set, or a region
+/// of the config (never a name a client chose).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OwnedLabels {
+    pub keyspace: String,
+    pub value: String,
+}
+
 /// Every metric a region exports.
 pub struct Metrics {
     pub registry: Registry,
@@ -108,6 +116,9 @@ pub struct Metrics {
     pub fencing_window_remaining: FloatGauge,
     pub fencing_lease_held: Gauge,
     pub fencing_writes_refused: Family<ReasonLabels, Counter>,
+    pub owned_forwarded: Family<OwnedLabels, Counter>,
+    pub owned_not_home: Family<OwnedLabels, Counter>,
+    pub owned_moves: Family<OwnedLabels, Counter>,
     pub fencing_promotions: Counter,
     pub fencing_proposals: Family<ProposalLabels, Counter>,
     pub fencing_promotion_lag: FloatGauge,
@@ -526,7 +537,37 @@ impl Metrics {
             "[fencing] max_promotion_lag_ms of this region's config, in seconds (for the lag alert)",
             fencing_max_promotion_lag.clone(),
         );
+        let owned_forwarded = Family::<OwnedLabels, Counter>::default();
+        reg(
+            &mut registry,
+            &mut names,
+            Kind::Counter,
+            "owned_forwarded_writes",
+            "Writes to owned keys that reached this region and were forwarded to the key's home (label value: the home)",
+            owned_forwarded.clone(),
+        );
+        let owned_not_home = Family::<OwnedLabels, Counter>::default();
+        reg(
+            &mut registry,
+            &mut names,
+            Kind::Counter,
+            "owned_not_home_refusals",
+            "Writes to owned keys refused with ATOLL-NOT-HOME (the keyspace does not forward, or the write was forwarded already; label value: the home)",
+            owned_not_home.clone(),
+        );
+        let owned_moves = Family::<OwnedLabels, Counter>::default();
+        reg(
+            &mut registry,
+            &mut names,
+            Kind::Counter,
+            "owned_moves",
+            "Moves of owned keys this region completed as their new home, by outcome (handed: nothing lost; forced: a takeover of a home that did not release)",
+            owned_moves.clone(),
+        );
         Self {
+            owned_forwarded,
+            owned_not_home,
+            owned_moves,
             fencing_max_promotion_lag,
             fencing_role,
             fencing_epoch,
@@ -622,6 +663,36 @@ impl Metrics {
     }
 
     /// A write refused by fencing.
+    /// A completed move of owned keys (`handed` or `forced`).
+    pub fn owned_move(&self, keyspace: &str, outcome: &str) {
+        self.owned_moves
+            .get_or_create(&OwnedLabels {
+                keyspace: keyspace.to_string(),
+                value: outcome.to_string(),
+            })
+            .inc();
+    }
+
+    /// A write to an owned key forwarded to its home.
+    pub fn owned_forwarded(&self, keyspace: &str, home: &str) {
+        self.owned_forwarded
+            .get_or_create(&OwnedLabels {
+                keyspace: keyspace.to_string(),
+                value: home.to_string(),
+            })
+            .inc();
+    }
+
+    /// A write to an owned key refused with `ATOLL-NOT-HOME`.
+    pub fn owned_not_home(&self, keyspace: &str, home: &str) {
+        self.owned_not_home
+            .get_or_create(&OwnedLabels {
+                keyspace: keyspace.to_string(),
+                value: home.to_string(),
+            })
+            .inc();
+    }
+
     pub fn fencing_refused(&self, reason: &str) {
         self.fencing_writes_refused
             .get_or_create(&ReasonLabels {

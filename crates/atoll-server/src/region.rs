@@ -177,9 +177,9 @@ impl RegionServer {
         let changed = Arc::new(tokio::sync::Notify::new());
         let c = changed.clone();
         sopts.on_change = Some(Arc::new(move || c.notify_waiters()));
-        sopts.gate = fencing
-            .clone()
-            .map(|f| f as Arc<dyn atoll_store::WriteGate>);
+        let homes =
+            crate::homes::Homes::new(&opts.config, &region, fencing.clone(), metrics.clone());
+        sopts.gate = crate::homes::Gate::for_store(fencing.clone(), homes.clone());
         let clock: Arc<dyn Clock> = if opts.clock_offset_ms == 0 {
             Arc::new(SystemClock)
         } else {
@@ -251,12 +251,29 @@ impl RegionServer {
                     &addrs,
                     tls.as_ref(),
                 )?);
-                let (group, applied) =
-                    crate::control::start(&opts.config, region.as_str(), &opts.data_dir, transport)
-                        .await?;
+                let (group, applied) = crate::control::start(
+                    &opts.config,
+                    region.as_str(),
+                    &opts.data_dir,
+                    transport,
+                    homes.clone(),
+                )
+                .await?;
+                if let Some(h) = &homes {
+                    h.attach(
+                        group.clone(),
+                        Arc::new(RegionView {
+                            rep: replicator.clone(),
+                            store: store.clone(),
+                            clock: clock.clone(),
+                        }),
+                        store.clone(),
+                    );
+                }
                 f.attach(
                     Arc::new(crate::control::GroupProposer {
                         group: group.clone(),
+                        homes: homes.clone(),
                     }),
                     Arc::new(RegionView {
                         rep: replicator.clone(),
@@ -317,8 +334,12 @@ impl RegionServer {
             subscribers: crate::streams::Subscribers::new(),
             auth: auth.map(Arc::new),
             fencing: Default::default(),
+            homes: Default::default(),
         });
         let _ = state.replicator.set(replicator.clone());
+        if let Some(h) = &homes {
+            let _ = state.homes.set(h.clone());
+        }
         if let Some(f) = &fencing {
             let _ = state.fencing.set(f.clone());
         }
@@ -391,6 +412,16 @@ impl RegionServer {
         let flag = state.clone();
         let stop = Arc::new(tokio::sync::Notify::new());
         let mut tasks = self.replicator.start(stop.clone());
+        if let Some(h) = state.homes.get() {
+            let h = h.clone();
+            let stop = stop.clone();
+            tasks.push(tokio::spawn(async move {
+                tokio::select! {
+                    _ = h.run() => {}
+                    _ = stop.notified() => {}
+                }
+            }));
+        }
         let group = match (self.control, state.fencing.get()) {
             (Some((group, applied)), Some(f)) => {
                 tasks.push(tokio::spawn(f.clone().run(applied, stop.clone())));

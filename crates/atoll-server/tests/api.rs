@@ -89,6 +89,7 @@ impl Harness {
             subscribers: atoll_server::streams::Subscribers::new(),
             auth,
             fencing: Default::default(),
+            homes: Default::default(),
         });
         Self {
             app: router(state.clone()),
@@ -357,6 +358,18 @@ fn every_error() -> Vec<AtollError> {
             target: "x".into(),
             detail: "y".into(),
         },
+        AtollError::NotHome {
+            keyspace: "x".into(),
+            home: "y".into(),
+            home_api: None,
+            reason: "z".into(),
+        },
+        AtollError::HomeUnavailable {
+            keyspace: "x".into(),
+            home: "y".into(),
+            detail: "z".into(),
+        },
+        AtollError::RehomeRefused("x".into()),
     ];
     // No wildcard: a new variant fails to compile here until it is added to the list above.
     for e in &all {
@@ -394,7 +407,10 @@ fn every_error() -> Vec<AtollError> {
             | AtollError::LeaseHeld { .. }
             | AtollError::DataLoss { .. }
             | AtollError::ControlUnavailable(_)
-            | AtollError::ForwardOutcomeUnknown { .. } => {}
+            | AtollError::ForwardOutcomeUnknown { .. }
+            | AtollError::NotHome { .. }
+            | AtollError::HomeUnavailable { .. }
+            | AtollError::RehomeRefused(_) => {}
         }
     }
     all

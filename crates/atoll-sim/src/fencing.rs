@@ -208,7 +208,7 @@ pub struct Gate {
 }
 
 impl WriteGate for Gate {
-    fn permit(&self, keyspace: &KeyspaceConfig) -> atoll_core::Result<u64> {
+    fn permit(&self, keyspace: &KeyspaceConfig, _key: &[u8]) -> atoll_core::Result<u64> {
         let now = self.mono.load(Ordering::SeqCst);
         let f = lock(&self.fence);
         f.permit(now, keyspace.on_minority == OnMinority::ReadOnly)

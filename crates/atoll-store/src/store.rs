@@ -29,8 +29,9 @@ pub type CommitObserver = Arc<dyn Fn(usize, Duration) + Send + Sync>;
 /// `docs/design/fencing.md`), and recognises late writes of a superseded lease epoch.
 pub trait WriteGate: Send + Sync {
     /// Called by the writer thread under the stamping lock, at the instant the write gets its
-    /// timestamp and sequence number. `Ok(epoch)`: stamp the write with this lease epoch.
-    fn permit(&self, keyspace: &KeyspaceConfig) -> Result<u64>;
+    /// timestamp and sequence number. `Ok(epoch)`: stamp the write with this lease epoch. `key`
+    /// matters to `owned` keyspaces, whose keys each have one home region.
+    fn permit(&self, keyspace: &KeyspaceConfig, key: &[u8]) -> Result<u64>;
     /// A replicated write of `epoch` stamped at `ts_ms` (HLC wall time) that cannot have been
     /// accepted inside a valid lease: it is refused (not merged), and counted.
     fn is_late(&self, epoch: u64, ts_ms: u64) -> bool;
@@ -885,7 +886,7 @@ impl Writer {
             // The fencing check happens at the stamping instant, under the stamping lock: a
             // write is accepted (gets its timestamp and sequence number) only inside a window.
             let epoch = match &self.gate {
-                Some(g) => g.permit(ks)?,
+                Some(g) => g.permit(ks, &req.key)?,
                 None => 0,
             };
             let ts = st.hlc.now(self.clock.physical_ms());
@@ -1124,7 +1125,7 @@ impl Writer {
             }
         }
         for ks in self.shared.keyspaces.values() {
-            if ks.policy != Policy::Lww {
+            if ks.policy.storage() != Policy::Lww {
                 continue;
             }
             let prefix = keys::prefix(&ks.name);

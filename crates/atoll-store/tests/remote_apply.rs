@@ -146,7 +146,7 @@ struct EpochGate {
 }
 
 impl atoll_store::WriteGate for EpochGate {
-    fn permit(&self, _: &KeyspaceConfig) -> atoll_core::Result<u64> {
+    fn permit(&self, _: &KeyspaceConfig, _key: &[u8]) -> atoll_core::Result<u64> {
         Ok(self.current)
     }
     fn is_late(&self, epoch: u64, _ts_ms: u64) -> bool {

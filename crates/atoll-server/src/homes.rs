@@ -1,0 +1,611 @@
+//! Region ownership of `owned` keyspaces in a region process (`docs/design/owned-keyspaces.md`).
+//!
+//! - [`Homes`]: this region's view of every owned keyspace's homes: the config's rules and the
+//!   home table the control group replicates (`atoll_core::home`). The write gate asks it, at the
+//!   instant a write is stamped, whether this region is the key's home ([`Homes::permit`]); a
+//!   write it refuses with `ATOLL-NOT-HOME` is forwarded by the API to the home (the keyspace's
+//!   `forward`, on by default).
+//! - The mover ([`Homes::run`]): carries out this region's part of every move in flight (as the
+//!   old home it releases; as the new home it completes once it has applied the old home's
+//!   writes, or, for a takeover, once the old home's write window has surely ended) and starts
+//!   a takeover of a home that has been silent for a lease.
+//! - [`Homes::rehome`]: `POST /v1/admin/rehome`, an operator's move.
+
+use crate::fencing::{Fencing, ReplicationView};
+use atoll_config::{Config, KeyspaceConfig, OwnedConfig};
+use atoll_control::ControlGroup;
+use atoll_core::home::{
+    self, HomeAnswer, HomeCommand, HomeTable, MoveOutcome, Resolution, Selector,
+};
+use atoll_core::{AtollError, RegionId, Result};
+use serde_json::{Value, json};
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
+use std::time::Duration;
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+/// How often the mover looks at the moves in flight and the homes' liveness.
+const MOVER_TICK: Duration = Duration::from_millis(200);
+
+/// Proposes home commands through the control group.
+pub struct HomeProposer {
+    pub group: ControlGroup,
+}
+
+impl HomeProposer {
+    async fn propose(&self, cmd: &HomeCommand) -> Result<HomeAnswer> {
+        let bytes = home::encode_home_command(cmd)?;
+        let out = self
+            .group
+            .propose(bytes)
+            .await
+            .map_err(|e| AtollError::ControlUnavailable(e.to_string()))?;
+        match home::decode_answer(&out)? {
+            home::ControlAnswer::Home(a) => Ok(a),
+            other => Err(AtollError::Corrupt(format!(
+                "the control group answered a home command with {other:?}"
+            ))),
+        }
+    }
+}
+
+struct Driver {
+    proposer: HomeProposer,
+    view: Arc<dyn ReplicationView>,
+    store: Arc<atoll_store::Store>,
+}
+
+/// This region's view of the homes of every owned keyspace.
+pub struct Homes {
+    me: RegionId,
+    keyspaces: BTreeMap<String, OwnedConfig>,
+    apis: BTreeMap<RegionId, SocketAddr>,
+    table: RwLock<HomeTable>,
+    /// The home table version the latest answered quorum renewal (`Presence`) carried: owned
+    /// writes need this region to have applied at least that version (the window that renewal
+    /// opened covers only the homes it knew).
+    required: AtomicU64,
+    fencing: Option<Arc<Fencing>>,
+    forwarder: crate::forward::Forwarder,
+    metrics: Arc<crate::metrics::Metrics>,
+    /// `lease x (1 + drift) + margin`: how long a takeover waits after applying its `Begin`.
+    takeover_wait: Duration,
+    lease: Duration,
+    /// When this region applied each move's `Begin` (move id), on its monotonic clock.
+    seen: Mutex<BTreeMap<u64, Instant>>,
+    /// Proposals this region has in flight, by move id (one at a time).
+    busy: Mutex<BTreeMap<u64, Instant>>,
+    changed: Notify,
+    driver: OnceLock<Driver>,
+    started: Instant,
+}
+
+impl Homes {
+    /// `None` when the config declares no owned keyspace.
+    pub fn new(
+        config: &Config,
+        me: &RegionId,
+        fencing: Option<Arc<Fencing>>,
+        metrics: Arc<crate::metrics::Metrics>,
+    ) -> Option<Arc<Self>> {
+        let keyspaces: BTreeMap<String, OwnedConfig> = config
+            .keyspaces
+            .iter()
+            .filter_map(|k| k.owned.clone().map(|o| (k.name.clone(), o)))
+            .collect();
+        if keyspaces.is_empty() {
+            return None;
+        }
+        let f = &config.fencing;
+        let lease = Duration::from_millis(f.lease_ms);
+        let takeover_wait = Duration::from_millis(
+            f.lease_ms + f.lease_ms * f.max_drift_ppm / 1_000_000 + f.margin_ms,
+        );
+        Some(Arc::new(Self {
+            me: me.clone(),
+            keyspaces,
+            apis: config
+                .regions
+                .iter()
+                .map(|r| (r.name.clone(), r.api))
+                .collect(),
+            table: RwLock::new(HomeTable::default()),
+            required: AtomicU64::new(0),
+            fencing,
+            forwarder: crate::forward::Forwarder::new(me.clone(), crate::forward::FORWARD_TIMEOUT),
+            metrics,
+            takeover_wait,
+            lease,
+            seen: Mutex::new(BTreeMap::new()),
+            busy: Mutex::new(BTreeMap::new()),
+            changed: Notify::new(),
+            driver: OnceLock::new(),
+            started: Instant::now(),
+        }))
+    }
+
+    /// Connects the mover to the control group (regions with `[fencing] quorum` only).
+    pub fn attach(
+        &self,
+        group: ControlGroup,
+        view: Arc<dyn ReplicationView>,
+        store: Arc<atoll_store::Store>,
+    ) {
+        let _ = self.driver.set(Driver {
+            proposer: HomeProposer { group },
+            view,
+            store,
+        });
+    }
+
+    fn table(&self) -> std::sync::RwLockReadGuard<'_, HomeTable> {
+        self.table.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A new applied home table from the control group.
+    pub fn on_table(&self, table: HomeTable) {
+        let now = Instant::now();
+        {
+            let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+            for m in table.moves.values() {
+                seen.entry(m.id).or_insert(now);
+            }
+            seen.retain(|id, _| table.moves.values().any(|m| m.id == *id));
+        }
+        *self.table.write().unwrap_or_else(|p| p.into_inner()) = table;
+        self.changed.notify_waiters();
+    }
+
+    /// A quorum renewal was answered at home table version `v`.
+    pub fn note_presence(&self, v: u64) {
+        self.required.fetch_max(v, Ordering::SeqCst);
+    }
+
+    /// The home of `key`, if `keyspace` is owned.
+    pub fn resolve(&self, keyspace: &str, key: &[u8]) -> Option<Resolution> {
+        let oc = self.keyspaces.get(keyspace)?;
+        Some(home::resolve(&oc.rules, &self.table(), keyspace, key))
+    }
+
+    /// Whether `keyspace` forwards writes that reach another region than the key's home.
+    pub fn forwards(&self, keyspace: &str) -> bool {
+        self.keyspaces.get(keyspace).is_some_and(|o| o.forward)
+    }
+
+    pub fn api_of(&self, region: &RegionId) -> Option<SocketAddr> {
+        self.apis.get(region).copied()
+    }
+
+    pub fn forwarder(&self) -> &crate::forward::Forwarder {
+        &self.forwarder
+    }
+
+    pub fn me(&self) -> &RegionId {
+        &self.me
+    }
+
+    pub fn metrics(&self) -> &crate::metrics::Metrics {
+        &self.metrics
+    }
+
+    /// The write gate's check for an owned key, at its stamping instant.
+    pub fn permit(&self, keyspace: &KeyspaceConfig, key: &[u8]) -> Result<()> {
+        let Some(oc) = self.keyspaces.get(&keyspace.name) else {
+            return Ok(());
+        };
+        let t = self.table();
+        let res = home::resolve(&oc.rules, &t, &keyspace.name, key);
+        if res.home != self.me {
+            return Err(AtollError::NotHome {
+                keyspace: keyspace.name.clone(),
+                home: res.home.to_string(),
+                home_api: self.apis.get(&res.home).map(|a| a.to_string()),
+                reason: format!("only the home writes it ({})", res.selector.describe()),
+            });
+        }
+        if let Some(m) = res.moving {
+            return Err(AtollError::HomeUnavailable {
+                keyspace: keyspace.name.clone(),
+                home: self.me.to_string(),
+                detail: format!(
+                    "{} is moving to `{}` (move {}); its writes resume there once the move completes",
+                    res.selector.describe(),
+                    m.to,
+                    m.id
+                ),
+            });
+        }
+        if self.fencing.is_some() && t.version < self.required.load(Ordering::SeqCst) {
+            return Err(AtollError::HomeUnavailable {
+                keyspace: keyspace.name.clone(),
+                home: self.me.to_string(),
+                detail: "this region has not yet applied the home table its last quorum renewal was answered with".into(),
+            });
+        }
+        Ok(())
+    }
+
+    /// `atoll status`: the rules, overrides, the move in flight and the recent moves.
+    pub fn status_json(&self) -> Value {
+        let t = self.table();
+        let sel = |s: &Selector| match s {
+            Selector::Prefix(p) => json!({"prefix": String::from_utf8_lossy(p)}),
+            Selector::Key(k) => json!({"key": String::from_utf8_lossy(k)}),
+        };
+        let mut out = serde_json::Map::new();
+        for (name, oc) in &self.keyspaces {
+            let overrides: Vec<Value> = t
+                .overrides
+                .get(name)
+                .into_iter()
+                .flatten()
+                .map(
+                    |(s, o)| json!({"selector": sel(s), "home": o.home.as_str(), "epoch": o.epoch}),
+                )
+                .collect();
+            let moving = t.moves.get(name).map(|m| {
+                json!({
+                    "id": m.id,
+                    "selectors": m.selectors.iter().map(sel).collect::<Vec<_>>(),
+                    "from": m.from.as_str(),
+                    "to": m.to.as_str(),
+                    "takeover": m.takeover,
+                    "released_head": m.released_head,
+                })
+            });
+            let history: Vec<Value> = t
+                .history
+                .iter()
+                .filter(|h| &h.keyspace == name)
+                .map(move_json)
+                .collect();
+            out.insert(
+                name.clone(),
+                json!({
+                    "default_home": oc.rules.default.as_str(),
+                    "homes": oc.rules.prefixes.iter().map(|(p, r)| json!({"prefix": String::from_utf8_lossy(p), "region": r.as_str()})).collect::<Vec<_>>(),
+                    "forward": oc.forward,
+                    "takeover": oc.takeover.iter().map(|r| r.as_str()).collect::<Vec<_>>(),
+                    "overrides": overrides,
+                    "moving": moving,
+                    "moves": history,
+                }),
+            );
+        }
+        json!({"table_version": t.version, "keyspaces": out})
+    }
+
+    fn driver(&self) -> Result<&Driver> {
+        self.driver.get().ok_or_else(|| {
+            AtollError::RehomeRefused(
+                "moving homes needs the control group: set [fencing] quorum = true".into(),
+            )
+        })
+    }
+
+    /// `POST /v1/admin/rehome`: moves `selector` of `keyspace` to `to` and waits for the move to
+    /// end (or aborts it at `timeout`). `force`: the old home may be down; the new home then
+    /// completes once the old home's write window has surely ended, and what it lacked of the
+    /// old home's writes is reported as lost.
+    pub async fn rehome(
+        &self,
+        keyspace: &str,
+        selector: Selector,
+        to: RegionId,
+        force: bool,
+        timeout: Duration,
+    ) -> Result<Value> {
+        let d = self.driver()?;
+        let Some(oc) = self.keyspaces.get(keyspace) else {
+            return Err(AtollError::RehomeRefused(format!(
+                "keyspace `{keyspace}` is not owned (only owned keyspaces have homes)"
+            )));
+        };
+        if !self.apis.contains_key(&to) {
+            return Err(AtollError::RehomeRefused(format!(
+                "`{to}` is not a region of this cluster"
+            )));
+        }
+        let (from, version) = {
+            let t = self.table();
+            let probe = match &selector {
+                Selector::Prefix(p) | Selector::Key(p) => p.clone(),
+            };
+            let res = home::resolve(&oc.rules, &t, keyspace, &probe);
+            // The selector's own override, if it has one, decides; else the rule covering it.
+            let from = t
+                .overrides
+                .get(keyspace)
+                .and_then(|o| o.get(&selector))
+                .map_or(res.home, |o| o.home.clone());
+            (from, t.version)
+        };
+        if from == to {
+            return Err(AtollError::RehomeRefused(format!(
+                "`{to}` already is the home of {}",
+                selector.describe()
+            )));
+        }
+        let started = Instant::now();
+        let cmd = HomeCommand::Begin {
+            keyspace: keyspace.to_string(),
+            selectors: vec![selector.clone()],
+            from: from.clone(),
+            to: to.clone(),
+            expect_version: version,
+            takeover: force,
+        };
+        let id = match d.proposer.propose(&cmd).await? {
+            HomeAnswer::Begun { id } => id,
+            HomeAnswer::Refused(r) => return Err(AtollError::RehomeRefused(r.to_string())),
+            other => {
+                return Err(AtollError::Corrupt(format!(
+                    "unexpected answer to a move: {other:?}"
+                )));
+            }
+        };
+        tracing::warn!(keyspace, selector = %selector.describe(), %from, %to, id, force, "re-homing started");
+        let deadline = started + timeout;
+        loop {
+            let done = {
+                let t = self.table();
+                t.history
+                    .iter()
+                    .find(|h| h.id == id && h.keyspace == keyspace)
+                    .cloned()
+            };
+            if let Some(rec) = done {
+                let mut report = move_json(&rec);
+                report["writes_stopped_ms"] = json!(started.elapsed().as_millis() as u64);
+                return match rec.outcome {
+                    MoveOutcome::Aborted { reason } => Err(AtollError::RehomeRefused(format!(
+                        "move {id} was aborted: {reason}"
+                    ))),
+                    _ => Ok(report),
+                };
+            }
+            if Instant::now() >= deadline {
+                let abort = HomeCommand::Abort {
+                    keyspace: keyspace.to_string(),
+                    id,
+                    reason: format!("not finished within {timeout:?}"),
+                };
+                let answer = d.proposer.propose(&abort).await;
+                return Err(AtollError::RehomeRefused(format!(
+                    "move {id} of {} from `{from}` to `{to}` did not finish within {timeout:?} (the old home did not release it{}); {}",
+                    selector.describe(),
+                    if force {
+                        " and the new home did not take it over"
+                    } else {
+                        ": it may be down, retry with --force to take its keys over"
+                    },
+                    match answer {
+                        Ok(HomeAnswer::Aborted) =>
+                            "it was aborted and the old home writes again".to_string(),
+                        Ok(other) => format!("abort answered {other:?}"),
+                        Err(e) => format!("the abort failed ({e}); `atoll status` shows the move"),
+                    }
+                )));
+            }
+            let _ = tokio::time::timeout(MOVER_TICK, self.changed.notified()).await;
+        }
+    }
+
+    /// The mover: this region's part of every move, and takeovers. Runs until the process ends.
+    pub async fn run(self: Arc<Self>) {
+        loop {
+            if self.driver.get().is_some() {
+                self.step().await;
+            }
+            let _ = tokio::time::timeout(MOVER_TICK, self.changed.notified()).await;
+        }
+    }
+
+    fn try_busy(&self, id: u64) -> bool {
+        let mut b = self.busy.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        b.retain(|_, t| now.duration_since(*t) < Duration::from_secs(10));
+        if b.contains_key(&id) {
+            return false;
+        }
+        b.insert(id, now);
+        true
+    }
+
+    fn done(&self, id: u64) {
+        self.busy
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&id);
+    }
+
+    async fn step(self: &Arc<Self>) {
+        let Some(d) = self.driver.get() else { return };
+        let (moves, version) = {
+            let t = self.table();
+            (t.moves.clone(), t.version)
+        };
+        for (ks, m) in &moves {
+            if m.from == self.me && m.released_head.is_none() && self.try_busy(m.id) {
+                // The gate refuses the moving keys since the table was applied; a write that
+                // passed it just before is stamped by the time a request queued behind it is
+                // done, so the head read after that barrier covers every accepted write.
+                let store = d.store.clone();
+                let barrier = tokio::task::spawn_blocking(move || store.maintain(None)).await;
+                if !matches!(barrier, Ok(Ok(_))) {
+                    self.done(m.id);
+                    continue;
+                }
+                let head = d.view.head();
+                let cmd = HomeCommand::Release {
+                    keyspace: ks.clone(),
+                    id: m.id,
+                    from: self.me.clone(),
+                    head,
+                };
+                let r = d.proposer.propose(&cmd).await;
+                tracing::info!(keyspace = %ks, id = m.id, head, answer = ?r, "released owned keys");
+                self.done(m.id);
+            }
+            if m.to == self.me {
+                let pv = d.view.promotion_view(&m.from);
+                let complete = match m.released_head {
+                    Some(h) => (pv.my_applied >= h).then_some(None),
+                    None if m.takeover => {
+                        let seen = self
+                            .seen
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .get(&m.id)
+                            .copied();
+                        seen.filter(|s| s.elapsed() >= self.takeover_wait).map(|_| {
+                            let lag = pv.lag();
+                            Some((lag.ops, lag.ms.unwrap_or(u64::MAX)))
+                        })
+                    }
+                    None => None,
+                };
+                if let Some(forced) = complete
+                    && self.try_busy(m.id)
+                {
+                    let cmd = HomeCommand::Complete {
+                        keyspace: ks.clone(),
+                        id: m.id,
+                        to: self.me.clone(),
+                        forced,
+                    };
+                    let r = d.proposer.propose(&cmd).await;
+                    match &r {
+                        Ok(HomeAnswer::Completed { .. }) => {
+                            let outcome = if forced.is_some() { "forced" } else { "handed" };
+                            self.metrics.owned_move(ks, outcome);
+                            if let Some((ops, ms)) = forced {
+                                tracing::error!(keyspace = %ks, id = m.id, from = %m.from, lost_ops = ops, lag_ms = ms, "took over the keys of a home that did not release them: writes it acknowledged that had not reached this region may be lost");
+                            } else {
+                                tracing::info!(keyspace = %ks, id = m.id, from = %m.from, "owned keys handed over");
+                            }
+                        }
+                        other => {
+                            tracing::warn!(keyspace = %ks, id = m.id, answer = ?other, "completing a move failed; retrying")
+                        }
+                    }
+                    self.done(m.id);
+                }
+            }
+        }
+        // Takeover: the first region of a keyspace's order (skipping the silent home) that is
+        // this one starts moving a home's keys once the home has been silent for a lease.
+        for (ks, oc) in &self.keyspaces {
+            if oc.takeover.is_empty() || moves.contains_key(ks) {
+                continue;
+            }
+            let homes: Vec<RegionId> = self
+                .apis
+                .keys()
+                .filter(|r| **r != self.me)
+                .cloned()
+                .collect();
+            for h in homes {
+                // Never heard since this process started: silent only once it has run for a few
+                // leases (a region that just started has heard nobody yet).
+                let silent = match d.view.promotion_view(&h).since_holder_heard_ms {
+                    Some(ms) => ms >= self.lease.as_millis() as u64,
+                    None => self.started.elapsed() >= self.lease * 3,
+                };
+                if !silent {
+                    continue;
+                }
+                let next = oc.takeover.iter().find(|r| {
+                    **r != h
+                        && (**r == self.me
+                            || d.view
+                                .promotion_view(r)
+                                .since_holder_heard_ms
+                                .is_some_and(|ms| ms < self.lease.as_millis() as u64))
+                });
+                if next != Some(&self.me) {
+                    continue;
+                }
+                let selectors = {
+                    let t = self.table();
+                    home::selectors_of(&oc.rules, &t, ks, &h)
+                };
+                if selectors.is_empty() || !self.try_busy(u64::MAX) {
+                    continue;
+                }
+                let cmd = HomeCommand::Begin {
+                    keyspace: ks.clone(),
+                    selectors,
+                    from: h.clone(),
+                    to: self.me.clone(),
+                    expect_version: version,
+                    takeover: true,
+                };
+                let r = d.proposer.propose(&cmd).await;
+                tracing::warn!(keyspace = %ks, home = %h, answer = ?r, "home silent for a lease: taking its keys over");
+                self.done(u64::MAX);
+                break;
+            }
+        }
+    }
+}
+
+fn move_json(h: &home::MoveRecord) -> Value {
+    let (outcome, lost_ops, lag_ms) = match &h.outcome {
+        MoveOutcome::Handed => ("handed", Some(0), None),
+        MoveOutcome::Forced { lag_ops, lag_ms } => ("forced", Some(*lag_ops), Some(*lag_ms)),
+        MoveOutcome::Aborted { .. } => ("aborted", None, None),
+    };
+    json!({
+        "keyspace": h.keyspace,
+        "id": h.id,
+        "selectors": h.selectors.iter().map(|s| s.describe()).collect::<Vec<_>>(),
+        "from": h.from.as_str(),
+        "to": h.to.as_str(),
+        "takeover": h.takeover,
+        "outcome": outcome,
+        "lost_ops": lost_ops,
+        "rpo_ms": lag_ms,
+        "reason": match &h.outcome { MoveOutcome::Aborted { reason } => Some(reason.as_str()), _ => None },
+    })
+}
+
+/// The store's write gate: fencing's window and, for owned keyspaces, the key's home.
+pub struct Gate {
+    pub fencing: Option<Arc<Fencing>>,
+    pub homes: Option<Arc<Homes>>,
+}
+
+impl Gate {
+    /// `None` when there is nothing to check.
+    pub fn for_store(
+        fencing: Option<Arc<Fencing>>,
+        homes: Option<Arc<Homes>>,
+    ) -> Option<Arc<dyn atoll_store::WriteGate>> {
+        if fencing.is_none() && homes.is_none() {
+            return None;
+        }
+        Some(Arc::new(Gate { fencing, homes }))
+    }
+}
+
+impl atoll_store::WriteGate for Gate {
+    fn permit(&self, keyspace: &KeyspaceConfig, key: &[u8]) -> Result<u64> {
+        if let Some(h) = &self.homes {
+            h.permit(keyspace, key)?;
+        }
+        match &self.fencing {
+            Some(f) => f.permit(keyspace, key),
+            None => Ok(0),
+        }
+    }
+
+    fn is_late(&self, epoch: u64, ts_ms: u64) -> bool {
+        self.fencing
+            .as_ref()
+            .is_some_and(|f| f.is_late(epoch, ts_ms))
+    }
+}

@@ -402,6 +402,22 @@ impl KeyspaceConfig {
     }
 }
 
+/// What a keyspace's name says it holds, when that is data the article says must stay
+/// region-local (sessions, feature flags, rate limits): a cross-region call on every request
+/// would put another region's latency and availability on the critical path.
+fn region_local_kind(name: &str) -> Option<&'static str> {
+    let n = name.to_ascii_lowercase().replace(['-', '_'], "");
+    if n.contains("session") {
+        Some("sessions")
+    } else if n.contains("flag") {
+        Some("feature flags")
+    } else if n.contains("ratelimit") || n.contains("quota") {
+        Some("rate limits")
+    } else {
+        None
+    }
+}
+
 /// Which keyspace options apply to which policies.
 pub(crate) struct KeyspaceOption;
 
@@ -518,6 +534,24 @@ impl Config {
                 self.regions.len(),
                 if self.cluster.arbiter.is_some() { " and the arbiter" } else { ", no arbiter" }
             ));
+        }
+        for k in &self.keyspaces {
+            // Owned, or a policy that is not a CRDT (strong): a write may leave the region.
+            let crosses = k.policy == Policy::Owned
+                || !matches!(
+                    k.policy.storage(),
+                    Policy::Lww | Policy::Mvr | Policy::Counter | Policy::Set
+                );
+            if let Some(kind) = region_local_kind(&k.name)
+                && crosses
+            {
+                out.push(format!(
+                    "keyspace `{}` looks like {kind}, which should stay region-local (lww, counter or set), but it is `{}`: every write {} a cross-region round trip on the request's critical path",
+                    k.name,
+                    k.policy,
+                    if k.policy == Policy::Owned { "away from its home costs" } else { "costs" }
+                ));
+            }
         }
         out.extend(
             self.router

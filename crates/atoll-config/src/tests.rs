@@ -1849,4 +1849,100 @@ mod fencing {
         ));
         assert!(e.to_string().contains("maybe"), "{e}");
     }
+
+    /// Three regions, active-active with quorum fencing, and an owned keyspace whose options
+    /// are `extra`.
+    fn owned(extra: &str) -> String {
+        format!(
+            "[cluster]\nname = \"t\"\n\n[[regions]]\nname = \"us-east-1\"\napi = \"127.0.0.1:7100\"\n\n[[regions]]\nname = \"eu-west-1\"\napi = \"127.0.0.1:7101\"\n\n[[regions]]\nname = \"ap-southeast-1\"\napi = \"127.0.0.1:7102\"\n\n[fencing]\nquorum = true\n\n[[keyspaces]]\nname = \"profiles\"\npolicy = \"owned\"\n{extra}"
+        )
+    }
+
+    #[test]
+    fn owned_keyspaces_have_disjoint_homes_in_known_regions() {
+        let c = ok(&owned(
+            "default_home = \"us-east-1\"\nhomes = [{ prefix = \"eu:\", region = \"eu-west-1\" }, { prefix = \"ap:\", region = \"ap-southeast-1\" }]\ntakeover = [\"us-east-1\", \"eu-west-1\"]\n",
+        ));
+        let o = c.keyspace("profiles").unwrap().owned.clone().unwrap();
+        assert_eq!(o.rules.default.as_str(), "us-east-1");
+        assert_eq!(o.rules.prefixes.len(), 2);
+        assert!(o.forward, "forwarding is the default");
+        assert_eq!(o.takeover.len(), 2);
+        let cases: [(&str, &str, &[&str]); 6] = [
+            ("", "keyspaces[0].default_home", &["default_home"]),
+            (
+                "default_home = \"mars-1\"\n",
+                "keyspaces[0].default_home",
+                &["mars-1", "not a region"],
+            ),
+            (
+                "default_home = \"us-east-1\"\nhomes = [{ prefix = \"eu:\", region = \"eu-west-1\" }, { prefix = \"eu:1\", region = \"us-east-1\" }]\n",
+                "keyspaces[0].homes[1].prefix",
+                &["overlaps", "eu:"],
+            ),
+            (
+                "default_home = \"us-east-1\"\nhomes = [{ prefix = \"eu:\", region = \"venus-2\" }]\n",
+                "keyspaces[0].homes[0].region",
+                &["venus-2"],
+            ),
+            (
+                "default_home = \"us-east-1\"\nhomes = [{ prefix = \"\", region = \"eu-west-1\" }]\n",
+                "keyspaces[0].homes[0].prefix",
+                &["1 to 1024"],
+            ),
+            (
+                "default_home = \"us-east-1\"\ntakeover = [\"eu-west-1\", \"eu-west-1\"]\n",
+                "keyspaces[0].takeover[1]",
+                &["twice"],
+            ),
+        ];
+        for (extra, key, needles) in cases {
+            let e = err(&owned(extra));
+            assert_eq!(e.key(), Some(key), "{e}");
+            for n in needles {
+                assert!(e.to_string().contains(n), "`{n}` not in {e}");
+            }
+        }
+    }
+
+    #[test]
+    fn owned_options_belong_to_owned_keyspaces_of_active_active_clusters() {
+        let e = err(&edit(
+            BASE,
+            "policy = \"lww\"\n",
+            "policy = \"lww\"\ndefault_home = \"us-east-1\"\n",
+        ));
+        assert_eq!(e.key(), Some("keyspaces[0].default_home"), "{e}");
+        assert!(e.to_string().contains("only `owned`"), "{e}");
+        let standby = owned("default_home = \"us-east-1\"\n").replace(
+            "name = \"t\"\n",
+            "name = \"t\"\nmodel = \"active-standby\"\n",
+        );
+        let e = err(&standby);
+        assert!(e.to_string().contains("active-active"), "{e}");
+        let no_quorum = owned("default_home = \"us-east-1\"\ntakeover = [\"eu-west-1\"]\n")
+            .replace("[fencing]\nquorum = true\n", "");
+        let e = err(&no_quorum);
+        assert_eq!(e.key(), Some("keyspaces[0].takeover"), "{e}");
+        assert!(e.to_string().contains("quorum = true"), "{e}");
+    }
+
+    #[test]
+    fn region_local_data_declared_owned_is_a_warning() {
+        let c = ok(&owned("default_home = \"us-east-1\"\n")
+            .replace("name = \"profiles\"", "name = \"user_sessions\""));
+        assert!(
+            c.warnings()
+                .iter()
+                .any(|w| w.contains("user_sessions") && w.contains("region-local")),
+            "{:?}",
+            c.warnings()
+        );
+        let c = ok(&owned("default_home = \"us-east-1\"\n"));
+        assert!(
+            !c.warnings().iter().any(|w| w.contains("region-local")),
+            "{:?}",
+            c.warnings()
+        );
+    }
 }

@@ -154,16 +154,19 @@ impl Forwarder {
                     )));
                 }
             };
-        if parts.status == StatusCode::SERVICE_UNAVAILABLE
-            && let Some(code) = error_code(&bytes)
-            && NOT_APPLIED.contains(&code.as_str())
+        if let Some(code) = error_code(&bytes)
+            && ((parts.status == StatusCode::SERVICE_UNAVAILABLE
+                && NOT_APPLIED.contains(&code.as_str()))
+                || (parts.status == StatusCode::MISDIRECTED_REQUEST && code == "ATOLL-NOT-HOME"))
         {
+            // An owned key's home moved while the write was on its way (`NOT-HOME` from the
+            // region this one took for the home): not applied either.
             // The lease moved while the write was on its way: not applied there either. Say
             // so, and never try a third region.
             return Err(with_reason(
                 refusal,
                 &format!(
-                    "forwarded to `{target}`, which refused it too ({code}): the lease is moving"
+                    "forwarded to `{target}`, which refused it too ({code}): the lease or the key's home is moving"
                 ),
             ));
         }
@@ -198,6 +201,15 @@ fn with_reason(refusal: AtollError, more: &str) -> AtollError {
             primary,
             primary_api,
             reason: format!("{reason}; {more}"),
+        },
+        AtollError::HomeUnavailable {
+            keyspace,
+            home,
+            detail,
+        } => AtollError::HomeUnavailable {
+            keyspace,
+            home,
+            detail: format!("{detail}; {more}"),
         },
         other => other,
     }

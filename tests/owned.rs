@@ -1,0 +1,376 @@
+//! End-to-end: `owned` keyspaces (`docs/design/owned-keyspaces.md`) between real region
+//! processes over mutual TLS, every inter-region byte through an in-process `atoll link` mesh,
+//! with quorum fencing at its shipped defaults (lease 5 s).
+//!
+//! - a write reaching another region than the key's home is forwarded there and applied once by
+//!   the home (`X-Atoll-Forwarded-To`, the answer's `region`); reads say the home and how stale
+//!   they may be, or go to the home with `consistency=home`;
+//! - with `forward = false` it is refused with `ATOLL-NOT-HOME`, naming the home, and not applied;
+//! - re-homing a key while one client writes it continuously: every acknowledged write was
+//!   applied by the old home until the move and by the new one after, never both, none is lost,
+//!   and no conflict is recorded anywhere;
+//! - takeover: with the home killed (`kill -9`), the first region of the keyspace's takeover
+//!   order takes its keys over after the home's lease, the move is reported as forced, and the
+//!   keys take writes again.
+//!
+//! Every load is bounded in requests and time, and every wait has a deadline.
+
+mod common;
+
+use anyhow::{Result, bail, ensure};
+use atoll_testkit::{Client, Cluster, ClusterOptions};
+use common::{BIN, ok};
+use serde_json::{Value, json};
+use std::time::{Duration, Instant};
+
+const US: &str = "us-east-1";
+const EU: &str = "eu-west-1";
+const AP: &str = "ap-southeast-1";
+const TOKEN: &str = "owned-test-admin-token";
+const LINK_DELAY_MS: f64 = 5.0;
+const DEADLINE: Duration = Duration::from_secs(40);
+
+const KEYSPACES: &str = "[fencing]\nquorum = true\n\n\
+[[keyspaces]]\nname = \"profiles\"\npolicy = \"owned\"\ndefault_home = \"us-east-1\"\n\
+homes = [{ prefix = \"eu:\", region = \"eu-west-1\" }, { prefix = \"ap:\", region = \"ap-southeast-1\" }]\n\
+takeover = [\"us-east-1\", \"ap-southeast-1\"]\n\n\
+[[keyspaces]]\nname = \"pinned\"\npolicy = \"owned\"\ndefault_home = \"us-east-1\"\nforward = false\n";
+
+fn start() -> Cluster {
+    ok(Cluster::start(
+        BIN,
+        3,
+        ClusterOptions::new("owned")
+            .extra_config(KEYSPACES)
+            .with_links(LINK_DELAY_MS)
+            .env("ATOLL_ADMIN_TOKEN", TOKEN),
+    ))
+}
+
+async fn wait_active(c: &Cluster, region: &str) -> Result<()> {
+    let end = Instant::now() + DEADLINE;
+    let mut last = Value::Null;
+    while Instant::now() < end {
+        if let Ok(s) = c.status(region).await {
+            if s["fencing"]["role"] == "active" {
+                return Ok(());
+            }
+            last = s["fencing"].clone();
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    bail!("{region} did not become active: {last}")
+}
+
+async fn get(c: &Cluster, region: &str, path: &str) -> Result<reqwest::Response> {
+    Ok(reqwest::Client::new()
+        .get(format!("{}{path}", c.endpoint(region)))
+        .send()
+        .await?)
+}
+
+async fn rehome(c: &Cluster, via: &str, body: Value) -> Result<(u16, Value)> {
+    let resp = reqwest::Client::builder()
+        .timeout(Duration::from_secs(60))
+        .build()?
+        .post(format!("{}/v1/admin/rehome", c.endpoint(via)))
+        .bearer_auth(TOKEN)
+        .json(&body)
+        .send()
+        .await?;
+    let status = resp.status().as_u16();
+    Ok((status, resp.json().await.unwrap_or(Value::Null)))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn owned_keys_are_written_by_their_home_only() {
+    let mut c = start();
+    ok(forwarding_and_reads(&c).await);
+    ok(not_home(&c).await);
+    ok(rehome_under_writes(&c).await);
+    ok(bad_rehomes(&c).await);
+    ok(takeover(&mut c).await);
+}
+
+async fn forwarding_and_reads(c: &Cluster) -> Result<()> {
+    for r in [US, EU, AP] {
+        wait_active(c, r).await?;
+    }
+    let r = c
+        .client(US)
+        .kv_put_raw("profiles", "eu:ana", "lisbon", None)
+        .await?;
+    ensure!(
+        r.status == 200
+            && r.header("x-atoll-forwarded-to") == Some(EU)
+            && r.json()?["region"] == EU,
+        "a write at us-east-1 to an eu: key is applied by eu-west-1: {} {:?} {}",
+        r.status,
+        r.header("x-atoll-forwarded-to"),
+        r.text()
+    );
+    let at_home = c.client(EU).kv_get_raw("profiles", "eu:ana").await?;
+    ensure!(
+        at_home.status == 200
+            && at_home.body == b"lisbon"
+            && at_home.header("x-atoll-home") == Some(EU)
+            && at_home.header("x-atoll-staleness-ms") == Some("0"),
+        "read at the home: {} {:?}",
+        at_home.status,
+        at_home.headers
+    );
+    // At the home's consistency, through another region, at once (no replication wait).
+    let home_read = get(c, AP, "/v1/kv/profiles/eu:ana?consistency=home").await?;
+    ensure!(
+        home_read.status() == 200
+            && home_read
+                .headers()
+                .get("x-atoll-forwarded-to")
+                .and_then(|v| v.to_str().ok())
+                == Some(EU),
+        "consistency=home: {:?}",
+        home_read.headers()
+    );
+    ensure!(home_read.bytes().await?.as_ref() == b"lisbon");
+    // A local read elsewhere says whose key it is and how stale it may be.
+    let us = c.client(US);
+    atoll_testkit::wait_until_async(DEADLINE, "eu:ana to replicate to us-east-1", || {
+        let us = us.clone();
+        async move {
+            matches!(us.kv_get_raw("profiles", "eu:ana").await,
+                Ok(r) if r.status == 200 && r.header("x-atoll-home") == Some(EU)
+                    && r.header("x-atoll-staleness-ms").is_some_and(|s| s.parse::<u64>().is_ok()))
+        }
+    })
+    .await?;
+    // consistency takes two values, on owned keyspaces only.
+    let bad = get(c, US, "/v1/kv/profiles/eu:ana?consistency=strict").await?;
+    ensure!(bad.status() == 400, "bad consistency: {}", bad.status());
+    let bad = get(c, US, "/v1/kv/sessions/x?consistency=home").await?;
+    ensure!(
+        bad.status() == 400,
+        "consistency=home on lww: {}",
+        bad.status()
+    );
+    Ok(())
+}
+
+async fn not_home(c: &Cluster) -> Result<()> {
+    let r = c.client(EU).kv_put_raw("pinned", "p1", "x", None).await?;
+    let j = r.json()?;
+    ensure!(
+        r.status == 421
+            && r.error_code().as_deref() == Some("ATOLL-NOT-HOME")
+            && j["error"]["message"]
+                .as_str()
+                .is_some_and(|m| { m.contains(US) && m.contains(&c.api_addr(US).to_string()) })
+            && r.header("x-atoll-forwarded-to").is_none(),
+        "forward = false refuses, naming the home and its address: {} {}",
+        r.status,
+        r.text()
+    );
+    let home = c.client(US).kv_get_raw("pinned", "p1").await?;
+    ensure!(
+        home.status == 404,
+        "the refused write was applied: {}",
+        home.text()
+    );
+    // A write marked as forwarded is never forwarded again, even where forwarding is on.
+    let resp = reqwest::Client::new()
+        .put(format!("{}/v1/kv/profiles/eu:loop", c.endpoint(US)))
+        .header("x-atoll-forwarded-by", AP)
+        .body("v")
+        .send()
+        .await?;
+    let status = resp.status().as_u16();
+    ensure!(
+        status == 421 && resp.headers().get("x-atoll-forwarded-to").is_none(),
+        "a forwarded write is not forwarded again: {status}"
+    );
+    Ok(())
+}
+
+/// One client writes `eu:bob` continuously through ap-southeast-1 (which forwards to the home)
+/// while the key is re-homed from eu-west-1 to us-east-1.
+async fn rehome_under_writes(c: &Cluster) -> Result<()> {
+    let writer = c.client(AP);
+    let task = tokio::spawn(async move {
+        let mut acked: Vec<(u32, String)> = Vec::new();
+        let mut refused = 0u32;
+        let started = Instant::now();
+        for i in 0..4_000u32 {
+            if started.elapsed() > Duration::from_secs(12) {
+                break;
+            }
+            match writer
+                .kv_put_raw("profiles", "eu:bob", format!("v{i}"), None)
+                .await
+            {
+                Ok(r) if r.status == 200 => {
+                    let origin = r
+                        .json()
+                        .ok()
+                        .and_then(|j| j["region"].as_str().map(str::to_string));
+                    acked.push((i, origin.unwrap_or_default()));
+                }
+                Ok(r) => {
+                    // Moving keys are refused (retryable) and not applied.
+                    if r.error_code().as_deref() != Some("ATOLL-HOME-UNAVAILABLE") {
+                        return Err(anyhow::anyhow!(
+                            "unexpected answer {} {}",
+                            r.status,
+                            r.text()
+                        ));
+                    }
+                    refused += 1;
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok::<_, anyhow::Error>((acked, refused))
+    });
+    // Let some writes land at the old home first.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (status, report) = rehome(
+        c,
+        AP,
+        json!({"keyspace": "profiles", "key": "eu:bob", "to": US, "timeout_ms": 20_000}),
+    )
+    .await?;
+    ensure!(
+        status == 200 && report["outcome"] == "handed" && report["lost_ops"] == 0,
+        "the move: {status} {report}"
+    );
+    let (acked, refused) = task.await??;
+    ensure!(acked.len() > 10, "too few writes to judge: {}", acked.len());
+    // Old home up to the move, new home after it; never back.
+    let first_us = acked.iter().position(|(_, o)| o == US);
+    let Some(first_us) = first_us else {
+        bail!("no write was applied by the new home after the move: {acked:?}");
+    };
+    ensure!(
+        first_us > 0 && acked[..first_us].iter().all(|(_, o)| o == EU),
+        "{acked:?}"
+    );
+    ensure!(
+        acked[first_us..].iter().all(|(_, o)| o == US),
+        "a write applied by the old home after the move: {acked:?}"
+    );
+    // Nothing acknowledged is lost: the last acknowledged value wins everywhere.
+    let last = format!("v{}", acked.last().map_or(0, |a| a.0));
+    for r in [US, EU, AP] {
+        let client = c.client(r);
+        let want = last.clone();
+        atoll_testkit::wait_until_async(DEADLINE, &format!("{r} to read {last}"), || {
+            let client = client.clone();
+            let want = want.clone();
+            async move {
+                matches!(client.kv_get_raw("profiles", "eu:bob").await,
+                    Ok(x) if x.status == 200 && x.body == want.as_bytes())
+            }
+        })
+        .await?;
+        let conflicts: Value = get(c, r, "/v1/conflicts/profiles").await?.json().await?;
+        ensure!(
+            conflicts["conflicts"].as_array().is_some_and(Vec::is_empty),
+            "{r} recorded conflicts on an owned keyspace: {conflicts}"
+        );
+    }
+    // The status shows the override and the finished move.
+    let st = c.status(EU).await?;
+    let homes = &st["homes"]["keyspaces"]["profiles"];
+    ensure!(
+        homes["overrides"].as_array().is_some_and(|o| o
+            .iter()
+            .any(|x| x["selector"]["key"] == "eu:bob" && x["home"] == US)),
+        "status: {homes}"
+    );
+    eprintln!(
+        "re-homing under writes: {} acknowledged, {refused} refused while moving, writes stopped for {} ms",
+        acked.len(),
+        report["writes_stopped_ms"]
+    );
+    Ok(())
+}
+
+async fn bad_rehomes(c: &Cluster) -> Result<()> {
+    let cases = [
+        (json!({"keyspace": "sessions", "key": "k", "to": EU}), 409),
+        (
+            json!({"keyspace": "profiles", "key": "k", "prefix": "p", "to": EU}),
+            400,
+        ),
+        (
+            json!({"keyspace": "profiles", "key": "us:1", "to": "mars-1"}),
+            409,
+        ),
+        (
+            json!({"keyspace": "profiles", "key": "us:1", "to": US}),
+            409,
+        ),
+        (json!({"keyspace": "profiles", "to": US, "extra": 1}), 400),
+    ];
+    for (body, want) in cases {
+        let (status, v) = rehome(c, US, body.clone()).await?;
+        ensure!(status == want, "{body}: {status} {v}");
+    }
+    // Without the admin token.
+    let r = reqwest::Client::new()
+        .post(format!("{}/v1/admin/rehome", c.endpoint(US)))
+        .json(&json!({"keyspace": "profiles", "key": "us:1", "to": EU}))
+        .send()
+        .await?;
+    ensure!(r.status() == 401, "no token: {}", r.status());
+    Ok(())
+}
+
+async fn takeover(c: &mut Cluster) -> Result<()> {
+    let ap = c.client(AP);
+    ap.kv_put_raw("profiles", "eu:carla", "porto", None)
+        .await?
+        .expect(200)?;
+    c.kill9(EU)?;
+    let killed = Instant::now();
+    // us-east-1 (first of the order) takes eu-west-1's keys over after its lease.
+    let us: Client = c.client(US);
+    let end = Instant::now() + Duration::from_secs(45);
+    let origin = loop {
+        let r = us.kv_put_raw("profiles", "eu:carla", "braga", None).await?;
+        if r.status == 200 {
+            break r.json()?["region"].as_str().unwrap_or_default().to_string();
+        }
+        ensure!(
+            matches!(
+                r.error_code().as_deref(),
+                Some("ATOLL-HOME-UNAVAILABLE" | "ATOLL-FORWARD-OUTCOME-UNKNOWN")
+            ),
+            "while the home is down: {} {}",
+            r.status,
+            r.text()
+        );
+        if Instant::now() > end {
+            bail!("no takeover within 45 s: {}", r.text());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    ensure!(origin == US, "taken over by {origin}");
+    let took = killed.elapsed();
+    ensure!(
+        took >= Duration::from_secs(5),
+        "taken over within the lease: {took:?}"
+    );
+    let st = c.status(US).await?;
+    let moves = st["homes"]["keyspaces"]["profiles"]["moves"].clone();
+    ensure!(
+        moves
+            .as_array()
+            .is_some_and(|m| m.iter().any(|x| x["outcome"] == "forced"
+                && x["from"] == EU
+                && x["to"] == US
+                && x["takeover"] == true)),
+        "the takeover is reported: {moves}"
+    );
+    eprintln!("takeover of a killed home: writable again after {took:?}; report {moves}");
+    Ok(())
+}

@@ -190,46 +190,66 @@ async fn not_home(c: &Cluster) -> Result<()> {
     Ok(())
 }
 
-/// One client writes `eu:bob` continuously through ap-southeast-1 (which forwards to the home)
-/// while the key is re-homed from eu-west-1 to us-east-1.
-async fn rehome_under_writes(c: &Cluster) -> Result<()> {
-    let writer = c.client(AP);
-    let task = tokio::spawn(async move {
-        let mut acked: Vec<(u32, String)> = Vec::new();
-        let mut refused = 0u32;
-        let started = Instant::now();
-        for i in 0..4_000u32 {
-            if started.elapsed() > Duration::from_secs(12) {
-                break;
-            }
-            match writer
-                .kv_put_raw("profiles", "eu:bob", format!("v{i}"), None)
-                .await
-            {
-                Ok(r) if r.status == 200 => {
-                    let origin = r
-                        .json()
-                        .ok()
-                        .and_then(|j| j["region"].as_str().map(str::to_string));
-                    acked.push((i, origin.unwrap_or_default()));
-                }
-                Ok(r) => {
-                    // Moving keys are refused (retryable) and not applied.
-                    if r.error_code().as_deref() != Some("ATOLL-HOME-UNAVAILABLE") {
-                        return Err(anyhow::anyhow!(
-                            "unexpected answer {} {}",
-                            r.status,
-                            r.text()
-                        ));
-                    }
-                    refused += 1;
-                    tokio::time::sleep(Duration::from_millis(5)).await;
-                }
-                Err(e) => return Err(e),
-            }
+/// One acknowledged write: its value, the region that applied it, its HLC timestamp and when
+/// the request went out and its answer came back (the test's clock).
+#[derive(Clone, Debug)]
+struct Ack {
+    value: String,
+    origin: String,
+    ts: atoll_testkit::Ts,
+    sent: Instant,
+    answered: Instant,
+}
+
+/// Writes `key` sequentially through `via` for `secs` (bounded in count too); moving keys are
+/// refused (retryable, not applied) and retried.
+async fn writer(
+    client: Client,
+    key: &'static str,
+    tag: &'static str,
+    secs: u64,
+) -> Result<(Vec<Ack>, u32)> {
+    let mut acked = Vec::new();
+    let mut refused = 0u32;
+    let started = Instant::now();
+    for i in 0..4_000u32 {
+        if started.elapsed() > Duration::from_secs(secs) {
+            break;
         }
-        Ok::<_, anyhow::Error>((acked, refused))
-    });
+        let value = format!("{tag}{i}");
+        let sent = Instant::now();
+        let r = client
+            .kv_put_raw("profiles", key, value.clone(), None)
+            .await?;
+        let answered = Instant::now();
+        if r.status == 200 {
+            let j = r.json()?;
+            acked.push(Ack {
+                value,
+                origin: j["region"].as_str().unwrap_or_default().to_string(),
+                ts: atoll_testkit::Ts::parse(j["timestamp"].as_str().unwrap_or_default())?,
+                sent,
+                answered,
+            });
+        } else {
+            ensure!(
+                r.error_code().as_deref() == Some("ATOLL-HOME-UNAVAILABLE"),
+                "unexpected answer {} {}",
+                r.status,
+                r.text()
+            );
+            refused += 1;
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+    Ok((acked, refused))
+}
+
+/// Two clients write `eu:bob` continuously, one through ap-southeast-1 and one through
+/// us-east-1 (both forward to the home), while the key is re-homed from eu-west-1 to us-east-1.
+async fn rehome_under_writes(c: &Cluster) -> Result<()> {
+    let a = tokio::spawn(writer(c.client(AP), "eu:bob", "a", 10));
+    let b = tokio::spawn(writer(c.client(US), "eu:bob", "b", 10));
     // Let some writes land at the old home first.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let (status, report) = rehome(
@@ -242,27 +262,58 @@ async fn rehome_under_writes(c: &Cluster) -> Result<()> {
         status == 200 && report["outcome"] == "handed" && report["lost_ops"] == 0,
         "the move: {status} {report}"
     );
-    let (acked, refused) = task.await??;
-    ensure!(acked.len() > 10, "too few writes to judge: {}", acked.len());
-    // Old home up to the move, new home after it; never back.
-    let first_us = acked.iter().position(|(_, o)| o == US);
-    let Some(first_us) = first_us else {
-        bail!("no write was applied by the new home after the move: {acked:?}");
-    };
+    let (acked_a, refused_a) = a.await??;
+    let (acked_b, refused_b) = b.await??;
+    for acked in [&acked_a, &acked_b] {
+        ensure!(acked.len() > 10, "too few writes to judge: {}", acked.len());
+        // Each client: old home up to the move, new home after it; never back.
+        let Some(first_us) = acked.iter().position(|w| w.origin == US) else {
+            bail!("no write was applied by the new home after the move: {acked:?}");
+        };
+        ensure!(
+            first_us > 0 && acked[..first_us].iter().all(|w| w.origin == EU),
+            "{acked:?}"
+        );
+        ensure!(
+            acked[first_us..].iter().all(|w| w.origin == US),
+            "a write applied by the old home after the move: {acked:?}"
+        );
+    }
+    // Never both homes: no write the old home applied was sent after a write of the new home
+    // had been acknowledged.
+    let all: Vec<&Ack> = acked_a.iter().chain(&acked_b).collect();
+    let first_new = all
+        .iter()
+        .filter(|w| w.origin == US)
+        .map(|w| w.answered)
+        .min();
+    if let Some(t) = first_new {
+        let late: Vec<_> = all
+            .iter()
+            .filter(|w| w.origin == EU && w.sent > t)
+            .collect();
+        ensure!(
+            late.is_empty(),
+            "the old home applied writes sent after the new home had acknowledged one: {late:?}"
+        );
+    }
+    // Nothing acknowledged is lost: the acknowledged write with the newest timestamp is the
+    // value everywhere, and every timestamp of the new home is newer than every one of the old.
+    let newest = all
+        .iter()
+        .max_by_key(|w| w.ts)
+        .map(|w| w.value.clone())
+        .unwrap_or_default();
+    let old_max = all.iter().filter(|w| w.origin == EU).map(|w| w.ts).max();
+    let new_min = all.iter().filter(|w| w.origin == US).map(|w| w.ts).min();
     ensure!(
-        first_us > 0 && acked[..first_us].iter().all(|(_, o)| o == EU),
-        "{acked:?}"
+        old_max < new_min,
+        "timestamps of the homes interleave: {old_max:?} {new_min:?}"
     );
-    ensure!(
-        acked[first_us..].iter().all(|(_, o)| o == US),
-        "a write applied by the old home after the move: {acked:?}"
-    );
-    // Nothing acknowledged is lost: the last acknowledged value wins everywhere.
-    let last = format!("v{}", acked.last().map_or(0, |a| a.0));
     for r in [US, EU, AP] {
         let client = c.client(r);
-        let want = last.clone();
-        atoll_testkit::wait_until_async(DEADLINE, &format!("{r} to read {last}"), || {
+        let want = newest.clone();
+        atoll_testkit::wait_until_async(DEADLINE, &format!("{r} to read {newest}"), || {
             let client = client.clone();
             let want = want.clone();
             async move {
@@ -287,8 +338,9 @@ async fn rehome_under_writes(c: &Cluster) -> Result<()> {
         "status: {homes}"
     );
     eprintln!(
-        "re-homing under writes: {} acknowledged, {refused} refused while moving, writes stopped for {} ms",
-        acked.len(),
+        "re-homing under writes: {} acknowledged, {} refused while moving, writes stopped for {} ms",
+        all.len(),
+        refused_a + refused_b,
         report["writes_stopped_ms"]
     );
     Ok(())

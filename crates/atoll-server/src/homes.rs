@@ -609,3 +609,89 @@ impl atoll_store::WriteGate for Gate {
             .is_some_and(|f| f.is_late(epoch, ts_ms))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use atoll_core::home::{HomeAnswer, Override};
+    use atoll_store::WriteGate;
+
+    const CONFIG: &str = "[cluster]\nname = \"t\"\n\n[[regions]]\nname = \"us-east-1\"\napi = \"127.0.0.1:7100\"\n\n[[regions]]\nname = \"eu-west-1\"\napi = \"127.0.0.1:7101\"\n\n[[regions]]\nname = \"ap-southeast-1\"\napi = \"127.0.0.1:7102\"\n\n[[keyspaces]]\nname = \"profiles\"\npolicy = \"owned\"\ndefault_home = \"us-east-1\"\nhomes = [{ prefix = \"eu:\", region = \"eu-west-1\" }]\n\n[[keyspaces]]\nname = \"sessions\"\npolicy = \"lww\"\n";
+
+    fn homes(me: &str) -> (Arc<Homes>, Config) {
+        let config = Config::parse(CONFIG, "t.toml").unwrap();
+        let h = Homes::new(
+            &config,
+            &RegionId::new(me).unwrap(),
+            None,
+            Arc::new(crate::metrics::Metrics::new()),
+        )
+        .unwrap();
+        (h, config)
+    }
+
+    fn code(r: Result<u64>) -> &'static str {
+        match r {
+            Ok(_) => "ok",
+            Err(e) => e.code(),
+        }
+    }
+
+    /// The gate lets only the key's home write it, and nobody while the key is moving.
+    #[test]
+    fn only_the_home_writes_and_nobody_while_the_key_moves() {
+        let (eu, config) = homes("eu-west-1");
+        let gate = Gate {
+            fencing: None,
+            homes: Some(eu.clone()),
+        };
+        let profiles = config.keyspace("profiles").unwrap();
+        let sessions = config.keyspace("sessions").unwrap();
+        assert_eq!(code(gate.permit(profiles, b"eu:1")), "ok");
+        assert_eq!(code(gate.permit(profiles, b"us:1")), "ATOLL-NOT-HOME");
+        assert_eq!(
+            code(gate.permit(sessions, b"us:1")),
+            "ok",
+            "other policies pass"
+        );
+        let mut t = HomeTable::default();
+        let begin = HomeCommand::Begin {
+            keyspace: "profiles".into(),
+            selectors: vec![Selector::Key(b"eu:1".to_vec())],
+            from: RegionId::new("eu-west-1").unwrap(),
+            to: RegionId::new("us-east-1").unwrap(),
+            expect_version: 0,
+            takeover: false,
+        };
+        assert_eq!(t.apply(&begin), HomeAnswer::Begun { id: 1 });
+        eu.on_table(t.clone());
+        assert_eq!(
+            code(gate.permit(profiles, b"eu:1")),
+            "ATOLL-HOME-UNAVAILABLE"
+        );
+        assert_eq!(
+            code(gate.permit(profiles, b"eu:2")),
+            "ok",
+            "other keys keep writing"
+        );
+        let (us, _) = homes("us-east-1");
+        us.on_table(t.clone());
+        assert_eq!(
+            code(us.permit(profiles, b"eu:1").map(|()| 0)),
+            "ATOLL-NOT-HOME",
+            "the new home waits for the move to complete"
+        );
+        t.overrides.get_mut("profiles").unwrap().insert(
+            Selector::Key(b"eu:1".to_vec()),
+            Override {
+                home: RegionId::new("us-east-1").unwrap(),
+                epoch: 1,
+            },
+        );
+        t.moves.clear();
+        us.on_table(t.clone());
+        eu.on_table(t);
+        assert_eq!(code(us.permit(profiles, b"eu:1").map(|()| 0)), "ok");
+        assert_eq!(code(gate.permit(profiles, b"eu:1")), "ATOLL-NOT-HOME");
+    }
+}

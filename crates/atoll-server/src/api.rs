@@ -46,6 +46,7 @@ pub const ROUTES: &[(&str, &[&str])] = &[
     ("/v1/status", &["GET"]),
     ("/v1/admin/promote", &["POST"]),
     ("/v1/admin/switchover", &["POST"]),
+    ("/v1/admin/rehome", &["POST"]),
     ("/v1/openapi.json", &["GET"]),
     ("/healthz", &["GET"]),
     ("/metrics", &["GET"]),
@@ -885,7 +886,7 @@ async fn status(State(state): State<Shared>) -> ApiResult {
         }
         None => (json!([]), json!({"applied": applied})),
     };
-    Ok(axum::Json(json!({
+    let mut body = json!({
         "region": state.store.region().as_str(),
         "cluster": state.config.cluster.name,
         "model": state.config.cluster.model.as_str(),
@@ -903,9 +904,11 @@ async fn status(State(state): State<Shared>) -> ApiResult {
         "replication": replication,
         "peer_tls": peer_tls(&state.config),
         "fencing": fencing_json(&state),
-        "homes": state.homes.get().map(|h| h.status_json()),
-    }))
-    .into_response())
+    });
+    if let Some(h) = state.homes.get() {
+        body["homes"] = h.status_json();
+    }
+    Ok(axum::Json(body).into_response())
 }
 
 #[derive(Deserialize, Default)]

@@ -366,6 +366,58 @@ async fn demo_scenario(dir: &TestDir) -> Result<()> {
         );
     }
 
+    // The ownership commands the demo prints work exactly as printed (`atoll` on the PATH).
+    let rehome = loop {
+        let l = demo.line_starting("  ATOLL_ADMIN_TOKEN=")?;
+        if l.contains("atoll keyspace rehome profiles") {
+            break l;
+        }
+    };
+    let put = demo
+        .stdout
+        .lock()
+        .map_err(|_| anyhow!("stdout lock"))?
+        .iter()
+        .find(|l| l.starts_with("  atoll kv put profiles"))
+        .cloned()
+        .ok_or_else(|| anyhow!("no `atoll kv put profiles` line\n{}", demo.output()))?;
+    let bin_dir = dir.path().join("bin");
+    std::fs::create_dir_all(&bin_dir)?;
+    let link = bin_dir.join("atoll");
+    if !link.exists() {
+        std::os::unix::fs::symlink(BIN, &link)?;
+    }
+    let path = format!(
+        "{}:{}",
+        bin_dir.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    for line in [&put, &rehome] {
+        let out = Command::new("sh")
+            .arg("-c")
+            .arg(line.trim())
+            .env("PATH", &path)
+            .env_remove("ATOLL_ADMIN_TOKEN")
+            .output()?;
+        ensure!(
+            out.status.success(),
+            "`{}` failed: {}{}",
+            line.trim(),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        println!("{}", String::from_utf8_lossy(&out.stdout).trim());
+    }
+    let status = Client::new(&endpoints[0].1)
+        .get_raw("/v1/status")
+        .await?
+        .json()?;
+    ensure!(
+        status["homes"]["keyspaces"]["profiles"]["moves"][0]["outcome"] == "handed",
+        "the printed rehome is reported: {}",
+        status["homes"]
+    );
+
     // A write in one region shows up in the other two.
     let (value, key) = ("written in us-east-1", "demo-key");
     let ack = Client::new(&endpoints[0].1)

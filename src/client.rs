@@ -382,6 +382,89 @@ pub async fn set(args: ClientArgs, cmd: SetCommand) -> Result<()> {
 
 /// Shows a region's status. Fails (non-zero exit) when a peer is unreachable or lags more than
 /// `max_lag` seconds (default: the cluster's `replication.max_lag_secs`).
+/// Lines on owned keyspaces for `atoll status`: the homes, overrides, the move in flight and
+/// the last move.
+pub fn homes_lines(h: &Value) -> Vec<String> {
+    let mut out = Vec::new();
+    let Some(ks) = h["keyspaces"].as_object() else {
+        return out;
+    };
+    let sel = |s: &Value| {
+        s["prefix"]
+            .as_str()
+            .map(|p| {
+                if p.is_empty() {
+                    "default".to_string()
+                } else {
+                    format!("{p}*")
+                }
+            })
+            .or_else(|| s["key"].as_str().map(str::to_string))
+            .unwrap_or_default()
+    };
+    for (name, k) in ks {
+        let mut rules: Vec<String> = k["homes"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|r| {
+                format!(
+                    "{}*->{}",
+                    r["prefix"].as_str().unwrap_or(""),
+                    r["region"].as_str().unwrap_or("?")
+                )
+            })
+            .collect();
+        rules.push(format!(
+            "default->{}",
+            k["default_home"].as_str().unwrap_or("?")
+        ));
+        out.push(format!("owned {name}: {}", rules.join(", ")));
+        let overrides: Vec<String> = k["overrides"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|o| {
+                format!(
+                    "{}->{}",
+                    sel(&o["selector"]),
+                    o["home"].as_str().unwrap_or("?")
+                )
+            })
+            .collect();
+        if !overrides.is_empty() {
+            out.push(format!("  moved: {}", overrides.join(", ")));
+        }
+        if let Some(m) = k["moving"].as_object() {
+            out.push(format!(
+                "  MOVING (move {}): {} -> {}{}",
+                m["id"],
+                m["from"].as_str().unwrap_or("?"),
+                m["to"].as_str().unwrap_or("?"),
+                if m["takeover"] == true {
+                    ", takeover"
+                } else {
+                    ""
+                }
+            ));
+        }
+        if let Some(last) = k["moves"].as_array().and_then(|m| m.last()) {
+            out.push(format!(
+                "  last move {}: {} -> {}, {}{}",
+                last["id"],
+                last["from"].as_str().unwrap_or("?"),
+                last["to"].as_str().unwrap_or("?"),
+                last["outcome"].as_str().unwrap_or("?"),
+                match last["lost_ops"].as_u64() {
+                    Some(n) if n > 0 => format!(", up to {n} writes lost"),
+                    _ => String::new(),
+                }
+            ));
+        }
+    }
+    out
+}
+
 /// One line on fencing for `atoll status`: role, epoch, holder, lease remaining.
 pub fn fencing_line(f: &Value) -> String {
     let role = f["role"].as_str().unwrap_or("active");
@@ -696,6 +779,9 @@ pub async fn status(args: ClientArgs, max_lag: Option<f64>) -> Result<()> {
                 v["store"]["writes_total"], v["store"]["last_seq"]
             );
             println!("{}", fencing_line(&v["fencing"]));
+            for line in homes_lines(&v["homes"]) {
+                println!("{line}");
+            }
             match v["peer_tls"]["mode"].as_str() {
                 Some("mutual-tls") => {
                     println!("between regions: mutual TLS (peers authenticated by the cluster CA)")

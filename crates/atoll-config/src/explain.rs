@@ -61,7 +61,7 @@ pub(crate) fn explain(config: &Config) -> String {
     table(&mut out, &rows);
     let _ = writeln!(
         out,
-        "  keys: at most {KEY_MAX_BYTES} bytes in every keyspace (fixed)\n  policies: lww = last writer wins, losers kept in the conflict ledger; mvr = concurrent writes kept as siblings;\n            counter = PN-counter, increments from every region add up; set = add-wins observed-remove set"
+        "  keys: at most {KEY_MAX_BYTES} bytes in every keyspace (fixed)\n  policies: lww = last writer wins, losers kept in the conflict ledger; mvr = concurrent writes kept as siblings;\n            counter = PN-counter, increments from every region add up; set = add-wins observed-remove set;\n            owned = one home region per key writes it, no conflicts"
     );
 
     fencing(&mut out, config);
@@ -555,8 +555,42 @@ fn keyspace_options(k: &KeyspaceConfig) -> String {
             s
         })
         .chain((!minority.is_empty()).then(|| minority.to_string()))
+        .chain(k.owned.as_ref().map(owned_options))
         .collect();
     parts.join(", ")
+}
+
+/// The homes of an owned keyspace: `homes: eu:->eu-west-1, default->us-east-1; forward; takeover
+/// us-east-1, ap-southeast-1`.
+fn owned_options(o: &crate::OwnedConfig) -> String {
+    let mut homes: Vec<String> = o
+        .rules
+        .prefixes
+        .iter()
+        .map(|(p, r)| format!("{}*->{r}", String::from_utf8_lossy(p)))
+        .collect();
+    homes.push(format!("default->{}", o.rules.default));
+    format!(
+        "homes: {}; {}; {}",
+        homes.join(", "),
+        if o.forward {
+            "writes elsewhere forwarded to the home (default)"
+        } else {
+            "forward=false: writes elsewhere refused (ATOLL-NOT-HOME)"
+        },
+        if o.takeover.is_empty() {
+            "no takeover (a down home's keys wait for `atoll keyspace rehome`)".to_string()
+        } else {
+            format!(
+                "takeover order {}",
+                o.takeover
+                    .iter()
+                    .map(|r| r.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        }
+    )
 }
 
 /// `1 MiB` for exact multiples of KiB/MiB, else `None`.

@@ -24,11 +24,10 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::Duration;
-use tokio::sync::Notify;
 use tokio::time::Instant;
 
 /// How often the mover looks at the moves in flight and the homes' liveness.
-const MOVER_TICK: Duration = Duration::from_millis(200);
+const MOVER_TICK: Duration = Duration::from_millis(50);
 
 /// Proposes home commands through the control group.
 pub struct HomeProposer {
@@ -78,7 +77,8 @@ pub struct Homes {
     seen: Mutex<BTreeMap<u64, Instant>>,
     /// Proposals this region has in flight, by move id (one at a time).
     busy: Mutex<BTreeMap<u64, Instant>>,
-    changed: Notify,
+    /// Bumped at every applied table: waiters never miss one (a `Notify` would while busy).
+    changed: tokio::sync::watch::Sender<u64>,
     driver: OnceLock<Driver>,
     started: Instant,
 }
@@ -121,7 +121,7 @@ impl Homes {
             lease,
             seen: Mutex::new(BTreeMap::new()),
             busy: Mutex::new(BTreeMap::new()),
-            changed: Notify::new(),
+            changed: tokio::sync::watch::Sender::new(0),
             driver: OnceLock::new(),
             started: Instant::now(),
         }))
@@ -156,7 +156,7 @@ impl Homes {
             seen.retain(|id, _| table.moves.values().any(|m| m.id == *id));
         }
         *self.table.write().unwrap_or_else(|p| p.into_inner()) = table;
-        self.changed.notify_waiters();
+        self.changed.send_modify(|v| *v += 1);
     }
 
     /// A quorum renewal was answered at home table version `v`.
@@ -349,6 +349,7 @@ impl Homes {
         };
         tracing::warn!(keyspace, selector = %selector.describe(), %from, %to, id, force, "re-homing started");
         let deadline = started + timeout;
+        let mut changed = self.changed.subscribe();
         loop {
             let done = {
                 let t = self.table();
@@ -390,17 +391,19 @@ impl Homes {
                     }
                 )));
             }
-            let _ = tokio::time::timeout(MOVER_TICK, self.changed.notified()).await;
+            let _ = tokio::time::timeout(MOVER_TICK, changed.changed()).await;
         }
     }
 
     /// The mover: this region's part of every move, and takeovers. Runs until the process ends.
     pub async fn run(self: Arc<Self>) {
+        let mut changed = self.changed.subscribe();
         loop {
+            changed.mark_unchanged();
             if self.driver.get().is_some() {
                 self.step().await;
             }
-            let _ = tokio::time::timeout(MOVER_TICK, self.changed.notified()).await;
+            let _ = tokio::time::timeout(MOVER_TICK, changed.changed()).await;
         }
     }
 

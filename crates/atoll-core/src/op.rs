@@ -28,10 +28,19 @@ pub enum Policy {
     Counter,
     /// Add-wins observed-remove set.
     Set,
+    /// Linearizable registers with compare-and-set by revision, replicated by consensus (the
+    /// strong group, `docs/design/strong-keyspaces.md`); never in the CRDT store or its log.
+    Strong,
 }
 
 impl Policy {
-    pub const ALL: [Policy; 4] = [Policy::Lww, Policy::Mvr, Policy::Counter, Policy::Set];
+    pub const ALL: [Policy; 5] = [
+        Policy::Lww,
+        Policy::Mvr,
+        Policy::Counter,
+        Policy::Set,
+        Policy::Strong,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -39,6 +48,7 @@ impl Policy {
             Policy::Mvr => "mvr",
             Policy::Counter => "counter",
             Policy::Set => "set",
+            Policy::Strong => "strong",
         }
     }
 
@@ -150,6 +160,17 @@ pub fn prepare(
     region: &RegionId,
     ts: Timestamp,
 ) -> Result<KeyState> {
+    if policy == Policy::Strong {
+        // Served by the strong group, never by the local store (nothing of it is merged).
+        return Err(AtollError::WrongPolicy {
+            keyspace: keyspace.to_string(),
+            policy: policy.to_string(),
+            operation: format!(
+                "{} through the region's store (a strong keyspace is served by the strong group: /v1/kv/{keyspace}/...)",
+                intent.name()
+            ),
+        });
+    }
     if !intent.fits(policy) {
         return Err(AtollError::WrongPolicy {
             keyspace: keyspace.to_string(),

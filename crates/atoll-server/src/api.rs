@@ -70,6 +70,8 @@ pub struct AppState {
     pub auth: Option<Arc<atoll_config::auth::Tokens>>,
     /// Split-brain fencing, when the cluster has a lease or quorum fencing (set at start).
     pub fencing: std::sync::OnceLock<Arc<crate::fencing::Fencing>>,
+    /// The strong group, when a strong keyspace is declared (set at start).
+    pub strong: std::sync::OnceLock<Arc<crate::strong::Strong>>,
 }
 
 /// Header naming the region's fencing role on every answer of a fenced cluster.
@@ -489,8 +491,19 @@ fn mvr_read(ks: &str, key: &[u8], reg: Option<&MvRegister>) -> Result<Response> 
     Ok(with_headers(resp, [ctx_header]))
 }
 
+/// The strong group, for a strong keyspace's request.
+fn strong_group(state: &AppState) -> Result<&Arc<crate::strong::Strong>> {
+    state.strong.get().ok_or_else(|| AtollError::ShuttingDown)
+}
+
+const KV_POLICIES: &[Policy] = &[Policy::Lww, Policy::Mvr, Policy::Strong];
+
 async fn kv_get(State(state): State<Shared>, uri: Uri) -> ApiResult {
-    let (ks, key, policy) = resolve(&state, &uri, "kv", &[Policy::Lww, Policy::Mvr], "kv reads")?;
+    let (ks, key, policy) = resolve(&state, &uri, "kv", KV_POLICIES, "kv reads")?;
+    if policy == Policy::Strong {
+        let strong = strong_group(&state)?;
+        return Ok(crate::strong::get(&state, strong, &ks, &key).await);
+    }
     let st = state.store.get(&ks, &key)?;
     match (policy, st) {
         (Policy::Mvr, Some(KeyState::Mvr(r))) => Ok(mvr_read(&ks, &key, Some(&r))?),
@@ -525,7 +538,19 @@ async fn kv_put(
     headers: HeaderMap,
     body: Body,
 ) -> ApiResult {
-    let (ks, key, policy) = resolve(&state, &uri, "kv", &[Policy::Lww, Policy::Mvr], "kv writes")?;
+    let (ks, key, policy) = resolve(&state, &uri, "kv", KV_POLICIES, "kv writes")?;
+    if policy == Policy::Strong {
+        let strong = strong_group(&state)?;
+        // The If-Match header is checked before the body is read.
+        if let Err(e) = crate::strong::if_match(&headers) {
+            return Ok(crate::strong::error(strong, &e));
+        }
+        let limit = state.store.keyspace(&ks)?.max_value_bytes;
+        let raw = read_value(body, limit, &ks).await?;
+        return Ok(
+            crate::strong::write(&state, strong, &ks, &key, Some(raw.to_vec()), &headers).await,
+        );
+    }
     let context = match policy {
         Policy::Mvr => context_from(&headers, &ks, &key)?,
         _ => None,
@@ -540,13 +565,11 @@ async fn kv_put(
 }
 
 async fn kv_delete(State(state): State<Shared>, uri: Uri, headers: HeaderMap) -> ApiResult {
-    let (ks, key, policy) = resolve(
-        &state,
-        &uri,
-        "kv",
-        &[Policy::Lww, Policy::Mvr],
-        "kv deletes",
-    )?;
+    let (ks, key, policy) = resolve(&state, &uri, "kv", KV_POLICIES, "kv deletes")?;
+    if policy == Policy::Strong {
+        let strong = strong_group(&state)?;
+        return Ok(crate::strong::write(&state, strong, &ks, &key, None, &headers).await);
+    }
     let context = match policy {
         Policy::Mvr => context_from(&headers, &ks, &key)?,
         _ => None,
@@ -751,7 +774,18 @@ async fn status(State(state): State<Shared>) -> ApiResult {
         .config
         .keyspaces
         .iter()
-        .map(|k| json!({"name": k.name, "policy": k.policy.as_str()}))
+        .map(|k| {
+            let mut v = json!({"name": k.name, "policy": k.policy.as_str()});
+            if k.policy == Policy::Strong
+                && let Some(s) = state.strong.get()
+            {
+                let g = s.status_json();
+                v["leader"] = g["leader"].clone();
+                v["term"] = g["term"].clone();
+                v["role"] = g["role"].clone();
+            }
+            v
+        })
         .collect();
     keyspaces.sort_by(|a, b| a["name"].as_str().cmp(&b["name"].as_str()));
     let applied: serde_json::Map<String, Value> = state
@@ -794,6 +828,7 @@ async fn status(State(state): State<Shared>) -> ApiResult {
         "replication": replication,
         "peer_tls": peer_tls(&state.config),
         "fencing": fencing_json(&state),
+        "strong": state.strong.get().map(|s| s.status_json()),
     }))
     .into_response())
 }

@@ -89,6 +89,7 @@ impl Harness {
             subscribers: atoll_server::streams::Subscribers::new(),
             auth,
             fencing: Default::default(),
+            strong: Default::default(),
         });
         Self {
             app: router(state.clone()),
@@ -357,6 +358,21 @@ fn every_error() -> Vec<AtollError> {
             target: "x".into(),
             detail: "y".into(),
         },
+        AtollError::NoQuorum {
+            keyspace: "x".into(),
+            voters: 3,
+            needed: 2,
+            detail: "y".into(),
+        },
+        AtollError::RevisionMismatch {
+            keyspace: "x".into(),
+            expected: 1,
+            current: 2,
+        },
+        AtollError::StrongOutcomeUnknown {
+            keyspace: "x".into(),
+            detail: "y".into(),
+        },
     ];
     // No wildcard: a new variant fails to compile here until it is added to the list above.
     for e in &all {
@@ -394,7 +410,10 @@ fn every_error() -> Vec<AtollError> {
             | AtollError::LeaseHeld { .. }
             | AtollError::DataLoss { .. }
             | AtollError::ControlUnavailable(_)
-            | AtollError::ForwardOutcomeUnknown { .. } => {}
+            | AtollError::ForwardOutcomeUnknown { .. }
+            | AtollError::NoQuorum { .. }
+            | AtollError::RevisionMismatch { .. }
+            | AtollError::StrongOutcomeUnknown { .. } => {}
         }
     }
     all

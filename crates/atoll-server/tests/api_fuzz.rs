@@ -42,6 +42,7 @@ fn state() -> Arc<AppState> {
         subscribers: Subscribers::new(),
         auth: None,
         fencing: Default::default(),
+        strong: Default::default(),
     })
 }
 

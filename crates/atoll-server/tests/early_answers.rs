@@ -51,6 +51,7 @@ async fn serve() -> (SocketAddr, Arc<AppState>) {
         subscribers: atoll_server::streams::Subscribers::new(),
         auth: None,
         fencing: Default::default(),
+        strong: Default::default(),
     });
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();

@@ -626,6 +626,7 @@ async fn status_of(config: Config) -> serde_json::Value {
         subscribers: Subscribers::new(),
         auth: None,
         fencing: Default::default(),
+        strong: Default::default(),
     });
     let resp = atoll_server::api::router(state)
         .oneshot(Request::get("/v1/status").body(Body::empty()).unwrap())

@@ -16,7 +16,9 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use atoll_control::{ControlGroup, ControlOptions, Members, NodeId, StateMachine};
+use atoll_control::{
+    ControlGroup, ControlOptions, Members, NodeId, StateMachine, Transport, TransportError,
+};
 use atoll_core::strong::{self, Answer, Command, StrongState};
 use atoll_lincheck::{Input, Op, Outcome, Verdict};
 use common::{Net, test_timing};
@@ -38,6 +40,23 @@ impl StateMachine for Shared {
         let s = strong::decode_state(snapshot).map_err(|e| e.to_string())?;
         *self.0.lock().unwrap() = s;
         Ok(())
+    }
+}
+
+/// The in-memory transport with time in it: every call takes 2 ms, and a call whose answer was
+/// lost fails only after 100 ms (a real caller notices a lost answer by a timeout; failing at
+/// once would make openraft retry in a loop in which no time passes).
+struct Timed(Arc<dyn Transport>);
+
+#[async_trait::async_trait]
+impl Transport for Timed {
+    async fn call(&self, to: NodeId, rpc: &str, body: Vec<u8>) -> Result<Vec<u8>, TransportError> {
+        tokio::time::sleep(Duration::from_millis(2)).await;
+        let r = self.0.call(to, rpc, body).await;
+        if matches!(r, Err(TransportError::Failed(_))) {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        r
     }
 }
 
@@ -86,7 +105,7 @@ impl Harness {
         let g = ControlGroup::start(
             self.options(id),
             Box::new(Shared(state.clone())),
-            self.net.transport(id),
+            Arc::new(Timed(self.net.transport(id))),
         )
         .await
         .expect("member starts");

@@ -112,6 +112,13 @@ pub struct ControlOptions {
     pub publish_state: bool,
     /// openraft's cluster name (in its logs). Default `atoll-control`.
     pub cluster_name: String,
+    /// Refuse proposals and read barriers at once, before sending anything, while this member
+    /// (not the leader) has heard from no other member for `election_max` ([`ControlGroup::alone`]):
+    /// a member cut off from every other one then answers [`ControlError::NotApplied`] for
+    /// certain, instead of sending the command down a link that holds it (which can only end
+    /// [`ControlError::Ambiguous`]). Default `false` (the control group's renewals keep trying
+    /// every path).
+    pub refuse_when_alone: bool,
 }
 
 impl ControlOptions {
@@ -126,6 +133,7 @@ impl ControlOptions {
             limits: ControlLimits::default(),
             publish_state: true,
             cluster_name: "atoll-control".into(),
+            refuse_when_alone: false,
         }
     }
 
@@ -221,6 +229,7 @@ struct Inner {
     transport: Arc<dyn Transport>,
     timing: ControlTiming,
     limits: ControlLimits,
+    refuse_when_alone: bool,
     applied: watch::Receiver<Applied>,
     /// Who answers: proposals go to a silent leader or a failing relay last.
     liveness: Arc<Liveness>,
@@ -299,6 +308,7 @@ impl ControlGroup {
                 transport,
                 timing: opts.timing,
                 limits: opts.limits,
+                refuse_when_alone: opts.refuse_when_alone,
                 applied,
                 liveness,
                 store_closed,
@@ -397,6 +407,8 @@ impl ControlGroup {
                     "no leader could be reached within {budget:?} (last: {last})"
                 )));
             }
+            // Every earlier round of this loop ended in a failure that applied nothing.
+            self.refuse_if_alone()?;
             let leader = self.leader();
             // The leader first, unless it has gone silent; then the relays, each of which passes
             // the command on to the leader it knows; a silent leader last.
@@ -444,6 +456,37 @@ impl ControlGroup {
                 .min(deadline.saturating_duration_since(Instant::now()));
             tokio::time::sleep(pause).await;
         }
+    }
+
+    /// Whether this member, not the leader, has heard from no other member within `election_max`
+    /// (a follower hears its leader every heartbeat): it is cut off from every other member, or
+    /// they are all down.
+    pub fn alone(&self) -> bool {
+        let me = self.inner.id;
+        if self.leader() == Some(me) {
+            return false;
+        }
+        let quiet = self.inner.timing.election_max;
+        !self.inner.members.keys().any(|&m| {
+            m != me
+                && self
+                    .inner
+                    .liveness
+                    .get(m)
+                    .heard
+                    .is_some_and(|h| h.elapsed() < quiet)
+        })
+    }
+
+    fn refuse_if_alone(&self) -> Result<(), ControlError> {
+        if self.inner.refuse_when_alone && self.alone() {
+            return Err(ControlError::NotApplied(format!(
+                "{} has heard from no other member for {:?}: no majority is reachable from here; nothing was sent",
+                self.name(self.inner.id),
+                self.inner.timing.election_max
+            )));
+        }
+        Ok(())
     }
 
     /// Whether this member has heard from `member` within an election timeout (a follower hears
@@ -622,6 +665,7 @@ impl ControlGroup {
                     "no read index within {budget:?} (last: {last})"
                 )));
             }
+            self.refuse_if_alone()?;
             let attempt = match self.leader() {
                 Some(l) if l == me => self.leader_read_index(deadline).await,
                 Some(l) => self.ask_read_index(l, deadline).await,

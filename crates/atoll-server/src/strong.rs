@@ -142,6 +142,10 @@ impl Strong {
         opts.timing = timing();
         opts.publish_state = false;
         opts.cluster_name = "atoll-strong".into();
+        // A region cut off from every other one refuses at once (ATOLL-NO-QUORUM: nothing was
+        // sent), rather than send a write down a link that holds it (which can only end in
+        // ATOLL-STRONG-OUTCOME-UNKNOWN).
+        opts.refuse_when_alone = true;
         opts.limits.max_command_bytes = max_command_bytes(config);
         opts.limits.max_message_bytes = max_message_bytes(config);
         let state = Arc::new(RwLock::new(StrongState::default()));
@@ -214,6 +218,7 @@ impl Strong {
             "leader": self.name(s.leader),
             "term": s.term,
             "role": s.role,
+            "alone": self.group.alone(),
             "last_applied": s.last_applied,
             "voters": self.members.values().collect::<Vec<_>>(),
             "majority": self.members.len() / 2 + 1,

@@ -464,3 +464,40 @@ pub async fn write(
     }
     resp
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(v: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(header::IF_MATCH, HeaderValue::from_str(v).expect("header"));
+        h
+    }
+
+    #[test]
+    fn if_match_takes_a_revision_plain_or_quoted() {
+        assert_eq!(if_match(&HeaderMap::new()).expect("none"), None);
+        assert_eq!(if_match(&headers("0")).expect("0"), Some(0));
+        assert_eq!(if_match(&headers("\"17\"")).expect("etag"), Some(17));
+        assert_eq!(if_match(&headers("W/\"17\"")).expect("weak"), Some(17));
+        for bad in ["*", "\"a\"", "1, 2", "-1", ""] {
+            let e = if_match(&headers(bad)).expect_err(bad);
+            assert_eq!(e.code(), "ATOLL-BAD-REQUEST", "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn the_group_is_the_regions_only() {
+        let text = include_str!("../../../examples/three-regions.toml");
+        let mut c = Config::parse(text, "three-regions.toml").expect("the example parses");
+        assert!(!enabled(&c));
+        c.keyspaces
+            .push(atoll_config::KeyspaceConfig::new("seats", Policy::Strong));
+        assert!(enabled(&c));
+        let m = members(&c);
+        assert_eq!(m.len(), c.regions.len());
+        assert!(m.values().all(|n| c.region(n).is_some()));
+        assert!(max_message_bytes(&c) >= max_command_bytes(&c) * 64);
+    }
+}

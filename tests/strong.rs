@@ -298,6 +298,34 @@ async fn seats(c: &Cluster) -> Result<()> {
             other => bail!("{method} at the minority region answered {other:?}"),
         }
     }
+    // The refusals are counted, and the majority's commits timed.
+    let metric = |text: &str, name: &str| -> f64 {
+        text.lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().last())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0)
+    };
+    let ap_metrics = http
+        .get(format!("{}/metrics", c.endpoint(AP)))
+        .send()
+        .await?
+        .text()
+        .await?;
+    ensure!(
+        metric(&ap_metrics, "atoll_strong_no_quorum_total") >= 2.0,
+        "AP's refusals are not counted"
+    );
+    let us_metrics = http
+        .get(format!("{}/metrics", c.endpoint(US)))
+        .send()
+        .await?
+        .text()
+        .await?;
+    ensure!(
+        metric(&us_metrics, "atoll_strong_commit_duration_seconds_count") >= 1.0,
+        "US's strong commits are not timed"
+    );
     let st = c.status(AP).await?;
     ensure!(
         st["keyspaces"].as_array().is_some_and(|ks| ks

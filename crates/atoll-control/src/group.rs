@@ -720,7 +720,8 @@ impl ControlGroup {
     async fn ask_read_index(&self, to: NodeId, deadline: Instant) -> Result<u64, ControlError> {
         let left = remaining_ms(deadline);
         let body = encode(&ReadRequest {
-            timeout_ms: left - left / 10,
+            from: self.inner.id,
+            timeout_ms: (left - left / 10).max(1),
         })?;
         let via = self.name(to);
         let answer =
@@ -852,6 +853,12 @@ impl ControlGroup {
             }
             rpc::READ => {
                 let req: ReadRequest = decode(rpc, &body, max)?;
+                speaks_for(Some(req.from))?;
+                if req.timeout_ms == 0 {
+                    return Err(ControlError::BadMessage(format!(
+                        "`{rpc}` from {from} has no time left"
+                    )));
+                }
                 let budget =
                     Duration::from_millis(req.timeout_ms).min(self.inner.timing.propose_timeout);
                 let reply = match self.leader_read_index(Instant::now() + budget).await {

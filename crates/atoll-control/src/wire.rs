@@ -109,7 +109,9 @@ impl ProposeReply {
 /// A read index asked of the leader by a follower ([`rpc::READ`]).
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) struct ReadRequest {
-    /// How long the asker waits for the answer; the leader answers before.
+    /// The asking member: must be the member the transport authenticated.
+    pub from: crate::NodeId,
+    /// How long the asker waits for the answer (positive); the leader answers before.
     pub timeout_ms: u64,
 }
 

@@ -11,7 +11,7 @@
 //! Members: the regions in config order, 1..=n (the same ids as in the control group). Data:
 //! `<data_dir>/strong/`.
 
-use crate::api::{AppState, REGION_HEADER};
+use crate::api::AppState;
 use crate::metrics::Metrics;
 use atoll_config::{Config, KEY_MAX_BYTES};
 use atoll_control::{
@@ -267,8 +267,7 @@ impl Strong {
     ) -> Result<Option<Register>> {
         match self.group.read_barrier().await {
             Ok(_) => Ok(self.read_state(|s| s.get(keyspace, key).cloned())),
-            Err(ControlError::ShuttingDown) => Err(AtollError::ShuttingDown),
-            Err(e) => Err(self.no_quorum(state, keyspace, &e)),
+            Err(e) => Err(self.failed(state, keyspace, e)),
         }
     }
 
@@ -291,11 +290,19 @@ impl Strong {
                     detail: e.to_string(),
                 })
             }
-            Err(ControlError::ShuttingDown) => Err(AtollError::ShuttingDown),
             Err(ControlError::CommandTooLarge { len, max }) => {
                 Err(AtollError::ValueTooLarge { keyspace, len, max })
             }
-            Err(e) => Err(self.no_quorum(state, &keyspace, &e)),
+            Err(e) => Err(self.failed(state, &keyspace, e)),
+        }
+    }
+
+    /// A read or write that surely applied nothing: no quorum, or this member's own trouble.
+    fn failed(&self, state: &AppState, keyspace: &str, e: ControlError) -> AtollError {
+        match e {
+            ControlError::NotApplied(_) => self.no_quorum(state, keyspace, &e),
+            ControlError::ShuttingDown => AtollError::ShuttingDown,
+            other => AtollError::Storage(format!("strong group: {other} ({})", other.hint())),
         }
     }
 }
@@ -457,12 +464,7 @@ pub async fn write(
             );
         }
     };
-    let mut resp = stamp((status, axum::Json(body)).into_response(), strong, revision);
-    if let Some(v) = hv(region) {
-        resp.headers_mut()
-            .insert(HeaderName::from_static(REGION_HEADER), v);
-    }
-    resp
+    stamp((status, axum::Json(body)).into_response(), strong, revision)
 }
 
 #[cfg(test)]

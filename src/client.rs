@@ -833,10 +833,25 @@ pub async fn status(args: ClientArgs, max_lag: Option<f64>) -> Result<()> {
                 }
             }
             for k in v["keyspaces"].as_array().cloned().unwrap_or_default() {
-                println!(
+                let mut line = format!(
                     "  keyspace {:<16} {}",
                     k["name"].as_str().unwrap_or("?"),
                     k["policy"].as_str().unwrap_or("?")
+                );
+                if k["policy"] == "strong" {
+                    // Strong keyspaces: the consensus leader, term and this region's role.
+                    line.push_str(&format!(
+                        " (leader {}, term {}, this region {})",
+                        k["leader"].as_str().unwrap_or("none known"),
+                        k["term"],
+                        k["role"].as_str().unwrap_or("?")
+                    ));
+                }
+                println!("{line}");
+            }
+            if v["strong"]["alone"] == true {
+                println!(
+                    "strong keyspaces: this region hears no other region: it refuses their reads and writes (ATOLL-NO-QUORUM)"
                 );
             }
             if let Some(h) = v["replication"]["tombstone_horizon_ms"].as_u64() {

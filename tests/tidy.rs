@@ -101,6 +101,8 @@ const LAYERS: &[(&str, &[&str])] = &[
     ("atoll-store", &["atoll-core", "atoll-config"]),
     ("atoll-tls", &["atoll-core"]),
     ("atoll-http", &[]),
+    // Test support with no dependencies at all: the register linearizability checker.
+    ("atoll-lincheck", &[]),
     // Consensus adapter only: the lease logic it replicates lives in atoll-core and reaches it as
     // bytes, the network is the server's; so it needs no atoll crate.
     ("atoll-control", &[]),

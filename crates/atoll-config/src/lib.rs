@@ -342,7 +342,7 @@ pub struct KeyspaceConfig {
     /// 1-64 characters of `[a-z0-9_-]`.
     pub name: String,
     pub policy: Policy,
-    /// Largest accepted value (lww, mvr), 1..=16 MiB.
+    /// Largest accepted value (lww, mvr, strong), 1..=16 MiB.
     pub max_value_bytes: usize,
     /// Most siblings one key keeps (mvr), 1..=1024.
     pub max_siblings: usize,
@@ -431,7 +431,7 @@ impl KeyspaceOption {
 
     pub(crate) fn applies(key: &str, policy: Policy) -> bool {
         match key {
-            "max_value_bytes" => matches!(policy.storage(), Policy::Lww | Policy::Mvr),
+            "max_value_bytes" => matches!(policy.storage(), Policy::Lww | Policy::Mvr | Policy::Strong),
             "max_siblings" => matches!(policy, Policy::Mvr),
             "conflict_retention_secs" | "conflict_max_entries" => matches!(policy, Policy::Lww),
             _ => false,

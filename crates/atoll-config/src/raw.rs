@@ -725,7 +725,7 @@ fn keyspaces(
     if raw.is_empty() {
         return Err(cx.err_nowhere(
             "keyspaces",
-            "no keyspace is declared: add at least one [[keyspaces]] table with a name and a policy (lww, mvr, counter or set)",
+            "no keyspace is declared: add at least one [[keyspaces]] table with a name and a policy (lww, mvr, counter, set or strong)",
         ));
     }
     let mut out = Vec::with_capacity(raw.len());
@@ -774,6 +774,14 @@ fn keyspaces(
                     ),
                 ));
             }
+        }
+        if policy == Policy::Strong && k.on_minority.is_some() {
+            return Err(cx.err_nowhere(
+                key("on_minority"),
+                format!(
+                    "on_minority does not apply to keyspace `{name}`, whose policy is `strong`: a strong keyspace always refuses reads and writes in a region that cannot reach a majority of the regions (ATOLL-NO-QUORUM)"
+                ),
+            ));
         }
         out.push(KeyspaceConfig {
             name: name.clone(),

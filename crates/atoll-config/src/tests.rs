@@ -452,7 +452,7 @@ fn unknown_policy_lists_the_valid_ones() {
         &e,
         Some(18),
         "keyspaces[1].policy",
-        &["`crdt`", "`lww`", "`mvr`", "`counter`", "`set`"],
+        &["`crdt`", "`lww`", "`mvr`", "`counter`", "`set`", "`strong`"],
     );
 }
 
@@ -1945,4 +1945,29 @@ mod fencing {
             c.warnings()
         );
     }
+}
+
+#[test]
+fn strong_keyspaces_parse_with_a_value_limit_and_refuse_on_minority() {
+    let text = format!(
+        "{BASE}\n[[keyspaces]]\nname = \"seats\"\npolicy = \"strong\"\nmax_value_bytes = 4096\n"
+    );
+    let c = ok(&text);
+    let seats = c.keyspace("seats").expect("seats");
+    assert_eq!(seats.policy, Policy::Strong);
+    assert_eq!(seats.max_value_bytes, 4096);
+    assert_eq!(seats.options(), vec![("max_value_bytes", 4096)]);
+    let e = err(&format!(
+        "{BASE}\n[[keyspaces]]\nname = \"seats\"\npolicy = \"strong\"\non_minority = \"available\"\n"
+    ));
+    assert_err(
+        &e,
+        None,
+        "keyspaces[2].on_minority",
+        &["strong", "ATOLL-NO-QUORUM"],
+    );
+    let e = err(&format!(
+        "{BASE}\n[[keyspaces]]\nname = \"seats\"\npolicy = \"strong\"\nmax_siblings = 3\n"
+    ));
+    assert!(e.to_string().contains("max_siblings"), "{e}");
 }

@@ -19,7 +19,10 @@ use crate::liveness::Liveness;
 use crate::machine::{Applied, Machine};
 use crate::network::NetworkFactory;
 use crate::store::{LogStore, Store, blocking};
-use crate::wire::{ProposeReply, ProposeRequest, SnapshotRequest, TypeConfig, decode, encode, rpc};
+use crate::wire::{
+    ProposeReply, ProposeRequest, ReadReply, ReadRequest, SnapshotRequest, TypeConfig, decode,
+    encode, rpc,
+};
 use crate::{Members, NodeId, StateMachine, Transport};
 
 /// Timing of the group. The defaults suit members a WAN apart (round trips up to ~200 ms).
@@ -103,6 +106,19 @@ pub struct ControlOptions {
     pub timing: ControlTiming,
     pub snapshots: SnapshotPolicy,
     pub limits: ControlLimits,
+    /// Whether every applied state is published whole on [`ControlGroup::applied`] (default
+    /// `true`). Turn it off for a large state that the caller reads itself: publishing
+    /// serializes the whole state after every apply.
+    pub publish_state: bool,
+    /// openraft's cluster name (in its logs). Default `atoll-control`.
+    pub cluster_name: String,
+    /// Refuse proposals and read barriers at once, before sending anything, while this member
+    /// (not the leader) has heard from no other member for `election_max` ([`ControlGroup::alone`]):
+    /// a member cut off from every other one then answers [`ControlError::NotApplied`] for
+    /// certain, instead of sending the command down a link that holds it (which can only end
+    /// [`ControlError::Ambiguous`]). Default `false` (the control group's renewals keep trying
+    /// every path).
+    pub refuse_when_alone: bool,
 }
 
 impl ControlOptions {
@@ -115,6 +131,9 @@ impl ControlOptions {
             timing: ControlTiming::default(),
             snapshots: SnapshotPolicy::default(),
             limits: ControlLimits::default(),
+            publish_state: true,
+            cluster_name: "atoll-control".into(),
+            refuse_when_alone: false,
         }
     }
 
@@ -153,7 +172,7 @@ impl ControlOptions {
             return bad("snapshots.every_entries must be positive".into());
         }
         let config = Config {
-            cluster_name: "atoll-control".into(),
+            cluster_name: self.cluster_name.clone(),
             heartbeat_interval: ms(t.heartbeat),
             election_timeout_min: ms(t.election_min),
             election_timeout_max: ms(t.election_max),
@@ -210,6 +229,7 @@ struct Inner {
     transport: Arc<dyn Transport>,
     timing: ControlTiming,
     limits: ControlLimits,
+    refuse_when_alone: bool,
     applied: watch::Receiver<Applied>,
     /// Who answers: proposals go to a silent leader or a failing relay last.
     liveness: Arc<Liveness>,
@@ -268,7 +288,7 @@ impl ControlGroup {
             Ok((store, closed, snapshot))
         })
         .await?;
-        let (machine, applied) = Machine::restore(sm, store.clone(), snapshot)?;
+        let (machine, applied) = Machine::restore(sm, store.clone(), snapshot, opts.publish_state)?;
         let liveness = Arc::new(Liveness::default());
         let network = NetworkFactory {
             me: id,
@@ -288,6 +308,7 @@ impl ControlGroup {
                 transport,
                 timing: opts.timing,
                 limits: opts.limits,
+                refuse_when_alone: opts.refuse_when_alone,
                 applied,
                 liveness,
                 store_closed,
@@ -386,6 +407,8 @@ impl ControlGroup {
                     "no leader could be reached within {budget:?} (last: {last})"
                 )));
             }
+            // Every earlier round of this loop ended in a failure that applied nothing.
+            self.refuse_if_alone()?;
             let leader = self.leader();
             // The leader first, unless it has gone silent; then the relays, each of which passes
             // the command on to the leader it knows; a silent leader last.
@@ -433,6 +456,37 @@ impl ControlGroup {
                 .min(deadline.saturating_duration_since(Instant::now()));
             tokio::time::sleep(pause).await;
         }
+    }
+
+    /// Whether this member, not the leader, has heard from no other member within `election_max`
+    /// (a follower hears its leader every heartbeat): it is cut off from every other member, or
+    /// they are all down.
+    pub fn alone(&self) -> bool {
+        let me = self.inner.id;
+        if self.leader() == Some(me) {
+            return false;
+        }
+        let quiet = self.inner.timing.election_max;
+        !self.inner.members.keys().any(|&m| {
+            m != me
+                && self
+                    .inner
+                    .liveness
+                    .get(m)
+                    .heard
+                    .is_some_and(|h| h.elapsed() < quiet)
+        })
+    }
+
+    fn refuse_if_alone(&self) -> Result<(), ControlError> {
+        if self.inner.refuse_when_alone && self.alone() {
+            return Err(ControlError::NotApplied(format!(
+                "{} has heard from no other member for {:?}: no majority is reachable from here; nothing was sent",
+                self.name(self.inner.id),
+                self.inner.timing.election_max
+            )));
+        }
+        Ok(())
     }
 
     /// Whether this member has heard from `member` within an election timeout (a follower hears
@@ -589,6 +643,116 @@ impl ControlGroup {
         }
     }
 
+    /// A linearizable read barrier (ReadIndex, as etcd does it): returns once this member's state
+    /// machine has applied every command committed before this call began, so that what the
+    /// caller reads from its own state machine afterwards is linearizable. The leader confirms
+    /// that it still is the leader by a round of heartbeats answered by a majority after the
+    /// call began, and takes its commit index (at least its first entry of its term) as the read
+    /// index; a follower asks the leader for it ([`rpc::READ`]) and waits until it has applied
+    /// that index itself. No clock is trusted. Bounded by [`ControlTiming::propose_timeout`];
+    /// fails with [`ControlError::NotApplied`] (a read changes nothing) when no leader is known,
+    /// the leader is unreachable, or it cannot reach a majority. Returns the read index.
+    pub async fn read_barrier(&self) -> Result<u64, ControlError> {
+        self.check_running()?;
+        let budget = self.inner.timing.propose_timeout;
+        let deadline = Instant::now() + budget;
+        let me = self.inner.id;
+        let mut last = String::from("no leader known");
+        loop {
+            self.check_running()?;
+            if Instant::now() >= deadline {
+                return Err(ControlError::NotApplied(format!(
+                    "no read index within {budget:?} (last: {last})"
+                )));
+            }
+            self.refuse_if_alone()?;
+            let attempt = match self.leader() {
+                Some(l) if l == me => self.leader_read_index(deadline).await,
+                Some(l) => self.ask_read_index(l, deadline).await,
+                None => Err(ControlError::NotApplied("no leader known".into())),
+            };
+            match attempt {
+                Ok(index) => {
+                    let mut applied = self.inner.applied.clone();
+                    return match tokio::time::timeout_at(
+                        deadline,
+                        applied.wait_for(|a| a.index >= index),
+                    )
+                    .await
+                    {
+                        Ok(Ok(_)) => Ok(index),
+                        Ok(Err(_)) => Err(ControlError::ShuttingDown),
+                        Err(_) => Err(ControlError::NotApplied(format!(
+                            "{} did not apply up to the read index {index} within {budget:?}",
+                            self.name(me)
+                        ))),
+                    };
+                }
+                Err(ControlError::ShuttingDown) => return Err(ControlError::ShuttingDown),
+                Err(e) => last = e.to_string(),
+            }
+            let pause = self
+                .inner
+                .timing
+                .heartbeat
+                .min(deadline.saturating_duration_since(Instant::now()));
+            tokio::time::sleep(pause).await;
+        }
+    }
+
+    /// On the leader: confirms leadership with a majority and returns the read index.
+    async fn leader_read_index(&self, deadline: Instant) -> Result<u64, ControlError> {
+        match tokio::time::timeout_at(deadline, self.inner.raft.get_read_log_id()).await {
+            Err(_) => Err(ControlError::NotApplied(format!(
+                "{} could not confirm its leadership with a majority before the deadline",
+                self.name(self.inner.id)
+            ))),
+            Ok(Ok((read_log_id, _applied))) => Ok(read_log_id.map_or(0, |l| l.index)),
+            Ok(Err(RaftError::Fatal(f))) => Err(fatal(&f)),
+            Ok(Err(RaftError::APIError(e))) => Err(ControlError::NotApplied(format!(
+                "{} cannot serve a read index: {e}",
+                self.name(self.inner.id)
+            ))),
+        }
+    }
+
+    /// On a follower: asks the leader `to` for a read index.
+    async fn ask_read_index(&self, to: NodeId, deadline: Instant) -> Result<u64, ControlError> {
+        let left = remaining_ms(deadline);
+        let body = encode(&ReadRequest {
+            from: self.inner.id,
+            timeout_ms: (left - left / 10).max(1),
+        })?;
+        let via = self.name(to);
+        let answer =
+            tokio::time::timeout_at(deadline, self.inner.transport.call(to, rpc::READ, body)).await;
+        match answer {
+            Err(_) => {
+                self.inner.liveness.failed(to);
+                Err(ControlError::NotApplied(format!(
+                    "no read index from {via} (the leader) before the deadline"
+                )))
+            }
+            Ok(Err(e)) => {
+                if !matches!(e, TransportError::Remote { .. }) {
+                    self.inner.liveness.failed(to);
+                }
+                Err(ControlError::NotApplied(format!(
+                    "no read index from {via} (the leader): {e}"
+                )))
+            }
+            Ok(Ok(bytes)) => {
+                self.inner.liveness.heard(to);
+                match decode::<ReadReply>(rpc::READ, &bytes, self.inner.limits.max_message_bytes)? {
+                    ReadReply::Index(i) => Ok(i),
+                    ReadReply::Failed { code, message } => Err(ControlError::NotApplied(format!(
+                        "{via} (the leader) gave no read index: {code}: {message}"
+                    ))),
+                }
+            }
+        }
+    }
+
     /// A proposal forwarded by another member.
     async fn serve_propose(&self, req: ProposeRequest) -> Result<Vec<u8>, ControlError> {
         let max = self.inner.limits.max_command_bytes;
@@ -686,6 +850,25 @@ impl ControlGroup {
                 let req: ProposeRequest = decode(rpc, &body, max)?;
                 let result = self.serve_propose(req).await;
                 encode(&ProposeReply::from_result(result))
+            }
+            rpc::READ => {
+                let req: ReadRequest = decode(rpc, &body, max)?;
+                speaks_for(Some(req.from))?;
+                if req.timeout_ms == 0 {
+                    return Err(ControlError::BadMessage(format!(
+                        "`{rpc}` from {from} has no time left"
+                    )));
+                }
+                let budget =
+                    Duration::from_millis(req.timeout_ms).min(self.inner.timing.propose_timeout);
+                let reply = match self.leader_read_index(Instant::now() + budget).await {
+                    Ok(i) => ReadReply::Index(i),
+                    Err(e) => ReadReply::Failed {
+                        code: e.code().to_string(),
+                        message: e.to_string(),
+                    },
+                };
+                encode(&reply)
             }
             other => Err(ControlError::UnknownRpc(other.chars().take(64).collect())),
         }

@@ -23,7 +23,9 @@ pub struct Applied {
     pub index: u64,
     /// Term of the last entry applied (0 before anything is).
     pub term: u64,
-    /// The whole state, as [`StateMachine::snapshot`] gives it.
+    /// The whole state, as [`StateMachine::snapshot`] gives it; empty when
+    /// [`crate::ControlOptions::publish_state`] is off (the caller reads its state machine
+    /// itself).
     pub state: Vec<u8>,
 }
 
@@ -34,13 +36,19 @@ pub(crate) struct Machine {
     store: Store,
     applied: watch::Sender<Applied>,
     snapshot_seq: u64,
+    /// Whether [`Applied::state`] carries the whole state (else it is empty).
+    publish_state: bool,
 }
 
-fn applied_of(last: Option<&LogId<NodeId>>, sm: &dyn StateMachine) -> Applied {
+fn applied_of(last: Option<&LogId<NodeId>>, sm: &dyn StateMachine, publish_state: bool) -> Applied {
     Applied {
         index: last.map_or(0, |l| l.index),
         term: last.map_or(0, |l| l.leader_id.term),
-        state: sm.snapshot(),
+        state: if publish_state {
+            sm.snapshot()
+        } else {
+            Vec::new()
+        },
     }
 }
 
@@ -51,6 +59,7 @@ impl Machine {
         mut sm: Box<dyn StateMachine>,
         store: Store,
         snapshot: Option<StoredSnapshot>,
+        publish_state: bool,
     ) -> Result<(Self, watch::Receiver<Applied>), ControlError> {
         let (last_applied, membership) = match snapshot {
             Some(s) => {
@@ -61,7 +70,11 @@ impl Machine {
             }
             None => (None, StoredMembership::default()),
         };
-        let (tx, rx) = watch::channel(applied_of(last_applied.as_ref(), sm.as_ref()));
+        let (tx, rx) = watch::channel(applied_of(
+            last_applied.as_ref(),
+            sm.as_ref(),
+            publish_state,
+        ));
         Ok((
             Self {
                 sm,
@@ -70,14 +83,18 @@ impl Machine {
                 store,
                 applied: tx,
                 snapshot_seq: 0,
+                publish_state,
             },
             rx,
         ))
     }
 
     fn publish(&self) {
-        self.applied
-            .send_replace(applied_of(self.last_applied.as_ref(), self.sm.as_ref()));
+        self.applied.send_replace(applied_of(
+            self.last_applied.as_ref(),
+            self.sm.as_ref(),
+            self.publish_state,
+        ));
     }
 }
 

@@ -40,8 +40,10 @@ pub mod rpc {
     pub const SNAPSHOT: &str = "snapshot";
     /// A proposal forwarded to the leader, or to a member that relays it to the leader.
     pub const PROPOSE: &str = "propose";
+    /// A read index asked of the leader (a linearizable read on a follower).
+    pub const READ: &str = "read";
     /// All of them.
-    pub const ALL: [&str; 4] = [APPEND, VOTE, SNAPSHOT, PROPOSE];
+    pub const ALL: [&str; 5] = [APPEND, VOTE, SNAPSHOT, PROPOSE, READ];
 }
 
 /// A whole snapshot, as [`rpc::SNAPSHOT`] carries it.
@@ -102,6 +104,23 @@ impl ProposeReply {
             ))),
         }
     }
+}
+
+/// A read index asked of the leader by a follower ([`rpc::READ`]).
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct ReadRequest {
+    /// The asking member: must be the member the transport authenticated.
+    pub from: crate::NodeId,
+    /// How long the asker waits for the answer (positive); the leader answers before.
+    pub timeout_ms: u64,
+}
+
+/// The leader's answer to [`ReadRequest`]: the index the asker must have applied before it
+/// reads, confirmed by a majority after the request arrived; or why there is none.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) enum ReadReply {
+    Index(u64),
+    Failed { code: String, message: String },
 }
 
 /// `msg` as a versioned body.

@@ -172,6 +172,32 @@ pub enum AtollError {
         "the write was forwarded to the primary `{target}` and its outcome is unknown: {detail}"
     )]
     ForwardOutcomeUnknown { target: String, detail: String },
+    /// A strong keyspace's read or write could not reach a majority of the strong group (no
+    /// leader reachable, or the leader could not confirm its leadership with a majority). Nothing
+    /// was applied; no stale value was served.
+    #[error(
+        "keyspace `{keyspace}` is strong and this region cannot reach a majority of the regions ({needed} of {voters}): {detail}"
+    )]
+    NoQuorum {
+        keyspace: String,
+        voters: usize,
+        needed: usize,
+        detail: String,
+    },
+    /// A compare-and-set (`If-Match: <revision>`) on a strong keyspace whose key is at another
+    /// revision (0: the key does not exist). Nothing changed.
+    #[error(
+        "revision mismatch on keyspace `{keyspace}`: the key is at revision {current}, the request expected {expected}"
+    )]
+    RevisionMismatch {
+        keyspace: String,
+        expected: u64,
+        current: u64,
+    },
+    /// A strong keyspace's write reached the leader but no outcome came back: it may be
+    /// applied, now or later.
+    #[error("the write to strong keyspace `{keyspace}` may or may not have been applied: {detail}")]
+    StrongOutcomeUnknown { keyspace: String, detail: String },
     /// An owned keyspace's write reached a region that is not the key's home, and the keyspace
     /// does not forward (`forward = false`), or the write was forwarded already. Nothing was
     /// written.
@@ -262,6 +288,9 @@ impl AtollError {
             Self::NotHome { .. } => "ATOLL-NOT-HOME",
             Self::HomeUnavailable { .. } => "ATOLL-HOME-UNAVAILABLE",
             Self::RehomeRefused(_) => "ATOLL-REHOME-REFUSED",
+            Self::NoQuorum { .. } => "ATOLL-NO-QUORUM",
+            Self::RevisionMismatch { .. } => "ATOLL-REVISION-MISMATCH",
+            Self::StrongOutcomeUnknown { .. } => "ATOLL-STRONG-OUTCOME-UNKNOWN",
         }
     }
 
@@ -290,9 +319,11 @@ impl AtollError {
             Self::NotPrimary { .. }
             | Self::Fenced { .. }
             | Self::Passive { .. }
-            | Self::ControlUnavailable(_) => 503,
+            | Self::ControlUnavailable(_)
+            | Self::NoQuorum { .. } => 503,
             Self::LeaseHeld { .. } | Self::DataLoss { .. } => 409,
-            Self::ForwardOutcomeUnknown { .. } => 504,
+            Self::ForwardOutcomeUnknown { .. } | Self::StrongOutcomeUnknown { .. } => 504,
+            Self::RevisionMismatch { .. } => 412,
             Self::NotHome { .. } => 421,
             Self::HomeUnavailable { .. } => 503,
             Self::RehomeRefused(_) => 409,
@@ -313,6 +344,7 @@ impl AtollError {
                 | Self::Passive { .. }
                 | Self::ControlUnavailable(_)
                 | Self::HomeUnavailable { .. }
+                | Self::NoQuorum { .. }
         )
     }
 
@@ -413,6 +445,15 @@ impl AtollError {
             }
             Self::RehomeRefused(_) => {
                 "read the reason; `atoll status` shows the homes and any move in flight; retry once the move in flight has finished"
+            }
+            Self::NoQuorum { .. } => {
+                "send the request to a region on the majority side, or wait for the partition to heal or the failed regions to return; nothing was applied, so retrying is safe; /v1/status shows the strong group's leader and this region's role"
+            }
+            Self::RevisionMismatch { .. } => {
+                "read the key (its revision is in the ETag and the body), decide again, and write with If-Match set to the revision you read; If-Match: 0 means the key must not exist"
+            }
+            Self::StrongOutcomeUnknown { .. } => {
+                "read the key (a linearizable read) to learn whether the write took effect before sending it again; a compare-and-set repeated blindly may fail with ATOLL-REVISION-MISMATCH against its own write"
             }
         }
     }

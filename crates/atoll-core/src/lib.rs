@@ -15,6 +15,8 @@
 //! - [`fence`]: split-brain fencing: the write lease's replicated state machine and each
 //!   member's lease timers and role.
 //! - [`geo`]: great-circle distance, for the latency model.
+//! - [`strong`]: the state machine of strong keyspaces: linearizable registers with
+//!   compare-and-set by revision, replicated by consensus.
 
 pub mod causal;
 pub mod clock;
@@ -29,6 +31,7 @@ pub mod home;
 pub mod op;
 pub mod region;
 pub mod repl;
+pub mod strong;
 
 pub use error::{AtollError, ErrorBody, Result};
 pub use region::RegionId;

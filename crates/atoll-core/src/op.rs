@@ -31,15 +31,19 @@ pub enum Policy {
     /// Region ownership (`docs/design/owned-keyspaces.md`): every key has one home region that
     /// alone writes it, so writes never conflict. Stored as an lww register ([`Policy::storage`]).
     Owned,
+    /// Linearizable registers with compare-and-set by revision, replicated by consensus (the
+    /// strong group, `docs/design/strong-keyspaces.md`); never in the CRDT store or its log.
+    Strong,
 }
 
 impl Policy {
-    pub const ALL: [Policy; 5] = [
+    pub const ALL: [Policy; 6] = [
         Policy::Lww,
         Policy::Mvr,
         Policy::Counter,
         Policy::Set,
         Policy::Owned,
+        Policy::Strong,
     ];
 
     /// The CRDT a key of this policy is stored and replicated as: an owned key is an lww register
@@ -63,6 +67,7 @@ impl Policy {
             Policy::Counter => "counter",
             Policy::Set => "set",
             Policy::Owned => "owned",
+            Policy::Strong => "strong",
         }
     }
 
@@ -174,6 +179,17 @@ pub fn prepare(
     region: &RegionId,
     ts: Timestamp,
 ) -> Result<KeyState> {
+    if policy == Policy::Strong {
+        // Served by the strong group, never by the local store (nothing of it is merged).
+        return Err(AtollError::WrongPolicy {
+            keyspace: keyspace.to_string(),
+            policy: policy.to_string(),
+            operation: format!(
+                "{} through the region's store (a strong keyspace is served by the strong group: /v1/kv/{keyspace}/...)",
+                intent.name()
+            ),
+        });
+    }
     if !intent.fits(policy) {
         return Err(AtollError::WrongPolicy {
             keyspace: keyspace.to_string(),

@@ -77,6 +77,8 @@ pub fn start(
                     Policy::Mvr => Kind::Mvr,
                     Policy::Counter => Kind::Counter,
                     Policy::Set => Kind::Set,
+                    // Drill scenarios do not load strong keyspaces yet (validation refuses them).
+                    Policy::Strong => return None,
                 };
                 Some(Mix {
                     keyspace: m.keyspace.clone(),

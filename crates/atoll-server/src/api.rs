@@ -73,6 +73,8 @@ pub struct AppState {
     pub fencing: std::sync::OnceLock<Arc<crate::fencing::Fencing>>,
     /// The homes of owned keyspaces, when the config declares one (set at start).
     pub homes: std::sync::OnceLock<Arc<crate::homes::Homes>>,
+    /// The strong group, when a strong keyspace is declared (set at start).
+    pub strong: std::sync::OnceLock<Arc<crate::strong::Strong>>,
 }
 
 /// Header naming the region's fencing role on every answer of a fenced cluster.
@@ -524,8 +526,15 @@ fn mvr_read(ks: &str, key: &[u8], reg: Option<&MvRegister>) -> Result<Response> 
     Ok(with_headers(resp, [ctx_header]))
 }
 
+/// The strong group, for a strong keyspace's request.
+fn strong_group(state: &AppState) -> Result<&Arc<crate::strong::Strong>> {
+    // Declared strong keyspaces start the group with the region; a state without it is one
+    // being built (tests) or torn down.
+    state.strong.get().ok_or(AtollError::ShuttingDown)
+}
+
 /// The policies the key/value routes serve.
-const KV_POLICIES: [Policy; 3] = [Policy::Lww, Policy::Mvr, Policy::Owned];
+const KV_POLICIES: &[Policy] = &[Policy::Lww, Policy::Mvr, Policy::Owned, Policy::Strong];
 
 /// Header on reads of an owned key: the key's home region.
 pub const HOME_HEADER: &str = "x-atoll-home";
@@ -554,8 +563,18 @@ fn consistency(uri: &Uri) -> Result<bool> {
 }
 
 async fn kv_get(State(state): State<Shared>, uri: Uri, headers: HeaderMap) -> ApiResult {
-    let (ks, key, policy) = resolve(&state, &uri, "kv", &KV_POLICIES, "kv reads")?;
+    let (ks, key, policy) = resolve(&state, &uri, "kv", KV_POLICIES, "kv reads")?;
     let at_home = consistency(&uri)?;
+    if policy == Policy::Strong {
+        if at_home {
+            return Err(AtollError::BadRequest(format!(
+                "consistency=home applies to owned keyspaces; `{ks}` is strong (its reads are linearizable)"
+            ))
+            .into());
+        }
+        let strong = strong_group(&state)?;
+        return Ok(crate::strong::get(&state, strong, &ks, &key).await);
+    }
     let mut extra = Vec::new();
     if policy == Policy::Owned
         && let Some(h) = state.homes.get()
@@ -641,7 +660,19 @@ async fn kv_put(
     headers: HeaderMap,
     body: Body,
 ) -> ApiResult {
-    let (ks, key, policy) = resolve(&state, &uri, "kv", &KV_POLICIES, "kv writes")?;
+    let (ks, key, policy) = resolve(&state, &uri, "kv", KV_POLICIES, "kv writes")?;
+    if policy == Policy::Strong {
+        let strong = strong_group(&state)?;
+        // The If-Match header is checked before the body is read.
+        if let Err(e) = crate::strong::if_match(&headers) {
+            return Ok(crate::strong::error(strong, &e));
+        }
+        let limit = state.store.keyspace(&ks)?.max_value_bytes;
+        let raw = read_value(body, limit, &ks).await?;
+        return Ok(
+            crate::strong::write(&state, strong, &ks, &key, Some(raw.to_vec()), &headers).await,
+        );
+    }
     let context = match policy {
         Policy::Mvr => context_from(&headers, &ks, &key)?,
         _ => None,
@@ -656,7 +687,11 @@ async fn kv_put(
 }
 
 async fn kv_delete(State(state): State<Shared>, uri: Uri, headers: HeaderMap) -> ApiResult {
-    let (ks, key, policy) = resolve(&state, &uri, "kv", &KV_POLICIES, "kv deletes")?;
+    let (ks, key, policy) = resolve(&state, &uri, "kv", KV_POLICIES, "kv deletes")?;
+    if policy == Policy::Strong {
+        let strong = strong_group(&state)?;
+        return Ok(crate::strong::write(&state, strong, &ks, &key, None, &headers).await);
+    }
     let context = match policy {
         Policy::Mvr => context_from(&headers, &ks, &key)?,
         _ => None,
@@ -861,7 +896,18 @@ async fn status(State(state): State<Shared>) -> ApiResult {
         .config
         .keyspaces
         .iter()
-        .map(|k| json!({"name": k.name, "policy": k.policy.as_str()}))
+        .map(|k| {
+            let mut v = json!({"name": k.name, "policy": k.policy.as_str()});
+            if k.policy == Policy::Strong
+                && let Some(s) = state.strong.get()
+            {
+                let g = s.status_json();
+                v["leader"] = g["leader"].clone();
+                v["term"] = g["term"].clone();
+                v["role"] = g["role"].clone();
+            }
+            v
+        })
         .collect();
     keyspaces.sort_by(|a, b| a["name"].as_str().cmp(&b["name"].as_str()));
     let applied: serde_json::Map<String, Value> = state
@@ -904,6 +950,7 @@ async fn status(State(state): State<Shared>) -> ApiResult {
         "replication": replication,
         "peer_tls": peer_tls(&state.config),
         "fencing": fencing_json(&state),
+        "strong": state.strong.get().map(|s| s.status_json()),
     });
     if let Some(h) = state.homes.get() {
         body["homes"] = h.status_json();

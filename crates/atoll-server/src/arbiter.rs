@@ -148,6 +148,8 @@ impl Arbiter {
             group: group.clone(),
             members: Arc::new(group.status().members),
             metrics: metrics.clone(),
+            path: crate::control::CONTROL_PATH,
+            max_body: crate::control::MAX_CONTROL_BODY,
         })
         .fallback(crate::api::route_not_found);
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);

@@ -126,6 +126,10 @@ pub struct PeerTransport {
     client: PeerClient,
     names: BTreeMap<NodeId, RegionId>,
     me: String,
+    /// The route prefix the RPCs go to ([`CONTROL_PATH`], or the strong group's).
+    path: &'static str,
+    /// Largest answer body read.
+    max_body: usize,
 }
 
 impl PeerTransport {
@@ -150,7 +154,27 @@ impl PeerTransport {
             ),
             names,
             me: me.to_string(),
+            path: CONTROL_PATH,
+            max_body: MAX_CONTROL_BODY,
         })
+    }
+
+    /// The same transport for another group of members (`members`), whose RPCs go to `path`
+    /// with answers of at most `max_body` bytes (the strong group, [`crate::strong`]).
+    pub fn for_group(
+        mut self,
+        members: &atoll_control::Members,
+        path: &'static str,
+        max_body: usize,
+    ) -> Result<Self> {
+        let mut names = BTreeMap::new();
+        for (id, name) in members {
+            names.insert(*id, RegionId::new(name)?);
+        }
+        self.names = names;
+        self.path = path;
+        self.max_body = max_body;
+        Ok(self)
     }
 }
 
@@ -165,7 +189,7 @@ impl Transport for PeerTransport {
         let Some(name) = self.names.get(&to) else {
             return Err(TransportError::Unreachable(format!("no member {to}")));
         };
-        let path = format!("{CONTROL_PATH}/{rpc}?from={}", self.me);
+        let path = format!("{}/{rpc}?from={}", self.path, self.me);
         let resp = self
             .client
             .post_classified(name, &path, body)
@@ -179,7 +203,7 @@ impl Transport for PeerTransport {
             })?;
         let status = resp.status();
         let bytes = resp
-            .bytes(MAX_CONTROL_BODY)
+            .bytes(self.max_body)
             .await
             .map_err(|e| TransportError::Failed(e.to_string()))?;
         if status.is_success() {
@@ -206,14 +230,19 @@ pub struct ControlRoute {
     pub group: ControlGroup,
     pub members: Arc<Members>,
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// The route prefix ([`CONTROL_PATH`], or the strong group's).
+    pub path: &'static str,
+    /// Largest request body accepted.
+    pub max_body: usize,
 }
 
-/// `POST /v1/control/{rpc}` on the peer listener. The caller is the member its certificate
-/// names (with `insecure = true`: the `from` it states, unauthenticated, as for replication).
+/// `POST /v1/control/{rpc}` on the peer listener (or `POST {path}/{rpc}` for another group). The
+/// caller is the member its certificate names (with `insecure = true`: the `from` it states,
+/// unauthenticated, as for replication); a caller that is no member of the group is refused.
 pub fn router(route: ControlRoute) -> axum::Router {
     axum::Router::new()
         .route(
-            &format!("{CONTROL_PATH}/{{rpc}}"),
+            &format!("{}/{{rpc}}", route.path),
             axum::routing::post(serve_rpc),
         )
         .with_state(route)
@@ -275,21 +304,19 @@ async fn serve_rpc(
             "the caller is not a member of the control group",
         );
     };
-    let bytes: Bytes = match http_body_util::BodyExt::collect(http_body_util::Limited::new(
-        body,
-        MAX_CONTROL_BODY,
-    ))
-    .await
-    {
-        Ok(c) => c.to_bytes(),
-        Err(_) => {
-            return refuse(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "ATOLL-PEER-REQUEST-TOO-LARGE",
-                "control RPC body over its limit",
-            );
-        }
-    };
+    let bytes: Bytes =
+        match http_body_util::BodyExt::collect(http_body_util::Limited::new(body, route.max_body))
+            .await
+        {
+            Ok(c) => c.to_bytes(),
+            Err(_) => {
+                return refuse(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "ATOLL-PEER-REQUEST-TOO-LARGE",
+                    "control RPC body over its limit",
+                );
+            }
+        };
     match route.group.handle(from, &rpc, bytes.to_vec()).await {
         Ok(out) => (
             StatusCode::OK,

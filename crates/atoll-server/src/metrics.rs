@@ -124,6 +124,14 @@ pub struct Metrics {
     pub fencing_promotion_lag: FloatGauge,
     pub fencing_promotion_blocked: Gauge,
     pub fencing_max_promotion_lag: FloatGauge,
+    /// Strong keyspaces (`docs/design/strong-keyspaces.md`).
+    pub strong_commit_duration: Histogram,
+    pub strong_leader_changes: Counter,
+    pub strong_no_quorum: Counter,
+    pub strong_outcome_unknown: Counter,
+    pub strong_term: Gauge<u64, AtomicU64>,
+    pub strong_is_leader: Gauge,
+    pub strong_leader_known: Gauge,
 }
 
 /// Labels of the role gauge.
@@ -537,6 +545,69 @@ impl Metrics {
             "[fencing] max_promotion_lag_ms of this region's config, in seconds (for the lag alert)",
             fencing_max_promotion_lag.clone(),
         );
+        let strong_commit_duration = rtt_buckets();
+        reg(
+            &mut registry,
+            &mut names,
+            Kind::Histogram,
+            "strong_commit_duration_seconds",
+            "Time from proposing a strong keyspace's write to its commit and apply (a round trip from the leader to a quorum, plus the forward to the leader)",
+            strong_commit_duration.clone(),
+        );
+        let strong_leader_changes = Counter::default();
+        reg(
+            &mut registry,
+            &mut names,
+            Kind::Counter,
+            "strong_leader_changes",
+            "Changes of the strong group's leader as this region saw them",
+            strong_leader_changes.clone(),
+        );
+        let strong_no_quorum = Counter::default();
+        reg(
+            &mut registry,
+            &mut names,
+            Kind::Counter,
+            "strong_no_quorum",
+            "Strong keyspace reads and writes refused with ATOLL-NO-QUORUM (no majority of the regions reachable)",
+            strong_no_quorum.clone(),
+        );
+        let strong_outcome_unknown = Counter::default();
+        reg(
+            &mut registry,
+            &mut names,
+            Kind::Counter,
+            "strong_outcome_unknown",
+            "Strong keyspace writes answered ATOLL-STRONG-OUTCOME-UNKNOWN (sent to the leader, no outcome came back)",
+            strong_outcome_unknown.clone(),
+        );
+        let strong_term = Gauge::<u64, AtomicU64>::default();
+        reg(
+            &mut registry,
+            &mut names,
+            Kind::Gauge,
+            "strong_term",
+            "The strong group's Raft term as this region knows it",
+            strong_term.clone(),
+        );
+        let strong_is_leader = Gauge::default();
+        reg(
+            &mut registry,
+            &mut names,
+            Kind::Gauge,
+            "strong_is_leader",
+            "1 while this region leads the strong group",
+            strong_is_leader.clone(),
+        );
+        let strong_leader_known = Gauge::default();
+        reg(
+            &mut registry,
+            &mut names,
+            Kind::Gauge,
+            "strong_leader_known",
+            "1 while this region knows a leader of the strong group; 0 (quorum lost from here, or an election) means strong keyspaces refuse here",
+            strong_leader_known.clone(),
+        );
         let owned_forwarded = Family::<OwnedLabels, Counter>::default();
         reg(
             &mut registry,
@@ -568,6 +639,13 @@ impl Metrics {
             owned_forwarded,
             owned_not_home,
             owned_moves,
+            strong_commit_duration,
+            strong_leader_changes,
+            strong_no_quorum,
+            strong_outcome_unknown,
+            strong_term,
+            strong_is_leader,
+            strong_leader_known,
             fencing_max_promotion_lag,
             fencing_role,
             fencing_epoch,

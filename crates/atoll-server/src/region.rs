@@ -58,6 +58,8 @@ pub struct RegionServer {
         atoll_control::ControlGroup,
         tokio::sync::watch::Receiver<Option<atoll_core::fence::LeaseState>>,
     )>,
+    /// The strong group, when a strong keyspace is declared.
+    strong: Option<Arc<crate::strong::Strong>>,
 }
 
 /// Every region but `me`, at its peer address or `--peer-via` override.
@@ -290,6 +292,31 @@ impl RegionServer {
                 Some((group, applied))
             }
         };
+        let strong = if crate::strong::enabled(&opts.config) {
+            let transport = crate::control::PeerTransport::new(
+                &opts.config,
+                region.as_str(),
+                &peer_addrs_for_control(&opts, &region),
+                tls.as_ref(),
+            )?
+            .for_group(
+                &crate::strong::members(&opts.config),
+                crate::strong::STRONG_PATH,
+                crate::strong::max_message_bytes(&opts.config),
+            )?;
+            Some(
+                crate::strong::Strong::start(
+                    &opts.config,
+                    region.as_str(),
+                    &opts.data_dir,
+                    Arc::new(transport),
+                    metrics.clone(),
+                )
+                .await?,
+            )
+        } else {
+            None
+        };
         let auth = atoll_config::auth::Tokens::load_for(&opts.config)
             .map_err(|e| AtollError::Config(e.to_string()))?;
         match &auth {
@@ -335,10 +362,14 @@ impl RegionServer {
             auth: auth.map(Arc::new),
             fencing: Default::default(),
             homes: Default::default(),
+            strong: Default::default(),
         });
         let _ = state.replicator.set(replicator.clone());
         if let Some(h) = &homes {
             let _ = state.homes.set(h.clone());
+        }
+        if let Some(s) = &strong {
+            let _ = state.strong.set(s.clone());
         }
         if let Some(f) = &fencing {
             let _ = state.fencing.set(f.clone());
@@ -350,6 +381,7 @@ impl RegionServer {
             peer,
             replicator,
             control,
+            strong,
         })
     }
 
@@ -389,8 +421,20 @@ impl RegionServer {
                     group: group.clone(),
                     members: Arc::new(crate::control::members(&state.config)),
                     metrics: state.metrics.clone(),
+                    path: crate::control::CONTROL_PATH,
+                    max_body: crate::control::MAX_CONTROL_BODY,
                 }))
             }
+            None => peer_routes,
+        };
+        let peer_routes = match &self.strong {
+            Some(s) => peer_routes.merge(crate::control::router(crate::control::ControlRoute {
+                group: s.group().clone(),
+                members: Arc::new(s.members().clone()),
+                metrics: state.metrics.clone(),
+                path: crate::strong::STRONG_PATH,
+                max_body: crate::strong::max_message_bytes(&state.config),
+            })),
             None => peer_routes,
         };
         let (peer_stop, peer_stopped) = tokio::sync::watch::channel(false);
@@ -429,6 +473,9 @@ impl RegionServer {
             }
             _ => None,
         };
+        if let Some(s) = &self.strong {
+            tasks.push(tokio::spawn(s.clone().watch(stop.clone())));
+        }
         let stop2 = stop.clone();
         let grace = self.drain_grace;
         let rep = self.replicator.clone();
@@ -457,6 +504,9 @@ impl RegionServer {
         }
         if let Some(g) = group {
             g.shutdown().await;
+        }
+        if let Some(s) = &self.strong {
+            s.group().shutdown().await;
         }
         let store = state.store.clone();
         // Closing joins the writer thread: keep it off the async runtime.

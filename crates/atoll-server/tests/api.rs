@@ -90,6 +90,7 @@ impl Harness {
             auth,
             fencing: Default::default(),
             homes: Default::default(),
+            strong: Default::default(),
         });
         Self {
             app: router(state.clone()),
@@ -370,6 +371,21 @@ fn every_error() -> Vec<AtollError> {
             detail: "z".into(),
         },
         AtollError::RehomeRefused("x".into()),
+        AtollError::NoQuorum {
+            keyspace: "x".into(),
+            voters: 3,
+            needed: 2,
+            detail: "y".into(),
+        },
+        AtollError::RevisionMismatch {
+            keyspace: "x".into(),
+            expected: 1,
+            current: 2,
+        },
+        AtollError::StrongOutcomeUnknown {
+            keyspace: "x".into(),
+            detail: "y".into(),
+        },
     ];
     // No wildcard: a new variant fails to compile here until it is added to the list above.
     for e in &all {
@@ -410,7 +426,10 @@ fn every_error() -> Vec<AtollError> {
             | AtollError::ForwardOutcomeUnknown { .. }
             | AtollError::NotHome { .. }
             | AtollError::HomeUnavailable { .. }
-            | AtollError::RehomeRefused(_) => {}
+            | AtollError::RehomeRefused(_)
+            | AtollError::NoQuorum { .. }
+            | AtollError::RevisionMismatch { .. }
+            | AtollError::StrongOutcomeUnknown { .. } => {}
         }
     }
     all

@@ -43,6 +43,7 @@ fn state() -> Arc<AppState> {
         auth: None,
         fencing: Default::default(),
         homes: Default::default(),
+        strong: Default::default(),
     })
 }
 

@@ -52,6 +52,7 @@ async fn serve() -> (SocketAddr, Arc<AppState>) {
         auth: None,
         fencing: Default::default(),
         homes: Default::default(),
+        strong: Default::default(),
     });
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();

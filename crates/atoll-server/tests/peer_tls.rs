@@ -627,6 +627,7 @@ async fn status_of(config: Config) -> serde_json::Value {
         auth: None,
         fencing: Default::default(),
         homes: Default::default(),
+        strong: Default::default(),
     });
     let resp = atoll_server::api::router(state)
         .oneshot(Request::get("/v1/status").body(Body::empty()).unwrap())

@@ -347,6 +347,14 @@ impl Store {
     /// Checks a write before it is queued: keyspace, key and value size.
     pub fn validate(&self, keyspace: &str, key: &[u8], intent: &Intent) -> Result<()> {
         let ks = self.keyspace(keyspace)?;
+        if ks.policy == Policy::Strong {
+            // Strong keyspaces are served by the strong group (consensus), never merged here.
+            return Err(AtollError::WrongPolicy {
+                keyspace: keyspace.to_string(),
+                policy: ks.policy.to_string(),
+                operation: "writes through the region's store (a strong keyspace is served by the strong group)".into(),
+            });
+        }
         validate_key(key)?;
         if let Intent::Put { value, .. } = intent
             && value.len() > ks.max_value_bytes

@@ -317,3 +317,26 @@ fn maintenance_collects_tombstones_below_the_horizon_only() {
         assert_eq!(value(&store, "new"), Some(b"again".to_vec()), "{name}");
     }
 }
+
+#[test]
+fn an_intent_for_a_strong_keyspace_is_refused_and_changes_nothing() {
+    // Strong keyspaces are served by the strong group (consensus), never by the CRDT store.
+    let clock = Arc::new(ManualClock::new(T0));
+    let dyn_clock: Arc<dyn Clock> = clock;
+    let mut ks = keyspaces();
+    ks.push(KeyspaceConfig::new("seats", Policy::Strong));
+    let store = Store::open(
+        Arc::new(MemBackend::default()),
+        StoreOptions::new(region("us-east-1"), ks),
+        dyn_clock,
+    )
+    .expect("open");
+    let e = store
+        .write("seats", b"12A", put_intent("alice"))
+        .expect_err("refused");
+    assert_eq!(e.code(), "ATOLL-WRONG-POLICY", "{e}");
+    assert!(e.to_string().contains("strong group"), "{e}");
+    assert_eq!(store.stats().last_seq.load(Ordering::Relaxed), 0);
+    assert!(store.get("seats", b"12A").expect("get").is_none());
+    store.close();
+}

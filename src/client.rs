@@ -52,7 +52,7 @@ pub struct ClientArgs {
 pub enum KvCommand {
     /// Write a value (for mvr keyspaces, pass the context of your last read to supersede it).
     #[command(
-        after_help = "Examples:\n  atoll kv put sessions user-1 token-abc\n  atoll kv put carts c1 apple,pear --context <context printed by kv get> --endpoint http://127.0.0.1:7101"
+        after_help = "Examples:\n  atoll kv put sessions user-1 token-abc\n  atoll kv put carts c1 apple,pear --context <context printed by kv get> --endpoint http://127.0.0.1:7101\n  atoll kv put seats 12A alice --if-match 0"
     )]
     Put {
         keyspace: String,
@@ -60,6 +60,10 @@ pub enum KvCommand {
         value: String,
         #[arg(long)]
         context: Option<String>,
+        /// Strong keyspaces: write only if the key is at this revision (0: only if it does not
+        /// exist), else fail with ATOLL-REVISION-MISMATCH.
+        #[arg(long, value_name = "REVISION")]
+        if_match: Option<u64>,
     },
     /// Read a value (an mvr key with concurrent writes shows every sibling and a context).
     #[command(
@@ -75,6 +79,9 @@ pub enum KvCommand {
         key: String,
         #[arg(long)]
         context: Option<String>,
+        /// Strong keyspaces: delete only if the key is at this revision.
+        #[arg(long, value_name = "REVISION")]
+        if_match: Option<u64>,
     },
 }
 
@@ -222,15 +229,25 @@ pub async fn kv(args: ClientArgs, cmd: KvCommand) -> Result<()> {
             key,
             value,
             context,
+            if_match,
         } => {
             let mut req = c.http.put(c.url("kv", &keyspace, &key)).body(value);
             if let Some(ctx) = context {
                 req = req.header("x-atoll-context", ctx);
             }
+            if let Some(rev) = if_match {
+                req = req.header("if-match", rev.to_string());
+            }
             let r = c.send(req).await?.check()?;
             let v = r.json()?;
             match c.output {
                 Output::Json => c.print_json(&v),
+                Output::Human if v["revision"].is_u64() => println!(
+                    "ok: revision {} (strong; leader {}, answered by {})",
+                    v["revision"],
+                    v["leader"].as_str().unwrap_or("?"),
+                    v["region"].as_str().unwrap_or("?")
+                ),
                 Output::Human => {
                     println!(
                         "ok: written in {} (seq {}, timestamp {})",
@@ -296,14 +313,23 @@ pub async fn kv(args: ClientArgs, cmd: KvCommand) -> Result<()> {
             keyspace,
             key,
             context,
+            if_match,
         } => {
             let mut req = c.http.delete(c.url("kv", &keyspace, &key));
             if let Some(ctx) = context {
                 req = req.header("x-atoll-context", ctx);
             }
+            if let Some(rev) = if_match {
+                req = req.header("if-match", rev.to_string());
+            }
             let v = c.send(req).await?.check()?.json()?;
             match c.output {
                 Output::Json => c.print_json(&v),
+                Output::Human if v["revision"].is_u64() => println!(
+                    "ok: deleted at revision {} (strong; leader {})",
+                    v["revision"],
+                    v["leader"].as_str().unwrap_or("?")
+                ),
                 Output::Human => println!(
                     "ok: deleted in {} (seq {})",
                     v["region"].as_str().unwrap_or("?"),

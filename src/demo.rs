@@ -44,6 +44,7 @@ pub fn demo_config(port_base: u16, model: atoll_config::Model) -> String {
          [[keyspaces]]\nname = \"ratelimits\"\npolicy = \"counter\"\n\n\
          [[keyspaces]]\nname = \"flags\"\npolicy = \"set\"\n\n\
          [[keyspaces]]\nname = \"inventory\"\npolicy = \"lww\"\non_minority = \"read-only\"\n\n\
+         [[keyspaces]]\nname = \"seats\"\npolicy = \"strong\"\n\n\
          [router]\nzone = \"atoll.test\"\nttl_secs = 30\n\n\
          [router.health]\ninterval_ms = 1000\nfailure_threshold = 3\nrecovery_threshold = 2\nramp_secs = 30\n\n\
          [[router.names]]\nname = \"api\"\npolicy = \"latency\"\n\n\
@@ -109,6 +110,24 @@ async fn wait_replication(regions: &[(String, String)], deadline: Duration) -> R
                     })
                     .unwrap_or_default();
                 waiting.push(format!("{name} (streams to: {streaming})"));
+                continue;
+            }
+            // Fencing and the strong group: the region takes writes (its quorum window is open,
+            // or it holds or follows the lease) and knows the strong group's leader, so the
+            // commands the demo prints work at once.
+            let status: Option<serde_json::Value> =
+                match http.get(format!("{endpoint}/v1/status")).send().await {
+                    Ok(resp) => resp.json().await.ok(),
+                    Err(_) => None,
+                };
+            let Some(status) = status else {
+                waiting.push(format!("{name} (status)"));
+                continue;
+            };
+            if status["fencing"]["role"] == "read-only" {
+                waiting.push(format!("{name} (its first quorum window)"));
+            } else if status["strong"].is_object() && status["strong"]["leader"].is_null() {
+                waiting.push(format!("{name} (a leader of the strong group)"));
             }
         }
         if waiting.is_empty() {
@@ -439,6 +458,9 @@ pub async fn run(
         pb = crate::demo_control::port_base_flag(port_base),
     );
 
+    println!(
+        "\nStrong (`seats`, linearizable, on consensus across the regions): book seat 12A only if it\nis free (--if-match 0); the second booking is refused with ATOLL-REVISION-MISMATCH:\n  atoll kv put seats 12A alice --if-match 0 --endpoint {e0}\n  atoll kv put seats 12A bob --if-match 0 --endpoint {w1}"
+    );
     println!(
         "{}",
         fencing_examples(

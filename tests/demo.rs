@@ -366,7 +366,10 @@ async fn demo_scenario(dir: &TestDir) -> Result<()> {
         );
     }
 
-    // The ownership commands the demo prints work exactly as printed (`atoll` on the PATH).
+    // The strong and ownership commands the demo prints work exactly as printed (`atoll` on
+    // the PATH): the first booking succeeds, the second is refused.
+    let book_alice = demo.line_starting("  atoll kv put seats 12A alice")?;
+    let book_bob = demo.line_starting("  atoll kv put seats 12A bob")?;
     let rehome = loop {
         let l = demo.line_starting("  ATOLL_ADMIN_TOKEN=")?;
         if l.contains("atoll keyspace rehome profiles") {

@@ -431,7 +431,9 @@ impl KeyspaceOption {
 
     pub(crate) fn applies(key: &str, policy: Policy) -> bool {
         match key {
-            "max_value_bytes" => matches!(policy.storage(), Policy::Lww | Policy::Mvr | Policy::Strong),
+            "max_value_bytes" => {
+                matches!(policy.storage(), Policy::Lww | Policy::Mvr | Policy::Strong)
+            }
             "max_siblings" => matches!(policy, Policy::Mvr),
             "conflict_retention_secs" | "conflict_max_entries" => matches!(policy, Policy::Lww),
             _ => false,

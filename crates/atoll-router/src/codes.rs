@@ -11,6 +11,12 @@ pub const MALFORMED_BODY: &str = "ATOLL-MALFORMED-BODY";
 pub const METHOD_NOT_ALLOWED: &str = "ATOLL-METHOD-NOT-ALLOWED";
 /// No such route.
 pub const NOT_FOUND: &str = "ATOLL-NOT-FOUND";
+/// A region could not reach a majority for a strong keyspace (nothing applied; retried
+/// elsewhere).
+pub const NO_QUORUM: &str = "ATOLL-NO-QUORUM";
+/// An owned key's home could not take the write from this region (nothing applied; retried
+/// elsewhere).
+pub const HOME_UNAVAILABLE: &str = "ATOLL-HOME-UNAVAILABLE";
 /// A region refused a write: it is not the lease holder (nothing applied; retried elsewhere).
 pub const NOT_PRIMARY: &str = "ATOLL-NOT-PRIMARY";
 /// A path the proxy does not forward (only the client API v1).

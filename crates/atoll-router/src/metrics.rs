@@ -8,7 +8,8 @@
 //! `atoll_router_primary_conflicts_total{kind}` (times that began, see
 //! [`RouterMetrics::record_claims`]; each is also a log line).
 //! Proxied requests a region refused because of fencing and that were sent on to the next region
-//! count in `atoll_router_retries_total` with reason `not-primary`, `fenced` or `passive`.
+//! count in `atoll_router_retries_total` with reason `not-primary`, `fenced`, `passive`,
+//! `no-quorum` (strong keyspaces) or `home-unavailable` (owned keyspaces).
 //!
 //! DNS's metrics ([`DnsMetrics`]: `atoll_router_dns_queries_total{name,qtype,answer}` and
 //! `atoll_router_dns_query_duration_seconds`) are registered here too, so that one registry and

@@ -537,6 +537,7 @@ impl Config {
                 if self.cluster.arbiter.is_some() { " and the arbiter" } else { ", no arbiter" }
             ));
         }
+<<<<<<< HEAD
         for k in &self.keyspaces {
             // Owned, or a policy that is not a CRDT (strong): a write may leave the region.
             let crosses = k.policy == Policy::Owned
@@ -555,6 +556,34 @@ impl Config {
                 ));
             }
         }
+=======
+        let strong: Vec<&KeyspaceConfig> = self
+            .keyspaces
+            .iter()
+            .filter(|k| k.policy == Policy::Strong)
+            .collect();
+        for k in &strong {
+            // The article's region-local data: a consensus round trip on every request to it.
+            let name = k.name.replace(['-', '_'], "");
+            if ["session", "flag", "ratelimit", "cache"]
+                .iter()
+                .any(|w| name.contains(w))
+            {
+                out.push(format!(
+                    "keyspace `{}` is `strong`: every read and write of it is a cross-region round trip on the critical path, and it is refused in a region cut off from the majority; sessions, flags, rate limits and caches should stay region-local (lww, set, counter)",
+                    k.name
+                ));
+            }
+        }
+        if !strong.is_empty() && self.regions.len().is_multiple_of(2) {
+            out.push(format!(
+                "strong keyspaces are replicated by a group of the {} regions (the arbiter is no member: it holds no keyspace data): an even number, so {} of them must be up and reachable for strong reads and writes{}",
+                self.regions.len(),
+                self.regions.len() / 2 + 1,
+                if self.regions.len() == 2 { ", which means both" } else { "" }
+            ));
+        }
+>>>>>>> strong
         out.extend(
             self.router
                 .as_ref()

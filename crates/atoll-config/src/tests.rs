@@ -1971,3 +1971,24 @@ fn strong_keyspaces_parse_with_a_value_limit_and_refuse_on_minority() {
     ));
     assert!(e.to_string().contains("max_siblings"), "{e}");
 }
+
+#[test]
+fn strong_region_local_keyspaces_and_two_region_strong_groups_are_warned_about() {
+    let c = ok(&format!(
+        "{BASE}\n[[keyspaces]]\nname = \"user-sessions\"\npolicy = \"strong\"\n\n[[keyspaces]]\nname = \"seats\"\npolicy = \"strong\"\n"
+    ));
+    let w = c.warnings();
+    assert!(
+        w.iter()
+            .any(|w| w.contains("`user-sessions` is `strong`") && w.contains("region-local")),
+        "{w:?}"
+    );
+    assert!(
+        !w.iter().any(|w| w.contains("`seats` is `strong`")),
+        "{w:?}"
+    );
+    // BASE has two regions: the strong group needs both.
+    assert!(w.iter().any(|w| w.contains("which means both")), "{w:?}");
+    // No strong keyspace, no strong warning.
+    assert!(!ok(BASE).warnings().iter().any(|w| w.contains("strong")));
+}

@@ -94,6 +94,8 @@ impl Harness {
         o.timing = test_timing();
         o.publish_state = false;
         o.cluster_name = "atoll-strong-test".into();
+        // As the region server runs the strong group.
+        o.refuse_when_alone = true;
         // Snapshots and purges happen within a run, so restarts also restore from them.
         o.snapshots.every_entries = 20;
         o.snapshots.keep_entries = 5;
@@ -340,6 +342,7 @@ async fn run_seed(seed: u64) -> Result<Stats, String> {
             if Instant::now() >= deadline {
                 return Err(format!("seed {seed}: no final read of {key} after healing"));
             }
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
     for id in 1..=3 {
@@ -516,6 +519,117 @@ fn a_read_without_the_barrier_is_caught_by_the_checker() {
             atoll_lincheck::check(&history),
             Verdict::NotLinearizable { .. }
         ));
+        for id in 1..=3 {
+            h.stop(id).await;
+        }
+    });
+}
+
+/// A member cut off from every other one by links that hold messages (a WAN partition) refuses
+/// proposals and reads as surely not applied once it has heard from nobody for `election_max`:
+/// it sends nothing, so nothing it refused can be applied later when the links heal.
+#[test]
+fn an_isolated_member_refuses_for_certain() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .start_paused(true)
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        let members: Members = (1..=3).map(|i| (i, format!("r{i}"))).collect();
+        let h = Harness {
+            net: Arc::new(Net::default()),
+            members,
+            dir: tempfile::tempdir().expect("tempdir"),
+            running: Arc::new(Mutex::new(BTreeMap::new())),
+        };
+        for id in 1..=3 {
+            h.start(id).await;
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let leader = loop {
+            if let Some(l) = h.leader() {
+                break l;
+            }
+            assert!(Instant::now() < deadline, "no leader");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        };
+        let cut = (1..=3).find(|&i| i != leader).expect("a follower");
+        for other in (1..=3).filter(|&i| i != cut) {
+            h.net.stall(cut, other);
+        }
+        let g = h.running.lock().unwrap()[&cut].0.clone();
+        let started = Instant::now();
+        while !g.alone() {
+            assert!(
+                started.elapsed() < Duration::from_secs(5),
+                "the isolated member never noticed"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        // Noticed within election_max (800 ms in the test timing) and a heartbeat.
+        assert!(
+            started.elapsed() <= Duration::from_millis(1000),
+            "{:?}",
+            started.elapsed()
+        );
+        let input = Input::Put {
+            value: b"minority".to_vec(),
+            if_revision: None,
+        };
+        let t = Instant::now();
+        let e = g
+            .propose(
+                strong::encode_command(&Command::Put {
+                    keyspace: KS.into(),
+                    key: b"12A".to_vec(),
+                    value: b"minority".to_vec(),
+                    if_revision: None,
+                })
+                .expect("encodes"),
+            )
+            .await
+            .expect_err("an isolated member cannot commit");
+        assert!(!e.may_have_applied(), "{e}");
+        assert!(t.elapsed() < Duration::from_millis(50), "{:?}", t.elapsed());
+        assert_eq!(client_op(&h.running, cut, "12A", &Input::Read).await, None);
+        assert_eq!(client_op(&h.running, cut, "12A", &input).await, None);
+        // The majority still writes; after the heal the member serves again and nothing it
+        // refused shows up.
+        let ok = client_op(
+            &h.running,
+            leader,
+            "12A",
+            &Input::Put {
+                value: b"majority".to_vec(),
+                if_revision: Some(0),
+            },
+        )
+        .await;
+        assert_eq!(ok, Some(Outcome::Written { revision: 1 }));
+        h.net.heal();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            match client_op(&h.running, cut, "12A", &Input::Read).await {
+                Some(Outcome::Read { value, revision }) => {
+                    assert_eq!(value.as_deref(), Some(b"majority".as_slice()));
+                    assert_eq!(revision, 1);
+                    break;
+                }
+                _ => assert!(Instant::now() < deadline, "no read after the heal"),
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        // Give any held message time to arrive, then check again.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let r = client_op(&h.running, leader, "12A", &Input::Read).await;
+        assert_eq!(
+            r,
+            Some(Outcome::Read {
+                value: Some(b"majority".to_vec()),
+                revision: 1
+            })
+        );
         for id in 1..=3 {
             h.stop(id).await;
         }

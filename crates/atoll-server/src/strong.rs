@@ -489,6 +489,112 @@ mod tests {
         }
     }
 
+    /// A transport that reaches nobody (the route test needs no peer).
+    struct Nowhere;
+
+    #[async_trait::async_trait]
+    impl Transport for Nowhere {
+        async fn call(
+            &self,
+            _to: NodeId,
+            _rpc: &str,
+            _body: Vec<u8>,
+        ) -> std::result::Result<Vec<u8>, atoll_control::TransportError> {
+            Err(atoll_control::TransportError::Unreachable("nowhere".into()))
+        }
+    }
+
+    /// `POST /v1/strong/{rpc}` takes only members of the strong group, each speaking for the
+    /// region its certificate names: the arbiter (a member of the control group, not of this
+    /// one), a peer naming another sender, and a connection without a region certificate are
+    /// refused before the group sees the body.
+    #[tokio::test]
+    async fn the_strong_route_takes_only_regions_speaking_for_themselves() {
+        use crate::peer::PeerAuth;
+        use axum::body::Body;
+        use tower::ServiceExt;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let members: Members = [(1, "us-east-1".to_string()), (2, "eu-west-1".to_string())]
+            .into_iter()
+            .collect();
+        let opts = ControlOptions::new(1, members.clone(), dir.path());
+        let group = ControlGroup::start(
+            opts,
+            Box::new(StrongMachine(Arc::default())),
+            Arc::new(Nowhere),
+        )
+        .await
+        .expect("group starts");
+        let app = crate::control::router(crate::control::ControlRoute {
+            group: group.clone(),
+            members: Arc::new(members),
+            metrics: Arc::new(Metrics::new()),
+            path: STRONG_PATH,
+            max_body: 1 << 20,
+        });
+        let call = |auth: Option<PeerAuth>, from: &str, body: Vec<u8>| {
+            let app = app.clone();
+            let uri = format!("{STRONG_PATH}/vote?from={from}");
+            async move {
+                let mut req = axum::http::Request::post(uri)
+                    .body(Body::from(body))
+                    .expect("request");
+                if let Some(a) = auth {
+                    req.extensions_mut().insert(a);
+                }
+                let resp = app.oneshot(req).await.expect("answer");
+                let status = resp.status().as_u16();
+                let bytes = http_body_util::BodyExt::collect(resp.into_body())
+                    .await
+                    .expect("body")
+                    .to_bytes();
+                let v: Value = serde_json::from_slice(&bytes).unwrap_or_default();
+                (
+                    status,
+                    v["error"]["code"].as_str().unwrap_or("").to_string(),
+                )
+            }
+        };
+        let region = |n: &str| atoll_core::RegionId::new(n).expect("region");
+        assert_eq!(
+            call(
+                Some(PeerAuth::Certified(region("arbiter"))),
+                "arbiter",
+                vec![1]
+            )
+            .await,
+            (403, "ATOLL-CONTROL-UNKNOWN-MEMBER".to_string())
+        );
+        assert_eq!(
+            call(
+                Some(PeerAuth::Certified(region("eu-west-1"))),
+                "us-east-1",
+                vec![1]
+            )
+            .await,
+            (403, "ATOLL-PEER-IDENTITY-MISMATCH".to_string())
+        );
+        assert_eq!(
+            call(Some(PeerAuth::Uncertified), "eu-west-1", vec![1]).await,
+            (403, "ATOLL-PEER-UNAUTHENTICATED".to_string())
+        );
+        assert_eq!(
+            call(None, "eu-west-1", vec![1]).await,
+            (403, "ATOLL-PEER-UNAUTHENTICATED".to_string())
+        );
+        // A member speaking for itself reaches the group, which refuses a garbage body.
+        assert_eq!(
+            call(
+                Some(PeerAuth::Certified(region("eu-west-1"))),
+                "eu-west-1",
+                vec![1, 255]
+            )
+            .await,
+            (400, "ATOLL-CONTROL-BAD-MESSAGE".to_string())
+        );
+        group.shutdown().await;
+    }
+
     #[test]
     fn the_group_is_the_regions_only() {
         let text = include_str!("../../../examples/three-regions.toml");

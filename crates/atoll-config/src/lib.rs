@@ -403,7 +403,7 @@ impl KeyspaceConfig {
 }
 
 /// What a keyspace's name says it holds, when that is data the article says must stay
-/// region-local (sessions, feature flags, rate limits): a cross-region call on every request
+/// region-local (sessions, feature flags, rate limits, caches): a cross-region call on every request
 /// would put another region's latency and availability on the critical path.
 fn region_local_kind(name: &str) -> Option<&'static str> {
     let n = name.to_ascii_lowercase().replace(['-', '_'], "");
@@ -413,6 +413,8 @@ fn region_local_kind(name: &str) -> Option<&'static str> {
         Some("feature flags")
     } else if n.contains("ratelimit") || n.contains("quota") {
         Some("rate limits")
+    } else if n.contains("cache") {
+        Some("a cache")
     } else {
         None
     }
@@ -537,7 +539,6 @@ impl Config {
                 if self.cluster.arbiter.is_some() { " and the arbiter" } else { ", no arbiter" }
             ));
         }
-<<<<<<< HEAD
         for k in &self.keyspaces {
             // Owned, or a policy that is not a CRDT (strong): a write may leave the region.
             let crosses = k.policy == Policy::Owned
@@ -549,33 +550,16 @@ impl Config {
                 && crosses
             {
                 out.push(format!(
-                    "keyspace `{}` looks like {kind}, which should stay region-local (lww, counter or set), but it is `{}`: every write {} a cross-region round trip on the request's critical path",
+                    "keyspace `{}` is `{}` but looks like {kind}, which should stay region-local (lww, counter or set): every {} a cross-region round trip on the request's critical path{}",
                     k.name,
                     k.policy,
-                    if k.policy == Policy::Owned { "away from its home costs" } else { "costs" }
+                    if k.policy == Policy::Owned { "write away from its home costs" } else { "read and write costs" },
+                    if k.policy == Policy::Owned { "" } else { ", and it is refused in a region cut off from the majority" }
                 ));
             }
         }
-=======
-        let strong: Vec<&KeyspaceConfig> = self
-            .keyspaces
-            .iter()
-            .filter(|k| k.policy == Policy::Strong)
-            .collect();
-        for k in &strong {
-            // The article's region-local data: a consensus round trip on every request to it.
-            let name = k.name.replace(['-', '_'], "");
-            if ["session", "flag", "ratelimit", "cache"]
-                .iter()
-                .any(|w| name.contains(w))
-            {
-                out.push(format!(
-                    "keyspace `{}` is `strong`: every read and write of it is a cross-region round trip on the critical path, and it is refused in a region cut off from the majority; sessions, flags, rate limits and caches should stay region-local (lww, set, counter)",
-                    k.name
-                ));
-            }
-        }
-        if !strong.is_empty() && self.regions.len().is_multiple_of(2) {
+        let strong = self.keyspaces.iter().any(|k| k.policy == Policy::Strong);
+        if strong && self.regions.len().is_multiple_of(2) {
             out.push(format!(
                 "strong keyspaces are replicated by a group of the {} regions (the arbiter is no member: it holds no keyspace data): an even number, so {} of them must be up and reachable for strong reads and writes{}",
                 self.regions.len(),
@@ -583,7 +567,6 @@ impl Config {
                 if self.regions.len() == 2 { ", which means both" } else { "" }
             ));
         }
->>>>>>> strong
         out.extend(
             self.router
                 .as_ref()

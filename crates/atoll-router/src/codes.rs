@@ -21,9 +21,6 @@ pub const HOME_UNAVAILABLE: &str = "ATOLL-HOME-UNAVAILABLE";
 pub const NOT_PRIMARY: &str = "ATOLL-NOT-PRIMARY";
 /// A path the proxy does not forward (only the client API v1).
 pub const NOT_PROXIED: &str = "ATOLL-NOT-PROXIED";
-/// A region refused a strong keyspace's request: it cannot reach a majority of the regions
-/// (nothing applied; retried elsewhere).
-pub const NO_QUORUM: &str = "ATOLL-NO-QUORUM";
 /// No region can take the request now.
 pub const NO_HEALTHY_REGION: &str = "ATOLL-NO-HEALTHY-REGION";
 /// A passive region refused client traffic (nothing applied; retried elsewhere).

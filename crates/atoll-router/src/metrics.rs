@@ -223,7 +223,7 @@ impl RouterMetrics {
         m.register(
             MetricKind::Counter,
             "router_retries",
-            "Proxied requests retried on another region, by the region given up on and why (connect, timeout, reset, status; not-primary, fenced, passive: the region refused a write because of fencing; no-quorum: a strong keyspace's region cut off from the majority; either way not applied)",
+            "Proxied requests retried on another region, by the region given up on and why (connect, timeout, reset, status; not-primary, fenced, passive: the region refused a write because of fencing; no-quorum: a strong keyspace's region cut off from the majority; home-unavailable: an owned key's home not reachable from the region, or the key moving; either way not applied)",
             f,
         );
         let f = m.ejections.clone();

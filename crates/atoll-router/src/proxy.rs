@@ -28,19 +28,11 @@
 //!   because doing it twice would apply it twice.
 //! - A `502`/`503`/`504` answer to an idempotent request is retried on the next region too; other
 //!   answers go back to the client as they are.
-<<<<<<< HEAD
 //! - **A fencing refusal** (`503` whose JSON error code is `ATOLL-NOT-PRIMARY`, `ATOLL-FENCED`,
 //!   `ATOLL-PASSIVE`, `ATOLL-NO-QUORUM` or `ATOLL-HOME-UNAVAILABLE`, see [`fencing_refusal`]) says
 //!   the region did not apply the request: it is retried on the next region **whatever its
 //!   method**, counted in `atoll_router_retries_total{reason="not-primary"|"fenced"|"passive"|
 //!   "no-quorum"|"home-unavailable"}`, and not counted as a
-=======
-//! - **A fencing refusal** (`503` whose JSON error code is `ATOLL-NOT-PRIMARY`, `ATOLL-FENCED` or
-//!   `ATOLL-PASSIVE`, or a strong keyspace's `ATOLL-NO-QUORUM`, see [`fencing_refusal`]) says the
-//!   region did not apply the request: it is retried on the next region **whatever its method**,
-//!   counted in `atoll_router_retries_total{reason="not-primary"|"fenced"|"passive"|"no-quorum"}`,
-//!   and not counted as a
->>>>>>> strong
 //!   failure by outlier detection (the region is up; it only does not hold the write lease). The
 //!   body of a `503` is read (at most [`REFUSAL_PEEK_BYTES`], within [`REFUSAL_PEEK_TIMEOUT`]) to
 //!   tell; the client gets it unchanged when it is not retried.
@@ -317,20 +309,12 @@ pub const REFUSAL_PEEK_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Whether an answer is a region's fencing refusal (`docs/design/fencing.md`): a `503` whose
 /// JSON error code is `ATOLL-NOT-PRIMARY` (not the lease holder, or no write window right now),
-<<<<<<< HEAD
 /// `ATOLL-FENCED` (a read-only keyspace cut off from the majority), `ATOLL-PASSIVE`,
 /// `ATOLL-NO-QUORUM` (a strong keyspace, no majority reachable from that region) or
 /// `ATOLL-HOME-UNAVAILABLE` (an owned key's home not reachable from it, or the key moving). Each
 /// means the request was **not applied**, so it may go to another region whatever its method.
 /// Returns the retry reason (`not-primary`, `fenced`, `passive`, `no-quorum`,
 /// `home-unavailable`); `None` for anything else.
-=======
-/// `ATOLL-FENCED` (a read-only keyspace cut off from the majority) or `ATOLL-PASSIVE`, or a
-/// strong keyspace's `ATOLL-NO-QUORUM` (the region cannot reach a majority of the regions,
-/// `docs/design/strong-keyspaces.md`). Each means the request was **not applied**, so it may go
-/// to another region whatever its method. Returns the retry reason (`not-primary`, `fenced`,
-/// `passive`, `no-quorum`); `None` for anything else.
->>>>>>> strong
 pub fn fencing_refusal(status: u16, body: &[u8]) -> Option<&'static str> {
     if status != 503 {
         return None;
@@ -341,10 +325,7 @@ pub fn fencing_refusal(status: u16, body: &[u8]) -> Option<&'static str> {
         codes::FENCED => Some("fenced"),
         codes::PASSIVE => Some("passive"),
         codes::NO_QUORUM => Some("no-quorum"),
-<<<<<<< HEAD
         codes::HOME_UNAVAILABLE => Some("home-unavailable"),
-=======
->>>>>>> strong
         _ => None,
     }
 }
@@ -920,10 +901,7 @@ mod tests {
             ("ATOLL-FENCED", "fenced"),
             ("ATOLL-PASSIVE", "passive"),
             ("ATOLL-NO-QUORUM", "no-quorum"),
-<<<<<<< HEAD
             ("ATOLL-HOME-UNAVAILABLE", "home-unavailable"),
-=======
->>>>>>> strong
         ] {
             assert_eq!(
                 fencing_refusal(503, body(code).as_bytes()),

@@ -411,6 +411,33 @@ async fn demo_scenario(dir: &TestDir) -> Result<()> {
         );
         println!("{}", String::from_utf8_lossy(&out.stdout).trim());
     }
+    let alice = Command::new("sh")
+        .arg("-c")
+        .arg(book_alice.trim())
+        .env("PATH", &path)
+        .output()?;
+    ensure!(
+        alice.status.success(),
+        "{book_alice}: {}",
+        String::from_utf8_lossy(&alice.stderr)
+    );
+    let bob = Command::new("sh")
+        .arg("-c")
+        .arg(book_bob.trim())
+        .env("PATH", &path)
+        .output()?;
+    ensure!(
+        !bob.status.success()
+            && String::from_utf8_lossy(&bob.stderr).contains("ATOLL-REVISION-MISMATCH"),
+        "{book_bob}: {} {}",
+        String::from_utf8_lossy(&bob.stdout),
+        String::from_utf8_lossy(&bob.stderr)
+    );
+    println!(
+        "{}\n{}",
+        String::from_utf8_lossy(&alice.stdout).trim(),
+        String::from_utf8_lossy(&bob.stderr).trim()
+    );
     let status = Client::new(&endpoints[0].1)
         .get_raw("/v1/status")
         .await?

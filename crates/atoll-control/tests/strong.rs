@@ -656,3 +656,45 @@ async fn isolated(isolate_the_leader: bool) {
         }
     }
 }
+
+/// A group of one (a single-region cluster with a strong keyspace) is never "alone": it writes
+/// and reads by itself.
+#[test]
+fn a_group_of_one_writes_and_reads() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .start_paused(true)
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        let h = Harness {
+            net: Arc::new(Net::default()),
+            members: [(1, "r1".to_string())].into_iter().collect(),
+            dir: tempfile::tempdir().expect("tempdir"),
+            running: Arc::new(Mutex::new(BTreeMap::new())),
+        };
+        h.start(1).await;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let put = Input::Put {
+            value: b"alice".to_vec(),
+            if_revision: Some(0),
+        };
+        let written = loop {
+            if let Some(o) = client_op(&h.running, 1, "12A", &put).await {
+                break o;
+            }
+            assert!(Instant::now() < deadline, "a group of one never wrote");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        };
+        assert_eq!(written, Outcome::Written { revision: 1 });
+        assert!(!h.running.lock().unwrap()[&1].0.alone());
+        assert_eq!(
+            client_op(&h.running, 1, "12A", &Input::Read).await,
+            Some(Outcome::Read {
+                value: Some(b"alice".to_vec()),
+                revision: 1
+            })
+        );
+        h.stop(1).await;
+    });
+}

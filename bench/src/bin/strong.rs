@@ -241,7 +241,10 @@ async fn main() -> Result<()> {
     let floor = args.link_delay_ms * 2.0;
     let mut rows: Vec<(String, (f64, f64, f64))> = Vec::new();
 
-    eprintln!("strong: starting atoll (3 regions, links {} ms one way)", args.link_delay_ms);
+    eprintln!(
+        "strong: starting atoll (3 regions, links {} ms one way)",
+        args.link_delay_ms
+    );
     let c = Cluster::start(
         &args.atoll_bin,
         3,
@@ -255,7 +258,10 @@ async fn main() -> Result<()> {
         .iter()
         .find(|r| **r != leader)
         .ok_or_else(|| anyhow!("no follower"))?;
-    eprintln!("strong: atoll leader {leader}; {} writes to it", args.writes);
+    eprintln!(
+        "strong: atoll leader {leader}; {} writes to it",
+        args.writes
+    );
     let atoll_leader_ms = atoll_series(&c, &leader, args.writes).await?;
     eprintln!("strong: {} writes to the follower {follower}", args.writes);
     let atoll_follower_ms = atoll_series(&c, follower, args.writes).await?;

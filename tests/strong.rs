@@ -3,7 +3,7 @@
 //!
 //! - seat booking: clients in every region race to book the same seats with `If-Match: 0`; no
 //!   seat is booked twice, and every region reads the one booking back;
-//! - a minority region (cut from both others) refuses writes and reads with
+//! - a minority region (the strong group's leader, cut from both others) refuses writes and reads with
 //!   `503 ATOLL-NO-QUORUM` while the majority writes, and never serves the stale value; after
 //!   the heal it reads the majority's write;
 //! - linearizability under faults: clients in every region read, compare-and-set and put a few
@@ -238,20 +238,25 @@ async fn seats(c: &Cluster) -> Result<()> {
         }
     }
 
-    // A minority: AP cut from both others.
-    c.partition(AP, US)?;
-    c.partition(AP, EU)?;
-    let majority_leader = leader(c, &[US, EU]).await?;
-    // AP notices that it hears nobody (within the strong group's election_max, 2 s).
+    // A minority: the strong group's leader cut off from both others (the harder case: it
+    // believes it leads until it notices it hears nobody).
+    let cut = leader(c, &REGIONS).await?;
+    let cut = cut.as_str();
+    let rest: Vec<&str> = REGIONS.iter().copied().filter(|r| *r != cut).collect();
+    for r in &rest {
+        c.partition(cut, r)?;
+    }
+    let majority_leader = leader(c, &rest).await?;
+    // The cut-off region notices that it hears nobody (within the group's election_max, 2 s).
     let deadline = Instant::now() + DEADLINE;
     loop {
-        let st = c.status(AP).await?;
+        let st = c.status(cut).await?;
         if st["strong"]["alone"] == true {
             break;
         }
         ensure!(
             Instant::now() < deadline,
-            "AP never noticed it is cut off: {}",
+            "{cut} never noticed it is cut off: {}",
             st["strong"]
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -262,7 +267,7 @@ async fn seats(c: &Cluster) -> Result<()> {
     loop {
         let r = send(
             &http,
-            &c.endpoint(US),
+            &c.endpoint(rest[0]),
             reqwest::Method::PUT,
             "seat-0",
             None,
@@ -281,7 +286,15 @@ async fn seats(c: &Cluster) -> Result<()> {
     // The minority refuses writes and reads, with ATOLL-NO-QUORUM, never the old value.
     for method in [reqwest::Method::PUT, reqwest::Method::GET] {
         let body = (method == reqwest::Method::PUT).then(|| b"minority".to_vec());
-        let r = send(&http, &c.endpoint(AP), method.clone(), "seat-0", None, body).await;
+        let r = send(
+            &http,
+            &c.endpoint(cut),
+            method.clone(),
+            "seat-0",
+            None,
+            body,
+        )
+        .await;
         match r {
             Reply::Answer {
                 status: 503,
@@ -295,7 +308,7 @@ async fn seats(c: &Cluster) -> Result<()> {
                     "the refusal does not say a majority of 3 is needed: {text}"
                 );
             }
-            other => bail!("{method} at the minority region answered {other:?}"),
+            other => bail!("{method} at the minority region {cut} answered {other:?}"),
         }
     }
     // The refusals are counted, and the majority's commits timed.
@@ -306,27 +319,31 @@ async fn seats(c: &Cluster) -> Result<()> {
             .and_then(|v| v.parse().ok())
             .unwrap_or(0.0)
     };
-    let ap_metrics = http
-        .get(format!("{}/metrics", c.endpoint(AP)))
+    let cut_metrics = http
+        .get(format!("{}/metrics", c.endpoint(cut)))
         .send()
         .await?
         .text()
         .await?;
     ensure!(
-        metric(&ap_metrics, "atoll_strong_no_quorum_total") >= 2.0,
-        "AP's refusals are not counted"
+        metric(&cut_metrics, "atoll_strong_no_quorum_total") >= 2.0,
+        "{cut}'s refusals are not counted"
     );
-    let us_metrics = http
-        .get(format!("{}/metrics", c.endpoint(US)))
+    let majority_metrics = http
+        .get(format!("{}/metrics", c.endpoint(rest[0])))
         .send()
         .await?
         .text()
         .await?;
     ensure!(
-        metric(&us_metrics, "atoll_strong_commit_duration_seconds_count") >= 1.0,
-        "US's strong commits are not timed"
+        metric(
+            &majority_metrics,
+            "atoll_strong_commit_duration_seconds_count"
+        ) >= 1.0,
+        "{}'s strong commits are not timed",
+        rest[0]
     );
-    let st = c.status(AP).await?;
+    let st = c.status(cut).await?;
     ensure!(
         st["keyspaces"].as_array().is_some_and(|ks| ks
             .iter()
@@ -336,13 +353,13 @@ async fn seats(c: &Cluster) -> Result<()> {
     c.heal_all()?;
     let deadline = Instant::now() + DEADLINE;
     loop {
-        let v = read_settled(c, AP, "seat-0").await?;
+        let v = read_settled(c, cut, "seat-0").await?;
         if v.as_deref() == Some(b"after-the-cut".as_slice()) {
             break;
         }
         ensure!(
             Instant::now() < deadline,
-            "after the heal AP reads seat-0 as {v:?}"
+            "after the heal {cut} reads seat-0 as {v:?}"
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }

@@ -113,7 +113,7 @@ pub struct ControlOptions {
     /// openraft's cluster name (in its logs). Default `atoll-control`.
     pub cluster_name: String,
     /// Refuse proposals and read barriers at once, before sending anything, while this member
-    /// (not the leader) has heard from no other member for `election_max` ([`ControlGroup::alone`]):
+    /// (leader or not) has heard from no other member for `election_max` ([`ControlGroup::alone`]):
     /// a member cut off from every other one then answers [`ControlError::NotApplied`] for
     /// certain, instead of sending the command down a link that holds it (which can only end
     /// [`ControlError::Ambiguous`]). Default `false` (the control group's renewals keep trying
@@ -458,12 +458,12 @@ impl ControlGroup {
         }
     }
 
-    /// Whether this member, not the leader, has heard from no other member within `election_max`
-    /// (a follower hears its leader every heartbeat): it is cut off from every other member, or
-    /// they are all down.
+    /// Whether this member has heard from no other member within `election_max` (a follower
+    /// hears its leader every heartbeat, a leader its followers' answers): it is cut off from
+    /// every other member, or they are all down. Never for a group of one.
     pub fn alone(&self) -> bool {
         let me = self.inner.id;
-        if self.leader() == Some(me) {
+        if self.inner.members.len() < 2 {
             return false;
         }
         let quiet = self.inner.timing.election_max;

@@ -530,12 +530,18 @@ fn a_read_without_the_barrier_is_caught_by_the_checker() {
 /// it sends nothing, so nothing it refused can be applied later when the links heal.
 #[test]
 fn an_isolated_member_refuses_for_certain() {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .start_paused(true)
-        .build()
-        .expect("runtime");
-    rt.block_on(async {
+    for isolate_the_leader in [false, true] {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .start_paused(true)
+            .build()
+            .expect("runtime");
+        rt.block_on(isolated(isolate_the_leader));
+    }
+}
+
+async fn isolated(isolate_the_leader: bool) {
+    {
         let members: Members = (1..=3).map(|i| (i, format!("r{i}"))).collect();
         let h = Harness {
             net: Arc::new(Net::default()),
@@ -554,7 +560,11 @@ fn an_isolated_member_refuses_for_certain() {
             assert!(Instant::now() < deadline, "no leader");
             tokio::time::sleep(Duration::from_millis(10)).await;
         };
-        let cut = (1..=3).find(|&i| i != leader).expect("a follower");
+        let cut = if isolate_the_leader {
+            leader
+        } else {
+            (1..=3).find(|&i| i != leader).expect("a follower")
+        };
         for other in (1..=3).filter(|&i| i != cut) {
             h.net.stall(cut, other);
         }
@@ -594,8 +604,19 @@ fn an_isolated_member_refuses_for_certain() {
         assert!(t.elapsed() < Duration::from_millis(50), "{:?}", t.elapsed());
         assert_eq!(client_op(&h.running, cut, "12A", &Input::Read).await, None);
         assert_eq!(client_op(&h.running, cut, "12A", &input).await, None);
-        // The majority still writes; after the heal the member serves again and nothing it
-        // refused shows up.
+        // The majority still writes (electing a new leader if the old one was cut off); after
+        // the heal the member serves again and nothing it refused shows up.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let leader = loop {
+            let l = (1..=3)
+                .filter(|&i| i != cut)
+                .find(|&i| h.running.lock().unwrap()[&i].0.status().is_leader);
+            if let Some(l) = l {
+                break l;
+            }
+            assert!(Instant::now() < deadline, "the majority elects no leader");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        };
         let ok = client_op(
             &h.running,
             leader,
@@ -633,5 +654,47 @@ fn an_isolated_member_refuses_for_certain() {
         for id in 1..=3 {
             h.stop(id).await;
         }
+    }
+}
+
+/// A group of one (a single-region cluster with a strong keyspace) is never "alone": it writes
+/// and reads by itself.
+#[test]
+fn a_group_of_one_writes_and_reads() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .start_paused(true)
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        let h = Harness {
+            net: Arc::new(Net::default()),
+            members: [(1, "r1".to_string())].into_iter().collect(),
+            dir: tempfile::tempdir().expect("tempdir"),
+            running: Arc::new(Mutex::new(BTreeMap::new())),
+        };
+        h.start(1).await;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let put = Input::Put {
+            value: b"alice".to_vec(),
+            if_revision: Some(0),
+        };
+        let written = loop {
+            if let Some(o) = client_op(&h.running, 1, "12A", &put).await {
+                break o;
+            }
+            assert!(Instant::now() < deadline, "a group of one never wrote");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        };
+        assert_eq!(written, Outcome::Written { revision: 1 });
+        assert!(!h.running.lock().unwrap()[&1].0.alone());
+        assert_eq!(
+            client_op(&h.running, 1, "12A", &Input::Read).await,
+            Some(Outcome::Read {
+                value: Some(b"alice".to_vec()),
+                revision: 1
+            })
+        );
+        h.stop(1).await;
     });
 }

@@ -11,7 +11,10 @@
 //!   and no conflict is recorded anywhere;
 //! - takeover: with the home killed (`kill -9`), the first region of the keyspace's takeover
 //!   order takes its keys over after the home's lease, the move is reported as forced, and the
-//!   keys take writes again.
+//!   keys take writes again;
+//! - takeover of an isolated home (alive, cut off by `atoll link`): the home stops taking writes
+//!   to its keys before the new home's first write, and after the heal it forwards them to the
+//!   new home.
 //!
 //! Every load is bounded in requests and time, and every wait has a deadline.
 
@@ -424,5 +427,86 @@ async fn takeover(c: &mut Cluster) -> Result<()> {
         "the takeover is reported: {moves}"
     );
     eprintln!("takeover of a killed home: writable again after {took:?}; report {moves}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_isolated_home_stops_before_its_keys_are_taken_over() {
+    let c = start();
+    ok(isolated_home(&c).await);
+}
+
+async fn isolated_home(c: &Cluster) -> Result<()> {
+    for r in [US, EU, AP] {
+        wait_active(c, r).await?;
+    }
+    let eu = c.client(EU);
+    eu.kv_put_raw("profiles", "eu:dora", "faro", None)
+        .await?
+        .expect(200)?;
+    c.partition(EU, US)?;
+    c.partition(EU, AP)?;
+    // The isolated home keeps trying; the majority side keeps trying through us-east-1.
+    let us = c.client(US);
+    let end = Instant::now() + Duration::from_secs(45);
+    let mut last_home_ack: Option<Instant> = None;
+    let first_new_ack = loop {
+        let sent = Instant::now();
+        let r = eu.kv_put_raw("profiles", "eu:dora", "home", None).await?;
+        if r.status == 200 {
+            last_home_ack = Some(sent);
+        }
+        // Forwarded to the old home (the client APIs are not behind the links) until the
+        // takeover: applied there while its quorum window lasts, refused after.
+        let sent = Instant::now();
+        let r = us.kv_put_raw("profiles", "eu:dora", "new", None).await?;
+        if r.status == 200 {
+            if r.json()?["region"] == US {
+                break Instant::now();
+            }
+            ensure!(r.json()?["region"] == EU, "{}", r.text());
+            last_home_ack = Some(sent);
+        }
+        if Instant::now() > end {
+            bail!("no takeover of the isolated home within 45 s: {}", r.text());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    // The old home's last acknowledged write came before the new home's first.
+    if let Some(t) = last_home_ack {
+        ensure!(
+            t < first_new_ack,
+            "the isolated home acknowledged a write after the takeover"
+        );
+    }
+    let r = eu.kv_put_raw("profiles", "eu:dora", "late", None).await?;
+    ensure!(
+        r.status != 200,
+        "the isolated old home still writes: {}",
+        r.text()
+    );
+    c.heal_all()?;
+    // After the heal the old home learns the move and forwards its former keys.
+    let eu2 = eu.clone();
+    atoll_testkit::wait_until_async(
+        DEADLINE,
+        "eu-west-1 to forward eu:dora to us-east-1",
+        || {
+            let eu = eu2.clone();
+            async move {
+                matches!(eu.kv_put_raw("profiles", "eu:dora", "after", None).await,
+                Ok(r) if r.status == 200 && r.header("x-atoll-forwarded-to") == Some(US))
+            }
+        },
+    )
+    .await?;
+    let st = c.status(US).await?;
+    let moves = st["homes"]["keyspaces"]["profiles"]["moves"].clone();
+    ensure!(
+        moves.as_array().is_some_and(|m| m
+            .iter()
+            .any(|x| x["from"] == EU && x["to"] == US && x["takeover"] == true)),
+        "the takeover is reported: {moves}"
+    );
     Ok(())
 }

@@ -166,6 +166,12 @@ impl Fencing {
     }
 
     /// Milliseconds on this process's monotonic clock.
+    /// How long after applying a lease-changing entry a member calls the lease expired:
+    /// `D(1+ρ) + M` (what a takeover of an owned home waits too).
+    pub fn expiry_wait_ms(&self) -> u64 {
+        self.fence().config().expiry_wait_ms()
+    }
+
     pub fn now_ms(&self) -> u64 {
         u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX)
     }

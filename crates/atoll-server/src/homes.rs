@@ -101,9 +101,11 @@ impl Homes {
         }
         let f = &config.fencing;
         let lease = Duration::from_millis(f.lease_ms);
-        let takeover_wait = Duration::from_millis(
-            f.lease_ms + f.lease_ms * f.max_drift_ppm / 1_000_000 + f.margin_ms,
-        );
+        // The same wait as a lease acquisition (the fence's own `D(1+ρ) + M`); without a
+        // control group nothing is ever forced.
+        let takeover_wait = fencing
+            .as_ref()
+            .map_or(Duration::MAX, |f| Duration::from_millis(f.expiry_wait_ms()));
         Some(Arc::new(Self {
             me: me.clone(),
             keyspaces,

@@ -406,8 +406,6 @@ pub async fn set(args: ClientArgs, cmd: SetCommand) -> Result<()> {
     Ok(())
 }
 
-/// Shows a region's status. Fails (non-zero exit) when a peer is unreachable or lags more than
-/// `max_lag` seconds (default: the cluster's `replication.max_lag_secs`).
 /// Lines on owned keyspaces for `atoll status`: the homes, overrides, the move in flight and
 /// the last move.
 pub fn homes_lines(h: &Value) -> Vec<String> {
@@ -426,6 +424,11 @@ pub fn homes_lines(h: &Value) -> Vec<String> {
                 }
             })
             .or_else(|| s["key"].as_str().map(str::to_string))
+            .or_else(|| {
+                s["hash"]
+                    .as_array()
+                    .map(|h| format!("hash {}-{}", h[0], h[1]))
+            })
             .unwrap_or_default()
     };
     for (name, k) in ks {
@@ -433,19 +436,16 @@ pub fn homes_lines(h: &Value) -> Vec<String> {
             .as_array()
             .into_iter()
             .flatten()
-            .map(|r| {
-                format!(
-                    "{}*->{}",
-                    r["prefix"].as_str().unwrap_or(""),
-                    r["region"].as_str().unwrap_or("?")
-                )
-            })
+            .map(|r| format!("{}->{}", sel(r), r["region"].as_str().unwrap_or("?")))
             .collect();
         rules.push(format!(
             "default->{}",
             k["default_home"].as_str().unwrap_or("?")
         ));
         out.push(format!("owned {name}: {}", rules.join(", ")));
+        if let Some(n) = k["claimed_keys"].as_u64().filter(|n| *n > 0) {
+            out.push(format!("  homed by first write: {n} keys"));
+        }
         let overrides: Vec<String> = k["overrides"]
             .as_array()
             .into_iter()
@@ -629,12 +629,12 @@ pub async fn promote(args: AdminArgs, region: String, accept_data_loss: bool) ->
 }
 
 /// `atoll keyspace rehome`: asks a region (the new home first, then the others in config order,
-/// while they cannot be reached) to move the home of a key or prefix.
+/// while they cannot be reached) to move the home of a key, prefix or hash range (`selector`: a
+/// JSON object with one of `key`, `prefix`, `hash`).
 pub async fn rehome(
     args: AdminArgs,
     keyspace: String,
-    key: Option<String>,
-    prefix: Option<String>,
+    selector: Value,
     to: String,
     force: bool,
     timeout_secs: f64,
@@ -642,10 +642,12 @@ pub async fn rehome(
     let cfg = atoll_config::Config::load(&args.config).map_err(anyhow::Error::msg)?;
     admin_endpoint(&cfg, &to)?;
     let timeout_ms = (timeout_secs.clamp(0.1, 600.0) * 1000.0) as u64;
-    let body = json!({
-        "keyspace": keyspace, "key": key, "prefix": prefix, "to": to, "force": force,
-        "timeout_ms": timeout_ms,
+    let mut body = json!({
+        "keyspace": keyspace, "to": to, "force": force, "timeout_ms": timeout_ms,
     });
+    if let (Some(b), Some(sel)) = (body.as_object_mut(), selector.as_object()) {
+        b.extend(sel.clone());
+    }
     let mut order: Vec<&str> = vec![to.as_str()];
     order.extend(
         cfg.regions
@@ -751,6 +753,8 @@ pub async fn switchover(args: AdminArgs, target: String, timeout_secs: f64) -> R
     Ok(())
 }
 
+/// Shows a region's status. Fails (non-zero exit) when a peer is unreachable or lags more than
+/// `max_lag` seconds (default: the cluster's `replication.max_lag_secs`).
 pub async fn status(args: ClientArgs, max_lag: Option<f64>) -> Result<()> {
     let c = Client::new(&args)?;
     let v = c

@@ -441,12 +441,23 @@ fn main() -> ExitCode {
                                 keyspace,
                                 key,
                                 prefix,
+                                hash,
                                 to,
                                 force,
                                 timeout,
                                 admin,
                             },
-                    } => client::rehome(admin, keyspace, key, prefix, to, force, timeout).await,
+                    } => {
+                        let selector = match (key, prefix, hash) {
+                            (Some(k), _, _) => serde_json::json!({ "key": k }),
+                            (_, Some(p), _) => serde_json::json!({ "prefix": p }),
+                            (_, _, Some((lo, hi))) => serde_json::json!({ "hash": [lo, hi] }),
+                            (None, None, None) => {
+                                anyhow::bail!("name a key, --prefix P or --hash LO-HI")
+                            }
+                        };
+                        client::rehome(admin, keyspace, selector, to, force, timeout).await
+                    }
                     Command::Promote {
                         region,
                         accept_data_loss,
@@ -518,25 +529,42 @@ fn config_check(file: &std::path::Path) -> Result<()> {
     Ok(())
 }
 
+/// `--hash LO-HI`: an inclusive range of hash buckets (0 to 65535).
+fn parse_hash_range(s: &str) -> std::result::Result<(u16, u16), String> {
+    let bad = || format!("`{s}` is not a hash range LO-HI with 0 <= LO <= HI <= 65535");
+    let (lo, hi) = s.split_once('-').ok_or_else(bad)?;
+    let lo: u16 = lo.trim().parse().map_err(|_| bad())?;
+    let hi: u16 = hi.trim().parse().map_err(|_| bad())?;
+    if lo > hi {
+        return Err(bad());
+    }
+    Ok((lo, hi))
+}
+
 /// `atoll keyspace ...`.
 #[derive(clap::Subcommand, Debug)]
 enum KeyspaceCommand {
-    /// Move the home of a key, or of a key prefix, of an owned keyspace to REGION
+    /// Move the home of a key, a key prefix or a hash range of an owned keyspace to REGION
     /// (`docs/design/owned-keyspaces.md`): the old home stops writing them, the new home starts
     /// once it has applied the old home's writes; nothing acknowledged is lost. With --force the
     /// old home may be down: the new home takes over once the old home's write window has surely
     /// ended, and what it had not replicated is reported as lost.
     #[command(after_help = "Examples:
   ATOLL_ADMIN_TOKEN=... atoll keyspace rehome profiles us:42 --to eu-west-1 --config atoll.toml
-  ATOLL_ADMIN_TOKEN=... atoll keyspace rehome profiles --prefix us: --to eu-west-1 --config atoll.toml")]
+  ATOLL_ADMIN_TOKEN=... atoll keyspace rehome profiles --prefix us: --to eu-west-1 --config atoll.toml
+  ATOLL_ADMIN_TOKEN=... atoll keyspace rehome profiles --hash 0-32767 --to eu-west-1 --config atoll.toml")]
     Rehome {
         keyspace: String,
-        /// One key (or use --prefix).
-        #[arg(required_unless_present = "prefix", conflicts_with = "prefix")]
+        /// One key (or use --prefix or --hash).
+        #[arg(required_unless_present_any = ["prefix", "hash"], conflicts_with_all = ["prefix", "hash"])]
         key: Option<String>,
         /// Every key with this prefix whose longest home rule is this prefix ("" = the default).
-        #[arg(long)]
+        #[arg(long, conflicts_with = "hash")]
         prefix: Option<String>,
+        /// A hash rule of the keyspace, as configured: `LO-HI` (the keys whose bucket, the top
+        /// 16 bits of the key's CRC-32, is in LO..=HI and that no prefix or key rule homes).
+        #[arg(long, value_parser = parse_hash_range)]
+        hash: Option<(u16, u16)>,
         /// The new home.
         #[arg(long)]
         to: String,

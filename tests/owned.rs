@@ -6,6 +6,10 @@
 //!   the home (`X-Atoll-Forwarded-To`, the answer's `region`); reads say the home and how stale
 //!   they may be, or go to the home with `consistency=home`;
 //! - with `forward = false` it is refused with `ATOLL-NOT-HOME`, naming the home, and not applied;
+//! - homes by hash range and by first write: a key in a hash rule's range is applied by that
+//!   rule's region; any other key is homed by the region that writes it first, also when two
+//!   regions write a fresh key at the same time (both writes are applied by one home); such a
+//!   key re-homes like any other;
 //! - re-homing a key while one client writes it continuously: every acknowledged write was
 //!   applied by the old home until the move and by the new one after, never both, none is lost,
 //!   and no conflict is recorded anywhere;
@@ -37,7 +41,9 @@ const KEYSPACES: &str = "[fencing]\nquorum = true\n\n\
 [[keyspaces]]\nname = \"profiles\"\npolicy = \"owned\"\ndefault_home = \"us-east-1\"\n\
 homes = [{ prefix = \"eu:\", region = \"eu-west-1\" }, { prefix = \"ap:\", region = \"ap-southeast-1\" }]\n\
 takeover = [\"us-east-1\", \"ap-southeast-1\"]\n\n\
-[[keyspaces]]\nname = \"pinned\"\npolicy = \"owned\"\ndefault_home = \"us-east-1\"\nforward = false\n";
+[[keyspaces]]\nname = \"pinned\"\npolicy = \"owned\"\ndefault_home = \"us-east-1\"\nforward = false\n\n\
+[[keyspaces]]\nname = \"accounts\"\npolicy = \"owned\"\ndefault_home = \"first-write\"\n\
+homes = [{ hash = [0, 32767], region = \"ap-southeast-1\" }]\n";
 
 fn start() -> Cluster {
     ok(Cluster::start(
@@ -90,6 +96,7 @@ async fn owned_keys_are_written_by_their_home_only() {
     let mut c = start();
     ok(forwarding_and_reads(&c).await);
     ok(not_home(&c).await);
+    ok(hash_and_first_write(&c).await);
     ok(rehome_under_writes(&c).await);
     ok(bad_rehomes(&c).await);
     ok(takeover(&mut c).await);
@@ -189,6 +196,189 @@ async fn not_home(c: &Cluster) -> Result<()> {
     ensure!(
         status == 421 && resp.headers().get("x-atoll-forwarded-to").is_none(),
         "a forwarded write is not forwarded again: {status}"
+    );
+    Ok(())
+}
+
+/// `n` keys of `accounts` (`h0`, `h1`, ...) whose hash bucket is in the ap-southeast-1 rule's
+/// range (`low`) or not.
+fn accounts_keys(low: bool, n: usize) -> Vec<String> {
+    (0u32..)
+        .map(|i| format!("h{i}"))
+        .filter(|k| (atoll_core::home::key_bucket(k.as_bytes()) <= 32767) == low)
+        .take(n)
+        .collect()
+}
+
+/// Writes through `via` until the write is not refused as moving (a region answers
+/// `ATOLL-HOME-UNAVAILABLE`, applying nothing, until it has applied the end of a move that the
+/// proposer has already seen).
+async fn put_after_move(
+    c: &Cluster,
+    via: &str,
+    key: &str,
+    value: &str,
+) -> Result<atoll_testkit::Reply> {
+    let end = Instant::now() + DEADLINE;
+    loop {
+        let r = c
+            .client(via)
+            .kv_put_raw("accounts", key, value, None)
+            .await?;
+        if r.error_code().as_deref() != Some("ATOLL-HOME-UNAVAILABLE") || Instant::now() >= end {
+            return Ok(r);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn applied_by(r: &atoll_testkit::Reply) -> String {
+    r.json()
+        .ok()
+        .and_then(|j| j["region"].as_str().map(str::to_string))
+        .unwrap_or_default()
+}
+
+async fn hash_and_first_write(c: &Cluster) -> Result<()> {
+    let low = accounts_keys(true, 1);
+    let high = accounts_keys(false, 3);
+    // A hash rule homes its range wherever the write arrives.
+    let r = c
+        .client(US)
+        .kv_put_raw("accounts", &low[0], "x", None)
+        .await?;
+    ensure!(
+        r.status == 200 && applied_by(&r) == AP && r.header("x-atoll-forwarded-to") == Some(AP),
+        "a key in the hash rule's range is applied by ap-southeast-1: {} {}",
+        r.status,
+        r.text()
+    );
+    // Any other key: its first write homes it where it was written.
+    let first = c
+        .client(EU)
+        .kv_put_raw("accounts", &high[0], "first", None)
+        .await?;
+    ensure!(
+        first.status == 200
+            && applied_by(&first) == EU
+            && first.header("x-atoll-forwarded-to").is_none(),
+        "the first write of {} is applied where it arrived: {} {}",
+        high[0],
+        first.status,
+        first.text()
+    );
+    for via in [US, AP] {
+        let r = c
+            .client(via)
+            .kv_put_raw("accounts", &high[0], via, None)
+            .await?;
+        ensure!(
+            r.status == 200 && applied_by(&r) == EU && r.header("x-atoll-forwarded-to") == Some(EU),
+            "a later write through {via} goes to the first writer eu-west-1: {} {}",
+            r.status,
+            r.text()
+        );
+    }
+    let home_read = get(
+        c,
+        US,
+        &format!("/v1/kv/accounts/{}?consistency=home", high[0]),
+    )
+    .await?;
+    ensure!(
+        home_read.status() == 200,
+        "home read: {}",
+        home_read.status()
+    );
+    ensure!(
+        home_read.bytes().await?.as_ref() == AP.as_bytes(),
+        "home read sees the last write"
+    );
+    // Two regions write a fresh key at the same time: one of them becomes its home and applies
+    // both writes.
+    let (us, ap) = (c.client(US), c.client(AP));
+    let (a, b) = tokio::join!(
+        us.kv_put_raw("accounts", &high[1], "from-us", None),
+        ap.kv_put_raw("accounts", &high[1], "from-ap", None)
+    );
+    let (a, b) = (a?, b?);
+    ensure!(
+        a.status == 200
+            && b.status == 200
+            && applied_by(&a) == applied_by(&b)
+            && [US, AP].contains(&applied_by(&a).as_str()),
+        "concurrent first writes are applied by one home: {} {} / {} {}",
+        a.status,
+        a.text(),
+        b.status,
+        b.text()
+    );
+    // A key nobody wrote has no home: a home read says it does not exist, at once.
+    let never = get(
+        c,
+        EU,
+        &format!("/v1/kv/accounts/{}?consistency=home", high[2]),
+    )
+    .await?;
+    ensure!(never.status() == 404, "never written: {}", never.status());
+    // Every region learns the claims (2 keys homed by first write).
+    for r in [US, EU, AP] {
+        atoll_testkit::wait_until_async(DEADLINE, "the claims to show in status", || async move {
+            c.status(r)
+                .await
+                .is_ok_and(|s| s["homes"]["keyspaces"]["accounts"]["claimed_keys"] == 2)
+        })
+        .await?;
+    }
+    let metrics = get(c, EU, "/metrics").await?.text().await?;
+    ensure!(
+        metrics.contains("atoll_owned_claims_total{keyspace=\"accounts\",value=\"eu-west-1\"} 1"),
+        "eu-west-1 counts its claim"
+    );
+    // A claimed key re-homes like any other; a prefix whose keys the hash rule spreads does not.
+    let (status, report) = rehome(
+        c,
+        US,
+        json!({"keyspace": "accounts", "key": high[0], "to": US}),
+    )
+    .await?;
+    ensure!(
+        status == 200 && report["outcome"] == "handed",
+        "rehome of a claimed key: {status} {report}"
+    );
+    let r = put_after_move(c, EU, &high[0], "moved").await?;
+    ensure!(
+        r.status == 200 && applied_by(&r) == US,
+        "after the move us-east-1 applies it: {} {}",
+        r.status,
+        r.text()
+    );
+    let (status, report) = rehome(
+        c,
+        US,
+        json!({"keyspace": "accounts", "prefix": "h", "to": US}),
+    )
+    .await?;
+    ensure!(
+        status == 409 && report.to_string().contains("hash rules"),
+        "a prefix across hash rules has no single home: {status} {report}"
+    );
+    let (status, report) = rehome(
+        c,
+        US,
+        json!({"keyspace": "accounts", "hash": [0, 32767], "to": EU}),
+    )
+    .await?;
+    ensure!(
+        status == 200 && report["outcome"] == "handed",
+        "rehome of a hash rule: {status} {report}"
+    );
+    let r = put_after_move(c, AP, &low[0], "y").await?;
+    ensure!(
+        r.status == 200 && applied_by(&r) == EU,
+        "after the move eu-west-1 applies the hash range: {} {}",
+        r.status,
+        r.text()
     );
     Ok(())
 }

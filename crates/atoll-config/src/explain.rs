@@ -560,7 +560,8 @@ fn keyspace_options(k: &KeyspaceConfig) -> String {
     parts.join(", ")
 }
 
-/// The homes of an owned keyspace: `homes: eu:->eu-west-1, default->us-east-1; forward; takeover
+/// The homes of an owned keyspace: `homes: eu:*->eu-west-1, hash 0-32767->ap-southeast-1,
+/// default->us-east-1; forward; takeover
 /// us-east-1, ap-southeast-1`.
 fn owned_options(o: &crate::OwnedConfig) -> String {
     let mut homes: Vec<String> = o
@@ -569,7 +570,16 @@ fn owned_options(o: &crate::OwnedConfig) -> String {
         .iter()
         .map(|(p, r)| format!("{}*->{r}", String::from_utf8_lossy(p)))
         .collect();
-    homes.push(format!("default->{}", o.rules.default));
+    homes.extend(
+        o.rules
+            .hashes
+            .iter()
+            .map(|(lo, hi, r)| format!("hash {lo}-{hi}->{r}")),
+    );
+    homes.push(match &o.rules.default {
+        Some(r) => format!("default->{r}"),
+        None => "default->the key's first writer (claimed through the control group)".into(),
+    });
     format!(
         "homes: {}; {}; {}",
         homes.join(", "),

@@ -40,6 +40,7 @@ mod tests;
 
 pub use atoll_core::op::Policy;
 pub use error::ConfigError;
+pub use raw::FIRST_WRITE;
 
 use atoll_core::RegionId;
 use serde::{Deserialize, Serialize};
@@ -359,7 +360,8 @@ pub struct KeyspaceConfig {
 /// The ownership options of an `owned` keyspace (`docs/design/owned-keyspaces.md`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct OwnedConfig {
-    /// `homes` (prefix to region, disjoint) and `default_home`.
+    /// `homes` (prefix or hash range to region, each kind disjoint) and `default_home` (`None`:
+    /// `"first-write"`).
     pub rules: atoll_core::home::HomeRules,
     /// A write that reaches another region is forwarded to its home (`forward = true`, the
     /// default) or refused with `ATOLL-NOT-HOME`.

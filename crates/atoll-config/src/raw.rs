@@ -158,7 +158,11 @@ struct RawKeyspace {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawHome {
-    prefix: Spanned<String>,
+    #[serde(default)]
+    prefix: Option<Spanned<String>>,
+    /// `[lo, hi]`: the keys whose hash bucket (`atoll_core::home::key_bucket`) is in `lo..=hi`.
+    #[serde(default)]
+    hash: Option<Spanned<Vec<i64>>>,
     region: Spanned<String>,
 }
 
@@ -817,6 +821,9 @@ fn keyspaces(
     Ok(out)
 }
 
+/// `default_home = "first-write"`: a key no rule homes is homed by its first write.
+pub const FIRST_WRITE: &str = "first-write";
+
 /// The ownership options of keyspace `k` (`policy = "owned"`), refused on any other policy.
 fn owned(
     cx: &Ctx<'_>,
@@ -881,38 +888,100 @@ fn owned(
             k.name.span(),
             key("default_home"),
             format!(
-                "owned keyspace `{name}` needs default_home = \"REGION\": the home of keys no `homes` prefix matches"
+                "owned keyspace `{name}` needs default_home = \"REGION\" (the home of keys no `homes` rule matches), or default_home = \"{FIRST_WRITE}\" (such a key's home is the region that writes it first)"
             ),
         ));
     };
-    let default = region(default, key("default_home"))?;
-    let mut prefixes: Vec<(Vec<u8>, RegionId)> = Vec::new();
-    for (i, h) in k.homes.iter().flat_map(|v| v.get_ref()).enumerate() {
-        let h = h.get_ref();
-        let field = format!("{}[{i}]", key("homes"));
-        let p = h.prefix.get_ref();
-        if p.is_empty() || p.len() > 1024 {
+    let default = if default.get_ref() == FIRST_WRITE {
+        if regions.iter().any(|r| r.name.as_str() == FIRST_WRITE) {
             return Err(cx.err(
-                h.prefix.span(),
-                format!("{field}.prefix"),
-                "a home prefix is 1 to 1024 bytes (the default home is `default_home`)",
+                default.span(),
+                key("default_home"),
+                format!("`{FIRST_WRITE}` is both a region's name and the first-write rule; rename the region"),
             ));
         }
-        let r = region(&h.region, format!("{field}.region"))?;
-        if let Some((other, _)) = prefixes
-            .iter()
-            .find(|(o, _)| o.starts_with(p.as_bytes()) || p.as_bytes().starts_with(o))
-        {
+        if !quorum {
             return Err(cx.err(
-                h.prefix.span(),
-                format!("{field}.prefix"),
+                default.span(),
+                key("default_home"),
                 format!(
-                    "prefix \"{p}\" overlaps prefix \"{}\" of the same keyspace: a key would have two home rules; make the prefixes disjoint",
-                    String::from_utf8_lossy(other)
+                    "default_home = \"{FIRST_WRITE}\" in keyspace `{name}` needs [fencing] quorum = true: the control group decides which region wrote a key first"
                 ),
             ));
         }
-        prefixes.push((p.as_bytes().to_vec(), r));
+        None
+    } else {
+        Some(region(default, key("default_home"))?)
+    };
+    let mut prefixes: Vec<(Vec<u8>, RegionId)> = Vec::new();
+    let mut hashes: Vec<(u16, u16, RegionId)> = Vec::new();
+    for (i, h) in k.homes.iter().flat_map(|v| v.get_ref()).enumerate() {
+        let span = h.span();
+        let h = h.get_ref();
+        let field = format!("{}[{i}]", key("homes"));
+        let r = region(&h.region, format!("{field}.region"))?;
+        match (&h.prefix, &h.hash) {
+            (Some(prefix), None) => {
+                let p = prefix.get_ref();
+                if p.is_empty() || p.len() > 1024 {
+                    return Err(cx.err(
+                        prefix.span(),
+                        format!("{field}.prefix"),
+                        "a home prefix is 1 to 1024 bytes (the default home is `default_home`)",
+                    ));
+                }
+                if let Some((other, _)) = prefixes
+                    .iter()
+                    .find(|(o, _)| o.starts_with(p.as_bytes()) || p.as_bytes().starts_with(o))
+                {
+                    return Err(cx.err(
+                        prefix.span(),
+                        format!("{field}.prefix"),
+                        format!(
+                            "prefix \"{p}\" overlaps prefix \"{}\" of the same keyspace: a key would have two home rules; make the prefixes disjoint",
+                            String::from_utf8_lossy(other)
+                        ),
+                    ));
+                }
+                prefixes.push((p.as_bytes().to_vec(), r));
+            }
+            (None, Some(hash)) => {
+                let bad = || {
+                    cx.err(
+                        hash.span(),
+                        format!("{field}.hash"),
+                        "a hash rule is [LO, HI] with 0 <= LO <= HI <= 65535: the keys whose bucket (the top 16 bits of the key's CRC-32) is in LO..=HI",
+                    )
+                };
+                let (lo, hi) = match hash.get_ref().as_slice() {
+                    [lo, hi] => (
+                        u16::try_from(*lo).map_err(|_| bad())?,
+                        u16::try_from(*hi).map_err(|_| bad())?,
+                    ),
+                    _ => return Err(bad()),
+                };
+                if lo > hi {
+                    return Err(bad());
+                }
+                if let Some((l, h, _)) = hashes.iter().find(|(l, h, _)| lo <= *h && *l <= hi) {
+                    return Err(cx.err(
+                        hash.span(),
+                        format!("{field}.hash"),
+                        format!(
+                            "hash range [{lo}, {hi}] overlaps [{l}, {h}] of the same keyspace: a key would have two home rules; make the ranges disjoint"
+                        ),
+                    ));
+                }
+                hashes.push((lo, hi, r));
+            }
+            _ => {
+                return Err(cx.err(
+                    span,
+                    field,
+                    "a home rule names exactly one of `prefix = \"P\"` or `hash = [LO, HI]`, and its `region`",
+                ));
+            }
+        }
     }
     let mut takeover = Vec::new();
     if let Some(t) = &k.takeover {
@@ -938,7 +1007,11 @@ fn owned(
         }
     }
     Ok(Some(crate::OwnedConfig {
-        rules: atoll_core::home::HomeRules { prefixes, default },
+        rules: atoll_core::home::HomeRules {
+            prefixes,
+            hashes,
+            default,
+        },
         forward: k.forward.as_ref().is_none_or(|f| *f.get_ref()),
         takeover,
     }))

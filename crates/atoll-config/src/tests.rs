@@ -1864,11 +1864,39 @@ mod fencing {
             "default_home = \"us-east-1\"\nhomes = [{ prefix = \"eu:\", region = \"eu-west-1\" }, { prefix = \"ap:\", region = \"ap-southeast-1\" }]\ntakeover = [\"us-east-1\", \"eu-west-1\"]\n",
         ));
         let o = c.keyspace("profiles").unwrap().owned.clone().unwrap();
-        assert_eq!(o.rules.default.as_str(), "us-east-1");
+        assert_eq!(
+            o.rules.default.as_ref().map(|r| r.as_str()),
+            Some("us-east-1")
+        );
         assert_eq!(o.rules.prefixes.len(), 2);
         assert!(o.forward, "forwarding is the default");
         assert_eq!(o.takeover.len(), 2);
-        let cases: [(&str, &str, &[&str]); 6] = [
+        let cases: [(&str, &str, &[&str]); 11] = [
+            (
+                "default_home = \"us-east-1\"\nhomes = [{ hash = [0, 100], region = \"eu-west-1\" }, { hash = [100, 200], region = \"us-east-1\" }]\n",
+                "keyspaces[0].homes[1].hash",
+                &["overlaps", "[0, 100]"],
+            ),
+            (
+                "default_home = \"us-east-1\"\nhomes = [{ hash = [5, 65536], region = \"eu-west-1\" }]\n",
+                "keyspaces[0].homes[0].hash",
+                &["65535"],
+            ),
+            (
+                "default_home = \"us-east-1\"\nhomes = [{ hash = [9, 3], region = \"eu-west-1\" }]\n",
+                "keyspaces[0].homes[0].hash",
+                &["LO <= HI"],
+            ),
+            (
+                "default_home = \"us-east-1\"\nhomes = [{ prefix = \"eu:\", hash = [0, 3], region = \"eu-west-1\" }]\n",
+                "keyspaces[0].homes[0]",
+                &["exactly one of"],
+            ),
+            (
+                "default_home = \"us-east-1\"\nhomes = [{ region = \"eu-west-1\" }]\n",
+                "keyspaces[0].homes[0]",
+                &["exactly one of"],
+            ),
             ("", "keyspaces[0].default_home", &["default_home"]),
             (
                 "default_home = \"mars-1\"\n",
@@ -1925,6 +1953,34 @@ mod fencing {
         let e = err(&no_quorum);
         assert_eq!(e.key(), Some("keyspaces[0].takeover"), "{e}");
         assert!(e.to_string().contains("quorum = true"), "{e}");
+        let no_quorum =
+            owned("default_home = \"first-write\"\n").replace("[fencing]\nquorum = true\n", "");
+        let e = err(&no_quorum);
+        assert_eq!(e.key(), Some("keyspaces[0].default_home"), "{e}");
+        assert!(e.to_string().contains("control group"), "{e}");
+    }
+
+    #[test]
+    fn owned_homes_by_hash_range_and_by_first_write() {
+        let c = ok(&owned(
+            "default_home = \"first-write\"\nhomes = [{ prefix = \"eu:\", region = \"eu-west-1\" }, { hash = [0, 32767], region = \"ap-southeast-1\" }, { hash = [32768, 40000], region = \"us-east-1\" }]\n",
+        ));
+        let o = c.keyspace("profiles").unwrap().owned.clone().unwrap();
+        assert_eq!(o.rules.default, None, "homed by first write");
+        assert_eq!(o.rules.prefixes.len(), 1);
+        let hashes: Vec<(u16, u16, &str)> = o
+            .rules
+            .hashes
+            .iter()
+            .map(|(l, h, r)| (*l, *h, r.as_str()))
+            .collect();
+        assert_eq!(
+            hashes,
+            vec![(0, 32767, "ap-southeast-1"), (32768, 40000, "us-east-1")]
+        );
+        let text = c.explain();
+        assert!(text.contains("hash 0-32767->ap-southeast-1"), "{text}");
+        assert!(text.contains("first writer"), "{text}");
     }
 
     #[test]

@@ -4,8 +4,9 @@
 //!
 //! Pure, no clock, no I/O:
 //!
-//! - [`HomeRules`]: the static rules of one keyspace from the config (key prefix to region, and
-//!   a default).
+//! - [`HomeRules`]: the static rules of one keyspace from the config (key prefix or hash range
+//!   to region, and a default region, or none: then a key's first write fixes its home through a
+//!   [`HomeCommand::Claim`]).
 //! - [`HomeTable`]: the overrides and the move in flight per keyspace, replicated by the control
 //!   group next to the write lease ([`ControlState`]). [`HomeTable::apply`] is deterministic.
 //! - [`resolve`]: a key's home, the rule that decided it, and whether that rule is moving.
@@ -36,6 +37,16 @@ pub const CONTROL_STATE_VERSION: u8 = 2;
 pub const MOVES_LEN: usize = 32;
 /// Most selectors one move carries.
 pub const MAX_SELECTORS: usize = 256;
+/// Most overrides (keys homed by their first write, and moved keys and prefixes) one keyspace
+/// holds: the control group replicates and snapshots them all, so a keyspace with more keys
+/// than this gives them prefix or hash rules instead.
+pub const MAX_OVERRIDES: usize = 10_000;
+
+/// The hash bucket of a key, which `hash` home rules match: the top 16 bits of the key's
+/// CRC-32 (IEEE, as zlib's `crc32`), so any client can compute it.
+pub fn key_bucket(key: &[u8]) -> u16 {
+    (crc32fast::hash(key) >> 16) as u16
+}
 
 /// What a home rule or an override applies to.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -44,6 +55,8 @@ pub enum Selector {
     Prefix(Vec<u8>),
     /// Exactly this key.
     Key(Vec<u8>),
+    /// Every key whose [`key_bucket`] is in `lo..=hi`.
+    Hash { lo: u16, hi: u16 },
 }
 
 impl Selector {
@@ -51,6 +64,7 @@ impl Selector {
         match self {
             Selector::Prefix(p) => key.starts_with(p),
             Selector::Key(k) => k == key,
+            Selector::Hash { lo, hi } => (*lo..=*hi).contains(&key_bucket(key)),
         }
     }
 
@@ -60,14 +74,18 @@ impl Selector {
             Selector::Prefix(p) if p.is_empty() => "the default rule".into(),
             Selector::Prefix(p) => format!("prefix \"{}\"", String::from_utf8_lossy(p)),
             Selector::Key(k) => format!("key \"{}\"", String::from_utf8_lossy(k)),
+            Selector::Hash { lo, hi } => format!("hash buckets {lo}-{hi}"),
         }
     }
 
-    /// Rank for longest-match: a key beats every prefix, a longer prefix a shorter one.
+    /// Rank for longest-match: a key beats every prefix, a longer prefix a shorter one, any
+    /// prefix a hash range, and a hash range the default (the empty prefix).
     fn rank(&self) -> (u8, usize) {
         match self {
-            Selector::Prefix(p) => (0, p.len()),
-            Selector::Key(k) => (1, k.len()),
+            Selector::Prefix(p) if p.is_empty() => (0, 0),
+            Selector::Hash { .. } => (1, 0),
+            Selector::Prefix(p) => (2, p.len()),
+            Selector::Key(k) => (3, k.len()),
         }
     }
 }
@@ -77,8 +95,12 @@ impl Selector {
 pub struct HomeRules {
     /// Key prefix to home region; no prefix is a prefix of another (the config refuses that).
     pub prefixes: Vec<(Vec<u8>, RegionId)>,
-    /// The home of keys no prefix matches.
-    pub default: RegionId,
+    /// Hash bucket range (`lo..=hi` of [`key_bucket`]) to home region, for keys no prefix
+    /// matches; the ranges are disjoint (the config refuses overlaps).
+    pub hashes: Vec<(u16, u16, RegionId)>,
+    /// The home of keys no rule matches; `None`: such a key's home is the region that writes it
+    /// first (it claims the key through the control group, [`HomeCommand::Claim`]).
+    pub default: Option<RegionId>,
 }
 
 /// An override of the static rules, made by a move.
@@ -162,6 +184,15 @@ pub enum HomeCommand {
         id: u64,
         reason: String,
     },
+    /// `region` is about to write `key`, which no rule homes (a keyspace without a default
+    /// region): the first claim of a key makes its claimant the key's home; a later one is
+    /// answered with the home the first fixed. It does not bump the table version: it homes a
+    /// key nobody could write before, so no region's resolution of a homed key changes.
+    Claim {
+        keyspace: String,
+        key: Vec<u8>,
+        region: RegionId,
+    },
 }
 
 /// Why a home command was refused.
@@ -198,11 +229,19 @@ impl std::fmt::Display for HomeRefusal {
 /// The answer to a [`HomeCommand`].
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum HomeAnswer {
-    Begun { id: u64 },
+    Begun {
+        id: u64,
+    },
     Released,
-    Completed { epoch: u64 },
+    Completed {
+        epoch: u64,
+    },
     Aborted,
     Refused(HomeRefusal),
+    /// The key's home (the claimant, or whoever claimed it first).
+    Claimed {
+        home: RegionId,
+    },
 }
 
 /// The replicated home table of every owned keyspace.
@@ -221,7 +260,9 @@ pub struct HomeTable {
 /// A key's home.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Resolution {
-    pub home: RegionId,
+    /// `None`: no rule homes the key and nobody has claimed it yet (a keyspace homed by first
+    /// write); whoever writes it first claims it.
+    pub home: Option<RegionId>,
     /// The rule that decided it.
     pub selector: Selector,
     /// Whether that rule came from a move (an override) rather than the config.
@@ -230,21 +271,29 @@ pub struct Resolution {
     pub moving: Option<Move>,
 }
 
-/// The home of `key` in `keyspace`: the longest matching rule among the config's prefixes, the
-/// default (the empty prefix) and the table's overrides (an override wins over a config rule with
-/// the same selector; an exact key over every prefix).
+/// The home of `key` in `keyspace`: the best matching rule among the config's prefixes, hash
+/// ranges, the default (the empty prefix) and the table's overrides (an override wins over a
+/// config rule with the same selector; an exact key over every prefix, a longer prefix over a
+/// shorter one, any prefix over a hash range).
 pub fn resolve(rules: &HomeRules, table: &HomeTable, keyspace: &str, key: &[u8]) -> Resolution {
-    let mut best: (Selector, RegionId, bool) =
+    let mut best: (Selector, Option<RegionId>, bool) =
         (Selector::Prefix(Vec::new()), rules.default.clone(), false);
+    let bucket = key_bucket(key);
+    for (lo, hi, r) in &rules.hashes {
+        if (*lo..=*hi).contains(&bucket) {
+            best = (Selector::Hash { lo: *lo, hi: *hi }, Some(r.clone()), false);
+        }
+    }
     for (p, r) in &rules.prefixes {
-        if key.starts_with(p) && p.len() > best.0.rank().1 {
-            best = (Selector::Prefix(p.clone()), r.clone(), false);
+        let sel = Selector::Prefix(p.clone());
+        if key.starts_with(p) && sel.rank() > best.0.rank() {
+            best = (sel, Some(r.clone()), false);
         }
     }
     if let Some(ov) = table.overrides.get(keyspace) {
         for (sel, o) in ov {
             if sel.matches(key) && sel.rank() >= best.0.rank() {
-                best = (sel.clone(), o.home.clone(), true);
+                best = (sel.clone(), Some(o.home.clone()), true);
             }
         }
     }
@@ -258,6 +307,80 @@ pub fn resolve(rules: &HomeRules, table: &HomeTable, keyspace: &str, key: &[u8])
         selector: best.0,
         overridden: best.2,
         moving,
+    }
+}
+
+/// The current home of every key a move of `selector` would take over: the keys the selector
+/// would decide once it has an override of its own (those that no higher-ranked rule decides).
+/// A move of `selector` names it as its `from`. An error says why the selector has no single
+/// home: a prefix whose keys hash rules spread over several regions, a hash range that is not a
+/// configured one, or keys nobody has written yet in a keyspace homed by first write.
+pub fn home_of_selector(
+    rules: &HomeRules,
+    table: &HomeTable,
+    keyspace: &str,
+    selector: &Selector,
+) -> Result<RegionId, String> {
+    let ov = table.overrides.get(keyspace);
+    if let Some(o) = ov.and_then(|o| o.get(selector)) {
+        return Ok(o.home.clone());
+    }
+    match selector {
+        Selector::Key(k) => resolve(rules, table, keyspace, k).home.ok_or_else(|| {
+            format!(
+                "{} has no home yet: nobody has written it, and its first write homes it",
+                selector.describe()
+            )
+        }),
+        Selector::Hash { lo, hi } => rules
+            .hashes
+            .iter()
+            .find(|(l, h, _)| (l, h) == (lo, hi))
+            .map(|(_, _, r)| r.clone())
+            .ok_or_else(|| {
+                format!(
+                    "{} is not one of the keyspace's hash rules: only a configured hash range moves as one",
+                    selector.describe()
+                )
+            }),
+        Selector::Prefix(p) => {
+            // The longest prefix rule (config or override) that covers every key under `p`.
+            let mut best: Option<(usize, RegionId)> = None;
+            let mut consider = |q: &[u8], r: &RegionId| {
+                if !q.is_empty() && p.starts_with(q) && best.as_ref().is_none_or(|(l, _)| q.len() >= *l) {
+                    best = Some((q.len(), r.clone()));
+                }
+            };
+            for (q, r) in &rules.prefixes {
+                consider(q, r);
+            }
+            for (sel, o) in ov.into_iter().flatten() {
+                if let Selector::Prefix(q) = sel {
+                    consider(q, &o.home);
+                }
+            }
+            if let Some((_, r)) = best {
+                return Ok(r);
+            }
+            // The default rule decides only keys no other rule does; any other prefix's keys
+            // would be taken from the hash rules too.
+            if !p.is_empty() && !rules.hashes.is_empty() {
+                return Err(format!(
+                    "the keys under {} are spread over several homes by the keyspace's hash rules; move a hash range, or single keys",
+                    selector.describe()
+                ));
+            }
+            let default = ov
+                .and_then(|o| o.get(&Selector::Prefix(Vec::new())))
+                .map(|o| o.home.clone())
+                .or_else(|| rules.default.clone());
+            default.ok_or_else(|| {
+                format!(
+                    "the keys under {} are homed one by one by their first write; move single keys",
+                    selector.describe()
+                )
+            })
+        }
     }
 }
 
@@ -277,7 +400,12 @@ pub fn selectors_of(
             out.push(sel);
         }
     };
-    consider(Selector::Prefix(Vec::new()), &rules.default);
+    if let Some(d) = &rules.default {
+        consider(Selector::Prefix(Vec::new()), d);
+    }
+    for (lo, hi, r) in &rules.hashes {
+        consider(Selector::Hash { lo: *lo, hi: *hi }, r);
+    }
     for (p, r) in &rules.prefixes {
         consider(Selector::Prefix(p.clone()), r);
     }
@@ -428,6 +556,37 @@ impl HomeTable {
                 );
                 Ok(HomeAnswer::Aborted)
             }
+            HomeCommand::Claim {
+                keyspace,
+                key,
+                region,
+            } => {
+                let ov = self.overrides.entry(keyspace.clone()).or_default();
+                // An override that covers the key already homes it (a claim, or a move).
+                let held = ov
+                    .iter()
+                    .filter(|(sel, _)| sel.matches(key))
+                    .max_by_key(|(sel, _)| sel.rank())
+                    .map(|(_, o)| o.home.clone());
+                if let Some(home) = held {
+                    return Ok(HomeAnswer::Claimed { home });
+                }
+                if ov.len() >= MAX_OVERRIDES {
+                    return Err(HomeRefusal::Invalid(format!(
+                        "keyspace `{keyspace}` already homes {MAX_OVERRIDES} keys by their first write, the most the control group holds; give its keys `homes` rules (a prefix or a hash range) instead"
+                    )));
+                }
+                ov.insert(
+                    Selector::Key(key.clone()),
+                    Override {
+                        home: region.clone(),
+                        epoch: 0,
+                    },
+                );
+                Ok(HomeAnswer::Claimed {
+                    home: region.clone(),
+                })
+            }
         }
     }
 
@@ -576,8 +735,21 @@ mod tests {
     fn rules() -> HomeRules {
         HomeRules {
             prefixes: vec![(b"us:".to_vec(), r("us")), (b"eu:".to_vec(), r("eu"))],
-            default: r("us"),
+            hashes: Vec::new(),
+            default: Some(r("us")),
         }
+    }
+
+    fn some(s: &str) -> Option<RegionId> {
+        Some(r(s))
+    }
+
+    /// A key in bucket range `lo..=hi`, not starting with a configured prefix.
+    fn key_in(lo: u16, hi: u16) -> Vec<u8> {
+        (0u32..)
+            .map(|i| format!("k{i}").into_bytes())
+            .find(|k| (lo..=hi).contains(&key_bucket(k)))
+            .unwrap()
     }
 
     fn begin(sel: Selector, from: &str, to: &str, v: u64) -> HomeCommand {
@@ -594,10 +766,134 @@ mod tests {
     #[test]
     fn static_rules_pick_the_longest_prefix_and_the_default() {
         let t = HomeTable::default();
-        assert_eq!(resolve(&rules(), &t, "p", b"eu:1").home, r("eu"));
-        assert_eq!(resolve(&rules(), &t, "p", b"us:1").home, r("us"));
+        assert_eq!(resolve(&rules(), &t, "p", b"eu:1").home, some("eu"));
+        assert_eq!(resolve(&rules(), &t, "p", b"us:1").home, some("us"));
         let d = resolve(&rules(), &t, "p", b"zz");
-        assert_eq!((d.home, d.selector), (r("us"), Selector::Prefix(vec![])));
+        assert_eq!((d.home, d.selector), (some("us"), Selector::Prefix(vec![])));
+    }
+
+    #[test]
+    fn the_bucket_is_the_top_of_the_crc32() {
+        // zlib's crc32("123456789") is 0xCBF43926.
+        assert_eq!(key_bucket(b"123456789"), 0xCBF4);
+        assert_eq!(key_bucket(b""), 0);
+    }
+
+    #[test]
+    fn hash_rules_decide_below_prefixes_and_above_the_default() {
+        let mut rules = rules();
+        rules.hashes = vec![(0, 32767, r("ap")), (32768, 49151, r("eu"))];
+        let t = HomeTable::default();
+        let low = key_in(0, 32767);
+        let mid = key_in(32768, 49151);
+        let high = key_in(49152, 65535);
+        let res = resolve(&rules, &t, "p", &low);
+        assert_eq!(res.home, some("ap"));
+        assert_eq!(res.selector, Selector::Hash { lo: 0, hi: 32767 });
+        assert_eq!(resolve(&rules, &t, "p", &mid).home, some("eu"));
+        assert_eq!(
+            resolve(&rules, &t, "p", &high).home,
+            some("us"),
+            "no range: the default"
+        );
+        // A prefix beats a hash range, whatever the key's bucket.
+        let us_low = (0u32..)
+            .map(|i| format!("us:{i}").into_bytes())
+            .find(|k| key_bucket(k) <= 32767)
+            .unwrap();
+        assert_eq!(resolve(&rules, &t, "p", &us_low).home, some("us"));
+        // Takeover of `ap` moves its hash range; a hash range moves only as configured.
+        assert_eq!(
+            selectors_of(&rules, &t, "p", &r("ap")),
+            vec![Selector::Hash { lo: 0, hi: 32767 }]
+        );
+        let sel = Selector::Hash { lo: 0, hi: 32767 };
+        assert_eq!(home_of_selector(&rules, &t, "p", &sel), Ok(r("ap")));
+        assert!(home_of_selector(&rules, &t, "p", &Selector::Hash { lo: 0, hi: 9 }).is_err());
+        assert!(
+            home_of_selector(&rules, &t, "p", &Selector::Prefix(b"k".to_vec())).is_err(),
+            "keys under an unruled prefix have several homes"
+        );
+        assert_eq!(
+            home_of_selector(&rules, &t, "p", &Selector::Prefix(b"us:7".to_vec())),
+            Ok(r("us"))
+        );
+    }
+
+    #[test]
+    fn a_prefix_moves_from_the_home_of_its_keys_not_of_the_key_that_spells_it() {
+        let mut t = HomeTable::default();
+        t.overrides.entry("p".into()).or_default().insert(
+            Selector::Key(b"eu:1".to_vec()),
+            Override {
+                home: r("ap"),
+                epoch: 1,
+            },
+        );
+        assert_eq!(resolve(&rules(), &t, "p", b"eu:1").home, some("ap"));
+        assert_eq!(
+            home_of_selector(&rules(), &t, "p", &Selector::Prefix(b"eu:1".to_vec())),
+            Ok(r("eu")),
+            "eu:12 is written by eu, so eu is what a move of prefix eu:1 takes over"
+        );
+    }
+
+    #[test]
+    fn the_first_claim_of_a_key_homes_it_and_later_claims_learn_that_home() {
+        let rules = HomeRules {
+            prefixes: vec![(b"eu:".to_vec(), r("eu"))],
+            hashes: Vec::new(),
+            default: None,
+        };
+        let mut t = HomeTable::default();
+        let res = resolve(&rules, &t, "p", b"u1");
+        assert_eq!((res.home, res.overridden), (None, false));
+        let claim = |key: &[u8], by: &str| HomeCommand::Claim {
+            keyspace: "p".into(),
+            key: key.to_vec(),
+            region: r(by),
+        };
+        assert_eq!(
+            t.apply(&claim(b"u1", "ap")),
+            HomeAnswer::Claimed { home: r("ap") }
+        );
+        assert_eq!(t.version, 0, "a claim changes no homed key's home");
+        assert_eq!(
+            t.apply(&claim(b"u1", "us")),
+            HomeAnswer::Claimed { home: r("ap") }
+        );
+        assert_eq!(resolve(&rules, &t, "p", b"u1").home, some("ap"));
+        assert_eq!(resolve(&rules, &t, "p", b"eu:1").home, some("eu"));
+        assert_eq!(
+            home_of_selector(&rules, &t, "p", &Selector::Key(b"u1".to_vec())),
+            Ok(r("ap"))
+        );
+        assert!(home_of_selector(&rules, &t, "p", &Selector::Key(b"u2".to_vec())).is_err());
+        assert!(home_of_selector(&rules, &t, "p", &Selector::Prefix(b"u".to_vec())).is_err());
+        assert!(home_of_selector(&rules, &t, "p", &Selector::Prefix(Vec::new())).is_err());
+        assert_eq!(
+            selectors_of(&rules, &t, "p", &r("ap")),
+            vec![Selector::Key(b"u1".to_vec())]
+        );
+        // A full table refuses new claims and changes nothing.
+        let ov = t.overrides.entry("p".into()).or_default();
+        for i in 0..MAX_OVERRIDES {
+            ov.entry(Selector::Key(format!("f{i}").into_bytes()))
+                .or_insert(Override {
+                    home: r("us"),
+                    epoch: 0,
+                });
+        }
+        let before = t.clone();
+        assert!(matches!(
+            t.apply(&claim(b"u2", "us")),
+            HomeAnswer::Refused(HomeRefusal::Invalid(_))
+        ));
+        assert_eq!(t, before);
+        assert_eq!(
+            t.apply(&claim(b"u1", "us")),
+            HomeAnswer::Claimed { home: r("ap") }
+        );
     }
 
     #[test]
@@ -609,7 +905,7 @@ mod tests {
             HomeAnswer::Begun { id: 1 }
         );
         let res = resolve(&rules(), &t, "p", b"eu:7");
-        assert_eq!(res.home, r("eu"));
+        assert_eq!(res.home, some("eu"));
         assert!(res.moving.is_some(), "the key is moving: nobody writes it");
         assert!(resolve(&rules(), &t, "p", b"eu:8").moving.is_none());
         // A second move of the keyspace waits for the first.
@@ -643,7 +939,7 @@ mod tests {
         assert_eq!(t.apply(&release), HomeAnswer::Released);
         assert_eq!(t.apply(&complete), HomeAnswer::Completed { epoch: 1 });
         let res = resolve(&rules(), &t, "p", b"eu:7");
-        assert_eq!((res.home, res.moving), (r("us"), None));
+        assert_eq!((res.home, res.moving), (some("us"), None));
         assert_eq!(
             t.history.back().map(|h| &h.outcome),
             Some(&MoveOutcome::Handed)

@@ -445,6 +445,10 @@ fn context_from(headers: &HeaderMap, ks: &str, key: &[u8]) -> Result<Option<Caus
 }
 
 async fn write(state: &AppState, ks: &str, key: &[u8], intent: Intent) -> Result<WriteOutcome> {
+    // A key of an owned keyspace homed by first write gets its home before its first write.
+    if let Some(h) = state.homes.get() {
+        h.claim(ks, key).await?;
+    }
     let (tx, rx) = tokio::sync::oneshot::channel();
     state.store.submit(ks, key, intent, move |r| {
         let _ = tx.send(r);
@@ -580,42 +584,55 @@ async fn kv_get(State(state): State<Shared>, uri: Uri, headers: HeaderMap) -> Ap
         && let Some(h) = state.homes.get()
         && let Some(res) = h.resolve(&ks, &key)
     {
-        if res.home != *h.me() {
-            if at_home && !crate::forward::is_forwarded(&headers) {
-                let api = h.api_of(&res.home).ok_or_else(|| {
-                    AtollError::Config(format!("no API address for `{}`", res.home))
-                })?;
-                let w = crate::forward::Write {
-                    method: Method::GET,
-                    path_and_query: uri
-                        .path_and_query()
-                        .map_or_else(|| uri.path(), |p| p.as_str()),
-                    headers: &headers,
-                    body: Bytes::new(),
-                };
-                let unavailable = AtollError::HomeUnavailable {
-                    keyspace: ks.clone(),
-                    home: res.home.to_string(),
-                    detail: "the home did not serve the read".into(),
-                };
-                return Ok(h
-                    .forwarder()
-                    .forward(&res.home, api, w, unavailable)
-                    .await?);
+        let home = match res.home {
+            Some(home) => Some(home),
+            // Not homed here yet: a home read asks the control group whether a claim homed it.
+            None if at_home => h.home_now(&ks, &key).await?,
+            None => None,
+        };
+        match home {
+            Some(home) if home != *h.me() => {
+                if at_home && !crate::forward::is_forwarded(&headers) {
+                    let api = h.api_of(&home).ok_or_else(|| {
+                        AtollError::Config(format!("no API address for `{home}`"))
+                    })?;
+                    let w = crate::forward::Write {
+                        method: Method::GET,
+                        path_and_query: uri
+                            .path_and_query()
+                            .map_or_else(|| uri.path(), |p| p.as_str()),
+                        headers: &headers,
+                        body: Bytes::new(),
+                    };
+                    let unavailable = AtollError::HomeUnavailable {
+                        keyspace: ks.clone(),
+                        home: home.to_string(),
+                        detail: "the home did not serve the read".into(),
+                    };
+                    return Ok(h.forwarder().forward(&home, api, w, unavailable).await?);
+                }
+                // How stale a local read may be: this region's lag behind the home's writes.
+                let lag = state
+                    .replicator
+                    .get()
+                    .and_then(|rep| rep.promotion_view(&home).lag().ms);
+                extra.push(header(
+                    STALENESS_HEADER,
+                    &lag.map_or_else(|| "unknown".to_string(), |ms| ms.to_string()),
+                ));
+                extra.push(header(HOME_HEADER, home.as_str()));
             }
-            // How stale a local read may be: this region's lag behind the home's writes.
-            let lag = state
-                .replicator
-                .get()
-                .and_then(|rep| rep.promotion_view(&res.home).lag().ms);
-            extra.push(header(
+            Some(home) => {
+                extra.push(header(STALENESS_HEADER, "0"));
+                extra.push(header(HOME_HEADER, home.as_str()));
+            }
+            // Homed by first write and not claimed (as far as this region knows; with
+            // consistency=home: at all, so the key was never written).
+            None => extra.push(header(
                 STALENESS_HEADER,
-                &lag.map_or_else(|| "unknown".to_string(), |ms| ms.to_string()),
-            ));
-        } else {
-            extra.push(header(STALENESS_HEADER, "0"));
+                if at_home { "0" } else { "unknown" },
+            )),
         }
-        extra.push(header(HOME_HEADER, res.home.as_str()));
     } else if at_home {
         return Err(AtollError::BadRequest(format!(
             "consistency=home applies to owned keyspaces; `{ks}` is {policy}"
@@ -1017,11 +1034,13 @@ async fn admin_promote(State(state): State<Shared>, headers: HeaderMap, body: Bo
 #[serde(deny_unknown_fields)]
 struct RehomeBody {
     keyspace: String,
-    /// Exactly one of `key` and `prefix`.
+    /// Exactly one of `key`, `prefix` and `hash` (`[LO, HI]`, a hash rule of the keyspace).
     #[serde(default)]
     key: Option<String>,
     #[serde(default)]
     prefix: Option<String>,
+    #[serde(default)]
+    hash: Option<(u16, u16)>,
     to: String,
     #[serde(default)]
     force: bool,
@@ -1029,7 +1048,7 @@ struct RehomeBody {
     timeout_ms: Option<u64>,
 }
 
-/// `POST /v1/admin/rehome`: moves the home of a key or a prefix of an owned keyspace
+/// `POST /v1/admin/rehome`: moves the home of a key, a prefix or a hash range of an owned keyspace
 /// (`docs/design/owned-keyspaces.md`); answers once the move has finished, with its report.
 async fn admin_rehome(State(state): State<Shared>, headers: HeaderMap, body: Body) -> ApiResult {
     // Moves are control-group entries: the admin token of the region's fencing guards them.
@@ -1047,16 +1066,17 @@ async fn admin_rehome(State(state): State<Shared>, headers: HeaderMap, body: Bod
     .await?;
     let req: RehomeBody =
         serde_json::from_slice(&bytes).map_err(|e| AtollError::MalformedBody(e.to_string()))?;
-    let selector = match (req.key, req.prefix) {
-        (Some(k), None) if !k.is_empty() && k.len() <= KEY_MAX_BYTES => {
+    let selector = match (req.key, req.prefix, req.hash) {
+        (Some(k), None, None) if !k.is_empty() && k.len() <= KEY_MAX_BYTES => {
             atoll_core::home::Selector::Key(k.into_bytes())
         }
-        (None, Some(p)) if p.len() <= KEY_MAX_BYTES => {
+        (None, Some(p), None) if p.len() <= KEY_MAX_BYTES => {
             atoll_core::home::Selector::Prefix(p.into_bytes())
         }
+        (None, None, Some((lo, hi))) if lo <= hi => atoll_core::home::Selector::Hash { lo, hi },
         _ => {
             return Err(AtollError::BadRequest(format!(
-                "name exactly one of `key` (1 to {KEY_MAX_BYTES} bytes) and `prefix` (at most {KEY_MAX_BYTES} bytes; \"\" moves the default rule)"
+                "name exactly one of `key` (1 to {KEY_MAX_BYTES} bytes), `prefix` (at most {KEY_MAX_BYTES} bytes; \"\" moves the default rule) and `hash` ([LO, HI], a hash rule of the keyspace)"
             ))
             .into());
         }

@@ -413,17 +413,23 @@ pub async fn start(
     let mut applied = group.applied();
     tokio::spawn(async move {
         loop {
-            let bytes = applied.borrow_and_update().state.clone();
+            let (bytes, index) = {
+                let a = applied.borrow_and_update();
+                (a.state.clone(), a.index)
+            };
             if !bytes.is_empty() {
                 match home::decode_state(&bytes) {
                     Ok(st) => {
                         if let Some(h) = &homes {
-                            h.on_table(st.homes);
+                            h.on_table(st.homes, index);
                         }
                         tx.send_replace(Some(st.lease));
                     }
                     Err(e) => tracing::error!(error = %e, "undecodable control state"),
                 }
+            } else if let Some(h) = &homes {
+                // Nothing applied that changes state yet: the table is empty as of `index`.
+                h.on_table(home::HomeTable::default(), index);
             }
             if applied.changed().await.is_err() || tx.is_closed() {
                 return;

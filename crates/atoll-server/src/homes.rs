@@ -79,6 +79,8 @@ pub struct Homes {
     busy: Mutex<BTreeMap<u64, Instant>>,
     /// Bumped at every applied table: waiters never miss one (a `Notify` would while busy).
     changed: tokio::sync::watch::Sender<u64>,
+    /// The control group's log index of the applied table.
+    applied_index: AtomicU64,
     driver: OnceLock<Driver>,
     started: Instant,
 }
@@ -124,6 +126,7 @@ impl Homes {
             seen: Mutex::new(BTreeMap::new()),
             busy: Mutex::new(BTreeMap::new()),
             changed: tokio::sync::watch::Sender::new(0),
+            applied_index: AtomicU64::new(0),
             driver: OnceLock::new(),
             started: Instant::now(),
         }))
@@ -147,8 +150,8 @@ impl Homes {
         self.table.read().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// A new applied home table from the control group.
-    pub fn on_table(&self, table: HomeTable) {
+    /// A new applied home table from the control group, as of its log index `index`.
+    pub fn on_table(&self, table: HomeTable, index: u64) {
         let now = Instant::now();
         {
             let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
@@ -158,6 +161,7 @@ impl Homes {
             seen.retain(|id, _| table.moves.values().any(|m| m.id == *id));
         }
         *self.table.write().unwrap_or_else(|p| p.into_inner()) = table;
+        self.applied_index.fetch_max(index, Ordering::SeqCst);
         self.changed.send_modify(|v| *v += 1);
     }
 
@@ -200,11 +204,22 @@ impl Homes {
         };
         let t = self.table();
         let res = home::resolve(&oc.rules, &t, &keyspace.name, key);
-        if res.home != self.me {
+        let Some(home) = res.home else {
+            // The API claims a key before writing it (`Homes::claim`); a write that reaches
+            // the gate unclaimed came some other way, and nobody may write it yet.
+            return Err(AtollError::HomeUnavailable {
+                keyspace: keyspace.name.clone(),
+                home: "(none yet)".into(),
+                detail:
+                    "no region has claimed this key yet: its first write through the API claims it"
+                        .into(),
+            });
+        };
+        if home != self.me {
             return Err(AtollError::NotHome {
                 keyspace: keyspace.name.clone(),
-                home: res.home.to_string(),
-                home_api: self.apis.get(&res.home).map(|a| a.to_string()),
+                home: home.to_string(),
+                home_api: self.apis.get(&home).map(|a| a.to_string()),
                 reason: format!("only the home writes it ({})", res.selector.describe()),
             });
         }
@@ -230,28 +245,133 @@ impl Homes {
         Ok(())
     }
 
+    /// Before a write of `key`: if no rule homes it and nobody has claimed it yet (a keyspace
+    /// whose `default_home` is `"first-write"`), claims it for this region through the control
+    /// group, and waits until this region has applied the claim (its own or an earlier one). The
+    /// gate then decides as for any homed key: this region writes it, or forwards the write.
+    pub async fn claim(&self, keyspace: &str, key: &[u8]) -> Result<()> {
+        let Some(oc) = self.keyspaces.get(keyspace) else {
+            return Ok(());
+        };
+        let unclaimed = |h: &Self| {
+            home::resolve(&oc.rules, &h.table(), keyspace, key)
+                .home
+                .is_none()
+        };
+        if !unclaimed(self) {
+            return Ok(());
+        }
+        let unavailable = |detail: String| AtollError::HomeUnavailable {
+            keyspace: keyspace.to_string(),
+            home: "(none yet)".into(),
+            detail,
+        };
+        let d = self.driver.get().ok_or_else(|| {
+            unavailable(
+                "homing a key by its first write needs the control group ([fencing] quorum = true)"
+                    .into(),
+            )
+        })?;
+        let mut changed = self.changed.subscribe();
+        let cmd = HomeCommand::Claim {
+            keyspace: keyspace.to_string(),
+            key: key.to_vec(),
+            region: self.me.clone(),
+        };
+        let home = match d.proposer.propose(&cmd).await {
+            Ok(HomeAnswer::Claimed { home }) => home,
+            Ok(HomeAnswer::Refused(r)) => return Err(unavailable(r.to_string())),
+            Ok(other) => {
+                return Err(AtollError::Corrupt(format!(
+                    "unexpected answer to a claim: {other:?}"
+                )));
+            }
+            Err(e) => {
+                return Err(unavailable(format!(
+                    "the key has no home yet and the control group could not fix one: {e}"
+                )));
+            }
+        };
+        if home == self.me {
+            self.metrics.owned_claim(keyspace, self.me.as_str());
+        }
+        let deadline = Instant::now() + crate::forward::FORWARD_TIMEOUT;
+        while unclaimed(self) {
+            if Instant::now() >= deadline {
+                return Err(unavailable(format!(
+                    "the key was homed at `{home}`, which this region has not applied yet"
+                )));
+            }
+            let _ = tokio::time::timeout_at(deadline, changed.changed()).await;
+        }
+        Ok(())
+    }
+
+    /// The home of `key` as of now (linearizable): after a read barrier of the control group,
+    /// once this region's table is at least as new as the barrier. `None`: nobody has claimed
+    /// the key, so nobody has written it.
+    pub async fn home_now(&self, keyspace: &str, key: &[u8]) -> Result<Option<RegionId>> {
+        let Some(oc) = self.keyspaces.get(keyspace) else {
+            return Ok(None);
+        };
+        let unavailable = |detail: String| AtollError::HomeUnavailable {
+            keyspace: keyspace.to_string(),
+            home: "(none known)".into(),
+            detail,
+        };
+        let d = self
+            .driver
+            .get()
+            .ok_or_else(|| unavailable("this region has no control group to ask".into()))?;
+        let mut changed = self.changed.subscribe();
+        let index = d.proposer.group.read_barrier().await.map_err(|e| {
+            unavailable(format!(
+                "this region knows no home of the key and cannot ask the control group: {e}"
+            ))
+        })?;
+        let deadline = Instant::now() + crate::forward::FORWARD_TIMEOUT;
+        while self.applied_index.load(Ordering::SeqCst) < index {
+            if Instant::now() >= deadline {
+                return Err(unavailable(format!(
+                    "this region has not applied the control group's entries up to {index}"
+                )));
+            }
+            let _ = tokio::time::timeout_at(deadline, changed.changed()).await;
+        }
+        Ok(home::resolve(&oc.rules, &self.table(), keyspace, key).home)
+    }
+
     /// `atoll status`: the rules, overrides, the move in flight and the recent moves.
     pub fn status_json(&self) -> Value {
         let t = self.table();
-        let sel = |s: &Selector| match s {
-            Selector::Prefix(p) => json!({"prefix": String::from_utf8_lossy(p)}),
-            Selector::Key(k) => json!({"key": String::from_utf8_lossy(k)}),
-        };
         let mut out = serde_json::Map::new();
         for (name, oc) in &self.keyspaces {
-            let overrides: Vec<Value> = t
-                .overrides
-                .get(name)
+            // A key homed by its first write: a key override no move ever completed or covers.
+            let moving = t.moves.get(name);
+            let claim = |s: &Selector, o: &home::Override| {
+                matches!(s, Selector::Key(_))
+                    && o.epoch == 0
+                    && !moving.is_some_and(|m| m.selectors.contains(s))
+            };
+            let all = t.overrides.get(name);
+            let claimed = all
                 .into_iter()
                 .flatten()
+                .filter(|(s, o)| claim(s, o))
+                .count();
+            let overrides: Vec<Value> = all
+                .into_iter()
+                .flatten()
+                .filter(|(s, o)| !claim(s, o))
+                .take(STATUS_OVERRIDES)
                 .map(
-                    |(s, o)| json!({"selector": sel(s), "home": o.home.as_str(), "epoch": o.epoch}),
+                    |(s, o)| json!({"selector": selector_json(s), "home": o.home.as_str(), "epoch": o.epoch}),
                 )
                 .collect();
             let moving = t.moves.get(name).map(|m| {
                 json!({
                     "id": m.id,
-                    "selectors": m.selectors.iter().map(sel).collect::<Vec<_>>(),
+                    "selectors": m.selectors.iter().map(selector_json).collect::<Vec<_>>(),
                     "from": m.from.as_str(),
                     "to": m.to.as_str(),
                     "takeover": m.takeover,
@@ -267,8 +387,12 @@ impl Homes {
             out.insert(
                 name.clone(),
                 json!({
-                    "default_home": oc.rules.default.as_str(),
-                    "homes": oc.rules.prefixes.iter().map(|(p, r)| json!({"prefix": String::from_utf8_lossy(p), "region": r.as_str()})).collect::<Vec<_>>(),
+                    "default_home": oc.rules.default.as_ref().map_or(atoll_config::FIRST_WRITE, |r| r.as_str()),
+                    "homes": oc.rules.prefixes.iter().map(|(p, r)| json!({"prefix": String::from_utf8_lossy(p), "region": r.as_str()}))
+                        .chain(oc.rules.hashes.iter().map(|(lo, hi, r)| json!({"hash": [lo, hi], "region": r.as_str()})))
+                        .collect::<Vec<_>>(),
+                    "overrides_total": all.map_or(0, |o| o.len()) - claimed,
+                    "claimed_keys": claimed,
                     "forward": oc.forward,
                     "takeover": oc.takeover.iter().map(|r| r.as_str()).collect::<Vec<_>>(),
                     "overrides": overrides,
@@ -313,16 +437,8 @@ impl Homes {
         }
         let (from, version) = {
             let t = self.table();
-            let probe = match &selector {
-                Selector::Prefix(p) | Selector::Key(p) => p.clone(),
-            };
-            let res = home::resolve(&oc.rules, &t, keyspace, &probe);
-            // The selector's own override, if it has one, decides; else the rule covering it.
-            let from = t
-                .overrides
-                .get(keyspace)
-                .and_then(|o| o.get(&selector))
-                .map_or(res.home, |o| o.home.clone());
+            let from = home::home_of_selector(&oc.rules, &t, keyspace, &selector)
+                .map_err(AtollError::RehomeRefused)?;
             (from, t.version)
         };
         if from == to {
@@ -534,9 +650,13 @@ impl Homes {
                 if next != Some(&self.me) {
                     continue;
                 }
+                // At most one move's worth: a home with more (keys homed by first write) is
+                // taken over in several moves, one after the other.
                 let selectors = {
                     let t = self.table();
-                    home::selectors_of(&oc.rules, &t, ks, &h)
+                    let mut s = home::selectors_of(&oc.rules, &t, ks, &h);
+                    s.truncate(home::MAX_SELECTORS);
+                    s
                 };
                 if selectors.is_empty() || !self.try_busy(u64::MAX) {
                     continue;
@@ -555,6 +675,18 @@ impl Homes {
                 break;
             }
         }
+    }
+}
+
+/// Moved selectors `atoll status` lists per keyspace (`overrides_total` counts them all; keys
+/// homed by their first write are only counted, `claimed_keys`).
+const STATUS_OVERRIDES: usize = 100;
+
+fn selector_json(s: &Selector) -> Value {
+    match s {
+        Selector::Prefix(p) => json!({"prefix": String::from_utf8_lossy(p)}),
+        Selector::Key(k) => json!({"key": String::from_utf8_lossy(k)}),
+        Selector::Hash { lo, hi } => json!({"hash": [lo, hi]}),
     }
 }
 
@@ -669,7 +801,7 @@ mod tests {
             takeover: false,
         };
         assert_eq!(t.apply(&begin), HomeAnswer::Begun { id: 1 });
-        eu.on_table(t.clone());
+        eu.on_table(t.clone(), 1);
         assert_eq!(
             code(gate.permit(profiles, b"eu:1")),
             "ATOLL-HOME-UNAVAILABLE"
@@ -680,7 +812,7 @@ mod tests {
             "other keys keep writing"
         );
         let (us, _) = homes("us-east-1");
-        us.on_table(t.clone());
+        us.on_table(t.clone(), 1);
         assert_eq!(
             code(us.permit(profiles, b"eu:1").map(|()| 0)),
             "ATOLL-NOT-HOME",
@@ -694,8 +826,8 @@ mod tests {
             },
         );
         t.moves.clear();
-        us.on_table(t.clone());
-        eu.on_table(t);
+        us.on_table(t.clone(), 1);
+        eu.on_table(t, 2);
         assert_eq!(code(us.permit(profiles, b"eu:1").map(|()| 0)), "ok");
         assert_eq!(code(gate.permit(profiles, b"eu:1")), "ATOLL-NOT-HOME");
     }

@@ -119,6 +119,7 @@ pub struct Metrics {
     pub owned_forwarded: Family<OwnedLabels, Counter>,
     pub owned_not_home: Family<OwnedLabels, Counter>,
     pub owned_moves: Family<OwnedLabels, Counter>,
+    pub owned_claims: Family<OwnedLabels, Counter>,
     pub fencing_promotions: Counter,
     pub fencing_proposals: Family<ProposalLabels, Counter>,
     pub fencing_promotion_lag: FloatGauge,
@@ -635,10 +636,20 @@ impl Metrics {
             "Moves of owned keys this region completed as their new home, by outcome (handed: nothing lost; forced: a takeover of a home that did not release)",
             owned_moves.clone(),
         );
+        let owned_claims = Family::<OwnedLabels, Counter>::default();
+        reg(
+            &mut registry,
+            &mut names,
+            Kind::Counter,
+            "owned_claims",
+            "Keys of owned keyspaces homed by their first write that this region claimed (it became their home; label value: this region)",
+            owned_claims.clone(),
+        );
         Self {
             owned_forwarded,
             owned_not_home,
             owned_moves,
+            owned_claims,
             strong_commit_duration,
             strong_leader_changes,
             strong_no_quorum,
@@ -740,13 +751,22 @@ impl Metrics {
             .set(ms.map_or(-1.0, |m| m as f64 / 1000.0));
     }
 
-    /// A write refused by fencing.
     /// A completed move of owned keys (`handed` or `forced`).
     pub fn owned_move(&self, keyspace: &str, outcome: &str) {
         self.owned_moves
             .get_or_create(&OwnedLabels {
                 keyspace: keyspace.to_string(),
                 value: outcome.to_string(),
+            })
+            .inc();
+    }
+
+    /// A key of an owned keyspace this region claimed by writing it first.
+    pub fn owned_claim(&self, keyspace: &str, me: &str) {
+        self.owned_claims
+            .get_or_create(&OwnedLabels {
+                keyspace: keyspace.to_string(),
+                value: me.to_string(),
             })
             .inc();
     }

@@ -28,6 +28,8 @@ use anyhow::{Result, bail, ensure};
 use atoll_testkit::{Client, Cluster, ClusterOptions};
 use common::{BIN, ok};
 use serde_json::{Value, json};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 const US: &str = "us-east-1";
@@ -394,19 +396,21 @@ struct Ack {
     answered: Instant,
 }
 
-/// Writes `key` sequentially through `via` for `secs` (bounded in count too); moving keys are
-/// refused (retryable, not applied) and retried.
+/// Writes `key` sequentially through `via` until `stop` (bounded in count and time too),
+/// counting acknowledged writes in `acks`; moving keys are refused (retryable, not applied) and
+/// retried.
 async fn writer(
     client: Client,
     key: &'static str,
     tag: &'static str,
-    secs: u64,
+    acks: Arc<AtomicUsize>,
+    stop: Arc<AtomicBool>,
 ) -> Result<(Vec<Ack>, u32)> {
     let mut acked = Vec::new();
     let mut refused = 0u32;
     let started = Instant::now();
     for i in 0..4_000u32 {
-        if started.elapsed() > Duration::from_secs(secs) {
+        if stop.load(Ordering::SeqCst) || started.elapsed() > DEADLINE {
             break;
         }
         let value = format!("{tag}{i}");
@@ -424,6 +428,7 @@ async fn writer(
                 sent,
                 answered,
             });
+            acks.fetch_add(1, Ordering::SeqCst);
         } else {
             ensure!(
                 r.error_code().as_deref() == Some("ATOLL-HOME-UNAVAILABLE"),
@@ -441,20 +446,61 @@ async fn writer(
 /// Two clients write `eu:bob` continuously, one through ap-southeast-1 and one through
 /// us-east-1 (both forward to the home), while the key is re-homed from eu-west-1 to us-east-1.
 async fn rehome_under_writes(c: &Cluster) -> Result<()> {
-    let a = tokio::spawn(writer(c.client(AP), "eu:bob", "a", 10));
-    let b = tokio::spawn(writer(c.client(US), "eu:bob", "b", 10));
-    // Let some writes land at the old home first.
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let (status, report) = rehome(
-        c,
-        AP,
-        json!({"keyspace": "profiles", "key": "eu:bob", "to": US, "timeout_ms": 20_000}),
-    )
-    .await?;
-    ensure!(
-        status == 200 && report["outcome"] == "handed" && report["lost_ops"] == 0,
-        "the move: {status} {report}"
-    );
+    let (acks_a, acks_b) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let stop = Arc::new(AtomicBool::new(false));
+    let a = tokio::spawn(writer(
+        c.client(AP),
+        "eu:bob",
+        "a",
+        acks_a.clone(),
+        stop.clone(),
+    ));
+    let b = tokio::spawn(writer(
+        c.client(US),
+        "eu:bob",
+        "b",
+        acks_b.clone(),
+        stop.clone(),
+    ));
+    // Some writes of each client land at the old home first, and some at the new one after.
+    let both_past = |n: (usize, usize)| {
+        let (a, b) = (acks_a.clone(), acks_b.clone());
+        move || {
+            let ok = a.load(Ordering::SeqCst) >= n.0 + 10 && b.load(Ordering::SeqCst) >= n.1 + 10;
+            async move { ok }
+        }
+    };
+    let moved = async {
+        atoll_testkit::wait_until_async(
+            DEADLINE,
+            "10 writes of each client at the old home",
+            both_past((0, 0)),
+        )
+        .await?;
+        let result = rehome(
+            c,
+            AP,
+            json!({"keyspace": "profiles", "key": "eu:bob", "to": US, "timeout_ms": 20_000}),
+        )
+        .await?;
+        let (status, report) = result;
+        ensure!(
+            status == 200 && report["outcome"] == "handed" && report["lost_ops"] == 0,
+            "the move: {status} {report}"
+        );
+        let after = (acks_a.load(Ordering::SeqCst), acks_b.load(Ordering::SeqCst));
+        let stopped_ms = report["writes_stopped_ms"].clone();
+        atoll_testkit::wait_until_async(
+            DEADLINE,
+            "10 writes of each client after the move",
+            both_past(after),
+        )
+        .await?;
+        Ok(stopped_ms)
+    }
+    .await;
+    stop.store(true, Ordering::SeqCst);
+    let stopped_ms = moved?;
     let (acked_a, refused_a) = a.await??;
     let (acked_b, refused_b) = b.await??;
     for acked in [&acked_a, &acked_b] {
@@ -534,7 +580,7 @@ async fn rehome_under_writes(c: &Cluster) -> Result<()> {
         "re-homing under writes: {} acknowledged, {} refused while moving, writes stopped for {} ms",
         all.len(),
         refused_a + refused_b,
-        report["writes_stopped_ms"]
+        stopped_ms
     );
     Ok(())
 }

@@ -780,3 +780,307 @@ impl Advice {
         out
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(rto: &str, consistency: &str, budget: f64, regions: usize) -> Requirements {
+        Requirements {
+            rto_ms: duration::parse_ms(rto).unwrap(),
+            consistency: Consistency::parse(consistency).unwrap(),
+            budget,
+            regions,
+        }
+    }
+
+    /// The advice for a row, with its config parsed and checked as `atoll config check` does,
+    /// and the warnings other than the open client API's (a starting config has no tokens file).
+    fn row(
+        rto: &str,
+        consistency: &str,
+        budget: f64,
+        regions: usize,
+    ) -> (Advice, Config, Vec<String>) {
+        let a = advise(&req(rto, consistency, budget, regions))
+            .unwrap_or_else(|e| panic!("{e} ({})", e.code()));
+        let c =
+            Config::parse(&a.config, "atoll.toml").unwrap_or_else(|e| panic!("{e}\n{}", a.config));
+        c.check_peer_tls().unwrap();
+        let w = c
+            .warnings()
+            .into_iter()
+            .filter(|w| !w.starts_with("no [auth] section"))
+            .collect();
+        (a, c, w)
+    }
+
+    fn policies(a: &Advice) -> Vec<(&str, Policy)> {
+        a.keyspaces
+            .iter()
+            .map(|k| (k.name.as_str(), k.policy))
+            .collect()
+    }
+
+    #[test]
+    fn q1_rto_boundaries_follow_the_article() {
+        assert_eq!(model_for_rto(29_999).0, Model::ActiveActive);
+        assert_eq!(model_for_rto(30_000).0, Model::ActiveStandby);
+        assert_eq!(model_for_rto(599_999).0, Model::ActiveStandby);
+        assert_eq!(model_for_rto(600_000).0, Model::ActivePassive);
+        assert_eq!(model_for_rto(4 * 3_600_000).1, rules::RTO_ACTIVE_PASSIVE);
+    }
+
+    #[test]
+    fn q3_cost_multiples_are_the_articles() {
+        assert_eq!(cost_multiple(Model::ActiveActive, 2), 2.0);
+        assert_eq!(cost_multiple(Model::ActiveActive, 3), 3.0);
+        assert_eq!(cost_multiple(Model::ActiveStandby, 2), 1.5);
+        assert_eq!(cost_multiple(Model::ActivePassive, 2), 1.25);
+    }
+
+    #[test]
+    fn row_rto_under_30_s_eventual_data_is_active_active_without_fencing() {
+        let (a, c, w) = row("20s", "none", 2.0, 2);
+        assert_eq!(a.model, Model::ActiveActive);
+        assert_eq!(c.cluster.model, Model::ActiveActive);
+        assert_eq!(a.reasons[0].rule, rules::RTO_ACTIVE_ACTIVE);
+        assert_eq!(a.reasons[1].rule, rules::EVENTUAL_YES);
+        assert_eq!(a.reasons[2].rule, rules::COST_ACTIVE_ACTIVE);
+        assert_eq!(
+            (a.fencing.method, a.fencing.arbiter.as_deref()),
+            ("none", None)
+        );
+        assert!(!c.fencing.quorum);
+        assert_eq!(a.cost_multiple, 2.0);
+        assert!(a.within_budget);
+        assert_eq!(
+            policies(&a),
+            vec![
+                ("sessions", Policy::Lww),
+                ("carts", Policy::Mvr),
+                ("ratelimits", Policy::Counter),
+                ("flags", Policy::Set)
+            ]
+        );
+        assert_eq!(c.cluster.rto_ms, Some(20_000));
+        // The TTL is lowered so that DNS failover fits the RTO, and the config says it does.
+        let ttl = c.router.as_ref().unwrap().ttl_secs;
+        assert_eq!(ttl, 11, "20 s - 3.8 s detection - 5 s slack");
+        assert!(
+            a.promised_rto_ms.unwrap() <= 20_000,
+            "{:?}",
+            a.promised_rto_ms
+        );
+        assert!(w.is_empty(), "{w:?}");
+    }
+
+    #[test]
+    fn row_rto_minutes_with_a_ledger_is_active_standby_with_a_lease_and_an_arbiter() {
+        let (a, c, w) = row("5m", "some", 1.5, 2);
+        assert_eq!(a.model, Model::ActiveStandby);
+        assert_eq!(a.reasons[0].rule, rules::RTO_ACTIVE_STANDBY);
+        assert_eq!(a.reasons[1].rule, rules::EVENTUAL_NO);
+        assert_eq!(a.reasons[2].rule, rules::COST_ACTIVE_STANDBY);
+        assert_eq!(a.fencing.method, "lease");
+        assert_eq!(a.fencing.arbiter.as_deref(), Some("us-east-2"));
+        assert!(a.fencing.why.contains(rules::ARBITER));
+        assert_eq!(c.voters(), 3);
+        assert!(c.cluster.arbiter.as_ref().unwrap().location.is_some());
+        assert_eq!((a.cost_multiple, a.within_budget), (1.5, true));
+        assert!(policies(&a).contains(&("ledger", Policy::Strong)));
+        assert_eq!(
+            c.router.as_ref().unwrap().ttl_secs,
+            30,
+            "the article's TTL fits 5 minutes"
+        );
+        // Two regions and a strong keyspace: both needed, said by the advice and by config check.
+        assert!(
+            a.notes.iter().any(|n| n.contains("--regions 3")),
+            "{:?}",
+            a.notes
+        );
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert!(
+            w[0].starts_with("strong keyspaces are replicated by a group of the 2 regions"),
+            "{w:?}"
+        );
+    }
+
+    #[test]
+    fn row_rto_hours_is_active_passive() {
+        let (a, c, w) = row("4h", "none", 1.3, 2);
+        assert_eq!(a.model, Model::ActivePassive);
+        assert_eq!(c.cluster.model, Model::ActivePassive);
+        assert_eq!(a.reasons[0].rule, rules::RTO_ACTIVE_PASSIVE);
+        assert_eq!(a.reasons[2].rule, rules::COST_ACTIVE_PASSIVE);
+        assert_eq!(a.fencing.method, "lease");
+        assert_eq!((a.cost_multiple, a.within_budget), (1.25, true));
+        assert_eq!(a.promised_rto_ms, None, "an operator promotes");
+        assert!(w.is_empty(), "{w:?}");
+    }
+
+    #[test]
+    fn row_fast_rto_with_data_that_must_never_conflict_is_active_active_with_quorum() {
+        let (a, c, w) = row("20s", "ledger,profiles", 3.0, 3);
+        assert_eq!(a.model, Model::ActiveActive);
+        assert_eq!(a.reasons[1].rule, rules::EVENTUAL_NO);
+        assert_eq!(a.fencing.method, "quorum");
+        assert_eq!(
+            a.fencing.arbiter, None,
+            "3 regions are an odd number of voters"
+        );
+        assert!(c.fencing.quorum);
+        let p = policies(&a);
+        assert!(p.contains(&("ledger", Policy::Strong)), "{p:?}");
+        assert!(p.contains(&("profiles", Policy::Owned)), "{p:?}");
+        assert!(p.contains(&("sessions", Policy::Lww)), "{p:?}");
+        let profiles = c.keyspace("profiles").unwrap().owned.as_ref().unwrap();
+        assert_eq!(profiles.takeover.len(), 3);
+        assert!(a.within_budget);
+        assert!(w.is_empty(), "{w:?}");
+    }
+
+    #[test]
+    fn row_all_data_strong() {
+        let (a, _, w) = row("5m", "all", 2.0, 3);
+        assert_eq!(a.model, Model::ActiveStandby);
+        assert_eq!(policies(&a), vec![("records", Policy::Strong)]);
+        assert_eq!(a.cost_multiple, 2.0);
+        assert!(w.is_empty(), "{w:?}");
+    }
+
+    #[test]
+    fn a_budget_below_what_the_rto_needs_is_reported_not_traded() {
+        let (a, _, _) = row("20s", "none", 1.5, 3);
+        assert_eq!(a.model, Model::ActiveActive, "the RTO decides");
+        assert!(!a.within_budget);
+        assert!(a.reasons[2].conclusion.contains("OVER the budget"));
+        let note = a.notes.iter().find(|n| n.contains("budget")).unwrap();
+        assert!(note.contains("raise the budget to 3x"), "{note}");
+        assert!(!note.contains("active-standby"), "2x does not fit 1.5x: {note}");
+        assert!(note.contains("active-passive (~1.5x"), "{note}");
+        // 2x: active-active over 2 regions fits instead.
+        let (a, _, _) = row("20s", "none", 2.0, 3);
+        assert!(
+            a.notes
+                .iter()
+                .any(|n| n.contains("active-active over 2 regions (~2x)")),
+            "{:?}",
+            a.notes
+        );
+        // A generous budget does not buy a model the RTO does not need.
+        let (a, _, _) = row("5m", "none", 3.0, 2);
+        assert_eq!(a.model, Model::ActiveStandby);
+    }
+
+    #[test]
+    fn an_rto_dns_cannot_meet_is_said_and_config_check_agrees() {
+        let (a, c, w) = row("8s", "none", 2.0, 2);
+        assert_eq!(c.router.as_ref().unwrap().ttl_secs, MIN_TTL_SECS as u32);
+        assert!(
+            a.notes
+                .iter()
+                .any(|n| n.contains("DNS cannot move clients")),
+            "{:?}",
+            a.notes
+        );
+        assert!(
+            w.iter()
+                .any(|w| w.contains("DNS failover of `api.atoll.test`")),
+            "{w:?}"
+        );
+    }
+
+    #[test]
+    fn bad_answers_are_refused_with_a_code_and_a_hint() {
+        let good = req("5m", "none", 1.5, 2);
+        for (r, input) in [
+            (
+                Requirements {
+                    rto_ms: 0,
+                    ..good.clone()
+                },
+                "rto",
+            ),
+            (
+                Requirements {
+                    budget: 0.5,
+                    ..good.clone()
+                },
+                "budget",
+            ),
+            (
+                Requirements {
+                    budget: f64::NAN,
+                    ..good.clone()
+                },
+                "budget",
+            ),
+            (
+                Requirements {
+                    regions: 1,
+                    ..good.clone()
+                },
+                "regions",
+            ),
+            (
+                Requirements {
+                    regions: REGIONS.len() + 1,
+                    ..good.clone()
+                },
+                "regions",
+            ),
+        ] {
+            let e = advise(&r).unwrap_err();
+            assert!(
+                matches!(&e, AdviseError::Invalid { input: i, .. } if *i == input),
+                "{e}"
+            );
+            assert_eq!(e.code(), "ATOLL-ADVISE-INPUT");
+            assert!(!e.retryable());
+            assert!(e.hint().contains("atoll advise"));
+        }
+        assert!(Consistency::parse("Ledger, inventory").is_ok());
+        for bad in [
+            "",
+            "ledger,,x",
+            "sessions",
+            "ledger,feature-flags",
+            "l€dger",
+        ] {
+            let e = Consistency::parse(bad).unwrap_err();
+            assert_eq!(e.code(), "ATOLL-ADVISE-INPUT", "{bad}");
+        }
+        assert_eq!(
+            Consistency::parse("ledger,inventory,ledger").unwrap(),
+            Consistency::Some(vec!["ledger".into(), "inventory".into()])
+        );
+    }
+
+    #[test]
+    fn every_row_and_region_count_writes_a_valid_config() {
+        for rto in ["5s", "20s", "45s", "5m", "10m", "4h"] {
+            for consistency in ["none", "some", "all", "ledger,users"] {
+                for n in 2..=REGIONS.len() {
+                    let a = advise(&req(rto, consistency, 10.0, n))
+                        .unwrap_or_else(|e| panic!("{rto} {consistency} {n}: {e}"));
+                    let c = Config::parse(&a.config, "atoll.toml").unwrap();
+                    assert_eq!(c.regions.len(), n);
+                    assert_eq!(c.cluster.model, a.model);
+                    assert!(
+                        !c.warnings().iter().any(|w| w.contains("voters")),
+                        "{rto} {consistency} {n}: {:?}",
+                        c.warnings()
+                    );
+                    assert!(
+                        !c.warnings().iter().any(|w| w.contains("arbiter `")),
+                        "{:?}",
+                        c.warnings()
+                    );
+                    assert!(!a.explain().is_empty());
+                }
+            }
+        }
+    }
+}

@@ -632,13 +632,13 @@ fn write_config(
     if let Some((site, lat, lon)) = arbiter {
         let _ = writeln!(
             s,
-            "# The tiebreaker of the control group: run `atoll arbiter` in a third location ({site}).\n[cluster.arbiter]\nname = \"arbiter\"\npeer = \"127.0.0.1:7290\"\nlocation = {{ lat = {lat}, lon = {lon} }}\n"
+            "# The tiebreaker of the control group: run `atoll arbiter` in a third location ({site}).\n[cluster.arbiter]\nname = \"arbiter\"\npeer = \"127.0.0.1:7290\"\nlocation = {{ lat = {lat:?}, lon = {lon:?} }}\n"
         );
     }
     for (i, (name, lat, lon)) in regions.iter().enumerate() {
         let _ = writeln!(
             s,
-            "[[regions]]\nname = \"{name}\"\napi = \"127.0.0.1:{}\"\npeer = \"127.0.0.1:{}\"\nlocation = {{ lat = {lat}, lon = {lon} }}\n",
+            "[[regions]]\nname = \"{name}\"\napi = \"127.0.0.1:{}\"\npeer = \"127.0.0.1:{}\"\nlocation = {{ lat = {lat:?}, lon = {lon:?} }}\n",
             7100 + i,
             7200 + i
         );
@@ -958,7 +958,10 @@ mod tests {
         assert!(a.reasons[2].conclusion.contains("OVER the budget"));
         let note = a.notes.iter().find(|n| n.contains("budget")).unwrap();
         assert!(note.contains("raise the budget to 3x"), "{note}");
-        assert!(!note.contains("active-standby"), "2x does not fit 1.5x: {note}");
+        assert!(
+            !note.contains("active-standby"),
+            "2x does not fit 1.5x: {note}"
+        );
         assert!(note.contains("active-passive (~1.5x"), "{note}");
         // 2x: active-active over 2 regions fits instead.
         let (a, _, _) = row("20s", "none", 2.0, 3);

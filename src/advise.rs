@@ -31,7 +31,7 @@ pub fn run(args: AdviseArgs) -> Result<()> {
         None => ask.question(
             "Q1: What is your RTO (how long may losing a region take to recover from: 30s, 5m, 4h)?",
             "5m",
-            |s| atoll_config::duration::parse_ms(s),
+            atoll_config::duration::parse_ms,
         )?,
     };
     let consistency = match &args.consistency {

@@ -881,59 +881,60 @@ fn client_commands_send_the_token_and_show_refusals() {
 #[test]
 fn advise_answers_the_decision_table_and_its_configs_pass_config_check() {
     let dir = ok(test_dir("cli-advise").map_err(Into::into));
-    // (rto, consistency, budget, regions) -> (model, fencing, arbiter, cost, extra warning)
-    let rows: &[(&str, &str, &str, &str, &str, &str, bool, f64, Option<&str>)] = &[
-        (
-            "under-30s",
-            "20s",
-            "none",
-            "2",
-            "active-active",
-            "none",
-            false,
-            2.0,
-            None,
-        ),
-        (
-            "minutes",
-            "5m",
-            "some",
-            "1.5",
-            "active-standby",
-            "lease",
-            true,
-            1.5,
-            Some("strong keyspaces are replicated by a group of the 2 regions"),
-        ),
-        (
-            "hours",
-            "4h",
-            "none",
-            "1.3",
-            "active-passive",
-            "lease",
-            true,
-            1.25,
-            None,
-        ),
-        (
-            "never-conflict",
-            "20s",
-            "ledger,profiles",
-            "3",
-            "active-active",
-            "quorum",
-            false,
-            3.0,
-            None,
-        ),
+    struct Row {
+        label: &'static str,
+        args: [&'static str; 4],
+        model: &'static str,
+        fencing: &'static str,
+        arbiter: bool,
+        cost: f64,
+        extra_warning: Option<&'static str>,
+    }
+    let rows = [
+        Row {
+            label: "under-30s",
+            args: ["20s", "none", "2", "2"],
+            model: "active-active",
+            fencing: "none",
+            arbiter: false,
+            cost: 2.0,
+            extra_warning: None,
+        },
+        Row {
+            label: "minutes",
+            args: ["5m", "some", "1.5", "2"],
+            model: "active-standby",
+            fencing: "lease",
+            arbiter: true,
+            cost: 1.5,
+            extra_warning: Some("strong keyspaces are replicated by a group of the 2 regions"),
+        },
+        Row {
+            label: "hours",
+            args: ["4h", "none", "1.3", "2"],
+            model: "active-passive",
+            fencing: "lease",
+            arbiter: true,
+            cost: 1.25,
+            extra_warning: None,
+        },
+        Row {
+            label: "never-conflict",
+            args: ["20s", "ledger,profiles", "3", "3"],
+            model: "active-active",
+            fencing: "quorum",
+            arbiter: false,
+            cost: 3.0,
+            extra_warning: None,
+        },
     ];
-    for &(label, rto, consistency, budget, model, fencing, arbiter, cost, extra) in rows {
+    for r in &rows {
+        let (label, model) = (r.label, r.model);
+        let [rto, consistency, budget, regions] = r.args;
         let sub = dir.join(label);
         std::fs::create_dir_all(&sub).unwrap();
         let path = sub.join("atoll.toml");
         let path_s = path.to_str().unwrap();
-        let regions = if label == "never-conflict" { "3" } else { "2" };
         let advice = json_of(&atoll(&[
             "advise",
             "--rto",
@@ -950,13 +951,16 @@ fn advise_answers_the_decision_table_and_its_configs_pass_config_check() {
             "json",
         ]));
         assert_eq!(advice["model"], model, "{label}: {advice:#}");
-        assert_eq!(advice["fencing"]["method"], fencing, "{label}: {advice:#}");
         assert_eq!(
-            advice["fencing"]["arbiter"].is_string(),
-            arbiter,
+            advice["fencing"]["method"], r.fencing,
             "{label}: {advice:#}"
         );
-        assert_eq!(advice["cost_multiple"].as_f64(), Some(cost), "{label}");
+        assert_eq!(
+            advice["fencing"]["arbiter"].is_string(),
+            r.arbiter,
+            "{label}: {advice:#}"
+        );
+        assert_eq!(advice["cost_multiple"].as_f64(), Some(r.cost), "{label}");
         assert_eq!(advice["within_budget"], true, "{label}");
         assert_eq!(advice["written_to"], path_s, "{label}");
         let rule = advice["reasons"][0]["rule"].as_str().unwrap_or_default();
@@ -983,7 +987,7 @@ fn advise_answers_the_decision_table_and_its_configs_pass_config_check() {
             .filter_map(Value::as_str)
             .filter(|w| !w.starts_with("no [auth] section"))
             .collect();
-        match extra {
+        match r.extra_warning {
             None => assert!(warnings.is_empty(), "{label}: {warnings:?}"),
             Some(w) => assert!(
                 warnings.len() == 1 && warnings[0].starts_with(w),

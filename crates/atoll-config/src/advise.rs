@@ -540,14 +540,20 @@ pub fn advise(req: &Requirements) -> Result<Advice, AdviseError> {
     // the article's 30 s promises (the same computation as `atoll config check`).
     let first = write_config(req, model, &keyspaces, quorum, arbiter_site, MAX_TTL_SECS);
     let p = Config::parse(&first, "atoll.toml (advised)")?.promises();
-    let detection_ms = p.detection.as_ref().map_or(0, |d| d.worst_ms);
-    let promotion_ms = match p.promotion {
-        crate::promise::Promotion::Automatic { worst_ms, .. } => worst_ms,
-        _ => 0,
-    };
+    // What each name needs before its TTL starts: detection, or (a failover name in
+    // active-standby) promotion and one check.
+    let before_ttl_ms = p
+        .dns
+        .iter()
+        .map(|d| {
+            let fixed = u64::from(d.ttl_secs) * 1_000 + d.resolver_slack_ms;
+            d.worst_ms.max(d.follows_primary_ms.unwrap_or(0)) - fixed
+        })
+        .max()
+        .unwrap_or(0);
     let ttl_room = req
         .rto_ms
-        .saturating_sub(detection_ms.max(promotion_ms))
+        .saturating_sub(before_ttl_ms)
         .saturating_sub(DNS_RESOLVER_SLACK_MS);
     let ttl_secs = (ttl_room / 1_000).clamp(MIN_TTL_SECS, MAX_TTL_SECS);
     if ttl_secs < MAX_TTL_SECS {
@@ -560,7 +566,7 @@ pub fn advise(req: &Requirements) -> Result<Advice, AdviseError> {
         notes.push(format!(
             "DNS cannot move clients off a dead region within {} (failover {} before the TTL, + TTL + {} resolver slack); send them through the router's proxy (`atoll router --proxy`), which fails over per request: `atoll config check` warns about the DNS names until then",
             duration::human(req.rto_ms),
-            duration::human(detection_ms.max(promotion_ms)),
+            duration::human(before_ttl_ms),
             duration::human(DNS_RESOLVER_SLACK_MS)
         ));
     }
@@ -1063,7 +1069,7 @@ mod tests {
 
     #[test]
     fn every_row_and_region_count_writes_a_valid_config() {
-        for rto in ["5s", "20s", "45s", "5m", "10m", "4h"] {
+        for rto in ["5s", "20s", "30s", "40s", "45s", "5m", "10m", "4h"] {
             for consistency in ["none", "some", "all", "ledger,users"] {
                 for n in 2..=REGIONS.len() {
                     let a = advise(&req(rto, consistency, 10.0, n))
@@ -1082,6 +1088,14 @@ mod tests {
                         c.warnings()
                     );
                     assert!(!a.explain().is_empty());
+                    if rto != "5s" {
+                        // What the advice wrote fits the RTO it was asked for.
+                        assert!(
+                            !c.warnings().iter().any(|w| w.contains("rto")),
+                            "{rto} {consistency} {n}: {:?}",
+                            c.warnings()
+                        );
+                    }
                 }
             }
         }

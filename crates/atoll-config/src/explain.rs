@@ -192,6 +192,14 @@ fn promises(out: &mut String, config: &Config) {
             human(n.article_ms),
             human(n.resolver_slack_ms)
         );
+        if let Some(f) = n.follows_primary_ms {
+            let _ = writeln!(
+                out,
+                "  {:<20} {} to follow a new primary = promotion + one check + TTL + slack",
+                "",
+                human(f)
+            );
+        }
     }
     if let Some(px) = &p.proxy {
         let _ = writeln!(

@@ -73,6 +73,9 @@ pub struct DnsFailover {
     /// [`Detection::worst_ms`] + TTL + [`DNS_RESOLVER_SLACK_MS`].
     pub worst_ms: u64,
     pub resolver_slack_ms: u64,
+    /// Active-standby, a `failover` name (it answers the primary): promotion, then one health
+    /// check for the router to see the new primary's role, then TTL and slack.
+    pub follows_primary_ms: Option<u64>,
 }
 
 /// The router's proxy.
@@ -172,6 +175,16 @@ impl Rpo {
     }
 }
 
+impl Promises {
+    /// Automated promotion's worst case, if the model promotes automatically.
+    pub fn promotion_worst_ms(&self) -> Option<u64> {
+        match self.promotion {
+            Promotion::Automatic { worst_ms, .. } => Some(worst_ms),
+            _ => None,
+        }
+    }
+}
+
 pub(crate) fn promises(config: &Config) -> Promises {
     let detection = config.router.as_ref().map(|rc| {
         let h = &rc.health;
@@ -184,6 +197,22 @@ pub(crate) fn promises(config: &Config) -> Promises {
             worst_ms: checks_ms + h.timeout_ms,
         }
     });
+    let fence = fence_config(config);
+    let promotion = match config.cluster.model {
+        Model::ActiveActive => Promotion::NotNeeded,
+        Model::ActiveStandby => Promotion::Automatic {
+            expiry_wait_ms: fence.expiry_wait_ms(),
+            tick_ms: fence.tick_ms(),
+            worst_ms: fence.expiry_wait_ms() + fence.tick_ms(),
+        },
+        Model::ActivePassive => Promotion::Manual {
+            lease_expiry_ms: fence.expiry_wait_ms(),
+        },
+    };
+    let promotion_ms = match &promotion {
+        Promotion::Automatic { worst_ms, .. } => Some(*worst_ms),
+        _ => None,
+    };
     let dns: Vec<DnsFailover> = match (&config.router, &detection) {
         (Some(rc), Some(d)) => rc
             .names
@@ -196,6 +225,12 @@ pub(crate) fn promises(config: &Config) -> Promises {
                     article_ms: d.checks_ms + ttl_ms,
                     worst_ms: d.worst_ms + ttl_ms + DNS_RESOLVER_SLACK_MS,
                     resolver_slack_ms: DNS_RESOLVER_SLACK_MS,
+                    follows_primary_ms: match (n.policy, promotion_ms) {
+                        (crate::router::RoutePolicy::Failover, Some(p)) => {
+                            Some(p + d.interval_ms + ttl_ms + DNS_RESOLVER_SLACK_MS)
+                        }
+                        _ => None,
+                    },
                 }
             })
             .collect(),
@@ -210,21 +245,9 @@ pub(crate) fn promises(config: &Config) -> Promises {
         }),
         _ => None,
     };
-    let fence = fence_config(config);
-    let promotion = match config.cluster.model {
-        Model::ActiveActive => Promotion::NotNeeded,
-        Model::ActiveStandby => Promotion::Automatic {
-            expiry_wait_ms: fence.expiry_wait_ms(),
-            tick_ms: fence.tick_ms(),
-            worst_ms: fence.expiry_wait_ms() + fence.tick_ms(),
-        },
-        Model::ActivePassive => Promotion::Manual {
-            lease_expiry_ms: fence.expiry_wait_ms(),
-        },
-    };
     let traffic = dns
         .iter()
-        .map(|d| d.worst_ms)
+        .map(|d| d.worst_ms.max(d.follows_primary_ms.unwrap_or(0)))
         .chain(proxy.as_ref().map(|p| p.ejection_worst_ms))
         .max();
     let worst_case_ms = match (&promotion, traffic) {
@@ -297,6 +320,19 @@ pub(crate) fn rto_warnings(config: &Config, p: &Promises) -> Vec<String> {
     }
     if let Some(d) = &p.detection {
         for n in &p.dns {
+            if let Some(f) = n.follows_primary_ms
+                && f > rto
+            {
+                out.push(format!(
+                    "`{}` follows the primary: after a promotion of up to {} the router sees the new primary within one check ({}), then clients wait out TTL {} s + {} resolver slack: {} in all, more than [cluster] rto = {declared}: lower ttl_secs or [fencing] lease_ms, or send writes through the proxy",
+                    n.name,
+                    p.promotion_worst_ms().map(human).unwrap_or_default(),
+                    human(d.interval_ms),
+                    n.ttl_secs,
+                    human(n.resolver_slack_ms),
+                    human(f),
+                ));
+            }
             if n.worst_ms > rto {
                 out.push(format!(
                     "DNS failover of `{}` can take {} (checks every {} x failure_threshold {} + a {} check timeout + TTL {} s + {} resolver slack), more than [cluster] rto = {declared}: lower ttl_secs, health.interval_ms or health.failure_threshold, or send clients through the proxy",

@@ -2134,6 +2134,31 @@ mod promises {
         // With one, the larger of promotion and traffic.
         let p = ok(&format!("{}{ARTICLE}", standby(""))).promises();
         assert_eq!(p.worst_case_ms, Some(67_000));
+        assert_eq!(p.dns[0].follows_primary_ms, None, "a latency name");
+        // A failover name follows the primary: promotion 5.5 s + one 10 s check + TTL 30 s + 5 s.
+        let failover = edit(
+            &format!("{}{ARTICLE}", standby("")),
+            "policy = \"latency\"",
+            "policy = \"failover\"",
+        );
+        let p = ok(&failover).promises();
+        assert_eq!(
+            p.dns[0].follows_primary_ms,
+            Some(5_505 + 10_000 + 30_000 + 5_000)
+        );
+        assert_eq!(
+            p.worst_case_ms,
+            Some(67_000),
+            "detection + TTL + slack is still the larger"
+        );
+        let c = ok(&with_rto(&failover, "60s"));
+        assert!(!has(&c, "follows the primary"), "{:?}", c.warnings());
+        let c = ok(&with_rto(&failover, "45s"));
+        assert!(
+            has(&c, "`api.atoll.test` follows the primary"),
+            "{:?}",
+            c.warnings()
+        );
         let p = ok(&model(BASE, "active-passive")).promises();
         assert_eq!(
             p.promotion,

@@ -1,5 +1,6 @@
 //! `atoll`: one binary for every role. This file only parses the command line and dispatches.
 
+mod advise;
 mod certs;
 mod client;
 mod demo;
@@ -88,6 +89,14 @@ enum Command {
         #[arg(long, default_value = "active-active", value_parser = parse_model)]
         model: atoll_config::Model,
     },
+    /// Recommend a topology from the article's decision framework (RTO, consistency, budget)
+    /// and write a starting atoll.toml.
+    ///
+    /// Without flags on a terminal it asks each question; elsewhere every flag is needed.
+    #[command(
+        after_help = "Examples:\n  atoll advise --rto 5m --consistency some --budget 1.5 --regions 2\n  atoll advise --rto 20s --consistency ledger,profiles --budget 3 --regions 3 --write atoll.toml\n  atoll advise --rto 4h --consistency none --budget 1.3 --regions 2 --output json\n  atoll advise                    # asks, on a terminal\n\nThe rules (quoted from the article in the answer): RTO under 30 s -> active-active; up to\n10 minutes -> active-standby with automated promotion; longer -> active-passive. Data that must\nnever conflict gets strong consistency replication (strong keyspaces; owned ones for data with\na natural owner in active-active). Cost: active-active ~N x one region, active-standby ~1.5x,\nactive-passive ~1.25x for two regions; a budget below what the RTO needs is reported."
+    )]
+    Advise(AdviseArgs),
     /// Validate and explain a config file.
     Config {
         #[command(subcommand)]
@@ -211,9 +220,45 @@ enum DemoCommand {
 
 #[derive(Subcommand)]
 enum ConfigCommand {
-    /// Parse, validate and print what was understood (defaults included).
-    #[command(after_help = "Example:\n  atoll config check examples/single-region.toml")]
-    Check { file: PathBuf },
+    /// Parse, validate and print what was understood (defaults included), what it promises
+    /// when a region dies (DNS, proxy and promotion worst cases, each keyspace's RPO) and the
+    /// anti-patterns it contains.
+    #[command(
+        after_help = "Examples:\n  atoll config check examples/single-region.toml\n  atoll config check atoll.toml --output json"
+    )]
+    Check {
+        file: PathBuf,
+        /// human, or json: {file, ok, promises, warnings}.
+        #[arg(long, value_enum, default_value = "human")]
+        output: client::Output,
+    },
+}
+
+#[derive(clap::Args)]
+struct AdviseArgs {
+    /// Recovery time objective: how long a region's loss may take to recover from (30s, 5m, 4h).
+    #[arg(long, value_parser = parse_duration)]
+    rto: Option<u64>,
+    /// Which data must never conflict: none, some, all, or the data's names (ledger,inventory).
+    #[arg(long)]
+    consistency: Option<String>,
+    /// The most the deployment may cost, as a multiple of one region's (1.5 = 50 % more).
+    #[arg(long)]
+    budget: Option<f64>,
+    /// Number of regions.
+    #[arg(long)]
+    regions: Option<usize>,
+    /// Write the starting atoll.toml here (refuses to overwrite an existing file) instead of
+    /// printing it.
+    #[arg(long)]
+    write: Option<PathBuf>,
+    /// human, or json: the answer with the config as a string.
+    #[arg(long, value_enum, default_value = "human")]
+    output: client::Output,
+}
+
+fn parse_duration(s: &str) -> Result<u64, String> {
+    atoll_config::duration::parse_ms(s)
 }
 
 #[derive(Subcommand)]
@@ -369,8 +414,9 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Config {
-            command: ConfigCommand::Check { file },
-        } => config_check(&file),
+            command: ConfigCommand::Check { file, output },
+        } => config_check(&file, output),
+        Command::Advise(args) => advise::run(args),
         Command::Certs {
             command:
                 CertsCommand::Init {
@@ -476,7 +522,7 @@ fn main() -> ExitCode {
                     } => run_arbiter(config, listen, data_dir, peer_via).await,
                     Command::Router(args) => atoll_router::cli::run(*args).await,
                     Command::Link(args) => atoll_link::cli::run(args).await,
-                    Command::Config { .. } | Command::Certs { .. } => Ok(()),
+                    Command::Config { .. } | Command::Certs { .. } | Command::Advise(_) => Ok(()),
                 }
             })
         }
@@ -490,7 +536,7 @@ fn main() -> ExitCode {
     }
 }
 
-fn config_check(file: &std::path::Path) -> Result<()> {
+fn config_check(file: &std::path::Path, output: client::Output) -> Result<()> {
     let cfg = atoll_config::Config::load(file)
         .and_then(|c| c.check_peer_tls().map(|()| c))
         .map_err(anyhow::Error::msg)
@@ -498,6 +544,19 @@ fn config_check(file: &std::path::Path) -> Result<()> {
     let tokens = atoll_config::auth::Tokens::load_for(&cfg)
         .map_err(anyhow::Error::msg)
         .with_context(|| format!("{} names an invalid tokens file", file.display()))?;
+    if let client::Output::Json = output {
+        let mut warnings = cfg.warnings();
+        warnings.extend(certs::check_files(&cfg));
+        let doc = serde_json::json!({
+            "file": file.display().to_string(),
+            "ok": true,
+            "model": cfg.cluster.model,
+            "promises": cfg.promises(),
+            "warnings": warnings,
+        });
+        println!("{}", serde_json::to_string_pretty(&doc)?);
+        return Ok(());
+    }
     println!("{}: OK\n", file.display());
     print!("{}", cfg.explain());
     if let (Some(tokens), Some(path)) = (tokens, &cfg.auth.tokens_file) {

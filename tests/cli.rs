@@ -873,3 +873,239 @@ fn client_commands_send_the_token_and_show_refusals() {
     ));
     assert_eq!(ok(r.terminate()).code(), Some(0));
 }
+
+/// `atoll advise` against the article's decision table: each row's recommendation, and the
+/// config it writes passes `atoll config check` (after `atoll certs init`, as its notes say) with
+/// no warning but the open client API's, the 2-region strong group's where it has one, and none
+/// about the rto it declares.
+#[test]
+fn advise_answers_the_decision_table_and_its_configs_pass_config_check() {
+    let dir = ok(test_dir("cli-advise").map_err(Into::into));
+    struct Row {
+        label: &'static str,
+        args: [&'static str; 4],
+        model: &'static str,
+        fencing: &'static str,
+        arbiter: bool,
+        cost: f64,
+        extra_warning: Option<&'static str>,
+    }
+    let rows = [
+        Row {
+            label: "under-30s",
+            args: ["20s", "none", "2", "2"],
+            model: "active-active",
+            fencing: "none",
+            arbiter: false,
+            cost: 2.0,
+            extra_warning: None,
+        },
+        Row {
+            label: "minutes",
+            args: ["5m", "some", "1.5", "2"],
+            model: "active-standby",
+            fencing: "lease",
+            arbiter: true,
+            cost: 1.5,
+            extra_warning: Some("strong keyspaces are replicated by a group of the 2 regions"),
+        },
+        Row {
+            label: "hours",
+            args: ["4h", "none", "1.3", "2"],
+            model: "active-passive",
+            fencing: "lease",
+            arbiter: true,
+            cost: 1.25,
+            extra_warning: None,
+        },
+        Row {
+            label: "never-conflict",
+            args: ["20s", "ledger,profiles", "3", "3"],
+            model: "active-active",
+            fencing: "quorum",
+            arbiter: false,
+            cost: 3.0,
+            extra_warning: None,
+        },
+    ];
+    for r in &rows {
+        let (label, model) = (r.label, r.model);
+        let [rto, consistency, budget, regions] = r.args;
+        let sub = dir.join(label);
+        std::fs::create_dir_all(&sub).unwrap();
+        let path = sub.join("atoll.toml");
+        let path_s = path.to_str().unwrap();
+        let advice = json_of(&atoll(&[
+            "advise",
+            "--rto",
+            rto,
+            "--consistency",
+            consistency,
+            "--budget",
+            budget,
+            "--regions",
+            regions,
+            "--write",
+            path_s,
+            "--output",
+            "json",
+        ]));
+        assert_eq!(advice["model"], model, "{label}: {advice:#}");
+        assert_eq!(
+            advice["fencing"]["method"], r.fencing,
+            "{label}: {advice:#}"
+        );
+        assert_eq!(
+            advice["fencing"]["arbiter"].is_string(),
+            r.arbiter,
+            "{label}: {advice:#}"
+        );
+        assert_eq!(advice["cost_multiple"].as_f64(), Some(r.cost), "{label}");
+        assert_eq!(advice["within_budget"], true, "{label}");
+        assert_eq!(advice["written_to"], path_s, "{label}");
+        let rule = advice["reasons"][0]["rule"].as_str().unwrap_or_default();
+        assert!(rule.contains('→'), "{label}: the rule is quoted: {rule}");
+        let written = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(advice["config"], written.as_str(), "{label}");
+
+        succeeded(&atoll(&[
+            "certs",
+            "init",
+            "--config",
+            path_s,
+            "--out",
+            sub.join("certs").to_str().unwrap(),
+        ]));
+        let check = json_of(&atoll(&["config", "check", path_s, "--output", "json"]));
+        assert_eq!(check["ok"], true, "{label}");
+        assert_eq!(check["model"], model, "{label}");
+        assert_eq!(check["promises"]["rto_ms"], duration_ms(rto), "{label}");
+        let warnings: Vec<&str> = check["warnings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(Value::as_str)
+            .filter(|w| !w.starts_with("no [auth] section"))
+            .collect();
+        match r.extra_warning {
+            None => assert!(warnings.is_empty(), "{label}: {warnings:?}"),
+            Some(w) => assert!(
+                warnings.len() == 1 && warnings[0].starts_with(w),
+                "{label}: {warnings:?}"
+            ),
+        }
+        // The human form says the same and ends in OK.
+        let human = succeeded(&atoll(&["config", "check", path_s]));
+        assert!(human.contains(": OK"), "{human}");
+        assert!(
+            human.contains(&format!("model                {model}")),
+            "{label}: {human}"
+        );
+    }
+
+    // Never overwrites; never guesses missing answers when it cannot ask (stdin is not a
+    // terminal here).
+    let path = dir.join("under-30s").join("atoll.toml");
+    let before = std::fs::read_to_string(&path).unwrap();
+    let err = failed(&atoll(&[
+        "advise",
+        "--rto",
+        "5m",
+        "--consistency",
+        "none",
+        "--budget",
+        "2",
+        "--regions",
+        "2",
+        "--write",
+        path.to_str().unwrap(),
+    ]));
+    assert!(err.contains("never overwrites"), "{err}");
+    assert_eq!(std::fs::read_to_string(&path).unwrap(), before);
+    let err = failed(&atoll(&["advise", "--rto", "5m"]));
+    assert!(
+        err.contains("missing --consistency, --budget, --regions"),
+        "{err}"
+    );
+    let err = failed(&atoll(&[
+        "advise",
+        "--rto",
+        "5m",
+        "--consistency",
+        "sessions",
+        "--budget",
+        "2",
+        "--regions",
+        "2",
+    ]));
+    assert!(err.contains("ATOLL-ADVISE-INPUT"), "{err}");
+    let err = failed(&atoll(&[
+        "advise",
+        "--rto",
+        "5m",
+        "--consistency",
+        "none",
+        "--budget",
+        "0.5",
+        "--regions",
+        "2",
+    ]));
+    assert!(
+        err.contains("--budget") && err.contains("ATOLL-ADVISE-INPUT"),
+        "{err}"
+    );
+}
+
+fn duration_ms(s: &str) -> u64 {
+    let (n, unit) = s.split_at(s.len() - 1);
+    let n: u64 = n.parse().unwrap();
+    n * match unit {
+        "s" => 1_000,
+        "m" => 60_000,
+        _ => 3_600_000,
+    }
+}
+
+/// `config check` shows the article's worst case for its Route 53 settings (interval 10 s,
+/// threshold 3, TTL 30 s: 60 s, plus the check timeout and the resolver slack it states), and
+/// warns when that is above the declared rto, in both output forms.
+#[test]
+fn config_check_computes_the_articles_dns_worst_case_and_warns_above_the_rto() {
+    let dir = ok(test_dir("cli-promises").map_err(Into::into));
+    let path = dir.join("article.toml");
+    let text = |rto: &str| {
+        format!(
+            "{}\n[router]\n[router.health]\ninterval_ms = 10000\ntimeout_ms = 2000\nfailure_threshold = 3\n\n[[router.names]]\nname = \"api\"\npolicy = \"latency\"\nttl_secs = 30\n",
+            BASE.replace(
+                "name = \"cli-test\"\n",
+                &format!("name = \"cli-test\"\nrto = \"{rto}\"\n")
+            )
+        )
+    };
+    std::fs::write(&path, text("1m")).unwrap();
+    let p = path.to_str().unwrap();
+    let out = succeeded(&atoll(&["config", "check", p]));
+    assert!(
+        out.contains("the article's interval x threshold + TTL: 60 s"),
+        "{out}"
+    );
+    assert!(out.contains("67 s = detection + TTL 30 s"), "{out}");
+    assert!(out.contains("+ 5 s resolver slack assumed"), "{out}");
+    assert!(
+        out.contains("warning: DNS failover of `api.atoll.test` can take 67 s"),
+        "{out}"
+    );
+    let j = json_of(&atoll(&["config", "check", p, "--output", "json"]));
+    assert_eq!(j["promises"]["dns"][0]["article_ms"], 60_000);
+    assert_eq!(j["promises"]["dns"][0]["worst_ms"], 67_000);
+    assert_eq!(j["promises"]["worst_case_ms"], 67_000);
+    assert_eq!(
+        j["promises"]["keyspaces"][0]["rpo"]["kind"],
+        "replication-lag"
+    );
+    // With room for it, no warning.
+    std::fs::write(&path, text("2m")).unwrap();
+    let out = succeeded(&atoll(&["config", "check", p]));
+    assert!(!out.contains("warning: DNS failover"), "{out}");
+    assert!(out.contains("(within the declared rto)"), "{out}");
+}

@@ -1,5 +1,7 @@
 //! [`Config::explain`]: what was understood, in plain text, defaults included.
 
+use crate::duration::human;
+use crate::promise::Promotion;
 use crate::router::{
     DEFAULT_TTL_SECS, InitialHealth, NoHealthyPolicy, RoutePolicy, RouterConfig,
     RouterHealthConfig, RouterProxyConfig,
@@ -139,7 +141,147 @@ pub(crate) fn explain(config: &Config) -> String {
             );
         }
     }
+    promises(&mut out, config);
     out
+}
+
+/// What the config promises when a region dies ([`crate::promise`]).
+fn promises(out: &mut String, config: &Config) {
+    let p = config.promises();
+    let _ = writeln!(
+        out,
+        "\nwhen a region dies (worst cases computed from the settings above)"
+    );
+    match p.rto_ms {
+        Some(rto) => {
+            let _ = writeln!(out, "  rto (declared)       {}", human(rto));
+        }
+        None => {
+            let _ = writeln!(
+                out,
+                "  rto                  not declared ([cluster] rto = \"60s\" makes `config check` compare it with what follows)"
+            );
+        }
+    }
+    match &p.detection {
+        Some(d) => {
+            let _ = writeln!(
+                out,
+                "  detection            {} = interval {} x failure_threshold {}, + up to {} for the last check to time out = {}",
+                human(d.checks_ms),
+                human(d.interval_ms),
+                d.failure_threshold,
+                human(d.timeout_ms),
+                human(d.worst_ms)
+            );
+        }
+        None => {
+            let _ = writeln!(
+                out,
+                "  detection            none: no [router], so nothing here moves clients off a dead region"
+            );
+        }
+    }
+    for n in &p.dns {
+        let _ = writeln!(
+            out,
+            "  DNS {:<16} {} = detection + TTL {} s (the article's interval x threshold + TTL: {}), + {} resolver slack assumed",
+            n.name,
+            human(n.worst_ms),
+            n.ttl_secs,
+            human(n.article_ms),
+            human(n.resolver_slack_ms)
+        );
+        if let Some(f) = n.follows_primary_ms {
+            let _ = writeln!(
+                out,
+                "  {:<20} {} to follow a new primary = promotion + one check + TTL + slack",
+                "",
+                human(f)
+            );
+        }
+    }
+    if let Some(px) = &p.proxy {
+        let _ = writeln!(
+            out,
+            "  proxy                {} to eject by health checks{}; until then a request that cannot connect moves to the next region within {} (connect timeout), and one in flight waits up to {} (then retried if idempotent, else 502 ATOLL-UPSTREAM-OUTCOME-UNKNOWN)",
+            human(px.ejection_worst_ms),
+            if px.outlier_failures > 0 {
+                format!(
+                    ", or at once after {} failed requests in a row (passive)",
+                    px.outlier_failures
+                )
+            } else {
+                String::new()
+            },
+            human(px.connect_timeout_ms),
+            human(px.request_timeout_ms)
+        );
+    }
+    match &p.promotion {
+        Promotion::NotNeeded => {
+            let _ = writeln!(
+                out,
+                "  writes               every region takes writes: nothing to promote"
+            );
+        }
+        Promotion::Automatic {
+            expiry_wait_ms,
+            tick_ms,
+            worst_ms,
+        } => {
+            let _ = writeln!(
+                out,
+                "  promotion            {} = lease expiry wait {} + a tick of {}, plus a round trip to a majority (automated)",
+                human(*worst_ms),
+                human(*expiry_wait_ms),
+                human(*tick_ms)
+            );
+        }
+        Promotion::Manual { lease_expiry_ms } => {
+            let _ = writeln!(
+                out,
+                "  promotion            manual: `atoll promote` once the lease has ended ({} after the last renewal); the article's active-passive RTO is minutes to tens of minutes",
+                human(*lease_expiry_ms)
+            );
+        }
+    }
+    match p.worst_case_ms {
+        Some(w) => {
+            let _ = writeln!(
+                out,
+                "  worst case RTO       {}{}",
+                human(w),
+                match p.rto_ms {
+                    Some(rto) if w > rto => " (ABOVE the declared rto: see the warnings)",
+                    Some(_) => " (within the declared rto)",
+                    None => "",
+                }
+            );
+        }
+        None => {
+            let _ = writeln!(
+                out,
+                "  worst case RTO       not bounded by this config ({})",
+                if config.router.is_none() {
+                    "no [router]"
+                } else {
+                    "an operator promotes"
+                }
+            );
+        }
+    }
+    let _ = writeln!(out, "  RPO per keyspace ({})", config.cluster.model);
+    let w = p.keyspaces.iter().map(|k| k.name.len()).max().unwrap_or(0);
+    for k in &p.keyspaces {
+        let _ = writeln!(
+            out,
+            "    {:<w$}  {:<7}  {}",
+            k.name,
+            k.policy.to_string(),
+            k.rpo.describe()
+        );
+    }
 }
 
 /// `key  value (default)  (meaning)` lines, aligned.
@@ -481,12 +623,18 @@ fn fencing(out: &mut String, config: &Config) {
             f.max_promotion_lag_ms,
             default_mark(f.max_promotion_lag_ms == crate::DEFAULT_MAX_PROMOTION_LAG_MS)
         );
-        let wait = f.lease_ms + (f.lease_ms * f.max_drift_ppm).div_ceil(1_000_000) + f.margin_ms;
-        let _ = writeln!(
-            out,
-            "  automated promotion   about {:.1} s after the primary's last answered renewal (lease x (1 + drift) + margin), plus a control-group election if the primary led it",
-            wait as f64 / 1000.0
-        );
+        if let Promotion::Automatic {
+            expiry_wait_ms,
+            tick_ms,
+            ..
+        } = config.promises().promotion
+        {
+            let _ = writeln!(
+                out,
+                "  automated promotion   about {:.1} s after the primary's last answered renewal (lease x (1 + drift) + margin), plus a tick of {tick_ms} ms and a round trip to a majority; a control-group election, if the primary led it, fits inside that wait",
+                expiry_wait_ms as f64 / 1000.0
+            );
+        }
         let _ = writeln!(
             out,
             "  forward_writes        {}{}  ({})",

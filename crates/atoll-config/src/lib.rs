@@ -30,9 +30,12 @@
 //! assert_eq!(config.region("us-east-1").unwrap().peer, "127.0.0.1:7100".parse().unwrap());
 //! ```
 
+pub mod advise;
 pub mod auth;
+pub mod duration;
 mod error;
 mod explain;
+pub mod promise;
 mod raw;
 pub mod router;
 #[cfg(test)]
@@ -88,6 +91,10 @@ pub const DEFAULT_SUBSCRIPTION_STREAMS_PER_PEER: usize = 4;
 /// the replication endpoints.
 pub const MAX_REGIONS: usize = 256;
 
+/// An arbiter closer than this to a region is in the same location (one metro area): `atoll
+/// config check` warns.
+pub const SAME_LOCATION_KM: f64 = 100.0;
+
 /// Default `api.max_json_body_bytes`: 4 MiB.
 pub const DEFAULT_MAX_JSON_BODY_BYTES: usize = 4 << 20;
 
@@ -130,6 +137,9 @@ pub struct ClusterConfig {
     pub tls: PeerTls,
     /// `[cluster.arbiter]`: the witness that votes in the control group (fencing), if any.
     pub arbiter: Option<ArbiterConfig>,
+    /// `rto`: the recovery time objective, in ms, if declared. `atoll config check` warns when
+    /// what the config promises (failover by DNS, the proxy, promotion) takes longer.
+    pub rto_ms: Option<u64>,
 }
 
 /// `[cluster.arbiter]`: a lightweight process (`atoll arbiter`) that votes in the control group
@@ -140,6 +150,9 @@ pub struct ArbiterConfig {
     pub name: RegionId,
     /// Where regions reach it (mutual TLS, like a region's peer listener).
     pub peer: SocketAddr,
+    /// Where it runs, if declared: `atoll config check` warns when that is where a region is
+    /// (an arbiter must fail independently of the regions it arbitrates).
+    pub location: Option<GeoPoint>,
 }
 
 /// `[fencing]`: the write lease and quorum fencing (`docs/design/fencing.md`).
@@ -575,7 +588,46 @@ impl Config {
                 .map(router::warnings)
                 .unwrap_or_default(),
         );
+        out.extend(self.arbiter_placement_warnings());
+        out.extend(promise::rto_warnings(self, &self.promises()));
         out
+    }
+
+    /// The arbiter must fail independently of the regions: not where one of them is (within
+    /// [`SAME_LOCATION_KM`] of its `location`), nor on one of their hosts (an IP address a region
+    /// uses, loopback aside: a single-machine demo runs everything on it).
+    fn arbiter_placement_warnings(&self) -> Vec<String> {
+        let Some(a) = &self.cluster.arbiter else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        for r in &self.regions {
+            if let (Some(al), Some(rl)) = (a.location, r.location) {
+                let km = atoll_core::geo::great_circle_km(al.lat, al.lon, rl.lat, rl.lon);
+                if km < SAME_LOCATION_KM {
+                    out.push(format!(
+                        "the arbiter `{}` is placed {km:.0} km from region {} (cluster.arbiter.location): an outage of that location takes both, and the survivors lose their tiebreaker; the article puts the arbiter in a third region or an availability zone not shared by either",
+                        a.name, r.name
+                    ));
+                    continue;
+                }
+            }
+            let ip = a.peer.ip();
+            if !ip.is_loopback() && !ip.is_unspecified() && (r.api.ip() == ip || r.peer.ip() == ip)
+            {
+                out.push(format!(
+                    "the arbiter `{}` has the IP address {ip} of region {}: on one host they fail together, and the survivors lose their tiebreaker; run the arbiter in a third location",
+                    a.name, r.name
+                ));
+            }
+        }
+        out
+    }
+
+    /// What this config promises when a region dies: DNS, proxy and promotion times and each
+    /// keyspace's RPO bound ([`promise`]).
+    pub fn promises(&self) -> promise::Promises {
+        promise::promises(self)
     }
 
     /// Whether this config says how its regions talk to each other, as a process that speaks

@@ -68,6 +68,8 @@ struct RawArbiter {
     #[serde(default)]
     name: Option<Spanned<String>>,
     peer: Spanned<String>,
+    #[serde(default)]
+    location: Option<RawGeo>,
 }
 
 #[derive(Deserialize)]
@@ -95,6 +97,8 @@ struct RawCluster {
     tls: Option<Spanned<RawTls>>,
     #[serde(default)]
     arbiter: Option<Spanned<RawArbiter>>,
+    #[serde(default)]
+    rto: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -359,7 +363,28 @@ fn cluster(
             None => PeerTls::Undeclared,
         },
         arbiter: None,
+        rto_ms: match &raw.rto {
+            Some(r) => Some(rto(cx, r)?),
+            None => None,
+        },
     })
+}
+
+/// Accepted `cluster.rto`: a second to 30 days.
+const RTO_MS: RangeInclusive<u64> = 1_000..=30 * 86_400_000;
+
+/// `[cluster] rto`: the recovery time objective the cluster is meant to meet (`30s`, `5m`).
+fn rto(cx: &Ctx<'_>, raw: &Spanned<String>) -> Result<u64, ConfigError> {
+    let ms = crate::duration::parse_ms(raw.get_ref())
+        .map_err(|m| cx.err(raw.span(), "cluster.rto", m))?;
+    if !RTO_MS.contains(&ms) {
+        return Err(cx.err(
+            raw.span(),
+            "cluster.rto",
+            format!("`{}` is out of range: an rto is 1s to 30d", raw.get_ref()),
+        ));
+    }
+    Ok(ms)
 }
 
 /// `[cluster.arbiter]`: a name distinct from every region, an address no region uses.
@@ -393,7 +418,15 @@ fn arbiter(
             ),
         ));
     }
-    Ok(crate::ArbiterConfig { name: id, peer })
+    let location = match &a.location {
+        Some(g) => Some(geo(cx, g, "cluster.arbiter.location")?),
+        None => None,
+    };
+    Ok(crate::ArbiterConfig {
+        name: id,
+        peer,
+        location,
+    })
 }
 
 const LEASE_MS: RangeInclusive<i64> = 500..=600_000;

@@ -279,6 +279,7 @@ fn defaults_are_applied() {
             max_clock_offset_ms: 500,
             tls: PeerTls::Undeclared,
             arbiter: None,
+            rto_ms: None,
         }
     );
     assert_eq!(
@@ -2047,4 +2048,405 @@ fn strong_region_local_keyspaces_and_two_region_strong_groups_are_warned_about()
     assert!(w.iter().any(|w| w.contains("which means both")), "{w:?}");
     // No strong keyspace, no strong warning.
     assert!(!ok(BASE).warnings().iter().any(|w| w.contains("strong")));
+}
+
+// ---------------------------------------------------------------------------------------------
+// What a config promises (`atoll config check`): failover times, RPO bounds, their warnings
+
+mod promises {
+    use super::*;
+    use crate::promise::{DNS_RESOLVER_SLACK_MS, Promotion, Rpo};
+
+    /// The article's Route 53 health check: every 10 s, 3 failures, TTL 30 s (a check timeout of
+    /// 2 s, which atoll needs and Route 53 does not state).
+    const ARTICLE: &str = "\n[router]\nzone = \"atoll.test\"\n\n[router.health]\ninterval_ms = 10000\ntimeout_ms = 2000\nfailure_threshold = 3\n\n[[router.names]]\nname = \"api\"\npolicy = \"latency\"\nttl_secs = 30\n";
+
+    fn with_rto(text: &str, rto: &str) -> String {
+        edit(
+            text,
+            "name = \"t\"\n",
+            &format!("name = \"t\"\nrto = \"{rto}\"\n"),
+        )
+    }
+
+    fn standby(extra: &str) -> String {
+        format!(
+            "{}\n{extra}",
+            edit(
+                BASE,
+                "name = \"t\"\n",
+                "name = \"t\"\nmodel = \"active-standby\"\n"
+            )
+        )
+    }
+
+    fn model(text: &str, m: &str) -> String {
+        edit(
+            text,
+            "name = \"t\"\n",
+            &format!("name = \"t\"\nmodel = \"{m}\"\n"),
+        )
+    }
+
+    fn has(c: &Config, needle: &str) -> bool {
+        c.warnings().iter().any(|w| w.contains(needle))
+    }
+
+    #[test]
+    fn the_articles_health_check_gives_its_worst_case() {
+        let c = ok(&format!("{BASE}{ARTICLE}"));
+        let p = c.promises();
+        let d = p.detection.as_ref().unwrap();
+        assert_eq!(d.checks_ms, 30_000, "interval x threshold");
+        assert_eq!(d.worst_ms, 32_000, "+ the last check's timeout");
+        assert_eq!(p.dns.len(), 1);
+        let api = &p.dns[0];
+        assert_eq!(api.name, "api.atoll.test");
+        // The article: 10 s x 3 + TTL 30 s = 60 s; with the check timeout and resolver slack.
+        assert_eq!(api.article_ms, 60_000);
+        assert_eq!(api.resolver_slack_ms, DNS_RESOLVER_SLACK_MS);
+        assert_eq!(
+            api.worst_ms,
+            30_000 + 2_000 + 30_000 + DNS_RESOLVER_SLACK_MS
+        );
+        let px = p.proxy.as_ref().unwrap();
+        assert_eq!(px.ejection_worst_ms, 32_000);
+        assert_eq!((px.connect_timeout_ms, px.outlier_failures), (1_000, 5));
+        assert_eq!(p.promotion, Promotion::NotNeeded);
+        assert_eq!(p.worst_case_ms, Some(67_000));
+        let text = c.explain();
+        assert!(text.contains("DNS api.atoll.test"), "{text}");
+        assert!(
+            text.contains("67 s = detection + TTL 30 s (the article's interval x threshold + TTL: 60 s), + 5 s resolver slack assumed"),
+            "{text}"
+        );
+        assert!(
+            text.contains("detection            30 s = interval 10 s x failure_threshold 3"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn each_name_has_its_own_ttl() {
+        let text = format!(
+            "{BASE}{ARTICLE}\n[[router.names]]\nname = \"primary\"\npolicy = \"failover\"\nttl_secs = 10\n"
+        );
+        let p = ok(&text).promises();
+        let ttls: Vec<(String, u64)> = p
+            .dns
+            .iter()
+            .map(|d| (d.name.clone(), d.article_ms))
+            .collect();
+        assert_eq!(
+            ttls,
+            vec![
+                ("api.atoll.test".to_string(), 60_000),
+                ("primary.atoll.test".to_string(), 40_000)
+            ]
+        );
+        assert_eq!(p.worst_case_ms, Some(67_000), "the slowest name");
+    }
+
+    #[test]
+    fn automated_promotion_is_the_fences_expiry_wait() {
+        let p = ok(&standby("")).promises();
+        // lease 5000 x (1 + 1000 ppm) + margin 250, then a tick of min(1000 / 4, 250).
+        assert_eq!(
+            p.promotion,
+            Promotion::Automatic {
+                expiry_wait_ms: 5_255,
+                tick_ms: 250,
+                worst_ms: 5_505
+            }
+        );
+        let p = ok(&standby(
+            "[fencing]\nlease_ms = 2000\nrenew_every_ms = 400\nmargin_ms = 100\n",
+        ))
+        .promises();
+        assert_eq!(
+            p.promotion,
+            Promotion::Automatic {
+                expiry_wait_ms: 2_102,
+                tick_ms: 100,
+                worst_ms: 2_202
+            }
+        );
+        // The same wait as the lease the regions run.
+        let f = ok(&standby("")).fencing;
+        let core = atoll_core::fence::FenceConfig {
+            lease_ms: f.lease_ms,
+            margin_ms: f.margin_ms,
+            max_drift_ppm: f.max_drift_ppm,
+            ..atoll_core::fence::FenceConfig::new(
+                f.initial_primary.clone(),
+                atoll_core::fence::Topology::ActiveStandby,
+                vec![f.initial_primary.clone()],
+                f.initial_primary.clone(),
+            )
+        };
+        assert_eq!(core.expiry_wait_ms(), 5_255);
+        // Without a router nothing moves clients: no overall bound.
+        assert_eq!(ok(&standby("")).promises().worst_case_ms, None);
+        // With one, the larger of promotion and traffic.
+        let p = ok(&format!("{}{ARTICLE}", standby(""))).promises();
+        assert_eq!(p.worst_case_ms, Some(67_000));
+        assert_eq!(p.dns[0].follows_primary_ms, None, "a latency name");
+        // A failover name follows the primary: promotion 5.5 s + one 10 s check + TTL 30 s + 5 s.
+        let failover = edit(
+            &format!("{}{ARTICLE}", standby("")),
+            "policy = \"latency\"",
+            "policy = \"failover\"",
+        );
+        let p = ok(&failover).promises();
+        assert_eq!(
+            p.dns[0].follows_primary_ms,
+            Some(5_505 + 10_000 + 30_000 + 5_000)
+        );
+        assert_eq!(
+            p.worst_case_ms,
+            Some(67_000),
+            "detection + TTL + slack is still the larger"
+        );
+        let c = ok(&with_rto(&failover, "60s"));
+        assert!(!has(&c, "follows the primary"), "{:?}", c.warnings());
+        let c = ok(&with_rto(&failover, "45s"));
+        assert!(
+            has(&c, "`api.atoll.test` follows the primary"),
+            "{:?}",
+            c.warnings()
+        );
+        let p = ok(&model(BASE, "active-passive")).promises();
+        assert_eq!(
+            p.promotion,
+            Promotion::Manual {
+                lease_expiry_ms: 5_255
+            }
+        );
+        assert!(
+            ok(&standby("")).explain().contains(
+                "promotion            5.5 s = lease expiry wait 5.3 s + a tick of 250 ms"
+            )
+        );
+    }
+
+    #[test]
+    fn rpo_per_keyspace_follows_the_model() {
+        let extra = "\n[[keyspaces]]\nname = \"ledger\"\npolicy = \"strong\"\n";
+        let rpo = |text: &str| -> Vec<(String, Rpo)> {
+            ok(text)
+                .promises()
+                .keyspaces
+                .into_iter()
+                .map(|k| (k.name, k.rpo))
+                .collect()
+        };
+        let aa = rpo(&format!("{BASE}{extra}"));
+        assert_eq!(
+            aa,
+            vec![
+                (
+                    "sessions".into(),
+                    Rpo::ReplicationLag {
+                        alert_above_secs: 10
+                    }
+                ),
+                (
+                    "carts".into(),
+                    Rpo::ReplicationLag {
+                        alert_above_secs: 10
+                    }
+                ),
+                ("ledger".into(), Rpo::Zero),
+            ]
+        );
+        let st = rpo(&format!("{}{extra}", standby("")));
+        assert_eq!(st[0].1, Rpo::PromotionLag { max_ms: 10_000 });
+        assert_eq!(st[2].1, Rpo::Zero);
+        let ap = rpo(&format!("{}{extra}", model(BASE, "active-passive")));
+        assert_eq!(ap[1].1, Rpo::OperatorExposure);
+        let owned = format!(
+            "{BASE}\n[[keyspaces]]\nname = \"profiles\"\npolicy = \"owned\"\ndefault_home = \"us-east-1\"\n"
+        );
+        assert_eq!(
+            rpo(&owned)[2].1,
+            Rpo::LagAtTakeover {
+                automatic_takeover: false
+            }
+        );
+        let text = ok(&format!("{}{extra}", standby(""))).explain();
+        assert!(text.contains("RPO per keyspace (active-standby)"), "{text}");
+        assert!(
+            text.contains("at most max_promotion_lag_ms = 10 s"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn rto_is_parsed_and_checked() {
+        assert_eq!(ok(&with_rto(BASE, "90s")).cluster.rto_ms, Some(90_000));
+        assert_eq!(ok(&with_rto(BASE, "1h30m")).cluster.rto_ms, Some(5_400_000));
+        assert_eq!(ok(BASE).cluster.rto_ms, None);
+        for (bad, needle) in [
+            ("30", "no unit"),
+            ("0s", "out of range"),
+            ("soon", "not a duration"),
+        ] {
+            let e = err(&with_rto(BASE, bad));
+            assert_err(&e, Some(3), "cluster.rto", &[needle]);
+        }
+    }
+
+    #[test]
+    fn dns_failover_slower_than_the_rto_is_a_warning() {
+        let text = format!("{BASE}{ARTICLE}");
+        // 67 s of DNS failover against 60 s: warned, naming the name and the figure.
+        let c = ok(&with_rto(&text, "60s"));
+        let w: Vec<String> = c
+            .warnings()
+            .into_iter()
+            .filter(|w| w.contains("rto"))
+            .collect();
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert!(
+            w[0].contains("DNS failover of `api.atoll.test` can take 67 s"),
+            "{w:?}"
+        );
+        assert!(c.explain().contains("ABOVE the declared rto"));
+        // 2 minutes: within it, no warning.
+        let c = ok(&with_rto(&text, "2m"));
+        assert!(!has(&c, "rto"), "{:?}", c.warnings());
+        assert!(c.explain().contains("(within the declared rto)"));
+        // No rto declared: nothing to compare.
+        assert!(!has(&ok(&text), "rto"));
+    }
+
+    #[test]
+    fn proxy_ejection_slower_than_the_rto_is_a_warning() {
+        // Default checks: 1 s x 3 + 0.8 s = 3.8 s to eject.
+        let text = format!(
+            "{BASE}\n[router]\nttl_secs = 5\n\n[[router.names]]\nname = \"api\"\npolicy = \"latency\"\n"
+        );
+        let c = ok(&with_rto(&text, "3s"));
+        assert!(
+            has(&c, "the proxy's health checks take 3.8 s"),
+            "{:?}",
+            c.warnings()
+        );
+        let c = ok(&with_rto(&text, "15s"));
+        assert!(!has(&c, "the proxy's"), "{:?}", c.warnings());
+        assert!(!has(&c, "rto"), "{:?}", c.warnings());
+    }
+
+    #[test]
+    fn promotion_slower_than_the_rto_is_a_warning() {
+        let c = ok(&with_rto(&standby(""), "5s"));
+        assert!(
+            has(&c, "automated promotion takes up to 5.5 s"),
+            "{:?}",
+            c.warnings()
+        );
+        let c = ok(&with_rto(&standby(""), "6s"));
+        assert!(!has(&c, "automated promotion"), "{:?}", c.warnings());
+    }
+
+    #[test]
+    fn manual_promotion_under_ten_minutes_is_a_warning() {
+        let ap = model(BASE, "active-passive");
+        let c = ok(&with_rto(&ap, "5m"));
+        assert!(
+            has(&c, "model active-passive promotes only when an operator"),
+            "{:?}",
+            c.warnings()
+        );
+        let c = ok(&with_rto(&ap, "15m"));
+        assert!(!has(&c, "operator"), "{:?}", c.warnings());
+    }
+
+    #[test]
+    fn an_rto_without_a_router_is_a_warning() {
+        let c = ok(&with_rto(BASE, "1m"));
+        assert!(has(&c, "there is no [router]"), "{:?}", c.warnings());
+        let c = ok(&with_rto(&format!("{BASE}{ARTICLE}"), "2m"));
+        assert!(!has(&c, "no [router]"), "{:?}", c.warnings());
+    }
+
+    #[test]
+    fn ttl_of_60_s_is_fine_and_61_is_not() {
+        let at = |ttl: u32| {
+            ok(&edit(
+                &format!("{BASE}{ARTICLE}"),
+                "ttl_secs = 30",
+                &format!("ttl_secs = {ttl}"),
+            ))
+        };
+        assert!(!has(&at(60), "TTL"), "{:?}", at(60).warnings());
+        assert!(has(&at(61), "has a TTL of 61 s"), "{:?}", at(61).warnings());
+    }
+
+    fn with_arbiter(arbiter: &str) -> String {
+        let located = edit(
+            &standby(""),
+            "api = \"127.0.0.1:7100\"\n",
+            "api = \"127.0.0.1:7100\"\nlocation = { lat = 38.9, lon = -77.4 }\n",
+        );
+        edit(
+            &located,
+            "model = \"active-standby\"\n",
+            &format!("model = \"active-standby\"\n\n[cluster.arbiter]\n{arbiter}\n"),
+        )
+    }
+
+    #[test]
+    fn an_arbiter_where_a_region_is_is_a_warning() {
+        // Ashburn and Washington DC: one location.
+        let c = ok(&with_arbiter(
+            "peer = \"127.0.0.1:7190\"\nlocation = { lat = 38.9, lon = -77.0 }",
+        ));
+        assert_eq!(
+            c.cluster.arbiter.as_ref().unwrap().location.map(|l| l.lat),
+            Some(38.9)
+        );
+        assert!(
+            has(
+                &c,
+                "the arbiter `arbiter` is placed 35 km from region us-east-1"
+            ),
+            "{:?}",
+            c.warnings()
+        );
+        // Ohio: a third location.
+        let c = ok(&with_arbiter(
+            "peer = \"127.0.0.1:7190\"\nlocation = { lat = 40.0, lon = -83.0 }",
+        ));
+        assert!(!has(&c, "arbiter"), "{:?}", c.warnings());
+        // No location: nothing to compare.
+        let c = ok(&with_arbiter("peer = \"127.0.0.1:7190\""));
+        assert!(!has(&c, "arbiter"), "{:?}", c.warnings());
+        // A bad location is refused like a region's.
+        let e = err(&with_arbiter(
+            "peer = \"127.0.0.1:7190\"\nlocation = { lat = 95.0, lon = 0.0 }",
+        ));
+        assert_eq!(e.key(), Some("cluster.arbiter.location.lat"), "{e}");
+    }
+
+    #[test]
+    fn an_arbiter_on_a_regions_host_is_a_warning() {
+        let text = edit(
+            &edit(
+                &standby(""),
+                "api = \"127.0.0.1:7101\"",
+                "api = \"10.0.0.2:7101\"",
+            ),
+            "model = \"active-standby\"\n",
+            "model = \"active-standby\"\n\n[cluster.arbiter]\npeer = \"10.0.0.2:7190\"\n",
+        );
+        let c = ok(&text);
+        assert!(
+            has(&c, "has the IP address 10.0.0.2 of region eu-west-1"),
+            "{:?}",
+            c.warnings()
+        );
+        let c = ok(&text.replace("peer = \"10.0.0.2:7190\"", "peer = \"10.0.0.3:7190\""));
+        assert!(!has(&c, "arbiter"), "{:?}", c.warnings());
+    }
 }

@@ -432,6 +432,12 @@ impl FenceConfig {
         self.lease_ms + (self.lease_ms * self.max_drift_ppm).div_ceil(1_000_000) + self.margin_ms
     }
 
+    /// How often a member's fencing loop looks at its lease again (renewals, expiry, automated
+    /// promotion) when nothing else wakes it: a quarter of the renewal period, 10 to 250 ms.
+    pub fn tick_ms(&self) -> u64 {
+        (self.renew_every_ms / 4).clamp(10, 250)
+    }
+
     /// How long an answered proposal sent at `s` lets its proposer write: until `s + D - M`.
     pub fn window_ms(&self) -> u64 {
         self.lease_ms.saturating_sub(self.margin_ms)

@@ -325,10 +325,7 @@ impl Fencing {
             tracing::error!("fencing loop started without a control group; writes stay refused");
             return;
         };
-        let tick_every = {
-            let f = self.fence();
-            Duration::from_millis((f.config().renew_every_ms / 4).clamp(10, 250))
-        };
+        let tick_every = Duration::from_millis(self.fence().config().tick_ms());
         loop {
             // Apply the newest state first: the moment this member observed it is now (a state
             // seen before changes nothing: the fence notes times only of new versions).

@@ -104,6 +104,9 @@ pub const MAX_JSON_BODY_BYTES_MIN: usize = 1 << 10;
 /// Largest accepted `api.max_json_body_bytes`: 64 MiB.
 pub const MAX_JSON_BODY_BYTES_LIMIT: usize = 64 << 20;
 
+/// Default `api.max_watchers`: open watches (`GET /v1/watch/...`) one region serves at once.
+pub const DEFAULT_MAX_WATCHERS: usize = 1024;
+
 /// A whole, validated `atoll.toml` with every default applied.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Config {
@@ -522,12 +525,16 @@ pub struct ApiConfig {
     /// Largest JSON request body (counter and set updates), 1 KiB..=64 MiB. A kv value's limit
     /// is its keyspace's `max_value_bytes` instead.
     pub max_json_body_bytes: usize,
+    /// Most open watches (`GET /v1/watch/...`, `docs/design/watch.md`), 1..=65536; one more is
+    /// refused with `ATOLL-TOO-MANY-WATCHERS`.
+    pub max_watchers: usize,
 }
 
 impl Default for ApiConfig {
     fn default() -> Self {
         Self {
             max_json_body_bytes: DEFAULT_MAX_JSON_BODY_BYTES,
+            max_watchers: DEFAULT_MAX_WATCHERS,
         }
     }
 }

@@ -83,6 +83,8 @@ struct RawAuth {
 struct RawApi {
     #[serde(default)]
     max_json_body_bytes: Option<Spanned<i64>>,
+    #[serde(default)]
+    max_watchers: Option<Spanned<i64>>,
 }
 
 #[derive(Deserialize)]
@@ -324,8 +326,15 @@ fn api(cx: &Ctx<'_>, raw: Option<&RawApi>) -> Result<ApiConfig, ConfigError> {
         MAX_JSON_BODY_BYTES,
         DEFAULT_MAX_JSON_BODY_BYTES as i64,
     )?;
+    let watchers = cx.int(
+        &raw.max_watchers,
+        "api.max_watchers",
+        1..=65_536,
+        crate::DEFAULT_MAX_WATCHERS as i64,
+    )?;
     Ok(ApiConfig {
         max_json_body_bytes: max as usize,
+        max_watchers: watchers as usize,
     })
 }
 

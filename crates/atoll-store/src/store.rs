@@ -53,6 +53,9 @@ pub struct StoreOptions {
     /// Called after every commit that added operation-log entries (local or replicated), so
     /// replication streams can wake up.
     pub on_change: Option<Arc<dyn Fn() + Send + Sync>>,
+    /// Called after every commit with the operation-log entries it added, in log order (the
+    /// live feed of watches, `docs/design/watch.md`).
+    pub on_ops: Option<OpsObserver>,
     /// Fencing: `None` lets every write through (a cluster without leases or quorum fencing).
     pub gate: Option<Arc<dyn WriteGate>>,
 }
@@ -68,10 +71,14 @@ impl StoreOptions {
             durable: true,
             on_commit: None,
             on_change: None,
+            on_ops: None,
             gate: None,
         }
     }
 }
+
+/// Receives the operation-log entries of each commit ([`StoreOptions::on_ops`]).
+pub type OpsObserver = Arc<dyn Fn(Arc<Vec<OpEntry>>) + Send + Sync>;
 
 /// What an acknowledged write produced.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -310,6 +317,7 @@ impl Store {
             durable: opts.durable,
             on_commit: opts.on_commit.clone(),
             on_change: opts.on_change.clone(),
+            on_ops: opts.on_ops.clone(),
             gate: opts.gate.clone(),
         };
         let handle = std::thread::Builder::new()
@@ -567,6 +575,48 @@ impl Store {
             .collect()
     }
 
+    /// The sequence number of the first operation-log entry of `origin` this region holds
+    /// (`None`: none): how far back its log reaches.
+    pub fn oplog_first(&self, origin: &RegionId) -> Result<Option<u64>> {
+        let prefix = keys::prefix(origin.as_str());
+        let first = self
+            .shared
+            .backend
+            .range(Table::Oplog, &prefix, &prefix_end(&prefix), 1)?;
+        Ok(first
+            .first()
+            .and_then(|(k, _)| keys::oplog_seq(origin, k)))
+    }
+
+    /// The keys of `keyspace` starting with `prefix` and their states, in key order, after
+    /// `after` (exclusive; `None`: from the start), at most `limit`.
+    pub fn scan(
+        &self,
+        keyspace: &str,
+        prefix: &[u8],
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, KeyState)>> {
+        self.keyspace(keyspace)?;
+        let lower = keys::data_key(keyspace, prefix);
+        let end = prefix_end(&lower);
+        let start = match after {
+            Some(a) => {
+                let mut k = keys::data_key(keyspace, a);
+                k.push(0);
+                k.max(lower.clone())
+            }
+            None => lower.clone(),
+        };
+        let head = keyspace.len() + 1;
+        self.shared
+            .backend
+            .range(Table::Data, &start, &end, limit)?
+            .into_iter()
+            .map(|(k, v)| Ok((k[head..].to_vec(), codec::decode(&v)?)))
+            .collect()
+    }
+
     /// Stops accepting writes, finishes every queued write, and waits for the writer to exit.
     pub fn close(&self) {
         if let Ok(mut tx) = self.tx.write() {
@@ -647,6 +697,7 @@ struct Writer {
     durable: bool,
     on_commit: Option<CommitObserver>,
     on_change: Option<Arc<dyn Fn() + Send + Sync>>,
+    on_ops: Option<OpsObserver>,
     gate: Option<Arc<dyn WriteGate>>,
 }
 
@@ -660,6 +711,8 @@ struct Batch {
     applied_dirty: HashSet<RegionId>,
     /// Local writes in the batch (acknowledged to clients after commit: then it is fsynced).
     local_writes: usize,
+    /// The operation-log entries of the batch, in order (kept only for an `on_ops` observer).
+    ops: Vec<OpEntry>,
 }
 
 impl Batch {
@@ -670,6 +723,7 @@ impl Batch {
         self.mutations.extend(other.mutations);
         self.applied_dirty.extend(other.applied_dirty);
         self.local_writes += other.local_writes;
+        self.ops.extend(other.ops);
     }
 }
 
@@ -740,6 +794,7 @@ impl Writer {
             self.settle();
             return;
         }
+        let ops = std::mem::take(&mut batch.ops);
         let committed = self.commit(batch);
         if committed.is_err() {
             self.seq = seq_before;
@@ -761,6 +816,11 @@ impl Writer {
                 }
                 if let Some(f) = &self.on_change {
                     f();
+                }
+                if let Some(f) = &self.on_ops
+                    && !ops.is_empty()
+                {
+                    f(Arc::new(ops));
                 }
             }
             Err(e) => {
@@ -947,6 +1007,9 @@ impl Writer {
             keys::oplog_key(&self.shared.region, seq),
             codec::encode(&entry)?,
         ));
+        if self.on_ops.is_some() {
+            batch.ops.push(entry);
+        }
         self.seq = seq;
         self.stage(batch, dk, state.clone());
         Ok(WriteOutcome { state, seq, ts })
@@ -1032,6 +1095,9 @@ impl Writer {
             self.applied.increment(&e.origin);
             batch.applied_dirty.insert(e.origin.clone());
             out.applied += 1;
+            if self.on_ops.is_some() {
+                batch.ops.push(e);
+            }
         }
         Ok(out)
     }

@@ -14,6 +14,7 @@ const CHARTS = [
   { id: 'c-lagops', kind: 'gauge', metric: 'atoll_replication_lag_ops', by: ['region', 'peer_region'], unit: '' },
   { id: 'c-rtt', kind: 'quantile', metric: 'atoll_peer_rtt_seconds_bucket', by: ['region', 'peer_region'], unit: 's' },
   { id: 'c-clock', kind: 'gauge', metric: 'atoll_clock_offset_seconds', by: ['region', 'peer_region'], unit: 's' },
+  { id: 'c-skew', kind: 'gauge', metric: 'atoll_peer_clock_skewed', by: ['region', 'peer_region'], unit: '' },
   { id: 'c-err', kind: 'ratio', num: 'atoll_http_requests_total', numFilter: (l) => /^5/.test(l.status || ''), den: 'atoll_http_requests_total', by: ['region'], unit: '%', scale: 100 },
   { id: 'c-p99', kind: 'quantile', metric: 'atoll_http_request_duration_seconds_bucket', by: ['region'], unit: 's' },
   { id: 'c-rps', kind: 'rate', metric: 'atoll_http_requests_total', by: ['region'], unit: '/s' },
@@ -23,7 +24,9 @@ const CHARTS = [
   { id: 'c-batch', kind: 'ratio', num: 'atoll_store_commit_batch_writes_sum', den: 'atoll_store_commit_batch_writes_count', by: ['region'], unit: ' writes/commit' },
   { id: 'c-apply', kind: 'quantile', metric: 'atoll_replication_apply_delay_seconds_bucket', by: ['region', 'peer_region'], unit: 's' },
   { id: 'c-conflicts', kind: 'rate', metric: 'atoll_conflicts_total', by: ['keyspace', 'resolution'], unit: '/s' },
+  { id: 'c-siblings', kind: 'rate', metric: 'atoll_mvr_sibling_limit_hits_total', by: ['keyspace'], unit: '/s' },
   { id: 'c-tomb', kind: 'gauge', metric: 'atoll_tombstone_horizon_age_seconds', by: ['region'], unit: 's' },
+  { id: 'c-tombgc', kind: 'rate', metric: 'atoll_tombstones_collected_total', by: ['region'], unit: '/s' },
 ];
 
 const snaps = []; // {t, m: Map(name -> [{l, v}])}

@@ -46,7 +46,7 @@ const DEADLINE: Duration = Duration::from_secs(30);
 /// cached for 1 s: the killed region must be red within two polls, the timeout and the cache.
 const RED_WITHIN: Duration = Duration::from_secs(6);
 
-static TURNS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+static TURNS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 const ROUTER: &str = "[router]\nzone = \"atoll.test\"\n\n[router.health]\ninterval_ms = 500\ntimeout_ms = 400\nfailure_threshold = 2\nrecovery_threshold = 1\n\n[[router.names]]\nname = \"api\"\npolicy = \"latency\"\n";
 
@@ -152,9 +152,7 @@ fn complete(doc: &Value, names: &[&str]) -> bool {
     });
     let m = &doc["matrices"];
     let filled = |field: &str| {
-        (0..names.len()).all(|i| {
-            (0..names.len()).all(|j| i == j || !m[field][i][j].is_null())
-        })
+        (0..names.len()).all(|i| (0..names.len()).all(|j| i == j || !m[field][i][j].is_null()))
     };
     let reach_up = (0..names.len())
         .all(|i| (0..names.len()).all(|j| i == j || m["reachability"][i][j] == "up"));
@@ -199,7 +197,7 @@ fn promtool_parses(text: &str) -> Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_global_endpoints_report_a_stopped_and_a_killed_region_within_their_timeout() {
-    let _turn = TURNS.lock().unwrap_or_else(|e| e.into_inner());
+    let _turn = TURNS.lock().await;
     let mut s = ok(setup("global-endpoints").await);
     let r = endpoints_scenario(&mut s).await;
     if r.is_err() {
@@ -214,14 +212,18 @@ async fn endpoints_scenario(s: &mut Setup) -> Result<()> {
     let names = [US, EU, AP];
     let admin = s.admin.clone();
     // Everyone reporting, matrices full.
-    wait_until_async(DEADLINE, "3 of 3 regions reporting with full matrices", || {
-        let admin = admin.clone();
-        async move {
-            global_status(&admin)
-                .await
-                .is_ok_and(|(d, _)| complete(&d, &names))
-        }
-    })
+    wait_until_async(
+        DEADLINE,
+        "3 of 3 regions reporting with full matrices",
+        || {
+            let admin = admin.clone();
+            async move {
+                global_status(&admin)
+                    .await
+                    .is_ok_and(|(d, _)| complete(&d, &names))
+            }
+        },
+    )
     .await?;
     let (doc, _) = global_status(&admin).await?;
     ensure!(doc["summary"] == "3 of 3 regions reporting", "{doc}");
@@ -242,7 +244,11 @@ async fn endpoints_scenario(s: &mut Setup) -> Result<()> {
         .get(format!("{admin}/v1/global/status"))
         .send()
         .await?;
-    ensure!(unauth.status() == 401, "without a token: {}", unauth.status());
+    ensure!(
+        unauth.status() == 401,
+        "without a token: {}",
+        unauth.status()
+    );
     let wrong = http()
         .get(format!("{admin}/v1/global/status"))
         .bearer_auth("nope")
@@ -252,7 +258,10 @@ async fn endpoints_scenario(s: &mut Setup) -> Result<()> {
 
     let (metrics, _) = global_metrics(&admin).await?;
     for n in names {
-        ensure!(up_value(&metrics, n).as_deref() == Some("1"), "{n} up:\n{metrics}");
+        ensure!(
+            up_value(&metrics, n).as_deref() == Some("1"),
+            "{n} up:\n{metrics}"
+        );
         ensure!(
             metrics.contains(&format!("atoll_http_requests_total{{region=\"{n}\",")),
             "{n}'s request counter with its region label"
@@ -263,10 +272,16 @@ async fn endpoints_scenario(s: &mut Setup) -> Result<()> {
         );
     }
     ensure!(
-        metrics.matches("# TYPE atoll_http_requests_total counter").count() == 1,
+        metrics
+            .matches("# TYPE atoll_http_requests_total counter")
+            .count()
+            == 1,
         "one TYPE line per family"
     );
-    ensure!(!metrics.contains("# EOF"), "no OpenMetrics EOF in text 0.0.4");
+    ensure!(
+        !metrics.contains("# EOF"),
+        "no OpenMetrics EOF in text 0.0.4"
+    );
     // Every region sample carries a region label (the router's own families are atoll_router_*
     // and atoll_dns_*: their per-region series carry it already).
     for l in metrics.lines().filter(|l| !l.starts_with('#')) {
@@ -296,10 +311,17 @@ async fn endpoints_scenario(s: &mut Setup) -> Result<()> {
     );
     let eu = region(&doc, EU)?;
     ensure!(
-        eu["up"] == false && eu["error"].as_str().is_some_and(|e| e.contains("timed out")),
+        eu["up"] == false
+            && eu["error"]
+                .as_str()
+                .is_some_and(|e| e.contains("timed out")),
         "frozen eu-west-1: {eu}"
     );
-    ensure!(doc["summary"] == "2 of 3 regions reporting", "{}", doc["summary"]);
+    ensure!(
+        doc["summary"] == "2 of 3 regions reporting",
+        "{}",
+        doc["summary"]
+    );
     ensure!(doc["complete"] == false);
     for n in [US, AP] {
         let r = region(&doc, n)?;
@@ -307,7 +329,9 @@ async fn endpoints_scenario(s: &mut Setup) -> Result<()> {
     }
     let eu_row = &doc["matrices"]["reachability"][1];
     ensure!(
-        eu_row.as_array().is_some_and(|a| a.iter().all(Value::is_null)),
+        eu_row
+            .as_array()
+            .is_some_and(|a| a.iter().all(Value::is_null)),
         "a silent region's row is unknown, not guessed: {eu_row}"
     );
     tokio::time::sleep(atoll_router::global::CACHE_FOR).await;
@@ -349,7 +373,10 @@ async fn endpoints_scenario(s: &mut Setup) -> Result<()> {
         ap["up"] == false && ap["error"].as_str().is_some_and(|e| !e.is_empty()),
         "killed ap-southeast-1: {ap}"
     );
-    ensure!(doc["regions"].as_array().map(Vec::len) == Some(3), "never left out");
+    ensure!(
+        doc["regions"].as_array().map(Vec::len) == Some(3),
+        "never left out"
+    );
     for n in [US, EU] {
         let r = region(&doc, n)?;
         ensure!(
@@ -584,7 +611,7 @@ fn reddish(css: &str) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_dashboard_shows_the_cluster_in_headless_chromium_and_turns_a_killed_region_red() {
-    let _turn = TURNS.lock().unwrap_or_else(|e| e.into_inner());
+    let _turn = TURNS.lock().await;
     // Fails here, before starting anything, when there is no Chromium.
     let _ = chromium();
     let mut s = ok(setup("global-dashboard").await);
@@ -621,7 +648,11 @@ async fn dashboard_scenario(s: &mut Setup) -> Result<()> {
             && regions.len() == 3
             && regions.iter().all(|r| r["up"] == "true")
             && reach.iter().filter(|c| *c == "up").count() == 6
-            && lag.iter().filter(|c| *c != "unknown" && *c != "self").count() == 6
+            && lag
+                .iter()
+                .filter(|c| *c != "unknown" && *c != "self")
+                .count()
+                == 6
             && state["lines"].as_u64().unwrap_or(0) >= 3
             && state["polls"].as_u64().unwrap_or(0) >= 3;
         if ready {

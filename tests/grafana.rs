@@ -28,7 +28,10 @@ fn root() -> PathBuf {
 
 /// Every sample name of an exposition with the label names it carries.
 fn labels_of(text: &str, into: &mut BTreeMap<String, BTreeSet<String>>) {
-    for line in text.lines().filter(|l| !l.starts_with('#') && !l.is_empty()) {
+    for line in text
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+    {
         let end = line.find(['{', ' ']).unwrap_or(line.len());
         let name = &line[..end];
         let set = into.entry(name.to_string()).or_default();
@@ -271,9 +274,8 @@ fn every_grafana_expression_parses_as_promql() {
     std::fs::write(&file, &rules).expect("write");
     let mut cmd = Command::new("promtool");
     cmd.args(["check", "rules"]).arg(&file);
-    let out = atoll_testkit::run_with_timeout(cmd, Duration::from_secs(60)).expect(
-        "promtool runs (Debian's `prometheus` package; scripts/test-all.sh installs it)",
-    );
+    let out = atoll_testkit::run_with_timeout(cmd, Duration::from_secs(60))
+        .expect("promtool runs (Debian's `prometheus` package; scripts/test-all.sh installs it)");
     assert!(
         out.status.success(),
         "promtool check rules refused a Grafana expression:\n{}{}\nrules:\n{rules}",
@@ -348,7 +350,13 @@ fn the_label_check_can_fail() {
     let exported = exported();
     let (sels, grouping) =
         selectors("sum by (instance) (rate(atoll_http_requests_total{nope=\"x\"}[5m]))");
-    assert_eq!(sels, vec![("atoll_http_requests_total".to_string(), vec!["nope".to_string()])]);
+    assert_eq!(
+        sels,
+        vec![(
+            "atoll_http_requests_total".to_string(),
+            vec!["nope".to_string()]
+        )]
+    );
     assert_eq!(grouping, vec!["instance".to_string()]);
     let have = &exported["atoll_http_requests_total"];
     assert!(!have.contains("nope") && !have.contains("instance"));
@@ -371,7 +379,9 @@ fn every_grafana_panel_is_on_the_built_in_dashboard() {
         }
         for (metric, _) in selectors(&expr).0 {
             if !js.contains(&metric) && !html.contains(&metric) {
-                problems.push(format!("`{title}`: the built-in dashboard does not use `{metric}`"));
+                problems.push(format!(
+                    "`{title}`: the built-in dashboard does not use `{metric}`"
+                ));
             }
         }
     }

@@ -8,7 +8,9 @@ echo "== toolchain: $(cargo --version)"
 # Debian packages some tests use (only installed when missing; needs root, as in CI).
 need_pkgs=()
 command -v promtool >/dev/null 2>&1 || need_pkgs+=(prometheus)
-# Headless Chromium for the drill report's screenshot test (crates/atoll-drill/tests/report.rs).
+# Headless Chromium for the drill report's screenshot test (crates/atoll-drill/tests/report.rs)
+# and the global view's dashboard test (tests/global_view.rs); promtool also checks the Grafana
+# dashboard's expressions (tests/grafana.rs).
 command -v chromium >/dev/null 2>&1 || [ -n "${ATOLL_CHROMIUM:-}" ] || need_pkgs+=(chromium)
 if [ ${#need_pkgs[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then

@@ -337,6 +337,9 @@ pub async fn run(
     );
     ropts.proxy_listen = Some(port(80)?);
     ropts.dns_listen = Some(port(53)?);
+    // The dashboard shows the last drill of each scenario: `atoll drill run --demo` keeps its
+    // outcomes in the default state directory.
+    ropts.global.drill_state_dir = Some(atoll_drill::outcome::default_state_dir());
     let router = atoll_router::runtime::Router::start(ropts)
         .await
         .map_err(|e| anyhow!("cannot start the router: {e}"))?;
@@ -421,12 +424,13 @@ pub async fn run(
         println!();
     }
     println!(
-        "\nrouter:\n  proxy  http://{}   (name api, latency policy; adds X-Atoll-Routed-To)\n  dns    {} udp+tcp  (zone atoll.test: api = latency, primary = failover)\n  admin  http://{}   (token {token})\nlinks control: {}\ndemo control:  {}   (token {token}; kill, stop, restart regions; endpoints in {})",
+        "\nrouter:\n  proxy  http://{}   (name api, latency policy; adds X-Atoll-Routed-To)\n  dns    {} udp+tcp  (zone atoll.test: api = latency, primary = failover)\n  admin  http://{}   (token {token})\ndashboard: http://{}/dashboard#token={token}   (every region live; GET /v1/global/status, /v1/global/metrics)\nlinks control: {}\ndemo control:  {}   (token {token}; kill, stop, restart regions; endpoints in {})",
         router
             .proxy_addr()
             .map(|a| a.to_string())
             .unwrap_or_default(),
         router.dns_addr().map(|a| a.to_string()).unwrap_or_default(),
+        router.admin_addr(),
         router.admin_addr(),
         links.control_url().unwrap_or_default(),
         control.url(),

@@ -366,6 +366,35 @@ async fn demo_scenario(dir: &TestDir) -> Result<()> {
         );
     }
 
+    // The dashboard URL the demo prints works as printed: the page loads, and the token in its
+    // fragment (which a browser keeps to itself) opens the global status of all three regions.
+    let dash = demo.line_starting("dashboard: ")?;
+    let url = dash
+        .split_whitespace()
+        .nth(1)
+        .ok_or_else(|| anyhow!("no URL in `{dash}`"))?;
+    let (page, token) = url
+        .split_once("#token=")
+        .ok_or_else(|| anyhow!("no #token= in `{url}`"))?;
+    let html = http.get(page).send().await?;
+    ensure!(html.status() == 200, "{page}: {}", html.status());
+    ensure!(
+        html.text().await?.contains("/dashboard/app.js"),
+        "{page} is the dashboard"
+    );
+    let admin = page.trim_end_matches("/dashboard");
+    let global: serde_json::Value = http
+        .get(format!("{admin}/v1/global/status"))
+        .bearer_auth(token)
+        .send()
+        .await?
+        .json()
+        .await?;
+    ensure!(
+        global["regions"].as_array().map(Vec::len) == Some(3),
+        "the dashboard's status: {global}"
+    );
+
     // The strong and ownership commands the demo prints work exactly as printed (`atoll` on
     // the PATH): the first booking succeeds, the second is refused.
     let book_alice = demo.line_starting("  atoll kv put seats 12A alice")?;

@@ -1,9 +1,17 @@
 //! The router's admin API (its own listener), and the state file that makes drains and weights
 //! survive a restart.
 //!
-//! Every route requires `Authorization: Bearer <token>` except `GET /healthz` and `GET /metrics`
-//! (metrics carry no secrets and Prometheus scrapes them without credentials). A missing or
-//! wrong token gets `401 ATOLL-UNAUTHORIZED`; the token is compared in constant time.
+//! Every route requires `Authorization: Bearer <token>` except `GET /healthz`, `GET /metrics`
+//! and `GET /v1/global/metrics` (metrics carry no secrets and Prometheus scrapes them without
+//! credentials; the global one is fanned out at most once a second whoever asks, see
+//! [`crate::global`]) and the dashboard's static files (`GET /dashboard`, `/dashboard/app.js`,
+//! `/dashboard/app.css`: no data in them). `GET /v1/global/status` needs the token: it shows
+//! the cluster's internals (drains and their reasons, roles, keys of recent conflicts, drill
+//! results, addresses). The dashboard page sends the token it is given in its URL fragment
+//! (`/dashboard#token=...`, which browsers never send to a server) as a bearer header from the
+//! page's own script, keeps it in the tab's `sessionStorage` and removes it from the address
+//! bar; without it, the page shows what the open metrics show and asks for the token. A missing
+//! or wrong token gets `401 ATOLL-UNAUTHORIZED`; the token is compared in constant time.
 //!
 //! | route | body | does |
 //! | --- | --- | --- |
@@ -13,6 +21,9 @@
 //! | `POST /v1/router/regions/{region}/drain` | `{"reason": "...", "for": "30m"}` (`for` optional) | no new traffic to the region until undrained (or `for` has passed) |
 //! | `POST /v1/router/regions/{region}/undrain` | none, or `{"reason": "..."}` | lifts the drain |
 //! | `PUT /v1/router/names/{name}/weights/{region}` | `{"weight": n}` | sets a weighted name's weight |
+//! | `GET /v1/global/status` | | every region's status, the router's view of it, reachability, lag, RTT and clock-offset matrices, drains, recent conflicts, drill outcomes ([`crate::global`]) |
+//! | `GET /v1/global/metrics` | | every region's metrics with a `region` label and `atoll_region_up`, plus the router's (text format 0.0.4) |
+//! | `GET /dashboard` | | the web dashboard (HTML; `app.js`, `app.css` beside it) |
 //!
 //! Bodies are strict JSON (unknown fields are errors). Bad input gets a 4xx JSON error
 //! (`{"error": {"code", "message", "hint", "retryable"}}`) and changes nothing. Every change is
@@ -21,6 +32,7 @@
 //! change is undone and the answer is `500 ATOLL-STORAGE`.
 
 use crate::codes;
+use crate::global::GlobalView;
 use crate::proxy::error_response;
 use crate::runtime::RouterCtx;
 use crate::state::{DRAINS_VERSION, Persisted};
@@ -149,17 +161,34 @@ pub struct AdminState {
     ctx: RouterCtx,
     store: Arc<StateStore>,
     token: Arc<str>,
+    global: Arc<GlobalView>,
 }
 
 impl AdminState {
-    pub fn new(ctx: RouterCtx, store: Arc<StateStore>, token: String) -> Self {
+    pub fn new(
+        ctx: RouterCtx,
+        store: Arc<StateStore>,
+        token: String,
+        global: Arc<GlobalView>,
+    ) -> Self {
         Self {
             ctx,
             store,
             token: token.trim().into(),
+            global,
         }
     }
 }
+
+/// Routes served without the admin token (GET only).
+const OPEN_ROUTES: [&str; 6] = [
+    "/healthz",
+    "/metrics",
+    "/v1/global/metrics",
+    "/dashboard",
+    "/dashboard/app.js",
+    "/dashboard/app.css",
+];
 
 /// An admin API error.
 struct AdminError {
@@ -314,7 +343,7 @@ struct WeightBody {
 }
 
 async fn require_token(State(s): State<AdminState>, req: Request, next: Next) -> Response {
-    let open = req.method() == Method::GET && matches!(req.uri().path(), "/healthz" | "/metrics");
+    let open = req.method() == Method::GET && OPEN_ROUTES.contains(&req.uri().path());
     if open {
         return next.run(req).await;
     }
@@ -481,12 +510,64 @@ async fn set_weight(
     Ok(axum::Json(ns).into_response())
 }
 
+async fn global_status(State(s): State<AdminState>) -> Response {
+    let doc = s.global.status().await;
+    axum::Json(doc.as_ref()).into_response()
+}
+
+async fn global_metrics(State(s): State<AdminState>) -> Response {
+    let text = s.global.metrics().await;
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        text.as_ref().clone(),
+    )
+        .into_response()
+}
+
+/// The dashboard's static files: no data, no inline script (the policy forbids it), nothing
+/// from another origin.
+fn static_file(content_type: &'static str, body: &'static str) -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, content_type),
+            (
+                header::CONTENT_SECURITY_POLICY,
+                "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; img-src 'self' data:; base-uri 'none'; form-action 'self'; frame-ancestors 'none'",
+            ),
+            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+            (header::REFERRER_POLICY, "no-referrer"),
+            (header::X_FRAME_OPTIONS, "DENY"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+async fn dashboard_html() -> Response {
+    static_file("text/html; charset=utf-8", crate::global::DASHBOARD_HTML)
+}
+
+async fn dashboard_js() -> Response {
+    static_file(
+        "text/javascript; charset=utf-8",
+        crate::global::DASHBOARD_JS,
+    )
+}
+
+async fn dashboard_css() -> Response {
+    static_file("text/css; charset=utf-8", crate::global::DASHBOARD_CSS)
+}
+
 async fn not_found() -> Response {
     AdminError {
         status: StatusCode::NOT_FOUND,
         code: codes::NOT_FOUND,
         message: "no such admin route".into(),
-        hint: "routes: GET /v1/router/status, POST /v1/router/regions/{region}/drain|undrain, PUT /v1/router/names/{name}/weights/{region}, GET /metrics, GET /healthz",
+        hint: "routes: GET /v1/router/status, POST /v1/router/regions/{region}/drain|undrain, PUT /v1/router/names/{name}/weights/{region}, GET /v1/global/status, GET /v1/global/metrics, GET /dashboard, GET /metrics, GET /healthz",
     }
     .into_response()
 }
@@ -510,6 +591,11 @@ pub fn router(state: AdminState) -> axum::Router {
         .route("/v1/router/regions/{region}/drain", post(drain))
         .route("/v1/router/regions/{region}/undrain", post(undrain))
         .route("/v1/router/names/{name}/weights/{region}", put(set_weight))
+        .route("/v1/global/status", get(global_status))
+        .route("/v1/global/metrics", get(global_metrics))
+        .route("/dashboard", get(dashboard_html))
+        .route("/dashboard/app.js", get(dashboard_js))
+        .route("/dashboard/app.css", get(dashboard_css))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(state.clone(), require_token))

@@ -24,8 +24,11 @@ Examples:
 The config needs a [router] section (examples/three-regions.toml has one, every key explained).
 Proxy timeouts and the body limit come from [router.proxy]; the --proxy-* flags override them.
 
-The admin API needs `Authorization: Bearer <token>` on every route except GET /healthz and
-GET /metrics (Prometheus scrapes metrics without a token).";
+The admin API needs `Authorization: Bearer <token>` on every route except GET /healthz,
+GET /metrics and GET /v1/global/metrics (Prometheus scrapes metrics without a token) and the
+dashboard's static page. The global view (GET /v1/global/status, needs the token) and the
+dashboard (http://<admin>/dashboard#token=<token>) fan out to every region's /v1/status and
+/metrics; with [auth] on the regions, give the router a client token in ATOLL_TOKEN.";
 
 /// Run a router (HTTP proxy and/or DNS, plus the admin API), or manage a running one.
 #[derive(Args, Debug)]
@@ -83,6 +86,14 @@ pub struct ServeArgs {
     /// region) [default: [router.proxy] max_body_bytes, else 16777216].
     #[arg(long, value_name = "BYTES")]
     pub proxy_max_body_bytes: Option<u64>,
+    /// Global view (GET /v1/global/status, /v1/global/metrics, /dashboard): longest wait for
+    /// one region's answers, e.g. 2s; a region slower than that is reported as not reporting.
+    #[arg(long, value_name = "DURATION", value_parser = duration_arg, default_value = "2s")]
+    pub global_timeout: u64,
+    /// Global view: where `atoll drill` keeps its outcomes (drill-outcomes.json), to show the
+    /// last drill of each scenario [default: none shown].
+    #[arg(long, value_name = "DIR")]
+    pub drill_state_dir: Option<PathBuf>,
 }
 
 /// A duration flag in milliseconds: `0`, or `500ms`, `2s`, `1m`, `1m30s`.
@@ -246,6 +257,19 @@ async fn serve(a: ServeArgs) -> Result<()> {
     opts.proxy_listen = a.proxy;
     opts.dns_listen = a.dns;
     opts.proxy_name = a.proxy_name;
+    if a.global_timeout == 0 {
+        bail!("--global-timeout must be more than zero");
+    }
+    opts.global = crate::global::GlobalOptions {
+        timeout: std::time::Duration::from_millis(a.global_timeout),
+        // A client token for regions whose client API needs one ([auth]): the global view
+        // reads their /v1/status and /v1/conflicts with it.
+        region_token: std::env::var("ATOLL_TOKEN")
+            .ok()
+            .map(|t| t.trim().to_string())
+            .filter(|t| !t.is_empty()),
+        drill_state_dir: a.drill_state_dir,
+    };
     let handle = Router::start(opts).await.map_err(anyhow::Error::msg)?;
     // Machine-readable lines for tools and tests that listen on port 0.
     if let Some(p) = handle.proxy_addr() {
@@ -255,6 +279,10 @@ async fn serve(a: ServeArgs) -> Result<()> {
         println!("atoll router dns on {d} (udp+tcp)");
     }
     println!("atoll router admin on http://{}", handle.admin_addr());
+    println!(
+        "atoll router dashboard on http://{}/dashboard (add #token=<admin token> for the status)",
+        handle.admin_addr()
+    );
     tracing::info!(admin = %handle.admin_addr(), proxy = ?handle.proxy_addr(), dns = ?handle.dns_addr(), "router serving");
     shutdown_signal().await;
     tracing::info!("router stopping");

@@ -10,6 +10,8 @@
 //! (active health checks, drain expiry), [`proxy`] (HTTP reverse proxy with per-request
 //! failover), [`dns`] (authoritative DNS), [`admin`] (admin API, persisted drains and weights),
 //! [`codes`] (the stable error codes of the proxy and admin API, one constant each),
+//! [`global`] (the global view: every region's status and metrics fanned out and merged by
+//! [`federate`], and the web dashboard the admin API serves),
 //! [`runtime`] (starts and stops them all) and [`cli`] (`atoll router ...`); [`unread`] reads
 //! the rest of request bodies answered before they were read, so clients can read the answer.
 
@@ -17,6 +19,8 @@ pub mod admin;
 pub mod cli;
 pub mod codes;
 pub mod dns;
+pub mod federate;
+pub mod global;
 pub mod health;
 pub mod metrics;
 pub mod policy;

@@ -19,6 +19,7 @@
 
 use crate::admin::{self, StateStore};
 use crate::dns::DnsServer;
+use crate::global::{GlobalOptions, GlobalView};
 use crate::metrics::RouterMetrics;
 use crate::prober::{self, HttpChecker, Prober};
 use crate::proxy::{self, Proxy, ProxySettings};
@@ -74,6 +75,8 @@ pub struct RouterOptions {
     pub clock: Arc<dyn Clock>,
     /// Proxy limits and timeouts.
     pub proxy: ProxySettings,
+    /// The global view's timeout, region token and drill state directory.
+    pub global: GlobalOptions,
 }
 
 impl RouterOptions {
@@ -101,6 +104,7 @@ impl RouterOptions {
             proxy_name: None,
             clock: Arc::new(SystemClock),
             proxy,
+            global: GlobalOptions::default(),
         }
     }
 }
@@ -271,10 +275,16 @@ impl Router {
             shutdown_rx.clone(),
         ));
 
+        let global = Arc::new(GlobalView::new(
+            ctx.clone(),
+            &opts.config,
+            opts.global.clone(),
+        ));
         let admin_app = admin::router(admin::AdminState::new(
             ctx.clone(),
             store.clone(),
             opts.admin_token.clone(),
+            global,
         ));
         servers.push(tokio::spawn(serve_app(
             "admin",

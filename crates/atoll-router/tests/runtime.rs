@@ -289,6 +289,8 @@ fn args(command: RouterCommand) -> RouterArgs {
             proxy_request_timeout: None,
             proxy_idle_timeout: None,
             proxy_max_body_bytes: None,
+            global_timeout: 2000,
+            drill_state_dir: None,
         },
     }
 }

@@ -1,5 +1,5 @@
 //! Adapters around the store: the region's client HTTP API v1 (axum) and its optional client
-//! authentication (`auth`), its Prometheus metrics, its OpenAPI document, replication (and which
+//! authentication (`auth`), its Prometheus metrics (and the count of open client connections, `conns`), its OpenAPI document, replication (and which
 //! peers stream this region's writes), the peer listener and client (mutual TLS between regions,
 //! `peer`), a standby's forwarding of writes to the primary (`forward`), strong keyspaces on their consensus group (`strong`), the draining of request bodies answered before they were read (`unread`), and the
 //! region process runtime (listen, serve, shut down gracefully).
@@ -7,6 +7,7 @@
 pub mod api;
 pub mod arbiter;
 pub mod auth;
+pub mod conns;
 pub mod control;
 pub mod fencing;
 pub mod forward;

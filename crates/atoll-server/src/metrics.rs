@@ -83,6 +83,8 @@ pub struct Metrics {
     names: Vec<String>,
     pub http_requests: Family<RequestLabels, Counter>,
     pub http_duration: Family<RequestLabels, Histogram>,
+    /// Client API connections open right now (see [`crate::conns`]).
+    pub open_connections: Gauge,
     pub store_writes: Counter,
     pub store_commits: Counter,
     pub store_commit_duration: Histogram,
@@ -228,6 +230,15 @@ impl Metrics {
             "http_request_duration_seconds",
             "Time to serve an HTTP request, by route, method and status",
             http_duration.clone(),
+        );
+        let open_connections = Gauge::default();
+        reg(
+            &mut registry,
+            &mut names,
+            Kind::Gauge,
+            "http_open_connections",
+            "Client API connections open right now (the article's active connection count per region)",
+            open_connections.clone(),
         );
         let store_writes = Counter::default();
         reg(
@@ -689,6 +700,7 @@ impl Metrics {
             registry,
             http_requests,
             http_duration,
+            open_connections,
             store_writes,
             store_commits,
             store_commit_duration,
@@ -807,6 +819,72 @@ impl Metrics {
                 outcome: outcome.to_string(),
             })
             .inc();
+    }
+
+    /// Gives every labelled family one sample (labels `example`, region `a`, peer `b`), so that
+    /// [`Metrics::encode`] shows every family with its label names: what the tests that check
+    /// shipped dashboards against the exported labels read. Never called by a serving region.
+    pub fn fill_examples(&self) {
+        let pair = PairLabels {
+            region: "a".into(),
+            peer_region: "b".into(),
+        };
+        let ex = || "example".to_string();
+        self.observe_request("/v1/status", "GET", 200, Duration::from_millis(1));
+        self.info
+            .get_or_create(&RegionLabels {
+                region: "a".into(),
+                cluster: ex(),
+                version: ex(),
+            })
+            .set(1);
+        self.keyspaces
+            .get_or_create(&KeyspaceLabels {
+                keyspace: ex(),
+                policy: "lww".into(),
+            })
+            .set(1);
+        self.peer_reachable.get_or_create(&pair).set(1);
+        self.peer_rtt.get_or_create(&pair).observe(0.001);
+        self.replication_lag_seconds.get_or_create(&pair).set(0.0);
+        self.replication_lag_ops.get_or_create(&pair).set(0);
+        self.clock_offset_seconds.get_or_create(&pair).set(0.0);
+        self.peer_clock_skewed.get_or_create(&pair).set(0);
+        self.replication_applied.get_or_create(&pair).inc();
+        self.replication_apply_delay
+            .get_or_create(&pair)
+            .observe(0.001);
+        self.conflicts
+            .get_or_create(&ConflictLabels {
+                keyspace: ex(),
+                resolution: ex(),
+            })
+            .inc();
+        self.sibling_limit_hits
+            .get_or_create(&KeyspaceOnly { keyspace: ex() })
+            .inc();
+        self.heartbeats_refused
+            .get_or_create(&RefusedLabels {
+                peer_region: "b".into(),
+                reason: ex(),
+            })
+            .inc();
+        self.peer_auth_failures
+            .get_or_create(&ReasonLabels { reason: ex() })
+            .inc();
+        self.replication_requests_refused
+            .get_or_create(&EdgeRefusalLabels {
+                route: ex(),
+                reason: ex(),
+            })
+            .inc();
+        self.set_fencing("a", "active", 0, 0, 0, 0);
+        self.fencing_refused("example");
+        self.fencing_proposals("example", "example");
+        self.owned_forwarded("example", "a");
+        self.owned_not_home("example", "a");
+        self.owned_move("example", "example");
+        self.owned_claim("example", "a");
     }
 
     /// Every series name this registry can export, whether or not it has samples yet (alert rules

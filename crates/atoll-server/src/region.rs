@@ -479,7 +479,11 @@ impl RegionServer {
         let stop2 = stop.clone();
         let grace = self.drain_grace;
         let rep = self.replicator.clone();
-        let result = axum::serve(self.listener, app)
+        let listener = crate::conns::CountedListener::new(
+            self.listener,
+            state.metrics.open_connections.clone(),
+        );
+        let result = axum::serve(listener, app)
             .with_graceful_shutdown(async move {
                 shutdown.await;
                 flag.serving.store(false, Ordering::Relaxed);

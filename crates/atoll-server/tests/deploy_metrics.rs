@@ -55,9 +55,12 @@ fn shipped_rules_and_dashboards_name_only_exported_metrics() {
     let metrics = Metrics::new();
     let names = metrics.series_names();
     // What regions and routers export, and what `atoll drill` writes for a textfile collector.
+    let router = atoll_router::metrics::RouterMetrics::new();
     let exported: BTreeSet<&str> = names
         .iter()
         .map(String::as_str)
+        .chain(router.series_names().iter().map(String::as_str))
+        .chain([atoll_router::federate::REGION_UP])
         .chain(atoll_drill::outcome::METRIC_NAMES)
         .collect();
     let files = deploy_files();

@@ -919,3 +919,201 @@ fn drill_lines() {
         );
     }
 }
+
+/// What `atoll watch` follows.
+pub struct WatchTarget {
+    pub keyspace: String,
+    pub key: Option<String>,
+    pub prefix: Option<String>,
+    /// Resume from this token (printed with every event).
+    pub resume: Option<String>,
+    /// Stop after this many change events.
+    pub count: Option<u64>,
+}
+
+/// One Server-Sent Event.
+struct Sse {
+    event: String,
+    data: String,
+}
+
+/// Takes the complete events off the front of `buf` (an SSE stream read so far).
+fn sse_events(buf: &mut String) -> Vec<Sse> {
+    let mut out = Vec::new();
+    while let Some(end) = buf.find("\n\n") {
+        let block: String = buf.drain(..end + 2).collect();
+        let (mut event, mut data) = (String::from("message"), Vec::new());
+        for line in block.lines() {
+            if let Some(v) = line.strip_prefix("event:") {
+                event = v.trim_start().to_string();
+            } else if let Some(v) = line.strip_prefix("data:") {
+                data.push(v.strip_prefix(' ').unwrap_or(v).to_string());
+            }
+        }
+        if !data.is_empty() {
+            out.push(Sse {
+                event,
+                data: data.join("\n"),
+            });
+        }
+    }
+    out
+}
+
+/// A human line for a change event: `flags/beta: members [a, b]  (us-east-1 seq 12)`.
+fn watch_line(kind: &str, v: &Value) -> String {
+    let key = v["key"].as_str().map_or_else(
+        || format!("base64:{}", v["key_base64"].as_str().unwrap_or("")),
+        str::to_string,
+    );
+    let s = &v["state"];
+    let state = if s["deleted"] == true {
+        "deleted".to_string()
+    } else if let Some(m) = s["members"].as_array() {
+        format!(
+            "members [{}]",
+            m.iter()
+                .filter_map(Value::as_str)
+                .collect::<Vec<_>>()
+                .join(", ")
+        )
+    } else if let Some(sibs) = s["siblings"].as_array() {
+        format!(
+            "{} siblings: {}",
+            sibs.len(),
+            sibs.iter()
+                .map(|x| x["value"].as_str().unwrap_or("<binary>"))
+                .collect::<Vec<_>>()
+                .join(" | ")
+        )
+    } else if let Some(text) = s["value"].as_str() {
+        format!("= {text}")
+    } else if s["value"].is_i64() {
+        format!("value {}", s["value"])
+    } else {
+        format!("= base64:{}", s["value_base64"].as_str().unwrap_or(""))
+    };
+    let from = match v["origin"].as_str() {
+        Some(o) => format!("  ({o} seq {})", v["seq"]),
+        None => String::new(),
+    };
+    let what = if kind == "state" { "state " } else { "" };
+    format!(
+        "{what}{}/{key}: {state}{from}",
+        v["keyspace"].as_str().unwrap_or("?")
+    )
+}
+
+/// `atoll watch`: follows a keyspace, a key or a prefix over Server-Sent Events and prints each
+/// change; after a `lagged` event or a broken connection it resumes with the last token, so no
+/// change is missed. Runs until interrupted (or `--count` changes).
+pub async fn watch(args: ClientArgs, target: WatchTarget) -> Result<()> {
+    let c = Client::new(&args)?;
+    // A watch has no overall timeout; `--timeout` bounds connecting.
+    let http = reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs_f64(args.timeout.max(0.001)))
+        .build()?;
+    let mut token = target.resume.clone();
+    let mut seen = 0u64;
+    let mut failures = 0u32;
+    loop {
+        let mut url = format!(
+            "{}/v1/watch/{}",
+            c.base,
+            utf8_percent_encode(&target.keyspace, SEGMENT)
+        );
+        let mut query = Vec::new();
+        if let Some(k) = &target.key {
+            query.push(format!("key={}", utf8_percent_encode(k, SEGMENT)));
+        }
+        if let Some(p) = &target.prefix {
+            query.push(format!("prefix={}", utf8_percent_encode(p, SEGMENT)));
+        }
+        if let Some(t) = &token {
+            query.push(format!("token={}", utf8_percent_encode(t, SEGMENT)));
+        }
+        if !query.is_empty() {
+            url = format!("{url}?{}", query.join("&"));
+        }
+        let mut req = http.get(&url).header("accept", "text/event-stream");
+        if let Some(t) = &c.token {
+            req = req.bearer_auth(t);
+        }
+        let mut resp = match req.send().await {
+            Ok(r) => r,
+            Err(e) if failures < 5 && token.is_some() => {
+                failures += 1;
+                eprintln!("watch: connection lost ({e}); resuming");
+                tokio::time::sleep(Duration::from_millis(500 * u64::from(failures))).await;
+                continue;
+            }
+            Err(e) => bail!("cannot reach {}: {e}", c.base),
+        };
+        if !resp.status().is_success() {
+            let status = resp.status().as_u16();
+            let body = resp.bytes().await.unwrap_or_default().to_vec();
+            Reply {
+                status,
+                headers: Default::default(),
+                body,
+            }
+            .check()?;
+            bail!("HTTP {status}");
+        }
+        failures = 0;
+        let mut buf = String::new();
+        let mut lagged = false;
+        loop {
+            let chunk = match resp.chunk().await {
+                Ok(Some(c)) => c,
+                Ok(None) => break,
+                Err(e) => {
+                    eprintln!("watch: stream broken ({e}); resuming");
+                    break;
+                }
+            };
+            buf.push_str(&String::from_utf8_lossy(&chunk));
+            for ev in sse_events(&mut buf) {
+                let Ok(v) = serde_json::from_str::<Value>(&ev.data) else {
+                    continue;
+                };
+                if let Some(t) = v["token"].as_str() {
+                    token = Some(t.to_string());
+                }
+                match (ev.event.as_str(), c.output) {
+                    ("ready", _) => {}
+                    (kind, Output::Json) => {
+                        let mut v = v;
+                        v["event"] = json!(kind);
+                        println!("{v}");
+                    }
+                    ("change" | "state", Output::Human) => {
+                        println!("{}", watch_line(&ev.event, &v))
+                    }
+                    ("reset", Output::Human) => println!(
+                        "reset: {} (the current state follows)",
+                        v["reason"].as_str().unwrap_or("")
+                    ),
+                    ("lagged", Output::Human) => eprintln!(
+                        "watch: fell behind ({}); resuming",
+                        v["reason"].as_str().unwrap_or("")
+                    ),
+                    _ => {}
+                }
+                if ev.event == "lagged" {
+                    lagged = true;
+                }
+                if ev.event == "change" {
+                    seen += 1;
+                    if target.count.is_some_and(|n| seen >= n) {
+                        return Ok(());
+                    }
+                }
+            }
+        }
+        if !lagged && token.is_none() {
+            bail!("the watch ended before it started");
+        }
+        // The stream ended (lagged, or the region went away): resume where it stopped.
+    }
+}

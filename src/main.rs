@@ -137,6 +137,28 @@ enum Command {
         #[command(subcommand)]
         command: client::SetCommand,
     },
+    /// Follow the changes of a keyspace, a key or a key prefix as they are applied in a region
+    /// (local and replicated writes alike); resumes without loss after a broken connection.
+    #[command(
+        after_help = "Examples:\n  atoll watch flags\n  atoll watch flags --prefix beta --endpoint http://127.0.0.1:7102\n  atoll watch sessions --key user-1 --output json\n  atoll watch flags --resume <token printed with an event>"
+    )]
+    Watch {
+        #[command(flatten)]
+        client: client::ClientArgs,
+        keyspace: String,
+        /// Only this key.
+        #[arg(long, conflicts_with = "prefix")]
+        key: Option<String>,
+        /// Only keys with this prefix.
+        #[arg(long)]
+        prefix: Option<String>,
+        /// Resume after the change that carried this token (`--output json` prints tokens).
+        #[arg(long, value_name = "TOKEN")]
+        resume: Option<String>,
+        /// Stop after this many changes.
+        #[arg(long, value_name = "N")]
+        count: Option<u64>,
+    },
     /// Emulate WAN links between regions and inject faults (latency, partitions, resets).
     Link(atoll_link::cli::LinkArgs),
     /// Run a traffic router (health-checked proxy, authoritative DNS, admin API) or manage one.
@@ -477,6 +499,23 @@ fn main() -> ExitCode {
                         model,
                     } => demo::run(data_dir, port_base, model).await,
                     Command::Kv { client, command } => client::kv(client, command).await,
+                    Command::Watch {
+                        client,
+                        keyspace,
+                        key,
+                        prefix,
+                        resume,
+                        count,
+                    } => {
+                        let target = client::WatchTarget {
+                            keyspace,
+                            key,
+                            prefix,
+                            resume,
+                            count,
+                        };
+                        client::watch(client, target).await
+                    }
                     Command::Counter { client, command } => client::counter(client, command).await,
                     Command::Set { client, command } => client::set(client, command).await,
                     Command::Status { client, max_lag } => client::status(client, max_lag).await,

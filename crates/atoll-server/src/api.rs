@@ -43,6 +43,7 @@ pub const ROUTES: &[(&str, &[&str])] = &[
     ("/v1/counter/{keyspace}/{key}", &["GET", "POST"]),
     ("/v1/set/{keyspace}/{key}", &["GET", "POST"]),
     ("/v1/conflicts/{keyspace}", &["GET"]),
+    ("/v1/watch/{keyspace}", &["GET"]),
     ("/v1/status", &["GET"]),
     ("/v1/admin/promote", &["POST"]),
     ("/v1/admin/switchover", &["POST"]),
@@ -75,6 +76,8 @@ pub struct AppState {
     pub homes: std::sync::OnceLock<Arc<crate::homes::Homes>>,
     /// The strong group, when a strong keyspace is declared (set at start).
     pub strong: std::sync::OnceLock<Arc<crate::strong::Strong>>,
+    /// Watches (`GET /v1/watch/...`): the live feed, fed by the store (set at start).
+    pub watch: std::sync::OnceLock<Arc<crate::watch::Watch>>,
 }
 
 /// Header naming the region's fencing role on every answer of a fenced cluster.
@@ -169,6 +172,7 @@ pub fn router(state: Shared) -> Router {
         .route("/v1/set/{keyspace}/", get(set_get).post(set_post))
         .route("/v1/set/{keyspace}/{*key}", get(set_get).post(set_post))
         .route("/v1/conflicts/{keyspace}", get(conflicts))
+        .route("/v1/watch/{keyspace}", get(watch_get))
         .route("/v1/status", get(status))
         .route("/v1/admin/promote", axum::routing::post(admin_promote))
         .route("/v1/admin/rehome", axum::routing::post(admin_rehome))
@@ -490,6 +494,39 @@ fn ack(state: &AppState, ks: &str, key: &[u8], out: &WriteOutcome) -> Result<Res
         resp,
         [context.as_deref().and_then(|c| header(CONTEXT_HEADER, c))],
     ))
+}
+
+/// A key's state as JSON in the shape of a read (watch events): `lww`/`owned` `{"value",
+/// "value_base64", "timestamp", "origin"}` or `{"deleted": true}`; `mvr` `{"siblings",
+/// "context"}` (`deleted` when none is live); `counter` `{"value"}`; `set` `{"members"}`.
+pub(crate) fn state_json(ks: &str, key: &[u8], policy: Policy, st: Option<&KeyState>) -> Value {
+    match (policy.storage(), st) {
+        (Policy::Lww, Some(KeyState::Lww(r))) => match &r.value {
+            Some(v) => {
+                let mut out = json!({
+                    "value_base64": base64::engine::general_purpose::STANDARD.encode(v),
+                    "timestamp": r.ts.to_string(),
+                    "origin": r.origin.as_str(),
+                });
+                if let Ok(text) = std::str::from_utf8(v) {
+                    out["value"] = json!(text);
+                }
+                out
+            }
+            None => json!({"deleted": true, "timestamp": r.ts.to_string()}),
+        },
+        (Policy::Mvr, Some(KeyState::Mvr(r))) => {
+            let live = r.live();
+            json!({
+                "siblings": live.iter().map(|s| sibling_json(s)).collect::<Vec<_>>(),
+                "context": encode_context_token(ks, key, &r.ctx).unwrap_or_default(),
+                "deleted": live.is_empty(),
+            })
+        }
+        (Policy::Counter, st) => json!({"value": counter_value(st)}),
+        (Policy::Set, st) => json!({"members": members(st)}),
+        _ => json!({"deleted": true}),
+    }
 }
 
 fn sibling_json(s: &atoll_core::crdt::mvr::Sibling) -> Value {
@@ -850,6 +887,215 @@ fn key_json(key: &[u8]) -> Value {
         Ok(s) => json!(s),
         Err(_) => json!({"base64": base64::engine::general_purpose::STANDARD.encode(key)}),
     }
+}
+
+/// The query of a watch: `key=` or `prefix=`, `token=`, and `wait=` (long poll).
+struct WatchQuery {
+    key: Option<Vec<u8>>,
+    prefix: Option<Vec<u8>>,
+    token: Option<String>,
+    wait: Option<std::time::Duration>,
+}
+
+/// Longest `wait` of a long-polling watch.
+const WATCH_MAX_WAIT_MS: u64 = 60_000;
+/// The SSE keep-alive comment interval.
+const WATCH_KEEPALIVE: std::time::Duration = std::time::Duration::from_secs(15);
+
+fn watch_query(uri: &Uri) -> Result<WatchQuery> {
+    let mut q = WatchQuery {
+        key: None,
+        prefix: None,
+        token: None,
+        wait: None,
+    };
+    for kv in uri
+        .query()
+        .unwrap_or("")
+        .split('&')
+        .filter(|s| !s.is_empty())
+    {
+        let (name, raw) = kv.split_once('=').unwrap_or((kv, ""));
+        let value: Vec<u8> = percent_encoding::percent_decode_str(&raw.replace('+', " ")).collect();
+        match name {
+            "key" if q.key.is_none() => q.key = Some(value),
+            "prefix" if q.prefix.is_none() => q.prefix = Some(value),
+            "token" if q.token.is_none() => {
+                q.token = Some(
+                    String::from_utf8(value)
+                        .map_err(|_| AtollError::InvalidUtf8("watch token".into()))?,
+                )
+            }
+            "wait" if q.wait.is_none() => {
+                let text =
+                    String::from_utf8(value).map_err(|_| AtollError::InvalidUtf8("wait".into()))?;
+                let ms = atoll_config::duration::parse_ms(&text)
+                    .ok()
+                    .or_else(|| text.parse::<u64>().ok().map(|s| s.saturating_mul(1000)))
+                    .filter(|ms| *ms <= WATCH_MAX_WAIT_MS)
+                    .ok_or_else(|| {
+                        AtollError::BadRequest(format!(
+                            "wait=`{text}` is not a duration of at most 60s (e.g. wait=30s)"
+                        ))
+                    })?;
+                q.wait = Some(std::time::Duration::from_millis(ms));
+            }
+            _ => {
+                return Err(AtollError::BadRequest(format!(
+                    "unknown or repeated query parameter `{name}`: a watch takes key= or prefix=, token= and wait="
+                )));
+            }
+        }
+    }
+    if q.key.is_some() && q.prefix.is_some() {
+        return Err(AtollError::BadRequest(
+            "a watch follows one key (key=) or a key prefix (prefix=), not both".into(),
+        ));
+    }
+    if q.key.as_ref().is_some_and(|k| k.is_empty()) {
+        return Err(AtollError::EmptyKey);
+    }
+    if let Some(k) = q.key.as_ref().or(q.prefix.as_ref())
+        && k.len() > KEY_MAX_BYTES
+    {
+        return Err(AtollError::KeyTooLarge {
+            len: k.len(),
+            max: KEY_MAX_BYTES,
+        });
+    }
+    Ok(q)
+}
+
+/// `GET /v1/watch/{keyspace}` (`docs/design/watch.md`): the changes of a keyspace, one key or
+/// a key prefix, as Server-Sent Events, or with `wait=` as one long-poll answer.
+async fn watch_get(State(state): State<Shared>, uri: Uri, headers: HeaderMap) -> ApiResult {
+    let (ks, rest) = target(&uri, "watch")?;
+    if !rest.is_empty() {
+        return Err(AtollError::BadRequest(
+            "watch a key with /v1/watch/{keyspace}?key=K, not /v1/watch/{keyspace}/K".into(),
+        )
+        .into());
+    }
+    let cfg = state.store.keyspace(&ks)?;
+    if let Some(f) = state.fencing.get()
+        && f.refuses_clients()
+    {
+        return Err(f.passive_error().into());
+    }
+    if cfg.policy == Policy::Strong {
+        return Err(AtollError::WrongPolicy {
+            keyspace: ks,
+            policy: cfg.policy.to_string(),
+            operation: "watches (its writes go through Raft, not the operation log)".into(),
+        }
+        .into());
+    }
+    let q = watch_query(&uri)?;
+    let text = q.token.or_else(|| {
+        headers
+            .get("last-event-id")
+            .and_then(|v| v.to_str().ok())
+            .filter(|s| !s.is_empty())
+            .map(str::to_string)
+    });
+    let w = state.watch.get().ok_or(AtollError::ShuttingDown)?;
+    let token = text.map(|t| w.decode_token(&t)).transpose()?;
+    let filter = crate::watch::Filter {
+        keyspace: ks,
+        policy: cfg.policy,
+        key: q.key,
+        prefix: q.prefix.unwrap_or_default(),
+    };
+    let rx = w.start(state.store.clone(), filter, token)?;
+    Ok(match q.wait {
+        Some(wait) => watch_long_poll(rx, wait).await,
+        None => watch_sse(rx),
+    })
+}
+
+fn watch_sse(rx: tokio::sync::mpsc::Receiver<crate::watch::Item>) -> Response {
+    use crate::watch::Item;
+    use axum::response::sse::{Event, KeepAlive, Sse};
+    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+        let item = rx.recv().await?;
+        let event = match item {
+            Item::Ready { token } => Event::default()
+                .event("ready")
+                .id(token.clone())
+                .data(json!({"token": token}).to_string()),
+            Item::Event { kind, body } => {
+                let token = body["token"].as_str().unwrap_or_default().to_string();
+                Event::default()
+                    .event(kind)
+                    .id(token)
+                    .data(body.to_string())
+            }
+            Item::Reset { reason } => Event::default()
+                .event("reset")
+                .data(json!({"reason": reason}).to_string()),
+            Item::Lagged { token, reason } => Event::default()
+                .event("lagged")
+                .id(token.clone())
+                .data(json!({"token": token, "reason": reason}).to_string()),
+        };
+        Some((Ok::<_, std::convert::Infallible>(event), rx))
+    });
+    Sse::new(stream)
+        .keep_alive(KeepAlive::new().interval(WATCH_KEEPALIVE))
+        .into_response()
+}
+
+/// One long-poll answer: the events ready within `wait` (at least one, unless none came),
+/// `{"events": [...], "token": "..."}`; `reset` and `lagged` appear as events of that kind.
+async fn watch_long_poll(
+    mut rx: tokio::sync::mpsc::Receiver<crate::watch::Item>,
+    wait: std::time::Duration,
+) -> Response {
+    use crate::watch::Item;
+    let deadline = tokio::time::Instant::now() + wait;
+    let mut events = Vec::new();
+    let mut token = String::new();
+    let mut ended = false;
+    loop {
+        let item = if events.is_empty() {
+            match tokio::time::timeout_at(deadline, rx.recv()).await {
+                Ok(Some(item)) => item,
+                Ok(None) => {
+                    ended = true;
+                    break;
+                }
+                Err(_) => break,
+            }
+        } else {
+            match rx.try_recv() {
+                Ok(item) => item,
+                Err(tokio::sync::mpsc::error::TryRecvError::Empty) => break,
+                Err(tokio::sync::mpsc::error::TryRecvError::Disconnected) => {
+                    ended = true;
+                    break;
+                }
+            }
+        };
+        match item {
+            Item::Ready { token: t } => token = t,
+            Item::Event { kind, mut body } => {
+                if let Some(t) = body["token"].as_str() {
+                    token = t.to_string();
+                }
+                body["event"] = json!(kind);
+                events.push(body);
+            }
+            Item::Reset { reason } => events.push(json!({"event": "reset", "reason": reason})),
+            Item::Lagged { token: t, reason } => {
+                token = t.clone();
+                events.push(json!({"event": "lagged", "token": t, "reason": reason}));
+            }
+        }
+        if events.len() >= crate::watch::BUFFER_EVENTS {
+            break;
+        }
+    }
+    axum::Json(json!({"events": events, "token": token, "ended": ended})).into_response()
 }
 
 async fn conflicts(

@@ -6,7 +6,8 @@
 //! - Everything else needs `Authorization: Bearer <token>` naming a token of the tokens file:
 //!   otherwise `401 ATOLL-UNAUTHORIZED` with `WWW-Authenticate: Bearer`, before routing, so an
 //!   unauthenticated client learns nothing about routes or keyspaces.
-//! - `/v1/{kv,counter,set}/{keyspace}/...` and `/v1/conflicts/{keyspace}` need the token's
+//! - `/v1/{kv,counter,set}/{keyspace}/...`, `/v1/conflicts/{keyspace}` and
+//!   `/v1/watch/{keyspace}` need the token's
 //!   `read` right on the keyspace for `GET`/`HEAD`, its `write` right for any other method;
 //!   otherwise `403 ATOLL-FORBIDDEN`. The keyspace is the percent-decoded path segment, decoded
 //!   exactly as the handlers decode it, so an encoded name cannot slip past.
@@ -52,7 +53,7 @@ pub fn needs(method: &Method, path: &str) -> Needs {
     let Some((kind, rest)) = rest.split_once('/') else {
         return Needs::AnyToken;
     };
-    if !matches!(kind, "kv" | "counter" | "set" | "conflicts") {
+    if !matches!(kind, "kv" | "counter" | "set" | "conflicts" | "watch") {
         return Needs::AnyToken;
     }
     let raw = rest.split_once('/').map_or(rest, |(ks, _)| ks);

@@ -19,6 +19,7 @@ pub mod region;
 pub mod replication;
 pub mod streams;
 pub mod strong;
+pub mod watch;
 pub use atoll_http::unread;
 
 pub use region::{RegionOptions, RegionServer};

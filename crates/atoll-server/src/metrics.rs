@@ -122,6 +122,10 @@ pub struct Metrics {
     pub owned_not_home: Family<OwnedLabels, Counter>,
     pub owned_moves: Family<OwnedLabels, Counter>,
     pub owned_claims: Family<OwnedLabels, Counter>,
+    /// Watches (`docs/design/watch.md`).
+    pub watchers: Gauge,
+    pub watch_events: Counter,
+    pub watch_dropped: Family<ReasonLabels, Counter>,
     pub fencing_promotions: Counter,
     pub fencing_proposals: Family<ProposalLabels, Counter>,
     pub fencing_promotion_lag: FloatGauge,
@@ -656,7 +660,37 @@ impl Metrics {
             "Keys of owned keyspaces homed by their first write that this region claimed (it became their home; label value: this region)",
             owned_claims.clone(),
         );
+        let watchers = Gauge::default();
+        reg(
+            &mut registry,
+            &mut names,
+            Kind::Gauge,
+            "watchers",
+            "Watches (GET /v1/watch/...) open on this region",
+            watchers.clone(),
+        );
+        let watch_events = Counter::default();
+        reg(
+            &mut registry,
+            &mut names,
+            Kind::Counter,
+            "watch_events",
+            "Change events this region built for its watchers",
+            watch_events.clone(),
+        );
+        let watch_dropped = Family::<ReasonLabels, Counter>::default();
+        reg(
+            &mut registry,
+            &mut names,
+            Kind::Counter,
+            "watchers_dropped",
+            "Watches ended or refused by this region, by reason (slow: the client did not read its buffered events and was told to resume; limit: [api] max_watchers reached)",
+            watch_dropped.clone(),
+        );
         Self {
+            watchers,
+            watch_events,
+            watch_dropped,
             owned_forwarded,
             owned_not_home,
             owned_moves,
@@ -803,6 +837,15 @@ impl Metrics {
             .inc();
     }
 
+    /// A watch ended by this region (`slow`) or refused (`limit`).
+    pub fn watch_dropped(&self, reason: &str) {
+        self.watch_dropped
+            .get_or_create(&ReasonLabels {
+                reason: reason.to_string(),
+            })
+            .inc();
+    }
+
     pub fn fencing_refused(&self, reason: &str) {
         self.fencing_writes_refused
             .get_or_create(&ReasonLabels {
@@ -885,6 +928,7 @@ impl Metrics {
         self.owned_not_home("example", "a");
         self.owned_move("example", "example");
         self.owned_claim("example", "a");
+        self.watch_dropped("example");
     }
 
     /// Every series name this registry can export, whether or not it has samples yet (alert rules

@@ -179,6 +179,8 @@ impl RegionServer {
         let changed = Arc::new(tokio::sync::Notify::new());
         let c = changed.clone();
         sopts.on_change = Some(Arc::new(move || c.notify_waiters()));
+        let watch = crate::watch::Watch::new(&opts.config, &region, metrics.clone());
+        sopts.on_ops = Some(watch.observer());
         let homes =
             crate::homes::Homes::new(&opts.config, &region, fencing.clone(), metrics.clone());
         sopts.gate = crate::homes::Gate::for_store(fencing.clone(), homes.clone());
@@ -363,7 +365,9 @@ impl RegionServer {
             fencing: Default::default(),
             homes: Default::default(),
             strong: Default::default(),
+            watch: Default::default(),
         });
+        let _ = state.watch.set(watch);
         let _ = state.replicator.set(replicator.clone());
         if let Some(h) = &homes {
             let _ = state.homes.set(h.clone());

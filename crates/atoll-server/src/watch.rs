@@ -9,8 +9,10 @@
 
 use crate::metrics::Metrics;
 use atoll_config::Config;
+use atoll_core::causal::VersionVector;
 use atoll_core::op::OpEntry;
-use atoll_core::{AtollError, KeyState, Policy, RegionId, Result};
+use atoll_core::op::{KeyState, Policy};
+use atoll_core::{AtollError, RegionId, Result};
 use atoll_store::Store;
 use base64::Engine;
 use serde::{Deserialize, Serialize};
@@ -87,9 +89,14 @@ impl Token {
             .decode(text.trim())
             .map_err(|_| bad_token("not base64url"))?;
         let body = match raw.split_first() {
-            Some((&TOKEN_VERSION, rest)) => postcard::from_bytes::<TokenBody>(rest)
-                .map_err(|_| bad_token("garbled"))?,
-            Some((v, _)) => return Err(bad_token(format!("format version {v} is not {TOKEN_VERSION}"))),
+            Some((&TOKEN_VERSION, rest)) => {
+                postcard::from_bytes::<TokenBody>(rest).map_err(|_| bad_token("garbled"))?
+            }
+            Some((v, _)) => {
+                return Err(bad_token(format!(
+                    "format version {v} is not {TOKEN_VERSION}"
+                )));
+            }
             None => return Err(bad_token("empty")),
         };
         if body.cluster != cluster_tag {
@@ -117,7 +124,7 @@ impl Token {
 pub fn needs_reset(
     token: &Token,
     me: &RegionId,
-    applied: &atoll_core::VersionVector,
+    applied: &VersionVector,
     first: &BTreeMap<RegionId, Option<u64>>,
 ) -> Option<String> {
     // Nobody has more of this region's own writes than this region: a token that does was
@@ -164,6 +171,8 @@ impl Filter {
 /// One item of a watch's stream.
 #[derive(Debug)]
 pub enum Item {
+    /// `event: ready`: the watch's starting position (before any catch-up event).
+    Ready { token: String },
     /// A change (`event: change`), or a key's state after a reset (`event: state`).
     Event { kind: &'static str, body: Value },
     /// `event: reset`: the watch starts over from the current state.
@@ -216,7 +225,9 @@ impl Watch {
                 self.max
             )));
         }
-        self.metrics.watchers.set(self.open.load(Ordering::SeqCst) as i64);
+        self.metrics
+            .watchers
+            .set(self.open.load(Ordering::SeqCst) as i64);
         // Subscribe before reading the log: an entry committed from now on is in the feed, one
         // committed before is in the log.
         let feed = self.feed.subscribe();
@@ -255,7 +266,11 @@ struct Watcher {
 }
 
 impl Watcher {
-    async fn run(&mut self, mut feed: broadcast::Receiver<Arc<Vec<OpEntry>>>, token: Option<Token>) {
+    async fn run(
+        &mut self,
+        mut feed: broadcast::Receiver<Arc<Vec<OpEntry>>>,
+        token: Option<Token>,
+    ) {
         let outcome = self.start(token).await;
         let outcome = match outcome {
             Ok(()) => self.follow(&mut feed).await,
@@ -273,11 +288,9 @@ impl Watcher {
                         "the client did not read {BUFFER_EVENTS} buffered events in time"
                     ),
                 };
-                let _ = tokio::time::timeout(
-                    std::time::Duration::from_secs(30),
-                    self.tx.send(lagged),
-                )
-                .await;
+                let _ =
+                    tokio::time::timeout(std::time::Duration::from_secs(30), self.tx.send(lagged))
+                        .await;
             }
         }
     }
@@ -295,7 +308,7 @@ impl Watcher {
                     .map(|r| (r.clone(), applied.get(r)))
                     .collect(),
             };
-            return Ok(());
+            return self.ready().await;
         };
         let mut first = BTreeMap::new();
         for r in &self.w.regions {
@@ -306,15 +319,17 @@ impl Watcher {
             return self.reset(reason, applied).await;
         }
         self.token = token;
+        self.ready().await?;
         self.catch_up().await
     }
 
+    async fn ready(&self) -> Result<(), Stop> {
+        let token = self.token.encode(self.w.cluster_tag);
+        self.send(Item::Ready { token }).await
+    }
+
     /// `reset`, then the current state of every watched key, then live from `applied`.
-    async fn reset(
-        &mut self,
-        reason: String,
-        applied: atoll_core::VersionVector,
-    ) -> Result<(), Stop> {
+    async fn reset(&mut self, reason: String, applied: VersionVector) -> Result<(), Stop> {
         self.send(Item::Reset { reason }).await?;
         self.token = Token {
             cursor: self
@@ -324,6 +339,7 @@ impl Watcher {
                 .map(|r| (r.clone(), applied.get(r)))
                 .collect(),
         };
+        self.ready().await?;
         let token = self.token.encode(self.w.cluster_tag);
         let mut after: Option<Vec<u8>> = None;
         loop {
@@ -346,7 +362,11 @@ impl Watcher {
             for (key, state) in page {
                 if !deleted(&state) {
                     let body = event_json(&self.filter, &key, Some(&state), None, &token);
-                    self.send(Item::Event { kind: "state", body }).await?;
+                    self.send(Item::Event {
+                        kind: "state",
+                        body,
+                    })
+                    .await?;
                 }
                 after = Some(key);
             }
@@ -476,7 +496,7 @@ fn event_json(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use atoll_core::VersionVector;
+    use VersionVector;
 
     fn r(s: &str) -> RegionId {
         RegionId::new(s).unwrap()
@@ -494,7 +514,10 @@ mod tests {
             (Token::decode(&text, 43, &regions), "another cluster"),
             (Token::decode("%%%", 42, &regions), "base64"),
             (Token::decode("", 42, &regions), "empty"),
-            (Token::decode(&text[..text.len() - 3], 42, &regions), "garbled"),
+            (
+                Token::decode(&text[..text.len() - 3], 42, &regions),
+                "garbled",
+            ),
             (Token::decode(&text, 42, &regions[..1]), "not a region"),
             (
                 Token::decode(

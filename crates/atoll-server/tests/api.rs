@@ -91,6 +91,7 @@ impl Harness {
             fencing: Default::default(),
             homes: Default::default(),
             strong: Default::default(),
+            watch: Default::default(),
         });
         Self {
             app: router(state.clone()),

@@ -44,6 +44,7 @@ fn state() -> Arc<AppState> {
         fencing: Default::default(),
         homes: Default::default(),
         strong: Default::default(),
+        watch: Default::default(),
     })
 }
 

@@ -53,6 +53,7 @@ async fn serve() -> (SocketAddr, Arc<AppState>) {
         fencing: Default::default(),
         homes: Default::default(),
         strong: Default::default(),
+        watch: Default::default(),
     });
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();

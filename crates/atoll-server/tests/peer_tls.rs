@@ -628,6 +628,7 @@ async fn status_of(config: Config) -> serde_json::Value {
         fencing: Default::default(),
         homes: Default::default(),
         strong: Default::default(),
+        watch: Default::default(),
     });
     let resp = atoll_server::api::router(state)
         .oneshot(Request::get("/v1/status").body(Body::empty()).unwrap())

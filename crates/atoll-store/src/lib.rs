@@ -13,6 +13,6 @@ pub mod keys;
 pub mod store;
 
 pub use store::{
-    ConflictRecord, LateWriteRecord, MaintenanceOutcome, RemoteOutcome, Store, StoreOptions,
-    StoreStats, Watermark, WriteGate, WriteOutcome, read_applied,
+    ConflictRecord, LateWriteRecord, MaintenanceOutcome, OpsObserver, RemoteOutcome, Store,
+    StoreOptions, StoreStats, Watermark, WriteGate, WriteOutcome, read_applied,
 };

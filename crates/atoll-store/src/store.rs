@@ -583,9 +583,7 @@ impl Store {
             .shared
             .backend
             .range(Table::Oplog, &prefix, &prefix_end(&prefix), 1)?;
-        Ok(first
-            .first()
-            .and_then(|(k, _)| keys::oplog_seq(origin, k)))
+        Ok(first.first().and_then(|(k, _)| keys::oplog_seq(origin, k)))
     }
 
     /// The keys of `keyspace` starting with `prefix` and their states, in key order, after

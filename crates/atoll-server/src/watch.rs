@@ -32,6 +32,10 @@ pub const BUFFER_EVENTS: usize = 256;
 const CATCHUP_PAGE: usize = 256;
 /// Keys read per step of a reset's full state.
 const RESET_PAGE: usize = 256;
+/// How long a watcher waits for room in its buffer before it falls behind.
+pub const STALL: std::time::Duration = std::time::Duration::from_secs(5);
+/// How long a watcher that fell behind waits for room for its `lagged` event.
+const LAGGED_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
 /// Longest encoded token accepted.
 const MAX_TOKEN_BYTES: usize = 8192;
 
@@ -240,10 +244,16 @@ impl Watch {
                 filter,
                 tx,
                 token: Token::default(),
+                resetting: None,
             };
-            watcher.run(feed, token).await;
+            let lagged = watcher.run(feed, token).await;
+            // The slot is free as soon as the watcher stops taking events.
             w.open.fetch_sub(1, Ordering::SeqCst);
             w.metrics.watchers.set(w.open.load(Ordering::SeqCst) as i64);
+            if let Some(item) = lagged {
+                // The buffer is full: wait (bounded) for room for the last word.
+                let _ = tokio::time::timeout(LAGGED_WAIT, watcher.tx.send(item)).await;
+            }
         });
         Ok(rx)
     }
@@ -263,34 +273,34 @@ struct Watcher {
     filter: Filter,
     tx: mpsc::Sender<Item>,
     token: Token,
+    /// While a reset's state is being sent: the token the watch was asked to resume from, which
+    /// a `lagged` event then carries (resuming resets again rather than skip what is unsent).
+    resetting: Option<Token>,
 }
 
 impl Watcher {
+    /// Runs the watch until the client goes away or falls behind; then the `lagged` item to
+    /// send once there is room.
     async fn run(
         &mut self,
         mut feed: broadcast::Receiver<Arc<Vec<OpEntry>>>,
         token: Option<Token>,
-    ) {
-        let outcome = self.start(token).await;
-        let outcome = match outcome {
+    ) -> Option<Item> {
+        let outcome = match self.start(token).await {
             Ok(()) => self.follow(&mut feed).await,
             Err(e) => Err(e),
         };
         match outcome {
-            Ok(()) | Err(Stop::Gone) => {}
+            Ok(()) | Err(Stop::Gone) => None,
             Err(Stop::Full) => {
                 self.w.metrics.watch_dropped("slow");
-                let token = self.token.encode(self.w.cluster_tag);
-                // The buffer is full: wait (bounded) for room for the last word.
-                let lagged = Item::Lagged {
-                    token,
+                let resume = self.resetting.as_ref().unwrap_or(&self.token);
+                Some(Item::Lagged {
+                    token: resume.encode(self.w.cluster_tag),
                     reason: format!(
-                        "the client did not read {BUFFER_EVENTS} buffered events in time"
+                        "the client did not read its {BUFFER_EVENTS} buffered events in time; resume with this token"
                     ),
-                };
-                let _ =
-                    tokio::time::timeout(std::time::Duration::from_secs(30), self.tx.send(lagged))
-                        .await;
+                })
             }
         }
     }
@@ -316,7 +326,10 @@ impl Watcher {
             first.insert(r.clone(), f);
         }
         if let Some(reason) = needs_reset(&token, &self.w.me, &applied, &first) {
-            return self.reset(reason, applied).await;
+            self.resetting = Some(token);
+            self.reset(reason, applied).await?;
+            self.resetting = None;
+            return Ok(());
         }
         self.token = token;
         self.ready().await?;
@@ -436,25 +449,26 @@ impl Watcher {
         let token = self.token.encode(self.w.cluster_tag);
         let body = event_json(&self.filter, &e.key, state.as_ref(), Some(e), &token);
         self.w.metrics.watch_events.inc();
-        match self.tx.try_send(Item::Event {
-            kind: "change",
-            body,
-        }) {
-            Ok(()) => Ok(()),
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                // Not given: the lagged event's token must not pass it.
-                self.token.cursor.insert(e.origin.clone(), at);
-                Err(Stop::Full)
-            }
-            Err(mpsc::error::TrySendError::Closed(_)) => Err(Stop::Gone),
+        let sent = self
+            .send(Item::Event {
+                kind: "change",
+                body,
+            })
+            .await;
+        if matches!(sent, Err(Stop::Full)) {
+            // Not given: the lagged event's token must not pass it.
+            self.token.cursor.insert(e.origin.clone(), at);
         }
+        sent
     }
 
+    /// Into the buffer, waiting up to [`STALL`] for room: a client that reads, however slowly,
+    /// keeps its watch; one that reads nothing for that long falls behind.
     async fn send(&self, item: Item) -> Result<(), Stop> {
-        match self.tx.try_send(item) {
+        match self.tx.send_timeout(item, STALL).await {
             Ok(()) => Ok(()),
-            Err(mpsc::error::TrySendError::Full(_)) => Err(Stop::Full),
-            Err(mpsc::error::TrySendError::Closed(_)) => Err(Stop::Gone),
+            Err(mpsc::error::SendTimeoutError::Timeout(_)) => Err(Stop::Full),
+            Err(mpsc::error::SendTimeoutError::Closed(_)) => Err(Stop::Gone),
         }
     }
 }

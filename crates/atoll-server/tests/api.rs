@@ -73,16 +73,16 @@ impl Harness {
         let region = RegionId::new(REGION).unwrap();
         assert!(config.region(REGION).is_some());
         let clock = Arc::new(ManualClock::new(T0));
-        let store = Store::open(
-            Arc::new(MemBackend::default()),
-            StoreOptions::new(region, config.keyspaces.clone()),
-            clock.clone(),
-        )
-        .expect("store opens");
+        let metrics = Arc::new(Metrics::new());
+        let watch = atoll_server::watch::Watch::new(&config, &region, metrics.clone());
+        let mut sopts = StoreOptions::new(region, config.keyspaces.clone());
+        sopts.on_ops = Some(watch.observer());
+        let store = Store::open(Arc::new(MemBackend::default()), sopts, clock.clone())
+            .expect("store opens");
         let state = Arc::new(AppState {
             store: Arc::new(store),
             config: Arc::new(config),
-            metrics: Arc::new(Metrics::new()),
+            metrics,
             started: Instant::now(),
             serving: AtomicBool::new(true),
             replicator: OnceLock::new(),
@@ -93,6 +93,7 @@ impl Harness {
             strong: Default::default(),
             watch: Default::default(),
         });
+        let _ = state.watch.set(watch);
         Self {
             app: router(state.clone()),
             state,
@@ -978,9 +979,15 @@ fn fill(template: &str) -> String {
     } else {
         "sessions"
     };
-    template
+    let uri = template
         .replace("{keyspace}", keyspace)
-        .replace("{key}", "k")
+        .replace("{key}", "k");
+    // A watch is a stream: its long-poll form answers.
+    if template.starts_with("/v1/watch/") {
+        format!("{uri}?wait=10ms")
+    } else {
+        uri
+    }
 }
 
 #[tokio::test]
@@ -2357,4 +2364,278 @@ async fn a_token_reads_and_writes_only_the_keyspaces_it_is_granted() {
         )
         .await;
     assert_eq!(r.status, StatusCode::NOT_FOUND);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Watches (docs/design/watch.md)
+// ---------------------------------------------------------------------------------------------
+
+/// A long poll of `uri` (which carries `wait=`): its events and token.
+async fn poll(h: &Harness, uri: &str) -> (Vec<Value>, String) {
+    let r = h.get(uri).await;
+    assert_eq!(r.status, StatusCode::OK, "{uri}: {r:?}");
+    let v = r.json();
+    let events = v["events"].as_array().cloned().unwrap_or_default();
+    (events, v["token"].as_str().unwrap_or_default().to_string())
+}
+
+fn keys_of(events: &[Value]) -> Vec<(String, String)> {
+    events
+        .iter()
+        .map(|e| {
+            (
+                e["key"].as_str().unwrap_or("?").to_string(),
+                e["state"]["value"]
+                    .as_str()
+                    .unwrap_or(if e["state"]["deleted"] == true {
+                        "<deleted>"
+                    } else {
+                        "?"
+                    })
+                    .to_string(),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn a_watch_gives_each_matching_change_once_and_resumes_after_its_token() {
+    let h = Harness::new();
+    assert_eq!(
+        h.put("/v1/kv/sessions/old", "before").await.status,
+        StatusCode::OK
+    );
+    // Without a token the watch starts now: the earlier write is not an event.
+    let (events, start) = poll(&h, "/v1/watch/sessions?wait=10ms").await;
+    assert!(events.is_empty(), "{events:?}");
+    assert!(!start.is_empty());
+    for (k, v) in [("u1", "a"), ("u2", "b"), ("x", "c"), ("u1", "d")] {
+        assert_eq!(
+            h.put(&format!("/v1/kv/sessions/{k}"), v).await.status,
+            StatusCode::OK
+        );
+    }
+    assert_eq!(h.delete("/v1/kv/sessions/u2").await.status, StatusCode::OK);
+    let (events, last) = poll(
+        &h,
+        &format!("/v1/watch/sessions?prefix=u&wait=1s&token={start}"),
+    )
+    .await;
+    // Every change of a u-key, in log order; a change's state is the key's state when sent.
+    let seqs: Vec<u64> = events.iter().map(|e| e["seq"].as_u64().unwrap()).collect();
+    assert_eq!(seqs, vec![2, 3, 5, 6], "{events:?}");
+    assert!(
+        events
+            .iter()
+            .all(|e| e["origin"] == REGION && e["event"] == "change")
+    );
+    assert_eq!(
+        keys_of(&events[3..]),
+        vec![("u2".to_string(), "<deleted>".to_string())]
+    );
+    assert_eq!(last, events[3]["token"].as_str().unwrap());
+    // Resuming after the second event gives the rest, once.
+    let second = events[1]["token"].as_str().unwrap();
+    let (rest, _) = poll(
+        &h,
+        &format!("/v1/watch/sessions?prefix=u&wait=1s&token={second}"),
+    )
+    .await;
+    let seqs: Vec<u64> = rest.iter().map(|e| e["seq"].as_u64().unwrap()).collect();
+    assert_eq!(seqs, vec![5, 6]);
+    // One key; the token also resumes through Last-Event-ID.
+    let r = h
+        .request(
+            Method::GET,
+            "/v1/watch/sessions?key=x&wait=1s",
+            &[("last-event-id", start.as_str())],
+            Body::empty(),
+        )
+        .await;
+    assert_eq!(
+        keys_of(r.json()["events"].as_array().unwrap()),
+        vec![("x".to_string(), "c".to_string())]
+    );
+    // Nothing new after the last token: the poll waits, then answers with no event.
+    let (none, same) = poll(
+        &h,
+        &format!("/v1/watch/sessions?prefix=u&wait=20ms&token={last}"),
+    )
+    .await;
+    assert!(none.is_empty());
+    assert_eq!(same, last);
+    // Counters and sets read as they read.
+    let token = poll(&h, "/v1/watch/ratelimits?wait=10ms").await.1;
+    h.post("/v1/counter/ratelimits/r", r#"{"delta": 5}"#).await;
+    let (events, _) = poll(&h, &format!("/v1/watch/ratelimits?wait=1s&token={token}")).await;
+    assert_eq!(events[0]["state"], json!({"value": 5}));
+}
+
+#[tokio::test]
+async fn a_watch_refuses_bad_input_and_changes_nothing() {
+    let h = Harness::new();
+    let other = atoll_server::watch::Token {
+        cursor: [(RegionId::new(REGION).unwrap(), 1)].into(),
+    }
+    .encode(7);
+    for (uri, status, code) in [
+        ("/v1/watch/nope?wait=10ms", 404, "ATOLL-UNKNOWN-KEYSPACE"),
+        (
+            "/v1/watch/sessions?key=a&prefix=b&wait=10ms",
+            400,
+            "ATOLL-BAD-REQUEST",
+        ),
+        ("/v1/watch/sessions?key=&wait=10ms", 400, "ATOLL-EMPTY-KEY"),
+        (
+            "/v1/watch/sessions?token=garbage!&wait=10ms",
+            400,
+            "ATOLL-BAD-REQUEST",
+        ),
+        (
+            "/v1/watch/sessions?token=AQID&wait=10ms",
+            400,
+            "ATOLL-BAD-REQUEST",
+        ),
+        ("/v1/watch/sessions?wait=5m", 400, "ATOLL-BAD-REQUEST"),
+        ("/v1/watch/sessions?since=1", 400, "ATOLL-BAD-REQUEST"),
+        ("/v1/watch/sessions/k?wait=10ms", 404, "ATOLL-BAD-REQUEST"),
+    ] {
+        h.get(uri).await.expect_error(status, code);
+    }
+    // A well-formed token of another cluster is refused too.
+    h.get(&format!("/v1/watch/sessions?wait=10ms&token={other}"))
+        .await
+        .expect_error(400, "ATOLL-BAD-REQUEST");
+    let long = "k".repeat(2000);
+    h.get(&format!("/v1/watch/sessions?prefix={long}&wait=10ms"))
+        .await
+        .expect_error(414, "ATOLL-KEY-TOO-LARGE");
+    assert_eq!(h.last_seq().await, 0, "nothing was written");
+}
+
+#[tokio::test]
+async fn a_token_naming_writes_this_region_lost_resets_to_the_current_state() {
+    let h = Harness::new();
+    for (k, v) in [("a", "1"), ("b", "2"), ("c", "3")] {
+        h.put(&format!("/v1/kv/sessions/{k}"), v).await;
+    }
+    h.delete("/v1/kv/sessions/b").await;
+    // A token from before this region's data was rebuilt: it names 9 of its writes; it has 4.
+    let token = atoll_server::watch::Token {
+        cursor: [(RegionId::new(REGION).unwrap(), 9)].into(),
+    }
+    .encode(crc32fast::hash(b"atoll-single"));
+    let (events, after) = poll(&h, &format!("/v1/watch/sessions?wait=1s&token={token}")).await;
+    assert_eq!(events[0]["event"], "reset", "{events:?}");
+    assert!(events[0]["reason"].as_str().unwrap().contains("rebuilt"));
+    let states: Vec<&Value> = events[1..].iter().collect();
+    assert!(states.iter().all(|e| e["event"] == "state"));
+    assert_eq!(
+        keys_of(&events[1..]),
+        vec![
+            ("a".to_string(), "1".to_string()),
+            ("c".to_string(), "3".to_string())
+        ],
+        "the live keys, in key order"
+    );
+    // From the reset's position on, changes come as usual.
+    h.put("/v1/kv/sessions/d", "4").await;
+    let (events, _) = poll(&h, &format!("/v1/watch/sessions?wait=1s&token={after}")).await;
+    assert_eq!(keys_of(&events), vec![("d".to_string(), "4".to_string())]);
+}
+
+/// Reads the metric sample `name` (with its labels, as exposed) from `/metrics`.
+async fn metric(h: &Harness, sample: &str) -> Option<f64> {
+    let text = String::from_utf8(h.get("/metrics").await.body.to_vec()).ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix(sample)?.trim().parse().ok())
+}
+
+#[tokio::test]
+async fn a_watcher_that_never_reads_falls_behind_with_bounded_memory_and_resumes_without_loss() {
+    let h = Harness::new();
+    // An SSE watch whose body nobody reads.
+    let req = Request::get("/v1/watch/sessions")
+        .body(Body::empty())
+        .unwrap();
+    let resp = h.app.clone().oneshot(req).await.expect("infallible");
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(metric(&h, "atoll_watchers ").await, Some(1.0));
+    const WRITES: usize = 400;
+    for i in 0..WRITES {
+        let r = h
+            .put(&format!("/v1/kv/sessions/k{i:03}"), format!("v{i}"))
+            .await;
+        assert_eq!(r.status, StatusCode::OK);
+    }
+    // Its buffer (256 events) fills; after the stall it is dropped and its slot freed.
+    let deadline = Instant::now() + atoll_server::watch::STALL * 6;
+    while metric(&h, "atoll_watchers_dropped_total{reason=\"slow\"}").await != Some(1.0) {
+        assert!(
+            Instant::now() < deadline,
+            "the stuck watcher was never dropped"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(metric(&h, "atoll_watchers ").await, Some(0.0));
+    // Its stream: the buffered events, then `lagged` with the token to resume from.
+    let body = resp.into_body().collect().await.expect("body").to_bytes();
+    let text = String::from_utf8(body.to_vec()).unwrap();
+    let datas: Vec<Value> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .map(|d| serde_json::from_str(d).unwrap())
+        .collect();
+    let changes = text.matches("event: change").count();
+    assert!(
+        changes > 0 && changes <= atoll_server::watch::BUFFER_EVENTS,
+        "{changes}"
+    );
+    assert!(text.contains("event: lagged"), "{text}");
+    let lagged = datas.last().unwrap();
+    let token = lagged["token"].as_str().unwrap();
+    // Resuming gives exactly the rest.
+    let mut seen = changes;
+    let mut token = token.to_string();
+    loop {
+        // A poll answers as soon as an event is ready; one that waited a whole second without
+        // any means the watcher has given everything.
+        let (events, next) = poll(&h, &format!("/v1/watch/sessions?wait=1s&token={token}")).await;
+        if events.is_empty() {
+            break;
+        }
+        seen += events.len();
+        token = next;
+    }
+    assert_eq!(seen, WRITES, "every write was an event exactly once");
+}
+
+#[tokio::test]
+async fn watches_beyond_max_watchers_are_refused() {
+    let h = Harness::with(|c| c.api.max_watchers = 1);
+    let first = h
+        .app
+        .clone()
+        .oneshot(
+            Request::get("/v1/watch/sessions")
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await
+        .expect("infallible");
+    assert_eq!(first.status(), StatusCode::OK);
+    h.get("/v1/watch/sessions?wait=10ms")
+        .await
+        .expect_error(503, "ATOLL-OVERLOADED");
+    drop(first);
+    // Its slot comes back once the client is gone.
+    let deadline = Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let r = h.get("/v1/watch/sessions?wait=10ms").await;
+        if r.status == StatusCode::OK {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the slot never came back: {r:?}");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
 }

@@ -447,7 +447,7 @@ pub async fn run(
         e1
     };
     println!(
-        "\nTry:\n  atoll kv put sessions alice token-1 --endpoint {e0}\n  atoll kv get sessions alice --endpoint {r1}\n  atoll counter incr ratelimits api --endpoint {w2}\n  atoll set add flags beta dark-mode --endpoint {w1}\n  atoll kv put carts c1 apple --endpoint {e0}; atoll kv put carts c1 pear --endpoint {w2}; atoll kv get carts c1 --endpoint {r1}\n  atoll status --endpoint {e0}\n  curl -si http://{}/v1/kv/sessions/alice\n  dig @127.0.0.1 -p {} api.atoll.test +subnet=198.51.100.7/24\n  ATOLL_ADMIN_TOKEN={token} atoll router status --admin http://{}\n  {}\n  atoll link fault ls --control {}\n  {}\n  atoll demo ctl ls{pb}\n  atoll demo ctl restart us-east-1{pb}\n\nconfig: {}\nlogs:   {}/<region>.log\nPress Ctrl-C to stop.",
+        "\nTry:\n  atoll kv put sessions alice token-1 --endpoint {e0}\n  atoll kv get sessions alice --endpoint {r1}\n  atoll counter incr ratelimits api --endpoint {w2}\n  atoll watch flags --prefix beta --endpoint {r1}   # in a second terminal: flag changes as they arrive\n  atoll set add flags beta dark-mode --endpoint {w1}\n  atoll kv put carts c1 apple --endpoint {e0}; atoll kv put carts c1 pear --endpoint {w2}; atoll kv get carts c1 --endpoint {r1}\n  atoll status --endpoint {e0}\n  curl -si http://{}/v1/kv/sessions/alice\n  dig @127.0.0.1 -p {} api.atoll.test +subnet=198.51.100.7/24\n  ATOLL_ADMIN_TOKEN={token} atoll router status --admin http://{}\n  {}\n  atoll link fault ls --control {}\n  {}\n  atoll demo ctl ls{pb}\n  atoll demo ctl restart us-east-1{pb}\n\nconfig: {}\nlogs:   {}/<region>.log\nPress Ctrl-C to stop.",
         router
             .proxy_addr()
             .map(|a| a.to_string())

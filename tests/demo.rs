@@ -477,6 +477,75 @@ async fn demo_scenario(dir: &TestDir) -> Result<()> {
         status["homes"]
     );
 
+    // The printed watch, run as printed, shows the flag change the printed `set add` makes.
+    let printed = |prefix: &str| -> Result<String> {
+        demo.stdout
+            .lock()
+            .map_err(|_| anyhow!("stdout lock"))?
+            .iter()
+            .find(|l| l.starts_with(prefix))
+            .cloned()
+            .ok_or_else(|| anyhow!("no line starting with {prefix:?}\n{}", demo.output()))
+    };
+    let watch_line = printed("  atoll watch flags")?;
+    let add_line = printed("  atoll set add flags beta")?;
+    let watch_at = watch_line
+        .split_whitespace()
+        .skip_while(|w| *w != "--endpoint")
+        .nth(1)
+        .ok_or_else(|| anyhow!("no --endpoint in `{watch_line}`"))?
+        .to_string();
+    // `exec`: the shell becomes the printed command, so killing it stops the watch.
+    let mut watcher = Command::new("sh")
+        .arg("-c")
+        .arg(format!("exec {}", watch_line.trim()))
+        .env("PATH", &path)
+        .stdout(Stdio::piped())
+        .spawn()?;
+    let watched = async {
+        let metrics = Client::new(&watch_at);
+        wait_until_async(DEADLINE, "the printed watch to open", || async {
+            metrics
+                .get_raw("/metrics")
+                .await
+                .ok()
+                .and_then(|r| String::from_utf8(r.body).ok())
+                .is_some_and(|t| {
+                    t.lines()
+                        .any(|l| l.starts_with("atoll_watchers ") && !l.ends_with(" 0"))
+                })
+        })
+        .await?;
+        let out = Command::new("sh")
+            .arg("-c")
+            .arg(add_line.trim())
+            .env("PATH", &path)
+            .output()?;
+        ensure!(out.status.success(), "`{}`: {out:?}", add_line.trim());
+        let stdout = watcher.stdout.take().ok_or_else(|| anyhow!("no stdout"))?;
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        let seen = rx
+            .recv_timeout(DEADLINE)
+            .map_err(|_| anyhow!("the printed watch printed nothing within {DEADLINE:?}"))?;
+        ensure!(
+            seen.starts_with("flags/beta: members [") && seen.contains("dark-mode"),
+            "the watch printed `{seen}`"
+        );
+        println!("{seen}");
+        Ok(())
+    }
+    .await;
+    let _ = watcher.kill();
+    let _ = watcher.wait();
+    watched?;
+
     // A write in one region shows up in the other two.
     let (value, key) = ("written in us-east-1", "demo-key");
     let ack = Client::new(&endpoints[0].1)

@@ -6,7 +6,8 @@
 //!   region (tokens name writes cluster-wide);
 //! - while ap-southeast-1 is cut off from the other regions, us-east-1's writes do not reach the
 //!   watcher there; after the heal they do, once each and in order;
-//! - `atoll watch` (the CLI) prints changes as they arrive and stops after `--count`.
+//! - `atoll watch` (the CLI) prints changes as they arrive and stops after `--count`;
+//! - a region that stops ends its open watches (SIGTERM: it exits 0, the stream ends).
 //!
 //! Every load is bounded in requests and time, and every wait has a deadline.
 
@@ -112,12 +113,34 @@ async fn write(c: &Cluster, region: &str, range: std::ops::Range<u32>) -> Result
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_watcher_sees_every_regions_writes_once_in_order_across_a_reconnect_and_a_partition() {
-    let c = ok(Cluster::start(
+    let mut c = ok(Cluster::start(
         BIN,
         3,
         ClusterOptions::new("watch").with_links(LINK_DELAY_MS),
     ));
     ok(scenario(&c).await);
+    ok(shutdown_ends_watches(&mut c).await);
+}
+
+/// A stopping region ends its open watches: an endless response would keep it from draining.
+async fn shutdown_ends_watches(c: &mut Cluster) -> Result<()> {
+    let resp = reqwest::Client::new()
+        .get(format!("{}/v1/watch/sessions", c.endpoint(EU)))
+        .send()
+        .await?;
+    ensure!(resp.status() == 200, "watch: {}", resp.status());
+    atoll_testkit::wait_until_async(DEADLINE, "the watch to open", || async {
+        watchers(c, EU).await == Some(1.0)
+    })
+    .await?;
+    let status = tokio::task::block_in_place(|| c.terminate(EU))?;
+    ensure!(status.success(), "eu-west-1 exited with {status}");
+    let body = tokio::time::timeout(DEADLINE, resp.text())
+        .await
+        .map_err(|_| anyhow::anyhow!("the watch stream did not end with its region"))?
+        .unwrap_or_default();
+    ensure!(body.contains("event: ready"), "{body}");
+    Ok(())
 }
 
 async fn scenario(c: &Cluster) -> Result<()> {
@@ -192,7 +215,7 @@ async fn scenario(c: &Cluster) -> Result<()> {
 
 /// `atoll watch` prints the changes as they come and stops after `--count`.
 async fn cli(c: &Cluster) -> Result<()> {
-    let mut child = tokio::process::Command::new(BIN)
+    let child = tokio::process::Command::new(BIN)
         .args([
             "watch",
             "flags",

@@ -491,6 +491,10 @@ impl RegionServer {
             .with_graceful_shutdown(async move {
                 shutdown.await;
                 flag.serving.store(false, Ordering::Relaxed);
+                // Open watches are endless responses: end them, or the listener never drains.
+                if let Some(w) = flag.watch.get() {
+                    w.close();
+                }
                 if !grace.is_zero() {
                     tracing::info!(
                         grace_ms = grace.as_millis() as u64,

@@ -48,6 +48,8 @@ pub struct Watch {
     regions: Vec<RegionId>,
     me: RegionId,
     metrics: Arc<Metrics>,
+    /// Set when the region stops: every watch ends (its client resumes elsewhere or later).
+    closed: tokio::sync::watch::Sender<bool>,
 }
 
 /// A resume token: per origin, the highest sequence number a watcher has been given or passed.
@@ -196,7 +198,13 @@ impl Watch {
             regions: config.regions.iter().map(|r| r.name.clone()).collect(),
             me: me.clone(),
             metrics,
+            closed: tokio::sync::watch::Sender::new(false),
         })
+    }
+
+    /// Ends every open watch and refuses new ones (the region is stopping).
+    pub fn close(&self) {
+        self.closed.send_replace(true);
     }
 
     /// The store's `on_ops` observer: every committed batch's log entries into the feed.
@@ -220,6 +228,9 @@ impl Watch {
         filter: Filter,
         token: Option<Token>,
     ) -> Result<mpsc::Receiver<Item>> {
+        if *self.closed.borrow() {
+            return Err(AtollError::ShuttingDown);
+        }
         let open = self.open.fetch_add(1, Ordering::SeqCst);
         if open >= self.max {
             self.open.fetch_sub(1, Ordering::SeqCst);
@@ -246,7 +257,11 @@ impl Watch {
                 token: Token::default(),
                 resetting: None,
             };
-            let lagged = watcher.run(feed, token).await;
+            let mut closed = w.closed.subscribe();
+            let lagged = tokio::select! {
+                lagged = watcher.run(feed, token) => lagged,
+                _ = closed.wait_for(|c| *c) => None,
+            };
             // The slot is free as soon as the watcher stops taking events.
             w.open.fetch_sub(1, Ordering::SeqCst);
             w.metrics.watchers.set(w.open.load(Ordering::SeqCst) as i64);

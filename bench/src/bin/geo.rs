@@ -16,12 +16,11 @@
 //! The floor of each case comes from the regions' own measured heartbeat round trips
 //! (`/v1/status` `peers[].rtt_ms`). Run by `bench/geo.sh`; results in `docs/benchmarks.md`.
 
-use anyhow::{Context, Result, anyhow, bail};
+use anyhow::{Result, anyhow, bail};
+use atoll_bench::demo::Demo;
 use clap::Parser;
 use hdrhistogram::Histogram;
-use serde_json::Value;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 #[derive(Parser)]
@@ -35,40 +34,6 @@ struct Args {
     /// Data directory of the demo (fresh).
     #[arg(long)]
     data_dir: PathBuf,
-}
-
-struct Demo(Child);
-
-impl Drop for Demo {
-    fn drop(&mut self) {
-        // SIGINT: the demo stops its regions and exits.
-        unsafe {
-            libc::kill(self.0.id() as i32, libc::SIGINT);
-        }
-        let end = Instant::now() + Duration::from_secs(30);
-        while Instant::now() < end {
-            if let Ok(Some(_)) = self.0.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        let _ = self.0.kill();
-    }
-}
-
-async fn status(http: &reqwest::Client, endpoint: &str) -> Result<Value> {
-    Ok(http
-        .get(format!("{endpoint}/v1/status"))
-        .send()
-        .await?
-        .json()
-        .await?)
-}
-
-/// The measured round trip between two regions, from `from`'s status.
-fn rtt(statuses: &[(String, String, Value)], from: &str, to: &str) -> Option<f64> {
-    let (_, _, s) = statuses.iter().find(|(n, _, _)| n == from)?;
-    s["peers"].as_array()?.iter().find(|p| p["region"] == to)?["rtt_ms"].as_f64()
 }
 
 async fn run_case(
@@ -98,80 +63,17 @@ async fn run_case(
 #[tokio::main]
 async fn main() -> Result<()> {
     let args = Args::parse();
-    let base = atoll_testkit::free_port_range(200)?;
-    let tmp = args.data_dir.join("tmp");
-    std::fs::create_dir_all(&tmp)?;
-    let child = Command::new(&args.atoll)
-        .args(["demo", "--port-base", &base.to_string(), "--data-dir"])
-        .arg(args.data_dir.join("demo"))
-        .env("TMPDIR", &tmp)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .context("start atoll demo")?;
-    let _demo = Demo(child);
-    let discovery = tmp.join(format!("atoll-demo-{base}.json"));
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(10))
         .build()?;
-    // The demo writes its discovery file once its table is printed: every region takes writes
-    // and knows the strong group's leader by then.
-    let end = Instant::now() + Duration::from_secs(120);
-    let d: Value = loop {
-        if let Ok(text) = std::fs::read_to_string(&discovery)
-            && let Ok(v) = serde_json::from_str::<Value>(&text)
-        {
-            break v;
-        }
-        if Instant::now() > end {
-            bail!("the demo did not start within 120 s");
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
-    let regions: Vec<(String, String)> = d["regions"]
-        .as_array()
-        .ok_or_else(|| anyhow!("no regions in {d}"))?
-        .iter()
-        .map(|r| {
-            (
-                r["name"].as_str().unwrap_or("").to_string(),
-                r["api"].as_str().unwrap_or("").to_string(),
-            )
-        })
-        .collect();
-    let mut statuses = Vec::new();
-    let end = Instant::now() + Duration::from_secs(60);
-    loop {
-        statuses.clear();
-        for (n, e) in &regions {
-            statuses.push((n.clone(), e.clone(), status(&http, e).await?));
-        }
-        let ready = statuses.iter().all(|(_, _, s)| {
-            !s["strong"]["leader"].is_null()
-                && s["fencing"]["role"] != "read-only"
-                && s["peers"]
-                    .as_array()
-                    .is_some_and(|p| p.iter().all(|p| p["rtt_ms"].is_number()))
-        });
-        if ready {
-            break;
-        }
-        if Instant::now() > end {
-            bail!("the demo's regions did not become ready within 60 s");
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    let leader = statuses[0].2["strong"]["leader"]
+    let demo = Demo::start(&args.atoll, &args.data_dir, &http).await?;
+    let regions = &demo.regions;
+    let leader = demo.statuses[0].2["strong"]["leader"]
         .as_str()
         .unwrap_or_default()
         .to_string();
-    let endpoint = |name: &str| {
-        regions
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, e)| e.clone())
-            .unwrap_or_default()
-    };
+    let endpoint = |name: &str| demo.endpoint(name);
+    let rtt = |from: &str, to: &str| demo.rtt(from, to);
     let others: Vec<String> = regions
         .iter()
         .map(|(n, _)| n.clone())
@@ -180,7 +82,7 @@ async fn main() -> Result<()> {
     // The nearest quorum of three is the leader and its nearest follower.
     let nearest = others
         .iter()
-        .filter_map(|o| rtt(&statuses, &leader, o).map(|r| (o.clone(), r)))
+        .filter_map(|o| rtt(&leader, o).map(|r| (o.clone(), r)))
         .min_by(|a, b| a.1.total_cmp(&b.1))
         .ok_or_else(|| anyhow!("no round trips measured"))?;
     let follower = others
@@ -188,8 +90,8 @@ async fn main() -> Result<()> {
         .find(|o| **o != nearest.0)
         .cloned()
         .unwrap_or_else(|| nearest.0.clone());
-    let us_eu = rtt(&statuses, "us-east-1", "eu-west-1").unwrap_or(f64::NAN);
-    let f_leader = rtt(&statuses, &follower, &leader).unwrap_or(f64::NAN);
+    let us_eu = rtt("us-east-1", "eu-west-1").unwrap_or(f64::NAN);
+    let f_leader = rtt(&follower, &leader).unwrap_or(f64::NAN);
     println!(
         "strong group leader: {leader}; nearest quorum member: {} (round trip {:.1} ms); us-east-1 <-> eu-west-1 round trip {us_eu:.1} ms\n",
         nearest.0, nearest.1

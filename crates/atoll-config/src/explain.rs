@@ -114,6 +114,12 @@ pub(crate) fn explain(config: &Config) -> String {
         a.max_json_body_bytes,
         default_mark(a.max_json_body_bytes == DEFAULT_MAX_JSON_BODY_BYTES)
     );
+    let _ = writeln!(
+        out,
+        "  max_watchers         {}{}  (open watches, GET /v1/watch/...; more get 503 ATOLL-OVERLOADED)",
+        a.max_watchers,
+        default_mark(a.max_watchers == crate::DEFAULT_MAX_WATCHERS)
+    );
 
     let _ = writeln!(out, "\nauth");
     match &config.auth.tokens_file {

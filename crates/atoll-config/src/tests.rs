@@ -1212,6 +1212,18 @@ mod api_section {
         let e = err(&format!("{BASE}\n[api]\nmax_body = 1\n"));
         assert_eq!(e.key(), Some("api.max_body"), "{e}");
     }
+
+    #[test]
+    fn max_watchers_defaults_to_1024_and_is_bounded() {
+        assert_eq!(ok(BASE).api.max_watchers, 1024);
+        let c = ok(&format!("{BASE}\n[api]\nmax_watchers = 5\n"));
+        assert_eq!(c.api.max_watchers, 5);
+        let line = BASE.lines().count() + 3;
+        for value in ["0", "65537", "-1"] {
+            let e = err(&format!("{BASE}\n[api]\nmax_watchers = {value}\n"));
+            assert_err(&e, Some(line), "api.max_watchers", &["1 to 65536"]);
+        }
+    }
 }
 
 mod replication_limits {

@@ -2261,8 +2261,19 @@ async fn a_token_reads_and_writes_only_the_keyspaces_it_is_granted() {
     )
     .await
     .expect_ok();
+    h.request(
+        Method::GET,
+        "/v1/watch/sessions?wait=10ms",
+        &[("authorization", &reader)],
+        "",
+    )
+    .await
+    .expect_ok();
     for (method, uri, body) in [
         (Method::PUT, "/v1/kv/sessions/k", "v2"),
+        // A watch is a read of its keyspace.
+        (Method::GET, "/v1/watch/flags?wait=10ms", ""),
+        (Method::GET, "/v1/watch/fl%61gs?wait=10ms", ""),
         (Method::DELETE, "/v1/kv/sessions/k", ""),
         (Method::GET, "/v1/counter/ratelimits/k", ""),
         (Method::GET, "/v1/set/flags/k", ""),

@@ -50,7 +50,19 @@ pub struct Watch {
     metrics: Arc<Metrics>,
     /// Set when the region stops: every watch ends (its client resumes elsewhere or later).
     closed: tokio::sync::watch::Sender<bool>,
+    /// The state JSON of recent log entries, read and rendered once for all watchers.
+    states: std::sync::Mutex<StateCache>,
 }
+
+/// The state JSON of the most recent [`STATE_CACHE`] log entries events were built for.
+#[derive(Default)]
+struct StateCache {
+    map: std::collections::HashMap<(RegionId, u64), Arc<Value>>,
+    order: std::collections::VecDeque<(RegionId, u64)>,
+}
+
+/// Log entries whose state JSON [`Watch`] keeps for other watchers.
+const STATE_CACHE: usize = 8192;
 
 /// A resume token: per origin, the highest sequence number a watcher has been given or passed.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -199,6 +211,7 @@ impl Watch {
             me: me.clone(),
             metrics,
             closed: tokio::sync::watch::Sender::new(false),
+            states: Default::default(),
         })
     }
 
@@ -457,12 +470,9 @@ impl Watcher {
         if !self.filter.matches(e) {
             return Ok(());
         }
-        let state = self
-            .store
-            .get(&self.filter.keyspace, &e.key)
-            .map_err(|_| Stop::Gone)?;
+        let state = self.state_of(e)?;
         let token = self.token.encode(self.w.cluster_tag);
-        let body = event_json(&self.filter, &e.key, state.as_ref(), Some(e), &token);
+        let body = event_body(&self.filter, &e.key, (*state).clone(), Some(e), &token);
         self.w.metrics.watch_events.inc();
         let sent = self
             .send(Item::Event {
@@ -475,6 +485,42 @@ impl Watcher {
             self.token.cursor.insert(e.origin.clone(), at);
         }
         sent
+    }
+
+    /// The key's state JSON for the event of `e`: read and rendered by the first watcher that
+    /// needs it, shared with the others (it is then at least as new as `e`, as the design says).
+    fn state_of(&self, e: &OpEntry) -> Result<Arc<Value>, Stop> {
+        let id = (e.origin.clone(), e.seq);
+        if let Some(v) = self
+            .w
+            .states
+            .lock()
+            .ok()
+            .and_then(|c| c.map.get(&id).cloned())
+        {
+            return Ok(v);
+        }
+        let state = self
+            .store
+            .get(&self.filter.keyspace, &e.key)
+            .map_err(|_| Stop::Gone)?;
+        let v = Arc::new(crate::api::state_json(
+            &self.filter.keyspace,
+            &e.key,
+            self.filter.policy,
+            state.as_ref(),
+        ));
+        if let Ok(mut c) = self.w.states.lock()
+            && c.map.insert(id.clone(), v.clone()).is_none()
+        {
+            c.order.push_back(id);
+            while c.order.len() > STATE_CACHE {
+                if let Some(old) = c.order.pop_front() {
+                    c.map.remove(&old);
+                }
+            }
+        }
+        Ok(v)
     }
 
     /// Into the buffer, waiting up to [`STALL`] for room: a client that reads, however slowly,
@@ -505,10 +551,21 @@ fn event_json(
     entry: Option<&OpEntry>,
     token: &str,
 ) -> Value {
+    let state = crate::api::state_json(&filter.keyspace, key, filter.policy, state);
+    event_body(filter, key, state, entry, token)
+}
+
+fn event_body(
+    filter: &Filter,
+    key: &[u8],
+    state: Value,
+    entry: Option<&OpEntry>,
+    token: &str,
+) -> Value {
     let mut v = json!({
         "keyspace": filter.keyspace,
         "key_base64": base64::engine::general_purpose::STANDARD.encode(key),
-        "state": crate::api::state_json(&filter.keyspace, key, filter.policy, state),
+        "state": state,
         "token": token,
     });
     if let Ok(k) = std::str::from_utf8(key) {

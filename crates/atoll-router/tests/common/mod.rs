@@ -21,6 +21,25 @@ use tokio::sync::watch;
 
 pub const TOKEN: &str = "test-admin-token-0123456789";
 
+/// A `[router]` section that checks every 100 ms and decides on one check (no hold-down, no
+/// ramp), with a `failover` name `api` and a `weighted` name `w`.
+pub const FAST_ROUTER: &str = r#"
+[router]
+[router.health]
+interval_ms = 100
+timeout_ms = 80
+failure_threshold = 1
+recovery_threshold = 1
+hold_down_ms = 0
+ramp_secs = 0
+[[router.names]]
+name = "api"
+policy = "failover"
+[[router.names]]
+name = "w"
+policy = "weighted"
+"#;
+
 /// How a fake region behaves.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Mode {

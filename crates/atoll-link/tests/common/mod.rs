@@ -136,24 +136,18 @@ pub async fn assert_quiet(s: &mut TcpStream, quiet: Duration, what: &str) {
     }
 }
 
-/// Polls `check` every 10 ms until it is true or `limit` passes; returns the time it took.
-pub async fn wait_until<F, Fut>(limit: Duration, what: &str, mut check: F) -> Duration
+/// Polls `check` until it is true ([`atoll_testkit::wait_until_async`]), panicking after
+/// `limit`; returns the time it took.
+pub async fn wait_until<F, Fut>(limit: Duration, what: &str, check: F) -> Duration
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = bool>,
 {
     let start = Instant::now();
-    let deadline = start + limit;
-    loop {
-        if check().await {
-            return start.elapsed();
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {limit:?} waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    atoll_testkit::wait_until_async(limit, what, check)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    start.elapsed()
 }
 
 /// The value at quantile `q` (0..=1) of `samples` (sorted in place).

@@ -661,7 +661,7 @@ mod tests {
         let crate::Command::Link(args) = crate::Cli::try_parse_from(&words).unwrap().command else {
             panic!("not an `atoll link` command: {words:?}");
         };
-        atoll_link::cli::run(args).await.unwrap();
+        atoll_cli::link::run(args).await.unwrap();
 
         let faults = links.faults();
         assert_eq!(faults.len(), 1, "{faults:?}");

@@ -160,9 +160,9 @@ enum Command {
         count: Option<u64>,
     },
     /// Emulate WAN links between regions and inject faults (latency, partitions, resets).
-    Link(atoll_link::cli::LinkArgs),
+    Link(atoll_cli::link::LinkArgs),
     /// Run a traffic router (health-checked proxy, authoritative DNS, admin API) or manage one.
-    Router(Box<atoll_router::cli::RouterArgs>),
+    Router(Box<atoll_cli::router::RouterArgs>),
     /// Run the arbiter: a witness that votes in the control group (fencing) and stores no
     /// keyspace data. For two-region clusters: put it in a third location.
     #[command(
@@ -559,8 +559,8 @@ fn main() -> ExitCode {
                         data_dir,
                         peer_via,
                     } => run_arbiter(config, listen, data_dir, peer_via).await,
-                    Command::Router(args) => atoll_router::cli::run(*args).await,
-                    Command::Link(args) => atoll_link::cli::run(args).await,
+                    Command::Router(args) => atoll_cli::router::run(*args).await,
+                    Command::Link(args) => atoll_cli::link::run(args).await,
                     Command::Config { .. } | Command::Certs { .. } | Command::Advise(_) => Ok(()),
                 }
             })

@@ -4,7 +4,8 @@
 //! - Every "Architecture Invariant:" paragraph names at least one test file or crate that exists
 //!   (an invariant without a test is a wish).
 //! - Every crate depends only on the atoll crates its layer allows (read from the manifests), so
-//!   heavy adapters never leak into a core and every library can be embedded.
+//!   heavy adapters never leak into a core and every library can be embedded; and no library but
+//!   `crates/atoll-cli` depends on clap (command lines live there and in `src/`).
 //! - The wall clock is read only in `crates/atoll-core/src/clock.rs`, and no `todo!` or
 //!   `unimplemented!` is left in non-test code.
 
@@ -131,7 +132,26 @@ const LAYERS: &[(&str, &[&str])] = &[
         "atoll-testkit",
         &["atoll-core", "atoll-config", "atoll-store", "atoll-link"],
     ),
+    // The command lines of the libraries (`atoll router`, `atoll link`): the one library crate
+    // that parses argv, over the libraries it drives.
+    (
+        "atoll-cli",
+        &["atoll-core", "atoll-config", "atoll-link", "atoll-router"],
+    ),
 ];
+
+/// The one crate under `crates/` that may depend on clap: command lines live there (and in the
+/// binary), so every other library can be embedded without argv parsing.
+const CLI_CRATE: &str = "atoll-cli";
+
+/// Names of the normal dependencies of `manifest` (all of them, not only atoll's).
+fn all_deps(manifest: &str) -> Vec<String> {
+    let doc: toml::Table = manifest.parse().expect("manifest parses");
+    doc.get("dependencies")
+        .and_then(|d| d.as_table())
+        .map(|t| t.keys().cloned().collect())
+        .unwrap_or_default()
+}
 
 fn atoll_deps(manifest: &str, section: &str) -> Vec<String> {
     let doc: toml::Table = manifest.parse().expect("manifest parses");
@@ -163,6 +183,11 @@ fn every_crate_depends_only_on_what_its_layer_allows() {
             continue;
         };
         seen.push(name.clone());
+        if name != CLI_CRATE && all_deps(&manifest).iter().any(|d| d == "clap") {
+            problems.push(format!(
+                "{name} depends on clap: command lines belong in crates/{CLI_CRATE} or src/"
+            ));
+        }
         for dep in atoll_deps(&manifest, "dependencies") {
             if !allowed.contains(&dep.as_str()) {
                 problems.push(format!(
@@ -185,6 +210,10 @@ fn the_layer_check_reads_dependencies() {
     assert_eq!(
         atoll_deps(manifest, "dev-dependencies"),
         vec!["atoll-sim".to_string()]
+    );
+    assert_eq!(
+        all_deps(manifest),
+        vec!["atoll-store".to_string(), "serde".to_string()]
     );
 }
 

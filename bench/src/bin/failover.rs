@@ -41,6 +41,7 @@
 )]
 
 use anyhow::{Context, Result, anyhow, bail};
+use atoll_testkit::wait_until_async;
 use clap::Parser;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
@@ -572,17 +573,6 @@ async fn router_retries(http: &Http, admin: SocketAddr, region: &str) -> Option<
     )
 }
 
-async fn wait_for(what: &str, limit: Duration, mut f: impl AsyncFnMut() -> bool) -> Result<()> {
-    let deadline = Instant::now() + limit;
-    while !f().await {
-        if Instant::now() > deadline {
-            bail!("timed out after {limit:?} waiting for {what}");
-        }
-        tokio::time::sleep(POLL).await;
-    }
-    Ok(())
-}
-
 // ---------------------------------------------------------------------------------------------
 // DNS (a minimal A query over UDP)
 
@@ -930,24 +920,20 @@ async fn scenario(
                 .all(|r| h.get(*r).map(String::as_str) == Some("healthy"))
         })
     };
-    wait_for(
-        "the routers to see every region healthy",
+    wait_until_async(
         START_DEADLINE,
-        async || {
+        "the routers to see every region healthy",
+        || async {
             all_healthy(router_health(&http, proxy_router.admin).await)
                 && all_healthy(router_health(&http, dns_router.admin).await)
         },
     )
     .await?;
-    wait_for(
-        "HAProxy to see every server UP",
-        START_DEADLINE,
-        async || {
-            haproxy_status(&http, hap.stats)
-                .await
-                .is_some_and(|s| s.len() == 6 && s.values().all(|v| v == "UP"))
-        },
-    )
+    wait_until_async(START_DEADLINE, "HAProxy to see every server UP", || async {
+        haproxy_status(&http, hap.stats)
+            .await
+            .is_some_and(|s| s.len() == 6 && s.values().all(|v| v == "UP"))
+    })
     .await?;
     log("all healthy; starting the clients");
 
@@ -1386,10 +1372,10 @@ async fn throughput_part(args: &Args, regions: &mut Regions, dir: &Path) -> Resu
     let router = start_router(&args.atoll_bin, &tdir, "router-proxy", &rcfg, false)?;
     let hap = start_haproxy(&args.haproxy_bin, &tdir, regions)?;
     let http = http_client(64);
-    wait_for(
-        "the router to see every region healthy",
+    wait_until_async(
         START_DEADLINE,
-        async || {
+        "the router to see every region healthy",
+        || async {
             router_health(&http, router.admin).await.is_some_and(|h| {
                 REGIONS
                     .iter()
@@ -1398,15 +1384,11 @@ async fn throughput_part(args: &Args, regions: &mut Regions, dir: &Path) -> Resu
         },
     )
     .await?;
-    wait_for(
-        "HAProxy to see every server UP",
-        START_DEADLINE,
-        async || {
-            haproxy_status(&http, hap.stats)
-                .await
-                .is_some_and(|s| s.len() == 6 && s.values().all(|v| v == "UP"))
-        },
-    )
+    wait_until_async(START_DEADLINE, "HAProxy to see every server UP", || async {
+        haproxy_status(&http, hap.stats)
+            .await
+            .is_some_and(|s| s.len() == 6 && s.values().all(|v| v == "UP"))
+    })
     .await?;
     let direct = regions.addr(0);
     let region_pid = regions
@@ -1516,10 +1498,10 @@ async fn populate(args: &Args, regions: &Regions) -> Result<()> {
     let last = args.keys - 1;
     for i in 0..3 {
         let url = format!("http://{}/v1/kv/sessions/k{last:06}", regions.addr(i));
-        wait_for(
-            &format!("k{last:06} on {}", REGIONS[i]),
+        wait_until_async(
             START_DEADLINE,
-            async || get(&http, &url, false).await.is_ok_and(|r| r.0 == 200),
+            &format!("k{last:06} on {}", REGIONS[i]),
+            || async { get(&http, &url, false).await.is_ok_and(|r| r.0 == 200) },
         )
         .await?;
     }

@@ -19,7 +19,8 @@
 //! - [`proxy`]: the tokio adapter and the in-process API, [`LinkServer`].
 //! - [`control`]: the control HTTP API (axum).
 //! - [`metrics`]: Prometheus metrics (`atoll_link_*`).
-//! - [`cli`]: the `atoll link ...` subcommands (clap) and their runner.
+//!
+//! The `atoll link ...` command line over these is `atoll-cli`'s (`atoll_cli::link`).
 //!
 //! In process (tests, `atoll demo`, drills):
 //!
@@ -45,7 +46,6 @@
 //! # let _ = dial; Ok(()) }
 //! ```
 
-pub mod cli;
 pub mod config;
 pub mod control;
 pub mod error;

@@ -1,5 +1,5 @@
 //! Architecture Invariant: the cores of atoll-link (`model`, `sched`, `geo`, `units`) do no I/O
-//! and read no clock: every time is an argument. Only `proxy`, `timer`, `control` and `cli` touch
+//! and read no clock: every time is an argument. Only `proxy`, `timer` and `control` touch
 //! tokio, sockets or the monotonic clock.
 
 use std::path::Path;

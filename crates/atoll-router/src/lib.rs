@@ -12,11 +12,11 @@
 //! [`codes`] (the stable error codes of the proxy and admin API, one constant each),
 //! [`global`] (the global view: every region's status and metrics fanned out and merged by
 //! [`federate`], and the web dashboard the admin API serves),
-//! [`runtime`] (starts and stops them all) and [`cli`] (`atoll router ...`); [`unread`] reads
-//! the rest of request bodies answered before they were read, so clients can read the answer.
+//! [`runtime`] (starts and stops them all; the `atoll router` command line over it is
+//! `atoll-cli`'s); [`unread`] reads the rest of request bodies answered before they were read, so
+//! clients can read the answer.
 
 pub mod admin;
-pub mod cli;
 pub mod codes;
 pub mod dns;
 pub mod federate;

@@ -11,12 +11,14 @@
 //! count in `atoll_router_retries_total` with reason `not-primary`, `fenced`, `passive`,
 //! `no-quorum` (strong keyspaces) or `home-unavailable` (owned keyspaces).
 //!
-//! DNS's metrics ([`DnsMetrics`]: `atoll_router_dns_queries_total{name,qtype,answer}` and
-//! `atoll_router_dns_query_duration_seconds`) are registered here too, so that one registry and
+//! DNS's metrics ([`dns`], [`DnsMetrics`]: `atoll_router_dns_queries_total{name,qtype,answer}`
+//! and `atoll_router_dns_query_duration_seconds`) are defined and registered here too, so that one registry and
 //! one [`RouterMetrics::series_names`] list cover the whole router whichever listeners run. Other
 //! adapters can register more with [`RouterMetrics::register`] before the metrics are shared.
 
-use crate::dns::DnsMetrics;
+pub mod dns;
+pub use dns::DnsMetrics;
+
 use crate::health::Role;
 use crate::policy::Mode;
 use crate::state::RouterState;
@@ -540,7 +542,7 @@ mod tests {
         m.record_mode("api.atoll.test.", Mode::FailOpen, false, 0);
         m.dns
             .queries
-            .get_or_create(&crate::dns::QueryLabels {
+            .get_or_create(&dns::QueryLabels {
                 name: "api.atoll.test.".into(),
                 qtype: "A".into(),
                 answer: "us-east-1".into(),

@@ -10,23 +10,6 @@ use common::*;
 use serde_json::{Value, json};
 use std::time::Duration;
 
-const ROUTER: &str = r#"
-[router]
-[router.health]
-interval_ms = 100
-timeout_ms = 80
-failure_threshold = 1
-recovery_threshold = 1
-hold_down_ms = 0
-ramp_secs = 0
-[[router.names]]
-name = "api"
-policy = "failover"
-[[router.names]]
-name = "w"
-policy = "weighted"
-"#;
-
 struct Admin {
     base: String,
     c: reqwest::Client,
@@ -114,7 +97,7 @@ async fn both_healthy(h: &RouterHandle) {
 async fn drain_and_undrain_move_traffic() {
     let a = FakeRegion::start("a").await;
     let b = FakeRegion::start("b").await;
-    let cfg = config(&[("a", a.addr), ("b", b.addr)], ROUTER);
+    let cfg = config(&[("a", a.addr), ("b", b.addr)], FAST_ROUTER);
     let dir = tempfile::tempdir().unwrap();
     let h = start_router(cfg, dir.path(), None).await;
     both_healthy(&h).await;
@@ -164,7 +147,7 @@ async fn drain_and_undrain_move_traffic() {
 async fn drains_survive_a_restart() {
     let a = FakeRegion::start("a").await;
     let b = FakeRegion::start("b").await;
-    let cfg = config(&[("a", a.addr), ("b", b.addr)], ROUTER);
+    let cfg = config(&[("a", a.addr), ("b", b.addr)], FAST_ROUTER);
     let dir = tempfile::tempdir().unwrap();
     let h = start_router(cfg.clone(), dir.path(), None).await;
     let admin = Admin::new(&h);
@@ -196,7 +179,7 @@ async fn drains_survive_a_restart() {
 async fn a_timed_drain_lifts_by_itself() {
     let a = FakeRegion::start("a").await;
     let b = FakeRegion::start("b").await;
-    let cfg = config(&[("a", a.addr), ("b", b.addr)], ROUTER);
+    let cfg = config(&[("a", a.addr), ("b", b.addr)], FAST_ROUTER);
     let dir = tempfile::tempdir().unwrap();
     let h = start_router(cfg, dir.path(), None).await;
     both_healthy(&h).await;
@@ -226,7 +209,7 @@ async fn a_timed_drain_lifts_by_itself() {
 #[tokio::test]
 async fn every_route_but_healthz_and_metrics_needs_the_token() {
     let a = FakeRegion::start("a").await;
-    let cfg = config(&[("a", a.addr)], ROUTER);
+    let cfg = config(&[("a", a.addr)], FAST_ROUTER);
     let dir = tempfile::tempdir().unwrap();
     let h = start_router(cfg, dir.path(), None).await;
     let admin = Admin::new(&h);
@@ -279,7 +262,7 @@ async fn every_route_but_healthz_and_metrics_needs_the_token() {
 async fn bad_input_gets_a_4xx_and_changes_nothing() {
     let a = FakeRegion::start("a").await;
     let b = FakeRegion::start("b").await;
-    let cfg = config(&[("a", a.addr), ("b", b.addr)], ROUTER);
+    let cfg = config(&[("a", a.addr), ("b", b.addr)], FAST_ROUTER);
     let dir = tempfile::tempdir().unwrap();
     let h = start_router(cfg, dir.path(), None).await;
     let admin = Admin::new(&h);
@@ -419,7 +402,7 @@ async fn bad_input_gets_a_4xx_and_changes_nothing() {
 async fn weights_steer_a_weighted_name() {
     let a = FakeRegion::start("a").await;
     let b = FakeRegion::start("b").await;
-    let cfg = config(&[("a", a.addr), ("b", b.addr)], ROUTER);
+    let cfg = config(&[("a", a.addr), ("b", b.addr)], FAST_ROUTER);
     let dir = tempfile::tempdir().unwrap();
     let h = start_router(cfg, dir.path(), Some("w")).await;
     both_healthy(&h).await;
@@ -456,7 +439,7 @@ async fn staged_failback_is_visible_in_status() {
     let b = FakeRegion::start("b").await;
     let cfg = config(
         &[("a", a.addr), ("b", b.addr)],
-        &ROUTER.replace("ramp_secs = 0", "ramp_secs = 600"),
+        &FAST_ROUTER.replace("ramp_secs = 0", "ramp_secs = 600"),
     );
     let dir = tempfile::tempdir().unwrap();
     let h = start_router(cfg, dir.path(), None).await;

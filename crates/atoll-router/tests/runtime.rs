@@ -1,30 +1,13 @@
-//! Starting a router: refusals (token, config, state file, proxy name), the DNS listener sharing
-//! the router's state, and the `atoll router` client commands against a running router.
+//! Starting a router: refusals (token, config, state file, proxy name) and the DNS listener
+//! sharing the router's state. The `atoll router` client commands against a running router are
+//! tested in `crates/atoll-cli/tests/router.rs`.
 
 mod common;
 
-use atoll_router::cli::{self, AdminClientArgs, RouterArgs, RouterCommand, ServeArgs};
 use atoll_router::health::HealthState;
 use atoll_router::runtime::{Router, RouterError, RouterOptions};
 use common::*;
 use std::time::Duration;
-
-const ROUTER: &str = r#"
-[router]
-[router.health]
-interval_ms = 100
-timeout_ms = 80
-failure_threshold = 1
-recovery_threshold = 1
-hold_down_ms = 0
-ramp_secs = 0
-[[router.names]]
-name = "api"
-policy = "failover"
-[[router.names]]
-name = "w"
-policy = "weighted"
-"#;
 
 fn opts(cfg: std::sync::Arc<atoll_config::Config>, dir: &std::path::Path) -> RouterOptions {
     let mut o = RouterOptions::new(
@@ -50,7 +33,7 @@ async fn start_err(o: RouterOptions) -> RouterError {
 #[tokio::test]
 async fn refuses_to_start_when_something_is_wrong() {
     let a = FakeRegion::start("a").await;
-    let cfg = config(&[("a", a.addr)], ROUTER);
+    let cfg = config(&[("a", a.addr)], FAST_ROUTER);
     let dir = tempfile::tempdir().unwrap();
 
     let mut o = opts(cfg.clone(), dir.path());
@@ -103,7 +86,7 @@ async fn start_logs_starting_at_info_and_a_real_fail_open_at_error() {
     let dir = tempfile::tempdir().unwrap();
     let a = FakeRegion::start("a").await;
     let logs = Logs::capture();
-    let h = Router::start(opts(config(&[("a", a.addr)], ROUTER), dir.path()))
+    let h = Router::start(opts(config(&[("a", a.addr)], FAST_ROUTER), dir.path()))
         .await
         .unwrap();
     eventually(
@@ -136,7 +119,7 @@ async fn start_logs_starting_at_info_and_a_real_fail_open_at_error() {
     // Nothing answers: after the first round of checks the router fails open for real.
     let dead = refused_addr().await;
     let logs = Logs::capture();
-    let h = Router::start(opts(config(&[("a", dead)], ROUTER), dir.path()))
+    let h = Router::start(opts(config(&[("a", dead)], FAST_ROUTER), dir.path()))
         .await
         .unwrap();
     eventually(
@@ -167,7 +150,7 @@ async fn proxy_limits_and_timeouts_come_from_the_config() {
     let a = FakeRegion::start("a").await;
     a.set_data(Mode::Hang);
     let router = format!(
-        "{ROUTER}\n[router.proxy]\nconnect_timeout_ms = 100\nrequest_timeout_ms = 300\nidle_timeout_ms = 0\nmax_body_bytes = 1024\n"
+        "{FAST_ROUTER}\n[router.proxy]\nconnect_timeout_ms = 100\nrequest_timeout_ms = 300\nidle_timeout_ms = 0\nmax_body_bytes = 1024\n"
     );
     let o = opts(config(&[("a", a.addr)], &router), dir.path());
     assert_eq!(o.proxy.upstream_timeout, Duration::from_millis(300));
@@ -245,7 +228,7 @@ async fn dns_query(addr: std::net::SocketAddr, name: &str) -> (u8, u16) {
 #[tokio::test]
 async fn dns_shares_the_routers_state_and_metrics() {
     let a = FakeRegion::start("a").await;
-    let cfg = config(&[("a", a.addr)], ROUTER);
+    let cfg = config(&[("a", a.addr)], FAST_ROUTER);
     let dir = tempfile::tempdir().unwrap();
     let mut o = opts(cfg, dir.path());
     o.dns_listen = Some("127.0.0.1:0".parse().unwrap());
@@ -261,113 +244,5 @@ async fn dns_shares_the_routers_state_and_metrics() {
         text.contains("atoll_router_dns_queries_total{"),
         "DNS counts in the router's registry:\n{text}"
     );
-    h.shutdown().await;
-}
-
-fn client_args(
-    h: &atoll_router::runtime::RouterHandle,
-    token_file: &std::path::Path,
-) -> AdminClientArgs {
-    AdminClientArgs {
-        admin: format!("http://{}", h.admin_addr()),
-        admin_token_file: Some(token_file.to_path_buf()),
-    }
-}
-
-fn args(command: RouterCommand) -> RouterArgs {
-    RouterArgs {
-        command: Some(command),
-        serve: ServeArgs {
-            config: None,
-            proxy: None,
-            dns: None,
-            admin: None,
-            state_dir: None,
-            proxy_name: None,
-            admin_token_file: None,
-            proxy_connect_timeout: None,
-            proxy_request_timeout: None,
-            proxy_idle_timeout: None,
-            proxy_max_body_bytes: None,
-            global_timeout: 2000,
-            drill_state_dir: None,
-        },
-    }
-}
-
-#[tokio::test]
-async fn client_commands_drive_a_running_router() {
-    let a = FakeRegion::start("a").await;
-    let b = FakeRegion::start("b").await;
-    let cfg = config(&[("a", a.addr), ("b", b.addr)], ROUTER);
-    let dir = tempfile::tempdir().unwrap();
-    let h = start_router(cfg, dir.path(), None).await;
-    let token_file = dir.path().join("token");
-    std::fs::write(&token_file, format!("{TOKEN}\n")).unwrap();
-    let c = client_args(&h, &token_file);
-
-    cli::run(args(RouterCommand::Drain {
-        region: "a".into(),
-        reason: "maintenance".into(),
-        for_: Some("30m".into()),
-        client: c.clone(),
-    }))
-    .await
-    .unwrap();
-    let p = h.state().persisted().unwrap();
-    assert_eq!(p.drains["a"].reason, "maintenance");
-    assert!(p.drains["a"].until_ms.is_some());
-
-    cli::run(args(RouterCommand::Weight {
-        name: "w".into(),
-        region: "b".into(),
-        weight: 4,
-        client: c.clone(),
-    }))
-    .await
-    .unwrap();
-    assert_eq!(
-        h.state().persisted().unwrap().weights["w.atoll.test."]["b"],
-        4
-    );
-
-    cli::run(args(RouterCommand::Status {
-        json: false,
-        client: c.clone(),
-    }))
-    .await
-    .unwrap();
-
-    cli::run(args(RouterCommand::Undrain {
-        region: "a".into(),
-        client: c.clone(),
-    }))
-    .await
-    .unwrap();
-    assert!(h.state().persisted().unwrap().drains.is_empty());
-
-    // Errors carry the router's message.
-    let e = cli::run(args(RouterCommand::Undrain {
-        region: "mars-1".into(),
-        client: c.clone(),
-    }))
-    .await
-    .unwrap_err()
-    .to_string();
-    assert!(
-        e.contains("unknown region") && e.contains("ATOLL-UNKNOWN-REGION"),
-        "{e}"
-    );
-
-    // A wrong token is refused.
-    std::fs::write(&token_file, "wrong").unwrap();
-    let e = cli::run(args(RouterCommand::Status {
-        json: true,
-        client: c,
-    }))
-    .await
-    .unwrap_err()
-    .to_string();
-    assert!(e.contains("401"), "{e}");
     h.shutdown().await;
 }

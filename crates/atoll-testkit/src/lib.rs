@@ -18,7 +18,8 @@
 //!   `atoll demo`) started from a command line, waited for by a line it prints, killed on drop.
 //! - [`free_ports`], [`free_port_range`], [`free_udp_tcp_port`]: loopback ports to start on.
 //! - [`wait`]: [`wait_until`] / [`wait_until_async`] poll a condition with a short interval until
-//!   it holds or a deadline passes (never sleep-and-hope).
+//!   it holds or a deadline passes (never sleep-and-hope); [`eventually`] also gives back what
+//!   the condition found. Every crate's tests poll with these.
 //! - [`client`]: a small HTTP client for the kv, counter and set routes that keeps status codes
 //!   and bodies visible to the test.
 //!
@@ -35,7 +36,7 @@ pub use cluster::{
     free_ports, free_udp_tcp_port, link_name,
 };
 pub use process::{RegionProcess, RegionSpec, Service, atoll_bin, run_with_timeout};
-pub use wait::{wait_until, wait_until_async};
+pub use wait::{eventually, wait_until, wait_until_async};
 
 /// A fresh temporary directory for one test (removed when dropped, kept if the test panics so
 /// its data directory and logs can be inspected).

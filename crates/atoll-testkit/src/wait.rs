@@ -32,20 +32,38 @@ pub fn wait_until(
 }
 
 /// The async form of [`wait_until`]: `condition` returns a future.
+///
+/// The deadline is on tokio's clock, so under a paused clock (`start_paused`) it is virtual
+/// time, as every timer of the test is.
 pub async fn wait_until_async<F, Fut>(timeout: Duration, what: &str, mut condition: F) -> Result<()>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = bool>,
 {
-    let started = Instant::now();
+    eventually(timeout, what, || {
+        let check = condition();
+        async move { check.await.then_some(()) }
+    })
+    .await
+}
+
+/// Polls `f` every [`POLL_INTERVAL`] until it returns `Some(value)` (`Ok(value)`) or `timeout`
+/// has passed (`Err` naming `what` and how long was waited); `f` is called at least once, and
+/// once more after the deadline. For conditions that also give back what they found.
+pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut f: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let started = tokio::time::Instant::now();
     let deadline = started + timeout;
     loop {
-        if condition().await {
-            return Ok(());
+        if let Some(v) = f().await {
+            return Ok(v);
         }
-        if Instant::now() >= deadline {
-            if condition().await {
-                return Ok(());
+        if tokio::time::Instant::now() >= deadline {
+            if let Some(v) = f().await {
+                return Ok(v);
             }
             bail!("timed out after {:?} waiting for {what}", started.elapsed());
         }
@@ -88,5 +106,35 @@ mod tests {
             .await
             .unwrap_err();
         assert!(err.to_string().contains("never"));
+    }
+
+    #[tokio::test]
+    async fn eventually_gives_back_what_it_found() {
+        let n = AtomicU32::new(0);
+        let v = eventually(Duration::from_secs(5), "third poll", || async {
+            let i = n.fetch_add(1, Ordering::Relaxed);
+            (i >= 2).then_some(i * 10)
+        })
+        .await
+        .unwrap();
+        assert_eq!(v, 20);
+        let err = eventually(Duration::from_millis(20), "nothing", || async {
+            None::<()>
+        })
+        .await
+        .unwrap_err();
+        assert!(err.to_string().contains("waiting for nothing"), "{err}");
+    }
+
+    /// On a paused clock the deadline is virtual time: a condition that never holds fails after
+    /// the timeout of tokio's clock, at once in real time.
+    #[tokio::test(start_paused = true)]
+    async fn the_async_deadline_is_on_tokios_clock() {
+        let real = Instant::now();
+        let err = wait_until_async(Duration::from_secs(600), "never", || async { false })
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("never"), "{err}");
+        assert!(real.elapsed() < Duration::from_secs(60));
     }
 }

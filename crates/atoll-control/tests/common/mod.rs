@@ -310,19 +310,12 @@ impl Cluster {
     }
 }
 
-/// Polls `cond` every 10 ms until it holds; panics with `what` after `within`.
+/// Polls `cond` until it holds ([`atoll_testkit::wait_until_async`], on tokio's clock, so paused
+/// time works); panics with `what` after `within`.
 pub async fn wait_for(what: &str, within: Duration, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + within;
-    loop {
-        if cond() {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {within:?} waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    atoll_testkit::wait_until_async(within, what, || std::future::ready(cond()))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
 }
 
 /// Runs `f` and returns its output with how long it took.

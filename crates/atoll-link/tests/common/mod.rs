@@ -136,24 +136,18 @@ pub async fn assert_quiet(s: &mut TcpStream, quiet: Duration, what: &str) {
     }
 }
 
-/// Polls `check` every 10 ms until it is true or `limit` passes; returns the time it took.
-pub async fn wait_until<F, Fut>(limit: Duration, what: &str, mut check: F) -> Duration
+/// Polls `check` until it is true ([`atoll_testkit::wait_until_async`]), panicking after
+/// `limit`; returns the time it took.
+pub async fn wait_until<F, Fut>(limit: Duration, what: &str, check: F) -> Duration
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = bool>,
 {
     let start = Instant::now();
-    let deadline = start + limit;
-    loop {
-        if check().await {
-            return start.elapsed();
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {limit:?} waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    atoll_testkit::wait_until_async(limit, what, check)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    start.elapsed()
 }
 
 /// The value at quantile `q` (0..=1) of `samples` (sorted in place).
@@ -175,4 +169,85 @@ pub async fn round_trips(s: &mut TcpStream, n: usize, msg_len: usize) -> Vec<f64
         assert_eq!(back, msg);
     }
     out
+}
+
+// ---------------------------------------------------------------------------------------------
+// Servers of the control API tests (`control.rs`) and of the `atoll link` command-line tests
+// (`crates/atoll-cli/tests/link.rs`, which include this module).
+
+pub const LINK: &str = "us-east-1->eu-west-1";
+pub const TOKEN: &str = "link-token-0123456789";
+pub const US: &str = "us-east-1";
+pub const EU: &str = "eu-west-1";
+pub const AP: &str = "ap-southeast-1";
+
+/// `us-east-1->eu-west-1` and back, 5 ms each way, to an echo server, with a control API.
+pub async fn server() -> LinkServer {
+    let echo = echo_server().await;
+    let specs = vec![
+        spec(LINK, echo, Shaping::delay(5.0)),
+        spec("eu-west-1->us-east-1", echo, Shaping::delay(5.0)),
+    ];
+    LinkServer::start(specs, Some(LOCAL.parse().unwrap()))
+        .await
+        .unwrap()
+}
+
+/// [`LINK`] to an echo server, with a control API that needs `token`.
+pub async fn server_with_token(token: &str) -> LinkServer {
+    let echo = echo_server().await;
+    let opts = atoll_link::proxy::ProxyOptions {
+        control_token: Some(token.to_string()),
+        ..Default::default()
+    };
+    LinkServer::start_with(
+        vec![spec(LINK, echo, Shaping::delay(5.0))],
+        Some(LOCAL.parse().unwrap()),
+        opts,
+    )
+    .await
+    .unwrap()
+}
+
+/// A link each way between every two of `regions`, plus `extra` one-way links, all to an echo
+/// server.
+pub async fn mesh_server(regions: &[&str], extra: &[(&str, &str)]) -> LinkServer {
+    let echo = echo_server().await;
+    let mut specs = Vec::new();
+    for a in regions {
+        for b in regions.iter().filter(|b| *b != a) {
+            specs.push(spec(&format!("{a}->{b}"), echo, Shaping::delay(1.0)));
+        }
+    }
+    for (a, b) in extra {
+        specs.push(spec(&format!("{a}->{b}"), echo, Shaping::delay(1.0)));
+    }
+    LinkServer::start(specs, Some(LOCAL.parse().unwrap()))
+        .await
+        .unwrap()
+}
+
+/// The links whose effect is blocked both ways, sorted.
+pub fn cut_links(s: &LinkServer) -> Vec<String> {
+    let mut v: Vec<String> = s
+        .status()
+        .into_iter()
+        .filter(|l| l.effective.forward.blocked && l.effective.reverse.blocked)
+        .map(|l| l.name)
+        .collect();
+    v.sort();
+    v
+}
+
+/// `v`, sorted.
+pub fn sorted(v: &[String]) -> Vec<String> {
+    let mut v = v.to_vec();
+    v.sort();
+    v
+}
+
+/// A link name as a path segment of the control API (`->` becomes `-%3E`; link names hold
+/// nothing else that needs encoding).
+pub fn encode_link(name: &str) -> String {
+    name.replace('>', "%3E")
 }

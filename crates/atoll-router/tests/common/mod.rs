@@ -14,12 +14,31 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
 pub const TOKEN: &str = "test-admin-token-0123456789";
+
+/// A `[router]` section that checks every 100 ms and decides on one check (no hold-down, no
+/// ramp), with a `failover` name `api` and a `weighted` name `w`.
+pub const FAST_ROUTER: &str = r#"
+[router]
+[router.health]
+interval_ms = 100
+timeout_ms = 80
+failure_threshold = 1
+recovery_threshold = 1
+hold_down_ms = 0
+ramp_secs = 0
+[[router.names]]
+name = "api"
+policy = "failover"
+[[router.names]]
+name = "w"
+policy = "weighted"
+"#;
 
 /// How a fake region behaves.
 #[derive(Clone, Debug, PartialEq)]
@@ -349,20 +368,15 @@ pub fn http() -> reqwest::Client {
         .unwrap()
 }
 
-/// Polls `f` until it returns `Some`, failing after `limit`.
-pub async fn eventually<T, F, Fut>(limit: Duration, what: &str, mut f: F) -> T
+/// Polls `f` until it returns `Some` ([`atoll_testkit::eventually`]), panicking after `limit`.
+pub async fn eventually<T, F, Fut>(limit: Duration, what: &str, f: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Option<T>>,
 {
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "not within {limit:?}: {what}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    atoll_testkit::eventually(limit, what, f)
+        .await
+        .unwrap_or_else(|e| panic!("not within {limit:?}: {e}"))
 }
 
 /// The health of `region` as the state sees it.

@@ -1,12 +1,12 @@
 //! The `atoll link ...` subcommands: clap structs for the binary to embed and [`run`].
 //!
-//! The binary adds `Link(atoll_link::cli::LinkArgs)` to its subcommands and calls
-//! `atoll_link::cli::run(args).await`.
+//! The binary adds `Link(atoll_cli::link::LinkArgs)` to its subcommands and calls
+//! `atoll_cli::link::run(args).await`.
 
-use crate::config::{links_from_cluster, load_links};
-use crate::error::LinkError;
-use crate::proxy::LinkServer;
 use anyhow::{Context, Result, anyhow, bail};
+use atoll_link::config::{links_from_cluster, load_links};
+use atoll_link::error::LinkError;
+use atoll_link::proxy::LinkServer;
 use clap::{Args, Subcommand, ValueEnum};
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use serde_json::{Value, json};
@@ -296,7 +296,7 @@ pub async fn run(args: LinkArgs) -> Result<()> {
 }
 
 async fn serve(a: ServeArgs) -> Result<()> {
-    serve_with(a, shutdown_signal(), |line| println!("{line}")).await
+    serve_with(a, crate::shutdown_signal(), |line| println!("{line}")).await
 }
 
 /// `atoll link serve` with the stop signal and the output made explicit (for `atoll demo` and
@@ -317,9 +317,9 @@ pub async fn serve_with(
         }
         (None, None) => bail!("give --config LINKS_TOML or --cluster ATOLL_TOML"),
     };
-    let opts = crate::proxy::ProxyOptions {
+    let opts = atoll_link::proxy::ProxyOptions {
         control_token: a.token.clone(),
-        ..crate::proxy::ProxyOptions::default()
+        ..atoll_link::proxy::ProxyOptions::default()
     };
     let server = LinkServer::start_with(specs, Some(a.control), opts)
         .await
@@ -344,7 +344,7 @@ pub async fn serve_with(
 /// addresses unless told otherwise with `atoll region --peer-via PEER=ADDR`. One line per region
 /// that has links from it (regions from the link names or `from`/`to`), after a heading; none
 /// when no link names its regions.
-pub fn peer_via_lines(specs: &[crate::model::LinkSpec]) -> Vec<String> {
+pub fn peer_via_lines(specs: &[atoll_link::model::LinkSpec]) -> Vec<String> {
     let mut by_region: Vec<(String, Vec<String>)> = Vec::new();
     for s in specs {
         let (Some(from), Some(to)) = (&s.from_region, &s.to_region) else {
@@ -372,7 +372,7 @@ pub fn peer_via_lines(specs: &[crate::model::LinkSpec]) -> Vec<String> {
 }
 
 /// `link NAME listening on ADDR -> UPSTREAM (one-way X ms)` (the line `serve` prints per link).
-pub fn describe_link(s: &crate::model::LinkSpec) -> String {
+pub fn describe_link(s: &atoll_link::model::LinkSpec) -> String {
     let mut line = format!(
         "link {} listening on {} -> {} (one-way {} ms",
         s.name, s.listen, s.upstream, s.forward.latency_ms
@@ -388,31 +388,10 @@ fn explain(e: LinkError) -> anyhow::Error {
     anyhow!("{e} [{}]\nhint: {}", e.code(), e.hint())
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => {},
-        _ = term => {},
-    }
-}
-
 /// The request field a TARGET goes in: `pair` for `A<->B`, `region` for an isolate, `link`
 /// otherwise.
 pub fn target_field(target: &str, kind: KindArg) -> &'static str {
-    if target.contains(crate::model::PAIR_SEPARATOR) {
+    if target.contains(atoll_link::model::PAIR_SEPARATOR) {
         "pair"
     } else if kind == KindArg::Isolate {
         "region"
@@ -424,7 +403,7 @@ pub fn target_field(target: &str, kind: KindArg) -> &'static str {
 /// Whether a fault's `target` (as the API reports it) is the TARGET the user typed: the same
 /// text, or the same pair in the other order.
 fn same_target(reported: &str, typed: &str) -> bool {
-    let pair = |t: &str| crate::model::FaultTarget::pair(t).ok();
+    let pair = |t: &str| atoll_link::model::FaultTarget::pair(t).ok();
     match (pair(reported), pair(typed)) {
         (Some(a), Some(b)) => a.same_as(&b),
         _ => reported == typed,
@@ -581,7 +560,7 @@ fn known_target(links: &Value, target: &str) -> Result<()> {
     let known = names.contains(&target)
         || regions.contains(&target)
         || target
-            .split_once(crate::model::PAIR_SEPARATOR)
+            .split_once(atoll_link::model::PAIR_SEPARATOR)
             .is_some_and(|(a, b)| regions.contains(&a) && regions.contains(&b));
     if known {
         Ok(())
@@ -737,7 +716,7 @@ fn shaping(v: &Value) -> String {
         s = format!("{}±{} ms", num(&v["latency_ms"]), num(&v["jitter_ms"]));
     }
     if let Some(b) = v["bandwidth_bytes_per_sec"].as_u64() {
-        s.push_str(&format!(" {}", crate::units::format_bandwidth(b)));
+        s.push_str(&format!(" {}", atoll_link::units::format_bandwidth(b)));
     }
     s
 }
@@ -1029,7 +1008,7 @@ mod tests {
 
     #[test]
     fn describes_links() {
-        let s = crate::model::LinkSpec::new(
+        let s = atoll_link::model::LinkSpec::new(
             "a->b",
             "127.0.0.1:7300".parse().unwrap(),
             "127.0.0.1:7101".parse().unwrap(),

@@ -2,8 +2,8 @@
 //! (`drain`, `undrain`, `weight`, `status`). The binary embeds [`RouterArgs`] as a subcommand and
 //! calls [`run`].
 
-use crate::runtime::{Router, RouterOptions};
 use anyhow::{Context, Result, anyhow, bail};
+use atoll_router::runtime::{Router, RouterOptions};
 use clap::{Args, Subcommand};
 use serde_json::{Value, json};
 use std::net::SocketAddr;
@@ -101,7 +101,7 @@ fn duration_arg(s: &str) -> Result<u64, String> {
     if s.trim() == "0" {
         return Ok(0);
     }
-    crate::admin::parse_duration_ms(s)
+    atoll_router::admin::parse_duration_ms(s)
 }
 
 /// The config's `[router.proxy]` with the command line's overrides applied, checked.
@@ -220,27 +220,6 @@ pub async fn run(args: RouterArgs) -> Result<()> {
     }
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => {},
-        _ = term => {},
-    }
-}
-
 async fn serve(a: ServeArgs) -> Result<()> {
     let config = a.config.clone().context("--config is required")?;
     let admin = a.admin.context("--admin ADDR is required")?;
@@ -260,7 +239,7 @@ async fn serve(a: ServeArgs) -> Result<()> {
     if a.global_timeout == 0 {
         bail!("--global-timeout must be more than zero");
     }
-    opts.global = crate::global::GlobalOptions {
+    opts.global = atoll_router::global::GlobalOptions {
         timeout: std::time::Duration::from_millis(a.global_timeout),
         // A client token for regions whose client API needs one ([auth]): the global view
         // reads their /v1/status and /v1/conflicts with it.
@@ -284,7 +263,7 @@ async fn serve(a: ServeArgs) -> Result<()> {
         handle.admin_addr()
     );
     tracing::info!(admin = %handle.admin_addr(), proxy = ?handle.proxy_addr(), dns = ?handle.dns_addr(), "router serving");
-    shutdown_signal().await;
+    crate::shutdown_signal().await;
     tracing::info!("router stopping");
     handle.shutdown().await;
     Ok(())

@@ -17,6 +17,9 @@
 //! - [`geo`]: great-circle distance, for the latency model.
 //! - [`strong`]: the state machine of strong keyspaces: linearizable registers with
 //!   compare-and-set by revision, replicated by consensus.
+//! - [`home`]: region ownership of owned keyspaces: home rules (prefix, hash range, default or
+//!   first write), the replicated home table with its moves and claims, and the control
+//!   group's state (lease and homes).
 
 pub mod causal;
 pub mod clock;

@@ -324,20 +324,49 @@ async fn serve_rpc(
             out,
         )
             .into_response(),
-        Err(e) => refuse(
+        Err(e) => refuse_with(
             StatusCode::from_u16(e.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
             e.code(),
             &e.to_string(),
+            e.hint(),
+            e.retryable(),
         ),
     }
 }
 
+/// A refused control RPC, in the JSON error body every atoll API answers with.
 fn refuse(status: StatusCode, code: &str, message: &str) -> Response {
+    refuse_with(status, code, message, refusal_hint(code), false)
+}
+
+fn refuse_with(
+    status: StatusCode,
+    code: &str,
+    message: &str,
+    hint: &str,
+    retryable: bool,
+) -> Response {
     (
         status,
-        axum::Json(serde_json::json!({"error": {"code": code, "message": message}})),
+        axum::Json(atoll_core::ErrorBody::new(code, message, hint, retryable)),
     )
         .into_response()
+}
+
+/// What a peer whose control RPC was refused by authentication or size should do.
+fn refusal_hint(code: &str) -> &'static str {
+    match code {
+        "ATOLL-PEER-IDENTITY-MISMATCH" | "ATOLL-PEER-UNAUTHENTICATED" => {
+            "check [cluster.tls]: each member presents the certificate of its own region, signed by the cluster's CA"
+        }
+        "ATOLL-CONTROL-UNKNOWN-MEMBER" => {
+            "the caller's region is not a voter of this group: check that every member runs the same atoll.toml"
+        }
+        "ATOLL-PEER-REQUEST-TOO-LARGE" => {
+            "members of one cluster run compatible atoll versions; check the caller's version"
+        }
+        _ => "control RPCs come from members of the cluster with `?from=MEMBER`",
+    }
 }
 
 /// Proposes fencing commands through the control group.

@@ -131,7 +131,17 @@ impl Token {
         Ok(Token { cursor })
     }
 
-    fn at(&self, origin: &RegionId) -> u64 {
+    /// The position of what `applied` holds, for every region of the cluster.
+    fn at(regions: &[RegionId], applied: &VersionVector) -> Self {
+        Token {
+            cursor: regions
+                .iter()
+                .map(|r| (r.clone(), applied.get(r)))
+                .collect(),
+        }
+    }
+
+    fn seq_of(&self, origin: &RegionId) -> u64 {
         self.cursor.get(origin).copied().unwrap_or(0)
     }
 }
@@ -147,7 +157,7 @@ pub fn needs_reset(
 ) -> Option<String> {
     // Nobody has more of this region's own writes than this region: a token that does was
     // taken before this region's data was lost.
-    let mine = token.at(me);
+    let mine = token.seq_of(me);
     if mine > applied.get(me) {
         return Some(format!(
             "the token names {mine} writes of `{me}`, which holds only {} (its data was rebuilt)",
@@ -156,11 +166,11 @@ pub fn needs_reset(
     }
     for (origin, f) in first {
         if let Some(f) = f
-            && *f > token.at(origin) + 1
+            && *f > token.seq_of(origin) + 1
         {
             return Some(format!(
                 "the log of `{origin}` here starts at {f}, after the token's {}",
-                token.at(origin)
+                token.seq_of(origin)
             ));
         }
     }
@@ -338,14 +348,7 @@ impl Watcher {
     async fn start(&mut self, token: Option<Token>) -> Result<(), Stop> {
         let applied = self.store.applied();
         let Some(token) = token else {
-            self.token = Token {
-                cursor: self
-                    .w
-                    .regions
-                    .iter()
-                    .map(|r| (r.clone(), applied.get(r)))
-                    .collect(),
-            };
+            self.token = Token::at(&self.w.regions, &applied);
             return self.ready().await;
         };
         let mut first = BTreeMap::new();
@@ -372,14 +375,7 @@ impl Watcher {
     /// `reset`, then the current state of every watched key, then live from `applied`.
     async fn reset(&mut self, reason: String, applied: VersionVector) -> Result<(), Stop> {
         self.send(Item::Reset { reason }).await?;
-        self.token = Token {
-            cursor: self
-                .w
-                .regions
-                .iter()
-                .map(|r| (r.clone(), applied.get(r)))
-                .collect(),
-        };
+        self.token = Token::at(&self.w.regions, &applied);
         self.ready().await?;
         let token = self.token.encode(self.w.cluster_tag);
         let mut after: Option<Vec<u8>> = None;
@@ -421,7 +417,7 @@ impl Watcher {
     async fn catch_up(&mut self) -> Result<(), Stop> {
         for origin in self.w.regions.clone() {
             loop {
-                let from = self.token.at(&origin) + 1;
+                let from = self.token.seq_of(&origin) + 1;
                 let page = self
                     .store
                     .oplog(&origin, from, CATCHUP_PAGE)
@@ -462,7 +458,7 @@ impl Watcher {
 
     /// One log entry: sent if it is past the token and matches; the token moves past it.
     async fn offer(&mut self, e: &OpEntry) -> Result<(), Stop> {
-        let at = self.token.at(&e.origin);
+        let at = self.token.seq_of(&e.origin);
         if e.seq <= at {
             return Ok(());
         }

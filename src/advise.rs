@@ -1,4 +1,5 @@
-//! `atoll advise`: the article's decision framework on the command line. The decision is
+//! `atoll advise`: the multi-region decision framework (`docs/design/advise.md`) on the command
+//! line. The decision is
 //! `atoll_config::advise`; this asks the questions on a terminal when flags are missing, prints
 //! the answer and writes the starting config.
 

@@ -89,7 +89,8 @@ enum Command {
         #[arg(long, default_value = "active-active", value_parser = parse_model)]
         model: atoll_config::Model,
     },
-    /// Recommend a topology from the article's decision framework (RTO, consistency, budget)
+    /// Recommend a topology from the multi-region decision framework (RTO, consistency, budget;
+    /// `docs/design/advise.md`)
     /// and write a starting atoll.toml.
     ///
     /// Without flags on a terminal it asks each question; elsewhere every flag is needed.

@@ -874,7 +874,7 @@ fn client_commands_send_the_token_and_show_refusals() {
     assert_eq!(ok(r.terminate()).code(), Some(0));
 }
 
-/// `atoll advise` against the article's decision table: each row's recommendation, and the
+/// `atoll advise` against the decision table (`docs/design/advise.md`): each row's recommendation, and the
 /// config it writes passes `atoll config check` (after `atoll certs init`, as its notes say) with
 /// no warning but the open client API's, the 2-region strong group's where it has one, and none
 /// about the rto it declares.
@@ -1066,7 +1066,7 @@ fn duration_ms(s: &str) -> u64 {
     }
 }
 
-/// `config check` shows the article's worst case for its Route 53 settings (interval 10 s,
+/// `config check` shows the worst case of the classic Route 53 settings (interval 10 s,
 /// threshold 3, TTL 30 s: 60 s, plus the check timeout and the resolver slack it states), and
 /// warns when that is above the declared rto, in both output forms.
 #[test]

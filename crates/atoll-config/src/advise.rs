@@ -1,15 +1,15 @@
-//! `atoll advise`: the article's decision framework (RTO, consistency, budget -> topology) as a
-//! pure function from [`Requirements`] to [`Advice`]: the model, why (the rule of the article each
-//! answer applied, quoted), the fencing it needs, the cost multiple, and a starting `atoll.toml`
+//! `atoll advise`: the multi-region decision framework (RTO, consistency, budget -> topology,
+//! `docs/design/advise.md`) as a pure function from [`Requirements`] to [`Advice`]: the model, why
+//! (the rule each answer applied, quoted), the fencing it needs, the cost multiple, and a starting `atoll.toml`
 //! that [`Config::parse`] accepts (checked before it is returned). No I/O: the binary prompts,
 //! prints and writes files.
 //!
-//! The framework, as the article states it and as it is applied here:
+//! The framework, as `docs/design/advise.md` states it and as it is applied here:
 //!
 //! | question | answer | model |
 //! | --- | --- | --- |
 //! | Q1 RTO | under 30 s | active-active ("only option with automatic failover") |
-//! | | 30 s to 10 min | active-standby (automated promotion; the article's row says 1–10 minutes, atoll's promotion takes seconds, so RTOs from 30 s fit) |
+//! | | 30 s to 10 min | active-standby (automated promotion; the framework's row says 1–10 minutes, atoll's promotion takes seconds, so RTOs from 30 s fit) |
 //! | | 10 min and more | active-passive |
 //! | Q2 consistency | none: everything tolerates eventual consistency | keeps Q1's model, every keyspace a CRDT |
 //! | | some (named) data must never conflict | that data is `strong` (Raft across regions: the article's "strong consistency replication"); in active-active, data with a natural owner (users, accounts) is `owned` instead (the article's "region ownership") |
@@ -18,7 +18,7 @@
 //!
 //! Fencing: active-standby and active-passive need the write lease; active-active with data that
 //! must never conflict needs quorum fencing (`[fencing] quorum = true`); any control group with an
-//! even number of regions gets an arbiter in a third location (the article's two options).
+//! even number of regions gets an arbiter in a third location (the framework's two options: three regions, or two and a witness).
 
 use crate::duration;
 use crate::promise::DNS_RESOLVER_SLACK_MS;
@@ -28,7 +28,7 @@ use std::fmt::Write as _;
 use std::ops::RangeInclusive;
 use thiserror::Error;
 
-/// The article's decision table, quoted.
+/// The decision table, quoted as `docs/design/advise.md` gives it.
 pub mod rules {
     pub const RTO_ACTIVE_ACTIVE: &str =
         "< 30 seconds → Active-Active (only option with automatic failover)";
@@ -61,7 +61,7 @@ pub const BUDGET: RangeInclusive<f64> = 1.0..=100.0;
 pub const DEFAULT_NEVER_CONFLICT: &str = "ledger";
 /// The keyspace `--consistency all` creates when it names none.
 pub const DEFAULT_ALL: &str = "records";
-/// TTLs the advice writes: the article's 30 s at most, and no lower than this.
+/// TTLs the advice writes: 30 s (the recommended 30–60 s) at most, and no lower than this.
 pub const MIN_TTL_SECS: u64 = 5;
 pub const MAX_TTL_SECS: u64 = 30;
 
@@ -537,7 +537,7 @@ pub fn advise(req: &Requirements) -> Result<Advice, AdviseError> {
         notes.push(note);
     }
     // DNS: the TTL that keeps DNS failover within the RTO, 5..=30 s, from what the config with
-    // the article's 30 s promises (the same computation as `atoll config check`).
+    // a 30 s TTL promises (the same computation as `atoll config check`).
     let first = write_config(req, model, &keyspaces, quorum, arbiter_site, MAX_TTL_SECS);
     let p = Config::parse(&first, "atoll.toml (advised)")?.promises();
     // What each name needs before its TTL starts: detection, or (a failover name in

@@ -420,7 +420,7 @@ impl KeyspaceConfig {
     }
 }
 
-/// What a keyspace's name says it holds, when that is data the article says must stay
+/// What a keyspace's name says it holds, when that is data that must stay
 /// region-local (sessions, feature flags, rate limits, caches): a cross-region call on every request
 /// would put another region's latency and availability on the critical path.
 fn region_local_kind(name: &str) -> Option<&'static str> {

@@ -3,7 +3,7 @@
 //!
 //! - **DNS**: the router notices a dead region within `interval x failure_threshold` checks, the
 //!   last of which may take `timeout_ms` to fail; then resolvers may keep the old answer for the
-//!   name's TTL, plus [`DNS_RESOLVER_SLACK_MS`]. The article's Route 53 example (interval 10 s,
+//!   name's TTL, plus [`DNS_RESOLVER_SLACK_MS`]. The classic Route 53 example (interval 10 s,
 //!   threshold 3, TTL 30 s) is `30 s + 30 s` = 60 s before that slack and the check timeout.
 //! - **Proxy**: the same active checks eject the region (or `outlier_failures` failed proxied
 //!   requests in a row, sooner under load); until then a request that cannot connect goes to the
@@ -55,7 +55,7 @@ pub struct Detection {
     pub interval_ms: u64,
     pub failure_threshold: u32,
     pub timeout_ms: u64,
-    /// `interval_ms x failure_threshold`: the article's (and Route 53's) figure.
+    /// `interval_ms x failure_threshold`: Route 53's figure.
     pub checks_ms: u64,
     /// `checks_ms + timeout_ms`: a region that dies just after a good check fails its
     /// `failure_threshold`-th check at most this long after, when that check times out.
@@ -68,7 +68,7 @@ pub struct DnsFailover {
     /// `<name>.<zone>`.
     pub name: String,
     pub ttl_secs: u32,
-    /// `interval x failure_threshold + ttl`: the article's formula.
+    /// `interval x failure_threshold + ttl`: the usual DNS failover formula.
     pub article_ms: u64,
     /// [`Detection::worst_ms`] + TTL + [`DNS_RESOLVER_SLACK_MS`].
     pub worst_ms: u64,

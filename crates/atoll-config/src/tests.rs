@@ -2069,7 +2069,7 @@ mod promises {
     use super::*;
     use crate::promise::{DNS_RESOLVER_SLACK_MS, Promotion, Rpo};
 
-    /// The article's Route 53 health check: every 10 s, 3 failures, TTL 30 s (a check timeout of
+    /// The classic Route 53 health check: every 10 s, 3 failures, TTL 30 s (a check timeout of
     /// 2 s, which atoll needs and Route 53 does not state).
     const ARTICLE: &str = "\n[router]\nzone = \"atoll.test\"\n\n[router.health]\ninterval_ms = 10000\ntimeout_ms = 2000\nfailure_threshold = 3\n\n[[router.names]]\nname = \"api\"\npolicy = \"latency\"\nttl_secs = 30\n";
 
@@ -2114,7 +2114,7 @@ mod promises {
         assert_eq!(p.dns.len(), 1);
         let api = &p.dns[0];
         assert_eq!(api.name, "api.atoll.test");
-        // The article: 10 s x 3 + TTL 30 s = 60 s; with the check timeout and resolver slack.
+        // 10 s x 3 + TTL 30 s = 60 s; with the check timeout and resolver slack.
         assert_eq!(api.article_ms, 60_000);
         assert_eq!(api.resolver_slack_ms, DNS_RESOLVER_SLACK_MS);
         assert_eq!(

@@ -122,7 +122,8 @@ pub struct Guards {
 }
 
 impl Default for Guards {
-    /// The article's `RegionalFailoverController` thresholds.
+    /// `RegionalFailoverController`'s thresholds: roll back above a 5 % error rate or a p99 of 2 s
+    /// (`docs/drills.md`).
     fn default() -> Self {
         Guards {
             window_ms: 10_000,

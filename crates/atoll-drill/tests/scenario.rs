@@ -75,7 +75,7 @@ fn a_valid_scenario_parses_with_lines() {
         }
     );
     assert_eq!(sc.steps[1].line, 16, "{text}");
-    // The article's thresholds by default.
+    // The RegionalFailoverController thresholds by default (5 % errors, p99 2 s).
     assert_eq!(sc.guards.error_rate, 0.05);
     assert_eq!(sc.guards.p99_ms, 2000);
 }

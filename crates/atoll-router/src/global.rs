@@ -1,5 +1,6 @@
-//! The global view: one place that shows every region side by side (the article's
-//! cross-region observability). The router knows every region's client API from the config, so it
+//! The global view: one place that shows every region side by side (cross-region
+//! observability: error rate, p99, lag, reachability and health per region, in place before an
+//! incident). The router knows every region's client API from the config, so it
 //! fans out to them, concurrently and each with a short timeout, and serves:
 //!
 //! - [`GlobalView::status`] (`GET /v1/global/status`, admin token): every region's `/v1/status`

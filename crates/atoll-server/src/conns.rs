@@ -1,7 +1,7 @@
 //! Counts the client API's open connections (`atoll_http_open_connections`): a listener that
 //! wraps each accepted connection in a guard which takes one off the gauge when the connection
-//! is dropped, whatever ends it (the client closing, a timeout, shutdown). The article's
-//! "active connection count per region", to see lopsided traffic after a DNS change.
+//! is dropped, whatever ends it (the client closing, a timeout, shutdown). The active
+//! connection count per region shows lopsided traffic after a DNS change.
 
 use prometheus_client::metrics::gauge::Gauge;
 use std::io;

@@ -33,14 +33,12 @@
 //! Output: progress on stderr; markdown tables on stdout.
 
 use anyhow::{Context, Result, anyhow, bail, ensure};
-use atoll_link::{LinkServer, LinkSpec};
-use atoll_testkit::{Client, Cluster, ClusterOptions, free_ports};
+use atoll_bench::etcd::{EtcdCluster, EtcdOptions};
+use atoll_testkit::{Client, Cluster, ClusterOptions};
 use base64::Engine as _;
 use clap::Parser;
 use serde_json::{Value, json};
-use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -401,110 +399,32 @@ async fn switchover(args: &Args, lease: &Lease, rep: usize) -> Result<(f64, f64,
     ))
 }
 
-/// A running etcd member, killed on drop.
-struct EtcdMember {
-    name: String,
-    client: SocketAddr,
-    child: Option<Child>,
-}
-
-impl Drop for EtcdMember {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-/// A 3-member etcd cluster whose peer traffic crosses one link per member (the link listens at
-/// the member's advertised peer URL and forwards to its peer listener).
+/// The 3-member etcd cluster and a client for it.
 struct Etcd {
-    members: Vec<EtcdMember>,
-    _links: LinkServer,
+    cluster: EtcdCluster,
     http: reqwest::Client,
 }
 
 impl Etcd {
     async fn start(args: &Args, dir: &Path, heartbeat: u64, election: u64) -> Result<Etcd> {
-        let ports = free_ports(6)?;
-        let names = ["etcd-1", "etcd-2", "etcd-3"];
-        let addr = |p: u16| SocketAddr::from((Ipv4Addr::LOCALHOST, p));
-        let specs = names
-            .iter()
-            .enumerate()
-            .map(|(i, n)| {
-                LinkSpec::new(
-                    format!("to-{n}"),
-                    SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
-                    addr(ports[3 + i]),
-                )
-                .with_delay(args.link_delay_ms)
-            })
-            .collect();
-        let links = LinkServer::start(specs, None)
-            .await
-            .context("the etcd links did not start")?;
-        let advertised: Vec<SocketAddr> = links.specs().iter().map(|s| s.listen).collect();
-        let initial = names
-            .iter()
-            .zip(&advertised)
-            .map(|(n, a)| format!("{n}=http://{a}"))
-            .collect::<Vec<_>>()
-            .join(",");
-        std::fs::create_dir_all(dir)?;
-        let mut members = Vec::new();
-        for (i, n) in names.iter().enumerate() {
-            let log = std::fs::File::create(dir.join(format!("{n}.log")))?;
-            let client = addr(ports[i]);
-            let child = Command::new(&args.etcd_bin)
-                .arg("--name")
-                .arg(n)
-                .arg("--data-dir")
-                .arg(dir.join(n))
-                .arg("--listen-client-urls")
-                .arg(format!("http://{client}"))
-                .arg("--advertise-client-urls")
-                .arg(format!("http://{client}"))
-                .arg("--listen-peer-urls")
-                .arg(format!("http://{}", addr(ports[3 + i])))
-                .arg("--initial-advertise-peer-urls")
-                .arg(format!("http://{}", advertised[i]))
-                .arg("--initial-cluster")
-                .arg(&initial)
-                .arg("--initial-cluster-state")
-                .arg("new")
-                .arg("--initial-cluster-token")
-                .arg("promotion-bench")
-                .arg("--heartbeat-interval")
-                .arg(heartbeat.to_string())
-                .arg("--election-timeout")
-                .arg(election.to_string())
-                .stdin(Stdio::null())
-                .stdout(Stdio::from(log.try_clone()?))
-                .stderr(Stdio::from(log))
-                .spawn()
-                .with_context(|| format!("cannot start {}", args.etcd_bin.display()))?;
-            members.push(EtcdMember {
-                name: n.to_string(),
-                client,
-                child: Some(child),
-            });
-        }
+        let o = EtcdOptions {
+            etcd_bin: &args.etcd_bin,
+            link_delay_ms: args.link_delay_ms,
+            heartbeat_ms: heartbeat,
+            election_ms: election,
+            token: "promotion-bench",
+        };
+        let cluster = EtcdCluster::start(&o, dir).await?;
         let http = reqwest::Client::builder()
             .timeout(WRITE_TIMEOUT)
             .no_proxy()
             .build()?;
-        Ok(Etcd {
-            members,
-            _links: links,
-            http,
-        })
+        Ok(Etcd { cluster, http })
     }
 
     async fn put(&self, member: usize, key: &str) -> bool {
         let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
-        let url = format!("http://{}/v3/kv/put", self.members[member].client);
+        let url = format!("http://{}/v3/kv/put", self.cluster.members[member].client);
         match self
             .http
             .post(url)
@@ -520,30 +440,8 @@ impl Etcd {
         }
     }
 
-    /// The index of the member that is the leader, once every member agrees on one.
     async fn leader(&self) -> Option<usize> {
-        let mut leader = None;
-        let mut ids = Vec::new();
-        for m in &self.members {
-            let url = format!("http://{}/v3/maintenance/status", m.client);
-            let v: Value = self
-                .http
-                .post(url)
-                .json(&json!({}))
-                .send()
-                .await
-                .ok()?
-                .json()
-                .await
-                .ok()?;
-            let l = v["leader"].as_str()?.to_string();
-            if leader.get_or_insert_with(|| l.clone()) != &l {
-                return None;
-            }
-            ids.push(v["header"]["member_id"].as_str()?.to_string());
-        }
-        let leader = leader?;
-        ids.iter().position(|id| *id == leader)
+        self.cluster.leader(&self.http).await
     }
 }
 
@@ -580,9 +478,9 @@ async fn etcd_failover(
         }
     }
     let others: Vec<usize> = (0..3).filter(|&m| m != leader).collect();
-    let killed = etcd.members[leader].name.clone();
+    let killed = etcd.cluster.members[leader].name.clone();
     let fault_at = Instant::now();
-    if let Some(mut c) = etcd.members[leader].child.take() {
+    if let Some(mut c) = etcd.cluster.members[leader].child.take() {
         c.kill().context("SIGKILL of the etcd leader")?;
         let _ = c.wait();
     }

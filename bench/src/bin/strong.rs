@@ -17,15 +17,13 @@
 //!
 //! Output: progress on stderr; a markdown table on stdout.
 
-use anyhow::{Context, Result, anyhow, ensure};
-use atoll_link::{LinkServer, LinkSpec};
-use atoll_testkit::{Cluster, ClusterOptions, free_ports};
+use anyhow::{Result, anyhow, ensure};
+use atoll_bench::etcd::{EtcdCluster, EtcdOptions};
+use atoll_testkit::{Cluster, ClusterOptions};
 use base64::Engine as _;
 use clap::Parser;
-use serde_json::{Value, json};
-use std::net::{Ipv4Addr, SocketAddr};
+use serde_json::json;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 const REGIONS: [&str; 3] = ["us-east-1", "eu-west-1", "ap-southeast-1"];
@@ -98,114 +96,28 @@ async fn atoll_series(c: &Cluster, region: &str, n: usize) -> Result<Vec<f64>> {
     Ok(out)
 }
 
-/// A running etcd member, killed on drop.
-struct EtcdMember {
-    client: SocketAddr,
-    child: Option<Child>,
-}
-
-impl Drop for EtcdMember {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-struct Etcd {
-    members: Vec<EtcdMember>,
-    _links: LinkServer,
-}
+struct Etcd(EtcdCluster);
 
 impl Etcd {
     async fn start(args: &Args, dir: &Path) -> Result<Etcd> {
-        let ports = free_ports(6)?;
-        let names = ["etcd-1", "etcd-2", "etcd-3"];
-        let addr = |p: u16| SocketAddr::from((Ipv4Addr::LOCALHOST, p));
-        let specs = names
-            .iter()
-            .enumerate()
-            .map(|(i, n)| {
-                LinkSpec::new(
-                    format!("to-{n}"),
-                    SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
-                    addr(ports[3 + i]),
-                )
-                .with_delay(args.link_delay_ms)
-            })
-            .collect();
-        let links = LinkServer::start(specs, None)
-            .await
-            .context("the etcd links did not start")?;
-        let advertised: Vec<SocketAddr> = links.specs().iter().map(|s| s.listen).collect();
-        let initial = names
-            .iter()
-            .zip(&advertised)
-            .map(|(n, a)| format!("{n}=http://{a}"))
-            .collect::<Vec<_>>()
-            .join(",");
-        std::fs::create_dir_all(dir)?;
         // etcd's tuning guide: heartbeat about the round trip, election 10x.
         let rtt = (args.link_delay_ms * 2.0).round().max(10.0) as u64;
-        let mut members = Vec::new();
-        for (i, n) in names.iter().enumerate() {
-            let log = std::fs::File::create(dir.join(format!("{n}.log")))?;
-            let client = addr(ports[i]);
-            let child = Command::new(&args.etcd_bin)
-                .args(["--name", n])
-                .arg("--data-dir")
-                .arg(dir.join(n))
-                .arg("--listen-client-urls")
-                .arg(format!("http://{client}"))
-                .arg("--advertise-client-urls")
-                .arg(format!("http://{client}"))
-                .arg("--listen-peer-urls")
-                .arg(format!("http://{}", addr(ports[3 + i])))
-                .arg("--initial-advertise-peer-urls")
-                .arg(format!("http://{}", advertised[i]))
-                .args(["--initial-cluster", &initial])
-                .args(["--initial-cluster-state", "new"])
-                .args(["--initial-cluster-token", "strong-bench"])
-                .args(["--heartbeat-interval", &rtt.to_string()])
-                .args(["--election-timeout", &(rtt * 10).to_string()])
-                .stdin(Stdio::null())
-                .stdout(Stdio::from(log.try_clone()?))
-                .stderr(Stdio::from(log))
-                .spawn()
-                .with_context(|| format!("cannot start {}", args.etcd_bin.display()))?;
-            members.push(EtcdMember {
-                client,
-                child: Some(child),
-            });
-        }
-        Ok(Etcd {
-            members,
-            _links: links,
-        })
+        let o = EtcdOptions {
+            etcd_bin: &args.etcd_bin,
+            link_delay_ms: args.link_delay_ms,
+            heartbeat_ms: rtt,
+            election_ms: rtt * 10,
+            token: "strong-bench",
+        };
+        Ok(Etcd(EtcdCluster::start(&o, dir).await?))
     }
 
     async fn leader(&self) -> Result<usize> {
         let http = http()?;
         let deadline = Instant::now() + READY;
         loop {
-            let mut leader = None;
-            let mut ids = Vec::new();
-            for m in &self.members {
-                let url = format!("http://{}/v3/maintenance/status", m.client);
-                let v: Option<Value> = match http.post(url).json(&json!({})).send().await {
-                    Ok(r) => r.json().await.ok(),
-                    Err(_) => None,
-                };
-                let Some(v) = v else { break };
-                leader = v["leader"].as_str().map(str::to_string);
-                ids.push(v["header"]["member_id"].as_str().unwrap_or("").to_string());
-            }
-            if let Some(l) = leader
-                && let Some(i) = ids.iter().position(|id| *id == l)
-                && ids.len() == 3
-            {
-                return Ok(i);
+            if let Some(l) = self.0.leader(&http).await {
+                return Ok(l);
             }
             ensure!(Instant::now() < deadline, "etcd elected no leader");
             tokio::time::sleep(Duration::from_millis(200)).await;
@@ -215,7 +127,7 @@ impl Etcd {
     async fn series(&self, member: usize, n: usize) -> Result<Vec<f64>> {
         let http = http()?;
         let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
-        let url = format!("http://{}/v3/kv/put", self.members[member].client);
+        let url = format!("http://{}/v3/kv/put", self.0.members[member].client);
         let mut out = Vec::new();
         for i in 0..n + 10 {
             let t = Instant::now();

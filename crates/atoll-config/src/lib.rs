@@ -178,6 +178,31 @@ pub struct FencingConfig {
 }
 
 impl FencingConfig {
+    /// The lease timing a region runs (`atoll_core::fence`) as member `me` of `regions` in
+    /// `topology`: one construction for the regions, the config's validation and what
+    /// `config check` promises.
+    pub fn core(
+        &self,
+        me: RegionId,
+        topology: atoll_core::fence::Topology,
+        regions: Vec<RegionId>,
+    ) -> atoll_core::fence::FenceConfig {
+        atoll_core::fence::FenceConfig {
+            lease_ms: self.lease_ms,
+            renew_every_ms: self.renew_every_ms,
+            margin_ms: self.margin_ms,
+            max_drift_ppm: self.max_drift_ppm,
+            max_promotion_lag_ms: self.max_promotion_lag_ms,
+            propose_timeout_ms: self.lease_ms.saturating_sub(self.margin_ms).max(500),
+            ..atoll_core::fence::FenceConfig::new(
+                me,
+                topology,
+                regions,
+                self.initial_primary.clone(),
+            )
+        }
+    }
+
     /// Defaults, with `initial_primary` the first region.
     pub fn defaults(initial_primary: RegionId) -> Self {
         Self {

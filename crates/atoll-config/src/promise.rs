@@ -290,19 +290,11 @@ pub(crate) fn promises(config: &Config) -> Promises {
 /// The lease timing the regions run (`atoll_core::fence`), from `[fencing]`.
 fn fence_config(config: &Config) -> atoll_core::fence::FenceConfig {
     let f = &config.fencing;
-    atoll_core::fence::FenceConfig {
-        lease_ms: f.lease_ms,
-        renew_every_ms: f.renew_every_ms,
-        margin_ms: f.margin_ms,
-        max_drift_ppm: f.max_drift_ppm,
-        max_promotion_lag_ms: f.max_promotion_lag_ms,
-        ..atoll_core::fence::FenceConfig::new(
-            f.initial_primary.clone(),
-            atoll_core::fence::Topology::ActiveStandby,
-            config.regions.iter().map(|r| r.name.clone()).collect(),
-            f.initial_primary.clone(),
-        )
-    }
+    f.core(
+        f.initial_primary.clone(),
+        atoll_core::fence::Topology::ActiveStandby,
+        config.regions.iter().map(|r| r.name.clone()).collect(),
+    )
 }
 
 /// The warnings about a declared `rto` that the config cannot meet.

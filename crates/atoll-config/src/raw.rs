@@ -525,19 +525,11 @@ fn fencing(
             format!("forwarding writes to the primary is for active-standby clusters: {why}; remove `forward_writes`"),
         ));
     }
-    let core = atoll_core::fence::FenceConfig {
-        lease_ms: f.lease_ms,
-        renew_every_ms: f.renew_every_ms,
-        margin_ms: f.margin_ms,
-        max_drift_ppm: f.max_drift_ppm,
-        max_promotion_lag_ms: f.max_promotion_lag_ms,
-        ..atoll_core::fence::FenceConfig::new(
-            f.initial_primary.clone(),
-            atoll_core::fence::Topology::ActiveStandby,
-            regions.iter().map(|r| r.name.clone()).collect(),
-            f.initial_primary.clone(),
-        )
-    };
+    let core = f.core(
+        f.initial_primary.clone(),
+        atoll_core::fence::Topology::ActiveStandby,
+        regions.iter().map(|r| r.name.clone()).collect(),
+    );
     core.validate().map_err(|m| cx.err_nowhere("fencing", m))?;
     Ok(f)
 }

@@ -2185,17 +2185,11 @@ mod promises {
         );
         // The same wait as the lease the regions run.
         let f = ok(&standby("")).fencing;
-        let core = atoll_core::fence::FenceConfig {
-            lease_ms: f.lease_ms,
-            margin_ms: f.margin_ms,
-            max_drift_ppm: f.max_drift_ppm,
-            ..atoll_core::fence::FenceConfig::new(
-                f.initial_primary.clone(),
-                atoll_core::fence::Topology::ActiveStandby,
-                vec![f.initial_primary.clone()],
-                f.initial_primary.clone(),
-            )
-        };
+        let core = f.core(
+            f.initial_primary.clone(),
+            atoll_core::fence::Topology::ActiveStandby,
+            vec![f.initial_primary.clone()],
+        );
         assert_eq!(core.expiry_wait_ms(), 5_255);
         // Without a router nothing moves clients: no overall bound.
         assert_eq!(ok(&standby("")).promises().worst_case_ms, None);

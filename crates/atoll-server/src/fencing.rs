@@ -8,8 +8,7 @@
 use crate::metrics::Metrics;
 use atoll_config::{Config, KeyspaceConfig, Model, OnMinority};
 use atoll_core::fence::{
-    Answer, Command, Denial, Fence, FenceConfig, LeaseState, PromoteRefusal, PromotionView, Role,
-    Topology,
+    Answer, Command, Denial, Fence, LeaseState, PromoteRefusal, PromotionView, Role, Topology,
 };
 use atoll_core::{AtollError, RegionId, Result};
 use serde_json::{Value, json};
@@ -76,21 +75,11 @@ impl Fencing {
             Model::ActiveStandby => Topology::ActiveStandby,
             Model::ActivePassive => Topology::ActivePassive,
         };
-        let f = &config.fencing;
-        let cfg = FenceConfig {
-            lease_ms: f.lease_ms,
-            renew_every_ms: f.renew_every_ms,
-            margin_ms: f.margin_ms,
-            max_drift_ppm: f.max_drift_ppm,
-            max_promotion_lag_ms: f.max_promotion_lag_ms,
-            propose_timeout_ms: f.lease_ms.saturating_sub(f.margin_ms).max(500),
-            ..FenceConfig::new(
-                me.clone(),
-                topology,
-                config.regions.iter().map(|r| r.name.clone()).collect(),
-                f.initial_primary.clone(),
-            )
-        };
+        let cfg = config.fencing.core(
+            me.clone(),
+            topology,
+            config.regions.iter().map(|r| r.name.clone()).collect(),
+        );
         cfg.validate().map_err(AtollError::Config)?;
         Ok(Some(Arc::new(Self {
             me: me.clone(),

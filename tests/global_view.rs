@@ -395,23 +395,6 @@ async fn endpoints_scenario(s: &mut Setup) -> Result<()> {
 // Headless Chromium over the DevTools protocol on a pipe (fd 3: commands in, fd 4: events out,
 // messages separated by NUL), so no WebSocket crate is needed.
 
-fn chromium() -> PathBuf {
-    if let Some(p) = std::env::var_os("ATOLL_CHROMIUM") {
-        return PathBuf::from(p);
-    }
-    for c in ["chromium", "chromium-browser", "google-chrome"] {
-        for dir in std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default()) {
-            let p = dir.join(c);
-            if p.is_file() {
-                return p;
-            }
-        }
-    }
-    panic!(
-        "no headless Chromium: install Debian's `chromium` (scripts/test-all.sh does) or set ATOLL_CHROMIUM"
-    );
-}
-
 struct Browser {
     child: Child,
     to: std::fs::File,
@@ -449,7 +432,7 @@ impl Browser {
         let (cmd_read, cmd_write) = pipe()?;
         let (ev_read, ev_write) = pipe()?;
         let (r, w) = (cmd_read.as_raw_fd(), ev_write.as_raw_fd());
-        let mut cmd = Command::new(chromium());
+        let mut cmd = Command::new(atoll_testkit::chromium());
         cmd.args([
             "--headless",
             "--no-sandbox",
@@ -613,7 +596,7 @@ fn reddish(css: &str) -> bool {
 async fn the_dashboard_shows_the_cluster_in_headless_chromium_and_turns_a_killed_region_red() {
     let _turn = TURNS.lock().await;
     // Fails here, before starting anything, when there is no Chromium.
-    let _ = chromium();
+    let _ = atoll_testkit::chromium();
     let mut s = ok(setup("global-dashboard").await);
     ok(dashboard_scenario(&mut s).await);
     s.router.shutdown().await;

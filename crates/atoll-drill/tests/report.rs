@@ -168,23 +168,6 @@ fn the_outcome_store_keeps_when_each_scenario_last_passed() {
     assert!(Outcomes::load(dir.path()).is_err());
 }
 
-fn chromium() -> PathBuf {
-    if let Some(p) = std::env::var_os("ATOLL_CHROMIUM") {
-        return PathBuf::from(p);
-    }
-    for c in ["chromium", "chromium-browser", "google-chrome"] {
-        for dir in std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default()) {
-            let p = dir.join(c);
-            if p.is_file() {
-                return p;
-            }
-        }
-    }
-    panic!(
-        "no headless Chromium: install Debian's `chromium` (scripts/test-all.sh does) or set ATOLL_CHROMIUM"
-    );
-}
-
 /// A decoded 8-bit RGB or RGBA PNG: (width, height, channels, pixels).
 fn decode_png(bytes: &[u8]) -> (usize, usize, usize, Vec<u8>) {
     assert_eq!(&bytes[..8], b"\x89PNG\r\n\x1a\n", "not a PNG");
@@ -274,7 +257,7 @@ fn the_html_report_opens_in_headless_chromium_and_shows_its_charts() {
     std::fs::write(&html, report().to_html()).expect("write");
     let shot = dir.path().join("shot.png");
     let profile = dir.path().join("profile");
-    let mut cmd = Command::new(chromium());
+    let mut cmd = Command::new(atoll_testkit::chromium());
     cmd.args([
         "--headless",
         "--no-sandbox",

@@ -35,7 +35,7 @@ pub use cluster::{
     ARBITER, ArbiterLayout, Cluster, ClusterOptions, FAULT_LEASE, Route, free_port_range,
     free_ports, free_udp_tcp_port, link_name,
 };
-pub use process::{RegionProcess, RegionSpec, Service, atoll_bin, run_with_timeout};
+pub use process::{RegionProcess, RegionSpec, Service, atoll_bin, chromium, run_with_timeout};
 pub use wait::{eventually, wait_until, wait_until_async};
 
 /// A fresh temporary directory for one test (removed when dropped, kept if the test panics so

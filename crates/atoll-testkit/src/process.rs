@@ -20,6 +20,28 @@ pub const READY_MARKER: &str = " listening on http://";
 /// Lines of the region's log printed when a test panics or a start fails.
 const LOG_TAIL_LINES: usize = 60;
 
+/// The headless Chromium the browser tests drive: `ATOLL_CHROMIUM`, else `chromium`,
+/// `chromium-browser` or `google-chrome` on the `PATH`.
+///
+/// # Panics
+/// If there is none: a browser test must fail, not skip, where its browser is missing.
+pub fn chromium() -> PathBuf {
+    if let Some(p) = std::env::var_os("ATOLL_CHROMIUM") {
+        return PathBuf::from(p);
+    }
+    for c in ["chromium", "chromium-browser", "google-chrome"] {
+        for dir in std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default()) {
+            let p = dir.join(c);
+            if p.is_file() {
+                return p;
+            }
+        }
+    }
+    panic!(
+        "no headless Chromium: install Debian's `chromium` (scripts/test-all.sh does) or set ATOLL_CHROMIUM"
+    );
+}
+
 /// The `atoll` binary to run: `$ATOLL_BIN` if set, else `atoll` next to the running test
 /// executable's `target/<profile>/` directory (where cargo puts it).
 ///

@@ -250,7 +250,12 @@ impl Homes {
     /// group, and waits until this region has applied the claim (its own or an earlier one). The
     /// gate then decides as for any homed key: this region writes it, or forwards the write.
     pub async fn claim(&self, keyspace: &str, key: &[u8]) -> Result<()> {
-        let Some(oc) = self.keyspaces.get(keyspace) else {
+        // Only keyspaces without a default home have unhomed keys: the others skip the lookup.
+        let Some(oc) = self
+            .keyspaces
+            .get(keyspace)
+            .filter(|o| o.rules.default.is_none())
+        else {
             return Ok(());
         };
         let unclaimed = |h: &Self| {
@@ -295,16 +300,30 @@ impl Homes {
         if home == self.me {
             self.metrics.owned_claim(keyspace, self.me.as_str());
         }
+        if self.applied_until(&mut changed, || !unclaimed(self)).await {
+            Ok(())
+        } else {
+            Err(unavailable(format!(
+                "the key was homed at `{home}`, which this region has not applied yet"
+            )))
+        }
+    }
+
+    /// Waits (up to the forwarding timeout) until the applied table satisfies `done`, woken at
+    /// each new table. Whether it did.
+    async fn applied_until(
+        &self,
+        changed: &mut tokio::sync::watch::Receiver<u64>,
+        done: impl Fn() -> bool,
+    ) -> bool {
         let deadline = Instant::now() + crate::forward::FORWARD_TIMEOUT;
-        while unclaimed(self) {
+        while !done() {
             if Instant::now() >= deadline {
-                return Err(unavailable(format!(
-                    "the key was homed at `{home}`, which this region has not applied yet"
-                )));
+                return false;
             }
             let _ = tokio::time::timeout_at(deadline, changed.changed()).await;
         }
-        Ok(())
+        true
     }
 
     /// The home of `key` as of now (linearizable): after a read barrier of the control group,
@@ -329,14 +348,11 @@ impl Homes {
                 "this region knows no home of the key and cannot ask the control group: {e}"
             ))
         })?;
-        let deadline = Instant::now() + crate::forward::FORWARD_TIMEOUT;
-        while self.applied_index.load(Ordering::SeqCst) < index {
-            if Instant::now() >= deadline {
-                return Err(unavailable(format!(
-                    "this region has not applied the control group's entries up to {index}"
-                )));
-            }
-            let _ = tokio::time::timeout_at(deadline, changed.changed()).await;
+        let applied = || self.applied_index.load(Ordering::SeqCst) >= index;
+        if !self.applied_until(&mut changed, applied).await {
+            return Err(unavailable(format!(
+                "this region has not applied the control group's entries up to {index}"
+            )));
         }
         Ok(home::resolve(&oc.rules, &self.table(), keyspace, key).home)
     }

@@ -8,7 +8,6 @@ use atoll_drill::outcome::Outcomes;
 use atoll_drill::report::{Event, ExpectResult, Report, TargetSummary};
 use atoll_drill::stats::{Point, Rto, WindowStats};
 use std::io::Read as _;
-use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 

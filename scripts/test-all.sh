@@ -9,8 +9,8 @@ echo "== toolchain: $(cargo --version)"
 need_pkgs=()
 command -v promtool >/dev/null 2>&1 || need_pkgs+=(prometheus)
 # Headless Chromium for the drill report's screenshot test (crates/atoll-drill/tests/report.rs)
-# and the global view's dashboard test (tests/global_view.rs); promtool also checks the Grafana
-# dashboard's expressions (tests/grafana.rs).
+# and the global view's dashboard test (tests/e2e/global_view.rs); promtool also checks the Grafana
+# dashboard's expressions (tests/e2e/grafana.rs).
 command -v chromium >/dev/null 2>&1 || [ -n "${ATOLL_CHROMIUM:-}" ] || need_pkgs+=(chromium)
 if [ ${#need_pkgs[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then

@@ -13,7 +13,7 @@
 //!   decide.
 //!
 //! Backs the Architecture Invariant in `crates/atoll-core/src/home.rs` together with the timing
-//! argument of the design note (the end-to-end test `tests/owned.rs` runs it on real processes).
+//! argument of the design note (the end-to-end test `tests/e2e/owned.rs` runs it on real processes).
 
 use atoll_core::RegionId;
 use atoll_core::home::{

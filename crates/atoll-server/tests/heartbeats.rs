@@ -77,7 +77,7 @@ fn heartbeat() -> Heartbeat {
 
 async fn post(rep: &Arc<Replicator>, hb: &Heartbeat) -> (StatusCode, String) {
     // As on a cluster with `insecure = true`: these tests are about what a heartbeat says, not
-    // who sent it (see tests/peer_tls.rs).
+    // who sent it (see tests/e2e/peer_tls.rs).
     let req = Request::post("/v1/replication/heartbeat")
         .extension(PeerAuth::Insecure)
         .header("content-type", "application/octet-stream")

@@ -13,7 +13,7 @@ use atoll_core::{AtollError, RegionId, Result};
 use serde::{Deserialize, Serialize};
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
+use std::sync::mpsc;
 use std::sync::{Arc, Mutex, RwLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -168,9 +168,11 @@ pub struct Watermark {
 /// shared by the writer thread (which stamps and commits) and readers of the watermark.
 struct Stamps {
     hlc: Hlc,
-    /// Wall time of the first local write stamped since the last commit settled: the writes of
-    /// the batch being built or committed are all stamped at or after it.
-    uncommitted_from_ms: Option<u64>,
+    /// Wall time of the first local write stamped into the batch being built: its writes are
+    /// all stamped at or after it.
+    building_from_ms: Option<u64>,
+    /// The same for each sealed batch not yet committed (or refused), oldest first.
+    sealed_from_ms: std::collections::VecDeque<Option<u64>>,
     /// Highest committed local sequence number.
     head: u64,
 }
@@ -227,7 +229,7 @@ impl Shared {
 /// thread that batches concurrent writes into one fsynced commit.
 pub struct Store {
     shared: Arc<Shared>,
-    tx: RwLock<Option<SyncSender<Request>>>,
+    tx: RwLock<Option<crossbeam_channel::Sender<Request>>>,
     writer: Mutex<Option<JoinHandle<()>>>,
 }
 
@@ -288,7 +290,8 @@ impl Store {
             applied: Mutex::new(applied.clone()),
             stamps: Mutex::new(Stamps {
                 hlc,
-                uncommitted_from_ms: None,
+                building_from_ms: None,
+                sealed_from_ms: Default::default(),
                 head: seq,
             }),
             clock: clock.clone(),
@@ -307,18 +310,35 @@ impl Store {
             .hlc_wall_ms
             .store(hlc_wall_ms, Ordering::Relaxed);
 
-        let (tx, rx) = mpsc::sync_channel(opts.queue_capacity.max(1));
+        let (tx, rx) = crossbeam_channel::bounded(opts.queue_capacity.max(1));
+        // One sealed batch at a time: the writer seals only when the committer is idle.
+        let (to_commit, sealed) = crossbeam_channel::bounded(1);
+        let (done_tx, done) = crossbeam_channel::bounded(1);
+        let committer = Committer {
+            shared: shared.clone(),
+            durable: opts.durable,
+            on_commit: opts.on_commit.clone(),
+            on_change: opts.on_change.clone(),
+            on_ops: opts.on_ops.clone(),
+        };
+        let committer = std::thread::Builder::new()
+            .name(format!("atoll-commit-{}", opts.region))
+            .spawn(move || committer.run(sealed, done_tx))
+            .map_err(|e| AtollError::Storage(format!("cannot start the committer thread: {e}")))?;
         let writer = Writer {
             shared: shared.clone(),
             clock,
             seq,
             applied,
             max_batch: opts.group_commit_max_batch.max(1),
-            durable: opts.durable,
-            on_commit: opts.on_commit.clone(),
-            on_change: opts.on_change.clone(),
-            on_ops: opts.on_ops.clone(),
+            on_ops: opts.on_ops.is_some(),
             gate: opts.gate.clone(),
+            overlay: HashMap::new(),
+            next_id: 0,
+            in_flight: 0,
+            to_commit,
+            done,
+            committer: Some(committer),
         };
         let handle = std::thread::Builder::new()
             .name(format!("atoll-writer-{}", opts.region))
@@ -469,11 +489,13 @@ impl Store {
         };
         match tx.try_send(req) {
             Ok(()) => {}
-            Err(TrySendError::Full(req)) => refuse(
+            Err(crossbeam_channel::TrySendError::Full(req)) => refuse(
                 req,
                 AtollError::Overloaded("the write queue is full".into()),
             ),
-            Err(TrySendError::Disconnected(req)) => refuse(req, AtollError::ShuttingDown),
+            Err(crossbeam_channel::TrySendError::Disconnected(req)) => {
+                refuse(req, AtollError::ShuttingDown)
+            }
         }
     }
 
@@ -481,7 +503,15 @@ impl Store {
     /// thread beyond a short lock.
     pub fn watermark(&self) -> Watermark {
         let mut st = self.shared.stamps();
-        let before_ms = match st.uncommitted_from_ms {
+        // The oldest uncommitted batch's first stamp (batches are stamped in order).
+        let oldest = st
+            .sealed_from_ms
+            .iter()
+            .flatten()
+            .next()
+            .copied()
+            .or(st.building_from_ms);
+        let before_ms = match oldest {
             Some(t) => t,
             // Nothing is being committed: tick the clock, so every later write is stamped after
             // what this watermark claims.
@@ -686,17 +716,29 @@ fn read_state(backend: &dyn Backend, data_key: &[u8]) -> Result<Option<KeyState>
 
 /// The single writer: owns the HLC, the sequence counter and the applied vector, so all three
 /// advance in commit order.
+/// The writer thread: merges requests into batches (reading each key's state from the batch
+/// being built, then the sealed batches not yet committed, then the backend), encodes them and
+/// hands them to the committer thread. While the committer fsyncs one batch the writer builds
+/// the next, so merging and encoding never wait for the disk (`docs/design/pipelined-commit.md`).
 struct Writer {
     shared: Arc<Shared>,
     clock: Arc<dyn Clock>,
+    /// Sequence number and applied vector as of every batch sealed so far (committed or not).
     seq: u64,
     applied: VersionVector,
     max_batch: usize,
-    durable: bool,
-    on_commit: Option<CommitObserver>,
-    on_change: Option<Arc<dyn Fn() + Send + Sync>>,
-    on_ops: Option<OpsObserver>,
+    on_ops: bool,
     gate: Option<Arc<dyn WriteGate>>,
+    /// Key states staged by sealed batches the committer has not reported yet, with the id of
+    /// the batch that staged them (the newest wins): the backend may not hold them yet.
+    overlay: HashMap<Vec<u8>, (u64, KeyState)>,
+    next_id: u64,
+    /// Sealed batches the committer has not reported on (0 or 1: a batch is sealed only when
+    /// the committer is idle).
+    in_flight: usize,
+    to_commit: crossbeam_channel::Sender<Sealed>,
+    done: crossbeam_channel::Receiver<Done>,
+    committer: Option<JoinHandle<()>>,
 }
 
 /// The uncommitted part of a batch: key states written so far (later writes to the same key in
@@ -730,126 +772,265 @@ type Pending = (
     Vec<(RemoteReply, RemoteOutcome)>,
 );
 
+/// The batch the writer is building, with the replies it owes once it is committed.
+struct Building {
+    batch: Batch,
+    pending: Pending,
+    /// Requests taken into it (the cap counts refused ones too: they cost work).
+    requests: usize,
+    seq_before: u64,
+    applied_before: VersionVector,
+}
+
+/// A merged and encoded batch, handed from the writer to the committer.
+struct Sealed {
+    id: u64,
+    mutations: Vec<Mutation>,
+    local_writes: usize,
+    /// The sequence number and applied vector once it is committed, and before it.
+    seq: u64,
+    applied: VersionVector,
+    seq_before: u64,
+    applied_before: VersionVector,
+    hlc_wall_ms: u64,
+    pending: Pending,
+    ops: Vec<OpEntry>,
+}
+
+/// The committer's word on a sealed batch.
+enum Done {
+    /// In the backend, fsynced, acknowledged.
+    Committed(u64),
+    /// Its commit failed and nothing in it was acknowledged: the writer goes back to the state
+    /// before it and refuses the batch it is building (built on this one).
+    Failed {
+        seq_before: u64,
+        applied_before: VersionVector,
+        error: AtollError,
+    },
+}
+
 impl Writer {
-    fn run(mut self, rx: Receiver<Request>) {
-        // recv() fails only once every sender is gone and the queue is empty: that is shutdown.
-        while let Ok(first) = rx.recv() {
-            let mut reqs = vec![first];
-            while reqs.len() < self.max_batch {
-                match rx.try_recv() {
-                    Ok(r) => reqs.push(r),
-                    Err(_) => break,
-                }
-            }
-            self.process(reqs);
+    fn building(&self) -> Building {
+        Building {
+            batch: Batch::default(),
+            pending: (Vec::new(), Vec::new()),
+            requests: 0,
+            seq_before: self.seq,
+            applied_before: self.applied.clone(),
         }
     }
 
-    fn process(&mut self, reqs: Vec<Request>) {
-        let seq_before = self.seq;
-        let applied_before = self.applied.clone();
-        let mut batch = Batch::default();
-        let mut pending: Pending = (Vec::new(), Vec::new());
-        for req in reqs {
-            match req {
-                Request::Local(w) => match self.apply_local(&w, &mut batch) {
+    fn run(mut self, rx: crossbeam_channel::Receiver<Request>) {
+        let mut b = self.building();
+        // The receiver fails only once every sender is gone and the queue is empty: shutdown.
+        'serve: loop {
+            if self.in_flight == 0 {
+                if b.requests == 0 {
+                    match rx.recv() {
+                        Ok(r) => self.take(r, &mut b),
+                        Err(_) => break 'serve,
+                    }
+                }
+                while b.requests < self.max_batch {
+                    match rx.try_recv() {
+                        Ok(r) => self.take(r, &mut b),
+                        Err(_) => break,
+                    }
+                }
+                b = self.seal(b);
+                continue;
+            }
+            // The committer is busy: build the next batch until it is done.
+            if b.requests >= self.max_batch {
+                if !self.wait_done(&mut b) {
+                    break 'serve;
+                }
+                continue;
+            }
+            crossbeam_channel::select! {
+                recv(rx) -> r => match r {
+                    Ok(r) => {
+                        // The committer's word first, if it has come: a request must not be
+                        // built on a batch that has already failed.
+                        if let Ok(d) = self.done.try_recv() {
+                            self.on_done(d, &mut b);
+                        }
+                        self.take(r, &mut b)
+                    }
+                    Err(_) => break 'serve,
+                },
+                recv(self.done) -> d => match d {
+                    Ok(d) => self.on_done(d, &mut b),
+                    Err(_) => break 'serve,
+                },
+            }
+        }
+        // Shutdown: commit what was taken, then let the committer finish and exit.
+        self.flush(&mut b);
+        let Writer {
+            to_commit,
+            committer,
+            ..
+        } = self;
+        drop(to_commit);
+        if let Some(h) = committer {
+            let _ = h.join();
+        }
+    }
+
+    /// Waits for the committer's word on the batch in flight. `false`: the committer is gone.
+    fn wait_done(&mut self, b: &mut Building) -> bool {
+        match self.done.recv() {
+            Ok(d) => {
+                self.on_done(d, b);
+                true
+            }
+            Err(_) => {
+                self.in_flight = 0;
+                false
+            }
+        }
+    }
+
+    /// Commits everything taken so far and waits until it is committed (or refused).
+    fn flush(&mut self, b: &mut Building) {
+        while self.in_flight > 0 {
+            if !self.wait_done(b) {
+                return;
+            }
+        }
+        let taken = std::mem::replace(b, self.building());
+        *b = self.seal(taken);
+        while self.in_flight > 0 {
+            if !self.wait_done(b) {
+                return;
+            }
+        }
+    }
+
+    fn on_done(&mut self, d: Done, b: &mut Building) {
+        self.in_flight = self.in_flight.saturating_sub(1);
+        match d {
+            Done::Committed(id) => self.overlay.retain(|_, (bid, _)| *bid > id),
+            Done::Failed {
+                seq_before,
+                applied_before,
+                error,
+            } => {
+                // The batch being built was built on the failed one: go back to before both.
+                self.seq = seq_before;
+                self.applied = applied_before;
+                self.overlay.clear();
+                let doomed = std::mem::replace(b, self.building());
+                self.shared.stamps().building_from_ms = None;
+                refuse_pending(&self.shared.stats, doomed.pending, &error);
+            }
+        }
+    }
+
+    fn take(&mut self, req: Request, b: &mut Building) {
+        b.requests += 1;
+        match req {
+            Request::Local(w) => match self.apply_local(&w, &mut b.batch) {
+                Ok(outcome) => {
+                    b.batch.local_writes += 1;
+                    b.pending.0.push((w.reply, outcome));
+                }
+                Err(e) => {
+                    self.shared
+                        .stats
+                        .write_errors_total
+                        .fetch_add(1, Ordering::Relaxed);
+                    (w.reply)(Err(e));
+                }
+            },
+            Request::Remote { entries, reply } => {
+                // Staged on its own and kept only if all of it applies: an entry that fails
+                // part-way must leave neither its predecessors' changes nor an advanced cursor
+                // behind (the cursor would skip the re-sent entries for good).
+                let applied_before = self.applied.clone();
+                let mut staged = Batch::default();
+                match self.apply_remote(entries, &b.batch, &mut staged) {
                     Ok(outcome) => {
-                        batch.local_writes += 1;
-                        pending.0.push((w.reply, outcome));
+                        b.batch.absorb(staged);
+                        b.pending.1.push((reply, outcome));
                     }
                     Err(e) => {
-                        self.shared
-                            .stats
-                            .write_errors_total
-                            .fetch_add(1, Ordering::Relaxed);
-                        (w.reply)(Err(e));
+                        self.applied = applied_before;
+                        reply(Err(e));
                     }
-                },
-                Request::Remote { entries, reply } => {
-                    // Staged on its own and kept only if all of it applies: an entry that fails
-                    // part-way must leave neither its predecessors' changes nor an advanced
-                    // cursor behind (the cursor would skip the re-sent entries for good).
-                    let applied_before = self.applied.clone();
-                    let mut staged = Batch::default();
-                    match self.apply_remote(entries, &batch, &mut staged) {
-                        Ok(outcome) => {
-                            batch.absorb(staged);
-                            pending.1.push((reply, outcome));
-                        }
-                        Err(e) => {
-                            self.applied = applied_before;
-                            reply(Err(e));
-                        }
-                    }
-                }
-                Request::Maintenance { horizon_ms, reply } => {
-                    // Maintenance commits on its own so a failure there never fails writes.
-                    reply(self.maintain(horizon_ms));
                 }
             }
+            Request::Maintenance { horizon_ms, reply } => {
+                // Maintenance reads the backend directly and commits on its own (so a failure
+                // there never fails writes): everything before it is committed first.
+                self.flush(b);
+                reply(self.maintain(horizon_ms));
+            }
         }
+    }
+
+    /// Encodes the batch's key states, cursors and clock and hands it to the committer (which
+    /// must be idle); returns a fresh batch to build. A batch that acknowledges nothing is
+    /// dropped instead.
+    fn seal(&mut self, b: Building) -> Building {
+        let Building {
+            batch,
+            pending,
+            seq_before,
+            applied_before,
+            ..
+        } = b;
         if pending.0.is_empty() && pending.1.is_empty() {
-            self.settle();
-            return;
+            // Writes refused after stamping leave nothing to wait for.
+            self.shared.stamps().building_from_ms = None;
+            return self.building();
         }
-        let ops = std::mem::take(&mut batch.ops);
-        let committed = self.commit(batch);
-        if committed.is_err() {
-            self.seq = seq_before;
-            self.applied = applied_before;
-        }
-        // The watermark covers the batch before anyone hears it was acknowledged.
-        self.settle();
-        match committed {
-            Ok(()) => {
-                let n = pending.0.len();
-                let stats = &self.shared.stats;
-                stats.writes_total.fetch_add(n as u64, Ordering::Relaxed);
-                stats.last_seq.store(self.seq, Ordering::Relaxed);
-                for (reply, outcome) in pending.0 {
-                    reply(Ok(outcome));
-                }
-                for (reply, outcome) in pending.1 {
-                    reply(Ok(outcome));
-                }
-                if let Some(f) = &self.on_change {
-                    f();
-                }
-                if let Some(f) = &self.on_ops
-                    && !ops.is_empty()
-                {
-                    f(Arc::new(ops));
-                }
-            }
+        let mut batch = batch;
+        let (mutations, hlc_wall_ms) = match self.encode(&mut batch) {
+            Ok(encoded) => encoded,
             Err(e) => {
-                tracing::error!(error = %e, "commit failed; nothing in the batch was acknowledged");
-                let stats = &self.shared.stats;
-                stats.commit_failures_total.fetch_add(1, Ordering::Relaxed);
-                stats
-                    .write_errors_total
-                    .fetch_add(pending.0.len() as u64, Ordering::Relaxed);
-                for (reply, _) in pending.0 {
-                    reply(Err(e.clone()));
-                }
-                for (reply, _) in pending.1 {
-                    reply(Err(e.clone()));
-                }
+                tracing::error!(error = %e, "cannot encode a batch; nothing in it was acknowledged");
+                self.seq = seq_before;
+                self.applied = applied_before;
+                self.shared.stamps().building_from_ms = None;
+                refuse_pending(&self.shared.stats, pending, &e);
+                return self.building();
+            }
+        };
+        self.applied.raise(&self.shared.region, self.seq);
+        let id = self.next_id;
+        self.next_id += 1;
+        let sealed = Sealed {
+            id,
+            mutations,
+            local_writes: batch.local_writes,
+            seq: self.seq,
+            applied: self.applied.clone(),
+            seq_before,
+            applied_before,
+            hlc_wall_ms,
+            pending,
+            ops: if self.on_ops { batch.ops } else { Vec::new() },
+        };
+        for (k, s) in batch.states {
+            self.overlay.insert(k, (id, s));
+        }
+        match self.to_commit.send(sealed) {
+            Ok(()) => self.in_flight += 1,
+            Err(e) => {
+                // The committer is gone (it never exits first): refuse, acknowledge nothing.
+                let err = AtollError::Storage("the committer thread stopped".into());
+                refuse_pending(&self.shared.stats, e.into_inner().pending, &err);
             }
         }
+        self.building()
     }
 
-    /// After a batch is committed (or refused): the watermark moves on to the committed head.
-    fn settle(&self) {
-        let mut st = self.shared.stamps();
-        st.uncommitted_from_ms = None;
-        st.head = self.seq;
-    }
-
-    /// Encodes the batch's key states, cursor and clock, and commits it, fsynced. Replicated
-    /// entries are fsynced too, although they could be fetched again: this region tells its
-    /// peers what it has applied (the stability claims behind the tombstone horizon), and after a
-    /// power cut it must still hold what it claimed.
-    fn commit(&mut self, mut batch: Batch) -> Result<()> {
+    /// The batch's mutations with its key states, cursors and clock encoded, and the clock's
+    /// wall time; on success the batch's stamps move to the sealed queue.
+    fn encode(&self, batch: &mut Batch) -> Result<(Vec<Mutation>, u64)> {
         let mut mutations = std::mem::take(&mut batch.mutations);
         for k in &batch.dirty {
             if let Some(state) = batch.states.get(k) {
@@ -863,38 +1044,137 @@ impl Writer {
                 codec::encode(&self.applied.get(origin))?,
             ));
         }
-        let hlc_last = self.shared.stamps().hlc.last();
+        let mut st = self.shared.stamps();
+        let hlc_last = st.hlc.last();
         mutations.push(Mutation::Put(
             Table::Meta,
             keys::META_HLC.to_vec(),
             codec::encode(&hlc_last)?,
         ));
-        let durable = self.durable;
-        let writes = batch.local_writes;
-        let started = Instant::now();
-        self.shared.backend.commit(mutations, durable)?;
-        let stats = &self.shared.stats;
-        stats.commits_total.fetch_add(1, Ordering::Relaxed);
-        stats.hlc_wall_ms.store(hlc_last.wall_ms, Ordering::Relaxed);
-        self.applied.raise(&self.shared.region, self.seq);
-        if let Ok(mut a) = self.shared.applied.lock() {
-            *a = self.applied.clone();
-        }
-        if writes > 0
-            && let Some(obs) = &self.on_commit
-        {
-            obs(writes, started.elapsed());
-        }
-        Ok(())
+        let from = st.building_from_ms.take();
+        st.sealed_from_ms.push_back(from);
+        Ok((mutations, hlc_last.wall_ms))
     }
 
     fn current(&self, batch: &Batch, dk: &[u8]) -> Result<Option<KeyState>> {
-        match batch.states.get(dk) {
-            Some(s) => Ok(Some(s.clone())),
-            None => read_state(&*self.shared.backend, dk),
+        if let Some(s) = batch.states.get(dk) {
+            return Ok(Some(s.clone()));
+        }
+        if let Some((_, s)) = self.overlay.get(dk) {
+            return Ok(Some(s.clone()));
+        }
+        read_state(&*self.shared.backend, dk)
+    }
+}
+
+/// Refuses every reply of a batch that was not committed.
+fn refuse_pending(stats: &StoreStats, pending: Pending, e: &AtollError) {
+    stats
+        .write_errors_total
+        .fetch_add(pending.0.len() as u64, Ordering::Relaxed);
+    for (reply, _) in pending.0 {
+        reply(Err(e.clone()));
+    }
+    for (reply, _) in pending.1 {
+        reply(Err(e.clone()));
+    }
+}
+
+/// The committer thread: commits sealed batches one at a time, fsynced, and only then settles
+/// the watermark, publishes the applied vector and acknowledges.
+struct Committer {
+    shared: Arc<Shared>,
+    durable: bool,
+    on_commit: Option<CommitObserver>,
+    on_change: Option<Arc<dyn Fn() + Send + Sync>>,
+    on_ops: Option<OpsObserver>,
+}
+
+impl Committer {
+    fn run(self, rx: crossbeam_channel::Receiver<Sealed>, done: crossbeam_channel::Sender<Done>) {
+        while let Ok(b) = rx.recv() {
+            self.commit(b, &done);
         }
     }
 
+    /// Commits one batch, fsynced (replicated entries too, although they could be fetched
+    /// again: this region tells its peers what it has applied, the stability claims behind the
+    /// tombstone horizon, and after a power cut it must still hold what it claimed).
+    ///
+    /// The writer hears the outcome before any client does: a client that learns its write
+    /// failed and writes again must find the writer already back at the state before the
+    /// failed batch, not building on it.
+    fn commit(&self, b: Sealed, done: &crossbeam_channel::Sender<Done>) {
+        let Sealed {
+            id,
+            mutations,
+            local_writes,
+            seq,
+            applied,
+            seq_before,
+            applied_before,
+            hlc_wall_ms,
+            pending,
+            ops,
+            ..
+        } = b;
+        let started = Instant::now();
+        let committed = self.shared.backend.commit(mutations, self.durable);
+        let stats = &self.shared.stats;
+        // Settle the watermark before anyone hears the batch was acknowledged.
+        {
+            let mut st = self.shared.stamps();
+            st.sealed_from_ms.pop_front();
+            if committed.is_ok() {
+                st.head = seq;
+            }
+        }
+        // The writer is gone only at shutdown, after its last batch: a failed send is harmless.
+        if let Err(e) = committed {
+            tracing::error!(error = %e, "commit failed; nothing in the batch was acknowledged");
+            stats.commit_failures_total.fetch_add(1, Ordering::Relaxed);
+            let _ = done.send(Done::Failed {
+                seq_before,
+                applied_before,
+                error: e.clone(),
+            });
+            refuse_pending(stats, pending, &e);
+            return;
+        }
+        let elapsed = started.elapsed();
+        stats.commits_total.fetch_add(1, Ordering::Relaxed);
+        stats.hlc_wall_ms.store(hlc_wall_ms, Ordering::Relaxed);
+        if let Ok(mut a) = self.shared.applied.lock() {
+            *a = applied;
+        }
+        let _ = done.send(Done::Committed(id));
+        if local_writes > 0
+            && let Some(obs) = &self.on_commit
+        {
+            obs(local_writes, elapsed);
+        }
+        stats
+            .writes_total
+            .fetch_add(pending.0.len() as u64, Ordering::Relaxed);
+        stats.last_seq.store(seq, Ordering::Relaxed);
+        for (reply, outcome) in pending.0 {
+            reply(Ok(outcome));
+        }
+        for (reply, outcome) in pending.1 {
+            reply(Ok(outcome));
+        }
+        if let Some(f) = &self.on_change {
+            f();
+        }
+        if let Some(f) = &self.on_ops
+            && !ops.is_empty()
+        {
+            f(Arc::new(ops));
+        }
+    }
+}
+
+impl Writer {
     /// A key's state as of `staged` on top of `batch` on top of the backend.
     fn current_over(&self, batch: &Batch, staged: &Batch, dk: &[u8]) -> Result<Option<KeyState>> {
         match staged.states.get(dk) {
@@ -956,7 +1236,7 @@ impl Writer {
                 None => 0,
             };
             let ts = st.hlc.now(self.clock.physical_ms());
-            st.uncommitted_from_ms.get_or_insert(ts.wall_ms);
+            st.building_from_ms.get_or_insert(ts.wall_ms);
             (ts, epoch)
         };
         let seq = self.seq + 1;
@@ -1005,7 +1285,7 @@ impl Writer {
             keys::oplog_key(&self.shared.region, seq),
             codec::encode(&entry)?,
         ));
-        if self.on_ops.is_some() {
+        if self.on_ops {
             batch.ops.push(entry);
         }
         self.seq = seq;
@@ -1093,7 +1373,7 @@ impl Writer {
             self.applied.increment(&e.origin);
             batch.applied_dirty.insert(e.origin.clone());
             out.applied += 1;
-            if self.on_ops.is_some() {
+            if self.on_ops {
                 batch.ops.push(e);
             }
         }

@@ -19,7 +19,7 @@
 //! README (and the README has no command the test does not know); and the router logged no error
 //! while it started (it says "router starting" at info level instead).
 
-mod common;
+use crate::common;
 
 use anyhow::{Context, Result, anyhow, bail, ensure};
 use atoll_testkit::{
@@ -33,8 +33,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-const README: &str = include_str!("../README.md");
-const EXAMPLE: &str = include_str!("../examples/three-regions.toml");
+const README: &str = include_str!("../../README.md");
+const EXAMPLE: &str = include_str!("../../examples/three-regions.toml");
 const SECTION: &str = "## Three regions by hand";
 /// Where the walkthrough keeps its data.
 const DATA: &str = "/tmp/atoll-3";

@@ -3,7 +3,7 @@
 //! live stream of the region's writes, false again while a peer is down (the status code stays
 //! 200: a region serves its own reads and writes regardless), and true again once it is back.
 
-mod common;
+use crate::common;
 
 use anyhow::{Result, ensure};
 use atoll_testkit::{Client, Cluster, ClusterOptions, wait_until_async};

@@ -12,7 +12,7 @@
 // Certificates are valid from the real time of day: these tests read the wall clock.
 #![allow(clippy::disallowed_methods)]
 
-mod common;
+use crate::common;
 
 use anyhow::{Context, Result, ensure};
 use atoll_core::RegionId;

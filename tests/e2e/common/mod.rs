@@ -1,5 +1,4 @@
-//! Shared by the end-to-end tests of the `atoll` binary (each test file is its own crate and
-//! uses only part of this).
+//! Shared by the end-to-end tests of the `atoll` binary (`tests/e2e/main.rs`).
 #![allow(dead_code)]
 
 pub mod load;

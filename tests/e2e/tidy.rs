@@ -179,7 +179,9 @@ fn every_crate_depends_only_on_what_its_layer_allows() {
             .to_string();
         let manifest = std::fs::read_to_string(dir.join("Cargo.toml")).expect("manifest");
         let Some((_, allowed)) = LAYERS.iter().find(|(c, _)| *c == name) else {
-            problems.push(format!("crate {name} has no layer in tests/tidy.rs LAYERS"));
+            problems.push(format!(
+                "crate {name} has no layer in tests/e2e/tidy.rs LAYERS"
+            ));
             continue;
         };
         seen.push(name.clone());

@@ -3,7 +3,7 @@
 //! exits with code 0 within the stop deadline, and after a restart every acknowledged write is
 //! there and every refused one is not.
 
-mod common;
+use crate::common;
 
 use anyhow::{Result, ensure};
 use atoll_testkit::process::STOP_TIMEOUT;

@@ -5,7 +5,7 @@
 //! counter is at least its acknowledged increments and at most those plus the unanswered ones.
 //! Done twice, so the second crash also hits a region that recovered from the first.
 
-mod common;
+use crate::common;
 
 use anyhow::{Context, Result, ensure};
 use atoll_testkit::{RegionProcess, test_dir, wait_until_async};

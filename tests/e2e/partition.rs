@@ -16,7 +16,7 @@
 //!
 //! Every load is bounded in requests and time, and every wait has a deadline.
 
-mod common;
+use crate::common;
 
 use anyhow::{Result, anyhow, bail, ensure};
 use atoll_testkit::cluster::peer_status;
@@ -364,7 +364,7 @@ async fn oneway_scenario(c: &Cluster) -> Result<()> {
 const ISOLATED: &str = AP;
 /// Writers per region. Each alternates an lww put of a key of its own and an increment of its
 /// own counter, one request at a time, at most one pair per [`LOAD_PACE`] (the keys, values and
-/// log are those of tests/common/load.rs, so `check_round` reads them back).
+/// log are those of tests/e2e/common/load.rs, so `check_round` reads them back).
 const LOAD_TASKS: usize = 2;
 /// Paced so that reading every acknowledged key back in every region stays quick.
 const LOAD_PACE: Duration = Duration::from_millis(15);

@@ -4,7 +4,7 @@
 //! peer listener refuses plain HTTP, and the client API serves no peer route), and on SIGINT
 //! stops every region and exits 0, leaving no process and no listening port behind.
 
-mod common;
+use crate::common;
 
 use anyhow::{Context, Result, anyhow, bail, ensure};
 use atoll_testkit::{Client, TestDir, free_port_range, test_dir, wait_until, wait_until_async};

@@ -11,7 +11,7 @@
 //!
 //! Every load is bounded in requests and time, and every wait has a deadline.
 
-mod common;
+use crate::common;
 
 use anyhow::{Result, bail, ensure};
 use atoll_testkit::{Cluster, ClusterOptions};

@@ -24,7 +24,7 @@
 //!
 //! Every load is bounded in requests and time, and every wait has a deadline.
 
-mod common;
+use crate::common;
 
 use anyhow::{Result, anyhow, bail, ensure};
 use atoll_testkit::{ARBITER, Client, Cluster, ClusterOptions};

@@ -6,7 +6,7 @@
 // Certificates are valid from the real time of day: these tests read the wall clock.
 #![allow(clippy::disallowed_methods)]
 
-mod common;
+use crate::common;
 
 use anyhow::{Context, Result, anyhow, ensure};
 use atoll_testkit::process::START_TIMEOUT;

@@ -13,7 +13,7 @@
 //!
 //! Every load is bounded in requests and time, and every wait has a deadline.
 
-mod common;
+use crate::common;
 
 use anyhow::{Context, Result, anyhow, bail, ensure};
 use atoll_testkit::cluster::{applied_vector, peer_status};
@@ -325,7 +325,7 @@ async fn converge_scenario(c: &Cluster) -> Result<()> {
 // 2. SIGKILL under load.
 
 /// Writers per region (each: an lww put of a key of its own and an increment of its own counter
-/// per iteration, see tests/common/load.rs).
+/// per iteration, see tests/e2e/common/load.rs).
 const KILL_TASKS: usize = 3;
 const KILL_MAX_ITERATIONS: usize = 1_500;
 const KILL_LOAD_TIME_LIMIT: Duration = Duration::from_secs(40);

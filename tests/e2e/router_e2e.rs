@@ -17,7 +17,7 @@
 //! Health checks every 1000 ms with failure_threshold 3 (the router's defaults). Every load is
 //! bounded in time and requests, and every wait has a deadline.
 
-mod common;
+use crate::common;
 
 use anyhow::{Context, Result, anyhow, bail, ensure};
 use atoll_testkit::{

@@ -2,7 +2,7 @@
 //! every value, sibling, counter and set member it acknowledged, and keeps numbering its writes
 //! after the last one (no sequence number is reused, timestamps keep increasing).
 
-mod common;
+use crate::common;
 
 use anyhow::{Result, ensure};
 use atoll_testkit::{Client, KvRead, RegionProcess, RegionSpec, Ts, test_dir};

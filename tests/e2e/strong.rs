@@ -13,7 +13,7 @@
 //!
 //! Every load is bounded in requests and time, and every wait has a deadline.
 
-mod common;
+use crate::common;
 
 use anyhow::{Result, anyhow, bail, ensure};
 use atoll_lincheck::{Input, Op, Outcome, Verdict};

@@ -18,7 +18,7 @@
 //!
 //! The two tests take turns (a lock): each runs three regions, on a 2-core machine.
 
-mod common;
+use crate::common;
 
 use anyhow::{Context, Result, anyhow, bail, ensure};
 use atoll_router::runtime::{Router, RouterHandle, RouterOptions};

@@ -61,7 +61,7 @@ fi
 mkdir -p "$BASE"
 WORK=$(mktemp -d "$BASE/http.XXXXXX")
 ETCD_PID=""
-ATOLL_PID=""
+source bench/region.sh
 
 stop() { # pid name
     local pid=$1 name=$2 i
@@ -79,7 +79,7 @@ stop() { # pid name
 cleanup() {
     local rc=$?
     trap - EXIT INT TERM
-    stop "$ATOLL_PID" atoll
+    stop_region
     stop "$ETCD_PID" etcd
     wait 2>/dev/null || true
     if [[ ${KEEP:-0} == 1 ]]; then
@@ -108,25 +108,9 @@ etcd --name bench --data-dir "$WORK/etcd" \
     >"$WORK/etcd.log" 2>&1 &
 ETCD_PID=$!
 
-# ---- start atoll (port 0: it prints the address it bound) ---------------------------------
-"$ATOLL_BIN" region --config examples/single-region.toml --region us-east-1 \
-    --data-dir "$WORK/atoll" --listen 127.0.0.1:0 \
-    >"$WORK/atoll.out" 2>"$WORK/atoll.err" &
-ATOLL_PID=$!
-
-# ---- wait until both answer ---------------------------------------------------------------
+# ---- start atoll (port 0: it prints the address it bound) and wait until both answer ------
+start_region "$ATOLL_BIN" "$WORK" || die "atoll did not start"
 deadline=$((SECONDS + READY_DEADLINE_SECS))
-ATOLL_ADDR=""
-until [[ -n $ATOLL_ADDR ]]; do
-    kill -0 "$ATOLL_PID" 2>/dev/null || { cat "$WORK/atoll.err" >&2; die "atoll exited during start-up"; }
-    (( SECONDS < deadline )) || die "atoll did not print its address within ${READY_DEADLINE_SECS} s"
-    ATOLL_ADDR=$(sed -n 's|^atoll region us-east-1 listening on http://||p' "$WORK/atoll.out" 2>/dev/null | head -1 || true)
-    [[ -n $ATOLL_ADDR ]] || sleep 0.1
-done
-until curl -sf -m 2 "http://$ATOLL_ADDR/healthz" >/dev/null; do
-    (( SECONDS < deadline )) || die "atoll /healthz did not answer within ${READY_DEADLINE_SECS} s"
-    sleep 0.1
-done
 # The gateway path itself must work (not only the process): an empty range on key "\0".
 until curl -sf -m 2 -X POST -d '{"key":"AA=="}' "$ETCD_URL/v3/kv/range" | grep -q '"header"'; do
     kill -0 "$ETCD_PID" 2>/dev/null || { tail -20 "$WORK/etcd.log" >&2; die "etcd exited during start-up"; }

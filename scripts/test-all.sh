@@ -5,6 +5,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 echo "== toolchain: $(cargo --version)"
+# A fresh checkout gains nothing from incremental compilation, and its files cost gigabytes of
+# disk (set CARGO_INCREMENTAL=1 to keep it when running this repeatedly on one checkout).
+export CARGO_INCREMENTAL=${CARGO_INCREMENTAL:-0}
 # Debian packages some tests use (only installed when missing; needs root, as in CI).
 need_pkgs=()
 command -v promtool >/dev/null 2>&1 || need_pkgs+=(prometheus)
@@ -29,6 +32,8 @@ echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
+echo "== benchmark smoke (regression guard: fails only on a gross slowdown)"
+bench/smoke.sh
 echo "== tests"
 if cargo nextest --version >/dev/null 2>&1; then
   # nextest does not run doctests: run them first, so the last line is nextest's summary

@@ -104,6 +104,70 @@ struct Args {
     /// pid of the etcd process (for its CPU time).
     #[arg(long)]
     etcd_pid: Option<u32>,
+    /// Regression guard (`bench/smoke.sh`): `SCENARIO:CLIENTS=REQS` (comma-separated) fails the
+    /// run when that cell's throughput is below REQS per second or it had any error.
+    #[arg(long, value_delimiter = ',', value_parser = parse_floor)]
+    require: Vec<Floor>,
+}
+
+/// One `--require` floor.
+#[derive(Clone, Debug)]
+struct Floor {
+    scenario: String,
+    clients: usize,
+    min_rps: f64,
+}
+
+fn parse_floor(s: &str) -> std::result::Result<Floor, String> {
+    let bad = || format!("`{s}`: expected SCENARIO:CLIENTS=REQS, e.g. atoll-put:16=1000");
+    let (cell, rps) = s.split_once('=').ok_or_else(bad)?;
+    let (scenario, clients) = cell.split_once(':').ok_or_else(bad)?;
+    Ok(Floor {
+        scenario: scenario.to_string(),
+        clients: clients.parse().map_err(|_| bad())?,
+        min_rps: rps.parse().map_err(|_| bad())?,
+    })
+}
+
+/// Checks every `--require` floor against the results; the failures, one line each.
+fn check_floors(floors: &[Floor], results: &[Outcome]) -> Vec<String> {
+    let mut failed = Vec::new();
+    for f in floors {
+        let Some(o) = results
+            .iter()
+            .find(|o| o.scenario.name() == f.scenario && o.clients == f.clients)
+        else {
+            failed.push(format!(
+                "{}:{}: not measured (add it to --only / --clients)",
+                f.scenario, f.clients
+            ));
+            continue;
+        };
+        let rps = o.throughput();
+        let verdict = if o.error_total() > 0 {
+            failed.push(format!(
+                "{}:{}: {} errors (first: {})",
+                f.scenario,
+                f.clients,
+                o.error_total(),
+                o.first_error.as_deref().unwrap_or("?")
+            ));
+            "ERRORS"
+        } else if rps < f.min_rps {
+            failed.push(format!(
+                "{}:{}: {rps:.0} req/s, under the floor of {:.0}",
+                f.scenario, f.clients, f.min_rps
+            ));
+            "BELOW THE FLOOR"
+        } else {
+            "ok"
+        };
+        eprintln!(
+            "guard {}:{}: {rps:.0} req/s (floor {:.0}): {verdict}",
+            f.scenario, f.clients, f.min_rps
+        );
+    }
+    failed
 }
 
 // ---------------------------------------------------------------------------------------
@@ -938,6 +1002,10 @@ async fn run(args: Arc<Args>) -> Result<()> {
         }
     }
     print!("{}", report(&args, &results));
+    let failed = check_floors(&args.require, &results);
+    if !failed.is_empty() {
+        bail!("regression guard failed:\n  {}", failed.join("\n  "));
+    }
     Ok(())
 }
 

@@ -825,20 +825,29 @@ impl Writer {
         let mut b = self.building();
         // The receiver fails only once every sender is gone and the queue is empty: shutdown.
         'serve: loop {
+            if b.requests == 0 {
+                // Nothing taken: wait for a request only. The committer's word is read when it
+                // matters (before a request is built, and before sealing), so an idle writer is
+                // not woken for it.
+                match rx.recv() {
+                    Ok(r) => self.take_after_word(r, &mut b),
+                    Err(_) => break 'serve,
+                }
+                continue;
+            }
+            while let Ok(d) = self.done.try_recv() {
+                self.on_done(d, &mut b);
+            }
             if self.in_flight == 0 {
-                if b.requests == 0 {
-                    match rx.recv() {
-                        Ok(r) => self.take(r, &mut b),
-                        Err(_) => break 'serve,
+                if b.requests > 0 {
+                    while b.requests < self.max_batch {
+                        match rx.try_recv() {
+                            Ok(r) => self.take(r, &mut b),
+                            Err(_) => break,
+                        }
                     }
+                    b = self.seal(b);
                 }
-                while b.requests < self.max_batch {
-                    match rx.try_recv() {
-                        Ok(r) => self.take(r, &mut b),
-                        Err(_) => break,
-                    }
-                }
-                b = self.seal(b);
                 continue;
             }
             // The committer is busy: build the next batch until it is done.
@@ -850,14 +859,7 @@ impl Writer {
             }
             crossbeam_channel::select! {
                 recv(rx) -> r => match r {
-                    Ok(r) => {
-                        // The committer's word first, if it has come: a request must not be
-                        // built on a batch that has already failed.
-                        if let Ok(d) = self.done.try_recv() {
-                            self.on_done(d, &mut b);
-                        }
-                        self.take(r, &mut b)
-                    }
+                    Ok(r) => self.take_after_word(r, &mut b),
                     Err(_) => break 'serve,
                 },
                 recv(self.done) -> d => match d {
@@ -927,6 +929,16 @@ impl Writer {
                 refuse_pending(&self.shared.stats, doomed.pending, &error);
             }
         }
+    }
+
+    /// Takes a request after reading the committer's word, if it has come: a request must not
+    /// be built on a batch whose commit has already failed (the committer tells the writer
+    /// before it tells any client, so a client's retry after its error always finds it here).
+    fn take_after_word(&mut self, req: Request, b: &mut Building) {
+        while let Ok(d) = self.done.try_recv() {
+            self.on_done(d, b);
+        }
+        self.take(req, b);
     }
 
     fn take(&mut self, req: Request, b: &mut Building) {
@@ -1101,7 +1113,7 @@ impl Committer {
     /// again: this region tells its peers what it has applied, the stability claims behind the
     /// tombstone horizon, and after a power cut it must still hold what it claimed).
     ///
-    /// The writer hears the outcome before any client does: a client that learns its write
+    /// The writer hears of a failure before any client does: a client that learns its write
     /// failed and writes again must find the writer already back at the state before the
     /// failed batch, not building on it.
     fn commit(&self, b: Sealed, done: &crossbeam_channel::Sender<Done>) {
@@ -1147,7 +1159,6 @@ impl Committer {
         if let Ok(mut a) = self.shared.applied.lock() {
             *a = applied;
         }
-        let _ = done.send(Done::Committed(id));
         if local_writes > 0
             && let Some(obs) = &self.on_commit
         {
@@ -1171,6 +1182,9 @@ impl Committer {
         {
             f(Arc::new(ops));
         }
+        // After the replies: the writer needs this word only to seal its next batch, and
+        // sending it first would wake the writer in the middle of acknowledging.
+        let _ = done.send(Done::Committed(id));
     }
 }
 

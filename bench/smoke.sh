@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Benchmark smoke, the regression guard CI runs (scripts/test-all.sh): one atoll region, debug
+# build (the one the tests use, so CI builds nothing more), 16 closed-loop HTTP clients for
+# 3 s each of durable lww PUTs and GETs. It fails only on a gross regression: a cell under a
+# quarter of what this build measures on a quiet 2-core machine (docs/benchmarks.md, "Regression
+# guard"), or any error. It is not a measurement; bench/http.sh is.
+#
+#   bench/smoke.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$(pwd)
+TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
+# Floors: a quarter of the debug build's figures recorded in docs/benchmarks.md.
+PUT_FLOOR=${ATOLL_SMOKE_PUT_FLOOR:-400}
+GET_FLOOR=${ATOLL_SMOKE_GET_FLOOR:-1000}
+
+log() { echo "smoke.sh: $*" >&2; }
+die() { log "error: $*"; exit 1; }
+
+cargo build --locked -p atoll --bin atoll -p atoll-bench --bin http >&2
+mkdir -p "$TARGET/tmp"
+WORK=$(mktemp -d "$TARGET/tmp/smoke.XXXXXX")
+source bench/region.sh
+cleanup() {
+    local rc=$?
+    stop_region
+    rm -rf "$WORK"
+    exit "$rc"
+}
+trap cleanup EXIT
+
+start_region "$TARGET/debug/atoll" "$WORK" || die "the region did not start"
+ADDR=$ATOLL_ADDR
+log "atoll (debug) on $ADDR; floors: PUT $PUT_FLOOR/s, GET $GET_FLOOR/s at 16 clients"
+"$TARGET/debug/http" --atoll "$ADDR" --atoll-pid "$ATOLL_PID" --clients 16 --secs 3 --warmup 0.5 \
+    --keys 10000 --max-requests 200000 --only atoll-put,atoll-get \
+    --require "atoll-put:16=$PUT_FLOOR,atoll-get:16=$GET_FLOOR" >"$WORK/report.md"
+log "passed"

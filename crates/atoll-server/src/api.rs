@@ -198,12 +198,10 @@ pub fn router(state: Shared) -> Router {
 /// Records request metrics and stamps every response with the serving region.
 async fn track(State(state): State<Shared>, req: Request, next: Next) -> Response {
     let started = Instant::now();
-    let route = req
-        .extensions()
-        .get::<MatchedPath>()
-        .map(|p| p.as_str().to_string())
-        .unwrap_or_else(|| "unmatched".to_string());
-    let method = req.method().as_str().to_string();
+    // MatchedPath is a shared string: cloning it allocates nothing.
+    let route = req.extensions().get::<MatchedPath>().cloned();
+    let route = route.as_ref().map_or("unmatched", |p| p.as_str());
+    let method = crate::metrics::method_label(req.method());
     let mut resp = next.run(req).await;
     if let Ok(v) = HeaderValue::from_str(state.store.region().as_str()) {
         resp.headers_mut()
@@ -238,7 +236,7 @@ async fn track(State(state): State<Shared>, req: Request, next: Next) -> Respons
     }
     state
         .metrics
-        .observe_request(&route, &method, resp.status().as_u16(), started.elapsed());
+        .observe_request(route, method, resp.status().as_u16(), started.elapsed());
     resp
 }
 

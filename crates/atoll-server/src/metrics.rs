@@ -6,6 +6,8 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
+use std::collections::HashMap;
+use std::sync::RwLock;
 use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
@@ -15,6 +17,33 @@ pub struct RequestLabels {
     pub route: String,
     pub method: String,
     pub status: String,
+}
+
+/// One (method, status) of a route, with its request metrics' handles (they share the
+/// families' series).
+struct RequestHandles {
+    method: String,
+    status: u16,
+    count: Counter,
+    duration: Histogram,
+}
+
+/// The `method` label of a request: the method itself for the standard ones, `other` for any
+/// extension method (a client must not be able to mint label values).
+pub fn method_label(m: &axum::http::Method) -> &'static str {
+    use axum::http::Method;
+    match *m {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        Method::PATCH => "PATCH",
+        Method::CONNECT => "CONNECT",
+        Method::TRACE => "TRACE",
+        _ => "other",
+    }
 }
 
 /// Labels naming the local region.
@@ -83,6 +112,9 @@ pub struct Metrics {
     names: Vec<String>,
     pub http_requests: Family<RequestLabels, Counter>,
     pub http_duration: Family<RequestLabels, Histogram>,
+    /// The request metrics' handles by route, then (method, status): once a combination has
+    /// been seen, a request costs one read lock and no allocation or label hashing.
+    request_handles: RwLock<HashMap<String, Vec<RequestHandles>>>,
     /// Client API connections open right now (see [`crate::conns`]).
     pub open_connections: Gauge,
     pub store_writes: Counter,
@@ -734,6 +766,7 @@ impl Metrics {
             registry,
             http_requests,
             http_duration,
+            request_handles: RwLock::default(),
             open_connections,
             store_writes,
             store_commits,
@@ -745,16 +778,47 @@ impl Metrics {
         }
     }
 
+    /// Counts a served request. `method` is a label as given by [`method_label`]: a client
+    /// cannot grow the label set with made-up methods.
     pub fn observe_request(&self, route: &str, method: &str, status: u16, elapsed: Duration) {
-        let labels = RequestLabels {
-            route: route.to_string(),
-            method: method.to_string(),
-            status: status.to_string(),
+        let secs = elapsed.as_secs_f64();
+        let find = |handles: &[RequestHandles]| {
+            handles
+                .iter()
+                .find(|h| h.method == method && h.status == status)
+                .map(|h| (h.count.clone(), h.duration.clone()))
         };
-        self.http_requests.get_or_create(&labels).inc();
-        self.http_duration
-            .get_or_create(&labels)
-            .observe(elapsed.as_secs_f64());
+        let cached = self
+            .request_handles
+            .read()
+            .ok()
+            .and_then(|m| m.get(route).and_then(|v| find(v)));
+        let (count, duration) = match cached {
+            Some(h) => h,
+            None => {
+                let labels = RequestLabels {
+                    route: route.to_string(),
+                    method: method.to_string(),
+                    status: status.to_string(),
+                };
+                let count = self.http_requests.get_or_create(&labels).clone();
+                let duration = self.http_duration.get_or_create(&labels).clone();
+                if let Ok(mut m) = self.request_handles.write() {
+                    let v = m.entry(route.to_string()).or_default();
+                    if find(v).is_none() {
+                        v.push(RequestHandles {
+                            method: method.to_string(),
+                            status,
+                            count: count.clone(),
+                            duration: duration.clone(),
+                        });
+                    }
+                }
+                (count, duration)
+            }
+        };
+        count.inc();
+        duration.observe(secs);
     }
 
     pub fn observe_commit(&self, writes: usize, elapsed: Duration) {
@@ -949,5 +1013,54 @@ impl Metrics {
 impl Default for Metrics {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn series(text: &str, prefix: &str) -> Vec<String> {
+        text.lines()
+            .filter(|l| l.starts_with(prefix))
+            .map(str::to_string)
+            .collect()
+    }
+
+    #[test]
+    fn cached_request_handles_count_into_the_families_series() {
+        let m = Metrics::new();
+        for _ in 0..3 {
+            m.observe_request("/v1/kv/{*rest}", "GET", 200, Duration::from_millis(1));
+        }
+        m.observe_request("/v1/kv/{*rest}", "GET", 404, Duration::from_millis(1));
+        m.observe_request("/v1/kv/{*rest}", "PUT", 200, Duration::from_millis(1));
+        m.observe_request("/healthz", "GET", 200, Duration::from_millis(1));
+        let text = m.encode();
+        let counts = series(&text, "atoll_http_requests_total{");
+        let value = |route: &str, method: &str, status: &str| -> Option<String> {
+            counts
+                .iter()
+                .find(|l| {
+                    l.contains(&format!("route=\"{route}\""))
+                        && l.contains(&format!("method=\"{method}\""))
+                        && l.contains(&format!("status=\"{status}\""))
+                })
+                .and_then(|l| l.rsplit(' ').next().map(str::to_string))
+        };
+        assert_eq!(value("/v1/kv/{*rest}", "GET", "200").as_deref(), Some("3"));
+        assert_eq!(value("/v1/kv/{*rest}", "GET", "404").as_deref(), Some("1"));
+        assert_eq!(value("/v1/kv/{*rest}", "PUT", "200").as_deref(), Some("1"));
+        assert_eq!(value("/healthz", "GET", "200").as_deref(), Some("1"));
+        assert_eq!(counts.len(), 4, "{counts:?}");
+        let durations = series(&text, "atoll_http_request_duration_seconds_count{");
+        assert_eq!(durations.len(), 4, "{durations:?}");
+    }
+
+    #[test]
+    fn a_made_up_method_is_labelled_other() {
+        let ext = axum::http::Method::from_bytes(b"FROBNICATE").expect("a valid token");
+        assert_eq!(method_label(&ext), "other");
+        assert_eq!(method_label(&axum::http::Method::DELETE), "DELETE");
     }
 }

@@ -27,6 +27,8 @@
 //! * `etcd-put`: `POST /v3/kv/put` with `{"key": base64, "value": base64}`.
 //! * `etcd-range`: `POST /v3/kv/range` with `{"key": base64}` (etcd's default, linearizable read;
 //!   a reply without `kvs` counts as an error).
+//! * `etcd-range-s`: the same with `"serializable": true`: answered by the member from its own
+//!   state without a ReadIndex round, the etcd read that compares with atoll's local reads.
 //!
 //! During each measured window the generator also samples CPU time (of itself, of the processes
 //! given by `--atoll-pid`/`--etcd-pid`, and of the whole machine from /proc/stat) and, for atoll
@@ -92,7 +94,8 @@ struct Args {
     /// Per-request timeout in seconds.
     #[arg(long, default_value_t = 10.0)]
     timeout: f64,
-    /// Only these scenarios (atoll-put, atoll-get, atoll-incr, atoll-count, etcd-put, etcd-range).
+    /// Only these scenarios (atoll-put, atoll-get, atoll-incr, atoll-count, etcd-put, etcd-range,
+    /// etcd-range-s).
     #[arg(long, value_delimiter = ',')]
     only: Option<Vec<String>>,
     /// Skip writing every key before the read scenarios.
@@ -179,15 +182,19 @@ enum Scenario {
     EtcdPut,
     AtollGet,
     EtcdRange,
+    /// etcd's range with `serializable: true`: served by the member from its own state, the
+    /// etcd read that corresponds to atoll's local reads.
+    EtcdRangeSerializable,
     AtollIncr,
     AtollCount,
 }
 
 impl Scenario {
-    const ALL: [Scenario; 6] = [
+    const ALL: [Scenario; 7] = [
         Scenario::AtollPut,
         Scenario::EtcdPut,
         Scenario::AtollGet,
+        Scenario::EtcdRangeSerializable,
         Scenario::EtcdRange,
         Scenario::AtollIncr,
         Scenario::AtollCount,
@@ -201,11 +208,15 @@ impl Scenario {
             Scenario::AtollCount => "atoll-count",
             Scenario::EtcdPut => "etcd-put",
             Scenario::EtcdRange => "etcd-range",
+            Scenario::EtcdRangeSerializable => "etcd-range-s",
         }
     }
 
     fn is_atoll(self) -> bool {
-        !matches!(self, Scenario::EtcdPut | Scenario::EtcdRange)
+        !matches!(
+            self,
+            Scenario::EtcdPut | Scenario::EtcdRange | Scenario::EtcdRangeSerializable
+        )
     }
 
     fn is_write(self) -> bool {
@@ -259,6 +270,15 @@ impl Scenario {
                 "application/json",
                 Bytes::from(format!(r#"{{"key":"{}"}}"#, B64.encode(key.as_bytes()))),
             ),
+            Scenario::EtcdRangeSerializable => (
+                Method::POST,
+                "/v3/kv/range".to_string(),
+                "application/json",
+                Bytes::from(format!(
+                    r#"{{"key":"{}","serializable":true}}"#,
+                    B64.encode(key.as_bytes())
+                )),
+            ),
         };
         let mut b = Request::builder()
             .method(method)
@@ -275,7 +295,7 @@ impl Scenario {
     fn body_ok(self, body: &[u8], value_bytes: usize) -> bool {
         match self {
             Scenario::AtollGet => body.len() == value_bytes,
-            Scenario::EtcdRange => contains(body, br#""kvs""#),
+            Scenario::EtcdRange | Scenario::EtcdRangeSerializable => contains(body, br#""kvs""#),
             Scenario::AtollCount => contains(body, br#""value""#),
             _ => true,
         }
@@ -856,7 +876,12 @@ fn report(args: &Args, results: &[Outcome]) -> String {
             Scenario::EtcdPut,
         ),
         (
-            "read: atoll lww GET vs etcd range",
+            "read: atoll lww GET vs etcd serializable range",
+            Scenario::AtollGet,
+            Scenario::EtcdRangeSerializable,
+        ),
+        (
+            "read: atoll lww GET vs etcd linearizable range",
             Scenario::AtollGet,
             Scenario::EtcdRange,
         ),
@@ -866,9 +891,9 @@ fn report(args: &Args, results: &[Outcome]) -> String {
             Scenario::EtcdPut,
         ),
         (
-            "read: atoll counter GET vs etcd range",
+            "read: atoll counter GET vs etcd serializable range",
             Scenario::AtollCount,
-            Scenario::EtcdRange,
+            Scenario::EtcdRangeSerializable,
         ),
     ];
     for (label, a, e) in rows {
@@ -965,11 +990,14 @@ async fn run(args: Arc<Args>) -> Result<()> {
         let pairs = [
             (Scenario::AtollGet, Scenario::AtollPut),
             (Scenario::EtcdRange, Scenario::EtcdPut),
+            (Scenario::EtcdRangeSerializable, Scenario::EtcdPut),
             (Scenario::AtollCount, Scenario::AtollIncr),
         ];
+        let mut populated = Vec::new();
         for (read, write) in pairs {
-            if scenarios.contains(&read) {
+            if scenarios.contains(&read) && !populated.contains(&write) {
                 populate(args.clone(), write).await?;
+                populated.push(write);
             }
         }
     }

@@ -16,16 +16,8 @@ BASE=${ATOLL_BENCH_DIR:-/work/targets/benchdata}
 N=${1:-1000000}
 
 cargo build --release --locked -p atoll --bin atoll -p atoll-bench --bin http >&2
-mkdir -p "$BASE"
-WORK=$(mktemp -d "$BASE/memory.XXXXXX")
 source bench/region.sh
-cleanup() {
-    local rc=$?
-    stop_region
-    rm -rf "$WORK"
-    exit "$rc"
-}
-trap cleanup EXIT
+region_workdir "$BASE" memory
 start_region "$TARGET/release/atoll" "$WORK"
 
 rss() { awk -v k="$1:" '$1 == k { printf "%.1f MiB", $2 / 1024 }' "/proc/$ATOLL_PID/status"; }

@@ -1,11 +1,13 @@
 # Sourced by the bench scripts: starts one atoll region on a loopback port and stops it on exit.
 #
 #   source bench/region.sh
+#   region_workdir PARENT NAME    # optional: sets WORK, a fresh directory under PARENT, and an
+#                                 # EXIT trap that stops the region and removes WORK
 #   start_region BIN WORKDIR      # sets ATOLL_PID and ATOLL_ADDR (ip:port), waits for /healthz
 #
 # The region is us-east-1 of examples/single-region.toml (one keyspace of each policy), with its
-# data in WORKDIR/atoll and its output in WORKDIR/atoll.out and atoll.err. The caller's EXIT trap
-# should call stop_region.
+# data in WORKDIR/atoll and its output in WORKDIR/atoll.out and atoll.err. Without
+# region_workdir, the caller's EXIT trap should call stop_region.
 
 ATOLL_PID=""
 ATOLL_ADDR=""
@@ -38,4 +40,10 @@ stop_region() {
     done
     echo "atoll (pid $ATOLL_PID) did not stop in 10 s; killing it" >&2
     kill -KILL "$ATOLL_PID" 2>/dev/null || true
+}
+
+region_workdir() { # parent name
+    mkdir -p "$1"
+    WORK=$(mktemp -d "$1/$2.XXXXXX")
+    trap 'rc=$?; stop_region; rm -rf "$WORK"; exit $rc' EXIT
 }

@@ -18,16 +18,8 @@ log() { echo "smoke.sh: $*" >&2; }
 die() { log "error: $*"; exit 1; }
 
 cargo build --locked -p atoll --bin atoll -p atoll-bench --bin http >&2
-mkdir -p "$TARGET/tmp"
-WORK=$(mktemp -d "$TARGET/tmp/smoke.XXXXXX")
 source bench/region.sh
-cleanup() {
-    local rc=$?
-    stop_region
-    rm -rf "$WORK"
-    exit "$rc"
-}
-trap cleanup EXIT
+region_workdir "$TARGET/tmp" smoke
 
 start_region "$TARGET/debug/atoll" "$WORK" || die "the region did not start"
 ADDR=$ATOLL_ADDR

@@ -11,6 +11,8 @@ export CARGO_INCREMENTAL=${CARGO_INCREMENTAL:-0}
 # Debian packages some tests use (only installed when missing; needs root, as in CI).
 need_pkgs=()
 command -v promtool >/dev/null 2>&1 || need_pkgs+=(prometheus)
+# curl: the benchmark smoke (bench/smoke.sh) waits for the region's /healthz with it.
+command -v curl >/dev/null 2>&1 || need_pkgs+=(curl)
 # Headless Chromium for the drill report's screenshot test (crates/atoll-drill/tests/report.rs)
 # and the global view's dashboard test (tests/e2e/global_view.rs); promtool also checks the Grafana
 # dashboard's expressions (tests/e2e/grafana.rs).

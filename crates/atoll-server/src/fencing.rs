@@ -36,6 +36,9 @@ pub trait ReplicationView: Send + Sync + 'static {
     fn promotion_view(&self, holder: &RegionId) -> PromotionView;
     /// This region's own committed head sequence.
     fn head(&self) -> u64;
+    /// The committed head once every write stamped before the call is committed (or refused):
+    /// a barrier through the store's writer, which blocks; call it off the async runtime.
+    fn settled_head(&self) -> Result<u64>;
     /// What `peer` has applied of this region's writes, as its last heartbeat said.
     fn peer_applied_of_mine(&self, peer: &RegionId) -> Option<u64>;
     /// This region's HLC wall time now (for `fence_ts`).
@@ -391,6 +394,15 @@ impl Fencing {
 
     fn refresh_metrics(&self, view: &Arc<dyn ReplicationView>) {
         let now = self.now_ms();
+        // The promotion view reads the store's watermark, under the store's stamping lock: read
+        // it before taking the fence, never while holding it. The store's writer holds the
+        // stamping lock while it asks the fence for a permit, so the other order deadlocks (a
+        // standby taking refused writes hung this way under load).
+        let holder = self.fence().holder().cloned();
+        let pview = match &holder {
+            Some(h) if h != &self.me => Some(view.promotion_view(h)),
+            _ => None,
+        };
         let f = self.fence();
         let role = f.role(now);
         let st = f.state();
@@ -405,20 +417,23 @@ impl Fencing {
             f.window_left_ms(now),
             u64::from(role == Role::Primary),
         );
-        let blocked = match st.holder.as_ref() {
-            Some(h) if h != &self.me => {
-                let v = view.promotion_view(h);
+        let blocked = match (st.holder.as_ref(), &pview) {
+            (Some(h), Some(v)) if h != &self.me && holder.as_ref() == Some(h) => {
                 self.metrics.set_promotion_lag(v.lag().ms);
-                f.promotion_blocked(now, &v)
+                Some(f.promotion_blocked(now, v))
             }
+            // The holder changed since the view was read: the next refresh has it.
+            (Some(h), _) if h != &self.me => None,
             _ => {
                 self.metrics.set_promotion_lag(Some(0));
-                false
+                Some(false)
             }
         };
-        self.metrics
-            .fencing_promotion_blocked
-            .set(i64::from(blocked));
+        if let Some(blocked) = blocked {
+            self.metrics
+                .fencing_promotion_blocked
+                .set(i64::from(blocked));
+        }
     }
 
     /// `atoll promote`: takes the lease if it is not healthy elsewhere and nothing acknowledged
@@ -490,10 +505,26 @@ impl Fencing {
         self.fence()
             .begin_handover(target)
             .map_err(|r| refusal_error(r, &self.me))?;
-        // Writes stamped before the stop are committed once the head stops moving; the store's
-        // head is read after the gate refuses new ones.
+        // The gate refuses new writes now; the head read through a barrier of the store's writer
+        // covers every write stamped before the stop (with the commit pipelined, up to two
+        // batches of them may still be uncommitted at this instant).
         let deadline = stopped + timeout;
-        let head = view.head();
+        let settled = tokio::task::spawn_blocking({
+            let view = view.clone();
+            move || view.settled_head()
+        })
+        .await;
+        let head = match settled {
+            Ok(Ok(h)) => h,
+            Ok(Err(e)) => {
+                self.fence().abort_handover();
+                return Err(e);
+            }
+            Err(_) => {
+                self.fence().abort_handover();
+                return Err(AtollError::ShuttingDown);
+            }
+        };
         loop {
             if view.peer_applied_of_mine(target).is_some_and(|a| a >= head) {
                 break;
@@ -593,5 +624,97 @@ impl atoll_store::WriteGate for Fencing {
             self.metrics.fencing_refused("superseded-epoch");
         }
         late
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use atoll_core::fence::LeaseState;
+    use std::sync::mpsc;
+    use std::time::Duration;
+
+    const CONFIG: &str = "[cluster]\nname = \"t\"\nmodel = \"active-standby\"\n\n[[regions]]\nname = \"us-east-1\"\napi = \"127.0.0.1:7100\"\n\n[[regions]]\nname = \"eu-west-1\"\napi = \"127.0.0.1:7101\"\n\n[[regions]]\nname = \"ap-southeast-1\"\napi = \"127.0.0.1:7102\"\n\n[[keyspaces]]\nname = \"sessions\"\npolicy = \"lww\"\n";
+
+    /// A replication view whose promotion view, like the real one, needs the store's stamping
+    /// lock (here a mutex the test holds), and says when it starts waiting for it.
+    struct StampingView {
+        stamps: Arc<Mutex<()>>,
+        entered: Mutex<mpsc::Sender<()>>,
+    }
+
+    impl ReplicationView for StampingView {
+        fn promotion_view(&self, _holder: &RegionId) -> PromotionView {
+            if let Ok(tx) = self.entered.lock() {
+                let _ = tx.send(());
+            }
+            let _stamped = self.stamps.lock();
+            PromotionView::default()
+        }
+        fn head(&self) -> u64 {
+            0
+        }
+        fn settled_head(&self) -> Result<u64> {
+            Ok(0)
+        }
+        fn peer_applied_of_mine(&self, _peer: &RegionId) -> Option<u64> {
+            None
+        }
+        fn hlc_ms(&self) -> u64 {
+            0
+        }
+    }
+
+    /// The store's writer asks the fence for a permit while it holds the stamping lock; the
+    /// fencing loop's metrics refresh reads the promotion view, which takes the stamping lock.
+    /// The refresh must not hold the fence meanwhile, or the two wait for each other forever
+    /// (a standby under refused writes hung this way).
+    #[test]
+    fn the_metrics_refresh_never_holds_the_fence_while_it_waits_for_the_store() {
+        let config = Config::parse(CONFIG, "t.toml").expect("config");
+        let me = RegionId::new("eu-west-1").expect("region");
+        let us = RegionId::new("us-east-1").expect("region");
+        let fencing = Fencing::new(&config, &me, Arc::new(Metrics::new()))
+            .expect("fencing")
+            .expect("active-standby fences");
+        let state = LeaseState {
+            holder: Some(us),
+            epoch: 1,
+            version: 1,
+            ..LeaseState::default()
+        };
+        fencing.fence().on_applied(fencing.now_ms(), &state);
+        let stamps = Arc::new(Mutex::new(()));
+        let (entered_tx, entered) = mpsc::channel();
+        let view: Arc<dyn ReplicationView> = Arc::new(StampingView {
+            stamps: stamps.clone(),
+            entered: Mutex::new(entered_tx),
+        });
+        // The writer's side: the stamping lock is held...
+        let stamped = stamps.lock().expect("stamps");
+        let refresh = std::thread::spawn({
+            let (f, view) = (fencing.clone(), view.clone());
+            move || f.refresh_metrics(&view)
+        });
+        entered
+            .recv_timeout(Duration::from_secs(10))
+            .expect("the refresh reads the promotion view");
+        // ...and, while the refresh waits for it, the writer asks for a permit.
+        let (permit_tx, permit) = mpsc::channel();
+        let ks = config.keyspaces[0].clone();
+        std::thread::spawn({
+            let f = fencing.clone();
+            move || {
+                let _ = permit_tx.send(atoll_store::WriteGate::permit(&*f, &ks, b"k").is_ok());
+            }
+        });
+        let answered = permit.recv_timeout(Duration::from_secs(10));
+        drop(stamped);
+        refresh.join().expect("refresh");
+        assert_eq!(
+            answered,
+            Ok(false),
+            "the permit (refused: eu-west-1 is a standby) must not wait for the metrics refresh"
+        );
     }
 }

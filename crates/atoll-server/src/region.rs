@@ -95,6 +95,13 @@ impl crate::fencing::ReplicationView for RegionView {
         self.store.stats().last_seq.load(Ordering::Relaxed)
     }
 
+    fn settled_head(&self) -> atoll_core::Result<u64> {
+        // A maintenance pass runs only once the writer has committed everything taken before
+        // it (`docs/design/pipelined-commit.md`): the head after it covers every stamped write.
+        self.store.maintain(None)?;
+        Ok(self.head())
+    }
+
     fn peer_applied_of_mine(&self, peer: &RegionId) -> Option<u64> {
         self.rep.peer_applied_of_mine(peer)
     }

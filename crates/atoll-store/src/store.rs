@@ -30,7 +30,9 @@ pub type CommitObserver = Arc<dyn Fn(usize, Duration) + Send + Sync>;
 pub trait WriteGate: Send + Sync {
     /// Called by the writer thread under the stamping lock, at the instant the write gets its
     /// timestamp and sequence number. `Ok(epoch)`: stamp the write with this lease epoch. `key`
-    /// matters to `owned` keyspaces, whose keys each have one home region.
+    /// matters to `owned` keyspaces, whose keys each have one home region. Because the stamping
+    /// lock is held, the gate must not take a lock that anyone holds while reading the store's
+    /// watermark or replication view (which take the stamping lock): that is a deadlock.
     fn permit(&self, keyspace: &KeyspaceConfig, key: &[u8]) -> Result<u64>;
     /// A replicated write of `epoch` stamped at `ts_ms` (HLC wall time) that cannot have been
     /// accepted inside a valid lease: it is refused (not merged), and counted.

@@ -11,7 +11,7 @@ use atoll_server::api::{AppState, router};
 use atoll_server::metrics::Metrics;
 use atoll_store::backend::MemBackend;
 use atoll_store::{Store, StoreOptions};
-use serde_json::Value;
+use atoll_testkit::raw_http::{self, Continue, RawReply, Upload};
 use std::net::SocketAddr;
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, OnceLock};
@@ -64,90 +64,17 @@ async fn serve() -> (SocketAddr, Arc<AppState>) {
     (addr, state)
 }
 
-/// A response read off the socket.
-#[derive(Debug)]
-struct Reply {
-    status: u16,
-    /// Names lowercased.
-    headers: Vec<(String, String)>,
-    body: Vec<u8>,
-}
+type Reply = RawReply;
 
-impl Reply {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.as_str())
-    }
-
-    fn code(&self) -> String {
-        let v: Value = serde_json::from_slice(&self.body)
-            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&self.body)));
-        v["error"]["code"].as_str().unwrap_or_default().to_string()
-    }
-}
-
-/// Reads one complete response (its head, then a body of its `Content-Length`) within 10 s;
-/// `100 Continue` heads are returned as they are, so callers can see them.
+/// Reads one complete response within 10 s; `100 Continue` heads are returned as they are, so
+/// callers can see them.
 async fn read_reply(sock: &mut TcpStream) -> Result<Reply, String> {
-    let read = async {
-        let mut buf = Vec::new();
-        loop {
-            if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                let head = String::from_utf8_lossy(&buf[..end]).to_string();
-                let mut lines = head.split("\r\n");
-                let first = lines.next().unwrap_or_default().to_string();
-                let status: u16 = first
-                    .split(' ')
-                    .nth(1)
-                    .and_then(|s| s.parse().ok())
-                    .ok_or_else(|| format!("bad status line {first:?}"))?;
-                let headers: Vec<(String, String)> = lines
-                    .filter_map(|l| l.split_once(':'))
-                    .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
-                    .collect();
-                let len: usize = if status == 100 {
-                    0
-                } else {
-                    headers
-                        .iter()
-                        .find(|(k, _)| k == "content-length")
-                        .and_then(|(_, v)| v.parse().ok())
-                        .ok_or("no content-length")?
-                };
-                while buf.len() < end + 4 + len {
-                    let mut chunk = [0u8; 8192];
-                    match sock.read(&mut chunk).await {
-                        Ok(0) => return Err("EOF inside the body".to_string()),
-                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                        Err(e) => return Err(format!("reading the body: {e}")),
-                    }
-                }
-                let body = buf[end + 4..end + 4 + len].to_vec();
-                return Ok(Reply {
-                    status,
-                    headers,
-                    body,
-                });
-            }
-            let mut chunk = [0u8; 8192];
-            match sock.read(&mut chunk).await {
-                Ok(0) => return Err(format!("EOF before a response head ({} bytes)", buf.len())),
-                Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                Err(e) => return Err(format!("reading the head: {e}")),
-            }
-        }
-    };
-    tokio::time::timeout(Duration::from_secs(10), read)
-        .await
-        .map_err(|_| "no complete response within 10 s".to_string())?
+    raw_http::read_reply(sock, Duration::from_secs(10), Continue::Return).await
 }
 
-/// Sends `method path` with `extra` headers and a body of [`BODY`] bytes in 16 KiB chunks, 2 ms
-/// apart (a slow client), framed by `Content-Length` or chunked. With `read_early` the response
-/// is read after the first chunk and the rest of the body sent after it; otherwise the whole
-/// body goes first. Every send must succeed, and the response must be complete.
+/// Sends `method path` with `extra` headers and a body of [`BODY`] bytes of `{`, trickled in
+/// ([`raw_http::slow_upload`]), framed by `Content-Length` or chunked, its response read after
+/// the first chunk (`read_early`) or after the whole body.
 async fn slow_upload(
     addr: SocketAddr,
     method: &str,
@@ -156,49 +83,16 @@ async fn slow_upload(
     chunked: bool,
     read_early: bool,
 ) -> Result<Reply, String> {
-    const CHUNK: usize = 16 << 10;
-    let mut sock = TcpStream::connect(addr)
-        .await
-        .map_err(|e| format!("connect: {e}"))?;
-    let framing = if chunked {
-        "transfer-encoding: chunked".to_string()
-    } else {
-        format!("content-length: {BODY}")
+    let u = Upload {
+        method,
+        path,
+        extra,
+        total: BODY,
+        fill: b'{',
+        chunked,
+        read_early,
     };
-    let head = format!("{method} {path} HTTP/1.1\r\nhost: test\r\n{extra}{framing}\r\n\r\n");
-    sock.write_all(head.as_bytes())
-        .await
-        .map_err(|e| format!("sending the head: {e}"))?;
-    let mut sent = 0;
-    let mut reply = None;
-    while sent < BODY {
-        let n = CHUNK.min(BODY - sent);
-        let mut data = Vec::with_capacity(n + 16);
-        if chunked {
-            data.extend_from_slice(format!("{n:x}\r\n").as_bytes());
-        }
-        data.extend(std::iter::repeat_n(b'{', n));
-        if chunked {
-            data.extend_from_slice(b"\r\n");
-        }
-        sock.write_all(&data)
-            .await
-            .map_err(|e| format!("sending the body: {e} after {sent} of {BODY} bytes"))?;
-        sent += n;
-        if read_early && reply.is_none() {
-            reply = Some(read_reply(&mut sock).await?);
-        }
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
-    if chunked {
-        sock.write_all(b"0\r\n\r\n")
-            .await
-            .map_err(|e| format!("sending the last chunk: {e}"))?;
-    }
-    match reply {
-        Some(r) => Ok(r),
-        None => read_reply(&mut sock).await,
-    }
+    raw_http::slow_upload(addr, &u).await
 }
 
 /// Every way of sending: `(chunked, read_early)`.

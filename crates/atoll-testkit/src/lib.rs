@@ -22,12 +22,15 @@
 //!   the condition found. Every crate's tests poll with these.
 //! - [`client`]: a small HTTP client for the kv, counter and set routes that keeps status codes
 //!   and bodies visible to the test.
+//! - [`raw_http`]: HTTP/1.1 over a raw socket, for what well-behaved clients never send (slow
+//!   uploads answered early, `Expect: 100-continue`, malformed request lines).
 //!
 //! Everything binds to and talks to `127.0.0.1` only.
 
 pub mod client;
 pub mod cluster;
 pub mod process;
+pub mod raw_http;
 pub mod wait;
 
 pub use client::{Client, KvRead, Reply, Sibling, Ts, WriteAck};

@@ -455,89 +455,9 @@ impl Logs {
     }
 }
 
-/// A response read off a raw socket.
-#[derive(Debug)]
-pub struct RawReply {
-    pub status: u16,
-    /// Header names lowercased.
-    pub headers: Vec<(String, String)>,
-    pub body: Vec<u8>,
-}
+pub use atoll_testkit::raw_http::RawReply;
 
-impl RawReply {
-    pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.as_str())
-    }
-
-    pub fn json(&self) -> serde_json::Value {
-        serde_json::from_slice(&self.body)
-            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
-    }
-}
-
-/// Reads one complete response (head, then a body of its `Content-Length`) within `limit`.
-pub async fn read_reply(sock: &mut TcpStream, limit: Duration) -> Result<RawReply, String> {
-    let read = async {
-        let mut buf = Vec::new();
-        loop {
-            if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                let head = String::from_utf8_lossy(&buf[..end]).to_string();
-                let mut lines = head.split("\r\n");
-                let status_line = lines.next().unwrap_or_default().to_string();
-                let status: u16 = status_line
-                    .split(' ')
-                    .nth(1)
-                    .and_then(|s| s.parse().ok())
-                    .ok_or_else(|| format!("bad status line {status_line:?}"))?;
-                let headers: Vec<(String, String)> = lines
-                    .filter_map(|l| l.split_once(':'))
-                    .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
-                    .collect();
-                if status == 100 {
-                    buf.drain(..end + 4);
-                    continue;
-                }
-                let len: usize = headers
-                    .iter()
-                    .find(|(k, _)| k == "content-length")
-                    .and_then(|(_, v)| v.parse().ok())
-                    .ok_or("no content-length")?;
-                while buf.len() < end + 4 + len {
-                    let mut chunk = [0u8; 8192];
-                    match sock.read(&mut chunk).await {
-                        Ok(0) => return Err(format!("EOF inside the body after {buf:?}")),
-                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                        Err(e) => return Err(format!("reading the body: {e}")),
-                    }
-                }
-                let body = buf[end + 4..end + 4 + len].to_vec();
-                return Ok(RawReply {
-                    status,
-                    headers,
-                    body,
-                });
-            }
-            let mut chunk = [0u8; 8192];
-            match sock.read(&mut chunk).await {
-                Ok(0) => return Err(format!("EOF before a response head ({} bytes)", buf.len())),
-                Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                Err(e) => return Err(format!("reading the head: {e}")),
-            }
-        }
-    };
-    tokio::time::timeout(limit, read)
-        .await
-        .map_err(|_| format!("no complete response within {limit:?}"))?
-}
-
-/// Sends one request with an answer expected before the body is read: its body of `total`
-/// bytes goes in chunks of 16 KiB with a pause between them (a slow client), framed by
-/// `Content-Length` or chunked. With `read_early` the response is read after the first chunk,
-/// then the rest of the body is sent; otherwise the whole body is sent first. Every send must
-/// succeed and the response must be complete.
+/// A slow upload ([`atoll_testkit::raw_http::slow_upload`]) of `total` bytes of `x`.
 pub async fn slow_upload(
     addr: SocketAddr,
     method: &str,
@@ -546,56 +466,21 @@ pub async fn slow_upload(
     chunked: bool,
     read_early: bool,
 ) -> Result<RawReply, String> {
-    const CHUNK: usize = 16 << 10;
-    let mut sock = TcpStream::connect(addr)
-        .await
-        .map_err(|e| format!("connect: {e}"))?;
-    let framing = if chunked {
-        "transfer-encoding: chunked".to_string()
-    } else {
-        format!("content-length: {total}")
+    let u = atoll_testkit::raw_http::Upload {
+        method,
+        path,
+        extra: "",
+        total,
+        fill: b'x',
+        chunked,
+        read_early,
     };
-    let head = format!("{method} {path} HTTP/1.1\r\nhost: test\r\n{framing}\r\n\r\n");
-    sock.write_all(head.as_bytes())
-        .await
-        .map_err(|e| format!("sending the head: {e}"))?;
-    let mut sent = 0;
-    let mut reply = None;
-    while sent < total {
-        let n = CHUNK.min(total - sent);
-        let mut data = Vec::with_capacity(n + 16);
-        if chunked {
-            data.extend_from_slice(format!("{n:x}\r\n").as_bytes());
-        }
-        data.extend(std::iter::repeat_n(b'x', n));
-        if chunked {
-            data.extend_from_slice(b"\r\n");
-        }
-        sock.write_all(&data)
-            .await
-            .map_err(|e| format!("sending the body: {e} after {sent} of {total} bytes"))?;
-        sent += n;
-        if read_early && reply.is_none() {
-            reply = Some(read_reply(&mut sock, Duration::from_secs(10)).await?);
-        }
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
-    if chunked {
-        sock.write_all(b"0\r\n\r\n")
-            .await
-            .map_err(|e| format!("sending the last chunk: {e}"))?;
-    }
-    match reply {
-        Some(r) => Ok(r),
-        None => read_reply(&mut sock, Duration::from_secs(10)).await,
-    }
+    atoll_testkit::raw_http::slow_upload(addr, &u).await
 }
 
 /// Sends raw request bytes and reads one complete response.
 pub async fn raw_request(addr: SocketAddr, request: &str) -> RawReply {
-    let mut sock = TcpStream::connect(addr).await.unwrap();
-    sock.write_all(request.as_bytes()).await.unwrap();
-    read_reply(&mut sock, Duration::from_secs(10))
+    atoll_testkit::raw_http::raw_request(addr, request)
         .await
         .unwrap_or_else(|e| panic!("{request:?}: {e}"))
 }

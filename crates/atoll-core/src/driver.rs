@@ -51,6 +51,10 @@ pub struct DriverConfig {
     pub stream_tick_ms: u64,
     /// Most entries per origin in one frame of a served stream.
     pub batch_max: usize,
+    /// Most `Apply`s one subscription may have out at once: the executor stops reading the
+    /// stream while this many are unanswered, so frames are admitted and merged while earlier
+    /// ones commit (docs/design/pipelined-apply.md). 1 is one frame at a time.
+    pub apply_window: usize,
     /// How often maintenance (tombstone collection below the horizon) runs.
     pub maintenance_interval_ms: u64,
     /// How often clock-skew transitions are looked for.
@@ -71,6 +75,7 @@ impl DriverConfig {
             prompt_gap_ms: 100,
             stream_tick_ms: 100,
             batch_max: 2048,
+            apply_window: 4,
             maintenance_interval_ms: 5_000,
             skew_watch_interval_ms: 500,
             first_heartbeat_after_ms: 0,
@@ -106,8 +111,10 @@ pub enum Command {
         peer: RegionId,
         reason: String,
     },
-    /// Apply these admitted entries of subscription `id` to the store, in order, then report with
-    /// [`ReplDriver::on_applied`] before feeding the subscription's next frame.
+    /// Apply these admitted entries of subscription `id` to the store, in order, and report with
+    /// [`ReplDriver::on_applied`]. Later frames of the subscription may be fed while this one
+    /// commits, up to [`DriverConfig::apply_window`] applies out; the store must apply them in
+    /// the order they were issued, and reports come back in that order.
     Apply {
         id: SubId,
         peer: RegionId,
@@ -158,6 +165,9 @@ pub struct ApplyReport {
     pub failed: Option<String>,
     /// Origins whose entries the store refused for clock skew.
     pub skewed: Vec<RegionId>,
+    /// Entries the store skipped because the entry before them was not applied: the stream
+    /// is ahead of the store, so the subscription restarts from the applied vector.
+    pub gaps: usize,
 }
 
 #[derive(Clone, Debug)]
@@ -166,9 +176,15 @@ struct Sub {
     origins: BTreeSet<RegionId>,
     /// Last frame (or the opening), monotonic.
     last_activity_ms: u64,
-    /// An `Apply` is out; `resync`: the batch dropped entries, so the subscription restarts once
-    /// it is applied.
-    applying: Option<bool>,
+    /// `Apply`s out, unanswered (answered in order).
+    applying: usize,
+    /// Per origin, the last sequence number handed to the store in an `Apply`: the next frame is
+    /// admitted from here, so it is not mistaken for a gap while earlier applies commit. Never
+    /// moves the applied vector (that follows only the store's committed view).
+    admitted: BTreeMap<RegionId, u64>,
+    /// A frame dropped entries (a gap, or held back for skew): later frames are not admitted and
+    /// the subscription restarts once its applies are answered.
+    draining: bool,
 }
 
 /// The subscriber side of replication and the owner of the core.
@@ -245,7 +261,7 @@ impl ReplDriver {
             .min(self.next_skew_watch_ms);
         let silence = self.cfg.silence_ms();
         for s in self.subs.values() {
-            if s.applying.is_none() {
+            if s.applying == 0 {
                 t = t.min(s.last_activity_ms + silence);
             }
         }
@@ -280,7 +296,7 @@ impl ReplDriver {
         let silent: Vec<SubId> = self
             .subs
             .iter()
-            .filter(|(_, s)| s.applying.is_none() && m >= s.last_activity_ms + silence)
+            .filter(|(_, s)| s.applying == 0 && m >= s.last_activity_ms + silence)
             .map(|(id, _)| *id)
             .collect();
         for id in silent {
@@ -346,7 +362,9 @@ impl ReplDriver {
                     peer: peer.clone(),
                     origins,
                     last_activity_ms: now.mono_ms,
-                    applying: None,
+                    applying: 0,
+                    admitted: BTreeMap::new(),
+                    draining: false,
                 },
             );
             out.push(Command::Subscribe { id, peer, request });
@@ -463,8 +481,14 @@ impl ReplDriver {
                 }
             }
             Frame::Ops(entries) => {
+                if sub.draining {
+                    // Beyond a gap: everything here comes again after the restart.
+                    return out;
+                }
                 self.sync(local);
-                let adm = self.core.admit(entries);
+                let none = BTreeMap::new();
+                let admitted = self.subs.get(&id).map_or(&none, |s| &s.admitted);
+                let adm = self.core.admit_after(entries, admitted);
                 out.push(Command::Notice(Notice::Admitted {
                     peer: peer.clone(),
                     apply: adm.apply.len(),
@@ -475,8 +499,12 @@ impl ReplDriver {
                 // The peer's cursor has moved past entries dropped here (beyond a gap, or held
                 // back for skew): the subscription restarts from the applied vector.
                 let resync = adm.gaps > 0 || adm.held_back > 0;
+                let Some(s) = self.subs.get_mut(&id) else {
+                    return out;
+                };
+                s.draining |= resync;
                 if adm.apply.is_empty() {
-                    if resync {
+                    if s.draining && s.applying == 0 {
                         self.end(
                             id,
                             format!("resubscribing to {peer}: entries dropped"),
@@ -485,9 +513,11 @@ impl ReplDriver {
                     }
                     return out;
                 }
-                if let Some(s) = self.subs.get_mut(&id) {
-                    s.applying = Some(resync);
+                for e in &adm.apply {
+                    let last = s.admitted.entry(e.origin.clone()).or_insert(0);
+                    *last = (*last).max(e.seq);
                 }
+                s.applying += 1;
                 out.push(Command::Apply {
                     id,
                     peer,
@@ -511,16 +541,19 @@ impl ReplDriver {
         let Some(sub) = self.subs.get_mut(&id) else {
             return out;
         };
-        let resync = sub.applying.take().unwrap_or(false);
+        sub.applying = sub.applying.saturating_sub(1);
+        let drained = sub.draining && sub.applying == 0;
         sub.last_activity_ms = now.mono_ms;
         let peer = sub.peer.clone();
         if let Some(e) = &report.failed {
+            // Later applies of this subscription were built on this one and are refused too;
+            // their reports are ignored once it has ended.
             self.end(
                 id,
                 format!("applying entries from {peer} failed: {e}"),
                 &mut out,
             );
-        } else if resync || !report.skewed.is_empty() {
+        } else if drained || !report.skewed.is_empty() || report.gaps > 0 {
             self.end(
                 id,
                 format!("resubscribing to {peer}: entries not applied"),
@@ -932,15 +965,19 @@ mod tests {
     }
 
     #[test]
-    fn a_failed_or_skew_refused_apply_ends_the_subscription() {
+    fn a_failed_skew_refused_or_gapped_apply_ends_the_subscription() {
         for report in [
             ApplyReport {
                 failed: Some("disk".into()),
-                skewed: Vec::new(),
+                ..ApplyReport::default()
             },
             ApplyReport {
-                failed: None,
                 skewed: vec![r("b")],
+                ..ApplyReport::default()
+            },
+            ApplyReport {
+                gaps: 1,
+                ..ApplyReport::default()
             },
         ] {
             let (mut a, _, id) = linked();
@@ -949,6 +986,80 @@ mod tests {
             let cmds = a.on_applied(id, &report, at(20), &l);
             assert_eq!(unsubscribed(&cmds), vec![id], "{report:?}");
         }
+    }
+
+    fn applied_seqs(cmds: &[Command]) -> Vec<u64> {
+        cmds.iter()
+            .flat_map(|c| match c {
+                Command::Apply { entries, .. } => entries.iter().map(|e| e.seq).collect(),
+                _ => Vec::new(),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_next_frame_is_admitted_while_the_last_one_commits() {
+        let (mut a, _, id) = linked();
+        let l = LocalView::default();
+        let first = a.on_frame(
+            id,
+            Frame::Ops(vec![entry("b", 1), entry("b", 2)]),
+            at(10),
+            &l,
+        );
+        assert_eq!(applied_seqs(&first), vec![1, 2]);
+        // Nothing is committed yet (the view still says 0): 3 continues what was handed out,
+        // it is not a gap, and an entry already handed out is a duplicate.
+        let second = a.on_frame(
+            id,
+            Frame::Ops(vec![entry("b", 2), entry("b", 3)]),
+            at(11),
+            &l,
+        );
+        assert_eq!(applied_seqs(&second), vec![3]);
+        assert!(unsubscribed(&second).is_empty(), "{second:?}");
+        // The applied vector the driver tells peers follows the committed view only.
+        assert_eq!(a.core().applied().get(&r("b")), 0);
+        let cmds = a.on_applied(id, &ApplyReport::default(), at(12), &view(&[("b", 2)]));
+        assert!(unsubscribed(&cmds).is_empty());
+        assert_eq!(a.core().applied().get(&r("b")), 2);
+        let cmds = a.on_applied(id, &ApplyReport::default(), at(13), &view(&[("b", 3)]));
+        assert!(unsubscribed(&cmds).is_empty());
+        assert_eq!(a.core().applied().get(&r("b")), 3);
+    }
+
+    #[test]
+    fn a_failed_apply_ends_the_subscription_and_later_reports_are_ignored() {
+        let (mut a, _, id) = linked();
+        let l = LocalView::default();
+        a.on_frame(id, Frame::Ops(vec![entry("b", 1)]), at(10), &l);
+        a.on_frame(id, Frame::Ops(vec![entry("b", 2)]), at(11), &l);
+        let failed = ApplyReport {
+            failed: Some("disk".into()),
+            ..ApplyReport::default()
+        };
+        let cmds = a.on_applied(id, &failed, at(12), &l);
+        assert_eq!(unsubscribed(&cmds), vec![id]);
+        // The second apply was built on the failed one: its report changes nothing.
+        let cmds = a.on_applied(id, &failed, at(13), &l);
+        assert!(cmds.is_empty(), "{cmds:?}");
+        assert_eq!(a.core().applied().get(&r("b")), 0);
+    }
+
+    #[test]
+    fn a_gap_behind_applies_still_out_drains_them_then_ends() {
+        let (mut a, _, id) = linked();
+        let l = LocalView::default();
+        a.on_frame(id, Frame::Ops(vec![entry("b", 1)]), at(10), &l);
+        // 2 is missing: nothing of this frame can be applied, but 1 is still out.
+        let cmds = a.on_frame(id, Frame::Ops(vec![entry("b", 3)]), at(11), &l);
+        assert!(unsubscribed(&cmds).is_empty(), "not before 1 is answered");
+        assert!(applied_seqs(&cmds).is_empty());
+        // While draining, later frames are not admitted (they come again after the restart).
+        let cmds = a.on_frame(id, Frame::Ops(vec![entry("b", 2)]), at(12), &l);
+        assert!(applied_seqs(&cmds).is_empty(), "{cmds:?}");
+        let cmds = a.on_applied(id, &ApplyReport::default(), at(13), &view(&[("b", 1)]));
+        assert_eq!(unsubscribed(&cmds), vec![id]);
     }
 
     #[test]

@@ -711,6 +711,17 @@ impl ReplCore {
 
     /// Filters received entries down to those to apply now, in order.
     pub fn admit(&self, entries: Vec<OpEntry>) -> Admitted {
+        self.admit_after(entries, &BTreeMap::new())
+    }
+
+    /// As [`Self::admit`], continuing per origin after `admitted` where that is beyond the
+    /// applied vector: the entries already handed to the store but not yet committed
+    /// (docs/design/pipelined-apply.md).
+    pub fn admit_after(
+        &self,
+        entries: Vec<OpEntry>,
+        admitted: &BTreeMap<RegionId, u64>,
+    ) -> Admitted {
         let mut out = Admitted::default();
         let mut next: BTreeMap<RegionId, u64> = BTreeMap::new();
         for e in entries {
@@ -722,9 +733,10 @@ impl ReplCore {
                 out.held_back += 1;
                 continue;
             }
-            let expect = next
-                .entry(e.origin.clone())
-                .or_insert_with(|| self.applied.get(&e.origin) + 1);
+            let expect = next.entry(e.origin.clone()).or_insert_with(|| {
+                let floor = admitted.get(&e.origin).copied().unwrap_or(0);
+                self.applied.get(&e.origin).max(floor) + 1
+            });
             if e.seq < *expect {
                 out.duplicates += 1;
             } else if e.seq > *expect {

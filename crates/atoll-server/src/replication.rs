@@ -31,13 +31,17 @@ use atoll_core::repl::{
 use atoll_core::{AtollError, RegionId, Result};
 use atoll_store::Store;
 use axum::body::{Body, Bytes};
-use std::collections::BTreeMap;
+use prometheus_client::metrics::{counter::Counter, histogram::Histogram};
+use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
+
+/// Where the outcome of one apply handed to the store arrives.
+type Applying = tokio::sync::oneshot::Receiver<Result<atoll_store::RemoteOutcome>>;
 
 /// Longest sleep of the driver loop (it also wakes when the driver's next timer is due).
 const DRIVER_NAP: Duration = Duration::from_millis(100);
@@ -414,42 +418,72 @@ impl Replicator {
             }
             return Err(format!("{peer} refused the subscription: {status}"));
         }
+        let window = self
+            .with_driver(|d, _, _| d.config().apply_window.max(1))
+            .map_err(stopped)?;
         let mut resp = resp;
         let mut reader = FrameReader::default();
+        // Applies handed to the store, oldest first; the next frames are read and admitted while
+        // they commit (docs/design/pipelined-apply.md), and their reports taken in order.
+        let mut out: VecDeque<Applying> = VecDeque::new();
+        let mut silent_after = tokio::time::Instant::now() + silence;
         loop {
-            let chunk = tokio::time::timeout(silence, resp.chunk())
-                .await
-                .map_err(|_| format!("the stream from {peer} went silent"))?
-                .map_err(|e| format!("the stream from {peer}: {e}"))?;
-            let Some(chunk) = chunk else {
-                return Ok(());
-            };
-            reader.push(&chunk);
-            while let Some(frame) = reader
-                .next_frame()
-                .map_err(|e| format!("the stream from {peer} carried a bad frame: {e}"))?
-            {
+            // Admit what is already buffered, as far as the window allows.
+            while out.len() < window {
+                let Some(frame) = reader
+                    .next_frame()
+                    .map_err(|e| format!("the stream from {peer} carried a bad frame: {e}"))?
+                else {
+                    break;
+                };
                 let cmds = self
                     .with_driver(|d, now, local| d.on_frame(id, frame, now, local))
                     .map_err(stopped)?;
-                let mut next = self.execute(Some(id), cmds);
-                while let Own::Apply(entries) = next {
-                    let report = self.apply(&peer, entries).await;
+                match self.execute(Some(id), cmds) {
+                    Own::Apply(entries) => out.push_back(self.submit_apply(entries)),
+                    Own::Ended(reason) => return Err(reason),
+                    Own::Continue => {}
+                }
+            }
+            let read = out.len() < window;
+            tokio::select! {
+                // Reports first: they free the window and may end the subscription.
+                biased;
+                answer = async {
+                    match out.front_mut() {
+                        Some(rx) => rx.await,
+                        None => std::future::pending().await,
+                    }
+                }, if !out.is_empty() => {
+                    out.pop_front();
+                    let report = self.report(&peer, answer);
                     let cmds = self
                         .with_driver(|d, now, local| d.on_applied(id, &report, now, local))
                         .map_err(stopped)?;
-                    next = self.execute(Some(id), cmds);
+                    match self.execute(Some(id), cmds) {
+                        Own::Apply(entries) => out.push_back(self.submit_apply(entries)),
+                        Own::Ended(reason) => return Err(reason),
+                        Own::Continue => {}
+                    }
                 }
-                if let Own::Ended(reason) = next {
-                    return Err(reason);
+                chunk = tokio::time::timeout_at(silent_after, resp.chunk()), if read => {
+                    let chunk = chunk
+                        .map_err(|_| format!("the stream from {peer} went silent"))?
+                        .map_err(|e| format!("the stream from {peer}: {e}"))?;
+                    let Some(chunk) = chunk else {
+                        return Ok(());
+                    };
+                    silent_after = tokio::time::Instant::now() + silence;
+                    reader.push(&chunk);
                 }
             }
         }
     }
 
-    async fn apply(&self, peer: &RegionId, entries: Vec<atoll_core::op::OpEntry>) -> ApplyReport {
-        // Metrics are recorded in the commit callback, so a subscription aborted while it waits
-        // still counts what was applied.
+    /// Hands replicated entries to the store (in the order of the calls) and returns where its
+    /// outcome will arrive. Metrics are recorded in the commit callback, so a subscription
+    /// aborted while it waits still counts what was applied.
+    fn submit_apply(&self, entries: Vec<atoll_core::op::OpEntry>) -> Applying {
         let (tx, rx) = tokio::sync::oneshot::channel();
         let metrics = self.metrics.clone();
         let me = self.store.region().to_string();
@@ -459,14 +493,26 @@ impl Replicator {
             }
             let _ = tx.send(r);
         });
-        match rx.await {
+        rx
+    }
+
+    /// The driver's view of an apply's outcome.
+    fn report(
+        &self,
+        peer: &RegionId,
+        answer: std::result::Result<
+            Result<atoll_store::RemoteOutcome>,
+            tokio::sync::oneshot::error::RecvError,
+        >,
+    ) -> ApplyReport {
+        match answer {
             Err(_) => ApplyReport {
                 failed: Some(AtollError::ShuttingDown.to_string()),
-                skewed: Vec::new(),
+                ..ApplyReport::default()
             },
             Ok(Err(e)) => ApplyReport {
                 failed: Some(e.to_string()),
-                skewed: Vec::new(),
+                ..ApplyReport::default()
             },
             Ok(Ok(out)) => {
                 for (origin, err) in &out.skewed {
@@ -475,6 +521,7 @@ impl Replicator {
                 ApplyReport {
                     failed: None,
                     skewed: out.skewed.iter().map(|(o, _)| o.clone()).collect(),
+                    gaps: out.gaps,
                 }
             }
         }
@@ -582,16 +629,23 @@ impl Replicator {
 }
 
 fn record_applied(metrics: &Metrics, me: &str, out: &atoll_store::RemoteOutcome) {
+    // A frame holds runs of one origin's entries: look the series up once per run, not per op
+    // (a label lookup allocates and locks the family).
+    let mut run: Option<(&RegionId, Counter, Histogram)> = None;
     for (origin, delay_ms) in &out.delays_ms {
-        let l = PairLabels {
-            region: me.to_string(),
-            peer_region: origin.to_string(),
-        };
-        metrics.replication_applied.get_or_create(&l).inc();
-        metrics
-            .replication_apply_delay
-            .get_or_create(&l)
-            .observe(*delay_ms as f64 / 1000.0);
+        if run.as_ref().is_none_or(|(o, _, _)| *o != origin) {
+            let l = PairLabels {
+                region: me.to_string(),
+                peer_region: origin.to_string(),
+            };
+            let applied = metrics.replication_applied.get_or_create(&l).clone();
+            let delay = metrics.replication_apply_delay.get_or_create(&l).clone();
+            run = Some((origin, applied, delay));
+        }
+        if let Some((_, applied, delay)) = &run {
+            applied.inc();
+            delay.observe(*delay_ms as f64 / 1000.0);
+        }
     }
     for (keyspace, reason) in &out.conflicts {
         metrics

@@ -143,6 +143,14 @@ enum Event {
     ProposalTimeout(usize),
     /// Committed entries become visible to region `r`.
     ControlApply(usize),
+    /// A replicated batch admitted by region `r`'s subscription `id` (from `from`) commits.
+    Apply {
+        r: usize,
+        from: usize,
+        id: SubId,
+        incarnation: u64,
+        entries: Vec<OpEntry>,
+    },
     /// A random operator action (switchover, promotion).
     Operator,
 }
@@ -202,6 +210,10 @@ struct Region {
     cursor_at_crash: VersionVector,
     /// Replicated entries applied since the last (re)start.
     applied_since_start: u64,
+    /// Bumped at every start: an apply issued by an earlier incarnation is lost with it.
+    incarnation: u64,
+    /// When the last apply issued by this region commits (applies commit in issue order).
+    apply_free_at: u64,
 }
 
 /// A simulated cluster.
@@ -259,6 +271,8 @@ impl Sim {
                 node: None,
                 cursor_at_crash: VersionVector::new(),
                 applied_since_start: 0,
+                incarnation: 0,
+                apply_free_at: 0,
             })
             .collect();
         let trace = Trace::new(opts.trace);
@@ -621,6 +635,13 @@ impl Sim {
             Event::Answer { id, answer, via } => self.on_control_answer(id, answer, via),
             Event::ProposalTimeout(id) => self.on_proposal_timeout(id),
             Event::ControlApply(r) => self.catch_up(r),
+            Event::Apply {
+                r,
+                from,
+                id,
+                incarnation,
+                entries,
+            } => self.on_apply(r, from, id, incarnation, entries)?,
             Event::Operator => self.on_operator(),
         }
         Ok(())

@@ -141,6 +141,9 @@ pub struct RemoteOutcome {
     pub applied: usize,
     /// Entries skipped because they were already applied or beyond a gap.
     pub skipped: usize,
+    /// Of those, entries beyond a gap (their origin's previous entry is not applied): the
+    /// subscription that sent them must restart from the applied vector.
+    pub gaps: usize,
     /// Conflicts resolved while merging (lww), by keyspace and reason.
     pub conflicts: Vec<(String, ConflictReason)>,
     /// Keyspaces in which a merge left a key over its sibling limit (mvr).
@@ -1321,10 +1324,11 @@ impl Writer {
         let mut out = RemoteOutcome::default();
         let mut stopped: HashSet<RegionId> = HashSet::new();
         for e in entries {
-            if e.origin == self.shared.region
-                || stopped.contains(&e.origin)
-                || e.seq != self.applied.get(&e.origin) + 1
-            {
+            let next = self.applied.get(&e.origin) + 1;
+            if e.origin == self.shared.region || stopped.contains(&e.origin) || e.seq != next {
+                if e.origin != self.shared.region && !stopped.contains(&e.origin) && e.seq > next {
+                    out.gaps += 1;
+                }
                 out.skipped += 1;
                 continue;
             }

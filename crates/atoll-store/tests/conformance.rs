@@ -248,10 +248,10 @@ fn replicated_entries_apply_in_order_once_and_are_relayed() {
         let out = store
             .apply_remote(vec![entries[1].clone(), entries[0].clone()])
             .expect("apply");
-        assert_eq!((out.applied, out.skipped), (1, 1), "{name}");
-        // Duplicates are skipped, the rest applies.
+        assert_eq!((out.applied, out.skipped, out.gaps), (1, 1, 1), "{name}");
+        // Duplicates are skipped (not gaps), the rest applies.
         let out = store.apply_remote(entries.clone()).expect("apply");
-        assert_eq!((out.applied, out.skipped), (2, 1), "{name}");
+        assert_eq!((out.applied, out.skipped, out.gaps), (2, 1, 0), "{name}");
         assert_eq!(store.applied().get(&region("eu-west-1")), 3, "{name}");
         assert_eq!(value(&store, "c"), Some(b"3".to_vec()), "{name}");
         // Applied entries are in this region's log, so they can be relayed.

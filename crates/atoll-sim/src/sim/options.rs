@@ -30,6 +30,10 @@ pub struct SimOptions {
     pub max_clock_offset_ms: u64,
     /// Most entries per origin in one frame of a served stream.
     pub batch_max: usize,
+    /// How long a replicated batch takes to commit once admitted (uniform in the range; applies
+    /// of one region finish in the order they were issued). While it commits, the subscription's
+    /// next frames are admitted (docs/design/pipelined-apply.md). `(0, 0)`: applied at once.
+    pub apply_ms: (u64, u64),
     /// One-way latency of a pair (uniform in the range, fixed per pair).
     pub latency_ms: (u64, u64),
     /// Extra latency per message, uniform in `0..=jitter_ms`.
@@ -137,6 +141,7 @@ impl Default for SimOptions {
             maintenance_interval_ms: 5_000,
             max_clock_offset_ms: 500,
             batch_max: 64,
+            apply_ms: (0, 30),
             latency_ms: (5, 80),
             jitter_ms: 20,
             base_offset_ms: 100,

@@ -62,6 +62,8 @@ impl Sim {
             tick_at: None,
         });
         reg.applied_since_start = 0;
+        reg.incarnation += 1;
+        reg.apply_free_at = 0;
         self.reschedule_tick(r);
         Ok(())
     }
@@ -165,14 +167,27 @@ impl Sim {
                 }
                 Cmd::Apply { id, peer, entries } => {
                     let from = self.index_of(&peer).unwrap_or(r);
-                    let report = self.apply_batch(from, r, entries)?;
-                    let now = self.now_of(r);
-                    if let Some(node) = self.regions[r].node.as_mut() {
-                        let local = node.store.replication_view();
-                        let more = node.driver.on_applied(id, &report, now, &local);
-                        self.execute(r, more)?;
+                    let (lo, hi) = self.opts.apply_ms;
+                    if hi == 0 {
+                        self.finish_apply(r, from, id, entries)?;
+                    } else {
+                        // The commit takes a while; the subscription's next frames are admitted
+                        // meanwhile. Applies of one region commit in the order they were issued.
+                        let at = (self.now + self.rng.random_range(lo..=hi))
+                            .max(self.regions[r].apply_free_at);
+                        self.regions[r].apply_free_at = at;
+                        let incarnation = self.regions[r].incarnation;
+                        self.schedule(
+                            at - self.now,
+                            Event::Apply {
+                                r,
+                                from,
+                                id,
+                                incarnation,
+                                entries,
+                            },
+                        );
                     }
-                    self.log_grew(r);
                 }
                 Cmd::Maintain { horizon } => {
                     self.maintain_with(r, horizon)?;
@@ -461,6 +476,61 @@ impl Sim {
         Ok(())
     }
 
+    /// An apply issued by region `r`'s subscription `id` commits now, unless `r` crashed since it
+    /// was issued (then it is lost, as a commit the crash cut short).
+    pub(super) fn on_apply(
+        &mut self,
+        r: usize,
+        from: usize,
+        id: SubId,
+        incarnation: u64,
+        entries: Vec<OpEntry>,
+    ) -> Result<(), Violation> {
+        if self.regions[r].node.is_none() || self.regions[r].incarnation != incarnation {
+            return Ok(());
+        }
+        self.finish_apply(r, from, id, entries)?;
+        self.reschedule_tick(r);
+        Ok(())
+    }
+
+    /// Applies the batch and reports to the driver, as the server's commit callback does.
+    fn finish_apply(
+        &mut self,
+        r: usize,
+        from: usize,
+        id: SubId,
+        entries: Vec<OpEntry>,
+    ) -> Result<(), Violation> {
+        let open = self.regions[r]
+            .node
+            .as_ref()
+            .is_some_and(|n| n.driver.subscriptions().any(|(s, _, _)| s == id));
+        let report = self.apply_batch(from, r, entries)?;
+        if report.gaps > 0 && open {
+            // The simulated store never fails a commit. A subscription's applies reach it in the
+            // order the driver admitted them, and an earlier one that was refused (clock skew)
+            // or gapped ends the subscription before this one commits; so while it is open,
+            // none of its entries can be ahead of the store. A gap here is an executor or driver
+            // bug (the server would recover by resubscribing, but slowly and silently).
+            self.record(Violation::new(
+                Invariant::Harness,
+                format!(
+                    "{} skipped {} replicated entries beyond a gap of an open subscription: applies reached the store out of order",
+                    self.ids[r], report.gaps
+                ),
+            ));
+        }
+        let now = self.now_of(r);
+        if let Some(node) = self.regions[r].node.as_mut() {
+            let local = node.store.replication_view();
+            let more = node.driver.on_applied(id, &report, now, &local);
+            self.execute(r, more)?;
+        }
+        self.log_grew(r);
+        Ok(())
+    }
+
     /// Applies an admitted batch at `to` (received from `from`), checking the clock bound and,
     /// in fenced runs, the epochs; returns what the driver is told.
     pub(super) fn apply_batch(
@@ -475,7 +545,7 @@ impl Sim {
         let Some(node) = self.regions[to].node.as_mut() else {
             return Ok(ApplyReport {
                 failed: Some("down".into()),
-                skewed: Vec::new(),
+                ..ApplyReport::default()
             });
         };
         let before = node.store.applied();
@@ -537,6 +607,7 @@ impl Sim {
         Ok(ApplyReport {
             failed: None,
             skewed: out.skewed.iter().map(|(o, _)| o.clone()).collect(),
+            gaps: out.gaps,
         })
     }
 

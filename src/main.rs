@@ -7,6 +7,12 @@ mod demo;
 mod demo_control;
 mod drill;
 
+/// mimalloc rather than glibc's malloc: the request and replication paths allocate per request
+/// and per op, and profiles under load put malloc and free at 14-20 % of the process's CPU
+/// (docs/benchmarks.md, "Where the CPU goes").
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use std::net::SocketAddr;

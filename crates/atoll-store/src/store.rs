@@ -750,10 +750,12 @@ struct Writer {
 /// the same batch build on earlier ones) and the mutations to commit.
 #[derive(Default)]
 struct Batch {
+    /// The key states the batch wrote (each is encoded into the commit).
     states: HashMap<Vec<u8>, KeyState>,
-    dirty: HashSet<Vec<u8>>,
     mutations: Vec<Mutation>,
-    applied_dirty: HashSet<RegionId>,
+    /// Origins whose applied cursor moved (a handful: a list, not a hashed set, since every
+    /// replicated op marks its origin).
+    applied_dirty: Vec<RegionId>,
     /// Local writes in the batch (acknowledged to clients after commit: then it is fsynced).
     local_writes: usize,
     /// The operation-log entries of the batch, in order (kept only for an `on_ops` observer).
@@ -761,12 +763,19 @@ struct Batch {
 }
 
 impl Batch {
+    fn mark_applied(&mut self, origin: &RegionId) {
+        if !self.applied_dirty.contains(origin) {
+            self.applied_dirty.push(origin.clone());
+        }
+    }
+
     /// Takes in what `other` staged after this batch (its writes win).
     fn absorb(&mut self, other: Batch) {
         self.states.extend(other.states);
-        self.dirty.extend(other.dirty);
         self.mutations.extend(other.mutations);
-        self.applied_dirty.extend(other.applied_dirty);
+        for origin in other.applied_dirty {
+            self.mark_applied(&origin);
+        }
         self.local_writes += other.local_writes;
         self.ops.extend(other.ops);
     }
@@ -1049,10 +1058,9 @@ impl Writer {
     /// wall time; on success the batch's stamps move to the sealed queue.
     fn encode(&self, batch: &mut Batch) -> Result<(Vec<Mutation>, u64)> {
         let mut mutations = std::mem::take(&mut batch.mutations);
-        for k in &batch.dirty {
-            if let Some(state) = batch.states.get(k) {
-                mutations.push(Mutation::Put(Table::Data, k.clone(), codec::encode(state)?));
-            }
+        mutations.reserve(batch.states.len() + batch.applied_dirty.len() + 1);
+        for (k, state) in &batch.states {
+            mutations.push(Mutation::Put(Table::Data, k.clone(), codec::encode(state)?));
         }
         for origin in &batch.applied_dirty {
             mutations.push(Mutation::Put(
@@ -1213,8 +1221,7 @@ impl Writer {
                 Vec::new(),
             ));
         }
-        batch.states.insert(dk.clone(), state);
-        batch.dirty.insert(dk);
+        batch.states.insert(dk, state);
     }
 
     fn apply_local(&mut self, req: &LocalWrite, batch: &mut Batch) -> Result<WriteOutcome> {
@@ -1391,7 +1398,7 @@ impl Writer {
             // `e.seq` is the origin's next sequence number (checked above): advance in place
             // rather than rebuilding the vector for every entry.
             self.applied.increment(&e.origin);
-            batch.applied_dirty.insert(e.origin.clone());
+            batch.mark_applied(&e.origin);
             out.applied += 1;
             if self.on_ops {
                 batch.ops.push(e);

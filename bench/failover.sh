@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Router failover benchmark: client-visible error window and time until all traffic has moved
 # when a region is SIGKILLed, through atoll's proxy, atoll's DNS (a TTL-honouring simulated
-# client) and HAProxy, with the article's Route 53 settings (interval 10 s, threshold 3, TTL 30 s)
-# and atoll's defaults (interval 1 s, threshold 3, TTL 30 s); then proxy throughput (64
-# keep-alive connections of GET /v1/kv/sessions/<key>) through atoll router vs HAProxy vs direct.
+# client) and HAProxy, with common Route 53 settings (scenario `article`: interval 10 s,
+# threshold 3, TTL 30 s) and atoll's defaults (interval 1 s, threshold 3, TTL 30 s); then proxy
+# throughput (64 keep-alive connections of GET /v1/kv/sessions/<key>) through atoll router vs
+# HAProxy vs direct.
 #
 #   bench/failover.sh [generator options...]   e.g. bench/failover.sh --scenarios default --secs 3
 #

@@ -1,6 +1,9 @@
 //! `atoll demo`: three regions on this machine, one command.
 
 use anyhow::{Context, Result, anyhow, bail};
+use atoll_config::Policy;
+use atoll_config::render::{ClusterToml, KeyspaceToml, RegionToml, RouterToml, Tls};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -8,11 +11,7 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
 /// The demo's regions, in port order, with approximate coordinates of their cloud regions.
-pub const DEMO_REGIONS: [(&str, f64, f64); 3] = [
-    ("us-east-1", 38.9, -77.4),
-    ("eu-west-1", 53.3, -6.3),
-    ("ap-southeast-1", 1.35, 103.8),
-];
+pub const DEMO_REGIONS: [(&str, f64, f64); 3] = atoll_config::render::THREE_REGIONS;
 
 /// Where the peer listeners are: region i's on `127.0.0.1:<port_base + PEER_OFFSET + i>`.
 pub const PEER_OFFSET: u32 = 100;
@@ -26,45 +25,56 @@ const CERTS_DIR: &str = "certs";
 /// peer listener (mutual TLS, certificates in `certs/` next to the config) on
 /// `127.0.0.1:<port_base + 100 + i>`.
 pub fn demo_config(port_base: u16, model: atoll_config::Model) -> String {
-    let mut out = format!(
-        "# Written by `atoll demo`.\n[cluster]\nname = \"atoll-demo\"\nmodel = \"{model}\"\n\n\
-         [cluster.tls]\nca = \"{CERTS_DIR}/ca.pem\"\ncert = \"{CERTS_DIR}/{{region}}.pem\"\nkey = \"{CERTS_DIR}/{{region}}.key\"\n\n"
-    );
+    // `run` refuses a port base without room for MAX_OFFSET first.
+    let at = |offset: u32| -> SocketAddr {
+        SocketAddr::from((Ipv4Addr::LOCALHOST, port_base.saturating_add(offset as u16)))
+    };
+    let mut toml = ClusterToml::new("atoll-demo")
+        .header("Written by `atoll demo`.")
+        .model(model)
+        .tls(Tls::Certs(CERTS_DIR.to_string()));
     for (i, (name, lat, lon)) in DEMO_REGIONS.iter().enumerate() {
-        out.push_str(&format!(
-            "[[regions]]\nname = \"{name}\"\napi = \"127.0.0.1:{}\"\npeer = \"127.0.0.1:{}\"\ndns_address = \"127.0.0.{}\"\nlocation = {{ lat = {lat}, lon = {lon} }}\n\n",
-            u32::from(port_base) + i as u32,
-            u32::from(port_base) + PEER_OFFSET + i as u32,
-            11 + i
-        ));
+        toml = toml.region(
+            RegionToml::new(name, at(i as u32))
+                .peer(at(PEER_OFFSET + i as u32))
+                .dns_address(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 11 + i as u8)))
+                .location(*lat, *lon),
+        );
     }
-    out.push_str(
-        "[[keyspaces]]\nname = \"sessions\"\npolicy = \"lww\"\n\n\
-         [[keyspaces]]\nname = \"carts\"\npolicy = \"mvr\"\n\n\
-         [[keyspaces]]\nname = \"ratelimits\"\npolicy = \"counter\"\n\n\
-         [[keyspaces]]\nname = \"flags\"\npolicy = \"set\"\n\n\
-         [[keyspaces]]\nname = \"inventory\"\npolicy = \"lww\"\non_minority = \"read-only\"\n\n\
-         [[keyspaces]]\nname = \"seats\"\npolicy = \"strong\"\n\n\
-         [router]\nzone = \"atoll.test\"\nttl_secs = 30\n\n\
-         [router.health]\ninterval_ms = 1000\nfailure_threshold = 3\nrecovery_threshold = 2\nramp_secs = 30\n\n\
-         [[router.names]]\nname = \"api\"\npolicy = \"latency\"\n\n\
-         [[router.names]]\nname = \"primary\"\npolicy = \"failover\"\nregions = [\"us-east-1\", \"eu-west-1\", \"ap-southeast-1\"]\n\n\
-         [[router.client_locations]]\nprefix = \"198.51.100.0/24\"\nlat = 48.9\nlon = 2.35\n\n\
-         [[router.client_locations]]\nprefix = \"203.0.113.0/24\"\nlat = 1.35\nlon = 103.8\n",
-    );
+    toml = toml
+        .keyspace(KeyspaceToml::new("sessions", Policy::Lww))
+        .keyspace(KeyspaceToml::new("carts", Policy::Mvr))
+        .keyspace(KeyspaceToml::new("ratelimits", Policy::Counter))
+        .keyspace(KeyspaceToml::new("flags", Policy::Set))
+        .keyspace(KeyspaceToml::new("inventory", Policy::Lww).line("on_minority = \"read-only\""))
+        .keyspace(KeyspaceToml::new("seats", Policy::Strong));
+    let names: Vec<&str> = DEMO_REGIONS.iter().map(|(name, _, _)| *name).collect();
+    let router = RouterToml::new()
+        .zone("atoll.test")
+        .ttl_secs(30)
+        .health("interval_ms", 1000)
+        .health("failure_threshold", 3)
+        .health("recovery_threshold", 2)
+        .health("ramp_secs", 30)
+        .name("api", "latency", &[])
+        .name("primary", "failover", &names)
+        .client_location("198.51.100.0/24", 48.9, 2.35)
+        .client_location("203.0.113.0/24", 1.35, 103.8);
+    toml = toml.section(&router.render());
     // Fencing: active-active runs quorum fencing (a region cut off from the other two refuses
     // writes to `inventory`, keeps taking the rest); the other models fence by the write lease.
     if model == atoll_config::Model::ActiveActive {
-        out.push_str("\n[fencing]\nquorum = true\n");
+        toml = toml.section("[fencing]\nquorum = true");
         // Region ownership (active-active only): each user's profile lives in its region; a
         // home that stays silent for a lease is taken over by the next region of the order.
-        out.push_str(
-            "\n[[keyspaces]]\nname = \"profiles\"\npolicy = \"owned\"\ndefault_home = \"us-east-1\"\n\
-             homes = [\n  { prefix = \"us:\", region = \"us-east-1\" },\n  { prefix = \"eu:\", region = \"eu-west-1\" },\n  { prefix = \"ap:\", region = \"ap-southeast-1\" },\n]\n\
-             takeover = [\"us-east-1\", \"eu-west-1\", \"ap-southeast-1\"]\n",
+        toml = toml.keyspace(
+            KeyspaceToml::new("profiles", Policy::Owned)
+                .line("default_home = \"us-east-1\"")
+                .line("homes = [\n  { prefix = \"us:\", region = \"us-east-1\" },\n  { prefix = \"eu:\", region = \"eu-west-1\" },\n  { prefix = \"ap:\", region = \"ap-southeast-1\" },\n]")
+                .line("takeover = [\"us-east-1\", \"eu-west-1\", \"ap-southeast-1\"]"),
         );
     }
-    out
+    toml.render()
 }
 
 /// The link fault the demo suggests: a real partition between us-east-1 and eu-west-1, both

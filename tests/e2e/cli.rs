@@ -22,21 +22,25 @@ const CLI_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// `atoll ARGS...` with a clean environment for the client (no inherited endpoint, no colours).
 fn atoll(args: &[&str]) -> Output {
-    let mut cmd = Command::new(BIN);
-    cmd.args(args)
-        .env_remove("ATOLL_ENDPOINT")
-        .env_remove("ATOLL_TOKEN")
-        .env("NO_COLOR", "1");
-    ok(run_with_timeout(cmd, CLI_TIMEOUT))
+    run_atoll(args, None)
 }
 
 /// `atoll ARGS...` with `ATOLL_TOKEN` set.
 fn atoll_with_token(args: &[&str], token: &str) -> Output {
+    run_atoll(args, Some(token))
+}
+
+/// `atoll ARGS...` without an inherited endpoint or colours, with `ATOLL_TOKEN` set to `token`
+/// or unset.
+fn run_atoll(args: &[&str], token: Option<&str>) -> Output {
     let mut cmd = Command::new(BIN);
     cmd.args(args)
         .env_remove("ATOLL_ENDPOINT")
-        .env("ATOLL_TOKEN", token)
         .env("NO_COLOR", "1");
+    match token {
+        Some(t) => cmd.env("ATOLL_TOKEN", t),
+        None => cmd.env_remove("ATOLL_TOKEN"),
+    };
     ok(run_with_timeout(cmd, CLI_TIMEOUT))
 }
 
@@ -117,6 +121,31 @@ api = "127.0.0.1:7100"
 name = "sessions"
 policy = "lww"
 "#;
+
+/// A second region for [`BASE`] (no `[cluster.tls]`: two regions then need one).
+const EU_WEST: &str = "\n[[regions]]\nname = \"eu-west-1\"\napi = \"127.0.0.1:7101\"\n";
+
+/// `atoll region` on `config` must refuse to start (exit 1) before it creates `data`; returns
+/// its stderr.
+#[track_caller]
+fn region_refused(config: &str, data: &Path, label: &str) -> String {
+    let err = failed(&atoll(&[
+        "region",
+        "--config",
+        config,
+        "--region",
+        REGION,
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--listen",
+        "127.0.0.1:0",
+    ]));
+    assert!(
+        !data.exists(),
+        "{label}: a refused region created its data directory"
+    );
+    err
+}
 
 /// 1-based line of the `nth` (0-based) line of `text` that contains `needle`.
 fn line_of(text: &str, needle: &str, nth: usize) -> usize {
@@ -211,23 +240,8 @@ fn config_check_rejects_bad_configs_naming_file_line_and_key() {
 
         // `atoll region` refuses the same file with the same message, before touching any data.
         let data = dir.join(&format!("{}-data", bad.file));
-        let err = failed(&atoll(&[
-            "region",
-            "--config",
-            path_s,
-            "--region",
-            REGION,
-            "--data-dir",
-            data.to_str().unwrap(),
-            "--listen",
-            "127.0.0.1:0",
-        ]));
+        let err = region_refused(path_s, &data, bad.file);
         assert!(err.contains(&place), "{}: region: {err}", bad.file);
-        assert!(
-            !data.exists(),
-            "{}: a rejected config created the data directory",
-            bad.file
-        );
     }
     let missing = dir.join("missing.toml");
     let err = failed(&atoll(&["config", "check", missing.to_str().unwrap()]));
@@ -245,7 +259,7 @@ const THREE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/three-regions
 #[test]
 fn several_regions_without_cluster_tls_are_refused_and_insecure_is_warned_about() {
     let dir = ok(test_dir("cli-tls-config").map_err(Into::into));
-    let two = format!("{BASE}\n[[regions]]\nname = \"eu-west-1\"\napi = \"127.0.0.1:7101\"\n");
+    let two = format!("{BASE}{EU_WEST}");
     let path = dir.join("two.toml");
     std::fs::write(&path, &two).unwrap();
     let path_s = path.to_str().unwrap();
@@ -258,23 +272,8 @@ fn several_regions_without_cluster_tls_are_refused_and_insecure_is_warned_about(
         assert!(err.contains(needle), "`{needle}` not in:\n{err}");
     }
     // The region refuses to start with the same message, before touching its data.
-    let data = dir.join("data");
-    let err = failed(&atoll(&[
-        "region",
-        "--config",
-        path_s,
-        "--region",
-        REGION,
-        "--data-dir",
-        data.to_str().unwrap(),
-        "--listen",
-        "127.0.0.1:0",
-    ]));
+    let err = region_refused(path_s, &dir.join("data"), "no [cluster.tls]");
     assert!(err.contains("atoll certs init --config"), "{err}");
-    assert!(
-        !data.exists(),
-        "a refused region created its data directory"
-    );
 
     std::fs::write(&path, format!("{two}\n[cluster.tls]\ninsecure = true\n")).unwrap();
     let out = succeeded(&atoll(&["config", "check", path_s]));
@@ -359,11 +358,7 @@ fn certs_init_writes_what_the_config_needs_and_refuses_to_overwrite() {
     let elsewhere = dir.join("conf");
     std::fs::create_dir_all(&elsewhere).unwrap();
     let plain = elsewhere.join("atoll.toml");
-    std::fs::write(
-        &plain,
-        format!("{BASE}\n[[regions]]\nname = \"eu-west-1\"\napi = \"127.0.0.1:7101\"\n"),
-    )
-    .unwrap();
+    std::fs::write(&plain, format!("{BASE}{EU_WEST}")).unwrap();
     let out = succeeded(&atoll(&[
         "certs",
         "init",
@@ -469,7 +464,7 @@ fn data_dir_of_another_region_is_refused() {
     let dir = ok(test_dir("cli-owner").map_err(Into::into));
     let config = dir.join("two-regions.toml");
     let text = format!(
-        "{}\n[[regions]]\nname = \"eu-west-1\"\napi = \"127.0.0.1:7101\"\n\n[cluster.tls]\ninsecure = true\n",
+        "{}{EU_WEST}\n[cluster.tls]\ninsecure = true\n",
         std::fs::read_to_string(CONFIG).unwrap()
     );
     std::fs::write(&config, text).unwrap();
@@ -935,21 +930,10 @@ fn advise_answers_the_decision_table_and_its_configs_pass_config_check() {
         std::fs::create_dir_all(&sub).unwrap();
         let path = sub.join("atoll.toml");
         let path_s = path.to_str().unwrap();
-        let advice = json_of(&atoll(&[
-            "advise",
-            "--rto",
-            rto,
-            "--consistency",
-            consistency,
-            "--budget",
-            budget,
-            "--regions",
-            regions,
-            "--write",
-            path_s,
-            "--output",
-            "json",
-        ]));
+        let advice = json_of(&advise(
+            [rto, consistency, budget, regions],
+            &["--write", path_s, "--output", "json"],
+        ));
         assert_eq!(advice["model"], model, "{label}: {advice:#}");
         assert_eq!(
             advice["fencing"]["method"], r.fencing,
@@ -1007,19 +991,10 @@ fn advise_answers_the_decision_table_and_its_configs_pass_config_check() {
     // terminal here).
     let path = dir.join("under-30s").join("atoll.toml");
     let before = std::fs::read_to_string(&path).unwrap();
-    let err = failed(&atoll(&[
-        "advise",
-        "--rto",
-        "5m",
-        "--consistency",
-        "none",
-        "--budget",
-        "2",
-        "--regions",
-        "2",
-        "--write",
-        path.to_str().unwrap(),
-    ]));
+    let err = failed(&advise(
+        ["5m", "none", "2", "2"],
+        &["--write", path.to_str().unwrap()],
+    ));
     assert!(err.contains("never overwrites"), "{err}");
     assert_eq!(std::fs::read_to_string(&path).unwrap(), before);
     let err = failed(&atoll(&["advise", "--rto", "5m"]));
@@ -1027,33 +1002,30 @@ fn advise_answers_the_decision_table_and_its_configs_pass_config_check() {
         err.contains("missing --consistency, --budget, --regions"),
         "{err}"
     );
-    let err = failed(&atoll(&[
-        "advise",
-        "--rto",
-        "5m",
-        "--consistency",
-        "sessions",
-        "--budget",
-        "2",
-        "--regions",
-        "2",
-    ]));
+    let err = failed(&advise(["5m", "sessions", "2", "2"], &[]));
     assert!(err.contains("ATOLL-ADVISE-INPUT"), "{err}");
-    let err = failed(&atoll(&[
-        "advise",
-        "--rto",
-        "5m",
-        "--consistency",
-        "none",
-        "--budget",
-        "0.5",
-        "--regions",
-        "2",
-    ]));
+    let err = failed(&advise(["5m", "none", "0.5", "2"], &[]));
     assert!(
         err.contains("--budget") && err.contains("ATOLL-ADVISE-INPUT"),
         "{err}"
     );
+}
+
+/// `atoll advise --rto R --consistency C --budget B --regions N MORE...`.
+fn advise([rto, consistency, budget, regions]: [&str; 4], more: &[&str]) -> Output {
+    let mut args = vec![
+        "advise",
+        "--rto",
+        rto,
+        "--consistency",
+        consistency,
+        "--budget",
+        budget,
+        "--regions",
+        regions,
+    ];
+    args.extend_from_slice(more);
+    atoll(&args)
 }
 
 fn duration_ms(s: &str) -> u64 {

@@ -24,8 +24,6 @@ const LOAD_TIME_LIMIT: Duration = Duration::from_secs(30);
 /// The region is killed once this many writes have been acknowledged.
 const KILL_AFTER_ACKS: u64 = 1_000;
 const ROUNDS: usize = 2;
-/// Signal number of SIGKILL (9 on every Unix).
-const SIGKILL: i32 = 9;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn nothing_acknowledged_is_lost_when_a_region_is_killed() {
@@ -100,7 +98,7 @@ async fn load_and_kill(region: &mut RegionProcess, round: usize) -> Result<Vec<A
     enough?;
     let status = killed?;
     ensure!(
-        status.signal() == Some(SIGKILL),
+        status.signal() == Some(libc::SIGKILL),
         "the region was not killed by SIGKILL: {status}"
     );
     ensure!(

@@ -103,6 +103,22 @@ impl Demo {
         Ok(())
     }
 
+    /// Ctrl-C (SIGINT): the demo must exit 0 within [`STOP_DEADLINE`], and none of its regions
+    /// outlive it.
+    fn ctrl_c(&mut self) -> Result<()> {
+        self.signal(libc::SIGINT)?;
+        let exit = self.wait_exit(STOP_DEADLINE)?;
+        ensure!(
+            exit.code() == Some(0),
+            "the demo should exit 0 on SIGINT: {exit}\n{}",
+            self.output()
+        );
+        for &pid in &self.regions {
+            ensure!(!alive(pid), "region process {pid} outlived the demo");
+        }
+        Ok(())
+    }
+
     /// Waits for the demo to exit (at most `timeout`).
     fn wait_exit(&mut self, timeout: Duration) -> Result<ExitStatus> {
         let child = self
@@ -554,28 +570,15 @@ async fn demo_scenario(dir: &TestDir) -> Result<()> {
     ensure!(ack.region == REGIONS[0], "{ack:?}");
     let started = Instant::now();
     for (name, url) in &endpoints[1..] {
-        let c = Client::new(url);
-        wait_until_async(DEADLINE, &format!("{key} to replicate to {name}"), || {
-            let c = c.clone();
-            async move {
-                matches!(c.kv_get("sessions", key).await, Ok(r) if r.value() == Some(value.as_bytes()))
-            }
-        })
-        .await?;
+        Client::new(url)
+            .wait_value("sessions", key, value, DEADLINE)
+            .await
+            .with_context(|| format!("{key} to replicate to {name}"))?;
     }
     println!("replicated to both in {:?}", started.elapsed());
 
     // Ctrl-C: every region stops, the demo exits 0.
-    demo.signal(libc::SIGINT)?;
-    let exit = demo.wait_exit(STOP_DEADLINE)?;
-    ensure!(
-        exit.code() == Some(0),
-        "the demo should exit 0 on SIGINT: {exit}\n{}",
-        demo.output()
-    );
-    for &pid in &demo.regions {
-        ensure!(!alive(pid), "region process {pid} outlived the demo");
-    }
+    demo.ctrl_c()?;
     for (name, url) in &endpoints {
         let addr: SocketAddr = url
             .trim_start_matches("http://")
@@ -606,21 +609,47 @@ fn stderr_of(demo: &Demo) -> String {
     demo.stderr.lock().map(|s| s.clone()).unwrap_or_default()
 }
 
-/// A call to the demo's control API: `(status, body)`.
-async fn control(
-    http: &reqwest::Client,
-    method: reqwest::Method,
-    url: &str,
-    token: Option<&str>,
-) -> Result<(u16, serde_json::Value)> {
-    let mut req = http.request(method, url);
-    if let Some(t) = token {
-        req = req.bearer_auth(t);
+/// The demo's control API (`/v1/demo/regions`), called with a bearer token or none; every call
+/// answers `(status, body)`.
+struct Control {
+    http: reqwest::Client,
+    /// `http://127.0.0.1:<port_base + 91>`.
+    base: String,
+}
+
+impl Control {
+    /// `GET /v1/demo/regions`.
+    async fn regions(&self, token: Option<&str>) -> Result<(u16, serde_json::Value)> {
+        let url = format!("{}/v1/demo/regions", self.base);
+        self.call(reqwest::Method::GET, &url, token).await
     }
-    let resp = req.send().await?;
-    let status = resp.status().as_u16();
-    let body = resp.json().await.unwrap_or(serde_json::Value::Null);
-    Ok((status, body))
+
+    /// `POST /v1/demo/regions/{name}/{what}` (`kill`, `restart`, `stop`).
+    async fn act(
+        &self,
+        name: &str,
+        what: &str,
+        token: Option<&str>,
+    ) -> Result<(u16, serde_json::Value)> {
+        let url = format!("{}/v1/demo/regions/{name}/{what}", self.base);
+        self.call(reqwest::Method::POST, &url, token).await
+    }
+
+    async fn call(
+        &self,
+        method: reqwest::Method,
+        url: &str,
+        token: Option<&str>,
+    ) -> Result<(u16, serde_json::Value)> {
+        let mut req = self.http.request(method, url);
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        let resp = req.send().await?;
+        let status = resp.status().as_u16();
+        let body = resp.json().await.unwrap_or(serde_json::Value::Null);
+        Ok((status, body))
+    }
 }
 
 /// The region `name` in a `GET /v1/demo/regions` answer.
@@ -629,6 +658,15 @@ fn region_in<'a>(list: &'a serde_json::Value, name: &str) -> Result<&'a serde_js
         .as_array()
         .and_then(|a| a.iter().find(|r| r["name"] == name))
         .ok_or_else(|| anyhow!("no region {name} in {list}"))
+}
+
+/// The pid of region `name` in a `GET /v1/demo/regions` answer.
+fn pid_in(list: &serde_json::Value, name: &str) -> Result<u32> {
+    let r = region_in(list, name)?;
+    r["pid"]
+        .as_u64()
+        .and_then(|p| u32::try_from(p).ok())
+        .ok_or_else(|| anyhow!("no pid for {name}: {r}"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -705,26 +743,19 @@ async fn survive_scenario(dir: &TestDir) -> Result<()> {
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(40))
         .build()?;
-    let regions_url = format!("{}/v1/demo/regions", at(91));
-    let action = |name: &str, what: &str| format!("{}/v1/demo/regions/{name}/{what}", at(91));
+    let ctl = Control { http, base: at(91) };
 
     // Without the token, or with another one, nothing is served, and nothing is killed.
     for t in [None, Some("demo-0000000000000000"), Some("")] {
-        let (status, body) = control(&http, reqwest::Method::GET, &regions_url, t).await?;
+        let (status, body) = ctl.regions(t).await?;
         ensure!(
             status == 401 && body["error"]["code"] == "ATOLL-UNAUTHORIZED",
             "{t:?}: {status} {body}"
         );
-        let (status, _) = control(
-            &http,
-            reqwest::Method::POST,
-            &action("us-east-1", "kill"),
-            t,
-        )
-        .await?;
+        let (status, _) = ctl.act("us-east-1", "kill", t).await?;
         ensure!(status == 401, "{t:?}: kill answered {status}");
     }
-    let (status, list) = control(&http, reqwest::Method::GET, &regions_url, Some(&token)).await?;
+    let (status, list) = ctl.regions(Some(&token)).await?;
     ensure!(status == 200, "{status} {list}");
     for name in REGIONS {
         let r = region_in(&list, name)?;
@@ -734,13 +765,7 @@ async fn survive_scenario(dir: &TestDir) -> Result<()> {
         );
     }
     // An unknown region: 404 with atoll's error body.
-    let (status, body) = control(
-        &http,
-        reqwest::Method::POST,
-        &action("mars-north-1", "kill"),
-        Some(&token),
-    )
-    .await?;
+    let (status, body) = ctl.act("mars-north-1", "kill", Some(&token)).await?;
     ensure!(
         status == 404
             && body["error"]["code"] == "ATOLL-UNKNOWN-REGION"
@@ -751,17 +776,8 @@ async fn survive_scenario(dir: &TestDir) -> Result<()> {
     );
 
     // Kill us-east-1 as a crash would.
-    let old_pid = region_in(&list, "us-east-1")?["pid"]
-        .as_u64()
-        .and_then(|p| u32::try_from(p).ok())
-        .ok_or_else(|| anyhow!("no pid in {list}"))?;
-    let (status, killed) = control(
-        &http,
-        reqwest::Method::POST,
-        &action("us-east-1", "kill"),
-        Some(&token),
-    )
-    .await?;
+    let old_pid = pid_in(&list, "us-east-1")?;
+    let (status, killed) = ctl.act("us-east-1", "kill", Some(&token)).await?;
     ensure!(
         status == 200
             && killed["state"] == "killed"
@@ -782,13 +798,8 @@ async fn survive_scenario(dir: &TestDir) -> Result<()> {
         .kv_put("sessions", key, value, None)
         .await?;
     let proxy = Client::new(&at(80));
-    wait_until_async(DEADLINE, "the router's proxy to serve the key", || {
-        let proxy = proxy.clone();
-        async move {
-            matches!(proxy.kv_get("sessions", key).await, Ok(r) if r.value() == Some(value.as_bytes()))
-        }
-    })
-    .await?;
+    // The router's proxy serves the key.
+    proxy.wait_value("sessions", key, value, DEADLINE).await?;
     let routed = proxy
         .kv_put("sessions", "through-the-proxy", "v", None)
         .await?;
@@ -801,7 +812,7 @@ async fn survive_scenario(dir: &TestDir) -> Result<()> {
         "the demo exited after a region was killed\n{}",
         demo.output()
     );
-    let (_, list) = control(&http, reqwest::Method::GET, &regions_url, Some(&token)).await?;
+    let (_, list) = ctl.regions(Some(&token)).await?;
     ensure!(
         region_in(&list, "us-east-1")?["state"] == "killed",
         "{list}"
@@ -827,12 +838,9 @@ async fn survive_scenario(dir: &TestDir) -> Result<()> {
         .stdin(Stdio::null())
         .output()?;
     ensure!(out.status.success(), "`{printed}`: {out:?}");
-    let (_, list) = control(&http, reqwest::Method::GET, &regions_url, Some(&token)).await?;
+    let (_, list) = ctl.regions(Some(&token)).await?;
     let r = region_in(&list, "us-east-1")?;
-    let new_pid = r["pid"]
-        .as_u64()
-        .and_then(|p| u32::try_from(p).ok())
-        .ok_or_else(|| anyhow!("no pid after the restart: {r}"))?;
+    let new_pid = pid_in(&list, "us-east-1").context("after the restart")?;
     demo.regions.push(new_pid);
     ensure!(
         r["state"] == "running" && r["restarts"] == 1 && new_pid != old_pid,
@@ -840,28 +848,17 @@ async fn survive_scenario(dir: &TestDir) -> Result<()> {
     );
     // It comes back on the same data and links, and catches up with what it missed.
     let east = Client::new(&endpoints[0].1);
-    wait_until_async(DEADLINE, "us-east-1 to catch up after its restart", || {
-        let east = east.clone();
-        async move {
-            matches!(east.kv_get("sessions", key).await, Ok(r) if r.value() == Some(value.as_bytes()))
-        }
-    })
-    .await?;
+    east.wait_value("sessions", key, value, DEADLINE)
+        .await
+        .context("us-east-1 to catch up after its restart")?;
     east.kv_put("sessions", "after-restart", "v2", None).await?;
-    let west = Client::new(&endpoints[1].1);
-    wait_until_async(DEADLINE, "a write in the restarted region to replicate", || {
-        let west = west.clone();
-        async move {
-            matches!(west.kv_get("sessions", "after-restart").await, Ok(r) if r.value() == Some(b"v2".as_slice()))
-        }
-    })
-    .await?;
+    // A write in the restarted region replicates.
+    Client::new(&endpoints[1].1)
+        .wait_value("sessions", "after-restart", "v2", DEADLINE)
+        .await?;
 
     // A region that dies without being asked is reported with the command that restarts it.
-    let ap_pid = region_in(&list, "ap-southeast-1")?["pid"]
-        .as_u64()
-        .and_then(|p| libc::pid_t::try_from(p).ok())
-        .ok_or_else(|| anyhow!("no pid: {list}"))?;
+    let ap_pid = libc::pid_t::try_from(pid_in(&list, "ap-southeast-1")?)?;
     // SAFETY: kill(2) on a region process of this demo, alive a moment ago (the demo holds it
     // unreaped until it sees the exit).
     unsafe {
@@ -873,18 +870,12 @@ async fn survive_scenario(dir: &TestDir) -> Result<()> {
     wait_until(DEADLINE, "the demo to report the dead region", || {
         stderr_of(&demo).contains(&expected)
     })?;
-    let (_, list) = control(&http, reqwest::Method::GET, &regions_url, Some(&token)).await?;
+    let (_, list) = ctl.regions(Some(&token)).await?;
     ensure!(
         region_in(&list, "ap-southeast-1")?["state"] == "exited",
         "{list}"
     );
-    let (status, r) = control(
-        &http,
-        reqwest::Method::POST,
-        &action("ap-southeast-1", "restart"),
-        Some(&token),
-    )
-    .await?;
+    let (status, r) = ctl.act("ap-southeast-1", "restart", Some(&token)).await?;
     ensure!(status == 200 && r["state"] == "running", "{status} {r}");
     if let Some(p) = r["pid"].as_u64().and_then(|p| u32::try_from(p).ok()) {
         demo.regions.push(p);
@@ -892,27 +883,12 @@ async fn survive_scenario(dir: &TestDir) -> Result<()> {
 
     // A graceful stop on request, then Ctrl-C: a region stopped on request does not make the
     // demo's own stop unclean.
-    let (status, r) = control(
-        &http,
-        reqwest::Method::POST,
-        &action("eu-west-1", "stop"),
-        Some(&token),
-    )
-    .await?;
+    let (status, r) = ctl.act("eu-west-1", "stop", Some(&token)).await?;
     ensure!(
         status == 200 && r["state"] == "stopped" && r["exit"] == "exit code 0",
         "{status} {r}"
     );
-    demo.signal(libc::SIGINT)?;
-    let exit = demo.wait_exit(STOP_DEADLINE)?;
-    ensure!(
-        exit.code() == Some(0),
-        "the demo should exit 0 on SIGINT: {exit}\n{}",
-        demo.output()
-    );
-    for &pid in &demo.regions {
-        ensure!(!alive(pid), "region process {pid} outlived the demo");
-    }
+    demo.ctrl_c()?;
     ensure!(!path.exists(), "{} outlived the demo", path.display());
     Ok(())
 }

@@ -27,10 +27,12 @@
 use crate::common;
 
 use anyhow::{Result, anyhow, bail, ensure};
-use atoll_testkit::{ARBITER, Client, Cluster, ClusterOptions};
+use atoll_config::Model;
+use atoll_testkit::{ARBITER, Client, Cluster, ClusterOptions, poll};
 use common::{BIN, ok};
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
+use std::ops::ControlFlow::{Break, Continue};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -44,6 +46,8 @@ const LINK_DELAY_MS: f64 = 5.0;
 /// Lease 5 s x (1 + drift) + margin, plus a control-group election (up to 3 s) and slack.
 const PROMOTION_BOUND: Duration = Duration::from_secs(15);
 const DEADLINE: Duration = Duration::from_secs(40);
+/// How often the fencing waits read a region's status.
+const STATUS_POLL: Duration = Duration::from_millis(50);
 
 /// How long the two-region tests hold a fault that must change nothing: two leases and more.
 const HOLD: Duration = Duration::from_secs(12);
@@ -74,34 +78,32 @@ async fn fencing(c: &Cluster, region: &str) -> Result<Value> {
 
 /// Waits until `region` reports `role`; returns its fencing status.
 async fn wait_role(c: &Cluster, region: &str, role: &str, within: Duration) -> Result<Value> {
-    let end = Instant::now() + within;
-    let mut last = Value::Null;
-    while Instant::now() < end {
-        if let Ok(f) = fencing(c, region).await {
-            if f["role"] == role {
-                return Ok(f);
-            }
-            last = f;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    bail!("{region} did not become {role} within {within:?}; last fencing status: {last}")
+    let what = format!("{region} to become {role}");
+    poll(within, STATUS_POLL, &what, || async {
+        Ok(match fencing(c, region).await {
+            Ok(f) if f["role"] == role => Break(f),
+            Ok(f) => Continue(format!("fencing status {f}")),
+            Err(e) => Continue(format!("{e:#}")),
+        })
+    })
+    .await
 }
 
 /// Waits until any of `regions` reports `primary`; returns it.
 async fn wait_any_primary(c: &Cluster, regions: &[&str], within: Duration) -> Result<String> {
-    let end = Instant::now() + within;
-    while Instant::now() < end {
+    let what = format!("one of {regions:?} to become primary");
+    poll(within, STATUS_POLL, &what, || async {
+        let mut roles = Vec::new();
         for r in regions {
-            if let Ok(f) = fencing(c, r).await
-                && f["role"] == "primary"
-            {
-                return Ok(r.to_string());
+            let role = fencing(c, r).await.map(|f| f["role"].clone());
+            if matches!(&role, Ok(role) if role == "primary") {
+                return Ok(Break(r.to_string()));
             }
+            roles.push(format!("{r}: {role:?}"));
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    bail!("none of {regions:?} became primary within {within:?}")
+        Ok(Continue(roles.join(", ")))
+    })
+    .await
 }
 
 /// One acknowledged or refused write, on the test's clock.
@@ -164,23 +166,24 @@ async fn all_acked_everywhere(c: &Cluster, regions: &[&str], acked: &[&Attempt])
         let client = c.client(region);
         let end = Instant::now() + DEADLINE;
         for a in acked {
-            loop {
+            let what = format!(
+                "acknowledged write {} (by {} : {:?}) in {region}",
+                a.key, a.region, a.value
+            );
+            let left = end.saturating_duration_since(Instant::now());
+            poll(left, STATUS_POLL, &what, || async {
                 let r = client.kv_get("sessions", &a.key).await;
                 let got = r.ok().and_then(|r| r.value().map(|v| v.to_vec()));
-                if got.as_deref() == Some(a.value.as_bytes()) {
-                    break;
-                }
-                if Instant::now() > end {
-                    bail!(
-                        "acknowledged write {} (by {} : {:?}) is not in {region}: read {:?}",
-                        a.key,
-                        a.region,
-                        a.value,
+                Ok(if got.as_deref() == Some(a.value.as_bytes()) {
+                    Break(())
+                } else {
+                    Continue(format!(
+                        "read {:?}",
                         got.map(|g| String::from_utf8_lossy(&g).into_owned())
-                    );
-                }
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
+                    ))
+                })
+            })
+            .await?;
         }
     }
     Ok(())
@@ -188,7 +191,7 @@ async fn all_acked_everywhere(c: &Cluster, regions: &[&str], acked: &[&Attempt])
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn standby_takes_over_when_the_primary_is_isolated() {
-    let c = start(ClusterOptions::new("fence-isolate").model("active-standby"));
+    let c = start(ClusterOptions::new("fence-isolate").model(Model::ActiveStandby));
     ok(isolate_primary(&c, &[EU, AP], &[EU, AP]).await);
 }
 
@@ -295,7 +298,7 @@ async fn isolate_primary(c: &Cluster, standbys: &[&str], cut_from: &[&str]) -> R
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn switchover_loses_nothing() {
-    let c = start(ClusterOptions::new("fence-switchover").model("active-standby"));
+    let c = start(ClusterOptions::new("fence-switchover").model(Model::ActiveStandby));
     ok(switchover(&c).await);
 }
 
@@ -312,16 +315,8 @@ async fn switchover(c: &Cluster) -> Result<()> {
         ensure!(r.status == 200, "write to the primary: {}", r.text());
         acked.push((key, value));
     }
-    let http = reqwest::Client::new();
     let started = Instant::now();
-    let resp = http
-        .post(format!("{}/v1/admin/switchover", c.endpoint(US)))
-        .bearer_auth(TOKEN)
-        .json(&json!({"target": EU}))
-        .send()
-        .await?;
-    let status = resp.status().as_u16();
-    let report: Value = resp.json().await?;
+    let (status, report) = common::switchover(&c.endpoint(US), TOKEN, EU).await?;
     ensure!(status == 200, "switchover: {status} {report}");
     ensure!(report["to"] == EU && report["epoch"] == 2, "{report}");
     // The moment the switchover returns, the target has every acknowledged write.
@@ -408,7 +403,7 @@ async fn minority(c: &Cluster) -> Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn promote_refuses_bad_requests() {
-    let c = start(ClusterOptions::new("fence-bad").model("active-passive"));
+    let c = start(ClusterOptions::new("fence-bad").model(Model::ActivePassive));
     ok(bad_promotes(&c).await);
 }
 
@@ -503,22 +498,23 @@ async fn watch_roles(
 /// lately: a first grant that took long to commit leaves a short first window) and eu-west-1 is
 /// a standby.
 async fn wait_steady(c: &Cluster) -> Result<()> {
-    let end = Instant::now() + DEADLINE;
-    let mut last = Value::Null;
-    while Instant::now() < end {
-        if let Ok(f) = fencing(c, US).await {
-            if f["role"] == "primary"
-                && f["epoch"] == 1
-                && f["window_left_ms"].as_u64().is_some_and(|w| w >= 3_500)
+    let what = format!("{US} to become a renewing primary");
+    poll(DEADLINE, STATUS_POLL, &what, || async {
+        Ok(match fencing(c, US).await {
+            Ok(f)
+                if f["role"] == "primary"
+                    && f["epoch"] == 1
+                    && f["window_left_ms"].as_u64().is_some_and(|w| w >= 3_500) =>
             {
-                wait_role(c, EU, "standby", DEADLINE).await?;
-                return Ok(());
+                Break(())
             }
-            last = f;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    bail!("{US} did not become a renewing primary within {DEADLINE:?}: {last}")
+            Ok(f) => Continue(format!("fencing status {f}")),
+            Err(e) => Continue(format!("{e:#}")),
+        })
+    })
+    .await?;
+    wait_role(c, EU, "standby", DEADLINE).await?;
+    Ok(())
 }
 
 /// While `fault` holds (from `start` for [`HOLD`]), the primary (us-east-1) acknowledges every
@@ -612,7 +608,7 @@ async fn primary_unaffected(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn arbiter_keeps_the_primary_when_only_the_regions_are_cut_apart() {
-    let c = start_with_arbiter(ClusterOptions::new("fence-arb-split").model("active-standby"));
+    let c = start_with_arbiter(ClusterOptions::new("fence-arb-split").model(Model::ActiveStandby));
     ok(regions_cut_apart(&c).await);
 }
 
@@ -648,13 +644,14 @@ async fn regions_cut_apart(c: &Cluster) -> Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn arbiter_lets_the_standby_take_over_an_isolated_primary() {
-    let c = start_with_arbiter(ClusterOptions::new("fence-arb-isolate").model("active-standby"));
+    let c =
+        start_with_arbiter(ClusterOptions::new("fence-arb-isolate").model(Model::ActiveStandby));
     ok(isolate_primary(&c, &[EU], &[EU, ARBITER]).await);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn two_regions_keep_writing_without_the_arbiter() {
-    let c = start_with_arbiter(ClusterOptions::new("fence-arb-killed").model("active-standby"));
+    let c = start_with_arbiter(ClusterOptions::new("fence-arb-killed").model(Model::ActiveStandby));
     ok(arbiter_killed(&c).await);
 }
 
@@ -691,12 +688,12 @@ async fn arbiter_killed(c: &Cluster) -> Result<()> {
 async fn a_standby_forwards_writes_to_the_primary_only_when_configured() {
     let on = start(
         ClusterOptions::new("fence-forward")
-            .model("active-standby")
+            .model(Model::ActiveStandby)
             .extra_config("[fencing]\nforward_writes = true\n"),
     );
     ok(forwarded(&on).await);
     drop(on);
-    let off = start(ClusterOptions::new("fence-no-forward").model("active-standby"));
+    let off = start(ClusterOptions::new("fence-no-forward").model(Model::ActiveStandby));
     ok(not_forwarded(&off).await);
 }
 
@@ -730,13 +727,8 @@ async fn forwarded(c: &Cluster) -> Result<()> {
     };
     ensure!(value == 5 && applied_by == US, "{value} {applied_by}");
     ensure!(c.client(US).counter_get("ratelimits", "fwd-c").await? == 5);
-    atoll_testkit::wait_until_async(DEADLINE, "the forwarded write to replicate to eu", || {
-        let eu = eu.clone();
-        async move {
-            matches!(eu.kv_get("sessions", "fwd-1").await, Ok(r) if r.value() == Some(b"v1".as_slice()))
-        }
-    })
-    .await?;
+    // The forwarded write replicates to eu.
+    eu.wait_value("sessions", "fwd-1", "v1", DEADLINE).await?;
     // A request that says it was forwarded already is not forwarded again (no loops), whoever
     // sent the header: the standby refuses it and the primary never sees it.
     let resp = reqwest::Client::new()

@@ -21,6 +21,7 @@
 use crate::common;
 
 use anyhow::{Context, Result, anyhow, bail, ensure};
+use atoll_config::render::RouterToml;
 use atoll_router::runtime::{Router, RouterHandle, RouterOptions};
 use atoll_testkit::{Cluster, ClusterOptions, TestDir, test_dir, wait_until_async};
 use common::{BIN, ok};
@@ -48,7 +49,17 @@ const RED_WITHIN: Duration = Duration::from_secs(6);
 
 static TURNS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-const ROUTER: &str = "[router]\nzone = \"atoll.test\"\n\n[router.health]\ninterval_ms = 500\ntimeout_ms = 400\nfailure_threshold = 2\nrecovery_threshold = 1\n\n[[router.names]]\nname = \"api\"\npolicy = \"latency\"\n";
+/// The router section: checks every 500 ms, two failures mark a region down, one success up.
+fn router() -> String {
+    RouterToml::new()
+        .zone("atoll.test")
+        .health("interval_ms", 500)
+        .health("timeout_ms", 400)
+        .health("failure_threshold", 2)
+        .health("recovery_threshold", 1)
+        .name("api", "latency", &[])
+        .render()
+}
 
 struct Setup {
     cluster: Cluster,
@@ -63,7 +74,7 @@ async fn setup(name: &str) -> Result<Setup> {
         3,
         ClusterOptions::new(name)
             .heartbeat_interval_ms(200)
-            .extra_config(ROUTER),
+            .extra_config(&router()),
     )?;
     let dir = test_dir(&format!("{name}-router"))?;
     // A drill outcome, as `atoll drill run` keeps it, for the status to show.
@@ -113,6 +124,20 @@ async fn global_status(admin: &str) -> Result<(Value, Duration)> {
     ensure!(r.status() == 200, "status: HTTP {}", r.status());
     let v: Value = r.json().await?;
     Ok((v, t.elapsed()))
+}
+
+/// Waits until the global status satisfies `cond`.
+async fn wait_global(admin: &str, what: &str, cond: impl Fn(&Value) -> bool) -> Result<()> {
+    wait_until_async(DEADLINE, what, || async {
+        global_status(admin).await.is_ok_and(|(d, _)| cond(&d))
+    })
+    .await
+}
+
+/// The global status once the cached one has expired: a fresh fan-out, and how long it took.
+async fn fresh_global_status(admin: &str) -> Result<(Value, Duration)> {
+    tokio::time::sleep(atoll_router::global::CACHE_FOR).await;
+    global_status(admin).await
 }
 
 async fn global_metrics(admin: &str) -> Result<(String, Duration)> {
@@ -212,18 +237,9 @@ async fn endpoints_scenario(s: &mut Setup) -> Result<()> {
     let names = [US, EU, AP];
     let admin = s.admin.clone();
     // Everyone reporting, matrices full.
-    wait_until_async(
-        DEADLINE,
-        "3 of 3 regions reporting with full matrices",
-        || {
-            let admin = admin.clone();
-            async move {
-                global_status(&admin)
-                    .await
-                    .is_ok_and(|(d, _)| complete(&d, &names))
-            }
-        },
-    )
+    wait_global(&admin, "3 of 3 regions reporting with full matrices", |d| {
+        complete(d, &names)
+    })
     .await?;
     let (doc, _) = global_status(&admin).await?;
     ensure!(doc["summary"] == "3 of 3 regions reporting", "{doc}");
@@ -293,18 +309,12 @@ async fn endpoints_scenario(s: &mut Setup) -> Result<()> {
 
     // Freeze eu-west-1: its listener still accepts connections, nothing answers.
     s.cluster.region(EU).signal(libc::SIGSTOP)?;
-    wait_until_async(DEADLINE, "eu-west-1 reported as not reporting", || {
-        let admin = admin.clone();
-        async move {
-            global_status(&admin)
-                .await
-                .is_ok_and(|(d, _)| region(&d, EU).is_ok_and(|r| r["up"] == false))
-        }
+    wait_global(&admin, "eu-west-1 reported as not reporting", |d| {
+        region(d, EU).is_ok_and(|r| r["up"] == false)
     })
     .await?;
     // A fresh fan-out (past the 1 s cache) is bounded by the timeout.
-    tokio::time::sleep(atoll_router::global::CACHE_FOR).await;
-    let (doc, took) = global_status(&admin).await?;
+    let (doc, took) = fresh_global_status(&admin).await?;
     ensure!(
         took <= TIMEOUT + MARGIN,
         "the status took {took:?} with a frozen region (timeout {TIMEOUT:?})"
@@ -344,29 +354,18 @@ async fn endpoints_scenario(s: &mut Setup) -> Result<()> {
     ensure!(up_value(&metrics, US).as_deref() == Some("1"));
     promtool_parses(&metrics)?;
     s.cluster.region(EU).signal(libc::SIGCONT)?;
-    wait_until_async(DEADLINE, "3 of 3 again after SIGCONT", || {
-        let admin = admin.clone();
-        async move {
-            global_status(&admin)
-                .await
-                .is_ok_and(|(d, _)| d["regions_reporting"] == 3)
-        }
+    wait_global(&admin, "3 of 3 again after SIGCONT", |d| {
+        d["regions_reporting"] == 3
     })
     .await?;
 
     // Kill ap-southeast-1: reported as down with why; the other two complete.
     s.cluster.kill9(AP)?;
-    wait_until_async(DEADLINE, "ap-southeast-1 reported down", || {
-        let admin = admin.clone();
-        async move {
-            global_status(&admin)
-                .await
-                .is_ok_and(|(d, _)| region(&d, AP).is_ok_and(|r| r["up"] == false))
-        }
+    wait_global(&admin, "ap-southeast-1 reported down", |d| {
+        region(d, AP).is_ok_and(|r| r["up"] == false)
     })
     .await?;
-    tokio::time::sleep(atoll_router::global::CACHE_FOR).await;
-    let (doc, took) = global_status(&admin).await?;
+    let (doc, took) = fresh_global_status(&admin).await?;
     ensure!(took <= TIMEOUT + MARGIN, "took {took:?}");
     let ap = region(&doc, AP)?;
     ensure!(
@@ -574,6 +573,18 @@ const PAGE_STATE: &str = r#"JSON.stringify({
   panels: [...document.querySelectorAll('[data-grafana]')].length,
 })"#;
 
+/// [`page_state`] from a blocking thread (the browser's pipe reads block), handing the browser
+/// back; `Null` when the page cannot say yet.
+async fn page_state_off_runtime<T: Send + 'static>(
+    mut b: (Browser, T),
+) -> Result<((Browser, T), Value)> {
+    Ok(tokio::task::spawn_blocking(move || {
+        let st = page_state(&mut b.0).unwrap_or(Value::Null);
+        (b, st)
+    })
+    .await?)
+}
+
 fn page_state(b: &mut Browser) -> Result<Value> {
     let v = b.eval(PAGE_STATE)?;
     let text = v.as_str().ok_or_else(|| anyhow!("page state: {v}"))?;
@@ -617,13 +628,8 @@ async fn dashboard_scenario(s: &mut Setup) -> Result<()> {
     // Loaded: three regions, all up; matrices full; charts drawn (two polls give rates).
     let started = Instant::now();
     let last = loop {
-        let (b2, state) = tokio::task::spawn_blocking(move || {
-            let st = page_state(&mut b.0);
-            (b, st)
-        })
-        .await?;
+        let (b2, state) = page_state_off_runtime(b).await?;
         b = b2;
-        let state = state.unwrap_or(Value::Null);
         let regions = state["regions"].as_array().cloned().unwrap_or_default();
         let reach = state["reach"].as_array().cloned().unwrap_or_default();
         let lag = state["lag"].as_array().cloned().unwrap_or_default();
@@ -664,13 +670,8 @@ async fn dashboard_scenario(s: &mut Setup) -> Result<()> {
     s.cluster.kill9(AP)?;
     let killed = Instant::now();
     loop {
-        let (b2, state) = tokio::task::spawn_blocking(move || {
-            let st = page_state(&mut b.0);
-            (b, st)
-        })
-        .await?;
+        let (b2, state) = page_state_off_runtime(b).await?;
         b = b2;
-        let state = state.unwrap_or(Value::Null);
         let ap = state["regions"]
             .as_array()
             .and_then(|a| a.iter().find(|r| r["name"] == AP))

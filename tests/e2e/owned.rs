@@ -25,9 +25,12 @@
 use crate::common;
 
 use anyhow::{Result, bail, ensure};
-use atoll_testkit::{Client, Cluster, ClusterOptions};
+use atoll_config::Policy;
+use atoll_config::render::KeyspaceToml;
+use atoll_testkit::{Client, Cluster, ClusterOptions, poll};
 use common::{BIN, ok};
 use serde_json::{Value, json};
+use std::ops::ControlFlow::{Break, Continue};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -39,38 +42,47 @@ const TOKEN: &str = "owned-test-admin-token";
 const LINK_DELAY_MS: f64 = 5.0;
 const DEADLINE: Duration = Duration::from_secs(40);
 
-const KEYSPACES: &str = "[fencing]\nquorum = true\n\n\
-[[keyspaces]]\nname = \"profiles\"\npolicy = \"owned\"\ndefault_home = \"us-east-1\"\n\
-homes = [{ prefix = \"eu:\", region = \"eu-west-1\" }, { prefix = \"ap:\", region = \"ap-southeast-1\" }]\n\
-takeover = [\"us-east-1\", \"ap-southeast-1\"]\n\n\
-[[keyspaces]]\nname = \"pinned\"\npolicy = \"owned\"\ndefault_home = \"us-east-1\"\nforward = false\n\n\
-[[keyspaces]]\nname = \"accounts\"\npolicy = \"owned\"\ndefault_home = \"first-write\"\n\
-homes = [{ hash = [0, 32767], region = \"ap-southeast-1\" }]\n";
+/// The owned keyspaces (quorum fencing on: owned keyspaces move homes only through it).
+fn owned_keyspaces(opts: ClusterOptions) -> ClusterOptions {
+    opts.extra_config("[fencing]\nquorum = true")
+        .keyspace(
+            KeyspaceToml::new("profiles", Policy::Owned)
+                .line("default_home = \"us-east-1\"")
+                .line("homes = [{ prefix = \"eu:\", region = \"eu-west-1\" }, { prefix = \"ap:\", region = \"ap-southeast-1\" }]")
+                .line("takeover = [\"us-east-1\", \"ap-southeast-1\"]"),
+        )
+        .keyspace(
+            KeyspaceToml::new("pinned", Policy::Owned)
+                .line("default_home = \"us-east-1\"")
+                .line("forward = false"),
+        )
+        .keyspace(
+            KeyspaceToml::new("accounts", Policy::Owned)
+                .line("default_home = \"first-write\"")
+                .line("homes = [{ hash = [0, 32767], region = \"ap-southeast-1\" }]"),
+        )
+}
 
 fn start() -> Cluster {
     ok(Cluster::start(
         BIN,
         3,
-        ClusterOptions::new("owned")
-            .extra_config(KEYSPACES)
+        owned_keyspaces(ClusterOptions::new("owned"))
             .with_links(LINK_DELAY_MS)
             .env("ATOLL_ADMIN_TOKEN", TOKEN),
     ))
 }
 
 async fn wait_active(c: &Cluster, region: &str) -> Result<()> {
-    let end = Instant::now() + DEADLINE;
-    let mut last = Value::Null;
-    while Instant::now() < end {
-        if let Ok(s) = c.status(region).await {
-            if s["fencing"]["role"] == "active" {
-                return Ok(());
-            }
-            last = s["fencing"].clone();
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    bail!("{region} did not become active: {last}")
+    let what = format!("{region} to become active");
+    poll(DEADLINE, Duration::from_millis(50), &what, || async {
+        Ok(match c.status(region).await {
+            Ok(s) if s["fencing"]["role"] == "active" => Break(()),
+            Ok(s) => Continue(format!("fencing status {}", s["fencing"])),
+            Err(e) => Continue(format!("{e:#}")),
+        })
+    })
+    .await
 }
 
 async fn get(c: &Cluster, region: &str, path: &str) -> Result<reqwest::Response> {

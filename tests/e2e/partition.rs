@@ -22,7 +22,7 @@ use anyhow::{Result, anyhow, bail, ensure};
 use atoll_testkit::cluster::peer_status;
 use atoll_testkit::{Client, Cluster, ClusterOptions, KvRead, Ts};
 use common::load::{Load, TaskLog, check_round, join, no_problems};
-use common::{BIN, DEADLINE, ok, within};
+use common::{BIN, DEADLINE, holds_all_of_unreachable, ok, within};
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -220,25 +220,6 @@ async fn check_written(c: &Cluster, tag: &str, written: &[Written]) -> Result<()
             "{region}: carts/{tag}-cart reads {read:?}, expected one sibling per writing region"
         );
     }
-    Ok(())
-}
-
-/// `me` shows `other` unreachable yet holds every write of it (`applied` is the converged vector).
-fn holds_all_of_unreachable(
-    st: &Value,
-    me: &str,
-    other: &str,
-    applied: &BTreeMap<String, u64>,
-) -> Result<()> {
-    let p = peer_status(st, other).ok_or_else(|| anyhow!("{me}: no peer {other}"))?;
-    ensure!(
-        p["reachable"] == false && p["state"] == "unreachable",
-        "{me} should show {other} unreachable: {p}"
-    );
-    ensure!(
-        p["lag_ops"] == 0 && p["applied_seq"].as_u64() == applied.get(other).copied(),
-        "{me} should hold everything {other} wrote: {p}, applied {applied:?}"
-    );
     Ok(())
 }
 
@@ -449,13 +430,7 @@ async fn load_scenario(c: &Cluster) -> Result<()> {
     phases?;
     for (region, region_logs) in REGIONS.iter().zip(&logs) {
         for l in region_logs {
-            ensure!(
-                l.in_flight.is_empty()
-                    && l.incr_in_flight == 0
-                    && l.refused_statuses().count() == 0,
-                "{region} writer {} did not get 200 for everything: {l:?}",
-                l.task
-            );
+            l.all_acknowledged(region)?;
             ensure!(
                 l.sent < LOAD_MAX_ITERATIONS,
                 "{region} writer {} ran out of iterations before the load was stopped",

@@ -17,7 +17,7 @@ use crate::common;
 use anyhow::{Context, Result, ensure};
 use atoll_core::RegionId;
 use atoll_server::peer::PeerClient;
-use atoll_testkit::{Cluster, ClusterOptions, run_with_timeout, wait_until_async};
+use atoll_testkit::{Cluster, ClusterOptions, run_with_timeout};
 use common::{BIN, DEADLINE, ok};
 use std::collections::BTreeMap;
 use std::process::Command;
@@ -42,14 +42,8 @@ async fn replicates(c: &Cluster, tag: &str) -> Result<()> {
     for reader in REGIONS {
         let cl = c.client(reader);
         for writer in REGIONS {
-            let key = format!("{tag}-{writer}");
-            wait_until_async(DEADLINE, &format!("{key} at {reader}"), || {
-                let (cl, key) = (cl.clone(), key.clone());
-                async move {
-                    matches!(cl.kv_get("sessions", &key).await, Ok(r) if r.value() == Some(writer.as_bytes()))
-                }
-            })
-            .await?;
+            cl.wait_value("sessions", &format!("{tag}-{writer}"), writer, DEADLINE)
+                .await?;
         }
     }
     Ok(())

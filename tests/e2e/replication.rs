@@ -19,7 +19,7 @@ use anyhow::{Context, Result, anyhow, bail, ensure};
 use atoll_testkit::cluster::{applied_vector, peer_status};
 use atoll_testkit::{Client, Cluster, ClusterOptions, KvRead, Ts, WriteAck, run_with_timeout};
 use common::load::{Load, TaskLog, check_round, join, no_problems};
-use common::{BIN, DEADLINE, ok, within};
+use common::{BIN, DEADLINE, holds_all_of_unreachable, ok, within};
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
 use std::os::unix::process::ExitStatusExt;
@@ -334,7 +334,6 @@ const KILL_AFTER_ACKS: u64 = 200;
 /// ...the survivors then take this many more while it is down, and again this many while it
 /// catches up after its restart.
 const WHILE_DOWN_ACKS: u64 = 300;
-const SIGKILL: i32 = 9;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn nothing_acknowledged_is_lost_when_a_region_is_killed_under_load() {
@@ -387,7 +386,7 @@ async fn kill_scenario(c: &mut Cluster) -> Result<()> {
     enough?;
     let status = killed?;
     ensure!(
-        status.signal() == Some(SIGKILL),
+        status.signal() == Some(libc::SIGKILL),
         "{VICTIM} was not killed by SIGKILL: {status}"
     );
     ensure!(
@@ -446,13 +445,7 @@ async fn kill_scenario(c: &mut Cluster) -> Result<()> {
             continue;
         }
         for l in &logs[i] {
-            ensure!(
-                l.in_flight.is_empty()
-                    && l.incr_in_flight == 0
-                    && l.refused_statuses().count() == 0,
-                "{region} writer {} did not get 200 for everything: {l:?}",
-                l.task
-            );
+            l.all_acknowledged(region)?;
         }
     }
 
@@ -948,16 +941,7 @@ async fn relay_scenario(c: &Cluster) -> Result<()> {
 
     // Still cut: each shows the other unreachable, but holds all its writes (through eu-west-1).
     for (me, other) in [(US, AP), (AP, US)] {
-        let st = c.status(me).await?;
-        let p = peer_status(&st, other).ok_or_else(|| anyhow!("{me}: no peer {other}"))?;
-        ensure!(
-            p["reachable"] == false && p["state"] == "unreachable",
-            "{me} should show {other} unreachable: {p}"
-        );
-        ensure!(
-            p["lag_ops"] == 0 && p["applied_seq"].as_u64() == applied.get(other).copied(),
-            "{me} should hold everything {other} wrote: {p}, applied {applied:?}"
-        );
+        holds_all_of_unreachable(&c.status(me).await?, me, other, &applied)?;
     }
     Ok(())
 }

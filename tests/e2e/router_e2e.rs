@@ -20,19 +20,20 @@
 use crate::common;
 
 use anyhow::{Context, Result, anyhow, bail, ensure};
+use atoll_config::Policy;
+use atoll_config::render::{ClusterToml, KeyspaceToml, RegionToml, RouterToml, Tls};
 use atoll_testkit::{
-    Client, RegionProcess, RegionSpec, TestDir, free_ports, test_dir, wait_until_async,
+    Client, RegionProcess, RegionSpec, RouterService, TestDir, free_ports, test_dir,
+    wait_until_async,
 };
 use common::{BIN, ok};
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Write};
 use std::net::{Ipv4Addr, SocketAddr};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::PathBuf;
+use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 const US: &str = "us-east-1";
@@ -67,33 +68,25 @@ const CONVERGE: Duration = Duration::from_secs(30);
 
 /// `ports`: each region's client API port, then its peer listener's.
 fn config_text(ports: &[u16]) -> String {
-    let mut s = String::from(
-        "[cluster]\nname = \"router-e2e\"\nmodel = \"active-active\"\nmax_clock_offset_ms = 60000\n\n\
-         [cluster.tls]\nca = \"certs/ca.pem\"\ncert = \"certs/{region}.pem\"\nkey = \"certs/{region}.key\"\n\n",
-    );
+    let at = |port: u16| SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+    let mut toml = ClusterToml::new("router-e2e")
+        .max_clock_offset_ms(60_000)
+        .tls(Tls::Certs("certs".to_string()));
     for (name, port) in REGIONS.iter().zip(ports.chunks(2)) {
-        s.push_str(&format!(
-            "[[regions]]\nname = \"{name}\"\napi = \"127.0.0.1:{}\"\npeer = \"127.0.0.1:{}\"\n\n",
-            port[0], port[1]
-        ));
+        toml = toml.region(RegionToml::new(name, at(port[0])).peer(at(port[1])));
     }
-    s.push_str(
-        "[[keyspaces]]\nname = \"sessions\"\npolicy = \"lww\"\n\n\
-         [[keyspaces]]\nname = \"ratelimits\"\npolicy = \"counter\"\n\n\
-         [replication]\nheartbeat_interval_ms = 200\n\n\
-         [router]\nzone = \"atoll.test\"\nttl_secs = 30\n\n\
-         [router.health]\ninterval_ms = 1000\nfailure_threshold = 3\nrecovery_threshold = 2\n\n\
-         [[router.names]]\nname = \"api\"\npolicy = \"failover\"\n",
-    );
-    s.push_str(&format!(
-        "regions = [{}]\n",
-        REGIONS
-            .iter()
-            .map(|r| format!("\"{r}\""))
-            .collect::<Vec<_>>()
-            .join(", ")
-    ));
-    s
+    let router = RouterToml::new()
+        .zone("atoll.test")
+        .ttl_secs(30)
+        .health("interval_ms", 1000)
+        .health("failure_threshold", 3)
+        .health("recovery_threshold", 2)
+        .name("api", "failover", &REGIONS);
+    toml.keyspace(KeyspaceToml::new("sessions", Policy::Lww))
+        .keyspace(KeyspaceToml::new("ratelimits", Policy::Counter))
+        .heartbeat_interval_ms(200)
+        .section(&router.render())
+        .render()
 }
 
 /// Writes the config, makes the cluster's certificates (`atoll certs init`: the regions talk
@@ -141,97 +134,6 @@ fn start_regions(dir: &TestDir) -> Result<(PathBuf, Vec<RegionProcess>)> {
     Err(last
         .unwrap_or_else(|| anyhow!("no attempt made"))
         .context("starting the regions"))
-}
-
-/// A running `atoll router --proxy --admin` process; killed when dropped.
-struct RouterProcess {
-    child: Option<Child>,
-    proxy: SocketAddr,
-    admin: SocketAddr,
-    log: PathBuf,
-}
-
-impl RouterProcess {
-    fn start(config: &Path, dir: &Path) -> Result<RouterProcess> {
-        let log = dir.join("router.log");
-        let err = std::fs::File::create(&log)?;
-        let mut child = Command::new(BIN)
-            .arg("router")
-            .arg("--config")
-            .arg(config)
-            .args(["--proxy", "127.0.0.1:0", "--admin", "127.0.0.1:0"])
-            .arg("--state-dir")
-            .arg(dir.join("router-state"))
-            .env("ATOLL_ADMIN_TOKEN", TOKEN)
-            .env("NO_COLOR", "1")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::from(err))
-            .spawn()
-            .context("cannot start atoll router")?;
-        let stdout = child.stdout.take().expect("piped");
-        let (tx, rx) = mpsc::channel::<String>();
-        let mut copy = std::fs::OpenOptions::new().append(true).open(&log)?;
-        // Keeps draining stdout for the life of the process.
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                let _ = writeln!(copy, "[stdout] {line}");
-                let _ = tx.send(line);
-            }
-        });
-        let mut me = RouterProcess {
-            child: Some(child),
-            proxy: SocketAddr::from(([0, 0, 0, 0], 0)),
-            admin: SocketAddr::from(([0, 0, 0, 0], 0)),
-            log,
-        };
-        let deadline = Instant::now() + DEADLINE;
-        let (mut proxy, mut admin) = (None, None);
-        while proxy.is_none() || admin.is_none() {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let line = rx.recv_timeout(left).map_err(|_| {
-                anyhow!(
-                    "the router printed no addresses within {DEADLINE:?}; log:\n{}",
-                    me.log_text()
-                )
-            })?;
-            let addr = |prefix: &str| -> Option<SocketAddr> {
-                line.strip_prefix(prefix)?.trim().parse().ok()
-            };
-            if let Some(a) = addr("atoll router proxy on http://") {
-                proxy = Some(a);
-            }
-            if let Some(a) = addr("atoll router admin on http://") {
-                admin = Some(a);
-            }
-        }
-        me.proxy = proxy.expect("loop ends when set");
-        me.admin = admin.expect("loop ends when set");
-        Ok(me)
-    }
-
-    fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for RouterProcess {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-        if std::thread::panicking() {
-            let text = self.log_text();
-            let lines: Vec<&str> = text.lines().collect();
-            eprintln!(
-                "---- router log ({}), last 80 lines ----\n{}\n---- end of router log ----",
-                self.log.display(),
-                lines[lines.len().saturating_sub(80)..].join("\n")
-            );
-        }
-    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -346,7 +248,13 @@ fn all_to(v: &[String], region: &str) -> bool {
 async fn router_drains_and_fails_over_without_double_counting() {
     let dir = ok(test_dir("router").map_err(Into::into));
     let (config, mut regions) = ok(start_regions(&dir));
-    let router = ok(RouterProcess::start(&config, dir.path()));
+    let router = ok(RouterService::start(
+        BIN,
+        &config,
+        dir.path(),
+        TOKEN,
+        DEADLINE,
+    ));
     let admin = Admin {
         http: http(),
         base: format!("http://{}", router.admin),

@@ -13,11 +13,12 @@
 use crate::common;
 
 use anyhow::{Result, bail, ensure};
-use atoll_config::Config;
+use atoll_config::render::RouterToml;
+use atoll_config::{Config, Model};
 use atoll_router::runtime::{Router, RouterHandle, RouterOptions};
-use atoll_testkit::{Client, Cluster, ClusterOptions};
+use atoll_testkit::{Client, Cluster, ClusterOptions, poll};
 use common::{BIN, DEADLINE, ok};
-use serde_json::{Value, json};
+use std::ops::ControlFlow::{Break, Continue};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -26,24 +27,24 @@ const EU: &str = "eu-west-1";
 const TOKEN: &str = "router-fencing-admin-token";
 /// Most counter increments sent through the proxy during the switchover.
 const MAX_WRITES: usize = 400;
+/// How often the router's state is read while waiting for it to follow.
+const ROUTER_POLL: Duration = Duration::from_millis(20);
 
-const ROUTER: &str = r#"
-[router]
-[router.health]
-interval_ms = 100
-timeout_ms = 90
-failure_threshold = 2
-recovery_threshold = 1
-hold_down_ms = 0
-ramp_secs = 0
-outlier_failures = 0
-[[router.names]]
-name = "near"
-policy = "latency"
-[[router.names]]
-name = "primary"
-policy = "failover"
-"#;
+/// The router section: checks every 100 ms, no hold-down, ramp or outlier ejection, so that
+/// it follows a switchover at once.
+fn router() -> String {
+    RouterToml::new()
+        .health("interval_ms", 100)
+        .health("timeout_ms", 90)
+        .health("failure_threshold", 2)
+        .health("recovery_threshold", 1)
+        .health("hold_down_ms", 0)
+        .health("ramp_secs", 0)
+        .health("outlier_failures", 0)
+        .name("near", "latency", &[])
+        .name("primary", "failover", &[])
+        .render()
+}
 
 async fn start_router(c: &Cluster, state_dir: &std::path::Path) -> Result<RouterHandle> {
     let cfg = Arc::new(Config::load(c.config_path())?);
@@ -60,17 +61,16 @@ async fn start_router(c: &Cluster, state_dir: &std::path::Path) -> Result<Router
 
 /// Waits until the router sends writes first to `region`.
 async fn wait_router_primary(h: &RouterHandle, region: &str) -> Result<()> {
-    let end = Instant::now() + DEADLINE;
-    let mut last = None;
-    while Instant::now() < end {
+    let what = format!("the router to see {region} as primary");
+    poll(DEADLINE, ROUTER_POLL, &what, || async {
         let st = h.state().status(h.ctx().now_ms())?;
-        if st.primary.as_ref().is_some_and(|p| p.region == region) {
-            return Ok(());
-        }
-        last = Some(st.regions);
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    bail!("the router did not see {region} as primary within {DEADLINE:?}: {last:?}")
+        Ok(if st.primary.as_ref().is_some_and(|p| p.region == region) {
+            Break(())
+        } else {
+            Continue(format!("{:?}", st.regions))
+        })
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -79,8 +79,8 @@ async fn the_router_follows_the_lease_through_a_switchover() {
         BIN,
         3,
         ClusterOptions::new("router-fence")
-            .model("active-standby")
-            .extra_config(ROUTER)
+            .model(Model::ActiveStandby)
+            .extra_config(&router())
             .env("ATOLL_ADMIN_TOKEN", TOKEN),
     ));
     let dir = ok(tempfile::tempdir().map_err(anyhow::Error::from));
@@ -122,17 +122,7 @@ async fn follow(c: &Cluster, h: &RouterHandle) -> Result<()> {
     // A switchover under write load through the proxy.
     let switch = tokio::spawn({
         let us = c.endpoint(US);
-        async move {
-            let resp = reqwest::Client::new()
-                .post(format!("{us}/v1/admin/switchover"))
-                .bearer_auth(TOKEN)
-                .json(&json!({"target": EU}))
-                .send()
-                .await?;
-            let status = resp.status().as_u16();
-            let report: Value = resp.json().await?;
-            anyhow::Ok((status, report))
-        }
+        async move { common::switchover(&us, TOKEN, EU).await }
     });
     let mut acked: i64 = 5;
     let mut refused = 0;
@@ -195,21 +185,22 @@ async fn follow(c: &Cluster, h: &RouterHandle) -> Result<()> {
 
     // Every acknowledged increment applied exactly once: the counter is their count.
     let eu = c.client(EU);
-    let end = Instant::now() + DEADLINE;
-    loop {
+    let what = format!(
+        "the counter on {EU} to reach the {acked} acknowledged increments ({refused} refused)"
+    );
+    poll(DEADLINE, Duration::from_millis(50), &what, || async {
         let v = eu.counter_get("ratelimits", "k").await?;
-        if v == acked {
-            break;
-        }
         ensure!(
             v <= acked,
             "counter {v} above the {acked} acknowledged increments: one was applied twice ({refused} refused)"
         );
-        if Instant::now() > end {
-            bail!("counter {v} on {EU}, {acked} acknowledged ({refused} refused)");
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+        Ok(if v == acked {
+            Break(())
+        } else {
+            Continue(format!("counter {v}"))
+        })
+    })
+    .await?;
 
     // The router follows: writes go straight to the new primary, the failover name answers it.
     wait_router_primary(h, EU).await?;
@@ -223,19 +214,19 @@ async fn follow(c: &Cluster, h: &RouterHandle) -> Result<()> {
     let choice = h.state().decide(&name, None, 0.0, h.ctx().now_ms())?;
     ensure!(choice.ranked.first().map(|r| r.as_str()) == Some(EU));
     // The old primary is seen as a standby of the new epoch.
-    let end = Instant::now() + DEADLINE;
-    loop {
+    let what = format!("the router to see {US} as a standby of epoch 2");
+    poll(DEADLINE, ROUTER_POLL, &what, || async {
         let st = h.state().status(h.ctx().now_ms())?;
         let us = st.regions.into_iter().find(|r| r.region == US);
-        if us
-            .as_ref()
-            .is_some_and(|r| r.role.map(|x| x.as_str()) == Some("standby") && r.epoch == Some(2))
-        {
-            return Ok(());
-        }
-        if Instant::now() > end {
-            bail!("{US} not seen as a standby of epoch 2: {us:?}");
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+        Ok(
+            if us.as_ref().is_some_and(|r| {
+                r.role.map(|x| x.as_str()) == Some("standby") && r.epoch == Some(2)
+            }) {
+                Break(())
+            } else {
+                Continue(format!("{us:?}"))
+            },
+        )
+    })
+    .await
 }

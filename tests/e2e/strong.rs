@@ -16,11 +16,14 @@
 use crate::common;
 
 use anyhow::{Result, anyhow, bail, ensure};
+use atoll_config::Policy;
+use atoll_config::render::KeyspaceToml;
 use atoll_lincheck::{Input, Op, Outcome, Verdict};
-use atoll_testkit::{Cluster, ClusterOptions};
+use atoll_testkit::{Cluster, ClusterOptions, poll};
 use common::{BIN, ok};
 use serde_json::Value;
 use std::collections::BTreeMap;
+use std::ops::ControlFlow::{Break, Continue};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -30,6 +33,8 @@ const AP: &str = "ap-southeast-1";
 const REGIONS: [&str; 3] = [US, EU, AP];
 const LINK_DELAY_MS: f64 = 5.0;
 const DEADLINE: Duration = Duration::from_secs(40);
+/// How often the waits below ask again.
+const POLL: Duration = Duration::from_millis(100);
 
 fn start(name: &str) -> Cluster {
     ok(Cluster::start(
@@ -37,7 +42,7 @@ fn start(name: &str) -> Cluster {
         3,
         ClusterOptions::new(name)
             .with_links(LINK_DELAY_MS)
-            .extra_config("[[keyspaces]]\nname = \"seats\"\npolicy = \"strong\"\n"),
+            .keyspace(KeyspaceToml::new("seats", Policy::Strong)),
     ))
 }
 
@@ -107,8 +112,8 @@ async fn send(
 
 /// Waits until every region in `among` names the same strong leader; returns it.
 async fn leader(c: &Cluster, among: &[&str]) -> Result<String> {
-    let deadline = Instant::now() + DEADLINE;
-    loop {
+    let what = format!("a strong leader agreed among {among:?}");
+    poll(DEADLINE, POLL, &what, || async {
         let mut seen = Vec::new();
         for r in among {
             seen.push(
@@ -122,21 +127,19 @@ async fn leader(c: &Cluster, among: &[&str]) -> Result<String> {
             && seen.iter().all(|s| s.as_deref() == Some(l.as_str()))
             && among.contains(&l.as_str())
         {
-            return Ok(l.clone());
+            return Ok(Break(l.clone()));
         }
-        if Instant::now() >= deadline {
-            bail!("no strong leader agreed among {among:?} within {DEADLINE:?}: {seen:?}");
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+        Ok(Continue(format!("{seen:?}")))
+    })
+    .await
 }
 
 /// Reads `key` at `region` until it answers 200 or 404 (a leader election may be under way).
 async fn read_settled(c: &Cluster, region: &str, key: &str) -> Result<Option<Vec<u8>>> {
     let http = http();
-    let deadline = Instant::now() + DEADLINE;
-    loop {
-        match send(
+    let what = format!("a read of {key} at {region}");
+    poll(DEADLINE, POLL, &what, || async {
+        let reply = send(
             &http,
             &c.endpoint(region),
             reqwest::Method::GET,
@@ -144,20 +147,16 @@ async fn read_settled(c: &Cluster, region: &str, key: &str) -> Result<Option<Vec
             None,
             None,
         )
-        .await
-        {
+        .await;
+        Ok(match reply {
             Reply::Answer {
                 status: 200, body, ..
-            } => return Ok(Some(body)),
-            Reply::Answer { status: 404, .. } => return Ok(None),
-            other => {
-                if Instant::now() >= deadline {
-                    bail!("no read of {key} at {region} within {DEADLINE:?}: {other:?}");
-                }
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+            } => Break(Some(body)),
+            Reply::Answer { status: 404, .. } => Break(None),
+            other => Continue(format!("{other:?}")),
+        })
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -248,23 +247,20 @@ async fn seats(c: &Cluster) -> Result<()> {
     }
     let majority_leader = leader(c, &rest).await?;
     // The cut-off region notices that it hears nobody (within the group's election_max, 2 s).
-    let deadline = Instant::now() + DEADLINE;
-    loop {
+    let what = format!("{cut} to notice it is cut off");
+    poll(DEADLINE, POLL, &what, || async {
         let st = c.status(cut).await?;
-        if st["strong"]["alone"] == true {
-            break;
-        }
-        ensure!(
-            Instant::now() < deadline,
-            "{cut} never noticed it is cut off: {}",
-            st["strong"]
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+        Ok(if st["strong"]["alone"] == true {
+            Break(())
+        } else {
+            Continue(format!("{}", st["strong"]))
+        })
+    })
+    .await?;
     let http = http();
     // The majority writes a new value.
-    let deadline = Instant::now() + DEADLINE;
-    loop {
+    let what = format!("the majority (leader {majority_leader}) to write");
+    poll(DEADLINE, POLL, &what, || async {
         let r = send(
             &http,
             &c.endpoint(rest[0]),
@@ -274,15 +270,13 @@ async fn seats(c: &Cluster) -> Result<()> {
             Some(b"after-the-cut".to_vec()),
         )
         .await;
-        if matches!(r, Reply::Answer { status: 200, .. }) {
-            break;
-        }
-        ensure!(
-            Instant::now() < deadline,
-            "the majority (leader {majority_leader}) could not write: {r:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+        Ok(if matches!(r, Reply::Answer { status: 200, .. }) {
+            Break(())
+        } else {
+            Continue(format!("{r:?}"))
+        })
+    })
+    .await?;
     // The minority refuses writes and reads, with ATOLL-NO-QUORUM, never the old value.
     for method in [reqwest::Method::PUT, reqwest::Method::GET] {
         let body = (method == reqwest::Method::PUT).then(|| b"minority".to_vec());
@@ -351,19 +345,16 @@ async fn seats(c: &Cluster) -> Result<()> {
         "status does not list the strong keyspace: {st}"
     );
     c.heal_all()?;
-    let deadline = Instant::now() + DEADLINE;
-    loop {
+    let what = format!("{cut} to read seat-0 as after-the-cut after the heal");
+    poll(DEADLINE, POLL, &what, || async {
         let v = read_settled(c, cut, "seat-0").await?;
-        if v.as_deref() == Some(b"after-the-cut".as_slice()) {
-            break;
-        }
-        ensure!(
-            Instant::now() < deadline,
-            "after the heal {cut} reads seat-0 as {v:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    Ok(())
+        Ok(if v.as_deref() == Some(b"after-the-cut".as_slice()) {
+            Break(())
+        } else {
+            Continue(format!("{v:?}"))
+        })
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

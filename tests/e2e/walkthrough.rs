@@ -256,6 +256,18 @@ impl Remap {
         self.ports_in(&a)
     }
 
+    /// Fails if a README command would still use a port this test does not map.
+    fn check_mapped(&self, c: &Cmd) -> Result<()> {
+        let mapped: Vec<String> = c.args.iter().map(|a| self.arg(a)).collect();
+        let unmapped = unmapped_ports(&mapped);
+        ensure!(
+            unmapped.is_empty(),
+            "`{}` uses ports this test does not map: {unmapped:?}",
+            c.text
+        );
+        Ok(())
+    }
+
     /// The example config with its ports mapped.
     fn write_config(&self) -> Result<()> {
         std::fs::write(&self.config, self.ports_in(EXAMPLE))
@@ -807,13 +819,7 @@ async fn scenario(dir: &TestDir) -> Result<()> {
             );
         }
         for c in &long {
-            let mapped: Vec<String> = c.args.iter().map(|a| walk.remap.arg(a)).collect();
-            let unmapped = unmapped_ports(&mapped);
-            ensure!(
-                unmapped.is_empty(),
-                "`{}` uses ports this test does not map: {unmapped:?}",
-                c.text
-            );
+            walk.remap.check_mapped(c)?;
             if let Err(e) = walk.start(c) {
                 failed = Some(e);
                 break;
@@ -867,13 +873,7 @@ async fn scenario(dir: &TestDir) -> Result<()> {
 
     // The rest, in order.
     for c in &short {
-        let mapped: Vec<String> = c.args.iter().map(|a| walk.remap.arg(a)).collect();
-        let unmapped = unmapped_ports(&mapped);
-        ensure!(
-            unmapped.is_empty(),
-            "`{}` uses ports this test does not map: {unmapped:?}",
-            c.text
-        );
+        walk.remap.check_mapped(c)?;
         if let Some(key) = check(&walk, c)
             .await
             .with_context(|| format!("README command `{}`", c.text))?

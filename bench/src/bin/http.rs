@@ -37,21 +37,19 @@
 //! Output: progress on stderr; two markdown tables on stdout.
 
 use anyhow::{Context, Result, bail};
+use atoll_bench::conn::KeepAlive as Conn;
 use base64::Engine as _;
 use clap::Parser;
 use hdrhistogram::Histogram;
-use http_body_util::{BodyExt, Full};
+use http_body_util::Full;
 use hyper::body::Bytes;
-use hyper::client::conn::http1::SendRequest;
 use hyper::{Method, Request, StatusCode, header};
-use hyper_util::rt::TokioIo;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
-use tokio::net::TcpStream;
 
 const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
 /// Clients used to write every key before the read scenarios.
@@ -338,13 +336,7 @@ impl Rng {
 }
 
 // ---------------------------------------------------------------------------------------
-// One keep-alive connection
-
-struct Conn {
-    addr: SocketAddr,
-    host: String,
-    sender: Option<SendRequest<Full<Bytes>>>,
-}
+// One keep-alive connection (atoll_bench::conn)
 
 enum Reply {
     Ok,
@@ -352,76 +344,40 @@ enum Reply {
     Miss,
 }
 
-impl Conn {
-    fn new(addr: SocketAddr) -> Self {
-        Self {
-            addr,
-            host: addr.to_string(),
-            sender: None,
-        }
-    }
-
-    async fn sender(&mut self) -> Result<&mut SendRequest<Full<Bytes>>> {
-        if self.sender.as_ref().is_none_or(|s| s.is_closed()) {
-            let stream = TcpStream::connect(self.addr)
-                .await
-                .with_context(|| format!("connect {}", self.addr))?;
-            stream.set_nodelay(true)?;
-            let (sender, conn) =
-                hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
-            tokio::spawn(async move {
-                let _ = conn.await;
-            });
-            self.sender = Some(sender);
-        }
-        let s = self.sender.as_mut().expect("connected above");
-        s.ready().await?;
-        Ok(s)
-    }
-
-    /// Sends one request and reads the whole reply. On a transport error the connection is
-    /// dropped (the next call reconnects).
-    async fn send(
-        &mut self,
-        req: Request<Full<Bytes>>,
-        check: impl FnOnce(&[u8]) -> bool,
-    ) -> Result<Reply> {
-        let r = async {
-            let resp = self.sender().await?.send_request(req).await?;
-            let status = resp.status();
-            let body = resp.into_body().collect().await?.to_bytes();
-            Ok::<_, anyhow::Error>((status, body))
-        }
-        .await;
-        match r {
-            Ok((status, body)) if status.is_success() => {
-                Ok(if check(&body) { Reply::Ok } else { Reply::Miss })
-            }
-            Ok((status, _)) => Ok(Reply::Status(status)),
-            Err(e) => {
-                self.sender = None;
-                Err(e)
+/// Sends one request and reads the whole reply. On a transport error the connection is dropped
+/// (the next call reconnects).
+async fn send(
+    conn: &mut Conn,
+    req: Request<Full<Bytes>>,
+    check: impl FnOnce(&[u8]) -> bool,
+) -> Result<Reply> {
+    Ok(match conn.exchange(req).await? {
+        (status, body) if status.is_success() => {
+            if check(&body) {
+                Reply::Ok
+            } else {
+                Reply::Miss
             }
         }
-    }
+        (status, _) => Reply::Status(status),
+    })
+}
 
-    /// A plain GET returning the body (for /metrics), or None on any failure.
-    async fn get_text(&mut self, path: &str) -> Option<String> {
-        let req = Request::builder()
-            .uri(path)
-            .header(header::HOST, &self.host)
-            .body(Full::new(Bytes::new()))
-            .ok()?;
-        let fut = async {
-            let resp = self.sender().await.ok()?.send_request(req).await.ok()?;
-            let body = resp.into_body().collect().await.ok()?.to_bytes();
-            String::from_utf8(body.to_vec()).ok()
-        };
-        tokio::time::timeout(Duration::from_secs(5), fut)
-            .await
-            .ok()
-            .flatten()
-    }
+/// A plain GET returning the body (for /metrics), or None on any failure.
+async fn get_text(conn: &mut Conn, path: &str) -> Option<String> {
+    let req = Request::builder()
+        .uri(path)
+        .header(header::HOST, &conn.host)
+        .body(Full::new(Bytes::new()))
+        .ok()?;
+    let fut = async {
+        let (_, body) = conn.exchange(req).await.ok()?;
+        String::from_utf8(body.to_vec()).ok()
+    };
+    tokio::time::timeout(Duration::from_secs(5), fut)
+        .await
+        .ok()
+        .flatten()
 }
 
 // ---------------------------------------------------------------------------------------
@@ -513,7 +469,7 @@ async fn sample(args: &Args, metrics: Option<&mut Conn>) -> Sample {
         metrics: None,
     };
     if let Some(c) = metrics {
-        s.metrics = c.get_text("/metrics").await.map(|t| parse_metrics(&t));
+        s.metrics = get_text(c, "/metrics").await.map(|t| parse_metrics(&t));
     }
     s
 }
@@ -673,7 +629,8 @@ async fn run_scenario(args: Arc<Args>, sc: Scenario, clients: usize) -> Result<O
                 let vb = args.value_bytes;
                 let t0 = Instant::now();
                 let res =
-                    tokio::time::timeout(timeout, conn.send(req, |b| sc.body_ok(b, vb))).await;
+                    tokio::time::timeout(timeout, send(&mut conn, req, |b| sc.body_ok(b, vb)))
+                        .await;
                 let t1 = Instant::now();
                 let measured = t0 >= measure_from;
                 let err = match res {
@@ -692,7 +649,7 @@ async fn run_scenario(args: Arc<Args>, sc: Scenario, clients: usize) -> Result<O
                     )),
                     Ok(Err(e)) => Some(("transport".to_string(), format!("{e:#}"))),
                     Err(_) => {
-                        conn.sender = None;
+                        conn.reset();
                         Some((
                             "timeout".to_string(),
                             format!("no reply within {timeout:?}"),
@@ -778,14 +735,15 @@ async fn populate(args: Arc<Args>, sc: Scenario) -> Result<()> {
                 rng.fill_alnum(&mut value);
                 let req = sc.request(&conn.host, k, &value);
                 let res =
-                    tokio::time::timeout(Duration::from_secs(10), conn.send(req, |_| true)).await;
+                    tokio::time::timeout(Duration::from_secs(10), send(&mut conn, req, |_| true))
+                        .await;
                 let msg = match res {
                     Ok(Ok(Reply::Ok)) => None,
                     Ok(Ok(Reply::Status(s))) => Some(format!("HTTP {s}")),
                     Ok(Ok(Reply::Miss)) => None,
                     Ok(Err(e)) => Some(format!("{e:#}")),
                     Err(_) => {
-                        conn.sender = None;
+                        conn.reset();
                         Some("timeout".into())
                     }
                 };

@@ -34,6 +34,7 @@
 
 use anyhow::{Context, Result, anyhow, bail, ensure};
 use atoll_bench::etcd::{EtcdCluster, EtcdOptions};
+use atoll_config::Model;
 use atoll_testkit::{Client, Cluster, ClusterOptions};
 use base64::Engine as _;
 use clap::Parser;
@@ -232,7 +233,7 @@ async fn steady(c: &Cluster, lease: &Lease) -> Result<String> {
 
 fn start_cluster(args: &Args, scenario: &str, lease: &Lease, rep: usize) -> Result<Cluster> {
     let opts = ClusterOptions::new(&format!("promo-{scenario}-{}-{rep}", lease.name))
-        .model("active-standby")
+        .model(Model::ActiveStandby)
         // The product's heartbeat (the testkit's default is faster).
         .heartbeat_interval_ms(1_000)
         .with_links(args.link_delay_ms)

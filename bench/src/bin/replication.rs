@@ -39,28 +39,24 @@
 #![allow(clippy::redundant_guards, clippy::needless_range_loop)]
 
 use anyhow::{Context, Result, anyhow, bail};
+use atoll_bench::conn::KeepAlive;
+use atoll_config::Policy;
+use atoll_config::render::{ClusterToml, KeyspaceToml, RegionToml, Tls};
 use clap::Parser;
 use hdrhistogram::Histogram;
-use http_body_util::{BodyExt, Full};
+use http_body_util::Full;
 use hyper::body::Bytes;
-use hyper::client::conn::http1::SendRequest;
 use hyper::{Method, Request, StatusCode, header};
-use hyper_util::rt::TokioIo;
 use std::collections::BTreeMap;
 use std::io::BufRead;
-use std::net::SocketAddr;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
-use tokio::net::TcpStream;
 
-const REGIONS: [(&str, f64, f64); 3] = [
-    ("us-east-1", 38.9, -77.4),
-    ("eu-west-1", 53.3, -6.3),
-    ("ap-southeast-1", 1.35, 103.8),
-];
+const REGIONS: [(&str, f64, f64); 3] = atoll_config::render::THREE_REGIONS;
 const REQ_TIMEOUT: Duration = Duration::from_secs(10);
 const PROBE_POLL: Duration = Duration::from_millis(1);
 const PROBE_DEADLINE: Duration = Duration::from_secs(5);
@@ -180,39 +176,13 @@ fn ms(us: u64) -> String {
 }
 
 // ------------------------------------------------------------------------------------------
-// HTTP: one keep-alive connection (as in bench/src/bin/http.rs)
+// HTTP: one keep-alive connection (atoll_bench::conn)
 
-struct Conn {
-    addr: SocketAddr,
-    host: String,
-    sender: Option<SendRequest<Full<Bytes>>>,
-}
+struct Conn(KeepAlive);
 
 impl Conn {
     fn new(addr: SocketAddr) -> Self {
-        Self {
-            addr,
-            host: addr.to_string(),
-            sender: None,
-        }
-    }
-
-    async fn sender(&mut self) -> Result<&mut SendRequest<Full<Bytes>>> {
-        if self.sender.as_ref().is_none_or(|s| s.is_closed()) {
-            let stream = TcpStream::connect(self.addr)
-                .await
-                .with_context(|| format!("connect {}", self.addr))?;
-            stream.set_nodelay(true)?;
-            let (sender, conn) =
-                hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
-            tokio::spawn(async move {
-                let _ = conn.await;
-            });
-            self.sender = Some(sender);
-        }
-        let s = self.sender.as_mut().expect("connected above");
-        s.ready().await?;
-        Ok(s)
+        Self(KeepAlive::new(addr))
     }
 
     async fn request(
@@ -224,24 +194,18 @@ impl Conn {
         let mut b = Request::builder()
             .method(method)
             .uri(path)
-            .header(header::HOST, &self.host);
+            .header(header::HOST, &self.0.host);
         if !body.is_empty() {
             b = b.header(header::CONTENT_TYPE, "application/octet-stream");
         }
         let req = b.body(Full::new(body))?;
-        let r = tokio::time::timeout(REQ_TIMEOUT, async {
-            let resp = self.sender().await?.send_request(req).await?;
-            let status = resp.status();
-            let body = resp.into_body().collect().await?.to_bytes();
-            Ok::<_, anyhow::Error>((status, body))
-        })
-        .await
-        .map_err(|_| anyhow!("timeout"))
-        .and_then(|r| r);
-        if r.is_err() {
-            self.sender = None;
+        match tokio::time::timeout(REQ_TIMEOUT, self.0.exchange(req)).await {
+            Ok(r) => r,
+            Err(_) => {
+                self.0.reset();
+                bail!("timeout")
+            }
         }
-        r
     }
 
     async fn put(&mut self, key: &str, value: Bytes) -> Result<bool> {
@@ -290,19 +254,20 @@ struct Cluster {
 /// `ports`: the regions' client API ports, then their peer listeners' (replication over mutual
 /// TLS, as shipped; certificates from `atoll certs init` in `certs/` next to the config).
 fn config_text(ports: &[u16]) -> String {
-    let mut s = String::from(
-        "# Written by bench/src/bin/replication.rs.\n[cluster]\nname = \"atoll-bench\"\nmodel = \"active-active\"\n\n\
-         [cluster.tls]\nca = \"certs/ca.pem\"\ncert = \"certs/{region}.pem\"\nkey = \"certs/{region}.key\"\n\n",
-    );
+    let at = |port: u16| SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+    let mut toml = ClusterToml::new("atoll-bench")
+        .header("Written by bench/src/bin/replication.rs.")
+        .tls(Tls::Certs("certs".to_string()));
     for (i, (name, lat, lon)) in REGIONS.iter().enumerate() {
-        s.push_str(&format!(
-            "[[regions]]\nname = \"{name}\"\napi = \"127.0.0.1:{}\"\npeer = \"127.0.0.1:{}\"\nlocation = {{ lat = {lat}, lon = {lon} }}\n\n",
-            ports[i],
-            ports[REGIONS.len() + i]
-        ));
+        toml = toml.region(
+            RegionToml::new(name, at(ports[i]))
+                .peer(at(ports[REGIONS.len() + i]))
+                .location(*lat, *lon),
+        );
     }
-    s.push_str("[[keyspaces]]\nname = \"sessions\"\npolicy = \"lww\"\n\n[[keyspaces]]\nname = \"ratelimits\"\npolicy = \"counter\"\n");
-    s
+    toml.keyspace(KeyspaceToml::new("sessions", Policy::Lww))
+        .keyspace(KeyspaceToml::new("ratelimits", Policy::Counter))
+        .render()
 }
 
 impl Cluster {

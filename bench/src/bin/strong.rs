@@ -19,6 +19,8 @@
 
 use anyhow::{Result, anyhow, ensure};
 use atoll_bench::etcd::{EtcdCluster, EtcdOptions};
+use atoll_config::Policy;
+use atoll_config::render::KeyspaceToml;
 use atoll_testkit::{Cluster, ClusterOptions};
 use base64::Engine as _;
 use clap::Parser;
@@ -163,7 +165,7 @@ async fn main() -> Result<()> {
         ClusterOptions::new("strong-bench")
             .with_links(args.link_delay_ms)
             .env("ATOLL_LOG", "warn")
-            .extra_config("[[keyspaces]]\nname = \"seats\"\npolicy = \"strong\"\n"),
+            .keyspace(KeyspaceToml::new("seats", Policy::Strong)),
     )?;
     let leader = atoll_leader(&c).await?;
     let follower = REGIONS

@@ -12,7 +12,7 @@
 //! | | 30 s to 10 min | active-standby (automated promotion; the framework's row says 1–10 minutes, atoll's promotion takes seconds, so RTOs from 30 s fit) |
 //! | | 10 min and more | active-passive |
 //! | Q2 consistency | none: everything tolerates eventual consistency | keeps Q1's model, every keyspace a CRDT |
-//! | | some (named) data must never conflict | that data is `strong` (Raft across regions: the article's "strong consistency replication"); in active-active, data with a natural owner (users, accounts) is `owned` instead (the article's "region ownership") |
+//! | | some (named) data must never conflict | that data is `strong` (strong consistency replication: Raft across regions); in active-active, data with a natural owner (users, accounts) is `owned` instead (region ownership: one home region writes each key) |
 //! | | all data | every keyspace `strong` (or `owned`) |
 //! | Q3 budget | cost multiple | active-active N x (one full stack per region: ~2–3x), active-standby 1 + 0.5(N−1) (~1.5x), active-passive 1 + 0.25(N−1) (~1.2–1.3x); a budget below the model RTO needs is reported, never silently traded for a slower failover |
 //!
@@ -66,15 +66,7 @@ pub const MIN_TTL_SECS: u64 = 5;
 pub const MAX_TTL_SECS: u64 = 30;
 
 /// The regions a starting config uses, in this order, with their coordinates.
-pub const REGIONS: &[(&str, f64, f64)] = &[
-    ("us-east-1", 38.9, -77.4),
-    ("eu-west-1", 53.3, -6.3),
-    ("ap-southeast-1", 1.35, 103.8),
-    ("us-west-2", 45.8, -119.7),
-    ("eu-central-1", 50.1, 8.7),
-    ("ap-northeast-1", 35.7, 139.7),
-    ("sa-east-1", -23.5, -46.6),
-];
+pub const REGIONS: &[(&str, f64, f64)] = &crate::render::CLOUD_REGIONS;
 
 /// Where the arbiter goes: the first of these that is no region's location.
 const ARBITER_SITES: &[(&str, f64, f64)] = &[

@@ -11,6 +11,8 @@
 //! missing, duplicated, out of range or not applicable to a keyspace's policy is a
 //! [`ConfigError`] naming the file, the line and the key. [`Config::explain`] says in plain text
 //! what was understood, defaults included.
+//! The other way round, [`render::ClusterToml`] writes a cluster config as text: `atoll demo`,
+//! the testkit's clusters, the benchmarks and the end-to-end tests render theirs through it.
 //!
 //! ```
 //! let text = r#"
@@ -37,6 +39,7 @@ mod error;
 mod explain;
 pub mod promise;
 mod raw;
+pub mod render;
 pub mod router;
 #[cfg(test)]
 mod tests;

@@ -23,9 +23,9 @@ use serde::Serialize;
 /// lived connections) are bounded by no DNS setting: put them behind the proxy.
 pub const DNS_RESOLVER_SLACK_MS: u64 = 5_000;
 
-/// What an active-passive failover is assumed to take, for comparison with a declared `rto`: the
-/// article puts manual promotion at "minutes to tens of minutes", and its decision framework
-/// gives active-passive to RTOs of 10 minutes and more.
+/// What an active-passive failover is assumed to take, for comparison with a declared `rto`:
+/// manual promotion (an operator notices, decides and runs `atoll promote`) takes minutes to tens
+/// of minutes, so active-passive suits RTOs of 10 minutes and more (`atoll advise`'s rule).
 pub const MANUAL_PROMOTION_MS: u64 = 600_000;
 
 /// Everything [`Config::promises`] computes.

@@ -8,66 +8,19 @@
 //! cargo run -p atoll-drill --example testkit_drill -- drills/region-isolation.toml [active-standby] [report.html]
 //! ```
 
-use anyhow::{Context, Result, anyhow, bail};
-use atoll_drill::target::RegionControl;
-use atoll_drill::{DrillError, RunOptions, Target};
-use atoll_testkit::{Cluster, ClusterOptions, atoll_bin};
+use anyhow::{Result, anyhow, bail};
+use atoll_config::render::{KeyspaceToml, RouterToml};
+use atoll_config::{Model, Policy};
+use atoll_drill::{RunOptions, Target};
+use atoll_testkit::{Cluster, ClusterOptions, RouterService, atoll_bin};
+use kit::Kit;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 const TOKEN: &str = "testkit-drill-admin-token";
 
-const EXTRA: &str = "[router]\nzone = \"atoll.test\"\nttl_secs = 30\n\n\
-[router.health]\ninterval_ms = 1000\nfailure_threshold = 3\nrecovery_threshold = 2\n\n\
-[[router.names]]\nname = \"api\"\npolicy = \"latency\"\n\n\
-[[keyspaces]]\nname = \"inventory\"\npolicy = \"lww\"\non_minority = \"read-only\"\n";
-
-struct Kit(Arc<Mutex<Cluster>>);
-
-impl Kit {
-    async fn with(
-        &self,
-        what: &'static str,
-        region: &str,
-        f: fn(&mut Cluster, &str) -> Result<()>,
-    ) -> atoll_drill::Result<()> {
-        let c = self.0.clone();
-        let r = region.to_string();
-        tokio::task::spawn_blocking(move || {
-            let mut g = c.lock().unwrap_or_else(|p| p.into_inner());
-            f(&mut g, &r)
-        })
-        .await
-        .map_err(|e| DrillError::Control {
-            what: what.into(),
-            message: e.to_string(),
-            retryable: false,
-        })?
-        .map_err(|e| DrillError::Control {
-            what: what.into(),
-            message: format!("{e:#}"),
-            retryable: false,
-        })
-    }
-}
-
-#[async_trait::async_trait]
-impl RegionControl for Kit {
-    async fn kill(&self, region: &str) -> atoll_drill::Result<()> {
-        self.with("kill", region, |c, r| c.kill9(r).map(|_| ()))
-            .await
-    }
-    async fn stop(&self, region: &str) -> atoll_drill::Result<()> {
-        self.with("stop", region, |c, r| c.terminate(r).map(|_| ()))
-            .await
-    }
-    async fn restart(&self, region: &str) -> atoll_drill::Result<()> {
-        self.with("restart", region, |c, r| c.restart(r)).await
-    }
-    fn describe(&self) -> String {
-        "atoll-testkit".into()
-    }
-}
+#[path = "../tests/common/kit.rs"]
+mod kit;
 
 #[tokio::main]
 async fn main() -> Result<()> {
@@ -76,42 +29,33 @@ async fn main() -> Result<()> {
         .first()
         .ok_or_else(|| anyhow!("usage: testkit_drill SCENARIO [MODEL] [REPORT.html]"))?;
     let model = args.get(1).map_or("active-active", String::as_str);
+    let model = Model::parse(model).ok_or_else(|| anyhow!("unknown model {model}"))?;
     let sc = atoll_drill::scenario::load(std::path::Path::new(file)).map_err(|e| anyhow!("{e}"))?;
-    let mut extra = EXTRA.to_string();
-    if model == "active-active" {
-        extra.push_str("\n[fencing]\nquorum = true\n");
+    let router = RouterToml::new()
+        .zone("atoll.test")
+        .ttl_secs(30)
+        .health("interval_ms", 1000)
+        .health("failure_threshold", 3)
+        .health("recovery_threshold", 2)
+        .name("api", "latency", &[]);
+    let mut opts = ClusterOptions::new("testkit-drill")
+        .model(model)
+        .with_links(20.0)
+        .link_control()
+        .extra_config(&router.render())
+        .keyspace(KeyspaceToml::new("inventory", Policy::Lww).line("on_minority = \"read-only\""))
+        .env("ATOLL_ADMIN_TOKEN", TOKEN);
+    if model == Model::ActiveActive {
+        opts = opts.extra_config("[fencing]\nquorum = true");
     }
-    let cluster = Cluster::start(
-        atoll_bin(),
-        3,
-        ClusterOptions::new("testkit-drill")
-            .model(model)
-            .with_links(20.0)
-            .link_control()
-            .extra_config(&extra)
-            .env("ATOLL_ADMIN_TOKEN", TOKEN),
-    )?;
+    let cluster = Cluster::start(atoll_bin(), 3, opts)?;
     let config = cluster.config_path().to_path_buf();
     let dir = cluster.dir().to_path_buf();
     let link_control = cluster.link_control_url();
     let cluster = Arc::new(Mutex::new(cluster));
-    let mut cmd = std::process::Command::new(atoll_bin());
-    cmd.arg("router")
-        .arg("--config")
-        .arg(&config)
-        .args(["--proxy", "127.0.0.1:0", "--admin", "127.0.0.1:0"])
-        .arg("--state-dir")
-        .arg(dir.join("router-state"))
-        .env("ATOLL_ADMIN_TOKEN", TOKEN);
-    let mut router = atoll_testkit::Service::start("router", cmd, &dir.join("router.log"))?;
-    let (mut proxy, mut admin) = (None, None);
-    while proxy.is_none() || admin.is_none() {
-        let line = router.wait_line(Duration::from_secs(30), |l| l.starts_with("atoll router "))?;
-        let addr = |p: &str| line.strip_prefix(p).map(|a| format!("http://{}", a.trim()));
-        proxy = proxy.or(addr("atoll router proxy on http://"));
-        admin = admin.or(addr("atoll router admin on http://"));
-    }
-    let proxy = proxy.context("proxy")?;
+    let router = RouterService::start(atoll_bin(), &config, &dir, TOKEN, Duration::from_secs(30))?;
+    let proxy = format!("http://{}", router.proxy);
+    let admin = Some(format!("http://{}", router.admin));
     let probe = atoll_testkit::Client::new(&proxy);
     atoll_testkit::wait_until_async(Duration::from_secs(30), "the router serves", || {
         let probe = probe.clone();

@@ -681,15 +681,8 @@ async fn serve_runs_until_shutdown() {
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     // Find a port free for both UDP and TCP first (serve binds both and does not report what it
     // bound; a port free for UDP only made serve fail to bind now and then).
-    let addr = (0..100)
-        .find_map(|_| {
-            let tcp = std::net::TcpListener::bind("127.0.0.1:0").ok()?;
-            let addr = tcp.local_addr().ok()?;
-            let udp = std::net::UdpSocket::bind(addr).ok()?;
-            drop((tcp, udp));
-            Some(addr)
-        })
-        .expect("a loopback port free for UDP and TCP");
+    let port = atoll_testkit::free_udp_tcp_port().expect("a loopback port free for UDP and TCP");
+    let addr = std::net::SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, port));
     let task = tokio::spawn(atoll_router::dns::serve(
         state.clone(),
         addr,

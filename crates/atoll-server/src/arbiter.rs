@@ -1,7 +1,7 @@
 //! `atoll arbiter`: the witness of the control group (`docs/design/fencing.md`). It votes and
 //! stores the control log (the write lease and the promotion history), never keyspace data. For
-//! two regions it is the third voter that lets a majority form on one side of a split: the
-//! article's external arbiter.
+//! two regions it is the third voter that lets a majority form on one side of a split: an
+//! external arbiter, placed apart from both regions.
 //!
 //! It listens like a region's peer listener (mutual TLS, certificate `<name>.atoll` issued by
 //! `atoll certs init`) and serves only the control routes.

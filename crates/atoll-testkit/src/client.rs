@@ -335,6 +335,28 @@ impl Client {
         WriteAck::from_json(&r.json()?)
     }
 
+    /// Waits until a read of `keyspace/key` answers exactly `value` (errors and other answers
+    /// are read again), for at most `timeout`: a write to arrive by replication, or through a
+    /// proxy.
+    pub async fn wait_value(
+        &self,
+        keyspace: &str,
+        key: &str,
+        value: impl AsRef<[u8]>,
+        timeout: Duration,
+    ) -> Result<()> {
+        let value = value.as_ref();
+        let what = format!(
+            "{keyspace}/{key} = {:?} at {}",
+            String::from_utf8_lossy(value),
+            self.base
+        );
+        crate::wait::wait_until_async(timeout, &what, || async {
+            matches!(self.kv_get(keyspace, key).await, Ok(r) if r.value() == Some(value))
+        })
+        .await
+    }
+
     /// Reads a key: 200, 300 and 404 are answers; anything else is an error.
     pub async fn kv_get(&self, keyspace: &str, key: &str) -> Result<KvRead> {
         let r = self.kv_get_raw(keyspace, key).await?;

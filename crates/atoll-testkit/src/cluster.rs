@@ -16,7 +16,8 @@
 //! How a region reaches each peer is a [`Route`] per ordered pair ([`ClusterOptions::route`],
 //! [`ClusterOptions::cut`]): directly, through another address (`--peer-via PEER=ADDR`), or not
 //! at all (`--peer-via` to a [`ClosedPort`], which refuses every connection). The config is
-//! written by [`render_config`] and every region's extra command-line arguments are computed by
+//! written by [`render_config`] (through `atoll_config::render`, where every cluster config is
+//! rendered) and every region's extra command-line arguments are computed by
 //! `region_args`, both called from `Launcher` only.
 //!
 //! **Link mesh.** With [`ClusterOptions::with_links`] the cluster also runs an in-process
@@ -58,6 +59,10 @@ use crate::client::Client;
 use crate::process::{RegionProcess, RegionSpec, Service};
 use crate::{TestDir, test_dir};
 use anyhow::{Context, Result, anyhow, bail, ensure};
+use atoll_config::render::{
+    ArbiterToml, CLOUD_REGIONS, ClusterToml, KeyspaceToml, RegionToml, Tls,
+};
+use atoll_config::{Model, Policy};
 use atoll_link::{Direction, FaultKind, LinkServer, LinkSpec, PartitionMode};
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -69,19 +74,19 @@ use std::time::{Duration, Instant};
 /// The regions of a cluster, in order, with the approximate coordinates of their cloud regions.
 /// A cluster of `n` regions uses the first `n`.
 pub const REGIONS: [(&str, f64, f64); 5] = [
-    ("us-east-1", 38.9, -77.4),
-    ("eu-west-1", 53.3, -6.3),
-    ("ap-southeast-1", 1.35, 103.8),
-    ("sa-east-1", -23.5, -46.6),
-    ("ap-northeast-1", 35.7, 139.7),
+    CLOUD_REGIONS[0], // us-east-1
+    CLOUD_REGIONS[1], // eu-west-1
+    CLOUD_REGIONS[2], // ap-southeast-1
+    CLOUD_REGIONS[6], // sa-east-1
+    CLOUD_REGIONS[5], // ap-northeast-1
 ];
 
 /// The keyspaces of every cluster: name and policy.
-pub const KEYSPACES: [(&str, &str); 4] = [
-    ("sessions", "lww"),
-    ("carts", "mvr"),
-    ("ratelimits", "counter"),
-    ("flags", "set"),
+pub const KEYSPACES: [(&str, Policy); 4] = [
+    ("sessions", Policy::Lww),
+    ("carts", Policy::Mvr),
+    ("ratelimits", Policy::Counter),
+    ("flags", Policy::Set),
 ];
 
 /// The arbiter's name (`[cluster.arbiter] name`) in a cluster with [`ClusterOptions::arbiter`]; a
@@ -140,10 +145,12 @@ pub struct ClusterOptions {
     pub link_delay_ms: Option<f64>,
     /// `[cluster.tls] insecure = true` instead of mutual TLS between regions.
     pub insecure: bool,
-    /// `[cluster] model` (`active-active` when `None`).
-    pub model: Option<String>,
+    /// `[cluster] model`.
+    pub model: Model,
     /// More lines for a keyspace's `[[keyspaces]]` table (e.g. `on_minority = "read-only"`).
     pub keyspace_lines: BTreeMap<String, Vec<String>>,
+    /// Keyspaces beyond [`KEYSPACES`] ([`ClusterOptions::keyspace`]).
+    pub keyspaces: Vec<KeyspaceToml>,
     /// Appended to the config as written (e.g. a `[fencing]` section).
     pub extra_config: String,
     /// Run an arbiter ([`ClusterOptions::arbiter`]).
@@ -166,8 +173,9 @@ impl ClusterOptions {
             env: Vec::new(),
             link_delay_ms: None,
             insecure: false,
-            model: None,
+            model: Model::ActiveActive,
             keyspace_lines: BTreeMap::new(),
+            keyspaces: Vec::new(),
             extra_config: String::new(),
             arbiter: false,
             link_control: false,
@@ -178,19 +186,21 @@ impl ClusterOptions {
     /// from `atoll certs init`, and an `atoll arbiter` process the cluster starts after the
     /// regions and stops on drop. With [`ClusterOptions::with_links`] every region-to-arbiter
     /// connection crosses the link mesh too. A cluster with an arbiter may have two regions.
-    pub fn link_control(mut self) -> Self {
-        self.link_control = true;
-        self
-    }
-
     pub fn arbiter(mut self) -> Self {
         self.arbiter = true;
         self
     }
 
-    /// `[cluster] model = "..."` (active-active, active-standby, active-passive).
-    pub fn model(mut self, model: &str) -> Self {
-        self.model = Some(model.to_string());
+    /// With [`ClusterOptions::with_links`]: also serves the link mesh's control HTTP API
+    /// ([`Cluster::link_control_url`]).
+    pub fn link_control(mut self) -> Self {
+        self.link_control = true;
+        self
+    }
+
+    /// `[cluster] model` (active-active unless set).
+    pub fn model(mut self, model: Model) -> Self {
+        self.model = model;
         self
     }
 
@@ -200,6 +210,12 @@ impl ClusterOptions {
             .entry(keyspace.to_string())
             .or_default()
             .push(line.to_string());
+        self
+    }
+
+    /// Declares one more keyspace (after [`KEYSPACES`]).
+    pub fn keyspace(mut self, keyspace: KeyspaceToml) -> Self {
+        self.keyspaces.push(keyspace);
         self
     }
 
@@ -316,62 +332,53 @@ pub fn render_cluster_config(
     arbiter: Option<&ArbiterLayout>,
     opts: &ClusterOptions,
 ) -> String {
-    let mut out = format!(
-        "# Written by atoll-testkit's Cluster.\n[cluster]\nname = \"{cluster}\"\nmodel = \"{}\"\n",
-        opts.model.as_deref().unwrap_or("active-active")
-    );
-    if let Some(ms) = opts.max_clock_offset_ms {
-        out.push_str(&format!("max_clock_offset_ms = {ms}\n"));
-    }
-    if opts.insecure {
-        out.push_str("\n[cluster.tls]\ninsecure = true\n");
-    } else {
-        out.push_str(&format!(
-            "\n[cluster.tls]\nca = \"{CERTS_DIR}/ca.pem\"\ncert = \"{CERTS_DIR}/{{region}}.pem\"\nkey = \"{CERTS_DIR}/{{region}}.key\"\n"
-        ));
-    }
-    if let Some(a) = arbiter {
-        out.push_str(&format!(
-            "\n[cluster.arbiter]\nname = \"{}\"\npeer = \"{}\"\n",
-            a.name, a.peer
-        ));
-    }
-    out.push('\n');
+    cluster_toml(cluster, regions, arbiter, opts).render()
+}
+
+/// The cluster config of [`render_cluster_config`], before rendering.
+pub fn cluster_toml(
+    cluster: &str,
+    regions: &[RegionLayout],
+    arbiter: Option<&ArbiterLayout>,
+    opts: &ClusterOptions,
+) -> ClusterToml {
+    let mut toml = ClusterToml::new(cluster)
+        .header("Written by atoll-testkit's Cluster.")
+        .model(opts.model)
+        .tls(if opts.insecure {
+            Tls::Insecure
+        } else {
+            Tls::Certs(CERTS_DIR.to_string())
+        })
+        .heartbeat_interval_ms(opts.heartbeat_interval_ms);
+    toml.max_clock_offset_ms = opts.max_clock_offset_ms;
+    toml.max_lag_secs = opts.max_lag_secs;
+    toml.arbiter = arbiter.map(|a| ArbiterToml {
+        name: a.name.clone(),
+        peer: a.peer,
+        location: None,
+    });
     for r in regions {
         // A peer address equal to the api address is left out: the replication routes then
         // share the client listener (insecure clusters).
-        let peer = if r.peer == r.api {
-            String::new()
-        } else {
-            format!("peer = \"{}\"\n", r.peer)
-        };
-        out.push_str(&format!(
-            "[[regions]]\nname = \"{}\"\napi = \"{}\"\n{peer}location = {{ lat = {}, lon = {} }}\n\n",
-            r.name, r.api, r.lat, r.lon
-        ));
+        toml = toml.region(
+            RegionToml::new(&r.name, r.api)
+                .peer(r.peer)
+                .location(r.lat, r.lon),
+        );
     }
     for (name, policy) in KEYSPACES {
-        out.push_str(&format!(
-            "[[keyspaces]]\nname = \"{name}\"\npolicy = \"{policy}\"\n"
-        ));
-        for line in opts.keyspace_lines.get(name).into_iter().flatten() {
-            out.push_str(line);
-            out.push('\n');
-        }
-        out.push('\n');
+        let mut keyspace = KeyspaceToml::new(name, policy);
+        keyspace.lines = opts.keyspace_lines.get(name).cloned().unwrap_or_default();
+        toml = toml.keyspace(keyspace);
     }
-    out.push_str(&format!(
-        "[replication]\nheartbeat_interval_ms = {}\n",
-        opts.heartbeat_interval_ms
-    ));
-    if let Some(lag) = opts.max_lag_secs {
-        out.push_str(&format!("max_lag_secs = {lag}\n"));
+    for keyspace in &opts.keyspaces {
+        toml = toml.keyspace(keyspace.clone());
     }
     if !opts.extra_config.is_empty() {
-        out.push('\n');
-        out.push_str(&opts.extra_config);
+        toml = toml.section(&opts.extra_config);
     }
-    out
+    toml
 }
 
 /// `n` distinct free ports on 127.0.0.1, found by binding port 0 and letting go (another process

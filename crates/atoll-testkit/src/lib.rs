@@ -15,11 +15,13 @@
 //!   [`ClusterOptions::arbiter`] it also runs `atoll arbiter` (the control group's witness; then
 //!   two regions suffice), a node of the link mesh like a region.
 //! - [`Service`]: any other long-running `atoll` process (`atoll link serve`, `atoll router`,
-//!   `atoll demo`) started from a command line, waited for by a line it prints, killed on drop.
+//!   `atoll demo`) started from a command line, waited for by a line it prints, killed on drop;
+//!   [`RouterService`] starts `atoll router` with its proxy and admin API on free ports.
 //! - [`free_ports`], [`free_port_range`], [`free_udp_tcp_port`]: loopback ports to start on.
 //! - [`wait`]: [`wait_until`] / [`wait_until_async`] poll a condition with a short interval until
 //!   it holds or a deadline passes (never sleep-and-hope); [`eventually`] also gives back what
-//!   the condition found. Every crate's tests poll with these.
+//!   the condition found; [`poll`] polls at a pace of its own and says what it saw last when the
+//!   deadline passes. Every crate's tests poll with these.
 //! - [`client`]: a small HTTP client for the kv, counter and set routes that keeps status codes
 //!   and bodies visible to the test.
 //! - [`raw_http`]: HTTP/1.1 over a raw socket, for what well-behaved clients never send (slow
@@ -38,8 +40,10 @@ pub use cluster::{
     ARBITER, ArbiterLayout, Cluster, ClusterOptions, FAULT_LEASE, Route, free_port_range,
     free_ports, free_udp_tcp_port, link_name,
 };
-pub use process::{RegionProcess, RegionSpec, Service, atoll_bin, chromium, run_with_timeout};
-pub use wait::{eventually, wait_until, wait_until_async};
+pub use process::{
+    RegionProcess, RegionSpec, RouterService, Service, atoll_bin, chromium, run_with_timeout,
+};
+pub use wait::{eventually, poll, wait_until, wait_until_async};
 
 /// A fresh temporary directory for one test (removed when dropped, kept if the test panics so
 /// its data directory and logs can be inspected).

@@ -346,19 +346,24 @@ impl RegionProcess {
 
 impl Drop for RegionProcess {
     fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        if std::thread::panicking() {
-            eprintln!(
-                "---- region {} log ({}), last {LOG_TAIL_LINES} lines ----\n{}\n---- end of region {} log ----",
-                self.spec.region,
-                self.log_path.display(),
-                self.log_tail(LOG_TAIL_LINES),
-                self.spec.region
-            );
-        }
+        let label = format!("region {}", self.spec.region);
+        kill_and_report(self.child.take(), &label, &self.log_path);
+    }
+}
+
+/// What a process handle does when dropped: kills the process if it still runs (a failing test
+/// leaks no process) and, if the test is panicking, prints the tail of its log.
+fn kill_and_report(child: Option<Child>, label: &str, log_path: &Path) {
+    if let Some(mut child) = child {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    if std::thread::panicking() {
+        eprintln!(
+            "---- {label} log ({}), last {LOG_TAIL_LINES} lines ----\n{}\n---- end of {label} log ----",
+            log_path.display(),
+            tail(log_path, LOG_TAIL_LINES),
+        );
     }
 }
 
@@ -603,21 +608,55 @@ impl Service {
     }
 }
 
+/// A running `atoll router` with its proxy and admin API on free loopback ports (a [`Service`]:
+/// killed when dropped, its log printed when the test panics).
+pub struct RouterService {
+    pub service: Service,
+    pub proxy: SocketAddr,
+    pub admin: SocketAddr,
+}
+
+impl RouterService {
+    /// `BIN router --config CONFIG --proxy 127.0.0.1:0 --admin 127.0.0.1:0 --state-dir
+    /// DIR/router-state` with `ATOLL_ADMIN_TOKEN=token`, logging to `DIR/router.log`; waits up to
+    /// `timeout` for the addresses it prints.
+    pub fn start(
+        bin: impl AsRef<Path>,
+        config: &Path,
+        dir: &Path,
+        token: &str,
+        timeout: Duration,
+    ) -> Result<RouterService> {
+        let mut cmd = Command::new(bin.as_ref());
+        cmd.arg("router")
+            .arg("--config")
+            .arg(config)
+            .args(["--proxy", "127.0.0.1:0", "--admin", "127.0.0.1:0"])
+            .arg("--state-dir")
+            .arg(dir.join("router-state"))
+            .env("ATOLL_ADMIN_TOKEN", token);
+        let mut service = Service::start("router", cmd, &dir.join("router.log"))?;
+        // It prints the proxy's address, then the admin API's.
+        let mut addr = |prefix: &'static str| -> Result<SocketAddr> {
+            let line = service.wait_line(timeout, |l| l.starts_with(prefix))?;
+            line[prefix.len()..]
+                .trim()
+                .parse()
+                .with_context(|| format!("router printed {line:?}"))
+        };
+        let proxy = addr("atoll router proxy on http://")?;
+        let admin = addr("atoll router admin on http://")?;
+        Ok(RouterService {
+            service,
+            proxy,
+            admin,
+        })
+    }
+}
+
 impl Drop for Service {
     fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        if std::thread::panicking() {
-            eprintln!(
-                "---- {} log ({}), last {LOG_TAIL_LINES} lines ----\n{}\n---- end of {} log ----",
-                self.name,
-                self.log_path.display(),
-                self.log_tail(LOG_TAIL_LINES),
-                self.name
-            );
-        }
+        kill_and_report(self.child.take(), &self.name, &self.log_path);
     }
 }
 

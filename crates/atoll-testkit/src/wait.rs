@@ -2,6 +2,7 @@
 
 use anyhow::{Result, bail};
 use std::future::Future;
+use std::ops::ControlFlow;
 use std::time::{Duration, Instant};
 
 /// How often conditions are polled.
@@ -71,6 +72,41 @@ where
     }
 }
 
+/// Polls `check` every `interval` until it returns `Ok(ControlFlow::Break(value))`
+/// (`Ok(value)`). `Ok(ControlFlow::Continue(seen))` is "not yet", `seen` saying what was found
+/// instead; an `Err` ends the wait at once (a check may fail fast on what must never be seen).
+/// `check` runs at least once, and once more after the deadline; after `timeout` the error names
+/// `what`, how long was waited and the last `seen`. For waits whose failure should say what was
+/// there, or that must poll at a pace of their own.
+pub async fn poll<T, F, Fut>(
+    timeout: Duration,
+    interval: Duration,
+    what: &str,
+    mut check: F,
+) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<ControlFlow<T, String>>>,
+{
+    let started = tokio::time::Instant::now();
+    let deadline = started + timeout;
+    loop {
+        // A check that began after the deadline and still failed ends the wait.
+        let late = tokio::time::Instant::now() >= deadline;
+        match check().await? {
+            ControlFlow::Break(v) => return Ok(v),
+            ControlFlow::Continue(seen) if late => bail!(
+                "timed out after {:?} waiting for {what}; last seen: {seen}",
+                started.elapsed()
+            ),
+            ControlFlow::Continue(_) => {}
+        }
+        if tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(interval).await;
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -136,5 +172,52 @@ mod tests {
             .unwrap_err();
         assert!(err.to_string().contains("never"), "{err}");
         assert!(real.elapsed() < Duration::from_secs(60));
+    }
+
+    #[tokio::test]
+    async fn poll_says_what_it_saw_last_and_stops_at_an_error() {
+        let n = AtomicU32::new(0);
+        let v = poll(
+            Duration::from_secs(5),
+            POLL_INTERVAL,
+            "third poll",
+            || async {
+                let i = n.fetch_add(1, Ordering::Relaxed);
+                Ok(if i >= 2 {
+                    ControlFlow::Break(i)
+                } else {
+                    ControlFlow::Continue(format!("poll {i}"))
+                })
+            },
+        )
+        .await
+        .unwrap();
+        assert_eq!(v, 2);
+        let err = poll(
+            Duration::from_millis(20),
+            POLL_INTERVAL,
+            "never",
+            || async { Ok(ControlFlow::<(), _>::Continue("still nothing".to_string())) },
+        )
+        .await
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("waiting for never") && err.ends_with("last seen: still nothing"),
+            "{err}"
+        );
+        let n = AtomicU32::new(0);
+        let err = poll(Duration::from_secs(5), POLL_INTERVAL, "fails", || async {
+            n.fetch_add(1, Ordering::Relaxed);
+            Err::<ControlFlow<(), String>, _>(anyhow::anyhow!("must never be seen"))
+        })
+        .await
+        .unwrap_err();
+        assert!(err.to_string().contains("must never be seen"), "{err}");
+        assert_eq!(
+            n.load(Ordering::Relaxed),
+            1,
+            "an error ends the wait at once"
+        );
     }
 }

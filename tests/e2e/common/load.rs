@@ -8,7 +8,7 @@
 //! its first unanswered request, at `max_iterations`, after `time_limit`, or when told to.
 
 use super::{DEADLINE, within};
-use anyhow::Result;
+use anyhow::{Result, ensure};
 use atoll_testkit::{Client, KvRead, Reply};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -41,6 +41,19 @@ impl TaskLog {
             .iter()
             .map(|(_, s)| *s)
             .chain(self.incr_refused.iter().copied())
+    }
+
+    /// Every request of this writer (a writer to `region`) got 200: none refused, none left
+    /// without an answer.
+    pub fn all_acknowledged(&self, region: &str) -> Result<()> {
+        ensure!(
+            self.in_flight.is_empty()
+                && self.incr_in_flight == 0
+                && self.refused_statuses().count() == 0,
+            "{region} writer {} did not get 200 for everything: {self:?}",
+            self.task
+        );
+        Ok(())
     }
 }
 

@@ -3,6 +3,10 @@
 
 pub mod load;
 
+use anyhow::{anyhow, ensure};
+use atoll_testkit::cluster::peer_status;
+use serde_json::Value;
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 /// The binary under test; cargo builds it before running integration tests.
@@ -35,4 +39,37 @@ pub fn ok<T>(r: anyhow::Result<T>) -> T {
         Ok(t) => t,
         Err(e) => panic!("{e:?}"),
     }
+}
+
+/// `me` shows `other` unreachable yet holds every write of it (`applied` is the converged vector).
+pub fn holds_all_of_unreachable(
+    st: &Value,
+    me: &str,
+    other: &str,
+    applied: &BTreeMap<String, u64>,
+) -> anyhow::Result<()> {
+    let p = peer_status(st, other).ok_or_else(|| anyhow!("{me}: no peer {other}"))?;
+    ensure!(
+        p["reachable"] == false && p["state"] == "unreachable",
+        "{me} should show {other} unreachable: {p}"
+    );
+    ensure!(
+        p["lag_ops"] == 0 && p["applied_seq"].as_u64() == applied.get(other).copied(),
+        "{me} should hold everything {other} wrote: {p}, applied {applied:?}"
+    );
+    Ok(())
+}
+
+/// `POST {endpoint}/v1/admin/switchover` to `target` with the admin `token`: the status and the
+/// report.
+pub async fn switchover(endpoint: &str, token: &str, target: &str) -> anyhow::Result<(u16, Value)> {
+    let resp = reqwest::Client::new()
+        .post(format!("{endpoint}/v1/admin/switchover"))
+        .bearer_auth(token)
+        .json(&serde_json::json!({ "target": target }))
+        .send()
+        .await?;
+    let status = resp.status().as_u16();
+    let report: Value = resp.json().await?;
+    Ok((status, report))
 }

@@ -3,7 +3,8 @@
 //! standby does), config builders, and polling with deadlines.
 #![allow(dead_code)]
 
-use atoll_config::Config;
+use atoll_config::render::{ClusterToml, KeyspaceToml, RegionToml};
+use atoll_config::{Config, Policy};
 use atoll_core::clock::SystemClock;
 use atoll_router::metrics::RouterMetrics;
 use atoll_router::proxy::{self, Proxy, ProxySettings};
@@ -282,24 +283,24 @@ async fn connection(mut sock: TcpStream, i: Arc<Inner>, mut stopped: watch::Rece
 
 /// An address nothing listens on (connections are refused).
 pub async fn refused_addr() -> SocketAddr {
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let a = l.local_addr().unwrap();
-    drop(l);
-    a
+    let port = atoll_testkit::free_ports(1).unwrap()[0];
+    SocketAddr::from(([127, 0, 0, 1], port))
 }
 
 /// A cluster config with these regions (in order) and this `[router]` text (which must start
 /// with `[router]`). Keyspaces: `s` (lww), `carts` (mvr), `c` (counter), `f` (set).
 pub fn config(regions: &[(&str, SocketAddr)], router: &str) -> Arc<Config> {
-    let mut t = String::from("[cluster]\nname = \"t\"\n");
+    let mut toml = ClusterToml::new("t");
     for (n, a) in regions {
-        t.push_str(&format!("[[regions]]\nname = \"{n}\"\napi = \"{a}\"\n"));
+        toml = toml.region(RegionToml::new(n, *a));
     }
-    t.push_str("[[keyspaces]]\nname = \"s\"\npolicy = \"lww\"\n");
-    t.push_str("[[keyspaces]]\nname = \"carts\"\npolicy = \"mvr\"\n");
-    t.push_str("[[keyspaces]]\nname = \"c\"\npolicy = \"counter\"\n");
-    t.push_str("[[keyspaces]]\nname = \"f\"\npolicy = \"set\"\n");
-    t.push_str(router);
+    let t = toml
+        .keyspace(KeyspaceToml::new("s", Policy::Lww))
+        .keyspace(KeyspaceToml::new("carts", Policy::Mvr))
+        .keyspace(KeyspaceToml::new("c", Policy::Counter))
+        .keyspace(KeyspaceToml::new("f", Policy::Set))
+        .section(router)
+        .render();
     Arc::new(Config::parse(&t, "test.toml").unwrap_or_else(|e| panic!("{e}\n{t}")))
 }
 

@@ -50,8 +50,19 @@ async fn scenario(c: &mut Cluster) -> Result<()> {
             rep["streaming_to"].as_array().map(Vec::len) == Some(2),
             "{h}"
         );
-        let st = c.status(r).await?;
-        ensure!(st["replication"]["established"] == true, "{st}");
+        // `/v1/status` says the same, but waited for too: while the regions start, a peer may
+        // rearrange its subscriptions (a relay stream replaced by a direct one once every link
+        // works both ways), and the served stream it closes is gone for a moment.
+        wait_until_async(
+            DEADLINE,
+            &format!("{r}: /v1/status says replication established"),
+            || async {
+                c.status(r)
+                    .await
+                    .is_ok_and(|st| st["replication"]["established"] == true)
+            },
+        )
+        .await?;
     }
 
     // A peer down: not established, still serving.

@@ -246,16 +246,14 @@ fn strip_hop_by_hop(h: &mut HeaderMap) {
     }
 }
 
-/// An error answered by the router itself, in atoll's JSON error shape.
-pub(crate) fn error_response(
-    status: StatusCode,
-    code: &str,
-    message: impl Into<String>,
-    hint: &str,
-    retryable: bool,
-) -> Response {
-    let body = atoll_core::ErrorBody::new(code, message, hint, retryable);
-    (status, axum::Json(body)).into_response()
+/// An internal error of the router's own state (`AtollError`, e.g. a poisoned lock), answered
+/// `500` in atoll's JSON error shape with the error's own code, hint and retryability.
+pub(crate) fn internal_error(e: &atoll_core::AtollError) -> Response {
+    (
+        StatusCode::INTERNAL_SERVER_ERROR,
+        axum::Json(atoll_core::ErrorBody::from(e)),
+    )
+        .into_response()
 }
 
 /// Decrements a region's in-flight gauge when dropped.
@@ -321,11 +319,11 @@ pub fn fencing_refusal(status: u16, body: &[u8]) -> Option<&'static str> {
     }
     let v: serde_json::Value = serde_json::from_slice(body).ok()?;
     match v.get("error")?.get("code")?.as_str()? {
-        codes::NOT_PRIMARY => Some("not-primary"),
-        codes::FENCED => Some("fenced"),
-        codes::PASSIVE => Some("passive"),
-        codes::NO_QUORUM => Some("no-quorum"),
-        codes::HOME_UNAVAILABLE => Some("home-unavailable"),
+        codes::region::NOT_PRIMARY => Some("not-primary"),
+        codes::region::FENCED => Some("fenced"),
+        codes::region::PASSIVE => Some("passive"),
+        codes::region::NO_QUORUM => Some("no-quorum"),
+        codes::region::HOME_UNAVAILABLE => Some("home-unavailable"),
         _ => None,
     }
 }
@@ -564,16 +562,10 @@ impl Proxy {
             };
             return self.finish(
                 "none",
-                error_response(
-                    StatusCode::NOT_FOUND,
-                    codes::NOT_PROXIED,
-                    format!(
-                        "the router does not forward `{}`: {why}; it forwards only {PROXIED_PATHS}",
-                        parts.uri.path()
-                    ),
-                    "replication, metrics and admin endpoints are never reachable through the router's proxy: talk to a region (or the router's admin API) directly; a key whose path has a `.` or `..` segment cannot go through the router",
-                    false,
-                ),
+                codes::NOT_PROXIED.response(format!(
+                    "the router does not forward `{}`: {why}; it forwards only {PROXIED_PATHS}",
+                    parts.uri.path()
+                )),
             );
         }
         let body = match Limited::new(body, self.settings.max_body_bytes)
@@ -584,28 +576,16 @@ impl Proxy {
             Err(e) if e.is::<http_body_util::LengthLimitError>() => {
                 return self.finish(
                     "none",
-                    error_response(
-                        StatusCode::PAYLOAD_TOO_LARGE,
-                        codes::REQUEST_TOO_LARGE,
-                        format!(
-                            "the request body is over the router's limit of {} bytes",
-                            self.settings.max_body_bytes
-                        ),
-                        "the router buffers request bodies so that it can replay them on another region; raise [router.proxy] max_body_bytes in the config (or --proxy-max-body-bytes), send smaller requests, or talk to a region directly",
-                        false,
-                    ),
+                    codes::REQUEST_TOO_LARGE.response(format!(
+                        "the request body is over the router's limit of {} bytes",
+                        self.settings.max_body_bytes
+                    )),
                 );
             }
             Err(e) => {
                 return self.finish(
                     "none",
-                    error_response(
-                        StatusCode::BAD_REQUEST,
-                        codes::MALFORMED_BODY,
-                        format!("cannot read the request body: {e}"),
-                        "send the whole body",
-                        true,
-                    ),
+                    codes::MALFORMED_BODY.response(format!("cannot read the request body: {e}")),
                 );
             }
         };
@@ -622,16 +602,7 @@ impl Proxy {
         {
             Ok(c) => c,
             Err(e) => {
-                return self.finish(
-                    "none",
-                    error_response(
-                        StatusCode::INTERNAL_SERVER_ERROR,
-                        e.code(),
-                        e.to_string(),
-                        e.hint(),
-                        e.retryable(),
-                    ),
-                );
+                return self.finish("none", internal_error(&e));
             }
         };
         // Only a decision without a healthy region needs to know whether the router is still
@@ -662,16 +633,7 @@ impl Proxy {
                     mode_str(m)
                 ),
             };
-            return self.finish(
-                "none",
-                error_response(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    codes::NO_HEALTHY_REGION,
-                    why,
-                    "see `atoll router status`: bring a region back, undrain one, or change router.names.no_healthy",
-                    true,
-                ),
-            );
+            return self.finish("none", codes::NO_HEALTHY_REGION.response(why));
         }
 
         let idempotent = is_idempotent(
@@ -748,16 +710,10 @@ impl Proxy {
                         );
                         return self.finish(
                             &rname,
-                            error_response(
-                                StatusCode::BAD_GATEWAY,
-                                codes::UPSTREAM_OUTCOME_UNKNOWN,
-                                format!(
+                            codes::UPSTREAM_OUTCOME_UNKNOWN.response(format!(
                                     "the {} request was sent to region {rname}, which did not answer ({why}); it may or may not have been applied, and it was not retried elsewhere because it is not idempotent",
                                     parts.method
-                                ),
-                                "read the affected key to see whether the change took effect before sending it again: a counter increment or set update sent twice is applied twice, and an mvr write without X-Atoll-Context sent twice adds two siblings",
-                                false,
-                            ),
+                                )),
                         );
                     }
                     tried.push(format!("{rname}: {why}"));
@@ -774,13 +730,10 @@ impl Proxy {
         }
         self.finish(
             "none",
-            error_response(
-                StatusCode::BAD_GATEWAY,
-                codes::UPSTREAM_UNAVAILABLE,
-                format!("no region could take the request ({})", tried.join("; ")),
-                "the regions are unreachable from the router; see `atoll router status`",
-                idempotent,
-            ),
+            codes::UPSTREAM_UNAVAILABLE.response(format!(
+                "no region could take the request ({})",
+                tried.join("; ")
+            )),
         )
     }
 }

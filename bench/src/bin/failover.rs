@@ -15,7 +15,11 @@
 //!   with Route 53), both for a `failover` name `api` = us-east-1, eu-west-1, ap-southeast-1;
 //! * one `haproxy` with two frontends in front of the same regions, both `option httpchk GET
 //!   /healthz` and `check inter 1s fall 3 rise 2`, us-east-1 active and the others `backup`
-//!   (failover order): `haproxy` (HAProxy's default `retries 3`, no redispatch) and
+//!   (failover order), configured as its users would for fast failover and throughput: passive
+//!   health on every server (`observe layer4 error-limit 10 on-error mark-down`: ten connection
+//!   errors mark a server down at once, like the router's outlier ejection), `http-reuse safe`
+//!   (the default, stated) and `option http-keep-alive`, `nbthread` left to its default (one
+//!   thread per CPU); two frontends: `haproxy` (HAProxy's default `retries 3`, no redispatch) and
 //!   `haproxy+redispatch` (`option redispatch 1`: every retry may go to another server).
 //!
 //! A scenario: all three regions healthy everywhere; open-loop GET clients at `--rate` req/s
@@ -422,7 +426,7 @@ fn haproxy_config(
         for i in 0..3 {
             let _ = writeln!(
                 s,
-                "    server {} {} check inter 1s fall 3 rise 2{}",
+                "    server {} {} check inter 1s fall 3 rise 2 observe layer4 error-limit 10 on-error mark-down{}",
                 REGIONS[i],
                 regions.addr(i),
                 if i == 0 { "" } else { " backup" }
@@ -431,7 +435,7 @@ fn haproxy_config(
     };
     let mut s = format!(
         "# Written by bench/src/bin/failover.rs\nglobal\n    pidfile {}\n    maxconn 4000\n\n\
-         defaults\n    mode http\n    timeout connect 1s\n    timeout client 30s\n    timeout server 30s\n    option http-keep-alive\n\n\
+         defaults\n    mode http\n    timeout connect 1s\n    timeout client 30s\n    timeout server 30s\n    option http-keep-alive\n    http-reuse safe\n\n\
          frontend stats\n    bind 127.0.0.1:{stats}\n    stats enable\n    stats uri /stats\n\n\
          frontend fe_plain\n    bind 127.0.0.1:{plain}\n    default_backend be_plain\n\n\
          frontend fe_redispatch\n    bind 127.0.0.1:{redispatch}\n    default_backend be_redispatch\n\n\
@@ -1438,9 +1442,9 @@ async fn throughput_part(args: &Args, regions: &mut Regions, dir: &Path) -> Resu
     );
     let _ = writeln!(
         out,
-        "| target | round | requests/s | errors | CPU % of one core (region / proxy / generator) | load avg before |"
+        "| target | round | requests/s | errors | CPU % of one core (region / proxy / generator) | proxy CPU µs per request | load avg before |"
     );
-    let _ = writeln!(out, "|---|---:|---:|---:|---|---|");
+    let _ = writeln!(out, "|---|---:|---:|---:|---|---:|---|");
     let mut mean: BTreeMap<&str, f64> = BTreeMap::new();
     for (name, _, _) in &targets {
         let v = &rows[name];
@@ -1451,9 +1455,16 @@ async fn throughput_part(args: &Args, regions: &mut Regions, dir: &Path) -> Resu
                     .map(|(_, c)| format!("{c:.0}"))
                     .unwrap_or("-".into())
             };
+            // CPU % of one core / requests per second = CPU µs per request (×10⁴).
+            let per_req = cpu
+                .iter()
+                .find(|(n, _)| n == "proxy")
+                .filter(|_| *rps > 0.0)
+                .map(|(_, c)| format!("{:.1}", c * 1e4 / rps))
+                .unwrap_or("-".into());
             let _ = writeln!(
                 out,
-                "| {name} | {} | {rps:.0} | {errs} | {} / {} / {} | {la} |",
+                "| {name} | {} | {rps:.0} | {errs} | {} / {} / {} | {per_req} | {la} |",
                 round + 1,
                 get("region"),
                 get("proxy"),

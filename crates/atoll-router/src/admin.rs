@@ -32,14 +32,15 @@
 //! change is undone and the answer is `500 ATOLL-STORAGE`.
 
 use crate::codes;
+use crate::codes::RouterCode;
 use crate::global::GlobalView;
-use crate::proxy::error_response;
+use crate::proxy::internal_error;
 use crate::runtime::RouterCtx;
 use crate::state::{DRAINS_VERSION, Persisted};
 use atoll_core::AtollError;
 use axum::body::Bytes;
 use axum::extract::{Path as UrlPath, Request, State};
-use axum::http::{Method, StatusCode, header};
+use axum::http::{Method, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
@@ -190,31 +191,20 @@ const OPEN_ROUTES: [&str; 6] = [
     "/dashboard/app.css",
 ];
 
-/// An admin API error.
-struct AdminError {
-    status: StatusCode,
-    code: &'static str,
-    message: String,
-    hint: &'static str,
+/// An admin API error: one of the router's codes with its message, or an error of the router's
+/// state (answered `500` with its own code).
+enum AdminError {
+    Code(RouterCode, String),
+    State(AtollError),
 }
 
 impl AdminError {
     fn bad(message: impl Into<String>) -> Self {
-        Self {
-            status: StatusCode::BAD_REQUEST,
-            code: codes::BAD_REQUEST,
-            message: message.into(),
-            hint: "see the admin API in `atoll router --help` and docs",
-        }
+        Self::Code(codes::BAD_REQUEST, message.into())
     }
 
     fn malformed(message: impl Into<String>) -> Self {
-        Self {
-            status: StatusCode::BAD_REQUEST,
-            code: codes::MALFORMED_BODY,
-            message: message.into(),
-            hint: "send a JSON object with exactly the documented fields",
-        }
+        Self::Code(codes::MALFORMED_BODY, message.into())
     }
 
     fn unknown_region(ctx: &RouterCtx, region: &str) -> Self {
@@ -224,43 +214,36 @@ impl AdminError {
             .iter()
             .map(|r| r.name.as_str())
             .collect();
-        Self {
-            status: StatusCode::NOT_FOUND,
-            code: codes::UNKNOWN_REGION,
-            message: format!("unknown region `{region}` (known: {})", known.join(", ")),
-            hint: "use a region name from atoll.toml ([[regions]])",
-        }
+        Self::Code(
+            codes::UNKNOWN_REGION,
+            format!("unknown region `{region}` (known: {})", known.join(", ")),
+        )
     }
 
     fn storage(e: std::io::Error, path: &Path) -> Self {
-        Self {
-            status: StatusCode::INTERNAL_SERVER_ERROR,
-            code: codes::STORAGE,
-            message: format!(
+        Self::Code(
+            codes::STORAGE,
+            format!(
                 "cannot persist the change to {}: {e}; nothing was changed",
                 path.display()
             ),
-            hint: "check disk space and permissions of the router's --state-dir",
-        }
+        )
     }
 
     fn from_state(e: AtollError) -> Self {
         match e {
             AtollError::BadRequest(m) => Self::bad(m),
-            other => Self {
-                status: StatusCode::INTERNAL_SERVER_ERROR,
-                code: other.code(),
-                message: other.to_string(),
-                hint: other.hint(),
-            },
+            other => Self::State(other),
         }
     }
 }
 
 impl IntoResponse for AdminError {
     fn into_response(self) -> Response {
-        let retryable = self.status.is_server_error();
-        error_response(self.status, self.code, self.message, self.hint, retryable)
+        match self {
+            Self::Code(code, message) => code.response(message),
+            Self::State(e) => internal_error(&e),
+        }
     }
 }
 
@@ -359,17 +342,11 @@ async fn require_token(State(s): State<AdminState>, req: Request, next: Next) ->
         .map(str::trim);
     let ok = given.is_some_and(|g| constant_time_eq(g.as_bytes(), s.token.as_bytes()));
     if !ok {
-        let mut resp = error_response(
-            StatusCode::UNAUTHORIZED,
-            codes::UNAUTHORIZED,
-            if given.is_none() {
-                "the admin API needs `Authorization: Bearer <token>`"
-            } else {
-                "wrong admin token"
-            },
-            "send the router's admin token (ATOLL_ADMIN_TOKEN or --admin-token-file)",
-            false,
-        );
+        let mut resp = codes::UNAUTHORIZED.response(if given.is_none() {
+            "the admin API needs `Authorization: Bearer <token>`"
+        } else {
+            "wrong admin token"
+        });
         resp.headers_mut().insert(
             header::WWW_AUTHENTICATE,
             header::HeaderValue::from_static("Bearer"),
@@ -488,12 +465,10 @@ async fn set_weight(
         .cloned()
     else {
         let known: Vec<&str> = rc.names.iter().map(|n| n.name.as_str()).collect();
-        return Err(AdminError {
-            status: StatusCode::NOT_FOUND,
-            code: codes::UNKNOWN_ROUTED_NAME,
-            message: format!("unknown routed name `{name}` (known: {})", known.join(", ")),
-            hint: "use a name from atoll.toml ([[router.names]])",
-        });
+        return Err(AdminError::Code(
+            codes::UNKNOWN_ROUTED_NAME,
+            format!("unknown routed name `{name}` (known: {})", known.join(", ")),
+        ));
     };
     if s.ctx.state.region(&region).is_none() {
         return Err(AdminError::unknown_region(&s.ctx, &region));
@@ -563,23 +538,11 @@ async fn dashboard_css() -> Response {
 }
 
 async fn not_found() -> Response {
-    AdminError {
-        status: StatusCode::NOT_FOUND,
-        code: codes::NOT_FOUND,
-        message: "no such admin route".into(),
-        hint: "routes: GET /v1/router/status, POST /v1/router/regions/{region}/drain|undrain, PUT /v1/router/names/{name}/weights/{region}, GET /v1/global/status, GET /v1/global/metrics, GET /dashboard, GET /metrics, GET /healthz",
-    }
-    .into_response()
+    codes::NOT_FOUND.response("no such admin route")
 }
 
 async fn method_not_allowed() -> Response {
-    AdminError {
-        status: StatusCode::METHOD_NOT_ALLOWED,
-        code: codes::METHOD_NOT_ALLOWED,
-        message: "method not allowed on this admin route".into(),
-        hint: "drain and undrain are POST, weights are PUT, status is GET",
-    }
-    .into_response()
+    codes::METHOD_NOT_ALLOWED.response("method not allowed on this admin route")
 }
 
 /// The admin API as an axum app.

@@ -9,7 +9,8 @@
 //! Adapters, sharing one [`state::RouterState`] and one [`metrics::RouterMetrics`]: [`prober`]
 //! (active health checks, drain expiry), [`proxy`] (HTTP reverse proxy with per-request
 //! failover), [`dns`] (authoritative DNS), [`admin`] (admin API, persisted drains and weights),
-//! [`codes`] (the stable error codes of the proxy and admin API, one constant each),
+//! [`codes`] (the stable error codes of the proxy and admin API, one `RouterCode` each with its
+//! status, retryability and hint),
 //! [`global`] (the global view: every region's status and metrics fanned out and merged by
 //! [`federate`], and the web dashboard the admin API serves),
 //! [`runtime`] (starts and stops them all; the `atoll router` command line over it is

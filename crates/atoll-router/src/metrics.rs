@@ -29,7 +29,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::{Metric, Registry};
 use std::collections::BTreeMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 /// Labels naming one region.
@@ -45,6 +45,53 @@ pub struct RequestLabels {
     pub region: String,
     /// The HTTP status the client got.
     pub code: String,
+}
+
+/// One region's series of the proxy's hot path (see [`RouterMetrics::proxy_handles`]): they
+/// share the families' series, so what they count is exported as usual.
+#[derive(Clone)]
+pub struct ProxyHandles {
+    region: String,
+    in_flight: Gauge,
+    upstream: Histogram,
+    requests: Family<RequestLabels, Counter>,
+    /// The request counters of this region by status, made on first use.
+    by_status: Arc<RwLock<Vec<(u16, Counter)>>>,
+}
+
+impl ProxyHandles {
+    /// The region's in-flight gauge (`atoll_router_active_connections`).
+    pub fn in_flight(&self) -> &Gauge {
+        &self.in_flight
+    }
+
+    /// Observes the time to a region's response head.
+    pub fn observe_upstream(&self, elapsed: Duration) {
+        self.upstream.observe(elapsed.as_secs_f64());
+    }
+
+    /// Counts a proxied request's outcome (`atoll_router_requests_total{region,code}`).
+    pub fn observe_request(&self, code: u16) {
+        let find =
+            |v: &[(u16, Counter)]| v.iter().find(|(c, _)| *c == code).map(|(_, n)| n.clone());
+        if let Some(c) = self.by_status.read().ok().and_then(|v| find(&v)) {
+            c.inc();
+            return;
+        }
+        let c = self
+            .requests
+            .get_or_create(&RequestLabels {
+                region: self.region.clone(),
+                code: code.to_string(),
+            })
+            .clone();
+        c.inc();
+        if let Ok(mut v) = self.by_status.write()
+            && find(&v).is_none()
+        {
+            v.push((code, c));
+        }
+    }
 }
 
 /// Labels of a retry: the region given up on, and why.
@@ -312,6 +359,19 @@ impl RouterMetrics {
     fn region(r: &str) -> RegionLabel {
         RegionLabel {
             region: r.to_string(),
+        }
+    }
+
+    /// The proxy's handles of one region's series (`none` for answers no region gave), made
+    /// once so that a request is counted without building labels or looking families up.
+    pub fn proxy_handles(&self, region: &str) -> ProxyHandles {
+        let label = Self::region(region);
+        ProxyHandles {
+            in_flight: self.active_connections.get_or_create(&label).clone(),
+            upstream: self.request_duration.get_or_create(&label).clone(),
+            region: label.region,
+            requests: self.requests.clone(),
+            by_status: Arc::new(RwLock::new(Vec::new())),
         }
     }
 

@@ -48,7 +48,11 @@
 //! eject a region before the active checks notice. Responses carry `X-Atoll-Routed-To`. When
 //! nothing is routable under `no_healthy = "fail-closed"`, the proxy answers
 //! `503 ATOLL-NO-HEALTHY-REGION`. Request bodies are buffered (up to
-//! [`ProxySettings::max_body_bytes`], else `413`) so that they can be replayed. A request
+//! [`ProxySettings::max_body_bytes`], else `413`) so that they can be replayed (any method may
+//! be replayed after a connection failure or a fencing refusal); a request without a body is
+//! forwarded without reading anything. A region's small answer (a `Content-Length` of at most
+//! 64 KiB) is read whole before it is passed on, so its head and body leave in one write; a
+//! larger one is streamed. A request
 //! answered before its body was read (refused, or over the limit) has the rest of its body read
 //! and discarded after the answer ([`crate::unread`]), so the client can read that answer.
 //!
@@ -58,7 +62,7 @@
 
 use crate::codes;
 use crate::health::HealthState;
-use crate::metrics::mode_str;
+use crate::metrics::{ProxyHandles, mode_str};
 use crate::policy::{Access, Mode};
 use crate::prober::describe_client_error;
 use crate::runtime::RouterCtx;
@@ -69,10 +73,11 @@ use atoll_core::op::Policy;
 use axum::body::Body;
 use axum::extract::{ConnectInfo, Request, State};
 use axum::http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use axum::http::uri::{self, Authority, PathAndQuery, Scheme};
 use axum::http::{Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use http_body_util::{BodyExt, Full, Limited};
-use hyper::body::{Bytes, Frame, Incoming, SizeHint};
+use hyper::body::{Body as _, Bytes, Frame, Incoming, SizeHint};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
@@ -159,9 +164,27 @@ fn is_keyspace_name(s: &str) -> bool {
 /// Whether a path segment is `.` or `..`, also percent-encoded (`%2e`, `.%2E`, ...), as URL
 /// parsers treat them.
 fn is_dot_segment(seg: &str) -> bool {
-    let lower = seg.to_ascii_lowercase();
-    let plain = lower.replace("%2e", ".");
-    plain == "." || plain == ".."
+    // Without allocating (every forwarded request's every segment goes through here): count the
+    // dots, `%2e` / `%2E` counting as one, and give up at the first other byte.
+    let b = seg.as_bytes();
+    let (mut i, mut dots) = (0, 0);
+    while i < b.len() {
+        if b[i] == b'.' {
+            i += 1;
+        } else if b[i] == b'%'
+            && b.get(i + 1) == Some(&b'2')
+            && b.get(i + 2).is_some_and(|c| c | 0x20 == b'e')
+        {
+            i += 3;
+        } else {
+            return false;
+        }
+        dots += 1;
+        if dots > 2 {
+            return false;
+        }
+    }
+    dots > 0
 }
 
 /// Which client API route a raw request path (as sent, not decoded) is, or why the proxy refuses
@@ -217,45 +240,70 @@ pub fn is_idempotent(
 }
 
 /// Hop-by-hop headers, which a proxy must not forward.
-const HOP_BY_HOP: &[&str] = &[
-    "connection",
-    "keep-alive",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "proxy-connection",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
+const HOP_BY_HOP: [HeaderName; 9] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    HeaderName::from_static("proxy-connection"),
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
 ];
 
 fn strip_hop_by_hop(h: &mut HeaderMap) {
-    // Headers named by `Connection` are hop-by-hop too.
-    let named: Vec<HeaderName> = h
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
-        .collect();
-    for n in named {
-        h.remove(n);
+    // Headers named by `Connection` are hop-by-hop too (nothing to collect without one, the
+    // usual HTTP/1.1 keep-alive case).
+    if h.contains_key(header::CONNECTION) {
+        let named: Vec<HeaderName> = h
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+            .collect();
+        for n in named {
+            h.remove(n);
+        }
     }
-    for n in HOP_BY_HOP {
-        h.remove(*n);
+    for n in &HOP_BY_HOP {
+        h.remove(n);
     }
 }
 
-/// An error answered by the router itself, in atoll's JSON error shape.
-pub(crate) fn error_response(
-    status: StatusCode,
-    code: &str,
-    message: impl Into<String>,
-    hint: &str,
-    retryable: bool,
-) -> Response {
-    let body = atoll_core::ErrorBody::new(code, message, hint, retryable);
-    (status, axum::Json(body)).into_response()
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_ATOLL_ROUTED_TO: HeaderName = HeaderName::from_static(ROUTED_TO_HEADER);
+
+/// The headers sent to a region: the client's without hop-by-hop headers, `Host` moved to
+/// `X-Forwarded-Host`, the client's address appended to `X-Forwarded-For`. Made once per
+/// request, cloned per attempt.
+fn forwarded_headers(mut headers: HeaderMap, client: Option<SocketAddr>) -> HeaderMap {
+    strip_hop_by_hop(&mut headers);
+    if let Some(host) = headers.remove(header::HOST) {
+        headers.insert(X_FORWARDED_HOST, host);
+    }
+    if let Some(c) = client {
+        let xff = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+            Some(prev) => format!("{prev}, {}", c.ip()),
+            None => c.ip().to_string(),
+        };
+        if let Ok(v) = HeaderValue::from_str(&xff) {
+            headers.insert(X_FORWARDED_FOR, v);
+        }
+    }
+    headers
+}
+
+/// An internal error of the router's own state (`AtollError`, e.g. a poisoned lock), answered
+/// `500` in atoll's JSON error shape with the error's own code, hint and retryability.
+pub(crate) fn internal_error(e: &atoll_core::AtollError) -> Response {
+    (
+        StatusCode::INTERNAL_SERVER_ERROR,
+        axum::Json(atoll_core::ErrorBody::from(e)),
+    )
+        .into_response()
 }
 
 /// Decrements a region's in-flight gauge when dropped.
@@ -321,11 +369,11 @@ pub fn fencing_refusal(status: u16, body: &[u8]) -> Option<&'static str> {
     }
     let v: serde_json::Value = serde_json::from_slice(body).ok()?;
     match v.get("error")?.get("code")?.as_str()? {
-        codes::NOT_PRIMARY => Some("not-primary"),
-        codes::FENCED => Some("fenced"),
-        codes::PASSIVE => Some("passive"),
-        codes::NO_QUORUM => Some("no-quorum"),
-        codes::HOME_UNAVAILABLE => Some("home-unavailable"),
+        codes::region::NOT_PRIMARY => Some("not-primary"),
+        codes::region::FENCED => Some("fenced"),
+        codes::region::PASSIVE => Some("passive"),
+        codes::region::NO_QUORUM => Some("no-quorum"),
+        codes::region::HOME_UNAVAILABLE => Some("home-unavailable"),
         _ => None,
     }
 }
@@ -410,6 +458,26 @@ async fn peek_refusal(
     (Response::from_parts(parts, Body::new(replay)), reason)
 }
 
+/// Largest answer (by `Content-Length`) read whole before it is passed on.
+const SMALL_ANSWER_BYTES: u64 = 64 << 10;
+
+fn content_length(h: &HeaderMap) -> Option<u64> {
+    h.get(header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// A body error in words, with its cause.
+fn describe_hyper_error(e: &hyper::Error) -> String {
+    match std::error::Error::source(e) {
+        Some(cause) => format!("{e}: {cause}"),
+        None => e.to_string(),
+    }
+}
+
 /// Why an attempt failed.
 enum Failure {
     /// The connection could not be made: the request did not reach the region.
@@ -424,12 +492,24 @@ enum Failure {
     Refused(Response, &'static str),
 }
 
+/// A region as the proxy sends to it, with what every request to it needs made once: the
+/// upstream URI's authority, the `X-Atoll-Routed-To` value and the metric handles.
+struct Upstream {
+    entry: RegionEntry,
+    authority: Result<Authority, String>,
+    routed_to: Option<HeaderValue>,
+    metrics: ProxyHandles,
+}
+
 /// The proxy of one routed name.
 pub struct Proxy {
     ctx: RouterCtx,
     name: RoutedName,
     client: Client<HttpConnector, Full<Bytes>>,
     settings: ProxySettings,
+    upstreams: Vec<Upstream>,
+    /// The metric handles of answers no region gave (`region="none"`).
+    none_metrics: ProxyHandles,
 }
 
 impl Proxy {
@@ -442,12 +522,34 @@ impl Proxy {
             .pool_idle_timeout(settings.pool_idle_timeout)
             .pool_max_idle_per_host(settings.pool_max_idle_per_region)
             .build(connector);
+        let upstreams = ctx
+            .state
+            .regions()
+            .iter()
+            .map(|e| Upstream {
+                authority: e
+                    .api
+                    .to_string()
+                    .parse::<Authority>()
+                    .map_err(|err| format!("bad upstream address {}: {err}", e.api)),
+                routed_to: HeaderValue::from_str(e.name.as_str()).ok(),
+                metrics: ctx.metrics.proxy_handles(e.name.as_str()),
+                entry: e.clone(),
+            })
+            .collect();
+        let none_metrics = ctx.metrics.proxy_handles("none");
         Self {
             ctx,
             name,
             client,
             settings,
+            upstreams,
+            none_metrics,
         }
+    }
+
+    fn upstream(&self, region: &RegionId) -> Option<&Upstream> {
+        self.upstreams.iter().find(|u| u.entry.name == *region)
     }
 
     /// The routed name whose policy this proxy follows.
@@ -472,54 +574,50 @@ impl Proxy {
         }
     }
 
-    fn finish(&self, region: &str, mut resp: Response) -> Response {
-        self.ctx
-            .metrics
-            .observe_request(region, resp.status().as_u16());
-        if region != "none"
-            && let Ok(v) = HeaderValue::from_str(region)
-        {
-            resp.headers_mut().insert(ROUTED_TO_HEADER, v);
+    /// Counts the answer and names the region that gave it (`None`: the router itself).
+    fn finish(&self, region: Option<&Upstream>, mut resp: Response) -> Response {
+        let status = resp.status().as_u16();
+        match region {
+            Some(u) => {
+                u.metrics.observe_request(status);
+                if let Some(v) = &u.routed_to {
+                    resp.headers_mut().insert(X_ATOLL_ROUTED_TO, v.clone());
+                }
+            }
+            None => self.none_metrics.observe_request(status),
         }
         resp
     }
 
     async fn attempt(
         &self,
-        region: &RegionEntry,
+        up: &Upstream,
         parts: &axum::http::request::Parts,
+        headers: &HeaderMap,
         body: &Bytes,
-        client: Option<SocketAddr>,
     ) -> Result<Response, Failure> {
-        let pq = parts
-            .uri
-            .path_and_query()
-            .map(|p| p.as_str())
-            .unwrap_or("/");
-        let uri: Uri = format!("http://{}{pq}", region.api)
-            .parse()
-            .map_err(|e| Failure::Connect(format!("bad upstream URL: {e}")))?;
-        let mut headers = parts.headers.clone();
-        strip_hop_by_hop(&mut headers);
-        if let Some(host) = headers.remove(header::HOST) {
-            headers.insert("x-forwarded-host", host);
-        }
-        if let Some(c) = client {
-            let xff = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
-                Some(prev) => format!("{prev}, {}", c.ip()),
-                None => c.ip().to_string(),
-            };
-            if let Ok(v) = HeaderValue::from_str(&xff) {
-                headers.insert("x-forwarded-for", v);
-            }
-        }
+        let authority = up
+            .authority
+            .clone()
+            .map_err(|e| Failure::Connect(e.clone()))?;
+        let mut uri = uri::Parts::default();
+        uri.scheme = Some(Scheme::HTTP);
+        uri.authority = Some(authority);
+        uri.path_and_query = Some(
+            parts
+                .uri
+                .path_and_query()
+                .cloned()
+                .unwrap_or_else(|| PathAndQuery::from_static("/")),
+        );
+        let uri =
+            Uri::from_parts(uri).map_err(|e| Failure::Connect(format!("bad upstream URL: {e}")))?;
         let mut req = hyper::Request::new(Full::new(body.clone()));
         *req.method_mut() = parts.method.clone();
         *req.uri_mut() = uri;
-        *req.headers_mut() = headers;
+        *req.headers_mut() = headers.clone();
 
-        let name = region.name.as_str();
-        let guard = InFlight::new(self.ctx.metrics.connections(name));
+        let guard = InFlight::new(up.metrics.in_flight().clone());
         let start = Instant::now();
         let res =
             tokio::time::timeout(self.settings.upstream_timeout, self.client.request(req)).await;
@@ -531,7 +629,7 @@ impl Proxy {
             Ok(Err(e)) => return Err(Failure::Broken(describe_client_error(&e))),
             Ok(Ok(r)) => r,
         };
-        self.ctx.metrics.observe_upstream(name, start.elapsed());
+        up.metrics.observe_upstream(start.elapsed());
         let (mut rparts, rbody) = resp.into_parts();
         strip_hop_by_hop(&mut rparts.headers);
         let rbody = Guarded {
@@ -546,7 +644,28 @@ impl Proxy {
                 None => Failure::Status(out),
             });
         }
-        let out = Response::from_parts(rparts, Body::new(rbody));
+        // A small answer of known length (most of the client API's) is read whole before it is
+        // passed on: its head and body then leave in one write, instead of the head at once
+        // and the body after another round through the upstream connection's task. Its body
+        // breaking off counts like the connection breaking before the answer.
+        let small = parts.method != Method::HEAD
+            && !matches!(rparts.status.as_u16(), 100..=199 | 204 | 304)
+            && content_length(&rparts.headers).is_some_and(|n| n <= SMALL_ANSWER_BYTES);
+        let rbody = if small {
+            match tokio::time::timeout(self.settings.upstream_timeout, rbody.collect()).await {
+                Ok(Ok(read)) => Body::from(read.to_bytes()),
+                Ok(Err(e)) => {
+                    return Err(Failure::Broken(format!(
+                        "the answer's body broke off: {}",
+                        describe_hyper_error(&e)
+                    )));
+                }
+                Err(_) => return Err(Failure::Timeout),
+            }
+        } else {
+            Body::new(rbody)
+        };
+        let out = Response::from_parts(rparts, rbody);
         if matches!(out.status().as_u16(), 502..=504) {
             return Err(Failure::Status(out));
         }
@@ -555,7 +674,7 @@ impl Proxy {
 
     /// Proxies one request.
     pub async fn handle(&self, req: Request, client: Option<SocketAddr>) -> Response {
-        let (parts, body) = req.into_parts();
+        let (mut parts, body) = req.into_parts();
         if let Err(refusal) = classify(parts.uri.path()) {
             tracing::debug!(method = %parts.method, path = parts.uri.path(), ?refusal, "not proxied");
             let why = match refusal {
@@ -563,52 +682,44 @@ impl Proxy {
                 Refusal::DotSegment => "it has a `.` or `..` segment (plain or percent-encoded)",
             };
             return self.finish(
-                "none",
-                error_response(
-                    StatusCode::NOT_FOUND,
-                    codes::NOT_PROXIED,
-                    format!(
-                        "the router does not forward `{}`: {why}; it forwards only {PROXIED_PATHS}",
-                        parts.uri.path()
-                    ),
-                    "replication, metrics and admin endpoints are never reachable through the router's proxy: talk to a region (or the router's admin API) directly; a key whose path has a `.` or `..` segment cannot go through the router",
-                    false,
-                ),
+                None,
+                codes::NOT_PROXIED.response(format!(
+                    "the router does not forward `{}`: {why}; it forwards only {PROXIED_PATHS}",
+                    parts.uri.path()
+                )),
             );
         }
-        let body = match Limited::new(body, self.settings.max_body_bytes)
-            .collect()
-            .await
-        {
-            Ok(b) => b.to_bytes(),
-            Err(e) if e.is::<http_body_util::LengthLimitError>() => {
-                return self.finish(
-                    "none",
-                    error_response(
-                        StatusCode::PAYLOAD_TOO_LARGE,
-                        codes::REQUEST_TOO_LARGE,
-                        format!(
+        // A request without a body (a GET, most reads) has nothing to read; one with a body is
+        // read whole first, so that it can be sent again to another region.
+        let body = if body.is_end_stream() {
+            Bytes::new()
+        } else {
+            match Limited::new(body, self.settings.max_body_bytes)
+                .collect()
+                .await
+            {
+                Ok(b) => b.to_bytes(),
+                Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+                    return self.finish(
+                        None,
+                        codes::REQUEST_TOO_LARGE.response(format!(
                             "the request body is over the router's limit of {} bytes",
                             self.settings.max_body_bytes
-                        ),
-                        "the router buffers request bodies so that it can replay them on another region; raise [router.proxy] max_body_bytes in the config (or --proxy-max-body-bytes), send smaller requests, or talk to a region directly",
-                        false,
-                    ),
-                );
-            }
-            Err(e) => {
-                return self.finish(
-                    "none",
-                    error_response(
-                        StatusCode::BAD_REQUEST,
-                        codes::MALFORMED_BODY,
-                        format!("cannot read the request body: {e}"),
-                        "send the whole body",
-                        true,
-                    ),
-                );
+                        )),
+                    );
+                }
+                Err(e) => {
+                    return self.finish(
+                        None,
+                        codes::MALFORMED_BODY
+                            .response(format!("cannot read the request body: {e}")),
+                    );
+                }
             }
         };
+        // What the region gets (the idempotency rule reads `X-Atoll-Context` there too: the region
+        // sees only what is forwarded).
+        let headers = forwarded_headers(std::mem::take(&mut parts.headers), client);
 
         let now = self.ctx.now_ms();
         let access = match parts.method {
@@ -622,16 +733,7 @@ impl Proxy {
         {
             Ok(c) => c,
             Err(e) => {
-                return self.finish(
-                    "none",
-                    error_response(
-                        StatusCode::INTERNAL_SERVER_ERROR,
-                        e.code(),
-                        e.to_string(),
-                        e.hint(),
-                        e.retryable(),
-                    ),
-                );
+                return self.finish(None, internal_error(&e));
             }
         };
         // Only a decision without a healthy region needs to know whether the router is still
@@ -662,73 +764,64 @@ impl Proxy {
                     mode_str(m)
                 ),
             };
-            return self.finish(
-                "none",
-                error_response(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    codes::NO_HEALTHY_REGION,
-                    why,
-                    "see `atoll router status`: bring a region back, undrain one, or change router.names.no_healthy",
-                    true,
-                ),
-            );
+            return self.finish(None, codes::NO_HEALTHY_REGION.response(why));
         }
 
         let idempotent = is_idempotent(
             &parts.method,
             parts.uri.path(),
-            parts.headers.contains_key(CONTEXT_HEADER),
+            headers.contains_key(CONTEXT_HEADER),
             |ks| self.ctx.state.keyspace_policy(ks),
         );
         let mut tried: Vec<String> = Vec::new();
-        let mut last_status: Option<(String, Response)> = None;
+        let mut last_status: Option<(&Upstream, Response)> = None;
         let n = choice.ranked.len();
         for (i, rid) in choice.ranked.iter().enumerate() {
-            let Some(region) = self.ctx.state.region(rid.as_str()).cloned() else {
+            let Some(up) = self.upstream(rid) else {
                 continue;
             };
-            let rname = region.name.to_string();
+            let rname = up.entry.name.as_str();
             let has_next = i + 1 < n;
-            match self.attempt(&region, &parts, &body, client).await {
+            match self.attempt(up, &parts, &headers, &body).await {
                 Ok(resp) => {
                     let ok = resp.status().as_u16() < 500;
-                    self.report(&region.name, ok);
-                    return self.finish(&rname, resp);
+                    self.report(&up.entry.name, ok);
+                    return self.finish(Some(up), resp);
                 }
                 Err(Failure::Status(resp)) => {
-                    self.report(&region.name, false);
+                    self.report(&up.entry.name, false);
                     let code = resp.status().as_u16();
                     if idempotent && has_next {
                         tracing::debug!(region = %rname, status = code, "retrying on the next region");
-                        self.ctx.metrics.retry(&rname, "status");
+                        self.ctx.metrics.retry(rname, "status");
                         tried.push(format!("{rname}: answered {code}"));
-                        last_status = Some((rname, resp));
+                        last_status = Some((up, resp));
                         continue;
                     }
-                    return self.finish(&rname, resp);
+                    return self.finish(Some(up), resp);
                 }
                 Err(Failure::Refused(resp, reason)) => {
                     // Not applied, and the region is up (it does not hold the lease, or is cut
                     // off): no outlier report, and any method may go on to the next region.
                     if has_next {
                         tracing::debug!(region = %rname, method = %parts.method, reason, "region refused the request because of fencing (not applied): retrying on the next region");
-                        self.ctx.metrics.retry(&rname, reason);
+                        self.ctx.metrics.retry(rname, reason);
                         tried.push(format!("{rname}: refused ({reason})"));
-                        last_status = Some((rname, resp));
+                        last_status = Some((up, resp));
                         continue;
                     }
-                    return self.finish(&rname, resp);
+                    return self.finish(Some(up), resp);
                 }
                 Err(Failure::Connect(why)) => {
-                    self.report(&region.name, false);
+                    self.report(&up.entry.name, false);
                     tried.push(format!("{rname}: {why}"));
                     if has_next {
                         tracing::debug!(region = %rname, "connection failed, retrying on the next region: {why}");
-                        self.ctx.metrics.retry(&rname, "connect");
+                        self.ctx.metrics.retry(rname, "connect");
                     }
                 }
                 Err(f @ (Failure::Broken(_) | Failure::Timeout)) => {
-                    self.report(&region.name, false);
+                    self.report(&up.entry.name, false);
                     let (reason, why) = match f {
                         Failure::Broken(w) => ("reset", w),
                         _ => (
@@ -747,40 +840,31 @@ impl Proxy {
                             "request may have reached the region, which did not answer ({why}); not retried: it is not idempotent"
                         );
                         return self.finish(
-                            &rname,
-                            error_response(
-                                StatusCode::BAD_GATEWAY,
-                                codes::UPSTREAM_OUTCOME_UNKNOWN,
-                                format!(
+                            Some(up),
+                            codes::UPSTREAM_OUTCOME_UNKNOWN.response(format!(
                                     "the {} request was sent to region {rname}, which did not answer ({why}); it may or may not have been applied, and it was not retried elsewhere because it is not idempotent",
                                     parts.method
-                                ),
-                                "read the affected key to see whether the change took effect before sending it again: a counter increment or set update sent twice is applied twice, and an mvr write without X-Atoll-Context sent twice adds two siblings",
-                                false,
-                            ),
+                                )),
                         );
                     }
                     tried.push(format!("{rname}: {why}"));
                     if has_next {
                         tracing::debug!(region = %rname, "{reason}, retrying idempotent request on the next region: {why}");
-                        self.ctx.metrics.retry(&rname, reason);
+                        self.ctx.metrics.retry(rname, reason);
                     }
                 }
             }
         }
-        if let Some((rname, resp)) = last_status {
+        if let Some((up, resp)) = last_status {
             // Every region failed; the last region's own answer says the most.
-            return self.finish(&rname, resp);
+            return self.finish(Some(up), resp);
         }
         self.finish(
-            "none",
-            error_response(
-                StatusCode::BAD_GATEWAY,
-                codes::UPSTREAM_UNAVAILABLE,
-                format!("no region could take the request ({})", tried.join("; ")),
-                "the regions are unreachable from the router; see `atoll router status`",
-                idempotent,
-            ),
+            None,
+            codes::UPSTREAM_UNAVAILABLE.response(format!(
+                "no region could take the request ({})",
+                tried.join("; ")
+            )),
         )
     }
 }
@@ -922,6 +1006,21 @@ mod tests {
             String::new(),
         ] {
             assert_eq!(fencing_refusal(503, other.as_bytes()), None, "{other}");
+        }
+    }
+
+    #[test]
+    fn dot_segments_are_told_without_allocating_as_before() {
+        // The rule as it was written first: lower-case, decode `%2e`, compare.
+        let reference = |seg: &str| {
+            let plain = seg.to_ascii_lowercase().replace("%2e", ".");
+            plain == "." || plain == ".."
+        };
+        for seg in [
+            "", ".", "..", "...", "%2e", "%2E", "%2e%2E", ".%2e", "%2e.", "%2e%2e%2e", "%2", "%2f",
+            "%", "%%2e", "%2e%", ".a", "a.", "k", "%2ex", "..%2e", "%252e", "%2E%2e",
+        ] {
+            assert_eq!(is_dot_segment(seg), reference(seg), "{seg:?}");
         }
     }
 

@@ -28,6 +28,7 @@ use atoll_config::Config;
 use atoll_config::router::RoutedName;
 use atoll_core::AtollError;
 use atoll_core::clock::{Clock, SystemClock};
+use axum::serve::ListenerExt;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -341,6 +342,10 @@ async fn serve_app(
             }
         }
     };
+    // No Nagle delay on answers (a proxy's small writes must leave at once).
+    let listener = listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     let res = axum::serve(
         listener,
         app.into_make_service_with_connect_info::<SocketAddr>(),

@@ -299,16 +299,24 @@ impl RouterState {
         Ok(t)
     }
 
-    fn remember_good(inner: &mut Inner) {
-        let good: Vec<RegionId> = inner
+    /// The regions routable now (healthy and not drained), in order.
+    fn routable(inner: &Inner) -> impl Iterator<Item = &RegionId> + '_ {
+        inner
             .health
             .iter()
             .filter(|(r, h)| h.is_routable() && !inner.persisted.drains.contains_key(r.as_str()))
-            .map(|(r, _)| r.clone())
-            .collect();
-        if !good.is_empty() {
-            inner.last_known_good = good;
+            .map(|(r, _)| r)
+    }
+
+    fn remember_good(inner: &mut Inner) {
+        // Called for every proxied request: compare first, allocate only on a change. Nothing
+        // routable keeps the last known good.
+        if Self::routable(inner).next().is_none()
+            || Self::routable(inner).eq(inner.last_known_good.iter())
+        {
+            return;
         }
+        inner.last_known_good = Self::routable(inner).cloned().collect();
     }
 
     /// Lifts drains whose expiry has passed; returns the regions undrained.

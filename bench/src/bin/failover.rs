@@ -45,6 +45,8 @@
 )]
 
 use anyhow::{Context, Result, anyhow, bail};
+use atoll_config::render::{ClusterToml, KeyspaceToml, RegionToml, RouterToml, Tls};
+use atoll_config::{Model, Policy};
 use atoll_testkit::wait_until_async;
 use clap::Parser;
 use http_body_util::{BodyExt, Full};
@@ -56,7 +58,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -251,30 +253,34 @@ impl Drop for Proc {
 }
 
 fn region_config(ports: &[u16]) -> String {
-    let mut s = String::from(
-        // The bench measures the router's failover, not replication: plain HTTP between regions
-        // (each region logs an error saying so) keeps certificates out of it.
-        "[cluster]\nname = \"failover-bench\"\nmodel = \"active-active\"\nmax_clock_offset_ms = 60000\n\n[cluster.tls]\ninsecure = true\n\n",
-    );
+    // The bench measures the router's failover, not replication: plain HTTP between regions
+    // (each region logs an error saying so) keeps certificates out of it.
+    cluster_toml(ports).render()
+}
+
+fn cluster_toml(ports: &[u16]) -> ClusterToml {
+    let mut toml = ClusterToml::new("failover-bench")
+        .model(Model::ActiveActive)
+        .max_clock_offset_ms(60_000)
+        .tls(Tls::Insecure);
     for ((name, port), ip) in REGIONS.iter().zip(ports).zip(DNS_ADDRS) {
-        let _ = write!(
-            s,
-            "[[regions]]\nname = \"{name}\"\napi = \"127.0.0.1:{port}\"\ndns_address = \"{ip}\"\n\n"
+        toml = toml.region(
+            RegionToml::new(name, SocketAddr::from((Ipv4Addr::LOCALHOST, *port)))
+                .dns_address(IpAddr::V4(ip)),
         );
     }
-    s.push_str("[[keyspaces]]\nname = \"sessions\"\npolicy = \"lww\"\n\n");
-    s
+    toml.keyspace(KeyspaceToml::new("sessions", Policy::Lww))
 }
 
 fn router_config(ports: &[u16], st: Settings) -> String {
-    let mut s = region_config(ports);
-    let _ = write!(
-        s,
-        "[router]\nzone = \"atoll.test\"\nttl_secs = {}\n\n[router.health]\ninterval_ms = {}\nfailure_threshold = {}\nrecovery_threshold = 2\n\n\
-         [[router.names]]\nname = \"api\"\npolicy = \"failover\"\nregions = [\"us-east-1\", \"eu-west-1\", \"ap-southeast-1\"]\n",
-        st.ttl_secs, st.interval_ms, st.threshold
-    );
-    s
+    let router = RouterToml::new()
+        .zone("atoll.test")
+        .ttl_secs(u64::from(st.ttl_secs))
+        .health("interval_ms", st.interval_ms)
+        .health("failure_threshold", u64::from(st.threshold))
+        .health("recovery_threshold", 2)
+        .name("api", "failover", &REGIONS);
+    cluster_toml(ports).section(&router.render()).render()
 }
 
 /// GET /healthz answers 200 (blocking, one short connection).

@@ -4,8 +4,8 @@
 //! - **Initial state** is `Unknown`, which is *not routed to* (a region is not sent traffic before
 //!   its first good check), unless the config says `initial = "healthy"`. The first good check makes
 //!   an `Unknown` region healthy at once; `failure_threshold` failed checks make it `Unhealthy`.
-//! - A healthy region becomes unhealthy after `failure_threshold` consecutive failed checks (the
-//!   article's Route 53 `failure_threshold = 3`), or **immediately** when its `/healthz` says it is
+//! - A healthy region becomes unhealthy after `failure_threshold` consecutive failed checks (as
+//!   Route 53's `failure_threshold = 3`), or **immediately** when its `/healthz` says it is
 //!   draining or fenced (it told us; no reason to wait).
 //! - A region whose `/healthz` says `passive` (active-passive: it serves no client traffic until
 //!   an operator promotes it) is **`Passive`** at once: not routed to, but not failed either. Its

@@ -513,9 +513,14 @@ impl ReplDriver {
                     }
                     return out;
                 }
+                // Admitted entries continue each origin's run in order: the last is the new floor.
                 for e in &adm.apply {
-                    let last = s.admitted.entry(e.origin.clone()).or_insert(0);
-                    *last = (*last).max(e.seq);
+                    match s.admitted.get_mut(&e.origin) {
+                        Some(last) => *last = e.seq,
+                        None => {
+                            s.admitted.insert(e.origin.clone(), e.seq);
+                        }
+                    }
                 }
                 s.applying += 1;
                 out.push(Command::Apply {

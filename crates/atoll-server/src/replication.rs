@@ -439,11 +439,7 @@ impl Replicator {
                 let cmds = self
                     .with_driver(|d, now, local| d.on_frame(id, frame, now, local))
                     .map_err(stopped)?;
-                match self.execute(Some(id), cmds) {
-                    Own::Apply(entries) => out.push_back(self.submit_apply(entries)),
-                    Own::Ended(reason) => return Err(reason),
-                    Own::Continue => {}
-                }
+                self.follow(self.execute(Some(id), cmds), &mut out)?;
             }
             let read = out.len() < window;
             tokio::select! {
@@ -460,11 +456,7 @@ impl Replicator {
                     let cmds = self
                         .with_driver(|d, now, local| d.on_applied(id, &report, now, local))
                         .map_err(stopped)?;
-                    match self.execute(Some(id), cmds) {
-                        Own::Apply(entries) => out.push_back(self.submit_apply(entries)),
-                        Own::Ended(reason) => return Err(reason),
-                        Own::Continue => {}
-                    }
+                    self.follow(self.execute(Some(id), cmds), &mut out)?;
                 }
                 chunk = tokio::time::timeout_at(silent_after, resp.chunk()), if read => {
                     let chunk = chunk
@@ -478,6 +470,17 @@ impl Replicator {
                 }
             }
         }
+    }
+
+    /// Carries out what the driver said of the caller's subscription: queue its next apply, or
+    /// end it.
+    fn follow(&self, own: Own, out: &mut VecDeque<Applying>) -> std::result::Result<(), String> {
+        match own {
+            Own::Apply(entries) => out.push_back(self.submit_apply(entries)),
+            Own::Ended(reason) => return Err(reason),
+            Own::Continue => {}
+        }
+        Ok(())
     }
 
     /// Hands replicated entries to the store (in the order of the calls) and returns where its

@@ -1332,8 +1332,9 @@ impl Writer {
         let mut stopped: HashSet<RegionId> = HashSet::new();
         for e in entries {
             let next = self.applied.get(&e.origin) + 1;
-            if e.origin == self.shared.region || stopped.contains(&e.origin) || e.seq != next {
-                if e.origin != self.shared.region && !stopped.contains(&e.origin) && e.seq > next {
+            let takes = e.origin != self.shared.region && !stopped.contains(&e.origin);
+            if !takes || e.seq != next {
+                if takes && e.seq > next {
                     out.gaps += 1;
                 }
                 out.skipped += 1;

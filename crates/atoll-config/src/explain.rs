@@ -52,15 +52,20 @@ pub(crate) fn explain(config: &Config) -> String {
     peer_tls(&mut out, config);
 
     let _ = writeln!(out, "\nkeyspaces ({})", config.keyspaces.len());
-    let mut rows = vec![row(["name", "policy", "options"])];
+    let mut rows = vec![row(["name", "policy", "reads", "options"])];
     for k in &config.keyspaces {
         rows.push(vec![
             k.name.clone(),
             k.policy.to_string(),
+            read_level(k),
             keyspace_options(k),
         ]);
     }
     table(&mut out, &rows);
+    let _ = writeln!(
+        out,
+        "  reads: the default read level (docs/design/session-consistency.md); any read may present X-Atoll-Session\n         for read-your-writes and monotonic reads, or say max_staleness=DURATION"
+    );
     let _ = writeln!(
         out,
         "  keys: at most {KEY_MAX_BYTES} bytes in every keyspace (fixed)\n  policies: lww = last writer wins, losers kept in the conflict ledger; mvr = concurrent writes kept as siblings;\n            counter = PN-counter, increments from every region add up; set = add-wins observed-remove set;\n            owned = one home region per key writes it, no conflicts"
@@ -119,6 +124,12 @@ pub(crate) fn explain(config: &Config) -> String {
         "  max_watchers         {}{}  (open watches, GET /v1/watch/...; more get 503 ATOLL-OVERLOADED)",
         a.max_watchers,
         default_mark(a.max_watchers == crate::DEFAULT_MAX_WATCHERS)
+    );
+    let _ = writeln!(
+        out,
+        "  session_wait         {}{}  (how long a read with X-Atoll-Session waits for this region to apply it before 503 ATOLL-STALE; a read may say wait_ms=)",
+        crate::duration::to_config(a.session_wait_ms),
+        default_mark(a.session_wait_ms == crate::DEFAULT_SESSION_WAIT_MS)
     );
 
     let _ = writeln!(out, "\nauth");
@@ -670,6 +681,16 @@ fn model_meaning(model: Model) -> &'static str {
         Model::ActivePassive => {
             "one primary takes writes; warm replicas are promoted by an operator"
         }
+    }
+}
+
+/// A keyspace's default read level, as `config check` shows it.
+fn read_level(k: &KeyspaceConfig) -> String {
+    match (k.policy, k.max_staleness_ms) {
+        (Policy::Strong, _) => "strong (linearizable)".to_string(),
+        (_, Some(ms)) => format!("bounded staleness {}", crate::duration::to_config(ms)),
+        (Policy::Owned, None) => "eventual (consistency=home: at the key's home)".to_string(),
+        (_, None) => "eventual".to_string(),
     }
 }
 

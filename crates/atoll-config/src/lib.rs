@@ -107,6 +107,16 @@ pub const MAX_JSON_BODY_BYTES_MIN: usize = 1 << 10;
 /// Largest accepted `api.max_json_body_bytes`: 64 MiB.
 pub const MAX_JSON_BODY_BYTES_LIMIT: usize = 64 << 20;
 
+/// Default `api.session_wait`: how long a read that presents a session token waits for this
+/// region to apply what the token names before it answers `ATOLL-STALE`.
+pub const DEFAULT_SESSION_WAIT_MS: u64 = 500;
+
+/// Longest `api.session_wait`, and longest `wait_ms` a read may ask for.
+pub const SESSION_WAIT_MAX_MS: u64 = 10_000;
+
+/// Accepted keyspace `max_staleness`: 1 ms to a day.
+pub const MAX_STALENESS_MS: std::ops::RangeInclusive<u64> = 1..=86_400_000;
+
 /// Default `api.max_watchers`: open watches (`GET /v1/watch/...`) one region serves at once.
 pub const DEFAULT_MAX_WATCHERS: usize = 1024;
 
@@ -397,6 +407,10 @@ pub struct KeyspaceConfig {
     pub conflict_max_entries: usize,
     /// Writes on a region cut off from the majority (active-active with `[fencing] quorum`).
     pub on_minority: OnMinority,
+    /// Bounded staleness by default: a read of this keyspace is refused (`ATOLL-STALE`) when the
+    /// region's staleness bound exceeds it, unless the read says otherwise (`max_staleness=`).
+    /// `None`: eventual (session when a read presents a token). Not for `strong`.
+    pub max_staleness_ms: Option<u64>,
     /// Homes of an `owned` keyspace (`None` for every other policy).
     pub owned: Option<OwnedConfig>,
 }
@@ -426,6 +440,7 @@ impl KeyspaceConfig {
             conflict_retention_secs: DEFAULT_CONFLICT_RETENTION_SECS,
             conflict_max_entries: DEFAULT_CONFLICT_MAX_ENTRIES,
             on_minority: OnMinority::Available,
+            max_staleness_ms: None,
             owned: None,
         }
     }
@@ -556,6 +571,9 @@ pub struct ApiConfig {
     /// Most open watches (`GET /v1/watch/...`, `docs/design/watch.md`), 1..=65536; one more is
     /// refused with `ATOLL-TOO-MANY-WATCHERS`.
     pub max_watchers: usize,
+    /// How long a read that presents a session token waits, unless it says `wait_ms`
+    /// (`docs/design/session-consistency.md`), 0..=10 s.
+    pub session_wait_ms: u64,
 }
 
 impl Default for ApiConfig {
@@ -563,6 +581,7 @@ impl Default for ApiConfig {
         Self {
             max_json_body_bytes: DEFAULT_MAX_JSON_BODY_BYTES,
             max_watchers: DEFAULT_MAX_WATCHERS,
+            session_wait_ms: DEFAULT_SESSION_WAIT_MS,
         }
     }
 }
@@ -572,6 +591,20 @@ impl Config {
     /// `atoll config check`.
     pub fn warnings(&self) -> Vec<String> {
         let mut out = Vec::new();
+        let beat = self.replication.heartbeat_interval_ms;
+        for k in &self.keyspaces {
+            if let Some(ms) = k.max_staleness_ms
+                && ms < 2 * beat
+            {
+                out.push(format!(
+                    "keyspace `{}` has max_staleness = {}, under twice the heartbeat interval ({} ms): a region learns it is caught up only from heartbeats, so its staleness bound often exceeds this and its reads are refused even with every link up; use at least {} plus the worst one-way delay",
+                    k.name,
+                    crate::duration::to_config(ms),
+                    beat,
+                    crate::duration::to_config(2 * beat)
+                ));
+            }
+        }
         if self.auth.tokens_file.is_none() {
             out.push(
                 "no [auth] section: the client API of every region is open (anyone who reaches a region's address can read and write every keyspace); name a tokens file with [auth] tokens_file (see examples/tokens.toml)".to_string(),

@@ -85,6 +85,8 @@ struct RawApi {
     max_json_body_bytes: Option<Spanned<i64>>,
     #[serde(default)]
     max_watchers: Option<Spanned<i64>>,
+    #[serde(default)]
+    session_wait: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -151,6 +153,8 @@ struct RawKeyspace {
     conflict_max_entries: Option<Spanned<i64>>,
     #[serde(default)]
     on_minority: Option<crate::OnMinority>,
+    #[serde(default)]
+    max_staleness: Option<Spanned<String>>,
     #[serde(default)]
     default_home: Option<Spanned<String>>,
     #[serde(default)]
@@ -332,9 +336,28 @@ fn api(cx: &Ctx<'_>, raw: Option<&RawApi>) -> Result<ApiConfig, ConfigError> {
         1..=65_536,
         crate::DEFAULT_MAX_WATCHERS as i64,
     )?;
+    let session_wait_ms = match &raw.session_wait {
+        None => crate::DEFAULT_SESSION_WAIT_MS,
+        Some(w) => {
+            let ms = crate::duration::parse_ms(w.get_ref())
+                .map_err(|m| cx.err(w.span(), "api.session_wait", m))?;
+            if ms > crate::SESSION_WAIT_MAX_MS {
+                return Err(cx.err(
+                    w.span(),
+                    "api.session_wait",
+                    format!(
+                        "`{}` is out of range: a session read waits 0 to 10s (longer holds a client's request open; answer ATOLL-STALE and let it retry elsewhere)",
+                        w.get_ref()
+                    ),
+                ));
+            }
+            ms
+        }
+    };
     Ok(ApiConfig {
         max_json_body_bytes: max as usize,
         max_watchers: watchers as usize,
+        session_wait_ms,
     })
 }
 
@@ -821,6 +844,32 @@ fn keyspaces(
                 ),
             ));
         }
+        let max_staleness_ms = match &k.max_staleness {
+            None => None,
+            Some(_) if policy == Policy::Strong => {
+                return Err(cx.err_nowhere(
+                    key("max_staleness"),
+                    format!(
+                        "max_staleness does not apply to keyspace `{name}`, whose policy is `strong`: its reads are linearizable"
+                    ),
+                ));
+            }
+            Some(m) => {
+                let ms = crate::duration::parse_ms(m.get_ref())
+                    .map_err(|e| cx.err(m.span(), key("max_staleness"), e))?;
+                if !crate::MAX_STALENESS_MS.contains(&ms) {
+                    return Err(cx.err(
+                        m.span(),
+                        key("max_staleness"),
+                        format!(
+                            "`{}` is out of range: a max_staleness is 1ms to 1d",
+                            m.get_ref()
+                        ),
+                    ));
+                }
+                Some(ms)
+            }
+        };
         out.push(KeyspaceConfig {
             name: name.clone(),
             policy,
@@ -849,6 +898,7 @@ fn keyspaces(
                 DEFAULT_CONFLICT_MAX_ENTRIES as i64,
             )? as usize,
             on_minority: k.on_minority.unwrap_or_default(),
+            max_staleness_ms,
             owned: owned(cx, k, &key, regions, model, quorum)?,
         });
     }

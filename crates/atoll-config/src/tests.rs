@@ -921,7 +921,7 @@ fn explain_shows_everything_understood() {
         "policy = \"mvr\"\nmax_siblings = 4\n",
     );
     let text = format!(
-        "{text}\n[[keyspaces]]\nname = \"hits\"\npolicy = \"counter\"\n\n[[keyspaces]]\nname = \"flags\"\npolicy = \"set\"\n"
+        "{text}\n[[keyspaces]]\nname = \"hits\"\npolicy = \"counter\"\n\n[[keyspaces]]\nname = \"flags\"\npolicy = \"set\"\nmax_staleness = \"3s\"\n\n[api]\nsession_wait = \"250ms\"\n"
     );
     let out = ok(&text).explain();
     for needle in [
@@ -933,10 +933,11 @@ fn explain_shows_everything_understood() {
         "eu-west-1  127.0.0.1:7101  127.0.0.1:7201",
         "lat 53.3, lon -6.3",
         "keyspaces (4)",
-        "sessions  lww      max_value_bytes=1048576 (1 MiB, default), conflict_retention_secs=86400 (1d, default), conflict_max_entries=10000 (default)",
-        "carts     mvr      max_value_bytes=1048576 (1 MiB, default), max_siblings=4",
-        "hits      counter  (no options",
-        "flags     set      (no options",
+        "sessions  lww      eventual              max_value_bytes=1048576 (1 MiB, default), conflict_retention_secs=86400 (1d, default), conflict_max_entries=10000 (default)",
+        "carts     mvr      eventual              max_value_bytes=1048576 (1 MiB, default), max_siblings=4",
+        "hits      counter  eventual              (no options",
+        "flags     set      bounded staleness 3s  (no options",
+        "session_wait         250ms  (how long a read with X-Atoll-Session waits",
         "at most 1024 bytes",
         "group_commit_max_batch  512 (default)",
     ] {
@@ -953,6 +954,35 @@ fn explain_shows_everything_understood() {
         .find(|l| l.trim_start().starts_with("sessions"))
         .unwrap();
     assert!(!sessions.contains("max_siblings"), "{sessions}");
+}
+
+#[test]
+fn read_levels_are_validated() {
+    let with = |ks_line: &str, api: &str| {
+        format!("{BASE}\n[[keyspaces]]\nname = \"reports\"\npolicy = \"lww\"\n{ks_line}\n{api}")
+    };
+    let c = ok(&with("max_staleness = \"5s\"", ""));
+    assert_eq!(c.keyspace("reports").unwrap().max_staleness_ms, Some(5000));
+    assert_eq!(c.api.session_wait_ms, crate::DEFAULT_SESSION_WAIT_MS);
+    assert!(c.warnings().iter().all(|w| !w.contains("max_staleness")));
+    // Below twice the heartbeat interval: valid, but warned about.
+    let c = ok(&with("max_staleness = \"1s\"", ""));
+    assert!(
+        c.warnings()
+            .iter()
+            .any(|w| w.contains("`reports` has max_staleness = 1s")),
+        "{:?}",
+        c.warnings()
+    );
+    for (ks_line, api, needle) in [
+        ("max_staleness = \"soon\"", "", "max_staleness"),
+        ("max_staleness = \"2d\"", "", "out of range"),
+        ("", "[api]\nsession_wait = \"11s\"", "0 to 10s"),
+        ("", "[api]\nsession_wait = \"x\"", "api.session_wait"),
+    ] {
+        let e = err(&with(ks_line, api));
+        assert!(e.to_string().contains(needle), "{needle}: {e}");
+    }
 }
 
 #[test]

@@ -221,6 +221,14 @@ pub enum AtollError {
     /// `atoll keyspace rehome` was refused (nothing moved).
     #[error("re-homing refused: {0}")]
     RehomeRefused(String),
+    /// A session token (`X-Atoll-Session`) that cannot be honoured as sent: garbled, of another
+    /// version or cluster, naming an unknown region, or naming writes no region made.
+    #[error("invalid session token: {0}")]
+    BadSessionToken(String),
+    /// A read this region may not answer yet: it has not applied what the read's session token
+    /// names, or its replication lag exceeds the read's `max_staleness`. Nothing was read.
+    #[error("{0}")]
+    Stale(String),
 }
 
 fn not_home(keyspace: &str, home: &str, api: Option<&str>, reason: &str) -> String {
@@ -288,6 +296,8 @@ impl AtollError {
             Self::NotHome { .. } => "ATOLL-NOT-HOME",
             Self::HomeUnavailable { .. } => "ATOLL-HOME-UNAVAILABLE",
             Self::RehomeRefused(_) => "ATOLL-REHOME-REFUSED",
+            Self::BadSessionToken(_) => "ATOLL-BAD-SESSION-TOKEN",
+            Self::Stale(_) => "ATOLL-STALE",
             Self::NoQuorum { .. } => "ATOLL-NO-QUORUM",
             Self::RevisionMismatch { .. } => "ATOLL-REVISION-MISMATCH",
             Self::StrongOutcomeUnknown { .. } => "ATOLL-STRONG-OUTCOME-UNKNOWN",
@@ -327,6 +337,8 @@ impl AtollError {
             Self::NotHome { .. } => 421,
             Self::HomeUnavailable { .. } => 503,
             Self::RehomeRefused(_) => 409,
+            Self::BadSessionToken(_) => 400,
+            Self::Stale(_) => 503,
         }
     }
 
@@ -345,6 +357,7 @@ impl AtollError {
                 | Self::ControlUnavailable(_)
                 | Self::HomeUnavailable { .. }
                 | Self::NoQuorum { .. }
+                | Self::Stale(_)
         )
     }
 
@@ -442,6 +455,12 @@ impl AtollError {
             }
             Self::HomeUnavailable { .. } => {
                 "retry once the home is back or the move has finished; if the home is gone for good, move its keys: `atoll keyspace rehome KEYSPACE --prefix P --to REGION` (or declare a `takeover` order for the keyspace); the write was not applied"
+            }
+            Self::BadSessionToken(_) => {
+                "send X-Atoll-Session exactly as an answer of this cluster returned it (merge tokens only with a client library), or omit it to read without session guarantees"
+            }
+            Self::Stale(_) => {
+                "retry shortly, read at a region the error names as holding the data, or ask for forwarding with on_stale=forward; the router retries another region by itself"
             }
             Self::RehomeRefused(_) => {
                 "read the reason; `atoll status` shows the homes and any move in flight; retry once the move in flight has finished"

@@ -12,6 +12,8 @@
 //!   lag, clock-skew hold-back, stability claims and the tombstone horizon) and the stream framing.
 //! - [`driver`]: the replication driver around the core (timers, subscriptions, served
 //!   streams): commands out, executed by the region server and by the simulation.
+//! - [`session`]: session tokens (what a client has seen) and the decision about a read that
+//!   presents one; the bounded-staleness test.
 //! - [`fence`]: split-brain fencing: the write lease's replicated state machine and each
 //!   member's lease timers and role.
 //! - [`geo`]: great-circle distance, for the latency model.
@@ -34,6 +36,7 @@ pub mod home;
 pub mod op;
 pub mod region;
 pub mod repl;
+pub mod session;
 pub mod strong;
 
 pub use error::{AtollError, ErrorBody, Result};

@@ -240,6 +240,11 @@ struct PeerInfo {
     samples: VecDeque<(f64, f64)>,
     /// Their applied vector, as of their last heartbeat.
     applied: VersionVector,
+    /// Their `stable_age_ms` as of their last heartbeat, and when (our clock) it came.
+    stable_age: Option<(u64, u64)>,
+    /// The highest head (their own writes' sequence number) any heartbeat of theirs reported:
+    /// what session reads check a token's claims about their writes against.
+    head_max: u64,
     /// Their stability claims, as of their last heartbeat: per origin, the time ON THE ORIGIN'S
     /// CLOCK before which they hold every write of that origin. Origins they claim nothing for
     /// are absent. The basis of the tombstone horizon.
@@ -363,6 +368,7 @@ impl ReplCore {
             p.last_heard_ms = p.last_heard_ms.map(shift);
             p.last_hb = p.last_hb.map(|(sent, recv)| (sent, shift(recv)));
             p.heard_us_at_ms = p.heard_us_at_ms.map(shift);
+            p.stable_age = p.stable_age.map(|(age, at)| (age, shift(at)));
         }
     }
 
@@ -535,6 +541,46 @@ impl ReplCore {
         Some(min)
     }
 
+    /// This region's staleness bound: how long ago (local clock) it last held every write of
+    /// every origin; `None` if it never did. Every read answer states it, and a read with
+    /// `max_staleness` is refused above it (`docs/design/session-consistency.md`).
+    pub fn staleness_ms(&self, now_ms: u64) -> Option<u64> {
+        self.observe_clock(now_ms);
+        self.stable_at(now_ms).map(|t| now_ms.saturating_sub(t))
+    }
+
+    /// The reachable peers whose own staleness bound, as their last heartbeat stated it and aged
+    /// since, is within `max_ms`: where a bounded-staleness read refused here may go (that region
+    /// checks again).
+    pub fn peers_within_staleness(&self, now_ms: u64, max_ms: u64) -> Vec<RegionId> {
+        self.observe_clock(now_ms);
+        self.peers
+            .iter()
+            .filter(|(_, p)| self.reachable_at(p, now_ms))
+            .filter(|(_, p)| {
+                p.stable_age.is_some_and(|(age, at)| {
+                    age.saturating_add(now_ms.saturating_sub(self.local(at))) <= max_ms
+                })
+            })
+            .map(|(r, _)| r.clone())
+            .collect()
+    }
+
+    /// What this region knows of each peer for a session read that arrived at `asked_at_ms`
+    /// (this region's clock): a peer's heartbeats prove what it had written before the read
+    /// arrived only once one of them echoes a heartbeat of ours sent after that.
+    pub fn session_peers(&self, asked_at_ms: u64) -> Vec<crate::session::PeerSession> {
+        self.peers
+            .iter()
+            .map(|(r, p)| crate::session::PeerSession {
+                region: r.clone(),
+                applied: p.applied.clone(),
+                head_max: p.head_max,
+                heard_since: p.heard_us_at_ms.is_some_and(|t| t > asked_at_ms),
+            })
+            .collect()
+    }
+
     /// The heartbeat to send to `to` now.
     pub fn heartbeat(&self, to: &RegionId, now_ms: u64, hlc: Timestamp) -> Heartbeat {
         self.observe_clock(now_ms);
@@ -657,6 +703,10 @@ impl ReplCore {
             .iter()
             .map(|(o, f)| (o.clone(), f.applied))
             .collect();
+        if let Some(f) = hb.frontier.get(&hb.from) {
+            p.head_max = p.head_max.max(f.applied);
+        }
+        p.stable_age = hb.stable_age_ms.map(|a| (a, now_ms));
         // The latest claims replace the earlier ones, even when lower: a peer that restarted
         // knows less than it did, and only what it says now is true of it.
         p.claims = hb

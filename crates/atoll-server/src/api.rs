@@ -2,11 +2,13 @@
 //! gets a JSON error (`{"error": {"code", "message", "hint", "retryable"}}`) and changes nothing.
 
 use crate::metrics::Metrics;
+use crate::session::Gate;
 use atoll_config::{Config, KEY_MAX_BYTES};
 use atoll_core::causal::CausalContext;
 use atoll_core::codec::{decode_context_token, encode_context_token};
 use atoll_core::crdt::mvr::MvRegister;
 use atoll_core::op::{Intent, KeyState, Policy};
+use atoll_core::session::SessionToken;
 use atoll_core::{AtollError, Result};
 use atoll_store::{Store, WriteOutcome};
 use axum::Router;
@@ -78,6 +80,9 @@ pub struct AppState {
     pub strong: std::sync::OnceLock<Arc<crate::strong::Strong>>,
     /// Watches (`GET /v1/watch/...`): the live feed, fed by the store (set at start).
     pub watch: std::sync::OnceLock<Arc<crate::watch::Watch>>,
+    /// Forwards session and bounded-staleness reads this region cannot serve
+    /// (`on_stale=forward`), made at the first one.
+    pub session_forwarder: std::sync::OnceLock<crate::forward::Forwarder>,
 }
 
 /// Header naming the region's fencing role on every answer of a fenced cluster.
@@ -474,7 +479,13 @@ fn with_headers(
     resp
 }
 
-fn ack(state: &AppState, ks: &str, key: &[u8], out: &WriteOutcome) -> Result<Response> {
+fn ack(
+    state: &AppState,
+    ks: &str,
+    key: &[u8],
+    out: &WriteOutcome,
+    token: Option<SessionToken>,
+) -> Result<Response> {
     let context = match &out.state {
         KeyState::Mvr(r) => Some(encode_context_token(ks, key, &r.ctx)?),
         _ => None,
@@ -490,7 +501,10 @@ fn ack(state: &AppState, ks: &str, key: &[u8], out: &WriteOutcome) -> Result<Res
     let resp = (StatusCode::OK, axum::Json(body)).into_response();
     Ok(with_headers(
         resp,
-        [context.as_deref().and_then(|c| header(CONTEXT_HEADER, c))],
+        [
+            context.as_deref().and_then(|c| header(CONTEXT_HEADER, c)),
+            crate::session::write_token(state, token, out.seq),
+        ],
     ))
 }
 
@@ -578,32 +592,11 @@ const KV_POLICIES: &[Policy] = &[Policy::Lww, Policy::Mvr, Policy::Owned, Policy
 /// Header on reads of an owned key: the key's home region.
 pub const HOME_HEADER: &str = "x-atoll-home";
 
-/// `?consistency=local` (the default) or `?consistency=home` (owned keyspaces: read at the key's
-/// home, which holds every acknowledged write of it).
-fn consistency(uri: &Uri) -> Result<bool> {
-    let mut home = false;
-    for kv in uri
-        .query()
-        .unwrap_or("")
-        .split('&')
-        .filter(|s| !s.is_empty())
-    {
-        match kv.split_once('=') {
-            Some(("consistency", "home")) => home = true,
-            Some(("consistency", "local")) => home = false,
-            _ => {
-                return Err(AtollError::BadRequest(format!(
-                    "unknown query parameter `{kv}`: reads take consistency=local (the default) or consistency=home (owned keyspaces)"
-                )));
-            }
-        }
-    }
-    Ok(home)
-}
-
 async fn kv_get(State(state): State<Shared>, uri: Uri, headers: HeaderMap) -> ApiResult {
     let (ks, key, policy) = resolve(&state, &uri, "kv", KV_POLICIES, "kv reads")?;
-    let at_home = consistency(&uri)?;
+    let params = crate::session::read_params(&uri)?;
+    let at_home = params.at_home;
+    let token = crate::session::token_from(&state, &headers)?;
     if policy == Policy::Strong {
         if at_home {
             return Err(AtollError::BadRequest(format!(
@@ -674,8 +667,19 @@ async fn kv_get(State(state): State<Shared>, uri: Uri, headers: HeaderMap) -> Ap
         ))
         .into());
     }
-    let resp = kv_read(&state, &ks, &key, policy)?;
-    Ok(with_headers(resp, extra))
+    if let Gate::Answer(resp) =
+        crate::session::gate(&state, &ks, &params, token.as_ref(), &uri, &headers).await?
+    {
+        return Ok(resp);
+    }
+    let resp = match kv_read(&state, &ks, &key, policy) {
+        Ok(resp) => resp,
+        // A key that is not there is an answer too: the session goes on from it.
+        Err(e @ AtollError::NotFound) => error_response(&e),
+        Err(e) => return Err(e.into()),
+    };
+    let resp = with_headers(resp, extra);
+    Ok(crate::session::decorate_read(&state, resp, token))
 }
 
 fn kv_read(state: &AppState, ks: &str, key: &[u8], policy: Policy) -> Result<Response> {
@@ -729,11 +733,12 @@ async fn kv_put(
         Policy::Mvr => context_from(&headers, &ks, &key)?,
         _ => None,
     };
+    let token = crate::session::token_from(&state, &headers)?;
     let limit = state.store.keyspace(&ks)?.max_value_bytes;
     let raw = read_value(body, limit, &ks).await?;
     let value = raw.to_vec();
     match write(&state, &ks, &key, Intent::Put { value, context }).await {
-        Ok(out) => Ok(ack(&state, &ks, &key, &out)?),
+        Ok(out) => Ok(ack(&state, &ks, &key, &out, token)?),
         Err(e) => refused(&state, e, Method::PUT, &uri, &headers, raw).await,
     }
 }
@@ -748,8 +753,9 @@ async fn kv_delete(State(state): State<Shared>, uri: Uri, headers: HeaderMap) ->
         Policy::Mvr => context_from(&headers, &ks, &key)?,
         _ => None,
     };
+    let token = crate::session::token_from(&state, &headers)?;
     match write(&state, &ks, &key, Intent::Delete { context }).await {
-        Ok(out) => Ok(ack(&state, &ks, &key, &out)?),
+        Ok(out) => Ok(ack(&state, &ks, &key, &out, token)?),
         Err(e) => refused(&state, e, Method::DELETE, &uri, &headers, Bytes::new()).await,
     }
 }
@@ -769,10 +775,36 @@ fn counter_value(st: Option<&KeyState>) -> i64 {
     }
 }
 
-async fn counter_get(State(state): State<Shared>, uri: Uri) -> ApiResult {
-    let (ks, key, _) = resolve(&state, &uri, "counter", &[Policy::Counter], "counter reads")?;
+/// The read parameters and session token of a counter or set read (`consistency=home` is for
+/// owned keyspaces only).
+fn plain_read(
+    state: &AppState,
+    uri: &Uri,
+    headers: &HeaderMap,
+    ks: &str,
+    policy: Policy,
+) -> Result<(crate::session::ReadParams, Option<SessionToken>)> {
+    let params = crate::session::read_params(uri)?;
+    if params.at_home {
+        return Err(AtollError::BadRequest(format!(
+            "consistency=home applies to owned keyspaces; `{ks}` is {policy}"
+        )));
+    }
+    let token = crate::session::token_from(state, headers)?;
+    Ok((params, token))
+}
+
+async fn counter_get(State(state): State<Shared>, uri: Uri, headers: HeaderMap) -> ApiResult {
+    let (ks, key, policy) = resolve(&state, &uri, "counter", &[Policy::Counter], "counter reads")?;
+    let (params, token) = plain_read(&state, &uri, &headers, &ks, policy)?;
+    if let Gate::Answer(resp) =
+        crate::session::gate(&state, &ks, &params, token.as_ref(), &uri, &headers).await?
+    {
+        return Ok(resp);
+    }
     let st = state.store.get(&ks, &key)?;
-    Ok(axum::Json(json!({"value": counter_value(st.as_ref())})).into_response())
+    let resp = axum::Json(json!({"value": counter_value(st.as_ref())})).into_response();
+    Ok(crate::session::decorate_read(&state, resp, token))
 }
 
 async fn counter_post(
@@ -788,17 +820,22 @@ async fn counter_post(
         &[Policy::Counter],
         "counter increments",
     )?;
+    let token = crate::session::token_from(&state, &headers)?;
     let (b, raw): (CounterBody, _) = read_json(&state, body).await?;
     let out = match write(&state, &ks, &key, Intent::CounterAdd { delta: b.delta }).await {
         Ok(out) => out,
         Err(e) => return refused(&state, e, Method::POST, &uri, &headers, raw).await,
     };
-    Ok(axum::Json(json!({
+    let resp = axum::Json(json!({
         "value": counter_value(Some(&out.state)),
         "region": state.store.region().as_str(),
         "seq": out.seq,
     }))
-    .into_response())
+    .into_response();
+    Ok(with_headers(
+        resp,
+        [crate::session::write_token(&state, token, out.seq)],
+    ))
 }
 
 #[derive(Deserialize)]
@@ -817,10 +854,17 @@ fn members(st: Option<&KeyState>) -> Vec<String> {
     }
 }
 
-async fn set_get(State(state): State<Shared>, uri: Uri) -> ApiResult {
-    let (ks, key, _) = resolve(&state, &uri, "set", &[Policy::Set], "set reads")?;
+async fn set_get(State(state): State<Shared>, uri: Uri, headers: HeaderMap) -> ApiResult {
+    let (ks, key, policy) = resolve(&state, &uri, "set", &[Policy::Set], "set reads")?;
+    let (params, token) = plain_read(&state, &uri, &headers, &ks, policy)?;
+    if let Gate::Answer(resp) =
+        crate::session::gate(&state, &ks, &params, token.as_ref(), &uri, &headers).await?
+    {
+        return Ok(resp);
+    }
     let st = state.store.get(&ks, &key)?;
-    Ok(axum::Json(json!({"members": members(st.as_ref())})).into_response())
+    let resp = axum::Json(json!({"members": members(st.as_ref())})).into_response();
+    Ok(crate::session::decorate_read(&state, resp, token))
 }
 
 async fn set_post(
@@ -830,6 +874,7 @@ async fn set_post(
     body: Body,
 ) -> ApiResult {
     let (ks, key, _) = resolve(&state, &uri, "set", &[Policy::Set], "set updates")?;
+    let token = crate::session::token_from(&state, &headers)?;
     let (b, raw): (SetBody, _) = read_json(&state, body).await?;
     if b.add.is_empty() && b.remove.is_empty() {
         return Err(AtollError::MalformedBody("nothing to add or remove".into()).into());
@@ -866,12 +911,16 @@ async fn set_post(
         Ok(out) => out,
         Err(e) => return refused(&state, e, Method::POST, &uri, &headers, raw).await,
     };
-    Ok(axum::Json(json!({
+    let resp = axum::Json(json!({
         "members": members(Some(&out.state)),
         "region": state.store.region().as_str(),
         "seq": out.seq,
     }))
-    .into_response())
+    .into_response();
+    Ok(with_headers(
+        resp,
+        [crate::session::write_token(&state, token, out.seq)],
+    ))
 }
 
 #[derive(Deserialize)]

@@ -35,18 +35,22 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// The largest answer relayed (answers to writes are small JSON documents).
 const MAX_ANSWER_BYTES: usize = 1 << 20;
 /// Request headers a forwarded write keeps: what the primary's API reads.
-const REQUEST_HEADERS: [HeaderName; 3] = [
+const REQUEST_HEADERS: [HeaderName; 4] = [
     header::CONTENT_TYPE,
     header::AUTHORIZATION,
     HeaderName::from_static(crate::api::CONTEXT_HEADER),
+    HeaderName::from_static(crate::session::SESSION_HEADER),
 ];
 /// Answer headers relayed from the primary (the region's own `X-Atoll-Region` and
 /// `X-Atoll-Role` are this region's, set by its API layer).
-const ANSWER_HEADERS: [HeaderName; 4] = [
+const ANSWER_HEADERS: [HeaderName; 7] = [
     header::CONTENT_TYPE,
     HeaderName::from_static(crate::api::CONTEXT_HEADER),
     HeaderName::from_static(crate::api::TIMESTAMP_HEADER),
     HeaderName::from_static(crate::api::ORIGIN_HEADER),
+    HeaderName::from_static(crate::session::SESSION_HEADER),
+    HeaderName::from_static(crate::api::STALENESS_HEADER),
+    HeaderName::from_static(crate::api::HOME_HEADER),
 ];
 /// The primary's refusals that say it applied nothing.
 const NOT_APPLIED: [&str; 3] = ["ATOLL-NOT-PRIMARY", "ATOLL-PASSIVE", "ATOLL-FENCED"];

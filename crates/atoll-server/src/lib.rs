@@ -17,6 +17,7 @@ pub mod openapi;
 pub mod peer;
 pub mod region;
 pub mod replication;
+pub mod session;
 pub mod streams;
 pub mod strong;
 pub mod watch;

@@ -163,6 +163,12 @@ pub struct Metrics {
     pub fencing_promotion_lag: FloatGauge,
     pub fencing_promotion_blocked: Gauge,
     pub fencing_max_promotion_lag: FloatGauge,
+    /// Reads with a session token or a staleness bound (`docs/design/session-consistency.md`),
+    /// by level (`session`, `bounded`) and outcome (`served`, `waited`, `stale`, `forwarded`,
+    /// `bad-token`).
+    pub consistency_reads: Family<ConsistencyLabels, Counter>,
+    /// How long session reads that had to wait waited (served or not).
+    pub session_wait: Histogram,
     /// Strong keyspaces (`docs/design/strong-keyspaces.md`).
     pub strong_commit_duration: Histogram,
     pub strong_leader_changes: Counter,
@@ -171,6 +177,13 @@ pub struct Metrics {
     pub strong_term: Gauge<u64, AtomicU64>,
     pub strong_is_leader: Gauge,
     pub strong_leader_known: Gauge,
+}
+
+/// Labels of `atoll_consistency_reads_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ConsistencyLabels {
+    pub level: &'static str,
+    pub outcome: &'static str,
 }
 
 /// Labels of the role gauge.
@@ -719,7 +732,27 @@ impl Metrics {
             "Watches ended or refused by this region, by reason (slow: the client did not read its buffered events and was told to resume; limit: [api] max_watchers reached)",
             watch_dropped.clone(),
         );
+        let consistency_reads = Family::<ConsistencyLabels, Counter>::default();
+        reg(
+            &mut registry,
+            &mut names,
+            Kind::Counter,
+            "consistency_reads",
+            "Reads with a session token (level=session) or a staleness bound (level=bounded), by outcome: served at once, waited (then served), stale (503 ATOLL-STALE), forwarded to a region that has the data, bad-token (400)",
+            consistency_reads.clone(),
+        );
+        let session_wait = latency_buckets();
+        reg(
+            &mut registry,
+            &mut names,
+            Kind::Histogram,
+            "session_wait_seconds",
+            "How long session reads that were behind their token waited for this region to apply it",
+            session_wait.clone(),
+        );
         Self {
+            consistency_reads,
+            session_wait,
             watchers,
             watch_events,
             watch_dropped,
@@ -878,6 +911,13 @@ impl Metrics {
                 keyspace: keyspace.to_string(),
                 value: me.to_string(),
             })
+            .inc();
+    }
+
+    /// One read with a session token or a staleness bound, by level and outcome.
+    pub fn consistency_read(&self, level: &'static str, outcome: &'static str) {
+        self.consistency_reads
+            .get_or_create(&ConsistencyLabels { level, outcome })
             .inc();
     }
 

@@ -34,7 +34,7 @@ use axum::body::{Body, Bytes};
 use prometheus_client::metrics::{counter::Counter, histogram::Histogram};
 use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::Notify;
@@ -69,6 +69,9 @@ pub struct Replicator {
     maintaining: Arc<AtomicBool>,
     /// The driver's monotonic clock starts here.
     mono_base: std::time::Instant,
+    /// When (wall ms) this region last held every origin's writes, as of the latest driver call;
+    /// `u64::MAX` for never ([`Self::staleness_ms`]).
+    stable_at_ms: AtomicU64,
 }
 
 /// What a [`Replicator`] is configured with.
@@ -136,6 +139,7 @@ impl Replicator {
             subs: Mutex::new(BTreeMap::new()),
             maintaining: Arc::new(AtomicBool::new(false)),
             mono_base,
+            stable_at_ms: AtomicU64::new(u64::MAX),
         }))
     }
 
@@ -147,14 +151,70 @@ impl Replicator {
     }
 
     /// Runs `f` on the driver with the time and the store's state now.
+    ///
+    /// The store's view is read after the lock is taken, so a heartbeat built here reports a
+    /// head at least as new as everything committed before any earlier call (an earlier
+    /// heartbeat taken in, say) returned: session reads rely on it (`session_peers`).
     fn with_driver<T>(&self, f: impl FnOnce(&mut ReplDriver, Now, &LocalView) -> T) -> Result<T> {
-        let local = self.store.replication_view();
         let mut d = self
             .driver
             .lock()
             .map_err(|_| AtollError::Storage("replication state lock poisoned".into()))?;
+        let local = self.store.replication_view();
         let now = self.now();
-        Ok(f(&mut d, now, &local))
+        let out = f(&mut d, now, &local);
+        // Stored as the time it was last caught up, so a later read adds the time since.
+        let stable_at = d
+            .core()
+            .staleness_ms(now.wall_ms)
+            .map_or(u64::MAX, |s| now.wall_ms.saturating_sub(s));
+        self.stable_at_ms.store(stable_at, Ordering::Relaxed);
+        Ok(out)
+    }
+
+    /// This region's staleness bound as of the latest replication event (heartbeat, apply,
+    /// timer): how long ago it last held every origin's writes, in ms; `None` if it never did.
+    /// Read without the driver's lock (every client read states it): the time since the
+    /// latest event's "caught up" time, so it never understates.
+    pub fn staleness_ms(&self) -> Option<u64> {
+        match self.stable_at_ms.load(Ordering::Relaxed) {
+            u64::MAX => None,
+            at => Some(self.clock.physical_ms().saturating_sub(at)),
+        }
+    }
+
+    /// The staleness bound now, from the driver (for a read that is refused or forwarded on it).
+    pub fn staleness_now(&self) -> Option<u64> {
+        self.with_driver(|d, now, local| {
+            d.sync(local);
+            d.core().staleness_ms(now.wall_ms)
+        })
+        .ok()
+        .flatten()
+    }
+
+    /// The peers that say they are within `max_ms` of staleness (a bounded read's forward).
+    pub fn peers_within_staleness(&self, max_ms: u64) -> Vec<RegionId> {
+        self.with_driver(|d, now, _| d.core().peers_within_staleness(now.wall_ms, max_ms))
+            .unwrap_or_default()
+    }
+
+    /// The wall-clock time the driver reads (a session read's arrival, for [`Self::session_check`]).
+    pub fn wall_ms(&self) -> u64 {
+        self.clock.physical_ms()
+    }
+
+    /// Decides a read that presents `token` and arrived at `asked_at_ms` ([`Self::wall_ms`]).
+    pub fn session_check(
+        &self,
+        token: &atoll_core::session::SessionToken,
+        asked_at_ms: u64,
+    ) -> Result<atoll_core::session::SessionCheck> {
+        self.with_driver(|d, _, local| {
+            d.sync(local);
+            let peers = d.core().session_peers(asked_at_ms);
+            atoll_core::session::check(token, d.core().me(), d.core().applied(), &peers)
+        })
     }
 
     /// Carries out the driver's commands. Those addressed to subscription `own` (the caller's)

@@ -92,6 +92,7 @@ impl Harness {
             homes: Default::default(),
             strong: Default::default(),
             watch: Default::default(),
+            session_forwarder: Default::default(),
         });
         let _ = state.watch.set(watch);
         Self {
@@ -373,6 +374,8 @@ fn every_error() -> Vec<AtollError> {
             detail: "z".into(),
         },
         AtollError::RehomeRefused("x".into()),
+        AtollError::BadSessionToken("x".into()),
+        AtollError::Stale("x".into()),
         AtollError::NoQuorum {
             keyspace: "x".into(),
             voters: 3,
@@ -429,6 +432,8 @@ fn every_error() -> Vec<AtollError> {
             | AtollError::NotHome { .. }
             | AtollError::HomeUnavailable { .. }
             | AtollError::RehomeRefused(_)
+            | AtollError::BadSessionToken(_)
+            | AtollError::Stale(_)
             | AtollError::NoQuorum { .. }
             | AtollError::RevisionMismatch { .. }
             | AtollError::StrongOutcomeUnknown { .. } => {}

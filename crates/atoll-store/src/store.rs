@@ -219,6 +219,9 @@ struct Shared {
     stats: StoreStats,
     /// The committed applied vector (own head included), for readers.
     applied: Mutex<VersionVector>,
+    /// The applied vector of the newest batch handed to the committer (`applied` when none is in
+    /// flight): covers everything a read of the backend may reflect, committed or about to be.
+    visible: Mutex<VersionVector>,
     stamps: Mutex<Stamps>,
     clock: Arc<dyn Clock>,
 }
@@ -293,6 +296,7 @@ impl Store {
         let hlc_wall_ms = hlc.last().wall_ms;
         let shared = Arc::new(Shared {
             applied: Mutex::new(applied.clone()),
+            visible: Mutex::new(applied.clone()),
             stamps: Mutex::new(Stamps {
                 hlc,
                 building_from_ms: None,
@@ -533,6 +537,23 @@ impl Store {
     pub fn applied(&self) -> VersionVector {
         self.shared
             .applied
+            .lock()
+            .map(|v| v.clone())
+            .unwrap_or_default()
+    }
+
+    /// Whether the committed applied vector dominates `v` (a session read's test, without a
+    /// copy).
+    pub fn applied_dominates(&self, v: &VersionVector) -> bool {
+        self.shared.applied.lock().is_ok_and(|a| a.dominates(v))
+    }
+
+    /// An applied vector that covers every write a read of the store made before this call may
+    /// have reflected: that of the newest batch handed to the committer, which may not be
+    /// committed yet (a session read's answer names it, `docs/design/session-consistency.md`).
+    pub fn visible_applied(&self) -> VersionVector {
+        self.shared
+            .visible
             .lock()
             .map(|v| v.clone())
             .unwrap_or_default()
@@ -937,6 +958,9 @@ impl Writer {
                 // The batch being built was built on the failed one: go back to before both.
                 self.seq = seq_before;
                 self.applied = applied_before;
+                if let Ok(mut v) = self.shared.visible.lock() {
+                    v.clone_from(&self.applied);
+                }
                 self.overlay.clear();
                 let doomed = std::mem::replace(b, self.building());
                 self.shared.stamps().building_from_ms = None;
@@ -1042,6 +1066,10 @@ impl Writer {
         };
         for (k, s) in batch.states {
             self.overlay.insert(k, (id, s));
+        }
+        // Before the committer can make the batch visible.
+        if let Ok(mut v) = self.shared.visible.lock() {
+            v.clone_from(&self.applied);
         }
         match self.to_commit.send(sealed) {
             Ok(()) => self.in_flight += 1,

@@ -222,11 +222,14 @@ pub enum SessionCheck {
 }
 
 /// Decides a read that presents `token` at region `me`, whose committed applied vector (its own
-/// head included) is `applied`, knowing `peers`.
+/// head included) is `applied` and which has handed out sequence numbers up to `issued` (its
+/// committed head, or beyond while a batch commits: a read's token may name that batch already),
+/// knowing `peers`.
 pub fn check(
     token: &SessionToken,
     me: &RegionId,
     applied: &VersionVector,
+    issued: u64,
     peers: &[PeerSession],
 ) -> SessionCheck {
     let mut behind = Vec::new();
@@ -235,12 +238,13 @@ pub fn check(
         if have >= wanted {
             continue;
         }
-        // This region is the authority on its own writes: a claim beyond its head is no write.
-        if origin == me {
+        // This region is the authority on its own writes: a claim beyond what it ever handed out
+        // is no write.
+        if origin == me && wanted > issued.max(have) {
             return SessionCheck::Impossible {
                 origin: origin.clone(),
                 claimed: wanted,
-                head: have,
+                head: issued.max(have),
             };
         }
         if let Some(p) = peers.iter().find(|p| &p.region == origin)
@@ -362,15 +366,15 @@ mod tests {
         ];
         let t = |p: &[(&str, u64)]| SessionToken::from_vector(vv(p));
         assert_eq!(
-            check(&t(&[("us-east-1", 40)]), &me, &applied, &peers),
+            check(&t(&[("us-east-1", 40)]), &me, &applied, 10, &peers),
             SessionCheck::Satisfied
         );
         assert_eq!(
-            check(&t(&[]), &me, &applied, &peers),
+            check(&t(&[]), &me, &applied, 10, &peers),
             SessionCheck::Satisfied
         );
         assert_eq!(
-            check(&t(&[("us-east-1", 43)]), &me, &applied, &peers),
+            check(&t(&[("us-east-1", 43)]), &me, &applied, 10, &peers),
             SessionCheck::Behind {
                 behind: vec![Behind {
                     origin: r("us-east-1"),
@@ -380,19 +384,23 @@ mod tests {
                 holders: vec![r("us-east-1")],
             }
         );
-        // Beyond our own head: no such write.
+        // Beyond our own head: no such write; within a batch still committing: wait for it.
         assert!(matches!(
-            check(&t(&[("eu-west-1", 11)]), &me, &applied, &peers),
+            check(&t(&[("eu-west-1", 11)]), &me, &applied, 10, &peers),
             SessionCheck::Impossible { .. }
+        ));
+        assert!(matches!(
+            check(&t(&[("eu-west-1", 11)]), &me, &applied, 12, &peers),
+            SessionCheck::Behind { .. }
         ));
         // Beyond a peer's head, but no heartbeat since the read arrived: it may be new.
         assert!(matches!(
-            check(&t(&[("us-east-1", 1000)]), &me, &applied, &peers),
+            check(&t(&[("us-east-1", 1000)]), &me, &applied, 10, &peers),
             SessionCheck::Behind { ref holders, .. } if holders.is_empty()
         ));
         // Beyond a peer's head as a heartbeat sent after the read arrived reports it.
         assert_eq!(
-            check(&t(&[("ap-southeast-1", 3)]), &me, &applied, &peers),
+            check(&t(&[("ap-southeast-1", 3)]), &me, &applied, 10, &peers),
             SessionCheck::Impossible {
                 origin: r("ap-southeast-1"),
                 claimed: 3,
@@ -437,7 +445,8 @@ mod tests {
         #[test]
         fn satisfied_iff_dominated(applied in arb_vector(), seen in arb_vector()) {
             let token = SessionToken::from_vector(seen.clone());
-            let got = check(&token, &r("eu-west-1"), &applied, &[]);
+            let issued = applied.get(&r("eu-west-1"));
+            let got = check(&token, &r("eu-west-1"), &applied, issued, &[]);
             prop_assert_eq!(got == SessionCheck::Satisfied, applied.dominates(&seen));
         }
 

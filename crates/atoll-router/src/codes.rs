@@ -177,6 +177,9 @@ pub mod region {
     pub const NO_QUORUM: &str = "ATOLL-NO-QUORUM";
     /// An owned key's home could not take the write from that region.
     pub const HOME_UNAVAILABLE: &str = "ATOLL-HOME-UNAVAILABLE";
+    /// A read the region may not answer yet: it has not applied what the read's session token
+    /// names, or it lags more than the read's `max_staleness` (`docs/design/session-consistency.md`).
+    pub const STALE: &str = "ATOLL-STALE";
 }
 
 #[cfg(test)]
@@ -217,6 +220,7 @@ mod tests {
             region::PASSIVE,
             region::NO_QUORUM,
             region::HOME_UNAVAILABLE,
+            region::STALE,
         ] {
             assert!(r.starts_with("ATOLL-") && !seen.contains(r), "{r}");
         }

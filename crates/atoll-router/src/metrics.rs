@@ -9,7 +9,8 @@
 //! [`RouterMetrics::record_claims`]; each is also a log line).
 //! Proxied requests a region refused because of fencing and that were sent on to the next region
 //! count in `atoll_router_retries_total` with reason `not-primary`, `fenced`, `passive`,
-//! `no-quorum` (strong keyspaces) or `home-unavailable` (owned keyspaces).
+//! `no-quorum` (strong keyspaces), `home-unavailable` (owned keyspaces) or `stale` (a read behind
+//! its session token or max_staleness).
 //!
 //! DNS's metrics ([`dns`], [`DnsMetrics`]: `atoll_router_dns_queries_total{name,qtype,answer}`
 //! and `atoll_router_dns_query_duration_seconds`) are defined and registered here too, so that one registry and
@@ -272,7 +273,7 @@ impl RouterMetrics {
         m.register(
             MetricKind::Counter,
             "router_retries",
-            "Proxied requests retried on another region, by the region given up on and why (connect, timeout, reset, status; not-primary, fenced, passive: the region refused a write because of fencing; no-quorum: a strong keyspace's region cut off from the majority; home-unavailable: an owned key's home not reachable from the region, or the key moving; either way not applied)",
+            "Proxied requests retried on another region, by the region given up on and why (connect, timeout, reset, status; not-primary, fenced, passive: the region refused a write because of fencing; no-quorum: a strong keyspace's region cut off from the majority; home-unavailable: an owned key's home not reachable from the region, or the key moving; stale: a read the region had not caught up for (session token or max_staleness); either way not applied)",
             f,
         );
         let f = m.ejections.clone();

@@ -210,10 +210,11 @@ impl Replicator {
         token: &atoll_core::session::SessionToken,
         asked_at_ms: u64,
     ) -> Result<atoll_core::session::SessionCheck> {
+        let issued = self.store.visible_applied().get(self.store.region());
         self.with_driver(|d, _, local| {
             d.sync(local);
             let peers = d.core().session_peers(asked_at_ms);
-            atoll_core::session::check(token, d.core().me(), d.core().applied(), &peers)
+            atoll_core::session::check(token, d.core().me(), d.core().applied(), issued, &peers)
         })
     }
 

@@ -113,11 +113,25 @@ pub fn token_from(state: &AppState, headers: &HeaderMap) -> Result<Option<Sessio
         .to_str()
         .map_err(|_| AtollError::BadSessionToken("not ASCII".into()))?;
     let config = &state.config;
-    SessionToken::decode(text, &config.cluster.name, |r| {
-        config.region(r.as_str()).is_some()
-    })
-    .map(Some)
-    .inspect_err(|_| {
+    let token =
+        SessionToken::decode(text, &config.cluster.name, |r| config.region(r.as_str()).is_some())
+            .and_then(|t| {
+                // This region is the authority on its own writes: a claim beyond every sequence
+                // number it handed out names no write (checked here for writes too).
+                let me = state.store.region();
+                let claimed = t.seen().get(me);
+                if claimed == 0 {
+                    return Ok(t);
+                }
+                let issued = state.store.visible_applied().get(me);
+                if claimed > issued {
+                    return Err(AtollError::BadSessionToken(format!(
+                        "the token names write {claimed} of `{me}`, which has made only {issued}: it was not issued by this cluster as it is now (forged, or from before `{me}` lost its data)"
+                    )));
+                }
+                Ok(t)
+            });
+    token.map(Some).inspect_err(|_| {
         state.metrics.consistency_read("session", "bad-token");
     })
 }
@@ -213,9 +227,13 @@ async fn wait_for(
         }
         let decision = match (rep, asked_at) {
             (Some(r), Some(at)) => r.session_check(token, at)?,
-            _ => {
-                atoll_core::session::check(token, state.store.region(), &state.store.applied(), &[])
-            }
+            _ => atoll_core::session::check(
+                token,
+                state.store.region(),
+                &state.store.applied(),
+                state.store.visible_applied().get(state.store.region()),
+                &[],
+            ),
         };
         match decision {
             SessionCheck::Satisfied => {

@@ -2655,3 +2655,225 @@ async fn watches_beyond_max_watchers_are_refused() {
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Session tokens and bounded staleness (docs/design/session-consistency.md)
+// ---------------------------------------------------------------------------------------------
+
+fn session_of(r: &Resp) -> atoll_core::session::SessionToken {
+    let text = r
+        .header("x-atoll-session")
+        .expect("answer carries a session token");
+    atoll_core::session::SessionToken::decode(text, "atoll-single", |_| true).expect("decodes")
+}
+
+/// The example with a second region, `eu-west-1`, whose writes this region never receives here
+/// (no replication in these tests): a token naming them stays unsatisfied.
+fn two_regions() -> Harness {
+    Harness::with(|c| {
+        let mut peer = c.regions[0].clone();
+        peer.name = RegionId::new("eu-west-1").unwrap();
+        peer.api = "127.0.0.1:1".parse().unwrap();
+        peer.peer = peer.api;
+        c.regions.push(peer);
+    })
+}
+
+#[tokio::test]
+async fn writes_and_reads_answer_session_tokens_that_name_what_the_client_saw() {
+    let h = Harness::new();
+    let me = RegionId::new(REGION).unwrap();
+    let w = h.put("/v1/kv/sessions/u1", "v1").await;
+    assert_eq!(w.status, StatusCode::OK);
+    let seq = w.json()["seq"].as_u64().unwrap();
+    let t1 = session_of(&w);
+    assert_eq!(t1.seen().get(&me), seq, "a write's token names the write");
+    // The token served here at once, and the read's token names at least as much.
+    let r = h
+        .request(
+            Method::GET,
+            "/v1/kv/sessions/u1",
+            &[("x-atoll-session", &t1.encode("atoll-single"))],
+            Body::empty(),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(&r.body[..], b"v1");
+    assert!(session_of(&r).seen().dominates(t1.seen()));
+    assert_eq!(
+        r.header("x-atoll-staleness-ms"),
+        Some("0"),
+        "one region: never stale"
+    );
+    // A write presenting a token answers the merge; counters, sets and missing keys too.
+    let mut other = atoll_core::session::SessionToken::new();
+    other.observe(&me, 1);
+    let c = h
+        .request(
+            Method::POST,
+            "/v1/counter/ratelimits/x",
+            &[
+                ("x-atoll-session", &other.encode("atoll-single")),
+                ("content-type", "application/json"),
+            ],
+            r#"{"delta": 2}"#,
+        )
+        .await;
+    assert_eq!(c.status, StatusCode::OK);
+    assert_eq!(
+        session_of(&c).seen().get(&me),
+        c.json()["seq"].as_u64().unwrap()
+    );
+    for uri in [
+        "/v1/counter/ratelimits/x",
+        "/v1/set/flags/nothing",
+        "/v1/kv/sessions/never-written",
+    ] {
+        let r = h.get(uri).await;
+        assert!(session_of(&r).seen().get(&me) >= seq, "{uri}");
+    }
+}
+
+#[tokio::test]
+async fn bad_session_tokens_are_400_and_change_nothing() {
+    let h = two_regions();
+    let me = RegionId::new(REGION).unwrap();
+    h.put("/v1/kv/sessions/k", "before").await;
+    let head = h.state.store.applied().get(&me);
+    let mut ahead = atoll_core::session::SessionToken::new();
+    ahead.observe(&me, head + 5);
+    let mut foreign = atoll_core::session::SessionToken::new();
+    foreign.observe(&me, 1);
+    let cases = [
+        ("garbled", "not!base64".to_string(), "base64"),
+        ("another cluster", foreign.encode("prod"), "another cluster"),
+        (
+            "beyond this region's head",
+            ahead.encode("atoll-single"),
+            "which has made only",
+        ),
+    ];
+    for (what, token, needle) in cases {
+        let started = std::time::Instant::now();
+        let r = h
+            .request(
+                Method::GET,
+                "/v1/kv/sessions/k?wait_ms=10000",
+                &[("x-atoll-session", token.as_str())],
+                Body::empty(),
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{what}");
+        assert_eq!(
+            r.json()["error"]["code"],
+            "ATOLL-BAD-SESSION-TOKEN",
+            "{what}"
+        );
+        assert!(
+            r.json()["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains(needle),
+            "{what}: {}",
+            r.json()
+        );
+        // Refused at once, not after the 10 s wait.
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(5),
+            "{what}"
+        );
+        let w = h
+            .request(
+                Method::PUT,
+                "/v1/kv/sessions/k",
+                &[("x-atoll-session", token.as_str())],
+                "after",
+            )
+            .await;
+        assert_eq!(w.status, StatusCode::BAD_REQUEST, "{what}");
+    }
+    assert_eq!(&h.get("/v1/kv/sessions/k").await.body[..], b"before");
+    assert_eq!(
+        h.state.store.applied().get(&me),
+        head,
+        "nothing was written"
+    );
+    assert!(
+        metric(
+            &h,
+            "atoll_consistency_reads_total{level=\"session\",outcome=\"bad-token\"}"
+        )
+        .await
+            >= Some(3.0)
+    );
+}
+
+#[tokio::test]
+async fn a_token_naming_writes_not_applied_here_is_stale_after_the_wait() {
+    let h = two_regions();
+    let eu = RegionId::new("eu-west-1").unwrap();
+    let mut t = atoll_core::session::SessionToken::new();
+    t.observe(&eu, 7);
+    let token = t.encode("atoll-single");
+    let r = h
+        .request(
+            Method::GET,
+            "/v1/kv/sessions/k?wait_ms=20",
+            &[("x-atoll-session", token.as_str())],
+            Body::empty(),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{:?}", r.json());
+    let v = r.json();
+    assert_eq!(v["error"]["code"], "ATOLL-STALE");
+    assert_eq!(v["error"]["retryable"], true);
+    assert_eq!(v["stale"]["behind"][0]["origin"], "eu-west-1");
+    assert_eq!(v["stale"]["behind"][0]["applied"], 0);
+    assert_eq!(v["stale"]["behind"][0]["wanted"], 7);
+    assert_eq!(v["stale"]["waited_ms"], 20);
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("up to 0 of the 7")
+    );
+    // Counters and sets are gated the same way; bad parameters are named.
+    let r = h
+        .request(
+            Method::GET,
+            "/v1/set/flags/f?wait_ms=0",
+            &[("x-atoll-session", token.as_str())],
+            Body::empty(),
+        )
+        .await;
+    assert_eq!(r.json()["error"]["code"], "ATOLL-STALE");
+    for (q, needle) in [
+        ("wait_ms=soon", "wait_ms"),
+        ("wait_ms=999999", "over the limit"),
+        ("max_staleness=fast", "max_staleness"),
+        ("on_stale=maybe", "on_stale"),
+        ("consistency=session", "not a read consistency"),
+    ] {
+        let r = h.get(&format!("/v1/counter/ratelimits/x?{q}")).await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{q}");
+        assert!(
+            r.json()["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains(needle),
+            "{q}: {}",
+            r.json()
+        );
+    }
+    // Without replication there is nothing to lag behind: a bounded read is served.
+    let r = h.get("/v1/kv/sessions/k?max_staleness=1ms").await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    assert_eq!(
+        metric(
+            &h,
+            "atoll_consistency_reads_total{level=\"session\",outcome=\"stale\"}"
+        )
+        .await,
+        Some(2.0)
+    );
+}

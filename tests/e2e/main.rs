@@ -19,6 +19,7 @@ mod replication;
 mod restart;
 mod router_e2e;
 mod router_fencing;
+mod session;
 mod shutdown;
 mod strong;
 mod tidy;

@@ -231,6 +231,24 @@ impl Client {
         })
     }
 
+    /// `{method} {endpoint}{path}` with `headers` and `body` (any route; the answer as it came).
+    pub async fn request_raw(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: impl Into<Vec<u8>>,
+    ) -> Result<Reply> {
+        let mut req = self
+            .http
+            .request(method, format!("{}{path}", self.base))
+            .body(body.into());
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        self.send(req).await
+    }
+
     /// `GET {endpoint}{path}`.
     pub async fn get_raw(&self, path: &str) -> Result<Reply> {
         self.send(self.http.get(format!("{}{path}", self.base)))

@@ -1,0 +1,230 @@
+//! End-to-end: session tokens and bounded staleness across real region processes
+//! (`docs/design/session-consistency.md`). Every byte between regions crosses an `atoll link`
+//! mesh delaying each way by the demo's us-east-1 <-> ap-southeast-1 one-way delay (the longest
+//! of the demo's links), at the shipped heartbeat interval (1 s).
+//!
+//! - a write in us-east-1 read at once in ap-southeast-1 with the write's token is there: the read
+//!   waits for replication (bounded by `wait_ms`, the link delay plus a margin) instead of missing
+//!   it; the answer's token, presented again, is served at once;
+//! - with ap-southeast-1 cut off, the same read is `503 ATOLL-STALE` naming what it lacks, a
+//!   bounded-staleness read is refused once the cut outlasts the bound, and both are served after
+//!   the heal;
+//! - garbled tokens, forged ones and tokens of another cluster are a `400` at once, never a hang.
+//!
+//! Every wait has a deadline; nothing depends on timing luck: a read that must succeed is given
+//! a wait bound far above the link delay, and a read that must be refused is made while the cut
+//! holds.
+
+use crate::common;
+
+use anyhow::{Result, bail, ensure};
+use atoll_core::RegionId;
+use atoll_core::session::SessionToken;
+use atoll_testkit::{Client, Cluster, ClusterOptions};
+use common::{BIN, ok};
+use reqwest::Method;
+use std::time::{Duration, Instant};
+
+const US: &str = "us-east-1";
+const EU: &str = "eu-west-1";
+const AP: &str = "ap-southeast-1";
+
+/// The demo's us-east-1 <-> ap-southeast-1 one-way delay, rounded (great-circle distance at
+/// fibre speed plus routing overhead; `atoll demo` prints the same figure).
+const LINK_DELAY_MS: f64 = 111.0;
+/// The wait a read that must find the write is given: the link delay plus a margin for a loaded
+/// 2-core CI machine.
+const WAIT_MS: u64 = 2_000;
+/// The staleness bound of the bounded reads: above the shipped heartbeat interval and the link
+/// delay (a connected region stays under it), below what a cut reaches in a few seconds.
+const MAX_STALENESS: &str = "4s";
+const CONVERGE: Duration = Duration::from_secs(60);
+const DEADLINE: Duration = Duration::from_secs(30);
+
+fn start(name: &str) -> Cluster {
+    ok(Cluster::start(
+        BIN,
+        3,
+        ClusterOptions::new(name)
+            .with_links(LINK_DELAY_MS)
+            .heartbeat_interval_ms(atoll_config::DEFAULT_HEARTBEAT_INTERVAL_MS),
+    ))
+}
+
+async fn get_with(c: &Client, path: &str, token: &str) -> Result<atoll_testkit::client::Reply> {
+    c.request_raw(Method::GET, path, &[("x-atoll-session", token)], Vec::new())
+        .await
+}
+
+fn token_of(r: &atoll_testkit::client::Reply) -> Result<String> {
+    match r.header("x-atoll-session") {
+        Some(t) => Ok(t.to_string()),
+        None => bail!("answer {} carries no X-Atoll-Session", r.status),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_reads_its_writes_across_regions_and_is_told_when_it_cannot() {
+    let c = start("session");
+    ok(scenario(&c).await);
+}
+
+async fn scenario(c: &Cluster) -> Result<()> {
+    c.wait_converged(CONVERGE).await?;
+    let us = c.client(US);
+    let ap = c.client(AP);
+
+    // 1. Read-your-writes across regions at link speed.
+    for i in 0..5 {
+        let key = format!("user-{i}");
+        let w = us
+            .kv_put_raw("sessions", &key, format!("v{i}"), None)
+            .await?
+            .expect(200)?;
+        let token = token_of(&w)?;
+        let r = get_with(
+            &ap,
+            &format!("/v1/kv/sessions/{key}?wait_ms={WAIT_MS}"),
+            &token,
+        )
+        .await?;
+        ensure!(
+            r.status == 200 && r.body == format!("v{i}").as_bytes(),
+            "read {i} in {AP} with the token of the write in {US}: {} {}",
+            r.status,
+            r.text()
+        );
+        // The read's token names at least as much; presented again, it is served at once.
+        let again = get_with(
+            &ap,
+            &format!("/v1/kv/sessions/{key}?wait_ms=0"),
+            &token_of(&r)?,
+        )
+        .await?
+        .expect(200)?;
+        ensure!(again.body == format!("v{i}").as_bytes());
+        ensure!(
+            again.header("x-atoll-staleness-ms").is_some(),
+            "every read states its staleness bound"
+        );
+    }
+    // Connected: a bounded read is served.
+    let connected = format!("/v1/kv/sessions/user-0?max_staleness={MAX_STALENESS}");
+    let r = ap.get_raw(&connected).await?;
+    ensure!(
+        r.status == 200,
+        "bounded read while connected: {} {}",
+        r.status,
+        r.text()
+    );
+
+    // 2. Cut ap-southeast-1 off from both peers (a cut from us-east-1 alone would be relayed).
+    c.partition(AP, US)?;
+    c.partition(AP, EU)?;
+    let w = us
+        .kv_put_raw("sessions", "during-cut", "written", None)
+        .await?
+        .expect(200)?;
+    let cut_token = token_of(&w)?;
+    let r = get_with(&ap, "/v1/kv/sessions/during-cut?wait_ms=300", &cut_token).await?;
+    ensure!(
+        r.status == 503 && r.error_code().as_deref() == Some("ATOLL-STALE"),
+        "read behind its token while cut off: {} {}",
+        r.status,
+        r.text()
+    );
+    let body = r.json()?;
+    ensure!(
+        body["stale"]["behind"][0]["origin"] == US && body["error"]["retryable"] == true,
+        "the refusal names what it lacks: {body}"
+    );
+    // The bound is refused once the cut outlasts it (the region's bound grows from the cut on).
+    let started = Instant::now();
+    loop {
+        let r = ap.get_raw(&connected).await?;
+        if r.status == 503 && r.error_code().as_deref() == Some("ATOLL-STALE") {
+            ensure!(
+                r.json()?["stale"]["max_staleness_ms"] == 4000,
+                "{}",
+                r.text()
+            );
+            break;
+        }
+        ensure!(
+            r.status == 200,
+            "bounded read during the cut: {} {}",
+            r.status,
+            r.text()
+        );
+        if started.elapsed() > DEADLINE {
+            bail!("a bounded read was still served {DEADLINE:?} into the cut");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // 3. Heal: the same token is served, and bounded reads are served again.
+    c.heal(AP, US)?;
+    c.heal(AP, EU)?;
+    let started = Instant::now();
+    loop {
+        let r = get_with(
+            &ap,
+            &format!("/v1/kv/sessions/during-cut?wait_ms={WAIT_MS}"),
+            &cut_token,
+        )
+        .await?;
+        let bounded = ap.get_raw(&connected).await?;
+        if r.status == 200 && bounded.status == 200 {
+            ensure!(r.body == b"written", "{}", r.text());
+            break;
+        }
+        ensure!(
+            [r.status, bounded.status]
+                .iter()
+                .all(|s| [200, 503].contains(s)),
+            "after the heal: {} {} / {} {}",
+            r.status,
+            r.text(),
+            bounded.status,
+            bounded.text()
+        );
+        if started.elapsed() > CONVERGE {
+            bail!(
+                "still refused {CONVERGE:?} after the heal: {} / {}",
+                r.text(),
+                bounded.text()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // 4. Bad tokens: a 400 at once (each request gets a 10 s wait it must not use).
+    let me = RegionId::new(AP)?;
+    let mut forged = SessionToken::new();
+    forged.observe(&me, 1 << 40);
+    let mut other_cluster = SessionToken::new();
+    other_cluster.observe(&me, 1);
+    let mut garbled = cut_token.clone().into_bytes();
+    let last = garbled.len() - 1;
+    garbled[last] = if garbled[last] == b'A' { b'B' } else { b'A' };
+    let cases = [
+        ("garbled", String::from_utf8(garbled)?),
+        ("forged", forged.encode("session")),
+        ("another cluster", other_cluster.encode("prod")),
+    ];
+    for (what, token) in cases {
+        let started = Instant::now();
+        let r = get_with(&ap, "/v1/kv/sessions/user-0?wait_ms=10000", &token).await?;
+        ensure!(
+            r.status == 400 && r.error_code().as_deref() == Some("ATOLL-BAD-SESSION-TOKEN"),
+            "{what} token: {} {}",
+            r.status,
+            r.text()
+        );
+        ensure!(
+            started.elapsed() < Duration::from_secs(10),
+            "{what} token: answered only after the wait"
+        );
+    }
+    Ok(())
+}

@@ -46,6 +46,10 @@ pub struct ClientArgs {
         value_name = "TOKEN"
     )]
     pub token: Option<String>,
+    /// Session token from an earlier answer (`session:` in its output): a read is served only by
+    /// a region that has applied what it names (read-your-writes across regions).
+    #[arg(long, global = true, env = "ATOLL_SESSION", value_name = "TOKEN")]
+    pub session: Option<String>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -67,9 +71,19 @@ pub enum KvCommand {
     },
     /// Read a value (an mvr key with concurrent writes shows every sibling and a context).
     #[command(
-        after_help = "Examples:\n  atoll kv get sessions user-1\n  atoll kv get carts c1 --output json"
+        after_help = "Examples:\n  atoll kv get sessions user-1\n  atoll kv get carts c1 --output json\n  atoll kv get sessions user-1 --endpoint http://127.0.0.1:7102 --session <session printed by kv put>\n  atoll kv get sessions user-1 --max-staleness 3s"
     )]
-    Get { keyspace: String, key: String },
+    Get {
+        keyspace: String,
+        key: String,
+        /// With --session: how long the region may wait to catch up before ATOLL-STALE, in ms.
+        #[arg(long, value_name = "MS")]
+        wait_ms: Option<u64>,
+        /// Refuse (ATOLL-STALE) unless the region last held every region's writes within this
+        /// (`2s`, `500ms`).
+        #[arg(long, value_name = "DURATION")]
+        max_staleness: Option<String>,
+    },
     /// Delete a key (leaves a tombstone that replicates).
     #[command(
         after_help = "Examples:\n  atoll kv del sessions user-1\n  atoll kv del carts c1 --context <context printed by kv get>"
@@ -232,6 +246,9 @@ pub async fn kv(args: ClientArgs, cmd: KvCommand) -> Result<()> {
             if_match,
         } => {
             let mut req = c.http.put(c.url("kv", &keyspace, &key)).body(value);
+            if let Some(s) = &args.session {
+                req = req.header("x-atoll-session", s);
+            }
             if let Some(ctx) = context {
                 req = req.header("x-atoll-context", ctx);
             }
@@ -239,9 +256,15 @@ pub async fn kv(args: ClientArgs, cmd: KvCommand) -> Result<()> {
                 req = req.header("if-match", rev.to_string());
             }
             let r = c.send(req).await?.check()?;
-            let v = r.json()?;
+            let session = r.header("x-atoll-session").map(str::to_string);
+            let mut v = r.json()?;
             match c.output {
-                Output::Json => c.print_json(&v),
+                Output::Json => {
+                    if let Some(s) = &session {
+                        v["session"] = json!(s);
+                    }
+                    c.print_json(&v)
+                }
                 Output::Human if v["revision"].is_u64() => println!(
                     "ok: revision {} (strong; leader {}, answered by {})",
                     v["revision"],
@@ -258,11 +281,37 @@ pub async fn kv(args: ClientArgs, cmd: KvCommand) -> Result<()> {
                     if let Some(ctx) = v["context"].as_str() {
                         println!("context: {ctx}");
                     }
+                    if let Some(s) = &session {
+                        println!("session: {s}");
+                    }
                 }
             }
         }
-        KvCommand::Get { keyspace, key } => {
-            let r = c.send(c.http.get(c.url("kv", &keyspace, &key))).await?;
+        KvCommand::Get {
+            keyspace,
+            key,
+            wait_ms,
+            max_staleness,
+        } => {
+            let mut query = Vec::new();
+            if let Some(ms) = wait_ms {
+                query.push(format!("wait_ms={ms}"));
+            }
+            if let Some(m) = max_staleness {
+                let ms = atoll_config::duration::parse_ms(&m)
+                    .map_err(|e| anyhow!("--max-staleness `{m}`: {e}"))?;
+                query.push(format!("max_staleness={ms}ms"));
+            }
+            let mut url = c.url("kv", &keyspace, &key);
+            if !query.is_empty() {
+                url = format!("{url}?{}", query.join("&"));
+            }
+            let mut req = c.http.get(url);
+            if let Some(s) = &args.session {
+                req = req.header("x-atoll-session", s);
+            }
+            let r = c.send(req).await?;
+            let session = r.header("x-atoll-session").map(str::to_string);
             let context = r.header("x-atoll-context").map(str::to_string);
             let region = r.header("x-atoll-region").unwrap_or("?").to_string();
             let r = r.check()?;
@@ -298,12 +347,17 @@ pub async fn kv(args: ClientArgs, cmd: KvCommand) -> Result<()> {
                             "value": text,
                             "context": context,
                             "timestamp": r.header("x-atoll-timestamp"),
+                            "session": session,
+                            "staleness_ms": r.header("x-atoll-staleness-ms"),
                         }))
                     }
                     Output::Human => {
                         println!("{}", String::from_utf8_lossy(&r.body));
                         if let Some(ctx) = context {
                             eprintln!("context: {ctx}");
+                        }
+                        if let Some(s) = session {
+                            eprintln!("session: {s}");
                         }
                     }
                 }
@@ -316,6 +370,9 @@ pub async fn kv(args: ClientArgs, cmd: KvCommand) -> Result<()> {
             if_match,
         } => {
             let mut req = c.http.delete(c.url("kv", &keyspace, &key));
+            if let Some(s) = &args.session {
+                req = req.header("x-atoll-session", s);
+            }
             if let Some(ctx) = context {
                 req = req.header("x-atoll-context", ctx);
             }

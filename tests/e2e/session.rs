@@ -9,7 +9,10 @@
 //! - with ap-southeast-1 cut off, the same read is `503 ATOLL-STALE` naming what it lacks, a
 //!   bounded-staleness read is refused once the cut outlasts the bound, and both are served after
 //!   the heal;
-//! - garbled tokens, forged ones and tokens of another cluster are a `400` at once, never a hang.
+//! - a region that hears its peers but cannot fetch from them forwards a session read it cannot
+//!   serve to a peer that holds the data (`on_stale=forward`);
+//! - garbled tokens, forged ones and tokens of another cluster are a `400`, never a hang: at once
+//!   for a claim about the serving region, once a heartbeat proves it for a claim about a peer.
 //!
 //! Every wait has a deadline; nothing depends on timing luck: a read that must succeed is given
 //! a wait bound far above the link delay, and a read that must be refused is made while the cut
@@ -71,6 +74,11 @@ async fn a_session_reads_its_writes_across_regions_and_is_told_when_it_cannot() 
 
 async fn scenario(c: &Cluster) -> Result<()> {
     c.wait_converged(CONVERGE).await?;
+    // Tokens are bound to the cluster's name: forged ones must carry it to be judged forged.
+    let text = std::fs::read_to_string(c.config_path())?;
+    let cluster = atoll_config::Config::parse(&text, "atoll.toml")?
+        .cluster
+        .name;
     let us = c.client(US);
     let ap = c.client(AP);
 
@@ -108,6 +116,61 @@ async fn scenario(c: &Cluster) -> Result<()> {
             "every read states its staleness bound"
         );
     }
+    // A forged claim about a peer's writes: refused once that peer's heartbeat proves it never
+    // made them (its heartbeat echoing one of ours sent after the read arrived: about two
+    // heartbeat intervals), well before the read's wait is up.
+    let mut forged_peer = SessionToken::new();
+    forged_peer.observe(&RegionId::new(US)?, 1 << 40);
+    let started = Instant::now();
+    let r = get_with(
+        &ap,
+        "/v1/kv/sessions/user-0?wait_ms=10000",
+        &forged_peer.encode(&cluster),
+    )
+    .await?;
+    ensure!(
+        r.status == 400
+            && r.error_code().as_deref() == Some("ATOLL-BAD-SESSION-TOKEN")
+            && r.text().contains("which has made only"),
+        "a forged claim about {US}'s writes read in {AP}: {} {}",
+        r.status,
+        r.text()
+    );
+    ensure!(
+        started.elapsed() < Duration::from_secs(10),
+        "refused only after the wait"
+    );
+
+    // ap-southeast-1 hears both peers and they hear it, but the streams it subscribed to deliver
+    // nothing: it learns from their heartbeats that they hold a write it lacks, and forwards the
+    // read there.
+    c.hold_answers(AP, US)?;
+    c.hold_answers(AP, EU)?;
+    let w = us
+        .kv_put_raw("sessions", "forwarded", "there", None)
+        .await?
+        .expect(200)?;
+    let r = get_with(
+        &ap,
+        &format!(
+            "/v1/kv/sessions/forwarded?wait_ms={}&on_stale=forward",
+            3 * WAIT_MS
+        ),
+        &token_of(&w)?,
+    )
+    .await?;
+    ensure!(
+        r.status == 200 && r.body == b"there",
+        "a forwarded session read: {} {}",
+        r.status,
+        r.text()
+    );
+    let to = r.header("x-atoll-forwarded-to").unwrap_or_default();
+    ensure!(to == US || to == EU, "forwarded to a holder, not `{to}`");
+    c.heal(AP, US)?;
+    c.heal(AP, EU)?;
+    c.wait_converged(CONVERGE).await?;
+
     // Connected: a bounded read is served.
     let connected = format!("/v1/kv/sessions/user-0?max_staleness={MAX_STALENESS}");
     let r = ap.get_raw(&connected).await?;
@@ -208,15 +271,21 @@ async fn scenario(c: &Cluster) -> Result<()> {
     let last = garbled.len() - 1;
     garbled[last] = if garbled[last] == b'A' { b'B' } else { b'A' };
     let cases = [
-        ("garbled", String::from_utf8(garbled)?),
-        ("forged", forged.encode("session")),
-        ("another cluster", other_cluster.encode("prod")),
+        ("garbled", String::from_utf8(garbled)?, "garbled"),
+        ("forged", forged.encode(&cluster), "which has made only"),
+        (
+            "another cluster",
+            other_cluster.encode("prod"),
+            "another cluster",
+        ),
     ];
-    for (what, token) in cases {
+    for (what, token, needle) in cases {
         let started = Instant::now();
         let r = get_with(&ap, "/v1/kv/sessions/user-0?wait_ms=10000", &token).await?;
         ensure!(
-            r.status == 400 && r.error_code().as_deref() == Some("ATOLL-BAD-SESSION-TOKEN"),
+            r.status == 400
+                && r.error_code().as_deref() == Some("ATOLL-BAD-SESSION-TOKEN")
+                && r.text().contains(needle),
             "{what} token: {} {}",
             r.status,
             r.text()

@@ -92,8 +92,12 @@ async fn main() -> Result<()> {
     let stop = Arc::new(AtomicBool::new(false));
     let written = Arc::new(AtomicU64::new(0));
     let loader = {
-        let (stop, written, http, endpoints) =
-            (stop.clone(), written.clone(), http.clone(), endpoints.clone());
+        let (stop, written, http, endpoints) = (
+            stop.clone(),
+            written.clone(),
+            http.clone(),
+            endpoints.clone(),
+        );
         let gap = Duration::from_secs_f64(1.0 / args.load.max(1) as f64);
         tokio::spawn(async move {
             let mut next = Instant::now();
@@ -182,7 +186,10 @@ async fn main() -> Result<()> {
         let ep = demo.endpoint("ap-southeast-1");
         let before = counters(&http, &ep).await?;
         let mut reads = Histogram::<u64>::new(3)?;
-        let first = http.get(format!("{ep}/v1/kv/sessions/load-1")).send().await?;
+        let first = http
+            .get(format!("{ep}/v1/kv/sessions/load-1"))
+            .send()
+            .await?;
         let mut token = first
             .headers()
             .get(SESSION)

@@ -832,6 +832,17 @@ impl LinkMesh {
         ])
     }
 
+    /// See [`Cluster::hold_answers`].
+    fn hold_answers(&self, requester: &str, server: &str) -> Result<()> {
+        self.add_all(&[(
+            requester,
+            server,
+            FaultKind::OneWay {
+                direction: Direction::Reverse,
+            },
+        )])
+    }
+
     /// See [`Cluster::heal`].
     fn heal(&self, a: &str, b: &str) -> Result<()> {
         for link in [link_name(a, b), link_name(b, a)] {
@@ -1211,6 +1222,18 @@ impl Cluster {
     #[track_caller]
     pub fn partition_oneway(&self, from: &str, to: &str) -> Result<()> {
         self.mesh_for(from, to)?.partition_oneway(from, to)
+    }
+
+    /// Holds back the answers `server` sends to `requester`'s requests (link `requester->server`
+    /// reverse), and nothing else: `requester`'s requests (its heartbeats, its subscription
+    /// requests) still reach `server`, and `server`'s own requests (its heartbeats to
+    /// `requester`) still arrive, but the streams `requester` subscribed to deliver nothing. So
+    /// both hear each other while `requester` receives none of `server`'s data, until
+    /// [`Cluster::heal`].
+    #[track_caller]
+    pub fn hold_answers(&self, requester: &str, server: &str) -> Result<()> {
+        self.mesh_for(requester, server)?
+            .hold_answers(requester, server)
     }
 
     /// Removes every fault of links `a->b` and `b->a`: bytes held flow again at once.

@@ -297,3 +297,101 @@ async fn scenario(c: &Cluster) -> Result<()> {
     }
     Ok(())
 }
+
+/// Through the router: a client presenting its token never reads older state than it wrote,
+/// even when the router's first choice has not caught up: that region answers `ATOLL-STALE`,
+/// and the router sends the read on to the next region, which has it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn through_the_router_a_session_read_skips_a_region_that_has_not_caught_up() {
+    // ap-southeast-1 first in failover order: the router's first choice for every request.
+    let router = atoll_config::render::RouterToml::new()
+        .zone("atoll.test")
+        .name("api", "failover", &[AP, US, EU]);
+    let c = ok(Cluster::start(
+        BIN,
+        3,
+        ClusterOptions::new("session-router")
+            .with_links(LINK_DELAY_MS)
+            .heartbeat_interval_ms(atoll_config::DEFAULT_HEARTBEAT_INTERVAL_MS)
+            .extra_config(&router.render()),
+    ));
+    let r = ok(atoll_testkit::RouterService::start(
+        BIN,
+        c.config_path(),
+        c.dir(),
+        "e2e-session-router",
+        DEADLINE,
+    ));
+    ok(router_scenario(&c, &format!("http://{}", r.proxy)).await);
+}
+
+async fn router_scenario(c: &Cluster, proxy: &str) -> Result<()> {
+    c.wait_converged(CONVERGE).await?;
+    let via = Client::new(proxy);
+    // Wait until the router sends reads to its first choice.
+    let started = Instant::now();
+    loop {
+        let r = via.get_raw("/v1/kv/sessions/probe").await?;
+        if r.header("x-atoll-routed-to") == Some(AP) {
+            break;
+        }
+        if started.elapsed() > DEADLINE {
+            bail!(
+                "the router never routed to {AP}: {:?}",
+                r.header("x-atoll-routed-to")
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // ap-southeast-1 is cut off from its peers (the router still reaches it: its client API is not
+    // behind the links), and a client writes in us-east-1.
+    c.partition(AP, US)?;
+    c.partition(AP, EU)?;
+    let w = c
+        .client(US)
+        .kv_put_raw("sessions", "alice", "logged-in", None)
+        .await?
+        .expect(200)?;
+    let token = token_of(&w)?;
+    // Without the token the router's first choice answers with what it has: nothing.
+    let plain = via.get_raw("/v1/kv/sessions/alice").await?;
+    ensure!(
+        plain.status == 404 && plain.header("x-atoll-routed-to") == Some(AP),
+        "eventual read through the router: {} from {:?}",
+        plain.status,
+        plain.header("x-atoll-routed-to")
+    );
+    // With it, the stale region refuses and the router moves on to one that has the write.
+    let r = get_with(&via, "/v1/kv/sessions/alice?wait_ms=300", &token).await?;
+    ensure!(
+        r.status == 200 && r.body == b"logged-in",
+        "session read through the router: {} {}",
+        r.status,
+        r.text()
+    );
+    let to = r.header("x-atoll-routed-to").unwrap_or_default();
+    ensure!(
+        to == US || to == EU,
+        "served by `{to}`, which should have had the write"
+    );
+    // A region that is only behind is not a failing one: more refused session reads than the
+    // router's outlier threshold (5 consecutive failures) leave it in rotation.
+    for i in 0..8 {
+        let r = get_with(&via, "/v1/kv/sessions/alice?wait_ms=50", &token).await?;
+        ensure!(
+            r.status == 200,
+            "session read {i}: {} {}",
+            r.status,
+            r.text()
+        );
+    }
+    let plain = via.get_raw("/v1/kv/sessions/alice").await?;
+    ensure!(
+        plain.header("x-atoll-routed-to") == Some(AP),
+        "after refusing stale reads {AP} should still get reads, they went to {:?}",
+        plain.header("x-atoll-routed-to")
+    );
+    c.heal(AP, US)?;
+    c.heal(AP, EU)?;
+    Ok(())
+}

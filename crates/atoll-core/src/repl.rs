@@ -32,7 +32,7 @@ use crate::hlc::Timestamp;
 use crate::op::OpEntry;
 use crate::region::RegionId;
 use serde::{Deserialize, Serialize};
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 mod frame;
@@ -245,6 +245,8 @@ struct PeerInfo {
     /// The highest head (their own writes' sequence number) any heartbeat of theirs reported:
     /// what session reads check a token's claims about their writes against.
     head_max: u64,
+    /// The highest number (see [`SentLog`]) of a heartbeat of ours they echoed.
+    echoed_count: u64,
     /// Their stability claims, as of their last heartbeat: per origin, the time ON THE ORIGIN'S
     /// CLOCK before which they hold every write of that origin. Origins they claim nothing for
     /// are absent. The basis of the tombstone horizon.
@@ -263,6 +265,19 @@ struct OriginProgress {
 }
 
 const PENDING_MAX: usize = 1024;
+
+/// Heartbeats of ours remembered per peer, to number the ones it echoes.
+const SENT_REMEMBERED: usize = 64;
+
+/// The heartbeats this region built for one peer: how many, and the send times of the latest
+/// with their numbers. An echo names a send time; looked up here, it names a heartbeat by number,
+/// so "echoed a heartbeat sent after X" needs no clock comparison (a clock stepped back could
+/// make an old heartbeat's send time look later than X).
+#[derive(Clone, Debug, Default)]
+struct SentLog {
+    count: u64,
+    recent: VecDeque<(u64, u64)>,
+}
 
 /// Round-trip samples the clock-offset estimate chooses from.
 const OFFSET_SAMPLES: usize = 8;
@@ -295,6 +310,8 @@ pub struct ReplCore {
     peers: BTreeMap<RegionId, PeerInfo>,
     applied: VersionVector,
     progress: BTreeMap<RegionId, OriginProgress>,
+    /// Per peer, the heartbeats built for it (numbered; for session reads' proofs).
+    sent: RefCell<BTreeMap<RegionId, SentLog>>,
     /// The latest local time any call was given.
     clock_ms: Cell<u64>,
     /// The latest local time any call was ever given (an echo of ours cannot be later).
@@ -334,6 +351,7 @@ impl ReplCore {
             peers,
             applied,
             progress,
+            sent: RefCell::new(BTreeMap::new()),
             clock_ms: Cell::new(0),
             max_clock_ms: Cell::new(0),
             stepped_back_ms: Cell::new(0),
@@ -566,17 +584,31 @@ impl ReplCore {
             .collect()
     }
 
-    /// What this region knows of each peer for a session read that arrived at `asked_at_ms`
-    /// (this region's clock): a peer's heartbeats prove what it had written before the read
-    /// arrived only once one of them echoes a heartbeat of ours sent after that.
-    pub fn session_peers(&self, asked_at_ms: u64) -> Vec<crate::session::PeerSession> {
+    /// The mark of a session read's arrival: per peer, how many heartbeats this region had built
+    /// for it. Pass it to [`Self::session_peers`].
+    pub fn session_mark(&self) -> BTreeMap<RegionId, u64> {
+        self.sent
+            .borrow()
+            .iter()
+            .map(|(r, s)| (r.clone(), s.count))
+            .collect()
+    }
+
+    /// What this region knows of each peer for a session read that arrived at `mark`
+    /// ([`Self::session_mark`]): a peer's heartbeats prove what it had written before the read
+    /// arrived only once one of them echoes a heartbeat of ours built after the mark (numbered,
+    /// not timed: a clock step cannot fake it).
+    pub fn session_peers(
+        &self,
+        mark: &BTreeMap<RegionId, u64>,
+    ) -> Vec<crate::session::PeerSession> {
         self.peers
             .iter()
             .map(|(r, p)| crate::session::PeerSession {
                 region: r.clone(),
                 applied: p.applied.clone(),
                 head_max: p.head_max,
-                heard_since: p.heard_us_at_ms.is_some_and(|t| t > asked_at_ms),
+                heard_since: p.echoed_count > mark.get(r).copied().unwrap_or(0),
             })
             .collect()
     }
@@ -584,6 +616,15 @@ impl ReplCore {
     /// The heartbeat to send to `to` now.
     pub fn heartbeat(&self, to: &RegionId, now_ms: u64, hlc: Timestamp) -> Heartbeat {
         self.observe_clock(now_ms);
+        {
+            let mut sent = self.sent.borrow_mut();
+            let log = sent.entry(to.clone()).or_default();
+            log.count += 1;
+            log.recent.push_back((now_ms, log.count));
+            while log.recent.len() > SENT_REMEMBERED {
+                log.recent.pop_front();
+            }
+        }
         let echo = self
             .peers
             .get(to)
@@ -679,6 +720,17 @@ impl ReplCore {
                 p.heard_us_at_ms
                     .map_or(echo.sent_ms, |t| t.max(echo.sent_ms)),
             );
+            // The number of the heartbeat echoed; of several with that send time (a clock
+            // stepped back), the earliest.
+            if let Some(n) = self.sent.borrow().get(&hb.from).and_then(|log| {
+                log.recent
+                    .iter()
+                    .filter(|(t, _)| *t == echo.sent_ms)
+                    .map(|(_, n)| *n)
+                    .min()
+            }) {
+                p.echoed_count = p.echoed_count.max(n);
+            }
         }
         if timing {
             p.last_hb = Some((hb.sent_ms, now_ms));
@@ -917,6 +969,49 @@ mod tests {
             delta: KeyState::Counter(PnCounter::add(None, &r(origin), 1).unwrap()),
             epoch: 0,
         }
+    }
+
+    fn heard_since(a: &ReplCore, peer: &str, mark: &BTreeMap<RegionId, u64>) -> bool {
+        a.session_peers(mark)
+            .into_iter()
+            .find(|p| p.region == r(peer))
+            .is_some_and(|p| p.heard_since)
+    }
+
+    #[test]
+    fn a_session_proof_needs_an_echo_of_a_heartbeat_built_after_the_mark() {
+        let mut a = core("a");
+        let mut b = core("b");
+        // Heartbeats before the read arrives.
+        let early = a.heartbeat(&r("b"), 5_000, Timestamp::default());
+        b.on_heartbeat(&early, 5_010).unwrap();
+        let mark = a.session_mark();
+        // b answers with an echo of a heartbeat built before the mark: no proof.
+        a.on_heartbeat(&b.heartbeat(&r("a"), 5_020, Timestamp::default()), 5_030)
+            .unwrap();
+        assert!(!heard_since(&a, "b", &mark));
+        // a's clock steps back; a heartbeat built after the mark carries an EARLIER send time
+        // than the one before it. Its echo is the proof, and the old one's never is.
+        let late = a.heartbeat(&r("b"), 4_000, Timestamp::default());
+        b.on_heartbeat(&early, 5_040).unwrap();
+        a.on_heartbeat(&b.heartbeat(&r("a"), 5_050, Timestamp::default()), 4_010)
+            .unwrap();
+        assert!(
+            !heard_since(&a, "b", &mark),
+            "an echo of the early heartbeat"
+        );
+        b.on_heartbeat(&late, 5_060).unwrap();
+        a.on_heartbeat(&b.heartbeat(&r("a"), 5_070, Timestamp::default()), 4_020)
+            .unwrap();
+        assert!(heard_since(&a, "b", &mark), "an echo of the late heartbeat");
+        assert!(!heard_since(&a, "c", &mark), "c echoed nothing");
+        // The head the proof stands on is the highest b ever reported.
+        let b_head = a
+            .session_peers(&mark)
+            .into_iter()
+            .find(|p| p.region == r("b"))
+            .map(|p| p.head_max);
+        assert_eq!(b_head, Some(0));
     }
 
     #[test]

@@ -199,21 +199,22 @@ impl Replicator {
             .unwrap_or_default()
     }
 
-    /// The wall-clock time the driver reads (a session read's arrival, for [`Self::session_check`]).
-    pub fn wall_ms(&self) -> u64 {
-        self.clock.physical_ms()
+    /// The mark of a session read's arrival (per peer, the heartbeats built for it so far), for
+    /// [`Self::session_check`].
+    pub fn session_mark(&self) -> Result<BTreeMap<RegionId, u64>> {
+        self.with_driver(|d, _, _| d.core().session_mark())
     }
 
-    /// Decides a read that presents `token` and arrived at `asked_at_ms` ([`Self::wall_ms`]).
+    /// Decides a read that presents `token` and arrived at `mark` ([`Self::session_mark`]).
     pub fn session_check(
         &self,
         token: &atoll_core::session::SessionToken,
-        asked_at_ms: u64,
+        mark: &BTreeMap<RegionId, u64>,
     ) -> Result<atoll_core::session::SessionCheck> {
         let issued = self.store.visible_applied().get(self.store.region());
         self.with_driver(|d, _, local| {
             d.sync(local);
-            let peers = d.core().session_peers(asked_at_ms);
+            let peers = d.core().session_peers(mark);
             atoll_core::session::check(token, d.core().me(), d.core().applied(), issued, &peers)
         })
     }

@@ -217,7 +217,7 @@ async fn wait_for(
     let wait = Duration::from_millis(params.wait_ms.unwrap_or(state.config.api.session_wait_ms));
     let deadline = started + wait;
     let rep = state.replicator.get();
-    let asked_at = rep.map(|r| r.wall_ms());
+    let mark = rep.map(|r| r.session_mark()).transpose()?;
     let notify = rep.map(|r| r.changed.clone());
     let (behind, holders) = loop {
         // Registered before the check, so a commit between the two still wakes us.
@@ -225,8 +225,8 @@ async fn wait_for(
         if let Some(f) = notified.as_mut() {
             f.as_mut().enable();
         }
-        let decision = match (rep, asked_at) {
-            (Some(r), Some(at)) => r.session_check(token, at)?,
+        let decision = match (rep, &mark) {
+            (Some(r), Some(mark)) => r.session_check(token, mark)?,
             _ => atoll_core::session::check(
                 token,
                 state.store.region(),

@@ -909,13 +909,15 @@ pub fn session_read(case: &SessionReadCase<'_>, history: &History) -> Result<(),
 
 /// Invariant 10: the token check never judges a token the client genuinely holds forged
 /// (`Impossible`: it names a write its origin never made). `peers` is what the region knew of
-/// its peers for the read, which arrived at its clock's `asked_at_ms`.
+/// its peers for the read, which arrived at its clock's `asked_at_ms`; `clock_high_ms` is the
+/// highest reading its clock showed before its latest step back.
 pub fn session_verdict(
     client: usize,
     region: &RegionId,
     token: &SessionToken,
     decision: &SessionCheck,
     asked_at_ms: u64,
+    clock_high_ms: u64,
     peers: &[PeerSession],
 ) -> Result<(), Violation> {
     let SessionCheck::Impossible {
@@ -926,21 +928,29 @@ pub fn session_verdict(
     else {
         return Ok(());
     };
-    let about = peers
-        .iter()
-        .find(|p| &p.region == origin)
-        .map_or("(no peer entry: the claim is about its own writes)".to_string(), |p| {
+    let about = peers.iter().find(|p| &p.region == origin).map_or(
+        "(no peer entry: the claim is about its own writes)".to_string(),
+        |p| {
             format!(
                 "(its view of {origin}: head_max {}, heard_since {}, applied {})",
                 p.head_max, p.heard_since, p.applied
             )
-        });
+        },
+    );
+    let stepped = if asked_at_ms < clock_high_ms {
+        format!(
+            "; its clock had read {clock_high_ms} ms before it stepped back, so echoes of heartbeats \
+             it sent before the step look sent after the read arrived"
+        )
+    } else {
+        String::new()
+    };
     Err(Violation::new(
         Invariant::SessionGuarantees,
         format!(
             "{region} judged the genuine token {} of session client {client} forged (a read that \
              arrived at its clock's {asked_at_ms} ms): write {claimed} of {origin}, which it \
-             believes made only {head} {about}",
+             believes made only {head} {about}{stepped}",
             token.seen()
         ),
     ))
@@ -1054,7 +1064,10 @@ mod tests {
         history.lww.push(delete(150, "ap", 7));
         let mut applied: VersionVector = [(r("ap"), 6)].into_iter().collect();
         let check = |applied: &VersionVector| {
-            session_read(&case(None, Some(&mine), None, applied, &token, &at), &history)
+            session_read(
+                &case(None, Some(&mine), None, applied, &token, &at),
+                &history,
+            )
         };
         // Only the older delete is applied.
         assert!(check(&applied).is_err());
@@ -1066,19 +1079,22 @@ mod tests {
     fn session_verdict_fails_only_on_impossible() {
         let at = r("eu");
         let token = SessionToken::new();
-        assert!(session_verdict(1, &at, &token, &SessionCheck::Satisfied, 5, &[]).is_ok());
+        assert!(session_verdict(1, &at, &token, &SessionCheck::Satisfied, 5, 0, &[]).is_ok());
         let behind = SessionCheck::Behind {
             behind: vec![],
             holders: vec![],
         };
-        assert!(session_verdict(1, &at, &token, &behind, 5, &[]).is_ok());
+        assert!(session_verdict(1, &at, &token, &behind, 5, 0, &[]).is_ok());
         let impossible = SessionCheck::Impossible {
             origin: r("us"),
             claimed: 9,
             head: 4,
         };
-        let v = session_verdict(1, &at, &token, &impossible, 5, &[]).unwrap_err();
+        let v = session_verdict(1, &at, &token, &impossible, 5, 0, &[]).unwrap_err();
         assert_eq!(v.invariant, Invariant::SessionGuarantees);
         assert!(v.detail.contains("forged"), "{v}");
+        assert!(!v.detail.contains("stepped back"), "{v}");
+        let v = session_verdict(1, &at, &token, &impossible, 5, 9, &[]).unwrap_err();
+        assert!(v.detail.contains("stepped back"), "{v}");
     }
 }

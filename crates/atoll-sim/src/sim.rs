@@ -222,6 +222,9 @@ struct Region {
     incarnation: u64,
     /// When the last apply issued by this region commits (applies commit in issue order).
     apply_free_at: u64,
+    /// The highest reading its clock showed before its latest step back (a skew ending): while
+    /// the clock reads less, it has stepped back and not caught up again.
+    clock_high_ms: u64,
 }
 
 /// A simulated cluster.
@@ -288,6 +291,7 @@ impl Sim {
                 applied_since_start: 0,
                 incarnation: 0,
                 apply_free_at: 0,
+                clock_high_ms: 0,
             })
             .collect();
         let trace = Trace::new(opts.trace);

@@ -185,7 +185,7 @@ impl Default for SimOptions {
             trace: std::env::var("ATOLL_SIM_TRACE").is_ok_and(|v| !v.is_empty() && v != "0"),
             fencing: None,
             session_clients: 4,
-            session_gap_ms: (20, 1_000),
+            session_gap_ms: (40, 1_400),
             session_wait_ms: 500,
             session_check: true,
             session_excuse_clock_steps: true,

@@ -370,7 +370,7 @@ impl Sim {
             return;
         }
         let rng = &mut self.session_rng;
-        if rng.random_range(0..100u32) < 35 {
+        if rng.random_range(0..100u32) < 30 {
             let key = if rng.random_range(0..100u32) < 70 {
                 session_key(c)
             } else {

@@ -28,6 +28,14 @@
 //!    the old holder when the lease moved. (Nothing acknowledged may be lost at all: invariant 2
 //!    holds for fenced runs too, forced promotions included, since an old primary's disk always
 //!    survives here.)
+//!
+//! Every run adds, for its session clients (`docs/design/session-consistency.md`):
+//!
+//! 10. [`session_read`] and [`session_verdict`]: a session read the token check served reflects
+//!     every write of its key the client made or saw: the lww state it reads is at least as new
+//!     (HLC timestamp, then origin: the lww order) as the client's own newest acknowledged write
+//!     of the key (read-your-writes) and as the newest state of it the client read before,
+//!     wherever (monotonic reads); and a token a client genuinely holds is never judged forged.
 
 use crate::fencing::Promotion;
 use crate::model::{CARTS, FLAGS, History, LwwWrite, RATELIMITS, SESSIONS, Stamp};
@@ -36,6 +44,7 @@ use atoll_core::causal::{Dot, VersionVector};
 use atoll_core::crdt::mvr::MvRegister;
 use atoll_core::hlc::Timestamp;
 use atoll_core::op::{KeyState, OpEntry};
+use atoll_core::session::{PeerSession, SessionCheck, SessionToken};
 use atoll_store::ConflictRecord;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -62,6 +71,8 @@ pub enum Invariant {
     LateWrites,
     /// 9: manual promotions report their exposure truthfully; switchovers lose nothing.
     PromotionExposure,
+    /// 10: session reads see the client's writes and never go back; genuine tokens are honoured.
+    SessionGuarantees,
     /// The harness itself failed (a store call errored where it must not).
     Harness,
 }
@@ -79,6 +90,7 @@ impl Invariant {
             Invariant::WriteWindows => "7-write-windows",
             Invariant::LateWrites => "8-late-writes",
             Invariant::PromotionExposure => "9-promotion-exposure",
+            Invariant::SessionGuarantees => "10-session-guarantees",
             Invariant::Harness => "harness",
         }
     }
@@ -752,4 +764,337 @@ pub fn switchover_lost_nothing(
         ));
     }
     Ok(())
+}
+
+/// An lww state a session client wrote or read: its version in the lww order, and where and when
+/// the client wrote or read it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SessionSeen {
+    pub ts: Timestamp,
+    pub origin: RegionId,
+    /// A tombstone (an lww delete).
+    pub deleted: bool,
+    /// The region the client wrote it at or read it from.
+    pub at: RegionId,
+    /// Virtual time of the write or read.
+    pub at_ms: u64,
+}
+
+impl SessionSeen {
+    /// Its place in the lww order (timestamp, then origin; two writes never share both).
+    pub fn version(&self) -> (Timestamp, &RegionId) {
+        (self.ts, &self.origin)
+    }
+}
+
+impl fmt::Display for SessionSeen {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} ts {} origin {} (at {}, virtual {} ms)",
+            if self.deleted { "tombstone" } else { "value" },
+            self.ts,
+            self.origin,
+            self.at,
+            self.at_ms
+        )
+    }
+}
+
+/// A session read of the lww key `key` that the token check served, with what the client
+/// required of it.
+#[derive(Clone, Debug)]
+pub struct SessionReadCase<'a> {
+    pub client: usize,
+    /// Where it was served.
+    pub region: &'a RegionId,
+    pub key: &'a [u8],
+    /// The state read (`None`: absent).
+    pub state: Option<&'a KeyState>,
+    /// The client's newest acknowledged write of the key.
+    pub wrote: Option<&'a SessionSeen>,
+    /// The newest state of the key the client read before.
+    pub read: Option<&'a SessionSeen>,
+    /// The token the read presented.
+    pub token: &'a SessionToken,
+    /// The serving region's committed applied vector at the read.
+    pub applied: &'a VersionVector,
+}
+
+/// Invariant 10: a served session read reflects the client's own newest write of its key
+/// (read-your-writes) and the newest state of it the client read before (monotonic reads). A
+/// newer state (another writer's) is fine. An absent key is a tombstone the region collected: it
+/// passes only if the region has applied an acknowledged delete of the key at least as new as
+/// both (collection itself is invariant 5's business).
+pub fn session_read(case: &SessionReadCase<'_>, history: &History) -> Result<(), Violation> {
+    let SessionReadCase {
+        client,
+        region,
+        key,
+        state,
+        wrote,
+        read,
+        token,
+        applied,
+    } = case;
+    let rules = [
+        (wrote, "read-your-writes: its own newest write"),
+        (read, "monotonic reads: the newest state it read before"),
+    ];
+    let miss = |found: String, rule: &str, floor: &SessionSeen| {
+        Err(Violation::new(
+            Invariant::SessionGuarantees,
+            format!(
+                "session client {client} read {} at {region} with token {} and got {found}, older \
+                 than what it had to reflect ({rule}: {floor}); {region} had applied {applied}",
+                k(SESSIONS, key),
+                token.seen(),
+            ),
+        ))
+    };
+    match state {
+        Some(KeyState::Lww(r)) => {
+            for (floor, rule) in rules {
+                if let Some(f) = floor
+                    && (r.ts, &r.origin) < f.version()
+                {
+                    return miss(
+                        format!(
+                            "{} ts {} origin {}",
+                            if r.value.is_some() {
+                                "a value"
+                            } else {
+                                "a tombstone"
+                            },
+                            r.ts,
+                            r.origin
+                        ),
+                        rule,
+                        f,
+                    );
+                }
+            }
+            Ok(())
+        }
+        Some(other) => Err(Violation::new(
+            Invariant::SessionGuarantees,
+            format!(
+                "session client {client} read {} at {region} and got a {} state",
+                k(SESSIONS, key),
+                other.policy()
+            ),
+        )),
+        None => {
+            for (floor, rule) in rules {
+                let Some(f) = floor else { continue };
+                let collected = history.lww.iter().any(|w| {
+                    w.key == *key
+                        && w.value.is_none()
+                        && (w.ts, &w.origin) >= f.version()
+                        && applied.get(&w.origin) >= w.seq
+                });
+                if !collected {
+                    return miss(
+                        "nothing (absent, and it applied no delete of the key at least as new)"
+                            .into(),
+                        rule,
+                        f,
+                    );
+                }
+            }
+            Ok(())
+        }
+    }
+}
+
+/// Invariant 10: the token check never judges a token the client genuinely holds forged
+/// (`Impossible`: it names a write its origin never made). `peers` is what the region knew of
+/// its peers for the read, which arrived at its clock's `asked_at_ms`; `clock_high_ms` is the
+/// highest reading its clock showed before its latest step back.
+pub fn session_verdict(
+    client: usize,
+    region: &RegionId,
+    token: &SessionToken,
+    decision: &SessionCheck,
+    asked_at_ms: u64,
+    clock_high_ms: u64,
+    peers: &[PeerSession],
+) -> Result<(), Violation> {
+    let SessionCheck::Impossible {
+        origin,
+        claimed,
+        head,
+    } = decision
+    else {
+        return Ok(());
+    };
+    let about = peers.iter().find(|p| &p.region == origin).map_or(
+        "(no peer entry: the claim is about its own writes)".to_string(),
+        |p| {
+            format!(
+                "(its view of {origin}: head_max {}, heard_since {}, applied {})",
+                p.head_max, p.heard_since, p.applied
+            )
+        },
+    );
+    let stepped = if asked_at_ms < clock_high_ms {
+        format!(
+            "; its clock had read {clock_high_ms} ms before it stepped back, so echoes of heartbeats \
+             it sent before the step look sent after the read arrived"
+        )
+    } else {
+        String::new()
+    };
+    Err(Violation::new(
+        Invariant::SessionGuarantees,
+        format!(
+            "{region} judged the genuine token {} of session client {client} forged (a read that \
+             arrived at its clock's {asked_at_ms} ms): write {claimed} of {origin}, which it \
+             believes made only {head} {about}{stepped}",
+            token.seen()
+        ),
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use atoll_core::crdt::lww::LwwRegister;
+
+    fn r(s: &str) -> RegionId {
+        RegionId::new(s).unwrap()
+    }
+
+    fn ts(ms: u64) -> Timestamp {
+        Timestamp {
+            wall_ms: ms,
+            logical: 0,
+        }
+    }
+
+    fn seen(ms: u64, origin: &str, deleted: bool) -> SessionSeen {
+        SessionSeen {
+            ts: ts(ms),
+            origin: r(origin),
+            deleted,
+            at: r(origin),
+            at_ms: 0,
+        }
+    }
+
+    fn lww(ms: u64, origin: &str, value: Option<&str>) -> KeyState {
+        KeyState::Lww(LwwRegister {
+            value: value.map(|v| v.as_bytes().to_vec()),
+            ts: ts(ms),
+            origin: r(origin),
+            vv: VersionVector::new(),
+        })
+    }
+
+    fn delete(ms: u64, origin: &str, seq: u64) -> LwwWrite {
+        LwwWrite {
+            key: b"k".to_vec(),
+            origin: r(origin),
+            seq,
+            ts: ts(ms),
+            value: None,
+            seen: VersionVector::new(),
+            at_ms: 0,
+        }
+    }
+
+    fn case<'a>(
+        state: Option<&'a KeyState>,
+        wrote: Option<&'a SessionSeen>,
+        read: Option<&'a SessionSeen>,
+        applied: &'a VersionVector,
+        token: &'a SessionToken,
+        region: &'a RegionId,
+    ) -> SessionReadCase<'a> {
+        SessionReadCase {
+            client: 1,
+            region,
+            key: b"k",
+            state,
+            wrote,
+            read,
+            token,
+            applied,
+        }
+    }
+
+    #[test]
+    fn session_read_catches_each_miss() {
+        let at = r("eu");
+        let token = SessionToken::new();
+        let applied = VersionVector::new();
+        let history = History::default();
+        let mine = seen(100, "us", false);
+        let before = seen(200, "ap", true);
+        let check = |state: Option<&KeyState>, wrote, read| {
+            session_read(&case(state, wrote, read, &applied, &token, &at), &history)
+        };
+        // Newer than both, or exactly them: fine.
+        assert!(check(Some(&lww(300, "eu", Some("x"))), Some(&mine), Some(&before)).is_ok());
+        assert!(check(Some(&lww(100, "us", Some("x"))), Some(&mine), None).is_ok());
+        assert!(check(Some(&lww(200, "ap", None)), Some(&mine), Some(&before)).is_ok());
+        // Older than the client's own write.
+        let v = check(Some(&lww(99, "zz", Some("x"))), Some(&mine), None).unwrap_err();
+        assert_eq!(v.invariant, Invariant::SessionGuarantees);
+        assert!(v.detail.contains("read-your-writes"), "{v}");
+        // Same timestamp, lower origin: an older version in the lww order.
+        let v = check(Some(&lww(100, "eu", Some("x"))), Some(&mine), None).unwrap_err();
+        assert!(v.detail.contains("read-your-writes"), "{v}");
+        // Older than what it read before (a tombstone counts).
+        let v = check(Some(&lww(150, "us", Some("x"))), Some(&mine), Some(&before)).unwrap_err();
+        assert!(v.detail.contains("monotonic reads"), "{v}");
+        // Absent without an applied delete: a miss; nothing required: fine.
+        let v = check(None, Some(&mine), None).unwrap_err();
+        assert!(v.detail.contains("absent"), "{v}");
+        assert!(check(None, None, None).is_ok());
+    }
+
+    #[test]
+    fn an_absent_key_passes_only_with_a_new_enough_applied_delete() {
+        let at = r("eu");
+        let token = SessionToken::new();
+        let mine = seen(100, "us", false);
+        let mut history = History::default();
+        history.lww.push(delete(90, "ap", 3));
+        history.lww.push(delete(150, "ap", 7));
+        let mut applied: VersionVector = [(r("ap"), 6)].into_iter().collect();
+        let check = |applied: &VersionVector| {
+            session_read(
+                &case(None, Some(&mine), None, applied, &token, &at),
+                &history,
+            )
+        };
+        // Only the older delete is applied.
+        assert!(check(&applied).is_err());
+        applied.raise(&r("ap"), 7);
+        assert!(check(&applied).is_ok());
+    }
+
+    #[test]
+    fn session_verdict_fails_only_on_impossible() {
+        let at = r("eu");
+        let token = SessionToken::new();
+        assert!(session_verdict(1, &at, &token, &SessionCheck::Satisfied, 5, 0, &[]).is_ok());
+        let behind = SessionCheck::Behind {
+            behind: vec![],
+            holders: vec![],
+        };
+        assert!(session_verdict(1, &at, &token, &behind, 5, 0, &[]).is_ok());
+        let impossible = SessionCheck::Impossible {
+            origin: r("us"),
+            claimed: 9,
+            head: 4,
+        };
+        let v = session_verdict(1, &at, &token, &impossible, 5, 0, &[]).unwrap_err();
+        assert_eq!(v.invariant, Invariant::SessionGuarantees);
+        assert!(v.detail.contains("forged"), "{v}");
+        assert!(!v.detail.contains("stepped back"), "{v}");
+        let v = session_verdict(1, &at, &token, &impossible, 5, 9, &[]).unwrap_err();
+        assert!(v.detail.contains("stepped back"), "{v}");
+    }
 }

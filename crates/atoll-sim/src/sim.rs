@@ -1,7 +1,8 @@
 //! The harness: regions, the simulated network, the event queue and the phases of a run. Its
 //! modules: `options` (run options, seed plans, counters, outcome and failure), `repl` (the
-//! replication executor), `client` (client writes and the oracle, the random workload), `chaos`
-//! (faults) and `control` (fenced runs).
+//! replication executor), `client` (client writes and the oracle, the random workload), `session`
+//! (session clients: tokens, the read gate's check, invariant 10), `chaos` (faults) and `control`
+//! (fenced runs).
 //!
 //! Replication runs the production driver (`atoll_core::driver`, the code the region server
 //! runs; `docs/design/replication-driver.md`); this harness only carries its commands out:
@@ -20,6 +21,9 @@
 //!   tombstone checked against invariant 5.
 //! - **client write**: a random region, keyspace and key from a small key space (so that writes
 //!   conflict), through `store.write` (blocking: acknowledged when it returns).
+//! - **session client** ([`SimOptions::session_clients`]): a client with a session token writes
+//!   an lww key or reads one at a random region, through the token check the server's read gate
+//!   runs; a read the region has not caught up with waits, then is served or refused.
 //! - **faults**: partition a pair both ways, cut one direction, isolate a region, crash a region
 //!   (its store is dropped and its backend takes a power cut: what was committed since the last
 //!   durable commit survives only as a random prefix) and restart it later, run a region's
@@ -103,6 +107,10 @@ enum Msg {
 
 enum Event {
     Write,
+    /// Session client `c`'s next operation.
+    Session(usize),
+    /// Session client `c`'s waiting read checks its token again.
+    SessionRecheck(usize),
     Fault,
     EndChaos,
     EndWrites,
@@ -214,6 +222,9 @@ struct Region {
     incarnation: u64,
     /// When the last apply issued by this region commits (applies commit in issue order).
     apply_free_at: u64,
+    /// The highest reading its clock showed before its latest step back (a skew ending): while
+    /// the clock reads less, it has stepped back and not caught up again.
+    clock_high_ms: u64,
 }
 
 /// A simulated cluster.
@@ -240,7 +251,14 @@ pub struct Sim {
     write_counter: u64,
     /// Fenced runs: the modelled control group and each region's fencing.
     fen: Option<Box<control::Control>>,
+    /// Session clients, by number.
+    sessions: Vec<SessionClient>,
+    /// The session clients' own random choices.
+    session_rng: SimRng,
 }
+
+/// Mixed into the seed of the session clients' RNG (any constant: a stream apart from the run's).
+const SESSION_RNG_STREAM: u64 = 0x5e55_1011_c11e_0a75;
 
 impl Sim {
     /// A cluster of `n` regions (3..=5), all up, links up, periodic ticks scheduled.
@@ -273,6 +291,7 @@ impl Sim {
                 applied_since_start: 0,
                 incarnation: 0,
                 apply_free_at: 0,
+                clock_high_ms: 0,
             })
             .collect();
         let trace = Trace::new(opts.trace);
@@ -294,6 +313,8 @@ impl Sim {
             writing: false,
             write_counter: 0,
             fen: None,
+            sessions: Vec::new(),
+            session_rng: SimRng::seed_from_u64(seed ^ SESSION_RNG_STREAM),
             opts,
         };
         sim.fencing_init();
@@ -499,6 +520,7 @@ impl Sim {
         }
         self.schedule(self.opts.chaos_ms, Event::EndChaos);
         self.schedule(self.opts.chaos_ms + self.opts.calm_ms, Event::EndWrites);
+        self.start_session_clients();
         self.run_until(end)?;
         if self.chaos || self.writing {
             return Err(Violation::new(
@@ -604,6 +626,8 @@ impl Sim {
     fn handle(&mut self, ev: Event) -> Result<(), Violation> {
         match ev {
             Event::Write => self.on_random_write(),
+            Event::Session(c) => self.on_session_op(c),
+            Event::SessionRecheck(c) => self.on_session_recheck(c),
             Event::Fault => self.on_fault()?,
             Event::EndChaos => {
                 self.chaos = false;
@@ -700,6 +724,10 @@ pub use options::*;
 mod client;
 mod control;
 mod repl;
+mod session;
+pub use session::{
+    SESSION_RECHECK_MS, SHARED_SESSION_KEY, SessionClient, SessionRead, session_key,
+};
 
 #[cfg(test)]
 mod tests {

@@ -34,6 +34,8 @@ pub mod kind {
     pub const SWITCHOVER: u64 = 86;
     pub const PROMOTE: u64 = 87;
     pub const WITNESS: u64 = 88;
+    /// A session client's read: the token check's decision and, if served, the state read.
+    pub const SESSION_READ: u64 = 90;
 }
 
 /// FNV-1a over the words of every logged event.

@@ -1,8 +1,9 @@
 //! The seed sweep: seeds `F..F+N` (F = 0 or `ATOLL_SIM_FIRST_SEED`, N = 200 or
 //! `ATOLL_SIM_SEEDS`), alternating 3, 4 and 5 regions, a third of them per topology
 //! (`plan_for_seed`: active-active, half of it with quorum fencing; active-standby;
-//! active-passive; some with a witness); `ATOLL_SIM_SEED=k` runs seed k alone. A failure prints
-//! the seed, the invariant and the replay command.
+//! active-passive; some with a witness), each with its session clients (invariant 10);
+//! `ATOLL_SIM_SEED=k` runs seed k alone. A failure prints the seed, the invariant and the replay
+//! command.
 //!
 //! Each simulation is single-threaded and deterministic on its own; the sweep runs independent
 //! seeds side by side on `ATOLL_SIM_JOBS` workers (default: 2, or fewer cores), which changes
@@ -23,10 +24,15 @@ fn env_u64(name: &str) -> Option<u64> {
 }
 
 /// What a seed runs: its plan ([`plan_for_seed`]: regions and topology), or, for `plain`, the
-/// active-active run without fencing that every seed ran before fencing existed.
+/// active-active run without fencing or session clients that every seed ran before either
+/// existed.
 fn plan(seed: u64, plain: bool) -> (usize, SimOptions) {
     if plain {
-        (regions_for_seed(seed), SimOptions::default())
+        let opts = SimOptions {
+            session_clients: 0,
+            ..SimOptions::default()
+        };
+        (regions_for_seed(seed), opts)
     } else {
         plan_for_seed(seed)
     }
@@ -112,6 +118,16 @@ fn seeds() {
         }
     }
     println!(
+        "session reads: {} served at once, {} behind ({} served after waiting, {} stale), {} genuine tokens judged forged ({} excused: after a clock step back); {} session writes",
+        totals.session_reads_served,
+        totals.session_reads_behind,
+        totals.session_reads_waited,
+        totals.session_reads_stale,
+        totals.session_reads_impossible,
+        totals.session_reads_impossible_excused,
+        totals.session_writes
+    );
+    println!(
         "{} seeds on {jobs} workers in {:.1?}: {} failed\n{totals:#?}\nslowest convergence after the writes stopped: seed {} in {} ms\ntopologies: {topologies:?}\nsmallest gap between two epochs' acknowledged writes at different regions: {}\npromotions whose region lacked more of the old holder's writes than its view reported: {underreported}; widest span of the old holder's writes an automatic promotion lacked: {}",
         seeds.len(),
         started.elapsed(),
@@ -185,6 +201,12 @@ fn same_seed_same_trace() {
         assert_eq!(a.stats, b.stats);
         assert_eq!(a.end_ms, b.end_ms);
         assert!(a.stats.events > 1_000, "{:?}", a.stats);
+        // The session clients' reads and writes are part of the replayed run.
+        assert!(
+            a.stats.session_writes > 10 && a.stats.session_reads_served > 10,
+            "{:?}",
+            a.stats
+        );
     }
     let a = run_seed(7, 4, SimOptions::default()).unwrap_or_else(|f| panic!("{f}"));
     let c = run_seed(8, 4, SimOptions::default()).unwrap_or_else(|f| panic!("{f}"));

@@ -89,7 +89,10 @@ impl Sim {
 
     /// Sets region `r`'s clock skew (on top of its small fixed offset).
     pub fn set_skew(&mut self, r: usize, skew_ms: i64) {
-        self.regions[r].skew_ms = skew_ms;
+        let before = self.local_ms(r);
+        let reg = &mut self.regions[r];
+        reg.clock_high_ms = reg.clock_high_ms.max(before);
+        reg.skew_ms = skew_ms;
         self.set_clocks();
         self.trace
             .ev(&[kind::SKEW, self.now, r as u64, skew_ms as u64]);

@@ -45,6 +45,27 @@ pub struct SimOptions {
     /// Split-brain fencing: the topology and its control group. `None`: active-active without
     /// quorum fencing, no control group (the behaviour from before fencing, event for event).
     pub fencing: Option<FencingOptions>,
+    /// Session clients (`session.rs`, `docs/design/session-consistency.md`): how many clients
+    /// carry a session token during the chaos and calm phases, each moving between regions at
+    /// random, writing lww keys and reading with its token. Their choices come from an RNG of
+    /// their own (seeded from the seed), so `0` runs exactly as runs did before they existed.
+    pub session_clients: usize,
+    /// Gap between two operations of one session client (uniform in the range).
+    pub session_gap_ms: (u64, u64),
+    /// How long a session read whose token the region has not applied yet waits for it, checking
+    /// again every [`SESSION_RECHECK_MS`], before it is refused as `ATOLL-STALE` (the server's
+    /// `[api] session_wait` default). `0`: refused at once.
+    pub session_wait_ms: u64,
+    /// The region's token check (`atoll_core::session::check`). `false` serves every session read
+    /// at once, as if the gate were missing: a negative control for invariant 10.
+    pub session_check: bool,
+    /// Whether invariant 10 excuses a genuine token judged forged on a peer's heartbeat proof by a
+    /// region whose clock stepped back and has not caught up again when the read arrived (the
+    /// proof rests on echoes of heartbeats sent before the step: the limitation
+    /// `docs/design/session-consistency.md` states under "What is not guaranteed"). Excused
+    /// verdicts are counted (`Stats::session_reads_impossible_excused`); `false` makes them
+    /// violations.
+    pub session_excuse_clock_steps: bool,
 }
 
 impl Stats {
@@ -86,6 +107,14 @@ impl Stats {
             writes_refused_fencing,
             late_refused,
             old_epoch_merged,
+            session_writes,
+            session_reads_served,
+            session_reads_behind,
+            session_reads_waited,
+            session_reads_stale,
+            session_reads_impossible,
+            session_reads_impossible_excused,
+            session_reads_unchecked,
         } = other;
         self.events += events;
         self.writes_acked += writes_acked;
@@ -122,6 +151,14 @@ impl Stats {
         self.writes_refused_fencing += writes_refused_fencing;
         self.late_refused += late_refused;
         self.old_epoch_merged += old_epoch_merged;
+        self.session_writes += session_writes;
+        self.session_reads_served += session_reads_served;
+        self.session_reads_behind += session_reads_behind;
+        self.session_reads_waited += session_reads_waited;
+        self.session_reads_stale += session_reads_stale;
+        self.session_reads_impossible += session_reads_impossible;
+        self.session_reads_impossible_excused += session_reads_impossible_excused;
+        self.session_reads_unchecked += session_reads_unchecked;
     }
 }
 
@@ -147,16 +184,22 @@ impl Default for SimOptions {
             base_offset_ms: 100,
             trace: std::env::var("ATOLL_SIM_TRACE").is_ok_and(|v| !v.is_empty() && v != "0"),
             fencing: None,
+            session_clients: 4,
+            session_gap_ms: (40, 1_400),
+            session_wait_ms: 500,
+            session_check: true,
+            session_excuse_clock_steps: true,
         }
     }
 }
 
 impl SimOptions {
-    /// No random writes or faults: for scripted scenarios.
+    /// No random writes, faults or session clients: for scripted scenarios.
     pub fn scripted() -> Self {
         Self {
             random_writes: false,
             random_faults: false,
+            session_clients: 0,
             ..Self::default()
         }
     }
@@ -218,6 +261,25 @@ pub struct Stats {
     /// Replicated writes of an epoch the applying region already knew superseded, merged
     /// (stamped before the supersession: an old primary's writes arriving late).
     pub old_epoch_merged: u64,
+    /// Session clients: acknowledged writes.
+    pub session_writes: u64,
+    /// Session reads served at once (the region had applied the token, or it named nothing).
+    pub session_reads_served: u64,
+    /// Session reads whose region had not applied the token when they arrived; each then waited
+    /// (`session_wait_ms`) and was served (`session_reads_waited`) or refused as `ATOLL-STALE`
+    /// (`session_reads_stale`, which also counts reads whose region crashed while they waited).
+    pub session_reads_behind: u64,
+    pub session_reads_waited: u64,
+    pub session_reads_stale: u64,
+    /// Session reads whose genuine token the region judged forged (each one also a violation of
+    /// invariant 10 when the check is on, unless excused: the next counter).
+    pub session_reads_impossible: u64,
+    /// Of them, verdicts on a peer's heartbeat proof by a region whose clock had stepped back and
+    /// not caught up when the read arrived ([`SimOptions::session_excuse_clock_steps`]).
+    pub session_reads_impossible_excused: u64,
+    /// With the check off ([`SimOptions::session_check`]): reads served that the check would not
+    /// have served at once.
+    pub session_reads_unchecked: u64,
 }
 
 /// A successful run.

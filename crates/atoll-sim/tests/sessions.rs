@@ -157,8 +157,6 @@ struct Found {
     session: Vec<String>,
     /// Every other violation or failure.
     other: Vec<String>,
-    /// False forged-token verdicts excused as the documented clock-step limitation.
-    excused: u64,
 }
 
 /// Runs `seeds` (their sweep plans) with `tune` applied, on two workers.
@@ -194,7 +192,6 @@ fn sweep(seeds: &[u64], tune: impl Fn(&mut SimOptions) + Sync) -> Vec<Found> {
                         seed,
                         session,
                         other,
-                        excused: sim.stats().session_reads_impossible_excused,
                     });
                 }
             });
@@ -213,9 +210,8 @@ fn listed(found: &[Found], pick: impl Fn(&Found) -> &Vec<String>) -> Vec<String>
 }
 
 /// The checker can fail: without the token check the workload's reads miss writes in some seeds
-/// (the count is printed), with it none do, and nothing else breaks either way. False
-/// forged-token verdicts excused as the documented clock-step limitation are printed, and each
-/// seed that had one fails invariant 10 when they are not excused.
+/// (the count is printed), with it none do (no miss, and no genuine token judged forged: the
+/// seeds step clocks back when skew faults end), and nothing else breaks either way.
 #[test]
 fn without_the_token_check_the_checker_finds_misses() {
     let seeds: Vec<u64> = (0..100).collect();
@@ -247,25 +243,4 @@ fn without_the_token_check_the_checker_finds_misses() {
         "the session checker found no miss in {} seeds without the token check",
         seeds.len()
     );
-    let excused: Vec<u64> = on
-        .iter()
-        .filter(|f| f.excused > 0)
-        .map(|f| f.seed)
-        .collect();
-    println!(
-        "with the token check: {} false forged-token verdicts after a clock step back, excused, in seeds {excused:?}",
-        on.iter().map(|f| f.excused).sum::<u64>()
-    );
-    let strict = sweep(&excused, |o| o.session_excuse_clock_steps = false);
-    for f in &strict {
-        assert!(
-            f.session
-                .iter()
-                .any(|v| v.contains("forged") && v.contains("stepped back")),
-            "seed {}: an excused verdict is no violation when not excused: {:?}",
-            f.seed,
-            f.session
-        );
-        assert_eq!(f.excused, 0);
-    }
 }

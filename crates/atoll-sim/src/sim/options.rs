@@ -59,13 +59,6 @@ pub struct SimOptions {
     /// The region's token check (`atoll_core::session::check`). `false` serves every session read
     /// at once, as if the gate were missing: a negative control for invariant 10.
     pub session_check: bool,
-    /// Whether invariant 10 excuses a genuine token judged forged on a peer's heartbeat proof by a
-    /// region whose clock stepped back and has not caught up again when the read arrived (the
-    /// proof rests on echoes of heartbeats sent before the step: the limitation
-    /// `docs/design/session-consistency.md` states under "What is not guaranteed"). Excused
-    /// verdicts are counted (`Stats::session_reads_impossible_excused`); `false` makes them
-    /// violations.
-    pub session_excuse_clock_steps: bool,
 }
 
 impl Stats {
@@ -113,7 +106,6 @@ impl Stats {
             session_reads_waited,
             session_reads_stale,
             session_reads_impossible,
-            session_reads_impossible_excused,
             session_reads_unchecked,
         } = other;
         self.events += events;
@@ -157,7 +149,6 @@ impl Stats {
         self.session_reads_waited += session_reads_waited;
         self.session_reads_stale += session_reads_stale;
         self.session_reads_impossible += session_reads_impossible;
-        self.session_reads_impossible_excused += session_reads_impossible_excused;
         self.session_reads_unchecked += session_reads_unchecked;
     }
 }
@@ -188,7 +179,6 @@ impl Default for SimOptions {
             session_gap_ms: (40, 1_400),
             session_wait_ms: 500,
             session_check: true,
-            session_excuse_clock_steps: true,
         }
     }
 }
@@ -272,11 +262,8 @@ pub struct Stats {
     pub session_reads_waited: u64,
     pub session_reads_stale: u64,
     /// Session reads whose genuine token the region judged forged (each one also a violation of
-    /// invariant 10 when the check is on, unless excused: the next counter).
+    /// invariant 10 when the check is on).
     pub session_reads_impossible: u64,
-    /// Of them, verdicts on a peer's heartbeat proof by a region whose clock had stepped back and
-    /// not caught up when the read arrived ([`SimOptions::session_excuse_clock_steps`]).
-    pub session_reads_impossible_excused: u64,
     /// With the check off ([`SimOptions::session_check`]): reads served that the check would not
     /// have served at once.
     pub session_reads_unchecked: u64,

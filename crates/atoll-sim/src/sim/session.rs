@@ -48,6 +48,8 @@ struct Waiting {
     key: String,
     /// The region's clock when the read arrived.
     asked_at_ms: u64,
+    /// The region's session mark when the read arrived (`ReplCore::session_mark`).
+    mark: BTreeMap<RegionId, u64>,
     /// The region's incarnation then (a crash ends the read).
     incarnation: u64,
     /// Virtual time when it stops waiting.
@@ -135,7 +137,18 @@ impl Sim {
         self.set_clocks();
         self.client(c);
         let asked_at = self.local_ms(r);
-        self.session_look(c, r, key, asked_at, true)
+        let mark = self.session_mark(r);
+        self.session_look(c, r, key, asked_at, &mark, true)
+    }
+
+    /// Region `r`'s session mark now (empty while it is down): what a read arriving now waits on
+    /// for a peer's proof.
+    fn session_mark(&self, r: usize) -> BTreeMap<RegionId, u64> {
+        self.regions[r]
+            .node
+            .as_ref()
+            .map(|n| n.driver.core().session_mark())
+            .unwrap_or_default()
     }
 
     /// The token check at region `r` for a read of client `c` that arrived at `asked_at_ms` (the
@@ -145,7 +158,7 @@ impl Sim {
         &mut self,
         c: usize,
         r: usize,
-        asked_at_ms: u64,
+        mark: &BTreeMap<RegionId, u64>,
     ) -> Option<(SessionCheck, Vec<PeerSession>)> {
         let me = &self.ids[r];
         let token = &self.sessions[c].token;
@@ -155,8 +168,9 @@ impl Sim {
         }
         let local = node.store.replication_view();
         node.driver.sync(&local);
-        let peers = node.driver.core().session_peers(asked_at_ms);
-        let decision = session::check(token, me, &node.store.applied(), &peers);
+        let peers = node.driver.core().session_peers(mark);
+        let issued = node.store.visible_applied().get(me);
+        let decision = session::check(token, me, &node.store.applied(), issued, &peers);
         Some((decision, peers))
     }
 
@@ -168,9 +182,10 @@ impl Sim {
         r: usize,
         key: &str,
         asked_at_ms: u64,
+        mark: &BTreeMap<RegionId, u64>,
         first: bool,
     ) -> SessionRead {
-        let Some((decision, peers)) = self.session_decide(c, r, asked_at_ms) else {
+        let Some((decision, peers)) = self.session_decide(c, r, mark) else {
             return SessionRead::Down;
         };
         let check_on = self.opts.session_check;
@@ -192,24 +207,13 @@ impl Sim {
                 }
                 1
             }
-            SessionCheck::Impossible { origin, .. } => {
+            SessionCheck::Impossible { .. } => {
                 self.stats.session_reads_impossible += 1;
-                // On a peer's proof, at a clock reading the region already passed before a step
-                // back: the documented limitation (see `SimOptions::session_excuse_clock_steps`).
+                // The heartbeat proof counts heartbeats, so a clock stepped back (a skew fault
+                // ending) cannot fake it: any verdict on a genuine token is a violation.
                 let high = self.regions[r].clock_high_ms;
-                let excused = self.opts.session_excuse_clock_steps
-                    && *origin != self.ids[r]
-                    && asked_at_ms < high;
                 if !check_on {
                     self.stats.session_reads_unchecked += 1;
-                } else if excused {
-                    self.stats.session_reads_impossible_excused += 1;
-                    self.trace.line(self.now, || {
-                        format!(
-                            "excused: {} judged session client {c}'s token forged on a read that arrived at {asked_at_ms}, below its clock's {high} before it stepped back",
-                            self.ids[r]
-                        )
-                    });
                 } else {
                     let token = &self.sessions[c].token;
                     if let Err(v) = check::session_verdict(
@@ -402,13 +406,15 @@ impl Sim {
             let r = up[rng.random_range(0..up.len())];
             self.set_clocks();
             let asked_at_ms = self.local_ms(r);
+            let mark = self.session_mark(r);
             let wait = self.opts.session_wait_ms;
-            match self.session_look(c, r, &key, asked_at_ms, true) {
+            match self.session_look(c, r, &key, asked_at_ms, &mark, true) {
                 SessionRead::Behind if wait > 0 => {
                     self.client(c).waiting = Some(Waiting {
                         r,
                         key,
                         asked_at_ms,
+                        mark,
                         incarnation: self.regions[r].incarnation,
                         until: self.now + wait,
                     });
@@ -433,7 +439,7 @@ impl Sim {
         self.set_clocks();
         let alive = self.is_up(w.r) && self.regions[w.r].incarnation == w.incarnation;
         let out = if alive {
-            self.session_look(c, w.r, &w.key, w.asked_at_ms, false)
+            self.session_look(c, w.r, &w.key, w.asked_at_ms, &w.mark, false)
         } else {
             SessionRead::Down
         };

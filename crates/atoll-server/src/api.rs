@@ -80,9 +80,9 @@ pub struct AppState {
     pub strong: std::sync::OnceLock<Arc<crate::strong::Strong>>,
     /// Watches (`GET /v1/watch/...`): the live feed, fed by the store (set at start).
     pub watch: std::sync::OnceLock<Arc<crate::watch::Watch>>,
-    /// Forwards session and bounded-staleness reads this region cannot serve
-    /// (`on_stale=forward`), made at the first one.
-    pub session_forwarder: std::sync::OnceLock<crate::forward::Forwarder>,
+    /// Session reads' shared parts: the forwarder of `on_stale=forward` and the cached token of
+    /// reads that present none.
+    pub sessions: crate::session::Sessions,
 }
 
 /// Header naming the region's fencing role on every answer of a fenced cluster.

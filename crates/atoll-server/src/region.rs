@@ -373,7 +373,7 @@ impl RegionServer {
             homes: Default::default(),
             strong: Default::default(),
             watch: Default::default(),
-            session_forwarder: Default::default(),
+            sessions: Default::default(),
         });
         let _ = state.watch.set(watch);
         let _ = state.replicator.set(replicator.clone());

@@ -27,6 +27,16 @@ pub const SESSION_HEADER: &str = "x-atoll-session";
 /// can prove a token forged; heartbeats wake nothing).
 const RECHECK: Duration = Duration::from_millis(50);
 
+/// What session reads share in a region.
+#[derive(Default)]
+pub struct Sessions {
+    /// Forwards reads this region cannot serve (`on_stale=forward`), made at the first one.
+    forwarder: std::sync::OnceLock<crate::forward::Forwarder>,
+    /// The token a read that presents none answers with, and the store's visible generation it
+    /// was made at (most reads present none: they share one encoding until the next batch).
+    plain: std::sync::Mutex<Option<(u64, HeaderValue)>>,
+}
+
 /// The query parameters of a kv, counter or set read.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ReadParams {
@@ -364,7 +374,7 @@ async fn forward(
     else {
         return Ok(None);
     };
-    let forwarder = state.session_forwarder.get_or_init(|| {
+    let forwarder = state.sessions.forwarder.get_or_init(|| {
         crate::forward::Forwarder::new(
             state.store.region().clone(),
             crate::forward::FORWARD_TIMEOUT,
@@ -392,10 +402,15 @@ pub fn decorate_read(
     mut resp: Response,
     token: Option<SessionToken>,
 ) -> Response {
-    let mut next = token.unwrap_or_default();
-    next.merge_vector(&state.store.visible_applied());
+    let value = match token.filter(|t| !t.is_empty()) {
+        Some(mut next) => {
+            next.merge_vector(&state.store.visible_applied());
+            HeaderValue::from_str(&next.encode(&state.config.cluster.name)).ok()
+        }
+        None => plain_token(state),
+    };
     let headers = resp.headers_mut();
-    if let Ok(v) = HeaderValue::from_str(&next.encode(&state.config.cluster.name)) {
+    if let Some(v) = value {
         headers.insert(HeaderName::from_static(SESSION_HEADER), v);
     }
     if !headers.contains_key(STALENESS_HEADER) {
@@ -409,6 +424,25 @@ pub fn decorate_read(
         }
     }
     resp
+}
+
+/// The token of a read that presented none: the visible applied vector, encoded once per
+/// generation of it.
+fn plain_token(state: &AppState) -> Option<HeaderValue> {
+    // The generation first: the vector read after it is at least as new.
+    let generation = state.store.visible_generation();
+    if let Ok(cache) = state.sessions.plain.lock()
+        && let Some((g, v)) = cache.as_ref()
+        && *g == generation
+    {
+        return Some(v.clone());
+    }
+    let token = SessionToken::from_vector(state.store.visible_applied());
+    let v = HeaderValue::from_str(&token.encode(&state.config.cluster.name)).ok()?;
+    if let Ok(mut cache) = state.sessions.plain.lock() {
+        *cache = Some((generation, v.clone()));
+    }
+    Some(v)
 }
 
 /// The token a write answers with: the presented one raised by the write itself.

@@ -92,7 +92,7 @@ impl Harness {
             homes: Default::default(),
             strong: Default::default(),
             watch: Default::default(),
-            session_forwarder: Default::default(),
+            sessions: Default::default(),
         });
         let _ = state.watch.set(watch);
         Self {

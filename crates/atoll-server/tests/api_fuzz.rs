@@ -45,7 +45,7 @@ fn state() -> Arc<AppState> {
         homes: Default::default(),
         strong: Default::default(),
         watch: Default::default(),
-        session_forwarder: Default::default(),
+        sessions: Default::default(),
     })
 }
 

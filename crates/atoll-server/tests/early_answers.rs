@@ -54,7 +54,7 @@ async fn serve() -> (SocketAddr, Arc<AppState>) {
         homes: Default::default(),
         strong: Default::default(),
         watch: Default::default(),
-        session_forwarder: Default::default(),
+        sessions: Default::default(),
     });
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();

@@ -629,7 +629,7 @@ async fn status_of(config: Config) -> serde_json::Value {
         homes: Default::default(),
         strong: Default::default(),
         watch: Default::default(),
-        session_forwarder: Default::default(),
+        sessions: Default::default(),
     });
     let resp = atoll_server::api::router(state)
         .oneshot(Request::get("/v1/status").body(Body::empty()).unwrap())

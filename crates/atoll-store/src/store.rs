@@ -222,6 +222,8 @@ struct Shared {
     /// The applied vector of the newest batch handed to the committer (`applied` when none is in
     /// flight): covers everything a read of the backend may reflect, committed or about to be.
     visible: Mutex<VersionVector>,
+    /// Bumped at every change of `visible` (readers cache what they derive from it).
+    visible_gen: AtomicU64,
     stamps: Mutex<Stamps>,
     clock: Arc<dyn Clock>,
 }
@@ -297,6 +299,7 @@ impl Store {
         let shared = Arc::new(Shared {
             applied: Mutex::new(applied.clone()),
             visible: Mutex::new(applied.clone()),
+            visible_gen: AtomicU64::new(0),
             stamps: Mutex::new(Stamps {
                 hlc,
                 building_from_ms: None,
@@ -551,6 +554,13 @@ impl Store {
     /// An applied vector that covers every write a read of the store made before this call may
     /// have reflected: that of the newest batch handed to the committer, which may not be
     /// committed yet (a session read's answer names it, `docs/design/session-consistency.md`).
+    /// A number that changes whenever [`Self::visible_applied`] does: a reader that derived
+    /// something from the vector at generation `g` may reuse it while this is still `g`. Read it
+    /// BEFORE the vector (the vector may then be newer than the generation says, never older).
+    pub fn visible_generation(&self) -> u64 {
+        self.shared.visible_gen.load(Ordering::Acquire)
+    }
+
     pub fn visible_applied(&self) -> VersionVector {
         self.shared
             .visible
@@ -960,6 +970,7 @@ impl Writer {
                 self.applied = applied_before;
                 if let Ok(mut v) = self.shared.visible.lock() {
                     v.clone_from(&self.applied);
+                    self.shared.visible_gen.fetch_add(1, Ordering::Release);
                 }
                 self.overlay.clear();
                 let doomed = std::mem::replace(b, self.building());
@@ -1070,6 +1081,7 @@ impl Writer {
         // Before the committer can make the batch visible.
         if let Ok(mut v) = self.shared.visible.lock() {
             v.clone_from(&self.applied);
+            self.shared.visible_gen.fetch_add(1, Ordering::Release);
         }
         match self.to_commit.send(sealed) {
             Ok(()) => self.in_flight += 1,

@@ -229,54 +229,70 @@ async fn wait_for(
     let rep = state.replicator.get();
     let mark = rep.map(|r| r.session_mark()).transpose()?;
     let notify = rep.map(|r| r.changed.clone());
+    let served = |state: &AppState| {
+        state
+            .metrics
+            .session_wait
+            .observe(started.elapsed().as_secs_f64());
+        state.metrics.consistency_read("session", "waited");
+    };
+    // The full check (the replication lock: peers' proofs and holders) at most every RECHECK;
+    // a commit in between only needs the store's applied vector, which costs no lock of the
+    // replicator's.
+    let mut full_check_due = Instant::now();
     let (behind, holders) = loop {
         // Registered before the check, so a commit between the two still wakes us.
         let mut notified = notify.as_deref().map(|n| Box::pin(n.notified()));
         if let Some(f) = notified.as_mut() {
             f.as_mut().enable();
         }
-        let decision = match (rep, &mark) {
-            (Some(r), Some(mark)) => r.session_check(token, mark)?,
-            _ => atoll_core::session::check(
-                token,
-                state.store.region(),
-                &state.store.applied(),
-                state.store.visible_applied().get(state.store.region()),
-                &[],
-            ),
-        };
-        match decision {
-            SessionCheck::Satisfied => {
-                state
-                    .metrics
-                    .session_wait
-                    .observe(started.elapsed().as_secs_f64());
-                state.metrics.consistency_read("session", "waited");
+        let now = Instant::now();
+        if now < full_check_due && now < deadline {
+            if state.store.applied_dominates(token.seen()) {
+                served(state);
                 return Ok(None);
             }
-            SessionCheck::Impossible {
-                origin,
-                claimed,
-                head,
-            } => {
-                state.metrics.consistency_read("session", "bad-token");
-                return Err(AtollError::BadSessionToken(format!(
-                    "the token names write {claimed} of `{origin}`, which has made only {head}: it was not issued by this cluster as it is now (forged, or from before `{origin}` lost its data)"
-                )));
-            }
-            SessionCheck::Behind { behind, holders } => {
-                let now = Instant::now();
-                if now >= deadline {
-                    break (behind, holders);
+        } else {
+            full_check_due = now + RECHECK;
+            let decision = match (rep, &mark) {
+                (Some(r), Some(mark)) => r.session_check(token, mark)?,
+                _ => atoll_core::session::check(
+                    token,
+                    state.store.region(),
+                    &state.store.applied(),
+                    state.store.visible_applied().get(state.store.region()),
+                    &[],
+                ),
+            };
+            match decision {
+                SessionCheck::Satisfied => {
+                    served(state);
+                    return Ok(None);
                 }
-                let nap = (deadline - now).min(RECHECK);
-                match notified {
-                    Some(f) => {
-                        let _ = tokio::time::timeout(nap, f).await;
+                SessionCheck::Impossible {
+                    origin,
+                    claimed,
+                    head,
+                } => {
+                    state.metrics.consistency_read("session", "bad-token");
+                    return Err(AtollError::BadSessionToken(format!(
+                        "the token names write {claimed} of `{origin}`, which has made only {head}: it was not issued by this cluster as it is now (forged, or from before `{origin}` lost its data)"
+                    )));
+                }
+                SessionCheck::Behind { behind, holders } => {
+                    if now >= deadline {
+                        break (behind, holders);
                     }
-                    None => tokio::time::sleep(nap).await,
                 }
             }
+        }
+        // Until the next commit, the next full check or the deadline, whichever comes first.
+        let nap = full_check_due.min(deadline).saturating_duration_since(now);
+        match notified {
+            Some(f) => {
+                let _ = tokio::time::timeout(nap, f).await;
+            }
+            None => tokio::time::sleep(nap).await,
         }
     };
     state

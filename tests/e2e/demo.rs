@@ -382,6 +382,32 @@ async fn demo_scenario(dir: &TestDir) -> Result<()> {
         );
     }
 
+    // Read-your-writes across the demo's longest link (us-east-1 -> ap-southeast-1, ~111 ms one
+    // way): a read right after the write, with the write's session token, waits for it instead
+    // of missing it (docs/design/session-consistency.md).
+    let w = Client::new(&endpoints[0].1)
+        .kv_put_raw("sessions", "demo-session", "mine", None)
+        .await?
+        .expect(200)?;
+    let token = w
+        .header("x-atoll-session")
+        .ok_or_else(|| anyhow!("a write answers no X-Atoll-Session"))?
+        .to_string();
+    let r = Client::new(&endpoints[2].1)
+        .request_raw(
+            reqwest::Method::GET,
+            "/v1/kv/sessions/demo-session?wait_ms=5000",
+            &[("x-atoll-session", token.as_str())],
+            Vec::new(),
+        )
+        .await?;
+    ensure!(
+        r.status == 200 && r.body == b"mine",
+        "a session read in ap-southeast-1 of a write in us-east-1: {} {}",
+        r.status,
+        r.text()
+    );
+
     // The dashboard URL the demo prints works as printed: the page loads, and the token in its
     // fragment (which a browser keeps to itself) opens the global status of all three regions.
     let dash = demo.line_starting("dashboard: ")?;

@@ -184,7 +184,8 @@ fn resp(out: &mut String, config: &Config) {
         out,
         "  listeners         {}",
         if listening.is_empty() {
-            "none (a region serves RESP when its [[regions]] entry has `resp = \"IP:PORT\"`)".to_string()
+            "none (a region serves RESP when its [[regions]] entry has `resp = \"IP:PORT\"`)"
+                .to_string()
         } else {
             listening.join(", ")
         }
@@ -198,7 +199,8 @@ fn resp(out: &mut String, config: &Config) {
         "  default_keyspace  {}",
         match &r.default_keyspace {
             Some(k) => format!("{k}  (keys without a known keyspace prefix go here)"),
-            None => "none (default)  (a key without a known keyspace prefix is an error)".to_string(),
+            None =>
+                "none (default)  (a key without a known keyspace prefix is an error)".to_string(),
         }
     );
     let _ = writeln!(

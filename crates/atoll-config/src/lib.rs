@@ -425,11 +425,7 @@ impl Config {
         let split = raw.iter().position(|b| *b == b':');
         if let Some(i) = split {
             let prefix = &raw[..i];
-            if let Some(k) = self
-                .keyspaces
-                .iter()
-                .find(|k| k.name.as_bytes() == prefix)
-            {
+            if let Some(k) = self.keyspaces.iter().find(|k| k.name.as_bytes() == prefix) {
                 return RespKey::Key {
                     keyspace: &k.name,
                     key: &raw[i + 1..],

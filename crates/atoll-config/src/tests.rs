@@ -2573,7 +2573,12 @@ fn resp_settings_are_strict() {
         "api = \"127.0.0.1:7100\"\n",
         "api = \"127.0.0.1:7100\"\nresp = \"127.0.0.1:7101\"\n",
     ));
-    assert_err(&e, Some(11), "regions[1].api", &["already the resp address"]);
+    assert_err(
+        &e,
+        Some(11),
+        "regions[1].api",
+        &["already the resp address"],
+    );
     let e = err(&edit(
         BASE,
         "api = \"127.0.0.1:7100\"\n",

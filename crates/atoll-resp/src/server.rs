@@ -25,7 +25,7 @@ const SHUTDOWN_WAIT: Duration = Duration::from_secs(5);
 /// Errors of the listener, with stable codes.
 #[derive(Debug, thiserror::Error)]
 pub enum RespError {
-    #[error("cannot listen for RESP on {addr}: {source}")]
+    #[error("cannot listen on {addr} (RESP): {source}")]
     Bind {
         addr: SocketAddr,
         source: std::io::Error,

@@ -306,10 +306,7 @@ async fn the_default_keyspace_takes_keys_without_a_known_prefix() {
     let mut s = Session::new(1);
     assert_eq!(ask(&host, &mut s, "SET alice 1").await, ok());
     assert_eq!(ask(&host, &mut s, "SET nope:x 2").await, ok());
-    assert_eq!(
-        host.store.get("sessions", b"nope:x").unwrap().is_some(),
-        true
-    );
+    assert!(host.store.get("sessions", b"nope:x").unwrap().is_some());
     assert_eq!(ask(&host, &mut s, "GET sessions:alice").await, bulk("1"));
 }
 

@@ -17,6 +17,11 @@ command -v curl >/dev/null 2>&1 || need_pkgs+=(curl)
 # and the global view's dashboard test (tests/e2e/global_view.rs); promtool also checks the Grafana
 # dashboard's expressions (tests/e2e/grafana.rs).
 command -v chromium >/dev/null 2>&1 || [ -n "${ATOLL_CHROMIUM:-}" ] || need_pkgs+=(chromium)
+# redis-cli: the RESP front's end-to-end test (tests/e2e/resp.rs) and the demo's printed commands.
+command -v redis-cli >/dev/null 2>&1 || need_pkgs+=(redis-tools)
+# python3 and pip: redis-py (below) for the same test.
+command -v python3 >/dev/null 2>&1 || need_pkgs+=(python3)
+python3 -m pip --version >/dev/null 2>&1 || need_pkgs+=(python3-pip)
 if [ ${#need_pkgs[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_pkgs[@]}"
@@ -24,6 +29,11 @@ if [ ${#need_pkgs[@]} -gt 0 ]; then
     echo "missing packages ${need_pkgs[*]} and not root: install them first" >&2
     exit 1
   fi
+fi
+
+# redis-py (PyPI): the RESP front's end-to-end test runs a script with a Redis client library.
+if ! python3 -c 'import redis' >/dev/null 2>&1; then
+  python3 -m pip install --quiet redis || python3 -m pip install --quiet --break-system-packages redis
 fi
 
 echo "== promtool: alert rules"

@@ -15,6 +15,8 @@ pub const DEMO_REGIONS: [(&str, f64, f64); 3] = atoll_config::render::THREE_REGI
 
 /// Where the peer listeners are: region i's on `127.0.0.1:<port_base + PEER_OFFSET + i>`.
 pub const PEER_OFFSET: u32 = 100;
+/// Where the RESP (Redis protocol) listeners are: region i's on `127.0.0.1:<port_base + RESP_OFFSET + i>`.
+pub const RESP_OFFSET: u32 = 10;
 /// The highest port offset the demo uses (the last peer listener).
 const MAX_OFFSET: u32 = PEER_OFFSET + DEMO_REGIONS.len() as u32 - 1;
 /// Where the demo's certificates go, in its data directory (the config names them relative to
@@ -37,6 +39,7 @@ pub fn demo_config(port_base: u16, model: atoll_config::Model) -> String {
         toml = toml.region(
             RegionToml::new(name, at(i as u32))
                 .peer(at(PEER_OFFSET + i as u32))
+                .resp(at(RESP_OFFSET + i as u32))
                 .dns_address(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 11 + i as u8)))
                 .location(*lat, *lon),
         );
@@ -396,6 +399,13 @@ pub async fn run(
     for (name, endpoint) in &endpoints {
         println!("  {name:<16} {endpoint}");
     }
+    println!("\nRESP (Redis protocol, docs/design/resp.md; keys are KEYSPACE:KEY):");
+    for (i, (name, _, _)) in DEMO_REGIONS.iter().enumerate() {
+        println!(
+            "  {name:<16} 127.0.0.1:{}",
+            u32::from(port_base) + RESP_OFFSET + i as u32
+        );
+    }
     match &replication {
         Ok(()) => println!(
             "\nreplication: established between every pair of regions ({:.1} s after start): a write\nis readable in the other regions after about one link delay (GET /healthz says so per region)",
@@ -456,8 +466,18 @@ pub async fn run(
     } else {
         e1
     };
+    // The RESP ports of the regions the printed commands use: a SET where writes go, a GET
+    // where reads are served.
+    let resp_port = |endpoint: &str| {
+        let i = endpoints
+            .iter()
+            .position(|(_, e)| e == endpoint)
+            .unwrap_or(0);
+        u32::from(port_base) + RESP_OFFSET + i as u32
+    };
+    let (rw, rr) = (resp_port(e0), resp_port(r1));
     println!(
-        "\nTry:\n  atoll kv put sessions alice token-1 --endpoint {e0}\n  atoll kv get sessions alice --endpoint {r1}\n  atoll counter incr ratelimits api --endpoint {w2}\n  atoll watch flags --prefix beta --endpoint {r1}   # in a second terminal: flag changes as they arrive\n  atoll set add flags beta dark-mode --endpoint {w1}\n  atoll kv put carts c1 apple --endpoint {e0}; atoll kv put carts c1 pear --endpoint {w2}; atoll kv get carts c1 --endpoint {r1}\n  atoll status --endpoint {e0}\n  curl -si http://{}/v1/kv/sessions/alice\n  dig @127.0.0.1 -p {} api.atoll.test +subnet=198.51.100.7/24\n  ATOLL_ADMIN_TOKEN={token} atoll router status --admin http://{}\n  {}\n  atoll link fault ls --control {}\n  {}\n  atoll demo ctl ls{pb}\n  atoll demo ctl restart us-east-1{pb}\n\nconfig: {}\nlogs:   {}/<region>.log\nPress Ctrl-C to stop.",
+        "\nTry:\n  redis-cli -p {rw} SET sessions:carol token-3\n  redis-cli -p {rr} GET sessions:carol\n  atoll kv put sessions alice token-1 --endpoint {e0}\n  atoll kv get sessions alice --endpoint {r1}\n  atoll counter incr ratelimits api --endpoint {w2}\n  atoll watch flags --prefix beta --endpoint {r1}   # in a second terminal: flag changes as they arrive\n  atoll set add flags beta dark-mode --endpoint {w1}\n  atoll kv put carts c1 apple --endpoint {e0}; atoll kv put carts c1 pear --endpoint {w2}; atoll kv get carts c1 --endpoint {r1}\n  atoll status --endpoint {e0}\n  curl -si http://{}/v1/kv/sessions/alice\n  dig @127.0.0.1 -p {} api.atoll.test +subnet=198.51.100.7/24\n  ATOLL_ADMIN_TOKEN={token} atoll router status --admin http://{}\n  {}\n  atoll link fault ls --control {}\n  {}\n  atoll demo ctl ls{pb}\n  atoll demo ctl restart us-east-1{pb}\n\nconfig: {}\nlogs:   {}/<region>.log\nPress Ctrl-C to stop.",
         router
             .proxy_addr()
             .map(|a| a.to_string())

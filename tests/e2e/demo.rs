@@ -529,6 +529,28 @@ async fn demo_scenario(dir: &TestDir) -> Result<()> {
             .cloned()
             .ok_or_else(|| anyhow!("no line starting with {prefix:?}\n{}", demo.output()))
     };
+    // The printed redis-cli commands, run as printed: a SET over RESP in one region, the GET in
+    // another answers it once replicated.
+    let resp_set = printed("  redis-cli -p")?;
+    let resp_get = demo
+        .stdout
+        .lock()
+        .map_err(|_| anyhow!("stdout lock"))?
+        .iter()
+        .filter(|l| l.starts_with("  redis-cli -p"))
+        .nth(1)
+        .cloned()
+        .ok_or_else(|| anyhow!("no second redis-cli line\n{}", demo.output()))?;
+    let sh = |line: &str| -> Result<String> {
+        let out = Command::new("sh").arg("-c").arg(line.trim()).output()?;
+        ensure!(out.status.success(), "`{}` failed: {:?}", line.trim(), out);
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    };
+    ensure!(sh(&resp_set)? == "OK", "{resp_set}");
+    wait_until(Duration::from_secs(30), "the printed RESP GET", || {
+        sh(&resp_get).is_ok_and(|v| v == "token-3")
+    })?;
+
     let watch_line = printed("  atoll watch flags")?;
     let add_line = printed("  atoll set add flags beta")?;
     let watch_at = watch_line

@@ -16,6 +16,7 @@ mod partition;
 mod peer_tls;
 mod readiness;
 mod replication;
+mod resp;
 mod restart;
 mod router_e2e;
 mod router_fencing;

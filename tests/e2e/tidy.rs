@@ -116,8 +116,12 @@ const LAYERS: &[(&str, &[&str])] = &[
             "atoll-tls",
             "atoll-http",
             "atoll-control",
+            "atoll-resp",
         ],
     ),
+    // The RESP front: an adapter over a host trait the server implements, so it needs only the
+    // config (keyspaces, the key rule, tokens) and the core's states and intents.
+    ("atoll-resp", &["atoll-core", "atoll-config"]),
     ("atoll-link", &["atoll-core", "atoll-config"]),
     (
         "atoll-router",

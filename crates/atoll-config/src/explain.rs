@@ -34,7 +34,7 @@ pub(crate) fn explain(config: &Config) -> String {
     );
 
     let _ = writeln!(out, "\nregions ({})", config.regions.len());
-    let mut rows = vec![row(["name", "api", "peer", "location"])];
+    let mut rows = vec![row(["name", "api", "peer", "resp", "location"])];
     for r in &config.regions {
         let peer = if r.peer == r.api {
             format!("{} (= api)", r.peer)
@@ -45,7 +45,14 @@ pub(crate) fn explain(config: &Config) -> String {
             Some(g) => format!("lat {}, lon {}", g.lat, g.lon),
             None => "-".to_string(),
         };
-        rows.push(vec![r.name.to_string(), r.api.to_string(), peer, location]);
+        let resp = r.resp.map_or_else(|| "-".to_string(), |a| a.to_string());
+        rows.push(vec![
+            r.name.to_string(),
+            r.api.to_string(),
+            peer,
+            resp,
+            location,
+        ]);
     }
     table(&mut out, &rows);
 
@@ -149,6 +156,8 @@ pub(crate) fn explain(config: &Config) -> String {
         }
     }
 
+    resp(&mut out, config);
+
     match &config.router {
         Some(rc) => router(&mut out, config, rc),
         None => {
@@ -160,6 +169,55 @@ pub(crate) fn explain(config: &Config) -> String {
     }
     promises(&mut out, config);
     out
+}
+
+/// `[resp]` and which regions listen (`docs/design/resp.md`).
+fn resp(out: &mut String, config: &Config) {
+    let r = &config.resp;
+    let _ = writeln!(out, "\nresp (Redis protocol, docs/design/resp.md)");
+    let listening: Vec<String> = config
+        .regions
+        .iter()
+        .filter_map(|reg| reg.resp.map(|a| format!("{} on {a}", reg.name)))
+        .collect();
+    let _ = writeln!(
+        out,
+        "  listeners         {}",
+        if listening.is_empty() {
+            "none (a region serves RESP when its [[regions]] entry has `resp = \"IP:PORT\"`)"
+                .to_string()
+        } else {
+            listening.join(", ")
+        }
+    );
+    let _ = writeln!(
+        out,
+        "  keys              KEYSPACE:KEY (the text before the first ':' names the keyspace)"
+    );
+    let _ = writeln!(
+        out,
+        "  default_keyspace  {}",
+        match &r.default_keyspace {
+            Some(k) => format!("{k}  (keys without a known keyspace prefix go here)"),
+            None =>
+                "none (default)  (a key without a known keyspace prefix is an error)".to_string(),
+        }
+    );
+    let _ = writeln!(
+        out,
+        "  max_connections   {}{}  (per region; one more gets -ERR max number of clients reached)",
+        r.max_connections,
+        default_mark(r.max_connections == crate::DEFAULT_RESP_MAX_CONNECTIONS)
+    );
+    let _ = writeln!(
+        out,
+        "  auth              {}",
+        if config.auth.tokens_file.is_some() {
+            "AUTH <token> with the tokens of [auth]; each keyspace's read and write grants apply"
+        } else {
+            "off (no [auth]): anyone who reaches a RESP port can read and write every keyspace"
+        }
+    );
 }
 
 /// What the config promises when a region dies ([`crate::promise`]).

@@ -137,6 +137,9 @@ pub struct Config {
     pub auth: auth::AuthConfig,
     /// `[fencing]`: the write lease and quorum fencing.
     pub fencing: FencingConfig,
+    /// `[resp]`: how the RESP (Redis protocol) front maps keys to keyspaces
+    /// (`docs/design/resp.md`); it listens only in regions with a `resp` address.
+    pub resp: RespConfig,
     /// The file (or source name) the config was read from, for messages.
     pub source: String,
 }
@@ -379,6 +382,66 @@ pub struct RegionConfig {
     pub location: Option<GeoPoint>,
     /// The address the router's DNS answers with for this region; the api address's IP unless set.
     pub dns_address: std::net::IpAddr,
+    /// The RESP (Redis protocol) listener, if this region serves one (`docs/design/resp.md`).
+    pub resp: Option<SocketAddr>,
+}
+
+/// Default `[resp] max_connections`.
+pub const DEFAULT_RESP_MAX_CONNECTIONS: usize = 4096;
+
+/// `[resp]`: the RESP front's key rule and limits (`docs/design/resp.md`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RespConfig {
+    /// The keyspace of a Redis key whose text before the first `:` is not a declared keyspace
+    /// (or that has no `:`); `None`: such a key is an error naming the keyspaces.
+    pub default_keyspace: Option<String>,
+    /// Most open RESP connections per region (1..=65536); one more is answered
+    /// `-ERR max number of clients reached` and closed.
+    pub max_connections: usize,
+}
+
+impl Default for RespConfig {
+    fn default() -> Self {
+        Self {
+            default_keyspace: None,
+            max_connections: DEFAULT_RESP_MAX_CONNECTIONS,
+        }
+    }
+}
+
+/// Where a Redis key goes: `(keyspace, key)`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RespKey<'a> {
+    /// Keyspace `keyspace`, key `key`.
+    Key { keyspace: &'a str, key: &'a [u8] },
+    /// The prefix names no declared keyspace and there is no `default_keyspace`.
+    Unknown { prefix: &'a [u8] },
+}
+
+impl Config {
+    /// The keyspace and key of Redis key `raw` under the `[resp]` rule: the text before the first
+    /// `:` names the keyspace; a key without a known prefix goes whole to `default_keyspace`.
+    pub fn resp_key<'a>(&'a self, raw: &'a [u8]) -> RespKey<'a> {
+        let split = raw.iter().position(|b| *b == b':');
+        if let Some(i) = split {
+            let prefix = &raw[..i];
+            if let Some(k) = self.keyspaces.iter().find(|k| k.name.as_bytes() == prefix) {
+                return RespKey::Key {
+                    keyspace: &k.name,
+                    key: &raw[i + 1..],
+                };
+            }
+        }
+        match &self.resp.default_keyspace {
+            Some(ks) => RespKey::Key {
+                keyspace: ks,
+                key: raw,
+            },
+            None => RespKey::Unknown {
+                prefix: split.map_or(raw, |i| &raw[..i]),
+            },
+        }
+    }
 }
 
 /// Geographic coordinates in degrees.

@@ -39,6 +39,17 @@ struct RawConfig {
     auth: Option<RawAuth>,
     #[serde(default)]
     fencing: Option<RawFencing>,
+    #[serde(default)]
+    resp: Option<RawResp>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawResp {
+    #[serde(default)]
+    default_keyspace: Option<Spanned<String>>,
+    #[serde(default)]
+    max_connections: Option<Spanned<i64>>,
 }
 
 #[derive(Deserialize)]
@@ -129,6 +140,8 @@ struct RawRegion {
     location: Option<RawGeo>,
     #[serde(default)]
     dns_address: Option<Spanned<String>>,
+    #[serde(default)]
+    resp: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -279,7 +292,9 @@ pub(crate) fn parse(text: &str, file: &str, base: &Path) -> Result<Config, Confi
     };
     let fencing = fencing(&cx, raw.fencing.as_ref(), &regions, cluster.model)?;
     let keyspaces = keyspaces(&cx, &raw.keyspaces, &regions, cluster.model, fencing.quorum)?;
+    let resp = resp(&cx, raw.resp.as_ref(), &keyspaces)?;
     Ok(Config {
+        resp,
         fencing,
         source: file.to_string(),
         cluster,
@@ -290,6 +305,48 @@ pub(crate) fn parse(text: &str, file: &str, base: &Path) -> Result<Config, Confi
         replication: replication(&cx, raw.replication.as_ref())?,
         api: api(&cx, raw.api.as_ref())?,
         auth: auth(&cx, raw.auth.as_ref(), file)?,
+    })
+}
+
+/// `[resp]`: the RESP front's default keyspace (a declared one) and connection limit.
+fn resp(
+    cx: &Ctx<'_>,
+    raw: Option<&RawResp>,
+    keyspaces: &[KeyspaceConfig],
+) -> Result<crate::RespConfig, ConfigError> {
+    let Some(raw) = raw else {
+        return Ok(crate::RespConfig::default());
+    };
+    let default_keyspace = match &raw.default_keyspace {
+        None => None,
+        Some(d) => {
+            if !keyspaces.iter().any(|k| &k.name == d.get_ref()) {
+                return Err(cx.err(
+                    d.span(),
+                    "resp.default_keyspace",
+                    format!(
+                        "`{}` is not a declared keyspace (declared: {})",
+                        d.get_ref(),
+                        keyspaces
+                            .iter()
+                            .map(|k| k.name.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                ));
+            }
+            Some(d.get_ref().clone())
+        }
+    };
+    let max_connections = cx.int(
+        &raw.max_connections,
+        "resp.max_connections",
+        1..=65_536,
+        crate::DEFAULT_RESP_MAX_CONNECTIONS as i64,
+    )? as usize;
+    Ok(crate::RespConfig {
+        default_keyspace,
+        max_connections,
     })
 }
 
@@ -440,7 +497,10 @@ fn arbiter(
         ));
     }
     let peer = address(cx, &a.peer, "cluster.arbiter.peer")?;
-    if let Some(r) = regions.iter().find(|r| r.api == peer || r.peer == peer) {
+    if let Some(r) = regions
+        .iter()
+        .find(|r| r.api == peer || r.peer == peer || r.resp == Some(peer))
+    {
         return Err(cx.err(
             a.peer.span(),
             "cluster.arbiter.peer",
@@ -680,6 +740,24 @@ fn regions(
         {
             uses.push(("peer", peer, p.span()));
         }
+        let resp = match &r.resp {
+            Some(s) => {
+                let a = address(cx, s, &key("resp"))?;
+                if a == api || a == peer {
+                    return Err(cx.err(
+                        s.span(),
+                        key("resp"),
+                        format!(
+                            "address {a} of region `{name}` is also its {} address: the RESP listener needs a port of its own",
+                            if a == api { "api" } else { "peer" }
+                        ),
+                    ));
+                }
+                uses.push(("resp", a, s.span()));
+                Some(a)
+            }
+            None => None,
+        };
         for (field, addr, span) in uses {
             if let Some((other, other_field, line)) = addrs.get(&addr) {
                 return Err(cx.err(
@@ -712,6 +790,7 @@ fn regions(
             peer,
             location,
             dns_address,
+            resp,
         });
     }
     Ok(out)

@@ -74,6 +74,8 @@ pub struct RegionToml {
     pub dns_address: Option<IpAddr>,
     /// `location = { lat, lon }`, degrees.
     pub location: Option<(f64, f64)>,
+    /// `resp = "IP:PORT"`: the region's RESP (Redis protocol) listener.
+    pub resp: Option<SocketAddr>,
 }
 
 impl RegionToml {
@@ -84,7 +86,13 @@ impl RegionToml {
             peer: None,
             dns_address: None,
             location: None,
+            resp: None,
         }
+    }
+
+    pub fn resp(mut self, addr: SocketAddr) -> Self {
+        self.resp = Some(addr);
+        self
     }
 
     pub fn peer(mut self, peer: SocketAddr) -> Self {
@@ -272,6 +280,9 @@ impl ClusterToml {
             }
             if let Some(ip) = r.dns_address {
                 let _ = writeln!(out, "dns_address = \"{ip}\"");
+            }
+            if let Some(a) = r.resp {
+                let _ = writeln!(out, "resp = \"{a}\"");
             }
             if let Some((lat, lon)) = r.location {
                 let _ = writeln!(out, "{}", location(lat, lon));

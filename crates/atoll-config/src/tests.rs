@@ -2486,3 +2486,109 @@ mod promises {
         assert!(!has(&c, "arbiter"), "{:?}", c.warnings());
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// [resp] and the regions' `resp` addresses (docs/design/resp.md)
+
+#[test]
+fn resp_addresses_and_the_key_rule() {
+    let text = edit(
+        BASE,
+        "api = \"127.0.0.1:7100\"\n",
+        "api = \"127.0.0.1:7100\"\nresp = \"127.0.0.1:7110\"\n",
+    );
+    let c = ok(&text);
+    assert_eq!(c.regions[0].resp, Some("127.0.0.1:7110".parse().unwrap()));
+    assert_eq!(c.regions[1].resp, None);
+    assert_eq!(c.resp, RespConfig::default());
+    let key = |raw: &'static str| c.resp_key(raw.as_bytes());
+    assert_eq!(
+        key("sessions:alice"),
+        RespKey::Key {
+            keyspace: "sessions",
+            key: b"alice"
+        }
+    );
+    assert_eq!(
+        key("carts:a:b"),
+        RespKey::Key {
+            keyspace: "carts",
+            key: b"a:b"
+        }
+    );
+    assert_eq!(key("nope:x"), RespKey::Unknown { prefix: b"nope" });
+    assert_eq!(key("alice"), RespKey::Unknown { prefix: b"alice" });
+    // An empty key after the prefix is the keyspace's (the server refuses it as empty).
+    assert_eq!(
+        key("sessions:"),
+        RespKey::Key {
+            keyspace: "sessions",
+            key: b""
+        }
+    );
+    let out = c.explain();
+    assert!(out.contains("127.0.0.1:7110"), "{out}");
+    assert!(out.contains("us-east-1 on 127.0.0.1:7110"), "{out}");
+    assert!(out.contains("default_keyspace  none (default)"), "{out}");
+    assert!(out.contains("max_connections   4096 (default)"), "{out}");
+
+    let with = format!("{text}\n[resp]\ndefault_keyspace = \"sessions\"\nmax_connections = 10\n");
+    let c = ok(&with);
+    assert_eq!(c.resp.default_keyspace.as_deref(), Some("sessions"));
+    assert_eq!(c.resp.max_connections, 10);
+    assert_eq!(
+        c.resp_key(b"nope:x"),
+        RespKey::Key {
+            keyspace: "sessions",
+            key: b"nope:x"
+        }
+    );
+    assert_eq!(
+        c.resp_key(b"carts:x"),
+        RespKey::Key {
+            keyspace: "carts",
+            key: b"x"
+        }
+    );
+    assert!(c.explain().contains("default_keyspace  sessions"));
+}
+
+#[test]
+fn resp_settings_are_strict() {
+    // Line 21 is the first line after BASE's 18 lines, a blank and `[resp]`.
+    let e = err(&format!("{BASE}\n[resp]\nseparator = \"/\"\n"));
+    assert_err(&e, Some(21), "resp.separator", &["unknown field"]);
+    let e = err(&format!("{BASE}\n[resp]\ndefault_keyspace = \"nope\"\n"));
+    assert_err(
+        &e,
+        Some(21),
+        "resp.default_keyspace",
+        &["`nope` is not a declared keyspace", "sessions, carts"],
+    );
+    let e = err(&format!("{BASE}\n[resp]\nmax_connections = 0\n"));
+    assert_err(&e, Some(21), "resp.max_connections", &["out of range"]);
+    // A RESP address is unique like every other address, and not the region's own api.
+    let e = err(&edit(
+        BASE,
+        "api = \"127.0.0.1:7100\"\n",
+        "api = \"127.0.0.1:7100\"\nresp = \"127.0.0.1:7101\"\n",
+    ));
+    assert_err(
+        &e,
+        Some(11),
+        "regions[1].api",
+        &["already the resp address"],
+    );
+    let e = err(&edit(
+        BASE,
+        "api = \"127.0.0.1:7100\"\n",
+        "api = \"127.0.0.1:7100\"\nresp = \"127.0.0.1:7100\"\n",
+    ));
+    assert_err(&e, Some(7), "regions[0].resp", &["its api address"]);
+    let e = err(&edit(
+        BASE,
+        "api = \"127.0.0.1:7100\"\n",
+        "api = \"127.0.0.1:7100\"\nresp = \"localhost:7110\"\n",
+    ));
+    assert_err(&e, Some(7), "regions[0].resp", &["not an IP address"]);
+}

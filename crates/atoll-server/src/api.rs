@@ -451,7 +451,15 @@ fn context_from(headers: &HeaderMap, ks: &str, key: &[u8]) -> Result<Option<Caus
     }
 }
 
-async fn write(state: &AppState, ks: &str, key: &[u8], intent: Intent) -> Result<WriteOutcome> {
+/// The one write path of client writes (the HTTP API's and the RESP front's): an owned key homed
+/// by first write is claimed first, then the store takes the write (its gate checks fencing and
+/// homes at the stamping instant).
+pub(crate) async fn write(
+    state: &AppState,
+    ks: &str,
+    key: &[u8],
+    intent: Intent,
+) -> Result<WriteOutcome> {
     // A key of an owned keyspace homed by first write gets its home before its first write.
     if let Some(h) = state.homes.get() {
         h.claim(ks, key).await?;

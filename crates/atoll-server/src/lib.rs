@@ -1,7 +1,7 @@
 //! Adapters around the store: the region's client HTTP API v1 (axum) and its optional client
 //! authentication (`auth`), its Prometheus metrics (and the count of open client connections, `conns`), its OpenAPI document, replication (and which
 //! peers stream this region's writes), the peer listener and client (mutual TLS between regions,
-//! `peer`), a standby's forwarding of writes to the primary (`forward`), strong keyspaces on their consensus group (`strong`), the draining of request bodies answered before they were read (`unread`), and the
+//! `peer`), a standby's forwarding of writes to the primary (`forward`), strong keyspaces on their consensus group (`strong`), the RESP front's view of the region (`resp`, over `atoll-resp`), the draining of request bodies answered before they were read (`unread`), and the
 //! region process runtime (listen, serve, shut down gracefully).
 
 pub mod api;
@@ -17,6 +17,7 @@ pub mod openapi;
 pub mod peer;
 pub mod region;
 pub mod replication;
+pub mod resp;
 pub mod session;
 pub mod streams;
 pub mod strong;

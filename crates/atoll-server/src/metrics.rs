@@ -89,6 +89,14 @@ pub struct ReasonLabels {
     pub reason: String,
 }
 
+/// Labels of a RESP command (`docs/design/resp.md`): the command (one of the served ones, or
+/// `unknown`) and its outcome.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RespLabels {
+    pub command: String,
+    pub outcome: String,
+}
+
 /// Labels naming only a keyspace.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct KeyspaceOnly {
@@ -158,6 +166,9 @@ pub struct Metrics {
     pub watchers: Gauge,
     pub watch_events: Counter,
     pub watch_dropped: Family<ReasonLabels, Counter>,
+    /// The RESP front (`docs/design/resp.md`): commands by command and outcome, open connections.
+    pub resp_commands: Family<RespLabels, Counter>,
+    pub resp_connections: Gauge,
     pub fencing_promotions: Counter,
     pub fencing_proposals: Family<ProposalLabels, Counter>,
     pub fencing_promotion_lag: FloatGauge,
@@ -732,6 +743,24 @@ impl Metrics {
             "Watches ended or refused by this region, by reason (slow: the client did not read its buffered events and was told to resume; limit: [api] max_watchers reached)",
             watch_dropped.clone(),
         );
+        let resp_commands = Family::<RespLabels, Counter>::default();
+        reg(
+            &mut registry,
+            &mut names,
+            Kind::Counter,
+            "resp_commands",
+            "Commands served by the RESP (Redis protocol) front, by command (unknown: not one it serves) and outcome (ok, error, denied: NOAUTH/NOPERM/WRONGPASS, unknown, protocol-error: the connection was closed)",
+            resp_commands.clone(),
+        );
+        let resp_connections = Gauge::default();
+        reg(
+            &mut registry,
+            &mut names,
+            Kind::Gauge,
+            "resp_connections",
+            "Open connections of the RESP (Redis protocol) front",
+            resp_connections.clone(),
+        );
         let consistency_reads = Family::<ConsistencyLabels, Counter>::default();
         reg(
             &mut registry,
@@ -751,6 +780,8 @@ impl Metrics {
             session_wait.clone(),
         );
         Self {
+            resp_commands,
+            resp_connections,
             consistency_reads,
             session_wait,
             watchers,
@@ -941,6 +972,16 @@ impl Metrics {
             .inc();
     }
 
+    /// A RESP command ran.
+    pub fn resp_command(&self, command: &str, outcome: &str) {
+        self.resp_commands
+            .get_or_create(&RespLabels {
+                command: command.to_string(),
+                outcome: outcome.to_string(),
+            })
+            .inc();
+    }
+
     /// A watch ended by this region (`slow`) or refused (`limit`).
     pub fn watch_dropped(&self, reason: &str) {
         self.watch_dropped
@@ -1033,6 +1074,7 @@ impl Metrics {
         self.owned_move("example", "example");
         self.owned_claim("example", "a");
         self.watch_dropped("example");
+        self.resp_command("example", "example");
     }
 
     /// Every series name this registry can export, whether or not it has samples yet (alert rules

@@ -60,6 +60,8 @@ pub struct RegionServer {
     )>,
     /// The strong group, when a strong keyspace is declared.
     strong: Option<Arc<crate::strong::Strong>>,
+    /// The RESP (Redis protocol) listener, when the region has a `resp` address.
+    resp: Option<atoll_resp::RespListener>,
 }
 
 /// Every region but `me`, at its peer address or `--peer-via` override.
@@ -340,6 +342,20 @@ impl RegionServer {
         let listener = TcpListener::bind(listen)
             .await
             .map_err(|e| AtollError::Config(format!("cannot listen on {listen}: {e}")))?;
+        let resp = match rc.resp {
+            Some(addr) => {
+                let l = atoll_resp::RespListener::bind(addr)
+                    .await
+                    .map_err(|e| AtollError::Config(format!("{} ({})", e, e.code())))?;
+                tracing::info!(
+                    region = %region,
+                    addr = %l.local_addr().map_err(|e| AtollError::Config(e.to_string()))?,
+                    "RESP (Redis protocol) listener bound"
+                );
+                Some(l)
+            }
+            None => None,
+        };
         let peer = if tls.is_some() || rc.peer != rc.api {
             // Who a certificate may name: the regions, and the arbiter (control routes only).
             let regions = opts
@@ -394,7 +410,13 @@ impl RegionServer {
             replicator,
             control,
             strong,
+            resp,
         })
+    }
+
+    /// The RESP listener's address, if the region serves RESP.
+    pub fn resp_addr(&self) -> Option<SocketAddr> {
+        self.resp.as_ref().and_then(|r| r.local_addr().ok())
     }
 
     pub fn local_addr(&self) -> Result<SocketAddr> {
@@ -488,6 +510,21 @@ impl RegionServer {
         if let Some(s) = &self.strong {
             tasks.push(tokio::spawn(s.clone().watch(stop.clone())));
         }
+        // The RESP front: its connections end between commands at shutdown, before the store
+        // closes.
+        let (resp_stop, resp_stopped) = tokio::sync::watch::channel(false);
+        let resp_stop = Arc::new(resp_stop);
+        let resp_stop2 = resp_stop.clone();
+        let resp_task = self.resp.map(|listener| {
+            let port = listener.local_addr().map(|a| a.port()).unwrap_or_default();
+            let host = Arc::new(crate::resp::RespHost {
+                state: state.clone(),
+                port,
+            });
+            let limits = atoll_resp::limits_for(&state.config);
+            let max = state.config.resp.max_connections;
+            tokio::spawn(listener.serve(host, limits, max, resp_stopped))
+        });
         let stop2 = stop.clone();
         let grace = self.drain_grace;
         let rep = self.replicator.clone();
@@ -511,12 +548,18 @@ impl RegionServer {
                     tokio::time::sleep(grace).await;
                 }
                 stop2.notify_waiters();
+                resp_stop2.send_replace(true);
                 rep.stop_streams();
                 peer_stop.send_replace(true);
                 tracing::info!("shutting down: finishing in-flight requests");
             })
             .await;
         if let Some(t) = peer_task {
+            let _ = t.await;
+        }
+        if let Some(t) = resp_task {
+            // Also when the client listener failed before its graceful shutdown ran.
+            resp_stop.send_replace(true);
             let _ = t.await;
         }
         for t in tasks {

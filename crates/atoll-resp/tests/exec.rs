@@ -1,0 +1,477 @@
+//! The RESP front over a real store (in memory): a script of commands gets Redis's answers, auth
+//! and grants apply, and malformed frames (fuzzed) never panic and never write.
+
+use atoll_config::Config;
+use atoll_config::auth::Tokens;
+use atoll_core::AtollError;
+use atoll_core::clock::SystemClock;
+use atoll_core::op::{Intent, KeyState};
+use atoll_resp::exec::{Host, HostInfo, PeerInfo, Session, execute};
+use atoll_resp::{Limits, Reply, command, connection};
+use atoll_store::backend::MemBackend;
+use atoll_store::{Store, StoreOptions};
+use proptest::prelude::*;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const CONFIG: &str = r#"
+[cluster]
+name = "t"
+
+[[regions]]
+name = "us-east-1"
+api = "127.0.0.1:7100"
+resp = "127.0.0.1:7110"
+
+[[keyspaces]]
+name = "sessions"
+policy = "lww"
+max_value_bytes = 64
+
+[[keyspaces]]
+name = "carts"
+policy = "mvr"
+
+[[keyspaces]]
+name = "ratelimits"
+policy = "counter"
+
+[[keyspaces]]
+name = "flags"
+policy = "set"
+
+[[keyspaces]]
+name = "seats"
+policy = "strong"
+"#;
+
+const TOKENS: &str = r#"
+[[tokens]]
+name = "app"
+sha256 = "SHA_APP"
+read = ["sessions", "flags"]
+write = ["sessions"]
+"#;
+
+struct StoreHost {
+    config: Config,
+    tokens: Option<Tokens>,
+    store: Store,
+    writes: AtomicUsize,
+}
+
+impl StoreHost {
+    fn new(extra: &str, auth: bool) -> Self {
+        let config = Config::parse(&format!("{CONFIG}\n{extra}"), "atoll.toml").expect("config");
+        let tokens = auth.then(|| {
+            let text = TOKENS.replace("SHA_APP", &atoll_config::auth::sha256_hex("s3cret"));
+            Tokens::parse(&text, "tokens.toml", &config).expect("tokens")
+        });
+        let store = Store::open(
+            Arc::new(MemBackend::default()),
+            StoreOptions::new(
+                atoll_core::RegionId::new("us-east-1").expect("region"),
+                config.keyspaces.clone(),
+            ),
+            Arc::new(SystemClock),
+        )
+        .expect("store");
+        Self {
+            config,
+            tokens,
+            store,
+            writes: AtomicUsize::new(0),
+        }
+    }
+}
+
+impl Host for StoreHost {
+    fn config(&self) -> &Config {
+        &self.config
+    }
+
+    fn tokens(&self) -> Option<&Tokens> {
+        self.tokens.as_ref()
+    }
+
+    fn read(&self, keyspace: &str, key: &[u8]) -> Result<Option<KeyState>, AtollError> {
+        self.store.get(keyspace, key)
+    }
+
+    async fn write(
+        &self,
+        keyspace: &str,
+        key: &[u8],
+        intent: Intent,
+    ) -> Result<KeyState, AtollError> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.store.submit(keyspace, key, intent, move |r| {
+            let _ = tx.send(r);
+        });
+        let out = rx.await.map_err(|_| AtollError::ShuttingDown)??;
+        self.writes.fetch_add(1, Ordering::SeqCst);
+        Ok(out.state)
+    }
+
+    fn info(&self) -> HostInfo {
+        HostInfo {
+            region: "us-east-1".into(),
+            cluster: "t".into(),
+            uptime_secs: 1,
+            tcp_port: 7110,
+            writable: true,
+            atoll_role: "active".into(),
+            peers: vec![PeerInfo {
+                region: "eu-west-1".into(),
+                state: "up".into(),
+                lag_seconds: Some(0.0125),
+                lag_ops: 3,
+            }],
+        }
+    }
+}
+
+fn words(line: &str) -> Vec<Vec<u8>> {
+    line.split(' ').map(|w| w.as_bytes().to_vec()).collect()
+}
+
+async fn ask(host: &StoreHost, session: &mut Session, line: &str) -> Reply {
+    match command::parse(words(line)) {
+        Ok(cmd) => execute(host, session, cmd).await.reply,
+        Err(r) => r,
+    }
+}
+
+fn ok() -> Reply {
+    Reply::ok()
+}
+
+fn bulk(s: &str) -> Reply {
+    Reply::bulk(s)
+}
+
+fn err_starting(r: &Reply, prefix: &str) -> bool {
+    matches!(r, Reply::Error(e) if e.starts_with(prefix))
+}
+
+#[tokio::test]
+async fn a_script_gets_the_answers_redis_gives() {
+    let host = StoreHost::new("", false);
+    let mut s = Session::new(1);
+    let script: Vec<(&str, Reply)> = vec![
+        ("PING", Reply::Simple("PONG".into())),
+        ("GET sessions:alice", Reply::Null),
+        ("EXISTS sessions:alice", Reply::Int(0)),
+        ("SET sessions:alice token-1", ok()),
+        ("GET sessions:alice", bulk("token-1")),
+        ("SET sessions:alice token-2 NX", Reply::Null),
+        ("SET sessions:alice token-2 XX GET", bulk("token-1")),
+        ("GET sessions:alice", bulk("token-2")),
+        ("SET sessions:bob b XX", Reply::Null),
+        ("SET sessions:bob b NX", ok()),
+        (
+            "EXISTS sessions:alice sessions:bob sessions:carol",
+            Reply::Int(2),
+        ),
+        ("DEL sessions:alice sessions:carol", Reply::Int(1)),
+        ("GET sessions:alice", Reply::Null),
+        ("INCR ratelimits:api", Reply::Int(1)),
+        ("INCRBY ratelimits:api 5", Reply::Int(6)),
+        ("DECRBY ratelimits:api 2", Reply::Int(4)),
+        ("DECR ratelimits:api", Reply::Int(3)),
+        ("GET ratelimits:api", bulk("3")),
+        (
+            "SADD flags:beta dark-mode new-cart dark-mode",
+            Reply::Int(2),
+        ),
+        ("SADD flags:beta dark-mode", Reply::Int(0)),
+        ("SISMEMBER flags:beta dark-mode", Reply::Int(1)),
+        ("SISMEMBER flags:beta nope", Reply::Int(0)),
+        ("SCARD flags:beta", Reply::Int(2)),
+        ("SREM flags:beta dark-mode nope", Reply::Int(1)),
+        ("SMEMBERS flags:beta", Reply::Set(vec![bulk("new-cart")])),
+        ("SMEMBERS flags:none", Reply::Set(vec![])),
+        // mvr: SET replaces what this region holds, so one value comes back.
+        ("SET carts:c1 apple", ok()),
+        ("SET carts:c1 pear", ok()),
+        ("GET carts:c1", bulk("pear")),
+        ("SELECT 0", ok()),
+        ("ECHO hi", bulk("hi")),
+        ("COMMAND DOCS", Reply::Array(vec![])),
+        ("CLIENT SETNAME me", ok()),
+        ("CLIENT GETNAME", bulk("me")),
+    ];
+    for (line, want) in script {
+        assert_eq!(ask(&host, &mut s, line).await, want, "{line}");
+    }
+    // Errors, with the prefixes Redis uses.
+    for (line, prefix) in [
+        ("INCR sessions:alice", "WRONGTYPE"),
+        ("SET ratelimits:api 5", "WRONGTYPE"),
+        ("GET flags:beta", "WRONGTYPE"),
+        ("SADD sessions:x m", "WRONGTYPE"),
+        (
+            "DEL ratelimits:api",
+            "ERR keyspace 'ratelimits' is a counter",
+        ),
+        ("GET seats:12A", "ERR keyspace 'seats' is strong"),
+        ("GET nope:x", "ERR unknown keyspace 'nope' (key 'nope:x')"),
+        ("GET alice", "ERR unknown keyspace 'alice'"),
+        ("GET sessions:", "ERR ATOLL-EMPTY-KEY"),
+        (
+            "SET sessions:a v EX 10",
+            "ERR expiring keys are not supported yet",
+        ),
+        (
+            "EXPIRE sessions:a 10",
+            "ERR expiring keys are not supported yet",
+        ),
+        ("SELECT 1", "ERR DB index is out of range"),
+        (
+            "AUTH x",
+            "ERR AUTH <password> called without any password configured",
+        ),
+        ("KEYS *", "ERR unknown command 'KEYS'"),
+        ("HELLO 4", "NOPROTO"),
+        (
+            "SET sessions:big 01234567890123456789012345678901234567890123456789012345678901234567890",
+            "ERR ATOLL-VALUE-TOO-LARGE",
+        ),
+    ] {
+        let r = ask(&host, &mut s, line).await;
+        assert!(err_starting(&r, prefix), "{line}: {r:?}");
+    }
+    // INFO has a line per peer with its lag.
+    let Reply::Bulk(info) = ask(&host, &mut s, "INFO").await else {
+        panic!("INFO is a bulk string");
+    };
+    let info = String::from_utf8(info).unwrap();
+    for needle in [
+        "# Server\r\n",
+        "region:us-east-1\r\n",
+        "# Replication\r\nrole:master\r\n",
+        "peer_eu-west-1:state=up,lag_seconds=0.013,lag_ops=3\r\n",
+        "keyspace_carts:policy=mvr\r\n",
+    ] {
+        assert!(info.contains(needle), "{needle:?} not in {info}");
+    }
+    let Reply::Bulk(only) = ask(&host, &mut s, "INFO replication").await else {
+        panic!("INFO is a bulk string");
+    };
+    assert!(!String::from_utf8(only).unwrap().contains("# Server"));
+    // HELLO 3 switches the protocol and answers a map.
+    let r = ask(&host, &mut s, "HELLO 3").await;
+    assert!(
+        matches!(&r, Reply::Map(m) if m.contains(&(bulk("proto"), Reply::Int(3)))),
+        "{r:?}"
+    );
+    assert_eq!(s.proto, 3);
+    // QUIT answers OK and closes.
+    let cmd = command::parse(words("QUIT")).unwrap();
+    let step = execute(&host, &mut s, cmd).await;
+    assert!(step.close && step.reply == ok());
+}
+
+#[tokio::test]
+async fn mvr_siblings_are_an_error_that_names_them() {
+    let host = StoreHost::new("", false);
+    let mut s = Session::new(1);
+    // Two writes without a context (as two regions writing concurrently): two siblings.
+    for v in ["apple", "pear"] {
+        host.write(
+            "carts",
+            b"c1",
+            Intent::Put {
+                value: v.as_bytes().to_vec(),
+                context: None,
+            },
+        )
+        .await
+        .unwrap();
+    }
+    let r = ask(&host, &mut s, "GET carts:c1").await;
+    assert!(
+        matches!(&r, Reply::Error(e) if e.starts_with("CONFLICT key 'c1' of keyspace 'carts' has 2 siblings") && e.contains("/v1/kv/carts/")),
+        "{r:?}"
+    );
+    // SET resolves them (it writes with the context it read).
+    assert_eq!(ask(&host, &mut s, "SET carts:c1 both").await, ok());
+    assert_eq!(ask(&host, &mut s, "GET carts:c1").await, bulk("both"));
+}
+
+#[tokio::test]
+async fn the_default_keyspace_takes_keys_without_a_known_prefix() {
+    let host = StoreHost::new("[resp]\ndefault_keyspace = \"sessions\"\n", false);
+    let mut s = Session::new(1);
+    assert_eq!(ask(&host, &mut s, "SET alice 1").await, ok());
+    assert_eq!(ask(&host, &mut s, "SET nope:x 2").await, ok());
+    assert!(host.store.get("sessions", b"nope:x").unwrap().is_some());
+    assert_eq!(ask(&host, &mut s, "GET sessions:alice").await, bulk("1"));
+}
+
+#[tokio::test]
+async fn with_tokens_every_command_needs_auth_and_grants_apply() {
+    let host = StoreHost::new("", true);
+    let mut s = Session::new(1);
+    for line in [
+        "GET sessions:a",
+        "SET sessions:a v",
+        "INFO",
+        "SMEMBERS flags:x",
+    ] {
+        assert_eq!(
+            ask(&host, &mut s, line).await,
+            Reply::Error("NOAUTH Authentication required.".into()),
+            "{line}"
+        );
+    }
+    assert_eq!(
+        ask(&host, &mut s, "PING").await,
+        Reply::Simple("PONG".into())
+    );
+    let r = ask(&host, &mut s, "HELLO 3").await;
+    assert!(err_starting(&r, "NOAUTH"), "{r:?}");
+    assert!(err_starting(
+        &ask(&host, &mut s, "AUTH wrong").await,
+        "WRONGPASS"
+    ));
+    assert!(err_starting(
+        &ask(&host, &mut s, "HELLO 3 AUTH default wrong").await,
+        "WRONGPASS"
+    ));
+    assert_eq!(s.proto, 2);
+    assert_eq!(host.writes.load(Ordering::SeqCst), 0);
+    // AUTH <user> <token>: the user is ignored.
+    assert_eq!(ask(&host, &mut s, "AUTH someone s3cret").await, ok());
+    assert_eq!(ask(&host, &mut s, "SET sessions:a v").await, ok());
+    assert_eq!(ask(&host, &mut s, "GET sessions:a").await, bulk("v"));
+    assert_eq!(
+        ask(&host, &mut s, "SMEMBERS flags:x").await,
+        Reply::Set(vec![])
+    );
+    for line in ["SADD flags:x m", "INCR ratelimits:a", "GET carts:c"] {
+        let r = ask(&host, &mut s, line).await;
+        assert!(err_starting(&r, "NOPERM"), "{line}: {r:?}");
+    }
+    assert_eq!(host.writes.load(Ordering::SeqCst), 1);
+    // HELLO with AUTH on a fresh connection: authenticated and RESP3 at once.
+    let mut s2 = Session::new(2);
+    let r = ask(&host, &mut s2, "HELLO 3 AUTH default s3cret").await;
+    assert!(matches!(r, Reply::Map(_)), "{r:?}");
+    assert_eq!(s2.proto, 3);
+    assert_eq!(ask(&host, &mut s2, "GET sessions:a").await, bulk("v"));
+}
+
+/// Runs `input` through a connection (the client then closes its side) and returns what the
+/// server answered.
+async fn through_connection(host: &StoreHost, input: &[u8]) -> Vec<u8> {
+    let (mut client, server) = tokio::io::duplex(1 << 16);
+    let (_stop_tx, stop) = tokio::sync::watch::channel(false);
+    let limits = Limits {
+        max_bulk: 64,
+        max_frame: 4096,
+        max_args: 16,
+        max_inline: 256,
+    };
+    let serve = connection(host, server, &limits, 1, stop);
+    let talk = async {
+        // The server may close early (protocol error): later writes may fail.
+        let _ = client.write_all(input).await;
+        let _ = client.shutdown().await;
+        let mut out = Vec::new();
+        let _ = client.read_to_end(&mut out).await;
+        out
+    };
+    let ((), out) = tokio::join!(serve, talk);
+    out
+}
+
+#[tokio::test]
+async fn pipelined_commands_are_answered_in_order_and_a_bad_frame_closes() {
+    let host = StoreHost::new("", false);
+    let out = through_connection(
+        &host,
+        b"*3\r\n$3\r\nSET\r\n$10\r\nsessions:a\r\n$1\r\n1\r\nGET sessions:a\r\n*2\r\n$3\r\nGET\r\n$10\r\nsessions:a\r\n*1\r\n*1\r\n*3\r\n$3\r\nSET\r\n$10\r\nsessions:b\r\n$1\r\n1\r\n",
+    )
+    .await;
+    let text = String::from_utf8_lossy(&out).to_string();
+    assert!(
+        text.starts_with("+OK\r\n$1\r\n1\r\n$1\r\n1\r\n-ERR Protocol error: "),
+        "{text}"
+    );
+    // The SET after the bad frame never ran.
+    assert_eq!(host.writes.load(Ordering::SeqCst), 1);
+    assert!(host.store.get("sessions", b"b").unwrap().is_none());
+}
+
+/// Frames that are malformed in every way the decoder could trip on.
+fn malformed() -> impl Strategy<Value = Vec<u8>> {
+    let set = b"*3\r\n$3\r\nSET\r\n$10\r\nsessions:a\r\n$5\r\nvalue\r\n".to_vec();
+    let set2 = set.clone();
+    prop_oneof![
+        // Random bytes after an array header.
+        proptest::collection::vec(any::<u8>(), 0..512).prop_map(|mut v| {
+            v.insert(0, b'*');
+            v
+        }),
+        // A write with one length made wrong (longer or shorter than its data).
+        (0usize..3, 0usize..40).prop_map(move |(which, len)| {
+            let text = String::from_utf8_lossy(&set).to_string();
+            let from = ["$3\r\n", "$10\r\n", "$5\r\n"][which];
+            let to = format!(
+                "${}\r\n",
+                if len == [3, 10, 5][which] {
+                    len + 1
+                } else {
+                    len
+                }
+            );
+            text.replacen(from, &to, 1).into_bytes()
+        }),
+        // A write cut short, with garbage where the rest would be.
+        (1usize..40, proptest::collection::vec(any::<u8>(), 0..8)).prop_map(move |(cut, junk)| {
+            let mut v = set2[..cut.min(set2.len() - 1)].to_vec();
+            v.extend(junk.into_iter().filter(|b| *b != b'\r' && *b != b'\n'));
+            v
+        }),
+        // Deep nesting, huge or negative lengths, wrong element types.
+        (1usize..5000).prop_map(|n| b"*1\r\n".repeat(n)),
+        Just(b"*1\r\n$99999999999999\r\n".to_vec()),
+        Just(b"*-5\r\n*1\r\n$-3\r\n".to_vec()),
+        Just(b"*2\r\n:1\r\n:2\r\n".to_vec()),
+        Just(b"*2\r\n$3\r\nSET\r\n+OK\r\n".to_vec()),
+        Just(b"*99999999999\r\n".to_vec()),
+        // An inline line over its limit.
+        Just([b'S'; 300].to_vec()),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+    /// Architecture Invariant: malformed RESP never panics and never writes.
+    #[test]
+    fn malformed_frames_never_panic_and_never_write(input in malformed()) {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let host = StoreHost::new("", false);
+        let out = rt.block_on(through_connection(&host, &input));
+        prop_assert_eq!(host.writes.load(Ordering::SeqCst), 0, "input {:?} answered {:?}", input, String::from_utf8_lossy(&out));
+        prop_assert_eq!(host.store.stats().writes_total.load(Ordering::Relaxed), 0);
+    }
+
+    /// Any bytes at all: no panic, every answer is well-formed RESP.
+    #[test]
+    fn any_bytes_never_panic(input in proptest::collection::vec(any::<u8>(), 0..1024)) {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let host = StoreHost::new("", false);
+        let out = rt.block_on(through_connection(&host, &input));
+        let mut rest = &out[..];
+        while !rest.is_empty() {
+            match redis_protocol::resp2::decode::decode(rest) {
+                Ok(Some((_, n))) => rest = &rest[n..],
+                other => prop_assert!(false, "bad answer {:?}: {:?}", String::from_utf8_lossy(&out), other),
+            }
+        }
+    }
+}

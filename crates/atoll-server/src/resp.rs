@@ -1,0 +1,105 @@
+//! The region's side of the RESP front (`crates/atoll-resp`, `docs/design/resp.md`): the
+//! [`atoll_resp::Host`] over the client API's state, so a RESP command reads the same store and
+//! writes through the same path as the HTTP API (owned keys' homes, fencing's write gate at the
+//! stamping instant, the store's writer), with the same tokens.
+
+use crate::api::AppState;
+use atoll_config::Config;
+use atoll_config::auth::Tokens;
+use atoll_core::AtollError;
+use atoll_core::op::{Intent, KeyState};
+use atoll_resp::{HostInfo, PeerInfo};
+use std::sync::Arc;
+
+/// The RESP front's view of a region.
+pub struct RespHost {
+    pub(crate) state: Arc<AppState>,
+    pub(crate) port: u16,
+}
+
+impl RespHost {
+    /// A passive region serves no client traffic, over RESP either.
+    fn check_serving(&self) -> Result<(), AtollError> {
+        if let Some(f) = self.state.fencing.get()
+            && f.refuses_clients()
+        {
+            return Err(f.passive_error());
+        }
+        Ok(())
+    }
+}
+
+impl atoll_resp::Host for RespHost {
+    fn config(&self) -> &Config {
+        &self.state.config
+    }
+
+    fn tokens(&self) -> Option<&Tokens> {
+        self.state.auth.as_deref()
+    }
+
+    fn read(&self, keyspace: &str, key: &[u8]) -> Result<Option<KeyState>, AtollError> {
+        self.check_serving()?;
+        self.state.store.get(keyspace, key)
+    }
+
+    async fn write(
+        &self,
+        keyspace: &str,
+        key: &[u8],
+        intent: Intent,
+    ) -> Result<KeyState, AtollError> {
+        self.check_serving()?;
+        crate::api::write(&self.state, keyspace, key, intent)
+            .await
+            .map(|out| out.state)
+    }
+
+    fn info(&self) -> HostInfo {
+        let (atoll_role, writable) = match self.state.fencing.get() {
+            Some(f) => {
+                let role = f.role();
+                (
+                    role.as_str().to_string(),
+                    matches!(
+                        role,
+                        atoll_core::fence::Role::Primary | atoll_core::fence::Role::Active
+                    ),
+                )
+            }
+            None => ("active".to_string(), true),
+        };
+        let peers = match self.state.replicator.get().map(|r| r.status()) {
+            Some(Ok((peers, _))) => peers
+                .into_iter()
+                .map(|p| PeerInfo {
+                    region: p.region.to_string(),
+                    state: p.state.as_str().to_string(),
+                    lag_seconds: p.lag_seconds,
+                    lag_ops: p.lag_ops,
+                })
+                .collect(),
+            _ => Vec::new(),
+        };
+        HostInfo {
+            region: self.state.store.region().to_string(),
+            cluster: self.state.config.cluster.name.clone(),
+            uptime_secs: self.state.started.elapsed().as_secs(),
+            tcp_port: self.port,
+            writable,
+            atoll_role,
+            peers,
+        }
+    }
+
+    fn on_command(&self, command: &'static str, outcome: &'static str) {
+        self.state.metrics.resp_command(command, outcome);
+    }
+
+    fn on_connections(&self, open: usize) {
+        self.state
+            .metrics
+            .resp_connections
+            .set(i64::try_from(open).unwrap_or(i64::MAX));
+    }
+}

@@ -160,6 +160,19 @@ fn scenario(r: &Regions) -> Result<()> {
     ] {
         expect(us, args, want)?;
     }
+    // Read-your-writes across regions (docs/design/session-consistency.md): the session token
+    // of us-east-1 after the write; eu-west-1 waits until it has applied it, then the GET there
+    // sees the write.
+    expect(us, &["SET", "sessions:carol", "c1"], "OK")?;
+    let token = cli(us, &["ATOLL.SESSION"])?;
+    ensure!(!token.is_empty(), "ATOLL.SESSION answered nothing");
+    expect(eu, &["ATOLL.WAIT", &token, "10000"], "OK")?;
+    expect(eu, &["GET", "sessions:carol"], "c1")?;
+    expect(
+        eu,
+        &["ATOLL.WAIT", "garbage!", "10"],
+        "ERR ATOLL-BAD-SESSION-TOKEN invalid session token: not base64url",
+    )?;
     // A write in us-east-1 is read in eu-west-1 once replicated.
     wait_cli(eu, &["GET", "sessions:alice"], |o| o == "token-2")?;
     wait_cli(eu, &["GET", "ratelimits:api"], |o| o == "7")?;

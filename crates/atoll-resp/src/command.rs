@@ -62,6 +62,15 @@ pub enum Command {
         member: Vec<u8>,
     },
     SCard(Vec<u8>),
+    /// `ATOLL.SESSION`: a session token naming everything this region has applied (so every
+    /// write acknowledged here so far), `docs/design/session-consistency.md`.
+    Session,
+    /// `ATOLL.WAIT token [ms]`: wait until this region has applied what `token` names (at most
+    /// `ms`, default the region's `[api] session_wait`), then `+OK`, or `-STALE ...`.
+    SessionWait {
+        token: Vec<u8>,
+        wait_ms: Option<u64>,
+    },
 }
 
 /// The commands this front serves, for messages and metric labels.
@@ -88,6 +97,8 @@ pub const SERVED: &[&str] = &[
     "command",
     "client",
     "quit",
+    "atoll.session",
+    "atoll.wait",
 ];
 
 /// Commands of expiring keys: not supported yet, and never silently ignored.
@@ -226,6 +237,19 @@ pub fn parse(args: Vec<Vec<u8>>) -> Result<Command, Reply> {
             rest.map(|s| String::from_utf8_lossy(&s).to_ascii_lowercase())
                 .collect(),
         ),
+        "atoll.session" if n == 0 => Command::Session,
+        "atoll.wait" if n == 1 || n == 2 => {
+            let token = one();
+            let wait_ms = match rest.next() {
+                Some(ms) => Some(
+                    integer(&ms)
+                        .and_then(|v| u64::try_from(v).ok())
+                        .ok_or_else(not_integer)?,
+                ),
+                None => None,
+            };
+            Command::SessionWait { token, wait_ms }
+        }
         "get" if n == 1 => Command::Get(one()),
         "set" if n >= 2 => {
             let key = one();

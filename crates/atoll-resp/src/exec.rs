@@ -54,6 +54,16 @@ pub trait Host: Send + Sync + 'static {
         intent: Intent,
     ) -> impl Future<Output = Result<KeyState, AtollError>> + Send;
     fn info(&self) -> HostInfo;
+    /// A session token naming everything this region has applied (`ATOLL.SESSION`).
+    fn session_token(&self) -> String;
+    /// Waits until this region has applied what `token` names, at most `wait_ms` (`None`: the
+    /// region's default): `Err` with `ATOLL-STALE` when it has not by then, or
+    /// `ATOLL-BAD-SESSION-TOKEN` for a token it cannot honour (`ATOLL.WAIT`).
+    fn session_wait(
+        &self,
+        token: &str,
+        wait_ms: Option<u64>,
+    ) -> impl Future<Output = Result<(), AtollError>> + Send;
     /// One command ran: its label ([`crate::command::label`]) and outcome (`ok`, `error`,
     /// `denied`, `unknown`).
     fn on_command(&self, _command: &'static str, _outcome: &'static str) {}
@@ -198,6 +208,14 @@ pub async fn execute<H: Host>(host: &H, session: &mut Session, cmd: Command) -> 
         Command::SMembers(key) => smembers(host, session, &key),
         Command::SIsMember { key, member } => sismember(host, session, &key, &member),
         Command::SCard(key) => scard(host, session, &key),
+        Command::Session => Reply::Bulk(host.session_token().into_bytes()),
+        Command::SessionWait { token, wait_ms } => match std::str::from_utf8(&token) {
+            Err(_) => Reply::err("ATOLL-BAD-SESSION-TOKEN invalid session token: not ASCII"),
+            Ok(t) => match host.session_wait(t, wait_ms).await {
+                Ok(()) => Reply::ok(),
+                Err(e) => atoll_error(&e),
+            },
+        },
         // Answered above.
         Command::Quit | Command::Ping(_) | Command::Auth { .. } | Command::Hello { .. } => {
             Reply::err("internal error: connection command not answered")

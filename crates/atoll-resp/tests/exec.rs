@@ -114,6 +114,19 @@ impl Host for StoreHost {
         Ok(out.state)
     }
 
+    fn session_token(&self) -> String {
+        atoll_core::session::SessionToken::from_vector(self.store.visible_applied()).encode("t")
+    }
+
+    async fn session_wait(&self, token: &str, _wait_ms: Option<u64>) -> Result<(), AtollError> {
+        let t = atoll_core::session::SessionToken::decode(token, "t", |_| true)?;
+        if self.store.applied().dominates(t.seen()) {
+            Ok(())
+        } else {
+            Err(AtollError::Stale("behind the token".into()))
+        }
+    }
+
     fn info(&self) -> HostInfo {
         HostInfo {
             region: "us-east-1".into(),

@@ -92,6 +92,15 @@ impl atoll_resp::Host for RespHost {
         }
     }
 
+    fn session_token(&self) -> String {
+        crate::session::region_token(&self.state)
+    }
+
+    async fn session_wait(&self, token: &str, wait_ms: Option<u64>) -> Result<(), AtollError> {
+        self.check_serving()?;
+        crate::session::wait_for_token(&self.state, token, wait_ms).await
+    }
+
     fn on_command(&self, command: &'static str, outcome: &'static str) {
         self.state.metrics.resp_command(command, outcome);
     }

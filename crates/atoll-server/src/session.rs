@@ -121,29 +121,35 @@ pub fn token_from(state: &AppState, headers: &HeaderMap) -> Result<Option<Sessio
     };
     let text = v
         .to_str()
-        .map_err(|_| AtollError::BadSessionToken("not ASCII".into()))?;
+        .map_err(|_| AtollError::BadSessionToken("not ASCII".into()));
+    text.and_then(|t| decode_token(state, t))
+        .map(Some)
+        .inspect_err(|_| {
+            state.metrics.consistency_read("session", "bad-token");
+        })
+}
+
+/// Reads a token as this region honours it: of this cluster, naming its regions, and naming no
+/// more of this region's own writes than it ever handed out.
+pub fn decode_token(state: &AppState, text: &str) -> Result<SessionToken> {
     let config = &state.config;
-    let token =
-        SessionToken::decode(text, &config.cluster.name, |r| config.region(r.as_str()).is_some())
-            .and_then(|t| {
-                // This region is the authority on its own writes: a claim beyond every sequence
-                // number it handed out names no write (checked here for writes too).
-                let me = state.store.region();
-                let claimed = t.seen().get(me);
-                if claimed == 0 {
-                    return Ok(t);
-                }
-                let issued = state.store.visible_applied().get(me);
-                if claimed > issued {
-                    return Err(AtollError::BadSessionToken(format!(
-                        "the token names write {claimed} of `{me}`, which has made only {issued}: it was not issued by this cluster as it is now (forged, or from before `{me}` lost its data)"
-                    )));
-                }
-                Ok(t)
-            });
-    token.map(Some).inspect_err(|_| {
-        state.metrics.consistency_read("session", "bad-token");
-    })
+    let t = SessionToken::decode(text, &config.cluster.name, |r| {
+        config.region(r.as_str()).is_some()
+    })?;
+    // This region is the authority on its own writes: a claim beyond every sequence number it
+    // handed out names no write (checked here for writes too).
+    let me = state.store.region();
+    let claimed = t.seen().get(me);
+    if claimed == 0 {
+        return Ok(t);
+    }
+    let issued = state.store.visible_applied().get(me);
+    if claimed > issued {
+        return Err(AtollError::BadSessionToken(format!(
+            "the token names write {claimed} of `{me}`, which has made only {issued}: it was not issued by this cluster as it is now (forged, or from before `{me}` lost its data)"
+        )));
+    }
+    Ok(t)
 }
 
 /// What the gate decided.
@@ -223,8 +229,37 @@ async fn wait_for(
     uri: &Uri,
     headers: &HeaderMap,
 ) -> Result<Option<Response>> {
-    let started = Instant::now();
     let wait = Duration::from_millis(params.wait_ms.unwrap_or(state.config.api.session_wait_ms));
+    let Some((behind, holders)) = wait_applied(state, token, wait).await? else {
+        return Ok(None);
+    };
+    let err = AtollError::Stale(stale_message(state, &behind, &holders, wait));
+    if let Some(answer) = forward(state, params, &holders, uri, headers, &err).await? {
+        state.metrics.consistency_read("session", "forwarded");
+        return Ok(Some(answer));
+    }
+    state.metrics.consistency_read("session", "stale");
+    let details = json!({
+        "behind": behind.iter().map(|b| json!({
+            "origin": b.origin.as_str(),
+            "applied": b.applied,
+            "wanted": b.wanted,
+        })).collect::<Vec<_>>(),
+        "waited_ms": u64::try_from(wait.as_millis()).unwrap_or(u64::MAX),
+        "holders": holders_json(state, &holders),
+    });
+    Ok(Some(stale_answer(&err, details)))
+}
+
+/// Waits (at most `wait`) until this region has applied `token`: `None` then; what it still
+/// lacks, and the peers known to hold it, when the wait is up; a forged token's error as soon as
+/// it is proven.
+async fn wait_applied(
+    state: &AppState,
+    token: &SessionToken,
+    wait: Duration,
+) -> Result<Option<(Vec<Behind>, Vec<RegionId>)>> {
+    let started = Instant::now();
     let deadline = started + wait;
     let rep = state.replicator.get();
     let mark = rep.map(|r| r.session_mark()).transpose()?;
@@ -299,22 +334,39 @@ async fn wait_for(
         .metrics
         .session_wait
         .observe(started.elapsed().as_secs_f64());
-    let err = AtollError::Stale(stale_message(state, &behind, &holders, wait));
-    if let Some(answer) = forward(state, params, &holders, uri, headers, &err).await? {
-        state.metrics.consistency_read("session", "forwarded");
-        return Ok(Some(answer));
+    Ok(Some((behind, holders)))
+}
+
+/// `ATOLL.WAIT` of the RESP front: [`wait_applied`] with the read's answer as an error.
+pub async fn wait_for_token(state: &AppState, text: &str, wait_ms: Option<u64>) -> Result<()> {
+    let token = decode_token(state, text).inspect_err(|_| {
+        state.metrics.consistency_read("session", "bad-token");
+    })?;
+    if token.is_empty() || state.store.applied_dominates(token.seen()) {
+        state.metrics.consistency_read("session", "served");
+        return Ok(());
     }
-    state.metrics.consistency_read("session", "stale");
-    let details = json!({
-        "behind": behind.iter().map(|b| json!({
-            "origin": b.origin.as_str(),
-            "applied": b.applied,
-            "wanted": b.wanted,
-        })).collect::<Vec<_>>(),
-        "waited_ms": u64::try_from(wait.as_millis()).unwrap_or(u64::MAX),
-        "holders": holders_json(state, &holders),
-    });
-    Ok(Some(stale_answer(&err, details)))
+    let wait = Duration::from_millis(
+        wait_ms
+            .unwrap_or(state.config.api.session_wait_ms)
+            .min(atoll_config::SESSION_WAIT_MAX_MS),
+    );
+    match wait_applied(state, &token, wait).await? {
+        None => Ok(()),
+        Some((behind, holders)) => {
+            state.metrics.consistency_read("session", "stale");
+            Err(AtollError::Stale(stale_message(
+                state, &behind, &holders, wait,
+            )))
+        }
+    }
+}
+
+/// `ATOLL.SESSION` of the RESP front: the token a read that presents none answers with.
+pub fn region_token(state: &AppState) -> String {
+    plain_token(state)
+        .and_then(|v| v.to_str().ok().map(str::to_string))
+        .unwrap_or_default()
 }
 
 fn stale_message(

@@ -1075,6 +1075,7 @@ impl Metrics {
         self.owned_claim("example", "a");
         self.watch_dropped("example");
         self.resp_command("example", "example");
+        self.consistency_read("session", "served");
     }
 
     /// Every series name this registry can export, whether or not it has samples yet (alert rules

@@ -23,9 +23,10 @@ use crate::common;
 use anyhow::{Result, bail, ensure};
 use atoll_core::RegionId;
 use atoll_core::session::SessionToken;
-use atoll_testkit::{Client, Cluster, ClusterOptions};
+use atoll_testkit::{Client, Cluster, ClusterOptions, poll};
 use common::{BIN, ok};
 use reqwest::Method;
+use std::ops::ControlFlow;
 use std::time::{Duration, Instant};
 
 const US: &str = "us-east-1";
@@ -202,64 +203,68 @@ async fn scenario(c: &Cluster) -> Result<()> {
         "the refusal names what it lacks: {body}"
     );
     // The bound is refused once the cut outlasts it (the region's bound grows from the cut on).
-    let started = Instant::now();
-    loop {
-        let r = ap.get_raw(&connected).await?;
-        if r.status == 503 && r.error_code().as_deref() == Some("ATOLL-STALE") {
+    poll(
+        DEADLINE,
+        Duration::from_millis(200),
+        "a bounded read refused during the cut",
+        || async {
+            let r = ap.get_raw(&connected).await?;
+            if r.status == 503 && r.error_code().as_deref() == Some("ATOLL-STALE") {
+                ensure!(
+                    r.json()?["stale"]["max_staleness_ms"] == 4000,
+                    "{}",
+                    r.text()
+                );
+                return Ok(ControlFlow::Break(()));
+            }
             ensure!(
-                r.json()?["stale"]["max_staleness_ms"] == 4000,
-                "{}",
+                r.status == 200,
+                "bounded read during the cut: {} {}",
+                r.status,
                 r.text()
             );
-            break;
-        }
-        ensure!(
-            r.status == 200,
-            "bounded read during the cut: {} {}",
-            r.status,
-            r.text()
-        );
-        if started.elapsed() > DEADLINE {
-            bail!("a bounded read was still served {DEADLINE:?} into the cut");
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+            Ok(ControlFlow::Continue(format!("{} {}", r.status, r.text())))
+        },
+    )
+    .await?;
 
     // 3. Heal: the same token is served, and bounded reads are served again.
     c.heal(AP, US)?;
     c.heal(AP, EU)?;
-    let started = Instant::now();
-    loop {
-        let r = get_with(
-            &ap,
-            &format!("/v1/kv/sessions/during-cut?wait_ms={WAIT_MS}"),
-            &cut_token,
-        )
-        .await?;
-        let bounded = ap.get_raw(&connected).await?;
-        if r.status == 200 && bounded.status == 200 {
-            ensure!(r.body == b"written", "{}", r.text());
-            break;
-        }
-        ensure!(
-            [r.status, bounded.status]
-                .iter()
-                .all(|s| [200, 503].contains(s)),
-            "after the heal: {} {} / {} {}",
-            r.status,
-            r.text(),
-            bounded.status,
-            bounded.text()
-        );
-        if started.elapsed() > CONVERGE {
-            bail!(
-                "still refused {CONVERGE:?} after the heal: {} / {}",
+    poll(
+        CONVERGE,
+        Duration::from_millis(200),
+        "session and bounded reads served after the heal",
+        || async {
+            let r = get_with(
+                &ap,
+                &format!("/v1/kv/sessions/during-cut?wait_ms={WAIT_MS}"),
+                &cut_token,
+            )
+            .await?;
+            let bounded = ap.get_raw(&connected).await?;
+            if r.status == 200 && bounded.status == 200 {
+                ensure!(r.body == b"written", "{}", r.text());
+                return Ok(ControlFlow::Break(()));
+            }
+            ensure!(
+                [r.status, bounded.status]
+                    .iter()
+                    .all(|s| [200, 503].contains(s)),
+                "after the heal: {} {} / {} {}",
+                r.status,
                 r.text(),
+                bounded.status,
                 bounded.text()
             );
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+            Ok(ControlFlow::Continue(format!(
+                "{} / {}",
+                r.text(),
+                bounded.text()
+            )))
+        },
+    )
+    .await?;
 
     // 4. Bad tokens: a 400 at once (each request gets a 10 s wait it must not use).
     let me = RegionId::new(AP)?;
@@ -329,20 +334,19 @@ async fn router_scenario(c: &Cluster, proxy: &str) -> Result<()> {
     c.wait_converged(CONVERGE).await?;
     let via = Client::new(proxy);
     // Wait until the router sends reads to its first choice.
-    let started = Instant::now();
-    loop {
-        let r = via.get_raw("/v1/kv/sessions/probe").await?;
-        if r.header("x-atoll-routed-to") == Some(AP) {
-            break;
-        }
-        if started.elapsed() > DEADLINE {
-            bail!(
-                "the router never routed to {AP}: {:?}",
-                r.header("x-atoll-routed-to")
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    poll(
+        DEADLINE,
+        Duration::from_millis(100),
+        "the router routing to its first choice",
+        || async {
+            let r = via.get_raw("/v1/kv/sessions/probe").await?;
+            Ok(match r.header("x-atoll-routed-to") {
+                Some(AP) => ControlFlow::Break(()),
+                other => ControlFlow::Continue(format!("routed to {other:?}")),
+            })
+        },
+    )
+    .await?;
     // ap-southeast-1 is cut off from its peers (the router still reaches it: its client API is not
     // behind the links), and a client writes in us-east-1.
     c.partition(AP, US)?;

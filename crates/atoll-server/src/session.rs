@@ -190,13 +190,15 @@ pub async fn gate(
             return Ok(Gate::Serve);
         };
         // The published bound never understates; only a refusal is worth the driver's lock.
-        if within_staleness(rep.staleness_ms(), max_ms)
-            || within_staleness(rep.staleness_now(), max_ms)
-        {
+        if within_staleness(rep.staleness_ms(), max_ms) {
             state.metrics.consistency_read("bounded", "served");
             return Ok(Gate::Serve);
         }
         let staleness = rep.staleness_now();
+        if within_staleness(staleness, max_ms) {
+            state.metrics.consistency_read("bounded", "served");
+            return Ok(Gate::Serve);
+        }
         let text = staleness.map_or_else(
             || "has never held every region's writes".to_string(),
             |ms| format!("last held every region's writes {ms} ms ago"),

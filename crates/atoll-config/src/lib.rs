@@ -78,6 +78,11 @@ pub const DEFAULT_MAX_CLOCK_OFFSET_MS: u64 = 500;
 /// Default `storage.group_commit_max_batch`.
 pub const DEFAULT_GROUP_COMMIT_MAX_BATCH: usize = 512;
 
+/// Default `replication.oplog_retention`: ten minutes.
+pub const DEFAULT_OPLOG_RETENTION_MS: u64 = 10 * 60 * 1000;
+/// Largest `replication.oplog_retention`: thirty days.
+pub const OPLOG_RETENTION_MAX_MS: u64 = 30 * 24 * 3600 * 1000;
+
 /// Default `replication.heartbeat_interval_ms`.
 pub const DEFAULT_HEARTBEAT_INTERVAL_MS: u64 = 1000;
 
@@ -602,6 +607,11 @@ pub struct ReplicationConfig {
     /// `503 ATOLL-OVERLOADED` until one ends. `None`: [`DEFAULT_SUBSCRIPTION_STREAMS_PER_PEER`]
     /// per peer (see [`ReplicationConfig::subscription_stream_limit`]).
     pub max_subscription_streams: Option<usize>,
+    /// How long an operation-log entry that every region has applied is kept before it is
+    /// truncated (`docs/design/oplog-truncation.md`): a margin for a region restored from a
+    /// slightly old backup to catch up from the log rather than by snapshot. Entries some region
+    /// has not applied are kept whatever this says.
+    pub oplog_retention_ms: u64,
 }
 
 impl ReplicationConfig {
@@ -621,6 +631,7 @@ impl Default for ReplicationConfig {
             heartbeat_interval_ms: DEFAULT_HEARTBEAT_INTERVAL_MS,
             max_lag_secs: DEFAULT_MAX_LAG_SECS,
             max_subscription_streams: None,
+            oplog_retention_ms: DEFAULT_OPLOG_RETENTION_MS,
         }
     }
 }

@@ -198,6 +198,8 @@ struct RawReplication {
     max_lag_secs: Option<Spanned<i64>>,
     #[serde(default)]
     max_subscription_streams: Option<Spanned<i64>>,
+    #[serde(default)]
+    oplog_retention: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -1223,10 +1225,29 @@ fn replication(
         )? as usize),
         None => None,
     };
+    let oplog_retention_ms = match &raw.oplog_retention {
+        None => crate::DEFAULT_OPLOG_RETENTION_MS,
+        Some(w) => {
+            let ms = crate::duration::parse_ms(w.get_ref())
+                .map_err(|m| cx.err(w.span(), "replication.oplog_retention", m))?;
+            if ms > crate::OPLOG_RETENTION_MAX_MS {
+                return Err(cx.err(
+                    w.span(),
+                    "replication.oplog_retention",
+                    format!(
+                        "`{}` is out of range: 0 to 30d (the log keeps entries every region has applied for this long; a longer window is disk, not safety)",
+                        w.get_ref()
+                    ),
+                ));
+            }
+            ms
+        }
+    };
     Ok(ReplicationConfig {
         heartbeat_interval_ms: hb as u64,
         max_lag_secs: lag as u64,
         max_subscription_streams: streams,
+        oplog_retention_ms,
     })
 }
 

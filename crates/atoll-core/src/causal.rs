@@ -87,6 +87,15 @@ impl VersionVector {
         }
     }
 
+    /// Pointwise minimum (what both have seen).
+    pub fn meet(&self, other: &Self) -> Self {
+        self.0
+            .iter()
+            .map(|(r, &n)| (r.clone(), n.min(other.get(r))))
+            .filter(|(_, n)| *n > 0)
+            .collect()
+    }
+
     /// Whether `self` has seen everything `other` has (`self >= other` pointwise).
     pub fn dominates(&self, other: &Self) -> bool {
         other.0.iter().all(|(region, &n)| self.get(region) >= n)

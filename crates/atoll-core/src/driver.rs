@@ -34,6 +34,10 @@ pub struct LocalView {
     pub watermark_before_ms: u64,
     /// The HLC's wall time (a heartbeat carries `max(this, now)`).
     pub hlc_wall_ms: u64,
+    /// The highest sequence number this region has given a write of its own, committed or
+    /// being committed. A peer that has applied more of this region's writes than that proves
+    /// this region lost acknowledged writes (a wiped or restored data directory).
+    pub sealed_head: u64,
 }
 
 /// Tunables of the driver.
@@ -120,8 +124,17 @@ pub enum Command {
         peer: RegionId,
         entries: Vec<OpEntry>,
     },
-    /// Run maintenance: collect tombstones below `horizon` (none without one), prune the ledger.
-    Maintain { horizon: Option<u64> },
+    /// Run maintenance: collect tombstones below `horizon` (none without one), prune the ledger,
+    /// and truncate each origin's operation log up to its `stable` point (every region has
+    /// applied it; `docs/design/oplog-truncation.md`), after the retention.
+    Maintain {
+        horizon: Option<u64>,
+        stable: BTreeMap<RegionId, u64>,
+    },
+    /// This region cannot catch up from the operation log: replace its state with a snapshot
+    /// streamed from `donor` (`docs/design/oplog-truncation.md`), then report with
+    /// [`ReplDriver::on_bootstrap_done`]. No subscription is open meanwhile.
+    Bootstrap { donor: RegionId, reason: String },
     /// Something worth a log line or a metric; nothing to carry out.
     Notice(Notice),
 }
@@ -202,6 +215,25 @@ pub struct ReplDriver {
     manage_now: bool,
     prompted: BTreeMap<RegionId, u64>,
     skewed: BTreeSet<RegionId>,
+    /// Set while this region must bootstrap by snapshot before it replicates again.
+    bootstrap: Option<BootstrapState>,
+}
+
+/// A bootstrap this region needs: why, from whom it would rather take it, and whether a
+/// `Bootstrap` command is out.
+#[derive(Clone, Debug)]
+struct BootstrapState {
+    reason: String,
+    prefer: Option<RegionId>,
+    /// Peers that proved to hold this region's writes (their heartbeats are refused until the
+    /// bootstrap raises this region's head, so they never count as reachable meanwhile).
+    candidates: BTreeSet<RegionId>,
+    /// The most of this region's own writes a peer said it holds.
+    own_floor: u64,
+    running: bool,
+    /// Not before this monotonic time (after a failed attempt).
+    retry_at_ms: u64,
+    attempts: u32,
 }
 
 impl ReplDriver {
@@ -226,8 +258,142 @@ impl ReplDriver {
             manage_now: false,
             prompted: BTreeMap::new(),
             skewed: BTreeSet::new(),
+            bootstrap: None,
             cfg,
         }
+    }
+
+    /// Why this region is bootstrapping by snapshot (`None`: it is not).
+    pub fn bootstrapping(&self) -> Option<&str> {
+        self.bootstrap.as_ref().map(|b| b.reason.as_str())
+    }
+
+    /// This region must bootstrap by snapshot (it found out itself, or its store says a
+    /// bootstrap was under way when it stopped): every subscription ends and none opens until
+    /// [`Self::on_bootstrap_done`] reports success.
+    pub fn begin_bootstrap(
+        &mut self,
+        reason: String,
+        prefer: Option<RegionId>,
+        now: Now,
+    ) -> Vec<Command> {
+        let mut out = Vec::new();
+        self.need_bootstrap(reason, prefer, now, &mut out);
+        out
+    }
+
+    fn need_bootstrap(
+        &mut self,
+        reason: String,
+        prefer: Option<RegionId>,
+        now: Now,
+        out: &mut Vec<Command>,
+    ) {
+        if self.bootstrap.is_some() {
+            return;
+        }
+        self.bootstrap = Some(BootstrapState {
+            reason,
+            candidates: prefer.iter().cloned().collect(),
+            prefer,
+            own_floor: 0,
+            running: false,
+            retry_at_ms: now.mono_ms,
+            attempts: 0,
+        });
+        let ids: Vec<SubId> = self.subs.keys().copied().collect();
+        for id in ids {
+            self.end(id, "bootstrapping by snapshot".into(), out);
+        }
+        self.start_bootstrap(now, out);
+    }
+
+    /// Sends the `Bootstrap` command if one is due and a donor is reachable both ways: the
+    /// preferred one, else the first such peer after the last one tried.
+    fn start_bootstrap(&mut self, now: Now, out: &mut Vec<Command>) {
+        let Some(b) = &self.bootstrap else {
+            return;
+        };
+        if b.running || now.mono_ms < b.retry_at_ms {
+            return;
+        }
+        let usable: Vec<RegionId> = self
+            .core
+            .peers()
+            .filter(|p| b.candidates.contains(*p) || self.core.is_bidirectional(p, now.wall_ms))
+            .cloned()
+            .collect();
+        let donor = b.prefer.clone().filter(|p| usable.contains(p)).or_else(|| {
+            (!usable.is_empty()).then(|| usable[b.attempts as usize % usable.len()].clone())
+        });
+        let Some(donor) = donor else {
+            return;
+        };
+        if let Some(b) = &mut self.bootstrap {
+            b.running = true;
+            b.attempts += 1;
+            out.push(Command::Bootstrap {
+                donor,
+                reason: b.reason.clone(),
+            });
+        }
+    }
+
+    /// How the `Bootstrap` command went. `Ok`: the store holds the snapshot and replication
+    /// resumes from its applied vector. `Err`: it is tried again after two heartbeat
+    /// intervals, from another donor if there is one.
+    pub fn on_bootstrap_done(&mut self, result: Result<(), String>, now: Now) -> Vec<Command> {
+        let out = Vec::new();
+        match result {
+            Ok(()) => {
+                self.bootstrap = None;
+                self.manage_now = true;
+            }
+            Err(_) => {
+                if let Some(b) = &mut self.bootstrap {
+                    b.running = false;
+                    b.prefer = None;
+                    b.retry_at_ms = now.mono_ms + 2 * self.cfg.repl.heartbeat_interval_ms.max(1);
+                }
+            }
+        }
+        out
+    }
+
+    /// The most of this region's own writes a peer said it holds (a bootstrap's new head is at
+    /// least this, so no write of it reuses a sequence number a peer already has).
+    pub fn bootstrap_own_floor(&self) -> u64 {
+        let held = self.core.own_writes_held_by_peers().map_or(0, |(_, n)| n);
+        self.bootstrap
+            .as_ref()
+            .map_or(held, |b| b.own_floor.max(held))
+    }
+
+    /// A heartbeat the core refused because it claims more of this region's writes than it
+    /// committed. More than this region ever sealed means it lost writes it had acknowledged
+    /// (its data directory was wiped, or restored from an older copy): it bootstraps, from
+    /// that peer if it can. Returns whether that is the case.
+    fn claims_lost_writes(
+        &mut self,
+        hb: &Heartbeat,
+        now: Now,
+        local: &LocalView,
+        out: &mut Vec<Command>,
+    ) -> bool {
+        let claim = hb.frontier.get(self.core.me()).map_or(0, |f| f.applied);
+        if claim <= local.sealed_head {
+            return false;
+        }
+        let reason = format!(
+            "{} has applied {claim} of this region's writes, this region holds {}: its data directory lost writes (wiped, or restored from an older copy)",
+            hb.from, local.sealed_head
+        );
+        self.need_bootstrap(reason, Some(hb.from.clone()), now, out);
+        if let Some(b) = &mut self.bootstrap {
+            b.own_floor = b.own_floor.max(claim);
+            b.candidates.insert(hb.from.clone());
+        }
+        true
     }
 
     pub fn core(&self) -> &ReplCore {
@@ -308,14 +474,20 @@ impl ReplDriver {
                 });
             }
         }
-        if self.manage_now || m >= self.next_manage_ms {
+        if self.bootstrap.is_some() {
+            self.start_bootstrap(now, &mut out);
+        } else if self.manage_now || m >= self.next_manage_ms {
             self.manage(now, local, &mut out);
         }
         if m >= self.next_maintenance_ms {
             self.next_maintenance_ms = m + self.cfg.maintenance_interval_ms.max(1);
-            out.push(Command::Maintain {
-                horizon: self.core.tombstone_horizon_ms(now.wall_ms),
-            });
+            // Not while the store is being replaced by a snapshot.
+            if self.bootstrap.is_none() {
+                out.push(Command::Maintain {
+                    horizon: self.core.tombstone_horizon_ms(now.wall_ms),
+                    stable: self.core.stable_points(),
+                });
+            }
         }
         if m >= self.next_skew_watch_ms {
             self.next_skew_watch_ms = m + self.cfg.skew_watch_interval_ms.max(1);
@@ -328,6 +500,9 @@ impl ReplDriver {
     fn manage(&mut self, now: Now, local: &LocalView, out: &mut Vec<Command>) {
         self.manage_now = false;
         self.next_manage_ms = now.mono_ms + self.cfg.manage_interval_ms.max(1);
+        if self.bootstrap.is_some() {
+            return;
+        }
         let wanted = self.core.wanted_subscriptions(now.wall_ms);
         let stale: Vec<SubId> = self
             .subs
@@ -401,7 +576,15 @@ impl ReplDriver {
         // Our own head first: a peer may already hold writes we committed a moment ago.
         self.sync(local);
         let before = self.core.is_bidirectional(&hb.from, now.wall_ms);
-        self.core.on_heartbeat(hb, now.wall_ms)?;
+        if let Err(refusal) = self.core.on_heartbeat(hb, now.wall_ms) {
+            let mut out = vec![Self::refused_notice(&hb.from, refusal.clone())];
+            if refusal == Refusal::AppliedBeyondOurHead
+                && self.claims_lost_writes(hb, now, local, &mut out)
+            {
+                return Ok(out);
+            }
+            return Err(refusal);
+        }
         let after = self.core.is_bidirectional(&hb.from, now.wall_ms);
         let mut out = Vec::new();
         if hb.echo.is_some()
@@ -476,8 +659,27 @@ impl ReplDriver {
                 self.sync(local);
                 if let Err(refusal) = self.core.on_stream_heartbeat(&hb, now.wall_ms) {
                     let reason = format!("the stream from {peer}: {refusal}");
-                    out.push(Self::refused_notice(&hb.from, refusal));
+                    out.push(Self::refused_notice(&hb.from, refusal.clone()));
                     self.end(id, reason, &mut out);
+                    if refusal == Refusal::AppliedBeyondOurHead {
+                        self.claims_lost_writes(&hb, now, local, &mut out);
+                    }
+                }
+            }
+            Frame::Truncated { origin, first } => {
+                let applied = local.applied.get(&origin);
+                if first > applied + 1 {
+                    let reason = format!(
+                        "{peer}'s operation log of {origin} starts at {first}; this region has applied {applied} of it, and the entries between are truncated"
+                    );
+                    self.need_bootstrap(reason, Some(peer), now, &mut out);
+                } else {
+                    // The store caught up meanwhile (another subscription): start over.
+                    self.end(
+                        id,
+                        format!("resubscribing to {peer}: its log of {origin} moved"),
+                        &mut out,
+                    );
                 }
             }
             Frame::Ops(entries) => {
@@ -694,6 +896,21 @@ impl ServedStream {
         let Some(last) = entries.last() else {
             return Ok(None);
         };
+        if let Some(first) = entries.first()
+            && first.origin == *origin
+            && first.seq > *at + 1
+            && first.seq > 1
+        {
+            // Truncated below the subscriber's cursor: it must bootstrap; stop serving this
+            // origin on this stream.
+            let frame = Frame::Truncated {
+                origin: origin.clone(),
+                first: first.seq,
+            };
+            self.idx -= 1;
+            self.cursor.remove(self.idx);
+            return Ok(Some(frame));
+        }
         if entries
             .first()
             .is_some_and(|e| e.seq != *at + 1 || e.origin != *origin)
@@ -1226,9 +1443,120 @@ mod tests {
     }
 
     #[test]
-    fn a_read_that_does_not_continue_the_cursor_breaks_the_stream() {
+    fn a_read_that_goes_back_or_names_another_origin_breaks_the_stream() {
         let mut st = stream(&["b"], &[("b", 3)]);
         assert!(matches!(st.next(0), StreamStep::Read { .. }));
-        assert!(st.on_read(vec![entry("b", 6)]).is_err());
+        assert!(st.on_read(vec![entry("b", 3)]).is_err());
+        let mut st = stream(&["b"], &[("b", 3)]);
+        assert!(matches!(st.next(0), StreamStep::Read { .. }));
+        assert!(st.on_read(vec![entry("c", 4)]).is_err());
+    }
+
+    #[test]
+    fn a_log_truncated_past_the_cursor_is_said_once_and_that_origin_leaves_the_stream() {
+        let mut st = stream(&["b", "c"], &[("b", 3), ("c", 1)]);
+        let StreamStep::Read { origin, .. } = st.next(0) else {
+            panic!("reads first");
+        };
+        assert_eq!(origin, r("b"));
+        let frame = st.on_read(vec![entry("b", 6)]).expect("a frame");
+        assert_eq!(
+            frame,
+            Some(Frame::Truncated {
+                origin: r("b"),
+                first: 6
+            })
+        );
+        // c is still served; b is never read again.
+        for t in 0..5 {
+            if let StreamStep::Read { origin, .. } = st.next(t) {
+                assert_eq!(origin, r("c"));
+                st.on_read(Vec::new()).expect("empty");
+            }
+        }
+    }
+
+    #[test]
+    fn a_truncated_log_sends_the_subscriber_to_bootstrap_and_nothing_opens_meanwhile() {
+        let (mut d, _b, id) = linked();
+        let local = view(&[("b", 3)]);
+        let cmds = d.on_frame(
+            id,
+            Frame::Truncated {
+                origin: r("b"),
+                first: 9,
+            },
+            at(310),
+            &local,
+        );
+        assert!(
+            cmds.iter()
+                .any(|c| matches!(c, Command::Bootstrap { donor, .. } if *donor == r("b"))),
+            "{cmds:?}"
+        );
+        assert!(d.bootstrapping().is_some());
+        // No subscription opens, no maintenance runs, while it bootstraps.
+        let later = d.tick(at(6_000), &local);
+        assert!(
+            !later
+                .iter()
+                .any(|c| matches!(c, Command::Subscribe { .. } | Command::Maintain { .. })),
+            "{later:?}"
+        );
+        // A failure is retried after two heartbeat intervals; success resumes replication.
+        assert!(
+            d.on_bootstrap_done(Err("link broke".into()), at(6_000))
+                .is_empty()
+        );
+        assert!(
+            !d.tick(at(6_500), &local)
+                .iter()
+                .any(|c| matches!(c, Command::Bootstrap { .. }))
+        );
+        // The peer that said its log is truncated stays a donor to try.
+        let retry = d.tick(at(8_050), &local);
+        assert!(
+            retry.iter().any(|c| matches!(c, Command::Bootstrap { .. })),
+            "{retry:?}"
+        );
+        d.on_bootstrap_done(Ok(()), at(8_200));
+        assert!(d.bootstrapping().is_none());
+    }
+
+    #[test]
+    fn a_peer_holding_more_of_our_writes_than_we_ever_sealed_means_we_lost_them() {
+        let mut d = driver("a");
+        let mut b = ReplCore::new(
+            r("b"),
+            vec![r("a")],
+            ReplConfig::new(1000, 500),
+            VersionVector::new(),
+        );
+        // b has applied 40 of a's writes.
+        b.on_applied(&r("a"), 40);
+        let hb = b.heartbeat(&r("a"), 1_000_100, Timestamp::default());
+        let mut local = view(&[("a", 40)]);
+        local.sealed_head = 40;
+        let cmds = d.on_heartbeat(&hb, at(100), &local).expect("taken");
+        assert!(!cmds.iter().any(|c| matches!(c, Command::Bootstrap { .. })));
+        assert!(d.bootstrapping().is_none());
+        // The same claim against a region that holds 12: it lost writes.
+        let mut d = driver("a");
+        let mut local = view(&[("a", 12)]);
+        local.sealed_head = 12;
+        let cmds = d.on_heartbeat(&hb, at(100), &local).expect("taken");
+        assert!(
+            cmds.iter()
+                .any(|c| matches!(c, Command::Bootstrap { donor, .. } if *donor == r("b"))),
+            "{cmds:?}"
+        );
+        assert_eq!(d.bootstrap_own_floor(), 40);
+        // Committed-but-not-yet-published (the claim is within what was sealed): an ordinary
+        // refusal, no bootstrap.
+        let mut d = driver("a");
+        let mut local = view(&[("a", 12)]);
+        local.sealed_head = 40;
+        assert!(d.on_heartbeat(&hb, at(100), &local).is_err());
+        assert!(d.bootstrapping().is_none());
     }
 }

@@ -229,6 +229,14 @@ pub enum AtollError {
     /// names, or its replication lag exceeds the read's `max_staleness`. Nothing was read.
     #[error("{0}")]
     Stale(String),
+    /// This region is replacing its state with a snapshot from a peer
+    /// (`docs/design/oplog-truncation.md`) and serves nothing until that is complete.
+    #[error("this region is bootstrapping by snapshot and serves nothing yet: {0}")]
+    Bootstrapping(String),
+    /// A snapshot does not cover what this region had already applied: the bootstrap starts
+    /// again (from a donor that is further on). Names the origins short.
+    #[error("the snapshot is behind this region's own cursors ({0})")]
+    BootstrapBehind(String),
 }
 
 fn not_home(keyspace: &str, home: &str, api: Option<&str>, reason: &str) -> String {
@@ -298,6 +306,8 @@ impl AtollError {
             Self::RehomeRefused(_) => "ATOLL-REHOME-REFUSED",
             Self::BadSessionToken(_) => "ATOLL-BAD-SESSION-TOKEN",
             Self::Stale(_) => "ATOLL-STALE",
+            Self::Bootstrapping(_) => "ATOLL-BOOTSTRAPPING",
+            Self::BootstrapBehind(_) => "ATOLL-BOOTSTRAP-BEHIND",
             Self::NoQuorum { .. } => "ATOLL-NO-QUORUM",
             Self::RevisionMismatch { .. } => "ATOLL-REVISION-MISMATCH",
             Self::StrongOutcomeUnknown { .. } => "ATOLL-STRONG-OUTCOME-UNKNOWN",
@@ -339,6 +349,7 @@ impl AtollError {
             Self::RehomeRefused(_) => 409,
             Self::BadSessionToken(_) => 400,
             Self::Stale(_) => 503,
+            Self::Bootstrapping(_) | Self::BootstrapBehind(_) => 503,
         }
     }
 
@@ -358,6 +369,8 @@ impl AtollError {
                 | Self::HomeUnavailable { .. }
                 | Self::NoQuorum { .. }
                 | Self::Stale(_)
+                | Self::Bootstrapping(_)
+                | Self::BootstrapBehind(_)
         )
     }
 
@@ -461,6 +474,12 @@ impl AtollError {
             }
             Self::Stale(_) => {
                 "retry shortly, read at a region the error names as holding the data, or ask for forwarding with on_stale=forward; the router retries another region by itself"
+            }
+            Self::Bootstrapping(_) => {
+                "send the request to another region (the router does so by itself); `atoll status` shows the bootstrap's progress, and /healthz says when it is done"
+            }
+            Self::BootstrapBehind(_) => {
+                "nothing to do: the bootstrap starts again by itself from a donor that has applied more; if it repeats, check replication between the regions with `atoll status`"
             }
             Self::RehomeRefused(_) => {
                 "read the reason; `atoll status` shows the homes and any move in flight; retry once the move in flight has finished"

@@ -37,6 +37,8 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 mod frame;
 pub use frame::{Frame, FrameReader, MAX_FRAME_BYTES, encode_frame};
+mod snapshot;
+pub use snapshot::{SnapshotChunk, SnapshotRequest};
 
 // The replication messages are versioned by their encoding: `codec::encode` starts every message
 // with `codec::FORMAT_VERSION`, and a reader refuses a newer one.
@@ -912,6 +914,41 @@ impl ReplCore {
                 }
             })
             .collect()
+    }
+
+    /// Per origin, the highest sequence number every region (this one included) has applied, as
+    /// their latest heartbeats say: the causally stable prefix of each origin's log, which the
+    /// operation log may drop (`docs/design/oplog-truncation.md`). Applied vectors are published
+    /// from committed, fsynced state, so a peer cannot un-apply what it reported unless its disk
+    /// is lost, and then it bootstraps by snapshot. Empty until every peer has been heard since
+    /// this core started: a peer never heard from may need anything.
+    pub fn stable_points(&self) -> BTreeMap<RegionId, u64> {
+        if self.peers.values().any(|p| p.last_heard_ms.is_none()) {
+            return BTreeMap::new();
+        }
+        self.applied
+            .iter()
+            .filter_map(|(origin, n)| {
+                let least = self
+                    .peers
+                    .values()
+                    .map(|p| p.applied.get(origin))
+                    .fold(n, u64::min);
+                (least > 0).then(|| (origin.clone(), least))
+            })
+            .collect()
+    }
+
+    /// The most of this region's own writes any peer's latest heartbeat says it has applied,
+    /// and that peer. More than this region ever sealed means it lost writes it had
+    /// acknowledged (its data directory was wiped or restored from an older copy).
+    pub fn own_writes_held_by_peers(&self) -> Option<(RegionId, u64)> {
+        self.peers
+            .iter()
+            .map(|(r, p)| (r, p.applied.get(&self.me)))
+            .filter(|(_, n)| *n > 0)
+            .max_by_key(|(_, n)| *n)
+            .map(|(r, n)| (r.clone(), n))
     }
 
     /// The tombstone horizon: an lww tombstone whose timestamp's wall time is below it has been

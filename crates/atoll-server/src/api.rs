@@ -195,9 +195,35 @@ pub fn router(state: Shared) -> Router {
             state.clone(),
             crate::auth::authorize,
         ))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            bootstrap_gate,
+        ))
         .layer(middleware::from_fn(crate::unread::layer))
         .layer(middleware::from_fn_with_state(state.clone(), track))
         .with_state(state)
+}
+
+/// While this region bootstraps by snapshot its state is partial: every data route (reads
+/// included) answers `503 ATOLL-BOOTSTRAPPING`, so clients and routers go to another region.
+async fn bootstrap_gate(State(state): State<Shared>, req: Request, next: Next) -> Response {
+    let data = [
+        "/v1/kv/",
+        "/v1/counter/",
+        "/v1/set/",
+        "/v1/watch/",
+        "/v1/conflicts/",
+    ];
+    let path = req.uri().path();
+    if data.iter().any(|p| path.starts_with(p))
+        && state.replicator.get().is_some_and(|r| r.is_bootstrapping())
+    {
+        return ApiError(AtollError::Bootstrapping(
+            "its data is partial until the snapshot is complete".into(),
+        ))
+        .into_response();
+    }
+    next.run(req).await
 }
 
 /// Records request metrics and stamps every response with the serving region.
@@ -1246,6 +1272,16 @@ async fn status(State(state): State<Shared>) -> ApiResult {
                 replication["established"] = r["established"].clone();
                 replication["streaming_to"] = r["streaming_to"].clone();
             }
+            let truncated: serde_json::Map<String, Value> = state
+                .store
+                .truncated_through()
+                .into_iter()
+                .map(|(o, n)| (o.to_string(), json!(n)))
+                .collect();
+            replication["oplog_truncated_through"] = Value::Object(truncated);
+            if let Some(b) = rep.bootstrap_status() {
+                replication["bootstrap"] = b;
+            }
             (json!(peers), replication)
         }
         None => (json!([]), json!({"applied": applied})),
@@ -1442,8 +1478,10 @@ async fn healthz(State(state): State<Shared>) -> Response {
     let fencing = fencing_json(&state);
     // A passive region serves no client traffic: it says so, and routers take it out at once.
     let passive = fencing["role"] == "passive";
+    let bootstrap = state.replicator.get().and_then(|r| r.bootstrap_status());
+    let serving = serving && bootstrap.is_none();
     let mut body = json!({
-        "status": if !serving { "draining" } else if passive { "passive" } else { "serving" },
+        "status": if bootstrap.is_some() { "bootstrapping" } else if !serving { "draining" } else if passive { "passive" } else { "serving" },
         "region": region,
         "role": fencing["role"].clone(),
         "epoch": fencing["epoch"].clone(),
@@ -1453,6 +1491,9 @@ async fn healthz(State(state): State<Shared>) -> Response {
     // writes whether or not its peers are reachable.
     if let Ok(Some(r)) = replication_readiness(&state) {
         body["replication"] = r;
+    }
+    if let Some(b) = bootstrap {
+        body["bootstrap"] = b;
     }
     let status = if serving {
         StatusCode::OK

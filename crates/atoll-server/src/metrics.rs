@@ -89,6 +89,32 @@ pub struct ReasonLabels {
     pub reason: String,
 }
 
+/// Labels of an outcome from a fixed set (`complete`, `failed`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabels {
+    pub outcome: String,
+}
+
+impl OutcomeLabels {
+    pub fn new(outcome: &str) -> Self {
+        Self {
+            outcome: outcome.to_string(),
+        }
+    }
+}
+
+/// Labels of a per-origin figure of the operation log.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OriginLabels {
+    pub origin: String,
+}
+
+/// Labels of a storage table (`data`, `oplog`, ..., `journal`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TableLabels {
+    pub table: String,
+}
+
 /// Labels of a RESP command (`docs/design/resp.md`): the command (one of the served ones, or
 /// `unknown`) and its outcome.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -144,6 +170,16 @@ pub struct Metrics {
     pub sibling_limit_hits: Family<KeyspaceOnly, Counter>,
     pub tombstone_horizon_age: FloatGauge,
     pub tombstones_collected: Counter,
+    /// Operation-log truncation and bootstrap by snapshot (`docs/design/oplog-truncation.md`).
+    pub oplog_truncated: Counter,
+    pub oplog_truncated_seq: Family<OriginLabels, Gauge<u64, AtomicU64>>,
+    pub store_disk_bytes: Family<TableLabels, Gauge<u64, AtomicU64>>,
+    pub bootstrap_active: Gauge,
+    pub bootstraps: Family<OutcomeLabels, Counter>,
+    pub bootstrap_keys: Counter,
+    pub bootstrap_bytes: Counter,
+    pub bootstrap_corrupt_chunks: Counter,
+    pub snapshot_chunks_served: Counter,
     pub heartbeats_refused: Family<RefusedLabels, Counter>,
     pub peer_auth_failures: Family<ReasonLabels, Counter>,
     pub peer_tls_insecure: Gauge,
@@ -472,6 +508,87 @@ impl Metrics {
             "tombstones_collected",
             "Tombstones collected after every region had seen them",
             tombstones_collected.clone(),
+        );
+        let oplog_truncated = Counter::default();
+        reg(
+            &mut registry,
+            &mut names,
+            Kind::Counter,
+            "oplog_truncated_entries",
+            "Operation-log entries truncated after every region had applied them and the retention had passed",
+            oplog_truncated.clone(),
+        );
+        let oplog_truncated_seq = Family::<OriginLabels, Gauge<u64, AtomicU64>>::default();
+        reg(
+            &mut registry,
+            &mut names,
+            Kind::Gauge,
+            "oplog_truncated_seq",
+            "Per origin, the highest sequence number truncated from this region's operation log by this process (the log starts after it)",
+            oplog_truncated_seq.clone(),
+        );
+        let store_disk_bytes = Family::<TableLabels, Gauge<u64, AtomicU64>>::default();
+        reg(
+            &mut registry,
+            &mut names,
+            Kind::Gauge,
+            "store_disk_bytes",
+            "Bytes on disk per storage table (data, oplog, conflicts, tombstones, late_writes, meta) and the engine's journal",
+            store_disk_bytes.clone(),
+        );
+        let bootstrap_active = Gauge::default();
+        reg(
+            &mut registry,
+            &mut names,
+            Kind::Gauge,
+            "bootstrap_active",
+            "1 while this region replaces its state with a peer's snapshot (it serves no client traffic meanwhile)",
+            bootstrap_active.clone(),
+        );
+        let bootstraps = Family::<OutcomeLabels, Counter>::default();
+        reg(
+            &mut registry,
+            &mut names,
+            Kind::Counter,
+            "bootstraps",
+            "Bootstrap attempts by outcome (complete, failed)",
+            bootstraps.clone(),
+        );
+        let bootstrap_keys = Counter::default();
+        reg(
+            &mut registry,
+            &mut names,
+            Kind::Counter,
+            "bootstrap_keys",
+            "Keys loaded from peers' snapshots",
+            bootstrap_keys.clone(),
+        );
+        let bootstrap_bytes = Counter::default();
+        reg(
+            &mut registry,
+            &mut names,
+            Kind::Counter,
+            "bootstrap_bytes",
+            "Bytes of keys and states loaded from peers' snapshots",
+            bootstrap_bytes.clone(),
+        );
+        let bootstrap_corrupt_chunks = Counter::default();
+        reg(
+            &mut registry,
+            &mut names,
+            Kind::Counter,
+            "bootstrap_corrupt_chunks",
+            "Snapshot chunks that failed their checksum (refused; the bootstrap retries)",
+            bootstrap_corrupt_chunks.clone(),
+        );
+        let snapshot_chunks_served = Counter::default();
+        reg(
+            &mut registry,
+            &mut names,
+            Kind::Counter,
+            "snapshot_chunks_served",
+            "Snapshot chunks this region read for peers' bootstraps",
+            snapshot_chunks_served.clone(),
         );
         let heartbeats_refused = Family::<RefusedLabels, Counter>::default();
         reg(
@@ -827,6 +944,15 @@ impl Metrics {
             sibling_limit_hits,
             tombstone_horizon_age,
             tombstones_collected,
+            oplog_truncated,
+            oplog_truncated_seq,
+            store_disk_bytes,
+            bootstrap_active,
+            bootstraps,
+            bootstrap_keys,
+            bootstrap_bytes,
+            bootstrap_corrupt_chunks,
+            snapshot_chunks_served,
             registry,
             http_requests,
             http_duration,
@@ -1034,6 +1160,17 @@ impl Metrics {
             .set(1);
         self.peer_reachable.get_or_create(&pair).set(1);
         self.peer_rtt.get_or_create(&pair).observe(0.001);
+        self.oplog_truncated_seq
+            .get_or_create(&OriginLabels { origin: "b".into() })
+            .set(0);
+        self.store_disk_bytes
+            .get_or_create(&TableLabels {
+                table: "oplog".into(),
+            })
+            .set(0);
+        self.bootstraps
+            .get_or_create(&OutcomeLabels::new("complete"))
+            .inc();
         self.replication_lag_seconds.get_or_create(&pair).set(0.0);
         self.replication_lag_ops.get_or_create(&pair).set(0);
         self.clock_offset_seconds.get_or_create(&pair).set(0.0);

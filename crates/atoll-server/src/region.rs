@@ -242,6 +242,7 @@ impl RegionServer {
                 ),
                 max_lag_secs: opts.config.replication.max_lag_secs,
                 tls: tls.clone(),
+                oplog_retention_ms: opts.config.replication.oplog_retention_ms,
             },
             changed,
         )?;

@@ -16,7 +16,9 @@
 //! out: one driver loop (timers), one task per open subscription (frames in, batches applied in
 //! order), one task per served stream, and the two routes below.
 
-use crate::metrics::{ConflictLabels, KeyspaceOnly, Metrics, PairLabels, RefusedLabels};
+use crate::metrics::{
+    ConflictLabels, KeyspaceOnly, Metrics, OutcomeLabels, PairLabels, RefusedLabels,
+};
 use crate::peer::{self, PeerAuth, PeerClient};
 use atoll_core::clock::Clock;
 use atoll_core::codec;
@@ -72,7 +74,34 @@ pub struct Replicator {
     /// When (wall ms) this region last held every origin's writes, as of the latest driver call;
     /// `u64::MAX` for never ([`Self::staleness_ms`]).
     stable_at_ms: AtomicU64,
+    /// How long entries every region applied stay in the operation log.
+    oplog_retention_ms: u64,
+    /// Set from the moment the driver decides this region must bootstrap by snapshot until
+    /// the bootstrap is complete: client traffic is refused meanwhile.
+    bootstrapping: AtomicBool,
+    /// The bootstrap's donor, and the last attempt's error (for `/v1/status`).
+    bootstrap_info: Mutex<BootstrapInfo>,
+    /// Snapshot chunks read for peers at once (the donor keeps serving its own clients).
+    snapshot_slots: tokio::sync::Semaphore,
 }
+
+/// What `/v1/status` says about a bootstrap.
+#[derive(Clone, Debug, Default)]
+pub struct BootstrapInfo {
+    pub reason: Option<String>,
+    pub donor: Option<RegionId>,
+    pub last_error: Option<String>,
+    pub attempts: u32,
+}
+
+/// Most keys in one snapshot chunk.
+const SNAPSHOT_CHUNK_ROWS: usize = 4_096;
+/// About the most bytes of keys and states in one snapshot chunk.
+const SNAPSHOT_CHUNK_BYTES: usize = 4 << 20;
+/// Largest snapshot chunk answer read (a chunk's bytes plus the last row and framing).
+const MAX_SNAPSHOT_ANSWER_BYTES: usize = 80 << 20;
+/// How long one chunk may take to arrive.
+const SNAPSHOT_CHUNK_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// What a [`Replicator`] is configured with.
 pub struct Settings {
@@ -83,6 +112,8 @@ pub struct Settings {
     pub max_lag_secs: u64,
     /// Mutual TLS between regions (`None`: plain HTTP, `insecure = true`).
     pub tls: Option<atoll_tls::RegionTls>,
+    /// `[replication] oplog_retention`.
+    pub oplog_retention_ms: u64,
 }
 
 /// What a subscription task must do itself after handing its commands over.
@@ -106,6 +137,7 @@ impl Replicator {
             core: cfg,
             max_lag_secs,
             tls,
+            oplog_retention_ms,
         } = settings;
         let me = store.region().clone();
         let interval = Duration::from_millis(cfg.heartbeat_interval_ms);
@@ -140,6 +172,37 @@ impl Replicator {
             maintaining: Arc::new(AtomicBool::new(false)),
             mono_base,
             stable_at_ms: AtomicU64::new(u64::MAX),
+            oplog_retention_ms,
+            bootstrapping: AtomicBool::new(false),
+            bootstrap_info: Mutex::new(BootstrapInfo::default()),
+            snapshot_slots: tokio::sync::Semaphore::new(1),
+        }))
+    }
+
+    /// Whether this region is bootstrapping by snapshot (it serves no client traffic).
+    pub fn is_bootstrapping(&self) -> bool {
+        self.bootstrapping.load(Ordering::Acquire)
+    }
+
+    /// The bootstrap under way, for `/v1/status` and `/healthz` (`None`: none).
+    pub fn bootstrap_status(&self) -> Option<serde_json::Value> {
+        if !self.is_bootstrapping() {
+            return None;
+        }
+        let info = self
+            .bootstrap_info
+            .lock()
+            .map(|i| i.clone())
+            .unwrap_or_default();
+        let progress = self.store.bootstrap_progress();
+        Some(serde_json::json!({
+            "reason": info.reason,
+            "donor": info.donor.map(|d| d.to_string()),
+            "attempts": info.attempts,
+            "last_error": info.last_error,
+            "keys_loaded": progress.as_ref().map_or(0, |p| p.keys),
+            "bytes_loaded": progress.as_ref().map_or(0, |p| p.bytes),
+            "state_cleared": progress.is_some(),
         }))
     }
 
@@ -259,7 +322,19 @@ impl Replicator {
                         mine = Own::Apply(entries);
                     }
                 }
-                Command::Maintain { horizon } => self.maintain(horizon),
+                Command::Maintain { horizon, stable } => self.maintain(horizon, stable),
+                Command::Bootstrap { donor, reason } => {
+                    self.bootstrapping.store(true, Ordering::Release);
+                    self.metrics.bootstrap_active.set(1);
+                    if let Ok(mut i) = self.bootstrap_info.lock() {
+                        i.reason = Some(reason.clone());
+                        i.donor = Some(donor.clone());
+                        i.attempts += 1;
+                    }
+                    tracing::warn!(%donor, %reason, "bootstrapping by snapshot: serving no client traffic until it is complete");
+                    let me = self.clone();
+                    tokio::spawn(async move { me.bootstrap(donor).await });
+                }
                 Command::Notice(n) => self.notice(n),
             }
         }
@@ -399,11 +474,37 @@ impl Replicator {
             self.clock.physical_ms().saturating_sub(h) as f64 / 1000.0
         });
         self.metrics.tombstone_horizon_age.set(age);
+        let truncated = self
+            .store
+            .stats()
+            .oplog_truncated_total
+            .load(Ordering::Relaxed);
+        let counted = self.metrics.oplog_truncated.get();
+        self.metrics
+            .oplog_truncated
+            .inc_by(truncated.saturating_sub(counted));
+        for (origin, seq) in self.store.truncated_through() {
+            self.metrics
+                .oplog_truncated_seq
+                .get_or_create(&crate::metrics::OriginLabels {
+                    origin: origin.to_string(),
+                })
+                .set(seq);
+        }
+        for (table, bytes) in self.store.disk_usage() {
+            self.metrics
+                .store_disk_bytes
+                .get_or_create(&crate::metrics::TableLabels {
+                    table: table.to_string(),
+                })
+                .set(bytes);
+        }
     }
 
     /// Starts the driver loop (timers: heartbeats, subscriptions, maintenance, skew watch); it
     /// stops, and closes every subscription, when `stop` is notified.
     pub fn start(self: &Arc<Self>, stop: Arc<Notify>) -> Vec<JoinHandle<()>> {
+        self.resume_bootstrap();
         vec![tokio::spawn(self.clone().driver_loop(stop))]
     }
 
@@ -664,17 +765,19 @@ impl Replicator {
         }
     }
 
-    /// Runs one maintenance pass (tombstone collection below `horizon`, ledger pruning) unless
-    /// one is still running.
-    fn maintain(&self, horizon: Option<u64>) {
+    /// Runs one maintenance pass (tombstone collection below `horizon`, ledger pruning, then
+    /// operation-log truncation up to the `stable` points after the retention) unless one is
+    /// still running.
+    fn maintain(&self, horizon: Option<u64>, stable: BTreeMap<RegionId, u64>) {
         if self.maintaining.swap(true, Ordering::AcqRel) {
             return;
         }
         let metrics = self.metrics.clone();
         let running = self.maintaining.clone();
-        self.store.submit_maintenance(horizon, move |r| {
-            running.store(false, Ordering::Release);
-            match r {
+        let store = self.store.clone();
+        let retention = self.oplog_retention_ms;
+        tokio::task::spawn_blocking(move || {
+            match store.maintain(horizon) {
                 Ok(out) => {
                     metrics
                         .tombstones_collected
@@ -689,7 +792,176 @@ impl Replicator {
                 }
                 Err(e) => tracing::warn!(error = %e, "maintenance failed"),
             }
+            match store.truncate_oplog(&stable, retention, atoll_store::TRUNCATE_PER_PASS) {
+                Ok(0) => {}
+                Ok(n) => tracing::debug!(entries = n, "operation log truncated"),
+                Err(e) => tracing::warn!(error = %e, "operation-log truncation failed"),
+            }
+            running.store(false, Ordering::Release);
         });
+    }
+
+    /// Runs a bootstrap from `donor` and tells the driver how it went.
+    async fn bootstrap(self: Arc<Self>, donor: RegionId) {
+        let result = self.run_bootstrap(&donor).await;
+        match &result {
+            Ok(keys) => {
+                tracing::info!(%donor, keys, "bootstrap by snapshot complete: serving again");
+                self.bootstrapping.store(false, Ordering::Release);
+                self.metrics.bootstrap_active.set(0);
+                self.metrics
+                    .bootstraps
+                    .get_or_create(&OutcomeLabels::new("complete"))
+                    .inc();
+                if let Ok(mut i) = self.bootstrap_info.lock() {
+                    *i = BootstrapInfo::default();
+                }
+            }
+            Err(e) => {
+                tracing::warn!(%donor, error = %e, "bootstrap by snapshot failed; it is tried again");
+                self.metrics
+                    .bootstraps
+                    .get_or_create(&OutcomeLabels::new("failed"))
+                    .inc();
+                if let Ok(mut i) = self.bootstrap_info.lock() {
+                    i.last_error = Some(e.to_string());
+                }
+            }
+        }
+        let report = result.map(|_| ()).map_err(|e| e.to_string());
+        if let Ok(cmds) = self.with_driver(|d, now, _| d.on_bootstrap_done(report, now)) {
+            self.execute(None, cmds);
+        }
+    }
+
+    /// Clears this region's state (or resumes a bootstrap under way), loads the donor's
+    /// snapshot chunk by chunk, and adopts its applied vector. Returns the keys loaded.
+    async fn run_bootstrap(&self, donor: &RegionId) -> Result<u64> {
+        let blocking =
+            |e: tokio::task::JoinError| AtollError::Storage(format!("bootstrap task: {e}"));
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || store.bootstrap_begin(false))
+            .await
+            .map_err(blocking)??;
+        let (me, cluster) =
+            self.with_driver(|d, _, _| (d.core().me().clone(), d.config().cluster.clone()))?;
+        let mut after = self.store.bootstrap_progress().and_then(|p| p.after);
+        loop {
+            let request = atoll_core::repl::SnapshotRequest {
+                from: me.clone(),
+                cluster: cluster.clone(),
+                after: after.clone(),
+            };
+            let body = codec::encode(&request)?;
+            let fetch = async {
+                let resp = self
+                    .stream_http
+                    .post(donor, SNAPSHOT_PATH, body)
+                    .await
+                    .map_err(|e| AtollError::Storage(format!("snapshot from {donor}: {e}")))?;
+                let status = resp.status();
+                if !status.is_success() {
+                    let text = resp.text().await.unwrap_or_default();
+                    return Err(AtollError::Storage(format!(
+                        "{donor} refused a snapshot chunk: {status}: {text}"
+                    )));
+                }
+                resp.bytes(MAX_SNAPSHOT_ANSWER_BYTES)
+                    .await
+                    .map_err(|e| AtollError::Storage(format!("snapshot from {donor}: {e}")))
+            };
+            let bytes = tokio::time::timeout(SNAPSHOT_CHUNK_TIMEOUT, fetch)
+                .await
+                .map_err(|_| {
+                    AtollError::Storage(format!(
+                        "a snapshot chunk from {donor} took over {SNAPSHOT_CHUNK_TIMEOUT:?}"
+                    ))
+                })??;
+            let chunk: atoll_core::repl::SnapshotChunk = codec::decode(&bytes)?;
+            if !chunk.verify() {
+                self.metrics.bootstrap_corrupt_chunks.inc();
+                return Err(AtollError::Corrupt(format!(
+                    "a snapshot chunk from {donor} failed its checksum"
+                )));
+            }
+            self.metrics.bootstrap_keys.inc_by(chunk.rows.len() as u64);
+            self.metrics.bootstrap_bytes.inc_by(chunk.row_bytes());
+            let next = chunk.next.clone();
+            let store = self.store.clone();
+            tokio::task::spawn_blocking(move || {
+                store.bootstrap_load(chunk.applied, chunk.rows, chunk.next)
+            })
+            .await
+            .map_err(blocking)??;
+            match next {
+                Some(n) => after = Some(n),
+                None => break,
+            }
+        }
+        // What peers hold of this region's own writes: its next write must come after them.
+        let own_floor = self.with_driver(|d, _, _| d.bootstrap_own_floor())?;
+        let store = self.store.clone();
+        let finished = tokio::task::spawn_blocking(move || store.bootstrap_finish(own_floor))
+            .await
+            .map_err(blocking)?;
+        match finished {
+            Ok(_) => Ok(self.store.bootstrap_progress().map_or(0, |p| p.keys)),
+            Err(e @ AtollError::BootstrapBehind(_)) => {
+                // Start over from scratch (from another donor, which the driver picks).
+                let store = self.store.clone();
+                tokio::task::spawn_blocking(move || store.bootstrap_begin(true))
+                    .await
+                    .map_err(blocking)??;
+                Err(e)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// A peer's request for a chunk of this region's state (`POST /v1/replication/snapshot`).
+    async fn serve_snapshot(&self, req: atoll_core::repl::SnapshotRequest) -> Result<Vec<u8>> {
+        let cluster = self.with_driver(|d, _, _| d.config().cluster.clone())?;
+        if req.cluster != cluster {
+            return Err(AtollError::BadRequest(format!(
+                "snapshot request for cluster `{}`, this is `{cluster}`",
+                req.cluster
+            )));
+        }
+        if self.is_bootstrapping() || self.store.bootstrap_progress().is_some() {
+            return Err(AtollError::Bootstrapping(
+                "a region that is itself bootstrapping cannot be a donor".into(),
+            ));
+        }
+        let _slot = self.snapshot_slots.try_acquire().map_err(|_| {
+            AtollError::Overloaded("another snapshot chunk is being read for a peer".into())
+        })?;
+        let store = self.store.clone();
+        let after = req.after;
+        let chunk = tokio::task::spawn_blocking(move || {
+            store.snapshot_chunk(after.as_deref(), SNAPSHOT_CHUNK_ROWS, SNAPSHOT_CHUNK_BYTES)
+        })
+        .await
+        .map_err(|e| AtollError::Storage(format!("snapshot task: {e}")))??;
+        self.metrics.snapshot_chunks_served.inc();
+        codec::encode(&chunk)
+    }
+
+    /// Resumes a bootstrap the store says was under way when this region stopped.
+    fn resume_bootstrap(self: &Arc<Self>) {
+        if self.store.bootstrap_progress().is_none() {
+            return;
+        }
+        self.bootstrapping.store(true, Ordering::Release);
+        self.metrics.bootstrap_active.set(1);
+        if let Ok(cmds) = self.with_driver(|d, now, _| {
+            d.begin_bootstrap(
+                "a bootstrap by snapshot was under way when this region stopped".into(),
+                None,
+                now,
+            )
+        }) {
+            self.execute(None, cmds);
+        }
     }
 }
 
@@ -733,6 +1005,8 @@ fn record_applied(metrics: &Metrics, me: &str, out: &atoll_store::RemoteOutcome)
 
 /// The route of one-way heartbeats.
 pub const HEARTBEAT_PATH: &str = "/v1/replication/heartbeat";
+/// The route a bootstrapping peer reads this region's state from, one chunk per request.
+pub const SNAPSHOT_PATH: &str = "/v1/replication/snapshot";
 
 /// The peer-facing routes. Every request must carry a [`PeerAuth`] (set by the peer listener,
 /// see [`crate::peer`]); a heartbeat or subscription is taken only from the region it names.
@@ -741,6 +1015,7 @@ pub fn router(rep: Arc<Replicator>) -> axum::Router {
     axum::Router::new()
         .route(HEARTBEAT_PATH, post(heartbeat_handler))
         .route(crate::streams::SUBSCRIBE_PATH, post(subscribe_handler))
+        .route(SNAPSHOT_PATH, post(snapshot_handler))
         .layer(axum::middleware::from_fn(crate::streams::limit_bodies))
         .with_state(rep)
 }
@@ -760,6 +1035,35 @@ async fn heartbeat_handler(
         });
     match result {
         Ok(()) => axum::http::StatusCode::NO_CONTENT.into_response(),
+        Err(e) => crate::api::ApiError(e).into_response(),
+    }
+}
+
+async fn snapshot_handler(
+    axum::extract::State(rep): axum::extract::State<Arc<Replicator>>,
+    auth: Option<axum::Extension<PeerAuth>>,
+    body: Bytes,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let auth = auth.as_deref();
+    let request = peer::authenticated(&rep.metrics, auth)
+        .and_then(|()| {
+            decode_peer_message::<atoll_core::repl::SnapshotRequest>(&body, "snapshot request")
+        })
+        .and_then(|r| {
+            peer::authorize(&rep.metrics, auth, &r.from)?;
+            Ok(r)
+        });
+    let result = match request {
+        Ok(r) => rep.serve_snapshot(r).await,
+        Err(e) => Err(e),
+    };
+    match result {
+        Ok(bytes) => (
+            [(axum::http::header::CONTENT_TYPE, "application/octet-stream")],
+            bytes,
+        )
+            .into_response(),
         Err(e) => crate::api::ApiError(e).into_response(),
     }
 }

@@ -25,6 +25,16 @@ impl RespHost {
         {
             return Err(f.passive_error());
         }
+        if self
+            .state
+            .replicator
+            .get()
+            .is_some_and(|r| r.is_bootstrapping())
+        {
+            return Err(AtollError::Bootstrapping(
+                "its data is partial until the snapshot is complete".into(),
+            ));
+        }
         Ok(())
     }
 }

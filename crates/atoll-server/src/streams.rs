@@ -60,6 +60,9 @@ fn route_limit(method: &Method, path: &str) -> Option<(&'static str, usize)> {
     match (method, path) {
         (&Method::POST, HEARTBEAT_PATH) => Some(("heartbeat", MAX_HEARTBEAT_BYTES)),
         (&Method::POST, SUBSCRIBE_PATH) => Some(("subscribe", MAX_SUBSCRIBE_BYTES)),
+        (&Method::POST, crate::replication::SNAPSHOT_PATH) => {
+            Some(("snapshot", MAX_SUBSCRIBE_BYTES))
+        }
         _ => None,
     }
 }

@@ -391,6 +391,8 @@ fn every_error() -> Vec<AtollError> {
             keyspace: "x".into(),
             detail: "y".into(),
         },
+        AtollError::Bootstrapping("x".into()),
+        AtollError::BootstrapBehind("x".into()),
     ];
     // No wildcard: a new variant fails to compile here until it is added to the list above.
     for e in &all {
@@ -434,6 +436,8 @@ fn every_error() -> Vec<AtollError> {
             | AtollError::RehomeRefused(_)
             | AtollError::BadSessionToken(_)
             | AtollError::Stale(_)
+            | AtollError::Bootstrapping(_)
+            | AtollError::BootstrapBehind(_)
             | AtollError::NoQuorum { .. }
             | AtollError::RevisionMismatch { .. }
             | AtollError::StrongOutcomeUnknown { .. } => {}

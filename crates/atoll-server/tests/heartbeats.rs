@@ -57,6 +57,7 @@ fn replicator() -> (Arc<Replicator>, Arc<Metrics>) {
             core: ReplConfig::new(1000, 500),
             max_lag_secs: 30,
             tls: None,
+            oplog_retention_ms: atoll_config::DEFAULT_OPLOG_RETENTION_MS,
         },
         Arc::new(Notify::new()),
     )

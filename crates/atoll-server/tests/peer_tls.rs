@@ -112,6 +112,7 @@ impl Server {
                 core: ReplConfig::new(1000, 500),
                 max_lag_secs: 30,
                 tls: tls.cloned(),
+                oplog_retention_ms: atoll_config::DEFAULT_OPLOG_RETENTION_MS,
             },
             Arc::new(Notify::new()),
         )

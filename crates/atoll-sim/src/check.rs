@@ -73,6 +73,9 @@ pub enum Invariant {
     PromotionExposure,
     /// 10: session reads see the client's writes and never go back; genuine tokens are honoured.
     SessionGuarantees,
+    /// 11: operation-log truncation never removes an entry a region still needs: no region
+    /// that lost nothing is ever sent to bootstrap by snapshot.
+    Truncation,
     /// The harness itself failed (a store call errored where it must not).
     Harness,
 }
@@ -91,6 +94,7 @@ impl Invariant {
             Invariant::LateWrites => "8-late-writes",
             Invariant::PromotionExposure => "9-promotion-exposure",
             Invariant::SessionGuarantees => "10-session-guarantees",
+            Invariant::Truncation => "11-oplog-truncation",
             Invariant::Harness => "harness",
         }
     }

@@ -74,6 +74,12 @@ pub trait Backend: Send + Sync + 'static {
     /// The entry with the greatest key in `start <= key < end`.
     fn last_in(&self, table: Table, start: &[u8], end: &[u8])
     -> Result<Option<(Vec<u8>, Vec<u8>)>>;
+
+    /// Bytes on disk per table name (and `journal` for a write-ahead journal), where the
+    /// engine can tell; empty otherwise.
+    fn disk_usage(&self) -> Vec<(&'static str, u64)> {
+        Vec::new()
+    }
 }
 
 /// The smallest key greater than every key that starts with `prefix` (for `[prefix, end)` scans).
@@ -265,6 +271,9 @@ impl Backend for FjallBackend {
     ) -> Result<Option<(Vec<u8>, Vec<u8>)>> {
         self.inner.last_in(table, start, end)
     }
+    fn disk_usage(&self) -> Vec<(&'static str, u64)> {
+        self.inner.disk_usage()
+    }
 }
 
 mod fjall_impl {
@@ -306,6 +315,18 @@ mod fjall_impl {
                 open(Table::LateWrites)?,
             ];
             Ok(Self { db, tables })
+        }
+
+        pub fn disk_usage(&self) -> Vec<(&'static str, u64)> {
+            let mut out: Vec<(&'static str, u64)> = Table::ALL
+                .iter()
+                .map(|t| (t.name(), self.table(*t).disk_space()))
+                .collect();
+            let tables: u64 = out.iter().map(|(_, b)| b).sum();
+            if let Ok(total) = self.db.disk_space() {
+                out.push(("journal", total.saturating_sub(tables)));
+            }
+            out
         }
 
         fn table(&self, t: Table) -> &Keyspace {

@@ -92,6 +92,8 @@ pub fn prefix(name: &str) -> Vec<u8> {
 pub const META_FORMAT: &[u8] = b"format_version";
 /// Metadata key: the last HLC timestamp this region issued or observed.
 pub const META_HLC: &[u8] = b"hlc";
+/// Metadata key: a bootstrap by snapshot under way (`store::BootstrapProgress`).
+pub const META_BOOTSTRAP: &[u8] = b"bootstrap";
 /// Metadata key: the region this data directory belongs to.
 pub const META_REGION: &[u8] = b"region";
 

@@ -13,6 +13,7 @@ pub mod keys;
 pub mod store;
 
 pub use store::{
-    ConflictRecord, LateWriteRecord, MaintenanceOutcome, OpsObserver, RemoteOutcome, Store,
-    StoreOptions, StoreStats, Watermark, WriteGate, WriteOutcome, read_applied,
+    BootstrapProgress, ConflictRecord, LateWriteRecord, MaintenanceOutcome, OpsObserver,
+    RemoteOutcome, Store, StoreOptions, StoreStats, TRUNCATE_PER_PASS, Watermark, WriteGate,
+    WriteOutcome, read_applied,
 };

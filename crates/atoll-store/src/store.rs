@@ -9,6 +9,7 @@ use atoll_core::codec;
 use atoll_core::crdt::lww::{ConflictReason, LwwConflict, LwwVersion};
 use atoll_core::hlc::{Hlc, Timestamp};
 use atoll_core::op::{Intent, KeyState, OpEntry, Policy, prepare};
+use atoll_core::repl::SnapshotChunk;
 use atoll_core::{AtollError, RegionId, Result};
 use serde::{Deserialize, Serialize};
 use std::collections::{HashMap, HashSet};
@@ -132,6 +133,8 @@ pub struct StoreStats {
     pub last_seq: AtomicU64,
     pub hlc_wall_ms: AtomicU64,
     pub conflicts_total: AtomicU64,
+    /// Operation-log entries truncated (`Store::truncate_oplog`).
+    pub oplog_truncated_total: AtomicU64,
 }
 
 /// What applying a batch of replicated entries did.
@@ -189,6 +192,25 @@ pub struct MaintenanceOutcome {
     pub conflicts_pruned: usize,
 }
 
+/// Most operation-log entries one truncation pass removes (a pass reads and deletes them in one
+/// batch; the next pass continues).
+pub const TRUNCATE_PER_PASS: usize = 50_000;
+
+/// A bootstrap's durable progress (meta key `bootstrap`; `docs/design/oplog-truncation.md`):
+/// present from the moment the region's state was cleared until the snapshot is complete, so a
+/// region that stops part-way resumes (and serves nothing) when it starts again.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BootstrapProgress {
+    /// The least of the donor's applied vectors over the chunks loaded so far: every chunk
+    /// reflects at least the vector read before it was scanned, so the whole reflects this.
+    pub floor: Option<VersionVector>,
+    /// The last data key loaded: the next chunk starts after it.
+    pub after: Option<Vec<u8>>,
+    /// Keys and encoded bytes loaded so far.
+    pub keys: u64,
+    pub bytes: u64,
+}
+
 type Reply = Box<dyn FnOnce(Result<WriteOutcome>) + Send>;
 type RemoteReply = Box<dyn FnOnce(Result<RemoteOutcome>) + Send>;
 type MaintenanceReply = Box<dyn FnOnce(Result<MaintenanceOutcome>) + Send>;
@@ -210,6 +232,25 @@ enum Request {
         horizon_ms: Option<u64>,
         reply: MaintenanceReply,
     },
+    Bootstrap {
+        step: BootstrapStep,
+        reply: Box<dyn FnOnce(Result<Option<VersionVector>>) + Send>,
+    },
+}
+
+/// A step of a bootstrap, run by the writer thread after everything before it is committed.
+enum BootstrapStep {
+    /// Clear the region's state and mark the bootstrap as under way (nothing if it already is,
+    /// unless `restart`).
+    Begin { restart: bool },
+    /// Merge one chunk of the donor's states.
+    Load {
+        applied: VersionVector,
+        rows: Vec<(Vec<u8>, Vec<u8>)>,
+        next: Option<Vec<u8>>,
+    },
+    /// Adopt the snapshot's applied vector; this region's own head becomes at least `own_floor`.
+    Finish { own_floor: u64 },
 }
 
 struct Shared {
@@ -226,6 +267,15 @@ struct Shared {
     visible_gen: AtomicU64,
     stamps: Mutex<Stamps>,
     clock: Arc<dyn Clock>,
+    /// The highest own sequence number sealed (committed or being committed).
+    sealed_head: AtomicU64,
+    /// Per origin, the highest sequence number truncated from the operation log by this
+    /// process (the log starts after it).
+    truncated: Mutex<std::collections::BTreeMap<RegionId, u64>>,
+    /// The bootstrap under way, if any (mirror of the meta key).
+    bootstrap: Mutex<Option<BootstrapProgress>>,
+    /// Whether `bootstrap` is set (read on every write).
+    bootstrapping: std::sync::atomic::AtomicBool,
 }
 
 impl Shared {
@@ -294,6 +344,10 @@ impl Store {
         }
         let applied = read_applied(&*backend, &opts.region)?;
         let seq = applied.get(&opts.region);
+        let bootstrap = match backend.get(Table::Meta, keys::META_BOOTSTRAP)? {
+            Some(raw) => Some(codec::decode::<BootstrapProgress>(&raw)?),
+            None => None,
+        };
 
         let hlc_wall_ms = hlc.last().wall_ms;
         let shared = Arc::new(Shared {
@@ -307,6 +361,10 @@ impl Store {
                 head: seq,
             }),
             clock: clock.clone(),
+            sealed_head: AtomicU64::new(seq),
+            truncated: Mutex::new(Default::default()),
+            bootstrapping: std::sync::atomic::AtomicBool::new(bootstrap.is_some()),
+            bootstrap: Mutex::new(bootstrap),
             backend,
             region: opts.region.clone(),
             keyspaces: opts
@@ -491,6 +549,7 @@ impl Store {
             Request::Local(w) => (w.reply)(Err(e)),
             Request::Remote { reply, .. } => reply(Err(e)),
             Request::Maintenance { reply, .. } => reply(Err(e)),
+            Request::Bootstrap { reply, .. } => reply(Err(e)),
         };
         let guard = match self.tx.read() {
             Ok(g) => g,
@@ -620,6 +679,7 @@ impl Store {
             watermark_head: wm.head,
             watermark_before_ms: wm.before_ms,
             hlc_wall_ms: self.shared.stats.hlc_wall_ms.load(Ordering::Relaxed),
+            sealed_head: self.shared.sealed_head.load(Ordering::Acquire),
         }
     }
 
@@ -679,6 +739,172 @@ impl Store {
             .into_iter()
             .map(|(k, v)| Ok((k[head..].to_vec(), codec::decode(&v)?)))
             .collect()
+    }
+
+    /// Removes operation-log entries every region has applied (`stable`, per origin: from the
+    /// replication core's `stable_points`) that were stamped more than `retention_ms` ago, at
+    /// most `max` of them; returns how many. The newest entry of every origin stays (it names
+    /// where the log is, and this region's own head is read back from it at start). Runs on the
+    /// caller's thread: it deletes only committed entries no reader needs, so the writer goes on.
+    pub fn truncate_oplog(
+        &self,
+        stable: &std::collections::BTreeMap<RegionId, u64>,
+        retention_ms: u64,
+        max: usize,
+    ) -> Result<usize> {
+        let applied = self.applied();
+        let before_ms = self.shared.clock.physical_ms().saturating_sub(retention_ms);
+        let mut removed = 0;
+        for (origin, &point) in stable {
+            if removed >= max {
+                break;
+            }
+            let cut = point.min(applied.get(origin).saturating_sub(1));
+            let from = self
+                .shared
+                .truncated
+                .lock()
+                .map(|t| t.get(origin).copied().unwrap_or(0))
+                .unwrap_or(0);
+            if cut <= from {
+                continue;
+            }
+            let rows = self.shared.backend.range(
+                Table::Oplog,
+                &keys::oplog_key(origin, from + 1),
+                &keys::oplog_key(origin, cut + 1),
+                max - removed,
+            )?;
+            let mut mutations = Vec::with_capacity(rows.len());
+            let mut through = from;
+            for (k, v) in rows {
+                let entry = codec::decode_entry(&v)?;
+                if entry.ts.wall_ms > before_ms {
+                    break;
+                }
+                through = entry.seq;
+                mutations.push(Mutation::Delete(Table::Oplog, k));
+            }
+            if mutations.is_empty() {
+                continue;
+            }
+            removed += mutations.len();
+            // Not fsynced: a truncation lost to a crash only keeps entries a while longer.
+            self.shared.backend.commit(mutations, false)?;
+            if let Ok(mut t) = self.shared.truncated.lock() {
+                t.insert(origin.clone(), through);
+            }
+        }
+        self.shared
+            .stats
+            .oplog_truncated_total
+            .fetch_add(removed as u64, Ordering::Relaxed);
+        Ok(removed)
+    }
+
+    /// Per origin, the highest sequence number this process truncated from the log.
+    pub fn truncated_through(&self) -> std::collections::BTreeMap<RegionId, u64> {
+        self.shared
+            .truncated
+            .lock()
+            .map(|t| t.clone())
+            .unwrap_or_default()
+    }
+
+    /// On-disk bytes per table (and the engine's journal), where the backend can tell.
+    pub fn disk_usage(&self) -> Vec<(&'static str, u64)> {
+        self.shared.backend.disk_usage()
+    }
+
+    /// A chunk of this region's state for a peer's bootstrap: the committed applied vector,
+    /// then up to `max_rows` data rows (about `max_bytes` at most) after `after`.
+    pub fn snapshot_chunk(
+        &self,
+        after: Option<&[u8]>,
+        max_rows: usize,
+        max_bytes: usize,
+    ) -> Result<SnapshotChunk> {
+        // Read BEFORE the rows: the committer updates it after the backend, so every row read
+        // later reflects at least this vector.
+        let applied = self.applied();
+        let start = match after {
+            Some(a) => {
+                let mut k = a.to_vec();
+                k.push(0);
+                k
+            }
+            None => Vec::new(),
+        };
+        let end = vec![0xff; 256];
+        let mut rows = Vec::new();
+        let mut bytes = 0usize;
+        for (k, v) in self
+            .shared
+            .backend
+            .range(Table::Data, &start, &end, max_rows.max(1))?
+        {
+            bytes += k.len() + v.len();
+            rows.push((k, v));
+            if bytes >= max_bytes {
+                break;
+            }
+        }
+        let next = if rows.len() >= max_rows.max(1) || bytes >= max_bytes {
+            rows.last().map(|(k, _)| k.clone())
+        } else {
+            None
+        };
+        Ok(SnapshotChunk::new(applied, rows, next))
+    }
+
+    /// The bootstrap under way (`None`: none).
+    pub fn bootstrap_progress(&self) -> Option<BootstrapProgress> {
+        self.shared.bootstrap.lock().ok().and_then(|b| b.clone())
+    }
+
+    fn bootstrap_step(&self, step: BootstrapStep) -> Result<Option<VersionVector>> {
+        let (tx, rx) = mpsc::sync_channel(1);
+        self.enqueue(Request::Bootstrap {
+            step,
+            reply: Box::new(move |r| {
+                let _ = tx.send(r);
+            }),
+        });
+        rx.recv().map_err(|_| AtollError::ShuttingDown)?
+    }
+
+    /// Starts a bootstrap: clears every key's state (the log and the ledgers stay) and marks
+    /// the bootstrap as under way, durably. A bootstrap already under way is resumed as it is,
+    /// unless `restart`.
+    pub fn bootstrap_begin(&self, restart: bool) -> Result<()> {
+        self.bootstrap_step(BootstrapStep::Begin { restart })
+            .map(|_| ())
+    }
+
+    /// Merges one chunk of a donor's states (`applied`: the donor's vector read before them)
+    /// and records where the next starts, durably.
+    pub fn bootstrap_load(
+        &self,
+        applied: VersionVector,
+        rows: Vec<(Vec<u8>, Vec<u8>)>,
+        next: Option<Vec<u8>>,
+    ) -> Result<()> {
+        self.bootstrap_step(BootstrapStep::Load {
+            applied,
+            rows,
+            next,
+        })
+        .map(|_| ())
+    }
+
+    /// Ends a bootstrap whose chunks are all loaded: the applied vector becomes the snapshot's,
+    /// this region's own head at least `own_floor` (what its peers hold of its writes) and its
+    /// own logged writes past the snapshot are merged again. Refused with
+    /// [`AtollError::BootstrapBehind`] if the snapshot does not cover what this region had
+    /// applied before (the bootstrap must then begin again, from a donor that is further on).
+    pub fn bootstrap_finish(&self, own_floor: u64) -> Result<VersionVector> {
+        self.bootstrap_step(BootstrapStep::Finish { own_floor })?
+            .ok_or_else(|| AtollError::Storage("bootstrap finish returned nothing".into()))
     }
 
     /// Stops accepting writes, finishes every queued write, and waits for the writer to exit.
@@ -1010,6 +1236,10 @@ impl Writer {
                 // Staged on its own and kept only if all of it applies: an entry that fails
                 // part-way must leave neither its predecessors' changes nor an advanced cursor
                 // behind (the cursor would skip the re-sent entries for good).
+                if let Err(e) = self.check_not_bootstrapping() {
+                    reply(Err(e));
+                    return;
+                }
                 let applied_before = self.applied.clone();
                 let mut staged = Batch::default();
                 match self.apply_remote(entries, &b.batch, &mut staged) {
@@ -1028,6 +1258,10 @@ impl Writer {
                 // there never fails writes): everything before it is committed first.
                 self.flush(b);
                 reply(self.maintain(horizon_ms));
+            }
+            Request::Bootstrap { step, reply } => {
+                self.flush(b);
+                reply(self.bootstrap(step));
             }
         }
     }
@@ -1061,6 +1295,7 @@ impl Writer {
             }
         };
         self.applied.raise(&self.shared.region, self.seq);
+        self.shared.sealed_head.store(self.seq, Ordering::Release);
         let id = self.next_id;
         self.next_id += 1;
         let sealed = Sealed {
@@ -1264,7 +1499,20 @@ impl Writer {
         batch.states.insert(dk, state);
     }
 
+    /// Refuses writes while a bootstrap replaces this region's state: a local write would take
+    /// a sequence number the snapshot may already hold, a replicated one would move a cursor
+    /// the snapshot is about to set.
+    fn check_not_bootstrapping(&self) -> Result<()> {
+        if self.shared.bootstrapping.load(Ordering::Acquire) {
+            return Err(AtollError::Bootstrapping(
+                "its state is being replaced by a snapshot".into(),
+            ));
+        }
+        Ok(())
+    }
+
     fn apply_local(&mut self, req: &LocalWrite, batch: &mut Batch) -> Result<WriteOutcome> {
+        self.check_not_bootstrapping()?;
         let ks = self
             .shared
             .keyspaces
@@ -1569,6 +1817,187 @@ impl Writer {
             backend.commit(mutations, false)?;
         }
         Ok(out)
+    }
+}
+
+impl Writer {
+    fn bootstrap(&mut self, step: BootstrapStep) -> Result<Option<VersionVector>> {
+        match step {
+            BootstrapStep::Begin { restart } => {
+                let under_way = self
+                    .shared
+                    .bootstrap
+                    .lock()
+                    .map(|b| b.is_some())
+                    .unwrap_or(false);
+                if under_way && !restart {
+                    return Ok(None);
+                }
+                // Mark first: a region that stops while its state is being cleared resumes the
+                // bootstrap, never serves a half-cleared state.
+                let progress = BootstrapProgress::default();
+                self.shared.backend.commit(
+                    vec![Mutation::Put(
+                        Table::Meta,
+                        keys::META_BOOTSTRAP.to_vec(),
+                        codec::encode(&progress)?,
+                    )],
+                    true,
+                )?;
+                if let Ok(mut b) = self.shared.bootstrap.lock() {
+                    *b = Some(progress);
+                }
+                self.shared.bootstrapping.store(true, Ordering::Release);
+                for table in [Table::Data, Table::Tombstones] {
+                    loop {
+                        let rows = self
+                            .shared
+                            .backend
+                            .range(table, &[], &[0xff; 256], 10_000)?;
+                        if rows.is_empty() {
+                            break;
+                        }
+                        let dels = rows
+                            .into_iter()
+                            .map(|(k, _)| Mutation::Delete(table, k))
+                            .collect();
+                        self.shared.backend.commit(dels, false)?;
+                    }
+                }
+                Ok(None)
+            }
+            BootstrapStep::Load {
+                applied,
+                rows,
+                next,
+            } => {
+                let mut progress = self
+                    .shared
+                    .bootstrap
+                    .lock()
+                    .ok()
+                    .and_then(|b| b.clone())
+                    .ok_or_else(|| AtollError::Storage("no bootstrap is under way".into()))?;
+                let mut batch = Batch::default();
+                for (dk, raw) in &rows {
+                    let known = dk
+                        .iter()
+                        .position(|b| *b == 0)
+                        .and_then(|i| std::str::from_utf8(&dk[..i]).ok())
+                        .is_some_and(|ks| self.shared.keyspaces.contains_key(ks));
+                    if !known {
+                        // A keyspace this region does not declare: nothing here could read it.
+                        continue;
+                    }
+                    let delta: KeyState = codec::decode(raw)?;
+                    let state = match self.current(&batch, dk)? {
+                        Some(mut cur) => {
+                            cur.merge(&delta)?;
+                            cur
+                        }
+                        None => delta,
+                    };
+                    self.stage(&mut batch, dk.clone(), state);
+                    progress.bytes += (dk.len() + raw.len()) as u64;
+                    progress.keys += 1;
+                }
+                progress.floor = Some(match progress.floor.take() {
+                    Some(f) => f.meet(&applied),
+                    None => applied,
+                });
+                progress.after = next.or_else(|| rows.last().map(|(k, _)| k.clone()));
+                let mut mutations = std::mem::take(&mut batch.mutations);
+                for (k, state) in &batch.states {
+                    mutations.push(Mutation::Put(Table::Data, k.clone(), codec::encode(state)?));
+                }
+                mutations.push(Mutation::Put(
+                    Table::Meta,
+                    keys::META_BOOTSTRAP.to_vec(),
+                    codec::encode(&progress)?,
+                ));
+                self.shared.backend.commit(mutations, true)?;
+                if let Ok(mut b) = self.shared.bootstrap.lock() {
+                    *b = Some(progress);
+                }
+                Ok(None)
+            }
+            BootstrapStep::Finish { own_floor } => {
+                let progress = self
+                    .shared
+                    .bootstrap
+                    .lock()
+                    .ok()
+                    .and_then(|b| b.clone())
+                    .ok_or_else(|| AtollError::Storage("no bootstrap is under way".into()))?;
+                let me = self.shared.region.clone();
+                let mut floor = progress.floor.unwrap_or_default();
+                // What this region had applied of other origins must be covered: its state was
+                // replaced, and its cursors (which peers were told) must not move back.
+                let short: Vec<String> = self
+                    .applied
+                    .iter()
+                    .filter(|(o, n)| **o != me && floor.get(o) < *n)
+                    .map(|(o, n)| format!("{o}: {} < {n}", floor.get(o)))
+                    .collect();
+                if !short.is_empty() {
+                    return Err(AtollError::BootstrapBehind(short.join(", ")));
+                }
+                let snapshot_own = floor.get(&me);
+                let head = self.seq.max(snapshot_own).max(own_floor);
+                floor.raise(&me, head);
+                // This region's own logged writes past the snapshot: merged again (a merge is
+                // idempotent, so one the snapshot already holds changes nothing).
+                let mut batch = Batch::default();
+                let own = self.shared.backend.range(
+                    Table::Oplog,
+                    &keys::oplog_key(&me, snapshot_own + 1),
+                    &prefix_end(&keys::prefix(me.as_str())),
+                    usize::MAX,
+                )?;
+                for (_, raw) in own {
+                    let e = codec::decode_entry(&raw)?;
+                    let dk = keys::data_key(&e.keyspace, &e.key);
+                    let state = match self.current(&batch, &dk)? {
+                        Some(mut cur) => {
+                            cur.merge(&e.delta)?;
+                            cur
+                        }
+                        None => e.delta.clone(),
+                    };
+                    self.stage(&mut batch, dk, state);
+                }
+                let mut mutations = std::mem::take(&mut batch.mutations);
+                for (k, state) in &batch.states {
+                    mutations.push(Mutation::Put(Table::Data, k.clone(), codec::encode(state)?));
+                }
+                for (o, n) in floor.iter() {
+                    mutations.push(Mutation::Put(
+                        Table::Meta,
+                        keys::applied_key(o),
+                        codec::encode(&n)?,
+                    ));
+                }
+                mutations.push(Mutation::Delete(Table::Meta, keys::META_BOOTSTRAP.to_vec()));
+                self.shared.backend.commit(mutations, true)?;
+                self.seq = head;
+                self.applied = floor.clone();
+                self.shared.sealed_head.store(head, Ordering::Release);
+                self.shared.stamps().head = head;
+                self.shared.stats.last_seq.store(head, Ordering::Relaxed);
+                if let Ok(mut a) = self.shared.applied.lock() {
+                    a.clone_from(&floor);
+                }
+                if let Ok(mut v) = self.shared.visible.lock() {
+                    v.clone_from(&floor);
+                    self.shared.visible_gen.fetch_add(1, Ordering::Release);
+                }
+                if let Ok(mut b) = self.shared.bootstrap.lock() {
+                    *b = None;
+                }
+                self.shared.bootstrapping.store(false, Ordering::Release);
+                Ok(Some(floor))
+            }
+        }
     }
 }
 

@@ -3,6 +3,7 @@
 
 use super::Heartbeat;
 use crate::op::OpEntry;
+use crate::region::RegionId;
 use serde::{Deserialize, Serialize};
 
 /// One frame on a subscription stream.
@@ -10,6 +11,14 @@ use serde::{Deserialize, Serialize};
 pub enum Frame {
     Ops(Vec<OpEntry>),
     Heartbeat(Heartbeat),
+    /// The publisher's operation log of `origin` no longer reaches back to the subscriber's
+    /// cursor: its first entry is `first` (the rest was truncated,
+    /// `docs/design/oplog-truncation.md`). The subscriber cannot catch up from this log and
+    /// bootstraps by snapshot. Nothing more of `origin` follows on this stream.
+    Truncated {
+        origin: RegionId,
+        first: u64,
+    },
 }
 
 /// Largest frame accepted on a subscription stream.

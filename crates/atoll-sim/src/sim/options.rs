@@ -78,6 +78,7 @@ impl Stats {
             store_refused_skewed,
             conflicts_recorded,
             tombstones_collected,
+            oplog_truncated,
             maintenance_with_horizon,
             crashes,
             batches_lost_at_crash,
@@ -121,6 +122,7 @@ impl Stats {
         self.store_refused_skewed += store_refused_skewed;
         self.conflicts_recorded += conflicts_recorded;
         self.tombstones_collected += tombstones_collected;
+        self.oplog_truncated += oplog_truncated;
         self.maintenance_with_horizon += maintenance_with_horizon;
         self.crashes += crashes;
         self.batches_lost_at_crash += batches_lost_at_crash;
@@ -213,6 +215,9 @@ pub struct Stats {
     pub store_refused_skewed: u64,
     pub conflicts_recorded: u64,
     pub tombstones_collected: u64,
+    /// Operation-log entries truncated (every region had applied them; the simulation keeps no
+    /// retention, so truncation is as early as the rule allows).
+    pub oplog_truncated: u64,
     pub maintenance_with_horizon: u64,
     pub crashes: u64,
     /// Committed batches that were not yet on stable storage when a crash (a power cut) came,

@@ -189,8 +189,21 @@ impl Sim {
                         );
                     }
                 }
-                Cmd::Maintain { horizon } => {
+                Cmd::Maintain { horizon, stable } => {
                     self.maintain_with(r, horizon)?;
+                    self.truncate(r, &stable)?;
+                }
+                Cmd::Bootstrap { donor, reason } => {
+                    // Simulated regions lose nothing they committed (crashes are power cuts of
+                    // an fsyncing store): a region sent to bootstrap was cut off by truncation.
+                    let v = Violation::new(
+                        Invariant::Truncation,
+                        format!(
+                            "{} must bootstrap by snapshot from {donor}: {reason}",
+                            self.ids[r]
+                        ),
+                    );
+                    self.record(v);
                 }
                 Cmd::Notice(n) => self.notice(r, n),
             }
@@ -351,6 +364,10 @@ impl Sim {
                 frame: Frame::Ops(e),
                 ..
             } => 100 + e.len() as u64,
+            Msg::Frame {
+                frame: Frame::Truncated { .. },
+                ..
+            } => 4,
         };
         if !self.net.is_up(from, to) {
             self.stats.messages_dropped += 1;
@@ -466,6 +483,7 @@ impl Sim {
                     match &frame {
                         Frame::Heartbeat(_) => 3,
                         Frame::Ops(e) => 100 + e.len() as u64,
+                        Frame::Truncated { .. } => 4,
                     },
                 ]);
                 self.drive(to, |d, now, local| d.on_frame(id, frame, now, local))?;
@@ -625,6 +643,30 @@ impl Sim {
             .as_ref()
             .and_then(|n| n.driver.core().tombstone_horizon_ms(local));
         self.maintain_with(r, horizon)
+    }
+
+    /// Truncates region `r`'s operation log up to the driver's stable points, with no
+    /// retention: as early as the rule allows, so a wrong stable point shows up as a region
+    /// that can no longer catch up (invariant 11).
+    fn truncate(
+        &mut self,
+        r: usize,
+        stable: &std::collections::BTreeMap<atoll_core::RegionId, u64>,
+    ) -> Result<(), Violation> {
+        let Some(node) = self.regions[r].node.as_ref() else {
+            return Ok(());
+        };
+        let n = node
+            .store
+            .truncate_oplog(stable, 0, 10_000)
+            .map_err(|e| Violation::new(Invariant::Harness, e.to_string()))?;
+        self.stats.oplog_truncated += n as u64;
+        if n > 0 {
+            self.trace.line(self.now, || {
+                format!("{} truncated {n} log entries up to {stable:?}", self.ids[r])
+            });
+        }
+        Ok(())
     }
 
     /// A maintenance pass at region `r` below `horizon`: collects the lww tombstones below it,

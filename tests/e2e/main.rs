@@ -24,5 +24,6 @@ mod session;
 mod shutdown;
 mod strong;
 mod tidy;
+mod truncation;
 mod walkthrough;
 mod watch;

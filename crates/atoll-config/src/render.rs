@@ -155,6 +155,8 @@ pub struct ClusterToml {
     pub heartbeat_interval_ms: Option<u64>,
     /// `[replication] max_lag_secs`.
     pub max_lag_secs: Option<u64>,
+    /// `[replication] oplog_retention` (a duration, e.g. `"0s"`).
+    pub oplog_retention: Option<String>,
     /// Written after the rest, each as given (`[router]` from [`RouterToml::render`],
     /// `[fencing]`, more `[[keyspaces]]`, ...).
     pub sections: Vec<String>,
@@ -173,6 +175,7 @@ impl ClusterToml {
             keyspaces: Vec::new(),
             heartbeat_interval_ms: None,
             max_lag_secs: None,
+            oplog_retention: None,
             sections: Vec::new(),
         }
     }
@@ -299,13 +302,19 @@ impl ClusterToml {
                 let _ = writeln!(out, "{line}");
             }
         }
-        if self.heartbeat_interval_ms.is_some() || self.max_lag_secs.is_some() {
+        if self.heartbeat_interval_ms.is_some()
+            || self.max_lag_secs.is_some()
+            || self.oplog_retention.is_some()
+        {
             out.push_str("\n[replication]\n");
             if let Some(ms) = self.heartbeat_interval_ms {
                 let _ = writeln!(out, "heartbeat_interval_ms = {ms}");
             }
             if let Some(secs) = self.max_lag_secs {
                 let _ = writeln!(out, "max_lag_secs = {secs}");
+            }
+            if let Some(r) = &self.oplog_retention {
+                let _ = writeln!(out, "oplog_retention = \"{r}\"");
             }
         }
         for s in &self.sections {

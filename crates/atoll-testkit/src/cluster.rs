@@ -133,6 +133,8 @@ pub struct ClusterOptions {
     pub heartbeat_interval_ms: u64,
     /// `[replication] max_lag_secs` (the product default when `None`).
     pub max_lag_secs: Option<u64>,
+    /// `[replication] oplog_retention` (the product default when `None`).
+    pub oplog_retention: Option<String>,
     /// `[cluster] max_clock_offset_ms` (the product default when `None`).
     pub max_clock_offset_ms: Option<u64>,
     /// `(from, to)`: how region `from` reaches peer `to`; pairs not listed are [`Route::Direct`].
@@ -167,6 +169,7 @@ impl ClusterOptions {
             name: name.to_string(),
             heartbeat_interval_ms: DEFAULT_HEARTBEAT_INTERVAL_MS,
             max_lag_secs: None,
+            oplog_retention: None,
             max_clock_offset_ms: None,
             routes: BTreeMap::new(),
             extra_args: BTreeMap::new(),
@@ -243,6 +246,12 @@ impl ClusterOptions {
 
     pub fn heartbeat_interval_ms(mut self, ms: u64) -> Self {
         self.heartbeat_interval_ms = ms;
+        self
+    }
+
+    /// `[replication] oplog_retention`, e.g. `"0s"`.
+    pub fn oplog_retention(mut self, retention: &str) -> Self {
+        self.oplog_retention = Some(retention.to_string());
         self
     }
 
@@ -353,6 +362,7 @@ pub fn cluster_toml(
         .heartbeat_interval_ms(opts.heartbeat_interval_ms);
     toml.max_clock_offset_ms = opts.max_clock_offset_ms;
     toml.max_lag_secs = opts.max_lag_secs;
+    toml.oplog_retention = opts.oplog_retention.clone();
     toml.arbiter = arbiter.map(|a| ArbiterToml {
         name: a.name.clone(),
         peer: a.peer,

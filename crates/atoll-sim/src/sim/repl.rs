@@ -196,14 +196,14 @@ impl Sim {
                 Cmd::Bootstrap { donor, reason } => {
                     // Simulated regions lose nothing they committed (crashes are power cuts of
                     // an fsyncing store): a region sent to bootstrap was cut off by truncation.
-                    let v = Violation::new(
+                    // The run ends here: the region would wait for a snapshot for ever.
+                    return Err(Violation::new(
                         Invariant::Truncation,
                         format!(
                             "{} must bootstrap by snapshot from {donor}: {reason}",
                             self.ids[r]
                         ),
-                    );
-                    self.record(v);
+                    ));
                 }
                 Cmd::Notice(n) => self.notice(r, n),
             }

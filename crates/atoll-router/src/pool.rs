@@ -170,10 +170,14 @@ impl Pool {
             return;
         }
         // Its task has not yet taken in the end of the answer: wait for that (or for the close)
-        // without holding up the request that used it.
+        // without holding up the request that used it. (No runtime, while it shuts down: the
+        // connection is just closed.)
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
         let pool = Arc::downgrade(self);
         let mut conn = conn;
-        tokio::spawn(async move {
+        rt.spawn(async move {
             if conn.ready().await.is_ok()
                 && let Some(p) = pool.upgrade()
             {

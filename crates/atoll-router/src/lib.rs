@@ -25,6 +25,7 @@ pub mod global;
 pub mod health;
 pub mod metrics;
 pub mod policy;
+mod pool;
 pub mod prober;
 pub mod proxy;
 pub mod runtime;

@@ -56,6 +56,10 @@
 //! answered before its body was read (refused, or over the limit) has the rest of its body read
 //! and discarded after the answer ([`crate::unread`]), so the client can read that answer.
 //!
+//! The proxy is served by a plain hyper server ([`serve`]: no router, no middleware) and keeps
+//! its own keep-alive HTTP/1 connections to each region (`pool`), reused only once an answer
+//! has been read to the end; `docs/design/router-proxy.md` says why.
+//!
 //! [`RouterState::decide`]: crate::state::RouterState::decide
 //! [`RouterState::decide_for`]: crate::state::RouterState::decide_for
 //! [`RouterState::observe_request`]: crate::state::RouterState::observe_request
@@ -64,23 +68,20 @@ use crate::codes;
 use crate::health::HealthState;
 use crate::metrics::{ProxyHandles, mode_str};
 use crate::policy::{Access, Mode};
-use crate::prober::describe_client_error;
+use crate::pool::{Conn, Pool, SendError};
 use crate::runtime::RouterCtx;
 use crate::state::RegionEntry;
 use atoll_config::router::{RoutedName, RouterProxyConfig};
 use atoll_core::RegionId;
 use atoll_core::op::Policy;
 use axum::body::Body;
-use axum::extract::{ConnectInfo, Request, State};
 use axum::http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use axum::http::uri::{self, Authority, PathAndQuery, Scheme};
-use axum::http::{Method, StatusCode, Uri};
+use axum::http::uri::PathAndQuery;
+use axum::http::{Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::{Body as _, Bytes, Frame, Incoming, SizeHint};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use prometheus_client::metrics::gauge::Gauge;
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -88,6 +89,8 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
 
 /// Response header naming the region that answered.
 pub const ROUTED_TO_HEADER: &str = "x-atoll-routed-to";
@@ -322,10 +325,32 @@ impl Drop for InFlight {
     }
 }
 
-/// A region's response body, counted as in flight until it ends.
+/// A region's response body, counted as in flight until it ends; read to the end, its
+/// connection goes back to the region's pool.
 struct Guarded {
     inner: Incoming,
     _guard: InFlight,
+    /// The connection it arrives on, with its pool, until the body ends.
+    conn: Option<(Arc<Pool>, Conn)>,
+    ended: bool,
+}
+
+impl Guarded {
+    fn give_back(&mut self) {
+        if let Some((pool, conn)) = self.conn.take() {
+            pool.put(conn);
+        }
+    }
+}
+
+impl Drop for Guarded {
+    fn drop(&mut self) {
+        // Only a body read to the end leaves its connection reusable; otherwise dropping the
+        // connection closes it.
+        if self.ended || self.inner.is_end_stream() {
+            self.give_back();
+        }
+    }
 }
 
 impl hyper::body::Body for Guarded {
@@ -336,7 +361,12 @@ impl hyper::body::Body for Guarded {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        Pin::new(&mut self.inner).poll_frame(cx)
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        if let Poll::Ready(None) = polled {
+            self.ended = true;
+            self.give_back();
+        }
+        polled
     }
 
     fn is_end_stream(&self) -> bool {
@@ -496,19 +526,19 @@ enum Failure {
 }
 
 /// A region as the proxy sends to it, with what every request to it needs made once: the
-/// upstream URI's authority, the `X-Atoll-Routed-To` value and the metric handles.
+/// `Host` header, the `X-Atoll-Routed-To` value, the metric handles and its connections.
 struct Upstream {
     entry: RegionEntry,
-    authority: Result<Authority, String>,
+    host: Result<HeaderValue, String>,
     routed_to: Option<HeaderValue>,
     metrics: ProxyHandles,
+    pool: Arc<Pool>,
 }
 
 /// The proxy of one routed name.
 pub struct Proxy {
     ctx: RouterCtx,
     name: RoutedName,
-    client: Client<HttpConnector, Full<Bytes>>,
     settings: ProxySettings,
     upstreams: Vec<Upstream>,
     /// The metric handles of answers no region gave (`region="none"`).
@@ -516,35 +546,35 @@ pub struct Proxy {
 }
 
 impl Proxy {
+    /// The proxy of a routed name. Call it within a tokio runtime: it starts the task that
+    /// closes idle connections to the regions (it ends when the proxy is dropped).
     pub fn new(ctx: RouterCtx, name: RoutedName, settings: ProxySettings) -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(settings.connect_timeout));
-        connector.set_nodelay(true);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_timer(TokioTimer::new())
-            .pool_idle_timeout(settings.pool_idle_timeout)
-            .pool_max_idle_per_host(settings.pool_max_idle_per_region)
-            .build(connector);
-        let upstreams = ctx
+        let upstreams: Vec<Upstream> = ctx
             .state
             .regions()
             .iter()
             .map(|e| Upstream {
-                authority: e
-                    .api
-                    .to_string()
-                    .parse::<Authority>()
+                host: HeaderValue::from_str(&e.api.to_string())
                     .map_err(|err| format!("bad upstream address {}: {err}", e.api)),
                 routed_to: HeaderValue::from_str(e.name.as_str()).ok(),
                 metrics: ctx.metrics.proxy_handles(e.name.as_str()),
+                pool: Pool::new(
+                    e.api,
+                    settings.connect_timeout,
+                    settings.pool_idle_timeout,
+                    settings.pool_max_idle_per_region,
+                ),
                 entry: e.clone(),
             })
             .collect();
+        Pool::spawn_reaper(
+            upstreams.iter().map(|u| Arc::downgrade(&u.pool)).collect(),
+            settings.pool_idle_timeout,
+        );
         let none_metrics = ctx.metrics.proxy_handles("none");
         Self {
             ctx,
             name,
-            client,
             settings,
             upstreams,
             none_metrics,
@@ -553,6 +583,15 @@ impl Proxy {
 
     fn upstream(&self, region: &RegionId) -> Option<&Upstream> {
         self.upstreams.iter().find(|u| u.entry.name == *region)
+    }
+
+    /// Idle keep-alive connections to a region that are still open (for tests and
+    /// diagnostics); `None` for a region the proxy does not know.
+    pub fn idle_connections(&self, region: &str) -> Option<usize> {
+        self.upstreams
+            .iter()
+            .find(|u| u.entry.name.as_str() == region)
+            .map(|u| u.pool.idle_open())
     }
 
     /// The routed name whose policy this proxy follows.
@@ -595,41 +634,31 @@ impl Proxy {
     async fn attempt(
         &self,
         up: &Upstream,
-        parts: &axum::http::request::Parts,
+        parts: &hyper::http::request::Parts,
         headers: &HeaderMap,
         body: &Bytes,
     ) -> Result<Response, Failure> {
-        let authority = up
-            .authority
-            .clone()
-            .map_err(|e| Failure::Connect(e.clone()))?;
-        let mut uri = uri::Parts::default();
-        uri.scheme = Some(Scheme::HTTP);
-        uri.authority = Some(authority);
-        uri.path_and_query = Some(
-            parts
-                .uri
-                .path_and_query()
-                .cloned()
-                .unwrap_or_else(|| PathAndQuery::from_static("/")),
-        );
-        let uri =
-            Uri::from_parts(uri).map_err(|e| Failure::Connect(format!("bad upstream URL: {e}")))?;
+        let host = up.host.clone().map_err(|e| Failure::Connect(e.clone()))?;
+        // Origin-form (`/path?query`): the connection is to the region itself.
+        let path = parts
+            .uri
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/"));
         let mut req = hyper::Request::new(Full::new(body.clone()));
         *req.method_mut() = parts.method.clone();
-        *req.uri_mut() = uri;
-        *req.headers_mut() = headers.clone();
+        *req.uri_mut() = path.into();
+        let h = req.headers_mut();
+        *h = headers.clone();
+        h.insert(header::HOST, host);
 
         let guard = InFlight::new(up.metrics.in_flight().clone());
         let start = Instant::now();
-        let res =
-            tokio::time::timeout(self.settings.upstream_timeout, self.client.request(req)).await;
-        let resp = match res {
+        let res = tokio::time::timeout(self.settings.upstream_timeout, up.pool.send(req)).await;
+        let (resp, conn) = match res {
             Err(_) => return Err(Failure::Timeout),
-            Ok(Err(e)) if e.is_connect() => {
-                return Err(Failure::Connect(describe_client_error(&e)));
-            }
-            Ok(Err(e)) => return Err(Failure::Broken(describe_client_error(&e))),
+            Ok(Err(SendError::NotSent(why))) => return Err(Failure::Connect(why)),
+            Ok(Err(SendError::Broken(why))) => return Err(Failure::Broken(why)),
             Ok(Ok(r)) => r,
         };
         up.metrics.observe_upstream(start.elapsed());
@@ -638,6 +667,8 @@ impl Proxy {
         let rbody = Guarded {
             inner: rbody,
             _guard: guard,
+            conn: Some((up.pool.clone(), conn)),
+            ended: false,
         };
         if rparts.status == StatusCode::SERVICE_UNAVAILABLE {
             let limit = REFUSAL_PEEK_TIMEOUT.min(self.settings.upstream_timeout);
@@ -676,40 +707,50 @@ impl Proxy {
     }
 
     /// Proxies one request.
-    pub async fn handle(&self, req: Request, client: Option<SocketAddr>) -> Response {
-        let (mut parts, body) = req.into_parts();
+    ///
+    /// A request answered before its body was read to the end (not proxied, over the body
+    /// limit) has the rest read and thrown away after the answer, which says
+    /// `Connection: close` ([`crate::unread`]'s rule, applied here without its middleware).
+    pub async fn handle<B>(&self, req: hyper::Request<B>, client: Option<SocketAddr>) -> Response
+    where
+        B: hyper::body::Body<Data = Bytes> + Send + Unpin + 'static,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let (mut parts, mut body) = req.into_parts();
         if let Err(refusal) = classify(parts.uri.path()) {
             tracing::debug!(method = %parts.method, path = parts.uri.path(), ?refusal, "not proxied");
             let why = match refusal {
                 Refusal::NotClientApi => "it is not part of the client API v1",
                 Refusal::DotSegment => "it has a `.` or `..` segment (plain or percent-encoded)",
             };
-            return self.finish(
+            let resp = self.finish(
                 None,
                 codes::NOT_PROXIED.response(format!(
                     "the router does not forward `{}`: {why}; it forwards only {PROXIED_PATHS}",
                     parts.uri.path()
                 )),
             );
+            return leave_unread(&parts.headers, body, resp);
         }
         // A request without a body (a GET, most reads) has nothing to read; one with a body is
         // read whole first, so that it can be sent again to another region.
         let body = if body.is_end_stream() {
             Bytes::new()
         } else {
-            match Limited::new(body, self.settings.max_body_bytes)
+            match Limited::new(&mut body, self.settings.max_body_bytes)
                 .collect()
                 .await
             {
                 Ok(b) => b.to_bytes(),
                 Err(e) if e.is::<http_body_util::LengthLimitError>() => {
-                    return self.finish(
+                    let resp = self.finish(
                         None,
                         codes::REQUEST_TOO_LARGE.response(format!(
                             "the request body is over the router's limit of {} bytes",
                             self.settings.max_body_bytes
                         )),
                     );
+                    return leave_unread(&parts.headers, body, resp);
                 }
                 Err(e) => {
                     return self.finish(
@@ -872,20 +913,121 @@ impl Proxy {
     }
 }
 
-async fn handler(
-    State(p): State<Arc<Proxy>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    req: Request,
-) -> Response {
-    p.handle(req, Some(peer)).await
+/// The answer to a request whose body was not read to the end: the rest of the body is read
+/// and thrown away in the background (at most [`crate::unread::DRAIN_MAX_BYTES`], for at most
+/// [`crate::unread::DRAIN_MAX_TIME`]), so that a client still sending can read the answer, and
+/// the connection closes after it. A request that sent `Expect: 100-continue` has not sent its
+/// body and will not: nothing is read.
+fn leave_unread<B>(req_headers: &HeaderMap, body: B, mut resp: Response) -> Response
+where
+    B: hyper::body::Body<Data = Bytes> + Send + Unpin + 'static,
+{
+    if body.is_end_stream() {
+        return resp;
+    }
+    resp.headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    let expects_continue = req_headers
+        .get(header::EXPECT)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+    if !expects_continue {
+        tokio::spawn(drain(body));
+    }
+    resp
 }
 
-/// The proxy as an axum app (serve it with `into_make_service_with_connect_info::<SocketAddr>()`).
-pub fn router(proxy: Arc<Proxy>) -> axum::Router {
-    axum::Router::new()
-        .fallback(handler)
-        .layer(axum::middleware::from_fn(crate::unread::layer))
-        .with_state(proxy)
+/// Reads and discards the rest of a body, within [`leave_unread`]'s bounds.
+async fn drain<B>(mut body: B)
+where
+    B: hyper::body::Body<Data = Bytes> + Unpin,
+{
+    let mut read: u64 = 0;
+    let _ = tokio::time::timeout(crate::unread::DRAIN_MAX_TIME, async {
+        while let Some(Ok(frame)) = body.frame().await {
+            if let Some(data) = frame.data_ref() {
+                read = read.saturating_add(data.len() as u64);
+                if read > crate::unread::DRAIN_MAX_BYTES {
+                    break;
+                }
+            }
+        }
+    })
+    .await;
+}
+
+/// Serves the proxy on a listener until `shutdown` turns true (or its sender is dropped): then
+/// it stops accepting, lets every open connection finish its request in flight, and returns
+/// once they are closed.
+///
+/// A plain hyper server (HTTP/1.1, and HTTP/2 with prior knowledge, as `axum::serve` served it
+/// before), without a router or middleware: every request goes to [`Proxy::handle`] with the
+/// client's address. Accepted connections have no Nagle delay (a proxy's small writes must
+/// leave at once).
+pub async fn serve(listener: TcpListener, proxy: Arc<Proxy>, mut shutdown: watch::Receiver<bool>) {
+    let mut conns = tokio::task::JoinSet::new();
+    loop {
+        tokio::select! {
+            () = stopped(&mut shutdown) => break,
+            Some(_) = conns.join_next(), if !conns.is_empty() => {}
+            accepted = listener.accept() => match accepted {
+                Ok((tcp, peer)) => {
+                    let _ = tcp.set_nodelay(true);
+                    conns.spawn(serve_connection(tcp, peer, proxy.clone(), shutdown.clone()));
+                }
+                Err(e) => accept_error(e).await,
+            },
+        }
+    }
+    drop(listener);
+    while conns.join_next().await.is_some() {}
+}
+
+/// Waits until the shutdown flag is true or its sender is gone.
+async fn stopped(shutdown: &mut watch::Receiver<bool>) {
+    while !*shutdown.borrow_and_update() {
+        if shutdown.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// After an accept error: go on at once when it concerns one connection; otherwise (out of file
+/// descriptors, say) wait a second rather than spin, as `axum::serve` does.
+async fn accept_error(e: std::io::Error) {
+    use std::io::ErrorKind::{ConnectionAborted, ConnectionRefused, ConnectionReset};
+    if matches!(
+        e.kind(),
+        ConnectionRefused | ConnectionAborted | ConnectionReset
+    ) {
+        return;
+    }
+    tracing::error!("proxy: cannot accept a connection: {e}");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+}
+
+async fn serve_connection(
+    tcp: tokio::net::TcpStream,
+    peer: SocketAddr,
+    proxy: Arc<Proxy>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let service = hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
+        let proxy = proxy.clone();
+        async move { Ok::<_, std::convert::Infallible>(proxy.handle(req, Some(peer)).await) }
+    });
+    let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    let conn = builder.serve_connection_with_upgrades(TokioIo::new(tcp), service);
+    tokio::pin!(conn);
+    let res = tokio::select! {
+        r = conn.as_mut() => r,
+        () = stopped(&mut shutdown) => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
+    if let Err(e) = res {
+        tracing::debug!(%peer, "proxy connection ended: {e}");
+    }
 }
 
 #[cfg(test)]

@@ -306,12 +306,7 @@ impl Router {
                 "proxy routes by this name's policy"
             );
             let p = Arc::new(Proxy::new(ctx.clone(), name, opts.proxy.clone()));
-            servers.push(tokio::spawn(serve_app(
-                "proxy",
-                listener,
-                proxy::router(p),
-                shutdown_rx.clone(),
-            )));
+            servers.push(tokio::spawn(proxy::serve(listener, p, shutdown_rx.clone())));
             proxy_addr = Some(bound);
         }
 

@@ -951,3 +951,139 @@ async fn a_post_answered_with_another_5xx_is_not_retried() {
         Some(1.0)
     );
 }
+
+/// Waits until the proxy keeps exactly `n` open idle connections to `region`.
+async fn idle_connections(p: &ProxyServer, region: &str, n: usize) {
+    eventually(
+        Duration::from_secs(5),
+        &format!("{n} idle connection(s) to {region}"),
+        || async { (p.proxy.idle_connections(region) == Some(n)).then_some(()) },
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn keep_alive_connections_to_a_region_are_reused() {
+    let a = FakeRegion::start("a").await;
+    let cfg = config(&[("a", a.addr)], &router_toml(5));
+    let ctx = ctx(&cfg);
+    up(&ctx, "a", 1.0);
+    let p = serve_proxy(&ctx, "api", ProxySettings::default()).await;
+    let c = http();
+    let base = format!("http://{}", p.addr);
+    for i in 0..10 {
+        let r = if i % 2 == 0 {
+            c.get(format!("{base}/v1/kv/s/k{i}")).send().await.unwrap()
+        } else {
+            c.put(format!("{base}/v1/kv/s/k{i}"))
+                .body("v")
+                .send()
+                .await
+                .unwrap()
+        };
+        assert_eq!(r.status(), 200, "request {i}");
+        r.bytes().await.unwrap();
+        idle_connections(&p, "a", 1).await;
+    }
+    // A large answer is streamed (chunked, not read whole first), and its connection goes back
+    // to the pool once it has been read to the end.
+    a.set_data(Mode::Large(1 << 20));
+    let r = c.get(format!("{base}/v1/kv/s/big")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(routed_to(&r).as_deref(), Some("a"));
+    let body = r.bytes().await.unwrap();
+    assert_eq!(body.len(), 1 << 20);
+    assert!(body.iter().all(|b| *b == b'x'));
+    idle_connections(&p, "a", 1).await;
+    a.set_data(Mode::Ok);
+    let r = c.get(format!("{base}/v1/kv/s/k")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(a.connections(), 1, "every request went over one connection");
+    assert_eq!(a.requests().len(), 12);
+}
+
+#[tokio::test]
+async fn a_pooled_connection_the_region_closed_is_not_used_again() {
+    let a = FakeRegion::start("a").await;
+    let b = FakeRegion::start("b").await;
+    a.set_data(Mode::OkThenClose);
+    let cfg = config(&[("a", a.addr), ("b", b.addr)], &router_toml(1));
+    let ctx = ctx(&cfg);
+    up(&ctx, "a", 1.0);
+    up(&ctx, "b", 1.0);
+    let p = serve_proxy(&ctx, "api", ProxySettings::default()).await;
+    let c = http();
+    let base = format!("http://{}", p.addr);
+    for i in 0..3u64 {
+        // A counter increment is never replayed: had it gone down a closed connection, the
+        // client would get 502 ATOLL-UPSTREAM-OUTCOME-UNKNOWN.
+        let r = c
+            .post(format!("{base}/v1/counter/c/k"))
+            .body(r#"{"delta":1}"#)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "request {i}");
+        assert_eq!(routed_to(&r).as_deref(), Some("a"));
+        // The region closed the connection after its answer; once the proxy has seen that, no
+        // idle connection to a is left.
+        eventually(
+            Duration::from_secs(5),
+            "a to close the connection",
+            || async { (a.closed_after_answer() == i + 1).then_some(()) },
+        )
+        .await;
+        idle_connections(&p, "a", 0).await;
+    }
+    assert_eq!(a.connections(), 3, "a new connection for every request");
+    assert!(b.requests().is_empty());
+    assert_eq!(health_of(&ctx, "a").health, HealthState::Healthy);
+    let text = ctx.metrics.encode();
+    assert_eq!(
+        metric(
+            &text,
+            r#"atoll_router_requests_total{region="a",code="200"}"#
+        ),
+        Some(3.0)
+    );
+    assert!(!text.contains(r#"atoll_router_retries_total{from_region="a""#));
+}
+
+#[tokio::test]
+async fn a_connection_broken_before_the_answer_counts_as_a_failure() {
+    let a = FakeRegion::start("a").await;
+    let b = FakeRegion::start("b").await;
+    a.set_data(Mode::Close);
+    let cfg = config(&[("a", a.addr), ("b", b.addr)], &router_toml(3));
+    let ctx = ctx(&cfg);
+    up(&ctx, "a", 1.0);
+    up(&ctx, "b", 1.0);
+    let p = serve_proxy(&ctx, "api", ProxySettings::default()).await;
+    let c = http();
+    let url = format!("http://{}/v1/kv/s/k", p.addr);
+    for i in 0..3 {
+        let r = c.get(&url).send().await.unwrap();
+        assert_eq!(r.status(), 200, "request {i}: retried on b");
+        assert_eq!(routed_to(&r).as_deref(), Some("b"));
+    }
+    // Three broken connections in a row: ejected, and the next request goes straight to b.
+    let st = health_of(&ctx, "a");
+    assert_eq!(st.health, HealthState::Unhealthy);
+    assert!(st.reason.contains("ejected"), "{}", st.reason);
+    let r = c.get(&url).send().await.unwrap();
+    assert_eq!(routed_to(&r).as_deref(), Some("b"));
+    assert_eq!(a.requests().len(), 3);
+    assert_eq!(p.proxy.idle_connections("a"), Some(0));
+    let text = ctx.metrics.encode();
+    assert_eq!(
+        metric(
+            &text,
+            r#"atoll_router_retries_total{from_region="a",reason="reset"}"#
+        ),
+        Some(3.0)
+    );
+    assert_eq!(
+        metric(&text, r#"atoll_router_ejections_total{region="a"}"#),
+        Some(1.0)
+    );
+}

@@ -56,6 +56,11 @@ pub enum Mode {
     Hang,
     /// Reads the request, then closes the connection without a byte of response.
     Close,
+    /// Answers as [`Mode::Ok`] (keep-alive, no `Connection: close`), then closes the
+    /// connection, as a region closing an idle connection does.
+    OkThenClose,
+    /// 200 with a chunked body of this many bytes (`x`), streamed in 16 KiB chunks.
+    Large(usize),
     /// `/healthz` of a fenced cluster (issue 8): 200 `{"status": status, "region", "role",
     /// "epoch", "primary"}` (`status` is `serving` or `passive`).
     Role {
@@ -90,6 +95,10 @@ struct Inner {
     /// The body of each of them.
     bodies: Mutex<Vec<Vec<u8>>>,
     checks: AtomicU64,
+    /// Connections accepted.
+    accepted: AtomicU64,
+    /// Connections this region closed itself after answering ([`Mode::OkThenClose`]).
+    closed: AtomicU64,
 }
 
 /// A fake region's API on loopback.
@@ -111,6 +120,8 @@ impl FakeRegion {
             requests: Mutex::new(Vec::new()),
             bodies: Mutex::new(Vec::new()),
             checks: AtomicU64::new(0),
+            accepted: AtomicU64::new(0),
+            closed: AtomicU64::new(0),
         });
         let (stop, mut stopped) = watch::channel(false);
         let i = inner.clone();
@@ -119,6 +130,7 @@ impl FakeRegion {
                 tokio::select! {
                     r = listener.accept() => {
                         let Ok((sock, _)) = r else { continue };
+                        i.accepted.fetch_add(1, Ordering::SeqCst);
                         let i = i.clone();
                         let stopped = stopped.clone();
                         tokio::spawn(connection(sock, i, stopped));
@@ -156,6 +168,16 @@ impl FakeRegion {
             .iter()
             .map(|b| String::from_utf8_lossy(b).into_owned())
             .collect()
+    }
+
+    /// Connections accepted so far.
+    pub fn connections(&self) -> u64 {
+        self.inner.accepted.load(Ordering::SeqCst)
+    }
+
+    /// Connections closed by this region after an answer ([`Mode::OkThenClose`]).
+    pub fn closed_after_answer(&self) -> u64 {
+        self.inner.closed.load(Ordering::SeqCst)
     }
 
     pub fn health_checks(&self) -> u64 {
@@ -226,14 +248,40 @@ async fn connection(mut sock: TcpStream, i: Arc<Inner>, mut stopped: watch::Rece
             i.bodies.lock().unwrap().push(body);
             i.data.lock().unwrap().clone()
         };
-        let (status, body) = match mode {
+        let (status, body) = match mode.clone() {
             Mode::Hang => {
                 let _ = stopped.changed().await;
                 return;
             }
             Mode::Close => return,
-            Mode::Ok if health => (200, r#"{"status":"serving"}"#.to_string()),
-            Mode::Ok => (200, format!(r#"{{"region":"{}","path":"{path}"}}"#, i.name)),
+            Mode::Large(n) => {
+                let head = format!(
+                    "HTTP/1.1 200 X\r\ncontent-type: application/octet-stream\r\nx-atoll-region: {}\r\ntransfer-encoding: chunked\r\n\r\n",
+                    i.name
+                );
+                if sock.write_all(head.as_bytes()).await.is_err() {
+                    return;
+                }
+                let mut left = n;
+                while left > 0 {
+                    let k = left.min(16 << 10);
+                    let mut chunk = format!("{k:x}\r\n").into_bytes();
+                    chunk.extend(std::iter::repeat_n(b'x', k));
+                    chunk.extend_from_slice(b"\r\n");
+                    if sock.write_all(&chunk).await.is_err() {
+                        return;
+                    }
+                    left -= k;
+                }
+                if sock.write_all(b"0\r\n\r\n").await.is_err() {
+                    return;
+                }
+                continue;
+            }
+            Mode::Ok | Mode::OkThenClose if health => (200, r#"{"status":"serving"}"#.to_string()),
+            Mode::Ok | Mode::OkThenClose => {
+                (200, format!(r#"{{"region":"{}","path":"{path}"}}"#, i.name))
+            }
             Mode::Status(s) => (s, format!(r#"{{"region":"{}","status":{s}}}"#, i.name)),
             Mode::Draining => (503, r#"{"status":"draining"}"#.to_string()),
             Mode::Fenced => (200, r#"{"status":"fenced"}"#.to_string()),
@@ -278,6 +326,12 @@ async fn connection(mut sock: TcpStream, i: Arc<Inner>, mut stopped: watch::Rece
         if sock.write_all(resp.as_bytes()).await.is_err() {
             return;
         }
+        if mode == Mode::OkThenClose {
+            let _ = sock.shutdown().await;
+            drop(sock);
+            i.closed.fetch_add(1, Ordering::SeqCst);
+            return;
+        }
     }
 }
 
@@ -316,6 +370,7 @@ pub fn ctx(cfg: &Config) -> RouterCtx {
 /// A proxy served on loopback; dropped when the sender is.
 pub struct ProxyServer {
     pub addr: SocketAddr,
+    pub proxy: Arc<Proxy>,
     _stop: watch::Sender<bool>,
 }
 
@@ -331,18 +386,13 @@ pub async fn serve_proxy(ctx: &RouterCtx, name: &str, settings: ProxySettings) -
     let p = Arc::new(Proxy::new(ctx.clone(), cfg_name, settings));
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let (tx, mut rx) = watch::channel(false);
-    tokio::spawn(async move {
-        let _ = axum::serve(
-            listener,
-            proxy::router(p).into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .with_graceful_shutdown(async move {
-            let _ = rx.changed().await;
-        })
-        .await;
-    });
-    ProxyServer { addr, _stop: tx }
+    let (tx, rx) = watch::channel(false);
+    tokio::spawn(proxy::serve(listener, p.clone(), rx));
+    ProxyServer {
+        addr,
+        proxy: p,
+        _stop: tx,
+    }
 }
 
 /// Starts a router with a proxy and the admin API on loopback.

@@ -180,6 +180,9 @@ pub mod region {
     /// A read the region may not answer yet: it has not applied what the read's session token
     /// names, or it lags more than the read's `max_staleness` (`docs/design/session-consistency.md`).
     pub const STALE: &str = "ATOLL-STALE";
+    /// The region is replacing its state with a peer's snapshot and serves nothing yet
+    /// (`docs/design/oplog-truncation.md`); its `/healthz` says so too.
+    pub const BOOTSTRAPPING: &str = "ATOLL-BOOTSTRAPPING";
 }
 
 #[cfg(test)]

@@ -29,10 +29,11 @@
 //! - A `502`/`503`/`504` answer to an idempotent request is retried on the next region too; other
 //!   answers go back to the client as they are.
 //! - **A fencing refusal** (`503` whose JSON error code is `ATOLL-NOT-PRIMARY`, `ATOLL-FENCED`,
-//!   `ATOLL-PASSIVE`, `ATOLL-NO-QUORUM`, `ATOLL-HOME-UNAVAILABLE` or `ATOLL-STALE`, see
-//!   [`fencing_refusal`]) says the region did not apply the request: it is retried on the next
-//!   region **whatever its method**, counted in `atoll_router_retries_total{reason="not-primary"|
-//!   "fenced"|"passive"|"no-quorum"|"home-unavailable"|"stale"}`, and not counted as a
+//!   `ATOLL-PASSIVE`, `ATOLL-NO-QUORUM`, `ATOLL-HOME-UNAVAILABLE`, `ATOLL-STALE` or
+//!   `ATOLL-BOOTSTRAPPING`, see [`fencing_refusal`]) says the region did not apply the request:
+//!   it is retried on the next region **whatever its method**, counted in
+//!   `atoll_router_retries_total{reason="not-primary"|"fenced"|"passive"|"no-quorum"|
+//!   "home-unavailable"|"stale"|"bootstrapping"}`, and not counted as a
 //!   failure by outlier detection (the region is up; it only does not hold the write lease). The
 //!   body of a `503` is read (at most [`REFUSAL_PEEK_BYTES`], within [`REFUSAL_PEEK_TIMEOUT`]) to
 //!   tell; the client gets it unchanged when it is not retried.
@@ -391,10 +392,11 @@ pub const REFUSAL_PEEK_TIMEOUT: Duration = Duration::from_secs(1);
 /// `ATOLL-NO-QUORUM` (a strong keyspace, no majority reachable from that region) or
 /// `ATOLL-HOME-UNAVAILABLE` (an owned key's home not reachable from it, or the key moving), or
 /// `ATOLL-STALE` (a read the region may not answer yet: behind the read's session token or its
-/// `max_staleness`; another region may have the data). Each means the request was **not
-/// applied**, so it may go to another region whatever its method. Returns the retry reason
-/// (`not-primary`, `fenced`, `passive`, `no-quorum`, `home-unavailable`, `stale`); `None` for
-/// anything else.
+/// `max_staleness`; another region may have the data), or `ATOLL-BOOTSTRAPPING` (the region is
+/// loading a peer's snapshot and serves nothing yet; its health check takes it out too). Each
+/// means the request was **not applied**, so it may go to another region whatever its method.
+/// Returns the retry reason (`not-primary`, `fenced`, `passive`, `no-quorum`,
+/// `home-unavailable`, `stale`, `bootstrapping`); `None` for anything else.
 pub fn fencing_refusal(status: u16, body: &[u8]) -> Option<&'static str> {
     if status != 503 {
         return None;
@@ -407,6 +409,7 @@ pub fn fencing_refusal(status: u16, body: &[u8]) -> Option<&'static str> {
         codes::region::NO_QUORUM => Some("no-quorum"),
         codes::region::HOME_UNAVAILABLE => Some("home-unavailable"),
         codes::region::STALE => Some("stale"),
+        codes::region::BOOTSTRAPPING => Some("bootstrapping"),
         _ => None,
     }
 }
@@ -1132,6 +1135,7 @@ mod tests {
             ("ATOLL-NO-QUORUM", "no-quorum"),
             ("ATOLL-HOME-UNAVAILABLE", "home-unavailable"),
             ("ATOLL-STALE", "stale"),
+            ("ATOLL-BOOTSTRAPPING", "bootstrapping"),
         ] {
             assert_eq!(
                 fencing_refusal(503, body(code).as_bytes()),

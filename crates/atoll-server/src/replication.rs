@@ -792,10 +792,29 @@ impl Replicator {
                 }
                 Err(e) => tracing::warn!(error = %e, "maintenance failed"),
             }
-            match store.truncate_oplog(&stable, retention, atoll_store::TRUNCATE_PER_PASS) {
-                Ok(0) => {}
-                Ok(n) => tracing::debug!(entries = n, "operation log truncated"),
-                Err(e) => tracing::warn!(error = %e, "operation-log truncation failed"),
+            // Batches of at most TRUNCATE_PER_PASS, until the log is down to the stable points
+            // or a second has gone: truncation keeps up with any write rate the region takes,
+            // without one pass holding a thread for long.
+            let started = std::time::Instant::now();
+            let mut removed = 0;
+            loop {
+                match store.truncate_oplog(&stable, retention, atoll_store::TRUNCATE_PER_PASS) {
+                    Ok(n) => {
+                        removed += n;
+                        if n < atoll_store::TRUNCATE_PER_PASS
+                            || started.elapsed() > Duration::from_secs(1)
+                        {
+                            break;
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "operation-log truncation failed");
+                        break;
+                    }
+                }
+            }
+            if removed > 0 {
+                tracing::debug!(entries = removed, "operation log truncated");
             }
             running.store(false, Ordering::Release);
         });

@@ -16,7 +16,11 @@ const T0: u64 = 1_700_000_000_000;
 
 /// A backend kind: its name, how to open it (again) on the same data, and the directory that
 /// holds the data (kept alive while the test runs).
-type Kind = (&'static str, Box<dyn Fn() -> Arc<dyn Backend>>, tempfile::TempDir);
+type Kind = (
+    &'static str,
+    Box<dyn Fn() -> Arc<dyn Backend>>,
+    tempfile::TempDir,
+);
 
 fn backends() -> Vec<Kind> {
     let mem = Arc::new(MemBackend::default());

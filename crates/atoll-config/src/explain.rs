@@ -114,6 +114,12 @@ pub(crate) fn explain(config: &Config) -> String {
             ""
         }
     );
+    let _ = writeln!(
+        out,
+        "  oplog_retention           {}{}  (an operation-log entry every region applied is kept this long, then truncated; a region down holds truncation back until it returns, and one that cannot catch up from the log bootstraps by snapshot)",
+        crate::duration::to_config(r.oplog_retention_ms),
+        default_mark(r.oplog_retention_ms == crate::DEFAULT_OPLOG_RETENTION_MS)
+    );
 
     let a = &config.api;
     let _ = writeln!(out, "\napi");

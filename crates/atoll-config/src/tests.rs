@@ -986,6 +986,23 @@ fn read_levels_are_validated() {
 }
 
 #[test]
+fn oplog_retention_is_a_bounded_duration_and_is_explained() {
+    let c = ok(BASE);
+    assert_eq!(
+        c.replication.oplog_retention_ms,
+        crate::DEFAULT_OPLOG_RETENTION_MS
+    );
+    assert!(c.explain().contains("oplog_retention           10m (default)"), "{}", c.explain());
+    let with = |v: &str| format!("{BASE}\n[replication]\noplog_retention = \"{v}\"\n");
+    assert_eq!(ok(&with("0s")).replication.oplog_retention_ms, 0);
+    assert_eq!(ok(&with("2h")).replication.oplog_retention_ms, 7_200_000);
+    for (v, needle) in [("31d", "0 to 30d"), ("later", "replication.oplog_retention")] {
+        let e = err(&with(v));
+        assert!(e.to_string().contains(needle), "{v}: {e}");
+    }
+}
+
+#[test]
 fn explain_of_the_examples() {
     let out = ok(THREE).explain();
     for needle in [

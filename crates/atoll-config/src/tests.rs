@@ -992,11 +992,19 @@ fn oplog_retention_is_a_bounded_duration_and_is_explained() {
         c.replication.oplog_retention_ms,
         crate::DEFAULT_OPLOG_RETENTION_MS
     );
-    assert!(c.explain().contains("oplog_retention           10m (default)"), "{}", c.explain());
+    assert!(
+        c.explain()
+            .contains("oplog_retention           10m (default)"),
+        "{}",
+        c.explain()
+    );
     let with = |v: &str| format!("{BASE}\n[replication]\noplog_retention = \"{v}\"\n");
     assert_eq!(ok(&with("0s")).replication.oplog_retention_ms, 0);
     assert_eq!(ok(&with("2h")).replication.oplog_retention_ms, 7_200_000);
-    for (v, needle) in [("31d", "0 to 30d"), ("later", "replication.oplog_retention")] {
+    for (v, needle) in [
+        ("31d", "0 to 30d"),
+        ("later", "replication.oplog_retention"),
+    ] {
         let e = err(&with(v));
         assert!(e.to_string().contains(needle), "{v}: {e}");
     }

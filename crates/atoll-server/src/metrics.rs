@@ -1108,7 +1108,8 @@ impl Metrics {
             .inc();
     }
 
-    /// A watch ended by this region (`slow`) or refused (`limit`).
+    /// A watch ended by this region (`slow`; `truncated`: the log was truncated past it while
+    /// it caught up) or refused (`limit`).
     pub fn watch_dropped(&self, reason: &str) {
         self.watch_dropped
             .get_or_create(&ReasonLabels {

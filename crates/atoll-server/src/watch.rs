@@ -303,6 +303,9 @@ enum Stop {
     Full,
     /// The client went away (or the region stops).
     Gone,
+    /// The operation log was truncated past the watch's position while it caught up
+    /// (`docs/design/oplog-truncation.md`): it ends with `lagged`, and resuming resets.
+    Truncated,
 }
 
 struct Watcher {
@@ -338,6 +341,13 @@ impl Watcher {
                     reason: format!(
                         "the client did not read its {BUFFER_EVENTS} buffered events in time; resume with this token"
                     ),
+                })
+            }
+            Err(Stop::Truncated) => {
+                self.w.metrics.watch_dropped("truncated");
+                Some(Item::Lagged {
+                    token: self.token.encode(self.w.cluster_tag),
+                    reason: "the operation log was truncated past this watch's position while it caught up; resume with this token (the watch then starts with a reset)".into(),
                 })
             }
         }
@@ -423,6 +433,10 @@ impl Watcher {
                     .oplog(&origin, from, CATCHUP_PAGE)
                     .map_err(|_| Stop::Gone)?;
                 let n = page.len();
+                if page.first().is_some_and(|e| e.seq > from) {
+                    // Truncated under the watch: never skip silently.
+                    return Err(Stop::Truncated);
+                }
                 for e in &page {
                     self.offer(e).await?;
                 }

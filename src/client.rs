@@ -824,6 +824,9 @@ pub async fn status(args: ClientArgs, max_lag: Option<f64>) -> Result<()> {
         .unwrap_or(10.0);
     let peers = v["peers"].as_array().cloned().unwrap_or_default();
     let mut problems = Vec::new();
+    if v["replication"]["bootstrap"].is_object() {
+        problems.push("bootstrapping by snapshot: serving no client traffic".to_string());
+    }
     for p in &peers {
         let name = p["region"].as_str().unwrap_or("?");
         if p["reachable"].as_bool() != Some(true) {
@@ -943,6 +946,26 @@ pub async fn status(args: ClientArgs, max_lag: Option<f64>) -> Result<()> {
             }
             if let Some(h) = v["replication"]["tombstone_horizon_ms"].as_u64() {
                 println!("tombstone horizon: {h} ms since the epoch");
+            }
+            if let Some(t) = v["replication"]["oplog_truncated_through"].as_object()
+                && !t.is_empty()
+            {
+                let parts: Vec<String> = t.iter().map(|(o, n)| format!("{o} {n}")).collect();
+                println!("operation log truncated through: {}", parts.join(", "));
+            }
+            let b = &v["replication"]["bootstrap"];
+            if b.is_object() {
+                println!(
+                    "BOOTSTRAPPING by snapshot (serving no client traffic): {} keys, {} bytes loaded; donor {}; {}{}",
+                    b["keys_loaded"],
+                    b["bytes_loaded"],
+                    b["donor"].as_str().unwrap_or("none yet"),
+                    b["reason"].as_str().unwrap_or("?"),
+                    b["last_error"]
+                        .as_str()
+                        .map(|e| format!("; last attempt: {e}"))
+                        .unwrap_or_default()
+                );
             }
             drill_lines();
         }

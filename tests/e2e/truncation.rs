@@ -19,7 +19,7 @@
 use crate::common;
 
 use anyhow::{Context, Result, bail, ensure};
-use atoll_testkit::{Client, Cluster, ClusterOptions, poll};
+use atoll_testkit::{Client, Cluster, ClusterOptions, poll, run_with_timeout};
 use common::{BIN, ok};
 use std::ops::ControlFlow;
 use std::sync::Arc;
@@ -125,6 +125,16 @@ async fn bounded(c: &Cluster) -> Result<()> {
         })
         .await?;
     }
+    // `atoll status` says how far each origin's log is truncated.
+    let mut cmd = std::process::Command::new(BIN);
+    cmd.args(["status", "--endpoint", &c.endpoint(US)]);
+    let out = run_with_timeout(cmd, Duration::from_secs(30))?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    ensure!(
+        text.contains("operation log truncated through: ")
+            && text.contains(&format!("us-east-1 {}", head - 1)),
+        "atoll status:\n{text}"
+    );
     // The data is all there: the last value of every key, in every region.
     let last = |k: usize| {
         let mut i = OVERWRITES - 1;

@@ -367,8 +367,19 @@ impl Replicator {
     pub fn on_heartbeat(self: &Arc<Self>, hb: &Heartbeat) -> Result<()> {
         match self.with_driver(|d, now, local| d.on_heartbeat(hb, now, local))? {
             Ok(cmds) => {
+                // A heartbeat that proves this region lost writes is still refused (nothing in
+                // it is taken in); the commands start the bootstrap it calls for.
+                let refused = cmds.iter().find_map(|c| match c {
+                    Command::Notice(Notice::HeartbeatRefused { refusal, .. }) => {
+                        Some(refusal.to_string())
+                    }
+                    _ => None,
+                });
                 self.execute(None, cmds);
-                Ok(())
+                match refused {
+                    Some(why) => Err(AtollError::BadRequest(why)),
+                    None => Ok(()),
+                }
             }
             Err(refusal) => {
                 self.refused(&hb.from, &refusal);

@@ -116,6 +116,9 @@ async fn a_good_heartbeat_is_taken_and_bad_ones_are_refused_and_counted() {
     );
     let (status, body) = post(&rep, &forged).await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    // A claim on this region's writes beyond anything it ever sealed is refused too, and it
+    // means this region lost writes: it bootstraps by snapshot (docs/design/oplog-truncation.md).
+    assert!(rep.is_bootstrapping());
 
     // Garbage is the sender's fault (400), not a damaged data directory (500).
     let req = Request::post("/v1/replication/heartbeat")

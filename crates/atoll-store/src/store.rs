@@ -1821,6 +1821,29 @@ impl Writer {
 }
 
 impl Writer {
+    /// The bootstrap the meta key says is under way.
+    fn bootstrap_under_way(&self) -> Result<BootstrapProgress> {
+        self.shared
+            .bootstrap
+            .lock()
+            .ok()
+            .and_then(|b| b.clone())
+            .ok_or_else(|| AtollError::Storage("no bootstrap is under way".into()))
+    }
+
+    /// Merges `delta` into the key's state as of `batch` and stages the result.
+    fn merge_staged(&self, batch: &mut Batch, dk: Vec<u8>, delta: &KeyState) -> Result<()> {
+        let state = match self.current(batch, &dk)? {
+            Some(mut cur) => {
+                cur.merge(delta)?;
+                cur
+            }
+            None => delta.clone(),
+        };
+        self.stage(batch, dk, state);
+        Ok(())
+    }
+
     fn bootstrap(&mut self, step: BootstrapStep) -> Result<Option<VersionVector>> {
         match step {
             BootstrapStep::Begin { restart } => {
@@ -1871,13 +1894,7 @@ impl Writer {
                 rows,
                 next,
             } => {
-                let mut progress = self
-                    .shared
-                    .bootstrap
-                    .lock()
-                    .ok()
-                    .and_then(|b| b.clone())
-                    .ok_or_else(|| AtollError::Storage("no bootstrap is under way".into()))?;
+                let mut progress = self.bootstrap_under_way()?;
                 let mut batch = Batch::default();
                 for (dk, raw) in &rows {
                     let known = dk
@@ -1890,14 +1907,7 @@ impl Writer {
                         continue;
                     }
                     let delta: KeyState = codec::decode(raw)?;
-                    let state = match self.current(&batch, dk)? {
-                        Some(mut cur) => {
-                            cur.merge(&delta)?;
-                            cur
-                        }
-                        None => delta,
-                    };
-                    self.stage(&mut batch, dk.clone(), state);
+                    self.merge_staged(&mut batch, dk.clone(), &delta)?;
                     progress.bytes += (dk.len() + raw.len()) as u64;
                     progress.keys += 1;
                 }
@@ -1922,13 +1932,7 @@ impl Writer {
                 Ok(None)
             }
             BootstrapStep::Finish { own_floor } => {
-                let progress = self
-                    .shared
-                    .bootstrap
-                    .lock()
-                    .ok()
-                    .and_then(|b| b.clone())
-                    .ok_or_else(|| AtollError::Storage("no bootstrap is under way".into()))?;
+                let progress = self.bootstrap_under_way()?;
                 let me = self.shared.region.clone();
                 let mut floor = progress.floor.unwrap_or_default();
                 // What this region had applied of other origins must be covered: its state was
@@ -1957,14 +1961,7 @@ impl Writer {
                 for (_, raw) in own {
                     let e = codec::decode_entry(&raw)?;
                     let dk = keys::data_key(&e.keyspace, &e.key);
-                    let state = match self.current(&batch, &dk)? {
-                        Some(mut cur) => {
-                            cur.merge(&e.delta)?;
-                            cur
-                        }
-                        None => e.delta.clone(),
-                    };
-                    self.stage(&mut batch, dk, state);
+                    self.merge_staged(&mut batch, dk, &e.delta)?;
                 }
                 let mut mutations = std::mem::take(&mut batch.mutations);
                 for (k, state) in &batch.states {

@@ -70,6 +70,34 @@ async fn metric(c: &Client, series: &str) -> Result<f64> {
         .unwrap_or(0.0))
 }
 
+/// Waits until every region's log of each `(origin, at_least)` is truncated through at least
+/// that sequence number.
+async fn wait_truncated(c: &Cluster, want: &[(&str, u64)]) -> Result<()> {
+    for name in c.names() {
+        let client = c.client(&name);
+        poll(TRUNCATED, Duration::from_millis(500), "truncation", || {
+            let client = client.clone();
+            let name = name.clone();
+            async move {
+                let mut short = Vec::new();
+                for (origin, at_least) in want {
+                    let t = truncated_through(&client, origin).await?;
+                    if t < *at_least {
+                        short.push(format!("{origin} through {t} of {at_least}"));
+                    }
+                }
+                Ok(if short.is_empty() {
+                    ControlFlow::Break(())
+                } else {
+                    ControlFlow::Continue(format!("{name} truncated {}", short.join(", ")))
+                })
+            }
+        })
+        .await?;
+    }
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_operation_log_stays_bounded_under_overwrites() {
     let c = start("truncate");
@@ -110,21 +138,7 @@ async fn bounded(c: &Cluster) -> Result<()> {
     println!("{OVERWRITES} overwrites in {:?}", started.elapsed());
     c.wait_converged(CONVERGE).await?;
     // Every region's log of us-east-1 goes down to its newest entry.
-    for name in c.names() {
-        let client = c.client(&name);
-        poll(TRUNCATED, Duration::from_millis(500), "truncation", || {
-            let (client, name) = (client.clone(), name.clone());
-            async move {
-                let t = truncated_through(&client, US).await?;
-                Ok(if t + 1 >= head {
-                    ControlFlow::Break(())
-                } else {
-                    ControlFlow::Continue(format!("{name} truncated through {t} of {head}"))
-                })
-            }
-        })
-        .await?;
-    }
+    wait_truncated(c, &[(US, head - 1)]).await?;
     // `atoll status` says how far each origin's log is truncated.
     let mut cmd = std::process::Command::new(BIN);
     cmd.args(["status", "--endpoint", &c.endpoint(US)]);
@@ -185,24 +199,7 @@ async fn wiped(c: &mut Cluster) -> Result<()> {
     let ap_head = applied_of(&ap, AP).await?;
     c.wait_converged(CONVERGE).await?;
     // Both peers truncate their logs of both writers: replaying from sequence 1 is impossible.
-    for name in c.names() {
-        let client = c.client(&name);
-        poll(TRUNCATED, Duration::from_millis(500), "truncation", || {
-            let (client, name) = (client.clone(), name.clone());
-            async move {
-                let (u, a) = (
-                    truncated_through(&client, US).await?,
-                    truncated_through(&client, AP).await?,
-                );
-                Ok(if u > 1 && a > 1 {
-                    ControlFlow::Break(())
-                } else {
-                    ControlFlow::Continue(format!("{name} truncated us {u}, ap {a}"))
-                })
-            }
-        })
-        .await?;
-    }
+    wait_truncated(c, &[(US, 2), (AP, 2)]).await?;
 
     // ap-southeast-1 loses its disk.
     c.kill9(AP)?;

@@ -342,8 +342,7 @@ impl ReplDriver {
     /// How the `Bootstrap` command went. `Ok`: the store holds the snapshot and replication
     /// resumes from its applied vector. `Err`: it is tried again after two heartbeat
     /// intervals, from another donor if there is one.
-    pub fn on_bootstrap_done(&mut self, result: Result<(), String>, now: Now) -> Vec<Command> {
-        let out = Vec::new();
+    pub fn on_bootstrap_done(&mut self, result: Result<(), String>, now: Now) {
         match result {
             Ok(()) => {
                 self.bootstrap = None;
@@ -357,7 +356,6 @@ impl ReplDriver {
                 }
             }
         }
-        out
     }
 
     /// The most of this region's own writes a peer said it holds (a bootstrap's new head is at
@@ -899,7 +897,6 @@ impl ServedStream {
         if let Some(first) = entries.first()
             && first.origin == *origin
             && first.seq > *at + 1
-            && first.seq > 1
         {
             // Truncated below the subscriber's cursor: it must bootstrap; stop serving this
             // origin on this stream.
@@ -1504,10 +1501,7 @@ mod tests {
             "{later:?}"
         );
         // A failure is retried after two heartbeat intervals; success resumes replication.
-        assert!(
-            d.on_bootstrap_done(Err("link broke".into()), at(6_000))
-                .is_empty()
-        );
+        d.on_bootstrap_done(Err("link broke".into()), at(6_000));
         assert!(
             !d.tick(at(6_500), &local)
                 .iter()

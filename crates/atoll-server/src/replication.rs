@@ -859,9 +859,8 @@ impl Replicator {
             }
         }
         let report = result.map(|_| ()).map_err(|e| e.to_string());
-        if let Ok(cmds) = self.with_driver(|d, now, _| d.on_bootstrap_done(report, now)) {
-            self.execute(None, cmds);
-        }
+        // The driver's next tick opens subscriptions again, or retries.
+        let _ = self.with_driver(|d, now, _| d.on_bootstrap_done(report, now));
     }
 
     /// Clears this region's state (or resumes a bootstrap under way), loads the donor's

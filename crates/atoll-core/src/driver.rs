@@ -217,6 +217,10 @@ pub struct ReplDriver {
     skewed: BTreeSet<RegionId>,
     /// Set while this region must bootstrap by snapshot before it replicates again.
     bootstrap: Option<BootstrapState>,
+    /// (peer, origin) → where the peer's log of that origin (not its own) starts, when it
+    /// said it starts past this region's cursor: the origin is asked of the others meanwhile
+    /// (a region that bootstrapped holds no log of what its snapshot covered).
+    relay_gaps: BTreeMap<(RegionId, RegionId), u64>,
 }
 
 /// A bootstrap this region needs: why, from whom it would rather take it, and whether a
@@ -259,6 +263,7 @@ impl ReplDriver {
             prompted: BTreeMap::new(),
             skewed: BTreeSet::new(),
             bootstrap: None,
+            relay_gaps: BTreeMap::new(),
             cfg,
         }
     }
@@ -473,7 +478,13 @@ impl ReplDriver {
             }
         }
         if self.bootstrap.is_some() {
-            self.start_bootstrap(now, &mut out);
+            // The manage timer keeps its pace meanwhile (it is when a failed attempt is tried
+            // again): left in the past, it made every tick due at once, and the server's driver
+            // loop woke every millisecond for as long as a bootstrap lasted.
+            if m >= self.next_manage_ms {
+                self.next_manage_ms = m + self.cfg.manage_interval_ms.max(1);
+                self.start_bootstrap(now, &mut out);
+            }
         } else if self.manage_now || m >= self.next_manage_ms {
             self.manage(now, local, &mut out);
         }
@@ -501,7 +512,16 @@ impl ReplDriver {
         if self.bootstrap.is_some() {
             return;
         }
-        let wanted = self.core.wanted_subscriptions(now.wall_ms);
+        let mut wanted = self.core.wanted_subscriptions(now.wall_ms);
+        // Origins a peer relays but whose log there starts past this region's cursor are asked
+        // of the others (until this region has caught up past the gap).
+        self.relay_gaps
+            .retain(|(_, o), first| *first > local.applied.get(o) + 1);
+        for (peer, o) in self.relay_gaps.keys() {
+            if let Some(origins) = wanted.get_mut(peer) {
+                origins.remove(o);
+            }
+        }
         let stale: Vec<SubId> = self
             .subs
             .iter()
@@ -666,7 +686,20 @@ impl ReplDriver {
             }
             Frame::Truncated { origin, first } => {
                 let applied = local.applied.get(&origin);
-                if first > applied + 1 {
+                // A relay's log may start past our cursor (it bootstrapped: its snapshot
+                // covered those entries, which it never logged). The origin itself still holds
+                // them (it truncates nothing a region has not applied), and so may another
+                // relay: only the origin's own word sends this region to bootstrap.
+                if first > applied + 1 && origin != peer {
+                    self.relay_gaps
+                        .insert((peer.clone(), origin.clone()), first);
+                    self.end(
+                        id,
+                        format!("{peer}'s log of {origin} starts at {first}, past this region's {applied}: asking the origin and the other peers for it"),
+                        &mut out,
+                    );
+                    self.manage_now = true;
+                } else if first > applied + 1 {
                     let reason = format!(
                         "{peer}'s operation log of {origin} starts at {first}; this region has applied {applied} of it, and the entries between are truncated"
                     );
@@ -977,9 +1010,13 @@ mod tests {
     }
 
     fn driver(me: &str) -> ReplDriver {
+        driver_in(me, &["a", "b"])
+    }
+
+    fn driver_in(me: &str, regions: &[&str]) -> ReplDriver {
         ReplDriver::new(
             r(me),
-            vec![r("a"), r("b")],
+            regions.iter().map(|n| r(n)).collect(),
             DriverConfig::new("test", ReplConfig::new(1000, 500)),
             &LocalView::default(),
             at(0),
@@ -1017,7 +1054,12 @@ mod tests {
 
     /// Two drivers exchange heartbeats until `a` has a subscription to `b`; returns its id.
     fn linked() -> (ReplDriver, ReplDriver, SubId) {
-        let (mut a, mut b) = (driver("a"), driver("b"));
+        linked_in(&["a", "b"])
+    }
+
+    /// As [`linked`], in a cluster of `regions` where only `a` and `b` are up.
+    fn linked_in(regions: &[&str]) -> (ReplDriver, ReplDriver, SubId) {
+        let (mut a, mut b) = (driver_in("a", regions), driver_in("b", regions));
         let l = LocalView::default();
         let mut to_b = heartbeats(&a.tick(at(0), &l));
         let mut sub = None;
@@ -1515,6 +1557,68 @@ mod tests {
         );
         d.on_bootstrap_done(Ok(()), at(8_200));
         assert!(d.bootstrapping().is_none());
+    }
+
+    #[test]
+    fn a_relay_whose_log_starts_past_our_cursor_is_not_a_reason_to_bootstrap() {
+        // `c` is down: `a` asks `b` for `b`'s writes and, as a relay, for `c`'s.
+        let (mut d, _b, id) = linked_in(&["a", "b", "c"]);
+        let local = view(&[("b", 3), ("c", 4)]);
+        let cmds = d.on_frame(
+            id,
+            Frame::Truncated {
+                origin: r("c"),
+                first: 9,
+            },
+            at(310),
+            &local,
+        );
+        // `b` bootstrapped (its log of `c` starts at 9): `c` itself still holds 5..8.
+        assert!(d.bootstrapping().is_none(), "{cmds:?}");
+        assert_eq!(unsubscribed(&cmds), vec![id]);
+        let again = subscribes(&d.tick(at(320), &local));
+        assert_eq!(again.len(), 1, "{again:?}");
+        assert_eq!(again[0].1, r("b"));
+        assert_eq!(again[0].2.origins, vec![r("b")], "c is not asked of b");
+        // Caught up past the gap (from `c`, say), `b` is asked for `c` again.
+        let caught_up = view(&[("b", 3), ("c", 9)]);
+        let later = d.tick(at(1_000), &caught_up);
+        let resub = subscribes(&later);
+        assert_eq!(resub.len(), 1, "{later:?}");
+        assert_eq!(resub[0].2.origins, vec![r("b"), r("c")]);
+        // The origin's own log starting past the cursor still means a bootstrap.
+        let own = d.on_frame(
+            resub[0].0,
+            Frame::Truncated {
+                origin: r("b"),
+                first: 7,
+            },
+            at(1_100),
+            &caught_up,
+        );
+        assert!(d.bootstrapping().is_some(), "{own:?}");
+    }
+
+    #[test]
+    fn a_bootstrap_under_way_does_not_make_every_tick_due() {
+        let (mut d, _b, id) = linked();
+        let local = view(&[("b", 3)]);
+        d.on_frame(
+            id,
+            Frame::Truncated {
+                origin: r("b"),
+                first: 9,
+            },
+            at(310),
+            &local,
+        );
+        assert!(d.bootstrapping().is_some());
+        d.tick(at(400), &local);
+        assert!(
+            d.next_wake() > 400,
+            "next wake {} is not after the tick at 400: the server's loop would spin",
+            d.next_wake()
+        );
     }
 
     #[test]

@@ -1009,6 +1009,14 @@ mod tests {
         }
     }
 
+    /// The frame of a publisher whose log of `origin` starts at `first`.
+    fn truncated(origin: &str, first: u64) -> Frame {
+        Frame::Truncated {
+            origin: r(origin),
+            first,
+        }
+    }
+
     fn driver(me: &str) -> ReplDriver {
         driver_in(me, &["a", "b"])
     }
@@ -1519,15 +1527,7 @@ mod tests {
     fn a_truncated_log_sends_the_subscriber_to_bootstrap_and_nothing_opens_meanwhile() {
         let (mut d, _b, id) = linked();
         let local = view(&[("b", 3)]);
-        let cmds = d.on_frame(
-            id,
-            Frame::Truncated {
-                origin: r("b"),
-                first: 9,
-            },
-            at(310),
-            &local,
-        );
+        let cmds = d.on_frame(id, truncated("b", 9), at(310), &local);
         assert!(
             cmds.iter()
                 .any(|c| matches!(c, Command::Bootstrap { donor, .. } if *donor == r("b"))),
@@ -1564,15 +1564,7 @@ mod tests {
         // `c` is down: `a` asks `b` for `b`'s writes and, as a relay, for `c`'s.
         let (mut d, _b, id) = linked_in(&["a", "b", "c"]);
         let local = view(&[("b", 3), ("c", 4)]);
-        let cmds = d.on_frame(
-            id,
-            Frame::Truncated {
-                origin: r("c"),
-                first: 9,
-            },
-            at(310),
-            &local,
-        );
+        let cmds = d.on_frame(id, truncated("c", 9), at(310), &local);
         // `b` bootstrapped (its log of `c` starts at 9): `c` itself still holds 5..8.
         assert!(d.bootstrapping().is_none(), "{cmds:?}");
         assert_eq!(unsubscribed(&cmds), vec![id]);
@@ -1587,15 +1579,7 @@ mod tests {
         assert_eq!(resub.len(), 1, "{later:?}");
         assert_eq!(resub[0].2.origins, vec![r("b"), r("c")]);
         // The origin's own log starting past the cursor still means a bootstrap.
-        let own = d.on_frame(
-            resub[0].0,
-            Frame::Truncated {
-                origin: r("b"),
-                first: 7,
-            },
-            at(1_100),
-            &caught_up,
-        );
+        let own = d.on_frame(resub[0].0, truncated("b", 7), at(1_100), &caught_up);
         assert!(d.bootstrapping().is_some(), "{own:?}");
     }
 
@@ -1603,15 +1587,7 @@ mod tests {
     fn a_bootstrap_under_way_does_not_make_every_tick_due() {
         let (mut d, _b, id) = linked();
         let local = view(&[("b", 3)]);
-        d.on_frame(
-            id,
-            Frame::Truncated {
-                origin: r("b"),
-                first: 9,
-            },
-            at(310),
-            &local,
-        );
+        d.on_frame(id, truncated("b", 9), at(310), &local);
         assert!(d.bootstrapping().is_some());
         d.tick(at(400), &local);
         assert!(

@@ -794,6 +794,10 @@ fn keyspace_options(k: &KeyspaceConfig) -> String {
             s
         })
         .chain((!minority.is_empty()).then(|| minority.to_string()))
+        .chain(
+            k.default_ttl_ms
+                .map(|ms| format!("default_ttl={}", crate::duration::to_config(ms))),
+        )
         .chain(k.owned.as_ref().map(owned_options))
         .collect();
     parts.join(", ")

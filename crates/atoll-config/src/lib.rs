@@ -479,6 +479,9 @@ pub struct KeyspaceConfig {
     /// region's staleness bound exceeds it, unless the read says otherwise (`max_staleness=`).
     /// `None`: eventual (session when a read presents a token). Not for `strong`.
     pub max_staleness_ms: Option<u64>,
+    /// `default_ttl`: the time to live of a put that names none (lww and owned;
+    /// `docs/design/expiring-keys.md`). `None`: keys never expire unless a write says so.
+    pub default_ttl_ms: Option<u64>,
     /// Homes of an `owned` keyspace (`None` for every other policy).
     pub owned: Option<OwnedConfig>,
 }
@@ -509,6 +512,7 @@ impl KeyspaceConfig {
             conflict_max_entries: DEFAULT_CONFLICT_MAX_ENTRIES,
             on_minority: OnMinority::Available,
             max_staleness_ms: None,
+            default_ttl_ms: None,
             owned: None,
         }
     }

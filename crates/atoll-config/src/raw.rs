@@ -169,6 +169,8 @@ struct RawKeyspace {
     #[serde(default)]
     max_staleness: Option<Spanned<String>>,
     #[serde(default)]
+    default_ttl: Option<Spanned<String>>,
+    #[serde(default)]
     default_home: Option<Spanned<String>>,
     #[serde(default)]
     homes: Option<Spanned<Vec<Spanned<RawHome>>>>,
@@ -951,6 +953,33 @@ fn keyspaces(
                 Some(ms)
             }
         };
+        let default_ttl_ms = match &k.default_ttl {
+            None => None,
+            Some(t) if policy.storage() != Policy::Lww => {
+                return Err(cx.err(
+                    t.span(),
+                    key("default_ttl"),
+                    format!(
+                        "default_ttl does not apply to keyspace `{name}`, whose policy is `{policy}`: only `lww` and `owned` keyspaces hold expiring keys (docs/design/expiring-keys.md)"
+                    ),
+                ));
+            }
+            Some(t) => {
+                let ms = crate::duration::parse_ms(t.get_ref())
+                    .map_err(|e| cx.err(t.span(), key("default_ttl"), e))?;
+                if ms == 0 || ms > atoll_core::op::MAX_TTL_MS {
+                    return Err(cx.err(
+                        t.span(),
+                        key("default_ttl"),
+                        format!(
+                            "`{}` is out of range: a default_ttl is 1ms to 100 years (leave it out for keys that never expire)",
+                            t.get_ref()
+                        ),
+                    ));
+                }
+                Some(ms)
+            }
+        };
         out.push(KeyspaceConfig {
             name: name.clone(),
             policy,
@@ -980,6 +1009,7 @@ fn keyspaces(
             )? as usize,
             on_minority: k.on_minority.unwrap_or_default(),
             max_staleness_ms,
+            default_ttl_ms,
             owned: owned(cx, k, &key, regions, model, quorum)?,
         });
     }

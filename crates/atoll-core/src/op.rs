@@ -128,14 +128,41 @@ impl KeyState {
     }
 }
 
+/// How long a written value lives (`docs/design/expiring-keys.md`); lww and owned keyspaces only.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Ttl {
+    /// The keyspace's `default_ttl` (never expires when it has none).
+    #[default]
+    Default,
+    /// Never expires, whatever the keyspace's default.
+    Never,
+    /// Expires this many milliseconds after the write's timestamp (at least 1).
+    After(u64),
+    /// Expires at this instant (milliseconds since the Unix epoch; RESP `EXAT`/`PXAT`).
+    At(u64),
+    /// Keeps the expiry the live value has (none if the key is absent or expired; RESP `KEEPTTL`).
+    Keep,
+}
+
+/// Longest time to live a write may ask for: 100 years.
+pub const MAX_TTL_MS: u64 = 100 * 365 * 24 * 3600 * 1000;
+
 /// What a client asked for, before it is turned into a delta.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Intent {
     /// Write a value (lww, mvr). For mvr, `context` is what the client read; `None` adds a sibling.
+    /// `ttl`: when the value expires (lww and owned only; anything but [`Ttl::Default`] is refused
+    /// for mvr).
     Put {
         value: Vec<u8>,
         context: Option<CausalContext>,
+        ttl: Ttl,
     },
+    /// Give a live lww value a new expiry (`Some`: RESP `EXPIRE`) or none (`None`: `PERSIST`),
+    /// keeping its value: a new write of the same value. An absent or expired key is
+    /// [`AtollError::NotFound`]. (Callers that answer "nothing to persist" read first: a
+    /// `PERSIST` of a key without expiry still writes.)
+    Expire { ttl: Option<Ttl> },
     /// Delete (lww, mvr): leaves a tombstone.
     Delete { context: Option<CausalContext> },
     /// Add `delta` (may be negative) to a counter.
@@ -151,6 +178,7 @@ impl Intent {
     fn name(&self) -> &'static str {
         match self {
             Intent::Put { .. } => "put",
+            Intent::Expire { .. } => "expire",
             Intent::Delete { .. } => "delete",
             Intent::CounterAdd { .. } => "counter increments",
             Intent::SetUpdate { .. } => "set updates",
@@ -163,22 +191,59 @@ impl Intent {
             (
                 Intent::Put { .. } | Intent::Delete { .. },
                 Policy::Lww | Policy::Mvr
-            ) | (Intent::CounterAdd { .. }, Policy::Counter)
+            ) | (Intent::Expire { .. }, Policy::Lww)
+                | (Intent::CounterAdd { .. }, Policy::Counter)
                 | (Intent::SetUpdate { .. }, Policy::Set)
         )
     }
 }
 
+/// Where and when a local write is made: what [`prepare`] needs besides the intent.
+#[derive(Clone, Copy, Debug)]
+pub struct WriteAt<'a> {
+    pub keyspace: &'a str,
+    pub policy: Policy,
+    /// The keyspace's `default_ttl` in milliseconds (lww and owned).
+    pub default_ttl_ms: Option<u64>,
+    /// The local region.
+    pub region: &'a RegionId,
+    /// A fresh HLC timestamp for the write.
+    pub ts: Timestamp,
+    /// The region's physical clock: what judges whether the current value has expired
+    /// ([`Ttl::Keep`], [`Intent::Expire`]); never the HLC (`docs/design/expiring-keys.md`).
+    pub now_ms: u64,
+}
+
+/// The expiry instant a write at `at` gives its value, `current` being the key's stored register.
+fn expiry(at: &WriteAt<'_>, ttl: Ttl, current: Option<&LwwRegister>) -> Result<Option<u64>> {
+    let bad = |what: String| {
+        Err(AtollError::BadRequest(format!(
+            "{what} (keyspace `{}`): a time to live is at least 1 ms and at most 100 years",
+            at.keyspace
+        )))
+    };
+    match ttl {
+        Ttl::Default => Ok(at.default_ttl_ms.map(|d| at.ts.wall_ms.saturating_add(d))),
+        Ttl::Never => Ok(None),
+        Ttl::After(0) => bad("a time to live of 0".into()),
+        Ttl::After(ms) if ms > MAX_TTL_MS => bad(format!("a time to live of {ms} ms")),
+        Ttl::After(ms) => Ok(Some(at.ts.wall_ms.saturating_add(ms))),
+        Ttl::At(t) if t > at.ts.wall_ms.saturating_add(MAX_TTL_MS) => {
+            bad(format!("an expiry at {t} ms since the epoch"))
+        }
+        // An instant already past: the value is written expired (Redis deletes the key; here the
+        // write is kept, so it replicates and hides older values everywhere, and is collected).
+        Ttl::At(t) => Ok(Some(t)),
+        Ttl::Keep => Ok(current
+            .filter(|c| c.live_value(at.now_ms).is_some())
+            .and_then(|c| c.expires_ms)),
+    }
+}
+
 /// Turns a local write into the delta to merge and replicate. `current` is the key's stored state
-/// (`None` if never written), `region` the local region and `ts` a fresh HLC timestamp.
-pub fn prepare(
-    keyspace: &str,
-    policy: Policy,
-    intent: &Intent,
-    current: Option<&KeyState>,
-    region: &RegionId,
-    ts: Timestamp,
-) -> Result<KeyState> {
+/// (`None` if never written); `at` says where and when.
+pub fn prepare(intent: &Intent, current: Option<&KeyState>, at: &WriteAt<'_>) -> Result<KeyState> {
+    let (keyspace, policy, region, ts) = (at.keyspace, at.policy, at.region, at.ts);
     if policy == Policy::Strong {
         // Served by the strong group, never by the local store (nothing of it is merged).
         return Err(AtollError::WrongPolicy {
@@ -194,7 +259,11 @@ pub fn prepare(
         return Err(AtollError::WrongPolicy {
             keyspace: keyspace.to_string(),
             policy: policy.to_string(),
-            operation: intent.name().to_string(),
+            operation: if matches!(intent, Intent::Expire { .. }) {
+                "expiring keys (lww and owned keyspaces only: docs/design/expiring-keys.md)".into()
+            } else {
+                intent.name().to_string()
+            },
         });
     }
     let storage = policy.storage();
@@ -206,22 +275,36 @@ pub fn prepare(
             cur.policy()
         )));
     }
+    let cur_lww = match current {
+        Some(KeyState::Lww(r)) => Some(r),
+        _ => None,
+    };
     Ok(match (storage, intent, current) {
-        (Policy::Lww, Intent::Put { value, .. }, cur) => {
-            let cur = match cur {
-                Some(KeyState::Lww(r)) => Some(r),
-                _ => None,
-            };
-            KeyState::Lww(LwwRegister::write(cur, region, ts, Some(value.clone())))
+        (Policy::Lww, Intent::Put { value, ttl, .. }, _) => {
+            let expires = expiry(at, *ttl, cur_lww)?;
+            KeyState::Lww(LwwRegister::write(cur_lww, region, ts, Some(value.clone())).expiring(expires))
         }
-        (Policy::Lww, Intent::Delete { .. }, cur) => {
-            let cur = match cur {
-                Some(KeyState::Lww(r)) => Some(r),
-                _ => None,
+        (Policy::Lww, Intent::Expire { ttl }, _) => {
+            let Some(live) = cur_lww.and_then(|c| c.live_value(at.now_ms)) else {
+                return Err(AtollError::NotFound);
             };
-            KeyState::Lww(LwwRegister::write(cur, region, ts, None))
+            let expires = match ttl {
+                Some(t) => expiry(at, *t, cur_lww)?,
+                None => None,
+            };
+            KeyState::Lww(LwwRegister::write(cur_lww, region, ts, Some(live.clone())).expiring(expires))
         }
-        (Policy::Mvr, Intent::Put { value, context }, cur) => {
+        (Policy::Lww, Intent::Delete { .. }, _) => {
+            KeyState::Lww(LwwRegister::write(cur_lww, region, ts, None))
+        }
+        (Policy::Mvr, Intent::Put { ttl, .. }, _) if *ttl != Ttl::Default => {
+            return Err(AtollError::WrongPolicy {
+                keyspace: keyspace.to_string(),
+                policy: policy.to_string(),
+                operation: "expiring keys (lww and owned keyspaces only: docs/design/expiring-keys.md)".into(),
+            });
+        }
+        (Policy::Mvr, Intent::Put { value, context, .. }, cur) => {
             mvr_write(cur, context.as_ref(), region, ts, Some(value.clone()))
         }
         (Policy::Mvr, Intent::Delete { context }, cur) => {
@@ -292,7 +375,42 @@ pub struct OpEntry {
     pub epoch: u64,
 }
 
-/// [`OpEntry`] as encoding version 1 wrote it (no epoch).
+/// [`LwwRegister`] as encoding versions 1 and 2 wrote it (no expiry).
+#[derive(Deserialize)]
+pub(crate) struct LwwRegisterV2 {
+    value: Option<Vec<u8>>,
+    ts: Timestamp,
+    origin: RegionId,
+    vv: crate::causal::VersionVector,
+}
+
+/// [`KeyState`] as encoding versions 1 and 2 wrote it (lww registers without expiry).
+#[derive(Deserialize)]
+pub(crate) enum KeyStateV2 {
+    Lww(LwwRegisterV2),
+    Mvr(MvRegister),
+    Counter(PnCounter),
+    Set(OrSet),
+}
+
+impl From<KeyStateV2> for KeyState {
+    fn from(s: KeyStateV2) -> Self {
+        match s {
+            KeyStateV2::Lww(r) => KeyState::Lww(LwwRegister {
+                value: r.value,
+                ts: r.ts,
+                origin: r.origin,
+                vv: r.vv,
+                expires_ms: None,
+            }),
+            KeyStateV2::Mvr(m) => KeyState::Mvr(m),
+            KeyStateV2::Counter(c) => KeyState::Counter(c),
+            KeyStateV2::Set(s) => KeyState::Set(s),
+        }
+    }
+}
+
+/// [`OpEntry`] as encoding version 1 wrote it (no epoch, no expiry).
 #[derive(Deserialize)]
 pub(crate) struct OpEntryV1 {
     origin: RegionId,
@@ -300,7 +418,7 @@ pub(crate) struct OpEntryV1 {
     ts: Timestamp,
     keyspace: String,
     key: Vec<u8>,
-    delta: KeyState,
+    delta: KeyStateV2,
 }
 
 impl From<OpEntryV1> for OpEntry {
@@ -311,8 +429,34 @@ impl From<OpEntryV1> for OpEntry {
             ts: e.ts,
             keyspace: e.keyspace,
             key: e.key,
-            delta: e.delta,
+            delta: e.delta.into(),
             epoch: 0,
+        }
+    }
+}
+
+/// [`OpEntry`] as encoding version 2 wrote it (no expiry in lww deltas).
+#[derive(Deserialize)]
+pub(crate) struct OpEntryV2 {
+    origin: RegionId,
+    seq: u64,
+    ts: Timestamp,
+    keyspace: String,
+    key: Vec<u8>,
+    delta: KeyStateV2,
+    epoch: u64,
+}
+
+impl From<OpEntryV2> for OpEntry {
+    fn from(e: OpEntryV2) -> Self {
+        OpEntry {
+            origin: e.origin,
+            seq: e.seq,
+            ts: e.ts,
+            keyspace: e.keyspace,
+            key: e.key,
+            delta: e.delta.into(),
+            epoch: e.epoch,
         }
     }
 }

@@ -299,11 +299,15 @@ impl Crdt for MaybeLww {
 struct LwwW {
     phys: u64,
     value: Option<u8>,
+    /// Time to live of the write (ms after its timestamp's wall time).
+    ttl: Option<u64>,
 }
 
 #[derive(Clone, Debug)]
 struct LwwInfo {
     version: LwwVersion,
+    /// The expiry the write stamped (`None` for deletes and writes without a ttl).
+    expires_ms: Option<u64>,
 }
 
 struct LwwModel {
@@ -339,9 +343,11 @@ impl Model for LwwModel {
     ) -> (MaybeLww, LwwInfo) {
         let ts = self.hlcs[r].now(w.phys);
         let value = w.value.map(|v| vec![v]);
-        let delta = LwwRegister::write(state.0.as_ref(), &region(r), ts, value);
+        let delta = LwwRegister::write(state.0.as_ref(), &region(r), ts, value)
+            .expiring(w.ttl.map(|t| ts.wall_ms + t));
         let info = LwwInfo {
             version: delta.version(),
+            expires_ms: delta.expires_ms,
         };
         (MaybeLww(Some(delta)), info)
     }
@@ -403,6 +409,12 @@ impl Model for LwwModel {
             return;
         };
         assert_eq!(Some(&s.version()), lww_winner(hist, writes));
+        // The expiry travels with the winning version: the winner's own, never another write's.
+        let winner = hist
+            .iter()
+            .map(|&u| &writes[u].info)
+            .max_by(|a, b| lww_key(&a.version).cmp(&lww_key(&b.version)));
+        assert_eq!(s.expires_ms, winner.and_then(|w| w.expires_ms), "expiry of the winner");
         // The version vector counts, per region, the writes causally before the state.
         let closure = closure_of(hist, writes);
         for (i, name) in REGION_NAMES.iter().enumerate() {
@@ -420,7 +432,8 @@ impl Model for LwwModel {
 proptest! {
     #[test]
     fn lww_laws(c in case(
-        (0..6u64, prop::option::weighted(0.8, 0..4u8)).prop_map(|(phys, value)| LwwW { phys, value })
+        (0..6u64, prop::option::weighted(0.8, 0..4u8), prop::option::weighted(0.4, 1..5u64))
+            .prop_map(|(phys, value, ttl)| LwwW { phys, value, ttl })
     )) {
         let m = LwwModel { hlcs: vec![Hlc::new(u64::MAX); 4] };
         run(m, c);

@@ -569,6 +569,7 @@ async fn set<H: Host>(
     let intent = Intent::Put {
         value,
         context: context(st.as_ref()),
+        ttl: atoll_core::op::Ttl::Default,
     };
     if let Err(r) = write(host, &t, intent).await {
         return r;

@@ -298,6 +298,7 @@ async fn mvr_siblings_are_an_error_that_names_them() {
             Intent::Put {
                 value: v.as_bytes().to_vec(),
                 context: None,
+                ttl: atoll_core::op::Ttl::Default,
             },
         )
         .await

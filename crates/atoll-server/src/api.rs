@@ -771,7 +771,7 @@ async fn kv_put(
     let limit = state.store.keyspace(&ks)?.max_value_bytes;
     let raw = read_value(body, limit, &ks).await?;
     let value = raw.to_vec();
-    match write(&state, &ks, &key, Intent::Put { value, context }).await {
+    match write(&state, &ks, &key, Intent::Put { value, context, ttl: atoll_core::op::Ttl::Default }).await {
         Ok(out) => Ok(ack(&state, &ks, &key, &out, token)?),
         Err(e) => refused(&state, e, Method::PUT, &uri, &headers, raw).await,
     }

@@ -992,6 +992,7 @@ mod tests {
             ts: ts(ms),
             origin: r(origin),
             vv: VersionVector::new(),
+            expires_ms: None,
         })
     }
 

@@ -8,7 +8,7 @@ use atoll_core::clock::Clock;
 use atoll_core::codec;
 use atoll_core::crdt::lww::{ConflictReason, LwwConflict, LwwVersion};
 use atoll_core::hlc::{Hlc, Timestamp};
-use atoll_core::op::{Intent, KeyState, OpEntry, Policy, prepare};
+use atoll_core::op::{Intent, KeyState, OpEntry, Policy, WriteAt, prepare};
 use atoll_core::repl::SnapshotChunk;
 use atoll_core::{AtollError, RegionId, Result};
 use serde::{Deserialize, Serialize};
@@ -189,6 +189,8 @@ struct Stamps {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct MaintenanceOutcome {
     pub tombstones_collected: usize,
+    /// Expired lww values collected (`docs/design/expiring-keys.md`).
+    pub expired_collected: usize,
     pub conflicts_pruned: usize,
 }
 
@@ -638,7 +640,15 @@ impl Store {
         rx.recv().map_err(|_| AtollError::ShuttingDown)?
     }
 
-    /// Reads a key's state (`None` if never written). Deleted keys return their tombstone state.
+    /// This region's physical clock (ms since the epoch): what judges expiry
+    /// (`docs/design/expiring-keys.md`; never the HLC).
+    pub fn now_ms(&self) -> u64 {
+        self.shared.clock.physical_ms()
+    }
+
+    /// Reads a key's state (`None` if never written). Deleted keys return their tombstone state,
+    /// expired lww values their expired state: a read decides with [`Store::now_ms`] (for example
+    /// `LwwRegister::live_value`) what a client sees.
     pub fn get(&self, keyspace: &str, key: &[u8]) -> Result<Option<KeyState>> {
         self.keyspace(keyspace)?;
         validate_key(key)?;
@@ -737,7 +747,7 @@ impl Store {
             .backend
             .range(Table::Data, &start, &end, limit)?
             .into_iter()
-            .map(|(k, v)| Ok((k[head..].to_vec(), codec::decode(&v)?)))
+            .map(|(k, v)| Ok((k[head..].to_vec(), codec::decode_state(&v)?)))
             .collect()
     }
 
@@ -969,9 +979,21 @@ fn validate_key(key: &[u8]) -> Result<()> {
     Ok(())
 }
 
+/// From when an lww state may be collected, once the tombstone horizon has passed it: a
+/// tombstone from its write; an expiring value from its expiry, or from its write if it was
+/// written already expired (`Ttl::At` in the past): every region must hold the write itself
+/// before any region drops it. `None`: a value that never expires.
+fn collectable_from(r: &atoll_core::crdt::lww::LwwRegister) -> Option<Timestamp> {
+    match (&r.value, r.expires_ms) {
+        (None, _) => Some(r.ts),
+        (Some(_), Some(e)) => Some(Timestamp::new(e, 0).max(r.ts)),
+        (Some(_), None) => None,
+    }
+}
+
 fn read_state(backend: &dyn Backend, data_key: &[u8]) -> Result<Option<KeyState>> {
     match backend.get(Table::Data, data_key)? {
-        Some(raw) => Ok(Some(codec::decode(&raw)?)),
+        Some(raw) => Ok(Some(codec::decode_state(&raw)?)),
         None => Ok(None),
     }
 }
@@ -1485,16 +1507,18 @@ impl Writer {
         }
     }
 
-    /// Stages a key's new state, indexing lww tombstones for collection.
+    /// Stages a key's new state, indexing lww tombstones for collection, and expiring lww values
+    /// under their expiry (`docs/design/expiring-keys.md`: an expiry is collected as a delete at
+    /// that instant).
     fn stage(&self, batch: &mut Batch, dk: Vec<u8>, state: KeyState) {
-        if let KeyState::Lww(r) = &state
-            && r.value.is_none()
-        {
-            batch.mutations.push(Mutation::Put(
-                Table::Tombstones,
-                keys::tombstone_key(r.ts, &dk),
-                Vec::new(),
-            ));
+        if let KeyState::Lww(r) = &state {
+            if let Some(at) = collectable_from(r) {
+                batch.mutations.push(Mutation::Put(
+                    Table::Tombstones,
+                    keys::tombstone_key(at, &dk),
+                    Vec::new(),
+                ));
+            }
         }
         batch.states.insert(dk, state);
     }
@@ -1555,12 +1579,16 @@ impl Writer {
         };
         let seq = self.seq + 1;
         let mut delta = prepare(
-            &req.keyspace,
-            ks.policy,
             &req.intent,
             current.as_ref(),
-            &self.shared.region,
-            ts,
+            &WriteAt {
+                keyspace: &req.keyspace,
+                policy: ks.policy,
+                default_ttl_ms: ks.default_ttl_ms,
+                region: &self.shared.region,
+                ts,
+                now_ms: self.clock.physical_ms(),
+            },
         )?;
         if let KeyState::Lww(r) = &mut delta {
             // The lww version vector counts this region's writes to the key. Once a tombstone is
@@ -1759,16 +1787,26 @@ impl Writer {
                 },
                 &[],
             );
+            let now = self.clock.physical_ms();
             for (ik, _) in backend.range(Table::Tombstones, &[], &end, 10_000)? {
                 let Some((ts, dk)) = keys::parse_tombstone_key(&ik) else {
                     continue;
                 };
                 if let Some(KeyState::Lww(r)) = read_state(&**backend, dk)?
-                    && r.value.is_none()
-                    && r.ts == ts
+                    && collectable_from(&r) == Some(ts)
                 {
-                    mutations.push(Mutation::Delete(Table::Data, dk.to_vec()));
-                    out.tombstones_collected += 1;
+                    if r.value.is_none() {
+                        mutations.push(Mutation::Delete(Table::Data, dk.to_vec()));
+                        out.tombstones_collected += 1;
+                    } else if r.expired(now) {
+                        mutations.push(Mutation::Delete(Table::Data, dk.to_vec()));
+                        out.expired_collected += 1;
+                    } else {
+                        // The horizon (HLC watermarks) passed the expiry before this region's
+                        // own clock did: the value still reads as live here, so it stays, and
+                        // so does its index entry, for a later pass.
+                        continue;
+                    }
                 }
                 mutations.push(Mutation::Delete(Table::Tombstones, ik.clone()));
             }
@@ -1906,7 +1944,7 @@ impl Writer {
                         // A keyspace this region does not declare: nothing here could read it.
                         continue;
                     }
-                    let delta: KeyState = codec::decode(raw)?;
+                    let delta: KeyState = codec::decode_state(raw)?;
                     self.merge_staged(&mut batch, dk.clone(), &delta)?;
                     progress.bytes += (dk.len() + raw.len()) as u64;
                     progress.keys += 1;

@@ -72,6 +72,7 @@ fn put_intent(v: &str) -> Intent {
     Intent::Put {
         value: v.as_bytes().to_vec(),
         context: None,
+        ttl: atoll_core::op::Ttl::Default,
     }
 }
 

@@ -37,6 +37,7 @@ fn put(store: &Store, key: &str, value: &str) {
             Intent::Put {
                 value: value.as_bytes().to_vec(),
                 context: None,
+                ttl: atoll_core::op::Ttl::Default,
             },
         )
         .expect("write");

@@ -93,6 +93,7 @@ fn put(v: &str) -> Intent {
     Intent::Put {
         value: v.as_bytes().to_vec(),
         context: None,
+        ttl: atoll_core::op::Ttl::Default,
     }
 }
 

@@ -53,6 +53,7 @@ fn entries_from(origin: &str, keys: &[&str]) -> Vec<OpEntry> {
                 Intent::Put {
                     value: format!("{k}-value").into_bytes(),
                     context: None,
+                    ttl: atoll_core::op::Ttl::Default,
                 },
             )
             .expect("write");

@@ -63,6 +63,7 @@ fn put(store: &Store, key: &str, v: &str) {
             Intent::Put {
                 value: v.as_bytes().to_vec(),
                 context: None,
+                ttl: atoll_core::op::Ttl::Default,
             },
         )
         .expect("write");
@@ -198,6 +199,7 @@ fn a_wiped_region_bootstraps_from_a_donor_snapshot() {
                 Intent::Put {
                     value: b"v".to_vec(),
                     context: None,
+                    ttl: atoll_core::op::Ttl::Default,
                 },
             )
             .expect_err("writes wait for the bootstrap");

@@ -33,6 +33,7 @@ fn put(store: &Store, key: &str) -> atoll_store::WriteOutcome {
             Intent::Put {
                 value: b"v".to_vec(),
                 context: None,
+                ttl: atoll_core::op::Ttl::Default,
             },
         )
         .expect("write")

@@ -23,6 +23,11 @@ pub struct LwwRegister {
     pub origin: RegionId,
     /// Per region, how many writes to this key this state has seen.
     pub vv: VersionVector,
+    /// When the winning value expires: milliseconds since the Unix epoch, on the clock of the
+    /// winning write's HLC (its `ts.wall_ms` plus the write's time to live); `None` never
+    /// expires. Part of the version: it replicates and merges with the value
+    /// (`docs/design/expiring-keys.md`). Added in encoding version 3.
+    pub expires_ms: Option<u64>,
 }
 
 /// One written version of an LWW key, as reported in a conflict.
@@ -91,6 +96,34 @@ impl LwwRegister {
             ts,
             origin: region.clone(),
             vv,
+            expires_ms: None,
+        }
+    }
+
+    /// `self` with the winning value expiring at `expires_ms` (`None`: never). A tombstone never
+    /// expires (there is nothing to hide), so its expiry is always `None`.
+    pub fn expiring(mut self, expires_ms: Option<u64>) -> LwwRegister {
+        self.expires_ms = if self.value.is_some() {
+            expires_ms
+        } else {
+            None
+        };
+        self
+    }
+
+    /// Whether the winning value has expired when the reading region's physical clock reads
+    /// `now_ms` (`docs/design/expiring-keys.md`: never judged by an HLC).
+    pub fn expired(&self, now_ms: u64) -> bool {
+        self.expires_ms.is_some_and(|e| now_ms >= e)
+    }
+
+    /// The value a read sees at physical time `now_ms`: `None` for a tombstone or an expired
+    /// value.
+    pub fn live_value(&self, now_ms: u64) -> Option<&Vec<u8>> {
+        if self.expired(now_ms) {
+            None
+        } else {
+            self.value.as_ref()
         }
     }
 
@@ -108,10 +141,15 @@ impl LwwRegister {
         self.value.is_none()
     }
 
-    /// Total order on versions: timestamp, then origin, then value (so that merge is a join even
-    /// for two different values carrying the same timestamp and origin).
+    /// Total order on versions: timestamp, then origin, then value, then expiry (so that merge is
+    /// a join even for two different versions carrying the same timestamp and origin).
     fn cmp_version(&self, other: &LwwRegister) -> Ordering {
-        (self.ts, &self.origin, &self.value).cmp(&(other.ts, &other.origin, &other.value))
+        (self.ts, &self.origin, &self.value, self.expires_ms).cmp(&(
+            other.ts,
+            &other.origin,
+            &other.value,
+            other.expires_ms,
+        ))
     }
 
     /// Like [`Crdt::merge`], and returns the conflict it resolved, if the two states were
@@ -144,6 +182,7 @@ impl LwwRegister {
             self.value.clone_from(&other.value);
             self.ts = other.ts;
             self.origin = other.origin.clone();
+            self.expires_ms = other.expires_ms;
         }
         self.vv.merge(&other.vv);
         conflict

@@ -29,6 +29,7 @@ impl Sim {
                 Intent::Put {
                     value: value.as_bytes().to_vec(),
                     context: None,
+                    ttl: atoll_core::op::Ttl::Default,
                 },
                 None,
             ),
@@ -43,6 +44,7 @@ impl Sim {
                     Intent::Put {
                         value: value.as_bytes().to_vec(),
                         context: ctx.clone(),
+                        ttl: atoll_core::op::Ttl::Default,
                     },
                     ctx,
                 )

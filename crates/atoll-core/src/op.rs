@@ -282,7 +282,9 @@ pub fn prepare(intent: &Intent, current: Option<&KeyState>, at: &WriteAt<'_>) ->
     Ok(match (storage, intent, current) {
         (Policy::Lww, Intent::Put { value, ttl, .. }, _) => {
             let expires = expiry(at, *ttl, cur_lww)?;
-            KeyState::Lww(LwwRegister::write(cur_lww, region, ts, Some(value.clone())).expiring(expires))
+            KeyState::Lww(
+                LwwRegister::write(cur_lww, region, ts, Some(value.clone())).expiring(expires),
+            )
         }
         (Policy::Lww, Intent::Expire { ttl }, _) => {
             let Some(live) = cur_lww.and_then(|c| c.live_value(at.now_ms)) else {
@@ -292,7 +294,9 @@ pub fn prepare(intent: &Intent, current: Option<&KeyState>, at: &WriteAt<'_>) ->
                 Some(t) => expiry(at, *t, cur_lww)?,
                 None => None,
             };
-            KeyState::Lww(LwwRegister::write(cur_lww, region, ts, Some(live.clone())).expiring(expires))
+            KeyState::Lww(
+                LwwRegister::write(cur_lww, region, ts, Some(live.clone())).expiring(expires),
+            )
         }
         (Policy::Lww, Intent::Delete { .. }, _) => {
             KeyState::Lww(LwwRegister::write(cur_lww, region, ts, None))
@@ -301,7 +305,9 @@ pub fn prepare(intent: &Intent, current: Option<&KeyState>, at: &WriteAt<'_>) ->
             return Err(AtollError::WrongPolicy {
                 keyspace: keyspace.to_string(),
                 policy: policy.to_string(),
-                operation: "expiring keys (lww and owned keyspaces only: docs/design/expiring-keys.md)".into(),
+                operation:
+                    "expiring keys (lww and owned keyspaces only: docs/design/expiring-keys.md)"
+                        .into(),
             });
         }
         (Policy::Mvr, Intent::Put { value, context, .. }, cur) => {

@@ -414,7 +414,11 @@ impl Model for LwwModel {
             .iter()
             .map(|&u| &writes[u].info)
             .max_by(|a, b| lww_key(&a.version).cmp(&lww_key(&b.version)));
-        assert_eq!(s.expires_ms, winner.and_then(|w| w.expires_ms), "expiry of the winner");
+        assert_eq!(
+            s.expires_ms,
+            winner.and_then(|w| w.expires_ms),
+            "expiry of the winner"
+        );
         // The version vector counts, per region, the writes causally before the state.
         let closure = closure_of(hist, writes);
         for (i, name) in REGION_NAMES.iter().enumerate() {

@@ -44,6 +44,7 @@ pub const ROUTES: &[(&str, &[&str])] = &[
     ("/v1/kv/{keyspace}/{key}", &["GET", "PUT", "DELETE"]),
     ("/v1/counter/{keyspace}/{key}", &["GET", "POST"]),
     ("/v1/set/{keyspace}/{key}", &["GET", "POST"]),
+    ("/v1/ttl/{keyspace}/{key}", &["GET", "PUT", "DELETE"]),
     ("/v1/conflicts/{keyspace}", &["GET"]),
     ("/v1/watch/{keyspace}", &["GET"]),
     ("/v1/status", &["GET"]),
@@ -122,7 +123,7 @@ fn replication_readiness(state: &AppState) -> Result<Option<Value>> {
     })))
 }
 
-type Shared = Arc<AppState>;
+pub(crate) type Shared = Arc<AppState>;
 
 /// An [`AtollError`] rendered as an HTTP response.
 pub struct ApiError(pub AtollError);
@@ -176,6 +177,24 @@ pub fn router(state: Shared) -> Router {
         .route("/v1/set/{keyspace}", get(set_get).post(set_post))
         .route("/v1/set/{keyspace}/", get(set_get).post(set_post))
         .route("/v1/set/{keyspace}/{*key}", get(set_get).post(set_post))
+        .route(
+            "/v1/ttl/{keyspace}",
+            get(crate::ttl::get)
+                .put(crate::ttl::put)
+                .delete(crate::ttl::delete),
+        )
+        .route(
+            "/v1/ttl/{keyspace}/",
+            get(crate::ttl::get)
+                .put(crate::ttl::put)
+                .delete(crate::ttl::delete),
+        )
+        .route(
+            "/v1/ttl/{keyspace}/{*key}",
+            get(crate::ttl::get)
+                .put(crate::ttl::put)
+                .delete(crate::ttl::delete),
+        )
         .route("/v1/conflicts/{keyspace}", get(conflicts))
         .route("/v1/watch/{keyspace}", get(watch_get))
         .route("/v1/status", get(status))
@@ -315,7 +334,7 @@ fn target(uri: &Uri, kind: &str) -> Result<(String, Vec<u8>)> {
 
 /// Resolves the target and checks that the keyspace exists, has one of `policies`, and the key
 /// is valid.
-fn resolve(
+pub(crate) fn resolve(
     state: &AppState,
     uri: &Uri,
     kind: &str,
@@ -405,7 +424,7 @@ async fn read_json<T: for<'de> Deserialize<'de>>(
 /// What to answer when this region's store refused a write: with `[fencing] forward_writes`, a
 /// standby's `NOT-PRIMARY` (nothing applied here) is forwarded to the primary, once, unless the
 /// request was itself forwarded; anything else is answered as it is.
-async fn refused(
+pub(crate) async fn refused(
     state: &AppState,
     e: AtollError,
     method: Method,
@@ -520,6 +539,19 @@ fn ack(
     out: &WriteOutcome,
     token: Option<SessionToken>,
 ) -> Result<Response> {
+    ack_with(state, ks, key, out, token, &[])
+}
+
+/// The answer to an acknowledged write: region, seq, timestamp, the mvr context, an lww value's
+/// expiry (`expires_at_ms`, `null` when it never expires), and `extra`.
+pub(crate) fn ack_with(
+    state: &AppState,
+    ks: &str,
+    key: &[u8],
+    out: &WriteOutcome,
+    token: Option<SessionToken>,
+    extra: &[(&str, Value)],
+) -> Result<Response> {
     let context = match &out.state {
         KeyState::Mvr(r) => Some(encode_context_token(ks, key, &r.ctx)?),
         _ => None,
@@ -531,6 +563,14 @@ fn ack(
     });
     if let Some(c) = &context {
         body["context"] = json!(c);
+    }
+    if let KeyState::Lww(r) = &out.state
+        && r.value.is_some()
+    {
+        body["expires_at_ms"] = json!(r.expires_ms);
+    }
+    for (k, v) in extra {
+        body[*k] = v.clone();
     }
     let resp = (StatusCode::OK, axum::Json(body)).into_response();
     Ok(with_headers(
@@ -554,6 +594,9 @@ pub(crate) fn state_json(ks: &str, key: &[u8], policy: Policy, st: Option<&KeySt
                     "timestamp": r.ts.to_string(),
                     "origin": r.origin.as_str(),
                 });
+                if let Some(e) = r.expires_ms {
+                    out["expires_at_ms"] = json!(e);
+                }
                 if let Ok(text) = std::str::from_utf8(v) {
                     out["value"] = json!(text);
                 }
@@ -721,19 +764,22 @@ fn kv_read(state: &AppState, ks: &str, key: &[u8], policy: Policy) -> Result<Res
     match (policy.storage(), st) {
         (Policy::Mvr, Some(KeyState::Mvr(r))) => mvr_read(ks, key, Some(&r)),
         (Policy::Mvr, None) => mvr_read(ks, key, None),
-        (Policy::Lww, Some(KeyState::Lww(r))) => match r.value {
+        (Policy::Lww, Some(KeyState::Lww(r))) => match r.live_value(state.store.now_ms()) {
             Some(v) => Ok(with_headers(
                 (
                     StatusCode::OK,
                     [(header::CONTENT_TYPE, "application/octet-stream")],
-                    v,
+                    v.clone(),
                 )
                     .into_response(),
                 [
                     header(TIMESTAMP_HEADER, &r.ts.to_string()),
                     header(ORIGIN_HEADER, r.origin.as_str()),
+                    r.expires_ms
+                        .and_then(|e| header(crate::ttl::EXPIRES_HEADER, &e.to_string())),
                 ],
             )),
+            // Deleted, or expired by this region's clock (`docs/design/expiring-keys.md`).
             None => Err(AtollError::NotFound),
         },
         (_, None) => Err(AtollError::NotFound),
@@ -751,6 +797,9 @@ async fn kv_put(
     body: Body,
 ) -> ApiResult {
     let (ks, key, policy) = resolve(&state, &uri, "kv", KV_POLICIES, "kv writes")?;
+    // Checked first: a ttl on a keyspace that cannot expire keys (strong, mvr) is refused, never
+    // ignored.
+    let ttl = crate::ttl::of_put(&uri, &headers, &ks, policy)?;
     if policy == Policy::Strong {
         let strong = strong_group(&state)?;
         // The If-Match header is checked before the body is read.
@@ -771,7 +820,18 @@ async fn kv_put(
     let limit = state.store.keyspace(&ks)?.max_value_bytes;
     let raw = read_value(body, limit, &ks).await?;
     let value = raw.to_vec();
-    match write(&state, &ks, &key, Intent::Put { value, context, ttl: atoll_core::op::Ttl::Default }).await {
+    match write(
+        &state,
+        &ks,
+        &key,
+        Intent::Put {
+            value,
+            context,
+            ttl,
+        },
+    )
+    .await
+    {
         Ok(out) => Ok(ack(&state, &ks, &key, &out, token)?),
         Err(e) => refused(&state, e, Method::PUT, &uri, &headers, raw).await,
     }

@@ -53,7 +53,10 @@ pub fn needs(method: &Method, path: &str) -> Needs {
     let Some((kind, rest)) = rest.split_once('/') else {
         return Needs::AnyToken;
     };
-    if !matches!(kind, "kv" | "counter" | "set" | "conflicts" | "watch") {
+    if !matches!(
+        kind,
+        "kv" | "counter" | "set" | "ttl" | "conflicts" | "watch"
+    ) {
         return Needs::AnyToken;
     }
     let raw = rest.split_once('/').map_or(rest, |(ks, _)| ks);
@@ -135,6 +138,9 @@ mod tests {
             (Method::GET, "/v1/kv/sessions/k", read("sessions")),
             (Method::HEAD, "/v1/kv/sessions/a/b", read("sessions")),
             (Method::PUT, "/v1/kv/carts/k", write("carts")),
+            (Method::GET, "/v1/ttl/sessions/k", read("sessions")),
+            (Method::PUT, "/v1/ttl/sessions/k", write("sessions")),
+            (Method::DELETE, "/v1/ttl/sessions/k", write("sessions")),
             (Method::DELETE, "/v1/kv/carts", write("carts")),
             (Method::PATCH, "/v1/kv/carts/k", write("carts")),
             (

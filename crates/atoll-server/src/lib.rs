@@ -21,6 +21,7 @@ pub mod resp;
 pub mod session;
 pub mod streams;
 pub mod strong;
+pub mod ttl;
 pub mod watch;
 pub use atoll_http::unread;
 

@@ -1014,6 +1014,10 @@ async fn every_route_is_served_and_no_other_method() {
     ];
     for (template, methods) in ROUTES {
         let uri = fill(template);
+        if template.starts_with("/v1/ttl/") {
+            // An expiry is set on a live key (the kv route's DELETE removed it).
+            h.put("/v1/kv/sessions/k", "v").await.expect_ok();
+        }
         for method in &probe {
             if *method == Method::HEAD && !methods.contains(&"GET") {
                 // HEAD follows GET; a POST-only route (the admin routes) has none.
@@ -1025,7 +1029,12 @@ async fn every_route_is_served_and_no_other_method() {
                 (Some("set"), "POST") => r#"{"add": ["x"]}"#.to_string(),
                 _ => String::new(),
             };
-            let r = h.request(method.clone(), &uri, &[], body).await;
+            // A new expiry names its time to live (the kv route wrote the key before).
+            let headers: &[(&str, &str)] = match (template.split('/').nth(2), method.as_str()) {
+                (Some("ttl"), "PUT") => &[("x-atoll-ttl", "1h")],
+                _ => &[],
+            };
+            let r = h.request(method.clone(), &uri, headers, body).await;
             let fallback = method != Method::HEAD
                 && r.status.is_client_error()
                 && r.header(header::CONTENT_TYPE.as_str()) == Some("application/json")
@@ -1160,7 +1169,7 @@ async fn lww_keys_are_percent_decoded_bytes_and_may_contain_slashes() {
         .await
         .expect_error(404, "ATOLL-NOT-FOUND");
     // `%25` is a literal percent sign; `%20` a space; the query string is not part of the key.
-    h.put("/v1/kv/sessions/100%25%20sure?x=1", "pct")
+    h.put("/v1/kv/sessions/100%25%20sure?ttl=1h", "pct")
         .await
         .expect_ok();
     assert_eq!(h.get("/v1/kv/sessions/100%25%20sure").await.body, "pct");
@@ -2880,4 +2889,197 @@ async fn a_token_naming_writes_not_applied_here_is_stale_after_the_wait() {
         .await,
         Some(2.0)
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Expiring keys (docs/design/expiring-keys.md)
+
+#[tokio::test]
+async fn a_put_with_a_ttl_expires_by_the_regions_clock_and_a_later_write_revives_it() {
+    let h = Harness::new();
+    let r = h.put("/v1/kv/sessions/alice?ttl=30s", "v1").await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    let ack = r.json();
+    let ts: Timestamp = ack["timestamp"].as_str().unwrap().parse().unwrap();
+    let expires = ts.wall_ms + 30_000;
+    assert_eq!(ack["expires_at_ms"], json!(expires));
+    let r = h.get("/v1/kv/sessions/alice").await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(
+        r.header("x-atoll-expires-at"),
+        Some(expires.to_string().as_str())
+    );
+    let t = h.get("/v1/ttl/sessions/alice").await;
+    assert_eq!(t.status, StatusCode::OK);
+    assert_eq!(t.json()["expires_at_ms"], json!(expires));
+    assert_eq!(t.json()["ttl_ms"], json!(expires - T0));
+    // One millisecond before: live; at the expiry: absent, for the value and its ttl alike.
+    h.clock.set(expires - 1);
+    assert_eq!(h.get("/v1/kv/sessions/alice").await.status, StatusCode::OK);
+    h.clock.set(expires);
+    let r = h.get("/v1/kv/sessions/alice").await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    assert_eq!(r.json()["error"]["code"], "ATOLL-NOT-FOUND");
+    assert_eq!(
+        h.get("/v1/ttl/sessions/alice").await.status,
+        StatusCode::NOT_FOUND
+    );
+    // An expiry cannot be set on an expired key.
+    let r = h.put("/v1/ttl/sessions/alice?ttl=1m", "").await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    // A plain put revives it, without expiry.
+    let r = h.put("/v1/kv/sessions/alice", "v2").await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.json()["expires_at_ms"], Value::Null);
+    assert_eq!(h.get("/v1/kv/sessions/alice").await.text(), "v2");
+    assert_eq!(
+        h.get("/v1/ttl/sessions/alice").await.json()["ttl_ms"],
+        Value::Null
+    );
+}
+
+#[tokio::test]
+async fn ttl_routes_set_and_remove_an_expiry_keeping_the_value() {
+    let h = Harness::new();
+    assert_eq!(h.put("/v1/kv/sessions/k", "v").await.status, StatusCode::OK);
+    // Nothing to remove: answered without a write.
+    let seq = h.last_seq().await;
+    let r = h.delete("/v1/ttl/sessions/k").await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.json()["changed"], json!(false));
+    assert_eq!(
+        h.last_seq().await,
+        seq,
+        "PERSIST of a key without expiry wrote"
+    );
+    // Set one (the header form).
+    let r = h
+        .request(
+            Method::PUT,
+            "/v1/ttl/sessions/k",
+            &[("x-atoll-ttl", "1m")],
+            Body::empty(),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    assert_eq!(r.json()["changed"], json!(true));
+    assert_eq!(r.json()["ttl_ms"], json!(60_000));
+    assert_eq!(
+        h.get("/v1/kv/sessions/k").await.text(),
+        "v",
+        "EXPIRE changed the value"
+    );
+    // Remove it.
+    let r = h.delete("/v1/ttl/sessions/k").await;
+    assert_eq!(r.json()["changed"], json!(true));
+    h.clock.advance(120_000);
+    assert_eq!(h.get("/v1/kv/sessions/k").await.text(), "v");
+    assert_eq!(
+        h.get("/v1/ttl/sessions/k").await.json()["expires_at_ms"],
+        Value::Null
+    );
+    // keep: a new value under the old expiry.
+    h.put("/v1/ttl/sessions/k?ttl=10s", "").await;
+    let before = h.get("/v1/ttl/sessions/k").await.json()["expires_at_ms"].clone();
+    h.clock.advance(1_000);
+    assert_eq!(
+        h.put("/v1/kv/sessions/k?ttl=keep", "w").await.status,
+        StatusCode::OK
+    );
+    assert_eq!(
+        h.get("/v1/ttl/sessions/k").await.json()["expires_at_ms"],
+        before
+    );
+    assert_eq!(h.get("/v1/kv/sessions/k").await.text(), "w");
+}
+
+#[tokio::test]
+async fn bad_ttls_are_refused_naming_the_problem_and_change_nothing() {
+    let h = Harness::new();
+    let seq = h.last_seq().await;
+    for (uri, headers, status, needle) in [
+        (
+            "/v1/kv/sessions/k?ttl=30",
+            &[][..],
+            StatusCode::BAD_REQUEST,
+            "no unit",
+        ),
+        (
+            "/v1/kv/sessions/k?ttl=0s",
+            &[][..],
+            StatusCode::BAD_REQUEST,
+            "out of range",
+        ),
+        (
+            "/v1/kv/sessions/k?tll=30s",
+            &[][..],
+            StatusCode::BAD_REQUEST,
+            "unknown query parameter `tll`",
+        ),
+        (
+            "/v1/kv/sessions/k?ttl=1s&ttl=2s",
+            &[][..],
+            StatusCode::BAD_REQUEST,
+            "twice",
+        ),
+        (
+            "/v1/kv/sessions/k?ttl=1s",
+            &[("x-atoll-ttl", "2s")][..],
+            StatusCode::BAD_REQUEST,
+            "disagree",
+        ),
+        (
+            "/v1/kv/carts/k?ttl=1s",
+            &[][..],
+            StatusCode::METHOD_NOT_ALLOWED,
+            "expiring keys",
+        ),
+        (
+            "/v1/ttl/sessions/k",
+            &[][..],
+            StatusCode::BAD_REQUEST,
+            "give the new time to live",
+        ),
+    ] {
+        let r = h.request(Method::PUT, uri, headers, "v").await;
+        assert_eq!(r.status, status, "{uri}: {}", r.text());
+        assert!(
+            r.json()["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains(needle),
+            "{uri}: {}",
+            r.json()
+        );
+    }
+    assert_eq!(h.last_seq().await, seq, "a refused write wrote");
+    assert_eq!(
+        h.get("/v1/kv/sessions/k").await.status,
+        StatusCode::NOT_FOUND
+    );
+    // Counters, sets and mvr keys have no expiry to read.
+    let r = h.get("/v1/ttl/ratelimits/k").await;
+    assert_eq!(r.status, StatusCode::METHOD_NOT_ALLOWED);
+}
+
+#[tokio::test]
+async fn a_keyspace_default_ttl_applies_to_puts_that_name_none() {
+    let h = Harness::with(|c| {
+        for k in &mut c.keyspaces {
+            if k.name == "sessions" {
+                k.default_ttl_ms = Some(5_000);
+            }
+        }
+    });
+    let r = h.put("/v1/kv/sessions/a", "v").await;
+    let ts: Timestamp = r.json()["timestamp"].as_str().unwrap().parse().unwrap();
+    assert_eq!(r.json()["expires_at_ms"], json!(ts.wall_ms + 5_000));
+    let r = h.put("/v1/kv/sessions/b?ttl=none", "v").await;
+    assert_eq!(r.json()["expires_at_ms"], Value::Null);
+    h.clock.advance(5_000);
+    assert_eq!(
+        h.get("/v1/kv/sessions/a").await.status,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(h.get("/v1/kv/sessions/b").await.status, StatusCode::OK);
 }

@@ -33,7 +33,11 @@ fn open(backend: Arc<MemBackend>, clock: Arc<ManualClock>, default_ttl: Option<u
 fn setup(default_ttl: Option<u64>) -> (Store, Arc<ManualClock>, Arc<MemBackend>) {
     let clock = Arc::new(ManualClock::new(T0));
     let backend = Arc::new(MemBackend::default());
-    (open(backend.clone(), clock.clone(), default_ttl), clock, backend)
+    (
+        open(backend.clone(), clock.clone(), default_ttl),
+        clock,
+        backend,
+    )
 }
 
 fn put(value: &str, ttl: Ttl) -> Intent {
@@ -68,7 +72,11 @@ fn a_write_expires_its_ttl_after_its_timestamp_by_the_local_clock() {
     assert_eq!(r.expires_ms, Some(out.ts.wall_ms + 30_000));
     assert_eq!(live(&store, "alice").as_deref(), Some("v1"));
     clock.advance(29_999);
-    assert_eq!(live(&store, "alice").as_deref(), Some("v1"), "expired early");
+    assert_eq!(
+        live(&store, "alice").as_deref(),
+        Some("v1"),
+        "expired early"
+    );
     clock.advance(1);
     assert_eq!(live(&store, "alice"), None, "not expired at its expiry");
     // The state is still there (collection needs the horizon); only reads hide it.
@@ -81,13 +89,25 @@ fn the_keyspace_default_applies_to_puts_that_name_no_ttl() {
     let out = store
         .write("sessions", b"a", put("x", Ttl::Default))
         .expect("write");
-    assert_eq!(lww(&store, "a").unwrap().expires_ms, Some(out.ts.wall_ms + 60_000));
-    store.write("sessions", b"b", put("x", Ttl::Never)).expect("write");
-    assert_eq!(lww(&store, "b").unwrap().expires_ms, None, "ttl=none ignored the default");
+    assert_eq!(
+        lww(&store, "a").unwrap().expires_ms,
+        Some(out.ts.wall_ms + 60_000)
+    );
+    store
+        .write("sessions", b"b", put("x", Ttl::Never))
+        .expect("write");
+    assert_eq!(
+        lww(&store, "b").unwrap().expires_ms,
+        None,
+        "ttl=none ignored the default"
+    );
     let out = store
         .write("sessions", b"c", put("x", Ttl::After(5)))
         .expect("write");
-    assert_eq!(lww(&store, "c").unwrap().expires_ms, Some(out.ts.wall_ms + 5));
+    assert_eq!(
+        lww(&store, "c").unwrap().expires_ms,
+        Some(out.ts.wall_ms + 5)
+    );
     // A delete carries no expiry, default or not.
     store
         .write("sessions", b"a", Intent::Delete { context: None })
@@ -102,13 +122,21 @@ fn keep_keeps_a_live_expiry_and_only_a_live_one() {
         .write("sessions", b"k", put("v1", Ttl::After(10_000)))
         .expect("write");
     clock.advance(1_000);
-    store.write("sessions", b"k", put("v2", Ttl::Keep)).expect("write");
+    store
+        .write("sessions", b"k", put("v2", Ttl::Keep))
+        .expect("write");
     let r = lww(&store, "k").unwrap();
     assert_eq!(r.value.as_deref(), Some(&b"v2"[..]));
-    assert_eq!(r.expires_ms, Some(first.ts.wall_ms + 10_000), "KEEPTTL lost the expiry");
+    assert_eq!(
+        r.expires_ms,
+        Some(first.ts.wall_ms + 10_000),
+        "KEEPTTL lost the expiry"
+    );
     // Once expired there is no expiry to keep: the new value lives.
     clock.advance(20_000);
-    store.write("sessions", b"k", put("v3", Ttl::Keep)).expect("write");
+    store
+        .write("sessions", b"k", put("v3", Ttl::Keep))
+        .expect("write");
     assert_eq!(lww(&store, "k").unwrap().expires_ms, None);
     assert_eq!(live(&store, "k").as_deref(), Some("v3"));
 }
@@ -121,15 +149,23 @@ fn expire_rewrites_a_live_value_and_refuses_an_absent_or_expired_one() {
         store.write("sessions", b"k", expire(Some(Ttl::After(1_000)))),
         Err(AtollError::NotFound)
     ));
-    store.write("sessions", b"k", put("v", Ttl::Never)).expect("write");
+    store
+        .write("sessions", b"k", put("v", Ttl::Never))
+        .expect("write");
     let out = store
         .write("sessions", b"k", expire(Some(Ttl::After(1_000))))
         .expect("expire");
     let r = lww(&store, "k").unwrap();
-    assert_eq!(r.value.as_deref(), Some(&b"v"[..]), "EXPIRE changed the value");
+    assert_eq!(
+        r.value.as_deref(),
+        Some(&b"v"[..]),
+        "EXPIRE changed the value"
+    );
     assert_eq!(r.expires_ms, Some(out.ts.wall_ms + 1_000));
     // PERSIST.
-    store.write("sessions", b"k", expire(None)).expect("persist");
+    store
+        .write("sessions", b"k", expire(None))
+        .expect("persist");
     assert_eq!(lww(&store, "k").unwrap().expires_ms, None);
     store
         .write("sessions", b"k", expire(Some(Ttl::After(1_000))))
@@ -195,7 +231,10 @@ fn an_expired_value_is_collected_only_past_the_horizon_and_the_local_clock() {
     // Horizon past the expiry but this region's clock is not (the HLC watermarks ran ahead).
     clock.set(e - 1);
     let m = store.maintain(Some(e + 1)).expect("maintain");
-    assert_eq!(m.expired_collected, 0, "collected a value the region still reads as live");
+    assert_eq!(
+        m.expired_collected, 0,
+        "collected a value the region still reads as live"
+    );
     assert_eq!(live(&store, "k").as_deref(), Some("v"));
     // The index entry was kept: once the clock passes, the same horizon collects it.
     clock.set(e);
@@ -217,7 +256,9 @@ fn a_value_overwritten_before_its_expiry_is_not_collected() {
     let out = store
         .write("sessions", b"k", put("v", Ttl::After(1_000)))
         .expect("write");
-    store.write("sessions", b"k", put("w", Ttl::Never)).expect("write");
+    store
+        .write("sessions", b"k", put("w", Ttl::Never))
+        .expect("write");
     clock.advance(5_000);
     let m = store
         .maintain(Some(out.ts.wall_ms + 5_000))
@@ -238,9 +279,7 @@ fn a_value_written_already_expired_waits_for_the_horizon_to_pass_its_write() {
     // A horizon past the expiry but not past the write: every region may not hold it yet.
     let m = store.maintain(Some(out.ts.wall_ms)).expect("maintain");
     assert_eq!(m.expired_collected, 0);
-    let m = store
-        .maintain(Some(out.ts.wall_ms + 1))
-        .expect("maintain");
+    let m = store.maintain(Some(out.ts.wall_ms + 1)).expect("maintain");
     assert_eq!(m.expired_collected, 1);
 }
 
@@ -330,7 +369,9 @@ fn states_and_log_entries_of_encoding_version_2_read_as_never_expiring() {
     });
     let e = codec::decode_entry(&entry).expect("read a v2 entry");
     assert_eq!((e.seq, e.epoch), (7, 4));
-    assert!(matches!(&e.delta, KeyState::Lww(r) if r.expires_ms.is_none() && r.value.as_deref() == Some(&b"old"[..])));
+    assert!(
+        matches!(&e.delta, KeyState::Lww(r) if r.expires_ms.is_none() && r.value.as_deref() == Some(&b"old"[..]))
+    );
     // The generic decoder refuses it rather than misread the epoch as an expiry.
     assert!(codec::decode::<OpEntry>(&entry).is_err());
 }

@@ -56,7 +56,7 @@ pub struct ClientArgs {
 pub enum KvCommand {
     /// Write a value (for mvr keyspaces, pass the context of your last read to supersede it).
     #[command(
-        after_help = "Examples:\n  atoll kv put sessions user-1 token-abc\n  atoll kv put carts c1 apple,pear --context <context printed by kv get> --endpoint http://127.0.0.1:7101\n  atoll kv put seats 12A alice --if-match 0"
+        after_help = "Examples:\n  atoll kv put sessions user-1 token-abc\n  atoll kv put sessions user-1 token-abc --ttl 30m\n  atoll kv put carts c1 apple,pear --context <context printed by kv get> --endpoint http://127.0.0.1:7101\n  atoll kv put seats 12A alice --if-match 0"
     )]
     Put {
         keyspace: String,
@@ -64,6 +64,11 @@ pub enum KvCommand {
         value: String,
         #[arg(long)]
         context: Option<String>,
+        /// lww and owned keyspaces: the value expires this long after the write (`30s`, `30m`,
+        /// `1h30m`), `none` (never, whatever the keyspace's default_ttl) or `keep` (keep the
+        /// key's expiry). Without it the keyspace's default_ttl applies.
+        #[arg(long, value_name = "DURATION")]
+        ttl: Option<String>,
         /// Strong keyspaces: write only if the key is at this revision (0: only if it does not
         /// exist), else fail with ATOLL-REVISION-MISMATCH.
         #[arg(long, value_name = "REVISION")]
@@ -84,6 +89,20 @@ pub enum KvCommand {
         #[arg(long, value_name = "DURATION")]
         max_staleness: Option<String>,
     },
+    /// Show when a key expires (lww and owned keyspaces).
+    #[command(after_help = "Example:\n  atoll kv ttl sessions user-1")]
+    Ttl { keyspace: String, key: String },
+    /// Give a live key a new expiry, keeping its value (lww and owned keyspaces).
+    #[command(after_help = "Example:\n  atoll kv expire sessions user-1 15m")]
+    Expire {
+        keyspace: String,
+        key: String,
+        /// The new time to live (`30s`, `15m`, `2h`).
+        ttl: String,
+    },
+    /// Remove a key's expiry, keeping its value (lww and owned keyspaces).
+    #[command(after_help = "Example:\n  atoll kv persist sessions user-1")]
+    Persist { keyspace: String, key: String },
     /// Delete a key (leaves a tombstone that replicates).
     #[command(
         after_help = "Examples:\n  atoll kv del sessions user-1\n  atoll kv del carts c1 --context <context printed by kv get>"
@@ -243,9 +262,13 @@ pub async fn kv(args: ClientArgs, cmd: KvCommand) -> Result<()> {
             key,
             value,
             context,
+            ttl,
             if_match,
         } => {
             let mut req = c.http.put(c.url("kv", &keyspace, &key)).body(value);
+            if let Some(t) = &ttl {
+                req = req.header("x-atoll-ttl", t.as_str());
+            }
             if let Some(s) = &args.session {
                 req = req.header("x-atoll-session", s);
             }
@@ -278,6 +301,9 @@ pub async fn kv(args: ClientArgs, cmd: KvCommand) -> Result<()> {
                         v["seq"],
                         v["timestamp"].as_str().unwrap_or("?")
                     );
+                    if let Some(e) = v["expires_at_ms"].as_u64() {
+                        println!("expires: {}", expiry_text(e));
+                    }
                     if let Some(ctx) = v["context"].as_str() {
                         println!("context: {ctx}");
                     }
@@ -347,12 +373,16 @@ pub async fn kv(args: ClientArgs, cmd: KvCommand) -> Result<()> {
                             "value": text,
                             "context": context,
                             "timestamp": r.header("x-atoll-timestamp"),
+                            "expires_at_ms": r.header("x-atoll-expires-at").and_then(|e| e.parse::<u64>().ok()),
                             "session": session,
                             "staleness_ms": r.header("x-atoll-staleness-ms"),
                         }))
                     }
                     Output::Human => {
                         println!("{}", String::from_utf8_lossy(&r.body));
+                        if let Some(e) = r.header("x-atoll-expires-at").and_then(|e| e.parse().ok()) {
+                            eprintln!("expires: {}", expiry_text(e));
+                        }
                         if let Some(ctx) = context {
                             eprintln!("context: {ctx}");
                         }
@@ -361,6 +391,60 @@ pub async fn kv(args: ClientArgs, cmd: KvCommand) -> Result<()> {
                         }
                     }
                 }
+            }
+        }
+        KvCommand::Ttl { keyspace, key } => {
+            let v = c
+                .send(c.http.get(c.url("ttl", &keyspace, &key)))
+                .await?
+                .check()?
+                .json()?;
+            match c.output {
+                Output::Json => c.print_json(&v),
+                Output::Human => match v["expires_at_ms"].as_u64() {
+                    Some(e) => println!("expires: {}", expiry_text(e)),
+                    None => println!("never expires"),
+                },
+            }
+        }
+        KvCommand::Expire { keyspace, key, ttl } => {
+            let mut req = c
+                .http
+                .put(c.url("ttl", &keyspace, &key))
+                .header("x-atoll-ttl", ttl.as_str());
+            if let Some(s) = &args.session {
+                req = req.header("x-atoll-session", s);
+            }
+            let v = c.send(req).await?.check()?.json()?;
+            match c.output {
+                Output::Json => c.print_json(&v),
+                Output::Human => match v["expires_at_ms"].as_u64() {
+                    Some(e) => println!(
+                        "ok: written in {} (seq {}); expires: {}",
+                        v["region"].as_str().unwrap_or("?"),
+                        v["seq"],
+                        expiry_text(e)
+                    ),
+                    None => println!("ok"),
+                },
+            }
+        }
+        KvCommand::Persist { keyspace, key } => {
+            let mut req = c.http.delete(c.url("ttl", &keyspace, &key));
+            if let Some(s) = &args.session {
+                req = req.header("x-atoll-session", s);
+            }
+            let v = c.send(req).await?.check()?.json()?;
+            match c.output {
+                Output::Json => c.print_json(&v),
+                Output::Human if v["changed"] == json!(false) => {
+                    println!("ok: the key had no expiry (nothing written)")
+                }
+                Output::Human => println!(
+                    "ok: written in {} (seq {}); never expires",
+                    v["region"].as_str().unwrap_or("?"),
+                    v["seq"]
+                ),
             }
         }
         KvCommand::Del {
@@ -396,6 +480,23 @@ pub async fn kv(args: ClientArgs, cmd: KvCommand) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// An expiry instant as the CLI shows it: the instant (ms since the epoch) and how far away it
+/// is by this machine's clock.
+fn expiry_text(at_ms: u64) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0);
+    if at_ms > now {
+        format!(
+            "at {at_ms} ms since the epoch (in {})",
+            atoll_config::duration::human(at_ms - now)
+        )
+    } else {
+        format!("at {at_ms} ms since the epoch (expired)")
+    }
 }
 
 pub async fn counter(args: ClientArgs, cmd: CounterCommand) -> Result<()> {

@@ -380,7 +380,8 @@ pub async fn kv(args: ClientArgs, cmd: KvCommand) -> Result<()> {
                     }
                     Output::Human => {
                         println!("{}", String::from_utf8_lossy(&r.body));
-                        if let Some(e) = r.header("x-atoll-expires-at").and_then(|e| e.parse().ok()) {
+                        if let Some(e) = r.header("x-atoll-expires-at").and_then(|e| e.parse().ok())
+                        {
                             eprintln!("expires: {}", expiry_text(e));
                         }
                         if let Some(ctx) = context {
@@ -485,10 +486,8 @@ pub async fn kv(args: ClientArgs, cmd: KvCommand) -> Result<()> {
 /// An expiry instant as the CLI shows it: the instant (ms since the epoch) and how far away it
 /// is by this machine's clock.
 fn expiry_text(at_ms: u64) -> String {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0);
+    use atoll_core::clock::Clock as _;
+    let now = atoll_core::clock::SystemClock.physical_ms();
     if at_ms > now {
         format!(
             "at {at_ms} ms since the epoch (in {})",

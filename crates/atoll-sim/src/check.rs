@@ -37,6 +37,16 @@
 //!     of the key (read-your-writes) and as the newest state of it the client read before,
 //!     wherever (monotonic reads); and a token a client genuinely holds is never judged forged.
 
+//!
+//! Expiring keys (`docs/design/expiring-keys.md`) add:
+//!
+//! 12. [`expiry_intact`] and [`expired_collection`]: an lww value's expiry is the one its write
+//!     stamped (its timestamp's wall time plus the ttl asked for), in every region it reaches;
+//!     an expired value is collected only once every region applied its write and the
+//!     collecting region's own clock has passed the expiry. Invariants 1 and 2 read an expiring
+//!     value as absent once the expiry is past (by the fastest clock of the views: a region that
+//!     collected it had passed it by its own).
+
 use crate::fencing::Promotion;
 use crate::model::{CARTS, FLAGS, History, LwwWrite, RATELIMITS, SESSIONS, Stamp};
 use atoll_core::RegionId;
@@ -76,6 +86,9 @@ pub enum Invariant {
     /// 11: operation-log truncation never removes an entry a region still needs: no region
     /// that lost nothing is ever sent to bootstrap by snapshot.
     Truncation,
+    /// 12: an expiry travels intact with its value; expired values are collected only once every
+    /// region applied the write and the local clock passed the expiry.
+    Expiry,
     /// The harness itself failed (a store call errored where it must not).
     Harness,
 }
@@ -95,6 +108,7 @@ impl Invariant {
             Invariant::PromotionExposure => "9-promotion-exposure",
             Invariant::SessionGuarantees => "10-session-guarantees",
             Invariant::Truncation => "11-oplog-truncation",
+            Invariant::Expiry => "12-expiry",
             Invariant::Harness => "harness",
         }
     }
@@ -139,6 +153,8 @@ pub struct RegionView {
     pub states: BTreeMap<(String, Vec<u8>), KeyState>,
     /// The lww conflict ledger (`sessions`), newest first.
     pub conflicts: Vec<ConflictRecord>,
+    /// The region's clock when the view was taken (judges expiry).
+    pub now_ms: u64,
 }
 
 impl RegionView {
@@ -173,10 +189,12 @@ enum Observed<'a> {
     Other(&'a KeyState),
 }
 
-fn observe(s: Option<&KeyState>) -> Observed<'_> {
+/// `s` as a client sees it once every clock reads at most `t_ms`: an lww value whose expiry is
+/// at most `t_ms` is absent (it may be collected in a region whose clock passed it).
+fn observe(s: Option<&KeyState>, t_ms: u64) -> Observed<'_> {
     match s {
         None => Observed::Absent,
-        Some(KeyState::Lww(r)) => match &r.value {
+        Some(KeyState::Lww(r)) => match r.live_value(t_ms) {
             None => Observed::Absent,
             Some(v) => Observed::Lww {
                 value: v,
@@ -205,10 +223,11 @@ pub fn convergence(views: &[RegionView]) -> Result<(), Violation> {
         }
     }
     let keys: BTreeSet<&(String, Vec<u8>)> = views.iter().flat_map(|v| v.states.keys()).collect();
+    let t = latest_clock(views);
     for key in keys {
-        let a = observe(first.states.get(key));
+        let a = observe(first.states.get(key), t);
         for v in &views[1..] {
-            let b = observe(v.states.get(key));
+            let b = observe(v.states.get(key), t);
             if a != b {
                 return Err(Violation::new(
                     Invariant::Convergence,
@@ -225,6 +244,11 @@ pub fn convergence(views: &[RegionView]) -> Result<(), Violation> {
         }
     }
     Ok(())
+}
+
+/// The fastest clock among the views.
+fn latest_clock(views: &[RegionView]) -> u64 {
+    views.iter().map(|v| v.now_ms).max().unwrap_or(0)
 }
 
 fn same_write(a: &LwwWrite, b: &LwwWrite) -> bool {
@@ -257,11 +281,18 @@ pub fn no_lost_writes(views: &[RegionView], history: &History) -> Result<(), Vio
                 ));
             }
         };
-        // The final state is the greatest acknowledged write (a collected tombstone: absent).
+        // The final state is the greatest acknowledged write (a collected tombstone or expired
+        // value: absent).
+        let expired = max.expires_ms.is_some_and(|e| e <= latest_clock(views));
         let ok = match (state, &max.value) {
             (None, None) => true,
-            (None, Some(_)) => false,
-            (Some(r), _) => r.ts == max.ts && r.origin == max.origin && r.value == max.value,
+            (None, Some(_)) => expired,
+            (Some(r), _) => {
+                r.ts == max.ts
+                    && r.origin == max.origin
+                    && r.value == max.value
+                    && r.expires_ms == max.expires_ms
+            }
         };
         if !ok {
             return lost(format!(
@@ -534,6 +565,85 @@ pub fn tombstone_collection(
                     if c.up { "up" } else { "crashed" },
                     c.applied.get(origin)
                 ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Invariant 12, first half: the lww register `reg` that region `at` holds for `key` carries the
+/// expiry its write stamped.
+pub fn expiry_intact(
+    at: &RegionId,
+    key: &[u8],
+    reg: &atoll_core::crdt::lww::LwwRegister,
+    history: &History,
+) -> Result<(), Violation> {
+    let Some(w) = history.lww_write(key, &reg.origin, reg.ts) else {
+        // Only acknowledged writes are in the history; a value no acknowledged write wrote is
+        // invariant 2's business.
+        return Ok(());
+    };
+    if w.expires_ms != reg.expires_ms || w.value != reg.value {
+        return Err(Violation::new(
+            Invariant::Expiry,
+            format!(
+                "{at} holds {} = {} (origin {}, ts {}) expiring {:?}, but its write stamped {} expiring {:?}",
+                k(SESSIONS, key),
+                show(&reg.value),
+                reg.origin,
+                reg.ts,
+                reg.expires_ms,
+                show(&w.value),
+                w.expires_ms
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Invariant 12, second half: region `at`, whose clock read `local_ms`, collected the expired
+/// value of `key` written by `origin` at `ts`: the write must be acknowledged and expiring, its
+/// expiry passed by `local_ms`, and every region must have applied it.
+pub fn expired_collection(
+    at: &RegionId,
+    key: &[u8],
+    origin: &RegionId,
+    ts: Timestamp,
+    local_ms: u64,
+    history: &History,
+    cursors: &[CursorAt],
+) -> Result<(), Violation> {
+    let bad = |d: String| Err(Violation::new(Invariant::Expiry, d));
+    let Some(w) = history.lww_write(key, origin, ts) else {
+        return bad(format!(
+            "{at} collected the value of {} (origin {origin}, ts {ts}) that no acknowledged write wrote",
+            k(SESSIONS, key)
+        ));
+    };
+    let Some(e) = w.expires_ms else {
+        return bad(format!(
+            "{at} collected the value of {} written by {origin}:{} that never expires",
+            k(SESSIONS, key),
+            w.seq
+        ));
+    };
+    if local_ms < e {
+        return bad(format!(
+            "{at} collected the value of {} ({origin}:{}) expiring at {e} while its clock read {local_ms}: it still read as live there",
+            k(SESSIONS, key),
+            w.seq
+        ));
+    }
+    for c in cursors {
+        if c.applied.get(origin) < w.seq {
+            return bad(format!(
+                "{at} collected the expired value of {} ({origin}:{} expiring {e}) but {} ({}) had applied {origin} only up to {}",
+                k(SESSIONS, key),
+                w.seq,
+                c.region,
+                if c.up { "up" } else { "crashed" },
+                c.applied.get(origin)
             ));
         }
     }
@@ -891,9 +1001,11 @@ pub fn session_read(case: &SessionReadCase<'_>, history: &History) -> Result<(),
         None => {
             for (floor, rule) in rules {
                 let Some(f) = floor else { continue };
+                // A tombstone, or an expiring value, at least as new that the region applied may
+                // have been collected.
                 let collected = history.lww.iter().any(|w| {
                     w.key == *key
-                        && w.value.is_none()
+                        && (w.value.is_none() || w.expires_ms.is_some())
                         && (w.ts, &w.origin) >= f.version()
                         && applied.get(&w.origin) >= w.seq
                 });
@@ -1003,6 +1115,7 @@ mod tests {
             seq,
             ts: ts(ms),
             value: None,
+            expires_ms: None,
             seen: VersionVector::new(),
             at_ms: 0,
         }

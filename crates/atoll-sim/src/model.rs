@@ -48,6 +48,15 @@ pub enum WriteOp {
     LwwPut { key: String, value: String },
     /// lww delete (tombstone).
     LwwDelete { key: String },
+    /// lww put that expires `ttl_ms` after its timestamp (`docs/design/expiring-keys.md`).
+    LwwPutTtl {
+        key: String,
+        value: String,
+        ttl_ms: u64,
+    },
+    /// A new expiry for a live lww key (`Some`: EXPIRE) or none (`None`: PERSIST); refused
+    /// (nothing acknowledged) when the key is absent or expired.
+    LwwExpire { key: String, ttl_ms: Option<u64> },
     /// mvr put; with the context of a read at the same region just before, or without (adds a
     /// sibling).
     MvrPut {
@@ -71,7 +80,10 @@ impl WriteOp {
     /// The keyspace and key written.
     pub fn target(&self) -> (&'static str, &str) {
         match self {
-            WriteOp::LwwPut { key, .. } | WriteOp::LwwDelete { key } => (SESSIONS, key),
+            WriteOp::LwwPut { key, .. }
+            | WriteOp::LwwDelete { key }
+            | WriteOp::LwwPutTtl { key, .. }
+            | WriteOp::LwwExpire { key, .. } => (SESSIONS, key),
             WriteOp::MvrPut { key, .. } | WriteOp::MvrDelete { key } => (CARTS, key),
             WriteOp::CounterAdd { key, .. } => (RATELIMITS, key),
             WriteOp::SetUpdate { key, .. } => (FLAGS, key),
@@ -90,6 +102,8 @@ impl WriteOp {
             WriteOp::MvrDelete { .. } => 5,
             WriteOp::CounterAdd { .. } => 6,
             WriteOp::SetUpdate { .. } => 7,
+            WriteOp::LwwPutTtl { .. } => 8,
+            WriteOp::LwwExpire { .. } => 9,
         }
     }
 }
@@ -103,6 +117,8 @@ pub struct LwwWrite {
     pub ts: Timestamp,
     /// `None`: a delete.
     pub value: Option<Vec<u8>>,
+    /// When the written value expires (ms on the writer's clock), as the store stamped it.
+    pub expires_ms: Option<u64>,
     /// The writer's applied vector just before the write: every op it had seen.
     pub seen: VersionVector,
     /// Virtual time of the write.
@@ -206,6 +222,13 @@ impl History {
             out.entry(&w.key[..]).or_default().push(w);
         }
         out
+    }
+
+    /// The acknowledged lww write by `origin` with timestamp `ts`, if any.
+    pub fn lww_write(&self, key: &[u8], origin: &RegionId, ts: Timestamp) -> Option<&LwwWrite> {
+        self.lww
+            .iter()
+            .find(|w| w.key == key && &w.origin == origin && w.ts == ts)
     }
 
     /// The lww delete written by `origin` with timestamp `ts`, if acknowledged.

@@ -537,7 +537,7 @@ impl Sim {
     pub fn views(&self) -> Result<Vec<RegionView>, Violation> {
         let harness = |e: AtollError| Violation::new(Invariant::Harness, e.to_string());
         let mut out = Vec::new();
-        for reg in &self.regions {
+        for (i, reg) in self.regions.iter().enumerate() {
             let Some(node) = &reg.node else {
                 return Err(Violation::new(
                     Invariant::Convergence,
@@ -558,6 +558,7 @@ impl Sim {
                     .store
                     .conflicts(SESSIONS, usize::MAX)
                     .map_err(harness)?,
+                now_ms: self.local_ms(i),
             });
         }
         Ok(out)

@@ -1511,14 +1511,14 @@ impl Writer {
     /// under their expiry (`docs/design/expiring-keys.md`: an expiry is collected as a delete at
     /// that instant).
     fn stage(&self, batch: &mut Batch, dk: Vec<u8>, state: KeyState) {
-        if let KeyState::Lww(r) = &state {
-            if let Some(at) = collectable_from(r) {
-                batch.mutations.push(Mutation::Put(
-                    Table::Tombstones,
-                    keys::tombstone_key(at, &dk),
-                    Vec::new(),
-                ));
-            }
+        if let KeyState::Lww(r) = &state
+            && let Some(at) = collectable_from(r)
+        {
+            batch.mutations.push(Mutation::Put(
+                Table::Tombstones,
+                keys::tombstone_key(at, &dk),
+                Vec::new(),
+            ));
         }
         batch.states.insert(dk, state);
     }

@@ -34,6 +34,20 @@ impl Sim {
                 None,
             ),
             WriteOp::LwwDelete { .. } => (Intent::Delete { context: None }, None),
+            WriteOp::LwwPutTtl { value, ttl_ms, .. } => (
+                Intent::Put {
+                    value: value.as_bytes().to_vec(),
+                    context: None,
+                    ttl: atoll_core::op::Ttl::After(*ttl_ms),
+                },
+                None,
+            ),
+            WriteOp::LwwExpire { ttl_ms, .. } => (
+                Intent::Expire {
+                    ttl: ttl_ms.map(atoll_core::op::Ttl::After),
+                },
+                None,
+            ),
             WriteOp::MvrPut {
                 value,
                 with_context,
@@ -131,17 +145,60 @@ impl Sim {
         }
         let key_b = key.as_bytes().to_vec();
         match op {
-            WriteOp::LwwPut { .. } | WriteOp::LwwDelete { .. } => {
-                let value = match op {
-                    WriteOp::LwwPut { value, .. } => Some(value.as_bytes().to_vec()),
+            WriteOp::LwwPut { .. }
+            | WriteOp::LwwDelete { .. }
+            | WriteOp::LwwPutTtl { .. }
+            | WriteOp::LwwExpire { .. } => {
+                // What the write wrote: its own register is the state's winner (an lww write
+                // is newer than everything its region holds).
+                let (value, expires_ms) = match &out.state {
+                    KeyState::Lww(reg) if reg.ts == out.ts && reg.origin == me => {
+                        (reg.value.clone(), reg.expires_ms)
+                    }
+                    other => {
+                        self.record(Violation::new(
+                            Invariant::Harness,
+                            format!("lww write {me}:{} left the state {other:?}", out.seq),
+                        ));
+                        return Ok(out);
+                    }
+                };
+                let expected = match op {
+                    WriteOp::LwwPut { value, .. } => Some((Some(value.as_bytes()), None)),
+                    WriteOp::LwwDelete { .. } => Some((None, None)),
+                    WriteOp::LwwPutTtl { value, ttl_ms, .. } => {
+                        Some((Some(value.as_bytes()), Some(out.ts.wall_ms + ttl_ms)))
+                    }
+                    WriteOp::LwwExpire { ttl_ms, .. } => {
+                        // The value it kept is the one the region held (read just before).
+                        let held = match &pre {
+                            Some(KeyState::Lww(reg)) => reg.value.as_deref(),
+                            _ => None,
+                        };
+                        Some((held, ttl_ms.map(|t| out.ts.wall_ms + t)))
+                    }
                     _ => None,
                 };
+                if let Some((v, e)) = expected
+                    && (value.as_deref() != v || expires_ms != e)
+                {
+                    self.record(Violation::new(
+                        Invariant::Expiry,
+                        format!(
+                            "{op:?} at {me} (ts {}) stored value {:?} expiring {expires_ms:?}, expected {:?} expiring {e:?}",
+                            out.ts,
+                            value.as_deref().map(String::from_utf8_lossy),
+                            v.map(String::from_utf8_lossy)
+                        ),
+                    ));
+                }
                 self.history.lww.push(LwwWrite {
                     key: key_b,
                     origin: me.clone(),
                     seq: out.seq,
                     ts: out.ts,
                     value,
+                    expires_ms,
                     seen: seen_vv,
                     at_ms: now,
                 });
@@ -266,11 +323,24 @@ impl Sim {
         let roll = rng.random_range(0..100u32);
         if roll < 30 {
             let key = format!("s{}", rng.random_range(0..5u32));
-            if rng.random_range(0..100u32) < 75 {
+            let kind = rng.random_range(0..100u32);
+            if kind < 50 {
                 WriteOp::LwwPut {
                     key,
                     value: format!("v{c}"),
                 }
+            } else if kind < 65 {
+                // Expiring keys: short enough to expire during chaos, under partitions,
+                // crashes and clock faults, and to be collected.
+                WriteOp::LwwPutTtl {
+                    key,
+                    value: format!("v{c}"),
+                    ttl_ms: rng.random_range(200..=5_000u64),
+                }
+            } else if kind < 75 {
+                let ttl_ms =
+                    (rng.random_range(0..3u32) > 0).then(|| rng.random_range(200..=5_000u64));
+                WriteOp::LwwExpire { key, ttl_ms }
             } else {
                 WriteOp::LwwDelete { key }
             }

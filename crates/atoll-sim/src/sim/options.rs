@@ -78,6 +78,7 @@ impl Stats {
             store_refused_skewed,
             conflicts_recorded,
             tombstones_collected,
+            expired_collected,
             oplog_truncated,
             maintenance_with_horizon,
             crashes,
@@ -122,6 +123,7 @@ impl Stats {
         self.store_refused_skewed += store_refused_skewed;
         self.conflicts_recorded += conflicts_recorded;
         self.tombstones_collected += tombstones_collected;
+        self.expired_collected += expired_collected;
         self.oplog_truncated += oplog_truncated;
         self.maintenance_with_horizon += maintenance_with_horizon;
         self.crashes += crashes;
@@ -215,6 +217,8 @@ pub struct Stats {
     pub store_refused_skewed: u64,
     pub conflicts_recorded: u64,
     pub tombstones_collected: u64,
+    /// Expired lww values collected (`docs/design/expiring-keys.md`).
+    pub expired_collected: u64,
     /// Operation-log entries truncated (every region had applied them; the simulation keeps no
     /// retention, so truncation is as early as the rule allows).
     pub oplog_truncated: u64,

@@ -681,23 +681,68 @@ impl Sim {
         let Some(node) = self.regions[r].node.as_ref() else {
             return Ok(0);
         };
-        // The lww tombstones held before, to see which ones the pass collects.
+        // The lww tombstones and expiring values held before, to see which ones the pass
+        // collects; every expiry held is checked against its write (invariant 12).
         let mut tombstones = Vec::new();
-        if horizon.is_some() {
-            for (ks, key) in &self.history.keys {
-                if ks == SESSIONS
-                    && let Some(KeyState::Lww(reg)) = node.store.get(ks, key).map_err(harness)?
-                    && reg.value.is_none()
-                {
-                    tombstones.push((key.clone(), reg.origin.clone(), reg.ts));
-                }
+        let mut expiring = Vec::new();
+        let mut broken = Vec::new();
+        for (ks, key) in &self.history.keys {
+            if ks != SESSIONS {
+                continue;
+            }
+            let Some(KeyState::Lww(reg)) = node.store.get(ks, key).map_err(harness)? else {
+                continue;
+            };
+            if let Err(v) = check::expiry_intact(&me, key, &reg, &self.history) {
+                broken.push(v);
+            }
+            if horizon.is_none() {
+                continue;
+            }
+            if reg.value.is_none() {
+                tombstones.push((key.clone(), reg.origin.clone(), reg.ts));
+            } else if reg.expires_ms.is_some() {
+                expiring.push((key.clone(), reg.origin.clone(), reg.ts));
             }
         }
+        let local_ms = node.store.now_ms();
         let out = node.store.maintain(horizon).map_err(harness)?;
         let mut collected = Vec::new();
         for (key, origin, ts) in tombstones {
             if node.store.get(SESSIONS, &key).map_err(harness)?.is_none() {
                 collected.push((key, origin, ts));
+            }
+        }
+        let mut expired = Vec::new();
+        for (key, origin, ts) in expiring {
+            if node.store.get(SESSIONS, &key).map_err(harness)?.is_none() {
+                expired.push((key, origin, ts));
+            }
+        }
+        for v in broken {
+            self.record(v);
+        }
+        self.stats.expired_collected += out.expired_collected as u64;
+        if !expired.is_empty() {
+            let cursors: Vec<CursorAt> = (0..self.regions.len())
+                .map(|q| CursorAt {
+                    region: self.ids[q].clone(),
+                    applied: self.applied(q),
+                    up: self.is_up(q),
+                })
+                .collect();
+            for (key, origin, ts) in &expired {
+                if let Err(v) = check::expired_collection(
+                    &me,
+                    key,
+                    origin,
+                    *ts,
+                    local_ms,
+                    &self.history,
+                    &cursors,
+                ) {
+                    self.record(v);
+                }
             }
         }
         if horizon.is_some() {

@@ -8,6 +8,7 @@ mod common;
 mod cli;
 mod crash;
 mod demo;
+mod expiry;
 mod fencing;
 mod global_view;
 mod grafana;

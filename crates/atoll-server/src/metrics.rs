@@ -170,6 +170,8 @@ pub struct Metrics {
     pub sibling_limit_hits: Family<KeyspaceOnly, Counter>,
     pub tombstone_horizon_age: FloatGauge,
     pub tombstones_collected: Counter,
+    /// Expired lww values collected (`docs/design/expiring-keys.md`).
+    pub expired_collected: Counter,
     /// Operation-log truncation and bootstrap by snapshot (`docs/design/oplog-truncation.md`).
     pub oplog_truncated: Counter,
     pub oplog_truncated_seq: Family<OriginLabels, Gauge<u64, AtomicU64>>,
@@ -508,6 +510,15 @@ impl Metrics {
             "tombstones_collected",
             "Tombstones collected after every region had seen them",
             tombstones_collected.clone(),
+        );
+        let expired_collected = Counter::default();
+        reg(
+            &mut registry,
+            &mut names,
+            Kind::Counter,
+            "expired_collected",
+            "Expired values collected: past their expiry by this region's clock, and every region had applied every write stamped before it",
+            expired_collected.clone(),
         );
         let oplog_truncated = Counter::default();
         reg(
@@ -944,6 +955,7 @@ impl Metrics {
             sibling_limit_hits,
             tombstone_horizon_age,
             tombstones_collected,
+            expired_collected,
             oplog_truncated,
             oplog_truncated_seq,
             store_disk_bytes,

@@ -793,9 +793,16 @@ impl Replicator {
                     metrics
                         .tombstones_collected
                         .inc_by(out.tombstones_collected as u64);
-                    if out.tombstones_collected > 0 || out.conflicts_pruned > 0 {
+                    metrics
+                        .expired_collected
+                        .inc_by(out.expired_collected as u64);
+                    if out.tombstones_collected > 0
+                        || out.expired_collected > 0
+                        || out.conflicts_pruned > 0
+                    {
                         tracing::debug!(
                             tombstones = out.tombstones_collected,
+                            expired = out.expired_collected,
                             conflicts = out.conflicts_pruned,
                             "maintenance"
                         );

@@ -169,7 +169,9 @@ async fn expires(c: &Cluster) -> Result<()> {
         .with_context(|| format!("{name} never collected the expired session"))?;
     }
     // A write after the expiry revives the key, without expiry, everywhere.
-    c.client(US).kv_put("sessions", "s1", "token-2", None).await?;
+    c.client(US)
+        .kv_put("sessions", "s1", "token-2", None)
+        .await?;
     for name in c.names() {
         c.client(&name)
             .wait_value("sessions", "s1", "token-2", common::DEADLINE)

@@ -2617,3 +2617,44 @@ fn resp_settings_are_strict() {
     ));
     assert_err(&e, Some(7), "regions[0].resp", &["not an IP address"]);
 }
+
+#[test]
+fn default_ttl_is_a_bounded_duration_on_lww_and_owned_keyspaces_only() {
+    let with = |policy: &str, line: &str| {
+        format!("{BASE}\n[[keyspaces]]\nname = \"tokens\"\npolicy = \"{policy}\"\n{line}\n")
+    };
+    let c = ok(&with("lww", "default_ttl = \"30m\""));
+    let k = c.keyspace("tokens").unwrap();
+    assert_eq!(k.default_ttl_ms, Some(30 * 60_000));
+    assert!(
+        c.explain().contains("default_ttl=30m"),
+        "config check does not show it:\n{}",
+        c.explain()
+    );
+    assert_eq!(
+        ok(&with("lww", ""))
+            .keyspace("tokens")
+            .unwrap()
+            .default_ttl_ms,
+        None
+    );
+    for (policy, line, needle) in [
+        (
+            "mvr",
+            "default_ttl = \"1h\"",
+            "only `lww` and `owned` keyspaces",
+        ),
+        (
+            "counter",
+            "default_ttl = \"1h\"",
+            "only `lww` and `owned` keyspaces",
+        ),
+        ("lww", "default_ttl = \"0s\"", "out of range"),
+        ("lww", "default_ttl = \"soon\"", "default_ttl"),
+        ("lww", "default_ttl = \"40000d\"", "out of range"),
+    ] {
+        let e = err(&with(policy, line));
+        assert!(e.to_string().contains(needle), "{policy} {line}: {e}");
+        assert!(e.to_string().contains("default_ttl"), "{e}");
+    }
+}

@@ -1,7 +1,8 @@
 //! The HTTP reverse proxy: the anycast-style fast path that fails over per request.
 //!
 //! **Only the client API v1 is forwarded** ([`classify`]): `/v1/kv/{keyspace}/...`,
-//! `/v1/counter/{keyspace}/...`, `/v1/set/{keyspace}/...`, `/v1/conflicts/{keyspace}`,
+//! `/v1/counter/{keyspace}/...`, `/v1/set/{keyspace}/...`, `/v1/ttl/{keyspace}/...`,
+//! `/v1/conflicts/{keyspace}`,
 //! `/v1/status`, `/v1/openapi.json` and `/healthz`. Anything else (the replication protocol
 //! under `/v1/replication/`, `/metrics`, unknown paths) is answered by the router itself with
 //! `404 ATOLL-NOT-PROXIED` and never reaches a region. The path is matched as sent, byte for
@@ -20,7 +21,8 @@
 //! - **The request may have reached the region** (the connection broke after the request was
 //!   written, or no response came within the upstream timeout): retried only when idempotent
 //!   ([`is_idempotent`]), which follows the keyspace's policy in the cluster config: `GET`,
-//!   `HEAD` and `OPTIONS` always; `PUT`/`DELETE` on `/v1/kv/...` of an `lww` keyspace; on an
+//!   `HEAD` and `OPTIONS` always; `PUT`/`DELETE` on `/v1/kv/...` and `/v1/ttl/...` of an `lww`
+//!   or `owned` keyspace (an expiry change rewrites the value, an lww write); on an
 //!   `mvr` keyspace only with `X-Atoll-Context` (without one a write adds a sibling, so a second
 //!   attempt would add a second one). Anything else (a write without a context to an mvr
 //!   keyspace, a `POST` counter increment or set update, a keyspace the config does not
@@ -138,7 +140,7 @@ impl ProxySettings {
 pub const CONTEXT_HEADER: &str = "x-atoll-context";
 
 /// The paths the proxy forwards, for messages.
-pub const PROXIED_PATHS: &str = "/v1/kv/{keyspace}/{key}, /v1/counter/{keyspace}/{key}, /v1/set/{keyspace}/{key}, /v1/conflicts/{keyspace}, /v1/status, /v1/openapi.json and /healthz";
+pub const PROXIED_PATHS: &str = "/v1/kv/{keyspace}/{key}, /v1/counter/{keyspace}/{key}, /v1/set/{keyspace}/{key}, /v1/ttl/{keyspace}/{key}, /v1/conflicts/{keyspace}, /v1/status, /v1/openapi.json and /healthz";
 
 /// A path the proxy forwards.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -202,7 +204,7 @@ pub fn classify(path: &str) -> Result<Target<'_>, Refusal> {
     }
     let rest = path.strip_prefix("/v1/").ok_or(Refusal::NotClientApi)?;
     let (kind, rest) = rest.split_once('/').ok_or(Refusal::NotClientApi)?;
-    if !matches!(kind, "kv" | "counter" | "set" | "conflicts") {
+    if !matches!(kind, "kv" | "counter" | "set" | "ttl" | "conflicts") {
         return Err(Refusal::NotClientApi);
     }
     let (keyspace, key) = match rest.split_once('/') {
@@ -237,6 +239,11 @@ pub fn is_idempotent(
                 Some(Policy::Mvr) => has_context,
                 _ => false,
             },
+            // An expiry change (`docs/design/expiring-keys.md`) is an lww write of the value.
+            Ok(Target::Data {
+                kind: "ttl",
+                keyspace,
+            }) => matches!(policy_of(keyspace), Some(Policy::Lww | Policy::Owned)),
             _ => false,
         },
         _ => false,
@@ -1055,6 +1062,10 @@ mod tests {
         // lww: last writer wins, a second identical write changes nothing.
         assert!(idem(Method::PUT, "/v1/kv/sessions/k", false));
         assert!(idem(Method::DELETE, "/v1/kv/sessions/k", false));
+        // An expiry change is an lww write of the value; other policies have no expiry.
+        assert!(idem(Method::PUT, "/v1/ttl/sessions/k", false));
+        assert!(idem(Method::DELETE, "/v1/ttl/sessions/k", false));
+        assert!(!idem(Method::PUT, "/v1/ttl/carts/k", true));
         // mvr: without a context a write adds a sibling; with one it supersedes what it saw.
         assert!(!idem(Method::PUT, "/v1/kv/carts/k", false));
         assert!(!idem(Method::DELETE, "/v1/kv/carts/k", false));
@@ -1079,6 +1090,7 @@ mod tests {
             "/v1/kv/sessions/",
             "/v1/kv/sessions/a//b",
             "/v1/counter/rate_limits-2/k",
+            "/v1/ttl/sessions/k",
             "/v1/set/flags/beta",
             "/v1/conflicts/sessions",
             "/v1/status",

@@ -759,6 +759,25 @@ fn read_level(k: &KeyspaceConfig) -> String {
 }
 
 fn keyspace_options(k: &KeyspaceConfig) -> String {
+    if let Some(rule) = &k.ratelimit {
+        let budget = match &rule.shares {
+            None => "budget=shared (each region admits while the count it knows is under the limit; cut off, up to the limit on each side)".to_string(),
+            Some(shares) => format!(
+                "budget=split ({}; never more than the limit in all)",
+                shares
+                    .iter()
+                    .map(|(r, n)| format!("{r} {n}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        };
+        return format!(
+            "limit={} per window={}, algorithm={}, {budget}",
+            rule.limit,
+            crate::duration::to_config(rule.window_ms),
+            rule.algorithm.as_str()
+        );
+    }
     let opts = k.options();
     let minority = if k.on_minority == crate::OnMinority::ReadOnly {
         "on_minority=read-only"

@@ -482,6 +482,9 @@ pub struct KeyspaceConfig {
     /// `default_ttl`: the time to live of a put that names none (lww and owned;
     /// `docs/design/expiring-keys.md`). `None`: keys never expire unless a write says so.
     pub default_ttl_ms: Option<u64>,
+    /// A `ratelimit` keyspace's rule: `limit`, `window`, `algorithm`, `budget`
+    /// (`docs/design/rate-limits.md`); `None` for every other policy.
+    pub ratelimit: Option<atoll_core::crdt::ratewindow::RateRule>,
     /// Homes of an `owned` keyspace (`None` for every other policy).
     pub owned: Option<OwnedConfig>,
 }
@@ -513,6 +516,7 @@ impl KeyspaceConfig {
             on_minority: OnMinority::Available,
             max_staleness_ms: None,
             default_ttl_ms: None,
+            ratelimit: None,
             owned: None,
         }
     }
@@ -680,6 +684,16 @@ impl Config {
                     crate::duration::to_config(ms),
                     beat,
                     crate::duration::to_config(2 * beat)
+                ));
+            }
+            if let Some(shares) = k.ratelimit.as_ref().and_then(|r| r.shares.as_ref())
+                && let Some((r, _)) = shares.iter().find(|(_, n)| **n == 0)
+            {
+                out.push(format!(
+                    "keyspace `{}` splits a limit of {} between {} regions: {r} gets a share of 0 and admits nothing; raise the limit to at least the number of regions, or use budget = \"shared\"",
+                    k.name,
+                    k.ratelimit.as_ref().map_or(0, |r| r.limit),
+                    shares.len()
                 ));
             }
         }

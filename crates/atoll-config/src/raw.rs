@@ -171,6 +171,14 @@ struct RawKeyspace {
     #[serde(default)]
     default_ttl: Option<Spanned<String>>,
     #[serde(default)]
+    limit: Option<Spanned<i64>>,
+    #[serde(default)]
+    window: Option<Spanned<String>>,
+    #[serde(default)]
+    algorithm: Option<Spanned<String>>,
+    #[serde(default)]
+    budget: Option<Spanned<String>>,
+    #[serde(default)]
     default_home: Option<Spanned<String>>,
     #[serde(default)]
     homes: Option<Spanned<Vec<Spanned<RawHome>>>>,
@@ -980,6 +988,7 @@ fn keyspaces(
                 Some(ms)
             }
         };
+        let ratelimit = ratelimit(cx, k, &key, name, policy, regions)?;
         out.push(KeyspaceConfig {
             name: name.clone(),
             policy,
@@ -1010,10 +1019,129 @@ fn keyspaces(
             on_minority: k.on_minority.unwrap_or_default(),
             max_staleness_ms,
             default_ttl_ms,
+            ratelimit,
             owned: owned(cx, k, &key, regions, model, quorum)?,
         });
     }
     Ok(out)
+}
+
+/// Most cost a `ratelimit` keyspace may admit per window.
+pub const MAX_RATE_LIMIT: i64 = 1_000_000_000;
+/// Longest rate-limit window: a day.
+pub const MAX_RATE_WINDOW_MS: u64 = 86_400_000;
+
+/// The rule of keyspace `k` (`policy = "ratelimit"`): `limit` and `window` required, `algorithm`
+/// (`sliding`, the default, or `fixed`) and `budget` (`shared`, the default, or `split`: each
+/// region's share of the limit, in region order, adding up to the limit). Refused on any other
+/// policy.
+fn ratelimit(
+    cx: &Ctx<'_>,
+    k: &RawKeyspace,
+    key: &dyn Fn(&str) -> String,
+    name: &str,
+    policy: Policy,
+    regions: &[RegionConfig],
+) -> Result<Option<atoll_core::crdt::ratewindow::RateRule>, ConfigError> {
+    use atoll_core::crdt::ratewindow::{Algorithm, RateRule};
+    if policy != Policy::RateLimit {
+        for (option, span) in [
+            ("limit", k.limit.as_ref().map(|v| v.span())),
+            ("window", k.window.as_ref().map(|v| v.span())),
+            ("algorithm", k.algorithm.as_ref().map(|v| v.span())),
+            ("budget", k.budget.as_ref().map(|v| v.span())),
+        ] {
+            if let Some(span) = span {
+                return Err(cx.err(
+                    span,
+                    key(option),
+                    format!(
+                        "{option} does not apply to keyspace `{name}`, whose policy is `{policy}`; only `ratelimit` keyspaces accept it"
+                    ),
+                ));
+            }
+        }
+        return Ok(None);
+    }
+    let missing = |option: &str, example: &str| {
+        cx.err_nowhere(
+            key(option),
+            format!(
+                "keyspace `{name}` is a ratelimit keyspace and needs `{option}` (e.g. {option} = {example})"
+            ),
+        )
+    };
+    let limit = match &k.limit {
+        None => return Err(missing("limit", "100")),
+        Some(l) if !(1..=MAX_RATE_LIMIT).contains(l.get_ref()) => {
+            return Err(cx.err(
+                l.span(),
+                key("limit"),
+                format!(
+                    "{} is out of range: a limit is 1 to {MAX_RATE_LIMIT} per window",
+                    l.get_ref()
+                ),
+            ));
+        }
+        Some(l) => *l.get_ref() as u64,
+    };
+    let window_ms = match &k.window {
+        None => return Err(missing("window", "\"1m\"")),
+        Some(w) => {
+            let ms = crate::duration::parse_ms(w.get_ref())
+                .map_err(|e| cx.err(w.span(), key("window"), e))?;
+            if ms == 0 || ms > MAX_RATE_WINDOW_MS {
+                return Err(cx.err(
+                    w.span(),
+                    key("window"),
+                    format!("`{}` is out of range: a window is 1ms to 1d", w.get_ref()),
+                ));
+            }
+            ms
+        }
+    };
+    let algorithm = match k.algorithm.as_ref().map(|a| (a, a.get_ref().as_str())) {
+        None | Some((_, "sliding")) => Algorithm::Sliding,
+        Some((_, "fixed")) => Algorithm::Fixed,
+        Some((a, other)) => {
+            return Err(cx.err(
+                a.span(),
+                key("algorithm"),
+                format!("unknown algorithm `{other}`: use \"sliding\" (the default) or \"fixed\""),
+            ));
+        }
+    };
+    let shares = match k.budget.as_ref().map(|b| (b, b.get_ref().as_str())) {
+        None | Some((_, "shared")) => None,
+        Some((_, "split")) => {
+            let n = regions.len().max(1) as u64;
+            Some(
+                regions
+                    .iter()
+                    .enumerate()
+                    .map(|(i, r)| {
+                        let extra = u64::from((i as u64) < limit % n);
+                        (r.name.clone(), limit / n + extra)
+                    })
+                    .collect(),
+            )
+        }
+        Some((b, other)) => {
+            return Err(cx.err(
+                b.span(),
+                key("budget"),
+                format!(
+                    "unknown budget `{other}`: use \"shared\" (the default: any region admits while the count it knows is under the limit) or \"split\" (each region admits its share of the limit)"
+                ),
+            ));
+        }
+    };
+    Ok(Some(RateRule {
+        limit,
+        window_ms,
+        algorithm,
+        shares,
+    }))
 }
 
 /// `default_home = "first-write"`: a key no rule homes is homed by its first write.

@@ -2658,3 +2658,41 @@ fn default_ttl_is_a_bounded_duration_on_lww_and_owned_keyspaces_only() {
         assert!(e.to_string().contains("default_ttl"), "{e}");
     }
 }
+
+#[test]
+fn ratelimit_keyspaces_need_a_limit_and_a_window_and_split_budgets_add_up() {
+    let with = |policy: &str, lines: &str| {
+        format!("{BASE}\n[[keyspaces]]\nname = \"api-limits\"\npolicy = \"{policy}\"\n{lines}\n")
+    };
+    let c = ok(&with("ratelimit", "limit = 100\nwindow = \"1m\""));
+    let rule = c.keyspace("api-limits").unwrap().ratelimit.clone().unwrap();
+    assert_eq!((rule.limit, rule.window_ms), (100, 60_000));
+    assert_eq!(rule.algorithm, atoll_core::crdt::ratewindow::Algorithm::Sliding);
+    assert_eq!(rule.shares, None);
+    assert!(
+        c.explain().contains("limit=100 per window=1m, algorithm=sliding, budget=shared"),
+        "{}",
+        c.explain()
+    );
+    let c = ok(&with(
+        "ratelimit",
+        "limit = 7\nwindow = \"10s\"\nalgorithm = \"fixed\"\nbudget = \"split\"",
+    ));
+    let rule = c.keyspace("api-limits").unwrap().ratelimit.clone().unwrap();
+    let shares = rule.shares.unwrap();
+    assert_eq!(shares.values().sum::<u64>(), 7, "{shares:?}");
+    assert_eq!(shares.len(), c.regions.len());
+    for (lines, needle) in [
+        ("window = \"1m\"", "needs `limit`"),
+        ("limit = 5", "needs `window`"),
+        ("limit = 0\nwindow = \"1m\"", "out of range"),
+        ("limit = 5\nwindow = \"2d\"", "out of range"),
+        ("limit = 5\nwindow = \"1m\"\nalgorithm = \"leaky\"", "unknown algorithm"),
+        ("limit = 5\nwindow = \"1m\"\nbudget = \"half\"", "unknown budget"),
+    ] {
+        let e = err(&with("ratelimit", lines));
+        assert!(e.to_string().contains(needle), "{lines}: {e}");
+    }
+    let e = err(&with("counter", "limit = 5"));
+    assert!(e.to_string().contains("only `ratelimit` keyspaces"), "{e}");
+}

@@ -100,6 +100,16 @@ pub enum AtollError {
     SiblingLimit { count: usize, max: usize },
     #[error("counter overflow: {0}")]
     CounterOverflow(String),
+    #[error(
+        "rate limit of keyspace `{keyspace}` reached: {remaining} of {limit} left in this window; retry in {retry_after_ms} ms"
+    )]
+    RateLimited {
+        keyspace: String,
+        limit: u64,
+        remaining: u64,
+        reset_at_ms: u64,
+        retry_after_ms: u64,
+    },
     #[error("not found")]
     NotFound,
     #[error("invalid config: {0}")]
@@ -280,6 +290,7 @@ impl AtollError {
             Self::ContextAhead(_) => "ATOLL-CONTEXT-AHEAD",
             Self::SiblingLimit { .. } => "ATOLL-SIBLING-LIMIT",
             Self::CounterOverflow(_) => "ATOLL-COUNTER-OVERFLOW",
+            Self::RateLimited { .. } => "ATOLL-RATE-LIMITED",
             Self::NotFound => "ATOLL-NOT-FOUND",
             Self::Config(_) => "ATOLL-CONFIG",
             Self::FormatTooNew { .. } => "ATOLL-FORMAT-TOO-NEW",
@@ -332,6 +343,7 @@ impl AtollError {
             | Self::RequestTooLarge { .. }
             | Self::PeerRequestTooLarge { .. } => 413,
             Self::ContextAhead(_) | Self::SiblingLimit { .. } | Self::CounterOverflow(_) => 409,
+            Self::RateLimited { .. } => 429,
             Self::ShuttingDown | Self::Overloaded(_) => 503,
             Self::ClockSkew { .. } => 503,
             Self::PeerUnauthenticated(_) | Self::PeerIdentityMismatch { .. } => 403,
@@ -371,6 +383,7 @@ impl AtollError {
                 | Self::Stale(_)
                 | Self::Bootstrapping(_)
                 | Self::BootstrapBehind(_)
+                | Self::RateLimited { .. }
         )
     }
 
@@ -406,6 +419,9 @@ impl AtollError {
             }
             Self::SiblingLimit { .. } => {
                 "read the key, merge its siblings, and write the result with the X-Atoll-Context the read returned"
+            }
+            Self::RateLimited { .. } => {
+                "the request was not admitted and nothing was counted: retry after retry_after_ms, or raise the keyspace's limit"
             }
             Self::CounterOverflow(_) => {
                 "counters are 64-bit; use smaller deltas or reset by using a new key"

@@ -10,6 +10,7 @@ use crate::crdt::lww::{LwwConflict, LwwRegister};
 use crate::crdt::mvr::MvRegister;
 use crate::crdt::orset::OrSet;
 use crate::crdt::pncounter::PnCounter;
+use crate::crdt::ratewindow::{RateRule, RateWindows};
 use crate::error::{AtollError, Result};
 use crate::hlc::Timestamp;
 use crate::region::RegionId;
@@ -34,16 +35,22 @@ pub enum Policy {
     /// Linearizable registers with compare-and-set by revision, replicated by consensus (the
     /// strong group, `docs/design/strong-keyspaces.md`); never in the CRDT store or its log.
     Strong,
+    /// Windowed rate limits (`docs/design/rate-limits.md`): each key counts the cost every
+    /// region admitted per time window; a request is admitted while the count is under the
+    /// keyspace's limit.
+    #[serde(rename = "ratelimit")]
+    RateLimit,
 }
 
 impl Policy {
-    pub const ALL: [Policy; 6] = [
+    pub const ALL: [Policy; 7] = [
         Policy::Lww,
         Policy::Mvr,
         Policy::Counter,
         Policy::Set,
         Policy::Owned,
         Policy::Strong,
+        Policy::RateLimit,
     ];
 
     /// The CRDT a key of this policy is stored and replicated as: an owned key is an lww register
@@ -68,6 +75,7 @@ impl Policy {
             Policy::Set => "set",
             Policy::Owned => "owned",
             Policy::Strong => "strong",
+            Policy::RateLimit => "ratelimit",
         }
     }
 
@@ -89,6 +97,8 @@ pub enum KeyState {
     Mvr(MvRegister),
     Counter(PnCounter),
     Set(OrSet),
+    /// Added in encoding version 3 (a new variant: older records never hold it).
+    RateLimit(RateWindows),
 }
 
 impl KeyState {
@@ -98,6 +108,7 @@ impl KeyState {
             KeyState::Mvr(_) => Policy::Mvr,
             KeyState::Counter(_) => Policy::Counter,
             KeyState::Set(_) => Policy::Set,
+            KeyState::RateLimit(_) => Policy::RateLimit,
         }
     }
 
@@ -116,6 +127,10 @@ impl KeyState {
                 Ok(None)
             }
             (KeyState::Set(a), KeyState::Set(b)) => {
+                a.merge(b);
+                Ok(None)
+            }
+            (KeyState::RateLimit(a), KeyState::RateLimit(b)) => {
                 a.merge(b);
                 Ok(None)
             }
@@ -172,6 +187,9 @@ pub enum Intent {
         add: Vec<String>,
         remove: Vec<String>,
     },
+    /// A request of `cost` (at least 1) against a `ratelimit` keyspace's limit: recorded if
+    /// admitted, refused with [`AtollError::RateLimited`] (nothing written) if not.
+    Admit { cost: u64 },
 }
 
 impl Intent {
@@ -182,6 +200,7 @@ impl Intent {
             Intent::Delete { .. } => "delete",
             Intent::CounterAdd { .. } => "counter increments",
             Intent::SetUpdate { .. } => "set updates",
+            Intent::Admit { .. } => "rate-limit requests",
         }
     }
 
@@ -192,6 +211,7 @@ impl Intent {
                 Intent::Put { .. } | Intent::Delete { .. },
                 Policy::Lww | Policy::Mvr
             ) | (Intent::Expire { .. }, Policy::Lww)
+                | (Intent::Admit { .. }, Policy::RateLimit)
                 | (Intent::CounterAdd { .. }, Policy::Counter)
                 | (Intent::SetUpdate { .. }, Policy::Set)
         )
@@ -212,6 +232,8 @@ pub struct WriteAt<'a> {
     /// The region's physical clock: what judges whether the current value has expired
     /// ([`Ttl::Keep`], [`Intent::Expire`]); never the HLC (`docs/design/expiring-keys.md`).
     pub now_ms: u64,
+    /// A `ratelimit` keyspace's rule (its window is chosen by `ts`, the HLC time).
+    pub rate: Option<&'a RateRule>,
 }
 
 /// The expiry instant a write at `at` gives its value, `current` being the key's stored register.
@@ -329,6 +351,34 @@ pub fn prepare(intent: &Intent, current: Option<&KeyState>, at: &WriteAt<'_>) ->
                 _ => None,
             };
             KeyState::Set(OrSet::update(cur, region, add, remove))
+        }
+        (Policy::RateLimit, Intent::Admit { cost }, cur) => {
+            let Some(rule) = at.rate else {
+                return Err(AtollError::Config(format!(
+                    "keyspace `{keyspace}` is ratelimit but has no limit and window"
+                )));
+            };
+            if *cost == 0 {
+                return Err(AtollError::BadRequest(
+                    "a rate-limit request costs at least 1".into(),
+                ));
+            }
+            let cur = match cur {
+                Some(KeyState::RateLimit(w)) => Some(w),
+                _ => None,
+            };
+            match RateWindows::admit(cur, rule, region, ts.wall_ms, *cost) {
+                (_, Some(delta)) => KeyState::RateLimit(delta),
+                (d, None) => {
+                    return Err(AtollError::RateLimited {
+                        keyspace: keyspace.to_string(),
+                        limit: d.limit,
+                        remaining: d.remaining,
+                        reset_at_ms: d.reset_at_ms,
+                        retry_after_ms: d.retry_after_ms,
+                    });
+                }
+            }
         }
         _ => {
             return Err(AtollError::WrongPolicy {

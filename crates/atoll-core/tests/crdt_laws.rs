@@ -798,3 +798,55 @@ fn orset_concurrent_add_and_remove_add_wins() {
         assert!(s.contains("x"));
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Rate-limit windows (docs/design/rate-limits.md): a join-semilattice whose merge also drops
+// every window but the two newest.
+
+use atoll_core::crdt::ratewindow::RateWindows;
+
+/// A state from raw `(region, window, count)` entries, through merges of one-entry deltas (the
+/// only way states are built), with a window length of 1000 or, rarely, 2000 ms.
+fn rate_state(entries: &[(usize, u64, u64)], long: bool) -> RateWindows {
+    let window_ms = if long { 2_000 } else { 1_000 };
+    let mut s = RateWindows {
+        window_ms,
+        windows: BTreeMap::new(),
+    };
+    for &(r, w, n) in entries {
+        let mut d = RateWindows {
+            window_ms,
+            windows: BTreeMap::new(),
+        };
+        d.windows
+            .insert(w * window_ms, BTreeMap::from([(region(r), n + 1)]));
+        s.merge(&d);
+    }
+    s
+}
+
+proptest! {
+    #[test]
+    fn rate_windows_merge_is_a_join(
+        a in prop::collection::vec((0..4usize, 0..6u64, 0..5u64), 0..8),
+        b in prop::collection::vec((0..4usize, 0..6u64, 0..5u64), 0..8),
+        c in prop::collection::vec((0..4usize, 0..6u64, 0..5u64), 0..8),
+        long in prop::collection::vec(prop::bool::weighted(0.15), 3),
+    ) {
+        let (a, b, c) = (rate_state(&a, long[0]), rate_state(&b, long[1]), rate_state(&c, long[2]));
+        prop_assert_eq!(a.clone().merged(&b), b.clone().merged(&a));
+        prop_assert_eq!(a.clone().merged(&b).merged(&c), a.clone().merged(&b.clone().merged(&c)));
+        prop_assert_eq!(a.clone().merged(&a), a.clone());
+        // At most two windows, adjacent, and the newest of both sides' is kept.
+        let m = a.clone().merged(&b);
+        prop_assert!(m.windows.len() <= 2);
+        if let (Some(lo), Some(hi)) = (m.windows.keys().next(), m.windows.keys().next_back()) {
+            prop_assert!(hi - lo <= m.window_ms);
+        }
+        let bytes = codec::encode(&KeyStateWrap(m.clone())).unwrap();
+        prop_assert_eq!(codec::decode::<KeyStateWrap>(&bytes).unwrap().0, m);
+    }
+}
+
+#[derive(Debug, PartialEq, Serialize, Deserialize)]
+struct KeyStateWrap(RateWindows);

@@ -191,6 +191,8 @@ pub struct MaintenanceOutcome {
     pub tombstones_collected: usize,
     /// Expired lww values collected (`docs/design/expiring-keys.md`).
     pub expired_collected: usize,
+    /// Rate-limit keys whose windows all ended, collected (`docs/design/rate-limits.md`).
+    pub rate_keys_collected: usize,
     pub conflicts_pruned: usize,
 }
 
@@ -979,15 +981,21 @@ fn validate_key(key: &[u8]) -> Result<()> {
     Ok(())
 }
 
-/// From when an lww state may be collected, once the tombstone horizon has passed it: a
-/// tombstone from its write; an expiring value from its expiry, or from its write if it was
+/// From when a key's state may be collected, once the tombstone horizon has passed it: an lww
+/// tombstone from its write; an expiring lww value from its expiry, or from its write if it was
 /// written already expired (`Ttl::At` in the past): every region must hold the write itself
-/// before any region drops it. `None`: a value that never expires.
-fn collectable_from(r: &atoll_core::crdt::lww::LwwRegister) -> Option<Timestamp> {
-    match (&r.value, r.expires_ms) {
-        (None, _) => Some(r.ts),
-        (Some(_), Some(e)) => Some(Timestamp::new(e, 0).max(r.ts)),
-        (Some(_), None) => None,
+/// before any region drops it; a rate-limit key from when its newest window stops counting
+/// (`RateWindows::idle_from`: windows are chosen by HLC time, so past the horizon no region can
+/// add to them). `None`: never (values without expiry, mvr, counters, sets).
+fn collectable_from(state: &KeyState) -> Option<Timestamp> {
+    match state {
+        KeyState::Lww(r) => match (&r.value, r.expires_ms) {
+            (None, _) => Some(r.ts),
+            (Some(_), Some(e)) => Some(Timestamp::new(e, 0).max(r.ts)),
+            (Some(_), None) => None,
+        },
+        KeyState::RateLimit(w) => w.idle_from().map(|t| Timestamp::new(t, 0)),
+        _ => None,
     }
 }
 
@@ -1511,9 +1519,7 @@ impl Writer {
     /// under their expiry (`docs/design/expiring-keys.md`: an expiry is collected as a delete at
     /// that instant).
     fn stage(&self, batch: &mut Batch, dk: Vec<u8>, state: KeyState) {
-        if let KeyState::Lww(r) = &state
-            && let Some(at) = collectable_from(r)
-        {
+        if let Some(at) = collectable_from(&state) {
             batch.mutations.push(Mutation::Put(
                 Table::Tombstones,
                 keys::tombstone_key(at, &dk),
@@ -1588,6 +1594,7 @@ impl Writer {
                 region: &self.shared.region,
                 ts,
                 now_ms: self.clock.physical_ms(),
+                rate: ks.ratelimit.as_ref(),
             },
         )?;
         if let KeyState::Lww(r) = &mut delta {
@@ -1792,21 +1799,21 @@ impl Writer {
                 let Some((ts, dk)) = keys::parse_tombstone_key(&ik) else {
                     continue;
                 };
-                if let Some(KeyState::Lww(r)) = read_state(&**backend, dk)?
-                    && collectable_from(&r) == Some(ts)
+                if let Some(state) = read_state(&**backend, dk)?
+                    && collectable_from(&state) == Some(ts)
                 {
-                    if r.value.is_none() {
-                        mutations.push(Mutation::Delete(Table::Data, dk.to_vec()));
-                        out.tombstones_collected += 1;
-                    } else if r.expired(now) {
-                        mutations.push(Mutation::Delete(Table::Data, dk.to_vec()));
-                        out.expired_collected += 1;
-                    } else {
-                        // The horizon (HLC watermarks) passed the expiry before this region's
-                        // own clock did: the value still reads as live here, so it stays, and
-                        // so does its index entry, for a later pass.
-                        continue;
+                    match &state {
+                        KeyState::Lww(r) if r.value.is_none() => {
+                            out.tombstones_collected += 1;
+                        }
+                        // The horizon (HLC watermarks) passed the expiry (or the windows' end)
+                        // before this region's own clock did: the key still reads as live here,
+                        // so it stays, and so does its index entry, for a later pass.
+                        _ if now < ts.wall_ms => continue,
+                        KeyState::RateLimit(_) => out.rate_keys_collected += 1,
+                        _ => out.expired_collected += 1,
                     }
+                    mutations.push(Mutation::Delete(Table::Data, dk.to_vec()));
                 }
                 mutations.push(Mutation::Delete(Table::Tombstones, ik.clone()));
             }

@@ -9,6 +9,7 @@ pub mod lww;
 pub mod mvr;
 pub mod orset;
 pub mod pncounter;
+pub mod ratewindow;
 
 /// A join-semilattice: a replicated state with a merge (join, `⊔`).
 ///

@@ -2667,10 +2667,14 @@ fn ratelimit_keyspaces_need_a_limit_and_a_window_and_split_budgets_add_up() {
     let c = ok(&with("ratelimit", "limit = 100\nwindow = \"1m\""));
     let rule = c.keyspace("api-limits").unwrap().ratelimit.clone().unwrap();
     assert_eq!((rule.limit, rule.window_ms), (100, 60_000));
-    assert_eq!(rule.algorithm, atoll_core::crdt::ratewindow::Algorithm::Sliding);
+    assert_eq!(
+        rule.algorithm,
+        atoll_core::crdt::ratewindow::Algorithm::Sliding
+    );
     assert_eq!(rule.shares, None);
     assert!(
-        c.explain().contains("limit=100 per window=1m, algorithm=sliding, budget=shared"),
+        c.explain()
+            .contains("limit=100 per window=1m, algorithm=sliding, budget=shared"),
         "{}",
         c.explain()
     );
@@ -2687,8 +2691,14 @@ fn ratelimit_keyspaces_need_a_limit_and_a_window_and_split_budgets_add_up() {
         ("limit = 5", "needs `window`"),
         ("limit = 0\nwindow = \"1m\"", "out of range"),
         ("limit = 5\nwindow = \"2d\"", "out of range"),
-        ("limit = 5\nwindow = \"1m\"\nalgorithm = \"leaky\"", "unknown algorithm"),
-        ("limit = 5\nwindow = \"1m\"\nbudget = \"half\"", "unknown budget"),
+        (
+            "limit = 5\nwindow = \"1m\"\nalgorithm = \"leaky\"",
+            "unknown algorithm",
+        ),
+        (
+            "limit = 5\nwindow = \"1m\"\nbudget = \"half\"",
+            "unknown budget",
+        ),
     ] {
         let e = err(&with("ratelimit", lines));
         assert!(e.to_string().contains(needle), "{lines}: {e}");

@@ -77,8 +77,9 @@ pub fn start(
                     Policy::Mvr => Kind::Mvr,
                     Policy::Counter => Kind::Counter,
                     Policy::Set => Kind::Set,
-                    // Drill scenarios do not load strong keyspaces yet (validation refuses them).
-                    Policy::Strong => return None,
+                    // Drill scenarios do not load strong or rate-limit keyspaces yet (validation
+                    // refuses them).
+                    Policy::Strong | Policy::RateLimit => return None,
                 };
                 Some(Mix {
                     keyspace: m.keyspace.clone(),

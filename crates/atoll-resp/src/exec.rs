@@ -473,7 +473,7 @@ fn kv_value(t: &Target<'_>, st: Option<&KeyState>) -> Result<Option<Vec<u8>>, Re
             }
         }
         Some(KeyState::Counter(c)) => Ok(Some(c.value().to_string().into_bytes())),
-        Some(KeyState::Set(_)) => Ok(None),
+        Some(KeyState::Set(_) | KeyState::RateLimit(_)) => Ok(None),
     }
 }
 
@@ -485,6 +485,7 @@ fn exists_in(st: Option<&KeyState>) -> bool {
         Some(KeyState::Mvr(r)) => !r.live().is_empty(),
         Some(KeyState::Counter(_)) => true,
         Some(KeyState::Set(s)) => !s.members().is_empty(),
+        Some(KeyState::RateLimit(w)) => !w.windows.is_empty(),
     }
 }
 

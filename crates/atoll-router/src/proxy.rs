@@ -2,6 +2,7 @@
 //!
 //! **Only the client API v1 is forwarded** ([`classify`]): `/v1/kv/{keyspace}/...`,
 //! `/v1/counter/{keyspace}/...`, `/v1/set/{keyspace}/...`, `/v1/ttl/{keyspace}/...`,
+//! `/v1/ratelimit/{keyspace}/...` (its `POST` is never replayed: it counts),
 //! `/v1/conflicts/{keyspace}`,
 //! `/v1/status`, `/v1/openapi.json` and `/healthz`. Anything else (the replication protocol
 //! under `/v1/replication/`, `/metrics`, unknown paths) is answered by the router itself with
@@ -140,7 +141,7 @@ impl ProxySettings {
 pub const CONTEXT_HEADER: &str = "x-atoll-context";
 
 /// The paths the proxy forwards, for messages.
-pub const PROXIED_PATHS: &str = "/v1/kv/{keyspace}/{key}, /v1/counter/{keyspace}/{key}, /v1/set/{keyspace}/{key}, /v1/ttl/{keyspace}/{key}, /v1/conflicts/{keyspace}, /v1/status, /v1/openapi.json and /healthz";
+pub const PROXIED_PATHS: &str = "/v1/kv/{keyspace}/{key}, /v1/counter/{keyspace}/{key}, /v1/set/{keyspace}/{key}, /v1/ttl/{keyspace}/{key}, /v1/ratelimit/{keyspace}/{key}, /v1/conflicts/{keyspace}, /v1/status, /v1/openapi.json and /healthz";
 
 /// A path the proxy forwards.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -204,7 +205,10 @@ pub fn classify(path: &str) -> Result<Target<'_>, Refusal> {
     }
     let rest = path.strip_prefix("/v1/").ok_or(Refusal::NotClientApi)?;
     let (kind, rest) = rest.split_once('/').ok_or(Refusal::NotClientApi)?;
-    if !matches!(kind, "kv" | "counter" | "set" | "ttl" | "conflicts") {
+    if !matches!(
+        kind,
+        "kv" | "counter" | "set" | "ttl" | "ratelimit" | "conflicts"
+    ) {
         return Err(Refusal::NotClientApi);
     }
     let (keyspace, key) = match rest.split_once('/') {
@@ -1074,6 +1078,7 @@ mod tests {
         // Counter and set updates never, with or without a context.
         assert!(!idem(Method::POST, "/v1/counter/ratelimits/y", true));
         assert!(!idem(Method::POST, "/v1/set/flags/y", false));
+        assert!(!idem(Method::POST, "/v1/ratelimit/quota/y", false));
         assert!(!idem(Method::POST, "/v1/kv/sessions/k", false));
         // A keyspace the config does not declare, or a path that is not the client API.
         assert!(!idem(Method::PUT, "/v1/kv/nosuch/k", true));
@@ -1091,6 +1096,7 @@ mod tests {
             "/v1/kv/sessions/a//b",
             "/v1/counter/rate_limits-2/k",
             "/v1/ttl/sessions/k",
+            "/v1/ratelimit/quota/k",
             "/v1/set/flags/beta",
             "/v1/conflicts/sessions",
             "/v1/status",

@@ -45,6 +45,7 @@ pub const ROUTES: &[(&str, &[&str])] = &[
     ("/v1/counter/{keyspace}/{key}", &["GET", "POST"]),
     ("/v1/set/{keyspace}/{key}", &["GET", "POST"]),
     ("/v1/ttl/{keyspace}/{key}", &["GET", "PUT", "DELETE"]),
+    ("/v1/ratelimit/{keyspace}/{key}", &["GET", "POST"]),
     ("/v1/conflicts/{keyspace}", &["GET"]),
     ("/v1/watch/{keyspace}", &["GET"]),
     ("/v1/status", &["GET"]),
@@ -194,6 +195,18 @@ pub fn router(state: Shared) -> Router {
             get(crate::ttl::get)
                 .put(crate::ttl::put)
                 .delete(crate::ttl::delete),
+        )
+        .route(
+            "/v1/ratelimit/{keyspace}",
+            get(crate::ratelimit::get).post(crate::ratelimit::post),
+        )
+        .route(
+            "/v1/ratelimit/{keyspace}/",
+            get(crate::ratelimit::get).post(crate::ratelimit::post),
+        )
+        .route(
+            "/v1/ratelimit/{keyspace}/{*key}",
+            get(crate::ratelimit::get).post(crate::ratelimit::post),
         )
         .route("/v1/conflicts/{keyspace}", get(conflicts))
         .route("/v1/watch/{keyspace}", get(watch_get))
@@ -404,6 +417,13 @@ async fn read_value(body: Body, limit: usize, keyspace: &str) -> Result<Bytes> {
         max: limit,
     })
     .await
+}
+
+/// Reads a body of at most `[api] max_json_body_bytes`, unparsed (rate-limit requests, whose body
+/// may be empty).
+pub(crate) async fn read_raw_json_body(state: &AppState, body: Body) -> Result<Bytes> {
+    let max = state.config.api.max_json_body_bytes;
+    read_body(body, max, |len| AtollError::RequestTooLarge { len, max }).await
 }
 
 /// Reads a JSON body (counter and set updates): its limit is `[api] max_json_body_bytes`. Also

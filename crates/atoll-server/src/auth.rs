@@ -55,7 +55,7 @@ pub fn needs(method: &Method, path: &str) -> Needs {
     };
     if !matches!(
         kind,
-        "kv" | "counter" | "set" | "ttl" | "conflicts" | "watch"
+        "kv" | "counter" | "set" | "ttl" | "ratelimit" | "conflicts" | "watch"
     ) {
         return Needs::AnyToken;
     }
@@ -139,6 +139,8 @@ mod tests {
             (Method::HEAD, "/v1/kv/sessions/a/b", read("sessions")),
             (Method::PUT, "/v1/kv/carts/k", write("carts")),
             (Method::GET, "/v1/ttl/sessions/k", read("sessions")),
+            (Method::POST, "/v1/ratelimit/api/k", write("api")),
+            (Method::GET, "/v1/ratelimit/api/k", read("api")),
             (Method::PUT, "/v1/ttl/sessions/k", write("sessions")),
             (Method::DELETE, "/v1/ttl/sessions/k", write("sessions")),
             (Method::DELETE, "/v1/kv/carts", write("carts")),

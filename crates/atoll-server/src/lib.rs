@@ -15,6 +15,7 @@ pub mod homes;
 pub mod metrics;
 pub mod openapi;
 pub mod peer;
+pub mod ratelimit;
 pub mod region;
 pub mod replication;
 pub mod resp;

@@ -319,6 +319,13 @@ fn every_error() -> Vec<AtollError> {
         AtollError::ContextAhead("x".into()),
         AtollError::SiblingLimit { count: 2, max: 1 },
         AtollError::CounterOverflow("x".into()),
+        AtollError::RateLimited {
+            keyspace: "x".into(),
+            limit: 1,
+            remaining: 0,
+            reset_at_ms: 1,
+            retry_after_ms: 1,
+        },
         AtollError::NotFound,
         AtollError::Config("x".into()),
         AtollError::FormatTooNew {
@@ -440,7 +447,8 @@ fn every_error() -> Vec<AtollError> {
             | AtollError::BootstrapBehind(_)
             | AtollError::NoQuorum { .. }
             | AtollError::RevisionMismatch { .. }
-            | AtollError::StrongOutcomeUnknown { .. } => {}
+            | AtollError::StrongOutcomeUnknown { .. }
+            | AtollError::RateLimited { .. } => {}
         }
     }
     all
@@ -964,8 +972,10 @@ fn openapi_document_is_consistent() {
                 let listed =
                     schema["allOf"][1]["properties"]["error"]["properties"]["code"]["enum"]
                         .as_array();
-                // /healthz answers 503 with its own body, not an error.
-                if status >= 400 && path != "/healthz" {
+                // /healthz answers 503 with its own body, not an error; a rate-limit denial
+                // (429) is a decision, with the same body as an admission.
+                let decision = path.starts_with("/v1/ratelimit/") && status == 429;
+                if status >= 400 && path != "/healthz" && !decision {
                     let listed = listed
                         .unwrap_or_else(|| panic!("{method} {path} {status}: codes not listed"));
                     assert!(!listed.is_empty());
@@ -983,6 +993,8 @@ fn openapi_document_is_consistent() {
 fn fill(template: &str) -> String {
     let keyspace = if template.starts_with("/v1/counter/") {
         "ratelimits"
+    } else if template.starts_with("/v1/ratelimit/") {
+        "api-quota"
     } else if template.starts_with("/v1/set/") {
         "flags"
     } else {
@@ -2012,6 +2024,7 @@ async fn status_reports_the_region_and_store() {
     assert_eq!(
         s["keyspaces"],
         json!([
+            {"name": "api-quota", "policy": "ratelimit"},
             {"name": "carts", "policy": "mvr"},
             {"name": "flags", "policy": "set"},
             {"name": "ratelimits", "policy": "counter"},
@@ -3082,4 +3095,98 @@ async fn a_keyspace_default_ttl_applies_to_puts_that_name_none() {
         StatusCode::NOT_FOUND
     );
     assert_eq!(h.get("/v1/kv/sessions/b").await.status, StatusCode::OK);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Rate limits (docs/design/rate-limits.md): `api-quota` admits 100 per minute, sliding.
+
+#[tokio::test]
+async fn a_rate_limit_admits_up_to_its_limit_then_answers_429_with_retry_after() {
+    let h = Harness::new();
+    let r = h.get("/v1/ratelimit/api-quota/user-1").await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.json()["remaining"], json!(100));
+    let r = h
+        .post("/v1/ratelimit/api-quota/user-1", r#"{"cost": 60}"#)
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    assert_eq!(r.json()["allowed"], json!(true));
+    assert_eq!(r.json()["remaining"], json!(40));
+    for left in (0..40).rev() {
+        let r = h.post("/v1/ratelimit/api-quota/user-1", "").await;
+        assert_eq!(r.json()["remaining"], json!(left), "{}", r.text());
+    }
+    let seq = h.last_seq().await;
+    let r = h.post("/v1/ratelimit/api-quota/user-1", "").await;
+    assert_eq!(r.status, StatusCode::TOO_MANY_REQUESTS, "{}", r.text());
+    let v = r.json();
+    assert_eq!(
+        (v["allowed"].clone(), v["remaining"].clone()),
+        (json!(false), json!(0))
+    );
+    let reset = v["reset_at_ms"].as_u64().unwrap();
+    assert_eq!(reset, T0 - T0 % 60_000 + 60_000);
+    let retry_ms = v["retry_after_ms"].as_u64().unwrap();
+    assert!(retry_ms > 0);
+    assert_eq!(
+        r.header("retry-after"),
+        Some(retry_ms.div_ceil(1000).to_string().as_str())
+    );
+    assert_eq!(h.last_seq().await, seq, "a denial was counted");
+    // Another key has its own budget; the first one's comes back as the window slides.
+    let r = h.post("/v1/ratelimit/api-quota/user-2", "").await;
+    assert_eq!(r.json()["remaining"], json!(99));
+    h.clock.advance(retry_ms);
+    let r = h.post("/v1/ratelimit/api-quota/user-1", "").await;
+    assert_eq!(
+        r.status,
+        StatusCode::OK,
+        "retry_after_ms was too early: {}",
+        r.text()
+    );
+}
+
+#[tokio::test]
+async fn bad_rate_limit_requests_are_refused_and_count_nothing() {
+    let h = Harness::new();
+    for (uri, body, status, code) in [
+        (
+            "/v1/ratelimit/api-quota/k",
+            r#"{"cost": 0}"#,
+            400,
+            "ATOLL-BAD-REQUEST",
+        ),
+        (
+            "/v1/ratelimit/api-quota/k",
+            r#"{"cost": -1}"#,
+            400,
+            "ATOLL-MALFORMED-BODY",
+        ),
+        (
+            "/v1/ratelimit/api-quota/k",
+            r#"{"cost": 1, "x": 2}"#,
+            400,
+            "ATOLL-MALFORMED-BODY",
+        ),
+        (
+            "/v1/ratelimit/api-quota/k",
+            "nope",
+            400,
+            "ATOLL-MALFORMED-BODY",
+        ),
+        (
+            "/v1/ratelimit/api-quota/k?cost=2",
+            "",
+            400,
+            "ATOLL-BAD-REQUEST",
+        ),
+        ("/v1/ratelimit/sessions/k", "", 405, "ATOLL-WRONG-POLICY"),
+        ("/v1/ratelimit/nosuch/k", "", 404, "ATOLL-UNKNOWN-KEYSPACE"),
+    ] {
+        let r = h.post(uri, body).await;
+        r.expect_error(status, code);
+    }
+    assert_eq!(h.last_seq().await, 0, "a refused request was counted");
+    let r = h.post("/v1/kv/api-quota/k", "").await;
+    assert_eq!(r.status, StatusCode::METHOD_NOT_ALLOWED);
 }

@@ -545,6 +545,8 @@ impl Runner<'_> {
                     Some(KeyState::Set(s)) => Observed::Set {
                         members: s.members().iter().map(|m| m.to_string()).collect(),
                     },
+                    // Drill loads never write rate-limit keyspaces (validation refuses them).
+                    Some(KeyState::RateLimit(_)) => Observed::Missing,
                 };
                 region.insert((ks.clone(), key.clone()), seen);
             }

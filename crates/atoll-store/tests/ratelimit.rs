@@ -56,8 +56,16 @@ fn admissions_stop_at_the_limit_and_a_denial_writes_nothing() {
         }) => assert_eq!((limit, remaining), (3, 0)),
         other => panic!("not refused: {other:?}"),
     }
-    assert_eq!(store.get("api", b"user-1").expect("get"), before, "a denial changed the key");
-    assert_eq!(store.watermark().head, last.head, "a denial took a sequence number");
+    assert_eq!(
+        store.get("api", b"user-1").expect("get"),
+        before,
+        "a denial changed the key"
+    );
+    assert_eq!(
+        store.watermark().head,
+        last.head,
+        "a denial took a sequence number"
+    );
     // The next window starts afresh.
     clock.advance(1_000);
     assert!(admit(&store, 3).is_ok());
@@ -89,7 +97,10 @@ fn replicated_admissions_count_against_the_limit() {
         }])
         .expect("apply");
     assert!(admit(&store, 1).is_ok());
-    assert!(matches!(admit(&store, 1), Err(AtollError::RateLimited { .. })));
+    assert!(matches!(
+        admit(&store, 1),
+        Err(AtollError::RateLimited { .. })
+    ));
 }
 
 #[test]
@@ -100,15 +111,30 @@ fn an_idle_key_is_collected_past_the_horizon_and_the_local_clock() {
         .expect("admit");
     let idle = RateWindows::window_of(1_000, out.ts.wall_ms) + 2_000;
     clock.set(idle + 10);
-    assert_eq!(store.maintain(Some(idle)).expect("maintain").rate_keys_collected, 0);
+    assert_eq!(
+        store
+            .maintain(Some(idle))
+            .expect("maintain")
+            .rate_keys_collected,
+        0
+    );
     clock.set(idle - 1);
     assert_eq!(
-        store.maintain(Some(idle + 1)).expect("maintain").rate_keys_collected,
+        store
+            .maintain(Some(idle + 1))
+            .expect("maintain")
+            .rate_keys_collected,
         0,
         "collected before the local clock passed the windows"
     );
     clock.set(idle);
-    assert_eq!(store.maintain(Some(idle + 1)).expect("maintain").rate_keys_collected, 1);
+    assert_eq!(
+        store
+            .maintain(Some(idle + 1))
+            .expect("maintain")
+            .rate_keys_collected,
+        1
+    );
     assert!(store.get("api", b"user-1").expect("get").is_none());
     assert!(admit(&store, 3).is_ok(), "a collected key starts afresh");
 }

@@ -90,7 +90,8 @@ impl RateWindows {
         }
         if let Some(&newest) = self.windows.keys().next_back() {
             let oldest_kept = newest.saturating_sub(self.window_ms);
-            self.windows.retain(|&w, m| w >= oldest_kept && !m.is_empty());
+            self.windows
+                .retain(|&w, m| w >= oldest_kept && !m.is_empty());
         }
     }
 
@@ -228,7 +229,12 @@ impl RateWindows {
     }
 
     /// The decision a request of cost 0 would get at `t`: what is left of the budget now.
-    pub fn peek(current: Option<&RateWindows>, rule: &RateRule, region: &RegionId, t: u64) -> Decision {
+    pub fn peek(
+        current: Option<&RateWindows>,
+        rule: &RateRule,
+        region: &RegionId,
+        t: u64,
+    ) -> Decision {
         RateWindows::admit(current, rule, region, t, 0).0
     }
 
@@ -305,11 +311,19 @@ mod tests {
     fn a_fixed_window_admits_up_to_the_limit_then_resets() {
         let rule = rule(3, Algorithm::Fixed);
         let mut s = None;
-        let got: Vec<bool> = (0..5).map(|i| hit(&mut s, &rule, "a", 10_100 + i).allowed).collect();
+        let got: Vec<bool> = (0..5)
+            .map(|i| hit(&mut s, &rule, "a", 10_100 + i).allowed)
+            .collect();
         assert_eq!(got, [true, true, true, false, false]);
         let d = hit(&mut s, &rule, "a", 10_500);
-        assert_eq!((d.remaining, d.reset_at_ms, d.retry_after_ms), (0, 11_000, 500));
-        assert!(hit(&mut s, &rule, "a", 11_000).allowed, "the next window resets");
+        assert_eq!(
+            (d.remaining, d.reset_at_ms, d.retry_after_ms),
+            (0, 11_000, 500)
+        );
+        assert!(
+            hit(&mut s, &rule, "a", 11_000).allowed,
+            "the next window resets"
+        );
     }
 
     #[test]
@@ -356,8 +370,12 @@ mod tests {
         // Cut off from each other: each admits its share, never more; the cluster never more
         // than the limit.
         let (mut a, mut b) = (None, None);
-        let na = (0..10).filter(|i| hit(&mut a, &rule, "a", 7_000 + i).allowed).count();
-        let nb = (0..10).filter(|i| hit(&mut b, &rule, "b", 7_000 + i).allowed).count();
+        let na = (0..10)
+            .filter(|i| hit(&mut a, &rule, "a", 7_000 + i).allowed)
+            .count();
+        let nb = (0..10)
+            .filter(|i| hit(&mut b, &rule, "b", 7_000 + i).allowed)
+            .count();
         assert_eq!((na, nb), (3, 2));
         let d = hit(&mut a, &rule, "a", 7_500);
         assert_eq!((d.allowed, d.limit), (false, 3));
@@ -372,7 +390,10 @@ mod tests {
         }
         let s = s.unwrap();
         // The newest window and the one before it (a sliding estimate still weighs it).
-        assert_eq!(s.windows.keys().copied().collect::<Vec<_>>(), vec![3_000, 4_000]);
+        assert_eq!(
+            s.windows.keys().copied().collect::<Vec<_>>(),
+            vec![3_000, 4_000]
+        );
         assert_eq!(s.idle_from(), Some(6_000));
         // A late delta for an old window is dropped by the merge, from either side.
         let mut old = RateWindows::default();

@@ -4,7 +4,7 @@
 use atoll_config::Config;
 use atoll_config::auth::Tokens;
 use atoll_core::AtollError;
-use atoll_core::clock::SystemClock;
+use atoll_core::clock::ManualClock;
 use atoll_core::op::{Intent, KeyState};
 use atoll_resp::exec::{Host, HostInfo, PeerInfo, Session, execute};
 use atoll_resp::{Limits, Reply, command, connection};
@@ -54,10 +54,16 @@ read = ["sessions", "flags"]
 write = ["sessions"]
 "#;
 
+/// Where the test clock starts: 2023-11-14T22:13:20Z, in ms since the epoch.
+const T0: u64 = 1_700_000_000_000;
+
 struct StoreHost {
     config: Config,
     tokens: Option<Tokens>,
     store: Store,
+    /// The region's physical clock, shared with the store (its HLC stamps writes from it): tests
+    /// move it to expire keys.
+    clock: Arc<ManualClock>,
     writes: AtomicUsize,
 }
 
@@ -68,19 +74,21 @@ impl StoreHost {
             let text = TOKENS.replace("SHA_APP", &atoll_config::auth::sha256_hex("s3cret"));
             Tokens::parse(&text, "tokens.toml", &config).expect("tokens")
         });
+        let clock = Arc::new(ManualClock::new(T0));
         let store = Store::open(
             Arc::new(MemBackend::default()),
             StoreOptions::new(
                 atoll_core::RegionId::new("us-east-1").expect("region"),
                 config.keyspaces.clone(),
             ),
-            Arc::new(SystemClock),
+            clock.clone(),
         )
         .expect("store");
         Self {
             config,
             tokens,
             store,
+            clock,
             writes: AtomicUsize::new(0),
         }
     }
@@ -93,6 +101,10 @@ impl Host for StoreHost {
 
     fn tokens(&self) -> Option<&Tokens> {
         self.tokens.as_ref()
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.store.now_ms()
     }
 
     fn read(&self, keyspace: &str, key: &[u8]) -> Result<Option<KeyState>, AtollError> {

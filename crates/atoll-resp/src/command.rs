@@ -738,10 +738,22 @@ mod tests {
     #[test]
     fn bad_expiries_get_redis_errors() {
         for (words, want) in [
-            (&["SET", "k", "v", "EX", "0"][..], "ERR invalid expire time in 'set' command"),
-            (&["SET", "k", "v", "PX", "-1"], "ERR invalid expire time in 'set' command"),
-            (&["SET", "k", "v", "EXAT", "0"], "ERR invalid expire time in 'set' command"),
-            (&["SET", "k", "v", "PXAT", "-5"], "ERR invalid expire time in 'set' command"),
+            (
+                &["SET", "k", "v", "EX", "0"][..],
+                "ERR invalid expire time in 'set' command",
+            ),
+            (
+                &["SET", "k", "v", "PX", "-1"],
+                "ERR invalid expire time in 'set' command",
+            ),
+            (
+                &["SET", "k", "v", "EXAT", "0"],
+                "ERR invalid expire time in 'set' command",
+            ),
+            (
+                &["SET", "k", "v", "PXAT", "-5"],
+                "ERR invalid expire time in 'set' command",
+            ),
             (
                 &["SET", "k", "v", "EX", "9223372036854776"],
                 "ERR invalid expire time in 'set' command",
@@ -750,27 +762,75 @@ mod tests {
                 &["SET", "k", "v", "EX", "3153600001"],
                 "ERR invalid expire time in 'set' command (atoll: a time to live is at most 100 years)",
             ),
-            (&["SET", "k", "v", "EX", "1.5"], "ERR value is not an integer or out of range"),
-            (&["SET", "k", "v", "EX", "+5"], "ERR value is not an integer or out of range"),
+            (
+                &["SET", "k", "v", "EX", "1.5"],
+                "ERR value is not an integer or out of range",
+            ),
+            (
+                &["SET", "k", "v", "EX", "+5"],
+                "ERR value is not an integer or out of range",
+            ),
             (&["SET", "k", "v", "EX"], "ERR syntax error"),
-            (&["SET", "k", "v", "EX", "10", "PX", "10"], "ERR syntax error"),
-            (&["SET", "k", "v", "EXAT", "10", "PXAT", "10"], "ERR syntax error"),
-            (&["SET", "k", "v", "KEEPTTL", "EX", "10"], "ERR syntax error"),
-            (&["SET", "k", "v", "PX", "10", "KEEPTTL"], "ERR syntax error"),
+            (
+                &["SET", "k", "v", "EX", "10", "PX", "10"],
+                "ERR syntax error",
+            ),
+            (
+                &["SET", "k", "v", "EXAT", "10", "PXAT", "10"],
+                "ERR syntax error",
+            ),
+            (
+                &["SET", "k", "v", "KEEPTTL", "EX", "10"],
+                "ERR syntax error",
+            ),
+            (
+                &["SET", "k", "v", "PX", "10", "KEEPTTL"],
+                "ERR syntax error",
+            ),
             // A syntax error wins over a bad value, as in Redis (options are read first).
             (&["SET", "k", "v", "EX", "0", "BOGUS"], "ERR syntax error"),
-            (&["SETEX", "k", "0", "v"], "ERR invalid expire time in 'setex' command"),
-            (&["PSETEX", "k", "-1", "v"], "ERR invalid expire time in 'psetex' command"),
-            (&["SETEX", "k", "x", "v"], "ERR value is not an integer or out of range"),
-            (&["SETEX", "k", "v"], "ERR wrong number of arguments for 'setex' command"),
-            (&["EXPIRE", "k"], "ERR wrong number of arguments for 'expire' command"),
+            (
+                &["SETEX", "k", "0", "v"],
+                "ERR invalid expire time in 'setex' command",
+            ),
+            (
+                &["PSETEX", "k", "-1", "v"],
+                "ERR invalid expire time in 'psetex' command",
+            ),
+            (
+                &["SETEX", "k", "x", "v"],
+                "ERR value is not an integer or out of range",
+            ),
+            (
+                &["SETEX", "k", "v"],
+                "ERR wrong number of arguments for 'setex' command",
+            ),
+            (
+                &["EXPIRE", "k"],
+                "ERR wrong number of arguments for 'expire' command",
+            ),
             (&["TTL"], "ERR wrong number of arguments for 'ttl' command"),
-            (&["PTTL", "a", "b"], "ERR wrong number of arguments for 'pttl' command"),
-            (&["PERSIST"], "ERR wrong number of arguments for 'persist' command"),
-            (&["EXPIRE", "k", "ten"], "ERR value is not an integer or out of range"),
-            (&["EXPIRE", "k", "10", "sooner"], "ERR Unsupported option sooner"),
+            (
+                &["PTTL", "a", "b"],
+                "ERR wrong number of arguments for 'pttl' command",
+            ),
+            (
+                &["PERSIST"],
+                "ERR wrong number of arguments for 'persist' command",
+            ),
+            (
+                &["EXPIRE", "k", "ten"],
+                "ERR value is not an integer or out of range",
+            ),
+            (
+                &["EXPIRE", "k", "10", "sooner"],
+                "ERR Unsupported option sooner",
+            ),
             // Options are read before the number, as in Redis.
-            (&["EXPIRE", "k", "ten", "sooner"], "ERR Unsupported option sooner"),
+            (
+                &["EXPIRE", "k", "ten", "sooner"],
+                "ERR Unsupported option sooner",
+            ),
             (
                 &["EXPIRE", "k", "10", "NX", "XX"],
                 "ERR NX and XX, GT or LT options at the same time are not compatible",

@@ -683,7 +683,9 @@ async fn expire<H: Host>(
     let Some(live) = live_lww(st.as_ref(), now) else {
         return Reply::Int(0);
     };
-    let current = live.expires_ms.map(|e| i64::try_from(e).unwrap_or(i64::MAX));
+    let current = live
+        .expires_ms
+        .map(|e| i64::try_from(e).unwrap_or(i64::MAX));
     let refused = (cond.nx && current.is_some())
         || (cond.xx && current.is_none())
         || (cond.gt && current.is_none_or(|c| at <= c))

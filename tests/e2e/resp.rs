@@ -148,13 +148,29 @@ fn scenario(r: &Regions) -> Result<()> {
             "WRONGTYPE Operation against a key holding the wrong kind of value",
         ),
         (&["GET", "nope:x"], "ERR unknown keyspace 'nope'"),
+        (&["TTL", "sessions:alice"], "-1"),
+        (&["TTL", "sessions:nobody"], "-2"),
+        (&["PERSIST", "sessions:alice"], "0"),
+        (&["TTL", "ratelimits:api"], "-1"),
         (
-            &["SET", "sessions:s", "v", "EX", "60"],
-            "ERR expiring keys are not supported yet",
+            &["SET", "sessions:s", "v", "EX", "0"],
+            "ERR invalid expire time in 'set' command",
         ),
         (
-            &["EXPIRE", "sessions:alice", "60"],
-            "ERR expiring keys are not supported yet",
+            &["SET", "sessions:s", "v", "EX", "5", "PX", "5"],
+            "ERR syntax error",
+        ),
+        (
+            &["EXPIRE", "ratelimits:api", "60"],
+            "WRONGTYPE Operation against a key holding the wrong kind of value (keyspace 'ratelimits' is counter: its keys do not expire",
+        ),
+        (
+            &["SET", "carts:c", "v", "PX", "100"],
+            "WRONGTYPE Operation against a key holding the wrong kind of value (keyspace 'carts' is mvr: its keys do not expire",
+        ),
+        (
+            &["GETEX", "sessions:alice", "EX", "60"],
+            "ERR GETEX is not supported by atoll's RESP front yet",
         ),
         (&["FLUSHALL"], "ERR unknown command 'FLUSHALL'"),
     ] {
@@ -185,10 +201,12 @@ fn scenario(r: &Regions) -> Result<()> {
         info.contains("# Server") && info.contains("region:eu-west-1"),
         "{info}"
     );
+    expiring_keys(us, eu)?;
 
     // redis-py, RESP2 and RESP3, against eu-west-1.
     let script = format!(
         r#"
+import time
 import redis
 for proto in (2, 3):
     r = redis.Redis(host="127.0.0.1", port={eu}, protocol=proto, decode_responses=True)
@@ -216,11 +234,47 @@ for proto in (2, 3):
         raise AssertionError("INCR on an lww keyspace succeeded")
     except redis.exceptions.ResponseError as e:
         assert "WRONGTYPE" in str(e) or "wrong kind" in str(e), e
+    # Expiring keys.
+    e = f"sessions:exp{{proto}}"
+    short = f"sessions:short{{proto}}"
+    assert r.set(e, "v", ex=60) is True
+    assert 55 <= r.ttl(e) <= 60, r.ttl(e)
+    assert 55000 <= r.pttl(e) <= 60000, r.pttl(e)
+    left = r.execute_command("EXPIRETIME", e) - int(time.time())
+    assert 55 <= left <= 61, left
+    assert r.persist(e) == 1
+    assert r.ttl(e) == -1
+    assert r.persist(e) == 0
+    assert r.expire(e, 100) == 1
+    assert 95 <= r.ttl(e) <= 100, r.ttl(e)
+    assert r.expire(e, 50, nx=True) == 0
+    assert r.expire(e, 50, gt=True) == 0
+    assert r.expire(e, 200, gt=True) == 1
+    assert 195 <= r.ttl(e) <= 200, r.ttl(e)
+    assert r.setex(f"sessions:sx{{proto}}", 60, "x") is True
+    assert r.psetex(f"sessions:psx{{proto}}", 60000, "y") is True
+    assert r.get(f"sessions:psx{{proto}}") == "y"
+    assert 1 <= r.ttl(f"sessions:sx{{proto}}") <= 60
+    assert r.pexpire(e, 1000) == 1
+    assert r.set(short, "s", px=1000) is True
+    assert r.get(short) == "s"
+    deadline = time.monotonic() + 30
+    while r.get(e) is not None or r.get(short) is not None:
+        assert time.monotonic() < deadline, "the keys did not expire within 30 s"
+        time.sleep(0.05)
+    assert r.exists(e, short) == 0
+    assert r.ttl(e) == -2 and r.pttl(short) == -2
+    assert r.expire(e, 10) == 0
     try:
-        r.set("sessions:t", "v", ex=10)
-        raise AssertionError("SET EX succeeded")
-    except redis.exceptions.ResponseError as e:
-        assert "expiring keys are not supported yet" in str(e), e
+        r.set("carts:t", "v", ex=10)
+        raise AssertionError("SET EX on an mvr keyspace succeeded")
+    except redis.exceptions.ResponseError as err:
+        assert "do not expire" in str(err), err
+    try:
+        r.getex("sessions:alice", ex=10)
+        raise AssertionError("GETEX succeeded")
+    except redis.exceptions.ResponseError as err:
+        assert "GETEX is not supported" in str(err), err
     info = r.info("replication")
     assert "peer_us-east-1" in info, info
     p = r.pipeline(transaction=False)
@@ -254,8 +308,59 @@ print("redis-py ok")
     let metrics = metrics_text(&r.procs[0].endpoint())?;
     ensure!(
         metrics.contains("atoll_resp_commands_total{command=\"set\",outcome=\"ok\"}")
+            && metrics.contains("atoll_resp_commands_total{command=\"ttl\",outcome=\"ok\"}")
+            && metrics.contains("atoll_resp_commands_total{command=\"pexpire\",outcome=\"ok\"}")
             && metrics.contains("outcome=\"protocol-error\""),
         "{metrics}"
+    );
+    Ok(())
+}
+
+/// Expiring keys over RESP (`docs/design/expiring-keys.md`): an expiry replicates with its value,
+/// `PERSIST` removes it, and once the expiry passes both regions read the key as absent (each by
+/// its own clock). Every wait polls to a deadline.
+fn expiring_keys(us: u16, eu: u16) -> Result<()> {
+    expect(us, &["SET", "sessions:s1", "v", "EX", "60"], "OK")?;
+    in_range(us, &["TTL", "sessions:s1"], 55, 60)?;
+    in_range(us, &["PTTL", "sessions:s1"], 55_000, 60_000)?;
+    wait_cli(eu, &["GET", "sessions:s1"], |o| o == "v")?;
+    in_range(eu, &["TTL", "sessions:s1"], 1, 60)?;
+    expect(us, &["PERSIST", "sessions:s1"], "1")?;
+    expect(us, &["TTL", "sessions:s1"], "-1")?;
+    expect(us, &["PERSIST", "sessions:s1"], "0")?;
+    wait_cli(eu, &["TTL", "sessions:s1"], |o| o == "-1")?;
+    expect(eu, &["GET", "sessions:s1"], "v")?;
+    // Short expiries: an EXPIRE of the replicated key, and a SET with PX.
+    expect(us, &["PEXPIRE", "sessions:s1", "2000"], "1")?;
+    in_range(us, &["PTTL", "sessions:s1"], 1, 2_000)?;
+    expect(us, &["SET", "sessions:s2", "w", "PX", "2000"], "OK")?;
+    in_range(us, &["PTTL", "sessions:s2"], 1, 2_000)?;
+    for port in [us, eu] {
+        wait_cli(port, &["EXISTS", "sessions:s1", "sessions:s2"], |o| {
+            o == "0"
+        })?;
+        expect(port, &["GET", "sessions:s1"], "")?;
+        expect(port, &["GET", "sessions:s2"], "")?;
+        expect(port, &["TTL", "sessions:s1"], "-2")?;
+        expect(port, &["PTTL", "sessions:s2"], "-2")?;
+    }
+    expect(us, &["EXPIRE", "sessions:s1", "10"], "0")?;
+    // A later write revives the key, without an expiry.
+    expect(eu, &["SET", "sessions:s1", "again"], "OK")?;
+    expect(eu, &["TTL", "sessions:s1"], "-1")?;
+    wait_cli(us, &["GET", "sessions:s1"], |o| o == "again")?;
+    Ok(())
+}
+
+/// Runs `redis-cli` with `args` and checks it answers an integer in `lo..=hi`.
+fn in_range(port: u16, args: &[&str], lo: i64, hi: i64) -> Result<()> {
+    let got = cli(port, args)?;
+    let v: i64 = got
+        .parse()
+        .with_context(|| format!("redis-cli {args:?}: got {got:?}, want an integer"))?;
+    ensure!(
+        (lo..=hi).contains(&v),
+        "redis-cli {args:?}: {v} not in {lo}..={hi}"
     );
     Ok(())
 }

@@ -2,6 +2,7 @@
 //! numbers checked as Redis checks them, with Redis's error texts).
 
 use crate::reply::Reply;
+use atoll_core::op::MAX_TTL_MS;
 
 /// `SET`'s condition.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -10,6 +11,52 @@ pub enum Cond {
     Nx,
     /// `XX`: only if it exists.
     Xx,
+}
+
+/// When a written value expires, as `SET`'s options (and `SETEX`, `PSETEX`) ask.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Expiry {
+    /// `EX`, `PX`, `SETEX`, `PSETEX`: this many milliseconds after the write (at least 1, at most
+    /// `atoll_core::op::MAX_TTL_MS`).
+    After(u64),
+    /// `EXAT`, `PXAT`: at this instant, milliseconds since the Unix epoch (at least 1).
+    At(u64),
+    /// `KEEPTTL`: keep the expiry the live value has.
+    Keep,
+}
+
+/// `EXPIRE`'s new expiry, as given (Redis allows zero and negative values: the key is deleted).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ExpireWhen {
+    /// `EXPIRE`, `PEXPIRE`: this many milliseconds from now.
+    In(i64),
+    /// `EXPIREAT`, `PEXPIREAT`: this instant, milliseconds since the Unix epoch.
+    At(i64),
+}
+
+/// `EXPIRE`'s conditions (Redis 7): each one set must hold for the expiry to be set. `NX` excludes
+/// the others, `GT` and `LT` exclude each other; `XX` may go with `GT` or `LT`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ExpireCond {
+    /// `NX`: only if the key has no expiry.
+    pub nx: bool,
+    /// `XX`: only if it has one.
+    pub xx: bool,
+    /// `GT`: only if the new expiry is later than the current one (a key without expiry never:
+    /// no expiry counts as infinite).
+    pub gt: bool,
+    /// `LT`: only if the new expiry is earlier than the current one (a key without expiry
+    /// always).
+    pub lt: bool,
+}
+
+/// What `TTL`, `PTTL`, `EXPIRETIME` and `PEXPIRETIME` answer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TtlQuery {
+    /// Milliseconds (`PTTL`, `PEXPIRETIME`) rather than seconds.
+    pub ms: bool,
+    /// The absolute instant (`EXPIRETIME`, `PEXPIRETIME`) rather than the time left.
+    pub absolute: bool,
 }
 
 /// One parsed command.
@@ -40,7 +87,24 @@ pub enum Command {
         value: Vec<u8>,
         cond: Option<Cond>,
         get: bool,
+        /// `None`: the keyspace's `default_ttl` (no expiry without one), docs/design/resp.md.
+        expiry: Option<Expiry>,
+        /// The command's name for messages (`set`, `setex`, `psetex`).
+        name: &'static str,
     },
+    /// `EXPIRE`, `PEXPIRE`, `EXPIREAT`, `PEXPIREAT`.
+    Expire {
+        key: Vec<u8>,
+        when: ExpireWhen,
+        cond: ExpireCond,
+        /// The command's name for messages.
+        name: &'static str,
+    },
+    Ttl {
+        key: Vec<u8>,
+        query: TtlQuery,
+    },
+    Persist(Vec<u8>),
     Del(Vec<Vec<u8>>),
     Exists(Vec<Vec<u8>>),
     /// `INCR`, `DECR`, `INCRBY`, `DECRBY`: add `delta`.
@@ -79,6 +143,17 @@ pub const SERVED: &[&str] = &[
     "set",
     "del",
     "exists",
+    "setex",
+    "psetex",
+    "expire",
+    "pexpire",
+    "expireat",
+    "pexpireat",
+    "ttl",
+    "pttl",
+    "expiretime",
+    "pexpiretime",
+    "persist",
     "incr",
     "decr",
     "incrby",
@@ -101,28 +176,12 @@ pub const SERVED: &[&str] = &[
     "atoll.wait",
 ];
 
-/// Commands of expiring keys: not supported yet, and never silently ignored.
-const EXPIRING: &[&str] = &[
-    "expire",
-    "pexpire",
-    "expireat",
-    "pexpireat",
-    "ttl",
-    "pttl",
-    "persist",
-    "setex",
-    "psetex",
+/// Commands Redis has that this front recognizes but does not serve yet: each gets an error
+/// naming it (never the generic unknown-command message, never silently ignored).
+const NOT_YET: &[(&str, &str)] = &[(
     "getex",
-    "expiretime",
-    "pexpiretime",
-];
-
-/// The error for anything about expiring keys.
-pub fn expiring_error(what: &str) -> Reply {
-    Reply::err(format!(
-        "expiring keys are not supported yet ({what}): atoll keeps every key until it is deleted; delete it with DEL, or keep sessions that must expire elsewhere for now"
-    ))
-}
+    "GETEX is not supported by atoll's RESP front yet: use GET, then EXPIRE, PEXPIRE or PERSIST (not atomic; docs/design/resp.md)",
+)];
 
 /// A command name as its metric label: one of [`SERVED`], or `unknown`.
 pub fn label(name: &[u8]) -> &'static str {
@@ -254,30 +313,66 @@ pub fn parse(args: Vec<Vec<u8>>) -> Result<Command, Reply> {
         "set" if n >= 2 => {
             let key = one();
             let value = one();
-            let mut cond = None;
-            let mut get = false;
-            for opt in rest {
-                let o = opt.to_ascii_lowercase();
-                match o.as_slice() {
-                    b"nx" if cond.is_none() => cond = Some(Cond::Nx),
-                    b"xx" if cond.is_none() => cond = Some(Cond::Xx),
-                    b"get" => get = true,
-                    b"ex" | b"px" | b"exat" | b"pxat" | b"keepttl" => {
-                        return Err(expiring_error(&format!(
-                            "SET ... {}",
-                            shown(&opt).to_ascii_uppercase()
-                        )));
-                    }
-                    _ => return Err(syntax()),
-                }
-            }
+            let (cond, get, expiry) = set_options(rest)?;
             Command::Set {
                 key,
                 value,
                 cond,
                 get,
+                expiry,
+                name: "set",
             }
         }
+        "setex" | "psetex" if n == 3 => {
+            let key = one();
+            let given = one();
+            let value = one();
+            let (name, unit) = if name == "setex" {
+                ("setex", 1000)
+            } else {
+                ("psetex", 1)
+            };
+            let ms = relative_ms(&given, unit, name)?;
+            Command::Set {
+                key,
+                value,
+                cond: None,
+                get: false,
+                expiry: Some(Expiry::After(ms)),
+                name,
+            }
+        }
+        "expire" | "pexpire" | "expireat" | "pexpireat" if n >= 2 => {
+            let key = one();
+            let given = one();
+            let cond = expire_options(rest)?;
+            let (name, unit, absolute) = match name.as_str() {
+                "expire" => ("expire", 1000, false),
+                "pexpire" => ("pexpire", 1, false),
+                "expireat" => ("expireat", 1000, true),
+                _ => ("pexpireat", 1, true),
+            };
+            let v = integer(&given).ok_or_else(not_integer)?;
+            let ms = v.checked_mul(unit).ok_or_else(|| invalid_expire(name))?;
+            Command::Expire {
+                key,
+                when: if absolute {
+                    ExpireWhen::At(ms)
+                } else {
+                    ExpireWhen::In(ms)
+                },
+                cond,
+                name,
+            }
+        }
+        "ttl" | "pttl" | "expiretime" | "pexpiretime" if n == 1 => Command::Ttl {
+            key: one(),
+            query: TtlQuery {
+                ms: name.starts_with('p'),
+                absolute: name.ends_with("expiretime"),
+            },
+        },
+        "persist" if n == 1 => Command::Persist(one()),
         "del" if n >= 1 => Command::Del(rest.collect()),
         "exists" if n >= 1 => Command::Exists(rest.collect()),
         "incr" if n == 1 => Command::IncrBy {
@@ -315,13 +410,132 @@ pub fn parse(args: Vec<Vec<u8>>) -> Result<Command, Reply> {
             member: one(),
         },
         "scard" if n == 1 => Command::SCard(one()),
-        _ if EXPIRING.contains(&name.as_str()) => {
-            return Err(expiring_error(&name.to_ascii_uppercase()));
+        _ if NOT_YET.iter().any(|(n, _)| *n == name) => {
+            let why = NOT_YET
+                .iter()
+                .find(|(n, _)| *n == name)
+                .map_or("not supported", |(_, why)| *why);
+            return Err(Reply::err(why));
         }
         _ if SERVED.contains(&name.as_str()) => return Err(wrong_args(&name)),
         _ => return Err(unknown(&name_raw, &rest.collect::<Vec<_>>())),
     };
     Ok(cmd)
+}
+
+/// Redis's error for an expiry it refuses (`name`: the command, lower case).
+pub fn invalid_expire(name: &str) -> Reply {
+    Reply::err(format!("invalid expire time in '{name}' command"))
+}
+
+/// A relative expiry of `EX`, `PX`, `SETEX`, `PSETEX` in milliseconds, checked as Redis checks it
+/// (an integer, positive, no overflow) and at most atoll's longest time to live.
+fn relative_ms(given: &[u8], unit: i64, name: &str) -> Result<u64, Reply> {
+    let v = integer(given).ok_or_else(not_integer)?;
+    if v <= 0 {
+        return Err(invalid_expire(name));
+    }
+    let ms = v
+        .checked_mul(unit)
+        .and_then(|ms| u64::try_from(ms).ok())
+        .ok_or_else(|| invalid_expire(name))?;
+    if ms > MAX_TTL_MS {
+        return Err(too_long(name));
+    }
+    Ok(ms)
+}
+
+/// An expiry past atoll's longest time to live (Redis would take it; atoll caps it).
+pub fn too_long(name: &str) -> Reply {
+    Reply::err(format!(
+        "invalid expire time in '{name}' command (atoll: a time to live is at most 100 years)"
+    ))
+}
+
+/// `SET`'s options after the value, as Redis 7 reads them: `NX`/`XX` exclude each other, at most
+/// one kind of `EX`/`PX`/`EXAT`/`PXAT`/`KEEPTTL` (a repeated one: the last value counts, as in
+/// Redis), anything else is a syntax error; then the expiry's value is checked.
+fn set_options(
+    opts: impl Iterator<Item = Vec<u8>>,
+) -> Result<(Option<Cond>, bool, Option<Expiry>), Reply> {
+    #[derive(Clone, Copy, PartialEq, Eq)]
+    enum Kind {
+        Ex,
+        Px,
+        ExAt,
+        PxAt,
+        Keep,
+    }
+    let mut cond = None;
+    let mut get = false;
+    let mut kind: Option<Kind> = None;
+    let mut given: Vec<u8> = Vec::new();
+    let mut opts = opts.peekable();
+    while let Some(opt) = opts.next() {
+        let o = opt.to_ascii_lowercase();
+        let timed = match o.as_slice() {
+            b"ex" => Some(Kind::Ex),
+            b"px" => Some(Kind::Px),
+            b"exat" => Some(Kind::ExAt),
+            b"pxat" => Some(Kind::PxAt),
+            _ => None,
+        };
+        match (o.as_slice(), timed) {
+            (b"nx", _) if cond != Some(Cond::Xx) => cond = Some(Cond::Nx),
+            (b"xx", _) if cond != Some(Cond::Nx) => cond = Some(Cond::Xx),
+            (b"get", _) => get = true,
+            (b"keepttl", _) if kind.is_none_or(|k| k == Kind::Keep) => kind = Some(Kind::Keep),
+            (_, Some(k)) if kind.is_none_or(|had| had == k) && opts.peek().is_some() => {
+                kind = Some(k);
+                given = opts.next().unwrap_or_default();
+            }
+            _ => return Err(syntax()),
+        }
+    }
+    let expiry = match kind {
+        None => None,
+        Some(Kind::Keep) => Some(Expiry::Keep),
+        Some(Kind::Ex) => Some(Expiry::After(relative_ms(&given, 1000, "set")?)),
+        Some(Kind::Px) => Some(Expiry::After(relative_ms(&given, 1, "set")?)),
+        Some(k @ (Kind::ExAt | Kind::PxAt)) => {
+            let v = integer(&given).ok_or_else(not_integer)?;
+            let unit = if k == Kind::ExAt { 1000 } else { 1 };
+            let at = if v <= 0 {
+                None
+            } else {
+                v.checked_mul(unit).and_then(|ms| u64::try_from(ms).ok())
+            };
+            Some(Expiry::At(at.ok_or_else(|| invalid_expire("set"))?))
+        }
+    };
+    Ok((cond, get, expiry))
+}
+
+/// `EXPIRE`'s options after the time, as Redis 7 reads them.
+fn expire_options(opts: impl Iterator<Item = Vec<u8>>) -> Result<ExpireCond, Reply> {
+    let mut c = ExpireCond::default();
+    for opt in opts {
+        match opt.to_ascii_lowercase().as_slice() {
+            b"nx" => c.nx = true,
+            b"xx" => c.xx = true,
+            b"gt" => c.gt = true,
+            b"lt" => c.lt = true,
+            _ => {
+                return Err(Reply::err(format!("Unsupported option {}", shown(&opt))));
+            }
+        }
+    }
+    if c.nx && (c.xx || c.gt || c.lt) {
+        return Err(Reply::err(
+            "NX and XX, GT or LT options at the same time are not compatible",
+        ));
+    }
+    if c.gt && c.lt {
+        return Err(Reply::err(
+            "GT and LT options at the same time are not compatible",
+        ));
+    }
+    Ok(c)
 }
 
 /// `HELLO [protover [AUTH username password] [SETNAME clientname]]`.
@@ -389,7 +603,9 @@ mod tests {
                 key: b"k".to_vec(),
                 value: b"v".to_vec(),
                 cond: Some(Cond::Nx),
-                get: true
+                get: true,
+                expiry: None,
+                name: "set"
             })
         );
         assert_eq!(
@@ -445,28 +661,294 @@ mod tests {
         assert!(e.contains("GET SET DEL"), "{e}");
     }
 
+    fn set_expiry(words: &[&str]) -> Option<Expiry> {
+        match p(words) {
+            Ok(Command::Set { expiry, .. }) => expiry,
+            other => panic!("{words:?}: not a SET: {other:?}"),
+        }
+    }
+
     #[test]
-    fn expiring_keys_are_refused_never_ignored() {
-        for words in [
-            &["SET", "k", "v", "EX", "10"][..],
-            &["SET", "k", "v", "px", "10"],
-            &["SET", "k", "v", "KEEPTTL"],
-            &["EXPIRE", "k", "10"],
-            &["TTL", "k"],
-            &["PERSIST", "k"],
-            &["SETEX", "k", "10", "v"],
+    fn set_expiry_options_parse_as_redis_reads_them() {
+        assert_eq!(
+            set_expiry(&["SET", "k", "v", "EX", "10"]),
+            Some(Expiry::After(10_000))
+        );
+        assert_eq!(
+            set_expiry(&["set", "k", "v", "px", "1500"]),
+            Some(Expiry::After(1_500))
+        );
+        assert_eq!(
+            set_expiry(&["SET", "k", "v", "EXAT", "1700000000"]),
+            Some(Expiry::At(1_700_000_000_000))
+        );
+        assert_eq!(
+            set_expiry(&["SET", "k", "v", "PXAT", "1700000000123"]),
+            Some(Expiry::At(1_700_000_000_123))
+        );
+        assert_eq!(
+            set_expiry(&["SET", "k", "v", "KEEPTTL"]),
+            Some(Expiry::Keep)
+        );
+        assert_eq!(set_expiry(&["SET", "k", "v"]), None);
+        // A repeated option: the last value counts (Redis too); an earlier value is not read.
+        assert_eq!(
+            set_expiry(&["SET", "k", "v", "EX", "junk", "EX", "20"]),
+            Some(Expiry::After(20_000))
+        );
+        assert_eq!(
+            p(&["SET", "k", "v", "XX", "GET", "PX", "5", "NX"]).map_err(|_| ()),
+            Err(())
+        );
+        assert_eq!(
+            p(&["SET", "k", "v", "XX", "GET", "PX", "5"]),
+            Ok(Command::Set {
+                key: b"k".to_vec(),
+                value: b"v".to_vec(),
+                cond: Some(Cond::Xx),
+                get: true,
+                expiry: Some(Expiry::After(5)),
+                name: "set"
+            })
+        );
+        assert_eq!(
+            p(&["SETEX", "k", "10", "v"]),
+            Ok(Command::Set {
+                key: b"k".to_vec(),
+                value: b"v".to_vec(),
+                cond: None,
+                get: false,
+                expiry: Some(Expiry::After(10_000)),
+                name: "setex"
+            })
+        );
+        assert_eq!(
+            p(&["psetex", "k", "10", "v"]),
+            Ok(Command::Set {
+                key: b"k".to_vec(),
+                value: b"v".to_vec(),
+                cond: None,
+                get: false,
+                expiry: Some(Expiry::After(10)),
+                name: "psetex"
+            })
+        );
+    }
+
+    #[test]
+    fn bad_expiries_get_redis_errors() {
+        for (words, want) in [
+            (
+                &["SET", "k", "v", "EX", "0"][..],
+                "ERR invalid expire time in 'set' command",
+            ),
+            (
+                &["SET", "k", "v", "PX", "-1"],
+                "ERR invalid expire time in 'set' command",
+            ),
+            (
+                &["SET", "k", "v", "EXAT", "0"],
+                "ERR invalid expire time in 'set' command",
+            ),
+            (
+                &["SET", "k", "v", "PXAT", "-5"],
+                "ERR invalid expire time in 'set' command",
+            ),
+            (
+                &["SET", "k", "v", "EX", "9223372036854776"],
+                "ERR invalid expire time in 'set' command",
+            ),
+            (
+                &["SET", "k", "v", "EX", "3153600001"],
+                "ERR invalid expire time in 'set' command (atoll: a time to live is at most 100 years)",
+            ),
+            (
+                &["SET", "k", "v", "EX", "1.5"],
+                "ERR value is not an integer or out of range",
+            ),
+            (
+                &["SET", "k", "v", "EX", "+5"],
+                "ERR value is not an integer or out of range",
+            ),
+            (&["SET", "k", "v", "EX"], "ERR syntax error"),
+            (
+                &["SET", "k", "v", "EX", "10", "PX", "10"],
+                "ERR syntax error",
+            ),
+            (
+                &["SET", "k", "v", "EXAT", "10", "PXAT", "10"],
+                "ERR syntax error",
+            ),
+            (
+                &["SET", "k", "v", "KEEPTTL", "EX", "10"],
+                "ERR syntax error",
+            ),
+            (
+                &["SET", "k", "v", "PX", "10", "KEEPTTL"],
+                "ERR syntax error",
+            ),
+            // A syntax error wins over a bad value, as in Redis (options are read first).
+            (&["SET", "k", "v", "EX", "0", "BOGUS"], "ERR syntax error"),
+            (
+                &["SETEX", "k", "0", "v"],
+                "ERR invalid expire time in 'setex' command",
+            ),
+            (
+                &["PSETEX", "k", "-1", "v"],
+                "ERR invalid expire time in 'psetex' command",
+            ),
+            (
+                &["SETEX", "k", "x", "v"],
+                "ERR value is not an integer or out of range",
+            ),
+            (
+                &["SETEX", "k", "v"],
+                "ERR wrong number of arguments for 'setex' command",
+            ),
+            (
+                &["EXPIRE", "k"],
+                "ERR wrong number of arguments for 'expire' command",
+            ),
+            (&["TTL"], "ERR wrong number of arguments for 'ttl' command"),
+            (
+                &["PTTL", "a", "b"],
+                "ERR wrong number of arguments for 'pttl' command",
+            ),
+            (
+                &["PERSIST"],
+                "ERR wrong number of arguments for 'persist' command",
+            ),
+            (
+                &["EXPIRE", "k", "ten"],
+                "ERR value is not an integer or out of range",
+            ),
+            (
+                &["EXPIRE", "k", "10", "sooner"],
+                "ERR Unsupported option sooner",
+            ),
+            // Options are read before the number, as in Redis.
+            (
+                &["EXPIRE", "k", "ten", "sooner"],
+                "ERR Unsupported option sooner",
+            ),
+            (
+                &["EXPIRE", "k", "10", "NX", "XX"],
+                "ERR NX and XX, GT or LT options at the same time are not compatible",
+            ),
+            (
+                &["PEXPIRE", "k", "10", "gt", "nx"],
+                "ERR NX and XX, GT or LT options at the same time are not compatible",
+            ),
+            (
+                &["EXPIREAT", "k", "10", "GT", "LT"],
+                "ERR GT and LT options at the same time are not compatible",
+            ),
+            (
+                &["EXPIRE", "k", "9223372036854776"],
+                "ERR invalid expire time in 'expire' command",
+            ),
+            (
+                &["EXPIREAT", "k", "-9223372036854776"],
+                "ERR invalid expire time in 'expireat' command",
+            ),
+            (
+                &["GETEX", "k", "EX", "10"],
+                "ERR GETEX is not supported by atoll's RESP front yet",
+            ),
         ] {
             let e = err_text(p(words));
-            assert!(
-                e.starts_with("ERR expiring keys are not supported yet"),
-                "{words:?}: {e}"
+            assert!(e.starts_with(want), "{words:?}: {e}");
+            if !want.contains("atoll") && !want.contains("GETEX") {
+                assert_eq!(e, want, "{words:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn expire_ttl_and_persist_parse() {
+        assert_eq!(
+            p(&["EXPIRE", "k", "10"]),
+            Ok(Command::Expire {
+                key: b"k".to_vec(),
+                when: ExpireWhen::In(10_000),
+                cond: ExpireCond::default(),
+                name: "expire"
+            })
+        );
+        assert_eq!(
+            p(&["pexpire", "k", "-5", "xx", "LT"]),
+            Ok(Command::Expire {
+                key: b"k".to_vec(),
+                when: ExpireWhen::In(-5),
+                cond: ExpireCond {
+                    xx: true,
+                    lt: true,
+                    ..ExpireCond::default()
+                },
+                name: "pexpire"
+            })
+        );
+        assert_eq!(
+            p(&["EXPIREAT", "k", "1700000000", "NX"]),
+            Ok(Command::Expire {
+                key: b"k".to_vec(),
+                when: ExpireWhen::At(1_700_000_000_000),
+                cond: ExpireCond {
+                    nx: true,
+                    ..ExpireCond::default()
+                },
+                name: "expireat"
+            })
+        );
+        assert_eq!(
+            p(&["PEXPIREAT", "k", "0", "GT"]),
+            Ok(Command::Expire {
+                key: b"k".to_vec(),
+                when: ExpireWhen::At(0),
+                cond: ExpireCond {
+                    gt: true,
+                    ..ExpireCond::default()
+                },
+                name: "pexpireat"
+            })
+        );
+        for (name, ms, absolute) in [
+            ("TTL", false, false),
+            ("pttl", true, false),
+            ("ExpireTime", false, true),
+            ("PEXPIRETIME", true, true),
+        ] {
+            assert_eq!(
+                p(&[name, "k"]),
+                Ok(Command::Ttl {
+                    key: b"k".to_vec(),
+                    query: TtlQuery { ms, absolute }
+                }),
+                "{name}"
             );
         }
+        assert_eq!(p(&["PERSIST", "k"]), Ok(Command::Persist(b"k".to_vec())));
     }
 
     #[test]
     fn labels_are_bounded() {
         assert_eq!(label(b"GET"), "get");
+        for name in [
+            "SETEX",
+            "psetex",
+            "EXPIRE",
+            "PEXPIRE",
+            "EXPIREAT",
+            "PEXPIREAT",
+            "TTL",
+            "PTTL",
+            "EXPIRETIME",
+            "PEXPIRETIME",
+            "PERSIST",
+        ] {
+            assert_eq!(label(name.as_bytes()), name.to_ascii_lowercase(), "{name}");
+        }
+        assert_eq!(label(b"GETEX"), "unknown");
         assert_eq!(label(b"whatever"), "unknown");
     }
 }

@@ -3,12 +3,14 @@
 //! is decided from the host's answers; the host does the I/O. `docs/design/resp.md` says how each
 //! command maps and where Redis semantics differ.
 
-use crate::command::{Command, Cond, shown};
+use crate::command::{
+    Command, Cond, ExpireCond, ExpireWhen, Expiry, TtlQuery, invalid_expire, shown, too_long,
+};
 use crate::reply::Reply;
 use atoll_config::auth::{Grant, Right, Tokens};
 use atoll_config::{Config, KEY_MAX_BYTES, Policy, RespKey};
 use atoll_core::AtollError;
-use atoll_core::op::{Intent, KeyState};
+use atoll_core::op::{Intent, KeyState, MAX_TTL_MS, Ttl};
 use std::future::Future;
 
 /// One peer's replication as `INFO` shows it.
@@ -42,6 +44,9 @@ pub trait Host: Send + Sync + 'static {
     fn config(&self) -> &Config;
     /// The client tokens (`[auth]`); `None`: every connection may do everything.
     fn tokens(&self) -> Option<&Tokens>;
+    /// The region's physical clock, milliseconds since the Unix epoch: what judges whether a
+    /// value has expired (`docs/design/expiring-keys.md`; never the HLC).
+    fn now_ms(&self) -> u64;
     /// The key's state in this region's store (after the host's own client checks: a passive
     /// region refuses).
     fn read(&self, keyspace: &str, key: &[u8]) -> Result<Option<KeyState>, AtollError>;
@@ -199,7 +204,25 @@ pub async fn execute<H: Host>(host: &H, session: &mut Session, cmd: Command) -> 
             value,
             cond,
             get: want_old,
-        } => set(host, session, &key, value, cond, want_old).await,
+            expiry,
+            name,
+        } => {
+            let how = SetHow {
+                cond,
+                want_old,
+                expiry,
+                name,
+            };
+            set(host, session, &key, value, how).await
+        }
+        Command::Expire {
+            key,
+            when,
+            cond,
+            name,
+        } => expire(host, session, &key, when, cond, name).await,
+        Command::Ttl { key, query } => ttl(host, session, &key, query),
+        Command::Persist(key) => persist(host, session, &key).await,
         Command::Del(keys) => del(host, session, &keys).await,
         Command::Exists(keys) => exists(host, session, &keys),
         Command::IncrBy { key, delta } => incr(host, session, &key, delta).await,
@@ -356,7 +379,10 @@ struct Target<'a> {
 /// What a command may do on a keyspace of each policy.
 fn policies_text(policy: Policy) -> &'static str {
     match policy.storage() {
-        Policy::Lww | Policy::Mvr => "GET, SET, DEL, EXISTS",
+        Policy::Lww => {
+            "GET, SET, SETEX, PSETEX, DEL, EXISTS, EXPIRE, PEXPIRE, EXPIREAT, PEXPIREAT, TTL, PTTL, EXPIRETIME, PEXPIRETIME, PERSIST"
+        }
+        Policy::Mvr => "GET, SET without an expiry, DEL, EXISTS, TTL",
         Policy::Counter => "INCR, INCRBY, DECR, DECRBY, GET, EXISTS",
         Policy::Set => "SADD, SREM, SMEMBERS, SISMEMBER, SCARD, DEL, EXISTS",
         _ => "nothing over RESP",
@@ -452,12 +478,12 @@ fn read<H: Host>(host: &H, t: &Target<'_>) -> Result<Option<KeyState>, Reply> {
     host.read(t.keyspace, t.key).map_err(|e| atoll_error(&e))
 }
 
-/// A kv key's value as GET answers it: `Ok(None)` when absent or deleted; the conflict error for
-/// an mvr key with several live siblings.
-fn kv_value(t: &Target<'_>, st: Option<&KeyState>) -> Result<Option<Vec<u8>>, Reply> {
+/// A kv key's value as GET answers it at physical time `now` ([`Host::now_ms`]): `Ok(None)` when
+/// absent, deleted or expired; the conflict error for an mvr key with several live siblings.
+fn kv_value(t: &Target<'_>, st: Option<&KeyState>, now: u64) -> Result<Option<Vec<u8>>, Reply> {
     match st {
         None => Ok(None),
-        Some(KeyState::Lww(r)) => Ok(r.value.clone()),
+        Some(KeyState::Lww(r)) => Ok(r.live_value(now).cloned()),
         Some(KeyState::Mvr(r)) => {
             let live = r.live();
             match live.as_slice() {
@@ -477,11 +503,12 @@ fn kv_value(t: &Target<'_>, st: Option<&KeyState>) -> Result<Option<Vec<u8>>, Re
     }
 }
 
-/// Whether a key exists in this region: a live value, a written counter, a non-empty set.
-fn exists_in(st: Option<&KeyState>) -> bool {
+/// Whether a key exists in this region at physical time `now`: a live value (not deleted, not
+/// expired), a written counter, a non-empty set.
+fn exists_in(st: Option<&KeyState>, now: u64) -> bool {
     match st {
         None => false,
-        Some(KeyState::Lww(r)) => r.value.is_some(),
+        Some(KeyState::Lww(r)) => r.live_value(now).is_some(),
         Some(KeyState::Mvr(r)) => !r.live().is_empty(),
         Some(KeyState::Counter(_)) => true,
         Some(KeyState::Set(s)) => !s.members().is_empty(),
@@ -499,7 +526,7 @@ fn get<H: Host>(host: &H, session: &Session, raw: &[u8]) -> Reply {
         Ok(st) => st,
         Err(r) => return r,
     };
-    match kv_value(&t, st.as_ref()) {
+    match kv_value(&t, st.as_ref(), host.now_ms()) {
         Ok(Some(v)) => Reply::Bulk(v),
         Ok(None) => Reply::Null,
         Err(r) => r,
@@ -521,19 +548,47 @@ fn context(st: Option<&KeyState>) -> Option<atoll_core::causal::CausalContext> {
     }
 }
 
+/// `SET`'s options (and `SETEX`'s, `PSETEX`'s).
+struct SetHow {
+    cond: Option<Cond>,
+    want_old: bool,
+    /// `None`: the keyspace's `default_ttl` (none: no expiry), docs/design/resp.md.
+    expiry: Option<Expiry>,
+    name: &'static str,
+}
+
+/// The refusal of an expiry on a keyspace whose keys cannot expire (mvr, counter, set), in the
+/// style of [`target`]'s policy refusal.
+fn no_expiry(t: &Target<'_>) -> Reply {
+    Reply::Error(format!(
+        "WRONGTYPE Operation against a key holding the wrong kind of value (keyspace '{}' is {}: its keys do not expire; expiring keys are lww and owned keyspaces only, docs/design/expiring-keys.md)",
+        t.keyspace, t.policy
+    ))
+}
+
 async fn set<H: Host>(
     host: &H,
     session: &Session,
     raw: &[u8],
     value: Vec<u8>,
-    cond: Option<Cond>,
-    want_old: bool,
+    how: SetHow,
 ) -> Reply {
     let t = match target(host, session, raw, Right::Write, KV) {
         Ok(t) => t,
         Err(r) => return r,
     };
-    if want_old
+    if how.expiry.is_some() && t.policy.storage() != Policy::Lww {
+        return no_expiry(&t);
+    }
+    let now = host.now_ms();
+    let ttl = match how.expiry {
+        None => Ttl::Default,
+        Some(Expiry::After(ms)) => Ttl::After(ms),
+        Some(Expiry::At(at)) if at > now.saturating_add(MAX_TTL_MS) => return too_long(how.name),
+        Some(Expiry::At(at)) => Ttl::At(at),
+        Some(Expiry::Keep) => Ttl::Keep,
+    };
+    if how.want_old
         && let Some(g) = &session.grant
         && !g.allows(Right::Read, t.keyspace)
     {
@@ -547,16 +602,16 @@ async fn set<H: Host>(
         Ok(st) => st,
         Err(r) => return r,
     };
-    let old = if want_old {
-        match kv_value(&t, st.as_ref()) {
+    let old = if how.want_old {
+        match kv_value(&t, st.as_ref(), now) {
             Ok(v) => Some(v),
             Err(r) => return r,
         }
     } else {
         None
     };
-    let present = exists_in(st.as_ref());
-    let proceed = match cond {
+    let present = exists_in(st.as_ref(), now);
+    let proceed = match how.cond {
         None => true,
         Some(Cond::Nx) => !present,
         Some(Cond::Xx) => present,
@@ -570,7 +625,7 @@ async fn set<H: Host>(
     let intent = Intent::Put {
         value,
         context: context(st.as_ref()),
-        ttl: atoll_core::op::Ttl::Default,
+        ttl,
     };
     if let Err(r) = write(host, &t, intent).await {
         return r;
@@ -579,6 +634,145 @@ async fn set<H: Host>(
         Some(Some(v)) => Reply::Bulk(v),
         Some(None) => Reply::Null,
         None => Reply::ok(),
+    }
+}
+
+/// The live lww register of a key at physical time `now`: `None` when absent, deleted or expired.
+fn live_lww(st: Option<&KeyState>, now: u64) -> Option<&atoll_core::crdt::lww::LwwRegister> {
+    match st {
+        Some(KeyState::Lww(r)) if r.live_value(now).is_some() => Some(r),
+        _ => None,
+    }
+}
+
+/// `EXPIRE`, `PEXPIRE`, `EXPIREAT`, `PEXPIREAT`: `:1` when the expiry was set (or the key deleted,
+/// for an instant already past, as Redis does), `:0` when the key does not exist or a condition
+/// does not hold. The conditions are read first, then written: not atomic (docs/design/resp.md).
+async fn expire<H: Host>(
+    host: &H,
+    session: &Session,
+    raw: &[u8],
+    when: ExpireWhen,
+    cond: ExpireCond,
+    name: &'static str,
+) -> Reply {
+    let t = match target(host, session, raw, Right::Write, ANY) {
+        Ok(t) => t,
+        Err(r) => return r,
+    };
+    if t.policy.storage() != Policy::Lww {
+        return no_expiry(&t);
+    }
+    let now = host.now_ms();
+    let now_i = i64::try_from(now).unwrap_or(i64::MAX);
+    // The instant asked for (ms since the epoch), checked before the key is looked at, as Redis
+    // does: an overflow is an error, and so is an instant past atoll's longest time to live.
+    let at = match when {
+        ExpireWhen::In(ms) => match now_i.checked_add(ms) {
+            Some(at) => at,
+            None => return invalid_expire(name),
+        },
+        ExpireWhen::At(at) => at,
+    };
+    if at > now_i.saturating_add(i64::try_from(MAX_TTL_MS).unwrap_or(i64::MAX)) {
+        return too_long(name);
+    }
+    let st = match read(host, &t) {
+        Ok(st) => st,
+        Err(r) => return r,
+    };
+    let Some(live) = live_lww(st.as_ref(), now) else {
+        return Reply::Int(0);
+    };
+    let current = live
+        .expires_ms
+        .map(|e| i64::try_from(e).unwrap_or(i64::MAX));
+    let refused = (cond.nx && current.is_some())
+        || (cond.xx && current.is_none())
+        || (cond.gt && current.is_none_or(|c| at <= c))
+        || (cond.lt && current.is_some_and(|c| at >= c));
+    if refused {
+        return Reply::Int(0);
+    }
+    let intent = if at <= now_i {
+        // Already past: Redis deletes the key.
+        Intent::Delete { context: None }
+    } else {
+        let ttl = match (when, u64::try_from(at)) {
+            (ExpireWhen::In(ms), _) => u64::try_from(ms).map(Ttl::After),
+            (ExpireWhen::At(_), at) => at.map(Ttl::At),
+        };
+        match ttl {
+            Ok(ttl) => Intent::Expire { ttl: Some(ttl) },
+            Err(_) => return invalid_expire(name),
+        }
+    };
+    match host.write(t.keyspace, t.key, intent).await {
+        Ok(_) => Reply::Int(1),
+        // Deleted or expired since it was read.
+        Err(AtollError::NotFound) => Reply::Int(0),
+        Err(e) => atoll_error(&e),
+    }
+}
+
+/// `TTL`, `PTTL`, `EXPIRETIME`, `PEXPIRETIME`: `-2` when the key does not exist, `-1` when it has
+/// no expiry (every counter and set key, and mvr keys), else the time left or the instant, in
+/// seconds rounded as Redis rounds them (`(ms + 500) / 1000`) or milliseconds.
+fn ttl<H: Host>(host: &H, session: &Session, raw: &[u8], query: TtlQuery) -> Reply {
+    let t = match target(host, session, raw, Right::Read, ANY) {
+        Ok(t) => t,
+        Err(r) => return r,
+    };
+    let st = match read(host, &t) {
+        Ok(st) => st,
+        Err(r) => return r,
+    };
+    let now = host.now_ms();
+    if !exists_in(st.as_ref(), now) {
+        return Reply::Int(-2);
+    }
+    let Some(expires) = live_lww(st.as_ref(), now).and_then(|r| r.expires_ms) else {
+        return Reply::Int(-1);
+    };
+    let ms = if query.absolute {
+        expires
+    } else {
+        expires.saturating_sub(now)
+    };
+    let v = if query.ms {
+        ms
+    } else {
+        ms.saturating_add(500) / 1000
+    };
+    Reply::Int(i64::try_from(v).unwrap_or(i64::MAX))
+}
+
+/// `PERSIST`: `:1` when the key had an expiry and it was removed, `:0` otherwise, without a write
+/// (keys of mvr, counter and set keyspaces never have one).
+async fn persist<H: Host>(host: &H, session: &Session, raw: &[u8]) -> Reply {
+    let t = match target(host, session, raw, Right::Write, ANY) {
+        Ok(t) => t,
+        Err(r) => return r,
+    };
+    if t.policy.storage() != Policy::Lww {
+        return Reply::Int(0);
+    }
+    let st = match read(host, &t) {
+        Ok(st) => st,
+        Err(r) => return r,
+    };
+    let now = host.now_ms();
+    if live_lww(st.as_ref(), now).is_none_or(|r| r.expires_ms.is_none()) {
+        return Reply::Int(0);
+    }
+    match host
+        .write(t.keyspace, t.key, Intent::Expire { ttl: None })
+        .await
+    {
+        Ok(_) => Reply::Int(1),
+        // Deleted or expired since it was read.
+        Err(AtollError::NotFound) => Reply::Int(0),
+        Err(e) => atoll_error(&e),
     }
 }
 
@@ -603,7 +797,7 @@ async fn del<H: Host>(host: &H, session: &Session, keys: &[Vec<u8>]) -> Reply {
             Ok(st) => st,
             Err(r) => return r,
         };
-        if !exists_in(st.as_ref()) {
+        if !exists_in(st.as_ref(), host.now_ms()) {
             continue;
         }
         let intent = match &st {
@@ -631,7 +825,7 @@ fn exists<H: Host>(host: &H, session: &Session, keys: &[Vec<u8>]) -> Reply {
             Err(r) => return r,
         };
         match read(host, &t) {
-            Ok(st) if exists_in(st.as_ref()) => n += 1,
+            Ok(st) if exists_in(st.as_ref(), host.now_ms()) => n += 1,
             Ok(_) => {}
             Err(r) => return r,
         }

@@ -4,7 +4,7 @@
 use atoll_config::Config;
 use atoll_config::auth::Tokens;
 use atoll_core::AtollError;
-use atoll_core::clock::SystemClock;
+use atoll_core::clock::ManualClock;
 use atoll_core::op::{Intent, KeyState};
 use atoll_resp::exec::{Host, HostInfo, PeerInfo, Session, execute};
 use atoll_resp::{Limits, Reply, command, connection};
@@ -54,10 +54,16 @@ read = ["sessions", "flags"]
 write = ["sessions"]
 "#;
 
+/// Where the test clock starts: 2023-11-14T22:13:20Z, in ms since the epoch.
+const T0: u64 = 1_700_000_000_000;
+
 struct StoreHost {
     config: Config,
     tokens: Option<Tokens>,
     store: Store,
+    /// The region's physical clock, shared with the store (its HLC stamps writes from it): tests
+    /// move it to expire keys.
+    clock: Arc<ManualClock>,
     writes: AtomicUsize,
 }
 
@@ -68,19 +74,21 @@ impl StoreHost {
             let text = TOKENS.replace("SHA_APP", &atoll_config::auth::sha256_hex("s3cret"));
             Tokens::parse(&text, "tokens.toml", &config).expect("tokens")
         });
+        let clock = Arc::new(ManualClock::new(T0));
         let store = Store::open(
             Arc::new(MemBackend::default()),
             StoreOptions::new(
                 atoll_core::RegionId::new("us-east-1").expect("region"),
                 config.keyspaces.clone(),
             ),
-            Arc::new(SystemClock),
+            clock.clone(),
         )
         .expect("store");
         Self {
             config,
             tokens,
             store,
+            clock,
             writes: AtomicUsize::new(0),
         }
     }
@@ -93,6 +101,10 @@ impl Host for StoreHost {
 
     fn tokens(&self) -> Option<&Tokens> {
         self.tokens.as_ref()
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.store.now_ms()
     }
 
     fn read(&self, keyspace: &str, key: &[u8]) -> Result<Option<KeyState>, AtollError> {
@@ -232,14 +244,7 @@ async fn a_script_gets_the_answers_redis_gives() {
         ("GET nope:x", "ERR unknown keyspace 'nope' (key 'nope:x')"),
         ("GET alice", "ERR unknown keyspace 'alice'"),
         ("GET sessions:", "ERR ATOLL-EMPTY-KEY"),
-        (
-            "SET sessions:a v EX 10",
-            "ERR expiring keys are not supported yet",
-        ),
-        (
-            "EXPIRE sessions:a 10",
-            "ERR expiring keys are not supported yet",
-        ),
+        ("GETEX sessions:a", "ERR GETEX is not supported"),
         ("SELECT 1", "ERR DB index is out of range"),
         (
             "AUTH x",
@@ -284,6 +289,539 @@ async fn a_script_gets_the_answers_redis_gives() {
     let cmd = command::parse(words("QUIT")).unwrap();
     let step = execute(&host, &mut s, cmd).await;
     assert!(step.close && step.reply == ok());
+}
+
+/// Runs `script` and checks every reply exactly.
+async fn script(host: &StoreHost, s: &mut Session, script: &[(&str, Reply)]) {
+    for (line, want) in script {
+        assert_eq!(&ask(host, s, line).await, want, "{line}");
+    }
+}
+
+fn int(v: i64) -> Reply {
+    Reply::Int(v)
+}
+
+/// An instant `ms` after the test clock's start, as a decimal argument.
+fn at_ms(ms: u64) -> String {
+    (T0 + ms).to_string()
+}
+
+#[tokio::test]
+async fn set_with_an_expiry_is_absent_once_the_region_clock_passes_it() {
+    let host = StoreHost::new("", false);
+    let mut s = Session::new(1);
+    script(
+        &host,
+        &mut s,
+        &[
+            ("SET sessions:a v EX 10", ok()),
+            ("GET sessions:a", bulk("v")),
+            ("TTL sessions:a", int(10)),
+            ("PTTL sessions:a", int(10_000)),
+            // (T0 + 10 s + 500) / 1000: seconds are rounded as Redis rounds them.
+            ("EXPIRETIME sessions:a", int(1_700_000_010)),
+            ("PEXPIRETIME sessions:a", int(1_700_000_010_000)),
+        ],
+    )
+    .await;
+    host.clock.advance(9_499);
+    script(
+        &host,
+        &mut s,
+        &[("PTTL sessions:a", int(501)), ("TTL sessions:a", int(1))],
+    )
+    .await;
+    host.clock.advance(2);
+    script(
+        &host,
+        &mut s,
+        &[
+            ("PTTL sessions:a", int(499)),
+            ("TTL sessions:a", int(0)),
+            ("GET sessions:a", bulk("v")),
+            ("EXISTS sessions:a", int(1)),
+        ],
+    )
+    .await;
+    // At the expiry instant the key is gone for every read, and a DEL of it writes nothing.
+    host.clock.advance(499);
+    let writes = host.writes.load(Ordering::SeqCst);
+    script(
+        &host,
+        &mut s,
+        &[
+            ("GET sessions:a", Reply::Null),
+            ("EXISTS sessions:a", int(0)),
+            ("TTL sessions:a", int(-2)),
+            ("PTTL sessions:a", int(-2)),
+            ("EXPIRETIME sessions:a", int(-2)),
+            ("PEXPIRETIME sessions:a", int(-2)),
+            ("DEL sessions:a", int(0)),
+            ("PERSIST sessions:a", int(0)),
+            ("EXPIRE sessions:a 100", int(0)),
+            ("SET sessions:a w XX", Reply::Null),
+            ("SET sessions:a w XX GET", Reply::Null),
+        ],
+    )
+    .await;
+    assert_eq!(host.writes.load(Ordering::SeqCst), writes);
+    // NX sees it absent; a later write revives it, without an expiry.
+    script(
+        &host,
+        &mut s,
+        &[
+            ("SET sessions:a w NX GET", Reply::Null),
+            ("GET sessions:a", bulk("w")),
+            ("TTL sessions:a", int(-1)),
+            ("PEXPIRETIME sessions:a", int(-1)),
+        ],
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn every_set_expiry_form_and_keepttl() {
+    let host = StoreHost::new("", false);
+    let mut s = Session::new(1);
+    let exat = format!("SET sessions:exat v EXAT {}", (T0 + 30_000) / 1000);
+    let pxat = format!("SET sessions:pxat v PXAT {}", at_ms(1_234));
+    script(
+        &host,
+        &mut s,
+        &[
+            ("SET sessions:px v PX 1500", ok()),
+            ("PTTL sessions:px", int(1_500)),
+            ("TTL sessions:px", int(2)),
+            (&exat, ok()),
+            ("PTTL sessions:exat", int(30_000)),
+            ("EXPIRETIME sessions:exat", int(1_700_000_030)),
+            (&pxat, ok()),
+            ("PEXPIRETIME sessions:pxat", int(1_700_000_001_234)),
+            ("SETEX sessions:sx 7 x", ok()),
+            ("GET sessions:sx", bulk("x")),
+            ("TTL sessions:sx", int(7)),
+            ("PSETEX sessions:psx 700 y", ok()),
+            ("PTTL sessions:psx", int(700)),
+            // A repeated option: the last one counts.
+            ("SET sessions:twice v EX 5 EX 9", ok()),
+            ("TTL sessions:twice", int(9)),
+            // NX and GET with an expiry.
+            ("SET sessions:nx v NX EX 3", ok()),
+            ("PTTL sessions:nx", int(3_000)),
+            ("SET sessions:nx w NX EX 30 GET", bulk("v")),
+            ("PTTL sessions:nx", int(3_000)),
+            ("SET sessions:nx w XX PX 250 GET", bulk("v")),
+            ("PTTL sessions:nx", int(250)),
+            ("GET sessions:nx", bulk("w")),
+        ],
+    )
+    .await;
+    // KEEPTTL keeps the expiry of the live value, on a later write too.
+    host.clock.advance(500);
+    script(
+        &host,
+        &mut s,
+        &[
+            ("SET sessions:px v2 KEEPTTL", ok()),
+            ("GET sessions:px", bulk("v2")),
+            ("PTTL sessions:px", int(1_000)),
+            ("PEXPIRETIME sessions:px", int(1_700_000_001_500)),
+            // A plain SET removes the expiry (no default_ttl in this keyspace), as in Redis.
+            ("SET sessions:exat v2", ok()),
+            ("TTL sessions:exat", int(-1)),
+            // KEEPTTL on a key without expiry: none.
+            ("SET sessions:exat v3 KEEPTTL", ok()),
+            ("TTL sessions:exat", int(-1)),
+            // KEEPTTL on an absent key: none.
+            ("SET sessions:fresh v KEEPTTL", ok()),
+            ("TTL sessions:fresh", int(-1)),
+        ],
+    )
+    .await;
+    host.clock.advance(1_000);
+    script(
+        &host,
+        &mut s,
+        &[
+            ("GET sessions:px", Reply::Null),
+            ("GET sessions:psx", Reply::Null),
+            // Its instant (T0 + 1.234 s) has passed too.
+            ("GET sessions:pxat", Reply::Null),
+            ("GET sessions:sx", bulk("x")),
+            // KEEPTTL on an expired key: the key is new, without expiry.
+            ("SET sessions:px v3 KEEPTTL", ok()),
+            ("GET sessions:px", bulk("v3")),
+            ("TTL sessions:px", int(-1)),
+        ],
+    )
+    .await;
+    // An instant already past is written expired: the key reads absent at once (Redis deletes it).
+    let past = format!("SET sessions:sx gone PXAT {}", at_ms(1_000));
+    script(
+        &host,
+        &mut s,
+        &[
+            (&past, ok()),
+            ("GET sessions:sx", Reply::Null),
+            ("EXISTS sessions:sx", int(0)),
+        ],
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn bad_expiries_are_refused_and_change_nothing() {
+    let host = StoreHost::new("", false);
+    let mut s = Session::new(1);
+    assert_eq!(ask(&host, &mut s, "SET sessions:k v EX 100").await, ok());
+    let writes = host.writes.load(Ordering::SeqCst);
+    let too_far = format!(
+        "SET sessions:k w PXAT {}",
+        T0 + atoll_core::op::MAX_TTL_MS + 1
+    );
+    let too_far_at = format!(
+        "PEXPIREAT sessions:k {}",
+        T0 + atoll_core::op::MAX_TTL_MS + 1
+    );
+    for (line, want) in [
+        (
+            "SET sessions:k w EX 0",
+            "ERR invalid expire time in 'set' command",
+        ),
+        (
+            "SET sessions:k w PX -5",
+            "ERR invalid expire time in 'set' command",
+        ),
+        (
+            "SET sessions:k w EXAT 0",
+            "ERR invalid expire time in 'set' command",
+        ),
+        (
+            "SET sessions:k w EX x",
+            "ERR value is not an integer or out of range",
+        ),
+        ("SET sessions:k w EX 1 PX 1", "ERR syntax error"),
+        ("SET sessions:k w KEEPTTL PXAT 1", "ERR syntax error"),
+        (
+            "SETEX sessions:k 0 w",
+            "ERR invalid expire time in 'setex' command",
+        ),
+        (
+            "PSETEX sessions:k -1 w",
+            "ERR invalid expire time in 'psetex' command",
+        ),
+        (
+            "SETEX sessions:k 10",
+            "ERR wrong number of arguments for 'setex' command",
+        ),
+        (
+            "SET sessions:k w EX 3153600001",
+            "ERR invalid expire time in 'set' command (atoll: a time to live is at most 100 years)",
+        ),
+        (
+            &too_far,
+            "ERR invalid expire time in 'set' command (atoll: a time to live is at most 100 years)",
+        ),
+        (
+            "EXPIRE sessions:k 3153600001",
+            "ERR invalid expire time in 'expire' command (atoll: a time to live is at most 100 years)",
+        ),
+        (
+            &too_far_at,
+            "ERR invalid expire time in 'pexpireat' command (atoll: a time to live is at most 100 years)",
+        ),
+        (
+            "PEXPIRE sessions:k 9223372036854775807",
+            "ERR invalid expire time in 'pexpire' command",
+        ),
+        (
+            "EXPIRE sessions:k soon",
+            "ERR value is not an integer or out of range",
+        ),
+        ("EXPIRE sessions:k 10 later", "ERR Unsupported option later"),
+        (
+            "EXPIRE sessions:k 10 NX GT",
+            "ERR NX and XX, GT or LT options at the same time are not compatible",
+        ),
+        (
+            "EXPIRE sessions:k 10 GT LT",
+            "ERR GT and LT options at the same time are not compatible",
+        ),
+        (
+            "TTL sessions:k sessions:j",
+            "ERR wrong number of arguments for 'ttl' command",
+        ),
+        (
+            "GETEX sessions:k PERSIST",
+            "ERR GETEX is not supported by atoll's RESP front yet: use GET, then EXPIRE, PEXPIRE or PERSIST (not atomic; docs/design/resp.md)",
+        ),
+    ] {
+        assert_eq!(
+            ask(&host, &mut s, line).await,
+            Reply::Error(want.to_string()),
+            "{line}"
+        );
+    }
+    assert_eq!(host.writes.load(Ordering::SeqCst), writes);
+    script(
+        &host,
+        &mut s,
+        &[
+            ("GET sessions:k", bulk("v")),
+            ("PTTL sessions:k", int(100_000)),
+        ],
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn expire_sets_a_new_expiry_and_a_past_one_deletes() {
+    let host = StoreHost::new("", false);
+    let mut s = Session::new(1);
+    let expireat = format!("EXPIREAT sessions:k {}", T0 / 1000 + 50);
+    let pexpireat = format!("PEXPIREAT sessions:k {}", at_ms(7_000));
+    script(
+        &host,
+        &mut s,
+        &[
+            ("EXPIRE sessions:nobody 10", int(0)),
+            ("PEXPIREAT sessions:nobody 1", int(0)),
+            ("SET sessions:k v", ok()),
+            ("TTL sessions:k", int(-1)),
+            ("EXPIRE sessions:k 100", int(1)),
+            ("TTL sessions:k", int(100)),
+            ("GET sessions:k", bulk("v")),
+            ("PEXPIRE sessions:k 5000", int(1)),
+            ("PTTL sessions:k", int(5_000)),
+            (&expireat, int(1)),
+            ("EXPIRETIME sessions:k", int(1_700_000_050)),
+            (&pexpireat, int(1)),
+            ("PTTL sessions:k", int(7_000)),
+            ("GET sessions:k", bulk("v")),
+        ],
+    )
+    .await;
+    assert!(host.store.get("sessions", b"nobody").unwrap().is_none());
+    // Moving the expiry later keeps the key past its old expiry.
+    host.clock.advance(6_000);
+    assert_eq!(ask(&host, &mut s, "EXPIRE sessions:k 10").await, int(1));
+    host.clock.advance(5_000);
+    script(
+        &host,
+        &mut s,
+        &[
+            ("GET sessions:k", bulk("v")),
+            ("TTL sessions:k", int(5)),
+            // Zero, negative, and an instant already past: the key is deleted, answer 1.
+            ("EXPIRE sessions:k 0", int(1)),
+            ("GET sessions:k", Reply::Null),
+            ("EXISTS sessions:k", int(0)),
+            ("TTL sessions:k", int(-2)),
+            ("EXPIRE sessions:k 0", int(0)),
+            ("SET sessions:k v", ok()),
+            ("PEXPIRE sessions:k -1", int(1)),
+            ("GET sessions:k", Reply::Null),
+            ("SET sessions:k v", ok()),
+            ("EXPIREAT sessions:k 1", int(1)),
+            ("GET sessions:k", Reply::Null),
+        ],
+    )
+    .await;
+    // The delete is a write (a tombstone), not just a hidden value.
+    let Some(atoll_core::op::KeyState::Lww(r)) = host.store.get("sessions", b"k").unwrap() else {
+        panic!("an lww state");
+    };
+    assert_eq!((r.value, r.expires_ms), (None, None));
+}
+
+#[tokio::test]
+async fn expire_conditions_nx_xx_gt_lt() {
+    let host = StoreHost::new("", false);
+    let mut s = Session::new(1);
+    script(
+        &host,
+        &mut s,
+        &[
+            ("SET sessions:k v", ok()),
+            // No expiry: XX and GT refuse (no expiry counts as infinite), LT and NX set.
+            ("EXPIRE sessions:k 10 XX", int(0)),
+            ("EXPIRE sessions:k 10 GT", int(0)),
+            ("EXPIRE sessions:k 10 XX LT", int(0)),
+            ("TTL sessions:k", int(-1)),
+            ("EXPIRE sessions:k 10 LT", int(1)),
+            ("TTL sessions:k", int(10)),
+            ("PERSIST sessions:k", int(1)),
+            ("EXPIRE sessions:k 10 NX", int(1)),
+            ("TTL sessions:k", int(10)),
+            // With an expiry of 10 s.
+            ("EXPIRE sessions:k 20 NX", int(0)),
+            ("EXPIRE sessions:k 5 GT", int(0)),
+            ("EXPIRE sessions:k 10 GT", int(0)),
+            ("EXPIRE sessions:k 30 LT", int(0)),
+            ("EXPIRE sessions:k 10 LT", int(0)),
+            ("TTL sessions:k", int(10)),
+            ("EXPIRE sessions:k 20 gt xx", int(1)),
+            ("TTL sessions:k", int(20)),
+            ("EXPIRE sessions:k 15 LT XX", int(1)),
+            ("TTL sessions:k", int(15)),
+            ("PEXPIRE sessions:k 14000 XX", int(1)),
+            ("PTTL sessions:k", int(14_000)),
+            // A refused past instant does not delete.
+            ("EXPIRE sessions:k -1 GT", int(0)),
+            ("GET sessions:k", bulk("v")),
+            ("EXPIRE sessions:k -1 LT", int(1)),
+            ("GET sessions:k", Reply::Null),
+            ("EXPIRE sessions:k 10 NX", int(0)),
+        ],
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn persist_removes_an_expiry_and_writes_only_then() {
+    let host = StoreHost::new("", false);
+    let mut s = Session::new(1);
+    script(
+        &host,
+        &mut s,
+        &[
+            ("PERSIST sessions:nobody", int(0)),
+            ("SET sessions:k v", ok()),
+        ],
+    )
+    .await;
+    let writes = host.writes.load(Ordering::SeqCst);
+    assert_eq!(ask(&host, &mut s, "PERSIST sessions:k").await, int(0));
+    assert_eq!(host.writes.load(Ordering::SeqCst), writes);
+    script(
+        &host,
+        &mut s,
+        &[
+            ("EXPIRE sessions:k 5", int(1)),
+            ("PERSIST sessions:k", int(1)),
+            ("TTL sessions:k", int(-1)),
+            ("PEXPIRETIME sessions:k", int(-1)),
+            ("GET sessions:k", bulk("v")),
+            ("PERSIST sessions:k", int(0)),
+        ],
+    )
+    .await;
+    assert_eq!(host.writes.load(Ordering::SeqCst), writes + 2);
+    host.clock.advance(60_000);
+    assert_eq!(ask(&host, &mut s, "GET sessions:k").await, bulk("v"));
+    // PERSIST of an expired key: it does not exist.
+    script(
+        &host,
+        &mut s,
+        &[
+            ("PSETEX sessions:k 10 v", ok()),
+            ("PERSIST sessions:k", int(1)),
+            ("PEXPIRE sessions:k 10", int(1)),
+        ],
+    )
+    .await;
+    host.clock.advance(10);
+    let writes = host.writes.load(Ordering::SeqCst);
+    assert_eq!(ask(&host, &mut s, "PERSIST sessions:k").await, int(0));
+    assert_eq!(host.writes.load(Ordering::SeqCst), writes);
+}
+
+#[tokio::test]
+async fn a_keyspace_default_ttl_applies_to_a_plain_set() {
+    let host = StoreHost::new(
+        "[[keyspaces]]\nname = \"carts2\"\npolicy = \"lww\"\ndefault_ttl = \"60s\"\n",
+        false,
+    );
+    let mut s = Session::new(1);
+    script(
+        &host,
+        &mut s,
+        &[
+            ("SET carts2:a v", ok()),
+            ("TTL carts2:a", int(60)),
+            ("SET carts2:a v EX 5", ok()),
+            ("TTL carts2:a", int(5)),
+            ("SET carts2:a v KEEPTTL", ok()),
+            ("TTL carts2:a", int(5)),
+            // PERSIST removes the expiry, default or not.
+            ("PERSIST carts2:a", int(1)),
+            ("TTL carts2:a", int(-1)),
+            ("SET carts2:a v", ok()),
+            ("TTL carts2:a", int(60)),
+        ],
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn counters_sets_and_mvr_keys_have_no_expiry() {
+    let host = StoreHost::new("", false);
+    let mut s = Session::new(1);
+    script(
+        &host,
+        &mut s,
+        &[
+            ("INCR ratelimits:api", int(1)),
+            ("SADD flags:beta on", int(1)),
+            ("SET carts:c1 apple", ok()),
+            ("TTL ratelimits:api", int(-1)),
+            ("PTTL flags:beta", int(-1)),
+            ("EXPIRETIME carts:c1", int(-1)),
+            ("PEXPIRETIME ratelimits:api", int(-1)),
+            ("TTL ratelimits:none", int(-2)),
+            ("TTL flags:none", int(-2)),
+            ("PTTL carts:none", int(-2)),
+            // PERSIST: they have no expiry to remove.
+            ("PERSIST ratelimits:api", int(0)),
+            ("PERSIST flags:beta", int(0)),
+            ("PERSIST carts:c1", int(0)),
+        ],
+    )
+    .await;
+    let writes = host.writes.load(Ordering::SeqCst);
+    for (line, want) in [
+        (
+            "EXPIRE ratelimits:api 10",
+            "keyspace 'ratelimits' is counter: its keys do not expire",
+        ),
+        (
+            "PEXPIREAT flags:beta 1",
+            "keyspace 'flags' is set: its keys do not expire",
+        ),
+        (
+            "EXPIRE carts:c1 10",
+            "keyspace 'carts' is mvr: its keys do not expire",
+        ),
+        (
+            "SET carts:c1 pear EX 10",
+            "keyspace 'carts' is mvr: its keys do not expire",
+        ),
+        (
+            "SET carts:c1 pear KEEPTTL",
+            "keyspace 'carts' is mvr: its keys do not expire",
+        ),
+        (
+            "SETEX carts:c1 10 pear",
+            "keyspace 'carts' is mvr: its keys do not expire",
+        ),
+        (
+            "PSETEX ratelimits:api 10 5",
+            "keyspace 'ratelimits' is counter: INCR",
+        ),
+    ] {
+        let r = ask(&host, &mut s, line).await;
+        assert!(
+            matches!(&r, Reply::Error(e) if e.starts_with("WRONGTYPE Operation against a key holding the wrong kind of value (") && e.contains(want)),
+            "{line}: {r:?}"
+        );
+    }
+    assert!(err_starting(
+        &ask(&host, &mut s, "TTL seats:1").await,
+        "ERR keyspace 'seats' is strong"
+    ));
+    assert_eq!(host.writes.load(Ordering::SeqCst), writes);
+    assert_eq!(ask(&host, &mut s, "GET carts:c1").await, bulk("apple"));
 }
 
 #[tokio::test]
@@ -364,7 +902,17 @@ async fn with_tokens_every_command_needs_auth_and_grants_apply() {
         ask(&host, &mut s, "SMEMBERS flags:x").await,
         Reply::Set(vec![])
     );
-    for line in ["SADD flags:x m", "INCR ratelimits:a", "GET carts:c"] {
+    // TTL reads (the grant on flags allows it); EXPIRE and PERSIST write.
+    assert_eq!(ask(&host, &mut s, "TTL flags:x").await, Reply::Int(-2));
+    assert_eq!(ask(&host, &mut s, "TTL sessions:a").await, Reply::Int(-1));
+    for line in [
+        "SADD flags:x m",
+        "INCR ratelimits:a",
+        "GET carts:c",
+        "PERSIST flags:x",
+        "EXPIRE ratelimits:a 10",
+        "TTL carts:c",
+    ] {
         let r = ask(&host, &mut s, line).await;
         assert!(err_starting(&r, "NOPERM"), "{line}: {r:?}");
     }

@@ -48,6 +48,10 @@ impl atoll_resp::Host for RespHost {
         self.state.auth.as_deref()
     }
 
+    fn now_ms(&self) -> u64 {
+        self.state.store.now_ms()
+    }
+
     fn read(&self, keyspace: &str, key: &[u8]) -> Result<Option<KeyState>, AtollError> {
         self.check_serving()?;
         self.state.store.get(keyspace, key)

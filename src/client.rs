@@ -136,6 +136,24 @@ pub enum CounterCommand {
 }
 
 #[derive(Subcommand, Debug)]
+pub enum RatelimitCommand {
+    /// Ask to admit a request: prints allowed or denied with what is left; exits 2 when denied.
+    #[command(
+        after_help = "Examples:\n  atoll ratelimit hit api-quota user-1\n  atoll ratelimit hit api-quota user-1 --cost 3"
+    )]
+    Hit {
+        keyspace: String,
+        key: String,
+        /// What the request costs against the limit.
+        #[arg(long, default_value_t = 1)]
+        cost: u64,
+    },
+    /// What is left of the budget now (nothing is counted).
+    #[command(after_help = "Example:\n  atoll ratelimit get api-quota user-1")]
+    Get { keyspace: String, key: String },
+}
+
+#[derive(Subcommand, Debug)]
 pub enum SetCommand {
     /// Add members; prints the set's members after the update.
     #[command(after_help = "Example:\n  atoll set add flags beta dark-mode new-checkout")]
@@ -496,6 +514,60 @@ fn expiry_text(at_ms: u64) -> String {
     } else {
         format!("at {at_ms} ms since the epoch (expired)")
     }
+}
+
+pub async fn ratelimit(args: ClientArgs, cmd: RatelimitCommand) -> Result<()> {
+    let c = Client::new(&args)?;
+    let (r, hit) = match cmd {
+        RatelimitCommand::Hit {
+            keyspace,
+            key,
+            cost,
+        } => {
+            let req = c
+                .http
+                .post(c.url("ratelimit", &keyspace, &key))
+                .json(&json!({ "cost": cost }));
+            (c.send(req).await?, true)
+        }
+        RatelimitCommand::Get { keyspace, key } => (
+            c.send(c.http.get(c.url("ratelimit", &keyspace, &key)))
+                .await?,
+            false,
+        ),
+    };
+    // 429 is a decision (denied), not an error.
+    let denied = r.status == 429;
+    let v = if denied {
+        r.json()?
+    } else {
+        r.check()?.json()?
+    };
+    match c.output {
+        Output::Json => c.print_json(&v),
+        Output::Human => {
+            let left = format!(
+                "{} of {} left in {}",
+                v["remaining"],
+                v["limit"],
+                v["region"].as_str().unwrap_or("?")
+            );
+            if denied {
+                println!(
+                    "denied: {left}; retry in {}",
+                    atoll_config::duration::human(v["retry_after_ms"].as_u64().unwrap_or(0))
+                );
+            } else if hit {
+                println!("allowed: {left}");
+            } else {
+                println!("{left}");
+            }
+        }
+    }
+    if denied {
+        std::process::exit(2);
+    }
+    Ok(())
 }
 
 pub async fn counter(args: ClientArgs, cmd: CounterCommand) -> Result<()> {

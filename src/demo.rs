@@ -48,6 +48,11 @@ pub fn demo_config(port_base: u16, model: atoll_config::Model) -> String {
         .keyspace(KeyspaceToml::new("sessions", Policy::Lww))
         .keyspace(KeyspaceToml::new("carts", Policy::Mvr))
         .keyspace(KeyspaceToml::new("ratelimits", Policy::Counter))
+        .keyspace(
+            KeyspaceToml::new("api-quota", Policy::RateLimit)
+                .line("limit = 5")
+                .line("window = \"1m\""),
+        )
         .keyspace(KeyspaceToml::new("flags", Policy::Set))
         .keyspace(KeyspaceToml::new("inventory", Policy::Lww).line("on_minority = \"read-only\""))
         .keyspace(KeyspaceToml::new("seats", Policy::Strong));
@@ -492,6 +497,9 @@ pub async fn run(
         pb = crate::demo_control::port_base_flag(port_base),
     );
 
+    println!(
+        "\nExpiring sessions and a rate limit counted across regions (`api-quota`: 5 per minute):\n  redis-cli -p {rw} SET sessions:dave token-4 EX 30\n  redis-cli -p {rr} TTL sessions:dave\n  atoll ratelimit hit api-quota user-1 --cost 3 --endpoint {e0}\n  atoll ratelimit hit api-quota user-1 --cost 3 --endpoint {w2}   # denied: 2 of 5 left, counted in both"
+    );
     println!(
         "\nStrong (`seats`, linearizable, on consensus across the regions): book seat 12A only if it\nis free (--if-match 0); the second booking is refused with ATOLL-REVISION-MISMATCH:\n  atoll kv put seats 12A alice --if-match 0 --endpoint {e0}\n  atoll kv put seats 12A bob --if-match 0 --endpoint {w1}"
     );

@@ -134,6 +134,16 @@ enum Command {
         #[command(subcommand)]
         command: client::CounterCommand,
     },
+    /// Ask a rate limit to admit a request, or read what is left (ratelimit keyspaces).
+    #[command(
+        after_help = "Examples:\n  atoll ratelimit hit api-quota user-1\n  atoll ratelimit hit api-quota user-1 --cost 3\n  atoll ratelimit get api-quota user-1\n\n`hit` exits 0 when admitted and 2 when not (nothing counted), for scripts."
+    )]
+    Ratelimit {
+        #[command(flatten)]
+        client: client::ClientArgs,
+        #[command(subcommand)]
+        command: client::RatelimitCommand,
+    },
     /// Add, remove and list set members.
     #[command(
         after_help = "Examples:\n  atoll set add flags beta dark-mode new-checkout\n  atoll set members flags beta"
@@ -524,6 +534,9 @@ fn main() -> ExitCode {
                         client::watch(client, target).await
                     }
                     Command::Counter { client, command } => client::counter(client, command).await,
+                    Command::Ratelimit { client, command } => {
+                        client::ratelimit(client, command).await
+                    }
                     Command::Set { client, command } => client::set(client, command).await,
                     Command::Status { client, max_lag } => client::status(client, max_lag).await,
                     Command::Drill { command } => drill::run(command).await,

@@ -551,6 +551,72 @@ async fn demo_scenario(dir: &TestDir) -> Result<()> {
         sh(&resp_get).is_ok_and(|v| v == "token-3")
     })?;
 
+    // The printed expiring session and rate limit, run as printed: the session's TTL is read in
+    // another region once replicated; the rate limit counts the first region's admission in the
+    // second, which then refuses (exit 2, nothing counted).
+    let containing = |needle: &str| -> Result<String> {
+        demo.stdout
+            .lock()
+            .map_err(|_| anyhow!("stdout lock"))?
+            .iter()
+            .find(|l| l.contains(needle))
+            .cloned()
+            .ok_or_else(|| anyhow!("no line containing {needle:?}\n{}", demo.output()))
+    };
+    let ttl_set = containing("SET sessions:dave")?;
+    let ttl_get = containing("TTL sessions:dave")?;
+    ensure!(sh(&ttl_set)? == "OK", "{ttl_set}");
+    wait_until(Duration::from_secs(30), "the printed TTL", || {
+        sh(&ttl_get).is_ok_and(|v| v.parse::<i64>().is_ok_and(|s| (1..=30).contains(&s)))
+    })?;
+    let hits: Vec<String> = demo
+        .stdout
+        .lock()
+        .map_err(|_| anyhow!("stdout lock"))?
+        .iter()
+        .filter(|l| l.starts_with("  atoll ratelimit hit api-quota"))
+        .cloned()
+        .collect();
+    let [first, second] = hits.as_slice() else {
+        bail!(
+            "expected two printed `atoll ratelimit hit` lines\n{}",
+            demo.output()
+        );
+    };
+    let run = |line: &str| -> Result<std::process::Output> {
+        // The line as printed, without its trailing comment (sh drops it anyway).
+        Ok(Command::new("sh")
+            .arg("-c")
+            .arg(line.trim())
+            .env("PATH", &path)
+            .output()?)
+    };
+    let out = run(first)?;
+    ensure!(
+        out.status.success()
+            && String::from_utf8_lossy(&out.stdout).contains("allowed: 2 of 5 left"),
+        "{first}: {out:?}"
+    );
+    let second_at = second
+        .split_whitespace()
+        .skip_while(|w| *w != "--endpoint")
+        .nth(1)
+        .ok_or_else(|| anyhow!("no --endpoint in `{second}`"))?
+        .to_string();
+    let peek = format!("atoll ratelimit get api-quota user-1 --endpoint {second_at}");
+    wait_until(
+        Duration::from_secs(30),
+        "the admission to replicate",
+        || run(&peek).is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("2 of 5 left")),
+    )?;
+    let out = run(second)?;
+    ensure!(
+        out.status.code() == Some(2)
+            && String::from_utf8_lossy(&out.stdout).contains("denied: 2 of 5 left"),
+        "{second}: {out:?}"
+    );
+    println!("{}", String::from_utf8_lossy(&out.stdout).trim());
+
     let watch_line = printed("  atoll watch flags")?;
     let add_line = printed("  atoll set add flags beta")?;
     let watch_at = watch_line

@@ -396,8 +396,10 @@ mod tests {
         );
         assert_eq!(s.idle_from(), Some(6_000));
         // A late delta for an old window is dropped by the merge, from either side.
-        let mut old = RateWindows::default();
-        old.window_ms = 1_000;
+        let mut old = RateWindows {
+            window_ms: 1_000,
+            ..Default::default()
+        };
         old.windows.insert(1_000, BTreeMap::from([(r("b"), 9)]));
         assert_eq!(s.clone().merged(&old), s);
         assert_eq!(old.merged(&s), s);
@@ -405,11 +407,15 @@ mod tests {
 
     #[test]
     fn a_longer_window_wins_a_merge() {
-        let mut a = RateWindows::default();
-        a.window_ms = 1_000;
+        let mut a = RateWindows {
+            window_ms: 1_000,
+            ..Default::default()
+        };
         a.windows.insert(1_000, BTreeMap::from([(r("a"), 1)]));
-        let mut b = RateWindows::default();
-        b.window_ms = 60_000;
+        let mut b = RateWindows {
+            window_ms: 60_000,
+            ..Default::default()
+        };
         b.windows.insert(0, BTreeMap::from([(r("b"), 2)]));
         assert_eq!(a.clone().merged(&b), b);
         assert_eq!(b.clone().merged(&a), b);

@@ -46,9 +46,17 @@
 //!     collecting region's own clock has passed the expiry. Invariants 1 and 2 read an expiring
 //!     value as absent once the expiry is past (by the fastest clock of the views: a region that
 //!     collected it had passed it by its own).
+//! 13. [`rate_limits`] (`docs/design/rate-limits.md`): per key and window, a `split` keyspace
+//!     never admitted more than its limit in all and no region of a `shared` one more than the
+//!     limit by itself, under any partition; every region's state holds the newest window
+//!     admitted in (and at most the one before), each with exactly the cost each region admitted
+//!     in it, or nothing once the key went idle.
 
 use crate::fencing::Promotion;
-use crate::model::{CARTS, FLAGS, History, LwwWrite, RATELIMITS, SESSIONS, Stamp};
+use crate::model::{
+    CARTS, FLAGS, History, LwwWrite, QUOTA, QUOTA_LIMIT, QUOTA_SPLIT, QUOTA_SPLIT_LIMIT,
+    RATELIMITS, SESSIONS, Stamp,
+};
 use atoll_core::RegionId;
 use atoll_core::causal::{Dot, VersionVector};
 use atoll_core::crdt::mvr::MvRegister;
@@ -89,6 +97,9 @@ pub enum Invariant {
     /// 12: an expiry travels intact with its value; expired values are collected only once every
     /// region applied the write and the local clock passed the expiry.
     Expiry,
+    /// 13: rate limits hold their documented bounds, and every region counts exactly what was
+    /// admitted in the windows it keeps.
+    RateLimits,
     /// The harness itself failed (a store call errored where it must not).
     Harness,
 }
@@ -109,6 +120,7 @@ impl Invariant {
             Invariant::SessionGuarantees => "10-session-guarantees",
             Invariant::Truncation => "11-oplog-truncation",
             Invariant::Expiry => "12-expiry",
+            Invariant::RateLimits => "13-rate-limits",
             Invariant::Harness => "harness",
         }
     }
@@ -202,6 +214,8 @@ fn observe(s: Option<&KeyState>, t_ms: u64) -> Observed<'_> {
                 origin: &r.origin,
             },
         },
+        // An idle rate-limit key may be collected in one region and not yet in another.
+        Some(KeyState::RateLimit(w)) if w.idle_from().is_none_or(|t| t <= t_ms) => Observed::Absent,
         Some(other) => Observed::Other(other),
     }
 }
@@ -566,6 +580,99 @@ pub fn tombstone_collection(
                     c.applied.get(origin)
                 ),
             ));
+        }
+    }
+    Ok(())
+}
+
+/// Invariant 13: the bounds of both budgets, then each region's windows against what was
+/// admitted.
+pub fn rate_limits(views: &[RegionView], history: &History) -> Result<(), Violation> {
+    let bad = |d: String| Err(Violation::new(Invariant::RateLimits, d));
+    // (keyspace, key, window) -> (origin -> admitted cost)
+    type PerRegion<'a> = BTreeMap<&'a RegionId, u64>;
+    let mut admitted: BTreeMap<(&str, &[u8], u64), PerRegion> = BTreeMap::new();
+    for a in &history.admits {
+        *admitted
+            .entry((a.keyspace, &a.key[..], a.window))
+            .or_default()
+            .entry(&a.origin)
+            .or_default() += a.cost;
+    }
+    for ((ks, key, w), per) in &admitted {
+        let total: u64 = per.values().sum();
+        if *ks == QUOTA_SPLIT && total > QUOTA_SPLIT_LIMIT {
+            return bad(format!(
+                "{} admitted {total} in the window at {w} against a split limit of {QUOTA_SPLIT_LIMIT}: {per:?}",
+                k(ks, key)
+            ));
+        }
+        if *ks == QUOTA
+            && let Some((r, n)) = per.iter().find(|(_, n)| **n > QUOTA_LIMIT)
+        {
+            return bad(format!(
+                "{r} alone admitted {n} of {} in the window at {w} against a limit of {QUOTA_LIMIT}",
+                k(ks, key)
+            ));
+        }
+    }
+    for view in views {
+        for ks in [QUOTA, QUOTA_SPLIT] {
+            let keys: BTreeSet<&[u8]> = admitted
+                .keys()
+                .filter(|(k2, _, _)| *k2 == ks)
+                .map(|(_, key, _)| *key)
+                .collect();
+            for key in keys {
+                let newest = admitted
+                    .keys()
+                    .filter(|(k2, key2, _)| *k2 == ks && *key2 == key)
+                    .map(|(_, _, w)| *w)
+                    .max()
+                    .unwrap_or(0);
+                let state = match view.state(ks, key) {
+                    Some(KeyState::RateLimit(w)) => w,
+                    None => {
+                        // Collected: only once its windows were all over by this region's clock.
+                        let window_ms = if ks == QUOTA_SPLIT {
+                            crate::model::QUOTA_SPLIT_WINDOW_MS
+                        } else {
+                            crate::model::QUOTA_WINDOW_MS
+                        };
+                        if newest + 2 * window_ms > view.now_ms {
+                            return bad(format!(
+                                "{} is gone at {} (clock {}) while its window at {newest} still counts",
+                                k(ks, key),
+                                view.region,
+                                view.now_ms
+                            ));
+                        }
+                        continue;
+                    }
+                    Some(other) => {
+                        return bad(format!("{} holds a {} state", k(ks, key), other.policy()));
+                    }
+                };
+                if state.windows.keys().next_back() != Some(&newest) {
+                    return bad(format!(
+                        "{} at {} keeps windows {:?}, but the newest admission was in the window at {newest}",
+                        k(ks, key),
+                        view.region,
+                        state.windows.keys().collect::<Vec<_>>()
+                    ));
+                }
+                for (w, counted) in &state.windows {
+                    let expect = admitted.get(&(ks, key, *w)).cloned().unwrap_or_default();
+                    let got: PerRegion = counted.iter().map(|(r, n)| (r, *n)).collect();
+                    if got != expect {
+                        return bad(format!(
+                            "{} at {} counts {got:?} in the window at {w}, but {expect:?} was admitted",
+                            k(ks, key),
+                            view.region
+                        ));
+                    }
+                }
+            }
         }
     }
     Ok(())

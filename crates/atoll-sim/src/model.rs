@@ -16,23 +16,62 @@ pub const CARTS: &str = "carts";
 pub const RATELIMITS: &str = "ratelimits";
 /// The add-wins set keyspace.
 pub const FLAGS: &str = "flags";
+/// The rate-limit keyspace with a shared budget (fixed windows).
+pub const QUOTA: &str = "quota";
+/// The rate-limit keyspace with a split budget (sliding windows).
+pub const QUOTA_SPLIT: &str = "quota-split";
+/// `quota`'s limit per window.
+pub const QUOTA_LIMIT: u64 = 4;
+/// `quota`'s window (ms).
+pub const QUOTA_WINDOW_MS: u64 = 2_000;
+/// `quota-split`'s window (ms).
+pub const QUOTA_SPLIT_WINDOW_MS: u64 = 3_000;
+/// `quota-split`'s limit per window.
+pub const QUOTA_SPLIT_LIMIT: u64 = 5;
 
-/// The keyspaces every simulated region serves.
-pub fn keyspaces() -> Vec<KeyspaceConfig> {
+/// The keyspaces every simulated region of the cluster `regions` serves.
+pub fn keyspaces(regions: &[RegionId]) -> Vec<KeyspaceConfig> {
+    use atoll_core::crdt::ratewindow::{Algorithm, RateRule};
     let mut carts = KeyspaceConfig::new(CARTS, Policy::Mvr);
     carts.max_siblings = 64;
+    let mut quota = KeyspaceConfig::new(QUOTA, Policy::RateLimit);
+    quota.ratelimit = Some(RateRule {
+        limit: QUOTA_LIMIT,
+        window_ms: QUOTA_WINDOW_MS,
+        algorithm: Algorithm::Fixed,
+        shares: None,
+    });
+    let mut split = KeyspaceConfig::new(QUOTA_SPLIT, Policy::RateLimit);
+    let n = regions.len().max(1) as u64;
+    split.ratelimit = Some(RateRule {
+        limit: QUOTA_SPLIT_LIMIT,
+        window_ms: QUOTA_SPLIT_WINDOW_MS,
+        algorithm: Algorithm::Sliding,
+        shares: Some(
+            regions
+                .iter()
+                .enumerate()
+                .map(|(i, r)| {
+                    let extra = u64::from((i as u64) < QUOTA_SPLIT_LIMIT % n);
+                    (r.clone(), QUOTA_SPLIT_LIMIT / n + extra)
+                })
+                .collect(),
+        ),
+    });
     vec![
         KeyspaceConfig::new(SESSIONS, Policy::Lww),
         carts,
         KeyspaceConfig::new(RATELIMITS, Policy::Counter),
         KeyspaceConfig::new(FLAGS, Policy::Set),
+        quota,
+        split,
     ]
 }
 
 /// The keyspaces, with those named in `read_only` declared `on_minority = "read-only"`
 /// (active-active quorum fencing).
-pub fn keyspaces_with_read_only(read_only: &[String]) -> Vec<KeyspaceConfig> {
-    let mut ks = keyspaces();
+pub fn keyspaces_with_read_only(regions: &[RegionId], read_only: &[String]) -> Vec<KeyspaceConfig> {
+    let mut ks = keyspaces(regions);
     for k in &mut ks {
         if read_only.contains(&k.name) {
             k.on_minority = atoll_config::OnMinority::ReadOnly;
@@ -74,6 +113,8 @@ pub enum WriteOp {
         add: Vec<String>,
         remove: Vec<String>,
     },
+    /// A rate-limit request of `cost` (`split`: against `quota-split`, else `quota`).
+    Admit { key: String, cost: u64, split: bool },
 }
 
 impl WriteOp {
@@ -87,6 +128,10 @@ impl WriteOp {
             WriteOp::MvrPut { key, .. } | WriteOp::MvrDelete { key } => (CARTS, key),
             WriteOp::CounterAdd { key, .. } => (RATELIMITS, key),
             WriteOp::SetUpdate { key, .. } => (FLAGS, key),
+            WriteOp::Admit {
+                key, split: true, ..
+            } => (QUOTA_SPLIT, key),
+            WriteOp::Admit { key, .. } => (QUOTA, key),
         }
     }
 
@@ -104,6 +149,7 @@ impl WriteOp {
             WriteOp::SetUpdate { .. } => 7,
             WriteOp::LwwPutTtl { .. } => 8,
             WriteOp::LwwExpire { .. } => 9,
+            WriteOp::Admit { .. } => 10,
         }
     }
 }
@@ -168,6 +214,18 @@ pub struct SetWrite {
     pub observed: Vec<(String, Vec<Dot>)>,
 }
 
+/// An admitted rate-limit request.
+#[derive(Clone, Debug)]
+pub struct AdmitWrite {
+    pub keyspace: &'static str,
+    pub key: Vec<u8>,
+    pub origin: RegionId,
+    pub seq: u64,
+    /// The window it was counted in (by its HLC timestamp).
+    pub window: u64,
+    pub cost: u64,
+}
+
 /// When and under which lease epoch a region stamped an acknowledged write (fenced runs).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Stamp {
@@ -187,6 +245,7 @@ pub struct History {
     pub mvr: Vec<MvrWrite>,
     pub counters: Vec<CounterWrite>,
     pub sets: Vec<SetWrite>,
+    pub admits: Vec<AdmitWrite>,
     /// Every (keyspace, key) ever written (acknowledged or not).
     pub keys: BTreeSet<(String, Vec<u8>)>,
     /// Writes refused by the store (sibling limit, ...): not acknowledged, nothing changed.
@@ -203,7 +262,7 @@ pub struct History {
 impl History {
     /// Number of acknowledged writes.
     pub fn acked(&self) -> usize {
-        self.lww.len() + self.mvr.len() + self.counters.len() + self.sets.len()
+        self.lww.len() + self.mvr.len() + self.counters.len() + self.sets.len() + self.admits.len()
     }
 
     /// The acknowledged lww writes, by key.

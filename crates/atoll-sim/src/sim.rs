@@ -575,6 +575,7 @@ impl Sim {
         check::no_lost_writes(&views, &self.history)?;
         check::counters(&views, &self.history)?;
         check::add_wins_sets(&views, &self.history)?;
+        check::rate_limits(&views, &self.history)?;
         check::skewed_writes_converged(&views, &self.history)?;
         check::epochs_in_order(&self.history.stamps)?;
         Ok(())
@@ -751,10 +752,29 @@ mod tests {
 
     #[test]
     fn keyspaces_cover_every_policy() {
-        let names: Vec<String> = model::keyspaces().into_iter().map(|k| k.name).collect();
+        let ids: Vec<RegionId> = REGION_NAMES[..3]
+            .iter()
+            .map(|n| RegionId::new(n).unwrap())
+            .collect();
+        let ks = model::keyspaces(&ids);
+        let names: Vec<&str> = ks.iter().map(|k| k.name.as_str()).collect();
         assert_eq!(
             names,
-            vec![SESSIONS, model::CARTS, model::RATELIMITS, model::FLAGS]
+            vec![
+                SESSIONS,
+                model::CARTS,
+                model::RATELIMITS,
+                model::FLAGS,
+                model::QUOTA,
+                model::QUOTA_SPLIT
+            ]
         );
+        // The split budget's shares add up to its limit.
+        let shares = ks[5]
+            .ratelimit
+            .as_ref()
+            .and_then(|r| r.shares.clone())
+            .unwrap();
+        assert_eq!(shares.values().sum::<u64>(), model::QUOTA_SPLIT_LIMIT);
     }
 }

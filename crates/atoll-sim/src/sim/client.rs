@@ -73,6 +73,7 @@ impl Sim {
                 )
             }
             WriteOp::CounterAdd { delta, .. } => (Intent::CounterAdd { delta: *delta }, None),
+            WriteOp::Admit { cost, .. } => (Intent::Admit { cost: *cost }, None),
             WriteOp::SetUpdate { add, remove, .. } => (
                 Intent::SetUpdate {
                     add: add.clone(),
@@ -102,6 +103,9 @@ impl Sim {
                 return Err(e);
             }
             Err(e) => {
+                if matches!(e, AtollError::RateLimited { .. }) {
+                    self.stats.rate_denied += 1;
+                }
                 self.history.rejected += 1;
                 self.stats.writes_rejected += 1;
                 self.trace.ev(&[
@@ -240,6 +244,24 @@ impl Sim {
                     seen,
                 });
             }
+            WriteOp::Admit { cost, .. } => {
+                let window_ms = match op {
+                    WriteOp::Admit { split: true, .. } => crate::model::QUOTA_SPLIT_WINDOW_MS,
+                    _ => crate::model::QUOTA_WINDOW_MS,
+                };
+                self.stats.rate_admitted += 1;
+                self.history.admits.push(crate::model::AdmitWrite {
+                    keyspace: ks,
+                    key: key_b,
+                    origin: me.clone(),
+                    seq: out.seq,
+                    window: atoll_core::crdt::ratewindow::RateWindows::window_of(
+                        window_ms,
+                        out.ts.wall_ms,
+                    ),
+                    cost: *cost,
+                });
+            }
             WriteOp::CounterAdd { delta, .. } => self.history.counters.push(CounterWrite {
                 key: key_b,
                 origin: me.clone(),
@@ -344,7 +366,7 @@ impl Sim {
             } else {
                 WriteOp::LwwDelete { key }
             }
-        } else if roll < 55 {
+        } else if roll < 50 {
             let key = format!("c{}", rng.random_range(0..4u32));
             let kind = rng.random_range(0..100u32);
             if kind < 55 {
@@ -362,10 +384,17 @@ impl Sim {
             } else {
                 WriteOp::MvrDelete { key }
             }
-        } else if roll < 75 {
+        } else if roll < 58 {
             WriteOp::CounterAdd {
                 key: format!("r{}", rng.random_range(0..3u32)),
                 delta: rng.random_range(-5..=10i64),
+            }
+        } else if roll < 80 {
+            // One key per rate-limit keyspace, often enough to reach its limit in a window.
+            WriteOp::Admit {
+                key: "q0".to_string(),
+                cost: rng.random_range(1..=3u64),
+                split: rng.random_range(0..2u32) == 0,
             }
         } else {
             let key = format!("f{}", rng.random_range(0..3u32));

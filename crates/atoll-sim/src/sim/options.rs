@@ -79,6 +79,9 @@ impl Stats {
             conflicts_recorded,
             tombstones_collected,
             expired_collected,
+            rate_keys_collected,
+            rate_admitted,
+            rate_denied,
             oplog_truncated,
             maintenance_with_horizon,
             crashes,
@@ -124,6 +127,9 @@ impl Stats {
         self.conflicts_recorded += conflicts_recorded;
         self.tombstones_collected += tombstones_collected;
         self.expired_collected += expired_collected;
+        self.rate_keys_collected += rate_keys_collected;
+        self.rate_admitted += rate_admitted;
+        self.rate_denied += rate_denied;
         self.oplog_truncated += oplog_truncated;
         self.maintenance_with_horizon += maintenance_with_horizon;
         self.crashes += crashes;
@@ -219,6 +225,11 @@ pub struct Stats {
     pub tombstones_collected: u64,
     /// Expired lww values collected (`docs/design/expiring-keys.md`).
     pub expired_collected: u64,
+    /// Idle rate-limit keys collected (`docs/design/rate-limits.md`).
+    pub rate_keys_collected: u64,
+    /// Rate-limit requests admitted and denied.
+    pub rate_admitted: u64,
+    pub rate_denied: u64,
     /// Operation-log entries truncated (every region had applied them; the simulation keeps no
     /// retention, so truncation is as early as the rule allows).
     pub oplog_truncated: u64,

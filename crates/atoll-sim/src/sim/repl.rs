@@ -35,8 +35,8 @@ impl Sim {
     ) -> Result<(), Violation> {
         let gate = self.fencing_on_start(r);
         let keyspaces = match &self.opts.fencing {
-            Some(f) => model::keyspaces_with_read_only(&f.read_only_keyspaces),
-            None => model::keyspaces(),
+            Some(f) => model::keyspaces_with_read_only(&self.ids, &f.read_only_keyspaces),
+            None => model::keyspaces(&self.ids),
         };
         let cfg = self.driver_config(hb_phase, maint_phase);
         let now = self.now_of(r);
@@ -723,6 +723,7 @@ impl Sim {
             self.record(v);
         }
         self.stats.expired_collected += out.expired_collected as u64;
+        self.stats.rate_keys_collected += out.rate_keys_collected as u64;
         if !expired.is_empty() {
             let cursors: Vec<CursorAt> = (0..self.regions.len())
                 .map(|q| CursorAt {

@@ -15,6 +15,7 @@ mod grafana;
 mod owned;
 mod partition;
 mod peer_tls;
+mod ratelimit;
 mod readiness;
 mod replication;
 mod resp;

@@ -92,12 +92,13 @@ fn json_of(o: &Output) -> Value {
 fn config_check_accepts_the_example_and_lists_its_keyspaces() {
     let out = succeeded(&atoll(&["config", "check", CONFIG]));
     assert!(out.contains(": OK"), "{out}");
-    assert!(out.contains("keyspaces (4)"), "{out}");
+    assert!(out.contains("keyspaces (5)"), "{out}");
     for (name, policy) in [
         ("sessions", "lww"),
         ("carts", "mvr"),
         ("ratelimits", "counter"),
         ("flags", "set"),
+        ("api-quota", "ratelimit"),
     ] {
         assert!(
             out.lines().any(|l| {
@@ -737,7 +738,7 @@ fn status_command_in_human_and_json_output() {
     let v = json_of(&cli_json(&r, &["status"]));
     assert_eq!(v["region"], "us-east-1");
     assert_eq!(v["serving"], true);
-    assert_eq!(v["keyspaces"].as_array().map(Vec::len), Some(4));
+    assert_eq!(v["keyspaces"].as_array().map(Vec::len), Some(5));
 }
 
 /// The readiness deadline is what the harness waits for; make sure a region meets it

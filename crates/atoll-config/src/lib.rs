@@ -719,13 +719,13 @@ impl Config {
             let crosses = k.policy == Policy::Owned
                 || !matches!(
                     k.policy.storage(),
-                    Policy::Lww | Policy::Mvr | Policy::Counter | Policy::Set
+                    Policy::Lww | Policy::Mvr | Policy::Counter | Policy::Set | Policy::RateLimit
                 );
             if let Some(kind) = region_local_kind(&k.name)
                 && crosses
             {
                 out.push(format!(
-                    "keyspace `{}` is `{}` but looks like {kind}, which should stay region-local (lww, counter or set): every {} a cross-region round trip on the request's critical path{}",
+                    "keyspace `{}` is `{}` but looks like {kind}, which should stay region-local (lww, counter, set or ratelimit): every {} a cross-region round trip on the request's critical path{}",
                     k.name,
                     k.policy,
                     if k.policy == Policy::Owned { "write away from its home costs" } else { "read and write costs" },

@@ -98,6 +98,7 @@ fn example_single_region_parses() {
             ("sessions", Policy::Lww),
             ("carts", Policy::Mvr),
             ("ratelimits", Policy::Counter),
+            ("api-quota", Policy::RateLimit),
             ("flags", Policy::Set)
         ]
     );
@@ -1018,7 +1019,8 @@ fn explain_of_the_examples() {
         "regions (3)",
         "ap-southeast-1",
         "lat 1.35, lon 103.8",
-        "keyspaces (4)",
+        "keyspaces (5)",
+        "api-quota   ratelimit",
     ] {
         assert!(out.contains(needle), "`{needle}` not in:\n{out}");
     }

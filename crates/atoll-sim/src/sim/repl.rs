@@ -669,6 +669,17 @@ impl Sim {
         Ok(())
     }
 
+    /// Where every region's cursor is now (crashed regions: where their backend stands).
+    fn cursors(&self) -> Vec<CursorAt> {
+        (0..self.regions.len())
+            .map(|q| CursorAt {
+                region: self.ids[q].clone(),
+                applied: self.applied(q),
+                up: self.is_up(q),
+            })
+            .collect()
+    }
+
     /// A maintenance pass at region `r` below `horizon`: collects the lww tombstones below it,
     /// checking invariant 5 for each. Returns how many were collected.
     pub(super) fn maintain_with(
@@ -725,13 +736,7 @@ impl Sim {
         self.stats.expired_collected += out.expired_collected as u64;
         self.stats.rate_keys_collected += out.rate_keys_collected as u64;
         if !expired.is_empty() {
-            let cursors: Vec<CursorAt> = (0..self.regions.len())
-                .map(|q| CursorAt {
-                    region: self.ids[q].clone(),
-                    applied: self.applied(q),
-                    up: self.is_up(q),
-                })
-                .collect();
+            let cursors = self.cursors();
             for (key, origin, ts) in &expired {
                 if let Err(v) = check::expired_collection(
                     &me,
@@ -751,13 +756,7 @@ impl Sim {
         }
         self.stats.tombstones_collected += out.tombstones_collected as u64;
         if !collected.is_empty() {
-            let cursors: Vec<CursorAt> = (0..self.regions.len())
-                .map(|q| CursorAt {
-                    region: self.ids[q].clone(),
-                    applied: self.applied(q),
-                    up: self.is_up(q),
-                })
-                .collect();
+            let cursors = self.cursors();
             for (key, origin, ts) in &collected {
                 if let Err(v) = check::tombstone_collection(
                     &me,

@@ -375,3 +375,42 @@ fn states_and_log_entries_of_encoding_version_2_read_as_never_expiring() {
     // The generic decoder refuses it rather than misread the epoch as an expiry.
     assert!(codec::decode::<OpEntry>(&entry).is_err());
 }
+
+#[test]
+fn a_peer_clock_running_ahead_does_not_expire_keys_early_here() {
+    // A peer's write stamped 400 ms ahead (within max_clock_offset) moves this region's HLC
+    // ahead; expiry is still judged by the physical clock.
+    let (store, clock, _) = setup(None);
+    let out = store
+        .write("sessions", b"k", put("v", Ttl::After(300)))
+        .expect("write");
+    let ahead = atoll_core::hlc::Timestamp::new(out.ts.wall_ms + 400, 0);
+    store
+        .apply_remote(vec![OpEntry {
+            origin: region("eu-west-1"),
+            seq: 1,
+            ts: ahead,
+            keyspace: "sessions".into(),
+            key: b"other".to_vec(),
+            delta: KeyState::Lww(LwwRegister::write(
+                None,
+                &region("eu-west-1"),
+                ahead,
+                Some(b"x".to_vec()),
+            )),
+            epoch: 0,
+        }])
+        .expect("apply");
+    // The next local write is stamped after the peer's (the HLC moved) ...
+    let later = store
+        .write("sessions", b"third", put("y", Ttl::Never))
+        .expect("write");
+    assert!(later.ts > ahead, "the HLC did not move: {} <= {ahead}", later.ts);
+    // ... but the key written with 300 ms to live still reads as live until the local clock
+    // passes its expiry.
+    assert_eq!(live(&store, "k").as_deref(), Some("v"), "expired by the HLC");
+    clock.advance(299);
+    assert_eq!(live(&store, "k").as_deref(), Some("v"));
+    clock.advance(1);
+    assert_eq!(live(&store, "k"), None);
+}

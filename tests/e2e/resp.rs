@@ -60,7 +60,13 @@ fn start(test: &str, names: &[&str], extra: &str, files: &[(&str, String)]) -> R
         .keyspace(KeyspaceToml::new("sessions", Policy::Lww))
         .keyspace(KeyspaceToml::new("carts", Policy::Mvr))
         .keyspace(KeyspaceToml::new("ratelimits", Policy::Counter))
-        .keyspace(KeyspaceToml::new("flags", Policy::Set));
+        .keyspace(KeyspaceToml::new("flags", Policy::Set))
+        .keyspace(
+            KeyspaceToml::new("quota", Policy::RateLimit)
+                .line("limit = 3")
+                .line("window = \"1d\"")
+                .line("algorithm = \"fixed\""),
+        );
     if !extra.is_empty() {
         toml = toml.section(extra);
     }
@@ -113,6 +119,47 @@ fn expect(port: u16, args: &[&str], want: &str) -> Result<()> {
         got == want
     };
     ensure!(matches, "redis-cli {args:?}: got {got:?}, want {want:?}");
+    Ok(())
+}
+
+/// `ATOLL.RATELIMIT` answers: `[allowed, limit, remaining, retry_after_ms, reset_at_ms]`, one per
+/// line from redis-cli.
+fn decision(port: u16, args: &[&str]) -> Result<Vec<u64>> {
+    let out = cli(port, args)?;
+    let v: Vec<u64> = out
+        .lines()
+        .map(|l| l.trim().parse::<u64>())
+        .collect::<std::result::Result<_, _>>()
+        .map_err(|e| anyhow::anyhow!("redis-cli {args:?}: {out:?}: {e}"))?;
+    ensure!(v.len() == 5, "redis-cli {args:?}: {out:?}");
+    Ok(v)
+}
+
+/// A rate limit (`quota`: 3 a day, fixed) counted across regions over RESP: what us-east-1
+/// admitted counts in eu-west-1 once applied (ATOLL.WAIT on its session token), and a denial
+/// counts nothing. The day's window is waited out first if it ends within a minute.
+fn rate_limit_across_regions(us: u16, eu: u16) -> Result<()> {
+    let now = atoll_core::clock::Clock::physical_ms(&atoll_core::clock::SystemClock);
+    let probe = decision(us, &["ATOLL.RATELIMIT", "quota:probe"])?;
+    if probe[4].saturating_sub(now) < 60_000 {
+        std::thread::sleep(Duration::from_millis(probe[4] - now + 1_000));
+    }
+    let d = decision(us, &["ATOLL.RATELIMIT", "quota:api", "2"])?;
+    ensure!(d[..4] == [1, 3, 1, 0], "us-east-1 admits 2 of 3: {d:?}");
+    let token = cli(us, &["ATOLL.SESSION"])?;
+    expect(eu, &["ATOLL.WAIT", &token, "10000"], "OK")?;
+    let d = decision(eu, &["ATOLL.RATELIMIT", "quota:api", "2"])?;
+    ensure!(
+        d[0] == 0 && d[2] == 1 && d[3] > 0,
+        "eu-west-1 admitted past the limit: {d:?}"
+    );
+    let d = decision(eu, &["ATOLL.RATELIMIT", "quota:api"])?;
+    ensure!(d[..3] == [1, 3, 0], "eu-west-1 admits the last one: {d:?}");
+    expect(
+        us,
+        &["GET", "quota:api"],
+        "WRONGTYPE Operation against a key holding the wrong kind of value",
+    )?;
     Ok(())
 }
 
@@ -189,6 +236,7 @@ fn scenario(r: &Regions) -> Result<()> {
         &["ATOLL.WAIT", "garbage!", "10"],
         "ERR ATOLL-BAD-SESSION-TOKEN invalid session token: not base64url",
     )?;
+    rate_limit_across_regions(us, eu)?;
     // A write in us-east-1 is read in eu-west-1 once replicated.
     wait_cli(eu, &["GET", "sessions:alice"], |o| o == "token-2")?;
     wait_cli(eu, &["GET", "ratelimits:api"], |o| o == "7")?;

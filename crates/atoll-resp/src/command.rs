@@ -135,6 +135,13 @@ pub enum Command {
         token: Vec<u8>,
         wait_ms: Option<u64>,
     },
+    /// `ATOLL.RATELIMIT key [cost]`: ask a `ratelimit` keyspace to admit a request
+    /// (`docs/design/rate-limits.md`); answers `[allowed, limit, remaining, retry_after_ms,
+    /// reset_at_ms]`.
+    RateLimit {
+        key: Vec<u8>,
+        cost: u64,
+    },
 }
 
 /// The commands this front serves, for messages and metric labels.
@@ -174,6 +181,7 @@ pub const SERVED: &[&str] = &[
     "quit",
     "atoll.session",
     "atoll.wait",
+    "atoll.ratelimit",
 ];
 
 /// Commands Redis has that this front recognizes but does not serve yet: each gets an error
@@ -308,6 +316,19 @@ pub fn parse(args: Vec<Vec<u8>>) -> Result<Command, Reply> {
                 None => None,
             };
             Command::SessionWait { token, wait_ms }
+        }
+        "atoll.ratelimit" if n == 1 || n == 2 => {
+            let key = one();
+            let cost = match rest.next() {
+                Some(c) => integer(&c)
+                    .and_then(|v| u64::try_from(v).ok())
+                    .filter(|v| *v >= 1)
+                    .ok_or_else(|| {
+                        Reply::err("the cost is a whole number of at least 1".to_string())
+                    })?,
+                None => 1,
+            };
+            Command::RateLimit { key, cost }
         }
         "get" if n == 1 => Command::Get(one()),
         "set" if n >= 2 => {

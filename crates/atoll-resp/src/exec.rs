@@ -232,6 +232,7 @@ pub async fn execute<H: Host>(host: &H, session: &mut Session, cmd: Command) -> 
         Command::SIsMember { key, member } => sismember(host, session, &key, &member),
         Command::SCard(key) => scard(host, session, &key),
         Command::Session => Reply::Bulk(host.session_token().into_bytes()),
+        Command::RateLimit { key, cost } => ratelimit(host, session, &key, cost).await,
         Command::SessionWait { token, wait_ms } => match std::str::from_utf8(&token) {
             Err(_) => Reply::err("ATOLL-BAD-SESSION-TOKEN invalid session token: not ASCII"),
             Ok(t) => match host.session_wait(t, wait_ms).await {
@@ -385,6 +386,7 @@ fn policies_text(policy: Policy) -> &'static str {
         Policy::Mvr => "GET, SET without an expiry, DEL, EXISTS, TTL",
         Policy::Counter => "INCR, INCRBY, DECR, DECRBY, GET, EXISTS",
         Policy::Set => "SADD, SREM, SMEMBERS, SISMEMBER, SCARD, DEL, EXISTS",
+        Policy::RateLimit => "ATOLL.RATELIMIT",
         _ => "nothing over RESP",
     }
 }
@@ -466,6 +468,7 @@ fn target<'a, H: Host>(
 const KV: &[Policy] = &[Policy::Lww, Policy::Owned, Policy::Mvr];
 const COUNTER: &[Policy] = &[Policy::Counter];
 const SET: &[Policy] = &[Policy::Set];
+const RATELIMIT: &[Policy] = &[Policy::RateLimit];
 const ANY: &[Policy] = &[
     Policy::Lww,
     Policy::Owned,
@@ -845,6 +848,58 @@ async fn incr<H: Host>(host: &H, session: &Session, raw: &[u8], delta: i64) -> R
         },
         Ok(_) => Reply::err("internal error: a counter write answered another state"),
         Err(r) => r,
+    }
+}
+
+/// `ATOLL.RATELIMIT key [cost]` (`docs/design/rate-limits.md`): `[allowed (1 or 0), limit,
+/// remaining, retry_after_ms, reset_at_ms]`, the decision `POST /v1/ratelimit` answers. A denial
+/// counts nothing.
+async fn ratelimit<H: Host>(host: &H, session: &Session, raw: &[u8], cost: u64) -> Reply {
+    let t = match target(host, session, raw, Right::Write, RATELIMIT) {
+        Ok(t) => t,
+        Err(r) => return r,
+    };
+    let Some(rule) = host
+        .config()
+        .keyspace(t.keyspace)
+        .and_then(|k| k.ratelimit.clone())
+    else {
+        return Reply::err(format!("keyspace '{}' has no rate-limit rule", t.keyspace));
+    };
+    let decision = |allowed: bool, limit: u64, remaining: u64, retry: u64, reset: u64| {
+        let int = |v: u64| Reply::Int(i64::try_from(v).unwrap_or(i64::MAX));
+        Reply::Array(vec![
+            Reply::Int(i64::from(allowed)),
+            int(limit),
+            int(remaining),
+            int(retry),
+            int(reset),
+        ])
+    };
+    match host.write(t.keyspace, t.key, Intent::Admit { cost }).await {
+        Ok(KeyState::RateLimit(w)) => {
+            let Ok(region) = atoll_core::RegionId::new(&host.info().region) else {
+                return Reply::err("internal error: the region has no valid name");
+            };
+            // What is left after this admission, at the host's clock (the admission was
+            // stamped at its HLC time, at least this).
+            let d = atoll_core::crdt::ratewindow::RateWindows::peek(
+                Some(&w),
+                &rule,
+                &region,
+                host.now_ms(),
+            );
+            decision(true, d.limit, d.remaining, 0, d.reset_at_ms)
+        }
+        Ok(_) => Reply::err("internal error: a rate-limit write answered another state"),
+        Err(AtollError::RateLimited {
+            limit,
+            remaining,
+            reset_at_ms,
+            retry_after_ms,
+            ..
+        }) => decision(false, limit, remaining, retry_after_ms, reset_at_ms),
+        Err(e) => atoll_error(&e),
     }
 }
 

@@ -1037,3 +1037,70 @@ proptest! {
         }
     }
 }
+
+#[tokio::test]
+async fn atoll_ratelimit_admits_up_to_the_limit_and_a_denial_counts_nothing() {
+    let host = StoreHost::new(
+        "[[keyspaces]]\nname = \"quota\"\npolicy = \"ratelimit\"\nlimit = 3\nwindow = \"10s\"\nalgorithm = \"fixed\"\n",
+        false,
+    );
+    let mut s = Session::new(2);
+    let decision = |allowed: i64, remaining: i64, retry: i64| {
+        Reply::Array(vec![
+            int(allowed),
+            int(3),
+            int(remaining),
+            int(retry),
+            int(1_700_000_010_000),
+        ])
+    };
+    script(
+        &host,
+        &mut s,
+        &[
+            ("ATOLL.RATELIMIT quota:user-1", decision(1, 2, 0)),
+            ("ATOLL.RATELIMIT quota:user-1 2", decision(1, 0, 0)),
+            // T0 is a multiple of 10 s: the window ends 10 s later.
+            ("ATOLL.RATELIMIT quota:user-1", decision(0, 0, 10_000)),
+            ("ATOLL.RATELIMIT quota:user-2 3", decision(1, 0, 0)),
+            (
+                "ATOLL.RATELIMIT quota:user-1 0",
+                Reply::Error("ERR the cost is a whole number of at least 1".into()),
+            ),
+        ],
+    )
+    .await;
+    let writes = host.writes.load(Ordering::Relaxed);
+    assert_eq!(
+        ask(&host, &mut s, "ATOLL.RATELIMIT quota:user-1").await,
+        decision(0, 0, 10_000)
+    );
+    assert_eq!(
+        host.writes.load(Ordering::Relaxed),
+        writes,
+        "a denial wrote"
+    );
+    assert_eq!(
+        host.store
+            .applied()
+            .get(&atoll_core::RegionId::new("us-east-1").unwrap()),
+        3,
+        "a denial was counted"
+    );
+    // Other policies: the WRONGTYPE answer names what the keyspace serves.
+    let r = ask(&host, &mut s, "ATOLL.RATELIMIT sessions:a").await;
+    assert!(
+        matches!(&r, Reply::Error(e) if e.starts_with("WRONGTYPE")),
+        "{r:?}"
+    );
+    let r = ask(&host, &mut s, "GET quota:user-1").await;
+    assert!(
+        matches!(&r, Reply::Error(e) if e.contains("ATOLL.RATELIMIT")),
+        "{r:?}"
+    );
+    host.clock.advance(10_000);
+    assert_eq!(
+        ask(&host, &mut s, "ATOLL.RATELIMIT quota:user-1").await,
+        Reply::Array(vec![int(1), int(3), int(2), int(0), int(1_700_000_020_000)])
+    );
+}

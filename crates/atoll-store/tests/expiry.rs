@@ -405,10 +405,18 @@ fn a_peer_clock_running_ahead_does_not_expire_keys_early_here() {
     let later = store
         .write("sessions", b"third", put("y", Ttl::Never))
         .expect("write");
-    assert!(later.ts > ahead, "the HLC did not move: {} <= {ahead}", later.ts);
+    assert!(
+        later.ts > ahead,
+        "the HLC did not move: {} <= {ahead}",
+        later.ts
+    );
     // ... but the key written with 300 ms to live still reads as live until the local clock
     // passes its expiry.
-    assert_eq!(live(&store, "k").as_deref(), Some("v"), "expired by the HLC");
+    assert_eq!(
+        live(&store, "k").as_deref(),
+        Some("v"),
+        "expired by the HLC"
+    );
     clock.advance(299);
     assert_eq!(live(&store, "k").as_deref(), Some("v"));
     clock.advance(1);

@@ -323,9 +323,7 @@ pub fn parse(args: Vec<Vec<u8>>) -> Result<Command, Reply> {
                 Some(c) => integer(&c)
                     .and_then(|v| u64::try_from(v).ok())
                     .filter(|v| *v >= 1)
-                    .ok_or_else(|| {
-                        Reply::err("the cost is a whole number of at least 1".to_string())
-                    })?,
+                    .ok_or_else(|| Reply::err("the cost is a whole number of at least 1"))?,
                 None => 1,
             };
             Command::RateLimit { key, cost }

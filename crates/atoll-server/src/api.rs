@@ -529,11 +529,30 @@ pub(crate) async fn write(
     if let Some(h) = state.homes.get() {
         h.claim(ks, key).await?;
     }
+    let admit = matches!(intent, Intent::Admit { .. });
     let (tx, rx) = tokio::sync::oneshot::channel();
     state.store.submit(ks, key, intent, move |r| {
         let _ = tx.send(r);
     });
-    rx.await.map_err(|_| AtollError::ShuttingDown)?
+    let out = rx.await.map_err(|_| AtollError::ShuttingDown)?;
+    if admit {
+        let decision = match &out {
+            Ok(_) => Some("allowed"),
+            Err(AtollError::RateLimited { .. }) => Some("denied"),
+            Err(_) => None,
+        };
+        if let Some(decision) = decision {
+            state
+                .metrics
+                .ratelimit_decisions
+                .get_or_create(&crate::metrics::DecisionLabels {
+                    keyspace: ks.to_string(),
+                    decision: decision.to_string(),
+                })
+                .inc();
+        }
+    }
+    out
 }
 
 fn header(name: &'static str, value: &str) -> Option<(HeaderName, HeaderValue)> {

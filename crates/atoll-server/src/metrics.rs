@@ -129,6 +129,13 @@ pub struct KeyspaceOnly {
     pub keyspace: String,
 }
 
+/// Labels of a rate-limit decision: the keyspace and `allowed` or `denied`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DecisionLabels {
+    pub keyspace: String,
+    pub decision: String,
+}
+
 type FloatGauge = Gauge<f64, AtomicU64>;
 
 /// Labels of an owned keyspace's event: the keyspace and a value from a fixed set, or a region
@@ -168,6 +175,8 @@ pub struct Metrics {
     pub replication_apply_delay: Family<PairLabels, Histogram>,
     pub conflicts: Family<ConflictLabels, Counter>,
     pub sibling_limit_hits: Family<KeyspaceOnly, Counter>,
+    /// Rate-limit decisions (`docs/design/rate-limits.md`), over HTTP and RESP alike.
+    pub ratelimit_decisions: Family<DecisionLabels, Counter>,
     pub tombstone_horizon_age: FloatGauge,
     pub tombstones_collected: Counter,
     /// Expired lww values collected (`docs/design/expiring-keys.md`).
@@ -483,6 +492,15 @@ impl Metrics {
             "conflicts",
             "Concurrent lww writes resolved, by keyspace and why the winner won; the losers are in the conflict ledger",
             conflicts.clone(),
+        );
+        let ratelimit_decisions = Family::<DecisionLabels, Counter>::default();
+        reg(
+            &mut registry,
+            &mut names,
+            Kind::Counter,
+            "ratelimit_decisions",
+            "Rate-limit requests this region decided, by keyspace and decision (allowed: counted; denied: nothing counted)",
+            ratelimit_decisions.clone(),
         );
         let sibling_limit_hits = Family::<KeyspaceOnly, Counter>::default();
         reg(
@@ -953,6 +971,7 @@ impl Metrics {
             replication_apply_delay,
             conflicts,
             sibling_limit_hits,
+            ratelimit_decisions,
             tombstone_horizon_age,
             tombstones_collected,
             expired_collected,
@@ -1200,6 +1219,12 @@ impl Metrics {
             .inc();
         self.sibling_limit_hits
             .get_or_create(&KeyspaceOnly { keyspace: ex() })
+            .inc();
+        self.ratelimit_decisions
+            .get_or_create(&DecisionLabels {
+                keyspace: ex(),
+                decision: ex(),
+            })
             .inc();
         self.heartbeats_refused
             .get_or_create(&RefusedLabels {

@@ -3144,6 +3144,14 @@ async fn a_rate_limit_admits_up_to_its_limit_then_answers_429_with_retry_after()
         "retry_after_ms was too early: {}",
         r.text()
     );
+    // 41 + 1 + 1 admitted (user-1, user-2, user-1 again), 1 denied; over HTTP and RESP alike
+    // (both go through `api::write`).
+    for (decision, n) in [("allowed", 43.0), ("denied", 1.0)] {
+        let series = format!(
+            "atoll_ratelimit_decisions_total{{keyspace=\"api-quota\",decision=\"{decision}\"}}"
+        );
+        assert_eq!(metric(&h, &series).await, Some(n), "{series}");
+    }
 }
 
 #[tokio::test]

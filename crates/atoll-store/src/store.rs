@@ -1249,19 +1249,27 @@ impl Writer {
     fn take(&mut self, req: Request, b: &mut Building) {
         b.requests += 1;
         match req {
-            Request::Local(w) => match self.apply_local(&w, &mut b.batch) {
-                Ok(outcome) => {
-                    b.batch.local_writes += 1;
-                    b.pending.0.push((w.reply, outcome));
+            Request::Local(w) => {
+                let stamped_before = self.shared.stamps().building_from_ms;
+                match self.apply_local(&w, &mut b.batch) {
+                    Ok(outcome) => {
+                        b.batch.local_writes += 1;
+                        b.pending.0.push((w.reply, outcome));
+                    }
+                    Err(e) => {
+                        // A write refused after it was stamped (a rate-limit denial, an EXPIRE of
+                        // an absent key, the sibling limit) is no write: the watermark must not
+                        // wait for it, and must not depend on when the writer next seals (the
+                        // simulation replays a seed exactly only if it does not).
+                        self.shared.stamps().building_from_ms = stamped_before;
+                        self.shared
+                            .stats
+                            .write_errors_total
+                            .fetch_add(1, Ordering::Relaxed);
+                        (w.reply)(Err(e));
+                    }
                 }
-                Err(e) => {
-                    self.shared
-                        .stats
-                        .write_errors_total
-                        .fetch_add(1, Ordering::Relaxed);
-                    (w.reply)(Err(e));
-                }
-            },
+            }
             Request::Remote { entries, reply } => {
                 // Staged on its own and kept only if all of it applies: an entry that fails
                 // part-way must leave neither its predecessors' changes nor an advanced cursor

@@ -92,6 +92,10 @@ pub fn prefix(name: &str) -> Vec<u8> {
 pub const META_FORMAT: &[u8] = b"format_version";
 /// Metadata key: the last HLC timestamp this region issued or observed.
 pub const META_HLC: &[u8] = b"hlc";
+/// The highest write watermark this region ever claimed (`Store::watermark`), made durable before
+/// it is claimed: after a restart the clock starts above it, so no write is stamped below a time
+/// the region said it would never stamp below again, even if its physical clock stepped back.
+pub const META_CLAIM_FLOOR: &[u8] = b"claim-floor";
 /// Metadata key: a bootstrap by snapshot under way (`store::BootstrapProgress`).
 pub const META_BOOTSTRAP: &[u8] = b"bootstrap";
 /// Metadata key: the region this data directory belongs to.

@@ -280,6 +280,11 @@ struct Shared {
     bootstrap: Mutex<Option<BootstrapProgress>>,
     /// Whether `bootstrap` is set (read on every write).
     bootstrapping: std::sync::atomic::AtomicBool,
+    /// The durable claim floor (`keys::META_CLAIM_FLOOR`): no watermark above it is claimed;
+    /// the lock serializes its writes.
+    claim_floor: Mutex<u64>,
+    /// `[cluster] max_clock_offset_ms`: how far ahead of the claims the floor may be written.
+    max_clock_offset_ms: u64,
 }
 
 impl Shared {
@@ -346,6 +351,12 @@ impl Store {
         if let Some(raw) = backend.get(Table::Meta, keys::META_HLC)? {
             hlc.restore(codec::decode::<Timestamp>(&raw)?);
         }
+        // Every write from now on is stamped at or after the highest watermark ever claimed.
+        let claim_floor = match backend.get(Table::Meta, keys::META_CLAIM_FLOOR)? {
+            Some(raw) => codec::decode::<u64>(&raw)?,
+            None => 0,
+        };
+        hlc.restore(Timestamp::new(claim_floor, 0));
         let applied = read_applied(&*backend, &opts.region)?;
         let seq = applied.get(&opts.region);
         let bootstrap = match backend.get(Table::Meta, keys::META_BOOTSTRAP)? {
@@ -369,6 +380,8 @@ impl Store {
             truncated: Mutex::new(Default::default()),
             bootstrapping: std::sync::atomic::AtomicBool::new(bootstrap.is_some()),
             bootstrap: Mutex::new(bootstrap),
+            claim_floor: Mutex::new(claim_floor),
+            max_clock_offset_ms: opts.max_clock_offset_ms,
             backend,
             region: opts.region.clone(),
             keyspaces: opts
@@ -592,9 +605,47 @@ impl Store {
             // what this watermark claims.
             None => st.hlc.now(self.shared.clock.physical_ms()).wall_ms,
         };
+        let head = st.head;
+        drop(st);
         Watermark {
-            head: st.head,
-            before_ms,
+            head,
+            before_ms: self.durable_claim(before_ms),
+        }
+    }
+
+    /// `t` once the claim floor (`keys::META_CLAIM_FLOOR`) is durably at least `t`, so that a
+    /// restart starts the clock above it: a watermark is a promise that no later write is stamped
+    /// below it, and an idle tick of the clock is otherwise persisted only by the next commit (a
+    /// region that crashed after claiming a tick, and came back with its clock stepped back,
+    /// stamped writes below its claim: sweep seed 948009205). The floor is written a little ahead
+    /// of the claim (half the clock-offset bound, at most 250 ms), so it costs at most one small
+    /// fsync per that much progress of the claims, and a restarted region stamps at most that far
+    /// ahead of its last claim (peers accept it: it is within the bound). If it cannot be
+    /// written, the claim stays at the floor.
+    fn durable_claim(&self, t: u64) -> u64 {
+        let Ok(mut floor) = self.shared.claim_floor.lock() else {
+            return 0;
+        };
+        if t <= *floor {
+            return t;
+        }
+        let ahead = t.saturating_add((self.shared.max_clock_offset_ms / 2).min(250));
+        let put = codec::encode(&ahead).map(|v| {
+            vec![Mutation::Put(
+                Table::Meta,
+                keys::META_CLAIM_FLOOR.to_vec(),
+                v,
+            )]
+        });
+        match put.and_then(|m| self.shared.backend.commit(m, true)) {
+            Ok(()) => {
+                *floor = ahead;
+                t
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot persist the claim floor; the claim stays where it was");
+                *floor
+            }
         }
     }
 

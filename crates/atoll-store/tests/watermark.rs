@@ -134,3 +134,30 @@ fn a_write_being_committed_is_not_covered() {
     assert_eq!(after.head, second.seq);
     assert!(after.before_ms > second.ts.wall_ms);
 }
+
+#[test]
+fn a_claimed_watermark_survives_a_power_cut_and_a_clock_step_back() {
+    // Sweep seed 948009205: a region claimed an idle tick of its clock, lost power before any
+    // commit persisted it, and came back with its clock stepped back (a clock fault ended):
+    // its next writes were stamped below what it had claimed, and a peer collected a tombstone
+    // on the strength of that claim.
+    let clock = Arc::new(ManualClock::new(T0 + 10_000));
+    let backend = Arc::new(MemBackend::with_power_cuts());
+    let store = open(backend.clone(), clock.clone());
+    put(&store, "a");
+    clock.advance(5_000);
+    let claimed = store.watermark();
+    assert!(claimed.before_ms >= T0 + 15_000, "{claimed:?}");
+    store.close();
+    drop(store);
+    backend.power_cut(0);
+    clock.set(T0);
+    let store = open(backend, clock.clone());
+    let out = put(&store, "b");
+    assert!(
+        out.ts.wall_ms >= claimed.before_ms,
+        "a write after the restart was stamped at {} below the claimed {}",
+        out.ts,
+        claimed.before_ms
+    );
+}

@@ -150,7 +150,7 @@ fn a_claimed_watermark_survives_a_power_cut_and_a_clock_step_back() {
     assert!(claimed.before_ms >= T0 + 15_000, "{claimed:?}");
     store.close();
     drop(store);
-    backend.power_cut(0);
+    backend.power_cut(0).expect("power cut");
     clock.set(T0);
     let store = open(backend, clock.clone());
     let out = put(&store, "b");

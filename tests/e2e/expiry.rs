@@ -11,7 +11,7 @@
 //!
 //! Every wait has a deadline.
 
-use crate::common::{self, BIN, ok};
+use crate::common::{self, BIN, metric, ok};
 use anyhow::{Context, Result, bail, ensure};
 use atoll_core::clock::Clock as _;
 use atoll_testkit::{Client, Cluster, ClusterOptions, poll, run_with_timeout};
@@ -269,13 +269,4 @@ async fn persist_and_expire(c: &Cluster) -> Result<()> {
         .with_context(|| format!("{name}: the new expiry did not arrive"))?;
     }
     Ok(())
-}
-
-/// The value of a counter metric series (0 if absent).
-async fn metric(c: &Client, series: &str) -> Result<f64> {
-    let text = c.get_raw("/metrics").await?.expect(200)?.text();
-    Ok(text
-        .lines()
-        .find_map(|l| l.strip_prefix(series).and_then(|v| v.trim().parse().ok()))
-        .unwrap_or(0.0))
 }

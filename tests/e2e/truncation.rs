@@ -20,7 +20,7 @@ use crate::common;
 
 use anyhow::{Context, Result, bail, ensure};
 use atoll_testkit::{Client, Cluster, ClusterOptions, poll, run_with_timeout};
-use common::{BIN, ok};
+use common::{BIN, metric, ok};
 use std::ops::ControlFlow;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -59,15 +59,6 @@ async fn truncated_through(c: &Client, origin: &str) -> Result<u64> {
 async fn applied_of(c: &Client, origin: &str) -> Result<u64> {
     let s = c.status().await?;
     Ok(s["replication"]["applied"][origin].as_u64().unwrap_or(0))
-}
-
-/// The value of a counter metric series (0 if absent).
-async fn metric(c: &Client, series: &str) -> Result<f64> {
-    let text = c.get_raw("/metrics").await?.expect(200)?.text();
-    Ok(text
-        .lines()
-        .find_map(|l| l.strip_prefix(series).and_then(|v| v.trim().parse().ok()))
-        .unwrap_or(0.0))
 }
 
 /// Waits until every region's log of each `(origin, at_least)` is truncated through at least

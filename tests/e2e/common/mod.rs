@@ -73,3 +73,13 @@ pub async fn switchover(endpoint: &str, token: &str, target: &str) -> anyhow::Re
     let report: Value = resp.json().await?;
     Ok((status, report))
 }
+
+/// The value of a counter metric series of a region (`name{labels}` exactly as exposed; 0 when
+/// the series is absent).
+pub async fn metric(c: &atoll_testkit::Client, series: &str) -> anyhow::Result<f64> {
+    let text = c.get_raw("/metrics").await?.expect(200)?.text();
+    Ok(text
+        .lines()
+        .find_map(|l| l.strip_prefix(series).and_then(|v| v.trim().parse().ok()))
+        .unwrap_or(0.0))
+}

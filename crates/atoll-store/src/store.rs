@@ -135,6 +135,15 @@ pub struct StoreStats {
     pub conflicts_total: AtomicU64,
     /// Operation-log entries truncated (`Store::truncate_oplog`).
     pub oplog_truncated_total: AtomicU64,
+    /// Writes of the claim floor of their own (claims of an idle region; a commit raises the
+    /// floor for free).
+    pub claim_floor_writes_total: AtomicU64,
+}
+
+/// How far ahead of a claim the durable claim floor is set (see `Store::watermark`): half the
+/// clock-offset bound peers accept, at most 250 ms.
+fn claim_lead_ms(max_clock_offset_ms: u64) -> u64 {
+    (max_clock_offset_ms / 2).min(250)
 }
 
 /// What applying a batch of replicated entries did.
@@ -280,11 +289,15 @@ struct Shared {
     bootstrap: Mutex<Option<BootstrapProgress>>,
     /// Whether `bootstrap` is set (read on every write).
     bootstrapping: std::sync::atomic::AtomicBool,
-    /// The durable claim floor (`keys::META_CLAIM_FLOOR`): no watermark above it is claimed;
-    /// the lock serializes its writes.
-    claim_floor: Mutex<u64>,
-    /// `[cluster] max_clock_offset_ms`: how far ahead of the claims the floor may be written.
-    max_clock_offset_ms: u64,
+    /// The durable claim floor: no watermark above it is claimed, and a restart starts the
+    /// clock at or above it. It is the higher of `keys::META_CLAIM_FLOOR` and the last
+    /// committed `keys::META_HLC` plus `claim_lead_ms` (every fsynced batch raises it for free).
+    claim_floor: AtomicU64,
+    /// Serializes the writes of `keys::META_CLAIM_FLOOR` (so the stored value only grows).
+    claim_floor_write: Mutex<()>,
+    /// How far ahead of a claim the floor is set: half of `[cluster] max_clock_offset_ms`, at
+    /// most 250 ms (a restarted region stamps at most that far ahead of its last claim).
+    claim_lead_ms: u64,
 }
 
 impl Shared {
@@ -348,14 +361,17 @@ impl Store {
         }
 
         let mut hlc = Hlc::new(opts.max_clock_offset_ms);
+        let claim_lead_ms = claim_lead_ms(opts.max_clock_offset_ms);
+        let mut claim_floor = 0;
         if let Some(raw) = backend.get(Table::Meta, keys::META_HLC)? {
-            hlc.restore(codec::decode::<Timestamp>(&raw)?);
+            let last = codec::decode::<Timestamp>(&raw)?;
+            hlc.restore(last);
+            claim_floor = last.wall_ms.saturating_add(claim_lead_ms);
         }
         // Every write from now on is stamped at or after the highest watermark ever claimed.
-        let claim_floor = match backend.get(Table::Meta, keys::META_CLAIM_FLOOR)? {
-            Some(raw) => codec::decode::<u64>(&raw)?,
-            None => 0,
-        };
+        if let Some(raw) = backend.get(Table::Meta, keys::META_CLAIM_FLOOR)? {
+            claim_floor = claim_floor.max(codec::decode::<u64>(&raw)?);
+        }
         hlc.restore(Timestamp::new(claim_floor, 0));
         let applied = read_applied(&*backend, &opts.region)?;
         let seq = applied.get(&opts.region);
@@ -380,8 +396,9 @@ impl Store {
             truncated: Mutex::new(Default::default()),
             bootstrapping: std::sync::atomic::AtomicBool::new(bootstrap.is_some()),
             bootstrap: Mutex::new(bootstrap),
-            claim_floor: Mutex::new(claim_floor),
-            max_clock_offset_ms: opts.max_clock_offset_ms,
+            claim_floor: AtomicU64::new(claim_floor),
+            claim_floor_write: Mutex::new(()),
+            claim_lead_ms,
             backend,
             region: opts.region.clone(),
             keyspaces: opts
@@ -613,23 +630,30 @@ impl Store {
         }
     }
 
-    /// `t` once the claim floor (`keys::META_CLAIM_FLOOR`) is durably at least `t`, so that a
-    /// restart starts the clock above it: a watermark is a promise that no later write is stamped
-    /// below it, and an idle tick of the clock is otherwise persisted only by the next commit (a
-    /// region that crashed after claiming a tick, and came back with its clock stepped back,
-    /// stamped writes below its claim: sweep seed 948009205). The floor is written a little ahead
-    /// of the claim (half the clock-offset bound, at most 250 ms), so it costs at most one small
-    /// fsync per that much progress of the claims, and a restarted region stamps at most that far
-    /// ahead of its last claim (peers accept it: it is within the bound). If it cannot be
-    /// written, the claim stays at the floor.
+    /// `t` once the claim floor is durably at least `t`, so that a restart starts the clock
+    /// above it: a watermark is a promise that no later write is stamped below it, and an idle
+    /// tick of the clock is otherwise persisted only by the next commit (a region that crashed
+    /// after claiming a tick, and came back with its clock stepped back, stamped writes below
+    /// its claim: sweep seed 948009205).
+    ///
+    /// Every fsynced batch raises the floor to its clock plus the lead, so while writes (local
+    /// or replicated) commit, a claim is already covered and this writes nothing. Only a claim
+    /// more than the lead past the last commit (an idle region) writes
+    /// `keys::META_CLAIM_FLOOR`, the lead ahead: at most one small fsync per lead of idle
+    /// progress. If it cannot be written, the claim stays at the floor.
     fn durable_claim(&self, t: u64) -> u64 {
-        let Ok(mut floor) = self.shared.claim_floor.lock() else {
-            return 0;
-        };
-        if t <= *floor {
+        let shared = &self.shared;
+        if t <= shared.claim_floor.load(Ordering::Acquire) {
             return t;
         }
-        let ahead = t.saturating_add((self.shared.max_clock_offset_ms / 2).min(250));
+        let Ok(_writing) = shared.claim_floor_write.lock() else {
+            return shared.claim_floor.load(Ordering::Acquire).min(t);
+        };
+        // Another caller (or a commit) may have raised it while this one waited.
+        if t <= shared.claim_floor.load(Ordering::Acquire) {
+            return t;
+        }
+        let ahead = t.saturating_add(shared.claim_lead_ms);
         let put = codec::encode(&ahead).map(|v| {
             vec![Mutation::Put(
                 Table::Meta,
@@ -637,14 +661,18 @@ impl Store {
                 v,
             )]
         });
-        match put.and_then(|m| self.shared.backend.commit(m, true)) {
+        match put.and_then(|m| shared.backend.commit(m, true)) {
             Ok(()) => {
-                *floor = ahead;
+                shared.claim_floor.fetch_max(ahead, Ordering::AcqRel);
+                shared
+                    .stats
+                    .claim_floor_writes_total
+                    .fetch_add(1, Ordering::Relaxed);
                 t
             }
             Err(e) => {
                 tracing::warn!(error = %e, "cannot persist the claim floor; the claim stays where it was");
-                *floor
+                shared.claim_floor.load(Ordering::Acquire).min(t)
             }
         }
     }
@@ -1533,6 +1561,14 @@ impl Committer {
         let elapsed = started.elapsed();
         stats.commits_total.fetch_add(1, Ordering::Relaxed);
         stats.hlc_wall_ms.store(hlc_wall_ms, Ordering::Relaxed);
+        if self.durable {
+            // The batch's clock is on stable storage: a restart starts the clock the lead
+            // above it, so claims up to there need no write of their own.
+            self.shared.claim_floor.fetch_max(
+                hlc_wall_ms.saturating_add(self.shared.claim_lead_ms),
+                Ordering::AcqRel,
+            );
+        }
         if let Ok(mut a) = self.shared.applied.lock() {
             *a = applied;
         }

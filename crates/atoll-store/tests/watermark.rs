@@ -9,6 +9,7 @@ use atoll_core::clock::{Clock, ManualClock};
 use atoll_core::op::{Intent, Policy};
 use atoll_store::backend::{Backend, MemBackend};
 use atoll_store::{Store, StoreOptions};
+use std::sync::atomic::Ordering;
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -159,5 +160,39 @@ fn a_claimed_watermark_survives_a_power_cut_and_a_clock_step_back() {
         "a write after the restart was stamped at {} below the claimed {}",
         out.ts,
         claimed.before_ms
+    );
+}
+
+#[test]
+fn commits_keep_the_claim_floor_ahead_so_a_busy_region_claims_without_writing_it() {
+    // The floor is written on its own only for an idle region's claims: while batches commit,
+    // each raises it, and a claim costs no fsync (it runs on the replication path).
+    let clock = Arc::new(ManualClock::new(T0));
+    let store = open(Arc::new(MemBackend::default()), clock.clone());
+    let writes = |s: &Store| s.stats().claim_floor_writes_total.load(Ordering::Relaxed);
+    for i in 0..50 {
+        let out = put(&store, &format!("k{i}"));
+        clock.advance(100);
+        let wm = store.watermark();
+        assert!(
+            wm.before_ms > out.ts.wall_ms,
+            "a claim is not held back by the floor: {wm:?} after {out:?}"
+        );
+    }
+    assert_eq!(writes(&store), 0, "claims between commits wrote the floor");
+    // Idle: claims move past the last commit's lead and write the floor, about once per lead.
+    for _ in 0..20 {
+        clock.advance(100);
+        let wm = store.watermark();
+        assert_eq!(
+            wm.before_ms,
+            clock.physical_ms(),
+            "an idle claim is the clock"
+        );
+    }
+    let idle = writes(&store);
+    assert!(
+        (4..=10).contains(&idle),
+        "2 s of idle claims wrote the floor {idle} times"
     );
 }

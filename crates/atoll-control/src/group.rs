@@ -15,7 +15,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::error::{ControlError, TransportError};
-use crate::liveness::Liveness;
+use crate::liveness::{Liveness, gone_silent};
 use crate::machine::{Applied, Machine};
 use crate::network::NetworkFactory;
 use crate::store::{LogStore, Store, blocking};
@@ -581,18 +581,14 @@ impl ControlGroup {
             // The leader sends this member a heartbeat every `heartbeat`: if nothing at all
             // arrives from it for an election timeout while the proposal waits, the link to it
             // has gone dark (a cut that swallows packets), and waiting out the deadline would
-            // only keep the caller from trying another path. The outcome is unknown.
-            let sent = Instant::now();
-            let quiet = self.inner.timing.election_min;
-            let silent = async {
-                loop {
-                    tokio::time::sleep(self.inner.timing.heartbeat / 4).await;
-                    let last = liveness.get(to).heard.map_or(sent, |h| h.max(sent));
-                    if last.elapsed() >= quiet {
-                        return last.elapsed();
-                    }
-                }
-            };
+            // only keep the caller from trying another path. The outcome is unknown. A stall of
+            // this member's own (CPU starvation) is not counted as the leader's silence.
+            let silent = gone_silent(
+                || liveness.get(to).heard,
+                Instant::now(),
+                self.inner.timing.heartbeat / 4,
+                self.inner.timing.election_min,
+            );
             tokio::select! {
                 a = call => a,
                 after = silent => {

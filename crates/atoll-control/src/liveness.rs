@@ -9,6 +9,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
+use std::time::Duration;
 
 use tokio::time::Instant;
 
@@ -68,6 +69,40 @@ impl Liveness {
     }
 }
 
+/// Resolves once nothing has been heard from a member (`heard` reads when it last was) for
+/// `quiet` since `since`, with the silence measured in steps of `tick`; gives the silence.
+///
+/// Only silence this member was awake for counts. A member that was itself stalled (its runtime
+/// starved of CPU, the process paused) has not yet read what arrived meanwhile: the heartbeats
+/// are queued, not missing. A tick that comes more than a few ticks late marks such a stall,
+/// and the count starts again from it.
+pub(crate) async fn gone_silent(
+    heard: impl Fn() -> Option<Instant>,
+    since: Instant,
+    tick: Duration,
+    quiet: Duration,
+) -> Duration {
+    let tick = tick.max(Duration::from_millis(1));
+    let mut awake_since = since;
+    let mut last_tick = Instant::now();
+    loop {
+        tokio::time::sleep(tick).await;
+        let now = Instant::now();
+        if now.duration_since(last_tick) > tick * STALL_TICKS {
+            awake_since = now;
+        }
+        last_tick = now;
+        let last = heard().map_or(awake_since, |h| h.max(awake_since));
+        let silent = now.duration_since(last);
+        if silent >= quiet {
+            return silent;
+        }
+    }
+}
+
+/// A tick this many ticks late (or later) marks a stall of this member's own.
+const STALL_TICKS: u32 = 4;
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -92,5 +127,58 @@ mod tests {
         l.heard(3);
         assert!(!l.get(3).suspect(), "heard again after the failure");
         assert_eq!(l.relay_order([2, 3, 4]), vec![3, 2, 4]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn silence_is_counted_from_the_last_word() {
+        let start = Instant::now();
+        let heard = Mutex::new(Some(start));
+        let watch = gone_silent(
+            || *heard.lock().unwrap_or_else(|p| p.into_inner()),
+            start,
+            Duration::from_millis(50),
+            Duration::from_millis(750),
+        );
+        tokio::pin!(watch);
+        // Heard every 200 ms for a second: not silent.
+        for _ in 0..5 {
+            tokio::select! {
+                s = &mut watch => panic!("silent after {s:?} while heard every 200 ms"),
+                () = tokio::time::sleep(Duration::from_millis(200)) => {}
+            }
+            *heard.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
+        }
+        let last = Instant::now();
+        let silent = watch.await;
+        assert!(silent >= Duration::from_millis(750), "{silent:?}");
+        let at = Instant::now().duration_since(last);
+        assert!(at < Duration::from_millis(850), "noticed only after {at:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stall_of_this_member_is_not_the_peers_silence() {
+        let start = Instant::now();
+        let watch = gone_silent(
+            || Some(start),
+            start,
+            Duration::from_millis(50),
+            Duration::from_millis(750),
+        );
+        tokio::pin!(watch);
+        // Let the watch start ticking, then stall this member for 2 s (the timer fires once,
+        // 2 s late): what the peer sent meanwhile is unread, so that is no silence of its.
+        tokio::select! {
+            s = &mut watch => panic!("silent after {s:?}"),
+            () = tokio::time::sleep(Duration::from_millis(60)) => {}
+        }
+        tokio::time::advance(Duration::from_secs(2)).await;
+        let resumed = Instant::now();
+        // Still nothing heard once awake: silent a full `quiet` after the stall ended.
+        let silent = watch.await;
+        let at = Instant::now().duration_since(resumed);
+        assert!(
+            at >= Duration::from_millis(750) && silent < Duration::from_secs(1),
+            "gave up {at:?} after the stall ended, reporting {silent:?}"
+        );
     }
 }

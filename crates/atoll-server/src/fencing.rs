@@ -557,7 +557,11 @@ impl Fencing {
         };
         let answer = proposer.propose(cmd.clone()).await;
         self.answered(now, &cmd, answer.clone());
-        match answer? {
+        let answer = match answer {
+            Ok(a) => a,
+            Err(e) => self.transfer_outcome(&cmd, deadline, e).await?,
+        };
+        match answer {
             Answer::Transferred { epoch, .. } => Ok(json!({
                 "from": self.me.as_str(),
                 "to": target.as_str(),
@@ -572,6 +576,49 @@ impl Fencing {
             other => Err(AtollError::ControlUnavailable(format!(
                 "unexpected answer {other:?}"
             ))),
+        }
+    }
+}
+
+impl Fencing {
+    /// The outcome of a transfer whose proposal failed (`error`): it may still have been
+    /// applied (the control group's leader fell silent after taking it, say). The control
+    /// group's state, as this member applies it, settles it: the target holding the lease means
+    /// it was applied; this region still holding it under a newer version (a renewal got in
+    /// first, or after: either way the transfer can no longer apply) means it was not, and
+    /// writes resume here. Until `deadline`; then `error`, the outcome still unknown.
+    async fn transfer_outcome(
+        &self,
+        cmd: &Command,
+        deadline: Instant,
+        error: AtollError,
+    ) -> Result<Answer> {
+        let Command::Transfer {
+            to, expect_version, ..
+        } = cmd
+        else {
+            return Err(error);
+        };
+        loop {
+            let (holder, epoch, version) = {
+                let f = self.fence();
+                let st = f.state();
+                (st.holder.clone(), st.epoch, st.version)
+            };
+            if holder.as_ref() == Some(to) {
+                tracing::info!(epoch, error = %error, "the switchover's proposal failed, but the control group applied it");
+                return Ok(Answer::Transferred { epoch, version });
+            }
+            if version != *expect_version {
+                return Err(AtollError::ControlUnavailable(format!(
+                    "{error}; the control group has since changed the lease (holder {}, version {version}), so the transfer was not applied; writes resume on the holder",
+                    holder.as_ref().map_or("none", |h| h.as_str())
+                )));
+            }
+            if Instant::now() >= deadline {
+                return Err(error);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
 }
@@ -715,6 +762,126 @@ mod tests {
             answered,
             Ok(false),
             "the permit (refused: eu-west-1 is a standby) must not wait for the metrics refresh"
+        );
+    }
+
+    /// A replication view of a target that has caught up with everything.
+    struct CaughtUp;
+
+    impl ReplicationView for CaughtUp {
+        fn promotion_view(&self, _holder: &RegionId) -> PromotionView {
+            PromotionView::default()
+        }
+        fn head(&self) -> u64 {
+            0
+        }
+        fn settled_head(&self) -> Result<u64> {
+            Ok(0)
+        }
+        fn peer_applied_of_mine(&self, _peer: &RegionId) -> Option<u64> {
+            Some(0)
+        }
+        fn hlc_ms(&self) -> u64 {
+            0
+        }
+    }
+
+    /// A control group whose answer to a transfer is lost (the leader fell silent after taking
+    /// it): the proposal fails, and this member then applies `after` (if any) as the group's
+    /// state.
+    struct LostAnswer {
+        fencing: std::sync::OnceLock<Arc<Fencing>>,
+        after: Option<LeaseState>,
+    }
+
+    impl Proposer for LostAnswer {
+        fn propose(
+            &self,
+            _cmd: Command,
+        ) -> Pin<Box<dyn Future<Output = Result<Answer>> + Send + '_>> {
+            Box::pin(async move {
+                if let (Some(f), Some(st)) = (self.fencing.get(), &self.after) {
+                    let f = f.clone();
+                    let st = st.clone();
+                    tokio::spawn(async move {
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        let now = f.now_ms();
+                        f.fence().on_applied(now, &st);
+                    });
+                }
+                Err(AtollError::ControlUnavailable(
+                    "the leader went silent: the command may or may not have been applied".into(),
+                ))
+            })
+        }
+    }
+
+    fn primary_with_lost_answers(after: Option<LeaseState>) -> Arc<Fencing> {
+        let config = Config::parse(CONFIG, "t.toml").expect("config");
+        let us = RegionId::new("us-east-1").expect("region");
+        let fencing = Fencing::new(&config, &us, Arc::new(Metrics::new()))
+            .expect("fencing")
+            .expect("active-standby fences");
+        let state = LeaseState {
+            holder: Some(us),
+            epoch: 1,
+            version: 1,
+            ..LeaseState::default()
+        };
+        fencing.fence().on_applied(fencing.now_ms(), &state);
+        let proposer = Arc::new(LostAnswer {
+            fencing: std::sync::OnceLock::new(),
+            after,
+        });
+        let _ = proposer.fencing.set(fencing.clone());
+        fencing.attach(proposer, Arc::new(CaughtUp));
+        fencing
+    }
+
+    #[tokio::test]
+    async fn a_switchover_whose_answer_was_lost_reports_what_the_control_group_applied() {
+        let eu = RegionId::new("eu-west-1").expect("region");
+        // Applied: this member sees the target hold the lease under the next epoch.
+        let applied = LeaseState {
+            holder: Some(eu.clone()),
+            epoch: 2,
+            version: 2,
+            ..LeaseState::default()
+        };
+        let f = primary_with_lost_answers(Some(applied));
+        let report = f
+            .switchover(&eu, Duration::from_secs(10))
+            .await
+            .expect("the transfer was applied: the switchover succeeded");
+        assert_eq!(report["to"], "eu-west-1", "{report}");
+        assert_eq!(report["epoch"], 2, "{report}");
+
+        // Not applied: a renewal of this region's lease got in first.
+        let renewed = LeaseState {
+            holder: Some(RegionId::new("us-east-1").expect("region")),
+            epoch: 1,
+            version: 2,
+            ..LeaseState::default()
+        };
+        let f = primary_with_lost_answers(Some(renewed));
+        let err = f
+            .switchover(&eu, Duration::from_secs(10))
+            .await
+            .expect_err("the transfer was not applied");
+        assert!(
+            err.to_string().contains("was not applied"),
+            "the error says the transfer did not happen: {err}"
+        );
+
+        // Nothing learned before the deadline: the outcome stays unknown, and says so.
+        let f = primary_with_lost_answers(None);
+        let err = f
+            .switchover(&eu, Duration::from_millis(300))
+            .await
+            .expect_err("outcome unknown");
+        assert!(
+            err.to_string().contains("may or may not"),
+            "the error says the outcome is unknown: {err}"
         );
     }
 }

@@ -267,8 +267,12 @@ impl Watch {
             .watchers
             .set(self.open.load(Ordering::SeqCst) as i64);
         // Subscribe before reading the log: an entry committed from now on is in the feed, one
-        // committed before is in the log.
+        // committed before is in the log. A watch without a token starts at what is applied
+        // now, when the client is answered, not when its task first runs: a write the client
+        // makes once it has its answer must be an event (under load the task ran after the
+        // client's first write, and that write was never sent).
         let feed = self.feed.subscribe();
+        let begin = store.applied();
         let (tx, rx) = mpsc::channel(BUFFER_EVENTS);
         let w = self.clone();
         tokio::spawn(async move {
@@ -282,7 +286,7 @@ impl Watch {
             };
             let mut closed = w.closed.subscribe();
             let lagged = tokio::select! {
-                lagged = watcher.run(feed, token) => lagged,
+                lagged = watcher.run(feed, token, begin) => lagged,
                 _ = closed.wait_for(|c| *c) => None,
             };
             // The slot is free as soon as the watcher stops taking events.
@@ -326,8 +330,9 @@ impl Watcher {
         &mut self,
         mut feed: broadcast::Receiver<Arc<Vec<OpEntry>>>,
         token: Option<Token>,
+        begin: VersionVector,
     ) -> Option<Item> {
-        let outcome = match self.start(token).await {
+        let outcome = match self.start(token, begin).await {
             Ok(()) => self.follow(&mut feed).await,
             Err(e) => Err(e),
         };
@@ -353,14 +358,15 @@ impl Watcher {
         }
     }
 
-    /// From the token (or from what this region has applied now): a reset if the log cannot
-    /// give what follows the token, else every logged entry after it.
-    async fn start(&mut self, token: Option<Token>) -> Result<(), Stop> {
-        let applied = self.store.applied();
+    /// From the token (or from `begin`, what this region had applied when the watch was
+    /// answered): a reset if the log cannot give what follows the token, else every logged
+    /// entry after it.
+    async fn start(&mut self, token: Option<Token>, begin: VersionVector) -> Result<(), Stop> {
         let Some(token) = token else {
-            self.token = Token::at(&self.w.regions, &applied);
+            self.token = Token::at(&self.w.regions, &begin);
             return self.ready().await;
         };
+        let applied = self.store.applied();
         let mut first = BTreeMap::new();
         for r in &self.w.regions {
             let f = self.store.oplog_first(r).map_err(|_| Stop::Gone)?;

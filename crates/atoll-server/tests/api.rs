@@ -14,7 +14,7 @@ use atoll_core::clock::ManualClock;
 use atoll_core::codec::{decode_context_token, encode_context_token};
 use atoll_core::crdt::lww::LwwRegister;
 use atoll_core::hlc::Timestamp;
-use atoll_core::op::{KeyState, OpEntry};
+use atoll_core::op::{Intent, KeyState, OpEntry};
 use atoll_server::api::{AppState, ROUTES, router};
 use atoll_server::metrics::Metrics;
 use atoll_server::openapi::OPENAPI_JSON;
@@ -2639,17 +2639,68 @@ async fn a_watcher_that_never_reads_falls_behind_with_bounded_memory_and_resumes
     // Resuming gives exactly the rest.
     let mut seen = changes;
     let mut token = token.to_string();
-    loop {
-        // A poll answers as soon as an event is ready; one that waited a whole second without
-        // any means the watcher has given everything.
+    // Polls until every write was seen (an empty poll under load is no proof that nothing is
+    // left: the catch-up may just be slow), then once more: nothing beyond them comes.
+    let deadline = Instant::now() + std::time::Duration::from_secs(60);
+    while seen < WRITES {
+        assert!(
+            Instant::now() < deadline,
+            "resuming gave {seen} of {WRITES} events"
+        );
         let (events, next) = poll(&h, &format!("/v1/watch/sessions?wait=1s&token={token}")).await;
-        if events.is_empty() {
-            break;
-        }
         seen += events.len();
         token = next;
     }
+    let (events, _) = poll(&h, &format!("/v1/watch/sessions?wait=1s&token={token}")).await;
+    seen += events.len();
     assert_eq!(seen, WRITES, "every write was an event exactly once");
+}
+
+#[tokio::test]
+async fn a_write_made_once_the_watch_answered_is_an_event() {
+    // The watch's position is what was applied when the client got its answer, not when the
+    // watcher's task first ran: on this single-threaded runtime the task has not run yet when
+    // the write below commits (under load that happened on any runtime, and the write was
+    // never sent).
+    let h = Harness::new();
+    let req = Request::get("/v1/watch/sessions")
+        .body(Body::empty())
+        .unwrap();
+    let resp = h.app.clone().oneshot(req).await.expect("infallible");
+    assert_eq!(resp.status(), StatusCode::OK);
+    // Synchronous: nothing else on this runtime runs until it is committed.
+    h.state
+        .store
+        .write(
+            "sessions",
+            b"first",
+            Intent::Put {
+                value: b"v".to_vec(),
+                context: None,
+                ttl: atoll_core::op::Ttl::Default,
+            },
+        )
+        .expect("write");
+    let mut body = resp.into_body();
+    let mut text = String::new();
+    let deadline = Instant::now() + std::time::Duration::from_secs(10);
+    while !text.contains("event: change") {
+        let left = deadline.saturating_duration_since(Instant::now());
+        assert!(
+            !left.is_zero(),
+            "no event for the write; the stream gave: {text}"
+        );
+        match tokio::time::timeout(left, body.frame()).await {
+            Ok(Some(Ok(frame))) => {
+                if let Some(d) = frame.data_ref() {
+                    text.push_str(&String::from_utf8_lossy(d));
+                }
+            }
+            Ok(other) => panic!("the stream ended ({}): {text}", other.is_some()),
+            Err(_) => panic!("no event for the write within 10 s; the stream gave: {text}"),
+        }
+    }
+    assert!(text.contains("\"key\":\"first\""), "{text}");
 }
 
 #[tokio::test]

@@ -479,7 +479,7 @@ pub struct KeyspaceConfig {
     /// region's staleness bound exceeds it, unless the read says otherwise (`max_staleness=`).
     /// `None`: eventual (session when a read presents a token). Not for `strong`.
     pub max_staleness_ms: Option<u64>,
-    /// `default_ttl`: the time to live of a put that names none (lww and owned;
+    /// `default_ttl`: the time to live of a put that names none (lww, owned and mvr;
     /// `docs/design/expiring-keys.md`). `None`: keys never expire unless a write says so.
     pub default_ttl_ms: Option<u64>,
     /// A `ratelimit` keyspace's rule: `limit`, `window`, `algorithm`, `budget`

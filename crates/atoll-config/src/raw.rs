@@ -963,12 +963,12 @@ fn keyspaces(
         };
         let default_ttl_ms = match &k.default_ttl {
             None => None,
-            Some(t) if policy.storage() != Policy::Lww => {
+            Some(t) if !matches!(policy.storage(), Policy::Lww | Policy::Mvr) => {
                 return Err(cx.err(
                     t.span(),
                     key("default_ttl"),
                     format!(
-                        "default_ttl does not apply to keyspace `{name}`, whose policy is `{policy}`: only `lww` and `owned` keyspaces hold expiring keys (docs/design/expiring-keys.md)"
+                        "default_ttl does not apply to keyspace `{name}`, whose policy is `{policy}`: only `lww`, `owned` and `mvr` keyspaces hold expiring keys (docs/design/expiring-keys.md)"
                     ),
                 ));
             }

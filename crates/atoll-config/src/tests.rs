@@ -2621,7 +2621,7 @@ fn resp_settings_are_strict() {
 }
 
 #[test]
-fn default_ttl_is_a_bounded_duration_on_lww_and_owned_keyspaces_only() {
+fn default_ttl_is_a_bounded_duration_on_lww_owned_and_mvr_keyspaces_only() {
     let with = |policy: &str, line: &str| {
         format!("{BASE}\n[[keyspaces]]\nname = \"tokens\"\npolicy = \"{policy}\"\n{line}\n")
     };
@@ -2640,16 +2640,23 @@ fn default_ttl_is_a_bounded_duration_on_lww_and_owned_keyspaces_only() {
             .default_ttl_ms,
         None
     );
+    assert_eq!(
+        ok(&with("mvr", "default_ttl = \"1h\""))
+            .keyspace("tokens")
+            .unwrap()
+            .default_ttl_ms,
+        Some(3_600_000)
+    );
     for (policy, line, needle) in [
-        (
-            "mvr",
-            "default_ttl = \"1h\"",
-            "only `lww` and `owned` keyspaces",
-        ),
         (
             "counter",
             "default_ttl = \"1h\"",
-            "only `lww` and `owned` keyspaces",
+            "only `lww`, `owned` and `mvr` keyspaces",
+        ),
+        (
+            "set",
+            "default_ttl = \"1h\"",
+            "only `lww`, `owned` and `mvr` keyspaces",
         ),
         ("lww", "default_ttl = \"0s\"", "out of range"),
         ("lww", "default_ttl = \"soon\"", "default_ttl"),

@@ -11,11 +11,12 @@ use serde::de::DeserializeOwned;
 
 /// The encoding version this build writes. Version 2 added the lease epoch to operation-log
 /// entries ([`crate::op::OpEntry::epoch`]); version 3 added the expiry to lww registers
-/// ([`crate::crdt::lww::LwwRegister::expires_ms`], `docs/design/expiring-keys.md`). Every other
-/// record reads the same in all three; records that hold key states are read with
-/// [`decode_state`], [`decode_entry`] and [`decode_frame`], which keep the older layouts' paths.
-/// [`decode`] refuses older versions of those records, never misreads them: use these.
-pub const FORMAT_VERSION: u16 = 3;
+/// ([`crate::crdt::lww::LwwRegister::expires_ms`], `docs/design/expiring-keys.md`); version 4
+/// added it to mvr siblings ([`crate::crdt::mvr::Sibling::expires_ms`]). Every other record
+/// reads the same in all four; records that hold key states are read with [`decode_state`],
+/// [`decode_entry`] and [`decode_frame`], which keep the older layouts' paths. [`decode`]
+/// refuses older versions of those records, never misreads them: use these.
+pub const FORMAT_VERSION: u16 = 4;
 
 /// Encodes `value` with the current format version.
 pub fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>> {
@@ -39,7 +40,7 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T> {
     let version = version_of(bytes)?;
     match version {
         0 => Err(AtollError::Corrupt("record has format version 0".into())),
-        1..=3 => postcard::from_bytes(&bytes[2..])
+        1..=4 => postcard::from_bytes(&bytes[2..])
             .map_err(|e| AtollError::Corrupt(format!("undecodable v{version} record: {e}"))),
         found => Err(AtollError::FormatTooNew {
             found,
@@ -48,18 +49,22 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T> {
     }
 }
 
-/// Decodes a key state of any supported version (versions 1 and 2 had no lww expiry: `None`).
+/// Decodes a key state of any supported version (versions 1 and 2 had no lww expiry, 1 to 3
+/// no mvr expiry: `None`).
 pub fn decode_state(bytes: &[u8]) -> Result<crate::op::KeyState> {
     match version_of(bytes)? {
         v @ (1 | 2) => postcard::from_bytes::<crate::op::KeyStateV2>(&bytes[2..])
             .map(Into::into)
             .map_err(|e| AtollError::Corrupt(format!("undecodable v{v} key state: {e}"))),
+        3 => postcard::from_bytes::<crate::op::KeyStateV3>(&bytes[2..])
+            .map(Into::into)
+            .map_err(|e| AtollError::Corrupt(format!("undecodable v3 key state: {e}"))),
         _ => decode(bytes),
     }
 }
 
 /// Decodes an operation-log entry of any supported version (version 1 had no epoch: 0;
-/// versions 1 and 2 had no lww expiry).
+/// versions 1 and 2 had no lww expiry, 1 to 3 no mvr expiry).
 pub fn decode_entry(bytes: &[u8]) -> Result<crate::op::OpEntry> {
     match version_of(bytes)? {
         1 => postcard::from_bytes::<crate::op::OpEntryV1>(&bytes[2..])
@@ -68,6 +73,9 @@ pub fn decode_entry(bytes: &[u8]) -> Result<crate::op::OpEntry> {
         2 => postcard::from_bytes::<crate::op::OpEntryV2>(&bytes[2..])
             .map(Into::into)
             .map_err(|e| AtollError::Corrupt(format!("undecodable v2 log entry: {e}"))),
+        3 => postcard::from_bytes::<crate::op::OpEntryV3>(&bytes[2..])
+            .map(Into::into)
+            .map_err(|e| AtollError::Corrupt(format!("undecodable v3 log entry: {e}"))),
         _ => decode(bytes),
     }
 }
@@ -87,6 +95,14 @@ enum FrameV2 {
     Truncated { origin: crate::RegionId, first: u64 },
 }
 
+/// A replication stream frame as version 3 wrote it.
+#[derive(serde::Deserialize)]
+enum FrameV3 {
+    Ops(Vec<crate::op::OpEntryV3>),
+    Heartbeat(crate::repl::Heartbeat),
+    Truncated { origin: crate::RegionId, first: u64 },
+}
+
 /// Decodes a replication stream frame of any supported version.
 pub fn decode_frame(bytes: &[u8]) -> Result<crate::repl::Frame> {
     use crate::repl::Frame;
@@ -101,6 +117,12 @@ pub fn decode_frame(bytes: &[u8]) -> Result<crate::repl::Frame> {
             Ok(FrameV2::Heartbeat(h)) => Ok(Frame::Heartbeat(h)),
             Ok(FrameV2::Truncated { origin, first }) => Ok(Frame::Truncated { origin, first }),
             Err(e) => Err(AtollError::Corrupt(format!("undecodable v2 frame: {e}"))),
+        },
+        3 => match postcard::from_bytes::<FrameV3>(&bytes[2..]) {
+            Ok(FrameV3::Ops(v)) => Ok(Frame::Ops(v.into_iter().map(Into::into).collect())),
+            Ok(FrameV3::Heartbeat(h)) => Ok(Frame::Heartbeat(h)),
+            Ok(FrameV3::Truncated { origin, first }) => Ok(Frame::Truncated { origin, first }),
+            Err(e) => Err(AtollError::Corrupt(format!("undecodable v3 frame: {e}"))),
         },
         _ => decode(bytes),
     }

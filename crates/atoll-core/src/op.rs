@@ -7,7 +7,7 @@
 
 use crate::causal::CausalContext;
 use crate::crdt::lww::{LwwConflict, LwwRegister};
-use crate::crdt::mvr::MvRegister;
+use crate::crdt::mvr::{MvRegister, MvRegisterV3};
 use crate::crdt::orset::OrSet;
 use crate::crdt::pncounter::PnCounter;
 use crate::crdt::ratewindow::{RateRule, RateWindows};
@@ -143,7 +143,8 @@ impl KeyState {
     }
 }
 
-/// How long a written value lives (`docs/design/expiring-keys.md`); lww and owned keyspaces only.
+/// How long a written value lives (`docs/design/expiring-keys.md`): lww and owned values, mvr
+/// siblings.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Ttl {
     /// The keyspace's `default_ttl` (never expires when it has none).
@@ -166,8 +167,7 @@ pub const MAX_TTL_MS: u64 = 100 * 365 * 24 * 3600 * 1000;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Intent {
     /// Write a value (lww, mvr). For mvr, `context` is what the client read; `None` adds a sibling.
-    /// `ttl`: when the value expires (lww and owned only; anything but [`Ttl::Default`] is refused
-    /// for mvr).
+    /// `ttl`: when the value expires (for mvr, the new sibling; [`Ttl::Keep`] is refused there).
     Put {
         value: Vec<u8>,
         context: Option<CausalContext>,
@@ -223,7 +223,7 @@ impl Intent {
 pub struct WriteAt<'a> {
     pub keyspace: &'a str,
     pub policy: Policy,
-    /// The keyspace's `default_ttl` in milliseconds (lww and owned).
+    /// The keyspace's `default_ttl` in milliseconds (lww, owned and mvr).
     pub default_ttl_ms: Option<u64>,
     /// The local region.
     pub region: &'a RegionId,
@@ -282,7 +282,7 @@ pub fn prepare(intent: &Intent, current: Option<&KeyState>, at: &WriteAt<'_>) ->
             keyspace: keyspace.to_string(),
             policy: policy.to_string(),
             operation: if matches!(intent, Intent::Expire { .. }) {
-                "expiring keys (lww and owned keyspaces only: docs/design/expiring-keys.md)".into()
+                "EXPIRE and PERSIST (lww and owned keyspaces only; an mvr sibling expires as the write that made it said: rewrite it with the read's context and a ttl; docs/design/expiring-keys.md)".into()
             } else {
                 intent.name().to_string()
             },
@@ -323,20 +323,32 @@ pub fn prepare(intent: &Intent, current: Option<&KeyState>, at: &WriteAt<'_>) ->
         (Policy::Lww, Intent::Delete { .. }, _) => {
             KeyState::Lww(LwwRegister::write(cur_lww, region, ts, None))
         }
-        (Policy::Mvr, Intent::Put { ttl, .. }, _) if *ttl != Ttl::Default => {
-            return Err(AtollError::WrongPolicy {
-                keyspace: keyspace.to_string(),
-                policy: policy.to_string(),
-                operation:
-                    "expiring keys (lww and owned keyspaces only: docs/design/expiring-keys.md)"
-                        .into(),
-            });
+        (Policy::Mvr, Intent::Put { ttl: Ttl::Keep, .. }, _) => {
+            return Err(AtollError::BadRequest(format!(
+                "keyspace `{keyspace}` is mvr: each sibling carries the expiry of the write that made it, so there is no one expiry to keep; give the write its own ttl"
+            )));
         }
-        (Policy::Mvr, Intent::Put { value, context, .. }, cur) => {
-            mvr_write(cur, context.as_ref(), region, ts, Some(value.clone()))
+        (
+            Policy::Mvr,
+            Intent::Put {
+                value,
+                context,
+                ttl,
+            },
+            cur,
+        ) => {
+            let expires = expiry(at, *ttl, None)?;
+            mvr_write(
+                cur,
+                context.as_ref(),
+                region,
+                ts,
+                Some(value.clone()),
+                expires,
+            )
         }
         (Policy::Mvr, Intent::Delete { context }, cur) => {
-            mvr_write(cur, context.as_ref(), region, ts, None)
+            mvr_write(cur, context.as_ref(), region, ts, None, None)
         }
         (Policy::Counter, Intent::CounterAdd { delta }, cur) => {
             let cur = match cur {
@@ -396,6 +408,7 @@ fn mvr_write(
     region: &RegionId,
     ts: Timestamp,
     value: Option<Vec<u8>>,
+    expires_ms: Option<u64>,
 ) -> KeyState {
     let cur = match current {
         Some(KeyState::Mvr(r)) => Some(r),
@@ -409,7 +422,7 @@ fn mvr_write(
             seen.insert(s.dot.clone());
         }
     }
-    KeyState::Mvr(MvRegister::write(cur, &seen, region, ts, value))
+    KeyState::Mvr(MvRegister::write(cur, &seen, region, ts, value).expiring(expires_ms))
 }
 
 /// One entry of a region's operation log: what replication streams to peers.
@@ -440,13 +453,36 @@ pub(crate) struct LwwRegisterV2 {
     vv: crate::causal::VersionVector,
 }
 
-/// [`KeyState`] as encoding versions 1 and 2 wrote it (lww registers without expiry).
+/// [`KeyState`] as encoding versions 1 and 2 wrote it (lww registers and mvr siblings without
+/// expiry).
 #[derive(Deserialize)]
 pub(crate) enum KeyStateV2 {
     Lww(LwwRegisterV2),
-    Mvr(MvRegister),
+    Mvr(MvRegisterV3),
     Counter(PnCounter),
     Set(OrSet),
+}
+
+/// [`KeyState`] as encoding version 3 wrote it (mvr siblings without expiry).
+#[derive(Deserialize)]
+pub(crate) enum KeyStateV3 {
+    Lww(LwwRegister),
+    Mvr(MvRegisterV3),
+    Counter(PnCounter),
+    Set(OrSet),
+    RateLimit(RateWindows),
+}
+
+impl From<KeyStateV3> for KeyState {
+    fn from(s: KeyStateV3) -> Self {
+        match s {
+            KeyStateV3::Lww(r) => KeyState::Lww(r),
+            KeyStateV3::Mvr(m) => KeyState::Mvr(m.into()),
+            KeyStateV3::Counter(c) => KeyState::Counter(c),
+            KeyStateV3::Set(s) => KeyState::Set(s),
+            KeyStateV3::RateLimit(w) => KeyState::RateLimit(w),
+        }
+    }
 }
 
 impl From<KeyStateV2> for KeyState {
@@ -459,7 +495,7 @@ impl From<KeyStateV2> for KeyState {
                 vv: r.vv,
                 expires_ms: None,
             }),
-            KeyStateV2::Mvr(m) => KeyState::Mvr(m),
+            KeyStateV2::Mvr(m) => KeyState::Mvr(m.into()),
             KeyStateV2::Counter(c) => KeyState::Counter(c),
             KeyStateV2::Set(s) => KeyState::Set(s),
         }
@@ -505,6 +541,32 @@ pub(crate) struct OpEntryV2 {
 
 impl From<OpEntryV2> for OpEntry {
     fn from(e: OpEntryV2) -> Self {
+        OpEntry {
+            origin: e.origin,
+            seq: e.seq,
+            ts: e.ts,
+            keyspace: e.keyspace,
+            key: e.key,
+            delta: e.delta.into(),
+            epoch: e.epoch,
+        }
+    }
+}
+
+/// [`OpEntry`] as encoding version 3 wrote it (no expiry in mvr deltas).
+#[derive(Deserialize)]
+pub(crate) struct OpEntryV3 {
+    origin: RegionId,
+    seq: u64,
+    ts: Timestamp,
+    keyspace: String,
+    key: Vec<u8>,
+    delta: KeyStateV3,
+    epoch: u64,
+}
+
+impl From<OpEntryV3> for OpEntry {
+    fn from(e: OpEntryV3) -> Self {
         OpEntry {
             origin: e.origin,
             seq: e.seq,

@@ -517,13 +517,17 @@ impl Model for MvModel {
         };
         let ctx: CausalContext = seen.iter().cloned().collect();
         let value = w.value.map(|v| vec![v]);
+        // Every third write expires (the expiry is part of the sibling's content and must
+        // merge like the rest of it).
+        let expires = (w.ts % 3 == 0).then_some(w.ts + 5);
         let delta = MvRegister::write(
             Some(state),
             &ctx,
             &region(r),
             Timestamp::new(w.ts, 0),
             value,
-        );
+        )
+        .expiring(expires);
         assert_eq!(delta.siblings.len(), 1);
         let sibling = delta.siblings[0].clone();
         assert!(
@@ -568,7 +572,7 @@ impl Model for MvModel {
             mv_ctx(hist, writes).into_iter().collect::<CausalContext>()
         );
         assert_eq!(
-            state.sibling_count(),
+            state.sibling_count_at(0),
             expected.iter().filter(|s| s.value.is_some()).count()
         );
     }

@@ -383,7 +383,9 @@ fn policies_text(policy: Policy) -> &'static str {
         Policy::Lww => {
             "GET, SET, SETEX, PSETEX, DEL, EXISTS, EXPIRE, PEXPIRE, EXPIREAT, PEXPIREAT, TTL, PTTL, EXPIRETIME, PEXPIRETIME, PERSIST"
         }
-        Policy::Mvr => "GET, SET without an expiry, DEL, EXISTS, TTL",
+        Policy::Mvr => {
+            "GET, SET (EX, PX, EXAT, PXAT; not KEEPTTL), DEL, EXISTS, TTL, PTTL, EXPIRETIME, PEXPIRETIME"
+        }
         Policy::Counter => "INCR, INCRBY, DECR, DECRBY, GET, EXISTS",
         Policy::Set => "SADD, SREM, SMEMBERS, SISMEMBER, SCARD, DEL, EXISTS",
         Policy::RateLimit => "ATOLL.RATELIMIT",
@@ -488,7 +490,7 @@ fn kv_value(t: &Target<'_>, st: Option<&KeyState>, now: u64) -> Result<Option<Ve
         None => Ok(None),
         Some(KeyState::Lww(r)) => Ok(r.live_value(now).cloned()),
         Some(KeyState::Mvr(r)) => {
-            let live = r.live();
+            let live = r.live_at(now);
             match live.as_slice() {
                 [] => Ok(None),
                 [one] => Ok(one.value.clone()),
@@ -512,7 +514,7 @@ fn exists_in(st: Option<&KeyState>, now: u64) -> bool {
     match st {
         None => false,
         Some(KeyState::Lww(r)) => r.live_value(now).is_some(),
-        Some(KeyState::Mvr(r)) => !r.live().is_empty(),
+        Some(KeyState::Mvr(r)) => !r.live_at(now).is_empty(),
         Some(KeyState::Counter(_)) => true,
         Some(KeyState::Set(s)) => !s.members().is_empty(),
         Some(KeyState::RateLimit(w)) => !w.windows.is_empty(),
@@ -560,11 +562,18 @@ struct SetHow {
     name: &'static str,
 }
 
-/// The refusal of an expiry on a keyspace whose keys cannot expire (mvr, counter, set), in the
+/// The refusal of an expiry on a keyspace whose keys cannot expire (counter, set), or of a
+/// change of expiry on an mvr key (each sibling keeps the expiry its write gave it), in the
 /// style of [`target`]'s policy refusal.
 fn no_expiry(t: &Target<'_>) -> Reply {
+    if t.policy.storage() == Policy::Mvr {
+        return Reply::Error(format!(
+            "WRONGTYPE Operation against a key holding the wrong kind of value (keyspace '{}' is mvr: each sibling expires as the write that made it said; SET the key again with EX or PX to change it, docs/design/expiring-keys.md)",
+            t.keyspace
+        ));
+    }
     Reply::Error(format!(
-        "WRONGTYPE Operation against a key holding the wrong kind of value (keyspace '{}' is {}: its keys do not expire; expiring keys are lww and owned keyspaces only, docs/design/expiring-keys.md)",
+        "WRONGTYPE Operation against a key holding the wrong kind of value (keyspace '{}' is {}: its keys do not expire; expiring keys are lww, owned and mvr keyspaces, docs/design/expiring-keys.md)",
         t.keyspace, t.policy
     ))
 }
@@ -580,7 +589,10 @@ async fn set<H: Host>(
         Ok(t) => t,
         Err(r) => return r,
     };
-    if how.expiry.is_some() && t.policy.storage() != Policy::Lww {
+    if how.expiry.is_some()
+        && (!matches!(t.policy.storage(), Policy::Lww | Policy::Mvr)
+            || (t.policy.storage() == Policy::Mvr && matches!(how.expiry, Some(Expiry::Keep))))
+    {
         return no_expiry(&t);
     }
     let now = host.now_ms();
@@ -719,7 +731,8 @@ async fn expire<H: Host>(
 }
 
 /// `TTL`, `PTTL`, `EXPIRETIME`, `PEXPIRETIME`: `-2` when the key does not exist, `-1` when it has
-/// no expiry (every counter and set key, and mvr keys), else the time left or the instant, in
+/// no expiry (every counter and set key), else the time left or the instant (an mvr key: of its
+/// one live sibling; several are the conflict error GET gives), in
 /// seconds rounded as Redis rounds them (`(ms + 500) / 1000`) or milliseconds.
 fn ttl<H: Host>(host: &H, session: &Session, raw: &[u8], query: TtlQuery) -> Reply {
     let t = match target(host, session, raw, Right::Read, ANY) {
@@ -734,7 +747,20 @@ fn ttl<H: Host>(host: &H, session: &Session, raw: &[u8], query: TtlQuery) -> Rep
     if !exists_in(st.as_ref(), now) {
         return Reply::Int(-2);
     }
-    let Some(expires) = live_lww(st.as_ref(), now).and_then(|r| r.expires_ms) else {
+    let expires = match st.as_ref() {
+        // An mvr key answers for its one live sibling; several are a conflict, as for GET.
+        Some(KeyState::Mvr(r)) => match r.live_at(now).as_slice() {
+            [one] => one.expires_ms,
+            _ => {
+                if let Err(conflict) = kv_value(&t, st.as_ref(), now) {
+                    return conflict;
+                }
+                None
+            }
+        },
+        _ => live_lww(st.as_ref(), now).and_then(|r| r.expires_ms),
+    };
+    let Some(expires) = expires else {
         return Reply::Int(-1);
     };
     let ms = if query.absolute {
@@ -751,12 +777,16 @@ fn ttl<H: Host>(host: &H, session: &Session, raw: &[u8], query: TtlQuery) -> Rep
 }
 
 /// `PERSIST`: `:1` when the key had an expiry and it was removed, `:0` otherwise, without a write
-/// (keys of mvr, counter and set keyspaces never have one).
+/// (keys of counter and set keyspaces never have one; an mvr sibling's expiry cannot be changed
+/// but by a new SET: refused).
 async fn persist<H: Host>(host: &H, session: &Session, raw: &[u8]) -> Reply {
     let t = match target(host, session, raw, Right::Write, ANY) {
         Ok(t) => t,
         Err(r) => return r,
     };
+    if t.policy.storage() == Policy::Mvr {
+        return no_expiry(&t);
+    }
     if t.policy.storage() != Policy::Lww {
         return Reply::Int(0);
     }

@@ -755,7 +755,7 @@ async fn a_keyspace_default_ttl_applies_to_a_plain_set() {
 }
 
 #[tokio::test]
-async fn counters_sets_and_mvr_keys_have_no_expiry() {
+async fn counters_and_sets_have_no_expiry() {
     let host = StoreHost::new("", false);
     let mut s = Session::new(1);
     script(
@@ -764,18 +764,14 @@ async fn counters_sets_and_mvr_keys_have_no_expiry() {
         &[
             ("INCR ratelimits:api", int(1)),
             ("SADD flags:beta on", int(1)),
-            ("SET carts:c1 apple", ok()),
             ("TTL ratelimits:api", int(-1)),
             ("PTTL flags:beta", int(-1)),
-            ("EXPIRETIME carts:c1", int(-1)),
             ("PEXPIRETIME ratelimits:api", int(-1)),
             ("TTL ratelimits:none", int(-2)),
             ("TTL flags:none", int(-2)),
-            ("PTTL carts:none", int(-2)),
             // PERSIST: they have no expiry to remove.
             ("PERSIST ratelimits:api", int(0)),
             ("PERSIST flags:beta", int(0)),
-            ("PERSIST carts:c1", int(0)),
         ],
     )
     .await;
@@ -788,22 +784,6 @@ async fn counters_sets_and_mvr_keys_have_no_expiry() {
         (
             "PEXPIREAT flags:beta 1",
             "keyspace 'flags' is set: its keys do not expire",
-        ),
-        (
-            "EXPIRE carts:c1 10",
-            "keyspace 'carts' is mvr: its keys do not expire",
-        ),
-        (
-            "SET carts:c1 pear EX 10",
-            "keyspace 'carts' is mvr: its keys do not expire",
-        ),
-        (
-            "SET carts:c1 pear KEEPTTL",
-            "keyspace 'carts' is mvr: its keys do not expire",
-        ),
-        (
-            "SETEX carts:c1 10 pear",
-            "keyspace 'carts' is mvr: its keys do not expire",
         ),
         (
             "PSETEX ratelimits:api 10 5",
@@ -821,7 +801,58 @@ async fn counters_sets_and_mvr_keys_have_no_expiry() {
         "ERR keyspace 'seats' is strong"
     ));
     assert_eq!(host.writes.load(Ordering::SeqCst), writes);
-    assert_eq!(ask(&host, &mut s, "GET carts:c1").await, bulk("apple"));
+}
+
+#[tokio::test]
+async fn an_mvr_key_expires_as_its_set_said_and_only_a_new_set_changes_that() {
+    let host = StoreHost::new("", false);
+    let mut s = Session::new(1);
+    script(
+        &host,
+        &mut s,
+        &[
+            ("SET carts:c1 apple", ok()),
+            ("TTL carts:c1", int(-1)),
+            ("EXPIRETIME carts:c1", int(-1)),
+            ("PTTL carts:none", int(-2)),
+            // A SET replaces what the region holds, and its sibling expires.
+            ("SET carts:c1 pear EX 10", ok()),
+            ("TTL carts:c1", int(10)),
+            ("GET carts:c1", bulk("pear")),
+            ("PSETEX carts:c2 1500 plum", ok()),
+            ("PTTL carts:c2", int(1500)),
+        ],
+    )
+    .await;
+    let writes = host.writes.load(Ordering::SeqCst);
+    for line in [
+        "EXPIRE carts:c1 10",
+        "PERSIST carts:c1",
+        "SET carts:c1 fig KEEPTTL",
+    ] {
+        let r = ask(&host, &mut s, line).await;
+        assert!(
+            matches!(&r, Reply::Error(e) if e.starts_with("WRONGTYPE") && e.contains("keyspace 'carts' is mvr: each sibling expires as the write that made it said")),
+            "{line}: {r:?}"
+        );
+    }
+    assert_eq!(
+        host.writes.load(Ordering::SeqCst),
+        writes,
+        "a refusal wrote"
+    );
+    host.clock.advance(10_000);
+    script(
+        &host,
+        &mut s,
+        &[
+            ("GET carts:c1", Reply::Null),
+            ("EXISTS carts:c1", int(0)),
+            ("TTL carts:c1", int(-2)),
+            ("GET carts:c2", Reply::Null),
+        ],
+    )
+    .await;
 }
 
 #[tokio::test]

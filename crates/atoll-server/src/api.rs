@@ -581,8 +581,9 @@ fn ack(
     ack_with(state, ks, key, out, token, &[])
 }
 
-/// The answer to an acknowledged write: region, seq, timestamp, the mvr context, an lww value's
-/// expiry (`expires_at_ms`, `null` when it never expires), and `extra`.
+/// The answer to an acknowledged write: region, seq, timestamp, the mvr context, the expiry of
+/// the lww value or mvr sibling written (`expires_at_ms`, `null` when it never expires), and
+/// `extra`.
 pub(crate) fn ack_with(
     state: &AppState,
     ks: &str,
@@ -608,6 +609,15 @@ pub(crate) fn ack_with(
     {
         body["expires_at_ms"] = json!(r.expires_ms);
     }
+    // An mvr put: the expiry of the sibling it made.
+    if let KeyState::Mvr(r) = &out.state
+        && let Some(s) = r
+            .siblings
+            .iter()
+            .find(|s| s.ts == out.ts && &s.dot.region == state.store.region() && s.value.is_some())
+    {
+        body["expires_at_ms"] = json!(s.expires_ms);
+    }
     for (k, v) in extra {
         body[*k] = v.clone();
     }
@@ -623,8 +633,15 @@ pub(crate) fn ack_with(
 
 /// A key's state as JSON in the shape of a read (watch events): `lww`/`owned` `{"value",
 /// "value_base64", "timestamp", "origin"}` or `{"deleted": true}`; `mvr` `{"siblings",
-/// "context"}` (`deleted` when none is live); `counter` `{"value"}`; `set` `{"members"}`.
-pub(crate) fn state_json(ks: &str, key: &[u8], policy: Policy, st: Option<&KeyState>) -> Value {
+/// "context"}` (`deleted` when none is live; siblings expired by `now_ms` left out); `counter`
+/// `{"value"}`; `set` `{"members"}`.
+pub(crate) fn state_json(
+    ks: &str,
+    key: &[u8],
+    policy: Policy,
+    st: Option<&KeyState>,
+    now_ms: u64,
+) -> Value {
     match (policy.storage(), st) {
         (Policy::Lww, Some(KeyState::Lww(r))) => match &r.value {
             Some(v) => {
@@ -644,7 +661,7 @@ pub(crate) fn state_json(ks: &str, key: &[u8], policy: Policy, st: Option<&KeySt
             None => json!({"deleted": true, "timestamp": r.ts.to_string()}),
         },
         (Policy::Mvr, Some(KeyState::Mvr(r))) => {
-            let live = r.live();
+            let live = r.live_at(now_ms);
             json!({
                 "siblings": live.iter().map(|s| sibling_json(s)).collect::<Vec<_>>(),
                 "context": encode_context_token(ks, key, &r.ctx).unwrap_or_default(),
@@ -667,23 +684,32 @@ fn sibling_json(s: &atoll_core::crdt::mvr::Sibling) -> Value {
     if let Ok(text) = std::str::from_utf8(value) {
         v["value"] = json!(text);
     }
+    if let Some(e) = s.expires_ms {
+        v["expires_at_ms"] = json!(e);
+    }
     v
 }
 
-fn mvr_read(ks: &str, key: &[u8], reg: Option<&MvRegister>) -> Result<Response> {
+/// A read of an mvr key at `now_ms` (this region's physical clock): siblings expired by then
+/// are left out (`docs/design/expiring-keys.md`).
+fn mvr_read(ks: &str, key: &[u8], reg: Option<&MvRegister>, now_ms: u64) -> Result<Response> {
     let empty = MvRegister::default();
     let reg = reg.unwrap_or(&empty);
     let token = encode_context_token(ks, key, &reg.ctx)?;
     let ctx_header = header(CONTEXT_HEADER, &token);
-    let live = reg.live();
+    let live = reg.live_at(now_ms);
     let resp = match live.as_slice() {
         [] => error_response(&AtollError::NotFound),
-        [one] => (
-            StatusCode::OK,
-            [(header::CONTENT_TYPE, "application/octet-stream")],
-            one.value.clone().unwrap_or_default(),
-        )
-            .into_response(),
+        [one] => with_headers(
+            (
+                StatusCode::OK,
+                [(header::CONTENT_TYPE, "application/octet-stream")],
+                one.value.clone().unwrap_or_default(),
+            )
+                .into_response(),
+            [one.expires_ms
+                .and_then(|e| header(crate::ttl::EXPIRES_HEADER, &e.to_string()))],
+        ),
         many => {
             let body = json!({
                 "siblings": many.iter().map(|s| sibling_json(s)).collect::<Vec<_>>(),
@@ -801,8 +827,8 @@ async fn kv_get(State(state): State<Shared>, uri: Uri, headers: HeaderMap) -> Ap
 fn kv_read(state: &AppState, ks: &str, key: &[u8], policy: Policy) -> Result<Response> {
     let st = state.store.get(ks, key)?;
     match (policy.storage(), st) {
-        (Policy::Mvr, Some(KeyState::Mvr(r))) => mvr_read(ks, key, Some(&r)),
-        (Policy::Mvr, None) => mvr_read(ks, key, None),
+        (Policy::Mvr, Some(KeyState::Mvr(r))) => mvr_read(ks, key, Some(&r), state.store.now_ms()),
+        (Policy::Mvr, None) => mvr_read(ks, key, None, state.store.now_ms()),
         (Policy::Lww, Some(KeyState::Lww(r))) => match r.live_value(state.store.now_ms()) {
             Some(v) => Ok(with_headers(
                 (
@@ -836,7 +862,7 @@ async fn kv_put(
     body: Body,
 ) -> ApiResult {
     let (ks, key, policy) = resolve(&state, &uri, "kv", KV_POLICIES, "kv writes")?;
-    // Checked first: a ttl on a keyspace that cannot expire keys (strong, mvr) is refused, never
+    // Checked first: a ttl on a keyspace that cannot expire keys (strong) is refused, never
     // ignored.
     let ttl = crate::ttl::of_put(&uri, &headers, &ks, policy)?;
     if policy == Policy::Strong {

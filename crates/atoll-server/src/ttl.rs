@@ -16,8 +16,13 @@ pub const TTL_HEADER: &str = "x-atoll-ttl";
 /// Header of a read of an expiring lww value: when it expires, in ms since the Unix epoch.
 pub const EXPIRES_HEADER: &str = "x-atoll-expires-at";
 
-/// The policies `/v1/ttl` serves: lww and owned (mvr, counter, set and strong keys never expire).
+/// The policies `/v1/ttl` serves: lww and owned. An mvr sibling carries the expiry its write
+/// gave it (a read shows each one's `expires_at_ms`); a new one is a new write with the read's
+/// context and a ttl. Counter, set and strong keys never expire.
 pub const TTL_POLICIES: &[Policy] = &[Policy::Lww, Policy::Owned];
+
+/// The policies whose puts take a ttl: lww, owned and mvr.
+const PUT_TTL_POLICIES: &[Policy] = &[Policy::Lww, Policy::Owned, Policy::Mvr];
 
 /// Parses a time to live as a request gives it: a duration (`30s`, `5m`, `1h30m`, `500ms`),
 /// `none` (never expires, whatever the keyspace default) or `keep` (the key's current expiry).
@@ -89,13 +94,19 @@ pub fn of_put(uri: &Uri, headers: &HeaderMap, ks: &str, policy: Policy) -> Resul
         (Some(t), _) | (None, Some(t)) => t,
         (None, None) => return Ok(Ttl::Default),
     };
-    if !TTL_POLICIES.contains(&policy) {
+    if !PUT_TTL_POLICIES.contains(&policy) {
         return Err(AtollError::WrongPolicy {
             keyspace: ks.to_string(),
             policy: policy.to_string(),
-            operation: "expiring keys (lww and owned keyspaces only: docs/design/expiring-keys.md)"
-                .into(),
+            operation:
+                "expiring keys (lww, owned and mvr keyspaces only: docs/design/expiring-keys.md)"
+                    .into(),
         });
+    }
+    if policy == Policy::Mvr && ttl == Ttl::Keep {
+        return Err(AtollError::BadRequest(format!(
+            "ttl=keep on keyspace `{ks}`: it is mvr, and each sibling carries its own expiry, so there is none to keep; give the write its own ttl"
+        )));
     }
     Ok(ttl)
 }

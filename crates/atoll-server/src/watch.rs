@@ -413,8 +413,9 @@ impl Watcher {
             };
             let n = page.len();
             for (key, state) in page {
-                if !deleted(&state) {
-                    let body = event_json(&self.filter, &key, Some(&state), None, &token);
+                let now = self.store.now_ms();
+                if !deleted(&state, now) {
+                    let body = event_json(&self.filter, &key, Some(&state), None, &token, now);
                     self.send(Item::Event {
                         kind: "state",
                         body,
@@ -525,6 +526,7 @@ impl Watcher {
             &e.key,
             self.filter.policy,
             state.as_ref(),
+            self.store.now_ms(),
         ));
         if let Ok(mut c) = self.w.states.lock()
             && c.map.insert(id.clone(), v.clone()).is_none()
@@ -550,10 +552,11 @@ impl Watcher {
     }
 }
 
-fn deleted(state: &KeyState) -> bool {
+/// Whether a reset leaves the key out: deleted, or (mvr) no sibling live at `now_ms`.
+fn deleted(state: &KeyState, now_ms: u64) -> bool {
     match state {
         KeyState::Lww(r) => r.value.is_none(),
-        KeyState::Mvr(r) => r.live().is_empty(),
+        KeyState::Mvr(r) => r.live_at(now_ms).is_empty(),
         _ => false,
     }
 }
@@ -566,8 +569,9 @@ fn event_json(
     state: Option<&KeyState>,
     entry: Option<&OpEntry>,
     token: &str,
+    now_ms: u64,
 ) -> Value {
-    let state = crate::api::state_json(&filter.keyspace, key, filter.policy, state);
+    let state = crate::api::state_json(&filter.keyspace, key, filter.policy, state, now_ms);
     event_body(filter, key, state, entry, token)
 }
 

@@ -3003,6 +3003,51 @@ async fn a_put_with_a_ttl_expires_by_the_regions_clock_and_a_later_write_revives
 }
 
 #[tokio::test]
+async fn an_mvr_sibling_expires_by_its_own_ttl_and_reads_show_each_expiry() {
+    let h = Harness::new();
+    // Two siblings (puts without a context): one for 30 s, one forever.
+    let r = h.put("/v1/kv/carts/c1?ttl=30s", "apple").await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    let ts: Timestamp = r.json()["timestamp"].as_str().unwrap().parse().unwrap();
+    let expires = ts.wall_ms + 30_000;
+    assert_eq!(r.json()["expires_at_ms"], json!(expires));
+    let r = h.put("/v1/kv/carts/c1", "pear").await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.json()["expires_at_ms"], Value::Null);
+    let r = h.get("/v1/kv/carts/c1").await;
+    assert_eq!(r.status, StatusCode::MULTIPLE_CHOICES, "{}", r.text());
+    let siblings = r.json()["siblings"].as_array().cloned().unwrap();
+    let by_value = |v: &str| siblings.iter().find(|s| s["value"] == v).cloned().unwrap();
+    assert_eq!(by_value("apple")["expires_at_ms"], json!(expires));
+    assert_eq!(by_value("pear").get("expires_at_ms"), None);
+    // At its expiry the apple is gone here: one value left, read plainly.
+    h.clock.set(expires);
+    let r = h.get("/v1/kv/carts/c1").await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.text(), "pear");
+    assert_eq!(r.header("x-atoll-expires-at"), None);
+    // A write with the read's context replaces what was read; its own ttl applies.
+    let ctx = r.header("x-atoll-context").unwrap().to_string();
+    let r = h
+        .request(
+            Method::PUT,
+            "/v1/kv/carts/c1?ttl=1m",
+            &[("x-atoll-context", ctx.as_str())],
+            "plum",
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    let r = h.get("/v1/kv/carts/c1").await;
+    assert_eq!(r.text(), "plum");
+    assert!(r.header("x-atoll-expires-at").is_some());
+    // The expiry routes are lww's: an mvr sibling's expiry is its write's.
+    assert_eq!(
+        h.get("/v1/ttl/carts/c1").await.status,
+        StatusCode::METHOD_NOT_ALLOWED
+    );
+}
+
+#[tokio::test]
 async fn ttl_routes_set_and_remove_an_expiry_keeping_the_value() {
     let h = Harness::new();
     assert_eq!(h.put("/v1/kv/sessions/k", "v").await.status, StatusCode::OK);
@@ -3093,10 +3138,10 @@ async fn bad_ttls_are_refused_naming_the_problem_and_change_nothing() {
             "disagree",
         ),
         (
-            "/v1/kv/carts/k?ttl=1s",
+            "/v1/kv/carts/k?ttl=keep",
             &[][..],
-            StatusCode::METHOD_NOT_ALLOWED,
-            "expiring keys",
+            StatusCode::BAD_REQUEST,
+            "none to keep",
         ),
         (
             "/v1/ttl/sessions/k",

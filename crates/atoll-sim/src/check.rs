@@ -40,7 +40,8 @@
 //!
 //! Expiring keys (`docs/design/expiring-keys.md`) add:
 //!
-//! 12. [`expiry_intact`] and [`expired_collection`]: an lww value's expiry is the one its write
+//! 12. [`expiry_intact`] and [`expired_collection`] ([`mvr_expiry_intact`] and
+//!     [`expired_sibling_collection`] for mvr siblings): an lww value's expiry is the one its write
 //!     stamped (its timestamp's wall time plus the ttl asked for), in every region it reaches;
 //!     an expired value is collected only once every region applied its write and the
 //!     collecting region's own clock has passed the expiry. Invariants 1 and 2 read an expiring
@@ -58,7 +59,7 @@ use crate::model::{
     RATELIMITS, SESSIONS, Stamp,
 };
 use atoll_core::RegionId;
-use atoll_core::causal::{Dot, VersionVector};
+use atoll_core::causal::{CausalContext, Dot, VersionVector};
 use atoll_core::crdt::mvr::MvRegister;
 use atoll_core::hlc::Timestamp;
 use atoll_core::op::{KeyState, OpEntry};
@@ -198,11 +199,16 @@ enum Observed<'a> {
         ts: Timestamp,
         origin: &'a RegionId,
     },
+    Mvr {
+        siblings: Vec<&'a atoll_core::crdt::mvr::Sibling>,
+        ctx: &'a CausalContext,
+    },
     Other(&'a KeyState),
 }
 
-/// `s` as a client sees it once every clock reads at most `t_ms`: an lww value whose expiry is
-/// at most `t_ms` is absent (it may be collected in a region whose clock passed it).
+/// `s` as a client sees it once every clock reads at most `t_ms`: an lww value or mvr sibling
+/// whose expiry is at most `t_ms` is absent (it may be collected in a region whose clock passed
+/// it).
 fn observe(s: Option<&KeyState>, t_ms: u64) -> Observed<'_> {
     match s {
         None => Observed::Absent,
@@ -213,6 +219,16 @@ fn observe(s: Option<&KeyState>, t_ms: u64) -> Observed<'_> {
                 ts: r.ts,
                 origin: &r.origin,
             },
+        },
+        // An expired mvr sibling may be collected in one region and not yet in another; the
+        // context stays in both.
+        Some(KeyState::Mvr(r)) => Observed::Mvr {
+            siblings: r
+                .siblings
+                .iter()
+                .filter(|s| s.value.is_none() || !s.expired(t_ms))
+                .collect(),
+            ctx: &r.ctx,
         },
         // An idle rate-limit key may be collected in one region and not yet in another.
         Some(KeyState::RateLimit(w)) if w.idle_from().is_none_or(|t| t <= t_ms) => Observed::Absent,
@@ -377,8 +393,13 @@ pub fn no_lost_writes(views: &[RegionView], history: &History) -> Result<(), Vio
             .collect();
         let actual: BTreeMap<&Dot, &Option<Vec<u8>>> =
             state.siblings.iter().map(|s| (&s.dot, &s.value)).collect();
+        let t = latest_clock(views);
         for (dot, value) in &expected {
             match actual.get(dot) {
+                // An expired sibling may have been collected (invariant 12 checks when).
+                None if writes
+                    .iter()
+                    .any(|w| &&w.dot == dot && w.expires_ms.is_some_and(|e| e <= t)) => {}
                 None => {
                     let w = writes.iter().find(|w| &&w.dot == dot);
                     return lost(format!(
@@ -751,6 +772,85 @@ pub fn expired_collection(
                 c.region,
                 if c.up { "up" } else { "crashed" },
                 c.applied.get(origin)
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Invariant 12 for mvr, first half: every sibling with a value that region `at` holds for `key`
+/// carries the expiry its write stamped.
+pub fn mvr_expiry_intact(
+    at: &RegionId,
+    key: &[u8],
+    reg: &atoll_core::crdt::mvr::MvRegister,
+    history: &History,
+) -> Result<(), Violation> {
+    for s in reg.siblings.iter().filter(|s| s.value.is_some()) {
+        let Some(w) = history.mvr.iter().find(|w| w.key == key && w.dot == s.dot) else {
+            continue;
+        };
+        if w.expires_ms != s.expires_ms {
+            return Err(Violation::new(
+                Invariant::Expiry,
+                format!(
+                    "{at} holds sibling {} of {} expiring {:?}, but its write ({}:{}) stamped {:?}",
+                    s.dot,
+                    k(CARTS, key),
+                    s.expires_ms,
+                    w.origin,
+                    w.seq,
+                    w.expires_ms
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Invariant 12 for mvr, second half: region `at`, whose clock read `local_ms`, collected the
+/// sibling `dot` of `key`: its write must be acknowledged and expiring, its expiry passed by
+/// `local_ms`, and every region must have applied it.
+pub fn expired_sibling_collection(
+    at: &RegionId,
+    key: &[u8],
+    dot: &Dot,
+    local_ms: u64,
+    history: &History,
+    cursors: &[CursorAt],
+) -> Result<(), Violation> {
+    let bad = |d: String| Err(Violation::new(Invariant::Expiry, d));
+    let Some(w) = history.mvr.iter().find(|w| w.key == key && &w.dot == dot) else {
+        return bad(format!(
+            "{at} collected sibling {dot} of {} that no acknowledged write wrote",
+            k(CARTS, key)
+        ));
+    };
+    let Some(e) = w.expires_ms else {
+        return bad(format!(
+            "{at} collected sibling {dot} of {} ({}:{}) that never expires",
+            k(CARTS, key),
+            w.origin,
+            w.seq
+        ));
+    };
+    if local_ms < e {
+        return bad(format!(
+            "{at} collected sibling {dot} of {} expiring at {e} while its clock read {local_ms}: it still read as live there",
+            k(CARTS, key)
+        ));
+    }
+    for c in cursors {
+        if c.applied.get(&w.origin) < w.seq {
+            return bad(format!(
+                "{at} collected the expired sibling {dot} of {} ({}:{}) but {} ({}) had applied {} only up to {}",
+                k(CARTS, key),
+                w.origin,
+                w.seq,
+                c.region,
+                if c.up { "up" } else { "crashed" },
+                w.origin,
+                c.applied.get(&w.origin)
             ));
         }
     }

@@ -374,6 +374,7 @@ impl Runner<'_> {
                         key: key.clone(),
                         value: value.clone(),
                         with_context: false,
+                        ttl_ms: None,
                     },
                     key,
                     value,
@@ -532,8 +533,9 @@ impl Runner<'_> {
                         None => Observed::Missing,
                     },
                     Some(KeyState::Mvr(m)) => Observed::Mvr {
+                        // Drill writes carry no expiry: every value sibling is live.
                         values: m
-                            .live()
+                            .live_at(0)
                             .iter()
                             .filter_map(|s| s.value.as_ref())
                             .map(|v| String::from_utf8_lossy(v).into_owned())

@@ -102,6 +102,8 @@ pub enum WriteOp {
         key: String,
         value: String,
         with_context: bool,
+        /// The new sibling expires this long after its timestamp (`None`: never).
+        ttl_ms: Option<u64>,
     },
     /// mvr delete with the context of a read at the same region.
     MvrDelete { key: String },
@@ -140,6 +142,9 @@ impl WriteOp {
         match self {
             WriteOp::LwwPut { .. } => 1,
             WriteOp::LwwDelete { .. } => 2,
+            WriteOp::MvrPut {
+                ttl_ms: Some(_), ..
+            } => 11,
             WriteOp::MvrPut {
                 with_context: true, ..
             } => 3,
@@ -188,6 +193,8 @@ pub struct MvrWrite {
     pub dot: Dot,
     /// `None`: a delete marker.
     pub value: Option<Vec<u8>>,
+    /// When the sibling expires (ms on the writer's clock), as the store stamped it.
+    pub expires_ms: Option<u64>,
     /// The dots it supersedes: the client's context plus the delete markers the region held.
     pub seen: CausalContext,
 }

@@ -42,7 +42,9 @@
 
 use crate::check::{self, CursorAt, Invariant, RegionView, Violation};
 use crate::fencing::{self, FencingOptions, FencingReport};
-use crate::model::{self, CounterWrite, History, LwwWrite, MvrWrite, SESSIONS, SetWrite, WriteOp};
+use crate::model::{
+    self, CARTS, CounterWrite, History, LwwWrite, MvrWrite, SESSIONS, SetWrite, WriteOp,
+};
 use crate::net::{Network, SimRng};
 use crate::trace::{Trace, hash_bytes, kind};
 use atoll_core::causal::{CausalContext, Dot, VersionVector};

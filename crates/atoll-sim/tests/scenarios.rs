@@ -56,6 +56,7 @@ fn one_of_each(sim: &mut Sim, r: usize, tag: &str) {
             key: "c".into(),
             value: format!("{tag}-c"),
             with_context: true,
+            ttl_ms: None,
         },
     );
     w(sim, r, add("r", 3));

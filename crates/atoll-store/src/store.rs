@@ -1065,7 +1065,9 @@ fn validate_key(key: &[u8]) -> Result<()> {
 /// written already expired (`Ttl::At` in the past): every region must hold the write itself
 /// before any region drops it; a rate-limit key from when its newest window stops counting
 /// (`RateWindows::idle_from`: windows are chosen by HLC time, so past the horizon no region can
-/// add to them). `None`: never (values without expiry, mvr, counters, sets).
+/// add to them); an mvr key from the earliest expiry of its siblings (or their write), when
+/// those siblings are dropped and the key's context kept (`MvRegister::drop_siblings`).
+/// `None`: never (values without expiry, mvr keys without expiring siblings, counters, sets).
 fn collectable_from(state: &KeyState) -> Option<Timestamp> {
     match state {
         KeyState::Lww(r) => match (&r.value, r.expires_ms) {
@@ -1073,6 +1075,7 @@ fn collectable_from(state: &KeyState) -> Option<Timestamp> {
             (Some(_), Some(e)) => Some(Timestamp::new(e, 0).max(r.ts)),
             (Some(_), None) => None,
         },
+        KeyState::Mvr(r) => r.next_expiry().map(|(e, ts)| Timestamp::new(e, 0).max(ts)),
         KeyState::RateLimit(w) => w.idle_from().map(|t| Timestamp::new(t, 0)),
         _ => None,
     }
@@ -1702,9 +1705,10 @@ impl Writer {
         }
         let state = match current {
             Some(mut s) => {
-                let before = live_siblings(&s);
+                let now = self.clock.physical_ms();
+                let before = live_siblings(&s, now);
                 s.merge(&delta)?;
-                let after = live_siblings(&s);
+                let after = live_siblings(&s, now);
                 if after > ks.max_siblings && after > before {
                     return Err(AtollError::SiblingLimit {
                         count: after,
@@ -1789,7 +1793,7 @@ impl Writer {
                                 self.record_conflict(batch, &e, c, &mut out)?;
                             }
                             if let Some(ks) = self.shared.keyspaces.get(&e.keyspace)
-                                && live_siblings(&state) > ks.max_siblings
+                                && live_siblings(&state, self.clock.physical_ms()) > ks.max_siblings
                             {
                                 out.sibling_limit_hits.push(e.keyspace.clone());
                             }
@@ -1897,6 +1901,35 @@ impl Writer {
                 if let Some(state) = read_state(&**backend, dk)?
                     && collectable_from(&state) == Some(ts)
                 {
+                    if let KeyState::Mvr(mut reg) = state {
+                        // Siblings, not the key: its context stays (see `drop_siblings`).
+                        if now < ts.wall_ms {
+                            continue;
+                        }
+                        let dropped = reg.drop_siblings(|s| {
+                            s.expired(now) && s.expires_ms.unwrap_or(u64::MAX).max(s.ts.wall_ms) < h
+                        });
+                        out.expired_collected += dropped;
+                        let rest = KeyState::Mvr(reg);
+                        let next = collectable_from(&rest);
+                        mutations.push(Mutation::Put(
+                            Table::Data,
+                            dk.to_vec(),
+                            codec::encode(&rest)?,
+                        ));
+                        // Re-indexed under the next expiry (which may be this very entry).
+                        if next != Some(ts) {
+                            mutations.push(Mutation::Delete(Table::Tombstones, ik.clone()));
+                            if let Some(next) = next {
+                                mutations.push(Mutation::Put(
+                                    Table::Tombstones,
+                                    keys::tombstone_key(next, dk),
+                                    Vec::new(),
+                                ));
+                            }
+                        }
+                        continue;
+                    }
                     match &state {
                         KeyState::Lww(r) if r.value.is_none() => {
                             out.tombstones_collected += 1;
@@ -2138,9 +2171,11 @@ impl Writer {
     }
 }
 
-fn live_siblings(s: &KeyState) -> usize {
+/// Siblings of an mvr key that hold a value not expired by `now_ms` (expired ones read as
+/// absent and do not count toward `max_siblings`).
+fn live_siblings(s: &KeyState, now_ms: u64) -> usize {
     match s {
-        KeyState::Mvr(r) => r.sibling_count(),
+        KeyState::Mvr(r) => r.sibling_count_at(now_ms),
         _ => 0,
     }
 }

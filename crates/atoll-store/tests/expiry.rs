@@ -202,10 +202,14 @@ fn bad_ttls_and_other_policies_are_refused_and_change_nothing() {
     }
     assert!(lww(&store, "k").is_none());
     let e = store
-        .write("carts", b"k", put("v", Ttl::After(1_000)))
-        .expect_err("an mvr write took a ttl");
-    assert!(e.to_string().contains("expiring keys"), "{e}");
+        .write("carts", b"k", put("v", Ttl::Keep))
+        .expect_err("an mvr write kept an expiry");
+    assert!(e.to_string().contains("no one expiry to keep"), "{e}");
     assert!(store.get("carts", b"k").expect("get").is_none());
+    let e = store
+        .write("carts", b"k", Intent::Expire { ttl: None })
+        .expect_err("an mvr key took EXPIRE");
+    assert!(e.to_string().contains("EXPIRE and PERSIST"), "{e}");
     let e = store
         .write("hits", b"k", Intent::Expire { ttl: None })
         .expect_err("a counter took an expiry");
@@ -421,4 +425,227 @@ fn a_peer_clock_running_ahead_does_not_expire_keys_early_here() {
     assert_eq!(live(&store, "k").as_deref(), Some("v"));
     clock.advance(1);
     assert_eq!(live(&store, "k"), None);
+}
+
+fn mvr(store: &Store, key: &str) -> atoll_core::crdt::mvr::MvRegister {
+    match store.get("carts", key.as_bytes()).expect("get") {
+        Some(KeyState::Mvr(r)) => r,
+        None => Default::default(),
+        Some(other) => panic!("not an mvr state: {other:?}"),
+    }
+}
+
+fn mvr_values(store: &Store, key: &str) -> Vec<String> {
+    mvr(store, key)
+        .live_at(store.now_ms())
+        .iter()
+        .filter_map(|s| s.value.clone())
+        .map(|v| String::from_utf8(v).expect("utf-8"))
+        .collect()
+}
+
+#[test]
+fn an_mvr_sibling_expires_on_its_own_and_is_collected_keeping_the_context() {
+    let (store, clock, _) = setup(None);
+    // Two concurrent siblings (no context): one expires, the other does not.
+    let a = store
+        .write("carts", b"k", put("short", Ttl::After(1_000)))
+        .expect("write");
+    store
+        .write("carts", b"k", put("long", Ttl::Never))
+        .expect("write");
+    let e = a.ts.wall_ms + 1_000;
+    let reg = mvr(&store, "k");
+    assert_eq!(
+        reg.siblings
+            .iter()
+            .map(|s| s.expires_ms)
+            .collect::<Vec<_>>(),
+        vec![Some(e), None]
+    );
+    assert_eq!(mvr_values(&store, "k"), vec!["short", "long"]);
+    clock.set(e);
+    assert_eq!(
+        mvr_values(&store, "k"),
+        vec!["long"],
+        "expired by the local clock"
+    );
+    // Collection waits for the horizon to pass the expiry, and for the local clock.
+    let m = store.maintain(Some(e)).expect("maintain");
+    assert_eq!(
+        m.expired_collected, 0,
+        "the horizon has not passed the expiry"
+    );
+    clock.set(e - 1);
+    let m = store.maintain(Some(e + 1)).expect("maintain");
+    assert_eq!(
+        m.expired_collected, 0,
+        "collected a sibling the region reads as live"
+    );
+    clock.set(e);
+    let m = store.maintain(Some(e + 1)).expect("maintain");
+    assert_eq!(m.expired_collected, 1);
+    let reg = mvr(&store, "k");
+    assert_eq!(reg.siblings.len(), 1, "{reg:?}");
+    assert!(
+        reg.ctx
+            .contains(&atoll_core::causal::Dot::new(region("us-east-1"), 1))
+    );
+    // The next write takes a dot the key never had.
+    let w = store
+        .write("carts", b"k", put("next", Ttl::After(500)))
+        .expect("write");
+    let reg = mvr(&store, "k");
+    let mine = reg
+        .siblings
+        .iter()
+        .find(|s| s.ts == w.ts)
+        .expect("the new sibling");
+    assert_eq!(
+        mine.dot,
+        atoll_core::causal::Dot::new(region("us-east-1"), 3)
+    );
+    // Its own expiry is indexed too: collected in a later pass.
+    clock.set(w.ts.wall_ms + 500);
+    let m = store.maintain(Some(w.ts.wall_ms + 501)).expect("maintain");
+    assert_eq!(m.expired_collected, 1);
+    assert_eq!(mvr_values(&store, "k"), vec!["long"]);
+}
+
+#[test]
+fn the_mvr_default_ttl_applies_and_expired_siblings_do_not_count_toward_the_limit() {
+    let clock = Arc::new(ManualClock::new(T0));
+    let backend = Arc::new(MemBackend::default());
+    let mut carts = KeyspaceConfig::new("carts", Policy::Mvr);
+    carts.default_ttl_ms = Some(1_000);
+    carts.max_siblings = 2;
+    let store = Store::open(
+        backend,
+        StoreOptions::new(region("us-east-1"), vec![carts]),
+        clock.clone(),
+    )
+    .expect("open");
+    let a = store
+        .write("carts", b"k", put("a", Ttl::Default))
+        .expect("write");
+    store
+        .write("carts", b"k", put("b", Ttl::Default))
+        .expect("write");
+    assert!(
+        mvr(&store, "k")
+            .siblings
+            .iter()
+            .all(|s| s.expires_ms.is_some()),
+        "the default applies"
+    );
+    let e = store
+        .write("carts", b"k", put("c", Ttl::Never))
+        .expect_err("a third live sibling");
+    assert!(matches!(e, AtollError::SiblingLimit { .. }), "{e}");
+    // Once the two expire, a third sibling is within the limit.
+    clock.set(a.ts.wall_ms + 1_000 + 5);
+    store
+        .write("carts", b"k", put("c", Ttl::Never))
+        .expect("expired siblings do not count");
+    assert_eq!(mvr_values(&store, "k"), vec!["c"]);
+}
+
+/// The layout of an mvr sibling before encoding version 4 (no expiry).
+#[derive(serde::Serialize)]
+struct SiblingV3 {
+    dot: atoll_core::causal::Dot,
+    ts: atoll_core::hlc::Timestamp,
+    value: Option<Vec<u8>>,
+}
+
+#[derive(serde::Serialize)]
+struct MvrV3 {
+    siblings: Vec<SiblingV3>,
+    ctx: atoll_core::causal::CausalContext,
+}
+
+/// `KeyState` of version 3: the mvr variant is the second.
+#[derive(serde::Serialize)]
+#[allow(dead_code)]
+enum StateV3 {
+    Lww(LwwV2),
+    Mvr(MvrV3),
+}
+
+#[test]
+fn mvr_states_log_entries_and_frames_of_encoding_version_3_read_without_expiry() {
+    let (store, clock, backend) = setup(None);
+    let dot = atoll_core::causal::Dot::new(region("us-east-1"), 1);
+    let ts = atoll_core::hlc::Timestamp::new(T0 - 10, 0);
+    let reg = || MvrV3 {
+        siblings: vec![SiblingV3 {
+            dot: dot.clone(),
+            ts,
+            value: Some(b"old".to_vec()),
+        }],
+        ctx: [dot.clone()].into_iter().collect(),
+    };
+    backend
+        .commit(
+            vec![Mutation::Put(
+                Table::Data,
+                keys::data_key("carts", b"k"),
+                v3(&StateV3::Mvr(reg())),
+            )],
+            true,
+        )
+        .expect("commit");
+    clock.advance(1_000_000);
+    assert_eq!(
+        mvr_values(&store, "k"),
+        vec!["old"],
+        "a v3 sibling never expires"
+    );
+    let entry = v3(&EntryV3 {
+        origin: region("us-east-1"),
+        seq: 1,
+        ts,
+        keyspace: "carts".into(),
+        key: b"k".to_vec(),
+        delta: StateV3::Mvr(reg()),
+        epoch: 2,
+    });
+    let e = codec::decode_entry(&entry).expect("read a v3 entry");
+    assert_eq!((e.seq, e.epoch), (1, 2));
+    assert!(matches!(&e.delta, KeyState::Mvr(r) if r.siblings[0].expires_ms.is_none()));
+    assert!(codec::decode::<OpEntry>(&entry).is_err(), "misread as v4");
+    let frame = v3(&FrameV3::Ops(vec![EntryV3 {
+        origin: region("us-east-1"),
+        seq: 1,
+        ts,
+        keyspace: "carts".into(),
+        key: b"k".to_vec(),
+        delta: StateV3::Mvr(reg()),
+        epoch: 2,
+    }]));
+    match codec::decode_frame(&frame).expect("read a v3 frame") {
+        atoll_core::repl::Frame::Ops(ops) => assert_eq!(ops.len(), 1),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[derive(serde::Serialize)]
+struct EntryV3 {
+    origin: RegionId,
+    seq: u64,
+    ts: atoll_core::hlc::Timestamp,
+    keyspace: String,
+    key: Vec<u8>,
+    delta: StateV3,
+    epoch: u64,
+}
+
+#[derive(serde::Serialize)]
+#[allow(dead_code)]
+enum FrameV3 {
+    Ops(Vec<EntryV3>),
+}
+
+fn v3(value: &impl serde::Serialize) -> Vec<u8> {
+    postcard::to_extend(value, 3u16.to_le_bytes().to_vec()).expect("encode")
 }

@@ -21,13 +21,27 @@ pub struct Sibling {
     pub ts: Timestamp,
     /// The value; `None` is a delete marker.
     pub value: Option<Vec<u8>>,
+    /// When the value expires, in milliseconds since the Unix epoch (the write's HLC wall time
+    /// plus its time to live, stamped once at the origin); `None`: never. Each region judges it
+    /// by its own physical clock (`docs/design/expiring-keys.md`). Added in encoding version 4.
+    pub expires_ms: Option<u64>,
 }
 
 impl Sibling {
     /// Deterministic choice between two siblings claiming the same dot (only possible with
     /// corrupt or forged input), so that merge stays commutative.
     fn cmp_content(&self, other: &Sibling) -> Ordering {
-        (self.ts, &self.value).cmp(&(other.ts, &other.value))
+        (self.ts, &self.value, self.expires_ms).cmp(&(other.ts, &other.value, other.expires_ms))
+    }
+
+    /// Whether its expiry has passed by `now_ms` (a region's physical clock).
+    pub fn expired(&self, now_ms: u64) -> bool {
+        self.expires_ms.is_some_and(|e| e <= now_ms)
+    }
+
+    /// Whether it holds a value that has not expired by `now_ms`.
+    pub fn live_at(&self, now_ms: u64) -> bool {
+        self.value.is_some() && !self.expired(now_ms)
     }
 }
 
@@ -52,9 +66,48 @@ struct MvRegisterRepr {
 
 impl From<MvRegisterRepr> for MvRegister {
     fn from(repr: MvRegisterRepr) -> Self {
-        let mut ctx = repr.ctx;
+        MvRegister::normalized(repr.siblings, repr.ctx)
+    }
+}
+
+/// [`Sibling`] as encoding versions 1 to 3 wrote it (no expiry).
+#[derive(Deserialize)]
+pub(crate) struct SiblingV3 {
+    dot: Dot,
+    ts: Timestamp,
+    value: Option<Vec<u8>>,
+}
+
+/// [`MvRegister`] as encoding versions 1 to 3 wrote it (siblings without expiry).
+#[derive(Deserialize)]
+pub(crate) struct MvRegisterV3 {
+    siblings: Vec<SiblingV3>,
+    ctx: CausalContext,
+}
+
+impl From<MvRegisterV3> for MvRegister {
+    fn from(old: MvRegisterV3) -> Self {
+        let siblings = old
+            .siblings
+            .into_iter()
+            .map(|s| Sibling {
+                dot: s.dot,
+                ts: s.ts,
+                value: s.value,
+                expires_ms: None,
+            })
+            .collect();
+        MvRegister::normalized(siblings, old.ctx)
+    }
+}
+
+impl MvRegister {
+    /// Restores the invariants on decoded parts: siblings sorted by dot without duplicates (a
+    /// deterministic choice between two claiming one dot), no zero dots, every dot in `ctx`.
+    fn normalized(siblings: Vec<Sibling>, ctx: CausalContext) -> Self {
+        let mut ctx = ctx;
         let mut by_dot: BTreeMap<Dot, Sibling> = BTreeMap::new();
-        for s in repr.siblings {
+        for s in siblings {
             if s.dot.counter == 0 {
                 continue;
             }
@@ -104,24 +157,65 @@ impl MvRegister {
         let mut ctx = seen.clone();
         ctx.insert(dot.clone());
         MvRegister {
-            siblings: vec![Sibling { dot, ts, value }],
+            siblings: vec![Sibling {
+                dot,
+                ts,
+                value,
+                expires_ms: None,
+            }],
             ctx,
         }
     }
 
-    /// The siblings that hold a value (delete markers left out), in dot order.
-    pub fn live(&self) -> Vec<&Sibling> {
-        self.siblings.iter().filter(|s| s.value.is_some()).collect()
+    /// Gives the one sibling of a write's delta (see [`MvRegister::write`]) the expiry
+    /// `expires_ms`; a delete marker never expires (it has nothing to expire).
+    pub fn expiring(mut self, expires_ms: Option<u64>) -> Self {
+        for s in &mut self.siblings {
+            if s.value.is_some() {
+                s.expires_ms = expires_ms;
+            }
+        }
+        self
     }
 
-    /// Number of siblings that hold a value.
-    pub fn sibling_count(&self) -> usize {
-        self.siblings.iter().filter(|s| s.value.is_some()).count()
+    /// The siblings that hold a value not expired by `now_ms` (a region's physical clock),
+    /// in dot order: what a read returns.
+    pub fn live_at(&self, now_ms: u64) -> Vec<&Sibling> {
+        self.siblings.iter().filter(|s| s.live_at(now_ms)).collect()
     }
 
-    /// Whether the key has no live value (never written, or every current sibling is a delete).
-    pub fn is_deleted(&self) -> bool {
-        self.sibling_count() == 0
+    /// Number of siblings that hold a value not expired by `now_ms`.
+    pub fn sibling_count_at(&self, now_ms: u64) -> usize {
+        self.siblings.iter().filter(|s| s.live_at(now_ms)).count()
+    }
+
+    /// When the next of its values expires: the earliest expiry of a value sibling, and the
+    /// latest write time among the siblings that expire then (collection waits for both).
+    pub fn next_expiry(&self) -> Option<(u64, Timestamp)> {
+        let e = self
+            .siblings
+            .iter()
+            .filter(|s| s.value.is_some())
+            .filter_map(|s| s.expires_ms)
+            .min()?;
+        let ts = self
+            .siblings
+            .iter()
+            .filter(|s| s.value.is_some() && s.expires_ms == Some(e))
+            .map(|s| s.ts)
+            .max()?;
+        Some((e, ts))
+    }
+
+    /// Drops the value siblings for which `collectable` holds (expired ones the caller may
+    /// collect). Their dots stay in the context, exactly as if a write that had seen them had
+    /// replaced them: a copy that arrives later is recognized as seen and not revived, and the
+    /// key's next dots stay unique. Returns how many were dropped.
+    pub fn drop_siblings(&mut self, collectable: impl Fn(&Sibling) -> bool) -> usize {
+        let before = self.siblings.len();
+        self.siblings
+            .retain(|s| !(s.value.is_some() && s.expires_ms.is_some() && collectable(s)));
+        before - self.siblings.len()
     }
 
     /// The greatest timestamp among the current siblings, if any.
@@ -170,7 +264,7 @@ mod tests {
     }
 
     fn values(m: &MvRegister) -> Vec<&[u8]> {
-        m.live()
+        m.live_at(0)
             .into_iter()
             .filter_map(|s| s.value.as_deref())
             .collect()
@@ -197,7 +291,7 @@ mod tests {
         assert_eq!(d1.siblings[0].dot, Dot::new(a.clone(), 1));
         apply(&mut s, &empty, &a, 2, b"y");
         assert_eq!(values(&s), vec![&b"x"[..], &b"y"[..]]);
-        assert_eq!(s.sibling_count(), 2);
+        assert_eq!(s.sibling_count_at(0), 2);
         assert_eq!(s.ctx.next_dot(&a), Dot::new(a.clone(), 3));
     }
 
@@ -264,7 +358,7 @@ mod tests {
         let ctx = s.ctx.clone();
         let del = MvRegister::write(Some(&s), &ctx, &a, ts(2), None);
         s.merge(&del);
-        assert!(s.is_deleted());
+        assert!(s.live_at(0).is_empty());
         assert_eq!(s.siblings.len(), 1);
         assert_eq!(s.max_ts(), Some(ts(2)));
         let ctx = s.ctx.clone();
@@ -288,11 +382,13 @@ mod tests {
             dot: Dot::new(a.clone(), 2),
             ts: ts(2),
             value: Some(b"b".to_vec()),
+            expires_ms: None,
         };
         let s0 = Sibling {
             dot: Dot::new(a.clone(), 1),
             ts: ts(1),
             value: Some(b"a".to_vec()),
+            expires_ms: Some(9),
         };
         let raw = MvRegister {
             siblings: vec![s1.clone(), s0.clone(), s1.clone()],
@@ -302,5 +398,91 @@ mod tests {
         assert_eq!(back.siblings, vec![s0, s1]);
         assert!(back.ctx.contains(&Dot::new(a, 2)));
         assert_eq!(back.clone().merged(&back), back);
+    }
+
+    #[test]
+    fn an_expiry_travels_with_its_sibling_and_hides_it_once_past() {
+        let (a, b) = (r("a"), r("b"));
+        let empty = CausalContext::new();
+        let mut s = MvRegister::default();
+        let d1 = MvRegister::write(Some(&s), &empty, &a, ts(10), Some(b"x".to_vec()))
+            .expiring(Some(1_010));
+        s.merge(&d1);
+        let d2 = MvRegister::write(Some(&s), &empty, &b, ts(20), Some(b"y".to_vec()));
+        s.merge(&d2);
+        // A delete marker never carries an expiry.
+        let del = MvRegister::write(None, &empty, &a, ts(30), None).expiring(Some(5));
+        assert_eq!(del.siblings[0].expires_ms, None);
+        assert_eq!(s.live_at(1_009).len(), 2);
+        let live: Vec<_> = s.live_at(1_010).iter().map(|s| s.dot.clone()).collect();
+        assert_eq!(live, vec![Dot::new(b.clone(), 1)], "expired at its instant");
+        assert_eq!(s.sibling_count_at(1_010), 1);
+        assert_eq!(s.next_expiry(), Some((1_010, ts(10))));
+        // A peer merging the delta gets the same expiry.
+        let mut peer = MvRegister::default();
+        peer.merge(&d1);
+        assert_eq!(peer.siblings[0].expires_ms, Some(1_010));
+    }
+
+    #[test]
+    fn a_dropped_sibling_stays_seen_so_a_late_copy_is_not_revived_and_dots_stay_unique() {
+        let a = r("a");
+        let empty = CausalContext::new();
+        let mut s = MvRegister::default();
+        let d1 = MvRegister::write(Some(&s), &empty, &a, ts(10), Some(b"x".to_vec()))
+            .expiring(Some(100));
+        s.merge(&d1);
+        assert_eq!(s.drop_siblings(|x| x.expired(99)), 0, "not yet expired");
+        assert_eq!(s.drop_siblings(|x| x.expired(100)), 1);
+        assert!(s.siblings.is_empty());
+        assert!(
+            s.ctx.contains(&Dot::new(a.clone(), 1)),
+            "its dot is still seen"
+        );
+        // The same delta arriving again (a peer re-sends it) does not bring it back.
+        s.merge(&d1);
+        assert!(s.siblings.is_empty(), "revived: {:?}", s.siblings);
+        // A later write takes a fresh dot.
+        let d2 = MvRegister::write(Some(&s), &empty, &a, ts(20), Some(b"y".to_vec()));
+        assert_eq!(d2.siblings[0].dot, Dot::new(a.clone(), 2));
+        // Values without expiry and delete markers are never dropped.
+        s.merge(&d2);
+        let del = MvRegister::write(Some(&s), &empty, &a, ts(30), None);
+        s.merge(&del);
+        assert_eq!(s.drop_siblings(|_| true), 0);
+        assert_eq!(s.siblings.len(), 2);
+    }
+
+    #[test]
+    fn mvr_states_of_encoding_version_3_read_without_expiry() {
+        #[derive(Serialize)]
+        struct OldSibling {
+            dot: Dot,
+            ts: Timestamp,
+            value: Option<Vec<u8>>,
+        }
+        #[derive(Serialize)]
+        struct OldRegister {
+            siblings: Vec<OldSibling>,
+            ctx: CausalContext,
+        }
+        let a = r("a");
+        let mut ctx = CausalContext::new();
+        ctx.insert(Dot::new(a.clone(), 1));
+        let old = OldRegister {
+            siblings: vec![OldSibling {
+                dot: Dot::new(a.clone(), 1),
+                ts: ts(5),
+                value: Some(b"x".to_vec()),
+            }],
+            ctx,
+        };
+        let bytes = postcard::to_allocvec(&old).unwrap();
+        let reg: MvRegister = postcard::from_bytes::<MvRegisterV3>(&bytes).unwrap().into();
+        assert_eq!(reg.siblings.len(), 1);
+        assert_eq!(reg.siblings[0].value.as_deref(), Some(&b"x"[..]));
+        assert_eq!(reg.siblings[0].expires_ms, None);
+        // The current layout does not misread it.
+        assert!(postcard::from_bytes::<MvRegister>(&bytes).is_err());
     }
 }

@@ -51,6 +51,7 @@ impl Sim {
             WriteOp::MvrPut {
                 value,
                 with_context,
+                ttl_ms,
                 ..
             } => {
                 let ctx = with_context.then(read_ctx);
@@ -58,7 +59,8 @@ impl Sim {
                     Intent::Put {
                         value: value.as_bytes().to_vec(),
                         context: ctx.clone(),
-                        ttl: atoll_core::op::Ttl::Default,
+                        ttl: ttl_ms
+                            .map_or(atoll_core::op::Ttl::Default, atoll_core::op::Ttl::After),
                     },
                     ctx,
                 )
@@ -212,21 +214,36 @@ impl Sim {
                     WriteOp::MvrPut { value, .. } => Some(value.as_bytes().to_vec()),
                     _ => None,
                 };
-                let dot = match &out.state {
+                let mine = match &out.state {
                     KeyState::Mvr(m) => m
                         .siblings
                         .iter()
                         .find(|s| s.dot.region == me && s.ts == out.ts)
-                        .map(|s| s.dot.clone()),
+                        .map(|s| (s.dot.clone(), s.expires_ms)),
                     _ => None,
                 };
-                let Some(dot) = dot else {
+                let Some((dot, expires_ms)) = mine else {
                     self.record(Violation::new(
                         Invariant::Harness,
                         format!("mvr write {me}:{} left no sibling of its own", out.seq),
                     ));
                     return Ok(out);
                 };
+                let want = match op {
+                    WriteOp::MvrPut {
+                        ttl_ms: Some(t), ..
+                    } => Some(out.ts.wall_ms + t),
+                    _ => None,
+                };
+                if expires_ms != want {
+                    self.record(Violation::new(
+                        Invariant::Expiry,
+                        format!(
+                            "{op:?} at {me} (ts {}) stamped its sibling {dot} expiring {expires_ms:?}, expected {want:?}",
+                            out.ts
+                        ),
+                    ));
+                }
                 // What the write supersedes: the client's context and the delete markers the
                 // region held (see `atoll_core::op::prepare`).
                 let mut seen: CausalContext = client_ctx.unwrap_or_default();
@@ -241,6 +258,7 @@ impl Sim {
                     seq: out.seq,
                     dot,
                     value,
+                    expires_ms,
                     seen,
                 });
             }
@@ -369,17 +387,22 @@ impl Sim {
         } else if roll < 50 {
             let key = format!("c{}", rng.random_range(0..4u32));
             let kind = rng.random_range(0..100u32);
+            // A quarter of the puts expire: siblings expire, are collected, and a later write
+            // with or without the context meets what is left.
+            let ttl_ms = (rng.random_range(0..4u32) == 0).then(|| rng.random_range(200..=5_000u64));
             if kind < 55 {
                 WriteOp::MvrPut {
                     key,
                     value: format!("v{c}"),
                     with_context: true,
+                    ttl_ms,
                 }
             } else if kind < 85 {
                 WriteOp::MvrPut {
                     key,
                     value: format!("v{c}"),
                     with_context: false,
+                    ttl_ms,
                 }
             } else {
                 WriteOp::MvrDelete { key }

@@ -697,7 +697,26 @@ impl Sim {
         let mut tombstones = Vec::new();
         let mut expiring = Vec::new();
         let mut broken = Vec::new();
+        // The expiring mvr siblings held before, by key.
+        let mut siblings = Vec::new();
         for (ks, key) in &self.history.keys {
+            if ks == CARTS {
+                if let Some(KeyState::Mvr(reg)) = node.store.get(ks, key).map_err(harness)? {
+                    if let Err(v) = check::mvr_expiry_intact(&me, key, &reg, &self.history) {
+                        broken.push(v);
+                    }
+                    let dots: Vec<_> = reg
+                        .siblings
+                        .iter()
+                        .filter(|s| s.value.is_some() && s.expires_ms.is_some())
+                        .map(|s| s.dot.clone())
+                        .collect();
+                    if !dots.is_empty() {
+                        siblings.push((key.clone(), dots));
+                    }
+                }
+                continue;
+            }
             if ks != SESSIONS {
                 continue;
             }
@@ -730,11 +749,38 @@ impl Sim {
                 expired.push((key, origin, ts));
             }
         }
+        let mut dropped = Vec::new();
+        for (key, dots) in siblings {
+            let after = match node.store.get(CARTS, &key).map_err(harness)? {
+                Some(KeyState::Mvr(reg)) => reg,
+                _ => Default::default(),
+            };
+            for dot in dots {
+                if !after.siblings.iter().any(|s| s.dot == dot) {
+                    dropped.push((key.clone(), dot));
+                }
+            }
+        }
         for v in broken {
             self.record(v);
         }
         self.stats.expired_collected += out.expired_collected as u64;
         self.stats.rate_keys_collected += out.rate_keys_collected as u64;
+        if !dropped.is_empty() {
+            let cursors = self.cursors();
+            for (key, dot) in &dropped {
+                if let Err(v) = check::expired_sibling_collection(
+                    &me,
+                    key,
+                    dot,
+                    local_ms,
+                    &self.history,
+                    &cursors,
+                ) {
+                    self.record(v);
+                }
+            }
+        }
         if !expired.is_empty() {
             let cursors = self.cursors();
             for (key, origin, ts) in &expired {

@@ -64,9 +64,10 @@ pub enum KvCommand {
         value: String,
         #[arg(long)]
         context: Option<String>,
-        /// lww and owned keyspaces: the value expires this long after the write (`30s`, `30m`,
-        /// `1h30m`), `none` (never, whatever the keyspace's default_ttl) or `keep` (keep the
-        /// key's expiry). Without it the keyspace's default_ttl applies.
+        /// lww, owned and mvr keyspaces: the value (mvr: the new sibling) expires this long after
+        /// the write (`30s`, `30m`, `1h30m`), `none` (never, whatever the keyspace's default_ttl)
+        /// or `keep` (keep the key's expiry; lww and owned only). Without it the keyspace's
+        /// default_ttl applies.
         #[arg(long, value_name = "DURATION")]
         ttl: Option<String>,
         /// Strong keyspaces: write only if the key is at this revision (0: only if it does not
@@ -371,8 +372,12 @@ pub async fn kv(args: ClientArgs, cmd: KvCommand) -> Result<()> {
                                 .as_str()
                                 .map(str::to_string)
                                 .unwrap_or_else(|| format!("base64:{}", s["value_base64"].as_str().unwrap_or("")));
+                            let expiry = s["expires_at_ms"]
+                                .as_u64()
+                                .map(|e| format!("; expires {}", expiry_text(e)))
+                                .unwrap_or_default();
                             println!(
-                                "  - {shown}   (written in {} at {})",
+                                "  - {shown}   (written in {} at {}{expiry})",
                                 s["region"].as_str().unwrap_or("?"),
                                 s["timestamp"].as_str().unwrap_or("?")
                             );

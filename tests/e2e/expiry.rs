@@ -7,7 +7,9 @@
 //!   answered after the expiry, one that answered the value before it), and is then collected in
 //!   every region (`atoll_expired_collected_total`);
 //! - `atoll kv persist` removes an expiry everywhere (the key outlives its old expiry in every
-//!   region), `atoll kv expire` sets one, and a write after expiry revives the key.
+//!   region), `atoll kv expire` sets one, and a write after expiry revives the key;
+//! - an mvr sibling written with `--ttl` beside one without expires at the same instant in every
+//!   region, the other staying, and is collected in every region.
 //!
 //! Every wait has a deadline.
 
@@ -182,7 +184,8 @@ async fn expires(c: &Cluster) -> Result<()> {
             "{name}: the revived key has an expiry: {seen:?}"
         );
     }
-    persist_and_expire(c).await
+    persist_and_expire(c).await?;
+    a_cart_sibling_expires(c).await
 }
 
 /// `atoll kv persist` and `atoll kv expire`, written in one region, take effect in all.
@@ -267,6 +270,138 @@ async fn persist_and_expire(c: &Cluster) -> Result<()> {
         )
         .await
         .with_context(|| format!("{name}: the new expiry did not arrive"))?;
+    }
+    Ok(())
+}
+
+/// A read of `carts/key`: its live siblings `(value, expires_at_ms)` (empty: 404), with the
+/// machine's clock just before the request and just after the answer.
+async fn read_cart(c: &Client, key: &str) -> Result<(Vec<(String, Option<u64>)>, u64, u64)> {
+    let before = now_ms();
+    let r = c.kv_get_raw("carts", key).await?;
+    let after = now_ms();
+    let expires = |v: Option<&str>| v.map(str::parse::<u64>).transpose();
+    let seen = match r.status {
+        200 => vec![(
+            r.text(),
+            expires(r.header("x-atoll-expires-at")).context("X-Atoll-Expires-At")?,
+        )],
+        300 => r.json()?["siblings"]
+            .as_array()
+            .context("siblings")?
+            .iter()
+            .map(|s| {
+                (
+                    s["value"].as_str().unwrap_or("?").to_string(),
+                    s["expires_at_ms"].as_u64(),
+                )
+            })
+            .collect(),
+        404 => Vec::new(),
+        other => bail!("GET carts/{key}: HTTP {other}: {}", r.text()),
+    };
+    Ok((seen, before, after))
+}
+
+/// An mvr sibling written with a ttl, concurrent with one written without: the first expires
+/// at the same instant in every region (the other stays), and is collected in every region.
+async fn a_cart_sibling_expires(c: &Cluster) -> Result<()> {
+    let mut collected_before = Vec::new();
+    for name in c.names() {
+        collected_before.push(metric(&c.client(&name), "atoll_expired_collected_total").await?);
+    }
+    let (out, _) = atoll(
+        &["kv", "put", "carts", "c1", "apple", "--ttl", "4s"],
+        &c.endpoint(US),
+    )?;
+    ensure!(out.contains("expires: at "), "no expiry shown: {out}");
+    // Without a context: a sibling beside the apple, never expiring.
+    atoll(
+        &["kv", "put", "carts", "c1", "pear"],
+        &c.endpoint(&c.names()[1]),
+    )?;
+    let mut expiry = None;
+    for name in c.names() {
+        let client = c.client(&name);
+        let (e, before) = poll(
+            common::DEADLINE,
+            Duration::from_millis(50),
+            "siblings",
+            || {
+                let client = client.clone();
+                async move {
+                    let (seen, before, _) = read_cart(&client, "c1").await?;
+                    let apple = seen.iter().find(|(v, _)| v == "apple").map(|(_, e)| *e);
+                    let pear = seen.iter().find(|(v, _)| v == "pear").map(|(_, e)| *e);
+                    Ok(match (apple, pear) {
+                        (Some(Some(e)), Some(None)) => ControlFlow::Break((e, before)),
+                        _ => ControlFlow::Continue(format!("{seen:?}")),
+                    })
+                }
+            },
+        )
+        .await
+        .with_context(|| format!("{name} never held both siblings, the apple expiring"))?;
+        ensure!(before < e, "{name} served the apple after its expiry");
+        match expiry {
+            None => expiry = Some(e),
+            Some(first) => ensure!(
+                first == e,
+                "{name} holds the apple expiring {e}, another region {first}"
+            ),
+        }
+    }
+    let expiry = expiry.context("no region")?;
+    // Every region drops the apple from its reads at the expiry, by its own clock, and keeps
+    // the pear.
+    for name in c.names() {
+        let client = c.client(&name);
+        poll(common::DEADLINE, Duration::from_millis(20), "sibling expiry", || {
+            let client = client.clone();
+            let name = name.clone();
+            async move {
+                let (seen, before, after) = read_cart(&client, "c1").await?;
+                let values: Vec<&str> = seen.iter().map(|(v, _)| v.as_str()).collect();
+                Ok(match values.as_slice() {
+                    ["pear"] if after < expiry => bail!(
+                        "{name} left the apple out before its expiry ({after} < {expiry})"
+                    ),
+                    ["pear"] => ControlFlow::Break(()),
+                    _ if before >= expiry => {
+                        bail!("{name} served {values:?} after the apple's expiry ({before} >= {expiry})")
+                    }
+                    _ => ControlFlow::Continue(format!("{values:?} at {before}")),
+                })
+            }
+        })
+        .await?;
+    }
+    // Collected in every region (the key and its pear stay).
+    for (name, before) in c.names().into_iter().zip(collected_before) {
+        let client = c.client(&name);
+        poll(
+            Duration::from_secs(60),
+            Duration::from_millis(500),
+            "sibling collection",
+            || {
+                let client = client.clone();
+                async move {
+                    let n = metric(&client, "atoll_expired_collected_total").await?;
+                    Ok(if n > before {
+                        ControlFlow::Break(())
+                    } else {
+                        ControlFlow::Continue(format!("{n} collected"))
+                    })
+                }
+            },
+        )
+        .await
+        .with_context(|| format!("{name} never collected the expired sibling"))?;
+        let (seen, _, _) = read_cart(&client, "c1").await?;
+        ensure!(
+            seen == vec![("pear".to_string(), None)],
+            "{name} after collection: {seen:?}"
+        );
     }
     Ok(())
 }

@@ -9,7 +9,12 @@
 //! - `atoll kv persist` removes an expiry everywhere (the key outlives its old expiry in every
 //!   region), `atoll kv expire` sets one, and a write after expiry revives the key;
 //! - an mvr sibling written with `--ttl` beside one without expires at the same instant in every
-//!   region, the other staying, and is collected in every region.
+//!   region, the other staying, and is collected in every region;
+//! - a session written while a region is cut off reaches it seconds late, after the heal, with
+//!   its writer's expiry instant, and that region hides it at that instant.
+//!
+//! Region-to-region traffic runs through a link mesh (1 ms each way) so that the partition can be
+//! cut; nothing else deviates from the shipped defaults.
 //!
 //! Every wait has a deadline.
 
@@ -74,7 +79,8 @@ async fn a_session_expires_at_the_same_instant_in_every_region_and_is_collected(
         BIN,
         3,
         ClusterOptions::new("expiry")
-            .heartbeat_interval_ms(atoll_config::DEFAULT_HEARTBEAT_INTERVAL_MS),
+            .heartbeat_interval_ms(atoll_config::DEFAULT_HEARTBEAT_INTERVAL_MS)
+            .with_links(1.0),
     ));
     ok(expires(&c).await);
 }
@@ -185,7 +191,8 @@ async fn expires(c: &Cluster) -> Result<()> {
         );
     }
     persist_and_expire(c).await?;
-    a_cart_sibling_expires(c).await
+    a_cart_sibling_expires(c).await?;
+    a_session_that_arrives_late_keeps_its_writers_expiry(c).await
 }
 
 /// `atoll kv persist` and `atoll kv expire`, written in one region, take effect in all.
@@ -404,4 +411,83 @@ async fn a_cart_sibling_expires(c: &Cluster) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// Written while a region is cut off, a session reaches it only after the partition heals,
+/// seconds later: it arrives with its writer's expiry instant (not the time to live counted from
+/// its arrival), and that region hides it at that instant like the others.
+async fn a_session_that_arrives_late_keeps_its_writers_expiry(c: &Cluster) -> Result<()> {
+    let names = c.names();
+    let (eu, ap) = (names[1].clone(), names[2].clone());
+    // Cut off from both others (a relay through the third would deliver it).
+    c.partition(US, &ap)?;
+    c.partition(&eu, &ap)?;
+    let r = c
+        .client(US)
+        .request_raw(
+            reqwest::Method::PUT,
+            "/v1/kv/sessions/s3?ttl=6s",
+            &[],
+            "token-3",
+        )
+        .await?;
+    ensure!(r.status == 200, "put: {} {}", r.status, r.text());
+    let expiry = r.json()?["expires_at_ms"]
+        .as_u64()
+        .context("the ack carries expires_at_ms")?;
+    // A replication delay of two seconds: the scenario, not a wait for a condition.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (seen, _, _) = read(&c.client(&ap), "s3").await?;
+    ensure!(
+        seen.is_none(),
+        "{ap} read the session through the partition: {seen:?}"
+    );
+    c.heal_all()?;
+    let client = c.client(&ap);
+    let got = poll(
+        common::DEADLINE,
+        Duration::from_millis(50),
+        "late arrival",
+        || {
+            let client = client.clone();
+            async move {
+                let (seen, _, _) = read(&client, "s3").await?;
+                Ok(match seen {
+                    Some((v, e)) if v == "token-3" => ControlFlow::Break(e),
+                    other => ControlFlow::Continue(format!("{other:?}")),
+                })
+            }
+        },
+    )
+    .await
+    .with_context(|| format!("{ap} never received the session after the heal"))?;
+    ensure!(
+        got == Some(expiry),
+        "{ap} holds expiry {got:?} for a session its writer stamped to expire at {expiry}"
+    );
+    poll(
+        common::DEADLINE,
+        Duration::from_millis(20),
+        "late expiry",
+        || {
+            let client = client.clone();
+            let ap = ap.clone();
+            async move {
+                let (seen, before, after) = read(&client, "s3").await?;
+                Ok(match seen {
+                    None if after < expiry => {
+                        bail!(
+                            "{ap} read the session as absent before its expiry ({after} < {expiry})"
+                        )
+                    }
+                    None => ControlFlow::Break(()),
+                    Some(_) if before >= expiry => {
+                        bail!("{ap} served the session after its expiry ({before} >= {expiry})")
+                    }
+                    Some(_) => ControlFlow::Continue(format!("live at {before}")),
+                })
+            }
+        },
+    )
+    .await
 }

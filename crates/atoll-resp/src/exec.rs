@@ -58,6 +58,14 @@ pub trait Host: Send + Sync + 'static {
         key: &[u8],
         intent: Intent,
     ) -> impl Future<Output = Result<KeyState, AtollError>> + Send;
+    /// Submits a write now, behind every write submitted before it, and gives the future of
+    /// its answer ([`Host::write`]'s), so that a pipeline's writes share the store's group
+    /// commit instead of waiting one by one. `None`: this host cannot take `keyspace`'s writes
+    /// that way (a write that needs a step of its own first, such as an owned key's home claim);
+    /// the command then runs through [`Host::write`]. The default takes none.
+    fn submit(&self, _keyspace: &str, _key: &[u8], _intent: Intent) -> Option<Submitted> {
+        None
+    }
     fn info(&self) -> HostInfo;
     /// A session token naming everything this region has applied (`ATOLL.SESSION`).
     fn session_token(&self) -> String;
@@ -74,6 +82,105 @@ pub trait Host: Send + Sync + 'static {
     fn on_command(&self, _command: &'static str, _outcome: &'static str) {}
     /// The number of open connections changed.
     fn on_connections(&self, _open: usize) {}
+}
+
+/// A submitted write's answer ([`Host::submit`]).
+pub type Submitted =
+    std::pin::Pin<Box<dyn Future<Output = Result<KeyState, AtollError>> + Send + 'static>>;
+
+/// A pipelined command whose write is submitted: its answer, once awaited ([`Pipelined::reply`]).
+pub struct Pipelined {
+    label: &'static str,
+    kind: PipelinedKind,
+    answer: Submitted,
+}
+
+enum PipelinedKind {
+    Set,
+    Incr,
+}
+
+impl Pipelined {
+    /// Waits for the write and answers as the command answers when run on its own.
+    pub async fn reply<H: Host>(self, host: &H) -> Reply {
+        let r = match (self.kind, self.answer.await) {
+            (_, Err(e)) => atoll_error(&e),
+            (PipelinedKind::Set, Ok(_)) => Reply::ok(),
+            (PipelinedKind::Incr, Ok(KeyState::Counter(c))) => match i64::try_from(c.value()) {
+                Ok(v) => Reply::Int(v),
+                Err(_) => Reply::err("increment or decrement would overflow"),
+            },
+            (PipelinedKind::Incr, Ok(_)) => {
+                Reply::err("internal error: a counter write answered another state")
+            }
+        };
+        host.on_command(
+            self.label,
+            if matches!(r, Reply::Error(_)) {
+                "error"
+            } else {
+                "ok"
+            },
+        );
+        r
+    }
+}
+
+/// Submits `cmd`'s write now if it is one a pipeline may submit without waiting for the
+/// commands before it to be answered: a plain `SET` of an lww key (no `NX`/`XX`/`GET`/`KEEPTTL`:
+/// nothing read first) and the `INCR` family, of an authenticated connection allowed to write
+/// the keyspace. Its effects are those of running it: the writes of one connection are
+/// submitted, and so applied, in command order, and the connection waits for every submitted
+/// write before it runs any other command (a `GET` after a `SET` reads it). `None`: run it.
+pub fn pipelined<H: Host>(
+    host: &H,
+    session: &Session,
+    label: &'static str,
+    cmd: &Command,
+) -> Option<Pipelined> {
+    if host.tokens().is_some() && session.grant.is_none() {
+        return None;
+    }
+    let (t, kind, intent) = match cmd {
+        Command::Set {
+            key,
+            value,
+            cond: None,
+            get: false,
+            expiry,
+            ..
+        } => {
+            let t = target(host, session, key, Right::Write, KV).ok()?;
+            if t.policy != Policy::Lww {
+                return None;
+            }
+            let ttl = match expiry {
+                None => Ttl::Default,
+                Some(Expiry::After(ms)) => Ttl::After(*ms),
+                Some(Expiry::At(at)) if *at <= host.now_ms().saturating_add(MAX_TTL_MS) => {
+                    Ttl::At(*at)
+                }
+                Some(_) => return None,
+            };
+            let intent = Intent::Put {
+                value: value.clone(),
+                context: None,
+                ttl,
+            };
+            (t, PipelinedKind::Set, intent)
+        }
+        Command::IncrBy { key, delta } => {
+            let t = target(host, session, key, Right::Write, COUNTER).ok()?;
+            (t, PipelinedKind::Incr, Intent::CounterAdd { delta: *delta })
+        }
+        _ => return None,
+    };
+    let answer = host.submit(t.keyspace, t.key, intent)?;
+    Some(Pipelined {
+        label,
+        kind,
+        answer,
+    })
 }
 
 /// A connection's state.

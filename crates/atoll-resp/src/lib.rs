@@ -14,7 +14,7 @@ pub mod frame;
 pub mod reply;
 pub mod server;
 
-pub use exec::{Host, HostInfo, PeerInfo, Session};
+pub use exec::{Host, HostInfo, PeerInfo, Pipelined, Session, Submitted};
 pub use frame::Limits;
 pub use reply::Reply;
 pub use server::{RespError, RespListener, connection};

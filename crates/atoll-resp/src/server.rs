@@ -2,7 +2,7 @@
 //! `-ERR Protocol error` and close on a frame it does not take.
 
 use crate::command;
-use crate::exec::{Host, Session, run};
+use crate::exec::{self, Host, Pipelined, Session, run};
 use crate::frame::{Limits, Next, next_command};
 use crate::reply::Reply;
 use std::net::SocketAddr;
@@ -137,6 +137,8 @@ pub async fn connection<H: Host, S: AsyncRead + AsyncWrite + Unpin>(
     let mut buf: Vec<u8> = Vec::new();
     let mut out: Vec<u8> = Vec::new();
     let mut chunk = vec![0u8; READ_CHUNK];
+    // Pipelined writes submitted and not yet answered, in command order (`exec::pipelined`).
+    let mut pending: Vec<Pipelined> = Vec::new();
     loop {
         // Every complete command in the buffer, in order; replies sent in batches.
         let mut pos = 0;
@@ -148,6 +150,7 @@ pub async fn connection<H: Host, S: AsyncRead + AsyncWrite + Unpin>(
                 Next::Skip { used } => pos += used,
                 Next::Invalid(why) => {
                     tracing::debug!(id, why, "RESP protocol error: closing the connection");
+                    answer(host, &mut pending, session.proto, &mut out).await;
                     host.on_command("unknown", "protocol-error");
                     Reply::err(format!("Protocol error: {why}")).encode(session.proto, &mut out);
                     close = true;
@@ -156,28 +159,43 @@ pub async fn connection<H: Host, S: AsyncRead + AsyncWrite + Unpin>(
                 Next::Command { args, used } => {
                     pos += used;
                     let label = args.first().map_or("unknown", |n| command::label(n));
-                    let step = match command::parse(args) {
-                        Ok(cmd) => run(host, &mut session, label, cmd).await,
-                        Err(r) => {
-                            host.on_command(
-                                label,
-                                if label == "unknown" {
-                                    "unknown"
-                                } else {
-                                    "error"
-                                },
-                            );
-                            crate::exec::Step {
-                                reply: r,
-                                close: false,
-                            }
+                    let parsed = command::parse(args);
+                    if let Ok(cmd) = &parsed
+                        && let Some(p) = exec::pipelined(host, &session, label, cmd)
+                    {
+                        // Submitted: answered with the next command that is not, or once the
+                        // buffer holds no more complete commands.
+                        pending.push(p);
+                        if pending.len() >= MAX_PIPELINE {
+                            since_flush +=
+                                answer(host, &mut pending, session.proto, &mut out).await;
                         }
-                    };
-                    step.reply.encode(session.proto, &mut out);
-                    since_flush += 1;
-                    if step.close {
-                        close = true;
-                        break;
+                    } else {
+                        // Every write before it is answered first: it sees them.
+                        since_flush += answer(host, &mut pending, session.proto, &mut out).await;
+                        let step = match parsed {
+                            Ok(cmd) => run(host, &mut session, label, cmd).await,
+                            Err(r) => {
+                                host.on_command(
+                                    label,
+                                    if label == "unknown" {
+                                        "unknown"
+                                    } else {
+                                        "error"
+                                    },
+                                );
+                                crate::exec::Step {
+                                    reply: r,
+                                    close: false,
+                                }
+                            }
+                        };
+                        step.reply.encode(session.proto, &mut out);
+                        since_flush += 1;
+                        if step.close {
+                            close = true;
+                            break;
+                        }
                     }
                     if out.len() >= FLUSH_BYTES || since_flush >= MAX_PIPELINE {
                         if stream.write_all(&out).await.is_err() {
@@ -189,6 +207,7 @@ pub async fn connection<H: Host, S: AsyncRead + AsyncWrite + Unpin>(
                 }
             }
         }
+        answer(host, &mut pending, session.proto, &mut out).await;
         buf.drain(..pos);
         if !out.is_empty() {
             if stream.write_all(&out).await.is_err() {
@@ -213,4 +232,18 @@ pub async fn connection<H: Host, S: AsyncRead + AsyncWrite + Unpin>(
             Ok(n) => buf.extend_from_slice(&chunk[..n]),
         }
     }
+}
+
+/// Waits for the pipelined writes submitted, in order, and encodes their replies; how many.
+async fn answer<H: Host>(
+    host: &H,
+    pending: &mut Vec<Pipelined>,
+    proto: u8,
+    out: &mut Vec<u8>,
+) -> usize {
+    let n = pending.len();
+    for p in pending.drain(..) {
+        p.reply(host).await.encode(proto, out);
+    }
+    n
 }

@@ -64,7 +64,10 @@ struct StoreHost {
     /// The region's physical clock, shared with the store (its HLC stamps writes from it): tests
     /// move it to expire keys.
     clock: Arc<ManualClock>,
-    writes: AtomicUsize,
+    /// Writes acknowledged, through `write` or `submit` (pipelined).
+    writes: Arc<AtomicUsize>,
+    /// Writes submitted through `submit`.
+    submitted: AtomicUsize,
 }
 
 impl StoreHost {
@@ -89,7 +92,8 @@ impl StoreHost {
             tokens,
             store,
             clock,
-            writes: AtomicUsize::new(0),
+            writes: Arc::new(AtomicUsize::new(0)),
+            submitted: AtomicUsize::new(0),
         }
     }
 }
@@ -124,6 +128,20 @@ impl Host for StoreHost {
         let out = rx.await.map_err(|_| AtollError::ShuttingDown)??;
         self.writes.fetch_add(1, Ordering::SeqCst);
         Ok(out.state)
+    }
+
+    fn submit(&self, keyspace: &str, key: &[u8], intent: Intent) -> Option<atoll_resp::Submitted> {
+        self.submitted.fetch_add(1, Ordering::SeqCst);
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.store.submit(keyspace, key, intent, move |r| {
+            let _ = tx.send(r);
+        });
+        let writes = self.writes.clone();
+        Some(Box::pin(async move {
+            let out = rx.await.map_err(|_| AtollError::ShuttingDown)??;
+            writes.fetch_add(1, Ordering::SeqCst);
+            Ok(out.state)
+        }))
     }
 
     fn session_token(&self) -> String {
@@ -996,6 +1014,40 @@ async fn pipelined_commands_are_answered_in_order_and_a_bad_frame_closes() {
     // The SET after the bad frame never ran.
     assert_eq!(host.writes.load(Ordering::SeqCst), 1);
     assert!(host.store.get("sessions", b"b").unwrap().is_none());
+}
+
+#[tokio::test]
+async fn pipelined_writes_are_submitted_together_and_answered_in_order() {
+    let host = StoreHost::new("", false);
+    let cmds = [
+        "SET sessions:a 1",
+        "INCR ratelimits:x",
+        "SET sessions:a 2",
+        "INCRBY ratelimits:x 5",
+        // Overflows: refused by the store, answered in its place; the rest go on.
+        "INCRBY ratelimits:x 9223372036854775807",
+        "SET sessions:b 3 EX 10",
+        // Not pipelined: runs once everything before it is answered, and sees it.
+        "GET sessions:a",
+        "TTL sessions:b",
+        "SET sessions:a 4",
+        "GET sessions:a",
+    ];
+    let input: String = cmds.iter().map(|c| format!("{c}\r\n")).collect();
+    let out = through_connection(&host, input.as_bytes()).await;
+    let text = String::from_utf8_lossy(&out).to_string();
+    let want = "+OK\r\n:1\r\n+OK\r\n:6\r\n-ERR ";
+    assert!(text.starts_with(want), "{text}");
+    assert!(
+        text.ends_with("+OK\r\n$1\r\n2\r\n:10\r\n+OK\r\n$1\r\n4\r\n"),
+        "{text}"
+    );
+    assert_eq!(host.writes.load(Ordering::SeqCst), 6, "{text}");
+    assert_eq!(
+        host.submitted.load(Ordering::SeqCst),
+        7,
+        "the SETs and INCRs were not submitted as a pipeline"
+    );
 }
 
 /// Frames that are malformed in every way the decoder could trip on.

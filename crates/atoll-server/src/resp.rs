@@ -69,6 +69,28 @@ impl atoll_resp::Host for RespHost {
             .map(|out| out.state)
     }
 
+    /// Every write but an owned key's (whose home may have to be claimed first, a step of its
+    /// own): into the store's queue now, in the caller's order.
+    fn submit(&self, keyspace: &str, key: &[u8], intent: Intent) -> Option<atoll_resp::Submitted> {
+        let policy = self.state.store.keyspace(keyspace).ok()?.policy;
+        if policy == atoll_core::op::Policy::Owned || matches!(intent, Intent::Admit { .. }) {
+            return None;
+        }
+        if let Err(e) = self.check_serving() {
+            return Some(Box::pin(std::future::ready(Err(e))));
+        }
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.state.store.submit(keyspace, key, intent, move |r| {
+            let _ = tx.send(r);
+        });
+        Some(Box::pin(async move {
+            match rx.await {
+                Ok(r) => r.map(|out| out.state),
+                Err(_) => Err(AtollError::ShuttingDown),
+            }
+        }))
+    }
+
     fn info(&self) -> HostInfo {
         let (atoll_role, writable) = match self.state.fencing.get() {
             Some(f) => {

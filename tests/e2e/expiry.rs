@@ -133,25 +133,7 @@ async fn expires(c: &Cluster) -> Result<()> {
     );
     // Read every region until each answers 404; every answer must agree with the clock.
     for name in c.names() {
-        let client = c.client(&name);
-        poll(common::DEADLINE, Duration::from_millis(20), "expiry", || {
-            let client = client.clone();
-            let name = name.clone();
-            async move {
-                let (seen, before, after) = read(&client, "s1").await?;
-                Ok(match seen {
-                    None if after < expiry => {
-                        bail!("{name} read the session as absent before its expiry ({after} < {expiry})")
-                    }
-                    None => ControlFlow::Break(()),
-                    Some(_) if before >= expiry => {
-                        bail!("{name} served the session after its expiry ({before} >= {expiry})")
-                    }
-                    Some(_) => ControlFlow::Continue(format!("live at {before}")),
-                })
-            }
-        })
-        .await?;
+        expires_at(&c.client(&name), &name, "s1", expiry).await?;
     }
     // Collected in every region once every region has applied everything stamped before the
     // expiry (heartbeats every 1 s, maintenance every 5 s).
@@ -465,24 +447,27 @@ async fn a_session_that_arrives_late_keeps_its_writers_expiry(c: &Cluster) -> Re
         got == Some(expiry),
         "{ap} holds expiry {got:?} for a session its writer stamped to expire at {expiry}"
     );
+    expires_at(&client, &ap, "s3", expiry).await
+}
+
+/// Reads `sessions/key` in region `name` until it answers 404; every answer must agree with
+/// this machine's clock: live only before `expiry`, absent only from it.
+async fn expires_at(client: &Client, name: &str, key: &str, expiry: u64) -> Result<()> {
     poll(
         common::DEADLINE,
         Duration::from_millis(20),
-        "late expiry",
+        "expiry",
         || {
             let client = client.clone();
-            let ap = ap.clone();
             async move {
-                let (seen, before, after) = read(&client, "s3").await?;
+                let (seen, before, after) = read(&client, key).await?;
                 Ok(match seen {
                     None if after < expiry => {
-                        bail!(
-                            "{ap} read the session as absent before its expiry ({after} < {expiry})"
-                        )
+                        bail!("{name} read {key} as absent before its expiry ({after} < {expiry})")
                     }
                     None => ControlFlow::Break(()),
                     Some(_) if before >= expiry => {
-                        bail!("{ap} served the session after its expiry ({before} >= {expiry})")
+                        bail!("{name} served {key} after its expiry ({before} >= {expiry})")
                     }
                     Some(_) => ControlFlow::Continue(format!("live at {before}")),
                 })

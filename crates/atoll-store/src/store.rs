@@ -198,7 +198,7 @@ struct Stamps {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct MaintenanceOutcome {
     pub tombstones_collected: usize,
-    /// Expired lww values collected (`docs/design/expiring-keys.md`).
+    /// Expired lww values and mvr siblings collected (`docs/design/expiring-keys.md`).
     pub expired_collected: usize,
     /// Rate-limit keys whose windows all ended, collected (`docs/design/rate-limits.md`).
     pub rate_keys_collected: usize,

@@ -519,7 +519,7 @@ impl Model for MvModel {
         let value = w.value.map(|v| vec![v]);
         // Every third write expires (the expiry is part of the sibling's content and must
         // merge like the rest of it).
-        let expires = (w.ts % 3 == 0).then_some(w.ts + 5);
+        let expires = w.ts.is_multiple_of(3).then_some(w.ts + 5);
         let delta = MvRegister::write(
             Some(state),
             &ctx,

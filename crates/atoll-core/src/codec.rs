@@ -87,20 +87,26 @@ enum FrameV1 {
     Heartbeat(crate::repl::Heartbeat),
 }
 
-/// A replication stream frame as version 2 wrote it.
+/// A replication stream frame as versions 2 and 3 wrote it, with that version's log entries.
 #[derive(serde::Deserialize)]
-enum FrameV2 {
-    Ops(Vec<crate::op::OpEntryV2>),
+enum FrameOf<E> {
+    Ops(Vec<E>),
     Heartbeat(crate::repl::Heartbeat),
     Truncated { origin: crate::RegionId, first: u64 },
 }
 
-/// A replication stream frame as version 3 wrote it.
-#[derive(serde::Deserialize)]
-enum FrameV3 {
-    Ops(Vec<crate::op::OpEntryV3>),
-    Heartbeat(crate::repl::Heartbeat),
-    Truncated { origin: crate::RegionId, first: u64 },
+/// Decodes the body of a frame of version `v` (2 or 3) with entries of layout `E`.
+fn decode_frame_of<E>(v: u16, body: &[u8]) -> Result<crate::repl::Frame>
+where
+    E: serde::de::DeserializeOwned + Into<crate::op::OpEntry>,
+{
+    use crate::repl::Frame;
+    match postcard::from_bytes::<FrameOf<E>>(body) {
+        Ok(FrameOf::Ops(ops)) => Ok(Frame::Ops(ops.into_iter().map(Into::into).collect())),
+        Ok(FrameOf::Heartbeat(h)) => Ok(Frame::Heartbeat(h)),
+        Ok(FrameOf::Truncated { origin, first }) => Ok(Frame::Truncated { origin, first }),
+        Err(e) => Err(AtollError::Corrupt(format!("undecodable v{v} frame: {e}"))),
+    }
 }
 
 /// Decodes a replication stream frame of any supported version.
@@ -112,18 +118,8 @@ pub fn decode_frame(bytes: &[u8]) -> Result<crate::repl::Frame> {
             Ok(FrameV1::Heartbeat(h)) => Ok(Frame::Heartbeat(h)),
             Err(e) => Err(AtollError::Corrupt(format!("undecodable v1 frame: {e}"))),
         },
-        2 => match postcard::from_bytes::<FrameV2>(&bytes[2..]) {
-            Ok(FrameV2::Ops(v)) => Ok(Frame::Ops(v.into_iter().map(Into::into).collect())),
-            Ok(FrameV2::Heartbeat(h)) => Ok(Frame::Heartbeat(h)),
-            Ok(FrameV2::Truncated { origin, first }) => Ok(Frame::Truncated { origin, first }),
-            Err(e) => Err(AtollError::Corrupt(format!("undecodable v2 frame: {e}"))),
-        },
-        3 => match postcard::from_bytes::<FrameV3>(&bytes[2..]) {
-            Ok(FrameV3::Ops(v)) => Ok(Frame::Ops(v.into_iter().map(Into::into).collect())),
-            Ok(FrameV3::Heartbeat(h)) => Ok(Frame::Heartbeat(h)),
-            Ok(FrameV3::Truncated { origin, first }) => Ok(Frame::Truncated { origin, first }),
-            Err(e) => Err(AtollError::Corrupt(format!("undecodable v3 frame: {e}"))),
-        },
+        2 => decode_frame_of::<crate::op::OpEntryV2>(2, &bytes[2..]),
+        3 => decode_frame_of::<crate::op::OpEntryV3>(3, &bytes[2..]),
         _ => decode(bytes),
     }
 }

@@ -527,46 +527,26 @@ impl From<OpEntryV1> for OpEntry {
     }
 }
 
-/// [`OpEntry`] as encoding version 2 wrote it (no expiry in lww deltas).
+/// [`OpEntry`] as encoding versions 2 and 3 wrote it: with the epoch, and a delta of that
+/// version's [`KeyState`] layout ([`OpEntryV2`], [`OpEntryV3`]).
 #[derive(Deserialize)]
-pub(crate) struct OpEntryV2 {
+pub(crate) struct OpEntryOf<D> {
     origin: RegionId,
     seq: u64,
     ts: Timestamp,
     keyspace: String,
     key: Vec<u8>,
-    delta: KeyStateV2,
+    delta: D,
     epoch: u64,
 }
 
-impl From<OpEntryV2> for OpEntry {
-    fn from(e: OpEntryV2) -> Self {
-        OpEntry {
-            origin: e.origin,
-            seq: e.seq,
-            ts: e.ts,
-            keyspace: e.keyspace,
-            key: e.key,
-            delta: e.delta.into(),
-            epoch: e.epoch,
-        }
-    }
-}
+/// Version 2: no expiry in lww deltas (nor in mvr ones).
+pub(crate) type OpEntryV2 = OpEntryOf<KeyStateV2>;
+/// Version 3: no expiry in mvr deltas.
+pub(crate) type OpEntryV3 = OpEntryOf<KeyStateV3>;
 
-/// [`OpEntry`] as encoding version 3 wrote it (no expiry in mvr deltas).
-#[derive(Deserialize)]
-pub(crate) struct OpEntryV3 {
-    origin: RegionId,
-    seq: u64,
-    ts: Timestamp,
-    keyspace: String,
-    key: Vec<u8>,
-    delta: KeyStateV3,
-    epoch: u64,
-}
-
-impl From<OpEntryV3> for OpEntry {
-    fn from(e: OpEntryV3) -> Self {
+impl<D: Into<KeyState>> From<OpEntryOf<D>> for OpEntry {
+    fn from(e: OpEntryOf<D>) -> Self {
         OpEntry {
             origin: e.origin,
             seq: e.seq,

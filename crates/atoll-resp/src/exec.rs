@@ -103,16 +103,11 @@ enum PipelinedKind {
 impl Pipelined {
     /// Waits for the write and answers as the command answers when run on its own.
     pub async fn reply<H: Host>(self, host: &H) -> Reply {
-        let r = match (self.kind, self.answer.await) {
-            (_, Err(e)) => atoll_error(&e),
+        let answer = self.answer.await.map_err(|e| atoll_error(&e));
+        let r = match (self.kind, answer) {
+            (_, Err(r)) => r,
             (PipelinedKind::Set, Ok(_)) => Reply::ok(),
-            (PipelinedKind::Incr, Ok(KeyState::Counter(c))) => match i64::try_from(c.value()) {
-                Ok(v) => Reply::Int(v),
-                Err(_) => Reply::err("increment or decrement would overflow"),
-            },
-            (PipelinedKind::Incr, Ok(_)) => {
-                Reply::err("internal error: a counter write answered another state")
-            }
+            (PipelinedKind::Incr, Ok(st)) => counter_reply(st),
         };
         host.on_command(
             self.label,
@@ -979,12 +974,19 @@ async fn incr<H: Host>(host: &H, session: &Session, raw: &[u8], delta: i64) -> R
         Err(r) => return r,
     };
     match write(host, &t, Intent::CounterAdd { delta }).await {
-        Ok(KeyState::Counter(c)) => match i64::try_from(c.value()) {
+        Ok(st) => counter_reply(st),
+        Err(r) => r,
+    }
+}
+
+/// `INCR`'s answer from the counter's state after the write: its value.
+fn counter_reply(st: KeyState) -> Reply {
+    match st {
+        KeyState::Counter(c) => match i64::try_from(c.value()) {
             Ok(v) => Reply::Int(v),
             Err(_) => Reply::err("increment or decrement would overflow"),
         },
-        Ok(_) => Reply::err("internal error: a counter write answered another state"),
-        Err(r) => r,
+        _ => Reply::err("internal error: a counter write answered another state"),
     }
 }
 

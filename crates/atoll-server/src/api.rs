@@ -530,11 +530,7 @@ pub(crate) async fn write(
         h.claim(ks, key).await?;
     }
     let admit = matches!(intent, Intent::Admit { .. });
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    state.store.submit(ks, key, intent, move |r| {
-        let _ = tx.send(r);
-    });
-    let out = rx.await.map_err(|_| AtollError::ShuttingDown)?;
+    let out = enqueue(state, ks, key, intent).await;
     if admit {
         let decision = match &out {
             Ok(_) => Some("allowed"),
@@ -553,6 +549,22 @@ pub(crate) async fn write(
         }
     }
     out
+}
+
+/// Puts a write in the store's queue now (behind every write queued before it) and gives the
+/// future of its outcome; the step of [`write`] after an owned key's home claim, also used by
+/// the RESP front to submit a pipeline's writes together.
+pub(crate) fn enqueue(
+    state: &AppState,
+    ks: &str,
+    key: &[u8],
+    intent: Intent,
+) -> impl Future<Output = Result<WriteOutcome>> + Send + 'static {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    state.store.submit(ks, key, intent, move |r| {
+        let _ = tx.send(r);
+    });
+    async move { rx.await.map_err(|_| AtollError::ShuttingDown)? }
 }
 
 fn header(name: &'static str, value: &str) -> Option<(HeaderName, HeaderValue)> {

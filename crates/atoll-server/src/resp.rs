@@ -79,16 +79,8 @@ impl atoll_resp::Host for RespHost {
         if let Err(e) = self.check_serving() {
             return Some(Box::pin(std::future::ready(Err(e))));
         }
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        self.state.store.submit(keyspace, key, intent, move |r| {
-            let _ = tx.send(r);
-        });
-        Some(Box::pin(async move {
-            match rx.await {
-                Ok(r) => r.map(|out| out.state),
-                Err(_) => Err(AtollError::ShuttingDown),
-            }
-        }))
+        let out = crate::api::enqueue(&self.state, keyspace, key, intent);
+        Some(Box::pin(async move { out.await.map(|out| out.state) }))
     }
 
     fn info(&self) -> HostInfo {

@@ -883,7 +883,7 @@ mod tests {
         assert_eq!(a.fencing.method, "lease");
         assert_eq!(a.fencing.arbiter.as_deref(), Some("us-east-2"));
         assert!(a.fencing.why.contains(rules::ARBITER));
-        assert_eq!(c.voters(), 3);
+        assert_eq!(c.control_voters(), 3);
         assert!(c.cluster.arbiter.as_ref().unwrap().location.is_some());
         assert_eq!((a.cost_multiple, a.within_budget), (1.5, true));
         assert!(policies(&a).contains(&("ledger", Policy::Strong)));
@@ -900,7 +900,7 @@ mod tests {
         );
         assert_eq!(w.len(), 1, "{w:?}");
         assert!(
-            w[0].starts_with("strong keyspaces are replicated by a group of the 2 regions"),
+            w[0].starts_with("strong keyspaces are replicated by a group of the 2 voter regions"),
             "{w:?}"
         );
     }

@@ -34,7 +34,7 @@ pub(crate) fn explain(config: &Config) -> String {
     );
 
     let _ = writeln!(out, "\nregions ({})", config.regions.len());
-    let mut rows = vec![row(["name", "api", "peer", "resp", "location"])];
+    let mut rows = vec![row(["name", "api", "peer", "resp", "location", "voter"])];
     for r in &config.regions {
         let peer = if r.peer == r.api {
             format!("{} (= api)", r.peer)
@@ -52,6 +52,11 @@ pub(crate) fn explain(config: &Config) -> String {
             peer,
             resp,
             location,
+            if r.voter {
+                "yes".to_string()
+            } else {
+                "no (replica: in no consensus group)".to_string()
+            },
         ]);
     }
     table(&mut out, &rows);
@@ -631,11 +636,11 @@ fn fencing(out: &mut String, config: &Config) {
         );
         return;
     }
-    let voters = config.voters();
+    let voters = config.control_voters();
     let _ = writeln!(
         out,
-        "  control group  {voters} voters ({} regions{}), majority {}",
-        config.regions.len(),
+        "  control group  {voters} voters ({} voter regions{}), majority {}",
+        config.voters().count(),
         config
             .cluster
             .arbiter

@@ -389,6 +389,10 @@ pub struct RegionConfig {
     pub dns_address: std::net::IpAddr,
     /// The RESP (Redis protocol) listener, if this region serves one (`docs/design/resp.md`).
     pub resp: Option<SocketAddr>,
+    /// A member of the control group and the strong group, counted in every majority (`true`,
+    /// the default); `false`: a replica added to a running cluster, which replicates every
+    /// eventual keyspace and is in no consensus group (`docs/design/adding-regions.md`).
+    pub voter: bool,
 }
 
 /// Default `[resp] max_connections`.
@@ -446,6 +450,74 @@ impl Config {
                 prefix: split.map_or(raw, |i| &raw[..i]),
             },
         }
+    }
+
+    /// The voter regions (`voter = true`, the default), in config order: the members of the
+    /// control group and the strong group.
+    pub fn voters(&self) -> impl Iterator<Item = &RegionConfig> {
+        self.regions.iter().filter(|r| r.voter)
+    }
+
+    /// Whether `region` is declared and a voter.
+    pub fn is_voter(&self, region: &str) -> bool {
+        self.region(region).is_some_and(|r| r.voter)
+    }
+
+    /// What a running region may take from `new`, the file it was started with read again
+    /// (`docs/design/adding-regions.md`): regions appended with `voter = false`, and nothing
+    /// else. `Ok` lists the added regions (empty: nothing changed); `Err` says what other change
+    /// the file has, and nothing is taken.
+    pub fn reload_change(&self, new: &Config) -> Result<Vec<RegionConfig>, String> {
+        let n = self.regions.len();
+        if new.regions.len() < n || new.regions[..n] != self.regions[..] {
+            let gone: Vec<&str> = self
+                .regions
+                .iter()
+                .filter(|r| !new.regions.contains(r))
+                .map(|r| r.name.as_str())
+                .collect();
+            return Err(if gone.is_empty() {
+                "the regions already declared changed order".to_string()
+            } else {
+                format!(
+                    "region {} changed or is gone: a running region takes only regions appended to the list (removing or changing a region needs a restart, and removal is not built)",
+                    gone.join(", ")
+                )
+            });
+        }
+        let added = new.regions[n..].to_vec();
+        if let Some(r) = added.iter().find(|r| r.voter) {
+            return Err(format!(
+                "region `{}` is added as a voter: a region added to a running cluster must say voter = false (the consensus groups keep the members they started with)",
+                r.name
+            ));
+        }
+        let mut same = new.clone();
+        same.regions.truncate(n);
+        same.source = self.source.clone();
+        // The router section names regions too; its own process reads it.
+        same.router = self.router.clone();
+        if same != *self {
+            let what = [
+                ("[cluster]", same.cluster != self.cluster),
+                ("[[keyspaces]]", same.keyspaces != self.keyspaces),
+                ("[storage]", same.storage != self.storage),
+                ("[replication]", same.replication != self.replication),
+                ("[api]", same.api != self.api),
+                ("[auth]", same.auth != self.auth),
+                ("[fencing]", same.fencing != self.fencing),
+                ("[resp]", same.resp != self.resp),
+            ]
+            .iter()
+            .filter(|(_, changed)| *changed)
+            .map(|(s, _)| *s)
+            .collect::<Vec<_>>()
+            .join(", ");
+            return Err(format!(
+                "{what} changed: a running region takes only regions appended with voter = false; restart it to apply other changes"
+            ));
+        }
+        Ok(added)
     }
 }
 
@@ -706,11 +778,11 @@ impl Config {
             out.push(INSECURE_WARNING.to_string());
         }
         let fenced = self.cluster.model != Model::ActiveActive || self.fencing.quorum;
-        if fenced && self.voters().is_multiple_of(2) {
+        if fenced && self.control_voters().is_multiple_of(2) {
             out.push(format!(
                 "the control group has {} voters ({} regions{}): an even number, so a split into two halves leaves neither a majority and stops writes everywhere; add [cluster.arbiter] (a witness in a third location) or another region",
-                self.voters(),
-                self.regions.len(),
+                self.control_voters(),
+                self.voters().count(),
                 if self.cluster.arbiter.is_some() { " and the arbiter" } else { ", no arbiter" }
             ));
         }
@@ -734,12 +806,12 @@ impl Config {
             }
         }
         let strong = self.keyspaces.iter().any(|k| k.policy == Policy::Strong);
-        if strong && self.regions.len().is_multiple_of(2) {
+        let voters = self.voters().count();
+        if strong && voters.is_multiple_of(2) {
             out.push(format!(
-                "strong keyspaces are replicated by a group of the {} regions (the arbiter is no member: it holds no keyspace data): an even number, so {} of them must be up and reachable for strong reads and writes{}",
-                self.regions.len(),
-                self.regions.len() / 2 + 1,
-                if self.regions.len() == 2 { ", which means both" } else { "" }
+                "strong keyspaces are replicated by a group of the {voters} voter regions (the arbiter is no member: it holds no keyspace data): an even number, so {} of them must be up and reachable for strong reads and writes{}",
+                voters / 2 + 1,
+                if voters == 2 { ", which means both" } else { "" }
             ));
         }
         out.extend(
@@ -827,9 +899,9 @@ impl Config {
         raw::parse(&text, &path.display().to_string(), base)
     }
 
-    /// Voters of the control group: every region, and the arbiter if configured.
-    pub fn voters(&self) -> usize {
-        self.regions.len() + usize::from(self.cluster.arbiter.is_some())
+    /// Voters of the control group: every voter region, and the arbiter if configured.
+    pub fn control_voters(&self) -> usize {
+        self.voters().count() + usize::from(self.cluster.arbiter.is_some())
     }
 
     /// The region named `name`.

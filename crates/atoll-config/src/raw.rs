@@ -142,6 +142,9 @@ struct RawRegion {
     dns_address: Option<Spanned<String>>,
     #[serde(default)]
     resp: Option<Spanned<String>>,
+    /// `false`: a replica added to a running cluster (`docs/design/adding-regions.md`).
+    #[serde(default)]
+    voter: Option<Spanned<bool>>,
 }
 
 #[derive(Deserialize)]
@@ -298,6 +301,7 @@ pub(crate) fn parse(text: &str, file: &str, base: &Path) -> Result<Config, Confi
     let cluster = cluster(&cx, raw.cluster.as_ref(), base)?;
     let mut cluster = cluster;
     let regions = regions(&cx, &raw.regions, matches!(cluster.tls, PeerTls::Mutual(_)))?;
+    replicas(&cx, &raw.regions, &regions, cluster.model)?;
     cluster.arbiter = match raw.cluster.as_ref().and_then(|c| c.arbiter.as_ref()) {
         Some(a) => Some(arbiter(&cx, a, &regions)?),
         None => None,
@@ -687,6 +691,41 @@ fn tls(cx: &Ctx<'_>, raw: &Spanned<RawTls>, base: &Path) -> Result<PeerTls, Conf
     }
 }
 
+/// The rules of `voter = false` (`docs/design/adding-regions.md`): active-active only, and at
+/// least one voter.
+fn replicas(
+    cx: &Ctx<'_>,
+    raw: &[Spanned<RawRegion>],
+    regions: &[RegionConfig],
+    model: Model,
+) -> Result<(), ConfigError> {
+    if regions.iter().all(|r| !r.voter) {
+        return Err(cx.err_nowhere(
+            "regions",
+            "every region is declared voter = false: at least one region must be a voter (the founding regions are; only regions added to a running cluster are replicas)",
+        ));
+    }
+    if model != Model::ActiveActive
+        && let Some((i, span)) = raw.iter().enumerate().find_map(|(i, r)| {
+            r.get_ref()
+                .voter
+                .as_ref()
+                .filter(|v| !*v.get_ref())
+                .map(|v| (i, v.span()))
+        })
+    {
+        return Err(cx.err(
+            span,
+            format!("regions[{i}].voter"),
+            format!(
+                "voter = false needs cluster.model = \"active-active\": in `{}` every region is a candidate for the write lease, so every region is a member of the control group",
+                model.as_str()
+            ),
+        ));
+    }
+    Ok(())
+}
+
 fn regions(
     cx: &Ctx<'_>,
     raw: &[Spanned<RawRegion>],
@@ -803,6 +842,7 @@ fn regions(
             location,
             dns_address,
             resp,
+            voter: r.voter.as_ref().is_none_or(|v| *v.get_ref()),
         });
     }
     Ok(out)
@@ -1114,9 +1154,12 @@ fn ratelimit(
     let shares = match k.budget.as_ref().map(|b| (b, b.get_ref().as_str())) {
         None | Some((_, "shared")) => None,
         Some((_, "split")) => {
-            let n = regions.len().max(1) as u64;
+            // Divided among the voters: a replica added at run time admits nothing of a split
+            // budget, so adding one changes no share (`docs/design/adding-regions.md`).
+            let voters: Vec<&RegionConfig> = regions.iter().filter(|r| r.voter).collect();
+            let n = voters.len().max(1) as u64;
             Some(
-                regions
+                voters
                     .iter()
                     .enumerate()
                     .map(|(i, r)| {
@@ -1186,6 +1229,19 @@ fn owned(
         ));
     }
     let region = |s: &Spanned<String>, field: String| -> Result<RegionId, ConfigError> {
+        if let Some(r) = regions
+            .iter()
+            .find(|r| r.name.as_str() == s.get_ref() && !r.voter)
+        {
+            return Err(cx.err(
+                s.span(),
+                field,
+                format!(
+                    "`{}` is a replica (voter = false): the home of an owned key must be a voter, because homes move through the control group",
+                    r.name
+                ),
+            ));
+        }
         regions
             .iter()
             .find(|r| r.name.as_str() == s.get_ref())

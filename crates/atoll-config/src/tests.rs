@@ -1873,7 +1873,7 @@ mod fencing {
             "model = \"active-standby\"\n\n[cluster.arbiter]\npeer = \"127.0.0.1:7190\"\n",
         );
         let c = ok(&with_arbiter);
-        assert_eq!(c.voters(), 3);
+        assert_eq!(c.control_voters(), 3);
         let a = c.cluster.arbiter.as_ref().unwrap();
         assert_eq!((a.name.as_str(), a.peer.port()), ("arbiter", 7190));
         assert!(!c.warnings().iter().any(|w| w.contains("voters")));
@@ -2714,4 +2714,86 @@ fn ratelimit_keyspaces_need_a_limit_and_a_window_and_split_budgets_add_up() {
     }
     let e = err(&with("counter", "limit = 5"));
     assert!(e.to_string().contains("only `ratelimit` keyspaces"), "{e}");
+}
+
+/// `BASE` with a third region appended, a replica unless `voter`.
+fn with_added(voter: bool) -> String {
+    let region = format!(
+        "[[regions]]\nname = \"ap-south-1\"\napi = \"127.0.0.1:7102\"\n{}\n\n[[keyspaces]]\nname = \"sessions\"",
+        if voter { "" } else { "voter = false" }
+    );
+    edit(BASE, "[[keyspaces]]\nname = \"sessions\"", &region)
+}
+
+#[test]
+fn replicas_are_active_active_only_never_homes_and_never_all() {
+    let c = ok(&with_added(false));
+    assert_eq!(
+        c.voters().map(|r| r.name.as_str()).collect::<Vec<_>>(),
+        ["us-east-1", "eu-west-1"]
+    );
+    assert!(!c.is_voter("ap-south-1") && c.is_voter("us-east-1"));
+    assert_eq!(c.control_voters(), 2);
+    assert!(c.explain().contains("no (replica"), "{}", c.explain());
+    // In the lease models every region is a lease candidate.
+    let e = err(&edit(
+        &with_added(false),
+        "name = \"t\"",
+        "name = \"t\"\nmodel = \"active-standby\"",
+    ));
+    assert!(e.to_string().contains("needs cluster.model"), "{e}");
+    assert_eq!(e.key(), Some("regions[2].voter"));
+    // Not every region a replica.
+    let all = BASE.replace(
+        "api = \"127.0.0.1:7101\"",
+        "api = \"127.0.0.1:7101\"\nvoter = false",
+    );
+    let all = all.replace(
+        "api = \"127.0.0.1:7100\"",
+        "api = \"127.0.0.1:7100\"\nvoter = false",
+    );
+    assert!(err(&all).to_string().contains("at least one region must be a voter"));
+    // An owned key's home is a voter.
+    let owned = format!(
+        "{}\n[[keyspaces]]\nname = \"profiles\"\npolicy = \"owned\"\ndefault_home = \"ap-south-1\"\n",
+        with_added(false)
+    );
+    let e = err(&owned);
+    assert!(e.to_string().contains("must be a voter"), "{e}");
+    assert!(ok(&owned.replace("default_home = \"ap-south-1\"", "default_home = \"eu-west-1\"")).keyspace("profiles").is_some());
+    // A split budget is divided among the voters: the replica's arrival changes no share.
+    let split = "\n[[keyspaces]]\nname = \"q\"\npolicy = \"ratelimit\"\nlimit = 10\nwindow = \"1m\"\nbudget = \"split\"\n";
+    let before = ok(&format!("{BASE}{split}"));
+    let after = ok(&format!("{}{split}", with_added(false)));
+    assert_eq!(before.keyspaces, after.keyspaces);
+}
+
+#[test]
+fn a_reload_takes_appended_replicas_and_refuses_anything_else() {
+    let running = ok(BASE);
+    assert_eq!(running.reload_change(&ok(BASE)), Ok(vec![]));
+    let added = running
+        .reload_change(&ok(&with_added(false)))
+        .expect("an appended replica");
+    assert_eq!(added.len(), 1);
+    assert_eq!(added[0].name.as_str(), "ap-south-1");
+    assert!(!added[0].voter);
+    let refused = |text: &str, needle: &str| {
+        let e = running.reload_change(&ok(text)).expect_err(text);
+        assert!(e.contains(needle), "{needle}: {e}");
+    };
+    refused(&with_added(true), "added as a voter");
+    refused(&edit(BASE, "127.0.0.1:7101", "127.0.0.1:7109"), "eu-west-1 changed or is gone");
+    refused(
+        &edit(BASE, "policy = \"mvr\"", "policy = \"mvr\"\nmax_siblings = 7"),
+        "[[keyspaces]] changed",
+    );
+    refused(
+        &format!("{}\n[replication]\nheartbeat_interval_ms = 2000\n", with_added(false)),
+        "[replication] changed",
+    );
+    // A region removed from the middle: the regions before it are not a prefix any more.
+    let two = ok(&with_added(false));
+    let e = two.reload_change(&running).expect_err("a region removed");
+    assert!(e.contains("ap-south-1 changed or is gone"), "{e}");
 }

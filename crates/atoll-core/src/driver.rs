@@ -268,6 +268,17 @@ impl ReplDriver {
         }
     }
 
+    /// Adds a region to the peers (a config reload, `docs/design/adding-regions.md`); its
+    /// heartbeats go out from the next tick and subscriptions are reconciled at the next input.
+    /// `false` if it is this region or a peer already.
+    pub fn add_peer(&mut self, peer: RegionId) -> bool {
+        let added = self.core.add_peer(peer);
+        if added {
+            self.manage_now = true;
+        }
+        added
+    }
+
     /// Why this region is bootstrapping by snapshot (`None`: it is not).
     pub fn bootstrapping(&self) -> Option<&str> {
         self.bootstrap.as_ref().map(|b| b.reason.as_str())

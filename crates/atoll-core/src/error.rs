@@ -247,6 +247,14 @@ pub enum AtollError {
     /// again (from a donor that is further on). Names the origins short.
     #[error("the snapshot is behind this region's own cursors ({0})")]
     BootstrapBehind(String),
+    /// This region was added to a running cluster and takes no writes until every region of
+    /// its config has admitted it (`docs/design/adding-regions.md`). Nothing was written.
+    #[error("this region is joining the cluster and takes no writes yet: {0}")]
+    Joining(String),
+    /// This region is a replica (`voter = false`): writes (and strong reads) that need the
+    /// control group or the strong group go to a voter. Nothing was written.
+    #[error("{0}")]
+    NotAVoter(String),
 }
 
 fn not_home(keyspace: &str, home: &str, api: Option<&str>, reason: &str) -> String {
@@ -319,6 +327,8 @@ impl AtollError {
             Self::Stale(_) => "ATOLL-STALE",
             Self::Bootstrapping(_) => "ATOLL-BOOTSTRAPPING",
             Self::BootstrapBehind(_) => "ATOLL-BOOTSTRAP-BEHIND",
+            Self::Joining(_) => "ATOLL-JOINING",
+            Self::NotAVoter(_) => "ATOLL-NOT-A-VOTER",
             Self::NoQuorum { .. } => "ATOLL-NO-QUORUM",
             Self::RevisionMismatch { .. } => "ATOLL-REVISION-MISMATCH",
             Self::StrongOutcomeUnknown { .. } => "ATOLL-STRONG-OUTCOME-UNKNOWN",
@@ -361,7 +371,8 @@ impl AtollError {
             Self::RehomeRefused(_) => 409,
             Self::BadSessionToken(_) => 400,
             Self::Stale(_) => 503,
-            Self::Bootstrapping(_) | Self::BootstrapBehind(_) => 503,
+            Self::Bootstrapping(_) | Self::BootstrapBehind(_) | Self::Joining(_) => 503,
+            Self::NotAVoter(_) => 421,
         }
     }
 
@@ -383,6 +394,7 @@ impl AtollError {
                 | Self::Stale(_)
                 | Self::Bootstrapping(_)
                 | Self::BootstrapBehind(_)
+                | Self::Joining(_)
                 | Self::RateLimited { .. }
         )
     }
@@ -496,6 +508,12 @@ impl AtollError {
             }
             Self::BootstrapBehind(_) => {
                 "nothing to do: the bootstrap starts again by itself from a donor that has applied more; if it repeats, check replication between the regions with `atoll status`"
+            }
+            Self::Joining(_) => {
+                "send the write to another region meanwhile (the router does so by itself); reload every region's config with the new region in it (kill -HUP), and `atoll status` here names the regions that have not admitted this one yet"
+            }
+            Self::NotAVoter(_) => {
+                "send the request to a voter region (named in the error): a region added with voter = false replicates every eventual keyspace but is not a member of the control group or the strong group"
             }
             Self::RehomeRefused(_) => {
                 "read the reason; `atoll status` shows the homes and any move in flight; retry once the move in flight has finished"

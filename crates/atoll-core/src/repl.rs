@@ -174,8 +174,6 @@ pub struct Admitted {
 pub enum Refusal {
     /// The sender is not a peer of this region.
     NotAPeer(RegionId),
-    /// The frontier names a region that is not in the cluster.
-    UnknownOrigin(RegionId),
     /// The echo carries a send time of ours further ahead than any clock plausibly is (an echo
     /// merely later than our latest time is ignored, not refused: our clock may have gone back).
     EchoFromTheFuture,
@@ -190,7 +188,6 @@ impl Refusal {
     pub fn as_str(&self) -> &'static str {
         match self {
             Refusal::NotAPeer(_) => "not-a-peer",
-            Refusal::UnknownOrigin(_) => "unknown-origin",
             Refusal::EchoFromTheFuture => "echo-from-the-future",
             Refusal::ImplausibleClock => "implausible-clock",
             Refusal::AppliedBeyondOurHead => "applied-beyond-our-head",
@@ -204,10 +201,6 @@ impl std::fmt::Display for Refusal {
             Refusal::NotAPeer(r) => write!(
                 f,
                 "heartbeat from `{r}`, which is not a peer of this region"
-            ),
-            Refusal::UnknownOrigin(r) => write!(
-                f,
-                "heartbeat names `{r}`, which is not a region of this cluster"
             ),
             Refusal::EchoFromTheFuture => write!(
                 f,
@@ -253,6 +246,10 @@ struct PeerInfo {
     /// CLOCK before which they hold every write of that origin. Origins they claim nothing for
     /// are absent. The basis of the tombstone horizon.
     claims: BTreeMap<RegionId, u64>,
+    /// The largest clock reading (HLC wall time) or stability claim any heartbeat of theirs
+    /// carried since this core started: what a region added to the cluster must stamp its
+    /// writes above ([`ReplCore::admission`]).
+    admission_floor_ms: u64,
 }
 
 /// Per origin: the progress this region has made and what it knows exists.
@@ -394,6 +391,46 @@ impl ReplCore {
 
     pub fn me(&self) -> &RegionId {
         &self.me
+    }
+
+    /// Adds a region to this region's peers (a config reload that appends a region,
+    /// `docs/design/adding-regions.md`). It starts as never heard from, so truncation waits
+    /// until it is heard ([`Self::stable_points`]) and the tombstone horizon until it and every
+    /// peer claim stability for its writes ([`Self::tombstone_horizon_ms`]). `false` if it is
+    /// this region or a peer already.
+    pub fn add_peer(&mut self, peer: RegionId) -> bool {
+        if peer == self.me || self.peers.contains_key(&peer) {
+            return false;
+        }
+        let mut prog = OriginProgress::default();
+        prog.known_head = self.applied.get(&peer);
+        self.progress.entry(peer.clone()).or_insert(prog);
+        self.peers.insert(peer, PeerInfo::default());
+        true
+    }
+
+    /// Whether every peer has sent an accepted heartbeat since this core started, and if so
+    /// the largest clock reading or stability claim any of them carried. A region added to a
+    /// running cluster takes writes only then, stamped above that floor: a peer sends
+    /// heartbeats only to regions it has added, and any tombstone horizon it used before was
+    /// at most its clock and claims then (`docs/design/adding-regions.md`). `None`: the peers
+    /// not heard from yet, in order.
+    pub fn admission(&self) -> Result<u64, Vec<RegionId>> {
+        let missing: Vec<RegionId> = self
+            .peers
+            .iter()
+            .filter(|(_, p)| p.last_heard_ms.is_none())
+            .map(|(r, _)| r.clone())
+            .collect();
+        if !missing.is_empty() {
+            return Err(missing);
+        }
+        Ok(self
+            .peers
+            .values()
+            .map(|p| p.admission_floor_ms)
+            .max()
+            .unwrap_or(0))
     }
 
     pub fn config(&self) -> &ReplConfig {
@@ -672,16 +709,14 @@ impl ReplCore {
     }
 
     /// What a heartbeat must satisfy before anything in it is believed. It bounds what can be
-    /// checked here: the sender is a peer, names only regions of the cluster, echoes a time of
-    /// ours we have reached, reads a clock within a day
-    /// of ours, and has applied no more of our writes than we committed. (That a heartbeat
-    /// comes from the region it names is for the transport to prove.)
+    /// checked here: the sender is a peer, echoes a time of ours we have reached, reads a clock
+    /// within a day of ours, and has applied no more of our writes than we committed. (That a
+    /// heartbeat comes from the region it names is for the transport to prove.) Origins this
+    /// region does not know are ignored, not refused: while regions reload a config that adds a
+    /// region (`docs/design/adding-regions.md`), those that have added it already report it.
     pub fn check_heartbeat(&self, hb: &Heartbeat, now_ms: u64) -> Result<(), Refusal> {
         if !self.peers.contains_key(&hb.from) {
             return Err(Refusal::NotAPeer(hb.from.clone()));
-        }
-        if let Some(o) = hb.frontier.keys().find(|o| !self.progress.contains_key(*o)) {
-            return Err(Refusal::UnknownOrigin(o.clone()));
         }
         if hb
             .echo
@@ -761,6 +796,13 @@ impl ReplCore {
             p.head_max = p.head_max.max(f.applied);
         }
         p.stable_age = hb.stable_age_ms.map(|a| (a, now_ms));
+        let claimed = hb
+            .frontier
+            .values()
+            .filter_map(|f| f.caught_up_at_origin_ms)
+            .max()
+            .unwrap_or(0);
+        p.admission_floor_ms = p.admission_floor_ms.max(hb.hlc.wall_ms).max(claimed);
         // The latest claims replace the earlier ones, even when lower: a peer that restarted
         // knows less than it did, and only what it says now is true of it.
         p.claims = hb
@@ -1216,6 +1258,66 @@ mod tests {
     }
 
     #[test]
+    fn an_added_region_holds_truncation_and_the_horizon_back_and_is_admitted_only_by_everyone() {
+        let mut a = core("a");
+        let mut b = core("b");
+        let mut c = core("c");
+        a.on_local_commit(3);
+        b.on_applied(&r("a"), 3);
+        c.on_applied(&r("a"), 3);
+        gossip(&mut [&mut a, &mut b, &mut c], 1_000);
+        gossip(&mut [&mut a, &mut b, &mut c], 2_000);
+        assert_eq!(a.tombstone_horizon_ms(2_000), Some(1_000));
+        assert_eq!(a.stable_points().get(&r("a")), Some(&3));
+        // d joins: its own core knows everyone; a adds it (a reload), b and c not yet.
+        let mut d = ReplCore::new(
+            r("d"),
+            vec![r("a"), r("b"), r("c"), r("d")],
+            ReplConfig::new(1000, 500),
+            VersionVector::new(),
+        );
+        assert!(a.add_peer(r("d")));
+        assert!(!a.add_peer(r("d")), "added twice");
+        assert!(!a.add_peer(r("a")), "itself");
+        // a never heard d: it truncates nothing and collects nothing.
+        assert!(a.stable_points().is_empty());
+        assert_eq!(a.tombstone_horizon_ms(2_000), None);
+        assert_eq!(d.admission(), Err(vec![r("a"), r("b"), r("c")]));
+        // a and d exchange heartbeats; b and c report d in nothing yet.
+        d.on_heartbeat(&a.heartbeat(&r("d"), 3_000, ts(3_000)), 3_000)
+            .unwrap();
+        a.on_heartbeat(&d.heartbeat(&r("a"), 3_000, ts(3_000)), 3_000)
+            .unwrap();
+        // b's heartbeats still say nothing of d: the horizon at a waits for claims about d.
+        gossip(&mut [&mut a, &mut b, &mut c], 4_000);
+        assert_eq!(a.tombstone_horizon_ms(4_000), None);
+        // d has applied nothing of a: a keeps a's log.
+        assert!(!a.stable_points().contains_key(&r("a")));
+        assert_eq!(d.admission(), Err(vec![r("b"), r("c")]));
+        // b and c add d (reloads); everyone gossips. b's clock reads ahead: d's floor takes it.
+        assert!(b.add_peer(r("d")));
+        assert!(c.add_peer(r("d")));
+        d.on_applied(&r("a"), 3);
+        for now in [5_000, 6_000] {
+            let mut all = [&mut a, &mut b, &mut c, &mut d];
+            gossip(&mut all, now);
+        }
+        let hb = b.heartbeat(&r("d"), 6_100, ts(9_000));
+        d.on_heartbeat(&hb, 6_100).unwrap();
+        let floor = d.admission().expect("every region heard");
+        assert_eq!(floor, 9_000);
+        assert_eq!(a.stable_points().get(&r("a")), Some(&3));
+        assert!(a.tombstone_horizon_ms(6_000).is_some());
+    }
+
+    fn ts(wall_ms: u64) -> Timestamp {
+        Timestamp {
+            wall_ms,
+            logical: 0,
+        }
+    }
+
+    #[test]
     fn horizon_waits_for_a_region_that_has_not_applied() {
         let mut a = core("a");
         let mut b = core("b");
@@ -1258,7 +1360,8 @@ mod tests {
             a.on_heartbeat(&forged, 1_030),
             Err(Refusal::EchoFromTheFuture)
         );
-        // A region that is not in the cluster.
+        // A region that is not in the cluster (yet: a peer that reloaded a config adding it
+        // reports it): ignored, the rest is taken in.
         let mut forged = good.clone();
         forged.frontier.insert(
             r("zz"),
@@ -1267,10 +1370,11 @@ mod tests {
                 caught_up_at_origin_ms: Some(u64::MAX),
             },
         );
-        assert_eq!(
-            a.on_heartbeat(&forged, 1_030),
-            Err(Refusal::UnknownOrigin(r("zz")))
-        );
+        let mut probe = a.clone();
+        assert_eq!(probe.on_heartbeat(&forged, 1_030), Ok(()));
+        assert!(probe.peers().all(|p| p.as_str() != "zz"));
+        assert_eq!(probe.applied().get(&r("zz")), 0);
+        assert!(!probe.stable_points().contains_key(&r("zz")));
         // Writes of ours we never committed.
         let mut forged = good.clone();
         forged.frontier.insert(

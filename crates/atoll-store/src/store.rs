@@ -295,6 +295,8 @@ struct Shared {
     claim_floor: AtomicU64,
     /// Serializes the writes of `keys::META_CLAIM_FLOOR` (so the stored value only grows).
     claim_floor_write: Mutex<()>,
+    /// `keys::META_ADMITTED` is written (`Store::admit`).
+    admitted: std::sync::atomic::AtomicBool,
     /// How far ahead of a claim the floor is set: half of `[cluster] max_clock_offset_ms`, at
     /// most 250 ms (a restarted region stamps at most that far ahead of its last claim).
     claim_lead_ms: u64,
@@ -375,6 +377,7 @@ impl Store {
         hlc.restore(Timestamp::new(claim_floor, 0));
         let applied = read_applied(&*backend, &opts.region)?;
         let seq = applied.get(&opts.region);
+        let admitted = backend.get(Table::Meta, keys::META_ADMITTED)?.is_some();
         let bootstrap = match backend.get(Table::Meta, keys::META_BOOTSTRAP)? {
             Some(raw) => Some(codec::decode::<BootstrapProgress>(&raw)?),
             None => None,
@@ -398,6 +401,7 @@ impl Store {
             bootstrap: Mutex::new(bootstrap),
             claim_floor: AtomicU64::new(claim_floor),
             claim_floor_write: Mutex::new(()),
+            admitted: std::sync::atomic::AtomicBool::new(admitted),
             claim_lead_ms,
             backend,
             region: opts.region.clone(),
@@ -628,6 +632,44 @@ impl Store {
             head,
             before_ms: self.durable_claim(before_ms),
         }
+    }
+
+    /// Whether this data directory was admitted to the cluster ([`Self::admit`]). Only a
+    /// replica added to a running cluster waits for it (`docs/design/adding-regions.md`).
+    pub fn is_admitted(&self) -> bool {
+        self.shared.admitted.load(Ordering::Acquire)
+    }
+
+    /// Marks this region admitted by every region of its config, with its clock raised to at
+    /// least `floor_ms` first, durably: every write from now on, across restarts, is stamped at
+    /// or above it (the largest clock reading or stability claim of the peers' heartbeats that
+    /// admitted it, `docs/design/adding-regions.md`). Idempotent.
+    pub fn admit(&self, floor_ms: u64) -> Result<()> {
+        let shared = &self.shared;
+        let _writing = shared
+            .claim_floor_write
+            .lock()
+            .map_err(|_| AtollError::Storage("claim floor lock poisoned".into()))?;
+        let floor = shared.claim_floor.load(Ordering::Acquire).max(floor_ms);
+        shared.backend.commit(
+            vec![
+                Mutation::Put(
+                    Table::Meta,
+                    keys::META_CLAIM_FLOOR.to_vec(),
+                    codec::encode(&floor)?,
+                ),
+                Mutation::Put(
+                    Table::Meta,
+                    keys::META_ADMITTED.to_vec(),
+                    codec::encode(&floor_ms)?,
+                ),
+            ],
+            true,
+        )?;
+        shared.claim_floor.fetch_max(floor, Ordering::AcqRel);
+        shared.stamps().hlc.restore(Timestamp::new(floor, 0));
+        shared.admitted.store(true, Ordering::Release);
+        Ok(())
     }
 
     /// `t` once the claim floor is durably at least `t`, so that a restart starts the clock

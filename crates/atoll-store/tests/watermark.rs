@@ -196,3 +196,31 @@ fn commits_keep_the_claim_floor_ahead_so_a_busy_region_claims_without_writing_it
         "2 s of idle claims wrote the floor {idle} times"
     );
 }
+
+/// A region added to a running cluster is admitted with a floor (its peers' clocks and claims,
+/// `docs/design/adding-regions.md`): every write after, across a restart, is stamped at or
+/// above it, even with its own physical clock far behind.
+#[test]
+fn admission_raises_the_clock_to_its_floor_durably() {
+    let clock = Arc::new(ManualClock::new(T0));
+    let backend: Arc<dyn Backend> = Arc::new(MemBackend::default());
+    let store = open(backend.clone(), clock.clone());
+    assert!(!store.is_admitted());
+    let floor = T0 + 60_000;
+    store.admit(floor).expect("admit");
+    assert!(store.is_admitted());
+    // Restarted before any write: the floor alone carries the clock.
+    store.close();
+    drop(store);
+    let store = open(backend.clone(), clock.clone());
+    assert!(store.is_admitted());
+    let w = put(&store, "a");
+    assert!(w.ts.wall_ms >= floor, "{w:?} stamped below the floor {floor} after a restart");
+    // And in the same process.
+    let other: Arc<dyn Backend> = Arc::new(MemBackend::default());
+    let store = open(other, clock);
+    store.admit(floor).expect("admit");
+    let w = put(&store, "b");
+    assert!(w.ts.wall_ms >= floor, "{w:?} stamped below the floor {floor}");
+    assert!(store.watermark().before_ms >= floor);
+}

@@ -1633,7 +1633,7 @@ mod tests {
         let cfg = atoll_config::Config::parse(&text, "atoll.toml").unwrap();
         let a = cfg.cluster.arbiter.as_ref().unwrap();
         assert_eq!((a.name.as_str(), a.peer), (ARBITER, arbiter.peer));
-        assert_eq!(cfg.voters(), 3);
+        assert_eq!(cfg.control_voters(), 3);
         assert!(!render_config("c", &layout(), &opts).contains("arbiter"));
     }
 

@@ -416,6 +416,9 @@ async fn run_region(
     .await
     .map_err(|e| anyhow::anyhow!("{} ({}): {}", e, e.code(), e.hint()))?;
     let addr = server.local_addr().map_err(anyhow::Error::msg)?;
+    if let Some(reloader) = server.reloader() {
+        tokio::spawn(reload_on_sighup(config.clone(), reloader));
+    }
     tracing::info!(region = %server.region(), %addr, data_dir = %data_dir.display(), "region serving");
     // Machine-readable line for tools and tests that start regions on port 0.
     println!(
@@ -424,6 +427,40 @@ async fn run_region(
     );
     server.serve(shutdown).await.map_err(anyhow::Error::msg)?;
     Ok(())
+}
+
+/// Re-reads the config file at every SIGHUP and applies what a running region may take from it:
+/// regions appended with `voter = false` (`docs/design/adding-regions.md`). Anything else is
+/// refused and logged; nothing changes.
+async fn reload_on_sighup(path: PathBuf, reloader: atoll_server::members::Reloader) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut hup = match signal(SignalKind::hangup()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot listen for SIGHUP: config reloads are off");
+            return;
+        }
+    };
+    while hup.recv().await.is_some() {
+        let cfg = match atoll_config::Config::load(&path) {
+            Ok(c) => c,
+            Err(e) => {
+                reloader.failed();
+                tracing::error!(config = %path.display(), "config reload failed, nothing changed: {e}");
+                continue;
+            }
+        };
+        match reloader.apply(cfg) {
+            Ok(atoll_server::members::Reloaded::Unchanged) => {
+                tracing::info!(config = %path.display(), "config reloaded: no change");
+            }
+            Ok(atoll_server::members::Reloaded::Added(regions)) => {
+                let names: Vec<&str> = regions.iter().map(|r| r.as_str()).collect();
+                tracing::info!(config = %path.display(), added = %names.join(","), "config reloaded: replicating with the added regions");
+            }
+            Err(e) => tracing::error!(config = %path.display(), "{e} ({}): {}", e.code(), e.hint()),
+        }
+    }
 }
 
 async fn run_arbiter(

@@ -903,7 +903,9 @@ fn advise_answers_the_decision_table_and_its_configs_pass_config_check() {
             fencing: "lease",
             arbiter: true,
             cost: 1.5,
-            extra_warning: Some("strong keyspaces are replicated by a group of the 2 voter regions"),
+            extra_warning: Some(
+                "strong keyspaces are replicated by a group of the 2 voter regions",
+            ),
         },
         Row {
             label: "hours",

@@ -2752,7 +2752,11 @@ fn replicas_are_active_active_only_never_homes_and_never_all() {
         "api = \"127.0.0.1:7100\"",
         "api = \"127.0.0.1:7100\"\nvoter = false",
     );
-    assert!(err(&all).to_string().contains("at least one region must be a voter"));
+    assert!(
+        err(&all)
+            .to_string()
+            .contains("at least one region must be a voter")
+    );
     // An owned key's home is a voter.
     let owned = format!(
         "{}\n[[keyspaces]]\nname = \"profiles\"\npolicy = \"owned\"\ndefault_home = \"ap-south-1\"\n",
@@ -2760,7 +2764,14 @@ fn replicas_are_active_active_only_never_homes_and_never_all() {
     );
     let e = err(&owned);
     assert!(e.to_string().contains("must be a voter"), "{e}");
-    assert!(ok(&owned.replace("default_home = \"ap-south-1\"", "default_home = \"eu-west-1\"")).keyspace("profiles").is_some());
+    assert!(
+        ok(&owned.replace(
+            "default_home = \"ap-south-1\"",
+            "default_home = \"eu-west-1\""
+        ))
+        .keyspace("profiles")
+        .is_some()
+    );
     // A split budget is divided among the voters: the replica's arrival changes no share.
     let split = "\n[[keyspaces]]\nname = \"q\"\npolicy = \"ratelimit\"\nlimit = 10\nwindow = \"1m\"\nbudget = \"split\"\n";
     let before = ok(&format!("{BASE}{split}"));
@@ -2783,13 +2794,23 @@ fn a_reload_takes_appended_replicas_and_refuses_anything_else() {
         assert!(e.contains(needle), "{needle}: {e}");
     };
     refused(&with_added(true), "added as a voter");
-    refused(&edit(BASE, "127.0.0.1:7101", "127.0.0.1:7109"), "eu-west-1 changed or is gone");
     refused(
-        &edit(BASE, "policy = \"mvr\"", "policy = \"mvr\"\nmax_siblings = 7"),
+        &edit(BASE, "127.0.0.1:7101", "127.0.0.1:7109"),
+        "eu-west-1 changed or is gone",
+    );
+    refused(
+        &edit(
+            BASE,
+            "policy = \"mvr\"",
+            "policy = \"mvr\"\nmax_siblings = 7",
+        ),
         "[[keyspaces]] changed",
     );
     refused(
-        &format!("{}\n[replication]\nheartbeat_interval_ms = 2000\n", with_added(false)),
+        &format!(
+            "{}\n[replication]\nheartbeat_interval_ms = 2000\n",
+            with_added(false)
+        ),
         "[replication] changed",
     );
     // A region removed from the middle: the regions before it are not a prefix any more.

@@ -85,6 +85,9 @@ pub struct AppState {
     /// Session reads' shared parts: the forwarder of `on_stale=forward` and the cached token of
     /// reads that present none.
     pub sessions: crate::session::Sessions,
+    /// Who is in the cluster (grows on a config reload), and whether this region is a voter or
+    /// a replica waiting to be admitted (`docs/design/adding-regions.md`). Set at start.
+    pub membership: std::sync::OnceLock<Arc<crate::members::Membership>>,
 }
 
 /// Header naming the region's fencing role on every answer of a fenced cluster.
@@ -734,7 +737,14 @@ fn mvr_read(ks: &str, key: &[u8], reg: Option<&MvRegister>, now_ms: u64) -> Resu
 }
 
 /// The strong group, for a strong keyspace's request.
-fn strong_group(state: &AppState) -> Result<&Arc<crate::strong::Strong>> {
+fn strong_group<'a>(state: &'a AppState, ks: &str) -> Result<&'a Arc<crate::strong::Strong>> {
+    // A replica is no member of the strong group (`docs/design/adding-regions.md`).
+    if let Some(m) = state.membership.get().filter(|m| !m.is_voter()) {
+        return Err(m.not_a_voter(
+            ks,
+            "strong keyspaces are replicated by the strong group, whose members are the voters",
+        ));
+    }
     // Declared strong keyspaces start the group with the region; a state without it is one
     // being built (tests) or torn down.
     state.strong.get().ok_or(AtollError::ShuttingDown)
@@ -758,7 +768,7 @@ async fn kv_get(State(state): State<Shared>, uri: Uri, headers: HeaderMap) -> Ap
             ))
             .into());
         }
-        let strong = strong_group(&state)?;
+        let strong = strong_group(&state, &ks)?;
         return Ok(crate::strong::get(&state, strong, &ks, &key).await);
     }
     let mut extra = Vec::new();
@@ -878,7 +888,7 @@ async fn kv_put(
     // ignored.
     let ttl = crate::ttl::of_put(&uri, &headers, &ks, policy)?;
     if policy == Policy::Strong {
-        let strong = strong_group(&state)?;
+        let strong = strong_group(&state, &ks)?;
         // The If-Match header is checked before the body is read.
         if let Err(e) = crate::strong::if_match(&headers) {
             return Ok(crate::strong::error(strong, &e));
@@ -917,7 +927,7 @@ async fn kv_put(
 async fn kv_delete(State(state): State<Shared>, uri: Uri, headers: HeaderMap) -> ApiResult {
     let (ks, key, policy) = resolve(&state, &uri, "kv", KV_POLICIES, "kv deletes")?;
     if policy == Policy::Strong {
-        let strong = strong_group(&state)?;
+        let strong = strong_group(&state, &ks)?;
         return Ok(crate::strong::write(&state, strong, &ks, &key, None, &headers).await);
     }
     let context = match policy {
@@ -1446,6 +1456,9 @@ async fn status(State(state): State<Shared>) -> ApiResult {
     if let Some(h) = state.homes.get() {
         body["homes"] = h.status_json();
     }
+    if let Some(m) = membership_json(&state) {
+        body["membership"] = m;
+    }
     Ok(axum::Json(body).into_response())
 }
 
@@ -1609,6 +1622,18 @@ fn peer_tls(config: &Config) -> Value {
     v
 }
 
+/// This region's place in the cluster (`docs/design/adding-regions.md`), for `/healthz` and
+/// `/v1/status`.
+fn membership_json(state: &AppState) -> Option<Value> {
+    let m = state.membership.get()?;
+    Some(json!({
+        "voter": m.is_voter(),
+        "admitted": m.is_admitted(),
+        "regions": m.regions().iter().map(|r| r.as_str()).collect::<Vec<_>>(),
+        "waiting_for": m.waiting_for().iter().map(|r| r.as_str()).collect::<Vec<_>>(),
+    }))
+}
+
 async fn healthz(State(state): State<Shared>) -> Response {
     let region = state.store.region().as_str();
     let serving = state.serving.load(Ordering::Relaxed);
@@ -1631,6 +1656,9 @@ async fn healthz(State(state): State<Shared>) -> Response {
     }
     if let Some(b) = bootstrap {
         body["bootstrap"] = b;
+    }
+    if let Some(m) = membership_json(&state) {
+        body["membership"] = m;
     }
     let status = if serving {
         StatusCode::OK

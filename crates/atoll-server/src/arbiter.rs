@@ -80,9 +80,9 @@ impl Arbiter {
                 opts.data_dir.display()
             ))
         })?;
+        // The control group's members: the voter regions (a replica is in no group).
         let addrs: BTreeMap<RegionId, SocketAddr> = config
-            .regions
-            .iter()
+            .voters()
             .map(|r| {
                 let a = opts
                     .peer_via
@@ -94,13 +94,17 @@ impl Arbiter {
             .collect();
         // Bind first: a taken port fails the start before the control group opens its log.
         let names = config
-            .regions
-            .iter()
+            .voters()
             .map(|r| r.name.clone())
             .chain(std::iter::once(arb.name.clone()))
             .collect();
         let listen = opts.listen.unwrap_or(arb.peer);
-        let listener = PeerListener::bind(listen, tls.as_ref(), names).await?;
+        let listener = PeerListener::bind(
+            listen,
+            tls.as_ref(),
+            std::sync::Arc::new(std::sync::RwLock::new(names)),
+        )
+        .await?;
         let transport = Arc::new(crate::control::PeerTransport::new(
             config,
             arb.name.as_str(),

@@ -38,16 +38,16 @@ pub const MEMBER_HEADER: &str = "x-atoll-member";
 /// Largest control RPC body accepted (a snapshot of the lease state is tiny).
 pub const MAX_CONTROL_BODY: usize = 1 << 20;
 
-/// The members of the control group: every region (1..=n, config order), then the arbiter.
+/// The members of the control group: every voter region (1..=n, config order), then the
+/// arbiter. A replica (`voter = false`) is no member (`docs/design/adding-regions.md`).
 pub fn members(config: &Config) -> Members {
     let mut m: Members = config
-        .regions
-        .iter()
+        .voters()
         .enumerate()
         .map(|(i, r)| (i as NodeId + 1, r.name.to_string()))
         .collect();
     if let Some(a) = &config.cluster.arbiter {
-        m.insert(config.regions.len() as NodeId + 1, a.name.to_string());
+        m.insert(m.len() as NodeId + 1, a.name.to_string());
     }
     m
 }

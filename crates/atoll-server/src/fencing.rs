@@ -72,6 +72,11 @@ impl Fencing {
     /// The fencing of region `me`, or `None` when the cluster has nothing to fence
     /// (active-active without quorum fencing).
     pub fn new(config: &Config, me: &RegionId, metrics: Arc<Metrics>) -> Result<Option<Arc<Self>>> {
+        // A replica is in no control group; what needs one is refused there by the membership
+        // (`docs/design/adding-regions.md`).
+        if !config.is_voter(me.as_str()) {
+            return Ok(None);
+        }
         let topology = match config.cluster.model {
             Model::ActiveActive if !config.fencing.quorum => return Ok(None),
             Model::ActiveActive => Topology::ActiveActive { quorum: true },
@@ -81,7 +86,7 @@ impl Fencing {
         let cfg = config.fencing.core(
             me.clone(),
             topology,
-            config.regions.iter().map(|r| r.name.clone()).collect(),
+            config.voters().map(|r| r.name.clone()).collect(),
         );
         cfg.validate().map_err(AtollError::Config)?;
         Ok(Some(Arc::new(Self {
@@ -89,11 +94,7 @@ impl Fencing {
             model: config.cluster.model,
             started: Instant::now(),
             fence: Mutex::new(Fence::new(cfg, 0)),
-            apis: config
-                .regions
-                .iter()
-                .map(|r| (r.name.clone(), r.api))
-                .collect(),
+            apis: config.voters().map(|r| (r.name.clone(), r.api)).collect(),
             max_clock_offset_ms: config.cluster.max_clock_offset_ms,
             metrics,
             ready: std::sync::atomic::AtomicBool::new(false),

@@ -726,10 +726,12 @@ fn move_json(h: &home::MoveRecord) -> Value {
     })
 }
 
-/// The store's write gate: fencing's window and, for owned keyspaces, the key's home.
+/// The store's write gate: fencing's window, for owned keyspaces the key's home, and at a
+/// replica its admission and what needs a consensus group (`docs/design/adding-regions.md`).
 pub struct Gate {
     pub fencing: Option<Arc<Fencing>>,
     pub homes: Option<Arc<Homes>>,
+    pub replica: Option<Arc<crate::members::Membership>>,
 }
 
 impl Gate {
@@ -737,16 +739,24 @@ impl Gate {
     pub fn for_store(
         fencing: Option<Arc<Fencing>>,
         homes: Option<Arc<Homes>>,
+        replica: Option<Arc<crate::members::Membership>>,
     ) -> Option<Arc<dyn atoll_store::WriteGate>> {
-        if fencing.is_none() && homes.is_none() {
+        if fencing.is_none() && homes.is_none() && replica.is_none() {
             return None;
         }
-        Some(Arc::new(Gate { fencing, homes }))
+        Some(Arc::new(Gate {
+            fencing,
+            homes,
+            replica,
+        }))
     }
 }
 
 impl atoll_store::WriteGate for Gate {
     fn permit(&self, keyspace: &KeyspaceConfig, key: &[u8]) -> Result<u64> {
+        if let Some(m) = &self.replica {
+            m.permit(keyspace)?;
+        }
         if let Some(h) = &self.homes {
             h.permit(keyspace, key)?;
         }

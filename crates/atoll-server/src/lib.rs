@@ -12,6 +12,7 @@ pub mod control;
 pub mod fencing;
 pub mod forward;
 pub mod homes;
+pub mod members;
 pub mod metrics;
 pub mod openapi;
 pub mod peer;

@@ -187,6 +187,8 @@ pub struct Metrics {
     pub store_disk_bytes: Family<TableLabels, Gauge<u64, AtomicU64>>,
     pub bootstrap_active: Gauge,
     pub bootstraps: Family<OutcomeLabels, Counter>,
+    pub config_reloads: Family<OutcomeLabels, Counter>,
+    pub region_admitted: Gauge,
     pub bootstrap_keys: Counter,
     pub bootstrap_bytes: Counter,
     pub bootstrap_corrupt_chunks: Counter,
@@ -582,6 +584,24 @@ impl Metrics {
             "bootstraps",
             "Bootstrap attempts by outcome (complete, failed)",
             bootstraps.clone(),
+        );
+        let config_reloads = Family::<OutcomeLabels, Counter>::default();
+        reg(
+            &mut registry,
+            &mut names,
+            Kind::Counter,
+            "config_reloads",
+            "Config reloads (SIGHUP) by outcome: applied (regions added), unchanged, refused (another change; nothing taken), failed (the file could not be read)",
+            config_reloads.clone(),
+        );
+        let region_admitted = Gauge::default();
+        reg(
+            &mut registry,
+            &mut names,
+            Kind::Gauge,
+            "region_admitted",
+            "1 once this region takes writes as a member of the cluster (voters from the start); 0 while a region added to a running cluster waits for every region to admit it",
+            region_admitted.clone(),
         );
         let bootstrap_keys = Counter::default();
         reg(
@@ -980,6 +1000,8 @@ impl Metrics {
             store_disk_bytes,
             bootstrap_active,
             bootstraps,
+            config_reloads,
+            region_admitted,
             bootstrap_keys,
             bootstrap_bytes,
             bootstrap_corrupt_chunks,
@@ -1040,6 +1062,13 @@ impl Metrics {
         };
         count.inc();
         duration.observe(secs);
+    }
+
+    /// Counts a config reload by outcome.
+    pub fn config_reload(&self, outcome: &str) {
+        self.config_reloads
+            .get_or_create(&OutcomeLabels::new(outcome))
+            .inc();
     }
 
     pub fn observe_commit(&self, writes: usize, elapsed: Duration) {
@@ -1203,6 +1232,8 @@ impl Metrics {
         self.bootstraps
             .get_or_create(&OutcomeLabels::new("complete"))
             .inc();
+        self.config_reload("applied");
+        self.region_admitted.set(1);
         self.replication_lag_seconds.get_or_create(&pair).set(0.0);
         self.replication_lag_ops.get_or_create(&pair).set(0);
         self.clock_offset_seconds.get_or_create(&pair).set(0.0);

@@ -161,12 +161,16 @@ pub fn authorize(metrics: &Metrics, auth: Option<&PeerAuth>, from: &RegionId) ->
 // ---------------------------------------------------------------------------------------------
 // The listener
 
+/// Who a peer certificate may name: the cluster's regions (and the arbiter). Shared, so that a
+/// config reload that adds a region lets its certificate in (`docs/design/adding-regions.md`).
+pub type Identities = Arc<std::sync::RwLock<Vec<RegionId>>>;
+
 /// A region's peer listener: bound, not yet serving.
 pub struct PeerListener {
     listener: TcpListener,
     tls: Option<tokio_rustls::TlsAcceptor>,
     /// The cluster's regions: who a certificate may name.
-    regions: Arc<Vec<RegionId>>,
+    regions: Identities,
 }
 
 impl PeerListener {
@@ -174,7 +178,7 @@ impl PeerListener {
     pub async fn bind(
         addr: SocketAddr,
         tls: Option<&RegionTls>,
-        regions: Vec<RegionId>,
+        regions: Identities,
     ) -> Result<PeerListener> {
         let listener = TcpListener::bind(addr).await.map_err(|e| {
             AtollError::Config(format!("cannot listen on {addr} (peer listener): {e}"))
@@ -182,7 +186,7 @@ impl PeerListener {
         Ok(PeerListener {
             listener,
             tls: tls.map(|t| tokio_rustls::TlsAcceptor::from(t.server_config())),
-            regions: Arc::new(regions),
+            regions,
         })
     }
 
@@ -230,7 +234,10 @@ impl PeerListener {
                 Some(acceptor) => {
                     let acceptor = acceptor.clone();
                     let metrics = metrics.clone();
-                    let regions = self.regions.clone();
+                    let regions = match self.regions.read() {
+                        Ok(r) => r.clone(),
+                        Err(poisoned) => poisoned.into_inner().clone(),
+                    };
                     tokio::spawn(async move {
                         let tls = match tokio::time::timeout(
                             HANDSHAKE_TIMEOUT,
@@ -375,7 +382,8 @@ pub struct PeerConnector {
 }
 
 struct ConnectorInner {
-    addrs: BTreeMap<String, SocketAddr>,
+    /// Grows when a config reload adds a region.
+    addrs: std::sync::RwLock<BTreeMap<String, SocketAddr>>,
     tls: Option<tokio_rustls::TlsConnector>,
     connect_timeout: Duration,
     /// The last TLS failure per peer, so that a lasting one is logged once, not per attempt.
@@ -386,9 +394,11 @@ impl ConnectorInner {
     async fn connect(&self, uri: hyper::Uri) -> std::io::Result<TokioIo<PeerStream>> {
         let io_err = |m: String| std::io::Error::other(PeerError(m));
         let host = uri.host().unwrap_or_default().to_string();
-        let addr = *self
+        let addr = self
             .addrs
-            .get(&host)
+            .read()
+            .ok()
+            .and_then(|a| a.get(&host).copied())
             .ok_or_else(|| io_err(format!("`{host}` is not a peer of this region")))?;
         let work = async {
             let tcp = TcpStream::connect(addr).await?;
@@ -475,6 +485,8 @@ impl tower::Service<hyper::Uri> for PeerConnector {
 #[derive(Clone)]
 pub struct PeerClient {
     http: hyper_util::client::legacy::Client<PeerConnector, Full<Bytes>>,
+    /// The connector's address book, shared with `http`.
+    http_connector: Arc<ConnectorInner>,
     scheme: &'static str,
     /// Bound on a whole request (answer head included); `None`: none (streams).
     timeout: Option<Duration>,
@@ -503,7 +515,9 @@ impl PeerClient {
     ) -> PeerClient {
         let connector = PeerConnector {
             inner: Arc::new(ConnectorInner {
-                addrs: addrs.iter().map(|(r, a)| (r.to_string(), *a)).collect(),
+                addrs: std::sync::RwLock::new(
+                    addrs.iter().map(|(r, a)| (r.to_string(), *a)).collect(),
+                ),
                 tls: tls.map(|t| tokio_rustls::TlsConnector::from(t.client_config())),
                 connect_timeout,
                 failing: Mutex::new(BTreeMap::new()),
@@ -522,11 +536,26 @@ impl PeerClient {
                 .http2_keep_alive_timeout(ping_timeout)
                 .http2_keep_alive_while_idle(true);
         }
+        let http_connector = connector.inner.clone();
         let http = builder.build(connector);
         PeerClient {
             http,
+            http_connector,
             scheme: if tls.is_some() { "https" } else { "http" },
             timeout,
+        }
+    }
+
+    /// Lets this client reach `peer` at `addr` (a region added by a config reload).
+    pub fn add_peer(&self, peer: &RegionId, addr: SocketAddr) {
+        let inner = &self.http_connector;
+        match inner.addrs.write() {
+            Ok(mut a) => {
+                a.insert(peer.to_string(), addr);
+            }
+            Err(poisoned) => {
+                poisoned.into_inner().insert(peer.to_string(), addr);
+            }
         }
     }
 

@@ -48,6 +48,8 @@ pub struct RegionOptions {
 /// A bound, ready region: call [`RegionServer::serve`] to run it.
 pub struct RegionServer {
     drain_grace: std::time::Duration,
+    /// `--peer-via` overrides (a region a reload adds is dialled at one if named here).
+    peer_via: BTreeMap<String, SocketAddr>,
     state: Arc<AppState>,
     listener: TcpListener,
     /// The peer listener, unless the replication routes share the client listener.
@@ -64,11 +66,11 @@ pub struct RegionServer {
     resp: Option<atoll_resp::RespListener>,
 }
 
-/// Every region but `me`, at its peer address or `--peer-via` override.
+/// Every voter region but `me` (the consensus groups' members), at its peer address or
+/// `--peer-via` override.
 fn peer_addrs_for_control(opts: &RegionOptions, me: &RegionId) -> BTreeMap<RegionId, SocketAddr> {
     opts.config
-        .regions
-        .iter()
+        .voters()
         .filter(|r| &r.name != me)
         .map(|r| {
             let addr = opts
@@ -190,9 +192,20 @@ impl RegionServer {
         sopts.on_change = Some(Arc::new(move || c.notify_waiters()));
         let watch = crate::watch::Watch::new(&opts.config, &region, metrics.clone());
         sopts.on_ops = Some(watch.observer());
-        let homes =
-            crate::homes::Homes::new(&opts.config, &region, fencing.clone(), metrics.clone());
-        sopts.gate = crate::homes::Gate::for_store(fencing.clone(), homes.clone());
+        let voter = rc.voter;
+        let membership = crate::members::Membership::new(opts.config.clone(), &region, false);
+        // A replica follows no home table (it lives in the control group): its owned writes are
+        // refused by the membership, not forwarded.
+        let homes = if voter {
+            crate::homes::Homes::new(&opts.config, &region, fencing.clone(), metrics.clone())
+        } else {
+            None
+        };
+        sopts.gate = crate::homes::Gate::for_store(
+            fencing.clone(),
+            homes.clone(),
+            (!voter).then(|| membership.clone()),
+        );
         let clock: Arc<dyn Clock> = if opts.clock_offset_ms == 0 {
             Arc::new(SystemClock)
         } else {
@@ -206,6 +219,15 @@ impl RegionServer {
             })
         };
         let store = Arc::new(Store::open(backend, sopts, clock.clone())?);
+        if store.is_admitted() {
+            membership.set_admitted();
+        }
+        if !membership.is_admitted() {
+            tracing::warn!(
+                region = %region,
+                "this region is a replica (voter = false) not yet admitted to the cluster: it takes no writes until every region of its config has reloaded a config that lists it (docs/design/adding-regions.md)"
+            );
+        }
         let arbiter = opts.config.cluster.arbiter.clone();
         for name in opts.peer_via.keys() {
             let is_arbiter = arbiter.as_ref().is_some_and(|a| a.name.as_str() == name);
@@ -304,7 +326,7 @@ impl RegionServer {
                 Some((group, applied))
             }
         };
-        let strong = if crate::strong::enabled(&opts.config) {
+        let strong = if crate::strong::enabled(&opts.config) && voter {
             let transport = crate::control::PeerTransport::new(
                 &opts.config,
                 region.as_str(),
@@ -358,15 +380,9 @@ impl RegionServer {
             None => None,
         };
         let peer = if tls.is_some() || rc.peer != rc.api {
-            // Who a certificate may name: the regions, and the arbiter (control routes only).
-            let regions = opts
-                .config
-                .regions
-                .iter()
-                .map(|r| r.name.clone())
-                .chain(arbiter.as_ref().map(|a| a.name.clone()))
-                .collect();
-            let peer = PeerListener::bind(rc.peer, tls.as_ref(), regions).await?;
+            // Who a certificate may name: the regions, and the arbiter (control routes only);
+            // a config reload adds to them.
+            let peer = PeerListener::bind(rc.peer, tls.as_ref(), membership.identities()).await?;
             tracing::info!(
                 region = %region,
                 addr = %peer.local_addr()?,
@@ -391,8 +407,11 @@ impl RegionServer {
             strong: Default::default(),
             watch: Default::default(),
             sessions: Default::default(),
+            membership: Default::default(),
         });
         let _ = state.watch.set(watch);
+        replicator.set_membership(membership.clone());
+        let _ = state.membership.set(membership);
         let _ = state.replicator.set(replicator.clone());
         if let Some(h) = &homes {
             let _ = state.homes.set(h.clone());
@@ -405,6 +424,7 @@ impl RegionServer {
         }
         Ok(RegionServer {
             drain_grace: opts.drain_grace,
+            peer_via: opts.peer_via.clone(),
             state,
             listener,
             peer,
@@ -412,6 +432,18 @@ impl RegionServer {
             control,
             strong,
             resp,
+        })
+    }
+
+    /// What applies a config re-read from disk to this running region (`atoll region` calls
+    /// it on SIGHUP; `docs/design/adding-regions.md`).
+    pub fn reloader(&self) -> Option<crate::members::Reloader> {
+        Some(crate::members::Reloader {
+            membership: self.state.membership.get()?.clone(),
+            replicator: self.replicator.clone(),
+            metrics: self.state.metrics.clone(),
+            peer_via: self.peer_via.clone(),
+            watch: self.state.watch.get().cloned(),
         })
     }
 

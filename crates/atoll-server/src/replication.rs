@@ -55,8 +55,12 @@ pub struct Replicator {
     store: Arc<Store>,
     clock: Arc<dyn Clock>,
     metrics: Arc<Metrics>,
-    /// Where to reach each peer (the config's peer address, or a `--peer-via` override).
-    peer_addrs: BTreeMap<RegionId, SocketAddr>,
+    /// Where to reach each peer (the config's peer address, or a `--peer-via` override). Grows
+    /// when a config reload adds a region.
+    peer_addrs: std::sync::RwLock<BTreeMap<RegionId, SocketAddr>>,
+    /// The cluster's membership (set once the region is assembled): a replica added to a
+    /// running cluster is admitted here (`docs/design/adding-regions.md`).
+    membership: std::sync::OnceLock<Arc<crate::members::Membership>>,
     /// Woken after every commit that added to the operation log.
     pub changed: Arc<Notify>,
     http: PeerClient,
@@ -162,7 +166,8 @@ impl Replicator {
             store,
             clock,
             metrics,
-            peer_addrs,
+            peer_addrs: std::sync::RwLock::new(peer_addrs),
+            membership: std::sync::OnceLock::new(),
             changed,
             http,
             stream_http,
@@ -177,6 +182,68 @@ impl Replicator {
             bootstrap_info: Mutex::new(BootstrapInfo::default()),
             snapshot_slots: tokio::sync::Semaphore::new(1),
         }))
+    }
+
+    /// Connects the membership (once, when the region is assembled).
+    pub fn set_membership(&self, m: Arc<crate::members::Membership>) {
+        self.metrics.region_admitted.set(i64::from(m.is_admitted()));
+        let _ = self.membership.set(m);
+    }
+
+    fn is_peer(&self, peer: &RegionId) -> bool {
+        self.peer_addrs
+            .read()
+            .map(|a| a.contains_key(peer))
+            .unwrap_or(false)
+    }
+
+    /// Adds a region to replicate with, reached at `addr` (a config reload,
+    /// `docs/design/adding-regions.md`): heartbeats to it start at the next tick; until it is
+    /// heard, this region truncates nothing, and until it claims, collects no tombstone.
+    pub fn add_peer(&self, peer: &RegionId, addr: SocketAddr) -> Result<()> {
+        match self.peer_addrs.write() {
+            Ok(mut a) => {
+                a.insert(peer.clone(), addr);
+            }
+            Err(_) => return Err(AtollError::Storage("peer address lock poisoned".into())),
+        }
+        self.http.add_peer(peer, addr);
+        self.stream_http.add_peer(peer, addr);
+        let added = self.with_driver(|d, _, _| d.add_peer(peer.clone()))?;
+        if added {
+            tracing::info!(peer = %peer, %addr, "config reload: replicating with a region added to the cluster");
+        }
+        Ok(())
+    }
+
+    /// A replica that is not admitted yet: admitted once every region of its config has sent it
+    /// a heartbeat, with its clock raised durably above everything those heartbeats carried
+    /// (`docs/design/adding-regions.md`).
+    fn check_admission(&self) {
+        let Some(m) = self.membership.get() else {
+            return;
+        };
+        if m.is_admitted() {
+            return;
+        }
+        let Ok(admission) = self.with_driver(|d, _, _| d.core().admission()) else {
+            return;
+        };
+        match admission {
+            Err(waiting) => m.set_waiting_for(waiting),
+            Ok(floor) => match self.store.admit(floor) {
+                Ok(()) => {
+                    m.set_admitted();
+                    m.set_waiting_for(Vec::new());
+                    self.metrics.region_admitted.set(1);
+                    tracing::info!(
+                        floor_ms = floor,
+                        "admitted by every region of the cluster: taking writes"
+                    );
+                }
+                Err(e) => tracing::warn!(error = %e, "cannot persist the admission; trying again"),
+            },
+        }
     }
 
     /// Whether this region is bootstrapping by snapshot (it serves no client traffic).
@@ -290,7 +357,7 @@ impl Replicator {
             match cmd {
                 Command::SendHeartbeat { to, hb } => self.send_heartbeat(&to, &hb),
                 Command::Subscribe { id, peer, request } => {
-                    if !self.peer_addrs.contains_key(&peer) {
+                    if !self.is_peer(&peer) {
                         continue;
                     }
                     let me = self.clone();
@@ -531,6 +598,7 @@ impl Replicator {
                 break;
             };
             self.execute(None, cmds);
+            self.check_admission();
             let nap = Duration::from_millis(wake_in_ms).clamp(Duration::from_millis(1), DRIVER_NAP);
             tokio::select! {
                 _ = stop.notified() => break,

@@ -134,7 +134,10 @@ pub fn token_from(state: &AppState, headers: &HeaderMap) -> Result<Option<Sessio
 pub fn decode_token(state: &AppState, text: &str) -> Result<SessionToken> {
     let config = &state.config;
     let t = SessionToken::decode(text, &config.cluster.name, |r| {
-        config.region(r.as_str()).is_some()
+        match state.membership.get() {
+            Some(m) => m.is_region(r),
+            None => config.region(r.as_str()).is_some(),
+        }
     })?;
     // This region is the authority on its own writes: a claim beyond every sequence number it
     // handed out names no write (checked here for writes too).

@@ -35,16 +35,17 @@ pub const LEADER_HEADER: &str = "x-atoll-leader";
 /// Header carrying a strong key's revision (also in `ETag`, quoted).
 pub const REVISION_HEADER: &str = "x-atoll-revision";
 
-/// Whether the config declares a strong keyspace (then every region runs the strong group).
+/// Whether the config declares a strong keyspace (then every voter region runs the strong
+/// group).
 pub fn enabled(config: &Config) -> bool {
     config.keyspaces.iter().any(|k| k.policy == Policy::Strong)
 }
 
-/// The members of the strong group: the regions only (1..=n, config order), never the arbiter.
+/// The members of the strong group: the voter regions only (1..=n, config order), never the
+/// arbiter or a replica (`docs/design/adding-regions.md`).
 pub fn members(config: &Config) -> Members {
     config
-        .regions
-        .iter()
+        .voters()
         .enumerate()
         .map(|(i, r)| (i as NodeId + 1, r.name.to_string()))
         .collect()

@@ -45,7 +45,8 @@ pub struct Watch {
     open: AtomicUsize,
     max: usize,
     cluster_tag: u32,
-    regions: Vec<RegionId>,
+    /// The cluster's regions (a config reload appends to them).
+    regions: std::sync::RwLock<Vec<RegionId>>,
     me: RegionId,
     metrics: Arc<Metrics>,
     /// Set when the region stops: every watch ends (its client resumes elsewhere or later).
@@ -217,7 +218,9 @@ impl Watch {
             open: AtomicUsize::new(0),
             max: config.api.max_watchers,
             cluster_tag: crc32fast::hash(config.cluster.name.as_bytes()),
-            regions: config.regions.iter().map(|r| r.name.clone()).collect(),
+            regions: std::sync::RwLock::new(
+                config.regions.iter().map(|r| r.name.clone()).collect(),
+            ),
             me: me.clone(),
             metrics,
             closed: tokio::sync::watch::Sender::new(false),
@@ -239,8 +242,29 @@ impl Watch {
         })
     }
 
+    /// The cluster's regions, as of the latest config reload.
+    pub fn regions(&self) -> Vec<RegionId> {
+        match self.regions.read() {
+            Ok(r) => r.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// Watches from now on cover `added`'s writes too (`docs/design/adding-regions.md`).
+    pub fn add_regions(&self, added: &[RegionId]) {
+        let mut r = match self.regions.write() {
+            Ok(r) => r,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        for a in added {
+            if !r.contains(a) {
+                r.push(a.clone());
+            }
+        }
+    }
+
     pub fn decode_token(&self, text: &str) -> Result<Token> {
-        Token::decode(text, self.cluster_tag, &self.regions)
+        Token::decode(text, self.cluster_tag, &self.regions())
     }
 
     /// Starts a watch: checks the cap, then runs its task. The receiver yields the stream's
@@ -363,12 +387,12 @@ impl Watcher {
     /// entry after it.
     async fn start(&mut self, token: Option<Token>, begin: VersionVector) -> Result<(), Stop> {
         let Some(token) = token else {
-            self.token = Token::at(&self.w.regions, &begin);
+            self.token = Token::at(&self.w.regions(), &begin);
             return self.ready().await;
         };
         let applied = self.store.applied();
         let mut first = BTreeMap::new();
-        for r in &self.w.regions {
+        for r in &self.w.regions() {
             let f = self.store.oplog_first(r).map_err(|_| Stop::Gone)?;
             first.insert(r.clone(), f);
         }
@@ -391,7 +415,7 @@ impl Watcher {
     /// `reset`, then the current state of every watched key, then live from `applied`.
     async fn reset(&mut self, reason: String, applied: VersionVector) -> Result<(), Stop> {
         self.send(Item::Reset { reason }).await?;
-        self.token = Token::at(&self.w.regions, &applied);
+        self.token = Token::at(&self.w.regions(), &applied);
         self.ready().await?;
         let token = self.token.encode(self.w.cluster_tag);
         let mut after: Option<Vec<u8>> = None;
@@ -432,7 +456,7 @@ impl Watcher {
 
     /// Every logged entry after the token, per origin.
     async fn catch_up(&mut self) -> Result<(), Stop> {
-        for origin in self.w.regions.clone() {
+        for origin in self.w.regions() {
             loop {
                 let from = self.token.seq_of(&origin) + 1;
                 let page = self

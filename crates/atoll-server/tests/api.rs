@@ -93,6 +93,7 @@ impl Harness {
             strong: Default::default(),
             watch: Default::default(),
             sessions: Default::default(),
+            membership: Default::default(),
         });
         let _ = state.watch.set(watch);
         Self {
@@ -400,6 +401,8 @@ fn every_error() -> Vec<AtollError> {
         },
         AtollError::Bootstrapping("x".into()),
         AtollError::BootstrapBehind("x".into()),
+        AtollError::Joining("x".into()),
+        AtollError::NotAVoter("x".into()),
     ];
     // No wildcard: a new variant fails to compile here until it is added to the list above.
     for e in &all {
@@ -445,6 +448,8 @@ fn every_error() -> Vec<AtollError> {
             | AtollError::Stale(_)
             | AtollError::Bootstrapping(_)
             | AtollError::BootstrapBehind(_)
+            | AtollError::Joining(_)
+            | AtollError::NotAVoter(_)
             | AtollError::NoQuorum { .. }
             | AtollError::RevisionMismatch { .. }
             | AtollError::StrongOutcomeUnknown { .. }

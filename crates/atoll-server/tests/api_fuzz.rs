@@ -46,6 +46,7 @@ fn state() -> Arc<AppState> {
         strong: Default::default(),
         watch: Default::default(),
         sessions: Default::default(),
+        membership: Default::default(),
     })
 }
 

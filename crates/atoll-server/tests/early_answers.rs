@@ -55,6 +55,7 @@ async fn serve() -> (SocketAddr, Arc<AppState>) {
         strong: Default::default(),
         watch: Default::default(),
         sessions: Default::default(),
+        membership: Default::default(),
     });
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();

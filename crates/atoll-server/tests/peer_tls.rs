@@ -631,6 +631,7 @@ async fn status_of(config: Config) -> serde_json::Value {
         strong: Default::default(),
         watch: Default::default(),
         sessions: Default::default(),
+        membership: Default::default(),
     });
     let resp = atoll_server::api::router(state)
         .oneshot(Request::get("/v1/status").body(Body::empty()).unwrap())

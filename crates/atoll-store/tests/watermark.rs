@@ -215,12 +215,18 @@ fn admission_raises_the_clock_to_its_floor_durably() {
     let store = open(backend.clone(), clock.clone());
     assert!(store.is_admitted());
     let w = put(&store, "a");
-    assert!(w.ts.wall_ms >= floor, "{w:?} stamped below the floor {floor} after a restart");
+    assert!(
+        w.ts.wall_ms >= floor,
+        "{w:?} stamped below the floor {floor} after a restart"
+    );
     // And in the same process.
     let other: Arc<dyn Backend> = Arc::new(MemBackend::default());
     let store = open(other, clock);
     store.admit(floor).expect("admit");
     let w = put(&store, "b");
-    assert!(w.ts.wall_ms >= floor, "{w:?} stamped below the floor {floor}");
+    assert!(
+        w.ts.wall_ms >= floor,
+        "{w:?} stamped below the floor {floor}"
+    );
     assert!(store.watermark().before_ms >= floor);
 }

@@ -1,0 +1,236 @@
+//! The cluster's membership as this region runs it (`docs/design/adding-regions.md`): which
+//! regions exist (it grows when a config reload appends a region), whether this region is a
+//! voter or a replica, and whether a replica added to a running cluster has been admitted by
+//! every region of its config (until then it takes no writes).
+
+use crate::metrics::Metrics;
+use atoll_config::{Config, KeyspaceConfig, OnMinority, RegionConfig};
+use atoll_core::op::Policy;
+use atoll_core::{AtollError, RegionId, Result};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+
+/// This region's view of who is in the cluster.
+pub struct Membership {
+    me: RegionId,
+    voter: bool,
+    /// Every region of the cluster, in config order (grows on reload).
+    regions: RwLock<Vec<RegionId>>,
+    /// Who a peer certificate may name (the regions and the arbiter), shared with the peer
+    /// listener.
+    identities: crate::peer::Identities,
+    /// The voters, for messages.
+    voters: Vec<String>,
+    /// Voters are admitted from the start; a replica once `Store::admit` ran.
+    admitted: AtomicBool,
+    /// While not admitted: the regions whose heartbeat has not come yet.
+    waiting_for: Mutex<Vec<RegionId>>,
+    /// The config the region runs, as last reloaded.
+    config: Mutex<Arc<Config>>,
+}
+
+impl Membership {
+    pub fn new(config: Arc<Config>, me: &RegionId, admitted_in_store: bool) -> Arc<Self> {
+        let voter = config.is_voter(me.as_str());
+        let regions: Vec<RegionId> = config.regions.iter().map(|r| r.name.clone()).collect();
+        let identities = regions
+            .iter()
+            .cloned()
+            .chain(config.cluster.arbiter.as_ref().map(|a| a.name.clone()))
+            .collect();
+        let peers = regions.iter().filter(|r| *r != me).cloned().collect();
+        Arc::new(Self {
+            me: me.clone(),
+            voter,
+            voters: config.voters().map(|r| r.name.to_string()).collect(),
+            regions: RwLock::new(regions),
+            identities: Arc::new(RwLock::new(identities)),
+            admitted: AtomicBool::new(voter || admitted_in_store),
+            waiting_for: Mutex::new(peers),
+            config: Mutex::new(config),
+        })
+    }
+
+    pub fn is_voter(&self) -> bool {
+        self.voter
+    }
+
+    pub fn is_admitted(&self) -> bool {
+        self.admitted.load(Ordering::Acquire)
+    }
+
+    /// Every region of the cluster, as of the latest reload.
+    pub fn regions(&self) -> Vec<RegionId> {
+        match self.regions.read() {
+            Ok(r) => r.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    pub fn is_region(&self, r: &RegionId) -> bool {
+        match self.regions.read() {
+            Ok(v) => v.contains(r),
+            Err(poisoned) => poisoned.into_inner().contains(r),
+        }
+    }
+
+    /// The peer listener's identities (shared: a reload adds to them).
+    pub fn identities(&self) -> crate::peer::Identities {
+        self.identities.clone()
+    }
+
+    /// The regions a joining replica still waits for (empty once admitted).
+    pub fn waiting_for(&self) -> Vec<RegionId> {
+        if self.is_admitted() {
+            return Vec::new();
+        }
+        self.waiting_for
+            .lock()
+            .map(|w| w.clone())
+            .unwrap_or_default()
+    }
+
+    pub(crate) fn set_waiting_for(&self, regions: Vec<RegionId>) {
+        if let Ok(mut w) = self.waiting_for.lock() {
+            *w = regions;
+        }
+    }
+
+    pub(crate) fn set_admitted(&self) {
+        self.admitted.store(true, Ordering::Release);
+    }
+
+    /// The config as last reloaded.
+    pub fn config(&self) -> Arc<Config> {
+        self.config
+            .lock()
+            .map(|c| c.clone())
+            .unwrap_or_else(|p| p.into_inner().clone())
+    }
+
+    /// Takes the regions a reload appended (already checked by `Config::reload_change`).
+    pub(crate) fn add(&self, config: Arc<Config>, added: &[RegionConfig]) {
+        for list in [&self.regions, &*self.identities] {
+            let mut l = match list.write() {
+                Ok(l) => l,
+                Err(poisoned) => poisoned.into_inner(),
+            };
+            for r in added {
+                if !l.contains(&r.name) {
+                    l.push(r.name.clone());
+                }
+            }
+        }
+        if let Ok(mut c) = self.config.lock() {
+            *c = config;
+        }
+    }
+
+    /// Whether this region may stamp a write to `keyspace` now: a replica takes none until it
+    /// is admitted, and never one that needs a consensus group.
+    pub fn permit(&self, keyspace: &KeyspaceConfig) -> Result<()> {
+        if self.voter {
+            return Ok(());
+        }
+        if !self.is_admitted() {
+            let waiting = self.waiting_for();
+            return Err(AtollError::Joining(format!(
+                "waiting for {} to admit `{}` (each must reload a config that lists it)",
+                if waiting.is_empty() {
+                    "its peers".to_string()
+                } else {
+                    waiting
+                        .iter()
+                        .map(|r| r.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                },
+                self.me
+            )));
+        }
+        let needs = if keyspace.owned.is_some() {
+            Some("its keys' homes move through the control group")
+        } else if keyspace.on_minority == OnMinority::ReadOnly {
+            Some("its writes need a majority of the control group")
+        } else if keyspace.policy == Policy::Strong {
+            Some("it is replicated by the strong group")
+        } else {
+            None
+        };
+        match needs {
+            Some(why) => Err(self.not_a_voter(&keyspace.name, why)),
+            None => Ok(()),
+        }
+    }
+
+    /// The refusal of a request to keyspace `keyspace` that needs a consensus group.
+    pub fn not_a_voter(&self, keyspace: &str, why: &str) -> AtollError {
+        AtollError::NotAVoter(format!(
+            "region `{}` is a replica (voter = false) and serves keyspace `{keyspace}` only to read (eventual) or not at all: {why}; the voters are {}",
+            self.me,
+            self.voters.join(", ")
+        ))
+    }
+}
+
+/// What a reload did.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Reloaded {
+    /// The file has no change.
+    Unchanged,
+    /// These regions were added.
+    Added(Vec<RegionId>),
+}
+
+/// Applies a config re-read from disk to a running region: appended replicas are added to
+/// replication, the peer listener's identities and the membership; anything else is refused and
+/// changes nothing (`docs/design/adding-regions.md`).
+pub struct Reloader {
+    pub(crate) membership: Arc<Membership>,
+    pub(crate) replicator: Arc<crate::replication::Replicator>,
+    pub(crate) metrics: Arc<Metrics>,
+    /// `--peer-via` overrides given at start (a region added later is dialled at its `peer`).
+    pub(crate) peer_via: std::collections::BTreeMap<String, SocketAddr>,
+    pub(crate) watch: Option<Arc<crate::watch::Watch>>,
+}
+
+impl Reloader {
+    /// Counts a reload whose file could not be read or parsed (nothing changed).
+    pub fn failed(&self) {
+        self.metrics.config_reload("failed");
+    }
+
+    pub fn apply(&self, new: Config) -> Result<Reloaded> {
+        let current = self.membership.config();
+        let added = match current.reload_change(&new) {
+            Ok(a) => a,
+            Err(why) => {
+                self.metrics.config_reload("refused");
+                return Err(AtollError::Config(format!(
+                    "config reload refused, nothing changed: {why}"
+                )));
+            }
+        };
+        if added.is_empty() {
+            self.metrics.config_reload("unchanged");
+            return Ok(Reloaded::Unchanged);
+        }
+        let new = Arc::new(new);
+        for r in &added {
+            let addr = self
+                .peer_via
+                .get(r.name.as_str())
+                .copied()
+                .unwrap_or(r.peer);
+            self.replicator.add_peer(&r.name, addr)?;
+        }
+        self.membership.add(new, &added);
+        let names: Vec<RegionId> = added.iter().map(|r| r.name.clone()).collect();
+        if let Some(w) = &self.watch {
+            w.add_regions(&names);
+        }
+        self.metrics.config_reload("applied");
+        Ok(Reloaded::Added(names))
+    }
+}

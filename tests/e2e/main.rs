@@ -5,6 +5,7 @@
 
 mod common;
 
+mod adding;
 mod cli;
 mod crash;
 mod demo;

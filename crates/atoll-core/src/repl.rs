@@ -402,8 +402,10 @@ impl ReplCore {
         if peer == self.me || self.peers.contains_key(&peer) {
             return false;
         }
-        let mut prog = OriginProgress::default();
-        prog.known_head = self.applied.get(&peer);
+        let prog = OriginProgress {
+            known_head: self.applied.get(&peer),
+            ..Default::default()
+        };
         self.progress.entry(peer.clone()).or_insert(prog);
         self.peers.insert(peer, PeerInfo::default());
         true

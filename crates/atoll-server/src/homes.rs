@@ -807,6 +807,7 @@ mod tests {
         let gate = Gate {
             fencing: None,
             homes: Some(eu.clone()),
+            replica: None,
         };
         let profiles = config.keyspace("profiles").unwrap();
         let sessions = config.keyspace("sessions").unwrap();

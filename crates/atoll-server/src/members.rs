@@ -234,3 +234,50 @@ impl Reloader {
         Ok(Reloaded::Added(names))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CONFIG: &str = "[cluster]\nname = \"t\"\n\n[[regions]]\nname = \"us-east-1\"\napi = \"127.0.0.1:7100\"\n\n[[regions]]\nname = \"eu-west-1\"\napi = \"127.0.0.1:7101\"\n\n[[regions]]\nname = \"ap-southeast-1\"\napi = \"127.0.0.1:7102\"\n\n[[regions]]\nname = \"sa-east-1\"\napi = \"127.0.0.1:7103\"\nvoter = false\n\n[[keyspaces]]\nname = \"sessions\"\npolicy = \"lww\"\n\n[[keyspaces]]\nname = \"inventory\"\npolicy = \"lww\"\non_minority = \"read-only\"\n\n[[keyspaces]]\nname = \"profiles\"\npolicy = \"owned\"\ndefault_home = \"us-east-1\"\n\n[[keyspaces]]\nname = \"seats\"\npolicy = \"strong\"\n\n[fencing]\nquorum = true\n";
+
+    fn code(r: Result<()>) -> &'static str {
+        match r {
+            Ok(()) => "ok",
+            Err(e) => e.code(),
+        }
+    }
+
+    #[test]
+    fn a_replica_writes_nothing_until_admitted_and_never_what_needs_a_group() {
+        let config = Arc::new(Config::parse(CONFIG, "t.toml").expect("config"));
+        let ks = |n: &str| config.keyspace(n).expect("keyspace").clone();
+        let me = RegionId::new("sa-east-1").expect("region");
+        let m = Membership::new(config.clone(), &me, false);
+        assert!(!m.is_voter() && !m.is_admitted());
+        for k in ["sessions", "inventory", "profiles", "seats"] {
+            assert_eq!(code(m.permit(&ks(k))), "ATOLL-JOINING", "{k}");
+        }
+        m.set_admitted();
+        assert_eq!(code(m.permit(&ks("sessions"))), "ok");
+        for k in ["inventory", "profiles", "seats"] {
+            let e = m.permit(&ks(k)).expect_err(k);
+            assert_eq!(e.code(), "ATOLL-NOT-A-VOTER", "{k}");
+            assert!(
+                e.to_string()
+                    .contains("us-east-1, eu-west-1, ap-southeast-1"),
+                "{e}"
+            );
+        }
+        // A voter is admitted from the start and refused nothing here (fencing decides).
+        let us = Membership::new(
+            config.clone(),
+            &RegionId::new("us-east-1").expect("region"),
+            false,
+        );
+        assert!(us.is_voter() && us.is_admitted());
+        for k in ["sessions", "inventory", "profiles", "seats"] {
+            assert_eq!(code(us.permit(&ks(k))), "ok", "{k}");
+        }
+    }
+}

@@ -117,9 +117,13 @@ impl Server {
             Arc::new(Notify::new()),
         )
         .expect("replicator");
-        let listener = PeerListener::bind("127.0.0.1:0".parse().unwrap(), tls, regions())
-            .await
-            .expect("bind");
+        let listener = PeerListener::bind(
+            "127.0.0.1:0".parse().unwrap(),
+            tls,
+            std::sync::Arc::new(std::sync::RwLock::new(regions())),
+        )
+        .await
+        .expect("bind");
         let addr = listener.local_addr().unwrap();
         let (stop, stopped) = tokio::sync::watch::channel(false);
         let app = track(

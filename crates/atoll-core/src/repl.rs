@@ -250,6 +250,10 @@ struct PeerInfo {
     /// carried since this core started: what a region added to the cluster must stamp its
     /// writes above ([`ReplCore::admission`]).
     admission_floor_ms: u64,
+    /// Their own head as their first heartbeat since this core started said: a region added to
+    /// the cluster is admitted only once it has applied that much of their writes
+    /// ([`ReplCore::admission`]).
+    first_head: Option<u64>,
 }
 
 /// Per origin: the progress this region has made and what it knows exists.
@@ -411,17 +415,26 @@ impl ReplCore {
         true
     }
 
-    /// Whether every peer has sent an accepted heartbeat since this core started, and if so
-    /// the largest clock reading or stability claim any of them carried. A region added to a
-    /// running cluster takes writes only then, stamped above that floor: a peer sends
-    /// heartbeats only to regions it has added, and any tombstone horizon it used before was
-    /// at most its clock and claims then (`docs/design/adding-regions.md`). `None`: the peers
-    /// not heard from yet, in order.
+    /// Whether this region, added to a running cluster, may take writes: every peer has sent an
+    /// accepted heartbeat since this core started, and this region has applied each peer's own
+    /// writes up to the head that first heartbeat reported. `Ok` carries the largest clock
+    /// reading or stability claim any of them carried; `Err` the peers still waited for, in
+    /// order (`docs/design/adding-regions.md`).
+    ///
+    /// Why both: a peer sends heartbeats only to regions it has added, and from then on its
+    /// tombstone horizon waits for this region's claims and its operation log keeps what this
+    /// region has not applied; any horizon it used before was at most its clock and claims then,
+    /// so writes stamped above the floor are above every tombstone collected without this
+    /// region. And what a peer truncated of its own log before it added this region is at most
+    /// that first head: caught up past it, this region never needs a bootstrap by snapshot once
+    /// it takes writes (a bootstrap replaces the whole state, writes not yet replicated with it).
     pub fn admission(&self) -> Result<u64, Vec<RegionId>> {
         let missing: Vec<RegionId> = self
             .peers
             .iter()
-            .filter(|(_, p)| p.last_heard_ms.is_none())
+            .filter(|(r, p)| {
+                p.last_heard_ms.is_none() || p.first_head.is_none_or(|h| self.applied.get(r) < h)
+            })
             .map(|(r, _)| r.clone())
             .collect();
         if !missing.is_empty() {
@@ -805,6 +818,9 @@ impl ReplCore {
             .max()
             .unwrap_or(0);
         p.admission_floor_ms = p.admission_floor_ms.max(hb.hlc.wall_ms).max(claimed);
+        if p.first_head.is_none() {
+            p.first_head = Some(hb.frontier.get(&hb.from).map_or(0, |f| f.applied));
+        }
         // The latest claims replace the earlier ones, even when lower: a peer that restarted
         // knows less than it did, and only what it says now is true of it.
         p.claims = hb
@@ -1293,13 +1309,15 @@ mod tests {
         // b's heartbeats still say nothing of d: the horizon at a waits for claims about d.
         gossip(&mut [&mut a, &mut b, &mut c], 4_000);
         assert_eq!(a.tombstone_horizon_ms(4_000), None);
-        // d has applied nothing of a: a keeps a's log.
+        // d has applied nothing of a: a keeps a's log, and d is not admitted while it is behind
+        // a's head as of a's first heartbeat to it.
         assert!(!a.stable_points().contains_key(&r("a")));
+        assert_eq!(d.admission(), Err(vec![r("a"), r("b"), r("c")]));
+        d.on_applied(&r("a"), 3);
         assert_eq!(d.admission(), Err(vec![r("b"), r("c")]));
         // b and c add d (reloads); everyone gossips. b's clock reads ahead: d's floor takes it.
         assert!(b.add_peer(r("d")));
         assert!(c.add_peer(r("d")));
-        d.on_applied(&r("a"), 3);
         for now in [5_000, 6_000] {
             let mut all = [&mut a, &mut b, &mut c, &mut d];
             gossip(&mut all, now);

@@ -136,7 +136,7 @@ impl Membership {
         if !self.is_admitted() {
             let waiting = self.waiting_for();
             return Err(AtollError::Joining(format!(
-                "waiting for {} to admit `{}` (each must reload a config that lists it)",
+                "waiting for {} to admit `{}` (each must reload a config that lists it, and this region must catch up with their writes)",
                 if waiting.is_empty() {
                     "its peers".to_string()
                 } else {

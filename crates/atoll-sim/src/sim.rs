@@ -163,6 +163,10 @@ enum Event {
     },
     /// A random operator action (switchover, promotion).
     Operator,
+    /// The region added to the running cluster starts ([`SimOptions::join`]).
+    Join,
+    /// Region `r` adds the joining region to its peers (its config reload).
+    AddPeer(usize),
 }
 
 struct Scheduled {
@@ -229,6 +233,20 @@ struct Region {
     clock_high_ms: u64,
 }
 
+/// The region added to the running cluster ([`SimOptions::join`]).
+struct Joiner {
+    /// Its index (the last region).
+    r: usize,
+    /// Started (at the `Join` event).
+    joined: bool,
+    /// Its store says it was admitted (it takes writes).
+    admitted: bool,
+    /// Per region: whether it has added the joiner to its peers.
+    knows: Vec<bool>,
+    /// Its driver's heartbeat and maintenance phases, drawn with the others'.
+    phases: (u64, u64),
+}
+
 /// A simulated cluster.
 pub struct Sim {
     seed: u64,
@@ -257,6 +275,8 @@ pub struct Sim {
     sessions: Vec<SessionClient>,
     /// The session clients' own random choices.
     session_rng: SimRng,
+    /// The region added to the running cluster, if the run adds one.
+    joiner: Option<Joiner>,
 }
 
 /// Mixed into the seed of the session clients' RNG (any constant: a stream apart from the run's).
@@ -317,18 +337,168 @@ impl Sim {
             fen: None,
             sessions: Vec::new(),
             session_rng: SimRng::seed_from_u64(seed ^ SESSION_RNG_STREAM),
+            joiner: None,
             opts,
         };
+        if sim.opts.join {
+            let r = n - 1;
+            let mut knows = vec![false; n];
+            knows[r] = true;
+            sim.joiner = Some(Joiner {
+                r,
+                joined: false,
+                admitted: false,
+                knows,
+                phases: (0, 0),
+            });
+        }
         sim.fencing_init();
         sim.set_clocks();
         for r in 0..n {
             // Spread the regions' heartbeat and maintenance phases.
             let hb = sim.rng.random_range(0..sim.opts.heartbeat_interval_ms);
             let mt = sim.rng.random_range(0..sim.opts.maintenance_interval_ms);
+            if let Some(j) = sim.joiner.as_mut().filter(|j| j.r == r) {
+                j.phases = (hb, mt);
+                continue;
+            }
             sim.start_region_with_phases(r, hb, mt)?;
+        }
+        if let Some(r) = sim.joiner.as_ref().map(|j| j.r) {
+            let at = sim
+                .rng
+                .random_range(1_000..=(sim.opts.chaos_ms / 2).max(1_000));
+            sim.schedule(at, Event::Join);
+            // A freshly provisioned host whose clock runs behind the others', as far as the bound
+            // allows (further, it would hold every peer's writes back as skewed, and they its):
+            // its writes must still be stamped above every tombstone collected without it.
+            let b = sim.opts.base_offset_ms as i64;
+            let max = sim.opts.max_clock_offset_ms as i64;
+            let lo = (max - b - 50).max(b);
+            sim.regions[r].base_offset_ms = -sim.rng.random_range(b..=lo);
         }
         sim.fencing_schedule();
         Ok(sim)
+    }
+
+    /// Whether region `r` is the joining region and has not started yet.
+    pub(crate) fn not_joined(&self, r: usize) -> bool {
+        self.joiner.as_ref().is_some_and(|j| j.r == r && !j.joined)
+    }
+
+    /// Whether region `r` is the joining region and is not admitted (takes no writes).
+    pub(crate) fn joining(&self, r: usize) -> bool {
+        self.joiner
+            .as_ref()
+            .is_some_and(|j| j.r == r && !j.admitted)
+    }
+
+    /// Whether region `at` has the joining region `j` among its peers (every other pair: yes).
+    pub(crate) fn knows(&self, at: usize, j: usize) -> bool {
+        match &self.joiner {
+            Some(jn) if jn.r == j => jn.knows[at],
+            Some(jn) if jn.r == at => true,
+            _ => true,
+        }
+    }
+
+    /// The peers region `r`'s driver starts with: everyone, but the joining region only once
+    /// `r` has added it.
+    pub(crate) fn peers_of(&self, r: usize) -> Vec<RegionId> {
+        (0..self.ids.len())
+            .filter(|&q| match &self.joiner {
+                Some(j) if j.r == q => j.knows[r],
+                _ => true,
+            })
+            .map(|q| self.ids[q].clone())
+            .collect()
+    }
+
+    /// The regions every region shares split budgets with: the founding ones (an added region
+    /// is a replica and gets no share, as `atoll-config` divides them among the voters).
+    pub(crate) fn voters(&self) -> Vec<RegionId> {
+        (0..self.ids.len())
+            .filter(|&q| self.joiner.as_ref().is_none_or(|j| j.r != q))
+            .map(|q| self.ids[q].clone())
+            .collect()
+    }
+
+    fn on_join(&mut self) -> Result<(), Violation> {
+        let Some((r, (hb, mt))) = self.joiner.as_ref().map(|j| (j.r, j.phases)) else {
+            return Ok(());
+        };
+        self.set_clocks();
+        if let Some(j) = self.joiner.as_mut() {
+            j.joined = true;
+        }
+        self.stats.joins += 1;
+        self.trace.ev(&[kind::RESTART, self.now, r as u64, 1]);
+        self.trace
+            .line(self.now, || format!("{} joins the cluster", self.ids[r]));
+        self.start_region_with_phases(r, hb, mt)?;
+        // The others reload their configs one by one.
+        for q in 0..self.ids.len() {
+            if q != r {
+                let at = self.rng.random_range(0..=4_000);
+                self.schedule(at, Event::AddPeer(q));
+            }
+        }
+        Ok(())
+    }
+
+    fn on_add_peer(&mut self, q: usize) -> Result<(), Violation> {
+        let Some(r) = self.joiner.as_ref().map(|j| j.r) else {
+            return Ok(());
+        };
+        if let Some(j) = self.joiner.as_mut() {
+            j.knows[q] = true;
+        }
+        let id = self.ids[r].clone();
+        self.trace.line(self.now, || {
+            format!("{} adds {id} to its peers", self.ids[q])
+        });
+        // A region that is down reads the new config when it starts.
+        self.drive(q, |d, _, _| {
+            d.add_peer(id);
+            Vec::new()
+        })
+    }
+
+    /// The joining region is admitted once its driver says every peer heard it and it caught
+    /// up (`ReplCore::admission`), with its clock raised to the floor, as the server does.
+    fn check_admission(&mut self) -> Result<(), Violation> {
+        let Some(r) = self
+            .joiner
+            .as_ref()
+            .filter(|j| j.joined && !j.admitted)
+            .map(|j| j.r)
+        else {
+            return Ok(());
+        };
+        let Some(node) = self.regions[r].node.as_ref() else {
+            return Ok(());
+        };
+        let floor = if node.store.is_admitted() {
+            0
+        } else {
+            match node.driver.core().admission() {
+                Ok(floor) => floor,
+                Err(_) => return Ok(()),
+            }
+        };
+        if !node.store.is_admitted() {
+            node.store
+                .admit(floor)
+                .map_err(|e| Violation::new(Invariant::Harness, format!("cannot admit: {e}")))?;
+        }
+        if let Some(j) = self.joiner.as_mut() {
+            j.admitted = true;
+        }
+        self.stats.joiners_admitted += 1;
+        self.trace.line(self.now, || {
+            format!("{} is admitted (clock floor {floor})", self.ids[r])
+        });
+        Ok(())
     }
 
     // ----- accessors -----
@@ -455,6 +625,7 @@ impl Sim {
             self.set_clocks();
             self.stats.events += 1;
             self.handle(s.ev)?;
+            self.check_admission()?;
             if self.fen.is_some() {
                 self.sample_fencing();
             }
@@ -671,6 +842,8 @@ impl Sim {
                 entries,
             } => self.on_apply(r, from, id, incarnation, entries)?,
             Event::Operator => self.on_operator(),
+            Event::Join => self.on_join()?,
+            Event::AddPeer(q) => self.on_add_peer(q)?,
         }
         Ok(())
     }

@@ -868,3 +868,25 @@ fn rpo_guard_counts_writes_it_never_heard_of() {
         other => panic!("{other:?}"),
     }
 }
+
+/// A region added to the running cluster (`docs/design/adding-regions.md`), under the random
+/// writes and faults of a full run: it bootstraps or catches up, refuses writes until every region
+/// has added it and it caught up, is admitted, and the cluster converges with every invariant
+/// holding. Several seeds and cluster sizes, so the join lands at different moments.
+#[test]
+fn a_region_added_while_running_is_admitted_and_the_cluster_converges() {
+    let mut admitted = 0;
+    let mut refused = 0;
+    for (seed, n) in [(11, 3), (12, 4), (13, 5), (14, 3), (15, 4)] {
+        let opts = SimOptions {
+            join: true,
+            ..SimOptions::default()
+        };
+        let out = atoll_sim::run_seed(seed, n, opts).unwrap_or_else(|f| panic!("{f}"));
+        assert_eq!(out.stats.joins, 1, "seed {seed}");
+        admitted += out.stats.joiners_admitted;
+        refused += out.stats.joiner_writes_refused;
+    }
+    assert_eq!(admitted, 5, "every added region was admitted");
+    assert!(refused > 0, "no write was ever refused before an admission");
+}

@@ -2111,6 +2111,12 @@ impl Writer {
             } => {
                 let mut progress = self.bootstrap_under_way()?;
                 let mut batch = Batch::default();
+                // The newest timestamp loaded: this region's clock is raised to it, so that its
+                // next write is stamped above every value it now holds (with a clock running
+                // behind the donor's, a write right after the bootstrap lost to the value it
+                // meant to replace, acknowledged: found by the simulation of regions added to a
+                // running cluster).
+                let mut newest = Timestamp::default();
                 for (dk, raw) in &rows {
                     let known = dk
                         .iter()
@@ -2122,6 +2128,11 @@ impl Writer {
                         continue;
                     }
                     let delta: KeyState = codec::decode_state(raw)?;
+                    match &delta {
+                        KeyState::Lww(l) => newest = newest.max(l.ts),
+                        KeyState::Mvr(m) => newest = newest.max(m.max_ts().unwrap_or_default()),
+                        _ => {}
+                    }
                     self.merge_staged(&mut batch, dk.clone(), &delta)?;
                     progress.bytes += (dk.len() + raw.len()) as u64;
                     progress.keys += 1;
@@ -2140,6 +2151,18 @@ impl Writer {
                     keys::META_BOOTSTRAP.to_vec(),
                     codec::encode(&progress)?,
                 ));
+                if newest > Timestamp::default() {
+                    let last = {
+                        let mut st = self.shared.stamps();
+                        st.hlc.restore(newest);
+                        st.hlc.last()
+                    };
+                    mutations.push(Mutation::Put(
+                        Table::Meta,
+                        keys::META_HLC.to_vec(),
+                        codec::encode(&last)?,
+                    ));
+                }
                 self.shared.backend.commit(mutations, true)?;
                 if let Ok(mut b) = self.shared.bootstrap.lock() {
                     *b = Some(progress);

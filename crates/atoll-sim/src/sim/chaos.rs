@@ -75,7 +75,7 @@ impl Sim {
             self.set_witness_up(true);
             return Ok(());
         }
-        if self.regions[r].node.is_some() {
+        if self.regions[r].node.is_some() || self.not_joined(r) {
             return Ok(());
         }
         self.set_clocks();

@@ -14,6 +14,11 @@ impl Sim {
         self.history
             .keys
             .insert((ks.to_string(), key.as_bytes().to_vec()));
+        if self.joining(r) && self.regions[r].node.is_some() {
+            // The server's write gate (`Membership::permit`): nothing is written.
+            self.stats.joiner_writes_refused += 1;
+            return Err(AtollError::Joining(format!("{me} is not admitted yet")));
+        }
         let Some(node) = self.regions[r].node.as_mut() else {
             return Err(AtollError::ShuttingDown);
         };

@@ -59,6 +59,11 @@ pub struct SimOptions {
     /// The region's token check (`atoll_core::session::check`). `false` serves every session read
     /// at once, as if the gate were missing: a negative control for invariant 10.
     pub session_check: bool,
+    /// Adding a region to the running cluster (`docs/design/adding-regions.md`): the last region
+    /// starts only during the chaos phase, with an empty store; the others add it to their peers
+    /// one by one at random times after (their config reloads), and it takes writes only once
+    /// admitted. Its random draws are made only when on, so runs without it are unchanged.
+    pub join: bool,
 }
 
 impl Stats {
@@ -112,6 +117,10 @@ impl Stats {
             session_reads_stale,
             session_reads_impossible,
             session_reads_unchecked,
+            joins,
+            joiner_bootstraps,
+            joiner_writes_refused,
+            joiners_admitted,
         } = other;
         self.events += events;
         self.writes_acked += writes_acked;
@@ -160,6 +169,10 @@ impl Stats {
         self.session_reads_stale += session_reads_stale;
         self.session_reads_impossible += session_reads_impossible;
         self.session_reads_unchecked += session_reads_unchecked;
+        self.joins += joins;
+        self.joiner_bootstraps += joiner_bootstraps;
+        self.joiner_writes_refused += joiner_writes_refused;
+        self.joiners_admitted += joiners_admitted;
     }
 }
 
@@ -189,6 +202,7 @@ impl Default for SimOptions {
             session_gap_ms: (40, 1_400),
             session_wait_ms: 500,
             session_check: true,
+            join: false,
         }
     }
 }
@@ -287,6 +301,14 @@ pub struct Stats {
     /// With the check off ([`SimOptions::session_check`]): reads served that the check would not
     /// have served at once.
     pub session_reads_unchecked: u64,
+    /// Regions added to the running cluster ([`SimOptions::join`]).
+    pub joins: u64,
+    /// Bootstraps by snapshot of a region added to the running cluster (before its admission).
+    pub joiner_bootstraps: u64,
+    /// Writes refused at an added region not admitted yet (`ATOLL-JOINING`).
+    pub joiner_writes_refused: u64,
+    /// Added regions admitted (they take writes from then on).
+    pub joiners_admitted: u64,
 }
 
 /// A successful run.
@@ -358,7 +380,16 @@ pub fn plan_for_seed(seed: u64) -> (usize, SimOptions) {
     let bits = splitmix64(seed);
     let bit = |i: u32| (bits >> i) & 1 == 1;
     let topology = match (seed / 3) % 3 {
-        0 if !bit(0) => return (n, SimOptions::default()),
+        // Half of the unfenced plans add their last region while running.
+        0 if !bit(0) => {
+            return (
+                n,
+                SimOptions {
+                    join: bit(6),
+                    ..SimOptions::default()
+                },
+            );
+        }
         0 => Topology::ActiveActive { quorum: true },
         1 => Topology::ActiveStandby,
         _ => Topology::ActivePassive,

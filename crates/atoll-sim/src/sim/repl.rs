@@ -34,10 +34,12 @@ impl Sim {
         maint_phase: u64,
     ) -> Result<(), Violation> {
         let gate = self.fencing_on_start(r);
+        let voters = self.voters();
         let keyspaces = match &self.opts.fencing {
-            Some(f) => model::keyspaces_with_read_only(&self.ids, &f.read_only_keyspaces),
-            None => model::keyspaces(&self.ids),
+            Some(f) => model::keyspaces_with_read_only(&voters, &f.read_only_keyspaces),
+            None => model::keyspaces(&voters),
         };
+        let peers = self.peers_of(r);
         let cfg = self.driver_config(hb_phase, maint_phase);
         let now = self.now_of(r);
         let reg = &mut self.regions[r];
@@ -55,7 +57,7 @@ impl Sim {
             )
         })?;
         let local = store.replication_view();
-        let driver = ReplDriver::new(reg.id.clone(), self.ids.clone(), cfg, &local, now);
+        let driver = ReplDriver::new(reg.id.clone(), peers, cfg, &local, now);
         reg.node = Some(Node {
             store,
             driver,
@@ -193,9 +195,15 @@ impl Sim {
                     self.maintain_with(r, horizon)?;
                     self.truncate(r, &stable)?;
                 }
+                Cmd::Bootstrap { donor, reason } if self.joining(r) => {
+                    // A region added to the running cluster, not admitted yet: the others
+                    // truncated what it needs before they added it.
+                    self.join_bootstrap(r, &donor, &reason)?;
+                }
                 Cmd::Bootstrap { donor, reason } => {
                     // Simulated regions lose nothing they committed (crashes are power cuts of
-                    // an fsyncing store): a region sent to bootstrap was cut off by truncation.
+                    // an fsyncing store): a region sent to bootstrap was cut off by truncation
+                    // (an added region, once admitted, included: `ReplCore::admission`).
                     // The run ends here: the region would wait for a snapshot for ever.
                     return Err(Violation::new(
                         Invariant::Truncation,
@@ -213,6 +221,11 @@ impl Sim {
 
     pub(super) fn notice(&mut self, r: usize, n: Notice) {
         match n {
+            // The joining region's heartbeats reach regions that have not added it yet.
+            Notice::HeartbeatRefused {
+                from,
+                refusal: atoll_core::repl::Refusal::NotAPeer(_),
+            } if self.index_of(&from).is_some_and(|j| !self.knows(r, j)) => {}
             Notice::HeartbeatRefused { from, refusal } => {
                 // Every simulated region is honest: a refused heartbeat is a false alarm.
                 let v = Violation::new(
@@ -247,6 +260,72 @@ impl Sim {
                 )
             }),
             Notice::Rtt { .. } => {}
+        }
+    }
+
+    /// The joining region `r` loads a snapshot from `donor` (the harness reads it in one go, as
+    /// the server's bootstrap task does chunk by chunk; the donor does not move meanwhile), then
+    /// tells its driver how it went.
+    fn join_bootstrap(
+        &mut self,
+        r: usize,
+        donor: &RegionId,
+        reason: &str,
+    ) -> Result<(), Violation> {
+        self.stats.joiner_bootstraps += 1;
+        self.trace.line(self.now, || {
+            format!("{} bootstraps from {donor}: {reason}", self.ids[r])
+        });
+        // Applies issued before the bootstrap began are void: the store refuses them from now on
+        // (the server's bootstrap waits for them), and the snapshot replaces what they held.
+        self.regions[r].incarnation += 1;
+        self.regions[r].apply_free_at = 0;
+        let result = match self.index_of(donor) {
+            Some(d) if self.net.is_up(r, d) && self.net.is_up(d, r) => self.load_snapshot(r, d),
+            _ => Err(format!("{donor} cannot be reached")),
+        };
+        self.trace.line(self.now, || {
+            format!("{} bootstrap from {donor}: {result:?}", self.ids[r])
+        });
+        self.drive(r, |d, now, _| {
+            d.on_bootstrap_done(result, now);
+            Vec::new()
+        })
+    }
+
+    fn load_snapshot(&self, r: usize, d: usize) -> Result<(), String> {
+        let (Some(me), Some(donor)) =
+            (self.regions[r].node.as_ref(), self.regions[d].node.as_ref())
+        else {
+            return Err("the donor is down".into());
+        };
+        if donor.driver.bootstrapping().is_some() || donor.store.bootstrap_progress().is_some() {
+            return Err("the donor is bootstrapping".into());
+        }
+        me.store.bootstrap_begin(false).map_err(|e| e.to_string())?;
+        let mut after = me.store.bootstrap_progress().and_then(|p| p.after);
+        loop {
+            let chunk = donor
+                .store
+                .snapshot_chunk(after.as_deref(), 64, 1 << 20)
+                .map_err(|e| e.to_string())?;
+            let next = chunk.next.clone();
+            me.store
+                .bootstrap_load(chunk.applied, chunk.rows, chunk.next)
+                .map_err(|e| e.to_string())?;
+            match next {
+                Some(n) => after = Some(n),
+                None => break,
+            }
+        }
+        let own_floor = me.driver.bootstrap_own_floor();
+        match me.store.bootstrap_finish(own_floor) {
+            Ok(_) => Ok(()),
+            Err(e @ AtollError::BootstrapBehind(_)) => {
+                me.store.bootstrap_begin(true).map_err(|e| e.to_string())?;
+                Err(e.to_string())
+            }
+            Err(e) => Err(e.to_string()),
         }
     }
 
@@ -456,6 +535,8 @@ impl Sim {
                         );
                         self.pump(key);
                     }
+                    // The joining region asks regions that have not added it yet.
+                    Err(_) if !self.knows(to, from) => {}
                     Err(e) => {
                         let v = Violation::new(
                             Invariant::Harness,
@@ -670,8 +751,13 @@ impl Sim {
     }
 
     /// Where every region's cursor is now (crashed regions: where their backend stands).
-    fn cursors(&self) -> Vec<CursorAt> {
+    /// Every region's cursor, as region `at` must respect them: a region it has not added to its
+    /// peers yet (a region joining the running cluster) is none of its concern, as its horizon
+    /// and truncation do not wait for it (`docs/design/adding-regions.md`: the joiner's writes
+    /// are stamped above anything collected without it).
+    fn cursors(&self, at: usize) -> Vec<CursorAt> {
         (0..self.regions.len())
+            .filter(|&q| self.knows(at, q))
             .map(|q| CursorAt {
                 region: self.ids[q].clone(),
                 applied: self.applied(q),
@@ -767,7 +853,7 @@ impl Sim {
         self.stats.expired_collected += out.expired_collected as u64;
         self.stats.rate_keys_collected += out.rate_keys_collected as u64;
         if !dropped.is_empty() {
-            let cursors = self.cursors();
+            let cursors = self.cursors(r);
             for (key, dot) in &dropped {
                 if let Err(v) = check::expired_sibling_collection(
                     &me,
@@ -782,7 +868,7 @@ impl Sim {
             }
         }
         if !expired.is_empty() {
-            let cursors = self.cursors();
+            let cursors = self.cursors(r);
             for (key, origin, ts) in &expired {
                 if let Err(v) = check::expired_collection(
                     &me,
@@ -802,7 +888,7 @@ impl Sim {
         }
         self.stats.tombstones_collected += out.tombstones_collected as u64;
         if !collected.is_empty() {
-            let cursors = self.cursors();
+            let cursors = self.cursors(r);
             for (key, origin, ts) in &collected {
                 if let Err(v) = check::tombstone_collection(
                     &me,

@@ -1004,6 +1004,17 @@ pub async fn status(args: ClientArgs, max_lag: Option<f64>) -> Result<()> {
     if v["replication"]["bootstrap"].is_object() {
         problems.push("bootstrapping by snapshot: serving no client traffic".to_string());
     }
+    let m = &v["membership"];
+    if m["admitted"].as_bool() == Some(false) {
+        let waiting: Vec<&str> = m["waiting_for"]
+            .as_array()
+            .map(|a| a.iter().filter_map(|r| r.as_str()).collect())
+            .unwrap_or_default();
+        problems.push(format!(
+            "joining: takes no writes until admitted by {} (each must reload a config that lists this region, and this region catch up with it)",
+            if waiting.is_empty() { "its peers".to_string() } else { waiting.join(", ") }
+        ));
+    }
     for p in &peers {
         let name = p["region"].as_str().unwrap_or("?");
         if p["reachable"].as_bool() != Some(true) {
@@ -1142,6 +1153,29 @@ pub async fn status(args: ClientArgs, max_lag: Option<f64>) -> Result<()> {
                         .as_str()
                         .map(|e| format!("; last attempt: {e}"))
                         .unwrap_or_default()
+                );
+            }
+            if m.is_object() {
+                println!(
+                    "membership: {} of {}{}",
+                    if m["voter"].as_bool() == Some(true) {
+                        "voter"
+                    } else {
+                        "replica (voter = false)"
+                    },
+                    m["regions"]
+                        .as_array()
+                        .map(|a| a
+                            .iter()
+                            .filter_map(|r| r.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", "))
+                        .unwrap_or_default(),
+                    if m["admitted"].as_bool() == Some(false) {
+                        "; JOINING (not admitted yet)"
+                    } else {
+                        ""
+                    }
                 );
             }
             drill_lines();

@@ -87,6 +87,8 @@ pub struct Replicator {
     bootstrap_info: Mutex<BootstrapInfo>,
     /// Snapshot chunks read for peers at once (the donor keeps serving its own clients).
     snapshot_slots: tokio::sync::Semaphore,
+    /// When a refused heartbeat of a region that is not a peer was last logged as a warning.
+    not_a_peer_logged_ms: AtomicU64,
 }
 
 /// What `/v1/status` says about a bootstrap.
@@ -181,6 +183,7 @@ impl Replicator {
             bootstrapping: AtomicBool::new(false),
             bootstrap_info: Mutex::new(BootstrapInfo::default()),
             snapshot_slots: tokio::sync::Semaphore::new(1),
+            not_a_peer_logged_ms: AtomicU64::new(0),
         }))
     }
 
@@ -456,7 +459,26 @@ impl Replicator {
     }
 
     fn refused(&self, from: &RegionId, refusal: &Refusal) {
-        tracing::warn!(peer = %from, reason = refusal.as_str(), "heartbeat refused: {refusal}");
+        // A region added to the cluster heartbeats every region from its start, and those that
+        // have not reloaded a config that lists it yet refuse it every interval: one warning a
+        // minute for those (the name is anyone's to choose), every other refusal each time.
+        let loud = match refusal {
+            Refusal::NotAPeer(_) => {
+                let now = self.clock.physical_ms();
+                let last = self.not_a_peer_logged_ms.load(Ordering::Relaxed);
+                now.saturating_sub(last) >= 60_000
+                    && self
+                        .not_a_peer_logged_ms
+                        .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                        .is_ok()
+            }
+            _ => true,
+        };
+        if loud {
+            tracing::warn!(peer = %from, reason = refusal.as_str(), "heartbeat refused: {refusal}");
+        } else {
+            tracing::debug!(peer = %from, reason = refusal.as_str(), "heartbeat refused: {refusal}");
+        }
         self.metrics
             .heartbeats_refused
             .get_or_create(&RefusedLabels {

@@ -219,13 +219,14 @@ fn wrongpass() -> Reply {
     )
 }
 
-/// An atoll error as a RESP error: fencing refusals read as a Redis replica's (`READONLY`), the
-/// rest as `ERR ATOLL-CODE message`.
+/// An atoll error as a RESP error: fencing refusals, and a replica region's refusal of what
+/// needs a voter, read as a Redis replica's (`READONLY`), the rest as `ERR ATOLL-CODE message`.
 pub fn atoll_error(e: &AtollError) -> Reply {
     let prefix = match e {
-        AtollError::NotPrimary { .. } | AtollError::Fenced { .. } | AtollError::Passive { .. } => {
-            "READONLY"
-        }
+        AtollError::NotPrimary { .. }
+        | AtollError::Fenced { .. }
+        | AtollError::Passive { .. }
+        | AtollError::NotAVoter(_) => "READONLY",
         AtollError::Unauthorized(_) => "NOAUTH",
         AtollError::Forbidden(_) => "NOPERM",
         AtollError::WrongPolicy { .. } => "WRONGTYPE",
@@ -1139,5 +1140,31 @@ fn scard<H: Host>(host: &H, session: &Session, raw: &[u8]) -> Reply {
     match read(host, &t) {
         Ok(st) => Reply::Int(i64::try_from(members_of(st.as_ref()).len()).unwrap_or(i64::MAX)),
         Err(r) => r,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn text(r: Reply) -> String {
+        match r {
+            Reply::Error(e) => e,
+            other => panic!("not an error: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn refusals_of_a_region_that_does_not_take_the_write_read_as_a_redis_replicas() {
+        let fenced = AtollError::Fenced {
+            keyspace: "k".into(),
+            detail: "d".into(),
+        };
+        for e in [fenced, AtollError::NotAVoter("a replica".into())] {
+            let t = text(atoll_error(&e));
+            assert!(t.starts_with(&format!("READONLY {} ", e.code())), "{t}");
+        }
+        let t = text(atoll_error(&AtollError::Joining("waiting".into())));
+        assert!(t.starts_with("ERR ATOLL-JOINING "), "{t}");
     }
 }

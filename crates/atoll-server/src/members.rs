@@ -22,7 +22,7 @@ pub struct Membership {
     identities: crate::peer::Identities,
     /// The voters, for messages.
     voters: Vec<String>,
-    /// Voters are admitted from the start; a replica once `Store::admit` ran.
+    /// Voters are admitted from the start; a replica once `Store::mark_admitted` ran.
     admitted: AtomicBool,
     /// While not admitted: the regions whose heartbeat has not come yet.
     waiting_for: Mutex<Vec<RegionId>>,

@@ -234,7 +234,7 @@ impl Replicator {
         };
         match admission {
             Err(waiting) => m.set_waiting_for(waiting),
-            Ok(floor) => match self.store.admit(floor) {
+            Ok(floor) => match self.store.mark_admitted(floor) {
                 Ok(()) => {
                     m.set_admitted();
                     m.set_waiting_for(Vec::new());

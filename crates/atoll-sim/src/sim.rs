@@ -488,7 +488,7 @@ impl Sim {
         };
         if !node.store.is_admitted() {
             node.store
-                .admit(floor)
+                .mark_admitted(floor)
                 .map_err(|e| Violation::new(Invariant::Harness, format!("cannot admit: {e}")))?;
         }
         if let Some(j) = self.joiner.as_mut() {

@@ -101,7 +101,7 @@ pub const META_BOOTSTRAP: &[u8] = b"bootstrap";
 /// Metadata key: the region this data directory belongs to.
 pub const META_REGION: &[u8] = b"region";
 /// Metadata key: this region, added to a running cluster, was admitted by every region of its
-/// config (`Store::admit`; the value is the clock floor it was admitted with, u64 ms).
+/// config (`Store::mark_admitted`; the value is the clock floor it was admitted with, u64 ms).
 pub const META_ADMITTED: &[u8] = b"admitted";
 
 #[cfg(test)]

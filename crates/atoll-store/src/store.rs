@@ -295,7 +295,7 @@ struct Shared {
     claim_floor: AtomicU64,
     /// Serializes the writes of `keys::META_CLAIM_FLOOR` (so the stored value only grows).
     claim_floor_write: Mutex<()>,
-    /// `keys::META_ADMITTED` is written (`Store::admit`).
+    /// `keys::META_ADMITTED` is written (`Store::mark_admitted`).
     admitted: std::sync::atomic::AtomicBool,
     /// How far ahead of a claim the floor is set: half of `[cluster] max_clock_offset_ms`, at
     /// most 250 ms (a restarted region stamps at most that far ahead of its last claim).
@@ -644,7 +644,7 @@ impl Store {
     /// least `floor_ms` first, durably: every write from now on, across restarts, is stamped at
     /// or above it (the largest clock reading or stability claim of the peers' heartbeats that
     /// admitted it, `docs/design/adding-regions.md`). Idempotent.
-    pub fn admit(&self, floor_ms: u64) -> Result<()> {
+    pub fn mark_admitted(&self, floor_ms: u64) -> Result<()> {
         let shared = &self.shared;
         let _writing = shared
             .claim_floor_write

@@ -207,7 +207,7 @@ fn admission_raises_the_clock_to_its_floor_durably() {
     let store = open(backend.clone(), clock.clone());
     assert!(!store.is_admitted());
     let floor = T0 + 60_000;
-    store.admit(floor).expect("admit");
+    store.mark_admitted(floor).expect("admit");
     assert!(store.is_admitted());
     // Restarted before any write: the floor alone carries the clock.
     store.close();
@@ -222,7 +222,7 @@ fn admission_raises_the_clock_to_its_floor_durably() {
     // And in the same process.
     let other: Arc<dyn Backend> = Arc::new(MemBackend::default());
     let store = open(other, clock);
-    store.admit(floor).expect("admit");
+    store.mark_admitted(floor).expect("admit");
     let w = put(&store, "b");
     assert!(
         w.ts.wall_ms >= floor,

@@ -323,6 +323,28 @@ enum CertsCommand {
         #[arg(long)]
         force: bool,
     },
+    /// Issue the certificate of one more region (one added to a running cluster) from the
+    /// cluster CA that `atoll certs init` made.
+    #[command(
+        after_help = "Example:\n  atoll certs issue --ca-dir examples/certs --region sa-east-1 --config examples/three-regions.toml\n\nLoads the cluster CA from DIR (ca.pem and ca.key, as `atoll certs init --out DIR` wrote them)\nand writes DIR/<region>.pem and DIR/<region>.key (ECDSA P-256, valid for <region>.atoll; the\nkey with mode 0600). The config only names the cluster: the CA is `atoll cluster <name> CA`,\nafter its [cluster] name, and the region need not be in it yet. Refused before anything is\nwritten if ca.key is not the key of ca.pem, if ca.pem is not that cluster's CA, if the\ncertificate would outlive the CA, or if the region's files exist (--force replaces them).\nThen add the region to the config with voter = false, start it, and reload every running\nregion (kill -HUP): docs/design/adding-regions.md."
+    )]
+    Issue {
+        /// The directory of the cluster CA (ca.pem, ca.key); the region's files go there too.
+        #[arg(long, value_name = "DIR")]
+        ca_dir: PathBuf,
+        /// The region to issue a certificate for.
+        #[arg(long, value_name = "NAME")]
+        region: String,
+        /// The cluster config (atoll.toml): its [cluster] name, which names the CA.
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+        /// How long the certificate is valid, in days.
+        #[arg(long, default_value_t = atoll_tls::certs::DEFAULT_REGION_DAYS)]
+        days: u32,
+        /// Replace the region's existing files.
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 /// Logs to stderr, filtered by `ATOLL_LOG` (e.g. `debug`, `atoll_router=debug`), else by
@@ -503,6 +525,16 @@ fn main() -> ExitCode {
                     force,
                 },
         } => certs::init(&config, &out, days, ca_days, force),
+        Command::Certs {
+            command:
+                CertsCommand::Issue {
+                    ca_dir,
+                    region,
+                    config,
+                    days,
+                    force,
+                },
+        } => certs::issue(&config, &ca_dir, &region, days, force),
         other => {
             // The demo prints a table and commands to try: only warnings and errors of its
             // in-process router and links go to the terminal (the regions log to files).

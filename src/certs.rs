@@ -105,7 +105,11 @@ fn print_written(written: &[Written]) {
 /// named by `config`; then what else adding the region takes.
 pub fn issue(config: &Path, ca_dir: &Path, region: &str, days: u32, force: bool) -> Result<()> {
     let cfg = Config::load(config).map_err(anyhow::Error::msg)?;
-    let region = RegionId::new(region).map_err(|e| anyhow::anyhow!("--region: {e}"))?;
+    let region = RegionId::new(region).map_err(|_| {
+        anyhow::anyhow!(
+            "--region `{region}` is not a valid region name: use 1-63 characters of a-z, 0-9 and '-', not starting or ending with '-'"
+        )
+    })?;
     let now = atoll_core::clock::system_time(&atoll_core::clock::SystemClock);
     let written = issue_region(ca_dir, &cfg.cluster.name, &region, now, days, force)
         .map_err(|e| anyhow::anyhow!("{e} ({})", e.code()))?;

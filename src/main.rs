@@ -439,7 +439,18 @@ async fn run_region(
     .map_err(|e| anyhow::anyhow!("{} ({}): {}", e, e.code(), e.hint()))?;
     let addr = server.local_addr().map_err(anyhow::Error::msg)?;
     if let Some(reloader) = server.reloader() {
-        tokio::spawn(reload_on_sighup(config.clone(), reloader));
+        // Listen for SIGHUP before saying the region listens: a reload sent right after that
+        // line (`atoll demo ctl add-region` after a restart) must not meet SIGHUP's default
+        // action, which ends the process.
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::hangup()) {
+            Ok(hup) => {
+                tokio::spawn(reload_on_sighup(config.clone(), reloader, hup));
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGHUP: config reloads are off")
+            }
+        }
     }
     tracing::info!(region = %server.region(), %addr, data_dir = %data_dir.display(), "region serving");
     // Machine-readable line for tools and tests that start regions on port 0.
@@ -454,15 +465,11 @@ async fn run_region(
 /// Re-reads the config file at every SIGHUP and applies what a running region may take from it:
 /// regions appended with `voter = false` (`docs/design/adding-regions.md`). Anything else is
 /// refused and logged; nothing changes.
-async fn reload_on_sighup(path: PathBuf, reloader: atoll_server::members::Reloader) {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut hup = match signal(SignalKind::hangup()) {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot listen for SIGHUP: config reloads are off");
-            return;
-        }
-    };
+async fn reload_on_sighup(
+    path: PathBuf,
+    reloader: atoll_server::members::Reloader,
+    mut hup: tokio::signal::unix::Signal,
+) {
     while hup.recv().await.is_some() {
         let cfg = match atoll_config::Config::load(&path) {
             Ok(c) => c,

@@ -1110,7 +1110,7 @@ pub enum CtlAction {
 /// `atoll demo ctl`: the demo control API, found through the discovery file.
 #[derive(clap::Args, Debug, Clone, PartialEq, Eq)]
 #[command(
-    after_help = "Examples:\n  atoll demo ctl ls\n  atoll demo ctl kill us-east-1\n  atoll demo ctl restart us-east-1 --port-base 8100\n\nReads ${TMPDIR:-/tmp}/atoll-demo-<port-base>.json, which the running demo writes (with its\ncontrol address and admin token)."
+    after_help = "Examples:\n  atoll demo ctl ls\n  atoll demo ctl kill us-east-1\n  atoll demo ctl restart us-east-1 --port-base 8100\n  atoll demo ctl add-region sa-east-1\n\nReads ${TMPDIR:-/tmp}/atoll-demo-<port-base>.json, which the running demo writes (with its\ncontrol address and admin token)."
 )]
 pub struct CtlArgs {
     #[command(subcommand)]

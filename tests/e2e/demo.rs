@@ -208,7 +208,7 @@ impl Demo {
                 format!(
                     "---- {} ----\n{}",
                     p.display(),
-                    std::fs::read_to_string(&p).unwrap_or_default()
+                    std::fs::read_to_string(p).unwrap_or_default()
                 )
             })
             .collect::<Vec<_>>()

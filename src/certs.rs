@@ -1,10 +1,11 @@
-//! `atoll certs init`, and the certificate checks of `atoll config check`.
+//! `atoll certs init` and `atoll certs issue`, and the certificate checks of `atoll config check`.
 
 use anyhow::{Context, Result};
 use atoll_config::{Config, PeerTls};
 use atoll_core::RegionId;
 use atoll_tls::certs::{
-    CA_CERT_FILE, CA_KEY_FILE, ClusterCerts, region_cert_file, region_key_file, write_cluster,
+    CA_CERT_FILE, CA_KEY_FILE, ClusterCerts, Written, issue_region, region_cert_file,
+    region_key_file, write_cluster,
 };
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -36,19 +37,7 @@ pub fn init(config: &Path, out: &Path, days: u32, ca_days: u32, force: bool) -> 
         until(ca_days),
         until(days)
     );
-    let width = written
-        .iter()
-        .map(|w| w.path.display().to_string().chars().count())
-        .max()
-        .unwrap_or(0);
-    for w in &written {
-        println!(
-            "  {:<width$}  {}{}",
-            w.path.display().to_string(),
-            w.what,
-            if w.secret { ", mode 0600" } else { "" },
-        );
-    }
+    print_written(&written);
     println!();
     if points_at(&cfg, out) {
         println!(
@@ -92,6 +81,78 @@ pub fn init(config: &Path, out: &Path, days: u32, ca_days: u32, force: bool) -> 
         "\n{} is needed only to issue certificates again: keep it off the regions' machines.",
         out.join(CA_KEY_FILE).display()
     );
+    Ok(())
+}
+
+/// One line per file written: its path, what it is, and its mode if it is a key.
+fn print_written(written: &[Written]) {
+    let width = written
+        .iter()
+        .map(|w| w.path.display().to_string().chars().count())
+        .max()
+        .unwrap_or(0);
+    for w in written {
+        println!(
+            "  {:<width$}  {}{}",
+            w.path.display().to_string(),
+            w.what,
+            if w.secret { ", mode 0600" } else { "" },
+        );
+    }
+}
+
+/// `atoll certs issue`: a certificate for `region` from the cluster CA in `ca_dir`, the cluster
+/// named by `config`; then what else adding the region takes.
+pub fn issue(config: &Path, ca_dir: &Path, region: &str, days: u32, force: bool) -> Result<()> {
+    let cfg = Config::load(config).map_err(anyhow::Error::msg)?;
+    let region = RegionId::new(region).map_err(|_| {
+        anyhow::anyhow!(
+            "--region `{region}` is not a valid region name: use 1-63 characters of a-z, 0-9 and '-', not starting or ending with '-'"
+        )
+    })?;
+    let now = atoll_core::clock::system_time(&atoll_core::clock::SystemClock);
+    let written = issue_region(ca_dir, &cfg.cluster.name, &region, now, days, force)
+        .map_err(|e| anyhow::anyhow!("{e} ({})", e.code()))?;
+    let until = atoll_tls::certs::date(now + Duration::from_secs(u64::from(days) * 86_400));
+    println!(
+        "issued {region}'s certificate from the CA of cluster {} ({}), valid for {days} days (until {until}):",
+        cfg.cluster.name,
+        ca_dir.join(CA_CERT_FILE).display()
+    );
+    print_written(&written);
+    if let PeerTls::Mutual(files) = &cfg.cluster.tls {
+        let (cert, key) = (
+            files.cert_for(region.as_str()),
+            files.key_for(region.as_str()),
+        );
+        let same = |a: &Path, b: &Path| match (a.canonicalize(), b.canonicalize()) {
+            (Ok(a), Ok(b)) => a == b,
+            _ => false,
+        };
+        let wrote = |p: &Path| written.iter().any(|w| same(p, &w.path));
+        if !wrote(&cert) || !wrote(&key) {
+            println!(
+                "\nnote: {}'s [cluster.tls] names {} and {} for {region}: copy the files there",
+                config.display(),
+                cert.display(),
+                key.display()
+            );
+        }
+    }
+    match cfg.region(region.as_str()) {
+        Some(r) if r.voter => println!(
+            "\n{region} is a region of {}: restart it to use its new certificate.",
+            config.display()
+        ),
+        Some(_) => println!(
+            "\n{region} is in {} already (voter = false): start it with that config and an empty\ndata directory, then reload every running region (kill -HUP <pid>).",
+            config.display()
+        ),
+        None => println!(
+            "\nNext (docs/design/adding-regions.md): append to {} on every host\n\n[[regions]]\nname = \"{region}\"\napi = \"<ip:port>\"\npeer = \"<ip:port>\"\nvoter = false\n\nthen start {region} with that config and an empty data directory, and reload every\nrunning region (kill -HUP <pid>): {region} takes writes once all of them have.",
+            config.display()
+        ),
+    }
     Ok(())
 }
 

@@ -1,8 +1,10 @@
 //! `atoll demo`: three regions on this machine, one command.
 
+use crate::demo_control::{AddedRegion, DemoError, SpawnFuture};
 use anyhow::{Context, Result, anyhow, bail};
 use atoll_config::Policy;
 use atoll_config::render::{ClusterToml, KeyspaceToml, RegionToml, RouterToml, Tls};
+use atoll_core::RegionId;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -17,8 +19,13 @@ pub const DEMO_REGIONS: [(&str, f64, f64); 3] = atoll_config::render::THREE_REGI
 pub const PEER_OFFSET: u32 = 100;
 /// Where the RESP (Redis protocol) listeners are: region i's on `127.0.0.1:<port_base + RESP_OFFSET + i>`.
 pub const RESP_OFFSET: u32 = 10;
-/// The highest port offset the demo uses (the last peer listener).
+/// The highest port offset the demo uses at start (the last peer listener).
 const MAX_OFFSET: u32 = PEER_OFFSET + DEMO_REGIONS.len() as u32 - 1;
+/// The most regions the demo runs, with those added (`atoll demo ctl add-region`): region i's
+/// client API on `<port_base + i>` stays below the RESP listeners at `<port_base + RESP_OFFSET>`.
+pub const MAX_REGIONS: usize = RESP_OFFSET as usize;
+/// How long the certificates the demo makes are valid, in days.
+const CERT_DAYS: u32 = 7;
 /// Where the demo's certificates go, in its data directory (the config names them relative to
 /// itself).
 const CERTS_DIR: &str = "certs";
@@ -227,12 +234,13 @@ async fn start_region(
 }
 
 /// Starts a demo region again (`atoll demo ctl restart`): the same binary, config, data
-/// directory, links and admin token as at the start.
+/// directory, links and admin token as at the start; and adds one (`atoll demo ctl add-region`).
 struct DemoSpawner {
     exe: PathBuf,
     config: PathBuf,
     dir: PathBuf,
     token: String,
+    port_base: u16,
 }
 
 impl crate::demo_control::Spawner for DemoSpawner {
@@ -240,12 +248,225 @@ impl crate::demo_control::Spawner for DemoSpawner {
         &self,
         name: &str,
         via: &[(String, std::net::SocketAddr)],
-    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<Child>> + Send + '_>> {
+    ) -> SpawnFuture<'_, Result<Child>> {
         let (name, via) = (name.to_string(), via.to_vec());
         Box::pin(async move {
             let (child, _) =
                 start_region(&self.exe, &self.config, &name, &self.dir, &via, &self.token).await?;
             Ok(child)
+        })
+    }
+
+    fn add(
+        &self,
+        name: &RegionId,
+        index: usize,
+    ) -> SpawnFuture<'_, Result<AddedRegion, DemoError>> {
+        let name = name.clone();
+        Box::pin(async move { self.add_region(&name, index).await })
+    }
+}
+
+/// Where the demo's region number `index` listens: `(api, resp, peer)`, or why it cannot.
+fn added_ports(
+    port_base: u16,
+    index: usize,
+) -> Result<(SocketAddr, SocketAddr, SocketAddr), String> {
+    if index >= MAX_REGIONS {
+        return Err(format!(
+            "the demo runs {index} regions, the most its ports have room for (client APIs on <port-base>..<port-base + {}>, below the RESP listeners)",
+            MAX_REGIONS - 1
+        ));
+    }
+    let at = |offset: usize| -> Result<SocketAddr, String> {
+        let port = usize::from(port_base) + offset;
+        u16::try_from(port)
+            .map(|p| SocketAddr::from((Ipv4Addr::LOCALHOST, p)))
+            .map_err(|_| {
+                format!(
+                    "port {port} (<port-base + {offset}>) is past 65535: start the demo with a lower --port-base"
+                )
+            })
+    };
+    let peer = at(PEER_OFFSET as usize + index)?;
+    Ok((at(index)?, at(RESP_OFFSET as usize + index)?, peer))
+}
+
+/// Writes `text` to `path` through a temporary file renamed into place, so that a region
+/// re-reading the config on SIGHUP never reads half of it.
+fn replace_file(path: &Path, text: &str) -> std::io::Result<()> {
+    use std::io::Write as _;
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = path.with_file_name(format!(".{name}.tmp-{}", std::process::id()));
+    let result = (|| {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(text.as_bytes())?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
+impl DemoSpawner {
+    /// `Spawner::add`: checks everything it can first (the model, room for the ports and that
+    /// they are free, an empty data directory, that the running regions will take the new
+    /// config), then issues the certificate, appends the region to the config and starts it. If
+    /// the region does not start, the config is put back and its data directory removed.
+    async fn add_region(&self, name: &RegionId, index: usize) -> Result<AddedRegion, DemoError> {
+        let refuse = |why: String| DemoError::AddRefused(why);
+        let config_text = std::fs::read_to_string(&self.config).map_err(|e| {
+            refuse(format!(
+                "cannot read the demo's config {}: {e}",
+                self.config.display()
+            ))
+        })?;
+        let source = self.config.display().to_string();
+        let old = atoll_config::Config::parse(&config_text, &source)
+            .map_err(|e| refuse(format!("the demo's config does not parse: {e}")))?;
+        if old.cluster.model != atoll_config::Model::ActiveActive {
+            return Err(refuse(format!(
+                "the demo runs {}: a region added to a running cluster is a replica (voter = false), which only active-active has (every region of the lease models is a lease candidate); start the demo with --model active-active",
+                old.cluster.model
+            )));
+        }
+        let (api, resp, peer) = added_ports(self.port_base, index).map_err(refuse)?;
+        for (what, addr) in [("client API", api), ("RESP", resp), ("peer listener", peer)] {
+            if let Err(e) = std::net::TcpListener::bind(addr) {
+                return Err(refuse(format!(
+                    "{addr}, where {name}'s {what} would listen, is taken: {e}"
+                )));
+            }
+        }
+        let data_dir = self.dir.join(name.as_str());
+        if data_dir.symlink_metadata().is_ok() {
+            return Err(refuse(format!(
+                "{} exists (left by an earlier demo on this data directory?): a region added to a running cluster starts with an empty data directory; remove it or pick another name",
+                data_dir.display()
+            )));
+        }
+        let location = atoll_config::render::CLOUD_REGIONS
+            .iter()
+            .find(|(n, _, _)| *n == name.as_str())
+            .map(|(_, lat, lon)| (*lat, *lon));
+        let mut table = RegionToml::new(name.as_str(), api)
+            .peer(peer)
+            .resp(resp)
+            .dns_address(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 11 + index as u8)))
+            .voter(false);
+        if let Some((lat, lon)) = location {
+            table = table.location(lat, lon);
+        }
+        let new_text = format!("{config_text}{}", table.render());
+        // Exactly what every running region will do with the file on SIGHUP.
+        let new = atoll_config::Config::parse(&new_text, &source)
+            .map_err(|e| refuse(format!("the config with {name} appended is invalid: {e}")))?;
+        match old.reload_change(&new) {
+            Ok(added) if added.len() == 1 => {}
+            Ok(added) => {
+                return Err(refuse(format!(
+                    "the config with {name} appended adds {} regions, not one",
+                    added.len()
+                )));
+            }
+            Err(why) => {
+                return Err(refuse(format!(
+                    "the running regions would refuse the config with {name} appended: {why}"
+                )));
+            }
+        }
+        let certs = self.dir.join(CERTS_DIR);
+        let now = atoll_core::clock::system_time(&atoll_core::clock::SystemClock);
+        let written =
+            atoll_tls::certs::issue_region(&certs, &old.cluster.name, name, now, CERT_DAYS, true)
+                .map_err(|e| {
+                refuse(format!(
+                    "cannot issue {name}'s certificate from the demo's CA in {}: {e}",
+                    certs.display()
+                ))
+            })?;
+        replace_file(&self.config, &new_text).map_err(|e| {
+            refuse(format!(
+                "cannot write the demo's config {}: {e}",
+                self.config.display()
+            ))
+        })?;
+        let (child, endpoint) = match start_region(
+            &self.exe,
+            &self.config,
+            name.as_str(),
+            &self.dir,
+            &[],
+            &self.token,
+        )
+        .await
+        {
+            Ok(started) => started,
+            Err(e) => {
+                let mut undo = Vec::new();
+                if let Err(e) = replace_file(&self.config, &config_text) {
+                    undo.push(format!(
+                        "could not put the config back ({e}): remove {name}'s [[regions]] table from {} by hand",
+                        self.config.display()
+                    ));
+                }
+                if data_dir.exists()
+                    && let Err(e) = std::fs::remove_dir_all(&data_dir)
+                {
+                    undo.push(format!("could not remove {}: {e}", data_dir.display()));
+                }
+                let undo = if undo.is_empty() {
+                    " (the config is as it was)".to_string()
+                } else {
+                    format!(" ({})", undo.join("; "))
+                };
+                return Err(DemoError::StartFailed(format!("{e:#}{undo}")));
+            }
+        };
+        let path_of = |secret: bool| {
+            written
+                .iter()
+                .find(|w| w.secret == secret)
+                .map(|w| w.path.display().to_string())
+        };
+        // What a replica takes and refuses (as `Membership::permit` decides).
+        let (refused, writes): (Vec<_>, Vec<_>) = new.keyspaces.iter().partition(|k| {
+            k.owned.is_some()
+                || k.on_minority == atoll_config::OnMinority::ReadOnly
+                || k.policy == Policy::Strong
+        });
+        let names = |ks: Vec<&atoll_config::KeyspaceConfig>| -> Vec<String> {
+            ks.iter().map(|k| k.name.clone()).collect()
+        };
+        let details = serde_json::json!({
+            "resp": resp.to_string(),
+            "peer": peer.to_string(),
+            "location": location.map(|(lat, lon)| serde_json::json!({"lat": lat, "lon": lon})),
+            "voter": false,
+            "certificate": path_of(false),
+            "key": path_of(true),
+            "config": self.config.display().to_string(),
+            "data_dir": data_dir.display().to_string(),
+            "log": self.dir.join(format!("{name}.log")).display().to_string(),
+            "writes": names(writes),
+            "refused": names(refused),
+            "voters": new.voters().map(|r| r.name.to_string()).collect::<Vec<_>>(),
+            "links": false,
+        });
+        let serde_json::Value::Object(details) = details else {
+            return Err(DemoError::StartFailed(
+                "internal: details are not an object".into(),
+            ));
+        };
+        Ok(AddedRegion {
+            child,
+            api: endpoint,
+            details,
         })
     }
 }
@@ -264,7 +485,7 @@ pub async fn run(
         );
     }
     // Refuse at once if a live demo owns this port base's discovery file.
-    let mut discovery = crate::demo_control::DiscoveryFile::claim(port_base)?;
+    let discovery = crate::demo_control::DiscoveryFile::claim(port_base)?;
     let (_tmp, dir) = match data_dir {
         Some(d) => {
             std::fs::create_dir_all(&d)
@@ -289,8 +510,8 @@ pub async fn run(
         &atoll_tls::certs::ClusterCerts {
             cluster: config.cluster.name.clone(),
             regions: config.regions.iter().map(|r| r.name.clone()).collect(),
-            days: 7,
-            ca_days: 7,
+            days: CERT_DAYS,
+            ca_days: CERT_DAYS,
         },
         atoll_core::clock::system_time(&atoll_core::clock::SystemClock),
         true,
@@ -339,6 +560,7 @@ pub async fn run(
             config: config_path.clone(),
             dir: dir.clone(),
             token: token.clone(),
+            port_base,
         }),
         started_regions,
     );
@@ -368,29 +590,33 @@ pub async fn run(
     )
     .await?;
     let links_url = links.control_url().unwrap_or_default();
-    discovery.write(&crate::demo_control::Discovery {
-        version: crate::demo_control::DISCOVERY_VERSION,
-        port_base,
-        pid: std::process::id(),
-        data_dir: dir.display().to_string(),
-        config: config_path.display().to_string(),
-        token: token.clone(),
-        model: model.as_str().to_string(),
-        control: control.url(),
-        router_admin: format!("http://{}", router.admin_addr()),
-        proxy: router
-            .proxy_addr()
-            .map(|a| format!("http://{a}"))
-            .unwrap_or_default(),
-        link_control: links_url.clone(),
-        regions: endpoints
-            .iter()
-            .map(|(name, api)| crate::demo_control::DiscoveryRegion {
-                name: name.clone(),
-                api: api.clone(),
-            })
-            .collect(),
-    })?;
+    let discovery_path = discovery.path().to_path_buf();
+    regions.publish(
+        discovery,
+        crate::demo_control::Discovery {
+            version: crate::demo_control::DISCOVERY_VERSION,
+            port_base,
+            pid: std::process::id(),
+            data_dir: dir.display().to_string(),
+            config: config_path.display().to_string(),
+            token: token.clone(),
+            model: model.as_str().to_string(),
+            control: control.url(),
+            router_admin: format!("http://{}", router.admin_addr()),
+            proxy: router
+                .proxy_addr()
+                .map(|a| format!("http://{a}"))
+                .unwrap_or_default(),
+            link_control: links_url.clone(),
+            regions: endpoints
+                .iter()
+                .map(|(name, api)| crate::demo_control::DiscoveryRegion {
+                    name: name.clone(),
+                    api: api.clone(),
+                })
+                .collect(),
+        },
+    )?;
 
     // A region subscribes to a peer's writes once heartbeats have gone both ways (up to one
     // heartbeat interval after the start): wait for that, so that the first write a user tries
@@ -459,7 +685,7 @@ pub async fn run(
         router.admin_addr(),
         links.control_url().unwrap_or_default(),
         control.url(),
-        discovery.path().display()
+        discovery_path.display()
     );
     let (e0, e1, e2) = (&endpoints[0].1, &endpoints[1].1, &endpoints[2].1);
     // With a write lease only the primary (us-east-1) takes writes, and passive regions serve
@@ -482,7 +708,7 @@ pub async fn run(
     };
     let (rw, rr) = (resp_port(e0), resp_port(r1));
     println!(
-        "\nTry:\n  redis-cli -p {rw} SET sessions:carol token-3\n  redis-cli -p {rr} GET sessions:carol\n  atoll kv put sessions alice token-1 --endpoint {e0}\n  atoll kv get sessions alice --endpoint {r1}\n  atoll counter incr ratelimits api --endpoint {w2}\n  atoll watch flags --prefix beta --endpoint {r1}   # in a second terminal: flag changes as they arrive\n  atoll set add flags beta dark-mode --endpoint {w1}\n  atoll kv put carts c1 apple --endpoint {e0}; atoll kv put carts c1 pear --endpoint {w2}; atoll kv get carts c1 --endpoint {r1}\n  atoll status --endpoint {e0}\n  curl -si http://{}/v1/kv/sessions/alice\n  dig @127.0.0.1 -p {} api.atoll.test +subnet=198.51.100.7/24\n  ATOLL_ADMIN_TOKEN={token} atoll router status --admin http://{}\n  {}\n  atoll link fault ls --control {}\n  {}\n  atoll demo ctl ls{pb}\n  atoll demo ctl restart us-east-1{pb}\n\nconfig: {}\nlogs:   {}/<region>.log\nPress Ctrl-C to stop.",
+        "\nTry:\n  redis-cli -p {rw} SET sessions:carol token-3\n  redis-cli -p {rr} GET sessions:carol\n  atoll kv put sessions alice token-1 --endpoint {e0}\n  atoll kv get sessions alice --endpoint {r1}\n  atoll counter incr ratelimits api --endpoint {w2}\n  atoll watch flags --prefix beta --endpoint {r1}   # in a second terminal: flag changes as they arrive\n  atoll set add flags beta dark-mode --endpoint {w1}\n  atoll kv put carts c1 apple --endpoint {e0}; atoll kv put carts c1 pear --endpoint {w2}; atoll kv get carts c1 --endpoint {r1}\n  atoll status --endpoint {e0}\n  curl -si http://{}/v1/kv/sessions/alice\n  dig @127.0.0.1 -p {} api.atoll.test +subnet=198.51.100.7/24\n  ATOLL_ADMIN_TOKEN={token} atoll router status --admin http://{}\n  {}\n  atoll link fault ls --control {}\n  {}\n  atoll demo ctl ls{pb}\n  atoll demo ctl restart us-east-1{pb}{add}\n\nconfig: {}\nlogs:   {}/<region>.log\nPress Ctrl-C to stop.",
         router
             .proxy_addr()
             .map(|a| a.to_string())
@@ -495,6 +721,14 @@ pub async fn run(
         config_path.display(),
         dir.display(),
         pb = crate::demo_control::port_base_flag(port_base),
+        add = if model == atoll_config::Model::ActiveActive {
+            format!(
+                "\n  atoll demo ctl add-region sa-east-1{}   # a fourth region joins the running cluster",
+                crate::demo_control::port_base_flag(port_base)
+            )
+        } else {
+            String::new()
+        },
     );
 
     println!(
@@ -529,7 +763,7 @@ pub async fn run(
             eprintln!("region {}: {}", r.name, r.detail);
         }
     }
-    drop(discovery);
+    regions.unpublish();
     if !clean {
         bail!("the demo did not stop cleanly");
     }
@@ -654,11 +888,57 @@ mod tests {
             panic!("not `atoll demo ctl`");
         };
         assert_eq!((args.action, args.port_base), (CtlAction::Ls, 8100));
+        let Some(crate::DemoCommand::Ctl(args)) = parse(&[
+            "atoll",
+            "demo",
+            "ctl",
+            "add-region",
+            "sa-east-1",
+            "--port-base",
+            "8100",
+        ])
+        .0
+        else {
+            panic!("not `atoll demo ctl`");
+        };
+        assert_eq!(
+            (args.action, args.port_base),
+            (
+                CtlAction::AddRegion {
+                    name: "sa-east-1".into()
+                },
+                8100
+            )
+        );
         // Demo flags and `ctl` do not mix: `ctl` finds the demo by its own --port-base.
         assert!(
             crate::Cli::try_parse_from(["atoll", "demo", "--data-dir", "/tmp/x", "ctl", "ls"])
                 .is_err()
         );
+    }
+
+    /// A region added to the demo gets the next ports of the scheme, while there is room.
+    #[test]
+    fn an_added_region_gets_the_next_ports_of_the_scheme() {
+        let a = |p: u16| SocketAddr::from((Ipv4Addr::LOCALHOST, p));
+        assert_eq!(added_ports(7100, 3).unwrap(), (a(7103), a(7113), a(7203)));
+        assert_eq!(added_ports(7100, 9).unwrap(), (a(7109), a(7119), a(7209)));
+        let e = added_ports(7100, 10).unwrap_err();
+        assert!(e.contains("the most its ports have room for"), "{e}");
+        let e = added_ports(65_433, 3).unwrap_err();
+        assert!(e.contains("past 65535"), "{e}");
+        // The demo's own regions are at the same places.
+        let config = atoll_config::Config::parse(
+            &demo_config(7100, atoll_config::Model::ActiveActive),
+            "demo",
+        )
+        .unwrap();
+        for (i, r) in config.regions.iter().enumerate() {
+            assert_eq!(
+                added_ports(7100, i).unwrap(),
+                (r.api, r.resp.unwrap(), r.peer)
+            );
+        }
     }
 
     /// The link fault the demo prints, pasted into a shell, is one `atoll link fault add` of the

@@ -1,10 +1,12 @@
 //! What keeps `atoll demo` running through failures, and lets a drill drive it: the region
 //! supervisor (one task per region process: a region that dies is reported and the rest keeps
-//! running), the demo's control API (`/v1/demo/regions`, kill / stop / restart a region, bearer
-//! token), the discovery file (`${TMPDIR:-/tmp}/atoll-demo-<port-base>.json`) that tells tools
-//! where all of it is, and `atoll demo ctl`, the command-line client of the control API.
+//! running), the demo's control API (`/v1/demo/regions`, kill / stop / restart a region, add one
+//! to the running cluster; bearer token), the discovery file
+//! (`${TMPDIR:-/tmp}/atoll-demo-<port-base>.json`) that tells tools where all of it is, and
+//! `atoll demo ctl`, the command-line client of the control API.
 
 use anyhow::{Context, Result, anyhow, bail};
+use atoll_core::RegionId;
 use axum::Router;
 use axum::extract::{Path as UrlPath, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
@@ -18,7 +20,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::process::Child;
 use tokio::sync::{mpsc, watch};
 
@@ -33,6 +35,8 @@ pub const DISCOVERY_VERSION: u32 = 1;
 pub const STOP_DEADLINE: Duration = Duration::from_secs(20);
 /// How long `kill` waits for a region to be reaped after SIGKILL.
 const KILL_DEADLINE: Duration = Duration::from_secs(10);
+/// How long `add` waits, after reloading every region, for the new one to be admitted.
+pub const ADMIT_DEADLINE: Duration = Duration::from_secs(60);
 
 // ---------------------------------------------------------------------------------------------
 // The discovery file.
@@ -167,11 +171,19 @@ impl DiscoveryFile {
     }
 }
 
-impl Drop for DiscoveryFile {
-    fn drop(&mut self) {
+impl DiscoveryFile {
+    /// Removes the file if this demo wrote it and it still names this process.
+    fn remove(&mut self) {
         if self.written && file_pid(&self.path) == Some(u64::from(std::process::id())) {
             let _ = std::fs::remove_file(&self.path);
         }
+        self.written = false;
+    }
+}
+
+impl Drop for DiscoveryFile {
+    fn drop(&mut self) {
+        self.remove();
     }
 }
 
@@ -256,13 +268,27 @@ enum Requested {
     Stop,
 }
 
-/// How to start one region process again.
+/// A boxed future of the [`Spawner`]'s methods.
+pub type SpawnFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
+
+/// How to start region processes: one of the demo's again, or one more.
 pub trait Spawner: Send + Sync + 'static {
-    fn spawn(
-        &self,
-        name: &str,
-        via: &[(String, SocketAddr)],
-    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<Child>> + Send + '_>>;
+    fn spawn(&self, name: &str, via: &[(String, SocketAddr)]) -> SpawnFuture<'_, Result<Child>>;
+
+    /// Makes `name` the demo's region number `index` (0-based) and starts it: its ports, its
+    /// certificate, its `[[regions]]` table (`voter = false`) appended to the demo's config, its
+    /// process, listening when this answers. Nothing is left changed when it fails.
+    fn add(&self, name: &RegionId, index: usize)
+    -> SpawnFuture<'_, Result<AddedRegion, DemoError>>;
+}
+
+/// A region [`Spawner::add`] started.
+pub struct AddedRegion {
+    pub child: Child,
+    /// Its client API URL.
+    pub api: String,
+    /// What was made for it, for the control API's answer (ports, files, keyspaces).
+    pub details: serde_json::Map<String, Value>,
 }
 
 struct Live {
@@ -287,8 +313,36 @@ struct Slot {
 }
 
 impl Slot {
+    fn new(name: String, api: String, via: Vec<(String, SocketAddr)>) -> Slot {
+        Slot {
+            name,
+            api,
+            via,
+            op: tokio::sync::Mutex::new(()),
+            live: Mutex::new(Live {
+                state: RegionState::Stopped,
+                pid: None,
+                exit: None,
+                restarts: 0,
+                requested: None,
+                signals: None,
+                reaped: None,
+            }),
+        }
+    }
+
     fn live(&self) -> MutexGuard<'_, Live> {
         self.live.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Sends `sig` to the region's process if it runs (without noting it as a request to
+    /// exit): whether it was sent.
+    fn signal(&self, sig: i32) -> bool {
+        let l = self.live();
+        match (&l.signals, l.state) {
+            (Some(tx), RegionState::Running) => tx.send(sig).is_ok(),
+            _ => false,
+        }
     }
 
     fn json(&self) -> Value {
@@ -306,10 +360,15 @@ impl Slot {
 
 /// The demo's region processes.
 pub struct Regions {
-    slots: Vec<Slot>,
+    /// In the order they were started; `add` appends.
+    slots: Mutex<Vec<Arc<Slot>>>,
     spawner: Box<dyn Spawner>,
     port_base: u16,
     shutting_down: AtomicBool,
+    /// One `add` at a time (it picks the next region number).
+    adding: tokio::sync::Mutex<()>,
+    /// The discovery file once the demo has published it, and what it says.
+    discovery: Mutex<Option<(DiscoveryFile, Discovery)>>,
 }
 
 /// What happened to a region process, in words (`signal 9`, `exit code 1`).
@@ -354,7 +413,7 @@ impl Regions {
     /// The supervisor of regions already started.
     pub fn new(port_base: u16, spawner: Box<dyn Spawner>, started: Vec<Started>) -> Arc<Regions> {
         let mut children = Vec::new();
-        let slots = started
+        let slots: Vec<Arc<Slot>> = started
             .into_iter()
             .map(
                 |Started {
@@ -364,34 +423,59 @@ impl Regions {
                      child,
                  }| {
                     children.push(child);
-                    Slot {
-                        name,
-                        api,
-                        via,
-                        op: tokio::sync::Mutex::new(()),
-                        live: Mutex::new(Live {
-                            state: RegionState::Stopped,
-                            pid: None,
-                            exit: None,
-                            restarts: 0,
-                            requested: None,
-                            signals: None,
-                            reaped: None,
-                        }),
-                    }
+                    Arc::new(Slot::new(name, api, via))
                 },
             )
             .collect();
         let regions = Arc::new(Regions {
-            slots,
+            slots: Mutex::new(slots.clone()),
             spawner,
             port_base,
             shutting_down: AtomicBool::new(false),
+            adding: tokio::sync::Mutex::new(()),
+            discovery: Mutex::new(None),
         });
-        for (i, child) in children.into_iter().enumerate() {
-            regions.clone().adopt(i, child);
+        for (slot, child) in slots.into_iter().zip(children) {
+            regions.clone().adopt(slot, child);
         }
         regions
+    }
+
+    /// Every slot, in order (a copy: no lock is held after this).
+    fn slots(&self) -> Vec<Arc<Slot>> {
+        self.slots.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Writes the discovery file and keeps it, so that `add` can list its regions in it.
+    pub fn publish(&self, mut file: DiscoveryFile, doc: Discovery) -> Result<()> {
+        file.write(&doc)?;
+        *self.discovery.lock().unwrap_or_else(|p| p.into_inner()) = Some((file, doc));
+        Ok(())
+    }
+
+    /// Removes the discovery file (the demo is stopping).
+    pub fn unpublish(&self) {
+        let taken = self
+            .discovery
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some((mut file, _)) = taken {
+            file.remove();
+        }
+    }
+
+    /// Adds a region to the discovery file (if published).
+    fn discover(&self, name: &str, api: &str) -> Result<()> {
+        let mut d = self.discovery.lock().unwrap_or_else(|p| p.into_inner());
+        let Some((file, doc)) = d.as_mut() else {
+            return Ok(());
+        };
+        doc.regions.push(DiscoveryRegion {
+            name: name.to_string(),
+            api: api.to_string(),
+        });
+        file.write(doc)
     }
 
     fn restart_command(&self, name: &str) -> String {
@@ -401,13 +485,13 @@ impl Regions {
         )
     }
 
-    /// Makes `child` the current process of slot `i` and starts the task that owns it: it
+    /// Makes `child` the current process of `slot` and starts the task that owns it: it
     /// delivers the control API's signals and records the exit.
-    fn adopt(self: Arc<Self>, i: usize, child: Child) {
+    fn adopt(self: Arc<Self>, slot: Arc<Slot>, child: Child) {
         let (sig_tx, sig_rx) = mpsc::unbounded_channel();
         let (reaped_tx, reaped_rx) = watch::channel(false);
         {
-            let mut l = self.slots[i].live();
+            let mut l = slot.live();
             l.state = RegionState::Running;
             l.pid = child.id();
             l.exit = None;
@@ -415,12 +499,12 @@ impl Regions {
             l.signals = Some(sig_tx);
             l.reaped = Some(reaped_rx);
         }
-        tokio::spawn(self.own(i, child, sig_rx, reaped_tx));
+        tokio::spawn(self.own(slot, child, sig_rx, reaped_tx));
     }
 
     async fn own(
         self: Arc<Self>,
-        i: usize,
+        slot: Arc<Slot>,
         mut child: Child,
         mut signals: mpsc::UnboundedReceiver<i32>,
         reaped: watch::Sender<bool>,
@@ -439,7 +523,6 @@ impl Regions {
                 }
             }
         };
-        let slot = &self.slots[i];
         let text = describe(&status);
         let requested = {
             let mut l = slot.live();
@@ -475,12 +558,12 @@ impl Regions {
         let _ = reaped.send(true);
     }
 
-    fn slot(&self, name: &str) -> Option<&Slot> {
-        self.slots.iter().find(|s| s.name == name)
+    fn slot(&self, name: &str) -> Option<Arc<Slot>> {
+        self.slots().into_iter().find(|s| s.name == name)
     }
 
     pub fn json(&self) -> Value {
-        json!({"regions": self.slots.iter().map(Slot::json).collect::<Vec<_>>()})
+        json!({"regions": self.slots().iter().map(|s| s.json()).collect::<Vec<_>>()})
     }
 
     /// Sends `sig` to the region's process, if it runs, noting that it was asked to exit;
@@ -540,14 +623,14 @@ impl Regions {
     pub async fn kill(&self, name: &str) -> Result<Value, DemoError> {
         let slot = self.lookup(name)?;
         let _op = slot.op.lock().await;
-        Self::kill_slot(slot).await?;
+        Self::kill_slot(&slot).await?;
         Ok(slot.json())
     }
 
     pub async fn stop(&self, name: &str) -> Result<Value, DemoError> {
         let slot = self.lookup(name)?;
         let _op = slot.op.lock().await;
-        Self::stop_slot(slot).await?;
+        Self::stop_slot(&slot).await?;
         Ok(slot.json())
     }
 
@@ -556,7 +639,7 @@ impl Regions {
     pub async fn restart(self: &Arc<Self>, name: &str) -> Result<Value, DemoError> {
         let slot = self.lookup(name)?;
         let _op = slot.op.lock().await;
-        Self::stop_slot(slot).await?;
+        Self::stop_slot(&slot).await?;
         if self.shutting_down.load(Ordering::SeqCst) {
             return Err(DemoError::ShuttingDown);
         }
@@ -565,20 +648,97 @@ impl Regions {
             .spawn(&slot.name, &slot.via)
             .await
             .map_err(|e| DemoError::StartFailed(format!("{e:#}")))?;
-        let i = self
-            .slots
-            .iter()
-            .position(|s| s.name == name)
-            .ok_or_else(|| DemoError::UnknownRegion(name.to_string()))?;
         slot.live().restarts += 1;
-        self.clone().adopt(i, child);
+        self.clone().adopt(slot.clone(), child);
         if !self.shutting_down.load(Ordering::SeqCst) {
             println!("region {name} restarted");
         }
         Ok(slot.json())
     }
 
-    fn lookup(&self, name: &str) -> Result<&Slot, DemoError> {
+    /// Adds region `name` to the running demo (`atoll demo ctl add-region`): the spawner makes
+    /// and starts it (ports, certificate, `[[regions]]` table with `voter = false`), it joins the
+    /// supervisor and the discovery file, every other running region is reloaded (SIGHUP), and
+    /// this waits up to [`ADMIT_DEADLINE`] until the new region says every region admitted it.
+    pub async fn add(self: &Arc<Self>, name: &str) -> Result<Value, DemoError> {
+        if self.shutting_down.load(Ordering::SeqCst) {
+            return Err(DemoError::ShuttingDown);
+        }
+        let id = RegionId::new(name)
+            .map_err(|_| DemoError::InvalidName(format!("`{name}` is not a valid region name")))?;
+        let _adding = self.adding.lock().await;
+        if self.slot(name).is_some() {
+            return Err(DemoError::RegionExists(name.to_string()));
+        }
+        let index = self.slots().len();
+        let started = Instant::now();
+        let added = self.spawner.add(&id, index).await?;
+        let slot = Arc::new(Slot::new(name.to_string(), added.api.clone(), Vec::new()));
+        {
+            let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+            if self.shutting_down.load(Ordering::SeqCst) {
+                // Dropping the child kills it: the demo's shutdown would not know it.
+                return Err(DemoError::ShuttingDown);
+            }
+            slots.push(slot.clone());
+        }
+        self.clone().adopt(slot.clone(), added.child);
+        let mut notes = Vec::new();
+        if let Err(e) = self.discover(name, &added.api) {
+            notes.push(format!("the discovery file was not updated: {e:#}"));
+        }
+        // The new region started with the new config; every other one re-reads it. One that is
+        // down reads it when restarted.
+        let (mut reloaded, mut down) = (Vec::new(), Vec::new());
+        for s in self.slots() {
+            if s.name == name {
+                continue;
+            }
+            if s.signal(libc::SIGHUP) {
+                reloaded.push(s.name.clone());
+            } else {
+                down.push(s.name.clone());
+            }
+        }
+        if let Err(waiting) = wait_admitted(&added.api, ADMIT_DEADLINE).await {
+            let down = if down.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    "; not running, so not reloaded: {} (a restart reads the new config: {})",
+                    down.join(", "),
+                    down.iter()
+                        .map(|d| format!("`{}`", self.restart_command(d)))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )
+            };
+            return Err(DemoError::NotAdmitted(format!(
+                "region {name} runs ({}) but was not admitted within {ADMIT_DEADLINE:?}: {waiting}{down}",
+                added.api
+            )));
+        }
+        let mut v = slot.json();
+        if let Value::Object(m) = &mut v {
+            m.extend(added.details);
+            m.insert("reloaded".into(), json!(reloaded));
+            m.insert(
+                "admitted_after_ms".into(),
+                json!(u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX)),
+            );
+            m.insert("notes".into(), json!(notes));
+        }
+        if !self.shutting_down.load(Ordering::SeqCst) {
+            println!(
+                "region {name} added ({}), admitted by every region after {:.1} s",
+                added.api,
+                started.elapsed().as_secs_f64()
+            );
+        }
+        Ok(v)
+    }
+
+    fn lookup(&self, name: &str) -> Result<Arc<Slot>, DemoError> {
         if self.shutting_down.load(Ordering::SeqCst) {
             return Err(DemoError::ShuttingDown);
         }
@@ -593,7 +753,9 @@ impl Regions {
     pub async fn shutdown(&self) -> Vec<StopReport> {
         self.shutting_down.store(true, Ordering::SeqCst);
         let mut reports = Vec::new();
-        for slot in &self.slots {
+        // `add` appends a slot only while the demo is not shutting down (checked under the same
+        // lock): this list has every region that will ever run.
+        for slot in self.slots() {
             // Wait for a control operation in flight (a restart) to finish first.
             let _op = slot.op.lock().await;
             let before = slot.live().state;
@@ -612,7 +774,7 @@ impl Regions {
                 });
                 continue;
             }
-            let report = match Self::stop_slot(slot).await {
+            let report = match Self::stop_slot(&slot).await {
                 Ok(true) => {
                     let exit = slot.live().exit.clone().unwrap_or_default();
                     StopReport {
@@ -638,6 +800,43 @@ impl Regions {
     }
 }
 
+/// Polls `<api>/v1/status` until its `membership.admitted` is true, or `deadline` passes: then
+/// `Err` says what it last said it waits for.
+async fn wait_admitted(api: &str, deadline: Duration) -> Result<(), String> {
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(2))
+        .build()
+        .map_err(|e| e.to_string())?;
+    let until = Instant::now() + deadline;
+    loop {
+        let last = match http.get(format!("{api}/v1/status")).send().await {
+            Ok(resp) => match resp.json::<Value>().await {
+                Ok(status) => {
+                    let m = &status["membership"];
+                    if m["admitted"] == true {
+                        return Ok(());
+                    }
+                    let waiting: Vec<&str> = m["waiting_for"]
+                        .as_array()
+                        .map(|a| a.iter().filter_map(Value::as_str).collect())
+                        .unwrap_or_default();
+                    if waiting.is_empty() {
+                        "it says it is not admitted yet".to_string()
+                    } else {
+                        format!("it waits for {} to admit it", waiting.join(", "))
+                    }
+                }
+                Err(e) => format!("its /v1/status answered no JSON: {e}"),
+            },
+            Err(e) => format!("its /v1/status did not answer: {e}"),
+        };
+        if Instant::now() >= until {
+            return Err(last);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // The control API.
 
@@ -651,6 +850,14 @@ pub enum DemoError {
     StartFailed(String),
     Stuck(String),
     ShuttingDown,
+    /// `add`: not a valid region name (why).
+    InvalidName(String),
+    /// `add`: the demo runs a region of that name.
+    RegionExists(String),
+    /// `add`: the region cannot be added (why); nothing was changed.
+    AddRefused(String),
+    /// `add`: the region runs but was not admitted in time (what it waits for).
+    NotAdmitted(String),
 }
 
 impl std::fmt::Display for DemoError {
@@ -665,6 +872,10 @@ impl std::fmt::Display for DemoError {
             Self::StartFailed(e) => write!(f, "cannot start the region: {e}"),
             Self::Stuck(e) => write!(f, "{e}"),
             Self::ShuttingDown => write!(f, "the demo is shutting down"),
+            Self::InvalidName(e) => write!(f, "{e}"),
+            Self::RegionExists(r) => write!(f, "the demo runs a region `{r}` already"),
+            Self::AddRefused(e) => write!(f, "cannot add the region: {e}"),
+            Self::NotAdmitted(e) => write!(f, "{e}"),
         }
     }
 }
@@ -678,6 +889,10 @@ impl DemoError {
             Self::StartFailed(_) => "ATOLL-REGION-START-FAILED",
             Self::Stuck(_) => "ATOLL-REGION-STUCK",
             Self::ShuttingDown => "ATOLL-SHUTTING-DOWN",
+            Self::InvalidName(_) => "ATOLL-BAD-REQUEST",
+            Self::RegionExists(_) => "ATOLL-REGION-EXISTS",
+            Self::AddRefused(_) => "ATOLL-ADD-REFUSED",
+            Self::NotAdmitted(_) => "ATOLL-NOT-ADMITTED",
         }
     }
 
@@ -687,6 +902,9 @@ impl DemoError {
             Self::UnknownRegion(_) | Self::NoSuchRoute(_) => StatusCode::NOT_FOUND,
             Self::StartFailed(_) | Self::Stuck(_) => StatusCode::INTERNAL_SERVER_ERROR,
             Self::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+            Self::InvalidName(_) => StatusCode::BAD_REQUEST,
+            Self::RegionExists(_) | Self::AddRefused(_) => StatusCode::CONFLICT,
+            Self::NotAdmitted(_) => StatusCode::GATEWAY_TIMEOUT,
         }
     }
 
@@ -697,13 +915,23 @@ impl DemoError {
             }
             Self::UnknownRegion(_) => "GET /v1/demo/regions lists the demo's regions",
             Self::NoSuchRoute(_) => {
-                "the routes are GET /v1/demo/regions and POST /v1/demo/regions/{name}/kill|stop|restart"
+                "the routes are GET /v1/demo/regions and POST /v1/demo/regions/{name}/kill|stop|restart|add"
             }
             Self::StartFailed(_) => {
                 "see the region's log in the demo's data directory (<data-dir>/<region>.log)"
             }
             Self::Stuck(_) => "check the process by hand; the demo kills it on exit",
             Self::ShuttingDown => "start the demo again",
+            Self::InvalidName(_) => {
+                "a region name is 1-63 characters of a-z, 0-9 and '-', not starting or ending with '-'"
+            }
+            Self::RegionExists(_) => {
+                "GET /v1/demo/regions lists the demo's regions; add one under another name"
+            }
+            Self::AddRefused(_) => "nothing was changed; the demo runs as before",
+            Self::NotAdmitted(_) => {
+                "the region runs and is supervised (`atoll demo ctl ls`); its GET /v1/status shows membership.waiting_for, and it takes writes once every region has admitted it"
+            }
         }
     }
 }
@@ -779,6 +1007,13 @@ async fn restart(State(c): State<Arc<Control>>, UrlPath(name): UrlPath<String>) 
     }
 }
 
+async fn add(State(c): State<Arc<Control>>, UrlPath(name): UrlPath<String>) -> Response {
+    match c.regions.add(&name).await {
+        Ok(v) => axum::Json(v).into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
 async fn not_found(uri: axum::http::Uri) -> Response {
     DemoError::NoSuchRoute(uri.path().to_string()).into_response()
 }
@@ -791,6 +1026,7 @@ fn router(regions: Arc<Regions>, token: String) -> Router {
         .route("/v1/demo/regions/{name}/kill", post(kill))
         .route("/v1/demo/regions/{name}/stop", post(stop))
         .route("/v1/demo/regions/{name}/restart", post(restart))
+        .route("/v1/demo/regions/{name}/add", post(add))
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(c.clone(), authorize))
         .with_state(c)
@@ -863,12 +1099,18 @@ pub enum CtlAction {
     Stop { region: String },
     /// Start REGION again on its data directory and links (stopping it first if it runs).
     Restart { region: String },
+    /// Add a region NAME to the running demo (a replica, voter = false), and wait until every
+    /// region has admitted it.
+    #[command(
+        after_help = "Example:\n  atoll demo ctl add-region sa-east-1\n\nThe region gets the next ports of the demo's scheme (region i: client API <port-base + i>,\nRESP <port-base + 10 + i>, peer <port-base + 100 + i>; at most 10 regions), a certificate\nfrom the demo's CA, and a [[regions]] table with voter = false (and the location of the\ncloud region of that name, if atoll knows it) appended to the demo's config. The demo starts\nit with an empty data directory, reloads every running region (SIGHUP), and answers once the\nnew region is admitted (at most 60 s): then it takes writes to the eventual keyspaces, and\nrefuses what needs a consensus group (ATOLL-NOT-A-VOTER). It talks to the other regions\ndirectly, not through atoll link (no emulated latency, link faults do not reach it), and the\nrouter keeps the regions it started with. Active-active only."
+    )]
+    AddRegion { name: String },
 }
 
 /// `atoll demo ctl`: the demo control API, found through the discovery file.
 #[derive(clap::Args, Debug, Clone, PartialEq, Eq)]
 #[command(
-    after_help = "Examples:\n  atoll demo ctl ls\n  atoll demo ctl kill us-east-1\n  atoll demo ctl restart us-east-1 --port-base 8100\n\nReads ${TMPDIR:-/tmp}/atoll-demo-<port-base>.json, which the running demo writes (with its\ncontrol address and admin token)."
+    after_help = "Examples:\n  atoll demo ctl ls\n  atoll demo ctl kill us-east-1\n  atoll demo ctl restart us-east-1 --port-base 8100\n  atoll demo ctl add-region sa-east-1\n\nReads ${TMPDIR:-/tmp}/atoll-demo-<port-base>.json, which the running demo writes (with its\ncontrol address and admin token)."
 )]
 pub struct CtlArgs {
     #[command(subcommand)]
@@ -882,8 +1124,12 @@ pub struct CtlArgs {
 pub async fn ctl(args: CtlArgs) -> Result<()> {
     let d = read_discovery(args.port_base)?;
     let http = reqwest::Client::builder()
-        // A stop waits up to 20 s and then kills; a restart waits for the region to listen.
-        .timeout(Duration::from_secs(60))
+        // A stop waits up to 20 s and then kills; a restart waits for the region to listen; an
+        // add for that and then for the admission (up to ADMIT_DEADLINE).
+        .timeout(match args.action {
+            CtlAction::AddRegion { .. } => ADMIT_DEADLINE + Duration::from_secs(60),
+            _ => Duration::from_secs(60),
+        })
         .build()?;
     let (method, path, verb) = match &args.action {
         CtlAction::Ls => (reqwest::Method::GET, "/v1/demo/regions".to_string(), ""),
@@ -894,6 +1140,7 @@ pub async fn ctl(args: CtlArgs) -> Result<()> {
             action_path(region, "restart"),
             "restart",
         ),
+        CtlAction::AddRegion { name } => (reqwest::Method::POST, action_path(name, "add"), "add"),
     };
     let resp = http
         .request(method, format!("{}{path}", d.control))
@@ -935,6 +1182,7 @@ pub async fn ctl(args: CtlArgs) -> Result<()> {
                 );
             }
         }
+        CtlAction::AddRegion { .. } => print!("{}", describe_added(&body, &d)),
         _ => println!(
             "{verb}: region {} is {}{}",
             body["name"].as_str().unwrap_or("?"),
@@ -947,6 +1195,71 @@ pub async fn ctl(args: CtlArgs) -> Result<()> {
         ),
     }
     Ok(())
+}
+
+/// What `atoll demo ctl add-region` prints: the control API's answer `added` in words, and
+/// commands to try that work as printed.
+fn describe_added(added: &Value, d: &Discovery) -> String {
+    let s = |v: &Value| v.as_str().unwrap_or("?").to_string();
+    let list = |v: &Value| {
+        v.as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(Value::as_str)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            })
+            .unwrap_or_default()
+    };
+    let name = s(&added["name"]);
+    let api = s(&added["api"]);
+    let pb = port_base_flag(d.port_base);
+    let mut out = format!(
+        "added region {name} in {:.1} s: every region admitted it (reloaded on SIGHUP: {})\n",
+        added["admitted_after_ms"].as_u64().unwrap_or(0) as f64 / 1000.0,
+        list(&added["reloaded"])
+    );
+    out += &format!("  client API  {api}\n");
+    if let Some(resp) = added["resp"].as_str() {
+        out += &format!("  RESP        {resp}\n");
+    }
+    out += &format!(
+        "  peer        {} (mutual TLS; certificate {} from the demo's CA)\n",
+        s(&added["peer"]),
+        s(&added["certificate"])
+    );
+    out += &format!(
+        "  config      {} ([[regions]] table appended, voter = false)\n",
+        s(&added["config"])
+    );
+    out += &format!(
+        "  data, log   {}, {}\n",
+        s(&added["data_dir"]),
+        s(&added["log"])
+    );
+    if added["location"].is_null() {
+        out += &format!("  location    none (atoll knows no cloud region named {name})\n");
+    }
+    out += &format!(
+        "\n{name} is a replica (voter = false):\n  writes taken     {}\n  refused          writes to {} and strong reads: they need a consensus\n                   group of the voters {} (ATOLL-NOT-A-VOTER)\n  between regions  directly, not through atoll link: no emulated latency, and link faults\n                   do not cut its connections\n  router           keeps the regions it started with (its proxy and DNS do not send to {name})\n",
+        list(&added["writes"]),
+        list(&added["refused"]),
+        list(&added["voters"])
+    );
+    for note in added["notes"].as_array().into_iter().flatten() {
+        out += &format!("note: {}\n", note.as_str().unwrap_or_default());
+    }
+    let first = d.regions.first().map(|r| r.api.as_str()).unwrap_or("?");
+    out += &format!(
+        "\nTry:\n  atoll kv put sessions from-{name} hello --endpoint {api}\n  atoll kv get sessions from-{name} --endpoint {first}\n"
+    );
+    if let Some(port) = added["resp"].as_str().and_then(|r| r.rsplit(':').next()) {
+        out += &format!("  redis-cli -p {port} GET sessions:from-{name}\n");
+    }
+    out += &format!(
+        "  atoll status --endpoint {api}\n  atoll demo ctl ls{pb}\n  atoll demo ctl restart {name}{pb}\n"
+    );
+    out
 }
 
 fn action_path(region: &str, action: &str) -> String {
@@ -1026,6 +1339,60 @@ mod tests {
         );
         drop(f);
         assert!(!path.exists(), "the file outlived its demo");
+    }
+
+    /// What `atoll demo ctl add-region` prints says where the region is and what it is, and the
+    /// atoll commands it suggests parse, on the demo's port base.
+    #[test]
+    fn the_added_region_is_described_with_commands_that_parse() {
+        use clap::Parser as _;
+        let added = json!({
+            "name": "sa-east-1",
+            "api": "http://127.0.0.1:9103",
+            "state": "running",
+            "resp": "127.0.0.1:9113",
+            "peer": "127.0.0.1:9203",
+            "location": {"lat": -23.5, "lon": -46.6},
+            "certificate": "/d/certs/sa-east-1.pem",
+            "config": "/d/atoll.toml",
+            "data_dir": "/d/sa-east-1",
+            "log": "/d/sa-east-1.log",
+            "writes": ["sessions", "flags"],
+            "refused": ["seats"],
+            "voters": ["us-east-1", "eu-west-1", "ap-southeast-1"],
+            "reloaded": ["us-east-1", "eu-west-1", "ap-southeast-1"],
+            "admitted_after_ms": 1234,
+            "notes": [],
+        });
+        let d = discovery(std::process::id());
+        let text = describe_added(&added, &d);
+        for needle in [
+            "added region sa-east-1 in 1.2 s: every region admitted it (reloaded on SIGHUP: us-east-1, eu-west-1, ap-southeast-1)",
+            "client API  http://127.0.0.1:9103",
+            "RESP        127.0.0.1:9113",
+            "peer        127.0.0.1:9203 (mutual TLS; certificate /d/certs/sa-east-1.pem",
+            "writes taken     sessions, flags",
+            "refused          writes to seats",
+            "directly, not through atoll link",
+            "redis-cli -p 9113 GET sessions:from-sa-east-1",
+            "atoll kv get sessions from-sa-east-1 --endpoint http://127.0.0.1:9100",
+            "atoll demo ctl ls --port-base 9100",
+        ] {
+            assert!(text.contains(needle), "no {needle:?} in\n{text}");
+        }
+        assert!(!text.contains("location"), "{text}");
+        let tries: Vec<&str> = text
+            .lines()
+            .skip_while(|l| *l != "Try:")
+            .skip(1)
+            .map(str::trim)
+            .filter(|l| l.starts_with("atoll "))
+            .collect();
+        assert_eq!(tries.len(), 5, "{text}");
+        for line in tries {
+            crate::Cli::try_parse_from(line.split_whitespace())
+                .unwrap_or_else(|e| panic!("`{line}` does not parse: {e}"));
+        }
     }
 
     #[test]

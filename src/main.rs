@@ -76,7 +76,7 @@ enum Command {
     /// the latency of their distance, with a router in front.
     #[command(
         args_conflicts_with_subcommands = true,
-        after_help = "Examples:\n  atoll demo\n  atoll demo --port-base 8100 --data-dir /tmp/atoll-demo\n  atoll demo ctl kill us-east-1\n\nThe demo prints its endpoints once replication is established between every pair of\nregions, and logs only warnings and errors (ATOLL_LOG=info for more). A region that exits is\nreported and the others keep running; `atoll demo ctl` kills, stops and restarts regions\nthrough the demo's control API on <port-base + 91>. While it runs, the demo describes itself\nin ${TMPDIR:-/tmp}/atoll-demo-<port-base>.json (mode 0600: it holds the admin token)."
+        after_help = "Examples:\n  atoll demo\n  atoll demo --port-base 8100 --data-dir /tmp/atoll-demo\n  atoll demo ctl kill us-east-1\n\nThe demo prints its endpoints once replication is established between every pair of\nregions, and logs only warnings and errors (ATOLL_LOG=info for more). A region that exits is\nreported and the others keep running; `atoll demo ctl` kills, stops and restarts regions,\nand adds one to the running cluster (add-region), through the demo's control API on\n<port-base + 91>. While it runs, the demo describes itself\nin ${TMPDIR:-/tmp}/atoll-demo-<port-base>.json (mode 0600: it holds the admin token)."
     )]
     Demo {
         #[command(subcommand)]
@@ -253,7 +253,7 @@ enum Command {
 
 #[derive(Subcommand)]
 enum DemoCommand {
-    /// Control a running demo: list its regions, kill, stop or restart one.
+    /// Control a running demo: list its regions, kill, stop or restart one, or add one.
     Ctl(demo_control::CtlArgs),
 }
 
@@ -320,6 +320,28 @@ enum CertsCommand {
         #[arg(long, default_value_t = atoll_tls::certs::DEFAULT_CA_DAYS)]
         ca_days: u32,
         /// Replace existing files.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Issue the certificate of one more region (one added to a running cluster) from the
+    /// cluster CA that `atoll certs init` made.
+    #[command(
+        after_help = "Example:\n  atoll certs issue --ca-dir examples/certs --region sa-east-1 --config examples/three-regions.toml\n\nLoads the cluster CA from DIR (ca.pem and ca.key, as `atoll certs init --out DIR` wrote them)\nand writes DIR/<region>.pem and DIR/<region>.key (ECDSA P-256, valid for <region>.atoll; the\nkey with mode 0600). The config only names the cluster: the CA is `atoll cluster <name> CA`,\nafter its [cluster] name, and the region need not be in it yet. Refused before anything is\nwritten if ca.key is not the key of ca.pem, if ca.pem is not that cluster's CA, if the\ncertificate would outlive the CA, or if the region's files exist (--force replaces them).\nThen add the region to the config with voter = false, start it, and reload every running\nregion (kill -HUP): docs/design/adding-regions.md."
+    )]
+    Issue {
+        /// The directory of the cluster CA (ca.pem, ca.key); the region's files go there too.
+        #[arg(long, value_name = "DIR")]
+        ca_dir: PathBuf,
+        /// The region to issue a certificate for.
+        #[arg(long, value_name = "NAME")]
+        region: String,
+        /// The cluster config (atoll.toml): its [cluster] name, which names the CA.
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+        /// How long the certificate is valid, in days.
+        #[arg(long, default_value_t = atoll_tls::certs::DEFAULT_REGION_DAYS)]
+        days: u32,
+        /// Replace the region's existing files.
         #[arg(long)]
         force: bool,
     },
@@ -417,7 +439,18 @@ async fn run_region(
     .map_err(|e| anyhow::anyhow!("{} ({}): {}", e, e.code(), e.hint()))?;
     let addr = server.local_addr().map_err(anyhow::Error::msg)?;
     if let Some(reloader) = server.reloader() {
-        tokio::spawn(reload_on_sighup(config.clone(), reloader));
+        // Listen for SIGHUP before saying the region listens: a reload sent right after that
+        // line (`atoll demo ctl add-region` after a restart) must not meet SIGHUP's default
+        // action, which ends the process.
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::hangup()) {
+            Ok(hup) => {
+                tokio::spawn(reload_on_sighup(config.clone(), reloader, hup));
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGHUP: config reloads are off")
+            }
+        }
     }
     tracing::info!(region = %server.region(), %addr, data_dir = %data_dir.display(), "region serving");
     // Machine-readable line for tools and tests that start regions on port 0.
@@ -432,15 +465,11 @@ async fn run_region(
 /// Re-reads the config file at every SIGHUP and applies what a running region may take from it:
 /// regions appended with `voter = false` (`docs/design/adding-regions.md`). Anything else is
 /// refused and logged; nothing changes.
-async fn reload_on_sighup(path: PathBuf, reloader: atoll_server::members::Reloader) {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut hup = match signal(SignalKind::hangup()) {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot listen for SIGHUP: config reloads are off");
-            return;
-        }
-    };
+async fn reload_on_sighup(
+    path: PathBuf,
+    reloader: atoll_server::members::Reloader,
+    mut hup: tokio::signal::unix::Signal,
+) {
     while hup.recv().await.is_some() {
         let cfg = match atoll_config::Config::load(&path) {
             Ok(c) => c,
@@ -503,6 +532,16 @@ fn main() -> ExitCode {
                     force,
                 },
         } => certs::init(&config, &out, days, ca_days, force),
+        Command::Certs {
+            command:
+                CertsCommand::Issue {
+                    ca_dir,
+                    region,
+                    config,
+                    days,
+                    force,
+                },
+        } => certs::issue(&config, &ca_dir, &region, days, force),
         other => {
             // The demo prints a table and commands to try: only warnings and errors of its
             // in-process router and links go to the terminal (the regions log to files).

@@ -9,9 +9,9 @@
 //! it.
 //!
 //! Deviation from the shipped defaults, on purpose: the cluster runs `insecure = true` (plain
-//! HTTP between regions). With mutual TLS the new region needs a certificate from the cluster
-//! CA, and issuing one for a region added later (`atoll certs init` makes them all at once) is
-//! not built; the peer listener's identities do follow the reload (`Membership::add`).
+//! HTTP between regions). The same with mutual TLS (a certificate issued for the new region
+//! from the cluster CA, `atoll certs issue`) is `demo.rs`'s
+//! `a_region_added_to_the_running_demo_converges_and_takes_writes`.
 //! Heartbeats run at the shipped 1 s. Every wait has a deadline.
 
 use crate::common;

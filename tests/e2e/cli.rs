@@ -378,6 +378,91 @@ fn certs_init_writes_what_the_config_needs_and_refuses_to_overwrite() {
     );
 }
 
+/// `atoll certs issue`, as the README prints it after `atoll certs init`: a certificate for a
+/// region added later, from the CA of the config's cluster; refused (nothing written) for
+/// another cluster's config, a bad name, or files that exist.
+#[test]
+fn certs_issue_adds_a_region_certificate_from_the_ca_of_the_configs_cluster() {
+    let dir = ok(test_dir("cli-certs-issue").map_err(Into::into));
+    let config = dir.join("three-regions.toml");
+    std::fs::copy(THREE, &config).unwrap();
+    let config_s = config.to_str().unwrap();
+    let certs = dir.join("certs");
+    let certs_s = certs.to_str().unwrap();
+    succeeded(&atoll(&[
+        "certs", "init", "--config", config_s, "--out", certs_s,
+    ]));
+    let help = succeeded(&atoll(&["certs", "issue", "--help"]));
+    assert!(
+        help.contains("Example:\n  atoll certs issue --ca-dir examples/certs --region sa-east-1 --config examples/three-regions.toml"),
+        "{help}"
+    );
+
+    let issue = |region: &str, config: &str, extra: &[&str]| {
+        let mut args = vec![
+            "certs", "issue", "--ca-dir", certs_s, "--region", region, "--config", config,
+        ];
+        args.extend_from_slice(extra);
+        atoll(&args)
+    };
+    let out = succeeded(&issue("sa-east-1", config_s, &[]));
+    assert!(
+        out.contains("issued sa-east-1's certificate from the CA of cluster atoll-three"),
+        "{out}"
+    );
+    assert!(out.contains("voter = false"), "{out}");
+    let sa = atoll_core::RegionId::new("sa-east-1").unwrap();
+    let tls = atoll_tls::RegionTls::load(
+        &sa,
+        &certs.join("ca.pem"),
+        &certs.join("sa-east-1.pem"),
+        &certs.join("sa-east-1.key"),
+        std::time::SystemTime::now(),
+    );
+    assert!(tls.is_ok(), "{tls:?}");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(certs.join("sa-east-1.key"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+
+    // Again: refused without --force, nothing changed; replaced with it.
+    let before = std::fs::read(certs.join("sa-east-1.pem")).unwrap();
+    let err = failed(&issue("sa-east-1", config_s, &[]));
+    assert!(
+        err.contains("refusing to overwrite") && err.contains("--force"),
+        "{err}"
+    );
+    assert_eq!(std::fs::read(certs.join("sa-east-1.pem")).unwrap(), before);
+    succeeded(&issue("sa-east-1", config_s, &["--force", "--days", "30"]));
+    assert_ne!(std::fs::read(certs.join("sa-east-1.pem")).unwrap(), before);
+
+    // The config of another cluster: its CA is not this one.
+    let other = dir.join("other.toml");
+    std::fs::write(
+        &other,
+        std::fs::read_to_string(&config).unwrap().replacen(
+            "name = \"atoll-three\"",
+            "name = \"elsewhere\"",
+            1,
+        ),
+    )
+    .unwrap();
+    let err = failed(&issue("eu-central-1", other.to_str().unwrap(), &[]));
+    assert!(
+        err.contains("is not the CA of cluster `elsewhere`")
+            && err.contains("(it is `atoll cluster atoll-three CA`)"),
+        "{err}"
+    );
+    let err = failed(&issue("Not_A_Region", config_s, &[]));
+    assert!(err.contains("is not a valid region name"), "{err}");
+    assert!(!certs.join("eu-central-1.pem").exists());
+}
+
 // ---------------------------------------------------------------------------------------------
 // atoll region refusing to start
 

@@ -193,16 +193,22 @@ impl Demo {
         )
     }
 
-    /// The regions' logs (the demo writes `<data-dir>/<region>.log`).
+    /// The regions' logs (the demo writes `<data-dir>/<region>.log`), added regions included.
     fn region_logs(&self) -> String {
-        REGIONS
-            .iter()
-            .map(|r| {
-                let p = self.data_dir.join(format!("{r}.log"));
+        let mut logs: Vec<std::path::PathBuf> = std::fs::read_dir(&self.data_dir)
+            .map(|d| {
+                d.filter_map(|e| e.ok().map(|e| e.path()))
+                    .filter(|p| p.extension().is_some_and(|x| x == "log"))
+                    .collect()
+            })
+            .unwrap_or_default();
+        logs.sort();
+        logs.iter()
+            .map(|p| {
                 format!(
                     "---- {} ----\n{}",
                     p.display(),
-                    std::fs::read_to_string(&p).unwrap_or_default()
+                    std::fs::read_to_string(p).unwrap_or_default()
                 )
             })
             .collect::<Vec<_>>()
@@ -1004,5 +1010,242 @@ async fn survive_scenario(dir: &TestDir) -> Result<()> {
     );
     demo.ctrl_c()?;
     ensure!(!path.exists(), "{} outlived the demo", path.display());
+    Ok(())
+}
+
+/// Runs `atoll` with `args` against the demo (its TMPDIR), within `timeout`: its output.
+fn atoll_within(demo: &Demo, args: &[&str], timeout: Duration) -> Result<std::process::Output> {
+    let mut child = Command::new(BIN)
+        .args(args)
+        .env("TMPDIR", &demo.tmp_dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("cannot run atoll {}", args.join(" ")))?;
+    let deadline = Instant::now() + timeout;
+    while child.try_wait()?.is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let out = child.wait_with_output()?;
+            bail!(
+                "`atoll {}` did not finish within {timeout:?}: {}{}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(child.wait_with_output()?)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_region_added_to_the_running_demo_converges_and_takes_writes() {
+    let dir = ok(test_dir("demo-add-region").map_err(Into::into));
+    ok(add_region_scenario(&dir).await);
+}
+
+/// `atoll demo ctl add-region sa-east-1`, run as the demo prints it: the new region holds what
+/// the others held before it came, its writes reach them, `atoll demo ctl ls` lists it, and the
+/// demo's Ctrl-C stops it with the rest.
+async fn add_region_scenario(dir: &TestDir) -> Result<()> {
+    const NEW: &str = "sa-east-1";
+    /// Starting the region, reloading the others and the admission (the command's own bound
+    /// is 60 s for the admission), with room to spare.
+    const ADD_DEADLINE: Duration = Duration::from_secs(100);
+    let (mut demo, base, endpoints) = start_demo(dir)?;
+    let pid = demo.pid().expect("running");
+    demo.regions = children_of(pid);
+    demo.line_starting("Press Ctrl-C to stop.")?;
+
+    // Data written before the region exists.
+    let us = Client::new(&endpoints[0].1);
+    for i in 0..5 {
+        us.kv_put("sessions", &format!("before-{i}"), format!("v{i}"), None)
+            .await?;
+    }
+    us.counter_add("ratelimits", "hits", 7).await?;
+
+    // The command the demo printed, as printed (without its comment).
+    let printed = demo
+        .stdout
+        .lock()
+        .map_err(|_| anyhow!("stdout lock"))?
+        .iter()
+        .map(|l| l.trim().to_string())
+        .find(|l| l.starts_with(&format!("atoll demo ctl add-region {NEW}")))
+        .ok_or_else(|| anyhow!("no `atoll demo ctl add-region` printed\n{}", demo.output()))?;
+    let command = printed.split('#').next().unwrap_or_default();
+    let words: Vec<&str> = command.split_whitespace().skip(1).collect();
+    ensure!(
+        words
+            == [
+                "demo",
+                "ctl",
+                "add-region",
+                NEW,
+                "--port-base",
+                &base.to_string()
+            ],
+        "{printed}"
+    );
+    let started = Instant::now();
+    let out = atoll_within(&demo, &words, ADD_DEADLINE)?;
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    ensure!(
+        out.status.success(),
+        "`{command}`: {stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    println!("{stdout}(in {:?})", started.elapsed());
+    let new_url = format!("http://127.0.0.1:{}", base + 3);
+    for needle in [
+        format!("added region {NEW} in "),
+        format!("client API  {new_url}"),
+        format!("RESP        127.0.0.1:{}", base + 13),
+        format!("peer        127.0.0.1:{} (mutual TLS", base + 103),
+        "directly, not through atoll link".to_string(),
+    ] {
+        ensure!(stdout.contains(&needle), "no {needle:?} in\n{stdout}");
+    }
+    // The command answers once the region is admitted: it takes writes at once.
+    let sa = Client::new(&new_url);
+    let status = sa.status().await?;
+    let m = &status["membership"];
+    ensure!(
+        m["admitted"] == true && m["voter"] == false && m["waiting_for"] == serde_json::json!([]),
+        "{m}"
+    );
+    ensure!(
+        status["peer_tls"]["mode"] == "mutual-tls",
+        "{}",
+        status["peer_tls"]
+    );
+    // The founding regions list it.
+    for (name, url) in &endpoints {
+        let s = Client::new(url).status().await?;
+        ensure!(
+            s["membership"]["regions"]
+                .as_array()
+                .is_some_and(|r| r.iter().any(|v| v == NEW)),
+            "{name}: {}",
+            s["membership"]
+        );
+    }
+
+    // What the others held before it came has converged there.
+    for i in 0..5 {
+        sa.wait_value(
+            "sessions",
+            &format!("before-{i}"),
+            format!("v{i}"),
+            DEADLINE,
+        )
+        .await
+        .with_context(|| format!("before-{i} at {NEW}"))?;
+    }
+    wait_until_async(DEADLINE, "the counter at the new region", || async {
+        sa.counter_get("ratelimits", "hits").await.ok() == Some(7)
+    })
+    .await?;
+
+    // Its writes reach every founding region, and it answers for itself.
+    let ack = sa.kv_put("sessions", "from-sa", "hola", None).await?;
+    ensure!(ack.region == NEW, "{ack:?}");
+    sa.counter_add("ratelimits", "hits", 5).await?;
+    for (name, url) in &endpoints {
+        let c = Client::new(url);
+        c.wait_value("sessions", "from-sa", "hola", DEADLINE)
+            .await
+            .with_context(|| format!("from-sa at {name}"))?;
+        wait_until_async(DEADLINE, "the counter at a founding region", || async {
+            c.counter_get("ratelimits", "hits").await.ok() == Some(12)
+        })
+        .await
+        .with_context(|| format!("hits at {name}"))?;
+    }
+    // What needs a consensus group is refused there, naming the voters.
+    let r = sa.kv_put_raw("seats", "12A", "x", None).await?;
+    ensure!(
+        r.status == 421 && r.error_code().as_deref() == Some("ATOLL-NOT-A-VOTER"),
+        "a strong write at the replica: {} {}",
+        r.status,
+        r.text()
+    );
+
+    // `atoll demo ctl ls` lists it, running at its address.
+    let base_flag = base.to_string();
+    let ls = atoll_within(
+        &demo,
+        &["demo", "ctl", "ls", "--port-base", &base_flag],
+        DEADLINE,
+    )?;
+    let listed = String::from_utf8_lossy(&ls.stdout).to_string();
+    ensure!(ls.status.success(), "{ls:?}");
+    let row = listed
+        .lines()
+        .find(|l| l.starts_with(NEW))
+        .ok_or_else(|| anyhow!("`atoll demo ctl ls` does not list {NEW}:\n{listed}"))?;
+    let cols: Vec<&str> = row.split_whitespace().collect();
+    ensure!(
+        cols.get(1) == Some(&"running") && cols.last() == Some(&new_url.as_str()),
+        "{row}"
+    );
+    let new_pid: u32 = cols
+        .get(2)
+        .and_then(|p| p.parse().ok())
+        .ok_or_else(|| anyhow!("no pid in `{row}`"))?;
+    demo.regions.push(new_pid);
+    ensure!(alive(new_pid), "{NEW} ({new_pid}) is not running");
+    // The discovery file names it for other tools.
+    let path = demo.tmp_dir.join(format!("atoll-demo-{base}.json"));
+    let d: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path)?)?;
+    ensure!(
+        d["regions"]
+            .as_array()
+            .is_some_and(|a| a.iter().any(|r| r["name"] == NEW && r["api"] == new_url)),
+        "{d}"
+    );
+
+    // A second add of the same name, and a name that is no region name, are refused clearly;
+    // the control route needs the token like the others.
+    let again = atoll_within(
+        &demo,
+        &["demo", "ctl", "add-region", NEW, "--port-base", &base_flag],
+        DEADLINE,
+    )?;
+    let err = String::from_utf8_lossy(&again.stderr);
+    ensure!(
+        !again.status.success() && err.contains("ATOLL-REGION-EXISTS"),
+        "{again:?}"
+    );
+    let ctl = Control {
+        http: reqwest::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .build()?,
+        base: format!("http://127.0.0.1:{}", base + 91),
+    };
+    let (status, body) = ctl.act("Mars_1", "add", d["token"].as_str()).await?;
+    ensure!(
+        status == 400
+            && body["error"]["code"] == "ATOLL-BAD-REQUEST"
+            && body["error"]["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("not a valid region name")),
+        "{status} {body}"
+    );
+    let (status, body) = ctl.act("eu-central-1", "add", None).await?;
+    ensure!(
+        status == 401 && body["error"]["code"] == "ATOLL-UNAUTHORIZED",
+        "{status} {body}"
+    );
+    ensure!(
+        !demo.data_dir.join("eu-central-1").exists(),
+        "an unauthorized add started something"
+    );
+
+    // Ctrl-C stops the added region with the others (`ctrl_c` checks every pid).
+    demo.ctrl_c()?;
     Ok(())
 }

@@ -76,6 +76,9 @@ pub struct RegionToml {
     pub location: Option<(f64, f64)>,
     /// `resp = "IP:PORT"`: the region's RESP (Redis protocol) listener.
     pub resp: Option<SocketAddr>,
+    /// `voter = false` when false: a replica added to a running cluster
+    /// (`docs/design/adding-regions.md`). True (the default, not written) otherwise.
+    pub voter: bool,
 }
 
 impl RegionToml {
@@ -87,7 +90,42 @@ impl RegionToml {
             dns_address: None,
             location: None,
             resp: None,
+            voter: true,
         }
+    }
+
+    /// `false`: a replica, written `voter = false`.
+    pub fn voter(mut self, voter: bool) -> Self {
+        self.voter = voter;
+        self
+    }
+
+    /// The region's `[[regions]]` table, starting with a blank line, as
+    /// [`ClusterToml::render`] writes it: what appending a region to a config file appends.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "\n[[regions]]\nname = {}\napi = \"{}\"",
+            quoted(&self.name),
+            self.api
+        );
+        if let Some(peer) = self.peer.filter(|p| *p != self.api) {
+            let _ = writeln!(out, "peer = \"{peer}\"");
+        }
+        if let Some(ip) = self.dns_address {
+            let _ = writeln!(out, "dns_address = \"{ip}\"");
+        }
+        if let Some(a) = self.resp {
+            let _ = writeln!(out, "resp = \"{a}\"");
+        }
+        if let Some((lat, lon)) = self.location {
+            let _ = writeln!(out, "{}", location(lat, lon));
+        }
+        if !self.voter {
+            out.push_str("voter = false\n");
+        }
+        out
     }
 
     pub fn resp(mut self, addr: SocketAddr) -> Self {
@@ -272,24 +310,7 @@ impl ClusterToml {
             }
         }
         for r in &self.regions {
-            let _ = writeln!(
-                out,
-                "\n[[regions]]\nname = {}\napi = \"{}\"",
-                quoted(&r.name),
-                r.api
-            );
-            if let Some(peer) = r.peer.filter(|p| *p != r.api) {
-                let _ = writeln!(out, "peer = \"{peer}\"");
-            }
-            if let Some(ip) = r.dns_address {
-                let _ = writeln!(out, "dns_address = \"{ip}\"");
-            }
-            if let Some(a) = r.resp {
-                let _ = writeln!(out, "resp = \"{a}\"");
-            }
-            if let Some((lat, lon)) = r.location {
-                let _ = writeln!(out, "{}", location(lat, lon));
-            }
+            out.push_str(&r.render());
         }
         for k in &self.keyspaces {
             let _ = writeln!(
@@ -524,6 +545,44 @@ mod tests {
         assert_eq!(c.replication.heartbeat_interval_ms, 200);
         let router = c.router.as_ref().unwrap();
         assert_eq!(router.names.len(), 2);
+    }
+
+    /// A region table appended at the end of a file, after its `[router]` and `[fencing]`
+    /// sections (as `atoll demo ctl add-region` does), is a region of the config: the reload
+    /// rule takes it as the one region added.
+    #[test]
+    fn a_replica_appended_after_every_section_is_a_region_added() {
+        let text = ClusterToml::new("t")
+            .tls(Tls::Certs("certs".into()))
+            .region(RegionToml::new("us-east-1", addr(7100)).peer(addr(7200)))
+            .region(RegionToml::new("eu-west-1", addr(7101)).peer(addr(7201)))
+            .region(RegionToml::new("ap-southeast-1", addr(7102)).peer(addr(7202)))
+            .keyspace(KeyspaceToml::new("sessions", Policy::Lww))
+            .section(&RouterToml::new().name("api", "latency", &[]).render())
+            .section("[fencing]\nquorum = true")
+            .render();
+        let table = RegionToml::new("sa-east-1", addr(7103))
+            .peer(addr(7203))
+            .resp(addr(7113))
+            .location(-23.5, -46.6)
+            .voter(false)
+            .render();
+        assert!(table.starts_with("\n[[regions]]\n") && table.ends_with("voter = false\n"));
+        let old = Config::parse(&text, "atoll.toml").unwrap();
+        let new = Config::parse(&format!("{text}{table}"), "atoll.toml")
+            .unwrap_or_else(|e| panic!("{e}\n{text}{table}"));
+        let added = old.reload_change(&new).unwrap();
+        assert_eq!(added.len(), 1);
+        let sa = &added[0];
+        assert_eq!(sa.name.as_str(), "sa-east-1");
+        assert_eq!(
+            (sa.api, sa.peer, sa.resp),
+            (addr(7103), addr(7203), Some(addr(7113)))
+        );
+        assert!(!sa.voter);
+        assert!(sa.location.is_some());
+        // A voter table says nothing about it.
+        assert!(!RegionToml::new("x", addr(1)).render().contains("voter"));
     }
 
     #[test]

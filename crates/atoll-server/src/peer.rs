@@ -7,8 +7,11 @@
 //! rustls handshake that requires a client certificate signed by the cluster CA (a connection
 //! without one, or with one from another CA, never reaches a handler), then resolves the region
 //! the certificate names ([`atoll_tls::identity`]). Every request of the connection carries that
-//! as a [`PeerAuth`] request extension. Without TLS (`insecure = true`) every request carries
-//! [`PeerAuth::Insecure`].
+//! as a [`PeerAuth`] request extension. A certificate that names no region of the cluster is
+//! looked up again at each request of its connection until it does: a region added by a config
+//! reload (`docs/design/adding-regions.md`) may have connected before this region reloaded, and
+//! its heartbeats come on that same connection. Without TLS (`insecure = true`) every request
+//! carries [`PeerAuth::Insecure`].
 //!
 //! **Check.** The replication handlers call [`authorize`] with the `from` of a heartbeat or a
 //! subscription: a certified peer may only speak for the region its certificate names (403
@@ -34,7 +37,7 @@ use std::collections::BTreeMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -56,6 +59,45 @@ pub enum PeerAuth {
     Uncertified,
     /// The cluster runs `[cluster.tls] insecure = true`: nobody is authenticated.
     Insecure,
+}
+
+/// Who is on the other end of one accepted connection: known at accept time, or a certificate
+/// of the cluster CA that named no region of the cluster then, looked up again at each request
+/// (a reload may add its region) and kept once it names one.
+#[derive(Clone)]
+enum ConnAuth {
+    Fixed(PeerAuth),
+    Unresolved {
+        cert: tokio_rustls::rustls::pki_types::CertificateDer<'static>,
+        regions: Identities,
+        resolved: Arc<OnceLock<RegionId>>,
+    },
+}
+
+impl ConnAuth {
+    /// The [`PeerAuth`] of a request on this connection now.
+    fn current(&self) -> PeerAuth {
+        match self {
+            ConnAuth::Fixed(auth) => auth.clone(),
+            ConnAuth::Unresolved {
+                cert,
+                regions,
+                resolved,
+            } => {
+                if let Some(r) = resolved.get() {
+                    return PeerAuth::Certified(r.clone());
+                }
+                let regions = match regions.read() {
+                    Ok(r) => r.clone(),
+                    Err(poisoned) => poisoned.into_inner().clone(),
+                };
+                match atoll_tls::identity(cert, &regions) {
+                    Some(r) => PeerAuth::Certified(resolved.get_or_init(|| r).clone()),
+                    None => PeerAuth::Uncertified,
+                }
+            }
+        }
+    }
 }
 
 /// Why a peer connection or message was refused: the `reason` label of
@@ -229,15 +271,17 @@ impl PeerListener {
             let watcher = graceful.watcher();
             match &self.tls {
                 None => {
-                    tokio::spawn(serve_connection(tcp, PeerAuth::Insecure, app, watcher));
+                    tokio::spawn(serve_connection(
+                        tcp,
+                        ConnAuth::Fixed(PeerAuth::Insecure),
+                        app,
+                        watcher,
+                    ));
                 }
                 Some(acceptor) => {
                     let acceptor = acceptor.clone();
                     let metrics = metrics.clone();
-                    let regions = match self.regions.read() {
-                        Ok(r) => r.clone(),
-                        Err(poisoned) => poisoned.into_inner().clone(),
-                    };
+                    let regions = self.regions.clone();
                     tokio::spawn(async move {
                         let tls = match tokio::time::timeout(
                             HANDSHAKE_TIMEOUT,
@@ -261,13 +305,24 @@ impl PeerListener {
                                 return;
                             }
                         };
-                        let auth = tls
-                            .get_ref()
-                            .1
-                            .peer_certificates()
-                            .and_then(|c| c.first())
-                            .and_then(|c| atoll_tls::identity(c, &regions))
-                            .map_or(PeerAuth::Uncertified, PeerAuth::Certified);
+                        let auth = match tls.get_ref().1.peer_certificates().and_then(|c| c.first())
+                        {
+                            Some(cert) => {
+                                let auth = ConnAuth::Unresolved {
+                                    cert: cert.clone().into_owned(),
+                                    regions,
+                                    resolved: Arc::new(OnceLock::new()),
+                                };
+                                // Resolved now if it can be: most connections are.
+                                match auth.current() {
+                                    PeerAuth::Certified(r) => {
+                                        ConnAuth::Fixed(PeerAuth::Certified(r))
+                                    }
+                                    _ => auth,
+                                }
+                            }
+                            None => ConnAuth::Fixed(PeerAuth::Uncertified),
+                        };
                         serve_connection(tls, auth, app, watcher).await;
                     });
                 }
@@ -283,10 +338,10 @@ impl PeerListener {
     }
 }
 
-/// Serves one connection's requests, each stamped with `auth`.
+/// Serves one connection's requests, each stamped with what `auth` says at that request.
 async fn serve_connection<I>(
     io: I,
-    auth: PeerAuth,
+    auth: ConnAuth,
     app: axum::Router,
     watcher: hyper_util::server::graceful::Watcher,
 ) where
@@ -294,7 +349,7 @@ async fn serve_connection<I>(
 {
     use tower::ServiceExt;
     let svc = app.map_request(move |mut req: hyper::Request<Incoming>| {
-        req.extensions_mut().insert(auth.clone());
+        req.extensions_mut().insert(auth.current());
         req
     });
     // HTTP/1 (subscription streams) and HTTP/2 (heartbeats), told apart by the first bytes.

@@ -21,7 +21,7 @@ use atoll_server::streams::{SUBSCRIBE_PATH, Subscribers, track};
 use atoll_store::backend::MemBackend;
 use atoll_store::{Store, StoreOptions};
 use atoll_tls::RegionTls;
-use atoll_tls::certs::{ClusterCa, ClusterCerts, write_cluster};
+use atoll_tls::certs::{ClusterCa, ClusterCerts, issue_region, write_cluster};
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use http_body_util::BodyExt;
@@ -79,6 +79,8 @@ fn write_certs(dir: &Path) {
 struct Server {
     rep: Arc<Replicator>,
     metrics: Arc<Metrics>,
+    /// Who a certificate may name (a config reload adds to it).
+    identities: atoll_server::peer::Identities,
     addr: SocketAddr,
     stop: tokio::sync::watch::Sender<bool>,
     task: Option<tokio::task::JoinHandle<()>>,
@@ -117,13 +119,10 @@ impl Server {
             Arc::new(Notify::new()),
         )
         .expect("replicator");
-        let listener = PeerListener::bind(
-            "127.0.0.1:0".parse().unwrap(),
-            tls,
-            std::sync::Arc::new(std::sync::RwLock::new(regions())),
-        )
-        .await
-        .expect("bind");
+        let identities = std::sync::Arc::new(std::sync::RwLock::new(regions()));
+        let listener = PeerListener::bind("127.0.0.1:0".parse().unwrap(), tls, identities.clone())
+            .await
+            .expect("bind");
         let addr = listener.local_addr().unwrap();
         let (stop, stopped) = tokio::sync::watch::channel(false);
         let app = track(
@@ -138,6 +137,7 @@ impl Server {
         Server {
             rep,
             metrics,
+            identities,
             addr,
             stop,
             task: Some(task),
@@ -319,6 +319,56 @@ async fn a_peer_speaking_for_another_region_is_refused() {
         .expect("heartbeat");
     assert_eq!(resp.status(), StatusCode::NO_CONTENT);
     assert!(server.heard("ap-southeast-1") && !server.heard("eu-west-1"));
+    server.stop().await;
+}
+
+/// A region added to a running cluster starts before the others reload the config that lists it,
+/// so its first connection to a peer comes while its certificate names no region there. Its
+/// heartbeats then come on that same connection (HTTP/2): refused while the peer does not know
+/// it, taken once the peer's reload adds it, without a new connection.
+#[tokio::test]
+async fn a_connection_of_a_region_added_later_is_taken_once_a_reload_names_it() {
+    let dir = tempfile::tempdir().unwrap();
+    write_certs(dir.path());
+    let sa = region("sa-east-1");
+    issue_region(dir.path(), CLUSTER, &sa, SystemTime::now(), 30, false).expect("issue");
+    let server = Server::start(Some(&load(dir.path(), "us-east-1"))).await;
+    // One HTTP/2 connection carries every heartbeat, as a region's heartbeat client sends them.
+    let h2 = PeerClient::new(
+        &BTreeMap::from([(region("us-east-1"), server.addr)]),
+        Some(&load(dir.path(), "sa-east-1")),
+        Duration::from_secs(5),
+        Some(Duration::from_secs(5)),
+        true,
+    );
+    let (status, code) = refused(&h2, HEARTBEAT_PATH, heartbeat("sa-east-1")).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert_eq!(code, "ATOLL-PEER-UNAUTHENTICATED");
+    assert_eq!(server.failures("unknown_identity"), 1);
+
+    // The reload (`Reloader::apply`): the listener's identities and the replication peers.
+    server
+        .identities
+        .write()
+        .expect("identities")
+        .push(sa.clone());
+    server
+        .rep
+        .add_peer(&sa, "127.0.0.1:9".parse().unwrap())
+        .expect("add peer");
+    for _ in 0..3 {
+        let resp = h2
+            .post(&region("us-east-1"), HEARTBEAT_PATH, heartbeat("sa-east-1"))
+            .await
+            .expect("heartbeat");
+        assert_eq!(resp.status(), StatusCode::NO_CONTENT);
+    }
+    assert!(server.heard("sa-east-1"));
+    assert_eq!(server.failures("unknown_identity"), 1);
+    // It still speaks only for itself.
+    let (status, code) = refused(&h2, HEARTBEAT_PATH, heartbeat("eu-west-1")).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert_eq!(code, "ATOLL-PEER-IDENTITY-MISMATCH");
     server.stop().await;
 }
 

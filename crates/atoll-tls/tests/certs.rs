@@ -6,7 +6,7 @@
 
 use atoll_core::RegionId;
 use atoll_tls::certs::{
-    ClusterCa, ClusterCerts, DEFAULT_CA_DAYS, DEFAULT_REGION_DAYS, write_cluster,
+    ClusterCa, ClusterCerts, DEFAULT_CA_DAYS, DEFAULT_REGION_DAYS, issue_region, write_cluster,
 };
 use atoll_tls::{RegionTls, identity, load_certs, load_key};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
@@ -366,4 +366,204 @@ fn the_peer_listener_requires_a_client_certificate_of_the_cluster_ca() {
         "{:?}",
         s.err()
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// A region added later: `atoll certs issue`, from the CA loaded back
+
+/// Region `r`'s TLS as a client that presents `cert`/`key` and trusts the CA in `dir`.
+fn client_with(dir: &Path, pem: &atoll_tls::certs::Pem) -> Arc<rustls::ClientConfig> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = RootCertStore::empty();
+    for c in load_certs(&dir.join("ca.pem")).unwrap() {
+        roots.add(c).unwrap();
+    }
+    Arc::new(
+        rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_client_auth_cert(pem_certs(&pem.cert), pem_key(&pem.key))
+            .unwrap(),
+    )
+}
+
+fn load_ca_err(dir: &Path, cluster: &str) -> String {
+    match ClusterCa::load(dir, cluster) {
+        Ok(_) => panic!("ClusterCa::load({}, {cluster}) succeeded", dir.display()),
+        Err(e) => {
+            assert_eq!(e.code(), "ATOLL-TLS");
+            e.to_string()
+        }
+    }
+}
+
+#[test]
+fn a_region_issued_later_from_the_reloaded_ca_is_a_peer_of_the_cluster() {
+    let dir = tempfile::tempdir().unwrap();
+    let now = SystemTime::now();
+    write_cluster(dir.path(), &plan(), now, false).unwrap();
+    let sa = region("sa-east-1");
+    let written = issue_region(dir.path(), "t", &sa, now, 30, false).unwrap();
+    let names: Vec<String> = written
+        .iter()
+        .map(|w| w.path.file_name().unwrap().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(names, ["sa-east-1.pem", "sa-east-1.key"]);
+    #[cfg(unix)]
+    for w in &written {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&w.path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(
+            mode,
+            if w.secret { 0o600 } else { 0o644 },
+            "{}",
+            w.path.display()
+        );
+    }
+    // The CA's files are untouched, and no temporary file is left: 8 + 2.
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 10);
+
+    // It loads against the original CA certificate exactly as a founding region's files do
+    // (signed by the CA, valid now, for sa-east-1.atoll, as a server and as a client) ...
+    let new = load(dir.path(), "sa-east-1", now).unwrap();
+    let mut all = regions();
+    all.push(sa.clone());
+    let cert = &load_certs(&dir.path().join("sa-east-1.pem")).unwrap()[0];
+    assert_eq!(identity(cert, &all), Some(sa.clone()));
+    // ... for the validity asked, not more.
+    load(
+        dir.path(),
+        "sa-east-1",
+        now + Duration::from_secs(29 * 86_400),
+    )
+    .unwrap();
+    assert!(
+        load(
+            dir.path(),
+            "sa-east-1",
+            now + Duration::from_secs(31 * 86_400)
+        )
+        .is_err()
+    );
+
+    // A founding region's peer listener takes it as sa-east-1, and it takes the founding region.
+    let us = load(dir.path(), "us-east-1", now).unwrap();
+    let (c, s) = handshake(new.client_config(), "us-east-1.atoll", us.server_config());
+    c.unwrap();
+    let s = s.unwrap();
+    assert_eq!(
+        identity(&s.peer_certificates().unwrap()[0], &all),
+        Some(sa.clone())
+    );
+    let (c, s) = handshake(us.client_config(), "sa-east-1.atoll", new.server_config());
+    c.unwrap();
+    let s = s.unwrap();
+    assert_eq!(
+        identity(&s.peer_certificates().unwrap()[0], &all),
+        Some(region("us-east-1"))
+    );
+
+    // Issued again: refused without --force (naming the files), replaced with it.
+    let before = std::fs::read(dir.path().join("sa-east-1.pem")).unwrap();
+    let e = issue_region(dir.path(), "t", &sa, now, 30, false).unwrap_err();
+    assert!(e.to_string().contains("refusing to overwrite"), "{e}");
+    assert!(e.to_string().contains("sa-east-1.key"), "{e}");
+    assert!(e.to_string().contains("--force"), "{e}");
+    assert_eq!(
+        std::fs::read(dir.path().join("sa-east-1.pem")).unwrap(),
+        before
+    );
+    issue_region(dir.path(), "t", &sa, now, 30, true).unwrap();
+    assert_ne!(
+        std::fs::read(dir.path().join("sa-east-1.pem")).unwrap(),
+        before
+    );
+    load(dir.path(), "sa-east-1", now).unwrap();
+
+    // A validity out of range: refused, nothing written.
+    let ap = region("ap-northeast-1");
+    for days in [0, 11_001] {
+        let e = issue_region(dir.path(), "t", &ap, now, days, false).unwrap_err();
+        assert!(e.to_string().contains("--days"), "{e}");
+    }
+    assert!(!dir.path().join("ap-northeast-1.pem").exists());
+}
+
+#[test]
+fn another_cas_key_or_another_clusters_name_issues_nothing_that_verifies() {
+    let now = SystemTime::now();
+    let dir = tempfile::tempdir().unwrap();
+    let other = tempfile::tempdir().unwrap();
+    write_cluster(dir.path(), &plan(), now, false).unwrap();
+    // Another CA of a cluster with the same name: the same issuer name, another key.
+    write_cluster(other.path(), &plan(), now, false).unwrap();
+    let read = |d: &Path, f: &str| std::fs::read_to_string(d.join(f)).unwrap();
+    let ca_pem = read(dir.path(), "ca.pem");
+    let ca_certs = pem_certs(&ca_pem);
+    let sa = region("sa-east-1");
+    let us = load(dir.path(), "us-east-1", now).unwrap();
+
+    // The right key and name rebuild an issuer whose certificates verify (the control).
+    let same = ClusterCa::from_key("t", &ca_pem, &read(dir.path(), "ca.key")).unwrap();
+    let pem = same.issue(&sa, now, 30).unwrap();
+    RegionTls::from_der(&sa, &ca_certs, pem_certs(&pem.cert), pem_key(&pem.key), now).unwrap();
+
+    // Another CA's key under this CA's name: its certificate is not one of the cluster's, and the
+    // peer listener refuses it in the handshake.
+    let foreign = ClusterCa::from_key("t", &ca_pem, &read(other.path(), "ca.key")).unwrap();
+    let pem = foreign.issue(&sa, now, 30).unwrap();
+    let e = RegionTls::from_der(&sa, &ca_certs, pem_certs(&pem.cert), pem_key(&pem.key), now)
+        .unwrap_err();
+    assert!(e.to_string().contains("signed by the cluster CA"), "{e}");
+    let (_, s) = handshake(
+        client_with(dir.path(), &pem),
+        "us-east-1.atoll",
+        us.server_config(),
+    );
+    assert!(
+        matches!(s, Err(rustls::Error::InvalidCertificate(_))),
+        "{:?}",
+        s.err()
+    );
+
+    // The right key under another cluster's name: the issuer it names is not the CA.
+    let renamed = ClusterCa::from_key("prod", &ca_pem, &read(dir.path(), "ca.key")).unwrap();
+    let pem = renamed.issue(&sa, now, 30).unwrap();
+    let e = RegionTls::from_der(&sa, &ca_certs, pem_certs(&pem.cert), pem_key(&pem.key), now)
+        .unwrap_err();
+    assert!(e.to_string().contains("signed by the cluster CA"), "{e}");
+    let (_, s) = handshake(
+        client_with(dir.path(), &pem),
+        "us-east-1.atoll",
+        us.server_config(),
+    );
+    assert!(
+        matches!(s, Err(rustls::Error::InvalidCertificate(_))),
+        "{:?}",
+        s.err()
+    );
+
+    // Loading checks both before anything is issued, and says what is wrong.
+    let e = load_ca_err(dir.path(), "prod");
+    assert!(e.contains("is not the CA of cluster `prod`"), "{e}");
+    assert!(e.contains("(it is `atoll cluster t CA`)"), "{e}");
+    let mixed = tempfile::tempdir().unwrap();
+    std::fs::write(mixed.path().join("ca.pem"), &ca_pem).unwrap();
+    std::fs::write(mixed.path().join("ca.key"), read(other.path(), "ca.key")).unwrap();
+    let e = load_ca_err(mixed.path(), "t");
+    assert!(e.contains("is not the key of the CA certificate"), "{e}");
+    assert!(e.contains("ca.key"), "{e}");
+    let e = issue_region(mixed.path(), "t", &sa, now, 30, false).unwrap_err();
+    assert!(e.to_string().contains("is not the key"), "{e}");
+    let e = issue_region(dir.path(), "prod", &sa, now, 30, false).unwrap_err();
+    assert!(e.to_string().contains("is not the CA of cluster"), "{e}");
+    assert!(!mixed.path().join("sa-east-1.pem").exists());
+    assert!(!dir.path().join("sa-east-1.pem").exists());
+    // A missing or garbled CA file is named.
+    let e = load_ca_err(tempfile::tempdir().unwrap().path(), "t");
+    assert!(e.contains("ca.pem"), "{e}");
+    std::fs::write(mixed.path().join("ca.key"), "not a key").unwrap();
+    let e = load_ca_err(mixed.path(), "t");
+    assert!(e.contains("ca.key"), "{e}");
 }

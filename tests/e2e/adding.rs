@@ -8,11 +8,10 @@
 //! is refused and changes nothing. Once admitted, its writes reach every region, and theirs reach
 //! it.
 //!
-//! Deviation from the shipped defaults, on purpose: the cluster runs `insecure = true` (plain
-//! HTTP between regions). The same with mutual TLS (a certificate issued for the new region
-//! from the cluster CA, `atoll certs issue`) is `demo.rs`'s
-//! `a_region_added_to_the_running_demo_converges_and_takes_writes`.
-//! Heartbeats run at the shipped 1 s. Every wait has a deadline.
+//! At the shipped defaults: mutual TLS between regions (the new region's certificate is issued
+//! from the cluster CA with `atoll certs issue`, as an operator would, and the running regions
+//! accept it once they reload, on connections it opened before), heartbeats every 1 s. Every
+//! wait has a deadline.
 
 use crate::common;
 
@@ -96,7 +95,6 @@ async fn a_region_added_to_a_running_cluster_joins_once_every_region_admits_it()
         BIN,
         3,
         ClusterOptions::new("adding")
-            .insecure()
             .heartbeat_interval_ms(atoll_config::DEFAULT_HEARTBEAT_INTERVAL_MS),
     ));
     ok(added(&c).await);
@@ -109,13 +107,28 @@ async fn added(c: &Cluster) -> Result<()> {
             .await?;
     }
     us.counter_add("ratelimits", "hits", 7).await?;
-    // The config with a fourth region appended, a replica.
-    let port = atoll_testkit::free_ports(1)?[0];
-    let api = format!("127.0.0.1:{port}");
+    // The config with a fourth region appended, a replica, and its certificate from the CA.
+    let ports = atoll_testkit::free_ports(2)?;
+    let api = format!("127.0.0.1:{}", ports[0]);
+    let peer = format!("127.0.0.1:{}", ports[1]);
     let old = std::fs::read_to_string(c.config_path())?;
-    let four = format!("{old}\n[[regions]]\nname = \"{NEW}\"\napi = \"{api}\"\nvoter = false\n");
+    let four = format!(
+        "{old}\n[[regions]]\nname = \"{NEW}\"\napi = \"{api}\"\npeer = \"{peer}\"\nvoter = false\n"
+    );
     let four_path = c.dir().join("atoll-four.toml");
     std::fs::write(&four_path, &four)?;
+    let issued = std::process::Command::new(BIN)
+        .args(["certs", "issue", "--ca-dir"])
+        .arg(c.certs_dir())
+        .args(["--region", NEW, "--config"])
+        .arg(c.config_path())
+        .output()
+        .context("run atoll certs issue")?;
+    ensure!(
+        issued.status.success(),
+        "atoll certs issue failed: {}",
+        String::from_utf8_lossy(&issued.stderr)
+    );
     let new = RegionProcess::start_spec(
         RegionSpec::new(BIN, &four_path, NEW, c.dir().join(NEW)).listen(api.parse()?),
     )?;

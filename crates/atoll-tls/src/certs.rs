@@ -313,17 +313,7 @@ pub fn write_cluster(
         files.push((dir.join(region_key_file(r)), true, format!("{r} key")));
     }
     if !force {
-        let existing: Vec<String> = files
-            .iter()
-            .filter(|(p, _, _)| p.symlink_metadata().is_ok())
-            .map(|(p, _, _)| p.display().to_string())
-            .collect();
-        if !existing.is_empty() {
-            return Err(tls_err(format!(
-                "refusing to overwrite {} (pass --force to replace them: every region then needs its new certificate)",
-                existing.join(", ")
-            )));
-        }
+        refuse_existing(&files, "every region then needs its new certificate")?;
     }
     let ca = ClusterCa::generate(&plan.cluster, now, plan.ca_days)?;
     let mut contents = vec![ca.pem().cert.clone(), ca.pem().key.clone()];
@@ -388,17 +378,10 @@ pub fn issue_region(
         ),
     ];
     if !force {
-        let existing: Vec<String> = files
-            .iter()
-            .filter(|(p, _, _)| p.symlink_metadata().is_ok())
-            .map(|(p, _, _)| p.display().to_string())
-            .collect();
-        if !existing.is_empty() {
-            return Err(tls_err(format!(
-                "refusing to overwrite {} (pass --force to replace them: region {region} then needs a restart to use its new certificate)",
-                existing.join(", ")
-            )));
-        }
+        refuse_existing(
+            &files,
+            &format!("region {region} then needs a restart to use its new certificate"),
+        )?;
     }
     let ca = ClusterCa::load(dir, cluster)?;
     let ca_path = dir.join(CA_CERT_FILE);
@@ -421,6 +404,23 @@ pub fn issue_region(
         written.push(Written { path, secret, what });
     }
     Ok(written)
+}
+
+/// Refuses, before anything is written, if one of `files` (path, secret, what) exists: `--force`
+/// replaces them, and `then` says what that costs.
+fn refuse_existing(files: &[(PathBuf, bool, String)], then: &str) -> Result<()> {
+    let existing: Vec<String> = files
+        .iter()
+        .filter(|(p, _, _)| p.symlink_metadata().is_ok())
+        .map(|(p, _, _)| p.display().to_string())
+        .collect();
+    if existing.is_empty() {
+        return Ok(());
+    }
+    Err(tls_err(format!(
+        "refusing to overwrite {} (pass --force to replace them: {then})",
+        existing.join(", ")
+    )))
 }
 
 /// Writes `bytes` to `path` through a temporary file in the same directory, renamed into place;

@@ -509,40 +509,28 @@ fn another_cas_key_or_another_clusters_name_issues_nothing_that_verifies() {
     let pem = same.issue(&sa, now, 30).unwrap();
     RegionTls::from_der(&sa, &ca_certs, pem_certs(&pem.cert), pem_key(&pem.key), now).unwrap();
 
-    // Another CA's key under this CA's name: its certificate is not one of the cluster's, and the
-    // peer listener refuses it in the handshake.
-    let foreign = ClusterCa::from_key("t", &ca_pem, &read(other.path(), "ca.key")).unwrap();
-    let pem = foreign.issue(&sa, now, 30).unwrap();
-    let e = RegionTls::from_der(&sa, &ca_certs, pem_certs(&pem.cert), pem_key(&pem.key), now)
-        .unwrap_err();
-    assert!(e.to_string().contains("signed by the cluster CA"), "{e}");
-    let (_, s) = handshake(
-        client_with(dir.path(), &pem),
-        "us-east-1.atoll",
-        us.server_config(),
-    );
-    assert!(
-        matches!(s, Err(rustls::Error::InvalidCertificate(_))),
-        "{:?}",
-        s.err()
-    );
-
+    // Not one of the cluster's: loading it as a region refuses it, and the peer listener refuses
+    // it in the handshake.
+    let refused = |issuer: &ClusterCa| {
+        let pem = issuer.issue(&sa, now, 30).unwrap();
+        let e = RegionTls::from_der(&sa, &ca_certs, pem_certs(&pem.cert), pem_key(&pem.key), now)
+            .unwrap_err();
+        assert!(e.to_string().contains("signed by the cluster CA"), "{e}");
+        let (_, s) = handshake(
+            client_with(dir.path(), &pem),
+            "us-east-1.atoll",
+            us.server_config(),
+        );
+        assert!(
+            matches!(s, Err(rustls::Error::InvalidCertificate(_))),
+            "{:?}",
+            s.err()
+        );
+    };
+    // Another CA's key under this CA's name.
+    refused(&ClusterCa::from_key("t", &ca_pem, &read(other.path(), "ca.key")).unwrap());
     // The right key under another cluster's name: the issuer it names is not the CA.
-    let renamed = ClusterCa::from_key("prod", &ca_pem, &read(dir.path(), "ca.key")).unwrap();
-    let pem = renamed.issue(&sa, now, 30).unwrap();
-    let e = RegionTls::from_der(&sa, &ca_certs, pem_certs(&pem.cert), pem_key(&pem.key), now)
-        .unwrap_err();
-    assert!(e.to_string().contains("signed by the cluster CA"), "{e}");
-    let (_, s) = handshake(
-        client_with(dir.path(), &pem),
-        "us-east-1.atoll",
-        us.server_config(),
-    );
-    assert!(
-        matches!(s, Err(rustls::Error::InvalidCertificate(_))),
-        "{:?}",
-        s.err()
-    );
+    refused(&ClusterCa::from_key("prod", &ca_pem, &read(dir.path(), "ca.key")).unwrap());
 
     // Loading checks both before anything is issued, and says what is wrong.
     let e = load_ca_err(dir.path(), "prod");

@@ -234,6 +234,9 @@ struct BootstrapState {
     candidates: BTreeSet<RegionId>,
     /// The most of this region's own writes a peer said it holds.
     own_floor: u64,
+    /// The latest stability claim about this region's own writes a peer reported (this
+    /// region's clock): its writes after the bootstrap are stamped above it.
+    own_clock_floor_ms: u64,
     running: bool,
     /// Not before this monotonic time (after a failed attempt).
     retry_at_ms: u64,
@@ -313,6 +316,7 @@ impl ReplDriver {
             candidates: prefer.iter().cloned().collect(),
             prefer,
             own_floor: 0,
+            own_clock_floor_ms: 0,
             running: false,
             retry_at_ms: now.mono_ms,
             attempts: 0,
@@ -374,6 +378,19 @@ impl ReplDriver {
         }
     }
 
+    /// The clock floor of a bootstrap (ms, this region's clock): the latest stability claim
+    /// about this region's own writes its peers reported, in heartbeats it took in or refused
+    /// because they proved it lost writes. A region whose data directory was lost lost its clock
+    /// floor with it, and may have promised, before, never to stamp below a time its clock has
+    /// not reached again; peers may have collected tombstones below that promise. Its writes
+    /// after the bootstrap are stamped above this (`Store::raise_clock_floor`).
+    pub fn bootstrap_clock_floor(&self) -> u64 {
+        let held = self.core.own_claims_held_by_peers();
+        self.bootstrap
+            .as_ref()
+            .map_or(held, |b| b.own_clock_floor_ms.max(held))
+    }
+
     /// The most of this region's own writes a peer said it holds (a bootstrap's new head is at
     /// least this, so no write of it reuses a sequence number a peer already has).
     pub fn bootstrap_own_floor(&self) -> u64 {
@@ -403,8 +420,14 @@ impl ReplDriver {
             hb.from, local.sealed_head
         );
         self.need_bootstrap(reason, Some(hb.from.clone()), now, out);
+        let claimed_ms = hb
+            .frontier
+            .get(self.core.me())
+            .and_then(|f| f.caught_up_at_origin_ms)
+            .unwrap_or(0);
         if let Some(b) = &mut self.bootstrap {
             b.own_floor = b.own_floor.max(claim);
+            b.own_clock_floor_ms = b.own_clock_floor_ms.max(claimed_ms);
             b.candidates.insert(hb.from.clone());
         }
         true
@@ -1617,8 +1640,22 @@ mod tests {
             ReplConfig::new(1000, 500),
             VersionVector::new(),
         );
-        // b has applied 40 of a's writes.
+        // b has applied 40 of a's writes, and a (before it lost its disk) claimed that it would
+        // never stamp a write before 1_000_050 again.
         b.on_applied(&r("a"), 40);
+        let mut old_a = ReplCore::new(
+            r("a"),
+            vec![r("b")],
+            ReplConfig::new(1000, 500),
+            VersionVector::new(),
+        );
+        old_a.on_local_commit(40);
+        old_a.on_watermark(40, 1_000_050);
+        b.on_heartbeat(
+            &old_a.heartbeat(&r("b"), 1_000_050, Timestamp::default()),
+            1_000_060,
+        )
+        .expect("old a's heartbeat");
         let hb = b.heartbeat(&r("a"), 1_000_100, Timestamp::default());
         let mut local = view(&[("a", 40)]);
         local.sealed_head = 40;
@@ -1636,6 +1673,8 @@ mod tests {
             "{cmds:?}"
         );
         assert_eq!(d.bootstrap_own_floor(), 40);
+        // Its writes after the bootstrap go above the claim its disk no longer holds.
+        assert_eq!(d.bootstrap_clock_floor(), 1_000_050);
         // Committed-but-not-yet-published (the claim is within what was sealed): an ordinary
         // refusal, no bootstrap.
         let mut d = driver("a");

@@ -246,10 +246,10 @@ struct PeerInfo {
     /// CLOCK before which they hold every write of that origin. Origins they claim nothing for
     /// are absent. The basis of the tombstone horizon.
     claims: BTreeMap<RegionId, u64>,
-    /// The largest clock reading (HLC wall time) or stability claim any heartbeat of theirs
-    /// carried since this core started: what a region added to the cluster must stamp its
-    /// writes above ([`ReplCore::admission`]).
-    admission_floor_ms: u64,
+    /// The largest clock reading (HLC wall time) any heartbeat of theirs carried since this core
+    /// started: what a region added to the cluster must stamp its writes above
+    /// ([`ReplCore::admission`]).
+    hlc_max_ms: u64,
     /// Their own head as their first heartbeat since this core started said: a region added to
     /// the cluster is admitted only once it has applied that much of their writes
     /// ([`ReplCore::admission`]).
@@ -418,14 +418,16 @@ impl ReplCore {
     /// Whether this region, added to a running cluster, may take writes: every peer has sent an
     /// accepted heartbeat since this core started, and this region has applied each peer's own
     /// writes up to the head that first heartbeat reported. `Ok` carries the largest clock
-    /// reading or stability claim any of them carried; `Err` the peers still waited for, in
-    /// order (`docs/design/adding-regions.md`).
+    /// reading (HLC) any of them carried; `Err` the peers still waited for, in order
+    /// (`docs/design/adding-regions.md`).
     ///
     /// Why both: a peer sends heartbeats only to regions it has added, and from then on its
     /// tombstone horizon waits for this region's claims and its operation log keeps what this
-    /// region has not applied; any horizon it used before was at most its clock and claims then,
-    /// so writes stamped above the floor are above every tombstone collected without this
-    /// region. And what a peer truncated of its own log before it added this region is at most
+    /// region has not applied. Any horizon it used before was at most its own stability claim
+    /// about itself, which is at most its clock (a watermark never claims past the clock, and the
+    /// clock never goes back, across restarts too), so writes stamped above the floor are above
+    /// every tombstone collected without this region. (Its claims about other origins are not
+    /// needed, and one of a region whose clock runs ahead would only push the floor ahead.) And what a peer truncated of its own log before it added this region is at most
     /// that first head: caught up past it, this region never needs a bootstrap by snapshot once
     /// it takes writes (a bootstrap replaces the whole state, writes not yet replicated with it).
     pub fn admission(&self) -> Result<u64, Vec<RegionId>> {
@@ -440,12 +442,19 @@ impl ReplCore {
         if !missing.is_empty() {
             return Err(missing);
         }
-        Ok(self
-            .peers
+        Ok(self.peers.values().map(|p| p.hlc_max_ms).max().unwrap_or(0))
+    }
+
+    /// The latest stability claim about this region's own writes any peer reports: a time on
+    /// this region's clock before which, it once promised, it would never stamp a write again.
+    /// A region that lost its data directory lost its clock floor with it; after its bootstrap
+    /// it must stamp above this (peers may have collected tombstones below it).
+    pub fn own_claims_held_by_peers(&self) -> u64 {
+        self.peers
             .values()
-            .map(|p| p.admission_floor_ms)
+            .filter_map(|p| p.claims.get(&self.me).copied())
             .max()
-            .unwrap_or(0))
+            .unwrap_or(0)
     }
 
     pub fn config(&self) -> &ReplConfig {
@@ -811,13 +820,7 @@ impl ReplCore {
             p.head_max = p.head_max.max(f.applied);
         }
         p.stable_age = hb.stable_age_ms.map(|a| (a, now_ms));
-        let claimed = hb
-            .frontier
-            .values()
-            .filter_map(|f| f.caught_up_at_origin_ms)
-            .max()
-            .unwrap_or(0);
-        p.admission_floor_ms = p.admission_floor_ms.max(hb.hlc.wall_ms).max(claimed);
+        p.hlc_max_ms = p.hlc_max_ms.max(hb.hlc.wall_ms);
         if p.first_head.is_none() {
             p.first_head = Some(hb.frontier.get(&hb.from).map_or(0, |f| f.applied));
         }

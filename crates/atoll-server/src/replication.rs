@@ -1024,8 +1024,14 @@ impl Replicator {
                 None => break,
             }
         }
-        // What peers hold of this region's own writes: its next write must come after them.
-        let own_floor = self.with_driver(|d, _, _| d.bootstrap_own_floor())?;
+        // What peers hold of this region's own writes: its next write must come after them, in
+        // sequence and in time (above every claim about them its peers hold).
+        let (own_floor, clock_floor) =
+            self.with_driver(|d, _, _| (d.bootstrap_own_floor(), d.bootstrap_clock_floor()))?;
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || store.raise_clock_floor(clock_floor))
+            .await
+            .map_err(blocking)??;
         let store = self.store.clone();
         let finished = tokio::task::spawn_blocking(move || store.bootstrap_finish(own_floor))
             .await

@@ -642,33 +642,50 @@ impl Store {
 
     /// Marks this region admitted by every region of its config, with its clock raised to at
     /// least `floor_ms` first, durably: every write from now on, across restarts, is stamped at
-    /// or above it (the largest clock reading or stability claim of the peers' heartbeats that
-    /// admitted it, `docs/design/adding-regions.md`). Idempotent.
+    /// or above it (the largest clock reading of the peers' heartbeats that admitted it,
+    /// `docs/design/adding-regions.md`). Idempotent.
     pub fn mark_admitted(&self, floor_ms: u64) -> Result<()> {
+        self.raise_floor(
+            floor_ms,
+            Some(Mutation::Put(
+                Table::Meta,
+                keys::META_ADMITTED.to_vec(),
+                codec::encode(&floor_ms)?,
+            )),
+        )
+    }
+
+    /// Raises this region's clock to at least `floor_ms`, durably (the claim floor): every write
+    /// from now on, across restarts, is stamped at or above it. A bootstrap after a lost data
+    /// directory calls it with the latest claim its peers hold about its writes
+    /// (`ReplDriver::bootstrap_clock_floor`).
+    pub fn raise_clock_floor(&self, floor_ms: u64) -> Result<()> {
+        if floor_ms <= self.shared.claim_floor.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        self.raise_floor(floor_ms, None)
+    }
+
+    fn raise_floor(&self, floor_ms: u64, also: Option<Mutation>) -> Result<()> {
         let shared = &self.shared;
         let _writing = shared
             .claim_floor_write
             .lock()
             .map_err(|_| AtollError::Storage("claim floor lock poisoned".into()))?;
         let floor = shared.claim_floor.load(Ordering::Acquire).max(floor_ms);
-        shared.backend.commit(
-            vec![
-                Mutation::Put(
-                    Table::Meta,
-                    keys::META_CLAIM_FLOOR.to_vec(),
-                    codec::encode(&floor)?,
-                ),
-                Mutation::Put(
-                    Table::Meta,
-                    keys::META_ADMITTED.to_vec(),
-                    codec::encode(&floor_ms)?,
-                ),
-            ],
-            true,
-        )?;
+        let mut mutations = vec![Mutation::Put(
+            Table::Meta,
+            keys::META_CLAIM_FLOOR.to_vec(),
+            codec::encode(&floor)?,
+        )];
+        let admitted = also.is_some();
+        mutations.extend(also);
+        shared.backend.commit(mutations, true)?;
         shared.claim_floor.fetch_max(floor, Ordering::AcqRel);
         shared.stamps().hlc.restore(Timestamp::new(floor, 0));
-        shared.admitted.store(true, Ordering::Release);
+        if admitted {
+            shared.admitted.store(true, Ordering::Release);
+        }
         Ok(())
     }
 

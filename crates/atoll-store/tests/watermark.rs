@@ -230,3 +230,27 @@ fn admission_raises_the_clock_to_its_floor_durably() {
     );
     assert!(store.watermark().before_ms >= floor);
 }
+
+/// A region that lost its data directory raises its clock, after its bootstrap, above the claim
+/// its peers hold about its writes (`ReplDriver::bootstrap_clock_floor`): durably, and never
+/// down.
+#[test]
+fn the_clock_floor_is_raised_durably_and_never_lowered() {
+    let clock = Arc::new(ManualClock::new(T0));
+    let backend: Arc<dyn Backend> = Arc::new(MemBackend::default());
+    let store = open(backend.clone(), clock.clone());
+    let floor = T0 + 30_000;
+    store.raise_clock_floor(floor).expect("raise");
+    store
+        .raise_clock_floor(T0 + 10)
+        .expect("a lower floor changes nothing");
+    assert!(!store.is_admitted(), "raising the clock is no admission");
+    store.close();
+    drop(store);
+    let store = open(backend, clock);
+    let w = put(&store, "a");
+    assert!(
+        w.ts.wall_ms >= floor,
+        "{w:?} stamped below the floor {floor} after a restart"
+    );
+}

@@ -319,6 +319,9 @@ impl Sim {
             }
         }
         let own_floor = me.driver.bootstrap_own_floor();
+        me.store
+            .raise_clock_floor(me.driver.bootstrap_clock_floor())
+            .map_err(|e| e.to_string())?;
         match me.store.bootstrap_finish(own_floor) {
             Ok(_) => Ok(()),
             Err(e @ AtollError::BootstrapBehind(_)) => {

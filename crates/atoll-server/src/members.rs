@@ -28,6 +28,8 @@ pub struct Membership {
     waiting_for: Mutex<Vec<RegionId>>,
     /// The config the region runs, as last reloaded.
     config: Mutex<Arc<Config>>,
+    /// Most subscription streams this region serves (its default grows with the regions).
+    stream_limit: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl Membership {
@@ -48,6 +50,11 @@ impl Membership {
             identities: Arc::new(RwLock::new(identities)),
             admitted: AtomicBool::new(voter || admitted_in_store),
             waiting_for: Mutex::new(peers),
+            stream_limit: Arc::new(std::sync::atomic::AtomicUsize::new(
+                config
+                    .replication
+                    .subscription_stream_limit(config.regions.len()),
+            )),
             config: Mutex::new(config),
         })
     }
@@ -73,6 +80,12 @@ impl Membership {
             Ok(v) => v.contains(r),
             Err(poisoned) => poisoned.into_inner().contains(r),
         }
+    }
+
+    /// The cap on subscription streams served (shared with the replication routes' edge: a
+    /// reload that adds regions raises its default).
+    pub fn stream_limit(&self) -> Arc<std::sync::atomic::AtomicUsize> {
+        self.stream_limit.clone()
     }
 
     /// The peer listener's identities (shared: a reload adds to them).
@@ -122,6 +135,12 @@ impl Membership {
                 }
             }
         }
+        self.stream_limit.store(
+            config
+                .replication
+                .subscription_stream_limit(config.regions.len()),
+            Ordering::Relaxed,
+        );
         if let Ok(mut c) = self.config.lock() {
             *c = config;
         }
@@ -279,5 +298,33 @@ mod tests {
         for k in ["sessions", "inventory", "profiles", "seats"] {
             assert_eq!(code(us.permit(&ks(k))), "ok", "{k}");
         }
+    }
+}
+
+#[cfg(test)]
+mod reload_tests {
+    use super::*;
+
+    #[test]
+    fn an_added_region_joins_the_identities_and_raises_the_stream_cap() {
+        let three = "[cluster]\nname = \"t\"\n\n[[regions]]\nname = \"a\"\napi = \"127.0.0.1:7100\"\n\n[[regions]]\nname = \"b\"\napi = \"127.0.0.1:7101\"\n\n[[regions]]\nname = \"c\"\napi = \"127.0.0.1:7102\"\n\n[[keyspaces]]\nname = \"s\"\npolicy = \"lww\"\n";
+        let four = format!(
+            "{three}\n[[regions]]\nname = \"d\"\napi = \"127.0.0.1:7103\"\nvoter = false\n"
+        );
+        let old = Arc::new(Config::parse(three, "t.toml").expect("three"));
+        let new = Config::parse(&four, "t.toml").expect("four");
+        let me = RegionId::new("a").expect("region");
+        let m = Membership::new(old.clone(), &me, false);
+        let cap = m.stream_limit();
+        let before = cap.load(Ordering::Relaxed);
+        assert_eq!(before, old.replication.subscription_stream_limit(3));
+        let d = RegionId::new("d").expect("region");
+        assert!(!m.is_region(&d));
+        let added = old.reload_change(&new).expect("appended replica");
+        m.add(Arc::new(new), &added);
+        assert!(m.is_region(&d));
+        assert!(m.identities().read().expect("identities").contains(&d));
+        assert!(cap.load(Ordering::Relaxed) > before, "the cap did not grow");
+        assert_eq!(m.config().regions.len(), 4);
     }
 }

@@ -475,10 +475,15 @@ impl RegionServer {
             replication::router(self.replicator.clone()),
             crate::streams::Edge {
                 subscribers: self.state.subscribers.clone(),
-                max_streams: state
-                    .config
-                    .replication
-                    .subscription_stream_limit(state.config.regions.len()),
+                max_streams: match state.membership.get() {
+                    Some(m) => m.stream_limit(),
+                    None => Arc::new(std::sync::atomic::AtomicUsize::new(
+                        state
+                            .config
+                            .replication
+                            .subscription_stream_limit(state.config.regions.len()),
+                    )),
+                },
                 metrics: state.metrics.clone(),
             },
         );

@@ -233,8 +233,9 @@ impl Drop for StreamGuard {
 #[derive(Clone)]
 pub struct Edge {
     pub subscribers: Arc<Subscribers>,
-    /// Most subscription streams served at once (`[replication] max_subscription_streams`).
-    pub max_streams: usize,
+    /// Most subscription streams served at once (`[replication] max_subscription_streams`, or
+    /// its default for the number of regions, which a config reload that adds a region raises).
+    pub max_streams: Arc<std::sync::atomic::AtomicUsize>,
     pub metrics: Arc<Metrics>,
 }
 
@@ -268,16 +269,17 @@ async fn observe(State(edge): State<Edge>, req: Request, next: Next) -> Response
     let Some(from) = codec::decode::<Subscribe>(&bytes).ok().map(|s| s.from) else {
         return next.run(req).await;
     };
-    let Some(slot) = edge.subscribers.reserve(edge.max_streams) else {
+    let max_streams = edge.max_streams.load(std::sync::atomic::Ordering::Relaxed);
+    let Some(slot) = edge.subscribers.reserve(max_streams) else {
         count_refusal(&edge.metrics, route, "overloaded");
         tracing::warn!(
             peer = %from,
-            max = edge.max_streams,
+            max = max_streams,
             "subscription refused: this region already serves max_subscription_streams streams"
         );
         return ApiError(AtollError::Overloaded(format!(
             "this region already serves {} subscription streams, its limit ([replication] max_subscription_streams); one ends when its subscriber goes away",
-            edge.max_streams
+            max_streams
         )))
         .into_response();
     };

@@ -129,7 +129,7 @@ impl Server {
             router(rep.clone()),
             atoll_server::streams::Edge {
                 subscribers: Subscribers::new(),
-                max_streams: 16,
+                max_streams: Arc::new(std::sync::atomic::AtomicUsize::new(16)),
                 metrics: metrics.clone(),
             },
         );

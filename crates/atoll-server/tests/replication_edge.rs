@@ -76,7 +76,7 @@ fn app(max_streams: usize) -> (axum::Router, Arc<Subscribers>, Arc<Metrics>) {
         router(rep),
         Edge {
             subscribers: subscribers.clone(),
-            max_streams,
+            max_streams: Arc::new(std::sync::atomic::AtomicUsize::new(max_streams)),
             metrics: metrics.clone(),
         },
     )

@@ -15,18 +15,14 @@ use std::sync::{Arc, Mutex, RwLock};
 pub struct Membership {
     me: RegionId,
     voter: bool,
-    /// Every region of the cluster, in config order (grows on reload).
-    regions: RwLock<Vec<RegionId>>,
     /// Who a peer certificate may name (the regions and the arbiter), shared with the peer
     /// listener.
     identities: crate::peer::Identities,
-    /// The voters, for messages.
-    voters: Vec<String>,
     /// Voters are admitted from the start; a replica once `Store::mark_admitted` ran.
     admitted: AtomicBool,
     /// While not admitted: the regions whose heartbeat has not come yet.
     waiting_for: Mutex<Vec<RegionId>>,
-    /// The config the region runs, as last reloaded.
+    /// The config the region runs, as last reloaded: its regions are the cluster's.
     config: Mutex<Arc<Config>>,
     /// Most subscription streams this region serves (its default grows with the regions).
     stream_limit: Arc<std::sync::atomic::AtomicUsize>,
@@ -35,18 +31,21 @@ pub struct Membership {
 impl Membership {
     pub fn new(config: Arc<Config>, me: &RegionId, admitted_in_store: bool) -> Arc<Self> {
         let voter = config.is_voter(me.as_str());
-        let regions: Vec<RegionId> = config.regions.iter().map(|r| r.name.clone()).collect();
-        let identities = regions
+        let identities = config
+            .regions
             .iter()
-            .cloned()
+            .map(|r| r.name.clone())
             .chain(config.cluster.arbiter.as_ref().map(|a| a.name.clone()))
             .collect();
-        let peers = regions.iter().filter(|r| *r != me).cloned().collect();
+        let peers = config
+            .regions
+            .iter()
+            .map(|r| r.name.clone())
+            .filter(|r| r != me)
+            .collect();
         Arc::new(Self {
             me: me.clone(),
             voter,
-            voters: config.voters().map(|r| r.name.to_string()).collect(),
-            regions: RwLock::new(regions),
             identities: Arc::new(RwLock::new(identities)),
             admitted: AtomicBool::new(voter || admitted_in_store),
             waiting_for: Mutex::new(peers),
@@ -69,17 +68,15 @@ impl Membership {
 
     /// Every region of the cluster, as of the latest reload.
     pub fn regions(&self) -> Vec<RegionId> {
-        match self.regions.read() {
-            Ok(r) => r.clone(),
-            Err(poisoned) => poisoned.into_inner().clone(),
-        }
+        self.config()
+            .regions
+            .iter()
+            .map(|r| r.name.clone())
+            .collect()
     }
 
     pub fn is_region(&self, r: &RegionId) -> bool {
-        match self.regions.read() {
-            Ok(v) => v.contains(r),
-            Err(poisoned) => poisoned.into_inner().contains(r),
-        }
+        self.config().region(r.as_str()).is_some()
     }
 
     /// The cap on subscription streams served (shared with the replication routes' edge: a
@@ -124,8 +121,8 @@ impl Membership {
 
     /// Takes the regions a reload appended (already checked by `Config::reload_change`).
     pub(crate) fn add(&self, config: Arc<Config>, added: &[RegionConfig]) {
-        for list in [&self.regions, &*self.identities] {
-            let mut l = match list.write() {
+        {
+            let mut l = match self.identities.write() {
                 Ok(l) => l,
                 Err(poisoned) => poisoned.into_inner(),
             };
@@ -188,7 +185,11 @@ impl Membership {
         AtollError::NotAVoter(format!(
             "region `{}` is a replica (voter = false) and serves keyspace `{keyspace}` only to read (eventual) or not at all: {why}; the voters are {}",
             self.me,
-            self.voters.join(", ")
+            self.config()
+                .voters()
+                .map(|r| r.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
         ))
     }
 }
@@ -211,7 +212,6 @@ pub struct Reloader {
     pub(crate) metrics: Arc<Metrics>,
     /// `--peer-via` overrides given at start (a region added later is dialled at its `peer`).
     pub(crate) peer_via: std::collections::BTreeMap<String, SocketAddr>,
-    pub(crate) watch: Option<Arc<crate::watch::Watch>>,
 }
 
 impl Reloader {
@@ -246,9 +246,6 @@ impl Reloader {
         }
         self.membership.add(new, &added);
         let names: Vec<RegionId> = added.iter().map(|r| r.name.clone()).collect();
-        if let Some(w) = &self.watch {
-            w.add_regions(&names);
-        }
         self.metrics.config_reload("applied");
         Ok(Reloaded::Added(names))
     }

@@ -409,6 +409,7 @@ impl RegionServer {
             sessions: Default::default(),
             membership: Default::default(),
         });
+        watch.set_membership(membership.clone());
         let _ = state.watch.set(watch);
         replicator.set_membership(membership.clone());
         let _ = state.membership.set(membership);
@@ -443,7 +444,6 @@ impl RegionServer {
             replicator: self.replicator.clone(),
             metrics: self.state.metrics.clone(),
             peer_via: self.peer_via.clone(),
-            watch: self.state.watch.get().cloned(),
         })
     }
 

@@ -45,8 +45,10 @@ pub struct Watch {
     open: AtomicUsize,
     max: usize,
     cluster_tag: u32,
-    /// The cluster's regions (a config reload appends to them).
-    regions: std::sync::RwLock<Vec<RegionId>>,
+    /// The regions of the config the region started with; the membership's, once connected (a
+    /// config reload appends to those).
+    regions: Vec<RegionId>,
+    membership: std::sync::OnceLock<Arc<crate::members::Membership>>,
     me: RegionId,
     metrics: Arc<Metrics>,
     /// Set when the region stops: every watch ends (its client resumes elsewhere or later).
@@ -218,9 +220,8 @@ impl Watch {
             open: AtomicUsize::new(0),
             max: config.api.max_watchers,
             cluster_tag: crc32fast::hash(config.cluster.name.as_bytes()),
-            regions: std::sync::RwLock::new(
-                config.regions.iter().map(|r| r.name.clone()).collect(),
-            ),
+            regions: config.regions.iter().map(|r| r.name.clone()).collect(),
+            membership: std::sync::OnceLock::new(),
             me: me.clone(),
             metrics,
             closed: tokio::sync::watch::Sender::new(false),
@@ -242,24 +243,16 @@ impl Watch {
         })
     }
 
-    /// The cluster's regions, as of the latest config reload.
-    pub fn regions(&self) -> Vec<RegionId> {
-        match self.regions.read() {
-            Ok(r) => r.clone(),
-            Err(poisoned) => poisoned.into_inner().clone(),
-        }
+    /// Follows the cluster's membership from now on (a config reload adds regions to watch).
+    pub fn set_membership(&self, m: Arc<crate::members::Membership>) {
+        let _ = self.membership.set(m);
     }
 
-    /// Watches from now on cover `added`'s writes too (`docs/design/adding-regions.md`).
-    pub fn add_regions(&self, added: &[RegionId]) {
-        let mut r = match self.regions.write() {
-            Ok(r) => r,
-            Err(poisoned) => poisoned.into_inner(),
-        };
-        for a in added {
-            if !r.contains(a) {
-                r.push(a.clone());
-            }
+    /// The cluster's regions, as of the latest config reload.
+    pub fn regions(&self) -> Vec<RegionId> {
+        match self.membership.get() {
+            Some(m) => m.regions(),
+            None => self.regions.clone(),
         }
     }
 

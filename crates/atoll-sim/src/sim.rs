@@ -397,7 +397,6 @@ impl Sim {
     pub(crate) fn knows(&self, at: usize, j: usize) -> bool {
         match &self.joiner {
             Some(jn) if jn.r == j => jn.knows[at],
-            Some(jn) if jn.r == at => true,
             _ => true,
         }
     }
@@ -406,10 +405,7 @@ impl Sim {
     /// `r` has added it.
     pub(crate) fn peers_of(&self, r: usize) -> Vec<RegionId> {
         (0..self.ids.len())
-            .filter(|&q| match &self.joiner {
-                Some(j) if j.r == q => j.knows[r],
-                _ => true,
-            })
+            .filter(|&q| self.knows(r, q))
             .map(|q| self.ids[q].clone())
             .collect()
     }
@@ -478,19 +474,12 @@ impl Sim {
         let Some(node) = self.regions[r].node.as_ref() else {
             return Ok(());
         };
-        let floor = if node.store.is_admitted() {
-            0
-        } else {
-            match node.driver.core().admission() {
-                Ok(floor) => floor,
-                Err(_) => return Ok(()),
-            }
+        let Ok(floor) = node.driver.core().admission() else {
+            return Ok(());
         };
-        if !node.store.is_admitted() {
-            node.store
-                .mark_admitted(floor)
-                .map_err(|e| Violation::new(Invariant::Harness, format!("cannot admit: {e}")))?;
-        }
+        node.store
+            .mark_admitted(floor)
+            .map_err(|e| Violation::new(Invariant::Harness, format!("cannot admit: {e}")))?;
         if let Some(j) = self.joiner.as_mut() {
             j.admitted = true;
         }

@@ -1015,29 +1015,9 @@ async fn survive_scenario(dir: &TestDir) -> Result<()> {
 
 /// Runs `atoll` with `args` against the demo (its TMPDIR), within `timeout`: its output.
 fn atoll_within(demo: &Demo, args: &[&str], timeout: Duration) -> Result<std::process::Output> {
-    let mut child = Command::new(BIN)
-        .args(args)
-        .env("TMPDIR", &demo.tmp_dir)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .with_context(|| format!("cannot run atoll {}", args.join(" ")))?;
-    let deadline = Instant::now() + timeout;
-    while child.try_wait()?.is_none() {
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let out = child.wait_with_output()?;
-            bail!(
-                "`atoll {}` did not finish within {timeout:?}: {}{}",
-                args.join(" "),
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    Ok(child.wait_with_output()?)
+    let mut cmd = Command::new(BIN);
+    cmd.args(args).env("TMPDIR", &demo.tmp_dir);
+    atoll_testkit::run_with_timeout(cmd, timeout)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

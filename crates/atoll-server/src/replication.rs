@@ -55,9 +55,6 @@ pub struct Replicator {
     store: Arc<Store>,
     clock: Arc<dyn Clock>,
     metrics: Arc<Metrics>,
-    /// Where to reach each peer (the config's peer address, or a `--peer-via` override). Grows
-    /// when a config reload adds a region.
-    peer_addrs: std::sync::RwLock<BTreeMap<RegionId, SocketAddr>>,
     /// The cluster's membership (set once the region is assembled): a replica added to a
     /// running cluster is admitted here (`docs/design/adding-regions.md`).
     membership: std::sync::OnceLock<Arc<crate::members::Membership>>,
@@ -168,7 +165,6 @@ impl Replicator {
             store,
             clock,
             metrics,
-            peer_addrs: std::sync::RwLock::new(peer_addrs),
             membership: std::sync::OnceLock::new(),
             changed,
             http,
@@ -193,23 +189,10 @@ impl Replicator {
         let _ = self.membership.set(m);
     }
 
-    fn is_peer(&self, peer: &RegionId) -> bool {
-        self.peer_addrs
-            .read()
-            .map(|a| a.contains_key(peer))
-            .unwrap_or(false)
-    }
-
     /// Adds a region to replicate with, reached at `addr` (a config reload,
     /// `docs/design/adding-regions.md`): heartbeats to it start at the next tick; until it is
     /// heard, this region truncates nothing, and until it claims, collects no tombstone.
     pub fn add_peer(&self, peer: &RegionId, addr: SocketAddr) -> Result<()> {
-        match self.peer_addrs.write() {
-            Ok(mut a) => {
-                a.insert(peer.clone(), addr);
-            }
-            Err(_) => return Err(AtollError::Storage("peer address lock poisoned".into())),
-        }
         self.http.add_peer(peer, addr);
         self.stream_http.add_peer(peer, addr);
         let added = self.with_driver(|d, _, _| d.add_peer(peer.clone()))?;
@@ -360,9 +343,8 @@ impl Replicator {
             match cmd {
                 Command::SendHeartbeat { to, hb } => self.send_heartbeat(&to, &hb),
                 Command::Subscribe { id, peer, request } => {
-                    if !self.is_peer(&peer) {
-                        continue;
-                    }
+                    // The driver subscribes only to its peers, and every peer is in the clients'
+                    // address book (both grow together in `add_peer`).
                     let me = self.clone();
                     let handle = tokio::spawn(async move {
                         if let Err(reason) =

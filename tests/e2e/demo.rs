@@ -1071,7 +1071,18 @@ async fn add_region_scenario(dir: &TestDir) -> Result<()> {
         "{printed}"
     );
     let started = Instant::now();
-    let out = atoll_within(&demo, &words, ADD_DEADLINE)?;
+    // A port of the new region's (base + 3, 13, 103) may be held for a moment by another test
+    // running beside this one: the command then refuses and changes nothing, and is run again
+    // until the port is free (within the deadline). Any other failure fails the test.
+    let out = loop {
+        let out = atoll_within(&demo, &words, ADD_DEADLINE)?;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        if out.status.success() || !stderr.contains("is taken") || started.elapsed() > ADD_DEADLINE
+        {
+            break out;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
     let stdout = String::from_utf8_lossy(&out.stdout).to_string();
     ensure!(
         out.status.success(),

@@ -161,6 +161,7 @@ async fn mutual_scenario(c: &Cluster) -> Result<()> {
         echo: None,
         frontier: BTreeMap::new(),
         stable_age_ms: None,
+        removed: Default::default(),
     })?;
     let resp = ap
         .post(&region(US), "/v1/replication/heartbeat", hb)

@@ -12,11 +12,13 @@ use serde::de::DeserializeOwned;
 /// The encoding version this build writes. Version 2 added the lease epoch to operation-log
 /// entries ([`crate::op::OpEntry::epoch`]); version 3 added the expiry to lww registers
 /// ([`crate::crdt::lww::LwwRegister::expires_ms`], `docs/design/expiring-keys.md`); version 4
-/// added it to mvr siblings ([`crate::crdt::mvr::Sibling::expires_ms`]). Every other record
-/// reads the same in all four; records that hold key states are read with [`decode_state`],
-/// [`decode_entry`] and [`decode_frame`], which keep the older layouts' paths. [`decode`]
+/// added it to mvr siblings ([`crate::crdt::mvr::Sibling::expires_ms`]); version 5 added the
+/// removed regions to heartbeats ([`crate::repl::Heartbeat::removed`],
+/// `docs/design/region-removal.md`). Every other record reads the same in all five; records
+/// that hold key states or heartbeats are read with [`decode_state`], [`decode_entry`],
+/// [`decode_frame`] and [`decode_heartbeat`], which keep the older layouts' paths. [`decode`]
 /// refuses older versions of those records, never misreads them: use these.
-pub const FORMAT_VERSION: u16 = 4;
+pub const FORMAT_VERSION: u16 = 5;
 
 /// Encodes `value` with the current format version.
 pub fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>> {
@@ -40,7 +42,7 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T> {
     let version = version_of(bytes)?;
     match version {
         0 => Err(AtollError::Corrupt("record has format version 0".into())),
-        1..=4 => postcard::from_bytes(&bytes[2..])
+        1..=5 => postcard::from_bytes(&bytes[2..])
             .map_err(|e| AtollError::Corrupt(format!("undecodable v{version} record: {e}"))),
         found => Err(AtollError::FormatTooNew {
             found,
@@ -80,22 +82,33 @@ pub fn decode_entry(bytes: &[u8]) -> Result<crate::op::OpEntry> {
     }
 }
 
+/// Decodes a heartbeat of any supported version (versions 1 to 4 had no removals: none).
+pub fn decode_heartbeat(bytes: &[u8]) -> Result<crate::repl::Heartbeat> {
+    match version_of(bytes)? {
+        v @ 1..=4 => postcard::from_bytes::<crate::repl::HeartbeatV4>(&bytes[2..])
+            .map(Into::into)
+            .map_err(|e| AtollError::Corrupt(format!("undecodable v{v} heartbeat: {e}"))),
+        _ => decode(bytes),
+    }
+}
+
 /// A replication stream frame as version 1 wrote it.
 #[derive(serde::Deserialize)]
 enum FrameV1 {
     Ops(Vec<crate::op::OpEntryV1>),
-    Heartbeat(crate::repl::Heartbeat),
+    Heartbeat(crate::repl::HeartbeatV4),
 }
 
-/// A replication stream frame as versions 2 and 3 wrote it, with that version's log entries.
+/// A replication stream frame as versions 2 to 4 wrote it, with that version's log entries
+/// (and heartbeats without removals).
 #[derive(serde::Deserialize)]
 enum FrameOf<E> {
     Ops(Vec<E>),
-    Heartbeat(crate::repl::Heartbeat),
+    Heartbeat(crate::repl::HeartbeatV4),
     Truncated { origin: crate::RegionId, first: u64 },
 }
 
-/// Decodes the body of a frame of version `v` (2 or 3) with entries of layout `E`.
+/// Decodes the body of a frame of version `v` (2 to 4) with entries of layout `E`.
 fn decode_frame_of<E>(v: u16, body: &[u8]) -> Result<crate::repl::Frame>
 where
     E: serde::de::DeserializeOwned + Into<crate::op::OpEntry>,
@@ -103,7 +116,7 @@ where
     use crate::repl::Frame;
     match postcard::from_bytes::<FrameOf<E>>(body) {
         Ok(FrameOf::Ops(ops)) => Ok(Frame::Ops(ops.into_iter().map(Into::into).collect())),
-        Ok(FrameOf::Heartbeat(h)) => Ok(Frame::Heartbeat(h)),
+        Ok(FrameOf::Heartbeat(h)) => Ok(Frame::Heartbeat(h.into())),
         Ok(FrameOf::Truncated { origin, first }) => Ok(Frame::Truncated { origin, first }),
         Err(e) => Err(AtollError::Corrupt(format!("undecodable v{v} frame: {e}"))),
     }
@@ -115,11 +128,12 @@ pub fn decode_frame(bytes: &[u8]) -> Result<crate::repl::Frame> {
     match version_of(bytes)? {
         1 => match postcard::from_bytes::<FrameV1>(&bytes[2..]) {
             Ok(FrameV1::Ops(v)) => Ok(Frame::Ops(v.into_iter().map(Into::into).collect())),
-            Ok(FrameV1::Heartbeat(h)) => Ok(Frame::Heartbeat(h)),
+            Ok(FrameV1::Heartbeat(h)) => Ok(Frame::Heartbeat(h.into())),
             Err(e) => Err(AtollError::Corrupt(format!("undecodable v1 frame: {e}"))),
         },
         2 => decode_frame_of::<crate::op::OpEntryV2>(2, &bytes[2..]),
         3 => decode_frame_of::<crate::op::OpEntryV3>(3, &bytes[2..]),
+        4 => decode_frame_of::<crate::op::OpEntry>(4, &bytes[2..]),
         _ => decode(bytes),
     }
 }
@@ -185,6 +199,66 @@ mod tests {
     use super::*;
     use crate::causal::Dot;
     use crate::region::RegionId;
+
+    /// A heartbeat of format version 4 (no removals) still decodes, alone and in a frame, and
+    /// one of version 5 keeps its removals.
+    #[test]
+    fn heartbeats_of_version_4_decode_without_removals() {
+        use crate::repl::{Frame, Heartbeat, OriginFrontier};
+        use std::collections::{BTreeMap, BTreeSet};
+        #[derive(serde::Serialize)]
+        struct HeartbeatV4Out {
+            from: RegionId,
+            sent_ms: u64,
+            hlc: crate::hlc::Timestamp,
+            echo: Option<crate::repl::Echo>,
+            frontier: BTreeMap<RegionId, OriginFrontier>,
+            stable_age_ms: Option<u64>,
+        }
+        #[derive(serde::Serialize)]
+        enum FrameV4Out {
+            #[allow(dead_code)]
+            Ops(Vec<crate::op::OpEntry>),
+            Heartbeat(HeartbeatV4Out),
+        }
+        let a = RegionId::new("a").unwrap();
+        let frontier: BTreeMap<RegionId, OriginFrontier> = [(
+            a.clone(),
+            OriginFrontier {
+                applied: 7,
+                caught_up_at_origin_ms: Some(9),
+            },
+        )]
+        .into();
+        let old = || HeartbeatV4Out {
+            from: a.clone(),
+            sent_ms: 5,
+            hlc: crate::hlc::Timestamp::new(6, 0),
+            echo: None,
+            frontier: frontier.clone(),
+            stable_age_ms: Some(3),
+        };
+        let v4 = |body: Vec<u8>| [4u16.to_le_bytes().to_vec(), body].concat();
+        let hb = decode_heartbeat(&v4(postcard::to_allocvec(&old()).unwrap())).unwrap();
+        assert_eq!(
+            (hb.from.clone(), hb.sent_ms, hb.stable_age_ms),
+            (a.clone(), 5, Some(3))
+        );
+        assert_eq!(hb.frontier, frontier);
+        assert!(hb.removed.is_empty());
+        let frame = v4(postcard::to_allocvec(&FrameV4Out::Heartbeat(old())).unwrap());
+        assert_eq!(decode_frame(&frame).unwrap(), Frame::Heartbeat(hb.clone()));
+
+        let new = Heartbeat {
+            removed: BTreeSet::from([RegionId::new("gone").unwrap()]),
+            ..hb
+        };
+        let bytes = encode(&new).unwrap();
+        assert_eq!(version_of(&bytes).unwrap(), 5);
+        assert_eq!(decode_heartbeat(&bytes).unwrap(), new);
+        let frame = encode(&Frame::Heartbeat(new.clone())).unwrap();
+        assert_eq!(decode_frame(&frame).unwrap(), Frame::Heartbeat(new));
+    }
 
     #[test]
     fn roundtrip_and_version_checks() {

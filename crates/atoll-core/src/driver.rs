@@ -38,6 +38,9 @@ pub struct LocalView {
     /// being committed. A peer that has applied more of this region's writes than that proves
     /// this region lost acknowledged writes (a wiped or restored data directory).
     pub sealed_head: u64,
+    /// The regions removed from the cluster whose removal is in effect in the store: no entry
+    /// that came from one of them is applied any more (`docs/design/region-removal.md`).
+    pub removed: BTreeSet<RegionId>,
 }
 
 /// Tunables of the driver.
@@ -252,7 +255,8 @@ impl ReplDriver {
         local: &LocalView,
         now: Now,
     ) -> Self {
-        let core = ReplCore::new(me, peers, cfg.repl.clone(), local.applied.clone());
+        let mut core = ReplCore::new(me, peers, cfg.repl.clone(), local.applied.clone());
+        core.set_effective_removals(&local.removed);
         let m = now.mono_ms;
         Self {
             core,
@@ -280,6 +284,29 @@ impl ReplDriver {
             self.manage_now = true;
         }
         added
+    }
+
+    /// Removes a region from the peers (a config reload that drops it,
+    /// `docs/design/region-removal.md`): no heartbeat goes to it from now on, its heartbeats are
+    /// refused, and the subscriptions to it end at the next input (their origins change). The
+    /// executor must then make the removal effective in the store
+    /// (`atoll_store::Store::remove_region`), which refuses every entry that came from it, before
+    /// heartbeats announce it. `false` if it was not a peer.
+    pub fn remove_peer(&mut self, peer: &RegionId) -> bool {
+        let removed = self.core.remove_peer(peer);
+        if removed {
+            self.manage_now = true;
+            self.prompted.remove(peer);
+            self.skewed.remove(peer);
+            self.relay_gaps.retain(|(p, _), _| p != peer);
+            if let Some(b) = self.bootstrap.as_mut() {
+                b.candidates.remove(peer);
+                if b.prefer.as_ref() == Some(peer) {
+                    b.prefer = None;
+                }
+            }
+        }
+        removed
     }
 
     /// Why this region is bootstrapping by snapshot (`None`: it is not).
@@ -451,6 +478,7 @@ impl ReplDriver {
         for (o, n) in local.applied.iter() {
             self.core.on_applied(o, n);
         }
+        self.core.set_effective_removals(&local.removed);
         self.core
             .on_watermark(local.watermark_head, local.watermark_before_ms);
     }

@@ -255,6 +255,10 @@ pub enum AtollError {
     /// control group or the strong group go to a voter. Nothing was written.
     #[error("{0}")]
     NotAVoter(String),
+    /// This region was removed from the cluster, or the request came from a region that was
+    /// (`docs/design/region-removal.md`). Nothing was written.
+    #[error("removed from the cluster: {0}")]
+    RegionRemoved(String),
 }
 
 fn not_home(keyspace: &str, home: &str, api: Option<&str>, reason: &str) -> String {
@@ -329,6 +333,7 @@ impl AtollError {
             Self::BootstrapBehind(_) => "ATOLL-BOOTSTRAP-BEHIND",
             Self::Joining(_) => "ATOLL-JOINING",
             Self::NotAVoter(_) => "ATOLL-NOT-A-VOTER",
+            Self::RegionRemoved(_) => "ATOLL-REGION-REMOVED",
             Self::NoQuorum { .. } => "ATOLL-NO-QUORUM",
             Self::RevisionMismatch { .. } => "ATOLL-REVISION-MISMATCH",
             Self::StrongOutcomeUnknown { .. } => "ATOLL-STRONG-OUTCOME-UNKNOWN",
@@ -373,6 +378,7 @@ impl AtollError {
             Self::Stale(_) => 503,
             Self::Bootstrapping(_) | Self::BootstrapBehind(_) | Self::Joining(_) => 503,
             Self::NotAVoter(_) => 421,
+            Self::RegionRemoved(_) => 410,
         }
     }
 
@@ -514,6 +520,9 @@ impl AtollError {
             }
             Self::NotAVoter(_) => {
                 "send the request to a voter region (named in the error): a region added with voter = false replicates every eventual keyspace but is not a member of the control group or the strong group"
+            }
+            Self::RegionRemoved(_) => {
+                "send writes to a region that is still a member; this region's writes that no member received stay in its data directory (`atoll status` counts them) and are not replicated; a removed region's name is never reused in the same cluster (docs/design/region-removal.md)"
             }
             Self::RehomeRefused(_) => {
                 "read the reason; `atoll status` shows the homes and any move in flight; retry once the move in flight has finished"

@@ -99,6 +99,36 @@ pub struct Heartbeat {
     /// with its clock-offset estimates; `None` if it never was. Informational: the tombstone
     /// horizon uses the per-origin claims in `frontier`, which need no estimate.
     pub stable_age_ms: Option<u64>,
+    /// The regions the sender has removed from the cluster, once the removal took effect in its
+    /// store (no entry that came from the removed region is applied there any more): what lets
+    /// a removed region's writes settle (`docs/design/region-removal.md`). Format version 5;
+    /// heartbeats of older versions decode with none.
+    pub removed: BTreeSet<RegionId>,
+}
+
+/// A heartbeat as format versions 1 to 4 wrote it (no removals).
+#[derive(Deserialize)]
+pub(crate) struct HeartbeatV4 {
+    from: RegionId,
+    sent_ms: u64,
+    hlc: Timestamp,
+    echo: Option<Echo>,
+    frontier: BTreeMap<RegionId, OriginFrontier>,
+    stable_age_ms: Option<u64>,
+}
+
+impl From<HeartbeatV4> for Heartbeat {
+    fn from(h: HeartbeatV4) -> Self {
+        Heartbeat {
+            from: h.from,
+            sent_ms: h.sent_ms,
+            hlc: h.hlc,
+            echo: h.echo,
+            frontier: h.frontier,
+            stable_age_ms: h.stable_age_ms,
+            removed: BTreeSet::new(),
+        }
+    }
 }
 
 /// A subscription request: "send me the ops of these origins beyond this vector".
@@ -156,6 +186,21 @@ pub struct PeerStatus {
     pub known_head_seq: u64,
 }
 
+/// What status reports for one removed region (`docs/design/region-removal.md`).
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct RemovedStatus {
+    pub region: RegionId,
+    /// The removal is in effect in this region's store.
+    pub effective: bool,
+    /// Its writes are settled ([`ReplCore::settled`]).
+    pub settled: bool,
+    /// How many of its writes this region holds.
+    pub applied_seq: u64,
+    /// The peers that have not announced the removal yet or hold a different number of its
+    /// writes.
+    pub waiting_for: Vec<RegionId>,
+}
+
 /// Decision about a batch of received entries.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Admitted {
@@ -181,6 +226,8 @@ pub enum Refusal {
     ImplausibleClock,
     /// The sender claims to have applied writes of ours that we never committed.
     AppliedBeyondOurHead,
+    /// The sender was removed from the cluster by this region (`docs/design/region-removal.md`).
+    Removed(RegionId),
 }
 
 impl Refusal {
@@ -191,6 +238,7 @@ impl Refusal {
             Refusal::EchoFromTheFuture => "echo-from-the-future",
             Refusal::ImplausibleClock => "implausible-clock",
             Refusal::AppliedBeyondOurHead => "applied-beyond-our-head",
+            Refusal::Removed(_) => "removed",
         }
     }
 }
@@ -213,6 +261,10 @@ impl std::fmt::Display for Refusal {
             Refusal::AppliedBeyondOurHead => write!(
                 f,
                 "heartbeat claims writes of this region beyond what it committed"
+            ),
+            Refusal::Removed(r) => write!(
+                f,
+                "heartbeat from `{r}`, which this region removed from the cluster"
             ),
         }
     }
@@ -254,6 +306,8 @@ struct PeerInfo {
     /// the cluster is admitted only once it has applied that much of their writes
     /// ([`ReplCore::admission`]).
     first_head: Option<u64>,
+    /// The regions they have removed, as of their last heartbeat (effective in their store).
+    removed: BTreeSet<RegionId>,
 }
 
 /// Per origin: the progress this region has made and what it knows exists.
@@ -324,6 +378,12 @@ pub struct ReplCore {
     /// `on_heartbeat`. Without it, a clock that ran ahead and is set back (NTP) would keep times
     /// from its ahead reading and claim to be caught up later than it is.
     stepped_back_ms: Cell<u64>,
+    /// Regions this region removed from its peers (`docs/design/region-removal.md`). They stay
+    /// origins: their writes that peers hold are still exchanged, and claims about them count.
+    gone: BTreeSet<RegionId>,
+    /// Of those, the removals in effect in the store (no entry that came from the region is
+    /// applied any more): what heartbeats announce.
+    effective: BTreeSet<RegionId>,
 }
 
 impl ReplCore {
@@ -358,6 +418,8 @@ impl ReplCore {
             clock_ms: Cell::new(0),
             max_clock_ms: Cell::new(0),
             stepped_back_ms: Cell::new(0),
+            gone: BTreeSet::new(),
+            effective: BTreeSet::new(),
         }
     }
 
@@ -413,6 +475,105 @@ impl ReplCore {
         self.progress.entry(peer.clone()).or_insert(prog);
         self.peers.insert(peer, PeerInfo::default());
         true
+    }
+
+    /// Removes a region from this region's peers (a config reload that drops it,
+    /// `docs/design/region-removal.md`): no heartbeat goes to it, its heartbeats are refused
+    /// ([`Refusal::Removed`]), and it no longer holds truncation ([`Self::stable_points`]) or the
+    /// tombstone horizon back as a member. It stays an origin: the writes of it that peers hold
+    /// are still exchanged (relayed) and claims about them still count, until its writes are
+    /// settled ([`Self::settled`]). `false` if it was not a peer.
+    pub fn remove_peer(&mut self, peer: &RegionId) -> bool {
+        if self.peers.remove(peer).is_none() {
+            return false;
+        }
+        self.sent.borrow_mut().remove(peer);
+        self.progress.entry(peer.clone()).or_insert(OriginProgress {
+            known_head: self.applied.get(peer),
+            ..Default::default()
+        });
+        self.gone.insert(peer.clone());
+        true
+    }
+
+    /// The removals in effect in this region's store (`LocalView::removed`): from now on no entry
+    /// that came from those regions is applied here, so heartbeats may announce them. A removal
+    /// the store has that the core has not made yet (a restart) is made here.
+    pub fn set_effective_removals(&mut self, removed: &BTreeSet<RegionId>) {
+        for r in removed {
+            if *r != self.me && !self.gone.contains(r) {
+                self.remove_peer(r);
+                if !self.gone.contains(r) {
+                    // Never a peer of this core (removed before it started): still an origin.
+                    self.progress.entry(r.clone()).or_insert(OriginProgress {
+                        known_head: self.applied.get(r),
+                        ..Default::default()
+                    });
+                    self.gone.insert(r.clone());
+                }
+            }
+        }
+        self.effective = removed
+            .iter()
+            .filter(|r| self.gone.contains(*r))
+            .cloned()
+            .collect();
+    }
+
+    /// The regions this region removed.
+    pub fn removed(&self) -> &BTreeSet<RegionId> {
+        &self.gone
+    }
+
+    /// Whether the writes of removed region `g` are settled: its removal is in effect here, every
+    /// peer has been heard since this core started and announces (in its latest heartbeat) the
+    /// removal of `g` and of every other region this region removed, and every peer has applied
+    /// exactly as many of `g`'s writes as this region. No region of the cluster will then ever
+    /// apply another write of `g`: each took `g`'s writes only from `g` itself before its removal
+    /// took effect, and otherwise from members, all of which hold the same; a region removed
+    /// together with `g` that holds more cannot pass them on, every member refuses it too. Once
+    /// settled, `g` no longer holds the tombstone horizon or the staleness bound back, and is no
+    /// longer asked of relays.
+    pub fn settled(&self, g: &RegionId) -> bool {
+        self.effective.contains(g)
+            && self.peers.values().all(|p| {
+                p.last_heard_ms.is_some()
+                    && self.effective.is_subset(&p.removed)
+                    && p.applied.get(g) == self.applied.get(g)
+            })
+    }
+
+    /// Every region this region removed, with whether the removal is in effect here, whether
+    /// its writes are settled, and how many of them this region holds.
+    pub fn removed_status(&self) -> Vec<RemovedStatus> {
+        self.gone
+            .iter()
+            .map(|r| RemovedStatus {
+                region: r.clone(),
+                effective: self.effective.contains(r),
+                settled: self.settled(r),
+                applied_seq: self.applied.get(r),
+                waiting_for: self
+                    .peers
+                    .iter()
+                    .filter(|(_, p)| {
+                        p.last_heard_ms.is_none()
+                            || !p.removed.contains(r)
+                            || p.applied.get(r) != self.applied.get(r)
+                    })
+                    .map(|(q, _)| q.clone())
+                    .collect(),
+            })
+            .collect()
+    }
+
+    /// Removed origins whose writes are not settled yet: still asked of every peer.
+    fn unsettled(&self) -> BTreeSet<RegionId> {
+        self.gone
+            .iter()
+            .filter(|g| !self.settled(g))
+            .cloned()
+            .collect()
     }
 
     /// Whether this region, added to a running cluster, may take writes: every peer has sent an
@@ -617,6 +778,9 @@ impl ReplCore {
     fn stable_at(&self, now_ms: u64) -> Option<u64> {
         let mut min = now_ms;
         for o in self.progress.keys() {
+            if self.gone.contains(o) && self.settled(o) {
+                continue;
+            }
             min = min.min(self.caught_up_local(o, now_ms)?);
         }
         Some(min)
@@ -716,6 +880,7 @@ impl ReplCore {
             echo,
             frontier,
             stable_age_ms: self.stable_at(now_ms).map(|t| now_ms.saturating_sub(t)),
+            removed: self.effective.clone(),
         }
     }
 
@@ -740,6 +905,9 @@ impl ReplCore {
     /// region (`docs/design/adding-regions.md`), those that have added it already report it.
     pub fn check_heartbeat(&self, hb: &Heartbeat, now_ms: u64) -> Result<(), Refusal> {
         if !self.peers.contains_key(&hb.from) {
+            if self.gone.contains(&hb.from) {
+                return Err(Refusal::Removed(hb.from.clone()));
+            }
             return Err(Refusal::NotAPeer(hb.from.clone()));
         }
         if hb
@@ -820,6 +988,7 @@ impl ReplCore {
             p.head_max = p.head_max.max(f.applied);
         }
         p.stable_age = hb.stable_age_ms.map(|a| (a, now_ms));
+        p.removed = hb.removed.clone();
         p.hlc_max_ms = p.hlc_max_ms.max(hb.hlc.wall_ms);
         if p.first_head.is_none() {
             p.first_head = Some(hb.frontier.get(&hb.from).map_or(0, |f| f.applied));
@@ -858,11 +1027,14 @@ impl ReplCore {
     /// starts from the applied vector.
     pub fn wanted_subscriptions(&self, now_ms: u64) -> BTreeMap<RegionId, BTreeSet<RegionId>> {
         self.observe_clock(now_ms);
+        // Removed regions' writes are asked of every peer until they settle: some member may hold
+        // more of them than this region.
         let relayed: BTreeSet<RegionId> = self
             .peers
             .iter()
             .filter(|(_, p)| !self.bidirectional_at(p, now_ms))
             .map(|(r, _)| r.clone())
+            .chain(self.unsettled())
             .collect();
         self.peers
             .iter()
@@ -1027,6 +1199,9 @@ impl ReplCore {
         self.observe_clock(now_ms);
         let mut horizon: Option<u64> = None;
         for origin in self.progress.keys() {
+            if self.gone.contains(origin) && self.settled(origin) {
+                continue;
+            }
             let mut h = self.caught_up(origin)?;
             for p in self.peers.values() {
                 h = h.min(*p.claims.get(origin)?);
@@ -1331,6 +1506,84 @@ mod tests {
         assert_eq!(floor, 9_000);
         assert_eq!(a.stable_points().get(&r("a")), Some(&3));
         assert!(a.tombstone_horizon_ms(6_000).is_some());
+    }
+
+    /// A removed region stops holding truncation back at once, but the tombstone horizon only
+    /// once its writes are settled: every member announced its removal (in effect) and holds
+    /// the same number of its writes.
+    #[test]
+    fn a_removed_region_frees_truncation_at_once_and_the_horizon_once_settled() {
+        let mut a = core("a");
+        let mut b = core("b");
+        let mut c = core("c");
+        c.on_local_commit(3);
+        a.on_applied(&r("c"), 3);
+        b.on_applied(&r("c"), 3);
+        a.on_local_commit(2);
+        b.on_applied(&r("a"), 2);
+        gossip(&mut [&mut a, &mut b, &mut c], 1_000);
+        // c's fourth write reaches b only, then c is lost.
+        c.on_local_commit(4);
+        c.on_watermark(4, 1_500);
+        b.on_applied(&r("c"), 4);
+        b.on_heartbeat(&c.heartbeat(&r("b"), 1_500, ts(1_500)), 1_500)
+            .unwrap();
+        // c is down for good: its last report holds a's log and the horizon back.
+        gossip(&mut [&mut a, &mut b], 2_000);
+        assert_eq!(
+            a.stable_points().get(&r("a")),
+            None,
+            "c never applied a's writes"
+        );
+        // a removes c (its reload); the store makes it effective.
+        assert!(a.remove_peer(&r("c")));
+        assert!(!a.remove_peer(&r("c")), "removed twice");
+        assert_eq!(
+            a.on_heartbeat(&c.heartbeat(&r("a"), 2_100, ts(2_100)), 2_100),
+            Err(Refusal::Removed(r("c")))
+        );
+        a.set_effective_removals(&BTreeSet::from([r("c")]));
+        gossip(&mut [&mut a, &mut b], 3_000);
+        // Truncation no longer waits for c; c's own writes are still an origin (least of a, b).
+        assert_eq!(a.stable_points().get(&r("a")), Some(&2));
+        assert_eq!(a.stable_points().get(&r("c")), Some(&3));
+        // b has not removed c: c's writes are not settled, and a asks b for them.
+        assert!(!a.settled(&r("c")));
+        assert!(a.wanted_subscriptions(3_000)[&r("b")].contains(&r("c")));
+        let before = a.tombstone_horizon_ms(3_000);
+        assert!(
+            before.is_some_and(|h| h <= 1_000),
+            "held at c's claim: {before:?}"
+        );
+        // b removes c too; a still holds fewer of c's writes than b.
+        assert!(b.remove_peer(&r("c")));
+        b.set_effective_removals(&BTreeSet::from([r("c")]));
+        gossip(&mut [&mut a, &mut b], 4_000);
+        assert!(!a.settled(&r("c")), "a holds 3 of c's writes, b 4");
+        assert_eq!(a.removed_status()[0].waiting_for, vec![r("b")]);
+        a.on_applied(&r("c"), 4);
+        gossip(&mut [&mut a, &mut b], 5_000);
+        assert!(a.settled(&r("c")) && b.settled(&r("c")));
+        assert!(!a.wanted_subscriptions(5_000)[&r("b")].contains(&r("c")));
+        assert_eq!(a.tombstone_horizon_ms(5_000), Some(5_000));
+        // A region removed by a but not by b holds c's settlement back (b might take writes
+        // of c relayed by it).
+        let mut a2 = a.clone();
+        a2.remove_peer(&r("b"));
+        a2.set_effective_removals(&BTreeSet::from([r("b"), r("c")]));
+        let mut d = ReplCore::new(
+            r("d"),
+            vec![r("a"), r("d")],
+            ReplConfig::new(1000, 500),
+            VersionVector::new(),
+        );
+        a2.add_peer(r("d"));
+        d.set_effective_removals(&BTreeSet::from([r("c")]));
+        d.on_applied(&r("c"), 4);
+        d.on_applied(&r("b"), b.applied().get(&r("b")));
+        a2.on_heartbeat(&d.heartbeat(&r("a"), 6_000, ts(6_000)), 6_000)
+            .unwrap();
+        assert!(!a2.settled(&r("c")), "d has not removed b");
     }
 
     fn ts(wall_ms: u64) -> Timestamp {

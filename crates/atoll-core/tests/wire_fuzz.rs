@@ -42,6 +42,7 @@ fn valid_heartbeat() -> Heartbeat {
         }),
         frontier,
         stable_age_ms: Some(5),
+        removed: Default::default(),
     }
 }
 
@@ -64,9 +65,10 @@ fn heartbeat() -> impl Strategy<Value = Heartbeat> {
             0..4,
         ),
         proptest::option::of(any::<u64>()),
+        proptest::collection::btree_set(region_name(), 0..3),
     )
         .prop_map(
-            |(from, sent_ms, hlc, echo, frontier, stable_age_ms)| Heartbeat {
+            |(from, sent_ms, hlc, echo, frontier, stable_age_ms, removed)| Heartbeat {
                 from,
                 sent_ms,
                 hlc: Timestamp::new(hlc, 0),
@@ -84,6 +86,7 @@ fn heartbeat() -> impl Strategy<Value = Heartbeat> {
                     })
                     .collect(),
                 stable_age_ms,
+                removed,
             },
         )
 }
@@ -94,6 +97,7 @@ proptest! {
     #[test]
     fn arbitrary_bytes_never_panic_the_decoders(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
         let _ = codec::decode::<Heartbeat>(&bytes);
+        let _ = codec::decode_heartbeat(&bytes);
         let _ = codec::decode::<Subscribe>(&bytes);
         let _ = codec::decode::<Frame>(&bytes);
         let _ = codec::decode::<OpEntry>(&bytes);

@@ -226,7 +226,8 @@ pub fn atoll_error(e: &AtollError) -> Reply {
         AtollError::NotPrimary { .. }
         | AtollError::Fenced { .. }
         | AtollError::Passive { .. }
-        | AtollError::NotAVoter(_) => "READONLY",
+        | AtollError::NotAVoter(_)
+        | AtollError::RegionRemoved(_) => "READONLY",
         AtollError::Unauthorized(_) => "NOAUTH",
         AtollError::Forbidden(_) => "NOPERM",
         AtollError::WrongPolicy { .. } => "WRONGTYPE",

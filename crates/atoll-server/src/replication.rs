@@ -1142,7 +1142,7 @@ async fn heartbeat_handler(
     use axum::response::IntoResponse;
     let auth = auth.as_deref();
     let result = peer::authenticated(&rep.metrics, auth)
-        .and_then(|()| decode_peer_message::<Heartbeat>(&body, "heartbeat"))
+        .and_then(|()| peer_message(codec::decode_heartbeat(&body), "heartbeat"))
         .and_then(|hb| {
             peer::authorize(&rep.metrics, auth, &hb.from)?;
             rep.on_heartbeat(&hb)
@@ -1211,7 +1211,11 @@ async fn subscribe_handler(
 /// Decodes a message from a peer. Bytes that do not decode are the sender's fault (400), not a
 /// damaged data directory, which is what the codec's own error would say.
 fn decode_peer_message<T: serde::de::DeserializeOwned>(body: &[u8], what: &str) -> Result<T> {
-    codec::decode::<T>(body).map_err(|e| match e {
+    peer_message(codec::decode::<T>(body), what)
+}
+
+fn peer_message<T>(decoded: Result<T>, what: &str) -> Result<T> {
+    decoded.map_err(|e| match e {
         AtollError::FormatTooNew { .. } => e,
         other => AtollError::BadRequest(format!("malformed {what}: {other}")),
     })

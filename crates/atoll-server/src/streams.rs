@@ -338,6 +338,7 @@ mod tests {
                 })
                 .collect(),
             stable_age_ms: Some(u64::MAX),
+            removed: Default::default(),
         };
         let hb_len = codec::encode(&hb).expect("encodes").len();
         assert!(

@@ -403,6 +403,7 @@ fn every_error() -> Vec<AtollError> {
         AtollError::BootstrapBehind("x".into()),
         AtollError::Joining("x".into()),
         AtollError::NotAVoter("x".into()),
+        AtollError::RegionRemoved("x".into()),
     ];
     // No wildcard: a new variant fails to compile here until it is added to the list above.
     for e in &all {
@@ -450,6 +451,7 @@ fn every_error() -> Vec<AtollError> {
             | AtollError::BootstrapBehind(_)
             | AtollError::Joining(_)
             | AtollError::NotAVoter(_)
+            | AtollError::RegionRemoved(_)
             | AtollError::NoQuorum { .. }
             | AtollError::RevisionMismatch { .. }
             | AtollError::StrongOutcomeUnknown { .. }

@@ -73,6 +73,7 @@ fn heartbeat() -> Heartbeat {
         echo: None,
         frontier: BTreeMap::new(),
         stable_age_ms: None,
+        removed: Default::default(),
     }
 }
 

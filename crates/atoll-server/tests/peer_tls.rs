@@ -200,6 +200,7 @@ fn heartbeat(from: &str) -> Vec<u8> {
         echo: None,
         frontier: BTreeMap::new(),
         stable_age_ms: None,
+        removed: Default::default(),
     })
     .expect("encode")
 }

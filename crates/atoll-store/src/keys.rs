@@ -103,6 +103,12 @@ pub const META_REGION: &[u8] = b"region";
 /// Metadata key: this region, added to a running cluster, was admitted by every region of its
 /// config (`Store::mark_admitted`; the value is the clock floor it was admitted with, u64 ms).
 pub const META_ADMITTED: &[u8] = b"admitted";
+/// Metadata key: the regions this region removed from the cluster (`store::RemovedRegion` by
+/// name; `docs/design/region-removal.md`).
+pub const META_REMOVED: &[u8] = b"removed";
+/// Metadata key: a peer told this region it was removed from the cluster (`store::RemovedBy`):
+/// it takes no local write any more.
+pub const META_REMOVED_BY: &[u8] = b"removed-by";
 
 #[cfg(test)]
 mod tests {

@@ -14,6 +14,6 @@ pub mod store;
 
 pub use store::{
     BootstrapProgress, ConflictRecord, LateWriteRecord, MaintenanceOutcome, OpsObserver,
-    RemoteOutcome, Store, StoreOptions, StoreStats, TRUNCATE_PER_PASS, Watermark, WriteGate,
-    WriteOutcome, read_applied,
+    RemoteOutcome, RemovedBy, RemovedRegion, Store, StoreOptions, StoreStats, TRUNCATE_PER_PASS,
+    Watermark, WriteGate, WriteOutcome, read_applied,
 };

@@ -224,6 +224,26 @@ pub struct BootstrapProgress {
     pub bytes: u64,
 }
 
+/// A region this region removed from the cluster (meta key `removed`,
+/// `docs/design/region-removal.md`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RemovedRegion {
+    /// When the removal took effect (this region's wall clock, ms).
+    pub at_ms: u64,
+    /// How many of its writes this region held then.
+    pub applied_then: u64,
+}
+
+/// A peer told this region it was removed from the cluster (meta key `removed-by`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RemovedBy {
+    pub by: RegionId,
+    /// When this region learnt it (its wall clock, ms).
+    pub at_ms: u64,
+    /// The most of this region's writes any member said it holds (what the cluster keeps).
+    pub held_by_members: u64,
+}
+
 type Reply = Box<dyn FnOnce(Result<WriteOutcome>) + Send>;
 type RemoteReply = Box<dyn FnOnce(Result<RemoteOutcome>) + Send>;
 type MaintenanceReply = Box<dyn FnOnce(Result<MaintenanceOutcome>) + Send>;
@@ -239,7 +259,15 @@ enum Request {
     Local(LocalWrite),
     Remote {
         entries: Vec<OpEntry>,
+        /// The peer the entries came from (`None`: a tool or test): refused if it was removed.
+        source: Option<RegionId>,
         reply: RemoteReply,
+    },
+    /// Make the removal of a region effective (after everything before it is committed).
+    Remove {
+        region: RegionId,
+        at_ms: u64,
+        reply: Box<dyn FnOnce(Result<u64>) + Send>,
     },
     Maintenance {
         horizon_ms: Option<u64>,
@@ -297,6 +325,12 @@ struct Shared {
     claim_floor_write: Mutex<()>,
     /// `keys::META_ADMITTED` is written (`Store::mark_admitted`).
     admitted: std::sync::atomic::AtomicBool,
+    /// The regions this region removed (mirror of `keys::META_REMOVED`).
+    removed: Mutex<std::collections::BTreeMap<RegionId, RemovedRegion>>,
+    /// Set once a peer told this region it was removed (mirror of `keys::META_REMOVED_BY`).
+    removed_by: Mutex<Option<RemovedBy>>,
+    /// Whether `removed_by` is set (read on every local write).
+    is_removed: std::sync::atomic::AtomicBool,
     /// How far ahead of a claim the floor is set: half of `[cluster] max_clock_offset_ms`, at
     /// most 250 ms (a restarted region stamps at most that far ahead of its last claim).
     claim_lead_ms: u64,
@@ -382,6 +416,14 @@ impl Store {
             Some(raw) => Some(codec::decode::<BootstrapProgress>(&raw)?),
             None => None,
         };
+        let removed = match backend.get(Table::Meta, keys::META_REMOVED)? {
+            Some(raw) => codec::decode(&raw)?,
+            None => Default::default(),
+        };
+        let removed_by = match backend.get(Table::Meta, keys::META_REMOVED_BY)? {
+            Some(raw) => Some(codec::decode::<RemovedBy>(&raw)?),
+            None => None,
+        };
 
         let hlc_wall_ms = hlc.last().wall_ms;
         let shared = Arc::new(Shared {
@@ -402,6 +444,9 @@ impl Store {
             claim_floor: AtomicU64::new(claim_floor),
             claim_floor_write: Mutex::new(()),
             admitted: std::sync::atomic::AtomicBool::new(admitted),
+            removed: Mutex::new(removed),
+            is_removed: std::sync::atomic::AtomicBool::new(removed_by.is_some()),
+            removed_by: Mutex::new(removed_by),
             claim_lead_ms,
             backend,
             region: opts.region.clone(),
@@ -547,8 +592,109 @@ impl Store {
     ) {
         self.enqueue(Request::Remote {
             entries,
+            source: None,
             reply: Box::new(reply),
         });
+    }
+
+    /// As [`Self::submit_remote`], for entries that came from peer `source`: refused
+    /// (`ATOLL-REGION-REMOVED`, nothing applied) once this region has removed `source`
+    /// ([`Self::remove_region`]), so that nothing that came from a removed region is applied
+    /// after its removal took effect, whatever was still in flight.
+    pub fn submit_remote_from(
+        &self,
+        source: RegionId,
+        entries: Vec<OpEntry>,
+        reply: impl FnOnce(Result<RemoteOutcome>) + Send + 'static,
+    ) {
+        self.enqueue(Request::Remote {
+            entries,
+            source: Some(source),
+            reply: Box::new(reply),
+        });
+    }
+
+    /// As [`Self::apply_remote`], for entries from `source` ([`Self::submit_remote_from`]).
+    pub fn apply_remote_from(
+        &self,
+        source: RegionId,
+        entries: Vec<OpEntry>,
+    ) -> Result<RemoteOutcome> {
+        let (tx, rx) = mpsc::sync_channel(1);
+        self.submit_remote_from(source, entries, move |r| {
+            let _ = tx.send(r);
+        });
+        rx.recv().map_err(|_| AtollError::ShuttingDown)?
+    }
+
+    /// Makes the removal of `region` from the cluster effective here, durably, after everything
+    /// queued before it is committed (`docs/design/region-removal.md`): from then on no entry
+    /// that came from `region` is applied ([`Self::submit_remote_from`]), and
+    /// [`Self::replication_view`] lists it (heartbeats announce it). Returns how many of its
+    /// writes this region holds. Idempotent. Blocks until done.
+    pub fn remove_region(&self, region: &RegionId, at_ms: u64) -> Result<u64> {
+        if *region == self.shared.region {
+            return Err(AtollError::Config(format!(
+                "region `{region}` cannot remove itself"
+            )));
+        }
+        let (tx, rx) = mpsc::sync_channel(1);
+        self.enqueue(Request::Remove {
+            region: region.clone(),
+            at_ms,
+            reply: Box::new(move |r| {
+                let _ = tx.send(r);
+            }),
+        });
+        rx.recv().map_err(|_| AtollError::ShuttingDown)?
+    }
+
+    /// The regions this region removed from the cluster.
+    pub fn removed_regions(&self) -> std::collections::BTreeMap<RegionId, RemovedRegion> {
+        self.shared
+            .removed
+            .lock()
+            .map(|m| m.clone())
+            .unwrap_or_default()
+    }
+
+    /// Records, durably, that peer `by` said this region was removed from the cluster: from now
+    /// on, across restarts, every local write is refused (`ATOLL-REGION-REMOVED`). The first
+    /// record stays (later ones change nothing but the count of writes members hold).
+    pub fn mark_removed(&self, by: &RegionId, at_ms: u64, held_by_members: u64) -> Result<()> {
+        let mut slot = self
+            .shared
+            .removed_by
+            .lock()
+            .map_err(|_| AtollError::Storage("removed-by lock poisoned".into()))?;
+        let record = match slot.as_ref() {
+            Some(r) if r.held_by_members >= held_by_members => return Ok(()),
+            Some(r) => RemovedBy {
+                held_by_members,
+                ..r.clone()
+            },
+            None => RemovedBy {
+                by: by.clone(),
+                at_ms,
+                held_by_members,
+            },
+        };
+        self.shared.backend.commit(
+            vec![Mutation::Put(
+                Table::Meta,
+                keys::META_REMOVED_BY.to_vec(),
+                codec::encode(&record)?,
+            )],
+            true,
+        )?;
+        *slot = Some(record);
+        self.shared.is_removed.store(true, Ordering::Release);
+        Ok(())
+    }
+
+    /// Whether (and by whom) this region was told it was removed from the cluster.
+    pub fn removed_by(&self) -> Option<RemovedBy> {
+        self.shared.removed_by.lock().ok().and_then(|r| r.clone())
     }
 
     /// Applies replicated entries and waits (for tools and tests).
@@ -586,6 +732,7 @@ impl Store {
         let refuse = |req: Request, e: AtollError| match req {
             Request::Local(w) => (w.reply)(Err(e)),
             Request::Remote { reply, .. } => reply(Err(e)),
+            Request::Remove { reply, .. } => reply(Err(e)),
             Request::Maintenance { reply, .. } => reply(Err(e)),
             Request::Bootstrap { reply, .. } => reply(Err(e)),
         };
@@ -830,6 +977,12 @@ impl Store {
             watermark_before_ms: wm.before_ms,
             hlc_wall_ms: self.shared.stats.hlc_wall_ms.load(Ordering::Relaxed),
             sealed_head: self.shared.sealed_head.load(Ordering::Acquire),
+            removed: self
+                .shared
+                .removed
+                .lock()
+                .map(|m| m.keys().cloned().collect())
+                .unwrap_or_default(),
         }
     }
 
@@ -1411,12 +1564,28 @@ impl Writer {
                     }
                 }
             }
-            Request::Remote { entries, reply } => {
+            Request::Remote {
+                entries,
+                source,
+                reply,
+            } => {
                 // Staged on its own and kept only if all of it applies: an entry that fails
                 // part-way must leave neither its predecessors' changes nor an advanced cursor
                 // behind (the cursor would skip the re-sent entries for good).
                 if let Err(e) = self.check_not_bootstrapping() {
                     reply(Err(e));
+                    return;
+                }
+                if let Some(source) = source.filter(|s| {
+                    self.shared
+                        .removed
+                        .lock()
+                        .map(|m| m.contains_key(s))
+                        .unwrap_or(true)
+                }) {
+                    reply(Err(AtollError::RegionRemoved(format!(
+                        "entries from `{source}`, which this region removed from the cluster"
+                    ))));
                     return;
                 }
                 let applied_before = self.applied.clone();
@@ -1442,7 +1611,47 @@ impl Writer {
                 self.flush(b);
                 reply(self.bootstrap(step));
             }
+            Request::Remove {
+                region,
+                at_ms,
+                reply,
+            } => {
+                // After everything before it is committed: what came from the region before
+                // its removal is in, nothing that comes from it after is.
+                self.flush(b);
+                reply(self.remove(region, at_ms));
+            }
         }
+    }
+
+    fn remove(&mut self, region: RegionId, at_ms: u64) -> Result<u64> {
+        let mut map = self
+            .shared
+            .removed
+            .lock()
+            .map_err(|_| AtollError::Storage("removed-regions lock poisoned".into()))?;
+        if let Some(r) = map.get(&region) {
+            return Ok(r.applied_then);
+        }
+        let applied_then = self.applied.get(&region);
+        let mut next = map.clone();
+        next.insert(
+            region,
+            RemovedRegion {
+                at_ms,
+                applied_then,
+            },
+        );
+        self.shared.backend.commit(
+            vec![Mutation::Put(
+                Table::Meta,
+                keys::META_REMOVED.to_vec(),
+                codec::encode(&next)?,
+            )],
+            true,
+        )?;
+        *map = next;
+        Ok(applied_then)
     }
 
     /// Encodes the batch's key states, cursors and clock and hands it to the committer (which
@@ -1700,6 +1909,18 @@ impl Writer {
 
     fn apply_local(&mut self, req: &LocalWrite, batch: &mut Batch) -> Result<WriteOutcome> {
         self.check_not_bootstrapping()?;
+        if self.shared.is_removed.load(Ordering::Acquire) {
+            let by = self
+                .shared
+                .removed_by
+                .lock()
+                .ok()
+                .and_then(|r| r.as_ref().map(|r| r.by.to_string()))
+                .unwrap_or_default();
+            return Err(AtollError::RegionRemoved(format!(
+                "`{by}` says this region was removed from the cluster; it takes no writes"
+            )));
+        }
         let ks = self
             .shared
             .keyspaces

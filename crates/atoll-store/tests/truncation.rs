@@ -325,3 +325,95 @@ fn a_write_after_a_bootstrap_is_stamped_above_what_the_snapshot_held() {
     );
     drop(backend);
 }
+
+/// A removal takes effect after what was queued before it, refuses everything that comes from
+/// the removed region afterwards (relays of its writes from others still apply), and survives a
+/// restart; a region told it was removed takes no local write, across restarts too
+/// (`docs/design/region-removal.md`).
+#[test]
+fn a_removal_refuses_what_comes_from_the_removed_region_and_survives_a_restart() {
+    for (name, backend, _dir) in backends() {
+        let clock = Arc::new(ManualClock::new(T0));
+        let g = open(Arc::new(MemBackend::default()), "g", &clock);
+        for i in 0..4 {
+            put(&g, &format!("k{i}"), "v");
+        }
+        let from_g = |a: u64, b: u64| g.oplog(&region("g"), a, (b - a + 1) as usize).expect("log");
+        let a = open(backend(), "a", &clock);
+        a.apply_remote_from(region("g"), from_g(1, 2))
+            .expect("apply");
+        // Queued before the removal: applied before it takes effect.
+        let (tx, rx) = std::sync::mpsc::channel();
+        a.submit_remote_from(region("g"), from_g(3, 3), move |r| {
+            let _ = tx.send(r.is_ok());
+        });
+        assert_eq!(
+            a.remove_region(&region("g"), T0).expect("remove"),
+            3,
+            "{name}"
+        );
+        assert!(rx.recv().expect("reply"), "{name}");
+        assert!(
+            a.replication_view().removed.contains(&region("g")),
+            "{name}"
+        );
+        // From g itself: refused, nothing applied. Relayed by another member: applied.
+        let e = a
+            .apply_remote_from(region("g"), from_g(4, 4))
+            .expect_err("from a removed region");
+        assert_eq!(e.code(), "ATOLL-REGION-REMOVED", "{name}");
+        assert_eq!(a.applied().get(&region("g")), 3, "{name}");
+        a.apply_remote_from(region("b"), from_g(4, 4))
+            .expect("relay");
+        assert_eq!(a.applied().get(&region("g")), 4, "{name}");
+        assert_eq!(
+            a.remove_region(&region("g"), T0 + 5).expect("again"),
+            3,
+            "{name}"
+        );
+        assert!(a.remove_region(&region("a"), T0).is_err(), "{name}: itself");
+        drop(a);
+        let a = open(backend(), "a", &clock);
+        assert_eq!(
+            a.removed_regions()
+                .get(&region("g"))
+                .map(|r| (r.at_ms, r.applied_then)),
+            Some((T0, 3)),
+            "{name}"
+        );
+        assert!(
+            a.apply_remote_from(region("g"), from_g(4, 4)).is_err(),
+            "{name}"
+        );
+
+        // The removed region's side: told it was removed, it takes no local write.
+        put(&a, "before", "v");
+        a.mark_removed(&region("b"), T0, 7).expect("mark");
+        let e = a
+            .write(
+                "sessions",
+                b"after",
+                Intent::Put {
+                    value: b"v".to_vec(),
+                    context: None,
+                    ttl: atoll_core::op::Ttl::Default,
+                },
+            )
+            .expect_err("removed");
+        assert!(matches!(e, AtollError::RegionRemoved(_)), "{name}: {e}");
+        drop(a);
+        let a = open(backend(), "a", &clock);
+        let by = a.removed_by().expect("durable");
+        assert_eq!((by.by, by.held_by_members), (region("b"), 7), "{name}");
+        assert_eq!(
+            value(&a, "before"),
+            Some(b"v".to_vec()),
+            "{name}: reads still served"
+        );
+        assert!(
+            a.write("hits", b"c", Intent::CounterAdd { delta: 1 })
+                .is_err(),
+            "{name}"
+        );
+    }
+}

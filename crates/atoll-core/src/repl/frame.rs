@@ -88,6 +88,7 @@ mod tests {
             echo: None,
             frontier: BTreeMap::new(),
             stable_age_ms: Some(3),
+            removed: Default::default(),
         })
     }
 

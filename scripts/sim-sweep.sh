@@ -21,7 +21,7 @@ status=0
 ATOLL_SIM_FIRST_SEED=$first ATOLL_SIM_SEEDS=$n ATOLL_SIM_JOBS=$jobs \
   cargo test --release --locked -p atoll-sim --test seeds -- --exact seeds --nocapture \
   >"$log" 2>&1 || status=$?
-grep -E 'SIMULATION FAILURE|^seed [0-9]+ \(|replay:|seeds on|writes_acked|crashes|partitions|one_way_cuts|skews|tombstones_collected|oplog_truncated|slowest|promotions|switchovers|writes_refused_fencing|late_refused|old_epoch_merged|topologies|smallest gap|lacked more|session reads|joins|joiner|test result' "$log" || true
+grep -E 'SIMULATION FAILURE|^seed [0-9]+ \(|replay:|seeds on|writes_acked|crashes|partitions|one_way_cuts|skews|tombstones_collected|oplog_truncated|slowest|promotions|switchovers|writes_refused_fencing|late_refused|old_epoch_merged|topologies|smallest gap|lacked more|session reads|joins|joiner|removals|removed_|test result' "$log" || true
 if [ "$status" -ne 0 ]; then
   echo "== sweep FAILED (exit $status): replay each failing seed with the command printed above"
 else

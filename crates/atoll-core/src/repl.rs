@@ -1550,6 +1550,13 @@ mod tests {
         // b has not removed c: c's writes are not settled, and a asks b for them.
         assert!(!a.settled(&r("c")));
         assert!(a.wanted_subscriptions(3_000)[&r("b")].contains(&r("c")));
+        {
+            // Holding as many of c's writes as b is not enough while b may still take more.
+            let (mut a3, mut b3) = (a.clone(), b.clone());
+            a3.on_applied(&r("c"), 4);
+            gossip(&mut [&mut a3, &mut b3], 3_500);
+            assert!(!a3.settled(&r("c")), "b has not removed c");
+        }
         let before = a.tombstone_horizon_ms(3_000);
         assert!(
             before.is_some_and(|h| h <= 1_000),

@@ -267,6 +267,21 @@ pub struct History {
 }
 
 impl History {
+    /// `origin`'s acknowledged writes with a sequence number above `held` leave the write lists
+    /// (a removed region's writes no member received, `docs/design/region-removal.md`).
+    /// Returns how many.
+    pub fn set_writes_aside_after(&mut self, origin: &RegionId, held: u64) -> usize {
+        let before = self.acked();
+        let keep = |o: &RegionId, s: u64| o != origin || s <= held;
+        self.lww.retain(|w| keep(&w.origin, w.seq));
+        self.mvr.retain(|w| keep(&w.origin, w.seq));
+        self.counters.retain(|w| keep(&w.origin, w.seq));
+        self.sets.retain(|w| keep(&w.origin, w.seq));
+        self.admits.retain(|w| keep(&w.origin, w.seq));
+        self.skewed_writes.retain(|(o, s)| keep(o, *s));
+        before - self.acked()
+    }
+
     /// Number of acknowledged writes.
     pub fn acked(&self) -> usize {
         self.lww.len() + self.mvr.len() + self.counters.len() + self.sets.len() + self.admits.len()

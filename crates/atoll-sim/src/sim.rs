@@ -167,6 +167,9 @@ enum Event {
     Join,
     /// Region `r` adds the joining region to its peers (its config reload).
     AddPeer(usize),
+    /// Region `r` removes the removed region from its peers (its config reload,
+    /// [`SimOptions::remove`]).
+    RemovePeer(usize),
 }
 
 struct Scheduled {
@@ -247,6 +250,15 @@ struct Joiner {
     phases: (u64, u64),
 }
 
+/// The region removed from the running cluster ([`SimOptions::remove`]).
+struct Removal {
+    /// Its index (the last region).
+    r: usize,
+    /// Per region: whether it has removed it (a region down at its `RemovePeer` removes it when
+    /// it starts again: its config no longer lists it).
+    removed: Vec<bool>,
+}
+
 /// A simulated cluster.
 pub struct Sim {
     seed: u64,
@@ -277,6 +289,8 @@ pub struct Sim {
     session_rng: SimRng,
     /// The region added to the running cluster, if the run adds one.
     joiner: Option<Joiner>,
+    /// The region removed from the running cluster, if the run removes one.
+    removal: Option<Removal>,
 }
 
 /// Mixed into the seed of the session clients' RNG (any constant: a stream apart from the run's).
@@ -338,6 +352,7 @@ impl Sim {
             sessions: Vec::new(),
             session_rng: SimRng::seed_from_u64(seed ^ SESSION_RNG_STREAM),
             joiner: None,
+            removal: None,
             opts,
         };
         if sim.opts.join {
@@ -350,6 +365,12 @@ impl Sim {
                 admitted: false,
                 knows,
                 phases: (0, 0),
+            });
+        }
+        if sim.opts.remove && !sim.opts.join {
+            sim.removal = Some(Removal {
+                r: n - 1,
+                removed: vec![false; n],
             });
         }
         sim.fencing_init();
@@ -377,6 +398,16 @@ impl Sim {
             let lo = (max - b - 50).max(b);
             sim.regions[r].base_offset_ms = -sim.rng.random_range(b..=lo);
         }
+        if let Some(r) = sim.removal.as_ref().map(|rm| rm.r) {
+            // Each region reloads a config without it at a time of its own during the chaos.
+            let last = sim.opts.chaos_ms.max(2_000);
+            for q in 0..n {
+                if q != r {
+                    let at = sim.rng.random_range(1_000..=last);
+                    sim.schedule(at, Event::RemovePeer(q));
+                }
+            }
+        }
         sim.fencing_schedule();
         Ok(sim)
     }
@@ -393,12 +424,74 @@ impl Sim {
             .is_some_and(|j| j.r == r && !j.admitted)
     }
 
-    /// Whether region `at` has the joining region `j` among its peers (every other pair: yes).
+    /// Whether region `at` has region `j` among its peers: the joining region only once `at`
+    /// added it, the removed region only until `at` removed it (every other pair: yes).
     pub(crate) fn knows(&self, at: usize, j: usize) -> bool {
+        if self
+            .removal
+            .as_ref()
+            .is_some_and(|rm| rm.r == j && rm.removed[at])
+        {
+            return false;
+        }
         match &self.joiner {
             Some(jn) if jn.r == j => jn.knows[at],
             _ => true,
         }
+    }
+
+    /// Whether region `q` is a member at the end of the run (every region but the removed one).
+    pub(crate) fn member(&self, q: usize) -> bool {
+        self.removal.as_ref().is_none_or(|rm| rm.r != q)
+    }
+
+    /// The removed region's index and id, if the run removes one.
+    pub(crate) fn removed_region(&self) -> Option<(usize, RegionId)> {
+        self.removal
+            .as_ref()
+            .map(|rm| (rm.r, self.ids[rm.r].clone()))
+    }
+
+    /// Region `q` removes the removed region: its driver first (no heartbeat to it, its
+    /// subscriptions end), the streams it serves to it end, then the store makes the removal
+    /// effective, as the server's reload does.
+    fn on_remove_peer(&mut self, q: usize) -> Result<(), Violation> {
+        let Some((r, id)) = self.removed_region() else {
+            return Ok(());
+        };
+        if let Some(rm) = self.removal.as_mut() {
+            rm.removed[q] = true;
+        }
+        self.stats.removals += 1;
+        self.trace.line(self.now, || {
+            format!("{} removes {id} from the cluster", self.ids[q])
+        });
+        // A region that is down removes it when it starts (`start_region_with_phases`).
+        if !self.is_up(q) {
+            return Ok(());
+        }
+        let gone = id.clone();
+        self.drive(q, move |d, _, _| {
+            d.remove_peer(&gone);
+            Vec::new()
+        })?;
+        self.streams.retain(|(p, s, _), _| !(*p == q && *s == r));
+        self.make_removal_effective(q)
+    }
+
+    /// Region `q`'s store makes the removal effective (idempotent), and its core learns it.
+    pub(crate) fn make_removal_effective(&mut self, q: usize) -> Result<(), Violation> {
+        let Some((_, id)) = self.removed_region() else {
+            return Ok(());
+        };
+        let at = self.local_ms(q);
+        if let Some(node) = self.regions[q].node.as_ref() {
+            node.store
+                .remove_region(&id, at)
+                .map_err(|e| Violation::new(Invariant::Harness, format!("cannot remove: {e}")))?;
+        }
+        self.sync_core(q);
+        Ok(())
     }
 
     /// The peers region `r`'s driver starts with: everyone, but the joining region only once
@@ -410,11 +503,13 @@ impl Sim {
             .collect()
     }
 
-    /// The regions every region shares split budgets with: the founding ones (an added region
-    /// is a replica and gets no share, as `atoll-config` divides them among the voters).
+    /// The regions every region shares split budgets with: the voters (an added region, and the
+    /// region a run removes, are replicas and get no share, as `atoll-config` divides them among
+    /// the voters).
     pub(crate) fn voters(&self) -> Vec<RegionId> {
         (0..self.ids.len())
             .filter(|&q| self.joiner.as_ref().is_none_or(|j| j.r != q))
+            .filter(|&q| self.member(q))
             .map(|q| self.ids[q].clone())
             .collect()
     }
@@ -631,13 +726,33 @@ impl Sim {
 
     /// Whether every region is up with the same applied vector (hence each has everything every
     /// other region wrote).
+    ///
+    /// With a region removed, the members only, and each of them must also consider the removed
+    /// region's writes settled (`ReplCore::settled`): every member removed it and holds as many
+    /// of its writes, so the tombstone horizon no longer waits for it.
     pub fn converged(&self) -> bool {
         let Some(first) = self.regions[0].node.as_ref().map(|n| n.store.applied()) else {
             return false;
         };
-        self.regions[1..]
-            .iter()
-            .all(|r| r.node.as_ref().is_some_and(|n| n.store.applied() == first))
+        let removed = self.removed_region();
+        (1..self.regions.len())
+            .filter(|&q| self.member(q))
+            .all(|q| {
+                self.regions[q]
+                    .node
+                    .as_ref()
+                    .is_some_and(|n| n.store.applied() == first)
+            })
+            && removed.is_none_or(|(_, id)| {
+                (0..self.regions.len())
+                    .filter(|&q| self.member(q))
+                    .all(|q| {
+                        self.regions[q]
+                            .node
+                            .as_ref()
+                            .is_some_and(|n| n.driver.core().settled(&id))
+                    })
+            })
     }
 
     /// Runs until [`Sim::converged`], for at most `max_ms`; returns how long it took.
@@ -691,6 +806,7 @@ impl Sim {
             ));
         }
         let took = self.run_until_converged(self.opts.converge_deadline_ms)?;
+        self.set_removed_writes_aside();
         self.check_all()?;
         Ok(took)
     }
@@ -700,6 +816,9 @@ impl Sim {
         let harness = |e: AtollError| Violation::new(Invariant::Harness, e.to_string());
         let mut out = Vec::new();
         for (i, reg) in self.regions.iter().enumerate() {
+            if !self.member(i) {
+                continue;
+            }
             let Some(node) = &reg.node else {
                 return Err(Violation::new(
                     Invariant::Convergence,
@@ -741,6 +860,27 @@ impl Sim {
         check::skewed_writes_converged(&views, &self.history)?;
         check::epochs_in_order(&self.history.stamps)?;
         Ok(())
+    }
+
+    /// The removed region's acknowledged writes that no member holds (all members hold the
+    /// same number once converged) leave the history: the design sets them aside
+    /// (`docs/design/region-removal.md`). Those the members hold stay, and must be intact.
+    fn set_removed_writes_aside(&mut self) {
+        let Some((_, id)) = self.removed_region() else {
+            return;
+        };
+        let Some(held) = self.regions[0]
+            .node
+            .as_ref()
+            .map(|n| n.store.applied().get(&id))
+        else {
+            return;
+        };
+        let n = self.history.set_writes_aside_after(&id, held);
+        self.stats.removed_writes_set_aside += n as u64;
+        self.trace.line(self.now, || {
+            format!("{n} writes of {id} past {held} set aside (no member received them)")
+        });
     }
 
     // ----- internals -----
@@ -833,6 +973,7 @@ impl Sim {
             Event::Operator => self.on_operator(),
             Event::Join => self.on_join()?,
             Event::AddPeer(q) => self.on_add_peer(q)?,
+            Event::RemovePeer(q) => self.on_remove_peer(q)?,
         }
         Ok(())
     }

@@ -890,3 +890,27 @@ fn a_region_added_while_running_is_admitted_and_the_cluster_converges() {
     assert_eq!(admitted, 5, "every added region was admitted");
     assert!(refused > 0, "no write was ever refused before an admission");
 }
+
+/// A region removed from the running cluster (`docs/design/region-removal.md`), under the random
+/// writes and faults of a full run: every other region removes it at a time of its own (some
+/// while down), it learns it was removed from the refusals of its heartbeats and takes no writes
+/// after, its writes the members hold converge everywhere, the rest are set aside, its writes
+/// settle (the horizon moves on without it), and every invariant holds among the members.
+#[test]
+fn a_region_removed_while_running_settles_and_the_members_converge() {
+    let mut told = 0;
+    for (seed, n) in [(21, 3), (22, 4), (23, 5), (24, 3), (25, 4)] {
+        let opts = SimOptions {
+            remove: true,
+            ..SimOptions::default()
+        };
+        let out = atoll_sim::run_seed(seed, n, opts).unwrap_or_else(|f| panic!("{f}"));
+        assert_eq!(
+            out.stats.removals,
+            n as u64 - 1,
+            "seed {seed}: every member removed it"
+        );
+        told += out.stats.removed_told;
+    }
+    assert!(told > 0, "the removed region never learnt it was removed");
+}

@@ -64,6 +64,13 @@ pub struct SimOptions {
     /// one by one at random times after (their config reloads), and it takes writes only once
     /// admitted. Its random draws are made only when on, so runs without it are unchanged.
     pub join: bool,
+    /// Removing a region from the running cluster (`docs/design/region-removal.md`): the last
+    /// region is a replica; during the chaos phase every other region removes it at a random
+    /// time of its own (its config reload, or at its next start if it is down then). The removed
+    /// region runs on, learns it was removed from the refusals of its heartbeats and takes no
+    /// writes after; what no member received of its writes is set aside (leaves the history).
+    /// Not with `join`. Its random draws are made only when on.
+    pub remove: bool,
 }
 
 impl Stats {
@@ -121,6 +128,10 @@ impl Stats {
             joiner_bootstraps,
             joiner_writes_refused,
             joiners_admitted,
+            removals,
+            removed_told,
+            removed_writes_set_aside,
+            removed_applies_refused,
         } = other;
         self.events += events;
         self.writes_acked += writes_acked;
@@ -173,6 +184,10 @@ impl Stats {
         self.joiner_bootstraps += joiner_bootstraps;
         self.joiner_writes_refused += joiner_writes_refused;
         self.joiners_admitted += joiners_admitted;
+        self.removals += removals;
+        self.removed_told += removed_told;
+        self.removed_writes_set_aside += removed_writes_set_aside;
+        self.removed_applies_refused += removed_applies_refused;
     }
 }
 
@@ -203,6 +218,7 @@ impl Default for SimOptions {
             session_wait_ms: 500,
             session_check: true,
             join: false,
+            remove: false,
         }
     }
 }
@@ -309,6 +325,15 @@ pub struct Stats {
     pub joiner_writes_refused: u64,
     /// Added regions admitted (they take writes from then on).
     pub joiners_admitted: u64,
+    /// Removals of a region by a member ([`SimOptions::remove`]).
+    pub removals: u64,
+    /// Heartbeats of the removed region refused as removed (it learns it was removed).
+    pub removed_told: u64,
+    /// Acknowledged writes of the removed region no member received: set aside.
+    pub removed_writes_set_aside: u64,
+    /// Replicated batches from the removed region a member's store refused after the removal
+    /// took effect (in flight when it was removed).
+    pub removed_applies_refused: u64,
 }
 
 /// A successful run.
@@ -386,6 +411,8 @@ pub fn plan_for_seed(seed: u64) -> (usize, SimOptions) {
                 n,
                 SimOptions {
                     join: bit(6),
+                    // A quarter of them remove their last region while running.
+                    remove: !bit(6) && bit(7),
                     ..SimOptions::default()
                 },
             );

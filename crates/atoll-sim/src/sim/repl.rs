@@ -56,6 +56,18 @@ impl Sim {
                 format!("cannot open the store of {}: {e}", reg.id),
             )
         })?;
+        // A region that removed the removed region while it was down reads a config without
+        // it now: the removal takes effect before its driver starts.
+        if let Some((_, gone)) = self
+            .removal
+            .as_ref()
+            .filter(|rm| rm.removed[r])
+            .map(|rm| (rm.r, self.ids[rm.r].clone()))
+        {
+            store.remove_region(&gone, now.wall_ms).map_err(|e| {
+                Violation::new(Invariant::Harness, format!("cannot remove {gone}: {e}"))
+            })?;
+        }
         let local = store.replication_view();
         let driver = ReplDriver::new(reg.id.clone(), peers, cfg, &local, now);
         reg.node = Some(Node {
@@ -226,6 +238,11 @@ impl Sim {
                 from,
                 refusal: atoll_core::repl::Refusal::NotAPeer(_),
             } if self.index_of(&from).is_some_and(|j| !self.knows(r, j)) => {}
+            // The removed region's heartbeats reach regions that removed it (which tells it).
+            Notice::HeartbeatRefused {
+                from,
+                refusal: atoll_core::repl::Refusal::Removed(_),
+            } if self.index_of(&from).is_some_and(|j| !self.knows(r, j)) => {}
             Notice::HeartbeatRefused { from, refusal } => {
                 // Every simulated region is honest: a refused heartbeat is a false alarm.
                 let v = Violation::new(
@@ -330,6 +347,22 @@ impl Sim {
             }
             Err(e) => Err(e.to_string()),
         }
+    }
+
+    /// Region `from`'s heartbeat was refused by `to` as coming from a removed region: the
+    /// server's answer (`410 ATOLL-REGION-REMOVED` with how many of its writes `to` holds) tells
+    /// it, and from then on its store takes no local write.
+    fn told_removed(&mut self, from: usize, to: usize) -> Result<(), Violation> {
+        let held = self.applied(to).get(&self.ids[from]);
+        let at = self.local_ms(from);
+        let by = self.ids[to].clone();
+        if let Some(node) = self.regions[from].node.as_ref() {
+            node.store.mark_removed(&by, at, held).map_err(|e| {
+                Violation::new(Invariant::Harness, format!("cannot mark removed: {e}"))
+            })?;
+            self.stats.removed_told += 1;
+        }
+        Ok(())
     }
 
     pub(super) fn index_of(&self, id: &RegionId) -> Option<usize> {
@@ -511,13 +544,18 @@ impl Sim {
                         self.execute(to, cmds)?;
                         self.reschedule_tick(to);
                     }
-                    Err(refusal) => self.notice(
-                        to,
-                        Notice::HeartbeatRefused {
-                            from: hb.from,
-                            refusal,
-                        },
-                    ),
+                    Err(refusal) => {
+                        if matches!(refusal, atoll_core::repl::Refusal::Removed(_)) {
+                            self.told_removed(from, to)?;
+                        }
+                        self.notice(
+                            to,
+                            Notice::HeartbeatRefused {
+                                from: hb.from,
+                                refusal,
+                            },
+                        )
+                    }
                 }
             }
             Msg::Subscribe { id, request } => {
@@ -651,12 +689,26 @@ impl Sim {
             });
         };
         let before = node.store.applied();
-        let out = node.store.apply_remote(entries.clone()).map_err(|e| {
-            Violation::new(
-                Invariant::Harness,
-                format!("apply_remote at {me} failed: {e}"),
-            )
-        })?;
+        let out = match node
+            .store
+            .apply_remote_from(self.ids[from].clone(), entries.clone())
+        {
+            Ok(out) => out,
+            // In flight from the removed region when the removal took effect: refused whole.
+            Err(e @ AtollError::RegionRemoved(_)) => {
+                self.stats.removed_applies_refused += 1;
+                return Ok(ApplyReport {
+                    failed: Some(e.to_string()),
+                    ..ApplyReport::default()
+                });
+            }
+            Err(e) => {
+                return Err(Violation::new(
+                    Invariant::Harness,
+                    format!("apply_remote at {me} failed: {e}"),
+                ));
+            }
+        };
         let after = node.store.applied();
         for e in &entries {
             if e.seq > before.get(&e.origin)

@@ -1,0 +1,458 @@
+//! End-to-end: removing a replica from a running cluster (`docs/design/region-removal.md`), on
+//! real region processes.
+//!
+//! Three voters and a replica (`voter = false`, in the config from the start) take writes and
+//! converge. The replica is SIGKILLed: while it is away every region keeps in its operation log
+//! what the replica has not applied (truncation stops exactly there). The three reload a config
+//! without it (SIGHUP), one at a time: each shows it removed at once, and its writes settled
+//! once all three have; truncation then moves past what the replica never applied, and writes
+//! keep flowing between the three. The replica, restarted on its old data directory with its old
+//! config, is told it was removed (its heartbeats are answered `410 ATOLL-REGION-REMOVED`): its
+//! `/healthz` says `removed` (503), it refuses writes (410), and it still serves reads. A reload
+//! that puts the removed region back is refused (its name is never reused), and so is a reload
+//! that removes a voter.
+//!
+//! At the shipped defaults (mutual TLS between regions, heartbeats every 1 s, maintenance every
+//! 5 s), but for `[replication] oplog_retention = "0s"`, so that truncation is seen within the
+//! test (the rule under test, nothing leaves a log before every member applied it, does not
+//! depend on the retention). Every wait is a poll with a deadline.
+
+use crate::common;
+
+use anyhow::{Context, Result, ensure};
+use atoll_testkit::{Client, Cluster, ClusterOptions, poll};
+use common::{BIN, metric, ok};
+use std::collections::BTreeMap;
+use std::ops::ControlFlow;
+use std::time::Duration;
+
+const US: &str = "us-east-1";
+const EU: &str = "eu-west-1";
+const AP: &str = "ap-southeast-1";
+/// The replica that is removed.
+const SA: &str = "sa-east-1";
+const VOTERS: [&str; 3] = [US, EU, AP];
+const WAIT: Duration = Duration::from_secs(60);
+const TICK: Duration = Duration::from_millis(250);
+
+fn sighup(c: &Cluster, region: &str) -> Result<()> {
+    let pid = c
+        .region(region)
+        .pid()
+        .with_context(|| format!("{region} is not running"))?;
+    let st = std::process::Command::new("kill")
+        .args(["-HUP", &pid.to_string()])
+        .status()
+        .context("run kill -HUP")?;
+    ensure!(st.success(), "kill -HUP {pid} failed: {st}");
+    Ok(())
+}
+
+/// `text` without the `[[regions]]` table of `name` (every other line as it was).
+fn without_region(text: &str, name: &str) -> String {
+    let mut out = Vec::new();
+    let mut section: Vec<&str> = Vec::new();
+    let flush = |section: &mut Vec<&str>, out: &mut Vec<String>| {
+        let drop = section.first() == Some(&"[[regions]]")
+            && section
+                .iter()
+                .any(|l| l.trim() == format!("name = \"{name}\""));
+        if !drop {
+            out.extend(section.iter().map(|l| l.to_string()));
+        }
+        section.clear();
+    };
+    for line in text.lines() {
+        if line.starts_with('[') {
+            flush(&mut section, &mut out);
+        }
+        section.push(line);
+    }
+    flush(&mut section, &mut out);
+    out.join("\n") + "\n"
+}
+
+/// A region's applied vector, by origin.
+async fn applied(c: &Client) -> Result<BTreeMap<String, u64>> {
+    let s = c.status().await?;
+    Ok(s["replication"]["applied"]
+        .as_object()
+        .context("replication.applied")?
+        .iter()
+        .map(|(o, n)| (o.clone(), n.as_u64().unwrap_or(0)))
+        .collect())
+}
+
+/// `replication.oplog_truncated_through` of a region's status, by origin.
+async fn truncated(c: &Client) -> Result<BTreeMap<String, u64>> {
+    let s = c.status().await?;
+    Ok(s["replication"]["oplog_truncated_through"]
+        .as_object()
+        .map(|m| {
+            m.iter()
+                .map(|(o, n)| (o.clone(), n.as_u64().unwrap_or(0)))
+                .collect()
+        })
+        .unwrap_or_default())
+}
+
+/// Waits until, at every voter, `done(origin, truncated through)` holds for every origin of the
+/// four (an error ends the wait).
+async fn wait_truncated(
+    c: &Cluster,
+    what: &str,
+    done: impl Fn(&str, u64) -> Result<bool>,
+) -> Result<()> {
+    for r in VOTERS {
+        let cl = c.client(r);
+        poll(WAIT, TICK, what, || async {
+            let t = truncated(&cl).await?;
+            let mut short = Vec::new();
+            for o in [US, EU, AP, SA] {
+                let through = t.get(o).copied().unwrap_or(0);
+                if !done(o, through).with_context(|| format!("at {r}"))? {
+                    short.push(format!("{o} through {through}"));
+                }
+            }
+            Ok(if short.is_empty() {
+                ControlFlow::Break(())
+            } else {
+                ControlFlow::Continue(format!("{r} truncated {}", short.join(", ")))
+            })
+        })
+        .await?;
+    }
+    Ok(())
+}
+
+/// Waits until every region in `regions` has applied `want` (per origin, at least).
+async fn wait_applied(c: &Cluster, regions: &[&str], want: &BTreeMap<String, u64>) -> Result<()> {
+    for r in regions {
+        let cl = c.client(r);
+        poll(WAIT, TICK, "replication", || async {
+            let have = applied(&cl).await?;
+            let short: Vec<String> = want
+                .iter()
+                .filter(|(o, n)| have.get(*o).copied().unwrap_or(0) < **n)
+                .map(|(o, n)| format!("{o} {} of {n}", have.get(o).copied().unwrap_or(0)))
+                .collect();
+            Ok(if short.is_empty() {
+                ControlFlow::Break(())
+            } else {
+                ControlFlow::Continue(format!("{r} short of {}", short.join(", ")))
+            })
+        })
+        .await?;
+    }
+    Ok(())
+}
+
+/// The entry of `region` in a region's `membership.removed`, if any.
+async fn removed_entry(c: &Client, region: &str) -> Result<Option<serde_json::Value>> {
+    let s = c.status().await?;
+    Ok(s["membership"]["removed"]
+        .as_array()
+        .context("membership.removed")?
+        .iter()
+        .find(|r| r["region"] == region)
+        .cloned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_removed_by_reload_settles_frees_the_logs_and_is_told_it_was_removed() {
+    let mut c = ok(Cluster::start(
+        BIN,
+        4,
+        ClusterOptions::new("removing")
+            .heartbeat_interval_ms(atoll_config::DEFAULT_HEARTBEAT_INTERVAL_MS)
+            .oplog_retention("0s")
+            .replica(SA),
+    ));
+    ok(removed(&mut c).await);
+}
+
+async fn removed(c: &mut Cluster) -> Result<()> {
+    let sa = c.client(SA);
+    // The replica is in the config from the start: admitted once every region has heard it.
+    poll(WAIT, TICK, "the replica admitted", || async {
+        let s = sa.status().await?;
+        Ok(if s["membership"]["admitted"] == true {
+            ControlFlow::Break(())
+        } else {
+            ControlFlow::Continue(s["membership"].to_string())
+        })
+    })
+    .await?;
+    // Writes at every region, a delete among them; all four converge.
+    for r in VOTERS.iter().chain([&SA]) {
+        let cl = c.client(r);
+        for i in 0..3 {
+            cl.kv_put("sessions", &format!("{r}-{i}"), format!("v{i}"), None)
+                .await?;
+        }
+        cl.kv_del("sessions", &format!("{r}-0"), None).await?;
+    }
+    let mut heads = BTreeMap::new();
+    for r in VOTERS.iter().chain([&SA]) {
+        heads.insert(
+            r.to_string(),
+            applied(&c.client(r)).await?.get(*r).copied().unwrap_or(0),
+        );
+    }
+    wait_applied(c, &[US, EU, AP, SA], &heads).await?;
+    let sa_head = heads[SA];
+    // Every region truncates its logs up to the newest entry of each origin (it keeps that one):
+    // so the replica has told every region, by a heartbeat, that it holds all of it.
+    wait_truncated(
+        c,
+        "truncation before the kill",
+        |o, t| Ok(t == heads[o] - 1),
+    )
+    .await?;
+
+    // The replica dies. What the others write from now on, it never applies.
+    c.kill9(SA)?;
+    for r in VOTERS {
+        let cl = c.client(r);
+        for i in 0..3 {
+            cl.kv_put("sessions", &format!("after-{r}-{i}"), format!("w{i}"), None)
+                .await?;
+        }
+        cl.kv_del("sessions", &format!("after-{r}-0"), None).await?;
+    }
+    let mut heads_after = BTreeMap::new();
+    for r in VOTERS {
+        let head = applied(&c.client(r)).await?.get(r).copied().unwrap_or(0);
+        ensure!(head >= heads[r] + 4, "{r} wrote too little: {head}");
+        heads_after.insert(r.to_string(), head);
+    }
+    wait_applied(c, &VOTERS, &heads_after).await?;
+    // Its absence holds truncation back: every region has applied the new entries (and keeps
+    // no retention), yet none truncates past what the replica applied, also once each has
+    // noticed the replica is gone (several heartbeat intervals, and maintenance passes, later).
+    let held_back = |o: &str, t: u64| {
+        ensure!(
+            t <= heads[o],
+            "truncated {o} through {t}, past the {} the absent replica applied",
+            heads[o]
+        );
+        Ok(true)
+    };
+    wait_truncated(c, "truncation held back", held_back).await?;
+    for r in VOTERS {
+        let cl = c.client(r);
+        poll(WAIT, TICK, "the replica unreachable", || async {
+            let s = cl.status().await?;
+            let p = atoll_testkit::cluster::peer_status(&s, SA).cloned();
+            Ok(match p {
+                Some(p) if p["reachable"] == false => ControlFlow::Break(()),
+                other => ControlFlow::Continue(format!("{r}: {other:?}")),
+            })
+        })
+        .await?;
+    }
+    wait_truncated(c, "truncation held back", held_back).await?;
+
+    // The three reload a config without the replica, one at a time.
+    let four = std::fs::read_to_string(c.config_path())?;
+    let old_path = c.dir().join("atoll-with-sa.toml");
+    std::fs::write(&old_path, &four)?;
+    let three = without_region(&four, SA);
+    ensure!(
+        !three.contains(SA) && three.matches("[[regions]]").count() == 3,
+        "{three}"
+    );
+    std::fs::write(c.config_path(), &three)?;
+    let mut reloaded: Vec<&str> = Vec::new();
+    for r in VOTERS {
+        sighup(c, r)?;
+        reloaded.push(r);
+        let cl = c.client(r);
+        poll(WAIT, TICK, "removed", || async {
+            let e = removed_entry(&cl, SA).await?;
+            Ok(match e {
+                Some(e) if e["effective"] == true => ControlFlow::Break(()),
+                other => ControlFlow::Continue(format!("{r}: {other:?}")),
+            })
+        })
+        .await?;
+        ensure!(
+            c.region(r)
+                .log()
+                .contains("region removed from the cluster"),
+            "{r}'s log does not say it removed {SA}"
+        );
+        let s = cl.status().await?;
+        let regions = s["membership"]["regions"].to_string();
+        ensure!(!regions.contains(SA), "{r}'s regions: {regions}");
+        // Not settled while a region has not reloaded: it names them.
+        if reloaded.len() < VOTERS.len() {
+            let e = removed_entry(&cl, SA).await?.context("removed entry")?;
+            ensure!(e["settled"] == false, "{r}: settled too early: {e}");
+            let waiting = e["waiting_for"].to_string();
+            for other in VOTERS.iter().filter(|o| !reloaded.contains(o)) {
+                ensure!(
+                    waiting.contains(other),
+                    "{r} waits for {waiting}, not {other}"
+                );
+            }
+            ensure!(
+                metric(
+                    &cl,
+                    &format!("atoll_removed_region_settled{{region=\"{SA}\"}}")
+                )
+                .await?
+                    == 0.0
+            );
+        }
+    }
+    // All three reloaded: the replica's writes are settled everywhere.
+    for r in VOTERS {
+        let cl = c.client(r);
+        poll(WAIT, TICK, "settled", || async {
+            let e = removed_entry(&cl, SA).await?;
+            let gauge = metric(
+                &cl,
+                &format!("atoll_removed_region_settled{{region=\"{SA}\"}}"),
+            )
+            .await?;
+            Ok(match e {
+                Some(e) if e["settled"] == true && gauge == 1.0 => {
+                    ensure!(e["applied_seq"] == sa_head, "{r}: {e}");
+                    ControlFlow::Break(())
+                }
+                other => ControlFlow::Continue(format!("{r}: {other:?}, gauge {gauge}")),
+            })
+        })
+        .await?;
+    }
+    // Truncation moves past what the replica never applied (up to the newest entry).
+    wait_truncated(c, "truncation past the replica", |o, t| {
+        Ok(o == SA || t == heads_after[o] - 1)
+    })
+    .await?;
+    // Writes keep flowing between the three.
+    c.client(EU)
+        .kv_put("sessions", "after-removal", "still here", None)
+        .await?;
+    for r in [US, AP] {
+        c.client(r)
+            .wait_value("sessions", "after-removal", "still here", WAIT)
+            .await?;
+    }
+
+    // The replica comes back on its old data directory with its old config: told it was
+    // removed. (Not waiting for /healthz 200: it may learn it before the first look.)
+    {
+        let p = c.region_mut(SA);
+        p.spec_mut().config = old_path.clone();
+        p.spec_mut().wait_healthy = false;
+    }
+    c.restart(SA)?;
+    let sa = c.client(SA);
+    poll(WAIT, TICK, "the replica told it was removed", || async {
+        let h = match sa.get_raw("/healthz").await {
+            Ok(h) => h,
+            Err(e) => return Ok(ControlFlow::Continue(format!("{e:#}"))),
+        };
+        let body = h.json().unwrap_or_default();
+        Ok(if h.status == 503 && body["status"] == "removed" {
+            ControlFlow::Break(())
+        } else {
+            ControlFlow::Continue(format!("{} {body}", h.status))
+        })
+    })
+    .await?;
+    let s = sa.status().await?;
+    let by = &s["membership"]["removed_by"];
+    ensure!(
+        VOTERS.iter().any(|v| by["by"] == *v)
+            && by["held_by_members"] == sa_head
+            && by["unreplicated_writes"] == 0,
+        "removed_by: {by}"
+    );
+    ensure!(metric(&sa, "atoll_region_removed").await? == 1.0);
+    ensure!(
+        c.region(SA)
+            .log()
+            .contains("this region was removed from the cluster"),
+        "the replica's log does not say it was removed"
+    );
+    // The others answered its heartbeats 410 (counted as refused: removed).
+    let mut refused = 0.0;
+    for r in VOTERS {
+        refused += metric(
+            &c.client(r),
+            &format!("atoll_heartbeats_refused_total{{peer_region=\"{SA}\",reason=\"removed\"}}"),
+        )
+        .await?;
+    }
+    ensure!(
+        refused >= 1.0,
+        "no heartbeat of the replica refused as removed"
+    );
+    // It refuses writes, and serves reads.
+    let w = sa.kv_put_raw("sessions", "late", "x", None).await?;
+    ensure!(
+        w.status == 410,
+        "a write at the removed replica: {}",
+        w.status
+    );
+    ensure!(
+        w.error_code().as_deref() == Some("ATOLL-REGION-REMOVED"),
+        "{}",
+        w.text()
+    );
+    ensure!(w.json()?["error"]["retryable"] == false, "{}", w.text());
+    let read = sa.kv_get("sessions", &format!("{US}-1")).await?;
+    ensure!(
+        read.value().map(|v| v.to_vec()) == Some(b"v1".to_vec()),
+        "a read at the removed replica: {read:?}"
+    );
+
+    // A reload that puts the removed region back is refused: its name is never reused.
+    let us = c.client(US);
+    let refused_before = metric(&us, "atoll_config_reloads_total{outcome=\"refused\"}").await?;
+    std::fs::write(c.config_path(), &four)?;
+    sighup(c, US)?;
+    wait_refused(&us, refused_before + 1.0).await?;
+    ensure!(
+        c.region(US).log().contains("never reused"),
+        "us-east-1's log does not say why the reload was refused"
+    );
+    // And one that removes a voter.
+    std::fs::write(c.config_path(), without_region(&three, AP))?;
+    sighup(c, US)?;
+    wait_refused(&us, refused_before + 2.0).await?;
+    ensure!(
+        c.region(US).log().contains("is a voter"),
+        "us-east-1's log does not say why the reload was refused"
+    );
+    // Neither changed anything: the three still replicate, the replica stays out.
+    std::fs::write(c.config_path(), &three)?;
+    us.kv_put("sessions", "last", "word", None).await?;
+    for r in [EU, AP] {
+        c.client(r)
+            .wait_value("sessions", "last", "word", WAIT)
+            .await?;
+    }
+    let s = us.status().await?;
+    let regions = s["membership"]["regions"].to_string();
+    ensure!(
+        !regions.contains(SA) && regions.contains(AP),
+        "us-east-1's regions: {regions}"
+    );
+    Ok(())
+}
+
+async fn wait_refused(c: &Client, at_least: f64) -> Result<()> {
+    poll(WAIT, TICK, "refused reload", || async {
+        let n = metric(c, "atoll_config_reloads_total{outcome=\"refused\"}").await?;
+        Ok(if n >= at_least {
+            ControlFlow::Break(())
+        } else {
+            ControlFlow::Continue(format!("{n} refused reloads"))
+        })
+    })
+    .await
+}

@@ -383,7 +383,7 @@ async fn removed(c: &mut Cluster) -> Result<()> {
     for r in VOTERS {
         refused += metric(
             &c.client(r),
-            &format!("atoll_heartbeats_refused_total{{peer_region=\"{SA}\",reason=\"removed\"}}"),
+            &format!("atoll_replication_heartbeats_refused_total{{peer_region=\"{SA}\",reason=\"removed\"}}"),
         )
         .await?;
     }

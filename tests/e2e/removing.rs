@@ -228,8 +228,10 @@ async fn removed(c: &mut Cluster) -> Result<()> {
     }
     wait_applied(c, &VOTERS, &heads_after).await?;
     // Its absence holds truncation back: every region has applied the new entries (and keeps
-    // no retention), yet none truncates past what the replica applied, also once each has
-    // noticed the replica is gone (several heartbeat intervals, and maintenance passes, later).
+    // no retention), yet none truncates past what the replica applied, also once each has not
+    // heard the replica for two maintenance intervals and more (maintenance runs every 5 s,
+    // truncation with it): the bound is checked at every look, so a pass that truncated too far
+    // would fail the test whenever it ran.
     let held_back = |o: &str, t: u64| {
         ensure!(
             t <= heads[o],
@@ -241,11 +243,20 @@ async fn removed(c: &mut Cluster) -> Result<()> {
     wait_truncated(c, "truncation held back", held_back).await?;
     for r in VOTERS {
         let cl = c.client(r);
-        poll(WAIT, TICK, "the replica unreachable", || async {
+        poll(WAIT, TICK, "the replica unheard for 12 s", || async {
+            let t = truncated(&cl).await?;
+            for o in [US, EU, AP, SA] {
+                held_back(o, t.get(o).copied().unwrap_or(0)).with_context(|| format!("at {r}"))?;
+            }
             let s = cl.status().await?;
             let p = atoll_testkit::cluster::peer_status(&s, SA).cloned();
             Ok(match p {
-                Some(p) if p["reachable"] == false => ControlFlow::Break(()),
+                Some(p)
+                    if p["reachable"] == false
+                        && p["last_heard_ms_ago"].as_u64().unwrap_or(0) >= 12_000 =>
+                {
+                    ControlFlow::Break(())
+                }
                 other => ControlFlow::Continue(format!("{r}: {other:?}")),
             })
         })

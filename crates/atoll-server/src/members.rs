@@ -408,5 +408,31 @@ mod reload_tests {
         assert!(m.identities().read().expect("identities").contains(&d));
         assert!(cap.load(Ordering::Relaxed) > before, "the cap did not grow");
         assert_eq!(m.config().regions.len(), 4);
+        // Dropped again: out of the cluster, still an origin, still recognised.
+        let four = m.config();
+        let change = four.reload_change(&old).expect("a replica dropped");
+        let removed: Vec<RegionId> = change.removed.iter().map(|r| r.name.clone()).collect();
+        assert_eq!(removed, [d.clone()]);
+        m.update(old.clone(), &change.added, &removed);
+        assert!(!m.is_region(&d) && m.is_origin(&d));
+        assert!(!m.regions().contains(&d) && m.origins().contains(&d));
+        assert_eq!(m.removed(), [d.clone()]);
+        assert!(m.identities().read().expect("identities").contains(&d));
+        assert_eq!(cap.load(Ordering::Relaxed), before, "the cap did not shrink back");
+        // A stranger is none of these.
+        let x = RegionId::new("x").expect("region");
+        assert!(!m.is_origin(&x));
+    }
+
+    #[test]
+    fn regions_removed_before_a_start_stay_recognised() {
+        let three = "[cluster]\nname = \"t\"\n\n[[regions]]\nname = \"a\"\napi = \"127.0.0.1:7100\"\n\n[[regions]]\nname = \"b\"\napi = \"127.0.0.1:7101\"\n\n[[regions]]\nname = \"c\"\napi = \"127.0.0.1:7102\"\n\n[[keyspaces]]\nname = \"s\"\npolicy = \"lww\"\n";
+        let config = Arc::new(Config::parse(three, "t.toml").expect("three"));
+        let m = Membership::new(config, &RegionId::new("a").expect("region"), false);
+        let d = RegionId::new("d").expect("region");
+        m.recognise_removed([&d]);
+        assert!(m.is_origin(&d) && !m.is_region(&d));
+        assert!(m.identities().read().expect("identities").contains(&d));
+        assert_eq!(m.origins().len(), 4);
     }
 }

@@ -418,7 +418,11 @@ mod reload_tests {
         assert!(!m.regions().contains(&d) && m.origins().contains(&d));
         assert_eq!(m.removed(), [d.clone()]);
         assert!(m.identities().read().expect("identities").contains(&d));
-        assert_eq!(cap.load(Ordering::Relaxed), before, "the cap did not shrink back");
+        assert_eq!(
+            cap.load(Ordering::Relaxed),
+            before,
+            "the cap did not shrink back"
+        );
         // A stranger is none of these.
         let x = RegionId::new("x").expect("region");
         assert!(!m.is_origin(&x));

@@ -269,3 +269,87 @@ async fn a_region_whose_heartbeat_is_answered_410_records_it_was_removed() {
     }
     server.abort();
 }
+
+/// A config of regions `a`, `b` (voters) and, with `with_c`, `c` (a replica), plain HTTP.
+fn config(with_c: bool) -> Arc<atoll_config::Config> {
+    let mut text = String::from(
+        "[cluster]\nname = \"t\"\n\n[cluster.tls]\ninsecure = true\n\n[[regions]]\nname = \"a\"\napi = \"127.0.0.1:9\"\n\n[[regions]]\nname = \"b\"\napi = \"127.0.0.1:10\"\n",
+    );
+    if with_c {
+        text.push_str("\n[[regions]]\nname = \"c\"\napi = \"127.0.0.1:11\"\nvoter = false\n");
+    }
+    text.push_str("\n[[keyspaces]]\nname = \"sessions\"\npolicy = \"lww\"\n");
+    Arc::new(atoll_config::Config::parse(&text, "t.toml").unwrap_or_else(|e| panic!("{e}\n{text}")))
+}
+
+fn options(
+    config: Arc<atoll_config::Config>,
+    dir: &std::path::Path,
+) -> atoll_server::region::RegionOptions {
+    atoll_server::region::RegionOptions {
+        config,
+        region: "a".into(),
+        data_dir: dir.to_path_buf(),
+        listen: Some("127.0.0.1:0".parse().expect("addr")),
+        peer_via: BTreeMap::new(),
+        drain_grace: Duration::ZERO,
+        clock_offset_ms: 0,
+    }
+}
+
+fn open_disk(dir: &std::path::Path) -> Arc<Store> {
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    Arc::new(
+        Store::open(
+            Arc::new(atoll_store::backend::FjallBackend::open(dir).expect("backend")),
+            StoreOptions::new(
+                region("a"),
+                vec![KeyspaceConfig::new("sessions", Policy::Lww)],
+            ),
+            clock,
+        )
+        .expect("store"),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_start_removes_what_was_removed_while_stopped_and_refuses_a_removed_name() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("a");
+    std::fs::create_dir_all(&data).expect("data dir");
+    // Region a holds writes of c, then stops.
+    {
+        let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+        let c = store("c", clock);
+        put(&c, "x");
+        put(&c, "y");
+        put(&c, "z");
+        let a = open_disk(&data);
+        a.apply_remote_from(region("c"), c.oplog(&region("c"), 1, 10).expect("oplog"))
+            .expect("applied");
+        a.close();
+    }
+    // The others removed c meanwhile: a starts with a config without it, and removes it too.
+    let server = atoll_server::region::RegionServer::bind(options(config(false), &data))
+        .await
+        .expect("starts");
+    drop(server);
+    {
+        let a = open_disk(&data);
+        let removed = a.removed_regions();
+        assert_eq!(
+            removed.get(&region("c")).map(|r| r.applied_then),
+            Some(3),
+            "{removed:?}"
+        );
+        a.close();
+    }
+    // A config that lists c again is refused at start.
+    let e = match atoll_server::region::RegionServer::bind(options(config(true), &data)).await {
+        Ok(_) => panic!("started with a removed region in its config"),
+        Err(e) => e,
+    };
+    assert_eq!(e.code(), "ATOLL-CONFIG");
+    assert!(e.to_string().contains("never reused"), "{e}");
+    assert!(e.to_string().contains("`c`"), "{e}");
+}

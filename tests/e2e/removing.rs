@@ -337,6 +337,15 @@ async fn removed(c: &mut Cluster) -> Result<()> {
         })
         .await?;
     }
+    // It is no peer any more: no link series of it is left to alert on.
+    for r in VOTERS {
+        let text = c.client(r).get_raw("/metrics").await?.expect(200)?.text();
+        let stale: Vec<&str> = text
+            .lines()
+            .filter(|l| l.starts_with("atoll_peer_reachable") && l.contains(SA))
+            .collect();
+        ensure!(stale.is_empty(), "{r} still exports {stale:?}");
+    }
     // Truncation moves past what the replica never applied (up to the newest entry).
     wait_truncated(c, "truncation past the replica", |o, t| {
         Ok(o == SA || t == heads_after[o] - 1)

@@ -602,7 +602,7 @@ impl Metrics {
             &mut names,
             Kind::Counter,
             "config_reloads",
-            "Config reloads (SIGHUP) by outcome: applied (regions added or removed), unchanged, refused (another change; nothing taken), failed (the file could not be read)",
+            "Config reloads (SIGHUP) by outcome: applied (regions added or removed), unchanged, refused (another change, a voter removed, or a removed region's name reused; nothing taken), failed (the file could not be read, or a removal could not be made durable; the next reload tries again)",
             config_reloads.clone(),
         );
         let region_admitted = Gauge::default();

@@ -261,12 +261,25 @@ impl Replicator {
                 region: peer.to_string(),
             })
             .set(0);
+        self.forget_link_series(peer);
         tracing::info!(
             region = %peer,
             holds,
             "config reload: region removed from the cluster; this region holds {holds} of its writes (its writes settle once every region has removed it and holds as many)"
         );
         Ok(holds)
+    }
+
+    /// Drops the link series of a region that is no peer any more: a stale `atoll_peer_reachable
+    /// 0` would keep AtollPeerUnreachable and AtollPeerAwayLogsGrowing firing for ever.
+    fn forget_link_series(&self, peer: &RegionId) {
+        let l = self.pair(peer);
+        self.metrics.peer_reachable.remove(&l);
+        self.metrics.peer_rtt.remove(&l);
+        self.metrics.replication_lag_seconds.remove(&l);
+        self.metrics.replication_lag_ops.remove(&l);
+        self.metrics.clock_offset_seconds.remove(&l);
+        self.metrics.peer_clock_skewed.remove(&l);
     }
 
     /// The regions this region removed from the cluster (in effect in its store).
@@ -698,6 +711,8 @@ impl Replicator {
                 .set(i64::from(p.state == LinkState::ClockSkew));
         }
         for r in self.removed_status() {
+            // Also if a scrape or a heartbeat's answer raced with the removal.
+            self.forget_link_series(&r.region);
             self.metrics
                 .removed_region_settled
                 .get_or_create(&crate::metrics::RemovedRegionLabels {

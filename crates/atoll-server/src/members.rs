@@ -412,11 +412,11 @@ mod reload_tests {
         let four = m.config();
         let change = four.reload_change(&old).expect("a replica dropped");
         let removed: Vec<RegionId> = change.removed.iter().map(|r| r.name.clone()).collect();
-        assert_eq!(removed, [d.clone()]);
+        assert_eq!(removed, std::slice::from_ref(&d));
         m.update(old.clone(), &change.added, &removed);
         assert!(!m.is_region(&d) && m.is_origin(&d));
         assert!(!m.regions().contains(&d) && m.origins().contains(&d));
-        assert_eq!(m.removed(), [d.clone()]);
+        assert_eq!(m.removed(), std::slice::from_ref(&d));
         assert!(m.identities().read().expect("identities").contains(&d));
         assert_eq!(
             cap.load(Ordering::Relaxed),

@@ -287,12 +287,7 @@ async fn removed(c: &mut Cluster) -> Result<()> {
             })
         })
         .await?;
-        ensure!(
-            c.region(r)
-                .log()
-                .contains("region removed from the cluster"),
-            "{r}'s log does not say it removed {SA}"
-        );
+        wait_log(c, r, "region removed from the cluster").await?;
         let s = cl.status().await?;
         let regions = s["membership"]["regions"].to_string();
         ensure!(!regions.contains(SA), "{r}'s regions: {regions}");
@@ -392,12 +387,7 @@ async fn removed(c: &mut Cluster) -> Result<()> {
         "removed_by: {by}"
     );
     ensure!(metric(&sa, "atoll_region_removed").await? == 1.0);
-    ensure!(
-        c.region(SA)
-            .log()
-            .contains("this region was removed from the cluster"),
-        "the replica's log does not say it was removed"
-    );
+    wait_log(c, SA, "this region was removed from the cluster").await?;
     // The others answered its heartbeats 410 (counted as refused: removed).
     let mut refused = 0.0;
     for r in VOTERS {
@@ -436,18 +426,12 @@ async fn removed(c: &mut Cluster) -> Result<()> {
     std::fs::write(c.config_path(), &four)?;
     sighup(c, US)?;
     wait_refused(&us, refused_before + 1.0).await?;
-    ensure!(
-        c.region(US).log().contains("never reused"),
-        "us-east-1's log does not say why the reload was refused"
-    );
+    wait_log(c, US, "never reused").await?;
     // And one that removes a voter.
     std::fs::write(c.config_path(), without_region(&three, AP))?;
     sighup(c, US)?;
     wait_refused(&us, refused_before + 2.0).await?;
-    ensure!(
-        c.region(US).log().contains("is a voter"),
-        "us-east-1's log does not say why the reload was refused"
-    );
+    wait_log(c, US, "is a voter").await?;
     // Neither changed anything: the three still replicate, the replica stays out.
     std::fs::write(c.config_path(), &three)?;
     us.kv_put("sessions", "last", "word", None).await?;
@@ -463,6 +447,19 @@ async fn removed(c: &mut Cluster) -> Result<()> {
         "us-east-1's regions: {regions}"
     );
     Ok(())
+}
+
+/// Waits until `region`'s log says `needle` (a line is written a moment after what it reports
+/// is visible).
+async fn wait_log(c: &Cluster, region: &str, needle: &str) -> Result<()> {
+    poll(WAIT, TICK, "a log line", || async {
+        Ok(if c.region(region).log().contains(needle) {
+            ControlFlow::Break(())
+        } else {
+            ControlFlow::Continue(format!("{region}'s log does not say `{needle}`"))
+        })
+    })
+    .await
 }
 
 async fn wait_refused(c: &Client, at_least: f64) -> Result<()> {

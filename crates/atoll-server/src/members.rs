@@ -440,3 +440,124 @@ mod reload_tests {
         assert_eq!(m.origins().len(), 4);
     }
 }
+
+#[cfg(test)]
+mod reloader_tests {
+    use super::*;
+    use atoll_core::clock::{Clock, ManualClock};
+
+    const BASE: &str = "[cluster]\nname = \"t\"\n\n[cluster.tls]\ninsecure = true\n\n[[regions]]\nname = \"a\"\napi = \"127.0.0.1:7100\"\n\n[[regions]]\nname = \"b\"\napi = \"127.0.0.1:7101\"\n\n[[keyspaces]]\nname = \"s\"\npolicy = \"lww\"\n";
+
+    fn with_d() -> String {
+        format!("{BASE}\n[[regions]]\nname = \"d\"\napi = \"127.0.0.1:7103\"\nvoter = false\n")
+    }
+
+    fn parse(text: &str) -> Config {
+        Config::parse(text, "t.toml").unwrap_or_else(|e| panic!("{e}\n{text}"))
+    }
+
+    fn reloader(config: Config, me: &str) -> (Reloader, Arc<atoll_store::Store>) {
+        let config = Arc::new(config);
+        let me = RegionId::new(me).expect("region");
+        let clock: Arc<dyn Clock> = Arc::new(ManualClock::new(1_700_000_000_000));
+        let store = Arc::new(
+            atoll_store::Store::open(
+                Arc::new(atoll_store::backend::MemBackend::default()),
+                atoll_store::StoreOptions::new(me.clone(), config.keyspaces.clone()),
+                clock.clone(),
+            )
+            .expect("store"),
+        );
+        let metrics = Arc::new(Metrics::new());
+        let peer_addrs = config
+            .regions
+            .iter()
+            .filter(|r| r.name != me)
+            .map(|r| (r.name.clone(), r.peer))
+            .collect();
+        let replicator = crate::replication::Replicator::new(
+            store.clone(),
+            clock,
+            metrics.clone(),
+            crate::replication::Settings {
+                cluster: "t".into(),
+                peer_addrs,
+                core: atoll_core::repl::ReplConfig::new(1000, 500),
+                max_lag_secs: 30,
+                tls: None,
+                oplog_retention_ms: atoll_config::DEFAULT_OPLOG_RETENTION_MS,
+            },
+            Arc::new(tokio::sync::Notify::new()),
+        )
+        .expect("replicator");
+        let membership = Membership::new(config, &me, false);
+        replicator.set_membership(membership.clone());
+        (
+            Reloader {
+                membership,
+                replicator,
+                metrics,
+                peer_via: Default::default(),
+            },
+            store,
+        )
+    }
+
+    fn reloads(r: &Reloader, outcome: &str) -> bool {
+        r.metrics.encode().contains(&format!(
+            "atoll_config_reloads_total{{outcome=\"{outcome}\"}} 1"
+        ))
+    }
+
+    #[tokio::test]
+    async fn a_reload_removes_a_replica_and_refuses_its_name_back_a_voter_or_this_region() {
+        let (r, store) = reloader(parse(&with_d()), "a");
+        let d = RegionId::new("d").expect("region");
+        // Dropping this region itself: refused (the others remove it).
+        let e = reloader(parse(&with_d()), "d")
+            .0
+            .apply(parse(BASE))
+            .await
+            .expect_err("this region dropped");
+        assert!(e.to_string().contains("not in the reloaded config"), "{e}");
+        // Dropping a voter: refused, nothing changed.
+        let without_b = with_d().replace(
+            "[[regions]]\nname = \"b\"\napi = \"127.0.0.1:7101\"\n\n",
+            "",
+        );
+        let e = r
+            .apply(parse(&without_b))
+            .await
+            .expect_err("a voter dropped");
+        assert!(e.to_string().contains("b is a voter"), "{e}");
+        assert!(reloads(&r, "refused"));
+        assert!(r.membership.is_region(&d) && store.removed_regions().is_empty());
+        // Dropping the replica: removed, durably, and out of the cluster.
+        let done = r.apply(parse(BASE)).await.expect("removed");
+        assert_eq!(
+            done,
+            Reloaded::Changed {
+                added: vec![],
+                removed: vec![d.clone()]
+            }
+        );
+        assert!(reloads(&r, "applied"));
+        assert!(store.removed_regions().contains_key(&d));
+        assert!(!r.membership.is_region(&d) && r.membership.is_origin(&d));
+        assert_eq!(r.replicator.removed_holds(&d), Some(0));
+        // The same file again: no change.
+        assert_eq!(
+            r.apply(parse(BASE)).await.expect("same"),
+            Reloaded::Unchanged
+        );
+        // Its name back: refused, it is never reused.
+        let e = r.apply(parse(&with_d())).await.expect_err("name reused");
+        assert!(e.to_string().contains("never reused"), "{e}");
+        assert!(!r.membership.is_region(&d));
+        assert!(
+            r.metrics
+                .encode()
+                .contains("atoll_config_reloads_total{outcome=\"refused\"} 2")
+        );
+    }
+}

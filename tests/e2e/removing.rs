@@ -473,3 +473,130 @@ async fn wait_refused(c: &Client, at_least: f64) -> Result<()> {
     })
     .await
 }
+
+/// A replica removed while it runs and writes: the writes in flight at the removal end up held
+/// by every remaining region alike (settled), the replica learns it was removed from the answers
+/// to its heartbeats and refuses writes from then on, and says how many of its writes the
+/// cluster does not hold.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_removed_while_it_writes_settles_with_the_same_writes_everywhere() {
+    let c = ok(Cluster::start(
+        BIN,
+        4,
+        ClusterOptions::new("removing-live")
+            .heartbeat_interval_ms(atoll_config::DEFAULT_HEARTBEAT_INTERVAL_MS)
+            .replica(SA),
+    ));
+    ok(removed_live(&c).await);
+}
+
+async fn removed_live(c: &Cluster) -> Result<()> {
+    let sa = c.client(SA);
+    poll(WAIT, TICK, "the replica admitted", || async {
+        let s = sa.status().await?;
+        Ok(if s["membership"]["admitted"] == true {
+            ControlFlow::Break(())
+        } else {
+            ControlFlow::Continue(s["membership"].to_string())
+        })
+    })
+    .await?;
+    // The replica writes until it is refused.
+    let writer = {
+        let sa = sa.clone();
+        tokio::spawn(async move {
+            let mut acked = 0u64;
+            loop {
+                let r = sa
+                    .kv_put_raw("sessions", &format!("live-{acked}"), "x", None)
+                    .await?;
+                if r.status != 200 {
+                    return Ok::<_, anyhow::Error>((acked, r));
+                }
+                acked += 1;
+            }
+        })
+    };
+    // Some of its writes have reached the others: remove it from all three.
+    wait_applied(c, &VOTERS, &BTreeMap::from([(SA.to_string(), 20)])).await?;
+    let four = std::fs::read_to_string(c.config_path())?;
+    std::fs::write(c.config_path(), without_region(&four, SA))?;
+    for r in VOTERS {
+        sighup(c, r)?;
+    }
+    // The replica learns it, and its next write is refused.
+    let (acked, refusal) = tokio::time::timeout(WAIT, writer)
+        .await
+        .context("the replica was never refused a write")???;
+    ensure!(
+        refusal.status == 410,
+        "{} {}",
+        refusal.status,
+        refusal.text()
+    );
+    ensure!(
+        refusal.error_code().as_deref() == Some("ATOLL-REGION-REMOVED"),
+        "{}",
+        refusal.text()
+    );
+    // Every remaining region settles on the same number of its writes.
+    let mut held = BTreeMap::new();
+    for r in VOTERS {
+        let cl = c.client(r);
+        let n = poll(WAIT, TICK, "settled", || async {
+            Ok(match removed_entry(&cl, SA).await? {
+                Some(e) if e["settled"] == true => {
+                    ControlFlow::Break(e["applied_seq"].as_u64().unwrap_or(0))
+                }
+                other => ControlFlow::Continue(format!("{r}: {other:?}")),
+            })
+        })
+        .await?;
+        held.insert(r, n);
+    }
+    let n = held[US];
+    ensure!(held.values().all(|h| *h == n), "held: {held:?}");
+    ensure!(n >= 20 && n <= acked, "held {n} of {acked} acknowledged");
+    // The replica says so: what the cluster holds of its writes, and what it does not.
+    let own = applied(&sa).await?.get(SA).copied().unwrap_or(0);
+    ensure!(
+        own == acked,
+        "the replica made {own} writes, {acked} acknowledged"
+    );
+    poll(WAIT, TICK, "removed_by", || async {
+        let s = sa.status().await?;
+        let by = &s["membership"]["removed_by"];
+        Ok(
+            if by["held_by_members"] == n && by["unreplicated_writes"] == own - n {
+                ControlFlow::Break(())
+            } else {
+                ControlFlow::Continue(by.to_string())
+            },
+        )
+    })
+    .await?;
+    let h = sa.get_raw("/healthz").await?;
+    ensure!(
+        h.status == 503 && h.json()?["status"] == "removed",
+        "{}",
+        h.text()
+    );
+    // Settled means nobody takes more of them: the same count a while later, at every region,
+    // after more traffic between the three.
+    c.client(AP)
+        .kv_put("sessions", "after-live-removal", "yes", None)
+        .await?;
+    for r in [US, EU] {
+        c.client(r)
+            .wait_value("sessions", "after-live-removal", "yes", WAIT)
+            .await?;
+    }
+    for r in VOTERS {
+        let have = applied(&c.client(r)).await?.get(SA).copied().unwrap_or(0);
+        ensure!(
+            have == n,
+            "{r} holds {have} of the replica's writes, not {n}"
+        );
+    }
+    Ok(())
+}

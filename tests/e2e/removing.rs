@@ -10,7 +10,8 @@
 //! config, is told it was removed (its heartbeats are answered `410 ATOLL-REGION-REMOVED`): its
 //! `/healthz` says `removed` (503), it refuses writes (410), and it still serves reads. A reload
 //! that puts the removed region back is refused (its name is never reused), and so is a reload
-//! that removes a voter.
+//! that removes a voter. A second test removes the replica while it runs and writes: the three
+//! settle on the same number of its writes, and it learns it was removed at its next heartbeat.
 //!
 //! At the shipped defaults (mutual TLS between regions, heartbeats every 1 s, maintenance every
 //! 5 s), but for `[replication] oplog_retention = "0s"`, so that truncation is seen within the

@@ -1015,6 +1015,9 @@ pub async fn status(args: ClientArgs, max_lag: Option<f64>) -> Result<()> {
             if waiting.is_empty() { "its peers".to_string() } else { waiting.join(", ") }
         ));
     }
+    if let Some(line) = removed_by_line(&m["removed_by"]) {
+        problems.push(line);
+    }
     for p in &peers {
         let name = p["region"].as_str().unwrap_or("?");
         if p["reachable"].as_bool() != Some(true) {
@@ -1177,6 +1180,9 @@ pub async fn status(args: ClientArgs, max_lag: Option<f64>) -> Result<()> {
                         ""
                     }
                 );
+                for line in removal_lines(m) {
+                    println!("{line}");
+                }
             }
             drill_lines();
         }
@@ -1185,6 +1191,51 @@ pub async fn status(args: ClientArgs, max_lag: Option<f64>) -> Result<()> {
         bail!("unhealthy: {}", problems.join("; "));
     }
     Ok(())
+}
+
+/// `atoll status`: this region was removed from the cluster (`membership.removed_by`), if so.
+pub fn removed_by_line(r: &Value) -> Option<String> {
+    if !r.is_object() {
+        return None;
+    }
+    Some(format!(
+        "REMOVED from the cluster (said {}): takes no writes; the members hold {} of its writes, {} are not replicated (kept in its data directory)",
+        r["by"].as_str().unwrap_or("?"),
+        r["held_by_members"],
+        r["unreplicated_writes"]
+    ))
+}
+
+/// `atoll status`: the regions this region removed from the cluster, settled or waiting for
+/// whom, and whether it was removed itself (`docs/design/region-removal.md`).
+pub fn removal_lines(m: &Value) -> Vec<String> {
+    let mut lines: Vec<String> = removed_by_line(&m["removed_by"]).into_iter().collect();
+    for r in m["removed"].as_array().into_iter().flatten() {
+        let name = r["region"].as_str().unwrap_or("?");
+        let holds = &r["applied_seq"];
+        let state = if r["settled"].as_bool() == Some(true) {
+            "its writes are settled".to_string()
+        } else if r["effective"].as_bool() != Some(true) {
+            "removal not in effect yet".to_string()
+        } else {
+            let waiting: Vec<&str> = r["waiting_for"]
+                .as_array()
+                .map(|a| a.iter().filter_map(|w| w.as_str()).collect())
+                .unwrap_or_default();
+            format!(
+                "not settled, waiting for {}",
+                if waiting.is_empty() {
+                    "its peers".to_string()
+                } else {
+                    waiting.join(", ")
+                }
+            )
+        };
+        lines.push(format!(
+            "removed {name}: holds {holds} of its writes; {state}"
+        ));
+    }
+    lines
 }
 
 /// `atoll status`: when each drill scenario last passed, from this machine's outcome store.
@@ -1406,5 +1457,49 @@ pub async fn watch(args: ClientArgs, target: WatchTarget) -> Result<()> {
             bail!("the watch ended before it started");
         }
         // The stream ended (lagged, or the region went away): resume where it stopped.
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn status_names_removed_regions_and_a_removal_of_this_region() {
+        let m = json!({
+            "voter": true,
+            "admitted": true,
+            "regions": ["a", "b", "c"],
+            "waiting_for": [],
+            "removed": [
+                {"region": "d", "effective": true, "settled": true, "applied_seq": 12, "waiting_for": []},
+                {"region": "e", "effective": true, "settled": false, "applied_seq": 3, "waiting_for": ["b", "c"]},
+            ],
+        });
+        assert_eq!(
+            removal_lines(&m),
+            [
+                "removed d: holds 12 of its writes; its writes are settled",
+                "removed e: holds 3 of its writes; not settled, waiting for b, c",
+            ]
+        );
+        assert_eq!(removed_by_line(&m["removed_by"]), None);
+        let gone = json!({
+            "removed": [],
+            "removed_by": {"by": "a", "at_ms": 1, "held_by_members": 40, "unreplicated_writes": 2},
+        });
+        let lines = removal_lines(&gone);
+        assert_eq!(lines.len(), 1);
+        assert!(
+            lines[0].starts_with("REMOVED from the cluster (said a)"),
+            "{}",
+            lines[0]
+        );
+        assert!(
+            lines[0].contains("hold 40 of its writes, 2 are not replicated"),
+            "{}",
+            lines[0]
+        );
     }
 }

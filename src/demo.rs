@@ -367,11 +367,12 @@ impl DemoSpawner {
         let new = atoll_config::Config::parse(&new_text, &source)
             .map_err(|e| refuse(format!("the config with {name} appended is invalid: {e}")))?;
         match old.reload_change(&new) {
-            Ok(added) if added.len() == 1 => {}
-            Ok(added) => {
+            Ok(change) if change.added.len() == 1 && change.removed.is_empty() => {}
+            Ok(change) => {
                 return Err(refuse(format!(
-                    "the config with {name} appended adds {} regions, not one",
-                    added.len()
+                    "the config with {name} appended adds {} regions and removes {}, not one added",
+                    change.added.len(),
+                    change.removed.len()
                 )));
             }
             Err(why) => {

@@ -463,8 +463,9 @@ async fn run_region(
 }
 
 /// Re-reads the config file at every SIGHUP and applies what a running region may take from it:
-/// regions appended with `voter = false` (`docs/design/adding-regions.md`). Anything else is
-/// refused and logged; nothing changes.
+/// regions appended with `voter = false` (`docs/design/adding-regions.md`) and `voter = false`
+/// regions dropped from the list (`docs/design/region-removal.md`). Anything else is refused and
+/// logged; nothing changes.
 async fn reload_on_sighup(
     path: PathBuf,
     reloader: atoll_server::members::Reloader,
@@ -479,13 +480,15 @@ async fn reload_on_sighup(
                 continue;
             }
         };
-        match reloader.apply(cfg) {
+        match reloader.apply(cfg).await {
             Ok(atoll_server::members::Reloaded::Unchanged) => {
                 tracing::info!(config = %path.display(), "config reloaded: no change");
             }
-            Ok(atoll_server::members::Reloaded::Added(regions)) => {
-                let names: Vec<&str> = regions.iter().map(|r| r.as_str()).collect();
-                tracing::info!(config = %path.display(), added = %names.join(","), "config reloaded: replicating with the added regions");
+            Ok(atoll_server::members::Reloaded::Changed { added, removed }) => {
+                let names = |r: &[atoll_core::RegionId]| {
+                    r.iter().map(|r| r.as_str()).collect::<Vec<_>>().join(",")
+                };
+                tracing::info!(config = %path.display(), added = %names(&added), removed = %names(&removed), "config reloaded: replicating with the added regions, the removed ones are out of the cluster");
             }
             Err(e) => tracing::error!(config = %path.display(), "{e} ({}): {}", e.code(), e.hint()),
         }

@@ -18,6 +18,7 @@ mod partition;
 mod peer_tls;
 mod ratelimit;
 mod readiness;
+mod removing;
 mod replication;
 mod resp;
 mod restart;

@@ -395,6 +395,22 @@ pub struct RegionConfig {
     pub voter: bool,
 }
 
+/// What a config reload changes in a running region ([`Config::reload_change`]).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ReloadChange {
+    /// Regions appended with `voter = false` (`docs/design/adding-regions.md`).
+    pub added: Vec<RegionConfig>,
+    /// Regions with `voter = false` gone from the list (`docs/design/region-removal.md`).
+    pub removed: Vec<RegionConfig>,
+}
+
+impl ReloadChange {
+    /// Nothing changed.
+    pub fn is_empty(&self) -> bool {
+        self.added.is_empty() && self.removed.is_empty()
+    }
+}
+
 /// Default `[resp] max_connections`.
 pub const DEFAULT_RESP_MAX_CONNECTIONS: usize = 4096;
 
@@ -464,28 +480,56 @@ impl Config {
     }
 
     /// What a running region may take from `new`, the file it was started with read again
-    /// (`docs/design/adding-regions.md`): regions appended with `voter = false`, and nothing
-    /// else. `Ok` lists the added regions (empty: nothing changed); `Err` says what other change
-    /// the file has, and nothing is taken.
-    pub fn reload_change(&self, new: &Config) -> Result<Vec<RegionConfig>, String> {
-        let n = self.regions.len();
-        if new.regions.len() < n || new.regions[..n] != self.regions[..] {
-            let gone: Vec<&str> = self
-                .regions
-                .iter()
-                .filter(|r| !new.regions.contains(r))
-                .map(|r| r.name.as_str())
-                .collect();
-            return Err(if gone.is_empty() {
-                "the regions already declared changed order".to_string()
-            } else {
-                format!(
-                    "region {} changed or is gone: a running region takes only regions appended to the list (removing or changing a region needs a restart, and removal is not built)",
-                    gone.join(", ")
-                )
-            });
+    /// (`docs/design/adding-regions.md`, `docs/design/region-removal.md`): regions appended with
+    /// `voter = false`, and regions that are `voter = false` here dropped from the list, and
+    /// nothing else. `Ok` says which regions were added and which removed (both empty: nothing
+    /// changed); `Err` says what other change the file has, and nothing is taken.
+    pub fn reload_change(&self, new: &Config) -> Result<ReloadChange, String> {
+        let in_new = |name: &RegionId| new.regions.iter().find(|r| r.name == *name);
+        // A region kept must be kept as it was: a changed table is not a removal and an add.
+        let changed: Vec<&str> = self
+            .regions
+            .iter()
+            .filter(|r| in_new(&r.name).is_some_and(|n| n != *r))
+            .map(|r| r.name.as_str())
+            .collect();
+        if !changed.is_empty() {
+            return Err(format!(
+                "region {} changed: a running region takes only regions appended with voter = false and replicas removed from the list (changing a region's table needs a restart)",
+                changed.join(", ")
+            ));
         }
-        let added = new.regions[n..].to_vec();
+        let removed: Vec<RegionConfig> = self
+            .regions
+            .iter()
+            .filter(|r| in_new(&r.name).is_none())
+            .cloned()
+            .collect();
+        let voters: Vec<&str> = removed
+            .iter()
+            .filter(|r| r.voter)
+            .map(|r| r.name.as_str())
+            .collect();
+        if !voters.is_empty() {
+            return Err(format!(
+                "region {} is a voter and is gone from the list: removing a voter changes the members of the control group and the strong group, which is not supported at run time (only regions with voter = false can be removed by a reload)",
+                voters.join(", ")
+            ));
+        }
+        // The regions kept, in their order, then the appended ones.
+        let kept = self.regions.len() - removed.len();
+        if new.regions.len() < kept
+            || new.regions[..kept]
+                .iter()
+                .zip(self.regions.iter().filter(|r| in_new(&r.name).is_some()))
+                .any(|(n, o)| n != o)
+        {
+            return Err(
+                "the regions already declared changed order, or a region was inserted among them: a running region takes only regions appended to the list"
+                    .to_string(),
+            );
+        }
+        let added = new.regions[kept..].to_vec();
         if let Some(r) = added.iter().find(|r| r.voter) {
             return Err(format!(
                 "region `{}` is added as a voter: a region added to a running cluster must say voter = false (the consensus groups keep the members they started with)",
@@ -493,7 +537,7 @@ impl Config {
             ));
         }
         let mut same = new.clone();
-        same.regions.truncate(n);
+        same.regions = self.regions.clone();
         same.source = self.source.clone();
         // The router section names regions too; its own process reads it.
         same.router = self.router.clone();
@@ -514,10 +558,10 @@ impl Config {
             .collect::<Vec<_>>()
             .join(", ");
             return Err(format!(
-                "{what} changed: a running region takes only regions appended with voter = false; restart it to apply other changes"
+                "{what} changed: a running region takes only regions appended with voter = false and replicas removed from the list; restart it to apply other changes"
             ));
         }
-        Ok(added)
+        Ok(ReloadChange { added, removed })
     }
 }
 

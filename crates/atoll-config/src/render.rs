@@ -571,7 +571,9 @@ mod tests {
         let old = Config::parse(&text, "atoll.toml").unwrap();
         let new = Config::parse(&format!("{text}{table}"), "atoll.toml")
             .unwrap_or_else(|e| panic!("{e}\n{text}{table}"));
-        let added = old.reload_change(&new).unwrap();
+        let change = old.reload_change(&new).unwrap();
+        assert!(change.removed.is_empty());
+        let added = change.added;
         assert_eq!(added.len(), 1);
         let sa = &added[0];
         assert_eq!(sa.name.as_str(), "sa-east-1");

@@ -2779,16 +2779,22 @@ fn replicas_are_active_active_only_never_homes_and_never_all() {
     assert_eq!(before.keyspaces, after.keyspaces);
 }
 
+fn names(regions: &[RegionConfig]) -> Vec<&str> {
+    regions.iter().map(|r| r.name.as_str()).collect()
+}
+
 #[test]
 fn a_reload_takes_appended_replicas_and_refuses_anything_else() {
     let running = ok(BASE);
-    assert_eq!(running.reload_change(&ok(BASE)), Ok(vec![]));
-    let added = running
+    let none = running.reload_change(&ok(BASE)).expect("no change");
+    assert_eq!(none, ReloadChange::default());
+    assert!(none.is_empty());
+    let change = running
         .reload_change(&ok(&with_added(false)))
         .expect("an appended replica");
-    assert_eq!(added.len(), 1);
-    assert_eq!(added[0].name.as_str(), "ap-south-1");
-    assert!(!added[0].voter);
+    assert!(change.removed.is_empty() && !change.is_empty());
+    assert_eq!(names(&change.added), ["ap-south-1"]);
+    assert!(!change.added[0].voter);
     let refused = |text: &str, needle: &str| {
         let e = running.reload_change(&ok(text)).expect_err(text);
         assert!(e.contains(needle), "{needle}: {e}");
@@ -2796,7 +2802,7 @@ fn a_reload_takes_appended_replicas_and_refuses_anything_else() {
     refused(&with_added(true), "added as a voter");
     refused(
         &edit(BASE, "127.0.0.1:7101", "127.0.0.1:7109"),
-        "eu-west-1 changed or is gone",
+        "region eu-west-1 changed",
     );
     refused(
         &edit(
@@ -2813,8 +2819,89 @@ fn a_reload_takes_appended_replicas_and_refuses_anything_else() {
         ),
         "[replication] changed",
     );
-    // A region removed from the middle: the regions before it are not a prefix any more.
-    let two = ok(&with_added(false));
-    let e = two.reload_change(&running).expect_err("a region removed");
-    assert!(e.contains("ap-south-1 changed or is gone"), "{e}");
+    // The declared regions in another order.
+    let swapped = edit(
+        &edit(BASE, "name = \"us-east-1\"", "name = \"X\""),
+        "name = \"eu-west-1\"",
+        "name = \"us-east-1\"",
+    );
+    let swapped = edit(&swapped, "name = \"X\"", "name = \"eu-west-1\"");
+    let swapped = edit(&swapped, "api = \"127.0.0.1:7100\"", "api = \"X\"");
+    let swapped = edit(
+        &swapped,
+        "api = \"127.0.0.1:7101\"",
+        "api = \"127.0.0.1:7100\"",
+    );
+    let swapped = edit(&swapped, "api = \"X\"", "api = \"127.0.0.1:7101\"");
+    refused(&swapped, "changed order");
+}
+
+/// BASE with a replica `name` at `api` declared between the two voters.
+fn with_replica_between(name: &str, api: &str) -> String {
+    edit(
+        BASE,
+        "[[regions]]\nname = \"eu-west-1\"",
+        &format!(
+            "[[regions]]\nname = \"{name}\"\napi = \"{api}\"\nvoter = false\n\n[[regions]]\nname = \"eu-west-1\""
+        ),
+    )
+}
+
+#[test]
+fn a_reload_takes_replicas_dropped_from_the_list_and_refuses_dropping_a_voter() {
+    // The replica appended last, dropped.
+    let four = ok(&with_added(false));
+    let change = four.reload_change(&ok(BASE)).expect("a replica removed");
+    assert!(change.added.is_empty());
+    assert_eq!(names(&change.removed), ["ap-south-1"]);
+    assert!(!change.removed[0].voter);
+    // A replica declared among the voters, dropped: the others keep their order.
+    let middle = ok(&with_replica_between("sa-east-1", "127.0.0.1:7103"));
+    let change = middle.reload_change(&ok(BASE)).expect("a replica removed");
+    assert_eq!(names(&change.removed), ["sa-east-1"]);
+    // One replica removed and another appended in the same reload.
+    let change = middle
+        .reload_change(&ok(&with_added(false)))
+        .expect("one removed, one added");
+    assert_eq!(names(&change.removed), ["sa-east-1"]);
+    assert_eq!(names(&change.added), ["ap-south-1"]);
+    // Both replicas removed.
+    let both = with_added(false).replace(
+        "[[regions]]\nname = \"eu-west-1\"",
+        "[[regions]]\nname = \"sa-east-1\"\napi = \"127.0.0.1:7103\"\nvoter = false\n\n[[regions]]\nname = \"eu-west-1\"",
+    );
+    let change = ok(&both).reload_change(&ok(BASE)).expect("two removed");
+    assert_eq!(names(&change.removed), ["sa-east-1", "ap-south-1"]);
+
+    // A voter dropped: refused, with the reason.
+    let three_voters =
+        format!("{BASE}\n[[regions]]\nname = \"ap-south-1\"\napi = \"127.0.0.1:7102\"\n");
+    let three_voters = ok(&three_voters);
+    let e = three_voters
+        .reload_change(&ok(BASE))
+        .expect_err("a voter removed");
+    assert!(e.contains("ap-south-1 is a voter"), "{e}");
+    assert!(e.contains("control group and the strong group"), "{e}");
+    assert!(e.contains("not supported at run time"), "{e}");
+    let e = ok(&with_added(false))
+        .reload_change(&ok(&edit(
+            &with_added(false),
+            "[[regions]]\nname = \"eu-west-1\"\napi = \"127.0.0.1:7101\"\n\n",
+            "",
+        )))
+        .expect_err("a voter removed beside a replica");
+    assert!(e.contains("eu-west-1 is a voter"), "{e}");
+    // A replica dropped and its name appended again with another table: a change, refused.
+    let moved = edit(&with_added(false), "127.0.0.1:7102", "127.0.0.1:7109");
+    let e = four
+        .reload_change(&ok(&moved))
+        .expect_err("a changed table");
+    assert!(e.contains("region ap-south-1 changed"), "{e}");
+    // A removal with another change: refused as a whole.
+    let e = four
+        .reload_change(&ok(&format!(
+            "{BASE}\n[replication]\nheartbeat_interval_ms = 2000\n"
+        )))
+        .expect_err("another section changed");
+    assert!(e.contains("[replication] changed"), "{e}");
 }

@@ -1626,12 +1626,39 @@ fn peer_tls(config: &Config) -> Value {
 /// `/v1/status`.
 fn membership_json(state: &AppState) -> Option<Value> {
     let m = state.membership.get()?;
-    Some(json!({
+    let removed: Vec<Value> = state
+        .replicator
+        .get()
+        .map(|r| r.removed_status())
+        .unwrap_or_default()
+        .into_iter()
+        .map(|r| {
+            json!({
+                "region": r.region.as_str(),
+                "effective": r.effective,
+                "settled": r.settled,
+                "applied_seq": r.applied_seq,
+                "waiting_for": r.waiting_for.iter().map(|w| w.as_str()).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    let mut v = json!({
         "voter": m.is_voter(),
         "admitted": m.is_admitted(),
         "regions": m.regions().iter().map(|r| r.as_str()).collect::<Vec<_>>(),
         "waiting_for": m.waiting_for().iter().map(|r| r.as_str()).collect::<Vec<_>>(),
-    }))
+        "removed": removed,
+    });
+    if let Some(r) = state.store.removed_by() {
+        let own = state.store.applied().get(state.store.region());
+        v["removed_by"] = json!({
+            "by": r.by.as_str(),
+            "at_ms": r.at_ms,
+            "held_by_members": r.held_by_members,
+            "unreplicated_writes": own.saturating_sub(r.held_by_members),
+        });
+    }
+    Some(v)
 }
 
 async fn healthz(State(state): State<Shared>) -> Response {
@@ -1642,8 +1669,11 @@ async fn healthz(State(state): State<Shared>) -> Response {
     let passive = fencing["role"] == "passive";
     let bootstrap = state.replicator.get().and_then(|r| r.bootstrap_status());
     let serving = serving && bootstrap.is_none();
+    // Removed from the cluster (`docs/design/region-removal.md`): it still serves reads, takes
+    // no writes, and routers should take it out.
+    let removed = state.store.removed_by().is_some();
     let mut body = json!({
-        "status": if bootstrap.is_some() { "bootstrapping" } else if !serving { "draining" } else if passive { "passive" } else { "serving" },
+        "status": if bootstrap.is_some() { "bootstrapping" } else if !serving { "draining" } else if removed { "removed" } else if passive { "passive" } else { "serving" },
         "region": region,
         "role": fencing["role"].clone(),
         "epoch": fencing["epoch"].clone(),
@@ -1660,7 +1690,7 @@ async fn healthz(State(state): State<Shared>) -> Response {
     if let Some(m) = membership_json(&state) {
         body["membership"] = m;
     }
-    let status = if serving {
+    let status = if serving && !removed {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE

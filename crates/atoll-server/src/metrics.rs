@@ -109,6 +109,12 @@ pub struct OriginLabels {
     pub origin: String,
 }
 
+/// Labels of a region this region removed from the cluster (`docs/design/region-removal.md`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RemovedRegionLabels {
+    pub region: String,
+}
+
 /// Labels of a storage table (`data`, `oplog`, ..., `journal`).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct TableLabels {
@@ -189,6 +195,11 @@ pub struct Metrics {
     pub bootstraps: Family<OutcomeLabels, Counter>,
     pub config_reloads: Family<OutcomeLabels, Counter>,
     pub region_admitted: Gauge,
+    /// 1 once a peer answered this region's heartbeat saying it was removed from the cluster.
+    pub region_removed: Gauge,
+    /// Per region this region removed: 1 once its writes are settled (every member removed it
+    /// and holds as many of them).
+    pub removed_region_settled: Family<RemovedRegionLabels, Gauge>,
     pub bootstrap_keys: Counter,
     pub bootstrap_bytes: Counter,
     pub bootstrap_corrupt_chunks: Counter,
@@ -591,7 +602,7 @@ impl Metrics {
             &mut names,
             Kind::Counter,
             "config_reloads",
-            "Config reloads (SIGHUP) by outcome: applied (regions added), unchanged, refused (another change; nothing taken), failed (the file could not be read)",
+            "Config reloads (SIGHUP) by outcome: applied (regions added or removed), unchanged, refused (another change, a voter removed, or a removed region's name reused; nothing taken), failed (the file could not be read, or a removal could not be made durable; the next reload tries again)",
             config_reloads.clone(),
         );
         let region_admitted = Gauge::default();
@@ -602,6 +613,24 @@ impl Metrics {
             "region_admitted",
             "1 once this region takes writes as a member of the cluster (voters from the start); 0 while a region added to a running cluster waits for every region to admit it",
             region_admitted.clone(),
+        );
+        let region_removed = Gauge::default();
+        reg(
+            &mut registry,
+            &mut names,
+            Kind::Gauge,
+            "region_removed",
+            "1 once a peer said this region was removed from the cluster (the others reloaded a config without it): it takes no writes, and what it wrote that no member received is not replicated",
+            region_removed.clone(),
+        );
+        let removed_region_settled = Family::<RemovedRegionLabels, Gauge>::default();
+        reg(
+            &mut registry,
+            &mut names,
+            Kind::Gauge,
+            "removed_region_settled",
+            "Per region this region removed from the cluster: 1 once its writes are settled (every remaining region removed it and holds as many of its writes), 0 while some region has not reloaded or cannot be reached",
+            removed_region_settled.clone(),
         );
         let bootstrap_keys = Counter::default();
         reg(
@@ -1002,6 +1031,8 @@ impl Metrics {
             bootstraps,
             config_reloads,
             region_admitted,
+            region_removed,
+            removed_region_settled,
             bootstrap_keys,
             bootstrap_bytes,
             bootstrap_corrupt_chunks,
@@ -1234,6 +1265,10 @@ impl Metrics {
             .inc();
         self.config_reload("applied");
         self.region_admitted.set(1);
+        self.region_removed.set(0);
+        self.removed_region_settled
+            .get_or_create(&RemovedRegionLabels { region: "b".into() })
+            .set(1);
         self.replication_lag_seconds.get_or_create(&pair).set(0.0);
         self.replication_lag_ops.get_or_create(&pair).set(0);
         self.clock_offset_seconds.get_or_create(&pair).set(0.0);

@@ -614,6 +614,20 @@ impl PeerClient {
         }
     }
 
+    /// Stops this client reaching `peer` (a region removed from the cluster by a config reload):
+    /// no new connection is made to it; a pooled one is dropped when idle.
+    pub fn remove_peer(&self, peer: &RegionId) {
+        let inner = &self.http_connector;
+        match inner.addrs.write() {
+            Ok(mut a) => {
+                a.remove(peer.as_str());
+            }
+            Err(poisoned) => {
+                poisoned.into_inner().remove(peer.as_str());
+            }
+        }
+    }
+
     /// `POST path` to `peer`; on failure also says whether the request surely never left (no
     /// connection could be made), which a caller that must tell "not delivered" from "no answer"
     /// needs (the control group's proposals).
@@ -686,6 +700,11 @@ pub struct PeerResponse {
 impl PeerResponse {
     pub fn status(&self) -> hyper::StatusCode {
         self.resp.status()
+    }
+
+    /// A response header's value, if present and text.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.resp.headers().get(name).and_then(|v| v.to_str().ok())
     }
 
     /// The next chunk of the body; `None` at its end.

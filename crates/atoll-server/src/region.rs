@@ -66,6 +66,46 @@ pub struct RegionServer {
     resp: Option<atoll_resp::RespListener>,
 }
 
+/// Squares the store's removed regions with the config before replication starts
+/// (`docs/design/region-removal.md`): a region the config lists that this region removed is
+/// refused (a removed region's name is never reused); a region whose writes this region holds
+/// that is neither in the config nor removed was removed by the other regions while this one was
+/// stopped, and is removed here before the replication driver reads the store's removals.
+async fn settle_removals(store: &Arc<Store>, config: &Config, clock: &dyn Clock) -> Result<()> {
+    let removed = store.removed_regions();
+    if let Some((r, at)) = config
+        .regions
+        .iter()
+        .find_map(|r| removed.get(&r.name).map(|at| (&r.name, at)))
+    {
+        return Err(AtollError::Config(format!(
+            "the config lists region `{r}`, which this region removed from the cluster (at {} ms, holding {} of its writes): a removed region's name is never reused in the cluster; remove its [[regions]] table from the config, or give a new region another name",
+            at.at_ms, at.applied_then
+        )));
+    }
+    let me = store.region().clone();
+    let stale: Vec<RegionId> = store
+        .applied()
+        .iter()
+        .map(|(r, _)| r.clone())
+        .filter(|r| *r != me && config.region(r.as_str()).is_none() && !removed.contains_key(r))
+        .collect();
+    for r in stale {
+        let s = store.clone();
+        let region = r.clone();
+        let now_ms = clock.physical_ms();
+        let holds = tokio::task::spawn_blocking(move || s.remove_region(&region, now_ms))
+            .await
+            .map_err(|e| AtollError::Storage(format!("removal task: {e}")))??;
+        tracing::warn!(
+            region = %r,
+            holds,
+            "region removed from the cluster: this region holds writes of it and the config no longer lists it (removed while this region was stopped); it holds {holds} of them"
+        );
+    }
+    Ok(())
+}
+
 /// Every voter region but `me` (the consensus groups' members), at its peer address or
 /// `--peer-via` override.
 fn peer_addrs_for_control(opts: &RegionOptions, me: &RegionId) -> BTreeMap<RegionId, SocketAddr> {
@@ -219,6 +259,8 @@ impl RegionServer {
             })
         };
         let store = Arc::new(Store::open(backend, sopts, clock.clone())?);
+        settle_removals(&store, &opts.config, clock.as_ref()).await?;
+        membership.recognise_removed(store.removed_regions().keys());
         if store.is_admitted() {
             membership.set_admitted();
         }

@@ -34,7 +34,7 @@ use atoll_core::{AtollError, RegionId, Result};
 use atoll_store::Store;
 use axum::body::{Body, Bytes};
 use prometheus_client::metrics::{counter::Counter, histogram::Histogram};
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -44,6 +44,11 @@ use tokio::task::JoinHandle;
 
 /// Where the outcome of one apply handed to the store arrives.
 type Applying = tokio::sync::oneshot::Receiver<Result<atoll_store::RemoteOutcome>>;
+
+/// The response header of a `410 ATOLL-REGION-REMOVED` answer to a removed region's heartbeat,
+/// subscription or snapshot request: how many of the removed region's writes the answering
+/// region holds (`docs/design/region-removal.md`).
+pub const REMOVED_HOLDS_HEADER: &str = "x-atoll-removed-holds";
 
 /// Longest sleep of the driver loop (it also wakes when the driver's next timer is due).
 const DRIVER_NAP: Duration = Duration::from_millis(100);
@@ -86,6 +91,13 @@ pub struct Replicator {
     snapshot_slots: tokio::sync::Semaphore,
     /// When a refused heartbeat of a region that is not a peer was last logged as a warning.
     not_a_peer_logged_ms: AtomicU64,
+    /// When a refused heartbeat of a region this region removed was last logged as a warning.
+    removed_logged_ms: AtomicU64,
+    /// The regions this region removed: the streams it serves them end
+    /// (`docs/design/region-removal.md`).
+    removed_peers: tokio::sync::watch::Sender<BTreeSet<RegionId>>,
+    /// Set once this region logged that a peer said it was removed from the cluster.
+    removed_logged: AtomicBool,
 }
 
 /// What `/v1/status` says about a bootstrap.
@@ -103,6 +115,8 @@ const SNAPSHOT_CHUNK_ROWS: usize = 4_096;
 const SNAPSHOT_CHUNK_BYTES: usize = 4 << 20;
 /// Largest snapshot chunk answer read (a chunk's bytes plus the last row and framing).
 const MAX_SNAPSHOT_ANSWER_BYTES: usize = 80 << 20;
+/// Largest error answer read from a peer (an error body is a few hundred bytes).
+const MAX_ERROR_ANSWER_BYTES: usize = 64 << 10;
 /// How long one chunk may take to arrive.
 const SNAPSHOT_CHUNK_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -160,6 +174,23 @@ impl Replicator {
             &local,
             now,
         );
+        let removed_by = store.removed_by();
+        if let Some(r) = &removed_by {
+            metrics.region_removed.set(1);
+            tracing::error!(
+                by = %r.by,
+                held_by_members = r.held_by_members,
+                "this region was removed from the cluster (the other regions reloaded a config without it): it takes no writes, and what it wrote that no member holds is not replicated; send clients elsewhere and stop it (docs/design/region-removal.md)"
+            );
+        }
+        for r in store.removed_regions().keys() {
+            metrics
+                .removed_region_settled
+                .get_or_create(&crate::metrics::RemovedRegionLabels {
+                    region: r.to_string(),
+                })
+                .set(0);
+        }
         Ok(Arc::new(Replicator {
             driver: Mutex::new(driver),
             store,
@@ -180,6 +211,9 @@ impl Replicator {
             bootstrap_info: Mutex::new(BootstrapInfo::default()),
             snapshot_slots: tokio::sync::Semaphore::new(1),
             not_a_peer_logged_ms: AtomicU64::new(0),
+            removed_logged_ms: AtomicU64::new(0),
+            removed_peers: tokio::sync::watch::Sender::new(local.removed.iter().cloned().collect()),
+            removed_logged: AtomicBool::new(removed_by.is_some()),
         }))
     }
 
@@ -200,6 +234,125 @@ impl Replicator {
             tracing::info!(peer = %peer, %addr, "config reload: replicating with a region added to the cluster");
         }
         Ok(())
+    }
+
+    /// Removes a region from the cluster (a config reload that drops it,
+    /// `docs/design/region-removal.md`): no more heartbeats to it and its own refused, no peer
+    /// client reaches it, the streams this region serves it end, and the subscriptions to it end
+    /// at the driver's next tick; then the removal is made effective in the store, after every
+    /// apply queued before it (no entry that came from it is applied after that, whatever is
+    /// still in flight). Returns how many of its writes this region holds. Idempotent.
+    pub async fn remove_peer(&self, peer: &RegionId) -> Result<u64> {
+        self.with_driver(|d, _, _| d.remove_peer(peer))?;
+        self.http.remove_peer(peer);
+        self.stream_http.remove_peer(peer);
+        self.removed_peers.send_modify(|r| {
+            r.insert(peer.clone());
+        });
+        let store = self.store.clone();
+        let region = peer.clone();
+        let now_ms = self.clock.physical_ms();
+        let holds = tokio::task::spawn_blocking(move || store.remove_region(&region, now_ms))
+            .await
+            .map_err(|e| AtollError::Storage(format!("removal task: {e}")))??;
+        self.metrics
+            .removed_region_settled
+            .get_or_create(&crate::metrics::RemovedRegionLabels {
+                region: peer.to_string(),
+            })
+            .set(0);
+        self.forget_link_series(peer);
+        tracing::info!(
+            region = %peer,
+            holds,
+            "config reload: region removed from the cluster; this region holds {holds} of its writes (its writes settle once every region has removed it and holds as many)"
+        );
+        Ok(holds)
+    }
+
+    /// Drops the link series of a region that is no peer any more: a stale `atoll_peer_reachable
+    /// 0` would keep AtollPeerUnreachable and AtollPeerAwayLogsGrowing firing for ever.
+    fn forget_link_series(&self, peer: &RegionId) {
+        let l = self.pair(peer);
+        self.metrics.peer_reachable.remove(&l);
+        self.metrics.peer_rtt.remove(&l);
+        self.metrics.replication_lag_seconds.remove(&l);
+        self.metrics.replication_lag_ops.remove(&l);
+        self.metrics.clock_offset_seconds.remove(&l);
+        self.metrics.peer_clock_skewed.remove(&l);
+    }
+
+    /// The regions this region removed from the cluster (in effect in its store).
+    pub fn removed_regions(&self) -> BTreeMap<RegionId, atoll_store::RemovedRegion> {
+        self.store.removed_regions()
+    }
+
+    /// The regions this region removed: whether their writes are settled, or whom they wait for.
+    pub fn removed_status(&self) -> Vec<atoll_core::repl::RemovedStatus> {
+        self.with_driver(|d, _, local| {
+            d.sync(local);
+            d.core().removed_status()
+        })
+        .unwrap_or_default()
+    }
+
+    /// How many of `region`'s writes this region holds, if it removed `region` (what its
+    /// `410 ATOLL-REGION-REMOVED` answers say).
+    pub fn removed_holds(&self, region: &RegionId) -> Option<u64> {
+        self.with_driver(|d, _, _| {
+            d.core()
+                .removed()
+                .contains(region)
+                .then(|| d.core().applied().get(region))
+        })
+        .ok()
+        .flatten()
+    }
+
+    /// The refusal of a request from a region this region removed.
+    fn removed_refusal(&self, region: &RegionId, what: &str) -> Result<()> {
+        match self.removed_holds(region) {
+            Some(holds) => Err(AtollError::RegionRemoved(format!(
+                "{what} from `{region}`, which this region removed from the cluster (it holds {holds} of its writes)"
+            ))),
+            None => Ok(()),
+        }
+    }
+
+    /// A peer answered this region's heartbeat `410 ATOLL-REGION-REMOVED`: this region was
+    /// removed from the cluster. Recorded durably (the store refuses every local write from now
+    /// on); `holds` is how many of this region's writes that peer holds.
+    async fn on_removed_by(&self, by: RegionId, holds: u64) {
+        if self
+            .store
+            .removed_by()
+            .is_some_and(|r| r.held_by_members >= holds)
+        {
+            return;
+        }
+        let store = self.store.clone();
+        let at_ms = self.clock.physical_ms();
+        let who = by.clone();
+        match tokio::task::spawn_blocking(move || store.mark_removed(&who, at_ms, holds)).await {
+            Ok(Ok(())) => {
+                self.metrics.region_removed.set(1);
+                if !self.removed_logged.swap(true, Ordering::AcqRel) {
+                    let own = self.store.applied().get(self.store.region());
+                    tracing::error!(
+                        %by,
+                        held_by_members = holds,
+                        own_writes = own,
+                        "this region was removed from the cluster (`{by}` answered its heartbeat 410 ATOLL-REGION-REMOVED): it takes no writes from now on, and its writes no member holds are not replicated; send clients elsewhere and stop it (docs/design/region-removal.md)"
+                    );
+                }
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(%by, error = %e, "cannot record that this region was removed; trying at the next heartbeat")
+            }
+            Err(e) => {
+                tracing::warn!(%by, error = %e, "cannot record that this region was removed; trying at the next heartbeat")
+            }
+        }
     }
 
     /// A replica that is not admitted yet: admitted once every region of its config has sent it
@@ -435,7 +588,10 @@ impl Replicator {
             }
             Err(refusal) => {
                 self.refused(&hb.from, &refusal);
-                Err(AtollError::BadRequest(refusal.to_string()))
+                Err(match refusal {
+                    Refusal::Removed(_) => AtollError::RegionRemoved(refusal.to_string()),
+                    _ => AtollError::BadRequest(refusal.to_string()),
+                })
             }
         }
     }
@@ -444,16 +600,18 @@ impl Replicator {
         // A region added to the cluster heartbeats every region from its start, and those that
         // have not reloaded a config that lists it yet refuse it every interval: one warning a
         // minute for those (the name is anyone's to choose), every other refusal each time.
+        // A removed region keeps heartbeating until it is stopped: one warning a minute too.
+        let once_a_minute = |slot: &AtomicU64| {
+            let now = self.clock.physical_ms();
+            let last = slot.load(Ordering::Relaxed);
+            now.saturating_sub(last) >= 60_000
+                && slot
+                    .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                    .is_ok()
+        };
         let loud = match refusal {
-            Refusal::NotAPeer(_) => {
-                let now = self.clock.physical_ms();
-                let last = self.not_a_peer_logged_ms.load(Ordering::Relaxed);
-                now.saturating_sub(last) >= 60_000
-                    && self
-                        .not_a_peer_logged_ms
-                        .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
-                        .is_ok()
-            }
+            Refusal::NotAPeer(_) => once_a_minute(&self.not_a_peer_logged_ms),
+            Refusal::Removed(_) => once_a_minute(&self.removed_logged_ms),
             _ => true,
         };
         if loud {
@@ -552,6 +710,16 @@ impl Replicator {
                 .get_or_create(&l)
                 .set(i64::from(p.state == LinkState::ClockSkew));
         }
+        for r in self.removed_status() {
+            // Also if a scrape or a heartbeat's answer raced with the removal.
+            self.forget_link_series(&r.region);
+            self.metrics
+                .removed_region_settled
+                .get_or_create(&crate::metrics::RemovedRegionLabels {
+                    region: r.region.to_string(),
+                })
+                .set(i64::from(r.settled));
+        }
         let age = horizon.map_or(-1.0, |h| {
             self.clock.physical_ms().saturating_sub(h) as f64 / 1000.0
         });
@@ -617,14 +785,30 @@ impl Replicator {
     }
 
     /// Sends one heartbeat to `peer`, one way: the answer does not matter (a cut return path must
-    /// not stop it).
-    fn send_heartbeat(&self, peer: &RegionId, hb: &Heartbeat) {
+    /// not stop it), except `410 ATOLL-REGION-REMOVED`, which says this region was removed from
+    /// the cluster.
+    fn send_heartbeat(self: &Arc<Self>, peer: &RegionId, hb: &Heartbeat) {
         let Ok(body) = codec::encode(hb) else {
             return;
         };
-        let (http, peer) = (self.http.clone(), peer.clone());
+        let (me, peer) = (self.clone(), peer.clone());
         tokio::spawn(async move {
-            let _ = http.post(&peer, HEARTBEAT_PATH, body).await;
+            let Ok(resp) = me.http.post(&peer, HEARTBEAT_PATH, body).await else {
+                return;
+            };
+            if resp.status() != axum::http::StatusCode::GONE {
+                return;
+            }
+            let holds = resp
+                .header(REMOVED_HOLDS_HEADER)
+                .and_then(|h| h.trim().parse::<u64>().ok())
+                .unwrap_or(0);
+            let Ok(text) = resp.bytes(MAX_ERROR_ANSWER_BYTES).await else {
+                return;
+            };
+            if error_code(&text).as_deref() == Some("ATOLL-REGION-REMOVED") {
+                me.on_removed_by(peer, holds).await;
+            }
         });
     }
 
@@ -659,6 +843,10 @@ impl Replicator {
                 // Over its stream cap: retried every 200 ms, so not worth a warning each time
                 // (the peer counts these in atoll_replication_requests_refused_total).
                 tracing::debug!(peer = %peer, body = %text, "peer has no subscription slot free");
+            } else if status == axum::http::StatusCode::GONE {
+                // This region was removed from the cluster: its heartbeats learn it, and say it
+                // once (`on_removed_by`); the subscriptions are retried all the same.
+                tracing::debug!(peer = %peer, body = %text, "peer refused the subscription: this region was removed");
             } else {
                 tracing::warn!(peer = %peer, %status, body = %text, "peer refused the subscription");
             }
@@ -685,7 +873,7 @@ impl Replicator {
                 let cmds = self
                     .with_driver(|d, now, local| d.on_frame(id, frame, now, local))
                     .map_err(stopped)?;
-                self.follow(self.execute(Some(id), cmds), &mut out)?;
+                self.follow(&peer, self.execute(Some(id), cmds), &mut out)?;
             }
             let read = out.len() < window;
             tokio::select! {
@@ -702,7 +890,7 @@ impl Replicator {
                     let cmds = self
                         .with_driver(|d, now, local| d.on_applied(id, &report, now, local))
                         .map_err(stopped)?;
-                    self.follow(self.execute(Some(id), cmds), &mut out)?;
+                    self.follow(&peer, self.execute(Some(id), cmds), &mut out)?;
                 }
                 chunk = tokio::time::timeout_at(silent_after, resp.chunk()), if read => {
                     let chunk = chunk
@@ -720,9 +908,14 @@ impl Replicator {
 
     /// Carries out what the driver said of the caller's subscription: queue its next apply, or
     /// end it.
-    fn follow(&self, own: Own, out: &mut VecDeque<Applying>) -> std::result::Result<(), String> {
+    fn follow(
+        &self,
+        peer: &RegionId,
+        own: Own,
+        out: &mut VecDeque<Applying>,
+    ) -> std::result::Result<(), String> {
         match own {
-            Own::Apply(entries) => out.push_back(self.submit_apply(entries)),
+            Own::Apply(entries) => out.push_back(self.submit_apply(peer, entries)),
             Own::Ended(reason) => return Err(reason),
             Own::Continue => {}
         }
@@ -732,16 +925,20 @@ impl Replicator {
     /// Hands replicated entries to the store (in the order of the calls) and returns where its
     /// outcome will arrive. Metrics are recorded in the commit callback, so a subscription
     /// aborted while it waits still counts what was applied.
-    fn submit_apply(&self, entries: Vec<atoll_core::op::OpEntry>) -> Applying {
+    fn submit_apply(&self, peer: &RegionId, entries: Vec<atoll_core::op::OpEntry>) -> Applying {
         let (tx, rx) = tokio::sync::oneshot::channel();
         let metrics = self.metrics.clone();
         let me = self.store.region().to_string();
-        self.store.submit_remote(entries, move |r| {
-            if let Ok(out) = &r {
-                record_applied(&metrics, &me, out);
-            }
-            let _ = tx.send(r);
-        });
+        // Refused by the store once `peer` is removed (`Store::remove_region`): nothing that came
+        // from a removed region is applied after its removal took effect, even what was in
+        // flight when it was removed.
+        self.store
+            .submit_remote_from(peer.clone(), entries, move |r| {
+                if let Ok(out) = &r {
+                    record_applied(&metrics, &me, out);
+                }
+                let _ = tx.send(r);
+            });
         rx
     }
 
@@ -778,6 +975,7 @@ impl Replicator {
 
     /// Serves one subscription: streams the requested origins' ops beyond `sub.applied`.
     pub fn serve_subscription(self: &Arc<Self>, sub: Subscribe) -> Result<Body> {
+        self.removed_refusal(&sub.from, "subscription")?;
         let stream = self
             .with_driver(|d, _, _| {
                 d.check_subscription(&sub)
@@ -801,12 +999,17 @@ impl Replicator {
     ) -> Result<()> {
         let closed = || AtollError::ShuttingDown;
         let mut stop = self.stopping.subscribe();
+        let mut removed = self.removed_peers.subscribe();
         let changed = self.changed.clone();
         // Armed before the reads of a round, so a commit during the round wakes the wait after it.
         let mut grew = Box::pin(changed.notified());
         grew.as_mut().enable();
         loop {
             if *stop.borrow_and_update() {
+                return Ok(());
+            }
+            if removed.borrow_and_update().contains(st.to()) {
+                tracing::info!(peer = %st.to(), "ending a subscription stream: its subscriber was removed from the cluster");
                 return Ok(());
             }
             let now = self.now();
@@ -840,6 +1043,7 @@ impl Replicator {
                         _ = tokio::time::sleep(nap) => {}
                         _ = tx.closed() => return Ok(()),
                         _ = stop.changed() => return Ok(()),
+                        _ = removed.changed() => {}
                     }
                     grew = Box::pin(changed.notified());
                     grew.as_mut().enable();
@@ -1041,6 +1245,7 @@ impl Replicator {
                 req.cluster
             )));
         }
+        self.removed_refusal(&req.from, "snapshot request")?;
         if self.is_bootstrapping() || self.store.bootstrap_progress().is_some() {
             return Err(AtollError::Bootstrapping(
                 "a region that is itself bootstrapping cannot be a donor".into(),
@@ -1141,15 +1346,17 @@ async fn heartbeat_handler(
 ) -> axum::response::Response {
     use axum::response::IntoResponse;
     let auth = auth.as_deref();
+    let mut from = None;
     let result = peer::authenticated(&rep.metrics, auth)
         .and_then(|()| peer_message(codec::decode_heartbeat(&body), "heartbeat"))
         .and_then(|hb| {
             peer::authorize(&rep.metrics, auth, &hb.from)?;
+            from = Some(hb.from.clone());
             rep.on_heartbeat(&hb)
         });
     match result {
         Ok(()) => axum::http::StatusCode::NO_CONTENT.into_response(),
-        Err(e) => crate::api::ApiError(e).into_response(),
+        Err(e) => refusal(&rep, from.as_ref(), e),
     }
 }
 
@@ -1168,6 +1375,7 @@ async fn snapshot_handler(
             peer::authorize(&rep.metrics, auth, &r.from)?;
             Ok(r)
         });
+    let from = request.as_ref().ok().map(|r| r.from.clone());
     let result = match request {
         Ok(r) => rep.serve_snapshot(r).await,
         Err(e) => Err(e),
@@ -1178,7 +1386,7 @@ async fn snapshot_handler(
             bytes,
         )
             .into_response(),
-        Err(e) => crate::api::ApiError(e).into_response(),
+        Err(e) => refusal(&rep, from.as_ref(), e),
     }
 }
 
@@ -1189,10 +1397,12 @@ async fn subscribe_handler(
 ) -> axum::response::Response {
     use axum::response::IntoResponse;
     let auth = auth.as_deref();
+    let mut from = None;
     let result = peer::authenticated(&rep.metrics, auth)
         .and_then(|()| decode_peer_message::<Subscribe>(&body, "subscription request"))
         .and_then(|s| {
             peer::authorize(&rep.metrics, auth, &s.from)?;
+            from = Some(s.from.clone());
             rep.serve_subscription(s)
         });
     match result {
@@ -1204,8 +1414,33 @@ async fn subscribe_handler(
             stream,
         )
             .into_response(),
-        Err(e) => crate::api::ApiError(e).into_response(),
+        Err(e) => refusal(&rep, from.as_ref(), e),
     }
+}
+
+/// The answer to a refused peer request. A request from a region this region removed is
+/// answered `410 ATOLL-REGION-REMOVED` with [`REMOVED_HOLDS_HEADER`]: how many of its writes
+/// this region holds, which the removed region reports as what the cluster keeps of its writes.
+fn refusal(rep: &Replicator, from: Option<&RegionId>, e: AtollError) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let holds = match (&e, from) {
+        (AtollError::RegionRemoved(_), Some(from)) => rep.removed_holds(from),
+        _ => None,
+    };
+    let mut resp = crate::api::ApiError(e).into_response();
+    if let Some(holds) = holds {
+        resp.headers_mut().insert(
+            axum::http::HeaderName::from_static(REMOVED_HOLDS_HEADER),
+            axum::http::HeaderValue::from(holds),
+        );
+    }
+    resp
+}
+
+/// The `error.code` of an error answer's JSON body, if it has one.
+fn error_code(body: &[u8]) -> Option<String> {
+    let v: serde_json::Value = serde_json::from_slice(body).ok()?;
+    v["error"]["code"].as_str().map(str::to_string)
 }
 
 /// Decodes a message from a peer. Bytes that do not decode are the sender's fault (400), not a

@@ -135,7 +135,8 @@ pub fn decode_token(state: &AppState, text: &str) -> Result<SessionToken> {
     let config = &state.config;
     let t = SessionToken::decode(text, &config.cluster.name, |r| {
         match state.membership.get() {
-            Some(m) => m.is_region(r),
+            // A region removed from the cluster still made the writes a token names.
+            Some(m) => m.is_origin(r),
             None => config.region(r.as_str()).is_some(),
         }
     })?;

@@ -248,10 +248,11 @@ impl Watch {
         let _ = self.membership.set(m);
     }
 
-    /// The cluster's regions, as of the latest config reload.
+    /// The cluster's regions, as of the latest config reload, and those this region removed
+    /// (their writes stay in the log and in watch positions).
     pub fn regions(&self) -> Vec<RegionId> {
         match self.membership.get() {
-            Some(m) => m.regions(),
+            Some(m) => m.origins(),
             None => self.regions.clone(),
         }
     }

@@ -2082,6 +2082,65 @@ async fn healthz_serving_and_draining() {
     assert_eq!(h.get("/healthz").await.status, StatusCode::OK);
 }
 
+/// A region removed from the cluster (`docs/design/region-removal.md`) and one that removed
+/// another: `/healthz`, `/v1/status` and a refused write, each as documented.
+#[tokio::test]
+async fn a_removed_region_and_a_removal_are_answered_as_documented() {
+    let h = Harness::new();
+    let config = h.state.config.clone();
+    let me = RegionId::new(REGION).unwrap();
+    let membership = atoll_server::members::Membership::new(config.clone(), &me, false);
+    let _ = h.state.membership.set(membership);
+    // This region removed eu-west-1, a peer it replicated with.
+    let eu = RegionId::new("eu-west-1").unwrap();
+    let clock: Arc<dyn atoll_core::clock::Clock> = h.clock.clone();
+    let rep = atoll_server::replication::Replicator::new(
+        h.state.store.clone(),
+        clock,
+        h.state.metrics.clone(),
+        atoll_server::replication::Settings {
+            cluster: config.cluster.name.clone(),
+            peer_addrs: [(eu.clone(), "127.0.0.1:9".parse().unwrap())].into(),
+            core: atoll_core::repl::ReplConfig::new(1000, 500),
+            max_lag_secs: 30,
+            tls: None,
+            oplog_retention_ms: atoll_config::DEFAULT_OPLOG_RETENTION_MS,
+        },
+        Arc::new(tokio::sync::Notify::new()),
+    )
+    .unwrap();
+    assert_eq!(rep.remove_peer(&eu).await.unwrap(), 0);
+    let _ = h.state.replicator.set(rep);
+    h.put("/v1/kv/sessions/a", "v").await.expect_ok();
+    let s = h.status().await;
+    assert_eq!(
+        s["membership"]["removed"],
+        json!([{"region": "eu-west-1", "effective": true, "settled": true, "applied_seq": 0, "waiting_for": []}])
+    );
+    assert!(s["membership"].get("removed_by").is_none(), "{s}");
+    h.get("/healthz").await.expect_ok();
+
+    // Then a peer says this region was removed too.
+    let ap = RegionId::new("ap-southeast-1").unwrap();
+    h.state.store.mark_removed(&ap, T0, 0).unwrap();
+    let r = h.get("/healthz").await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(r.json()["status"], "removed");
+    let by = &r.json()["membership"]["removed_by"];
+    assert_eq!(
+        *by,
+        json!({"by": "ap-southeast-1", "at_ms": T0, "held_by_members": 0, "unreplicated_writes": 1})
+    );
+    assert_eq!(h.status().await["membership"]["removed_by"], *by);
+    let r = h.put("/v1/kv/sessions/b", "v").await;
+    assert_eq!(r.status, StatusCode::GONE);
+    assert_eq!(r.code(), "ATOLL-REGION-REMOVED");
+    let r = h.delete("/v1/kv/sessions/a").await;
+    assert_eq!(r.status, StatusCode::GONE);
+    // Reads are served.
+    h.get("/v1/kv/sessions/a").await.expect_ok();
+}
+
 #[tokio::test]
 async fn metrics_exposition() {
     let h = Harness::new();

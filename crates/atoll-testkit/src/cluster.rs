@@ -65,7 +65,7 @@ use atoll_config::render::{
 use atoll_config::{Model, Policy};
 use atoll_link::{Direction, FaultKind, LinkServer, LinkSpec, PartitionMode};
 use serde_json::Value;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::ExitStatus;
@@ -161,6 +161,9 @@ pub struct ClusterOptions {
     /// loopback port ([`Cluster::link_control_url`]), for tools that drive faults over HTTP
     /// (`atoll drill`).
     pub link_control: bool,
+    /// Regions declared `voter = false` (replicas, `docs/design/adding-regions.md`) from the
+    /// start ([`ClusterOptions::replica`]).
+    pub replicas: BTreeSet<String>,
 }
 
 impl ClusterOptions {
@@ -182,7 +185,15 @@ impl ClusterOptions {
             extra_config: String::new(),
             arbiter: false,
             link_control: false,
+            replicas: BTreeSet::new(),
         }
+    }
+
+    /// Declares region `name` with `voter = false` in the config the cluster starts with: a
+    /// replica, in no consensus group (the cluster must keep at least one voter).
+    pub fn replica(mut self, name: &str) -> Self {
+        self.replicas.insert(name.to_string());
+        self
     }
 
     /// Adds an arbiter: `[cluster.arbiter]` (name [`ARBITER`]) in the config, its certificate
@@ -374,7 +385,8 @@ pub fn cluster_toml(
         toml = toml.region(
             RegionToml::new(&r.name, r.api)
                 .peer(r.peer)
-                .location(r.lat, r.lon),
+                .location(r.lat, r.lon)
+                .voter(!opts.replicas.contains(&r.name)),
         );
     }
     for (name, policy) in KEYSPACES {

@@ -198,6 +198,12 @@ impl RegionProcess {
         &self.spec
     }
 
+    /// How the next [`RegionProcess::restart`] starts the region (e.g. another config file, or
+    /// not waiting for `/healthz` to answer 200).
+    pub fn spec_mut(&mut self) -> &mut RegionSpec {
+        &mut self.spec
+    }
+
     /// Sets an environment variable for the process's next (re)start.
     pub fn set_env(&mut self, key: &str, value: &str) {
         self.spec.env.retain(|(k, _)| k != key);

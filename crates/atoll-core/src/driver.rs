@@ -887,6 +887,12 @@ impl ReplDriver {
                 sub.cluster, self.cfg.cluster
             ));
         }
+        if self.core.removed().contains(&sub.from) {
+            return Err(format!(
+                "`{}` was removed from the cluster by this region",
+                sub.from
+            ));
+        }
         if !self.core.peers().any(|p| *p == sub.from) {
             return Err(format!("`{}` is not a peer of this region", sub.from));
         }

@@ -17,7 +17,7 @@ use crate::common;
 
 use anyhow::{Context, Result, ensure};
 use atoll_testkit::{Client, Cluster, ClusterOptions, RegionProcess, RegionSpec, poll};
-use common::{BIN, metric, ok};
+use common::{BIN, metric, ok, sighup};
 use std::ops::ControlFlow;
 use std::time::Duration;
 
@@ -26,19 +26,6 @@ const EU: &str = "eu-west-1";
 const AP: &str = "ap-southeast-1";
 const NEW: &str = "sa-east-1";
 const WAIT: Duration = Duration::from_secs(60);
-
-fn sighup(c: &Cluster, region: &str) -> Result<()> {
-    let pid = c
-        .region(region)
-        .pid()
-        .with_context(|| format!("{region} is not running"))?;
-    let st = std::process::Command::new("kill")
-        .args(["-HUP", &pid.to_string()])
-        .status()
-        .context("run kill -HUP")?;
-    ensure!(st.success(), "kill -HUP {pid} failed: {st}");
-    Ok(())
-}
 
 /// The new region's `membership.waiting_for`, and whether it is admitted.
 async fn membership(c: &Client) -> Result<(Vec<String>, bool)> {

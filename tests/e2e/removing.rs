@@ -22,7 +22,7 @@ use crate::common;
 
 use anyhow::{Context, Result, ensure};
 use atoll_testkit::{Client, Cluster, ClusterOptions, poll};
-use common::{BIN, metric, ok};
+use common::{BIN, metric, ok, sighup};
 use std::collections::BTreeMap;
 use std::ops::ControlFlow;
 use std::time::Duration;
@@ -35,19 +35,6 @@ const SA: &str = "sa-east-1";
 const VOTERS: [&str; 3] = [US, EU, AP];
 const WAIT: Duration = Duration::from_secs(60);
 const TICK: Duration = Duration::from_millis(250);
-
-fn sighup(c: &Cluster, region: &str) -> Result<()> {
-    let pid = c
-        .region(region)
-        .pid()
-        .with_context(|| format!("{region} is not running"))?;
-    let st = std::process::Command::new("kill")
-        .args(["-HUP", &pid.to_string()])
-        .status()
-        .context("run kill -HUP")?;
-    ensure!(st.success(), "kill -HUP {pid} failed: {st}");
-    Ok(())
-}
 
 /// `text` without the `[[regions]]` table of `name` (every other line as it was).
 fn without_region(text: &str, name: &str) -> String {
@@ -148,6 +135,19 @@ async fn wait_applied(c: &Cluster, regions: &[&str], want: &BTreeMap<String, u64
     Ok(())
 }
 
+/// Waits until the replica says every region admitted it.
+async fn wait_admitted(sa: &Client) -> Result<()> {
+    poll(WAIT, TICK, "the replica admitted", || async {
+        let s = sa.status().await?;
+        Ok(if s["membership"]["admitted"] == true {
+            ControlFlow::Break(())
+        } else {
+            ControlFlow::Continue(s["membership"].to_string())
+        })
+    })
+    .await
+}
+
 /// The entry of `region` in a region's `membership.removed`, if any.
 async fn removed_entry(c: &Client, region: &str) -> Result<Option<serde_json::Value>> {
     let s = c.status().await?;
@@ -175,15 +175,7 @@ async fn a_replica_removed_by_reload_settles_frees_the_logs_and_is_told_it_was_r
 async fn removed(c: &mut Cluster) -> Result<()> {
     let sa = c.client(SA);
     // The replica is in the config from the start: admitted once every region has heard it.
-    poll(WAIT, TICK, "the replica admitted", || async {
-        let s = sa.status().await?;
-        Ok(if s["membership"]["admitted"] == true {
-            ControlFlow::Break(())
-        } else {
-            ControlFlow::Continue(s["membership"].to_string())
-        })
-    })
-    .await?;
+    wait_admitted(&sa).await?;
     // Writes at every region, a delete among them; all four converge.
     for r in VOTERS.iter().chain([&SA]) {
         let cl = c.client(r);
@@ -493,15 +485,7 @@ async fn a_replica_removed_while_it_writes_settles_with_the_same_writes_everywhe
 
 async fn removed_live(c: &Cluster) -> Result<()> {
     let sa = c.client(SA);
-    poll(WAIT, TICK, "the replica admitted", || async {
-        let s = sa.status().await?;
-        Ok(if s["membership"]["admitted"] == true {
-            ControlFlow::Break(())
-        } else {
-            ControlFlow::Continue(s["membership"].to_string())
-        })
-    })
-    .await?;
+    wait_admitted(&sa).await?;
     // The replica writes until it is refused.
     let writer = {
         let sa = sa.clone();

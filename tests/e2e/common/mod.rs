@@ -83,3 +83,19 @@ pub async fn metric(c: &atoll_testkit::Client, series: &str) -> anyhow::Result<f
         .find_map(|l| l.strip_prefix(series).and_then(|v| v.trim().parse().ok()))
         .unwrap_or(0.0))
 }
+
+/// Sends `region` SIGHUP: it re-reads its config (`docs/design/adding-regions.md`,
+/// `docs/design/region-removal.md`).
+pub fn sighup(c: &atoll_testkit::Cluster, region: &str) -> anyhow::Result<()> {
+    use anyhow::Context as _;
+    let pid = c
+        .region(region)
+        .pid()
+        .with_context(|| format!("{region} is not running"))?;
+    let st = std::process::Command::new("kill")
+        .args(["-HUP", &pid.to_string()])
+        .status()
+        .context("run kill -HUP")?;
+    ensure!(st.success(), "kill -HUP {pid} failed: {st}");
+    Ok(())
+}

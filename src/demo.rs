@@ -287,9 +287,9 @@ fn without_region_table(text: &str, name: &str) -> Result<String, String> {
         }
         let start = i;
         i += 1;
-        while i < lines.len()
-            && !(header(lines[i]) && !lines[i].trim_start().starts_with("[regions."))
-        {
+        // Up to the next header that is not one of its sub-tables.
+        let own_part = |l: &str| !header(l) || l.trim_start().starts_with("[regions.");
+        while i < lines.len() && own_part(lines[i]) {
             i += 1;
         }
         tables.push((start, i));

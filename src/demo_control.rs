@@ -38,9 +38,11 @@ const KILL_DEADLINE: Duration = Duration::from_secs(10);
 /// How long `add` waits, after reloading every region, for the new one to be admitted.
 pub const ADMIT_DEADLINE: Duration = Duration::from_secs(60);
 /// How long `remove` waits, after reloading every remaining region, for each of them to show the
-/// removed region's writes settled (and then, within the same bound, for the removed region to
-/// learn it was removed, if it runs).
+/// removed region's writes settled.
 pub const REMOVE_DEADLINE: Duration = Duration::from_secs(60);
+/// How long `remove`, once the removal settled, waits for the removed region (if it runs) to
+/// learn it: it does from the answer to its next heartbeat (one a second by default).
+const TOLD_DEADLINE: Duration = Duration::from_secs(10);
 
 // ---------------------------------------------------------------------------------------------
 // The discovery file.
@@ -908,9 +910,7 @@ impl Regions {
         // next heartbeats (within a heartbeat interval or two).
         let runs = slot.live().state == RegionState::Running;
         let (told, health) = if runs {
-            // At least a few seconds, even if settling took most of the deadline.
-            let until = until.max(Instant::now() + Duration::from_secs(5));
-            match wait_told(&slot.api, until).await {
+            match wait_told(&slot.api, Instant::now() + TOLD_DEADLINE).await {
                 Ok(by) => (by, healthz(&slot.api).await),
                 Err(last) => {
                     notes.push(format!(
@@ -985,8 +985,13 @@ impl Regions {
                 let l = slot.live();
                 reports.push(StopReport {
                     name: slot.name.clone(),
-                    clean: before != RegionState::Exited,
+                    // A removed region is never restarted: its exit is no fault of the demo's.
+                    clean: before != RegionState::Exited || slot.is_removed(),
                     detail: match before {
+                        RegionState::Exited if slot.is_removed() => format!(
+                            "removed from the cluster; its process had exited ({})",
+                            l.exit.as_deref().unwrap_or("?")
+                        ),
                         RegionState::Exited => format!(
                             "had exited unexpectedly ({}) and was not restarted",
                             l.exit.as_deref().unwrap_or("?")
@@ -1464,7 +1469,8 @@ impl ControlServer {
 /// What `atoll demo ctl` does.
 #[derive(clap::Subcommand, Debug, Clone, PartialEq, Eq)]
 pub enum CtlAction {
-    /// List the demo's regions: state, pid, last exit, restarts.
+    /// List the demo's regions: state, pid, restarts, last exit, and whether each is a member of
+    /// the cluster or was removed (remove-region).
     Ls,
     /// Kill REGION's process (SIGKILL), as a crash would.
     Kill { region: String },

@@ -30,6 +30,8 @@ struct Demo {
     lines: mpsc::Receiver<String>,
     stdout: Arc<Mutex<Vec<String>>>,
     stderr: Arc<Mutex<String>>,
+    /// The thread that reads stderr: done once the demo exited and all of it was read.
+    stderr_reader: Option<std::thread::JoinHandle<()>>,
     /// The region processes it started (children of the demo).
     regions: Vec<u32>,
     data_dir: std::path::PathBuf,
@@ -67,7 +69,7 @@ impl Demo {
         let stderr = Arc::new(Mutex::new(String::new()));
         let mut err = child.stderr.take().expect("piped");
         let e = stderr.clone();
-        std::thread::spawn(move || {
+        let stderr_reader = std::thread::spawn(move || {
             let mut buf = [0u8; 4096];
             while let Ok(n) = err.read(&mut buf) {
                 if n == 0 {
@@ -83,6 +85,7 @@ impl Demo {
             lines,
             stdout,
             stderr,
+            stderr_reader: Some(stderr_reader),
             regions: Vec::new(),
             data_dir: data_dir.to_path_buf(),
             tmp_dir,
@@ -129,6 +132,14 @@ impl Demo {
         loop {
             if let Some(st) = child.try_wait()? {
                 self.child = None;
+                // What it wrote last (why it exited) is read before anyone looks at it: the
+                // pipe is at its end once the demo is gone (its regions write to their logs).
+                if let Some(reader) = self.stderr_reader.take() {
+                    let until = Instant::now() + Duration::from_secs(5);
+                    while !reader.is_finished() && Instant::now() < until {
+                        std::thread::sleep(Duration::from_millis(10));
+                    }
+                }
                 return Ok(st);
             }
             if Instant::now() > deadline {
@@ -283,13 +294,38 @@ async fn demo_replicates_and_stops_cleanly_on_sigint() {
 /// `(region, client API URL)` in the demo's order.
 type Endpoints = Vec<(String, String)>;
 
+/// The port offsets of the demo's listeners (regions 0..=2, and region 3 that `add-region`
+/// gives the next ports: client APIs, RESP, DNS, the router's proxy and admin, the links' and
+/// the demo's control, peer listeners).
+const DEMO_PORT_OFFSETS: [u16; 17] = [
+    0, 1, 2, 3, 10, 11, 12, 13, 53, 80, 81, 90, 91, 100, 101, 102, 103,
+];
+
+/// A port base whose every demo port is free now (another test may still take one before the
+/// demo binds it: [`start_demo`] retries then).
+fn demo_port_base() -> Result<u16> {
+    for _ in 0..50 {
+        let base = free_port_range(4)?;
+        let free = DEMO_PORT_OFFSETS.iter().all(|off| {
+            base.checked_add(*off).is_some_and(|p| {
+                std::net::TcpListener::bind(("127.0.0.1", p)).is_ok()
+                    && (*off != 53 || std::net::UdpSocket::bind(("127.0.0.1", p)).is_ok())
+            })
+        });
+        if free {
+            return Ok(base);
+        }
+    }
+    bail!("found no port base with every port of the demo free")
+}
+
 /// Starts a demo on a free port base (other ports, up to [`START_ATTEMPTS`] times, if one was
 /// taken meanwhile) and reads its endpoints.
 fn start_demo(dir: &TestDir) -> Result<(Demo, u16, Endpoints)> {
     let mut attempt = 0;
     loop {
         attempt += 1;
-        let base = free_port_range(3)?;
+        let base = demo_port_base()?;
         let data_dir = dir.join(&format!("demo-{attempt}"));
         let mut demo = Demo::spawn(base, &data_dir)?;
         match demo.endpoints()? {

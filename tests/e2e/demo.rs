@@ -1362,6 +1362,50 @@ async fn remove_region_part(
             "{name} after refused removals: {m}"
         );
     }
+    // While a founding region is down the removal could not settle: refused, naming it and how
+    // to start it; then it is restarted.
+    let on_eu = |what: &'static str| {
+        let base_flag = base_flag.clone();
+        move |demo: &Demo| {
+            atoll_within(
+                demo,
+                &["demo", "ctl", what, "eu-west-1", "--port-base", &base_flag],
+                DEADLINE,
+            )
+        }
+    };
+    let o = on_eu("kill")(demo)?;
+    ensure!(o.status.success(), "kill eu-west-1: {o:?}");
+    let refused = atoll_within(
+        demo,
+        &[
+            "demo",
+            "ctl",
+            "remove-region",
+            NEW,
+            "--port-base",
+            &base_flag,
+        ],
+        DEADLINE,
+    )?;
+    let err = String::from_utf8_lossy(&refused.stderr);
+    ensure!(
+        !refused.status.success()
+            && err.contains("ATOLL-REMOVE-REFUSED")
+            && err.contains("region eu-west-1 is not running")
+            && err.contains(&format!(
+                "atoll demo ctl restart eu-west-1 --port-base {base_flag}"
+            )),
+        "{refused:?}"
+    );
+    let o = on_eu("restart")(demo)?;
+    ensure!(o.status.success(), "restart eu-west-1: {o:?}");
+    let list = ctl.regions(token).await?.1;
+    demo.regions.push(pid_in(&list, "eu-west-1")?);
+    ensure!(
+        std::fs::read_to_string(&config_path)? == config_before,
+        "a refused removal changed the config"
+    );
     ensure!(
         sa.status().await?["membership"]["removed_by"].is_null(),
         "{NEW} was told it was removed by a refused removal"

@@ -1,6 +1,6 @@
 //! `atoll demo`: three regions on this machine, one command.
 
-use crate::demo_control::{AddedRegion, DemoError, SpawnFuture};
+use crate::demo_control::{AddedRegion, ConfigEdit, DemoError, SpawnFuture};
 use anyhow::{Context, Result, anyhow, bail};
 use atoll_config::Policy;
 use atoll_config::render::{ClusterToml, KeyspaceToml, RegionToml, RouterToml, Tls};
@@ -265,6 +265,79 @@ impl crate::demo_control::Spawner for DemoSpawner {
         let name = name.clone();
         Box::pin(async move { self.add_region(&name, index).await })
     }
+
+    fn removal(&self, name: &RegionId) -> Result<ConfigEdit, DemoError> {
+        self.region_removal(name)
+    }
+}
+
+/// `text` (a config) without the `[[regions]]` table of `name` (with any `[regions.*]`
+/// sub-tables after it, and the blank line before it), or why not: no such table, or several.
+/// The caller parses what comes back: a table this misreads fails there.
+fn without_region_table(text: &str, name: &str) -> Result<String, String> {
+    let lines: Vec<&str> = text.split_inclusive('\n').collect();
+    let header = |l: &str| l.trim_start().starts_with('[');
+    // Each `[[regions]]` table: (first line, one past its last line).
+    let mut tables = Vec::new();
+    let mut i = 0;
+    while i < lines.len() {
+        if lines[i].trim() != "[[regions]]" {
+            i += 1;
+            continue;
+        }
+        let start = i;
+        i += 1;
+        // Up to the next header that is not one of its sub-tables.
+        let own_part = |l: &str| !header(l) || l.trim_start().starts_with("[regions.");
+        while i < lines.len() && own_part(lines[i]) {
+            i += 1;
+        }
+        tables.push((start, i));
+    }
+    let names_it = |(start, end): (usize, usize)| {
+        let body: String = lines[start + 1..end].concat();
+        // Only the table's own keys (up to a sub-table) are read for its name: `name = "..."`
+        // as `RegionToml` writes it (a region name needs no escapes).
+        body.split_inclusive('\n')
+            .take_while(|l| !header(l))
+            .filter_map(|l| l.split_once('='))
+            .any(|(key, value)| {
+                let value = value.split('#').next().unwrap_or_default().trim();
+                key.trim() == "name"
+                    && (value == format!("\"{name}\"") || value == format!("'{name}'"))
+            })
+    };
+    let found: Vec<(usize, usize)> = tables.into_iter().filter(|t| names_it(*t)).collect();
+    let (start, end) = match found.as_slice() {
+        [one] => *one,
+        [] => {
+            return Err(format!(
+                "the demo's config has no [[regions]] table of {name}"
+            ));
+        }
+        _ => {
+            return Err(format!(
+                "the demo's config has {} [[regions]] tables of {name}",
+                found.len()
+            ));
+        }
+    };
+    // The blank lines between it and the next table stay; the blank line `add-region` put
+    // before it goes with it.
+    let mut end = end;
+    while end > start + 1 && lines[end - 1].trim().is_empty() {
+        end -= 1;
+    }
+    let start = if start > 0 && lines[start - 1].trim().is_empty() {
+        start - 1
+    } else {
+        start
+    };
+    Ok(format!(
+        "{}{}",
+        lines[..start].concat(),
+        lines[end..].concat()
+    ))
 }
 
 /// Where the demo's region number `index` listens: `(api, resp, peer)`, or why it cannot.
@@ -468,6 +541,63 @@ impl DemoSpawner {
             child,
             api: endpoint,
             details,
+        })
+    }
+}
+
+impl DemoSpawner {
+    /// `Spawner::removal`: the demo's config without `name`'s table, checked as every running
+    /// region will check it on SIGHUP; nothing is written.
+    fn region_removal(&self, name: &RegionId) -> Result<ConfigEdit, DemoError> {
+        let refuse = |why: String| DemoError::RemoveRefused(why);
+        let config_text = std::fs::read_to_string(&self.config).map_err(|e| {
+            refuse(format!(
+                "cannot read the demo's config {}: {e}",
+                self.config.display()
+            ))
+        })?;
+        let source = self.config.display().to_string();
+        let old = atoll_config::Config::parse(&config_text, &source)
+            .map_err(|e| refuse(format!("the demo's config does not parse: {e}")))?;
+        let Some(region) = old.region(name.as_str()) else {
+            return Err(refuse(format!(
+                "the demo's config {} has no region {name}",
+                self.config.display()
+            )));
+        };
+        if region.voter {
+            let voters: Vec<String> = old.voters().map(|r| r.name.to_string()).collect();
+            return Err(refuse(format!(
+                "{name} is a voter: only a region added with voter = false (`atoll demo ctl add-region`) can be removed from a running cluster. The founding regions ({}) are the voters, the members of the control group and the strong group, and a consensus group's voters do not change at run time (docs/design/region-removal.md)",
+                voters.join(", ")
+            )));
+        }
+        let new_text = without_region_table(&config_text, name.as_str()).map_err(refuse)?;
+        // Exactly what every running region will do with the file on SIGHUP.
+        let new = atoll_config::Config::parse(&new_text, &source)
+            .map_err(|e| refuse(format!("the config without {name} is invalid: {e}")))?;
+        match old.reload_change(&new) {
+            Ok(change)
+                if change.added.is_empty()
+                    && change.removed.len() == 1
+                    && change.removed[0].name == *name => {}
+            Ok(change) => {
+                return Err(refuse(format!(
+                    "the config without {name}'s table adds {} regions and removes {}, not {name} alone",
+                    change.added.len(),
+                    change.removed.len()
+                )));
+            }
+            Err(why) => {
+                return Err(refuse(format!(
+                    "the running regions would refuse the config without {name}: {why}"
+                )));
+            }
+        }
+        Ok(ConfigEdit {
+            path: self.config.clone(),
+            text: new_text,
+            write: replace_file,
         })
     }
 }
@@ -724,8 +854,8 @@ pub async fn run(
         pb = crate::demo_control::port_base_flag(port_base),
         add = if model == atoll_config::Model::ActiveActive {
             format!(
-                "\n  atoll demo ctl add-region sa-east-1{}   # a fourth region joins the running cluster",
-                crate::demo_control::port_base_flag(port_base)
+                "\n  atoll demo ctl add-region sa-east-1{pb}   # a fourth region joins the running cluster\n  atoll demo ctl remove-region sa-east-1{pb}   # ... after add-region: it leaves again (a removed name is never reused)",
+                pb = crate::demo_control::port_base_flag(port_base)
             )
         } else {
             String::new()
@@ -911,11 +1041,77 @@ mod tests {
                 8100
             )
         );
+        let Some(crate::DemoCommand::Ctl(args)) =
+            parse(&["atoll", "demo", "ctl", "remove-region", "sa-east-1"]).0
+        else {
+            panic!("not `atoll demo ctl`");
+        };
+        assert_eq!(
+            (args.action, args.port_base),
+            (
+                CtlAction::RemoveRegion {
+                    name: "sa-east-1".into()
+                },
+                7100
+            )
+        );
         // Demo flags and `ctl` do not mix: `ctl` finds the demo by its own --port-base.
         assert!(
             crate::Cli::try_parse_from(["atoll", "demo", "--data-dir", "/tmp/x", "ctl", "ls"])
                 .is_err()
         );
+    }
+
+    /// Removing an added region's table gives back the config before it was appended, which the
+    /// running regions take as that region removed; a founding region's table goes too when
+    /// asked (the voter check is the caller's), and a name with no table is refused.
+    #[test]
+    fn an_added_regions_table_comes_out_of_the_config_and_nothing_else() {
+        let base = demo_config(7100, atoll_config::Model::ActiveActive);
+        let table = |name: &str, i: u16| {
+            RegionToml::new(name, SocketAddr::from((Ipv4Addr::LOCALHOST, 7100 + i)))
+                .peer(SocketAddr::from((Ipv4Addr::LOCALHOST, 7200 + i)))
+                .resp(SocketAddr::from((Ipv4Addr::LOCALHOST, 7110 + i)))
+                .location(-23.5, -46.6)
+                .voter(false)
+                .render()
+        };
+        let with_two = format!("{base}{}{}", table("sa-east-1", 3), table("sa-east-2", 4));
+        let with_first = format!("{base}{}", table("sa-east-1", 3));
+        // The last table, and one in the middle.
+        assert_eq!(
+            without_region_table(&with_two, "sa-east-2").unwrap(),
+            with_first
+        );
+        let without_first = without_region_table(&with_two, "sa-east-1").unwrap();
+        assert_eq!(without_first, format!("{base}{}", table("sa-east-2", 4)));
+        let old = atoll_config::Config::parse(&with_two, "demo").unwrap();
+        let new = atoll_config::Config::parse(&without_first, "demo").unwrap();
+        let change = old.reload_change(&new).unwrap();
+        assert!(change.added.is_empty());
+        assert_eq!(
+            change
+                .removed
+                .iter()
+                .map(|r| r.name.as_str())
+                .collect::<Vec<_>>(),
+            ["sa-east-1"]
+        );
+        // A founding region's table comes out too, and the reload refuses that (a voter).
+        let no_us = without_region_table(&with_first, "us-east-1").unwrap();
+        let e = atoll_config::Config::parse(&no_us, "demo")
+            .map_err(|e| e.to_string())
+            .and_then(|new| {
+                atoll_config::Config::parse(&with_first, "demo")
+                    .unwrap()
+                    .reload_change(&new)
+            });
+        assert!(e.is_err(), "removing us-east-1 was taken");
+        let e = without_region_table(&with_first, "eu-central-1").unwrap_err();
+        assert!(e.contains("no [[regions]] table of eu-central-1"), "{e}");
+        // A name that only starts like another's is not it.
+        let e = without_region_table(&with_first, "sa-east").unwrap_err();
+        assert!(e.contains("no [[regions]] table"), "{e}");
     }
 
     /// A region added to the demo gets the next ports of the scheme, while there is room.

@@ -1,7 +1,7 @@
 //! What keeps `atoll demo` running through failures, and lets a drill drive it: the region
 //! supervisor (one task per region process: a region that dies is reported and the rest keeps
 //! running), the demo's control API (`/v1/demo/regions`, kill / stop / restart a region, add one
-//! to the running cluster; bearer token), the discovery file
+//! to the running cluster or remove an added one; bearer token), the discovery file
 //! (`${TMPDIR:-/tmp}/atoll-demo-<port-base>.json`) that tells tools where all of it is, and
 //! `atoll demo ctl`, the command-line client of the control API.
 
@@ -37,6 +37,12 @@ pub const STOP_DEADLINE: Duration = Duration::from_secs(20);
 const KILL_DEADLINE: Duration = Duration::from_secs(10);
 /// How long `add` waits, after reloading every region, for the new one to be admitted.
 pub const ADMIT_DEADLINE: Duration = Duration::from_secs(60);
+/// How long `remove` waits, after reloading every remaining region, for each of them to show the
+/// removed region's writes settled.
+pub const REMOVE_DEADLINE: Duration = Duration::from_secs(60);
+/// How long `remove`, once the removal settled, waits for the removed region (if it runs) to
+/// learn it: it does from the answer to its next heartbeat (one a second by default).
+const TOLD_DEADLINE: Duration = Duration::from_secs(10);
 
 // ---------------------------------------------------------------------------------------------
 // The discovery file.
@@ -280,6 +286,34 @@ pub trait Spawner: Send + Sync + 'static {
     /// process, listening when this answers. Nothing is left changed when it fails.
     fn add(&self, name: &RegionId, index: usize)
     -> SpawnFuture<'_, Result<AddedRegion, DemoError>>;
+
+    /// Prepares the demo's config without `name`'s `[[regions]]` table, changing nothing yet:
+    /// refuses ([`DemoError::RemoveRefused`]) if the config has no such region, if it is a voter,
+    /// or if the running regions would refuse the new config on SIGHUP
+    /// (`Config::reload_change`). [`ConfigEdit::apply`] writes it.
+    fn removal(&self, name: &RegionId) -> Result<ConfigEdit, DemoError>;
+}
+
+/// A change of the demo's config, checked and not written yet.
+pub struct ConfigEdit {
+    /// The demo's config file.
+    pub path: PathBuf,
+    /// What it will say.
+    pub text: String,
+    /// How to write it (atomically: the regions re-read the file on SIGHUP).
+    pub write: fn(&Path, &str) -> std::io::Result<()>,
+}
+
+impl ConfigEdit {
+    /// Writes the new config.
+    pub fn apply(&self) -> Result<(), DemoError> {
+        (self.write)(&self.path, &self.text).map_err(|e| {
+            DemoError::RemoveRefused(format!(
+                "cannot write the demo's config {}: {e}",
+                self.path.display()
+            ))
+        })
+    }
 }
 
 /// A region [`Spawner::add`] started.
@@ -310,6 +344,10 @@ struct Slot {
     /// One control operation at a time per region.
     op: tokio::sync::Mutex<()>,
     live: Mutex<Live>,
+    /// Removed from the cluster (`atoll demo ctl remove-region`): no longer a member, never
+    /// reloaded or restarted again; its process, if it runs, stays supervised (see
+    /// [`Regions::remove`]).
+    removed: AtomicBool,
 }
 
 impl Slot {
@@ -328,7 +366,12 @@ impl Slot {
                 signals: None,
                 reaped: None,
             }),
+            removed: AtomicBool::new(false),
         }
+    }
+
+    fn is_removed(&self) -> bool {
+        self.removed.load(Ordering::SeqCst)
     }
 
     fn live(&self) -> MutexGuard<'_, Live> {
@@ -354,6 +397,7 @@ impl Slot {
             "pid": l.pid,
             "exit": l.exit,
             "restarts": l.restarts,
+            "removed": self.is_removed(),
         })
     }
 }
@@ -365,8 +409,9 @@ pub struct Regions {
     spawner: Box<dyn Spawner>,
     port_base: u16,
     shutting_down: AtomicBool,
-    /// One `add` at a time (it picks the next region number).
-    adding: tokio::sync::Mutex<()>,
+    /// One `add` or `remove` at a time (`add` picks the next region number; each changes the
+    /// config and reloads the regions).
+    membership: tokio::sync::Mutex<()>,
     /// The discovery file once the demo has published it, and what it says.
     discovery: Mutex<Option<(DiscoveryFile, Discovery)>>,
 }
@@ -432,7 +477,7 @@ impl Regions {
             spawner,
             port_base,
             shutting_down: AtomicBool::new(false),
-            adding: tokio::sync::Mutex::new(()),
+            membership: tokio::sync::Mutex::new(()),
             discovery: Mutex::new(None),
         });
         for (slot, child) in slots.into_iter().zip(children) {
@@ -475,6 +520,16 @@ impl Regions {
             name: name.to_string(),
             api: api.to_string(),
         });
+        file.write(doc)
+    }
+
+    /// Takes a region out of the discovery file (if published): it is no member any more.
+    fn undiscover(&self, name: &str) -> Result<()> {
+        let mut d = self.discovery.lock().unwrap_or_else(|p| p.into_inner());
+        let Some((file, doc)) = d.as_mut() else {
+            return Ok(());
+        };
+        doc.regions.retain(|r| r.name != name);
         file.write(doc)
     }
 
@@ -537,7 +592,17 @@ impl Regions {
             l.signals = None;
             requested
         };
-        if !self.shutting_down.load(Ordering::SeqCst) {
+        if !self.shutting_down.load(Ordering::SeqCst) && slot.is_removed() {
+            eprintln!(
+                "region {} (removed from the cluster) {} ({text}); a removed region is not restarted",
+                slot.name,
+                match requested {
+                    None => "exited",
+                    Some(Requested::Kill) => "was killed on request",
+                    Some(Requested::Stop) => "was stopped on request",
+                }
+            );
+        } else if !self.shutting_down.load(Ordering::SeqCst) {
             let restart = self.restart_command(&slot.name);
             match requested {
                 None => eprintln!(
@@ -639,6 +704,11 @@ impl Regions {
     pub async fn restart(self: &Arc<Self>, name: &str) -> Result<Value, DemoError> {
         let slot = self.lookup(name)?;
         let _op = slot.op.lock().await;
+        if slot.is_removed() {
+            return Err(DemoError::RegionRemoved(format!(
+                "region {name} was removed from the cluster: the demo's config has no table for it (it would not start) and the other regions refuse it (410 ATOLL-REGION-REMOVED), so it is not restarted"
+            )));
+        }
         Self::stop_slot(&slot).await?;
         if self.shutting_down.load(Ordering::SeqCst) {
             return Err(DemoError::ShuttingDown);
@@ -666,8 +736,13 @@ impl Regions {
         }
         let id = RegionId::new(name)
             .map_err(|_| DemoError::InvalidName(format!("`{name}` is not a valid region name")))?;
-        let _adding = self.adding.lock().await;
-        if self.slot(name).is_some() {
+        let _membership = self.membership.lock().await;
+        if let Some(slot) = self.slot(name) {
+            if slot.is_removed() {
+                return Err(DemoError::RegionRemoved(format!(
+                    "region {name} was removed from the cluster, and a removed region's name is never used again: its sequence numbers belong to the writes the cluster holds, and every region remembers the removal (they would refuse a config that lists {name} again)"
+                )));
+            }
             return Err(DemoError::RegionExists(name.to_string()));
         }
         let index = self.slots().len();
@@ -691,7 +766,7 @@ impl Regions {
         // down reads it when restarted.
         let (mut reloaded, mut down) = (Vec::new(), Vec::new());
         for s in self.slots() {
-            if s.name == name {
+            if s.name == name || s.is_removed() {
                 continue;
             }
             if s.signal(libc::SIGHUP) {
@@ -738,6 +813,153 @@ impl Regions {
         Ok(v)
     }
 
+    /// Removes region `name` from the running demo (`atoll demo ctl remove-region`): only a
+    /// region added with `voter = false` (the founding regions are voters), and only while
+    /// every other region runs (settling the removal needs each of them). It rewrites the
+    /// demo's config without the region's table, reloads every other region (SIGHUP), and waits
+    /// up to [`REMOVE_DEADLINE`] until each shows the region's writes settled
+    /// (`membership.removed[].settled`). Any refusal changes nothing.
+    ///
+    /// The removed region's process is **kept running** (if it runs): a removed region that
+    /// still runs is what a partitioned or forgotten one does in a real cluster, and the demo
+    /// shows what it then does — it learns the removal from the `410` answers to its
+    /// heartbeats, refuses writes (`410 ATOLL-REGION-REMOVED`), `/healthz` says `removed`, and
+    /// it still serves reads of what it holds, so a user can look at it. It is no member any
+    /// more: it is never reloaded, `restart` and `add` of its name are refused, the discovery
+    /// file drops it, and `ls` marks it removed; `kill`/`stop` still work, and the demo's
+    /// shutdown stops it with the rest.
+    pub async fn remove(self: &Arc<Self>, name: &str) -> Result<Value, DemoError> {
+        if self.shutting_down.load(Ordering::SeqCst) {
+            return Err(DemoError::ShuttingDown);
+        }
+        let id = RegionId::new(name)
+            .map_err(|_| DemoError::InvalidName(format!("`{name}` is not a valid region name")))?;
+        let _membership = self.membership.lock().await;
+        let slot = self.lookup(name)?;
+        if slot.is_removed() {
+            return Err(DemoError::RegionRemoved(format!(
+                "region {name} was removed from the cluster already"
+            )));
+        }
+        let _op = slot.op.lock().await;
+        // Checks the config change first: a voter, or a change the regions would refuse.
+        let edit = self.spawner.removal(&id)?;
+        let remaining: Vec<Arc<Slot>> = self
+            .slots()
+            .into_iter()
+            .filter(|s| s.name != name && !s.is_removed())
+            .collect();
+        let down: Vec<String> = remaining
+            .iter()
+            .filter(|s| s.live().state != RegionState::Running)
+            .map(|s| s.name.clone())
+            .collect();
+        if !down.is_empty() {
+            return Err(DemoError::RemoveRefused(format!(
+                "{} not running: a removal settles only once every remaining region has removed {name} and holds as many of its writes, so start {} first ({})",
+                if down.len() == 1 {
+                    format!("region {} is", down[0])
+                } else {
+                    format!("regions {} are", down.join(", "))
+                },
+                if down.len() == 1 { "it" } else { "them" },
+                down.iter()
+                    .map(|d| format!("`{}`", self.restart_command(d)))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )));
+        }
+        if self.shutting_down.load(Ordering::SeqCst) {
+            return Err(DemoError::ShuttingDown);
+        }
+        let started = Instant::now();
+        edit.apply()?;
+        // From here on the removal is made: the regions remember it durably once they reload.
+        slot.removed.store(true, Ordering::SeqCst);
+        let mut notes = Vec::new();
+        if let Err(e) = self.undiscover(name) {
+            notes.push(format!("the discovery file was not updated: {e:#}"));
+        }
+        let (mut reloaded, mut missed) = (Vec::new(), Vec::new());
+        let mut apis = Vec::new();
+        for s in &remaining {
+            if s.signal(libc::SIGHUP) {
+                reloaded.push(s.name.clone());
+            } else {
+                missed.push(s.name.clone());
+            }
+            apis.push((s.name.clone(), s.api.clone()));
+        }
+        if !missed.is_empty() {
+            notes.push(format!(
+                "not running when reloaded: {} (a restart reads the new config and removes {name} then)",
+                missed.join(", ")
+            ));
+        }
+        let until = started + REMOVE_DEADLINE;
+        let settled = wait_settled(&apis, name, until)
+            .await
+            .map_err(|waiting| {
+                DemoError::NotSettled(format!(
+                    "region {name} is removed (the demo's config no longer lists it; reloaded on SIGHUP: {}) but not every region shows its writes settled within {REMOVE_DEADLINE:?}: {waiting}",
+                    reloaded.join(", ")
+                ))
+            })?;
+        let settled_after = started.elapsed();
+        // What the removed region itself says, if it runs: it learns from the 410 answers to its
+        // next heartbeats (within a heartbeat interval or two).
+        let runs = slot.live().state == RegionState::Running;
+        let (told, health) = if runs {
+            match wait_told(&slot.api, Instant::now() + TOLD_DEADLINE).await {
+                Ok(by) => (by, healthz(&slot.api).await),
+                Err(last) => {
+                    notes.push(format!(
+                        "{name} runs but has not learnt it was removed yet ({last}): its next heartbeat is answered 410 ATOLL-REGION-REMOVED"
+                    ));
+                    (Value::Null, healthz(&slot.api).await)
+                }
+            }
+        } else {
+            (Value::Null, Value::Null)
+        };
+        let held = settled.first().map(|(_, n)| *n);
+        let mut v = slot.json();
+        if let Value::Object(m) = &mut v {
+            m.insert("config".into(), json!(edit.path.display().to_string()));
+            m.insert("reloaded".into(), json!(reloaded));
+            m.insert(
+                "settled_after_ms".into(),
+                json!(u64::try_from(settled_after.as_millis()).unwrap_or(u64::MAX)),
+            );
+            m.insert(
+                "settled".into(),
+                json!(
+                    settled
+                        .iter()
+                        .map(|(r, n)| json!({"region": r, "applied_seq": n}))
+                        .collect::<Vec<_>>()
+                ),
+            );
+            m.insert("held".into(), json!(held));
+            m.insert("kept_running".into(), json!(runs));
+            m.insert("removed_by".into(), told);
+            m.insert("healthz".into(), health);
+            m.insert("notes".into(), json!(notes));
+        }
+        if !self.shutting_down.load(Ordering::SeqCst) {
+            println!(
+                "region {name} removed, settled at every region after {:.1} s{}",
+                settled_after.as_secs_f64(),
+                if runs {
+                    " (its process keeps running, refusing writes: `atoll demo ctl ls` marks it removed)"
+                } else {
+                    ""
+                }
+            );
+        }
+        Ok(v)
+    }
+
     fn lookup(&self, name: &str) -> Result<Arc<Slot>, DemoError> {
         if self.shutting_down.load(Ordering::SeqCst) {
             return Err(DemoError::ShuttingDown);
@@ -763,8 +985,13 @@ impl Regions {
                 let l = slot.live();
                 reports.push(StopReport {
                     name: slot.name.clone(),
-                    clean: before != RegionState::Exited,
+                    // A removed region is never restarted: its exit is no fault of the demo's.
+                    clean: before != RegionState::Exited || slot.is_removed(),
                     detail: match before {
+                        RegionState::Exited if slot.is_removed() => format!(
+                            "removed from the cluster; its process had exited ({})",
+                            l.exit.as_deref().unwrap_or("?")
+                        ),
                         RegionState::Exited => format!(
                             "had exited unexpectedly ({}) and was not restarted",
                             l.exit.as_deref().unwrap_or("?")
@@ -837,6 +1064,126 @@ async fn wait_admitted(api: &str, deadline: Duration) -> Result<(), String> {
     }
 }
 
+/// Polls every region of `regions` (`(name, api)`) until each one's `/v1/status` shows `name` in
+/// `membership.removed` with `settled: true`, or `until` passes: `Ok` has how many of `name`'s
+/// writes each holds (`applied_seq`), `Err` says what those not there yet said last.
+async fn wait_settled(
+    regions: &[(String, String)],
+    name: &str,
+    until: Instant,
+) -> Result<Vec<(String, u64)>, String> {
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(2))
+        .build()
+        .map_err(|e| e.to_string())?;
+    let mut done: Vec<Option<u64>> = vec![None; regions.len()];
+    let mut last: Vec<String> = vec![String::new(); regions.len()];
+    loop {
+        for (i, (region, api)) in regions.iter().enumerate() {
+            if done[i].is_some() {
+                continue;
+            }
+            last[i] = match http.get(format!("{api}/v1/status")).send().await {
+                Ok(resp) => match resp.json::<Value>().await {
+                    Ok(status) => {
+                        let entry = status["membership"]["removed"]
+                            .as_array()
+                            .and_then(|a| a.iter().find(|r| r["region"] == name));
+                        match entry {
+                            None => format!("{region} has not removed {name} yet"),
+                            Some(r) if r["settled"] == true => {
+                                done[i] = Some(r["applied_seq"].as_u64().unwrap_or(0));
+                                String::new()
+                            }
+                            Some(r) => {
+                                let waiting: Vec<&str> = r["waiting_for"]
+                                    .as_array()
+                                    .map(|a| a.iter().filter_map(Value::as_str).collect())
+                                    .unwrap_or_default();
+                                format!(
+                                    "{region} removed it ({}) and waits for {}",
+                                    if r["effective"] == true {
+                                        "in effect"
+                                    } else {
+                                        "not in effect yet"
+                                    },
+                                    if waiting.is_empty() {
+                                        "nothing it names".to_string()
+                                    } else {
+                                        waiting.join(", ")
+                                    }
+                                )
+                            }
+                        }
+                    }
+                    Err(e) => format!("{region}'s /v1/status answered no JSON: {e}"),
+                },
+                Err(e) => format!("{region}'s /v1/status did not answer: {e}"),
+            };
+        }
+        if done.iter().all(Option::is_some) {
+            return Ok(regions
+                .iter()
+                .zip(&done)
+                .map(|((r, _), n)| (r.clone(), n.unwrap_or(0)))
+                .collect());
+        }
+        if Instant::now() >= until {
+            return Err(last
+                .into_iter()
+                .filter(|l| !l.is_empty())
+                .collect::<Vec<_>>()
+                .join("; "));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Polls the removed region's `/v1/status` until its `membership.removed_by` shows it learnt it
+/// was removed (that object), or `until` passes: `Err` says what it said last.
+async fn wait_told(api: &str, until: Instant) -> Result<Value, String> {
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(2))
+        .build()
+        .map_err(|e| e.to_string())?;
+    loop {
+        let last = match http.get(format!("{api}/v1/status")).send().await {
+            Ok(resp) => match resp.json::<Value>().await {
+                Ok(status) => {
+                    let by = &status["membership"]["removed_by"];
+                    if by.is_object() {
+                        return Ok(by.clone());
+                    }
+                    "its /v1/status shows no membership.removed_by yet".to_string()
+                }
+                Err(e) => format!("its /v1/status answered no JSON: {e}"),
+            },
+            Err(e) => format!("its /v1/status did not answer: {e}"),
+        };
+        if Instant::now() >= until {
+            return Err(last);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// What `<api>/healthz` answers: `{"code": HTTP status, "status": its `status` field}`, or null
+/// if it does not answer.
+async fn healthz(api: &str) -> Value {
+    let Ok(http) = reqwest::Client::builder()
+        .timeout(Duration::from_secs(2))
+        .build()
+    else {
+        return Value::Null;
+    };
+    let Ok(resp) = http.get(format!("{api}/healthz")).send().await else {
+        return Value::Null;
+    };
+    let code = resp.status().as_u16();
+    let body: Value = resp.json().await.unwrap_or(Value::Null);
+    json!({"code": code, "status": body["status"]})
+}
+
 // ---------------------------------------------------------------------------------------------
 // The control API.
 
@@ -858,6 +1205,13 @@ pub enum DemoError {
     AddRefused(String),
     /// `add`: the region runs but was not admitted in time (what it waits for).
     NotAdmitted(String),
+    /// `remove`: the region cannot be removed (why); nothing was changed.
+    RemoveRefused(String),
+    /// `restart`, `add`, `remove` of a region removed from the cluster (what was asked).
+    RegionRemoved(String),
+    /// `remove`: the region is removed but not every region shows it settled in time (what
+    /// they wait for).
+    NotSettled(String),
 }
 
 impl std::fmt::Display for DemoError {
@@ -876,6 +1230,9 @@ impl std::fmt::Display for DemoError {
             Self::RegionExists(r) => write!(f, "the demo runs a region `{r}` already"),
             Self::AddRefused(e) => write!(f, "cannot add the region: {e}"),
             Self::NotAdmitted(e) => write!(f, "{e}"),
+            Self::RemoveRefused(e) => write!(f, "cannot remove the region: {e}"),
+            Self::RegionRemoved(e) => write!(f, "{e}"),
+            Self::NotSettled(e) => write!(f, "{e}"),
         }
     }
 }
@@ -893,6 +1250,9 @@ impl DemoError {
             Self::RegionExists(_) => "ATOLL-REGION-EXISTS",
             Self::AddRefused(_) => "ATOLL-ADD-REFUSED",
             Self::NotAdmitted(_) => "ATOLL-NOT-ADMITTED",
+            Self::RemoveRefused(_) => "ATOLL-REMOVE-REFUSED",
+            Self::RegionRemoved(_) => "ATOLL-REGION-REMOVED",
+            Self::NotSettled(_) => "ATOLL-NOT-SETTLED",
         }
     }
 
@@ -903,8 +1263,11 @@ impl DemoError {
             Self::StartFailed(_) | Self::Stuck(_) => StatusCode::INTERNAL_SERVER_ERROR,
             Self::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
             Self::InvalidName(_) => StatusCode::BAD_REQUEST,
-            Self::RegionExists(_) | Self::AddRefused(_) => StatusCode::CONFLICT,
-            Self::NotAdmitted(_) => StatusCode::GATEWAY_TIMEOUT,
+            Self::RegionExists(_)
+            | Self::AddRefused(_)
+            | Self::RemoveRefused(_)
+            | Self::RegionRemoved(_) => StatusCode::CONFLICT,
+            Self::NotAdmitted(_) | Self::NotSettled(_) => StatusCode::GATEWAY_TIMEOUT,
         }
     }
 
@@ -915,7 +1278,7 @@ impl DemoError {
             }
             Self::UnknownRegion(_) => "GET /v1/demo/regions lists the demo's regions",
             Self::NoSuchRoute(_) => {
-                "the routes are GET /v1/demo/regions and POST /v1/demo/regions/{name}/kill|stop|restart|add"
+                "the routes are GET /v1/demo/regions and POST /v1/demo/regions/{name}/kill|stop|restart|add|remove"
             }
             Self::StartFailed(_) => {
                 "see the region's log in the demo's data directory (<data-dir>/<region>.log)"
@@ -931,6 +1294,13 @@ impl DemoError {
             Self::AddRefused(_) => "nothing was changed; the demo runs as before",
             Self::NotAdmitted(_) => {
                 "the region runs and is supervised (`atoll demo ctl ls`); its GET /v1/status shows membership.waiting_for, and it takes writes once every region has admitted it"
+            }
+            Self::RemoveRefused(_) => "nothing was changed; the demo runs as before",
+            Self::RegionRemoved(_) => {
+                "a removed region's name is never reused (docs/design/region-removal.md); add a replacement under a new name (`atoll demo ctl add-region NAME`)"
+            }
+            Self::NotSettled(_) => {
+                "the removal is made and is not undone; each region's GET /v1/status shows membership.removed[].waiting_for (alert AtollRemovedRegionNotSettled after an hour)"
             }
         }
     }
@@ -1014,6 +1384,13 @@ async fn add(State(c): State<Arc<Control>>, UrlPath(name): UrlPath<String>) -> R
     }
 }
 
+async fn remove(State(c): State<Arc<Control>>, UrlPath(name): UrlPath<String>) -> Response {
+    match c.regions.remove(&name).await {
+        Ok(v) => axum::Json(v).into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
 async fn not_found(uri: axum::http::Uri) -> Response {
     DemoError::NoSuchRoute(uri.path().to_string()).into_response()
 }
@@ -1027,6 +1404,7 @@ fn router(regions: Arc<Regions>, token: String) -> Router {
         .route("/v1/demo/regions/{name}/stop", post(stop))
         .route("/v1/demo/regions/{name}/restart", post(restart))
         .route("/v1/demo/regions/{name}/add", post(add))
+        .route("/v1/demo/regions/{name}/remove", post(remove))
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(c.clone(), authorize))
         .with_state(c)
@@ -1091,7 +1469,8 @@ impl ControlServer {
 /// What `atoll demo ctl` does.
 #[derive(clap::Subcommand, Debug, Clone, PartialEq, Eq)]
 pub enum CtlAction {
-    /// List the demo's regions: state, pid, last exit, restarts.
+    /// List the demo's regions: state, pid, restarts, last exit, and whether each is a member of
+    /// the cluster or was removed (remove-region).
     Ls,
     /// Kill REGION's process (SIGKILL), as a crash would.
     Kill { region: String },
@@ -1105,12 +1484,18 @@ pub enum CtlAction {
         after_help = "Example:\n  atoll demo ctl add-region sa-east-1\n\nThe region gets the next ports of the demo's scheme (region i: client API <port-base + i>,\nRESP <port-base + 10 + i>, peer <port-base + 100 + i>; at most 10 regions), a certificate\nfrom the demo's CA, and a [[regions]] table with voter = false (and the location of the\ncloud region of that name, if atoll knows it) appended to the demo's config. The demo starts\nit with an empty data directory, reloads every running region (SIGHUP), and answers once the\nnew region is admitted (at most 60 s): then it takes writes to the eventual keyspaces, and\nrefuses what needs a consensus group (ATOLL-NOT-A-VOTER). It talks to the other regions\ndirectly, not through atoll link (no emulated latency, link faults do not reach it), and the\nrouter keeps the regions it started with. Active-active only."
     )]
     AddRegion { name: String },
+    /// Remove region NAME, one added with add-region (voter = false), from the running demo, and
+    /// wait until every remaining region shows its writes settled.
+    #[command(
+        after_help = "Example:\n  atoll demo ctl remove-region sa-east-1\n\nOnly a region added with add-region (voter = false) can be removed while the cluster runs:\nthe founding regions are voters of the control group and the strong group, whose members do\nnot change at run time. Every other region must be running. The demo rewrites its config\nwithout the region's [[regions]] table, reloads every other region (SIGHUP), and answers once\neach of them shows the region's writes settled (at most 60 s), with how many of them the\ncluster holds. The removed region's process keeps running, so you can see what a removed\nregion does: it learns the removal from the answers to its heartbeats, refuses writes (410\nATOLL-REGION-REMOVED), /healthz says removed, and it still serves reads. `atoll demo ctl ls`\nmarks it removed; it is never restarted, `stop` ends it, and its name cannot be added again\n(docs/design/region-removal.md)."
+    )]
+    RemoveRegion { name: String },
 }
 
 /// `atoll demo ctl`: the demo control API, found through the discovery file.
 #[derive(clap::Args, Debug, Clone, PartialEq, Eq)]
 #[command(
-    after_help = "Examples:\n  atoll demo ctl ls\n  atoll demo ctl kill us-east-1\n  atoll demo ctl restart us-east-1 --port-base 8100\n  atoll demo ctl add-region sa-east-1\n\nReads ${TMPDIR:-/tmp}/atoll-demo-<port-base>.json, which the running demo writes (with its\ncontrol address and admin token)."
+    after_help = "Examples:\n  atoll demo ctl ls\n  atoll demo ctl kill us-east-1\n  atoll demo ctl restart us-east-1 --port-base 8100\n  atoll demo ctl add-region sa-east-1\n  atoll demo ctl remove-region sa-east-1\n\nReads ${TMPDIR:-/tmp}/atoll-demo-<port-base>.json, which the running demo writes (with its\ncontrol address and admin token)."
 )]
 pub struct CtlArgs {
     #[command(subcommand)]
@@ -1128,6 +1513,8 @@ pub async fn ctl(args: CtlArgs) -> Result<()> {
         // add for that and then for the admission (up to ADMIT_DEADLINE).
         .timeout(match args.action {
             CtlAction::AddRegion { .. } => ADMIT_DEADLINE + Duration::from_secs(60),
+            // A remove waits for the settling, then for the removed region to learn it.
+            CtlAction::RemoveRegion { .. } => REMOVE_DEADLINE + Duration::from_secs(60),
             _ => Duration::from_secs(60),
         })
         .build()?;
@@ -1141,6 +1528,9 @@ pub async fn ctl(args: CtlArgs) -> Result<()> {
             "restart",
         ),
         CtlAction::AddRegion { name } => (reqwest::Method::POST, action_path(name, "add"), "add"),
+        CtlAction::RemoveRegion { name } => {
+            (reqwest::Method::POST, action_path(name, "remove"), "remove")
+        }
     };
     let resp = http
         .request(method, format!("{}{path}", d.control))
@@ -1163,26 +1553,9 @@ pub async fn ctl(args: CtlArgs) -> Result<()> {
         );
     }
     match args.action {
-        CtlAction::Ls => {
-            println!(
-                "{:<16} {:<8} {:>8} {:>8}  {:<24} api",
-                "region", "state", "pid", "restarts", "last exit"
-            );
-            for r in body["regions"].as_array().into_iter().flatten() {
-                println!(
-                    "{:<16} {:<8} {:>8} {:>8}  {:<24} {}",
-                    r["name"].as_str().unwrap_or("?"),
-                    r["state"].as_str().unwrap_or("?"),
-                    r["pid"]
-                        .as_u64()
-                        .map_or_else(|| "-".to_string(), |p| p.to_string()),
-                    r["restarts"].as_u64().unwrap_or(0),
-                    r["exit"].as_str().unwrap_or("-"),
-                    r["api"].as_str().unwrap_or("?"),
-                );
-            }
-        }
+        CtlAction::Ls => print!("{}", describe_list(&body)),
         CtlAction::AddRegion { .. } => print!("{}", describe_added(&body, &d)),
+        CtlAction::RemoveRegion { .. } => print!("{}", describe_removed(&body, &d)),
         _ => println!(
             "{verb}: region {} is {}{}",
             body["name"].as_str().unwrap_or("?"),
@@ -1195,6 +1568,141 @@ pub async fn ctl(args: CtlArgs) -> Result<()> {
         ),
     }
     Ok(())
+}
+
+/// What `atoll demo ctl ls` prints: a row per region (`cluster` says `member`, or `removed` for
+/// a region `remove-region` took out), and a line on what a removed region is.
+fn describe_list(list: &Value) -> String {
+    let mut out = format!(
+        "{:<16} {:<8} {:>8} {:>8}  {:<24} {:<8} api\n",
+        "region", "state", "pid", "restarts", "last exit", "cluster"
+    );
+    let mut removed = Vec::new();
+    for r in list["regions"].as_array().into_iter().flatten() {
+        let name = r["name"].as_str().unwrap_or("?");
+        let gone = r["removed"] == true;
+        if gone {
+            removed.push(name);
+        }
+        out += &format!(
+            "{:<16} {:<8} {:>8} {:>8}  {:<24} {:<8} {}\n",
+            name,
+            r["state"].as_str().unwrap_or("?"),
+            r["pid"]
+                .as_u64()
+                .map_or_else(|| "-".to_string(), |p| p.to_string()),
+            r["restarts"].as_u64().unwrap_or(0),
+            r["exit"].as_str().unwrap_or("-"),
+            if gone { "removed" } else { "member" },
+            r["api"].as_str().unwrap_or("?"),
+        );
+    }
+    if !removed.is_empty() {
+        out += &format!(
+            "\nremoved from the cluster (remove-region): {}. If its process runs it refuses writes (410\nATOLL-REGION-REMOVED) and /healthz says removed; it is never restarted, and its name cannot be\nadded again.\n",
+            removed.join(", ")
+        );
+    }
+    out
+}
+
+/// What `atoll demo ctl remove-region` prints: the control API's answer `removed` in words
+/// (settled where and when, how many of its writes the cluster holds, what the removed region
+/// now answers), and commands to try that work as printed.
+fn describe_removed(removed: &Value, d: &Discovery) -> String {
+    let s = |v: &Value| v.as_str().unwrap_or("?").to_string();
+    let name = s(&removed["name"]);
+    let api = s(&removed["api"]);
+    let pb = port_base_flag(d.port_base);
+    let settled: Vec<(String, u64)> = removed["settled"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|r| (s(&r["region"]), r["applied_seq"].as_u64().unwrap_or(0)))
+        .collect();
+    let regions = settled
+        .iter()
+        .map(|(r, _)| r.as_str())
+        .collect::<Vec<_>>()
+        .join(", ");
+    let mut out = format!(
+        "removed region {name}: settled at every region after {:.1} s ({regions})\n",
+        removed["settled_after_ms"].as_u64().unwrap_or(0) as f64 / 1000.0,
+    );
+    out += &format!(
+        "  config      {} ([[regions]] table of {name} removed; reloaded on SIGHUP: {})\n",
+        s(&removed["config"]),
+        removed["reloaded"]
+            .as_array()
+            .map(|a| a
+                .iter()
+                .filter_map(Value::as_str)
+                .collect::<Vec<_>>()
+                .join(", "))
+            .unwrap_or_default()
+    );
+    match settled.first() {
+        Some((at, held)) => {
+            let same = settled.iter().all(|(_, n)| n == held);
+            out += &format!(
+                "  its writes  the cluster holds {held} of them (membership.removed[].applied_seq at {at}{})\n",
+                if same {
+                    ", the same at every region"
+                } else {
+                    ""
+                }
+            );
+        }
+        None => out += "  its writes  no region reported how many it holds\n",
+    }
+    out += "  its name    cannot be added again: a removed region's name is never reused (add a\n              replacement under a new name)\n";
+    let by = &removed["removed_by"];
+    if removed["kept_running"] == true {
+        out += &format!(
+            "\n{name} keeps running (pid {}, {api}) so you can see what a removed region does:\n",
+            removed["pid"]
+                .as_u64()
+                .map_or_else(|| "?".to_string(), |p| p.to_string())
+        );
+        if by.is_object() {
+            out += &format!(
+                "  it learnt it  from the 410 answers to its heartbeats (first from {})\n  writes        refused: 410 ATOLL-REGION-REMOVED\n  its own       {} of its writes no member holds (kept in its data directory, never\n                replicated)\n",
+                s(&by["by"]),
+                by["unreplicated_writes"].as_u64().unwrap_or(0)
+            );
+        } else {
+            out += "  it learnt it  not yet: its next heartbeat is answered 410 ATOLL-REGION-REMOVED, and\n                from then on it refuses writes (410)\n";
+        }
+        let health = &removed["healthz"];
+        match (health["code"].as_u64(), health["status"].as_str()) {
+            (Some(code), Some(status)) => {
+                out += &format!(
+                    "  /healthz      {code} {status} (routers take it out); reads are still served\n"
+                );
+            }
+            _ => out += "  /healthz      did not answer\n",
+        }
+        out += &format!(
+            "  the demo      no longer reloads or restarts it; `atoll demo ctl stop {name}{pb}` ends it\n"
+        );
+    } else {
+        out += &format!(
+            "\n{name} is not running ({}); a removed region is not restarted\n",
+            s(&removed["state"])
+        );
+    }
+    for note in removed["notes"].as_array().into_iter().flatten() {
+        out += &format!("note: {}\n", note.as_str().unwrap_or_default());
+    }
+    let first = d.regions.first().map(|r| r.api.as_str()).unwrap_or("?");
+    out += &format!("\nTry:\n  atoll status --endpoint {first}   # membership.removed\n");
+    if removed["kept_running"] == true {
+        out += &format!(
+            "  atoll status --endpoint {api}   # membership.removed_by\n  atoll kv put sessions after-removal x --endpoint {api}   # refused: 410\n  atoll kv get sessions from-{name} --endpoint {api}   # reads still served\n  curl -s {api}/healthz\n"
+        );
+    }
+    out += &format!("  atoll demo ctl ls{pb}\n");
+    out
 }
 
 /// What `atoll demo ctl add-region` prints: the control API's answer `added` in words, and
@@ -1393,6 +1901,124 @@ mod tests {
             crate::Cli::try_parse_from(line.split_whitespace())
                 .unwrap_or_else(|e| panic!("`{line}` does not parse: {e}"));
         }
+    }
+
+    /// What `atoll demo ctl remove-region` prints says it settled, how many of the region's
+    /// writes the cluster holds, what the removed region now answers and that its name is not
+    /// reused; the atoll commands it suggests parse, on the demo's port base.
+    #[test]
+    fn the_removed_region_is_described_with_commands_that_parse() {
+        use clap::Parser as _;
+        let removed = json!({
+            "name": "sa-east-1",
+            "api": "http://127.0.0.1:9103",
+            "state": "running",
+            "pid": 4242,
+            "exit": null,
+            "restarts": 0,
+            "removed": true,
+            "config": "/d/atoll.toml",
+            "reloaded": ["us-east-1", "eu-west-1", "ap-southeast-1"],
+            "settled_after_ms": 2345,
+            "settled": [
+                {"region": "us-east-1", "applied_seq": 12},
+                {"region": "eu-west-1", "applied_seq": 12},
+                {"region": "ap-southeast-1", "applied_seq": 12},
+            ],
+            "held": 12,
+            "kept_running": true,
+            "removed_by": {"by": "eu-west-1", "at_ms": 1, "held_by_members": 12, "unreplicated_writes": 0},
+            "healthz": {"code": 503, "status": "removed"},
+            "notes": [],
+        });
+        let d = discovery(std::process::id());
+        let text = describe_removed(&removed, &d);
+        for needle in [
+            "removed region sa-east-1: settled at every region after 2.3 s (us-east-1, eu-west-1, ap-southeast-1)",
+            "reloaded on SIGHUP: us-east-1, eu-west-1, ap-southeast-1",
+            "the cluster holds 12 of them (membership.removed[].applied_seq at us-east-1, the same at every region)",
+            "cannot be added again",
+            "sa-east-1 keeps running (pid 4242, http://127.0.0.1:9103)",
+            "first from eu-west-1",
+            "refused: 410 ATOLL-REGION-REMOVED",
+            "/healthz      503 removed",
+            "atoll demo ctl stop sa-east-1 --port-base 9100",
+        ] {
+            assert!(text.contains(needle), "no {needle:?} in\n{text}");
+        }
+        let tries = |text: &str| -> Vec<String> {
+            text.lines()
+                .skip_while(|l| *l != "Try:")
+                .skip(1)
+                .map(|l| l.split('#').next().unwrap_or_default().trim().to_string())
+                .filter(|l| l.starts_with("atoll "))
+                .collect()
+        };
+        let lines = tries(&text);
+        assert_eq!(lines.len(), 5, "{text}");
+        for line in lines {
+            crate::Cli::try_parse_from(line.split_whitespace())
+                .unwrap_or_else(|e| panic!("`{line}` does not parse: {e}"));
+        }
+        // A removed region that was not running is said to be so, and not suggested.
+        let mut down = removed.clone();
+        down["kept_running"] = json!(false);
+        down["state"] = json!("killed");
+        down["removed_by"] = Value::Null;
+        down["healthz"] = Value::Null;
+        let text = describe_removed(&down, &d);
+        assert!(
+            text.contains("sa-east-1 is not running (killed); a removed region is not restarted"),
+            "{text}"
+        );
+        assert!(!text.contains("--endpoint http://127.0.0.1:9103"), "{text}");
+        assert_eq!(tries(&text).len(), 2, "{text}");
+    }
+
+    /// `atoll demo ctl ls` marks a removed region, in a column of its own (the api stays last).
+    #[test]
+    fn ls_marks_a_removed_region() {
+        let list = json!({"regions": [
+            {"name": "us-east-1", "api": "http://127.0.0.1:9100", "state": "running", "pid": 10, "exit": null, "restarts": 0, "removed": false},
+            {"name": "sa-east-1", "api": "http://127.0.0.1:9103", "state": "running", "pid": 13, "exit": null, "restarts": 0, "removed": true},
+        ]});
+        let text = describe_list(&list);
+        let row = |name: &str| -> Vec<String> {
+            text.lines()
+                .find(|l| l.starts_with(name))
+                .unwrap_or_else(|| panic!("no {name} in\n{text}"))
+                .split_whitespace()
+                .map(str::to_string)
+                .collect()
+        };
+        assert_eq!(
+            row("us-east-1"),
+            [
+                "us-east-1",
+                "running",
+                "10",
+                "0",
+                "-",
+                "member",
+                "http://127.0.0.1:9100"
+            ]
+        );
+        assert_eq!(
+            row("sa-east-1"),
+            [
+                "sa-east-1",
+                "running",
+                "13",
+                "0",
+                "-",
+                "removed",
+                "http://127.0.0.1:9103"
+            ]
+        );
+        assert!(
+            text.contains("removed from the cluster (remove-region): sa-east-1."),
+            "{text}"
+        );
     }
 
     #[test]

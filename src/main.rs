@@ -76,7 +76,7 @@ enum Command {
     /// the latency of their distance, with a router in front.
     #[command(
         args_conflicts_with_subcommands = true,
-        after_help = "Examples:\n  atoll demo\n  atoll demo --port-base 8100 --data-dir /tmp/atoll-demo\n  atoll demo ctl kill us-east-1\n\nThe demo prints its endpoints once replication is established between every pair of\nregions, and logs only warnings and errors (ATOLL_LOG=info for more). A region that exits is\nreported and the others keep running; `atoll demo ctl` kills, stops and restarts regions,\nand adds one to the running cluster (add-region), through the demo's control API on\n<port-base + 91>. While it runs, the demo describes itself\nin ${TMPDIR:-/tmp}/atoll-demo-<port-base>.json (mode 0600: it holds the admin token)."
+        after_help = "Examples:\n  atoll demo\n  atoll demo --port-base 8100 --data-dir /tmp/atoll-demo\n  atoll demo ctl kill us-east-1\n\nThe demo prints its endpoints once replication is established between every pair of\nregions, and logs only warnings and errors (ATOLL_LOG=info for more). A region that exits is\nreported and the others keep running; `atoll demo ctl` kills, stops and restarts regions,\nadds one to the running cluster (add-region) and removes it again (remove-region), through\nthe demo's control API on <port-base + 91>. While it runs, the demo describes itself in\n${TMPDIR:-/tmp}/atoll-demo-<port-base>.json (mode 0600: it holds the admin token)."
     )]
     Demo {
         #[command(subcommand)]
@@ -253,7 +253,8 @@ enum Command {
 
 #[derive(Subcommand)]
 enum DemoCommand {
-    /// Control a running demo: list its regions, kill, stop or restart one, or add one.
+    /// Control a running demo: list its regions, kill, stop or restart one, add one, or remove
+    /// an added one.
     Ctl(demo_control::CtlArgs),
 }
 

@@ -30,6 +30,8 @@ struct Demo {
     lines: mpsc::Receiver<String>,
     stdout: Arc<Mutex<Vec<String>>>,
     stderr: Arc<Mutex<String>>,
+    /// The thread that reads stderr: done once the demo exited and all of it was read.
+    stderr_reader: Option<std::thread::JoinHandle<()>>,
     /// The region processes it started (children of the demo).
     regions: Vec<u32>,
     data_dir: std::path::PathBuf,
@@ -67,7 +69,7 @@ impl Demo {
         let stderr = Arc::new(Mutex::new(String::new()));
         let mut err = child.stderr.take().expect("piped");
         let e = stderr.clone();
-        std::thread::spawn(move || {
+        let stderr_reader = std::thread::spawn(move || {
             let mut buf = [0u8; 4096];
             while let Ok(n) = err.read(&mut buf) {
                 if n == 0 {
@@ -83,6 +85,7 @@ impl Demo {
             lines,
             stdout,
             stderr,
+            stderr_reader: Some(stderr_reader),
             regions: Vec::new(),
             data_dir: data_dir.to_path_buf(),
             tmp_dir,
@@ -129,6 +132,14 @@ impl Demo {
         loop {
             if let Some(st) = child.try_wait()? {
                 self.child = None;
+                // What it wrote last (why it exited) is read before anyone looks at it: the
+                // pipe is at its end once the demo is gone (its regions write to their logs).
+                if let Some(reader) = self.stderr_reader.take() {
+                    let until = Instant::now() + Duration::from_secs(5);
+                    while !reader.is_finished() && Instant::now() < until {
+                        std::thread::sleep(Duration::from_millis(10));
+                    }
+                }
                 return Ok(st);
             }
             if Instant::now() > deadline {
@@ -283,13 +294,38 @@ async fn demo_replicates_and_stops_cleanly_on_sigint() {
 /// `(region, client API URL)` in the demo's order.
 type Endpoints = Vec<(String, String)>;
 
+/// The port offsets of the demo's listeners (regions 0..=2, and region 3 that `add-region`
+/// gives the next ports: client APIs, RESP, DNS, the router's proxy and admin, the links' and
+/// the demo's control, peer listeners).
+const DEMO_PORT_OFFSETS: [u16; 17] = [
+    0, 1, 2, 3, 10, 11, 12, 13, 53, 80, 81, 90, 91, 100, 101, 102, 103,
+];
+
+/// A port base whose every demo port is free now (another test may still take one before the
+/// demo binds it: [`start_demo`] retries then).
+fn demo_port_base() -> Result<u16> {
+    for _ in 0..50 {
+        let base = free_port_range(4)?;
+        let free = DEMO_PORT_OFFSETS.iter().all(|off| {
+            base.checked_add(*off).is_some_and(|p| {
+                std::net::TcpListener::bind(("127.0.0.1", p)).is_ok()
+                    && (*off != 53 || std::net::UdpSocket::bind(("127.0.0.1", p)).is_ok())
+            })
+        });
+        if free {
+            return Ok(base);
+        }
+    }
+    bail!("found no port base with every port of the demo free")
+}
+
 /// Starts a demo on a free port base (other ports, up to [`START_ATTEMPTS`] times, if one was
 /// taken meanwhile) and reads its endpoints.
 fn start_demo(dir: &TestDir) -> Result<(Demo, u16, Endpoints)> {
     let mut attempt = 0;
     loop {
         attempt += 1;
-        let base = free_port_range(3)?;
+        let base = demo_port_base()?;
         let data_dir = dir.join(&format!("demo-{attempt}"));
         let mut demo = Demo::spawn(base, &data_dir)?;
         match demo.endpoints()? {
@@ -1021,14 +1057,15 @@ fn atoll_within(demo: &Demo, args: &[&str], timeout: Duration) -> Result<std::pr
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_region_added_to_the_running_demo_converges_and_takes_writes() {
+async fn a_region_added_to_the_running_demo_converges_takes_writes_and_is_removed_again() {
     let dir = ok(test_dir("demo-add-region").map_err(Into::into));
     ok(add_region_scenario(&dir).await);
 }
 
 /// `atoll demo ctl add-region sa-east-1`, run as the demo prints it: the new region holds what
-/// the others held before it came, its writes reach them, `atoll demo ctl ls` lists it, and the
-/// demo's Ctrl-C stops it with the rest.
+/// the others held before it came, its writes reach them, `atoll demo ctl ls` lists it; then
+/// `atoll demo ctl remove-region sa-east-1` (see [`remove_region_part`]), and the demo's Ctrl-C
+/// stops it, still running though removed, with the rest.
 async fn add_region_scenario(dir: &TestDir) -> Result<()> {
     const NEW: &str = "sa-east-1";
     /// Starting the region, reloading the others and the admission (the command's own bound
@@ -1236,7 +1273,354 @@ async fn add_region_scenario(dir: &TestDir) -> Result<()> {
         "an unauthorized add started something"
     );
 
-    // Ctrl-C stops the added region with the others (`ctrl_c` checks every pid).
+    // ---- Removing it again, as the demo printed (`docs/design/region-removal.md`).
+    remove_region_part(
+        &mut demo,
+        base,
+        &endpoints,
+        &ctl,
+        d["token"].as_str(),
+        new_pid,
+    )
+    .await?;
+
+    // Ctrl-C stops the added (and removed, still running) region with the others (`ctrl_c`
+    // checks every pid).
     demo.ctrl_c()?;
+    Ok(())
+}
+
+/// `atoll demo ctl remove-region sa-east-1` after `add-region sa-east-1`: refusals first (a
+/// founding region, an unknown name, no token: nothing changes), then the printed command; every
+/// founding region shows sa-east-1 settled with the same count of its writes, writes keep
+/// flowing among them (also after a restart of one), the removed region (kept running) refuses
+/// writes with 410 and says `removed`, and it can be neither removed again, added again nor
+/// restarted.
+async fn remove_region_part(
+    demo: &mut Demo,
+    base: u16,
+    endpoints: &Endpoints,
+    ctl: &Control,
+    token: Option<&str>,
+    removed_pid: u32,
+) -> Result<()> {
+    const NEW: &str = "sa-east-1";
+    /// The reload, the settling (the command's own bound is 60 s) and the removed region
+    /// learning it, with room to spare.
+    const REMOVE_DEADLINE: Duration = Duration::from_secs(100);
+    let base_flag = base.to_string();
+    let new_url = format!("http://127.0.0.1:{}", base + 3);
+    let config_path = demo.data_dir.join("atoll.toml");
+    let config_before = std::fs::read_to_string(&config_path)?;
+    let sa = Client::new(&new_url);
+
+    // A founding region is a voter: refused, saying why, and nothing changes.
+    let refused = atoll_within(
+        demo,
+        &[
+            "demo",
+            "ctl",
+            "remove-region",
+            "us-east-1",
+            "--port-base",
+            &base_flag,
+        ],
+        DEADLINE,
+    )?;
+    let err = String::from_utf8_lossy(&refused.stderr);
+    ensure!(
+        !refused.status.success()
+            && err.contains("ATOLL-REMOVE-REFUSED")
+            && err.contains("us-east-1 is a voter")
+            && err.contains("only a region added with voter = false")
+            && err.contains("founding regions"),
+        "{refused:?}"
+    );
+    // An unknown name, and a request without the token, are refused too.
+    let (status, body) = ctl.act("eu-central-1", "remove", token).await?;
+    ensure!(
+        status == 404 && body["error"]["code"] == "ATOLL-UNKNOWN-REGION",
+        "{status} {body}"
+    );
+    let (status, body) = ctl.act(NEW, "remove", None).await?;
+    ensure!(
+        status == 401 && body["error"]["code"] == "ATOLL-UNAUTHORIZED",
+        "{status} {body}"
+    );
+    ensure!(
+        std::fs::read_to_string(&config_path)? == config_before,
+        "a refused removal changed the config"
+    );
+    for (name, url) in endpoints {
+        let s = Client::new(url).status().await?;
+        let m = &s["membership"];
+        ensure!(
+            m["removed"] == serde_json::json!([])
+                && m["regions"]
+                    .as_array()
+                    .is_some_and(|r| r.iter().any(|v| v == NEW)),
+            "{name} after refused removals: {m}"
+        );
+    }
+    // While a founding region is down the removal could not settle: refused, naming it and how
+    // to start it; then it is restarted.
+    let on_eu = |what: &'static str| {
+        let base_flag = base_flag.clone();
+        move |demo: &Demo| {
+            atoll_within(
+                demo,
+                &["demo", "ctl", what, "eu-west-1", "--port-base", &base_flag],
+                DEADLINE,
+            )
+        }
+    };
+    let o = on_eu("kill")(demo)?;
+    ensure!(o.status.success(), "kill eu-west-1: {o:?}");
+    let refused = atoll_within(
+        demo,
+        &[
+            "demo",
+            "ctl",
+            "remove-region",
+            NEW,
+            "--port-base",
+            &base_flag,
+        ],
+        DEADLINE,
+    )?;
+    let err = String::from_utf8_lossy(&refused.stderr);
+    ensure!(
+        !refused.status.success()
+            && err.contains("ATOLL-REMOVE-REFUSED")
+            && err.contains("region eu-west-1 is not running")
+            && err.contains(&format!(
+                "atoll demo ctl restart eu-west-1 --port-base {base_flag}"
+            )),
+        "{refused:?}"
+    );
+    let o = on_eu("restart")(demo)?;
+    ensure!(o.status.success(), "restart eu-west-1: {o:?}");
+    let list = ctl.regions(token).await?.1;
+    demo.regions.push(pid_in(&list, "eu-west-1")?);
+    ensure!(
+        std::fs::read_to_string(&config_path)? == config_before,
+        "a refused removal changed the config"
+    );
+    ensure!(
+        sa.status().await?["membership"]["removed_by"].is_null(),
+        "{NEW} was told it was removed by a refused removal"
+    );
+
+    // The command the demo printed, as printed (without its comment).
+    let printed = demo
+        .stdout
+        .lock()
+        .map_err(|_| anyhow!("stdout lock"))?
+        .iter()
+        .map(|l| l.trim().to_string())
+        .find(|l| l.starts_with(&format!("atoll demo ctl remove-region {NEW}")))
+        .ok_or_else(|| {
+            anyhow!(
+                "no `atoll demo ctl remove-region` printed\n{}",
+                demo.output()
+            )
+        })?;
+    let command = printed.split('#').next().unwrap_or_default();
+    let words: Vec<&str> = command.split_whitespace().skip(1).collect();
+    ensure!(
+        words
+            == [
+                "demo",
+                "ctl",
+                "remove-region",
+                NEW,
+                "--port-base",
+                &base_flag
+            ],
+        "{printed}"
+    );
+    let started = Instant::now();
+    let out = atoll_within(demo, &words, REMOVE_DEADLINE)?;
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    ensure!(
+        out.status.success(),
+        "`{command}`: {stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    println!("{stdout}(in {:?})", started.elapsed());
+
+    // Every founding region shows it removed and settled, holding the same count of its writes
+    // (it wrote at least `from-sa` and a counter increment), and no longer lists it.
+    let mut held = Vec::new();
+    for (name, url) in endpoints {
+        let s = Client::new(url).status().await?;
+        let m = &s["membership"];
+        let entry = m["removed"]
+            .as_array()
+            .and_then(|a| a.iter().find(|r| r["region"] == NEW))
+            .ok_or_else(|| anyhow!("{name} does not show {NEW} removed: {m}"))?;
+        ensure!(
+            entry["settled"] == true && entry["effective"] == true,
+            "{name}: {entry}"
+        );
+        ensure!(
+            m["regions"]
+                .as_array()
+                .is_some_and(|r| !r.iter().any(|v| v == NEW)),
+            "{name} still lists {NEW}: {m}"
+        );
+        held.push(entry["applied_seq"].as_u64().unwrap_or(0));
+    }
+    ensure!(
+        held[0] >= 2 && held.iter().all(|h| *h == held[0]),
+        "{NEW}'s writes held: {held:?}"
+    );
+    for needle in [
+        format!("removed region {NEW}: settled at every region after "),
+        format!("the cluster holds {} of them", held[0]),
+        format!("{NEW} keeps running"),
+        "cannot be added again".to_string(),
+    ] {
+        ensure!(stdout.contains(&needle), "no {needle:?} in\n{stdout}");
+    }
+
+    // The removed region runs on: once it has learnt it was removed (the command waited for
+    // that), it refuses writes with 410 and /healthz says `removed`.
+    wait_until_async(
+        DEADLINE,
+        "the removed region learns it was removed",
+        || async {
+            sa.status()
+                .await
+                .is_ok_and(|s| s["membership"]["removed_by"].is_object())
+        },
+    )
+    .await?;
+    let r = sa
+        .kv_put_raw("sessions", "after-removal", "x", None)
+        .await?;
+    ensure!(
+        r.status == 410 && r.error_code().as_deref() == Some("ATOLL-REGION-REMOVED"),
+        "a write at the removed region: {} {}",
+        r.status,
+        r.text()
+    );
+    let h = sa.get_raw("/healthz").await?;
+    ensure!(
+        h.status == 503 && h.json()?["status"] == "removed",
+        "/healthz of the removed region: {} {}",
+        h.status,
+        h.text()
+    );
+    ensure!(
+        stdout.contains("refused: 410 ATOLL-REGION-REMOVED"),
+        "{stdout}"
+    );
+
+    // Writes keep flowing among the founding regions.
+    let ack = Client::new(&endpoints[1].1)
+        .kv_put("sessions", "after-removal", "still-here", None)
+        .await?;
+    ensure!(ack.region == endpoints[1].0, "{ack:?}");
+    for (name, url) in endpoints {
+        Client::new(url)
+            .wait_value("sessions", "after-removal", "still-here", DEADLINE)
+            .await
+            .with_context(|| format!("after-removal at {name}"))?;
+    }
+
+    // `ls` marks it removed (still running), the founding regions members; the discovery file
+    // no longer names it.
+    let ls = atoll_within(
+        demo,
+        &["demo", "ctl", "ls", "--port-base", &base_flag],
+        DEADLINE,
+    )?;
+    let listed = String::from_utf8_lossy(&ls.stdout).to_string();
+    ensure!(ls.status.success(), "{ls:?}");
+    for (name, want) in [
+        (NEW, "removed"),
+        ("us-east-1", "member"),
+        ("ap-southeast-1", "member"),
+    ] {
+        let row = listed
+            .lines()
+            .find(|l| l.starts_with(name))
+            .ok_or_else(|| anyhow!("`atoll demo ctl ls` does not list {name}:\n{listed}"))?;
+        let cols: Vec<&str> = row.split_whitespace().collect();
+        ensure!(
+            cols.get(1) == Some(&"running") && cols.iter().rev().nth(1) == Some(&want),
+            "{row}"
+        );
+    }
+    let path = demo.tmp_dir.join(format!("atoll-demo-{base}.json"));
+    let d: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path)?)?;
+    ensure!(
+        d["regions"]
+            .as_array()
+            .is_some_and(|a| a.len() == 3 && !a.iter().any(|r| r["name"] == NEW)),
+        "{d}"
+    );
+
+    // Removed again, added again, restarted: each refused, saying why.
+    for (args, needle) in [
+        (
+            vec!["demo", "ctl", "remove-region", NEW],
+            "removed from the cluster already",
+        ),
+        (
+            vec!["demo", "ctl", "add-region", NEW],
+            "a removed region's name is never used again",
+        ),
+        (
+            vec!["demo", "ctl", "restart", NEW],
+            "so it is not restarted",
+        ),
+    ] {
+        let mut args = args;
+        args.extend(["--port-base", &base_flag]);
+        let o = atoll_within(demo, &args, DEADLINE)?;
+        let err = String::from_utf8_lossy(&o.stderr);
+        ensure!(
+            !o.status.success() && err.contains("ATOLL-REGION-REMOVED") && err.contains(needle),
+            "{args:?}: {o:?}"
+        );
+    }
+    ensure!(
+        alive(removed_pid),
+        "the removed region's process ({removed_pid}) is gone"
+    );
+
+    // A founding region restarts on the config without it, and takes part in replication.
+    let o = atoll_within(
+        demo,
+        &[
+            "demo",
+            "ctl",
+            "restart",
+            "ap-southeast-1",
+            "--port-base",
+            &base_flag,
+        ],
+        DEADLINE,
+    )?;
+    ensure!(o.status.success(), "restart ap-southeast-1: {o:?}");
+    let list = ctl.regions(token).await?.1;
+    demo.regions.push(pid_in(&list, "ap-southeast-1")?);
+    let ap = Client::new(&endpoints[2].1);
+    let ack = ap.kv_put("sessions", "after-restart", "ap", None).await?;
+    ensure!(ack.region == "ap-southeast-1", "{ack:?}");
+    Client::new(&endpoints[0].1)
+        .wait_value("sessions", "after-restart", "ap", DEADLINE)
+        .await
+        .context("after-restart at us-east-1")?;
+    let s = ap.status().await?;
+    ensure!(
+        s["membership"]["removed"]
+            .as_array()
+            .is_some_and(|a| a.iter().any(|r| r["region"] == NEW)),
+        "ap-southeast-1 forgot the removal across its restart: {}",
+        s["membership"]
+    );
     Ok(())
 }

@@ -387,21 +387,27 @@ fn replace_file(path: &Path, text: &str) -> std::io::Result<()> {
 }
 
 impl DemoSpawner {
+    /// The demo's config as it is on disk: its text, the name it is read under, and the parse.
+    fn read_config(&self) -> Result<(String, String, atoll_config::Config), String> {
+        let text = std::fs::read_to_string(&self.config).map_err(|e| {
+            format!(
+                "cannot read the demo's config {}: {e}",
+                self.config.display()
+            )
+        })?;
+        let source = self.config.display().to_string();
+        let config = atoll_config::Config::parse(&text, &source)
+            .map_err(|e| format!("the demo's config does not parse: {e}"))?;
+        Ok((text, source, config))
+    }
+
     /// `Spawner::add`: checks everything it can first (the model, room for the ports and that
     /// they are free, an empty data directory, that the running regions will take the new
     /// config), then issues the certificate, appends the region to the config and starts it. If
     /// the region does not start, the config is put back and its data directory removed.
     async fn add_region(&self, name: &RegionId, index: usize) -> Result<AddedRegion, DemoError> {
         let refuse = |why: String| DemoError::AddRefused(why);
-        let config_text = std::fs::read_to_string(&self.config).map_err(|e| {
-            refuse(format!(
-                "cannot read the demo's config {}: {e}",
-                self.config.display()
-            ))
-        })?;
-        let source = self.config.display().to_string();
-        let old = atoll_config::Config::parse(&config_text, &source)
-            .map_err(|e| refuse(format!("the demo's config does not parse: {e}")))?;
+        let (config_text, source, old) = self.read_config().map_err(refuse)?;
         if old.cluster.model != atoll_config::Model::ActiveActive {
             return Err(refuse(format!(
                 "the demo runs {}: a region added to a running cluster is a replica (voter = false), which only active-active has (every region of the lease models is a lease candidate); start the demo with --model active-active",
@@ -550,15 +556,7 @@ impl DemoSpawner {
     /// region will check it on SIGHUP; nothing is written.
     fn region_removal(&self, name: &RegionId) -> Result<ConfigEdit, DemoError> {
         let refuse = |why: String| DemoError::RemoveRefused(why);
-        let config_text = std::fs::read_to_string(&self.config).map_err(|e| {
-            refuse(format!(
-                "cannot read the demo's config {}: {e}",
-                self.config.display()
-            ))
-        })?;
-        let source = self.config.display().to_string();
-        let old = atoll_config::Config::parse(&config_text, &source)
-            .map_err(|e| refuse(format!("the demo's config does not parse: {e}")))?;
+        let (config_text, source, old) = self.read_config().map_err(refuse)?;
         let Some(region) = old.region(name.as_str()) else {
             return Err(refuse(format!(
                 "the demo's config {} has no region {name}",

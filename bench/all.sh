@@ -7,7 +7,7 @@
 #
 #   bench/all.sh [NAME...]          e.g. bench/all.sh http memory    (default: all but soak)
 #
-# Names, in the order they run: storage http profile memory bootstrap failover replication
+# Names, in the order they run: smoke storage http profile memory bootstrap failover replication
 # link strong geo session watch resp promotion soak. `profile` records a perf profile of the
 # region under the HTTP generator's 16-client PUT and GET windows (needs perf). `soak` runs
 # only when named (30 minutes; SOAK_ARGS passes options, e.g. "--minutes 10").
@@ -76,6 +76,8 @@ run() {
 step() {
     case $1 in
         storage) run storage "$CARGO_TARGET_DIR/release/storage" ;;
+        # the regression guard's debug build, the one scripts/test-all.sh builds into target/
+        smoke) run smoke env CARGO_TARGET_DIR="$ROOT/target" bench/smoke.sh ;;
         http) run http bench/http.sh --clients 1,16,64 --secs 5 ;;
         profile) run profile profile ;;
         memory) run memory bench/memory.sh 1000000 ;;
@@ -96,7 +98,7 @@ step() {
 }
 
 if [[ $# -eq 0 ]]; then
-    set -- storage http profile memory bootstrap failover replication link strong geo session watch resp promotion
+    set -- smoke storage http profile memory bootstrap failover replication link strong geo session watch resp promotion
 fi
 for name in "$@"; do step "$name"; done
 log "logs in $OUT"

@@ -2,15 +2,16 @@
 # Benchmark smoke, the regression guard CI runs (scripts/test-all.sh): one atoll region, debug
 # build (the one the tests use, so CI builds nothing more), 16 closed-loop HTTP clients for
 # 3 s each of durable lww PUTs and GETs. It fails only on a gross regression: a cell under a
-# quarter of what this build measures on a quiet 2-core machine (docs/benchmarks.md, "Regression
-# guard"), or any error. It is not a measurement; bench/http.sh is.
+# sixteenth (PUT) or a twelfth (GET) of what this build measures on a quiet 2-core machine
+# (docs/benchmarks.md, "Regression guard"), or any error. It is not a measurement; bench/http.sh is.
 #
 #   bench/smoke.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
 TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
-# Floors: a quarter of the debug build's figures recorded in docs/benchmarks.md.
+# Floors: a sixteenth and a twelfth of the debug build's figures in docs/benchmarks.md (why not a
+# quarter: the same build measures 5-10x apart on different days on this class of machine).
 PUT_FLOOR=${ATOLL_SMOKE_PUT_FLOOR:-400}
 GET_FLOOR=${ATOLL_SMOKE_GET_FLOOR:-1000}
 

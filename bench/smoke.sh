@@ -1,17 +1,17 @@
 #!/usr/bin/env bash
 # Benchmark smoke, the regression guard CI runs (scripts/test-all.sh): one atoll region, debug
 # build (the one the tests use, so CI builds nothing more), 16 closed-loop HTTP clients for
-# 3 s each of durable lww PUTs and GETs. It fails only on a gross regression: a cell under a
-# sixteenth (PUT) or a twelfth (GET) of what this build measures on a quiet 2-core machine
-# (docs/benchmarks.md, "Regression guard"), or any error. It is not a measurement; bench/http.sh is.
+# 3 s each of durable lww PUTs and GETs. It fails only on a gross regression: a cell far under
+# what this build measures on a quiet 2-core machine (docs/benchmarks.md, "Regression guard",
+# gives the figures and why the floors sit where they do), or any error. It is not a measurement; bench/http.sh is.
 #
 #   bench/smoke.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
 TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
-# Floors: a sixteenth and a twelfth of the debug build's figures in docs/benchmarks.md (why not a
-# quarter: the same build measures 5-10x apart on different days on this class of machine).
+# Floors: well under the debug build's figures in docs/benchmarks.md (not a quarter of them: the
+# same build measures 2x and more apart between runs on this class of machine).
 PUT_FLOOR=${ATOLL_SMOKE_PUT_FLOOR:-400}
 GET_FLOOR=${ATOLL_SMOKE_GET_FLOOR:-1000}
 

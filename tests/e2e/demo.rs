@@ -1056,6 +1056,14 @@ fn atoll_within(demo: &Demo, args: &[&str], timeout: Duration) -> Result<std::pr
     atoll_testkit::run_with_timeout(cmd, timeout)
 }
 
+/// `atoll demo ctl ARGS --port-base BASE`, within [`DEADLINE`].
+fn demo_ctl(demo: &Demo, base_flag: &str, args: &[&str]) -> Result<std::process::Output> {
+    let mut all = vec!["demo", "ctl"];
+    all.extend_from_slice(args);
+    all.extend(["--port-base", base_flag]);
+    atoll_within(demo, &all, DEADLINE)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_region_added_to_the_running_demo_converges_takes_writes_and_is_removed_again() {
     let dir = ok(test_dir("demo-add-region").map_err(Into::into));
@@ -1204,11 +1212,7 @@ async fn add_region_scenario(dir: &TestDir) -> Result<()> {
 
     // `atoll demo ctl ls` lists it, running at its address.
     let base_flag = base.to_string();
-    let ls = atoll_within(
-        &demo,
-        &["demo", "ctl", "ls", "--port-base", &base_flag],
-        DEADLINE,
-    )?;
+    let ls = demo_ctl(&demo, &base_flag, &["ls"])?;
     let listed = String::from_utf8_lossy(&ls.stdout).to_string();
     ensure!(ls.status.success(), "{ls:?}");
     let row = listed
@@ -1238,11 +1242,7 @@ async fn add_region_scenario(dir: &TestDir) -> Result<()> {
 
     // A second add of the same name, and a name that is no region name, are refused clearly;
     // the control route needs the token like the others.
-    let again = atoll_within(
-        &demo,
-        &["demo", "ctl", "add-region", NEW, "--port-base", &base_flag],
-        DEADLINE,
-    )?;
+    let again = demo_ctl(&demo, &base_flag, &["add-region", NEW])?;
     let err = String::from_utf8_lossy(&again.stderr);
     ensure!(
         !again.status.success() && err.contains("ATOLL-REGION-EXISTS"),
@@ -1315,18 +1315,7 @@ async fn remove_region_part(
     let sa = Client::new(&new_url);
 
     // A founding region is a voter: refused, saying why, and nothing changes.
-    let refused = atoll_within(
-        demo,
-        &[
-            "demo",
-            "ctl",
-            "remove-region",
-            "us-east-1",
-            "--port-base",
-            &base_flag,
-        ],
-        DEADLINE,
-    )?;
+    let refused = demo_ctl(demo, &base_flag, &["remove-region", "us-east-1"])?;
     let err = String::from_utf8_lossy(&refused.stderr);
     ensure!(
         !refused.status.success()
@@ -1366,28 +1355,11 @@ async fn remove_region_part(
     // to start it; then it is restarted.
     let on_eu = |what: &'static str| {
         let base_flag = base_flag.clone();
-        move |demo: &Demo| {
-            atoll_within(
-                demo,
-                &["demo", "ctl", what, "eu-west-1", "--port-base", &base_flag],
-                DEADLINE,
-            )
-        }
+        move |demo: &Demo| demo_ctl(demo, &base_flag, &[what, "eu-west-1"])
     };
     let o = on_eu("kill")(demo)?;
     ensure!(o.status.success(), "kill eu-west-1: {o:?}");
-    let refused = atoll_within(
-        demo,
-        &[
-            "demo",
-            "ctl",
-            "remove-region",
-            NEW,
-            "--port-base",
-            &base_flag,
-        ],
-        DEADLINE,
-    )?;
+    let refused = demo_ctl(demo, &base_flag, &["remove-region", NEW])?;
     let err = String::from_utf8_lossy(&refused.stderr);
     ensure!(
         !refused.status.success()
@@ -1531,11 +1503,7 @@ async fn remove_region_part(
 
     // `ls` marks it removed (still running), the founding regions members; the discovery file
     // no longer names it.
-    let ls = atoll_within(
-        demo,
-        &["demo", "ctl", "ls", "--port-base", &base_flag],
-        DEADLINE,
-    )?;
+    let ls = demo_ctl(demo, &base_flag, &["ls"])?;
     let listed = String::from_utf8_lossy(&ls.stdout).to_string();
     ensure!(ls.status.success(), "{ls:?}");
     for (name, want) in [
@@ -1565,21 +1533,16 @@ async fn remove_region_part(
     // Removed again, added again, restarted: each refused, saying why.
     for (args, needle) in [
         (
-            vec!["demo", "ctl", "remove-region", NEW],
+            vec!["remove-region", NEW],
             "removed from the cluster already",
         ),
         (
-            vec!["demo", "ctl", "add-region", NEW],
+            vec!["add-region", NEW],
             "a removed region's name is never used again",
         ),
-        (
-            vec!["demo", "ctl", "restart", NEW],
-            "so it is not restarted",
-        ),
+        (vec!["restart", NEW], "so it is not restarted"),
     ] {
-        let mut args = args;
-        args.extend(["--port-base", &base_flag]);
-        let o = atoll_within(demo, &args, DEADLINE)?;
+        let o = demo_ctl(demo, &base_flag, &args)?;
         let err = String::from_utf8_lossy(&o.stderr);
         ensure!(
             !o.status.success() && err.contains("ATOLL-REGION-REMOVED") && err.contains(needle),
@@ -1592,18 +1555,7 @@ async fn remove_region_part(
     );
 
     // A founding region restarts on the config without it, and takes part in replication.
-    let o = atoll_within(
-        demo,
-        &[
-            "demo",
-            "ctl",
-            "restart",
-            "ap-southeast-1",
-            "--port-base",
-            &base_flag,
-        ],
-        DEADLINE,
-    )?;
+    let o = demo_ctl(demo, &base_flag, &["restart", "ap-southeast-1"])?;
     ensure!(o.status.success(), "restart ap-southeast-1: {o:?}");
     let list = ctl.regions(token).await?.1;
     demo.regions.push(pid_in(&list, "ap-southeast-1")?);

@@ -189,7 +189,7 @@ impl Forwarder {
 }
 
 /// The `error.code` of an atoll error body.
-fn error_code(body: &[u8]) -> Option<String> {
+pub(crate) fn error_code(body: &[u8]) -> Option<String> {
     let v: serde_json::Value = serde_json::from_slice(body).ok()?;
     v["error"]["code"].as_str().map(str::to_string)
 }

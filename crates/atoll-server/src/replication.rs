@@ -333,8 +333,12 @@ impl Replicator {
         let store = self.store.clone();
         let at_ms = self.clock.physical_ms();
         let who = by.clone();
-        match tokio::task::spawn_blocking(move || store.mark_removed(&who, at_ms, holds)).await {
-            Ok(Ok(())) => {
+        let recorded = tokio::task::spawn_blocking(move || store.mark_removed(&who, at_ms, holds))
+            .await
+            .map_err(|e| AtollError::Storage(format!("removal task: {e}")))
+            .and_then(|r| r);
+        match recorded {
+            Ok(()) => {
                 self.metrics.region_removed.set(1);
                 if !self.removed_logged.swap(true, Ordering::AcqRel) {
                     let own = self.store.applied().get(self.store.region());
@@ -345,9 +349,6 @@ impl Replicator {
                         "this region was removed from the cluster (`{by}` answered its heartbeat 410 ATOLL-REGION-REMOVED): it takes no writes from now on, and its writes no member holds are not replicated; send clients elsewhere and stop it (docs/design/region-removal.md)"
                     );
                 }
-            }
-            Ok(Err(e)) => {
-                tracing::warn!(%by, error = %e, "cannot record that this region was removed; trying at the next heartbeat")
             }
             Err(e) => {
                 tracing::warn!(%by, error = %e, "cannot record that this region was removed; trying at the next heartbeat")
@@ -806,7 +807,7 @@ impl Replicator {
             let Ok(text) = resp.bytes(MAX_ERROR_ANSWER_BYTES).await else {
                 return;
             };
-            if error_code(&text).as_deref() == Some("ATOLL-REGION-REMOVED") {
+            if crate::forward::error_code(&text).as_deref() == Some("ATOLL-REGION-REMOVED") {
                 me.on_removed_by(peer, holds).await;
             }
         });
@@ -1435,12 +1436,6 @@ fn refusal(rep: &Replicator, from: Option<&RegionId>, e: AtollError) -> axum::re
         );
     }
     resp
-}
-
-/// The `error.code` of an error answer's JSON body, if it has one.
-fn error_code(body: &[u8]) -> Option<String> {
-    let v: serde_json::Value = serde_json::from_slice(body).ok()?;
-    v["error"]["code"].as_str().map(str::to_string)
 }
 
 /// Decodes a message from a peer. Bytes that do not decode are the sender's fault (400), not a
